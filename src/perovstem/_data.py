@@ -1,0 +1,361 @@
+"""The data model: calibrated images, in-situ series and tilt series.
+
+All three are light dataclasses holding a numpy or lazy dask array plus calibration in the
+units of DESIGN.md (Å, s, e⁻/Å², K, Pa, degrees).  Pixel (row i, column j) has its centre at
+``x = x0_A + j·pixel_size_A``, ``y = y0_A + i·pixel_size_A`` (0-based).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from perovstem.errors import DataError, ParameterError
+
+__all__ = ["Image", "Series", "TiltSeries"]
+
+
+def _is_lazy(a: Any) -> bool:
+    return hasattr(a, "dask") and hasattr(a, "compute")
+
+
+def _as_array(name: str, data: Any, ndim: int) -> Any:
+    if not _is_lazy(data):
+        data = np.asarray(data)
+    if data.ndim != ndim:
+        raise DataError(f"`{name}` must be {ndim}-D, got shape {tuple(data.shape)}")
+    if 0 in data.shape:
+        raise DataError(f"`{name}` is empty, got shape {tuple(data.shape)}")
+    if np.dtype(data.dtype).kind not in "biuf":
+        raise DataError(f"`{name}` must be numeric, got dtype {data.dtype}")
+    return data
+
+
+def _check_pixel_size(value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"`pixel_size_A` must be a number in Å, got {value!r}") from None
+    if not np.isfinite(v) or v <= 0:
+        raise ParameterError(f"`pixel_size_A` must be finite and > 0 Å, got {value!r}")
+    return v
+
+
+def _per_frame(name: str, value: Any, n: int, *, allow_none: bool = True) -> np.ndarray | None:
+    if value is None:
+        if allow_none:
+            return None
+        raise ParameterError(f"`{name}` is required")
+    a = np.asarray(value, dtype=float)
+    if a.ndim == 0:
+        a = np.full(n, float(a))
+    if a.shape != (n,):
+        raise ParameterError(f"`{name}` must have one value per frame ({n}), got shape {a.shape}")
+    return a
+
+
+def _hyperspy_axes(shape: tuple[int, ...], pixel_size_A: float, nav: list[dict]) -> list[dict]:
+    ny, nx = shape[-2:]
+    return [
+        *nav,
+        {"name": "y", "size": ny, "scale": pixel_size_A, "offset": 0.0, "units": "Å", "navigate": False},
+        {"name": "x", "size": nx, "scale": pixel_size_A, "offset": 0.0, "units": "Å", "navigate": False},
+    ]
+
+
+@dataclass(frozen=True, eq=False)
+class Image:
+    """A calibrated 2-D image.
+
+    Parameters
+    ----------
+    data : (M, N) array_like
+        Pixel values (detector counts or normalised intensity).
+    pixel_size_A : float
+        Pixel size, Å.
+    dose_e_per_A2 : float, optional
+        Electron dose of this acquisition, e⁻/Å².
+    time_s : float, optional
+        Acquisition (frame) time, s.
+    origin_A : (float, float)
+        ``(x0, y0)`` of pixel (0, 0), Å.
+    metadata : dict
+        Free-form metadata (microscope, detector, source file, ...).
+    """
+
+    data: Any
+    pixel_size_A: float
+    dose_e_per_A2: float | None = None
+    time_s: float | None = None
+    origin_A: tuple[float, float] = (0.0, 0.0)
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", _as_array("data", self.data, 2))
+        object.__setattr__(self, "pixel_size_A", _check_pixel_size(self.pixel_size_A))
+        if self.dose_e_per_A2 is not None and not (float(self.dose_e_per_A2) >= 0):
+            raise ParameterError(f"`dose_e_per_A2` must be >= 0, got {self.dose_e_per_A2!r}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.data.shape)
+
+    @property
+    def extent_A(self) -> tuple[float, float]:
+        """Field of view ``(width, height)`` in Å."""
+        return (self.shape[1] * self.pixel_size_A, self.shape[0] * self.pixel_size_A)
+
+    def replace(self, **changes: Any) -> Image:
+        """Return a copy with some fields replaced (the original is untouched)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_hyperspy(self) -> Any:
+        """Return a HyperSpy ``Signal2D`` with calibrated axes (needs the `hyperspy` extra)."""
+        from perovstem._optional import import_optional
+
+        hs = import_optional("hyperspy.api", extra="hyperspy")
+        sig = hs.signals.Signal2D(self.data, axes=_hyperspy_axes(self.shape, self.pixel_size_A, []))
+        if self.dose_e_per_A2 is not None:
+            sig.metadata.set_item("Acquisition_instrument.TEM.dose_e_per_A2", self.dose_e_per_A2)
+        return sig
+
+    def to_xarray(self) -> Any:
+        """Return an ``xarray.DataArray`` with coordinates in Å."""
+        from perovstem._optional import import_optional
+
+        xr = import_optional("xarray", extra="hyperspy")
+        ny, nx = self.shape
+        return xr.DataArray(
+            self.data,
+            dims=("y", "x"),
+            coords={
+                "y": self.origin_A[1] + np.arange(ny) * self.pixel_size_A,
+                "x": self.origin_A[0] + np.arange(nx) * self.pixel_size_A,
+            },
+            attrs={"units": "Å", "dose_e_per_A2": self.dose_e_per_A2},
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Series:
+    """An in-situ time series of calibrated frames.
+
+    Parameters
+    ----------
+    data : (T, M, N) array_like or dask array
+        Frames.
+    pixel_size_A : float
+        Pixel size, Å.
+    time_s : (T,) array_like, optional
+        Frame start time, s (defaults to the frame index times ``frame_time_s`` when known).
+    dose_e_per_A2 : (T,) array_like or float, optional
+        Dose of each frame, e⁻/Å².
+    temperature_K, pressure_Pa : (T,) array_like or float, optional
+        In-situ conditions interpolated onto frames.
+    gas : str, optional
+        Atmosphere (``"vacuum"``, ``"O2"``, ``"H2O"``, ...).
+    initial_dose_e_per_A2 : float
+        Dose received before the first frame, e⁻/Å².
+    metadata : dict
+        Free-form metadata.
+    """
+
+    data: Any
+    pixel_size_A: float
+    time_s: Any = None
+    dose_e_per_A2: Any = None
+    temperature_K: Any = None
+    pressure_Pa: Any = None
+    gas: str | None = None
+    initial_dose_e_per_A2: float = 0.0
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", _as_array("data", self.data, 3))
+        object.__setattr__(self, "pixel_size_A", _check_pixel_size(self.pixel_size_A))
+        n = self.data.shape[0]
+        for name in ("time_s", "dose_e_per_A2", "temperature_K", "pressure_Pa"):
+            object.__setattr__(self, name, _per_frame(name, getattr(self, name), n))
+        if self.dose_e_per_A2 is not None and (
+            not np.all(np.isfinite(self.dose_e_per_A2)) or np.any(self.dose_e_per_A2 < 0)
+        ):
+            raise ParameterError(
+                f"`dose_e_per_A2` must be finite and >= 0 per frame, got {self.dose_e_per_A2!r}"
+            )
+        if self.time_s is not None and np.any(np.diff(self.time_s) < 0):
+            raise ParameterError("`time_s` must be non-decreasing over frames")
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape)
+
+    @property
+    def cumulative_dose_e_per_A2(self) -> np.ndarray | None:
+        """Dose received by the end of each frame, e⁻/Å²."""
+        if self.dose_e_per_A2 is None:
+            return None
+        return self.initial_dose_e_per_A2 + np.cumsum(self.dose_e_per_A2)
+
+    @property
+    def dose_rate_e_per_A2_s(self) -> np.ndarray | None:
+        """Dose rate per frame, e⁻/Å²/s (dose over frame interval)."""
+        if self.dose_e_per_A2 is None or self.time_s is None or self.n_frames < 2:
+            return None
+        dt = np.diff(self.time_s)
+        dt = np.append(dt, dt[-1])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(dt > 0, self.dose_e_per_A2 / dt, np.nan)
+
+    def frame(self, k: int) -> Image:
+        """Frame ``k`` as an :class:`Image` (computed if lazy)."""
+        if not -self.n_frames <= k < self.n_frames:
+            raise ParameterError(f"frame index `k` out of range [0, {self.n_frames}), got {k}")
+        d = self.data[k]
+        if _is_lazy(d):
+            d = d.compute()
+        return Image(
+            d,
+            self.pixel_size_A,
+            dose_e_per_A2=None if self.dose_e_per_A2 is None else float(self.dose_e_per_A2[k]),
+            time_s=None if self.time_s is None else float(self.time_s[k]),
+            metadata={"frame": int(k) % self.n_frames},
+        )
+
+    def frames_table(self) -> Any:
+        """Per-frame bookkeeping as a DataFrame (frame, time_s, dose, cumulative dose, conditions)."""
+        import pandas as pd
+
+        n = self.n_frames
+        cols: dict[str, Any] = {"frame": np.arange(n)}
+        cols["time_s"] = self.time_s if self.time_s is not None else np.full(n, np.nan)
+        for name, val in (
+            ("dose_e_per_A2", self.dose_e_per_A2),
+            ("cumulative_dose_e_per_A2", self.cumulative_dose_e_per_A2),
+            ("dose_rate_e_per_A2_s", self.dose_rate_e_per_A2_s),
+            ("temperature_K", self.temperature_K),
+            ("pressure_Pa", self.pressure_Pa),
+        ):
+            cols[name] = val if val is not None else np.full(n, np.nan)
+        cols["gas"] = [self.gas] * n
+        return pd.DataFrame(cols)
+
+    def replace(self, **changes: Any) -> Series:
+        """Return a copy with some fields replaced."""
+        return dataclasses.replace(self, **changes)
+
+    def to_hyperspy(self) -> Any:
+        """Return a HyperSpy ``Signal2D`` (lazy when the data are dask)."""
+        from perovstem._optional import import_optional
+
+        hs = import_optional("hyperspy.api", extra="hyperspy")
+        nav = [{"name": "frame", "size": self.n_frames, "scale": 1.0, "offset": 0.0,
+                "units": "", "navigate": True}]
+        axes = _hyperspy_axes(self.shape, self.pixel_size_A, nav)
+        if _is_lazy(self.data):
+            return hs.signals.Signal2D(self.data, axes=axes).as_lazy()
+        return hs.signals.Signal2D(self.data, axes=axes)
+
+
+@dataclass(frozen=True, eq=False)
+class TiltSeries:
+    """A single-axis tilt series.
+
+    Parameters
+    ----------
+    data : (A, M, N) array_like
+        Projections, one per tilt angle.
+    angles_deg : (A,) array_like
+        Tilt angles, degrees.
+    pixel_size_A : float
+        Pixel size, Å.
+    tilt_axis_deg : float
+        In-plane direction of the tilt axis, degrees counter-clockwise from the image x axis
+        (0: the axis runs along x, so ``data[:, :, j]`` is the sinogram of slice ``j``).
+    shifts_px : (A, 2) array_like, optional
+        Known or applied ``(dy, dx)`` shifts per projection, pixels.
+    metadata : dict
+        Free-form metadata.
+    """
+
+    data: Any
+    angles_deg: Any
+    pixel_size_A: float
+    tilt_axis_deg: float = 0.0
+    shifts_px: Any = None
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", _as_array("data", self.data, 3))
+        object.__setattr__(self, "pixel_size_A", _check_pixel_size(self.pixel_size_A))
+        ang = np.asarray(self.angles_deg, dtype=float).ravel()
+        n = self.data.shape[0]
+        if ang.shape != (n,):
+            raise ParameterError(
+                f"`angles_deg` must have one angle per projection ({n}), got {ang.size}"
+            )
+        if not np.all(np.isfinite(ang)) or np.any(np.abs(ang) > 180):
+            raise ParameterError(f"`angles_deg` must be finite degrees in [-180, 180], got {ang}")
+        uniq, counts = np.unique(np.round(ang, 6), return_counts=True)
+        if np.any(counts > 1):
+            raise ParameterError(f"`angles_deg` has duplicate angles: {uniq[counts > 1].tolist()}")
+        object.__setattr__(self, "angles_deg", ang)
+        if self.shifts_px is not None:
+            s = np.asarray(self.shifts_px, dtype=float)
+            if s.shape != (n, 2):
+                raise ParameterError(f"`shifts_px` must have shape ({n}, 2), got {s.shape}")
+            object.__setattr__(self, "shifts_px", s)
+
+    @property
+    def n_angles(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape)
+
+    def replace(self, **changes: Any) -> TiltSeries:
+        """Return a copy with some fields replaced."""
+        return dataclasses.replace(self, **changes)
+
+    def to_hyperspy(self) -> Any:
+        """Return a HyperSpy ``Signal2D`` with a tilt navigation axis."""
+        from perovstem._optional import import_optional
+
+        hs = import_optional("hyperspy.api", extra="hyperspy")
+        nav = [{"name": "tilt", "size": self.n_angles, "scale": 1.0, "offset": 0.0,
+                "units": "degrees", "navigate": True}]
+        sig = hs.signals.Signal2D(self.data, axes=_hyperspy_axes(self.shape, self.pixel_size_A, nav))
+        sig.metadata.set_item("Tomography.tilts", self.angles_deg)
+        sig.metadata.set_item("Tomography.tiltaxis", self.tilt_axis_deg)
+        if self.shifts_px is not None:
+            sig.metadata.set_item("Tomography.shifts", self.shifts_px)
+        return sig
+
+
+def from_hyperspy(signal: Any) -> Image | Series | TiltSeries:
+    """Build an :class:`Image`, :class:`Series` or :class:`TiltSeries` from a HyperSpy signal."""
+    from perovstem.io._units import length_to_A
+
+    sig_axes = signal.axes_manager.signal_axes
+    if len(sig_axes) != 2:
+        raise DataError(f"expected a 2-D signal, got {len(sig_axes)} signal axes")
+    ax = sig_axes[0]
+    px = length_to_A(ax.scale, ax.units, what="hyperspy signal axis")
+    data = signal.data
+    md = signal.metadata.as_dictionary()
+    tomo = md.get("Tomography", {})
+    if data.ndim == 2:
+        return Image(data, px, metadata=md)
+    if data.ndim == 3 and "tilts" in tomo:
+        return TiltSeries(data, tomo["tilts"], px, tilt_axis_deg=float(tomo.get("tiltaxis", 0.0)),
+                          shifts_px=tomo.get("shifts"), metadata=md)
+    if data.ndim == 3:
+        return Series(data, px, metadata=md)
+    raise DataError(f"cannot map a signal of shape {data.shape} to Image/Series/TiltSeries")

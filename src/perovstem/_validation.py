@@ -1,0 +1,72 @@
+"""Small input checks shared by all sub-packages (messages name parameter and value)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from perovstem.errors import DataError, ParameterError
+
+__all__ = ["as_rng", "check_positive", "check_range", "check_image", "check_choice", "check_finite"]
+
+
+def as_rng(rng: Any = None) -> np.random.Generator:
+    """Return a Generator following SPEC 7 (int seed, Generator or None)."""
+    return np.random.default_rng(rng)
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    """Raise :class:`ParameterError` unless ``value`` is a finite (non-)positive number."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"`{name}` must be a number, got {value!r}") from None
+    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ParameterError(f"`{name}` must be finite and {bound}, got {value!r}")
+    return v
+
+
+def check_range(name: str, value: float, lo: float, hi: float) -> float:
+    """Raise :class:`ParameterError` unless ``lo <= value <= hi``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"`{name}` must be a number, got {value!r}") from None
+    if not (np.isfinite(v) and lo <= v <= hi):
+        raise ParameterError(f"`{name}` must lie in [{lo}, {hi}], got {value!r}")
+    return v
+
+
+def check_choice(name: str, value: Any, choices: Any) -> Any:
+    """Raise :class:`ParameterError` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ParameterError(f"`{name}` must be one of {sorted(map(str, choices))}, got {value!r}")
+    return value
+
+
+def check_finite(name: str, array: np.ndarray) -> np.ndarray:
+    """Raise :class:`DataError` if ``array`` holds NaN or inf (counts them in the message)."""
+    a = np.asarray(array)
+    if a.dtype.kind in "fc":
+        bad = ~np.isfinite(a)
+        if bad.any():
+            raise DataError(
+                f"`{name}` contains {int(bad.sum())} non-finite value(s) (NaN/inf) "
+                f"out of {a.size}"
+            )
+    return a
+
+
+def check_image(name: str, image: Any, *, ndim: int = 2, min_size: int = 2) -> np.ndarray:
+    """Return ``image`` as a float64 array after checking dimensionality, size and finiteness."""
+    a = np.asarray(image)
+    if a.ndim != ndim:
+        raise DataError(f"`{name}` must be {ndim}-D, got shape {a.shape}")
+    if a.size == 0 or min(a.shape) < min_size:
+        raise DataError(f"`{name}` is empty or too small, got shape {a.shape}")
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"`{name}` must be numeric, got dtype {a.dtype}")
+    a = a.astype(np.float64, copy=False)
+    return check_finite(name, a)

@@ -1,0 +1,1 @@
+"""Command line interface (typer). Only parses arguments, calls the public API, writes via io."""

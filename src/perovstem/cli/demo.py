@@ -1,0 +1,21 @@
+"""``perovstem demo``: the full study on built-in simulated data (owned by the pipeline work)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from perovstem.cli.main import app
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("perovstem-demo"), "--out", "-o", help="Output folder."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Simulate a degradation study, analyse it with every module, and write a report."""
+    from perovstem.pipeline.demo import run_demo
+
+    report = run_demo(out, quiet=quiet)
+    typer.echo(f"report: {report}")

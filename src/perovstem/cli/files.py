@@ -1,0 +1,1 @@
+"""``perovstem info`` and ``perovstem convert``."""
