@@ -26,6 +26,7 @@ def _register() -> None:
     # Topic modules register their commands on `app` (or add sub-apps) at import.
     from perovstem.cli import files  # noqa: F401  (info, convert)
     from perovstem.cli import demo  # noqa: F401
+    from perovstem.cli import atoms  # noqa: F401  (atoms fit/count/track)
 
 
 _register()

@@ -1,0 +1,14 @@
+"""Atom-column quantification: finding, joint Gaussian fitting, cross-sections, CRLB.
+
+Public API (see ``docs/CONTRACTS.md``):
+
+* :func:`find_columns`, :func:`find_peaks`, :func:`estimate_lattice` — column detection;
+* :func:`fit_columns`, :func:`normalize_image`, :func:`model_image` — joint Gaussian model;
+* :func:`crlb`, :func:`voronoi_intensities` — precision bound and model-free intensities;
+* :func:`fit_lattice`, :func:`lattice_strain` — displacement and strain maps;
+* :class:`ProjectedCell`, :func:`cspbbr3_001_cell` — projected unit cells.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []
