@@ -24,7 +24,16 @@ from perovstem.errors import (
 __version__ = "0.1.0"
 
 _SUBPACKAGES = {
-    "io", "simulate", "atoms", "insitu", "tomo", "quantify", "plot", "report", "pipeline", "cli",
+    "io",
+    "simulate",
+    "atoms",
+    "insitu",
+    "tomo",
+    "quantify",
+    "plot",
+    "report",
+    "pipeline",
+    "cli",
 }
 
 __all__ = [

@@ -61,8 +61,22 @@ def _hyperspy_axes(shape: tuple[int, ...], pixel_size_A: float, nav: list[dict])
     ny, nx = shape[-2:]
     return [
         *nav,
-        {"name": "y", "size": ny, "scale": pixel_size_A, "offset": 0.0, "units": "Å", "navigate": False},
-        {"name": "x", "size": nx, "scale": pixel_size_A, "offset": 0.0, "units": "Å", "navigate": False},
+        {
+            "name": "y",
+            "size": ny,
+            "scale": pixel_size_A,
+            "offset": 0.0,
+            "units": "Å",
+            "navigate": False,
+        },
+        {
+            "name": "x",
+            "size": nx,
+            "scale": pixel_size_A,
+            "offset": 0.0,
+            "units": "Å",
+            "navigate": False,
+        },
     ]
 
 
@@ -255,8 +269,16 @@ class Series:
         from perovstem._optional import import_optional
 
         hs = import_optional("hyperspy.api", extra="hyperspy")
-        nav = [{"name": "frame", "size": self.n_frames, "scale": 1.0, "offset": 0.0,
-                "units": "", "navigate": True}]
+        nav = [
+            {
+                "name": "frame",
+                "size": self.n_frames,
+                "scale": 1.0,
+                "offset": 0.0,
+                "units": "",
+                "navigate": True,
+            }
+        ]
         axes = _hyperspy_axes(self.shape, self.pixel_size_A, nav)
         if _is_lazy(self.data):
             return hs.signals.Signal2D(self.data, axes=axes).as_lazy()
@@ -329,9 +351,19 @@ class TiltSeries:
         from perovstem._optional import import_optional
 
         hs = import_optional("hyperspy.api", extra="hyperspy")
-        nav = [{"name": "tilt", "size": self.n_angles, "scale": 1.0, "offset": 0.0,
-                "units": "degrees", "navigate": True}]
-        sig = hs.signals.Signal2D(self.data, axes=_hyperspy_axes(self.shape, self.pixel_size_A, nav))
+        nav = [
+            {
+                "name": "tilt",
+                "size": self.n_angles,
+                "scale": 1.0,
+                "offset": 0.0,
+                "units": "degrees",
+                "navigate": True,
+            }
+        ]
+        sig = hs.signals.Signal2D(
+            self.data, axes=_hyperspy_axes(self.shape, self.pixel_size_A, nav)
+        )
         sig.metadata.set_item("Tomography.tilts", self.angles_deg)
         sig.metadata.set_item("Tomography.tiltaxis", self.tilt_axis_deg)
         if self.shifts_px is not None:
@@ -354,8 +386,14 @@ def from_hyperspy(signal: Any) -> Image | Series | TiltSeries:
     if data.ndim == 2:
         return Image(data, px, metadata=md)
     if data.ndim == 3 and "tilts" in tomo:
-        return TiltSeries(data, tomo["tilts"], px, tilt_axis_deg=float(tomo.get("tiltaxis", 0.0)),
-                          shifts_px=tomo.get("shifts"), metadata=md)
+        return TiltSeries(
+            data,
+            tomo["tilts"],
+            px,
+            tilt_axis_deg=float(tomo.get("tiltaxis", 0.0)),
+            shifts_px=tomo.get("shifts"),
+            metadata=md,
+        )
     if data.ndim == 3:
         return Series(data, px, metadata=md)
     raise DataError(f"cannot map a signal of shape {data.shape} to Image/Series/TiltSeries")

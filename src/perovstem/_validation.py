@@ -53,8 +53,7 @@ def check_finite(name: str, array: np.ndarray) -> np.ndarray:
         bad = ~np.isfinite(a)
         if bad.any():
             raise DataError(
-                f"`{name}` contains {int(bad.sum())} non-finite value(s) (NaN/inf) "
-                f"out of {a.size}"
+                f"`{name}` contains {int(bad.sum())} non-finite value(s) (NaN/inf) out of {a.size}"
             )
     return a
 

@@ -1,0 +1,80 @@
+"""Atomic writes that never overwrite an input file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from perovstem.errors import FileFormatError, OutputExistsError
+
+__all__ = ["atomic_write", "atomic_path", "protect", "is_protected"]
+
+_PROTECTED: set[Path] = set()
+
+
+def protect(path: str | os.PathLike) -> None:
+    """Register ``path`` as an input: later writes to it are refused."""
+    _PROTECTED.add(Path(path).resolve())
+
+
+def is_protected(path: str | os.PathLike) -> bool:
+    return Path(path).resolve() in _PROTECTED
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    if is_protected(path):
+        raise OutputExistsError(f"refusing to overwrite input file {str(path)!r}")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(
+            f"output {str(path)!r} already exists (choose another name or allow overwriting)"
+        )
+    parent = path.parent
+    if not parent.exists():
+        parent.mkdir(parents=True, exist_ok=True)
+    if not parent.is_dir():
+        raise FileFormatError(f"cannot write {str(path)!r}: {str(parent)!r} is not a directory")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    The temporary keeps the suffix of ``path`` so that format writers that look at the
+    extension behave.  On error the temporary is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    _check_target(path, overwrite)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=path.suffix + ".part" + path.suffix, dir=path.parent
+    )
+    os.close(fd)
+    os.unlink(tmp)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if tmp_path.is_dir() and path.is_dir():
+            import shutil
+
+            shutil.rmtree(path)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            if tmp_path.is_dir():
+                import shutil
+
+                shutil.rmtree(tmp_path, ignore_errors=True)
+            else:
+                tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_write(
+    path: str | os.PathLike, *, mode: str = "wb", overwrite: bool = True, **kwargs: Any
+) -> Iterator[IO]:
+    """Open a temporary file for writing; it replaces ``path`` only when the block succeeds."""
+    with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, mode, **kwargs) as fh:
+        yield fh

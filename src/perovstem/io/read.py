@@ -1,0 +1,417 @@
+"""``load``: one entry point for every supported file format."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perovstem._data import Image, Series, TiltSeries
+from perovstem.errors import CalibrationError, DataError, FileFormatError, ParameterError
+from perovstem.io._units import length_to_A
+from perovstem.io._write import protect
+
+__all__ = ["load", "SUPPORTED_SUFFIXES"]
+
+# suffix -> rsciio plugin module
+_RSCIIO = {
+    ".dm3": "digitalmicrograph",
+    ".dm4": "digitalmicrograph",
+    ".emd": "emd",
+    ".ser": "tia",
+    ".emi": "tia",
+    ".hspy": "hspy",
+    ".hdf5": "hspy",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+}
+_MRC = {".mrc", ".ali", ".st", ".rec", ".mrcs", ".map"}
+SUPPORTED_SUFFIXES = sorted({*_RSCIIO, *_MRC, ".npz", ".mat", ".zarr"})
+
+E_CHARGE = 1.602176634e-19  # C
+
+
+def _check_path(path: Path) -> None:
+    if not path.exists():
+        raise FileFormatError(f"no such file: {str(path)!r}")
+    if path.is_dir() and path.suffix != ".zarr":
+        raise FileFormatError(f"{str(path)!r} is a directory, not an image file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise FileFormatError(f"{str(path)!r} is empty (0 bytes)")
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    lazy: bool = False,
+    pixel_size: float | None = None,
+    kind: str | None = None,
+) -> Image | Series | TiltSeries:
+    """Load a microscopy file as a calibrated :class:`Image`, :class:`Series` or :class:`TiltSeries`.
+
+    Formats: dm3/dm4, Velox emd (incl. frame series), ser/emi, tif, hspy/hdf5 (through
+    RosettaSciIO), MRC (mrcfile; FEI extended headers, SerialEM ``.mdoc``, ``.rawtlt``/``.tlt``
+    side files), perovstem ``.npz``/``.zarr`` and the StatSTEM example ``.npz``/``.mat`` files.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    lazy : bool
+        Return frames as a dask array where the format allows it.
+    pixel_size : float, optional
+        Pixel size in Å; overrides the file's calibration and is required when the file has none.
+    kind : {"image", "series", "tilt"}, optional
+        Force the type of the result for a 3-D stack (default: tilt when the file carries
+        varying tilt angles, else series).
+
+    Returns
+    -------
+    Image, Series or TiltSeries
+
+    Raises
+    ------
+    FileFormatError
+        Missing, empty, truncated or unrecognised file.
+    CalibrationError
+        No usable calibration and no ``pixel_size``.
+    DataError
+        NaNs, wrong dimensionality.
+    """
+    path = Path(path)
+    if kind not in (None, "image", "series", "tilt"):
+        raise ParameterError(f"`kind` must be 'image', 'series' or 'tilt', got {kind!r}")
+    if pixel_size is not None:
+        try:
+            ok = float(pixel_size) > 0 and np.isfinite(float(pixel_size))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ParameterError(f"`pixel_size` must be a positive number of Å, got {pixel_size!r}")
+    _check_path(path)
+    suffix = path.suffix.lower()
+    if suffix in _MRC:
+        from perovstem.io._mrc import read_mrc
+
+        rec = read_mrc(path, lazy=lazy)
+    elif suffix == ".npz":
+        rec = _read_npz(path)
+    elif suffix == ".mat":
+        rec = _read_statstem_mat(path)
+    elif suffix == ".zarr":
+        rec = _read_zarr(path, lazy=lazy)
+    elif suffix in (".tif", ".tiff") and _is_perovstem_tiff(path):
+        rec = _read_perovstem_tiff(path)
+    elif suffix in _RSCIIO:
+        rec = _read_rsciio(path, _RSCIIO[suffix], lazy=lazy)
+    else:
+        raise FileFormatError(
+            f"{str(path)!r}: unsupported file type {suffix!r} (supported: {', '.join(SUPPORTED_SUFFIXES)})"
+        )
+    obj = _build(path, rec, pixel_size=pixel_size, kind=kind)
+    protect(path)
+    return obj
+
+
+def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: str | None) -> Any:
+    data = rec["data"]
+    md = dict(rec.get("metadata", {}))
+    md.setdefault("source", str(path))
+    if pixel_size is not None:
+        px = float(pixel_size)
+        md["pixel_size_source"] = "user"
+    elif rec.get("pixel_size_A") is not None:
+        px = float(rec["pixel_size_A"])
+    else:
+        raise CalibrationError(
+            f"{str(path)!r}: no usable spatial calibration in the file; pass pixel_size= (Å)"
+        )
+    if data.ndim not in (2, 3):
+        raise DataError(
+            f"{str(path)!r}: expected a 2-D image or a 3-D stack, got shape {data.shape}"
+        )
+    if not hasattr(data, "dask"):
+        a = np.asarray(data)
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            n_bad = int((~np.isfinite(a)).sum())
+            raise DataError(f"{str(path)!r}: image contains {n_bad} NaN/inf value(s)")
+        if a.dtype.kind not in "biuf":
+            raise DataError(f"{str(path)!r}: unsupported data type {a.dtype}")
+    if data.ndim == 2 or kind == "image":
+        if data.ndim == 3:
+            raise DataError(
+                f"{str(path)!r}: kind='image' but the file holds {data.shape[0]} frames"
+            )
+        return Image(data, px, dose_e_per_A2=rec.get("dose_e_per_A2"), metadata=md)
+    angles = rec.get("angles_deg")
+    if kind == "tilt" or (kind is None and angles is not None):
+        if angles is None:
+            raise FileFormatError(
+                f"{str(path)!r}: no tilt angles in the file or a .rawtlt/.tlt/.mdoc side file"
+            )
+        return TiltSeries(
+            data,
+            angles,
+            px,
+            tilt_axis_deg=float(rec.get("tilt_axis_deg", 0.0)),
+            shifts_px=rec.get("shifts_px"),
+            metadata=md,
+        )
+    return Series(
+        data,
+        px,
+        time_s=rec.get("time_s"),
+        dose_e_per_A2=rec.get("dose_e_per_A2"),
+        temperature_K=rec.get("temperature_K"),
+        pressure_Pa=rec.get("pressure_Pa"),
+        gas=rec.get("gas"),
+        metadata=md,
+    )
+
+
+# --------------------------------------------------------------------------- rsciio formats
+def _pick_signal(path: Path, sigs: list[dict]) -> dict:
+    images = [s for s in sigs if sum(not a.get("navigate", False) for a in s["axes"]) == 2]
+    if not images:
+        shapes = [tuple(np.shape(s["data"])) for s in sigs]
+        raise DataError(f"{str(path)!r}: no 2-D image signal in the file (signals: {shapes})")
+    for s in images:
+        title = str(s.get("metadata", {}).get("General", {}).get("title", ""))
+        if "HAADF" in title.upper():
+            return s
+    return images[0]
+
+
+def _get(d: dict, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
+    try:
+        mod = importlib.import_module(f"rsciio.{plugin}")
+    except ImportError as exc:  # pragma: no cover - rosettasciio is a core dependency
+        raise FileFormatError(
+            f"cannot read {str(path)!r}: rosettasciio plugin {plugin!r} unavailable ({exc})"
+        ) from None
+    try:
+        sigs = mod.file_reader(str(path), lazy=lazy)
+    except Exception as exc:
+        raise FileFormatError(
+            f"{str(path)!r}: not a readable {path.suffix.lstrip('.')} file "
+            f"({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
+    if not sigs:
+        raise FileFormatError(f"{str(path)!r}: the file holds no data")
+    s = _pick_signal(path, sigs)
+    data = s["data"]
+    axes = sorted(s["axes"], key=lambda a: a.get("index_in_array", 0))
+    sig_axes = [a for a in axes if not a.get("navigate", False)]
+    nav_axes = [a for a in axes if a.get("navigate", False)]
+    md = s.get("metadata", {})
+    out: dict[str, Any] = {"data": data, "metadata": {"format": plugin, "original": _jsonable(md)}}
+    ax = sig_axes[-1]
+    try:
+        out["pixel_size_A"] = length_to_A(ax.get("scale", 1.0), ax.get("units"), what=str(path))
+    except CalibrationError:
+        out["pixel_size_A"] = None
+    if nav_axes:
+        nav = nav_axes[0]
+        units = str(nav.get("units", "")).strip()
+        n = data.shape[0]
+        if units in ("s", "ms", "min"):
+            f = {"s": 1.0, "ms": 1e-3, "min": 60.0}[units]
+            out["time_s"] = (nav.get("offset", 0.0) + nav.get("scale", 1.0) * np.arange(n)) * f
+        elif units in ("°", "deg", "degree", "degrees"):
+            out["angles_deg"] = nav.get("offset", 0.0) + nav.get("scale", 1.0) * np.arange(n)
+    tomo = _get(md, "Tomography")
+    if isinstance(tomo, dict):
+        # HyperSpy/ETSpy keep tilts and shifts either as arrays or as nested signals.
+        def _arr(key: str) -> Any:
+            v = tomo.get(key)
+            if v is None and isinstance(tomo.get(f"_sig_{key}"), dict):
+                v = tomo[f"_sig_{key}"].get("data")
+            return None if v is None else np.asarray(v, dtype=float)
+
+        tilts = _arr("tilts")
+        if tilts is not None and tilts.size == data.shape[0]:
+            out["angles_deg"] = tilts.ravel()
+        if "tiltaxis" in tomo:
+            out["tilt_axis_deg"] = float(tomo.get("tiltaxis") or 0.0)
+        sh = _arr("shifts")
+        if sh is not None and sh.shape == (data.shape[0], 2):
+            out["shifts_px"] = sh
+        for key in ("xshift", "yshift"):
+            if key in tomo:
+                out["metadata"][f"tomography_{key}_px"] = float(tomo[key])
+    tem = _get(md, "Acquisition_instrument", "TEM") or {}
+    current_nA = tem.get("beam_current")
+    dwell = _get(tem, "Detector", "dwell_time") or tem.get("dwell_time")
+    if current_nA and dwell and out.get("pixel_size_A"):
+        # dose per frame: electrons per pixel (I·t/e) over the pixel area
+        out["dose_e_per_A2"] = (
+            float(current_nA) * 1e-9 * float(dwell) / E_CHARGE / out["pixel_size_A"] ** 2
+        )
+    for key in ("beam_energy", "beam_current", "magnification", "camera_length"):
+        if key in tem:
+            out["metadata"][key] = tem[key]
+    return out
+
+
+def _jsonable(d: Any, depth: int = 0) -> Any:
+    if depth > 8:
+        return None
+    if isinstance(d, dict):
+        return {str(k): _jsonable(v, depth + 1) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_jsonable(v, depth + 1) for v in d][:1000]
+    if isinstance(d, np.ndarray):
+        return d.tolist() if d.size <= 1000 else f"<array {d.shape} {d.dtype}>"
+    if isinstance(d, (np.generic,)):
+        return d.item()
+    if isinstance(d, (str, int, float, bool)) or d is None:
+        return d
+    return str(d)
+
+
+# --------------------------------------------------------------------------- npz / mat / zarr / tif
+def _read_npz(path: Path) -> dict[str, Any]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = {k: z[k] for k in z.files}
+    except Exception as exc:
+        raise FileFormatError(f"{str(path)!r}: not a readable .npz archive ({exc})") from None
+    if "perovstem_meta" in files:
+        meta = json.loads(str(files["perovstem_meta"]))
+        rec = {
+            "data": files["data"],
+            "pixel_size_A": meta["pixel_size_A"],
+            "metadata": meta.get("metadata", {}),
+        }
+        for k in (
+            "angles_deg",
+            "time_s",
+            "dose_e_per_A2",
+            "temperature_K",
+            "pressure_Pa",
+            "shifts_px",
+        ):
+            if k in files:
+                rec[k] = files[k]
+        for k in ("tilt_axis_deg", "gas"):
+            if meta.get(k) is not None:
+                rec[k] = meta[k]
+        if meta.get("kind") == "image" and meta.get("dose_e_per_A2") is not None:
+            rec["dose_e_per_A2"] = meta["dose_e_per_A2"]
+        return rec
+    if "obs" in files and "dx_angstrom" in files:  # StatSTEM example (converted from .mat)
+        return _statstem_record(files["obs"], float(files["dx_angstrom"]), files)
+    if "obs_T" in files:
+        raise FileFormatError(
+            f"{str(path)!r}: StatSTEM HMM input has no pixel size; use "
+            "perovstem.io.load_statstem_hmm()"
+        )
+    arrays = [k for k, v in files.items() if v.ndim in (2, 3)]
+    if len(arrays) == 1:
+        return {"data": files[arrays[0]], "pixel_size_A": None, "metadata": {"npz_key": arrays[0]}}
+    raise FileFormatError(f"{str(path)!r}: .npz without a recognised layout (keys {sorted(files)})")
+
+
+def _statstem_record(obs: np.ndarray, dx: float, extra: dict[str, Any]) -> dict[str, Any]:
+    keys = sorted(k for k in extra if k not in ("obs", "dx_angstrom"))
+    return {
+        "data": np.asarray(obs, dtype=float),
+        "pixel_size_A": dx,
+        "metadata": {
+            "format": "statstem",
+            "statstem_keys": keys,
+            "pixel_convention": "converted to 0-based (StatSTEM x = (j+1)·dx)",
+        },
+    }
+
+
+def _read_statstem_mat(path: Path) -> dict[str, Any]:
+    import scipy.io as sio
+
+    try:
+        m = sio.loadmat(path, squeeze_me=True, struct_as_record=False)
+    except Exception as exc:
+        raise FileFormatError(
+            f"{str(path)!r}: not a readable MATLAB v5 file (StatSTEM 2017 "
+            f"format); newer class-based files need mat-io ({exc})"
+        ) from None
+    inp = m.get("input")
+    if inp is None or not hasattr(inp, "obs"):
+        raise FileFormatError(f"{str(path)!r}: no StatSTEM 'input' struct with 'obs'")
+    return _statstem_record(np.asarray(inp.obs, dtype=float), float(inp.dx), {})
+
+
+def _read_zarr(path: Path, *, lazy: bool) -> dict[str, Any]:
+    import zarr
+
+    try:
+        g = zarr.open_group(str(path), mode="r")
+        arr = g["data"]
+        meta = dict(g.attrs["perovstem"])
+    except Exception as exc:
+        raise FileFormatError(f"{str(path)!r}: not a perovstem Zarr store ({exc})") from None
+    if lazy:
+        import dask.array as da
+
+        data = da.from_zarr(arr)
+    else:
+        data = arr[...]
+    rec = {"data": data, "pixel_size_A": meta["pixel_size_A"], "metadata": meta.get("metadata", {})}
+    for k in (
+        "angles_deg",
+        "time_s",
+        "dose_e_per_A2",
+        "temperature_K",
+        "pressure_Pa",
+        "shifts_px",
+        "tilt_axis_deg",
+        "gas",
+    ):
+        if meta.get(k) is not None:
+            rec[k] = np.asarray(meta[k]) if isinstance(meta[k], list) else meta[k]
+    return rec
+
+
+def _is_perovstem_tiff(path: Path) -> bool:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            md = tif.shaped_metadata
+            return bool(md) and "perovstem" in md[0]
+    except Exception:
+        return False
+
+
+def _read_perovstem_tiff(path: Path) -> dict[str, Any]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        meta = json.loads(tif.shaped_metadata[0]["perovstem"])
+        data = tif.asarray()
+    rec = {"data": data, "pixel_size_A": meta["pixel_size_A"], "metadata": meta.get("metadata", {})}
+    for k in (
+        "angles_deg",
+        "time_s",
+        "dose_e_per_A2",
+        "temperature_K",
+        "pressure_Pa",
+        "shifts_px",
+        "tilt_axis_deg",
+        "gas",
+    ):
+        if meta.get(k) is not None:
+            rec[k] = np.asarray(meta[k]) if isinstance(meta[k], list) else meta[k]
+    return rec

@@ -1,0 +1,407 @@
+"""Writers: images/stacks, tables, volumes, meshes, JSON and figures (all atomic)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perovstem._data import Image, Series, TiltSeries
+from perovstem.errors import DataError, FileFormatError, ParameterError
+from perovstem.io._write import atomic_path, atomic_write
+
+__all__ = [
+    "save_image",
+    "save_table",
+    "read_table",
+    "save_volume",
+    "read_volume",
+    "save_mesh",
+    "save_json",
+    "save_figure",
+]
+
+_PER_FRAME = ("time_s", "dose_e_per_A2", "temperature_K", "pressure_Pa", "angles_deg", "shifts_px")
+
+
+def _meta_of(obj: Image | Series | TiltSeries) -> dict[str, Any]:
+    kind = {Image: "image", Series: "series", TiltSeries: "tilt"}[type(obj)]
+    meta: dict[str, Any] = {
+        "kind": kind,
+        "pixel_size_A": obj.pixel_size_A,
+        "metadata": _json_safe(obj.metadata),
+    }
+    if isinstance(obj, Image):
+        meta["dose_e_per_A2"] = obj.dose_e_per_A2
+        meta["time_s_scalar"] = obj.time_s
+    if isinstance(obj, Series):
+        meta["gas"] = obj.gas
+    if isinstance(obj, TiltSeries):
+        meta["tilt_axis_deg"] = obj.tilt_axis_deg
+    return meta
+
+
+def _json_safe(d: Any) -> Any:
+    from perovstem.io.read import _jsonable
+
+    return _jsonable(d)
+
+
+def _per_frame_arrays(obj: Any) -> dict[str, np.ndarray]:
+    out = {}
+    for k in _PER_FRAME:
+        v = getattr(obj, k, None)
+        if v is not None and not isinstance(obj, Image):
+            out[k] = np.asarray(v)
+    return out
+
+
+def save_image(
+    obj: Image | Series | TiltSeries, path: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
+    """Write an :class:`Image`, :class:`Series` or :class:`TiltSeries` with its calibration.
+
+    Formats by suffix: ``.npz`` and ``.zarr`` (lossless, everything kept), ``.tif``
+    (tifffile, calibration as resolution + JSON description), ``.mrc`` (mrcfile, float32/int16,
+    voxel size in Å; tilt angles also in a ``.rawtlt`` side file), ``.hspy`` (RosettaSciIO).
+    """
+    if not isinstance(obj, (Image, Series, TiltSeries)):
+        raise ParameterError(
+            f"`obj` must be an Image, Series or TiltSeries, got {type(obj).__name__}"
+        )
+    path = Path(path)
+    suffix = path.suffix.lower()
+    data = np.asarray(obj.data.compute() if hasattr(obj.data, "dask") else obj.data)
+    meta = _meta_of(obj)
+    frames = _per_frame_arrays(obj)
+    if suffix == ".npz":
+        with atomic_write(path, overwrite=overwrite) as fh:
+            np.savez_compressed(fh, data=data, perovstem_meta=np.array(json.dumps(meta)), **frames)
+    elif suffix == ".zarr":
+        import zarr
+
+        full = {**meta, **{k: v.tolist() for k, v in frames.items()}}
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            g = zarr.open_group(str(tmp), mode="w")
+            chunks = (1, *data.shape[1:]) if data.ndim == 3 else data.shape
+            arr = g.create_array("data", shape=data.shape, dtype=data.dtype, chunks=chunks)
+            arr[...] = data
+            g.attrs["perovstem"] = full
+    elif suffix in (".tif", ".tiff"):
+        import tifffile
+
+        full = {**meta, **{k: v.tolist() for k, v in frames.items()}}
+        px_cm = obj.pixel_size_A * 1e-8
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            tifffile.imwrite(
+                tmp,
+                data,
+                metadata={"perovstem": json.dumps(full)},
+                resolution=(1.0 / px_cm, 1.0 / px_cm),
+                resolutionunit="CENTIMETER",
+            )
+    elif suffix == ".mrc":
+        _save_mrc(data, path, voxel_A=obj.pixel_size_A, overwrite=overwrite)
+        if isinstance(obj, TiltSeries):
+            with atomic_write(path.with_suffix(".rawtlt"), mode="w", overwrite=overwrite) as fh:
+                fh.write("".join(f"{a:.4f}\n" for a in obj.angles_deg))
+    elif suffix == ".hspy":
+        _save_hspy(obj, data, path, overwrite=overwrite)
+    else:
+        raise FileFormatError(
+            f"{str(path)!r}: cannot write {suffix!r} (use .npz, .zarr, .tif, .mrc or .hspy)"
+        )
+    return path
+
+
+def _save_mrc(data: np.ndarray, path: Path, *, voxel_A: float, overwrite: bool) -> None:
+    import mrcfile
+
+    if data.dtype == np.float64:
+        data = data.astype(np.float32)
+    if data.dtype not in (np.float32, np.int16, np.uint16, np.int8, np.uint8, np.float16):
+        raise DataError(f"{str(path)!r}: MRC cannot store dtype {data.dtype}")
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as m:
+            m.set_data(data)
+            m.voxel_size = voxel_A
+
+
+def _save_hspy(obj: Any, data: np.ndarray, path: Path, *, overwrite: bool) -> None:
+    from rsciio.hspy import file_writer
+
+    nav = []
+    if data.ndim == 3:
+        nav = [
+            {
+                "name": "tilt" if isinstance(obj, TiltSeries) else "frame",
+                "size": data.shape[0],
+                "scale": 1.0,
+                "offset": 0.0,
+                "units": "",
+                "navigate": True,
+            }
+        ]
+    axes = [
+        *nav,
+        {
+            "name": "y",
+            "size": data.shape[-2],
+            "scale": obj.pixel_size_A,
+            "offset": 0.0,
+            "units": "Å",
+            "navigate": False,
+        },
+        {
+            "name": "x",
+            "size": data.shape[-1],
+            "scale": obj.pixel_size_A,
+            "offset": 0.0,
+            "units": "Å",
+            "navigate": False,
+        },
+    ]
+    md: dict[str, Any] = {"General": {"title": path.stem}, "Signal": {"signal_type": ""}}
+    if isinstance(obj, TiltSeries):
+        md["Tomography"] = {"tilts": obj.angles_deg, "tiltaxis": obj.tilt_axis_deg}
+        if obj.shifts_px is not None:
+            md["Tomography"]["shifts"] = obj.shifts_px
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        file_writer(str(tmp), {"data": data, "axes": axes, "metadata": md, "original_metadata": {}})
+
+
+# --------------------------------------------------------------------------- tables
+def save_table(df: Any, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+    """Write a DataFrame as Parquet (``df.attrs`` kept) or CSV (attrs in a ``.json`` sidecar)."""
+    import pandas as pd
+
+    if not isinstance(df, pd.DataFrame):
+        raise ParameterError(f"`df` must be a pandas DataFrame, got {type(df).__name__}")
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        df = df.copy()
+        df.attrs = _json_safe(df.attrs)
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            df.to_parquet(tmp, index=False)
+    elif suffix == ".csv":
+        with atomic_write(path, mode="w", overwrite=overwrite, newline="") as fh:
+            df.to_csv(fh, index=False)
+        if df.attrs:
+            with atomic_write(path.with_suffix(".csv.json"), mode="w", overwrite=True) as fh:
+                json.dump(_json_safe(df.attrs), fh, indent=1)
+    else:
+        raise FileFormatError(f"{str(path)!r}: tables are written as .parquet or .csv")
+    return path
+
+
+def read_table(path: str | os.PathLike) -> Any:
+    """Read a table written by :func:`save_table` (attrs restored)."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(f"no such table file: {str(path)!r}")
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pd.read_parquet(path)
+        if path.suffix.lower() == ".csv":
+            df = pd.read_csv(path)
+            side = path.with_suffix(".csv.json")
+            if side.is_file():
+                df.attrs = json.loads(side.read_text())
+            return df
+    except Exception as exc:
+        raise FileFormatError(f"{str(path)!r}: not a readable table ({exc})") from None
+    raise FileFormatError(f"{str(path)!r}: tables are read from .parquet or .csv")
+
+
+# --------------------------------------------------------------------------- volumes and meshes
+def save_volume(
+    volume: Any,
+    path: str | os.PathLike,
+    *,
+    voxel_size_A: float,
+    metadata: dict | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Write a 3-D volume ``(z, y, x)`` with its voxel size (Å).
+
+    ``.mrc`` (mrcfile), ``.tif`` (tifffile stack), ``.zarr``, ``.vti`` (VTK XML ImageData for
+    ParaView/Tomviz), ``.npz``.
+    """
+    vol = np.asarray(volume)
+    if vol.ndim != 3:
+        raise DataError(f"`volume` must be 3-D, got shape {vol.shape}")
+    if not (np.isfinite(voxel_size_A) and voxel_size_A > 0):
+        raise ParameterError(f"`voxel_size_A` must be > 0, got {voxel_size_A!r}")
+    path = Path(path)
+    suffix = path.suffix.lower()
+    meta = {
+        "kind": "volume",
+        "voxel_size_A": float(voxel_size_A),
+        "metadata": _json_safe(metadata or {}),
+    }
+    if suffix == ".mrc":
+        _save_mrc(vol, path, voxel_A=voxel_size_A, overwrite=overwrite)
+    elif suffix in (".tif", ".tiff"):
+        import tifffile
+
+        px_cm = voxel_size_A * 1e-8
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            tifffile.imwrite(
+                tmp,
+                vol,
+                metadata={"perovstem": json.dumps(meta)},
+                resolution=(1.0 / px_cm, 1.0 / px_cm),
+                resolutionunit="CENTIMETER",
+            )
+    elif suffix == ".zarr":
+        import zarr
+
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            g = zarr.open_group(str(tmp), mode="w")
+            arr = g.create_array(
+                "data",
+                shape=vol.shape,
+                dtype=vol.dtype,
+                chunks=(min(64, vol.shape[0]), *vol.shape[1:]),
+            )
+            arr[...] = vol
+            g.attrs["perovstem"] = meta
+    elif suffix == ".npz":
+        with atomic_write(path, overwrite=overwrite) as fh:
+            np.savez_compressed(fh, data=vol, perovstem_meta=np.array(json.dumps(meta)))
+    elif suffix == ".vti":
+        _save_vti(vol, path, voxel_size_A, overwrite=overwrite)
+    else:
+        raise FileFormatError(
+            f"{str(path)!r}: volumes are written as .mrc, .tif, .zarr, .npz or .vti"
+        )
+    return path
+
+
+def _save_vti(vol: np.ndarray, path: Path, voxel_A: float, *, overwrite: bool) -> None:
+    # VTK XML ImageData, one point-data array, inline base64 binary with a UInt64 header.
+    vtk_types = {
+        np.dtype(np.float32): "Float32",
+        np.dtype(np.float64): "Float64",
+        np.dtype(np.uint8): "UInt8",
+        np.dtype(np.int16): "Int16",
+        np.dtype(np.uint16): "UInt16",
+        np.dtype(np.int32): "Int32",
+    }
+    if vol.dtype == bool:
+        vol = vol.astype(np.uint8)
+    if vol.dtype not in vtk_types:
+        vol = vol.astype(np.float32)
+    nz, ny, nx = vol.shape
+    raw = np.ascontiguousarray(vol).astype(vol.dtype.newbyteorder("<")).tobytes()  # x fastest
+    payload = base64.b64encode(np.uint64(len(raw)).tobytes() + raw).decode("ascii")
+    xml = (
+        '<?xml version="1.0"?>\n'
+        '<VTKFile type="ImageData" version="1.0" byte_order="LittleEndian" header_type="UInt64">\n'
+        f'  <ImageData WholeExtent="0 {nx - 1} 0 {ny - 1} 0 {nz - 1}" Origin="0 0 0" '
+        f'Spacing="{voxel_A} {voxel_A} {voxel_A}">\n'
+        f'    <Piece Extent="0 {nx - 1} 0 {ny - 1} 0 {nz - 1}">\n'
+        '      <PointData Scalars="density">\n'
+        f'        <DataArray type="{vtk_types[vol.dtype]}" Name="density" format="binary">'
+        f"{payload}</DataArray>\n"
+        "      </PointData>\n    </Piece>\n  </ImageData>\n</VTKFile>\n"
+    )
+    with atomic_write(path, mode="w", overwrite=overwrite) as fh:
+        fh.write(xml)
+
+
+def _read_vti(path: Path) -> tuple[np.ndarray, float]:
+    import re
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(path).getroot()
+    img = root.find("ImageData")
+    ext = [int(v) for v in img.get("WholeExtent").split()]
+    spacing = float(img.get("Spacing").split()[0])
+    da = root.find(".//DataArray")
+    types = {
+        "Float32": np.float32,
+        "Float64": np.float64,
+        "UInt8": np.uint8,
+        "Int16": np.int16,
+        "UInt16": np.uint16,
+        "Int32": np.int32,
+    }
+    blob = base64.b64decode(re.sub(r"\s", "", da.text))
+    n = int(np.frombuffer(blob[:8], dtype="<u8")[0])
+    arr = np.frombuffer(blob[8 : 8 + n], dtype=np.dtype(types[da.get("type")]).newbyteorder("<"))
+    shape = (ext[5] - ext[4] + 1, ext[3] - ext[2] + 1, ext[1] - ext[0] + 1)
+    return arr.reshape(shape).astype(types[da.get("type")]), spacing
+
+
+def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """Read a volume written by :func:`save_volume`; returns ``(volume, voxel_size_A)``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileFormatError(f"no such volume file: {str(path)!r}")
+    suffix = path.suffix.lower()
+    if suffix == ".vti":
+        return _read_vti(path)
+    if suffix == ".mrc":
+        from perovstem.io._mrc import read_mrc
+
+        rec = read_mrc(path)
+        return np.asarray(rec["data"]), float(rec["pixel_size_A"] or 1.0)
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            meta = json.loads(tif.shaped_metadata[0]["perovstem"])
+            return tif.asarray(), float(meta["voxel_size_A"])
+    if suffix == ".zarr":
+        import zarr
+
+        g = zarr.open_group(str(path), mode="r")
+        return g["data"][...], float(g.attrs["perovstem"]["voxel_size_A"])
+    if suffix == ".npz":
+        with np.load(path) as z:
+            return z["data"], float(json.loads(str(z["perovstem_meta"]))["voxel_size_A"])
+    raise FileFormatError(f"{str(path)!r}: unsupported volume format {suffix!r}")
+
+
+def save_mesh(
+    vertices_A: Any, faces: Any, path: str | os.PathLike, *, overwrite: bool = True
+) -> Path:
+    """Write a triangle mesh (vertices in Å) as ``.ply`` or ``.stl`` through trimesh."""
+    import trimesh
+
+    path = Path(path)
+    if path.suffix.lower() not in (".ply", ".stl", ".obj"):
+        raise FileFormatError(f"{str(path)!r}: meshes are written as .ply, .stl or .obj")
+    v = np.asarray(vertices_A, dtype=float)
+    f = np.asarray(faces, dtype=np.int64)
+    if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3:
+        raise DataError(f"mesh needs (N,3) vertices and (M,3) faces, got {v.shape} and {f.shape}")
+    mesh = trimesh.Trimesh(vertices=v, faces=f, process=False)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        mesh.export(tmp, file_type=path.suffix.lower().lstrip("."))
+    return path
+
+
+def save_json(obj: Any, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+    """Write ``obj`` as pretty JSON (numpy values converted)."""
+    with atomic_write(path, mode="w", overwrite=overwrite) as fh:
+        json.dump(_json_safe(obj), fh, indent=2)
+    return Path(path)
+
+
+def save_figure(
+    fig: Any, path: str | os.PathLike, *, dpi: int = 120, overwrite: bool = True
+) -> Path:
+    """Save a matplotlib figure atomically (format from the suffix)."""
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    return path
