@@ -1,0 +1,28 @@
+"""In-situ series analysis: drift registration, dose bookkeeping, conditions, nanocrystal and
+Pb-cluster detection, tracking with merges.
+
+Data flow: ``Series`` → :func:`assign_dose` → :func:`register_drift` / :func:`apply_drift` →
+per-frame detection → :func:`track_clusters` → lineage → :mod:`perovstem.quantify.kinetics`.
+"""
+
+from perovstem.insitu._frames import frame_quality, iter_frames
+from perovstem.insitu.dose import E_CHARGE_C, assign_dose, dose_table, frame_dose
+from perovstem.insitu.register import (
+    apply_drift,
+    correct_scan_distortion,
+    phase_correlate,
+    register_drift,
+)
+
+__all__ = [
+    "E_CHARGE_C",
+    "apply_drift",
+    "assign_dose",
+    "correct_scan_distortion",
+    "dose_table",
+    "frame_dose",
+    "frame_quality",
+    "iter_frames",
+    "phase_correlate",
+    "register_drift",
+]

@@ -1,0 +1,138 @@
+"""Frame access for in-situ series: stream frames from numpy, dask or Zarr without loading all.
+
+A series may be a :class:`perovstem.Series`, a ``(T, M, N)`` numpy/dask/zarr array, or a
+sequence of 2-D frames.  :func:`iter_frames` yields ``(k, frame)`` one frame at a time (dask
+chunks are computed block by block), so memory does not grow with the series length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from perovstem._data import Series
+from perovstem.errors import DataError, ParameterError
+
+__all__ = ["frame_stack", "iter_frames", "n_frames_of", "frame_shape_of", "frame_quality"]
+
+
+def _is_lazy(a: Any) -> bool:
+    return hasattr(a, "dask") and hasattr(a, "compute")
+
+
+def frame_stack(series: Any) -> Any:
+    """Return the ``(T, M, N)`` frame container of ``series`` (not copied).
+
+    Parameters
+    ----------
+    series : Series, (T, M, N) array_like or sequence of (M, N) arrays
+        The in-situ series.
+
+    Returns
+    -------
+    stack : array or sequence
+        Indexable by frame; ``len(stack) == T``.
+
+    Raises
+    ------
+    DataError
+        Frames of different shapes, wrong dimensionality or an empty series.
+    """
+    if isinstance(series, Series):
+        return series.data
+    if hasattr(series, "shape") and hasattr(series, "ndim"):
+        if series.ndim != 3:
+            raise DataError(f"`series` must be (T, M, N), got shape {tuple(series.shape)}")
+        if series.shape[0] == 0:
+            raise DataError("`series` has no frames")
+        return series
+    if isinstance(series, Sequence):
+        if len(series) == 0:
+            raise DataError("`series` has no frames")
+        shape0 = np.shape(series[0])
+        if len(shape0) != 2:
+            raise DataError(f"frame 0 of `series` must be 2-D, got shape {shape0}")
+        for k, f in enumerate(series):
+            if np.shape(f) != shape0:
+                raise DataError(
+                    f"frames of `series` differ in shape: frame 0 is {shape0}, "
+                    f"frame {k} is {np.shape(f)}"
+                )
+        return series
+    raise DataError(
+        f"`series` must be a Series, a 3-D array or a list of frames, got {type(series)}"
+    )
+
+
+def n_frames_of(series: Any) -> int:
+    """Number of frames ``T`` of a series."""
+    return len(frame_stack(series))
+
+
+def frame_shape_of(series: Any) -> tuple[int, int]:
+    """Frame shape ``(M, N)`` of a series."""
+    st = frame_stack(series)
+    return tuple(np.shape(st[0])) if not hasattr(st, "shape") else tuple(st.shape[1:])
+
+
+def iter_frames(series: Any, *, block: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(k, frame)`` for every frame, streaming lazy data block by block.
+
+    Parameters
+    ----------
+    series : Series, (T, M, N) array or sequence of (M, N) arrays
+        The series.
+    block : int, optional
+        Number of frames computed at once for dask input (default: the dask chunk size
+        along the frame axis, at most 16).
+
+    Yields
+    ------
+    k : int
+        Frame index.
+    frame : (M, N) ndarray
+        Frame data (a view for numpy input; never modify it).
+    """
+    st = frame_stack(series)
+    n = len(st)
+    if _is_lazy(st):
+        if block is None:
+            block = int(max(1, min(16, st.chunks[0][0])))
+        if block < 1:
+            raise ParameterError(f"`block` must be >= 1, got {block}")
+        for k0 in range(0, n, block):
+            chunk = np.asarray(st[k0 : k0 + block].compute())
+            for i in range(chunk.shape[0]):
+                yield k0 + i, chunk[i]
+    else:
+        for k in range(n):
+            yield k, np.asarray(st[k])
+
+
+def frame_quality(frame: np.ndarray) -> str:
+    """Return ``""`` for a usable frame, else the reason it is unusable.
+
+    A frame is unusable when it holds NaN/inf values, is constant (e.g. all zero: a dropped
+    or blanked frame) or is not 2-D numeric.
+    """
+    a = np.asarray(frame)
+    if a.ndim != 2 or a.dtype.kind not in "biuf":
+        return f"not a 2-D numeric frame (shape {a.shape}, dtype {a.dtype})"
+    if a.dtype.kind == "f":
+        nbad = int(np.count_nonzero(~np.isfinite(a)))
+        if nbad:
+            return f"{nbad} non-finite pixel(s)"
+    if a.size == 0 or float(a.max()) == float(a.min()):
+        return f"constant frame (all pixels = {float(a.flat[0]) if a.size else 'n/a'})"
+    return ""
+
+
+def skipped_table(reasons: dict[int, str]) -> pd.DataFrame:
+    """Table ``frame, reason`` of skipped frames."""
+    return pd.DataFrame(
+        {"frame": list(reasons.keys()), "reason": list(reasons.values())},
+        columns=["frame", "reason"],
+    )

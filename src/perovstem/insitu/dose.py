@@ -1,0 +1,235 @@
+"""Electron-dose bookkeeping of in-situ series.
+
+STEM dose per frame (notes/physics_simulation.md §5)::
+
+    D_frame = I · t_dwell / (e · Δx²)                        [e⁻/Å²]
+            = I · t_frame · (1 − f_flyback) / (e · A_FOV)
+
+dose rate φ = D_frame / Δt (frame interval) in e⁻/Å²/s and cumulative dose
+D(k) = D_0 + Σ_{j ≤ k} D_frame(j) (dose received by the end of frame k).  Every degradation
+curve is plotted against the cumulative dose, not the frame index.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from perovstem._data import Series
+from perovstem._validation import check_positive, check_range
+from perovstem.errors import DataError, ParameterError
+
+__all__ = ["E_CHARGE_C", "frame_dose", "assign_dose", "dose_table"]
+
+E_CHARGE_C = 1.602176634e-19
+
+
+def frame_dose(
+    current_pA: float,
+    pixel_size_A: float,
+    *,
+    dwell_us: float | None = None,
+    frame_time_s: float | None = None,
+    shape: tuple[int, int] | None = None,
+    flyback_fraction: float = 0.0,
+) -> float:
+    """Dose of one STEM frame, e⁻/Å².
+
+    Parameters
+    ----------
+    current_pA : float
+        Probe current, pA (> 0).
+    pixel_size_A : float
+        Scan step, Å.
+    dwell_us : float, optional
+        Dwell time per pixel, µs.  Preferred when known.
+    frame_time_s : float, optional
+        Frame time, s (used with ``shape`` when ``dwell_us`` is not given).
+    shape : (int, int), optional
+        Frame shape ``(M, N)`` in pixels (needed with ``frame_time_s``).
+    flyback_fraction : float
+        Fraction of ``frame_time_s`` spent in flyback with the beam blanked (0–0.9).
+
+    Returns
+    -------
+    float
+        Dose per frame, e⁻/Å².
+    """
+    i_A = check_positive("current_pA", current_pA) * 1e-12
+    dx = check_positive("pixel_size_A", pixel_size_A)
+    if dwell_us is not None:
+        t = check_positive("dwell_us", dwell_us) * 1e-6
+        return i_A * t / (E_CHARGE_C * dx * dx)
+    if frame_time_s is None:
+        raise ParameterError("give `dwell_us` or `frame_time_s` (with `shape`) to compute the dose")
+    tf = check_positive("frame_time_s", frame_time_s)
+    if shape is None or len(shape) != 2 or min(shape) < 1:
+        raise ParameterError(f"`shape` (M, N) is needed with `frame_time_s`, got {shape!r}")
+    fb = check_range("flyback_fraction", flyback_fraction, 0.0, 0.9)
+    area = shape[0] * shape[1] * dx * dx
+    return i_A * tf * (1.0 - fb) / (E_CHARGE_C * area)
+
+
+def _times(series: Series, time_s: Any, frame_time_s: float | None) -> tuple[np.ndarray, str]:
+    n = series.n_frames
+    if time_s is not None:
+        t = np.asarray(time_s, dtype=float).ravel()
+        src = "given"
+    elif series.time_s is not None:
+        t = np.asarray(series.time_s, dtype=float)
+        src = "series"
+    elif frame_time_s is not None:
+        t = np.arange(n) * check_positive("frame_time_s", frame_time_s)
+        src = "frame_time_s"
+    else:
+        raise DataError(
+            "the series has no time stamps: pass `time_s` (one per frame) or `frame_time_s`"
+        )
+    if t.shape != (n,):
+        raise DataError(f"`time_s` must have one value per frame ({n}), got {t.size}")
+    bad = np.flatnonzero(~np.isfinite(t))
+    if bad.size:
+        raise DataError(f"time stamps missing (NaN/inf) for frame(s) {bad.tolist()}")
+    if n > 1:
+        dt = np.diff(t)
+        nonpos = np.flatnonzero(dt <= 0)
+        if nonpos.size:
+            raise DataError(
+                f"time stamps must increase strictly: frame(s) {(nonpos + 1).tolist()} "
+                f"do not come after the previous frame (time_s={t[nonpos + 1].tolist()})"
+            )
+    return t, src
+
+
+def assign_dose(
+    series: Series,
+    *,
+    current_pA: float | None = None,
+    dwell_us: float | None = None,
+    frame_time_s: float | None = None,
+    flyback_fraction: float = 0.0,
+    dose_e_per_A2: Any = None,
+    time_s: Any = None,
+    initial_dose_e_per_A2: float | None = None,
+    allow_zero_dose: bool = False,
+) -> Series:
+    """Return a copy of ``series`` with per-frame dose and time stamps filled in.
+
+    Dose comes, in order of preference, from ``dose_e_per_A2`` (scalar or per frame), from the
+    probe current (``current_pA`` with ``dwell_us``, or with the frame time from
+    ``frame_time_s`` or the ``exposure_time_s`` metadata) or from the series itself.
+
+    Parameters
+    ----------
+    series : Series
+        The in-situ series (not modified).
+    current_pA, dwell_us, frame_time_s, flyback_fraction
+        Beam and scan settings, see :func:`frame_dose`.
+    dose_e_per_A2 : float or (T,) array_like, optional
+        Known dose per frame, e⁻/Å².
+    time_s : (T,) array_like, optional
+        Frame time stamps, s (else the series' or ``arange(T) * frame_time_s``).
+    initial_dose_e_per_A2 : float, optional
+        Dose received before frame 0 (e.g. during focusing), e⁻/Å².
+    allow_zero_dose : bool
+        Accept frames of zero dose (beam blanked); otherwise zero dose is an error because it
+        usually means "not recorded" (SerialEM writes ``ExposureDose = 0``).
+
+    Returns
+    -------
+    Series
+        With ``time_s``, ``dose_e_per_A2`` set and ``metadata['dose']`` describing the source.
+
+    Raises
+    ------
+    DataError
+        Missing or non-increasing time stamps, missing dose information, zero dose.
+    ParameterError
+        Non-positive current, dwell or frame time.
+    """
+    if not isinstance(series, Series):
+        raise ParameterError(f"`series` must be a perovstem Series, got {type(series).__name__}")
+    n = series.n_frames
+    if frame_time_s is None and "exposure_time_s" in series.metadata and dwell_us is None:
+        et = np.atleast_1d(np.asarray(series.metadata["exposure_time_s"], dtype=float))
+        if et.size and np.all(np.isfinite(et)) and np.all(et > 0):
+            frame_time_s = float(np.median(et))
+    t, t_src = _times(series, time_s, frame_time_s)
+    info: dict[str, Any] = {"time_source": t_src}
+    if dose_e_per_A2 is not None:
+        d = np.asarray(dose_e_per_A2, dtype=float)
+        d = np.full(n, float(d)) if d.ndim == 0 else d.ravel()
+        info["source"] = "given"
+    elif current_pA is not None:
+        d1 = frame_dose(
+            current_pA,
+            series.pixel_size_A,
+            dwell_us=dwell_us,
+            frame_time_s=frame_time_s,
+            shape=series.shape[1:],
+            flyback_fraction=flyback_fraction,
+        )
+        d = np.full(n, d1)
+        info.update(
+            source="current",
+            current_pA=float(current_pA),
+            dwell_us=None if dwell_us is None else float(dwell_us),
+            frame_time_s=None if frame_time_s is None else float(frame_time_s),
+            flyback_fraction=float(flyback_fraction),
+        )
+    elif series.dose_e_per_A2 is not None:
+        d = np.asarray(series.dose_e_per_A2, dtype=float)
+        info["source"] = "series"
+    else:
+        raise DataError(
+            "no dose information: pass `dose_e_per_A2`, or `current_pA` with `dwell_us` "
+            "or `frame_time_s`"
+        )
+    if d.shape != (n,):
+        raise DataError(f"`dose_e_per_A2` must have one value per frame ({n}), got {d.size}")
+    bad = np.flatnonzero(~np.isfinite(d) | (d < 0))
+    if bad.size:
+        raise DataError(f"dose is negative or not finite for frame(s) {bad.tolist()}")
+    zero = np.flatnonzero(d == 0)
+    if zero.size and not allow_zero_dose:
+        raise DataError(
+            f"dose is zero for frame(s) {zero.tolist()[:20]} (not recorded?); give the dose or "
+            "the current, or pass allow_zero_dose=True for blanked frames"
+        )
+    if np.all(d == 0):
+        raise DataError("dose is zero for every frame: nothing to plot against dose")
+    d0 = series.initial_dose_e_per_A2 if initial_dose_e_per_A2 is None else initial_dose_e_per_A2
+    d0 = check_positive("initial_dose_e_per_A2", d0, allow_zero=True)
+    md = dict(series.metadata)
+    md["dose"] = info
+    return series.replace(time_s=t, dose_e_per_A2=d, initial_dose_e_per_A2=d0, metadata=md)
+
+
+def dose_table(series: Series) -> pd.DataFrame:
+    """Per-frame bookkeeping table of a series with dose and time stamps.
+
+    Returns
+    -------
+    DataFrame
+        ``frame, time_s, dose_e_per_A2, cumulative_dose_e_per_A2, dose_rate_e_per_A2_s,
+        temperature_K, pressure_Pa, gas``; ``attrs`` holds ``pixel_size_A`` and the dose source.
+
+    Raises
+    ------
+    DataError
+        When the series has no dose or time stamps (call :func:`assign_dose` first).
+    """
+    if not isinstance(series, Series):
+        raise ParameterError(f"`series` must be a perovstem Series, got {type(series).__name__}")
+    if series.dose_e_per_A2 is None:
+        raise DataError("the series has no dose: call perovstem.insitu.assign_dose first")
+    if series.time_s is None:
+        raise DataError("the series has no time stamps: call perovstem.insitu.assign_dose first")
+    df = series.frames_table()
+    if series.n_frames == 1:
+        df["dose_rate_e_per_A2_s"] = np.nan
+    df.attrs["pixel_size_A"] = series.pixel_size_A
+    df.attrs["dose"] = dict(series.metadata.get("dose", {}))
+    return df
