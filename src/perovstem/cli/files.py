@@ -1,1 +1,107 @@
 """``perovstem info`` and ``perovstem convert``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from perovstem.cli.main import app
+
+
+def describe(obj) -> list[tuple[str, str]]:
+    """Rows (field, value) describing a loaded Image/Series/TiltSeries."""
+    import numpy as np
+
+    from perovstem._data import Image, Series, TiltSeries
+
+    rows = [
+        ("type", type(obj).__name__),
+        ("shape", " × ".join(map(str, obj.shape))),
+        ("dtype", str(obj.data.dtype)),
+        ("pixel size", f"{obj.pixel_size_A:.6g} Å"),
+    ]
+    if isinstance(obj, Image):
+        ny, nx = obj.shape
+        rows.append(
+            (
+                "field of view",
+                f"{nx * obj.pixel_size_A / 10:.4g} × {ny * obj.pixel_size_A / 10:.4g} nm",
+            )
+        )
+        if obj.dose_e_per_A2 is not None:
+            rows.append(("dose", f"{obj.dose_e_per_A2:.4g} e⁻/Å²"))
+    if isinstance(obj, Series):
+        if obj.time_s is not None:
+            rows.append(("time", f"{obj.time_s[0]:.4g} … {obj.time_s[-1]:.4g} s"))
+        if obj.dose_e_per_A2 is not None:
+            rows.append(("cumulative dose", f"{obj.cumulative_dose_e_per_A2[-1]:.4g} e⁻/Å²"))
+        if obj.temperature_K is not None:
+            rows.append(
+                (
+                    "temperature",
+                    f"{np.nanmin(obj.temperature_K):.4g} … {np.nanmax(obj.temperature_K):.4g} K",
+                )
+            )
+        if obj.pressure_Pa is not None:
+            rows.append(
+                (
+                    "pressure",
+                    f"{np.nanmin(obj.pressure_Pa):.4g} … {np.nanmax(obj.pressure_Pa):.4g} Pa",
+                )
+            )
+        if obj.gas:
+            rows.append(("gas", obj.gas))
+    if isinstance(obj, TiltSeries):
+        a = obj.angles_deg
+        step = np.median(np.diff(np.sort(a))) if a.size > 1 else 0.0
+        rows.append(("tilt angles", f"{a.min():.4g} … {a.max():.4g}° ({a.size}, step {step:.3g}°)"))
+        rows.append(("tilt axis", f"{obj.tilt_axis_deg:.4g}°"))
+        if obj.shifts_px is not None:
+            rows.append(("shifts", f"stored, max |shift| {np.abs(obj.shifts_px).max():.3g} px"))
+    md = obj.metadata
+    for key, label in (("high_tension_kV", "high tension"), ("magnification", "magnification")):
+        if key in md:
+            rows.append((label, f"{md[key]:.6g}" + (" kV" if key == "high_tension_kV" else "")))
+    return rows
+
+
+@app.command()
+def info(
+    file: Path = typer.Argument(..., help="Image, series or tilt-series file."),
+    pixel_size: float = typer.Option(
+        None, "--pixel-size", help="Pixel size in Å (if the file has none)."
+    ),
+) -> None:
+    """Show shape, dtype, calibration, dose, conditions and tilt angles of FILE."""
+    from rich.table import Table
+
+    from perovstem.cli._common import console
+    from perovstem.io import load
+
+    obj = load(file, pixel_size=pixel_size, lazy=True)
+    console.print(str(file))
+    table = Table(show_header=False)
+    for k, v in describe(obj):
+        table.add_row(k, v)
+    console.print(table)
+
+
+@app.command()
+def convert(
+    src: Path = typer.Argument(..., help="Input file."),
+    dst: Path = typer.Argument(..., help="Output file (.npz, .zarr, .tif, .mrc, .hspy)."),
+    pixel_size: float = typer.Option(
+        None, "--pixel-size", help="Pixel size in Å (if the input has none)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists."),
+) -> None:
+    """Convert SRC to DST keeping the calibration (never overwrites SRC)."""
+    from perovstem.errors import OutputExistsError
+    from perovstem.io import load, save_image
+
+    if dst.resolve() == src.resolve():
+        raise OutputExistsError(f"refusing to overwrite the input {str(src)!r}")
+    obj = load(src, pixel_size=pixel_size)
+    save_image(obj, dst, overwrite=overwrite)
+    typer.echo(f"wrote {dst}")

@@ -22,11 +22,20 @@ app = typer.Typer(
 )
 
 
+# Topic modules (cli/<topic>.py) register their commands on `app` when imported.
+# To add a topic: append its module name here (one entry per line).
+_TOPICS = [
+    "files",  # info, convert
+    "demo",
+    "atoms",  # atoms fit/count/track
+]
+
+
 def _register() -> None:
-    # Topic modules register their commands on `app` (or add sub-apps) at import.
-    from perovstem.cli import files  # noqa: F401  (info, convert)
-    from perovstem.cli import demo  # noqa: F401
-    from perovstem.cli import atoms  # noqa: F401  (atoms fit/count/track)
+    import importlib
+
+    for topic in _TOPICS:
+        importlib.import_module(f"perovstem.cli.{topic}")
 
 
 _register()
@@ -59,4 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run through the importable module so that topic modules register on the same app.
+    from perovstem.cli.main import main as _main
+
+    sys.exit(_main())

@@ -171,7 +171,18 @@ def _save_hspy(obj: Any, data: np.ndarray, path: Path, *, overwrite: bool) -> No
         if obj.shifts_px is not None:
             md["Tomography"]["shifts"] = obj.shifts_px
     with atomic_path(path, overwrite=overwrite) as tmp:
-        file_writer(str(tmp), {"data": data, "axes": axes, "metadata": md, "original_metadata": {}})
+        signal = {
+            "data": data,
+            "axes": axes,
+            "metadata": md,
+            "original_metadata": {},
+            "tmp_parameters": {},
+            "attributes": {"_lazy": False},
+            "learning_results": {},
+            "models": {},
+            "package_info": {"package": "perovstem", "package_version": "0.1.0"},
+        }
+        file_writer(str(tmp), signal)
 
 
 # --------------------------------------------------------------------------- tables

@@ -1,0 +1,66 @@
+"""`perovstem info` and `perovstem convert`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import perovstem as ps
+from perovstem.cli.main import main
+
+
+def test_info_tilt_series(tomo_data, capsys):
+    assert main(["info", str(tomo_data / "etspy_needle" / "HAADF.mrc")]) == 0
+    out = capsys.readouterr().out
+    assert "TiltSeries" in out and "33.6 Å" in out and "-76 … 76°" in out
+
+
+def test_info_series_shows_dose_and_conditions(tmp_path, capsys):
+    s = ps.Series(
+        np.ones((3, 8, 8), np.float32),
+        0.5,
+        time_s=[0, 1, 2],
+        dose_e_per_A2=100.0,
+        temperature_K=[300, 350, 400],
+        gas="O2",
+    )
+    p = ps.io.save_image(s, tmp_path / "s.npz")
+    assert main(["info", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "300 e⁻/Å²" in out and "300 … 400 K" in out and "O2" in out
+
+
+def test_convert_keeps_calibration_and_refuses_to_overwrite(tmp_path, tomo_data, capsys):
+    src = tomo_data / "etspy_needle" / "HAADF.mrc"
+    dst = tmp_path / "needle.zarr"
+    assert main(["convert", str(src), str(dst)]) == 0
+    assert main(["convert", str(src), str(dst)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    back = ps.load(dst)
+    np.testing.assert_allclose(back.angles_deg, np.arange(-76, 77, 2))
+    assert back.pixel_size_A == pytest.approx(33.6, rel=1e-6)
+    assert main(["convert", str(src), str(src)]) == 2
+
+
+def test_cli_help_runs_as_a_program():
+    r = subprocess.run(
+        [sys.executable, "-m", "perovstem.cli.main", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0
+    for cmd in ("info", "convert", "demo"):
+        assert cmd in r.stdout
+
+
+def test_import_is_light():
+    code = (
+        "import sys, perovstem; heavy = [m for m in ('dask', 'matplotlib', 'numba', 'rsciio', "
+        "'pandas', 'scipy') if m in sys.modules]; print(heavy)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "[]"

@@ -1,0 +1,115 @@
+"""Bad files give one clear PerovstemError naming the file (and the CLI exits 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import perovstem as ps
+from perovstem.cli.main import main
+from perovstem.errors import CalibrationError, DataError, FileFormatError, PerovstemError
+
+FORMATS = Path(__file__).resolve().parents[1] / "data" / "formats"
+
+
+def _truncated_dm3(tmp_path: Path) -> Path:
+    data = (FORMATS / "haadf_calibrated.dm3").read_bytes()
+    p = tmp_path / "truncated.dm3"
+    p.write_bytes(data[: len(data) // 3])
+    return p
+
+
+def _truncated_mrc(tmp_path: Path) -> Path:
+    import mrcfile
+
+    src = tmp_path / "ok.mrc"
+    with mrcfile.new(src) as m:
+        m.set_data(np.zeros((3, 32, 32), np.float32))
+        m.voxel_size = 2.0
+    p = tmp_path / "truncated.mrc"
+    p.write_bytes(src.read_bytes()[: 1024 + 32 * 32 * 4])
+    return p
+
+
+def _cases(tmp_path: Path) -> dict[str, tuple[Path, type, str]]:
+    empty = tmp_path / "empty.dm3"
+    empty.write_bytes(b"")
+    txt = tmp_path / "notes.dm3"
+    txt.write_text("this is a text file, not a DigitalMicrograph image\n" * 20)
+    folder = tmp_path / "folder.tif"
+    folder.mkdir()
+    nan = tmp_path / "nan.npz"
+    arr = np.ones((8, 8))
+    arr[2, 3] = np.nan
+    np.savez(nan, obs=arr, dx_angstrom=0.2)
+    oned = tmp_path / "line.npz"
+    np.savez(oned, obs=np.ones(16), dx_angstrom=0.2)
+    undefined = tmp_path / "undefined.tif"
+    import tifffile
+
+    tifffile.imwrite(undefined, np.ones((8, 8), np.float32))
+    return {
+        "empty": (empty, FileFormatError, "empty"),
+        "truncated dm3": (_truncated_dm3(tmp_path), FileFormatError, "truncated.dm3"),
+        "truncated mrc": (_truncated_mrc(tmp_path), FileFormatError, "truncated"),
+        "txt renamed dm3": (txt, FileFormatError, "notes.dm3"),
+        "directory": (folder, FileFormatError, "directory"),
+        "missing": (tmp_path / "nope.emd", FileFormatError, "no such file"),
+        "nan": (nan, DataError, "NaN"),
+        "1-D": (oned, DataError, "2-D image or a 3-D stack"),
+        "undefined units": (undefined, CalibrationError, "pixel_size"),
+        "unknown suffix": (txt.rename(tmp_path / "notes.xyz"), FileFormatError, ".xyz"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "empty",
+        "truncated dm3",
+        "truncated mrc",
+        "txt renamed dm3",
+        "directory",
+        "missing",
+        "nan",
+        "1-D",
+        "undefined units",
+        "unknown suffix",
+    ],
+)
+def test_bad_file_raises_clear_error_and_cli_exits_2(tmp_path, capsys, case):
+    path, exc, fragment = _cases(tmp_path)[case]
+    with pytest.raises(exc) as info:
+        ps.load(path)
+    assert isinstance(info.value, PerovstemError)
+    assert fragment in str(info.value)
+    assert path.name in str(info.value) or case == "unknown suffix"
+    capsys.readouterr()
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:")
+    assert "Traceback" not in err
+
+
+def test_bad_pixel_size_parameter(tmp_path):
+    p = tmp_path / "x.npz"
+    np.savez(p, obs=np.ones((4, 4)), dx_angstrom=0.2)
+    with pytest.raises(ps.ParameterError, match="pixel_size.*-1"):
+        ps.load(p, pixel_size=-1)
+
+
+def test_data_model_rejects_bad_arrays():
+    with pytest.raises(DataError, match="2-D"):
+        ps.Image(np.ones(5), 1.0)
+    with pytest.raises(DataError, match="empty"):
+        ps.Image(np.ones((0, 5)), 1.0)
+    with pytest.raises(ps.ParameterError, match="pixel_size_A"):
+        ps.Image(np.ones((4, 4)), 0.0)
+    with pytest.raises(ps.ParameterError, match="angles_deg"):
+        ps.TiltSeries(np.ones((3, 4, 4)), [0, 10], 1.0)
+    with pytest.raises(ps.ParameterError, match="duplicate"):
+        ps.TiltSeries(np.ones((3, 4, 4)), [0, 10, 10], 1.0)
+    with pytest.raises(ps.ParameterError, match="dose_e_per_A2"):
+        ps.Series(np.ones((2, 4, 4)), 1.0, dose_e_per_A2=[-1, 1])

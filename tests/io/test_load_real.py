@@ -1,0 +1,154 @@
+"""Loading real files: the shared tomography/StatSTEM data and small vendor-format fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import perovstem as ps
+from perovstem.errors import CalibrationError
+
+FORMATS = Path(__file__).resolve().parents[1] / "data" / "formats"
+
+
+def test_needle_mrc_tilts_from_fei_extended_header(tomo_data):
+    ts = ps.load(tomo_data / "etspy_needle" / "HAADF.mrc")
+    assert isinstance(ts, ps.TiltSeries)
+    assert ts.shape == (77, 256, 256)
+    assert ts.data.dtype == np.int16
+    # 77 angles −76…+76° in 2° steps, read from the FEI extended header
+    np.testing.assert_allclose(ts.angles_deg, np.arange(-76, 77, 2))
+    assert ts.pixel_size_A == pytest.approx(33.6, rel=1e-6)
+    assert ts.metadata["high_tension_kV"] == pytest.approx(300)
+
+
+def test_needle_rawtlt_agrees_with_header(tomo_data):
+    from perovstem.io._mrc import read_angle_file
+
+    ang = read_angle_file(tomo_data / "etspy_needle" / "HAADF.rawtlt")
+    ts = ps.load(tomo_data / "etspy_needle" / "HAADF.mrc")
+    np.testing.assert_allclose(ts.angles_deg, ang)
+
+
+def test_serialem_frames_take_pixel_size_and_times_from_mdoc(tomo_data):
+    s = ps.load(tomo_data / "etspy_serialem" / "test_000.mrc")
+    assert isinstance(s, ps.Series)  # tilt ≈ 0 for both frames: a time series, not a tilt series
+    assert s.shape == (2, 1024, 1024)
+    assert s.pixel_size_A == pytest.approx(7.88)
+    np.testing.assert_allclose(s.time_s, [0.0, 2.0])
+    assert s.metadata["exposure_time_s"] == [0.524, 0.524]
+    assert s.metadata["counts_per_electron"] == pytest.approx(1.65)
+
+
+def test_serialem_lazy_frames(tomo_data):
+    s = ps.load(tomo_data / "etspy_serialem" / "test_000.mrc", lazy=True)
+    assert hasattr(s.data, "dask")
+    eager = ps.load(tomo_data / "etspy_serialem" / "test_000.mrc")
+    np.testing.assert_array_equal(s.frame(1).data, eager.data[1])
+
+
+def test_etspy_aligned_hspy(tomo_data):
+    ts = ps.load(tomo_data / "etspy_needle" / "HAADF_Aligned.hspy")
+    assert isinstance(ts, ps.TiltSeries)
+    assert ts.shape == (77, 256, 256)
+    assert ts.pixel_size_A == pytest.approx(33.6, rel=1e-6)  # stored in nm, converted to Å
+    assert ts.tilt_axis_deg == pytest.approx(-2.79, abs=0.01)
+    assert ts.shifts_px.shape == (77, 2)
+    assert np.abs(ts.shifts_px).max() > 10  # ETSpy's shifts reach ~39 px
+    np.testing.assert_allclose(ts.angles_deg, np.arange(-76, 77, 2))
+
+
+@pytest.mark.parametrize(
+    ("name", "dx", "shape"),
+    [
+        ("Example3_CsPbBr3", 0.3109, (241, 246)),
+        ("Example2_Pb", 0.22, (291, 341)),
+        ("ExampleCsPbBr3", 0.3109, (241, 246)),
+        ("ExamplePb", 0.22, (291, 341)),
+    ],
+)
+def test_statstem_npz(statstem_data, name, dx, shape):
+    img = ps.load(statstem_data / "npz" / f"{name}.npz")
+    assert isinstance(img, ps.Image)
+    assert img.shape == shape
+    assert img.pixel_size_A == pytest.approx(dx)
+
+
+def test_statstem_mat_matches_npz(statstem_data):
+    a = ps.load(statstem_data / "mat" / "ExampleCsPbBr3.mat")
+    b = ps.load(statstem_data / "npz" / "ExampleCsPbBr3.npz")
+    np.testing.assert_array_equal(a.data, b.data)
+    assert a.pixel_size_A == b.pixel_size_A
+
+
+def test_statstem_example_converts_one_based_coordinates(statstem_data):
+    ex = ps.io.load_statstem(statstem_data / "npz" / "Example3_CsPbBr3.npz")
+    raw = np.load(statstem_data / "npz" / "Example3_CsPbBr3.npz")
+    dx = float(raw["dx_angstrom"])
+    # StatSTEM x = k·dx for k = 1…; perovstem x = j·dx for j = 0…: shift by exactly one pixel
+    np.testing.assert_allclose(
+        ex.coordinates[["x_A", "y_A"]].to_numpy(), raw["input_coordinates_xy_angstrom"] - dx
+    )
+    assert len(ex.reference) == 415
+    assert set(ex.reference["type"]) == {"PbBr", "Cs"}
+    assert ex.background == pytest.approx(8712.88, rel=1e-5)
+    # The stored StatSTEM model peaks where the converted coordinates say (0-based pixels).
+    model = raw["ref_model"]
+    i = int(np.argmax(ex.reference["eta"].to_numpy()))
+    x, y = ex.reference.iloc[i][["x_A", "y_A"]]
+    r, c = np.unravel_index(
+        np.argmax(model[int(y / dx) - 3 : int(y / dx) + 4, int(x / dx) - 3 : int(x / dx) + 4]),
+        (7, 7),
+    )
+    assert abs(int(y / dx) - 3 + r - y / dx) <= 0.5 + 1e-9
+    assert abs(int(x / dx) - 3 + c - x / dx) <= 0.5 + 1e-9
+
+
+def test_statstem_hmm_input(statstem_data):
+    hmm = ps.io.load_statstem_hmm(statstem_data / "npz" / "example_HMM_input.npz")
+    assert hmm["series"].shape == (5, 361, 361)
+    assert hmm["scs"].shape == (5, 117)
+    assert hmm["library_scs"].size == 25
+
+
+def test_dm3_calibrated_haadf():
+    img = ps.load(FORMATS / "haadf_calibrated.dm3")
+    assert isinstance(img, ps.Image)
+    # the file stores its scale in µm; perovstem reports Å
+    from rsciio.digitalmicrograph import file_reader
+
+    ax = file_reader(str(FORMATS / "haadf_calibrated.dm3"))[0]["axes"][-1]
+    assert ax["units"] == "µm"
+    assert img.pixel_size_A == pytest.approx(ax["scale"] * 1e4)
+
+
+def test_dm3_stack_is_series():
+    s = ps.load(FORMATS / "stack.dm3")
+    assert isinstance(s, ps.Series)
+    assert s.n_frames == 3
+
+
+@pytest.mark.parametrize("name", ["uncalibrated.dm3", "uncalibrated.dm4"])
+def test_uncalibrated_dm_needs_pixel_size(name):
+    with pytest.raises(CalibrationError, match="pixel_size"):
+        ps.load(FORMATS / name)
+    img = ps.load(FORMATS / name, pixel_size=0.2)
+    assert img.pixel_size_A == 0.2
+    assert img.metadata["pixel_size_source"] == "user"
+
+
+def test_tia_ser_image_and_series():
+    img = ps.load(FORMATS / "128x128-TEM_search_1.ser")
+    assert isinstance(img, ps.Image) and img.shape == (128, 128)
+    assert img.pixel_size_A > 0
+    s = ps.load(FORMATS / "64x64x5_TEM_preview_1.ser")
+    assert isinstance(s, ps.Series) and s.shape == (5, 64, 64)
+
+
+def test_emd_without_calibration_is_an_error_unless_given():
+    with pytest.raises(CalibrationError):
+        ps.load(FORMATS / "ncem_example_image.emd")
+    img = ps.load(FORMATS / "ncem_example_image.emd", pixel_size=1.5)
+    assert img.pixel_size_A == 1.5

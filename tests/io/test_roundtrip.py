@@ -1,0 +1,140 @@
+"""Every writer round-trips data and calibration exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import perovstem as ps
+from perovstem.errors import OutputExistsError
+
+
+@pytest.fixture
+def image():
+    rng = np.random.default_rng(0)
+    return ps.Image(rng.poisson(50, (24, 31)).astype(np.float32), 0.3109, dose_e_per_A2=1.5e4)
+
+
+@pytest.fixture
+def series():
+    rng = np.random.default_rng(1)
+    return ps.Series(
+        rng.random((4, 16, 20)).astype(np.float32),
+        0.5,
+        time_s=[0, 1, 2, 3.5],
+        dose_e_per_A2=[100, 100, 120, 80],
+        temperature_K=[300, 310, 320, 330],
+        pressure_Pa=1e-5,
+        gas="O2",
+    )
+
+
+@pytest.fixture
+def tilt():
+    rng = np.random.default_rng(2)
+    return ps.TiltSeries(
+        rng.random((5, 16, 16)).astype(np.float32),
+        [-60, -30, 0, 30, 60],
+        3.36,
+        tilt_axis_deg=-2.79,
+        shifts_px=rng.normal(size=(5, 2)),
+    )
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".zarr", ".tif", ".mrc", ".hspy"])
+def test_image_roundtrip(tmp_path, image, suffix):
+    p = ps.io.save_image(image, tmp_path / f"img{suffix}")
+    back = ps.load(p)
+    assert isinstance(back, ps.Image)
+    np.testing.assert_array_equal(back.data, image.data)
+    assert back.pixel_size_A == pytest.approx(image.pixel_size_A, rel=1e-6)
+    if suffix in (".npz", ".zarr", ".tif"):
+        assert back.dose_e_per_A2 == image.dose_e_per_A2
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".zarr", ".tif"])
+def test_series_roundtrip_keeps_conditions(tmp_path, series, suffix):
+    back = ps.load(ps.io.save_image(series, tmp_path / f"s{suffix}"))
+    assert isinstance(back, ps.Series)
+    np.testing.assert_array_equal(back.data, series.data)
+    for k in ("time_s", "dose_e_per_A2", "temperature_K", "pressure_Pa"):
+        np.testing.assert_array_equal(getattr(back, k), getattr(series, k))
+    assert back.gas == "O2"
+    np.testing.assert_allclose(back.cumulative_dose_e_per_A2, [100, 200, 320, 400])
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".zarr", ".tif", ".mrc", ".hspy"])
+def test_tilt_roundtrip(tmp_path, tilt, suffix):
+    back = ps.load(ps.io.save_image(tilt, tmp_path / f"t{suffix}"))
+    assert isinstance(back, ps.TiltSeries)
+    np.testing.assert_array_equal(back.data, tilt.data)
+    np.testing.assert_allclose(back.angles_deg, tilt.angles_deg)
+    assert back.pixel_size_A == pytest.approx(3.36, rel=1e-6)
+    if suffix != ".mrc":
+        assert back.tilt_axis_deg == pytest.approx(-2.79)
+        np.testing.assert_allclose(back.shifts_px, tilt.shifts_px)
+
+
+def test_zarr_lazy(tmp_path, series):
+    p = ps.io.save_image(series, tmp_path / "s.zarr")
+    lazy = ps.load(p, lazy=True)
+    assert hasattr(lazy.data, "dask")
+    np.testing.assert_array_equal(lazy.frame(2).data, series.data[2])
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_table_roundtrip_keeps_attrs(tmp_path, suffix):
+    df = pd.DataFrame(
+        {"x_A": [1.0, 2.5], "y_A": [3.0, 4.25], "type": ["PbBr", "Cs"], "n_atoms": [7, 5]}
+    )
+    df.attrs = {"pixel_size_A": 0.3109, "provenance": {"tool": "perovstem", "version": "0.1.0"}}
+    back = ps.io.read_table(ps.io.save_table(df, tmp_path / f"t{suffix}"))
+    pd.testing.assert_frame_equal(back, df)
+    assert back.attrs == df.attrs
+
+
+@pytest.mark.parametrize("suffix", [".mrc", ".tif", ".zarr", ".npz", ".vti"])
+def test_volume_roundtrip(tmp_path, suffix):
+    rng = np.random.default_rng(3)
+    vol = rng.random((6, 7, 8)).astype(np.float32)
+    vol[0, 0, 0] = 5.0  # orientation check: the x-fastest VTK layout must not transpose
+    back, vox = ps.io.read_volume(ps.io.save_volume(vol, tmp_path / f"v{suffix}", voxel_size_A=2.5))
+    np.testing.assert_array_equal(back, vol)
+    assert vox == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize("suffix", [".ply", ".stl"])
+def test_mesh_roundtrip(tmp_path, suffix):
+    import trimesh
+
+    box = trimesh.creation.box(extents=(10.0, 20.0, 30.0))
+    p = ps.io.save_mesh(box.vertices, box.faces, tmp_path / f"m{suffix}")
+    back = trimesh.load(p, process=True)
+    assert back.area == pytest.approx(box.area)
+    assert back.volume == pytest.approx(box.volume)
+
+
+def test_writes_never_overwrite_an_input(tmp_path, image):
+    p = ps.io.save_image(image, tmp_path / "in.npz")
+    before = p.read_bytes()
+    ps.load(p)  # registers p as an input
+    with pytest.raises(OutputExistsError, match="in.npz"):
+        ps.io.save_image(image, p, overwrite=True)
+    with pytest.raises(OutputExistsError):
+        ps.io.save_volume(np.zeros((2, 2, 2)), p, voxel_size_A=1.0)
+    assert p.read_bytes() == before
+
+
+def test_existing_output_kept_unless_overwrite(tmp_path, image):
+    p = ps.io.save_image(image, tmp_path / "out.tif")
+    with pytest.raises(OutputExistsError, match="already exists"):
+        ps.io.save_image(image, p)
+    ps.io.save_image(image, p, overwrite=True)
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "v.mrc"
+    with pytest.raises(ps.DataError):
+        ps.io.save_volume(np.zeros((2, 2, 2), dtype=np.int64), target, voxel_size_A=1.0)
+    assert list(tmp_path.iterdir()) == []
