@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from perovstem._data import Image, Series, TiltSeries
+from perovstem._data import Image, Series, TiltSeries, from_hyperspy
 from perovstem.errors import (
     CalibrationError,
     DataError,
@@ -40,6 +40,7 @@ __all__ = [
     "Image",
     "Series",
     "TiltSeries",
+    "from_hyperspy",
     "PerovstemError",
     "FileFormatError",
     "CalibrationError",

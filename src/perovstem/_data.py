@@ -80,7 +80,15 @@ def _hyperspy_axes(shape: tuple[int, ...], pixel_size_A: float, nav: list[dict])
     ]
 
 
-@dataclass(frozen=True, eq=False)
+def _repr(obj: Any, extra: str = "") -> str:
+    lazy = " lazy" if _is_lazy(obj.data) else ""
+    shape = "×".join(map(str, obj.data.shape))
+    return (
+        f"<{type(obj).__name__} {shape} {obj.data.dtype}{lazy}, {obj.pixel_size_A:.4g} Å/px{extra}>"
+    )
+
+
+@dataclass(frozen=True, eq=False, repr=False)
 class Image:
     """A calibrated 2-D image.
 
@@ -117,6 +125,10 @@ class Image:
     def shape(self) -> tuple[int, int]:
         return tuple(self.data.shape)
 
+    def __repr__(self) -> str:
+        dose = "" if self.dose_e_per_A2 is None else f", {self.dose_e_per_A2:.4g} e⁻/Å²"
+        return _repr(self, dose)
+
     @property
     def extent_A(self) -> tuple[float, float]:
         """Field of view ``(width, height)`` in Å."""
@@ -136,6 +148,14 @@ class Image:
             sig.metadata.set_item("Acquisition_instrument.TEM.dose_e_per_A2", self.dose_e_per_A2)
         return sig
 
+    @classmethod
+    def from_hyperspy(cls, signal: Any) -> Image:
+        """Build an :class:`Image` from a 2-D HyperSpy signal (axis units converted to Å)."""
+        obj = from_hyperspy(signal)
+        if not isinstance(obj, cls):
+            raise DataError(f"expected a 2-D signal, got {type(obj).__name__}")
+        return obj
+
     def to_xarray(self) -> Any:
         """Return an ``xarray.DataArray`` with coordinates in Å."""
         from perovstem._optional import import_optional
@@ -153,7 +173,7 @@ class Image:
         )
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Series:
     """An in-situ time series of calibrated frames.
 
@@ -201,6 +221,11 @@ class Series:
             )
         if self.time_s is not None and np.any(np.diff(self.time_s) < 0):
             raise ParameterError("`time_s` must be non-decreasing over frames")
+
+    def __repr__(self) -> str:
+        cum = self.cumulative_dose_e_per_A2
+        dose = "" if cum is None else f", total {cum[-1]:.4g} e⁻/Å²"
+        return _repr(self, dose)
 
     @property
     def n_frames(self) -> int:
@@ -269,23 +294,31 @@ class Series:
         from perovstem._optional import import_optional
 
         hs = import_optional("hyperspy.api", extra="hyperspy")
-        nav = [
-            {
-                "name": "frame",
-                "size": self.n_frames,
-                "scale": 1.0,
-                "offset": 0.0,
-                "units": "",
-                "navigate": True,
-            }
-        ]
-        axes = _hyperspy_axes(self.shape, self.pixel_size_A, nav)
+        nav_axis = {
+            "name": "frame",
+            "size": self.n_frames,
+            "scale": 1.0,
+            "offset": 0.0,
+            "units": "",
+            "navigate": True,
+        }
+        t = self.time_s
+        if t is not None and self.n_frames > 1 and np.allclose(np.diff(t), t[1] - t[0]):
+            nav_axis.update(name="time", scale=float(t[1] - t[0]), offset=float(t[0]), units="s")
+        axes = _hyperspy_axes(self.shape, self.pixel_size_A, [nav_axis])
+        sig = hs.signals.Signal2D(self.data, axes=axes)
         if _is_lazy(self.data):
-            return hs.signals.Signal2D(self.data, axes=axes).as_lazy()
-        return hs.signals.Signal2D(self.data, axes=axes)
+            sig = sig.as_lazy()
+        for name in ("dose_e_per_A2", "temperature_K", "pressure_Pa", "time_s"):
+            val = getattr(self, name)
+            if val is not None:
+                sig.metadata.set_item(f"perovstem.{name}", np.asarray(val))
+        if self.gas:
+            sig.metadata.set_item("perovstem.gas", self.gas)
+        return sig
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class TiltSeries:
     """A single-axis tilt series.
 
@@ -333,6 +366,10 @@ class TiltSeries:
             if s.shape != (n, 2):
                 raise ParameterError(f"`shifts_px` must have shape ({n}, 2), got {s.shape}")
             object.__setattr__(self, "shifts_px", s)
+
+    def __repr__(self) -> str:
+        a = self.angles_deg
+        return _repr(self, f", {a.min():.4g}…{a.max():.4g}°, axis {self.tilt_axis_deg:.3g}°")
 
     @property
     def n_angles(self) -> int:
@@ -383,8 +420,9 @@ def from_hyperspy(signal: Any) -> Image | Series | TiltSeries:
     data = signal.data
     md = signal.metadata.as_dictionary()
     tomo = md.get("Tomography", {})
+    dose = md.get("Acquisition_instrument", {}).get("TEM", {}).get("dose_e_per_A2")
     if data.ndim == 2:
-        return Image(data, px, metadata=md)
+        return Image(data, px, dose_e_per_A2=dose, metadata=md)
     if data.ndim == 3 and "tilts" in tomo:
         return TiltSeries(
             data,
@@ -395,5 +433,19 @@ def from_hyperspy(signal: Any) -> Image | Series | TiltSeries:
             metadata=md,
         )
     if data.ndim == 3:
-        return Series(data, px, metadata=md)
+        own = md.get("perovstem", {})
+        nav = signal.axes_manager.navigation_axes[0]
+        time_s = own.get("time_s")
+        if time_s is None and str(nav.units) == "s":
+            time_s = nav.offset + nav.scale * np.arange(data.shape[0])
+        return Series(
+            data,
+            px,
+            time_s=time_s,
+            dose_e_per_A2=own.get("dose_e_per_A2", dose),
+            temperature_K=own.get("temperature_K"),
+            pressure_Pa=own.get("pressure_Pa"),
+            gas=own.get("gas"),
+            metadata=md,
+        )
     raise DataError(f"cannot map a signal of shape {data.shape} to Image/Series/TiltSeries")
