@@ -152,3 +152,21 @@ def test_emd_without_calibration_is_an_error_unless_given():
         ps.load(FORMATS / "ncem_example_image.emd")
     img = ps.load(FORMATS / "ncem_example_image.emd", pixel_size=1.5)
     assert img.pixel_size_A == 1.5
+
+
+def test_dose_from_beam_metadata_hyperspy_and_velox_styles():
+    from perovstem.io.read import beam_conditions, dose_per_frame
+
+    hs_md = {
+        "Acquisition_instrument": {
+            "TEM": {"beam_current": 0.05, "beam_energy": 300, "Detector": {"dwell_time": 2e-6}}
+        }
+    }
+    b = beam_conditions(hs_md, {})
+    assert b["beam_current_A"] == pytest.approx(5e-11)  # nA converted to A
+    assert b["dwell_time_s"] == 2e-6 and b["high_tension_kV"] == 300.0
+    velox_om = {"Optics": {"LastMeasuredScreenCurrent": "5e-11"}, "Scan": {"DwellTime": "2e-6"}}
+    assert beam_conditions({}, velox_om) == {"beam_current_A": 5e-11, "dwell_time_s": 2e-6}
+    # 50 pA for 2 µs on a 0.5 Å pixel: 624 electrons over 0.25 Å²
+    assert dose_per_frame(5e-11, 2e-6, 0.5) == pytest.approx(5e-11 * 2e-6 / 1.602176634e-19 / 0.25)
+    assert dose_per_frame(5e-11, 2e-6, 0.5) == pytest.approx(2496.6, rel=1e-4)

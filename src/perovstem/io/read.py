@@ -251,17 +251,52 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
         for key in ("xshift", "yshift"):
             if key in tomo:
                 out["metadata"][f"tomography_{key}_px"] = float(tomo[key])
-    tem = _get(md, "Acquisition_instrument", "TEM") or {}
-    current_nA = tem.get("beam_current")
-    dwell = _get(tem, "Detector", "dwell_time") or tem.get("dwell_time")
-    if current_nA and dwell and out.get("pixel_size_A"):
-        # dose per frame: electrons per pixel (I·t/e) over the pixel area
-        out["dose_e_per_A2"] = (
-            float(current_nA) * 1e-9 * float(dwell) / E_CHARGE / out["pixel_size_A"] ** 2
+    beam = beam_conditions(md, s.get("original_metadata", {}))
+    out["metadata"].update(beam)
+    if beam.get("beam_current_A") and beam.get("dwell_time_s") and out.get("pixel_size_A"):
+        out["dose_e_per_A2"] = dose_per_frame(
+            beam["beam_current_A"], beam["dwell_time_s"], out["pixel_size_A"]
         )
-    for key in ("beam_energy", "beam_current", "magnification", "camera_length"):
-        if key in tem:
-            out["metadata"][key] = tem[key]
+    return out
+
+
+def dose_per_frame(beam_current_A: float, dwell_time_s: float, pixel_size_A: float) -> float:
+    """Dose of one scanned frame, e⁻/Å²: electrons per pixel (I·t_dwell/e) over the pixel area."""
+    return float(beam_current_A) * float(dwell_time_s) / E_CHARGE / float(pixel_size_A) ** 2
+
+
+def beam_conditions(md: dict, om: dict) -> dict[str, float]:
+    """Beam current (A), dwell time (s), high tension (kV) and magnification from metadata.
+
+    Reads HyperSpy-style mapped metadata (``Acquisition_instrument.TEM``: beam_current in nA,
+    dwell_time in s, beam_energy in kV) and, failing that, Velox original metadata
+    (``Optics.LastMeasuredScreenCurrent`` in A, ``Scan.DwellTime`` in s).
+    """
+    tem = _get(md, "Acquisition_instrument", "TEM") or {}
+    out: dict[str, float] = {}
+
+    def _f(v: Any) -> float | None:
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            return None
+        return v if np.isfinite(v) and v > 0 else None
+
+    cur = _f(tem.get("beam_current"))
+    if cur is not None:
+        out["beam_current_A"] = cur * 1e-9
+    else:
+        cur = _f(_get(om, "Optics", "LastMeasuredScreenCurrent"))
+        if cur is not None:
+            out["beam_current_A"] = cur
+    dwell = _f(_get(tem, "Detector", "dwell_time")) or _f(tem.get("dwell_time"))
+    dwell = dwell or _f(_get(om, "Scan", "DwellTime"))
+    if dwell is not None:
+        out["dwell_time_s"] = dwell
+    for key, name in (("beam_energy", "high_tension_kV"), ("magnification", "magnification")):
+        v = _f(tem.get(key))
+        if v is not None:
+            out[name] = v
     return out
 
 
