@@ -27,6 +27,7 @@ app = typer.Typer(
 _TOPICS = [
     "files",  # info, convert
     "demo",
+    "run",  # run CONFIG (pipeline)
     "atoms",  # atoms fit/count/track
 ]
 
