@@ -1,0 +1,428 @@
+"""Read and validate a TOML analysis description.
+
+Format (paths are relative to the TOML file)::
+
+    [run]
+    name = "dose-rate-study"     # identifies the run; default: the file name
+    seed = 0                     # master seed; every step gets its own stream
+    scheduler = "auto"           # serial | auto | local | local:N | tcp://host:8786
+    on_error = "stop"            # stop | continue (failed step reported, run goes on)
+    title = "CsPbBr3 NC, 300 kV" # report title
+    plugins = ["mylab.steps"]    # extra modules registering steps (optional)
+
+    [inputs]
+    series = "insitu_0001.emd"                       # loaded with perovstem.io.load
+    image = { path = "frame.dm4", pixel_size = 0.21 } # options passed to load()
+
+    [[step]]
+    run = "insitu.detect"        # registered step (``perovstem run --list-steps``)
+    id = "detect"                # optional; outputs are named "<id>.<output>"
+    inputs = { series = "series" }  # optional explicit wiring (else by name)
+    threshold = 3.0              # step parameters, checked against the step's schema
+
+Everything is validated before any work starts; errors name the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from perovstem.errors import FileFormatError, ParameterError
+from perovstem.pipeline.registry import Step, get_step
+
+__all__ = ["InputSpec", "StepSpec", "Config", "load_config", "parse_config"]
+
+_RUN_KEYS = {"name", "seed", "scheduler", "on_error", "title", "plugins", "workers", "report"}
+_STEP_RESERVED = {"run", "id", "inputs", "enabled"}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A file input: artefact ``name`` loaded from ``path`` with ``options``."""
+
+    name: str
+    path: Path
+    options: dict[str, Any] = field(default_factory=dict)
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One configured step: which registered step, its id, parameters and input wiring.
+
+    ``wiring`` maps each step input to an artefact reference: ``"<step id>.<output>"`` or
+    the name of a file input.  Missing optional inputs map to ``None``.
+    """
+
+    id: str
+    step: Step
+    params: dict[str, Any]
+    wiring: dict[str, str | None]
+    index: int
+    line: int | None = None
+
+    @property
+    def outputs(self) -> list[str]:
+        return [f"{self.id}.{o}" for o in self.step.outputs]
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated analysis description."""
+
+    name: str
+    steps: list[StepSpec]
+    inputs: dict[str, InputSpec] = field(default_factory=dict)
+    seed: int = 0
+    scheduler: str = "auto"
+    workers: int | None = None
+    on_error: str = "stop"
+    title: str = "perovstem analysis"
+    report: bool = True
+    plugins: tuple[str, ...] = ()
+    source: Path | None = None
+    text: str = ""
+
+    def step(self, step_id: str) -> StepSpec:
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise ParameterError(f"no step with id `{step_id}` in the configuration")
+
+
+class _Lines:
+    """Line numbers of keys in a TOML text (tomllib does not report them)."""
+
+    _header = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")
+    _key = re.compile(r"^\s*([A-Za-z0-9_\-]+|\"[^\"]*\")\s*=")
+
+    def __init__(self, text: str) -> None:
+        self.map: dict[tuple[str, int, str | None], int] = {}
+        table, idx = "", 0
+        counts: dict[str, int] = {}
+        for n, line in enumerate(text.splitlines(), start=1):
+            m = self._header.match(line)
+            if m:
+                table = m.group(2).strip().strip("\"'")
+                if m.group(1) == "[[":
+                    counts[table] = counts.get(table, 0) + 1
+                    idx = counts[table] - 1
+                else:
+                    idx = 0
+                self.map.setdefault((table, idx, None), n)
+                continue
+            k = self._key.match(line)
+            if k:
+                self.map.setdefault((table, idx, k.group(1).strip('"')), n)
+
+    def get(self, table: str, key: str | None = None, index: int = 0) -> int | None:
+        return self.map.get((table, index, key)) or self.map.get((table, index, None))
+
+
+def _where(source: str, line: int | None, what: str) -> str:
+    loc = f"{source}" + (f" line {line}" if line else "")
+    return f"{loc}: {what}: "
+
+
+def _check_run_value(key: str, value: Any, where: str) -> Any:
+    def bad(expect: str) -> ParameterError:
+        return ParameterError(f"{where}`[run] {key}` must be {expect}, got {value!r}")
+
+    if key in ("name", "title"):
+        if not isinstance(value, str) or not value.strip():
+            raise bad("a non-empty string")
+    elif key == "seed":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise bad("an integer >= 0")
+    elif key == "scheduler":
+        if not isinstance(value, str) or not _valid_scheduler(value):
+            raise bad("'serial', 'auto', 'local', 'local:N' or a 'tcp://host:port' address")
+    elif key == "on_error":
+        if value not in ("stop", "continue"):
+            raise bad("'stop' or 'continue'")
+    elif key == "workers":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise bad("an integer >= 1")
+    elif key == "report":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif key == "plugins":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad("a list of module names")
+    return value
+
+
+def _valid_scheduler(value: str) -> bool:
+    if value in ("serial", "auto", "local"):
+        return True
+    if re.fullmatch(r"local:[1-9][0-9]*", value):
+        return True
+    return bool(re.fullmatch(r"(tcp|tls|inproc|ucx)://\S+", value))
+
+
+def parse_config(
+    data: dict[str, Any],
+    *,
+    base_dir: str | Path = ".",
+    source: str = "<config>",
+    text: str = "",
+    check_files: bool = True,
+    allow_unavailable: bool | None = None,
+) -> Config:
+    """Validate a configuration mapping (as read from TOML) and build a :class:`Config`.
+
+    Parameters
+    ----------
+    data : dict
+        The parsed TOML document.
+    base_dir : path
+        Folder against which relative input paths are resolved.
+    source : str
+        File name used in error messages.
+    text : str
+        The raw TOML text (for line numbers in error messages).
+    check_files : bool
+        Check that input files exist.
+    allow_unavailable : bool, optional
+        Accept steps whose sub-package is missing in this version (they are reported as
+        not available).  Default: only when ``on_error = "continue"``.
+
+    Raises
+    ------
+    ParameterError
+        Unknown section, key or step, wrong type, unresolved input wiring.
+    FileFormatError
+        An input file does not exist.
+    """
+    lines = _Lines(text)
+    base_dir = Path(base_dir)
+    if not isinstance(data, dict):
+        raise ParameterError(f"{source}: the configuration must be a TOML table")
+    for key in data:
+        if key not in ("run", "inputs", "step"):
+            line = lines.get(key)
+            hint = " (steps are written as [[step]] tables)" if key == "steps" else ""
+            raise ParameterError(
+                f"{_where(source, line, 'top level')}unknown section `[{key}]`{hint}; "
+                "expected [run], [inputs] and [[step]]"
+            )
+    run = data.get("run", {})
+    if not isinstance(run, dict):
+        raise ParameterError(f"{source}: `run` must be a table ([run])")
+    for key, value in run.items():
+        w = _where(source, lines.get("run", key), "[run]")
+        if key not in _RUN_KEYS:
+            raise ParameterError(
+                f"{w}unknown key `{key}`; known keys: {', '.join(sorted(_RUN_KEYS))}"
+            )
+        _check_run_value(key, value, w)
+    plugins = tuple(run.get("plugins", ()))
+    for mod in plugins:
+        import importlib
+
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:
+            raise ParameterError(
+                f"{_where(source, lines.get('run', 'plugins'), '[run]')}cannot import plugin "
+                f"module `{mod}`: {exc}"
+            ) from None
+    on_error = run.get("on_error", "stop")
+    if allow_unavailable is None:
+        allow_unavailable = on_error == "continue"
+
+    # ---- inputs
+    inputs: dict[str, InputSpec] = {}
+    raw_inputs = data.get("inputs", {})
+    if not isinstance(raw_inputs, dict):
+        raise ParameterError(f"{source}: `inputs` must be a table ([inputs])")
+    for name, spec in raw_inputs.items():
+        line = lines.get("inputs", name)
+        w = _where(source, line, f"[inputs] {name}")
+        if isinstance(spec, str):
+            path, options = spec, {}
+        elif isinstance(spec, dict) and isinstance(spec.get("path"), str):
+            options = {k: v for k, v in spec.items() if k != "path"}
+            path = spec["path"]
+            for k in options:
+                if k not in ("pixel_size", "lazy"):
+                    raise ParameterError(f"{w}unknown option `{k}`; known: lazy, pixel_size")
+        else:
+            raise ParameterError(
+                f'{w}must be a file path or a table {{ path = "...", pixel_size = ... }}, '
+                f"got {spec!r}"
+            )
+        p = Path(path)
+        if not p.is_absolute():
+            p = base_dir / p
+        if check_files and not p.exists():
+            raise FileFormatError(f"{w}input file {str(p)!r} does not exist")
+        inputs[name] = InputSpec(name=name, path=p, options=options, line=line)
+
+    # ---- steps
+    raw_steps = data.get("step", [])
+    if isinstance(raw_steps, dict):
+        raise ParameterError(f"{source}: steps are written as [[step]] (array of tables)")
+    if not raw_steps:
+        raise ParameterError(f"{source}: no [[step]] given; nothing to run")
+    steps: list[StepSpec] = []
+    produced: dict[str, str] = {}  # plain output name -> latest artefact reference
+    ids: set[str] = set()
+    for i, raw in enumerate(raw_steps):
+        hline = lines.get("step", None, i)
+        if not isinstance(raw, dict) or "run" not in raw:
+            raise ParameterError(
+                f"{_where(source, hline, f'[[step]] #{i + 1}')}missing key `run` (the step name)"
+            )
+        if not isinstance(raw["run"], str):
+            raise ParameterError(
+                f"{_where(source, lines.get('step', 'run', i), f'[[step]] #{i + 1}')}"
+                f"`run` must be a step name, got {raw['run']!r}"
+            )
+        try:
+            step = get_step(raw["run"])
+        except ParameterError as exc:
+            raise ParameterError(
+                f"{_where(source, lines.get('step', 'run', i), f'[[step]] #{i + 1}')}{exc}"
+            ) from None
+        sid = raw.get("id")
+        if sid is None:
+            sid = base = step.name.split(".")[-1]
+            k = 2
+            while sid in ids:
+                sid, k = f"{base}_{k}", k + 1
+        label = f"[[step]] #{i + 1} ({step.name})"
+        if not isinstance(sid, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", sid):
+            raise ParameterError(
+                f"{_where(source, lines.get('step', 'id', i), label)}`id` must be a simple "
+                f"name (letters, digits, _ or -), got {sid!r}"
+            )
+        if sid in ids:
+            raise ParameterError(
+                f"{_where(source, lines.get('step', 'id', i) or hline, label)}duplicate step id "
+                f"`{sid}`; give each [[step]] a distinct `id`"
+            )
+        if raw.get("enabled", True) is False:
+            continue
+        if not allow_unavailable:
+            missing = step.missing_requirements()
+            if missing:
+                raise ParameterError(
+                    f"{_where(source, lines.get('step', 'run', i), label)}step `{step.name}` is "
+                    f"not available in this version (needs {', '.join(missing)})"
+                )
+        params_raw = {k: v for k, v in raw.items() if k not in _STEP_RESERVED}
+        for k in params_raw:  # unknown keys first, with their own line
+            if k not in step.params:
+                try:
+                    step.resolve_params({k: params_raw[k]})
+                except ParameterError as exc:
+                    raise ParameterError(
+                        f"{_where(source, lines.get('step', k, i), label)}{exc}"
+                    ) from None
+        try:
+            params = step.resolve_params(params_raw)
+        except ParameterError as exc:
+            bad = next((k for k in params_raw if f"`{k}`" in str(exc)), None)
+            raise ParameterError(
+                f"{_where(source, lines.get('step', bad, i) if bad else hline, label)}{exc}"
+            ) from None
+        explicit = raw.get("inputs", {})
+        if not isinstance(explicit, dict) or not all(isinstance(v, str) for v in explicit.values()):
+            raise ParameterError(
+                f"{_where(source, lines.get('step', 'inputs', i), label)}`inputs` must be a "
+                f"table of artefact names, got {explicit!r}"
+            )
+        wiring: dict[str, str | None] = {}
+        all_inputs = list(step.inputs) + [o for o in step.optional_inputs if o not in step.inputs]
+        for key in explicit:
+            if key not in all_inputs:
+                raise ParameterError(
+                    f"{_where(source, lines.get('step', 'inputs', i), label)}step "
+                    f"`{step.name}` has no input `{key}`; its inputs: {', '.join(all_inputs)}"
+                )
+        for name in all_inputs:
+            ref = explicit.get(name)
+            if ref is not None:
+                ref = _resolve_ref(ref, produced, inputs, steps)
+                if ref is None:
+                    known = sorted(set(produced.values()) | set(inputs))
+                    raise ParameterError(
+                        f"{_where(source, lines.get('step', 'inputs', i), label)}input `{name}` "
+                        f"= {explicit[name]!r} names no earlier step output or [inputs] entry; "
+                        f"known: {', '.join(known) or 'none'}"
+                    )
+            else:
+                ref = produced.get(name) or (name if name in inputs else None)
+            if ref is None and name not in step.optional_inputs:
+                raise ParameterError(
+                    f"{_where(source, hline, label)}needs input `{name}`, produced by no earlier "
+                    f"step and not in [inputs]; add it to [inputs] or wire it with "
+                    f'`inputs = {{ {name} = "<step id>.<output>" }}`'
+                )
+            wiring[name] = ref
+        ids.add(sid)
+        spec = StepSpec(id=sid, step=step, params=params, wiring=wiring, index=i, line=hline)
+        steps.append(spec)
+        for o in step.outputs:
+            produced[o] = f"{sid}.{o}"
+    name = run.get("name") or (Path(source).stem if source != "<config>" else "analysis")
+    workers = run.get("workers")
+    return Config(
+        name=name,
+        steps=steps,
+        inputs=inputs,
+        seed=int(run.get("seed", 0)),
+        scheduler=run.get("scheduler", "auto"),
+        workers=workers,
+        on_error=on_error,
+        title=run.get("title", name),
+        report=bool(run.get("report", True)),
+        plugins=plugins,
+        source=Path(source) if source != "<config>" else None,
+        text=text,
+    )
+
+
+def _resolve_ref(
+    ref: str, produced: dict[str, str], inputs: dict[str, InputSpec], steps: list[StepSpec]
+) -> str | None:
+    if ref in inputs:
+        return ref
+    if ref in produced.values():
+        return ref
+    # "<id>" alone for a step with a single output
+    for s in steps:
+        if s.id == ref and len(s.step.outputs) == 1:
+            return f"{s.id}.{s.step.outputs[0]}"
+    return None
+
+
+def load_config(path: str | Path, **kwargs: Any) -> Config:
+    """Read, parse and validate a TOML analysis file (see the module docstring).
+
+    Raises
+    ------
+    FileFormatError
+        The file is missing or is not valid TOML (message with the line number).
+    ParameterError
+        Invalid content (message names the line and key).
+    """
+    p = Path(path)
+    from perovstem.io.runstore import read_bytes
+
+    if not p.is_file():
+        raise FileFormatError(f"configuration file {str(p)!r} does not exist")
+    try:
+        text = read_bytes(p).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FileFormatError(f"{p}: not a UTF-8 text file ({exc})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise FileFormatError(f"{p}: invalid TOML: {exc}") from None
+    return parse_config(data, base_dir=p.resolve().parent, source=str(p), text=text, **kwargs)

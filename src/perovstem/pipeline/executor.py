@@ -1,0 +1,194 @@
+"""Serial or dask.distributed execution of per-frame / per-item work.
+
+Library functions in perovstem never create a dask client.  The pipeline runner creates one
+here, lazily, the first time a step maps work over enough items:
+
+* ``"serial"``: everything in this process.
+* ``"auto"`` (default): a :class:`distributed.LocalCluster` (one single-threaded worker
+  process per core, at most 8) for maps over at least ``auto_min_items`` items on a machine
+  with more than one core; serial otherwise.
+* ``"local"`` / ``"local:N"``: always a LocalCluster (N workers).
+* ``"tcp://host:8786"`` (any dask scheduler address): connect to an existing cluster, e.g. one
+  started by ``dask-jobqueue`` on an HPC system (see the README tutorial).
+* a ``distributed.Client`` object passed from Python: used as is (never closed here).
+
+Results do not depend on the scheduler: items are mapped by a pure function, every item's
+random stream is derived from the run seed and the item index (never from the worker), and
+results are gathered in item order.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from perovstem.errors import ParameterError
+
+__all__ = ["Executor", "parse_scheduler"]
+
+
+def parse_scheduler(scheduler: Any) -> tuple[str, int | None]:
+    """Split a scheduler spec into ``(kind, n_workers)``; kind in serial/auto/local/address/client."""
+    if scheduler is None:
+        return "auto", None
+    if not isinstance(scheduler, str):
+        if hasattr(scheduler, "submit") and hasattr(scheduler, "gather"):
+            return "client", None
+        raise ParameterError(f"`scheduler` must be a string or a dask Client, got {scheduler!r}")
+    s = scheduler.strip()
+    if s in ("serial", "auto", "local"):
+        return s, None
+    if s.startswith("local:"):
+        try:
+            n = int(s.split(":", 1)[1])
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ParameterError(f"`scheduler` 'local:N' needs N >= 1, got {scheduler!r}")
+        return "local", n
+    if "://" in s:
+        return "address", None
+    raise ParameterError(
+        f"`scheduler` must be 'serial', 'auto', 'local', 'local:N' or a scheduler address "
+        f"like 'tcp://host:8786', got {scheduler!r}"
+    )
+
+
+def _apply_batch(func: Callable[[Any], Any], batch: Sequence[Any]) -> list[Any]:
+    return [func(item) for item in batch]
+
+
+class Executor:
+    """Maps a function over items, serially or on a dask.distributed cluster.
+
+    Parameters
+    ----------
+    scheduler : str or distributed.Client
+        See the module docstring.
+    n_workers : int, optional
+        Workers of a LocalCluster (default: number of cores, at most 8).
+    processes : bool
+        LocalCluster workers are processes (default) or threads of this process.
+    auto_min_items : int
+        Smallest map that ``"auto"`` sends to a cluster.
+    """
+
+    def __init__(
+        self,
+        scheduler: Any = "auto",
+        *,
+        n_workers: int | None = None,
+        processes: bool = True,
+        auto_min_items: int = 64,
+    ) -> None:
+        self.kind, n = parse_scheduler(scheduler)
+        self._spec = scheduler
+        self._given = scheduler if self.kind == "client" else None
+        self.n_workers = n_workers or n
+        self.processes = processes
+        self.auto_min_items = auto_min_items
+        self._client: Any = self._given
+        self._cluster: Any = None
+        self.used_cluster = False
+
+    # -- cluster management ------------------------------------------------------------
+    def _want_cluster(self, n_items: int) -> bool:
+        if self.kind == "serial" or n_items < 2:
+            return False
+        if self.kind == "auto":
+            return n_items >= self.auto_min_items and (os.cpu_count() or 1) > 1
+        return True
+
+    def client(self) -> Any:
+        """The dask client, created on first use (LocalCluster or address)."""
+        if self._client is not None:
+            return self._client
+        from perovstem._optional import import_optional
+
+        distributed = import_optional("distributed", extra="dask")
+        if self.kind == "address":
+            self._client = distributed.Client(self._address, set_as_default=False)
+        else:
+            n = self.n_workers or max(1, min(os.cpu_count() or 1, 8))
+            self._cluster = distributed.LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=self.processes,
+                dashboard_address=None,
+                silence_logs=40,
+            )
+            self._client = distributed.Client(self._cluster, set_as_default=False)
+        return self._client
+
+    @property
+    def _address(self) -> str:
+        return str(self._spec)
+
+    def describe(self) -> str:
+        if self._client is None:
+            return "serial" if self.kind in ("serial", "auto") else f"{self.kind} (not started)"
+        try:
+            info = self._client.scheduler_info()
+            return f"dask {self.kind}: {len(info.get('workers', {}))} workers"
+        except Exception:  # pragma: no cover - scheduler gone
+            return f"dask {self.kind}"
+
+    def close(self) -> None:
+        """Close a client/cluster created here (a client given by the caller stays open)."""
+        if self._client is not None and self._given is None:
+            self._client.close()
+            if self._cluster is not None:
+                self._cluster.close()
+        self._client = self._given
+        self._cluster = None
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- mapping -----------------------------------------------------------------------
+    def map(
+        self,
+        func: Callable[[Any], Any],
+        items: Sequence[Any],
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Any]:
+        """``[func(item) for item in items]``, in order, possibly on the cluster.
+
+        ``progress(n_done)`` is called as items finish.  Items are sent in batches (about
+        four per worker) to keep scheduling overhead small.
+        """
+        items = list(items)
+        if not self._want_cluster(len(items)):
+            out = []
+            for k, item in enumerate(items):
+                out.append(func(item))
+                if progress is not None:
+                    progress(k + 1)
+            return out
+        client = self.client()
+        self.used_cluster = True
+        from distributed import as_completed
+
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})) or 1)
+        size = max(1, math.ceil(len(items) / (4 * n_workers)))
+        batches = [items[i : i + size] for i in range(0, len(items), size)]
+        futures = [
+            client.submit(_apply_batch, func, b, pure=False, key=f"perovstem-batch-{id(b)}-{j}")
+            for j, b in enumerate(batches)
+        ]
+        index = {f.key: j for j, f in enumerate(futures)}
+        results: list[Any] = [None] * len(batches)
+        done = 0
+        for fut in as_completed(futures):
+            j = index[fut.key]
+            results[j] = fut.result()
+            done += len(batches[j])
+            if progress is not None:
+                progress(done)
+        return [r for batch in results for r in batch]

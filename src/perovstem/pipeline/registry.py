@@ -1,0 +1,237 @@
+"""The registry of pipeline steps.
+
+A step is a named, typed wrapper around calls to the public API: it declares the artefacts it
+consumes, a parameter schema (types, defaults, allowed values), the artefacts it produces and
+the public functions it needs.  Steps for a sub-package live in
+``perovstem/pipeline/steps/<topic>.py`` and are registered with :func:`register_step`; a step
+whose sub-package (or function) is missing in this version is reported as *not available*,
+never crashes a run.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from perovstem.errors import ParameterError
+
+__all__ = ["Param", "Step", "register_step", "get_step", "list_steps", "STEPS"]
+
+_TYPE_NAMES = {
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "table",
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """Schema of one step parameter.
+
+    Parameters
+    ----------
+    type : type
+        ``bool``, ``int``, ``float``, ``str``, ``list`` or ``dict`` (TOML types).  An integer is
+        accepted where a float is expected; a bool is never accepted as a number.
+    default : Any
+        Value used when the configuration omits the parameter (``None``: optional, or
+        required when ``required=True``).
+    doc : str
+        One-line description with units.
+    choices : tuple, optional
+        Allowed values.
+    min, max : float, optional
+        Inclusive bounds for numbers.
+    required : bool
+        The configuration must give a value.
+    """
+
+    type: type
+    default: Any = None
+    doc: str = ""
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    required: bool = False
+
+    @property
+    def type_name(self) -> str:
+        return _TYPE_NAMES.get(self.type, self.type.__name__)
+
+    def check(self, key: str, value: Any) -> Any:
+        """Return ``value`` coerced to the schema type or raise :class:`ParameterError`."""
+        t = self.type
+        ok = isinstance(value, t) and not (t in (int, float) and isinstance(value, bool))
+        if t is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if t is list and isinstance(value, tuple):
+            value, ok = list(value), True
+        if not ok:
+            raise ParameterError(
+                f"`{key}` must be a {self.type_name}, got {value!r} ({type(value).__name__})"
+            )
+        if self.choices is not None and value not in self.choices:
+            raise ParameterError(f"`{key}` must be one of {list(self.choices)}, got {value!r}")
+        if t in (int, float):
+            if self.min is not None and value < self.min:
+                raise ParameterError(f"`{key}` must be >= {self.min}, got {value!r}")
+            if self.max is not None and value > self.max:
+                raise ParameterError(f"`{key}` must be <= {self.max}, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class Step:
+    """A registered pipeline step.
+
+    Parameters
+    ----------
+    name : str
+        Registry name, ``"<topic>.<action>"`` (e.g. ``"insitu.detect"``).
+    func : callable
+        ``func(ctx, **inputs) -> dict[str, Any]`` returning one value per declared output.
+        ``ctx`` is a :class:`perovstem.pipeline.context.StepContext` (parameters, rng seed,
+        ``ctx.map`` for per-frame work, figure and report helpers).
+    inputs : tuple of str
+        Names of the artefacts consumed (wired by name, or explicitly in the configuration).
+    outputs : tuple of str
+        Names of the artefacts produced.
+    params : dict of str to Param
+        Parameter schema.
+    requires : tuple of str
+        Public API needed, as ``"module"`` or ``"module:attribute"``; the step is *not
+        available* when one is missing.
+    optional_inputs : tuple of str
+        Inputs that may be absent (passed as ``None``).
+    section : str
+        Report section the step contributes to.
+    doc : str
+        One-line description.
+    version : str
+        Bump when the step's behaviour changes, so cached results are recomputed.
+    """
+
+    name: str
+    func: Callable[..., dict[str, Any]]
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    params: dict[str, Param] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()
+    optional_inputs: tuple[str, ...] = ()
+    section: str = "mechanism"
+    doc: str = ""
+    version: str = "1"
+
+    def missing_requirements(self) -> list[str]:
+        """The required modules/attributes that cannot be imported in this installation."""
+        missing = []
+        for req in self.requires:
+            mod, _, attr = req.partition(":")
+            try:
+                m = importlib.import_module(mod)
+            except ImportError:
+                missing.append(req)
+                continue
+            if attr and not hasattr(m, attr):
+                missing.append(req)
+        return missing
+
+    @property
+    def available(self) -> bool:
+        return not self.missing_requirements()
+
+    def resolve_params(self, given: dict[str, Any], *, where: str = "") -> dict[str, Any]:
+        """Validate ``given`` against the schema and fill in defaults.
+
+        Raises
+        ------
+        ParameterError
+            Unknown key (with a suggestion), wrong type, value out of range or a missing
+            required parameter; the message names the key (prefixed by ``where``).
+        """
+        import difflib
+
+        out: dict[str, Any] = {}
+        for key, value in given.items():
+            if key not in self.params:
+                close = difflib.get_close_matches(key, list(self.params), n=1)
+                hint = f" (did you mean `{close[0]}`?)" if close else ""
+                known = ", ".join(sorted(self.params)) or "none"
+                raise ParameterError(
+                    f"{where}unknown parameter `{key}` for step `{self.name}`{hint}; "
+                    f"known parameters: {known}"
+                )
+            try:
+                out[key] = self.params[key].check(key, value)
+            except ParameterError as exc:
+                raise ParameterError(f"{where}{exc}") from None
+        for key, p in self.params.items():
+            if key not in out:
+                if p.required:
+                    raise ParameterError(
+                        f"{where}step `{self.name}` needs parameter `{key}` ({p.doc})"
+                    )
+                out[key] = p.default
+        return out
+
+
+STEPS: dict[str, Step] = {}
+
+
+def register_step(
+    name: str,
+    *,
+    inputs: tuple[str, ...] = (),
+    outputs: tuple[str, ...] = (),
+    params: dict[str, Param] | None = None,
+    requires: tuple[str, ...] = (),
+    optional_inputs: tuple[str, ...] = (),
+    section: str = "mechanism",
+    doc: str = "",
+    version: str = "1",
+) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
+    """Decorator registering ``func(ctx, **inputs) -> dict`` as pipeline step ``name``."""
+
+    def deco(func: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        STEPS[name] = Step(
+            name=name,
+            func=func,
+            inputs=tuple(inputs),
+            outputs=tuple(outputs),
+            params=dict(params or {}),
+            requires=tuple(requires),
+            optional_inputs=tuple(optional_inputs),
+            section=section,
+            doc=doc or (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else doc,
+            version=version,
+        )
+        return func
+
+    return deco
+
+
+def _load_builtin_steps() -> None:
+    from perovstem.pipeline import steps  # noqa: F401  (registers on import)
+
+
+def get_step(name: str) -> Step:
+    """The registered step ``name`` (:class:`ParameterError` naming close matches if unknown)."""
+    _load_builtin_steps()
+    if name not in STEPS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(STEPS), n=3)
+        hint = f" (did you mean {', '.join(f'`{c}`' for c in close)}?)" if close else ""
+        raise ParameterError(f"unknown step `{name}`{hint}; run `perovstem run --list-steps`")
+    return STEPS[name]
+
+
+def list_steps() -> list[Step]:
+    """All registered steps, sorted by name."""
+    _load_builtin_steps()
+    return [STEPS[k] for k in sorted(STEPS)]

@@ -1,0 +1,570 @@
+"""Run a validated analysis: resumable, serial or on dask.distributed, with provenance.
+
+Run folder layout::
+
+    <out>/
+      perovstem-run.json      identity of the run (name, creation time)
+      config.toml             the configuration as given
+      provenance.json         versions, machine, parameters, input checksums, step log
+      tables/<id>.<output>.parquet   every table produced (df.attrs kept)
+      volumes/<id>.<output>.mrc      3-D arrays (via perovstem.io.save_volume when present)
+      arrays/<id>.<output>.npy       other numeric arrays
+      plots/<id>.<name>.png          figures (also embedded in the report)
+      report.html                    the self-contained report
+      .cache/<id>/                   step outputs + done.json (resume bookkeeping)
+
+A step is *done* when ``.cache/<id>/done.json`` exists and records the same key: a hash of the
+step name and version, its validated parameters, its seed and the keys of its inputs (file
+checksums for file inputs, upstream keys for step outputs).  ``done.json`` is written last and
+atomically, so a run killed at any instant resumes at the first unfinished step; a changed
+parameter re-runs that step and everything downstream of it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from perovstem.errors import OutputExistsError, PerovstemError
+from perovstem.pipeline.config import Config, StepSpec, load_config
+from perovstem.pipeline.context import StepContext
+from perovstem.pipeline.executor import Executor
+
+__all__ = ["run_pipeline", "RunResult", "StepResult", "RUN_MARKER"]
+
+RUN_MARKER = "perovstem-run.json"
+_VERSION_PACKAGES = (
+    "numpy",
+    "scipy",
+    "pandas",
+    "pyarrow",
+    "numba",
+    "dask",
+    "distributed",
+    "scikit-image",
+    "ase",
+    "matplotlib",
+    "plotly",
+    "jinja2",
+    "rosettasciio",
+    "zarr",
+    "mrcfile",
+    "trackpy",
+    "laptrack",
+    "abtem",
+    "astra-toolbox",
+)
+
+
+@dataclass
+class StepResult:
+    """Outcome of one step: ``status`` in ran / cached / unavailable / skipped / failed."""
+
+    id: str
+    step: str
+    status: str
+    key: str = ""
+    wall_s: float = 0.0
+    message: str = ""
+    outputs: list[str] = field(default_factory=list)
+    report_items: list[dict[str, Any]] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    section: str = ""
+    doc: str = ""
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_pipeline` returns."""
+
+    run_dir: Path
+    steps: list[StepResult]
+    report: Path | None
+    scheduler: str
+    wall_s: float
+
+    def status(self, step_id: str) -> str:
+        return next(s.status for s in self.steps if s.id == step_id)
+
+    @property
+    def tables(self) -> list[Path]:
+        return sorted((self.run_dir / "tables").glob("*.parquet"))
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    import perovstem
+
+    out = {"python": sys.version.split()[0], "perovstem": perovstem.__version__}
+    for name in _VERSION_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _step_seed(run_seed: int, step_id: str) -> int:
+    import numpy as np
+
+    ss = np.random.SeedSequence([int(run_seed), zlib.crc32(step_id.encode())])
+    return int(ss.generate_state(1, dtype=np.uint64)[0])
+
+
+def _prepare_run_dir(out: Path, config: Config) -> None:
+    from perovstem.io.runstore import dir_is_empty, read_json, write_json
+
+    marker = out / RUN_MARKER
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output folder {str(out)!r} is a file")
+    if not dir_is_empty(out):
+        if not marker.is_file():
+            raise OutputExistsError(
+                f"output folder {str(out)!r} is not empty and holds no perovstem run; "
+                "choose another --out"
+            )
+        info = read_json(marker)
+        if info.get("name") != config.name:
+            raise OutputExistsError(
+                f"output folder {str(out)!r} holds another run ({info.get('name')!r}, not "
+                f"{config.name!r}); it is never overwritten: choose another --out"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(marker, {"name": config.name, "created_utc": _now(), "format": 1})
+
+
+class _Artefacts:
+    """Artefact values by reference, loaded from the cache on first use."""
+
+    def __init__(self, config: Config, run_dir: Path) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.values: dict[str, Any] = {}
+        self.keys: dict[str, str] = {}
+        self.where: dict[str, tuple[Path, str]] = {}
+
+    def get(self, ref: str) -> Any:
+        if ref in self.values:
+            return self.values[ref]
+        if ref in self.config.inputs:
+            from perovstem.io import load
+
+            spec = self.config.inputs[ref]
+            value = load(spec.path, **spec.options)
+        else:
+            from perovstem.io.runstore import read_artefact
+
+            folder, name = self.where[ref]
+            value = read_artefact(folder, name)
+        self.values[ref] = value
+        return value
+
+
+def _publish(value: Any, run_dir: Path, ref: str, attrs: dict[str, Any]) -> list[str]:
+    """Write the public copy of an output (tables, volumes, arrays); return relative paths."""
+    import numpy as np
+    import pandas as pd
+
+    from perovstem.io.runstore import remove_tree, write_bytes, write_table
+
+    written: list[str] = []
+    if isinstance(value, pd.DataFrame):
+        rel = Path("tables") / f"{ref}.parquet"
+        df = value.copy(deep=False)
+        df.attrs = {**dict(value.attrs), "perovstem_artefact": ref, **attrs}
+        write_table(df, run_dir / rel)
+        written.append(str(rel))
+    elif (
+        isinstance(value, dict)
+        and value
+        and all(isinstance(v, pd.DataFrame) for v in value.values())
+    ):
+        for k, v in value.items():
+            written += _publish(v, run_dir, f"{ref}.{k}", attrs)
+    elif isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.ndim == 3:
+        rel = Path("volumes") / f"{ref}.mrc"
+        try:
+            from perovstem.io import save_volume
+
+            remove_tree(run_dir / rel)
+            save_volume(value, run_dir / rel, voxel_size_A=float(attrs.get("voxel_size_A", 1.0)))
+            written.append(str(rel))
+        except (ImportError, PerovstemError, TypeError):
+            rel = Path("arrays") / f"{ref}.npy"
+            buf = __import__("io").BytesIO()
+            np.save(buf, value, allow_pickle=False)
+            write_bytes(run_dir / rel, buf.getvalue())
+            written.append(str(rel))
+    elif isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        rel = Path("arrays") / f"{ref}.npy"
+        buf = __import__("io").BytesIO()
+        np.save(buf, value, allow_pickle=False)
+        write_bytes(run_dir / rel, buf.getvalue())
+        written.append(str(rel))
+    return written
+
+
+def run_pipeline(
+    config: Config | str | os.PathLike,
+    *,
+    out: str | os.PathLike | None = None,
+    scheduler: Any = None,
+    n_workers: int | None = None,
+    processes: bool = True,
+    quiet: bool = False,
+    report: bool | None = None,
+) -> RunResult:
+    """Run an analysis (a :class:`Config` or a TOML path) into a run folder.
+
+    Parameters
+    ----------
+    config : Config or path
+        The validated configuration or its TOML file.
+    out : path, optional
+        Run folder (default: ``<name>-run`` next to the TOML file, or in the working
+        directory).  A folder holding another run, or unrelated files, is refused.
+    scheduler : str or distributed.Client, optional
+        Overrides ``[run] scheduler``: ``"serial"``, ``"auto"``, ``"local"``, ``"local:N"``,
+        a scheduler address, or a Client (used as is, never closed).
+    n_workers : int, optional
+        LocalCluster workers (overrides ``[run] workers``).
+    processes : bool
+        LocalCluster workers are processes (True) or threads.
+    quiet : bool
+        No progress bars or messages.
+    report : bool, optional
+        Write ``report.html`` (default ``[run] report``, true).
+
+    Returns
+    -------
+    RunResult
+        Run folder, per-step results, report path.
+
+    Raises
+    ------
+    PerovstemError
+        Bad configuration (before any work), occupied output folder, or the error of a failed
+        step when ``on_error = "stop"``.
+    """
+    t_start = time.perf_counter()
+    if not isinstance(config, Config):
+        config = load_config(config)
+    if out is None:
+        base = config.source.resolve().parent if config.source else Path.cwd()
+        out = base / f"{config.name}-run"
+    run_dir = Path(out)
+    sched = scheduler if scheduler is not None else config.scheduler
+    executor = Executor(sched, n_workers=n_workers or config.workers, processes=processes)
+    _prepare_run_dir(run_dir, config)
+
+    from perovstem.io.runstore import (
+        read_json,
+        remove_tree,
+        sha256_file,
+        write_artefact,
+        write_json,
+        write_text,
+    )
+
+    write_text(run_dir / "config.toml", config.text or "# configuration given from Python\n")
+    started = _now()
+    arte = _Artefacts(config, run_dir)
+    inputs_prov = {}
+    for name, spec in config.inputs.items():
+        digest = sha256_file(spec.path)
+        arte.keys[name] = _hash({"sha256": digest, "options": spec.options})
+        inputs_prov[name] = {
+            "path": str(spec.path),
+            "sha256": digest,
+            "size_bytes": spec.path.stat().st_size if spec.path.is_file() else None,
+            "options": spec.options,
+        }
+
+    progress = None
+    if not quiet:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        console = Console(stderr=True)
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        progress.start()
+        overall = progress.add_task(f"{config.name}", total=len(config.steps))
+
+    def log(msg: str) -> None:
+        if progress is not None:
+            progress.console.print(msg, highlight=False)
+
+    results: list[StepResult] = []
+    unavailable: dict[str, str] = {}  # artefact ref -> reason it does not exist
+    try:
+        for spec in config.steps:
+            res = _run_one(
+                spec,
+                config,
+                run_dir,
+                arte,
+                executor,
+                progress,
+                unavailable,
+                write_artefact,
+                read_json,
+                write_json,
+                remove_tree,
+            )
+            results.append(res)
+            symbol = {"ran": "[green]✓[/]", "cached": "[cyan]↷[/]", "failed": "[red]✗[/]"}.get(
+                res.status, "[yellow]–[/]"
+            )
+            extra = f" ({res.wall_s:.1f} s)" if res.status == "ran" else ""
+            msg = f": {res.message}" if res.message else ""
+            log(f"{symbol} {spec.id} [dim]{spec.step.name}[/] {res.status}{extra}{msg}")
+            if progress is not None:
+                progress.advance(overall)
+            if res.status == "failed" and config.on_error == "stop":
+                raise _StepFailed(res)
+    except _StepFailed as exc:
+        _write_provenance(run_dir, config, results, inputs_prov, started, executor, t_start)
+        executor.close()
+        if progress is not None:
+            progress.stop()
+        err = exc.result.error
+        if isinstance(err, PerovstemError):
+            raise type(err)(f"step `{exc.result.id}` ({exc.result.step}): {err}") from err
+        raise err from None
+    finally:
+        if progress is not None:
+            progress.stop()
+    sched_desc = executor.describe() if executor.used_cluster else "serial"
+    executor.close()
+    _write_provenance(
+        run_dir, config, results, inputs_prov, started, executor, t_start, sched_desc=sched_desc
+    )
+    report_path = None
+    if config.report if report is None else report:
+        from perovstem.report import write_report
+
+        report_path = write_report(run_dir, title=config.title)
+    return RunResult(
+        run_dir=run_dir,
+        steps=results,
+        report=report_path,
+        scheduler=sched_desc,
+        wall_s=time.perf_counter() - t_start,
+    )
+
+
+class _StepFailed(Exception):
+    def __init__(self, result: StepResult) -> None:
+        super().__init__(result.message)
+        self.result = result
+
+
+def _run_one(
+    spec: StepSpec,
+    config: Config,
+    run_dir: Path,
+    arte: _Artefacts,
+    executor: Executor,
+    progress: Any,
+    unavailable: dict[str, str],
+    write_artefact: Any,
+    read_json: Any,
+    write_json: Any,
+    remove_tree: Any,
+) -> StepResult:
+    step = spec.step
+    base = dict(id=spec.id, step=step.name, params=spec.params, section=step.section, doc=step.doc)
+    missing = step.missing_requirements()
+    if missing:
+        for o in spec.outputs:
+            unavailable[o] = f"step `{spec.id}` is not available in this version"
+        return StepResult(
+            **base,
+            status="unavailable",
+            message=f"not available in this version (needs {', '.join(missing)})",
+        )
+    for name, ref in spec.wiring.items():
+        if ref is not None and ref in unavailable and name not in step.optional_inputs:
+            for o in spec.outputs:
+                unavailable[o] = f"input of `{spec.id}` missing"
+            return StepResult(
+                **base, status="skipped", message=f"input `{name}` missing: {unavailable[ref]}"
+            )
+    wiring = {k: (None if (v is None or v in unavailable) else v) for k, v in spec.wiring.items()}
+    seed = _step_seed(config.seed, spec.id)
+    key = _hash(
+        {
+            "step": step.name,
+            "version": step.version,
+            "params": spec.params,
+            "seed": seed,
+            "inputs": {k: (arte.keys[v] if v is not None else None) for k, v in wiring.items()},
+            "perovstem": _versions()["perovstem"],
+        }
+    )
+    cache = run_dir / ".cache" / spec.id
+    done = cache / "done.json"
+    if done.is_file():
+        try:
+            info = read_json(done)
+        except PerovstemError:
+            info = {}
+        if info.get("key") == key:
+            for o in step.outputs:
+                ref = f"{spec.id}.{o}"
+                arte.where[ref] = (cache, o)
+                arte.keys[ref] = _hash({"step": key, "output": o})
+            return StepResult(
+                **base,
+                status="cached",
+                key=key,
+                wall_s=info.get("wall_s", 0.0),
+                outputs=info.get("outputs", []),
+                report_items=info.get("report_items", []),
+            )
+        remove_tree(done)  # stale: never trust old outputs again, even if killed now
+    ctx = StepContext(
+        spec.id,
+        spec.params,
+        seed,
+        run_dir=run_dir,
+        section=step.section,
+        executor=executor,
+        progress=progress,
+    )
+    t0 = time.perf_counter()
+    try:
+        kwargs = {
+            name: (arte.get(ref) if ref is not None else None) for name, ref in wiring.items()
+        }
+        produced = step.func(ctx, **kwargs)
+        if not isinstance(produced, dict):
+            raise TypeError(f"step `{step.name}` returned {type(produced).__name__}, not a dict")
+        missing_out = [o for o in step.outputs if o not in produced]
+        if missing_out:
+            raise TypeError(f"step `{step.name}` did not return outputs {missing_out}")
+    except Exception as exc:
+        for o in spec.outputs:
+            unavailable[o] = f"step `{spec.id}` failed"
+        msg = f"{type(exc).__name__}: {exc}"
+        res = StepResult(
+            **base,
+            status="failed",
+            key=key,
+            wall_s=time.perf_counter() - t0,
+            message=msg,
+            report_items=ctx.report_items,
+        )
+        res.error = exc  # type: ignore[attr-defined]
+        res.traceback = traceback.format_exc()  # type: ignore[attr-defined]
+        return res
+    files = list(ctx.files)
+    attrs = {"perovstem_step": step.name, "perovstem_params": json.dumps(spec.params, default=str)}
+    for o in step.outputs:
+        ref = f"{spec.id}.{o}"
+        value = produced[o]
+        write_artefact(value, cache, o)
+        arte.values[ref] = value
+        arte.where[ref] = (cache, o)
+        arte.keys[ref] = _hash({"step": key, "output": o})
+        files += _publish(value, run_dir, ref, attrs)
+    wall = time.perf_counter() - t0
+    write_json(
+        done,
+        {
+            "key": key,
+            "step": step.name,
+            "id": spec.id,
+            "params": spec.params,
+            "seed": seed,
+            "finished_utc": _now(),
+            "wall_s": wall,
+            "outputs": files,
+            "report_items": ctx.report_items,
+        },
+    )
+    return StepResult(
+        **base, status="ran", key=key, wall_s=wall, outputs=files, report_items=ctx.report_items
+    )
+
+
+def _write_provenance(
+    run_dir: Path,
+    config: Config,
+    results: list[StepResult],
+    inputs_prov: dict[str, Any],
+    started: str,
+    executor: Executor,
+    t_start: float,
+    sched_desc: str | None = None,
+) -> None:
+    from perovstem.io.runstore import write_json
+
+    steps = []
+    for r in results:
+        d = {
+            "id": r.id,
+            "step": r.step,
+            "status": r.status,
+            "params": r.params,
+            "key": r.key,
+            "wall_s": round(r.wall_s, 3),
+            "outputs": r.outputs,
+            "message": r.message,
+            "section": r.section,
+            "doc": r.doc,
+        }
+        tb = getattr(r, "traceback", None)
+        if tb:
+            d["traceback"] = tb
+        d["report_items"] = r.report_items
+        steps.append(d)
+    write_json(
+        run_dir / "provenance.json",
+        {
+            "run": config.name,
+            "title": config.title,
+            "config_file": str(config.source) if config.source else None,
+            "config_sha256": hashlib.sha256(config.text.encode()).hexdigest(),
+            "seed": config.seed,
+            "scheduler": sched_desc or executor.describe(),
+            "started_utc": started,
+            "finished_utc": _now(),
+            "wall_s": round(time.perf_counter() - t_start, 3),
+            "machine": {
+                "platform": platform.platform(),
+                "cpu_count": os.cpu_count(),
+                "processor": platform.processor(),
+            },
+            "versions": _versions(),
+            "inputs": inputs_prov,
+            "steps": steps,
+        },
+    )

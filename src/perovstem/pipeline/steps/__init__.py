@@ -1,0 +1,8 @@
+"""Built-in pipeline steps, one module per sub-package.
+
+Importing this package registers every step; a step module only imports its sub-package
+inside the step function, so registering never fails even when the sub-package is absent
+(the step is then reported as not available).
+"""
+
+from perovstem.pipeline.steps import core  # noqa: F401

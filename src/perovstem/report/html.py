@@ -1,0 +1,179 @@
+"""Render the run report with jinja2 (templates shipped as package data)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from perovstem.errors import FileFormatError
+
+__all__ = ["SECTIONS", "render_report", "write_report"]
+
+#: Report sections in display order: (key, title, what a reader finds there).
+SECTIONS: tuple[tuple[str, str, str], ...] = (
+    (
+        "mechanism",
+        "Mechanism summary",
+        "Key numbers of the degradation mechanism with 1-σ uncertainties, and the data analysed.",
+    ),
+    (
+        "counting",
+        "Atom counting",
+        "Column fitting, scattering cross-sections and atoms per column.",
+    ),
+    (
+        "kinetics",
+        "Cluster kinetics",
+        "Pb-cluster nucleation, growth and coalescence versus cumulative dose, time and "
+        "temperature; fitted rate laws.",
+    ),
+    (
+        "facets",
+        "Facet evolution",
+        "Reconstruction, surface and facet fractions before and after degradation; 3-D view.",
+    ),
+    (
+        "provenance",
+        "Provenance",
+        "Software versions, machine, parameters, input checksums and the step log.",
+    ),
+)
+_SECTION_KEYS = {k for k, _, _ in SECTIONS}
+
+
+def _safe_json(obj: Any) -> str:
+    """JSON that can sit inside a <script> element (no ``</script>`` breaking out)."""
+    text = json.dumps(obj, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _plotly_js() -> str:
+    from perovstem._optional import import_optional
+
+    plotly_offline = import_optional("plotly.offline", extra="report")
+    return plotly_offline.get_plotlyjs()
+
+
+def render_report(
+    provenance: dict[str, Any],
+    *,
+    assets: dict[str, bytes],
+    title: str | None = None,
+    run_dir_name: str = "",
+) -> str:
+    """Render the report HTML from a provenance record and the referenced files.
+
+    Parameters
+    ----------
+    provenance : dict
+        Content of ``provenance.json`` written by :func:`perovstem.pipeline.run_pipeline`
+        (``steps[*].report_items`` hold figures, tables, metrics and texts).
+    assets : dict of str to bytes
+        Files referenced by report items (relative path → content): PNG figures and plotly
+        JSON figures.
+    title : str, optional
+        Report title (default: the run title).
+
+    Returns
+    -------
+    str
+        The complete, self-contained HTML document.
+    """
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("perovstem.report", "templates"),
+        autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    sections: dict[str, dict[str, Any]] = {
+        k: {"key": k, "title": t, "intro": d, "steps": [], "items": [], "metrics": []}
+        for k, t, d in SECTIONS
+    }
+    n3d = 0
+    for step in provenance.get("steps", []):
+        sec = step.get("section") or "mechanism"
+        if sec not in _SECTION_KEYS or sec == "provenance":
+            sec = "mechanism"
+        sections[sec]["steps"].append(step)
+        for item in step.get("report_items", []):
+            isec = item.get("section") or sec
+            if isec not in _SECTION_KEYS or isec == "provenance":
+                isec = sec
+            it = dict(item)
+            if it["kind"] == "figure":
+                data = assets.get(it["path"])
+                if data is None:
+                    continue
+                it["src"] = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+            elif it["kind"] == "plot3d":
+                data = assets.get(it["path"])
+                if data is None:
+                    continue
+                n3d += 1
+                it["div_id"] = f"plot3d-{n3d}"
+                it["json"] = _safe_json(json.loads(data.decode("utf-8")))
+            if it["kind"] == "metric":
+                sections[isec]["metrics"].append(it)
+            else:
+                sections[isec]["items"].append(it)
+    counts: dict[str, int] = {}
+    for step in provenance.get("steps", []):
+        counts[step.get("status", "?")] = counts.get(step.get("status", "?"), 0) + 1
+    template = env.get_template("report.html.j2")
+    return template.render(
+        title=title or provenance.get("title") or provenance.get("run", "perovstem report"),
+        prov=provenance,
+        sections=[sections[k] for k, _, _ in SECTIONS],
+        status_counts=counts,
+        plotly_js=_plotly_js() if n3d else "",
+        run_dir_name=run_dir_name,
+        safe_json=_safe_json,
+    )
+
+
+def write_report(
+    run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, title: str | None = None
+) -> Path:
+    """Write the self-contained HTML report of a run folder.
+
+    Parameters
+    ----------
+    run_dir : path
+        A run folder written by :func:`perovstem.pipeline.run_pipeline`.
+    out : path, optional
+        Output file (default ``<run_dir>/report.html``).
+    title : str, optional
+        Report title (default: the run title).
+
+    Returns
+    -------
+    Path
+        The report file.
+
+    Raises
+    ------
+    FileFormatError
+        ``run_dir`` holds no ``provenance.json``.
+    """
+    from perovstem.io.runstore import read_bytes, read_json, write_text
+
+    run_dir = Path(run_dir)
+    prov_path = run_dir / "provenance.json"
+    if not prov_path.is_file():
+        raise FileFormatError(f"{str(run_dir)!r} is not a run folder (no provenance.json)")
+    prov = read_json(prov_path)
+    assets: dict[str, bytes] = {}
+    for step in prov.get("steps", []):
+        for item in step.get("report_items", []):
+            p = item.get("path")
+            if p and (run_dir / p).is_file():
+                assets[p] = read_bytes(run_dir / p)
+    html = render_report(prov, assets=assets, title=title, run_dir_name=run_dir.name)
+    target = Path(out) if out is not None else run_dir / "report.html"
+    write_text(target, html)
+    return target
