@@ -1,0 +1,11 @@
+"""Quantification: kinetics and mechanism models, 3D atomic models from counts, validation."""
+
+from perovstem.quantify.kinetics import (  # noqa: F401
+    MODELS,
+    FitResult,
+    KineticModel,
+    compare_models,
+    fit_arrhenius,
+    fit_dose_rate_dependence,
+    fit_model,
+)
