@@ -13,9 +13,15 @@ from perovstem.cli.main import app
 def demo(
     out: Path = typer.Option(Path("perovstem-demo"), "--out", "-o", help="Output folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    fast: bool = typer.Option(False, "--fast", help="Smaller crystal, fewer frames (~1 min)."),
+    scheduler: str = typer.Option(
+        "auto", "--scheduler", "-s", help="serial | auto | local | local:N | tcp://host:8786."
+    ),
 ) -> None:
     """Simulate a degradation study, analyse it with every module, and write a report."""
     from perovstem.pipeline.demo import run_demo
+    from perovstem.pipeline.executor import parse_scheduler
 
-    report = run_demo(out, quiet=quiet)
+    parse_scheduler(scheduler)
+    report = run_demo(out, quiet=quiet, fast=fast, scheduler=scheduler)
     typer.echo(f"report: {report}")

@@ -271,6 +271,7 @@ def parse_config(
         raise ParameterError(f"{source}: no [[step]] given; nothing to run")
     steps: list[StepSpec] = []
     produced: dict[str, str] = {}  # plain output name -> latest artefact reference
+    all_refs: set[str] = set()
     ids: set[str] = set()
     for i, raw in enumerate(raw_steps):
         hline = lines.get("step", None, i)
@@ -348,9 +349,9 @@ def parse_config(
         for name in all_inputs:
             ref = explicit.get(name)
             if ref is not None:
-                ref = _resolve_ref(ref, produced, inputs, steps)
+                ref = _resolve_ref(ref, all_refs, inputs, steps)
                 if ref is None:
-                    known = sorted(set(produced.values()) | set(inputs))
+                    known = sorted(all_refs | set(inputs))
                     raise ParameterError(
                         f"{_where(source, lines.get('step', 'inputs', i), label)}input `{name}` "
                         f"= {explicit[name]!r} names no earlier step output or [inputs] entry; "
@@ -370,6 +371,7 @@ def parse_config(
         steps.append(spec)
         for o in step.outputs:
             produced[o] = f"{sid}.{o}"
+            all_refs.add(f"{sid}.{o}")
     name = run.get("name") or (Path(source).stem if source != "<config>" else "analysis")
     workers = run.get("workers")
     return Config(
@@ -389,11 +391,11 @@ def parse_config(
 
 
 def _resolve_ref(
-    ref: str, produced: dict[str, str], inputs: dict[str, InputSpec], steps: list[StepSpec]
+    ref: str, all_refs: set[str], inputs: dict[str, InputSpec], steps: list[StepSpec]
 ) -> str | None:
     if ref in inputs:
         return ref
-    if ref in produced.values():
+    if ref in all_refs:
         return ref
     # "<id>" alone for a step with a single output
     for s in steps:

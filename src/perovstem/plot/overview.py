@@ -13,7 +13,7 @@ import numpy as np
 
 from perovstem.errors import DataError, ParameterError
 
-__all__ = ["plot_xy", "plot_image"]
+__all__ = ["plot_xy", "plot_image", "plot_hist"]
 
 
 def _new_ax(ax: Any, figsize: tuple[float, float]) -> Any:
@@ -151,6 +151,58 @@ def plot_image(
             ax.scatter(p[:, 0], p[:, 1], s=6, c="tab:red")
     ax.set_xlabel("x (Å)")
     ax.set_ylabel("y (Å)")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_hist(
+    values: Any,
+    *,
+    groups: Any = None,
+    bins: int = 60,
+    ax: Any = None,
+    xlabel: str = "",
+    title: str | None = None,
+) -> Any:
+    """Histogram of ``values`` (stacked by ``groups`` labels when given).
+
+    Parameters
+    ----------
+    values : (N,) array_like
+        Values (e.g. scattering cross-sections, Å²).
+    groups : (N,) array_like, optional
+        Label per value (e.g. the atom count); one colour per label.
+    bins : int
+        Number of bins.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)] if groups is None else v
+    if v.size == 0:
+        raise DataError("cannot draw a histogram of no values")
+    ax = _new_ax(ax, (5.2, 3.4))
+    if groups is None:
+        ax.hist(v, bins=bins, color="#4c72b0")
+    else:
+        g = np.asarray(groups).ravel()
+        if g.shape != v.shape:
+            raise ParameterError(f"`groups` needs one label per value ({v.size}), got {g.size}")
+        labels = sorted(set(g.tolist()))
+        edges = np.histogram_bin_edges(v[np.isfinite(v)], bins=bins)
+        ax.hist(
+            [v[g == lab] for lab in labels],
+            bins=edges,
+            stacked=True,
+            label=[str(lab) for lab in labels],
+        )
+        if len(labels) <= 12:
+            ax.legend(fontsize=7, frameon=False, ncol=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
     if title:
         ax.set_title(title)
     return ax

@@ -5,4 +5,11 @@ inside the step function, so registering never fails even when the sub-package i
 (the step is then reported as not available).
 """
 
-from perovstem.pipeline.steps import core  # noqa: F401
+from perovstem.pipeline.steps import (
+    atoms,  # noqa: F401, E402
+    core,  # noqa: F401
+    insitu,  # noqa: F401, E402
+    quantify,  # noqa: F401, E402
+    simulate,  # noqa: F401, E402
+    tomo,  # noqa: F401, E402
+)

@@ -1,0 +1,291 @@
+"""Steps that simulate data with known ground truth (perovstem.simulate)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from perovstem.pipeline.registry import Param, register_step
+
+
+def _atoms_plot3d(
+    ctx: Any, atoms: Any, name: str, title: str, caption: str, section: str = "facets"
+) -> None:
+    from perovstem.report.plot3d import atoms_figure
+
+    sym = atoms.get_chemical_symbols()
+    groups = list(sym)
+    if "label" in atoms.arrays:
+        lab = atoms.arrays["label"]
+        groups = [
+            ("Pb⁰ cluster" if lab[i] == 2 else "Pb⁰ adatom" if lab[i] == 1 else s)
+            for i, s in enumerate(sym)
+        ]
+    ctx.plot3d(
+        name,
+        atoms_figure(atoms.positions, sym, groups=groups, title=title),
+        title=title,
+        caption=caption,
+        section=section,
+    )
+
+
+@register_step(
+    "simulate.nanocrystal",
+    outputs=("atoms",),
+    params={
+        "edge_A": Param(float, 40.0, "edge length, Å", min=5.0, max=400.0),
+        "shape": Param(
+            str, "cube", "cube, cuboid or platelet", choices=("cube", "cuboid", "platelet")
+        ),
+        "phase": Param(str, "cubic", "cubic or orthorhombic", choices=("cubic", "orthorhombic")),
+        "termination": Param(str, "CsBr", "surface termination", choices=("CsBr", "PbBr2")),
+        "cd_fraction": Param(float, 0.0, "Cd fraction x on B sites", min=0.0, max=1.0),
+        "zone_axis": Param(str, "001", "zone axis along the beam", choices=("001", "011", "111")),
+        "view3d": Param(bool, True, "embed an interactive 3-D view in the report"),
+    },
+    requires=("perovstem.simulate:nanocrystal",),
+    section="mechanism",
+    doc="Build a CsCd_xPb_{1-x}Br3 nanocrystal (ASE atoms, ground truth).",
+)
+def simulate_nanocrystal(ctx: Any) -> dict[str, Any]:
+    from perovstem.simulate import nanocrystal
+
+    p = ctx.params
+    atoms = nanocrystal(
+        p["edge_A"],
+        shape=p["shape"],
+        phase=p["phase"],
+        termination=p["termination"],
+        cd_fraction=p["cd_fraction"],
+        zone_axis=p["zone_axis"],
+        rng=ctx.rng(),
+    )
+    try:
+        from perovstem.simulate import composition
+
+        comp = composition(atoms)
+        ctx.text(
+            f"Simulated nanocrystal: {comp.get('formula', len(atoms))}, edge "
+            f"{p['edge_A']:g} Å, {p['phase']} phase, {p['termination']}-terminated, "
+            f"x(Cd) = {p['cd_fraction']:g}.",
+            title="Simulated nanocrystal",
+        )
+    except ImportError:
+        pass
+    if p["view3d"]:
+        _atoms_plot3d(
+            ctx,
+            atoms,
+            "model",
+            "Pristine nanocrystal (simulated)",
+            "Atomic model before irradiation (ground truth of the demo).",
+        )
+    return {"atoms": atoms}
+
+
+@register_step(
+    "simulate.haadf",
+    inputs=("atoms",),
+    outputs=("image", "truth"),
+    params={
+        "pixel_size_A": Param(float, 0.25, "pixel size, Å", min=0.01, max=5.0),
+        "dose_e_per_A2": Param(float, 1e4, "electron dose, e⁻/Å²", min=1.0),
+        "voltage_kV": Param(float, 300.0, "accelerating voltage, kV", choices=(200.0, 300.0)),
+        "probe_sigma_A": Param(float, None, "probe σ, Å (default: simulator default)", min=0.0),
+    },
+    requires=("perovstem.simulate:haadf_image",),
+    section="counting",
+    doc="Simulate a HAADF-STEM image of the nanocrystal with Poisson noise.",
+)
+def simulate_haadf(ctx: Any, atoms: Any) -> dict[str, Any]:
+    from perovstem.simulate import haadf_image
+
+    p = ctx.params
+    kw = {} if p["probe_sigma_A"] is None else {"probe_sigma_A": p["probe_sigma_A"]}
+    image, truth = haadf_image(
+        atoms,
+        pixel_size_A=p["pixel_size_A"],
+        dose_e_per_A2=p["dose_e_per_A2"],
+        voltage_kV=p["voltage_kV"],
+        rng=ctx.rng(),
+        **kw,
+    )
+    from perovstem.plot.overview import plot_image
+
+    ax = plot_image(
+        image.data, pixel_size_A=image.pixel_size_A, title=f"HAADF, {p['dose_e_per_A2']:g} e⁻/Å²"
+    )
+    ctx.figure(
+        "image",
+        ax.figure,
+        title="Simulated HAADF image",
+        caption=f"{image.shape[0]}×{image.shape[1]} px at {image.pixel_size_A:g} Å/px.",
+    )
+    return {"image": image, "truth": truth}
+
+
+@register_step(
+    "simulate.kmc",
+    inputs=("atoms",),
+    outputs=("trajectory", "frames", "clusters", "final"),
+    params={
+        "n_frames": Param(int, 40, "number of frames", min=2),
+        "frame_time_s": Param(float, 1.0, "frame time, s", min=1e-6),
+        "dose_rate_e_per_A2_s": Param(float, 100.0, "dose rate, e⁻/Å²/s", min=0.0),
+        "temperature_K": Param(float, 300.0, "temperature, K", min=1.0, max=2000.0),
+        "atmosphere": Param(str, "vacuum", "vacuum, O2 or H2O"),
+    },
+    requires=("perovstem.simulate:degradation_kmc",),
+    section="kinetics",
+    doc="Kinetic Monte Carlo of beam-induced Br loss and Pb⁰ cluster formation (ground truth).",
+)
+def simulate_kmc(ctx: Any, atoms: Any) -> dict[str, Any]:
+    from perovstem.simulate import degradation_kmc
+
+    p = ctx.params
+    traj = degradation_kmc(
+        atoms,
+        n_frames=p["n_frames"],
+        frame_time_s=p["frame_time_s"],
+        dose_rate_e_per_A2_s=p["dose_rate_e_per_A2_s"],
+        temperature_K=p["temperature_K"],
+        atmosphere=p["atmosphere"],
+        rng=ctx.rng(),
+    )
+    frames = traj.frame_table.copy()
+    frames["dose_rate_e_per_A2_s"] = p["dose_rate_e_per_A2_s"]
+    frames.attrs["source"] = "simulate.degradation_kmc (ground truth)"
+    final = traj.atoms(traj.n_frames - 1)
+    _atoms_plot3d(
+        ctx,
+        final,
+        "final",
+        f"After {p['dose_rate_e_per_A2_s']:g} e⁻/Å²/s "
+        f"× {p['n_frames'] * p['frame_time_s']:g} s (simulated)",
+        "Atomic model at the end of the KMC run: Pb⁰ clusters highlighted.",
+        section="kinetics",
+    )
+    from perovstem.plot.overview import plot_xy
+
+    cols = [c for c in ("n_clusters", "n_Pb0") if c in frames.columns]
+    if cols:
+        ax = plot_xy(
+            frames,
+            "cumulative_dose_e_per_A2",
+            cols,
+            marker=".",
+            ylabel="number",
+            title=f"{p['dose_rate_e_per_A2_s']:g} e⁻/Å²/s (truth)",
+        )
+        ctx.figure(
+            "clusters",
+            ax.figure,
+            title="Simulated Pb⁰ clusters",
+            caption="Ground truth of the KMC run: clusters and Pb⁰ atoms vs dose.",
+        )
+    return {"trajectory": traj, "frames": frames, "clusters": traj.clusters.copy(), "final": final}
+
+
+@register_step(
+    "simulate.insitu_series",
+    inputs=("trajectory",),
+    outputs=("series", "truth"),
+    params={
+        "pixel_size_A": Param(float, 0.5, "pixel size, Å", min=0.01, max=10.0),
+        "drift_A_per_s": Param(list, [0.0, 0.0], "specimen drift (dy, dx), Å/s"),
+    },
+    requires=("perovstem.simulate:insitu_series",),
+    section="kinetics",
+    doc="Render a KMC trajectory as an in-situ HAADF series (drift, noise, dose per frame).",
+)
+def simulate_insitu_series(ctx: Any, trajectory: Any) -> dict[str, Any]:
+    from perovstem.simulate import insitu_series
+
+    p = ctx.params
+    series, truth = insitu_series(
+        trajectory,
+        pixel_size_A=p["pixel_size_A"],
+        drift_A_per_s=tuple(p["drift_A_per_s"]),
+        rng=ctx.rng(),
+    )
+    return {"series": series, "truth": {k: v for k, v in truth.items() if hasattr(v, "columns")}}
+
+
+@register_step(
+    "simulate.heating",
+    inputs=("atoms",),
+    outputs=("frames",),
+    params={
+        "temperatures_K": Param(list, [300.0, 350.0, 400.0, 450.0], "temperatures, K"),
+        "n_frames": Param(int, 20, "frames per temperature", min=2),
+        "frame_time_s": Param(float, 1.0, "frame time, s", min=1e-6),
+        "dose_rate_e_per_A2_s": Param(float, 20.0, "dose rate during heating, e⁻/Å²/s", min=0.0),
+    },
+    requires=("perovstem.simulate:degradation_kmc",),
+    section="kinetics",
+    doc="Heating series: independent KMC runs of the pristine NC at each temperature.",
+)
+def simulate_heating(ctx: Any, atoms: Any) -> dict[str, Any]:
+    import pandas as pd
+
+    from perovstem.simulate import degradation_kmc
+
+    p = ctx.params
+    temps = [float(t) for t in p["temperatures_K"]]
+    tables = []
+    for k, t in enumerate(ctx.track(temps, total=len(temps), description="temperatures")):
+        traj = degradation_kmc(
+            atoms,
+            n_frames=p["n_frames"],
+            frame_time_s=p["frame_time_s"],
+            dose_rate_e_per_A2_s=p["dose_rate_e_per_A2_s"],
+            temperature_K=t,
+            rng=ctx.rng(k),
+        )
+        tab = traj.frame_table.copy()
+        tab["temperature_K"] = t
+        tables.append(tab)
+    frames = pd.concat(tables, ignore_index=True)
+    frames.attrs["source"] = "simulate.degradation_kmc heating series (ground truth)"
+    return {"frames": frames}
+
+
+@register_step(
+    "simulate.tilt_series",
+    outputs=("before", "after", "truth"),
+    params={
+        "edge_A": Param(float, 60.0, "phantom edge length, Å", min=5.0),
+        "dose_e_per_A2": Param(float, 1e5, "dose between the two tilt series, e⁻/Å²", min=0.0),
+        "angle_min_deg": Param(float, -70.0, "first tilt angle, degrees", min=-90.0, max=90.0),
+        "angle_max_deg": Param(float, 70.0, "last tilt angle, degrees", min=-90.0, max=90.0),
+        "angle_step_deg": Param(float, 5.0, "tilt increment, degrees", min=0.1),
+        "size_px": Param(int, 96, "detector size (square), px", min=16),
+        "pixel_size_A": Param(float, 1.0, "pixel size, Å", min=0.05),
+    },
+    requires=(
+        "perovstem.simulate:nanocrystal_phantom",
+        "perovstem.simulate:degradation_tilt_series",
+    ),
+    section="facets",
+    doc="Tilt series of a faceted NC phantom with Pb inclusions before and after a dose.",
+)
+def simulate_tilt_series(ctx: Any) -> dict[str, Any]:
+    from perovstem.simulate import degradation_tilt_series, nanocrystal_phantom
+
+    p = ctx.params
+    angles = np.arange(p["angle_min_deg"], p["angle_max_deg"] + 1e-9, p["angle_step_deg"])
+    rng = ctx.rng()
+    obj = nanocrystal_phantom(p["edge_A"], rng=rng)
+    series, truth = degradation_tilt_series(
+        obj,
+        2,
+        angles,
+        dose_per_step_e_per_A2=p["dose_e_per_A2"],
+        shape=(p["size_px"], p["size_px"]),
+        pixel_size_A=p["pixel_size_A"],
+        rng=rng,
+    )
+    ctx.table("truth", truth, title="Phantom ground truth (before / after)")
+    return {"before": series[0], "after": series[-1], "truth": truth}
