@@ -29,6 +29,7 @@ _TOPICS = [
     "demo",
     "run",  # run CONFIG (pipeline)
     "atoms",  # atoms fit/count/track
+    "simulate",  # simulate image/series/tilt
 ]
 
 

@@ -1,0 +1,118 @@
+"""``perovstem simulate ...``: ground-truth data from :mod:`perovstem.simulate`.
+
+The sub-app :data:`simulate_app` is registered on the main app as ``simulate``; other modules
+add their commands to it (``series``, ``tilt``) with ``@simulate_app.command()``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from perovstem.cli.main import app
+
+simulate_app = typer.Typer(
+    name="simulate",
+    help="Simulate nanocrystals, HAADF images, in-situ series and tilt series with ground truth.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(simulate_app, name="simulate")
+
+
+def _truth_path(out: Path, truth: Path | None) -> Path:
+    if truth is not None:
+        return truth
+    return out.with_name(out.name.split(".")[0] + "_truth.parquet")
+
+
+@simulate_app.command("image")
+def image(
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Image file (.tif, .npz, .mrc, .zarr, .hspy)."
+    ),
+    truth: Path = typer.Option(
+        None, "--truth", help="Truth table (.parquet/.csv); default <out>_truth.parquet."
+    ),
+    edge_A: float = typer.Option(80.0, "--edge-A", help="NC edge length, Å."),
+    shape: str = typer.Option("cube", "--shape", help="cube | cuboid | platelet."),
+    thickness_A: float = typer.Option(None, "--thickness-A", help="Platelet thickness, Å."),
+    phase: str = typer.Option("cubic", "--phase", help="cubic | orthorhombic."),
+    termination: str = typer.Option("CsBr", "--termination", help="CsBr | PbBr2."),
+    cd_fraction: float = typer.Option(0.0, "--cd-fraction", help="Cd fraction x on Pb sites."),
+    br_vacancy_fraction: float = typer.Option(0.0, "--br-vacancies", help="Br vacancy fraction."),
+    zone_axis: str = typer.Option("001", "--zone-axis", help="001 | 011 | 111 (pseudo-cubic)."),
+    mistilt_deg: float = typer.Option(0.0, "--mistilt-deg", help="Mistilt from the zone axis, °."),
+    pb_cluster: list[int] = typer.Option(
+        [], "--pb-cluster", help="Attach an fcc Pb cluster of N atoms (repeatable)."
+    ),
+    cluster_site: str = typer.Option("corner", "--cluster-site", help="corner | edge | face."),
+    pixel_size_A: float = typer.Option(0.25, "--pixel-size-A", help="Pixel size, Å."),
+    size: int = typer.Option(None, "--size", help="Square image size, pixels (default: fit NC)."),
+    dose: float = typer.Option(1e4, "--dose", help="Electron dose, e⁻/Å²."),
+    voltage_kV: float = typer.Option(300.0, "--voltage-kV", help="300 or 200 kV."),
+    gain: float = typer.Option(1.0, "--gain", help="Detector counts per electron."),
+    offset: float = typer.Option(0.0, "--offset", help="Detector offset, counts."),
+    scan_noise_px: float = typer.Option(0.0, "--scan-noise-px", help="Line jitter rms, px."),
+    drift_A: tuple[float, float] = typer.Option((0.0, 0.0), "--drift-A", help="Drift dx dy, Å."),
+    no_noise: bool = typer.Option(False, "--no-noise", help="Noise-free expectation image."),
+    seed: int = typer.Option(None, "--seed", help="Random seed (reproducible output)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing image."),
+) -> None:
+    """Simulate a quantitative HAADF-STEM image of a CsPbBr3 nanocrystal with its truth table."""
+    import numpy as np
+
+    from perovstem.errors import OutputExistsError
+    from perovstem.io import save_image, save_table
+    from perovstem.simulate import add_pb_cluster, haadf_image, nanocrystal
+
+    truth_path = _truth_path(out, truth)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{str(out)!r} exists (use --overwrite to replace it)")
+    rng = np.random.default_rng(seed)
+    atoms = nanocrystal(
+        edge_A,
+        shape=shape,
+        phase=phase,
+        termination=termination,
+        cd_fraction=cd_fraction,
+        br_vacancy_fraction=br_vacancy_fraction,
+        zone_axis=zone_axis,
+        mistilt_deg=mistilt_deg,
+        thickness_A=thickness_A,
+        rng=rng,
+    )
+    for n in pb_cluster:
+        atoms = add_pb_cluster(atoms, n, site=cluster_site, rng=rng)
+    img, table = haadf_image(
+        atoms,
+        pixel_size_A=pixel_size_A,
+        shape=None if size is None else (size, size),
+        dose_e_per_A2=dose,
+        voltage_kV=voltage_kV,
+        gain=gain,
+        offset=offset,
+        scan_noise_px=scan_noise_px,
+        drift_A=drift_A,
+        noise=not no_noise,
+        rng=rng,
+    )
+    table.attrs["structure"] = {
+        "edge_A": edge_A,
+        "shape": shape,
+        "phase": phase,
+        "termination": termination,
+        "cd_fraction": cd_fraction,
+        "br_vacancy_fraction": br_vacancy_fraction,
+        "zone_axis": zone_axis,
+        "mistilt_deg": mistilt_deg,
+        "pb_clusters": list(pb_cluster),
+        "seed": seed,
+        "n_atoms_total": len(atoms),
+    }
+    save_image(img, out, overwrite=overwrite)
+    save_table(table, truth_path)
+    typer.echo(f"image: {out} ({img.shape[0]}x{img.shape[1]} px, {len(table)} columns)")
+    typer.echo(f"truth: {truth_path}")
