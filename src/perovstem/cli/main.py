@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except PerovstemError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         return EXIT_USAGE
     except typer.Exit as exc:
         return int(exc.exit_code or 0)

@@ -73,7 +73,8 @@ class Param:
             value, ok = list(value), True
         if not ok:
             raise ParameterError(
-                f"`{key}` must be a {self.type_name}, got {value!r} ({type(value).__name__})"
+                f"`{key}` must be {'an' if self.type_name[0] in 'aeiou' else 'a'} "
+                f"{self.type_name}, got {value!r} ({type(value).__name__})"
             )
         if self.choices is not None and value not in self.choices:
             raise ParameterError(f"`{key}` must be one of {list(self.choices)}, got {value!r}")

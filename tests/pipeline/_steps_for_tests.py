@@ -1,0 +1,53 @@
+"""Test-only pipeline steps (a plugin module, loaded through ``[run] plugins``).
+
+``test.make_series`` draws a random in-situ series from the step seed; ``test.noisy_sum``
+maps a per-frame function that uses one random stream per frame (so scheduler-independence of
+the seeds is tested); ``test.slow`` sleeps per frame so that a run can be killed mid-way.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from perovstem import Series
+from perovstem.pipeline import Param, register_step
+
+
+@register_step(
+    "test.make_series",
+    outputs=("series",),
+    params={"n_frames": Param(int, 20, "frames", min=1), "size": Param(int, 24, "px", min=4)},
+)
+def make_series(ctx: Any) -> dict[str, Any]:
+    rng = ctx.rng()
+    n, m = ctx.params["n_frames"], ctx.params["size"]
+    data = rng.poisson(50.0, size=(n, m, m)).astype(np.float32)
+    return {"series": Series(data, 0.5, dose_e_per_A2=10.0, time_s=np.arange(n, dtype=float))}
+
+
+def _noisy(item: tuple[int, int, np.ndarray, float]) -> dict[str, float]:
+    k, seed, frame, delay = item
+    if delay:
+        time.sleep(delay)
+    rng = np.random.default_rng(seed)
+    return {"frame": k, "value": float(frame.sum() + rng.normal())}
+
+
+@register_step(
+    "test.noisy_sum",
+    inputs=("series",),
+    outputs=("table",),
+    params={"delay_s": Param(float, 0.0, "sleep per frame, s", min=0.0)},
+)
+def noisy_sum(ctx: Any, series: Any) -> dict[str, Any]:
+    import pandas as pd
+
+    seeds = ctx.item_seeds(series.n_frames)
+    items = [
+        (k, seeds[k], np.asarray(series.data[k]), ctx.params["delay_s"])
+        for k in range(series.n_frames)
+    ]
+    return {"table": pd.DataFrame(ctx.map(_noisy, items, description="noisy sums"))}

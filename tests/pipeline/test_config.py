@@ -1,0 +1,162 @@
+"""Bad configurations are rejected before any work, with the key and the line named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perovstem import Series
+from perovstem.cli.main import main
+from perovstem.errors import FileFormatError, ParameterError
+from perovstem.pipeline import get_step, load_config, run_pipeline
+
+PLUGIN = '[run]\nname = "t"\nplugins = ["_steps_for_tests"]\n'
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "a.toml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_valid_config_resolves_wiring_and_defaults(tmp_path):
+    cfg = load_config(
+        _write(
+            tmp_path,
+            PLUGIN
+            + """
+[[step]]
+run = "test.make_series"
+id = "gen"
+n_frames = 5
+
+[[step]]
+run = "series.frame_stats"
+plot = false
+""",
+        )
+    )
+    assert [s.id for s in cfg.steps] == ["gen", "frame_stats"]
+    assert cfg.steps[0].params == {"n_frames": 5, "size": 24}
+    assert cfg.steps[1].wiring == {"series": "gen.series"}
+    assert cfg.name == "t"
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "needle"),
+    [
+        ('[[step]]\nrun = "series.fram_stats"\n', 6, "unknown step `series.fram_stats`"),
+        ('[[step]]\nrun = "test.make_series"\nn_frame = 3\n', 7, "did you mean `n_frames`"),
+        (
+            '[[step]]\nrun = "test.make_series"\nn_frames = "many"\n',
+            7,
+            "`n_frames` must be an integer",
+        ),
+        ('[[step]]\nrun = "test.make_series"\nn_frames = 0\n', 7, "`n_frames` must be >= 1"),
+        (
+            '[[step]]\nrun = "test.make_series"\nn_frames = 2.5\n',
+            7,
+            "`n_frames` must be an integer",
+        ),
+        ('[[step]]\nrun = "series.frame_stats"\n', 5, "needs input `series`"),
+        (
+            '[[step]]\nrun = "test.make_series"\n[[step]]\nrun = "series.frame_stats"\n'
+            'inputs = { series = "nope.series" }\n',
+            9,
+            "names no earlier step output",
+        ),
+        (
+            '[[step]]\nrun = "test.make_series"\nid = "a"\n[[step]]\nrun = "test.make_series"\n'
+            'id = "a"\n',
+            10,
+            "duplicate step id `a`",
+        ),
+    ],
+)
+def test_bad_step_names_key_and_line(tmp_path, body, line, needle):
+    p = _write(tmp_path, PLUGIN + "\n" + body)
+    with pytest.raises(ParameterError) as exc:
+        load_config(p)
+    msg = str(exc.value)
+    assert needle in msg
+    assert f"line {line}" in msg, msg
+    assert str(p) in msg
+
+
+def test_bad_run_keys(tmp_path):
+    with pytest.raises(ParameterError, match=r"line 2: \[run\]: `\[run\] seed` must be an integer"):
+        load_config(_write(tmp_path, '[run]\nseed = "x"\n[[step]]\nrun = "series.frames"\n'))
+    with pytest.raises(ParameterError, match="unknown key `sched`"):
+        load_config(_write(tmp_path, '[run]\nsched = "local"\n'))
+    with pytest.raises(ParameterError, match="`\\[run\\] scheduler` must be"):
+        load_config(_write(tmp_path, '[run]\nscheduler = "cluster"\n'))
+    with pytest.raises(ParameterError, match=r"unknown section `\[steps\]`.*\[\[step\]\]"):
+        load_config(_write(tmp_path, '[steps]\nrun = "x"\n'))
+    with pytest.raises(ParameterError, match="cannot import plugin module `no_such_mod`"):
+        load_config(_write(tmp_path, '[run]\nplugins = ["no_such_mod"]\n'))
+    with pytest.raises(ParameterError, match="no \\[\\[step\\]\\]"):
+        load_config(_write(tmp_path, '[run]\nname = "x"\n'))
+
+
+def test_missing_input_file_and_bad_toml(tmp_path):
+    p = _write(tmp_path, '[inputs]\nseries = "missing.npz"\n[[step]]\nrun = "series.frames"\n')
+    with pytest.raises(
+        FileFormatError, match=r"line 2: \[inputs\] series: input file .*missing.npz"
+    ):
+        load_config(p)
+    p = _write(tmp_path, "[run\nname = 1\n")
+    with pytest.raises(FileFormatError, match="invalid TOML.*line 1"):
+        load_config(p)
+    with pytest.raises(FileFormatError, match="does not exist"):
+        load_config(tmp_path / "nothere.toml")
+
+
+def test_unavailable_step_is_an_error_unless_continue(tmp_path, monkeypatch):
+    step = get_step("series.frames")
+    monkeypatch.setattr(type(step), "missing_requirements", lambda self: ["perovstem.nothing:x"])
+    body = '[[step]]\nrun = "series.frames"\ninputs = { series = "s" }\n'
+    np.savez(tmp_path / "s.npz", data=np.zeros((2, 4, 4)))
+    head = '[inputs]\ns = "s.npz"\n'
+    with pytest.raises(ParameterError, match="not available in this version"):
+        load_config(_write(tmp_path, head + body))
+    cfg = load_config(_write(tmp_path, '[run]\non_error = "continue"\n' + head + body))
+    assert len(cfg.steps) == 1
+
+
+def test_errors_come_before_any_work(tmp_path, capsys):
+    """A config error in the last step leaves no run folder behind (nothing was computed)."""
+    p = _write(
+        tmp_path,
+        PLUGIN
+        + """
+[[step]]
+run = "test.make_series"
+[[step]]
+run = "series.frame_stats"
+plot = "yes"
+""",
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(p), "--out", str(out), "--quiet"]) == 2
+    assert not out.exists()
+    assert "[[step]] #2" in capsys.readouterr().err  # markup-like text printed verbatim
+    with pytest.raises(ParameterError, match="line 9.*`plot` must be a boolean"):
+        run_pipeline(p, out=out, quiet=True)
+    assert not out.exists()
+
+
+def test_cli_list_steps_and_check(tmp_path, capsys):
+    assert main(["run", "--list-steps"]) == 0
+    listing = capsys.readouterr().out
+    assert "series.frame_stats" in listing and "atoms.fit" in listing
+    s = Series(np.ones((3, 4, 4)), 0.5)
+    from perovstem.io import save_image
+
+    save_image(s, tmp_path / "s.npz")
+    p = _write(tmp_path, '[inputs]\nseries = "s.npz"\n[[step]]\nrun = "series.frames"\n')
+    assert main(["run", str(p), "--check"]) == 0
+    assert "OK (1 steps)" in capsys.readouterr().out
+    assert main(["run", str(p), "--scheduler", "bogus"]) == 2
+    assert main(["run"]) == 2
