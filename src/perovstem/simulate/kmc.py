@@ -1,0 +1,654 @@
+"""Degradation kinetic Monte Carlo of a CsPbBr₃ nanocrystal under the electron beam.
+
+:func:`degradation_kmc` runs a lattice KMC on the perovskite sublattices of an
+``ase.Atoms`` nanocrystal (see :class:`~perovstem.simulate.kmc_params.KineticParameters`
+for the mechanisms and their parameters) and returns a :class:`KMCTrajectory` holding the
+exact truth of every frame: atom lists with labels (host / Pb⁰ adatom / cluster id), counts,
+cluster sizes and positions, birth and merge events with their parents, and per-frame event
+counts.  The kinetic scheme is the one of ``notes/physics_simulation.md`` §1.3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from perovstem._validation import as_rng, check_choice, check_positive
+from perovstem.errors import DataError, ParameterError
+from perovstem.simulate.kmc_lattice import (
+    KIND_BR,
+    KIND_CD,
+    KIND_CS,
+    KIND_PB,
+    HostLattice,
+    build_lattice,
+)
+from perovstem.simulate.kmc_params import ATMOSPHERES, KineticParameters
+
+__all__ = ["KMCTrajectory", "degradation_kmc"]
+
+_LABEL_HOST, _LABEL_ADATOM, _LABEL_CLUSTER = 0, 1, 2
+
+
+@dataclass(frozen=True, eq=False)
+class KMCTrajectory:
+    """Result of :func:`degradation_kmc`: exact per-frame truth of the degradation.
+
+    Frame ``k`` covers the time interval ``[k·Δt, (k+1)·Δt)`` (Δt = frame time); its
+    snapshot (atoms, counts, clusters) is the state at the **end** of the frame, after
+    the frame's dose.
+
+    Attributes
+    ----------
+    params : KineticParameters
+        The parameters used.
+    frame_table : pandas.DataFrame
+        One row per frame: ``frame``, ``time_s`` (frame start), ``time_end_s``,
+        ``dose_e_per_A2`` (of the frame), ``cumulative_dose_e_per_A2`` (at the end of the
+        frame), ``dose_rate_e_per_A2_s``, ``temperature_K``, ``pressure_Pa``, ``n_Br``,
+        ``n_Br_surface``, ``n_Pb_host``, ``n_Cd``, ``n_Cs``, ``n_Pb0`` (adatoms + cluster
+        atoms), ``n_adatoms``, ``n_cluster_atoms``, ``n_clusters``, ``mean_cluster_size``
+        (atoms; NaN without clusters), and the events of the frame: ``n_Br_desorbed``,
+        ``n_Br_desorbed_surface``, ``n_Br_desorbed_bulk``, ``n_Pb_reduced``, ``n_births``,
+        ``n_merges``, ``n_attachments``, ``n_hops``, ``n_hops_blocked``, ``n_cluster_hops``,
+        ``n_Cs_lost``, ``n_Cd_lost``, ``n_CsBr_stripped``, ``n_nucleation_rejected``,
+        ``n_steps``; plus the rate constants in force: ``hop_rate_per_s`` (Γ per adatom),
+        ``desorption_rate_surface_per_s``, ``desorption_rate_bulk_per_s``,
+        ``strip_rate_per_s``.  ``attrs`` holds ``initial`` (counts before the first frame),
+        ``params``, ``conditions`` and units.
+    clusters : pandas.DataFrame
+        ``frame, cluster_id, n_atoms, x_A, y_A, z_A, radius_A`` for every cluster alive at
+        the end of each frame (centre = centroid of its atoms; radius of the equal-volume
+        fcc sphere).
+    events : pandas.DataFrame
+        ``frame, time_s, cumulative_dose_e_per_A2, kind ("birth"|"merge"|"death"),
+        cluster_id, parents (list of ids), n_atoms`` in time order.  A merge creates a new
+        id whose parents end there; this model has no "death" (clusters are never
+        destroyed).
+    conditions : dict
+        ``frame_time_s``, ``atmosphere``, ``pressure_Pa``, ``seed`` and lattice data.
+    """
+
+    params: KineticParameters
+    frame_table: pd.DataFrame
+    clusters: pd.DataFrame
+    events: pd.DataFrame
+    conditions: dict
+    _lattice: HostLattice = field(repr=False)
+    _present: list = field(repr=False)
+    _adatoms: list = field(repr=False)
+    _cell: Any = field(repr=False, default=None)
+
+    @property
+    def n_frames(self) -> int:
+        return int(len(self.frame_table))
+
+    def _check_k(self, k: int) -> int:
+        n = self.n_frames
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not -n <= k < n:
+            raise ParameterError(f"frame index `k` must be an integer in [0, {n}), got {k!r}")
+        return int(k) % n
+
+    def atoms(self, k: int) -> Any:
+        """Atom list at the end of frame ``k`` as ``ase.Atoms``.
+
+        Per-atom arrays ``label`` (0 host, 1 Pb⁰ adatom, 2 Pb cluster) and ``cluster_id``
+        (−1 = none).  Cluster atoms are the ``n`` sites of an fcc Pb lattice
+        (a = ``params.pb_lattice_A``, cube-on-cube epitaxy with the host) nearest to a
+        lattice site, shifted so their centroid is the cluster centre of :attr:`clusters`.
+        """
+        k = self._check_k(k)
+        return self._build_atoms(self._present[k + 1], self._adatoms[k + 1], k)
+
+    def initial_atoms(self) -> Any:
+        """Atom list before the first frame (after mapping the input onto the lattice)."""
+        return self._build_atoms(self._present[0], self._adatoms[0], None)
+
+    def _build_atoms(self, packed: np.ndarray, ad_nodes: np.ndarray, k: int | None) -> Any:
+        from ase import Atoms
+
+        lat = self._lattice
+        present = np.unpackbits(packed, count=lat.n_host).astype(bool)
+        sym = [lat.symbols[present]]
+        pos = [lat.pos_A[present]]
+        label = [np.zeros(int(present.sum()), dtype=np.int64)]
+        cid = [np.full(int(present.sum()), -1, dtype=np.int64)]
+        n_ad = len(ad_nodes)
+        sym.append(np.full(n_ad, "Pb"))
+        pos.append(lat.node_pos_A[ad_nodes].reshape(-1, 3))
+        label.append(np.full(n_ad, _LABEL_ADATOM, dtype=np.int64))
+        cid.append(np.full(n_ad, -1, dtype=np.int64))
+        if k is None:
+            cl = self.conditions["initial_clusters"]
+        else:
+            cl = self.clusters[self.clusters["frame"] == k]
+        if len(cl):
+            offs = _fcc_offsets(int(cl["n_atoms"].max()), self.params.pb_lattice_A, lat.rotation)
+            for cid_, n, x, y, z in zip(
+                cl["cluster_id"], cl["n_atoms"], cl["x_A"], cl["y_A"], cl["z_A"], strict=True
+            ):
+                o = offs[: int(n)]
+                p = o - o.mean(axis=0) + np.array([x, y, z])
+                sym.append(np.full(int(n), "Pb"))
+                pos.append(p)
+                label.append(np.full(int(n), _LABEL_CLUSTER, dtype=np.int64))
+                cid.append(np.full(int(n), int(cid_), dtype=np.int64))
+        atoms = Atoms(symbols=list(np.concatenate(sym)), positions=np.concatenate(pos))
+        if self._cell is not None:
+            atoms.set_cell(self._cell)
+        atoms.new_array("label", np.concatenate(label))
+        atoms.new_array("cluster_id", np.concatenate(cid))
+        return atoms
+
+
+def _fcc_offsets(n_max: int, a_A: float, rotation: np.ndarray) -> np.ndarray:
+    """The ``n_max`` fcc lattice sites nearest to a site (compact clusters), Å, rotated."""
+    r_need = (3.0 * n_max * a_A**3 / (16.0 * np.pi)) ** (1.0 / 3.0) + 2.0 * a_A
+    m = int(np.ceil(r_need / a_A)) + 1
+    g = np.arange(-m, m + 1)
+    cells = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3).astype(float)
+    basis = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    pts = (cells[:, None, :] + basis[None]).reshape(-1, 3) * a_A
+    d = np.linalg.norm(pts, axis=1)
+    # deterministic tie-break inside a shell: prefer +z, then +y, then +x (grows compactly)
+    order = np.lexsort((-pts[:, 0], -pts[:, 1], -pts[:, 2], np.round(d, 6)))
+    return pts[order[:n_max]] @ rotation
+
+
+def _per_frame(name: str, value: Any, n: int, *, positive: bool, allow_zero: bool) -> np.ndarray:
+    a = np.asarray(value, dtype=float) if not isinstance(value, str) else None
+    if a is None:
+        raise ParameterError(f"`{name}` must be a number or one value per frame, got {value!r}")
+    if a.ndim == 0:
+        a = np.full(n, float(a))
+    if a.shape != (n,):
+        raise ParameterError(
+            f"`{name}` must be a scalar or have one value per frame ({n}), got shape {a.shape}"
+        )
+    bad = ~np.isfinite(a) | (a < 0) | ((a == 0) & (not allow_zero))
+    if positive and bad.any():
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ParameterError(f"`{name}` must be finite and {bound}, got {a[bad][0]!r}")
+    return a
+
+
+def _initial_clusters(atoms_sym, pos, label, cluster_id, lat: HostLattice, node_free):
+    """Group label-2 atoms by cluster id → (ids, n, anchor nodes)."""
+    sel = label == _LABEL_CLUSTER
+    if not sel.any():
+        return [], [], []
+    if np.any(atoms_sym[sel] != "Pb"):
+        raise DataError("atoms labelled 2 (Pb cluster) must be Pb")
+    ids, ns, anchors = [], [], []
+    cids = cluster_id[sel]
+    if np.any(cids < 0):
+        raise DataError("atoms labelled 2 (Pb cluster) need a `cluster_id` >= 0")
+    for c in np.unique(cids):
+        p = pos[sel][cids == c]
+        ids.append(int(c))
+        ns.append(len(p))
+        anchors.append(_nearest_free_node(p.mean(axis=0), lat, node_free))
+    return ids, ns, anchors
+
+
+def _nearest_free_node(xyz: np.ndarray, lat: HostLattice, node_free: np.ndarray) -> int:
+    cand = np.flatnonzero(node_free)
+    if cand.size == 0:
+        raise DataError("no free lattice node to place a Pb⁰ atom")
+    d = np.linalg.norm(lat.node_pos_A[cand] - xyz, axis=1)
+    return int(cand[np.argmin(d)])
+
+
+def _support_nodes(lat: HostLattice, node_host: np.ndarray) -> np.ndarray:
+    """Nodes of the layer just below the lowest host B site (along lab z)."""
+    z = lat.node_pos_A[:, 2]
+    z0 = z[node_host].min()
+    step = np.abs(lat.lattice_A[:, 2]).max()
+    return (z < z0 - 0.5 * step) & (z >= z0 - 1.5 * step) & ~lat.node_border
+
+
+def degradation_kmc(
+    atoms: Any,
+    *,
+    n_frames: int,
+    frame_time_s: float,
+    dose_rate_e_per_A2_s: Any,
+    temperature_K: Any = 300.0,
+    atmosphere: str = "vacuum",
+    pressure_Pa: float | None = None,
+    params: KineticParameters | None = None,
+    initial_dose_e_per_A2: float = 0.0,
+    support_film: bool = True,
+    rng: Any = None,
+) -> KMCTrajectory:
+    """Simulate beam-induced degradation of a perovskite nanocrystal, frame by frame.
+
+    Lattice kinetic Monte Carlo (rejection-free BKL/Gillespie, numba) of the kinetic scheme
+    of ``notes/physics_simulation.md`` §1.3: dose-driven surface/bulk Br desorption
+    (radiolysis, Dang et al., ACS Nano 11, 2124 (2017)), Pb²⁺ → Pb⁰ reduction (one Pb⁰ per
+    two Br lost), Arrhenius + beam-enhanced Pb⁰ surface diffusion, nucleation favouring
+    corners/edges, growth, coalescence of touching clusters into compact fcc clusters,
+    shrinkage of the crystal when units are exhausted, and an optional CsBr-stripping gas
+    channel (H₂O/O₂).  See :class:`KineticParameters` for the rates.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        Nanocrystal (e.g. from :func:`perovstem.simulate.nanocrystal`): Cs, Pb, Cd, Br host
+        atoms (``label`` 0 or no ``label`` array); optional Pb⁰ adatoms (label 1) and Pb
+        clusters (label 2 with ``cluster_id``).  Not modified.
+    n_frames : int
+        Number of frames (≥ 1).
+    frame_time_s : float
+        Frame time Δt, s (> 0).  Frame ``k`` covers ``[k·Δt, (k+1)·Δt)``.
+    dose_rate_e_per_A2_s : float or (n_frames,) array_like
+        Dose rate φ, e⁻/Å²/s (≥ 0; 0 = beam blanked); per-frame values allowed.
+    temperature_K : float or (n_frames,) array_like
+        Temperature, K (> 0); an array gives a temperature ramp (constant within a frame).
+    atmosphere : {"vacuum", "N2", "Ar", "O2", "H2O", "air"}
+        Gas around the crystal; O₂/H₂O/air switch on the CsBr-stripping channel.
+    pressure_Pa : float, optional
+        Gas pressure, Pa (> 0); scales the stripping rate (default: the reference pressure).
+    params : KineticParameters, optional
+        Rate constants and switches (defaults of the notes).
+    initial_dose_e_per_A2 : float
+        Dose received before the first frame, e⁻/Å² (bookkeeping only).
+    support_film : bool
+        If True (default) the crystal lies on a support film: Pb⁰ adatoms and clusters can
+        also sit and move on the node layer just below the crystal (lab −z), so they stay
+        mobile when the crystal underneath has gone.
+    rng : None, int or numpy.random.Generator
+        Random source; the same seed reproduces the trajectory exactly.
+
+    Returns
+    -------
+    KMCTrajectory
+        Exact truth per frame (see :class:`KMCTrajectory`).
+
+    Raises
+    ------
+    ParameterError
+        Negative dose rate, temperature ≤ 0, unknown atmosphere, bad frame count or time.
+    DataError
+        Atoms that are not a perovskite nanocrystal.
+    """
+    from perovstem.simulate import kmc_core as core
+
+    if isinstance(n_frames, bool) or not isinstance(n_frames, int | np.integer) or n_frames < 1:
+        raise ParameterError(f"`n_frames` must be an integer >= 1, got {n_frames!r}")
+    n_frames = int(n_frames)
+    frame_time_s = check_positive("frame_time_s", frame_time_s)
+    phi = _per_frame(
+        "dose_rate_e_per_A2_s", dose_rate_e_per_A2_s, n_frames, positive=True, allow_zero=True
+    )
+    temp = _per_frame("temperature_K", temperature_K, n_frames, positive=True, allow_zero=False)
+    check_choice("atmosphere", atmosphere, ATMOSPHERES)
+    if pressure_Pa is not None:
+        pressure_Pa = check_positive("pressure_Pa", pressure_Pa)
+    initial_dose = check_positive("initial_dose_e_per_A2", initial_dose_e_per_A2, allow_zero=True)
+    if params is None:
+        params = KineticParameters()
+    if not isinstance(params, KineticParameters):
+        raise ParameterError(f"`params` must be a KineticParameters, got {type(params).__name__}")
+    gen = as_rng(rng)
+    seed = int(gen.integers(0, 2**62))
+
+    # ---------------------------------------------------------------- input atoms
+    if not (hasattr(atoms, "get_chemical_symbols") and hasattr(atoms, "get_positions")):
+        raise DataError(f"`atoms` must be an ase.Atoms, got {type(atoms).__name__}")
+    sym_all = np.asarray(atoms.get_chemical_symbols())
+    pos_all = np.asarray(atoms.get_positions(), dtype=float)
+    n_all = len(sym_all)
+    label = np.asarray(atoms.arrays["label"]) if "label" in atoms.arrays else np.zeros(n_all, int)
+    cluster_id = (
+        np.asarray(atoms.arrays["cluster_id"])
+        if "cluster_id" in atoms.arrays
+        else np.full(n_all, -1)
+    )
+    if not np.all(np.isin(label, (0, 1, 2))):
+        raise DataError(f"`label` must be 0, 1 or 2, got {sorted(set(label.tolist()))}")
+    host = label == _LABEL_HOST
+    lat = build_lattice(sym_all[host], pos_all[host])
+    H = lat.n_host
+    G = int(np.prod(lat.grid_shape))
+
+    kind = lat.kind
+    present = np.ones(H, dtype=np.bool_)
+    cnt = np.zeros((3, H), dtype=np.int32)  # Br, B, Cs neighbours
+    src = np.repeat(np.arange(H), np.diff(lat.nb_ptr))
+    nk = kind[lat.nb_idx]
+    for row, mask in (
+        (0, nk == KIND_BR),
+        (1, (nk == KIND_PB) | (nk == KIND_CD)),
+        (2, nk == KIND_CS),
+    ):
+        np.add.at(cnt[row], src[mask], 1)
+    cnt_br, cnt_b, cnt_cs = (np.ascontiguousarray(c) for c in cnt)
+
+    counters = np.zeros(core.N_COUNTERS, dtype=np.int64)
+    surf_list = np.zeros(H, np.int64)
+    surf_where = np.full(H, -1, np.int64)
+    bulk_list = np.zeros(H, np.int64)
+    bulk_where = np.full(H, -1, np.int64)
+    cs_list = np.zeros(H, np.int64)
+    cs_where = np.full(H, -1, np.int64)
+    br = np.flatnonzero(kind == KIND_BR)
+    is_surf = (cnt_b[br] + cnt_cs[br]) < 6
+    for lst, where, ci, members in (
+        (surf_list, surf_where, core.C_NSURF, br[is_surf]),
+        (bulk_list, bulk_where, core.C_NBULK, br[~is_surf]),
+    ):
+        lst[: len(members)] = members
+        where[members] = np.arange(len(members))
+        counters[ci] = len(members)
+    cs = np.flatnonzero(kind == KIND_CS)
+    cs_s = cs[(cnt_br[cs] < 12) | (cnt_b[cs] < 8)]
+    cs_list[: len(cs_s)] = cs_s
+    cs_where[cs_s] = np.arange(len(cs_s))
+    counters[core.C_NCS_SURF] = len(cs_s)
+    counters[core.C_NPB] = int(np.sum(kind == KIND_PB))
+    counters[core.C_NCS] = len(cs)
+    counters[core.C_NB] = int(np.sum((kind == KIND_PB) | (kind == KIND_CD)))
+    counters[core.C_NBR] = len(br)
+    stack = np.zeros(len(lat.nb_idx) + H + 1, np.int64)
+
+    # ---------------------------------------------------------------- nodes
+    from scipy import ndimage
+
+    node_host = np.zeros(G, np.bool_)
+    node_host[lat.node_of[lat.node_of >= 0]] = True
+    kern = np.ones((3, 3, 3))
+    kern[1, 1, 1] = 0
+    host_nb = (
+        ndimage.convolve(
+            node_host.reshape(lat.grid_shape).astype(np.int32),
+            kern.astype(np.int32),
+            mode="constant",
+        )
+        .ravel()
+        .astype(np.int32)
+    )
+    # the support film: the node layer just below the crystal (beam along −z) always holds
+    # Pb⁰ and counts as a flat face (9 neighbours) for nucleation
+    support = _support_nodes(lat, node_host) if support_film else np.zeros(G, bool)
+    host_nb[support] += 9
+    node_ad = np.full(G, -1, np.int64)
+    nx, ny, nz = lat.grid_shape
+    strides = np.array([ny * nz, nz, 1], dtype=np.int64)
+    off6 = np.array([s * d for s in strides for d in (1, -1)], dtype=np.int64)
+    off26 = np.array(
+        [
+            i * strides[0] + j * strides[1] + k * strides[2]
+            for i in (-1, 0, 1)
+            for j in (-1, 0, 1)
+            for k in (-1, 0, 1)
+            if (i, j, k) != (0, 0, 0)
+        ],
+        dtype=np.int64,
+    )
+    inv_m = np.linalg.inv(lat.lattice_A)
+    grid = np.array(lat.grid_shape, dtype=np.int64)
+
+    # ---------------------------------------------------------------- Pb⁰ already present
+    n_pb0_in = int(np.sum(label != _LABEL_HOST))
+    if np.any(sym_all[label == _LABEL_ADATOM] != "Pb"):
+        raise DataError("atoms labelled 1 (Pb⁰ adatom) must be Pb")
+    cap = 2 * (int(np.sum(kind == KIND_PB)) + n_pb0_in) + 16
+    ad_node = np.zeros(cap, np.int64)
+    node_free = ~node_host & ~lat.node_border
+    for p in pos_all[label == _LABEL_ADATOM]:
+        nd = _nearest_free_node(p, lat, node_free)
+        node_free[nd] = False
+        ad_node[counters[core.C_NAD]] = nd
+        node_ad[nd] = counters[core.C_NAD]
+        counters[core.C_NAD] += 1
+    in_ids, in_n, in_anchor = _initial_clusters(
+        sym_all, pos_all, label, cluster_id, lat, ~node_host & ~lat.node_border
+    )
+
+    cl_alive = np.zeros(cap, np.bool_)
+    cl_n = np.zeros(cap, np.int64)
+    cl_anchor = np.zeros(cap, np.int64)
+    cl_centre = np.zeros((cap, 3))
+    cl_R = np.zeros(cap)
+    cl_live = np.zeros(cap, np.int64)
+    cl_where = np.full(cap, -1, np.int64)
+    E = (
+        np.zeros(cap, np.int64),
+        np.zeros(cap),
+        np.zeros(cap, np.int64),
+        np.zeros(cap, np.int64),
+        np.zeros(cap, np.int64),
+        np.zeros(cap, np.int64),
+    )
+
+    fp = np.zeros(core.N_FPARAMS)
+    fp[core.P_CLMOB] = params.cluster_mobility
+    fp[core.P_CLALPHA] = params.cluster_mobility_exponent
+    fp[core.P_MINCS] = params.min_cs_per_b
+    fp[core.P_RCOEF] = float(params.cluster_radius_A(1.0))
+    fp[core.P_CAPTURE] = params.capture_radius_A
+    fp[core.P_GAP] = params.contact_gap_A
+    fp[core.P_HALFA] = 0.5 * lat.a_A
+    fp[core.P_PCORNER] = params.nucleation_probability_corner
+    fp[core.P_PEDGE] = params.nucleation_probability_edge
+    fp[core.P_PFACE] = params.nucleation_probability_face
+    ip = np.zeros(core.N_IPARAMS, np.int64)
+    ip[core.I_NCRIT] = params.critical_nucleus
+    ip[core.I_BRPERPB] = params.br_per_pb0
+    ip[core.I_SHRINK] = int(params.enable_shrinkage)
+    ip[core.I_NUCLEATE] = int(params.enable_nucleation)
+    ip[core.I_CLMIG] = int(params.enable_cluster_migration and params.enable_diffusion)
+    fs = np.zeros(2)
+
+    Ht = (present, kind, lat.nb_ptr, lat.nb_idx, lat.node_of, cnt_br, cnt_b, cnt_cs, lat.pos_A)
+    Lt = (surf_list, surf_where, bulk_list, bulk_where, cs_list, cs_where, stack)
+    Nt = (
+        node_host,
+        host_nb,
+        node_ad,
+        lat.node_pos_A,
+        lat.node_out,
+        lat.node_border,
+        off6,
+        off26,
+        inv_m,
+        grid,
+    )
+    Ct = (cl_alive, cl_n, cl_anchor, cl_centre, cl_R, cl_live, cl_where)
+
+    core.seed(seed)
+    for n, anc in zip(in_n, in_anchor, strict=True):
+        core._new_cluster(n, anc, Nt, Ct, counters, fp)
+        counters[core.C_NCLATOMS] += n
+    core.settle(Nt, ad_node, Ct, E, counters, fp, ip, fs)
+    counters[core.FRAME_COUNTERS] = 0
+    # events during settling (merges of input clusters) are frame -1 / time 0
+    n_ev_done = 0
+
+    def snapshot_clusters() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        live = np.sort(cl_live[: counters[core.C_NLIVE]])
+        return live, cl_n[live].copy(), cl_centre[live].copy(), cl_R[live].copy()
+
+    present_snaps = [np.packbits(present)]
+    ad_snaps = [ad_node[: counters[core.C_NAD]].copy()]
+    live, n0, c0, r0 = snapshot_clusters()
+    initial_clusters = pd.DataFrame(
+        {
+            "cluster_id": live,
+            "n_atoms": n0,
+            "x_A": c0[:, 0],
+            "y_A": c0[:, 1],
+            "z_A": c0[:, 2],
+            "radius_A": r0,
+        }
+    )
+    initial = _counts(counters, core)
+
+    rows: list[dict[str, Any]] = []
+    cl_rows: list[pd.DataFrame] = []
+    ev_rows: list[dict[str, Any]] = []
+    frame_dose = phi * frame_time_s
+    cum_end = initial_dose + np.cumsum(frame_dose)
+    cum_start = cum_end - frame_dose
+    kinds = {core.EV_BIRTH: "birth", core.EV_MERGE: "merge"}
+    for k in range(n_frames):
+        t0 = k * frame_time_s
+        t1 = (k + 1) * frame_time_s
+        gam = params.hop_rate_per_s(temp[k], phi[k])
+        k_surf = params.desorption_rate_per_s(phi[k], surface=True)
+        k_bulk = params.desorption_rate_per_s(phi[k], surface=False)
+        k_strip = params.strip_rate_per_s(atmosphere, pressure_Pa)
+        fp[core.P_KSURF] = k_surf
+        fp[core.P_KBULK] = k_bulk
+        fp[core.P_GAMMA] = gam
+        fp[core.P_KSTRIP] = k_strip
+        counters[core.FRAME_COUNTERS] = 0
+        t = t0
+        while t < t1:
+            t = core.run_interval(
+                t, t1, Ht, Lt, Nt, ad_node, Ct, E, counters, fp, ip, fs, 10_000_000
+            )
+        present_snaps.append(np.packbits(present))
+        ad_snaps.append(ad_node[: counters[core.C_NAD]].copy())
+        live, n_live, centres, radii = snapshot_clusters()
+        cl_rows.append(
+            pd.DataFrame(
+                {
+                    "frame": np.full(len(live), k, dtype=np.int64),
+                    "cluster_id": live,
+                    "n_atoms": n_live,
+                    "x_A": centres[:, 0],
+                    "y_A": centres[:, 1],
+                    "z_A": centres[:, 2],
+                    "radius_A": radii,
+                }
+            )
+        )
+        n_ev = int(counters[core.C_NEV])
+        for e in range(n_ev_done, n_ev):
+            te = float(E[1][e])
+            parents = [] if E[3][e] < 0 else [int(E[3][e]), int(E[4][e])]
+            ev_rows.append(
+                {
+                    "frame": k if te > 0 or k > 0 else -1,
+                    "time_s": te,
+                    "cumulative_dose_e_per_A2": float(cum_start[k] + phi[k] * max(te - t0, 0.0)),
+                    "kind": kinds[int(E[0][e])],
+                    "cluster_id": int(E[2][e]),
+                    "parents": parents,
+                    "n_atoms": int(E[5][e]),
+                }
+            )
+        n_ev_done = n_ev
+        row = {
+            "frame": k,
+            "time_s": t0,
+            "time_end_s": t1,
+            "dose_e_per_A2": frame_dose[k],
+            "cumulative_dose_e_per_A2": cum_end[k],
+            "dose_rate_e_per_A2_s": phi[k],
+            "temperature_K": temp[k],
+            "pressure_Pa": np.nan if pressure_Pa is None else pressure_Pa,
+        }
+        row.update(_counts(counters, core))
+        row["mean_cluster_size"] = float(n_live.mean()) if len(n_live) else np.nan
+        row.update(
+            {
+                "n_Br_desorbed": int(counters[core.C_DES_SURF] + counters[core.C_DES_BULK]),
+                "n_Br_desorbed_surface": int(counters[core.C_DES_SURF]),
+                "n_Br_desorbed_bulk": int(counters[core.C_DES_BULK]),
+                "n_Pb_reduced": int(counters[core.C_REDUCED]),
+                "n_births": int(counters[core.C_BIRTHS]),
+                "n_merges": int(counters[core.C_MERGES]),
+                "n_attachments": int(counters[core.C_ATTACH]),
+                "n_hops": int(counters[core.C_HOP_ACC]),
+                "n_hops_blocked": int(counters[core.C_HOP_REJ]),
+                "n_cluster_hops": int(counters[core.C_CL_HOPS]),
+                "n_Cs_lost": int(counters[core.C_CS_LOST]),
+                "n_Cd_lost": int(counters[core.C_CD_LOST]),
+                "n_CsBr_stripped": int(counters[core.C_STRIPS]),
+                "n_nucleation_rejected": int(counters[core.C_NUC_REJ]),
+                "n_steps": int(counters[core.C_STEPS]),
+                "hop_rate_per_s": gam,
+                "desorption_rate_surface_per_s": k_surf,
+                "desorption_rate_bulk_per_s": k_bulk,
+                "strip_rate_per_s": k_strip,
+            }
+        )
+        rows.append(row)
+
+    frame_table = pd.DataFrame(rows)
+    conditions = {
+        "frame_time_s": frame_time_s,
+        "atmosphere": atmosphere,
+        "pressure_Pa": pressure_Pa,
+        "initial_dose_e_per_A2": initial_dose,
+        "seed": seed,
+        "lattice_A": lat.lattice_A.tolist(),
+        "a_A": lat.a_A,
+        "input_cluster_ids": in_ids,
+        "initial_clusters": initial_clusters,
+    }
+    frame_table.attrs.update(
+        {
+            "initial": initial,
+            "params": params.as_dict(),
+            "conditions": {k: v for k, v in conditions.items() if k != "initial_clusters"},
+            "units": {
+                "time_s": "s",
+                "dose_e_per_A2": "e-/A^2",
+                "temperature_K": "K",
+                "pressure_Pa": "Pa",
+                "hop_rate_per_s": "1/s",
+            },
+            "source": "perovstem.simulate.degradation_kmc",
+        }
+    )
+    clusters = pd.concat(cl_rows, ignore_index=True) if cl_rows else pd.DataFrame()
+    clusters.attrs["units"] = {"x_A": "A", "y_A": "A", "z_A": "A", "radius_A": "A"}
+    events = pd.DataFrame(
+        ev_rows,
+        columns=[
+            "frame",
+            "time_s",
+            "cumulative_dose_e_per_A2",
+            "kind",
+            "cluster_id",
+            "parents",
+            "n_atoms",
+        ],
+    )
+    cell = atoms.get_cell() if hasattr(atoms, "get_cell") else None
+    return KMCTrajectory(
+        params=params,
+        frame_table=frame_table,
+        clusters=clusters,
+        events=events,
+        conditions=conditions,
+        _lattice=lat,
+        _present=present_snaps,
+        _adatoms=ad_snaps,
+        _cell=cell,
+    )
+
+
+def _counts(counters: np.ndarray, core: Any) -> dict[str, Any]:
+    n_ad = int(counters[core.C_NAD])
+    n_cl_atoms = int(counters[core.C_NCLATOMS])
+    n_b = int(counters[core.C_NB])
+    n_pb = int(counters[core.C_NPB])
+    return {
+        "n_Br": int(counters[core.C_NBR]),
+        "n_Br_surface": int(counters[core.C_NSURF]),
+        "n_Pb_host": n_pb,
+        "n_Cd": n_b - n_pb,
+        "n_Cs": int(counters[core.C_NCS]),
+        "n_Pb0": n_ad + n_cl_atoms,
+        "n_adatoms": n_ad,
+        "n_cluster_atoms": n_cl_atoms,
+        "n_clusters": int(counters[core.C_NLIVE]),
+    }

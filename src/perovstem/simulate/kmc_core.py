@@ -1,0 +1,546 @@
+# ruff: noqa: NPY002  (numba-compiled code can only use the legacy np.random API; it is
+# seeded from the caller's Generator, so runs are reproducible from `rng=`)
+"""Numba kernels of the degradation KMC (rejection-free BKL/Gillespie event loop).
+
+Rates are grouped into classes whose members share one rate constant (surface Br, bulk Br,
+adatoms, surface Cs) plus the size-dependent cluster hops; a class is chosen with
+probability proportional to its total rate and a member uniformly (or by weight for
+clusters), so every step executes an event: Bortz, Kalos & Lebowitz, J. Comput. Phys. 17,
+10 (1975); Gillespie, J. Comput. Phys. 22, 403 (1976).  A Pb⁰ adatom or cluster may
+enter a free node next to a host B site (or on the support film), or any free node lower
+along lab z (unsupported Pb⁰ falls towards the support).  Hops into blocked sites are
+counted as null events of the uniformised hop channel (each of the six directions has rate
+Γ/6 whether or not it is open), which keeps the time evolution exact.
+
+State is held in plain arrays grouped in tuples (see :mod:`perovstem.simulate.kmc`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+KIND_CS, KIND_PB, KIND_CD, KIND_BR = 0, 1, 2, 3
+EV_BIRTH, EV_MERGE = 0, 1
+
+# counters
+C_NSURF, C_NBULK, C_NAD, C_NLIVE, C_NEXTID, C_NEV, C_NCS_SURF = 0, 1, 2, 3, 4, 5, 6
+C_BR_DES_TOTAL, C_PENDING, C_NPB, C_NCS, C_NB, C_NBR = 7, 8, 9, 10, 11, 12
+C_DES_SURF, C_DES_BULK, C_REDUCED, C_HOP_ACC, C_HOP_REJ, C_BIRTHS, C_MERGES = (
+    13,
+    14,
+    15,
+    16,
+    17,
+    18,
+    19,
+)
+C_ATTACH, C_CS_LOST, C_CD_LOST, C_STRIPS, C_CL_HOPS, C_STEPS, C_NUC_REJ = (
+    20,
+    21,
+    22,
+    23,
+    24,
+    25,
+    26,
+)
+C_NCLATOMS = 27
+N_COUNTERS = 28
+FRAME_COUNTERS = slice(13, 27)
+
+# float params
+P_KSURF, P_KBULK, P_GAMMA, P_CLMOB, P_CLALPHA, P_KSTRIP, P_MINCS = 0, 1, 2, 3, 4, 5, 6
+P_RCOEF, P_CAPTURE, P_GAP, P_HALFA, P_PCORNER, P_PEDGE, P_PFACE = 7, 8, 9, 10, 11, 12, 13
+N_FPARAMS = 14
+# int params
+I_NCRIT, I_BRPERPB, I_SHRINK, I_NUCLEATE, I_CLMIG = 0, 1, 2, 3, 4
+N_IPARAMS = 5
+# float state
+S_WSUM, S_TIME = 0, 1
+
+
+@njit(cache=True)
+def seed(s):
+    np.random.seed(s)
+
+
+@njit(cache=True)
+def _list_add(lst, where, counters, ci, item):
+    k = counters[ci]
+    lst[k] = item
+    where[item] = k
+    counters[ci] = k + 1
+
+
+@njit(cache=True)
+def _list_remove(lst, where, counters, ci, item):
+    k = where[item]
+    last = counters[ci] - 1
+    moved = lst[last]
+    lst[k] = moved
+    where[moved] = k
+    where[item] = -1
+    counters[ci] = last
+
+
+@njit(cache=True)
+def _remove_host(h0, H, L, N, counters, ip):
+    present, kind, nb_ptr, nb_idx, node_of, cnt_br, cnt_b, cnt_cs, host_pos = H
+    surf_list, surf_where, bulk_list, bulk_where, cs_list, cs_where, stack = L
+    node_host, host_nb = N[0], N[1]
+    off26 = N[7]
+    shrink = ip[I_SHRINK] != 0
+    stack[0] = h0
+    top = 1
+    while top > 0:
+        top -= 1
+        h = stack[top]
+        if not present[h]:
+            continue
+        present[h] = False
+        k = kind[h]
+        if k == KIND_BR:
+            if surf_where[h] >= 0:
+                _list_remove(surf_list, surf_where, counters, C_NSURF, h)
+            elif bulk_where[h] >= 0:
+                _list_remove(bulk_list, bulk_where, counters, C_NBULK, h)
+            counters[C_NBR] -= 1
+        elif k == KIND_CS:
+            if cs_where[h] >= 0:
+                _list_remove(cs_list, cs_where, counters, C_NCS_SURF, h)
+            counters[C_NCS] -= 1
+            counters[C_CS_LOST] += 1
+        else:
+            nd = node_of[h]
+            node_host[nd] = False
+            for o in off26:
+                host_nb[nd + o] -= 1
+            counters[C_NB] -= 1
+            if k == KIND_PB:
+                counters[C_NPB] -= 1
+            else:
+                counters[C_CD_LOST] += 1
+        for p in range(nb_ptr[h], nb_ptr[h + 1]):
+            m = nb_idx[p]
+            if not present[m]:
+                continue
+            if k == KIND_BR:
+                cnt_br[m] -= 1
+            elif k == KIND_CS:
+                cnt_cs[m] -= 1
+            else:
+                cnt_b[m] -= 1
+            km = kind[m]
+            if km == KIND_BR:
+                if bulk_where[m] >= 0:
+                    _list_remove(bulk_list, bulk_where, counters, C_NBULK, m)
+                    _list_add(surf_list, surf_where, counters, C_NSURF, m)
+            elif km == KIND_CS:
+                if shrink and (cnt_br[m] == 0 or cnt_b[m] == 0):
+                    stack[top] = m
+                    top += 1
+                elif cs_where[m] < 0:
+                    _list_add(cs_list, cs_where, counters, C_NCS_SURF, m)
+            elif km == KIND_CD:
+                if shrink and cnt_br[m] == 0:
+                    stack[top] = m
+                    top += 1
+
+
+@njit(cache=True)
+def _radius(n, fp):
+    return fp[P_RCOEF] * n ** (1.0 / 3.0)
+
+
+@njit(cache=True)
+def _dist(a, b):
+    return math.sqrt((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2 + (a[2] - b[2]) ** 2)
+
+
+@njit(cache=True)
+def _update_centre(c, N, C, fp):
+    node_pos, node_out = N[3], N[4]
+    cl_n, cl_anchor, cl_centre, cl_R = C[1], C[2], C[3], C[4]
+    r = _radius(cl_n[c], fp)
+    cl_R[c] = r
+    a = cl_anchor[c]
+    lift = max(r - fp[P_HALFA], 0.0)
+    for d in range(3):
+        cl_centre[c, d] = node_pos[a, d] + node_out[a, d] * lift
+
+
+@njit(cache=True)
+def _weight_sum(C, counters, fp):
+    cl_n, cl_live = C[1], C[5]
+    s = 0.0
+    for i in range(counters[C_NLIVE]):
+        s += cl_n[cl_live[i]] ** (-fp[P_CLALPHA])
+    return s
+
+
+@njit(cache=True)
+def _capture(nd, N, C, counters, fp):
+    node_pos = N[3]
+    cl_centre, cl_R, cl_live = C[3], C[4], C[5]
+    best = -1
+    bestd = 1e300
+    cap = fp[P_CAPTURE]
+    for i in range(counters[C_NLIVE]):
+        c = cl_live[i]
+        d = _dist(node_pos[nd], cl_centre[c]) - cl_R[c]
+        if d <= cap and d < bestd:
+            bestd = d
+            best = c
+    return best
+
+
+@njit(cache=True)
+def _remove_adatom_at(nd, N, A, counters):
+    node_ad = N[2]
+    ad_node = A
+    i = node_ad[nd]
+    last = counters[C_NAD] - 1
+    moved = ad_node[last]
+    ad_node[i] = moved
+    node_ad[moved] = i
+    node_ad[nd] = -1
+    counters[C_NAD] = last
+
+
+@njit(cache=True)
+def _log_event(kind, cid, p1, p2, n, E, counters, fs):
+    ev_kind, ev_time, ev_id, ev_p1, ev_p2, ev_n = E
+    e = counters[C_NEV]
+    ev_kind[e] = kind
+    ev_time[e] = fs[S_TIME]
+    ev_id[e] = cid
+    ev_p1[e] = p1
+    ev_p2[e] = p2
+    ev_n[e] = n
+    counters[C_NEV] = e + 1
+
+
+@njit(cache=True)
+def _new_cluster(n, anchor, N, C, counters, fp):
+    cl_alive, cl_n, cl_anchor, cl_live, cl_where = C[0], C[1], C[2], C[5], C[6]
+    c = counters[C_NEXTID]
+    counters[C_NEXTID] = c + 1
+    cl_alive[c] = True
+    cl_n[c] = n
+    cl_anchor[c] = anchor
+    _list_add(cl_live, cl_where, counters, C_NLIVE, c)
+    _update_centre(c, N, C, fp)
+    return c
+
+
+@njit(cache=True)
+def _valid_anchor(nd, N):
+    return (not N[5][nd]) and (not N[0][nd])
+
+
+@njit(cache=True)
+def _merge(c, j, N, C, E, counters, fp, fs):
+    node_pos, off26, inv_m, grid = N[3], N[7], N[8], N[9]
+    cl_alive, cl_n, cl_anchor, cl_live, cl_where = C[0], C[1], C[2], C[5], C[6]
+    nc = cl_n[c]
+    nj = cl_n[j]
+    n = nc + nj
+    wp = np.empty(3)
+    for d in range(3):
+        wp[d] = (nc * node_pos[cl_anchor[c], d] + nj * node_pos[cl_anchor[j], d]) / n
+    # nearest node to the mass-weighted anchor position
+    ijk = np.empty(3, dtype=np.int64)
+    for d in range(3):
+        f = 0.0
+        for e in range(3):
+            f += (wp[e] - node_pos[0, e]) * inv_m[e, d]
+        v = int(np.rint(f))
+        ijk[d] = min(max(v, 1), grid[d] - 2)
+    cand = (ijk[0] * grid[1] + ijk[1]) * grid[2] + ijk[2]
+    anchor = -1
+    if _valid_anchor(cand, N):
+        anchor = cand
+    else:
+        bestd = 1e300
+        for o in off26:
+            nd = cand + o
+            if _valid_anchor(nd, N):
+                dd = _dist(node_pos[nd], wp)
+                if dd < bestd:
+                    bestd = dd
+                    anchor = nd
+    if anchor < 0:
+        anchor = cl_anchor[c] if nc >= nj else cl_anchor[j]
+    cl_alive[c] = False
+    cl_alive[j] = False
+    _list_remove(cl_live, cl_where, counters, C_NLIVE, c)
+    _list_remove(cl_live, cl_where, counters, C_NLIVE, j)
+    e_id = _new_cluster(n, anchor, N, C, counters, fp)
+    _log_event(EV_MERGE, e_id, c, j, n, E, counters, fs)
+    counters[C_MERGES] += 1
+    return e_id
+
+
+@njit(cache=True)
+def _post_change(c, N, A, C, E, counters, fp, fs):
+    """Absorb adatoms inside the capture shell of cluster ``c`` and merge touching clusters."""
+    node_pos = N[3]
+    ad_node = A
+    cl_n, cl_centre, cl_R, cl_live = C[1], C[3], C[4], C[5]
+    cap = fp[P_CAPTURE]
+    while True:
+        absorbed = False
+        i = counters[C_NAD] - 1
+        while i >= 0:
+            nd = ad_node[i]
+            if _dist(node_pos[nd], cl_centre[c]) <= cl_R[c] + cap:
+                _remove_adatom_at(nd, N, A, counters)
+                cl_n[c] += 1
+                counters[C_ATTACH] += 1
+                counters[C_NCLATOMS] += 1
+                absorbed = True
+            i -= 1
+        if absorbed:
+            _update_centre(c, N, C, fp)
+            continue
+        merged = False
+        for ii in range(counters[C_NLIVE]):
+            j = cl_live[ii]
+            if j == c:
+                continue
+            if _dist(cl_centre[c], cl_centre[j]) <= cl_R[c] + cl_R[j] + fp[P_GAP]:
+                c = _merge(c, j, N, C, E, counters, fp, fs)
+                merged = True
+                break
+        if not merged:
+            break
+    fs[S_WSUM] = _weight_sum(C, counters, fp)
+
+
+@njit(cache=True)
+def _arrive(nd, N, A, C, E, counters, fp, ip, fs):
+    """An adatom has arrived at node ``nd``: capture by a cluster, or try to nucleate."""
+    host_nb, node_ad, off26 = N[1], N[2], N[7]
+    cl_n = C[1]
+    c = _capture(nd, N, C, counters, fp)
+    if c >= 0:
+        _remove_adatom_at(nd, N, A, counters)
+        cl_n[c] += 1
+        counters[C_ATTACH] += 1
+        counters[C_NCLATOMS] += 1
+        _update_centre(c, N, C, fp)
+        _post_change(c, N, A, C, E, counters, fp, fs)
+        return
+    if ip[I_NUCLEATE] == 0:
+        return
+    m = 0
+    for o in off26:
+        if node_ad[nd + o] >= 0:
+            m += 1
+    if m + 1 < ip[I_NCRIT]:
+        return
+    h = host_nb[nd]
+    if h <= 4:
+        w = fp[P_PCORNER]
+    elif h <= 7:
+        w = fp[P_PEDGE]
+    else:
+        w = fp[P_PFACE]
+    if np.random.random() >= w:
+        counters[C_NUC_REJ] += 1
+        return
+    _remove_adatom_at(nd, N, A, counters)
+    for o in off26:
+        if node_ad[nd + o] >= 0:
+            _remove_adatom_at(nd + o, N, A, counters)
+    c = _new_cluster(m + 1, nd, N, C, counters, fp)
+    counters[C_NCLATOMS] += m + 1
+    _log_event(EV_BIRTH, c, -1, -1, m + 1, E, counters, fs)
+    counters[C_BIRTHS] += 1
+    _post_change(c, N, A, C, E, counters, fp, fs)
+
+
+@njit(cache=True)
+def _add_adatom(nd, N, A, counters):
+    node_ad = N[2]
+    k = counters[C_NAD]
+    A[k] = nd
+    node_ad[nd] = k
+    counters[C_NAD] = k + 1
+
+
+@njit(cache=True)
+def _reduce_near(h, H, L, N, A, C, E, counters, fp, ip, fs):
+    """Reduce the host Pb²⁺ next to the lost Br ``h`` (fewest Br left) to a Pb⁰ adatom."""
+    present, kind, nb_ptr, nb_idx, node_of, cnt_br = H[0], H[1], H[2], H[3], H[4], H[5]
+    host_pos = H[8]
+    node_ad = N[2]
+    best = -1
+    bestc = 1 << 30
+    for p in range(nb_ptr[h], nb_ptr[h + 1]):
+        m = nb_idx[p]
+        if present[m] and kind[m] == KIND_PB and cnt_br[m] < bestc:
+            bestc = cnt_br[m]
+            best = m
+    if best < 0:
+        bestd = 1e300
+        for m in range(kind.size):
+            if present[m] and kind[m] == KIND_PB:
+                d = _dist(host_pos[m], host_pos[h])
+                if d < bestd:
+                    bestd = d
+                    best = m
+    if best < 0:
+        return
+    counters[C_PENDING] -= ip[I_BRPERPB]
+    nd = node_of[best]
+    _remove_host(best, H, L, N, counters, ip)
+    counters[C_REDUCED] += 1
+    if node_ad[nd] < 0:
+        _add_adatom(nd, N, A, counters)
+        _arrive(nd, N, A, C, E, counters, fp, ip, fs)
+
+
+@njit(cache=True)
+def _desorb(h, H, L, N, A, C, E, counters, fp, ip, fs):
+    _remove_host(h, H, L, N, counters, ip)
+    counters[C_BR_DES_TOTAL] += 1
+    counters[C_PENDING] += 1
+    if counters[C_PENDING] >= ip[I_BRPERPB] and counters[C_NPB] > 0:
+        _reduce_near(h, H, L, N, A, C, E, counters, fp, ip, fs)
+
+
+@njit(cache=True)
+def _strip(H, L, N, counters, ip):
+    """CsBr stripping: a random surface Cs leaves together with one of its Br."""
+    present, kind, nb_ptr, nb_idx = H[0], H[1], H[2], H[3]
+    cs_list, surf_where = L[4], L[1]
+    c = cs_list[np.random.randint(0, counters[C_NCS_SURF])]
+    pick = -1
+    for p in range(nb_ptr[c], nb_ptr[c + 1]):
+        m = nb_idx[p]
+        if present[m] and kind[m] == KIND_BR:
+            if surf_where[m] >= 0:
+                pick = m
+                break
+            if pick < 0:
+                pick = m
+    if pick >= 0:
+        _remove_host(pick, H, L, N, counters, ip)
+    _remove_host(c, H, L, N, counters, ip)
+    counters[C_STRIPS] += 1
+
+
+@njit(cache=True)
+def _is_lower(tgt, cur, N):
+    """True if node ``tgt`` is lower (lab z) than ``cur``: unsupported Pb⁰ may fall."""
+    return N[3][tgt, 2] < N[3][cur, 2] - 1e-6
+
+
+@njit(cache=True)
+def run_interval(t, t_end, H, L, N, A, C, E, counters, fp, ip, fs, max_steps):
+    """Advance the state from time ``t`` to ``t_end`` (s); return the time reached.
+
+    Stops early (returning a time < ``t_end``) only after ``max_steps`` steps.
+    """
+    surf_list, bulk_list = L[0], L[2]
+    node_host, host_nb, node_ad, node_border, off6 = N[0], N[1], N[2], N[5], N[6]
+    ad_node = A
+    cl_n, cl_anchor, cl_live = C[1], C[2], C[5]
+    k_surf = fp[P_KSURF]
+    k_bulk = fp[P_KBULK]
+    gam = fp[P_GAMMA]
+    k_strip = fp[P_KSTRIP]
+    steps = 0
+    while steps < max_steps:
+        r_s = counters[C_NSURF] * k_surf
+        r_b = counters[C_NBULK] * k_bulk
+        r_h = counters[C_NAD] * gam
+        r_c = 0.0
+        if ip[I_CLMIG] != 0 and counters[C_NLIVE] > 0:
+            r_c = gam * fp[P_CLMOB] * fs[S_WSUM]
+        r_g = 0.0
+        if (
+            k_strip > 0.0
+            and counters[C_NCS_SURF] > 0
+            and counters[C_NCS] > fp[P_MINCS] * counters[C_NB]
+        ):
+            r_g = counters[C_NCS_SURF] * k_strip
+        r = r_s + r_b + r_h + r_c + r_g
+        if r <= 0.0:
+            return t_end
+        dt = -math.log(1.0 - np.random.random()) / r
+        if t + dt >= t_end:
+            return t_end
+        t += dt
+        fs[S_TIME] = t
+        steps += 1
+        counters[C_STEPS] += 1
+        x = np.random.random() * r
+        if x < r_s:
+            h = surf_list[np.random.randint(0, counters[C_NSURF])]
+            counters[C_DES_SURF] += 1
+            _desorb(h, H, L, N, A, C, E, counters, fp, ip, fs)
+        elif x < r_s + r_b:
+            h = bulk_list[np.random.randint(0, counters[C_NBULK])]
+            counters[C_DES_BULK] += 1
+            _desorb(h, H, L, N, A, C, E, counters, fp, ip, fs)
+        elif x < r_s + r_b + r_h:
+            i = np.random.randint(0, counters[C_NAD])
+            nd = ad_node[i]
+            tgt = nd + off6[np.random.randint(0, 6)]
+            ok = not (node_border[tgt] or node_host[tgt] or node_ad[tgt] >= 0)
+            if ok and host_nb[tgt] == 0 and not _is_lower(tgt, nd, N):
+                ok = _capture(tgt, N, C, counters, fp) >= 0
+            if not ok:
+                counters[C_HOP_REJ] += 1
+                continue
+            counters[C_HOP_ACC] += 1
+            node_ad[nd] = -1
+            node_ad[tgt] = i
+            ad_node[i] = tgt
+            _arrive(tgt, N, A, C, E, counters, fp, ip, fs)
+        elif x < r_s + r_b + r_h + r_c:
+            y = (x - r_s - r_b - r_h) / (gam * fp[P_CLMOB])
+            c = cl_live[counters[C_NLIVE] - 1]
+            acc = 0.0
+            for ii in range(counters[C_NLIVE]):
+                acc += cl_n[cl_live[ii]] ** (-fp[P_CLALPHA])
+                if y < acc:
+                    c = cl_live[ii]
+                    break
+            tgt = cl_anchor[c] + off6[np.random.randint(0, 6)]
+            if (
+                node_border[tgt]
+                or node_host[tgt]
+                or (host_nb[tgt] == 0 and not _is_lower(tgt, cl_anchor[c], N))
+            ):
+                counters[C_HOP_REJ] += 1
+                continue
+            cl_anchor[c] = tgt
+            counters[C_CL_HOPS] += 1
+            _update_centre(c, N, C, fp)
+            _post_change(c, N, A, C, E, counters, fp, fs)
+        else:
+            _strip(H, L, N, counters, ip)
+    return t
+
+
+@njit(cache=True)
+def settle(N, A, C, E, counters, fp, ip, fs):
+    """Process initial adatoms and clusters (captures, merges) before the first event."""
+    ad_node = A
+    n_live = counters[C_NLIVE]
+    cl_live = C[5]
+    for i in range(n_live):
+        c = cl_live[i]
+        if C[0][c]:
+            _post_change(c, N, A, C, E, counters, fp, fs)
+    i = counters[C_NAD] - 1
+    while i >= 0:
+        if i < counters[C_NAD]:
+            _arrive(ad_node[i], N, A, C, E, counters, fp, ip, fs)
+        i -= 1
+    fs[S_WSUM] = _weight_sum(C, counters, fp)

@@ -1,0 +1,214 @@
+"""Parameters of the degradation kinetic Monte Carlo (:func:`degradation_kmc`).
+
+Every default comes from the parameter table of ``notes/physics_simulation.md`` §1.3 and
+is labelled there; most are *estimates* (no dose threshold was copied from a paper), so
+they are meant to be tuned.  The sources are given per field below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from perovstem.errors import ParameterError
+
+__all__ = ["KineticParameters", "BOLTZMANN_EV_PER_K", "ATMOSPHERES"]
+
+#: Boltzmann constant, eV/K (CODATA 2018).
+BOLTZMANN_EV_PER_K = 8.617333262e-5
+
+#: Atmospheres understood by the gas channel.  ``"vacuum"``, ``"N2"`` and ``"Ar"`` are inert.
+ATMOSPHERES = ("vacuum", "N2", "Ar", "O2", "H2O", "air")
+
+
+@dataclass(frozen=True)
+class KineticParameters:
+    """Rate constants and switches of the degradation kinetic Monte Carlo.
+
+    Mechanisms (notes §1.3, "minimal dose-driven kinetic scheme"):
+
+    1. **Br desorption** (radiolysis, Dang et al., ACS Nano 11, 2124 (2017)): each surface
+       Br leaves at rate ``φ / D_Br`` (s⁻¹, φ the dose rate in e⁻/Å²/s), i.e. with the
+       first-order survival ``exp(−D / D_Br)`` against dose ``D``; a bulk Br (all six host
+       neighbours present) at ``bulk_to_surface_ratio · φ / D_Br``.
+    2. **Reduction**: for every ``br_per_pb0`` Br desorbed, the host Pb²⁺ next to the last
+       lost Br with the fewest Br left becomes a Pb⁰ adatom (charge balance, 2 Br⁻ ↔ 2e⁻).
+    3. **Diffusion** of Pb⁰ on the surface sites of the pseudo-cubic B-site lattice (one
+       hop = one lattice vector), total rate per adatom
+       ``Γ = ν₀·exp(−E_a / k_B T) + k_beam·φ`` (s⁻¹), split over six directions.
+    4. **Nucleation** when an adatom arrives next to ``critical_nucleus − 1`` other adatoms
+       (26-neighbourhood), accepted with a site-dependent probability that favours corners
+       and edges (low host coordination).  **Growth**: an adatom within
+       ``capture_radius_A`` of a cluster's surface joins it.  **Coalescence**: two clusters
+       whose compact-fcc spheres come within ``contact_gap_A`` merge into a new cluster
+       (Smoluchowski); clusters also hop with rate ``Γ·cluster_mobility·n^(−α)``.
+    5. **Shrinkage**: a Cs with no Br or no B neighbour left, and a Cd with no Br left,
+       leave the crystal (the unit is exhausted).
+    6. **Gas channel** (moisture / oxygen; arXiv:1803.00848, Yu et al., Langmuir 2018):
+       CsBr stripping, 2 CsPbBr₃ → CsPb₂Br₅ + CsBr, removes a surface Cs together with one
+       of its Br at rate ``strip_rate · p / p_ref`` per surface Cs while the host Cs/B
+       ratio exceeds ``min_cs_per_b`` (0.5 = CsPb₂Br₅).
+
+    Attributes
+    ----------
+    D_Br_e_per_A2 : float
+        Characteristic Br-desorption dose of a surface Br, e⁻/Å² (1/σ_Br).  Default
+        3×10⁴ [estimate, notes §1.3; σ_Br ≈ 10⁻⁵–10⁻⁴ Å²].
+    bulk_to_surface_ratio : float
+        Bulk/surface desorption-rate ratio, default 0.1 [estimate].
+    br_per_pb0 : int
+        Br desorbed per Pb²⁺ reduced, default 2 (stoichiometry).
+    hop_prefactor_per_s : float
+        Attempt frequency ν₀, s⁻¹, default 10¹³ [estimate].
+    hop_activation_eV : float
+        Activation energy E_a of Pb⁰ hops, eV, default 0.62 (Γ ≈ 0.4 s⁻¹ at 233 K,
+        ≈ 400 s⁻¹ at 300 K), so that hops per frame ≲ 1 at 233 K and ≫ 1 at 293 K ("no Pb particles below −40 °C", Dang et al., ACS Omega 2017).
+    beam_hop_per_e_A2 : float
+        Beam-enhanced hops per e⁻/Å² (k_beam, Å²/e⁻), default 10⁻⁵ [estimate; notes range
+        0–10⁻³].
+    critical_nucleus : int
+        Adatoms needed to nucleate a cluster, default 3 [estimate, range 2–4 (notes 1–13)].
+    nucleation_probability_corner, nucleation_probability_edge, nucleation_probability_face : float
+        Acceptance probability of a nucleation attempt at a corner (≤ 4 host B sites among
+        the 26 neighbours of the site), edge (5–7) or face/step site (≥ 8); defaults
+        1, 0.1, 0.01 (corners ×100 vs faces, notes range ×10–100) [estimate].
+    capture_radius_A : float
+        An adatom joins a cluster when it is within ``R(n) + capture_radius_A`` of its
+        centre, Å; default 3.0.
+    contact_gap_A : float
+        Clusters merge when ``|c₁ − c₂| ≤ R₁ + R₂ + contact_gap_A``, Å; default 0.5.
+    cluster_mobility : float
+        Cluster hop rate relative to Γ for a monomer; default 1 [estimate].
+    cluster_mobility_exponent : float
+        α in ``n^(−α)`` (4/3: periphery diffusion), default 4/3.
+    pb_lattice_A : float
+        fcc Pb lattice constant, Å (4.95, [known]).  Cluster radius
+        ``R(n) = (3 n a³ / 16π)^(1/3)``.
+    strip_rate_H2O_per_s, strip_rate_O2_per_s : float
+        CsBr-stripping rate per surface Cs at ``reference_pressure_Pa``, s⁻¹; defaults
+        0.02 (H₂O) and 0.002 (O₂) [estimate]; ``"air"`` adds both.
+    reference_pressure_Pa : float
+        Pressure at which the strip rates apply, Pa (default 100).
+    min_cs_per_b : float
+        Stripping stops when host Cs/(Pb+Cd) falls to this ratio (0.5 = CsPb₂Br₅).
+    enable_desorption, enable_diffusion, enable_nucleation, enable_cluster_migration, enable_shrinkage, enable_gas : bool
+        Switch each mechanism on or off (all on by default; the gas channel only acts in
+        a reactive atmosphere).
+    """
+
+    D_Br_e_per_A2: float = 3.0e4
+    bulk_to_surface_ratio: float = 0.1
+    br_per_pb0: int = 2
+    hop_prefactor_per_s: float = 1.0e13
+    hop_activation_eV: float = 0.62
+    beam_hop_per_e_A2: float = 1.0e-5
+    critical_nucleus: int = 3
+    nucleation_probability_corner: float = 1.0
+    nucleation_probability_edge: float = 0.1
+    nucleation_probability_face: float = 0.01
+    capture_radius_A: float = 3.0
+    contact_gap_A: float = 0.5
+    cluster_mobility: float = 1.0
+    cluster_mobility_exponent: float = 4.0 / 3.0
+    pb_lattice_A: float = 4.95
+    strip_rate_H2O_per_s: float = 0.02
+    strip_rate_O2_per_s: float = 0.002
+    reference_pressure_Pa: float = 100.0
+    min_cs_per_b: float = 0.5
+    enable_desorption: bool = True
+    enable_diffusion: bool = True
+    enable_nucleation: bool = True
+    enable_cluster_migration: bool = True
+    enable_shrinkage: bool = True
+    enable_gas: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ("D_Br_e_per_A2", "hop_prefactor_per_s", "pb_lattice_A", "reference_pressure_Pa")
+        non_negative = (
+            "bulk_to_surface_ratio",
+            "hop_activation_eV",
+            "beam_hop_per_e_A2",
+            "capture_radius_A",
+            "contact_gap_A",
+            "cluster_mobility",
+            "cluster_mobility_exponent",
+            "strip_rate_H2O_per_s",
+            "strip_rate_O2_per_s",
+            "min_cs_per_b",
+        )
+        for name in positive + non_negative:
+            value = getattr(self, name)
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                raise ParameterError(
+                    f"KineticParameters.{name} must be a number, got {value!r}"
+                ) from None
+            if not math.isfinite(v) or v < 0 or (v == 0 and name in positive):
+                bound = "> 0" if name in positive else ">= 0"
+                raise ParameterError(
+                    f"KineticParameters.{name} must be finite and {bound}, got {value!r}"
+                )
+        for name in ("br_per_pb0", "critical_nucleus"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or int(value) < 1:
+                raise ParameterError(
+                    f"KineticParameters.{name} must be an integer >= 1, got {value!r}"
+                )
+        for name in (
+            "nucleation_probability_corner",
+            "nucleation_probability_edge",
+            "nucleation_probability_face",
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0.0 <= float(value) <= 1.0):
+                raise ParameterError(
+                    f"KineticParameters.{name} must be a probability in [0, 1], got {value!r}"
+                )
+
+    # ------------------------------------------------------------------ derived rates
+    def hop_rate_per_s(self, temperature_K: float, dose_rate_e_per_A2_s: float) -> float:
+        """Total hop rate Γ of one Pb⁰ adatom, s⁻¹: ``ν₀·exp(−E_a/k_B T) + k_beam·φ``."""
+        if not self.enable_diffusion:
+            return 0.0
+        thermal = self.hop_prefactor_per_s * math.exp(
+            -self.hop_activation_eV / (BOLTZMANN_EV_PER_K * float(temperature_K))
+        )
+        return thermal + self.beam_hop_per_e_A2 * float(dose_rate_e_per_A2_s)
+
+    def desorption_rate_per_s(self, dose_rate_e_per_A2_s: float, *, surface: bool = True) -> float:
+        """Desorption rate of one Br, s⁻¹ (``φ/D_Br``, times the bulk ratio for bulk Br)."""
+        if not self.enable_desorption:
+            return 0.0
+        r = float(dose_rate_e_per_A2_s) / self.D_Br_e_per_A2
+        return r if surface else r * self.bulk_to_surface_ratio
+
+    def strip_rate_per_s(self, atmosphere: str, pressure_Pa: float | None) -> float:
+        """CsBr-stripping rate per surface Cs, s⁻¹, for ``atmosphere`` at ``pressure_Pa``."""
+        if not self.enable_gas or atmosphere in ("vacuum", "N2", "Ar"):
+            return 0.0
+        p = self.reference_pressure_Pa if pressure_Pa is None else float(pressure_Pa)
+        base = {
+            "H2O": self.strip_rate_H2O_per_s,
+            "O2": self.strip_rate_O2_per_s,
+            "air": self.strip_rate_H2O_per_s + self.strip_rate_O2_per_s,
+        }[atmosphere]
+        return base * p / self.reference_pressure_Pa
+
+    def cluster_radius_A(self, n_atoms: Any) -> Any:
+        """Radius of a compact fcc Pb cluster of ``n_atoms`` atoms, Å (sphere of equal volume)."""
+        import numpy as np
+
+        return (3.0 * np.asarray(n_atoms, dtype=float) * self.pb_lattice_A**3 / (16.0 * np.pi)) ** (
+            1.0 / 3.0
+        )
+
+    def replace(self, **changes: Any) -> KineticParameters:
+        """Return a copy with some fields replaced."""
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict of all fields (for metadata and provenance)."""
+        return dataclasses.asdict(self)

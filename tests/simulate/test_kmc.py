@@ -1,0 +1,354 @@
+"""Tests of the degradation kinetic Monte Carlo (perovstem.simulate.kmc)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+from scipy.optimize import curve_fit
+
+from perovstem.errors import DataError, ParameterError
+from perovstem.simulate.kmc import KMCTrajectory, degradation_kmc
+from perovstem.simulate.kmc_lattice import simple_cube
+from perovstem.simulate.kmc_params import BOLTZMANN_EV_PER_K, KineticParameters
+
+
+def _cube(n: int) -> Atoms:
+    sym, pos = simple_cube(n)
+    return Atoms(symbols=list(sym), positions=pos)
+
+
+@pytest.fixture(scope="module")
+def traj() -> KMCTrajectory:
+    return degradation_kmc(
+        _cube(7), n_frames=30, frame_time_s=1.0, dose_rate_e_per_A2_s=3e3, rng=11
+    )
+
+
+def _nanocrystal(**kw):
+    structures = pytest.importorskip("perovstem.simulate.structures")
+    return structures.nanocrystal(**kw)
+
+
+# ---------------------------------------------------------------- conservation, bookkeeping
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("dose_rate", [1e3, 2e4])
+def test_pb_conserved_exactly(seed, dose_rate):
+    tr = degradation_kmc(
+        _cube(6), n_frames=12, frame_time_s=0.5, dose_rate_e_per_A2_s=dose_rate, rng=seed
+    )
+    ft = tr.frame_table
+    n_pb = ft.attrs["initial"]["n_Pb_host"]
+    assert n_pb == 6**3
+    np.testing.assert_array_equal(ft["n_Pb_host"] + ft["n_Pb0"], n_pb)
+    np.testing.assert_array_equal(ft["n_Pb0"], ft["n_adatoms"] + ft["n_cluster_atoms"])
+    # reduction: exactly one Pb⁰ per two desorbed Br while host Pb is left
+    cum_des = ft["n_Br_desorbed"].cumsum()
+    cum_red = ft["n_Pb_reduced"].cumsum()
+    alive = ft["n_Pb_host"] > 0
+    np.testing.assert_array_equal(cum_red[alive], cum_des[alive] // 2)
+    # Br bookkeeping: in vacuum Br only leaves by desorption
+    n_br0 = ft.attrs["initial"]["n_Br"]
+    np.testing.assert_array_equal(ft["n_Br"], n_br0 - cum_des)
+    assert ft["n_Pb0"].iloc[-1] > 0
+
+
+def test_atoms_match_tables(traj):
+    ft, cl = traj.frame_table, traj.clusters
+    for k in (3, 15, 29):
+        at = traj.atoms(k)
+        lab = at.arrays["label"]
+        sym = np.array(at.get_chemical_symbols())
+        row = ft.iloc[k]
+        assert np.sum(lab == 1) == row["n_adatoms"]
+        assert np.sum(lab == 2) == row["n_cluster_atoms"]
+        assert np.sum((lab == 0) & (sym == "Pb")) == row["n_Pb_host"]
+        assert np.sum(sym == "Br") == row["n_Br"]
+        assert np.sum(sym == "Cs") == row["n_Cs"]
+        assert np.all(sym[lab > 0] == "Pb")
+        ck = cl[cl["frame"] == k]
+        assert len(ck) == row["n_clusters"]
+        assert ck["n_atoms"].sum() == row["n_cluster_atoms"]
+        for _, c in ck.iterrows():
+            p = at.positions[at.arrays["cluster_id"] == c["cluster_id"]]
+            assert len(p) == c["n_atoms"]
+            np.testing.assert_allclose(
+                p.mean(axis=0), c[["x_A", "y_A", "z_A"]].to_numpy(float), atol=1e-9
+            )
+            # compact fcc: nearest-neighbour distance a/√2 = 3.50 Å, no overlaps
+            if len(p) > 1:
+                d = np.linalg.norm(p[:, None] - p[None], axis=-1) + np.eye(len(p)) * 99
+                assert d.min() == pytest.approx(4.95 / np.sqrt(2), rel=1e-6)
+    # no Pb⁰ atom sits on top of a host atom
+    at = traj.atoms(10)
+    lab = at.arrays["label"]
+    host, pb0 = at.positions[lab == 0], at.positions[lab == 1]
+    if len(pb0):
+        d = np.linalg.norm(pb0[:, None] - host[None], axis=-1)
+        assert d.min() > 1.0
+
+
+def test_events_consistent(traj):
+    ev, cl = traj.events, traj.clusters
+    assert set(ev["kind"]) <= {"birth", "merge", "death"}
+    births = ev[ev["kind"] == "birth"]
+    assert np.all(births["n_atoms"] >= traj.params.critical_nucleus)
+    ft = traj.frame_table
+    np.testing.assert_array_equal(
+        births.groupby("frame").size().reindex(ft["frame"], fill_value=0).to_numpy(),
+        ft["n_births"].to_numpy(),
+    )
+    assert np.all(np.diff(ev["time_s"]) >= 0)
+    merges = ev[ev["kind"] == "merge"]
+    assert len(merges) == ft["n_merges"].sum() > 0
+    ids_seen = set(ev["cluster_id"])
+    for _, m in merges.iterrows():
+        assert len(m["parents"]) == 2 and set(m["parents"]) <= ids_seen
+        # parents end at the merge: they never appear after its frame
+        later = cl[(cl["frame"] >= m["frame"]) & cl["cluster_id"].isin(m["parents"])]
+        assert later.empty
+        # the merged cluster holds at least both parents' atoms of the previous frame
+        prev = cl[(cl["frame"] == m["frame"] - 1) & cl["cluster_id"].isin(m["parents"])]
+        assert m["n_atoms"] >= prev["n_atoms"].sum()
+    # every cluster id in the table was born or made by a merge
+    assert set(cl["cluster_id"]) <= ids_seen
+    # the dose of an event lies within its frame
+    d0 = ft["cumulative_dose_e_per_A2"] - ft["dose_e_per_A2"]
+    for _, e in ev.sample(min(20, len(ev)), random_state=0).iterrows():
+        k = int(e["frame"])
+        assert d0[k] <= e["cumulative_dose_e_per_A2"] <= ft["cumulative_dose_e_per_A2"][k]
+
+
+# ---------------------------------------------------------------- kinetics
+@pytest.mark.parametrize(("d_br", "seed"), [(2.0e4, 3), (5.0e4, 4)])
+def test_br_loss_first_order_recovers_D_Br(d_br, seed):
+    """With equal surface/bulk rates every Br follows exp(−D/D_Br): a fit recovers D_Br."""
+    p = KineticParameters(D_Br_e_per_A2=d_br, bulk_to_surface_ratio=1.0)
+    tr = degradation_kmc(
+        _cube(14), n_frames=25, frame_time_s=1.0, dose_rate_e_per_A2_s=d_br / 10, params=p, rng=seed
+    )
+    ft = tr.frame_table
+    dose = np.concatenate([[0.0], ft["cumulative_dose_e_per_A2"]])
+    n_br = np.concatenate([[ft.attrs["initial"]["n_Br"]], ft["n_Br"]])
+    assert n_br[0] > 8000
+
+    def law(d, n0, d_char):
+        return n0 * np.exp(-d / d_char)
+
+    popt, _ = curve_fit(law, dose, n_br, p0=(n_br[0], 1e4), sigma=np.sqrt(n_br + 1.0))
+    assert popt[1] == pytest.approx(d_br, rel=0.05)
+
+
+def test_initial_loss_rate_surface_and_bulk():
+    """Early loss = (N_surf + f·N_bulk)·ΔD/D_Br (Poisson, 4σ), for the default f = 0.1."""
+    p = KineticParameters(D_Br_e_per_A2=3e4)
+    for seed in (5, 6):
+        tr = degradation_kmc(
+            _cube(12), n_frames=1, frame_time_s=1.0, dose_rate_e_per_A2_s=300.0, params=p, rng=seed
+        )
+        ft = tr.frame_table
+        n_surf = ft.attrs["initial"]["n_Br_surface"]
+        n_bulk = ft.attrs["initial"]["n_Br"] - n_surf
+        mu_s = n_surf * 300.0 / 3e4
+        mu_b = n_bulk * 0.1 * 300.0 / 3e4
+        got_s = ft["n_Br_desorbed_surface"].iloc[0]
+        got_b = ft["n_Br_desorbed_bulk"].iloc[0]
+        assert abs(got_s - mu_s) < 4 * np.sqrt(mu_s) + 3
+        assert abs(got_b - mu_b) < 4 * np.sqrt(mu_b) + 3
+    np.testing.assert_allclose(ft["desorption_rate_surface_per_s"], 300.0 / 3e4, rtol=1e-12)
+
+
+def test_clusters_coalesce_at_late_dose():
+    tr = degradation_kmc(_cube(10), n_frames=40, frame_time_s=1.0, dose_rate_e_per_A2_s=2e3, rng=7)
+    ft = tr.frame_table
+    k_peak = int(ft["n_clusters"].idxmax())
+    late = ft.iloc[k_peak:]
+    assert late["n_clusters"].iloc[-1] < ft["n_clusters"].iloc[k_peak]
+    assert late["mean_cluster_size"].iloc[-1] > ft["mean_cluster_size"].iloc[k_peak]
+    assert late["n_merges"].sum() > 0
+    assert tr.clusters["n_atoms"].max() > 50
+
+
+def test_hop_rate_is_arrhenius_plus_beam_and_cold_suppresses_clusters():
+    p = KineticParameters()
+    temps = np.array([200.0, 250.0, 300.0, 350.0])
+    tr = degradation_kmc(
+        _cube(6),
+        n_frames=4,
+        frame_time_s=1.0,
+        dose_rate_e_per_A2_s=5e3,
+        temperature_K=temps,
+        params=p,
+        rng=1,
+    )
+    expect = (
+        p.hop_prefactor_per_s * np.exp(-p.hop_activation_eV / (BOLTZMANN_EV_PER_K * temps))
+        + p.beam_hop_per_e_A2 * 5e3
+    )
+    np.testing.assert_allclose(tr.frame_table["hop_rate_per_s"], expect, rtol=1e-12)
+    np.testing.assert_array_equal(tr.frame_table["temperature_K"], temps)
+
+    def cluster_fraction(t):
+        r = degradation_kmc(
+            _cube(8), n_frames=6, frame_time_s=1.0, dose_rate_e_per_A2_s=3e3, temperature_K=t, rng=2
+        ).frame_table
+        return r["n_cluster_atoms"].iloc[-1] / max(r["n_Pb0"].iloc[-1], 1), r
+
+    cold, rc = cluster_fraction(200.0)
+    warm, rw = cluster_fraction(300.0)
+    assert rc["n_hops"].sum() < 0.01 * rw["n_hops"].sum()
+    assert warm > 0.8 and cold < 0.5 * warm
+
+
+def test_gas_channel_strips_csbr_to_cspb2br5_limit():
+    p = KineticParameters(strip_rate_H2O_per_s=0.5)
+    tr = degradation_kmc(
+        _cube(5),
+        n_frames=20,
+        frame_time_s=5.0,
+        dose_rate_e_per_A2_s=0.0,
+        atmosphere="H2O",
+        pressure_Pa=200.0,
+        params=p,
+        rng=3,
+    )
+    ft = tr.frame_table
+    init = ft.attrs["initial"]
+    assert ft["n_CsBr_stripped"].sum() > 0
+    np.testing.assert_allclose(ft["strip_rate_per_s"], 1.0, rtol=1e-12)  # 0.5 × 200/100 Pa
+    # no beam: no reduction, Pb stays in the host; each strip removes one Cs and one Br
+    assert np.all(ft["n_Pb_host"] == init["n_Pb_host"]) and ft["n_Pb0"].max() == 0
+    lost_br = init["n_Br"] - ft["n_Br"].iloc[-1]
+    assert lost_br == ft["n_CsBr_stripped"].sum()
+    ratio = ft["n_Cs"] / (ft["n_Pb_host"] + ft["n_Cd"])
+    assert ratio.iloc[-1] < init["n_Cs"] / init["n_Pb_host"]
+    assert ratio.min() >= 0.5 - 2.0 / init["n_Pb_host"]
+    vac = degradation_kmc(
+        _cube(5),
+        n_frames=3,
+        frame_time_s=5.0,
+        dose_rate_e_per_A2_s=0.0,
+        atmosphere="vacuum",
+        params=p,
+        rng=3,
+    ).frame_table
+    assert vac["n_CsBr_stripped"].sum() == 0 and vac["n_Cs"].iloc[-1] == init["n_Cs"]
+
+
+def test_shrinkage_switch():
+    on = degradation_kmc(_cube(6), n_frames=8, frame_time_s=1.0, dose_rate_e_per_A2_s=1e4, rng=4)
+    off = degradation_kmc(
+        _cube(6),
+        n_frames=8,
+        frame_time_s=1.0,
+        dose_rate_e_per_A2_s=1e4,
+        params=KineticParameters(enable_shrinkage=False),
+        rng=4,
+    )
+    assert on.frame_table["n_Cs_lost"].sum() > 0
+    assert off.frame_table["n_Cs_lost"].sum() == 0
+    assert off.frame_table["n_Cs"].iloc[-1] == off.frame_table.attrs["initial"]["n_Cs"]
+
+
+# ---------------------------------------------------------------- reproducibility
+def test_reproducible_from_rng():
+    kw = dict(n_frames=6, frame_time_s=1.0, dose_rate_e_per_A2_s=4e3)
+    a = degradation_kmc(_cube(6), rng=42, **kw)
+    b = degradation_kmc(_cube(6), rng=np.random.default_rng(42), **kw)
+    c = degradation_kmc(_cube(6), rng=43, **kw)
+    assert a.frame_table.equals(b.frame_table)
+    assert a.events.equals(b.events) and a.clusters.equals(b.clusters)
+    np.testing.assert_array_equal(a.atoms(5).positions, b.atoms(5).positions)
+    assert not a.frame_table["n_Br"].equals(c.frame_table["n_Br"])
+
+
+def test_input_not_mutated():
+    at = _cube(4)
+    before = at.positions.copy()
+    degradation_kmc(at, n_frames=2, frame_time_s=1.0, dose_rate_e_per_A2_s=1e4, rng=0)
+    np.testing.assert_array_equal(at.positions, before)
+    assert "label" not in at.arrays
+
+
+# ---------------------------------------------------------------- structures from simulate
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(edge_A=30.0, phase="orthorhombic"),
+        dict(edge_A=30.0, zone_axis="011", mistilt_deg=2.0),
+        dict(edge_A=30.0, cd_fraction=0.2, rng=1),
+    ],
+)
+def test_runs_on_nanocrystal_structures(kw):
+    at = _nanocrystal(**kw)
+    tr = degradation_kmc(at, n_frames=5, frame_time_s=1.0, dose_rate_e_per_A2_s=1e4, rng=0)
+    ft = tr.frame_table
+    sym = np.array(at.get_chemical_symbols())
+    assert ft.attrs["initial"]["n_Pb_host"] == np.sum(sym == "Pb")
+    assert ft.attrs["initial"]["n_Br"] == np.sum(sym == "Br")
+    np.testing.assert_array_equal(ft["n_Pb_host"] + ft["n_Pb0"], np.sum(sym == "Pb"))
+    assert ft["n_Br"].iloc[-1] < np.sum(sym == "Br")
+    assert tr.conditions["a_A"] == pytest.approx(5.87, rel=0.03)
+
+
+def test_input_pb_cluster_is_kept():
+    structures = pytest.importorskip("perovstem.simulate.structures")
+    at = structures.add_pb_cluster(_nanocrystal(edge_A=30.0), 20, site="corner", rng=0)
+    tr = degradation_kmc(at, n_frames=2, frame_time_s=1.0, dose_rate_e_per_A2_s=1e3, rng=0)
+    init = tr.frame_table.attrs["initial"]
+    assert init["n_cluster_atoms"] == 20 and init["n_clusters"] == 1
+    sym = np.array(at.get_chemical_symbols())
+    n_pb_all = np.sum(sym == "Pb")
+    np.testing.assert_array_equal(tr.frame_table["n_Pb_host"] + tr.frame_table["n_Pb0"], n_pb_all)
+    assert np.sum(tr.initial_atoms().arrays["label"] == 2) == 20
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("kw", "word"),
+    [
+        (dict(dose_rate_e_per_A2_s=-1.0), "dose_rate_e_per_A2_s"),
+        (dict(temperature_K=0.0), "temperature_K"),
+        (dict(temperature_K=-20.0), "temperature_K"),
+        (dict(temperature_K=[300.0, 300.0]), "temperature_K"),
+        (dict(atmosphere="Martian"), "atmosphere"),
+        (dict(n_frames=0), "n_frames"),
+        (dict(frame_time_s=0.0), "frame_time_s"),
+        (dict(pressure_Pa=-5.0), "pressure_Pa"),
+        (dict(params={"D_Br_e_per_A2": 1.0}), "params"),
+    ],
+)
+def test_bad_parameters_raise(kw, word):
+    args = dict(n_frames=3, frame_time_s=1.0, dose_rate_e_per_A2_s=1e3)
+    args.update(kw)
+    with pytest.raises(ParameterError, match=word):
+        degradation_kmc(_cube(3), **args)
+
+
+@pytest.mark.parametrize(
+    ("kw", "word"),
+    [
+        (dict(D_Br_e_per_A2=-3.0), "D_Br_e_per_A2"),
+        (dict(hop_activation_eV=float("nan")), "hop_activation_eV"),
+        (dict(nucleation_probability_face=1.5), "nucleation_probability_face"),
+        (dict(critical_nucleus=0), "critical_nucleus"),
+        (dict(br_per_pb0=1.5), "br_per_pb0"),
+    ],
+)
+def test_bad_kinetic_parameters_raise(kw, word):
+    with pytest.raises(ParameterError, match=word):
+        KineticParameters(**kw)
+
+
+def test_bad_atoms_raise(traj):
+    with pytest.raises(DataError, match="Cs, Pb, Cd or Br"):
+        degradation_kmc(
+            Atoms("Au4", positions=np.eye(4, 3) * 3),
+            n_frames=1,
+            frame_time_s=1.0,
+            dose_rate_e_per_A2_s=1.0,
+        )
+    with pytest.raises(DataError, match="ase.Atoms"):
+        degradation_kmc(np.zeros((3, 3)), n_frames=1, frame_time_s=1.0, dose_rate_e_per_A2_s=1.0)
+    with pytest.raises(ParameterError, match="frame index"):
+        traj.atoms(traj.n_frames)
