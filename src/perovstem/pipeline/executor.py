@@ -173,22 +173,19 @@ class Executor:
             return out
         client = self.client()
         self.used_cluster = True
-        from distributed import as_completed
-
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or 1)
         size = max(1, math.ceil(len(items) / (4 * n_workers)))
         batches = [items[i : i + size] for i in range(0, len(items), size)]
-        futures = [
-            client.submit(_apply_batch, func, b, pure=False, key=f"perovstem-batch-{id(b)}-{j}")
-            for j, b in enumerate(batches)
-        ]
-        index = {f.key: j for j, f in enumerate(futures)}
-        results: list[Any] = [None] * len(batches)
+        futures = [client.submit(_apply_batch, func, b, pure=False) for b in batches]
+        results: list[Any] = []
         done = 0
-        for fut in as_completed(futures):
-            j = index[fut.key]
-            results[j] = fut.result()
-            done += len(batches[j])
-            if progress is not None:
-                progress(done)
+        try:
+            for fut, batch in zip(futures, batches, strict=True):  # gathered in item order
+                results.append(fut.result())
+                done += len(batch)
+                if progress is not None:
+                    progress(done)
+        finally:
+            for fut in futures:
+                fut.release()
         return [r for batch in results for r in batch]

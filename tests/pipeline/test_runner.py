@@ -1,0 +1,248 @@
+"""Run folders: resume, kill + resume, scheduler independence, refusal to overwrite, provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from perovstem.errors import OutputExistsError, PerovstemError
+from perovstem.io import read_table, save_image
+from perovstem.pipeline import load_config, run_pipeline
+
+HERE = Path(__file__).resolve().parent
+
+CONFIG = """
+[run]
+name = "{name}"
+seed = {seed}
+plugins = ["_steps_for_tests"]
+
+[[step]]
+run = "test.make_series"
+id = "gen"
+n_frames = {n_frames}
+
+[[step]]
+run = "series.frame_stats"
+id = "stats"
+plot = false
+
+[[step]]
+run = "test.noisy_sum"
+id = "noisy"
+delay_s = {delay}
+
+[[step]]
+run = "series.frames"
+id = "frames"
+"""
+
+
+def _config(tmp_path: Path, *, name="r", seed=1, n_frames=12, delay=0.0, fname="a.toml") -> Path:
+    p = tmp_path / fname
+    p.write_text(CONFIG.format(name=name, seed=seed, n_frames=n_frames, delay=delay))
+    return p
+
+
+def _tables(run_dir: Path) -> dict[str, pd.DataFrame]:
+    return {p.name: read_table(p) for p in sorted((run_dir / "tables").glob("*.parquet"))}
+
+
+def _assert_same_tables(a: Path, b: Path) -> None:
+    ta, tb = _tables(a), _tables(b)
+    assert sorted(ta) == sorted(tb) and ta
+    for k in ta:
+        pd.testing.assert_frame_equal(ta[k], tb[k], check_exact=True)
+
+
+def test_rerun_skips_finished_steps_and_recomputes_changed(tmp_path):
+    cfg = _config(tmp_path)
+    out = tmp_path / "run"
+    r1 = run_pipeline(cfg, out=out, quiet=True, scheduler="serial")
+    assert [s.status for s in r1.steps] == ["ran"] * 4
+    assert (out / "report.html").is_file() and (out / "provenance.json").is_file()
+    before = _tables(out)
+    r2 = run_pipeline(cfg, out=out, quiet=True, scheduler="serial")
+    assert [s.status for s in r2.steps] == ["cached"] * 4
+    # a changed parameter re-runs that step and its dependants only
+    cfg.write_text(cfg.read_text().replace("delay_s = 0.0", "delay_s = 0.001"))
+    r3 = run_pipeline(cfg, out=out, quiet=True, scheduler="serial")
+    assert [s.status for s in r3.steps] == ["cached", "cached", "ran", "cached"]
+    # a changed seed changes the data, so everything downstream re-runs
+    cfg.write_text(cfg.read_text().replace("seed = 1", "seed = 2"))
+    r4 = run_pipeline(cfg, out=out, quiet=True, scheduler="serial")
+    assert [s.status for s in r4.steps] == ["ran"] * 4
+    after = _tables(out)
+    assert not after["stats.stats.parquet"].equals(before["stats.stats.parquet"])
+
+
+def test_file_input_checksum_controls_resume(tmp_path):
+    from perovstem import Series
+
+    s = Series(np.arange(2 * 8 * 8, dtype=float).reshape(2, 8, 8), 0.5, dose_e_per_A2=5.0)
+    save_image(s, tmp_path / "s.npz")
+    cfg = tmp_path / "b.toml"
+    cfg.write_text(
+        '[inputs]\nseries = "s.npz"\n[[step]]\nrun = "series.frame_stats"\nplot = false\n'
+    )
+    out = tmp_path / "run"
+    assert run_pipeline(cfg, out=out, quiet=True).steps[0].status == "ran"
+    assert run_pipeline(cfg, out=out, quiet=True).steps[0].status == "cached"
+    prov = json.loads((out / "provenance.json").read_text())
+    import hashlib
+
+    digest = hashlib.sha256((tmp_path / "s.npz").read_bytes()).hexdigest()
+    assert prov["inputs"]["series"]["sha256"] == digest
+    save_image(s.replace(data=s.data + 1.0), tmp_path / "s2.npz")  # io refuses to write inputs
+    os.replace(tmp_path / "s2.npz", tmp_path / "s.npz")
+    r = run_pipeline(cfg, out=out, quiet=True)
+    assert r.steps[0].status == "ran"
+    np.testing.assert_allclose(
+        _tables(out)["frame_stats.stats.parquet"]["mean"], s.data.mean(axis=(1, 2)) + 1.0
+    )
+
+
+def test_output_folder_of_another_run_is_never_overwritten(tmp_path):
+    out = tmp_path / "run"
+    run_pipeline(_config(tmp_path, name="first"), out=out, quiet=True, scheduler="serial")
+    snapshot = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = _config(tmp_path, name="second", fname="b.toml")
+    with pytest.raises(OutputExistsError, match="holds another run"):
+        run_pipeline(other, out=out, quiet=True)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="holds no perovstem run"):
+        run_pipeline(other, out=foreign, quiet=True)
+    assert (foreign / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    from perovstem.cli.main import main
+
+    assert main(["run", str(other), "--out", str(out), "--quiet"]) == 2
+
+
+def test_provenance_records_versions_params_and_steps(tmp_path):
+    out = tmp_path / "run"
+    run_pipeline(_config(tmp_path, seed=7), out=out, quiet=True, scheduler="serial")
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["seed"] == 7 and prov["run"] == "r"
+    for pkg in ("python", "perovstem", "numpy", "pandas", "dask"):
+        assert pkg in prov["versions"]
+    assert prov["machine"]["cpu_count"] == os.cpu_count()
+    steps = {s["id"]: s for s in prov["steps"]}
+    assert steps["gen"]["params"] == {"n_frames": 12, "size": 24}
+    assert all(len(s["key"]) == 64 for s in prov["steps"])
+    t = read_table(out / "tables" / "noisy.table.parquet")
+    assert t.attrs["perovstem_step"] == "test.noisy_sum"
+    assert json.loads(t.attrs["perovstem_params"]) == {"delay_s": 0.0}
+
+
+def test_failing_step_stops_or_is_reported(tmp_path):
+    cfg = _config(tmp_path)
+    text = cfg.read_text().replace(
+        'id = "frames"', 'id = "frames"\ninputs = { series = "noisy.table" }'
+    )
+    cfg.write_text(text)  # a DataFrame where a Series is expected: the step fails
+    with pytest.raises(AttributeError):
+        run_pipeline(cfg, out=tmp_path / "r1", quiet=True, scheduler="serial")
+    prov = json.loads((tmp_path / "r1" / "provenance.json").read_text())
+    assert prov["steps"][-1]["status"] == "failed"
+    cfg.write_text(
+        text.replace(
+            'plugins = ["_steps_for_tests"]',
+            'plugins = ["_steps_for_tests"]\non_error = "continue"',
+        )
+    )
+    r = run_pipeline(cfg, out=tmp_path / "r2", quiet=True, scheduler="serial")
+    assert [s.status for s in r.steps] == ["ran", "ran", "ran", "failed"]
+    assert "AttributeError" in r.steps[-1].message
+    assert "failed" in (tmp_path / "r2" / "report.html").read_text()
+
+
+def test_kill_mid_run_then_resume_equals_uninterrupted(tmp_path):
+    """A run killed (SIGKILL) while a step is running resumes; tables equal a clean run."""
+    cfg = _config(tmp_path, n_frames=30, delay=0.1)  # the `noisy` step takes ~3 s
+    ref = run_pipeline(cfg, out=tmp_path / "ref", quiet=True, scheduler="serial")
+    assert [s.status for s in ref.steps] == ["ran"] * 4
+    out = tmp_path / "killed"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "perovstem.cli.main",
+            "run",
+            str(cfg),
+            "--out",
+            str(out),
+            "--quiet",
+            "--scheduler",
+            "serial",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    marker = out / ".cache" / "stats" / "done.json"
+    t0 = time.monotonic()
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() - t0 < 60, "the run did not reach the second step"
+        time.sleep(0.05)
+    time.sleep(0.5)  # now inside the slow `noisy` step
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / ".cache" / "noisy" / "done.json").exists()
+    assert not (out / "report.html").exists()
+    resumed = run_pipeline(cfg, out=out, quiet=True, scheduler="serial")
+    status = {s.id: s.status for s in resumed.steps}
+    assert status == {"gen": "cached", "stats": "cached", "noisy": "ran", "frames": "ran"}
+    _assert_same_tables(out, tmp_path / "ref")
+
+
+def test_local_cluster_equals_serial(tmp_path):
+    """Per-frame work on a 2-worker LocalCluster gives exactly the serial results."""
+    cfg = load_config(_config(tmp_path, n_frames=24))
+    serial = run_pipeline(cfg, out=tmp_path / "serial", quiet=True, scheduler="serial")
+    assert serial.scheduler == "serial"
+    dist = run_pipeline(
+        cfg, out=tmp_path / "dask", quiet=True, scheduler="local:2", processes=False
+    )
+    assert dist.scheduler.startswith("dask local: 2 workers")
+    _assert_same_tables(tmp_path / "serial", tmp_path / "dask")
+    prov = json.loads((tmp_path / "dask" / "provenance.json").read_text())
+    assert prov["scheduler"].startswith("dask")
+
+
+def test_existing_client_is_used_and_left_open(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    cfg = load_config(_config(tmp_path, n_frames=6))
+    with distributed.Client(
+        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+    ) as client:
+        r = run_pipeline(cfg, out=tmp_path / "c", quiet=True, scheduler=client)
+        assert r.scheduler.startswith("dask client")
+        assert client.status == "running"
+    run_pipeline(cfg, out=tmp_path / "s", quiet=True, scheduler="serial")
+    _assert_same_tables(tmp_path / "c", tmp_path / "s")
+
+
+def test_bad_scheduler_rejected_before_work(tmp_path):
+    cfg = _config(tmp_path)
+    with pytest.raises(PerovstemError, match="`scheduler`"):
+        run_pipeline(cfg, out=tmp_path / "x", quiet=True, scheduler="cluster!")
+    assert not (tmp_path / "x").exists()
