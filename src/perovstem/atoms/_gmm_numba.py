@@ -1,0 +1,128 @@
+"""Numba kernels for the equal-width Gaussian-mixture EM (imported lazily by ``count``)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_HALF_LOG2PI = 0.5 * np.log(2.0 * np.pi)
+
+
+@njit(cache=True)
+def _em_one(x, w, mu0, sigma0, pi0, equal_spacing, max_iter, tol, min_sigma, nll_shift):
+    """EM for one candidate on weighted, standardised data.
+
+    x, w (n,); mu0, pi0 (k,); returns mu, sigma, pi, nll, n_iter, converged.  The NLL is
+    evaluated at the returned parameters.  Convergence: relative NLL change < tol.
+    """
+    n = x.size
+    k = mu0.size
+    # nll_shift = W log(scale) restores the NLL of the unstandardised data, so that the
+    # relative tolerance means the same as on the original scale (StatSTEM/fitgmdist)
+    mu = mu0.copy()
+    pi = pi0.copy()
+    sigma = sigma0
+    wsum = 0.0
+    sxx = 0.0
+    for i in range(n):
+        wsum += w[i]
+        sxx += w[i] * x[i] * x[i]
+    lp = np.empty(k)
+    nk = np.empty(k)
+    sx = np.empty(k)
+    logpi = np.empty(k)
+    nll_old = np.inf
+    nll = np.inf
+    converged = False
+    it = 0
+    for it in range(1, max_iter + 1):
+        for j in range(k):
+            nk[j] = 0.0
+            sx[j] = 0.0
+            logpi[j] = np.log(pi[j]) if pi[j] > 0 else -np.inf
+        inv = 1.0 / sigma
+        c0 = -np.log(sigma) - _HALF_LOG2PI
+        nll = 0.0
+        for i in range(n):
+            xi = x[i]
+            m = -np.inf
+            for j in range(k):
+                z = (xi - mu[j]) * inv
+                v = logpi[j] - 0.5 * z * z
+                lp[j] = v
+                if v > m:
+                    m = v
+            s = 0.0
+            for j in range(k):
+                d = lp[j] - m
+                e = np.exp(d) if d > -40.0 else 0.0
+                lp[j] = e
+                s += e
+            nll -= w[i] * (m + np.log(s) + c0)
+            f = w[i] / s
+            for j in range(k):
+                t = lp[j] * f
+                nk[j] += t
+                sx[j] += t * xi
+        if np.isfinite(nll_old) and abs(nll - nll_old) <= tol * abs(nll + nll_shift):
+            converged = True
+            break
+        if it == max_iter:
+            break
+        nll_old = nll
+        # M-step
+        for j in range(k):
+            pi[j] = nk[j] / wsum
+        if equal_spacing and k > 1:
+            s0 = 0.0
+            s1 = 0.0
+            s2 = 0.0
+            t0 = 0.0
+            t1 = 0.0
+            for j in range(k):
+                s0 += nk[j]
+                s1 += nk[j] * j
+                s2 += nk[j] * j * j
+                t0 += sx[j]
+                t1 += sx[j] * j
+            det = s0 * s2 - s1 * s1
+            if det != 0.0:
+                b = (s0 * t1 - s1 * t0) / det
+                a = (t0 - b * s1) / s0
+                for j in range(k):
+                    mu[j] = a + b * j
+        else:
+            for j in range(k):
+                if nk[j] > 1e-300:
+                    mu[j] = sx[j] / nk[j]
+        var = sxx
+        for j in range(k):
+            var += -2.0 * mu[j] * sx[j] + mu[j] * mu[j] * nk[j]
+        var /= wsum
+        sigma = np.sqrt(var) if var > 0 else 0.0
+        if sigma < min_sigma:
+            sigma = min_sigma
+    return mu, sigma, pi, nll, it, converged
+
+
+@njit(cache=True)
+def em_batch(x, w, mu0, sigma0, pi0, equal_spacing, max_iter, tol, min_sigma, nll_shift):
+    """Run :func:`_em_one` for C candidates: mu0, pi0 (C,k), sigma0 (C,)."""
+    C, k = mu0.shape
+    mu = np.empty((C, k))
+    pi = np.empty((C, k))
+    sigma = np.empty(C)
+    nll = np.empty(C)
+    n_iter = np.empty(C, dtype=np.int64)
+    conv = np.empty(C, dtype=np.bool_)
+    for c in range(C):
+        m, s, p, v, it, cv = _em_one(
+            x, w, mu0[c], sigma0[c], pi0[c], equal_spacing, max_iter, tol, min_sigma, nll_shift
+        )
+        mu[c] = m
+        sigma[c] = s
+        pi[c] = p
+        nll[c] = v
+        n_iter[c] = it
+        conv[c] = cv
+    return mu, sigma, pi, nll, n_iter, conv
