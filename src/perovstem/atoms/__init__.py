@@ -11,4 +11,7 @@ Public API (see ``docs/CONTRACTS.md``):
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from perovstem.atoms.fit import FIT_COLUMNS, fit_columns, model_image
+from perovstem.atoms.normalize import normalize_image
+
+__all__ = ["FIT_COLUMNS", "fit_columns", "model_image", "normalize_image"]

@@ -1,0 +1,90 @@
+"""Input handling shared by the atoms modules (images, position tables, types)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from perovstem._data import Image
+from perovstem._validation import check_finite
+from perovstem.errors import DataError, ParameterError
+
+__all__ = ["as_image", "as_positions", "px_to_A", "A_to_px"]
+
+
+def as_image(image: Any, pixel_size_A: float | None = None) -> Image:
+    """Return an :class:`Image` (a bare 2-D array needs ``pixel_size_A``); reject NaN/inf."""
+    if isinstance(image, Image):
+        img = image
+    else:
+        if pixel_size_A is None:
+            raise ParameterError(
+                "`pixel_size_A` is required when `image` is a bare array, got None"
+            )
+        img = Image(np.asarray(image), pixel_size_A)
+    data = np.asarray(img.data)
+    if data.dtype.kind == "f":
+        check_finite("image", data)
+    return img
+
+
+def as_positions(
+    positions: Any, image: Image, *, types: Any = None, allow_empty: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(xy_A (N, 2), types (N,) str)`` from a DataFrame or an (N, 2) array in Å.
+
+    Raises :class:`DataError` for NaNs, no positions, or positions outside the image.
+    """
+    if isinstance(positions, pd.DataFrame):
+        for col in ("x_A", "y_A"):
+            if col not in positions.columns:
+                raise DataError(
+                    f"`positions` needs columns 'x_A' and 'y_A', got {list(positions.columns)}"
+                )
+        xy = positions[["x_A", "y_A"]].to_numpy(dtype=float)
+        if types is None and "type" in positions.columns:
+            types = positions["type"].to_numpy()
+    else:
+        xy = np.asarray(positions, dtype=float)
+        if xy.ndim != 2 or xy.shape[1] != 2:
+            raise DataError(f"`positions` must have shape (N, 2) in Å, got {xy.shape}")
+    if xy.shape[0] == 0 and not allow_empty:
+        raise DataError("`positions` is empty: no atom columns (no peaks found?)")
+    check_finite("positions", xy)
+    n = xy.shape[0]
+    if types is None:
+        t = np.full(n, "column", dtype=object)
+    else:
+        t = np.asarray(types).astype(str).astype(object)
+        if t.ndim == 0:
+            t = np.full(n, str(t), dtype=object)
+        if t.shape != (n,):
+            raise ParameterError(f"`types` must have one entry per column ({n}), got {t.shape}")
+    px = A_to_px(xy, image)
+    ny, nx = image.shape
+    bad = (px[:, 0] < -0.5) | (px[:, 0] > nx - 0.5) | (px[:, 1] < -0.5) | (px[:, 1] > ny - 0.5)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{int(bad.sum())} column position(s) lie outside the image "
+            f"(first: #{k} at x_A={xy[k, 0]:.3f}, y_A={xy[k, 1]:.3f}; image covers "
+            f"x_A {image.origin_A[0] - 0.5 * image.pixel_size_A:.3f}…"
+            f"{image.origin_A[0] + (nx - 0.5) * image.pixel_size_A:.3f}, "
+            f"y_A {image.origin_A[1] - 0.5 * image.pixel_size_A:.3f}…"
+            f"{image.origin_A[1] + (ny - 0.5) * image.pixel_size_A:.3f})"
+        )
+    return xy, t
+
+
+def A_to_px(xy_A: np.ndarray, image: Image) -> np.ndarray:
+    """Convert (N, 2) ``(x_A, y_A)`` to pixel coordinates ``(col, row)`` (0-based centres)."""
+    o = np.asarray(image.origin_A, dtype=float)
+    return (np.asarray(xy_A, dtype=float) - o) / image.pixel_size_A
+
+
+def px_to_A(xy_px: np.ndarray, image: Image) -> np.ndarray:
+    """Convert (N, 2) pixel ``(col, row)`` to ``(x_A, y_A)``."""
+    o = np.asarray(image.origin_A, dtype=float)
+    return np.asarray(xy_px, dtype=float) * image.pixel_size_A + o

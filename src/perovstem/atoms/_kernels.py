@@ -1,0 +1,562 @@
+"""Numba kernels of the Gaussian column model (internal; pixel units throughout).
+
+Coordinates are in pixels with pixel (row i, column j) centred at ``(x, y) = (j, i)``.
+Every column ``k`` is ``eta[k]·exp(−r²/(2·rho[k]²))`` truncated at ``r > cut·rho[k]``.
+The residual image ``res = data − model`` is kept up to date in place by the block steps,
+so that every local step sees the current model of all neighbouring columns (this is what
+makes the Gauss–Seidel scheme converge to the *joint* least-squares optimum).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, nogil=True)
+def add_columns(img, x, y, eta, rho, cut, sign):
+    """``img += sign · Σ_k eta_k g_k`` (truncated Gaussians), in place."""
+    ny, nx = img.shape
+    for k in range(x.shape[0]):
+        xk = x[k]
+        yk = y[k]
+        rk = rho[k]
+        rc = cut * rk
+        rc2 = rc * rc
+        inv = 1.0 / (2.0 * rk * rk)
+        j0 = max(0, int(np.floor(xk - rc)))
+        j1 = min(nx - 1, int(np.ceil(xk + rc)))
+        i0 = max(0, int(np.floor(yk - rc)))
+        i1 = min(ny - 1, int(np.ceil(yk + rc)))
+        a = sign * eta[k]
+        for i in range(i0, i1 + 1):
+            dy = i - yk
+            for j in range(j0, j1 + 1):
+                dx = j - xk
+                r2 = dx * dx + dy * dy
+                if r2 <= rc2:
+                    img[i, j] += a * np.exp(-r2 * inv)
+
+
+@njit(cache=True, nogil=True)
+def _solve_small(a, b):
+    """Solve the small dense SPD-ish system ``a x = b`` by Gaussian elimination (pivoting)."""
+    n = b.shape[0]
+    m = a.copy()
+    v = b.copy()
+    for c in range(n):
+        p = c
+        best = abs(m[c, c])
+        for r in range(c + 1, n):
+            if abs(m[r, c]) > best:
+                best = abs(m[r, c])
+                p = r
+        if best < 1e-300:
+            return v * 0.0, False
+        if p != c:
+            for q in range(n):
+                t = m[c, q]
+                m[c, q] = m[p, q]
+                m[p, q] = t
+            t = v[c]
+            v[c] = v[p]
+            v[p] = t
+        for r in range(c + 1, n):
+            f = m[r, c] / m[c, c]
+            for q in range(c, n):
+                m[r, q] -= f * m[c, q]
+            v[r] -= f * v[c]
+    out = np.zeros(n)
+    for c in range(n - 1, -1, -1):
+        s = v[c]
+        for q in range(c + 1, n):
+            s -= m[c, q] * out[q]
+        out[c] = s / m[c, c]
+    return out, True
+
+
+@njit(cache=True, nogil=True)
+def column_step(
+    res, w, k, x, y, eta, rho, cut, free_rho, lam, max_shift, rho_min, rho_max, x0, y0, lim
+):
+    """One damped Gauss–Newton (Levenberg–Marquardt) step on column ``k``.
+
+    Parameters of column ``k`` are (x, y, eta[, rho]); all other columns stay fixed through
+    ``res``.  The step is accepted only if the weighted SSE over the column's box decreases,
+    which equals the decrease of the global SSE; ``res`` is then updated in place.
+
+    Returns ``(shift_px, accepted)``.
+    """
+    ny, nx = res.shape
+    xk = x[k]
+    yk = y[k]
+    ek = eta[k]
+    rk = rho[k]
+    npar = 4 if free_rho else 3
+    rc = cut * rk
+    rbox = cut * rk * 1.25 + max_shift + 1.0
+    j0 = max(0, int(np.floor(xk - rbox)))
+    j1 = min(nx - 1, int(np.ceil(xk + rbox)))
+    i0 = max(0, int(np.floor(yk - rbox)))
+    i1 = min(ny - 1, int(np.ceil(yk + rbox)))
+    a = np.zeros((npar, npar))
+    b = np.zeros(npar)
+    jac = np.zeros(npar)
+    rc2 = rc * rc
+    inv = 1.0 / (rk * rk)
+    hb = i1 - i0 + 1
+    wb = j1 - j0 + 1
+    gold = np.zeros((hb, wb))
+    gnew = np.zeros((hb, wb))
+    for i in range(i0, i1 + 1):
+        dy = i - yk
+        for j in range(j0, j1 + 1):
+            dx = j - xk
+            r2 = dx * dx + dy * dy
+            if r2 > rc2:
+                continue
+            g = np.exp(-0.5 * r2 * inv)
+            gold[i - i0, j - j0] = g
+            wij = w[i, j]
+            rij = res[i, j]
+            eg = ek * g
+            jac[0] = eg * dx * inv
+            jac[1] = eg * dy * inv
+            jac[2] = g
+            if free_rho:
+                jac[3] = eg * r2 * inv / rk
+            for p in range(npar):
+                b[p] += wij * jac[p] * rij
+                for q in range(p, npar):
+                    a[p, q] += wij * jac[p] * jac[q]
+    for p in range(npar):
+        for q in range(p):
+            a[p, q] = a[q, p]
+    if a[2, 2] <= 0.0:
+        return 0.0, False
+    for _attempt in range(10):
+        m = a.copy()
+        for p in range(npar):
+            m[p, p] += lam[k] * a[p, p] + 1e-12 * a[p, p]
+        d, ok = _solve_small(m, b)
+        if not ok:
+            lam[k] *= 10.0
+            continue
+        sx = d[0]
+        sy = d[1]
+        s = np.sqrt(sx * sx + sy * sy)
+        if s > max_shift:
+            sx *= max_shift / s
+            sy *= max_shift / s
+        nxk = xk + sx
+        nyk = yk + sy
+        ddx = nxk - x0[k]
+        ddy = nyk - y0[k]
+        dd = np.sqrt(ddx * ddx + ddy * ddy)
+        if dd > lim:
+            nxk = x0[k] + ddx * lim / dd
+            nyk = y0[k] + ddy * lim / dd
+            sx = nxk - xk
+            sy = nyk - yk
+        nek = ek + d[2]
+        nrk = rk
+        if free_rho:
+            nrk = min(max(rk + d[3], 0.8 * rk, rho_min), 1.25 * rk, rho_max)
+        nrc = cut * nrk
+        nrc2 = nrc * nrc
+        ninv = 1.0 / (nrk * nrk)
+        # change of the weighted SSE = sum over pixels touched by the old or new Gaussian
+        dsse = 0.0
+        for i in range(i0, i1 + 1):
+            ndy = i - nyk
+            for j in range(j0, j1 + 1):
+                ndx = j - nxk
+                nr2 = ndx * ndx + ndy * ndy
+                gn = 0.0
+                if nr2 <= nrc2:
+                    gn = np.exp(-0.5 * nr2 * ninv)
+                gnew[i - i0, j - j0] = gn
+                dlt = ek * gold[i - i0, j - j0] - nek * gn
+                if dlt != 0.0:
+                    rij = res[i, j]
+                    dsse += w[i, j] * dlt * (2.0 * rij + dlt)
+        if dsse <= 0.0:
+            for i in range(i0, i1 + 1):
+                for j in range(j0, j1 + 1):
+                    res[i, j] += ek * gold[i - i0, j - j0] - nek * gnew[i - i0, j - j0]
+            x[k] = nxk
+            y[k] = nyk
+            eta[k] = nek
+            rho[k] = nrk
+            lam[k] = max(lam[k] / 3.0, 1e-9)
+            return np.sqrt(sx * sx + sy * sy), True
+        lam[k] *= 5.0
+    return 0.0, False
+
+
+@njit(cache=True)
+def sweep_serial(
+    res,
+    w,
+    x,
+    y,
+    eta,
+    rho,
+    cut,
+    free_rho,
+    lam,
+    max_shift,
+    rho_min,
+    rho_max,
+    order,
+    shifts,
+    accepted,
+    x0,
+    y0,
+    lim,
+):
+    """One serial Gauss–Seidel sweep over the columns in ``order``."""
+    for m in range(order.shape[0]):
+        k = order[m]
+        s, ok = column_step(
+            res, w, k, x, y, eta, rho, cut, free_rho, lam, max_shift, rho_min, rho_max, x0, y0, lim
+        )
+        shifts[k] = s
+        accepted[k] = ok
+
+
+@njit(cache=True, parallel=True)
+def sweep(
+    res,
+    w,
+    x,
+    y,
+    eta,
+    rho,
+    cut,
+    free_rho,
+    lam,
+    max_shift,
+    rho_min,
+    rho_max,
+    cell_ptr,
+    cell_cols,
+    colour_ptr,
+    colour_cells,
+    shifts,
+    accepted,
+    x0,
+    y0,
+    lim,
+):
+    """One Gauss–Seidel sweep over all columns, parallel over non-touching cells.
+
+    Cells of one colour are at least one cell apart and a cell is wider than two column
+    boxes, so the boxes updated concurrently never overlap (no write races on ``res``).
+    """
+    for c in range(colour_ptr.shape[0] - 1):
+        c0 = colour_ptr[c]
+        n = colour_ptr[c + 1] - c0
+        for t in prange(n):
+            cell = colour_cells[c0 + t]
+            for m in range(cell_ptr[cell], cell_ptr[cell + 1]):
+                k = cell_cols[m]
+                s, ok = column_step(
+                    res,
+                    w,
+                    k,
+                    x,
+                    y,
+                    eta,
+                    rho,
+                    cut,
+                    free_rho,
+                    lam,
+                    max_shift,
+                    rho_min,
+                    rho_max,
+                    x0,
+                    y0,
+                    lim,
+                )
+                shifts[k] = s
+                accepted[k] = ok
+
+
+@njit(cache=True)
+def rho_derivative_images(shape, x, y, eta, rho, cut, tid, nt):
+    """∂model/∂ρ_t images for widths shared by type, shape ``(nt, M, N)``."""
+    ny, nx = shape[0], shape[1]
+    out = np.zeros((nt, ny, nx))
+    for k in range(x.shape[0]):
+        xk = x[k]
+        yk = y[k]
+        rk = rho[k]
+        rc = cut * rk
+        rc2 = rc * rc
+        inv = 1.0 / (rk * rk)
+        j0 = max(0, int(np.floor(xk - rc)))
+        j1 = min(nx - 1, int(np.ceil(xk + rc)))
+        i0 = max(0, int(np.floor(yk - rc)))
+        i1 = min(ny - 1, int(np.ceil(yk + rc)))
+        t = tid[k]
+        for i in range(i0, i1 + 1):
+            dy = i - yk
+            for j in range(j0, j1 + 1):
+                dx = j - xk
+                r2 = dx * dx + dy * dy
+                if r2 <= rc2:
+                    out[t, i, j] += eta[k] * np.exp(-0.5 * r2 * inv) * r2 * inv / rk
+    return out
+
+
+@njit(cache=True)
+def global_schur_terms(res, w, x, y, eta, rho, cut, gimg):
+    """Block-diagonal Schur complement for the global parameters (shared ρ, background).
+
+    ``gimg`` (ng, M, N) holds ∂model/∂θ_g for each global parameter.  For column k with local
+    parameters p = (x, y, eta): A_k = J_kᵀWJ_k, G_k = J_kᵀW·gimg, g_k = J_kᵀW·res.  Returns
+    ``(S_sub, r_sub, ainv_g (n, 3), ainv_G (n, 3, ng))`` with ``S_sub = Σ G_kᵀA_k⁻¹G_k`` and
+    ``r_sub = Σ G_kᵀA_k⁻¹g_k``; the reduced system is ``(C − S_sub) δθ = h − r_sub``.
+    """
+    n = x.shape[0]
+    ny, nx = res.shape
+    ng = gimg.shape[0]
+    s_sub = np.zeros((ng, ng))
+    r_sub = np.zeros(ng)
+    ainv_g = np.zeros((n, 3))
+    ainv_G = np.zeros((n, 3, ng))
+    jac = np.zeros(3)
+    for k in range(n):
+        xk = x[k]
+        yk = y[k]
+        ek = eta[k]
+        rk = rho[k]
+        rc = cut * rk
+        rc2 = rc * rc
+        inv = 1.0 / (rk * rk)
+        j0 = max(0, int(np.floor(xk - rc)))
+        j1 = min(nx - 1, int(np.ceil(xk + rc)))
+        i0 = max(0, int(np.floor(yk - rc)))
+        i1 = min(ny - 1, int(np.ceil(yk + rc)))
+        a = np.zeros((3, 3))
+        gk = np.zeros(3)
+        Gk = np.zeros((3, ng))
+        for i in range(i0, i1 + 1):
+            dy = i - yk
+            for j in range(j0, j1 + 1):
+                dx = j - xk
+                r2 = dx * dx + dy * dy
+                if r2 > rc2:
+                    continue
+                gg = np.exp(-0.5 * r2 * inv)
+                eg = ek * gg
+                jac[0] = eg * dx * inv
+                jac[1] = eg * dy * inv
+                jac[2] = gg
+                wij = w[i, j]
+                rij = res[i, j]
+                for p in range(3):
+                    wj = wij * jac[p]
+                    gk[p] += wj * rij
+                    for q in range(ng):
+                        Gk[p, q] += wj * gimg[q, i, j]
+                    for q in range(3):
+                        a[p, q] += wj * jac[q]
+        for p in range(3):
+            a[p, p] *= 1.0 + 1e-12
+        v, ok = _solve_small(a, gk)
+        if not ok:
+            continue
+        for p in range(3):
+            ainv_g[k, p] = v[p]
+        for q in range(ng):
+            col, ok2 = _solve_small(a, Gk[:, q].copy())
+            if not ok2:
+                continue
+            for p in range(3):
+                ainv_G[k, p, q] = col[p]
+        for q in range(ng):
+            for p in range(3):
+                r_sub[q] += Gk[p, q] * v[p]
+                for q2 in range(ng):
+                    s_sub[q, q2] += Gk[p, q] * ainv_G[k, p, q2]
+    return s_sub, r_sub, ainv_g, ainv_G
+
+
+@njit(cache=True, parallel=True)
+def fisher_blocks(shape, w, x, y, eta, rho, cut, free_rho, pair_i, pair_j):
+    """Fisher-information blocks ``F_ij = Σ_p w_p ∂μ_p/∂θ_i ∂μ_p/∂θ_jᵀ`` for column pairs.
+
+    ``θ_k = (x, y, eta[, rho])``; only pixels inside both truncation disks contribute.
+    Returns an array ``(n_pairs, npar, npar)``.
+    """
+    ny, nx = shape[0], shape[1]
+    npar = 4 if free_rho else 3
+    npairs = pair_i.shape[0]
+    out = np.zeros((npairs, npar, npar))
+    for t in prange(npairs):
+        a = pair_i[t]
+        b = pair_j[t]
+        ra = cut * rho[a]
+        rb = cut * rho[b]
+        j0 = max(0, int(np.floor(max(x[a] - ra, x[b] - rb))))
+        j1 = min(nx - 1, int(np.ceil(min(x[a] + ra, x[b] + rb))))
+        i0 = max(0, int(np.floor(max(y[a] - ra, y[b] - rb))))
+        i1 = min(ny - 1, int(np.ceil(min(y[a] + ra, y[b] + rb))))
+        ja = np.zeros(npar)
+        jb = np.zeros(npar)
+        inva = 1.0 / (rho[a] * rho[a])
+        invb = 1.0 / (rho[b] * rho[b])
+        for i in range(i0, i1 + 1):
+            dya = i - y[a]
+            dyb = i - y[b]
+            for j in range(j0, j1 + 1):
+                dxa = j - x[a]
+                dxb = j - x[b]
+                r2a = dxa * dxa + dya * dya
+                r2b = dxb * dxb + dyb * dyb
+                if r2a > ra * ra or r2b > rb * rb:
+                    continue
+                ga = np.exp(-0.5 * r2a * inva)
+                gb = np.exp(-0.5 * r2b * invb)
+                ja[0] = eta[a] * ga * dxa * inva
+                ja[1] = eta[a] * ga * dya * inva
+                ja[2] = ga
+                jb[0] = eta[b] * gb * dxb * invb
+                jb[1] = eta[b] * gb * dyb * invb
+                jb[2] = gb
+                if free_rho:
+                    ja[3] = eta[a] * ga * r2a * inva / rho[a]
+                    jb[3] = eta[b] * gb * r2b * invb / rho[b]
+                wij = w[i, j]
+                for p in range(npar):
+                    for q in range(npar):
+                        out[t, p, q] += wij * ja[p] * jb[q]
+    return out
+
+
+@njit(cache=True, parallel=True)
+def local_covariance(blocks, nb_ptr, nb_idx, nb_block, npar):
+    """Marginal covariance of each column from its Fisher matrix with its direct neighbours.
+
+    ``nb_ptr/nb_idx`` is a CSR list of neighbours (self included, sorted) and ``nb_block[m]``
+    the index into ``blocks`` of pair (k, nb_idx[m]) (transposed when negative − 1).
+    The local Fisher matrix over {k} ∪ neighbours is assembled from the pair blocks
+    (neighbour–neighbour blocks looked up by binary search) and inverted; the column's own
+    block of the inverse is returned, shape ``(n, npar, npar)``.
+    """
+    n = nb_ptr.shape[0] - 1
+    out = np.full((n, npar, npar), np.nan)
+    for k in prange(n):
+        s0 = nb_ptr[k]
+        s1 = nb_ptr[k + 1]
+        m = s1 - s0
+        dim = m * npar
+        f = np.zeros((dim, dim))
+        for u in range(m):
+            a = nb_idx[s0 + u]
+            for v in range(m):
+                bcol = nb_idx[s0 + v]
+                # find pair (a, bcol) in a's neighbour list
+                lo = nb_ptr[a]
+                hi = nb_ptr[a + 1] - 1
+                pos = -1
+                while lo <= hi:
+                    mid = (lo + hi) // 2
+                    if nb_idx[mid] == bcol:
+                        pos = mid
+                        break
+                    elif nb_idx[mid] < bcol:
+                        lo = mid + 1
+                    else:
+                        hi = mid - 1
+                if pos < 0:
+                    continue
+                code = nb_block[pos]
+                if code >= 0:
+                    for p in range(npar):
+                        for q in range(npar):
+                            f[u * npar + p, v * npar + q] = blocks[code, p, q]
+                else:
+                    code = -code - 1
+                    for p in range(npar):
+                        for q in range(npar):
+                            f[u * npar + p, v * npar + q] = blocks[code, q, p]
+        # the column itself is at position `self_pos` in its own list
+        self_pos = 0
+        for u in range(m):
+            if nb_idx[s0 + u] == k:
+                self_pos = u
+        scale = np.zeros(dim)
+        okd = True
+        for p in range(dim):
+            if f[p, p] <= 0.0:
+                okd = False
+                break
+            scale[p] = 1.0 / np.sqrt(f[p, p])
+        if not okd:
+            continue
+        for p in range(dim):
+            for q in range(dim):
+                f[p, q] *= scale[p] * scale[q]
+        for p in range(npar):
+            e = np.zeros(dim)
+            e[self_pos * npar + p] = 1.0
+            col, ok = _solve_small(f, e)
+            if not ok:
+                break
+            for q in range(npar):
+                out[k, q, p] = (
+                    col[self_pos * npar + q]
+                    * scale[self_pos * npar + q]
+                    * scale[self_pos * npar + p]
+                )
+    return out
+
+
+@njit(cache=True)
+def column_gradient_terms(res, w, x, y, eta, rho, cut, free_rho, gimg):
+    """Per-column gradient ``g_k = J_kᵀW·res`` (n, npar) and coupling ``G_k = J_kᵀW·gimg``
+    (n, npar, ng) with the global parameters whose derivative images are ``gimg``."""
+    n = x.shape[0]
+    ny, nx = res.shape
+    ng = gimg.shape[0]
+    npar = 4 if free_rho else 3
+    gout = np.zeros((n, npar))
+    Gout = np.zeros((n, npar, ng))
+    jac = np.zeros(npar)
+    for k in range(n):
+        xk = x[k]
+        yk = y[k]
+        ek = eta[k]
+        rk = rho[k]
+        rc = cut * rk
+        rc2 = rc * rc
+        inv = 1.0 / (rk * rk)
+        j0 = max(0, int(np.floor(xk - rc)))
+        j1 = min(nx - 1, int(np.ceil(xk + rc)))
+        i0 = max(0, int(np.floor(yk - rc)))
+        i1 = min(ny - 1, int(np.ceil(yk + rc)))
+        for i in range(i0, i1 + 1):
+            dy = i - yk
+            for j in range(j0, j1 + 1):
+                dx = j - xk
+                r2 = dx * dx + dy * dy
+                if r2 > rc2:
+                    continue
+                gg = np.exp(-0.5 * r2 * inv)
+                eg = ek * gg
+                jac[0] = eg * dx * inv
+                jac[1] = eg * dy * inv
+                jac[2] = gg
+                if free_rho:
+                    jac[3] = eg * r2 * inv / rk
+                wij = w[i, j]
+                rij = res[i, j]
+                for p in range(npar):
+                    wj = wij * jac[p]
+                    gout[k, p] += wj * rij
+                    for q in range(ng):
+                        Gout[k, p, q] += wj * gimg[q, i, j]
+    return gout, Gout

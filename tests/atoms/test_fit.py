@@ -1,0 +1,212 @@
+"""Joint Gaussian column fitting: accuracy against synthetic truth, errors vs scatter, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from perovstem import Image
+from perovstem.atoms import fit_columns, model_image, normalize_image
+from perovstem.errors import CalibrationError, DataError, ParameterError, PerovstemError
+
+from ._synth import lattice, render
+
+
+def _match(df, truth):
+    d = np.hypot(
+        df.x_A.to_numpy()[:, None] - truth.x_A.to_numpy()[None],
+        df.y_A.to_numpy()[:, None] - truth.y_A.to_numpy()[None],
+    )
+    return d.argmin(axis=1)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_poisson_fit_reaches_crlb_and_unbiased_scs(seed):
+    data, truth = lattice(seed, n=12, amp=300.0 + 200 * seed)
+    start = truth[["x_A", "y_A"]].to_numpy() + np.random.default_rng(seed + 9).uniform(
+        -0.7, 0.7, (len(truth), 2)
+    )
+    df = fit_columns(Image(data, 1.0), start, noise="poisson")
+    assert df.attrs["converged"] and df.converged.all()
+    assert list(df.columns[:12]) == [
+        "x_A",
+        "y_A",
+        "type",
+        "rho_A",
+        "eta",
+        "scs",
+        "x_err_A",
+        "y_err_A",
+        "rho_err_A",
+        "eta_err",
+        "scs_err",
+        "converged",
+    ]
+    err2 = (df.x_A - truth.x_A) ** 2 + (df.y_A - truth.y_A) ** 2
+    rms = np.sqrt(err2.mean())
+    crlb = np.sqrt((df.x_err_A**2 + df.y_err_A**2).mean())
+    assert 0.85 * crlb < rms < 1.1 * crlb
+    rel = df.scs / truth.scs - 1
+    assert abs(rel.mean()) < 3 * rel.std() / np.sqrt(len(rel)) + 0.002
+    # predicted SCS scatter matches the observed one
+    assert 0.8 < rel.std() / (df.scs_err / df.scs).mean() < 1.2
+    assert df.rho_A.iloc[0] == pytest.approx(1.8, rel=0.01)
+
+
+def test_close_neighbours_fitted_jointly():
+    # every column has a partner 2.2 rho away: strong overlap
+    data, truth = lattice(3, n=8, spacing=12.0, rho=1.6, amp=500.0, pair_gap=3.5)
+    df = fit_columns(Image(data, 1.0), truth[["x_A", "y_A"]].to_numpy() + 0.4, noise="poisson")
+    err2 = (df.x_A - truth.x_A) ** 2 + (df.y_A - truth.y_A) ** 2
+    rms = np.sqrt(err2.mean())
+    crlb = np.sqrt((df.x_err_A**2 + df.y_err_A**2).mean())
+    assert rms < 1.15 * crlb
+    # the bound accounts for the overlap: larger than for isolated columns
+    iso = fit_columns(
+        Image(lattice(3, n=8, spacing=12.0, rho=1.6, amp=500.0)[0], 1.0),
+        truth[["x_A", "y_A"]].to_numpy()[:64],
+        noise="poisson",
+    )
+    assert crlb > 1.2 * np.sqrt((iso.x_err_A**2 + iso.y_err_A**2).mean())
+
+
+def test_gaussian_noise_errors_match_scatter():
+    data, truth = lattice(5, n=12, amp=600.0, background=200.0)
+    df = fit_columns(Image(data, 0.5), truth[["x_A", "y_A"]].to_numpy() * 0.5)
+    dx = df.x_A - truth.x_A * 0.5
+    assert 0.8 < dx.std() / df.x_err_A.mean() < 1.25
+    assert df.attrs["background"]["coefficients"][0] == pytest.approx(200.0, rel=0.01)
+    assert df.rho_A.iloc[0] == pytest.approx(0.9, rel=0.01)
+    assert df.attrs["pixel_size_A"] == 0.5
+
+
+def test_planar_background_and_types():
+    rng = np.random.default_rng(7)
+    shape = (90, 90)
+    g = np.arange(10, 85, 9.0)
+    gx, gy = np.meshgrid(g, g)
+    x, y = gx.ravel(), gy.ravel()
+    kind = np.where((np.arange(x.size) % 2) == 0, "A", "B")
+    rho = np.where(kind == "A", 1.6, 2.2)
+    eta = np.where(kind == "A", 400.0, 150.0)
+    yy, xx = np.mgrid[0:90, 0:90]
+    bg = 50.0 + 0.3 * xx - 0.2 * yy
+    lam = render(shape, x, y, eta, rho) + bg
+    data = rng.poisson(lam).astype(float)
+    pos = pd.DataFrame({"x_A": x + 0.3, "y_A": y - 0.3, "type": kind})
+    df = fit_columns(Image(data, 1.0), pos, background="planar", noise="poisson")
+    assert df.attrs["rho_A_by_type"]["A"] == pytest.approx(1.6, rel=0.01)
+    assert df.attrs["rho_A_by_type"]["B"] == pytest.approx(2.2, rel=0.02)
+    assert np.median(np.abs(df.x_A - x)) < 0.1
+    # a constant background cannot absorb the gradient: widths come out biased
+    dfc = fit_columns(Image(data, 1.0), pos, background="constant", noise="poisson")
+    assert abs(dfc.attrs["rho_A_by_type"]["B"] / 2.2 - 1) > abs(
+        df.attrs["rho_A_by_type"]["B"] / 2.2 - 1
+    )
+
+
+def test_free_width_per_column():
+    rng = np.random.default_rng(11)
+    g = np.arange(8, 70, 10.0)
+    gx, gy = np.meshgrid(g, g)
+    x, y = gx.ravel(), gy.ravel()
+    rho = rng.uniform(1.4, 2.4, x.size)
+    lam = render((78, 78), x, y, np.full(x.size, 800.0), rho, background=5.0)
+    data = rng.poisson(lam).astype(float)
+    df = fit_columns(Image(data, 1.0), np.column_stack([x, y]), width="column", noise="poisson")
+    z = (df.rho_A - rho) / df.rho_err_A
+    assert np.abs(z).max() < 4.5 and 0.6 < z.std() < 1.5
+
+
+def test_fixed_width_and_fixed_background():
+    data, truth = lattice(2, n=6, amp=400.0, background=10.0)
+    df = fit_columns(
+        Image(data, 1.0),
+        truth[["x_A", "y_A"]].to_numpy(),
+        width="fixed",
+        rho_A=1.8,
+        background=10.0,
+        noise="poisson",
+    )
+    assert np.allclose(df.rho_A, 1.8)
+    assert df.attrs["background"]["model"] == "fixed"
+    assert np.abs(df.eta / truth.eta - 1).median() < 0.05
+
+
+def test_statstem_pixel_convention_half_pixel():
+    # the same scene with origin at (dx, dx) (StatSTEM 1-based) or (0, 0): same physics
+    data, truth = lattice(4, n=6, amp=500.0)
+    dx = 0.3
+    a = fit_columns(Image(data, dx), truth[["x_A", "y_A"]].to_numpy() * dx, noise="poisson")
+    b = fit_columns(
+        Image(data, dx, origin_A=(dx, dx)),
+        truth[["x_A", "y_A"]].to_numpy() * dx + dx,
+        noise="poisson",
+    )
+    assert np.allclose(b.x_A - a.x_A, dx, atol=1e-6)
+    # a half-pixel offset of the grid must show up as a half-pixel offset of the positions
+    c = fit_columns(
+        Image(data, dx, origin_A=(0.5 * dx, 0.5 * dx)),
+        truth[["x_A", "y_A"]].to_numpy() * dx + 0.5 * dx,
+        noise="poisson",
+    )
+    assert np.allclose(c.x_A - a.x_A, 0.5 * dx, atol=1e-6)
+    assert np.abs(a.x_A - truth.x_A * dx).max() < 0.2 * dx
+
+
+def test_normalize_gives_scs_in_A2():
+    rng = np.random.default_rng(3)
+    dx, dose, gain, offset = 0.25, 2e4, 3.0, 100.0
+    scs_true = np.array([0.8, 0.3, 0.8, 0.3])
+    rho_A = 0.45
+    x = np.array([10.0, 10.0, 20.0, 20.0]) / dx
+    y = np.array([10.0, 20.0, 10.0, 20.0]) / dx
+    eta_frac = scs_true / (2 * np.pi * rho_A**2)
+    frac = render((120, 120), x, y, eta_frac, np.full(4, rho_A / dx))
+    counts = gain * rng.poisson(dose * dx**2 * frac) + offset
+    img = Image(counts, dx, dose_e_per_A2=dose, metadata={"gain": gain, "offset": offset})
+    norm = normalize_image(img)
+    assert norm.metadata["normalized"] and img.data is counts
+    df = fit_columns(norm, np.column_stack([x, y]) * dx, background=0.0, noise="poisson")
+    assert np.allclose(df.scs, scs_true, rtol=0.05)
+    assert np.all(np.abs(df.scs - scs_true) < 4 * df.scs_err)
+    with pytest.raises(CalibrationError, match="dose_e_per_A2"):
+        normalize_image(Image(counts, dx))
+
+
+def test_model_image_round_trip():
+    df = pd.DataFrame({"x_A": [3.0], "y_A": [4.0], "rho_A": [0.5], "eta": [2.0]})
+    m = model_image((20, 20), df, 0.5, background=1.0)
+    assert m[8, 6] == pytest.approx(3.0)
+    assert m.sum() == pytest.approx(400 + 2 * np.pi * 2.0 * 1.0, rel=1e-4)
+
+
+def test_bad_input_raises():
+    data, truth = lattice(0, n=4)
+    img = Image(data, 1.0)
+    pos = truth[["x_A", "y_A"]].to_numpy()
+    with pytest.raises(DataError, match="empty"):
+        fit_columns(img, np.zeros((0, 2)))
+    bad = data.copy()
+    bad[3, 3] = np.nan
+    with pytest.raises(DataError, match="non-finite"):
+        fit_columns(Image(bad, 1.0), pos)
+    with pytest.raises(DataError, match="non-finite"):
+        fit_columns(img, np.vstack([pos, [np.nan, 1.0]]))
+    with pytest.raises(DataError, match="outside the image"):
+        fit_columns(img, np.vstack([pos, [500.0, 3.0]]))
+    with pytest.raises(ParameterError, match="rho_A"):
+        fit_columns(img, pos, rho_A=0.0)
+    with pytest.raises(ParameterError, match="rho_A"):
+        fit_columns(img, pos, rho_A=-1.0, width="fixed")
+    with pytest.raises(ParameterError, match="unknown column type"):
+        fit_columns(img, pos, types=["Pb"] * len(pos), rho_A={"Cs": 1.0})
+    with pytest.raises(ParameterError, match="width"):
+        fit_columns(img, pos, width="elliptic")
+    with pytest.raises(ParameterError, match="background"):
+        fit_columns(img, pos, background="spline")
+    with pytest.raises(ParameterError, match="types"):
+        fit_columns(img, pos, types=["a", "b"])
+    with pytest.raises(PerovstemError, match="pixel_size_A"):
+        fit_columns(data, pos)
