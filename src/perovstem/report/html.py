@@ -10,7 +10,7 @@ from typing import Any
 
 from perovstem.errors import FileFormatError
 
-__all__ = ["SECTIONS", "render_report", "write_report"]
+__all__ = ["SECTIONS", "render_report", "write_report", "format_value"]
 
 #: Report sections in display order: (key, title, what a reader finds there).
 SECTIONS: tuple[tuple[str, str, str], ...] = (
@@ -48,6 +48,21 @@ def _safe_json(obj: Any) -> str:
     """JSON that can sit inside a <script> element (no ``</script>`` breaking out)."""
     text = json.dumps(obj, separators=(",", ":"))
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def format_value(value: float | None, err: float | None = None) -> str:
+    """``value ± err`` with the value rounded to the 2 significant digits of ``err``."""
+    import math
+
+    if value is None or not math.isfinite(value):
+        return "—"
+    if err is None or not math.isfinite(err) or err <= 0:
+        return f"{value:.4g}"
+    dec = 1 - int(math.floor(math.log10(err)))
+    if dec > 0:
+        return f"{value:.{dec}f} ± {err:.{dec}f}"
+    q = 10 ** (-dec)
+    return f"{round(value / q) * q:.0f} ± {round(err / q) * q:.0f}"
 
 
 def _plotly_js() -> str:
@@ -124,6 +139,7 @@ def render_report(
     counts: dict[str, int] = {}
     for step in provenance.get("steps", []):
         counts[step.get("status", "?")] = counts.get(step.get("status", "?"), 0) + 1
+    env.filters["pm"] = format_value
     template = env.get_template("report.html.j2")
     return template.render(
         title=title or provenance.get("title") or provenance.get("run", "perovstem report"),
