@@ -30,6 +30,7 @@ _TOPICS = [
     "run",  # run CONFIG (pipeline)
     "atoms",  # atoms fit/count/track
     "simulate",  # simulate image/series/tilt
+    "simulate_series",  # simulate series (degradation KMC → in-situ series)
 ]
 
 

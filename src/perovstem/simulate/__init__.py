@@ -10,8 +10,10 @@ in-situ series and tilt series (names and shapes in ``docs/CONTRACTS.md``).
 
 from perovstem.simulate.columns import project_columns
 from perovstem.simulate.haadf import haadf_image, haadf_image_multislice, render_intensity
+from perovstem.simulate.kmc import KineticParameters, KMCTrajectory, degradation_kmc
 from perovstem.simulate.probe import ProbeModel, default_probe, electron_wavelength_A
 from perovstem.simulate.scs import column_scs, scs_library, scs_table
+from perovstem.simulate.series import insitu_series, iter_insitu_frames
 from perovstem.simulate.structures import add_pb_cluster, composition, nanocrystal, zone_rotation
 
 __all__ = [
@@ -29,4 +31,11 @@ __all__ = [
     "ProbeModel",
     "default_probe",
     "electron_wavelength_A",
+]
+__all__ += [
+    "KineticParameters",
+    "KMCTrajectory",
+    "degradation_kmc",
+    "insitu_series",
+    "iter_insitu_frames",
 ]

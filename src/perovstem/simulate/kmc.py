@@ -28,7 +28,7 @@ from perovstem.simulate.kmc_lattice import (
 )
 from perovstem.simulate.kmc_params import ATMOSPHERES, KineticParameters
 
-__all__ = ["KMCTrajectory", "degradation_kmc"]
+__all__ = ["KMCTrajectory", "KineticParameters", "degradation_kmc"]
 
 _LABEL_HOST, _LABEL_ADATOM, _LABEL_CLUSTER = 0, 1, 2
 
@@ -171,7 +171,7 @@ def _per_frame(name: str, value: Any, n: int, *, positive: bool, allow_zero: boo
     bad = ~np.isfinite(a) | (a < 0) | ((a == 0) & (not allow_zero))
     if positive and bad.any():
         bound = ">= 0" if allow_zero else "> 0"
-        raise ParameterError(f"`{name}` must be finite and {bound}, got {a[bad][0]!r}")
+        raise ParameterError(f"`{name}` must be finite and {bound}, got {float(a[bad][0])!r}")
     return a
 
 
