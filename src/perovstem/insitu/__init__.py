@@ -6,7 +6,14 @@ per-frame detection → :func:`track_clusters` → lineage → :mod:`perovstem.q
 """
 
 from perovstem.insitu._frames import frame_quality, iter_frames
+from perovstem.insitu.clusters import (
+    CLUSTER_COLUMNS,
+    atoms_from_scs,
+    cluster_scs_library,
+    detect_clusters,
+)
 from perovstem.insitu.dose import E_CHARGE_C, assign_dose, dose_table, frame_dose
+from perovstem.insitu.lattice import estimate_lattice, unit_cell_average
 from perovstem.insitu.register import (
     apply_drift,
     correct_scan_distortion,
@@ -15,6 +22,12 @@ from perovstem.insitu.register import (
 )
 
 __all__ = [
+    "CLUSTER_COLUMNS",
+    "atoms_from_scs",
+    "cluster_scs_library",
+    "detect_clusters",
+    "estimate_lattice",
+    "unit_cell_average",
     "E_CHARGE_C",
     "apply_drift",
     "assign_dose",
