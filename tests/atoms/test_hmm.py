@@ -1,0 +1,197 @@
+"""Tests of hidden-Markov time-series atom counting."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+from perovstem.atoms.hmm import (
+    _forward_backward_log,
+    _log_emission,
+    _poisson_loss_logA,
+    fit_hmm,
+    forward_backward,
+    viterbi,
+)
+from perovstem.errors import DataError, ParameterError
+
+NN = np.arange(1, 31)
+LIB_TRUE = 0.0150 * NN - 0.00006 * NN**2  # channelling-like curvature
+
+
+def _loss_series(seed, n_cols=150, n_frames=20, dose=5e4, sigma=0.003, scale=0.97):
+    rng = np.random.default_rng(seed)
+    lam = rng.uniform(2e-6, 8e-6, n_cols)  # atoms per e/A^2
+    h = np.empty((n_frames, n_cols), int)
+    h[0] = rng.integers(12, 21, n_cols)
+    for t in range(1, n_frames):
+        h[t] = np.maximum(h[t - 1] - rng.poisson(lam * dose), 1)
+    O = scale * LIB_TRUE[h - 1] + rng.normal(0, sigma, h.shape)
+    return h, O, lam
+
+
+def _brute_force_map(logB, log_init, logA):
+    """argmax over all K^T paths of one column (T small)."""
+    T, K = logB.shape
+    paths = np.array(list(itertools.product(range(K), repeat=T)))
+    lp = log_init[paths[:, 0]] + logB[0, paths[:, 0]]
+    for t in range(1, T):
+        lp = lp + logA[paths[:, t - 1], paths[:, t]] + logB[t, paths[:, t]]
+    return paths[np.argmax(lp)], lp.max()
+
+
+def test_scaled_forward_backward_equals_log_space():
+    rng = np.random.default_rng(0)
+    T, N, K = 6, 9, 7
+    logB = rng.normal(0, 30, (T, N, K))
+    A = rng.dirichlet(np.ones(K), K)
+    A[0, 3] = 0.0
+    A /= A.sum(1, keepdims=True)
+    li = np.log(rng.dirichlet(np.ones(K)))
+    with np.errstate(divide="ignore"):
+        for logA in (
+            np.log(A),
+            _poisson_loss_logA(rng.uniform(0, 2, (T - 1, N)), np.arange(3, 10)),
+        ):
+            a = forward_backward(logB, li, logA)
+            b = _forward_backward_log(logB, li, logA)
+            assert np.allclose(a[0], b[0], atol=1e-10)
+            assert np.allclose(a[1], b[1], atol=1e-8)
+            assert np.allclose(a[3], b[3], rtol=1e-10)
+
+
+def test_viterbi_equals_brute_force():
+    rng = np.random.default_rng(1)
+    T, N, K = 5, 4, 5
+    logB = rng.normal(0, 3, (T, N, K))
+    logA = np.log(rng.dirichlet(np.ones(K), K))
+    li = np.log(rng.dirichlet(np.ones(K)))
+    path, lp = viterbi(logB, li, logA)
+    for n in range(N):
+        p, best = _brute_force_map(logB[:, n], li, logA)
+        assert np.array_equal(path[:, n], p)
+        assert lp[n] == pytest.approx(best)
+
+
+def test_poisson_loss_matrix_is_stochastic_and_monotone():
+    A = np.exp(_poisson_loss_logA(np.array([0.0, 0.5, 3.0]), np.arange(1, 9)))
+    assert np.allclose(A.sum(-1), 1.0)
+    assert np.all(np.triu(A, 1) == 0)  # never gains atoms
+    assert np.allclose(A[0], np.eye(8))
+    assert A[1, 5, 4] == pytest.approx(0.5 * np.exp(-0.5))
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_dose_model_recovers_loss_rates(seed):
+    h, O, lam = _loss_series(seed)
+    dose = 5e4
+    res = fit_hmm(O, LIB_TRUE, model="dose", dose_e_per_A2=dose)
+    assert res.converged
+    assert res.scale == pytest.approx(0.97, abs=0.005)
+    assert np.mean(res.n_atoms == h) > 0.97
+    assert np.all(np.diff(res.n_atoms, axis=0) <= 0)
+    # per-column loss rate vs the realised truth (atoms lost / dose)
+    total = dose * (h.shape[0] - 1)
+    real = (h[0] - h[-1]) / total
+    ok = real * total >= 3
+    rel = np.abs(res.loss_rate[ok] - real[ok]) / real[ok]
+    assert np.mean(rel <= 0.10) >= 0.9
+    assert np.median(rel) < 0.05
+    # errors are honest: |est - truth| < 3 sigma for nearly all columns
+    assert np.mean(np.abs(res.loss_rate - real) < 3 * res.loss_rate_err) > 0.95
+    # population rate vs the simulation parameter (truncation at 1 atom lowers it a little)
+    assert res.loss_rate.mean() == pytest.approx(lam.mean(), rel=0.10)
+    ct = res.column_table()
+    assert {"loss_rate_per_e_A2", "loss_rate_err_per_e_A2", "atoms_lost"} <= set(ct.columns)
+
+
+def test_shared_rate_and_loss_model():
+    h, O, lam = _loss_series(5, n_cols=80, n_frames=15)
+    res = fit_hmm(O, LIB_TRUE, model="dose", dose_e_per_A2=5e4, rate="shared")
+    assert np.ptp(res.loss_rate) == 0
+    real = (h[0] - h[-1]).sum() / (80 * 5e4 * 14)
+    assert res.loss_rate[0] == pytest.approx(real, rel=0.1)
+    loss = fit_hmm(O, LIB_TRUE, model="loss", dose_e_per_A2=5e4)
+    assert np.all(np.triu(loss.transition, 1) == 0)
+    assert np.all(np.diff(loss.n_atoms, axis=0) <= 0)
+    assert np.mean(loss.n_atoms == h) > 0.95
+
+
+def test_free_model_random_walk_counts():
+    rng = np.random.default_rng(8)
+    T, N = 8, 120
+    h = np.empty((T, N), int)
+    h[0] = rng.integers(4, 10, N)
+    for t in range(1, T):
+        h[t] = np.clip(h[t - 1] + rng.choice([-1, 0, 1], N, p=[0.1, 0.8, 0.1]), 1, 12)
+    sigma = 0.0075  # too noisy for frame-by-frame counting
+    O = LIB_TRUE[h - 1] + rng.normal(0, sigma, h.shape)
+    frame_wise = np.argmin(np.abs(O[:, :, None] - LIB_TRUE[None, None, :15]), axis=2) + 1
+    res = fit_hmm(O, LIB_TRUE, max_states=15, max_step=1)
+    assert res.converged
+    hmm_exact = np.mean(res.n_atoms == h)
+    assert hmm_exact > np.mean(frame_wise == h) + 0.05
+    diag = np.diag(res.transition)[3:10]
+    assert np.all(diag > 0.6)
+    tab = res.table(O)
+    assert len(tab) == T * N and tab["p_n_atoms"].between(0, 1).all()
+
+
+def test_bad_input():
+    with pytest.raises(DataError, match="2 frames"):
+        fit_hmm(np.ones((1, 5)), LIB_TRUE)
+    with pytest.raises(DataError, match="2-D"):
+        fit_hmm(np.ones(5), LIB_TRUE)
+    with pytest.raises(DataError, match=">= 0"):
+        fit_hmm(-np.ones((3, 5)), LIB_TRUE)
+    with pytest.raises(ParameterError, match="dose_e_per_A2"):
+        fit_hmm(np.ones((3, 5)), LIB_TRUE, model="dose")
+    with pytest.raises(ParameterError, match="model"):
+        fit_hmm(np.ones((3, 5)), LIB_TRUE, model="gain")
+
+
+def test_example_hmm_converged_reference(statstem_data):
+    """Converged reference: the EM optimum is reached from several random starts, and the
+    Viterbi paths equal the exhaustive MAP over all 15^5 paths (checked for some columns)."""
+    d = np.load(statstem_data / "npz" / "example_HMM_input.npz")
+    O = d["O_scs_frames_by_columns"]
+    lib = d["libraries_scs"]
+    G = int(d["G_max_atoms"])
+    t0 = time.perf_counter()
+    res = fit_hmm(O, lib, max_states=G)
+    elapsed = time.perf_counter() - t0
+    assert res.converged
+    assert elapsed <= 1.0
+    # 1) a much tighter EM convergence from the same (StatSTEM) start gives the same paths
+    tight = fit_hmm(O, lib, max_states=G, tol=1e-15, max_iter=20000)
+    assert tight.converged and tight.loglik >= res.loglik - 1e-9
+    assert np.array_equal(tight.n_atoms, res.n_atoms)
+    # 2) perturbed starts near the physical prior (c ~ 1): none finds a better optimum, and all
+    #    that reach it give identical counts.  (Far starts, c ~ 0.83, reach other, self-similar
+    #    optima with different absolute counts: the library prior c ~ 1 resolves those.)
+    rng = np.random.default_rng(0)
+    w0 = (O.max() - O.min()) / (2 * G)
+    reached = 0
+    for _ in range(6):
+        init = {
+            "scale": rng.uniform(0.97, 1.03),
+            "width": w0 * rng.uniform(0.5, 2.0),
+            "transition": rng.dirichlet(np.full(G, 5.0), G),
+            "initial": rng.dirichlet(np.full(G, 5.0)),
+        }
+        alt = fit_hmm(O, lib, max_states=G, init=init)
+        assert alt.loglik <= tight.loglik + 1e-3
+        if alt.loglik > tight.loglik - 0.01:
+            reached += 1
+            assert np.array_equal(alt.n_atoms, res.n_atoms)
+    assert reached >= 2
+    # 3) Viterbi paths are the exhaustive MAP over all 15^5 paths
+    logB = _log_emission(O, res.scale * res.library, res.width)
+    with np.errstate(divide="ignore"):
+        la, li = np.log(res.transition), np.log(res.initial)
+    for n in (0, 57, 116):
+        p, _ = _brute_force_map(logB[:, n], li, la)
+        assert np.array_equal(res.states[p], res.n_atoms[:, n])
