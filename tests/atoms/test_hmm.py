@@ -29,8 +29,8 @@ def _loss_series(seed, n_cols=150, n_frames=20, dose=5e4, sigma=0.003, scale=0.9
     h[0] = rng.integers(12, 21, n_cols)
     for t in range(1, n_frames):
         h[t] = np.maximum(h[t - 1] - rng.poisson(lam * dose), 1)
-    O = scale * LIB_TRUE[h - 1] + rng.normal(0, sigma, h.shape)
-    return h, O, lam
+    obs = scale * LIB_TRUE[h - 1] + rng.normal(0, sigma, h.shape)
+    return h, obs, lam
 
 
 def _brute_force_map(logB, log_init, logA):
@@ -86,9 +86,9 @@ def test_poisson_loss_matrix_is_stochastic_and_monotone():
 
 @pytest.mark.parametrize("seed", [3, 4])
 def test_dose_model_recovers_loss_rates(seed):
-    h, O, lam = _loss_series(seed)
+    h, obs, lam = _loss_series(seed)
     dose = 5e4
-    res = fit_hmm(O, LIB_TRUE, model="dose", dose_e_per_A2=dose)
+    res = fit_hmm(obs, LIB_TRUE, model="dose", dose_e_per_A2=dose)
     assert res.converged
     assert res.scale == pytest.approx(0.97, abs=0.005)
     assert np.mean(res.n_atoms == h) > 0.97
@@ -109,12 +109,12 @@ def test_dose_model_recovers_loss_rates(seed):
 
 
 def test_shared_rate_and_loss_model():
-    h, O, lam = _loss_series(5, n_cols=80, n_frames=15)
-    res = fit_hmm(O, LIB_TRUE, model="dose", dose_e_per_A2=5e4, rate="shared")
+    h, obs, lam = _loss_series(5, n_cols=80, n_frames=15)
+    res = fit_hmm(obs, LIB_TRUE, model="dose", dose_e_per_A2=5e4, rate="shared")
     assert np.ptp(res.loss_rate) == 0
     real = (h[0] - h[-1]).sum() / (80 * 5e4 * 14)
     assert res.loss_rate[0] == pytest.approx(real, rel=0.1)
-    loss = fit_hmm(O, LIB_TRUE, model="loss", dose_e_per_A2=5e4)
+    loss = fit_hmm(obs, LIB_TRUE, model="loss", dose_e_per_A2=5e4)
     assert np.all(np.triu(loss.transition, 1) == 0)
     assert np.all(np.diff(loss.n_atoms, axis=0) <= 0)
     assert np.mean(loss.n_atoms == h) > 0.95
@@ -128,15 +128,15 @@ def test_free_model_random_walk_counts():
     for t in range(1, T):
         h[t] = np.clip(h[t - 1] + rng.choice([-1, 0, 1], N, p=[0.1, 0.8, 0.1]), 1, 12)
     sigma = 0.0075  # too noisy for frame-by-frame counting
-    O = LIB_TRUE[h - 1] + rng.normal(0, sigma, h.shape)
-    frame_wise = np.argmin(np.abs(O[:, :, None] - LIB_TRUE[None, None, :15]), axis=2) + 1
-    res = fit_hmm(O, LIB_TRUE, max_states=15, max_step=1)
+    obs = LIB_TRUE[h - 1] + rng.normal(0, sigma, h.shape)
+    frame_wise = np.argmin(np.abs(obs[:, :, None] - LIB_TRUE[None, None, :15]), axis=2) + 1
+    res = fit_hmm(obs, LIB_TRUE, max_states=15, max_step=1)
     assert res.converged
     hmm_exact = np.mean(res.n_atoms == h)
     assert hmm_exact > np.mean(frame_wise == h) + 0.05
     diag = np.diag(res.transition)[3:10]
     assert np.all(diag > 0.6)
-    tab = res.table(O)
+    tab = res.table(obs)
     assert len(tab) == T * N and tab["p_n_atoms"].between(0, 1).all()
 
 
@@ -157,23 +157,23 @@ def test_example_hmm_converged_reference(statstem_data):
     """Converged reference: the EM optimum is reached from several random starts, and the
     Viterbi paths equal the exhaustive MAP over all 15^5 paths (checked for some columns)."""
     d = np.load(statstem_data / "npz" / "example_HMM_input.npz")
-    O = d["O_scs_frames_by_columns"]
+    obs = d["O_scs_frames_by_columns"]
     lib = d["libraries_scs"]
     G = int(d["G_max_atoms"])
     t0 = time.perf_counter()
-    res = fit_hmm(O, lib, max_states=G)
+    res = fit_hmm(obs, lib, max_states=G)
     elapsed = time.perf_counter() - t0
     assert res.converged
     assert elapsed <= 1.0
     # 1) a much tighter EM convergence from the same (StatSTEM) start gives the same paths
-    tight = fit_hmm(O, lib, max_states=G, tol=1e-15, max_iter=20000)
+    tight = fit_hmm(obs, lib, max_states=G, tol=1e-15, max_iter=20000)
     assert tight.converged and tight.loglik >= res.loglik - 1e-9
     assert np.array_equal(tight.n_atoms, res.n_atoms)
     # 2) perturbed starts near the physical prior (c ~ 1): none finds a better optimum, and all
     #    that reach it give identical counts.  (Far starts, c ~ 0.83, reach other, self-similar
     #    optima with different absolute counts: the library prior c ~ 1 resolves those.)
     rng = np.random.default_rng(0)
-    w0 = (O.max() - O.min()) / (2 * G)
+    w0 = (obs.max() - obs.min()) / (2 * G)
     reached = 0
     for _ in range(6):
         init = {
@@ -182,14 +182,14 @@ def test_example_hmm_converged_reference(statstem_data):
             "transition": rng.dirichlet(np.full(G, 5.0), G),
             "initial": rng.dirichlet(np.full(G, 5.0)),
         }
-        alt = fit_hmm(O, lib, max_states=G, init=init)
+        alt = fit_hmm(obs, lib, max_states=G, init=init)
         assert alt.loglik <= tight.loglik + 1e-3
         if alt.loglik > tight.loglik - 0.01:
             reached += 1
             assert np.array_equal(alt.n_atoms, res.n_atoms)
     assert reached >= 2
     # 3) Viterbi paths are the exhaustive MAP over all 15^5 paths
-    logB = _log_emission(O, res.scale * res.library, res.width)
+    logB = _log_emission(obs, res.scale * res.library, res.width)
     with np.errstate(divide="ignore"):
         la, li = np.log(res.transition), np.log(res.initial)
     for n in (0, 57, 116):

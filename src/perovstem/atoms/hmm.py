@@ -2,7 +2,7 @@
 
 Model (De wael et al., PRL 124 (2020) 106105; De wael et al., Ultramicroscopy 219 (2020)
 113131): the number of atoms ``h[t, n]`` of column ``n`` in frame ``t`` is a Markov chain; the
-observed cross-section is ``O[t, n] ~ N(c L[h], sigma^2)`` with library values ``L`` (simulated,
+observed cross-section is ``obs[t, n] ~ N(c L[h], sigma^2)`` with library values ``L`` (simulated,
 or GMM component locations), one scale ``c`` and one width ``sigma``.  Parameters are estimated
 by Baum-Welch EM (log-space, forward-backward vectorised over columns), counts are Viterbi paths.
 
@@ -180,8 +180,8 @@ def viterbi(
     return path, lp
 
 
-def _log_emission(O: np.ndarray, means: np.ndarray, sigma: float) -> np.ndarray:
-    z = (O[:, :, None] - means[None, None, :]) / sigma
+def _log_emission(obs: np.ndarray, means: np.ndarray, sigma: float) -> np.ndarray:
+    z = (obs[:, :, None] - means[None, None, :]) / sigma
     return -0.5 * z * z - np.log(sigma) - 0.5 * np.log(2 * np.pi)
 
 
@@ -308,12 +308,12 @@ class HMMResult:
 
 
 # --------------------------------------------------------------------------- fitting
-def _check_O(O: Any) -> np.ndarray:
+def _check_obs(obs: Any) -> np.ndarray:
     try:
-        a = np.array(O, dtype=np.float64)
+        a = np.array(obs, dtype=np.float64)
     except (TypeError, ValueError):
         raise DataError(
-            f"`scs` must be a numeric (frames, columns) array, got {type(O).__name__}"
+            f"`scs` must be a numeric (frames, columns) array, got {type(obs).__name__}"
         ) from None
     if a.ndim != 2 or a.size == 0:
         raise DataError(
@@ -370,7 +370,7 @@ def fit_hmm(
     init : dict, optional
         Starting values: ``scale``, ``width``, ``transition`` (K,K), ``initial`` (K,),
         ``loss_rate`` (float or (N,)).  Defaults follow StatSTEM: ``c = 1``,
-        ``sigma = (max O - min O) / (2K)``, uniform ``pi`` and ``A`` (over allowed moves).
+        ``sigma = (max obs - min obs) / (2K)``, uniform ``pi`` and ``A`` (over allowed moves).
     max_iter, tol : int, float
         EM stops when ``|ΔLL / LL| < tol`` or after ``max_iter`` cycles.
 
@@ -378,8 +378,8 @@ def fit_hmm(
     -------
     HMMResult
     """
-    O = _check_O(scs)
-    T, N = O.shape
+    obs = _check_obs(scs)
+    T, N = obs.shape
     if model not in ("free", "loss", "dose"):
         raise ParameterError(f"`model` must be one of ['dose', 'free', 'loss'], got {model!r}")
     if rate not in ("column", "shared"):
@@ -408,9 +408,9 @@ def fit_hmm(
     init = dict(init or {})
 
     c = float(init.get("scale", 1.0))
-    sigma = float(init.get("width", (O.max() - O.min()) / (2 * K)))
+    sigma = float(init.get("width", (obs.max() - obs.min()) / (2 * K)))
     if not sigma > 0:
-        sigma = max(float(np.std(O)), 1e-12)
+        sigma = max(float(np.std(obs)), 1e-12)
     pi = np.asarray(init.get("initial", np.full(K, 1.0 / K)), dtype=float)
     i, j = np.indices((K, K))
     allowed = np.ones((K, K), bool)
@@ -439,7 +439,7 @@ def fit_hmm(
     it = 0
     logA = trans_log()
     for it in range(1, max_iter + 1):  # noqa: B007
-        logB = _log_emission(O, c * L, sigma)
+        logB = _log_emission(obs, c * L, sigma)
         with np.errstate(divide="ignore"):
             lpi = np.log(pi)
         gamma, xi_sum, xi_t, ll_n = forward_backward(logB, lpi, logA)
@@ -465,14 +465,14 @@ def fit_hmm(
                 A[empty] = (allowed / allowed.sum(1, keepdims=True))[empty]
         gl = gamma * L[None, None, :]
         if fit_scale:
-            c = float(np.sum(gl * O[:, :, None]) / np.sum(gl * L[None, None, :]))
+            c = float(np.sum(gl * obs[:, :, None]) / np.sum(gl * L[None, None, :]))
         sigma = float(
-            np.sqrt(np.sum(gamma * (O[:, :, None] - c * L[None, None, :]) ** 2) / gamma.sum())
+            np.sqrt(np.sum(gamma * (obs[:, :, None] - c * L[None, None, :]) ** 2) / gamma.sum())
         )
         sigma = max(sigma, 1e-12 * float(np.ptp(L)))
         logA = trans_log()
 
-    logB = _log_emission(O, c * L, sigma)
+    logB = _log_emission(obs, c * L, sigma)
     with np.errstate(divide="ignore"):
         lpi = np.log(pi)
     gamma, _, xi_t, ll_n = forward_backward(logB, lpi, logA)
