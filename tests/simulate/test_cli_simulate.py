@@ -1,0 +1,96 @@
+"""`perovstem simulate image`: writes the image and the truth table; bad input exits 2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from perovstem.cli.main import main
+
+
+def test_simulate_image_writes_image_and_truth(tmp_path):
+    out = tmp_path / "img.tif"
+    rc = main(
+        [
+            "simulate",
+            "image",
+            "--out",
+            str(out),
+            "--edge-A",
+            "25",
+            "--dose",
+            "5e3",
+            "--seed",
+            "3",
+            "--pb-cluster",
+            "12",
+            "--cluster-site",
+            "edge",
+            "--gain",
+            "2",
+            "--offset",
+            "10",
+        ]
+    )
+    assert rc == 0
+    from perovstem.io import load, read_table
+
+    img = load(out)
+    truth = read_table(tmp_path / "img_truth.parquet")
+    assert img.pixel_size_A == pytest.approx(0.25)
+    assert {"x_A", "y_A", "type", "n_atoms", "scs_A2"} <= set(truth.columns)
+    assert truth["n_Pb0"].sum() == 12
+    # counts follow the contract: (counts - offset)/gain are whole electrons, mean ≈ dose Σ SCS
+    e = (np.asarray(img.data, dtype=float) - 10) / 2
+    assert np.allclose(e, np.round(e))
+    assert e.sum() == pytest.approx(5e3 * truth["scs_A2"].sum(), rel=0.03)
+    # same seed -> same image; existing output is not overwritten silently
+    assert main(["simulate", "image", "--out", str(out), "--edge-A", "25", "--seed", "3"]) == 2
+    out2 = tmp_path / "b.npz"
+    assert (
+        main(
+            [
+                "simulate",
+                "image",
+                "--out",
+                str(out2),
+                "--edge-A",
+                "25",
+                "--dose",
+                "5e3",
+                "--seed",
+                "3",
+                "--pb-cluster",
+                "12",
+                "--cluster-site",
+                "edge",
+                "--gain",
+                "2",
+                "--offset",
+                "10",
+                "--truth",
+                str(tmp_path / "t.csv"),
+            ]
+        )
+        == 0
+    )
+    assert np.array_equal(np.asarray(load(out2).data), np.asarray(img.data))
+    assert (tmp_path / "t.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--dose", "-1"],
+        ["--cd-fraction", "1.5"],
+        ["--zone-axis", "123"],
+        ["--edge-A", "2"],
+        ["--voltage-kV", "80"],
+    ],
+)
+def test_simulate_image_bad_input_exits_2(tmp_path, args, capsys):
+    rc = main(["simulate", "image", "--out", str(tmp_path / "x.tif"), *args])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "error" in err and args[1] in err
+    assert not (tmp_path / "x.tif").exists()
