@@ -11,7 +11,20 @@ Public API (see ``docs/CONTRACTS.md``):
 
 from __future__ import annotations
 
+from perovstem.atoms.cell import ProjectedCell, cspbbr3_001_cell
+from perovstem.atoms.find import estimate_lattice, find_columns, find_peaks, fit_lattice_vectors
 from perovstem.atoms.fit import FIT_COLUMNS, fit_columns, model_image
 from perovstem.atoms.normalize import normalize_image
 
-__all__ = ["FIT_COLUMNS", "fit_columns", "model_image", "normalize_image"]
+__all__ = [
+    "FIT_COLUMNS",
+    "ProjectedCell",
+    "cspbbr3_001_cell",
+    "estimate_lattice",
+    "find_columns",
+    "find_peaks",
+    "fit_columns",
+    "fit_lattice_vectors",
+    "model_image",
+    "normalize_image",
+]

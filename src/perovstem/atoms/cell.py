@@ -1,0 +1,104 @@
+"""Projected unit cells (StatSTEM ``Database/*.txt`` model) and the built-in CsPbBr3 [001] cell."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from perovstem._validation import check_positive, check_range
+from perovstem.errors import DataError
+
+__all__ = ["ProjectedCell", "cspbbr3_001_cell"]
+
+
+@dataclass(frozen=True, eq=False)
+class ProjectedCell:
+    """A 2-D projected unit cell: lattice lengths, angle and the columns it contains.
+
+    Parameters
+    ----------
+    a_A, b_A : float
+        In-plane lattice lengths, Å.
+    angle_deg : float
+        Angle between a and b, degrees.
+    sites : DataFrame
+        One row per column in the cell: ``type`` (str), fractional ``u, v`` in [0, 1) and the
+        fractional depth ``z`` of its first atom (StatSTEM ``zInfo``; 0 if unknown).
+    c_A : float, optional
+        Repeat distance along the beam, Å (atoms per column = thickness / c_A).
+    name : str
+        Label.
+    """
+
+    a_A: float
+    b_A: float
+    angle_deg: float = 90.0
+    sites: pd.DataFrame = field(default_factory=pd.DataFrame)
+    c_A: float | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "a_A", check_positive("a_A", self.a_A))
+        object.__setattr__(self, "b_A", check_positive("b_A", self.b_A))
+        object.__setattr__(self, "angle_deg", check_range("angle_deg", self.angle_deg, 1, 179))
+        s = pd.DataFrame(self.sites).copy()
+        for col in ("type", "u", "v"):
+            if col not in s.columns:
+                raise DataError(f"`sites` needs columns type, u, v; got {list(s.columns)}")
+        if len(s) == 0:
+            raise DataError("`sites` is empty: a projected cell needs at least one column")
+        if "z" not in s.columns:
+            s["z"] = 0.0
+        s["type"] = s["type"].astype(str)
+        s["u"] = np.mod(s["u"].astype(float), 1.0)
+        s["v"] = np.mod(s["v"].astype(float), 1.0)
+        object.__setattr__(self, "sites", s.reset_index(drop=True))
+
+    @property
+    def types(self) -> list[str]:
+        """Column types in order of first appearance."""
+        return list(dict.fromkeys(self.sites["type"]))
+
+    def vectors(self, rotation_deg: float = 0.0) -> np.ndarray:
+        """Lattice vectors as rows ``[[ax, ay], [bx, by]]`` in Å, a rotated by ``rotation_deg``."""
+        t = np.deg2rad(rotation_deg)
+        g = np.deg2rad(self.angle_deg)
+        a = self.a_A * np.array([np.cos(t), np.sin(t)])
+        b = self.b_A * np.array([np.cos(t + g), np.sin(t + g)])
+        return np.vstack([a, b])
+
+    def min_distance_A(self, type_: str | None = None) -> float:
+        """Smallest distance between two columns (of one type, if given) in the infinite lattice."""
+        s = self.sites if type_ is None else self.sites[self.sites["type"] == type_]
+        uv = s[["u", "v"]].to_numpy()
+        vec = self.vectors()
+        best = np.inf
+        shifts = np.array([(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)], dtype=float)
+        for p in range(len(uv)):
+            for q in range(len(uv)):
+                d = (uv[q] - uv[p])[None, :] + shifts
+                if p == q:
+                    d = d[np.any(d != 0, axis=1)]
+                r = np.linalg.norm(d @ vec, axis=1)
+                best = min(best, float(r.min()))
+        return best
+
+
+def cspbbr3_001_cell(a_A: float = 5.87) -> ProjectedCell:
+    """Pseudo-cubic CsPbBr3 viewed along [001]: Pb–Br column at (0, 0), Br columns at
+    (½, 0) and (0, ½), Cs column at (½, ½); column types ``"PbBr"``, ``"Br"``, ``"Cs"``.
+
+    ``a_A`` defaults to the cubic high-temperature value 5.87 Å (DESIGN.md); the orthorhombic
+    room-temperature cell projects to a ≈ 5.8–5.9 Å pseudo-cubic sub-cell.
+    """
+    sites = pd.DataFrame(
+        {
+            "type": ["PbBr", "Br", "Br", "Cs"],
+            "u": [0.0, 0.5, 0.0, 0.5],
+            "v": [0.0, 0.0, 0.5, 0.5],
+            "z": [0.0, 0.5, 0.5, 0.5],
+        }
+    )
+    return ProjectedCell(a_A, a_A, 90.0, sites, c_A=a_A, name="CsPbBr3 [001] (pseudo-cubic)")

@@ -1,0 +1,398 @@
+"""Atom-column detection: peaks, lattice estimation and sublattice-aware detection from a cell.
+
+* :func:`find_peaks` — Gaussian-smoothed local maxima with a minimum separation and an
+  automatic noise-based threshold (sub-pixel by a 3×3 quadratic fit).
+* :func:`estimate_lattice` — the two shortest strong lattice vectors from the image's power
+  spectrum (FFT), refined on the peaks.
+* :func:`find_columns` — with a projected unit cell: fit the lattice on the brightest
+  sublattice, place every site of the cell, keep the sites where a column is present (adds
+  columns the peak finder missed, drops spurious peaks between sites), types from the cell;
+  without a cell: peaks typed by intensity (k-means in 1-D).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from perovstem._data import Image
+from perovstem._validation import check_positive
+from perovstem.atoms._inputs import as_image, px_to_A
+from perovstem.atoms.cell import ProjectedCell
+from perovstem.errors import DataError, ParameterError
+
+__all__ = ["find_peaks", "estimate_lattice", "find_columns", "fit_lattice_vectors"]
+
+
+def _robust_noise(img: np.ndarray) -> float:
+    """Pixel noise σ: MAD of (image − Gaussian(1 px) smoothed image) over the darker half.
+
+    The darker half avoids the column peaks, where curvature of the signal would inflate the
+    estimate; the factor corrects for the smoothing (var(d) = σ²(1 − 2w₀ + Σw²)).
+    """
+    sm = ndimage.gaussian_filter(img, 1.0, mode="nearest")
+    d = (img - sm)[sm <= np.median(sm)]
+    mad = float(np.median(np.abs(d - np.median(d))))
+    return 1.4826 * mad / np.sqrt(1.0 - 2.0 / (2 * np.pi) + 1.0 / (4 * np.pi)) or 1e-12
+
+
+def find_peaks(
+    image: Image | np.ndarray,
+    *,
+    separation_A: float | None = None,
+    sigma_A: float | None = None,
+    threshold: float | None = None,
+    min_snr: float = 5.0,
+    pixel_size_A: float | None = None,
+) -> pd.DataFrame:
+    """Local maxima of the Gaussian-smoothed image, at least ``separation_A`` apart.
+
+    Parameters
+    ----------
+    image : Image or (M, N) ndarray
+    separation_A : float, optional
+        Minimum distance between peaks, Å (default: 0.6 × the shortest lattice vector of
+        :func:`estimate_lattice`).
+    sigma_A : float, optional
+        Smoothing σ, Å (default separation/6, at least 0.5 px).
+    threshold : float, optional
+        Minimum smoothed height above the background (image units).  Default: ``min_snr``
+        times the noise of the smoothed image.
+    min_snr : float
+        Used for the default threshold.
+
+    Returns
+    -------
+    DataFrame
+        ``x_A, y_A, height`` (smoothed height above the background), sorted by height.
+    """
+    img = as_image(image, pixel_size_A)
+    data = np.asarray(img.data, dtype=float)
+    dx = img.pixel_size_A
+    if separation_A is None:
+        vec = estimate_lattice(img)
+        separation_A = 0.6 * float(np.min(np.linalg.norm(vec, axis=1)))
+    sep = check_positive("separation_A", separation_A) / dx
+    if sep < 1.0:
+        raise ParameterError(
+            f"`separation_A` must be at least one pixel ({dx} Å), got {separation_A!r}"
+        )
+    sig = max(0.5, (sigma_A / dx) if sigma_A is not None else sep / 6.0)
+    sm = ndimage.gaussian_filter(data, sig, mode="nearest")
+    bg = float(np.percentile(sm, 5))
+    noise = _robust_noise(data) / (2.0 * np.sqrt(np.pi) * sig)  # σ of the smoothed image
+    thr = float(threshold) if threshold is not None else min_snr * noise
+    r = int(np.floor(sep))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    foot = xx**2 + yy**2 <= sep**2
+    mx = ndimage.maximum_filter(sm, footprint=foot, mode="nearest")
+    peak = (sm == mx) & (sm - bg > thr)
+    peak[[0, -1], :] = False
+    peak[:, [0, -1]] = False
+    ii, jj = np.nonzero(peak)
+    if ii.size == 0:
+        return pd.DataFrame({"x_A": [], "y_A": [], "height": []})
+    # sub-pixel: quadratic through the 3x3 neighbourhood
+    c = sm[ii, jj]
+    dxp = 0.5 * (sm[ii, jj + 1] - sm[ii, jj - 1])
+    dyp = 0.5 * (sm[ii + 1, jj] - sm[ii - 1, jj])
+    dxx = sm[ii, jj + 1] - 2 * c + sm[ii, jj - 1]
+    dyy = sm[ii + 1, jj] - 2 * c + sm[ii - 1, jj]
+    ox = np.where(dxx < 0, -dxp / np.where(dxx < 0, dxx, -1), 0.0).clip(-0.5, 0.5)
+    oy = np.where(dyy < 0, -dyp / np.where(dyy < 0, dyy, -1), 0.0).clip(-0.5, 0.5)
+    xy = px_to_A(np.column_stack([jj + ox, ii + oy]), img)
+    # plateaus can give several equal maxima: keep one per separation disk
+    order = np.argsort(-c, kind="stable")
+    xy, c = xy[order], c[order]
+    keep = np.ones(len(c), dtype=bool)
+    tree = cKDTree(xy)
+    for a, b in tree.query_pairs(0.999 * sep * dx):
+        if keep[a] and keep[b]:
+            keep[max(a, b)] = False
+    df = pd.DataFrame({"x_A": xy[keep, 0], "y_A": xy[keep, 1], "height": c[keep] - bg})
+    df.attrs.update(
+        separation_A=float(sep * dx), sigma_A=float(sig * dx), threshold=thr, pixel_size_A=dx
+    )
+    return df.reset_index(drop=True)
+
+
+def estimate_lattice(image: Image | np.ndarray, *, pixel_size_A: float | None = None) -> np.ndarray:
+    """Two shortest strong, non-collinear lattice vectors from the power spectrum, Å.
+
+    Returns
+    -------
+    (2, 2) ndarray
+        Rows are real-space lattice vectors ``(x, y)`` in Å.
+
+    Raises
+    ------
+    DataError
+        No periodicity found.
+    """
+    img = as_image(image, pixel_size_A)
+    data = np.asarray(img.data, dtype=float)
+    ny, nx = data.shape
+    win = np.outer(np.hanning(ny), np.hanning(nx))
+    f = np.fft.fftshift(np.abs(np.fft.fft2((data - data.mean()) * win)) ** 2)
+    f = ndimage.gaussian_filter(f, 0.7)
+    cy, cx = ny // 2, nx // 2
+    ky = (np.arange(ny) - cy) / ny
+    kx = (np.arange(nx) - cx) / nx
+    kk = np.hypot(*np.meshgrid(ky, kx, indexing="ij"))
+    f[kk < 3.0 / min(ny, nx)] = 0.0  # DC and slow background
+    mx = ndimage.maximum_filter(f, size=5)
+    pk = (f == mx) & (f > 0)
+    ii, jj = np.nonzero(pk)
+    p = f[ii, jj]
+    strong = p >= 0.08 * p.max() if p.size else p.astype(bool)
+    ii, jj = ii[strong], jj[strong]
+    if ii.size < 2:
+        raise DataError("no lattice periodicity found in the image power spectrum")
+    kv = np.column_stack([kx[jj], ky[ii]])  # cycles per pixel, (kx, ky)
+    kv = kv[kv[:, 1] > 0 | ((kv[:, 1] == 0) & (kv[:, 0] > 0))] if kv.shape[0] > 2 else kv
+    ln = np.linalg.norm(kv, axis=1)
+    order = np.argsort(ln)
+    k1 = kv[order[0]]
+    k2 = None
+    for o in order[1:]:
+        c = abs(np.dot(k1, kv[o])) / (ln[order[0]] * ln[o])
+        if c < 0.9:
+            k2 = kv[o]
+            break
+    if k2 is None:
+        raise DataError("only one lattice direction found in the image power spectrum")
+    real = np.linalg.inv(np.vstack([k1, k2])).T  # rows: real-space vectors in px
+    return _reduce_basis(real * img.pixel_size_A)
+
+
+def _reduce_basis(v: np.ndarray) -> np.ndarray:
+    """Lagrange–Gauss reduction of a 2-D lattice basis (shortest, most orthogonal pair)."""
+    a, b = np.array(v[0], float), np.array(v[1], float)
+    for _ in range(100):
+        if a @ a > b @ b:
+            a, b = b, a
+        m = np.round((a @ b) / (a @ a))
+        if m == 0:
+            break
+        b = b - m * a
+    return np.vstack([a, b])
+
+
+def fit_lattice_vectors(
+    xy_A: np.ndarray, vectors_A: np.ndarray, origin_A: np.ndarray, *, tol: float = 0.25
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares lattice ``origin + h·a + k·b`` through points (indexed by rounding).
+
+    Returns ``(origin_A (2,), vectors_A (2, 2), hk (N, 2) int, NaN-free only for inliers)``.
+    """
+    vec = np.asarray(vectors_A, float)
+    org = np.asarray(origin_A, float)
+    hk = np.zeros((0, 2), dtype=int)
+    inl = np.zeros(len(xy_A), bool)
+    for _ in range(3):
+        frac = (xy_A - org) @ np.linalg.inv(vec)
+        hk = np.round(frac).astype(int)
+        inl = np.all(np.abs(frac - hk) < tol, axis=1)
+        if inl.sum() < 3:
+            break
+        a_mat = np.column_stack([np.ones(inl.sum()), hk[inl]])
+        sol, *_ = np.linalg.lstsq(a_mat, xy_A[inl], rcond=None)
+        org, vec = sol[0], sol[1:3]
+    return org, vec, np.where(inl[:, None], hk, np.iinfo(np.int64).min)
+
+
+def _kmeans_1d(v: np.ndarray, k: int) -> np.ndarray:
+    cent = np.quantile(v, (np.arange(k) + 0.5) / k)
+    lab = np.zeros(v.size, dtype=int)
+    for _ in range(50):
+        lab = np.argmin(np.abs(v[:, None] - cent[None]), axis=1)
+        new = np.array([v[lab == i].mean() if np.any(lab == i) else cent[i] for i in range(k)])
+        if np.allclose(new, cent):
+            break
+        cent = new
+    return np.argsort(np.argsort(-cent))[lab]  # 0 = brightest
+
+
+def find_columns(
+    image: Image | np.ndarray,
+    *,
+    cell: ProjectedCell | None = None,
+    reference_type: str | None = None,
+    separation_A: float | None = None,
+    n_types: int = 1,
+    type_names: list[str] | None = None,
+    min_snr: float = 5.0,
+    presence_fraction: float = 0.25,
+    pixel_size_A: float | None = None,
+) -> pd.DataFrame:
+    """Find atom columns, sublattice-aware when a projected unit cell is given.
+
+    Parameters
+    ----------
+    image : Image or (M, N) ndarray
+    cell : ProjectedCell, optional
+        Projected unit cell (e.g. :func:`cspbbr3_001_cell` or
+        :func:`perovstem.io.statstem_db.read_statstem_cell`).  Its lattice is fitted to the
+        peaks of ``reference_type`` (default: the first site of the cell, the brightest
+        column), every site is placed, and a site is kept when its local contrast reaches
+        ``presence_fraction`` of the typical contrast of that type (so missing columns are
+        added and spurious peaks between sites dropped).  The cell's a, b set the separation.
+    reference_type : str, optional
+        Column type of the cell used to fit the lattice.
+    separation_A : float, optional
+        Peak separation when no cell is given (default from :func:`estimate_lattice`).
+    n_types, type_names
+        Without a cell: split the peaks into ``n_types`` intensity classes (brightest first),
+        named ``type_names`` (default ``"type0"``, ...).
+    min_snr : float
+        Peak-finding threshold in noise units.
+    presence_fraction : float
+        Fraction of a type's typical contrast a site needs to count as a column.
+
+    Returns
+    -------
+    DataFrame
+        ``x_A, y_A, type, contrast`` (+ ``h, k, site`` with a cell); ``df.attrs`` holds the
+        fitted ``lattice_vectors_A`` and ``lattice_origin_A`` when a cell is used.
+
+    Raises
+    ------
+    DataError
+        No peaks found.
+    ParameterError
+        ``reference_type`` not in the cell, bad ``n_types``.
+    """
+    img = as_image(image, pixel_size_A)
+    data = np.asarray(img.data, dtype=float)
+    dx = img.pixel_size_A
+    if cell is None:
+        if int(n_types) < 1:
+            raise ParameterError(f"`n_types` must be >= 1, got {n_types!r}")
+        pk = find_peaks(img, separation_A=separation_A, min_snr=min_snr)
+        if len(pk) == 0:
+            raise DataError("no atom columns found (no peaks above the threshold)")
+        names = type_names or [f"type{i}" for i in range(int(n_types))]
+        if len(names) != int(n_types):
+            raise ParameterError(f"`type_names` must have {n_types} names, got {names!r}")
+        lab = (
+            _kmeans_1d(pk["height"].to_numpy(), int(n_types))
+            if n_types > 1
+            else np.zeros(len(pk), int)
+        )
+        out = pd.DataFrame(
+            {
+                "x_A": pk.x_A,
+                "y_A": pk.y_A,
+                "type": np.array(names, dtype=object)[lab],
+                "contrast": pk.height,
+            }
+        )
+        out.attrs.update(pixel_size_A=dx, separation_A=pk.attrs["separation_A"])
+        return out
+
+    ref = reference_type if reference_type is not None else cell.sites["type"].iloc[0]
+    if ref not in cell.types:
+        raise ParameterError(
+            f"`reference_type` {ref!r} is not a column type of the cell {cell.types}"
+        )
+    dmin_ref = cell.min_distance_A(ref)
+    pk = find_peaks(img, separation_A=0.75 * dmin_ref, min_snr=min_snr)
+    if len(pk) < 3:
+        raise DataError(f"no atom columns found: only {len(pk)} peak(s) above the threshold")
+    xy = pk[["x_A", "y_A"]].to_numpy()
+    # keep the brightest population (the reference sublattice)
+    hgt = pk.height.to_numpy()
+    bright = hgt >= 0.5 * np.median(hgt[hgt >= np.quantile(hgt, 0.5)])
+    xyb = xy[bright]
+    # rotation of the cell from nearest-neighbour vectors of the reference sublattice
+    tree = cKDTree(xyb)
+    pairs = tree.query_pairs(1.2 * max(cell.a_A, cell.b_A), output_type="ndarray")
+    dv = xyb[pairs[:, 1]] - xyb[pairs[:, 0]] if len(pairs) else np.zeros((0, 2))
+    ln = np.linalg.norm(dv, axis=1)
+    sel = np.abs(ln - cell.a_A) < 0.15 * cell.a_A
+    if sel.sum() < 2:
+        raise DataError(
+            f"could not fit the cell lattice: no peak pairs at a = {cell.a_A:.3f} Å "
+            f"(found {len(xyb)} reference peaks); check the pixel size and the cell"
+        )
+    ang = np.arctan2(dv[sel, 1], dv[sel, 0])
+    # angles modulo the cell symmetry (2-fold for general cells); use a circular mean of 2θ/4θ
+    sym = 4 if (abs(cell.angle_deg - 90) < 1 and abs(cell.a_A - cell.b_A) < 0.02 * cell.a_A) else 2
+    rot = np.angle(np.mean(np.exp(1j * sym * ang))) / sym
+    centre = np.array([np.mean(xyb[:, 0]), np.mean(xyb[:, 1])])
+    o0 = xyb[np.argmin(np.linalg.norm(xyb - centre, axis=1))]
+    best = None
+    for flip in (1.0, -1.0):
+        v = cell.vectors(np.rad2deg(rot))
+        v[1] *= 1.0 if flip > 0 else 1.0
+        if flip < 0:
+            v = np.vstack([v[0], -v[1]])  # other handedness
+        org, vec, hk = fit_lattice_vectors(xyb, v, o0)
+        ok = hk[:, 0] != np.iinfo(np.int64).min
+        score = ok.sum()
+        if best is None or score > best[0]:
+            best = (score, org, vec)
+    _, org, vec = best
+    # reference site offset: the ref site's (u, v) sits at the fitted origin
+    s0 = cell.sites[cell.sites["type"] == ref][["u", "v"]].to_numpy()[0]
+    # all candidate sites inside the image
+    ny, nx = data.shape
+    corners = px_to_A(np.array([[0, 0], [nx - 1, 0], [0, ny - 1], [nx - 1, ny - 1]], float), img)
+    inv = np.linalg.inv(vec)
+    fr = (corners - org) @ inv
+    h0, k0 = np.floor(fr.min(axis=0)) - 1
+    h1, k1 = np.ceil(fr.max(axis=0)) + 1
+    hh, kk = np.meshgrid(np.arange(h0, h1 + 1), np.arange(k0, k1 + 1), indexing="ij")
+    hh, kk = hh.ravel(), kk.ravel()
+    rows = []
+    for si, site in cell.sites.iterrows():
+        duv = np.array([site.u, site.v]) - s0
+        pos = org + (np.column_stack([hh, kk]) + duv) @ vec
+        rows.append(
+            pd.DataFrame(
+                {
+                    "x_A": pos[:, 0],
+                    "y_A": pos[:, 1],
+                    "type": site.type,
+                    "h": hh.astype(int),
+                    "k": kk.astype(int),
+                    "site": si,
+                }
+            )
+        )
+    cand = pd.concat(rows, ignore_index=True)
+    pxy = (cand[["x_A", "y_A"]].to_numpy() - np.asarray(img.origin_A)) / dx
+    inside = (pxy[:, 0] >= 0) & (pxy[:, 0] <= nx - 1) & (pxy[:, 1] >= 0) & (pxy[:, 1] <= ny - 1)
+    cand, pxy = cand[inside].reset_index(drop=True), pxy[inside]
+    # local contrast: mean in a small disk minus the image background
+    dmin = cell.min_distance_A()
+    r_in = max(1.0, 0.2 * dmin / dx)
+    sm = ndimage.gaussian_filter(data, max(0.5, r_in / 2))
+    bg = float(np.percentile(sm, 5))
+    con = ndimage.map_coordinates(sm, [pxy[:, 1], pxy[:, 0]], order=1) - bg
+    noise = _robust_noise(data) / (2.0 * np.sqrt(np.pi) * max(0.5, r_in / 2))
+    keep = np.zeros(len(cand), bool)
+    for t in cell.types:
+        m = (cand["type"] == t).to_numpy()
+        c = con[m]
+        if c.size == 0:
+            continue
+        top = c[c >= np.quantile(c, 0.5)]
+        typical = float(np.median(top))
+        thr = max(presence_fraction * typical, min_snr * noise)
+        keep[m] = c > thr
+    out = cand[keep].copy()
+    out["contrast"] = con[keep]
+    if len(out) == 0:
+        raise DataError("no atom columns found at the sites of the cell")
+    out = out.reset_index(drop=True)
+    out.attrs.update(
+        pixel_size_A=dx,
+        lattice_vectors_A=vec.tolist(),
+        lattice_origin_A=org.tolist(),
+        cell=cell.name,
+        reference_type=ref,
+    )
+    return out
