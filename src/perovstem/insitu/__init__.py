@@ -20,6 +20,7 @@ from perovstem.insitu.register import (
     phase_correlate,
     register_drift,
 )
+from perovstem.insitu.tracking import lineage_events, track_clusters
 
 __all__ = [
     "CLUSTER_COLUMNS",
@@ -28,6 +29,8 @@ __all__ = [
     "detect_clusters",
     "estimate_lattice",
     "unit_cell_average",
+    "lineage_events",
+    "track_clusters",
     "E_CHARGE_C",
     "apply_drift",
     "assign_dose",

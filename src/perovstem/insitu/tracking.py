@@ -1,0 +1,392 @@
+"""Tracking of Pb clusters over frames, with births (nucleation), deaths and merges.
+
+Linking is the linear-assignment-problem (LAP) tracker of Jaqaman et al., Nat. Methods 5,
+695 (2008): frame-to-frame assignment, then gap closing and merging of segments, as
+implemented by ``laptrack`` (Fukai & Kawaguchi, Bioinformatics 39, btac799 (2023)).
+
+A coalescence in projection shows up as two tracks ending where one continues (or a new one
+starts) with about the summed size.  The LAP proposals are checked against mass
+conservation: a merge is kept when the atom count after it is at least
+``merge_mass_fraction`` of the sum of the parents' counts, so a cluster that fades away
+next to another one is recorded as a death, not a merge.
+
+Output follows the KMC convention (:func:`perovstem.simulate.degradation_kmc`): after a
+merge a new track starts whose ``parents`` are the merged tracks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from perovstem._validation import check_positive
+from perovstem.errors import DataError, ParameterError
+
+__all__ = ["track_clusters", "lineage_events"]
+
+
+def _check_table(df: pd.DataFrame, cols: list[str]) -> None:
+    if not isinstance(df, pd.DataFrame):
+        raise DataError(f"`clusters` must be a DataFrame, got {type(df).__name__}")
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise DataError(f"`clusters` lacks column(s) {missing} (has {list(df.columns)})")
+    bad = ~np.isfinite(df[cols].to_numpy(float))
+    if bad.any():
+        raise DataError(f"`clusters` has {int(bad.sum())} non-finite value(s) in {cols}")
+
+
+def track_clusters(
+    clusters: pd.DataFrame,
+    *,
+    max_step_A: float = 8.0,
+    merge_distance_A: float | None = None,
+    gap_frames: int = 1,
+    size_column: str | None = "n_atoms",
+    merge_mass_fraction: float = 0.7,
+    size_rel_err: float = 0.05,
+    method: str = "mass",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Link per-frame cluster detections into tracks and a lineage with merges.
+
+    Parameters
+    ----------
+    clusters : DataFrame
+        One row per cluster per frame with ``frame, x_A, y_A`` (and ``size_column``), e.g.
+        the concatenated output of :func:`detect_clusters` on drift-corrected frames.
+    max_step_A : float
+        Largest displacement of a cluster between consecutive frames, Å.
+    merge_distance_A : float, optional
+        Largest distance between the last position of a merging cluster and the merged
+        cluster, Å (default: ``2 * max_step_A``).
+    gap_frames : int
+        Frames a cluster may be missed and still be re-linked (0: no gap closing).
+    size_column : str or None
+        Column with the cluster size (atoms) used to test merges by mass conservation;
+        ``None`` accepts every LAP merge.
+    merge_mass_fraction : float
+        A merge is kept when the growth of the continuing cluster is at least this
+        fraction of the atoms of the clusters that end (within ``size_rel_err``).
+    size_rel_err : float
+        Relative standard error of the sizes (2σ tolerance of the mass check).
+    method : {"mass", "laptrack"}
+        ``"mass"`` (default): frame-to-frame LAP (squared distance plus a size-change
+        penalty), then every track that ends is tested as a merge partner of the nearest
+        cluster of the next frame that can hold its atoms (within the two radii plus
+        ``merge_distance_A``) — coalescing clusters move to their centre of mass, which
+        can be farther than ``max_step_A`` from either parent.  ``"laptrack"``: laptrack's
+        segment merging, then the same mass check.
+
+    Returns
+    -------
+    tracks : DataFrame
+        The input rows with ``track_id`` (one id per segment between events).
+    lineage : DataFrame
+        One row per track: ``track_id, parents (list), start_frame, end_frame, origin
+        ("first_frame"|"nucleation"|"merge"), fate ("alive"|"merged"|"death"), merged_into,
+        n_atoms_start, n_atoms_end, x_start_A, y_start_A``.  ``attrs['n_merges']``.
+    """
+    need = ["frame", "x_A", "y_A"] + ([size_column] if size_column else [])
+    _check_table(clusters, need)
+    max_step_A = check_positive("max_step_A", max_step_A)
+    merge_d = (
+        2 * max_step_A
+        if merge_distance_A is None
+        else check_positive("merge_distance_A", merge_distance_A)
+    )
+    if int(gap_frames) != gap_frames or gap_frames < 0:
+        raise ParameterError(f"`gap_frames` must be an integer >= 0, got {gap_frames!r}")
+    check_positive("merge_mass_fraction", merge_mass_fraction)
+    df = clusters.reset_index(drop=True).copy()
+    if (df["frame"] != np.round(df["frame"])).any() or (df["frame"] < 0).any():
+        raise DataError("`clusters.frame` must hold non-negative integer frame indices")
+    df["frame"] = df["frame"].astype(int)
+    if method not in ("mass", "laptrack"):
+        raise ParameterError(f"`method` must be 'mass' or 'laptrack', got {method!r}")
+    if df.empty:
+        tr = df.assign(track_id=pd.Series(dtype=int))
+        return tr, _empty_lineage()
+    if method == "mass":
+        return _track_mass(
+            df,
+            max_step_A,
+            merge_d if merge_distance_A is not None else 4.0,
+            int(gap_frames),
+            size_column,
+            merge_mass_fraction,
+            size_rel_err,
+        )
+    from laptrack import LapTrack
+
+    lt = LapTrack(
+        cutoff=max_step_A**2,
+        gap_closing_cutoff=(max_step_A * (gap_frames + 1)) ** 2 if gap_frames > 0 else False,
+        gap_closing_max_frame_count=max(int(gap_frames), 1),
+        splitting_cutoff=False,
+        merging_cutoff=merge_d**2,
+    )
+    df["_row"] = np.arange(len(df))
+    # laptrack frames must start at 0 and be contiguous: map them
+    frames = np.sort(df["frame"].unique())
+    fmap = {f: i for i, f in enumerate(range(frames.min(), frames.max() + 1))}
+    df["_f"] = df["frame"].map(fmap)
+    track_df, _split_df, merge_df = lt.predict_dataframe(
+        df[["_f", "y_A", "x_A", "_row"]].rename(columns={"_f": "frame"}),
+        coordinate_cols=["y_A", "x_A"],
+        frame_col="frame",
+        only_coordinate_cols=False,
+    )
+    row_track = dict(zip(track_df["_row"].to_numpy(), track_df["track_id"].to_numpy(), strict=True))
+    df["track_id"] = df["_row"].map(row_track).astype(int)
+    merges = (
+        merge_df[["parent_track_id", "child_track_id"]].to_numpy(int)
+        if len(merge_df)
+        else np.zeros((0, 2), int)
+    )
+    tracks, lineage = _build_lineage(df, merges, size_column, merge_mass_fraction)
+    return tracks.drop(columns=["_row", "_f"]), lineage
+
+
+def _radius_A(n: np.ndarray) -> np.ndarray:
+    """Equal-volume radius of an fcc Pb cluster of ``n`` atoms, Å."""
+    return (3 * np.clip(n, 0, None) * 4.95**3 / (16 * np.pi)) ** (1 / 3)
+
+
+def _track_mass(
+    df: pd.DataFrame,
+    max_step: float,
+    merge_margin: float,
+    gap: int,
+    size_col: str | None,
+    frac: float,
+    size_rel_err: float,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from scipy.optimize import linear_sum_assignment
+
+    df = df.sort_values("frame", kind="stable").reset_index(drop=True)
+    size = df[size_col].to_numpy(float) if size_col else np.ones(len(df))
+    xy = df[["x_A", "y_A"]].to_numpy(float)
+    fr = df["frame"].to_numpy(int)
+    rad = _radius_A(size) if size_col else np.zeros(len(df))
+    seg = np.full(len(df), -1)
+    frames = np.unique(fr)
+    rows_of = {f: np.flatnonzero(fr == f) for f in frames}
+    next_id = 0
+    merges: list[tuple[int, int]] = []  # (parent segment, child segment)
+    open_ends: dict[int, int] = {}  # segment -> last row (ended, waiting for gap closing)
+    for i in rows_of[frames[0]]:
+        seg[i] = next_id
+        next_id += 1
+    for fa, fb in zip(frames[:-1], frames[1:], strict=True):
+        a, b = rows_of[fa], rows_of[fb]
+        cont = {}  # b row -> a row (continuation)
+        if len(a) and len(b) and fb - fa == 1:
+            d = np.hypot(*(xy[a][:, None, :] - xy[b][None, :, :]).transpose(2, 0, 1))
+            ds = np.abs(np.log((size[b][None, :] + 1) / (size[a][:, None] + 1)))
+            cost = (d / max_step) ** 2 + ds**2
+            cost = np.where(d <= max_step, cost, 1e9)
+            ri, ci = linear_sum_assignment(cost)
+            for i, j in zip(ri, ci, strict=True):
+                if cost[i, j] < 1e9:
+                    cont[b[j]] = a[i]
+        matched_a = set(cont.values())
+        ended = [i for i in a if i not in matched_a] if fb - fa == 1 else list(a)
+        # merges: an ended cluster joins the nearest next-frame cluster able to hold it
+        merged_into: dict[int, list[int]] = {}
+        for i in ended:
+            if not len(b):
+                break
+            d = np.hypot(*(xy[b] - xy[i]).T)
+            ok = d <= rad[b] + rad[i] + merge_margin
+            if not ok.any():
+                continue
+            j = b[np.argmin(np.where(ok, d - rad[b], np.inf))]
+            merged_into.setdefault(int(j), []).append(int(i))
+        new_child: dict[int, list[int]] = {}
+        for j, ps in merged_into.items():
+            q = cont.get(j)
+            parents = ([q] if q is not None else []) + ps
+            # mass check: the growth must carry most of the merging clusters' atoms
+            base = float(size[q]) if q is not None else 0.0
+            tol = 2 * size_rel_err * float(np.hypot(size[j], base))
+            if size_col is None or size[j] - base >= frac * float(size[ps].sum()) - tol:
+                if len(parents) >= 2:
+                    new_child[j] = parents
+                elif q is None:  # a single ended cluster re-found farther away
+                    cont[j] = ps[0]
+        ended_set = set(ended)
+        for j in b:
+            if j in new_child:
+                seg[j] = next_id
+                for p in new_child[j]:
+                    merges.append((int(seg[p]), next_id))
+                    ended_set.discard(p)
+                next_id += 1
+            elif j in cont:
+                seg[j] = seg[cont[j]]
+                ended_set.discard(cont[j])
+            else:
+                # gap closing: a track that ended within `gap` frames nearby
+                best, bd = None, np.inf
+                for sgi, last in list(open_ends.items()):
+                    if 0 < fb - fr[last] <= gap + 1:
+                        dd = float(np.hypot(*(xy[j] - xy[last])))
+                        if dd <= max_step * (fb - fr[last]) and dd < bd:
+                            best, bd = sgi, dd
+                if best is not None:
+                    seg[j] = best
+                    del open_ends[best]
+                else:
+                    seg[j] = next_id
+                    next_id += 1
+        for i in ended_set:
+            open_ends[int(seg[i])] = int(i)
+        # forget ends older than the gap
+        open_ends = {k: v for k, v in open_ends.items() if fb - fr[v] <= gap}
+    df["track_id"] = seg
+    mg = np.asarray(merges, int).reshape(-1, 2)
+    return _build_lineage(df, mg, size_col, frac)
+
+
+def _empty_lineage() -> pd.DataFrame:
+    cols = [
+        "track_id",
+        "parents",
+        "start_frame",
+        "end_frame",
+        "origin",
+        "fate",
+        "merged_into",
+        "n_atoms_start",
+        "n_atoms_end",
+        "x_start_A",
+        "y_start_A",
+    ]
+    out = pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+    out.attrs["n_merges"] = 0
+    return out
+
+
+def _build_lineage(
+    df: pd.DataFrame, merges: np.ndarray, size_col: str | None, frac: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Turn laptrack segments + merge edges into KMC-style tracks (new id after a merge)."""
+    df = df.sort_values(["frame", "track_id"]).reset_index(drop=True)
+    first_frame = int(df["frame"].min())
+    # child segment -> its parents (laptrack: the continuing cluster's earlier segment is also
+    # a parent of the child segment)
+    parents: dict[int, list[int]] = {}
+    for p, c in merges:
+        parents.setdefault(int(c), []).append(int(p))
+    seg = df.groupby("track_id")
+    start = seg["frame"].min()
+    size = df[size_col] if size_col else pd.Series(np.ones(len(df)), index=df.index)
+    df["_size"] = size.to_numpy(float)
+    first_rows = df.loc[seg["frame"].idxmin()].set_index("track_id")
+    last_rows = df.loc[seg["frame"].idxmax()].set_index("track_id")
+    # validate merges by mass conservation
+    accepted: dict[int, list[int]] = {}
+    for c, ps in parents.items():
+        if len(ps) < 2:
+            # laptrack linked a single segment across a merge node: treat as continuation
+            accepted[c] = ps
+            continue
+        s_after = float(first_rows.loc[c, "_size"])
+        s_before = float(sum(last_rows.loc[p, "_size"] for p in ps))
+        if size_col is None or s_after >= frac * s_before:
+            accepted[c] = ps
+        else:
+            # keep the parent whose position is closest as the continuation; others die
+            best = min(
+                ps,
+                key=lambda p: np.hypot(
+                    last_rows.loc[p, "x_A"] - first_rows.loc[c, "x_A"],
+                    last_rows.loc[p, "y_A"] - first_rows.loc[c, "y_A"],
+                ),
+            )
+            accepted[c] = [best]
+    # relabel: a child with a single parent continues the parent's track
+    final = {int(t): int(t) for t in start.index}
+    order = sorted(start.index, key=lambda t: (start[t], t))
+    for t in order:
+        ps = accepted.get(int(t), [])
+        if len(ps) == 1:
+            final[int(t)] = final[ps[0]]
+    df["track_id"] = df["track_id"].map(final)
+    rows = []
+    g = df.groupby("track_id")
+    merged_into: dict[int, int] = {}
+    lineage_parents: dict[int, list[int]] = {}
+    for c, ps in accepted.items():
+        if len(ps) >= 2:
+            tc = final[c]
+            pf = sorted({final[p] for p in ps})
+            lineage_parents[tc] = pf
+            for p in pf:
+                merged_into[p] = tc
+    last_frame = int(df["frame"].max())
+    for t, gg in g:
+        gg = gg.sort_values("frame")
+        t = int(t)
+        ps = lineage_parents.get(t, [])
+        s0 = int(gg["frame"].iloc[0])
+        s1 = int(gg["frame"].iloc[-1])
+        origin = "merge" if ps else ("first_frame" if s0 == first_frame else "nucleation")
+        if t in merged_into:
+            fate = "merged"
+        elif s1 == last_frame:
+            fate = "alive"
+        else:
+            fate = "death"
+        rows.append(
+            {
+                "track_id": t,
+                "parents": ps,
+                "start_frame": s0,
+                "end_frame": s1,
+                "origin": origin,
+                "fate": fate,
+                "merged_into": merged_into.get(t, -1),
+                "n_atoms_start": float(gg["_size"].iloc[0]) if size_col else np.nan,
+                "n_atoms_end": float(gg["_size"].iloc[-1]) if size_col else np.nan,
+                "x_start_A": float(gg["x_A"].iloc[0]),
+                "y_start_A": float(gg["y_A"].iloc[0]),
+            }
+        )
+    lineage = pd.DataFrame(rows).sort_values(["start_frame", "track_id"]).reset_index(drop=True)
+    lineage.attrs["n_merges"] = int((lineage["origin"] == "merge").sum())
+    return df.drop(columns=["_size"]), lineage
+
+
+def lineage_events(lineage: pd.DataFrame, frames: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Birth / merge / death events from a lineage table, with the cumulative dose if known.
+
+    Parameters
+    ----------
+    lineage : DataFrame
+        From :func:`track_clusters`.
+    frames : DataFrame, optional
+        Per-frame table with ``frame`` and ``cumulative_dose_e_per_A2`` (and ``time_s``).
+
+    Returns
+    -------
+    DataFrame
+        ``frame, kind ("birth"|"merge"|"death"), track_id, parents`` (+ dose, time).
+    """
+    need = {"track_id", "origin", "fate", "start_frame", "end_frame", "parents"}
+    if not need <= set(lineage.columns):
+        raise DataError(f"`lineage` lacks columns {sorted(need - set(lineage.columns))}")
+    ev = []
+    for r in lineage.itertuples(index=False):
+        if r.origin == "nucleation":
+            ev.append((r.start_frame, "birth", r.track_id, []))
+        elif r.origin == "merge":
+            ev.append((r.start_frame, "merge", r.track_id, list(r.parents)))
+        if r.fate == "death":
+            ev.append((r.end_frame + 1, "death", r.track_id, []))
+    out = pd.DataFrame(ev, columns=["frame", "kind", "track_id", "parents"])
+    out = out.sort_values(["frame", "kind", "track_id"]).reset_index(drop=True)
+    if frames is not None and len(out):
+        cols = [c for c in ("time_s", "cumulative_dose_e_per_A2") if c in frames.columns]
+        out = out.merge(frames[["frame", *cols]], on="frame", how="left")
+    return out
