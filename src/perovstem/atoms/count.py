@@ -576,6 +576,35 @@ def _table_input(scs: Any, types: Any) -> tuple[pd.DataFrame, np.ndarray, np.nda
     return pd.DataFrame({"scs": x}), x, t
 
 
+def _anchor_to_library(
+    means: np.ndarray, library: Any, typ: str, scale_range: tuple[float, float]
+) -> dict[str, Any]:
+    """Absolute count of the lowest component from a SCS library (offset and scale by LS)."""
+    from perovstem.atoms.library import as_library
+
+    n, v = as_library(library, column_type=None if typ == "all" else typ)
+    keep = n >= 1
+    n, v = n[keep], v[keep]
+    k = means.size
+    lo, hi = scale_range
+    best: dict[str, Any] | None = None
+    for o in range(0, n.size - k + 1):
+        L = v[o : o + k]
+        den = float(L @ L)
+        if den <= 0:
+            continue
+        c = float(np.clip((means @ L) / den, lo, hi))
+        rms = float(np.sqrt(np.mean((means - c * L) ** 2)))
+        if best is None or rms < best["rms"]:
+            best = {"first_count": int(n[o]), "scale": c, "rms": rms}
+    if best is None:
+        raise ParameterError(
+            f"the library for type {typ!r} has {n.size} non-zero entries, fewer than the "
+            f"{k} mixture components"
+        )
+    return best
+
+
 def count_atoms(
     scs: Any,
     *,
@@ -586,6 +615,8 @@ def count_atoms(
     criterion: str = "icl",
     rule: str = "prominence",
     first_count: int = 1,
+    library: Any = None,
+    scale_range: tuple[float, float] = (0.8, 1.25),
     max_iter: int = 1000,
     tol: float = 1e-8,
 ) -> pd.DataFrame:
@@ -610,7 +641,13 @@ def count_atoms(
     criterion, rule : str
         Model-order selection, see :func:`gmm_sweep`.
     first_count : int
-        Atoms in the lowest component (StatSTEM's offset + 1).
+        Atoms in the lowest component (StatSTEM's offset + 1).  Ignored with ``library``.
+    library : optional
+        SCS library (see :func:`perovstem.atoms.library.as_library`; a dict per type, or
+        ``"simulate"``).  A mixture only orders the columns; the library fixes the absolute
+        count of the lowest component: the integer offset ``o`` and a scale
+        ``c`` in ``scale_range`` minimising ``sum_j (mu_j - c L_{o+j})^2`` are chosen (the
+        comparison of GMM locations with simulations of De wael et al. 2017).
 
     Returns
     -------
@@ -663,7 +700,12 @@ def count_atoms(
             fit = sweep.fit(sweep.selected)
         post = fit.posterior(xs)
         c = np.argmax(post, axis=1)
-        counts = first_count + np.arange(fit.n_components)
+        anchor = None
+        fc = first_count
+        if library is not None:
+            anchor = _anchor_to_library(fit.means, library, typ, scale_range)
+            fc = anchor["first_count"]
+        counts = fc + np.arange(fit.n_components)
         n_atoms[sel] = counts[c]
         comp[sel] = c
         p_map[sel] = post[np.arange(xs.size), c]
@@ -675,7 +717,8 @@ def count_atoms(
             "means": fit.means.tolist(),
             "width": fit.width,
             "proportions": fit.proportions.tolist(),
-            "first_count": int(first_count),
+            "first_count": int(fc),
+            "library_anchor": anchor,
             "single_atom_sensitivity": single_atom_sensitivity(fit),
             "criterion": criterion,
             "local_minima": [] if sweep is None else list(sweep.local_minima),
