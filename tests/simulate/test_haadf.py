@@ -284,3 +284,19 @@ def test_scs_bad_parameters():
         scs_table("PbBr", 3, cd_fraction=1.2)
     with pytest.raises(ParameterError, match="n_atoms"):
         scs_table("PbBr", -1)
+
+
+@pytest.mark.slow
+def test_multislice_path_single_atom_scs_matches_table():
+    pytest.importorskip("abtem")
+    from perovstem.simulate import haadf_image_multislice
+    from perovstem.simulate.scs import atom_scs
+
+    atoms = Atoms("Pb", positions=[[0.0, 0.0, 0.0]])
+    img, truth = haadf_image_multislice(atoms, pixel_size_A=0.25, margin_A=3.0, frozen_phonons=1)
+    dx = img.pixel_size_A
+    assert img.metadata["units"] == "fraction of beam"
+    # the whole periodic cell is scanned: Σ I dx² is the atom's cross-section
+    assert img.data.sum() * dx**2 == pytest.approx(atom_scs(300.0)["Pb"], rel=0.05)
+    iy, ix = np.unravel_index(np.argmax(img.data), img.shape)
+    assert abs(ix * dx - truth["x_A"].iloc[0]) <= dx and abs(iy * dx - truth["y_A"].iloc[0]) <= dx

@@ -141,6 +141,19 @@ def render_intensity(
     return img
 
 
+def _fast_size(n: int) -> int:
+    """Smallest m >= n with prime factors 2, 3, 5 only (fast FFT grid sizes)."""
+    m = max(int(n), 1)
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
 def _as_pair(name: str, value: Any) -> tuple[float, float]:
     try:
         a = np.asarray(value, dtype=float).reshape(-1)
@@ -424,8 +437,14 @@ def haadf_image_multislice(
         if nfp > 1
         else at
     )
+    gpts = tuple(_fast_size(int(np.ceil(e / samp))) for e in ext[:2])
+    nz = max(int(np.ceil(ext[2] / 1.0)), 1)
     pot = abtem.Potential(
-        source, sampling=samp, slice_thickness=1.0, projection="infinite", parametrization="lobato"
+        source,
+        gpts=gpts,
+        slice_thickness=(ext[2] / nz,) * nz,
+        projection="infinite",
+        parametrization="lobato",
     )
     probe = abtem.Probe(energy=voltage_kV * 1e3, semiangle_cutoff=semiangle_mrad)
     probe.grid.match(pot)
