@@ -100,41 +100,57 @@ def section_image() -> dict:
     return out
 
 
-def section_kmc() -> dict:
-    """KMC speed (target: 10^6 events <= 20 s on one core) and in-situ frame rendering.
+def _kmc_events(ft) -> int:
+    """Executed (state-changing) KMC events: desorptions, hops, cluster hops, CsBr strips."""
+    return int(
+        (ft["n_Br_desorbed"] + ft["n_hops"] + ft["n_cluster_hops"] + ft["n_CsBr_stripped"]).sum()
+    )
 
-    NOTE: reconstructed by the image engineer after their file creation overwrote the KMC
-    engineer's uncommitted version of this script (same figures as the JSON it had
-    written); the KMC engineer should review and extend it.
+
+def section_kmc() -> dict:
+    """Degradation KMC: 10⁶ executed events on one core (target ≤ 20 s, issue 4), plus the
+    in-situ series built on it (time per imaged 512² frame; a lazy 1000-frame series).
+
+    No peer package does this; the figure is compared with the issue's target.  Timed on a
+    10 nm cube (cubic CsPbBr3) at 300 e⁻/Å²/s, 320 K, 600 frames of 0.5 s (≥ 10⁶ executed
+    events per run), three seeds, numba kernels already compiled.
     """
     from perovstem.simulate import nanocrystal
     from perovstem.simulate.kmc import degradation_kmc
     from perovstem.simulate.series import insitu_series
 
+    try:  # "on one core": the KMC kernels are serial; keep numba's pool at one thread
+        import numba
+
+        numba.set_num_threads(1)
+    except (ImportError, ValueError):
+        pass
     nc = nanocrystal(100.0, rng=0)
     out: dict = {
         "target_s_per_1e6_events": 20.0,
         "nanocrystal": {"edge_A": 100.0, "n_atoms": len(nc)},
-        "description": "wall time of degradation_kmc (whole call) divided by executed events "
-        "(Br desorptions + accepted Pb0 hops + cluster hops + CsBr strips); steps also count "
-        "null (blocked) hops",
+        "description": "wall time of the whole degradation_kmc call (lattice set-up, event loop, "
+        "per-frame snapshots and tables) divided by executed events (Br desorptions + accepted "
+        "Pb0 hops + cluster hops + CsBr strips); steps also count null (blocked) hops of the "
+        "uniformised hop channel",
     }
-    kw = {"n_frames": 20, "frame_time_s": 1.0, "dose_rate_e_per_A2_s": 1e4}
     t0 = time.perf_counter()
-    degradation_kmc(nc, n_frames=1, frame_time_s=0.01, dose_rate_e_per_A2_s=1e4, rng=0)
+    degradation_kmc(nc, n_frames=1, frame_time_s=0.01, dose_rate_e_per_A2_s=1e3, rng=0)
     out["first_call_s_incl_compile_or_cache_load"] = time.perf_counter() - t0
+    kw = {
+        "n_frames": 600,
+        "frame_time_s": 0.5,
+        "dose_rate_e_per_A2_s": 300.0,
+        "temperature_K": 320.0,
+    }
+    out["run_parameters"] = kw
     runs = []
     for seed in (1, 2, 3):
         t0 = time.perf_counter()
         traj = degradation_kmc(nc, rng=seed, **kw)
         wall = time.perf_counter() - t0
         ft = traj.frame_table
-        events = int(
-            ft["n_Br_desorbed"].sum()
-            + ft["n_hops"].sum()
-            + ft["n_cluster_hops"].sum()
-            + ft["n_CsBr_stripped"].sum()
-        )
+        events = _kmc_events(ft)
         steps = int(ft["n_steps"].sum())
         runs.append(
             {
@@ -145,23 +161,49 @@ def section_kmc() -> dict:
                 "s_per_1e6_events": wall / max(events, 1) * 1e6,
                 "s_per_1e6_steps": wall / max(steps, 1) * 1e6,
                 "final_cumulative_dose_e_per_A2": float(ft["cumulative_dose_e_per_A2"].iloc[-1]),
+                "max_n_clusters": int(ft["n_clusters"].max()),
                 "final_n_clusters": int(ft["n_clusters"].iloc[-1]),
                 "final_mean_cluster_size": float(ft["mean_cluster_size"].iloc[-1]),
             }
         )
     out["runs"] = runs
     per = np.array([r["s_per_1e6_events"] for r in runs])
-    out["s_per_1e6_events_best"] = float(per.min())
-    out["s_per_1e6_events_median"] = float(np.median(per))
+    out["ours"] = {
+        "s_per_1e6_events_median": float(np.median(per)),
+        "s_per_1e6_events_best": float(per.min()),
+    }
     out["ratio_to_target"] = float(np.median(per) / 20.0)
+    out["load_average_1_5_15min"] = list(os.getloadavg())  # shared 2-core machine
+
+    traj = degradation_kmc(nc, n_frames=20, frame_time_s=1.0, dose_rate_e_per_A2_s=2e3, rng=4)
+    insitu_series(traj, pixel_size_A=0.25, shape=(512, 512), rng=0)  # warm-up
     t0 = time.perf_counter()
     series, truth = insitu_series(traj, pixel_size_A=0.25, shape=(512, 512), rng=0)
     wall = time.perf_counter() - t0
     out["insitu_series_512px"] = {
-        "frames": int(series.data.shape[0]),
+        "frames": int(series.n_frames),
         "wall_s": wall,
-        "s_per_frame": wall / series.data.shape[0],
+        "s_per_frame": wall / series.n_frames,
         "n_cluster_rows": int(len(truth["clusters"])),
+    }
+
+    t0 = time.perf_counter()
+    traj = degradation_kmc(nc, n_frames=1000, frame_time_s=0.2, dose_rate_e_per_A2_s=500.0, rng=5)
+    t_kmc = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    series, truth = insitu_series(traj, pixel_size_A=0.25, shape=(512, 512), lazy=True, rng=0)
+    t_graph = time.perf_counter() - t0
+    series.data[0].compute()  # the first compute imports the dask scheduler machinery
+    t0 = time.perf_counter()
+    frame = series.data[777].compute()
+    t_frame = time.perf_counter() - t0
+    out["lazy_1000_frames_512px"] = {
+        "kmc_wall_s": t_kmc,
+        "kmc_events_executed": _kmc_events(traj.frame_table),
+        "build_lazy_series_s": t_graph,
+        "one_frame_compute_s": t_frame,
+        "lazy_frames_held_in_memory": 0,
+        "eager_stack_would_need_MB": 1000 * frame.nbytes / 2**20,
     }
     return out
 

@@ -398,6 +398,8 @@ def degradation_kmc(
         raise DataError("atoms labelled 1 (Pb⁰ adatom) must be Pb")
     cap = 2 * (int(np.sum(kind == KIND_PB)) + n_pb0_in) + 16
     ad_node = np.zeros(cap, np.int64)
+    trap_node = np.zeros(cap, np.int64)
+    At = (ad_node, trap_node)
     node_free = ~node_host & ~lat.node_border
     for p in pos_all[label == _LABEL_ADATOM]:
         nd = _nearest_free_node(p, lat, node_free)
@@ -464,7 +466,7 @@ def degradation_kmc(
     for n, anc in zip(in_n, in_anchor, strict=True):
         core._new_cluster(n, anc, Nt, Ct, counters, fp)
         counters[core.C_NCLATOMS] += n
-    core.settle(Nt, ad_node, Ct, E, counters, fp, ip, fs)
+    core.settle(Nt, At, Ct, E, counters, fp, ip, fs)
     counters[core.FRAME_COUNTERS] = 0
     # events during settling (merges of input clusters) are frame -1 / time 0
     n_ev_done = 0
@@ -474,7 +476,7 @@ def degradation_kmc(
         return live, cl_n[live].copy(), cl_centre[live].copy(), cl_R[live].copy()
 
     present_snaps = [np.packbits(present)]
-    ad_snaps = [ad_node[: counters[core.C_NAD]].copy()]
+    ad_snaps = [_adatom_nodes(At, counters, core)]
     live, n0, c0, r0 = snapshot_clusters()
     initial_clusters = pd.DataFrame(
         {
@@ -510,10 +512,10 @@ def degradation_kmc(
         t = t0
         while t < t1:
             t = core.run_interval(
-                t, t1, Ht, Lt, Nt, ad_node, Ct, E, counters, fp, ip, fs, 10_000_000
+                t, t1, Ht, Lt, Nt, At, Ct, E, counters, fp, ip, fs, 10_000_000
             )
         present_snaps.append(np.packbits(present))
-        ad_snaps.append(ad_node[: counters[core.C_NAD]].copy())
+        ad_snaps.append(_adatom_nodes(At, counters, core))
         live, n_live, centres, radii = snapshot_clusters()
         cl_rows.append(
             pd.DataFrame(
@@ -636,8 +638,15 @@ def degradation_kmc(
     )
 
 
+def _adatom_nodes(At: tuple, counters: np.ndarray, core: Any) -> np.ndarray:
+    """Nodes of all Pb⁰ adatoms (mobile and trapped), sorted."""
+    return np.sort(
+        np.concatenate([At[0][: counters[core.C_NAD]], At[1][: counters[core.C_NTRAP]]])
+    )
+
+
 def _counts(counters: np.ndarray, core: Any) -> dict[str, Any]:
-    n_ad = int(counters[core.C_NAD])
+    n_ad = int(counters[core.C_NAD] + counters[core.C_NTRAP])
     n_cl_atoms = int(counters[core.C_NCLATOMS])
     n_b = int(counters[core.C_NB])
     n_pb = int(counters[core.C_NPB])

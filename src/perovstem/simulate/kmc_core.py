@@ -46,8 +46,8 @@ C_ATTACH, C_CS_LOST, C_CD_LOST, C_STRIPS, C_CL_HOPS, C_STEPS, C_NUC_REJ = (
     25,
     26,
 )
-C_NCLATOMS = 27
-N_COUNTERS = 28
+C_NCLATOMS, C_NTRAP = 27, 28
+N_COUNTERS = 29
 FRAME_COUNTERS = slice(13, 27)
 
 # float params
@@ -86,7 +86,7 @@ def _list_remove(lst, where, counters, ci, item):
 
 
 @njit(cache=True)
-def _remove_host(h0, H, L, N, counters, ip):
+def _remove_host(h0, H, L, N, A, counters, ip):
     present, kind, nb_ptr, nb_idx, node_of, cnt_br, cnt_b, cnt_cs, host_pos = H
     surf_list, surf_where, bulk_list, bulk_where, cs_list, cs_where, stack = L
     node_host, host_nb = N[0], N[1]
@@ -117,6 +117,9 @@ def _remove_host(h0, H, L, N, counters, ip):
             node_host[nd] = False
             for o in off26:
                 host_nb[nd + o] -= 1
+            for o in N[6]:  # a Pb⁰ trapped in a closed cavity next to this site is freed
+                if N[2][nd + o] <= -2:
+                    _untrap(nd + o, N, A, counters)
             counters[C_NB] -= 1
             if k == KIND_PB:
                 counters[C_NPB] -= 1
@@ -198,15 +201,44 @@ def _capture(nd, N, C, counters, fp):
 
 @njit(cache=True)
 def _remove_adatom_at(nd, N, A, counters):
+    """Remove the adatom at node ``nd`` (mobile list: ``node_ad ≥ 0``; trapped: ``≤ −2``)."""
     node_ad = N[2]
-    ad_node = A
     i = node_ad[nd]
-    last = counters[C_NAD] - 1
-    moved = ad_node[last]
-    ad_node[i] = moved
-    node_ad[moved] = i
+    if i >= 0:
+        lst, ci, code = A[0], C_NAD, 0
+    else:
+        i = -i - 2
+        lst, ci, code = A[1], C_NTRAP, 1
+    last = counters[ci] - 1
+    moved = lst[last]
+    lst[i] = moved
+    node_ad[moved] = i if code == 0 else -(i + 2)
     node_ad[nd] = -1
-    counters[C_NAD] = last
+    counters[ci] = last
+
+
+@njit(cache=True)
+def _is_trapped(nd, N):
+    """All six neighbours of node ``nd`` are host B sites: the adatom cannot hop."""
+    for o in N[6]:
+        if not N[0][nd + o]:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _trap(nd, N, A, counters):
+    _remove_adatom_at(nd, N, A, counters)
+    k = counters[C_NTRAP]
+    A[1][k] = nd
+    N[2][nd] = -(k + 2)
+    counters[C_NTRAP] = k + 1
+
+
+@njit(cache=True)
+def _untrap(nd, N, A, counters):
+    _remove_adatom_at(nd, N, A, counters)
+    _add_adatom(nd, N, A, counters)
 
 
 @njit(cache=True)
@@ -287,21 +319,22 @@ def _merge(c, j, N, C, E, counters, fp, fs):
 def _post_change(c, N, A, C, E, counters, fp, fs):
     """Absorb adatoms inside the capture shell of cluster ``c`` and merge touching clusters."""
     node_pos = N[3]
-    ad_node = A
     cl_n, cl_centre, cl_R, cl_live = C[1], C[3], C[4], C[5]
     cap = fp[P_CAPTURE]
     while True:
         absorbed = False
-        i = counters[C_NAD] - 1
-        while i >= 0:
-            nd = ad_node[i]
-            if _dist(node_pos[nd], cl_centre[c]) <= cl_R[c] + cap:
-                _remove_adatom_at(nd, N, A, counters)
-                cl_n[c] += 1
-                counters[C_ATTACH] += 1
-                counters[C_NCLATOMS] += 1
-                absorbed = True
-            i -= 1
+        for which in range(2):
+            lst = A[which]
+            i = counters[C_NAD if which == 0 else C_NTRAP] - 1
+            while i >= 0:
+                nd = lst[i]
+                if _dist(node_pos[nd], cl_centre[c]) <= cl_R[c] + cap:
+                    _remove_adatom_at(nd, N, A, counters)
+                    cl_n[c] += 1
+                    counters[C_ATTACH] += 1
+                    counters[C_NCLATOMS] += 1
+                    absorbed = True
+                i -= 1
         if absorbed:
             _update_centre(c, N, C, fp)
             continue
@@ -337,7 +370,7 @@ def _arrive(nd, N, A, C, E, counters, fp, ip, fs):
         return
     m = 0
     for o in off26:
-        if node_ad[nd + o] >= 0:
+        if node_ad[nd + o] != -1:
             m += 1
     if m + 1 < ip[I_NCRIT]:
         return
@@ -353,7 +386,7 @@ def _arrive(nd, N, A, C, E, counters, fp, ip, fs):
         return
     _remove_adatom_at(nd, N, A, counters)
     for o in off26:
-        if node_ad[nd + o] >= 0:
+        if node_ad[nd + o] != -1:
             _remove_adatom_at(nd + o, N, A, counters)
     c = _new_cluster(m + 1, nd, N, C, counters, fp)
     counters[C_NCLATOMS] += m + 1
@@ -366,7 +399,7 @@ def _arrive(nd, N, A, C, E, counters, fp, ip, fs):
 def _add_adatom(nd, N, A, counters):
     node_ad = N[2]
     k = counters[C_NAD]
-    A[k] = nd
+    A[0][k] = nd
     node_ad[nd] = k
     counters[C_NAD] = k + 1
 
@@ -396,16 +429,18 @@ def _reduce_near(h, H, L, N, A, C, E, counters, fp, ip, fs):
         return
     counters[C_PENDING] -= ip[I_BRPERPB]
     nd = node_of[best]
-    _remove_host(best, H, L, N, counters, ip)
+    _remove_host(best, H, L, N, A, counters, ip)
     counters[C_REDUCED] += 1
-    if node_ad[nd] < 0:
+    if node_ad[nd] == -1:
         _add_adatom(nd, N, A, counters)
         _arrive(nd, N, A, C, E, counters, fp, ip, fs)
+        if node_ad[nd] >= 0 and _is_trapped(nd, N):
+            _trap(nd, N, A, counters)
 
 
 @njit(cache=True)
 def _desorb(h, H, L, N, A, C, E, counters, fp, ip, fs):
-    _remove_host(h, H, L, N, counters, ip)
+    _remove_host(h, H, L, N, A, counters, ip)
     counters[C_BR_DES_TOTAL] += 1
     counters[C_PENDING] += 1
     if counters[C_PENDING] >= ip[I_BRPERPB] and counters[C_NPB] > 0:
@@ -413,7 +448,7 @@ def _desorb(h, H, L, N, A, C, E, counters, fp, ip, fs):
 
 
 @njit(cache=True)
-def _strip(H, L, N, counters, ip):
+def _strip(H, L, N, A, counters, ip):
     """CsBr stripping: a random surface Cs leaves together with one of its Br."""
     present, kind, nb_ptr, nb_idx = H[0], H[1], H[2], H[3]
     cs_list, surf_where = L[4], L[1]
@@ -428,8 +463,8 @@ def _strip(H, L, N, counters, ip):
             if pick < 0:
                 pick = m
     if pick >= 0:
-        _remove_host(pick, H, L, N, counters, ip)
-    _remove_host(c, H, L, N, counters, ip)
+        _remove_host(pick, H, L, N, A, counters, ip)
+    _remove_host(c, H, L, N, A, counters, ip)
     counters[C_STRIPS] += 1
 
 
@@ -447,7 +482,7 @@ def run_interval(t, t_end, H, L, N, A, C, E, counters, fp, ip, fs, max_steps):
     """
     surf_list, bulk_list = L[0], L[2]
     node_host, host_nb, node_ad, node_border, off6 = N[0], N[1], N[2], N[5], N[6]
-    ad_node = A
+    ad_node = A[0]
     cl_n, cl_anchor, cl_live = C[1], C[2], C[5]
     k_surf = fp[P_KSURF]
     k_bulk = fp[P_KBULK]
@@ -491,7 +526,7 @@ def run_interval(t, t_end, H, L, N, A, C, E, counters, fp, ip, fs, max_steps):
             i = np.random.randint(0, counters[C_NAD])
             nd = ad_node[i]
             tgt = nd + off6[np.random.randint(0, 6)]
-            ok = not (node_border[tgt] or node_host[tgt] or node_ad[tgt] >= 0)
+            ok = not (node_border[tgt] or node_host[tgt] or node_ad[tgt] != -1)
             if ok and host_nb[tgt] == 0 and not _is_lower(tgt, nd, N):
                 ok = _capture(tgt, N, C, counters, fp) >= 0
             if not ok:
@@ -524,14 +559,14 @@ def run_interval(t, t_end, H, L, N, A, C, E, counters, fp, ip, fs, max_steps):
             _update_centre(c, N, C, fp)
             _post_change(c, N, A, C, E, counters, fp, fs)
         else:
-            _strip(H, L, N, counters, ip)
+            _strip(H, L, N, A, counters, ip)
     return t
 
 
 @njit(cache=True)
 def settle(N, A, C, E, counters, fp, ip, fs):
     """Process initial adatoms and clusters (captures, merges) before the first event."""
-    ad_node = A
+    ad_node = A[0]
     n_live = counters[C_NLIVE]
     cl_live = C[5]
     for i in range(n_live):

@@ -150,6 +150,11 @@ def _plan(
     )
 
 
+def _frame_block(block: np.ndarray, plan: _Plan) -> np.ndarray:
+    """dask block function: render the frame whose index is in ``block`` (one element)."""
+    return plan.frame_data(int(block[0]))[None]
+
+
 def _origin(plan: _Plan) -> tuple[float, float]:
     m, n = plan.shape
     dx = plan.pixel_size_A
@@ -329,14 +334,19 @@ def insitu_series(
     )
     n = trajectory.n_frames
     if lazy:
-        import dask
+        import uuid
+
         import dask.array as da
 
-        data = da.stack(
-            [
-                da.from_delayed(dask.delayed(plan.frame_data)(k), plan.shape, dtype=np.float64)
-                for k in range(n)
-            ]
+        m_px, n_px = plan.shape
+        data = da.map_blocks(
+            _frame_block,
+            da.arange(n, chunks=1),
+            plan=plan,
+            new_axis=[1, 2],
+            chunks=((1,) * n, (m_px,), (n_px,)),
+            dtype=np.float64,
+            name=f"insitu-series-{uuid.uuid4().hex}",
         )
     else:
         data = np.empty((n, *plan.shape))
