@@ -29,107 +29,90 @@ def demo_config(*, fast: bool = False, seed: int = 2026) -> dict[str, Any]:
     tilt_step = 10.0 if fast else 4.0
     tilt_px = 48 if fast else 96
     n_iter = 20 if fast else 60
+
+    def step(run: str, sid: str, inputs: dict[str, str] | None = None, **params: Any) -> dict:
+        d: dict[str, Any] = {"run": run, "id": sid, **params}
+        if inputs:
+            d["inputs"] = inputs
+        return d
+
     steps: list[dict[str, Any]] = [
-        {"run": "simulate.nanocrystal", "id": "nc", "edge_A": edge, "cd_fraction": 0.2},
-        # --- counting on a pristine HAADF image
-        {"run": "simulate.haadf", "id": "haadf", "pixel_size_A": 0.3, "dose_e_per_A2": 2e4},
-        {
-            "run": "atoms.fit",
-            "id": "fit",
-            "inputs": {"image": "haadf.image", "positions": "haadf.truth"},
-        },
-        {"run": "atoms.count", "id": "count", "inputs": {"columns": "fit.columns"}},
+        step("simulate.nanocrystal", "nc", edge_A=edge, cd_fraction=0.2),
+        # counting on a pristine HAADF image
+        step("simulate.haadf", "haadf", pixel_size_A=0.3, dose_e_per_A2=2e4),
+        step("atoms.fit", "fit", {"image": "haadf.image", "positions": "haadf.truth"}),
+        step("atoms.count", "count", {"columns": "fit.columns", "truth": "haadf.truth"}),
     ]
-    for tag, rate in (("low", 50.0), ("high", 200.0)):
+    for tag, rate in (("low", 1000.0), ("high", 4000.0)):
+        label = f"{rate:g} e⁻/Å²/s"
         steps += [
-            {
-                "run": "simulate.kmc",
-                "id": f"kmc_{tag}",
-                "inputs": {"atoms": "nc.atoms"},
-                "n_frames": n_frames,
-                "frame_time_s": 1.0,
-                "dose_rate_e_per_A2_s": rate,
-            },
-            {
-                "run": "simulate.insitu_series",
-                "id": f"series_{tag}",
-                "inputs": {"trajectory": f"kmc_{tag}.trajectory"},
-                "pixel_size_A": 0.5,
-                "drift_A_per_s": [0.05, -0.03],
-            },
-            {
-                "run": "series.frames",
-                "id": f"frames_{tag}",
-                "inputs": {"series": f"series_{tag}.series"},
-            },
-            {
-                "run": "insitu.register",
-                "id": f"register_{tag}",
-                "inputs": {"series": f"series_{tag}.series"},
-            },
-            {
-                "run": "insitu.clusters",
-                "id": f"clusters_{tag}",
-                "inputs": {"series": f"register_{tag}.series"},
-            },
-            {
-                "run": "quantify.kinetics",
-                "id": f"brloss_{tag}",
-                "inputs": {"frames": f"kmc_{tag}.frames"},
-                "process": "br_loss",
-                "y": "n_Br",
-                "label": f"{rate:g} e⁻/Å²/s",
-            },
+            step(
+                "simulate.kmc",
+                f"kmc_{tag}",
+                {"atoms": "nc.atoms"},
+                n_frames=n_frames,
+                frame_time_s=1.0,
+                dose_rate_e_per_A2_s=rate,
+            ),
+            step(
+                "simulate.insitu_series",
+                f"series_{tag}",
+                {"trajectory": f"kmc_{tag}.trajectory"},
+                pixel_size_A=0.5,
+                drift_A_per_s=[0.05, -0.03],
+            ),
+            step("insitu.register", f"register_{tag}", {"series": f"series_{tag}.series"}),
+            step("insitu.clusters", f"clusters_{tag}", {"series": f"register_{tag}.series"}),
+            step(
+                "quantify.kinetics",
+                f"brloss_{tag}",
+                {"frames": f"kmc_{tag}.frames"},
+                process="br_loss",
+                y="n_Br",
+                label=f"{label}, Br (truth)",
+            ),
+            step(
+                "quantify.kinetics",
+                f"clusters_fit_{tag}",
+                {"frames": f"clusters_{tag}.counts"},
+                process="nucleation",
+                y="n_clusters",
+                likelihood="poisson",
+                label=f"{label}, clusters (detected)",
+            ),
         ]
     steps += [
-        {
-            "run": "quantify.dose_rate",
-            "id": "dose_rate",
-            "inputs": {"params_low": "brloss_low.params", "params_high": "brloss_high.params"},
-            "dose_rates": [50.0, 200.0],
-        },
-        {
-            "run": "simulate.heating",
-            "id": "heating",
-            "inputs": {"atoms": "nc.atoms"},
-            "temperatures_K": temps,
-            "n_frames": n_heat,
-        },
-        {"run": "quantify.arrhenius", "id": "arrhenius", "inputs": {"frames": "heating.frames"}},
-        {
-            "run": "simulate.tilt_series",
-            "id": "tilt",
-            "angle_step_deg": tilt_step,
-            "size_px": tilt_px,
-            "edge_A": 0.55 * tilt_px,
-        },
-        {
-            "run": "tomo.reconstruct",
-            "id": "rec_before",
-            "inputs": {"tilt": "tilt.before"},
-            "label": "before",
-            "n_iter": n_iter,
-        },
-        {
-            "run": "tomo.reconstruct",
-            "id": "rec_after",
-            "inputs": {"tilt": "tilt.after"},
-            "label": "after",
-            "n_iter": n_iter,
-        },
-        {
-            "run": "tomo.facets",
-            "id": "facets_before",
-            "inputs": {"volume": "rec_before.volume"},
-            "label": "before",
-        },
-        {
-            "run": "tomo.facets",
-            "id": "facets_after",
-            "inputs": {"volume": "rec_after.volume"},
-            "label": "after",
-        },
+        step(
+            "quantify.dose_rate",
+            "dose_rate",
+            {"params_low": "brloss_low.params", "params_high": "brloss_high.params"},
+            dose_rates=[1000.0, 4000.0],
+        ),
+        step(
+            "simulate.heating",
+            "heating",
+            {"atoms": "nc.atoms"},
+            temperatures_K=temps,
+            n_frames=n_heat,
+            dose_rate_e_per_A2_s=1000.0,
+        ),
+        step("quantify.arrhenius", "arrhenius", {"frames": "heating.frames"}),
+        step(
+            "simulate.tilt_series",
+            "tilt",
+            angle_step_deg=tilt_step,
+            size_px=tilt_px,
+            edge_A=0.55 * tilt_px,
+        ),
     ]
+    for tag in ("before", "after"):
+        steps += [
+            step(
+                "tomo.reconstruct", f"rec_{tag}", {"tilt": f"tilt.{tag}"}, label=tag, n_iter=n_iter
+            ),
+            step("tomo.segment", f"seg_{tag}", {"volume": f"rec_{tag}.volume"}, label=tag),
+            step("tomo.facets", f"facets_{tag}", {"labels": f"seg_{tag}.labels"}, label=tag),
+        ]
     return {
         "run": {
             "name": "perovstem-demo" + ("-fast" if fast else ""),

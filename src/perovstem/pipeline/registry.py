@@ -11,13 +11,49 @@ never crashes a run.
 from __future__ import annotations
 
 import importlib
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from perovstem.errors import ParameterError
 
-__all__ = ["Param", "Step", "register_step", "get_step", "list_steps", "STEPS"]
+__all__ = ["Param", "Step", "register_step", "get_step", "list_steps", "STEPS", "api"]
+
+
+def _find(candidate: str) -> Any:
+    mod, _, attr = candidate.partition(":")
+    try:
+        m = importlib.import_module(mod)
+    except ImportError:
+        return None
+    if not attr:
+        return m
+    obj = getattr(m, attr, None)
+    return None if isinstance(obj, types.ModuleType) else obj  # a sub-module of that name
+
+
+def api(*requirements: str) -> Any:
+    """The first importable public object among ``"module:attr"`` alternatives.
+
+    Each argument may itself hold alternatives separated by ``|`` (the form used in
+    :attr:`Step.requires`), e.g. ``"perovstem.atoms:count_atoms|perovstem.atoms.count:count_atoms"``
+    while a sub-package has not re-exported a function yet.
+
+    Raises
+    ------
+    OptionalDependencyError
+        None of the alternatives exists in this version.
+    """
+    from perovstem.errors import OptionalDependencyError
+
+    cands = [c for r in requirements for c in r.split("|")]
+    for c in cands:
+        obj = _find(c)
+        if obj is not None:
+            return obj
+    raise OptionalDependencyError(f"not available in this version: {' or '.join(cands)}")
+
 
 _TYPE_NAMES = {
     bool: "boolean",
@@ -105,8 +141,8 @@ class Step:
     params : dict of str to Param
         Parameter schema.
     requires : tuple of str
-        Public API needed, as ``"module"`` or ``"module:attribute"``; the step is *not
-        available* when one is missing.
+        Public API needed, as ``"module"`` or ``"module:attribute"`` (alternatives separated
+        by ``|``); the step is *not available* when one is missing.
     optional_inputs : tuple of str
         Inputs that may be absent (passed as ``None``).
     section : str
@@ -130,17 +166,7 @@ class Step:
 
     def missing_requirements(self) -> list[str]:
         """The required modules/attributes that cannot be imported in this installation."""
-        missing = []
-        for req in self.requires:
-            mod, _, attr = req.partition(":")
-            try:
-                m = importlib.import_module(mod)
-            except ImportError:
-                missing.append(req)
-                continue
-            if attr and not hasattr(m, attr):
-                missing.append(req)
-        return missing
+        return [req for req in self.requires if all(_find(c) is None for c in req.split("|"))]
 
     @property
     def available(self) -> bool:

@@ -6,7 +6,12 @@ from typing import Any
 
 import numpy as np
 
-from perovstem.pipeline.registry import Param, register_step
+from perovstem.pipeline.registry import Param, api, register_step
+
+FIT = "perovstem.atoms:fit_columns|perovstem.atoms.fit:fit_columns"
+NORMALIZE = "perovstem.atoms:normalize_image|perovstem.atoms.normalize:normalize_image"
+FIND = "perovstem.atoms:find_columns|perovstem.atoms.find:find_columns"
+COUNT = "perovstem.atoms:count_atoms|perovstem.atoms.count:count_atoms"
 
 
 @register_step(
@@ -33,7 +38,7 @@ from perovstem.pipeline.registry import Param, register_step
             str, "gaussian", "least squares or Poisson ML", choices=("gaussian", "poisson")
         ),
     },
-    requires=("perovstem.atoms:fit_columns",),
+    requires=(FIT,),
     section="counting",
     doc="Joint Gaussian fit of all atom columns (positions, widths, cross-sections, CRLB errors).",
 )
@@ -87,16 +92,14 @@ def atoms_fit(ctx: Any, image: Any, positions: Any = None) -> dict[str, Any]:
         "max_components": Param(int, 30, "largest number of GMM components", min=1),
         "criterion": Param(str, "icl", "order selection criterion", choices=("icl", "aic", "bic")),
     },
-    requires=("perovstem.atoms:count_atoms",),
+    requires=(COUNT,),
     section="counting",
     doc="Atoms per column from the cross-sections (Gaussian mixture, ICL order selection).",
 )
 def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
-    from perovstem.atoms import count_atoms
-
     p = ctx.params
     types = columns["type"].to_numpy() if "type" in columns.columns else None
-    counts = count_atoms(
+    counts = api(COUNT)(
         columns["scs"].to_numpy(float),
         types=types,
         max_components=p["max_components"],
@@ -106,6 +109,15 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
     for c in counts.columns:
         if c not in out.columns:
             out[c] = counts[c].to_numpy()
+    if truth is not None and "n_atoms" in truth.columns and len(truth) == len(out):
+        ok = float(np.mean(out["n_atoms"].to_numpy() == truth["n_atoms"].to_numpy()))
+        ctx.metric(
+            "counting accuracy vs truth",
+            100.0 * ok,
+            unit="%",
+            section="counting",
+            caption="columns whose count equals the simulated number of atoms",
+        )
     from perovstem.plot.overview import plot_hist
 
     n = out["n_atoms"].to_numpy() if "n_atoms" in out.columns else None

@@ -6,7 +6,13 @@ from typing import Any
 
 import numpy as np
 
-from perovstem.pipeline.registry import Param, register_step
+from perovstem.pipeline.registry import Param, api, register_step
+
+_Q = "perovstem.quantify:{0}|perovstem.quantify.kinetics:{0}"
+COMPARE, FIT, ARRHENIUS, DOSE_RATE = (
+    _Q.format(n)
+    for n in ("compare_models", "fit_model", "fit_arrhenius", "fit_dose_rate_dependence")
+)
 
 _PROCESSES = ("br_loss", "nucleation", "coalescence", "growth")
 
@@ -34,13 +40,14 @@ def _fit_rows(fits: dict[str, Any]) -> Any:
         "ci": Param(str, "wald", "confidence intervals", choices=("profile", "bootstrap", "wald")),
         "label": Param(str, "", "label in the report"),
     },
-    requires=("perovstem.quantify:compare_models",),
+    requires=(COMPARE,),
     section="kinetics",
     doc="Fit every kinetic model of a process (max. likelihood), rank by AICc/BIC.",
 )
 def quantify_kinetics(ctx: Any, frames: Any) -> dict[str, Any]:
     from perovstem.errors import ParameterError
-    from perovstem.quantify import compare_models
+
+    compare_models = api(COMPARE)
 
     p = ctx.params
     for key in ("x", "y"):
@@ -103,14 +110,14 @@ def quantify_kinetics(ctx: Any, frames: Any) -> dict[str, Any]:
         "y": Param(str, "n_Br", "observable whose first-order loss rate is measured"),
         "x": Param(str, "time_s", "time column, s"),
     },
-    requires=("perovstem.quantify:fit_arrhenius", "perovstem.quantify:fit_model"),
+    requires=(ARRHENIUS, FIT),
     section="kinetics",
     doc="First-order loss rate at each temperature of a heating series, then an Arrhenius fit.",
 )
 def quantify_arrhenius(ctx: Any, frames: Any) -> dict[str, Any]:
     import pandas as pd
 
-    from perovstem.quantify import fit_arrhenius, fit_model
+    fit_arrhenius, fit_model = api(ARRHENIUS), api(FIT)
 
     p = ctx.params
     rows = []
@@ -129,8 +136,10 @@ def quantify_arrhenius(ctx: Any, frames: Any) -> dict[str, Any]:
             }
         )
     rates = pd.DataFrame(rows)
+    err = rates["rate_err_per_s"].to_numpy()
+    ok = bool(np.all(np.isfinite(err) & (err > 0)))
     fit = fit_arrhenius(
-        rates["temperature_K"], rates["rate_per_s"], rate_err=rates["rate_err_per_s"], ci="wald"
+        rates["temperature_K"], rates["rate_per_s"], rate_err=err if ok else None, ci="wald"
     )
     ctx.metric(
         "activation energy Ea",
@@ -174,13 +183,14 @@ def quantify_arrhenius(ctx: Any, frames: Any) -> dict[str, Any]:
         "dose_rates": Param(list, [50.0, 200.0], "dose rates of the two series, e⁻/Å²/s"),
         "param": Param(str, "D_Br_e_per_A2", "dose constant fitted in each series"),
     },
-    requires=("perovstem.quantify:fit_dose_rate_dependence",),
+    requires=(DOSE_RATE,),
     section="kinetics",
     doc="Dose-controlled or time-controlled? Compare rate laws across dose rates.",
 )
 def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str, Any]:
     from perovstem.errors import DataError
-    from perovstem.quantify import fit_dose_rate_dependence
+
+    fit_dose_rate_dependence = api(DOSE_RATE)
 
     p = ctx.params
     phi = np.asarray(p["dose_rates"], float)

@@ -6,7 +6,17 @@ from typing import Any
 
 import numpy as np
 
-from perovstem.pipeline.registry import Param, register_step
+from perovstem.pipeline.registry import Param, api, register_step
+
+NANOCRYSTAL = "perovstem.simulate:nanocrystal"
+COMPOSITION = "perovstem.simulate:composition"
+HAADF = "perovstem.simulate:haadf_image|perovstem.simulate.haadf:haadf_image"
+KMC = "perovstem.simulate:degradation_kmc|perovstem.simulate.kmc:degradation_kmc"
+SERIES = "perovstem.simulate:insitu_series|perovstem.simulate.series:insitu_series"
+PHANTOM = "perovstem.simulate:nanocrystal_phantom|perovstem.simulate.tilt:nanocrystal_phantom"
+DEG_TILT = (
+    "perovstem.simulate:degradation_tilt_series|perovstem.simulate.tilt:degradation_tilt_series"
+)
 
 
 def _atoms_plot3d(
@@ -45,13 +55,12 @@ def _atoms_plot3d(
         "zone_axis": Param(str, "001", "zone axis along the beam", choices=("001", "011", "111")),
         "view3d": Param(bool, True, "embed an interactive 3-D view in the report"),
     },
-    requires=("perovstem.simulate:nanocrystal",),
+    requires=(NANOCRYSTAL,),
     section="mechanism",
     doc="Build a CsCd_xPb_{1-x}Br3 nanocrystal (ASE atoms, ground truth).",
 )
 def simulate_nanocrystal(ctx: Any) -> dict[str, Any]:
-    from perovstem.simulate import nanocrystal
-
+    nanocrystal = api(NANOCRYSTAL)
     p = ctx.params
     atoms = nanocrystal(
         p["edge_A"],
@@ -63,16 +72,14 @@ def simulate_nanocrystal(ctx: Any) -> dict[str, Any]:
         rng=ctx.rng(),
     )
     try:
-        from perovstem.simulate import composition
-
-        comp = composition(atoms)
+        comp = api(COMPOSITION)(atoms)
         ctx.text(
             f"Simulated nanocrystal: {comp.get('formula', len(atoms))}, edge "
             f"{p['edge_A']:g} Å, {p['phase']} phase, {p['termination']}-terminated, "
             f"x(Cd) = {p['cd_fraction']:g}.",
             title="Simulated nanocrystal",
         )
-    except ImportError:
+    except (ImportError, AttributeError):
         pass
     if p["view3d"]:
         _atoms_plot3d(
@@ -95,13 +102,12 @@ def simulate_nanocrystal(ctx: Any) -> dict[str, Any]:
         "voltage_kV": Param(float, 300.0, "accelerating voltage, kV", choices=(200.0, 300.0)),
         "probe_sigma_A": Param(float, None, "probe σ, Å (default: simulator default)", min=0.0),
     },
-    requires=("perovstem.simulate:haadf_image",),
+    requires=(HAADF,),
     section="counting",
     doc="Simulate a HAADF-STEM image of the nanocrystal with Poisson noise.",
 )
 def simulate_haadf(ctx: Any, atoms: Any) -> dict[str, Any]:
-    from perovstem.simulate import haadf_image
-
+    haadf_image = api(HAADF)
     p = ctx.params
     kw = {} if p["probe_sigma_A"] is None else {"probe_sigma_A": p["probe_sigma_A"]}
     image, truth = haadf_image(
@@ -137,13 +143,12 @@ def simulate_haadf(ctx: Any, atoms: Any) -> dict[str, Any]:
         "temperature_K": Param(float, 300.0, "temperature, K", min=1.0, max=2000.0),
         "atmosphere": Param(str, "vacuum", "vacuum, O2 or H2O"),
     },
-    requires=("perovstem.simulate:degradation_kmc",),
+    requires=(KMC,),
     section="kinetics",
     doc="Kinetic Monte Carlo of beam-induced Br loss and Pb⁰ cluster formation (ground truth).",
 )
 def simulate_kmc(ctx: Any, atoms: Any) -> dict[str, Any]:
-    from perovstem.simulate import degradation_kmc
-
+    degradation_kmc = api(KMC)
     p = ctx.params
     traj = degradation_kmc(
         atoms,
@@ -196,13 +201,12 @@ def simulate_kmc(ctx: Any, atoms: Any) -> dict[str, Any]:
         "pixel_size_A": Param(float, 0.5, "pixel size, Å", min=0.01, max=10.0),
         "drift_A_per_s": Param(list, [0.0, 0.0], "specimen drift (dy, dx), Å/s"),
     },
-    requires=("perovstem.simulate:insitu_series",),
+    requires=(SERIES,),
     section="kinetics",
     doc="Render a KMC trajectory as an in-situ HAADF series (drift, noise, dose per frame).",
 )
 def simulate_insitu_series(ctx: Any, trajectory: Any) -> dict[str, Any]:
-    from perovstem.simulate import insitu_series
-
+    insitu_series = api(SERIES)
     p = ctx.params
     series, truth = insitu_series(
         trajectory,
@@ -223,15 +227,14 @@ def simulate_insitu_series(ctx: Any, trajectory: Any) -> dict[str, Any]:
         "frame_time_s": Param(float, 1.0, "frame time, s", min=1e-6),
         "dose_rate_e_per_A2_s": Param(float, 20.0, "dose rate during heating, e⁻/Å²/s", min=0.0),
     },
-    requires=("perovstem.simulate:degradation_kmc",),
+    requires=(KMC,),
     section="kinetics",
     doc="Heating series: independent KMC runs of the pristine NC at each temperature.",
 )
 def simulate_heating(ctx: Any, atoms: Any) -> dict[str, Any]:
     import pandas as pd
 
-    from perovstem.simulate import degradation_kmc
-
+    degradation_kmc = api(KMC)
     p = ctx.params
     temps = [float(t) for t in p["temperatures_K"]]
     tables = []
@@ -264,16 +267,12 @@ def simulate_heating(ctx: Any, atoms: Any) -> dict[str, Any]:
         "size_px": Param(int, 96, "detector size (square), px", min=16),
         "pixel_size_A": Param(float, 1.0, "pixel size, Å", min=0.05),
     },
-    requires=(
-        "perovstem.simulate:nanocrystal_phantom",
-        "perovstem.simulate:degradation_tilt_series",
-    ),
+    requires=(PHANTOM, DEG_TILT),
     section="facets",
     doc="Tilt series of a faceted NC phantom with Pb inclusions before and after a dose.",
 )
 def simulate_tilt_series(ctx: Any) -> dict[str, Any]:
-    from perovstem.simulate import degradation_tilt_series, nanocrystal_phantom
-
+    nanocrystal_phantom, degradation_tilt_series = api(PHANTOM), api(DEG_TILT)
     p = ctx.params
     angles = np.arange(p["angle_min_deg"], p["angle_max_deg"] + 1e-9, p["angle_step_deg"])
     rng = ctx.rng()
