@@ -14,6 +14,12 @@ from perovstem.insitu.clusters import (
 )
 from perovstem.insitu.dose import E_CHARGE_C, assign_dose, dose_table, frame_dose
 from perovstem.insitu.lattice import estimate_lattice, unit_cell_average
+from perovstem.insitu.nanocrystal import (
+    PHASE_SPACINGS_A,
+    fft_phase_check,
+    nanocrystal_metrics,
+    segment_nanocrystal,
+)
 from perovstem.insitu.register import (
     apply_drift,
     correct_scan_distortion,
@@ -30,6 +36,10 @@ __all__ = [
     "estimate_lattice",
     "unit_cell_average",
     "lineage_events",
+    "PHASE_SPACINGS_A",
+    "fft_phase_check",
+    "nanocrystal_metrics",
+    "segment_nanocrystal",
     "track_clusters",
     "E_CHARGE_C",
     "apply_drift",

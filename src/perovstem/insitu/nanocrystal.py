@@ -1,0 +1,295 @@
+"""Nanocrystal outline, projected area, shrinkage and voids; FFT phase check.
+
+The crystal is segmented on the unit-cell averaged frame (:func:`unit_cell_average`, so the
+atomic-column contrast does not fragment the outline) by Otsu's threshold (Otsu, IEEE Trans.
+SMC 9, 62 (1979)); holes enclosed by the crystal are voids.  The phase check compares the
+power of the reflections of pseudo-cubic CsPbBr₃ (d₁₀₀ 5.87, d₁₁₀ 4.15, d₂₀₀ 2.935 Å) with
+those of fcc Pb (d₂₀₀ 2.475, d₂₂₀ 1.750 Å; [001] zone) in the frame's power spectrum
+(notes/physics_simulation.md §1.2, §2.1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from perovstem._data import Image
+from perovstem._validation import check_image, check_positive
+from perovstem.errors import CalibrationError, ParameterError
+from perovstem.insitu._frames import frame_quality, iter_frames
+from perovstem.insitu.lattice import unit_cell_average
+
+__all__ = ["segment_nanocrystal", "nanocrystal_metrics", "fft_phase_check", "PHASE_SPACINGS_A"]
+
+#: Characteristic spacings (Å) used by :func:`fft_phase_check`.
+PHASE_SPACINGS_A: dict[str, dict[str, float]] = {
+    "CsPbBr3": {"100": 5.87, "110": 4.151, "200": 2.935},
+    "Pb": {"200": 2.475, "220": 1.750},
+}
+
+
+def _px(image: Any, pixel_size_A: float | None) -> tuple[np.ndarray, float]:
+    if isinstance(image, Image):
+        return np.asarray(image.data), image.pixel_size_A if pixel_size_A is None else pixel_size_A
+    if pixel_size_A is None:
+        raise CalibrationError("`pixel_size_A` is needed (the image carries no calibration)")
+    return np.asarray(image), float(pixel_size_A)
+
+
+def segment_nanocrystal(
+    image: Any,
+    *,
+    pixel_size_A: float | None = None,
+    lattice_A: float = 5.87,
+    threshold: float | None = None,
+    min_void_area_A2: float = 20.0,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Mask of the nanocrystal (largest bright object) and of its voids.
+
+    Parameters
+    ----------
+    image : Image or (M, N) array_like
+        HAADF frame.
+    pixel_size_A : float, optional
+        Pixel size, Å (from the Image when omitted).
+    lattice_A : float
+        Host lattice spacing used for the unit-cell average, Å.
+    threshold : float, optional
+        Threshold on the unit-cell averaged frame (default: Otsu).
+    min_void_area_A2 : float
+        Smallest hole counted as a void, Å².
+
+    Returns
+    -------
+    crystal : (M, N) bool ndarray
+        The crystal including its voids (filled outline).
+    voids : (M, N) bool ndarray
+        Enclosed holes of at least ``min_void_area_A2``.
+    threshold : float
+        The threshold used.
+    """
+    data, px = _px(image, pixel_size_A)
+    a = check_image("image", data)
+    check_positive("pixel_size_A", px)
+    check_positive("lattice_A", lattice_A)
+    m = unit_cell_average(a, lattice_A / px)
+    m = ndimage.gaussian_filter(m, 0.5 * lattice_A / px)
+    if threshold is None:
+        from skimage.filters import threshold_otsu
+
+        threshold = float(threshold_otsu(m))
+    fg = m > threshold
+    lab, n = ndimage.label(fg)
+    if n == 0:
+        z = np.zeros(a.shape, bool)
+        return z, z, float(threshold)
+    sizes = ndimage.sum_labels(np.ones_like(m), lab, np.arange(1, n + 1))
+    body = lab == (1 + int(np.argmax(sizes)))
+    filled = ndimage.binary_fill_holes(body)
+    holes = filled & ~body
+    hl, nh = ndimage.label(holes)
+    voids = np.zeros(a.shape, bool)
+    if nh:
+        hs = ndimage.sum_labels(np.ones_like(m), hl, np.arange(1, nh + 1)) * px * px
+        keep = np.flatnonzero(hs >= min_void_area_A2) + 1
+        voids = np.isin(hl, keep)
+    return filled, voids, float(threshold)
+
+
+def fft_phase_check(
+    image: Any,
+    *,
+    pixel_size_A: float | None = None,
+    mask: np.ndarray | None = None,
+    tolerance: float = 0.03,
+    min_ratio: float = 8.0,
+    min_fraction: float = 0.05,
+) -> dict[str, Any]:
+    """Which phases (CsPbBr₃ host, metallic Pb) show lattice reflections in a frame.
+
+    For every characteristic spacing ``d`` the peak power in the annulus
+    ``|k| ∈ [1/d·(1−tol), 1/d·(1+tol)]`` is divided by the median power of the annulus;
+    a ratio ≥ ``min_ratio`` counts as present.  A phase is present when any of its
+    reflections is (reflections beyond Nyquist are skipped).
+
+    Parameters
+    ----------
+    image : Image or (M, N) array_like
+    pixel_size_A : float, optional
+    mask : (M, N) bool array_like, optional
+        Region analysed (e.g. the crystal); outside is set to the mean, apodised.
+    tolerance : float
+        Relative half-width of each annulus.
+    min_ratio : float
+        Peak-to-median power ratio for a reflection to count.
+    min_fraction : float
+        A phase's strongest reflection must also reach this fraction of the strongest peak
+        of all phases (the tails of strong peaks leak into neighbouring annuli); small
+        clusters (≲ 100 atoms) are therefore not seen here — use :func:`detect_clusters`.
+
+    Returns
+    -------
+    dict
+        ``phase`` ("CsPbBr3", "Pb", "CsPbBr3+Pb" or "none"), ``ratios`` {phase: {hkl: ratio}},
+        ``measured_d_A`` {phase: {hkl: d of the peak}}.
+    """
+    data, px = _px(image, pixel_size_A)
+    a = check_image("image", data)
+    check_positive("pixel_size_A", px)
+    check_positive("tolerance", tolerance)
+    f = a - a.mean()
+    if mask is not None:
+        mk = np.asarray(mask, bool)
+        if mk.shape != a.shape:
+            raise ParameterError(f"`mask` shape {mk.shape} differs from the image {a.shape}")
+        f = np.where(ndimage.binary_dilation(mk, iterations=2), a - a[mk].mean(), 0.0)
+    from scipy.signal.windows import hann
+
+    f = f * np.outer(hann(a.shape[0]), hann(a.shape[1]))
+    p = np.abs(np.fft.rfft2(f)) ** 2
+    ky = np.fft.fftfreq(a.shape[0], px)[:, None]
+    kx = np.fft.rfftfreq(a.shape[1], px)[None, :]
+    kr = np.hypot(ky, kx)
+    # pixels near host reflections (estimated lattice) are excluded from the other phases'
+    # rings: the tails of strong host peaks must not pass for Pb reflections
+    dk = max(1 / (a.shape[0] * px), 1 / (a.shape[1] * px))
+    near_host = np.zeros(kr.shape, bool)
+    try:
+        from perovstem.insitu.lattice import estimate_lattice
+
+        ah, ang, strength = estimate_lattice(a, px)
+    except Exception:  # noqa: BLE001 - no lattice: nothing to exclude
+        strength = 0.0
+    if strength >= 20:
+        t = np.radians(ang)
+        u1 = np.array([np.cos(t), np.sin(t)]) / ah
+        u2 = np.array([-np.sin(t), np.cos(t)]) / ah
+        hk = np.arange(-8, 9)
+        g = (hk[:, None, None] * u1 + hk[None, :, None] * u2).reshape(-1, 2)
+        g = g[np.hypot(g[:, 0], g[:, 1]) > 0]
+        for gx, gy in g:
+            for sx, sy in ((gx, gy), (-gx, -gy)):
+                near_host |= np.hypot(kx - sx, ky - sy) < 2.5 * dk
+    ratios: dict[str, dict[str, float]] = {}
+    dmeas: dict[str, dict[str, float]] = {}
+    peaks: dict[str, float] = {}
+    for phase, refl in PHASE_SPACINGS_A.items():
+        ratios[phase], dmeas[phase] = {}, {}
+        for hkl, d in refl.items():
+            if d < 2.2 * px:
+                continue
+            ring = (kr >= (1 - tolerance) / d) & (kr <= (1 + tolerance) / d)
+            if phase != "CsPbBr3":
+                ring &= ~near_host
+            wide = (kr >= (1 - 4 * tolerance) / d) & (kr <= (1 + 4 * tolerance) / d)
+            if ring.sum() < 4:
+                continue
+            pk = float(p[ring].max())
+            r = pk / (float(np.median(p[wide])) + 1e-300)
+            ratios[phase][hkl] = r
+            dmeas[phase][hkl] = float(1 / kr[ring][np.argmax(p[ring])])
+            if r >= min_ratio:
+                peaks[phase] = max(peaks.get(phase, 0.0), pk)
+
+    top = max(peaks.values(), default=0.0)
+    present = [ph for ph in PHASE_SPACINGS_A if ph in peaks and peaks[ph] >= min_fraction * top]
+    label = "+".join(present) if present else "none"
+    return {"phase": label, "ratios": ratios, "measured_d_A": dmeas}
+
+
+def nanocrystal_metrics(
+    series: Any,
+    *,
+    pixel_size_A: float | None = None,
+    lattice_A: float = 5.87,
+    phase_check: bool = True,
+    min_void_area_A2: float = 20.0,
+) -> pd.DataFrame:
+    """Per-frame nanocrystal metrics of a (drift-corrected) series.
+
+    Parameters
+    ----------
+    series : Series, (T, M, N) array or sequence of frames
+        Streamed frame by frame.
+    pixel_size_A : float, optional
+        Pixel size, Å (from a Series when omitted).
+    lattice_A : float
+        Host lattice spacing, Å.
+    phase_check : bool
+        Run :func:`fft_phase_check` on each frame.
+    min_void_area_A2 : float
+        Smallest void, Å².
+
+    Returns
+    -------
+    DataFrame
+        ``frame, area_A2, perimeter_A, equivalent_diameter_A, shrinkage, void_area_A2,
+        n_voids, centroid_x_A, centroid_y_A, integrated_counts, phase, skipped, reason``;
+        ``shrinkage = 1 − area/area(first usable frame)``.
+    """
+    from perovstem._data import Series
+
+    if isinstance(series, Series) and pixel_size_A is None:
+        pixel_size_A = series.pixel_size_A
+    if pixel_size_A is None:
+        raise CalibrationError("`pixel_size_A` is needed for a bare array series")
+    px = check_positive("pixel_size_A", pixel_size_A)
+    from skimage.measure import perimeter
+
+    rows = []
+    for k, fr in iter_frames(series):
+        why = frame_quality(fr)
+        if why:
+            rows.append({"frame": k, "skipped": True, "reason": why})
+            continue
+        crystal, voids, _ = segment_nanocrystal(
+            fr, pixel_size_A=px, lattice_A=lattice_A, min_void_area_A2=min_void_area_A2
+        )
+        solid = crystal & ~voids
+        area = float(solid.sum()) * px * px
+        yy, xx = np.nonzero(crystal)
+        row = {
+            "frame": k,
+            "area_A2": area,
+            "perimeter_A": float(perimeter(crystal)) * px,
+            "equivalent_diameter_A": float(np.sqrt(4 * area / np.pi)),
+            "void_area_A2": float(voids.sum()) * px * px,
+            "n_voids": int(ndimage.label(voids)[1]),
+            "centroid_x_A": float(xx.mean()) * px if xx.size else np.nan,
+            "centroid_y_A": float(yy.mean()) * px if yy.size else np.nan,
+            "integrated_counts": float(np.asarray(fr, float)[crystal].sum()),
+            "skipped": False,
+            "reason": "",
+        }
+        if phase_check:
+            row["phase"] = fft_phase_check(fr, pixel_size_A=px)["phase"]
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    good = df.loc[~df["skipped"], "area_A2"] if "area_A2" in df else pd.Series(dtype=float)
+    a0 = float(good.iloc[0]) if len(good) else np.nan
+    df["shrinkage"] = 1 - df.get("area_A2", np.nan) / a0
+    cols = (
+        [
+            "frame",
+            "area_A2",
+            "perimeter_A",
+            "equivalent_diameter_A",
+            "shrinkage",
+            "void_area_A2",
+            "n_voids",
+            "centroid_x_A",
+            "centroid_y_A",
+            "integrated_counts",
+        ]
+        + (["phase"] if phase_check else [])
+        + ["skipped", "reason"]
+    )
+    for c in cols:
+        if c not in df:
+            df[c] = np.nan
+    df = df[cols]
+    df.attrs.update({"pixel_size_A": px, "lattice_A": float(lattice_A)})
+    return df

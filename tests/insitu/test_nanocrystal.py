@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from perovstem import CalibrationError, ParameterError, Series
+from perovstem.insitu import fft_phase_check, nanocrystal_metrics, segment_nanocrystal
+
+
+@pytest.fixture(scope="module")
+def sim():
+    from perovstem.simulate import add_pb_cluster, nanocrystal
+    from perovstem.simulate.haadf import haadf_image
+
+    def image(atoms, seed=0, dose=2e4):
+        img, _ = haadf_image(
+            atoms,
+            pixel_size_A=0.4,
+            shape=(192, 192),
+            center_A=(0, 0),
+            dose_e_per_A2=dose,
+            rng=seed,
+        )
+        return img
+
+    return nanocrystal, add_pb_cluster, image
+
+
+@pytest.mark.parametrize("edge", [30.0, 45.0])
+def test_projected_area_of_cube(sim, edge):
+    nanocrystal, _, image = sim
+    at = nanocrystal(edge_A=edge, rng=0)
+    crystal, voids, _ = segment_nanocrystal(image(at))
+    pos = at.get_positions()
+    w, h = np.ptp(pos[:, 0]), np.ptp(pos[:, 1])
+    area = crystal.sum() * 0.16
+    # between the column-centre box and the box grown by half a cell
+    assert w * h < area < (w + 5.87 / 2) * (h + 5.87 / 2) * 1.05
+    assert voids.sum() == 0
+
+
+def test_void_and_shrinkage_over_series(sim):
+    nanocrystal, _, image = sim
+    frames = []
+    for edge in (45.0, 40.0, 35.0):
+        frames.append(image(nanocrystal(edge_A=edge, rng=0)).data)
+    at = nanocrystal(edge_A=45.0, rng=0)
+    pos = at.get_positions()
+    c = pos.mean(0)
+    del at[np.flatnonzero(np.hypot(pos[:, 0] - c[0], pos[:, 1] - c[1]) < 9.0)]
+    frames.append(image(at).data)
+    frames.insert(2, np.full_like(frames[0], np.nan))  # corrupted frame in the middle
+    df = nanocrystal_metrics(Series(np.asarray(frames), 0.4))
+    assert df.loc[2, "skipped"] and "non-finite" in df.loc[2, "reason"]
+    s = df.loc[[0, 1, 3], "shrinkage"].to_numpy()
+    expected = 1 - (np.array([45.0, 40.0, 35.0]) / 45.0) ** 2
+    np.testing.assert_allclose(s, expected, atol=0.06)
+    assert df.loc[4, "n_voids"] == 1
+    # void resolution is one unit cell: area between the blurred and the true hole
+    assert np.pi * (9.0 - 5.87 / 2) ** 2 * 0.6 < df.loc[4, "void_area_A2"] < np.pi * 9.0**2
+    assert (df.loc[[0, 1, 3], "phase"] == "CsPbBr3").all()
+
+
+def test_fft_phase_check(sim):
+    nanocrystal, add_pb_cluster, image = sim
+    at = nanocrystal(edge_A=30.0, rng=1)
+    r = fft_phase_check(image(at))
+    assert r["phase"] == "CsPbBr3"
+    assert r["measured_d_A"]["CsPbBr3"]["110"] == pytest.approx(4.15, rel=0.04)
+    for i in range(3):
+        at = add_pb_cluster(at, 200, site="corner", rng=i)
+    assert fft_phase_check(image(at))["phase"] == "CsPbBr3+Pb"
+    pb = at[at.arrays["label"] == 2]
+    r = fft_phase_check(image(pb))
+    assert r["phase"] == "Pb"
+    assert r["measured_d_A"]["Pb"]["200"] == pytest.approx(2.475, rel=0.04)
+
+
+def test_bad_input():
+    with pytest.raises(CalibrationError):
+        segment_nanocrystal(np.ones((16, 16)))
+    with pytest.raises(ParameterError, match="mask"):
+        fft_phase_check(
+            np.random.default_rng(0).random((32, 32)), pixel_size_A=0.5, mask=np.ones((8, 8), bool)
+        )
+    with pytest.raises(CalibrationError):
+        nanocrystal_metrics(np.ones((2, 16, 16)))
