@@ -18,6 +18,8 @@ __all__ = ["atoms_figure", "mesh_figure", "volume_figure"]
 # Jmol-like colours of the elements that occur in CsPbBr3 / CsCd_xPb_{1-x}Br3 / Pb clusters.
 _COLOURS = {"Cs": "#57178f", "Pb": "#575961", "Cd": "#ffd98f", "Br": "#a62929"}
 _SIZES = {"Cs": 7, "Pb": 7, "Cd": 6, "Br": 4}
+# metallic Pb (reduced Pb⁰) stands out from the host lattice
+_GROUP_COLOURS = {"Pb⁰ cluster": "#ff7f0e", "Pb⁰ adatom": "#ffbb78"}
 
 
 def _layout(title: str) -> dict[str, Any]:
@@ -83,7 +85,7 @@ def atoms_figure(
                 name=f"{g} ({int(m.sum())})",
                 marker=dict(
                     size=_SIZES.get(el, 5),
-                    color=_COLOURS.get(el, "#3a7bd5"),
+                    color=_GROUP_COLOURS.get(g, _COLOURS.get(el, "#3a7bd5")),
                     opacity=0.9,
                     line=dict(width=0),
                 ),
