@@ -61,9 +61,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
 
-    from perovstem.pipeline import get_step, parse_config, run_pipeline
-
     from perovstem.errors import PerovstemError
+    from perovstem.pipeline import get_step, parse_config, run_pipeline
 
     candidates = ["insitu.clusters", "series.frame_stats"]
     candidates = [c for c in candidates if get_step(c).available]
