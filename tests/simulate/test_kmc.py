@@ -352,3 +352,23 @@ def test_bad_atoms_raise(traj):
         degradation_kmc(np.zeros((3, 3)), n_frames=1, frame_time_s=1.0, dose_rate_e_per_A2_s=1.0)
     with pytest.raises(ParameterError, match="frame index"):
         traj.atoms(traj.n_frames)
+
+
+def test_nucleation_site_classes_follow_probabilities():
+    """Births happen only where nucleation is allowed, and corners are favoured."""
+    only_corners = KineticParameters(
+        nucleation_probability_edge=0.0, nucleation_probability_face=0.0
+    )
+    tr = degradation_kmc(
+        _cube(8), n_frames=8, frame_time_s=1.0, dose_rate_e_per_A2_s=3e3, params=only_corners, rng=8
+    )
+    births = tr.events[tr.events["kind"] == "birth"]
+    assert len(births) > 0 and set(births["site"]) == {"corner"}
+    assert tr.events.loc[tr.events["kind"] == "merge", "site"].isna().all()
+    # default: per-site preference corner (1) > edge (0.1) > face (0.01); a cube of 8 cells
+    # has 8 corner, ~12·8 edge and ~6·64 face sites, yet corners get a large share of births
+    tr = degradation_kmc(_cube(8), n_frames=8, frame_time_s=1.0, dose_rate_e_per_A2_s=3e3, rng=9)
+    births = tr.events[tr.events["kind"] == "birth"]
+    share = births["site"].value_counts(normalize=True)
+    assert share.get("corner", 0.0) > 0.4
+    assert set(births["site"]) <= {"corner", "edge", "face", "support"}

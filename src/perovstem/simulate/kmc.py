@@ -65,7 +65,9 @@ class KMCTrajectory:
         fcc sphere).
     events : pandas.DataFrame
         ``frame, time_s, cumulative_dose_e_per_A2, kind ("birth"|"merge"|"death"),
-        cluster_id, parents (list of ids), n_atoms`` in time order.  A merge creates a new
+        cluster_id, parents (list of ids), n_atoms, site`` in time order; ``site`` is the
+        nucleation site class of a birth (``"corner"``, ``"edge"``, ``"face"`` by the number
+        of host B sites around it, or ``"support"`` on the support film), None for a merge.  A merge creates a new
         id whose parents end there; this model has no "death" (clusters are never
         destroyed).
     conditions : dict
@@ -425,6 +427,7 @@ def degradation_kmc(
         np.zeros(cap, np.int64),
         np.zeros(cap, np.int64),
         np.zeros(cap, np.int64),
+        np.full(cap, -1, np.int64),
     )
 
     fp = np.zeros(core.N_FPARAMS)
@@ -459,6 +462,7 @@ def degradation_kmc(
         off26,
         inv_m,
         grid,
+        support,
     )
     Ct = (cl_alive, cl_n, cl_anchor, cl_centre, cl_R, cl_live, cl_where)
 
@@ -497,6 +501,12 @@ def degradation_kmc(
     cum_end = initial_dose + np.cumsum(frame_dose)
     cum_start = cum_end - frame_dose
     kinds = {core.EV_BIRTH: "birth", core.EV_MERGE: "merge"}
+    sites = {
+        core.SITE_CORNER: "corner",
+        core.SITE_EDGE: "edge",
+        core.SITE_FACE: "face",
+        core.SITE_SUPPORT: "support",
+    }
     for k in range(n_frames):
         t0 = k * frame_time_s
         t1 = (k + 1) * frame_time_s
@@ -511,9 +521,7 @@ def degradation_kmc(
         counters[core.FRAME_COUNTERS] = 0
         t = t0
         while t < t1:
-            t = core.run_interval(
-                t, t1, Ht, Lt, Nt, At, Ct, E, counters, fp, ip, fs, 10_000_000
-            )
+            t = core.run_interval(t, t1, Ht, Lt, Nt, At, Ct, E, counters, fp, ip, fs, 10_000_000)
         present_snaps.append(np.packbits(present))
         ad_snaps.append(_adatom_nodes(At, counters, core))
         live, n_live, centres, radii = snapshot_clusters()
@@ -543,6 +551,7 @@ def degradation_kmc(
                     "cluster_id": int(E[2][e]),
                     "parents": parents,
                     "n_atoms": int(E[5][e]),
+                    "site": sites.get(int(E[6][e])),
                 }
             )
         n_ev_done = n_ev
@@ -622,6 +631,7 @@ def degradation_kmc(
             "cluster_id",
             "parents",
             "n_atoms",
+            "site",
         ],
     )
     cell = atoms.get_cell() if hasattr(atoms, "get_cell") else None
@@ -640,9 +650,7 @@ def degradation_kmc(
 
 def _adatom_nodes(At: tuple, counters: np.ndarray, core: Any) -> np.ndarray:
     """Nodes of all Pb⁰ adatoms (mobile and trapped), sorted."""
-    return np.sort(
-        np.concatenate([At[0][: counters[core.C_NAD]], At[1][: counters[core.C_NTRAP]]])
-    )
+    return np.sort(np.concatenate([At[0][: counters[core.C_NAD]], At[1][: counters[core.C_NTRAP]]]))
 
 
 def _counts(counters: np.ndarray, core: Any) -> dict[str, Any]:

@@ -24,6 +24,8 @@ from numba import njit
 
 KIND_CS, KIND_PB, KIND_CD, KIND_BR = 0, 1, 2, 3
 EV_BIRTH, EV_MERGE = 0, 1
+# nucleation site classes (host B sites among the 26 neighbours: ≤ 4, 5–7, ≥ 8; support film)
+SITE_CORNER, SITE_EDGE, SITE_FACE, SITE_SUPPORT = 0, 1, 2, 3
 
 # counters
 C_NSURF, C_NBULK, C_NAD, C_NLIVE, C_NEXTID, C_NEV, C_NCS_SURF = 0, 1, 2, 3, 4, 5, 6
@@ -242,8 +244,8 @@ def _untrap(nd, N, A, counters):
 
 
 @njit(cache=True)
-def _log_event(kind, cid, p1, p2, n, E, counters, fs):
-    ev_kind, ev_time, ev_id, ev_p1, ev_p2, ev_n = E
+def _log_event(kind, cid, p1, p2, n, site, E, counters, fs):
+    ev_kind, ev_time, ev_id, ev_p1, ev_p2, ev_n, ev_site = E
     e = counters[C_NEV]
     ev_kind[e] = kind
     ev_time[e] = fs[S_TIME]
@@ -251,6 +253,7 @@ def _log_event(kind, cid, p1, p2, n, E, counters, fs):
     ev_p1[e] = p1
     ev_p2[e] = p2
     ev_n[e] = n
+    ev_site[e] = site
     counters[C_NEV] = e + 1
 
 
@@ -310,7 +313,7 @@ def _merge(c, j, N, C, E, counters, fp, fs):
     _list_remove(cl_live, cl_where, counters, C_NLIVE, c)
     _list_remove(cl_live, cl_where, counters, C_NLIVE, j)
     e_id = _new_cluster(n, anchor, N, C, counters, fp)
-    _log_event(EV_MERGE, e_id, c, j, n, E, counters, fs)
+    _log_event(EV_MERGE, e_id, c, j, n, -1, E, counters, fs)
     counters[C_MERGES] += 1
     return e_id
 
@@ -375,11 +378,18 @@ def _arrive(nd, N, A, C, E, counters, fp, ip, fs):
     if m + 1 < ip[I_NCRIT]:
         return
     h = host_nb[nd]
-    if h <= 4:
+    if N[10][nd]:  # support film: a flat face
+        h -= 9
+        site = SITE_SUPPORT
+        w = fp[P_PFACE]
+    elif h <= 4:
+        site = SITE_CORNER
         w = fp[P_PCORNER]
     elif h <= 7:
+        site = SITE_EDGE
         w = fp[P_PEDGE]
     else:
+        site = SITE_FACE
         w = fp[P_PFACE]
     if np.random.random() >= w:
         counters[C_NUC_REJ] += 1
@@ -390,7 +400,7 @@ def _arrive(nd, N, A, C, E, counters, fp, ip, fs):
             _remove_adatom_at(nd + o, N, A, counters)
     c = _new_cluster(m + 1, nd, N, C, counters, fp)
     counters[C_NCLATOMS] += m + 1
-    _log_event(EV_BIRTH, c, -1, -1, m + 1, E, counters, fs)
+    _log_event(EV_BIRTH, c, -1, -1, m + 1, site, E, counters, fs)
     counters[C_BIRTHS] += 1
     _post_change(c, N, A, C, E, counters, fp, fs)
 
