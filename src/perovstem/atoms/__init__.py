@@ -11,6 +11,7 @@ Public API (see ``docs/CONTRACTS.md``):
 
 from __future__ import annotations
 
+from perovstem.atoms._counting import *  # noqa: F403  (counting, HMM, composition; issue 6)
 from perovstem.atoms.cell import ProjectedCell, cspbbr3_001_cell
 from perovstem.atoms.find import estimate_lattice, find_columns, find_peaks, fit_lattice_vectors
 from perovstem.atoms.fit import FIT_COLUMNS, fit_columns, model_image
