@@ -9,3 +9,4 @@ from perovstem.quantify.kinetics import (  # noqa: F401
     fit_dose_rate_dependence,
     fit_model,
 )
+from perovstem.quantify.mobility import cluster_hop_rate, fit_desorption_hazard  # noqa: F401

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from perovstem import DataError
+from perovstem.quantify.kinetics import K_B_EV_PER_K, fit_arrhenius
+from perovstem.quantify.mobility import cluster_hop_rate, fit_desorption_hazard
+
+
+def _walks(rng, gamma1, *, n_tracks=30, n_frames=25, dt=1.0, a=5.87, alpha=4 / 3, loc=0.3):
+    """Clusters hopping on a cubic lattice (3-D, Poisson number of hops), seen in projection."""
+    rows = []
+    dirs = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]])
+    for t in range(n_tracks):
+        n = rng.integers(10, 80)
+        pos = np.zeros(3)
+        for f in range(n_frames):
+            hops = rng.poisson(gamma1 * n ** (-alpha) * dt)
+            if hops:
+                pos = pos + a * dirs[rng.integers(0, 6, hops)].sum(0)
+            rows.append((t, f, pos[0] + rng.normal(0, loc), pos[1] + rng.normal(0, loc), n))
+    return pd.DataFrame(rows, columns=["track_id", "frame", "x_A", "y_A", "n_atoms"])
+
+
+def test_hop_rate_recovered():
+    rng = np.random.default_rng(0)
+    tr = _walks(rng, 40.0)
+    r = cluster_hop_rate(tr, frame_time_s=1.0, localization_error_A=0.3, rng=1)
+    assert r["rate_per_s"] == pytest.approx(40.0, rel=0.15)
+    assert r["ci_low"] <= 40.0 <= r["ci_high"]
+
+
+def test_activation_energy_from_mobility_within_0p05_ev():
+    ea, nu0 = 0.65, 1e13
+    temps = np.array([250.0, 262.0, 275.0, 288.0, 300.0])
+    hits = 0
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        rates, errs = [], []
+        for t in temps:
+            g1 = nu0 * np.exp(-ea / (K_B_EV_PER_K * t))
+            # frame time chosen so that clusters make ~1 hop per frame at every temperature
+            dt = 30.0 / g1
+            r = cluster_hop_rate(
+                _walks(rng, g1, dt=dt), frame_time_s=dt, localization_error_A=0.3, rng=seed
+            )
+            rates.append(r["rate_per_s"])
+            errs.append(r["stderr"])
+        fit = fit_arrhenius(temps, rates, rate_err=errs)
+        assert abs(fit.params["Ea_eV"] - ea) < 0.05
+        hits += fit.ci_low["Ea_eV"] <= ea <= fit.ci_high["Ea_eV"]
+    assert hits >= 3
+
+
+def test_desorption_hazard_binomial_truth():
+    rng = np.random.default_rng(3)
+    d_true, dose = 3e4, 2e3
+    hits = 0
+    for _ in range(10):
+        n, at_risk, lost = 3000, [], []
+        for _ in range(30):
+            k = rng.binomial(n, 1 - np.exp(-dose / d_true))
+            at_risk.append(n)
+            lost.append(k)
+            n = n - k + rng.integers(0, 40)  # newly exposed atoms join between frames
+        r = fit_desorption_hazard(at_risk, lost, dose)
+        assert r["D_e_per_A2"] == pytest.approx(d_true, rel=0.1)
+        hits += r["ci_low"] <= d_true <= r["ci_high"]
+    assert hits >= 8
+
+
+def test_desorption_dose_of_the_kmc_simulator():
+    """D_Br of the degradation KMC recovered from its exact surface-Br bookkeeping."""
+    from perovstem.simulate import degradation_kmc, nanocrystal
+
+    at = nanocrystal(edge_A=40.0, rng=0)
+    for phi, temp in ((2e3, 300.0), (5e3, 260.0)):
+        tr = degradation_kmc(
+            at, n_frames=20, frame_time_s=1.0, dose_rate_e_per_A2_s=phi, temperature_K=temp, rng=1
+        )
+        ft = tr.frame_table
+        start = np.r_[ft.attrs["initial"]["n_Br_surface"], ft["n_Br_surface"].to_numpy()[:-1]]
+        k = ft["n_Br_desorbed_surface"].to_numpy()
+        # exposure of the frame: trapezoid between start and end populations (+ the lost ones)
+        risk = np.maximum(0.5 * (start + ft["n_Br_surface"].to_numpy() + k), k)
+        r = fit_desorption_hazard(risk, k, ft["dose_e_per_A2"].to_numpy())
+        assert r["D_e_per_A2"] == pytest.approx(tr.params.D_Br_e_per_A2, rel=0.10)
+
+
+def test_bad_input():
+    with pytest.raises(DataError, match="lacks"):
+        cluster_hop_rate(pd.DataFrame({"frame": [0]}), frame_time_s=1.0)
+    with pytest.raises(DataError, match="consecutive"):
+        cluster_hop_rate(
+            pd.DataFrame(
+                {
+                    "frame": [0, 2],
+                    "x_A": [0, 1],
+                    "y_A": [0, 0],
+                    "track_id": [0, 0],
+                    "n_atoms": [10, 10],
+                }
+            ),
+            frame_time_s=1.0,
+        )
+    with pytest.raises(DataError, match="no atom"):
+        fit_desorption_hazard([10, 10], [0, 0], 1e3)
+    with pytest.raises(DataError, match="n_lost"):
+        fit_desorption_hazard([10, 10], [11, 0], 1e3)
+    with pytest.raises(DataError, match="dose"):
+        fit_desorption_hazard([10, 10], [1, 0], 0.0)
