@@ -66,41 +66,46 @@ def project_columns(atoms, *, tol_A: float = 0.3) -> tuple[pd.DataFrame, np.ndar
     pos = atoms.get_positions()
     mis = np.asarray(atoms.info.get("mistilt_rotation", np.eye(3)), dtype=float)
     za = pos @ mis  # lab = M @ zone-aligned  ->  zone-aligned = lab @ M (row vectors)
-    key = np.round(za[:, :2] / 1e-3).astype(np.int64)
-    uniq, inv = np.unique(key, axis=0, return_inverse=True)
+    key2 = np.round(za[:, :2] / 1e-3).astype(np.int64)
+    key2 -= key2.min(axis=0)
+    key = key2[:, 0] * (int(key2[:, 1].max()) + 1) + key2[:, 1]
+    _, first, inv = np.unique(key, return_index=True, return_inverse=True)
     inv = inv.ravel()
-    pts = uniq * 1e-3
+    uniq = key2[first]
+    pts = uniq * 1e-3  # shifted frame: only distances matter here
     pairs = cKDTree(pts).query_pairs(tol, output_type="ndarray")
     g = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(pts), len(pts)))
     _, lab_u = connected_components(g, directed=False)
     col = lab_u[inv]
     ncol = int(col.max()) + 1
 
-    sym = np.asarray(atoms.get_chemical_symbols())
+    z = np.asarray(atoms.numbers)
     label = np.asarray(atoms.arrays.get("label", np.zeros(n, dtype=int)))
     cid = np.asarray(atoms.arrays.get("cluster_id", np.full(n, -1)))
-    metal = (label >= 1) & (sym == "Pb")
-    bad = set(np.unique(sym)) - {"Pb", "Cd", "Cs", "Br"}
+    metal = (label >= 1) & (z == 82)
+    bad = set(np.unique(z)) - {82, 48, 55, 35}
     if bad:
-        raise DataError(f"`atoms` holds species the HAADF model does not know: {sorted(bad)}")
+        from ase.data import chemical_symbols
+
+        raise DataError(
+            "`atoms` holds species the HAADF model does not know: "
+            f"{sorted(chemical_symbols[int(b)] for b in bad)}"
+        )
 
     def count(mask):
         return np.bincount(col, weights=mask.astype(float), minlength=ncol)
 
     cnt = np.bincount(col, minlength=ncol).astype(float)
-    n_pb = count(sym == "Pb")
-    n_cd = count(sym == "Cd")
-    n_br = count(sym == "Br")
-    n_cs = count(sym == "Cs")
+    n_pb = count(z == 82)
+    n_cd = count(z == 48)
+    n_br = count(z == 35)
+    n_cs = count(z == 55)
     n_pb0 = count(metal)
-    therm = np.array(
-        [
-            THERMAL_SIGMA_A["Pb0"] if m else THERMAL_SIGMA_A[s]
-            for s, m in zip(sym, metal, strict=True)
-        ]
-    )
-    zw = {"Pb": 82.0, "Cd": 48.0, "Cs": 55.0, "Br": 35.0}
-    wz = np.array([zw[s] for s in sym]) ** 1.6
+    therm_z = np.zeros(83)
+    for el, zz in (("Pb", 82), ("Cd", 48), ("Cs", 55), ("Br", 35)):
+        therm_z[zz] = THERMAL_SIGMA_A[el]
+    therm = np.where(metal, THERMAL_SIGMA_A["Pb0"], therm_z[z])
+    wz = z.astype(float) ** 1.6
     th = np.sqrt(
         np.bincount(col, weights=wz * therm**2, minlength=ncol)
         / np.bincount(col, weights=wz, minlength=ncol)

@@ -288,16 +288,16 @@ def haadf_image(
     oy = cy - 0.5 * (m - 1) * dx
 
     if abs(mistilt) > 1e-3:  # atom by atom: streaks along the projected tilt
-        sym = atoms.get_chemical_symbols()
+        z = np.asarray(atoms.numbers)
         label = np.asarray(atoms.arrays.get("label", np.zeros(len(atoms), dtype=int)))
         sig = atom_scs(voltage_kV)
-        s_at = np.array([sig[s] for s in sym])
-        therm = np.array(
-            [
-                THERMAL_SIGMA_A["Pb0"] if (lb >= 1 and s == "Pb") else THERMAL_SIGMA_A[s]
-                for s, lb in zip(sym, label, strict=True)
-            ]
-        )
+        s_z = np.zeros(83)
+        t_z = np.zeros(83)
+        for el, zz in (("Pb", 82), ("Cd", 48), ("Cs", 55), ("Br", 35)):
+            s_z[zz] = sig[el]
+            t_z[zz] = THERMAL_SIGMA_A[el]
+        s_at = s_z[z]
+        therm = np.where((label >= 1) & (z == 82), THERMAL_SIGMA_A["Pb0"], t_z[z])
         tot = np.bincount(atom_col, weights=s_at, minlength=len(cols))
         w = scs[atom_col] * s_at / tot[atom_col]
         px, py, pth = pos[:, 0], pos[:, 1], therm
