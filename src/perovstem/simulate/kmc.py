@@ -399,16 +399,13 @@ def degradation_kmc(
     if np.any(sym_all[label == _LABEL_ADATOM] != "Pb"):
         raise DataError("atoms labelled 1 (Pb⁰ adatom) must be Pb")
     cap = 2 * (int(np.sum(kind == KIND_PB)) + n_pb0_in) + 16
-    ad_node = np.zeros(cap, np.int64)
-    trap_node = np.zeros(cap, np.int64)
-    At = (ad_node, trap_node)
+    At = (np.zeros((7, cap), np.int64), np.zeros(7, np.int64))  # adatoms by open directions
     node_free = ~node_host & ~lat.node_border
+    initial_adatoms = []
     for p in pos_all[label == _LABEL_ADATOM]:
         nd = _nearest_free_node(p, lat, node_free)
         node_free[nd] = False
-        ad_node[counters[core.C_NAD]] = nd
-        node_ad[nd] = counters[core.C_NAD]
-        counters[core.C_NAD] += 1
+        initial_adatoms.append(nd)
     in_ids, in_n, in_anchor = _initial_clusters(
         sym_all, pos_all, label, cluster_id, lat, ~node_host & ~lat.node_border
     )
@@ -467,6 +464,8 @@ def degradation_kmc(
     Ct = (cl_alive, cl_n, cl_anchor, cl_centre, cl_R, cl_live, cl_where)
 
     core.seed(seed)
+    for nd in initial_adatoms:
+        core._add_adatom(nd, Nt, At, counters)
     for n, anc in zip(in_n, in_anchor, strict=True):
         core._new_cluster(n, anc, Nt, Ct, counters, fp)
         counters[core.C_NCLATOMS] += n
@@ -650,11 +649,11 @@ def degradation_kmc(
 
 def _adatom_nodes(At: tuple, counters: np.ndarray, core: Any) -> np.ndarray:
     """Nodes of all Pb⁰ adatoms (mobile and trapped), sorted."""
-    return np.sort(np.concatenate([At[0][: counters[core.C_NAD]], At[1][: counters[core.C_NTRAP]]]))
+    return np.sort(np.concatenate([At[0][b, : At[1][b]] for b in range(7)]))
 
 
 def _counts(counters: np.ndarray, core: Any) -> dict[str, Any]:
-    n_ad = int(counters[core.C_NAD] + counters[core.C_NTRAP])
+    n_ad = int(counters[core.C_NAD])
     n_cl_atoms = int(counters[core.C_NCLATOMS])
     n_b = int(counters[core.C_NB])
     n_pb = int(counters[core.C_NPB])

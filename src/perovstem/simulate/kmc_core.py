@@ -8,9 +8,10 @@ probability proportional to its total rate and a member uniformly (or by weight 
 clusters), so every step executes an event: Bortz, Kalos & Lebowitz, J. Comput. Phys. 17,
 10 (1975); Gillespie, J. Comput. Phys. 22, 403 (1976).  A Pb⁰ adatom or cluster may
 enter a free node next to a host B site (or on the support film), or any free node lower
-along lab z (unsupported Pb⁰ falls towards the support).  Hops into blocked sites are
-counted as null events of the uniformised hop channel (each of the six directions has rate
-Γ/6 whether or not it is open), which keeps the time evolution exact.
+along lab z (unsupported Pb⁰ falls towards the support).  Adatoms are kept in seven
+buckets by the number ``b`` of their hop directions not blocked by a host B site (rate
+``b·Γ/6``), so hops into the crystal are never attempted; a hop onto another adatom or into
+unsupported vacuum is a null event (time still advances exactly, uniformisation).
 
 State is held in plain arrays grouped in tuples (see :mod:`perovstem.simulate.kmc`).
 """
@@ -48,8 +49,8 @@ C_ATTACH, C_CS_LOST, C_CD_LOST, C_STRIPS, C_CL_HOPS, C_STEPS, C_NUC_REJ = (
     25,
     26,
 )
-C_NCLATOMS, C_NTRAP = 27, 28
-N_COUNTERS = 29
+C_NCLATOMS = 27
+N_COUNTERS = 28
 FRAME_COUNTERS = slice(13, 27)
 
 # float params
@@ -119,9 +120,9 @@ def _remove_host(h0, H, L, N, A, counters, ip):
             node_host[nd] = False
             for o in off26:
                 host_nb[nd + o] -= 1
-            for o in N[6]:  # a Pb⁰ trapped in a closed cavity next to this site is freed
-                if N[2][nd + o] <= -2:
-                    _untrap(nd + o, N, A, counters)
+            for o in N[6]:  # adatoms next to this site gain an open hop direction
+                if N[2][nd + o] != -1:
+                    _rebucket(nd + o, N, A, counters)
             counters[C_NB] -= 1
             if k == KIND_PB:
                 counters[C_NPB] -= 1
@@ -202,43 +203,49 @@ def _capture(nd, N, C, counters, fp):
 
 
 @njit(cache=True)
-def _remove_adatom_at(nd, N, A, counters):
-    """Remove the adatom at node ``nd`` (mobile list: ``node_ad ≥ 0``; trapped: ``≤ −2``)."""
-    node_ad = N[2]
-    i = node_ad[nd]
-    if i >= 0:
-        lst, ci, code = A[0], C_NAD, 0
-    else:
-        i = -i - 2
-        lst, ci, code = A[1], C_NTRAP, 1
-    last = counters[ci] - 1
-    moved = lst[last]
-    lst[i] = moved
-    node_ad[moved] = i if code == 0 else -(i + 2)
-    node_ad[nd] = -1
-    counters[ci] = last
-
-
-@njit(cache=True)
-def _is_trapped(nd, N):
-    """All six neighbours of node ``nd`` are host B sites: the adatom cannot hop."""
+def _n_open(nd, N):
+    """Number of the six hop directions of node ``nd`` not blocked by a host B site."""
+    k = 0
     for o in N[6]:
-        if not N[0][nd + o]:
-            return False
-    return True
+        t = nd + o
+        if not N[0][t] and not N[5][t]:
+            k += 1
+    return k
 
 
 @njit(cache=True)
-def _trap(nd, N, A, counters):
-    _remove_adatom_at(nd, N, A, counters)
-    k = counters[C_NTRAP]
-    A[1][k] = nd
-    N[2][nd] = -(k + 2)
-    counters[C_NTRAP] = k + 1
+def _add_adatom(nd, N, A, counters):
+    """Put an adatom on node ``nd``, in the bucket of its number of open directions."""
+    lst, cnt = A
+    cap = lst.shape[1]
+    b = _n_open(nd, N)
+    i = cnt[b]
+    lst[b, i] = nd
+    cnt[b] = i + 1
+    N[2][nd] = b * cap + i
+    counters[C_NAD] += 1
 
 
 @njit(cache=True)
-def _untrap(nd, N, A, counters):
+def _remove_adatom_at(nd, N, A, counters):
+    """Remove the adatom at node ``nd`` (``node_ad = bucket·cap + index``)."""
+    lst, cnt = A
+    cap = lst.shape[1]
+    node_ad = N[2]
+    code = node_ad[nd]
+    b = code // cap
+    i = code - b * cap
+    last = cnt[b] - 1
+    moved = lst[b, last]
+    lst[b, i] = moved
+    node_ad[moved] = b * cap + i
+    node_ad[nd] = -1
+    cnt[b] = last
+    counters[C_NAD] -= 1
+
+
+@njit(cache=True)
+def _rebucket(nd, N, A, counters):
     _remove_adatom_at(nd, N, A, counters)
     _add_adatom(nd, N, A, counters)
 
@@ -326,11 +333,10 @@ def _post_change(c, N, A, C, E, counters, fp, fs):
     cap = fp[P_CAPTURE]
     while True:
         absorbed = False
-        for which in range(2):
-            lst = A[which]
-            i = counters[C_NAD if which == 0 else C_NTRAP] - 1
+        for b in range(7):
+            i = A[1][b] - 1
             while i >= 0:
-                nd = lst[i]
+                nd = A[0][b, i]
                 if _dist(node_pos[nd], cl_centre[c]) <= cl_R[c] + cap:
                     _remove_adatom_at(nd, N, A, counters)
                     cl_n[c] += 1
@@ -406,15 +412,6 @@ def _arrive(nd, N, A, C, E, counters, fp, ip, fs):
 
 
 @njit(cache=True)
-def _add_adatom(nd, N, A, counters):
-    node_ad = N[2]
-    k = counters[C_NAD]
-    A[0][k] = nd
-    node_ad[nd] = k
-    counters[C_NAD] = k + 1
-
-
-@njit(cache=True)
 def _reduce_near(h, H, L, N, A, C, E, counters, fp, ip, fs):
     """Reduce the host Pb²⁺ next to the lost Br ``h`` (fewest Br left) to a Pb⁰ adatom."""
     present, kind, nb_ptr, nb_idx, node_of, cnt_br = H[0], H[1], H[2], H[3], H[4], H[5]
@@ -444,8 +441,6 @@ def _reduce_near(h, H, L, N, A, C, E, counters, fp, ip, fs):
     if node_ad[nd] == -1:
         _add_adatom(nd, N, A, counters)
         _arrive(nd, N, A, C, E, counters, fp, ip, fs)
-        if node_ad[nd] >= 0 and _is_trapped(nd, N):
-            _trap(nd, N, A, counters)
 
 
 @njit(cache=True)
@@ -492,7 +487,7 @@ def run_interval(t, t_end, H, L, N, A, C, E, counters, fp, ip, fs, max_steps):
     """
     surf_list, bulk_list = L[0], L[2]
     node_host, host_nb, node_ad, node_border, off6 = N[0], N[1], N[2], N[5], N[6]
-    ad_node = A[0]
+    ad_lst, ad_cnt = A
     cl_n, cl_anchor, cl_live = C[1], C[2], C[5]
     k_surf = fp[P_KSURF]
     k_bulk = fp[P_KBULK]
@@ -502,7 +497,10 @@ def run_interval(t, t_end, H, L, N, A, C, E, counters, fp, ip, fs, max_steps):
     while steps < max_steps:
         r_s = counters[C_NSURF] * k_surf
         r_b = counters[C_NBULK] * k_bulk
-        r_h = counters[C_NAD] * gam
+        w_h = 0
+        for b in range(1, 7):
+            w_h += b * ad_cnt[b]
+        r_h = w_h * gam / 6.0
         r_c = 0.0
         if ip[I_CLMIG] != 0 and counters[C_NLIVE] > 0:
             r_c = gam * fp[P_CLMOB] * fs[S_WSUM]
@@ -533,19 +531,35 @@ def run_interval(t, t_end, H, L, N, A, C, E, counters, fp, ip, fs, max_steps):
             counters[C_DES_BULK] += 1
             _desorb(h, H, L, N, A, C, E, counters, fp, ip, fs)
         elif x < r_s + r_b + r_h:
-            i = np.random.randint(0, counters[C_NAD])
-            nd = ad_node[i]
-            tgt = nd + off6[np.random.randint(0, 6)]
-            ok = not (node_border[tgt] or node_host[tgt] or node_ad[tgt] != -1)
+            # adatom with b open directions has rate b·Γ/6: pick bucket, adatom, direction
+            y = (x - r_s - r_b) / (gam / 6.0)
+            b = 6
+            for bb in range(1, 7):
+                wb = bb * ad_cnt[bb]
+                if y < wb:
+                    b = bb
+                    break
+                y -= wb
+            i = min(int(y / b), ad_cnt[b] - 1)
+            j = min(int(y - i * b), b - 1)
+            nd = ad_lst[b, i]
+            tgt = -1
+            for o in off6:
+                t2 = nd + o
+                if not node_host[t2] and not node_border[t2]:
+                    if j == 0:
+                        tgt = t2
+                        break
+                    j -= 1
+            ok = tgt >= 0 and node_ad[tgt] == -1
             if ok and host_nb[tgt] == 0 and not _is_lower(tgt, nd, N):
                 ok = _capture(tgt, N, C, counters, fp) >= 0
             if not ok:
                 counters[C_HOP_REJ] += 1
                 continue
             counters[C_HOP_ACC] += 1
-            node_ad[nd] = -1
-            node_ad[tgt] = i
-            ad_node[i] = tgt
+            _remove_adatom_at(nd, N, A, counters)
+            _add_adatom(tgt, N, A, counters)
             _arrive(tgt, N, A, C, E, counters, fp, ip, fs)
         elif x < r_s + r_b + r_h + r_c:
             y = (x - r_s - r_b - r_h) / (gam * fp[P_CLMOB])
@@ -576,16 +590,19 @@ def run_interval(t, t_end, H, L, N, A, C, E, counters, fp, ip, fs, max_steps):
 @njit(cache=True)
 def settle(N, A, C, E, counters, fp, ip, fs):
     """Process initial adatoms and clusters (captures, merges) before the first event."""
-    ad_node = A[0]
     n_live = counters[C_NLIVE]
     cl_live = C[5]
     for i in range(n_live):
         c = cl_live[i]
         if C[0][c]:
             _post_change(c, N, A, C, E, counters, fp, fs)
-    i = counters[C_NAD] - 1
-    while i >= 0:
-        if i < counters[C_NAD]:
-            _arrive(ad_node[i], N, A, C, E, counters, fp, ip, fs)
-        i -= 1
+    nodes = np.empty(counters[C_NAD], np.int64)
+    k = 0
+    for b in range(7):
+        for i in range(A[1][b]):
+            nodes[k] = A[0][b, i]
+            k += 1
+    for nd in nodes:
+        if N[2][nd] != -1:
+            _arrive(nd, N, A, C, E, counters, fp, ip, fs)
     fs[S_WSUM] = _weight_sum(C, counters, fp)
