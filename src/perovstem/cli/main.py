@@ -31,6 +31,7 @@ _TOPICS = [
     "atoms",  # atoms fit/count/track
     "simulate",  # simulate image/series/tilt
     "simulate_series",  # simulate series (degradation KMC → in-situ series)
+    "tomo",  # tomo align/reconstruct/facets, simulate tilt
 ]
 
 

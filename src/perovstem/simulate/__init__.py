@@ -39,3 +39,4 @@ __all__ += [
     "insitu_series",
     "iter_insitu_frames",
 ]
+from perovstem.simulate.tilt import *  # noqa: E402,F401,F403  (nanocrystal_phantom, tilt_series, ...)

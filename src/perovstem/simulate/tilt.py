@@ -422,7 +422,8 @@ def tilt_series(
     shift_sigma_px : float
         When ``shifts_px`` is None: random-walk drift with this step σ, pixels (zero mean).
     tilt_axis_deg : float
-        In-plane direction of the tilt axis in the images, degrees CCW from x.
+        In-plane direction of the tilt axis in the images, degrees from the image x axis,
+        counter-clockwise as displayed with row 0 on top (towards −rows), as in TiltSeries.
     axis_offset_px : float
         Tilt-axis position along the image y direction relative to the image centre, px.
     noise : bool
@@ -469,7 +470,7 @@ def tilt_series(
     rr = (np.arange(m) - (m - 1) / 2.0)[:, None] + off[None, :]
     cc = (np.arange(nn) - (nn - 1) / 2.0)[:, None] + off[None, :]
     yi, xi = np.meshgrid(rr.ravel(), cc.ravel(), indexing="ij")  # (m*ss, n*ss)
-    phi = np.deg2rad(tilt_axis_deg)
+    phi = -np.deg2rad(tilt_axis_deg)  # CCW as displayed (row 0 on top) = towards -rows
     xs = np.empty((na, yi.size))
     us = np.empty((na, yi.size))
     for a in range(na):

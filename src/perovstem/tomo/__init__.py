@@ -1,5 +1,30 @@
-"""Electron tomography: alignment, projectors, reconstruction, segmentation, facets, 4-D."""
+"""Electron tomography: alignment, projectors, reconstruction, segmentation, facets, 4-D.
 
+Geometry: tilt axis along image x; volumes are ``(nz, ny, nx)`` = (beam at 0°, rows, axis);
+see :mod:`perovstem.tomo.projector`.
+"""
+
+from perovstem.tomo.align import (
+    Alignment,
+    align,
+    apply_alignment,
+    com_shifts,
+    preprocess,
+    projection_matching,
+    tilt_axis_from_com,
+    tilt_axis_search,
+    xcorr_shifts,
+)
+from perovstem.tomo.facets import (
+    FAMILIES,
+    FacetCalibration,
+    calibrate_facets,
+    estimate_orientation,
+    facet_fractions,
+    missing_wedge_mask,
+)
+from perovstem.tomo.fourd import reconstruct_sequence
+from perovstem.tomo.metrics import dice, layer_flatness, relative_l2
 from perovstem.tomo.projector import Projector, check_angles
 from perovstem.tomo.reconstruct import (
     METHODS,
@@ -13,8 +38,29 @@ from perovstem.tomo.reconstruct import (
     sirt,
     tv_reconstruct,
 )
+from perovstem.tomo.segment import label_volumes, multi_otsu_thresholds, otsu_threshold, segment
+from perovstem.tomo.surface import SurfaceMesh, surface_mesh
 
 __all__ = [
+    "Alignment",
+    "align",
+    "apply_alignment",
+    "com_shifts",
+    "preprocess",
+    "projection_matching",
+    "tilt_axis_from_com",
+    "tilt_axis_search",
+    "xcorr_shifts",
+    "FAMILIES",
+    "FacetCalibration",
+    "calibrate_facets",
+    "estimate_orientation",
+    "facet_fractions",
+    "missing_wedge_mask",
+    "reconstruct_sequence",
+    "dice",
+    "layer_flatness",
+    "relative_l2",
     "Projector",
     "check_angles",
     "METHODS",
@@ -27,4 +73,10 @@ __all__ = [
     "tv_reconstruct",
     "dart",
     "estimate_noise_sigma",
+    "label_volumes",
+    "multi_otsu_thresholds",
+    "otsu_threshold",
+    "segment",
+    "SurfaceMesh",
+    "surface_mesh",
 ]

@@ -1,0 +1,257 @@
+"""``perovstem tomo align|reconstruct|facets`` and ``perovstem simulate tilt``.
+
+Commands only parse arguments, call :mod:`perovstem.tomo` / :mod:`perovstem.simulate`, and
+write through :mod:`perovstem.io`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from perovstem.cli.main import app
+from perovstem.errors import ParameterError
+
+tomo_app = typer.Typer(
+    name="tomo",
+    help="Electron tomography: align, reconstruct, facets.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(tomo_app, name="tomo")
+
+
+def _load_tilt(path: Path):
+    from perovstem._data import TiltSeries
+    from perovstem.io import load
+
+    obj = load(path)
+    if not isinstance(obj, TiltSeries):
+        raise ParameterError(
+            f"{str(path)!r} is not a tilt series (no tilt angles found; add a .rawtlt side file)"
+        )
+    return obj
+
+
+def _parse_axis(value: str) -> bool | float | str:
+    v = value.strip().lower()
+    if v in ("auto", "com"):
+        return "com"
+    if v == "search":
+        return "search"
+    if v in ("none", "off", "0"):
+        return False
+    try:
+        return float(v)
+    except ValueError:
+        raise ParameterError(
+            f"`--tilt-axis` must be auto, com, search, none or an angle in degrees, got {value!r}"
+        ) from None
+
+
+@tomo_app.command("align")
+def align_cmd(
+    tiltseries: Path = typer.Argument(
+        ..., help="Raw tilt series (.mrc + angles, .hspy, .npz ...)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Aligned tilt series (.npz, .mrc, .hspy ...)."
+    ),
+    shifts: Path = typer.Option(None, "--shifts", help="Shift table (.csv/.parquet)."),
+    tilt_axis: str = typer.Option(
+        "auto", "--tilt-axis", help="auto | com | search | none | <deg>."
+    ),
+    matching_iter: int = typer.Option(3, "--matching-iter", help="Projection-matching iterations."),
+    no_xcorr: bool = typer.Option(False, "--no-xcorr", help="Skip cross-correlation."),
+    no_com: bool = typer.Option(False, "--no-com", help="Skip centre-of-mass centring."),
+) -> None:
+    """Align a tilt series: cross-correlation, centre of mass, tilt axis, projection matching."""
+    from perovstem.io import save_image, save_table
+    from perovstem.tomo import align, apply_alignment, preprocess
+
+    ts = _load_tilt(tiltseries)
+    al = align(
+        ts,
+        xcorr=not no_xcorr,
+        com=not no_com,
+        tilt_axis=_parse_axis(tilt_axis),
+        matching_iter=matching_iter,
+    )
+    aligned = apply_alignment(ts.replace(data=preprocess(ts.data)), al)
+    save_image(aligned, out, overwrite=True)
+    table = al.to_frame(ts.angles_deg)
+    save_table(table, shifts or out.with_name(out.name.split(".")[0] + "_shifts.csv"))
+    typer.echo(
+        f"aligned {ts.n_angles} projections: tilt axis {al.tilt_axis_deg:.2f}°, "
+        f"max |shift| {abs(al.shifts_px).max():.1f} px, residual {al.residual:.4f} → {out}"
+    )
+
+
+@tomo_app.command("reconstruct")
+def reconstruct_cmd(
+    tiltseries: Path = typer.Argument(..., help="Aligned tilt series (axis along x)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Volume (.mrc, .tif, .zarr, .vti, .npz)."),
+    method: str = typer.Option("sirt", "--method", "-m", help="fbp|wbp|sirt|sart|cgls|tv|dart."),
+    n_iter: int = typer.Option(None, "--n-iter", help="Iterations (algorithm default if unset)."),
+    tv_weight: float = typer.Option(1.0, "--tv-weight", help="TV strength (method tv)."),
+    thickness_px: int = typer.Option(None, "--thickness-px", help="Volume thickness nz."),
+    backend: str = typer.Option("numba", "--backend", help="numba | astra."),
+    no_nonneg: bool = typer.Option(False, "--no-nonneg", help="Allow negative densities."),
+) -> None:
+    """Reconstruct a volume from an aligned tilt series."""
+    from perovstem.io import save_volume
+    from perovstem.tomo import reconstruct
+
+    ts = _load_tilt(tiltseries)
+    kw: dict = {"thickness_px": thickness_px}
+    if n_iter is not None:
+        kw["n_iter"] = n_iter
+    if method == "tv":
+        kw["tv_weight"] = tv_weight
+    if method in ("sirt", "sart", "tv"):
+        kw["nonneg"] = not no_nonneg
+    rec = reconstruct(ts, method=method, backend=backend, **kw)
+    save_volume(
+        rec.volume,
+        out,
+        voxel_size_A=rec.voxel_size_A,
+        metadata={"method": rec.method, "n_iter": rec.n_iter, "source": str(tiltseries)},
+    )
+    typer.echo(f"{rec.method}: {rec.n_iter} iterations, volume {rec.volume.shape} → {out}")
+
+
+@tomo_app.command("facets")
+def facets_cmd(
+    source: Path = typer.Argument(..., help="Aligned tilt series, or a volume with --volume."),
+    out: Path = typer.Option(..., "--out", "-o", help="Facet table (.csv/.parquet)."),
+    volume: bool = typer.Option(False, "--volume", help="SOURCE is a reconstructed volume."),
+    tilt_range_deg: float = typer.Option(None, "--tilt-range-deg", help="Max |tilt| (volumes)."),
+    method: str = typer.Option("sirt", "--method", "-m", help="Reconstruction method."),
+    mesh: Path = typer.Option(None, "--mesh", help="Also write the mesh (.ply/.stl)."),
+    tolerance_deg: float = typer.Option(10.0, "--tolerance-deg", help="Facet tolerance, °."),
+    sigma_px: float = typer.Option(1.0, "--sigma-px", help="Smoothing before meshing, voxels."),
+    calibrate: int = typer.Option(
+        0, "--calibrate", help="Phantoms for bias calibration (0: none)."
+    ),
+    seed: int = typer.Option(None, "--seed", help="Random seed of the calibration."),
+) -> None:
+    """Facet fractions ({100}/{110}/{111}/other) with missing-wedge flags."""
+    import numpy as np
+
+    from perovstem.io import read_volume, save_mesh, save_table
+    from perovstem.tomo import (
+        calibrate_facets,
+        estimate_orientation,
+        facet_fractions,
+        reconstruct,
+        surface_mesh,
+    )
+
+    if volume:
+        vol, voxel = read_volume(source)
+        angles = None
+        if calibrate and tilt_range_deg is None:
+            raise ParameterError("`--calibrate` with `--volume` needs `--tilt-range-deg`")
+        if tilt_range_deg is not None:
+            angles = np.arange(-tilt_range_deg, tilt_range_deg + 1e-9, 2.0)
+    else:
+        ts = _load_tilt(source)
+        rec = reconstruct(ts, method=method)
+        vol, voxel = rec.volume, rec.voxel_size_A
+        angles = ts.angles_deg
+        tilt_range_deg = float(np.max(np.abs(angles)))
+    m = surface_mesh(vol, voxel_size_A=voxel, sigma_px=sigma_px)
+    rot = estimate_orientation(m)
+    cal = None
+    if calibrate:
+        cal = calibrate_facets(
+            angles,
+            orientation=rot,
+            method=method,
+            n_phantoms=calibrate,
+            shape=vol.shape[1:],
+            pixel_size_A=voxel,
+            edge_A=0.5 * voxel * min(vol.shape[1:]),
+            tolerance_deg=tolerance_deg,
+            sigma_px=sigma_px,
+            rng=seed,
+        )
+    df = facet_fractions(
+        m,
+        orientation=rot,
+        tolerance_deg=tolerance_deg,
+        tilt_range_deg=tilt_range_deg,
+        calibration=cal,
+    )
+    df.attrs.update(volume_A3=m.volume_A3, surface_A2=m.area_A2, source=str(source))
+    save_table(df, out)
+    if mesh is not None:
+        save_mesh(m.vertices_A, m.faces, mesh)
+    parts = ", ".join(f"{r.family}: {100 * r.fraction:.1f}%" for r in df.itertuples())
+    typer.echo(f"{parts}; volume {m.volume_A3:.4g} Å³, surface {m.area_A2:.4g} Å² → {out}")
+
+
+def _register_simulate_tilt() -> None:
+    try:
+        from perovstem.cli.simulate import simulate_app
+    except ImportError:  # pragma: no cover - simulate CLI not present
+        return
+
+    @simulate_app.command("tilt")
+    def tilt_cmd(
+        out: Path = typer.Option(..., "--out", "-o", help="Tilt series (.npz, .mrc, .hspy ...)."),
+        truth: Path = typer.Option(None, "--truth", help="Truth JSON; default <out>_truth.json."),
+        edge_A: float = typer.Option(70.0, "--edge-A", help="Cube edge, Å."),
+        size: int = typer.Option(64, "--size", help="Detector size (square), pixels."),
+        pixel_size_A: float = typer.Option(2.0, "--pixel-size-A", help="Pixel size, Å."),
+        tilt_range_deg: float = typer.Option(70.0, "--tilt-range-deg", help="Max |tilt|, °."),
+        step_deg: float = typer.Option(2.0, "--step-deg", help="Tilt step, °."),
+        inclusions: int = typer.Option(2, "--inclusions", help="Pb inclusions."),
+        counts_per_A: float = typer.Option(20.0, "--counts-per-A", help="Counts per Å path."),
+        shift_sigma_px: float = typer.Option(0.0, "--shift-sigma-px", help="Drift step σ, px."),
+        tilt_axis_deg: float = typer.Option(0.0, "--tilt-axis-deg", help="In-plane axis, °."),
+        no_noise: bool = typer.Option(False, "--no-noise", help="Noise-free projections."),
+        seed: int = typer.Option(None, "--seed", help="Random seed."),
+    ) -> None:
+        """Simulate a HAADF tilt series of a faceted NC with Pb inclusions (exact projections)."""
+        import numpy as np
+
+        from perovstem.io import save_image, save_json
+        from perovstem.simulate.tilt import nanocrystal_phantom, tilt_series
+
+        if step_deg <= 0 or tilt_range_deg <= 0:
+            raise ParameterError(
+                f"`--step-deg` and `--tilt-range-deg` must be > 0, got {step_deg}, {tilt_range_deg}"
+            )
+        rng = np.random.default_rng(seed)
+        ph = nanocrystal_phantom(edge_A, n_inclusions=inclusions, rng=rng)
+        angles = np.arange(-tilt_range_deg, tilt_range_deg + 1e-9, step_deg)
+        ts, tr = tilt_series(
+            ph,
+            angles,
+            shape=(size, size),
+            pixel_size_A=pixel_size_A,
+            counts_per_A=counts_per_A,
+            shift_sigma_px=shift_sigma_px,
+            tilt_axis_deg=tilt_axis_deg,
+            noise=not no_noise,
+            rng=rng,
+        )
+        save_image(ts, out, overwrite=True)
+        tj = {
+            "shifts_px": tr["shifts_px"].tolist(),
+            "tilt_axis_deg": tr["tilt_axis_deg"],
+            "volume_A3": tr["volume_A3"],
+            "surface_A2": tr["surface_A2"],
+            "inclusion_volume_A3": tr["inclusion_volume_A3"],
+            "facets": tr["facets"].to_dict(orient="list"),
+            "orientation": ph.rotation.tolist(),
+        }
+        tpath = truth or out.with_name(out.name.split(".")[0] + "_truth.json")
+        save_json(tj, tpath)
+        typer.echo(f"tilt series {ts.shape} → {out}; truth → {tpath}")
+
+
+_register_simulate_tilt()

@@ -1,0 +1,482 @@
+"""Tilt-series alignment: cross-correlation, centre of mass, tilt-axis angle, projection matching.
+
+Conventions
+-----------
+* ``shifts_px[a] = (dy, dx)``: the translation *applied* to raw projection ``a`` to align it
+  (content moves by ``+dy`` rows and ``+dx`` columns); ETSpy stores the same quantity in
+  ``metadata.Tomography.shifts``.
+* ``tilt_axis_deg``: direction of the tilt axis in the *shifted* images, degrees from the image
+  x axis (columns), counter-clockwise as displayed with row 0 at the top, i.e. positive
+  towards −rows: ``−atan2(Δrow, Δcol)`` (the convention of TiltSeries and of ETSpy).  After
+  alignment the images are rotated by ``−tilt_axis_deg`` about the image centre so that the
+  axis runs along x, as the reconstruction requires.
+
+Workflow of :func:`align` (each step optional): background removal → cumulative
+cross-correlation to the 0° image → centre-of-mass centring perpendicular to the axis →
+tilt-axis angle from the centre-of-mass sinusoids of every column → projection matching
+(reconstruct → re-project → re-register, iterated; Odstrčil et al., Opt. Express 27, 36637
+(2019); the same idea as TomoPy's ``align_joint``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from perovstem._data import TiltSeries
+from perovstem.errors import DataError, ParameterError
+from perovstem.tomo.projector import check_angles
+
+__all__ = [
+    "Alignment",
+    "align",
+    "apply_alignment",
+    "xcorr_shifts",
+    "com_shifts",
+    "tilt_axis_from_com",
+    "projection_matching",
+    "tilt_axis_search",
+    "preprocess",
+]
+
+
+@dataclass
+class Alignment:
+    """Result of an alignment.
+
+    Attributes
+    ----------
+    shifts_px : (A, 2) ndarray
+        ``(dy, dx)`` applied to each raw projection, pixels.
+    tilt_axis_deg : float
+        In-plane tilt-axis direction after shifting, degrees (see module docstring).
+    residual : float
+        Relative RMS mismatch between aligned projections and re-projections of the
+        reconstruction (projection matching), or NaN when not computed.
+    history : list of dict
+        Per projection-matching iteration: ``iteration``, ``max_update_px``, ``residual``.
+    steps : list of str
+        Steps run.
+    """
+
+    shifts_px: np.ndarray
+    tilt_axis_deg: float = 0.0
+    residual: float = float("nan")
+    history: list = field(default_factory=list)
+    steps: list = field(default_factory=list)
+
+    def to_frame(self, angles_deg: Any) -> Any:
+        """Per-projection table: angle_deg, dy_px, dx_px (attrs: tilt axis, residual)."""
+        import pandas as pd
+
+        df = pd.DataFrame(
+            {
+                "angle_deg": np.asarray(angles_deg, float),
+                "dy_px": self.shifts_px[:, 0],
+                "dx_px": self.shifts_px[:, 1],
+            }
+        )
+        df.attrs.update(
+            tilt_axis_deg=float(self.tilt_axis_deg),
+            residual=float(self.residual),
+            steps=list(self.steps),
+        )
+        return df
+
+
+# --------------------------------------------------------------------------- helpers
+def _check_series(ts: Any) -> TiltSeries:
+    if not isinstance(ts, TiltSeries):
+        raise ParameterError(f"`tilt_series` must be a TiltSeries, got {type(ts).__name__}")
+    data = np.asarray(ts.data)
+    if not np.all(np.isfinite(data)):
+        bad = np.argwhere(~np.isfinite(data).all(axis=(1, 2))).ravel().tolist()
+        raise DataError(f"tilt series contains NaN/inf values (projections {bad})")
+    if min(data.shape[1:]) < 8:
+        raise DataError(f"projections must be at least 8×8 pixels, got {data.shape[1:]}")
+    check_angles(ts.angles_deg, data.shape[0])
+    return ts
+
+
+def preprocess(data: Any, *, background_percentile: float = 5.0) -> np.ndarray:
+    """Float32 copy with each projection's background (a low percentile) subtracted, ≥ 0.
+
+    Raw integer detector data often carry a large negative offset (e.g. FEI int16 with
+    mean ≈ −27 600); this removes it.
+    """
+    d = np.asarray(data, dtype=np.float32)
+    bg = np.percentile(d, background_percentile, axis=(1, 2), keepdims=True).astype(np.float32)
+    return np.clip(d - bg, 0, None)
+
+
+def _shift_image(img: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.shift(img, (dy, dx), order=1, mode="constant", cval=0.0)
+
+
+def _register(ref: np.ndarray, mov: np.ndarray, upsample: int = 20) -> np.ndarray:
+    """Shift ``(dy, dx)`` to apply to ``mov`` so that it matches ``ref`` (phase correlation)."""
+    from skimage.registration import phase_cross_correlation
+
+    win = np.outer(np.hanning(ref.shape[0]), np.hanning(ref.shape[1])).astype(np.float32)
+    r = (ref - ref.mean()) * win
+    m = (mov - mov.mean()) * win
+    shift, _, _ = phase_cross_correlation(r, m, upsample_factor=upsample, normalization=None)
+    return np.asarray(shift, float)
+
+
+def xcorr_shifts(data: Any, angles_deg: Any, *, upsample: int = 20) -> np.ndarray:
+    """Cumulative cross-correlation shifts referred to the projection nearest 0°.
+
+    Each projection is registered to its already-registered neighbour towards 0°
+    (Hann-windowed, sub-pixel phase correlation; Guizar-Sicairos et al., Opt. Lett. 33, 156
+    (2008)) and the pairwise shifts are summed outwards.
+
+    Returns
+    -------
+    (A, 2) ndarray
+        ``(dy, dx)`` to apply to each projection.
+    """
+    d = np.asarray(data, dtype=np.float32)
+    ang = check_angles(angles_deg, d.shape[0])
+    order = np.argsort(ang)
+    a0 = int(np.argmin(np.abs(ang[order])))
+    shifts = np.zeros((d.shape[0], 2))
+    for direction in (1, -1):
+        pos = a0 + direction
+        while 0 <= pos < len(order):
+            i_prev = order[pos - direction]
+            i = order[pos]
+            shifts[i] = shifts[i_prev] + _register(d[i_prev], d[i], upsample)
+            pos += direction
+    return shifts
+
+
+def com_shifts(data: Any) -> np.ndarray:
+    """Shifts along y that put every projection's centre of mass on the image centre row.
+
+    For a single-axis tilt about x, the projected centre of mass perpendicular to the axis
+    follows ``y_c(θ) = y_axis + y₀ cos θ + z₀ sin θ``; centring it places the object's centre of
+    mass on the rotation axis (the axis-offset choice of ETSpy and Tomviz).  Needs an object
+    that stays inside the field of view perpendicular to the axis.
+
+    Returns
+    -------
+    (A,) ndarray
+        ``dy`` per projection, pixels.
+    """
+    d = np.asarray(data, dtype=np.float64)
+    prof = d.sum(axis=2)
+    tot = prof.sum(axis=1)
+    if np.any(tot <= 0):
+        raise DataError("a projection has no signal above background; cannot centre of mass")
+    y = np.arange(d.shape[1])
+    cy = (prof * y).sum(axis=1) / tot
+    return (d.shape[1] - 1) / 2.0 - cy
+
+
+def tilt_axis_from_com(
+    data: Any, angles_deg: Any, *, min_mass_fraction: float = 0.2
+) -> tuple[float, float]:
+    """Tilt-axis direction and position from per-column centre-of-mass sinusoids.
+
+    For every column ``j`` (position along the nominal axis) the projected centre of mass
+    ``y_c(θ, j) = c_j + a_j cos θ + b_j sin θ`` is fitted by linear least squares; ``c_j`` is the
+    axis position at ``j``; a weighted straight line through ``c_j`` gives the axis angle
+    ``atan(dc/dj)`` and its row at the image centre.  Columns with less than
+    ``min_mass_fraction`` of the median column mass are ignored.
+
+    Returns
+    -------
+    tilt_axis_deg : float
+    axis_row_px : float
+        Row of the axis at the central column.
+    """
+    d = np.asarray(data, dtype=np.float64)
+    ang = np.deg2rad(check_angles(angles_deg, d.shape[0]))
+    a, m, n = d.shape
+    mass = d.sum(axis=1)  # (A, N)
+    y = np.arange(m)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy = (d * y[None, :, None]).sum(axis=1) / mass  # (A, N)
+    colmass = mass.min(axis=0)
+    ok = colmass > min_mass_fraction * np.median(mass.mean(axis=0)[mass.mean(axis=0) > 0])
+    ok &= np.all(np.isfinite(cy), axis=0)
+    if np.count_nonzero(ok) < 4:
+        raise DataError("too few columns with signal to fit the tilt axis")
+    design = np.stack([np.ones_like(ang), np.cos(ang), np.sin(ang)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, cy[:, ok], rcond=None)
+    c = coef[0]
+    resid = cy[:, ok] - design @ coef
+    w = 1.0 / (resid.var(axis=0) + 1e-3)
+    j = np.arange(n)[ok]
+    jc = (n - 1) / 2.0
+    sw = w.sum()
+    jm = (w * j).sum() / sw
+    cm = (w * c).sum() / sw
+    slope = (w * (j - jm) * (c - cm)).sum() / (w * (j - jm) ** 2).sum()
+    return float(-np.rad2deg(np.arctan(slope))), float(cm + slope * (jc - jm))
+
+
+def _binned(al: np.ndarray, bf: int) -> np.ndarray:
+    a, m, n = al.shape
+    mb, nb = m // bf, n // bf
+    return al[:, : mb * bf, : nb * bf].reshape(a, mb, bf, nb, bf).mean(axis=(2, 4))
+
+
+def _shift_1d(p: np.ndarray, ref: np.ndarray) -> float:
+    """Sub-pixel shift that moves profile ``p`` onto ``ref`` (FFT cross-correlation peak)."""
+    n = p.size
+    f = np.fft.rfft(ref - ref.mean(), 2 * n) * np.conj(np.fft.rfft(p - p.mean(), 2 * n))
+    cc = np.fft.irfft(f, 2 * n)
+    k = int(np.argmax(cc))
+    y0, y1, y2 = cc[k - 1], cc[k], cc[(k + 1) % (2 * n)]
+    den = y0 - 2 * y1 + y2
+    frac = 0.5 * (y0 - y2) / den if den < 0 else 0.0
+    sh = k + frac
+    return float(sh - 2 * n if sh > n else sh)
+
+
+def _profile_metric(d: np.ndarray, sh: np.ndarray, phi: float, margin: int) -> float:
+    """Relative variance over tilts of the profile along the axis (after 1-D re-registration)."""
+    r = _transform_stack(d, sh, phi)
+    p = r[:, :, margin : r.shape[2] - margin].sum(axis=1).astype(np.float64)
+    x = np.arange(p.shape[1], dtype=float)
+    for _ in range(2):
+        ref = p.mean(axis=0)
+        for k in range(p.shape[0]):
+            s = _shift_1d(p[k], ref)
+            p[k] = np.interp(x - s, x, p[k], left=0.0, right=0.0)
+    return float(((p - p.mean(axis=0)) ** 2).sum() / ((p**2).sum() or 1.0))
+
+
+def tilt_axis_search(
+    data: Any,
+    angles_deg: Any,
+    shifts_px: Any,
+    *,
+    centre_deg: float = 0.0,
+    half_range_deg: float = 5.0,
+    step_deg: float = 0.5,
+) -> tuple[float, np.ndarray]:
+    """In-plane tilt-axis angle from the invariance of the profile along the axis.
+
+    For a single-axis tilt the mass of every slice perpendicular to the axis is the same in
+    all projections, so the profile along the axis (projection summed perpendicular to it)
+    must not change with tilt.  For each candidate angle the shifted projections are
+    rotated to put the axis along x and the relative variance of their x profiles over the
+    tilts is computed; its minimum on the grid is refined by a parabola (the metric is
+    quadratic in the angle error).  Columns that the rotation could empty are excluded.
+
+    Returns
+    -------
+    tilt_axis_deg : float
+    table : (K, 2) ndarray
+        Candidate angles and metric values.
+    """
+    d = np.asarray(data, dtype=np.float32)
+    check_angles(angles_deg, d.shape[0])
+    sh = np.asarray(shifts_px, float)
+    if step_deg <= 0 or half_range_deg <= 0:
+        raise ParameterError(
+            f"`step_deg` and `half_range_deg` must be > 0, got {step_deg}, {half_range_deg}"
+        )
+    cands = centre_deg + np.arange(-half_range_deg, half_range_deg + 1e-9, step_deg)
+    phimax = np.deg2rad(np.max(np.abs(cands)))
+    margin = int(np.ceil(abs(np.tan(phimax)) * d.shape[1] / 2 + np.abs(sh[:, 1]).max())) + 2
+    margin = min(margin, d.shape[2] // 4)
+    res = np.array([_profile_metric(d, sh, c, margin) for c in cands])
+    k = int(np.argmin(res))
+    best = float(cands[k])
+    if 0 < k < len(cands) - 1:
+        y0, y1, y2 = res[k - 1], res[k], res[k + 1]
+        den = y0 - 2 * y1 + y2
+        if den > 0:
+            best += float(np.clip(0.5 * (y0 - y2) / den, -0.5, 0.5)) * step_deg
+    return best, np.stack([cands, res], axis=1)
+
+
+def _transform_stack(
+    data: np.ndarray, shifts_px: np.ndarray, tilt_axis_deg: float, *, order: int = 1
+) -> np.ndarray:
+    """Shift each projection, then rotate by ``−tilt_axis_deg`` about the image centre."""
+    from scipy import ndimage
+
+    a, m, n = data.shape
+    phi = -np.deg2rad(tilt_axis_deg)  # towards +rows
+    c, s = np.cos(phi), np.sin(phi)
+    # output (r, q) -> rotated by +phi about centre -> shifted-image coords -> raw coords
+    rot = np.array([[c, s], [-s, c]])  # maps output (dr, dq) offsets to input offsets
+    ctr = np.array([(m - 1) / 2.0, (n - 1) / 2.0])
+    out = np.empty((a, m, n), dtype=np.float32)
+    for k in range(a):
+        # input = rot @ (out - ctr) + ctr - shift
+        offset = ctr - rot @ ctr - shifts_px[k]
+        out[k] = ndimage.affine_transform(
+            data[k], rot, offset=offset, order=order, mode="constant", cval=0.0
+        )
+    return out
+
+
+def apply_alignment(tilt_series: TiltSeries, alignment: Alignment, *, order: int = 1) -> TiltSeries:
+    """Apply shifts and the tilt-axis rotation; the result has its axis along x.
+
+    The returned TiltSeries has ``tilt_axis_deg = 0`` and ``shifts_px`` = the applied shifts;
+    its metadata records the alignment.  Background is not subtracted.
+    """
+    ts = _check_series(tilt_series)
+    sh = np.asarray(alignment.shifts_px, float)
+    if sh.shape != (ts.n_angles, 2):
+        raise ParameterError(f"`alignment.shifts_px` must be ({ts.n_angles}, 2), got {sh.shape}")
+    data = _transform_stack(
+        np.asarray(ts.data, np.float32), sh, alignment.tilt_axis_deg, order=order
+    )
+    md = dict(ts.metadata)
+    md["alignment"] = {
+        "tilt_axis_deg": float(alignment.tilt_axis_deg),
+        "residual": float(alignment.residual),
+        "steps": list(alignment.steps),
+    }
+    return ts.replace(data=data, tilt_axis_deg=0.0, shifts_px=sh, metadata=md)
+
+
+def projection_matching(
+    data: Any,
+    angles_deg: Any,
+    shifts_px: Any,
+    tilt_axis_deg: float = 0.0,
+    *,
+    n_iter: int = 5,
+    n_sirt: int = 20,
+    bin_factor: int = 2,
+    tol_px: float = 0.05,
+    fix_mean: bool = True,
+) -> tuple[np.ndarray, float, list]:
+    """Refine shifts by projection matching (reconstruct → re-project → re-register).
+
+    Each iteration reconstructs (SIRT, non-negative, ``n_sirt`` iterations, data binned by
+    ``bin_factor``), re-projects, and registers every aligned projection to its re-projection;
+    the shift updates are added (mean update removed when ``fix_mean``, which keeps the
+    axis offset chosen by centre-of-mass centring).  Stops when the largest update is below
+    ``tol_px``.
+
+    Returns
+    -------
+    shifts_px : (A, 2) ndarray
+    residual : float
+        ``‖p − Ax‖ / ‖p‖`` of the last iteration.
+    history : list of dict
+    """
+    from perovstem.tomo.reconstruct import sirt
+
+    d = np.asarray(data, dtype=np.float32)
+    ang = check_angles(angles_deg, d.shape[0])
+    sh = np.array(shifts_px, float)
+    bf = int(bin_factor)
+    if bf < 1:
+        raise ParameterError(f"`bin_factor` must be >= 1, got {bin_factor}")
+    hist = []
+    residual = float("nan")
+    for it in range(int(n_iter)):
+        al = _transform_stack(d, sh, tilt_axis_deg)
+        a, m, n = al.shape
+        mb, nb = m // bf, n // bf
+        binned = al[:, : mb * bf, : nb * bf].reshape(a, mb, bf, nb, bf).mean(axis=(2, 4))
+        rec = sirt(binned, ang, n_iter=n_sirt, nonneg=True)
+        from perovstem.tomo.projector import Projector
+
+        rep = Projector(ang, rec.volume.shape, n_det=mb).forward(rec.volume)
+        residual = float(np.linalg.norm(binned - rep) / (np.linalg.norm(binned) or 1.0))
+        upd = np.array([_register(rep[k], binned[k], upsample=10) for k in range(a)]) * bf
+        # updates are in the rotated frame: rotate back to raw-image axes
+        phi = -np.deg2rad(tilt_axis_deg)
+        c, s = np.cos(phi), np.sin(phi)
+        upd_raw = np.stack([c * upd[:, 0] + s * upd[:, 1], -s * upd[:, 0] + c * upd[:, 1]], 1)
+        if fix_mean:
+            upd_raw -= upd_raw.mean(axis=0)
+        sh += upd_raw
+        mx = float(np.abs(upd_raw).max())
+        hist.append({"iteration": it + 1, "max_update_px": mx, "residual": residual})
+        if mx < tol_px:
+            break
+    return sh, residual, hist
+
+
+def align(
+    tilt_series: TiltSeries,
+    *,
+    xcorr: bool = True,
+    com: bool = True,
+    tilt_axis: bool | float | str = True,
+    matching_iter: int = 3,
+    background_percentile: float = 5.0,
+    bin_factor: int = 2,
+) -> Alignment:
+    """Align a single-axis tilt series (tilt axis roughly along image x).
+
+    Parameters
+    ----------
+    tilt_series : TiltSeries
+        Raw projections (any offset; the background is removed internally).
+    xcorr : bool
+        Cumulative cross-correlation to the 0° image (dy and dx).
+    com : bool
+        Replace dy by centre-of-mass centring perpendicular to the axis.
+    tilt_axis : bool, float or {"com", "search"}
+        True or "com": estimate the in-plane axis angle from the centre-of-mass sinusoids of
+        every column (:func:`tilt_axis_from_com`; accurate for objects extended along the
+        axis such as needles and rods); "search": refine that guess by
+        :func:`tilt_axis_search` (profile invariance, ±5°; needs good shifts); a number: use
+        that angle (degrees); False: 0.
+    matching_iter : int
+        Projection-matching iterations (0 to skip).
+    background_percentile : float
+        Percentile of each projection taken as background.
+    bin_factor : int
+        Binning used inside projection matching.
+
+    Returns
+    -------
+    Alignment
+    """
+    ts = _check_series(tilt_series)
+    d = preprocess(ts.data, background_percentile=background_percentile)
+    ang = ts.angles_deg
+    a = d.shape[0]
+    sh = np.zeros((a, 2))
+    steps = []
+    if xcorr:
+        sh = xcorr_shifts(d, ang)
+        steps.append("xcorr")
+    if com:
+        shifted = np.stack([_shift_image(d[k], 0.0, sh[k, 1]) for k in range(a)])
+        sh[:, 0] = com_shifts(shifted)
+        steps.append("com")
+    if isinstance(tilt_axis, str) or isinstance(tilt_axis, bool):
+        if tilt_axis not in (True, False, "com", "search"):
+            raise ParameterError(
+                f"`tilt_axis` must be True, False, 'com', 'search' or an angle, got {tilt_axis!r}"
+            )
+        phi = 0.0
+        if tilt_axis is not False:
+            shifted = np.stack([_shift_image(d[k], sh[k, 0], sh[k, 1]) for k in range(a)])
+            phi, _ = tilt_axis_from_com(shifted, ang)
+            steps.append("tilt_axis_com")
+            if tilt_axis == "search":
+                phi, _ = tilt_axis_search(d, ang, sh, centre_deg=float(np.clip(phi, -20, 20)))
+                steps.append("tilt_axis_search")
+    else:
+        phi = float(tilt_axis)
+        if not np.isfinite(phi):
+            raise ParameterError(f"`tilt_axis` must be a finite angle, got {tilt_axis}")
+    residual = float("nan")
+    hist: list = []
+    if matching_iter > 0:
+        sh, residual, hist = projection_matching(
+            d, ang, sh, phi, n_iter=matching_iter, bin_factor=bin_factor
+        )
+        steps.append("projection_matching")
+    return Alignment(sh, float(phi), residual, hist, steps)

@@ -1,0 +1,136 @@
+"""Tests of the analytic nanocrystal phantom and the tilt-series simulator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from perovstem.errors import ParameterError
+from perovstem.simulate.tilt import (
+    degradation_phantoms,
+    degradation_tilt_series,
+    nanocrystal_phantom,
+    rotation_from_euler,
+    tilt_series,
+)
+
+ANG = np.arange(-70.0, 71.0, 10.0)
+
+
+def test_cube_truth_is_analytic():
+    # r110, r111 above sqrt(2), sqrt(3): a pure cube of edge 40 Å
+    ph = nanocrystal_phantom(40.0, r110=1.5, r111=1.8, n_inclusions=0, orientation_deg=(0, 0, 0))
+    t = ph.truth()
+    assert t["volume_A3"] == pytest.approx(40.0**3, rel=1e-9)
+    assert t["surface_A2"] == pytest.approx(6 * 40.0**2, rel=1e-9)
+    f = t["facets"].set_index("family")["fraction"]
+    assert f["100"] == pytest.approx(1.0)
+    assert f["110"] == pytest.approx(0.0) and f["111"] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_voxelized_volume_matches_analytic(seed):
+    ph = nanocrystal_phantom(50.0, rng=seed)
+    v = ph.voxelize((40, 40, 40), 2.0)
+    mass = float(v.sum()) * 2.0**3
+    inc = ph.inclusions
+    truth = ph.truth()["volume_A3"] + float(
+        np.sum((inc[:, 4] - 1.0) * 4 / 3 * np.pi * inc[:, 3] ** 3)
+    )
+    assert mass == pytest.approx(truth, rel=0.01)
+
+
+@pytest.mark.parametrize("seed,angles", [(2, ANG), (3, np.array([-45.0, 0.0, 33.0, 61.0]))])
+def test_projections_conserve_mass(seed, angles):
+    """Every projection integrates to the same total mass (exact line integrals)."""
+    ph = nanocrystal_phantom(40.0, rng=seed)
+    ts, tr = tilt_series(
+        ph, angles, shape=(48, 48), pixel_size_A=1.5, counts_per_A=1.0, noise=False, supersample=2
+    )
+    inc = ph.inclusions
+    mass = tr["volume_A3"] + float(np.sum((inc[:, 4] - 1.0) * 4 / 3 * np.pi * inc[:, 3] ** 3))
+    sums = ts.data.sum(axis=(1, 2)) * 1.5**2
+    np.testing.assert_allclose(sums, mass, rtol=5e-3)
+
+
+def test_cube_projection_max_is_edge_length():
+    ph = nanocrystal_phantom(30.0, r110=1.5, r111=1.8, n_inclusions=0, orientation_deg=(0, 0, 0))
+    ts, _ = tilt_series(
+        ph, [0.0], shape=(40, 40), pixel_size_A=1.0, counts_per_A=1.0, noise=False, supersample=1
+    )
+    assert ts.data.max() == pytest.approx(30.0, rel=1e-5)
+    # at 45° the chord through the centre is edge·√2
+    ts45, _ = tilt_series(
+        ph, [45.0], shape=(41, 41), pixel_size_A=1.0, counts_per_A=1.0, noise=False, supersample=1
+    )
+    assert ts45.data.max() == pytest.approx(30.0 * np.sqrt(2), rel=0.02)
+
+
+def test_shifts_move_content():
+    ph = nanocrystal_phantom(30.0, rng=4)
+    sh = np.zeros((len(ANG), 2))
+    sh[:, 0] = 3.0
+    sh[:, 1] = -2.0
+    a, _ = tilt_series(ph, ANG, shape=(48, 48), noise=False)
+    b, tr = tilt_series(ph, ANG, shape=(48, 48), noise=False, shifts_px=sh)
+    np.testing.assert_allclose(b.data[:, 13:-13, 12:-14], a.data[:, 10:-16, 14:-12], atol=1e-3)
+    np.testing.assert_array_equal(tr["shifts_px"], sh)
+
+
+def test_poisson_noise_statistics():
+    ph = nanocrystal_phantom(40.0, rng=5)
+    clean, _ = tilt_series(
+        ph, [0.0, 20.0], shape=(48, 48), counts_per_A=5.0, background=50.0, noise=False
+    )
+    noisy, _ = tilt_series(
+        ph, [0.0, 20.0], shape=(48, 48), counts_per_A=5.0, background=50.0, rng=1
+    )
+    z = (noisy.data - clean.data) / np.sqrt(clean.data)
+    assert abs(z.mean()) < 0.05
+    assert z.std() == pytest.approx(1.0, abs=0.05)
+
+
+def test_rotation_is_orthonormal():
+    r = rotation_from_euler((10, 20, 30))
+    np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
+
+
+def test_degradation_trajectory_is_monotonic():
+    ph = nanocrystal_phantom(60.0, rng=6)
+    phs, df = degradation_phantoms(ph, 4, dose_per_step_e_per_A2=2e4, rng=1)
+    assert len(phs) == 4
+    assert np.all(np.diff(df.volume_A3) < 0)
+    assert np.all(np.diff(df.inclusion_volume_A3) > 0)
+    assert np.all(np.diff(df.cumulative_dose_e_per_A2) > 0)
+    # corners/edges erode: {100} share falls, rounding facets grow
+    assert df.frac_100.iloc[-1] < df.frac_100.iloc[0]
+
+
+def test_degradation_tilt_series_metadata():
+    ph = nanocrystal_phantom(40.0, rng=7)
+    series, df = degradation_tilt_series(ph, 2, ANG, shape=(32, 32), pixel_size_A=2.0, rng=0)
+    assert [s.metadata["step"] for s in series] == [0, 1]
+    assert series[1].metadata["cumulative_dose_e_per_A2"] == df.cumulative_dose_e_per_A2[1]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"edge_A": -1.0},
+        {"edge_A": 40.0, "r110": 0.9},
+        {"edge_A": 10.0, "n_inclusions": 5, "inclusion_radius_A": (8, 9)},
+    ],
+)
+def test_bad_phantom_parameters(kwargs):
+    with pytest.raises(ParameterError):
+        nanocrystal_phantom(**kwargs)
+
+
+def test_bad_tilt_parameters():
+    ph = nanocrystal_phantom(30.0, rng=0)
+    with pytest.raises(ParameterError, match="duplicate"):
+        tilt_series(ph, [0.0, 0.0], shape=(32, 32))
+    with pytest.raises(ParameterError, match="shifts_px"):
+        tilt_series(ph, [0.0, 10.0], shape=(32, 32), shifts_px=np.zeros((3, 2)))
+    with pytest.raises(ParameterError, match="pixel_size_A"):
+        tilt_series(ph, [0.0], shape=(32, 32), pixel_size_A=0.0)
