@@ -34,7 +34,7 @@ from typing import Any
 from perovstem.errors import FileFormatError, ParameterError
 from perovstem.pipeline.registry import Step, get_step
 
-__all__ = ["InputSpec", "StepSpec", "Config", "load_config", "parse_config"]
+__all__ = ["InputSpec", "StepSpec", "Config", "load_config", "parse_config", "to_toml"]
 
 _RUN_KEYS = {"name", "seed", "scheduler", "on_error", "title", "plugins", "workers", "report"}
 _STEP_RESERVED = {"run", "id", "inputs", "enabled"}
@@ -428,3 +428,51 @@ def load_config(path: str | Path, **kwargs: Any) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise FileFormatError(f"{p}: invalid TOML: {exc}") from None
     return parse_config(data, base_dir=p.resolve().parent, source=str(p), text=text, **kwargs)
+
+
+def _toml_value(v: Any) -> str:
+    import json
+    import math
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # a valid TOML basic string
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise ParameterError(f"cannot write {v!r} ({type(v).__name__}) to TOML")
+
+
+def _toml_key(k: str) -> str:
+    import json
+
+    return k if re.fullmatch(r"[A-Za-z0-9_\-]+", k) else json.dumps(k)
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Write an analysis mapping (``[run]``, ``[inputs]``, ``[[step]]``) as TOML text.
+
+    The inverse of :func:`tomllib.loads` for the value types a configuration uses (strings,
+    numbers, booleans, lists, inline tables).
+    """
+    out: list[str] = []
+    for section in ("run", "inputs"):
+        if data.get(section):
+            out.append(f"[{section}]")
+            out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in data[section].items()]
+            out.append("")
+    for step in data.get("step", []):
+        out.append("[[step]]")
+        out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in step.items()]
+        out.append("")
+    return "\n".join(out)

@@ -63,6 +63,7 @@ def demo_config(*, fast: bool = False, seed: int = 2026) -> dict[str, Any]:
             ),
             step("insitu.register", f"register_{tag}", {"series": f"series_{tag}.series"}),
             step("insitu.clusters", f"clusters_{tag}", {"series": f"register_{tag}.series"}),
+            step("insitu.nanocrystal", f"shape_{tag}", {"series": f"register_{tag}.series"}),
             step(
                 "quantify.kinetics",
                 f"brloss_{tag}",
@@ -110,9 +111,30 @@ def demo_config(*, fast: bool = False, seed: int = 2026) -> dict[str, Any]:
             step(
                 "tomo.reconstruct", f"rec_{tag}", {"tilt": f"tilt.{tag}"}, label=tag, n_iter=n_iter
             ),
-            step("tomo.segment", f"seg_{tag}", {"volume": f"rec_{tag}.volume"}, label=tag),
-            step("tomo.facets", f"facets_{tag}", {"labels": f"seg_{tag}.labels"}, label=tag),
+            step(
+                "tomo.segment",
+                f"seg_{tag}",
+                {"volume": f"rec_{tag}.volume", "voxel_size_A": f"rec_{tag}.voxel_size_A"},
+                label=tag,
+            ),
+            step(
+                "tomo.facets",
+                f"facets_{tag}",
+                {
+                    "volume": f"rec_{tag}.volume",
+                    "voxel_size_A": f"rec_{tag}.voxel_size_A",
+                    "tilt": f"tilt.{tag}",
+                },
+                label=tag,
+            ),
         ]
+    steps.append(
+        step(
+            "tomo.facet_change",
+            "facet_change",
+            {"before": "facets_before.facets", "after": "facets_after.facets"},
+        )
+    )
     return {
         "run": {
             "name": "perovstem-demo" + ("-fast" if fast else ""),
@@ -150,15 +172,15 @@ def run_demo(
     Path
         The HTML report.
     """
-    import json
-
-    from perovstem.pipeline.config import parse_config
+    from perovstem.pipeline.config import parse_config, to_toml
     from perovstem.pipeline.runner import run_pipeline
 
     data = demo_config(fast=fast)
-    cfg = parse_config(
-        data, source="<demo>", text="# perovstem demo configuration\n" + json.dumps(data, indent=1)
+    text = (
+        "# The perovstem demo as an analysis file: `perovstem run config.toml --out <folder>`\n"
+        + to_toml(data)
     )
+    cfg = parse_config(data, source="<demo>", text=text)
     result = run_pipeline(cfg, out=out, scheduler=scheduler, quiet=quiet, report=True)
     assert result.report is not None
     return result.report

@@ -13,7 +13,7 @@ import numpy as np
 
 from perovstem.errors import DataError, ParameterError
 
-__all__ = ["plot_xy", "plot_image", "plot_hist"]
+__all__ = ["plot_xy", "plot_image", "plot_hist", "plot_bars"]
 
 
 def _new_ax(ax: Any, figsize: tuple[float, float]) -> Any:
@@ -205,4 +205,49 @@ def plot_hist(
     ax.set_ylabel("count")
     if title:
         ax.set_title(title)
+    return ax
+
+
+def plot_bars(
+    table: Any,
+    category: str,
+    ys: Sequence[str],
+    *,
+    yerr: Sequence[str] | None = None,
+    ax: Any = None,
+    ylabel: str = "",
+    title: str | None = None,
+) -> Any:
+    """Grouped bar chart: one group per row (labelled by ``category``), one bar per ``ys``.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    missing = [c for c in [category, *ys, *(yerr or [])] if c not in table.columns]
+    if missing:
+        raise ParameterError(f"columns {missing} are not in the table (has {list(table.columns)})")
+    if len(table) == 0:
+        raise DataError("cannot plot an empty table")
+    ax = _new_ax(ax, (5.2, 3.4))
+    n = len(ys)
+    x = np.arange(len(table))
+    w = 0.8 / n
+    for i, col in enumerate(ys):
+        err = None if yerr is None else np.asarray(table[yerr[i]], dtype=float)
+        ax.bar(
+            x + (i - (n - 1) / 2) * w,
+            np.asarray(table[col], dtype=float),
+            w,
+            yerr=err,
+            label=col,
+            capsize=2,
+        )
+    ax.set_xticks(x, [str(v) for v in table[category]])
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if n > 1:
+        ax.legend(fontsize=7, frameon=False)
+    ax.grid(alpha=0.3, axis="y")
     return ax

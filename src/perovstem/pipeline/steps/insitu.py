@@ -10,7 +10,9 @@ from perovstem.pipeline.registry import Param, api, register_step
 REGISTER = "perovstem.insitu:register_drift|perovstem.insitu.register:register_drift"
 APPLY = "perovstem.insitu:apply_drift|perovstem.insitu.register:apply_drift"
 DETECT = "perovstem.insitu:detect_clusters|perovstem.insitu.clusters:detect_clusters"
-TRACK = "perovstem.insitu:track_clusters|perovstem.insitu.track:track_clusters"
+TRACK = "perovstem.insitu:track_clusters|perovstem.insitu.tracking:track_clusters"
+EVENTS = "perovstem.insitu:lineage_events|perovstem.insitu.tracking:lineage_events"
+NC_METRICS = "perovstem.insitu:nanocrystal_metrics|perovstem.insitu.nanocrystal:nanocrystal_metrics"
 
 
 @register_step(
@@ -55,55 +57,99 @@ def _detect_one(item: tuple[int, Any], *, params: dict[str, Any]) -> Any:
     inputs=("series",),
     outputs=("detections", "counts"),
     params={
-        "threshold_sigma": Param(float, 5.0, "detection threshold, noise σ", min=0.5),
+        "threshold_sigma": Param(float, 6.0, "detection threshold, noise σ", min=0.5),
         "min_atoms": Param(float, 5.0, "smallest cluster kept, atoms", min=0.0),
         "max_diameter_A": Param(float, 16.0, "largest cluster diameter, Å", min=1.0),
+        "max_step_A": Param(
+            float, 8.0, "largest displacement between frames (tracking), Å", min=0.1
+        ),
     },
     requires=(DETECT,),
     section="kinetics",
     doc="Pb-cluster detection and atom counting in every frame (mapped over frames, serial or "
-    "dask), then clusters and Pb⁰ atoms per frame vs cumulative dose.",
+    "dask), tracking with merges, and births/clusters/Pb⁰ atoms per frame vs dose.",
 )
 def insitu_clusters(ctx: Any, series: Any) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
 
     p = ctx.params
+    det_params = {k: p[k] for k in ("threshold_sigma", "min_atoms", "max_diameter_A")}
     items = [(k, series.frame(k)) for k in range(series.n_frames)]
     per_frame = ctx.map(
-        functools.partial(_detect_one, params=dict(p)), items, description="cluster detection"
+        functools.partial(_detect_one, params=det_params), items, description="cluster detection"
     )
     detections = pd.concat(per_frame, ignore_index=True)
     if "frame" not in detections.columns:
         detections["frame"] = np.repeat(np.arange(len(per_frame)), [len(d) for d in per_frame])
     frames = series.frames_table()
+    idx = frames["frame"]
     g = detections.groupby("frame")
-    counts = frames.assign(
-        n_clusters=g.size().reindex(frames["frame"], fill_value=0).to_numpy(),
-        n_Pb0_detected=(
-            g["n_atoms"].sum().reindex(frames["frame"], fill_value=0).to_numpy()
-            if "n_atoms" in detections.columns
-            else np.nan
-        ),
-    )
+    counts = frames.assign(n_clusters=g.size().reindex(idx, fill_value=0).to_numpy())
+    if "n_atoms" in detections.columns:
+        counts["n_Pb0_detected"] = g["n_atoms"].sum().reindex(idx, fill_value=0).to_numpy()
     try:
-        tracks = api(TRACK)(detections)
-        detections = tracks if len(tracks) == len(detections) else detections
+        tracks, lineage = api(TRACK)(detections, max_step_A=p["max_step_A"])
+        events = api(EVENTS)(lineage, frames)
+        births = events[events["kind"] == "birth"].groupby("frame").size()
+        merges = events[events["kind"] == "merge"].groupby("frame").size()
+        counts["births_cumulative"] = np.cumsum(births.reindex(idx, fill_value=0).to_numpy())
+        counts["merges_cumulative"] = np.cumsum(merges.reindex(idx, fill_value=0).to_numpy())
+        detections = tracks
+        ctx.metric(
+            f"clusters nucleated ({ctx.step_id})",
+            float(counts["births_cumulative"].iloc[-1]),
+            caption="tracked cluster births over the series",
+            section="kinetics",
+        )
     except ImportError:
         pass
     from perovstem.plot.overview import plot_xy
 
-    ax = plot_xy(
-        counts,
-        "cumulative_dose_e_per_A2",
-        ["n_clusters"],
-        marker=".",
-        ylabel="Pb clusters detected",
-    )
+    ys = [c for c in ("n_clusters", "births_cumulative", "merges_cumulative") if c in counts]
+    ax = plot_xy(counts, "cumulative_dose_e_per_A2", ys, marker=".", ylabel="number")
     ctx.figure(
         "clusters",
         ax.figure,
         title=f"Detected Pb clusters ({ctx.step_id})",
-        caption="Clusters found per frame versus cumulative dose.",
+        caption="Clusters per frame, cumulative births and merges (tracking) versus "
+        "cumulative dose.",
     )
     return {"detections": detections, "counts": counts}
+
+
+@register_step(
+    "insitu.nanocrystal",
+    inputs=("series",),
+    outputs=("metrics",),
+    params={"lattice_A": Param(float, 5.87, "pseudo-cubic lattice parameter, Å", min=1.0)},
+    requires=(NC_METRICS,),
+    section="kinetics",
+    doc="Nanocrystal outline per frame: projected area, shrinkage, voids, phase (FFT check).",
+)
+def insitu_nanocrystal(ctx: Any, series: Any) -> dict[str, Any]:
+    metrics = api(NC_METRICS)(series, lattice_A=ctx.params["lattice_A"])
+    dose = series.cumulative_dose_e_per_A2
+    if dose is not None and "frame" in metrics.columns:
+        metrics = metrics.assign(cumulative_dose_e_per_A2=dose[metrics["frame"].to_numpy()])
+    from perovstem.plot.overview import plot_xy
+
+    x = "cumulative_dose_e_per_A2" if "cumulative_dose_e_per_A2" in metrics else "frame"
+    if "shrinkage" in metrics.columns:
+        ax = plot_xy(metrics, x, ["shrinkage"], marker=".", ylabel="shrinkage (1 − A/A₀)")
+        ctx.figure(
+            "shrinkage",
+            ax.figure,
+            title=f"Nanocrystal shrinkage ({ctx.step_id})",
+            caption="Projected-area loss of the nanocrystal versus cumulative dose.",
+        )
+        last = metrics["shrinkage"].dropna()
+        if len(last):
+            ctx.metric(
+                f"final shrinkage ({ctx.step_id})",
+                100.0 * float(last.iloc[-1]),
+                unit="%",
+                section="mechanism",
+                caption="projected-area loss at the end of the series",
+            )
+    return {"metrics": metrics}

@@ -38,6 +38,7 @@ def _fit_rows(fits: dict[str, Any]) -> Any:
             str, "gaussian", "gaussian or poisson (raw counts)", choices=("gaussian", "poisson")
         ),
         "ci": Param(str, "wald", "confidence intervals", choices=("profile", "bootstrap", "wald")),
+        "cumulative": Param(bool, False, "y is a cumulative count (fit its increments)"),
         "label": Param(str, "", "label in the report"),
     },
     requires=(COMPARE,),
@@ -65,6 +66,7 @@ def quantify_kinetics(ctx: Any, frames: Any) -> dict[str, Any]:
         criterion=p["criterion"],
         likelihood=p["likelihood"],
         ci=p["ci"],
+        cumulative=p["cumulative"],
         rng=ctx.rng(),
     )
     params = _fit_rows(fits)

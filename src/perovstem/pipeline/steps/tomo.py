@@ -14,6 +14,7 @@ APPLY = "perovstem.tomo:apply_alignment|perovstem.tomo.align:apply_alignment"
 SEGMENT = "perovstem.tomo:segment|perovstem.tomo.segment:segment"
 VOLUMES = "perovstem.tomo:label_volumes|perovstem.tomo.segment:label_volumes"
 FACETS = "perovstem.tomo:facet_fractions|perovstem.tomo.facets:facet_fractions"
+MESH = "perovstem.tomo:surface_mesh|perovstem.tomo.surface:surface_mesh"
 
 
 @register_step(
@@ -33,7 +34,7 @@ def tomo_align(ctx: Any, tilt: Any) -> dict[str, Any]:
 @register_step(
     "tomo.reconstruct",
     inputs=("tilt",),
-    outputs=("volume",),
+    outputs=("volume", "voxel_size_A"),
     params={
         "method": Param(
             str, "sirt", "algorithm", choices=("fbp", "wbp", "sirt", "sart", "cgls", "tv", "dart")
@@ -63,28 +64,32 @@ def tomo_reconstruct(ctx: Any, tilt: Any) -> dict[str, Any]:
             caption=f"Iso-surface at half the 99.9th-percentile density; {rec.method}, "
             f"{rec.n_iter} iterations, voxel {rec.voxel_size_A:g} Å.",
         )
-    return {"volume": vol}
+    return {"volume": vol, "voxel_size_A": float(rec.voxel_size_A)}
 
 
 @register_step(
     "tomo.segment",
     inputs=("volume",),
+    optional_inputs=("voxel_size_A",),
     outputs=("labels", "volumes"),
     params={
         "n_classes": Param(int, 3, "2: background/crystal; 3: + Pb clusters", min=2, max=5),
-        "voxel_size_A": Param(float, 1.0, "voxel edge, Å", min=1e-3),
+        "voxel_size_A": Param(
+            float, None, "voxel edge, Å (default: from the reconstruction)", min=1e-3
+        ),
         "label": Param(str, "", "label in the report (e.g. before/after)"),
     },
     requires=(SEGMENT, VOLUMES),
     section="facets",
     doc="Multi-Otsu segmentation of a reconstruction and the volume of every class.",
 )
-def tomo_segment(ctx: Any, volume: Any) -> dict[str, Any]:
+def tomo_segment(ctx: Any, volume: Any, voxel_size_A: Any = None) -> dict[str, Any]:
     import pandas as pd
 
     p = ctx.params
+    dx = p["voxel_size_A"] or voxel_size_A or 1.0
     labels, thresholds = api(SEGMENT)(volume, n_classes=p["n_classes"])
-    vols = api(VOLUMES)(labels, p["voxel_size_A"])
+    vols = api(VOLUMES)(labels, float(dx))
     label = p["label"] or ctx.step_id
     table = pd.DataFrame([{"label": label, **vols}])
     table.attrs["thresholds"] = [float(t) for t in np.ravel(thresholds)]
@@ -95,17 +100,74 @@ def tomo_segment(ctx: Any, volume: Any) -> dict[str, Any]:
 
 @register_step(
     "tomo.facets",
-    inputs=("labels",),
+    inputs=("volume",),
+    optional_inputs=("voxel_size_A", "tilt"),
     outputs=("facets",),
     params={
-        "voxel_size_A": Param(float, 1.0, "voxel edge, Å", min=1e-3),
+        "voxel_size_A": Param(
+            float, None, "voxel edge, Å (default: from the reconstruction)", min=1e-3
+        ),
+        "tolerance_deg": Param(float, 10.0, "largest normal–family angle, degrees", min=0.1),
         "label": Param(str, "", "label in the report"),
+        "view3d": Param(bool, True, "embed the surface mesh in the report"),
     },
-    requires=(FACETS,),
+    requires=(MESH, FACETS),
     section="facets",
-    doc="Facet fractions ({100}, {110}, {111}) of the segmented crystal surface.",
+    doc="Surface mesh of the reconstruction and its {100}/{110}/{111} facet area fractions "
+    "(missing-wedge flags from the tilt range).",
 )
-def tomo_facets(ctx: Any, labels: Any) -> dict[str, Any]:
-    facets = api(FACETS)(labels > 0, voxel_size_A=ctx.params["voxel_size_A"])
-    ctx.table("facets", facets, title=f"Facet fractions ({ctx.params['label'] or ctx.step_id})")
+def tomo_facets(ctx: Any, volume: Any, voxel_size_A: Any = None, tilt: Any = None) -> dict:
+    p = ctx.params
+    dx = float(p["voxel_size_A"] or voxel_size_A or 1.0)
+    mesh = api(MESH)(volume, voxel_size_A=dx)
+    kw = {}
+    if tilt is not None and hasattr(tilt, "angles_deg"):
+        kw["tilt_range_deg"] = float(np.max(np.abs(tilt.angles_deg)))
+    facets = api(FACETS)(mesh, tolerance_deg=p["tolerance_deg"], **kw)
+    label = p["label"] or ctx.step_id
+    facets = facets.assign(label=label)
+    ctx.table("facets", facets, title=f"Facet fractions ({label})")
+    if p["view3d"]:
+        from perovstem.report.plot3d import mesh_figure
+
+        fig = mesh_figure(
+            mesh.vertices_A, mesh.faces, intensity=mesh.vertices_A[:, 2], title=f"Surface ({label})"
+        )
+        ctx.plot3d(
+            "surface",
+            fig,
+            title=f"Reconstructed surface ({label})",
+            caption=f"Iso-surface mesh, {len(mesh.faces)} triangles, "
+            f"volume {mesh.volume_A3:.3g} Å³.",
+        )
     return {"facets": facets}
+
+
+@register_step(
+    "tomo.facet_change",
+    inputs=("before", "after"),
+    outputs=("change",),
+    params={},
+    section="facets",
+    doc="Facet fractions before and after degradation, side by side.",
+)
+def tomo_facet_change(ctx: Any, before: Any, after: Any) -> dict[str, Any]:
+    import pandas as pd
+
+    cols = ["family", "fraction"] + (["fraction_err"] if "fraction_err" in before else [])
+    b = before[cols].set_index("family")
+    a = after[cols].set_index("family")
+    change = pd.DataFrame({"fraction_before": b["fraction"], "fraction_after": a["fraction"]})
+    change["change"] = change["fraction_after"] - change["fraction_before"]
+    change = change.reset_index()
+    from perovstem.plot.overview import plot_bars
+
+    ax = plot_bars(change, "family", ["fraction_before", "fraction_after"], ylabel="area fraction")
+    ctx.figure(
+        "facets",
+        ax.figure,
+        title="Facet evolution",
+        caption="Surface area fraction of each facet family before and after irradiation.",
+    )
+    ctx.table("change", change, title="Facet fractions before → after")
+    return {"change": change}
