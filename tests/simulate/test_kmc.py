@@ -139,6 +139,34 @@ def test_br_loss_first_order_recovers_D_Br(d_br, seed):
     assert popt[1] == pytest.approx(d_br, rel=0.05)
 
 
+@pytest.mark.parametrize(("d_br", "seed"), [(2.0e4, 1), (5.0e4, 3)])
+def test_default_model_surface_rate_recovers_D_Br(d_br, seed):
+    """Default surface/bulk model: desorbed surface Br per exposure (∫ n_surf dD) is 1/D_Br."""
+    p = KineticParameters(D_Br_e_per_A2=d_br)
+    tr = degradation_kmc(
+        _cube(18),
+        n_frames=50,
+        frame_time_s=1.0,
+        dose_rate_e_per_A2_s=0.03 * d_br,
+        params=p,
+        rng=seed,
+    )
+    ft = tr.frame_table
+    n_s = ft["n_Br_desorbed_surface"].sum()
+    n_b = ft["n_Br_desorbed_bulk"].sum()
+    assert n_s > 6000
+    d_hat = ft["exposure_Br_surface_e_per_A2"].sum() / n_s
+    assert d_hat == pytest.approx(d_br, rel=0.05)
+    ratio = (n_b / ft["exposure_Br_bulk_e_per_A2"].sum()) * d_hat
+    assert ratio == pytest.approx(p.bulk_to_surface_ratio, rel=0.15)
+    # the exposures are consistent with the populations at the frame boundaries
+    n_surf = np.concatenate([[ft.attrs["initial"]["n_Br_surface"]], ft["n_Br_surface"]])
+    lo = np.minimum(n_surf[:-1], n_surf[1:]) * ft["dose_e_per_A2"]
+    hi = np.maximum(n_surf[:-1], n_surf[1:]) * ft["dose_e_per_A2"]
+    e = ft["exposure_Br_surface_e_per_A2"]
+    assert np.all(e >= 0.5 * lo) and np.all(e <= 2.0 * hi + 1.0)
+
+
 def test_initial_loss_rate_surface_and_bulk():
     """Early loss = (N_surf + f·N_bulk)·ΔD/D_Br (Poisson, 4σ), for the default f = 0.1."""
     p = KineticParameters(D_Br_e_per_A2=3e4)

@@ -55,7 +55,10 @@ class KMCTrajectory:
         ``n_Br_desorbed_surface``, ``n_Br_desorbed_bulk``, ``n_Pb_reduced``, ``n_births``,
         ``n_merges``, ``n_attachments``, ``n_hops``, ``n_hops_blocked``, ``n_cluster_hops``,
         ``n_Cs_lost``, ``n_Cd_lost``, ``n_CsBr_stripped``, ``n_nucleation_rejected``,
-        ``n_steps``; plus the rate constants in force: ``hop_rate_per_s`` (Γ per adatom),
+        ``n_steps``; the exact exposures ``exposure_Br_surface_e_per_A2`` and
+        ``exposure_Br_bulk_e_per_A2`` (∫ n_Br,surface dD and ∫ n_Br,bulk dD over the frame,
+        atoms·e⁻/Å², so that ``n_Br_desorbed_surface / exposure_Br_surface_e_per_A2`` is the
+        maximum-likelihood estimate of 1/D_Br); plus the rate constants in force: ``hop_rate_per_s`` (Γ per adatom),
         ``desorption_rate_surface_per_s``, ``desorption_rate_bulk_per_s``,
         ``strip_rate_per_s``.  ``attrs`` holds ``initial`` (counts before the first frame),
         ``params``, ``conditions`` and units.
@@ -444,7 +447,7 @@ def degradation_kmc(
     ip[core.I_SHRINK] = int(params.enable_shrinkage)
     ip[core.I_NUCLEATE] = int(params.enable_nucleation)
     ip[core.I_CLMIG] = int(params.enable_cluster_migration and params.enable_diffusion)
-    fs = np.zeros(2)
+    fs = np.zeros(core.N_FSTATE)
 
     Ht = (present, kind, lat.nb_ptr, lat.nb_idx, lat.node_of, cnt_br, cnt_b, cnt_cs, lat.pos_A)
     Lt = (surf_list, surf_where, bulk_list, bulk_where, cs_list, cs_where, stack)
@@ -518,6 +521,8 @@ def degradation_kmc(
         fp[core.P_GAMMA] = gam
         fp[core.P_KSTRIP] = k_strip
         counters[core.FRAME_COUNTERS] = 0
+        fs[core.S_EXPO_SURF] = 0.0
+        fs[core.S_EXPO_BULK] = 0.0
         t = t0
         while t < t1:
             t = core.run_interval(t, t1, Ht, Lt, Nt, At, Ct, E, counters, fp, ip, fs, 10_000_000)
@@ -583,6 +588,8 @@ def degradation_kmc(
                 "n_CsBr_stripped": int(counters[core.C_STRIPS]),
                 "n_nucleation_rejected": int(counters[core.C_NUC_REJ]),
                 "n_steps": int(counters[core.C_STEPS]),
+                "exposure_Br_surface_e_per_A2": float(fs[core.S_EXPO_SURF] * phi[k]),
+                "exposure_Br_bulk_e_per_A2": float(fs[core.S_EXPO_BULK] * phi[k]),
                 "hop_rate_per_s": gam,
                 "desorption_rate_surface_per_s": k_surf,
                 "desorption_rate_bulk_per_s": k_bulk,

@@ -61,7 +61,8 @@ N_FPARAMS = 14
 I_NCRIT, I_BRPERPB, I_SHRINK, I_NUCLEATE, I_CLMIG = 0, 1, 2, 3, 4
 N_IPARAMS = 5
 # float state
-S_WSUM, S_TIME = 0, 1
+S_WSUM, S_TIME, S_EXPO_SURF, S_EXPO_BULK = 0, 1, 2, 3  # exposures: ∫ n_Br dt (s)
+N_FSTATE = 4
 
 
 @njit(cache=True)
@@ -513,10 +514,16 @@ def run_interval(t, t_end, H, L, N, A, C, E, counters, fp, ip, fs, max_steps):
             r_g = counters[C_NCS_SURF] * k_strip
         r = r_s + r_b + r_h + r_c + r_g
         if r <= 0.0:
+            fs[S_EXPO_SURF] += counters[C_NSURF] * (t_end - t)
+            fs[S_EXPO_BULK] += counters[C_NBULK] * (t_end - t)
             return t_end
         dt = -math.log(1.0 - np.random.random()) / r
         if t + dt >= t_end:
+            fs[S_EXPO_SURF] += counters[C_NSURF] * (t_end - t)
+            fs[S_EXPO_BULK] += counters[C_NBULK] * (t_end - t)
             return t_end
+        fs[S_EXPO_SURF] += counters[C_NSURF] * dt
+        fs[S_EXPO_BULK] += counters[C_NBULK] * dt
         t += dt
         fs[S_TIME] = t
         steps += 1
