@@ -400,3 +400,16 @@ def test_nucleation_site_classes_follow_probabilities():
     share = births["site"].value_counts(normalize=True)
     assert share.get("corner", 0.0) > 0.4
     assert set(births["site"]) <= {"corner", "edge", "face", "support"}
+
+
+def test_projected_area_shrinks_and_repr(traj):
+    area = traj.projected_area_A2()
+    assert area.shape == (traj.n_frames,)
+    # a 7-cell CsBr-terminated cube: 15 × 15 projected columns on the a/2 grid = (7.5 a)²
+    init = traj.initial_atoms()
+    assert np.all(np.diff(area) <= 0) and area[-1] < area[0]
+    assert area[0] == pytest.approx((7.5 * 5.87) ** 2)
+    n_host_last = traj.frame_table["n_Br"].iloc[-1] + traj.frame_table["n_Cs"].iloc[-1]
+    assert (area[-1] == 0) == (n_host_last == 0)
+    assert len(init) > 0
+    assert "KMCTrajectory" in repr(traj) and "clusters" in repr(traj)

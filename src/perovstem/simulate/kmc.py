@@ -91,6 +91,40 @@ class KMCTrajectory:
     def n_frames(self) -> int:
         return int(len(self.frame_table))
 
+    def __repr__(self) -> str:
+        ft = self.frame_table
+        init = ft.attrs.get("initial", {})
+        return (
+            f"<KMCTrajectory {self.n_frames} frames of {self.conditions['frame_time_s']:g} s, "
+            f"dose {ft['cumulative_dose_e_per_A2'].iloc[-1]:.3g} e⁻/Å², "
+            f"{self.conditions['atmosphere']}, Pb {init.get('n_Pb_host', '?')} → "
+            f"{int(ft['n_Pb_host'].iloc[-1])} host + {int(ft['n_Pb0'].iloc[-1])} Pb⁰, "
+            f"{int(ft['n_clusters'].iloc[-1])} clusters at the end>"
+        )
+
+    def projected_area_A2(self, *, cell_A: float | None = None) -> np.ndarray:
+        """Projected area of the host crystal (beam along −z) at the end of each frame, Å².
+
+        The (x, y) of every host atom present is binned on a square grid of ``cell_A``
+        (default half the pseudo-cubic lattice constant, so that each projected column of a
+        [001] crystal fills one cell); the area is the number of occupied cells × cell².
+        Truth for NC shrinkage and void growth.
+
+        Returns
+        -------
+        (n_frames,) float
+        """
+        lat = self._lattice
+        cell = 0.5 * lat.a_A if cell_A is None else check_positive("cell_A", cell_A)
+        xy0 = lat.pos_A[:, :2].min(axis=0)
+        ij = np.floor((lat.pos_A[:, :2] - xy0) / cell + 0.5).astype(np.int64)
+        key = ij[:, 0] * (int(ij[:, 1].max()) + 1) + ij[:, 1]
+        out = np.empty(self.n_frames)
+        for k in range(self.n_frames):
+            present = np.unpackbits(self._present[k + 1], count=lat.n_host).astype(bool)
+            out[k] = np.unique(key[present]).size * cell**2
+        return out
+
     def _check_k(self, k: int) -> int:
         n = self.n_frames
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or not -n <= k < n:
