@@ -64,16 +64,17 @@ def as_positions(
             raise ParameterError(f"`types` must have one entry per column ({n}), got {t.shape}")
     px = A_to_px(xy, image)
     ny, nx = image.shape
-    bad = (px[:, 0] < -0.5) | (px[:, 0] > nx - 0.5) | (px[:, 1] < -0.5) | (px[:, 1] > ny - 0.5)
+    m = 1.5  # centres may sit up to one pixel beyond the outer pixel edge
+    bad = (px[:, 0] < -m) | (px[:, 0] > nx - 1 + m) | (px[:, 1] < -m) | (px[:, 1] > ny - 1 + m)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
         raise DataError(
             f"{int(bad.sum())} column position(s) lie outside the image "
             f"(first: #{k} at x_A={xy[k, 0]:.3f}, y_A={xy[k, 1]:.3f}; image covers "
-            f"x_A {image.origin_A[0] - 0.5 * image.pixel_size_A:.3f}…"
-            f"{image.origin_A[0] + (nx - 0.5) * image.pixel_size_A:.3f}, "
-            f"y_A {image.origin_A[1] - 0.5 * image.pixel_size_A:.3f}…"
-            f"{image.origin_A[1] + (ny - 0.5) * image.pixel_size_A:.3f})"
+            f"x_A {image.origin_A[0] - m * image.pixel_size_A:.3f}…"
+            f"{image.origin_A[0] + (nx - 1 + m) * image.pixel_size_A:.3f}, "
+            f"y_A {image.origin_A[1] - m * image.pixel_size_A:.3f}…"
+            f"{image.origin_A[1] + (ny - 1 + m) * image.pixel_size_A:.3f})"
         )
     return xy, t
 

@@ -77,7 +77,24 @@ def _solve_small(a, b):
 
 @njit(cache=True, nogil=True)
 def column_step(
-    res, w, k, x, y, eta, rho, cut, free_rho, lam, max_shift, rho_min, rho_max, x0, y0, lim
+    res,
+    w,
+    k,
+    x,
+    y,
+    eta,
+    rho,
+    cut,
+    free_rho,
+    lam,
+    max_shift,
+    rho_min,
+    rho_max,
+    x0,
+    y0,
+    lim,
+    fix_pos,
+    box_half,
 ):
     """One damped Gauss–Newton (Levenberg–Marquardt) step on column ``k``.
 
@@ -85,9 +102,16 @@ def column_step(
     ``res``.  The step is accepted only if the weighted SSE over the column's box decreases,
     which equals the decrease of the global SSE; ``res`` is then updated in place.
 
+    ``fix_pos`` keeps (x, y) fixed.  ``box_half > 0`` restricts the fit (normal equations and
+    the SSE test) to a square box of that half-width around the rounded position, as in
+    StatSTEM's segmented scheme (De Backer et al. 2016); the model is still updated everywhere.
+
     Returns ``(shift_px, accepted)``.
     """
     ny, nx = res.shape
+    ic = np.round(y0[k])
+    jc = np.round(x0[k])
+    use_box = box_half > 0.0
     xk = x[k]
     yk = y[k]
     ek = eta[k]
@@ -117,12 +141,17 @@ def column_step(
                 continue
             g = np.exp(-0.5 * r2 * inv)
             gold[i - i0, j - j0] = g
+            if use_box and (abs(i - ic) > box_half or abs(j - jc) > box_half):
+                continue
             wij = w[i, j]
             rij = res[i, j]
             eg = ek * g
             jac[0] = eg * dx * inv
             jac[1] = eg * dy * inv
             jac[2] = g
+            if fix_pos:
+                jac[0] = 0.0
+                jac[1] = 0.0
             if free_rho:
                 jac[3] = eg * r2 * inv / rk
             for p in range(npar):
@@ -134,6 +163,9 @@ def column_step(
             a[p, q] = a[q, p]
     if a[2, 2] <= 0.0:
         return 0.0, False
+    if fix_pos:
+        a[0, 0] = 1.0
+        a[1, 1] = 1.0
     for _attempt in range(10):
         m = a.copy()
         for p in range(npar):
@@ -142,6 +174,9 @@ def column_step(
         if not ok:
             lam[k] *= 10.0
             continue
+        if use_box:  # damped like StatSTEM's neighbour updates (alpha = 0.5)
+            for p in range(npar):
+                d[p] *= 0.5
         sx = d[0]
         sy = d[1]
         s = np.sqrt(sx * sx + sy * sy)
@@ -177,6 +212,8 @@ def column_step(
                     gn = np.exp(-0.5 * nr2 * ninv)
                 gnew[i - i0, j - j0] = gn
                 dlt = ek * gold[i - i0, j - j0] - nek * gn
+                if use_box and (abs(i - ic) > box_half or abs(j - jc) > box_half):
+                    continue
                 if dlt != 0.0:
                     rij = res[i, j]
                     dsse += w[i, j] * dlt * (2.0 * rij + dlt)
@@ -214,12 +251,31 @@ def sweep_serial(
     x0,
     y0,
     lim,
+    fix_pos=False,
+    box_half=0.0,
 ):
     """One serial Gauss–Seidel sweep over the columns in ``order``."""
     for m in range(order.shape[0]):
         k = order[m]
         s, ok = column_step(
-            res, w, k, x, y, eta, rho, cut, free_rho, lam, max_shift, rho_min, rho_max, x0, y0, lim
+            res,
+            w,
+            k,
+            x,
+            y,
+            eta,
+            rho,
+            cut,
+            free_rho,
+            lam,
+            max_shift,
+            rho_min,
+            rho_max,
+            x0,
+            y0,
+            lim,
+            fix_pos,
+            box_half,
         )
         shifts[k] = s
         accepted[k] = ok
@@ -248,6 +304,8 @@ def sweep(
     x0,
     y0,
     lim,
+    fix_pos=False,
+    box_half=0.0,
 ):
     """One Gauss–Seidel sweep over all columns, parallel over non-touching cells.
 
@@ -278,6 +336,8 @@ def sweep(
                     x0,
                     y0,
                     lim,
+                    fix_pos,
+                    box_half,
                 )
                 shifts[k] = s
                 accepted[k] = ok
