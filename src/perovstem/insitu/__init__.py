@@ -6,6 +6,7 @@ per-frame detection → :func:`track_clusters` → lineage → :mod:`perovstem.q
 """
 
 from perovstem.insitu._frames import frame_quality, iter_frames
+from perovstem.insitu.analysis import InsituResult, analyze_series
 from perovstem.insitu.clusters import (
     CLUSTER_COLUMNS,
     atoms_from_scs,
@@ -29,6 +30,8 @@ from perovstem.insitu.register import (
 from perovstem.insitu.tracking import lineage_events, track_clusters
 
 __all__ = [
+    "InsituResult",
+    "analyze_series",
     "CLUSTER_COLUMNS",
     "atoms_from_scs",
     "cluster_scs_library",

@@ -234,10 +234,11 @@ def detect_clusters(
     a_px = check_positive("lattice_A", lattice_A) / px
     m = unit_cell_average(a - off, a_px, angle_deg=lattice_angle_deg)
     side = max(3, int(np.ceil(2 * max_diameter_A / px)) | 1)
-    if lattice_angle_deg % 90 > 1e-6:
-        rot = ndimage.rotate(m, -lattice_angle_deg, reshape=True, order=1, mode="nearest")
+    tilt = ((float(lattice_angle_deg) + 45.0) % 90.0) - 45.0  # square lattice: mod 90°
+    if abs(tilt) > 0.5:
+        rot = ndimage.rotate(m, -tilt, reshape=True, order=1, mode="nearest")
         bg_r = ndimage.grey_opening(rot, size=(side, side))
-        bg = ndimage.rotate(bg_r, lattice_angle_deg, reshape=False, order=1, mode="nearest")
+        bg = ndimage.rotate(bg_r, tilt, reshape=False, order=1, mode="nearest")
         cy, cx = (np.array(bg.shape) - np.array(m.shape)) // 2
         bg = bg[cy : cy + m.shape[0], cx : cx + m.shape[1]]
     else:

@@ -156,7 +156,7 @@ def fft_phase_check(
     # pixels near host reflections (estimated lattice) are excluded from the other phases'
     # rings: the tails of strong host peaks must not pass for Pb reflections
     dk = max(1 / (a.shape[0] * px), 1 / (a.shape[1] * px))
-    near_host = np.zeros(kr.shape, bool)
+    host_g = np.zeros((0, 2))
     try:
         from perovstem.insitu.lattice import estimate_lattice
 
@@ -169,10 +169,17 @@ def fft_phase_check(
         u2 = np.array([-np.sin(t), np.cos(t)]) / ah
         hk = np.arange(-8, 9)
         g = (hk[:, None, None] * u1 + hk[None, :, None] * u2).reshape(-1, 2)
-        g = g[np.hypot(g[:, 0], g[:, 1]) > 0]
-        for gx, gy in g:
-            for sx, sy in ((gx, gy), (-gx, -gy)):
-                near_host |= np.hypot(kx - sx, ky - sy) < 2.5 * dk
+        host_g = g[np.hypot(g[:, 0], g[:, 1]) > 0]
+
+    def near_host(sel: np.ndarray) -> np.ndarray:
+        """True for the selected spectrum pixels within 2.5 bins of a host reflection."""
+        if host_g.size == 0:
+            return np.zeros(int(sel.sum()), bool)
+        iy, ix = np.nonzero(sel)
+        kxs, kys = kx[0, ix], ky[iy, 0]
+        dd = np.hypot(kxs[:, None] - host_g[None, :, 0], kys[:, None] - host_g[None, :, 1])
+        return dd.min(1) < 2.5 * dk
+
     ratios: dict[str, dict[str, float]] = {}
     dmeas: dict[str, dict[str, float]] = {}
     peaks: dict[str, float] = {}
@@ -183,7 +190,7 @@ def fft_phase_check(
                 continue
             ring = (kr >= (1 - tolerance) / d) & (kr <= (1 + tolerance) / d)
             if phase != "CsPbBr3":
-                ring &= ~near_host
+                ring[ring] = ~near_host(ring)
             wide = (kr >= (1 - 4 * tolerance) / d) & (kr <= (1 + 4 * tolerance) / d)
             if ring.sum() < 4:
                 continue

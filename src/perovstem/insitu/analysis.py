@@ -1,0 +1,209 @@
+"""One call for a whole in-situ series: register, detect, track, bookkeeping, kinetics.
+
+Two streaming passes over the frames (registration; then shift + detection + crystal metrics
+per frame), so memory does not grow with the number of frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from perovstem._data import Image, Series
+from perovstem.errors import DataError, ParameterError
+from perovstem.insitu._frames import frame_quality, iter_frames
+from perovstem.insitu.clusters import CLUSTER_COLUMNS, detect_clusters
+from perovstem.insitu.lattice import estimate_lattice
+from perovstem.insitu.nanocrystal import fft_phase_check, segment_nanocrystal
+from perovstem.insitu.register import register_drift
+from perovstem.insitu.tracking import lineage_events, track_clusters
+
+__all__ = ["InsituResult", "analyze_series"]
+
+
+@dataclass
+class InsituResult:
+    """Tables produced by :func:`analyze_series` (all pandas DataFrames).
+
+    Attributes
+    ----------
+    frames : per-frame bookkeeping (time, dose, cumulative dose, conditions, drift, crystal
+        area/shrinkage/voids/phase, cluster number/atoms/mean size, births, merges).
+    drift : output of :func:`register_drift`.
+    clusters : detections with ``track_id``.
+    lineage : one row per track (:func:`track_clusters`).
+    events : births, merges, deaths with dose (:func:`lineage_events`).
+    summary : mechanism table (:func:`perovstem.quantify.mechanism.mechanism_summary`).
+    """
+
+    frames: pd.DataFrame
+    drift: pd.DataFrame
+    clusters: pd.DataFrame
+    lineage: pd.DataFrame
+    events: pd.DataFrame
+    summary: pd.DataFrame
+    skipped: list[int] = field(default_factory=list)
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """All tables by name (for writing)."""
+        return {
+            "frames": self.frames,
+            "drift": self.drift,
+            "clusters": self.clusters,
+            "lineage": self.lineage,
+            "events": self.events,
+            "summary": self.summary,
+        }
+
+
+def analyze_series(
+    series: Series,
+    *,
+    register: bool = True,
+    max_lag: int = 3,
+    detect: dict[str, Any] | None = None,
+    track: dict[str, Any] | None = None,
+    crystal: bool = True,
+    phase_check: bool = True,
+    summary: bool = True,
+    lattice_A: float = 5.87,
+) -> InsituResult:
+    """Analyse an in-situ series end to end.
+
+    Parameters
+    ----------
+    series : Series
+        With dose per frame (see :func:`assign_dose`) for SCS/atom counts and dose axes;
+        without dose, detection and tracking still run and kinetics use the frame index.
+    register : bool
+        Measure and correct rigid drift first.
+    max_lag : int
+        Frames each frame is registered to.
+    detect, track : dict, optional
+        Options of :func:`detect_clusters` and :func:`track_clusters`.
+    crystal : bool
+        Crystal outline, area, shrinkage and voids per frame.
+    phase_check : bool
+        FFT phase check per frame.
+    summary : bool
+        Fit and rank kinetic models (:func:`mechanism_summary`).
+    lattice_A : float
+        Host lattice spacing, Å.
+
+    Returns
+    -------
+    InsituResult
+    """
+    if not isinstance(series, Series):
+        raise ParameterError(f"`series` must be a perovstem Series, got {type(series).__name__}")
+    detect = dict(detect or {})
+    track = dict(track or {})
+    px = series.pixel_size_A
+    n = series.n_frames
+    if register:
+        drift = register_drift(series, max_lag=max_lag)
+    else:
+        drift = pd.DataFrame(
+            {"frame": np.arange(n), "dy_px": 0.0, "dx_px": 0.0, "skipped": False, "reason": ""}
+        )
+    shifts = drift[["dy_px", "dx_px"]].to_numpy(float)
+    dose = series.dose_e_per_A2
+    gain = series.metadata.get("gain")
+    offset = series.metadata.get("offset")
+    dets, rows, skipped = [], [], []
+    angle: float | None = None
+    for k, fr in iter_frames(series):
+        why = frame_quality(fr)
+        if why:
+            skipped.append(k)
+            rows.append({"frame": k, "skipped": True, "reason": why})
+            continue
+        f = np.asarray(fr, float)
+        if register and np.any(shifts[k] != 0):
+            f = ndimage.shift(f, -shifts[k], order=3, mode="nearest")
+        img = Image(f, px, dose_e_per_A2=None if dose is None else float(dose[k]))
+        if angle is None:
+            # orientation of the host lattice from the first usable frame, kept for all
+            try:
+                _, ang, strength = estimate_lattice(f, px)
+                angle = ang if strength >= 20 else 0.0
+            except DataError:
+                angle = 0.0
+        opts = {"lattice_A": lattice_A, "lattice_angle_deg": angle, **detect}
+        d = detect_clusters(img, gain=gain, offset=offset, frame=k, **opts)
+        dets.append(d)
+        row: dict[str, Any] = {"frame": k, "skipped": False, "reason": ""}
+        if crystal:
+            cmask, voids, _ = segment_nanocrystal(f, pixel_size_A=px, lattice_A=lattice_A)
+            solid = cmask & ~voids
+            row.update(
+                area_A2=float(solid.sum()) * px * px,
+                void_area_A2=float(voids.sum()) * px * px,
+                n_voids=int(ndimage.label(voids)[1]),
+                integrated_counts=float((f - (offset or 0.0))[cmask].sum()),
+            )
+        if phase_check:
+            row["phase"] = fft_phase_check(f, pixel_size_A=px)["phase"]
+        rows.append(row)
+    if len(skipped) == n:
+        raise DataError(f"every frame of the series is unusable ({n} frames)")
+    det = pd.concat(dets, ignore_index=True) if dets else pd.DataFrame(columns=CLUSTER_COLUMNS)
+    size_col = "n_atoms" if det["n_atoms"].notna().any() else None
+    if size_col is None:
+        det = det.assign(n_atoms=det["area_A2"])  # size proxy when no dose is known
+        size_col = "n_atoms"
+    tracks, lineage = track_clusters(det, size_column=size_col, **track)
+    fr_tab = _frames_table(series, drift, pd.DataFrame(rows), tracks, lineage)
+    events = lineage_events(lineage, fr_tab)
+    if summary:
+        from perovstem.quantify.mechanism import mechanism_summary
+
+        x = (
+            "cumulative_dose_e_per_A2"
+            if fr_tab["cumulative_dose_e_per_A2"].notna().all()
+            else "frame"
+        )
+        usable = fr_tab[~fr_tab["skipped"]]
+        summ = mechanism_summary(usable, x=x)
+    else:
+        summ = pd.DataFrame()
+    for t in (fr_tab, drift, tracks, lineage, events, summ):
+        t.attrs["pixel_size_A"] = px
+    return InsituResult(fr_tab, drift, tracks, lineage, events, summ, skipped)
+
+
+def _frames_table(
+    series: Series,
+    drift: pd.DataFrame,
+    per_frame: pd.DataFrame,
+    tracks: pd.DataFrame,
+    lineage: pd.DataFrame,
+) -> pd.DataFrame:
+    base = series.frames_table()
+    if series.dose_e_per_A2 is None:
+        base["cumulative_dose_e_per_A2"] = np.nan
+    out = base.merge(per_frame, on="frame", how="left")
+    out["dy_px"] = drift["dy_px"].to_numpy()
+    out["dx_px"] = drift["dx_px"].to_numpy()
+    if "area_A2" in out:
+        a0 = out.loc[~out["skipped"], "area_A2"]
+        out["shrinkage"] = 1 - out["area_A2"] / (float(a0.iloc[0]) if len(a0) else np.nan)
+    g = tracks.groupby("frame")
+    idx = out["frame"]
+    out["n_clusters"] = g.size().reindex(idx, fill_value=0).to_numpy()
+    out["n_Pb0_detected"] = g["n_atoms"].sum().reindex(idx, fill_value=0).to_numpy()
+    out["mean_cluster_atoms"] = g["n_atoms"].mean().reindex(idx).to_numpy()
+    out["mean_radius_A"] = (
+        g["radius_A"].mean().reindex(idx).to_numpy() if "radius_A" in tracks else np.nan
+    )
+    births = lineage[lineage["origin"] == "nucleation"].groupby("start_frame").size()
+    merges = lineage[lineage["origin"] == "merge"].groupby("start_frame").size()
+    out["n_births"] = births.reindex(idx, fill_value=0).to_numpy()
+    out["n_merges"] = merges.reindex(idx, fill_value=0).to_numpy()
+    out["cumulative_births"] = np.cumsum(out["n_births"].to_numpy())
+    out.loc[out["skipped"].fillna(False).astype(bool), ["n_clusters", "n_Pb0_detected"]] = np.nan
+    return out

@@ -1,0 +1,266 @@
+"""Mechanism summary: which kinetic model describes each degradation process, per condition.
+
+For every condition (temperature, dose rate, atmosphere) the candidate models of each process
+observed in a per-frame table are fitted and ranked (:func:`compare_models`, AICc), and the
+selected model's key parameter is reported with its confidence interval.  Across conditions
+the nucleation rate is tested for dose-rate control (:func:`fit_dose_rate_dependence`) and
+for thermal activation (:func:`fit_arrhenius`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from perovstem.errors import DataError, PerovstemError
+from perovstem.quantify.kinetics import (
+    compare_models,
+    fit_arrhenius,
+    fit_dose_rate_dependence,
+)
+
+__all__ = ["mechanism_summary", "SUMMARY_COLUMNS"]
+
+SUMMARY_COLUMNS = [
+    "condition",
+    "temperature_K",
+    "dose_rate_e_per_A2_s",
+    "gas",
+    "process",
+    "observable",
+    "selected_model",
+    "mechanism",
+    "weight",
+    "delta_next",
+    "param",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n_points",
+    "text",
+]
+
+# process -> (observable column, likelihood, cumulative, key parameter per model)
+_KEY = {
+    "br_first_order": "D_Br_e_per_A2",
+    "br_two_pool": "D_surface_e_per_A2",
+    "br_second_order": "D2_e_per_A2",
+    "br_linear": "rate_per_e_per_A2",
+    "nucleation_constant": "J_per_e_per_A2",
+    "nucleation_saturating": "J_per_e_per_A2",
+    "nucleation_accelerating": "a_per_e2_per_A4",
+    "growth_supply_m3": "K_A3_per_x",
+    "growth_diffusion_m2": "K_A2_per_x",
+    "growth_reaction_m1": "K_A_per_x",
+    "growth_power": "m",
+    "coalescence_smoluchowski": "K_coal",
+    "number_first_order": "k",
+    "number_constant": "N0",
+}
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}" if np.isfinite(v) else "n/a"
+
+
+def _process_rows(g: pd.DataFrame, x: str, level: float) -> list[dict[str, Any]]:
+    rows = []
+    specs = []
+    if "n_Br" in g and g["n_Br"].notna().sum() >= 5:
+        specs.append(("br_loss", "n_Br", "br_loss", dict(likelihood="poisson", cumulative=True)))
+    elif "integrated_counts" in g and g["integrated_counts"].notna().sum() >= 5:
+        specs.append(("mass_loss", "integrated_counts", "br_loss", {}))
+    if "cumulative_births" in g and g["cumulative_births"].max() >= 3:
+        specs.append(
+            (
+                "nucleation",
+                "cumulative_births",
+                "nucleation",
+                dict(likelihood="poisson", cumulative=True),
+            )
+        )
+    if "mean_radius_A" in g and g["mean_radius_A"].notna().sum() >= 5:
+        specs.append(("growth", "mean_radius_A", "growth", {}))
+    if "n_clusters" in g and g["n_clusters"].max() >= 3:
+        k0 = int(np.argmax(g["n_clusters"].to_numpy()))
+        if len(g) - k0 >= 5:
+            specs.append(
+                ("coalescence", "n_clusters", "coalescence", dict(likelihood="poisson", _from=k0))
+            )
+    for process, col, family, kw in specs:
+        kw = dict(kw)
+        start = kw.pop("_from", 0)
+        sub = g.iloc[start:][[x, col]].dropna()
+        xv = sub[x].to_numpy(float)
+        yv = sub[col].to_numpy(float)
+        if process == "coalescence":
+            xv = xv - xv[0]
+        if kw.get("cumulative") and process == "br_loss":
+            yv = np.minimum.accumulate(yv)
+        try:
+            table, fits = compare_models(xv, yv, family, level=level, **kw)
+        except PerovstemError as exc:
+            rows.append({"process": process, "observable": col, "text": f"not fitted: {exc}"})
+            continue
+        best = table.loc[0, "model"]
+        f = fits[best]
+        key = _KEY.get(best, next(iter(f.params)))
+        delta = float(table.loc[1, "delta"]) if len(table) > 1 else np.inf
+        text = (
+            f"{process}: {table.loc[0, 'mechanism']} ({best}, weight {table.loc[0, 'weight']:.2f}); "
+            f"{key} = {_fmt(f.params[key])} [{_fmt(f.ci_low[key])}, {_fmt(f.ci_high[key])}] "
+            f"({int(level * 100)} % CI)"
+        )
+        rows.append(
+            {
+                "process": process,
+                "observable": col,
+                "selected_model": best,
+                "mechanism": table.loc[0, "mechanism"],
+                "weight": float(table.loc[0, "weight"]),
+                "delta_next": delta,
+                "param": key,
+                "value": f.params[key],
+                "ci_low": f.ci_low[key],
+                "ci_high": f.ci_high[key],
+                "n_points": f.n_obs,
+                "text": text,
+            }
+        )
+    return rows
+
+
+def mechanism_summary(
+    frames: pd.DataFrame,
+    *,
+    by: tuple[str, ...] | None = None,
+    x: str = "cumulative_dose_e_per_A2",
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """Per-condition mechanism table from a per-frame table.
+
+    Parameters
+    ----------
+    frames : DataFrame
+        One row per frame (several series may be concatenated), with ``x`` and any of the
+        observables ``n_Br`` (exact Br count), ``integrated_counts`` (crystal intensity),
+        ``cumulative_births``, ``mean_radius_A``, ``n_clusters``; conditions in
+        ``temperature_K``, ``dose_rate_e_per_A2_s``, ``gas`` (and ``series`` if present).
+    by : tuple of str, optional
+        Condition columns (default: those of ``series, temperature_K,
+        dose_rate_e_per_A2_s, gas`` present).
+    x : str
+        Independent variable (cumulative dose by default).
+    level : float
+        Confidence level.
+
+    Returns
+    -------
+    DataFrame
+        :data:`SUMMARY_COLUMNS`, one row per condition and process, plus ``across`` rows for
+        the dose-rate and temperature dependence of the nucleation rate when several
+        conditions are present.
+    """
+    if not isinstance(frames, pd.DataFrame) or x not in frames:
+        raise DataError(f"`frames` must be a DataFrame with column {x!r}")
+    if by is None:
+        by = tuple(
+            c for c in ("series", "temperature_K", "dose_rate_e_per_A2_s", "gas") if c in frames
+        )
+    f = frames.copy()
+    keys = []
+    for c in by:
+        if f[c].dtype.kind == "f":
+            f[c] = f[c].round(6)
+        keys.append(c)
+    groups = f.groupby(keys, dropna=False, sort=True) if keys else [((), f)]
+    rows = []
+    for i, (_key, g) in enumerate(groups):
+        g = g.sort_values(x)
+        cond = {
+            "condition": i,
+            "temperature_K": float(g["temperature_K"].median()) if "temperature_K" in g else np.nan,
+            "dose_rate_e_per_A2_s": float(g["dose_rate_e_per_A2_s"].median())
+            if "dose_rate_e_per_A2_s" in g
+            else np.nan,
+            "gas": str(g["gas"].iloc[0]) if "gas" in g else "",
+        }
+        for r in _process_rows(g, x, level):
+            rows.append({**cond, **r})
+    out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    out = pd.concat([out, _across(out, level)], ignore_index=True)
+    out.attrs["x"] = x
+    out.attrs["level"] = level
+    return out
+
+
+def _across(summary: pd.DataFrame, level: float) -> pd.DataFrame:
+    nuc = summary[(summary["process"] == "nucleation") & summary["value"].notna()]
+    nuc = nuc[nuc["param"] == "J_per_e_per_A2"]
+    rows = []
+    if len(nuc) >= 2 and nuc["dose_rate_e_per_A2_s"].nunique() >= 2:
+        same_t = nuc.groupby("temperature_K").filter(
+            lambda d: d["dose_rate_e_per_A2_s"].nunique() >= 2
+        )
+        if len(same_t) >= 2:
+            phi = same_t["dose_rate_e_per_A2_s"].to_numpy(float)
+            j = same_t["value"].to_numpy(float) * phi
+            err = (same_t["ci_high"] - same_t["ci_low"]).to_numpy(float) / 3.92 * phi
+            try:
+                rerr = err if np.all(err > 0) else None
+                t, fits = fit_dose_rate_dependence(phi, j, rate_err=rerr)
+                a = fits.get("power_law")
+                al = (
+                    (a.params["alpha"], a.ci_low["alpha"], a.ci_high["alpha"])
+                    if a
+                    else (np.nan, np.nan, np.nan)
+                )
+                rows.append(
+                    {
+                        "condition": -1,
+                        "process": "dose_rate",
+                        "observable": "J_per_s",
+                        "selected_model": t.loc[0, "model"],
+                        "mechanism": t.loc[0, "mechanism"],
+                        "weight": float(t.loc[0, "weight"]),
+                        "param": "alpha",
+                        "value": al[0],
+                        "ci_low": al[1],
+                        "ci_high": al[2],
+                        "n_points": len(phi),
+                        "text": f"nucleation vs dose rate: {t.loc[0, 'mechanism']}; "
+                        f"alpha = {_fmt(al[0])} [{_fmt(al[1])}, {_fmt(al[2])}]",
+                    }
+                )
+            except PerovstemError:
+                pass
+    if len(nuc) >= 2 and nuc["temperature_K"].nunique() >= 2:
+        err = (nuc["ci_high"] - nuc["ci_low"]).to_numpy(float) / 3.92
+        try:
+            r = fit_arrhenius(
+                nuc["temperature_K"],
+                nuc["value"],
+                rate_err=err if np.all(err > 0) else None,
+                level=level,
+            )
+            rows.append(
+                {
+                    "condition": -1,
+                    "process": "temperature",
+                    "observable": "J_per_e_per_A2",
+                    "selected_model": "arrhenius",
+                    "mechanism": "thermally activated nucleation",
+                    "param": "Ea_eV",
+                    "value": r.params["Ea_eV"],
+                    "ci_low": r.ci_low["Ea_eV"],
+                    "ci_high": r.ci_high["Ea_eV"],
+                    "n_points": r.n_obs,
+                    "text": f"nucleation vs temperature: Ea = {_fmt(r.params['Ea_eV'])} eV "
+                    f"[{_fmt(r.ci_low['Ea_eV'])}, {_fmt(r.ci_high['Ea_eV'])}]",
+                }
+            )
+        except PerovstemError:
+            pass
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
