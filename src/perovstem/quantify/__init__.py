@@ -1,5 +1,6 @@
 """Quantification: kinetics and mechanism models, 3D atomic models from counts, validation."""
 
+from perovstem.quantify.facets import facet_fractions, surface_facets  # noqa: F401,E402
 from perovstem.quantify.kinetics import (  # noqa: F401
     MODELS,
     FitResult,
@@ -10,3 +11,4 @@ from perovstem.quantify.kinetics import (  # noqa: F401
     fit_model,
 )
 from perovstem.quantify.mobility import cluster_hop_rate, fit_desorption_hazard  # noqa: F401
+from perovstem.quantify.model3d import AtomicModel, model_from_counts, site_agreement  # noqa: F401,E402

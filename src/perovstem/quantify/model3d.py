@@ -1,0 +1,434 @@
+"""3D atomic models of perovskite nanocrystals from single-projection atom counts.
+
+Starting point is StatSTEM's rule (atoms of each column stacked contiguously, centred on a
+common mid-plane; De Backer et al., Ultramicroscopy 171 (2016) 104) or, for a crystal lying on
+a support, bottom-aligned columns.  The model is then refined by a **constrained lattice-gas
+Monte Carlo** (notes: physics_simulation.md §6.2): every column keeps a contiguous run of
+atoms on its own sublattice (Pb-Br columns: Br-Pb-Br-...-Br, i.e. ``n`` Pb and ``n + 1`` Br;
+Cs; Br; metallic Pb on an fcc [001] column with period a_Pb), and the runs slide along the beam
+or, when count posteriors are given, grow/shrink by one unit with acceptance weighted by the
+posterior (the Bayesian count prior of De Backer et al., npj Comput. Mater. 8 (2022) 216).
+The energy is a broken-bond model on the 3D neighbour graph (Pb-Br 2.94 Å, Cs-Br 4.15 Å,
+Pb⁰-Pb⁰ 3.50 Å, a hard core below 2.3 Å) plus an optional support adhesion and a
+charge-neutrality penalty ``λ Q²``.  Metropolis chains with simulated annealing from
+independent seeds give **site-occupation probabilities** (Alxneit, Ultramicroscopy 275 (2025)
+114139); the lowest-energy chain is returned as the model.  Original 3D-from-counts idea:
+Van Aert et al., Nature 470 (2011) 374; Bals et al., Nat. Commun. 3 (2012) 897.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from perovstem._validation import as_rng, check_positive
+from perovstem.errors import DataError, ParameterError
+
+__all__ = [
+    "AtomicModel",
+    "model_from_counts",
+    "site_agreement",
+    "DEFAULT_BONDS",
+]
+
+#: Pair energies (arbitrary units, kT-scale ~ 0.1): (element a, element b, d_min, d_max, energy).
+DEFAULT_BONDS: tuple[tuple[str, str, float, float, float], ...] = (
+    ("Pb", "Br", 2.5, 3.4, -1.0),
+    ("Cs", "Br", 3.7, 4.6, -0.35),
+    ("Pb0", "Pb0", 3.1, 3.9, -0.6),
+    ("Pb0", "Br", 2.5, 3.4, -0.3),
+)
+_HARD_CORE_A = 2.3
+_HARD_CORE_E = 5.0
+_CHARGE = {"Pb": 2.0, "Br": -1.0, "Cs": 1.0, "Pb0": 0.0}
+
+
+@dataclass(frozen=True)
+class _TypeSpec:
+    """Sublattice of one column type along the beam."""
+
+    step_frac: float  # slot spacing in units of the lattice parameter
+    z0_frac: float  # z of slot 0 relative to the window origin (lattice units)
+    elements: tuple[str, ...]  # element by slot parity (len 1 or 2)
+    unit_len: int  # atoms per counted unit
+    cap: int  # extra atoms per run (Br end caps of Pb-Br columns)
+    stride: int  # slots between consecutive atoms of a run
+    slide: int  # slots per slide move
+    start_parity: int  # required parity of the run start (-1: any)
+    metal: bool = False
+
+
+_TYPES = {
+    "PbBr": _TypeSpec(0.5, 0.0, ("Pb", "Br"), 2, 1, 1, 2, 1),
+    "Cs": _TypeSpec(1.0, 0.5, ("Cs",), 1, 0, 1, 1, -1),
+    "Br": _TypeSpec(1.0, 0.0, ("Br",), 1, 0, 1, 1, -1),
+    "Pb": _TypeSpec(0.5, 0.0, ("Pb0",), 1, 0, 2, 1, -1, metal=True),
+}
+
+
+@dataclass(frozen=True)
+class AtomicModel:
+    """Result of :func:`model_from_counts`.
+
+    Attributes
+    ----------
+    atoms : ase.Atoms
+        Lowest-energy model (beam along −z; ``label`` array: 0 host, 2 metallic Pb).
+    sites : DataFrame
+        Every candidate site: ``x_A, y_A, z_A, element, column, p_occupied`` (fraction of
+        chains occupying it) and ``occupied`` (in the returned model).
+    columns : DataFrame
+        Per column: ``x_A, y_A, type, n_atoms`` (returned model), ``n_atoms_mean`` (over
+        chains), ``z_bottom_A``, ``z_top_A``, ``z_center_std_A`` (spread of the run centre
+        over chains: the depth uncertainty).
+    energies : ndarray, shape (M,)
+        Final energy of each chain.
+    charges : ndarray, shape (M,)
+        Net charge (e) of each chain's model.
+    params : dict
+    """
+
+    atoms: Any
+    sites: pd.DataFrame
+    columns: pd.DataFrame
+    energies: np.ndarray
+    charges: np.ndarray
+    params: dict = field(default_factory=dict)
+
+    def facet_fractions(self, **kwargs: Any) -> dict[str, float]:
+        """Facet fractions of the model's surface (see :func:`perovstem.quantify.facets.facet_fractions`)."""
+        from perovstem.quantify.facets import facet_fractions
+
+        return facet_fractions(self.atoms, **kwargs)
+
+    def site_table(self) -> pd.DataFrame:
+        """Occupied sites of the returned model with their occupation probability."""
+        return self.sites[self.sites["occupied"]].reset_index(drop=True)
+
+
+def _check_table(columns: Any) -> pd.DataFrame:
+    if not isinstance(columns, pd.DataFrame):
+        raise DataError(f"`columns` must be a DataFrame, got {type(columns).__name__}")
+    if len(columns) == 0:
+        raise DataError("`columns` table is empty: no columns to build a model from")
+    need = {"x_A", "y_A", "type", "n_atoms"}
+    missing = need - set(columns.columns)
+    if missing:
+        raise DataError(f"`columns` lacks column(s) {sorted(missing)}; has {list(columns.columns)}")
+    bad = set(columns["type"].astype(str)) - set(_TYPES)
+    if bad:
+        raise DataError(f"unknown column type(s) {sorted(bad)}; known {sorted(_TYPES)}")
+    n = columns["n_atoms"].to_numpy()
+    if not np.all(np.isfinite(n.astype(float))) or np.any(n < 0) or np.any(n != np.round(n)):
+        raise DataError("`n_atoms` must be integers >= 0")
+    return columns
+
+
+def model_from_counts(
+    columns: pd.DataFrame,
+    *,
+    lattice_A: float = 5.87,
+    pb_lattice_A: float = 4.95,
+    start: str = "center",
+    n_chains: int = 16,
+    n_sweeps: int = 200,
+    t_start: float = 1.0,
+    t_end: float = 0.02,
+    bonds: Any = None,
+    support_energy: float = 0.0,
+    count_moves: bool | None = None,
+    max_count_change: int = 1,
+    charge_weight: float = 0.0,
+    rng: Any = None,
+) -> AtomicModel:
+    """Build a 3D atomic model from per-column atom counts by lattice-gas Monte Carlo.
+
+    Parameters
+    ----------
+    columns : DataFrame
+        ``x_A, y_A`` (projected positions, Å, crystal axes along x and y), ``type`` (``"PbBr"``
+        counts unit cells = Pb atoms; ``"Cs"``; ``"Br"``; ``"Pb"`` metallic fcc columns) and
+        ``n_atoms``; optional ``n_atoms_mean``/``n_atoms_std`` (count posteriors, e.g. from
+        :func:`perovstem.atoms.count_atoms`) used as a Gaussian prior for count moves.
+    lattice_A, pb_lattice_A : float
+        Perovskite (pseudo-cubic) and fcc Pb lattice parameters, Å.
+    start : {"center", "bottom", "random"}
+        Initial stacking: centred on a common mid-plane (StatSTEM), bottom-aligned (crystal on
+        a support; combine with ``support_energy``) or random depth offsets.
+    n_chains, n_sweeps : int
+        Independent annealing chains and Monte Carlo sweeps (one sweep = one move per column).
+    t_start, t_end : float
+        Annealing temperatures (energy units of ``bonds``; geometric schedule).
+    bonds : sequence of (el_a, el_b, d_min_A, d_max_A, energy), optional
+        Pair energies (default :data:`DEFAULT_BONDS`; "Pb0" is metallic Pb).
+    support_energy : float
+        Adhesion energy (>= 0) gained by each atom in the first layer above the support plane
+        (the plane just under the lowest atom of the starting model); atoms cannot go below
+        it.  Use with ``start="bottom"`` (or ``"center"``: the support is then under the
+        thickest column, and the thinner ones are pulled down by the MC).
+    count_moves : bool, optional
+        Allow ±1 count changes (default: when ``n_atoms_std`` is present).
+    max_count_change : int
+        Largest deviation from the input count allowed.
+    charge_weight : float
+        λ of the charge-neutrality penalty ``λ Q²`` (e², relevant with count moves).
+    rng : None, int or Generator
+
+    Returns
+    -------
+    AtomicModel
+    """
+    from scipy.spatial import cKDTree
+
+    from perovstem.quantify._model3d_numba import run_chains
+
+    tab = _check_table(columns)
+    a = check_positive("lattice_A", lattice_A)
+    a_pb = check_positive("pb_lattice_A", pb_lattice_A)
+    if start not in ("center", "bottom", "random"):
+        raise ParameterError(f"`start` must be 'center', 'bottom' or 'random', got {start!r}")
+    n_chains = int(check_positive("n_chains", n_chains))
+    n_sweeps = int(check_positive("n_sweeps", n_sweeps))
+    check_positive("t_start", t_start)
+    check_positive("t_end", t_end)
+    check_positive("support_energy", support_energy, allow_zero=True)
+    check_positive("charge_weight", charge_weight, allow_zero=True)
+    gen = as_rng(rng)
+    bonds = DEFAULT_BONDS if bonds is None else tuple(bonds)
+
+    types = tab["type"].astype(str).to_numpy()
+    n_in = tab["n_atoms"].to_numpy().astype(np.int64)
+    xy = tab[["x_A", "y_A"]].to_numpy(dtype=float)
+    C = len(tab)
+    if count_moves is None:
+        count_moves = "n_atoms_std" in tab.columns
+    dn = int(max_count_change) if count_moves else 0
+    n_min = np.maximum(n_in - dn, 0)
+    n_max = n_in + dn
+    # a common z window for all columns, in Å, wide enough for any run and its slides
+    z_span = float(np.max(n_max * np.where(types == "Pb", a_pb, a))) + 4 * a
+    half = 0.5 * z_span + 2 * a
+    specs = [_TYPES[t] for t in types]
+    steps = np.array([s.step_frac * (a_pb if s.metal else a) for s in specs])
+    nslot = np.ceil(2 * half / steps).astype(np.int64) + 1
+    # window origin on a multiple of the lattice so parities mean the same for all columns
+    z_origin = -np.ceil(half / a) * a
+    z0 = np.array([z_origin + s.z0_frac * (a_pb if s.metal else a) for s in specs])
+    col_start = np.concatenate([[0], np.cumsum(nslot)[:-1]]).astype(np.int64)
+    S = int(nslot.sum())
+    site_col = np.repeat(np.arange(C), nslot)
+    site_slot = np.arange(S) - col_start[site_col]
+    site_z = z0[site_col] + site_slot * steps[site_col]
+    site_xyz = np.column_stack([xy[site_col], site_z])
+    el = np.empty(S, dtype=object)
+    for c, s in enumerate(specs):
+        sl = slice(col_start[c], col_start[c] + nslot[c])
+        el[sl] = [s.elements[k % len(s.elements)] for k in range(nslot[c])]
+    charge = np.array([_CHARGE[e] for e in el])
+
+    # neighbour graph between sites of different columns
+    dmax = max(max(b[3] for b in bonds), _HARD_CORE_A)
+    tree = cKDTree(site_xyz)
+    pairs = tree.query_pairs(dmax, output_type="ndarray")
+    pairs = pairs[site_col[pairs[:, 0]] != site_col[pairs[:, 1]]]
+    d = np.linalg.norm(site_xyz[pairs[:, 0]] - site_xyz[pairs[:, 1]], axis=1)
+    e_pair = np.zeros(len(pairs))
+    ea, eb = el[pairs[:, 0]], el[pairs[:, 1]]
+    for x1, x2, lo, hi, en in bonds:
+        m = (((ea == x1) & (eb == x2)) | ((ea == x2) & (eb == x1))) & (d >= lo) & (d <= hi)
+        e_pair[m] = en
+    e_pair[d < _HARD_CORE_A] = _HARD_CORE_E
+    keep = e_pair != 0
+    pairs, e_pair = pairs[keep], e_pair[keep]
+    i2 = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    j2 = np.concatenate([pairs[:, 1], pairs[:, 0]])
+    e2 = np.concatenate([e_pair, e_pair])
+    order = np.argsort(i2, kind="stable")
+    nbr, eij = j2[order].astype(np.int64), e2[order]
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(i2, minlength=S))]).astype(np.int64)
+
+    unit_len = np.array([s.unit_len for s in specs], np.int64)
+    cap = np.array([s.cap for s in specs], np.int64)
+    stride = np.array([s.stride for s in specs], np.int64)
+    slide = np.array([s.slide for s in specs], np.int64)
+    # initial runs
+    L = unit_len * n_in + cap
+    extent = stride * (np.maximum(L, 1) - 1) * steps  # Å from first to last atom
+    if start == "center":
+        first_z = -0.5 * extent
+    elif start == "bottom":
+        first_z = np.full(C, -0.5 * float(extent.max()))
+    else:  # random depth offsets: a test of the Monte Carlo's ability to assemble the crystal
+        first_z = -0.5 * extent + gen.uniform(-0.5, 0.5, C) * float(extent.max())
+    b0 = np.ceil((first_z - z0) / steps - 1e-9).astype(np.int64)
+    for c, s in enumerate(specs):
+        if s.start_parity >= 0 and b0[c] % 2 != s.start_parity:
+            b0[c] += 1
+    b0 = np.clip(b0, 0, None)
+    if np.any(b0 + stride * (L - 1) >= nslot):
+        raise DataError("z window too small for the counts (internal error)")
+    # support: the plane under the lowest atom of the starting model; atoms in the first
+    # layer above it gain the adhesion energy, atoms below it are forbidden
+    ext = np.zeros(S)
+    z_support = float(np.min(z0 + b0 * steps)) - 0.25 * a
+    if support_energy > 0:
+        ext[(site_z > z_support) & (site_z < z_support + 0.75 * a)] = -support_energy
+        ext[site_z < z_support] = _HARD_CORE_E * 10
+    # Gaussian count prior from posteriors
+    width = 2 * dn + 1
+    logprior = np.zeros((C, width))
+    if dn > 0:
+        mean = tab["n_atoms_mean"].to_numpy(float) if "n_atoms_mean" in tab else n_in.astype(float)
+        sd = np.maximum(tab["n_atoms_std"].to_numpy(float), 0.3)
+        kk = n_min[:, None] + np.arange(width)[None, :]
+        logprior = -0.5 * ((kk - mean[:, None]) / sd[:, None]) ** 2
+    seeds = gen.integers(0, 2**31 - 1, n_chains).astype(np.int64)
+    B, N, E, Q = run_chains(
+        b0,
+        n_in,
+        unit_len,
+        cap,
+        stride,
+        slide,
+        col_start,
+        nslot,
+        indptr,
+        nbr,
+        eij,
+        charge,
+        ext,
+        logprior,
+        n_min.astype(np.int64),
+        n_max.astype(np.int64),
+        float(charge_weight),
+        float(t_start),
+        float(t_end),
+        n_sweeps,
+        seeds,
+    )
+    best = int(np.argmin(E))
+    # a projection fixes no depth origin: align every chain to the best one by a whole number
+    # of lattice periods before computing occupation probabilities and depth spreads
+    centres = z0[None, :] + (B + 0.5 * stride[None, :] * ((unit_len * N + cap) - 1)) * steps
+    if support_energy == 0:
+        k = np.round(np.median(centres - centres[best][None, :], axis=1) / a)
+        shift = np.round(k[:, None] * a / steps[None, :]).astype(np.int64)
+        for c, s in enumerate(specs):  # keep the sublattice parity of Pb-Br runs
+            if s.start_parity >= 0:
+                shift[:, c] += (shift[:, c] % 2) * np.sign(k).astype(np.int64)
+        Bs = B - shift
+        Lall = unit_len[None, :] * N + cap[None, :]
+        inside = (Bs >= 0) & (Bs + stride[None, :] * (Lall - 1) < nslot[None, :])
+        B = np.where(inside, Bs, B)
+        centres = z0[None, :] + (B + 0.5 * stride[None, :] * (Lall - 1)) * steps
+    # occupancy per chain
+    occ = np.zeros((n_chains, S), bool)
+    for m in range(n_chains):
+        Lm = unit_len * N[m] + cap
+        for c in range(C):
+            if Lm[c] > 0:
+                occ[m, col_start[c] + B[m, c] + stride[c] * np.arange(Lm[c])] = True
+    sites = pd.DataFrame(
+        {
+            "x_A": site_xyz[:, 0],
+            "y_A": site_xyz[:, 1],
+            "z_A": site_z,
+            "element": el.astype(str),
+            "column": site_col,
+            "p_occupied": occ.mean(0),
+            "occupied": occ[best],
+        }
+    )
+    Lb = unit_len * N[best] + cap
+    z_lo = z0 + B[best] * steps
+    z_hi = z_lo + stride * (Lb - 1) * steps
+    cols = tab[["x_A", "y_A", "type"]].copy()
+    cols["n_atoms"] = N[best]
+    cols["n_atoms_mean"] = N.mean(0)
+    cols["z_bottom_A"] = z_lo
+    cols["z_top_A"] = z_hi
+    cols["z_center_std_A"] = centres.std(0)
+    atoms = _to_atoms(sites[sites["occupied"]])
+    params = {
+        "lattice_A": a,
+        "pb_lattice_A": a_pb,
+        "start": start,
+        "n_chains": n_chains,
+        "n_sweeps": n_sweeps,
+        "t_start": t_start,
+        "t_end": t_end,
+        "support_energy": support_energy,
+        "count_moves": bool(count_moves),
+        "charge_weight": charge_weight,
+        "bonds": [list(b) for b in bonds],
+    }
+    cols.attrs["model3d"] = params
+    return AtomicModel(atoms, sites, cols, E, Q, params)
+
+
+def _to_atoms(occ_sites: pd.DataFrame):
+    from ase import Atoms
+
+    el = occ_sites["element"].to_numpy()
+    sym = np.where(el == "Pb0", "Pb", el)
+    atoms = Atoms(symbols=list(sym), positions=occ_sites[["x_A", "y_A", "z_A"]].to_numpy())
+    atoms.set_array("label", np.where(el == "Pb0", 2, 0).astype(int))
+    atoms.set_array("column", occ_sites["column"].to_numpy().astype(int))
+    return atoms
+
+
+def site_agreement(
+    model: Any, truth: Any, *, lattice_A: float = 5.87, tol_A: float = 0.8
+) -> dict[str, float]:
+    """Fraction of atoms of ``truth`` that ``model`` places on the right site.
+
+    A projection has no depth origin, so the best common shift along z (multiples of
+    ``lattice_A / 4`` over the whole range) is applied to ``model`` first.  Atoms match when
+    they have the same element within ``tol_A``.
+
+    Parameters
+    ----------
+    model, truth : ase.Atoms
+        Same lateral frame (x, y).
+
+    Returns
+    -------
+    dict
+        ``fraction`` (matched / truth atoms), ``precision`` (matched / model atoms),
+        ``shift_A``, ``n_truth``, ``n_model``.
+    """
+    from scipy.spatial import cKDTree
+
+    pm, pt = model.get_positions(), truth.get_positions()
+    sm = np.array(model.get_chemical_symbols())
+    st = np.array(truth.get_chemical_symbols())
+    # Cd sits on Pb sites: compare the B site, not the species
+    sm = np.where(sm == "Cd", "Pb", sm)
+    st = np.where(st == "Cd", "Pb", st)
+    if len(pm) == 0 or len(pt) == 0:
+        raise DataError("model and truth must both contain atoms")
+    span = (pt[:, 2].max() - pt[:, 2].min()) + (pm[:, 2].max() - pm[:, 2].min())
+    dz0 = np.median(pt[:, 2]) - np.median(pm[:, 2])
+    q = lattice_A / 4
+    shifts = dz0 + q * np.arange(-int(span / q) - 2, int(span / q) + 3)
+    best = (-1, 0.0)
+    trees = {e: cKDTree(pt[st == e]) for e in np.unique(st)}
+    for dz in shifts:
+        hit = 0
+        for e, tr in trees.items():
+            p = pm[sm == e] + [0, 0, dz]
+            if len(p):
+                dd, _ = tr.query(p, distance_upper_bound=tol_A)
+                hit += int(np.sum(np.isfinite(dd)))
+        if hit > best[0]:
+            best = (hit, float(dz))
+    return {
+        "fraction": best[0] / len(pt),
+        "precision": best[0] / len(pm),
+        "shift_A": best[1],
+        "n_truth": len(pt),
+        "n_model": len(pm),
+    }

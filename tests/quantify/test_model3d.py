@@ -1,0 +1,151 @@
+"""Tests of 3D atomic models from counts (lattice-gas MC), facets and structure export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from perovstem.errors import DataError, ParameterError
+from perovstem.quantify.facets import facet_fractions, surface_facets
+from perovstem.quantify.model3d import model_from_counts, site_agreement
+
+A = 5.87
+
+
+def _truncated(edge, cut, seed):
+    """Cube with octahedral corner cuts ({111} and {110} facets), symmetric about mid-plane."""
+    from perovstem.simulate import nanocrystal
+
+    atoms = nanocrystal(edge * A, rng=seed)
+    p = atoms.get_positions() / A
+    return atoms[np.abs(p).sum(1) <= cut * edge / 2 + 0.3]
+
+
+def _supported(edge, slope, seed):
+    """Flat bottom (on a support) and a pyramidal roof: thickness varies, shape asymmetric."""
+    from perovstem.simulate import nanocrystal
+
+    atoms = nanocrystal(edge * A, rng=seed)
+    p = atoms.get_positions() / A
+    z = p[:, 2] - p[:, 2].min()
+    r = np.maximum(np.abs(p[:, 0]), np.abs(p[:, 1]))
+    return atoms[z + slope * r <= 0.9 * edge + 0.3]
+
+
+def _columns(atoms):
+    from perovstem.simulate.columns import project_columns
+
+    cols, _ = project_columns(atoms)
+    return cols
+
+
+def _assert_facets_close(model, truth, points=0.05):
+    fm, ft = model.facet_fractions(), facet_fractions(truth)
+    for f in ("100", "110", "111", "other"):
+        assert abs(fm[f] - ft[f]) <= points, (f, fm, ft)
+
+
+def test_mc_assembles_crystal_from_random_depths():
+    truth = _truncated(7, 1.9, seed=1)
+    cols = _columns(truth)
+    scrambled = model_from_counts(
+        cols, start="random", n_sweeps=1, n_chains=1, t_start=1e-6, t_end=1e-6, rng=3
+    )
+    assert site_agreement(scrambled.atoms, truth)["fraction"] < 0.85
+    m = model_from_counts(cols, start="random", n_sweeps=400, n_chains=8, rng=3)
+    agree = site_agreement(m.atoms, truth)
+    assert agree["fraction"] >= 0.98
+    assert agree["n_model"] == agree["n_truth"]  # counts are kept
+    _assert_facets_close(m, truth)
+    # occupation probabilities: sum to the atoms per chain, in [0, 1]
+    assert m.sites["p_occupied"].between(0, 1).all()
+    assert m.sites["p_occupied"].sum() == pytest.approx(len(truth))
+    assert np.all(m.energies >= m.energies.min())
+    assert set(m.columns.columns) >= {"n_atoms", "z_bottom_A", "z_top_A", "z_center_std_A"}
+
+
+@pytest.mark.parametrize("edge,slope,seed", [(8, 1.0, 0), (8, 1.5, 1)])
+def test_supported_particle_bottom_start(edge, slope, seed):
+    """Acceptance: >= 90 % of atoms on the right sites, facets within 5 points of truth."""
+    truth = _supported(edge, slope, seed)
+    cols = _columns(truth)
+    centred = model_from_counts(cols, n_sweeps=1, n_chains=1, t_start=1e-6, t_end=1e-6, rng=0)
+    m = model_from_counts(cols, start="bottom", support_energy=1.0, n_sweeps=200, rng=seed)
+    f = site_agreement(m.atoms, truth)["fraction"]
+    assert f >= 0.9
+    assert f > site_agreement(centred.atoms, truth)["fraction"]  # StatSTEM's centring is wrong here
+    _assert_facets_close(m, truth)
+
+
+def test_facets_of_a_cube_and_an_fcc_cluster():
+    from perovstem.simulate import nanocrystal
+
+    cube = nanocrystal(6 * A, rng=0)
+    f = facet_fractions(cube)
+    assert f["100"] > 0.6 and f["100"] > f["110"] > 0 and f["111"] > 0
+    assert sum(f[k] for k in ("100", "110", "111", "other")) == pytest.approx(1.0)
+    # fcc octahedron: {111} facets dominate
+    a = 4.95
+    g = np.arange(-6, 7)
+    pts = np.array([(i, j, k) for i in g for j in g for k in g if (i + j + k) % 2 == 0]) * a / 2
+    octa = pts[np.abs(pts).sum(1) <= 6 * a / 2 + 1e-6]
+    ff = facet_fractions(octa, lattice="fcc")
+    assert ff["111"] > 0.5
+    df = surface_facets(octa, lattice="fcc")
+    assert (df["coordination"] < 12).all()
+    with pytest.raises(ParameterError, match="lattice"):
+        surface_facets(octa, lattice="bcc")
+
+
+def test_metal_pb_column_parity():
+    """fcc Pb [001] columns: neighbours must take alternate z parities (hard core)."""
+    a = 4.95
+    rows = []
+    for i in range(6):
+        for j in range(6):
+            rows.append({"x_A": i * a / 2, "y_A": j * a / 2, "type": "Pb", "n_atoms": 4})
+    cols = pd.DataFrame(rows)
+    m = model_from_counts(cols, n_sweeps=300, n_chains=4, rng=0)
+    pos = m.atoms.get_positions()
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(pos).query(pos, k=2)
+    assert d[:, 1].min() > 3.0  # no overlapping atoms
+    assert np.median(d[:, 1]) == pytest.approx(a / np.sqrt(2), abs=0.05)
+    assert (m.atoms.arrays["label"] == 2).all()
+
+
+def test_structure_export_roundtrip(tmp_path):
+    from perovstem.io.structures import read_structure, save_structure
+
+    truth = _truncated(5, 2.0, seed=2)
+    m = model_from_counts(_columns(truth), n_sweeps=20, n_chains=2, rng=0)
+    for name in ("model.xyz", "model.cif"):
+        p = save_structure(m.atoms, tmp_path / name)
+        back = read_structure(p)
+        assert len(back) == len(m.atoms)
+        assert sorted(back.get_chemical_symbols()) == sorted(m.atoms.get_chemical_symbols())
+    back = read_structure(tmp_path / "model.xyz")
+    assert np.allclose(back.get_positions(), m.atoms.get_positions())
+    assert "label" in back.arrays
+    with pytest.raises(ParameterError, match="suffix"):
+        save_structure(m.atoms, tmp_path / "model.foo")
+
+
+def test_model3d_bad_input():
+    with pytest.raises(DataError, match="empty"):
+        model_from_counts(pd.DataFrame(columns=["x_A", "y_A", "type", "n_atoms"]))
+    with pytest.raises(DataError, match="lacks"):
+        model_from_counts(pd.DataFrame({"x_A": [0.0], "y_A": [0.0]}))
+    bad = pd.DataFrame({"x_A": [0.0], "y_A": [0.0], "type": ["Au"], "n_atoms": [3]})
+    with pytest.raises(DataError, match="unknown column type"):
+        model_from_counts(bad)
+    neg = pd.DataFrame({"x_A": [0.0], "y_A": [0.0], "type": ["Cs"], "n_atoms": [-1]})
+    with pytest.raises(DataError, match="n_atoms"):
+        model_from_counts(neg)
+    ok = pd.DataFrame({"x_A": [0.0], "y_A": [0.0], "type": ["Cs"], "n_atoms": [3]})
+    with pytest.raises(ParameterError, match="start"):
+        model_from_counts(ok, start="top")
+    with pytest.raises(ParameterError, match="n_chains"):
+        model_from_counts(ok, n_chains=0)
