@@ -71,11 +71,18 @@ class StepContext:
 
     # -- execution ------------------------------------------------------------------------
     def map(
-        self, func: Callable[[Any], Any], items: Sequence[Any], *, description: str = ""
+        self,
+        func: Callable[..., Any],
+        items: Sequence[Any],
+        *,
+        shared: Any = None,
+        description: str = "",
     ) -> list[Any]:
         """``[func(x) for x in items]`` in order, on the run's scheduler (serial or dask).
 
-        ``func`` must be a pure function of its item (pass seeds inside the items).
+        ``func`` must be a pure function of its item (pass seeds inside the items).  With
+        ``shared`` (e.g. the series, items being frame indices) it is called as
+        ``func(x, shared)`` and ``shared`` is sent to each dask worker only once.
         """
         items = list(items)
         task = None
@@ -89,7 +96,7 @@ class StepContext:
                 self._progress.update(task, completed=n_done)
 
         try:
-            return self._executor.map(func, items, progress=tick)
+            return self._executor.map(func, items, shared=shared, progress=tick)
         finally:
             if task is not None:
                 self._progress.remove_task(task)

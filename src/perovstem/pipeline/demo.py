@@ -62,7 +62,11 @@ def demo_config(*, fast: bool = False, seed: int = 2026) -> dict[str, Any]:
                 drift_A_per_s=[0.05, -0.03],
             ),
             step("insitu.register", f"register_{tag}", {"series": f"series_{tag}.series"}),
-            step("insitu.clusters", f"clusters_{tag}", {"series": f"register_{tag}.series"}),
+            step(
+                "insitu.clusters",
+                f"clusters_{tag}",
+                {"series": f"register_{tag}.series", "truth": f"series_{tag}.truth"},
+            ),
             step("insitu.nanocrystal", f"shape_{tag}", {"series": f"register_{tag}.series"}),
             step(
                 "quantify.kinetics",

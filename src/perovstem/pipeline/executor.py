@@ -56,8 +56,8 @@ def parse_scheduler(scheduler: Any) -> tuple[str, int | None]:
     )
 
 
-def _apply_batch(func: Callable[[Any], Any], batch: Sequence[Any]) -> list[Any]:
-    return [func(item) for item in batch]
+def _apply_batch(func: Callable[..., Any], batch: Sequence[Any], *shared: Any) -> list[Any]:
+    return [func(item, *shared) for item in batch]
 
 
 class Executor:
@@ -153,21 +153,26 @@ class Executor:
     # -- mapping -----------------------------------------------------------------------
     def map(
         self,
-        func: Callable[[Any], Any],
+        func: Callable[..., Any],
         items: Sequence[Any],
         *,
+        shared: Any = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[Any]:
-        """``[func(item) for item in items]``, in order, possibly on the cluster.
+        """``[func(item) for item in items]`` (or ``func(item, shared)``), in order.
 
+        ``shared`` is an object every call needs (e.g. the whole series, with items being
+        frame indices): on a cluster it is sent to each worker once (scattered) instead of
+        with every task, so a lazy or large series is never copied per frame.
         ``progress(n_done)`` is called as items finish.  Items are sent in batches (about
         four per worker) to keep scheduling overhead small.
         """
         items = list(items)
+        extra = () if shared is None else (shared,)
         if not self._want_cluster(len(items)):
             out = []
             for k, item in enumerate(items):
-                out.append(func(item))
+                out.append(func(item, *extra))
                 if progress is not None:
                     progress(k + 1)
             return out
@@ -176,7 +181,9 @@ class Executor:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or 1)
         size = max(1, math.ceil(len(items) / (4 * n_workers)))
         batches = [items[i : i + size] for i in range(0, len(items), size)]
-        futures = [client.submit(_apply_batch, func, b, pure=False) for b in batches]
+        if extra:
+            extra = (client.scatter(shared, broadcast=True, hash=False),)
+        futures = [client.submit(_apply_batch, func, b, *extra, pure=False) for b in batches]
         results: list[Any] = []
         done = 0
         try:

@@ -9,9 +9,8 @@ import numpy as np
 from perovstem.pipeline.registry import Param, register_step
 
 
-def _frame_stats(item: tuple[int, Any]) -> dict[str, float]:
-    k, frame = item
-    a = np.asarray(frame, dtype=float)
+def _frame_stats(k: int, series: Any) -> dict[str, float]:
+    a = np.asarray(series.data[k], dtype=float)
     return {
         "frame": k,
         "mean": float(a.mean()),
@@ -49,8 +48,7 @@ def series_frame_stats(ctx: Any, series: Any) -> dict[str, Any]:
     import pandas as pd
 
     n = series.n_frames
-    items = [(k, series.data[k]) for k in range(n)]
-    rows = ctx.map(_frame_stats, items, description="frame statistics")
+    rows = ctx.map(_frame_stats, range(n), shared=series, description="frame statistics")
     table = pd.DataFrame(rows)
     dose = series.cumulative_dose_e_per_A2
     table["cumulative_dose_e_per_A2"] = dose if dose is not None else np.nan

@@ -47,14 +47,18 @@ def insitu_register(ctx: Any, series: Any) -> dict[str, Any]:
     return {"drift": drift, "series": corrected}
 
 
-def _detect_one(item: tuple[int, Any], *, params: dict[str, Any]) -> Any:
-    k, image = item
-    return api(DETECT)(image, frame=k, **params)
+def _detect_frame(k: int, series: Any, *, params: dict[str, Any]) -> Any:
+    """Detect clusters in frame ``k`` with the series' calibration (gain/offset metadata)."""
+    image = series.frame(k)
+    md = series.metadata or {}
+    calib = {key: float(md[key]) for key in ("gain", "offset") if md.get(key) is not None}
+    return api(DETECT)(image, dose_e_per_A2=image.dose_e_per_A2, frame=k, **calib, **params)
 
 
 @register_step(
     "insitu.clusters",
     inputs=("series",),
+    optional_inputs=("truth",),
     outputs=("detections", "counts"),
     params={
         "threshold_sigma": Param(float, 6.0, "detection threshold, noise σ", min=0.5),
@@ -69,15 +73,17 @@ def _detect_one(item: tuple[int, Any], *, params: dict[str, Any]) -> Any:
     doc="Pb-cluster detection and atom counting in every frame (mapped over frames, serial or "
     "dask), tracking with merges, and births/clusters/Pb⁰ atoms per frame vs dose.",
 )
-def insitu_clusters(ctx: Any, series: Any) -> dict[str, Any]:
+def insitu_clusters(ctx: Any, series: Any, truth: Any = None) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
 
     p = ctx.params
     det_params = {k: p[k] for k in ("threshold_sigma", "min_atoms", "max_diameter_A")}
-    items = [(k, series.frame(k)) for k in range(series.n_frames)]
     per_frame = ctx.map(
-        functools.partial(_detect_one, params=det_params), items, description="cluster detection"
+        functools.partial(_detect_frame, params=det_params),
+        range(series.n_frames),
+        shared=series,
+        description="cluster detection",
     )
     detections = pd.concat(per_frame, ignore_index=True)
     if "frame" not in detections.columns:
@@ -104,9 +110,31 @@ def insitu_clusters(ctx: Any, series: Any) -> dict[str, Any]:
         )
     except ImportError:
         pass
+    if isinstance(truth, dict) and "clusters" in truth:
+        tc = truth["clusters"]
+        if "in_view" in tc.columns:
+            tc = tc[tc["in_view"].astype(bool)]
+        counts["n_clusters_truth"] = (
+            tc.groupby("frame").size().reindex(idx, fill_value=0).to_numpy()
+        )
+        if "n_atoms" in tc.columns:
+            counts["n_Pb0_clusters_truth"] = (
+                tc.groupby("frame")["n_atoms"].sum().reindex(idx, fill_value=0).to_numpy()
+            )
+        err = counts["n_clusters"] - counts["n_clusters_truth"]
+        ctx.metric(
+            f"cluster-count error vs truth ({ctx.step_id})",
+            float(np.mean(np.abs(err))),
+            caption="mean |detected − simulated| clusters per frame",
+            section="kinetics",
+        )
     from perovstem.plot.overview import plot_xy
 
-    ys = [c for c in ("n_clusters", "births_cumulative", "merges_cumulative") if c in counts]
+    ys = [
+        c
+        for c in ("n_clusters", "n_clusters_truth", "births_cumulative", "merges_cumulative")
+        if c in counts
+    ]
     ax = plot_xy(counts, "cumulative_dose_e_per_A2", ys, marker=".", ylabel="number")
     ctx.figure(
         "clusters",

@@ -80,6 +80,14 @@ def quantify_kinetics(ctx: Any, frames: Any) -> dict[str, Any]:
         caption=f"Selected: {best}. Akaike weights from Δ{p['criterion'].upper()}.",
     )
     bf = fits[best]
+    row = ranking.loc[0]
+    mech = f"{row['mechanism']}; " if row.get("mechanism") else ""
+    ctx.text(
+        f"{label}: {p['process'].replace('_', ' ')} is best described by {best} "
+        f"({mech}Akaike weight {float(row['weight']):.2f} among {len(ranking)} models).",
+        section="mechanism",
+        title="",
+    )
     for name, v in bf.params.items():
         ctx.metric(
             f"{label}: {name}",
@@ -207,11 +215,32 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
     rate_per_s = np.asarray(rates) * phi  # ... times e⁻/Å²/s = per second
     err_per_s = np.asarray(errs) * phi
     ok = bool(np.all(np.isfinite(err_per_s) & (err_per_s > 0)))
-    ranking, _ = fit_dose_rate_dependence(phi, rate_per_s, rate_err=err_per_s if ok else None)
+    ranking, fits = fit_dose_rate_dependence(phi, rate_per_s, rate_err=err_per_s if ok else None)
     ctx.table(
         "ranking",
         ranking[["model", "n_params", "aicc", "delta", "weight", "mechanism"]],
         title="Dose-rate dependence",
         caption="Rate per second at each dose rate; a dose-controlled process scales ∝ φ.",
+    )
+    pl = fits.get("power_law")
+    if pl is not None:
+        ctx.metric(
+            "dose-rate exponent α",
+            pl.params["alpha"],
+            err=pl.stderr.get("alpha"),
+            section="mechanism",
+            caption="rate per second ∝ φ^α: α = 1 dose-controlled, α = 0 time-controlled",
+        )
+    best = ranking.iloc[0]
+    w = float(best["weight"])
+    why = (
+        f"Akaike weight {w:.2f}"
+        if np.isfinite(w)
+        else f"only {len(phi)} dose rates: model weights undefined; measure a third dose "
+        "rate to discriminate"
+    )
+    ctx.text(
+        f"Dose-rate dependence of {p['param']}: {best['model']} preferred ({why}).",
+        section="mechanism",
     )
     return {"ranking": ranking}
