@@ -413,3 +413,37 @@ def test_projected_area_shrinks_and_repr(traj):
     assert (area[-1] == 0) == (n_host_last == 0)
     assert len(init) > 0
     assert "KMCTrajectory" in repr(traj) and "clusters" in repr(traj)
+
+
+def test_thermal_csbr_loss_only_when_hot():
+    p = KineticParameters()
+    assert p.strip_rate_per_s("vacuum", None, 300.0) < 1e-9
+    assert 1e-3 < p.strip_rate_per_s("vacuum", None, 500.0) < 0.1
+    assert p.strip_rate_per_s("vacuum", None) == 0.0
+    hot = degradation_kmc(
+        _cube(5),
+        n_frames=5,
+        frame_time_s=20.0,
+        dose_rate_e_per_A2_s=0.0,
+        temperature_K=580.0,
+        rng=2,
+    ).frame_table
+    cold = degradation_kmc(
+        _cube(5),
+        n_frames=5,
+        frame_time_s=20.0,
+        dose_rate_e_per_A2_s=0.0,
+        temperature_K=300.0,
+        rng=2,
+    ).frame_table
+    assert hot["n_CsBr_stripped"].sum() > 0 and cold["n_CsBr_stripped"].sum() == 0
+    off = degradation_kmc(
+        _cube(5),
+        n_frames=2,
+        frame_time_s=20.0,
+        dose_rate_e_per_A2_s=0.0,
+        temperature_K=580.0,
+        params=KineticParameters(enable_thermal_csbr_loss=False),
+        rng=2,
+    )
+    assert off.frame_table["n_CsBr_stripped"].sum() == 0

@@ -549,7 +549,7 @@ def degradation_kmc(
         gam = params.hop_rate_per_s(temp[k], phi[k])
         k_surf = params.desorption_rate_per_s(phi[k], surface=True)
         k_bulk = params.desorption_rate_per_s(phi[k], surface=False)
-        k_strip = params.strip_rate_per_s(atmosphere, pressure_Pa)
+        k_strip = params.strip_rate_per_s(atmosphere, pressure_Pa, temp[k])
         fp[core.P_KSURF] = k_surf
         fp[core.P_KBULK] = k_bulk
         fp[core.P_GAMMA] = gam

@@ -49,7 +49,8 @@ class KineticParameters:
     6. **Gas channel** (moisture / oxygen; arXiv:1803.00848, Yu et al., Langmuir 2018):
        CsBr stripping, 2 CsPbBr₃ → CsPb₂Br₅ + CsBr, removes a surface Cs together with one
        of its Br at rate ``strip_rate · p / p_ref`` per surface Cs while the host Cs/B
-       ratio exceeds ``min_cs_per_b`` (0.5 = CsPb₂Br₅).
+       ratio exceeds ``min_cs_per_b`` (0.5 = CsPb₂Br₅).  The same CsBr loss also runs
+       thermally (Arrhenius, significant from ≈ 500 K).
 
     Attributes
     ----------
@@ -93,7 +94,12 @@ class KineticParameters:
         Pressure at which the strip rates apply, Pa (default 100).
     min_cs_per_b : float
         Stripping stops when host Cs/(Pb+Cd) falls to this ratio (0.5 = CsPb₂Br₅).
-    enable_desorption, enable_diffusion, enable_nucleation, enable_cluster_migration, enable_shrinkage, enable_gas : bool
+    thermal_strip_prefactor_per_s, thermal_strip_activation_eV : float
+        Thermal CsBr loss per surface Cs, ``ν·exp(−E/k_B T)`` s⁻¹ (same CsPbBr₃ → CsPb₂Br₅
+        channel, in any atmosphere), defaults 10¹³ s⁻¹ and 1.5 eV: ≈ 10⁻¹² s⁻¹ at 300 K,
+        ≈ 0.01 s⁻¹ at 500 K, ≈ 0.2 s⁻¹ at 550 K [estimate; CsPb₂Br₅ appears on heating NCs to
+        500 K, Tenailleau et al., Nanoscale Adv. 1, 147 (2019)].
+    enable_desorption, enable_diffusion, enable_nucleation, enable_cluster_migration, enable_shrinkage, enable_gas, enable_thermal_csbr_loss : bool
         Switch each mechanism on or off (all on by default; the gas channel only acts in
         a reactive atmosphere).
     """
@@ -117,12 +123,15 @@ class KineticParameters:
     strip_rate_O2_per_s: float = 0.002
     reference_pressure_Pa: float = 100.0
     min_cs_per_b: float = 0.5
+    thermal_strip_prefactor_per_s: float = 1.0e13
+    thermal_strip_activation_eV: float = 1.5
     enable_desorption: bool = True
     enable_diffusion: bool = True
     enable_nucleation: bool = True
     enable_cluster_migration: bool = True
     enable_shrinkage: bool = True
     enable_gas: bool = True
+    enable_thermal_csbr_loss: bool = True
 
     def __post_init__(self) -> None:
         positive = ("D_Br_e_per_A2", "hop_prefactor_per_s", "pb_lattice_A", "reference_pressure_Pa")
@@ -137,6 +146,8 @@ class KineticParameters:
             "strip_rate_H2O_per_s",
             "strip_rate_O2_per_s",
             "min_cs_per_b",
+            "thermal_strip_prefactor_per_s",
+            "thermal_strip_activation_eV",
         )
         for name in positive + non_negative:
             value = getattr(self, name)
@@ -185,17 +196,25 @@ class KineticParameters:
         r = float(dose_rate_e_per_A2_s) / self.D_Br_e_per_A2
         return r if surface else r * self.bulk_to_surface_ratio
 
-    def strip_rate_per_s(self, atmosphere: str, pressure_Pa: float | None) -> float:
-        """CsBr-stripping rate per surface Cs, s⁻¹, for ``atmosphere`` at ``pressure_Pa``."""
+    def strip_rate_per_s(
+        self, atmosphere: str, pressure_Pa: float | None, temperature_K: float | None = None
+    ) -> float:
+        """CsBr-loss rate per surface Cs, s⁻¹: gas channel (``atmosphere`` at ``pressure_Pa``)
+        plus the thermal channel at ``temperature_K`` (omitted when None)."""
+        rate = 0.0
+        if self.enable_thermal_csbr_loss and temperature_K is not None:
+            rate += self.thermal_strip_prefactor_per_s * math.exp(
+                -self.thermal_strip_activation_eV / (BOLTZMANN_EV_PER_K * float(temperature_K))
+            )
         if not self.enable_gas or atmosphere in ("vacuum", "N2", "Ar"):
-            return 0.0
+            return rate
         p = self.reference_pressure_Pa if pressure_Pa is None else float(pressure_Pa)
         base = {
             "H2O": self.strip_rate_H2O_per_s,
             "O2": self.strip_rate_O2_per_s,
             "air": self.strip_rate_H2O_per_s + self.strip_rate_O2_per_s,
         }[atmosphere]
-        return base * p / self.reference_pressure_Pa
+        return rate + base * p / self.reference_pressure_Pa
 
     def cluster_radius_A(self, n_atoms: Any) -> Any:
         """Radius of a compact fcc Pb cluster of ``n_atoms`` atoms, Å (sphere of equal volume)."""
