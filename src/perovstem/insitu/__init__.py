@@ -13,6 +13,7 @@ from perovstem.insitu.clusters import (
     cluster_scs_library,
     detect_clusters,
 )
+from perovstem.insitu.conditions import attach_conditions, interpolate_conditions
 from perovstem.insitu.dose import E_CHARGE_C, assign_dose, dose_table, frame_dose
 from perovstem.insitu.lattice import estimate_lattice, unit_cell_average
 from perovstem.insitu.nanocrystal import (
@@ -30,6 +31,8 @@ from perovstem.insitu.register import (
 from perovstem.insitu.tracking import lineage_events, track_clusters
 
 __all__ = [
+    "attach_conditions",
+    "interpolate_conditions",
     "InsituResult",
     "analyze_series",
     "CLUSTER_COLUMNS",

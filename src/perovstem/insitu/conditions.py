@@ -1,0 +1,110 @@
+"""In-situ conditions (temperature, pressure, ...) interpolated from a holder log onto frames."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from perovstem._data import Series
+from perovstem.errors import DataError, ParameterError
+
+__all__ = ["interpolate_conditions", "attach_conditions"]
+
+
+def interpolate_conditions(
+    log: pd.DataFrame,
+    time_s: Any,
+    *,
+    time_offset_s: float = 0.0,
+    frame_time_s: float | None = None,
+    tolerance_s: float = 1.0,
+) -> pd.DataFrame:
+    """Condition channels of a holder log at the frames' times.
+
+    Parameters
+    ----------
+    log : DataFrame
+        ``time_s`` and channels (from :func:`perovstem.io.holder_logs.read_holder_log`).
+    time_s : (T,) array_like
+        Frame start times, s, on the series clock.
+    time_offset_s : float
+        Log time of the series' ``t = 0`` (log clock − series clock), s.
+    frame_time_s : float, optional
+        When given, each channel is averaged over ``[t, t + frame_time_s]`` (trapezoid on the
+        log samples plus the interpolated end points), else sampled at ``t + frame/2`` = t.
+    tolerance_s : float
+        Frames may lie at most this far outside the log's time span (no extrapolation).
+
+    Returns
+    -------
+    DataFrame
+        ``frame, time_s`` and one column per channel.
+
+    Raises
+    ------
+    DataError
+        Missing time column, NaN time stamps, or frames outside the log.
+    """
+    if not isinstance(log, pd.DataFrame) or "time_s" not in log:
+        raise DataError("`log` must be a DataFrame with a `time_s` column")
+    t = np.asarray(time_s, float).ravel()
+    if t.size == 0 or np.any(~np.isfinite(t)):
+        raise DataError("frame time stamps are missing (NaN) or empty")
+    lt = log["time_s"].to_numpy(float)
+    if np.any(~np.isfinite(lt)) or np.any(np.diff(lt) < 0):
+        raise DataError("log `time_s` must be finite and sorted")
+    tq = t + float(time_offset_s)
+    tend = tq + (float(frame_time_s) if frame_time_s else 0.0)
+    out_lo = np.flatnonzero(tq < lt[0] - tolerance_s)
+    out_hi = np.flatnonzero(tend > lt[-1] + tolerance_s)
+    bad = np.union1d(out_lo, out_hi)
+    if bad.size:
+        raise DataError(
+            f"frame(s) {bad.tolist()[:10]} lie outside the log ({lt[0]:.1f}–{lt[-1]:.1f} s on "
+            f"the log clock with time_offset_s={time_offset_s}); not extrapolating"
+        )
+    res = {"frame": np.arange(t.size), "time_s": t}
+    for c in log.columns:
+        if c == "time_s" or not np.issubdtype(log[c].dtype, np.number):
+            continue
+        v = log[c].to_numpy(float)
+        ok = np.isfinite(v)
+        if ok.sum() < 1:
+            continue
+        if frame_time_s:
+            vals = []
+            for a, b in zip(tq, tend, strict=True):
+                inside = (lt > a) & (lt < b) & ok
+                xs = np.r_[a, lt[inside], b]
+                ys = np.interp(xs, lt[ok], v[ok])
+                vals.append(np.trapezoid(ys, xs) / (b - a))
+            res[c] = np.asarray(vals)
+        else:
+            res[c] = np.interp(tq, lt[ok], v[ok])
+    return pd.DataFrame(res)
+
+
+def attach_conditions(series: Series, log: pd.DataFrame, **kw: Any) -> Series:
+    """Copy of ``series`` with ``temperature_K`` / ``pressure_Pa`` from a holder log.
+
+    Other channels go to ``metadata['conditions']``.  See :func:`interpolate_conditions`.
+    """
+    if not isinstance(series, Series):
+        raise ParameterError(f"`series` must be a perovstem Series, got {type(series).__name__}")
+    if series.time_s is None:
+        raise DataError("the series has no time stamps: call assign_dose(time_s=...) first")
+    fr = series.metadata.get("dose", {}).get("frame_time_s")
+    kw.setdefault("frame_time_s", fr)
+    c = interpolate_conditions(log, series.time_s, **kw)
+    changes: dict[str, Any] = {}
+    for name in ("temperature_K", "pressure_Pa"):
+        if name in c:
+            changes[name] = c[name].to_numpy()
+    md = dict(series.metadata)
+    md["conditions"] = {
+        k: c[k].tolist() for k in c.columns if k not in ("frame", "time_s", *changes)
+    }
+    md["conditions_source"] = log.attrs.get("source")
+    return series.replace(metadata=md, **changes)

@@ -1,0 +1,153 @@
+"""In-situ holder logs (heating / gas / liquid cells) as a condition table.
+
+DENSsolutions (``.dat`` Impulse/Wildfire logs, ``.csv`` Impulse exports) and Protochips
+(Fusion/Atmosphere ``.csv``) logs are read through RosettaSciIO's ``dens``, ``impulse`` and
+``protochips`` plugins; a plain CSV with a time column and condition columns is read
+directly.  The result is one row per log sample:
+
+``time_s`` (seconds from the log start), ``temperature_K``, ``pressure_Pa`` and any other
+numeric channel, with the log start time (ISO string, if known) in ``attrs['start_time']``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from perovstem.errors import FileFormatError
+
+__all__ = ["read_holder_log", "conditions_from_signals"]
+
+_PRESSURE_TO_PA = {
+    "pa": 1.0,
+    "mbar": 100.0,
+    "bar": 1e5,
+    "torr": 133.322368,
+    "kpa": 1e3,
+    "hpa": 100.0,
+}
+
+
+def _channel_name(title: str, units: str) -> tuple[str, float, float]:
+    """Column name and a linear conversion (scale, offset) for a channel."""
+    t = title.lower()
+    u = (units or "").strip().lower().replace("°", "deg").replace("º", "deg")
+    if "temp" in t:
+        if u in ("k", "kelvin"):
+            return "temperature_K", 1.0, 0.0
+        return "temperature_K", 1.0, 273.15  # °C by default in holder logs
+    if "press" in t:
+        for k, f in _PRESSURE_TO_PA.items():
+            if u == k:
+                return "pressure_Pa", f, 0.0
+        return "pressure_Pa", 1.0, 0.0
+    name = re.sub(r"[^0-9a-zA-Z]+", "_", title).strip("_").lower() or "channel"
+    return name + (f"_{re.sub(r'[^0-9a-zA-Z]+', '', u)}" if u else ""), 1.0, 0.0
+
+
+def conditions_from_signals(signals: list[dict[str, Any]]) -> pd.DataFrame:
+    """Merge RosettaSciIO 1-D signal dicts (one per channel) into a condition table.
+
+    Each dict needs ``data`` (1-D), ``axes`` (one time axis with ``scale``/``offset`` or an
+    ``axis`` array, units s/min/h) and a title in ``metadata['General']['title']`` or
+    ``metadata['Signal']['quantity']`` (e.g. ``"Temperature (°C)"``).
+    """
+    cols: dict[str, pd.Series] = {}
+    start = None
+    for sig in signals:
+        data = np.asarray(sig.get("data"), float).ravel()
+        axes = sig.get("axes") or [{}]
+        ax = axes[0]
+        if "axis" in ax and ax["axis"] is not None:
+            t = np.asarray(ax["axis"], float)
+        else:
+            t = ax.get("offset", 0.0) + ax.get("scale", 1.0) * np.arange(data.size)
+        tu = str(ax.get("units", "s")).lower()
+        t = t * {"min": 60.0, "h": 3600.0, "ms": 1e-3}.get(tu, 1.0)
+        md = sig.get("metadata", {}) or {}
+        title = (
+            md.get("Signal", {}).get("quantity") or md.get("General", {}).get("title") or "channel"
+        )
+        m = re.match(r"\s*(.*?)\s*\((.*)\)\s*$", str(title))
+        label, units = (m.group(1), m.group(2)) if m else (str(title), "")
+        name, scale, off = _channel_name(label, units)
+        if t.size != data.size:
+            raise FileFormatError(f"channel {title!r}: {t.size} times but {data.size} values")
+        cols[name] = pd.Series(data * scale + off, index=t)
+        start = start or md.get("General", {}).get("date")
+    if not cols:
+        raise FileFormatError("the log holds no channel")
+    df = pd.concat(cols, axis=1).sort_index()
+    df.index.name = "time_s"
+    df = df.reset_index()
+    df.attrs["start_time"] = start
+    return df
+
+
+def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a DENSsolutions / Protochips holder log or a plain CSV into a condition table.
+
+    Parameters
+    ----------
+    path : path-like
+        Log file.
+
+    Returns
+    -------
+    DataFrame
+        ``time_s`` and the channels (``temperature_K``, ``pressure_Pa``, ...).
+
+    Raises
+    ------
+    FileFormatError
+        Missing file, or no reader understands it (the message lists what was tried).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileFormatError(f"holder log {str(p)!r} does not exist")
+    errors = []
+    for plugin in ("protochips", "dens", "impulse"):
+        try:
+            mod = __import__(f"rsciio.{plugin}", fromlist=["file_reader"])
+            sigs = mod.file_reader(str(p))
+            df = conditions_from_signals(sigs)
+            df.attrs["source"] = str(p)
+            df.attrs["reader"] = f"rsciio.{plugin}"
+            return df
+        except Exception as exc:  # noqa: BLE001 - try the next reader
+            errors.append(f"{plugin}: {type(exc).__name__}")
+    try:
+        raw = pd.read_csv(p, sep=None, engine="python", comment="#")
+    except Exception as exc:  # noqa: BLE001
+        raise FileFormatError(
+            f"cannot read holder log {str(p)!r} ({'; '.join(errors)}; csv: {exc})"
+        ) from None
+    tcol = next(
+        (c for c in raw.columns if str(c).strip().lower() in ("time_s", "time", "t_s", "t")), None
+    )
+    if tcol is None:
+        raise FileFormatError(
+            f"holder log {str(p)!r}: no time column (time_s/time) among {list(raw.columns)}"
+        )
+    out = pd.DataFrame({"time_s": pd.to_numeric(raw[tcol], errors="coerce")})
+    for c in raw.columns:
+        if c == tcol:
+            continue
+        s = pd.to_numeric(raw[c], errors="coerce")
+        if s.notna().sum() == 0:
+            continue
+        cname = str(c).strip()
+        m = re.match(r"(.*?)[_ ]\(?([A-Za-z°]+)\)?$", cname)
+        label, units = (m.group(1), m.group(2)) if m else (cname, "")
+        name, scale, off = _channel_name(label, units)
+        out[name] = s * scale + off
+    if out["time_s"].isna().any():
+        raise FileFormatError(f"holder log {str(p)!r}: non-numeric time stamps")
+    out.attrs["source"] = str(p)
+    out.attrs["reader"] = "csv"
+    return out.sort_values("time_s").reset_index(drop=True)

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from perovstem import DataError, FileFormatError, Series
+from perovstem.insitu import attach_conditions, interpolate_conditions
+from perovstem.io.holder_logs import conditions_from_signals, read_holder_log
+
+
+def test_rsciio_style_channels_converted():
+    sigs = [
+        {
+            "data": np.array([25.0, 125.0, 225.0]),
+            "axes": [{"scale": 10.0, "offset": 0.0, "units": "s"}],
+            "metadata": {"General": {"title": "Temperature (°C)", "date": "2024-01-01"}},
+        },
+        {
+            "data": np.array([1.0, 2.0, 3.0]),
+            "axes": [{"axis": [0.0, 10.0, 20.0], "units": "s"}],
+            "metadata": {"Signal": {"quantity": "Pressure (mbar)"}},
+        },
+    ]
+    df = conditions_from_signals(sigs)
+    np.testing.assert_allclose(df["temperature_K"], [298.15, 398.15, 498.15])
+    np.testing.assert_allclose(df["pressure_Pa"], [100.0, 200.0, 300.0])
+    assert df.attrs["start_time"] == "2024-01-01"
+
+
+def test_csv_log_interpolated_and_averaged(tmp_path):
+    t = np.arange(0, 101, 5.0)
+    log = pd.DataFrame({"time_s": t, "temperature_C": 20 + 2 * t, "pressure_mbar": 1.0})
+    p = tmp_path / "heating.csv"
+    log.to_csv(p, index=False)
+    df = read_holder_log(p)
+    assert df.attrs["reader"] == "csv"
+    np.testing.assert_allclose(df["temperature_K"], 293.15 + 2 * t)
+    np.testing.assert_allclose(df["pressure_Pa"], 100.0)
+    c = interpolate_conditions(df, [0.0, 12.5, 30.0], time_offset_s=10.0)
+    np.testing.assert_allclose(c["temperature_K"], 293.15 + 2 * np.array([10, 22.5, 40]))
+    # frame averages of a linear ramp = value at the frame centre
+    c2 = interpolate_conditions(df, [0.0, 12.5], time_offset_s=10.0, frame_time_s=3.0)
+    np.testing.assert_allclose(c2["temperature_K"], 293.15 + 2 * np.array([11.5, 24.0]))
+    s = Series(np.ones((3, 8, 8)), 0.5, time_s=[0.0, 12.5, 30.0])
+    s2 = attach_conditions(s, df, time_offset_s=10.0)
+    np.testing.assert_allclose(s2.temperature_K, c["temperature_K"])
+    np.testing.assert_allclose(s2.pressure_Pa, 100.0)
+    assert s.temperature_K is None
+
+
+def test_bad_logs(tmp_path):
+    with pytest.raises(FileFormatError, match="does not exist"):
+        read_holder_log(tmp_path / "none.csv")
+    p = tmp_path / "bad.csv"
+    p.write_text("a,b\n1,2\n")
+    with pytest.raises(FileFormatError, match="time column"):
+        read_holder_log(p)
+    log = pd.DataFrame({"time_s": [0.0, 10.0], "temperature_K": [300.0, 310.0]})
+    with pytest.raises(DataError, match="outside the log"):
+        interpolate_conditions(log, [0.0, 5.0, 30.0])
+    with pytest.raises(DataError, match="missing"):
+        interpolate_conditions(log, [0.0, np.nan])
+    with pytest.raises(DataError, match="time stamps"):
+        attach_conditions(Series(np.ones((2, 4, 4)), 1.0), log)
