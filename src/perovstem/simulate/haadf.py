@@ -287,9 +287,20 @@ def haadf_image(
     ox = cx - 0.5 * (n - 1) * dx  # lab x of pixel column 0
     oy = cy - 0.5 * (m - 1) * dx
 
-    if abs(mistilt) > 1e-3:  # atom by atom: streaks along the projected tilt
-        z = np.asarray(atoms.numbers)
-        label = np.asarray(atoms.arrays.get("label", np.zeros(len(atoms), dtype=int)))
+    # columns whose atoms do not project onto one point (mistilt, octahedral tilts, a
+    # cluster atom merged into a host column) are rendered atom by atom: streaks/splits
+    cx_col = cols["x_A"].to_numpy()
+    cy_col = cols["y_A"].to_numpy()
+    off = np.hypot(pos[:, 0] - cx_col[atom_col], pos[:, 1] - cy_col[atom_col])
+    spread = np.zeros(len(cols))
+    np.maximum.at(spread, atom_col, off)
+    split = spread > 0.05
+    w, px, py = scs[~split], cx_col[~split], cy_col[~split]
+    pth = cols["thermal_sigma_A"].to_numpy()[~split]
+    if split.any():
+        at = np.flatnonzero(split[atom_col])
+        z = np.asarray(atoms.numbers)[at]
+        label = np.asarray(atoms.arrays.get("label", np.zeros(len(atoms), dtype=int)))[at]
         sig = atom_scs(voltage_kV)
         s_z = np.zeros(83)
         t_z = np.zeros(83)
@@ -298,12 +309,12 @@ def haadf_image(
             t_z[zz] = THERMAL_SIGMA_A[el]
         s_at = s_z[z]
         therm = np.where((label >= 1) & (z == 82), THERMAL_SIGMA_A["Pb0"], t_z[z])
-        tot = np.bincount(atom_col, weights=s_at, minlength=len(cols))
-        w = scs[atom_col] * s_at / tot[atom_col]
-        px, py, pth = pos[:, 0], pos[:, 1], therm
-    else:
-        w = scs
-        px, py, pth = cols["x_A"].to_numpy(), cols["y_A"].to_numpy(), cols["thermal_sigma_A"]
+        tot = np.bincount(atom_col[at], weights=s_at, minlength=len(cols))
+        w_at = scs[atom_col[at]] * s_at / tot[atom_col[at]]
+        w = np.concatenate([w, w_at])
+        px = np.concatenate([px, pos[at, 0]])
+        py = np.concatenate([py, pos[at, 1]])
+        pth = np.concatenate([pth, therm])
     t_row = np.arange(m) / max(m - 1, 1)
     jitter = gen.normal(0.0, scan_noise_px, m) if scan_noise_px > 0 else np.zeros(m)
     row_shift = (-(drift[1] * t_row) / dx, jitter - drift[0] * t_row / dx)
