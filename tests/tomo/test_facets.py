@@ -1,0 +1,122 @@
+"""Surfaces, facet fractions, missing-wedge flags, calibration and the 4-D sequence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from perovstem.errors import DataError, ParameterError
+from perovstem.simulate.tilt import (
+    degradation_tilt_series,
+    nanocrystal_phantom,
+    rotation_from_euler,
+    tilt_series,
+)
+from perovstem.tomo import (
+    calibrate_facets,
+    estimate_orientation,
+    facet_fractions,
+    missing_wedge_mask,
+    reconstruct,
+    reconstruct_sequence,
+    surface_mesh,
+)
+
+ANG = np.arange(-70.0, 71.0, 2.0)
+
+
+def _angle_between_frames(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest angle (deg) between matching cube axes, up to cubic symmetry (sign/permutation)."""
+    c = np.abs(a.T @ b)
+    return float(np.rad2deg(np.arccos(np.clip(c.max(axis=1), -1, 1))).max())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mesh_of_truth_volume(seed):
+    ph = nanocrystal_phantom(60.0, rng=seed)
+    t = ph.truth()
+    vol = ph.voxelize((48, 48, 48), 2.0)
+    m = surface_mesh(vol, voxel_size_A=2.0, level=0.5)
+    assert m.volume_A3 == pytest.approx(t["volume_A3"], rel=0.04)
+    assert m.area_A2 == pytest.approx(t["surface_A2"], rel=0.06)
+    # outward normals: point away from the centre on average
+    cen = m.vertices_A[m.faces].mean(axis=1)
+    assert np.mean(np.einsum("ij,ij->i", m.normals, cen) > 0) > 0.95
+    rot = estimate_orientation(m)
+    assert _angle_between_frames(rot, ph.rotation) < 3.0
+
+
+def test_missing_wedge_mask():
+    n = np.array([[0, 0, 1.0], [0, 1.0, 0], [1.0, 0, 0], [0, np.sin(0.3), np.cos(0.3)]])
+    m = missing_wedge_mask(n, 70.0)
+    assert m.tolist() == [True, False, False, True]
+    assert missing_wedge_mask(n, 89.0).tolist() == [True, False, False, False]
+    with pytest.raises(ParameterError):
+        missing_wedge_mask(n, 0.0)
+
+
+def test_facet_fractions_flag_wedge_and_calibrate():
+    """{100} facet facing the beam is flagged; calibrated fractions within 3 points of truth."""
+    rot = rotation_from_euler((0.0, 0.0, 20.0))  # one cube axis along z (beam): in the wedge
+    ph = nanocrystal_phantom(70.0, r110=1.22, r111=1.38, orientation_deg=(0.0, 0.0, 20.0), rng=11)
+    ts, tr = tilt_series(ph, ANG, shape=(56, 56), pixel_size_A=2.5, counts_per_A=20, rng=5)
+    kw = {"n_iter": 60}
+    rec = reconstruct(ts, method="sirt", **kw)
+    m = surface_mesh(rec.volume, voxel_size_A=2.5)
+    est = estimate_orientation(m)
+    assert _angle_between_frames(est, rot) < 4.0
+    raw = facet_fractions(m, orientation=est, tilt_range_deg=70.0)
+    assert 0.25 < raw.set_index("family").loc["100", "wedge_fraction"] < 0.5
+    cal = calibrate_facets(
+        ANG,
+        orientation=est,
+        reconstruct_kwargs=kw,
+        n_phantoms=3,
+        shape=(56, 56),
+        pixel_size_A=2.5,
+        edge_A=70.0,
+        rng=3,
+    )
+    ff = facet_fractions(m, orientation=est, tilt_range_deg=70.0, calibration=cal)
+    truth = tr["facets"].set_index("family")["fraction"]
+    got = ff.set_index("family")
+    raw_err = np.abs(got["fraction"] - truth).max()
+    cal_err = np.abs(got["fraction_corrected"] - truth).max()
+    assert cal_err < 0.03
+    assert cal_err < raw_err
+    assert np.all(got["fraction_err"] >= 0)
+
+
+def test_facets_bad_input():
+    ph = nanocrystal_phantom(40.0, rng=0)
+    m = surface_mesh(ph.voxelize((32, 32, 32), 2.0), voxel_size_A=2.0, level=0.5)
+    with pytest.raises(ParameterError, match="orientation"):
+        facet_fractions(m, orientation=np.ones((3, 3)))
+    with pytest.raises(ParameterError, match="tolerance_deg"):
+        facet_fractions(m, tolerance_deg=60)
+    with pytest.raises(DataError):
+        surface_mesh(np.zeros((4, 4)))
+    with pytest.raises(ParameterError, match="level"):
+        surface_mesh(np.random.default_rng(0).random((8, 8, 8)), level=5.0)
+
+
+def test_4d_sequence_tracks_volume_and_clusters():
+    ph = nanocrystal_phantom(60.0, rng=8, inclusion_radius_A=(6.0, 8.0))
+    series, truth = degradation_tilt_series(
+        ph,
+        3,
+        np.arange(-70.0, 71.0, 4.0),
+        dose_per_step_e_per_A2=1e4,
+        trajectory={"nucleation_per_dose": 0.0, "growth_A3_per_dose": 0.15},
+        shape=(40, 40),
+        pixel_size_A=2.5,
+        counts_per_A=20,
+        rng=0,
+    )
+    df, vols = reconstruct_sequence(series, n_iter=60, return_volumes=True)
+    assert len(df) == 3 and len(vols) == 3
+    assert df.n_iter.tolist() == [60, 20, 20]  # warm start
+    np.testing.assert_allclose(df.volume_A3, truth.volume_A3, rtol=0.1)
+    assert np.all(np.diff(df.volume_A3) < 0)
+    assert df.cluster_volume_A3.iloc[-1] > df.cluster_volume_A3.iloc[0]
+    assert np.allclose(df[["frac_100", "frac_110", "frac_111", "frac_other"]].sum(axis=1), 1.0)
