@@ -13,19 +13,30 @@ from __future__ import annotations
 
 from perovstem.atoms._counting import *  # noqa: F403  (counting, HMM, composition; issue 6)
 from perovstem.atoms.cell import ProjectedCell, cspbbr3_001_cell
+from perovstem.atoms.crlb import crlb
 from perovstem.atoms.find import estimate_lattice, find_columns, find_peaks, fit_lattice_vectors
 from perovstem.atoms.fit import FIT_COLUMNS, fit_columns, model_image
+from perovstem.atoms.lattice import fit_lattice, lattice_strain
 from perovstem.atoms.normalize import normalize_image
+from perovstem.atoms.voronoi import voronoi_intensities
 
 __all__ = [
     "FIT_COLUMNS",
     "ProjectedCell",
+    "crlb",
     "cspbbr3_001_cell",
     "estimate_lattice",
     "find_columns",
     "find_peaks",
     "fit_columns",
+    "fit_lattice",
     "fit_lattice_vectors",
+    "lattice_strain",
     "model_image",
     "normalize_image",
+    "voronoi_intensities",
 ]
+
+from perovstem.atoms import _counting as _counting_mod  # noqa: E402
+
+__all__ += list(getattr(_counting_mod, "__all__", []))

@@ -669,27 +669,7 @@ def fit_columns(
     dof = max(data.size - n_par, 1)
     sigma2 = sse_w / dof if noise == "gaussian" else 1.0
     npar = 4 if free_rho_col else 3
-    tree = cKDTree(np.column_stack([x, y]))
-    rc = cut * rho
-    pairs = tree.query_pairs(2.0 * cut * float(rho.max()), output_type="ndarray")
-    if pairs.size:
-        dd = np.hypot(x[pairs[:, 0]] - x[pairs[:, 1]], y[pairs[:, 0]] - y[pairs[:, 1]])
-        pairs = pairs[dd < rc[pairs[:, 0]] + rc[pairs[:, 1]]]
-    else:
-        pairs = np.zeros((0, 2), dtype=np.int64)
-    pi = np.concatenate([np.arange(n), pairs[:, 0]]).astype(np.int64)
-    pj = np.concatenate([np.arange(n), pairs[:, 1]]).astype(np.int64)
-    blocks = K.fisher_blocks(
-        np.array(data.shape, dtype=np.int64), w, x, y, eta, rho, cut, free_rho_col, pi, pj
-    )
-    # CSR neighbour lists (self included), with block codes
-    a_idx = np.concatenate([pi, pj[n:]])
-    b_idx = np.concatenate([pj, pi[n:]])
-    code = np.concatenate([np.arange(pi.size), -(np.arange(n, pi.size)) - 1])
-    order = np.lexsort((b_idx, a_idx))
-    a_idx, b_idx, code = a_idx[order], b_idx[order], code[order]
-    nb_ptr = np.searchsorted(a_idx, np.arange(n + 1)).astype(np.int64)
-    cov = K.local_covariance(blocks, nb_ptr, b_idx.astype(np.int64), code.astype(np.int64), npar)
+    cov = fisher_covariance(data.shape, w, x, y, eta, rho, cut, free_rho_col)
     cov *= sigma2
     x_err = np.sqrt(cov[:, 0, 0]) * dx
     y_err = np.sqrt(cov[:, 1, 1]) * dx
@@ -756,6 +736,51 @@ def fit_columns(
         method="joint Gaussian model, block Gauss–Seidel LM (perovstem)",
     )
     return df
+
+
+def fisher_covariance(
+    shape: tuple[int, int],
+    w: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    eta: np.ndarray,
+    rho: np.ndarray,
+    cut: float,
+    free_rho: bool,
+) -> np.ndarray:
+    """Per-column inverse Fisher information ``(n, npar, npar)`` (pixel units).
+
+    ``F = Σ_p w_p ∇μ_p ∇μ_pᵀ`` over θ_k = (x, y, η[, ρ]) of every column, with pixel weights
+    ``w`` (1/variance).  Each column's covariance is the column's block of the inverse of F
+    restricted to the column and all columns whose truncation disks overlap it.
+    """
+    from perovstem.atoms import _kernels as K
+
+    n = x.shape[0]
+    npar = 4 if free_rho else 3
+    rc = cut * rho
+    if n > 1:
+        tree = cKDTree(np.column_stack([x, y]))
+        pairs = tree.query_pairs(2.0 * float(rc.max()), output_type="ndarray")
+    else:
+        pairs = np.zeros((0, 2), dtype=np.int64)
+    if pairs.size:
+        dd = np.hypot(x[pairs[:, 0]] - x[pairs[:, 1]], y[pairs[:, 0]] - y[pairs[:, 1]])
+        pairs = pairs[dd < rc[pairs[:, 0]] + rc[pairs[:, 1]]]
+    else:
+        pairs = np.zeros((0, 2), dtype=np.int64)
+    pi = np.concatenate([np.arange(n), pairs[:, 0]]).astype(np.int64)
+    pj = np.concatenate([np.arange(n), pairs[:, 1]]).astype(np.int64)
+    blocks = K.fisher_blocks(
+        np.array(shape, dtype=np.int64), w, x, y, eta, rho, float(cut), free_rho, pi, pj
+    )
+    a_idx = np.concatenate([pi, pj[n:]])
+    b_idx = np.concatenate([pj, pi[n:]])
+    code = np.concatenate([np.arange(pi.size), -(np.arange(n, pi.size)) - 1])
+    order = np.lexsort((b_idx, a_idx))
+    a_idx, b_idx, code = a_idx[order], b_idx[order], code[order]
+    nb_ptr = np.searchsorted(a_idx, np.arange(n + 1)).astype(np.int64)
+    return K.local_covariance(blocks, nb_ptr, b_idx.astype(np.int64), code.astype(np.int64), npar)
 
 
 def model_image(
