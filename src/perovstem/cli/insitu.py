@@ -1,0 +1,119 @@
+"""``perovstem insitu SERIES``: drift, dose, clusters, tracking, kinetics of an in-situ series.
+
+Parses options, calls :func:`perovstem.insitu.analyze_series`, and writes the tables
+(``frames, drift, clusters, lineage, events, summary``), figures and a ``summary.json`` into
+the output folder through :mod:`perovstem.io`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from perovstem.cli.main import app
+from perovstem.errors import FileFormatError, ParameterError
+
+
+@app.command("insitu")
+def insitu(
+    series: Path = typer.Argument(
+        ..., help="In-situ series file (any format perovstem.io.load reads)."
+    ),
+    conditions: Path = typer.Option(
+        None, "--conditions", help="Holder log (DENSsolutions, Protochips or CSV) for T/pressure."
+    ),
+    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: <SERIES>_insitu)."),
+    pixel_size_A: float = typer.Option(None, "--pixel-size-A", help="Override the calibration, Å."),
+    current_pA: float = typer.Option(None, "--current-pA", help="Probe current, pA."),
+    dwell_us: float = typer.Option(None, "--dwell-us", help="Dwell time per pixel, µs."),
+    frame_time_s: float = typer.Option(None, "--frame-time-s", help="Frame time, s."),
+    dose: float = typer.Option(None, "--dose", help="Dose per frame, e⁻/Å² (overrides current)."),
+    time_offset_s: float = typer.Option(
+        0.0, "--time-offset-s", help="Log time of the first frame, s."
+    ),
+    no_register: bool = typer.Option(False, "--no-register", help="Skip drift correction."),
+    max_lag: int = typer.Option(3, "--max-lag", help="Frames each frame is registered to."),
+    threshold_sigma: float = typer.Option(6.0, "--threshold-sigma", help="Cluster threshold."),
+    lattice_A: float = typer.Option(5.87, "--lattice-A", help="Host lattice spacing, Å."),
+    table_format: str = typer.Option("parquet", "--table-format", help="parquet | csv."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG figures."),
+) -> None:
+    """Analyse an in-situ series: register, dose, Pb clusters, tracking, kinetics."""
+    from perovstem.cli._common import console
+    from perovstem.insitu import analyze_series, assign_dose, attach_conditions
+    from perovstem.io import load, save_figure, save_json, save_table
+    from perovstem.io.holder_logs import read_holder_log
+
+    if table_format not in ("parquet", "csv"):
+        raise ParameterError(f"`--table-format` must be parquet or csv, got {table_format!r}")
+    if not series.exists():
+        raise FileFormatError(f"series {str(series)!r} does not exist")
+    s = load(series, lazy=True, pixel_size=pixel_size_A)
+    from perovstem._data import Series
+
+    if not isinstance(s, Series):
+        raise FileFormatError(
+            f"{str(series)!r} holds a {type(s).__name__}, not an in-situ series (T, M, N)"
+        )
+    notes = []
+    if dose is not None or current_pA is not None or s.dose_e_per_A2 is None:
+        if dose is None and current_pA is None:
+            notes.append("no dose information: kinetics use the frame index, no atom counts")
+        else:
+            s = assign_dose(
+                s,
+                dose_e_per_A2=dose,
+                current_pA=current_pA,
+                dwell_us=dwell_us,
+                frame_time_s=frame_time_s,
+            )
+    elif s.time_s is None and frame_time_s is not None:
+        s = assign_dose(s, frame_time_s=frame_time_s)
+    if conditions is not None:
+        log = read_holder_log(conditions)
+        s = attach_conditions(s, log, time_offset_s=time_offset_s)
+    res = analyze_series(
+        s,
+        register=not no_register,
+        max_lag=max_lag,
+        detect={"threshold_sigma": threshold_sigma},
+        lattice_A=lattice_A,
+    )
+    out = out or series.with_name(series.stem + "_insitu")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, df in res.tables().items():
+        df = df.copy()
+        for c in df.columns:  # list-valued columns (parents) as text for portability
+            if df[c].dtype == object and df[c].map(lambda v: isinstance(v, list)).any():
+                df[c] = df[c].map(lambda v: ",".join(map(str, v)) if isinstance(v, list) else v)
+        written.append(save_table(df, out / f"{name}.{table_format}"))
+    if plots:
+        from perovstem.plot import insitu as pl
+
+        figs = {
+            "clusters_vs_dose": pl.plot_cluster_kinetics(res.frames),
+            "drift": pl.plot_drift(res.drift),
+            "lineage": pl.plot_lineage(res.lineage) if len(res.lineage) else None,
+            "size_distribution": pl.plot_size_distribution(res.clusters),
+            "crystal_area": pl.plot_crystal_area(res.frames) if "area_A2" in res.frames else None,
+        }
+        for name, ax in figs.items():
+            if ax is not None:
+                written.append(save_figure(ax.figure, out / f"{name}.png"))
+    summary = {
+        "series": str(series),
+        "n_frames": s.n_frames,
+        "pixel_size_A": s.pixel_size_A,
+        "skipped_frames": res.skipped,
+        "drift_residual_rms_px": res.drift.attrs.get("residual_rms_px"),
+        "notes": notes,
+        "mechanisms": [t for t in res.summary.get("text", []) if isinstance(t, str)],
+    }
+    written.append(save_json(summary, out / "summary.json"))
+    for line in summary["mechanisms"]:
+        console.print(line)
+    for n in notes:
+        console.print(f"note: {n}")
+    console.print(f"wrote {len(written)} files to {out}")

@@ -1,0 +1,165 @@
+"""Figures of in-situ degradation: clusters and sizes vs dose, size distributions, lineage,
+crystal area, drift, kinetic fits, per-column atoms-lost map.
+
+Every function takes ``ax=None`` (a new :class:`matplotlib.figure.Figure` is made, no pyplot
+state) or an existing Axes, draws on it and returns it.  matplotlib is imported lazily.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from perovstem.errors import DataError
+
+__all__ = [
+    "plot_cluster_kinetics",
+    "plot_size_distribution",
+    "plot_lineage",
+    "plot_crystal_area",
+    "plot_drift",
+    "plot_kinetic_fit",
+    "plot_atoms_lost_map",
+]
+
+_DOSE = "cumulative_dose_e_per_A2"
+
+
+def _ax(ax: Any, figsize: tuple[float, float] = (5.0, 3.6)) -> Any:
+    if ax is not None:
+        return ax
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, layout="constrained").add_subplot()
+
+
+def _need(df: pd.DataFrame, cols: list[str], name: str) -> None:
+    miss = [c for c in cols if c not in df]
+    if miss:
+        raise DataError(f"`{name}` lacks column(s) {miss}")
+
+
+def _xcol(frames: pd.DataFrame) -> tuple[str, str]:
+    if _DOSE in frames and frames[_DOSE].notna().all():
+        return _DOSE, "cumulative dose (e⁻/Å²)"
+    return "frame", "frame"
+
+
+def plot_cluster_kinetics(frames: pd.DataFrame, *, ax: Any = None) -> Any:
+    """Number of Pb clusters and mean cluster size (atoms) against cumulative dose."""
+    _need(frames, ["n_clusters"], "frames")
+    ax = _ax(ax)
+    x, xl = _xcol(frames)
+    ax.plot(frames[x], frames["n_clusters"], "o-", ms=3, color="C0", label="clusters")
+    ax.set_xlabel(xl)
+    ax.set_ylabel("Pb clusters", color="C0")
+    if "mean_cluster_atoms" in frames and frames["mean_cluster_atoms"].notna().any():
+        ax2 = ax.twinx()
+        ax2.plot(frames[x], frames["mean_cluster_atoms"], "s-", ms=3, color="C3")
+        ax2.set_ylabel("mean size (atoms)", color="C3")
+    return ax
+
+
+def plot_size_distribution(
+    clusters: pd.DataFrame, *, frames: list[int] | None = None, bins: int = 20, ax: Any = None
+) -> Any:
+    """Histograms of cluster sizes (atoms) at a few frames (default: 4 evenly spaced)."""
+    _need(clusters, ["frame", "n_atoms"], "clusters")
+    ax = _ax(ax)
+    avail = np.unique(clusters["frame"])
+    if avail.size == 0:
+        ax.text(0.5, 0.5, "no clusters", ha="center", transform=ax.transAxes)
+        return ax
+    if frames is None:
+        frames = list(avail[np.linspace(0, avail.size - 1, min(4, avail.size)).astype(int)])
+    sizes = clusters["n_atoms"].to_numpy(float)
+    edges = np.histogram_bin_edges(sizes[np.isfinite(sizes)], bins=bins)
+    for f in frames:
+        v = clusters.loc[clusters["frame"] == f, "n_atoms"].dropna()
+        ax.hist(v, bins=edges, histtype="step", lw=1.5, label=f"frame {f}")
+    ax.set_xlabel("cluster size (atoms)")
+    ax.set_ylabel("clusters")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_lineage(lineage: pd.DataFrame, *, ax: Any = None) -> Any:
+    """Cluster lineage: one horizontal bar per track (birth → end), merges as connectors."""
+    _need(lineage, ["track_id", "start_frame", "end_frame", "parents", "origin"], "lineage")
+    ax = _ax(ax, (5.5, 4.0))
+    order = lineage.sort_values(["start_frame", "track_id"]).reset_index(drop=True)
+    ypos = {int(t): i for i, t in enumerate(order["track_id"])}
+    colors = {"first_frame": "0.4", "nucleation": "C2", "merge": "C3"}
+    for r in order.itertuples(index=False):
+        y = ypos[int(r.track_id)]
+        ax.plot([r.start_frame, r.end_frame], [y, y], color=colors.get(r.origin, "C0"), lw=2)
+        for p in r.parents or []:
+            if int(p) in ypos:
+                ax.plot([r.start_frame - 1, r.start_frame], [ypos[int(p)], y], color="C3", lw=0.8)
+    ax.set_xlabel("frame")
+    ax.set_ylabel("track")
+    ax.set_title("lineage (green: nucleation, red: merge)", fontsize="small")
+    return ax
+
+
+def plot_crystal_area(frames: pd.DataFrame, *, ax: Any = None) -> Any:
+    """Projected crystal area (and void area) against cumulative dose."""
+    _need(frames, ["area_A2"], "frames")
+    ax = _ax(ax)
+    x, xl = _xcol(frames)
+    ax.plot(frames[x], frames["area_A2"] / 100.0, "o-", ms=3, label="crystal")
+    if "void_area_A2" in frames:
+        ax.plot(frames[x], frames["void_area_A2"] / 100.0, "s-", ms=3, label="voids")
+    ax.set_xlabel(xl)
+    ax.set_ylabel("projected area (nm²)")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_drift(drift: pd.DataFrame, *, ax: Any = None) -> Any:
+    """Measured drift track (x against y, pixels), skipped frames marked."""
+    _need(drift, ["dy_px", "dx_px"], "drift")
+    ax = _ax(ax, (4.0, 4.0))
+    ax.plot(drift["dx_px"], drift["dy_px"], ".-", ms=4)
+    if "skipped" in drift and drift["skipped"].any():
+        s = drift[drift["skipped"]]
+        ax.plot(s["dx_px"], s["dy_px"], "rx", label="skipped (interpolated)")
+        ax.legend(fontsize="small")
+    ax.set_xlabel("dx (px)")
+    ax.set_ylabel("dy (px)")
+    ax.set_aspect("equal", adjustable="datalim")
+    return ax
+
+
+def plot_kinetic_fit(x: Any, y: Any, fit: Any, *, ax: Any = None, label: str = "") -> Any:
+    """Data and the fitted model of a :class:`~perovstem.quantify.kinetics.FitResult`."""
+    ax = _ax(ax)
+    x = np.asarray(x, float)
+    ax.plot(x, y, "o", ms=3, label=label or "data")
+    xx = np.linspace(x.min(), x.max(), 200)
+    ax.plot(xx, fit.predict(xx), "-", label=fit.model)
+    ax.set_xlabel("cumulative dose (e⁻/Å²)")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_atoms_lost_map(
+    columns: pd.DataFrame, *, first: str = "n_first", last: str = "n_last", ax: Any = None
+) -> Any:
+    """Per-column atoms lost (first − last count) at the column positions, Å.
+
+    ``columns`` needs ``x_A, y_A`` and the two count columns (e.g. from HMM-filtered counts of
+    the first and last frames).
+    """
+    _need(columns, ["x_A", "y_A", first, last], "columns")
+    ax = _ax(ax, (4.5, 4.0))
+    lost = columns[first].to_numpy(float) - columns[last].to_numpy(float)
+    sc = ax.scatter(columns["x_A"], columns["y_A"], c=lost, cmap="magma", s=12)
+    ax.figure.colorbar(sc, ax=ax, label="atoms lost")
+    ax.set_xlabel("x (Å)")
+    ax.set_ylabel("y (Å)")
+    ax.set_aspect("equal")
+    ax.invert_yaxis()
+    return ax
