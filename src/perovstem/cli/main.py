@@ -32,6 +32,7 @@ _TOPICS = [
     "simulate",  # simulate image/series/tilt
     "simulate_series",  # simulate series (degradation KMC → in-situ series)
     "tomo",  # tomo align/reconstruct/facets, simulate tilt
+    "insitu",  # insitu SERIES [--conditions LOG]
 ]
 
 
