@@ -149,3 +149,44 @@ def test_model3d_bad_input():
         model_from_counts(ok, start="top")
     with pytest.raises(ParameterError, match="n_chains"):
         model_from_counts(ok, n_chains=0)
+
+
+def test_cli_model3d(tmp_path):
+    from perovstem.cli.main import main
+    from perovstem.io import read_table, save_table
+    from perovstem.io.structures import read_structure
+
+    truth = _truncated(5, 2.0, seed=4)
+    src = tmp_path / "counts.parquet"
+    save_table(_columns(truth)[["x_A", "y_A", "type", "n_atoms", "n_Br"]], src)
+    out = tmp_path / "model.xyz"
+    rc = main(
+        [
+            "model3d",
+            str(src),
+            "-o",
+            str(out),
+            "--chains",
+            "4",
+            "--sweeps",
+            "50",
+            "--seed",
+            "1",
+            "--sites-out",
+            str(tmp_path / "sites.csv"),
+            "--summary-out",
+            str(tmp_path / "summary.json"),
+        ]
+    )
+    assert rc == 0
+    model = read_structure(out)
+    assert len(model) == len(truth)
+    assert site_agreement(model, truth)["fraction"] > 0.95
+    assert read_table(tmp_path / "sites.csv")["p_occupied"].between(0, 1).all()
+    import json
+
+    summ = json.loads((tmp_path / "summary.json").read_text())
+    assert abs(sum(summ["facet_fractions"][k] for k in ("100", "110", "111", "other")) - 1) < 1e-9
+    bad = tmp_path / "bad.csv"
+    save_table(pd.DataFrame({"x_A": [0.0], "y_A": [0.0]}), bad)
+    assert main(["model3d", str(bad), "-o", str(tmp_path / "m.xyz")]) == 2

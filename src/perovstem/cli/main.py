@@ -29,6 +29,8 @@ _TOPICS = [
     "demo",
     "run",  # run CONFIG (pipeline)
     "atoms",  # atoms fit/count/track
+    "counting",  # atoms count/track (on the atoms sub-app)
+    "model3d",  # model3d TABLE
     "simulate",  # simulate image/series/tilt
     "simulate_series",  # simulate series (degradation KMC → in-situ series)
     "tomo",  # tomo align/reconstruct/facets, simulate tilt

@@ -152,7 +152,9 @@ def model_from_counts(
         ``x_A, y_A`` (projected positions, Å, crystal axes along x and y), ``type`` (``"PbBr"``
         counts unit cells = Pb atoms; ``"Cs"``; ``"Br"``; ``"Pb"`` metallic fcc columns) and
         ``n_atoms``; optional ``n_atoms_mean``/``n_atoms_std`` (count posteriors, e.g. from
-        :func:`perovstem.atoms.count_atoms`) used as a Gaussian prior for count moves.
+        :func:`perovstem.atoms.count_atoms`) used as a Gaussian prior for count moves, and
+        ``n_Br`` (Br atoms of Pb-Br columns; default ``n_atoms + 1``, i.e. Br at both ends
+        as in a CsBr-terminated crystal).
     lattice_A, pb_lattice_A : float
         Perovskite (pseudo-cubic) and fcc Pb lattice parameters, Å.
     start : {"center", "bottom", "random"}
@@ -254,6 +256,14 @@ def model_from_counts(
     cap = np.array([s.cap for s in specs], np.int64)
     stride = np.array([s.stride for s in specs], np.int64)
     slide = np.array([s.slide for s in specs], np.int64)
+    parity = np.array([s.start_parity for s in specs], np.int64)
+    if "n_Br" in tab.columns:
+        # known Br per Pb-Br column: n + 1 (Br at both ends), n (one end) or n - 1 (none)
+        pbbr = types == "PbBr"
+        n_br = tab["n_Br"].to_numpy()
+        cap[pbbr] = np.clip(n_br[pbbr] - n_in[pbbr], -1, 1).astype(np.int64)
+        parity[pbbr] = np.select([cap[pbbr] == 1, cap[pbbr] == -1], [1, 0], -1)
+        slide[pbbr] = np.where(cap[pbbr] == 0, 1, 2)
     # initial runs
     L = unit_len * n_in + cap
     extent = stride * (np.maximum(L, 1) - 1) * steps  # Å from first to last atom
@@ -264,9 +274,8 @@ def model_from_counts(
     else:  # random depth offsets: a test of the Monte Carlo's ability to assemble the crystal
         first_z = -0.5 * extent + gen.uniform(-0.5, 0.5, C) * float(extent.max())
     b0 = np.ceil((first_z - z0) / steps - 1e-9).astype(np.int64)
-    for c, s in enumerate(specs):
-        if s.start_parity >= 0 and b0[c] % 2 != s.start_parity:
-            b0[c] += 1
+    fix = (parity >= 0) & (b0 % 2 != parity)
+    b0[fix] += 1
     b0 = np.clip(b0, 0, None)
     if np.any(b0 + stride * (L - 1) >= nslot):
         raise DataError("z window too small for the counts (internal error)")
@@ -316,9 +325,6 @@ def model_from_counts(
     if support_energy == 0:
         k = np.round(np.median(centres - centres[best][None, :], axis=1) / a)
         shift = np.round(k[:, None] * a / steps[None, :]).astype(np.int64)
-        for c, s in enumerate(specs):  # keep the sublattice parity of Pb-Br runs
-            if s.start_parity >= 0:
-                shift[:, c] += (shift[:, c] % 2) * np.sign(k).astype(np.int64)
         Bs = B - shift
         Lall = unit_len[None, :] * N + cap[None, :]
         inside = (Bs >= 0) & (Bs + stride[None, :] * (Lall - 1) < nslot[None, :])

@@ -1,0 +1,223 @@
+"""``perovstem atoms count`` and ``perovstem atoms track``: atom counting from SCS tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from perovstem.cli.atoms import atoms_app
+from perovstem.errors import DataError, ParameterError
+
+
+def _default_out(table: Path, tag: str) -> Path:
+    stem = table.name.split(".")[0]
+    return table.with_name(f"{stem}_{tag}.parquet")
+
+
+def _library_arg(spec: str | None, types: list[str]):
+    """``simulate`` → simulator libraries per type; a file → one library table for all types."""
+    if spec is None:
+        return None
+    if spec == "simulate":
+        from perovstem.simulate import scs_library
+
+        known = {"PbBr", "Cs", "Br", "Pb"}
+        bad = sorted(set(types) - known)
+        if bad:
+            raise ParameterError(
+                f"--library simulate needs column types in {sorted(known)}, got {bad}"
+            )
+        return {t: scs_library(t, 60) for t in types}
+    from perovstem.io import read_table
+
+    lib = read_table(spec)
+    return {t: lib for t in types} if types != ["all"] else lib
+
+
+@atoms_app.command("count")
+def count(
+    table: Path = typer.Argument(..., help="Column table with 'scs' (or 'scs_A2') [and 'type']."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output table (.parquet/.csv)."),
+    method: str = typer.Option("gmm", "--method", help="gmm | library | hybrid."),
+    max_components: int = typer.Option(30, "--max-components", help="Largest k of the sweep."),
+    components: int = typer.Option(None, "--components", "-k", help="Fix k (skip the choice)."),
+    equal_spacing: bool = typer.Option(False, "--equal-spacing", help="Equally spaced means."),
+    criterion: str = typer.Option("icl", "--criterion", help="icl | bic | aic."),
+    rule: str = typer.Option("prominence", "--rule", help="prominence | first | global."),
+    first_count: int = typer.Option(1, "--first-count", help="Atoms in the lowest component."),
+    library: str = typer.Option(
+        None, "--library", help="'simulate' or a table (n_atoms, scs_A2) file."
+    ),
+    column_type: list[str] = typer.Option(
+        [], "--type", help="Count only these column types (repeatable)."
+    ),
+    criteria_out: Path = typer.Option(
+        None, "--criteria-out", help="Write the ICL/BIC/AIC curves per type (.csv/.parquet)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+) -> None:
+    """Count atoms per column from cross-sections (GMM + ICL, library or hybrid)."""
+    import pandas as pd
+
+    from perovstem.atoms import count_atoms, count_hybrid, count_library
+    from perovstem.cli._common import console
+    from perovstem.io import read_table, save_table
+
+    if method not in ("gmm", "library", "hybrid"):
+        raise ParameterError(f"--method must be gmm, library or hybrid, got {method!r}")
+    df = read_table(table)
+    if column_type:
+        if "type" not in df.columns:
+            raise DataError(f"{table}: --type given but the table has no 'type' column")
+        df = df[df["type"].astype(str).isin(column_type)]
+    types = sorted(df["type"].astype(str).unique()) if "type" in df.columns else ["all"]
+    lib = _library_arg(library, types)
+    if method in ("library", "hybrid") and lib is None:
+        raise ParameterError(f"--method {method} needs --library ('simulate' or a table file)")
+    if method == "gmm":
+        res = count_atoms(
+            df,
+            n_components=components,
+            max_components=max_components,
+            equal_spacing=equal_spacing,
+            criterion=criterion,
+            rule=rule,
+            first_count=first_count,
+            library=lib,
+        )
+    elif method == "library":
+        res = count_library(df, lib)
+    else:
+        res = count_hybrid(df, lib)
+    out = out or _default_out(table, "counts")
+    save_table(res, out, overwrite=overwrite)
+    info = res.attrs.get("counting", {})
+    for t in types:
+        m = res["type"].astype(str) == t if "type" in res.columns else slice(None)
+        sub = res[m]
+        extra = ""
+        ti = info.get(t, {})
+        if "n_components" in ti:
+            extra = f", k = {ti['n_components']} ({ti.get('rule', '')}; minima {ti.get('local_minima')})"
+        console.print(
+            f"{t}: {len(sub)} columns, {int(sub['n_atoms'].sum())} atoms, "
+            f"counts {int(sub['n_atoms'].min())}–{int(sub['n_atoms'].max())}{extra}"
+        )
+    if criteria_out is not None and method == "gmm":
+        rows = []
+        for t in types:
+            cc = info.get(t, {}).get("criterion_curve", {})
+            if cc:
+                d = pd.DataFrame(cc)
+                d.insert(0, "type", t)
+                rows.append(d)
+        if rows:
+            save_table(pd.concat(rows, ignore_index=True), criteria_out, overwrite=overwrite)
+    console.print(f"wrote {out}")
+
+
+@atoms_app.command("track")
+def track(
+    tables: list[Path] = typer.Argument(
+        ...,
+        help="One column table per frame (same columns, same order), or one table with "
+        "a 'frame' column.",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output long table (.parquet/.csv)."),
+    library: str = typer.Option(
+        "simulate", "--library", help="'simulate' or a table (n_atoms, scs_A2) file."
+    ),
+    column_type: str = typer.Option(
+        None, "--type", help="Column type to track (default: the only type present)."
+    ),
+    model: str = typer.Option("free", "--model", help="free | loss | dose."),
+    dose: float = typer.Option(
+        None, "--dose", help="Dose per frame, e⁻/Å² (default: the tables' 'dose_e_per_A2')."
+    ),
+    max_states: int = typer.Option(None, "--max-states", help="Library entries used (G)."),
+    max_step: int = typer.Option(None, "--max-step", help="Largest count change per frame."),
+    include_zero: bool = typer.Option(False, "--include-zero", help="Allow empty columns."),
+    rate: str = typer.Option("column", "--rate", help="column | shared (model dose)."),
+    columns_out: Path = typer.Option(
+        None, "--columns-out", help="Per-column loss table (.parquet/.csv)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+) -> None:
+    """Hidden-Markov counting over frames (Viterbi counts, loss per unit dose)."""
+    import numpy as np
+
+    from perovstem.atoms import fit_hmm
+    from perovstem.atoms.library import as_library
+    from perovstem.cli._common import console
+    from perovstem.io import read_table, save_table
+
+    frames = [read_table(p) for p in tables]
+    if len(frames) == 1 and "frame" in frames[0].columns:
+        big = frames[0]
+        frames = [g for _, g in big.groupby("frame", sort=True)]
+    if len(frames) < 2:
+        raise DataError("track needs at least 2 frames (several tables, or a 'frame' column)")
+    col = next((c for c in ("scs", "scs_A2") if c in frames[0].columns), None)
+    if col is None:
+        raise DataError(f"{tables[0]}: needs an 'scs' or 'scs_A2' column")
+    if column_type is None:
+        present = sorted(frames[0]["type"].astype(str).unique()) if "type" in frames[0] else []
+        if len(present) > 1:
+            raise ParameterError(f"several column types {present}: choose one with --type")
+        column_type = present[0] if present else "PbBr"
+    sel = [f[f["type"].astype(str) == column_type] if "type" in f.columns else f for f in frames]
+    sizes = {len(f) for f in sel}
+    if len(sizes) != 1:
+        raise DataError(f"frames have different numbers of {column_type} columns: {sorted(sizes)}")
+    if "column" in sel[0].columns:
+        sel = [f.sort_values("column") for f in sel]
+    obs = np.stack([f[col].to_numpy(dtype=float) for f in sel])
+    if dose is None:
+        doses = [f.attrs.get("dose_e_per_A2") for f in frames]
+        if all(d is not None for d in doses):
+            dose_arr = np.asarray(doses, float)
+        elif "dose_e_per_A2" in frames[0].columns:
+            dose_arr = np.array([float(f["dose_e_per_A2"].iloc[0]) for f in frames])
+        else:
+            dose_arr = None
+    else:
+        dose_arr = np.full(len(frames), float(dose))
+    if library == "simulate":
+        from perovstem.simulate import scs_library
+
+        lib = scs_library(column_type, 60)
+    else:
+        lib = read_table(library)
+    n_lib, v_lib = as_library(lib)
+    if not include_zero:
+        keep = n_lib >= 1
+        n_lib, v_lib = n_lib[keep], v_lib[keep]
+    res = fit_hmm(
+        obs,
+        np.column_stack([n_lib, v_lib]),
+        model=model,
+        dose_e_per_A2=dose_arr,
+        max_states=max_states,
+        include_zero=include_zero,
+        max_step=max_step,
+        rate=rate,
+    )
+    long = res.table(obs)
+    long.insert(2, "type", column_type)
+    save_table(long, out, overwrite=overwrite)
+    percol = res.column_table()
+    if columns_out is not None:
+        save_table(percol, columns_out, overwrite=overwrite)
+    lost = int(percol["atoms_lost"].sum())
+    msg = (
+        f"{column_type}: {obs.shape[1]} columns × {obs.shape[0]} frames, model {model}, "
+        f"{res.n_iter} EM cycles ({'converged' if res.converged else 'NOT converged'}), "
+        f"atoms {int(res.n_atoms[0].sum())} → {int(res.n_atoms[-1].sum())} ({lost} lost)"
+    )
+    if res.loss_rate is not None:
+        tot = float(np.sum(res.loss_rate))
+        err = float(np.sqrt(np.sum(res.loss_rate_err**2)))
+        msg += f"; loss {tot:.3g} ± {err:.2g} atoms per e⁻/Å² (all columns)"
+    console.print(msg)
+    console.print(f"wrote {out}")

@@ -1,0 +1,131 @@
+"""CLI: perovstem atoms count / atoms track."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from perovstem.cli.main import main
+from perovstem.io import read_table, save_table
+
+
+def _scs_table(seed=0, n=400):
+    rng = np.random.default_rng(seed)
+    k = rng.integers(1, 7, n)
+    return k, pd.DataFrame(
+        {
+            "x_A": rng.uniform(0, 100, n),
+            "y_A": rng.uniform(0, 100, n),
+            "type": "PbBr",
+            "scs": np.abs(0.0146 * k + rng.normal(0, 0.0015, n)),
+        }
+    )
+
+
+def test_cli_count_gmm_and_hybrid(tmp_path):
+    k, df = _scs_table()
+    src = tmp_path / "cols.parquet"
+    save_table(df, src)
+    out = tmp_path / "counts.parquet"
+    crit = tmp_path / "icl.csv"
+    rc = main(
+        [
+            "atoms",
+            "count",
+            str(src),
+            "-o",
+            str(out),
+            "--max-components",
+            "12",
+            "--criteria-out",
+            str(crit),
+        ]
+    )
+    assert rc == 0
+    res = read_table(out)
+    assert np.mean(res["n_atoms"].to_numpy() == k) > 0.97
+    curve = read_table(crit)
+    assert len(curve) == 12 and {"icl", "bic", "aic"} <= set(curve.columns)
+    lib = tmp_path / "lib.csv"
+    save_table(
+        pd.DataFrame({"n_atoms": np.arange(1, 21), "scs_A2": 0.0146 * np.arange(1, 21)}), lib
+    )
+    out2 = tmp_path / "hyb.csv"
+    assert (
+        main(
+            [
+                "atoms",
+                "count",
+                str(src),
+                "-o",
+                str(out2),
+                "--method",
+                "hybrid",
+                "--library",
+                str(lib),
+            ]
+        )
+        == 0
+    )
+    assert np.mean(read_table(out2)["n_atoms"].to_numpy() == k) > 0.97
+    # refuses to overwrite without --overwrite, exit 2
+    assert main(["atoms", "count", str(src), "-o", str(out)]) == 2
+
+
+def test_cli_count_bad_input(tmp_path, capsys):
+    _, df = _scs_table()
+    df.loc[3, "scs"] = -1.0
+    src = tmp_path / "bad.parquet"
+    save_table(df, src)
+    assert main(["atoms", "count", str(src), "-o", str(tmp_path / "o.parquet")]) == 2
+    assert "negative" in capsys.readouterr().err
+    empty = tmp_path / "empty.parquet"
+    save_table(df.iloc[:0], empty)
+    assert main(["atoms", "count", str(empty), "-o", str(tmp_path / "e.parquet")]) == 2
+    assert main(["atoms", "count", str(src), "--method", "library"]) == 2
+
+
+def test_cli_track_dose_model(tmp_path):
+    rng = np.random.default_rng(1)
+    T, N = 8, 60
+    nn = np.arange(1, 41)
+    lib = pd.DataFrame({"n_atoms": nn, "scs_A2": 0.015 * nn - 0.00006 * nn**2})
+    h = np.empty((T, N), int)
+    h[0] = rng.integers(10, 16, N)
+    for t in range(1, T):
+        h[t] = np.maximum(h[t - 1] - rng.poisson(0.3, N), 1)
+    obs = lib["scs_A2"].to_numpy()[h - 1] + rng.normal(0, 0.002, h.shape)
+    paths = []
+    for t in range(T):
+        f = pd.DataFrame({"column": np.arange(N), "type": "PbBr", "scs": obs[t]})
+        f.attrs["dose_e_per_A2"] = 5e4
+        p = tmp_path / f"frame{t}.parquet"
+        save_table(f, p)
+        paths.append(str(p))
+    libp = tmp_path / "lib.parquet"
+    save_table(lib, libp)
+    out = tmp_path / "track.parquet"
+    cols = tmp_path / "percol.csv"
+    rc = main(
+        [
+            "atoms",
+            "track",
+            *paths,
+            "-o",
+            str(out),
+            "--library",
+            str(libp),
+            "--model",
+            "dose",
+            "--columns-out",
+            str(cols),
+        ]
+    )
+    assert rc == 0
+    res = read_table(out)
+    assert len(res) == T * N
+    got = res.pivot(index="frame", columns="column", values="n_atoms").to_numpy()
+    assert np.mean(got == h) > 0.95
+    pc = read_table(cols)
+    assert "loss_rate_per_e_A2" in pc.columns
+    assert main(["atoms", "track", paths[0], "-o", str(tmp_path / "x.parquet")]) == 2
