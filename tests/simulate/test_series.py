@@ -226,3 +226,17 @@ def test_cli_series(tmp_path):
         )
         == 2
     )
+
+
+def test_scan_drift_shears_by_truth(quiet_traj):
+    kw = dict(pixel_size_A=0.5, jitter_A=0.0, noise=False, rng=0, shape=(120, 120))
+    rigid, _ = insitu_series(quiet_traj, drift_A_per_s=(5.0, 0.0), scan_drift=False, **kw)
+    shear, truth = insitu_series(quiet_traj, drift_A_per_s=(5.0, 0.0), scan_drift=True, **kw)
+    total = truth["drift"]["scan_dx_px"].iloc[0]
+    assert total == pytest.approx(5.0 * 1.0 / 0.5)
+    j = np.arange(120)
+    for r0 in (50, 60):
+        rows = slice(r0, r0 + 10)
+        a, b = rigid.data[0][rows], shear.data[0][rows]
+        got = (b * j).sum() / b.sum() - (a * j).sum() / a.sum()
+        assert got == pytest.approx(total * (r0 + 4.5) / 119, abs=0.3)
