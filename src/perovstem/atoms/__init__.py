@@ -16,6 +16,7 @@ from perovstem.atoms.cell import ProjectedCell, cspbbr3_001_cell
 from perovstem.atoms.crlb import crlb
 from perovstem.atoms.find import estimate_lattice, find_columns, find_peaks, fit_lattice_vectors
 from perovstem.atoms.fit import FIT_COLUMNS, fit_columns, model_image
+from perovstem.atoms.hyperspy import to_hyperspy
 from perovstem.atoms.lattice import fit_lattice, lattice_strain
 from perovstem.atoms.normalize import normalize_image
 from perovstem.atoms.voronoi import voronoi_intensities
@@ -34,6 +35,7 @@ __all__ = [
     "lattice_strain",
     "model_image",
     "normalize_image",
+    "to_hyperspy",
     "voronoi_intensities",
 ]
 

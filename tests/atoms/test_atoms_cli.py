@@ -1,0 +1,116 @@
+"""``perovstem atoms fit`` end to end, the overlay plot and HyperSpy markers."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+
+from perovstem.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def sim_image(tmp_path_factory):
+    sim = pytest.importorskip("perovstem.simulate")
+    from perovstem.io import save_image
+
+    atoms = sim.nanocrystal(30.0, rng=0)
+    img, truth = sim.haadf_image(atoms, pixel_size_A=0.3, dose_e_per_A2=2e4, rng=2)
+    p = tmp_path_factory.mktemp("img") / "nc.npz"
+    save_image(img, p)
+    return p, img, truth
+
+
+def test_cli_fit_with_cell(sim_image, tmp_path):
+    from perovstem.io import read_table
+
+    path, img, truth = sim_image
+    out = tmp_path / "cols.parquet"
+    rc = main(
+        [
+            "atoms",
+            "fit",
+            str(path),
+            "--cell",
+            "cspbbr3",
+            "--out",
+            str(out),
+            "--normalize",
+            "--noise",
+            "poisson",
+        ]
+    )
+    assert rc == 0
+    df = read_table(out)
+    assert (tmp_path / "cols.png").stat().st_size > 10_000
+    assert set(df.type) == {"PbBr", "Br", "Cs"}
+    assert len(df) == len(truth)
+    assert df.attrs["noise"] == "poisson"
+    # normalised: PbBr cross-sections in Å² close to the simulator's (Gaussian core volume)
+    pb = df[df.type == "PbBr"].scs.median()
+    tr = truth[truth.type == "PbBr"].scs_A2.median()
+    assert 0.85 < pb / tr < 1.05
+    # existing output is refused without --overwrite (exit 2, one line)
+    assert main(["atoms", "fit", str(path), "--cell", "cspbbr3", "--out", str(out)]) == 2
+
+
+def test_cli_bad_input(sim_image, tmp_path):
+    path, _, _ = sim_image
+    assert (
+        main(
+            [
+                "atoms",
+                "fit",
+                str(path),
+                "--cell",
+                "perovskite",
+                "--out",
+                str(tmp_path / "a.parquet"),
+            ]
+        )
+        == 2
+    )
+    assert main(["atoms", "fit", str(tmp_path / "missing.npz")]) == 2
+    assert (
+        main(
+            [
+                "atoms",
+                "fit",
+                str(path),
+                "--cell",
+                "cspbbr3",
+                "--width",
+                "bogus",
+                "--out",
+                str(tmp_path / "b.parquet"),
+            ]
+        )
+        == 2
+    )
+
+
+def test_plots_and_markers(sim_image):
+    from perovstem.atoms import find_columns, fit_columns, to_hyperspy
+    from perovstem.atoms.cell import cspbbr3_001_cell
+    from perovstem.plot.atoms import plot_columns, plot_scs_histogram, plot_strain_map
+
+    _, img, _ = sim_image
+    cols = find_columns(img, cell=cspbbr3_001_cell())
+    df = fit_columns(img, cols)
+    ax = plot_columns(img, df, show_errors=True)
+    assert len(ax.collections) == 3
+    ax2 = plot_scs_histogram(df)
+    assert len(ax2.patches) > 0
+    from perovstem.atoms import fit_lattice, lattice_strain
+
+    st = lattice_strain(fit_lattice(df, cspbbr3_001_cell()))
+    assert np.isfinite(st.eps_xx).sum() > 10
+    plot_strain_map(st)
+    pytest.importorskip("hyperspy")
+    mk = to_hyperspy(df)
+    assert len(mk) == 3
+    sig = to_hyperspy(df, img)
+    assert sig.data.shape == img.shape
