@@ -61,3 +61,31 @@ def test_bad_input():
         op.backward(np.zeros((3, 8, 2)))
     with pytest.raises(ParameterError, match="n_det"):
         Projector([0.0], (8, 8, 2), n_det=2)
+
+
+def test_sparse_matrix_equals_operator():
+    rng = np.random.default_rng(1)
+    op = Projector(np.linspace(-60, 60, 9), (10, 12, 5), n_det=14, offset_px=-0.4)
+    x = rng.random(op.volume_shape).astype(np.float32)
+    m = op.as_matrix()
+    p = (m @ x.reshape(10 * 12, 5)).reshape(op.projection_shape)
+    np.testing.assert_allclose(p, op.forward(x), rtol=1e-5, atol=1e-5)
+
+
+def test_cupy_backend_or_clear_error():
+    from perovstem.errors import OptionalDependencyError
+    from perovstem.tomo import reconstruct
+
+    data = np.random.default_rng(0).random((5, 8, 4)).astype(np.float32)
+    ang = np.linspace(-40, 40, 5)
+    try:
+        import cupy  # noqa: F401
+    except Exception:
+        with pytest.raises(OptionalDependencyError, match="cupy"):
+            reconstruct(data, angles_deg=ang, backend="cupy", n_iter=3)
+    else:  # pragma: no cover - GPU machines only
+        gpu = reconstruct(data, angles_deg=ang, backend="cupy", n_iter=20).volume
+        cpu = reconstruct(data, angles_deg=ang, n_iter=20).volume
+        np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ParameterError, match="cupy"):
+        reconstruct(data, angles_deg=ang, backend="cupy", method="tv")

@@ -21,6 +21,7 @@ vectorises (AVX2/AVX-512) and runs in parallel threads (``numba.set_num_threads`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -151,6 +152,24 @@ class Projector:
         nz, ny, _ = self.volume_shape
         kchunk = max(1, min(16, nz // 4))
         return _kernels.backward(p, self._lo, self._w, nz, ny, self.block, self.group, kchunk)
+
+    def as_matrix(self) -> Any:
+        """The system matrix as ``scipy.sparse.csr_matrix`` of shape ``(A·n_det, nz·ny)``.
+
+        ``proj.reshape(A·n_det, nx) = M @ vol.reshape(nz·ny, nx)``: all slices are one
+        sparse × dense product (the form used by the CuPy backend and by external solvers).
+        """
+        import scipy.sparse as sp
+
+        na = self.n_angles
+        nz, ny, _ = self.volume_shape
+        a_idx = np.arange(na)[:, None, None, None]
+        rows = (a_idx * self.n_det + self._lo[..., None] + np.arange(3)).ravel()
+        cols = np.broadcast_to(np.arange(nz * ny).reshape(1, nz, ny, 1), self._w.shape).ravel()
+        vals = self._w.ravel()
+        keep = vals != 0
+        m = sp.coo_matrix((vals[keep], (rows[keep], cols[keep])), shape=(na * self.n_det, nz * ny))
+        return m.tocsr()
 
     def row_sums(self) -> np.ndarray:
         """``A·1``: ray lengths through the volume box, (A, n_det, 1) float32."""

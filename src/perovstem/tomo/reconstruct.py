@@ -603,16 +603,23 @@ def reconstruct(
     method : {"fbp", "wbp", "sirt", "sart", "cgls", "tv", "dart"}
     angles_deg : (A,) array_like, optional
         Needed when ``tilt_series`` is an array.
-    backend : {"numba", "astra"}
+    backend : {"numba", "astra", "cupy"}
         ``"astra"`` runs ASTRA's 2-D algorithms slice by slice (CPU, or CUDA when ASTRA has
         it); needs the ``astra`` extra; supports ``fbp`` and ``sirt``/``sart``/``cgls``.
+        ``"cupy"`` runs SIRT on a CUDA GPU (needs ``cupy``; method ``sirt`` only).
     **kwargs
         Passed to the algorithm (``n_iter``, ``nonneg``, ``tv_weight``, ``x0`` ...).
     """
     if method not in METHODS:
         raise ParameterError(f"`method` must be one of {METHODS}, got {method!r}")
-    if backend not in ("numba", "astra"):
-        raise ParameterError(f"`backend` must be 'numba' or 'astra', got {backend!r}")
+    if backend not in ("numba", "astra", "cupy"):
+        raise ParameterError(f"`backend` must be 'numba', 'astra' or 'cupy', got {backend!r}")
+    if backend == "cupy":
+        if method != "sirt":
+            raise ParameterError(f"the cupy backend supports method='sirt' only, got {method!r}")
+        from perovstem.tomo.backends import cupy_sirt
+
+        return cupy_sirt(tilt_series, angles_deg, **kwargs)
     if backend == "astra":
         from perovstem.tomo.backends import astra_reconstruct
 
