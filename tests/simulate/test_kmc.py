@@ -447,3 +447,17 @@ def test_thermal_csbr_loss_only_when_hot():
         rng=2,
     )
     assert off.frame_table["n_CsBr_stripped"].sum() == 0
+
+
+def test_cluster_hop_truth(traj):
+    cl, ft, p = traj.clusters, traj.frame_table, traj.params
+    for _, g in cl.groupby("cluster_id"):
+        assert np.all(np.diff(g.sort_values("frame")["n_hops"]) >= 0)
+    gam = ft.set_index("frame").loc[cl["frame"], "hop_rate_per_s"].to_numpy()
+    expect = (
+        gam * p.cluster_mobility * cl["n_atoms"].to_numpy(float) ** (-p.cluster_mobility_exponent)
+    )
+    np.testing.assert_allclose(cl["hop_rate_per_s"], expect, rtol=1e-12)
+    # hops seen on surviving clusters never exceed all cluster hops executed
+    assert cl.groupby("cluster_id")["n_hops"].max().sum() <= ft["n_cluster_hops"].sum()
+    assert ft["n_cluster_hops"].sum() > 0

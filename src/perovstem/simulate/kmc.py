@@ -63,9 +63,12 @@ class KMCTrajectory:
         ``strip_rate_per_s``.  ``attrs`` holds ``initial`` (counts before the first frame),
         ``params``, ``conditions`` and units.
     clusters : pandas.DataFrame
-        ``frame, cluster_id, n_atoms, x_A, y_A, z_A, radius_A`` for every cluster alive at
-        the end of each frame (centre = centroid of its atoms; radius of the equal-volume
-        fcc sphere).
+        ``frame, cluster_id, n_atoms, x_A, y_A, z_A, radius_A, n_hops, hop_rate_per_s`` for
+        every cluster alive at the end of each frame (centre = centroid of its atoms; radius
+        of the equal-volume fcc sphere; ``n_hops`` the cluster's cumulative lattice hops of
+        one lattice vector a; ``hop_rate_per_s`` = Γ·cluster_mobility·n^(−α) at the frame's
+        conditions).  Centres also move when a cluster grows (it is lifted off the surface
+        by R − a/2) and jump at merges.
     events : pandas.DataFrame
         ``frame, time_s, cumulative_dose_e_per_A2, kind ("birth"|"merge"|"death"),
         cluster_id, parents (list of ids), n_atoms, site`` in time order; ``site`` is the
@@ -498,7 +501,8 @@ def degradation_kmc(
         grid,
         support,
     )
-    Ct = (cl_alive, cl_n, cl_anchor, cl_centre, cl_R, cl_live, cl_where)
+    cl_hops = np.zeros(cap, np.int64)  # cumulative hops of each cluster id
+    Ct = (cl_alive, cl_n, cl_anchor, cl_centre, cl_R, cl_live, cl_where, cl_hops)
 
     core.seed(seed)
     for nd in initial_adatoms:
@@ -573,6 +577,14 @@ def degradation_kmc(
                     "y_A": centres[:, 1],
                     "z_A": centres[:, 2],
                     "radius_A": radii,
+                    "n_hops": cl_hops[live].copy(),
+                    "hop_rate_per_s": (
+                        gam
+                        * params.cluster_mobility
+                        * n_live ** (-params.cluster_mobility_exponent)
+                        if ip[core.I_CLMIG]
+                        else np.zeros(len(live))
+                    ),
                 }
             )
         )

@@ -587,6 +587,7 @@ def run_interval(t, t_end, H, L, N, A, C, E, counters, fp, ip, fs, max_steps):
                 continue
             cl_anchor[c] = tgt
             counters[C_CL_HOPS] += 1
+            C[7][c] += 1
             _update_centre(c, N, C, fp)
             _post_change(c, N, A, C, E, counters, fp, fs)
         else:
