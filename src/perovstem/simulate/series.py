@@ -214,6 +214,7 @@ def _truth(plan: _Plan) -> dict[str, pd.DataFrame]:
                 "z_A",
                 "in_view",
             ]
+            + [c for c in ("n_hops", "hop_rate_per_s") if c in cl.columns]
         ]
     cl.attrs["description"] = (
         "Pb clusters at the end of each frame; x_A, y_A in image coordinates (pixel (i, j) "
@@ -313,7 +314,8 @@ def insitu_series(
         ``"drift"``: ``frame, time_s, dy_px, dx_px, dy_A, dx_A, scan_dy_px, scan_dx_px``
         (sample displacement at the first scan line, image_k(r) = sample(r − d_k));
         ``"clusters"``: ``frame, cluster_id, x_A, y_A, n_atoms, radius_A, row_px, col_px,
-        x_sample_A, y_sample_A, z_A, in_view`` with ``x_A, y_A`` in image coordinates;
+        x_sample_A, y_sample_A, z_A, in_view, n_hops, hop_rate_per_s`` with ``x_A, y_A`` in
+        image coordinates;
         ``"frames"``: the trajectory's frame table (+ ``gas``); ``"events"``: births and
         merges with parents.
     """
