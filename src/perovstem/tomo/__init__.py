@@ -36,6 +36,7 @@ from perovstem.tomo.reconstruct import (
     reconstruct,
     sart,
     sirt,
+    sirt_dual_axis,
     tv_reconstruct,
 )
 from perovstem.tomo.segment import label_volumes, multi_otsu_thresholds, otsu_threshold, segment
@@ -68,6 +69,7 @@ __all__ = [
     "reconstruct",
     "fbp",
     "sirt",
+    "sirt_dual_axis",
     "sart",
     "cgls",
     "tv_reconstruct",
