@@ -92,7 +92,11 @@ def series(
     seed: int = typer.Option(None, "--seed", help="Random seed (reproducible output)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
-    """Simulate an in-situ HAADF-STEM series of a nanocrystal degrading under the beam."""
+    """Simulate an in-situ HAADF-STEM series of a nanocrystal degrading under the beam.
+
+    With a .zarr output the frames are rendered and written one at a time (long series do not
+    need to fit in memory).
+    """
     import numpy as np
 
     from perovstem._validation import check_choice
@@ -135,8 +139,10 @@ def series(
         params=params,
         rng=rng,
     )
+    stream = out.suffix.lower() == ".zarr"  # frames rendered and written one at a time
     ser, truth = insitu_series(
         traj,
+        lazy=stream,
         pixel_size_A=pixel_size_A,
         shape=None if size is None else (size, size),
         drift_A_per_s=drift,
@@ -157,7 +163,12 @@ def series(
         "zone_axis": zone_axis,
         "seed": seed,
     }
-    save_image(ser, out, overwrite=overwrite)
+    if stream:
+        from perovstem.io.series_stream import save_series_streaming
+
+        save_series_streaming(ser, out, overwrite=overwrite)
+    else:
+        save_image(ser, out, overwrite=overwrite)
     written = []
     for name, df in truth.items():
         df = df.copy()
