@@ -146,3 +146,16 @@ def test_needle_layers_reconstruct_flat(needle):
 def test_tilt_axis_from_com_rejects_empty():
     with pytest.raises(DataError):
         tilt_axis_from_com(np.zeros((5, 16, 16)), np.arange(5.0) * 10)
+
+
+def test_bin_tilt_series():
+    from perovstem.tomo import bin_tilt_series
+
+    data = np.arange(2 * 16 * 9, dtype=float).reshape(2, 16, 9)
+    ts = TiltSeries(data, [0, 10], 1.5, shifts_px=np.ones((2, 2)))
+    b = bin_tilt_series(ts, 2)
+    assert b.shape == (2, 8, 4) and b.pixel_size_A == 3.0
+    assert b.data[0, 0, 0] == pytest.approx(data[0, :2, :2].mean())
+    np.testing.assert_allclose(b.shifts_px, 0.5)
+    with pytest.raises(ParameterError, match="factor"):
+        bin_tilt_series(ts, 0)

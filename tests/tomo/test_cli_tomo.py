@@ -107,3 +107,17 @@ def test_cli_bad_input(simulated, tmp_path):
         == 2
     )
     assert main(["simulate", "tilt", "--out", str(tmp_path / "x.npz"), "--step-deg", "0"]) == 2
+
+
+@pytest.mark.parametrize("suffix", [".vti", ".tif", ".zarr"])
+def test_reconstruct_exports(simulated, tmp_path, suffix):
+    from perovstem.io import read_volume
+
+    d, ts = simulated
+    out = tmp_path / f"v{suffix}"
+    assert (
+        main(["tomo", "reconstruct", str(ts), "--out", str(out), "--method", "fbp", "--bin", "2"])
+        == 0
+    )
+    v, voxel = read_volume(out)
+    assert v.shape == (20, 20, 20) and voxel == pytest.approx(5.0)

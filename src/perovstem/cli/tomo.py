@@ -99,12 +99,13 @@ def reconstruct_cmd(
     thickness_px: int = typer.Option(None, "--thickness-px", help="Volume thickness nz."),
     backend: str = typer.Option("numba", "--backend", help="numba | astra."),
     no_nonneg: bool = typer.Option(False, "--no-nonneg", help="Allow negative densities."),
+    bin_factor: int = typer.Option(1, "--bin", help="Bin projections N×N before reconstructing."),
 ) -> None:
     """Reconstruct a volume from an aligned tilt series."""
     from perovstem.io import save_volume
-    from perovstem.tomo import reconstruct
+    from perovstem.tomo import bin_tilt_series, reconstruct
 
-    ts = _load_tilt(tiltseries)
+    ts = bin_tilt_series(_load_tilt(tiltseries), bin_factor)
     kw: dict = {"thickness_px": thickness_px}
     if n_iter is not None:
         kw["n_iter"] = n_iter

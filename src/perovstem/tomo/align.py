@@ -33,6 +33,7 @@ __all__ = [
     "Alignment",
     "align",
     "apply_alignment",
+    "bin_tilt_series",
     "xcorr_shifts",
     "com_shifts",
     "tilt_axis_from_com",
@@ -319,6 +320,29 @@ def _transform_stack(
             data[k], rot, offset=offset, order=order, mode="constant", cval=0.0
         )
     return out
+
+
+def bin_tilt_series(tilt_series: TiltSeries, factor: int) -> TiltSeries:
+    """Bin projections by ``factor × factor`` (mean), scaling pixel size and shifts.
+
+    Rows/columns that do not fill a whole bin are dropped.  Use to reconstruct large
+    series quickly (a 2048² series binned ×4 is a 512³ problem).
+    """
+    ts = _check_series(tilt_series)
+    f = int(factor)
+    if f < 1 or f != factor:
+        raise ParameterError(f"`factor` must be a positive integer, got {factor!r}")
+    if f == 1:
+        return ts
+    a, m, n = ts.shape
+    if m // f < 3 or n // f < 1:
+        raise ParameterError(f"`factor` {f} is too large for {m}×{n} projections")
+    d = np.asarray(ts.data, dtype=np.float32)[:, : m // f * f, : n // f * f]
+    d = d.reshape(a, m // f, f, n // f, f).mean(axis=(2, 4))
+    sh = None if ts.shifts_px is None else np.asarray(ts.shifts_px) / f
+    md = dict(ts.metadata)
+    md["binning"] = f * int(md.get("binning", 1))
+    return ts.replace(data=d, pixel_size_A=ts.pixel_size_A * f, shifts_px=sh, metadata=md)
 
 
 def apply_alignment(tilt_series: TiltSeries, alignment: Alignment, *, order: int = 1) -> TiltSeries:
