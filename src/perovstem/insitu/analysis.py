@@ -71,6 +71,7 @@ def analyze_series(
     phase_check: bool = True,
     summary: bool = True,
     lattice_A: float = 5.87,
+    n_workers: int = 2,
 ) -> InsituResult:
     """Analyse an in-situ series end to end.
 
@@ -93,6 +94,9 @@ def analyze_series(
         Fit and rank kinetic models (:func:`mechanism_summary`).
     lattice_A : float
         Host lattice spacing, Å.
+    n_workers : int
+        Threads for the per-frame detection pass (numpy/scipy release the GIL); frames are
+        processed in blocks of ``2·n_workers`` so memory stays independent of the length.
 
     Returns
     -------
@@ -116,26 +120,17 @@ def analyze_series(
     offset = series.metadata.get("offset")
     dets, rows, skipped = [], [], []
     angle: float | None = None
-    for k, fr in iter_frames(series):
+
+    def process(k: int, fr: np.ndarray) -> tuple[pd.DataFrame | None, dict[str, Any]]:
         why = frame_quality(fr)
         if why:
-            skipped.append(k)
-            rows.append({"frame": k, "skipped": True, "reason": why})
-            continue
+            return None, {"frame": k, "skipped": True, "reason": why}
         f = np.asarray(fr, float)
         if register and np.any(shifts[k] != 0):
             f = ndimage.shift(f, -shifts[k], order=3, mode="nearest")
         img = Image(f, px, dose_e_per_A2=None if dose is None else float(dose[k]))
-        if angle is None:
-            # orientation of the host lattice from the first usable frame, kept for all
-            try:
-                _, ang, strength = estimate_lattice(f, px)
-                angle = ang if strength >= 20 else 0.0
-            except DataError:
-                angle = 0.0
         opts = {"lattice_A": lattice_A, "lattice_angle_deg": angle, **detect}
         d = detect_clusters(img, gain=gain, offset=offset, frame=k, **opts)
-        dets.append(d)
         row: dict[str, Any] = {"frame": k, "skipped": False, "reason": ""}
         if crystal:
             cmask, voids, _ = segment_nanocrystal(f, pixel_size_A=px, lattice_A=lattice_A)
@@ -148,7 +143,35 @@ def analyze_series(
             )
         if phase_check:
             row["phase"] = fft_phase_check(f, pixel_size_A=px)["phase"]
-        rows.append(row)
+        return d, row
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    block: list[tuple[int, np.ndarray]] = []
+
+    def flush(pool: Any) -> None:
+        for d, row in pool.map(lambda kf: process(*kf), block):
+            if d is None:
+                skipped.append(row["frame"])
+            else:
+                dets.append(d)
+            rows.append(row)
+        block.clear()
+
+    with ThreadPoolExecutor(max_workers=max(1, int(n_workers))) as pool:
+        for k, fr in iter_frames(series):
+            if angle is None and not frame_quality(fr):
+                # orientation of the host lattice from the first usable frame, kept for all
+                try:
+                    _, ang, strength = estimate_lattice(np.asarray(fr, float), px)
+                    angle = ang if strength >= 20 else 0.0
+                except DataError:
+                    angle = 0.0
+            block.append((k, fr))
+            if len(block) >= 2 * max(1, int(n_workers)):
+                flush(pool)
+        if block:
+            flush(pool)
     if len(skipped) == n:
         raise DataError(f"every frame of the series is unusable ({n} frames)")
     det = pd.concat(dets, ignore_index=True) if dets else pd.DataFrame(columns=CLUSTER_COLUMNS)

@@ -133,6 +133,11 @@ def cluster_scs_library(
     return df
 
 
+@lru_cache(maxsize=1)
+def _default_library() -> pd.DataFrame:
+    return cluster_scs_library()
+
+
 def atoms_from_scs(scs_A2: Any, library: pd.DataFrame) -> np.ndarray:
     """Number of atoms of clusters from their SCS by monotone interpolation of ``library``."""
     s = np.asarray(scs_A2, float)
@@ -250,7 +255,7 @@ def detect_clusters(
     # median of the excess over the element size, ignoring pixels that are already
     # significant (clusters)
     z0 = e / np.sqrt(var_m + 1e-30)
-    step = max(1, side // 8)
+    step = max(1, side // 4)
     es_ = np.where(z0 > 3.0, np.nan, e)[::step, ::step]
     win = max(3, side // step)
     with warnings.catch_warnings():
@@ -259,7 +264,8 @@ def detect_clusters(
     small = np.nan_to_num(small, nan=0.0)
     bias = ndimage.zoom(small, (e.shape[0] / small.shape[0], e.shape[1] / small.shape[1]), order=1)
     e = e - np.clip(bias[: e.shape[0], : e.shape[1]], 0, None)
-    sig_floor = 1.4826 * float(np.median(np.abs(e - np.median(e))))
+    es_sub = e[::4, ::4]
+    sig_floor = 1.4826 * float(np.median(np.abs(es_sub - np.median(es_sub))))
     sig_floor = max(sig_floor, 1e-6 * float(np.abs(m).max() + 1e-30))
     sigma_map = np.sqrt(var_m + sig_floor**2)
     z = e / sigma_map
@@ -273,34 +279,50 @@ def detect_clusters(
     mask = apply_hysteresis_threshold(z, lo, hi)
     rows = []
     if mask.any():
+        # work inside the bounding box of the significant pixels (clusters are sparse)
+        pad = int(3 * max(1.0, smooth_A / px)) + 2
+        rr, cc = np.nonzero(mask)
+        r0, r1 = max(0, rr.min() - pad), min(mask.shape[0], rr.max() + pad + 1)
+        c0, c1 = max(0, cc.min() - pad), min(mask.shape[1], cc.max() + pad + 1)
+        box = (slice(r0, r1), slice(c0, c1))
+        mask_b, z_b, e_b = mask[box], z[box], e[box]
         # smoothing over the Pb-Pb column spacing keeps one marker per cluster
-        es = ndimage.gaussian_filter(e, max(1.0, smooth_A / px))
+        zs = ndimage.gaussian_filter(z_b.astype(np.float32), max(1.0, smooth_A / px), truncate=3.0)
         md = max(1, int(round(min_separation_A / px)))
-        zs = ndimage.gaussian_filter(z, max(1.0, smooth_A / px))
-        peaks = peak_local_max(zs, min_distance=md, threshold_abs=hi, labels=ndimage.label(mask)[0])
-        markers = np.zeros(e.shape, np.int32)
+        lab, nlab = ndimage.label(mask_b)
+        peaks = peak_local_max(zs, min_distance=md, threshold_abs=hi, exclude_border=False)
+        if len(peaks):
+            peaks = peaks[mask_b[tuple(peaks.T)]]
+        markers = np.zeros(mask_b.shape, np.int32)
         markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
         # components without a marker peak keep one marker at their maximum
-        lab, nlab = ndimage.label(mask)
         have = set(np.unique(lab[tuple(peaks.T)])) if len(peaks) else set()
         k = len(peaks)
-        for li in range(1, nlab + 1):
-            if li not in have:
-                idx = np.unravel_index(np.argmax(np.where(lab == li, es, -np.inf)), e.shape)
+        missing = [li for li in range(1, nlab + 1) if li not in have]
+        if missing:
+            for pidx in ndimage.maximum_position(zs, lab, missing):
                 k += 1
-                markers[idx] = k
-        regions = watershed(-es, markers, mask=mask)
-        idx = np.arange(1, k + 1)
-        tot = ndimage.sum_labels(e, regions, idx)
-        npx = ndimage.sum_labels(np.ones_like(e), regions, idx)
-        peak = ndimage.maximum(e, regions, idx)
-        zpk = ndimage.maximum(z, regions, idx)
-        raw_sum = ndimage.sum_labels(np.clip(a - off, 0, None), regions, idx)
-        ew = np.clip(e, 0, None)
-        wsum = ndimage.sum_labels(ew, regions, idx)
-        yy, xx = np.indices(e.shape)
-        cy = ndimage.sum_labels(ew * yy, regions, idx) / np.where(wsum > 0, wsum, 1)
-        cx = ndimage.sum_labels(ew * xx, regions, idx) / np.where(wsum > 0, wsum, 1)
+                markers[pidx] = k
+        regions = watershed(-zs, markers, mask=mask_b)
+        sel = regions > 0
+        lab_px = regions[sel]
+        yy, xx = np.nonzero(sel)
+        ev = e_b[sel]
+        ew = np.clip(ev, 0, None)
+
+        def bsum(w: np.ndarray) -> np.ndarray:
+            return np.bincount(lab_px, weights=w, minlength=k + 1)[1:]
+
+        tot = bsum(ev)
+        npx = bsum(np.ones_like(ev))
+        peak = np.full(k, -np.inf)
+        np.maximum.at(peak, lab_px - 1, ev)
+        zpk = np.full(k, -np.inf)
+        np.maximum.at(zpk, lab_px - 1, z_b[sel])
+        raw_sum = bsum(np.clip(a[box][sel] - off, 0, None))
+        wsum = bsum(ew)
+        cy = bsum(ew * yy) / np.where(wsum > 0, wsum, 1) + r0
+        cx = bsum(ew * xx) / np.where(wsum > 0, wsum, 1) + c0
         for i in range(k):
             err = np.sqrt(g * raw_sum[i] + (sig_floor * a_px) ** 2 * npx[i])
             if npx[i] == 0 or zpk[i] < hi or tot[i] < threshold_sigma * err:
@@ -318,7 +340,7 @@ def detect_clusters(
     if dose is not None:
         df["scs_A2"] = df["integrated_counts"] / (g * dose)
         df["scs_err_A2"] = err_counts / (g * dose)
-        lib = cluster_scs_library() if library is None else library
+        lib = _default_library() if library is None else library
         n = atoms_from_scs(df["scs_A2"].to_numpy(), lib)
         dn = atoms_from_scs(df["scs_A2"].to_numpy() + df["scs_err_A2"].to_numpy(), lib) - n
         df["n_atoms"] = n

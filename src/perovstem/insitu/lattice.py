@@ -104,7 +104,9 @@ def estimate_lattice(
     return 1.0 / k, ang, strength
 
 
-def unit_cell_average(image: np.ndarray, a_px: float, *, angle_deg: float = 0.0) -> np.ndarray:
+def unit_cell_average(
+    image: np.ndarray, a_px: float, *, angle_deg: float = 0.0, smooth_px: float = 0.0
+) -> np.ndarray:
     """Average every pixel over one square projected unit cell (Fourier sinc filter).
 
     Parameters
@@ -115,6 +117,8 @@ def unit_cell_average(image: np.ndarray, a_px: float, *, angle_deg: float = 0.0)
         Lattice spacing, pixels (> 1).
     angle_deg : float
         Direction of the first lattice vector from the x axis, degrees.
+    smooth_px : float
+        Extra Gaussian smoothing σ, pixels (applied in the same Fourier pass).
 
     Returns
     -------
@@ -132,6 +136,8 @@ def unit_cell_average(image: np.ndarray, a_px: float, *, angle_deg: float = 0.0)
     k1 = kx * np.cos(t) + ky * np.sin(t)
     k2 = -kx * np.sin(t) + ky * np.cos(t)
     filt = np.sinc(k1 * ap) * np.sinc(k2 * ap)
+    if smooth_px > 0:
+        filt = filt * np.exp(-2 * np.pi**2 * smooth_px**2 * (kx**2 + ky**2))
     mean = b.mean()
     out = sfft.irfft2(sfft.rfft2(b - mean) * filt, s=b.shape, workers=2) + mean
     return out[pad:-pad, pad:-pad]

@@ -75,8 +75,7 @@ def segment_nanocrystal(
     a = check_image("image", data)
     check_positive("pixel_size_A", px)
     check_positive("lattice_A", lattice_A)
-    m = unit_cell_average(a, lattice_A / px)
-    m = ndimage.gaussian_filter(m, 0.5 * lattice_A / px)
+    m = unit_cell_average(a, lattice_A / px, smooth_px=0.5 * lattice_A / px)
     if threshold is None:
         from skimage.filters import threshold_otsu
 

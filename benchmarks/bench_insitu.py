@@ -1,0 +1,242 @@
+"""Benchmark of the in-situ analysis: a long simulated 1024² series, streamed, on this machine.
+
+For each series length (default 100 and 1000 frames) a child process
+
+1. runs the degradation KMC (:func:`perovstem.simulate.degradation_kmc`) of a 6 nm CsPbBr₃
+   cube, images every frame lazily (:func:`perovstem.simulate.insitu_series`, 1024² pixels,
+   0.2 Å, linear drift + jitter) and streams the frames into a Zarr store on disk;
+2. analyses the store with :func:`perovstem.insitu.analyze_series` (registration pass, then
+   shift + cluster detection + crystal metrics + phase check per frame, tracking, kinetics),
+   sampling the resident memory every 0.1 s.
+
+Peak memory of the analysis for 100 vs 1000 frames shows whether memory depends on the
+length.  The peer comparison times our sub-pixel phase correlation against scikit-image's
+``phase_cross_correlation`` (upsample 20) on the same frame pairs, with the simulator's drift
+as truth.
+
+Run:  python benchmarks/bench_insitu.py [--frames 100 1000] [--size 1024]
+Writes benchmarks/results/bench_insitu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+class _PeakRSS:
+    def __init__(self) -> None:
+        self.peak = _rss_mb()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_mb())
+            time.sleep(0.1)
+
+    def __enter__(self) -> _PeakRSS:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def child(n_frames: int, size: int, px: float, workdir: str) -> dict:
+    import dask.array as da
+    import zarr
+
+    from perovstem.insitu import analyze_series
+    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
+
+    out: dict = {"n_frames": n_frames, "shape": [size, size], "pixel_size_A": px}
+    t0 = time.perf_counter()
+    phi = 3e5 / n_frames  # the same total dose (10 D_Br) whatever the length
+    tr = degradation_kmc(
+        nanocrystal(edge_A=60.0, rng=0),
+        n_frames=n_frames,
+        frame_time_s=1.0,
+        dose_rate_e_per_A2_s=phi,
+        temperature_K=300.0,
+        rng=1,
+    )
+    out["kmc_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    s, truth = insitu_series(
+        tr,
+        pixel_size_A=px,
+        shape=(size, size),
+        drift_A_per_s=(0.02, -0.01) if n_frames > 200 else (0.2, -0.1),
+        jitter_A=0.05,
+        lazy=True,
+        rng=2,
+    )
+    store = os.path.join(workdir, f"series_{n_frames}.zarr")
+    z = zarr.open(store, mode="w", shape=s.shape, chunks=(1, size, size), dtype="f4")
+    for k in range(n_frames):
+        z[k] = np.asarray(s.data[k].compute(), dtype=np.float32)
+    out["render_to_zarr_s"] = time.perf_counter() - t0
+    lazy = s.replace(data=da.from_zarr(store))
+    rss0 = _rss_mb()
+    t0 = time.perf_counter()
+    with _PeakRSS() as mon:
+        res = analyze_series(lazy, n_workers=2)
+    out["analysis_s"] = time.perf_counter() - t0
+    out["analysis_s_per_frame"] = out["analysis_s"] / n_frames
+    out["rss_before_analysis_MB"] = rss0
+    out["peak_rss_during_analysis_MB"] = mon.peak
+    out["analysis_extra_memory_MB"] = mon.peak - rss0
+    t = truth["drift"][["dy_px", "dx_px"]].to_numpy()
+    t = t - t[0]
+    e = res.drift[["dy_px", "dx_px"]].to_numpy()
+    out["drift_rms_px"] = float(np.sqrt(np.mean((e - t) ** 2)))
+    out["drift_rms_px_first_quarter"] = float(
+        np.sqrt(np.mean((e - t)[: max(2, n_frames // 4)] ** 2))
+    )
+    tf = truth["frames"]
+    out["final_truth_clusters"] = int(tf["n_clusters"].iloc[-1])
+    out["final_truth_cluster_atoms"] = int(tf["n_cluster_atoms"].iloc[-1])
+    out["final_detected_clusters"] = float(res.frames["n_clusters"].iloc[-1])
+    out["final_detected_Pb0_atoms"] = float(res.frames["n_Pb0_detected"].iloc[-1])
+    out["n_tracks"] = int(len(res.lineage))
+    out["mechanisms"] = [t for t in res.summary.get("text", []) if isinstance(t, str)]
+    return out
+
+
+def peer_registration(size: int, px: float, n_pairs: int = 12) -> dict:
+    from skimage.registration import phase_cross_correlation
+
+    from perovstem.insitu import phase_correlate
+    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
+
+    tr = degradation_kmc(
+        nanocrystal(edge_A=60.0, rng=0),
+        n_frames=n_pairs + 1,
+        frame_time_s=1.0,
+        dose_rate_e_per_A2_s=2e3,
+        rng=1,
+    )
+    s, truth = insitu_series(
+        tr, pixel_size_A=px, shape=(size, size), drift_A_per_s=(0.3, -0.2), jitter_A=0.2, rng=3
+    )
+    t = truth["drift"][["dy_px", "dx_px"]].to_numpy()
+    frames = np.asarray(s.data, dtype=np.float32)
+    ours, peer = [], []
+    t_ours = t_peer = 0.0
+    phase_correlate(frames[0], frames[1])  # warm-up
+    phase_cross_correlation(frames[0], frames[1], upsample_factor=20)
+    for k in range(n_pairs):
+        a, b = frames[k], frames[k + 1]
+        t0 = time.perf_counter()
+        dy, dx, _ = phase_correlate(a, b)
+        t_ours += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sh, _, _ = phase_cross_correlation(a, b, upsample_factor=20)
+        t_peer += time.perf_counter() - t0
+        ours.append((dy, dx))
+        peer.append((-sh[0], -sh[1]))  # skimage returns the shift that registers b onto a
+    true = np.diff(t, axis=0)[:n_pairs]
+    rms_o = float(np.sqrt(np.mean((np.asarray(ours) - true) ** 2)))
+    rms_p = float(np.sqrt(np.mean((np.asarray(peer) - true) ** 2)))
+    import skimage
+
+    return {
+        "pairs": n_pairs,
+        "ours_s_per_pair": t_ours / n_pairs,
+        "peer_s_per_pair": t_peer / n_pairs,
+        "time_ratio_ours_over_peer": t_ours / t_peer,
+        "ours_rms_px": rms_o,
+        "peer_rms_px": rms_p,
+        "peer": f"scikit-image {skimage.__version__} phase_cross_correlation(upsample_factor=20)",
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", type=int, nargs="+", default=[100, 1000])
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--px", type=float, default=0.2)
+    ap.add_argument("--child", type=int, default=None)
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    if args.child is not None:
+        print(json.dumps(child(args.child, args.size, args.px, args.workdir)))
+        return
+    import perovstem
+
+    result = {
+        "benchmark": "in-situ analysis of a simulated 1024² series (streamed from Zarr)",
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor(),
+        },
+        "versions": {"perovstem": perovstem.__version__, "numpy": np.__version__},
+        "runs": [],
+    }
+    with tempfile.TemporaryDirectory() as wd:
+        for n in args.frames:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                str(n),
+                "--size",
+                str(args.size),
+                "--px",
+                str(args.px),
+                "--workdir",
+                wd,
+            ]
+            t0 = time.perf_counter()
+            cp = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if cp.returncode != 0:
+                result["runs"].append({"n_frames": n, "error": cp.stderr[-2000:]})
+                continue
+            run = json.loads(cp.stdout.strip().splitlines()[-1])
+            run["wall_s"] = time.perf_counter() - t0
+            result["runs"].append(run)
+            print(json.dumps(run, indent=1), flush=True)
+            for f in Path(wd).glob("*.zarr"):
+                import shutil
+
+                shutil.rmtree(f, ignore_errors=True)
+    result["peer_registration"] = peer_registration(args.size, args.px)
+    ok = [r for r in result["runs"] if "error" not in r]
+    if len(ok) >= 2:
+        result["memory_ratio_longest_over_shortest"] = ok[-1]["analysis_extra_memory_MB"] / max(
+            ok[0]["analysis_extra_memory_MB"], 1.0
+        )
+    out = HERE / "results" / "bench_insitu.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
+    print(json.dumps(result["peer_registration"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
