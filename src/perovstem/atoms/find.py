@@ -379,7 +379,7 @@ def find_columns(
         c = con[m]
         if c.size == 0:
             continue
-        top = c[c >= np.quantile(c, 0.5)]
+        top = c[c >= 0.5 * np.quantile(c, 0.98)]  # the populated sites of this type
         typical = float(np.median(top))
         thr = max(presence_fraction * typical, min_snr * noise)
         keep[m] = c > thr

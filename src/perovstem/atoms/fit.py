@@ -166,6 +166,7 @@ def fit_columns(
     max_displacement_A: float | None = None,
     estimator: str = "joint",
     fit_positions: bool = True,
+    psf_tail: dict | str | None = None,
     rng: Any = None,
 ) -> pd.DataFrame:
     """Fit the joint Gaussian column model to an image.
@@ -220,6 +221,14 @@ def fit_columns(
         with StatSTEM results; its positions are not the joint optimum where columns overlap.
     fit_positions : bool
         False keeps the positions at ``positions`` and fits only η, ρ and the background.
+    psf_tail : dict or "auto", optional
+        Broad probe tail around every column (fraction ``f`` of its intensity spread by a
+        Moffat kernel ``(1 + r²/γ²)^−β`` truncated at ``radius_A``; keys ``fraction``,
+        ``gamma_A``, ``beta``, ``radius_A``); ``"auto"`` takes them from
+        ``image.metadata['psf']`` (simulated images).  Each column is then a Gaussian core of
+        volume (1 − f)·SCS plus the tail, updated by FFT after every sweep, and ``scs`` is the
+        total cross-section (core + tail).  Without it, ``scs`` is the Gaussian volume, which
+        misses the part of the tail the background absorbs.
     rng : None
         Unused (the fit is deterministic); accepted for API uniformity.
 
@@ -264,6 +273,9 @@ def fit_columns(
 
     data = np.asarray(img.data, dtype=np.float64)
     dx = img.pixel_size_A
+    tail = _resolve_tail(psf_tail, img)
+    if tail is not None:
+        tail_kernel_fft, tail_pad = _tail_fft(data.shape, dx, tail)
     xy_A, tarr = as_positions(positions, img, types=types)
     xy_px = (xy_A - np.asarray(img.origin_A)) / dx
     tnames = list(dict.fromkeys(tarr.tolist()))
@@ -324,9 +336,20 @@ def fit_columns(
         vfloor = _var_floor(data, o_var)
     w = np.ones(data.shape)
 
+    tail_state = {"img": None}
+
+    def tail_image() -> np.ndarray | None:
+        if tail is None:
+            return None
+        vol = 2.0 * np.pi * eta * rho**2 * tail["fraction"] / (1.0 - tail["fraction"])
+        return _tail_image(data.shape, x, y, vol, tail_kernel_fft, tail_pad)
+
     def rebuild() -> np.ndarray:
         r = data - bg_img
         K.add_columns(r, x, y, eta, rho, cut, -1.0)
+        if tail is not None:
+            tail_state["img"] = tail_image()
+            r -= tail_state["img"]
         return r
 
     res = rebuild()
@@ -636,6 +659,10 @@ def fit_columns(
                 res, jshift, drho = _joint_step(res, fix_pos=fix_pos, fix_rho=fix_rho)
             elif n_glob and not fix_rho:
                 res, drho, _ = _global_step(res)
+            if tail is not None:  # probe tails of the updated columns (Jacobi update)
+                new_tail = tail_image()
+                res += tail_state["img"] - new_tail
+                tail_state["img"] = new_tail
             if noise == "poisson":
                 w = _weights(data - res, s_var, o_var, vfloor)
             sse = float(np.sum(w * res * res))
@@ -689,9 +716,10 @@ def fit_columns(
     else:
         var_rho = np.zeros(n)
         cov_er = np.zeros(n)
-    scs = 2.0 * np.pi * eta * rho_A_arr**2
-    ds_de = 2.0 * np.pi * rho_A_arr**2
-    ds_dr = 4.0 * np.pi * eta * rho_A_arr
+    tail_scale = 1.0 / (1.0 - tail["fraction"]) if tail is not None else 1.0
+    scs = 2.0 * np.pi * eta * rho_A_arr**2 * tail_scale
+    ds_de = 2.0 * np.pi * rho_A_arr**2 * tail_scale
+    ds_dr = 4.0 * np.pi * eta * rho_A_arr * tail_scale
     var_scs = ds_de**2 * var_eta + ds_dr**2 * var_rho + 2.0 * ds_de * ds_dr * cov_er
     xy_out = px_to_A(np.column_stack([x, y]), img)
     finite = np.isfinite(x_err) & np.isfinite(y_err) & np.isfinite(var_eta)
@@ -726,6 +754,7 @@ def fit_columns(
         rho_A_by_type={t: float(np.median(rho_A_arr[tid == i])) for i, t in enumerate(tnames)},
         noise=noise,
         estimator=estimator,
+        psf_tail=tail,
         cutoff_rho=float(cut),
         n_iter=int(it),
         converged=bool(converged),
@@ -736,6 +765,82 @@ def fit_columns(
         method="joint Gaussian model, block Gauss–Seidel LM (perovstem)",
     )
     return df
+
+
+def _resolve_tail(psf_tail: Any, img: Image) -> dict | None:
+    if psf_tail is None:
+        return None
+    if isinstance(psf_tail, str):
+        if psf_tail != "auto":
+            raise ParameterError(f"`psf_tail` must be a dict, 'auto' or None, got {psf_tail!r}")
+        psf = img.metadata.get("psf")
+        if not isinstance(psf, dict) or "tail_fraction" not in psf:
+            raise ParameterError(
+                "`psf_tail='auto'` needs image.metadata['psf'] with tail_fraction, tail_gamma_A,"
+                " tail_beta, tail_radius_A (as written by perovstem.simulate)"
+            )
+        psf_tail = {
+            "fraction": psf["tail_fraction"],
+            "gamma_A": psf["tail_gamma_A"],
+            "beta": psf["tail_beta"],
+            "radius_A": psf["tail_radius_A"],
+        }
+    if not isinstance(psf_tail, dict):
+        raise ParameterError(f"`psf_tail` must be a dict, 'auto' or None, got {psf_tail!r}")
+    try:
+        out = {k: float(psf_tail[k]) for k in ("fraction", "gamma_A", "beta", "radius_A")}
+    except KeyError as exc:
+        raise ParameterError(f"`psf_tail` lacks key {exc.args[0]!r}") from None
+    if not 0.0 <= out["fraction"] < 0.9:
+        raise ParameterError(f"`psf_tail['fraction']` must be in [0, 0.9), got {out['fraction']!r}")
+    for k in ("gamma_A", "radius_A"):
+        check_positive(f"psf_tail['{k}']", out[k])
+    if out["beta"] <= 1.0:
+        raise ParameterError(f"`psf_tail['beta']` must be > 1, got {out['beta']!r}")
+    return out if out["fraction"] > 0 else None
+
+
+def _tail_fft(shape: tuple[int, int], dx: float, tail: dict):
+    """FFT of the truncated Moffat kernel normalised per pixel (sum = 1), on a padded grid."""
+    from scipy import fft
+
+    r = int(np.ceil(tail["radius_A"] / dx))
+    ax = np.arange(-r, r + 1) * dx
+    r2 = ax[:, None] ** 2 + ax[None, :] ** 2
+    k = (1.0 + r2 / tail["gamma_A"] ** 2) ** (-tail["beta"])
+    k[r2 > tail["radius_A"] ** 2] = 0.0
+    k /= k.sum()
+    pad = r + 2
+    ps = (
+        fft.next_fast_len(shape[0] + 2 * pad, real=True),
+        fft.next_fast_len(shape[1] + 2 * pad, real=True),
+    )
+    full = np.zeros(ps)
+    full[: r + 1, : r + 1] = k[r:, r:]
+    full[: r + 1, -r:] = k[r:, :r]
+    full[-r:, : r + 1] = k[:r, r:]
+    full[-r:, -r:] = k[:r, :r]
+    return fft.rfft2(full), pad
+
+
+def _tail_image(shape, x, y, vol_px, kfft, pad) -> np.ndarray:
+    """Σ_k vol_k · M(r − r_k) on the pixel grid (bilinear deposit, FFT convolution)."""
+    from scipy import fft
+
+    ps = (kfft.shape[0], (kfft.shape[1] - 1) * 2)
+    grid = np.zeros(ps)
+    xp = np.clip(x + pad, 0, ps[1] - 2)
+    yp = np.clip(y + pad, 0, ps[0] - 2)
+    j0 = np.floor(xp).astype(int)
+    i0 = np.floor(yp).astype(int)
+    fx = xp - j0
+    fy = yp - i0
+    np.add.at(grid, (i0, j0), vol_px * (1 - fx) * (1 - fy))
+    np.add.at(grid, (i0, j0 + 1), vol_px * fx * (1 - fy))
+    np.add.at(grid, (i0 + 1, j0), vol_px * (1 - fx) * fy)
+    np.add.at(grid, (i0 + 1, j0 + 1), vol_px * fx * fy)
+    conv = fft.irfft2(fft.rfft2(grid) * kfft, s=ps)
+    return conv[pad : pad + shape[0], pad : pad + shape[1]]
 
 
 def fisher_covariance(
