@@ -246,3 +246,40 @@ def test_bad_scheduler_rejected_before_work(tmp_path):
     with pytest.raises(PerovstemError, match="`scheduler`"):
         run_pipeline(cfg, out=tmp_path / "x", quiet=True, scheduler="cluster!")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_local_cluster_worker_processes_equal_serial(tmp_path):
+    """Worker *processes* (pickling, scattered series, per-frame seeds) give the serial tables."""
+    from perovstem import Series
+
+    rng = np.random.default_rng(3)
+    s = Series(rng.poisson(20.0, (16, 12, 12)).astype(float), 0.5, dose_e_per_A2=2.0)
+    save_image(s, tmp_path / "s.npz")
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(
+        '[inputs]\nseries = "s.npz"\n[[step]]\nrun = "series.frame_stats"\nplot = false\n'
+    )
+    serial = run_pipeline(cfg, out=tmp_path / "serial", quiet=True, scheduler="serial")
+    procs = run_pipeline(cfg, out=tmp_path / "procs", quiet=True, scheduler="local:2")
+    assert procs.scheduler.startswith("dask local: 2 workers")
+    _assert_same_tables(tmp_path / "serial", tmp_path / "procs")
+    np.testing.assert_allclose(
+        _tables(tmp_path / "serial")["frame_stats.stats.parquet"]["mean"], s.data.mean(axis=(1, 2))
+    )
+    assert serial.scheduler == "serial"
+
+
+def test_progress_messages_and_quiet(tmp_path, capfd):
+    from perovstem.cli.main import main
+
+    cfg = _config(tmp_path)
+    assert main(["run", str(cfg), "--out", str(tmp_path / "a"), "--scheduler", "serial"]) == 0
+    out = capfd.readouterr()
+    assert "gen" in out.err and "ran" in out.err  # per-step log on stderr
+    assert f"report: {tmp_path / 'a' / 'report.html'}" in out.out
+    assert main(["run", str(cfg), "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    out = capfd.readouterr()
+    assert out.out == "" and out.err == ""
+    assert main(["run", str(cfg), "--out", str(tmp_path / "a"), "--scheduler", "serial"]) == 0
+    assert "cached" in capfd.readouterr().err
