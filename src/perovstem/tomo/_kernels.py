@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange, uintp
 
-__all__ = ["strip_table", "forward", "backward"]
+__all__ = ["strip_table", "forward", "backward", "sirt_update"]
 
 
 @njit(cache=True)
@@ -166,3 +166,18 @@ def backward(proj, lo, w, nz, ny, block, group, kchunk):
                         for j in range(nb):
                             vf[vb + j] += w0 * pf[pb + j] + w1 * pf[pb1 + j] + w2 * pf[pb2 + j]
     return vol
+
+
+@njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
+def sirt_update(x, upd, c, nonneg):
+    """In place ``x = max(x + c·upd, 0)`` with ``c`` of shape (nz, ny, 1) or (nz, ny, nx)."""
+    nz, ny, nx = x.shape
+    full = c.shape[2] == nx and nx > 1
+    for k in prange(nz):
+        for i in range(ny):
+            for j in range(nx):
+                cc = c[k, i, j] if full else c[k, i, 0]
+                v = x[k, i, j] + cc * upd[k, i, j]
+                if nonneg and v < 0:
+                    v = 0.0
+                x[k, i, j] = v

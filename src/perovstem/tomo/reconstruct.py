@@ -24,6 +24,7 @@ import numpy as np
 
 from perovstem._data import TiltSeries
 from perovstem.errors import DataError, ParameterError
+from perovstem.tomo import _kernels
 from perovstem.tomo.projector import Projector, check_angles
 
 __all__ = [
@@ -331,12 +332,9 @@ def sirt(
             rnorm2 += float(np.vdot(r, r))
             r *= rs[s]
             upd = o.backward(r)
-            upd *= cs[s]
             if mask is not None:
                 upd *= mask
-            x += upd
-            if nonneg:
-                np.maximum(x, 0, out=x)
+            _kernels.sirt_update(x, upd, cs[s], bool(nonneg))
         it_done = it + 1
         # residual of the state before the last sweep (cheap); exact for SIRT
         res_hist.append(np.sqrt(rnorm2) / bnorm)
