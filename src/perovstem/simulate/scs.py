@@ -151,7 +151,9 @@ def _deconvolved(voltage_kV: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if {"PbBr", "Cs", "Br"} <= set(raw):
-        minv = np.linalg.inv(_voronoi_matrix(v))
+        pk = t[t["column_type"] == "PbBr"]
+        n_div = int(pk["ndiv"].iloc[0]) if "ndiv" in pk.columns else 20
+        minv = np.linalg.inv(_voronoi_matrix(v, n_div))
         n = raw["PbBr"][:, 0]
         cs = np.interp(n, raw["Cs"][:, 0], raw["Cs"][:, 1])
         br = np.interp(n, raw["Br"][:, 0], raw["Br"][:, 1])
@@ -329,7 +331,9 @@ def scs_library(
     return df
 
 
-def fast_model_voronoi(column_type: str, n, *, voltage_kV: float = 300.0) -> np.ndarray:
+def fast_model_voronoi(
+    column_type: str, n, *, voltage_kV: float = 300.0, n_div: int = 20
+) -> np.ndarray:
     """Voronoi SCS that the fast model gives on the periodic [001] slab of ``n`` cells.
 
     The model ``M · S`` (PSF overlap × deconvolved table, interpolated through the
@@ -338,7 +342,7 @@ def fast_model_voronoi(column_type: str, n, *, voltage_kV: float = 300.0) -> np.
     n = np.asarray(n, dtype=float)
     if column_type == "Pb":
         return scs_table("Pb", n, voltage_kV=voltage_kV)
-    m = _voronoi_matrix(_check_voltage(voltage_kV))
+    m = _voronoi_matrix(_check_voltage(voltage_kV), n_div)
     z = np.zeros_like(n)
     cd = column_type == "CdBr"
     s_b = column_scs(z if cd else n, n if cd else z, n, z, voltage_kV=voltage_kV)
