@@ -174,7 +174,7 @@ def facets_cmd(
             n_phantoms=calibrate,
             shape=vol.shape[1:],
             pixel_size_A=voxel,
-            edge_A=0.5 * voxel * min(vol.shape[1:]),
+            edge_A=1.05 * m.volume_A3 ** (1.0 / 3.0),  # same size as the measured NC
             tolerance_deg=tolerance_deg,
             sigma_px=sigma_px,
             rng=seed,
