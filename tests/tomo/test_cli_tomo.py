@@ -121,3 +121,23 @@ def test_reconstruct_exports(simulated, tmp_path, suffix):
     )
     v, voxel = read_volume(out)
     assert v.shape == (20, 20, 20) and voxel == pytest.approx(5.0)
+
+
+def test_facets_from_tilt_series_with_calibration(simulated, tmp_path):
+    from perovstem.io import read_table
+
+    d, ts = simulated
+    al = tmp_path / "al.npz"
+    assert (
+        main(
+            ["tomo", "align", str(ts), "--out", str(al), "--tilt-axis", "0", "--matching-iter", "0"]
+        )
+        == 0
+    )
+    out = tmp_path / "f.parquet"
+    assert (
+        main(["tomo", "facets", str(al), "--out", str(out), "--calibrate", "2", "--seed", "1"]) == 0
+    )
+    ff = read_table(out)
+    assert {"fraction_corrected", "fraction_err", "missing_wedge"} <= set(ff.columns)
+    assert np.all((ff.fraction_corrected >= 0) & (ff.fraction_corrected <= 1))
