@@ -57,8 +57,10 @@ def track_clusters(
     max_step_A : float
         Largest displacement of a cluster between consecutive frames, Å.
     merge_distance_A : float, optional
-        Largest distance between the last position of a merging cluster and the merged
-        cluster, Å (default: ``2 * max_step_A``).
+        ``"mass"``: largest gap between the surfaces (equal-volume radii) of a cluster that
+        ends and the cluster it merges into, Å (default 8 Å: coalesced clusters relax to
+        their centre of mass and keep diffusing within the frame); ``"laptrack"``: largest
+        centre distance of a merge (default ``2 * max_step_A``).
     gap_frames : int
         Frames a cluster may be missed and still be re-linked (0: no gap closing).
     size_column : str or None
@@ -110,7 +112,7 @@ def track_clusters(
         return _track_mass(
             df,
             max_step_A,
-            merge_d if merge_distance_A is not None else 4.0,
+            merge_d if merge_distance_A is not None else 8.0,
             int(gap_frames),
             size_column,
             merge_mass_fraction,
