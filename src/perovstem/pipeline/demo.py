@@ -22,7 +22,7 @@ __all__ = ["run_demo", "demo_config"]
 
 def demo_config(*, fast: bool = False, seed: int = 2026) -> dict[str, Any]:
     """The demo analysis as a TOML-equivalent dictionary (``fast``: smaller sizes)."""
-    edge = 24.0 if fast else 36.0
+    edge = 30.0 if fast else 48.0
     n_frames = 12 if fast else 40
     n_heat = 10 if fast else 20
     temps = [300.0, 350.0, 400.0] if fast else [300.0, 325.0, 350.0, 375.0, 400.0, 450.0]
@@ -39,9 +39,29 @@ def demo_config(*, fast: bool = False, seed: int = 2026) -> dict[str, Any]:
     steps: list[dict[str, Any]] = [
         step("simulate.nanocrystal", "nc", edge_A=edge, cd_fraction=0.2),
         # counting on a pristine HAADF image
-        step("simulate.haadf", "haadf", pixel_size_A=0.3, dose_e_per_A2=2e4),
+        step(
+            "simulate.haadf",
+            "haadf",
+            inputs={"atoms": "nc.atoms"},
+            pixel_size_A=0.25,
+            dose_e_per_A2=5e4,
+        ),
         step("atoms.fit", "fit", {"image": "haadf.image", "positions": "haadf.truth"}),
-        step("atoms.count", "count", {"columns": "fit.columns", "truth": "haadf.truth"}),
+        step(
+            "atoms.count",
+            "count",
+            {"columns": "fit.columns", "truth": "haadf.truth"},
+            method="hybrid",
+            library_cd_fraction=0.2,
+        ),
+        step("atoms.composition", "composition", {"counts": "count.counts"}, truth_cd_fraction=0.2),
+        step(
+            "quantify.model3d",
+            "model3d",
+            {"counts": "count.counts", "truth_atoms": "nc.atoms", "image": "haadf.image"},
+            n_chains=4 if fast else 8,
+            n_sweeps=40 if fast else 100,
+        ),
     ]
     for tag, rate in (("low", 1000.0), ("high", 4000.0)):
         label = f"{rate:g} e⁻/Å²/s"
@@ -102,6 +122,15 @@ def demo_config(*, fast: bool = False, seed: int = 2026) -> dict[str, Any]:
             dose_rate_e_per_A2_s=1000.0,
         ),
         step("quantify.arrhenius", "arrhenius", {"frames": "heating.frames"}),
+        step(
+            "quantify.mechanism",
+            "mechanism",
+            {
+                "frames_a": "kmc_low.frames",
+                "frames_b": "kmc_high.frames",
+                "frames_c": "heating.frames",
+            },
+        ),
         step(
             "simulate.tilt_series",
             "tilt",

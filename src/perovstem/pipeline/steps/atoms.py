@@ -12,6 +12,9 @@ FIT = "perovstem.atoms:fit_columns|perovstem.atoms.fit:fit_columns"
 NORMALIZE = "perovstem.atoms:normalize_image|perovstem.atoms.normalize:normalize_image"
 FIND = "perovstem.atoms:find_columns|perovstem.atoms.find:find_columns"
 COUNT = "perovstem.atoms:count_atoms|perovstem.atoms.count:count_atoms"
+COMPOSITION = (
+    "perovstem.atoms:estimate_composition|perovstem.atoms.composition:estimate_composition"
+)
 
 
 @register_step(
@@ -83,52 +86,184 @@ def atoms_fit(ctx: Any, image: Any, positions: Any = None) -> dict[str, Any]:
     return {"columns": columns}
 
 
+SCS_LIBRARY = "perovstem.simulate:scs_library|perovstem.simulate.scs:scs_library"
+HYBRID = "perovstem.atoms:count_hybrid|perovstem.atoms.library:count_hybrid"
+LIBRARY = "perovstem.atoms:count_library|perovstem.atoms.library:count_library"
+
+
 @register_step(
     "atoms.count",
     inputs=("columns",),
     optional_inputs=("truth",),
     outputs=("counts",),
     params={
-        "max_components": Param(int, 30, "largest number of GMM components", min=1),
+        "types": Param(list, ["PbBr", "Cs"], "column types to count (others are kept, uncounted)"),
+        "method": Param(
+            str,
+            "gmm",
+            "gmm: Gaussian mixture (ICL); hybrid: library counting with "
+            "a fitted scale; library: nearest library cross-section",
+            choices=("gmm", "hybrid", "library"),
+        ),
+        "max_components": Param(int, 20, "largest number of GMM components", min=1),
         "criterion": Param(str, "icl", "order selection criterion", choices=("icl", "aic", "bic")),
+        "library": Param(
+            bool,
+            True,
+            "anchor the GMM on the simulated SCS library "
+            "(scs_library; cross-sections must be in Å², i.e. normalised image)",
+        ),
+        "voltage_kV": Param(float, 300.0, "accelerating voltage of the library, kV"),
+        "library_cd_fraction": Param(
+            float,
+            0.0,
+            "Cd fraction of the Pb-Br library (nominal composition of an alloyed crystal)",
+            min=0.0,
+            max=1.0,
+        ),
     },
     requires=(COUNT,),
     section="counting",
-    doc="Atoms per column from the cross-sections (Gaussian mixture, ICL order selection).",
+    doc="Atoms per column from the cross-sections (Gaussian mixture, ICL order selection, "
+    "optionally anchored on a simulated cross-section library).",
 )
 def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
     p = ctx.params
-    types = columns["type"].to_numpy() if "type" in columns.columns else None
-    counts = api(COUNT)(
-        columns["scs"].to_numpy(float),
-        types=types,
-        max_components=p["max_components"],
-        criterion=p["criterion"],
-    )
     out = columns.reset_index(drop=True).copy()
+    sel = (
+        out["type"].isin(p["types"]).to_numpy()
+        if "type" in out.columns
+        else np.ones(len(out), bool)
+    )
+    kw: dict[str, Any] = {}
+    if p["library"] and "type" in out.columns:
+        try:
+            lib = api(SCS_LIBRARY)
+            kw["library"] = {
+                t: lib(
+                    t,
+                    p["max_components"],
+                    voltage_kV=p["voltage_kV"],
+                    **({"cd_fraction": p["library_cd_fraction"]} if t == "PbBr" else {}),
+                )
+                for t in p["types"]
+            }
+        except ImportError:
+            pass
+    if p["method"] == "gmm":
+        counts = api(COUNT)(
+            out[sel], max_components=p["max_components"], criterion=p["criterion"], **kw
+        )
+    else:
+        from perovstem.errors import ParameterError
+
+        if "library" not in kw:
+            raise ParameterError(
+                f"`method` = {p['method']!r} needs `library` = true and typed columns"
+            )
+        counts = api(HYBRID if p["method"] == "hybrid" else LIBRARY)(out[sel], kw["library"])
     for c in counts.columns:
         if c not in out.columns:
-            out[c] = counts[c].to_numpy()
-    if truth is not None and "n_atoms" in truth.columns and len(truth) == len(out):
-        ok = float(np.mean(out["n_atoms"].to_numpy() == truth["n_atoms"].to_numpy()))
-        ctx.metric(
-            "counting accuracy vs truth",
-            100.0 * ok,
-            unit="%",
-            section="counting",
-            caption="columns whose count equals the simulated number of atoms",
-        )
+            out[c] = np.nan
+            out.loc[sel, c] = counts[c].to_numpy()
+    out.attrs.update(counts.attrs)
+    if "n_atoms" in out.columns:
+        out["n_atoms"] = out["n_atoms"].astype("Float64")
+    if truth is not None and {"x_A", "y_A", "n_atoms"} <= set(truth.columns):
+        from scipy.spatial import cKDTree
+
+        d, k = cKDTree(truth[["x_A", "y_A"]].to_numpy()).query(out[["x_A", "y_A"]].to_numpy())
+        ok = sel & (d < 0.5)
+        true_n = truth["n_atoms"].to_numpy()[k]
+        out["n_atoms_truth"] = np.where(d < 0.5, true_n, np.nan)
+        for t in p["types"]:
+            m = ok & (out["type"].to_numpy() == t)
+            if m.any():
+                exact = float(np.mean(out["n_atoms"].to_numpy(float)[m] == true_n[m]))
+                ctx.metric(
+                    f"counting accuracy, {t} columns",
+                    100.0 * exact,
+                    unit="%",
+                    section="counting",
+                    caption=f"{int(m.sum())} columns whose count equals the simulated "
+                    "number of atoms",
+                )
     from perovstem.plot.overview import plot_hist
 
-    n = out["n_atoms"].to_numpy() if "n_atoms" in out.columns else None
-    ax = plot_hist(out["scs"], groups=n, xlabel="scattering cross-section")
+    n = out["n_atoms"].to_numpy(float)[sel] if "n_atoms" in out.columns else None
+    ax = plot_hist(
+        out["scs"].to_numpy(float)[sel],
+        groups=None if n is None else n.astype(int),
+        xlabel="scattering cross-section (Å² when normalised)",
+    )
     ctx.figure(
         "scs_histogram",
         ax.figure,
         title="Cross-section histogram",
-        caption="Coloured by the assigned number of atoms.",
+        caption=f"{', '.join(p['types'])} columns, coloured by the assigned number of atoms.",
     )
     if n is not None:
-        ctx.metric("columns counted", len(out), caption="atom columns", section="counting")
-        ctx.metric("atoms in the counted columns", float(np.sum(n)), section="counting")
+        ctx.metric(
+            "columns counted", int(sel.sum()), caption=", ".join(p["types"]), section="counting"
+        )
     return {"counts": out}
+
+
+@register_step(
+    "atoms.composition",
+    inputs=("counts",),
+    outputs=("columns",),
+    params={
+        "voltage_kV": Param(float, 300.0, "accelerating voltage, kV", min=10.0),
+        "confidence": Param(float, 0.95, "confidence level of the interval", min=0.5, max=0.999),
+        "truth_cd_fraction": Param(
+            float, None, "known x (simulations): reported alongside", min=0.0, max=1.0
+        ),
+        "scale_from": Param(
+            str,
+            "Cs",
+            "calibration factor c of the cross-sections: from the "
+            "library counting of this Cd-free column type ('' = 1)",
+        ),
+    },
+    requires=(COMPOSITION,),
+    section="counting",
+    doc="Cd per Pb-Br column and the overall Cd fraction x from the cross-sections "
+    "(binomial-Gaussian mixture, profile-likelihood interval).",
+)
+def atoms_composition(ctx: Any, counts: Any) -> dict[str, Any]:
+    from perovstem.errors import DataError
+
+    p = ctx.params
+    sel = counts[counts["type"] == "PbBr"] if "type" in counts.columns else counts
+    if len(sel) == 0 or "n_atoms" not in sel.columns:
+        raise DataError("no counted Pb-Br columns (`type` == 'PbBr' with `n_atoms`) in the input")
+    kw = {"scs_err": sel["scs_err"].to_numpy(float)} if "scs_err" in sel.columns else {}
+    info = counts.attrs.get("counting", {}).get(p["scale_from"], {}) if p["scale_from"] else {}
+    scale = float(info.get("scale", 1.0)) if isinstance(info, dict) else 1.0
+    res = api(COMPOSITION)(
+        sel["scs"].to_numpy(float),
+        sel["n_atoms"].to_numpy(int),
+        voltage_kV=p["voltage_kV"],
+        confidence=p["confidence"],
+        scale=scale,
+        **kw,
+    )
+    lo, hi = res.x_ci
+    truth = "" if p["truth_cd_fraction"] is None else f"; simulated x = {p['truth_cd_fraction']:g}"
+    ctx.metric(
+        "Cd fraction x (B sites)",
+        res.x,
+        err=res.x_err,
+        section="mechanism",
+        caption=f"{100 * res.confidence:g} % CI [{lo:.3f}, {hi:.3f}] from "
+        f"{len(sel)} Pb-Br columns, scale c = {scale:.3f}{truth}",
+    )
+    cols = res.columns.copy()
+    for c in ("x_A", "y_A"):
+        if c in sel.columns and c not in cols.columns and len(cols) == len(sel):
+            cols[c] = sel[c].to_numpy()
+    cols.attrs["x"] = float(res.x)
+    cols.attrs["x_err"] = float(res.x_err)
+    cols.attrs["x_ci"] = [float(lo), float(hi)]
+    return {"columns": cols}

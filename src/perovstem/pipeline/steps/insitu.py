@@ -99,12 +99,12 @@ def insitu_clusters(ctx: Any, series: Any, truth: Any = None) -> dict[str, Any]:
         events = api(EVENTS)(lineage, frames)
         births = events[events["kind"] == "birth"].groupby("frame").size()
         merges = events[events["kind"] == "merge"].groupby("frame").size()
-        counts["births_cumulative"] = np.cumsum(births.reindex(idx, fill_value=0).to_numpy())
-        counts["merges_cumulative"] = np.cumsum(merges.reindex(idx, fill_value=0).to_numpy())
+        counts["cumulative_births"] = np.cumsum(births.reindex(idx, fill_value=0).to_numpy())
+        counts["cumulative_merges"] = np.cumsum(merges.reindex(idx, fill_value=0).to_numpy())
         detections = tracks
         ctx.metric(
             f"clusters nucleated ({ctx.step_id})",
-            float(counts["births_cumulative"].iloc[-1]),
+            float(counts["cumulative_births"].iloc[-1]),
             caption="tracked cluster births over the series",
             section="kinetics",
         )
@@ -132,7 +132,7 @@ def insitu_clusters(ctx: Any, series: Any, truth: Any = None) -> dict[str, Any]:
 
     ys = [
         c
-        for c in ("n_clusters", "n_clusters_truth", "births_cumulative", "merges_cumulative")
+        for c in ("n_clusters", "n_clusters_truth", "cumulative_births", "cumulative_merges")
         if c in counts
     ]
     ax = plot_xy(counts, "cumulative_dose_e_per_A2", ys, marker=".", ylabel="number")

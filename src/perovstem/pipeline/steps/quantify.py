@@ -9,6 +9,9 @@ import numpy as np
 from perovstem.pipeline.registry import Param, api, register_step
 
 _Q = "perovstem.quantify:{0}|perovstem.quantify.kinetics:{0}"
+MECHANISM = "perovstem.quantify:mechanism_summary|perovstem.quantify.mechanism:mechanism_summary"
+MODEL3D = "perovstem.quantify:model_from_counts|perovstem.quantify.model3d:model_from_counts"
+AGREEMENT = "perovstem.quantify:site_agreement|perovstem.quantify.model3d:site_agreement"
 COMPARE, FIT, ARRHENIUS, DOSE_RATE = (
     _Q.format(n)
     for n in ("compare_models", "fit_model", "fit_arrhenius", "fit_dose_rate_dependence")
@@ -244,3 +247,113 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
         section="mechanism",
     )
     return {"ranking": ranking}
+
+
+@register_step(
+    "quantify.mechanism",
+    inputs=(),
+    optional_inputs=("frames_a", "frames_b", "frames_c", "frames_d"),
+    outputs=("summary",),
+    params={
+        "x": Param(str, "cumulative_dose_e_per_A2", "independent variable column"),
+        "level": Param(float, 0.95, "confidence level", min=0.5, max=0.999),
+    },
+    requires=(MECHANISM,),
+    section="mechanism",
+    doc="Mechanism table: best kinetic model and key parameter of every process per condition "
+    "(temperature, dose rate, gas) and the dose-rate / temperature dependence across them.",
+)
+def quantify_mechanism(
+    ctx: Any, frames_a: Any = None, frames_b: Any = None, frames_c: Any = None, frames_d: Any = None
+) -> dict[str, Any]:
+    import pandas as pd
+
+    from perovstem.errors import DataError
+
+    tables = [t for t in (frames_a, frames_b, frames_c, frames_d) if t is not None]
+    if not tables:
+        raise DataError("quantify.mechanism needs at least one per-frame table (frames_a ...)")
+    frames = pd.concat([t.assign(series=i) for i, t in enumerate(tables)], ignore_index=True)
+    summary = api(MECHANISM)(frames, x=ctx.params["x"], level=ctx.params["level"])
+    for text in summary.get("text", pd.Series(dtype=str)).dropna():
+        if str(text).strip():
+            ctx.text(str(text), section="mechanism")
+    cols = [
+        c
+        for c in (
+            "condition",
+            "temperature_K",
+            "dose_rate_e_per_A2_s",
+            "process",
+            "selected_model",
+            "weight",
+            "param",
+            "value",
+            "ci_low",
+            "ci_high",
+        )
+        if c in summary.columns
+    ]
+    ctx.table(
+        "summary",
+        summary[cols],
+        title="Mechanism per condition",
+        max_rows=30,
+        caption=f"{100 * ctx.params['level']:g} % confidence intervals.",
+    )
+    return {"summary": summary}
+
+
+@register_step(
+    "quantify.model3d",
+    inputs=("counts",),
+    optional_inputs=("truth_atoms", "image"),
+    outputs=("model", "sites"),
+    params={
+        "n_chains": Param(int, 8, "independent Monte Carlo chains", min=1),
+        "n_sweeps": Param(int, 100, "sweeps per chain", min=1),
+        "lattice_A": Param(float, 5.87, "pseudo-cubic lattice parameter, Å", min=1.0),
+    },
+    requires=(MODEL3D,),
+    section="facets",
+    doc="3-D atomic model from the atom counts of one projection (lattice-gas Monte Carlo), "
+    "with site-occupation probabilities.",
+)
+def quantify_model3d(
+    ctx: Any, counts: Any, truth_atoms: Any = None, image: Any = None
+) -> dict[str, Any]:
+    p = ctx.params
+    counts = counts[counts["n_atoms"].notna()].astype({"n_atoms": int})
+    model = api(MODEL3D)(
+        counts,
+        lattice_A=p["lattice_A"],
+        n_chains=p["n_chains"],
+        n_sweeps=p["n_sweeps"],
+        rng=ctx.rng(),
+    )
+    atoms = model.atoms
+    from perovstem.report.plot3d import atoms_figure
+
+    sym = atoms.get_chemical_symbols()
+    lab = atoms.arrays.get("label")
+    groups = [("Pb⁰ cluster" if lab is not None and lab[i] == 2 else s) for i, s in enumerate(sym)]
+    ctx.plot3d(
+        "model",
+        atoms_figure(atoms.positions, sym, groups=groups, title="3-D model from atom counts"),
+        title="3-D atomic model from counts",
+        caption=f"Lowest-energy model of {p['n_chains']} Monte Carlo chains ({len(atoms)} atoms).",
+    )
+    if truth_atoms is not None:
+        truth = truth_atoms.copy()
+        origin = (getattr(image, "metadata", None) or {}).get("lab_origin_A")
+        if origin is not None:  # simulated truth: lab frame -> image frame of the counts
+            truth.positions[:, :2] -= np.asarray(origin, float)[:2]
+        agree = api(AGREEMENT)(model.atoms, truth, lattice_A=p["lattice_A"])
+        ctx.metric(
+            "3-D model: atoms on the true site",
+            100.0 * agree["fraction"],
+            unit="%",
+            section="facets",
+            caption=f"precision {100 * agree['precision']:.1f} %",
+        )
+    return {"model": atoms, "sites": model.sites}
