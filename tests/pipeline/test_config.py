@@ -160,3 +160,15 @@ def test_cli_list_steps_and_check(tmp_path, capsys):
     assert "OK (1 steps)" in capsys.readouterr().out
     assert main(["run", str(p), "--scheduler", "bogus"]) == 2
     assert main(["run"]) == 2
+
+
+def test_step_note_is_kept_and_checked(tmp_path):
+    cfg = load_config(
+        _write(tmp_path, PLUGIN + '[[step]]\nrun = "test.make_series"\nnote = "hi <b>"\n')
+    )
+    assert cfg.steps[0].note == "hi <b>" and "note" not in cfg.steps[0].params
+    r = run_pipeline(cfg, out=tmp_path / "r", quiet=True, scheduler="serial")
+    html = (r.report).read_text()
+    assert "Note: hi &lt;b&gt;" in html
+    with pytest.raises(ParameterError, match="line 6.*`note` must be a string"):
+        load_config(_write(tmp_path, PLUGIN + '[[step]]\nrun = "test.make_series"\nnote = 3\n'))

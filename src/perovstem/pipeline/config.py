@@ -37,7 +37,7 @@ from perovstem.pipeline.registry import Step, get_step
 __all__ = ["InputSpec", "StepSpec", "Config", "load_config", "parse_config", "to_toml"]
 
 _RUN_KEYS = {"name", "seed", "scheduler", "on_error", "title", "plugins", "workers", "report"}
-_STEP_RESERVED = {"run", "id", "inputs", "enabled"}
+_STEP_RESERVED = {"run", "id", "inputs", "enabled", "note"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class StepSpec:
     wiring: dict[str, str | None]
     index: int
     line: int | None = None
+    note: str = ""
 
     @property
     def outputs(self) -> list[str]:
@@ -367,7 +368,15 @@ def parse_config(
                 )
             wiring[name] = ref
         ids.add(sid)
-        spec = StepSpec(id=sid, step=step, params=params, wiring=wiring, index=i, line=hline)
+        note = raw.get("note", "")
+        if not isinstance(note, str):
+            raise ParameterError(
+                f"{_where(source, lines.get('step', 'note', i), label)}`note` must be a string, "
+                f"got {note!r}"
+            )
+        spec = StepSpec(
+            id=sid, step=step, params=params, wiring=wiring, index=i, line=hline, note=note
+        )
         steps.append(spec)
         for o in step.outputs:
             produced[o] = f"{sid}.{o}"

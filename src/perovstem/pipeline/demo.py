@@ -54,7 +54,14 @@ def demo_config(*, fast: bool = False, seed: int = 2026) -> dict[str, Any]:
             method="hybrid",
             library_cd_fraction=0.2,
         ),
-        step("atoms.composition", "composition", {"counts": "count.counts"}, truth_cd_fraction=0.2),
+        # thickness of the Pb-Br columns from the simulation (an alloyed cube has one thickness,
+        # where cross-section counting and Cd content are degenerate)
+        step(
+            "atoms.composition",
+            "composition",
+            {"counts": "count.counts", "thickness": "haadf.truth"},
+            truth_cd_fraction=0.2,
+        ),
         step(
             "quantify.model3d",
             "model3d",

@@ -81,6 +81,7 @@ class StepResult:
     params: dict[str, Any] = field(default_factory=dict)
     section: str = ""
     doc: str = ""
+    note: str = ""
 
 
 @dataclass
@@ -400,7 +401,14 @@ def _run_one(
     remove_tree: Any,
 ) -> StepResult:
     step = spec.step
-    base = dict(id=spec.id, step=step.name, params=spec.params, section=step.section, doc=step.doc)
+    base = dict(
+        id=spec.id,
+        step=step.name,
+        params=spec.params,
+        section=step.section,
+        doc=step.doc,
+        note=spec.note,
+    )
     missing = step.missing_requirements()
     if missing:
         for o in spec.outputs:
@@ -540,6 +548,7 @@ def _write_provenance(
             "message": r.message,
             "section": r.section,
             "doc": r.doc,
+            "note": r.note,
         }
         tb = getattr(r, "traceback", None)
         if tb:

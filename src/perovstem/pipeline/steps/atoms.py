@@ -212,6 +212,7 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
 @register_step(
     "atoms.composition",
     inputs=("counts",),
+    optional_inputs=("thickness",),
     outputs=("columns",),
     params={
         "voltage_kV": Param(float, 300.0, "accelerating voltage, kV", min=10.0),
@@ -231,11 +232,18 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
     doc="Cd per Pb-Br column and the overall Cd fraction x from the cross-sections "
     "(binomial-Gaussian mixture, profile-likelihood interval).",
 )
-def atoms_composition(ctx: Any, counts: Any) -> dict[str, Any]:
+def atoms_composition(ctx: Any, counts: Any, thickness: Any = None) -> dict[str, Any]:
     from perovstem.errors import DataError
 
     p = ctx.params
     sel = counts[counts["type"] == "PbBr"] if "type" in counts.columns else counts
+    source = "counted"
+    if thickness is not None:  # unit cells per column from another measurement (x_A, y_A, n_atoms)
+        from scipy.spatial import cKDTree
+
+        d, k = cKDTree(thickness[["x_A", "y_A"]].to_numpy()).query(sel[["x_A", "y_A"]].to_numpy())
+        sel = sel[d < 0.5].assign(n_atoms=thickness["n_atoms"].to_numpy()[k[d < 0.5]])
+        source = "given"
     if len(sel) == 0 or "n_atoms" not in sel.columns:
         raise DataError("no counted Pb-Br columns (`type` == 'PbBr' with `n_atoms`) in the input")
     kw = {"scs_err": sel["scs_err"].to_numpy(float)} if "scs_err" in sel.columns else {}
@@ -257,7 +265,7 @@ def atoms_composition(ctx: Any, counts: Any) -> dict[str, Any]:
         err=res.x_err,
         section="mechanism",
         caption=f"{100 * res.confidence:g} % CI [{lo:.3f}, {hi:.3f}] from "
-        f"{len(sel)} Pb-Br columns, scale c = {scale:.3f}{truth}",
+        f"{len(sel)} Pb-Br columns ({source} thickness), scale c = {scale:.3f}{truth}",
     )
     cols = res.columns.copy()
     for c in ("x_A", "y_A"):
