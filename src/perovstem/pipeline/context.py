@@ -126,7 +126,7 @@ class StepContext:
                 "name": name,
                 "step": self.step_id,
                 "section": section or self.section,
-                "title": title or name.replace("_", " "),
+                "title": title if (title or kind == "text") else name.replace("_", " "),
                 "caption": caption,
                 **data,
             }

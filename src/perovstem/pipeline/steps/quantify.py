@@ -91,12 +91,15 @@ def quantify_kinetics(ctx: Any, frames: Any) -> dict[str, Any]:
         section="mechanism",
         title="",
     )
+    # the rate-like parameter goes to the mechanism summary, all parameters to this section
+    offsets = ("N0", "N_inf", "r0_A", "D0_e_per_A2", "B_max", "f_surface")
+    key = next((n for n in bf.params if n not in offsets), next(iter(bf.params)))
     for name, v in bf.params.items():
         ctx.metric(
             f"{label}: {name}",
             v,
             err=bf.stderr.get(name),
-            section="mechanism",
+            section="mechanism" if name == key else "kinetics",
             caption=f"{best} ({p['process']}), ±1σ",
         )
     from perovstem.plot.overview import plot_xy

@@ -93,8 +93,12 @@ def tomo_segment(ctx: Any, volume: Any, voxel_size_A: Any = None) -> dict[str, A
     label = p["label"] or ctx.step_id
     table = pd.DataFrame([{"label": label, **vols}])
     table.attrs["thresholds"] = [float(t) for t in np.ravel(thresholds)]
+    names = {"object_A3": "object volume"}
+    if p["n_classes"] == 3:
+        names.update({"class_1_A3": "host-crystal volume", "class_2_A3": "bright-inclusion volume"})
     for k, v in vols.items():
-        ctx.metric(f"{k} ({label})", v, unit="", caption="segmented volume, Å³", section="facets")
+        name = names.get(k, k.removesuffix("_A3").replace("_", " ") + " volume")
+        ctx.metric(f"{name} ({label})", v, unit="Å³", caption=f"segmented ({k})", section="facets")
     return {"labels": labels.astype(np.uint8), "volumes": table}
 
 
