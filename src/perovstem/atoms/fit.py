@@ -495,7 +495,6 @@ def fit_columns(
 
     def _joint_step(res_: np.ndarray, fix_pos: bool = False, fix_rho: bool = False):
         from scipy import sparse
-        from scipy.sparse.linalg import spsolve
 
         nonlocal coef, bg_img
         hmat, gvec = joint_system(res_)
@@ -522,7 +521,7 @@ def fit_columns(
         for _ in range(8):
             amat = hmat + sparse.diags(lam_joint[0] * dg)
             d = np.zeros(dim)
-            d[idx] = spsolve(amat.tocsc(), gsub)
+            d[idx] = _solve_spd(amat, gsub)
             if not np.all(np.isfinite(d)):
                 lam_joint[0] *= 10.0
                 continue
@@ -574,6 +573,7 @@ def fit_columns(
     ) -> tuple[bool, int]:
         nonlocal res, w
         sse_prev = np.inf
+        polish = False
         for it_ in range(1, max_it + 1):
             if parallel:
                 rbox = cut * float(rho.max()) * 1.25 + max_shift + 1.0
@@ -655,7 +655,8 @@ def fit_columns(
                 )
                 if it_ % 8 == 1 or float(shifts.max(initial=0.0)) < tol:
                     res, _, _ = _joint_step(res, fix_pos=True, fix_rho=True)
-            elif joint:
+            elif joint and (polish or it_ > 30):
+                # exact joint LM step on all parameters, once the cheap sweeps are close
                 res, jshift, drho = _joint_step(res, fix_pos=fix_pos, fix_rho=fix_rho)
             elif n_glob and not fix_rho:
                 res, drho, _ = _global_step(res)
@@ -670,9 +671,14 @@ def fit_columns(
             moved = max(float(shifts[free].max(initial=0.0)), jshift)
             small_sse = abs(sse_prev - sse) <= 1e-10 * sse
             sse_prev = sse
+            if joint and not polish and moved < 0.02 and drho < 1e-3:
+                polish = True  # switch to joint steps
+                continue
             if moved < tol and drho < 1e-6 and (it_ > 1 or free_rho_col):
                 if not fix_pos or small_sse:
-                    return True, it_
+                    if polish or not joint or box_half > 0:
+                        return True, it_
+                    polish = True
         return False, max_it
 
     if estimator == "statstem":
@@ -765,6 +771,22 @@ def fit_columns(
         method="joint Gaussian model, block Gauss–Seidel LM (perovstem)",
     )
     return df
+
+
+def _solve_spd(amat, rhs: np.ndarray) -> np.ndarray:
+    """Solve the damped normal equations: sparse LU for small systems, Jacobi-preconditioned
+    conjugate gradients (SPD matrix, diagonally dominant blocks) for large ones."""
+    from scipy.sparse.linalg import LinearOperator, cg, spsolve
+
+    dim = amat.shape[0]
+    if dim <= 1500:
+        return spsolve(amat.tocsc(), rhs, permc_spec="MMD_AT_PLUS_A")
+    a = amat.tocsr()
+    dg = a.diagonal()
+    dinv = 1.0 / np.where(dg > 0, dg, 1.0)
+    m = LinearOperator((dim, dim), matvec=lambda v: dinv * v, dtype=float)
+    sol, info = cg(a, rhs, M=m, rtol=1e-10, atol=0.0, maxiter=500)
+    return sol if info >= 0 else np.full(dim, np.nan)
 
 
 def _resolve_tail(psf_tail: Any, img: Image) -> dict | None:
