@@ -42,7 +42,7 @@ def test_analyze_series_end_to_end(sim_series):
     from perovstem.insitu import analyze_series
 
     s, truth = sim_series[0]
-    res = analyze_series(s)
+    res = analyze_series(s, ci="wald")
     f = res.frames
     assert len(f) == s.n_frames
     np.testing.assert_allclose(f["cumulative_dose_e_per_A2"], s.cumulative_dose_e_per_A2)

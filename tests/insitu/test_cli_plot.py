@@ -46,6 +46,8 @@ def test_cli_insitu_writes_tables_plots_summary(series_file, tmp_path):
             str(out),
             "--table-format",
             "csv",
+            "--ci",
+            "wald",
         ]
     )
     assert rc == 0

@@ -38,6 +38,7 @@ def insitu(
     lattice_A: float = typer.Option(5.87, "--lattice-A", help="Host lattice spacing, Å."),
     table_format: str = typer.Option("parquet", "--table-format", help="parquet | csv."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG figures."),
+    ci: str = typer.Option("profile", "--ci", help="Kinetic CIs: profile | bootstrap | wald."),
 ) -> None:
     """Analyse an in-situ series: register, dose, Pb clusters, tracking, kinetics."""
     from perovstem.cli._common import console
@@ -79,6 +80,7 @@ def insitu(
         max_lag=max_lag,
         detect={"threshold_sigma": threshold_sigma},
         lattice_A=lattice_A,
+        ci=ci,
     )
     out = out or series.with_name(series.stem + "_insitu")
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,27 @@ import pandas as pd
 from perovstem._data import Series
 from perovstem.errors import DataError, ParameterError
 
-__all__ = ["frame_stack", "iter_frames", "n_frames_of", "frame_shape_of", "frame_quality"]
+__all__ = [
+    "frame_stack",
+    "iter_frames",
+    "n_frames_of",
+    "frame_shape_of",
+    "frame_quality",
+    "single_blas_thread",
+]
+
+
+def single_blas_thread() -> Any:
+    """Context limiting BLAS to one thread (small matrix products of the registration spin
+    otherwise; the frame loop is parallelised at a coarser level)."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(1, user_api="blas")
+    except ImportError:  # pragma: no cover - optional
+        import contextlib
+
+        return contextlib.nullcontext()
 
 
 def _is_lazy(a: Any) -> bool:

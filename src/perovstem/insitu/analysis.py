@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from perovstem._data import Image, Series
 from perovstem.errors import DataError, ParameterError
-from perovstem.insitu._frames import frame_quality, iter_frames
+from perovstem.insitu._frames import frame_quality, iter_frames, single_blas_thread
 from perovstem.insitu.clusters import CLUSTER_COLUMNS, detect_clusters
 from perovstem.insitu.lattice import estimate_lattice
 from perovstem.insitu.nanocrystal import fft_phase_check, segment_nanocrystal
@@ -72,6 +72,7 @@ def analyze_series(
     summary: bool = True,
     lattice_A: float = 5.87,
     n_workers: int = 2,
+    ci: str = "profile",
 ) -> InsituResult:
     """Analyse an in-situ series end to end.
 
@@ -94,6 +95,8 @@ def analyze_series(
         Fit and rank kinetic models (:func:`mechanism_summary`).
     lattice_A : float
         Host lattice spacing, Å.
+    ci : {"profile", "bootstrap", "wald"}
+        Confidence intervals of the kinetic fits.
     n_workers : int
         Threads for the per-frame detection pass (numpy/scipy release the GIL); frames are
         processed in blocks of ``2·n_workers`` so memory stays independent of the length.
@@ -158,7 +161,7 @@ def analyze_series(
             rows.append(row)
         block.clear()
 
-    with ThreadPoolExecutor(max_workers=max(1, int(n_workers))) as pool:
+    with single_blas_thread(), ThreadPoolExecutor(max_workers=max(1, int(n_workers))) as pool:
         for k, fr in iter_frames(series):
             if angle is None and not frame_quality(fr):
                 # orientation of the host lattice from the first usable frame, kept for all
@@ -191,7 +194,7 @@ def analyze_series(
             else "frame"
         )
         usable = fr_tab[~fr_tab["skipped"]]
-        summ = mechanism_summary(usable, x=x)
+        summ = mechanism_summary(usable, x=x, ci=ci)
     else:
         summ = pd.DataFrame()
     for t in (fr_tab, drift, tracks, lineage, events, summ):

@@ -31,7 +31,7 @@ from scipy import ndimage
 from perovstem._data import Series
 from perovstem._validation import check_positive, check_range
 from perovstem.errors import DataError, ParameterError
-from perovstem.insitu._frames import frame_quality, frame_stack, iter_frames
+from perovstem.insitu._frames import frame_quality, frame_stack, iter_frames, single_blas_thread
 
 __all__ = ["phase_correlate", "register_drift", "apply_drift", "correct_scan_distortion"]
 
@@ -317,30 +317,31 @@ def register_drift(
     pairs: list[tuple[int, int, float, float, float]] = []
     reasons: dict[int, str] = {}
     snr_prev = np.full(n, np.nan)
-    for k, frame in iter_frames(st):
-        if shape is None:
-            shape = frame.shape
-        elif frame.shape != shape:
-            raise DataError(f"frame {k} has shape {frame.shape}, frame 0 has {shape}")
-        why = frame_quality(frame)
-        if why:
-            reasons[k] = why
-            continue
-        spec = _spectrum(frame, window_alpha)
-        for j, (ka, fa) in enumerate(reversed(recent)):
-            dy, dx, snr = _correlate_spectra(
-                fa,
-                spec,
-                shape,
-                whitening=whitening,
-                sigma_px=smooth_px,
-                upsample=int(upsample),
-                max_shift_px=max_shift_px,
-            )
-            pairs.append((ka, k, dy, dx, snr))
-            if j == 0:
-                snr_prev[k] = snr
-        recent.append((k, spec))
+    with single_blas_thread():
+        for k, frame in iter_frames(st):
+            if shape is None:
+                shape = frame.shape
+            elif frame.shape != shape:
+                raise DataError(f"frame {k} has shape {frame.shape}, frame 0 has {shape}")
+            why = frame_quality(frame)
+            if why:
+                reasons[k] = why
+                continue
+            spec = _spectrum(frame, window_alpha)
+            for j, (ka, fa) in enumerate(reversed(recent)):
+                dy, dx, snr = _correlate_spectra(
+                    fa,
+                    spec,
+                    shape,
+                    whitening=whitening,
+                    sigma_px=smooth_px,
+                    upsample=int(upsample),
+                    max_shift_px=max_shift_px,
+                )
+                pairs.append((ka, k, dy, dx, snr))
+                if j == 0:
+                    snr_prev[k] = snr
+            recent.append((k, spec))
     n_good = n - len(reasons)
     if n_good < 1:
         raise DataError(f"no usable frame in `series` ({n} frames, all skipped: {reasons})")

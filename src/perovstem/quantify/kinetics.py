@@ -49,6 +49,23 @@ __all__ = [
 K_B_EV_PER_K = 8.617333262e-5
 
 
+def _blas1(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``func`` with one BLAS thread: the many tiny products of the least-squares
+    iterations otherwise pay the thread wake-up latency of a multi-threaded BLAS."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kw: Any) -> Any:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # pragma: no cover
+            return func(*args, **kw)
+        with threadpool_limits(1, user_api="blas"):
+            return func(*args, **kw)
+
+    return wrapper
+
+
 @dataclass(frozen=True)
 class KineticModel:
     """A named model ``y = f(x, *params)``.
@@ -479,6 +496,7 @@ def _model(model: str | KineticModel) -> KineticModel:
     return MODELS[model]
 
 
+@_blas1
 def fit_model(
     x: Any,
     y: Any,
@@ -718,6 +736,7 @@ def _bootstrap_ci(
     return np.quantile(arr, a, axis=0), np.quantile(arr, 1 - a, axis=0)
 
 
+@_blas1
 def compare_models(
     x: Any,
     y: Any,

@@ -65,7 +65,7 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if np.isfinite(v) else "n/a"
 
 
-def _process_rows(g: pd.DataFrame, x: str, level: float) -> list[dict[str, Any]]:
+def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[str, Any]]:
     rows = []
     specs = []
     if "n_Br" in g and g["n_Br"].notna().sum() >= 5:
@@ -100,7 +100,7 @@ def _process_rows(g: pd.DataFrame, x: str, level: float) -> list[dict[str, Any]]
         if kw.get("cumulative") and process == "br_loss":
             yv = np.minimum.accumulate(yv)
         try:
-            table, fits = compare_models(xv, yv, family, level=level, **kw)
+            table, fits = compare_models(xv, yv, family, level=level, ci=ci, **kw)
         except PerovstemError as exc:
             rows.append({"process": process, "observable": col, "text": f"not fitted: {exc}"})
             continue
@@ -138,6 +138,7 @@ def mechanism_summary(
     by: tuple[str, ...] | None = None,
     x: str = "cumulative_dose_e_per_A2",
     level: float = 0.95,
+    ci: str = "profile",
 ) -> pd.DataFrame:
     """Per-condition mechanism table from a per-frame table.
 
@@ -155,6 +156,8 @@ def mechanism_summary(
         Independent variable (cumulative dose by default).
     level : float
         Confidence level.
+    ci : {"profile", "bootstrap", "wald"}
+        Interval method of every fit (profile likelihood by default; Wald is fastest).
 
     Returns
     -------
@@ -187,7 +190,7 @@ def mechanism_summary(
             else np.nan,
             "gas": str(g["gas"].iloc[0]) if "gas" in g else "",
         }
-        for r in _process_rows(g, x, level):
+        for r in _process_rows(g, x, level, ci):
             rows.append({**cond, **r})
     out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     out = pd.concat([out, _across(out, level)], ignore_index=True)
