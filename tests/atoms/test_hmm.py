@@ -161,10 +161,10 @@ def test_example_hmm_converged_reference(statstem_data):
     lib = d["libraries_scs"]
     G = int(d["G_max_atoms"])
     elapsed = np.inf
-    for _ in range(3):  # best of 3: robust to a busy CI machine
-        t0 = time.perf_counter()
+    for _ in range(3):  # best of 3 in CPU time: robust to a busy, shared CI machine
+        t0 = time.process_time()
         res = fit_hmm(obs, lib, max_states=G)
-        elapsed = min(elapsed, time.perf_counter() - t0)
+        elapsed = min(elapsed, time.process_time() - t0)
     assert res.converged
     assert elapsed <= 1.0
     # 1) a much tighter EM convergence from the same (StatSTEM) start gives the same paths
