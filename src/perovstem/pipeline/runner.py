@@ -326,6 +326,8 @@ def run_pipeline(
     unavailable: dict[str, str] = {}  # artefact ref -> reason it does not exist
     try:
         for spec in config.steps:
+            if progress is not None:
+                progress.update(overall, description=f"{config.name}: {spec.id} ({spec.step.name})")
             res = _run_one(
                 spec,
                 config,
