@@ -283,3 +283,17 @@ def test_progress_messages_and_quiet(tmp_path, capfd):
     assert out.out == "" and out.err == ""
     assert main(["run", str(cfg), "--out", str(tmp_path / "a"), "--scheduler", "serial"]) == 0
     assert "cached" in capfd.readouterr().err
+
+
+def test_scheduler_address_connects_to_existing_cluster(tmp_path):
+    """`--scheduler <address>` connects to a running cluster and closes only its own client."""
+    distributed = pytest.importorskip("distributed")
+    cfg = load_config(_config(tmp_path, n_frames=6))
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
+        r = run_pipeline(cfg, out=tmp_path / "a", quiet=True, scheduler=cluster.scheduler_address)
+        assert r.scheduler.startswith("dask address: 1 workers")
+        assert cluster.status.name == "running"
+    run_pipeline(cfg, out=tmp_path / "s", quiet=True, scheduler="serial")
+    _assert_same_tables(tmp_path / "a", tmp_path / "s")
