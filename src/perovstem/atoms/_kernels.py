@@ -118,7 +118,7 @@ def column_step(
     rk = rho[k]
     npar = 4 if free_rho else 3
     rc = cut * rk
-    rbox = cut * rk * 1.25 + max_shift + 1.0
+    rbox = cut * rk * (1.25 if free_rho else 1.0) + max_shift + 1.0
     j0 = max(0, int(np.floor(xk - rbox)))
     j1 = min(nx - 1, int(np.ceil(xk + rbox)))
     i0 = max(0, int(np.floor(yk - rbox)))

@@ -702,7 +702,7 @@ def fit_columns(
     dof = max(data.size - n_par, 1)
     sigma2 = sse_w / dof if noise == "gaussian" else 1.0
     npar = 4 if free_rho_col else 3
-    cov = fisher_covariance(data.shape, w, x, y, eta, rho, cut, free_rho_col)
+    cov = fisher_covariance(data.shape, w, x, y, eta, rho, min(cut, 3.5), free_rho_col)
     cov *= sigma2
     x_err = np.sqrt(cov[:, 0, 0]) * dx
     y_err = np.sqrt(cov[:, 1, 1]) * dx
