@@ -617,6 +617,7 @@ def count_atoms(
     first_count: int = 1,
     library: Any = None,
     scale_range: tuple[float, float] = (0.8, 1.25),
+    library_tol: float = 1.5,
     max_iter: int = 1000,
     tol: float = 1e-8,
 ) -> pd.DataFrame:
@@ -647,7 +648,11 @@ def count_atoms(
         ``"simulate"``).  A mixture only orders the columns; the library fixes the absolute
         count of the lowest component: the integer offset ``o`` and a scale
         ``c`` in ``scale_range`` minimising ``sum_j (mu_j - c L_{o+j})^2`` are chosen (the
-        comparison of GMM locations with simulations of De wael et al. 2017).
+        comparison of GMM locations with simulations of De wael et al. 2017).  With a library
+        and no fixed ``n_components``, ``k`` is the lowest-criterion model whose anchored
+        component locations match the library within ``library_tol`` component widths (rms);
+        this rejects over-split mixtures that the ICL alone may prefer.  If no ``k`` qualifies,
+        ``rule`` decides.
 
     Returns
     -------
@@ -698,6 +703,32 @@ def count_atoms(
                 tol=tol,
             )
             fit = sweep.fit(sweep.selected)
+        chosen_by = None
+        if library is not None and kfix is None and library_tol > 0:
+            # StatSTEM's tutorial compares GMM locations with simulations to pick the ICL
+            # minimum; automatic version: the lowest-criterion k whose component locations
+            # match the scaled library within `library_tol` component widths (rms)
+            ok = []
+            for f in sweep.fits:
+                a = _anchor_to_library(f.means, library, typ, scale_range)
+                if a["rms"] <= library_tol * f.width:
+                    ok.append(
+                        (
+                            float(
+                                sweep.table.loc[
+                                    f.n_components - sweep.fits[0].n_components, criterion
+                                ]
+                            ),
+                            f.n_components,
+                        )
+                    )
+            if ok:
+                kbest = min(ok)[1]
+                fit = sweep.fit(kbest)
+                chosen_by = (
+                    f"lowest {criterion.upper()} among k whose means match the library within "
+                    f"{library_tol:g} widths (rms)"
+                )
         post = fit.posterior(xs)
         c = np.argmax(post, axis=1)
         anchor = None
@@ -722,7 +753,7 @@ def count_atoms(
             "single_atom_sensitivity": single_atom_sensitivity(fit),
             "criterion": criterion,
             "local_minima": [] if sweep is None else list(sweep.local_minima),
-            "rule": "fixed by user" if kfix is not None else (sweep.rule if sweep else ""),
+            "rule": "fixed by user" if kfix is not None else (chosen_by or sweep.rule),
             "criterion_curve": (
                 {}
                 if sweep is None
