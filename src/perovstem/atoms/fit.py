@@ -205,9 +205,9 @@ def fit_columns(
         Update far-apart columns concurrently (numba threads); default: when N ≥ 4000
         (for small fits thread start-up costs more than it saves).
     joint : bool, optional
-        Take an exact joint (sparse) Levenberg–Marquardt step over *all* parameters after each
-        sweep (default: N ≤ 20000); otherwise only a Schur-complement step for the shared
-        width and background.
+        Finish with exact joint (sparse) Levenberg–Marquardt steps over *all* parameters
+        (default: N ≤ 2000); otherwise sweeps and Schur-complement steps for the shared widths
+        and background only (same stationary point, slower convergence for heavy overlap).
     max_displacement_A : float, optional
         A column may move at most this far from its start (default: half the median
         nearest-neighbour distance), so two columns cannot collapse onto one peak.
@@ -366,7 +366,7 @@ def fit_columns(
     if parallel is None:
         parallel = n >= 4000
     if joint is None:
-        joint = n <= 20000
+        joint = n <= 2000
     if max_displacement_A is None:
         max_disp_px = (
             0.5 * float(np.median(cKDTree(xy_px).query(xy_px, k=2)[0][:, 1]))
@@ -405,6 +405,17 @@ def fit_columns(
         deta = ainv_g[:, 2] - ainv_G[:, 2, :] @ dtheta
         cur = float(np.sum(w * res_ * res_))
         rho0, eta0, coef0 = rho.copy(), eta.copy(), coef.copy()
+        if not shared_rho and tail is None:
+            # only linear parameters (eta, background) change: incremental update, no re-render
+            trial = res_.copy()
+            K.add_columns(trial, x, y, deta, rho, cut, -1.0)
+            dbg = (dtheta[n_glob - nb :] @ bvec).reshape(data.shape)
+            trial -= dbg
+            if float(np.sum(w * trial * trial)) <= cur:
+                eta[:] = eta0 + deta
+                coef = coef0 + dtheta[n_glob - nb :]
+                bg_img = bg_img + dbg
+                return trial, 0.0, 1.0
         alpha = 1.0
         for _ in range(8):
             if shared_rho:
