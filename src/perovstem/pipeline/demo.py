@@ -96,6 +96,13 @@ def demo_config(*, fast: bool = False, seed: int = 2026) -> dict[str, Any]:
             ),
             step("insitu.nanocrystal", f"shape_{tag}", {"series": f"register_{tag}.series"}),
             step(
+                "atoms.series",
+                f"columns_{tag}",
+                {"series": f"register_{tag}.series"},
+                frame_step=3 if fast else 2,
+                library_cd_fraction=0.2,
+            ),
+            step(
                 "quantify.kinetics",
                 f"brloss_{tag}",
                 {"frames": f"kmc_{tag}.frames"},

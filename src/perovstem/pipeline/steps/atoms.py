@@ -275,3 +275,145 @@ def atoms_composition(ctx: Any, counts: Any, thickness: Any = None) -> dict[str,
     cols.attrs["x_err"] = float(res.x_err)
     cols.attrs["x_ci"] = [float(lo), float(hi)]
     return {"columns": cols}
+
+
+HMM = "perovstem.atoms:fit_hmm|perovstem.atoms.hmm:fit_hmm"
+CELL = "perovstem.atoms:cspbbr3_001_cell|perovstem.atoms.cell:cspbbr3_001_cell"
+
+
+def _fit_frame(k: int, series: Any, *, positions: Any, max_iter: int) -> np.ndarray:
+    """Cross-sections of the given columns in frame ``k`` (Å², normalised frame)."""
+    image = series.frame(k)
+    image = image.replace(metadata={**(series.metadata or {}), **image.metadata})
+    fit = api(FIT)(api(NORMALIZE)(image), positions, max_iter=max_iter, joint=False)
+    return fit["scs"].to_numpy(float)
+
+
+@register_step(
+    "atoms.series",
+    inputs=("series",),
+    optional_inputs=("positions",),
+    outputs=("counts", "columns"),
+    params={
+        "frame_step": Param(int, 1, "analyse every n-th frame", min=1),
+        "max_iter": Param(
+            int,
+            30,
+            "fit sweeps per frame (positions start from the column finder, so few are needed)",
+            min=1,
+        ),
+        "hmm_type": Param(str, "PbBr", "column type tracked by the hidden Markov model"),
+        "hmm_model": Param(
+            str,
+            "loss",
+            "transition model: free, loss (atoms only leave) or "
+            "dose (loss probability ∝ frame dose)",
+            choices=("free", "loss", "dose"),
+        ),
+        "max_states": Param(int, 20, "largest number of atoms per column", min=2),
+        "library_cd_fraction": Param(
+            float, 0.0, "Cd fraction of the Pb-Br library", min=0.0, max=1.0
+        ),
+    },
+    requires=(FIT, NORMALIZE, HMM, SCS_LIBRARY),
+    section="kinetics",
+    doc="Atom counts of every column through an in-situ series: column fit per frame (mapped "
+    "over frames) and a hidden Markov model of the counts; atoms lost per column per dose.",
+)
+def atoms_series(ctx: Any, series: Any, positions: Any = None) -> dict[str, Any]:
+    import functools
+
+    p = ctx.params
+    frames = list(range(0, series.n_frames, p["frame_step"]))
+    if positions is None:
+        first = series.frame(frames[0])
+        first = first.replace(metadata={**(series.metadata or {}), **first.metadata})
+        positions = api(FIND)(api(NORMALIZE)(first), cell=api(CELL)())
+    pos = positions[["x_A", "y_A"] + (["type"] if "type" in positions.columns else [])]
+    pos = pos.reset_index(drop=True)
+    scs = np.array(
+        ctx.map(
+            functools.partial(_fit_frame, positions=pos, max_iter=p["max_iter"]),
+            frames,
+            shared=series,
+            description="column fits",
+        )
+    )
+    sel = (
+        (pos["type"] == p["hmm_type"]).to_numpy()
+        if "type" in pos.columns
+        else np.ones(len(pos), bool)
+    )
+    from perovstem.errors import DataError
+
+    if sel.sum() == 0:
+        raise DataError(f"no columns of type {p['hmm_type']!r} were found in the first frame")
+    lib = api(SCS_LIBRARY)(
+        p["hmm_type"],
+        p["max_states"],
+        **({"cd_fraction": p["library_cd_fraction"]} if p["hmm_type"] == "PbBr" else {}),
+    )
+    dose = None
+    if series.dose_e_per_A2 is not None:  # dose between analysed frames
+        cum = series.cumulative_dose_e_per_A2[frames]
+        dose = np.diff(np.r_[series.initial_dose_e_per_A2, cum])
+    obs = scs[:, sel]
+    n_neg = int(np.sum(obs < 0))  # emptied columns: SCS ≈ 0 measured with noise
+    res = api(HMM)(np.clip(obs, 0.0, None), lib, model=p["hmm_model"], dose_e_per_A2=dose)
+    counts = res.table(scs[:, sel])
+    col_idx = np.flatnonzero(sel)
+    counts["frame"] = np.asarray(frames)[counts["frame"].to_numpy()]
+    counts["column"] = col_idx[counts["column"].to_numpy()]
+    counts["x_A"] = pos["x_A"].to_numpy()[counts["column"].to_numpy()]
+    counts["y_A"] = pos["y_A"].to_numpy()[counts["column"].to_numpy()]
+    if series.cumulative_dose_e_per_A2 is not None:
+        counts["cumulative_dose_e_per_A2"] = series.cumulative_dose_e_per_A2[counts["frame"]]
+    columns = res.column_table()
+    columns["column"] = col_idx[columns["column"].to_numpy()]
+    columns["x_A"] = pos["x_A"].to_numpy()[columns["column"].to_numpy()]
+    columns["y_A"] = pos["y_A"].to_numpy()[columns["column"].to_numpy()]
+    per_frame = counts.groupby("frame", as_index=False).agg(
+        n_atoms=("n_atoms", "sum"), n_atoms_mean=("n_atoms_mean", "sum")
+    )
+    if "cumulative_dose_e_per_A2" in counts.columns:
+        per_frame["cumulative_dose_e_per_A2"] = series.cumulative_dose_e_per_A2[per_frame["frame"]]
+    x = "cumulative_dose_e_per_A2" if "cumulative_dose_e_per_A2" in per_frame else "frame"
+    from perovstem.plot.overview import plot_xy
+
+    ax = plot_xy(
+        per_frame,
+        x,
+        ["n_atoms", "n_atoms_mean"],
+        marker=".",
+        ylabel=f"atoms in {p['hmm_type']} columns",
+    )
+    ctx.figure(
+        "atoms",
+        ax.figure,
+        title=f"Atoms in {p['hmm_type']} columns ({ctx.step_id})",
+        caption=f"Hidden-Markov ({p['hmm_model']}) counts of {int(sel.sum())} columns "
+        f"over {len(frames)} frames: Viterbi and posterior mean"
+        + (f"; {n_neg} negative cross-sections (emptied columns) set to 0." if n_neg else "."),
+    )
+    lost = float(columns["atoms_lost"].sum())
+    ctx.metric(
+        f"{p['hmm_type']} atoms lost ({ctx.step_id})",
+        lost,
+        section="kinetics",
+        caption=f"first → last analysed frame, {int(sel.sum())} columns",
+    )
+    if "loss_rate_per_e_A2" in columns.columns:
+        r = columns["loss_rate_per_e_A2"].to_numpy(float)
+        e = columns["loss_rate_err_per_e_A2"].to_numpy(float)
+        ok = np.isfinite(r) & np.isfinite(e)
+        if ok.any():
+            ctx.metric(
+                f"atoms lost per column per dose ({ctx.step_id})",
+                float(np.mean(r[ok])),
+                err=float(np.sqrt(np.sum(e[ok] ** 2)) / ok.sum()),
+                unit="per e⁻/Å²",
+                section="mechanism",
+                caption=f"mean over {int(ok.sum())} {p['hmm_type']} columns (HMM, ±1σ)",
+            )
+    counts.attrs["hmm"] = res.summary()
+    return {"counts": counts, "columns": columns}
