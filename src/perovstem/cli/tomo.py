@@ -95,7 +95,7 @@ def reconstruct_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Volume (.mrc, .tif, .zarr, .vti, .npz)."),
     method: str = typer.Option("sirt", "--method", "-m", help="fbp|wbp|sirt|sart|cgls|tv|dart."),
     n_iter: int = typer.Option(None, "--n-iter", help="Iterations (algorithm default if unset)."),
-    tv_weight: float = typer.Option(1.0, "--tv-weight", help="TV strength (method tv)."),
+    tv_weight: float = typer.Option(0.5, "--tv-weight", help="TV strength (method tv)."),
     thickness_px: int = typer.Option(None, "--thickness-px", help="Volume thickness nz."),
     backend: str = typer.Option("numba", "--backend", help="numba | astra."),
     no_nonneg: bool = typer.Option(False, "--no-nonneg", help="Allow negative densities."),

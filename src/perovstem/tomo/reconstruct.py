@@ -514,7 +514,7 @@ def tv_reconstruct(
     data: Any,
     angles_deg: Any = None,
     *,
-    tv_weight: float = 1.0,
+    tv_weight: float = 0.5,
     n_iter: int = 100,
     nonneg: bool = True,
     x0: Any = None,
@@ -534,10 +534,12 @@ def tv_reconstruct(
     tv_weight : float
         Dimensionless strength; ``μ = tv_weight · √A · σ̂`` where σ̂ is the projection noise
         (``noise_sigma`` or :func:`estimate_noise_sigma`) and A the number of projections, so
-        the TV gradient balances the back-projected noise.  0.5–2 works for HAADF data of
-        piecewise-constant nanocrystals (default 1; larger = smoother).
+        the TV gradient balances the back-projected noise.  0.3–1 works for HAADF data of
+        piecewise-constant nanocrystals (default 0.5; larger = smoother).
     n_iter : int
-        Primal–dual iterations (fixed).
+        Primal–dual iterations (fixed).  Stronger TV converges more slowly: on a 128³
+        nanocrystal phantom (71 tilts, ±70°) the error relative to SIRT-100 is 0.47 after 100
+        iterations at weight 0.5, but 0.75 after 100 and 0.45 after 200 at weight 1.
     """
     n_iter = _check_iter(n_iter)
     if not np.isfinite(tv_weight) or tv_weight < 0:
