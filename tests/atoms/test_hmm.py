@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from perovstem.atoms.hmm import (
+    PoissonLossTransitions,
     _forward_backward_log,
     _log_emission,
     _poisson_loss_logA,
@@ -52,15 +53,20 @@ def test_scaled_forward_backward_equals_log_space():
     A /= A.sum(1, keepdims=True)
     li = np.log(rng.dirichlet(np.ones(K)))
     with np.errstate(divide="ignore"):
-        for logA in (
-            np.log(A),
-            _poisson_loss_logA(rng.uniform(0, 2, (T - 1, N)), np.arange(3, 10)),
-        ):
-            a = forward_backward(logB, li, logA)
+        mu = rng.uniform(0, 2, (T - 1, N))
+        counts = np.arange(3, 10)
+        lazy = PoissonLossTransitions(mu, counts)
+        full = _poisson_loss_logA(mu, counts)
+        assert np.allclose(np.exp(full[2]), lazy.prob(2))
+        drop = (counts[:, None] - counts[None, :]).astype(float)
+        for logA in (np.log(A), full, lazy):
+            a = forward_backward(logB, li, logA, drop=drop)
             b = _forward_backward_log(logB, li, logA)
             assert np.allclose(a[0], b[0], atol=1e-10)
             assert np.allclose(a[1], b[1], atol=1e-8)
             assert np.allclose(a[3], b[3], rtol=1e-10)
+            if b[2] is not None:  # per-step transitions: expected drop from the full xi
+                assert np.allclose(a[2], np.einsum("tnij,ij->tn", b[2], drop), atol=1e-8)
 
 
 def test_viterbi_equals_brute_force():

@@ -43,27 +43,101 @@ __all__ = ["HMMResult", "fit_hmm", "viterbi", "forward_backward"]
 
 
 # --------------------------------------------------------------------------- core algorithms
-def _trans_at(logA: np.ndarray, t: int) -> np.ndarray:
-    """(K,K) for a homogeneous matrix or (N,K,K) for per-step, per-column matrices."""
+class PoissonLossTransitions:
+    """Per-step, per-column zero-order Poisson loss transitions, built one step at a time.
+
+    Between frames ``t`` and ``t+1`` column ``n`` loses ``d ~ Poisson(mu[t, n])`` atoms; drops
+    below the lowest state are absorbed in it.  Storing the (T-1, N, K, K) matrices would
+    cost T N K² memory; here only the (T-1, N, K) drop pmf is kept and each step's (N, K, K)
+    matrix is gathered on demand.
+
+    Parameters
+    ----------
+    mu : ndarray, shape (T-1, N)
+        Expected losses per step and column.
+    counts : ndarray of int, shape (K,)
+        Consecutive atom numbers of the states.
+    """
+
+    def __init__(self, mu: np.ndarray, counts: np.ndarray) -> None:
+        mu = np.asarray(mu, dtype=float)
+        K = counts.size
+        dd = np.arange(K)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lp = xlogy(dd, mu[..., None]) - mu[..., None] - gammaln(dd + 1)
+        self.pmf = np.exp(lp)  # (T-1, N, K)
+        # P(drop >= d) for d = 0..K-1 (regularised lower incomplete gamma)
+        self.sf = np.where(dd == 0, 1.0, gammainc(np.maximum(dd, 1), mu[..., None]))
+        d = counts[:, None] - counts[None, :]
+        self._d = np.clip(d, 0, K - 1)
+        self._neg = d < 0
+        self._d0 = counts - counts[0]
+        self.shape = mu.shape + (K, K)
+        self.ndim = 4
+
+    def prob(self, t: int) -> np.ndarray:
+        """Transition probabilities of step t, shape (N, K, K)."""
+        A = self.pmf[t][:, self._d]
+        A[:, self._neg] = 0.0
+        A[:, 1:, 0] = self.sf[t][:, self._d0[1:]]
+        A[:, 0, 0] = 1.0
+        return A
+
+    def log(self, t: int) -> np.ndarray:
+        """Log transition probabilities of step t, shape (N, K, K)."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.prob(t))
+
+
+def _trans_at(logA: Any, t: int) -> np.ndarray:
+    """Log transitions of step t: (K,K) homogeneous, or (N,K,K) per column."""
+    if isinstance(logA, PoissonLossTransitions):
+        return logA.log(t)
     return logA if logA.ndim == 2 else logA[t]
 
 
 def forward_backward(
-    logB: np.ndarray, log_init: np.ndarray, logA: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    logB: np.ndarray, log_init: np.ndarray, logA: Any, *, drop: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
     """Scaled forward-backward for N independent chains (log-space inputs and likelihood).
 
     The emissions enter as ``exp(logB - max_k logB)`` per observation (so the largest is 1) and
     the recursions are normalised at every step (Rabiner, Proc. IEEE 77 (1989) 257); the
     log-likelihood is recovered exactly from the log normalisers.  This is as stable as a pure
     log-space pass and ~10x faster; :func:`_forward_backward_log` is the log-space reference.
-    Same parameters and returns as :func:`_forward_backward_log`.
+
+    Parameters
+    ----------
+    logB : ndarray, shape (T, N, K)
+        Log emission densities.
+    log_init : ndarray, shape (K,)
+    logA : ndarray (K, K) or (T-1, N, K, K), or PoissonLossTransitions
+        Log transition matrices (rows: from-state).
+    drop : ndarray, shape (K, K), optional
+        A per-transition quantity (e.g. atoms lost ``n_i - n_j``) whose posterior expectation
+        per step and column is returned.
+
+    Returns
+    -------
+    gamma : ndarray, shape (T, N, K)
+    xi_sum : ndarray, shape (K, K)
+        Expected transition counts summed over frames and columns.
+    exp_drop : ndarray, shape (T-1, N) or None
+        Posterior expectation of ``drop`` per step and column (when ``drop`` is given).
+    loglik : ndarray, shape (N,)
     """
     T, N, K = logB.shape
     mB = logB.max(axis=2, keepdims=True)
     B = np.maximum(np.exp(logB - mB), 1e-300)
-    A = np.exp(logA)
-    homog = A.ndim == 2
+    lazy = isinstance(logA, PoissonLossTransitions)
+    homog = not lazy and logA.ndim == 2
+    Afull = None if lazy else np.exp(logA)
+
+    def P(t: int) -> np.ndarray:
+        if lazy:
+            return logA.prob(t)
+        return Afull if homog else Afull[t]
+
     alpha = np.empty((T, N, K))
     beta = np.empty((T, N, K))
     cs = np.empty((T, N))
@@ -71,14 +145,14 @@ def forward_backward(
     cs[0] = a.sum(1)
     alpha[0] = a / cs[0][:, None]
     for t in range(1, T):
-        At = A if homog else A[t - 1]
+        At = P(t - 1)
         a = (alpha[t - 1] @ At) if homog else np.einsum("ni,nij->nj", alpha[t - 1], At)
         a *= B[t]
         cs[t] = a.sum(1)
         alpha[t] = a / cs[t][:, None]
     beta[T - 1] = 1.0
     for t in range(T - 2, -1, -1):
-        At = A if homog else A[t]
+        At = P(t)
         bb = B[t + 1] * beta[t + 1]
         b = (bb @ At.T) if homog else np.einsum("nij,nj->ni", At, bb)
         beta[t] = b / cs[t + 1][:, None]
@@ -86,17 +160,22 @@ def forward_backward(
     gamma /= gamma.sum(axis=2, keepdims=True)
     ll = np.log(cs).sum(0) + mB[:, :, 0].sum(0)
     xi_sum = np.zeros((K, K))
-    xi_t = None if homog else np.empty((T - 1, N, K, K))
+    exp_drop = None if drop is None else np.empty((T - 1, N))
     for t in range(T - 1):
-        At = A if homog else A[t]
+        At = P(t)
         bb = B[t + 1] * beta[t + 1] / cs[t + 1][:, None]
         if homog:
-            xi_sum += At * (alpha[t].T @ bb)
+            xs = At * (alpha[t].T @ bb)
+            xi_sum += xs
+            if drop is not None:
+                x = alpha[t][:, :, None] * At[None] * bb[:, None, :]
+                exp_drop[t] = np.einsum("nij,ij->n", x, drop)
         else:
             x = alpha[t][:, :, None] * At * bb[:, None, :]
             xi_sum += x.sum(0)
-            xi_t[t] = x
-    return gamma, xi_sum, xi_t, ll
+            if drop is not None:
+                exp_drop[t] = np.einsum("nij,ij->n", x, drop)
+    return gamma, xi_sum, exp_drop, ll
 
 
 def _forward_backward_log(
@@ -138,7 +217,11 @@ def _forward_backward_log(
     lg = la + lb - ll[None, :, None]
     gamma = np.exp(lg)
     xi_sum = np.zeros((K, K))
-    xi_t = None if logA.ndim == 2 else np.empty((T - 1, N, K, K))
+    xi_t = (
+        None
+        if (not isinstance(logA, PoissonLossTransitions) and logA.ndim == 2)
+        else (np.empty((T - 1, N, K, K)))
+    )
     for t in range(T - 1):
         A = _trans_at(logA, t)
         lx = la[t][:, :, None] + A + (logB[t + 1] + lb[t + 1])[:, None, :] - ll[:, None, None]
@@ -427,10 +510,11 @@ def fit_hmm(
         lam0 = init.get("loss_rate", 1.0 / D.sum())
         lam = np.broadcast_to(np.asarray(lam0, float), (N,)).copy()
 
-    def trans_log() -> np.ndarray:
+    drop = (n_lib[:, None] - n_lib[None, :]).astype(float) if model == "dose" else None
+
+    def trans_log() -> Any:
         if model == "dose":
-            mu = D[:, None] * lam[None, :]  # (T-1, N)
-            return _poisson_loss_logA(mu, n_lib)
+            return PoissonLossTransitions(D[:, None] * lam[None, :], n_lib)  # (T-1, N) losses
         with np.errstate(divide="ignore"):
             return np.log(A)
 
@@ -442,7 +526,7 @@ def fit_hmm(
         logB = _log_emission(obs, c * L, sigma)
         with np.errstate(divide="ignore"):
             lpi = np.log(pi)
-        gamma, xi_sum, xi_t, ll_n = forward_backward(logB, lpi, logA)
+        gamma, xi_sum, exp_loss, ll_n = forward_backward(logB, lpi, logA, drop=drop)
         ll = float(ll_n.sum())
         if np.isfinite(ll_old) and abs((ll - ll_old) / ll) < tol:
             conv = True
@@ -452,8 +536,6 @@ def fit_hmm(
         pi = gamma[0].sum(0)
         pi /= pi.sum()
         if model == "dose":
-            drop = (n_lib[:, None] - n_lib[None, :]).astype(float)
-            exp_loss = np.einsum("tnij,ij->tn", xi_t, drop)  # (T-1, N)
             if rate == "column":
                 lam = exp_loss.sum(0) / D.sum()
             else:
@@ -475,7 +557,7 @@ def fit_hmm(
     logB = _log_emission(obs, c * L, sigma)
     with np.errstate(divide="ignore"):
         lpi = np.log(pi)
-    gamma, _, xi_t, ll_n = forward_backward(logB, lpi, logA)
+    gamma, _, exp_loss, ll_n = forward_backward(logB, lpi, logA, drop=drop)
     path, _ = viterbi(logB, lpi, logA)
     counts = n_lib[path]
     m = gamma @ n_lib
@@ -484,8 +566,7 @@ def fit_hmm(
     if dose is not None and D.sum() > 0:
         tot = D.sum()
         if model == "dose":
-            drop = (n_lib[:, None] - n_lib[None, :]).astype(float)
-            loss = np.einsum("tnij,ij->n", xi_t, drop)
+            loss = exp_loss.sum(0)
             rate_v = lam.copy()
         else:
             loss = m[0] - m[-1]
