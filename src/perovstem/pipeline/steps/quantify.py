@@ -278,9 +278,18 @@ def quantify_mechanism(
         raise DataError("quantify.mechanism needs at least one per-frame table (frames_a ...)")
     frames = pd.concat([t.assign(series=i) for i, t in enumerate(tables)], ignore_index=True)
     summary = api(MECHANISM)(frames, x=ctx.params["x"], level=ctx.params["level"])
-    for text in summary.get("text", pd.Series(dtype=str)).dropna():
-        if str(text).strip():
-            ctx.text(str(text), section="mechanism")
+    for _, row in summary.iterrows():
+        text = str(row.get("text", "") or "").strip()
+        if not text or text == "nan":
+            continue
+        cond = []
+        t, phi = row.get("temperature_K"), row.get("dose_rate_e_per_A2_s")
+        if t is not None and np.isfinite(float(t)):
+            cond.append(f"{float(t):g} K")
+        if phi is not None and np.isfinite(float(phi)):
+            cond.append(f"{float(phi):g} e⁻/Å²/s")
+        prefix = f"[{', '.join(cond)}] " if cond else ""
+        ctx.text(prefix + text, section="mechanism")
     cols = [
         c
         for c in (
