@@ -206,7 +206,10 @@ def section_hmm_large() -> dict:
     h[0] = rng.integers(15, 26, N)
     for t in range(1, T):
         h[t] = np.maximum(h[t - 1] - rng.poisson(lam * dose), 1)
-    obs = 0.97 * lib[h - 1] + rng.normal(0, 0.003, h.shape)
+    # calibrated library (normalised images): with an uncalibrated 3 % scale mismatch at
+    # 15-25 atoms, EM can settle on the self-similar optimum c' ~ c (n+1)/n (counts off by
+    # one, loss rates still right), so calibrate or fix the scale for absolute counts
+    obs = lib[h - 1] + rng.normal(0, 0.003, h.shape)
     t, res = _best_of(lambda: fit_hmm(obs, lib, model="dose", dose_e_per_A2=dose), 1)
     real = (h[0] - h[-1]) / (dose * (T - 1))
     ok = real > 0
@@ -269,6 +272,7 @@ def main() -> None:
     for name in args.sections:
         print(f"[{name}] ...", flush=True)
         doc["sections"][name] = SECTIONS[name]()
+        doc["sections"][name]["load_average_1min_after"] = os.getloadavg()[0]
         print(json.dumps(doc["sections"][name], indent=1, default=float), flush=True)
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(doc, indent=2, default=float))
