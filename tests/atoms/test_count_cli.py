@@ -119,6 +119,7 @@ def test_cli_track_dose_model(tmp_path):
             "dose",
             "--columns-out",
             str(cols),
+            "--fixed-scale",
         ]
     )
     assert rc == 0

@@ -449,7 +449,10 @@ def fit_hmm(
     rate : {"column", "shared"}
         Per-column or one shared loss rate for ``"dose"``.
     fit_scale : bool
-        Estimate the emission scale ``c`` (else ``c = 1``).
+        Estimate the emission scale ``c`` (else ``c = 1``).  The library is nearly
+        self-similar (``c L_n ~ c' L_{n-1}`` with ``c' ~ c n/(n-1)``), so for thick columns a
+        few-% miscalibration can make EM settle on counts shifted by one (loss rates stay
+        right).  With a calibrated library (normalised images) prefer ``fit_scale=False``.
     init : dict, optional
         Starting values: ``scale``, ``width``, ``transition`` (K,K), ``initial`` (K,),
         ``loss_rate`` (float or (N,)).  Defaults follow StatSTEM: ``c = 1``,

@@ -139,6 +139,9 @@ def track(
     max_step: int = typer.Option(None, "--max-step", help="Largest count change per frame."),
     include_zero: bool = typer.Option(False, "--include-zero", help="Allow empty columns."),
     rate: str = typer.Option("column", "--rate", help="column | shared (model dose)."),
+    fixed_scale: bool = typer.Option(
+        False, "--fixed-scale", help="Calibrated library: do not fit the emission scale c."
+    ),
     columns_out: Path = typer.Option(
         None, "--columns-out", help="Per-column loss table (.parquet/.csv)."
     ),
@@ -202,6 +205,7 @@ def track(
         include_zero=include_zero,
         max_step=max_step,
         rate=rate,
+        fit_scale=not fixed_scale,
     )
     long = res.table(obs)
     long.insert(2, "type", column_type)
