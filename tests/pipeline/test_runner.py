@@ -297,3 +297,15 @@ def test_scheduler_address_connects_to_existing_cluster(tmp_path):
         assert cluster.status.name == "running"
     run_pipeline(cfg, out=tmp_path / "s", quiet=True, scheduler="serial")
     _assert_same_tables(tmp_path / "a", tmp_path / "s")
+
+
+def test_cli_report_rewrites_report(tmp_path, capsys):
+    from perovstem.cli.main import main
+
+    out = tmp_path / "run"
+    run_pipeline(_config(tmp_path), out=out, quiet=True, scheduler="serial", report=False)
+    assert not (out / "report.html").exists()
+    assert main(["report", str(out), "--title", "Rerun <1>"]) == 0
+    assert f"report: {out / 'report.html'}" in capsys.readouterr().out
+    assert "Rerun &lt;1&gt;" in (out / "report.html").read_text()
+    assert main(["report", str(tmp_path)]) == 2  # not a run folder

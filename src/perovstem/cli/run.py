@@ -66,3 +66,16 @@ def run(
         typer.echo(f"run folder: {result.run_dir}")
         if result.report is not None:
             typer.echo(f"report: {result.report}")
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `perovstem run`."),
+    out: Path = typer.Option(None, "--out", "-o", help="HTML file [default: RUN_DIR/report.html]."),
+    title: str = typer.Option(None, "--title", help="Report title [default: the run title]."),
+) -> None:
+    """Write (again) the self-contained HTML report of a run folder."""
+    from perovstem.report import write_report
+
+    path = write_report(run_dir, out=out, title=title)
+    typer.echo(f"report: {path}")
