@@ -309,3 +309,29 @@ def test_cli_report_rewrites_report(tmp_path, capsys):
     assert f"report: {out / 'report.html'}" in capsys.readouterr().out
     assert "Rerun &lt;1&gt;" in (out / "report.html").read_text()
     assert main(["report", str(tmp_path)]) == 2  # not a run folder
+
+
+def test_run_folder_lock(tmp_path):
+    """A folder in use by a live process is refused; a dead process's lock is taken over."""
+    from perovstem.io.runstore import acquire_lock, release_lock
+
+    out = tmp_path / "run"
+    cfg = _config(tmp_path)
+    run_pipeline(cfg, out=out, quiet=True, scheduler="serial")
+    assert not (out / ".lock").exists()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (out / ".lock").write_text(str(sleeper.pid))
+        with pytest.raises(
+            OutputExistsError, match=f"in use by another perovstem process \\(pid {sleeper.pid}\\)"
+        ):
+            run_pipeline(cfg, out=out, quiet=True, scheduler="serial")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    r = run_pipeline(cfg, out=out, quiet=True, scheduler="serial")  # stale lock taken over
+    assert {s.status for s in r.steps} == {"cached"}
+    lock = acquire_lock(out)
+    assert lock.read_text() == str(os.getpid())
+    release_lock(lock)
+    assert not lock.exists()

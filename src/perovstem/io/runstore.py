@@ -43,6 +43,8 @@ __all__ = [
     "read_table",
     "dir_is_empty",
     "remove_tree",
+    "acquire_lock",
+    "release_lock",
 ]
 
 _SUFFIXES = (".parquet", ".npy", ".tables", ".json", ".pkl")
@@ -257,3 +259,50 @@ def dir_is_empty(path: str | os.PathLike) -> bool:
     """True when ``path`` does not exist or is an empty folder."""
     p = Path(path)
     return not p.exists() or (p.is_dir() and not any(p.iterdir()))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def acquire_lock(folder: str | os.PathLike) -> Path:
+    """Take ``<folder>/.lock`` for this process (a stale lock of a dead process is taken over).
+
+    Raises
+    ------
+    OutputExistsError
+        Another live process holds the lock.
+    """
+    from perovstem.errors import OutputExistsError
+
+    lock = Path(folder) / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _pid_alive(pid):
+                raise OutputExistsError(
+                    f"run folder {str(folder)!r} is in use by another perovstem process "
+                    f"(pid {pid}); wait for it or choose another --out"
+                ) from None
+            lock.unlink(missing_ok=True)  # stale: the process was killed
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return lock
+    raise OutputExistsError(f"cannot lock run folder {str(folder)!r}")
+
+
+def release_lock(lock: str | os.PathLike) -> None:
+    """Remove a lock taken by :func:`acquire_lock` (no error when already gone)."""
+    Path(lock).unlink(missing_ok=True)

@@ -277,6 +277,24 @@ def run_pipeline(
     sched = scheduler if scheduler is not None else config.scheduler
     executor = Executor(sched, n_workers=n_workers or config.workers, processes=processes)
     _prepare_run_dir(run_dir, config)
+    from perovstem.io.runstore import acquire_lock, release_lock
+
+    lock = acquire_lock(run_dir)
+    try:
+        return _run_locked(config, run_dir, executor, quiet, report, t_start)
+    finally:
+        release_lock(lock)
+        executor.close()
+
+
+def _run_locked(
+    config: Config,
+    run_dir: Path,
+    executor: Executor,
+    quiet: bool,
+    report: bool | None,
+    t_start: float,
+) -> RunResult:
 
     from perovstem.io.runstore import (
         read_json,
