@@ -15,6 +15,20 @@ SEGMENT = "perovstem.tomo:segment|perovstem.tomo.segment:segment"
 VOLUMES = "perovstem.tomo:label_volumes|perovstem.tomo.segment:label_volumes"
 FACETS = "perovstem.tomo:facet_fractions|perovstem.tomo.facets:facet_fractions"
 MESH = "perovstem.tomo:surface_mesh|perovstem.tomo.surface:surface_mesh"
+BIN = "perovstem.tomo:bin_tilt_series|perovstem.tomo.reconstruct:bin_tilt_series"
+
+
+@register_step(
+    "tomo.bin",
+    inputs=("tilt",),
+    outputs=("tilt",),
+    params={"factor": Param(int, 2, "bin factor (factor × factor pixels, mean)", min=1)},
+    requires=(BIN,),
+    section="facets",
+    doc="Bin the projections of a tilt series (pixel size and shifts scaled).",
+)
+def tomo_bin(ctx: Any, tilt: Any) -> dict[str, Any]:
+    return {"tilt": api(BIN)(tilt, ctx.params["factor"])}
 
 
 @register_step(
