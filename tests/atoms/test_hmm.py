@@ -203,3 +203,13 @@ def test_example_hmm_converged_reference(statstem_data):
     for n in (0, 57, 116):
         p, _ = _brute_force_map(logB[:, n], li, la)
         assert np.array_equal(res.states[p], res.n_atoms[:, n])
+
+
+def test_gmm_states_without_library():
+    """Tracking with GMM locations as states (no simulations): relative counts are right."""
+    h, obs, _ = _loss_series(6, n_cols=120, n_frames=10, sigma=0.0025)
+    res = fit_hmm(obs, "gmm", model="loss")
+    offset = np.round(np.median(res.n_atoms - h))
+    assert np.mean(res.n_atoms - offset == h) > 0.9
+    assert res.scale == 1.0
+    assert np.all(np.diff(res.n_atoms, axis=0) <= 0)

@@ -432,9 +432,11 @@ def fit_hmm(
     ----------
     scs : array_like, shape (T, N)
         Cross-sections, frame ``t`` by column ``n`` (same columns in every frame).
-    library : see :func:`perovstem.atoms.library.as_library`
+    library : see :func:`perovstem.atoms.library.as_library`, or ``"gmm"``
         SCS of 1, 2, ... atoms (simulated or GMM locations).  If its first value is 0 (or
-        ``include_zero``), an empty-column state is included.
+        ``include_zero``), an empty-column state is included.  ``"gmm"``: the states are the
+        component locations of an equal-width GMM of all frames (k by ICL; relative counts
+        1, 2, ... unless anchored to a library later), with the scale fixed.
     model : {"free", "loss", "dose"}
         Transition model (see module docstring).
     dose_e_per_A2 : float or array_like, shape (T,), optional
@@ -470,6 +472,18 @@ def fit_hmm(
         raise ParameterError(f"`model` must be one of ['dose', 'free', 'loss'], got {model!r}")
     if rate not in ("column", "shared"):
         raise ParameterError(f"`rate` must be 'column' or 'shared', got {rate!r}")
+    if isinstance(library, str) and library == "gmm":
+        # no simulations: the states are the components of an equal-width GMM of all frames
+        # (k by ICL), counted 1, 2, ... from the lowest; the scale is then fixed
+        from perovstem.atoms.count import gmm_sweep
+
+        kmax = max(1, min(30, obs.size // 2))
+        sw = gmm_sweep(obs.ravel(), max_components=kmax)
+        means = sw.fit(sw.selected).means
+        if means.size < 2:
+            raise DataError("the GMM of the SCS has a single component: nothing to track")
+        library = np.column_stack([np.arange(1, means.size + 1), means])
+        fit_scale = False
     n_lib, L = as_library(library)
     if max_states is not None:
         if int(max_states) < 2:
