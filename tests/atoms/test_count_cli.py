@@ -130,3 +130,10 @@ def test_cli_track_dose_model(tmp_path):
     pc = read_table(cols)
     assert "loss_rate_per_e_A2" in pc.columns
     assert main(["atoms", "track", paths[0], "-o", str(tmp_path / "x.parquet")]) == 2
+    out3 = tmp_path / "gmm.csv"
+    assert (
+        main(["atoms", "track", *paths, "-o", str(out3), "--library", "gmm", "--model", "loss"])
+        == 0
+    )
+    rel = read_table(out3).pivot(index="frame", columns="column", values="n_atoms").to_numpy()
+    assert np.mean(rel - np.round(np.median(rel - h)) == h) > 0.9

@@ -126,7 +126,9 @@ def track(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output long table (.parquet/.csv)."),
     library: str = typer.Option(
-        "simulate", "--library", help="'simulate' or a table (n_atoms, scs_A2) file."
+        "simulate",
+        "--library",
+        help="'simulate', 'gmm' (states from a GMM of all frames) or a (n_atoms, scs_A2) file.",
     ),
     column_type: str = typer.Option(
         None, "--type", help="Column type to track (default: the only type present)."
@@ -186,19 +188,23 @@ def track(
             dose_arr = None
     else:
         dose_arr = np.full(len(frames), float(dose))
-    if library == "simulate":
-        from perovstem.simulate import scs_library
-
-        lib = scs_library(column_type, 60)
+    if library == "gmm":
+        lib_arg = "gmm"
     else:
-        lib = read_table(library)
-    n_lib, v_lib = as_library(lib)
-    if not include_zero:
-        keep = n_lib >= 1
-        n_lib, v_lib = n_lib[keep], v_lib[keep]
+        if library == "simulate":
+            from perovstem.simulate import scs_library
+
+            lib = scs_library(column_type, 60)
+        else:
+            lib = read_table(library)
+        n_lib, v_lib = as_library(lib)
+        if not include_zero:
+            keep = n_lib >= 1
+            n_lib, v_lib = n_lib[keep], v_lib[keep]
+        lib_arg = np.column_stack([n_lib, v_lib])
     res = fit_hmm(
         obs,
-        np.column_stack([n_lib, v_lib]),
+        lib_arg,
         model=model,
         dose_e_per_A2=dose_arr,
         max_states=max_states,
