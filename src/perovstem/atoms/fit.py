@@ -508,12 +508,18 @@ def fit_columns(
         from scipy import sparse
 
         nonlocal coef, bg_img
+        if lam_joint[0] > 1e3:  # the last steps failed: restart the damping
+            lam_joint[0] = 1e-3
         hmat, gvec = joint_system(res_)
         dim = hmat.shape[0]
         keep = np.ones(dim, dtype=bool)
         if fix_pos:
             keep[0 : n * npar : npar] = False
             keep[1 : n * npar : npar] = False
+        else:  # columns held at the displacement bound keep their positions
+            pinned = np.flatnonzero(np.hypot(x - x_start, y - y_start) >= max_disp_px * 0.999)
+            keep[pinned * npar] = False
+            keep[pinned * npar + 1] = False
         if fix_rho:
             if free_rho_col:
                 keep[3 : n * npar : npar] = False
@@ -565,6 +571,7 @@ def fit_columns(
             if new <= cur:
                 lam_joint[0] = max(lam_joint[0] / 3.0, 1e-9)
                 fr = np.hypot(x - x_start, y - y_start) < max_disp_px * (1.0 - 1e-6)
+                fr &= eta > 0.05 * float(np.median(np.abs(eta)))
                 return (
                     trial,
                     float(np.max((sh * f)[fr], initial=0.0)),
@@ -666,11 +673,13 @@ def fit_columns(
                 )
                 if it_ % 8 == 1 or float(shifts.max(initial=0.0)) < tol:
                     res, _, _ = _joint_step(res, fix_pos=True, fix_rho=True)
-            elif joint and (polish or it_ > 30):
+            elif joint and (polish or it_ > 10):
                 # exact joint LM step on all parameters, once the cheap sweeps are close
                 res, jshift, drho = _joint_step(res, fix_pos=fix_pos, fix_rho=fix_rho)
             elif n_glob and not fix_rho:
-                res, drho, _ = _global_step(res)
+                res, drho, alpha_g = _global_step(res)
+                if joint and alpha_g == 0.0:
+                    polish = True  # the block-diagonal Schur step failed: go joint
             if tail is not None:  # probe tails of the updated columns (Jacobi update)
                 new_tail = tail_image()
                 res += tail_state["img"] - new_tail
@@ -679,15 +688,17 @@ def fit_columns(
                 w = _weights(data - res, s_var, o_var, vfloor)
             sse = float(np.sum(w * res * res))
             free = np.hypot(x - x_start, y - y_start) < max_disp_px * (1.0 - 1e-6)
+            free &= eta > 0.05 * float(np.median(np.abs(eta)))  # unlocatable (empty) columns
             moved = max(float(shifts[free].max(initial=0.0)), jshift)
             small_sse = abs(sse_prev - sse) <= 1e-10 * sse
             sse_prev = sse
             if joint and not polish and moved < 0.02 and drho < 1e-3:
                 polish = True  # switch to joint steps
                 continue
-            if moved < tol and drho < 1e-6 and (it_ > 1 or free_rho_col):
+            stalled = small_sse and moved < 10 * tol and drho < 1e-6 and it_ > 2
+            if (moved < tol and drho < 1e-6 and (it_ > 1 or free_rho_col)) or stalled:
                 if not fix_pos or small_sse:
-                    if polish or not joint or box_half > 0:
+                    if polish or not joint or box_half > 0 or stalled:
                         return True, it_
                     polish = True
         return False, max_it
