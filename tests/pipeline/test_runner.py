@@ -335,3 +335,25 @@ def test_run_folder_lock(tmp_path):
     assert lock.read_text() == str(os.getpid())
     release_lock(lock)
     assert not lock.exists()
+
+
+def test_input_metadata_reported_and_escaped(tmp_path):
+    from perovstem import Series
+
+    evil = '<script>alert("md")</script>'
+    s = Series(
+        np.ones((3, 8, 8)),
+        0.5,
+        dose_e_per_A2=1.0,
+        metadata={"operator": evil, "stage": {"x_um": 1.5}},
+    )
+    save_image(s, tmp_path / "s.npz")
+    cfg = tmp_path / "m.toml"
+    cfg.write_text('[inputs]\nseries = "s.npz"\n[[step]]\nrun = "series.frames"\n')
+    r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial")
+    prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    loaded = prov["inputs"]["series"]["loaded"]
+    assert loaded["kind"] == "Series" and loaded["shape"] == [3, 8, 8]
+    assert loaded["metadata"].get("operator") == evil
+    html = r.report.read_text()
+    assert evil not in html and "&lt;script&gt;alert(&#34;md&#34;)&lt;/script&gt;" in html

@@ -163,6 +163,7 @@ class _Artefacts:
         self.values: dict[str, Any] = {}
         self.keys: dict[str, str] = {}
         self.where: dict[str, tuple[Path, str]] = {}
+        self.input_info: dict[str, dict[str, Any]] = {}
 
     def get(self, ref: str) -> Any:
         if ref in self.values:
@@ -172,6 +173,7 @@ class _Artefacts:
 
             spec = self.config.inputs[ref]
             value = load(spec.path, **spec.options)
+            self.input_info[ref] = _describe(value)
         else:
             from perovstem.io.runstore import read_artefact
 
@@ -179,6 +181,39 @@ class _Artefacts:
             value = read_artefact(folder, name)
         self.values[ref] = value
         return value
+
+
+def _describe(obj: Any, max_items: int = 24) -> dict[str, Any]:
+    """Short, JSON-safe description of a loaded input (kind, shape, calibration, metadata)."""
+    info: dict[str, Any] = {"kind": type(obj).__name__}
+    for attr in ("shape", "pixel_size_A", "dose_e_per_A2", "n_frames", "n_angles"):
+        v = getattr(obj, attr, None)
+        if v is None or callable(v):
+            continue
+        try:
+            import numpy as np
+
+            a = np.asarray(v)
+            info[attr] = a.tolist() if a.size <= 8 else f"{a.size} values"
+        except Exception:  # pragma: no cover - exotic attribute
+            info[attr] = repr(v)[:80]
+    md = getattr(obj, "metadata", None)
+    if isinstance(md, dict):
+        flat: dict[str, str] = {}
+
+        def walk(d: dict, prefix: str) -> None:
+            for k, v in d.items():
+                if len(flat) >= max_items:
+                    return
+                key = f"{prefix}{k}"
+                if isinstance(v, dict):
+                    walk(v, key + ".")
+                elif isinstance(v, str | int | float | bool) or v is None:
+                    flat[key] = str(v)[:200]
+
+        walk(md, "")
+        info["metadata"] = flat
+    return info
 
 
 def _publish(value: Any, run_dir: Path, ref: str, attrs: dict[str, Any]) -> list[str]:
@@ -371,7 +406,9 @@ def _run_locked(
             if res.status == "failed" and config.on_error == "stop":
                 raise _StepFailed(res)
     except _StepFailed as exc:
-        _write_provenance(run_dir, config, results, inputs_prov, started, executor, t_start)
+        _write_provenance(
+            run_dir, config, results, inputs_prov, arte.input_info, started, executor, t_start
+        )
         executor.close()
         if progress is not None:
             progress.stop()
@@ -385,7 +422,15 @@ def _run_locked(
     sched_desc = executor.describe() if executor.used_cluster else "serial"
     executor.close()
     _write_provenance(
-        run_dir, config, results, inputs_prov, started, executor, t_start, sched_desc=sched_desc
+        run_dir,
+        config,
+        results,
+        inputs_prov,
+        arte.input_info,
+        started,
+        executor,
+        t_start,
+        sched_desc=sched_desc,
     )
     report_path = None
     if config.report if report is None else report:
@@ -548,6 +593,7 @@ def _write_provenance(
     config: Config,
     results: list[StepResult],
     inputs_prov: dict[str, Any],
+    input_info: dict[str, Any],
     started: str,
     executor: Executor,
     t_start: float,
@@ -593,7 +639,10 @@ def _write_provenance(
                 "processor": platform.processor(),
             },
             "versions": _versions(),
-            "inputs": inputs_prov,
+            "inputs": {
+                k: {**v, **({"loaded": input_info[k]} if k in input_info else {})}
+                for k, v in inputs_prov.items()
+            },
             "steps": steps,
         },
     )
