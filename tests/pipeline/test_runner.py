@@ -212,6 +212,8 @@ def test_kill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     status = {s.id: s.status for s in resumed.steps}
     assert status == {"gen": "cached", "stats": "cached", "noisy": "ran", "frames": "ran"}
     _assert_same_tables(out, tmp_path / "ref")
+    for p in (tmp_path / "ref" / "tables").glob("*.parquet"):  # byte for byte, too
+        assert (out / "tables" / p.name).read_bytes() == p.read_bytes(), p.name
 
 
 def test_local_cluster_equals_serial(tmp_path):
