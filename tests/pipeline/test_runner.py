@@ -62,6 +62,8 @@ def _assert_same_tables(a: Path, b: Path) -> None:
     assert sorted(ta) == sorted(tb) and ta
     for k in ta:
         pd.testing.assert_frame_equal(ta[k], tb[k], check_exact=True)
+        assert ta[k].attrs == tb[k].attrs
+        assert (a / "tables" / k).read_bytes() == (b / "tables" / k).read_bytes(), k
 
 
 def test_rerun_skips_finished_steps_and_recomputes_changed(tmp_path):
