@@ -234,7 +234,7 @@ def register_step(
             requires=tuple(requires),
             optional_inputs=tuple(optional_inputs),
             section=section,
-            doc=doc or (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else doc,
+            doc=doc or ((func.__doc__ or "").strip().splitlines() or [""])[0],
             version=version,
         )
         return func
