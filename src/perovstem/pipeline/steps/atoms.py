@@ -11,6 +11,8 @@ from perovstem.pipeline.registry import Param, api, register_step
 FIT = "perovstem.atoms:fit_columns|perovstem.atoms.fit:fit_columns"
 NORMALIZE = "perovstem.atoms:normalize_image|perovstem.atoms.normalize:normalize_image"
 FIND = "perovstem.atoms:find_columns|perovstem.atoms.find:find_columns"
+CELL = "perovstem.atoms:cspbbr3_001_cell|perovstem.atoms.cell:cspbbr3_001_cell"
+HMM = "perovstem.atoms:fit_hmm|perovstem.atoms.hmm:fit_hmm"
 COUNT = "perovstem.atoms:count_atoms|perovstem.atoms.count:count_atoms"
 COMPOSITION = (
     "perovstem.atoms:estimate_composition|perovstem.atoms.composition:estimate_composition"
@@ -40,26 +42,25 @@ COMPOSITION = (
         "noise": Param(
             str, "gaussian", "least squares or Poisson ML", choices=("gaussian", "poisson")
         ),
+        "cell": Param(
+            str,
+            "cspbbr3_001",
+            "projected cell for the column finder when no positions are given",
+            choices=("cspbbr3_001", "none"),
+        ),
     },
-    requires=(FIT,),
+    requires=(FIT, NORMALIZE),
     section="counting",
     doc="Joint Gaussian fit of all atom columns (positions, widths, cross-sections, CRLB errors).",
 )
 def atoms_fit(ctx: Any, image: Any, positions: Any = None) -> dict[str, Any]:
-    import perovstem.atoms as atoms
-
     p = ctx.params
-    img = image
-    if p["normalize"] and hasattr(atoms, "normalize_image"):
-        img = atoms.normalize_image(image)
-    if positions is None:
-        if not hasattr(atoms, "find_columns"):
-            from perovstem.errors import ParameterError
-
-            raise ParameterError("no `positions` input and no column finder in this version")
-        positions = atoms.find_columns(img)
+    img = api(NORMALIZE)(image) if p["normalize"] else image
+    if positions is None:  # find the columns, sublattice-aware for the CsPbBr3 [001] cell
+        cell = api(CELL)() if p["cell"] == "cspbbr3_001" else None
+        positions = api(FIND)(img, cell=cell)
     cols = ["x_A", "y_A"] + (["type"] if "type" in positions.columns else [])
-    columns = atoms.fit_columns(
+    columns = api(FIT)(
         img, positions[cols], width=p["width"], background=p["background"], noise=p["noise"]
     )
     from perovstem.plot.overview import plot_image
@@ -275,10 +276,6 @@ def atoms_composition(ctx: Any, counts: Any, thickness: Any = None) -> dict[str,
     cols.attrs["x_err"] = float(res.x_err)
     cols.attrs["x_ci"] = [float(lo), float(hi)]
     return {"columns": cols}
-
-
-HMM = "perovstem.atoms:fit_hmm|perovstem.atoms.hmm:fit_hmm"
-CELL = "perovstem.atoms:cspbbr3_001_cell|perovstem.atoms.cell:cspbbr3_001_cell"
 
 
 def _fit_frame(k: int, series: Any, *, positions: Any, max_iter: int) -> np.ndarray:
