@@ -235,6 +235,10 @@ def test_demo_report_in_browser(browser, open_report, tmp_path, capsys):
     assert imgs.count() == n_fig
     assert imgs.evaluate_all("els => els.every(e => e.complete && e.naturalWidth > 0)")
     assert page.locator("section#provenance table.steplog tr").count() == len(prov["steps"]) + 1
+    n3d = sum(1 for s in prov["steps"] for it in s["report_items"] if it["kind"] == "plot3d")
+    assert page.locator("div.plot3d").count() == n3d >= 1
+    first = page.locator("div.plot3d").first
+    assert first.locator("canvas").count() > 0 or "needs WebGL" in first.inner_text()
     missing = [s for s in prov["steps"] if s["status"] == "unavailable"]
     if missing:
         assert page.get_by_text("not available in this version").count() >= len(missing)
