@@ -70,3 +70,14 @@ def test_demo_config_round_trips_through_toml(fast):
     assert tomllib.loads(to_toml(data)) == data
     cfg = parse_config(tomllib.loads(to_toml(data)), source="demo.toml")
     assert cfg.on_error == "continue" and len(cfg.steps) == len(data["step"])
+
+
+def test_docs_list_every_builtin_step():
+    from perovstem.pipeline import list_steps
+
+    text = (REPO / "docs" / "pipeline.md").read_text(encoding="utf-8")
+    for step in list_steps():
+        if step.func.__module__.startswith("perovstem.pipeline.steps"):
+            assert f"### `{step.name}`" in text, step.name
+            for key in step.params:
+                assert f"`{key}`" in text, (step.name, key)
