@@ -395,7 +395,9 @@ def fit_columns(
         wg = gf * w.ravel()
         c_mat = wg @ gf.T
         h = wg @ res_.ravel()
-        s_sub, r_sub, ainv_g, ainv_G = K.global_schur_terms(res_, w, x, y, eta, rho, cut, gimg)
+        s_sub, r_sub, ainv_g, ainv_G = K.global_schur_terms(
+            res_, w, x, y, eta, rho, min(cut, 3.5), gimg
+        )
         return c_mat - s_sub, h - r_sub, ainv_g, ainv_G
 
     def _global_step(res_: np.ndarray):
