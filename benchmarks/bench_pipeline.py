@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
+    load_start = [round(x, 2) for x in os.getloadavg()]
 
     from distributed import Client, LocalCluster
 
@@ -147,6 +148,8 @@ def main() -> None:
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
             "processor": platform.processor(),
+            "load_average_1_5_15min_at_start": load_start,
+            "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
         },
         "versions": versions,
         "workload": {"frames": args.frames, "step": analysis, "rows_out": n_rows},
