@@ -68,9 +68,11 @@ class Projector:
     offset_px : float or (A,) array_like
         Rotation-axis position relative to the detector centre, pixels (per angle allowed).
     block : int
-        Slices (x) per task; default ``min(nx, 256)``.
+        Slices (x) per task; default ``min(nx, 1024)`` (the weights are shared by all slices
+        of a block, so wide blocks amortise them best).
     group : int
-        Angles per cache group (tuning only).
+        Angles per cache group (tuning only); default 8, or 4 for detectors × blocks larger
+        than 256 × 256 (measured 1.7× faster at 512³ than 256-wide blocks of 8 angles).
 
     Notes
     -----
@@ -84,7 +86,7 @@ class Projector:
     n_det: int | None = None
     offset_px: float | np.ndarray = 0.0
     block: int | None = None
-    group: int = 8
+    group: int | None = None
     _lo: np.ndarray = field(init=False, repr=False)
     _w: np.ndarray = field(init=False, repr=False)
 
@@ -104,7 +106,10 @@ class Projector:
         if not np.all(np.isfinite(off)):
             raise ParameterError(f"`offset_px` must be finite, got {self.offset_px}")
         self.offset_px = np.array(off)
-        self.block = int(self.block or min(nx, 256))
+        self.block = int(self.block or min(nx, 1024))
+        if self.group is None:
+            self.group = 8 if self.n_det * self.block <= 256 * 256 else 4
+        self.group = int(self.group)
         th = np.deg2rad(self.angles_deg)
         self._lo, self._w = _kernels.strip_table(
             np.cos(th), np.sin(th), self.offset_px, nz, ny, self.n_det
