@@ -22,7 +22,6 @@ Method
 
 from __future__ import annotations
 
-import warnings
 from functools import lru_cache
 from typing import Any
 
@@ -131,6 +130,12 @@ def cluster_scs_library(
     df = pd.DataFrame({"n_atoms": np.arange(max_atoms + 1), "scs_A2": curve})
     df.attrs.update({"voltage_kV": float(voltage_kV), "lattice_A": float(lattice_A)})
     return df
+
+
+def _finite_median(v: np.ndarray) -> float:
+    """Median of the finite values (0 when there is none; no warning, thread-safe)."""
+    f = v[np.isfinite(v)]
+    return float(np.median(f)) if f.size else 0.0
 
 
 @lru_cache(maxsize=1)
@@ -258,9 +263,7 @@ def detect_clusters(
     step = max(1, side // 4)
     es_ = np.where(z0 > 3.0, np.nan, e)[::step, ::step]
     win = max(3, side // step)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows -> 0 below
-        small = ndimage.generic_filter(es_, np.nanmedian, size=win, mode="nearest")
+    small = ndimage.generic_filter(es_, _finite_median, size=win, mode="nearest")
     small = np.nan_to_num(small, nan=0.0)
     bias = ndimage.zoom(small, (e.shape[0] / small.shape[0], e.shape[1] / small.shape[1]), order=1)
     e = e - np.clip(bias[: e.shape[0], : e.shape[1]], 0, None)

@@ -206,6 +206,7 @@ def _robust_solve(
     threshold: float,
     floor: float = 0.01,
     n_iter: int = 20,
+    extra: tuple[list, list, list, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Cumulative drift from pairwise shifts by IRLS with Tukey weights.
 
@@ -220,6 +221,12 @@ def _robust_solve(
     cols = np.column_stack([a, b]).ravel()
     vals = np.tile([-1.0, 1.0], p)
     A = sp.csr_matrix((vals, (rows, cols)), shape=(p, n))
+    if extra is not None and len(extra[3]):
+        # running-reference rows: d_k - mean(d_j in window) = measured
+        er, ec, ev, emeas, evalid = extra
+        A = sp.vstack([A, sp.csr_matrix((ev, (er, ec)), shape=(len(emeas), n))]).tocsr()
+        meas = np.vstack([meas, emeas])
+        valid = np.concatenate([valid, evalid])
     # weak first-difference prior: frames without measurements are linearly interpolated
     reg = sp.diags([-np.ones(n - 1), np.ones(n - 1)], [0, 1], shape=(n - 1, n)).tocsr()
     lam = 1e-6
@@ -231,7 +238,7 @@ def _robust_solve(
         N = (A.T @ W @ A + lam * (reg.T @ reg) + anchor.T @ anchor).tocsc()
         rhs = A.T @ (w[:, None] * meas)
         d = np.column_stack([spla.spsolve(N, rhs[:, 0]), spla.spsolve(N, rhs[:, 1])])
-        res = np.hypot(*(meas - (d[b] - d[a])).T)
+        res = np.hypot(*(meas - A @ d).T)
         if valid.sum() >= 3:
             # |r| of a 2-D Gaussian residual is Rayleigh: median = sigma * sqrt(2 ln 2);
             # the median over all valid pairs is robust to < 50 % outliers.
@@ -252,7 +259,7 @@ def _robust_solve(
         err = np.sqrt(var)[:, None] * scale * np.ones((1, 2))
     else:
         err = np.full((n, 2), np.nan)
-    return d, err, outlier, scale
+    return d, err, outlier[:p], scale
 
 
 def register_drift(
@@ -266,6 +273,7 @@ def register_drift(
     max_shift_px: float | None = None,
     outlier_threshold: float = 4.0,
     min_snr: float = 5.0,
+    reference_window: int = 16,
     pixel_size_A: float | None = None,
 ) -> pd.DataFrame:
     """Cumulative rigid drift of every frame of an in-situ series.
@@ -286,6 +294,11 @@ def register_drift(
         Pair shifts whose residual exceeds this many robust standard deviations are rejected.
     min_snr : float
         Pairs with a correlation peak SNR below this are discarded before the solve.
+    reference_window : int
+        Each frame is also registered to the running average of the last
+        ``reference_window`` frames aligned on frame 0 (their provisional drift): at low dose
+        the averaged reference has √W less noise, so chained errors grow far more slowly.
+        0 disables.
     pixel_size_A : float, optional
         Pixel size, Å (taken from a :class:`Series`); adds ``dy_A, dx_A`` columns.
 
@@ -314,6 +327,14 @@ def register_drift(
     n = len(st)
     shape: tuple[int, int] | None = None
     recent: deque[tuple[int, np.ndarray]] = deque(maxlen=int(max_lag))
+    ref_buf: deque = deque()
+    ref_sum: np.ndarray | None = None
+    prov: dict[int, np.ndarray | None] = {}
+    ref_rows: list[int] = []
+    ref_cols: list[int] = []
+    ref_vals: list[float] = []
+    ref_meas: list[tuple[float, float]] = []
+    ref_snr: list[float] = []
     pairs: list[tuple[int, int, float, float, float]] = []
     reasons: dict[int, str] = {}
     snr_prev = np.full(n, np.nan)
@@ -328,6 +349,29 @@ def register_drift(
                 reasons[k] = why
                 continue
             spec = _spectrum(frame, window_alpha)
+            if ref_buf:
+                # absolute measurement against the running reference (frame-0 coordinates)
+                ref = ref_sum / len(ref_buf)
+                dy, dx, snr = _correlate_spectra(
+                    ref,
+                    spec,
+                    shape,
+                    whitening=whitening,
+                    sigma_px=smooth_px,
+                    upsample=int(upsample),
+                    max_shift_px=max_shift_px,
+                )
+                js = [jb for jb, _, _ in ref_buf]
+                mean_prov = np.mean([prov[jb] for jb in js], axis=0)
+                ridx = len(ref_meas)
+                ref_rows.extend([ridx] * (len(js) + 1))
+                ref_cols.extend([k, *js])
+                ref_vals.extend([1.0, *([-1.0 / len(js)] * len(js))])
+                ref_meas.append((dy - mean_prov[0], dx - mean_prov[1]))
+                ref_snr.append(snr)
+                prov[k] = np.array([dy, dx]) if snr >= min_snr else None
+            else:
+                prov[k] = np.zeros(2)
             for j, (ka, fa) in enumerate(reversed(recent)):
                 dy, dx, snr = _correlate_spectra(
                     fa,
@@ -341,7 +385,20 @@ def register_drift(
                 pairs.append((ka, k, dy, dx, snr))
                 if j == 0:
                     snr_prev[k] = snr
+                    if prov.get(k) is None and prov.get(ka) is not None and snr >= min_snr:
+                        prov[k] = prov[ka] + np.array([dy, dx])
             recent.append((k, spec))
+            if reference_window and prov.get(k) is not None:
+                ky, kx = _freqs(shape)
+                ph = np.exp(
+                    2j * np.pi * (ky[:, None] * prov[k][0] + kx[None, :] * prov[k][1])
+                ).astype(np.complex64)
+                aligned = spec * ph
+                ref_buf.append((k, aligned, None))
+                ref_sum = aligned.copy() if ref_sum is None else ref_sum + aligned
+                if len(ref_buf) > reference_window:
+                    _, old_spec, _ = ref_buf.popleft()
+                    ref_sum = ref_sum - old_spec
     n_good = n - len(reasons)
     if n_good < 1:
         raise DataError(f"no usable frame in `series` ({n} frames, all skipped: {reasons})")
@@ -359,8 +416,22 @@ def register_drift(
                 f"no frame pair correlates above `min_snr`={min_snr} "
                 f"(best peak SNR {parr[:, 4].max():.2g}); frames too noisy or unrelated"
             )
+        extra = None
+        if ref_meas:
+            extra = (
+                ref_rows,
+                ref_cols,
+                ref_vals,
+                np.asarray(ref_meas, float),
+                np.asarray(ref_snr) >= min_snr,
+            )
         d, err, outlier, scale = _robust_solve(
-            n, parr, valid, float(outlier_threshold), floor=max(0.01, 0.25 / upsample)
+            n,
+            parr,
+            valid,
+            float(outlier_threshold),
+            floor=max(0.01, 0.25 / upsample),
+            extra=extra,
         )
         # anchor to the first usable frame
         first = min(set(range(n)) - set(reasons))
