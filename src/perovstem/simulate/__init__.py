@@ -5,7 +5,10 @@ in-situ series and tilt series (names and shapes in ``docs/CONTRACTS.md``).
 * :func:`scs_table`, :func:`scs_library`, :func:`column_scs` — abTEM-calibrated column
   cross-sections;
 * :func:`haadf_image` — fast quantitative HAADF image + truth table;
-  :func:`haadf_image_multislice` — abTEM reference image (``sim`` extra).
+  :func:`haadf_image_multislice` — abTEM reference image (``sim`` extra);
+* :func:`degradation_kmc`, :class:`KineticParameters`, :class:`KMCTrajectory` — degradation
+  kinetic Monte Carlo; :func:`insitu_series` — in-situ HAADF series;
+* :func:`nanocrystal_phantom`, :func:`tilt_series` — tomography tilt series.
 """
 
 from perovstem.simulate.columns import project_columns
