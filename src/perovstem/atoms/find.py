@@ -224,7 +224,7 @@ def find_columns(
     n_types: int = 1,
     type_names: list[str] | None = None,
     min_snr: float = 5.0,
-    presence_fraction: float = 0.25,
+    presence_fraction: float = 0.08,
     pixel_size_A: float | None = None,
 ) -> pd.DataFrame:
     """Find atom columns, sublattice-aware when a projected unit cell is given.
