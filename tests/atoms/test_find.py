@@ -33,8 +33,13 @@ def _pr(found, truth, tol=1.0):
 def simulated():
     sim = pytest.importorskip("perovstem.simulate")
     out = []
-    for seed, dose, edge in [(0, 2e4, 40.0), (1, 5e3, 35.0), (2, 1e5, 46.0)]:
-        atoms = sim.nanocrystal(edge, rng=seed)
+    for seed, dose, edge, term in [
+        (0, 2e4, 40.0, "CsBr"),
+        (1, 5e3, 35.0, "CsBr"),
+        (2, 1e5, 46.0, "CsBr"),
+        (6, 1e3, 40.0, "PbBr2"),
+    ]:
+        atoms = sim.nanocrystal(edge, rng=seed, termination=term)
         img, truth = sim.haadf_image(atoms, pixel_size_A=0.3, dose_e_per_A2=dose, rng=seed + 10)
         out.append((img, truth, dose))
     return out
