@@ -190,3 +190,11 @@ def test_bad_cluster_parameters():
         add_pb_cluster(a, 0)
     with pytest.raises(ParameterError, match="site"):
         add_pb_cluster(a, 5, site="vertex")
+
+
+def test_orthorhombic_columns_keep_displaced_br_in_their_column():
+    n = 4
+    cub, _ = project_columns(nanocrystal(n * A_CUBIC_A, neutral=False))
+    ort, _ = project_columns(nanocrystal(n * 5.83, phase="orthorhombic", neutral=False))
+    assert ort["type"].value_counts().to_dict() == cub["type"].value_counts().to_dict()
+    assert ort["n_Br"].sum() == cub["n_Br"].sum()
