@@ -335,6 +335,7 @@ def fit_columns(
         s_var, o_var, _ = poisson_variance_model(img)
         vfloor = _var_floor(data, o_var)
     w = np.ones(data.shape)
+    uniform_w = [noise == "gaussian"]  # unit weights: skip the multiplications
 
     tail_state = {"img": None}
 
@@ -392,7 +393,7 @@ def fit_columns(
     def global_system(res_: np.ndarray):
         gimg = global_images()
         gf = gimg.reshape(n_glob, -1)
-        wg = gf * w.ravel()
+        wg = gf if uniform_w[0] else gf * w.ravel()
         c_mat = wg @ gf.T
         h = wg @ res_.ravel()
         s_sub, r_sub, ainv_g, ainv_G = K.global_schur_terms(
@@ -405,7 +406,7 @@ def fit_columns(
         s_mat, rhs, ainv_g, ainv_G = global_system(res_)
         dtheta = np.linalg.lstsq(s_mat, rhs, rcond=None)[0]
         deta = ainv_g[:, 2] - ainv_G[:, 2, :] @ dtheta
-        cur = float(np.sum(w * res_ * res_))
+        cur = float(_wsse(w, res_, uniform_w[0]))
         rho0, eta0, coef0 = rho.copy(), eta.copy(), coef.copy()
         if not shared_rho and tail is None:
             # only linear parameters (eta, background) change: incremental update, no re-render
@@ -413,7 +414,7 @@ def fit_columns(
             K.add_columns(trial, x, y, deta, rho, cut, -1.0)
             dbg = (dtheta[n_glob - nb :] @ bvec).reshape(data.shape)
             trial -= dbg
-            if float(np.sum(w * trial * trial)) <= cur:
+            if float(_wsse(w, trial, uniform_w[0])) <= cur:
                 eta[:] = eta0 + deta
                 coef = coef0 + dtheta[n_glob - nb :]
                 bg_img = bg_img + dbg
@@ -428,7 +429,7 @@ def fit_columns(
                 coef = coef0 + alpha * dtheta[n_glob - nb :]
                 bg_img = (coef @ bvec).reshape(data.shape)
             trial = rebuild()
-            new = float(np.sum(w * trial * trial))
+            new = float(_wsse(w, trial, uniform_w[0]))
             if new <= cur:
                 return trial, float(np.max(np.abs(rho - rho0) / rho0)), alpha
             alpha *= 0.5
@@ -477,7 +478,7 @@ def fit_columns(
             gimg = global_images()
             gk, Gk = K.column_gradient_terms(res_, w, x, y, eta, rho, cut, free_rho_col, gimg)
             gf = gimg.reshape(n_glob, -1)
-            wg = gf * w.ravel()
+            wg = gf if uniform_w[0] else gf * w.ravel()
             c_mat = wg @ gf.T
             h = wg @ res_.ravel()
             gr = (np.arange(n)[:, None, None] * npar + rr[None, :, None]) + 0 * np.arange(n_glob)[
@@ -535,7 +536,7 @@ def fit_columns(
             gsub = gvec
         dg = hmat.diagonal()
         dg = np.where(dg > 0, dg, 1.0)
-        cur = float(np.sum(w * res_ * res_))
+        cur = float(_wsse(w, res_, uniform_w[0]))
         x0, y0, rho0, eta0, coef0 = x.copy(), y.copy(), rho.copy(), eta.copy(), coef.copy()
         for _ in range(8):
             amat = hmat + sparse.diags(lam_joint[0] * dg)
@@ -569,7 +570,7 @@ def fit_columns(
                 coef = coef0 + d[k0 : k0 + nb]
                 bg_img = (coef @ bvec).reshape(data.shape)
             trial = rebuild()
-            new = float(np.sum(w * trial * trial))
+            new = float(_wsse(w, trial, uniform_w[0]))
             if new <= cur:
                 lam_joint[0] = max(lam_joint[0] / 3.0, 1e-9)
                 fr = np.hypot(x - x_start, y - y_start) < max_disp_px * (1.0 - 1e-6)
@@ -688,7 +689,7 @@ def fit_columns(
                 tail_state["img"] = new_tail
             if noise == "poisson":
                 w = _weights(data - res, s_var, o_var, vfloor)
-            sse = float(np.sum(w * res * res))
+            sse = float(_wsse(w, res, uniform_w[0]))
             free = np.hypot(x - x_start, y - y_start) < max_disp_px * (1.0 - 1e-6)
             free &= eta > 0.05 * float(np.median(np.abs(eta)))  # unlocatable (empty) columns
             moved = max(float(shifts[free].max(initial=0.0)), jshift)
@@ -721,7 +722,7 @@ def fit_columns(
         converged, it = iterate(int(max_iter))
 
     # --- uncertainties from the Fisher information
-    sse_w = float(np.sum(w * res * res))
+    sse_w = float(_wsse(w, res, uniform_w[0]))
     n_par = n * (4 if free_rho_col else 3) + nb + (len(tnames) if shared_rho else 0)
     dof = max(data.size - n_par, 1)
     sigma2 = sse_w / dof if noise == "gaussian" else 1.0
@@ -795,6 +796,14 @@ def fit_columns(
         method="joint Gaussian model, block Gauss–Seidel LM (perovstem)",
     )
     return df
+
+
+def _wsse(w: np.ndarray, r: np.ndarray, unit: bool) -> float:
+    """Weighted sum of squares Σ w r² (no weight multiplication when ``unit``)."""
+    rf = r.ravel()
+    if unit:
+        return float(np.dot(rf, rf))
+    return float(np.dot(rf, (w * r).ravel()))
 
 
 def _solve_spd(amat, rhs: np.ndarray) -> np.ndarray:
