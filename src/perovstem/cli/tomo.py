@@ -107,7 +107,7 @@ def reconstruct_cmd(
 
     ts = bin_tilt_series(_load_tilt(tiltseries), bin_factor)
     kw: dict = {"thickness_px": thickness_px}
-    if n_iter is not None:
+    if n_iter is not None and method not in ("fbp", "wbp"):
         kw["n_iter"] = n_iter
     if method == "tv":
         kw["tv_weight"] = tv_weight
