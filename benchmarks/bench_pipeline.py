@@ -4,7 +4,8 @@ A 200-frame in-situ series of a degrading CsCd_xPb_{1-x}Br3 nanocrystal is simul
 (KMC + HAADF rendering); the per-frame analysis step (Pb-cluster detection and counting,
 ``insitu.clusters``; falls back to ``series.frame_stats`` when that step is not available) is
 then run through the same pipeline serially and on a LocalCluster with 2 single-threaded
-worker processes.  Both runs must give identical tables.  Wall times of the mapped step and of
+worker processes; a second, heavier workload fits every atom column of every frame
+(``atoms.series``: joint Gaussian fit per frame, then a hidden Markov model).  Both runs must give identical tables.  Wall times of the mapped step and of
 the whole run (including cluster start-up) are written to
 ``benchmarks/results/bench_pipeline.json``: *cold* = the pipeline starts its own LocalCluster
 (worker start-up, imports and JIT compilation in every worker are timed), *warm* = a
@@ -65,97 +66,62 @@ def _step_time(result, step_id: str = "analysis") -> float:
     return next(s.wall_s for s in result.steps if s.id == step_id)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=200)
-    ap.add_argument("--workers", type=int, default=2)
-    args = ap.parse_args()
-    load_start = [round(x, 2) for x in os.getloadavg()]
-
+def _bench(analysis: str, n_frames: int, n_workers: int, tmp: Path) -> dict:
+    """Time one per-frame step serially, on a fresh LocalCluster (cold) and a warm one."""
     from distributed import Client, LocalCluster
 
-    from perovstem.errors import PerovstemError
-    from perovstem.pipeline import get_step, parse_config, run_pipeline
+    from perovstem.pipeline import parse_config, run_pipeline
 
-    candidates = [c for c in ("insitu.clusters", "series.frame_stats") if get_step(c).available]
-    note = ""
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        # 1. simulate once (and compile numba kernels) - not timed
-        for analysis in candidates:
-            cfg = parse_config(_config(args.frames, analysis), source="<bench>")
-            try:
-                run_pipeline(cfg, out=tmp / "serial", scheduler="serial", quiet=True)
-                break
-            except (PerovstemError, ValueError, TypeError) as exc:
-                note += f"{analysis} failed ({type(exc).__name__}: {exc}); "
-                shutil.rmtree(tmp / "serial" / ".cache" / "analysis", ignore_errors=True)
-        else:
-            sys.exit(f"no analysis step ran: {note}")
-        for rid in ("dask", "warm"):  # later runs reuse the simulated series (same cache keys)
-            shutil.copytree(tmp / "serial", tmp / rid)
+    cfg = parse_config(_config(n_frames, analysis), source="<bench>")
+    base = tmp / analysis
+    # simulate once (and compile numba kernels) - not timed; later runs reuse the series
+    run_pipeline(cfg, out=base / "serial", scheduler="serial", quiet=True)
+    for rid in ("dask", "warm"):
+        shutil.copytree(base / "serial", base / rid)
 
-        def fresh(rid: str) -> None:
-            shutil.rmtree(tmp / rid / ".cache" / "analysis", ignore_errors=True)
+    def fresh(rid: str) -> None:
+        shutil.rmtree(base / rid / ".cache" / "analysis", ignore_errors=True)
 
-        # 2. serial
-        fresh("serial")
-        t0 = time.perf_counter()
-        serial = run_pipeline(cfg, out=tmp / "serial", scheduler="serial", quiet=True)
-        t_serial = time.perf_counter() - t0
-        # 3. cold: the pipeline starts its own LocalCluster (start-up, imports, JIT in workers)
-        fresh("dask")
-        t0 = time.perf_counter()
-        dist = run_pipeline(
-            cfg, out=tmp / "dask", scheduler=f"local:{args.workers}", processes=True, quiet=True
-        )
-        t_dask = time.perf_counter() - t0
-        # 4. warm: a long-lived cluster (as on an HPC allocation) handed to the pipeline; the
-        #    first run warms the workers, the second is timed
-        with (
-            LocalCluster(
-                n_workers=args.workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=40,
-            ) as cluster,
-            Client(cluster) as client,
-        ):
-            for _ in range(2):
-                fresh("warm")
-                t0 = time.perf_counter()
-                warm = run_pipeline(cfg, out=tmp / "warm", scheduler=client, quiet=True)
-                t_warm = time.perf_counter() - t0
-        identical = True
-        n_rows = 0
-        for p in sorted((tmp / "serial" / "tables").glob("analysis.*.parquet")):
-            a = pd.read_parquet(p)
-            n_rows += len(a)
-            for other in ("dask", "warm"):
-                identical &= a.equals(pd.read_parquet(tmp / other / "tables" / p.name))
-
-    versions = {"python": sys.version.split()[0]}
-    for pkg in ("perovstem", "numpy", "scipy", "pandas", "dask", "distributed", "numba"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
+    fresh("serial")
+    t0 = time.perf_counter()
+    serial = run_pipeline(cfg, out=base / "serial", scheduler="serial", quiet=True)
+    t_serial = time.perf_counter() - t0
+    # cold: the pipeline starts its own LocalCluster (start-up, imports, JIT in workers)
+    fresh("dask")
+    t0 = time.perf_counter()
+    dist = run_pipeline(
+        cfg, out=base / "dask", scheduler=f"local:{n_workers}", processes=True, quiet=True
+    )
+    t_dask = time.perf_counter() - t0
+    # warm: a long-lived cluster (as on an HPC allocation) handed to the pipeline; the first
+    # run warms the workers, the second is timed
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=40,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        for _ in range(2):
+            fresh("warm")
+            t0 = time.perf_counter()
+            warm = run_pipeline(cfg, out=base / "warm", scheduler=client, quiet=True)
+            t_warm = time.perf_counter() - t0
+    identical = True
+    n_rows = 0
+    for p in sorted((base / "serial" / "tables").glob("analysis.*.parquet")):
+        n_rows += len(pd.read_parquet(p))
+        for other in ("dask", "warm"):
+            identical &= p.read_bytes() == (base / other / "tables" / p.name).read_bytes()
     s_step, d_step, w_step = _step_time(serial), _step_time(dist), _step_time(warm)
-    result = {
-        "benchmark": "pipeline per-frame step: serial vs dask LocalCluster",
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "processor": platform.processor(),
-            "load_average_1_5_15min_at_start": load_start,
-            "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
-        },
-        "versions": versions,
-        "workload": {"frames": args.frames, "step": analysis, "rows_out": n_rows},
+    return {
+        "workload": {"frames": n_frames, "step": analysis, "rows_out": n_rows},
         "ours": {"serial_step_s": round(s_step, 3), "serial_run_s": round(t_serial, 3)},
         "peer": {
-            "name": f"same pipeline on a dask.distributed LocalCluster ({args.workers} worker "
+            "name": f"same pipeline on a dask.distributed LocalCluster ({n_workers} worker "
             "processes, 1 thread each)",
             "cold_step_s": round(d_step, 3),
             "cold_run_s": round(t_dask, 3),
@@ -167,7 +133,54 @@ def main() -> None:
             "warm_step_speedup_dask_over_serial": round(s_step / w_step, 3),
         },
         "identical_results": bool(identical),
-        "note": note or None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=200)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--steps",
+        nargs="+",
+        default=["insitu.clusters", "atoms.series"],
+        help="per-frame steps to time (default: cluster detection, column fits)",
+    )
+    args = ap.parse_args()
+    load_start = [round(x, 2) for x in os.getloadavg()]
+
+    from perovstem.pipeline import get_step
+
+    results, notes = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for analysis in args.steps:
+            if not get_step(analysis).available:
+                notes[analysis] = "not available in this version"
+                continue
+            try:
+                results.append(_bench(analysis, args.frames, args.workers, Path(tmp)))
+            except Exception as exc:  # report, keep the other workloads
+                notes[analysis] = f"{type(exc).__name__}: {exc}"
+            print(json.dumps(results[-1] if results else notes, indent=1), flush=True)
+
+    versions = {"python": sys.version.split()[0]}
+    for pkg in ("perovstem", "numpy", "scipy", "pandas", "dask", "distributed", "numba"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    result = {
+        "benchmark": "pipeline per-frame steps: serial vs dask LocalCluster",
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor(),
+            "load_average_1_5_15min_at_start": load_start,
+            "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
+        "versions": versions,
+        "workloads": results,
+        "notes": notes or None,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
