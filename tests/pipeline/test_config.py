@@ -172,3 +172,13 @@ def test_step_note_is_kept_and_checked(tmp_path):
     assert "Note: hi &lt;b&gt;" in html
     with pytest.raises(ParameterError, match="line 6.*`note` must be a string"):
         load_config(_write(tmp_path, PLUGIN + '[[step]]\nrun = "test.make_series"\nnote = 3\n'))
+
+
+def test_broken_module_makes_step_unavailable_not_a_crash(tmp_path, monkeypatch):
+    from perovstem.pipeline import Step
+
+    (tmp_path / "broken_mod_xyz.py").write_text("raise RuntimeError('half-written module')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    step = Step(name="t.broken", func=lambda ctx: {}, requires=("broken_mod_xyz:f",))
+    assert step.missing_requirements() == ["broken_mod_xyz:f"]
+    assert not step.available

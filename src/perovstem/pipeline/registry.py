@@ -25,7 +25,7 @@ def _find(candidate: str) -> Any:
     mod, _, attr = candidate.partition(":")
     try:
         m = importlib.import_module(mod)
-    except ImportError:
+    except Exception:  # missing, or broken in this installation: the step is not available
         return None
     if not attr:
         return m
