@@ -199,7 +199,9 @@ def simulate_kmc(ctx: Any, atoms: Any) -> dict[str, Any]:
     outputs=("series", "truth"),
     params={
         "pixel_size_A": Param(float, 0.5, "pixel size, Å", min=0.01, max=10.0),
-        "drift_A_per_s": Param(list, [0.0, 0.0], "specimen drift (dy, dx), Å/s"),
+        "drift_A_per_s": Param(
+            list, [0.0, 0.0], "specimen drift (vx, vy) = (along x, along y), Å/s"
+        ),
     },
     requires=(SERIES,),
     section="kinetics",
