@@ -116,6 +116,12 @@ def child(n_frames: int, size: int, px: float, workdir: str) -> dict:
         np.sqrt(np.mean((e - t)[: max(2, n_frames // 4)] ** 2))
     )
     tf = truth["frames"]
+    # frames while at least half of the crystal's Pb is still in the host lattice: afterwards
+    # only hopping clusters are left and there is nothing rigid to register to
+    host = tf["n_Pb_host"].to_numpy(float)
+    keep = host >= 0.5 * host[0]
+    out["frames_with_crystal"] = int(keep.sum())
+    out["drift_rms_px_while_crystal"] = float(np.sqrt(np.mean((e - t)[keep] ** 2)))
     out["final_truth_clusters"] = int(tf["n_clusters"].iloc[-1])
     out["final_truth_cluster_atoms"] = int(tf["n_cluster_atoms"].iloc[-1])
     out["final_detected_clusters"] = float(res.frames["n_clusters"].iloc[-1])
