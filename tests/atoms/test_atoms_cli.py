@@ -14,7 +14,7 @@ from perovstem.cli.main import main
 
 @pytest.fixture(scope="module")
 def sim_image(tmp_path_factory):
-    sim = pytest.importorskip("perovstem.simulate")
+    import perovstem.simulate as sim
     from perovstem.io import save_image
 
     atoms = sim.nanocrystal(30.0, rng=0)

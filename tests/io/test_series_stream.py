@@ -10,8 +10,6 @@ from perovstem.errors import FileFormatError, OutputExistsError, ParameterError
 from perovstem.io import load, save_image
 from perovstem.io.series_stream import save_series_streaming
 
-pytest.importorskip("perovstem.simulate.haadf")
-
 
 @pytest.fixture(scope="module")
 def lazy_series():

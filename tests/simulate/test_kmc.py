@@ -26,7 +26,8 @@ def traj() -> KMCTrajectory:
 
 
 def _nanocrystal(**kw):
-    structures = pytest.importorskip("perovstem.simulate.structures")
+    from perovstem.simulate import structures
+
     return structures.nanocrystal(**kw)
 
 
@@ -320,7 +321,8 @@ def test_runs_on_nanocrystal_structures(kw):
 
 
 def test_input_pb_cluster_is_kept():
-    structures = pytest.importorskip("perovstem.simulate.structures")
+    from perovstem.simulate import structures
+
     at = structures.add_pb_cluster(_nanocrystal(edge_A=30.0), 20, site="corner", rng=0)
     tr = degradation_kmc(at, n_frames=2, frame_time_s=1.0, dose_rate_e_per_A2_s=1e3, rng=0)
     init = tr.frame_table.attrs["initial"]

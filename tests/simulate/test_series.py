@@ -13,8 +13,6 @@ from perovstem.simulate.kmc_lattice import simple_cube
 from perovstem.simulate.kmc_params import KineticParameters
 from perovstem.simulate.series import insitu_series, iter_insitu_frames
 
-pytest.importorskip("perovstem.simulate.haadf")
-
 
 def _cube(n: int) -> Atoms:
     sym, pos = simple_cube(n)
