@@ -144,7 +144,6 @@ def column_step(
     i1 = min(ny - 1, int(np.ceil(yk + rbox)))
     a = np.zeros((npar, npar))
     b = np.zeros(npar)
-    jac = np.zeros(npar)
     rc2 = rc * rc
     inv = 1.0 / (rk * rk)
     hb = i1 - i0 + 1
@@ -160,6 +159,8 @@ def column_step(
     oj1 = min(j1, int(np.ceil(xk + rc)))
     oi0 = max(i0, int(np.floor(yk - rc)))
     oi1 = min(i1, int(np.ceil(yk + rc)))
+    b0 = b1 = b2 = b3 = 0.0
+    a00 = a01 = a02 = a03 = a11 = a12 = a13 = a22 = a23 = a33 = 0.0
     for i in range(oi0, oi1 + 1):
         dy = i - yk
         eyi = ey[i - i0]
@@ -175,21 +176,46 @@ def column_step(
             wij = w[i, j]
             rij = res[i, j]
             eg = ek * g
-            jac[0] = eg * dx * inv
-            jac[1] = eg * dy * inv
-            jac[2] = g
+            j0_ = eg * dx * inv
+            j1_ = eg * dy * inv
             if fix_pos:
-                jac[0] = 0.0
-                jac[1] = 0.0
-            if free_rho:
-                jac[3] = eg * r2 * inv / rk
-            for p in range(npar):
-                b[p] += wij * jac[p] * rij
-                for q in range(p, npar):
-                    a[p, q] += wij * jac[p] * jac[q]
-    for p in range(npar):
-        for q in range(p):
-            a[p, q] = a[q, p]
+                j0_ = 0.0
+                j1_ = 0.0
+            j3_ = eg * r2 * inv / rk if free_rho else 0.0
+            # scalar accumulators (upper triangle of JᵀWJ and JᵀWr): no inner loops
+            w0 = wij * j0_
+            w1 = wij * j1_
+            w2 = wij * g
+            w3 = wij * j3_
+            b0 += w0 * rij
+            b1 += w1 * rij
+            b2 += w2 * rij
+            b3 += w3 * rij
+            a00 += w0 * j0_
+            a01 += w0 * j1_
+            a02 += w0 * g
+            a03 += w0 * j3_
+            a11 += w1 * j1_
+            a12 += w1 * g
+            a13 += w1 * j3_
+            a22 += w2 * g
+            a23 += w2 * j3_
+            a33 += w3 * j3_
+    a[0, 0] = a00
+    a[0, 1] = a[1, 0] = a01
+    a[0, 2] = a[2, 0] = a02
+    a[1, 1] = a11
+    a[1, 2] = a[2, 1] = a12
+    a[2, 2] = a22
+    b[0] = b0
+    b[1] = b1
+    b[2] = b2
+    if free_rho:
+        a[0, 3] = a[3, 0] = a03
+        a[1, 3] = a[3, 1] = a13
+        a[2, 3] = a[3, 2] = a23
+        a[3, 3] = a33
+        b[3] = b3
     if a[2, 2] <= 0.0:
         return 0.0, False
     if fix_pos:
@@ -429,7 +455,6 @@ def global_schur_terms(res, w, x, y, eta, rho, cut, gimg):
     ainv_g = np.zeros((n, 3))
     ainv_G = np.zeros((n, 3, ng))
     for k in prange(n):
-        jac = np.zeros(3)
         xk = x[k]
         yk = y[k]
         ek = eta[k]
@@ -448,6 +473,8 @@ def global_schur_terms(res, w, x, y, eta, rho, cut, gimg):
             continue
         ex = _exp1d(xk, j0, j1, inv)
         ey = _exp1d(yk, i0, i1, inv)
+        g0 = g1 = g2 = 0.0
+        a00 = a01 = a02 = a11 = a12 = a22 = 0.0
         for i in range(i0, i1 + 1):
             dy = i - yk
             eyi = ey[i - i0]
@@ -458,18 +485,36 @@ def global_schur_terms(res, w, x, y, eta, rho, cut, gimg):
                     continue
                 gg = eyi * ex[j - j0]
                 eg = ek * gg
-                jac[0] = eg * dx * inv
-                jac[1] = eg * dy * inv
-                jac[2] = gg
+                jx = eg * dx * inv
+                jy = eg * dy * inv
                 wij = w[i, j]
                 rij = res[i, j]
-                for p in range(3):
-                    wj = wij * jac[p]
-                    gk[p] += wj * rij
-                    for q in range(ng):
-                        Gk[p, q] += wj * gimg[q, i, j]
-                    for q in range(3):
-                        a[p, q] += wj * jac[q]
+                w0 = wij * jx
+                w1 = wij * jy
+                w2 = wij * gg
+                g0 += w0 * rij
+                g1 += w1 * rij
+                g2 += w2 * rij
+                a00 += w0 * jx
+                a01 += w0 * jy
+                a02 += w0 * gg
+                a11 += w1 * jy
+                a12 += w1 * gg
+                a22 += w2 * gg
+                for q in range(ng):
+                    gq = gimg[q, i, j]
+                    Gk[0, q] += w0 * gq
+                    Gk[1, q] += w1 * gq
+                    Gk[2, q] += w2 * gq
+        a[0, 0] = a00
+        a[0, 1] = a[1, 0] = a01
+        a[0, 2] = a[2, 0] = a02
+        a[1, 1] = a11
+        a[1, 2] = a[2, 1] = a12
+        a[2, 2] = a22
+        gk[0] = g0
+        gk[1] = g1
+        gk[2] = g2
         for p in range(3):
             a[p, p] *= 1.0 + 1e-12
         v, ok = _solve_small(a, gk)
