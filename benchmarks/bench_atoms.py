@@ -175,6 +175,8 @@ def run_ours(image, truth, *, cell=None, separation=None, width="column"):
         columns_per_s_total=round(n / (t_find + t_fit), 1),
         columns_per_s_fit=round(n / t_fit, 1),
         n_sweeps=int(df.attrs["n_iter"]),
+        numba_threads_used=bool(df.attrs.get("parallel", False)),
+        load_average_1min=os.getloadavg()[0],
         converged=bool(df.attrs["converged"]),
         reported_pos_err_px=float(np.sqrt(np.mean((df.x_err_A**2 + df.y_err_A**2)[f] / 2))),
         **acc,
