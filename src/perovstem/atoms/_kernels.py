@@ -786,3 +786,30 @@ def lincomb(coef, basis):
         for p in range(of.shape[0]):
             of[p] += c * bf[t, p]
     return out
+
+
+@njit(cache=True, nogil=True)
+def wdot2(w, r, d, unit):
+    """``(Σ w r d, Σ w d²)`` over all pixels (``unit``: all weights 1), serial."""
+    rf = r.ravel()
+    df = d.ravel()
+    wf = w.ravel()
+    b = 0.0
+    c = 0.0
+    for p in range(rf.shape[0]):
+        wd = df[p] if unit else wf[p] * df[p]
+        b += wd * rf[p]
+        c += wd * df[p]
+    return b, c
+
+
+@njit(cache=True, nogil=True)
+def axpy_image(r, d, a):
+    """New image ``r + a·d`` in one pass."""
+    out = np.empty_like(r)
+    of = out.ravel()
+    rf = r.ravel()
+    df = d.ravel()
+    for p in range(rf.shape[0]):
+        of[p] = rf[p] + a * df[p]
+    return out

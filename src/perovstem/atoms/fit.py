@@ -375,6 +375,8 @@ def fit_columns(
     uniform_w = [noise == "gaussian"]  # unit weights: skip the multiplications
 
     tail_state = {"img": None}
+    sp_order = np.lexsort((x, np.floor(y / 16.0)))
+    sp_inv = np.argsort(sp_order)
 
     def tail_image() -> np.ndarray | None:
         if tail is None:
@@ -436,10 +438,11 @@ def fit_columns(
     def global_system(res_: np.ndarray):
         gimg = global_images()
         c_mat, h = K.weighted_gram(gimg, w, res_, uniform_w[0])
+        o = sp_order  # columns in spatial order (cache-friendly), results back in input order
         s_sub, r_sub, ainv_g, ainv_G = K.global_schur_terms(
-            res_, w, x, y, eta, rho, min(cut, 3.5), gimg
+            res_, w, x[o], y[o], eta[o], rho[o], min(cut, 3.5), gimg
         )
-        return c_mat - s_sub, h - r_sub, ainv_g, ainv_G
+        return c_mat - s_sub, h - r_sub, ainv_g[sp_inv], ainv_G[sp_inv]
 
     def _global_step(res_: np.ndarray):
         nonlocal coef, bg_img
@@ -449,16 +452,22 @@ def fit_columns(
         cur = float(_wsse(w, res_, uniform_w[0]))
         rho0, eta0, coef0 = rho.copy(), eta.copy(), coef.copy()
         if not shared_rho and tail is None:
-            # only linear parameters (eta, background) change: incremental update, no re-render
-            trial = res_.copy()
-            K.add_columns(trial, x, y, deta, rho, cut, -1.0)
+            # only linear parameters (eta, background) change: the SSE along the step D is the
+            # parabola cur − 2αb + α²c, so take the full step if it decreases the SSE, else the
+            # exact line minimum α = b/c — no re-render of the model
             dbg = K.lincomb(dtheta[n_glob - nb :], basis)
-            trial -= dbg
-            if float(_wsse(w, trial, uniform_w[0])) <= cur:
-                eta[:] = eta0 + deta
-                coef = coef0 + dtheta[n_glob - nb :]
-                bg_img = bg_img + dbg
-                return trial, 0.0, 1.0
+            dimg = dbg.copy()
+            o = sp_order
+            K.add_columns(dimg, x[o], y[o], deta[o], rho[o], cut, 1.0)
+            b_lin, c_lin = K.wdot2(w, res_, dimg, uniform_w[0])
+            if c_lin <= 0.0 or b_lin <= 0.0:
+                return res_, 0.0, 0.0
+            alpha = 1.0 if c_lin <= 2.0 * b_lin else b_lin / c_lin
+            trial = K.axpy_image(res_, dimg, -alpha)
+            eta[:] = eta0 + alpha * deta
+            coef = coef0 + alpha * dtheta[n_glob - nb :]
+            bg_img = bg_img + alpha * dbg
+            return trial, 0.0, alpha
         alpha = 1.0
         for _ in range(8):
             if shared_rho:
