@@ -403,6 +403,11 @@ def _read_zarr(path: Path, *, lazy: bool) -> dict[str, Any]:
         data = da.from_zarr(arr)
     else:
         data = arr[...]
+    return _record_from_meta(data, meta)
+
+
+def _record_from_meta(data: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """A load record from the JSON metadata that perovstem writes into zarr/tif files."""
     rec = {"data": data, "pixel_size_A": meta["pixel_size_A"], "metadata": meta.get("metadata", {})}
     for k in (
         "angles_deg",
@@ -436,17 +441,4 @@ def _read_perovstem_tiff(path: Path) -> dict[str, Any]:
     with tifffile.TiffFile(path) as tif:
         meta = json.loads(tif.shaped_metadata[0]["perovstem"])
         data = tif.asarray()
-    rec = {"data": data, "pixel_size_A": meta["pixel_size_A"], "metadata": meta.get("metadata", {})}
-    for k in (
-        "angles_deg",
-        "time_s",
-        "dose_e_per_A2",
-        "temperature_K",
-        "pressure_Pa",
-        "shifts_px",
-        "tilt_axis_deg",
-        "gas",
-    ):
-        if meta.get(k) is not None:
-            rec[k] = np.asarray(meta[k]) if isinstance(meta[k], list) else meta[k]
-    return rec
+    return _record_from_meta(data, meta)
