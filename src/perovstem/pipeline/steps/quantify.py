@@ -158,12 +158,13 @@ def quantify_arrhenius(ctx: Any, frames: Any) -> dict[str, Any]:
         rates["temperature_K"], rates["rate_per_s"], rate_err=err if ok else None, ci="wald"
     )
     ctx.metric(
-        "activation energy Ea",
+        f"activation energy Ea of {p['y']} loss",
         fit.params["Ea_eV"],
         err=fit.stderr["Ea_eV"],
         unit="eV",
         section="mechanism",
-        caption="Arrhenius fit of first-order loss rates",
+        caption=f"Arrhenius fit of the first-order loss rates of {p['y']} over the heating series "
+        "(Ea ≈ 0 means the loss is athermal, i.e. beam-driven)",
     )
     ctx.table("rates", rates, title="Loss rate per temperature")
     from perovstem.plot.overview import plot_xy
