@@ -184,3 +184,34 @@ def test_bad_input_raises():
         fit_arrhenius([300, 320], [1.0, -2.0])
     with pytest.raises(DataError, match="dose_rate"):
         fit_dose_rate_dependence([1e3, 1e3], [1.0, 1.0])
+
+
+@pytest.mark.parametrize("model", ["coalescence_smoluchowski", "number_first_order"])
+def test_decay_models_on_zero_counts(model):
+    """No cluster at all (every count 0): the guesses must not divide by zero."""
+    x = np.linspace(0.0, 1e4, 10)
+    r = fit_model(x, np.zeros(10), model, likelihood="poisson")
+    assert r.params["N0"] == pytest.approx(0.0, abs=1e-6)
+    tab, _ = compare_models(x, np.zeros(10), "coalescence", likelihood="poisson")
+    assert (tab["status"] == "ok").all()
+
+
+def test_compare_models_reports_a_numerically_failing_model():
+    from perovstem.quantify.kinetics import KineticModel
+
+    def explode(x, a):
+        raise FloatingPointError("overflow in the model")
+
+    bad = KineticModel("bad", explode, ("a",), lambda x, y: [1.0], ([0], [np.inf]), "br_loss", "")
+    rng = np.random.default_rng(2)
+    x, y = _br_atoms(rng, 3e4, n_frames=20)
+    tab, fits = compare_models(x, y, ["br_first_order", bad, "br_linear"])
+    assert list(tab["model"][:2]) == ["br_first_order", "br_linear"]
+    row = tab[tab["model"] == "bad"].iloc[0]
+    assert row["status"].startswith("failed: FloatingPointError") and row["weight"] == 0
+    assert not row["selected"] and np.isnan(row["aicc"])
+    assert "bad" not in fits and "bad" in tab.attrs["failed"]
+    assert np.isclose(tab["weight"].sum(), 1.0)
+    # bad options are still the caller's error
+    with pytest.raises(ParameterError):
+        compare_models(x, y, ["br_first_order", bad], likelihood="laplace")

@@ -229,15 +229,21 @@ def _g_power(x: np.ndarray, y: np.ndarray) -> list[float]:
     return [r0, k, 3.0]
 
 
+def _n0_guess(y: np.ndarray) -> float:
+    """Initial number for the decay guesses; > 0 even when every count is zero."""
+    n0 = float(y[0]) if y[0] > 0 else float(np.max(y))
+    return n0 if n0 > 0 else 1e-3
+
+
 def _g_smol(x: np.ndarray, y: np.ndarray) -> list[float]:
-    n0 = float(y[0]) if y[0] > 0 else float(y.max())
+    n0 = _n0_guess(y)
     n1 = float(y[-1]) if y[-1] > 0 else n0 / 2
     k = max(2 * (n0 / max(n1, 1e-9) - 1) / (n0 * _span(x)), 1e-30)
     return [n0, k]
 
 
 def _g_firstdecay(x: np.ndarray, y: np.ndarray) -> list[float]:
-    n0 = float(y[0]) if y[0] > 0 else float(y.max())
+    n0 = _n0_guess(y)
     n1 = max(float(y[-1]), 1e-3 * n0)
     return [n0, max(np.log(n0 / n1) / _span(x), 1e-30)]
 
@@ -762,10 +768,20 @@ def compare_models(
     Returns
     -------
     table : DataFrame
-        ``model, process, n_params, loglik, aic, aicc, bic, delta, weight, selected, mechanism``
-        sorted by the criterion.
+        ``model, process, n_params, loglik, aic, aicc, bic, delta, weight, selected,
+        mechanism, status`` sorted by the criterion.  A model whose fit fails for a numeric
+        reason (non-finite likelihood, overflow, singular matrix ...) is kept as a row at
+        the end with NaN criteria, weight 0 and ``status = "failed: <reason>"`` (also in
+        ``table.attrs['failed']``); the others are still compared.
     fits : dict[str, FitResult]
-        Failed fits are reported in ``table.attrs['failed']``.
+        The successful fits.
+
+    Raises
+    ------
+    DataError
+        When no model could be fitted.
+    ParameterError
+        Bad options (these are not per-model failures).
     """
     check_choice("criterion", criterion, ("aic", "aicc", "bic"))
     if isinstance(models, str):
@@ -774,34 +790,78 @@ def compare_models(
         models = [m for m in MODELS.values() if m.process == models]
     fits: dict[str, FitResult] = {}
     failed: dict[str, str] = {}
+    kinds = {}
     for mm in models:
         m = _model(mm)
+        kinds[m.name] = m
         try:
             fits[m.name] = fit_model(x, y, m, **fit_kw)
-        except DataError as exc:
-            failed[m.name] = str(exc)
+        except ParameterError:
+            raise  # a bad option is the caller's error, the same for every model
+        except (DataError, ArithmeticError, ValueError, np.linalg.LinAlgError, RuntimeError) as exc:
+            # a model that cannot be fitted (non-finite likelihood, singular Jacobian,
+            # overflow ...) is reported as failed; the comparison goes on with the others
+            failed[m.name] = f"{type(exc).__name__}: {exc}"
     if not fits:
         raise DataError(f"no model could be fitted: {failed}")
     rows = [
         {
             "model": r.model,
-            "process": _model(r.model).process if r.model in MODELS else "",
+            "process": kinds[r.model].process,
             "n_params": r.n_params,
             "loglik": r.loglik,
             "aic": r.aic,
             "aicc": r.aicc,
             "bic": r.bic,
-            "mechanism": _model(r.model).mechanism if r.model in MODELS else "",
+            "mechanism": kinds[r.model].mechanism,
+            "status": "ok",
         }
         for r in fits.values()
     ]
     t = pd.DataFrame(rows)
-    t["delta"] = t[criterion] - t[criterion].min()
-    w = np.exp(-0.5 * t["delta"].to_numpy())
-    t["weight"] = w / w.sum()
+    # infinite AICc (too few points for the parameters) ranks last with weight 0
+    crit = t[criterion].to_numpy(float)
+    if np.isfinite(crit).any():
+        t["delta"] = crit - crit[np.isfinite(crit)].min()
+        w = np.where(np.isfinite(t["delta"]), np.exp(-0.5 * t["delta"].to_numpy()), 0.0)
+        t["weight"] = w / w.sum()
+    else:  # e.g. AICc with too few points for every model: weights undefined
+        t["delta"] = np.nan
+        t["weight"] = np.nan
     t = t.sort_values(criterion, kind="stable").reset_index(drop=True)
     t["selected"] = False
     t.loc[0, "selected"] = True
+    if failed:  # failed models stay in the table (NaN criteria, weight 0, status = reason)
+        fail = pd.DataFrame(
+            [
+                {
+                    "model": name,
+                    "process": kinds[name].process,
+                    "n_params": len(kinds[name].param_names),
+                    "mechanism": kinds[name].mechanism,
+                    "status": f"failed: {why}",
+                    "weight": 0.0,
+                    "selected": False,
+                }
+                for name, why in failed.items()
+            ]
+        )
+        t = pd.concat([t, fail], ignore_index=True)
+    cols = [
+        "model",
+        "process",
+        "n_params",
+        "loglik",
+        "aic",
+        "aicc",
+        "bic",
+        "delta",
+        "weight",
+        "selected",
+        "mechanism",
+        "status",
+    ]
+    t = t[cols]
     t.attrs["criterion"] = criterion
     t.attrs["failed"] = failed
     return t, fits

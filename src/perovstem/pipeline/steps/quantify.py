@@ -78,7 +78,7 @@ def quantify_kinetics(ctx: Any, frames: Any) -> dict[str, Any]:
     ranking.attrs["label"] = label
     ctx.table(
         "ranking",
-        ranking[["model", "n_params", p["criterion"], "delta", "weight", "mechanism"]],
+        ranking[["model", "n_params", p["criterion"], "delta", "weight", "mechanism", "status"]],
         title=f"Model ranking: {p['process']} ({label})",
         caption=f"Selected: {best}. Akaike weights from Δ{p['criterion'].upper()}.",
     )
