@@ -85,3 +85,26 @@ def test_bad_input():
         )
     with pytest.raises(CalibrationError):
         nanocrystal_metrics(np.ones((2, 16, 16)))
+
+
+def test_area_change_significance():
+    import pandas as pd
+
+    from perovstem.insitu import area_change, area_noise
+
+    rng = np.random.default_rng(0)
+    sig = 15.0
+    # white noise on a linear trend: the second-difference estimate ignores the trend
+    est = [area_noise(2000 - 10 * np.arange(40) + rng.normal(0, sig, 40)) for _ in range(20)]
+    assert np.median(est) == pytest.approx(sig, rel=0.15)
+    flat = pd.DataFrame({"area_A2": 2000 + rng.normal(0, sig, 12), "skipped": False})
+    flat.loc[11, "area_A2"] = flat.loc[0, "area_A2"] + 5.0  # small apparent "growth"
+    ch = area_change(flat)
+    assert ch["verdict"] == "within noise" and not ch["significant"]
+    assert ch["shrinkage"] < 0 and "no significant shrinkage" in ch["text"]
+    shrink = pd.DataFrame({"area_A2": 2000 - 40 * np.arange(12) + rng.normal(0, sig, 12)})
+    ch = area_change(shrink)
+    assert ch["significant"] and ch["shrinkage"] == pytest.approx(440 / 2000, abs=0.03)
+    assert ch["shrinkage_err"] == pytest.approx(np.sqrt(2) * sig / 2000, rel=0.6)
+    with pytest.raises(ParameterError):
+        area_change(pd.DataFrame({"area_A2": [1.0]}))

@@ -18,6 +18,8 @@ from perovstem.insitu.dose import E_CHARGE_C, assign_dose, dose_table, frame_dos
 from perovstem.insitu.lattice import estimate_lattice, unit_cell_average
 from perovstem.insitu.nanocrystal import (
     PHASE_SPACINGS_A,
+    area_change,
+    area_noise,
     fft_phase_check,
     nanocrystal_metrics,
     segment_nanocrystal,
@@ -43,6 +45,8 @@ __all__ = [
     "unit_cell_average",
     "lineage_events",
     "PHASE_SPACINGS_A",
+    "area_change",
+    "area_noise",
     "fft_phase_check",
     "nanocrystal_metrics",
     "segment_nanocrystal",

@@ -18,7 +18,7 @@ from perovstem.errors import DataError, ParameterError
 from perovstem.insitu._frames import frame_quality, iter_frames, single_blas_thread
 from perovstem.insitu.clusters import CLUSTER_COLUMNS, detect_clusters
 from perovstem.insitu.lattice import estimate_lattice
-from perovstem.insitu.nanocrystal import fft_phase_check, segment_nanocrystal
+from perovstem.insitu.nanocrystal import area_noise, fft_phase_check, segment_nanocrystal
 from perovstem.insitu.register import register_drift
 from perovstem.insitu.tracking import lineage_events, track_clusters
 
@@ -217,7 +217,9 @@ def _frames_table(
     out["dx_px"] = drift["dx_px"].to_numpy()
     if "area_A2" in out:
         a0 = out.loc[~out["skipped"], "area_A2"]
-        out["shrinkage"] = 1 - out["area_A2"] / (float(a0.iloc[0]) if len(a0) else np.nan)
+        first = float(a0.iloc[0]) if len(a0) else np.nan
+        out["shrinkage"] = 1 - out["area_A2"] / first
+        out["shrinkage_err"] = np.sqrt(2.0) * area_noise(a0.to_numpy(float)) / first
     g = tracks.groupby("frame")
     idx = out["frame"]
     out["n_clusters"] = g.size().reindex(idx, fill_value=0).to_numpy()

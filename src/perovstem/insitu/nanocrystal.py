@@ -22,7 +22,14 @@ from perovstem.errors import CalibrationError, ParameterError
 from perovstem.insitu._frames import frame_quality, iter_frames
 from perovstem.insitu.lattice import unit_cell_average
 
-__all__ = ["segment_nanocrystal", "nanocrystal_metrics", "fft_phase_check", "PHASE_SPACINGS_A"]
+__all__ = [
+    "segment_nanocrystal",
+    "nanocrystal_metrics",
+    "fft_phase_check",
+    "area_noise",
+    "area_change",
+    "PHASE_SPACINGS_A",
+]
 
 #: Characteristic spacings (Å) used by :func:`fft_phase_check`.
 PHASE_SPACINGS_A: dict[str, dict[str, float]] = {
@@ -232,9 +239,11 @@ def nanocrystal_metrics(
     Returns
     -------
     DataFrame
-        ``frame, area_A2, perimeter_A, equivalent_diameter_A, shrinkage, void_area_A2,
-        n_voids, centroid_x_A, centroid_y_A, integrated_counts, phase, skipped, reason``;
-        ``shrinkage = 1 − area/area(first usable frame)``.
+        ``frame, area_A2, perimeter_A, equivalent_diameter_A, shrinkage, shrinkage_err,
+        void_area_A2, n_voids, centroid_x_A, centroid_y_A, integrated_counts, phase, skipped,
+        reason``; ``shrinkage = 1 − area/area(first usable frame)`` and ``shrinkage_err`` its
+        1σ segmentation noise (:func:`area_noise`; NaN with fewer than 4 usable frames).
+        Use :func:`area_change` for a significance-checked final value.
     """
     from perovstem._data import Series
 
@@ -277,6 +286,8 @@ def nanocrystal_metrics(
     good = df.loc[~df["skipped"], "area_A2"] if "area_A2" in df else pd.Series(dtype=float)
     a0 = float(good.iloc[0]) if len(good) else np.nan
     df["shrinkage"] = 1 - df.get("area_A2", np.nan) / a0
+    sig = area_noise(good.to_numpy(float))
+    df["shrinkage_err"] = np.sqrt(2.0) * sig / a0
     cols = (
         [
             "frame",
@@ -284,6 +295,7 @@ def nanocrystal_metrics(
             "perimeter_A",
             "equivalent_diameter_A",
             "shrinkage",
+            "shrinkage_err",
             "void_area_A2",
             "n_voids",
             "centroid_x_A",
@@ -299,3 +311,97 @@ def nanocrystal_metrics(
     df = df[cols]
     df.attrs.update({"pixel_size_A": px, "lattice_A": float(lattice_A)})
     return df
+
+
+def area_noise(areas: Any) -> float:
+    """Frame-to-frame noise σ_A of a projected-area series (same unit as ``areas``).
+
+    The segmentation noise is taken as white on top of a smooth trend, so the second
+    differences ``A[k+1] − 2A[k] + A[k−1]`` have variance ``6σ_A²`` whatever the (locally
+    linear) trend; σ_A is estimated robustly from their median absolute deviation
+    (``1.4826·MAD/√6``).  NaN with fewer than 4 finite values.
+    """
+    a = np.asarray(areas, float).ravel()
+    a = a[np.isfinite(a)]
+    if a.size < 4:
+        return float("nan")
+    d2 = a[2:] - 2 * a[1:-1] + a[:-2]
+    mad = float(np.median(np.abs(d2 - np.median(d2))))
+    if mad == 0:  # quantised areas with a few flips: fall back to the rms
+        mad = float(np.sqrt(np.mean(d2**2))) / 1.4826
+    return 1.4826 * mad / np.sqrt(6.0)
+
+
+def area_change(metrics: pd.DataFrame, *, n_sigma: float = 2.0) -> dict[str, Any]:
+    """Change of the projected crystal area over a series, with its uncertainty.
+
+    Projected-area shrinkage is only physically meaningful when it exceeds the
+    segmentation noise: a crystal does not grow under the beam, and a small negative
+    "shrinkage" is noise.  The change between the first and the last usable frame,
+    ``ΔA = A_last − A_first``, gets ``σ_ΔA = √2·σ_A`` (:func:`area_noise`); the shrinkage
+    ``1 − A_last/A_first`` is called significant only when ``−ΔA > n_sigma·σ_ΔA``.
+
+    Parameters
+    ----------
+    metrics : DataFrame
+        With ``area_A2`` (and optionally ``skipped``), e.g. from :func:`nanocrystal_metrics`.
+    n_sigma : float
+        Significance threshold in units of σ_ΔA.
+
+    Returns
+    -------
+    dict
+        ``area_first_A2, area_last_A2, delta_area_A2, delta_area_err_A2, shrinkage,
+        shrinkage_err, significant`` (bool: shrinkage beyond the noise), ``verdict``
+        (``"shrinkage"``, ``"within noise"``, ``"area increase"`` (beyond the noise: check
+        the segmentation) or ``"unknown"`` (too few frames for the noise)) and ``text``.
+    """
+    check_positive("n_sigma", n_sigma)
+    if "area_A2" not in metrics:
+        raise ParameterError("`metrics` needs an `area_A2` column")
+    m = metrics
+    if "skipped" in m:
+        m = m[~m["skipped"].fillna(False).astype(bool)]
+    a = m["area_A2"].to_numpy(float)
+    a = a[np.isfinite(a)]
+    if a.size < 2:
+        raise ParameterError(f"`metrics` needs at least 2 usable frames with an area, got {a.size}")
+    sig = area_noise(a)
+    d = float(a[-1] - a[0])
+    err = float(np.sqrt(2.0) * sig)
+    s, s_err = -d / float(a[0]), err / float(a[0])
+    if not np.isfinite(err):
+        verdict = "unknown"
+    elif -d > n_sigma * err:
+        verdict = "shrinkage"
+    elif d > n_sigma * err:
+        verdict = "area increase"
+    else:
+        verdict = "within noise"
+    nm2 = 1e-2
+    if verdict == "shrinkage":
+        text = f"projected area shrank by {100 * s:.1f} ± {100 * s_err:.1f} % (1σ)"
+    elif verdict == "within noise":
+        text = (
+            f"no significant shrinkage: ΔA = {d * nm2:+.2f} ± {err * nm2:.2f} nm² "
+            f"(|ΔA| < {n_sigma:g}σ)"
+        )
+    elif verdict == "area increase":
+        text = (
+            f"projected area increased by {d * nm2:.2f} ± {err * nm2:.2f} nm² (> {n_sigma:g}σ): "
+            "not a physical shrinkage, check the segmentation (e.g. clusters or support merged "
+            "into the outline)"
+        )
+    else:
+        text = f"ΔA = {d * nm2:+.2f} nm² (too few frames to estimate the noise)"
+    return {
+        "area_first_A2": float(a[0]),
+        "area_last_A2": float(a[-1]),
+        "delta_area_A2": d,
+        "delta_area_err_A2": err,
+        "shrinkage": s,
+        "shrinkage_err": s_err,
+        "significant": verdict == "shrinkage",
+        "verdict": verdict,
+        "text": text,
+    }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import numpy as np
+
 from perovstem.pipeline.registry import Param, api, register_step
 
 REGISTER = "perovstem.insitu:register_drift|perovstem.insitu.register:register_drift"
@@ -171,13 +173,38 @@ def insitu_nanocrystal(ctx: Any, series: Any) -> dict[str, Any]:
             title=f"Nanocrystal shrinkage ({ctx.step_id})",
             caption="Projected-area loss of the nanocrystal versus cumulative dose.",
         )
-        last = metrics["shrinkage"].dropna()
-        if len(last):
-            ctx.metric(
-                f"final shrinkage ({ctx.step_id})",
-                100.0 * float(last.iloc[-1]),
-                unit="%",
-                section="mechanism",
-                caption="projected-area loss at the end of the series",
-            )
+        _report_area_change(ctx, metrics)
     return {"metrics": metrics}
+
+
+AREA_CHANGE = "perovstem.insitu:area_change|perovstem.insitu.nanocrystal:area_change"
+
+
+def _report_area_change(ctx: Any, metrics: Any) -> None:
+    """Area change first → last frame with its noise; shrinkage only when significant."""
+    from perovstem.errors import PerovstemError
+
+    try:
+        ch = api(AREA_CHANGE)(metrics)
+    except (ImportError, AttributeError, PerovstemError):
+        return
+    ctx.metric(
+        f"projected-area change ({ctx.step_id})",
+        ch["delta_area_A2"] / 100.0,
+        err=ch["delta_area_err_A2"] / 100.0 if np.isfinite(ch["delta_area_err_A2"]) else None,
+        unit="nm²",
+        section="kinetics",
+        caption="last − first usable frame, ±1σ segmentation noise (from the frame-to-frame "
+        "scatter of the area)",
+    )
+    if ch["significant"]:
+        ctx.metric(
+            f"final shrinkage ({ctx.step_id})",
+            100.0 * ch["shrinkage"],
+            err=100.0 * ch["shrinkage_err"],
+            unit="%",
+            section="mechanism",
+            caption="projected-area loss at the end of the series (> 2σ of the noise), ±1σ",
+        )
+    else:  # within noise (or an increase): no shrinkage number is reported
+        ctx.text(f"Nanocrystal ({ctx.step_id}): {ch['text']}.", section="mechanism")
