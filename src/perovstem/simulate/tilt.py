@@ -36,6 +36,8 @@ from perovstem.errors import ParameterError
 __all__ = [
     "NanocrystalPhantom",
     "nanocrystal_phantom",
+    "tilt_scheme",
+    "atoms_to_volume",
     "tilt_series",
     "degradation_phantoms",
     "degradation_tilt_series",
@@ -382,90 +384,203 @@ def _voxelize(nz, ny, nx, dx, centre, n, d, rho, incl, ss):
 
 
 # --------------------------------------------------------------------------- tilt series
-def tilt_series(
-    obj: NanocrystalPhantom,
-    angles_deg: Any,
+
+# --------------------------------------------------------------------------- tilt schemes
+_SCHEMES = ("sequential", "bidirectional", "dose-symmetric")
+
+
+def tilt_scheme(
+    max_tilt_deg: float = 70.0,
+    step_deg: float = 2.0,
     *,
-    shape: Any = (128, 128),
-    pixel_size_A: float = 1.0,
-    supersample: int = 2,
-    counts_per_A: float = 10.0,
-    background: float = 0.0,
-    shifts_px: Any = None,
-    shift_sigma_px: float = 0.0,
-    tilt_axis_deg: float = 0.0,
-    axis_offset_px: float = 0.0,
-    noise: bool = True,
-    truth_volume: bool = False,
-    dose_e_per_A2: float | None = None,
-    rng: Any = None,
-) -> tuple[TiltSeries, dict[str, Any]]:
-    """Simulate a HAADF-STEM tilt series of an analytic phantom (exact line integrals).
+    min_tilt_deg: float | None = None,
+    scheme: str = "dose-symmetric",
+    group_size: int = 2,
+    start_deg: float = 0.0,
+) -> pd.DataFrame:
+    """Tilt angles of an acquisition scheme and the order in which they are recorded.
 
     Parameters
     ----------
-    obj : NanocrystalPhantom
-    angles_deg : (A,) array_like
-        Tilt angles, degrees (rotation about the tilt axis).
-    shape : (int, int)
-        Detector ``(M, N)`` = (rows along y, columns along the tilt axis x).
-    pixel_size_A : float
-        Pixel (and truth voxel) size, Å.
-    supersample : int
-        Rays per pixel edge (pixel-area integration).
-    counts_per_A : float
-        Expected detector counts per pixel per Å of host path (density 1).
-    background : float
-        Constant expected counts added to every pixel (vacuum/support signal).
-    shifts_px : (A, 2) array_like, optional
-        True ``(dy, dx)`` displacement of each projection's content, pixels.
-    shift_sigma_px : float
-        When ``shifts_px`` is None: random-walk drift with this step σ, pixels (zero mean).
-    tilt_axis_deg : float
-        In-plane direction of the tilt axis in the images, degrees from the image x axis,
-        counter-clockwise as displayed with row 0 on top (towards −rows), as in TiltSeries.
-    axis_offset_px : float
-        Tilt-axis position along the image y direction relative to the image centre, px.
-    noise : bool
-        Poisson noise on the counts.
-    truth_volume : bool
-        Also return the partial-volume truth ``(M, M, N)`` (z, y, x) in ``truth["volume"]``.
-    dose_e_per_A2 : float, optional
-        Stored in the metadata (dose of the whole tilt series).
-    rng : seed or Generator
+    max_tilt_deg : float
+        Largest tilt, degrees (0 < ``max_tilt_deg`` ≤ 90).
+    step_deg : float
+        Angular increment, degrees (> 0).
+    min_tilt_deg : float, optional
+        Most negative tilt, degrees (default ``-max_tilt_deg``).  An asymmetric range
+        (e.g. −60 … +70 when the holder shadows one side) widens the missing wedge.
+    scheme : {"sequential", "bidirectional", "dose-symmetric"}
+        ``sequential``: from ``min_tilt_deg`` to ``max_tilt_deg``.  ``bidirectional``: from
+        the angle nearest ``start_deg`` to the positive end, then from the next lower angle
+        to the negative end.  ``dose-symmetric``: start at the angle nearest ``start_deg``
+        and alternate between the positive and the negative branch in groups of
+        ``group_size`` angles, so that the low tilts, which carry most high-resolution
+        information, receive the least accumulated dose (Hagen, Wan & Briggs,
+        J. Struct. Biol. 197, 191 (2017)); the first excursion (to the positive side) takes
+        one angle, as in that paper (0, +3, −3, −6, +6, +9, ... for ``group_size=2``).
+    group_size : int
+        Angles per excursion of the dose-symmetric scheme (≥ 1).
+    start_deg : float
+        Starting angle for ``bidirectional`` and ``dose-symmetric`` schemes, degrees.
 
     Returns
     -------
-    tilt_series : TiltSeries
-        Counts, ``(A, M, N)`` float32; metadata records the simulation parameters.
-    truth : dict
-        ``shifts_px`` (A, 2), ``tilt_axis_deg``, ``axis_offset_px``, ``facets`` DataFrame,
-        ``volume_A3``, ``surface_A2``, ``inclusion_volume_A3``, optionally ``volume``.
-    """
-    from perovstem.tomo.projector import check_angles
+    DataFrame
+        One row per projection, sorted by angle: ``angle_deg`` and ``order`` (0-based
+        acquisition index).  ``attrs``: ``scheme``, ``step_deg``, ``tilt_range_deg``
+        (min, max) and ``missing_wedge_deg`` = 180° − (max − min).
 
-    gen = np.random.default_rng(rng)
-    ang = check_angles(angles_deg)
-    m, nn = (int(v) for v in shape)
-    if m < 3 or nn < 1:
-        raise ParameterError(f"`shape` must be (M >= 3, N >= 1), got {shape}")
-    if supersample < 1:
-        raise ParameterError(f"`supersample` must be >= 1, got {supersample}")
-    if not np.isfinite(pixel_size_A) or pixel_size_A <= 0:
-        raise ParameterError(f"`pixel_size_A` must be > 0, got {pixel_size_A}")
-    na = ang.size
-    if shifts_px is None:
-        if shift_sigma_px > 0:
-            steps = gen.normal(0.0, shift_sigma_px, (na, 2))
-            sh = np.cumsum(steps, axis=0)
-            sh -= sh.mean(axis=0)
-        else:
-            sh = np.zeros((na, 2))
+    Raises
+    ------
+    ParameterError
+        Non-positive step, a range outside ±90°, an empty range, an unknown scheme or a
+        bad group size.
+    """
+    if not np.isfinite(step_deg) or step_deg <= 0:
+        raise ParameterError(f"`step_deg` must be > 0 degrees, got {step_deg!r}")
+    if not np.isfinite(max_tilt_deg) or not 0 < max_tilt_deg <= 90:
+        raise ParameterError(f"`max_tilt_deg` must be in (0, 90] degrees, got {max_tilt_deg!r}")
+    lo = -float(max_tilt_deg) if min_tilt_deg is None else float(min_tilt_deg)
+    if not np.isfinite(lo) or not -90 <= lo < max_tilt_deg:
+        raise ParameterError(
+            f"`min_tilt_deg` must be in [-90, max_tilt_deg) degrees, got {min_tilt_deg!r}"
+        )
+    if scheme not in _SCHEMES:
+        raise ParameterError(f"`scheme` must be one of {list(_SCHEMES)}, got {scheme!r}")
+    if isinstance(group_size, bool) or int(group_size) != group_size or group_size < 1:
+        raise ParameterError(f"`group_size` must be an integer >= 1, got {group_size!r}")
+    hi = float(max_tilt_deg)
+    # angles on the grid start + k·step inside [lo, hi] (so that start_deg is recorded)
+    k0 = int(np.ceil((lo - start_deg) / step_deg - 1e-9))
+    k1 = int(np.floor((hi - start_deg) / step_deg + 1e-9))
+    if scheme == "sequential":
+        k0 = 0
+        k1 = int(np.floor((hi - lo) / step_deg + 1e-9))
+        ang = lo + step_deg * np.arange(k0, k1 + 1)
     else:
-        sh = np.asarray(shifts_px, float)
-        if sh.shape != (na, 2):
-            raise ParameterError(f"`shifts_px` must have shape ({na}, 2), got {sh.shape}")
-    # sub-pixel sample positions in image pixel coordinates (relative to image centre)
+        ang = start_deg + step_deg * np.arange(k0, k1 + 1)
+    ang = np.round(ang, 9)
+    if ang.size < 2:
+        raise ParameterError(
+            f"tilt range {lo}…{hi}° with step {step_deg}° gives fewer than two projections"
+        )
+    if scheme == "sequential":
+        seq = list(range(ang.size))
+    else:
+        i0 = int(np.argmin(np.abs(ang - start_deg)))
+        up = list(range(i0 + 1, ang.size))
+        down = list(range(i0 - 1, -1, -1))
+        if scheme == "bidirectional":
+            seq = [i0, *up, *down]
+        else:
+            seq = [i0]
+            side, take = 0, 1  # first excursion: one angle on the positive side
+            branches = [up, down]
+            while branches[0] or branches[1]:
+                br = branches[side] if branches[side] else branches[1 - side]
+                seq.extend(br[:take])
+                del br[:take]
+                side, take = 1 - side, int(group_size)
+    order = np.empty(ang.size, dtype=np.int64)
+    order[np.asarray(seq)] = np.arange(ang.size)
+    df = pd.DataFrame({"angle_deg": ang, "order": order})
+    df.attrs.update(
+        scheme=scheme,
+        step_deg=float(step_deg),
+        tilt_range_deg=(float(ang.min()), float(ang.max())),
+        missing_wedge_deg=float(180.0 - (ang.max() - ang.min())),
+        group_size=int(group_size),
+    )
+    return df
+
+
+_Z_OF = {"Cs": 55, "Pb": 82, "Cd": 48, "Br": 35, "I": 53, "Cl": 17, "O": 8}
+
+
+def atoms_to_volume(
+    atoms: Any,
+    voxel_size_A: float,
+    *,
+    shape: Any = None,
+    sigma_A: float = 0.5,
+    z_exponent: float = 1.7,
+) -> np.ndarray:
+    """Voxel phantom of an atomic structure: Gaussian atoms weighted by Z^n (HAADF contrast).
+
+    Each atom contributes ``Z**z_exponent`` (Rutherford-like HAADF Z-contrast, n ≈ 1.7;
+    Hartel et al., Ultramicroscopy 63, 93 (1996)) spread as a normalised 3-D Gaussian of
+    width ``sigma_A`` (thermal + probe smearing), so the volume integrates to
+    ``volume.sum()·voxel_size_A³ = Σ Z**n`` (atoms inside the grid).
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        Structure (lab frame, Å); the grid is centred on the atoms' bounding-box centre, as
+        :func:`tilt_series` centres a voxel phantom on the tilt axis.
+    voxel_size_A : float
+        Voxel edge, Å.
+    shape : (nz, ny, nx), optional
+        Grid shape (default: bounding box + 4σ on each side).
+    sigma_A : float
+        Gaussian width of an atom, Å (> 0).
+    z_exponent : float
+        Exponent n of the Z-contrast weight.
+
+    Returns
+    -------
+    volume : (nz, ny, nx) float64 ndarray
+        Density per Å³ (voxel ``[k, i, j]`` at ``z, y, x`` as in the module docstring).
+    """
+    from scipy import ndimage
+
+    if not np.isfinite(voxel_size_A) or voxel_size_A <= 0:
+        raise ParameterError(f"`voxel_size_A` must be > 0 Å, got {voxel_size_A!r}")
+    if not np.isfinite(sigma_A) or sigma_A <= 0:
+        raise ParameterError(f"`sigma_A` must be > 0 Å, got {sigma_A!r}")
+    pos = np.asarray(atoms.get_positions(), float)
+    if len(pos) == 0:
+        raise ParameterError("`atoms` is empty: nothing to voxelise")
+    z = np.asarray(atoms.get_atomic_numbers(), float)
+    w = z**z_exponent
+    centre = 0.5 * (pos.min(axis=0) + pos.max(axis=0))
+    rel = pos - centre  # (x, y, z)
+    if shape is None:
+        ext = np.abs(rel).max(axis=0) + 4 * sigma_A
+        nx, ny, nz = (2 * np.ceil(ext / voxel_size_A).astype(int) + 1).tolist()
+    else:
+        nz, ny, nx = (int(v) for v in shape)
+    vol = np.zeros((nz, ny, nx))
+    idx = rel[:, ::-1] / voxel_size_A + (np.array([nz, ny, nx]) - 1) / 2.0  # (k, i, j)
+    base = np.floor(idx).astype(int)
+    frac = idx - base
+    # trilinear deposit keeps the first moment exact, then a Gaussian blur
+    for dk in (0, 1):
+        for di in (0, 1):
+            for dj in (0, 1):
+                wt = (
+                    w
+                    * np.where(dk, frac[:, 0], 1 - frac[:, 0])
+                    * np.where(di, frac[:, 1], 1 - frac[:, 1])
+                    * np.where(dj, frac[:, 2], 1 - frac[:, 2])
+                )
+                k, i, j = base[:, 0] + dk, base[:, 1] + di, base[:, 2] + dj
+                ok = (k >= 0) & (k < nz) & (i >= 0) & (i < ny) & (j >= 0) & (j < nx)
+                np.add.at(vol, (k[ok], i[ok], j[ok]), wt[ok])
+    vol = ndimage.gaussian_filter(vol, sigma_A / voxel_size_A, mode="constant")
+    return vol / voxel_size_A**3
+
+
+def _ray_positions(
+    na: int,
+    shape: tuple[int, int],
+    supersample: int,
+    sh: np.ndarray,
+    tilt_axis_deg: float,
+    axis_offset_px: float,
+    pixel_size_A: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Object-frame ray coordinates (x along the tilt axis, u across it), Å, per projection."""
+    m, nn = shape
     off = (np.arange(supersample) + 0.5) / supersample - 0.5
     rr = (np.arange(m) - (m - 1) / 2.0)[:, None] + off[None, :]
     cc = (np.arange(nn) - (nn - 1) / 2.0)[:, None] + off[None, :]
@@ -481,47 +596,283 @@ def tilt_series(
         yo = -np.sin(phi) * xx + np.cos(phi) * yy
         xs[a] = xo.ravel() * pixel_size_A
         us[a] = (yo.ravel() - axis_offset_px) * pixel_size_A
-    n_, d_, _ = obj.planes()
-    th = np.deg2rad(ang)
-    line = np.empty((na, yi.size))
-    _project(
-        xs,
-        us,
-        np.cos(th),
-        np.sin(th),
-        n_,
-        d_,
-        np.asarray(obj.centre_A, float),
-        float(obj.density),
-        np.asarray(obj.inclusions, float).reshape(-1, 5),
-        line,
+    return xs, us
+
+
+def _project_volume(
+    vol: np.ndarray, voxel_A: float, xs: np.ndarray, us: np.ndarray, theta: np.ndarray
+) -> np.ndarray:
+    """Line integrals through a voxel volume (trilinear samples every half voxel)."""
+    from scipy import ndimage
+
+    nz, ny, nx = vol.shape
+    half = 0.5 * voxel_A * np.sqrt(ny**2 + nz**2)
+    dt = 0.5 * voxel_A
+    ts = np.arange(-half, half + dt / 2, dt)
+    cz, cy, cx = (nz - 1) / 2.0, (ny - 1) / 2.0, (nx - 1) / 2.0
+    out = np.empty(xs.shape)
+    for a, th in enumerate(theta):
+        c, s = np.cos(th), np.sin(th)
+        x = xs[a][:, None] + 0.0 * ts[None, :]
+        y = us[a][:, None] * c - ts[None, :] * s
+        z = us[a][:, None] * s + ts[None, :] * c
+        coords = np.stack([z / voxel_A + cz, y / voxel_A + cy, x / voxel_A + cx])
+        val = ndimage.map_coordinates(vol, coords.reshape(3, -1), order=1, mode="constant")
+        out[a] = val.reshape(x.shape).sum(axis=1) * dt
+    return out
+
+
+def tilt_series(
+    obj: Any,
+    angles_deg: Any,
+    *,
+    shape: Any = (128, 128),
+    pixel_size_A: float = 1.0,
+    supersample: int = 2,
+    counts_per_A: float = 10.0,
+    background: float = 0.0,
+    shifts_px: Any = None,
+    shift_sigma_px: float = 0.0,
+    tilt_axis_deg: float = 0.0,
+    axis_offset_px: float = 0.0,
+    noise: bool = True,
+    truth_volume: bool = False,
+    dose_e_per_A2: float | None = None,
+    acquisition_order: Any = None,
+    voxel_size_A: float | None = None,
+    rng: Any = None,
+) -> tuple[TiltSeries, dict[str, Any]]:
+    """Simulate a HAADF-STEM tilt series of a phantom or a structure.
+
+    Parameters
+    ----------
+    obj : NanocrystalPhantom, (nz, ny, nx) ndarray or ase.Atoms
+        An analytic phantom (exact line integrals through polyhedron and spheres); a voxel
+        phantom (density per Å of path, voxel ``voxel_size_A``, centred on the tilt axis;
+        line integrals by trilinear sampling every half voxel); or an atomic structure,
+        voxelised by :func:`atoms_to_volume` (Z^1.7-weighted Gaussian atoms).
+    angles_deg : (A,) array_like
+        Tilt angles, degrees (rotation about the tilt axis), e.g.
+        ``tilt_scheme(...)["angle_deg"]``.  Projections are stored in this order.
+    shape : (int, int)
+        Detector ``(M, N)`` = (rows along y, columns along the tilt axis x).
+    pixel_size_A : float
+        Pixel (and truth voxel) size, Å.
+    supersample : int
+        Rays per pixel edge (pixel-area integration).
+    counts_per_A : float
+        Expected detector counts per pixel per Å of host path (density 1).
+    background : float
+        Constant expected counts added to every pixel (vacuum/support signal).
+    shifts_px : (A, 2) array_like, optional
+        True ``(dy, dx)`` displacement of each projection's content, pixels.
+    shift_sigma_px : float
+        When ``shifts_px`` is None: random-walk drift with this step σ, pixels (zero mean),
+        accumulated in acquisition order.
+    tilt_axis_deg : float
+        In-plane direction of the tilt axis in the images, degrees from the image x axis,
+        counter-clockwise as displayed with row 0 on top (towards −rows), as in TiltSeries.
+    axis_offset_px : float
+        Tilt-axis position along the image y direction relative to the image centre, px.
+    noise : bool
+        Poisson noise on the counts.
+    truth_volume : bool
+        Also return the truth ``(M, M, N)`` (z, y, x) volume on the pixel grid in
+        ``truth["volume"]`` (analytic phantom: partial-volume voxelisation; voxel phantom or
+        structure: the voxel density resampled onto that grid).
+    dose_e_per_A2 : float, optional
+        Dose of the whole tilt series, e⁻/Å² (metadata; with ``acquisition_order`` the
+        cumulative dose at each projection is recorded too, equal doses per projection).
+    acquisition_order : (A,) array_like of int, optional
+        Acquisition index of each projection (``tilt_scheme(...)["order"]``, e.g. the
+        dose-symmetric order); default: the order of ``angles_deg``.
+    voxel_size_A : float, optional
+        Voxel size of a voxel phantom (default ``pixel_size_A``) or of the voxelised
+        structure (default ``min(pixel_size_A, 0.5)``), Å.
+    rng : seed or Generator
+
+    Returns
+    -------
+    tilt_series : TiltSeries
+        Counts, ``(A, M, N)`` float32; metadata records the simulation parameters,
+        ``acquisition_order`` and ``missing_wedge_deg``.
+    truth : dict
+        ``shifts_px`` (A, 2), ``tilt_axis_deg``, ``axis_offset_px``, ``acquisition_order``,
+        ``integral`` (∫ density dV), optionally ``volume``; for an analytic phantom also
+        ``facets`` DataFrame, ``volume_A3``, ``surface_A2``, ``inclusion_volume_A3``.
+    """
+    from perovstem.tomo.projector import check_angles
+
+    gen = np.random.default_rng(rng)
+    ang = check_angles(angles_deg)
+    m, nn = (int(v) for v in shape)
+    if m < 3 or nn < 1:
+        raise ParameterError(f"`shape` must be (M >= 3, N >= 1), got {shape}")
+    if supersample < 1:
+        raise ParameterError(f"`supersample` must be >= 1, got {supersample}")
+    if not np.isfinite(pixel_size_A) or pixel_size_A <= 0:
+        raise ParameterError(f"`pixel_size_A` must be > 0, got {pixel_size_A}")
+    if voxel_size_A is not None and (not np.isfinite(voxel_size_A) or voxel_size_A <= 0):
+        raise ParameterError(f"`voxel_size_A` must be > 0 Å, got {voxel_size_A!r}")
+    na = ang.size
+    if acquisition_order is None:
+        order = np.arange(na)
+    else:
+        order = np.asarray(acquisition_order)
+        if (
+            order.shape != (na,)
+            or not np.issubdtype(order.dtype, np.integer)
+            or not np.array_equal(np.sort(order), np.arange(na))
+        ):
+            raise ParameterError(
+                f"`acquisition_order` must be a permutation of 0…{na - 1}, got {order!r}"
+            )
+    if shifts_px is None:
+        if shift_sigma_px > 0:
+            steps = gen.normal(0.0, shift_sigma_px, (na, 2))
+            walk = np.cumsum(steps, axis=0)  # in time (acquisition) order
+            sh = walk[order]
+            sh -= sh.mean(axis=0)
+        else:
+            sh = np.zeros((na, 2))
+    else:
+        sh = np.asarray(shifts_px, float)
+        if sh.shape != (na, 2):
+            raise ParameterError(f"`shifts_px` must have shape ({na}, 2), got {sh.shape}")
+    xs, us = _ray_positions(
+        na, (m, nn), int(supersample), sh, tilt_axis_deg, axis_offset_px, pixel_size_A
     )
+    th = np.deg2rad(ang)
+    tr: dict[str, Any]
+    if isinstance(obj, NanocrystalPhantom):
+        n_, d_, _ = obj.planes()
+        line = np.empty((na, xs.shape[1]))
+        _project(
+            xs,
+            us,
+            np.cos(th),
+            np.sin(th),
+            n_,
+            d_,
+            np.asarray(obj.centre_A, float),
+            float(obj.density),
+            np.asarray(obj.inclusions, float).reshape(-1, 5),
+            line,
+        )
+        tr = obj.truth()
+        tr["integral"] = _phantom_integral(obj, tr["volume_A3"])
+        vox_obj, vsize = None, None
+    else:
+        if hasattr(obj, "get_positions"):  # ase.Atoms
+            vsize = float(voxel_size_A) if voxel_size_A else min(float(pixel_size_A), 0.5)
+            vox_obj = atoms_to_volume(obj, vsize)
+        else:
+            vox_obj = np.asarray(obj, dtype=float)
+            if vox_obj.ndim != 3 or min(vox_obj.shape) < 1:
+                raise ParameterError(
+                    "`obj` must be a NanocrystalPhantom, a (nz, ny, nx) volume or ase.Atoms, "
+                    f"got {type(obj).__name__} of shape {np.shape(obj)}"
+                )
+            if not np.all(np.isfinite(vox_obj)):
+                raise ParameterError("`obj` volume contains non-finite values")
+            vsize = float(voxel_size_A) if voxel_size_A else float(pixel_size_A)
+        line = _project_volume(vox_obj, vsize, xs, us, th)
+        tr = {"integral": float(vox_obj.sum() * vsize**3)}
     line = line.reshape(na, m, supersample, nn, supersample).mean(axis=(2, 4))
     lam = counts_per_A * line + background
     data = gen.poisson(lam).astype(np.float32) if noise else lam.astype(np.float32)
-    tr = obj.truth()
     truth: dict[str, Any] = {
         "shifts_px": sh,
         "tilt_axis_deg": float(tilt_axis_deg),
         "axis_offset_px": float(axis_offset_px),
         "counts_per_A": float(counts_per_A),
         "background": float(background),
+        "acquisition_order": order.copy(),
         **tr,
     }
     if truth_volume:
-        truth["volume"] = obj.voxelize((m, m, nn), pixel_size_A)
-    meta = {
+        if vox_obj is None:
+            truth["volume"] = obj.voxelize((m, m, nn), pixel_size_A)
+        elif hasattr(obj, "get_positions"):  # atoms: voxelise again on the pixel grid
+            truth["volume"] = atoms_to_volume(obj, pixel_size_A, shape=(m, m, nn))
+        else:
+            truth["volume"] = _resample_volume(vox_obj, vsize, (m, m, nn), pixel_size_A)
+    span = float(ang.max() - ang.min())
+    meta: dict[str, Any] = {
         "simulated": True,
         "counts_per_A": float(counts_per_A),
         "background": float(background),
         "dose_e_per_A2": dose_e_per_A2,
         "supersample": int(supersample),
+        "acquisition_order": order.tolist(),
+        "missing_wedge_deg": 180.0 - span if span <= 180.0 else 0.0,
     }
+    if dose_e_per_A2 is not None:
+        meta["cumulative_dose_at_projection_e_per_A2"] = (
+            (order + 1) * float(dose_e_per_A2) / na
+        ).tolist()
     ts = TiltSeries(data, ang, pixel_size_A, tilt_axis_deg=0.0, metadata=meta)
     return ts, truth
 
 
+def _phantom_integral(obj: NanocrystalPhantom, host_volume_A3: float) -> float:
+    """∫ density dV of an analytic phantom whose inclusions may protrude from the host.
+
+    A sphere adds ``density_inc·V_sphere − density_host·V(sphere ∩ host)``, as in the
+    projector; the overlap volume is a quadrature on a fixed 64³ grid in the sphere's cube
+    (error < 0.5 %).
+    """
+    inc = np.asarray(obj.inclusions, float).reshape(-1, 5)
+    total = obj.density * host_volume_A3
+    if not len(inc):
+        return float(total)
+    n, d, _ = obj.planes()
+    g = (np.arange(64) + 0.5) / 64 * 2 - 1
+    gx, gy, gz = np.meshgrid(g, g, g, indexing="ij")
+    unit = np.column_stack([gx.ravel(), gy.ravel(), gz.ravel()])
+    unit = unit[np.sum(unit**2, axis=1) <= 1.0]
+    for x, y, z, r, rho in inc:
+        pts = unit * r + np.array([x, y, z])
+        frac_in = np.mean(np.all(pts @ n.T <= d, axis=1))
+        v = 4.0 / 3.0 * np.pi * r**3
+        total += rho * v - obj.density * v * frac_in
+    return float(total)
+
+
+def _resample_volume(
+    vol: np.ndarray, vsize: float, shape: tuple[int, int, int], out_A: float
+) -> np.ndarray:
+    """Density of a centred voxel volume on another centred grid (trilinear)."""
+    from scipy import ndimage
+
+    axes = [
+        ((np.arange(n_out) - (n_out - 1) / 2.0) * out_A) / vsize + (n_in - 1) / 2.0
+        for n_out, n_in in zip(shape, vol.shape, strict=True)
+    ]
+    kk, ii, jj = np.meshgrid(*axes, indexing="ij")
+    return ndimage.map_coordinates(vol, [kk, ii, jj], order=1, mode="constant")
+
+
 # --------------------------------------------------------------------------- 4-D truth
+def _coalesce(inc: np.ndarray) -> tuple[np.ndarray, int]:
+    """Merge touching spheres (volume-conserving) until none overlap; returns (inc, merges)."""
+    inc = np.array(inc, float).reshape(-1, 5)
+    merges = 0
+    while len(inc) > 1:
+        c, r = inc[:, :3], inc[:, 3]
+        dist = np.linalg.norm(c[:, None] - c[None], axis=2)
+        gap = dist - (r[:, None] + r[None])
+        np.fill_diagonal(gap, np.inf)
+        i, j = np.unravel_index(np.argmin(gap), gap.shape)
+        if gap[i, j] >= 0:
+            break
+        vi, vj = r[i] ** 3, r[j] ** 3
+        merged = np.r_[(c[i] * vi + c[j] * vj) / (vi + vj), (vi + vj) ** (1 / 3), inc[i, 4]]
+        inc = np.vstack([np.delete(inc, [i, j], axis=0), merged])
+        merges += 1
+    return inc, merges
+
+
 def degradation_phantoms(
     obj: NanocrystalPhantom,
     n_steps: int,
@@ -541,20 +892,24 @@ def degradation_phantoms(
     dose D, the {100} planes recede by ``shrink_A_per_dose·D``; the {110}/{111} plane ratios
     decrease by ``rounding_per_dose·D`` (corners and edges erode first); every inclusion gains
     ``growth_A3_per_dose·D`` Å³; new clusters nucleate (Poisson, mean
-    ``nucleation_per_dose·D``) just inside the surface.
+    ``nucleation_per_dose·D``) just inside the surface; touching inclusions coalesce into one
+    sphere of the summed volume at their volume-weighted centre (so inclusions never overlap
+    and projections, voxel truth and ``integral`` agree).
 
     Returns
     -------
     phantoms : list of NanocrystalPhantom, length ``n_steps``
     truth : DataFrame
         step, dose_e_per_A2, cumulative_dose_e_per_A2, volume_A3, surface_A2,
-        inclusion_volume_A3, n_inclusions, frac_100, frac_110, frac_111, frac_other.
+        inclusion_volume_A3, n_inclusions, n_coalescences (cumulative), frac_100, frac_110,
+        frac_111, frac_other.
     """
     gen = np.random.default_rng(rng)
     if int(n_steps) < 1:
         raise ParameterError(f"`n_steps` must be >= 1, got {n_steps}")
     out = [obj]
     cur = obj
+    merges = [0]
     for _ in range(int(n_steps) - 1):
         dd = float(dose_per_step_e_per_A2)
         a = max(cur.half_edge_A - shrink_A_per_dose * dd, 0.2 * obj.half_edge_A)
@@ -572,6 +927,8 @@ def degradation_phantoms(
                 if np.all(n @ c + new_radius_A <= d) and np.any(n @ c + 2.5 * new_radius_A > d):
                     inc = np.vstack([inc, [*c, new_radius_A, inc[0, 4] if len(inc) else 2.5]])
                     break
+        inc, n_merge = _coalesce(inc)
+        merges.append(merges[-1] + n_merge)
         cur = nxt.replace(inclusions=inc)
         out.append(cur)
     rows = []
@@ -587,6 +944,7 @@ def degradation_phantoms(
                 "surface_A2": t["surface_A2"],
                 "inclusion_volume_A3": t["inclusion_volume_A3"],
                 "n_inclusions": len(ph.inclusions),
+                "n_coalescences": merges[s],
                 "frac_100": f["100"],
                 "frac_110": f["110"],
                 "frac_111": f["111"],
@@ -605,28 +963,42 @@ def degradation_tilt_series(
     *,
     dose_per_step_e_per_A2: float = 1e4,
     trajectory: dict | None = None,
+    return_truth: bool = False,
     rng: Any = None,
     **kwargs: Any,
-) -> tuple[list[TiltSeries], pd.DataFrame]:
+) -> tuple[list[TiltSeries], pd.DataFrame] | tuple[list[TiltSeries], pd.DataFrame, list[dict]]:
     """A sequence of tilt series along a degradation trajectory (4-D ground truth).
 
     ``trajectory`` holds keyword arguments of :func:`degradation_phantoms`; ``kwargs`` go to
-    :func:`tilt_series` (shape, pixel size, noise, shifts ...).  Each TiltSeries carries
-    ``metadata["step"]``, ``["dose_e_per_A2"]`` and ``["cumulative_dose_e_per_A2"]``.
+    :func:`tilt_series` (shape, pixel size, noise, shifts, ``acquisition_order``,
+    ``truth_volume`` ...).  Each TiltSeries carries ``metadata["step"]``,
+    ``["dose_e_per_A2"]`` and ``["cumulative_dose_e_per_A2"]``.
+
+    Parameters
+    ----------
+    return_truth : bool
+        Also return the per-step truth dicts of :func:`tilt_series` (with ``truth_volume=True``
+        in ``kwargs`` each holds the ground-truth ``volume`` of that step: the 4-D truth) and
+        the phantom of each step under ``"phantom"``.
 
     Returns
     -------
     series : list of TiltSeries
     truth : DataFrame
         See :func:`degradation_phantoms`.
+    step_truths : list of dict
+        Only with ``return_truth=True``.
     """
     gen = np.random.default_rng(rng)
     phs, df = degradation_phantoms(
         obj, n_steps, dose_per_step_e_per_A2=dose_per_step_e_per_A2, rng=gen, **(trajectory or {})
     )
     series = []
+    truths = []
     for s, ph in enumerate(phs):
-        ts, _ = tilt_series(ph, angles_deg, rng=gen, dose_e_per_A2=dose_per_step_e_per_A2, **kwargs)
+        ts, tr = tilt_series(
+            ph, angles_deg, rng=gen, dose_e_per_A2=dose_per_step_e_per_A2, **kwargs
+        )
         md = dict(ts.metadata)
         md.update(
             step=s,
@@ -634,4 +1006,8 @@ def degradation_tilt_series(
             cumulative_dose_e_per_A2=float(df.cumulative_dose_e_per_A2.iloc[s]),
         )
         series.append(ts.replace(metadata=md))
+        tr["phantom"] = ph
+        truths.append(tr)
+    if return_truth:
+        return series, df, truths
     return series, df
