@@ -219,3 +219,26 @@ def test_degradation_trajectory_4d_truth():
     # two-value return unchanged for existing callers
     out = degradation_tilt_series(ph, 2, [0.0, 30.0], shape=(16, 16), pixel_size_A=4.0, rng=0)
     assert len(out) == 2
+
+
+def test_cli_simulate_tilt_scheme(tmp_path):
+    import json
+
+    from perovstem.cli.main import main
+    from perovstem.io import load
+
+    out = tmp_path / "ts.npz"
+    args = ["simulate", "tilt", "-o", str(out), "--size", "24", "--pixel-size-A", "4"]
+    args += ["--edge-A", "40", "--inclusions", "0", "--tilt-range-deg", "60"]
+    args += ["--min-tilt-deg", "-40", "--step-deg", "10", "--scheme", "dose-symmetric"]
+    args += ["--axis-offset-px", "1.5", "--seed", "0"]
+    assert main(args) == 0
+    ts = load(out)
+    np.testing.assert_allclose(ts.angles_deg, np.arange(-40.0, 61.0, 10.0))
+    truth = json.loads((tmp_path / "ts_truth.json").read_text())
+    sch = tilt_scheme(60.0, 10.0, min_tilt_deg=-40.0, scheme="dose-symmetric")
+    assert truth["acquisition_order"] == sch["order"].tolist()
+    assert truth["missing_wedge_deg"] == pytest.approx(80.0)
+    assert truth["axis_offset_px"] == 1.5
+    bad = ["simulate", "tilt", "-o", str(tmp_path / "b.npz"), "--scheme", "spiral"]
+    assert main(bad) == 2

@@ -213,6 +213,15 @@ def _register_simulate_tilt() -> None:
         counts_per_A: float = typer.Option(20.0, "--counts-per-A", help="Counts per Å path."),
         shift_sigma_px: float = typer.Option(0.0, "--shift-sigma-px", help="Drift step σ, px."),
         tilt_axis_deg: float = typer.Option(0.0, "--tilt-axis-deg", help="In-plane axis, °."),
+        min_tilt_deg: float = typer.Option(
+            None, "--min-tilt-deg", help="Most negative tilt, ° (asymmetric missing wedge)."
+        ),
+        scheme: str = typer.Option(
+            "sequential", "--scheme", help="sequential | bidirectional | dose-symmetric."
+        ),
+        axis_offset_px: float = typer.Option(
+            0.0, "--axis-offset-px", help="Tilt-axis offset from the centre, px."
+        ),
         no_noise: bool = typer.Option(False, "--no-noise", help="Noise-free projections."),
         seed: int = typer.Option(None, "--seed", help="Random seed."),
     ) -> None:
@@ -220,7 +229,7 @@ def _register_simulate_tilt() -> None:
         import numpy as np
 
         from perovstem.io import save_image, save_json
-        from perovstem.simulate.tilt import nanocrystal_phantom, tilt_series
+        from perovstem.simulate.tilt import nanocrystal_phantom, tilt_scheme, tilt_series
 
         if step_deg <= 0 or tilt_range_deg <= 0:
             raise ParameterError(
@@ -228,10 +237,12 @@ def _register_simulate_tilt() -> None:
             )
         rng = np.random.default_rng(seed)
         ph = nanocrystal_phantom(edge_A, n_inclusions=inclusions, rng=rng)
-        angles = np.arange(-tilt_range_deg, tilt_range_deg + 1e-9, step_deg)
+        sch = tilt_scheme(tilt_range_deg, step_deg, min_tilt_deg=min_tilt_deg, scheme=scheme)
         ts, tr = tilt_series(
             ph,
-            angles,
+            sch["angle_deg"].to_numpy(),
+            acquisition_order=sch["order"].to_numpy(),
+            axis_offset_px=axis_offset_px,
             shape=(size, size),
             pixel_size_A=pixel_size_A,
             counts_per_A=counts_per_A,
@@ -244,6 +255,9 @@ def _register_simulate_tilt() -> None:
         tj = {
             "shifts_px": tr["shifts_px"].tolist(),
             "tilt_axis_deg": tr["tilt_axis_deg"],
+            "axis_offset_px": tr["axis_offset_px"],
+            "acquisition_order": tr["acquisition_order"].tolist(),
+            "missing_wedge_deg": sch.attrs["missing_wedge_deg"],
             "volume_A3": tr["volume_A3"],
             "surface_A2": tr["surface_A2"],
             "inclusion_volume_A3": tr["inclusion_volume_A3"],
