@@ -1,7 +1,8 @@
 """Numba kernels of the Gaussian column model (internal; pixel units throughout).
 
 Coordinates are in pixels with pixel (row i, column j) centred at ``(x, y) = (j, i)``.
-Every column ``k`` is ``eta[k]·exp(−r²/(2·rho[k]²))`` truncated at ``r > cut·rho[k]``.
+Every column ``k`` is ``eta[k]·exp(−r²/(2·rho[k]²))`` truncated at ``r > cut·rho[k]``
+(``cut > 0``), or on StatSTEM's square section of half-width ``|cut|·rho[k]`` (``cut < 0``).
 The residual image ``res = data − model`` is kept up to date in place by the block steps,
 so that every local step sees the current model of all neighbouring columns (this is what
 makes the Gauss–Seidel scheme converge to the *joint* least-squares optimum).
@@ -27,6 +28,33 @@ def _exp1d(c, lo, hi, inv):
     return out
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _span(c, r, cut, n):
+    """Pixel index range ``[lo, hi]`` (clipped to ``0 … n−1``) of a column's support on one axis.
+
+    ``cut > 0``: disk of radius ``cut·r`` (its bounding range).  ``cut < 0``: StatSTEM's square
+    section ``round(c ∓ |cut|·r)`` (v2.1 ``getGa``/``combinedGauss``: the Gaussian is evaluated
+    on every pixel of that square, corners included), with MATLAB's half-away rounding.
+    """
+    if cut < 0.0:
+        h = -cut * r
+        lo = int(np.floor(c - h + 0.5))
+        hi = int(np.floor(c + h + 0.5))
+    else:
+        h = cut * r
+        lo = int(np.floor(c - h))
+        hi = int(np.ceil(c + h))
+    return max(0, lo), min(n - 1, hi)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _rc2(r, cut):
+    """Squared truncation radius (infinite for the square support, ``cut < 0``)."""
+    if cut < 0.0:
+        return np.inf
+    return cut * cut * r * r
+
+
 @njit(cache=True, nogil=True)
 def add_columns(img, x, y, eta, rho, cut, sign):
     """``img += sign · Σ_k eta_k g_k`` (truncated Gaussians), in place."""
@@ -35,13 +63,10 @@ def add_columns(img, x, y, eta, rho, cut, sign):
         xk = x[k]
         yk = y[k]
         rk = rho[k]
-        rc = cut * rk
-        rc2 = rc * rc
+        rc2 = _rc2(rk, cut)
         inv = 1.0 / (2.0 * rk * rk)
-        j0 = max(0, int(np.floor(xk - rc)))
-        j1 = min(nx - 1, int(np.ceil(xk + rc)))
-        i0 = max(0, int(np.floor(yk - rc)))
-        i1 = min(ny - 1, int(np.ceil(yk + rc)))
+        j0, j1 = _span(xk, rk, cut, nx)
+        i0, i1 = _span(yk, rk, cut, ny)
         a = sign * eta[k]
         if i1 < i0 or j1 < j0:
             continue
@@ -136,15 +161,15 @@ def column_step(
     ek = eta[k]
     rk = rho[k]
     npar = 4 if free_rho else 3
-    rc = cut * rk
-    rbox = cut * rk * (1.25 if free_rho else 1.0) + max_shift + 1.0
+    acut = abs(cut)
+    rbox = acut * rk * (1.25 if free_rho else 1.0) + max_shift + 1.0
     j0 = max(0, int(np.floor(xk - rbox)))
     j1 = min(nx - 1, int(np.ceil(xk + rbox)))
     i0 = max(0, int(np.floor(yk - rbox)))
     i1 = min(ny - 1, int(np.ceil(yk + rbox)))
     a = np.zeros((npar, npar))
     b = np.zeros(npar)
-    rc2 = rc * rc
+    rc2 = _rc2(rk, cut)
     inv = 1.0 / (rk * rk)
     hb = i1 - i0 + 1
     wb = j1 - j0 + 1
@@ -155,10 +180,12 @@ def column_step(
     ex = _exp1d(xk, j0, j1, inv)
     ey = _exp1d(yk, i0, i1, inv)
     # pixels of the old disk (gold is zero elsewhere in the box)
-    oj0 = max(j0, int(np.floor(xk - rc)))
-    oj1 = min(j1, int(np.ceil(xk + rc)))
-    oi0 = max(i0, int(np.floor(yk - rc)))
-    oi1 = min(i1, int(np.ceil(yk + rc)))
+    oj0, oj1 = _span(xk, rk, cut, nx)
+    oi0, oi1 = _span(yk, rk, cut, ny)
+    oj0 = max(j0, oj0)
+    oj1 = min(j1, oj1)
+    oi0 = max(i0, oi0)
+    oi1 = min(i1, oi1)
     b0 = b1 = b2 = b3 = 0.0
     a00 = a01 = a02 = a03 = a11 = a12 = a13 = a22 = a23 = a33 = 0.0
     for i in range(oi0, oi1 + 1):
@@ -252,18 +279,19 @@ def column_step(
         nrk = rk
         if free_rho:
             nrk = min(max(rk + d[3], 0.8 * rk, rho_min), 1.25 * rk, rho_max)
-        nrc = cut * nrk
-        nrc2 = nrc * nrc
+        nrc2 = _rc2(nrk, cut)
         ninv = 1.0 / (nrk * nrk)
         # change of the weighted SSE = sum over pixels touched by the old or new Gaussian
         dsse = 0.0
         nex = _exp1d(nxk, j0, j1, ninv)
         ney = _exp1d(nyk, i0, i1, ninv)
         # only pixels of the old or the new disk change (union of their bounding boxes)
-        uj0 = max(j0, min(oj0, int(np.floor(nxk - nrc))))
-        uj1 = min(j1, max(oj1, int(np.ceil(nxk + nrc))))
-        ui0 = max(i0, min(oi0, int(np.floor(nyk - nrc))))
-        ui1 = min(i1, max(oi1, int(np.ceil(nyk + nrc))))
+        nj0, nj1 = _span(nxk, nrk, cut, nx)
+        ni0, ni1 = _span(nyk, nrk, cut, ny)
+        uj0 = max(j0, min(oj0, nj0))
+        uj1 = min(j1, max(oj1, nj1))
+        ui0 = max(i0, min(oi0, ni0))
+        ui1 = min(i1, max(oi1, ni1))
         for i in range(ui0, ui1 + 1):
             ndy = i - nyk
             neyi = ney[i - i0]
@@ -415,13 +443,10 @@ def rho_derivative_images(shape, x, y, eta, rho, cut, tid, nt):
         xk = x[k]
         yk = y[k]
         rk = rho[k]
-        rc = cut * rk
-        rc2 = rc * rc
+        rc2 = _rc2(rk, cut)
         inv = 1.0 / (rk * rk)
-        j0 = max(0, int(np.floor(xk - rc)))
-        j1 = min(nx - 1, int(np.ceil(xk + rc)))
-        i0 = max(0, int(np.floor(yk - rc)))
-        i1 = min(ny - 1, int(np.ceil(yk + rc)))
+        j0, j1 = _span(xk, rk, cut, nx)
+        i0, i1 = _span(yk, rk, cut, ny)
         t = tid[k]
         if i1 < i0 or j1 < j0:
             continue
@@ -459,13 +484,10 @@ def global_schur_terms(res, w, x, y, eta, rho, cut, gimg):
         yk = y[k]
         ek = eta[k]
         rk = rho[k]
-        rc = cut * rk
-        rc2 = rc * rc
+        rc2 = _rc2(rk, cut)
         inv = 1.0 / (rk * rk)
-        j0 = max(0, int(np.floor(xk - rc)))
-        j1 = min(nx - 1, int(np.ceil(xk + rc)))
-        i0 = max(0, int(np.floor(yk - rc)))
-        i1 = min(ny - 1, int(np.ceil(yk + rc)))
+        j0, j1 = _span(xk, rk, cut, nx)
+        i0, i1 = _span(yk, rk, cut, ny)
         a = np.zeros((3, 3))
         gk = np.zeros(3)
         Gk = np.zeros((3, ng))
@@ -557,12 +579,16 @@ def fisher_blocks(shape, w, x, y, eta, rho, cut, free_rho, pair_i, pair_j):
     for t in prange(npairs):
         a = pair_i[t]
         b = pair_j[t]
-        ra = cut * rho[a]
-        rb = cut * rho[b]
-        j0 = max(0, int(np.floor(max(x[a] - ra, x[b] - rb))))
-        j1 = min(nx - 1, int(np.ceil(min(x[a] + ra, x[b] + rb))))
-        i0 = max(0, int(np.floor(max(y[a] - ra, y[b] - rb))))
-        i1 = min(ny - 1, int(np.ceil(min(y[a] + ra, y[b] + rb))))
+        ra2 = _rc2(rho[a], cut)
+        rb2 = _rc2(rho[b], cut)
+        ja0, ja1 = _span(x[a], rho[a], cut, nx)
+        jb0, jb1 = _span(x[b], rho[b], cut, nx)
+        ia0, ia1 = _span(y[a], rho[a], cut, ny)
+        ib0, ib1 = _span(y[b], rho[b], cut, ny)
+        j0 = max(ja0, jb0)
+        j1 = min(ja1, jb1)
+        i0 = max(ia0, ib0)
+        i1 = min(ia1, ib1)
         ja = np.zeros(npar)
         jb = np.zeros(npar)
         inva = 1.0 / (rho[a] * rho[a])
@@ -581,7 +607,7 @@ def fisher_blocks(shape, w, x, y, eta, rho, cut, free_rho, pair_i, pair_j):
                 dxb = j - x[b]
                 r2a = dxa * dxa + dya * dya
                 r2b = dxb * dxb + dyb * dyb
-                if r2a > ra * ra or r2b > rb * rb:
+                if r2a > ra2 or r2b > rb2:
                     continue
                 ga = eya[i - i0] * exa[j - j0]
                 gb = eyb[i - i0] * exb[j - j0]
@@ -696,13 +722,10 @@ def column_gradient_terms(res, w, x, y, eta, rho, cut, free_rho, gimg):
         yk = y[k]
         ek = eta[k]
         rk = rho[k]
-        rc = cut * rk
-        rc2 = rc * rc
+        rc2 = _rc2(rk, cut)
         inv = 1.0 / (rk * rk)
-        j0 = max(0, int(np.floor(xk - rc)))
-        j1 = min(nx - 1, int(np.ceil(xk + rc)))
-        i0 = max(0, int(np.floor(yk - rc)))
-        i1 = min(ny - 1, int(np.ceil(yk + rc)))
+        j0, j1 = _span(xk, rk, cut, nx)
+        i0, i1 = _span(yk, rk, cut, ny)
         if i1 < i0 or j1 < j0:
             continue
         ex = _exp1d(xk, j0, j1, inv)

@@ -191,7 +191,7 @@ def fit_columns(
     rho_A: float | dict | None = None,
     background: str | float = "constant",
     noise: str = "gaussian",
-    cutoff_rho: float = 4.0,
+    cutoff_rho: float | None = None,
     max_iter: int = 300,
     tol_px: float = 1e-4,
     max_shift_px: float = 1.0,
@@ -199,10 +199,11 @@ def fit_columns(
     parallel: bool | None = None,
     joint: bool | None = None,
     max_displacement_A: float | None = None,
-    estimator: str = "joint",
+    estimator: str | None = None,
     fit_positions: bool = True,
     psf_tail: dict | str | None = None,
     rng: Any = None,
+    truncation: str | None = None,
 ) -> pd.DataFrame:
     """Fit the joint Gaussian column model to an image.
 
@@ -225,8 +226,9 @@ def fit_columns(
         ``"gaussian"``: unweighted least squares (StatSTEM), errors scaled by the residual
         variance.  ``"poisson"``: Poisson maximum likelihood via reweighting with the variance
         model of :func:`perovstem.atoms.normalize.poisson_variance_model`; errors = CRLB.
-    cutoff_rho : float
-        Truncation radius of each Gaussian in units of its ρ (StatSTEM uses 3).
+    cutoff_rho : float, optional
+        Truncation radius of each Gaussian in units of its ρ; default 4 (``truncation="disk"``)
+        or 3 (``"square"``, StatSTEM).
     max_iter : int
         Maximum number of sweeps.
     tol_px : float
@@ -249,14 +251,20 @@ def fit_columns(
     max_displacement_A : float, optional
         A column may move at most this far from its start (default: half the median
         nearest-neighbour distance), so two columns cannot collapse onto one peak.
-    estimator : {"joint", "statstem"}
+    estimator : {"joint", "statstem"}, optional
+        Default: ``"statstem"`` for images read from StatSTEM files (``image.metadata['format']
+        == 'statstem'``, as set by :func:`perovstem.io.load_statstem`), so that StatSTEM
+        inputs reproduce StatSTEM's results; ``"joint"`` otherwise (``df.attrs['estimator']``
+        records the choice).
         ``"joint"``: all parameters at the joint (weighted) least-squares optimum.
         ``"statstem"``: reproduce StatSTEM's segmented estimator (De Backer et al. 2016) —
         widths fitted at the starting positions, then each column's position fitted in a
         square box of half-width round(d̄/dx)/2 px (d̄ = ceil of the mean nearest-neighbour
         distance in Å) with all other columns subtracted and η, background re-solved jointly
-        after every sweep, then the widths refitted at the final positions.  Use it to compare
-        with StatSTEM results; its positions are not the joint optimum where columns overlap.
+        after every sweep, then the widths refitted at the final positions, with StatSTEM's
+        square-truncated Gaussians (``truncation="square"``, ``cutoff_rho=3``).  Use it to
+        compare with StatSTEM results; its positions are not the least-squares optimum of
+        StatSTEM's own model where columns overlap or the model misfits (docs/atoms.md).
     fit_positions : bool
         False keeps the positions at ``positions`` and fits only η, ρ and the background.
     psf_tail : dict or "auto", optional
@@ -269,6 +277,12 @@ def fit_columns(
         misses the part of the tail the background absorbs.
     rng : None
         Unused (the fit is deterministic); accepted for API uniformity.
+    truncation : {"disk", "square"}, optional
+        Support of each Gaussian: the disk ``r ≤ cutoff_rho·ρ`` (default for ``"joint"``) or
+        StatSTEM's square of pixels ``round(x ∓ cutoff_rho·ρ)`` per axis (default for
+        ``"statstem"``; StatSTEM v2.1 ``getGa``/``combinedGauss``, whose stored model images
+        this reproduces to 1e-10).  The square support has a 1 % step at its edges, so
+        joint least squares converges slowly with it; it is meant for StatSTEM parity.
 
     Returns
     -------
@@ -292,10 +306,20 @@ def fit_columns(
     img = as_image(image, pixel_size_A)
     check_choice("width", width, _WIDTHS)
     check_choice("noise", noise, _NOISES)
+    if estimator is None:  # StatSTEM inputs: StatSTEM's model and estimator (see docs/atoms.md)
+        estimator = "statstem" if _is_statstem_input(img) else "joint"
     check_choice("estimator", estimator, ("joint", "statstem"))
-    cut = check_positive("cutoff_rho", cutoff_rho)
-    if cut < 1.5:
+    if truncation is None:
+        truncation = "square" if estimator == "statstem" else "disk"
+    check_choice("truncation", truncation, ("disk", "square"))
+    if cutoff_rho is None:
+        cutoff_rho = 3.0 if truncation == "square" else 4.0
+    cut_abs = check_positive("cutoff_rho", cutoff_rho)
+    if cut_abs < 1.5:
         raise ParameterError(f"`cutoff_rho` must be >= 1.5 (units of rho), got {cutoff_rho!r}")
+    # kernel convention: cut < 0 is the square support of half-width |cut|·ρ
+    cut = -cut_abs if truncation == "square" else cut_abs
+    cut_h = min(cut, 3.5) if cut > 0 else cut  # Hessian/Fisher blocks
     if int(max_iter) < 1:
         raise ParameterError(f"`max_iter` must be >= 1, got {max_iter!r}")
     tol = check_positive("tol_px", tol_px)
@@ -440,7 +464,7 @@ def fit_columns(
         c_mat, h = K.weighted_gram(gimg, w, res_, uniform_w[0])
         o = sp_order  # columns in spatial order (cache-friendly), results back in input order
         s_sub, r_sub, ainv_g, ainv_G = K.global_schur_terms(
-            res_, w, x[o], y[o], eta[o], rho[o], min(cut, 3.5), gimg
+            res_, w, x[o], y[o], eta[o], rho[o], cut_h, gimg
         )
         return c_mat - s_sub, h - r_sub, ainv_g[sp_inv], ainv_G[sp_inv]
 
@@ -492,10 +516,8 @@ def fit_columns(
     npar = 4 if free_rho_col else 3
     x_start, y_start = x.copy(), y.copy()
 
-    cut_h = min(cut, 3.5)  # Hessian blocks: products of derivatives vanish faster
-
     def overlap_pairs(cut_: float = cut_h) -> tuple[np.ndarray, np.ndarray]:
-        rc_ = cut_ * rho
+        rc_ = _reach(cut_, rho)
         tree_ = cKDTree(np.column_stack([x, y]))
         pr = tree_.query_pairs(2.0 * float(rc_.max()), output_type="ndarray")
         if pr.size:
@@ -653,7 +675,7 @@ def fit_columns(
         polish = False
         for it_ in range(1, max_it + 1):
             if parallel:
-                rbox = cut * float(rho.max()) * 1.25 + max_shift + 1.0
+                rbox = float(_reach(cut, rho.max())) * 1.25 + max_shift + 1.0
                 cell_ptr, cell_cols, colour_ptr, colour_cells = _cells(x, y, 2.0 * rbox + 2.0)
                 K.sweep(
                     res,
@@ -783,7 +805,7 @@ def fit_columns(
     dof = max(data.size - n_par, 1)
     sigma2 = sse_w / dof if noise == "gaussian" else 1.0
     npar = 4 if free_rho_col else 3
-    cov = fisher_covariance(data.shape, w, x, y, eta, rho, min(cut, 3.5), free_rho_col)
+    cov = fisher_covariance(data.shape, w, x, y, eta, rho, cut_h, free_rho_col)
     cov *= sigma2
     x_err = np.sqrt(cov[:, 0, 0]) * dx
     y_err = np.sqrt(cov[:, 1, 1]) * dx
@@ -842,7 +864,8 @@ def fit_columns(
         noise=noise,
         estimator=estimator,
         psf_tail=tail,
-        cutoff_rho=float(cut),
+        cutoff_rho=float(cut_abs),
+        truncation=truncation,
         n_iter=int(it),
         parallel=bool(parallel),
         converged=bool(converged),
@@ -853,6 +876,18 @@ def fit_columns(
         method="joint Gaussian model, block Gauss–Seidel LM (perovstem)",
     )
     return df
+
+
+def _reach(cut: float, rho: Any) -> Any:
+    """Largest distance (px) from a column centre at which its model is non-zero."""
+    if cut > 0:
+        return cut * rho
+    return np.sqrt(2.0) * (-cut) * rho + 1.0
+
+
+def _is_statstem_input(img: Image) -> bool:
+    """True for images read from StatSTEM files (``perovstem.io.load_statstem``)."""
+    return str(img.metadata.get("format", "")).lower() == "statstem"
 
 
 def _wsse(w: np.ndarray, r: np.ndarray, unit: bool) -> float:
@@ -985,7 +1020,7 @@ def fisher_covariance(
 
     n = x.shape[0]
     npar = 4 if free_rho else 3
-    rc = cut * rho
+    rc = _reach(cut, rho)
     if n > 1:
         tree = cKDTree(np.column_stack([x, y]))
         pairs = tree.query_pairs(2.0 * float(rc.max()), output_type="ndarray")
@@ -1018,11 +1053,16 @@ def model_image(
     background: float | np.ndarray = 0.0,
     origin_A: tuple[float, float] = (0.0, 0.0),
     cutoff_rho: float = 4.0,
+    truncation: str = "disk",
 ) -> np.ndarray:
     """Render the Gaussian column model ``B + Σ η g`` on an (M, N) pixel grid.
 
     ``columns`` needs ``x_A, y_A, rho_A, eta``; ``background`` is a constant or an (M, N) image.
+    ``truncation="disk"`` cuts each Gaussian at ``r > cutoff_rho·ρ``; ``"square"`` evaluates it
+    on the square ``round(x ∓ cutoff_rho·ρ)`` × ``round(y ∓ cutoff_rho·ρ)`` (px), StatSTEM's
+    model (use ``cutoff_rho=3``).
     """
+    check_choice("truncation", truncation, ("disk", "square"))
     dx = check_positive("pixel_size_A", pixel_size_A)
     for c in ("x_A", "y_A", "rho_A", "eta"):
         if c not in columns.columns:
@@ -1041,7 +1081,7 @@ def model_image(
         np.ascontiguousarray(y),
         columns["eta"].to_numpy(float),
         rho,
-        float(cutoff_rho),
+        -float(cutoff_rho) if truncation == "square" else float(cutoff_rho),
         1.0,
     )
     return out
