@@ -11,8 +11,11 @@ numeric channel, with the log start time (ISO string, if known) in ``attrs['star
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,29 +36,51 @@ _PRESSURE_TO_PA = {
 }
 
 
+_PRIMARY_WORDS = {"holder", "sample", "chip", "cell", "measured", "meas", "actual", "heater"}
+
+
 def _channel_name(title: str, units: str) -> tuple[str, float, float]:
-    """Column name and a linear conversion (scale, offset) for a channel."""
+    """Column name and a linear conversion (scale, offset) for a channel.
+
+    Temperature and pressure channels are converted to K and Pa.  Only the channel of the
+    sample itself ("Temperature", "Holder Temperature", "Pressure", "Holder Pressure", ...)
+    is called ``temperature_K`` / ``pressure_Pa``; others keep their label as a prefix
+    (e.g. the gas-supply "Tank1 Pressure" → ``tank1_pressure_Pa``), so that a supply-tank
+    reading is never taken for the pressure at the sample.
+    """
     t = title.lower()
     u = (units or "").strip().lower().replace("°", "deg").replace("º", "deg")
+    words = set(re.findall(r"[a-z0-9]+", t))
+    slug = re.sub(r"[^0-9a-zA-Z]+", "_", title).strip("_").lower() or "channel"
     if "temp" in t:
+        primary = not (words - _PRIMARY_WORDS - {"temperature", "temp", "tmeas"})
+        name = "temperature_K" if primary else re.sub(r"_?temp(erature)?$", "", slug) + "_T_K"
         if u in ("k", "kelvin"):
-            return "temperature_K", 1.0, 0.0
-        return "temperature_K", 1.0, 273.15  # °C by default in holder logs
+            return name, 1.0, 0.0
+        return name, 1.0, 273.15  # °C by default in holder logs
     if "press" in t:
+        primary = not (words - _PRIMARY_WORDS - {"pressure", "press"})
+        name = "pressure_Pa" if primary else f"{slug}_Pa"
         for k, f in _PRESSURE_TO_PA.items():
             if u == k:
-                return "pressure_Pa", f, 0.0
-        return "pressure_Pa", 1.0, 0.0
-    name = re.sub(r"[^0-9a-zA-Z]+", "_", title).strip("_").lower() or "channel"
-    return name + (f"_{re.sub(r'[^0-9a-zA-Z]+', '', u)}" if u else ""), 1.0, 0.0
+                return name, f, 0.0
+        return name, 1.0, 0.0
+    return slug + (f"_{re.sub(r'[^0-9a-zA-Z]+', '', u)}" if u else ""), 1.0, 0.0
 
 
 def conditions_from_signals(signals: list[dict[str, Any]]) -> pd.DataFrame:
     """Merge RosettaSciIO 1-D signal dicts (one per channel) into a condition table.
 
     Each dict needs ``data`` (1-D), ``axes`` (one time axis with ``scale``/``offset`` or an
-    ``axis`` array, units s/min/h) and a title in ``metadata['General']['title']`` or
-    ``metadata['Signal']['quantity']`` (e.g. ``"Temperature (°C)"``).
+    ``axis`` array, units s/min/h) and a title in ``metadata['General']['title']`` (used
+    first, it names the channel, e.g. "Holder Pressure (Torr)") or
+    ``metadata['Signal']['quantity']`` (e.g. ``"Temperature (°C)"``).  A Protochips log's
+    recorded time stamps (``original_metadata['Protochips_header']['Time axis']``) replace
+    the uniform axis that the reader extrapolates from the mean step.
+
+    ``time_s`` counts from the earliest sample of the log; that sample's time on the log's
+    own clock (e.g. seconds since midnight in DENSsolutions logs) is ``attrs['log_t0_s']``,
+    and the start date/time (ISO) is ``attrs['start_time']`` when the log records it.
     """
     cols: dict[str, pd.Series] = {}
     start = None
@@ -63,30 +88,58 @@ def conditions_from_signals(signals: list[dict[str, Any]]) -> pd.DataFrame:
         data = np.asarray(sig.get("data"), float).ravel()
         axes = sig.get("axes") or [{}]
         ax = axes[0]
-        if "axis" in ax and ax["axis"] is not None:
+        om = (sig.get("original_metadata") or {}).get("Protochips_header", {}) or {}
+        rec = om.get("Time axis") if isinstance(om, dict) else None
+        if rec is not None and np.size(rec.get("value", [])) == data.size:
+            t = np.asarray(rec["value"], float)
+            tu = {"milliseconds": "ms", "seconds": "s"}.get(str(rec.get("units", "")).lower(), "s")
+        elif "axis" in ax and ax["axis"] is not None:
             t = np.asarray(ax["axis"], float)
+            tu = str(ax.get("units", "s")).lower()
         else:
             t = ax.get("offset", 0.0) + ax.get("scale", 1.0) * np.arange(data.size)
-        tu = str(ax.get("units", "s")).lower()
+            tu = str(ax.get("units", "s")).lower()
         t = t * {"min": 60.0, "h": 3600.0, "ms": 1e-3}.get(tu, 1.0)
         md = sig.get("metadata", {}) or {}
         title = (
-            md.get("Signal", {}).get("quantity") or md.get("General", {}).get("title") or "channel"
+            md.get("General", {}).get("title") or md.get("Signal", {}).get("quantity") or "channel"
         )
         m = re.match(r"\s*(.*?)\s*\((.*)\)\s*$", str(title))
         label, units = (m.group(1), m.group(2)) if m else (str(title), "")
         name, scale, off = _channel_name(label, units)
         if t.size != data.size:
             raise FileFormatError(f"channel {title!r}: {t.size} times but {data.size} values")
+        if name in cols:  # keep the first channel under the standard name
+            name = f"{re.sub(r'[^0-9a-zA-Z]+', '_', label).strip('_').lower()}_{len(cols)}"
         cols[name] = pd.Series(data * scale + off, index=t)
-        start = start or md.get("General", {}).get("date")
+        gen = md.get("General", {})
+        if start is None and gen.get("date"):
+            start = str(gen["date"]) + (f"T{gen['time']}" if gen.get("time") else "")
     if not cols:
         raise FileFormatError("the log holds no channel")
     df = pd.concat(cols, axis=1).sort_index()
+    t0 = float(df.index.min())
+    df.index = df.index - t0
     df.index.name = "time_s"
     df = df.reset_index()
     df.attrs["start_time"] = start
+    df.attrs["log_t0_s"] = t0
     return df
+
+
+@contextlib.contextmanager
+def _quiet_rsciio():
+    """Silence RosettaSciIO's warnings about the extrapolated Protochips time step (the
+    recorded time stamps are used instead, see :func:`conditions_from_signals`)."""
+    log = logging.getLogger("rsciio")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
 
 
 def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
@@ -114,7 +167,8 @@ def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
     for plugin in ("protochips", "dens", "impulse"):
         try:
             mod = __import__(f"rsciio.{plugin}", fromlist=["file_reader"])
-            sigs = mod.file_reader(str(p))
+            with _quiet_rsciio():
+                sigs = mod.file_reader(str(p))
             df = conditions_from_signals(sigs)
             df.attrs["source"] = str(p)
             df.attrs["reader"] = f"rsciio.{plugin}"
@@ -132,7 +186,8 @@ def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
     )
     if tcol is None:
         raise FileFormatError(
-            f"holder log {str(p)!r}: no time column (time_s/time) among {list(raw.columns)}"
+            f"holder log {str(p)!r}: not a vendor log ({'; '.join(errors)}) and, as CSV, no "
+            f"time column (time_s/time) among {list(raw.columns)}"
         )
     out = pd.DataFrame({"time_s": pd.to_numeric(raw[tcol], errors="coerce")})
     for c in raw.columns:
@@ -147,7 +202,11 @@ def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
         name, scale, off = _channel_name(label, units)
         out[name] = s * scale + off
     if out["time_s"].isna().any():
-        raise FileFormatError(f"holder log {str(p)!r}: non-numeric time stamps")
+        bad = out.index[out["time_s"].isna()].tolist()[:5]
+        raise FileFormatError(
+            f"holder log {str(p)!r}: not a vendor log ({'; '.join(errors)}) and, as CSV, "
+            f"non-numeric time stamps in data row(s) {bad}"
+        )
     out.attrs["source"] = str(p)
     out.attrs["reader"] = "csv"
     return out.sort_values("time_s").reset_index(drop=True)
