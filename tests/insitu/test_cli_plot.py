@@ -48,14 +48,23 @@ def test_cli_insitu_writes_tables_plots_summary(series_file, tmp_path):
             "csv",
             "--ci",
             "wald",
+            "--columns",
         ]
     )
     assert rc == 0
-    for name in ("frames", "drift", "clusters", "lineage", "events", "summary"):
+    for name in ("frames", "drift", "clusters", "lineage", "events", "summary", "columns"):
         assert (out / f"{name}.csv").exists()
     assert (out / "clusters_vs_dose.png").exists() and (out / "drift.png").exists()
+    assert (out / "atoms_lost.png").exists()
+    cols = pd.read_csv(out / "columns.csv")
+    assert set(cols["type"]) == {"PbBr", "Br", "Cs"}
+    np.testing.assert_array_equal(cols["atoms_lost"], cols["n_atoms_first"] - cols["n_atoms_last"])
     summ = json.loads((out / "summary.json").read_text())
     assert summ["n_frames"] == 8
+    assert (
+        summ["atoms_lost"]["PbBr"]["atoms_lost"]
+        == cols.loc[cols["type"] == "PbBr", "atoms_lost"].sum()
+    )
     frames = pd.read_csv(out / "frames.csv")
     np.testing.assert_allclose(frames["temperature_K"], 300.15)
     assert frames["cumulative_dose_e_per_A2"].iloc[-1] == pytest.approx(8 * 4e3)
@@ -102,8 +111,22 @@ def test_plots_return_axes():
     ):
         assert ax.has_data()
     cols = pd.DataFrame({"x_A": [0, 1.0], "y_A": [0, 1.0], "n_first": [8, 8], "n_last": [7, 5]})
-    ax = pl.plot_atoms_lost_map(cols)
+    ax = pl.plot_atoms_lost_map(cols, first="n_first", last="n_last")
     np.testing.assert_allclose(ax.collections[0].get_array(), [1, 3])
+    typed = pd.DataFrame(
+        {
+            "x_A": [0, 1.0, 2.0],
+            "y_A": [0, 1.0, 0.0],
+            "type": ["PbBr", "Br", "PbBr"],
+            "n_atoms_first": [8, 8, 6],
+            "n_atoms_last": [7, 5, 6],
+        }
+    )
+    ax = pl.plot_atoms_lost_map(typed)
+    np.testing.assert_allclose(ax.collections[0].get_array(), [1, 0])  # PbBr first
+    np.testing.assert_allclose(ax.collections[1].get_array(), [3])
+    ax = pl.plot_atoms_lost_map(typed, column_type="Br")
+    assert len(ax.collections) == 1
     from matplotlib.figure import Figure
 
     ax0 = Figure().add_subplot()

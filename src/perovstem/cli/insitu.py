@@ -39,6 +39,18 @@ def insitu(
     table_format: str = typer.Option("parquet", "--table-format", help="parquet | csv."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG figures."),
     ci: str = typer.Option("profile", "--ci", help="Kinetic CIs: profile | bootstrap | wald."),
+    columns: bool = typer.Option(
+        False,
+        "--columns/--no-columns",
+        help="Fit every atomic column in every frame and count its atoms by a hidden Markov "
+        "model: per-column atoms-lost table (columns, column_counts) and map (needs the dose).",
+    ),
+    hmm_model: str = typer.Option(
+        "loss", "--hmm-model", help="Column-count transitions: loss | free | dose."
+    ),
+    cd_fraction: float = typer.Option(
+        0.0, "--cd-fraction", help="Cd fraction of the Pb-Br column library (--columns)."
+    ),
 ) -> None:
     """Analyse an in-situ series: register, dose, Pb clusters, tracking, kinetics."""
     from perovstem.cli._common import console
@@ -46,6 +58,8 @@ def insitu(
     from perovstem.io import load, save_figure, save_json, save_table
     from perovstem.io.holder_logs import read_holder_log
 
+    if hmm_model not in ("loss", "free", "dose"):
+        raise ParameterError(f"`--hmm-model` must be loss, free or dose, got {hmm_model!r}")
     if table_format not in ("parquet", "csv"):
         raise ParameterError(f"`--table-format` must be parquet or csv, got {table_format!r}")
     if not series.exists():
@@ -86,6 +100,8 @@ def insitu(
         detect={"threshold_sigma": threshold_sigma},
         lattice_A=lattice_A,
         ci=ci,
+        columns=columns,
+        column_options={"hmm_model": hmm_model, "cd_fraction": cd_fraction},
     )
     out = out or series.with_name(series.stem + "_insitu")
     out.mkdir(parents=True, exist_ok=True)
@@ -105,6 +121,7 @@ def insitu(
             "lineage": pl.plot_lineage(res.lineage) if len(res.lineage) else None,
             "size_distribution": pl.plot_size_distribution(res.clusters),
             "crystal_area": pl.plot_crystal_area(res.frames) if "area_A2" in res.frames else None,
+            "atoms_lost": pl.plot_atoms_lost_map(res.columns) if res.columns is not None else None,
         }
         for name, ax in figs.items():
             if ax is not None:
@@ -118,6 +135,13 @@ def insitu(
         "notes": notes,
         "mechanisms": [t for t in res.summary.get("text", []) if isinstance(t, str)],
     }
+    if res.columns is not None:
+        c = res.columns
+        summary["atoms_lost"] = {
+            str(t): {"columns": int(len(g)), "atoms_lost": int(g["atoms_lost"].sum())}
+            for t, g in c.groupby("type")
+        }
+        summary["atoms_lost_hmm_model"] = hmm_model
     written.append(save_json(summary, out / "summary.json"))
     for line in summary["mechanisms"]:
         console.print(line)

@@ -38,6 +38,11 @@ class InsituResult:
     lineage : one row per track (:func:`track_clusters`).
     events : births, merges, deaths with dose (:func:`lineage_events`).
     summary : mechanism table (:func:`perovstem.quantify.mechanism.mechanism_summary`).
+    columns : per atomic column (only with ``columns=True``): ``column, type, x_A, y_A,
+        n_atoms_first, n_atoms_last, atoms_lost, atoms_lost_mean, atoms_lost_std`` (+ loss
+        rate per e⁻/Å² when doses are known) from the hidden-Markov Viterbi paths.
+    column_counts : long table ``frame, column, type, x_A, y_A, scs_A2, n_atoms,
+        n_atoms_mean, n_atoms_std`` (only with ``columns=True``).
     """
 
     frames: pd.DataFrame
@@ -47,10 +52,12 @@ class InsituResult:
     events: pd.DataFrame
     summary: pd.DataFrame
     skipped: list[int] = field(default_factory=list)
+    columns: pd.DataFrame | None = None
+    column_counts: pd.DataFrame | None = None
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        """All tables by name (for writing)."""
-        return {
+        """All tables by name (for writing); ``columns``/``column_counts`` when computed."""
+        out = {
             "frames": self.frames,
             "drift": self.drift,
             "clusters": self.clusters,
@@ -58,6 +65,10 @@ class InsituResult:
             "events": self.events,
             "summary": self.summary,
         }
+        if self.columns is not None:
+            out["columns"] = self.columns
+            out["column_counts"] = self.column_counts
+        return out
 
 
 def analyze_series(
@@ -73,6 +84,8 @@ def analyze_series(
     lattice_A: float = 5.87,
     n_workers: int = 2,
     ci: str = "profile",
+    columns: bool = False,
+    column_options: dict[str, Any] | None = None,
 ) -> InsituResult:
     """Analyse an in-situ series end to end.
 
@@ -100,6 +113,20 @@ def analyze_series(
     n_workers : int
         Threads for the per-frame detection pass (numpy/scipy release the GIL); frames are
         processed in blocks of ``2·n_workers`` so memory stays independent of the length.
+    columns : bool
+        Also count the atoms of every atomic column through the series: columns are found
+        on the first usable registered frame (CsPbBr₃ [001] cell), their cross-sections
+        fitted in every registered frame (positions refined per frame, joint Gaussian model,
+        :func:`perovstem.atoms.fit_columns` on the normalised frame) and counted per column
+        type by a hidden Markov model (:func:`perovstem.atoms.fit_hmm`, Viterbi paths) with
+        the simulated SCS library — giving the per-column atoms-lost table/map.  Needs the
+        dose per frame (normalisation).
+    column_options : dict, optional
+        ``types`` (default ``("PbBr", "Br", "Cs")``), ``hmm_model`` (``"loss"``; or
+        ``"free"``, ``"dose"``), ``max_states`` (20), ``cd_fraction`` (0.0, Pb–Br library),
+        ``max_iter`` (fit sweeps per frame, 30), ``library`` ({type: library} overriding the
+        simulated ones), ``positions`` (a DataFrame ``x_A, y_A, type`` in the registered
+        frame instead of the column finder).
 
     Returns
     -------
@@ -123,6 +150,14 @@ def analyze_series(
     offset = series.metadata.get("offset")
     dets, rows, skipped = [], [], []
     angle: float | None = None
+    col_opts = _column_options(column_options) if columns else None
+    if columns and dose is None:
+        raise ParameterError(
+            "`columns=True` needs the dose of every frame (to normalise the cross-sections); "
+            "use assign_dose first"
+        )
+    col_pos: pd.DataFrame | None = None
+    col_scs: dict[int, np.ndarray] = {}
 
     def process(k: int, fr: np.ndarray) -> tuple[pd.DataFrame | None, dict[str, Any]]:
         why = frame_quality(fr)
@@ -146,6 +181,8 @@ def analyze_series(
             )
         if phase_check:
             row["phase"] = fft_phase_check(f, pixel_size_A=px)["phase"]
+        if col_pos is not None:
+            col_scs[k] = _column_scs(img, col_pos, gain, offset, col_opts["max_iter"])
         return d, row
 
     from concurrent.futures import ThreadPoolExecutor
@@ -170,6 +207,13 @@ def analyze_series(
                     angle = ang if strength >= 20 else 0.0
                 except DataError:
                     angle = 0.0
+            if columns and col_pos is None and not frame_quality(fr):
+                f0 = np.asarray(fr, float)
+                if register and np.any(shifts[k] != 0):
+                    f0 = ndimage.shift(f0, -shifts[k], order=3, mode="nearest")
+                col_pos = _find_column_positions(
+                    Image(f0, px, dose_e_per_A2=float(dose[k])), gain, offset, col_opts, lattice_A
+                )
             block.append((k, fr))
             if len(block) >= 2 * max(1, int(n_workers)):
                 flush(pool)
@@ -197,9 +241,131 @@ def analyze_series(
         summ = mechanism_summary(usable, x=x, ci=ci)
     else:
         summ = pd.DataFrame()
-    for t in (fr_tab, drift, tracks, lineage, events, summ):
-        t.attrs["pixel_size_A"] = px
-    return InsituResult(fr_tab, drift, tracks, lineage, events, summ, skipped)
+    col_tab = col_counts = None
+    if columns:
+        col_tab, col_counts = _count_columns(series, col_pos, col_scs, col_opts)
+    for t in (fr_tab, drift, tracks, lineage, events, summ, col_tab, col_counts):
+        if t is not None:
+            t.attrs["pixel_size_A"] = px
+    return InsituResult(fr_tab, drift, tracks, lineage, events, summ, skipped, col_tab, col_counts)
+
+
+_COLUMN_DEFAULTS: dict[str, Any] = {
+    "types": ("PbBr", "Br", "Cs"),
+    "hmm_model": "loss",
+    "max_states": 20,
+    "cd_fraction": 0.0,
+    "max_iter": 30,
+    "library": None,
+    "positions": None,
+}
+
+
+def _column_options(opts: dict[str, Any] | None) -> dict[str, Any]:
+    o = dict(_COLUMN_DEFAULTS)
+    for key, v in (opts or {}).items():
+        if key not in o:
+            raise ParameterError(
+                f"unknown key {key!r} in `column_options` (allowed: {sorted(_COLUMN_DEFAULTS)})"
+            )
+        o[key] = v
+    if o["hmm_model"] not in ("free", "loss", "dose"):
+        raise ParameterError(f"`column_options['hmm_model']` must be free/loss/dose, got {o!r}")
+    o["types"] = tuple(o["types"])
+    return o
+
+
+def _normalized(img: Image, gain: Any, offset: Any) -> Image:
+    from perovstem.atoms import normalize_image
+
+    return normalize_image(
+        img,
+        gain=None if gain is None else float(gain),
+        offset=None if offset is None else float(offset),
+    )
+
+
+def _find_column_positions(
+    img: Image, gain: Any, offset: Any, opts: dict[str, Any], lattice_A: float
+) -> pd.DataFrame:
+    """Column positions (``x_A, y_A, type``) on the first usable registered frame."""
+    if opts["positions"] is not None:
+        pos = pd.DataFrame(opts["positions"])
+        if not {"x_A", "y_A", "type"} <= set(pos.columns):
+            raise ParameterError("`column_options['positions']` needs columns x_A, y_A, type")
+    else:
+        from perovstem.atoms import cspbbr3_001_cell, find_columns
+
+        pos = find_columns(_normalized(img, gain, offset), cell=cspbbr3_001_cell(lattice_A))
+    pos = pos[pos["type"].isin(opts["types"])][["x_A", "y_A", "type"]]
+    if len(pos) == 0:
+        raise DataError(f"no atomic column of the types {opts['types']} found in the first frame")
+    return pos.reset_index(drop=True)
+
+
+def _column_scs(img: Image, pos: pd.DataFrame, gain: Any, offset: Any, max_iter: int) -> np.ndarray:
+    from perovstem.atoms import fit_columns
+
+    fit = fit_columns(
+        _normalized(img, gain, offset), pos, max_iter=int(max_iter), joint=False, parallel=False
+    )
+    return fit["scs"].to_numpy(float)
+
+
+def _count_columns(
+    series: Series, pos: pd.DataFrame | None, scs: dict[int, np.ndarray], opts: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """HMM counts per column type over the usable frames; atoms lost per column."""
+    from perovstem.atoms import fit_hmm
+
+    frames = np.array(sorted(scs))
+    if pos is None or frames.size < 2:
+        raise DataError("column counting needs at least two usable frames")
+    obs_all = np.vstack([scs[k] for k in frames])
+    cum = series.cumulative_dose_e_per_A2
+    # dose received between consecutive analysed frames (skipped frames included)
+    dose = np.diff(np.r_[series.initial_dose_e_per_A2, cum[frames]])
+    tabs, longs = [], []
+    for typ in opts["types"]:
+        sel = (pos["type"] == typ).to_numpy()
+        if not sel.any():
+            continue
+        lib = (opts["library"] or {}).get(typ)
+        if lib is None:
+            from perovstem.simulate import scs_library
+
+            kw = {"cd_fraction": opts["cd_fraction"]} if typ == "PbBr" else {}
+            lib = scs_library(typ, int(opts["max_states"]), **kw)
+        obs = np.clip(obs_all[:, sel], 0.0, None)  # emptied columns: SCS ≈ 0 with noise
+        res = fit_hmm(obs, lib, model=opts["hmm_model"], dose_e_per_A2=dose)
+        idx = np.flatnonzero(sel)
+        ct = res.column_table()
+        sd = res.n_atoms_std
+        ct["atoms_lost_std"] = np.sqrt(sd[0] ** 2 + sd[-1] ** 2)
+        ct["column"] = idx[ct["column"].to_numpy()]
+        ct.insert(1, "type", typ)
+        ct.insert(2, "x_A", pos["x_A"].to_numpy()[idx])
+        ct.insert(3, "y_A", pos["y_A"].to_numpy()[idx])
+        ct.attrs = {}
+        tabs.append(ct)
+        lt = res.table(obs_all[:, sel]).rename(columns={"scs": "scs_A2"})
+        lt["frame"] = frames[lt["frame"].to_numpy()]
+        lt["column"] = idx[lt["column"].to_numpy()]
+        lt["type"] = typ
+        lt["x_A"] = pos["x_A"].to_numpy()[lt["column"].to_numpy()]
+        lt["y_A"] = pos["y_A"].to_numpy()[lt["column"].to_numpy()]
+        lt.attrs = {}
+        longs.append(lt)
+    if not tabs:
+        raise DataError(f"no atomic column of the types {opts['types']} was found")
+    col_tab = pd.concat(tabs, ignore_index=True).sort_values("column").reset_index(drop=True)
+    cols = ["frame", "column", "type", "x_A", "y_A", "scs_A2", "n_atoms", "n_atoms_mean"]
+    cols += ["n_atoms_std", "p_n_atoms"]
+    counts = pd.concat(longs, ignore_index=True)[cols]
+    counts = counts.sort_values(["frame", "column"]).reset_index(drop=True)
+    col_tab.attrs["hmm_model"] = opts["hmm_model"]
+    col_tab.attrs["frames"] = frames.tolist()
+    return col_tab, counts
 
 
 def _frames_table(

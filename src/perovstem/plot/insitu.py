@@ -146,18 +146,50 @@ def plot_kinetic_fit(x: Any, y: Any, fit: Any, *, ax: Any = None, label: str = "
 
 
 def plot_atoms_lost_map(
-    columns: pd.DataFrame, *, first: str = "n_first", last: str = "n_last", ax: Any = None
+    columns: pd.DataFrame,
+    *,
+    first: str = "n_atoms_first",
+    last: str = "n_atoms_last",
+    column_type: str | None = None,
+    ax: Any = None,
 ) -> Any:
     """Per-column atoms lost (first − last count) at the column positions, Å.
 
-    ``columns`` needs ``x_A, y_A`` and the two count columns (e.g. from HMM-filtered counts of
-    the first and last frames).
+    ``columns`` needs ``x_A, y_A`` and the two count columns, e.g. the ``columns`` table of
+    :func:`perovstem.insitu.analyze_series` (``columns=True``: hidden-Markov Viterbi counts
+    of the first and last usable frames).  With a ``type`` column the column types get
+    different markers (``column_type`` keeps one type only).
     """
     _need(columns, ["x_A", "y_A", first, last], "columns")
-    ax = _ax(ax, (4.5, 4.0))
+    if column_type is not None:
+        _need(columns, ["type"], "columns")
+        columns = columns[columns["type"] == column_type]
+        if columns.empty:
+            raise DataError(f"no column of type {column_type!r} in `columns`")
+    ax = _ax(ax, (4.8, 4.0))
     lost = columns[first].to_numpy(float) - columns[last].to_numpy(float)
-    sc = ax.scatter(columns["x_A"], columns["y_A"], c=lost, cmap="magma", s=12)
-    ax.figure.colorbar(sc, ax=ax, label="atoms lost")
+    vmax = max(float(np.nanmax(lost)) if lost.size else 1.0, 1.0)
+    vmin = min(float(np.nanmin(lost)) if lost.size else 0.0, 0.0)
+    kinds = columns["type"].to_numpy() if "type" in columns else np.full(len(columns), "")
+    markers = dict(zip(dict.fromkeys(kinds), "osD^v<>ph", strict=False))
+    sc = None
+    for kind, mk in markers.items():
+        m = kinds == kind
+        sc = ax.scatter(
+            columns["x_A"].to_numpy()[m],
+            columns["y_A"].to_numpy()[m],
+            c=lost[m],
+            cmap="magma",
+            vmin=vmin,
+            vmax=vmax,
+            s=14,
+            marker=mk,
+            label=str(kind) if kind != "" else None,
+        )
+    if sc is not None:
+        ax.figure.colorbar(sc, ax=ax, label="atoms lost")
+    if len(markers) > 1:
+        ax.legend(fontsize="x-small", loc="upper right")
     ax.set_xlabel("x (Å)")
     ax.set_ylabel("y (Å)")
     ax.set_aspect("equal")
