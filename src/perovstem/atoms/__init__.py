@@ -5,7 +5,8 @@ Public API (see ``docs/CONTRACTS.md``):
 * :func:`find_columns`, :func:`find_peaks`, :func:`estimate_lattice` — column detection;
 * :func:`fit_columns`, :func:`normalize_image`, :func:`model_image` — joint Gaussian model;
 * :func:`crlb`, :func:`voronoi_intensities` — precision bound and model-free intensities;
-* :func:`fit_lattice`, :func:`lattice_strain` — displacement and strain maps;
+* :func:`fit_lattice`, :func:`lattice_strain`, :func:`projected_unit_cell` — displacement and
+  strain maps, the measured projected unit cell;
 * :class:`ProjectedCell`, :func:`cspbbr3_001_cell` — projected unit cells.
 """
 
@@ -17,7 +18,7 @@ from perovstem.atoms.crlb import crlb
 from perovstem.atoms.find import estimate_lattice, find_columns, find_peaks, fit_lattice_vectors
 from perovstem.atoms.fit import FIT_COLUMNS, fit_columns, model_image
 from perovstem.atoms.hyperspy import to_hyperspy
-from perovstem.atoms.lattice import fit_lattice, lattice_strain
+from perovstem.atoms.lattice import fit_lattice, lattice_strain, projected_unit_cell
 from perovstem.atoms.normalize import normalize_image
 from perovstem.atoms.voronoi import voronoi_intensities
 
@@ -35,6 +36,7 @@ __all__ = [
     "lattice_strain",
     "model_image",
     "normalize_image",
+    "projected_unit_cell",
     "to_hyperspy",
     "voronoi_intensities",
 ]

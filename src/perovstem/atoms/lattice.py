@@ -5,7 +5,9 @@ Follows the approach of StatSTEM's strain mapping (Galindo et al., Ultramicrosco
 the lattice is fitted by least squares to the columns of a reference type, every column is
 indexed to the ideal position of the nearest site of the projected cell, the displacement is
 fitted − ideal, and the local deformation gradient F is the least-squares map of the ideal
-onto the measured neighbour vectors (neighbours within 1.1·max(a, b)).
+onto the measured neighbour vectors (neighbours within 1.1·max(a, b)).  The measured
+projected unit cell is the average of every indexed column folded into one cell
+(StatSTEM's "projected unit cell" output).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from perovstem.atoms.cell import ProjectedCell
 from perovstem.atoms.find import fit_lattice_vectors
 from perovstem.errors import DataError, ParameterError
 
-__all__ = ["fit_lattice", "lattice_strain"]
+__all__ = ["fit_lattice", "lattice_strain", "projected_unit_cell"]
 
 _NONE = np.iinfo(np.int64).min
 
@@ -190,3 +192,94 @@ def lattice_strain(indexed: pd.DataFrame, *, radius_A: float | None = None) -> p
     out.attrs = dict(indexed.attrs)
     out.attrs["strain_radius_A"] = float(radius_A)
     return out
+
+
+def projected_unit_cell(
+    indexed: pd.DataFrame,
+    cell: ProjectedCell,
+    *,
+    value_columns: tuple[str, ...] = ("scs", "eta", "rho_A"),
+) -> ProjectedCell:
+    """The measured projected unit cell: every indexed column folded into one cell.
+
+    The fitted lattice (``a``, ``b``, angle of :func:`fit_lattice`) gives the cell; each
+    site's position is the mean fractional position ``(u, v)`` of all columns indexed to it
+    (their position minus the lattice translation ``h·a + k·b``), with its standard error;
+    numeric per-column values (e.g. SCS) are averaged per site too.
+
+    Parameters
+    ----------
+    indexed : DataFrame
+        Output of :func:`fit_lattice` (``x_A, y_A, h, k, site`` and the lattice in ``attrs``).
+    cell : ProjectedCell
+        The cell used for the indexing.
+    value_columns : tuple of str
+        Columns averaged per site when present.
+
+    Returns
+    -------
+    ProjectedCell
+        ``a_A, b_A, angle_deg`` of the fitted lattice; ``sites`` holds ``type, u, v, z`` of the
+        model cell's sites with the measured ``u, v`` and ``u_err, v_err`` (fractions),
+        ``shift_x_A, shift_y_A`` (mean displacement from the ideal site, Å, lattice frame:
+        x along a), ``n_columns`` and ``<value>_mean``, ``<value>_err`` for each value column.
+
+    Raises
+    ------
+    DataError
+        Not an output of :func:`fit_lattice`, or no column indexed.
+    """
+    for c in ("x_A", "y_A", "site", "h", "k"):
+        if c not in indexed.columns:
+            raise DataError(f"`indexed` needs column {c!r} (run fit_lattice first)")
+    vec = np.asarray(indexed.attrs.get("lattice_vectors_A", np.nan), float)
+    org = np.asarray(indexed.attrs.get("lattice_origin_A", np.nan), float)
+    if vec.shape != (2, 2) or org.shape != (2,) or not np.all(np.isfinite(vec)):
+        raise DataError("`indexed` lacks the fitted lattice in attrs (run fit_lattice first)")
+    site = indexed["site"].to_numpy()
+    ok = site >= 0
+    if not ok.any():
+        raise DataError("no column of `indexed` is indexed to a site of the cell")
+    ref = indexed.attrs.get("reference_type", cell.sites["type"].iloc[0])
+    s0 = cell.sites[cell.sites["type"] == ref][["u", "v"]].to_numpy()[0]
+    inv = np.linalg.inv(vec)
+    xy = indexed[["x_A", "y_A"]].to_numpy(float)
+    fr = (xy - org) @ inv + s0 - indexed[["h", "k"]].to_numpy(float)
+    a_len, b_len = np.linalg.norm(vec, axis=1)
+    angle = float(np.rad2deg(np.arccos(np.dot(vec[0], vec[1]) / (a_len * b_len))))
+    # lattice frame (x along a): displacement in Å from the fractional shift
+    basis = ProjectedCell(a_len, b_len, angle, cell.sites.iloc[:1]).vectors(0.0)
+    rows = []
+    for si, st in cell.sites.iterrows():
+        m = ok & (site == si)
+        n = int(m.sum())
+        row = {"type": st.type, "z": st.z, "n_columns": n}
+        if n:
+            du = fr[m] - np.array([st.u, st.v])
+            mu = du.mean(axis=0)
+            err = du.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.full(2, np.nan)
+            shift = mu @ basis
+            row.update(
+                u=st.u + mu[0],
+                v=st.v + mu[1],
+                u_err=err[0],
+                v_err=err[1],
+                shift_x_A=shift[0],
+                shift_y_A=shift[1],
+            )
+        else:
+            row.update(u=st.u, v=st.v, u_err=np.nan, v_err=np.nan)
+            row.update(shift_x_A=np.nan, shift_y_A=np.nan)
+        for c in value_columns:
+            if c in indexed.columns and np.issubdtype(indexed[c].dtype, np.number):
+                val = indexed[c].to_numpy(float)[m]
+                val = val[np.isfinite(val)]
+                row[f"{c}_mean"] = float(val.mean()) if val.size else np.nan
+                row[f"{c}_err"] = (
+                    float(val.std(ddof=1) / np.sqrt(val.size)) if val.size > 1 else np.nan
+                )
+        rows.append(row)
+    sites = pd.DataFrame(rows)
+    return ProjectedCell(
+        a_len, b_len, angle, sites, c_A=cell.c_A, name=f"{cell.name} (measured)".strip()
+    )
