@@ -31,7 +31,13 @@ from scipy import ndimage
 from perovstem._data import Series
 from perovstem._validation import check_positive, check_range
 from perovstem.errors import DataError, ParameterError
-from perovstem.insitu._frames import frame_quality, frame_stack, iter_frames, single_blas_thread
+from perovstem.insitu._frames import (
+    frame_quality,
+    frame_shape_of,
+    frame_stack,
+    iter_frames,
+    single_blas_thread,
+)
 
 __all__ = ["phase_correlate", "register_drift", "apply_drift", "correct_scan_distortion"]
 
@@ -489,8 +495,26 @@ def _shift_block(block: np.ndarray, shifts: np.ndarray, order: int, mode: str) -
     return out
 
 
-def apply_drift(series: Any, drift: pd.DataFrame, *, order: int = 3, mode: str = "nearest") -> Any:
-    """Shift every frame by minus its drift (lazy for dask input).
+def _loo_reference(total: np.ndarray, frame: np.ndarray, n_use: int) -> np.ndarray:
+    """Mean of the other frames (leave-one-out); the frame itself when it is the only one."""
+    if n_use <= 1:
+        return np.asarray(frame, dtype=float)
+    return (total - frame) / (n_use - 1)
+
+
+def apply_drift(
+    series: Any,
+    drift: pd.DataFrame,
+    *,
+    order: int = 3,
+    mode: str = "nearest",
+    scan_correction: bool = False,
+    band_rows: int = 8,
+    smooth_rows: float = 4.0,
+    max_shift_px: float = 3.0,
+) -> Any:
+    """Shift every frame by minus its drift (lazy for dask input), optionally removing scan
+    line jitter.
 
     Parameters
     ----------
@@ -502,11 +526,22 @@ def apply_drift(series: Any, drift: pd.DataFrame, *, order: int = 3, mode: str =
         Spline interpolation order (0–5).
     mode : str
         Edge handling of :func:`scipy.ndimage.shift`.
+    scan_correction : bool
+        After the rigid alignment, remove each frame's fast-scan line jitter with
+        :func:`correct_scan_distortion` against the mean of the other aligned usable frames
+        (leave-one-out, so a frame's own jitter does not bias its reference; one extra pass
+        over a lazy series).  Frames skipped by the registration are left as they
+        are.
+    band_rows, smooth_rows, max_shift_px
+        Options of :func:`correct_scan_distortion`.
 
     Returns
     -------
     Series or ndarray or dask array
-        Same kind as the input, float32, frames aligned on frame 0.
+        Same kind as the input, float32, frames aligned on frame 0.  A Series records
+        ``metadata["drift_corrected"]`` and, with ``scan_correction``,
+        ``metadata["scan_correction"]`` (options; for eager input also the rms line offset
+        removed per frame, px).
     """
     if int(order) != order or not 0 <= order <= 5:
         raise ParameterError(f"`order` must be an integer in [0, 5], got {order!r}")
@@ -520,24 +555,67 @@ def apply_drift(series: Any, drift: pd.DataFrame, *, order: int = 3, mode: str =
     shifts = drift[["dy_px", "dx_px"]].to_numpy(float)
     if not np.all(np.isfinite(shifts)):
         raise DataError("`drift` contains non-finite shifts")
+    skipped = drift["skipped"].to_numpy(bool) if "skipped" in drift.columns else np.zeros(n, bool)
+    scan_info: dict[str, Any] | None = None
+    if scan_correction:
+        m_rows = frame_shape_of(st)[0]
+        if int(band_rows) != band_rows or not 1 <= band_rows <= m_rows:
+            raise ParameterError(
+                f"`band_rows` must be an integer in [1, {m_rows}], got {band_rows!r}"
+            )
+        check_positive("max_shift_px", max_shift_px)
+        check_positive("smooth_rows", smooth_rows, allow_zero=True)
+        scan_info = {
+            "band_rows": int(band_rows),
+            "smooth_rows": float(smooth_rows),
+            "max_shift_px": float(max_shift_px),
+        }
+    scan_kw = {"band_rows": band_rows, "smooth_rows": smooth_rows, "max_shift_px": max_shift_px}
     if hasattr(st, "dask"):
         import dask.array as da
 
         st32 = st.astype(np.float32)
-        starts = np.cumsum((0,) + st32.chunks[0])
 
         def _f(block: np.ndarray, block_info: Any = None) -> np.ndarray:
             k0 = block_info[0]["array-location"][0][0]
             return _shift_block(block, shifts[k0 : k0 + block.shape[0]], order, mode)
 
-        del starts
         out = da.map_blocks(_f, st32.rechunk({1: -1, 2: -1}), dtype=np.float32)
+        if scan_correction:
+            use = np.flatnonzero(~skipped)
+            total = np.asarray(out[use].sum(axis=0, dtype=np.float64).compute())
+            n_use = len(use)
+
+            def _g(block: np.ndarray, block_info: Any = None) -> np.ndarray:
+                k0 = block_info[0]["array-location"][0][0]
+                res = block.copy()
+                for i in range(block.shape[0]):
+                    if not skipped[k0 + i] and np.all(np.isfinite(block[i])):
+                        ref = _loo_reference(total, block[i], n_use)
+                        res[i] = correct_scan_distortion(block[i], ref, **scan_kw)[0]
+                return res
+
+            out = da.map_blocks(_g, out, dtype=np.float32)
     else:
         arr = np.stack([np.asarray(f) for f in st]) if not hasattr(st, "shape") else st
         out = _shift_block(np.asarray(arr), shifts, order, mode)
+        if scan_correction:
+            use = np.flatnonzero(~skipped)
+            total = out[use].sum(axis=0, dtype=np.float64)
+            rms = np.full(n, np.nan)
+            for k in use:
+                if np.all(np.isfinite(out[k])):
+                    ref = _loo_reference(total, out[k], len(use))
+                    corr, dxr = correct_scan_distortion(out[k], ref, **scan_kw)
+                    out[k] = corr
+                    rms[k] = float(np.sqrt(np.mean(dxr**2)))
+            assert scan_info is not None
+            scan_info["rms_line_offset_px"] = rms.tolist()
     if isinstance(series, Series):
         md = dict(series.metadata)
         md["drift_corrected"] = True
+        if scan_info is not None:
+            md["scan_correction"] = scan_info
         return series.replace(data=out, metadata=md)
     return out
 
@@ -555,9 +633,10 @@ def correct_scan_distortion(
     The frame is cut into bands of ``band_rows`` scan lines; each band's x offset relative to
     the same band of ``reference`` (e.g. the drift-corrected mean of the series) is measured by
     1-D cross-correlation with parabolic sub-pixel refinement, smoothed along the slow scan
-    direction, interpolated to every line, and removed.  This is the row-jitter part of the
-    non-rigid correction of Ophus, Ciston & Nelson, Ultramicroscopy 162, 1 (2016),
-    doi:10.1016/j.ultramic.2015.12.002 (without their orthogonal-scan pairs).
+    direction, interpolated to every line, and removed (bands whose reference has under 20 %
+    of the largest band contrast, e.g. vacuum, take interpolated offsets).  This is the
+    row-jitter part of the non-rigid correction of Ophus, Ciston & Nelson, Ultramicroscopy
+    162, 1 (2016), doi:10.1016/j.ultramic.2015.12.002 (without their orthogonal-scan pairs).
 
     Parameters
     ----------
@@ -598,6 +677,10 @@ def correct_scan_distortion(
     centres = (np.arange(nb) + 0.5) * band_rows - 0.5
     offs = np.zeros(nb)
     lag = int(np.ceil(max_shift_px))
+    # bands without structure along x (vacuum, support) carry no offset information: their
+    # offsets are interpolated from the structured bands instead of fitted to noise
+    contrast = np.array([r[b * band_rows : (b + 1) * band_rows].mean(0).std() for b in range(nb)])
+    usable = contrast > 0.2 * np.max(contrast) if np.max(contrast) > 0 else np.ones(nb, bool)
     for b in range(nb):
         sl = slice(b * band_rows, (b + 1) * band_rows)
         fb = f[sl].mean(0)
@@ -617,6 +700,8 @@ def correct_scan_distortion(
             if den < 0:
                 dx += 0.5 * (cc[i - 1] - cc[i + 1]) / den
         offs[b] = dx
+    if nb > 1 and usable.any() and not usable.all():
+        offs = np.interp(centres, centres[usable], offs[usable])
     if smooth_rows > 0 and nb > 1:
         offs = ndimage.gaussian_filter1d(offs, smooth_rows, mode="nearest")
     dx_rows = np.interp(np.arange(m), centres, offs) if nb > 1 else np.full(m, offs[0])
