@@ -51,31 +51,44 @@ class KMCTrajectory:
         frame), ``dose_rate_e_per_A2_s``, ``temperature_K``, ``pressure_Pa``, ``n_Br``,
         ``n_Br_surface``, ``n_Pb_host``, ``n_Cd``, ``n_Cs``, ``n_Pb0`` (adatoms + cluster
         atoms), ``n_adatoms``, ``n_cluster_atoms``, ``n_clusters``, ``mean_cluster_size``
-        (atoms; NaN without clusters), and the events of the frame: ``n_Br_desorbed``,
-        ``n_Br_desorbed_surface``, ``n_Br_desorbed_bulk``, ``n_Pb_reduced``, ``n_births``,
-        ``n_merges``, ``n_attachments``, ``n_hops``, ``n_hops_blocked``, ``n_cluster_hops``,
-        ``n_Cs_lost``, ``n_Cd_lost``, ``n_CsBr_stripped``, ``n_nucleation_rejected``,
-        ``n_steps``; the exact exposures ``exposure_Br_surface_e_per_A2`` and
-        ``exposure_Br_bulk_e_per_A2`` (∫ n_Br,surface dD and ∫ n_Br,bulk dD over the frame,
-        atoms·e⁻/Å², so that ``n_Br_desorbed_surface / exposure_Br_surface_e_per_A2`` is the
-        maximum-likelihood estimate of 1/D_Br); plus the rate constants in force: ``hop_rate_per_s`` (Γ per adatom),
-        ``desorption_rate_surface_per_s``, ``desorption_rate_bulk_per_s``,
-        ``strip_rate_per_s``.  ``attrs`` holds ``initial`` (counts before the first frame),
+        (atoms; NaN without clusters), and the events of the frame: ``n_Br_desorbed`` (all
+        Br lost by desorption: beam-driven surface + bulk + thermal),
+        ``n_Br_desorbed_surface`` and ``n_Br_desorbed_bulk`` (beam-driven),
+        ``n_Br_desorbed_thermal``, ``n_Pb_reduced``, ``n_births``, ``n_merges``,
+        ``n_deaths`` (clusters dissolved), ``n_detachments`` (Pb⁰ atoms detached from
+        clusters, a death counting as one), ``n_attachments``, ``n_hops``,
+        ``n_hops_blocked``, ``n_cluster_hops``, ``n_Cs_lost``, ``n_Cd_lost``,
+        ``n_CsBr_stripped``, ``n_nucleation_rejected``, ``n_steps``; the exact exposures
+        ``exposure_Br_surface_e_per_A2`` and ``exposure_Br_bulk_e_per_A2`` (∫ n_Br,surface dD
+        and ∫ n_Br,bulk dD over the frame, atoms·e⁻/Å², so that
+        ``n_Br_desorbed_surface / exposure_Br_surface_e_per_A2`` is the maximum-likelihood
+        estimate of 1/D_Br); ``expected_Br_desorbed_thermal`` (∫ r_thermal dt, the expected
+        number of thermal desorptions given the path) and ``exposure_Br_thermal_s``
+        (= that / ``desorption_rate_thermal_per_s``, i.e. ∫ Σ_i w_i dt with w_i the rate of
+        Br i relative to a face Br, s; ``n_Br_desorbed_thermal / exposure_Br_thermal_s`` is
+        the maximum-likelihood estimate of ν_Br·exp(−E_Br/k_B T)); ``expected_detachments``
+        (∫ Σ_c k_det(n_c) dt); plus the rate constants in force: ``hop_rate_per_s`` (Γ per
+        adatom), ``desorption_rate_surface_per_s``, ``desorption_rate_bulk_per_s``,
+        ``strip_rate_per_s``, ``desorption_rate_thermal_per_s`` (a Br on a flat {100} face,
+        ``q`` = 26).  ``attrs`` holds ``initial`` (counts before the first frame),
         ``params``, ``conditions`` and units.
     clusters : pandas.DataFrame
-        ``frame, cluster_id, n_atoms, x_A, y_A, z_A, radius_A, n_hops, hop_rate_per_s`` for
+        ``frame, cluster_id, n_atoms, x_A, y_A, z_A, radius_A, n_hops, hop_rate_per_s,
+        detach_rate_per_s`` for
         every cluster alive at the end of each frame (centre = centroid of its atoms; radius
         of the equal-volume fcc sphere; ``n_hops`` the cluster's cumulative lattice hops of
         one lattice vector a; ``hop_rate_per_s`` = Γ·cluster_mobility·n^(−α) at the frame's
-        conditions).  Centres also move when a cluster grows (it is lifted off the surface
-        by R − a/2) and jump at merges.
+        conditions; ``detach_rate_per_s`` = k_det(n), the rate at which it loses one atom).
+        Centres also move when a cluster grows or shrinks (it is lifted off the surface by
+        R − a/2) and jump at merges.
     events : pandas.DataFrame
         ``frame, time_s, cumulative_dose_e_per_A2, kind ("birth"|"merge"|"death"),
         cluster_id, parents (list of ids), n_atoms, site`` in time order; ``site`` is the
         nucleation site class of a birth (``"corner"``, ``"edge"``, ``"face"`` by the number
-        of host B sites around it, or ``"support"`` on the support film), None for a merge.  A merge creates a new
-        id whose parents end there; this model has no "death" (clusters are never
-        destroyed).
+        of host B sites around it, or ``"support"`` on the support film), None otherwise.  A
+        merge creates a new id whose parents end there; a death (a cluster that fell below
+        ``critical_nucleus`` atoms by detachment and dissolved into ``n_atoms`` adatoms) ends
+        its id.
     conditions : dict
         ``frame_time_s``, ``atmosphere``, ``pressure_Pa``, ``seed`` and lattice data.
     """
@@ -270,11 +283,14 @@ def degradation_kmc(
 
     Lattice kinetic Monte Carlo (rejection-free BKL/Gillespie, numba) of the kinetic scheme
     of ``notes/physics_simulation.md`` §1.3: dose-driven surface/bulk Br desorption
-    (radiolysis, Dang et al., ACS Nano 11, 2124 (2017)), Pb²⁺ → Pb⁰ reduction (one Pb⁰ per
-    two Br lost), Arrhenius + beam-enhanced Pb⁰ surface diffusion, nucleation favouring
-    corners/edges, growth, coalescence of touching clusters into compact fcc clusters,
-    shrinkage of the crystal when units are exhausted, and an optional CsBr-stripping gas
-    channel (H₂O/O₂).  See :class:`KineticParameters` for the rates.
+    (radiolysis, Dang et al., ACS Nano 11, 2124 (2017)) and thermal, coordination-dependent
+    Br desorption (edges and corners first, Luo et al. 2023), Pb²⁺ → Pb⁰ reduction (one Pb⁰
+    per two Br lost), Arrhenius + beam-enhanced Pb⁰ surface diffusion (none below 233 K),
+    nucleation favouring corners/edges, growth, coalescence of touching clusters into
+    compact fcc clusters, Pb⁰ detachment with a Gibbs–Thomson size dependence (Ostwald
+    ripening), shrinkage of the crystal when units are exhausted, and CsBr loss
+    (CsPbBr₃ → CsPb₂Br₅) in H₂O/O₂ or on heating.  See :class:`KineticParameters` for the
+    rates.
 
     Parameters
     ----------
@@ -413,6 +429,8 @@ def degradation_kmc(
         .ravel()
         .astype(np.int32)
     )
+    # thermal Br classes: coordination q from the host B sites around the two bridged nodes
+    node_br, tb = _thermal_classes(lat, host_nb, br, is_surf, H)
     # the support film: the node layer just below the crystal (beam along −z) always holds
     # Pb⁰ and counts as a flat face (9 neighbours) for nucleation
     support = _support_nodes(lat, node_host) if support_film else np.zeros(G, bool)
@@ -478,6 +496,11 @@ def degradation_kmc(
     fp[core.P_PCORNER] = params.nucleation_probability_corner
     fp[core.P_PEDGE] = params.nucleation_probability_edge
     fp[core.P_PFACE] = params.nucleation_probability_face
+    n_pb_total = int(np.sum(kind == KIND_PB)) + n_pb0_in
+    det_tab = np.zeros(n_pb_total + 2)  # detachment rate of a cluster of n atoms, s⁻¹
+    det_n = np.arange(det_tab.size)
+    q_of_key = (np.arange(core.N_TKEYS) - 1) // 2
+    bulk_of_key = (np.arange(core.N_TKEYS) - 1) % 2 == 1
     ip = np.zeros(core.N_IPARAMS, np.int64)
     ip[core.I_NCRIT] = params.critical_nucleus
     ip[core.I_BRPERPB] = params.br_per_pb0
@@ -487,7 +510,24 @@ def degradation_kmc(
     fs = np.zeros(core.N_FSTATE)
 
     Ht = (present, kind, lat.nb_ptr, lat.nb_idx, lat.node_of, cnt_br, cnt_b, cnt_cs, lat.pos_A)
-    Lt = (surf_list, surf_where, bulk_list, bulk_where, cs_list, cs_where, stack)
+    tb_arr, tb_pos, tb_key, tb_start = tb
+    kth = np.zeros(core.N_TKEYS)  # thermal desorption rate per Br of each class, s⁻¹
+    tb_rate = np.zeros(1)
+    Lt = (
+        surf_list,
+        surf_where,
+        bulk_list,
+        bulk_where,
+        cs_list,
+        cs_where,
+        stack,
+        tb_arr,
+        tb_pos,
+        tb_key,
+        tb_start,
+        kth,
+        tb_rate,
+    )
     Nt = (
         node_host,
         host_nb,
@@ -500,9 +540,10 @@ def degradation_kmc(
         inv_m,
         grid,
         support,
+        node_br,
     )
     cl_hops = np.zeros(cap, np.int64)  # cumulative hops of each cluster id
-    Ct = (cl_alive, cl_n, cl_anchor, cl_centre, cl_R, cl_live, cl_where, cl_hops)
+    Ct = (cl_alive, cl_n, cl_anchor, cl_centre, cl_R, cl_live, cl_where, cl_hops, det_tab)
 
     core.seed(seed)
     for nd in initial_adatoms:
@@ -512,12 +553,13 @@ def degradation_kmc(
         counters[core.C_NCLATOMS] += n
     core.settle(Nt, At, Ct, E, counters, fp, ip, fs)
     counters[core.FRAME_COUNTERS] = 0
+    counters[core.FRAME_COUNTERS_2] = 0
     # events during settling (merges of input clusters) are frame -1 / time 0
     n_ev_done = 0
 
     def snapshot_clusters() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        live = np.sort(cl_live[: counters[core.C_NLIVE]])
-        return live, cl_n[live].copy(), cl_centre[live].copy(), cl_R[live].copy()
+        live = np.sort(Ct[5][: counters[core.C_NLIVE]])
+        return live, Ct[1][live].copy(), Ct[3][live].copy(), Ct[4][live].copy()
 
     present_snaps = [np.packbits(present)]
     ad_snaps = [_adatom_nodes(At, counters, core)]
@@ -540,7 +582,7 @@ def degradation_kmc(
     frame_dose = phi * frame_time_s
     cum_end = initial_dose + np.cumsum(frame_dose)
     cum_start = cum_end - frame_dose
-    kinds = {core.EV_BIRTH: "birth", core.EV_MERGE: "merge"}
+    kinds = {core.EV_BIRTH: "birth", core.EV_MERGE: "merge", core.EV_DEATH: "death"}
     sites = {
         core.SITE_CORNER: "corner",
         core.SITE_EDGE: "edge",
@@ -554,16 +596,28 @@ def degradation_kmc(
         k_surf = params.desorption_rate_per_s(phi[k], surface=True)
         k_bulk = params.desorption_rate_per_s(phi[k], surface=False)
         k_strip = params.strip_rate_per_s(atmosphere, pressure_Pa, temp[k])
+        k_th_ref = params.thermal_desorption_rate_per_s(temp[k])
+        cold = params.is_cold(temp[k])
         fp[core.P_KSURF] = k_surf
         fp[core.P_KBULK] = k_bulk
         fp[core.P_GAMMA] = gam
         fp[core.P_KSTRIP] = k_strip
+        fp[core.P_KTHREF] = k_th_ref
+        kth[1:] = params.thermal_desorption_rate_per_s(temp[k], q_of_key[1:])
+        kth[1:][bulk_of_key[1:]] *= params.bulk_to_surface_ratio
+        det_tab[:] = params.detachment_rate_per_s(det_n, temp[k])
+        ip[core.I_NUCLEATE] = int(params.enable_nucleation and not cold)
         counters[core.FRAME_COUNTERS] = 0
+        counters[core.FRAME_COUNTERS_2] = 0
         fs[core.S_EXPO_SURF] = 0.0
         fs[core.S_EXPO_BULK] = 0.0
+        fs[core.S_COMP_TH] = 0.0
+        fs[core.S_COMP_DET] = 0.0
         t = t0
         while t < t1:
             t = core.run_interval(t, t1, Ht, Lt, Nt, At, Ct, E, counters, fp, ip, fs, 10_000_000)
+            if t < t1:
+                Ct, E = _grow_if_full(Ct, E, counters, core)
         present_snaps.append(np.packbits(present))
         ad_snaps.append(_adatom_nodes(At, counters, core))
         live, n_live, centres, radii = snapshot_clusters()
@@ -577,7 +631,7 @@ def degradation_kmc(
                     "y_A": centres[:, 1],
                     "z_A": centres[:, 2],
                     "radius_A": radii,
-                    "n_hops": cl_hops[live].copy(),
+                    "n_hops": Ct[7][live].copy(),
                     "hop_rate_per_s": (
                         gam
                         * params.cluster_mobility
@@ -585,6 +639,7 @@ def degradation_kmc(
                         if ip[core.I_CLMIG]
                         else np.zeros(len(live))
                     ),
+                    "detach_rate_per_s": det_tab[n_live].copy(),
                 }
             )
         )
@@ -619,9 +674,12 @@ def degradation_kmc(
         row["mean_cluster_size"] = float(n_live.mean()) if len(n_live) else np.nan
         row.update(
             {
-                "n_Br_desorbed": int(counters[core.C_DES_SURF] + counters[core.C_DES_BULK]),
+                "n_Br_desorbed": int(
+                    counters[core.C_DES_SURF] + counters[core.C_DES_BULK] + counters[core.C_DES_TH]
+                ),
                 "n_Br_desorbed_surface": int(counters[core.C_DES_SURF]),
                 "n_Br_desorbed_bulk": int(counters[core.C_DES_BULK]),
+                "n_Br_desorbed_thermal": int(counters[core.C_DES_TH]),
                 "n_Pb_reduced": int(counters[core.C_REDUCED]),
                 "n_births": int(counters[core.C_BIRTHS]),
                 "n_merges": int(counters[core.C_MERGES]),
@@ -632,14 +690,22 @@ def degradation_kmc(
                 "n_Cs_lost": int(counters[core.C_CS_LOST]),
                 "n_Cd_lost": int(counters[core.C_CD_LOST]),
                 "n_CsBr_stripped": int(counters[core.C_STRIPS]),
+                "n_detachments": int(counters[core.C_DETACH]),
+                "n_deaths": int(counters[core.C_DEATHS]),
+                "expected_detachments": float(fs[core.S_COMP_DET]),
                 "n_nucleation_rejected": int(counters[core.C_NUC_REJ]),
                 "n_steps": int(counters[core.C_STEPS]),
                 "exposure_Br_surface_e_per_A2": float(fs[core.S_EXPO_SURF] * phi[k]),
                 "exposure_Br_bulk_e_per_A2": float(fs[core.S_EXPO_BULK] * phi[k]),
+                "expected_Br_desorbed_thermal": float(fs[core.S_COMP_TH]),
+                "exposure_Br_thermal_s": (
+                    float(fs[core.S_COMP_TH] / k_th_ref) if k_th_ref > 0 else np.nan
+                ),
                 "hop_rate_per_s": gam,
                 "desorption_rate_surface_per_s": k_surf,
                 "desorption_rate_bulk_per_s": k_bulk,
                 "strip_rate_per_s": k_strip,
+                "desorption_rate_thermal_per_s": k_th_ref,
             }
         )
         rows.append(row)
@@ -721,3 +787,69 @@ def _counts(counters: np.ndarray, core: Any) -> dict[str, Any]:
         "n_cluster_atoms": n_cl_atoms,
         "n_clusters": int(counters[core.C_NLIVE]),
     }
+
+
+def _thermal_classes(
+    lat: HostLattice, host_count: np.ndarray, br: np.ndarray, is_surf: np.ndarray, n_host: int
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Coordination classes of the Br for thermal desorption.
+
+    Each Br bridges two nodes of the B-site lattice (its two B sites, present or not); its
+    coordination ``q`` is the number of host B sites among the 26 neighbours of each node,
+    summed over both (52 in the bulk, 26 on a {100} face, 17 at an edge, 11 at a corner of
+    a CsBr-terminated cube).  Returns ``node_br`` (G, 6), the Br on the six bonds of each
+    node (−1 = none), and the class arrays ``(tb_arr, tb_pos, tb_key, tb_start)`` with key
+    ``1 + 2q + bulk`` (0 = desorbed).
+    """
+    from perovstem.simulate import kmc_core as core
+    from perovstem.simulate.kmc_params import BR_COORDINATION_MAX
+
+    G = int(np.prod(lat.grid_shape))
+    shape = np.asarray(lat.grid_shape)
+    frac = (lat.pos_A[br] - lat.node_pos_A[0]) @ np.linalg.inv(lat.lattice_A)
+    off = np.abs(frac - np.rint(frac))
+    axis = np.argmax(off, axis=1)
+    ijk1 = np.rint(frac).astype(np.int64)
+    rows = np.arange(len(br))
+    ijk1[rows, axis] = np.floor(frac[rows, axis]).astype(np.int64)
+    ijk1 = np.clip(ijk1, 0, shape - 1)
+    ijk2 = ijk1.copy()
+    ijk2[rows, axis] = np.minimum(ijk1[rows, axis] + 1, shape[axis] - 1)
+    n1 = lat.node_index(ijk1)
+    n2 = lat.node_index(ijk2)
+    q = np.clip(host_count[n1] + host_count[n2], 0, BR_COORDINATION_MAX).astype(np.int64)
+    node_br = np.full((G, 6), -1, dtype=np.int64)
+    node_br[n1, 2 * axis] = br  # bond along +axis of node n1 …
+    node_br[n2, 2 * axis + 1] = br  # … is the bond along −axis of node n2
+    key_br = 1 + 2 * q + (~is_surf).astype(np.int64)
+    tb_key = np.zeros(n_host, dtype=np.int64)
+    tb_key[br] = key_br
+    order = np.argsort(key_br, kind="stable")
+    tb_arr = np.ascontiguousarray(br[order], dtype=np.int64)
+    tb_pos = np.full(n_host, -1, dtype=np.int64)
+    tb_pos[tb_arr] = np.arange(len(tb_arr))
+    tb_start = np.searchsorted(key_br[order], np.arange(core.N_TKEYS + 1)).astype(np.int64)
+    return node_br, (tb_arr, tb_pos, tb_key, tb_start)
+
+
+def _grow_if_full(Ct: tuple, E: tuple, counters: np.ndarray, core: Any) -> tuple[tuple, tuple]:
+    """Double the cluster-id and event arrays when the kernel stopped because they are full
+    (clusters that dissolve and re-form consume new ids without bound)."""
+    live = int(counters[core.C_NLIVE])
+    cap_cl, cap_ev = Ct[0].shape[0], E[0].shape[0]
+    if int(counters[core.C_NEXTID]) + live + 8 >= cap_cl:
+        fills = (False, 0, 0, 0.0, 0.0, 0, -1, 0)
+        new = []
+        for arr, fill in zip(Ct[:8], fills, strict=True):
+            g = np.full((2 * cap_cl,) + arr.shape[1:], fill, dtype=arr.dtype)
+            g[:cap_cl] = arr
+            new.append(g)
+        Ct = (*new, Ct[8])
+    if int(counters[core.C_NEV]) + live + 8 >= cap_ev:
+        new = []
+        for arr, fill in zip(E, (0, 0.0, 0, 0, 0, 0, -1), strict=True):
+            g = np.full(2 * cap_ev, fill, dtype=arr.dtype)
+            g[:cap_ev] = arr
+            new.append(g)
+        E = tuple(new)
+    return Ct, E

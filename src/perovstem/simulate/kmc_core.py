@@ -3,7 +3,8 @@
 """Numba kernels of the degradation KMC (rejection-free BKL/Gillespie event loop).
 
 Rates are grouped into classes whose members share one rate constant (surface Br, bulk Br,
-adatoms, surface Cs) plus the size-dependent cluster hops; a class is chosen with
+adatoms, surface Cs, thermal-desorption classes of Br by coordination) plus the size-dependent
+cluster hops and Pb⁰ detachment from clusters; a class is chosen with
 probability proportional to its total rate and a member uniformly (or by weight for
 clusters), so every step executes an event: Bortz, Kalos & Lebowitz, J. Comput. Phys. 17,
 10 (1975); Gillespie, J. Comput. Phys. 22, 403 (1976).  A Pb⁰ adatom or cluster may
@@ -12,6 +13,12 @@ along lab z (unsupported Pb⁰ falls towards the support).  Adatoms are kept in 
 buckets by the number ``b`` of their hop directions not blocked by a host B site (rate
 ``b·Γ/6``), so hops into the crystal are never attempted; a hop onto another adatom or into
 unsupported vacuum is a null event (time still advances exactly, uniformisation).
+
+Thermal Br desorption: every Br sits in one of ``N_TKEYS`` classes, key ``1 + 2q + bulk``
+(``q`` its coordination, see :data:`perovstem.simulate.kmc_params.BR_COORDINATION_FACE`;
+key 0 = desorbed), stored as contiguous segments of one array so that moving a Br between
+classes costs one swap per class boundary crossed; ``q`` drops by one for each B site removed
+from the node blocks around its two ends.
 
 State is held in plain arrays grouped in tuples (see :mod:`perovstem.simulate.kmc`).
 """
@@ -24,7 +31,7 @@ import numpy as np
 from numba import njit
 
 KIND_CS, KIND_PB, KIND_CD, KIND_BR = 0, 1, 2, 3
-EV_BIRTH, EV_MERGE = 0, 1
+EV_BIRTH, EV_MERGE, EV_DEATH = 0, 1, 2
 # nucleation site classes (host B sites among the 26 neighbours: ≤ 4, 5–7, ≥ 8; support film)
 SITE_CORNER, SITE_EDGE, SITE_FACE, SITE_SUPPORT = 0, 1, 2, 3
 
@@ -50,19 +57,26 @@ C_ATTACH, C_CS_LOST, C_CD_LOST, C_STRIPS, C_CL_HOPS, C_STEPS, C_NUC_REJ = (
     26,
 )
 C_NCLATOMS = 27
-N_COUNTERS = 28
+C_DES_TH, C_DETACH, C_DEATHS = 28, 29, 30
+N_COUNTERS = 31
 FRAME_COUNTERS = slice(13, 27)
+FRAME_COUNTERS_2 = slice(28, 31)
 
 # float params
 P_KSURF, P_KBULK, P_GAMMA, P_CLMOB, P_CLALPHA, P_KSTRIP, P_MINCS = 0, 1, 2, 3, 4, 5, 6
 P_RCOEF, P_CAPTURE, P_GAP, P_HALFA, P_PCORNER, P_PEDGE, P_PFACE = 7, 8, 9, 10, 11, 12, 13
-N_FPARAMS = 14
+P_KTHREF = 14  # thermal desorption rate of a face Br (q = 26), s⁻¹ (exposure reference)
+N_FPARAMS = 15
 # int params
 I_NCRIT, I_BRPERPB, I_SHRINK, I_NUCLEATE, I_CLMIG = 0, 1, 2, 3, 4
 N_IPARAMS = 5
 # float state
 S_WSUM, S_TIME, S_EXPO_SURF, S_EXPO_BULK = 0, 1, 2, 3  # exposures: ∫ n_Br dt (s)
-N_FSTATE = 4
+S_COMP_TH, S_DSUM = 4, 5  # ∫ r_thermal dt (expected thermal desorptions); Σ detachment rates
+S_COMP_DET = 6  # ∫ r_detach dt (expected detachments)
+N_FSTATE = 7
+# thermal Br classes: key 0 = desorbed, 1 + 2q + bulk for q = 0 … 52
+N_TKEYS = 1 + 2 * 53
 
 
 @njit(cache=True)
@@ -90,9 +104,51 @@ def _list_remove(lst, where, counters, ci, item):
 
 
 @njit(cache=True)
+def _tb_move(h, b, L):
+    """Move Br ``h`` to thermal class ``b`` (segmented array; one swap per boundary)."""
+    arr, pos, key, start, kth, rate = L[7], L[8], L[9], L[10], L[11], L[12]
+    a = key[h]
+    if a == b:
+        return
+    if b < a:
+        for k in range(a, b, -1):
+            p = pos[h]
+            f = start[k]
+            o = arr[f]
+            arr[f] = h
+            pos[h] = f
+            arr[p] = o
+            pos[o] = p
+            start[k] = f + 1
+    else:
+        for k in range(a, b):
+            p = pos[h]
+            last = start[k + 1] - 1
+            o = arr[last]
+            arr[last] = h
+            pos[h] = last
+            arr[p] = o
+            pos[o] = p
+            start[k + 1] = last
+    key[h] = b
+    rate[0] += kth[b] - kth[a]
+
+
+@njit(cache=True)
+def thermal_rate(L):
+    """Exact total thermal desorption rate Σ_k n_k·k_k (also stored in ``L[12][0]``)."""
+    start, kth = L[10], L[11]
+    r = 0.0
+    for k in range(1, N_TKEYS):
+        r += (start[k + 1] - start[k]) * kth[k]
+    L[12][0] = r
+    return r
+
+
+@njit(cache=True)
 def _remove_host(h0, H, L, N, A, counters, ip):
     present, kind, nb_ptr, nb_idx, node_of, cnt_br, cnt_b, cnt_cs, host_pos = H
-    surf_list, surf_where, bulk_list, bulk_where, cs_list, cs_where, stack = L
+    surf_list, surf_where, bulk_list, bulk_where, cs_list, cs_where, stack = L[:7]
     node_host, host_nb = N[0], N[1]
     off26 = N[7]
     shrink = ip[I_SHRINK] != 0
@@ -111,6 +167,8 @@ def _remove_host(h0, H, L, N, A, counters, ip):
             elif bulk_where[h] >= 0:
                 _list_remove(bulk_list, bulk_where, counters, C_NBULK, h)
             counters[C_NBR] -= 1
+            if L[8][h] >= 0:
+                _tb_move(h, 0, L)
         elif k == KIND_CS:
             if cs_where[h] >= 0:
                 _list_remove(cs_list, cs_where, counters, C_NCS_SURF, h)
@@ -119,8 +177,13 @@ def _remove_host(h0, H, L, N, A, counters, ip):
         else:
             nd = node_of[h]
             node_host[nd] = False
+            node_br, tkey = N[11], L[9]
             for o in off26:
                 host_nb[nd + o] -= 1
+                for s in range(6):  # Br bridging this node lose one unit of coordination
+                    b = node_br[nd + o, s]
+                    if b >= 0 and present[b] and tkey[b] >= 3:
+                        _tb_move(b, tkey[b] - 2, L)
             for o in N[6]:  # adatoms next to this site gain an open hop direction
                 if N[2][nd + o] != -1:
                     _rebucket(nd + o, N, A, counters)
@@ -144,6 +207,8 @@ def _remove_host(h0, H, L, N, A, counters, ip):
                 if bulk_where[m] >= 0:
                     _list_remove(bulk_list, bulk_where, counters, C_NBULK, m)
                     _list_add(surf_list, surf_where, counters, C_NSURF, m)
+                    if L[8][m] >= 0 and L[9][m] >= 2:
+                        _tb_move(m, L[9][m] - 1, L)
             elif km == KIND_CS:
                 if shrink and (cnt_br[m] == 0 or cnt_b[m] == 0):
                     stack[top] = m
@@ -179,12 +244,17 @@ def _update_centre(c, N, C, fp):
 
 
 @njit(cache=True)
-def _weight_sum(C, counters, fp):
-    cl_n, cl_live = C[1], C[5]
+def _weight_sum(C, counters, fp, fs):
+    """Set ``fs[S_WSUM]`` = Σ n^(−α) (cluster hops) and ``fs[S_DSUM]`` = Σ k_det(n)."""
+    cl_n, cl_live, det_tab = C[1], C[5], C[8]
     s = 0.0
+    d = 0.0
     for i in range(counters[C_NLIVE]):
-        s += cl_n[cl_live[i]] ** (-fp[P_CLALPHA])
-    return s
+        n = cl_n[cl_live[i]]
+        s += n ** (-fp[P_CLALPHA])
+        d += det_tab[n]
+    fs[S_WSUM] = s
+    fs[S_DSUM] = d
 
 
 @njit(cache=True)
@@ -359,7 +429,7 @@ def _post_change(c, N, A, C, E, counters, fp, fs):
                 break
         if not merged:
             break
-    fs[S_WSUM] = _weight_sum(C, counters, fp)
+    _weight_sum(C, counters, fp, fs)
 
 
 @njit(cache=True)
@@ -410,6 +480,81 @@ def _arrive(nd, N, A, C, E, counters, fp, ip, fs):
     _log_event(EV_BIRTH, c, -1, -1, m + 1, site, E, counters, fs)
     counters[C_BIRTHS] += 1
     _post_change(c, N, A, C, E, counters, fp, fs)
+
+
+@njit(cache=True)
+def _free_nodes_near(c, r_min, r_max, N, C, fp):
+    """Free, supported nodes (touching a host B site or on the support film, no adatom) at
+    distance ``r_min < d ≤ r_max`` (Å) from the centre of cluster ``c``."""
+    node_host, host_nb, node_ad, node_pos, node_border, grid = N[0], N[1], N[2], N[3], N[5], N[9]
+    centre = C[3][c]
+    anchor = C[2][c]
+    ny, nz = grid[1], grid[2]
+    i0 = anchor // (ny * nz)
+    j0 = (anchor // nz) % ny
+    k0 = anchor % nz
+    w = int(r_max / (1.8 * fp[P_HALFA])) + 2
+    out = np.empty((2 * w + 1) ** 3, np.int64)
+    m = 0
+    for i in range(max(i0 - w, 0), min(i0 + w + 1, grid[0])):
+        for j in range(max(j0 - w, 0), min(j0 + w + 1, ny)):
+            for k in range(max(k0 - w, 0), min(k0 + w + 1, nz)):
+                nd = (i * ny + j) * nz + k
+                if node_host[nd] or node_border[nd] or node_ad[nd] != -1 or host_nb[nd] <= 0:
+                    continue
+                d = _dist(node_pos[nd], centre)
+                if r_min < d <= r_max:
+                    out[m] = nd
+                    m += 1
+    return out[:m]
+
+
+@njit(cache=True)
+def _detach(c, N, A, C, E, counters, fp, ip, fs):
+    """One Pb⁰ atom leaves cluster ``c`` and becomes an adatom just outside its capture
+    shell; a cluster left with fewer than ``critical_nucleus`` atoms dissolves into adatoms
+    (death event).  A null event if no free supported node is found."""
+    cl_alive, cl_n, cl_R, cl_live, cl_where = C[0], C[1], C[4], C[5], C[6]
+    n = cl_n[c]
+    cap = fp[P_CAPTURE]
+    a = 2.0 * fp[P_HALFA]
+    if n - 1 < ip[I_NCRIT]:
+        cand = _free_nodes_near(c, -1.0, cl_R[c] + cap + a, N, C, fp)
+        if cand.size < n:
+            counters[C_HOP_REJ] += 1
+            return
+        for i in range(n):  # n distinct random nodes (partial Fisher–Yates)
+            r = i + np.random.randint(0, cand.size - i)
+            tmp = cand[i]
+            cand[i] = cand[r]
+            cand[r] = tmp
+        cl_alive[c] = False
+        _list_remove(cl_live, cl_where, counters, C_NLIVE, c)
+        counters[C_NCLATOMS] -= n
+        for i in range(n):
+            _add_adatom(cand[i], N, A, counters)
+        _log_event(EV_DEATH, c, -1, -1, n, -1, E, counters, fs)
+        counters[C_DEATHS] += 1
+        counters[C_DETACH] += 1
+        _weight_sum(C, counters, fp, fs)
+        return
+    cl_n[c] = n - 1
+    _update_centre(c, N, C, fp)
+    r0 = cl_R[c] + cap
+    cand = _free_nodes_near(c, r0, r0 + a, N, C, fp)
+    if cand.size == 0:
+        cand = _free_nodes_near(c, r0, r0 + 2.0 * a, N, C, fp)
+    if cand.size == 0:
+        cl_n[c] = n
+        _update_centre(c, N, C, fp)
+        counters[C_HOP_REJ] += 1
+        return
+    nd = cand[np.random.randint(0, cand.size)]
+    counters[C_NCLATOMS] -= 1
+    counters[C_DETACH] += 1
+    _post_change(c, N, A, C, E, counters, fp, fs)
+    _add_adatom(nd, N, A, counters)
+    _arrive(nd, N, A, C, E, counters, fp, ip, fs)
 
 
 @njit(cache=True)
@@ -494,8 +639,20 @@ def run_interval(t, t_end, H, L, N, A, C, E, counters, fp, ip, fs, max_steps):
     k_bulk = fp[P_KBULK]
     gam = fp[P_GAMMA]
     k_strip = fp[P_KSTRIP]
+    k_th_ref = fp[P_KTHREF]
+    det_tab = C[8]
+    cap_cl = C[0].shape[0]
+    cap_ev = E[0].shape[0]
+    thermal_rate(L)
+    _weight_sum(C, counters, fp, fs)
     steps = 0
     while steps < max_steps:
+        if (
+            counters[C_NEXTID] + counters[C_NLIVE] + 8 >= cap_cl
+            or counters[C_NEV] + counters[C_NLIVE] + 8 >= cap_ev
+        ):
+            return t  # the caller enlarges the cluster and event arrays
+
         r_s = counters[C_NSURF] * k_surf
         r_b = counters[C_NBULK] * k_bulk
         w_h = 0
@@ -512,7 +669,9 @@ def run_interval(t, t_end, H, L, N, A, C, E, counters, fp, ip, fs, max_steps):
             and counters[C_NCS] > fp[P_MINCS] * counters[C_NB]
         ):
             r_g = counters[C_NCS_SURF] * k_strip
-        r = r_s + r_b + r_h + r_c + r_g
+        r_t = max(L[12][0], 0.0) if k_th_ref > 0.0 else 0.0
+        r_d = fs[S_DSUM] if counters[C_NLIVE] > 0 else 0.0
+        r = r_s + r_b + r_h + r_c + r_g + r_t + r_d
         if r <= 0.0:
             fs[S_EXPO_SURF] += counters[C_NSURF] * (t_end - t)
             fs[S_EXPO_BULK] += counters[C_NBULK] * (t_end - t)
@@ -521,9 +680,13 @@ def run_interval(t, t_end, H, L, N, A, C, E, counters, fp, ip, fs, max_steps):
         if t + dt >= t_end:
             fs[S_EXPO_SURF] += counters[C_NSURF] * (t_end - t)
             fs[S_EXPO_BULK] += counters[C_NBULK] * (t_end - t)
+            fs[S_COMP_TH] += r_t * (t_end - t)
+            fs[S_COMP_DET] += r_d * (t_end - t)
             return t_end
         fs[S_EXPO_SURF] += counters[C_NSURF] * dt
         fs[S_EXPO_BULK] += counters[C_NBULK] * dt
+        fs[S_COMP_TH] += r_t * dt
+        fs[S_COMP_DET] += r_d * dt
         t += dt
         fs[S_TIME] = t
         steps += 1
@@ -590,8 +753,41 @@ def run_interval(t, t_end, H, L, N, A, C, E, counters, fp, ip, fs, max_steps):
             C[7][c] += 1
             _update_centre(c, N, C, fp)
             _post_change(c, N, A, C, E, counters, fp, fs)
-        else:
+        elif x < r_s + r_b + r_h + r_c + r_g:
             _strip(H, L, N, A, counters, ip)
+        elif x < r_s + r_b + r_h + r_c + r_g + r_t:
+            # thermal desorption: class by cumulative rate, then a member uniformly
+            y = x - (r_s + r_b + r_h + r_c + r_g)
+            start, kth, arr = L[10], L[11], L[7]
+            h = -1
+            for k in range(1, N_TKEYS):
+                nk = start[k + 1] - start[k]
+                if nk == 0 or kth[k] <= 0.0:
+                    continue
+                wk = nk * kth[k]
+                if y < wk:
+                    h = arr[start[k] + min(int(y / kth[k]), nk - 1)]
+                    break
+                y -= wk
+            if h < 0:  # round-off of the running total: refresh it (null event)
+                thermal_rate(L)
+                continue
+            counters[C_DES_TH] += 1
+            _desorb(h, H, L, N, A, C, E, counters, fp, ip, fs)
+        else:
+            y = x - (r_s + r_b + r_h + r_c + r_g + r_t)
+            c = -1
+            for ii in range(counters[C_NLIVE]):
+                cc = cl_live[ii]
+                wk = det_tab[cl_n[cc]]
+                if y < wk:
+                    c = cc
+                    break
+                y -= wk
+            if c < 0:  # round-off
+                _weight_sum(C, counters, fp, fs)
+                continue
+            _detach(c, N, A, C, E, counters, fp, ip, fs)
     return t
 
 
@@ -613,4 +809,4 @@ def settle(N, A, C, E, counters, fp, ip, fs):
     for nd in nodes:
         if N[2][nd] != -1:
             _arrive(nd, N, A, C, E, counters, fp, ip, fs)
-    fs[S_WSUM] = _weight_sum(C, counters, fp)
+    _weight_sum(C, counters, fp, fs)

@@ -14,13 +14,27 @@ from typing import Any
 
 from perovstem.errors import ParameterError
 
-__all__ = ["KineticParameters", "BOLTZMANN_EV_PER_K", "ATMOSPHERES"]
+__all__ = [
+    "KineticParameters",
+    "BOLTZMANN_EV_PER_K",
+    "ATMOSPHERES",
+    "BR_COORDINATION_FACE",
+    "BR_COORDINATION_MAX",
+]
 
 #: Boltzmann constant, eV/K (CODATA 2018).
 BOLTZMANN_EV_PER_K = 8.617333262e-5
 
 #: Atmospheres understood by the gas channel.  ``"vacuum"``, ``"N2"`` and ``"Ar"`` are inert.
 ATMOSPHERES = ("vacuum", "N2", "Ar", "O2", "H2O", "air")
+
+#: Coordination ``q`` of a Br on a flat {100} face of a CsBr-terminated crystal (reference of
+#: the thermal Br-desorption energy).  ``q`` = host B (Pb/Cd) sites in the 3×3×3 node blocks
+#: around the two B-lattice nodes the Br bridges (each block without its own centre): 52 in
+#: the bulk, 26 for an outer Br of a {100} face, 17 at an edge, 11 at a corner.
+BR_COORDINATION_FACE = 26
+#: Largest ``q`` (bulk Br).
+BR_COORDINATION_MAX = 52
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,23 @@ class KineticParameters:
        of its Br at rate ``strip_rate · p / p_ref`` per surface Cs while the host Cs/B
        ratio exceeds ``min_cs_per_b`` (0.5 = CsPb₂Br₅).  The same CsBr loss also runs
        thermally (Arrhenius, significant from ≈ 500 K).
+    7. **Thermal Br desorption** (heat alone, in addition to the beam term): a Br of
+       coordination ``q`` (see :data:`BR_COORDINATION_FACE`) leaves at
+       ``ν_Br·exp(−max(E_Br + ε_q·(q − 26), 0) / k_B T)`` s⁻¹, times
+       ``bulk_to_surface_ratio`` for a bulk Br.  Low-coordinated Br at corners and edges go
+       first, so thermal degradation starts at the edges and proceeds inwards (Luo et al.,
+       J. Phys. Chem. C 127, 11632 (2023)).  Reduction follows as for beam-driven loss.
+    8. **Pb⁰ detachment from clusters** (Ostwald ripening): a cluster of ``n`` atoms loses
+       one atom at ``ν_d·n^(2/3)·exp(−max(E_d − β·n^(−1/3), 0) / k_B T)`` s⁻¹ (``n^(2/3)``
+       ∝ surface sites; ``β·n^(−1/3)`` the Gibbs–Thomson excess chemical potential
+       ``2γΩ/R``), so small clusters shrink faster than large ones.  The atom becomes an
+       adatom on a free surface node just outside the cluster's capture shell and may
+       re-attach anywhere; a cluster that falls below ``critical_nucleus`` atoms dissolves
+       into adatoms (a ``"death"`` event).
+    9. **Low-temperature regime** (Dang et al., ACS Omega 2017): below
+       ``low_temperature_K`` (233 K, −40 °C) Pb⁰ does not move (no thermal or beam hops,
+       no cluster migration, no detachment) and no cluster nucleates; Br loss then leaves
+       the reduced Pb⁰ in place and the crystal empties from the inside (voids).
 
     Attributes
     ----------
@@ -99,9 +130,42 @@ class KineticParameters:
         channel, in any atmosphere), defaults 10¹³ s⁻¹ and 1.5 eV: ≈ 10⁻¹² s⁻¹ at 300 K,
         ≈ 0.01 s⁻¹ at 500 K, ≈ 0.2 s⁻¹ at 550 K [estimate; CsPb₂Br₅ appears on heating NCs to
         500 K, Tenailleau et al., Nanoscale Adv. 1, 147 (2019)].
-    enable_desorption, enable_diffusion, enable_nucleation, enable_cluster_migration, enable_shrinkage, enable_gas, enable_thermal_csbr_loss : bool
+    thermal_Br_prefactor_per_s : float
+        Attempt frequency ν_Br of thermal Br desorption, s⁻¹, default 10¹³ [estimate,
+        typical phonon frequency].
+    thermal_Br_activation_eV : float
+        E_Br, activation energy of thermal desorption of a Br on a flat {100} face
+        (``q`` = 26), eV; default 1.50 [estimate]: 1.6×10⁻¹³ s⁻¹ at 293 K (negligible
+        during a series), 1.6×10⁻⁴ s⁻¹ at 450 K (corners 7.6×10⁻³ s⁻¹), 7.6×10⁻³ s⁻¹ at
+        500 K (corners 0.25 s⁻¹), chosen so that heat alone degrades NCs from ≈ 450–500 K (secondary phases on heating to 500 K, Tenailleau et
+        al., Nanoscale Adv. 1, 147 (2019); thermal degradation front from the edges, Luo
+        et al. 2023).
+    thermal_Br_coordination_eV : float
+        ε_q, change of the activation energy per host B site of the coordination ``q``,
+        eV; default 0.01 [estimate]: an edge Br (``q`` = 17) is 0.09 eV and a corner Br
+        (``q`` = 11) 0.15 eV below a face Br, i.e. ×8 and ×30 faster at 500 K; a bulk Br
+        (``q`` = 52) 0.26 eV above (and ×``bulk_to_surface_ratio``).
+    detach_prefactor_per_s : float
+        ν_d, attempt frequency of Pb⁰ detachment per surface site of a cluster, s⁻¹,
+        default 10¹³ [estimate].
+    detach_activation_eV : float
+        E_d, detachment energy from a large (flat) Pb cluster surface onto the host, eV;
+        default 1.75 [estimate; below the cohesive energy of Pb, 2.03 eV [known], because
+        the adatom binds to the host].
+    detach_gibbs_thomson_eV : float
+        β = 2γΩ/R₁, Gibbs–Thomson coefficient, eV; the barrier of a cluster of ``n`` atoms
+        is lowered by ``β·n^(−1/3)``.  Default 1.0 [estimate; the continuum value with
+        γ(Pb) ≈ 0.6 J/m² [known] and Ω = a³/4 = 30.3 Å³ is ≈ 1.2 eV].  With the defaults a
+        3-atom cluster loses an atom every ≈ 3×10⁴ s at 300 K (negligible), once per second
+        at 400 K and ≈ 500 times per second at 500 K; a 200-atom cluster 0.04 times per
+        second at 500 K.
+    low_temperature_K : float
+        Below this temperature Pb⁰ is immobile and no clusters nucleate, K; default 233
+        ("no Pb particles below −40 °C", Dang et al., ACS Omega 2017, doi:10.1021/acsomega.7b01009).
+    enable_desorption, enable_diffusion, enable_nucleation, enable_cluster_migration, enable_shrinkage, enable_gas, enable_thermal_csbr_loss, enable_thermal_desorption, enable_detachment, enable_low_temperature_regime : bool
         Switch each mechanism on or off (all on by default; the gas channel only acts in
-        a reactive atmosphere).
+        a reactive atmosphere).  ``enable_desorption`` is the beam-driven Br desorption,
+        ``enable_thermal_desorption`` the thermal one.
     """
 
     D_Br_e_per_A2: float = 3.0e4
@@ -125,6 +189,13 @@ class KineticParameters:
     min_cs_per_b: float = 0.5
     thermal_strip_prefactor_per_s: float = 1.0e13
     thermal_strip_activation_eV: float = 1.5
+    thermal_Br_prefactor_per_s: float = 1.0e13
+    thermal_Br_activation_eV: float = 1.50
+    thermal_Br_coordination_eV: float = 0.01
+    detach_prefactor_per_s: float = 1.0e13
+    detach_activation_eV: float = 1.75
+    detach_gibbs_thomson_eV: float = 1.0
+    low_temperature_K: float = 233.0
     enable_desorption: bool = True
     enable_diffusion: bool = True
     enable_nucleation: bool = True
@@ -132,6 +203,9 @@ class KineticParameters:
     enable_shrinkage: bool = True
     enable_gas: bool = True
     enable_thermal_csbr_loss: bool = True
+    enable_thermal_desorption: bool = True
+    enable_detachment: bool = True
+    enable_low_temperature_regime: bool = True
 
     def __post_init__(self) -> None:
         positive = ("D_Br_e_per_A2", "hop_prefactor_per_s", "pb_lattice_A", "reference_pressure_Pa")
@@ -148,6 +222,13 @@ class KineticParameters:
             "min_cs_per_b",
             "thermal_strip_prefactor_per_s",
             "thermal_strip_activation_eV",
+            "thermal_Br_prefactor_per_s",
+            "thermal_Br_activation_eV",
+            "thermal_Br_coordination_eV",
+            "detach_prefactor_per_s",
+            "detach_activation_eV",
+            "detach_gibbs_thomson_eV",
+            "low_temperature_K",
         )
         for name in positive + non_negative:
             value = getattr(self, name)
@@ -180,9 +261,16 @@ class KineticParameters:
                 )
 
     # ------------------------------------------------------------------ derived rates
+    def is_cold(self, temperature_K: float) -> bool:
+        """True in the low-temperature regime (switch on and ``T < low_temperature_K``)."""
+        return bool(
+            self.enable_low_temperature_regime and float(temperature_K) < self.low_temperature_K
+        )
+
     def hop_rate_per_s(self, temperature_K: float, dose_rate_e_per_A2_s: float) -> float:
-        """Total hop rate Γ of one Pb⁰ adatom, s⁻¹: ``ν₀·exp(−E_a/k_B T) + k_beam·φ``."""
-        if not self.enable_diffusion:
+        """Total hop rate Γ of one Pb⁰ adatom, s⁻¹: ``ν₀·exp(−E_a/k_B T) + k_beam·φ``
+        (0 in the low-temperature regime)."""
+        if not self.enable_diffusion or self.is_cold(temperature_K):
             return 0.0
         thermal = self.hop_prefactor_per_s * math.exp(
             -self.hop_activation_eV / (BOLTZMANN_EV_PER_K * float(temperature_K))
@@ -195,6 +283,60 @@ class KineticParameters:
             return 0.0
         r = float(dose_rate_e_per_A2_s) / self.D_Br_e_per_A2
         return r if surface else r * self.bulk_to_surface_ratio
+
+    def thermal_desorption_rate_per_s(
+        self,
+        temperature_K: float,
+        coordination: Any = BR_COORDINATION_FACE,
+        *,
+        surface: bool = True,
+    ) -> Any:
+        """Thermal desorption rate of one Br of coordination ``q``, s⁻¹.
+
+        ``ν_Br·exp(−max(E_Br + ε_q·(q − 26), 0) / k_B T)``, times ``bulk_to_surface_ratio``
+        for a bulk Br (``surface=False``); 0 when the channel is switched off.  ``q`` may be
+        an array.
+        """
+        import numpy as np
+
+        q = np.asarray(coordination, dtype=float)
+        if not self.enable_thermal_desorption:
+            return np.zeros_like(q) if q.ndim else 0.0
+        e = np.maximum(
+            self.thermal_Br_activation_eV
+            + self.thermal_Br_coordination_eV * (q - BR_COORDINATION_FACE),
+            0.0,
+        )
+        r = self.thermal_Br_prefactor_per_s * np.exp(
+            -e / (BOLTZMANN_EV_PER_K * float(temperature_K))
+        )
+        if not surface:
+            r = r * self.bulk_to_surface_ratio
+        return r if q.ndim else float(r)
+
+    def detachment_rate_per_s(self, n_atoms: Any, temperature_K: float) -> Any:
+        """Rate at which a Pb cluster of ``n_atoms`` atoms loses one atom, s⁻¹.
+
+        ``ν_d·n^(2/3)·exp(−max(E_d − β·n^(−1/3), 0) / k_B T)``; 0 when detachment is off,
+        in the low-temperature regime, or without diffusion.  ``n_atoms`` may be an array
+        (entries < 1 give 0).
+        """
+        import numpy as np
+
+        n = np.asarray(n_atoms, dtype=float)
+        if not self.enable_detachment or not self.enable_diffusion or self.is_cold(temperature_K):
+            return np.zeros_like(n) if n.ndim else 0.0
+        safe = np.maximum(n, 1.0)
+        e = np.maximum(
+            self.detach_activation_eV - self.detach_gibbs_thomson_eV * safe ** (-1.0 / 3.0), 0.0
+        )
+        r = (
+            self.detach_prefactor_per_s
+            * safe ** (2.0 / 3.0)
+            * np.exp(-e / (BOLTZMANN_EV_PER_K * float(temperature_K)))
+        )
+        r = np.where(n >= 1.0, r, 0.0)
+        return r if n.ndim else float(r)
 
     def strip_rate_per_s(
         self, atmosphere: str, pressure_Pa: float | None, temperature_K: float | None = None
