@@ -201,3 +201,16 @@ def test_cli_fit_with_statstem_cell_file(statstem_data, tmp_path):
     n_truth = int(truth.type.isin(["PbBr", "Cs"]).sum())
     assert len(df) == n_truth
     assert df.converged.all()
+
+
+def test_crlb_rejects_columns_outside_the_image_and_bad_shape():
+    from perovstem.atoms import crlb
+    from perovstem.errors import ParameterError
+
+    cols = pd.DataFrame({"x_A": [3.0, 1e4], "y_A": [3.0, 2.0], "rho_A": 0.5, "eta": 1.0})
+    with pytest.raises(DataError, match="outside"):
+        crlb(cols, (30, 30), 0.3)
+    with pytest.raises(ParameterError, match="shape"):
+        crlb(cols.iloc[:1], (0, 30), 0.3)
+    ok = crlb(cols.iloc[:1], (30, 30), 0.3, background=0.1)
+    assert np.isfinite(ok.x_crlb_A).all()

@@ -72,7 +72,20 @@ def crlb(
     eta = columns["eta"].to_numpy(float)
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y)) and np.all(np.isfinite(eta))):
         raise DataError("`columns` contains non-finite positions or amplitudes")
-    mu = np.full(tuple(int(v) for v in shape), float(background))
+    try:
+        ny, nx = (int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise ParameterError(f"`shape` must be (rows, cols), got {shape!r}") from None
+    if ny < 1 or nx < 1:
+        raise ParameterError(f"`shape` must be at least (1, 1), got {shape!r}")
+    out_of = (x < -0.5) | (x > nx - 0.5) | (y < -0.5) | (y > ny - 0.5)
+    if out_of.any():
+        i = int(np.flatnonzero(out_of)[0])
+        raise DataError(
+            f"{int(out_of.sum())} column position(s) lie outside the {ny}×{nx} image "
+            f"(first: #{i} at x_A={columns['x_A'].iloc[i]:.3f}, y_A={columns['y_A'].iloc[i]:.3f})"
+        )
+    mu = np.full((ny, nx), float(background))
     K.add_columns(mu, x, y, eta, rho, float(cutoff_rho), 1.0)
     if dose_e_per_A2 is not None:
         s = 1.0 / (check_positive("dose_e_per_A2", dose_e_per_A2) * dx * dx)
