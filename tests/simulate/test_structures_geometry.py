@@ -55,3 +55,51 @@ def test_pb_cluster_is_cube_on_cube_with_the_tilted_host(zone):
     # every fcc nearest-neighbour bond is a crystal <110> vector of the host
     assert np.allclose(np.sort(np.abs(v), axis=1), [0, 1 / np.sqrt(2), 1 / np.sqrt(2)], atol=1e-6)
     assert len(v) > 100
+
+
+@pytest.mark.parametrize(("fcs", "fpb"), [(0.1, 0.0), (0.0, 0.05), (0.2, 0.1)])
+def test_cs_and_pb_vacancies_binomial_charge_and_columns(fcs, fpb):
+    full = nanocrystal(8 * A_CUBIC_A, rng=0)
+    cf = composition(full)
+    cols_full, _ = project_columns(full)
+    for seed in (1, 2):
+        a = nanocrystal(8 * A_CUBIC_A, cs_vacancy_fraction=fcs, pb_vacancy_fraction=fpb, rng=seed)
+        c = composition(a)
+        n_cs, n_pb = cf["n_Cs"] - c["n_Cs"], cf["n_Pb"] - c["n_Pb"]
+        for nv, f, n in ((n_cs, fcs, cf["n_Cs"]), (n_pb, fpb, cf["n_Pb"])):
+            assert abs(nv - f * n) <= 4 * np.sqrt(n * f * (1 - f)) + 1e-9
+        assert (n_cs > 0) == (fcs > 0) and (n_pb > 0) == (fpb > 0)
+        assert c["n_Br"] == cf["n_Br"]  # only the requested sublattices lose atoms
+        assert c["charge_e"] == -n_cs - 2 * n_pb == a.info["charge_e"]
+        # the projection sees the vacancies: same columns, fewer atoms in them
+        cols, _ = project_columns(a)
+        assert len(cols) <= len(cols_full)
+        assert cols["n_Cs"].sum() == c["n_Cs"] and cols["n_Pb"].sum() == c["n_Pb"]
+
+
+def test_vacancy_parameters_raise():
+    from perovstem.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="cs_vacancy_fraction"):
+        nanocrystal(30.0, cs_vacancy_fraction=1.5)
+    with pytest.raises(ParameterError, match="pb_vacancy_fraction"):
+        nanocrystal(30.0, pb_vacancy_fraction=-0.1)
+    with pytest.raises(ParameterError, match="leaves no Pb"):
+        nanocrystal(12.0, pb_vacancy_fraction=1.0, rng=0)
+
+
+def test_cli_simulate_image_with_vacancies_writes_truth(tmp_path):
+    from perovstem.cli.main import main
+    from perovstem.io import read_table
+
+    out = tmp_path / "v.npz"
+    base = ["simulate", "image", "-o", str(out), "--edge-A", "30", "--seed", "4", "--no-noise"]
+    assert main([*base, "--cs-vacancies", "0.3", "--pb-vacancies", "0.2"]) == 0
+    t = read_table(tmp_path / "v_truth.parquet")
+    # the truth table counts the atoms that are left
+    full = composition(nanocrystal(30.0, rng=0))
+    assert t["n_Cs"].sum() < full["n_Cs"] and t["n_Pb"].sum() < full["n_Pb"]
+    assert t.attrs["structure"]["cs_vacancy_fraction"] == 0.3
+    assert 0.1 < 1 - t["n_Cs"].sum() / full["n_Cs"] < 0.5
+    assert 0.05 < 1 - t["n_Pb"].sum() / full["n_Pb"] < 0.4
+    assert main([*base, "--overwrite", "--pb-vacancies", "2"]) == 2

@@ -267,6 +267,8 @@ def nanocrystal(
     termination: str = "CsBr",
     cd_fraction: float = 0.0,
     br_vacancy_fraction: float = 0.0,
+    cs_vacancy_fraction: float = 0.0,
+    pb_vacancy_fraction: float = 0.0,
     zone_axis: str = "001",
     mistilt_deg: float = 0.0,
     mistilt_azimuth_deg: float = 0.0,
@@ -292,6 +294,10 @@ def nanocrystal(
         fraction is binomial around x); the lattice contracts by (1 − 0.08x).
     br_vacancy_fraction : float
         Fraction of Br sites left empty (uniform at random), each vacancy adds +1 e.
+    cs_vacancy_fraction, pb_vacancy_fraction : float
+        Fractions of Cs (A) and Pb/Cd (B) sites left empty (uniform at random, after the
+        neutralisation); each adds −1 e / −2 e.  Columns of the projection lose these atoms
+        (``n_Cs``, ``n_Pb`` of :func:`project_columns`), e.g. to test column counting.
     zone_axis : str
         Crystal direction put along the beam: "001", "011", "111" (and permutations).
     mistilt_deg, mistilt_azimuth_deg : float
@@ -323,6 +329,8 @@ def nanocrystal(
     check_choice("termination", termination, _TERMINATIONS)
     x = check_range("cd_fraction", cd_fraction, 0.0, 1.0)
     fv = check_range("br_vacancy_fraction", br_vacancy_fraction, 0.0, 1.0)
+    fcs = check_range("cs_vacancy_fraction", cs_vacancy_fraction, 0.0, 1.0)
+    fpb = check_range("pb_vacancy_fraction", pb_vacancy_fraction, 0.0, 1.0)
     rotation, mistilt = zone_rotation(
         zone_axis, mistilt_deg=mistilt_deg, mistilt_azimuth_deg=mistilt_azimuth_deg
     )
@@ -342,6 +350,15 @@ def nanocrystal(
     if fv > 0:
         keep = gen.random(len(sites["Br"])) >= fv
         sites["Br"] = sites["Br"][keep]
+    # Cs/Pb vacancies drawn after the Br ones (Br-only calls keep their random stream)
+    for el, f in (("Cs", fcs), ("Pb", fpb)):
+        if f > 0:
+            keep = gen.random(len(sites[el])) >= f
+            if not keep.any():
+                raise ParameterError(
+                    f"`{el.lower()}_vacancy_fraction` = {f} leaves no {el} site in the crystal"
+                )
+            sites[el] = sites[el][keep]
     # shift so that every index is >= 0 (PbBr2 neutralisation may have added -1 sites)
     lo = np.vstack(list(sites.values())).min(axis=0)
     lo = lo - (lo % 2)  # keep the parity of every sublattice
@@ -383,6 +400,8 @@ def nanocrystal(
             "crystal_origin_A": tuple(float(v) for v in centre),
             "cd_fraction": x,
             "br_vacancy_fraction": fv,
+            "cs_vacancy_fraction": fcs,
+            "pb_vacancy_fraction": fpb,
             "n_cells": tuple(int(v) for v in n),
         }
     )
