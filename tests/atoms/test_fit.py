@@ -210,3 +210,36 @@ def test_bad_input_raises():
         fit_columns(img, pos, types=["a", "b"])
     with pytest.raises(PerovstemError, match="pixel_size_A"):
         fit_columns(data, pos)
+
+
+def test_result_independent_of_threads_and_parallel_flag():
+    # the sweep order is a fixed colouring of the start positions: one thread, two threads
+    # and parallel=False must give bit-identical fits (no dependence on machine load)
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has a single thread")
+    data, truth = lattice(8, n=22, spacing=9.0, rho=1.7, amp=300.0)
+    start = truth[["x_A", "y_A"]].to_numpy() + np.random.default_rng(1).uniform(
+        -0.6, 0.6, (len(truth), 2)
+    )
+    img = Image(data, 1.0)
+    n0 = numba.get_num_threads()
+    try:
+        out = []
+        for threads, par in ((1, True), (2, True), (2, False)):
+            numba.set_num_threads(threads)
+            out.append(
+                fit_columns(img, start, width="column", noise="poisson", parallel=par, joint=False)
+            )
+    finally:
+        numba.set_num_threads(n0)
+    assert numba.get_num_threads() == n0
+    for df in out[1:]:
+        for c in ("x_A", "y_A", "rho_A", "eta", "x_err_A", "scs_err"):
+            assert np.array_equal(df[c].to_numpy(), out[0][c].to_numpy()), c
+        assert df.attrs["n_iter"] == out[0].attrs["n_iter"]
+    assert out[1].attrs["parallel"] and not out[2].attrs["parallel"]
+    # and the fit is right: position z-scores against the truth follow the CRLB
+    z = (out[0].x_A - truth.x_A) / out[0].x_err_A
+    assert np.abs(z).max() < 4.5 and 0.7 < z.std() < 1.3

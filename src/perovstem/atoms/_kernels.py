@@ -120,6 +120,50 @@ def _solve_small(a, b):
 
 
 @njit(cache=True, nogil=True)
+def _solve_multi(a, b):
+    """Solve ``a X = b`` for several right-hand sides ``b`` (n, m), partial pivoting."""
+    n = a.shape[0]
+    m_rhs = b.shape[1]
+    m = a.copy()
+    v = b.copy()
+    for c in range(n):
+        p = c
+        best = abs(m[c, c])
+        for r in range(c + 1, n):
+            if abs(m[r, c]) > best:
+                best = abs(m[r, c])
+                p = r
+        if best < 1e-300:
+            return v * 0.0, False
+        if p != c:
+            for q in range(n):
+                t = m[c, q]
+                m[c, q] = m[p, q]
+                m[p, q] = t
+            for q in range(m_rhs):
+                t = v[c, q]
+                v[c, q] = v[p, q]
+                v[p, q] = t
+        inv = 1.0 / m[c, c]
+        for r in range(c + 1, n):
+            f = m[r, c] * inv
+            if f == 0.0:
+                continue
+            for q in range(c, n):
+                m[r, q] -= f * m[c, q]
+            for q in range(m_rhs):
+                v[r, q] -= f * v[c, q]
+    out = np.zeros((n, m_rhs))
+    for c in range(n - 1, -1, -1):
+        for q in range(m_rhs):
+            s = v[c, q]
+            for t in range(c + 1, n):
+                s -= m[c, t] * out[t, q]
+            out[c, q] = s / m[c, c]
+    return out, True
+
+
+@njit(cache=True, nogil=True)
 def column_step(
     res,
     w,
@@ -292,22 +336,35 @@ def column_step(
         uj1 = min(j1, max(oj1, nj1))
         ui0 = max(i0, min(oi0, ni0))
         ui1 = min(i1, max(oi1, ni1))
+        # ``dsse_s``: the same change for untruncated Gaussians.  Near convergence a step of
+        # ~1e-3 px lowers the SSE less than pixels crossing the truncation circle change it
+        # (a ~exp(−cut²/2)·η step), which would reject good Gauss–Newton steps at random and
+        # stall the damping; the smooth test accepts them (disk model only).
+        dsse_s = 0.0
+        smooth = cut > 0.0 and not use_box
         for i in range(ui0, ui1 + 1):
             ndy = i - nyk
             neyi = ney[i - i0]
+            oeyi = ey[i - i0]
             for j in range(uj0, uj1 + 1):
                 ndx = j - nxk
                 nr2 = ndx * ndx + ndy * ndy
+                gs = neyi * nex[j - j0]
                 gn = 0.0
                 if nr2 <= nrc2:
-                    gn = neyi * nex[j - j0]
+                    gn = gs
                 gnew[i - i0, j - j0] = gn
                 dlt = ek * gold[i - i0, j - j0] - nek * gn
                 if use_box and (abs(i - ic) > box_half or abs(j - jc) > box_half):
                     continue
+                rij = res[i, j]
                 if dlt != 0.0:
-                    rij = res[i, j]
                     dsse += w[i, j] * dlt * (2.0 * rij + dlt)
+                if smooth:
+                    dls = ek * oeyi * ex[j - j0] - nek * gs
+                    dsse_s += w[i, j] * dls * (2.0 * rij + dls)
+        if smooth:
+            dsse = dsse_s
         if dsse <= 0.0:
             for i in range(ui0, ui1 + 1):
                 for j in range(uj0, uj1 + 1):
@@ -464,21 +521,25 @@ def rho_derivative_images(shape, x, y, eta, rho, cut, tid, nt):
 
 
 @njit(cache=True, parallel=True)
-def global_schur_terms(res, w, x, y, eta, rho, cut, gimg):
+def global_schur_terms(res, w, x, y, eta, rho, cut, gimg, free_rho=False):
     """Block-diagonal Schur complement for the global parameters (shared ρ, background).
 
     ``gimg`` (ng, M, N) holds ∂model/∂θ_g for each global parameter.  For column k with local
-    parameters p = (x, y, eta): A_k = J_kᵀWJ_k, G_k = J_kᵀW·gimg, g_k = J_kᵀW·res.  Returns
-    ``(S_sub, r_sub, ainv_g (n, 3), ainv_G (n, 3, ng))`` with ``S_sub = Σ G_kᵀA_k⁻¹G_k`` and
-    ``r_sub = Σ G_kᵀA_k⁻¹g_k``; the reduced system is ``(C − S_sub) δθ = h − r_sub``.
+    parameters p = (x, y, eta[, rho]): A_k = J_kᵀWJ_k, G_k = J_kᵀW·gimg, g_k = J_kᵀW·res.
+    Returns ``(S_sub, r_sub, ainv_g (n, npar), ainv_G (n, npar, ng))`` with
+    ``S_sub = Σ G_kᵀA_k⁻¹G_k`` and ``r_sub = Σ G_kᵀA_k⁻¹g_k``; the reduced system is
+    ``(C − S_sub) δθ = h − r_sub``.  With ``free_rho`` the per-column width is a local
+    parameter, so the background step accounts for the widths' response (without it the
+    background and free widths converge only linearly, by alternation).
     """
     n = x.shape[0]
     ny, nx = res.shape
     ng = gimg.shape[0]
+    npar = 4 if free_rho else 3
     s_k = np.zeros((n, ng, ng))
     r_k = np.zeros((n, ng))
-    ainv_g = np.zeros((n, 3))
-    ainv_G = np.zeros((n, 3, ng))
+    ainv_g = np.zeros((n, npar))
+    ainv_G = np.zeros((n, npar, ng))
     for k in prange(n):
         xk = x[k]
         yk = y[k]
@@ -488,15 +549,15 @@ def global_schur_terms(res, w, x, y, eta, rho, cut, gimg):
         inv = 1.0 / (rk * rk)
         j0, j1 = _span(xk, rk, cut, nx)
         i0, i1 = _span(yk, rk, cut, ny)
-        a = np.zeros((3, 3))
-        gk = np.zeros(3)
-        Gk = np.zeros((3, ng))
+        a = np.zeros((npar, npar))
+        gk = np.zeros(npar)
+        Gk = np.zeros((npar, ng))
         if i1 < i0 or j1 < j0:
             continue
         ex = _exp1d(xk, j0, j1, inv)
         ey = _exp1d(yk, i0, i1, inv)
-        g0 = g1 = g2 = 0.0
-        a00 = a01 = a02 = a11 = a12 = a22 = 0.0
+        g0 = g1 = g2 = g3 = 0.0
+        a00 = a01 = a02 = a03 = a11 = a12 = a13 = a22 = a23 = a33 = 0.0
         for i in range(i0, i1 + 1):
             dy = i - yk
             eyi = ey[i - i0]
@@ -509,25 +570,34 @@ def global_schur_terms(res, w, x, y, eta, rho, cut, gimg):
                 eg = ek * gg
                 jx = eg * dx * inv
                 jy = eg * dy * inv
+                jr = eg * r2 * inv / rk if free_rho else 0.0
                 wij = w[i, j]
                 rij = res[i, j]
                 w0 = wij * jx
                 w1 = wij * jy
                 w2 = wij * gg
+                w3 = wij * jr
                 g0 += w0 * rij
                 g1 += w1 * rij
                 g2 += w2 * rij
+                g3 += w3 * rij
                 a00 += w0 * jx
                 a01 += w0 * jy
                 a02 += w0 * gg
+                a03 += w0 * jr
                 a11 += w1 * jy
                 a12 += w1 * gg
+                a13 += w1 * jr
                 a22 += w2 * gg
+                a23 += w2 * jr
+                a33 += w3 * jr
                 for q in range(ng):
                     gq = gimg[q, i, j]
                     Gk[0, q] += w0 * gq
                     Gk[1, q] += w1 * gq
                     Gk[2, q] += w2 * gq
+                    if free_rho:
+                        Gk[3, q] += w3 * gq
         a[0, 0] = a00
         a[0, 1] = a[1, 0] = a01
         a[0, 2] = a[2, 0] = a02
@@ -537,21 +607,27 @@ def global_schur_terms(res, w, x, y, eta, rho, cut, gimg):
         gk[0] = g0
         gk[1] = g1
         gk[2] = g2
-        for p in range(3):
+        if free_rho:
+            a[0, 3] = a[3, 0] = a03
+            a[1, 3] = a[3, 1] = a13
+            a[2, 3] = a[3, 2] = a23
+            a[3, 3] = a33
+            gk[3] = g3
+        for p in range(npar):
             a[p, p] *= 1.0 + 1e-12
         v, ok = _solve_small(a, gk)
         if not ok:
             continue
-        for p in range(3):
+        for p in range(npar):
             ainv_g[k, p] = v[p]
         for q in range(ng):
             col, ok2 = _solve_small(a, Gk[:, q].copy())
             if not ok2:
                 continue
-            for p in range(3):
+            for p in range(npar):
                 ainv_G[k, p, q] = col[p]
         for q in range(ng):
-            for p in range(3):
+            for p in range(npar):
                 r_k[k, q] += Gk[p, q] * v[p]
                 for q2 in range(ng):
                     s_k[k, q, q2] += Gk[p, q] * ainv_G[k, p, q2]
@@ -691,15 +767,16 @@ def local_covariance(blocks, nb_ptr, nb_idx, nb_block, npar):
         for p in range(dim):
             for q in range(dim):
                 f[p, q] *= scale[p] * scale[q]
+        e = np.zeros((dim, npar))
         for p in range(npar):
-            e = np.zeros(dim)
-            e[self_pos * npar + p] = 1.0
-            col, ok = _solve_small(f, e)
-            if not ok:
-                break
+            e[self_pos * npar + p, p] = 1.0
+        cols, ok = _solve_multi(f, e)  # one elimination for the npar right-hand sides
+        if not ok:
+            continue
+        for p in range(npar):
             for q in range(npar):
                 out[k, q, p] = (
-                    col[self_pos * npar + q]
+                    cols[self_pos * npar + q, p]
                     * scale[self_pos * npar + q]
                     * scale[self_pos * npar + p]
                 )
