@@ -98,3 +98,25 @@ def test_unreadable_vendor_log_names_the_readers(tmp_path):
         read_holder_log(p)
     msg = str(exc.value)
     assert "broken.csv" in msg and "protochips" in msg and "dens" in msg
+
+
+def test_dens_impulse_log_through_rsciio(tmp_path):
+    # Impulse exports "<name>_Synchronized data.csv" next to "<name>_Metadata.log"
+    t = np.array([0.0, 0.5, 1.0, 1.7, 2.0, 2.5, 3.0])  # logged irregularly
+    lines = ["TimeStamp,Experiment time,Temperature (°C),Pressure (mbar),Heater power (mW)"]
+    lines += [f"10:00:{x:06.3f},{x},{100 + 20 * x:.3f},{5 + x:.3f},1.0" for x in t]
+    p = tmp_path / "run_1_Synchronized data.csv"
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "run_1_Metadata.log").write_text(
+        "Experiment date, 2024-03-01\nExperiment time, 10:00:00\nSample, CsPbBr3\n"
+    )
+    df = read_holder_log(p)
+    assert df.attrs["reader"] == "rsciio.impulse"
+    assert df.attrs["start_time"] == "2024-03-01T10:00:00"
+    # the recorded times (1.7 s), not the reader's uniform 0.5 s grid
+    np.testing.assert_allclose(df["time_s"], t)
+    np.testing.assert_allclose(df["temperature_K"], 373.15 + 20 * t, atol=1e-3)
+    np.testing.assert_allclose(df["pressure_Pa"], (5 + t) * 100.0, atol=1e-3)
+    assert "heater_power_mw" in df
+    c = attach_conditions(Series(np.ones((2, 4, 4)), 1.0, time_s=[0.0, 1.2]), df)
+    np.testing.assert_allclose(c.temperature_K, 373.15 + 20 * np.array([0.0, 1.2]), atol=1e-3)

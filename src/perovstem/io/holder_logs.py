@@ -2,8 +2,9 @@
 
 DENSsolutions (``.dat`` Impulse/Wildfire logs, ``.csv`` Impulse exports) and Protochips
 (Fusion/Atmosphere ``.csv``) logs are read through RosettaSciIO's ``dens``, ``impulse`` and
-``protochips`` plugins; a plain CSV with a time column and condition columns is read
-directly.  The result is one row per log sample:
+``protochips`` plugins (the recorded time stamps of Protochips and Impulse logs replace the
+uniform axes those readers extrapolate from the mean step); a plain CSV with a time column and
+condition columns is read directly.  The result is one row per log sample:
 
 ``time_s`` (seconds from the log start), ``temperature_K``, ``pressure_Pa`` and any other
 numeric channel, with the log start time (ISO string, if known) in ``attrs['start_time']``.
@@ -142,6 +143,24 @@ def _quiet_rsciio():
         log.setLevel(level)
 
 
+def _impulse_recorded_times(path: Path, signals: list[dict[str, Any]]) -> None:
+    """Put the recorded "Experiment time" column of an Impulse log on every channel.
+
+    RosettaSciIO's Impulse reader replaces the recorded times by a uniform axis with the mean
+    step; logged intervals are not uniform, so the recorded times are restored here.
+    """
+    try:
+        raw = pd.read_csv(path, usecols=["Experiment time"])
+    except (ValueError, OSError, UnicodeDecodeError):
+        return
+    t = pd.to_numeric(raw["Experiment time"], errors="coerce").to_numpy(float)
+    if not np.all(np.isfinite(t)):
+        return
+    for sig in signals:
+        if np.size(sig.get("data")) == t.size and sig.get("axes"):
+            sig["axes"] = [{**sig["axes"][0], "axis": t, "units": "s"}]
+
+
 def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
     """Read a DENSsolutions / Protochips holder log or a plain CSV into a condition table.
 
@@ -169,6 +188,8 @@ def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
             mod = __import__(f"rsciio.{plugin}", fromlist=["file_reader"])
             with _quiet_rsciio():
                 sigs = mod.file_reader(str(p))
+            if plugin == "impulse":
+                _impulse_recorded_times(p, sigs)
             df = conditions_from_signals(sigs)
             df.attrs["source"] = str(p)
             df.attrs["reader"] = f"rsciio.{plugin}"
