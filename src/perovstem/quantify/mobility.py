@@ -21,9 +21,61 @@ import pandas as pd
 from scipy import optimize, stats
 
 from perovstem._validation import as_rng, check_positive, check_range
-from perovstem.errors import DataError
+from perovstem.errors import DataError, ParameterError
 
 __all__ = ["cluster_hop_rate", "fit_desorption_hazard"]
+
+
+def _track_steps(
+    tracks: pd.DataFrame, track_column: str, size_column: str | None, max_lag: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Squared displacements of every track over lags 1..max_lag (frames).
+
+    Returns ``d2`` (Å²), ``lag`` (frames), ``n`` (mean size over the step, or 1) and the
+    track id of each displacement.
+    """
+    t = tracks.sort_values([track_column, "frame"])
+    tid = t[track_column].to_numpy()
+    fr = t["frame"].to_numpy(int)
+    x, y = t["x_A"].to_numpy(float), t["y_A"].to_numpy(float)
+    size = t[size_column].to_numpy(float) if size_column else np.ones(len(t))
+    out = []
+    for k in range(1, max_lag + 1):
+        if len(t) <= k:
+            break
+        ok = (tid[k:] == tid[:-k]) & (fr[k:] - fr[:-k] == k)
+        # a lag-k displacement only counts if the track has all frames in between
+        ok &= (fr[k:] - fr[:-k]) == k
+        d2 = (x[k:] - x[:-k]) ** 2 + (y[k:] - y[:-k]) ** 2
+        n = 0.5 * (size[k:] + size[:-k])
+        out.append((d2[ok], np.full(int(ok.sum()), k), n[ok], tid[k:][ok]))
+    if not out or sum(o[0].size for o in out) == 0:
+        raise DataError("no track has two consecutive frames: cannot measure mobility")
+    return tuple(np.concatenate([o[i] for o in out]) for i in range(4))  # type: ignore[return-value]
+
+
+def _moment_fit(
+    d2: np.ndarray, c: np.ndarray, lag: np.ndarray, sigma2: float | None
+) -> tuple[float, float]:
+    """Γ₁ (and σ² when not given) from ``E[d²] = 4σ² + c·Γ₁`` by moments.
+
+    With σ² unknown, the pooled mean-squared displacement per lag, ``Σd²/N`` against
+    ``Σc/N``, is fitted by a straight line (weights N, the number of displacements); its
+    intercept is 4σ² (Michalet, PRE 82, 041914 (2010)).  Γ₁ then comes from the lag-1 steps
+    only, ``Γ₁ = Σ(d² − 4σ²)/Σc`` (the lag-1 steps carry most of the information and are
+    least affected by confinement).
+    """
+    if sigma2 is None:
+        lags = np.unique(lag)
+        msd = np.array([d2[lag == k].mean() for k in lags])
+        cm = np.array([c[lag == k].mean() for k in lags])
+        nk = np.array([np.sum(lag == k) for k in lags], float)
+        A = np.c_[np.full(lags.size, 4.0), cm] * np.sqrt(nk)[:, None]
+        sol, *_ = np.linalg.lstsq(A, msd * np.sqrt(nk), rcond=None)
+        sigma2 = max(float(sol[0]), 0.0)
+    one = lag == 1
+    g = float(np.sum(d2[one] - 4.0 * sigma2) / np.sum(c[one]))
+    return max(g, 0.0), float(sigma2)
 
 
 def cluster_hop_rate(
@@ -32,7 +84,9 @@ def cluster_hop_rate(
     frame_time_s: float,
     hop_length_A: float = 5.87,
     size_exponent: float = 4.0 / 3.0,
-    localization_error_A: float = 0.0,
+    localization_error_A: float | None = 0.0,
+    max_lag: int = 4,
+    max_step_A: float | None = None,
     size_column: str = "n_atoms",
     track_column: str = "track_id",
     level: float = 0.95,
@@ -41,64 +95,103 @@ def cluster_hop_rate(
 ) -> dict[str, float]:
     """Monomer-equivalent hop rate Γ₁ (s⁻¹) from cluster tracks.
 
+    Model: a cluster of ``n`` atoms hops on the host lattice (hop length ``a``) at rate
+    ``Γ_c = Γ₁·n^(−α)`` (periphery diffusion α = 4/3; Khare & Einstein, PRB 54, 11752
+    (1996)); in projection a displacement over ``k`` frames has
+    ``E|Δr|² = (2/3)·a²·Γ_c·k·Δt + 4σ²`` (two of three axes seen; σ the localisation error
+    per axis, which also absorbs the registration jitter).  The estimate is the moment
+    estimator over lag-1 steps, ``Γ₁ = Σ(|Δr|² − 4σ²) / Σ (2/3)a²n^(−α)Δt`` — it needs only
+    the mean to be right, so it holds for the discrete lattice walk at any number of hops
+    per frame (finite frame time).  The interval is a bootstrap over tracks (steps of one
+    track are not independent).
+
+    Biases to know (see ``docs/insitu.md``):
+
+    * localisation error adds 4σ² to every step: give ``localization_error_A``, or pass
+      ``None`` to estimate it from the intercept of the pooled MSD against the lag
+      (lags 1..``max_lag``; Michalet, PRE 82, 041914 (2010)) — that assumes free
+      (unconfined) diffusion over ``max_lag`` frames;
+    * steps longer than the tracker's largest link ``max_step_A`` are never measured
+      (censoring, low bias for fast clusters): choose the frame time so that clusters make
+      ≲ 1 hop per frame; ``frac_long_steps`` (steps beyond half of ``max_step_A``) flags
+      the problem;
+    * only relative sizes matter for an activation energy (a constant size bias cancels).
+
     Parameters
     ----------
     tracks : DataFrame
         ``frame, x_A, y_A, track_id`` and ``size_column`` (e.g. from
-        :func:`perovstem.insitu.track_clusters`); only consecutive frames of a track count.
+        :func:`perovstem.insitu.track_clusters`).
     frame_time_s : float
         Time between frames, s.
     hop_length_A : float
         Hop length (lattice vector), Å.
     size_exponent : float
         α of ``Γ_c = Γ₁ n^(−α)`` (0: size-independent).
-    localization_error_A : float
-        Position error per axis, Å (subtracted, 4σ² per step).
+    localization_error_A : float or None
+        Position error per axis, Å (subtracted, 4σ² per step); None: estimated.
+    max_lag : int
+        Largest lag (frames) used to estimate the localisation error.
+    max_step_A : float, optional
+        The tracker's largest link, Å (for the ``frac_long_steps`` diagnostic).
     level, n_boot, rng
         Bootstrap over tracks (percentile interval).
 
     Returns
     -------
     dict
-        ``rate_per_s``, ``ci_low``, ``ci_high``, ``stderr``, ``n_steps``, ``n_tracks``.
+        ``rate_per_s``, ``ci_low``, ``ci_high``, ``stderr`` (of Γ₁), ``localization_error_A``
+        (given or estimated), ``n_steps`` (lag-1 steps), ``n_tracks``, ``frac_long_steps``.
     """
     dt = check_positive("frame_time_s", frame_time_s)
     a = check_positive("hop_length_A", hop_length_A)
     check_range("level", level, 0.5, 0.9999)
+    if isinstance(max_lag, bool) or int(max_lag) != max_lag or int(max_lag) < 1:
+        raise ParameterError(f"`max_lag` must be an integer >= 1, got {max_lag!r}")
+    s2_fixed = None
+    if localization_error_A is not None:
+        s2_fixed = (
+            check_positive("localization_error_A", localization_error_A, allow_zero=True) ** 2
+        )
+    elif int(max_lag) < 2:
+        raise ParameterError(
+            "estimating the localisation error needs `max_lag` >= 2 (or give "
+            "`localization_error_A`)"
+        )
     need = {"frame", "x_A", "y_A", track_column} | ({size_column} if size_exponent else set())
     if not need <= set(tracks.columns):
         raise DataError(f"`tracks` lacks columns {sorted(need - set(tracks.columns))}")
-    t = tracks.sort_values([track_column, "frame"])
-    same = t[track_column].to_numpy()[1:] == t[track_column].to_numpy()[:-1]
-    step = np.diff(t["frame"].to_numpy()) == 1
-    ok = same & step
-    if not ok.any():
-        raise DataError("no track has two consecutive frames: cannot measure mobility")
-    d2 = (np.diff(t["x_A"].to_numpy()) ** 2 + np.diff(t["y_A"].to_numpy()) ** 2)[ok]
-    d2 = d2 - 4 * localization_error_A**2
-    if size_exponent:
-        n = 0.5 * (t[size_column].to_numpy()[1:] + t[size_column].to_numpy()[:-1])[ok]
-        w = np.clip(n, 1e-9, None) ** (-size_exponent)
-    else:
-        w = np.ones(ok.sum())
-    tid = t[track_column].to_numpy()[1:][ok]
-    denom = (2.0 / 3.0) * a * a * dt * w
-    est = float(d2.sum() / denom.sum())
+    lag_max = int(max_lag) if s2_fixed is None else 1
+    d2, lag, n, tid = _track_steps(
+        tracks, track_column, size_column if size_exponent else None, lag_max
+    )
+    w = np.clip(n, 1e-9, None) ** (-size_exponent) if size_exponent else np.ones(d2.size)
+    c = (2.0 / 3.0) * a * a * dt * w * lag
+    if s2_fixed is None and np.unique(lag).size < 2:
+        raise DataError("no track spans two lags: cannot estimate the localisation error")
+    g, s2 = _moment_fit(d2, c, lag, s2_fixed)
     gen = as_rng(rng)
-    uniq = np.unique(tid)
+    one = lag == 1
+    uniq = np.unique(tid[one])
     idx = {u: np.flatnonzero(tid == u) for u in uniq}
     boots = []
     for _ in range(int(n_boot)):
         pick = np.concatenate([idx[u] for u in gen.choice(uniq, uniq.size, replace=True)])
-        boots.append(d2[pick].sum() / denom[pick].sum())
+        if s2_fixed is None and np.unique(lag[pick]).size < 2:
+            continue
+        boots.append(_moment_fit(d2[pick], c[pick], lag[pick], s2_fixed)[0])
     q = (1 - level) / 2
+    b = np.asarray(boots) if boots else np.array([np.nan])
+    long = float(np.mean(d2[one] > (0.5 * max_step_A) ** 2)) if max_step_A else float("nan")
     return {
-        "rate_per_s": est,
-        "ci_low": float(np.quantile(boots, q)),
-        "ci_high": float(np.quantile(boots, 1 - q)),
-        "stderr": float(np.std(boots, ddof=1)),
-        "n_steps": int(ok.sum()),
+        "rate_per_s": g,
+        "ci_low": float(np.quantile(b, q)),
+        "ci_high": float(np.quantile(b, 1 - q)),
+        "stderr": float(np.std(b, ddof=1)) if b.size > 1 else float("nan"),
+        "localization_error_A": float(np.sqrt(s2)),
+        "n_steps": int(one.sum()),
         "n_tracks": int(uniq.size),
+        "frac_long_steps": long,
     }
 
 
