@@ -189,3 +189,42 @@ def test_localization_error_estimated_from_lags():
     assert biased["rate_per_s"] > r["rate_per_s"]  # 4σ² per step not removed
     with pytest.raises(ParameterError, match="max_lag"):
         cluster_hop_rate(tr, frame_time_s=1.0, localization_error_A=None, max_lag=1)
+
+
+def test_mechanism_summary_reports_image_derived_diffusion_ea(mobility_series):
+    import pandas as pd
+
+    from perovstem.quantify.mechanism import mechanism_summary
+
+    p, runs = mobility_series
+    frames, tracks = [], []
+    for i, (t, dt, tr) in enumerate(runs):
+        n = 24
+        frames.append(
+            pd.DataFrame(
+                {
+                    "series": i,
+                    "frame": np.arange(n),
+                    "time_s": np.arange(n) * dt,
+                    "cumulative_dose_e_per_A2": np.arange(1, n + 1) * 2000.0,
+                    "temperature_K": t,
+                }
+            )
+        )
+        tracks.append(tr.assign(series=i))
+    s = mechanism_summary(
+        pd.concat(frames, ignore_index=True),
+        tracks=pd.concat(tracks, ignore_index=True),
+        mobility={"max_step_A": 8.0, "rng": 0},
+        ci="wald",
+    )
+    mob = s[s["process"] == "mobility"]
+    assert len(mob) == 5 and (mob["param"] == "Gamma1_per_s").all()
+    ea = s[(s["process"] == "temperature") & (s["observable"] == "Gamma1_per_s")]
+    assert len(ea) == 1
+    row = ea.iloc[0]
+    assert abs(row["value"] - p.hop_activation_eV) < 0.05
+    assert row["ci_low"] <= p.hop_activation_eV <= row["ci_high"]
+    assert row["text"].startswith("Pb⁰ diffusion: Ea = ")
+    with pytest.raises(DataError, match="condition"):
+        mechanism_summary(pd.concat(frames, ignore_index=True), tracks=runs[0][2])

@@ -238,7 +238,8 @@ def analyze_series(
             else "frame"
         )
         usable = fr_tab[~fr_tab["skipped"]]
-        summ = mechanism_summary(usable, x=x, ci=ci)
+        mob = {"max_step_A": float(track.get("max_step_A", 8.0)), "rng": 0}
+        summ = mechanism_summary(usable, x=x, ci=ci, tracks=tracks, mobility=mob)
     else:
         summ = pd.DataFrame()
     col_tab = col_counts = None

@@ -2,9 +2,13 @@
 
 For every condition (temperature, dose rate, atmosphere) the candidate models of each process
 observed in a per-frame table are fitted and ranked (:func:`compare_models`, AICc), and the
-selected model's key parameter is reported with its confidence interval.  Across conditions
-the nucleation rate is tested for dose-rate control (:func:`fit_dose_rate_dependence`) and
-for thermal activation (:func:`fit_arrhenius`).
+selected model's key parameter is reported with its confidence interval.  With cluster
+tracks, the Pb⁰-cluster hop rate Γ₁ of each condition is measured
+(:func:`perovstem.quantify.mobility.cluster_hop_rate`).  Across conditions the nucleation
+rate is tested for dose-rate control (:func:`fit_dose_rate_dependence`) and thermal
+activation, and the hop rates give the activation energy of Pb⁰ diffusion
+(:func:`fit_arrhenius`).  Every value comes from the table it is given: pass image-derived
+tables (e.g. :func:`perovstem.insitu.analyze_series`) for image-derived mechanisms.
 """
 
 from __future__ import annotations
@@ -132,6 +136,43 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
     return rows
 
 
+def _mobility_row(
+    g: pd.DataFrame, tracks: pd.DataFrame, level: float, opts: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Γ₁ of one condition from its tracks (frame time from the frames' time stamps)."""
+    from perovstem.quantify.mobility import cluster_hop_rate
+
+    if "time_s" not in g or g["time_s"].notna().sum() < 2:
+        return None
+    frames = set(g["frame"].to_numpy().tolist()) if "frame" in g else None
+    t = tracks if frames is None else tracks[tracks["frame"].isin(frames)]
+    if len(t) < 4:
+        return None
+    dt = float(np.median(np.diff(np.sort(g["time_s"].dropna().to_numpy(float)))))
+    if not dt > 0:
+        return None
+    try:
+        r = cluster_hop_rate(t, frame_time_s=dt, level=level, **opts)
+    except PerovstemError as exc:
+        return {"process": "mobility", "observable": "cluster tracks", "text": f"not fitted: {exc}"}
+    if not (np.isfinite(r["rate_per_s"]) and r["rate_per_s"] > 0):
+        return None
+    return {
+        "process": "mobility",
+        "observable": "cluster tracks",
+        "selected_model": "lattice_random_walk",
+        "mechanism": "Pb⁰ cluster surface diffusion (hop rate Γ₁·n^(-4/3))",
+        "param": "Gamma1_per_s",
+        "value": r["rate_per_s"],
+        "ci_low": r["ci_low"],
+        "ci_high": r["ci_high"],
+        "n_points": r["n_steps"],
+        "text": f"mobility: Pb⁰ cluster hop rate Γ₁ = {_fmt(r['rate_per_s'])} "
+        f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] s⁻¹ ({r['n_steps']} steps, "
+        f"{r['n_tracks']} tracks)",
+    }
+
+
 def mechanism_summary(
     frames: pd.DataFrame,
     *,
@@ -139,6 +180,8 @@ def mechanism_summary(
     x: str = "cumulative_dose_e_per_A2",
     level: float = 0.95,
     ci: str = "profile",
+    tracks: pd.DataFrame | None = None,
+    mobility: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Per-condition mechanism table from a per-frame table.
 
@@ -158,13 +201,21 @@ def mechanism_summary(
         Confidence level.
     ci : {"profile", "bootstrap", "wald"}
         Interval method of every fit (profile likelihood by default; Wald is fastest).
+    tracks : DataFrame, optional
+        Cluster tracks (``frame, x_A, y_A, track_id, n_atoms`` and the condition columns
+        ``by`` where several conditions are present, e.g. ``series``): a ``mobility`` row
+        per condition (needs ``time_s`` in ``frames``) and, with two or more temperatures,
+        the activation energy of Pb⁰ diffusion.
+    mobility : dict, optional
+        Options of :func:`perovstem.quantify.mobility.cluster_hop_rate`
+        (e.g. ``max_step_A``, ``localization_error_A``, ``rng``).
 
     Returns
     -------
     DataFrame
         :data:`SUMMARY_COLUMNS`, one row per condition and process, plus ``across`` rows for
-        the dose-rate and temperature dependence of the nucleation rate when several
-        conditions are present.
+        the dose-rate and temperature dependence of the nucleation rate and the Arrhenius
+        energy of the cluster mobility when several conditions are present.
     """
     if not isinstance(frames, pd.DataFrame) or x not in frames:
         raise DataError(f"`frames` must be a DataFrame with column {x!r}")
@@ -179,6 +230,16 @@ def mechanism_summary(
             f[c] = f[c].round(6)
         keys.append(c)
     groups = f.groupby(keys, dropna=False, sort=True) if keys else [((), f)]
+    groups = list(groups)
+    if tracks is not None:
+        if not isinstance(tracks, pd.DataFrame):
+            raise DataError(f"`tracks` must be a DataFrame, got {type(tracks).__name__}")
+        tkeys = [c for c in keys if c in tracks]
+        if len(groups) > 1 and not tkeys:
+            raise DataError(
+                f"several conditions ({len(groups)}): `tracks` needs one of the condition "
+                f"columns {keys} to be matched to them"
+            )
     rows = []
     for i, (_key, g) in enumerate(groups):
         g = g.sort_values(x)
@@ -192,6 +253,16 @@ def mechanism_summary(
         }
         for r in _process_rows(g, x, level, ci):
             rows.append({**cond, **r})
+        if tracks is not None:
+            t = tracks
+            key = _key if isinstance(_key, tuple) else (_key,)
+            for c, v in zip(keys, key, strict=False):
+                if c in t:
+                    vv = t[c].round(6) if t[c].dtype.kind == "f" else t[c]
+                    t = t[vv == v]
+            r = _mobility_row(g, t, level, dict(mobility or {}))
+            if r is not None:
+                rows.append({**cond, **r})
     out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     out = pd.concat([out, _across(out, level)], ignore_index=True)
     out.attrs["x"] = x
@@ -262,6 +333,36 @@ def _across(summary: pd.DataFrame, level: float) -> pd.DataFrame:
                     "n_points": r.n_obs,
                     "text": f"nucleation vs temperature: Ea = {_fmt(r.params['Ea_eV'])} eV "
                     f"[{_fmt(r.ci_low['Ea_eV'])}, {_fmt(r.ci_high['Ea_eV'])}]",
+                }
+            )
+        except PerovstemError:
+            pass
+    mob = summary[(summary["process"] == "mobility") & summary["value"].notna()]
+    if len(mob) >= 2 and mob["temperature_K"].nunique() >= 2:
+        err = (mob["ci_high"] - mob["ci_low"]).to_numpy(float) / 3.92
+        try:
+            r = fit_arrhenius(
+                mob["temperature_K"],
+                mob["value"],
+                rate_err=err if np.all(err > 0) else None,
+                level=level,
+            )
+            se = r.stderr["Ea_eV"]
+            rows.append(
+                {
+                    "condition": -1,
+                    "process": "temperature",
+                    "observable": "Gamma1_per_s",
+                    "selected_model": "arrhenius",
+                    "mechanism": "thermally activated Pb⁰ diffusion",
+                    "param": "Ea_eV",
+                    "value": r.params["Ea_eV"],
+                    "ci_low": r.ci_low["Ea_eV"],
+                    "ci_high": r.ci_high["Ea_eV"],
+                    "n_points": r.n_obs,
+                    "text": f"Pb⁰ diffusion: Ea = {r.params['Ea_eV']:.3f} ± {se:.3f} eV "
+                    f"[{_fmt(r.ci_low['Ea_eV'])}, {_fmt(r.ci_high['Ea_eV'])}] "
+                    f"({int(level * 100)} % CI, cluster hop rates at {r.n_obs} temperatures)",
                 }
             )
         except PerovstemError:
