@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from perovstem.quantify.mechanism import SUMMARY_COLUMNS, mechanism_summary
 
@@ -51,3 +52,54 @@ def test_summary_recovers_parameters_per_condition():
     assert len(temp) == 1
     assert abs(temp.value.iloc[0] - ea) < 0.05
     assert all(isinstance(t, str) and t for t in s.text)
+
+
+def test_summary_records_condition_keys():
+    rng = np.random.default_rng(1)
+    f = pd.concat(
+        [_frames(rng, 1e3, 300.0, 5e-3, 3e4).assign(series=k) for k in (0, 1)], ignore_index=True
+    )
+    s = mechanism_summary(f)
+    conds = s.attrs["conditions"]
+    assert [c["series"] for c in conds] == [0, 1]
+    assert set(s["condition"]) <= {-1, 0, 1}
+
+
+def test_pipeline_mechanism_labels_each_row_with_its_source(tmp_path):
+    import tomllib
+
+    from perovstem.io import read_table
+    from perovstem.pipeline import get_step, parse_config, run_pipeline
+
+    if not all(get_step(n).available for n in ("simulate.kmc", "quantify.mechanism")):
+        pytest.skip("simulate/quantify steps not available in this version")
+    text = """
+[run]
+name = "mech"
+seed = 3
+[[step]]
+run = "simulate.nanocrystal"
+edge_A = 30.0
+view3d = false
+[[step]]
+run = "simulate.kmc"
+id = "a"
+n_frames = 10
+dose_rate_e_per_A2_s = 3000.0
+[[step]]
+run = "simulate.kmc"
+id = "b"
+n_frames = 10
+dose_rate_e_per_A2_s = 1000.0
+inputs = { atoms = "nanocrystal.atoms" }
+[[step]]
+run = "quantify.mechanism"
+inputs = { frames_a = "a.frames", frames_b = "b.frames" }
+sources = ["truth A", "truth B"]
+"""
+    cfg = parse_config(tomllib.loads(text), source="m.toml", text=text)
+    r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial")
+    assert all(s.status == "ran" for s in r.steps), [s.message for s in r.steps]
+    summ = read_table(tmp_path / "run" / "tables" / "mechanism.summary.parquet")
+    br = summ[summ["process"] == "br_loss"].sort_values("dose_rate_e_per_A2_s")
+    assert list(br["source"]) == ["truth B", "truth A"]

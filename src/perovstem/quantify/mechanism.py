@@ -215,7 +215,8 @@ def mechanism_summary(
     DataFrame
         :data:`SUMMARY_COLUMNS`, one row per condition and process, plus ``across`` rows for
         the dose-rate and temperature dependence of the nucleation rate and the Arrhenius
-        energy of the cluster mobility when several conditions are present.
+        energy of the cluster mobility when several conditions are present
+        (``condition = -1``); ``attrs['conditions'][i]`` holds the key values of condition i.
     """
     if not isinstance(frames, pd.DataFrame) or x not in frames:
         raise DataError(f"`frames` must be a DataFrame with column {x!r}")
@@ -241,7 +242,12 @@ def mechanism_summary(
                 f"columns {keys} to be matched to them"
             )
     rows = []
+    conditions = []
     for i, (_key, g) in enumerate(groups):
+        kv = _key if isinstance(_key, tuple) else (_key,)
+        conditions.append(
+            {c: (v.item() if hasattr(v, "item") else v) for c, v in zip(keys, kv, strict=False)}
+        )
         g = g.sort_values(x)
         cond = {
             "condition": i,
@@ -267,6 +273,7 @@ def mechanism_summary(
     out = pd.concat([out, _across(out, level)], ignore_index=True)
     out.attrs["x"] = x
     out.attrs["level"] = level
+    out.attrs["conditions"] = conditions  # key values of condition i
     return out
 
 

@@ -125,6 +125,7 @@ def quantify_kinetics(ctx: Any, frames: Any) -> dict[str, Any]:
     params={
         "y": Param(str, "n_Br", "observable whose first-order loss rate is measured"),
         "x": Param(str, "time_s", "time column, s"),
+        "label": Param(str, "", "source label in the report (e.g. 'truth' or 'images')"),
     },
     requires=(ARRHENIUS, FIT),
     section="kinetics",
@@ -157,8 +158,9 @@ def quantify_arrhenius(ctx: Any, frames: Any) -> dict[str, Any]:
     fit = fit_arrhenius(
         rates["temperature_K"], rates["rate_per_s"], rate_err=err if ok else None, ci="wald"
     )
+    src = f" ({p['label']})" if p["label"] else ""
     ctx.metric(
-        f"activation energy Ea of {p['y']} loss",
+        f"activation energy Ea of {p['y']} loss{src}",
         fit.params["Ea_eV"],
         err=fit.stderr["Ea_eV"],
         unit="eV",
@@ -199,6 +201,7 @@ def quantify_arrhenius(ctx: Any, frames: Any) -> dict[str, Any]:
     params={
         "dose_rates": Param(list, [50.0, 200.0], "dose rates of the two series, e⁻/Å²/s"),
         "param": Param(str, "D_Br_e_per_A2", "dose constant fitted in each series"),
+        "label": Param(str, "", "source label in the report (e.g. 'truth' or 'images')"),
     },
     requires=(DOSE_RATE,),
     section="kinetics",
@@ -210,6 +213,7 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
     fit_dose_rate_dependence = api(DOSE_RATE)
 
     p = ctx.params
+    src = f" ({p['label']})" if p["label"] else ""
     phi = np.asarray(p["dose_rates"], float)
     rates, errs = [], []
     for tab in (params_low, params_high):
@@ -232,7 +236,7 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
     pl = fits.get("power_law")
     if pl is not None:
         ctx.metric(
-            "dose-rate exponent α",
+            f"dose-rate exponent α{src}",
             pl.params["alpha"],
             err=pl.stderr.get("alpha"),
             section="mechanism",
@@ -247,7 +251,7 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
         "rate to discriminate"
     )
     ctx.text(
-        f"Dose-rate dependence of {p['param']}: {best['model']} preferred ({why}).",
+        f"Dose-rate dependence of {p['param']}{src}: {best['model']} preferred ({why}).",
         section="mechanism",
     )
     return {"ranking": ranking}
@@ -261,6 +265,12 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
     params={
         "x": Param(str, "cumulative_dose_e_per_A2", "independent variable column"),
         "level": Param(float, 0.95, "confidence level", min=0.5, max=0.999),
+        "sources": Param(
+            list,
+            [],
+            "where each input table comes from (e.g. 'images', 'simulator truth'), one per "
+            "input in order frames_a, frames_b, ...; shown with every row",
+        ),
     },
     requires=(MECHANISM,),
     section="mechanism",
@@ -274,15 +284,34 @@ def quantify_mechanism(
 
     from perovstem.errors import DataError
 
-    tables = [t for t in (frames_a, frames_b, frames_c, frames_d) if t is not None]
-    if not tables:
+    given = [
+        (i, t) for i, t in enumerate((frames_a, frames_b, frames_c, frames_d)) if t is not None
+    ]
+    if not given:
         raise DataError("quantify.mechanism needs at least one per-frame table (frames_a ...)")
-    frames = pd.concat([t.assign(series=i) for i, t in enumerate(tables)], ignore_index=True)
+    sources = [str(v) for v in ctx.params["sources"]]
+    if sources and len(sources) != len(given):
+        raise DataError(
+            f"`sources` has {len(sources)} labels for {len(given)} input tables; give one per table"
+        )
+    frames = pd.concat([t.assign(series=k) for k, (_, t) in enumerate(given)], ignore_index=True)
     summary = api(MECHANISM)(frames, x=ctx.params["x"], level=ctx.params["level"])
+    if sources:
+        # which table each condition came from (the summary records each condition's keys)
+        keys = summary.attrs.get("conditions", [])
+        both = "+".join(dict.fromkeys(sources))
+        summary["source"] = [
+            sources[int(keys[int(c)]["series"])]
+            if 0 <= int(c) < len(keys) and "series" in keys[int(c)]
+            else both
+            for c in summary["condition"]
+        ]
     for _, row in summary.iterrows():
         text = str(row.get("text", "") or "").strip()
         if not text or text == "nan":
             continue
+        if sources:
+            text = f"{text} (from {row['source']})"
         cond = []
         t, phi = row.get("temperature_K"), row.get("dose_rate_e_per_A2_s")
         if t is not None and np.isfinite(float(t)):
@@ -304,6 +333,7 @@ def quantify_mechanism(
             "value",
             "ci_low",
             "ci_high",
+            "source",
         )
         if c in summary.columns
     ]
