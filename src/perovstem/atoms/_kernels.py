@@ -401,10 +401,13 @@ def sweep_serial(
     lim,
     fix_pos=False,
     box_half=0.0,
+    active=None,
 ):
-    """One serial Gauss–Seidel sweep over the columns in ``order``."""
+    """One serial Gauss–Seidel sweep over the columns in ``order`` (``active``: only these)."""
     for m in range(order.shape[0]):
         k = order[m]
+        if active is not None and not active[k]:
+            continue
         s, ok = column_step(
             res,
             w,
@@ -454,8 +457,11 @@ def sweep(
     lim,
     fix_pos=False,
     box_half=0.0,
+    active=None,
 ):
     """One Gauss–Seidel sweep over all columns, parallel over non-touching cells.
+
+    ``active`` (bool, optional): visit only these columns (the others keep their last shift).
 
     Cells of one colour are at least one cell apart and a cell is wider than two column
     boxes, so the boxes updated concurrently never overlap (no write races on ``res``).
@@ -467,6 +473,8 @@ def sweep(
             cell = colour_cells[c0 + t]
             for m in range(cell_ptr[cell], cell_ptr[cell + 1]):
                 k = cell_cols[m]
+                if active is not None and not active[k]:
+                    continue
                 s, ok = column_step(
                     res,
                     w,

@@ -397,14 +397,10 @@ def fit_columns(
         bg_img = np.full(data.shape, fixed_bg)
         coef = np.zeros(0)
     elif nb:
-        far = np.ones(data.shape, dtype=bool)
-        ii = np.clip(np.round(y).astype(int), 0, data.shape[0] - 1)
-        jj = np.clip(np.round(x).astype(int), 0, data.shape[1] - 1)
-        far[ii, jj] = False
-        from scipy.ndimage import distance_transform_edt
-
-        dist = distance_transform_edt(far)
-        mask = dist > 2.5 * float(np.median(rho))
+        # pixels farther than 2.5 ρ from every column (one render, no distance transform)
+        cover = np.zeros(data.shape)
+        K.add_columns(cover, x, y, np.ones(n), np.full(n, float(np.median(rho))), 2.5, 1.0)
+        mask = cover == 0.0
         vals = (
             data[mask]
             if mask.sum() > 10 * nb
@@ -538,7 +534,7 @@ def fit_columns(
         alpha = 1.0
         # free widths: a rejected step is mostly truncation-edge noise near convergence; three
         # tries (1, 1/4, 1/16) waste fewer full-model renders than eight halvings
-        n_try, shrink = (3, 0.25) if free_rho_col else (8, 0.5)
+        n_try, shrink = (2, 0.125) if free_rho_col else (8, 0.5)
         for _ in range(n_try):
             if shared_rho:
                 d = np.clip(alpha * dtheta[:nt][tid], -0.2 * rho0, 0.2 * rho0)
@@ -738,7 +734,13 @@ def fit_columns(
         sse_prev = np.inf
         polish = False
         for it_ in range(1, max_it + 1):
-            if box_half <= 0.0:
+            # active set: after two sweeps, a column whose last step moved it < tol/10 (and
+            # was accepted) is skipped; skipped columns keep that shift, so the convergence
+            # test below still covers every column
+            active = None
+            if it_ > 2 and not fix_pos:
+                active = (shifts >= 0.1 * tol) | ~accepted
+            if estimator == "joint":
                 # always the colour-ordered sweep: the same order (and result, bit for bit)
                 # with one thread or many; `parallel` only sets the thread count
                 cell_ptr, cell_cols, colour_ptr, colour_cells = colour_partition()
@@ -766,6 +768,7 @@ def fit_columns(
                     max_disp_px,
                     fix_pos,
                     box_half,
+                    active,
                 )
             else:
                 K.sweep_serial(
@@ -789,6 +792,7 @@ def fit_columns(
                     max_disp_px,
                     fix_pos,
                     box_half,
+                    active,
                 )
             drho = 0.0
             jshift = 0.0
