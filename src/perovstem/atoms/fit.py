@@ -845,8 +845,11 @@ def fit_columns(
             if joint and not polish and moved < 0.02 and drho < 1e-3:
                 polish = True  # switch to joint steps
                 continue
-            stalled = small_sse and moved < 10 * tol and drho < 1e-6 and it_ > 2
-            if (moved < tol and drho < 1e-6 and (it_ > 1 or free_rho_col)) or stalled:
+            # widths converged: shared widths to 1e-6 (relative); free widths, like positions,
+            # to tol_px (a joint step and a sweep may trade ~1e-5 px across truncation edges)
+            rho_ok = drho < 1e-6 or (free_rho_col and drho * float(rho.max()) < tol)
+            stalled = small_sse and moved < 10 * tol and rho_ok and it_ > 2
+            if (moved < tol and rho_ok and (it_ > 1 or free_rho_col)) or stalled:
                 if not fix_pos or small_sse:
                     if polish or not joint or box_half > 0 or stalled:
                         return True, it_
