@@ -102,9 +102,20 @@ def test_statstem_database_reader(statstem_data):
     assert cell.a_A == 5.85 and cell.types == ["PbBr", "Cs"]
     assert cell.sites.u.tolist() == [0.0, 0.5]
     assert cell.min_distance_A() == pytest.approx(5.85 / np.sqrt(2))
-    big = read_statstem_cell(statstem_data / "database" / "Pure_CsPbI3_gamma_phase_300K_1-10.txt")
-    assert len(big.sites) == 20 and set(big.types) == {"Pb", "Cs", "I"}
-    assert big.b_A == 12.58
+    path = statstem_data / "database" / "Pure_CsPbI3_gamma_phase_300K_1-10.txt"
+    atoms = read_statstem_cell(path, merge_A=None)  # one site per listed atom
+    assert len(atoms.sites) == 20 and set(atoms.types) == {"Pb", "Cs", "I"}
+    assert atoms.b_A == 12.58
+    # default: atoms < 0.5 Å apart in projection (tilt-split Pb and Cs pairs) are one column
+    big = read_statstem_cell(path)
+    assert len(big.sites) == 16 and big.sites.n_atoms.sum() == 20
+    assert sorted(big.sites[big.sites.type != "I"].n_atoms) == [2, 2, 2, 2]
+    assert big.min_distance_A() > 0.5
+    # stacked atoms (same x, y, different zInfo) are one column
+    stacked = read_statstem_cell(
+        statstem_data / "database" / "Pure_CsPbI3_gamma_phase_300K_001.txt"
+    )
+    assert len(stacked.sites) == 2 and stacked.sites.n_atoms.tolist() == [2, 2]
 
 
 def test_reader_and_cell_bad_input(tmp_path):

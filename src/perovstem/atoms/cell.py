@@ -69,6 +69,62 @@ class ProjectedCell:
         b = self.b_A * np.array([np.cos(t + g), np.sin(t + g)])
         return np.vstack([a, b])
 
+    def merged(self, merge_A: float = 0.5) -> ProjectedCell:
+        """Cell whose sites closer than ``merge_A`` (in projection, periodic) are one column.
+
+        StatSTEM database files list *atoms* with their projected fractions and depth
+        (``zInfo``): atoms stacked along the beam repeat the same (x, y), and octahedral tilts
+        split a column into sub-ångström pairs that no HAADF probe resolves.  Sites are
+        grouped by single linkage at ``merge_A``; a group becomes one site at its mean
+        position with ``n_atoms`` (atoms per cell repeat), the smallest ``z`` and a type made
+        of its distinct atom types in order of appearance (e.g. ``"Pb"`` or ``"PbI"``).
+
+        Parameters
+        ----------
+        merge_A : float
+            Merge distance, Å (≥ 0; 0 merges exact duplicates only).
+        """
+        from scipy.cluster.hierarchy import fcluster, linkage
+
+        check_positive("merge_A", merge_A, allow_zero=True)
+        s = self.sites
+        n = len(s)
+        if n == 1:
+            out = s.copy()
+            out["n_atoms"] = out.get("n_atoms", 1)
+            return ProjectedCell(self.a_A, self.b_A, self.angle_deg, out, self.c_A, self.name)
+        uv = s[["u", "v"]].to_numpy(float)
+        vec = self.vectors()
+        shifts = np.array([(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)], dtype=float)
+        dist = np.zeros((n, n))
+        for p in range(n):
+            d = (uv[None, :, :] - uv[p][None, None, :]) + shifts[:, None, :]
+            dist[p] = np.linalg.norm(d @ vec, axis=2).min(axis=0)
+        iu = np.triu_indices(n, 1)
+        lab = fcluster(linkage(dist[iu], "single"), max(float(merge_A), 1e-9), "distance")
+        rows = []
+        counts = s["n_atoms"].to_numpy(int) if "n_atoms" in s.columns else np.ones(n, int)
+        for k in dict.fromkeys(lab):  # groups in order of first appearance
+            idx = np.flatnonzero(lab == k)
+            ref = uv[idx[0]]
+            # unwrap every member next to the first one before averaging
+            d = uv[idx] - ref
+            d -= np.round(d)
+            mean = ref + d.mean(axis=0)
+            types = list(dict.fromkeys(s["type"].iloc[idx]))
+            rows.append(
+                {
+                    "type": "".join(types),
+                    "u": mean[0],
+                    "v": mean[1],
+                    "z": float(s["z"].iloc[idx].min()),
+                    "n_atoms": int(counts[idx].sum()),
+                }
+            )
+        return ProjectedCell(
+            self.a_A, self.b_A, self.angle_deg, pd.DataFrame(rows), self.c_A, self.name
+        )
+
     def min_distance_A(self, type_: str | None = None) -> float:
         """Smallest distance between two columns (of one type, if given) in the infinite lattice."""
         s = self.sites if type_ is None else self.sites[self.sites["type"] == type_]

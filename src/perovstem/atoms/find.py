@@ -215,6 +215,99 @@ def _kmeans_1d(v: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(np.argsort(-cent))[lab]  # 0 = brightest
 
 
+def _sublattice_vectors(ref_uv: np.ndarray, reach_A: float, cell: ProjectedCell) -> np.ndarray:
+    """Fractional neighbour vectors of the reference sublattice shorter than ``reach_A``."""
+    vec0 = cell.vectors(0.0)
+    hk = np.array([(h, k) for h in range(-3, 4) for k in range(-3, 4)], dtype=float)
+    d = (ref_uv[None, :, None, :] - ref_uv[:, None, None, :]) + hk[None, None, :, :]
+    d = np.unique(np.round(d.reshape(-1, 2), 9), axis=0)
+    ln = np.linalg.norm(d @ vec0, axis=1)
+    return d[(ln > 1e-6) & (ln < reach_A)]
+
+
+def _rotation_candidates(
+    dv: np.ndarray,
+    expected: np.ndarray,
+    cell: ProjectedCell,
+    hand: float,
+    tol: float,
+    *,
+    rel: float = 0.7,
+    max_candidates: int = 8,
+) -> list[float]:
+    """In-plane rotations (deg) that map most peak-pair vectors onto sublattice vectors.
+
+    Every local maximum of the match count over 0–360° (0.5° grid, refined to 0.05°) that
+    reaches ``rel`` of the best is returned, best first: a reference sublattice that is
+    (nearly) square although the cell is not, or that is symmetric under a rotation the cell
+    lacks, matches at several rotations, and the other sites decide between them.
+    """
+    if len(dv) == 0 or len(expected) == 0:
+        return []
+    tree = cKDTree(dv)
+
+    def score(theta: float) -> int:
+        v = cell.vectors(theta)
+        v[1] *= hand
+        return int(np.sum(tree.query_ball_point(expected @ v, tol, return_length=True) > 0))
+
+    grid = np.arange(0.0, 360.0, 0.5)
+    sc = np.array([score(t) for t in grid])
+    if sc.max() == 0:
+        return []
+    peak = (sc >= np.roll(sc, 1)) & (sc >= np.roll(sc, -1)) & (sc >= rel * sc.max())
+    order = np.argsort(-sc[peak], kind="stable")
+    out: list[tuple[int, float]] = []
+    for t0 in grid[peak][order]:
+        if any(abs((t0 - t + 180.0) % 360.0 - 180.0) < 2.0 for _, t in out):
+            continue
+        fine = np.arange(t0 - 0.5, t0 + 0.5001, 0.05)
+        scf = np.array([score(t) for t in fine])
+        out.append((int(scf.max()), float(np.mean(fine[scf == scf.max()]))))
+        if len(out) >= max_candidates:
+            break
+    out.sort(key=lambda c: -c[0])
+    return [t for _, t in out]
+
+
+def _place_sites(
+    cell: ProjectedCell,
+    org: np.ndarray,
+    vec: np.ndarray,
+    s0: np.ndarray,
+    img: Image,
+    shape: tuple[int, int],
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every site of the cell inside the image, the origin being reference site ``s0``."""
+    ny, nx = shape
+    corners = px_to_A(np.array([[0, 0], [nx - 1, 0], [0, ny - 1], [nx - 1, ny - 1]], float), img)
+    fr = (corners - org) @ np.linalg.inv(vec)
+    h0, k0 = np.floor(fr.min(axis=0)) - 1
+    h1, k1 = np.ceil(fr.max(axis=0)) + 1
+    hh, kk = np.meshgrid(np.arange(h0, h1 + 1), np.arange(k0, k1 + 1), indexing="ij")
+    hh, kk = hh.ravel(), kk.ravel()
+    rows = []
+    for si, site in cell.sites.iterrows():
+        duv = np.array([site.u, site.v]) - s0
+        pos = org + (np.column_stack([hh, kk]) + duv) @ vec
+        rows.append(
+            pd.DataFrame(
+                {
+                    "x_A": pos[:, 0],
+                    "y_A": pos[:, 1],
+                    "type": site.type,
+                    "h": hh.astype(int),
+                    "k": kk.astype(int),
+                    "site": si,
+                }
+            )
+        )
+    cand = pd.concat(rows, ignore_index=True)
+    pxy = (cand[["x_A", "y_A"]].to_numpy() - np.asarray(img.origin_A)) / img.pixel_size_A
+    inside = (pxy[:, 0] >= 0) & (pxy[:, 0] <= nx - 1) & (pxy[:, 1] >= 0) & (pxy[:, 1] <= ny - 1)
+    return cand[inside].reset_index(drop=True), pxy[inside]
+
+
 def find_columns(
     image: Image | np.ndarray,
     *,
@@ -306,72 +399,58 @@ def find_columns(
     hgt = pk.height.to_numpy()
     bright = hgt >= 0.5 * np.median(hgt[hgt >= np.quantile(hgt, 0.5)])
     xyb = xy[bright]
-    # rotation of the cell from nearest-neighbour vectors of the reference sublattice
+    ref_uv = cell.sites.loc[cell.sites["type"] == ref, ["u", "v"]].to_numpy(float)
+    reach = 1.3 * max(cell.a_A, cell.b_A)
+    expected = _sublattice_vectors(ref_uv, reach, cell)
     tree = cKDTree(xyb)
-    pairs = tree.query_pairs(1.2 * max(cell.a_A, cell.b_A), output_type="ndarray")
+    pairs = tree.query_pairs(reach, output_type="ndarray")
     dv = xyb[pairs[:, 1]] - xyb[pairs[:, 0]] if len(pairs) else np.zeros((0, 2))
-    ln = np.linalg.norm(dv, axis=1)
-    sel = np.abs(ln - cell.a_A) < 0.15 * cell.a_A
-    if sel.sum() < 2:
-        raise DataError(
-            f"could not fit the cell lattice: no peak pairs at a = {cell.a_A:.3f} Å "
-            f"(found {len(xyb)} reference peaks); check the pixel size and the cell"
-        )
-    ang = np.arctan2(dv[sel, 1], dv[sel, 0])
-    # angles modulo the cell symmetry (2-fold for general cells); use a circular mean of 2θ/4θ
-    sym = 4 if (abs(cell.angle_deg - 90) < 1 and abs(cell.a_A - cell.b_A) < 0.02 * cell.a_A) else 2
-    rot = np.angle(np.mean(np.exp(1j * sym * ang))) / sym
+    tol = 0.12 * dmin_ref
     centre = np.array([np.mean(xyb[:, 0]), np.mean(xyb[:, 1])])
     o0 = xyb[np.argmin(np.linalg.norm(xyb - centre, axis=1))]
-    best = None
-    for flip in (1.0, -1.0):
-        v = cell.vectors(np.rad2deg(rot))
-        v[1] *= 1.0 if flip > 0 else 1.0
-        if flip < 0:
-            v = np.vstack([v[0], -v[1]])  # other handedness
-        org, vec, hk = fit_lattice_vectors(xyb, v, o0)
-        ok = hk[:, 0] != np.iinfo(np.int64).min
-        score = ok.sum()
-        if best is None or score > best[0]:
-            best = (score, org, vec)
-    _, org, vec = best
-    # reference site offset: the ref site's (u, v) sits at the fitted origin
-    s0 = cell.sites[cell.sites["type"] == ref][["u", "v"]].to_numpy()[0]
-    # all candidate sites inside the image
-    ny, nx = data.shape
-    corners = px_to_A(np.array([[0, 0], [nx - 1, 0], [0, ny - 1], [nx - 1, ny - 1]], float), img)
-    inv = np.linalg.inv(vec)
-    fr = (corners - org) @ inv
-    h0, k0 = np.floor(fr.min(axis=0)) - 1
-    h1, k1 = np.ceil(fr.max(axis=0)) + 1
-    hh, kk = np.meshgrid(np.arange(h0, h1 + 1), np.arange(k0, k1 + 1), indexing="ij")
-    hh, kk = hh.ravel(), kk.ravel()
-    rows = []
-    for si, site in cell.sites.iterrows():
-        duv = np.array([site.u, site.v]) - s0
-        pos = org + (np.column_stack([hh, kk]) + duv) @ vec
-        rows.append(
-            pd.DataFrame(
-                {
-                    "x_A": pos[:, 0],
-                    "y_A": pos[:, 1],
-                    "type": site.type,
-                    "h": hh.astype(int),
-                    "k": kk.astype(int),
-                    "site": si,
-                }
-            )
+    fits = []
+    for hand in (1.0, -1.0):
+        for rot in _rotation_candidates(dv, expected, cell, hand, tol):
+            v = cell.vectors(rot)
+            v[1] *= hand
+            org, vec, hk = fit_lattice_vectors(xyb, v, o0)
+            fits.append((int(np.sum(hk[:, 0] != np.iinfo(np.int64).min)), org, vec))
+    if not fits or max(f[0] for f in fits) < 2:
+        raise DataError(
+            f"could not fit the cell lattice: no peak pairs match the {ref!r} sublattice of the "
+            f"cell (a = {cell.a_A:.3f} Å, b = {cell.b_A:.3f} Å; found {len(xyb)} reference "
+            "peaks); check the pixel size and the cell"
         )
-    cand = pd.concat(rows, ignore_index=True)
-    pxy = (cand[["x_A", "y_A"]].to_numpy() - np.asarray(img.origin_A)) / dx
-    inside = (pxy[:, 0] >= 0) & (pxy[:, 0] <= nx - 1) & (pxy[:, 1] >= 0) & (pxy[:, 1] <= ny - 1)
-    cand, pxy = cand[inside].reset_index(drop=True), pxy[inside]
+    best_n = max(f[0] for f in fits)
+    fits = [f for f in fits if f[0] >= 0.9 * best_n]
     # local contrast: mean in a small disk minus the image background
     dmin = cell.min_distance_A()
     r_in = max(1.0, 0.2 * dmin / dx)
     sm = ndimage.gaussian_filter(data, max(0.5, r_in / 2))
     bg = float(np.percentile(sm, 5))
-    con = ndimage.map_coordinates(sm, [pxy[:, 1], pxy[:, 0]], order=1) - bg
+    # the fitted origin is *a* reference column: which reference site of the cell it is, and
+    # the handedness, are chosen by the contrast at the other sites (a sublattice with a
+    # smaller period than the cell, or a mirror-symmetric one, cannot tell them apart)
+    best = None
+    for _, org, vec in fits:
+        for s0 in np.unique(np.round(ref_uv, 6), axis=0):
+            cand, pxy = _place_sites(cell, org, vec, s0, img, data.shape)
+            con = ndimage.map_coordinates(sm, [pxy[:, 1], pxy[:, 0]], order=1) - bg
+            others = [t for t in cell.types if t != ref]
+            score = sum(
+                float(np.mean(con[(cand["type"] == t).to_numpy()]))
+                for t in others
+                if (cand["type"] == t).any()
+            )
+            ang = abs(float(np.degrees(np.arctan2(vec[0, 1], vec[0, 0]))))
+            # equivalent placements (within 2 % of the contrast) tie: a nearest to +x
+            if (
+                best is None
+                or score > best[0] + 0.02 * abs(best[0]) + 1e-12
+                or (score >= best[0] - 0.02 * abs(best[0]) and ang < best[1] - 1e-6)
+            ):
+                best = (score, ang, org, vec, cand, pxy, con)
+    _, _, org, vec, cand, pxy, con = best
     noise = _robust_noise(data) / (2.0 * np.sqrt(np.pi) * max(0.5, r_in / 2))
     keep = np.zeros(len(cand), bool)
     for t in cell.types:

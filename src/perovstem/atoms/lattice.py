@@ -17,7 +17,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from perovstem.atoms.cell import ProjectedCell
-from perovstem.atoms.find import fit_lattice_vectors
+from perovstem.atoms.find import _rotation_candidates, _sublattice_vectors, fit_lattice_vectors
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["fit_lattice", "lattice_strain", "projected_unit_cell"]
@@ -65,29 +65,54 @@ def fit_lattice(
         )
     xy = columns[["x_A", "y_A"]].to_numpy(float)
     xyr = xy[m]
-    if rotation_deg is None:
-        tree = cKDTree(xyr)
-        pr = tree.query_pairs(1.2 * cell.a_A, output_type="ndarray")
-        dv = xyr[pr[:, 1]] - xyr[pr[:, 0]] if len(pr) else np.zeros((0, 2))
-        sel = np.abs(np.linalg.norm(dv, axis=1) - cell.a_A) < 0.15 * cell.a_A
-        if sel.sum() == 0:
-            raise DataError(f"no {ref!r} column pairs at a = {cell.a_A} Å: cannot fit the lattice")
-        sym = (
-            4 if abs(cell.angle_deg - 90) < 1 and abs(cell.a_A - cell.b_A) < 0.02 * cell.a_A else 2
-        )
-        ang = np.arctan2(dv[sel, 1], dv[sel, 0])
-        rotation_deg = float(np.rad2deg(np.angle(np.mean(np.exp(1j * sym * ang))) / sym))
+    types = columns["type"].astype(str).to_numpy()
+    ref_uv = cell.sites.loc[cell.sites["type"] == ref, ["u", "v"]].to_numpy(float)
+    dmin_ref = cell.min_distance_A(ref)
     centre = xyr.mean(axis=0)
     o0 = xyr[np.argmin(np.linalg.norm(xyr - centre, axis=1))]
-    best = None
-    for hand in (1.0, -1.0):
-        v = cell.vectors(rotation_deg)
+    if rotation_deg is None:
+        reach = 1.3 * max(cell.a_A, cell.b_A)
+        expected = _sublattice_vectors(ref_uv, reach, cell)
+        pr = cKDTree(xyr).query_pairs(reach, output_type="ndarray")
+        dv = xyr[pr[:, 1]] - xyr[pr[:, 0]] if len(pr) else np.zeros((0, 2))
+        tol_r = 0.12 * dmin_ref
+        trials = [
+            (h, r) for h in (1.0, -1.0) for r in _rotation_candidates(dv, expected, cell, h, tol_r)
+        ]
+        if not trials:
+            raise DataError(
+                f"no {ref!r} column pairs match the cell (a = {cell.a_A} Å): cannot fit the lattice"
+            )
+    else:
+        trials = [(1.0, float(rotation_deg)), (-1.0, float(rotation_deg))]
+    fits = []
+    for hand, rot in trials:
+        v = cell.vectors(rot)
         v[1] *= hand
         org, vec, hk = fit_lattice_vectors(xyr, v, o0)
-        score = int(np.sum(hk[:, 0] != _NONE))
-        if best is None or score > best[0]:
-            best = (score, org, vec, hk)
-    _, org, vec, hk = best
+        fits.append((int(np.sum(hk[:, 0] != _NONE)), org, vec, hk))
+    best_n = max(f[0] for f in fits)
+    if best_n < 2:
+        raise DataError(f"no {ref!r} column pairs at a = {cell.a_A} Å: cannot fit the lattice")
+    tol = 0.3 * cell.min_distance_A()
+    best = None
+    # which reference site the fitted origin is, and the handedness: the choice that indexes
+    # the most columns of every type (then the smallest residual)
+    for n_ok, org, vec, hk in fits:
+        if n_ok < 0.9 * best_n:
+            continue
+        for s0 in np.unique(np.round(ref_uv, 6), axis=0):
+            idx = _index_to_sites(xy, types, cell, org, vec, s0)
+            good = idx[0] <= tol
+            # equivalent choices (a square sublattice) tie: a nearest to +x by convention
+            key = (
+                int(good.sum()),
+                -round(float(np.median(idx[0][good])), 4) if good.any() else 0.0,
+                -abs(float(np.degrees(np.arctan2(vec[0, 1], vec[0, 0])))),
+            )
+            if best is None or key > best[0]:
+                best = (key, org, vec, hk, s0, idx)
+    _, org, vec, hk, s0, (best_d, h_out, k_out, site_out, ideal) = best
     ok = hk[:, 0] != _NONE
     # standard errors of the lattice parameters from the LS residuals
     a_mat = np.column_stack([np.ones(ok.sum()), hk[ok]])
@@ -96,27 +121,7 @@ def fit_lattice(
     s2 = float(np.sum(resid**2) / dof)
     cov = np.linalg.pinv(a_mat.T @ a_mat) * s2
     vec_err = np.sqrt(np.diag(cov))[1:3]
-    s0 = cell.sites[cell.sites["type"] == ref][["u", "v"]].to_numpy()[0]
-    sites = cell.sites.copy()
-    inv = np.linalg.inv(vec)
     out = columns.copy()
-    fr = (xy - org) @ inv + s0  # fractional coordinates with the cell's own origin
-    best_d = np.full(len(xy), np.inf)
-    h_out = np.zeros(len(xy), int)
-    k_out = np.zeros(len(xy), int)
-    site_out = np.full(len(xy), -1)
-    ideal = np.full((len(xy), 2), np.nan)
-    types = columns["type"].astype(str).to_numpy()
-    for si, st in sites.iterrows():
-        cell_hk = np.round(fr - np.array([st.u, st.v]))
-        pos = org + (cell_hk + np.array([st.u, st.v]) - s0) @ vec
-        d = np.linalg.norm(pos - xy, axis=1)
-        better = (d < best_d) & (types == st.type)
-        best_d[better] = d[better]
-        h_out[better], k_out[better] = cell_hk[better, 0], cell_hk[better, 1]
-        site_out[better] = si
-        ideal[better] = pos[better]
-    tol = 0.3 * cell.min_distance_A()
     bad = best_d > tol
     ideal[bad] = np.nan
     site_out[bad] = -1
@@ -134,9 +139,37 @@ def fit_lattice(
         b_A=float(b_len),
         angle_deg=angle,
         reference_type=ref,
+        reference_site_uv=[float(v) for v in s0],
         cell=cell.name,
     )
     return out
+
+
+def _index_to_sites(
+    xy: np.ndarray,
+    types: np.ndarray,
+    cell: ProjectedCell,
+    org: np.ndarray,
+    vec: np.ndarray,
+    s0: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest site of the column's own type: (distance, h, k, site, ideal xy)."""
+    fr = (xy - org) @ np.linalg.inv(vec) + s0  # fractional coordinates, cell origin at 0
+    best_d = np.full(len(xy), np.inf)
+    h_out = np.zeros(len(xy), int)
+    k_out = np.zeros(len(xy), int)
+    site_out = np.full(len(xy), -1)
+    ideal = np.full((len(xy), 2), np.nan)
+    for si, st in cell.sites.iterrows():
+        cell_hk = np.round(fr - np.array([st.u, st.v]))
+        pos = org + (cell_hk + np.array([st.u, st.v]) - s0) @ vec
+        d = np.linalg.norm(pos - xy, axis=1)
+        better = (d < best_d) & (types == st.type)
+        best_d[better] = d[better]
+        h_out[better], k_out[better] = cell_hk[better, 0], cell_hk[better, 1]
+        site_out[better] = si
+        ideal[better] = pos[better]
+    return best_d, h_out, k_out, site_out, ideal
 
 
 def lattice_strain(indexed: pd.DataFrame, *, radius_A: float | None = None) -> pd.DataFrame:
@@ -241,7 +274,12 @@ def projected_unit_cell(
     if not ok.any():
         raise DataError("no column of `indexed` is indexed to a site of the cell")
     ref = indexed.attrs.get("reference_type", cell.sites["type"].iloc[0])
-    s0 = cell.sites[cell.sites["type"] == ref][["u", "v"]].to_numpy()[0]
+    s0 = np.asarray(
+        indexed.attrs.get(
+            "reference_site_uv", cell.sites[cell.sites["type"] == ref][["u", "v"]].to_numpy()[0]
+        ),
+        float,
+    )
     inv = np.linalg.inv(vec)
     xy = indexed[["x_A", "y_A"]].to_numpy(float)
     fr = (xy - org) @ inv + s0 - indexed[["h", "k"]].to_numpy(float)

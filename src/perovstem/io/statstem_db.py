@@ -29,7 +29,12 @@ from perovstem.errors import FileFormatError
 __all__ = ["read_statstem_cell"]
 
 
-def read_statstem_cell(path: str | os.PathLike, *, rename: dict[str, str] | None = None):
+def read_statstem_cell(
+    path: str | os.PathLike,
+    *,
+    rename: dict[str, str] | None = None,
+    merge_A: float | None = 0.5,
+):
     """Read a StatSTEM projected unit cell into a :class:`perovstem.atoms.ProjectedCell`.
 
     Parameters
@@ -38,6 +43,11 @@ def read_statstem_cell(path: str | os.PathLike, *, rename: dict[str, str] | None
         The ``.txt`` file.
     rename : dict, optional
         Map of atom names to column types (e.g. ``{"Pb": "PbBr"}`` for CsPbBr3).
+    merge_A : float or None
+        The files list atoms; atoms whose projections lie within ``merge_A`` Å of each other
+        (stacked along the beam, or split by octahedral tilts) form one column site, see
+        :meth:`ProjectedCell.merged` (``n_atoms`` per site).  ``None`` keeps one site per
+        listed atom.
 
     Raises
     ------
@@ -92,7 +102,7 @@ def read_statstem_cell(path: str | os.PathLike, *, rename: dict[str, str] | None
         }
     )
     try:
-        return ProjectedCell(
+        cell = ProjectedCell(
             params["length_a"],
             params["length_b"],
             params["angle_ab"],
@@ -102,3 +112,4 @@ def read_statstem_cell(path: str | os.PathLike, *, rename: dict[str, str] | None
         )
     except Exception as exc:  # ParameterError / DataError from the cell
         raise FileFormatError(f"{p}: invalid unit cell ({exc})") from None
+    return cell if merge_A is None else cell.merged(merge_A)
