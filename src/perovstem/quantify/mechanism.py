@@ -277,46 +277,62 @@ def mechanism_summary(
     return out
 
 
+def _dose_rate_row(
+    rows: pd.DataFrame, rate_per_s: np.ndarray, err_per_s: np.ndarray, observable: str, what: str
+) -> dict[str, Any] | None:
+    """Dose- or time-controlled? (rates per second at one temperature, several dose rates)."""
+    phi = rows["dose_rate_e_per_A2_s"].to_numpy(float)
+    try:
+        rerr = err_per_s if np.all(np.isfinite(err_per_s) & (err_per_s > 0)) else None
+        t, fits = fit_dose_rate_dependence(phi, rate_per_s, rate_err=rerr)
+    except PerovstemError:
+        return None
+    a = fits.get("power_law")
+    al = (a.params["alpha"], a.ci_low["alpha"], a.ci_high["alpha"]) if a else (np.nan,) * 3
+    return {
+        "condition": -1,
+        "process": "dose_rate",
+        "observable": observable,
+        "selected_model": t.loc[0, "model"],
+        "mechanism": t.loc[0, "mechanism"],
+        "weight": float(t.loc[0, "weight"]),
+        "param": "alpha",
+        "value": al[0],
+        "ci_low": al[1],
+        "ci_high": al[2],
+        "n_points": len(phi),
+        "text": f"{what} vs dose rate: {t.loc[0, 'mechanism']}; "
+        f"alpha = {_fmt(al[0])} [{_fmt(al[1])}, {_fmt(al[2])}]",
+    }
+
+
+def _same_t_several_rates(d: pd.DataFrame) -> pd.DataFrame:
+    if len(d) < 2 or d["dose_rate_e_per_A2_s"].nunique() < 2:
+        return d.iloc[:0]
+    return d.groupby("temperature_K").filter(lambda g: g["dose_rate_e_per_A2_s"].nunique() >= 2)
+
+
 def _across(summary: pd.DataFrame, level: float) -> pd.DataFrame:
     nuc = summary[(summary["process"] == "nucleation") & summary["value"].notna()]
     nuc = nuc[nuc["param"] == "J_per_e_per_A2"]
     rows = []
-    if len(nuc) >= 2 and nuc["dose_rate_e_per_A2_s"].nunique() >= 2:
-        same_t = nuc.groupby("temperature_K").filter(
-            lambda d: d["dose_rate_e_per_A2_s"].nunique() >= 2
+    same_t = _same_t_several_rates(nuc)
+    if len(same_t) >= 2:
+        phi = same_t["dose_rate_e_per_A2_s"].to_numpy(float)
+        j = same_t["value"].to_numpy(float) * phi
+        err = (same_t["ci_high"] - same_t["ci_low"]).to_numpy(float) / 3.92 * phi
+        r = _dose_rate_row(same_t, j, err, "J_per_s", "nucleation")
+        if r is not None:
+            rows.append(r)
+    mob_rate = summary[(summary["process"] == "mobility") & summary["value"].notna()]
+    same_t = _same_t_several_rates(mob_rate)
+    if len(same_t) >= 2:
+        err = (same_t["ci_high"] - same_t["ci_low"]).to_numpy(float) / 3.92
+        r = _dose_rate_row(
+            same_t, same_t["value"].to_numpy(float), err, "Gamma1_per_s", "Pb⁰ diffusion"
         )
-        if len(same_t) >= 2:
-            phi = same_t["dose_rate_e_per_A2_s"].to_numpy(float)
-            j = same_t["value"].to_numpy(float) * phi
-            err = (same_t["ci_high"] - same_t["ci_low"]).to_numpy(float) / 3.92 * phi
-            try:
-                rerr = err if np.all(err > 0) else None
-                t, fits = fit_dose_rate_dependence(phi, j, rate_err=rerr)
-                a = fits.get("power_law")
-                al = (
-                    (a.params["alpha"], a.ci_low["alpha"], a.ci_high["alpha"])
-                    if a
-                    else (np.nan, np.nan, np.nan)
-                )
-                rows.append(
-                    {
-                        "condition": -1,
-                        "process": "dose_rate",
-                        "observable": "J_per_s",
-                        "selected_model": t.loc[0, "model"],
-                        "mechanism": t.loc[0, "mechanism"],
-                        "weight": float(t.loc[0, "weight"]),
-                        "param": "alpha",
-                        "value": al[0],
-                        "ci_low": al[1],
-                        "ci_high": al[2],
-                        "n_points": len(phi),
-                        "text": f"nucleation vs dose rate: {t.loc[0, 'mechanism']}; "
-                        f"alpha = {_fmt(al[0])} [{_fmt(al[1])}, {_fmt(al[2])}]",
-                    }
-                )
-            except PerovstemError:
-                pass
+        if r is not None:
+            rows.append(r)
     if len(nuc) >= 2 and nuc["temperature_K"].nunique() >= 2:
         err = (nuc["ci_high"] - nuc["ci_low"]).to_numpy(float) / 3.92
         try:
