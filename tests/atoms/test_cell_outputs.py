@@ -269,3 +269,28 @@ def test_tilted_perovskite_database_cell_with_split_columns(statstem_data, rot, 
     assert pc.b_A == pytest.approx(cell.b_A, rel=0.005)
     du = pc.sites[["u", "v"]].to_numpy() - cell.sites[["u", "v"]].to_numpy()
     assert np.all(np.abs((du + 0.5) % 1 - 0.5) < 0.01)
+
+
+def test_find_voronoi_bad_input():
+    from perovstem.atoms import voronoi_intensities
+    from perovstem.errors import ParameterError
+
+    rng = np.random.default_rng(0)
+    img, truth = _perovskite_image(rng)
+    bad = img.data.copy()
+    bad[10, 10] = np.nan
+    for call in (
+        lambda: find_columns(Image(bad, 0.5), separation_A=2.0),
+        lambda: find_columns(Image(bad, 0.5), cell=cspbbr3_001_cell(6.0)),
+        lambda: voronoi_intensities(Image(bad, 0.5), truth[["x", "y"]].to_numpy() * 0.5),
+    ):
+        with pytest.raises(DataError, match="non-finite"):
+            call()
+    with pytest.raises(DataError, match="outside the image"):
+        voronoi_intensities(img, np.array([[1e4, 1e4], [3.0, 3.0], [6.0, 3.0]]))
+    with pytest.raises(DataError, match="empty"):
+        voronoi_intensities(img, np.zeros((0, 2)))
+    with pytest.raises(ParameterError, match="separation_A"):
+        find_columns(img, separation_A=-1.0)
+    with pytest.raises(ParameterError, match="pixel_size_A"):
+        find_columns(img.data)
