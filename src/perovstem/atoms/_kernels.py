@@ -217,13 +217,12 @@ def column_step(
     inv = 1.0 / (rk * rk)
     hb = i1 - i0 + 1
     wb = j1 - j0 + 1
-    gold = np.zeros((hb, wb))
-    gnew = np.zeros((hb, wb))
     if hb <= 0 or wb <= 0:
         return 0.0, False
     ex = _exp1d(xk, j0, j1, inv)
     ey = _exp1d(yk, i0, i1, inv)
-    # pixels of the old disk (gold is zero elsewhere in the box)
+    # pixels of the old disk (old and new Gaussians are recomputed from their separable
+    # factors where needed: no per-column image buffers)
     oj0, oj1 = _span(xk, rk, cut, nx)
     oi0, oi1 = _span(yk, rk, cut, ny)
     oj0 = max(j0, oj0)
@@ -241,7 +240,6 @@ def column_step(
             if r2 > rc2:
                 continue
             g = eyi * ex[j - j0]
-            gold[i - i0, j - j0] = g
             if use_box and (abs(i - ic) > box_half or abs(j - jc) > box_half):
                 continue
             wij = w[i, j]
@@ -336,39 +334,54 @@ def column_step(
         uj1 = min(j1, max(oj1, nj1))
         ui0 = max(i0, min(oi0, ni0))
         ui1 = min(i1, max(oi1, ni1))
-        # ``dsse_s``: the same change for untruncated Gaussians.  Near convergence a step of
-        # ~1e-3 px lowers the SSE less than pixels crossing the truncation circle change it
-        # (a ~exp(−cut²/2)·η step), which would reject good Gauss–Newton steps at random and
-        # stall the damping; the smooth test accepts them (disk model only).
-        dsse_s = 0.0
+        # disk model: the SSE change is taken for untruncated Gaussians.  Near convergence a
+        # step of ~1e-3 px lowers the SSE less than pixels crossing the truncation circle
+        # change it (a ~exp(−cut²/2)·η step), which would reject good Gauss–Newton steps at
+        # random and stall the damping; the smooth test accepts them
         smooth = cut > 0.0 and not use_box
         for i in range(ui0, ui1 + 1):
             ndy = i - nyk
             neyi = ney[i - i0]
             oeyi = ey[i - i0]
+            ody = i - yk
+            inbox_i = not use_box or abs(i - ic) <= box_half
             for j in range(uj0, uj1 + 1):
-                ndx = j - nxk
-                nr2 = ndx * ndx + ndy * ndy
-                gs = neyi * nex[j - j0]
-                gn = 0.0
-                if nr2 <= nrc2:
-                    gn = gs
-                gnew[i - i0, j - j0] = gn
-                dlt = ek * gold[i - i0, j - j0] - nek * gn
-                if use_box and (abs(i - ic) > box_half or abs(j - jc) > box_half):
+                if not inbox_i or (use_box and abs(j - jc) > box_half):
                     continue
                 rij = res[i, j]
-                if dlt != 0.0:
-                    dsse += w[i, j] * dlt * (2.0 * rij + dlt)
+                gs = neyi * nex[j - j0]
+                go = oeyi * ex[j - j0]
                 if smooth:
-                    dls = ek * oeyi * ex[j - j0] - nek * gs
-                    dsse_s += w[i, j] * dls * (2.0 * rij + dls)
-        if smooth:
-            dsse = dsse_s
+                    dls = ek * go - nek * gs
+                    dsse += w[i, j] * dls * (2.0 * rij + dls)
+                else:
+                    ndx = j - nxk
+                    odx = j - xk
+                    gn = 0.0
+                    if ndx * ndx + ndy * ndy <= nrc2 and nj0 <= j <= nj1 and ni0 <= i <= ni1:
+                        gn = gs
+                    if odx * odx + ody * ody > rc2 or j < oj0 or j > oj1 or i < oi0 or i > oi1:
+                        go = 0.0
+                    dlt = ek * go - nek * gn
+                    if dlt != 0.0:
+                        dsse += w[i, j] * dlt * (2.0 * rij + dlt)
         if dsse <= 0.0:
             for i in range(ui0, ui1 + 1):
+                ndy = i - nyk
+                ody = i - yk
+                neyi = ney[i - i0]
+                oeyi = ey[i - i0]
+                oin = i >= oi0 and i <= oi1
+                nin = i >= ni0 and i <= ni1
                 for j in range(uj0, uj1 + 1):
-                    res[i, j] += ek * gold[i - i0, j - j0] - nek * gnew[i - i0, j - j0]
+                    ndx = j - nxk
+                    odx = j - xk
+                    d = 0.0
+                    if oin and j >= oj0 and j <= oj1 and odx * odx + ody * ody <= rc2:
+                        d += ek * oeyi * ex[j - j0]
+                    if nin and j >= nj0 and j <= nj1 and ndx * ndx + ndy * ndy <= nrc2:
+                        d -= nek * neyi * nex[j - j0]
+                    res[i, j] += d
             x[k] = nxk
             y[k] = nyk
             eta[k] = nek
