@@ -56,11 +56,6 @@ def test_analyze_series_end_to_end(sim_series):
     assert f["n_Pb0_detected"].iloc[-1] > 0
 
 
-@pytest.mark.xfail(
-    reason="known limitation: on a crystal that is itself losing atoms, host-intensity "
-    "changes are partly taken for Pb clusters (Pb0 over-counted ~3x early in the series)",
-    strict=False,
-)
 def test_pb0_atoms_on_degrading_crystal(sim_series):
     from perovstem.insitu import analyze_series
 
