@@ -260,10 +260,22 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
 @register_step(
     "quantify.mechanism",
     inputs=(),
-    optional_inputs=("frames_a", "frames_b", "frames_c", "frames_d"),
+    optional_inputs=(
+        "frames_a",
+        "frames_b",
+        "frames_c",
+        "frames_d",
+        "tracks_a",
+        "tracks_b",
+        "tracks_c",
+        "tracks_d",
+    ),
     outputs=("summary",),
     params={
         "x": Param(str, "cumulative_dose_e_per_A2", "independent variable column"),
+        "max_step_A": Param(
+            float, 8.0, "largest step the cluster tracker links, Å (mobility diagnostics)", min=0.1
+        ),
         "level": Param(float, 0.95, "confidence level", min=0.5, max=0.999),
         "sources": Param(
             list,
@@ -275,10 +287,20 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
     requires=(MECHANISM,),
     section="mechanism",
     doc="Mechanism table: best kinetic model and key parameter of every process per condition "
-    "(temperature, dose rate, gas) and the dose-rate / temperature dependence across them.",
+    "(temperature, dose rate, gas) and the dose-rate / temperature dependence across them; "
+    "with cluster tracks (tracks_a ... for frames_a ...) also the Pb⁰ cluster hop rate per "
+    "condition and the activation energy of Pb⁰ diffusion.",
 )
 def quantify_mechanism(
-    ctx: Any, frames_a: Any = None, frames_b: Any = None, frames_c: Any = None, frames_d: Any = None
+    ctx: Any,
+    frames_a: Any = None,
+    frames_b: Any = None,
+    frames_c: Any = None,
+    frames_d: Any = None,
+    tracks_a: Any = None,
+    tracks_b: Any = None,
+    tracks_c: Any = None,
+    tracks_d: Any = None,
 ) -> dict[str, Any]:
     import pandas as pd
 
@@ -295,17 +317,41 @@ def quantify_mechanism(
             f"`sources` has {len(sources)} labels for {len(given)} input tables; give one per table"
         )
     frames = pd.concat([t.assign(series=k) for k, (_, t) in enumerate(given)], ignore_index=True)
-    summary = api(MECHANISM)(frames, x=ctx.params["x"], level=ctx.params["level"])
+    all_tracks = (tracks_a, tracks_b, tracks_c, tracks_d)
+    for i, tt in enumerate(all_tracks):
+        if tt is not None and (frames_a, frames_b, frames_c, frames_d)[i] is None:
+            raise DataError(f"tracks_{'abcd'[i]} given without frames_{'abcd'[i]}")
+    tr = [
+        all_tracks[i].assign(series=k)
+        for k, (i, _) in enumerate(given)
+        if all_tracks[i] is not None
+    ]
+    kw: dict[str, Any] = {}
+    if tr:
+        kw = {
+            "tracks": pd.concat(tr, ignore_index=True),
+            "mobility": {"max_step_A": ctx.params["max_step_A"], "rng": ctx.rng()},
+        }
+    summary = api(MECHANISM)(frames, x=ctx.params["x"], level=ctx.params["level"], **kw)
     if sources:
         # which table each condition came from (the summary records each condition's keys)
         keys = summary.attrs.get("conditions", [])
-        both = "+".join(dict.fromkeys(sources))
-        summary["source"] = [
+        src = [
             sources[int(keys[int(c)]["series"])]
             if 0 <= int(c) < len(keys) and "series" in keys[int(c)]
-            else both
+            else ""
             for c in summary["condition"]
         ]
+        summary["source"] = src
+        # an across-condition row comes from the per-condition rows of its process
+        of_process = {"J_per_s": "nucleation", "J_per_e_per_A2": "nucleation"}
+        of_process["Gamma1_per_s"] = "mobility"
+        for i in np.flatnonzero(summary["condition"].to_numpy() == -1):
+            proc = of_process.get(str(summary["observable"].iloc[i]), "")
+            used = summary.loc[(summary["process"] == proc) & (summary["condition"] >= 0), "source"]
+            summary.iloc[i, summary.columns.get_loc("source")] = "+".join(
+                dict.fromkeys(used)
+            ) or "+".join(dict.fromkeys(sources))
     for _, row in summary.iterrows():
         text = str(row.get("text", "") or "").strip()
         if not text or text == "nan":
