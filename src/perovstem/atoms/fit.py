@@ -716,6 +716,24 @@ def fit_columns(
 
     partition: dict[str, Any] = {"rbox": -1.0, "cells": None}
 
+    def neighbour_pairs() -> tuple[np.ndarray, np.ndarray]:
+        """Pairs of columns whose current models overlap."""
+        pr = cKDTree(np.column_stack([x, y])).query_pairs(
+            2.0 * float(_reach(cut, rho.max())) + 1.0, output_type="ndarray"
+        )
+        if not pr.size:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return pr[:, 0], pr[:, 1]
+
+    def active_set() -> np.ndarray:
+        """Columns whose last step moved them ≥ tol/10 (or failed), and their neighbours."""
+        moving = (shifts >= 0.1 * tol) | ~accepted
+        pa, pb = neighbour_pairs()
+        act = moving.copy()
+        act[pb[moving[pa]]] = True
+        act[pa[moving[pb]]] = True
+        return act
+
     def colour_partition():
         """Cells of the start positions, 4 colours; same-colour cells are ≥ one cell apart
         and a cell spans two column boxes plus twice the largest displacement, so concurrent
@@ -734,12 +752,11 @@ def fit_columns(
         sse_prev = np.inf
         polish = False
         for it_ in range(1, max_it + 1):
-            # active set: after two sweeps, a column whose last step moved it < tol/10 (and
-            # was accepted) is skipped; skipped columns keep that shift, so the convergence
-            # test below still covers every column
-            active = None
-            if it_ > 2 and not fix_pos:
-                active = (shifts >= 0.1 * tol) | ~accepted
+            # active set: after two sweeps, a column is skipped when its last step moved it
+            # < tol/10 (and was accepted) and no overlapping neighbour moved more; skipped
+            # columns keep that shift, so the convergence test still covers every column
+            # (not in StatSTEM's box stage, which refits every column in every iteration)
+            active = active_set() if it_ > 2 and not fix_pos and box_half <= 0.0 else None
             if estimator == "joint":
                 # always the colour-ordered sweep: the same order (and result, bit for bit)
                 # with one thread or many; `parallel` only sets the thread count
@@ -821,7 +838,7 @@ def fit_columns(
                     True,
                     0.0,
                 )
-                if it_ % 8 == 1 or float(shifts.max(initial=0.0)) < tol:
+                if it_ % (8 if it_ <= 40 else 32) == 1 or float(shifts.max(initial=0.0)) < tol:
                     res, _, _ = _joint_step(res, fix_pos=True, fix_rho=True)
             elif joint and (polish or it_ > 10):
                 # exact joint LM step on all parameters, once the cheap sweeps are close
