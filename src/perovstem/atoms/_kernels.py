@@ -934,3 +934,51 @@ def axpy_image(r, d, a):
     for p in range(rf.shape[0]):
         of[p] = rf[p] + a * df[p]
     return out
+
+
+@njit(cache=True, nogil=True)
+def eta_pass(res, w, x, y, eta, rho, cut, order):
+    """One Gauss–Seidel pass over the amplitudes only (positions and widths fixed).
+
+    η is linear: each column takes its exact least-squares update
+    ``δη = Σ w g r / Σ w g²`` against the current residual (no line search needed), and
+    ``res`` is updated in place.
+    """
+    ny, nx = res.shape
+    for m in range(order.shape[0]):
+        k = order[m]
+        xk = x[k]
+        yk = y[k]
+        rk = rho[k]
+        rc2 = _rc2(rk, cut)
+        inv = 1.0 / (rk * rk)
+        j0, j1 = _span(xk, rk, cut, nx)
+        i0, i1 = _span(yk, rk, cut, ny)
+        if i1 < i0 or j1 < j0:
+            continue
+        ex = _exp1d(xk, j0, j1, inv)
+        ey = _exp1d(yk, i0, i1, inv)
+        num = 0.0
+        den = 0.0
+        for i in range(i0, i1 + 1):
+            dy = i - yk
+            eyi = ey[i - i0]
+            for j in range(j0, j1 + 1):
+                dx = j - xk
+                if dx * dx + dy * dy > rc2:
+                    continue
+                g = eyi * ex[j - j0]
+                wg = w[i, j] * g
+                num += wg * res[i, j]
+                den += wg * g
+        if den <= 0.0:
+            continue
+        d = num / den
+        eta[k] += d
+        for i in range(i0, i1 + 1):
+            dy = i - yk
+            a = d * ey[i - i0]
+            for j in range(j0, j1 + 1):
+                dx = j - xk
+                if dx * dx + dy * dy <= rc2:
+                    res[i, j] -= a * ex[j - j0]

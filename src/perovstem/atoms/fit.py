@@ -456,7 +456,6 @@ def fit_columns(
         w = _weights(data - res, s_var, o_var, vfloor)
     lam = np.full(n, 1e-3)
     shifts = np.zeros(n)
-    shifts2 = np.zeros(n)
     accepted = np.zeros(n, dtype=np.bool_)
     free_rho_col = width == "column"
     shared_rho = width == "type"
@@ -815,29 +814,9 @@ def fit_columns(
             jshift = 0.0
             if box_half > 0:
                 # StatSTEM re-solves eta and the background after every sweep: an exact sparse
-                # solve every 8th sweep, cheap eta-only Gauss-Seidel passes in between
-                K.sweep_serial(
-                    res,
-                    w,
-                    x,
-                    y,
-                    eta,
-                    rho,
-                    cut,
-                    False,
-                    lam,
-                    max_shift,
-                    rho_min,
-                    rho_max,
-                    order,
-                    shifts2,
-                    accepted,
-                    x_start,
-                    y_start,
-                    max_disp_px,
-                    True,
-                    0.0,
-                )
+                # solve every 8th sweep (32nd after 40), exact eta-only Gauss-Seidel passes
+                # in between
+                K.eta_pass(res, w, x, y, eta, rho, cut, order)
                 if it_ % (8 if it_ <= 40 else 32) == 1 or float(shifts.max(initial=0.0)) < tol:
                     res, _, _ = _joint_step(res, fix_pos=True, fix_rho=True)
             elif joint and (polish or it_ > 10):
