@@ -243,3 +243,22 @@ def test_result_independent_of_threads_and_parallel_flag():
     # and the fit is right: position z-scores against the truth follow the CRLB
     z = (out[0].x_A - truth.x_A) / out[0].x_err_A
     assert np.abs(z).max() < 4.5 and 0.7 < z.std() < 1.3
+
+
+def test_find_peaks_disk_maxima_equal_the_disk_filter():
+    # find_peaks' fast disk-maximum test is the full disk maximum filter, plateaus included
+    from scipy import ndimage
+
+    from perovstem.atoms.find import _disk_maxima
+
+    rng = np.random.default_rng(0)
+    for sep in (1.0, 1.3, 2.5, 9.6):
+        for k in range(2):
+            sm = ndimage.gaussian_filter(rng.normal(size=(120, 150)), 1.5)
+            if k:
+                sm = np.round(sm, 1)  # plateaus: equal neighbouring maxima
+            r = int(np.floor(sep))
+            yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+            foot = xx**2 + yy**2 <= sep**2
+            ref = sm == ndimage.maximum_filter(sm, footprint=foot, mode="nearest")
+            assert np.array_equal(_disk_maxima(sm, sep), ref)

@@ -84,11 +84,7 @@ def find_peaks(
     bg = float(np.percentile(sm, 5))
     noise = _robust_noise(data) / (2.0 * np.sqrt(np.pi) * sig)  # σ of the smoothed image
     thr = float(threshold) if threshold is not None else min_snr * noise
-    r = int(np.floor(sep))
-    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    foot = xx**2 + yy**2 <= sep**2
-    mx = ndimage.maximum_filter(sm, footprint=foot, mode="nearest")
-    peak = (sm == mx) & (sm - bg > thr)
+    peak = _disk_maxima(sm, sep) & (sm - bg > thr)
     peak[[0, -1], :] = False
     peak[:, [0, -1]] = False
     ii, jj = np.nonzero(peak)
@@ -116,6 +112,31 @@ def find_peaks(
         separation_A=float(sep * dx), sigma_A=float(sig * dx), threshold=thr, pixel_size_A=dx
     )
     return df.reset_index(drop=True)
+
+
+def _disk_maxima(sm: np.ndarray, sep: float) -> np.ndarray:
+    """``sm == maximum_filter(sm, disk of radius sep, mode="nearest")``, computed only at the
+    pixels that are maxima of their 4-neighbourhood (contained in every disk of radius ≥ 1):
+    the same mask as the full disk filter, at a fraction of its cost."""
+    ny, nx = sm.shape
+    pad = np.pad(sm, 1, mode="edge")
+    c = pad[1:-1, 1:-1]
+    cand = (
+        (c >= pad[:-2, 1:-1]) & (c >= pad[2:, 1:-1]) & (c >= pad[1:-1, :-2]) & (c >= pad[1:-1, 2:])
+    )
+    ii, jj = np.nonzero(cand)
+    v = sm[ii, jj]
+    ok = np.ones(ii.size, dtype=bool)
+    r = int(np.floor(sep))
+    for dy in range(-r, r + 1):
+        yi = np.clip(ii + dy, 0, ny - 1)  # mode="nearest"
+        for dx in range(-r, r + 1):
+            if dx * dx + dy * dy > sep * sep or (dx == 0 and dy == 0):
+                continue
+            ok &= sm[yi, np.clip(jj + dx, 0, nx - 1)] <= v
+    out = np.zeros(sm.shape, dtype=bool)
+    out[ii[ok], jj[ok]] = True
+    return out
 
 
 def estimate_lattice(image: Image | np.ndarray, *, pixel_size_A: float | None = None) -> np.ndarray:
