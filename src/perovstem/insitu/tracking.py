@@ -45,6 +45,8 @@ def track_clusters(
     size_column: str | None = "n_atoms",
     merge_mass_fraction: float = 0.7,
     size_rel_err: float = 0.05,
+    min_merge_atoms: float = 10.0,
+    min_merge_frames: int = 1,
     method: str = "mass",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Link per-frame cluster detections into tracks and a lineage with merges.
@@ -70,13 +72,23 @@ def track_clusters(
         A merge is kept when the growth of the continuing cluster is at least this
         fraction of the atoms of the clusters that end (within ``size_rel_err``).
     size_rel_err : float
-        Relative standard error of the sizes (2σ tolerance of the mass check).
+        Relative standard error of the sizes (2σ tolerance of the mass check); a column
+        ``<size_column>_err`` (e.g. ``n_atoms_err`` of :func:`detect_clusters`) is used
+        when it gives a larger error.
+    min_merge_atoms : float
+        ``"mass"``: a cluster that ends next to a continuing one is a merge parent only
+        with at least this size (atoms); smaller ones are absorbed (growth by attachment;
+        lineage ``fate="absorbed"``, ``merged_into`` the cluster that took them, no event).
+    min_merge_frames : int
+        ``"mass"``: a merge parent must have been tracked for at least this many frames
+        (1: no condition); younger ones are absorbed as above.
     method : {"mass", "laptrack"}
         ``"mass"`` (default): frame-to-frame LAP (squared distance plus a size-change
-        penalty), then every track that ends is tested as a merge partner of the nearest
-        cluster of the next frame that can hold its atoms (within the two radii plus
-        ``merge_distance_A``) — coalescing clusters move to their centre of mass, which
-        can be farther than ``max_step_A`` from either parent.  ``"laptrack"``: laptrack's
+        penalty), then every track that ends (largest first) is tested as a merge partner
+        of the next-frame cluster within reach (the two radii plus ``merge_distance_A``)
+        whose unexplained growth best matches its atoms (the nearest one without sizes)
+        — coalescing clusters move to their centre of mass, which can be farther than
+        ``max_step_A`` from either parent.  ``"laptrack"``: laptrack's
         segment merging, then the same mass check.
 
     Returns
@@ -85,7 +97,8 @@ def track_clusters(
         The input rows with ``track_id`` (one id per segment between events).
     lineage : DataFrame
         One row per track: ``track_id, parents (list), start_frame, end_frame, origin
-        ("first_frame"|"nucleation"|"merge"), fate ("alive"|"merged"|"death"), merged_into,
+        ("first_frame"|"nucleation"|"merge"), fate ("alive"|"merged"|"absorbed"|"death"),
+        merged_into,
         n_atoms_start, n_atoms_end, x_start_A, y_start_A``.  ``attrs['n_merges']``.
     """
     need = ["frame", "x_A", "y_A"] + ([size_column] if size_column else [])
@@ -117,6 +130,8 @@ def track_clusters(
             size_column,
             merge_mass_fraction,
             size_rel_err,
+            float(min_merge_atoms),
+            int(min_merge_frames),
         )
     from laptrack import LapTrack
 
@@ -162,11 +177,18 @@ def _track_mass(
     size_col: str | None,
     frac: float,
     size_rel_err: float,
+    min_merge: float = 0.0,
+    min_frames: int = 1,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     from scipy.optimize import linear_sum_assignment
 
     df = df.sort_values("frame", kind="stable").reset_index(drop=True)
     size = df[size_col].to_numpy(float) if size_col else np.ones(len(df))
+    err_col = f"{size_col}_err" if size_col else None
+    if err_col and err_col in df.columns:
+        serr = np.nan_to_num(np.abs(df[err_col].to_numpy(float)), nan=0.0)
+    else:
+        serr = np.zeros(len(df))
     xy = df[["x_A", "y_A"]].to_numpy(float)
     fr = df["frame"].to_numpy(int)
     rad = _radius_A(size) if size_col else np.zeros(len(df))
@@ -175,9 +197,12 @@ def _track_mass(
     rows_of = {f: np.flatnonzero(fr == f) for f in frames}
     next_id = 0
     merges: list[tuple[int, int]] = []  # (parent segment, child segment)
+    absorbed: dict[int, int] = {}  # small ended segment -> segment of the row it joined
+    seg_start: dict[int, int] = {}  # segment -> first frame
     open_ends: dict[int, int] = {}  # segment -> last row (ended, waiting for gap closing)
     for i in rows_of[frames[0]]:
         seg[i] = next_id
+        seg_start[next_id] = int(frames[0])
         next_id += 1
     for fa, fb in zip(frames[:-1], frames[1:], strict=True):
         a, b = rows_of[fa], rows_of[fb]
@@ -193,24 +218,63 @@ def _track_mass(
                     cont[b[j]] = a[i]
         matched_a = set(cont.values())
         ended = [i for i in a if i not in matched_a] if fb - fa == 1 else list(a)
-        # merges: an ended cluster joins the nearest next-frame cluster able to hold it
+        # merges: an ended cluster joins the next-frame cluster within reach whose
+        # unexplained growth best matches its atoms (largest ended clusters first; the
+        # nearest one when no size is known or none can hold it)
         merged_into: dict[int, list[int]] = {}
-        for i in ended:
+        gain = {}
+        if len(b):
+            for j in b:
+                q = cont.get(j)
+                gain[int(j)] = float(size[j] - (size[q] if q is not None else 0.0))
+        for i in sorted(ended, key=lambda r: -size[r]):
             if not len(b):
                 break
             d = np.hypot(*(xy[b] - xy[i]).T)
             ok = d <= rad[b] + rad[i] + merge_margin
             if not ok.any():
                 continue
-            j = b[np.argmin(np.where(ok, d - rad[b], np.inf))]
-            merged_into.setdefault(int(j), []).append(int(i))
+            near = d - rad[b]
+            choice = int(np.argmin(np.where(ok, near, np.inf)))
+            if size_col is not None:
+                g_b = np.array([gain[int(j)] for j in b])
+                sig = np.sqrt(serr[b] ** 2 + serr[i] ** 2) + size_rel_err * (size[b] + size[i])
+                holds = ok & (g_b >= frac * size[i] - 2 * sig)
+                if holds.any():
+                    score = np.abs(g_b - size[i]) / sig + near / (merge_margin + rad[i])
+                    choice = int(np.argmin(np.where(holds, score, np.inf)))
+            j = int(b[choice])
+            gain[j] -= float(size[i])
+            merged_into.setdefault(j, []).append(int(i))
         new_child: dict[int, list[int]] = {}
+        absorb_rows: dict[int, int] = {}
         for j, ps in merged_into.items():
             q = cont.get(j)
+            if q is not None and (min_merge > 0 or min_frames > 1):
+                # clusters below the merge size, or seen in fewer than `min_frames` frames
+                # (flicker, fragments of the segmentation), join the continuing one as
+                # growth, not as a coalescence of two tracked clusters
+                def _merger(i: int, fa: int = int(fa)) -> bool:
+                    big = size_col is None or size[i] >= min_merge
+                    age = fa - seg_start.get(int(seg[i]), fa) + 1
+                    return bool(big and age >= min_frames)
+
+                small = [i for i in ps if not _merger(i)]
+                ps = [i for i in ps if _merger(i)]
+                for i in small:
+                    absorb_rows[i] = j
+                if not ps:
+                    continue
             parents = ([q] if q is not None else []) + ps
             # mass check: the growth must carry most of the merging clusters' atoms
+            # (2 sigma of the counts: their own errors when given, else size_rel_err)
             base = float(size[q]) if q is not None else 0.0
-            tol = 2 * size_rel_err * float(np.hypot(size[j], base))
+            e2 = (
+                serr[j] ** 2
+                + (serr[q] ** 2 if q is not None else 0.0)
+                + float(np.sum(serr[ps] ** 2))
+            )
+            tol = 2 * max(size_rel_err * float(np.hypot(size[j], base)), float(np.sqrt(e2)))
             if size_col is None or size[j] - base >= frac * float(size[ps].sum()) - tol:
                 if len(parents) >= 2:
                     new_child[j] = parents
@@ -241,13 +305,19 @@ def _track_mass(
                 else:
                     seg[j] = next_id
                     next_id += 1
+        for j in b:
+            seg_start.setdefault(int(seg[j]), int(fb))
+        for i, j in absorb_rows.items():
+            if i in ended_set and seg[j] >= 0:
+                absorbed[int(seg[i])] = int(seg[j])
+                ended_set.discard(i)
         for i in ended_set:
             open_ends[int(seg[i])] = int(i)
         # forget ends older than the gap
         open_ends = {k: v for k, v in open_ends.items() if fb - fr[v] <= gap}
     df["track_id"] = seg
     mg = np.asarray(merges, int).reshape(-1, 2)
-    return _build_lineage(df, mg, size_col, frac)
+    return _build_lineage(df, mg, size_col, frac, absorbed)
 
 
 def _empty_lineage() -> pd.DataFrame:
@@ -270,7 +340,11 @@ def _empty_lineage() -> pd.DataFrame:
 
 
 def _build_lineage(
-    df: pd.DataFrame, merges: np.ndarray, size_col: str | None, frac: float
+    df: pd.DataFrame,
+    merges: np.ndarray,
+    size_col: str | None,
+    frac: float,
+    absorbed: dict[int, int] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Turn laptrack segments + merge edges into KMC-style tracks (new id after a merge)."""
     df = df.sort_values(["frame", "track_id"]).reset_index(drop=True)
@@ -326,6 +400,7 @@ def _build_lineage(
             lineage_parents[tc] = pf
             for p in pf:
                 merged_into[p] = tc
+    absorbed_final = {final[a]: final[b] for a, b in (absorbed or {}).items()}
     last_frame = int(df["frame"].max())
     for t, gg in g:
         gg = gg.sort_values("frame")
@@ -336,6 +411,8 @@ def _build_lineage(
         origin = "merge" if ps else ("first_frame" if s0 == first_frame else "nucleation")
         if t in merged_into:
             fate = "merged"
+        elif t in absorbed_final:
+            fate = "absorbed"
         elif s1 == last_frame:
             fate = "alive"
         else:
@@ -348,7 +425,7 @@ def _build_lineage(
                 "end_frame": s1,
                 "origin": origin,
                 "fate": fate,
-                "merged_into": merged_into.get(t, -1),
+                "merged_into": merged_into.get(t, absorbed_final.get(t, -1)),
                 "n_atoms_start": float(gg["_size"].iloc[0]) if size_col else np.nan,
                 "n_atoms_end": float(gg["_size"].iloc[-1]) if size_col else np.nan,
                 "x_start_A": float(gg["x_A"].iloc[0]),
