@@ -304,8 +304,13 @@ def main(argv=None):
     from perovstem import Image
     from perovstem.atoms import find_peaks, fit_columns
 
-    wimg, _ = square_scene(6)
-    fit_columns(Image(wimg, 1.0), find_peaks(Image(wimg, 1.0), separation_A=9.6), width="column")
+    # (a scene big enough for every code path of the sweeps — active sets from the 3rd sweep —
+    # with and without numba threads, so that no timed fit loads a compiled specialisation)
+    wimg, _ = square_scene(20)
+    wstart = find_peaks(Image(wimg, 1.0), separation_A=9.6)
+    for par in (False, True):
+        fit_columns(Image(wimg, 1.0), wstart, width="column", parallel=par, joint=False)
+        fit_columns(Image(wimg, 1.0), wstart, width="column", parallel=par)
 
     # 1. square scene, same image for both
     if have_atomap:
