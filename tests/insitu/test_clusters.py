@@ -20,27 +20,29 @@ def _radius(n):
 
 
 def _truth_clusters(truth: pd.DataFrame) -> pd.DataFrame:
-    """Projected truth clusters; clusters overlapping in projection count as one object."""
+    """Projected truth objects: clusters whose projected equal-volume discs overlap
+    (centre distance < r1 + r2) cannot be told apart in one projection and count as one
+    object (atoms summed, centre of mass)."""
     tcol = truth[truth["cluster_id"] >= 0]
     rows = []
     for _, g in tcol.groupby("cluster_id"):
         w = g["n_Pb0"].to_numpy(float)
-        rows.append([np.average(g["x_A"], weights=w), np.average(g["y_A"], weights=w), w.sum()])
+        rows.append([np.average(g["x_A"], weights=w), np.average(g["y_A"], weights=w), w.sum(), 1])
     merged = True
     while merged:
         merged = False
         for i in range(len(rows)):
             for j in range(i + 1, len(rows)):
-                (xi, yi, ni), (xj, yj, nj) = rows[i], rows[j]
-                if np.hypot(xi - xj, yi - yj) < max(_radius(ni), _radius(nj)):
+                (xi, yi, ni, ki), (xj, yj, nj, kj) = rows[i], rows[j]
+                if np.hypot(xi - xj, yi - yj) < _radius(ni) + _radius(nj):
                     n = ni + nj
-                    rows[i] = [(xi * ni + xj * nj) / n, (yi * ni + yj * nj) / n, n]
+                    rows[i] = [(xi * ni + xj * nj) / n, (yi * ni + yj * nj) / n, n, ki + kj]
                     del rows[j]
                     merged = True
                     break
             if merged:
                 break
-    return pd.DataFrame(rows, columns=["x_A", "y_A", "n_atoms"])
+    return pd.DataFrame(rows, columns=["x_A", "y_A", "n_atoms", "n_clusters"])
 
 
 def _match(tc, det):
@@ -52,9 +54,46 @@ def _match(tc, det):
         tc["x_A"].to_numpy()[:, None] - det["x_A"].to_numpy()[None, :],
         tc["y_A"].to_numpy()[:, None] - det["y_A"].to_numpy()[None, :],
     )
-    tol = np.maximum(5.0, _radius(tc["n_atoms"].to_numpy()))[:, None]
+    tol = np.maximum(5.0, _radius(tc["n_atoms"].to_numpy()) + 2.0)[:, None]
     r, c = linear_sum_assignment(np.where(d < tol, d, 1e6))
     return [(i, j) for i, j in zip(r, c, strict=True) if d[i, j] < tol[i, 0]]
+
+
+def _score_frame(det, truth, field_A):
+    """(tp, fp, fn, [(rel. count error, inside)]) for >= 10-atom truth objects.
+
+    A detection on a smaller truth object is neither a hit nor a false positive, nor is a
+    second detection inside an object made of several overlapping clusters (it resolved
+    them); such an object's count is the sum of its detections.  "inside": the object's
+    disc + 3 Å lies in the field of view (a cluster cut by the frame edge cannot be
+    counted)."""
+    tc = _truth_clusters(truth)
+    big = tc[tc["n_atoms"] >= 10].reset_index(drop=True)
+    small = tc[tc["n_atoms"] < 10]
+    ok = _match(big, det)
+    hit = {j for _, j in ok}
+    extra: dict[int, list[int]] = {}
+    fp = 0
+    for j in range(len(det)):
+        if j in hit:
+            continue
+        xj, yj = det["x_A"].iloc[j], det["y_A"].iloc[j]
+        d = np.hypot(small["x_A"] - xj, small["y_A"] - yj)
+        if len(small) and np.any(d < np.maximum(5.0, _radius(small["n_atoms"]) + 2.0)):
+            continue
+        db = np.hypot(big["x_A"] - xj, big["y_A"] - yj)
+        inside_obj = (big["n_clusters"] > 1) & (db < _radius(big["n_atoms"]) + 2.0)
+        if inside_obj.any():
+            extra.setdefault(int(np.argmin(np.where(inside_obj, db, np.inf))), []).append(j)
+            continue
+        fp += 1
+    out = []
+    for i, j in ok:
+        x, y, n = big.loc[i, ["x_A", "y_A", "n_atoms"]]
+        inside = min(x, y, field_A - x, field_A - y) - _radius(n) > 3.0
+        n_det = det["n_atoms"].iloc[[j, *extra.get(i, [])]].sum()
+        out.append((n_det / n - 1, inside))
+    return len(ok), fp, len(big) - len(ok), out
 
 
 def test_cluster_library_monotone_and_inverse():
@@ -83,15 +122,18 @@ def test_lattice_estimate_on_simulated_crystal():
     assert strength > 20
 
 
-def test_clusters_detected_and_counted_on_simulated_frames():
-    """Simulator frames (fast HAADF model, abTEM-calibrated SCS, Moffat PSF tail, Poisson noise):
-    clusters of 10-190 atoms at corners, edges and faces, three doses, many seeds."""
+@pytest.mark.parametrize("px, seeds", [(0.4, range(200, 216)), (0.5, range(400, 424))])
+def test_clusters_detected_and_counted_on_simulated_frames(px, seeds):
+    """Simulator frames (fast HAADF model, abTEM-calibrated SCS, Moffat PSF tail, Poisson
+    noise): clusters of 10-150 atoms at corners, edges and faces of a 4 nm crystal (in
+    projection beside, touching or on top of it), doses 5e3-1e5 e/Å², many seeds."""
     from perovstem.simulate import add_pb_cluster, nanocrystal
     from perovstem.simulate.haadf import haadf_image
 
     tp = fp = fn = 0
-    rel = []
-    for seed in range(200, 212):
+    res = []
+    shape = (192, 192) if px == 0.4 else (160, 160)
+    for seed in seeds:
         rng = np.random.default_rng(seed)
         at = nanocrystal(edge_A=40.0, rng=seed)
         for n in rng.choice([10, 15, 25, 40, 80, 150], 4, replace=False):
@@ -99,23 +141,22 @@ def test_clusters_detected_and_counted_on_simulated_frames():
             at = add_pb_cluster(at, int(n), site=site, rng=rng)
         dose = float(rng.choice([5e3, 2e4, 1e5]))
         img, truth = haadf_image(
-            at, pixel_size_A=0.4, shape=(192, 192), center_A=(0, 0), dose_e_per_A2=dose, rng=seed
+            at, pixel_size_A=px, shape=shape, center_A=(0, 0), dose_e_per_A2=dose, rng=seed
         )
         det = detect_clusters(img, frame=seed)
         assert (det["frame"] == seed).all()
-        tc = _truth_clusters(truth)
-        tc = tc[tc["n_atoms"] >= 10].reset_index(drop=True)
-        ok = _match(tc, det)
-        tp += len(ok)
-        fn += len(tc) - len(ok)
-        fp += len(det) - len(ok)
-        rel += [det["n_atoms"].iloc[j] / tc["n_atoms"].iloc[i] - 1 for i, j in ok]
+        a, b, c, r = _score_frame(det, truth, (shape[0] - 1) * px)
+        tp, fp, fn = tp + a, fp + b, fn + c
+        res += r
     precision, recall = tp / (tp + fp), tp / (tp + fn)
-    rel = np.asarray(rel)
-    assert precision >= 0.9, precision
-    assert recall >= 0.9, recall
-    assert abs(np.median(rel)) < 0.05
-    assert np.mean(np.abs(rel) < 0.15) >= 0.75
+    assert precision >= 0.95, precision
+    assert recall >= 0.95, recall
+    rel = np.array([r for r, inside in res if inside])
+    assert len(rel) >= 40
+    assert abs(np.median(rel)) < 0.04
+    # measured 0.90 (0.4 Å) and 0.86 (0.5 Å); 0.70 and 0.55 before the line-element
+    # background, the plateau-confined bias and the aperture counts
+    assert np.mean(np.abs(rel) < 0.15) >= 0.82, np.mean(np.abs(rel) < 0.15)
 
 
 def test_clusters_on_support_without_crystal(synth):
@@ -160,3 +201,63 @@ def test_detect_clusters_bad_input():
         np.random.default_rng(0).poisson(5.0, (64, 64)).astype(float), pixel_size_A=0.5
     )
     assert det.empty or det["n_atoms"].isna().all()
+
+
+def test_host_island_is_not_a_cluster():
+    """A less-damaged island of host on a degraded crystal is an excess over the background
+    like a cluster; the host-lattice and compactness tests must not count it as Pb."""
+    from perovstem.simulate import nanocrystal
+    from perovstem.simulate.haadf import haadf_image
+
+    for seed in (0, 1):
+        at = nanocrystal(edge_A=40.0, rng=seed)
+        pos = at.get_positions()
+        c = pos.mean(axis=0)
+        top = pos[:, 2] > c[2] + 8.0  # top three layers lost ...
+        island = (np.abs(pos[:, 0] - c[0] + 6) < 7) & (np.abs(pos[:, 1] - c[1] - 4) < 7)
+        img, _ = haadf_image(
+            at[~top | island],  # ... except a 14 Å island
+            pixel_size_A=0.4,
+            shape=(192, 192),
+            center_A=(0, 0),
+            dose_e_per_A2=5e4,
+            rng=seed,
+        )
+        plain = detect_clusters(img, host_test=False, compact_test=False)
+        assert plain["n_atoms"].max() > 20  # the island is a significant excess ...
+        det = detect_clusters(img)
+        assert det.empty, det[["x_A", "y_A", "n_atoms", "host_fraction"]]  # ... but no Pb
+        assert 0.1 < det.attrs["host_empty_site_ratio"] < 0.5
+
+
+def test_pb0_on_degrading_crystals_kmc():
+    """KMC degradation series (Br loss, Pb0 diffusion, nucleation, growth, coalescence on
+    a 4 nm crystal that loses its host atoms) at several dose rates and temperatures: the
+    Pb0 in detected clusters follows the truth once clusters have grown (host patches of
+    the damaged crystal are not taken for Pb)."""
+    from perovstem.insitu import analyze_series
+    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
+
+    at = nanocrystal(edge_A=40.0, rng=0)
+    for phi, temp, seed in ((1.5e3, 300.0, 5), (3e3, 260.0, 2), (3e3, 320.0, 8), (6e3, 300.0, 4)):
+        tr = degradation_kmc(
+            at,
+            n_frames=12,
+            frame_time_s=1.0,
+            dose_rate_e_per_A2_s=phi,
+            temperature_K=temp,
+            rng=seed,
+        )
+        s, truth = insitu_series(
+            tr, pixel_size_A=0.5, drift_A_per_s=(0.8, -0.5), jitter_A=0.3, rng=seed
+        )
+        f = analyze_series(s, summary=False, phase_check=False, crystal=False).frames
+        det = f["n_Pb0_detected"].to_numpy(float)
+        true = truth["frames"]["n_cluster_atoms"].to_numpy(float)
+        assert 0.67 * true[-1] < det[-1] < 1.5 * true[-1], (phi, temp, det[-1], true[-1])
+        # frames with >= 150 cluster atoms: measured ratios 0.55-1.41, median 1.15
+        # (1.06-3.28, median 1.9 before the host-lattice test)
+        grown = true >= 150
+        ratio = det[grown] / true[grown]
+        assert np.all((ratio > 0.5) & (ratio < 1.5)), (phi, temp, ratio)
+        assert 0.8 < np.median(ratio) < 1.3, (phi, temp, ratio)

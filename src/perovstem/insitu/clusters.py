@@ -149,33 +149,43 @@ def cluster_scs_library(
     return df
 
 
-def _lattice_opening(m: np.ndarray, side: int) -> np.ndarray:
+def _lattice_opening(m: np.ndarray, side: int, noise_scale: float = 0.0) -> np.ndarray:
     """Grey opening with lattice-aligned line elements: min of the row and column openings.
 
     A crystal facet parallel to a lattice row survives the opening along that row, a corner
     survives both, and a compact cluster (shorter than ``side`` along both axes) is removed.
     A 1-D element samples far fewer pixels than a square one, so the opening of a noisy
-    plateau sits much closer to its mean (smaller noise bias).
+    plateau sits much closer to its mean (smaller noise bias).  A row of touching clusters
+    longer than ``side`` would survive a line element, though; the square opening (≤ the
+    line openings) removes it, so the line result may exceed the square one only by the
+    difference of their noise biases (3 shot-noise σ of the plateau, ``noise_scale`` =
+    variance / level), never by the height of a cluster.
     """
     # outside the frame counts as the lowest value: a cluster cut by the frame edge is not
     # mirrored into a structure the element fits in, a facet touching the edge still is
     low = float(np.min(m))
-    return np.minimum(
+    line = np.minimum(
         ndimage.grey_opening(m, size=(1, side), mode="constant", cval=low),
         ndimage.grey_opening(m, size=(side, 1), mode="constant", cval=low),
     )
+    if noise_scale <= 0:
+        return line
+    sq = ndimage.grey_opening(m, size=(side, side), mode="constant", cval=low)
+    return np.minimum(line, sq + 3.0 * np.sqrt(noise_scale * np.clip(sq, 0, None)))
 
 
 def _plateau_excess(m: np.ndarray, side: int, tilt: float, var: np.ndarray) -> np.ndarray:
     """Excess of ``m`` over its lattice-aligned opening, corrected for the noise bias."""
+    pos = m > 0
+    ns = float(np.median(var[pos] / m[pos])) if pos.any() else 0.0
     if abs(tilt) > 0.5:
         rot = ndimage.rotate(m, -tilt, reshape=True, order=1, mode="nearest")
-        bg_r = _lattice_opening(rot, side)
+        bg_r = _lattice_opening(rot, side, ns)
         bg = ndimage.rotate(bg_r, tilt, reshape=False, order=1, mode="nearest")
         cy, cx = (np.array(bg.shape) - np.array(m.shape)) // 2
         bg = bg[cy : cy + m.shape[0], cx : cx + m.shape[1]]
     else:
-        bg = _lattice_opening(m, side)
+        bg = _lattice_opening(m, side, ns)
     e = m - bg
     # the opening of a noisy plateau sits on its noise minima: remove that bias with a local
     # median of the excess over the element size, ignoring pixels that are already
@@ -369,6 +379,7 @@ def detect_clusters(
     smooth_A: float = 2.0,
     min_atoms: float = 5.0,
     host_test: bool = True,
+    compact_test: bool = True,
     aperture_A: float | None = 3.0,
     library: pd.DataFrame | None = None,
     frame: int = 0,
@@ -399,6 +410,10 @@ def detect_clusters(
     host_test : bool
         Apply the host-lattice test (step 4 of the module notes): counts of regions whose
         excess is mostly host lattice come from the host-free map.
+    compact_test : bool
+        Drop segments that are not compact like a Pb cluster of their count: area above
+        2.5 π(R + 4 Å)² or peak excess below 1.5× its mean over π(R + 2 Å)² (R the
+        equal-volume radius); only with a dose.
     aperture_A : float or None
         Aperture margin beyond the cluster radius for the counts, Å (step 5); ``None``
         integrates the hysteresis segment.
@@ -529,6 +544,9 @@ def detect_clusters(
                     dd = np.where(dsum > 0, dsum, 1)
                     cy = np.where(ok, bsum(edw * yy) / dd + r0, cy)
                     cx = np.where(ok, bsum(edw * xx) / dd + c0, cx)
+                    pk_d = np.full(k, -np.inf)
+                    np.maximum.at(pk_d, lab_px - 1, ed)
+                    peak = np.where(use_d, pk_d, peak)
                     tot = np.where(use_d, tot_d, tot)
                     err = np.where(use_d, err_d, err)
         keep = (npx > 0) & (zpk >= hi) & (tot >= threshold_sigma * err)
@@ -584,7 +602,19 @@ def detect_clusters(
         dn = atoms_from_scs(df["scs_A2"].to_numpy() + df["scs_err_A2"].to_numpy(), lib) - n
         df["n_atoms"] = n
         df["n_atoms_err"] = np.abs(dn)
-        df = df[df["n_atoms"] >= min_atoms]
+        keep = df["n_atoms"] >= min_atoms
+        if compact_test:
+            # A Pb cluster is compact (fcc): its segment is not much larger than the
+            # blurred disc of a compact cluster holding its atoms, and its excess peaks
+            # (dome profile: peak >= ~2x the mean over that disc).  A flat, extended
+            # residual of the background (a facet, a thickness step) fails both.
+            r = _fcc_radius_A(n)
+            disc = np.pi * (r + 2.0) ** 2
+            mean_d = df["integrated_counts"].to_numpy(float) / (disc / (px * px))
+            peak_ratio = df["peak_excess"].to_numpy(float) / np.maximum(mean_d, 1e-30)
+            big_area = df["area_A2"].to_numpy(float) > 2.5 * np.pi * (r + 4.0) ** 2
+            keep &= ~(big_area | (peak_ratio < 1.5))
+        df = df[keep]
     else:
         df["scs_A2"] = np.nan
         df["scs_err_A2"] = np.nan
