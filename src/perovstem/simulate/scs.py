@@ -62,8 +62,14 @@ _REPEAT = {  # atoms per repeat of each reference column type
 
 @functools.lru_cache(maxsize=1)
 def load_table() -> pd.DataFrame:
-    """The raw abTEM calibration table (columns: voltage_kV, semiangle_mrad, inner_mrad,
-    outer_mrad, column_type, n, repeat_A, scs_voronoi_A2, configs)."""
+    """The raw abTEM calibration table.
+
+    Columns: voltage_kV, semiangle_mrad, inner_mrad, outer_mrad, column_type, n, repeat_A,
+    scs_voronoi_A2 (Å²), se_A2 (standard error over frozen-phonon configurations, Å²),
+    configs, ndiv (points per cell edge of the Voronoi integration grid; 0 where the value is
+    a total).  Conditions and the run are documented in the CSV header, ``data/README.md``
+    and ``benchmarks/results/calibrate_scs_abtem.json``.
+    """
     try:
         ref = resources.files("perovstem.simulate").joinpath("data/scs_abtem.csv")
         with ref.open("r") as fh:
