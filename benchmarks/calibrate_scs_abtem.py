@@ -30,10 +30,17 @@ frozen phonons = independent Gaussian displacements with the rms per direction `
   cells, Δx = 0.03 Å, abTEM ``FrozenPhonons`` seed 1, one cell scanned at a/20, argmin
   Voronoi) with 4 and with many configurations, and static lattices for the box size.
 
-Run (GPU, about 6 min on one H200)::
+Runs behind the shipped table and ``benchmarks/results/calibrate_scs_abtem.json`` (one
+NVIDIA H200; the three records were merged into the JSON, then validated on the CPU)::
 
-    python benchmarks/calibrate_scs_abtem.py --device gpu --outdir /tmp/cal --budget 360
-    python benchmarks/calibrate_scs_abtem.py --validate-only   # fast-model check, no abTEM
+    python benchmarks/calibrate_scs_abtem.py --device gpu --outdir /tmp/cal --budget 330 \
+        --hard-limit 420 --no-validate                               # table, 330 s
+    python benchmarks/calibrate_scs_abtem.py --device gpu --voltages 300 --parts PbBr \
+        --lateral 4 --min-configs 24 --budget 105 --no-diagnostics --no-validate \
+        --outdir /tmp/lat4                                           # box size (also 5)
+    python benchmarks/calibrate_scs_abtem.py --device gpu --notes-spread 12 \
+        --outdir /tmp/spread                                         # notes' procedure x12
+    python benchmarks/calibrate_scs_abtem.py --validate-only --old-csv OLD.csv  # no abTEM
 
 The time budget is shared between the parts; every part runs at least ``--min-configs``
 configurations (scanning fewer cells per configuration if the device is slow).
@@ -1166,6 +1173,13 @@ def main(argv=None) -> int:
     p.add_argument("--ncells-pb", type=int, default=None, help="override fcc Pb cells")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     p.add_argument("--no-diagnostics", dest="diagnostics", action="store_false")
+    p.add_argument(
+        "--notes-spread",
+        type=int,
+        default=0,
+        metavar="NSEEDS",
+        help="only repeat the notes' 4-configuration procedure with seeds 1..NSEEDS",
+    )
     p.add_argument("--validate-only", action="store_true")
     p.add_argument(
         "--old-csv", type=Path, default=None, help="earlier table to compare with (analysis)"
@@ -1198,6 +1212,15 @@ def main(argv=None) -> int:
             write_csv(rows, runs, csv_path)
 
     args.checkpoint = checkpoint
+    if args.notes_spread:
+        info = setup_device(args.device)
+        record["notes_spread"] = run_notes_spread(
+            list(range(1, args.notes_spread + 1)), info["device"]
+        )
+        record["notes_spread"]["device"] = info
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(record, indent=1))
+        return 0
     if not args.validate_only:
         record["settings"] = {
             k: (str(v) if isinstance(v, Path) else v)
