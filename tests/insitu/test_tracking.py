@@ -156,3 +156,118 @@ def test_bad_input():
         )
     tr, lin = track_clusters(pd.DataFrame({"frame": [], "x_A": [], "y_A": [], "n_atoms": []}))
     assert tr.empty and lin.empty
+
+
+def test_small_cluster_absorbed_not_merged():
+    # a 6-atom cluster vanishes next to a 100-atom one that grows by its atoms: growth by
+    # attachment (below min_merge_atoms), not a coalescence event
+    rows = []
+    for f in range(6):
+        rows.append((f, 100.0, 100.0, 100.0 + (6.0 if f >= 3 else 0.0)))
+        if f < 3:
+            rows.append((f, 109.0, 100.0, 6.0))
+    det = pd.DataFrame(rows, columns=["frame", "x_A", "y_A", "n_atoms"])
+    tracks, lin = track_clusters(det)
+    assert (lin.origin == "merge").sum() == 0
+    small = lin[lin.n_atoms_start < 10].iloc[0]
+    big = lin[lin.n_atoms_start >= 10].iloc[0]
+    assert small.fate == "absorbed" and small.merged_into == big.track_id
+    assert big.fate == "alive" and big.end_frame == 5
+    ev = lineage_events(lin)
+    assert "death" not in set(ev["kind"]) and "merge" not in set(ev["kind"])
+    # the same with a 30-atom partner is a merge
+    rows2 = [(f, x, y, 30.0 if n == 6.0 else (130.0 if n == 106.0 else n)) for f, x, y, n in rows]
+    tracks, lin = track_clusters(pd.DataFrame(rows2, columns=["frame", "x_A", "y_A", "n_atoms"]))
+    assert (lin.origin == "merge").sum() == 1
+
+
+def test_long_hop_is_not_a_merge():
+    # cluster B hops 13 Å (more than max_step_A) in one frame while its neighbour A grows
+    # slowly: B is continued (second, size-consistent pass), not merged into A + reborn
+    rows = []
+    for f in range(6):
+        rows.append((f, 100.0, 100.0, 60.0 + 2.0 * f))
+        rows.append((f, 112.0 if f < 3 else 125.0, 100.0, 30.0))
+    det = pd.DataFrame(rows, columns=["frame", "x_A", "y_A", "n_atoms"])
+    tracks, lin = track_clusters(det)
+    for long_hops in (True, False):  # (second LAP pass, or the mass-consistent target)
+        tracks, lin = track_clusters(det, long_hops=long_hops)
+        assert (lin.origin == "merge").sum() == 0
+        assert tracks["track_id"].nunique() == 2
+        assert set(lin.fate) == {"alive"}
+
+
+def _kmc_merge_scores(seeds):
+    """Tracker alone on KMC truth (truth clusters >= 5 atoms as detections, 0.5 Å and 10 %
+    count noise): identifiable merges = truth coalescences (chains within a frame
+    collapsed) of >= 2 clusters of >= 10 atoms, each within r_child + r_parent + 8 Å of the
+    product (a cluster that vanishes farther away cannot be attributed from frames).
+    Returns (n identifiable, found at the right frame, detected merges, detected merges
+    whose product is a truth coalescence product of that frame)."""
+    from perovstem.simulate import degradation_kmc, nanocrystal
+
+    out = np.zeros(4, int)
+    for phi, temp, seed in seeds:
+        tr = degradation_kmc(
+            nanocrystal(edge_A=50.0, rng=seed),
+            n_frames=24,
+            frame_time_s=1.0,
+            dose_rate_e_per_A2_s=phi,
+            temperature_K=temp,
+            rng=seed,
+        )
+        rng = np.random.default_rng(seed)
+        tc = tr.clusters
+        det = tc[tc.n_atoms >= 5].reset_index(drop=True).copy()
+        det["x_A"] += rng.normal(0, 0.5, len(det))
+        det["y_A"] += rng.normal(0, 0.5, len(det))
+        det["n_atoms"] = det["n_atoms"] * (1 + rng.normal(0, 0.1, len(det)))
+        tracks, lin = track_clusters(det[["frame", "x_A", "y_A", "n_atoms", "cluster_id"]])
+        lin = lin.set_index("track_id")
+        ev = tr.events[tr.events.kind == "merge"]
+        parents = {int(r.cluster_id): list(r.parents) for r in ev.itertuples()}
+        at = {(int(r.frame), int(r.cluster_id)): r for r in tc.itertuples()}
+
+        def anc(c, f, at=at, parents=parents):
+            if (f - 1, c) in at:
+                return {c}
+            return set().union(*(anc(p, f) for p in parents.get(c, ())))
+
+        product = set()
+        for r in ev.itertuples():
+            f, c = int(r.frame), int(r.cluster_id)
+            if (f, c) not in at or f == 0 or len(anc(c, f)) < 2:
+                continue
+            product.add((f, c))
+            ch = at[(f, c)]
+            ps = [at[(f - 1, p)] for p in anc(c, f)]
+            ps = [p for p in ps if p.n_atoms >= 10]
+            near = all(
+                np.hypot(p.x_A - ch.x_A, p.y_A - ch.y_A)
+                <= _radius(ch.n_atoms) + _radius(p.n_atoms) + 8.0
+                for p in ps
+            )
+            if len(ps) < 2 or not near:
+                continue
+            out[0] += 1
+            tid = tracks.loc[(tracks.frame == f) & (tracks.cluster_id == c), "track_id"].iloc[0]
+            out[1] += lin.loc[tid, "origin"] == "merge" and lin.loc[tid, "start_frame"] == f
+        for tid, row in lin[lin.origin == "merge"].iterrows():
+            f = int(row.start_frame)
+            c = tracks.loc[(tracks.track_id == tid) & (tracks.frame == f), "cluster_id"].iloc[0]
+            out[2] += 1
+            out[3] += (f, int(c)) in product
+    return out
+
+
+def test_merges_on_kmc_truth_lineage():
+    """Measured on 10 KMC series (24 frames, 5 nm crystal, 280-340 K): recall 0.79, event
+    precision 0.69 — below the 0.9 goal (dense, hopping, 3-D overlapping clusters); this
+    guards the level reached (0.68 / 0.50 before the mass-consistent target choice, the
+    merge-size threshold and the long-hop pass)."""
+    n_id, found, n_det, good = _kmc_merge_scores(
+        [(3e3, 300.0, 3), (3e3, 300.0, 6), (6e3, 300.0, 4), (3e3, 280.0, 25)]
+    )
+    assert n_id >= 20
+    assert found / n_id >= 0.7, (found, n_id)
+    assert good / n_det >= 0.6, (good, n_det)

@@ -47,6 +47,7 @@ def track_clusters(
     size_rel_err: float = 0.05,
     min_merge_atoms: float = 10.0,
     min_merge_frames: int = 1,
+    long_hops: bool = True,
     method: str = "mass",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Link per-frame cluster detections into tracks and a lineage with merges.
@@ -132,6 +133,7 @@ def track_clusters(
             size_rel_err,
             float(min_merge_atoms),
             int(min_merge_frames),
+            bool(long_hops),
         )
     from laptrack import LapTrack
 
@@ -179,6 +181,7 @@ def _track_mass(
     size_rel_err: float,
     min_merge: float = 0.0,
     min_frames: int = 1,
+    long_hops: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     from scipy.optimize import linear_sum_assignment
 
@@ -216,6 +219,21 @@ def _track_mass(
             for i, j in zip(ri, ci, strict=True):
                 if cost[i, j] < 1e9:
                     cont[b[j]] = a[i]
+            if long_hops and size_col is not None:
+                # second pass: a cluster that hopped farther than max_step is the
+                # unmatched new cluster of about its size within 2 max_step (otherwise it
+                # would be called a merge into a neighbour that grew, plus a birth)
+                ua = [i for i in a if i not in set(cont.values())]
+                ub = [j for j in b if j not in cont]
+                if ua and ub:
+                    d2 = np.hypot(*(xy[ua][:, None, :] - xy[ub][None, :, :]).transpose(2, 0, 1))
+                    ls = np.abs(np.log((size[ub][None, :] + 1) / (size[ua][:, None] + 1)))
+                    c2 = (d2 / (2 * max_step)) ** 2 + (ls / 0.3) ** 2
+                    c2 = np.where((d2 <= 2 * max_step) & (ls < 0.3), c2, 1e9)
+                    r2, k2 = linear_sum_assignment(c2)
+                    for i, j in zip(r2, k2, strict=True):
+                        if c2[i, j] < 1e9:
+                            cont[ub[j]] = ua[i]
         matched_a = set(cont.values())
         ended = [i for i in a if i not in matched_a] if fb - fa == 1 else list(a)
         # merges: an ended cluster joins the next-frame cluster within reach whose
