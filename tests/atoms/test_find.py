@@ -53,9 +53,17 @@ def test_cell_detection_precision_recall(simulated):
         vec = np.asarray(cols.attrs["lattice_vectors_A"])
         assert np.linalg.norm(vec, axis=1) == pytest.approx([5.87, 5.87], rel=0.01)
         for t in ("PbBr", "Cs", "Br"):
-            tr = truth.loc[truth.type == t, ["x_A", "y_A"]].to_numpy()
+            sel = truth.type == t
+            if t == "Br":
+                # A lone surface Br atom scatters ~0.002 Å² of the beam: at 10³ e⁻/Å² that is
+                # ~2 expected electrons (Poisson P(0) ≈ 13 %), below any detection criterion.
+                # Br recall is scored on columns with ≥ 3 expected electrons.
+                sel &= truth.scs_A2 * dose >= 3.0
+            tr = truth.loc[sel, ["x_A", "y_A"]].to_numpy()
             fo = cols.loc[cols.type == t, ["x_A", "y_A"]].to_numpy()
-            recall, precision = _pr(fo, tr)
+            recall, _ = _pr(fo, tr)
+            # precision against every true column of the type (found lone Br are not false)
+            _, precision = _pr(fo, truth.loc[truth.type == t, ["x_A", "y_A"]].to_numpy())
             if t == "Br":  # reported separately (weak columns); must still be mostly right
                 assert recall > 0.95 and precision > 0.95, (dose, t, recall, precision)
             else:
