@@ -215,6 +215,7 @@ def column_step(
     b = np.zeros(npar)
     rc2 = _rc2(rk, cut)
     inv = 1.0 / (rk * rk)
+    inv3 = inv / rk
     hb = i1 - i0 + 1
     wb = j1 - j0 + 1
     if hb <= 0 or wb <= 0:
@@ -250,7 +251,7 @@ def column_step(
             if fix_pos:
                 j0_ = 0.0
                 j1_ = 0.0
-            j3_ = eg * r2 * inv / rk if free_rho else 0.0
+            j3_ = eg * r2 * inv3 if free_rho else 0.0
             # scalar accumulators (upper triangle of JᵀWJ and JᵀWr): no inner loops
             w0 = wij * j0_
             w1 = wij * j1_
@@ -568,6 +569,7 @@ def global_schur_terms(res, w, x, y, eta, rho, cut, gimg, free_rho=False):
         rk = rho[k]
         rc2 = _rc2(rk, cut)
         inv = 1.0 / (rk * rk)
+        inv3 = inv / rk
         j0, j1 = _span(xk, rk, cut, nx)
         i0, i1 = _span(yk, rk, cut, ny)
         a = np.zeros((npar, npar))
@@ -591,7 +593,7 @@ def global_schur_terms(res, w, x, y, eta, rho, cut, gimg, free_rho=False):
                 eg = ek * gg
                 jx = eg * dx * inv
                 jy = eg * dy * inv
-                jr = eg * r2 * inv / rk if free_rho else 0.0
+                jr = eg * r2 * inv3 if free_rho else 0.0
                 wij = w[i, j]
                 rij = res[i, j]
                 w0 = wij * jx

@@ -822,6 +822,14 @@ def fit_columns(
             elif joint and (polish or it_ > 10):
                 # exact joint LM step on all parameters, once the cheap sweeps are close
                 res, jshift, drho = _joint_step(res, fix_pos=fix_pos, fix_rho=fix_rho)
+            elif (
+                not shared_rho
+                and not joint
+                and float(shifts.max(initial=0.0)) < tol
+                and it_ > 1
+                and n_glob
+            ):
+                pass  # converged sweep, free or fixed widths: the test below ends the fit
             elif n_glob and not fix_rho:
                 res, drho, alpha_g = _global_step(res)
                 if joint and alpha_g == 0.0:
