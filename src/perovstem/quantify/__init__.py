@@ -1,5 +1,11 @@
 """Quantification: kinetics and mechanism models, 3D atomic models from counts, validation."""
 
+from perovstem.quantify.br_loss import (  # noqa: F401
+    BrLossResult,
+    br_loss_from_images,
+    br_structure_template,
+    fit_br_desorption,
+)
 from perovstem.quantify.facets import facet_fractions, surface_facets  # noqa: F401,E402
 from perovstem.quantify.kinetics import (  # noqa: F401
     MODELS,

@@ -72,7 +72,10 @@ def _fmt(v: float) -> str:
 def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[str, Any]]:
     rows = []
     specs = []
-    if "n_Br" in g and g["n_Br"].notna().sum() >= 5:
+    br_img = _br_image_row(g, level)
+    if br_img is not None:
+        rows.append(br_img)
+    elif "n_Br" in g and g["n_Br"].notna().sum() >= 5:
         specs.append(("br_loss", "n_Br", "br_loss", dict(likelihood="poisson", cumulative=True)))
     elif "integrated_counts" in g and g["integrated_counts"].notna().sum() >= 5:
         specs.append(("mass_loss", "integrated_counts", "br_loss", {}))
@@ -136,6 +139,57 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
     return rows
 
 
+_BR_IMAGE = ("n_Br_lost_image", "n_Br_exposed_image", "n_Br_bulk_image")
+
+
+def _br_image_row(g: pd.DataFrame, level: float) -> dict[str, Any] | None:
+    """Br-loss row from image-derived Br lost and Br at risk (:mod:`.br_loss`), if present.
+
+    Uses the cumulative Br lost and the exposed / bulk Br at the end of each frame
+    (``BrLossResult.frame_columns()``); frame 0 only provides the starting state.
+    """
+    if not all(c in g for c in (*_BR_IMAGE, "dose_e_per_A2")):
+        return None
+    sub = g[[*_BR_IMAGE, "dose_e_per_A2"]].dropna()
+    if len(sub) < 5:
+        return None
+    from perovstem.quantify.br_loss import fit_br_desorption
+
+    sd = g["n_Br_lost_image_sd"].median() if "n_Br_lost_image_sd" in g else None
+    f_bulk = float(g["f_bulk"].median()) if "f_bulk" in g else 0.1
+    cum = sub["n_Br_lost_image"].to_numpy(float)
+    try:
+        f = fit_br_desorption(
+            sub["dose_e_per_A2"].to_numpy(float)[1:],
+            np.diff(cum),
+            sub["n_Br_exposed_image"].to_numpy(float),
+            sub["n_Br_bulk_image"].to_numpy(float),
+            f_bulk=f_bulk,
+            level=level,
+            level_sd=None if sd is None or not np.isfinite(sd) else float(sd),
+        )
+    except PerovstemError as exc:
+        return {"process": "br_loss", "observable": "n_Br_lost_image", "text": f"not fitted: {exc}"}
+    key = "D_Br_e_per_A2"
+    return {
+        "process": "br_loss",
+        "observable": "n_Br_lost_image",
+        "selected_model": "br_exposed_hazard",
+        "mechanism": "beam-driven desorption of exposed Br (surface + f·bulk, notes §1.3)",
+        "weight": np.nan,
+        "delta_next": np.nan,
+        "param": key,
+        "value": f.D_Br_e_per_A2,
+        "ci_low": f.ci_low,
+        "ci_high": f.ci_high,
+        "n_points": len(sub) - 1,
+        "text": (
+            f"br_loss: exposed-Br hazard from images; {key} = {_fmt(f.D_Br_e_per_A2)} "
+            f"[{_fmt(f.ci_low)}, {_fmt(f.ci_high)}] ({int(level * 100)} % CI)"
+        ),
+    }
+
+
 def _mobility_row(
     g: pd.DataFrame, tracks: pd.DataFrame, level: float, opts: dict[str, Any]
 ) -> dict[str, Any] | None:
@@ -190,6 +244,10 @@ def mechanism_summary(
     frames : DataFrame
         One row per frame (several series may be concatenated), with ``x`` and any of the
         observables ``n_Br`` (exact Br count), ``integrated_counts`` (crystal intensity),
+        image-derived Br loss ``n_Br_lost_image``, ``n_Br_exposed_image``,
+        ``n_Br_bulk_image`` (+ ``dose_e_per_A2``; from
+        :meth:`perovstem.quantify.br_loss.BrLossResult.frame_columns`, which then replace the
+        first-order Br-loss fits by :func:`~perovstem.quantify.br_loss.fit_br_desorption`),
         ``cumulative_births``, ``mean_radius_A``, ``n_clusters``; conditions in
         ``temperature_K``, ``dose_rate_e_per_A2_s``, ``gas`` (and ``series`` if present).
     by : tuple of str, optional

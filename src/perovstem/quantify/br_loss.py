@@ -1,0 +1,581 @@
+"""Characteristic Br-desorption dose D_Br from the exposed Br of a degrading nanocrystal.
+
+The kinetic scheme of ``notes/physics_simulation.md`` §1.3 (and of
+:func:`perovstem.simulate.degradation_kmc`, ``docs/kmc.md``) removes, in a frame of dose ΔD,
+each *exposed* (surface) Br with probability 1 − exp(−ΔD/D_Br) and each bulk Br with
+1 − exp(−f·ΔD/D_Br) (f = ``f_bulk`` ≈ 0.1); two Br lost reduce one Pb²⁺ to Pb⁰, whose site
+empties and exposes the Br around it.  The total Br count is therefore *not* first order in
+dose (the exposed fraction grows as Pb leaves):
+
+    dN_Br/dD = −(N_exposed(D) + f·N_bulk(D)) / D_Br .
+
+Given the Br lost per frame and the populations at risk, the maximum-likelihood estimate of
+D_Br (Poisson counts of lost Br with mean ΔD·R/D_Br, R = N_exposed + f·N_bulk, trapezoid over
+the frame) is D̂ = Σ_k ΔD_k·R̄_k / Σ_k ΔN_k (:func:`fit_br_desorption`).  Its interval is a
+profile interval of the Poisson total, widened by the over-dispersion of the per-frame
+increments (quasi-Poisson: measurement noise of image-derived counts) and by the spread
+between structural templates.
+
+From images (:func:`br_loss_from_images`) neither N_exposed nor the Br lost can be counted
+atom by atom (one Br adds only ≈ 0.0025 Å² to a column cross-section).  Instead:
+
+* the **total cross-section** of the field of view, S_k = Σ(counts − background)/(gain·ΔD_k)
+  (Å², E et al., Ultramicroscopy 133, 109 (2013)), is measured per frame — it is precise
+  (10⁵–10⁶ detected electrons per frame) and includes the Pb⁰ adatoms and clusters;
+* a **structural template** — the lattice scheme above run on a crystal of the measured
+  size (lateral size from the segmented outline, thickness from S_0) with the package's
+  lattice KMC (:func:`perovstem.simulate.degradation_kmc`) at a *nominal* D_Br — gives, as a
+  function of the number of Br lost n, the exposed and bulk Br and the total cross-section
+  S(n) computed from the SCS library (:mod:`perovstem.simulate.scs`, the abTEM-calibrated
+  tables a user would have; it accounts for the channelling of the host columns, for Pb
+  moving from Pb–Br columns to Pb⁰ clusters — 2 Br per Pb⁰ — and for the Cs that leaves).
+  The sequence of states against n does not depend on D_Br or on the dose rate (every
+  desorption rate scales with 1/D_Br), so the template fixes the *structure*, never the
+  parameter;
+* S_k → n_k by inverting S(n), then N_exposed and N_bulk from the template at n_k.
+
+Assumptions (stated, not tested against real data): a cuboid crystal of the host lattice in
+[001] with CsBr termination, the notes' surface/bulk rule with a known f, and the whole
+crystal and all Pb⁰ inside the field of view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+from perovstem._validation import as_rng, check_positive, check_range
+from perovstem.errors import DataError, ParameterError
+
+__all__ = [
+    "BrLossResult",
+    "fit_br_desorption",
+    "br_structure_template",
+    "br_loss_from_images",
+]
+
+
+@dataclass
+class BrLossResult:
+    """Result of :func:`fit_br_desorption` / :func:`br_loss_from_images`.
+
+    Attributes
+    ----------
+    D_Br_e_per_A2 : float
+        Characteristic desorption dose of exposed Br, e⁻/Å² (1/σ_Br).
+    ci_low, ci_high : float
+        Confidence interval of D_Br at ``level``, e⁻/Å².
+    level : float
+    n_lost : float
+        Total Br lost over the fitted frames.
+    exposure_e_per_A2 : float
+        Σ ΔD·(N_exposed + f·N_bulk), Br·e⁻/Å².
+    dispersion : float
+        Quasi-Poisson dispersion of the per-frame increments (≥ 1).
+    f_bulk : float
+    frames : DataFrame
+        Per frame: ``dose_e_per_A2, n_lost, n_exposed, n_bulk, at_risk, expected_lost``
+        (+ ``total_scs_A2`` from images).
+    info : dict
+        Extra diagnostics (template choice, per-template estimates, ...).
+    """
+
+    D_Br_e_per_A2: float
+    ci_low: float
+    ci_high: float
+    level: float
+    n_lost: float
+    exposure_e_per_A2: float
+    dispersion: float
+    f_bulk: float
+    frames: pd.DataFrame
+    info: dict = field(default_factory=dict)
+
+    def frame_columns(self) -> pd.DataFrame:
+        """Per-frame columns for :func:`perovstem.quantify.mechanism_summary`.
+
+        ``frame, n_Br_lost_image`` (cumulative Br lost at the end of the frame),
+        ``n_Br_exposed_image, n_Br_bulk_image`` (at the end of the frame),
+        ``n_Br_lost_image_sd`` (measurement sd of the cumulative loss, NaN if not estimated)
+        and ``f_bulk``; merge on ``frame`` into the analysis' frame table.
+        """
+        fr = self.frames
+        cum = (
+            fr["n_lost_cumulative"].to_numpy(float)
+            if "n_lost_cumulative" in fr
+            else np.cumsum(fr["n_lost"].to_numpy(float))
+        )
+        return pd.DataFrame(
+            {
+                "frame": np.arange(len(fr)),
+                "n_Br_lost_image": cum,
+                "n_Br_exposed_image": fr["n_exposed"].to_numpy(float),
+                "n_Br_bulk_image": fr["n_bulk"].to_numpy(float),
+                "n_Br_lost_image_sd": float(self.info.get("level_sd_Br", np.nan)),
+                "f_bulk": self.f_bulk,
+            }
+        )
+
+    def covers(self, value: float) -> bool:
+        """Whether ``value`` lies in the confidence interval."""
+        return bool(self.ci_low <= value <= self.ci_high)
+
+
+def _arr(name: str, v: Any, n: int | None = None) -> np.ndarray:
+    try:
+        a = np.asarray(v, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise DataError(f"`{name}` must be numeric, got {type(v).__name__}") from None
+    if n is not None and a.size != n:
+        raise DataError(f"`{name}` must have {n} values, got {a.size}")
+    if not np.all(np.isfinite(a)):
+        raise DataError(f"`{name}` has non-finite values")
+    return a
+
+
+def fit_br_desorption(
+    dose_e_per_A2: Any,
+    n_lost: Any,
+    n_exposed: Any,
+    n_bulk: Any = None,
+    *,
+    f_bulk: float = 0.1,
+    level: float = 0.95,
+    extra_rel_var: float = 0.0,
+    level_sd: float | None = None,
+) -> BrLossResult:
+    """Maximum-likelihood D_Br from Br lost per frame and the Br at risk (notes §1.3).
+
+    Model: the Br lost in frame k is Poisson with mean ΔD_k·R̄_k/D_Br, where
+    R = N_exposed + f·N_bulk and R̄_k = (R_{k} + R_{k+1})/2 averages the states before and
+    after the frame.  D̂ = Σ ΔD_k R̄_k / Σ ΔN_k.
+
+    Parameters
+    ----------
+    dose_e_per_A2 : (K,) array_like
+        Dose of each frame, e⁻/Å² (> 0).
+    n_lost : (K,) array_like
+        Br lost during each frame (may be non-integer and noisy when derived from images).
+    n_exposed : (K + 1,) array_like
+        Exposed (surface) Br before the first frame and at the end of each frame.
+    n_bulk : (K + 1,) array_like, optional
+        Bulk Br at the same instants (default: no bulk term).
+    f_bulk : float
+        Bulk/surface desorption ratio f (notes §1.3: 0.1).
+    level : float
+        Confidence level of the interval.
+    extra_rel_var : float
+        Additional relative variance of D̂ (e.g. the spread of structural templates), added
+        in quadrature on the log scale.
+    level_sd : float, optional
+        Measurement error (sd, Br atoms) of the *cumulative* Br lost at any frame, e.g. from
+        image intensities.  Such errors do not accumulate: the total ΣΔN telescopes, so its
+        variance is ΣΔN (Poisson) + 2·level_sd² (first and last level), and the interval is
+        the Wald interval of log D̂ with that variance.  Default: the per-frame counts are
+        exact up to Poisson noise and the quasi-Poisson profile interval is used.
+
+    Returns
+    -------
+    BrLossResult
+
+    Notes
+    -----
+    The interval is the profile-likelihood (χ²₁) interval of the Poisson total ΣΔN scaled by
+    the quasi-Poisson dispersion φ = max(1, Σ(ΔN_k − μ_k)²/μ_k/(K − 1)), with μ_k the fitted
+    means (McCullagh & Nelder, *Generalized Linear Models*, 2nd ed., §4.5), then widened by
+    ``extra_rel_var``.
+    """
+    d = _arr("dose_e_per_A2", dose_e_per_A2)
+    K = d.size
+    if K < 1:
+        raise DataError("need at least one frame")
+    if np.any(d <= 0):
+        raise DataError(f"`dose_e_per_A2` must be > 0 in every frame, got {d[d <= 0][:3]!r}")
+    dn = _arr("n_lost", n_lost, K)
+    ne = _arr("n_exposed", n_exposed, K + 1)
+    nb = np.zeros(K + 1) if n_bulk is None else _arr("n_bulk", n_bulk, K + 1)
+    check_range("f_bulk", f_bulk, 0.0, 1.0)
+    if not 0.0 < float(level) < 1.0:
+        raise ParameterError(f"`level` must be in (0, 1), got {level!r}")
+    check_positive("extra_rel_var", extra_rel_var, allow_zero=True)
+    if np.any(ne < 0) or np.any(nb < 0):
+        raise DataError("`n_exposed` and `n_bulk` must be >= 0")
+    risk = ne + f_bulk * nb
+    rbar = 0.5 * (risk[:-1] + risk[1:])
+    expo = d * rbar
+    tot = float(dn.sum())
+    E = float(expo.sum())
+    if tot <= 0 or E <= 0:
+        raise DataError(f"no Br lost (Σ n_lost = {tot:.3g}) or nothing at risk: D_Br is unbounded")
+    D = E / tot
+    mu = expo / D
+    use = mu > 0
+    dof = max(int(use.sum()) - 1, 1)
+    phi = float(np.sum((dn[use] - mu[use]) ** 2 / mu[use]) / dof) if use.sum() > 1 else 1.0
+    phi = max(phi, 1.0)
+    # profile interval of the Poisson total N ~ Poisson(E/D) with dispersion φ:
+    # deviance 2φ⁻¹[N log(N/m) − (N − m)] = χ²₁(level), m = E/D
+    q = stats.chi2.ppf(level, 1)
+
+    def dev(m: float) -> float:
+        return 2.0 / phi * (tot * np.log(tot / m) - (tot - m)) - q
+
+    z = stats.norm.ppf(0.5 + level / 2)
+    if level_sd is not None:
+        sd = check_positive("level_sd", level_sd, allow_zero=True)
+        s_log = np.sqrt(tot + 2.0 * sd**2) / tot
+        lo, hi = D * np.exp(-z * s_log), D * np.exp(z * s_log)
+    else:
+        m_lo = optimize.brentq(dev, tot * 1e-6, tot)
+        m_hi = optimize.brentq(dev, tot, tot * 10 + 100)
+        lo, hi = E / m_hi, E / m_lo
+    if extra_rel_var > 0:
+        s_stat = (np.log(hi) - np.log(lo)) / (2 * z)
+        s = np.hypot(s_stat, np.sqrt(extra_rel_var))
+        lo, hi = D * np.exp(-z * s), D * np.exp(z * s)
+    frames = pd.DataFrame(
+        {
+            "dose_e_per_A2": d,
+            "n_lost": dn,
+            "n_exposed": ne[1:],
+            "n_bulk": nb[1:],
+            "at_risk": risk[1:],
+            "expected_lost": mu,
+        }
+    )
+    return BrLossResult(
+        D_Br_e_per_A2=D,
+        ci_low=float(lo),
+        ci_high=float(hi),
+        level=level,
+        n_lost=tot,
+        exposure_e_per_A2=E,
+        dispersion=phi,
+        f_bulk=float(f_bulk),
+        frames=frames,
+    )
+
+
+def _total_scs(atoms: Any, voltage_kV: float) -> float:
+    from perovstem.simulate.columns import project_columns
+    from perovstem.simulate.scs import column_scs
+
+    cols, _ = project_columns(atoms)
+    return float(
+        column_scs(
+            cols["n_Pb"] - cols["n_Pb0"],
+            cols["n_Cd"],
+            cols["n_Br"],
+            cols["n_Cs"],
+            cols["n_Pb0"],
+            voltage_kV=voltage_kV,
+        ).sum()
+    )
+
+
+def br_structure_template(
+    edge_A: Any,
+    *,
+    f_bulk: float = 0.1,
+    temperature_K: float = 300.0,
+    voltage_kV: float = 300.0,
+    n_frames: int = 48,
+    D_Br_e_per_A2: float = 1.0,
+    dose_per_frame_e_per_A2: float | None = None,
+    frame_time_s: float = 1.0,
+    rng: Any = None,
+) -> pd.DataFrame:
+    """Exposed/bulk Br and total cross-section against the number of Br lost.
+
+    Runs the notes' lattice scheme (:func:`perovstem.simulate.degradation_kmc`) on a
+    CsBr-terminated crystal of edges ``edge_A`` and records every state.  The sequence of
+    host states against the number of Br lost does not depend on D_Br or the dose rate
+    (every desorption rate scales with 1/D_Br); only where the Pb⁰ sits (adatoms, cluster
+    sizes, hence their cross-section) depends on the time per Br lost, so a second pass can
+    run the template at a first estimate of D_Br, the series' frame time and dose.  The
+    total SCS uses the library of :mod:`perovstem.simulate.scs`.
+
+    Parameters
+    ----------
+    edge_A : float or (3,) floats
+        Crystal edges (x, y, z), Å (z along the beam).
+    f_bulk : float
+        Bulk/surface desorption ratio.
+    temperature_K : float
+        Temperature, K (Pb⁰ mobility).
+    voltage_kV : float
+        Beam energy of the SCS library, kV.
+    n_frames : int
+        Template states.
+    D_Br_e_per_A2 : float
+        Desorption dose used to run the template, e⁻/Å².
+    dose_per_frame_e_per_A2 : float, optional
+        Dose per template frame, e⁻/Å² (default 0.06·D_Br).
+    frame_time_s : float
+        Template frame time, s.
+    rng : None, int or Generator
+
+    Returns
+    -------
+    DataFrame
+        ``n_lost, n_exposed, n_bulk, n_Br, total_scs_A2`` (first row: intact crystal).
+    """
+    from perovstem.simulate import KineticParameters, degradation_kmc, nanocrystal
+
+    check_range("f_bulk", f_bulk, 0.0, 1.0)
+    if int(n_frames) < 2:
+        raise ParameterError(f"`n_frames` must be >= 2, got {n_frames!r}")
+    d_br = check_positive("D_Br_e_per_A2", D_Br_e_per_A2)
+    dt = check_positive("frame_time_s", frame_time_s)
+    dpf = 0.06 * d_br if dose_per_frame_e_per_A2 is None else dose_per_frame_e_per_A2
+    dpf = check_positive("dose_per_frame_e_per_A2", dpf)
+    gen = as_rng(rng)
+    params = KineticParameters(
+        D_Br_e_per_A2=d_br,
+        bulk_to_surface_ratio=float(f_bulk),
+        enable_thermal_desorption=False,
+    )
+    crystal = nanocrystal(
+        edge_A,
+        shape="cuboid" if np.ndim(edge_A) else "cube",
+        rng=int(gen.integers(0, 2**31)),
+    )
+    tr = degradation_kmc(
+        crystal,
+        n_frames=int(n_frames),
+        frame_time_s=dt,
+        dose_rate_e_per_A2_s=dpf / dt,
+        temperature_K=float(temperature_K),
+        params=params,
+        rng=int(gen.integers(0, 2**31)),
+    )
+    ft = tr.frame_table
+    ini = ft.attrs["initial"]
+    n_br = np.r_[ini["n_Br"], ft["n_Br"].to_numpy()]
+    n_s = np.r_[ini["n_Br_surface"], ft["n_Br_surface"].to_numpy()]
+    scs = [_total_scs(tr.initial_atoms(), voltage_kV)]
+    scs += [_total_scs(tr.atoms(k), voltage_kV) for k in range(len(ft))]
+    return pd.DataFrame(
+        {
+            "n_lost": n_br[0] - n_br,
+            "n_exposed": n_s,
+            "n_bulk": n_br - n_s,
+            "n_Br": n_br,
+            "total_scs_A2": np.asarray(scs),
+        }
+    )
+
+
+def _frame_scs(fr: np.ndarray, dose: float, gain: float, offset: float, border: int) -> float:
+    f = (np.asarray(fr, float) - offset) / gain
+    edge = np.concatenate(
+        [f[:border].ravel(), f[-border:].ravel(), f[:, :border].ravel(), f[:, -border:].ravel()]
+    )
+    bg = float(np.median(edge))
+    return float((f - bg).sum()) / dose
+
+
+def br_loss_from_images(
+    series: Any,
+    *,
+    f_bulk: float = 0.1,
+    level: float = 0.95,
+    lattice_A: float = 5.87,
+    n_templates: int = 3,
+    voltage_kV: float | None = None,
+    temperature_K: float | None = None,
+    border_px: int = 4,
+    two_pass: bool = True,
+    rng: Any = 0,
+) -> BrLossResult:
+    """D_Br of an imaged in-situ series from the total cross-section and a structural template.
+
+    Parameters
+    ----------
+    series : Series
+        HAADF frames with the dose of every frame (e⁻/Å²) and ``metadata['gain']`` /
+        ``['offset']`` (detector counts per electron and dark level; 1 and 0 if absent).
+        The crystal and its Pb⁰ must stay in the field of view; its border is vacuum/support
+        (used as background).
+    f_bulk : float
+        Bulk/surface desorption ratio of the scheme (notes §1.3: 0.1).
+    level : float
+        Confidence level.
+    lattice_A : float
+        Host lattice spacing, Å (crystal size in cells).
+    n_templates : int
+        Independent structural templates (different random sequences); their spread enters
+        the interval.
+    voltage_kV : float, optional
+        Beam energy (default ``metadata['voltage_kV']`` or 300).
+    temperature_K : float, optional
+        Template temperature (default: the series' median or 300 K).
+    border_px : int
+        Width of the frame border used for the background, pixels.
+    two_pass : bool
+        Re-run the templates at the first estimate of D_Br with the series' frame time and
+        dose per frame, so that the Pb⁰ (adatoms vs clusters, whose cross-section per atom
+        differs) evolve as in the series; the host structure is unaffected.
+    rng : None, int or Generator
+        Seeds of the templates.
+
+    Returns
+    -------
+    BrLossResult
+        ``frames`` also holds ``total_scs_A2`` (measured) and ``n_lost_cumulative``;
+        ``info`` the crystal size in cells (lateral from the outline of frame 0, thickness
+        from S_0), the per-template estimates and their relative spread.
+    """
+    from perovstem._data import Series
+    from perovstem.insitu._frames import iter_frames
+    from perovstem.insitu.nanocrystal import segment_nanocrystal
+
+    if not isinstance(series, Series):
+        raise ParameterError(f"`series` must be a perovstem Series, got {type(series).__name__}")
+    if series.dose_e_per_A2 is None:
+        raise ParameterError("`series` needs the dose of every frame (use assign_dose)")
+    if int(n_templates) < 1:
+        raise ParameterError(f"`n_templates` must be >= 1, got {n_templates!r}")
+    dose = np.broadcast_to(np.asarray(series.dose_e_per_A2, float), (series.n_frames,))
+    if np.any(dose <= 0):
+        raise DataError(f"dose per frame must be > 0, got {dose[dose <= 0][:3]!r}")
+    md = series.metadata
+    gain = float(md.get("gain") or 1.0)
+    offset = float(md.get("offset") or 0.0)
+    kv = float(voltage_kV if voltage_kV is not None else md.get("voltage_kV", 300.0))
+    if temperature_K is None:
+        t = getattr(series, "temperature_K", None)
+        temperature_K = float(np.nanmedian(t)) if t is not None else 300.0
+    px = series.pixel_size_A
+    S = np.empty(series.n_frames)
+    area0 = np.nan
+    for k, fr in iter_frames(series):
+        S[k] = _frame_scs(fr, float(dose[k]), gain, offset, int(border_px))
+        if k == 0:
+            cm, voids, _ = segment_nanocrystal(
+                np.asarray(fr, float), pixel_size_A=px, lattice_A=lattice_A
+            )
+            area0 = float((cm & ~voids).sum()) * px * px
+    if not np.isfinite(area0) or area0 <= 0:
+        raise DataError("no crystal found in the first frame")
+    # lateral size: the outline of an m-cell crystal (Cs to Cs) spans m·a (measured area
+    # of simulated cubes of 5–12 cells: √A/a = m + 0.1…0.25)
+    m_xy = max(2, int(np.rint(np.sqrt(area0) / lattice_A)))
+    # thickness: the number of cells whose intact-crystal SCS matches S_0 (library)
+    from perovstem.simulate import nanocrystal
+
+    def s_intact(mz: int) -> float:
+        return _total_scs(
+            nanocrystal(
+                (m_xy * lattice_A, m_xy * lattice_A, mz * lattice_A), shape="cuboid", rng=0
+            ),
+            kv,
+        )
+
+    # intact cross-section: frame k shows the state after the cumulative dose x_k; the
+    # intact one is the linear extrapolation of the first three frames to x = 0
+    x = np.cumsum(dose)
+    n_ref = min(3, len(S))
+    if n_ref >= 2:
+        coef = np.polyfit(x[:n_ref], S[:n_ref], 1)
+        s_ref = float(np.polyval(coef, 0.0))
+        xm = x[:n_ref].mean()
+        ref_var_factor = float(1.0 / n_ref + xm**2 / np.sum((x[:n_ref] - xm) ** 2))
+    else:
+        s_ref, ref_var_factor = float(S[0]), 1.0
+    s0 = s_ref
+    cand = np.arange(2, 3 * m_xy + 1)
+    lo_i, hi_i = 0, len(cand) - 1
+    while hi_i - lo_i > 1:  # S_intact increases with thickness
+        mid = (lo_i + hi_i) // 2
+        if s_intact(int(cand[mid])) < s0:
+            lo_i = mid
+        else:
+            hi_i = mid
+    m_z = int(min(cand[[lo_i, hi_i]], key=lambda m: abs(s_intact(int(m)) - s0)))
+    edges = (m_xy * lattice_A, m_xy * lattice_A, m_z * lattice_A)
+    gen = as_rng(rng)
+    rel = S / s_ref  # scale-free: gain and dose calibration errors cancel
+    dt = np.diff(np.asarray(series.time_s, float)) if series.time_s is not None else []
+    frame_time = float(np.median(dt)) if len(dt) and np.all(np.isfinite(dt)) else 1.0
+    frame_time = frame_time if frame_time > 0 else 1.0
+    seeds = gen.integers(0, 2**31, size=int(n_templates))
+
+    def one_pass(d_run: float | None) -> tuple[list, list, list, list]:
+        ests, n_cums, nes, nbs = [], [], [], []
+        for sd in seeds:
+            if d_run is None:  # pass 1: nominal template (structure only)
+                kw: dict[str, Any] = {"n_frames": 48}
+            else:  # pass 2: the series' own time per Br lost (Pb⁰ clustering)
+                kw = {
+                    "n_frames": max(2 * len(S), 24),
+                    "D_Br_e_per_A2": d_run,
+                    "dose_per_frame_e_per_A2": float(np.median(dose)),
+                    "frame_time_s": frame_time,
+                }
+            tpl = br_structure_template(
+                edges, f_bulk=f_bulk, temperature_K=temperature_K, voltage_kV=kv, rng=sd, **kw
+            )
+            s_t = np.minimum.accumulate(tpl["total_scs_A2"].to_numpy())
+            r_t = s_t / s_t[0]
+            n_t = tpl["n_lost"].to_numpy(float)
+            n_cum = np.interp(-rel, -r_t, n_t)  # not forced monotone: noise must not bias
+            n_all = np.r_[0.0, n_cum]
+            ne = np.interp(n_all, n_t, tpl["n_exposed"].to_numpy(float))
+            nb = np.interp(n_all, n_t, tpl["n_bulk"].to_numpy(float))
+            f = fit_br_desorption(dose, np.diff(n_all), ne, nb, f_bulk=f_bulk, level=level)
+            ests.append(f.D_Br_e_per_A2)
+            n_cums.append(n_all)
+            nes.append(ne)
+            nbs.append(nb)
+        return ests, n_cums, nes, nbs
+
+    ests, n_cums, nes, nbs = one_pass(None)
+    d_first = float(np.exp(np.mean(np.log(ests))))
+    if two_pass:
+        ests, n_cums, nes, nbs = one_pass(d_first)
+    # measurement noise of the cumulative loss: robust sd of the second differences of the
+    # raw levels (var(Δ²n) = 6σ² for independent level errors; the smooth trend adds little)
+    n_raw = np.mean(n_cums, axis=0)[1:]
+    if len(n_raw) >= 4:
+        d2 = np.diff(n_raw, 2)
+        sig = float(1.4826 * np.median(np.abs(d2 - np.median(d2))) / np.sqrt(6.0))
+    else:
+        sig = 0.0
+    # the last level has error σ, the intact reference (linear back-extrapolation of the
+    # first three frames) ≈ 1.53σ: pass the rms of the two
+    level_sd = sig * np.sqrt((1.0 + ref_var_factor) / 2.0)
+    ests_a = np.asarray(ests)
+    rel_var = float(np.var(np.log(ests_a), ddof=1)) if len(ests_a) > 1 else 0.0
+    n_all = np.mean(n_cums, axis=0)
+    # combined fit: mean template populations; template spread as extra variance
+    res = fit_br_desorption(
+        dose,
+        np.diff(n_all),
+        np.mean(nes, axis=0),
+        np.mean(nbs, axis=0),
+        f_bulk=f_bulk,
+        level=level,
+        extra_rel_var=rel_var,
+        level_sd=level_sd,
+    )
+    res.frames["total_scs_A2"] = S
+    res.frames["n_lost_cumulative"] = n_all[1:]
+    res.info.update(
+        {
+            "cells": (m_xy, m_xy, m_z),
+            "projected_area_A2": area0,
+            "intact_scs_A2": s_ref,
+            "template_estimates": ests_a.tolist(),
+            "first_pass_D_Br_e_per_A2": d_first,
+            "template_rel_sd": float(np.sqrt(rel_var)),
+            "level_sd_Br": sig,
+            "voltage_kV": kv,
+            "scs_library": "perovstem.simulate.scs (abTEM-calibrated tables)",
+        }
+    )
+    return res
