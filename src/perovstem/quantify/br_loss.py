@@ -476,37 +476,61 @@ def br_loss_from_images(
             kv,
         )
 
-    # intact cross-section: frame k shows the state after the cumulative dose x_k; the
-    # intact one is the linear extrapolation of the first three frames to x = 0
-    x = np.cumsum(dose)
+    # intact cross-section (before frame 0): first guess, the linear extrapolation of the
+    # first three frames to zero dose; then refined with the model (below)
+    x = np.cumsum(dose)  # cumulative dose at the end of each frame (pristine at x = 0)
     n_ref = min(3, len(S))
     if n_ref >= 2:
-        coef = np.polyfit(x[:n_ref], S[:n_ref], 1)
-        s_ref = float(np.polyval(coef, 0.0))
-        xm = x[:n_ref].mean()
-        ref_var_factor = float(1.0 / n_ref + xm**2 / np.sum((x[:n_ref] - xm) ** 2))
+        s_ref = float(np.polyval(np.polyfit(x[:n_ref], S[:n_ref], 1), 0.0))
     else:
-        s_ref, ref_var_factor = float(S[0]), 1.0
-    s0 = s_ref
-    cand = np.arange(2, 3 * m_xy + 1)
-    lo_i, hi_i = 0, len(cand) - 1
-    while hi_i - lo_i > 1:  # S_intact increases with thickness
-        mid = (lo_i + hi_i) // 2
-        if s_intact(int(cand[mid])) < s0:
-            lo_i = mid
-        else:
-            hi_i = mid
-    m_z = int(min(cand[[lo_i, hi_i]], key=lambda m: abs(s_intact(int(m)) - s0)))
-    edges = (m_xy * lattice_A, m_xy * lattice_A, m_z * lattice_A)
+        s_ref = float(S[0])
+
+    def thickness(s_int: float) -> int:
+        cand = np.arange(2, 3 * m_xy + 1)
+        lo_i, hi_i = 0, len(cand) - 1
+        while hi_i - lo_i > 1:  # S_intact increases with thickness
+            mid = (lo_i + hi_i) // 2
+            if s_intact(int(cand[mid])) < s_int:
+                lo_i = mid
+            else:
+                hi_i = mid
+        return int(min(cand[[lo_i, hi_i]], key=lambda m: abs(s_intact(int(m)) - s_int)))
+
     gen = as_rng(rng)
-    rel = S / s_ref  # scale-free: gain and dose calibration errors cancel
     dt = np.diff(np.asarray(series.time_s, float)) if series.time_s is not None else []
     frame_time = float(np.median(dt)) if len(dt) and np.all(np.isfinite(dt)) else 1.0
     frame_time = frame_time if frame_time > 0 else 1.0
     seeds = gen.integers(0, 2**31, size=int(n_templates))
 
-    def one_pass(d_run: float | None) -> tuple[list, list, list, list]:
-        ests, n_cums, nes, nbs = [], [], [], []
+    def map_template(tpl: pd.DataFrame, s_ref0: float) -> tuple:
+        """Br lost per frame from S_k with this template; the intact S is refined so that
+        the first frames follow the template's own hazard curve n(D) (dn/dD = R(n)/D_Br)."""
+        s_t = np.minimum.accumulate(tpl["total_scs_A2"].to_numpy())
+        r_t = s_t / s_t[0]
+        n_t = tpl["n_lost"].to_numpy(float)
+        ne_t = tpl["n_exposed"].to_numpy(float)
+        nb_t = tpl["n_bulk"].to_numpy(float)
+        r_risk = np.maximum(ne_t + f_bulk * nb_t, 1e-9)
+        g_t = np.r_[0.0, np.cumsum(np.diff(n_t) * 0.5 * (1 / r_risk[1:] + 1 / r_risk[:-1]))]
+        # once the host is gone (no bulk Br left) S(n) is flat and depends on where the Pb⁰
+        # sits: only frames before that point are used
+        gone = np.flatnonzero(nb_t <= 0.05 * max(nb_t[0], 1.0))
+        n_knee = float(n_t[gone[0]]) if len(gone) else np.inf
+        s_r = s_ref0
+        for _it in range(4):
+            n_cum = np.interp(-S / s_r, -r_t, n_t)  # not forced monotone: noise must not bias
+            past = np.flatnonzero(n_cum > n_knee)
+            k_use = max(int(past[0]) if len(past) else len(S), min(3, len(S)))
+            n_all = np.r_[0.0, n_cum[:k_use]]
+            ne = np.interp(n_all, n_t, ne_t)
+            nb = np.interp(n_all, n_t, nb_t)
+            f = fit_br_desorption(dose[:k_use], np.diff(n_all), ne, nb, f_bulk=f_bulk, level=level)
+            n_mod = np.interp(x[:n_ref] / f.D_Br_e_per_A2, g_t, n_t)
+            s_r = float(np.mean(S[:n_ref] / np.interp(n_mod, n_t, r_t)))
+        return f.D_Br_e_per_A2, n_all, ne, nb, s_r, k_use
+
+    def one_pass(d_run: float | None, edges: tuple, s_ref0: float) -> tuple:
+        out = []
         for sd in seeds:
             if d_run is None:  # pass 1: nominal template (structure only)
                 kw: dict[str, Any] = {"n_frames": 48}
@@ -520,41 +544,39 @@ def br_loss_from_images(
             tpl = br_structure_template(
                 edges, f_bulk=f_bulk, temperature_K=temperature_K, voltage_kV=kv, rng=sd, **kw
             )
-            s_t = np.minimum.accumulate(tpl["total_scs_A2"].to_numpy())
-            r_t = s_t / s_t[0]
-            n_t = tpl["n_lost"].to_numpy(float)
-            n_cum = np.interp(-rel, -r_t, n_t)  # not forced monotone: noise must not bias
-            n_all = np.r_[0.0, n_cum]
-            ne = np.interp(n_all, n_t, tpl["n_exposed"].to_numpy(float))
-            nb = np.interp(n_all, n_t, tpl["n_bulk"].to_numpy(float))
-            f = fit_br_desorption(dose, np.diff(n_all), ne, nb, f_bulk=f_bulk, level=level)
-            ests.append(f.D_Br_e_per_A2)
-            n_cums.append(n_all)
-            nes.append(ne)
-            nbs.append(nb)
-        return ests, n_cums, nes, nbs
+            out.append(map_template(tpl, s_ref0))
+        return [list(v) for v in zip(*out, strict=True)]
 
-    ests, n_cums, nes, nbs = one_pass(None)
+    m_z = thickness(s_ref)
+    edges = (m_xy * lattice_A, m_xy * lattice_A, m_z * lattice_A)
+    ests, n_cums, nes, nbs, srefs, kus = one_pass(None, edges, s_ref)
     d_first = float(np.exp(np.mean(np.log(ests))))
     if two_pass:
-        ests, n_cums, nes, nbs = one_pass(d_first)
+        s_ref = float(np.mean(srefs))
+        ests, n_cums, nes, nbs, srefs, kus = one_pass(d_first, edges, s_ref)
+    s_ref = float(np.mean(srefs))
+    ref_var_factor = 1.0 / n_ref
     # measurement noise of the cumulative loss: robust sd of the second differences of the
     # raw levels (var(Δ²n) = 6σ² for independent level errors; the smooth trend adds little)
+    k_use = int(min(kus))
+    n_cums = [v[: k_use + 1] for v in n_cums]
+    nes = [v[: k_use + 1] for v in nes]
+    nbs = [v[: k_use + 1] for v in nbs]
     n_raw = np.mean(n_cums, axis=0)[1:]
     if len(n_raw) >= 4:
         d2 = np.diff(n_raw, 2)
         sig = float(1.4826 * np.median(np.abs(d2 - np.median(d2))) / np.sqrt(6.0))
     else:
         sig = 0.0
-    # the last level has error σ, the intact reference (linear back-extrapolation of the
-    # first three frames) ≈ 1.53σ: pass the rms of the two
+    # the last level has error σ, the intact reference (mean of the first three frames
+    # along the model curve) ≈ σ/√3: pass the rms of the two
     level_sd = sig * np.sqrt((1.0 + ref_var_factor) / 2.0)
     ests_a = np.asarray(ests)
     rel_var = float(np.var(np.log(ests_a), ddof=1)) if len(ests_a) > 1 else 0.0
     n_all = np.mean(n_cums, axis=0)
     # combined fit: mean template populations; template spread as extra variance
     res = fit_br_desorption(
-        dose,
+        dose[:k_use],
         np.diff(n_all),
         np.mean(nes, axis=0),
         np.mean(nbs, axis=0),
@@ -563,7 +585,7 @@ def br_loss_from_images(
         extra_rel_var=rel_var,
         level_sd=level_sd,
     )
-    res.frames["total_scs_A2"] = S
+    res.frames["total_scs_A2"] = S[:k_use]
     res.frames["n_lost_cumulative"] = n_all[1:]
     res.info.update(
         {
@@ -574,6 +596,7 @@ def br_loss_from_images(
             "first_pass_D_Br_e_per_A2": d_first,
             "template_rel_sd": float(np.sqrt(rel_var)),
             "level_sd_Br": sig,
+            "n_frames_used": k_use,
             "voltage_kV": kv,
             "scs_library": "perovstem.simulate.scs (abTEM-calibrated tables)",
         }
