@@ -164,13 +164,17 @@ def _lattice_opening(m: np.ndarray, side: int, noise_scale: float = 0.0) -> np.n
     # outside the frame counts as the lowest value: a cluster cut by the frame edge is not
     # mirrored into a structure the element fits in, a facet touching the edge still is
     low = float(np.min(m))
+    kw = {"size": side, "mode": "constant", "cval": low}
+    ero_x = ndimage.minimum_filter1d(m, axis=1, **kw)
+    ero_y = ndimage.minimum_filter1d(m, axis=0, **kw)
     line = np.minimum(
-        ndimage.grey_opening(m, size=(1, side), mode="constant", cval=low),
-        ndimage.grey_opening(m, size=(side, 1), mode="constant", cval=low),
+        ndimage.maximum_filter1d(ero_x, axis=1, **kw),
+        ndimage.maximum_filter1d(ero_y, axis=0, **kw),
     )
     if noise_scale <= 0:
         return line
-    sq = ndimage.grey_opening(m, size=(side, side), mode="constant", cval=low)
+    sq = ndimage.minimum_filter1d(ero_x, axis=0, **kw)  # separable square erosion
+    sq = ndimage.maximum_filter1d(ndimage.maximum_filter1d(sq, axis=0, **kw), axis=1, **kw)
     return np.minimum(line, sq + 3.0 * np.sqrt(noise_scale * np.clip(sq, 0, None)))
 
 
@@ -229,21 +233,42 @@ def _interstitial_mean(
     t = np.radians(angle_deg)
     e1 = (np.cos(t), np.sin(t))  # (x, y) of the first lattice vector
     e2 = (-np.sin(t), np.cos(t))
-    ky = sfft.fftfreq(mm)[:, None]
-    kx = sfft.fftfreq(nn)[None, :]
-    lp = np.exp(-2.0 * np.pi**2 * (1.5 * a_px) ** 2 * (kx**2 + ky**2))
+    # the demodulated fringe varies over >= 1.5 cells: low-pass it on a grid binned by
+    # ~a/3 (block means, then a Gaussian in Fourier space) and interpolate back
+    b = max(1, int(a_px // 3))
+    mb, nb = -(-mm // b), -(-nn // b)
+    ky = sfft.fftfreq(mb)[:, None]
+    kx = sfft.fftfreq(nb)[None, :]
+    lp = np.exp(-2.0 * np.pi**2 * (1.5 * a_px / b) ** 2 * (kx**2 + ky**2))
     frac = []
     for ex, ey in (e1, e2):
         ph_lin = (ex * xx + ey * yy) / a_px
-        z = sfft.ifft2(sfft.fft2(img * np.exp(-2j * np.pi * ph_lin)) * lp)
-        u = ph_lin + np.angle(z) / (2.0 * np.pi)  # integer on the column sublattice
+        carrier = np.exp(-2j * np.pi * ey * yy / a_px) * np.exp(-2j * np.pi * ex * xx / a_px)
+        zp = np.zeros((mb * b, nb * b), complex)
+        zp[:mm, :nn] = img * carrier
+        zb = zp.reshape(mb, b, nb, b).mean(axis=(1, 3))
+        zb = sfft.ifft2(sfft.fft2(zb) * lp)
+        # the low-passed phase hardly changes within a block: repeat it
+        ph = np.angle(zb).repeat(b, axis=0).repeat(b, axis=1)[:mm, :nn]
+        u = ph_lin + ph / (2.0 * np.pi)  # integer on the column sublattice
         frac.append(u - np.floor(u))
     fu, fv = frac
     du = np.abs((fu % 0.5) - 0.25)  # distance to the nearest 1/4 or 3/4, cells
     dv = np.abs((fv % 0.5) - 0.25)
     w = (np.hypot(du, dv) * a_px < radius_px).astype(float)
-    cw = unit_cell_average(w, a_px, angle_deg=angle_deg)
-    q = unit_cell_average(img * w, a_px, angle_deg=angle_deg) / np.maximum(cw, 1e-3)
+    # cell averages of the mask and of the masked image in one batched Fourier pass (the
+    # same sinc filter as :func:`unit_cell_average`)
+    pad = int(np.ceil(2 * a_px))
+    st = np.pad(np.stack([img * w, w]), ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+    mean = st.mean(axis=(1, 2), keepdims=True)
+    fky = sfft.fftfreq(st.shape[1])[:, None]
+    fkx = sfft.rfftfreq(st.shape[2])[None, :]
+    k1 = fkx * np.cos(t) + fky * np.sin(t)
+    k2 = -fkx * np.sin(t) + fky * np.cos(t)
+    filt = np.sinc(k1 * a_px) * np.sinc(k2 * a_px)
+    sm = sfft.irfft2(sfft.rfft2(st - mean, workers=2) * filt, s=st.shape[1:], workers=2) + mean
+    sm = sm[:, pad:-pad, pad:-pad]
+    q = sm[0] / np.maximum(sm[1], 1e-3)
     return q, w
 
 
@@ -293,7 +318,12 @@ def _aperture_counts(
     full = np.zeros(e.shape, np.int32)
     full[box] = regions
     reach = float(np.max(r_ap[which])) + ring_A if which.any() else 0.0
-    part = expand_labels(full, distance=reach / px)
+    # nearest-segment partition, computed around the segments only
+    rp = int(np.ceil(reach / px)) + 2
+    r0, c0 = max(0, box[0].start - rp), max(0, box[1].start - rp)
+    r1, c1 = min(e.shape[0], box[0].stop + rp), min(e.shape[1], box[1].stop + rp)
+    part = np.zeros(e.shape, np.int32)
+    part[r0:r1, c0:c1] = expand_labels(full[r0:r1, c0:c1], distance=reach / px)
     mm, nn = e.shape
     for i in np.flatnonzero(which):
         h = int(np.ceil((r_ap[i] + ring_A) / px)) + 1
@@ -523,13 +553,20 @@ def detect_clusters(
         # patch of a degrading crystal next to depleted ones): its count is taken from D.
         host_frac = np.zeros(k)
         if host_test:
-            q, _ = _interstitial_mean(a - off, a_px, float(lattice_angle_deg), 0.25 * a_px)
-            crys = m > 0.5 * float(np.percentile(m, 99.5))
+            # everything of the test is needed around the segments only: a window with
+            # one element length of context
+            w0, w1 = max(0, r0 - side), min(m.shape[0], r1 + side)
+            v0, v1 = max(0, c0 - side), min(m.shape[1], c1 + side)
+            win = (slice(w0, w1), slice(v0, v1))
+            m_w = m[win]
+            q, _ = _interstitial_mean((a - off)[win], a_px, float(lattice_angle_deg), 0.25 * a_px)
+            crys = m_w > 0.5 * float(np.percentile(m, 99.5))
             if crys.sum() > 4 * a_px**2:
-                kappa_h = float(np.median(q[crys] / np.maximum(m[crys], 1e-30)))
+                kappa_h = float(np.median(q[crys] / np.maximum(m_w[crys], 1e-30)))
             if np.isfinite(kappa_h) and kappa_h < 0.6:
-                d = (q - kappa_h * m) / (1.0 - kappa_h)
-                ed = _plateau_excess(d, side, tilt, var_m)[box][sel]
+                d = (q - kappa_h * m_w) / (1.0 - kappa_h)
+                ed_w = _plateau_excess(d, side, tilt, var_m[win])
+                ed = ed_w[r0 - w0 : r1 - w0, c0 - v0 : c1 - v0][sel]
                 tot_d = bsum(ed)
                 # D is noisier than M (empty sites only, and the kappa_h M term)
                 err_d = err * np.sqrt(1.0 + kappa_h**2) / (1.0 - kappa_h)
