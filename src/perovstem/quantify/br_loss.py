@@ -11,10 +11,11 @@ dose (the exposed fraction grows as Pb leaves):
 
 Given the Br lost per frame and the populations at risk, the maximum-likelihood estimate of
 D_Br (Poisson counts of lost Br with mean ΔD·R/D_Br, R = N_exposed + f·N_bulk, trapezoid over
-the frame) is D̂ = Σ_k ΔD_k·R̄_k / Σ_k ΔN_k (:func:`fit_br_desorption`).  Its interval is a
+the frame) is D̂ = Σ_k ΔD_k·R̄_k / Σ_k ΔN_k (:func:`fit_br_desorption`).  Its interval is the
 profile interval of the Poisson total, widened by the over-dispersion of the per-frame
-increments (quasi-Poisson: measurement noise of image-derived counts) and by the spread
-between structural templates.
+increments (quasi-Poisson); for image-derived counts, whose errors are on the cumulative
+level and do not accumulate, a Wald interval with Poisson + level variance; in both cases
+widened by the spread between structural templates.
 
 From images (:func:`br_loss_from_images`) neither N_exposed nor the Br lost can be counted
 atom by atom (one Br adds only ≈ 0.0025 Å² to a column cross-section).  Instead:
@@ -23,7 +24,7 @@ atom by atom (one Br adds only ≈ 0.0025 Å² to a column cross-section).  Inst
   (Å², E et al., Ultramicroscopy 133, 109 (2013)), is measured per frame — it is precise
   (10⁵–10⁶ detected electrons per frame) and includes the Pb⁰ adatoms and clusters;
 * a **structural template** — the lattice scheme above run on a crystal of the measured
-  size (lateral size from the segmented outline, thickness from S_0) with the package's
+  size (lateral size from the segmented outline, thickness from S_intact) with the package's
   lattice KMC (:func:`perovstem.simulate.degradation_kmc`) at a *nominal* D_Br — gives, as a
   function of the number of Br lost n, the exposed and bulk Br and the total cross-section
   S(n) computed from the SCS library (:mod:`perovstem.simulate.scs`, the abTEM-calibrated
@@ -32,7 +33,15 @@ atom by atom (one Br adds only ≈ 0.0025 Å² to a column cross-section).  Inst
   The sequence of states against n does not depend on D_Br or on the dose rate (every
   desorption rate scales with 1/D_Br), so the template fixes the *structure*, never the
   parameter;
-* S_k → n_k by inverting S(n), then N_exposed and N_bulk from the template at n_k.
+* S_k → n_k by inverting S(n) on ratios S_k/S_intact (gain and dose calibration cancel),
+  then N_exposed and N_bulk from the template at n_k.  S_intact (before the first frame) is
+  refined so that the first three frames follow the template's own curve n(D); a second
+  pass reruns the templates at the first D̂ with the series' frame time and dose, so that
+  the Pb⁰ (adatoms vs clusters, different SCS per atom) evolve as in the series.  Frames
+  after the host is gone (no bulk Br left in the template, S(n) flat) are not used.
+
+Validation (``docs/insitu.md``): KMC series of 4–6 nm cubes at 1.5·10³–10⁴ e⁻/Å²/s, 4 seeds:
+35 of 36 within 10 % of D_Br, CIs cover in 33 of 36.
 
 Assumptions (stated, not tested against real data): a cuboid crystal of the host lattice in
 [001] with CsBr termination, the notes' surface/bulk rule with a known f, and the whole
@@ -426,9 +435,18 @@ def br_loss_from_images(
     Returns
     -------
     BrLossResult
-        ``frames`` also holds ``total_scs_A2`` (measured) and ``n_lost_cumulative``;
-        ``info`` the crystal size in cells (lateral from the outline of frame 0, thickness
-        from S_0), the per-template estimates and their relative spread.
+        ``frames`` (the frames used: ``info['n_frames_used']``) also holds
+        ``total_scs_A2`` (measured) and ``n_lost_cumulative``; ``info`` the crystal size in
+        cells (lateral from the outline of frame 0, thickness from S_intact), the intact
+        cross-section, the first-pass and per-template estimates, their relative spread and
+        the level noise of the Br lost (``level_sd_Br``).
+
+    Raises
+    ------
+    ParameterError
+        ``series`` is not a Series, has no dose, or ``n_templates`` < 1.
+    DataError
+        A dose ≤ 0, or no crystal in the first frame.
     """
     from perovstem._data import Series
     from perovstem.insitu._frames import iter_frames
@@ -465,7 +483,7 @@ def br_loss_from_images(
     # lateral size: the outline of an m-cell crystal (Cs to Cs) spans m·a (measured area
     # of simulated cubes of 5–12 cells: √A/a = m + 0.1…0.25)
     m_xy = max(2, int(np.rint(np.sqrt(area0) / lattice_A)))
-    # thickness: the number of cells whose intact-crystal SCS matches S_0 (library)
+    # thickness: the number of cells whose intact-crystal SCS matches S_intact (library)
     from perovstem.simulate import nanocrystal
 
     def s_intact(mz: int) -> float:
