@@ -122,11 +122,16 @@ def test_lattice_estimate_on_simulated_crystal():
     assert strength > 20
 
 
-@pytest.mark.parametrize("px, seeds", [(0.4, range(200, 216)), (0.5, range(400, 424))])
-def test_clusters_detected_and_counted_on_simulated_frames(px, seeds):
+@pytest.mark.parametrize(
+    "px, seeds, rotate",
+    [(0.4, range(200, 216), False), (0.5, range(400, 424), False), (0.4, range(600, 624), True)],
+)
+def test_clusters_detected_and_counted_on_simulated_frames(px, seeds, rotate):
     """Simulator frames (fast HAADF model, abTEM-calibrated SCS, Moffat PSF tail, Poisson
     noise): clusters of 10-150 atoms at corners, edges and faces of a 4 nm crystal (in
-    projection beside, touching or on top of it), doses 5e3-1e5 e/Å², many seeds."""
+    projection beside, touching or on top of it), doses 5e3-1e5 e/Å², many seeds; the
+    third set rotates the crystal in the image plane by 3, 17, 30 or 45°, with detector
+    gain 2 and offset 50 counts."""
     from perovstem.simulate import add_pb_cluster, nanocrystal
     from perovstem.simulate.haadf import haadf_image
 
@@ -139,9 +144,19 @@ def test_clusters_detected_and_counted_on_simulated_frames(px, seeds):
         for n in rng.choice([10, 15, 25, 40, 80, 150], 4, replace=False):
             site = str(rng.choice(["corner", "edge", "face"]))
             at = add_pb_cluster(at, int(n), site=site, rng=rng)
+        det_kw = {}
+        if rotate:
+            at.rotate([3.0, 17.0, 30.0, 45.0][seed % 4], "z", center="COM")
+            det_kw = {"gain": 2.0, "offset": 50.0}
         dose = float(rng.choice([5e3, 2e4, 1e5]))
         img, truth = haadf_image(
-            at, pixel_size_A=px, shape=shape, center_A=(0, 0), dose_e_per_A2=dose, rng=seed
+            at,
+            pixel_size_A=px,
+            shape=shape,
+            center_A=(0, 0),
+            dose_e_per_A2=dose,
+            rng=seed,
+            **det_kw,
         )
         det = detect_clusters(img, frame=seed)
         assert (det["frame"] == seed).all()

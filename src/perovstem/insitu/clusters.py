@@ -183,11 +183,18 @@ def _plateau_excess(m: np.ndarray, side: int, tilt: float, var: np.ndarray) -> n
     pos = m > 0
     ns = float(np.median(var[pos] / m[pos])) if pos.any() else 0.0
     if abs(tilt) > 0.5:
-        rot = ndimage.rotate(m, -tilt, reshape=True, order=1, mode="nearest")
+        # lattice angles are measured from x towards the row axis (y down); ndimage.rotate
+        # by +tilt brings that direction onto the x axis (it was -tilt before: rotated
+        # crystals were opened at twice their angle)
+        # symmetric padding keeps the rotation centre on the same pixel both ways (a
+        # reshaped rotation can leave a half-pixel offset between bg and m)
+        low = float(np.min(m))
+        pad = int(np.ceil(0.5 * (np.hypot(*m.shape) - min(m.shape)))) + 2
+        mp = np.pad(m, pad, mode="constant", constant_values=low)
+        rot = ndimage.rotate(mp, tilt, reshape=False, order=1, mode="constant", cval=low)
         bg_r = _lattice_opening(rot, side, ns)
-        bg = ndimage.rotate(bg_r, tilt, reshape=False, order=1, mode="nearest")
-        cy, cx = (np.array(bg.shape) - np.array(m.shape)) // 2
-        bg = bg[cy : cy + m.shape[0], cx : cx + m.shape[1]]
+        bg = ndimage.rotate(bg_r, -tilt, reshape=False, order=1, mode="constant", cval=low)
+        bg = bg[pad:-pad, pad:-pad]
     else:
         bg = _lattice_opening(m, side, ns)
     e = m - bg
