@@ -154,6 +154,11 @@ def test_bad_input():
         track_clusters(
             pd.DataFrame({"frame": [0], "x_A": [1.0], "y_A": [0.0], "n_atoms": [5]}), method="x"
         )
+    one = pd.DataFrame({"frame": [0], "x_A": [1.0], "y_A": [0.0], "n_atoms": [5]})
+    with pytest.raises(ParameterError, match="min_merge_atoms"):
+        track_clusters(one, min_merge_atoms=-1)
+    with pytest.raises(ParameterError, match="min_merge_frames"):
+        track_clusters(one, min_merge_frames=0)
     tr, lin = track_clusters(pd.DataFrame({"frame": [], "x_A": [], "y_A": [], "n_atoms": []}))
     assert tr.empty and lin.empty
 

@@ -475,6 +475,8 @@ def detect_clusters(
     check_positive("max_diameter_A", max_diameter_A)
     check_positive("threshold_sigma", threshold_sigma)
     check_positive("min_separation_A", min_separation_A)
+    if aperture_A is not None:
+        check_positive("aperture_A", aperture_A, allow_zero=True)
     if dose is not None:
         dose = check_positive("dose_e_per_A2", dose)
     if lattice_A is None or lattice_angle_deg is None:

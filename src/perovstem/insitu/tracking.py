@@ -113,6 +113,11 @@ def track_clusters(
     if int(gap_frames) != gap_frames or gap_frames < 0:
         raise ParameterError(f"`gap_frames` must be an integer >= 0, got {gap_frames!r}")
     check_positive("merge_mass_fraction", merge_mass_fraction)
+    check_positive("min_merge_atoms", min_merge_atoms, allow_zero=True)
+    if int(min_merge_frames) != min_merge_frames or min_merge_frames < 1:
+        raise ParameterError(
+            f"`min_merge_frames` must be an integer >= 1, got {min_merge_frames!r}"
+        )
     df = clusters.reset_index(drop=True).copy()
     if (df["frame"] != np.round(df["frame"])).any() or (df["frame"] < 0).any():
         raise DataError("`clusters.frame` must hold non-negative integer frame indices")
