@@ -568,9 +568,11 @@ def detect_clusters(
             v0, v1 = max(0, c0 - side), min(m.shape[1], c1 + side)
             win = (slice(w0, w1), slice(v0, v1))
             m_w = m[win]
-            q, _ = _interstitial_mean((a - off)[win], a_px, float(lattice_angle_deg), 0.25 * a_px)
             crys = m_w > 0.5 * float(np.percentile(m, 99.5))
-            if crys.sum() > 4 * a_px**2:
+            if crys.sum() > 4 * a_px**2:  # some crystal (or support) plateau in the window
+                q, _ = _interstitial_mean(
+                    (a - off)[win], a_px, float(lattice_angle_deg), 0.25 * a_px
+                )
                 kappa_h = float(np.median(q[crys] / np.maximum(m_w[crys], 1e-30)))
             if np.isfinite(kappa_h) and kappa_h < 0.6:
                 d = (q - kappa_h * m_w) / (1.0 - kappa_h)
