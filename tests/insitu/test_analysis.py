@@ -178,3 +178,112 @@ def test_bad_input():
 
     with pytest.raises(ParameterError, match="Series"):
         analyze_series(np.zeros((3, 8, 8)))
+
+
+# --- image-derived Br loss (quantify.br_loss) wired into analyze_series -------------------
+
+D_BR_TRUE = 3e4  # KineticParameters default D_Br_e_per_A2 of the simulator
+
+
+@pytest.fixture(scope="module", params=[(40.0, 5e3, 6, 1), (50.0, 5e3, 6, 3)], ids=str)
+def br_series(request):
+    """KMC series (two sizes, two seeds; cumulative dose 3·10⁴ e⁻/Å² ≈ D_Br) with drift."""
+    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
+
+    edge, rate, nf, seed = request.param
+    tr = degradation_kmc(
+        nanocrystal(edge, rng=seed),
+        n_frames=nf,
+        frame_time_s=1.0,
+        dose_rate_e_per_A2_s=rate,
+        temperature_K=300.0,
+        rng=seed,
+    )
+    s, _ = insitu_series(tr, pixel_size_A=0.5, drift_A_per_s=(0.3, -0.2), rng=seed + 100)
+    return s, tr.frame_table, seed
+
+
+def test_analyze_series_br_loss_row_from_images(br_series):
+    """The summary's Br-loss row is the exposed-Br hazard fit of the image-derived loss."""
+    from perovstem.insitu import analyze_series
+
+    s, ft, seed = br_series
+    res = analyze_series(s, br_loss=True, br_loss_options={"rng": seed + 7}, ci="wald")
+    f = res.frames
+    assert {"n_Br_lost_image", "n_Br_exposed_image", "n_Br_bulk_image"} <= set(f.columns)
+    # the image-derived cumulative loss follows the simulator's within 10 % at the end
+    k = res.br_loss.info["n_frames_used"] - 1
+    lost_true = ft["n_Br_desorbed"].iloc[: k + 1].sum()
+    assert abs(f["n_Br_lost_image"].iloc[k] / lost_true - 1) < 0.10
+    rows = res.summary[res.summary["process"] == "br_loss"]
+    assert len(rows) == 1
+    row = rows.iloc[0]
+    assert row["observable"] == "n_Br_lost_image"
+    assert row["selected_model"] == "br_exposed_hazard"
+    assert row["param"] == "D_Br_e_per_A2"
+    assert abs(row["value"] / D_BR_TRUE - 1) < 0.10
+    assert row["ci_low"] < D_BR_TRUE < row["ci_high"]
+    assert "br_loss" in res.tables()
+    # without the option: the row is the first-order intensity fit, not the image hazard
+    off = analyze_series(s, br_loss=False, ci="wald", phase_check=False)
+    assert "n_Br_lost_image" not in off.frames
+    assert not (off.summary["selected_model"] == "br_exposed_hazard").any()
+
+
+def test_analyze_series_br_loss_needs_dose_and_notes_failures(br_series):
+    from perovstem.insitu import analyze_series
+
+    s, _, _ = br_series
+    with pytest.raises(ParameterError, match="dose"):
+        analyze_series(s.replace(dose_e_per_A2=None), br_loss=True, summary=False)
+    bad = np.array(s.data, float)
+    bad[2] = np.nan  # an unusable frame before 5 usable ones: no image Br loss, a note
+    res = analyze_series(s.replace(data=bad), br_loss=True, summary=False, phase_check=False)
+    assert res.skipped == [2]
+    assert res.br_loss is None
+    assert any("frame 2" in n for n in res.notes)
+    with pytest.raises(ParameterError, match="lattice_A"):
+        analyze_series(s, br_loss=True, br_loss_options={"lattice_A": 6.0}, summary=False)
+
+
+# --- scan-distortion correction pass-through ----------------------------------------------
+
+
+def _row_jittered(s, amp, seed):
+    """Shift the scan lines of every frame by a smooth, frame-specific x offset (px)."""
+    rng = np.random.default_rng(seed)
+    data = np.array(s.data, float)
+    m, n = data.shape[1:]
+    x = np.arange(n, dtype=float)
+    jit = []
+    for k in range(len(data)):
+        j = amp * np.sin(np.arange(m) / rng.uniform(10, 16) + rng.uniform(0, 2 * np.pi))
+        for i in range(m):
+            data[k, i] = np.interp(x - j[i], x, data[k, i])
+        jit.append(j)
+    return s.replace(data=data), np.array(jit)
+
+
+def test_analyze_series_scan_correction_reaches_apply_drift(sim_series):
+    """With row jitter the rms line offset removed follows the jitter put in (relative to
+    the series mean and the frame's own mean); without jitter it is small."""
+    from perovstem.insitu import analyze_series
+
+    s, _ = sim_series[0]
+    opts = {"band_rows": 4, "smooth_rows": 1.0}
+    kw = {"summary": False, "phase_check": False, "crystal": False}
+    js, jit = _row_jittered(s, 1.0, 5)
+    res = analyze_series(js, scan_correction=True, scan_options=opts, **kw)
+    rms = res.frames["scan_rms_line_offset_px"].to_numpy()
+    rel = jit - jit.mean(axis=0)
+    rel = rel - rel.mean(axis=1, keepdims=True)
+    m = s.shape[1]
+    true_rms = np.sqrt(np.mean(rel[:, m // 4 : -m // 4] ** 2, axis=1))  # rows of the crystal
+    assert np.median(np.abs(rms - true_rms)) < 0.25, (rms, true_rms)
+    assert np.mean(rms) > 0.4
+    clean = analyze_series(s, scan_correction=True, scan_options=opts, **kw)
+    assert np.mean(clean.frames["scan_rms_line_offset_px"]) < 0.5 * np.mean(rms)
+    plain = analyze_series(js, **kw)
+    assert "scan_rms_line_offset_px" not in plain.frames
+    with pytest.raises(ParameterError, match="scan_options"):
+        analyze_series(s, scan_correction=True, scan_options={"bands": 3}, **kw)

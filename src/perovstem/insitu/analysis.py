@@ -43,6 +43,12 @@ class InsituResult:
         rate per e⁻/Å² when doses are known) from the hidden-Markov Viterbi paths.
     column_counts : long table ``frame, column, type, x_A, y_A, scs_A2, n_atoms,
         n_atoms_mean, n_atoms_std`` (only with ``columns=True``).
+    br_loss : :class:`perovstem.quantify.br_loss.BrLossResult` of the image-derived Br loss
+        (only with ``br_loss=True`` and when it could be fitted); its per-frame table is
+        written as ``br_loss``.
+    notes : list of str
+        What could not be done and why (e.g. the image-derived Br loss on a series with a
+        skipped frame).
     """
 
     frames: pd.DataFrame
@@ -54,6 +60,8 @@ class InsituResult:
     skipped: list[int] = field(default_factory=list)
     columns: pd.DataFrame | None = None
     column_counts: pd.DataFrame | None = None
+    br_loss: Any = None
+    notes: list[str] = field(default_factory=list)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """All tables by name (for writing); ``columns``/``column_counts`` when computed."""
@@ -68,6 +76,8 @@ class InsituResult:
         if self.columns is not None:
             out["columns"] = self.columns
             out["column_counts"] = self.column_counts
+        if self.br_loss is not None:
+            out["br_loss"] = self.br_loss.frames
         return out
 
 
@@ -86,6 +96,10 @@ def analyze_series(
     ci: str = "profile",
     columns: bool = False,
     column_options: dict[str, Any] | None = None,
+    br_loss: bool = False,
+    br_loss_options: dict[str, Any] | None = None,
+    scan_correction: bool = False,
+    scan_options: dict[str, Any] | None = None,
 ) -> InsituResult:
     """Analyse an in-situ series end to end.
 
@@ -127,6 +141,37 @@ def analyze_series(
         ``max_iter`` (fit sweeps per frame, 30), ``library`` ({type: library} overriding the
         simulated ones), ``positions`` (a DataFrame ``x_A, y_A, type`` in the registered
         frame instead of the column finder).
+    br_loss : bool
+        Measure the Br loss from the images (:func:`perovstem.quantify.br_loss_from_images`:
+        total cross-section of every frame mapped onto a structural template) and merge its
+        per-frame columns ``n_Br_lost_image, n_Br_exposed_image, n_Br_bulk_image,
+        n_Br_lost_image_sd, f_bulk`` into ``frames``, so that the Br-loss row of the
+        mechanism summary is the exposed-Br hazard fit of the image-derived loss
+        (``D_Br_e_per_A2``, "beam-driven desorption of exposed Br") instead of a
+        first-order fit of the crystal's integrated intensity.  Needs the dose per frame.
+        Assumptions (not checked on the data): a CsPbBr₃ crystal in [001], CsBr-terminated
+        cuboid; the whole crystal and all its Pb⁰ inside the field of view, with vacuum or
+        support at the frame border (background); the first frame pristine; the
+        bulk/surface desorption ratio ``f_bulk`` known (0.1 by default); no Cd or other
+        alloying (the template is pure CsPbBr₃).  The total cross-section is a sum over
+        the field of view and changes neither under a rigid shift nor under scan-line
+        offsets, so the raw frames are used (the interpolation of registration would only
+        replicate edge pixels into the border used as background).  A failure (e.g. a skipped frame
+        or no crystal in frame 0) is reported in ``notes`` and the summary falls back to
+        the intensity fit; frames after the first skipped frame are not used.
+    br_loss_options : dict, optional
+        Keyword options of :func:`~perovstem.quantify.br_loss_from_images` (``f_bulk``,
+        ``level``, ``n_templates``, ``voltage_kV``, ``temperature_K``, ``border_px``,
+        ``two_pass``, ``rng``); ``lattice_A`` is taken from this function.
+    scan_correction : bool
+        After the rigid alignment, remove the fast-scan line jitter of every frame
+        (:func:`perovstem.insitu.apply_drift` with ``scan_correction=True``, against the
+        mean of the other aligned frames).  Adds ``scan_rms_line_offset_px`` (rms line
+        offset removed per frame, px; NaN for lazy input and skipped frames) to ``frames``.
+        For an in-memory series the aligned frames are held in memory (float32).
+    scan_options : dict, optional
+        ``band_rows``, ``smooth_rows``, ``max_shift_px`` of
+        :func:`~perovstem.insitu.correct_scan_distortion`.
 
     Returns
     -------
@@ -146,6 +191,16 @@ def analyze_series(
         )
     shifts = drift[["dy_px", "dx_px"]].to_numpy(float)
     dose = series.dose_e_per_A2
+    if br_loss and dose is None:
+        raise ParameterError(
+            "`br_loss=True` needs the dose of every frame (total cross-section); "
+            "use assign_dose first"
+        )
+    frames_src = series
+    scan_rms: np.ndarray | None = None
+    if scan_correction:
+        frames_src, scan_rms = _scan_corrected(series, drift, register, scan_options)
+        shifts = np.zeros_like(shifts)  # frames_src is already aligned
     gain = series.metadata.get("gain")
     offset = series.metadata.get("offset")
     dets, rows, skipped = [], [], []
@@ -199,7 +254,7 @@ def analyze_series(
         block.clear()
 
     with single_blas_thread(), ThreadPoolExecutor(max_workers=max(1, int(n_workers))) as pool:
-        for k, fr in iter_frames(series):
+        for k, fr in iter_frames(frames_src):
             if angle is None and not frame_quality(fr):
                 # orientation of the host lattice from the first usable frame, kept for all
                 try:
@@ -228,6 +283,16 @@ def analyze_series(
         size_col = "n_atoms"
     tracks, lineage = track_clusters(det, size_column=size_col, **track)
     fr_tab = _frames_table(series, drift, pd.DataFrame(rows), tracks, lineage)
+    if scan_rms is not None:
+        fr_tab["scan_rms_line_offset_px"] = scan_rms
+    notes: list[str] = []
+    br_res = None
+    if br_loss:
+        br_res, note = _image_br_loss(series, skipped, lattice_A, br_loss_options)
+        if note:
+            notes.append(note)
+        else:
+            fr_tab = fr_tab.merge(br_res.frame_columns(), on="frame", how="left")
     events = lineage_events(lineage, fr_tab)
     if summary:
         from perovstem.quantify.mechanism import mechanism_summary
@@ -248,7 +313,68 @@ def analyze_series(
     for t in (fr_tab, drift, tracks, lineage, events, summ, col_tab, col_counts):
         if t is not None:
             t.attrs["pixel_size_A"] = px
-    return InsituResult(fr_tab, drift, tracks, lineage, events, summ, skipped, col_tab, col_counts)
+    return InsituResult(
+        fr_tab, drift, tracks, lineage, events, summ, skipped, col_tab, col_counts, br_res, notes
+    )
+
+
+def _scan_corrected(
+    series: Series, drift: pd.DataFrame, register: bool, opts: dict[str, Any] | None
+) -> tuple[Series, np.ndarray]:
+    """Rigidly aligned, scan-jitter-corrected series and the rms line offset per frame."""
+    from perovstem.insitu.register import apply_drift
+
+    allowed = {"band_rows", "smooth_rows", "max_shift_px"}
+    opts = dict(opts or {})
+    bad = set(opts) - allowed
+    if bad:
+        raise ParameterError(
+            f"unknown key(s) {sorted(bad)} in `scan_options` (allowed: {sorted(allowed)})"
+        )
+    if not register:  # no drift: mark the unusable frames so they stay out of the reference
+        bad_frames = [k for k, fr in iter_frames(series) if frame_quality(fr)]
+        drift = drift.assign(skipped=drift["frame"].isin(bad_frames))
+    out = apply_drift(series, drift, scan_correction=True, **opts)
+    rms = out.metadata.get("scan_correction", {}).get("rms_line_offset_px")
+    rms_a = np.full(series.n_frames, np.nan) if rms is None else np.asarray(rms, float)
+    return out, rms_a
+
+
+def _image_br_loss(
+    series: Series, skipped: list[int], lattice_A: float, opts: dict[str, Any] | None
+) -> tuple[Any, str]:
+    """:func:`br_loss_from_images` on the frames before the first skipped one; a note on failure."""
+    from perovstem.quantify.br_loss import br_loss_from_images
+
+    opts = dict(opts or {})
+    if "lattice_A" in opts:
+        raise ParameterError("`br_loss_options` must not set `lattice_A` (use `lattice_A`)")
+    s = series
+    if skipped:
+        first = min(skipped)
+        if first < 5:
+            return None, (
+                f"image-derived Br loss not computed: frame {first} is unusable and fewer than "
+                "5 usable frames precede it"
+            )
+
+        def head(v: Any) -> Any:
+            return None if v is None else np.asarray(v)[:first]
+
+        s = series.replace(
+            data=series.data[:first],
+            time_s=head(series.time_s),
+            dose_e_per_A2=head(series.dose_e_per_A2),
+            temperature_K=head(series.temperature_K),
+            pressure_Pa=head(series.pressure_Pa),
+        )
+    try:
+        res = br_loss_from_images(s, lattice_A=lattice_A, **opts)
+    except DataError as exc:  # bad options (ParameterError) are raised, data problems noted
+        return None, f"image-derived Br loss not computed: {exc}"
+    if skipped:
+        res.info["note"] = f"frames from {min(skipped)} on (first unusable frame) not used"
+    return res, ""
 
 
 _COLUMN_DEFAULTS: dict[str, Any] = {
