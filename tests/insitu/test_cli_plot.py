@@ -70,6 +70,27 @@ def test_cli_insitu_writes_tables_plots_summary(series_file, tmp_path):
     assert frames["cumulative_dose_e_per_A2"].iloc[-1] == pytest.approx(8 * 4e3)
 
 
+def test_cli_insitu_br_loss_and_scan_correction(series_file, tmp_path):
+    """--br-loss: the summary's Br-loss row is D_Br of the image-derived exposed-Br hazard,
+    within 10 % of the simulator's (3·10⁴ e⁻/Å²); --scan-correction adds the rms offsets."""
+    out = tmp_path / "out"
+    args = ["insitu", str(series_file), "--out", str(out), "--table-format", "csv"]
+    rc = main([*args, "--ci", "wald", "--no-plots", "--br-loss", "--scan-correction"])
+    assert rc == 0
+    summ = pd.read_csv(out / "summary.csv")
+    row = summ[summ["process"] == "br_loss"].iloc[0]
+    assert row["observable"] == "n_Br_lost_image"
+    assert row["param"] == "D_Br_e_per_A2"
+    assert abs(row["value"] / 3e4 - 1) < 0.10
+    assert row["ci_low"] < 3e4 < row["ci_high"]
+    js = json.loads((out / "summary.json").read_text())
+    assert any("exposed-Br hazard from images" in t for t in js["mechanisms"])
+    assert abs(js["br_loss_from_images"]["D_Br_e_per_A2"] / 3e4 - 1) < 0.10
+    frames = pd.read_csv(out / "frames.csv")
+    assert {"n_Br_lost_image", "scan_rms_line_offset_px"} <= set(frames.columns)
+    assert (out / "br_loss.csv").exists()
+
+
 def test_cli_insitu_bad_input(tmp_path, series_file):
     assert main(["insitu", str(tmp_path / "missing.npz")]) == 2
     assert main(["insitu", str(series_file), "--dose", "0", "--out", str(tmp_path / "o")]) == 2

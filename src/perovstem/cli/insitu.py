@@ -51,6 +51,27 @@ def insitu(
     cd_fraction: float = typer.Option(
         0.0, "--cd-fraction", help="Cd fraction of the Pb-Br column library (--columns)."
     ),
+    br_loss: bool = typer.Option(
+        False,
+        "--br-loss/--no-br-loss",
+        help="Measure the Br loss from the images (total cross-section of every frame mapped "
+        "onto a structural KMC template, perovstem.quantify.br_loss_from_images) and fit "
+        "D_Br of the exposed-Br hazard for the summary's Br-loss row (table br_loss; "
+        "frames gain n_Br_lost_image, n_Br_exposed_image, n_Br_bulk_image). Needs the dose. "
+        "Assumes (not checked): CsPbBr3 (no Cd) viewed along [001], a CsBr-terminated "
+        "cuboid; the whole crystal and all its Pb0 inside the field of view, vacuum or "
+        "support at the frame border; a pristine first frame; a known bulk/surface ratio "
+        "--f-bulk.",
+    ),
+    f_bulk: float = typer.Option(
+        0.1, "--f-bulk", help="Bulk/surface Br desorption ratio f of --br-loss (notes §1.3)."
+    ),
+    scan_correction: bool = typer.Option(
+        False,
+        "--scan-correction/--no-scan-correction",
+        help="Also remove the fast-scan line jitter of every aligned frame (against the mean "
+        "of the others); frames gain scan_rms_line_offset_px.",
+    ),
 ) -> None:
     """Analyse an in-situ series: register, dose, Pb clusters, tracking, kinetics."""
     from perovstem.cli._common import console
@@ -102,7 +123,11 @@ def insitu(
         ci=ci,
         columns=columns,
         column_options={"hmm_model": hmm_model, "cd_fraction": cd_fraction},
+        br_loss=br_loss,
+        br_loss_options={"f_bulk": f_bulk},
+        scan_correction=scan_correction,
     )
+    notes += res.notes
     out = out or series.with_name(series.stem + "_insitu")
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -135,6 +160,20 @@ def insitu(
         "notes": notes,
         "mechanisms": [t for t in res.summary.get("text", []) if isinstance(t, str)],
     }
+    if res.br_loss is not None:
+        b = res.br_loss
+        summary["br_loss_from_images"] = {
+            "D_Br_e_per_A2": b.D_Br_e_per_A2,
+            "ci_low": b.ci_low,
+            "ci_high": b.ci_high,
+            "level": b.level,
+            "n_Br_lost": b.n_lost,
+            "f_bulk": b.f_bulk,
+            "frames_used": int(b.info.get("n_frames_used", len(b.frames))),
+            "cells": list(b.info.get("cells", ())),
+        }
+    if scan_correction:
+        summary["scan_correction"] = True
     if res.columns is not None:
         c = res.columns
         summary["atoms_lost"] = {
