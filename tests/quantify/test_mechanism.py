@@ -103,3 +103,32 @@ sources = ["truth A", "truth B"]
     summ = read_table(tmp_path / "run" / "tables" / "mechanism.summary.parquet")
     br = summ[summ["process"] == "br_loss"].sort_values("dose_rate_e_per_A2_s")
     assert list(br["source"]) == ["truth B", "truth A"]
+
+
+def test_temperature_row_uses_one_dose_rate_or_says_rates_differ():
+    """Nucleation vs temperature: restricted to one dose rate when it has ≥ 3 temperatures;
+    with a different dose rate at every temperature the row says they are confounded."""
+    rng = np.random.default_rng(2)
+    ea = 0.3
+
+    def j(t):
+        return 5e-3 * np.exp(-ea / 8.617e-5 * (1 / t - 1 / 300.0))
+
+    mixed = [(1e3, 260.0), (2e3, 300.0), (4e3, 330.0)]
+    f = pd.concat([_frames(rng, phi, t, j(t), 3e4) for phi, t in mixed], ignore_index=True)
+    row = mechanism_summary(f, ci="wald").query("process == 'temperature'").iloc[0]
+    assert "confounded" in row["text"] and "confounded" in row["mechanism"]
+    same = [(1e3, 260.0), (1e3, 300.0), (1e3, 330.0), (8e3, 300.0)]
+    f = pd.concat([_frames(rng, phi, t, j(t), 3e4) for phi, t in same], ignore_index=True)
+    row = mechanism_summary(f, ci="wald").query("process == 'temperature'").iloc[0]
+    assert "at 1000 e⁻/Å²/s" in row["text"] and row["n_points"] == 3
+    assert abs(row["value"] - ea) < 0.08
+
+
+def test_mass_loss_row_is_labelled_as_intensity_loss():
+    rng = np.random.default_rng(3)
+    f = _frames(rng, 1e3, 300.0, 5e-3, 3e4)
+    f = f.drop(columns="n_Br").assign(integrated_counts=1e6 * np.exp(-f.index / 30.0) + 2e5)
+    row = mechanism_summary(f, ci="wald").query("process == 'mass_loss'").iloc[0]
+    assert "integrated intensity" in row["mechanism"] and "Br" not in row["mechanism"].split("(")[0]
+    assert "integrated intensity" in row["text"]

@@ -115,8 +115,11 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
         f = fits[best]
         key = _KEY.get(best, next(iter(f.params)))
         delta = float(table.loc[1, "delta"]) if len(table) > 1 else np.inf
+        mech = table.loc[0, "mechanism"]
+        if process == "mass_loss":  # Br-loss model forms fitted to an intensity, not to Br
+            mech = f"loss of the crystal's integrated intensity ({best} form; not a Br count)"
         text = (
-            f"{process}: {table.loc[0, 'mechanism']} ({best}, weight {table.loc[0, 'weight']:.2f}); "
+            f"{process}: {mech} ({best}, weight {table.loc[0, 'weight']:.2f}); "
             f"{key} = {_fmt(f.params[key])} [{_fmt(f.ci_low[key])}, {_fmt(f.ci_high[key])}] "
             f"({int(level * 100)} % CI)"
         )
@@ -125,7 +128,7 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
                 "process": process,
                 "observable": col,
                 "selected_model": best,
-                "mechanism": table.loc[0, "mechanism"],
+                "mechanism": mech,
                 "weight": float(table.loc[0, "weight"]),
                 "delta_next": delta,
                 "param": key,
@@ -370,6 +373,23 @@ def _same_t_several_rates(d: pd.DataFrame) -> pd.DataFrame:
     return d.groupby("temperature_K").filter(lambda g: g["dose_rate_e_per_A2_s"].nunique() >= 2)
 
 
+def _one_dose_rate(nuc: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Nucleation rows for the temperature dependence: one dose rate when it has ≥ 3
+    temperatures, else all rows with a note that temperature and dose rate are confounded."""
+    phi = nuc["dose_rate_e_per_A2_s"].round(6)
+    if phi.nunique() <= 1:
+        one = phi.dropna()
+        return nuc, (f" at {float(one.iloc[0]):g} e⁻/Å²/s" if len(one) else "")
+    n_t = nuc.groupby(phi)["temperature_K"].nunique()
+    if n_t.max() >= 3:
+        best = float(n_t.idxmax())
+        return nuc[phi == best], f" at {best:g} e⁻/Å²/s"
+    return nuc, (
+        f" (dose rates differ: {phi.min():g}–{phi.max():g} e⁻/Å²/s, temperature and dose "
+        "rate confounded)"
+    )
+
+
 def _across(summary: pd.DataFrame, level: float) -> pd.DataFrame:
     nuc = summary[(summary["process"] == "nucleation") & summary["value"].notna()]
     nuc = nuc[nuc["param"] == "J_per_e_per_A2"]
@@ -391,6 +411,7 @@ def _across(summary: pd.DataFrame, level: float) -> pd.DataFrame:
         )
         if r is not None:
             rows.append(r)
+    nuc, rate_note = _one_dose_rate(nuc)
     if len(nuc) >= 2 and nuc["temperature_K"].nunique() >= 2:
         err = (nuc["ci_high"] - nuc["ci_low"]).to_numpy(float) / 3.92
         try:
@@ -406,13 +427,14 @@ def _across(summary: pd.DataFrame, level: float) -> pd.DataFrame:
                     "process": "temperature",
                     "observable": "J_per_e_per_A2",
                     "selected_model": "arrhenius",
-                    "mechanism": "thermally activated nucleation",
+                    "mechanism": "thermally activated nucleation" + rate_note,
                     "param": "Ea_eV",
                     "value": r.params["Ea_eV"],
                     "ci_low": r.ci_low["Ea_eV"],
                     "ci_high": r.ci_high["Ea_eV"],
                     "n_points": r.n_obs,
-                    "text": f"nucleation vs temperature: Ea = {_fmt(r.params['Ea_eV'])} eV "
+                    "text": f"nucleation vs temperature{rate_note}: "
+                    f"Ea = {_fmt(r.params['Ea_eV'])} eV "
                     f"[{_fmt(r.ci_low['Ea_eV'])}, {_fmt(r.ci_high['Ea_eV'])}]",
                 }
             )
