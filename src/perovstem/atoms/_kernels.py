@@ -543,7 +543,7 @@ def rho_derivative_images(shape, x, y, eta, rho, cut, tid, nt):
 
 
 @njit(cache=True, parallel=True)
-def global_schur_terms(res, w, x, y, eta, rho, cut, gimg, free_rho=False):
+def global_schur_terms(res, w, x, y, eta, rho, cut, gimg, free_rho=False, const_g=False):
     """Block-diagonal Schur complement for the global parameters (shared ρ, background).
 
     ``gimg`` (ng, M, N) holds ∂model/∂θ_g for each global parameter.  For column k with local
@@ -552,7 +552,8 @@ def global_schur_terms(res, w, x, y, eta, rho, cut, gimg, free_rho=False):
     ``S_sub = Σ G_kᵀA_k⁻¹G_k`` and ``r_sub = Σ G_kᵀA_k⁻¹g_k``; the reduced system is
     ``(C − S_sub) δθ = h − r_sub``.  With ``free_rho`` the per-column width is a local
     parameter, so the background step accounts for the widths' response (without it the
-    background and free widths converge only linearly, by alternation).
+    background and free widths converge only linearly, by alternation).  ``const_g``: the
+    only global parameter is a constant background (``gimg`` all ones, not read).
     """
     n = x.shape[0]
     ny, nx = res.shape
@@ -615,7 +616,7 @@ def global_schur_terms(res, w, x, y, eta, rho, cut, gimg, free_rho=False):
                 a23 += w2 * jr
                 a33 += w3 * jr
                 for q in range(ng):
-                    gq = gimg[q, i, j]
+                    gq = 1.0 if const_g else gimg[q, i, j]
                     Gk[0, q] += w0 * gq
                     Gk[1, q] += w1 * gq
                     Gk[2, q] += w2 * gq

@@ -500,6 +500,14 @@ def fit_columns(
     n_glob = (len(tnames) if shared_rho else 0) + (nb if fit_bg else 0)
     nt = len(tnames)
 
+    const_bg = fit_bg and bg_model == "constant"
+
+    def bg_image(c: np.ndarray) -> np.ndarray:
+        """Background image for coefficients ``c``."""
+        if const_bg:
+            return np.full(data.shape, float(c[0]))
+        return K.lincomb(c, basis)
+
     def global_images() -> np.ndarray:
         parts = []
         if shared_rho:
@@ -512,10 +520,14 @@ def fit_columns(
 
     def global_system(res_: np.ndarray):
         gimg = global_images()
-        c_mat, h = K.weighted_gram(gimg, w, res_, uniform_w[0])
+        const_g = const_bg and not shared_rho  # the only global parameter: constant background
+        if const_g and uniform_w[0]:
+            c_mat, h = np.array([[float(data.size)]]), np.array([float(res_.sum())])
+        else:
+            c_mat, h = K.weighted_gram(gimg, w, res_, uniform_w[0])
         o = sp_order  # columns in spatial order (cache-friendly), results back in input order
         s_sub, r_sub, ainv_g, ainv_G = K.global_schur_terms(
-            res_, w, x[o], y[o], eta[o], rho[o], cut_h, gimg, free_rho_col
+            res_, w, x[o], y[o], eta[o], rho[o], cut_h, gimg, free_rho_col, const_g
         )
         return c_mat - s_sub, h - r_sub, ainv_g[sp_inv], ainv_G[sp_inv]
 
@@ -561,7 +573,7 @@ def fit_columns(
             eta[:] = eta0 + alpha * deta
             if fit_bg:
                 coef = coef0 + alpha * dtheta[n_glob - nb :]
-                bg_img = K.lincomb(coef, basis)
+                bg_img = bg_image(coef)
             trial = rebuild()
             new = float(_wsse(w, trial, uniform_w[0]))
             if new <= cur:
@@ -573,7 +585,7 @@ def fit_columns(
         eta[:] = eta0
         if fit_bg:
             coef = coef0
-            bg_img = K.lincomb(coef, basis)
+            bg_img = bg_image(coef)
         return res_, 0.0, 0.0
 
     npar = 4 if free_rho_col else 3
@@ -700,7 +712,7 @@ def fit_columns(
                 k0 += nt
             if fit_bg:
                 coef = coef0 + d[k0 : k0 + nb]
-                bg_img = K.lincomb(coef, basis)
+                bg_img = bg_image(coef)
             trial = rebuild()
             new = float(_wsse(w, trial, uniform_w[0]))
             if new <= cur:
@@ -723,7 +735,7 @@ def fit_columns(
             x[:], y[:], rho[:], eta[:] = x0, y0, rho0, eta0
             if fit_bg:
                 coef = coef0
-                bg_img = K.lincomb(coef, basis)
+                bg_img = bg_image(coef)
             if tiny:
                 break
         return res_, 0.0, 0.0
