@@ -65,7 +65,11 @@ def fit(
     rho: float = typer.Option(None, "--rho", help="Start (or fixed) width ρ in Å."),
     background: str = typer.Option("constant", "--background", help="constant|planar|poly2|none."),
     noise: str = typer.Option("gaussian", "--noise", help="gaussian | poisson."),
-    estimator: str = typer.Option("joint", "--estimator", help="joint | statstem."),
+    estimator: str | None = typer.Option(
+        None,
+        "--estimator",
+        help="joint | statstem (default: statstem for StatSTEM inputs, joint otherwise).",
+    ),
     normalize: bool = typer.Option(
         False, "--normalize", help="Counts → fraction of the beam (needs the dose): SCS in Å²."
     ),
