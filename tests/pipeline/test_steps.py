@@ -48,3 +48,56 @@ inputs = {{ columns = "fit.columns", truth = "haadf.truth" }}
     cs = counts[counts["type"] == "Cs"]
     assert cs["n_atoms_truth"].notna().all()
     assert np.mean(cs["n_atoms"].to_numpy(float) == cs["n_atoms_truth"].to_numpy(float)) >= 0.95
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_br_loss_step_feeds_mechanism_from_images(tmp_path, seed):
+    """quantify.br_loss on an imaged KMC series (CsPbBr3, 5·10³ e⁻/Å²/s, 6 frames): the
+    mechanism table's Br-loss row is the image-derived hazard fit, within 10 % of the
+    simulator's D_Br (3·10⁴ e⁻/Å²), and the step's params feed quantify.dose_rate."""
+    needed = ("simulate.kmc", "simulate.insitu_series", "quantify.br_loss", "quantify.mechanism")
+    if not all(get_step(n).available for n in needed):
+        pytest.skip("simulate/quantify steps not available in this version")
+    text = f"""
+[run]
+name = "br"
+seed = {seed}
+[[step]]
+run = "simulate.nanocrystal"
+id = "nc"
+edge_A = 40.0
+view3d = false
+[[step]]
+run = "simulate.kmc"
+id = "kmc"
+inputs = {{ atoms = "nc.atoms" }}
+n_frames = 6
+dose_rate_e_per_A2_s = 5000.0
+[[step]]
+run = "simulate.insitu_series"
+id = "series"
+inputs = {{ trajectory = "kmc.trajectory" }}
+drift_A_per_s = [0.3, -0.2]
+[[step]]
+run = "quantify.br_loss"
+id = "br"
+inputs = {{ series = "series.series", truth = "kmc.frames" }}
+[[step]]
+run = "quantify.mechanism"
+id = "mech"
+inputs = {{ frames_a = "br.frames" }}
+sources = ["images"]
+"""
+    cfg = parse_config(tomllib.loads(text), source="br.toml", text=text)
+    r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial")
+    assert [s.status for s in r.steps] == ["ran"] * 5, [s.message for s in r.steps]
+    tables = tmp_path / "run" / "tables"
+    params = read_table(tables / "br.params.parquet")
+    assert params["param"].tolist() == ["D_Br_e_per_A2"]
+    d, sd = float(params["value"].iloc[0]), float(params["stderr"].iloc[0])
+    assert abs(d / 3e4 - 1) < 0.10 and 0 < sd < 0.2 * d
+    summ = read_table(tables / "mech.summary.parquet")
+    row = summ[summ["process"] == "br_loss"].iloc[0]
+    assert row["selected_model"] == "br_exposed_hazard" and row["source"] == "images"
+    assert abs(row["value"] / 3e4 - 1) < 0.10
+    assert row["ci_low"] < 3e4 < row["ci_high"]
