@@ -1,0 +1,261 @@
+"""Numba kernels of :mod:`perovstem.insitu.clusters` (per-frame hot loops).
+
+* 1-D running minimum / maximum with a constant outside value: van Herk / Gil–Werman
+  algorithm (van Herk, Pattern Recogn. Lett. 13, 517 (1992); Gil & Werman, IEEE PAMI 15,
+  504 (1993)), three comparisons per pixel whatever the element length.  Min and max are
+  exact, so the result equals :func:`scipy.ndimage.minimum_filter1d` /
+  ``maximum_filter1d`` (``mode="constant"``, centred element of odd length) bit for bit.
+* The fused tail of the plateau excess (bilinear up-sampling of the coarse bias and plateau
+  level, as :func:`scipy.ndimage.zoom` with ``order=1``, and the bias removal).
+* The empty-site mask of the host-lattice test (fringe phase → fractional cell coordinates).
+
+All kernels release the GIL (frames are analysed in threads).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def _runmin_rows(x, size, cval, is_max):  # pragma: no cover - compiled
+    """Running min (max) over ``size`` (odd) along axis 1, outside = ``cval``."""
+    mm, nn = x.shape
+    h = size // 2
+    npad = nn + 2 * h
+    nb = (npad + size - 1) // size
+    ln = nb * size
+    buf = np.empty(ln)
+    g = np.empty(ln)
+    r = np.empty(ln)
+    out = np.empty((mm, nn))
+    for i in range(mm):
+        for k in range(ln):
+            buf[k] = cval
+        for k in range(nn):
+            buf[h + k] = x[i, k]
+        for s in range(0, ln, size):
+            acc = buf[s]
+            g[s] = acc
+            for k in range(s + 1, s + size):
+                v = buf[k]
+                if is_max:
+                    if v > acc:
+                        acc = v
+                elif v < acc:
+                    acc = v
+                g[k] = acc
+            acc = buf[s + size - 1]
+            r[s + size - 1] = acc
+            for k in range(s + size - 2, s - 1, -1):
+                v = buf[k]
+                if is_max:
+                    if v > acc:
+                        acc = v
+                elif v < acc:
+                    acc = v
+                r[k] = acc
+        for k in range(nn):
+            a = r[k]
+            b = g[k + size - 1]
+            if is_max:
+                out[i, k] = a if a > b else b
+            else:
+                out[i, k] = a if a < b else b
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _runmin_cols(x, size, cval, is_max):  # pragma: no cover - compiled
+    """Running min (max) over ``size`` (odd) along axis 0 (rows of the block vectorised)."""
+    mm, nn = x.shape
+    h = size // 2
+    npad = mm + 2 * h
+    nb = (npad + size - 1) // size
+    ln = nb * size
+    g = np.empty((ln, nn))
+    r = np.empty((ln, nn))
+
+    def val(k, j):
+        kk = k - h
+        if kk < 0 or kk >= mm:
+            return cval
+        return x[kk, j]
+
+    for s in range(0, ln, size):
+        for j in range(nn):
+            g[s, j] = val(s, j)
+        for k in range(s + 1, s + size):
+            kk = k - h
+            inside = 0 <= kk < mm
+            for j in range(nn):
+                v = x[kk, j] if inside else cval
+                a = g[k - 1, j]
+                if is_max:
+                    g[k, j] = v if v > a else a
+                else:
+                    g[k, j] = v if v < a else a
+        e = s + size - 1
+        for j in range(nn):
+            r[e, j] = val(e, j)
+        for k in range(e - 1, s - 1, -1):
+            kk = k - h
+            inside = 0 <= kk < mm
+            for j in range(nn):
+                v = x[kk, j] if inside else cval
+                a = r[k + 1, j]
+                if is_max:
+                    r[k, j] = v if v > a else a
+                else:
+                    r[k, j] = v if v < a else a
+    out = np.empty((mm, nn))
+    for i in range(mm):
+        for j in range(nn):
+            a = r[i, j]
+            b = g[i + size - 1, j]
+            if is_max:
+                out[i, j] = a if a > b else b
+            else:
+                out[i, j] = a if a < b else b
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _line_square_opening(m, side, low, noise_scale):  # pragma: no cover - compiled
+    """min(row, column openings) capped by the square opening + 3 noise σ (see
+    ``clusters._lattice_opening``)."""
+    ero_x = _runmin_rows(m, side, low, False)
+    ero_y = _runmin_cols(m, side, low, False)
+    dx = _runmin_rows(ero_x, side, low, True)
+    dy = _runmin_cols(ero_y, side, low, True)
+    mm, nn = m.shape
+    line = np.empty((mm, nn))
+    for i in range(mm):
+        for j in range(nn):
+            a = dx[i, j]
+            b = dy[i, j]
+            line[i, j] = a if a < b else b
+    if noise_scale <= 0:
+        return line
+    sq = _runmin_cols(ero_x, side, low, False)
+    sq = _runmin_cols(sq, side, low, True)
+    sq = _runmin_rows(sq, side, low, True)
+    for i in range(mm):
+        for j in range(nn):
+            s = sq[i, j]
+            c = s + 3.0 * math.sqrt(noise_scale * (s if s > 0.0 else 0.0))
+            if c < line[i, j]:
+                line[i, j] = c
+    return line
+
+
+@njit(cache=True, nogil=True)
+def _lin_index(o, scale, n_in):  # pragma: no cover - compiled
+    c = o * scale
+    i0 = int(math.floor(c))
+    if i0 > n_in - 1:
+        i0 = n_in - 1
+    if i0 < 0:
+        i0 = 0
+    f = c - i0
+    i1 = i0 + 1 if i0 + 1 < n_in else n_in - 1
+    return i0, i1, f
+
+
+@njit(cache=True, nogil=True)
+def _remove_bias(e, bg, small, top, sy, sx):  # pragma: no cover - compiled
+    """``e - max(up(small), 0) * clip(bg / max(up(top), 1e-30), 0, 1)``, ``up`` the bilinear
+    up-sampling of the coarse grid (output pixel ``o`` at coarse coordinate ``o·s``)."""
+    mm, nn = e.shape
+    s0, s1 = small.shape
+    out = np.empty((mm, nn))
+    jx0 = np.empty(nn, np.int64)
+    jx1 = np.empty(nn, np.int64)
+    fx = np.empty(nn)
+    for j in range(nn):
+        a, b, f = _lin_index(j, sx, s1)
+        jx0[j] = a
+        jx1[j] = b
+        fx[j] = f
+    for i in range(mm):
+        iy0, iy1, fy = _lin_index(i, sy, s0)
+        for j in range(nn):
+            a0, a1, w = jx0[j], jx1[j], fx[j]
+            b = (1.0 - fy) * ((1.0 - w) * small[iy0, a0] + w * small[iy0, a1]) + fy * (
+                (1.0 - w) * small[iy1, a0] + w * small[iy1, a1]
+            )
+            t = (1.0 - fy) * ((1.0 - w) * top[iy0, a0] + w * top[iy0, a1]) + fy * (
+                (1.0 - w) * top[iy1, a0] + w * top[iy1, a1]
+            )
+            if b < 0.0:
+                b = 0.0
+            if t < 1e-30:
+                t = 1e-30
+            r = bg[i, j] / t
+            if r < 0.0:
+                r = 0.0
+            elif r > 1.0:
+                r = 1.0
+            out[i, j] = e[i, j] - b * r
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _demod_blocks(img, cy, cx, b, mb, nb):  # pragma: no cover - compiled
+    """Block means (``b``×``b``, zero beyond the image) of ``img · cy[y] · cx[x]``."""
+    mm, nn = img.shape
+    out = np.zeros((mb, nb), np.complex128)
+    for y in range(mm):
+        bi = y // b
+        c_y = cy[y]
+        for x in range(nn):
+            out[bi, x // b] += img[y, x] * (c_y * cx[x])
+    inv = 1.0 / (b * b)
+    for i in range(mb):
+        for j in range(nb):
+            out[i, j] = out[i, j] * inv
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _label_max(labels, values, k):  # pragma: no cover - compiled
+    """``out[l - 1] = max(values[labels == l])`` (-inf where empty), as ``np.maximum.at``."""
+    out = np.full(k, -np.inf)
+    for i in range(labels.size):
+        li = labels[i] - 1
+        v = values[i]
+        if v > out[li] or np.isnan(v):
+            out[li] = v
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _empty_site_mask(ph1, ph2, b, e1x, e1y, e2x, e2y, a_px, radius_px, mm, nn):  # pragma: no cover
+    """1 where the local fractional cell coordinates are within ``radius_px`` of
+    (¼, ¼)-type sites (phases ``ph1``, ``ph2`` on the ``b``-binned grid, radians)."""
+    w = np.empty((mm, nn))
+    tp = 2.0 * np.pi
+    p1 = ph1 / tp
+    p2 = ph2 / tp
+    x1 = np.empty(nn)
+    x2 = np.empty(nn)
+    for x in range(nn):
+        x1[x] = e1x * float(x)
+        x2[x] = e2x * float(x)
+    for y in range(mm):
+        yf = float(y)
+        y1 = e1y * yf
+        y2 = e2y * yf
+        by = y // b
+        for x in range(nn):
+            u = (x1[x] + y1) / a_px + p1[by, x // b]
+            v = (x2[x] + y2) / a_px + p2[by, x // b]
+            fu = u - math.floor(u)
+            fv = v - math.floor(v)
+            du = abs((fu % 0.5) - 0.25)
+            dv = abs((fv % 0.5) - 0.25)
+            w[y, x] = 1.0 if math.hypot(du, dv) * a_px < radius_px else 0.0
+    return w
