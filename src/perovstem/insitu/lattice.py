@@ -9,6 +9,8 @@ that do not share the host lattice (Pb clusters) and the crystal outline survive
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import scipy.fft as sfft
 
@@ -104,6 +106,25 @@ def estimate_lattice(
     return 1.0 / k, ang, strength
 
 
+@lru_cache(maxsize=16)
+def _cell_filter(
+    shape: tuple[int, int], ap: float, angle_deg: float, smooth_px: float
+) -> np.ndarray:
+    """Half-plane spectrum filter of :func:`unit_cell_average` (cached: frames of a series
+    share it)."""
+    m, n = shape
+    ky = sfft.fftfreq(m)[:, None]
+    kx = sfft.rfftfreq(n)[None, :]
+    t = np.radians(angle_deg)
+    k1 = kx * np.cos(t) + ky * np.sin(t)
+    k2 = -kx * np.sin(t) + ky * np.cos(t)
+    filt = np.sinc(k1 * ap) * np.sinc(k2 * ap)
+    if smooth_px > 0:
+        filt = filt * np.exp(-2 * np.pi**2 * smooth_px**2 * (kx**2 + ky**2))
+    filt.setflags(write=False)
+    return filt
+
+
 def unit_cell_average(
     image: np.ndarray, a_px: float, *, angle_deg: float = 0.0, smooth_px: float = 0.0
 ) -> np.ndarray:
@@ -129,15 +150,7 @@ def unit_cell_average(
     ap = check_positive("a_px", a_px)
     pad = int(np.ceil(2 * ap))
     b = np.pad(a, pad, mode="reflect")
-    m, n = b.shape
-    ky = sfft.fftfreq(m)[:, None]
-    kx = sfft.rfftfreq(n)[None, :]
-    t = np.radians(angle_deg)
-    k1 = kx * np.cos(t) + ky * np.sin(t)
-    k2 = -kx * np.sin(t) + ky * np.cos(t)
-    filt = np.sinc(k1 * ap) * np.sinc(k2 * ap)
-    if smooth_px > 0:
-        filt = filt * np.exp(-2 * np.pi**2 * smooth_px**2 * (kx**2 + ky**2))
+    filt = _cell_filter(b.shape, float(ap), float(angle_deg), float(smooth_px))
     mean = b.mean()
     out = sfft.irfft2(sfft.rfft2(b - mean) * filt, s=b.shape, workers=2) + mean
     return out[pad:-pad, pad:-pad]
