@@ -49,7 +49,10 @@ def insitu(
         "loss", "--hmm-model", help="Column-count transitions: loss | free | dose."
     ),
     cd_fraction: float = typer.Option(
-        0.0, "--cd-fraction", help="Cd fraction of the Pb-Br column library (--columns)."
+        0.0,
+        "--cd-fraction",
+        help="Cd fraction x of the crystal: Pb-Br column library (--columns) and the "
+        "structural template of --br-loss.",
     ),
     br_loss: bool = typer.Option(
         False,
@@ -58,7 +61,8 @@ def insitu(
         "onto a structural KMC template, perovstem.quantify.br_loss_from_images) and fit "
         "D_Br of the exposed-Br hazard for the summary's Br-loss row (table br_loss; "
         "frames gain n_Br_lost_image, n_Br_exposed_image, n_Br_bulk_image). Needs the dose. "
-        "Assumes (not checked): CsPbBr3 (no Cd) viewed along [001], a CsBr-terminated "
+        "Assumes (not checked): CsCd_xPb_1-xBr3 of known x (--cd-fraction) viewed along [001], a "
+        "CsBr-terminated "
         "cuboid; the whole crystal and all its Pb0 inside the field of view, vacuum or "
         "support at the frame border; a pristine first frame; a known bulk/surface ratio "
         "--f-bulk.",
@@ -124,7 +128,7 @@ def insitu(
         columns=columns,
         column_options={"hmm_model": hmm_model, "cd_fraction": cd_fraction},
         br_loss=br_loss,
-        br_loss_options={"f_bulk": f_bulk},
+        br_loss_options={"f_bulk": f_bulk, "cd_fraction": cd_fraction},
         scan_correction=scan_correction,
     )
     notes += res.notes

@@ -123,8 +123,7 @@ def demo_config(*, fast: bool = False, seed: int = 2026) -> dict[str, Any]:
                     "truth": f"kmc_{tag}.frames",
                 },
                 label=label,
-                caveat="The demo crystal is CsCd0.2Pb0.8Br3 while the structural template "
-                "is pure CsPbBr3: compare with the simulator-truth value below.",
+                cd_fraction=0.2,
             ),
             step(
                 "quantify.kinetics",

@@ -296,6 +296,7 @@ def br_structure_template(
     D_Br_e_per_A2: float = 1.0,
     dose_per_frame_e_per_A2: float | None = None,
     frame_time_s: float = 1.0,
+    cd_fraction: float = 0.0,
     rng: Any = None,
 ) -> pd.DataFrame:
     """Exposed/bulk Br and total cross-section against the number of Br lost.
@@ -326,6 +327,8 @@ def br_structure_template(
         Dose per template frame, e⁻/Å² (default 0.06·D_Br).
     frame_time_s : float
         Template frame time, s.
+    cd_fraction : float
+        Cd fraction x on the Pb sites of the template crystal (CsCd_xPb_{1-x}Br3).
     rng : None, int or Generator
 
     Returns
@@ -336,6 +339,7 @@ def br_structure_template(
     from perovstem.simulate import KineticParameters, degradation_kmc, nanocrystal
 
     check_range("f_bulk", f_bulk, 0.0, 1.0)
+    check_range("cd_fraction", cd_fraction, 0.0, 1.0)
     if int(n_frames) < 2:
         raise ParameterError(f"`n_frames` must be >= 2, got {n_frames!r}")
     d_br = check_positive("D_Br_e_per_A2", D_Br_e_per_A2)
@@ -351,6 +355,7 @@ def br_structure_template(
     crystal = nanocrystal(
         edge_A,
         shape="cuboid" if np.ndim(edge_A) else "cube",
+        cd_fraction=float(cd_fraction),
         rng=int(gen.integers(0, 2**31)),
     )
     tr = degradation_kmc(
@@ -399,6 +404,7 @@ def br_loss_from_images(
     temperature_K: float | None = None,
     border_px: int = 4,
     two_pass: bool = True,
+    cd_fraction: float = 0.0,
     rng: Any = 0,
 ) -> BrLossResult:
     """D_Br of an imaged in-situ series from the total cross-section and a structural template.
@@ -429,6 +435,10 @@ def br_loss_from_images(
         Re-run the templates at the first estimate of D_Br with the series' frame time and
         dose per frame, so that the Pb⁰ (adatoms vs clusters, whose cross-section per atom
         differs) evolve as in the series; the host structure is unaffected.
+    cd_fraction : float
+        Cd fraction x of a CsCd_xPb_{1-x}Br3 crystal (known from the synthesis or measured
+        with :func:`perovstem.atoms.composition`); the templates and the thickness estimate
+        use it.  A pure-CsPbBr3 template on an x = 0.2 crystal overestimates D_Br by 25–70 %.
     rng : None, int or Generator
         Seeds of the templates.
 
@@ -458,6 +468,7 @@ def br_loss_from_images(
         raise ParameterError("`series` needs the dose of every frame (use assign_dose)")
     if int(n_templates) < 1:
         raise ParameterError(f"`n_templates` must be >= 1, got {n_templates!r}")
+    check_range("cd_fraction", cd_fraction, 0.0, 1.0)
     dose = np.broadcast_to(np.asarray(series.dose_e_per_A2, float), (series.n_frames,))
     if np.any(dose <= 0):
         raise DataError(f"dose per frame must be > 0, got {dose[dose <= 0][:3]!r}")
@@ -489,7 +500,10 @@ def br_loss_from_images(
     def s_intact(mz: int) -> float:
         return _total_scs(
             nanocrystal(
-                (m_xy * lattice_A, m_xy * lattice_A, mz * lattice_A), shape="cuboid", rng=0
+                (m_xy * lattice_A, m_xy * lattice_A, mz * lattice_A),
+                shape="cuboid",
+                cd_fraction=float(cd_fraction),
+                rng=0,
             ),
             kv,
         )
@@ -560,7 +574,13 @@ def br_loss_from_images(
                     "frame_time_s": frame_time,
                 }
             tpl = br_structure_template(
-                edges, f_bulk=f_bulk, temperature_K=temperature_K, voltage_kV=kv, rng=sd, **kw
+                edges,
+                f_bulk=f_bulk,
+                temperature_K=temperature_K,
+                voltage_kV=kv,
+                cd_fraction=cd_fraction,
+                rng=sd,
+                **kw,
             )
             out.append(map_template(tpl, s_ref0))
         return [list(v) for v in zip(*out, strict=True)]

@@ -128,6 +128,9 @@ def quantify_kinetics(ctx: Any, frames: Any) -> dict[str, Any]:
     params={
         "f_bulk": Param(float, 0.1, "bulk/surface Br desorption ratio f", min=0.0, max=1.0),
         "n_templates": Param(int, 3, "structural templates (their spread enters the CI)", min=1),
+        "cd_fraction": Param(
+            float, 0.0, "Cd fraction x of the crystal (template)", min=0.0, max=1.0
+        ),
         "label": Param(str, "", "label in the report"),
         "caveat": Param(str, "", "sentence on where the assumptions may not hold"),
     },
@@ -143,7 +146,13 @@ def quantify_br_loss(ctx: Any, series: Any, frames: Any = None, truth: Any = Non
     import pandas as pd
 
     p = ctx.params
-    res = api(BR_IMAGES)(series, f_bulk=p["f_bulk"], n_templates=p["n_templates"], rng=ctx.rng())
+    res = api(BR_IMAGES)(
+        series,
+        f_bulk=p["f_bulk"],
+        n_templates=p["n_templates"],
+        cd_fraction=p["cd_fraction"],
+        rng=ctx.rng(),
+    )
     label = p["label"] or ctx.step_id
     z = 1.959963984540054  # the interval is symmetric in log D (Wald)
     d = res.D_Br_e_per_A2
