@@ -48,7 +48,7 @@ def track_clusters(
     min_merge_atoms: float = 10.0,
     min_merge_frames: int = 1,
     long_hops: bool = True,
-    method: str = "mass",
+    method: str = "global",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Link per-frame cluster detections into tracks and a lineage with merges.
 
@@ -122,11 +122,23 @@ def track_clusters(
     if (df["frame"] != np.round(df["frame"])).any() or (df["frame"] < 0).any():
         raise DataError("`clusters.frame` must hold non-negative integer frame indices")
     df["frame"] = df["frame"].astype(int)
-    if method not in ("mass", "laptrack"):
-        raise ParameterError(f"`method` must be 'mass' or 'laptrack', got {method!r}")
+    if method not in ("global", "mass", "laptrack"):
+        raise ParameterError(f"`method` must be 'global', 'mass' or 'laptrack', got {method!r}")
     if df.empty:
         tr = df.assign(track_id=pd.Series(dtype=int))
         return tr, _empty_lineage()
+    if method == "global":
+        return _track_global(
+            df,
+            max_step_A,
+            merge_d if merge_distance_A is not None else 8.0,
+            int(gap_frames),
+            size_column,
+            merge_mass_fraction,
+            size_rel_err,
+            float(min_merge_atoms),
+            int(min_merge_frames),
+        )
     if method == "mass":
         return _track_mass(
             df,
@@ -492,3 +504,319 @@ def lineage_events(lineage: pd.DataFrame, frames: pd.DataFrame | None = None) ->
         cols = [c for c in ("time_s", "cumulative_dose_e_per_A2") if c in frames.columns]
         out = out.merge(frames[["frame", *cols]], on="frame", how="left")
     return out
+
+
+# --- global (ILP) frame-pair assignment with explicit merge hypotheses --------------------
+# costs are negative log-likelihoods (natural units); a hypothesis set that explains the
+# frame pair with the smallest total cost is chosen (set partitioning, solved exactly)
+_END_COST = 6.0  # a tracked cluster ends (death, or leaves the detectable range)
+_BIRTH_COST = 6.0  # a detection starts a new track (nucleation, or grows into range)
+_MERGE_COST = 3.0  # prior cost of a coalescence hypothesis (beyond its likelihood)
+_GAP_COST = 2.0  # per missed frame when a track is re-linked after a gap
+_LONG_HOP_W = 0.05  # weight of the long-hop component of the displacement model
+_GROWTH_SIG = 0.3  # spread of the log growth per frame by attachment (one-sided)
+_SIZE_PRIOR_W = 2.0  # birth / end cost per detection limit of size above it
+_LONG_HOP_L = 5.0  # rms of the long-hop component, in units of max_step_A
+_REDETECT = True  # reject merges whose merged-away parent is re-detected
+_REDETECT_N = 2.0  # ... as a new detection of at least this many detection limits
+
+
+def _disp_nll(d2: np.ndarray, s2: np.ndarray, L2: float, w: float | None = None) -> np.ndarray:
+    """-log of a 2-D two-component Gaussian displacement density at squared distance d2."""
+    w = _LONG_HOP_W if w is None else w
+    a = (1 - w) * np.exp(-d2 / (2 * s2)) / (2 * np.pi * s2)
+    b = w * np.exp(-d2 / (2 * L2)) / (2 * np.pi * L2)
+    return -np.log(a + b + 1e-300)
+
+
+def _size_nll(r: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """-log-likelihood (up to a constant) of a log size ratio ``r`` (after / before):
+    count errors both ways, growth by attachment widens the positive side."""
+    return 0.5 * r**2 / np.where(r > 0, s2 + _GROWTH_SIG**2, s2)
+
+
+def _solve_partition(cost: np.ndarray, src: list, tgt: list, n_rows: int, n_src: int) -> np.ndarray:
+    """Exact set partitioning (each source and each detection in one hypothesis), HiGHS."""
+    from scipy.optimize import LinearConstraint, milp
+    from scipy.sparse import coo_matrix
+
+    use = np.flatnonzero(np.isfinite(cost))
+    ri, ci = [], []
+    for col, h in enumerate(use):
+        for k in src[h]:
+            ri.append(k)
+            ci.append(col)
+        if tgt[h] >= 0:
+            ri.append(n_src + tgt[h])
+            ci.append(col)
+    A = coo_matrix((np.ones(len(ri)), (ri, ci)), shape=(n_rows, len(use))).tocsr()
+    res = milp(
+        cost[use],
+        constraints=LinearConstraint(A, 1, 1),
+        integrality=np.ones(len(use)),
+        bounds=(0, 1),
+    )
+    if res.x is None:  # pragma: no cover - all births and ends is always feasible
+        raise RuntimeError("track assignment failed")
+    return use[res.x > 0.5]
+
+
+def _track_global(
+    df: pd.DataFrame,
+    max_step: float,
+    merge_margin: float,
+    gap: int,
+    size_col: str | None,
+    frac: float,
+    size_rel_err: float,
+    min_merge: float = 0.0,
+    min_frames: int = 1,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+
+    df = df.sort_values("frame", kind="stable").reset_index(drop=True)
+    size = df[size_col].to_numpy(float) if size_col else np.ones(len(df))
+    err_col = f"{size_col}_err" if size_col else None
+    rel = np.full(len(df), float(size_rel_err))
+    if err_col and err_col in df.columns:
+        e = np.nan_to_num(np.abs(df[err_col].to_numpy(float)), nan=0.0)
+        rel = np.maximum(rel, e / np.maximum(size, 1.0))
+    xy = df[["x_A", "y_A"]].to_numpy(float)
+    fr = df["frame"].to_numpy(int)
+    rad = _radius_A(size) if size_col else np.zeros(len(df))
+    sig0 = 0.5 * max_step  # prior rms hop of a track without history, Å
+    L2 = (_LONG_HOP_L * max_step) ** 2  # long-hop scale, Å²
+    pos2 = (max_step / 8.0) ** 2  # position error floor, Å²
+    k0 = 2.0  # pseudo-count of the mobility prior
+    # nucleated clusters enter the detectable range small, and a cluster does not shrink
+    # out of it in one frame: births and ends cost more the larger the cluster, on the
+    # scale of the detection limit (5th percentile of the detected sizes)
+    if size_col:
+        n_lim = max(float(np.percentile(size, 5)), 1.0)
+        size_pen = _SIZE_PRIOR_W * np.clip(size - n_lim, 0, None) / n_lim
+    else:
+        n_lim = 1.0
+        size_pen = np.zeros(len(df))
+    seg = np.full(len(df), -1)
+    frames = np.unique(fr)
+    rows_of = {f: np.flatnonzero(fr == f) for f in frames}
+    mob: dict[int, list[float]] = {}  # segment -> [sum of squared hops, n hops, prior s2]
+    seg_start: dict[int, int] = {}
+    seg_sizes: dict[int, list[float]] = {}
+    parents_of: dict[int, list[int]] = {}  # merge child segment -> parent segments
+    absorbed: dict[int, int] = {}
+    # ended segments waiting for gap closing: seg -> (last row, child segment or -1)
+    open_ends: dict[int, tuple[int, int]] = {}
+    next_id = 0
+
+    def new_seg(row: int, prior_s2: float | None = None) -> int:
+        nonlocal next_id
+        if prior_s2 is None:
+            prior_s2 = sig0**2
+        s = next_id
+        next_id += 1
+        seg[row] = s
+        mob[s] = [0.0, 0.0, prior_s2]
+        seg_start[s] = int(fr[row])
+        seg_sizes[s] = [float(size[row])]
+        return s
+
+    def s2_of(s: int) -> float:
+        ss, n, p = mob[s]
+        return (k0 * p + ss) / (k0 + n)
+
+    def size_ok(r: int) -> float:
+        # smoothed size of the track ending at row r, plus one standard error: a parent is
+        # a merge parent unless its size is significantly below `min_merge`
+        n = seg_sizes[int(seg[r])][-3:]
+        return max(float(np.median(n)), n[-1]) * (1 + rel[r])
+
+    for i in rows_of[frames[0]]:
+        new_seg(int(i))
+    for fa, fb in zip(frames[:-1], frames[1:], strict=True):
+        a = [int(i) for i in rows_of[fa]]
+        b = [int(j) for j in rows_of[fb]]
+        dt = int(fb - fa)
+        gsrc = [
+            (s, r, c) for s, (r, c) in open_ends.items() if 0 < fb - fr[r] <= gap + 1 and fr[r] < fa
+        ]
+        srcs = a + [r for _, r, _ in gsrc]
+        n_a = len(a)
+        hyp_cost: list[float] = []
+        hyp_src: list[tuple[int, ...]] = []
+        hyp_tgt: list[int] = []
+        for k in range(len(srcs)):
+            hyp_cost.append(_END_COST + size_pen[srcs[k]] if k < n_a else 0.0)
+            hyp_src.append((k,))
+            hyp_tgt.append(-1)
+        for t in range(len(b)):
+            hyp_cost.append(_BIRTH_COST + size_pen[b[t]])
+            hyp_src.append(())
+            hyp_tgt.append(t)
+        if srcs and b:
+            S = np.array(srcs)
+            B = np.array(b)
+            d2 = np.sum((xy[S][:, None, :] - xy[B][None, :, :]) ** 2, axis=2)
+            ddt = (fb - fr[S]).astype(float)[:, None]
+            s2 = np.array([s2_of(int(seg[r])) for r in S])[:, None] * ddt + 2 * pos2
+            c_d = _disp_nll(d2, s2, L2 * ddt)
+            if size_col:
+                lr = np.log((size[B][None, :] + 1) / (size[S][:, None] + 1))
+                e2 = rel[S][:, None] ** 2 + rel[B][None, :] ** 2
+                c_s = _size_nll(lr, e2 * 1.0)
+            else:
+                c_s = np.zeros_like(d2)
+            cont = (
+                c_d + c_s + np.where(np.arange(len(S))[:, None] < n_a, 0.0, _GAP_COST * (ddt - 1))
+            )
+            cap = _END_COST + _BIRTH_COST + size_pen[S][:, None] + size_pen[B][None, :]
+            for k, t in zip(*np.nonzero(cont < cap), strict=True):
+                hyp_cost.append(float(cont[k, t]))
+                hyp_src.append((int(k),))
+                hyp_tgt.append(int(t))
+            # merge hypotheses: 2 or 3 current tracks -> one detection
+            if n_a >= 2:
+                sa = np.array([s2_of(int(seg[r])) for r in a])
+                for t, j in enumerate(b):
+                    cand = np.flatnonzero(c_d[:n_a, t] < cap[:n_a, t] + _END_COST)
+                    if len(cand) < 2:
+                        continue
+                    cand = cand[np.argsort(c_d[cand, t])][:8]
+                    groups = [(p, q) for ii, p in enumerate(cand) for q in cand[ii + 1 :]]
+                    groups += [
+                        (p, q, u)
+                        for ii, p in enumerate(cand[:6])
+                        for jj, q in enumerate(cand[ii + 1 : 6])
+                        for u in cand[ii + jj + 2 : 6]
+                    ]
+                    for gidx in groups:
+                        rows = np.array([a[g] for g in gidx])
+                        n = size[rows]
+                        ntot = float(n.sum())
+                        if size_col:
+                            tol = 2 * float(
+                                np.sqrt(np.sum((rel[rows] * n) ** 2) + (rel[j] * size[j]) ** 2)
+                            )
+                            if size[j] < frac * ntot - tol:
+                                continue
+                            r = np.log((size[j] + 1) / (ntot + 1))
+                            e2 = float(np.sum((rel[rows] * n) ** 2)) / ntot**2 + rel[j] ** 2
+                            cm = float(_size_nll(np.array(r), np.array(e2)))
+                        else:
+                            cm = 0.0
+                        wgt = n / ntot
+                        com = wgt @ xy[rows]
+                        sp2 = float(wgt @ sa[list(gidx)]) * dt + 2 * pos2
+                        cm += float(_disp_nll(np.sum((xy[j] - com) ** 2), np.array(sp2), L2 * dt))
+                        m = int(np.argmax(n))
+                        for g in range(len(rows)):
+                            if g == m:
+                                continue
+                            gapd = max(
+                                0.0,
+                                float(np.hypot(*(xy[rows[g]] - xy[rows[m]])))
+                                - rad[rows[g]]
+                                - rad[rows[m]]
+                                - merge_margin,
+                            )
+                            sr2 = (sa[gidx[g]] + sa[gidx[m]]) * dt
+                            cm += -np.log(
+                                (1 - _LONG_HOP_W) * np.exp(-(gapd**2) / (2 * sr2))
+                                + _LONG_HOP_W * np.exp(-(gapd**2) / (2 * L2 * dt))
+                                + 1e-300
+                            )
+                        cm += _MERGE_COST
+                        if cm < _BIRTH_COST + size_pen[j] + sum(
+                            _END_COST + size_pen[a[g]] for g in gidx
+                        ):
+                            hyp_cost.append(cm)
+                            hyp_src.append(tuple(int(g) for g in gidx))
+                            hyp_tgt.append(t)
+        # set partitioning: every source and every detection explained exactly once;
+        # a merge whose merged-away parent is re-detected as a new cluster of its size
+        # within long-hop reach is a hop, not a coalescence: drop it and solve again
+        hyp_cost_a = np.asarray(hyp_cost)
+        for _ in range(4):
+            chosen = _solve_partition(hyp_cost_a, hyp_src, hyp_tgt, len(srcs) + len(b), len(srcs))
+            births = [b[hyp_tgt[h]] for h in chosen if not hyp_src[h]]
+            redo = False
+            for h in chosen:
+                if len(hyp_src[h]) < 2 or not births or not _REDETECT:
+                    continue
+                rows = [a[k] for k in hyp_src[h]]
+                keep = max(rows, key=lambda r: size[r])
+                for r in rows:
+                    if r == keep:
+                        continue
+                    for j in births:
+                        dd = float(np.hypot(*(xy[j] - xy[r])))
+                        lr = np.log((size[j] + 1) / (size[r] + 1))
+                        e = float(np.hypot(rel[j], rel[r]))
+                        if (
+                            dd <= np.sqrt(L2)
+                            and abs(lr) <= 2 * e
+                            and size[j] >= _REDETECT_N * n_lim
+                        ):
+                            hyp_cost_a[h] = np.inf
+                            redo = True
+            if not redo:
+                break
+        gap_of = {len(a) + ii: (s, r, c) for ii, (s, r, c) in enumerate(gsrc)}
+        for h in chosen:
+            ks, t = hyp_src[h], hyp_tgt[h]
+            if t < 0:
+                if ks[0] < n_a:  # a current track ends: open for gap closing
+                    open_ends[int(seg[a[ks[0]]])] = (a[ks[0]], -1)
+                continue
+            j = b[t]
+            if not ks:
+                new_seg(j)
+            elif len(ks) == 1:
+                r = srcs[ks[0]]
+                s = int(seg[r])
+                seg[j] = s
+                mob[s][0] += float(np.sum((xy[j] - xy[r]) ** 2)) / (fb - fr[r])
+                mob[s][1] += 1.0
+                seg_sizes[s].append(float(size[j]))
+                if ks[0] >= n_a:  # gap closing
+                    _s, _r, child = gap_of[ks[0]]
+                    open_ends.pop(s, None)
+                    absorbed.pop(s, None)
+                    if child >= 0 and s in parents_of.get(child, []):
+                        # flicker: a "merged" cluster is seen again -> no merge
+                        parents_of[child].remove(s)
+            else:
+                rows = [a[k] for k in ks]
+
+                def big(r: int, fa: int = int(fa)) -> bool:
+                    s = int(seg[r])
+                    ok = size_col is None or size_ok(r) >= min_merge
+                    return bool(ok and fa - seg_start[s] + 1 >= min_frames)
+
+                bigs = [r for r in rows if big(r)]
+                wsum = float(sum(size[r] for r in rows))
+                p2 = float(sum(size[r] * s2_of(int(seg[r])) for r in rows)) / wsum
+                if len(bigs) >= 2:
+                    c = new_seg(j, p2)
+                    parents_of[c] = [int(seg[r]) for r in bigs]
+                    keep = c
+                else:
+                    main = max(rows, key=lambda r: size[r])
+                    keep = int(seg[main])
+                    seg[j] = keep
+                    seg_sizes[keep].append(float(size[j]))
+                    mob[keep][0] += float(np.sum((xy[j] - xy[main]) ** 2))
+                    mob[keep][1] += 1.0
+                for r in rows:
+                    s = int(seg[r])
+                    if s == keep:
+                        continue
+                    if r not in bigs or len(bigs) < 2:
+                        absorbed[s] = keep
+                    open_ends[s] = (r, keep)
+        open_ends = {k: v for k, v in open_ends.items() if fb - fr[v[0]] <= gap}
+    # a merge left with one parent (the others were seen again) is a continuation
+    # (_build_lineage relabels a single-parent child as its parent's track)
+    merges = [(p, c) for c, ps in parents_of.items() for p in ps]
+    df["track_id"] = seg
+    mg = np.asarray(merges, int).reshape(-1, 2)
+    return _build_lineage(df, mg, size_col, 0.0, absorbed)
