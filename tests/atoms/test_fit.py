@@ -262,3 +262,55 @@ def test_find_peaks_disk_maxima_equal_the_disk_filter():
             foot = xx**2 + yy**2 <= sep**2
             ref = sm == ndimage.maximum_filter(sm, footprint=foot, mode="nearest")
             assert np.array_equal(_disk_maxima(sm, sep), ref)
+
+
+def _perovskite_scene(seed, n=12, a=20.0, sig=2.2, noise=0.05):
+    """CsPbBr3-[001]-like lattice: strong (η 1), medium (0.41) and two weak (0.19) columns per
+    cell, σ 2.2 px, white noise 0.05 (the weak columns are ~4 noise σ high)."""
+    rng = np.random.default_rng(seed)
+    g = np.arange(n) * a + a
+    gx, gy = (v.ravel() for v in np.meshgrid(g, g))
+    xs, ys, es, ts = [], [], [], []
+    sites = ((0, 0, 1.0, "A"), (0.5, 0.5, 0.41, "B"), (0.5, 0, 0.19, "X"), (0, 0.5, 0.19, "X"))
+    for fx, fy, amp, t in sites:
+        xs.append(gx + fx * a + rng.uniform(-0.5, 0.5, gx.size))
+        ys.append(gy + fy * a + rng.uniform(-0.5, 0.5, gx.size))
+        es.append(amp * rng.uniform(0.85, 1.15, gx.size))
+        ts += [t] * gx.size
+    x, y, eta = map(np.concatenate, (xs, ys, es))
+    rho = sig * rng.uniform(0.95, 1.05, x.size)
+    size = int(g.max() + a) + 1
+    img = render((size, size), x, y, eta, rho, background=0.1)
+    img += rng.normal(0.0, noise, img.shape)
+    truth = pd.DataFrame(
+        {"x_A": x, "y_A": y, "type": ts, "scs": 2 * np.pi * eta * rho**2}, index=range(x.size)
+    )
+    return Image(img, 1.0), truth
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sweeps_only_path_reaches_the_joint_optimum_with_weak_columns(seed):
+    # the sweeps-only path (Newton column steps, per-column tolerance tol_crlb·σ_k; the
+    # default for N > 2000) must land where the exact joint LM finish lands, weak columns
+    # included, in fewer sweeps than converging every column to tol_px
+    img, truth = _perovskite_scene(seed)
+    start = truth[["x_A", "y_A", "type"]].copy()
+    jit = np.random.default_rng(10 + seed).uniform(-0.7, 0.7, (len(truth), 2))
+    start[["x_A", "y_A"]] += jit
+    ref = fit_columns(img, start, width="column", joint=True)
+    fast = fit_columns(img, start, width="column", joint=False)
+    strict = fit_columns(img, start, width="column", joint=False, tol_crlb=0.0)
+    for df in (fast, strict):
+        dpos = np.hypot(df.x_A - ref.x_A, df.y_A - ref.y_A) / ref.x_err_A
+        assert dpos.max() < 0.05
+        assert (np.abs(df.scs - ref.scs) / ref.scs_err).max() < 0.2
+        assert df.attrs["converged"]
+        # and right against the truth, weak columns too
+        for t in ("A", "B", "X"):
+            m = (truth.type == t).to_numpy()
+            z = ((df.x_A - truth.x_A) / df.x_err_A)[m]
+            assert 0.75 < z.std() < 1.3, t
+            assert abs(np.mean(df.scs[m] / truth.scs[m] - 1)) < 0.012, t
+    assert fast.attrs["n_iter"] < strict.attrs["n_iter"]
+    with pytest.raises(ParameterError, match="tol_crlb"):
+        fit_columns(img, start, tol_crlb=-1.0)

@@ -245,6 +245,7 @@ def fit_columns(
     cutoff_rho: float | None = None,
     max_iter: int = 300,
     tol_px: float = 1e-4,
+    tol_crlb: float = 0.05,
     max_shift_px: float = 1.0,
     pixel_size_A: float | None = None,
     parallel: bool | None = None,
@@ -285,6 +286,13 @@ def fit_columns(
     tol_px : float
         Convergence when no column moves more than this (px) in a sweep and widths change
         by < 1e-6 (relative).
+    tol_crlb : float
+        Sweeps-only path (``joint=False``, the default for N > 2000): a column has converged
+        when its last step is below ``max(tol_px, tol_crlb·σ_k)``, with ``σ_k ≈
+        σ·sqrt(2/π)/η_k`` its position standard error (Cramér–Rao bound of an isolated
+        Gaussian column in noise σ, px); the remaining error is then a few % of the
+        statistical one.  Weak columns (large σ_k) otherwise cost many sweeps converging to
+        1e-4 px.  0 disables it (every column to ``tol_px``).
     max_shift_px : float
         Largest position step per sweep (trust region), px.
     pixel_size_A : float, optional
@@ -377,6 +385,9 @@ def fit_columns(
     if int(max_iter) < 1:
         raise ParameterError(f"`max_iter` must be >= 1, got {max_iter!r}")
     tol = check_positive("tol_px", tol_px)
+    tol_crlb = float(tol_crlb)
+    if not (np.isfinite(tol_crlb) and tol_crlb >= 0.0):
+        raise ParameterError(f"`tol_crlb` must be a finite number >= 0, got {tol_crlb!r}")
     max_shift = check_positive("max_shift_px", max_shift_px)
     fixed_bg = None
     if isinstance(background, int | float) and not isinstance(background, bool):
@@ -531,14 +542,20 @@ def fit_columns(
         )
         return c_mat - s_sub, h - r_sub, ainv_g[sp_inv], ainv_G[sp_inv]
 
+    schur_state = {"bad": False}
+
     def _global_step(res_: np.ndarray):
         nonlocal coef, bg_img
+        if schur_state["bad"]:
+            return res_, 0.0, 0.0
         s_mat, rhs, ainv_g, ainv_G = global_system(res_)
         if free_rho_col and not np.all(np.linalg.eigvalsh(s_mat) > 0.0):
             # the block-diagonal Schur complement counts a pixel once per column whose
             # support covers it; where the supports overlap (dense lattices, e.g. CsPbBr3
             # with its Br columns) it can lose positive definiteness, and its step then
-            # points uphill — every trial render would be rejected, so skip them
+            # points uphill — every trial render would be rejected, so skip them, and the
+            # Schur terms in the later sweeps of this fit (the overlaps stay)
+            schur_state["bad"] = True
             return res_, 0.0, 0.0
         dtheta = np.linalg.lstsq(s_mat, rhs, rcond=None)[0]
         deta = ainv_g[:, 2] - ainv_G[:, 2, :] @ dtheta
@@ -756,6 +773,19 @@ def fit_columns(
     # sweeps then stop short of the least-squares optimum.  The joint finish keeps its
     # Gauss–Newton sweeps (same results as before on the StatSTEM images).
     newton_steps = estimator == "joint" and not joint
+    # per-column tolerance (tol_crlb): tol_px everywhere except in the sweeps-only path
+    tol_col = np.full(n, tol)
+    crlb_tol = newton_steps and tol_crlb > 0.0
+
+    def update_tol_col(sse_: float) -> None:
+        """tol_col = max(tol_px, tol_crlb·σ_k), σ_k² = s²·2/(π η_k² w_k) (isolated column)."""
+        if not crlb_tol:
+            return
+        ic = np.clip(np.round(y).astype(np.int64), 0, data.shape[0] - 1)
+        jc = np.clip(np.round(x).astype(np.int64), 0, data.shape[1] - 1)
+        s2 = sse_ / max(data.size - n * npar, 1) if noise == "gaussian" else 1.0
+        var = s2 * 2.0 / (np.pi * np.maximum(eta * eta, 1e-300) * w[ic, jc])
+        tol_col[:] = np.maximum(tol, tol_crlb * np.sqrt(var))
 
     partition: dict[str, Any] = {"rbox": -1.0, "cells": None}
 
@@ -770,7 +800,7 @@ def fit_columns(
 
     def active_set(level: float = 0.1) -> np.ndarray:
         """Columns whose last step moved them ≥ level·tol (or failed), and their neighbours."""
-        moving = (shifts >= level * tol) | ~accepted
+        moving = (shifts >= level * tol_col) | ~accepted
         pa, pb = neighbour_pairs()
         act = moving.copy()
         act[pb[moving[pa]]] = True
@@ -837,7 +867,7 @@ def fit_columns(
                 # number of sweeps, converging linearly)
                 if active is not None and not fix_pos:
                     for _ in range(3):
-                        n_str = int(np.count_nonzero(shifts >= tol))
+                        n_str = int(np.count_nonzero(shifts >= tol_col))
                         if n_str == 0 or n_str > 0.05 * n:
                             break
                         straggle = active_set(1.0)
@@ -910,7 +940,7 @@ def fit_columns(
             elif (
                 not shared_rho
                 and not joint
-                and float(shifts.max(initial=0.0)) < tol
+                and bool(np.all(shifts < tol_col))
                 and it_ > 1
                 and n_glob
             ):
@@ -928,7 +958,11 @@ def fit_columns(
             sse = float(_wsse(w, res, uniform_w[0]))
             free = np.hypot(x - x_start, y - y_start) < max_disp_px * (1.0 - 1e-6)
             free &= eta > 0.05 * float(np.median(np.abs(eta)))  # unlocatable (empty) columns
-            moved = max(float(shifts[free].max(initial=0.0)), jshift)
+            # (shifts in units of each column's tolerance, times tol_px: = shifts without
+            # tol_crlb)
+            moved = max(float((shifts * (tol / tol_col))[free].max(initial=0.0)), jshift)
+            if not fix_pos:
+                update_tol_col(sse)
             small_sse = abs(sse_prev - sse) <= 1e-10 * sse
             sse_prev = sse
             if joint and not polish and moved < 0.02 and drho < 1e-3:
@@ -1007,7 +1041,7 @@ def fit_columns(
             "rho_err_A": np.sqrt(np.maximum(var_rho, 0.0)),
             "eta_err": np.sqrt(np.maximum(var_eta, 0.0)),
             "scs_err": np.sqrt(np.maximum(var_scs, 0.0)),
-            "converged": (np.full(n, converged) | (shifts < tol)) & finite,
+            "converged": (np.full(n, converged) | (shifts < tol_col)) & finite,
         }
     )
     units = img.metadata.get("units", "fraction" if img.metadata.get("normalized") else "counts")
