@@ -546,8 +546,8 @@ def _solve_partition(cost: np.ndarray, src: list, tgt: list, n_rows: int, n_src:
         for k in src[h]:
             ri.append(k)
             ci.append(col)
-        if tgt[h] >= 0:
-            ri.append(n_src + tgt[h])
+        for t in tgt[h]:
+            ri.append(n_src + t)
             ci.append(col)
     A = coo_matrix((np.ones(len(ri)), (ri, ci)), shape=(n_rows, len(use))).tocsr()
     res = milp(
@@ -643,15 +643,16 @@ def _track_global(
         n_a = len(a)
         hyp_cost: list[float] = []
         hyp_src: list[tuple[int, ...]] = []
-        hyp_tgt: list[int] = []
+        hyp_tgt: list[tuple[int, ...]] = []
+        split_info: dict[int, tuple[int, int, int, int]] = {}
         for k in range(len(srcs)):
             hyp_cost.append(_END_COST + size_pen[srcs[k]] if k < n_a else 0.0)
             hyp_src.append((k,))
-            hyp_tgt.append(-1)
+            hyp_tgt.append(())
         for t in range(len(b)):
             hyp_cost.append(_BIRTH_COST + size_pen[b[t]])
             hyp_src.append(())
-            hyp_tgt.append(t)
+            hyp_tgt.append((t,))
         if srcs and b:
             S = np.array(srcs)
             B = np.array(b)
@@ -669,10 +670,50 @@ def _track_global(
                 c_d + c_s + np.where(np.arange(len(S))[:, None] < n_a, 0.0, _GAP_COST * (ddt - 1))
             )
             cap = _END_COST + _BIRTH_COST + size_pen[S][:, None] + size_pen[B][None, :]
+            # a gap source already paid its end cost: linking it refunds that cost, so a
+            # gap closure competes with a birth as a continuation competes with end+birth
+            # (not a merged-away parent: re-finding it undoes a merge, see below)
+            ended = np.array([False] * n_a + [c < 0 for _, _, c in gsrc])
+            refund = np.where(ended, _END_COST + size_pen[S], 0.0)[:, None]
             for k, t in zip(*np.nonzero(cont < cap), strict=True):
-                hyp_cost.append(float(cont[k, t]))
+                hyp_cost.append(float(cont[k, t] - refund[k, 0]))
                 hyp_src.append((int(k),))
-                hyp_tgt.append(int(t))
+                hyp_tgt.append((int(t),))
+            # flicker: a merge product of the last frame that separates again into two
+            # detections matching its two parents (mass and position) was a blob of the
+            # segmentation, not a coalescence
+            gidx_of = {int(sg): len(a) + ii for ii, (sg, _r, _c) in enumerate(gsrc)}
+            for k in range(n_a):
+                c = int(seg[a[k]])
+                ps = parents_of.get(c, [])
+                if seg_start[c] != fa or len(ps) != 2 or not all(p in gidx_of for p in ps):
+                    continue
+                pr = [srcs[gidx_of[p]] for p in ps]
+                cand = np.flatnonzero(c_d[k] < cap[k])
+                cand = cand[np.argsort(c_d[k, cand])][:6]
+                for ii, t1 in enumerate(cand):
+                    for t2 in cand[ii + 1 :]:
+                        best = None
+                        for u, v in ((t1, t2), (t2, t1)):
+                            cc = 0.0
+                            for prow, t in zip(pr, (u, v), strict=True):
+                                dd = float(np.sum((xy[b[t]] - xy[prow]) ** 2))
+                                sp = s2_of(int(seg[prow])) * (fb - fr[prow]) + 2 * pos2
+                                cc += float(_disp_nll(np.array(dd), np.array(sp), L2))
+                                if size_col:
+                                    lr = np.log((size[b[t]] + 1) / (size[prow] + 1))
+                                    cc += float(
+                                        _size_nll(
+                                            np.array(lr), np.array(rel[prow] ** 2 + rel[b[t]] ** 2)
+                                        )
+                                    )
+                            if best is None or cc < best[0]:
+                                best = (cc, u, v)
+                        cc, u, v = best
+                        hyp_cost.append(cc + _MERGE_COST)
+                        hyp_src.append((k, gidx_of[ps[1]]))
+                        hyp_tgt.append((int(u), int(v)))
+                        split_info[len(hyp_cost) - 1] = (ps[0], ps[1], int(u), int(v))
             # merge hypotheses: 2 or 3 current tracks -> one detection
             if n_a >= 2:
                 sa = np.array([s2_of(int(seg[r])) for r in a])
@@ -730,17 +771,17 @@ def _track_global(
                         ):
                             hyp_cost.append(cm)
                             hyp_src.append(tuple(int(g) for g in gidx))
-                            hyp_tgt.append(t)
+                            hyp_tgt.append((t,))
         # set partitioning: every source and every detection explained exactly once;
         # a merge whose merged-away parent is re-detected as a new cluster of its size
         # within long-hop reach is a hop, not a coalescence: drop it and solve again
         hyp_cost_a = np.asarray(hyp_cost)
         for _ in range(4):
             chosen = _solve_partition(hyp_cost_a, hyp_src, hyp_tgt, len(srcs) + len(b), len(srcs))
-            births = [b[hyp_tgt[h]] for h in chosen if not hyp_src[h]]
+            births = [b[hyp_tgt[h][0]] for h in chosen if not hyp_src[h]]
             redo = False
             for h in chosen:
-                if len(hyp_src[h]) < 2 or not births or not _REDETECT:
+                if len(hyp_src[h]) < 2 or h in split_info or not births or not _REDETECT:
                     continue
                 rows = [a[k] for k in hyp_src[h]]
                 keep = max(rows, key=lambda r: size[r])
@@ -762,7 +803,22 @@ def _track_global(
                 break
         gap_of = {len(a) + ii: (s, r, c) for ii, (s, r, c) in enumerate(gsrc)}
         for h in chosen:
-            ks, t = hyp_src[h], hyp_tgt[h]
+            ks = hyp_src[h]
+            if h in split_info:
+                # undo the merge: the product's segment continues the first parent, the
+                # second parent's track is re-linked across the blob frame
+                p0, p1, u, v = split_info[h]
+                c = int(seg[a[ks[0]]])
+                parents_of[c] = [p0]
+                for sg, r0, j in ((c, a[ks[0]], b[u]), (p1, srcs[ks[1]], b[v])):
+                    seg[j] = sg
+                    seg_sizes[sg].append(float(size[j]))
+                    mob[sg][0] += float(np.sum((xy[j] - xy[r0]) ** 2)) / (fb - fr[r0])
+                    mob[sg][1] += 1.0
+                open_ends.pop(p1, None)
+                absorbed.pop(p1, None)
+                continue
+            t = hyp_tgt[h][0] if hyp_tgt[h] else -1
             if t < 0:
                 if ks[0] < n_a:  # a current track ends: open for gap closing
                     open_ends[int(seg[a[ks[0]]])] = (a[ks[0]], -1)
