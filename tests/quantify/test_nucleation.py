@@ -77,3 +77,31 @@ def test_bad_inputs(templates):
         detection_completeness(5, width=0)
     with pytest.raises(ParameterError):
         nucleation_templates(-1.0, **KW)
+
+
+def test_mechanism_summary_uses_profile_columns(observed, templates):
+    """With the profile columns the nucleation row is the template result; a
+    non-identifiable J is reported as a range and kept out of the dose-rate fits."""
+    from perovstem.quantify.mechanism import mechanism_summary
+
+    ft = observed.frame_table
+    c = observed.clusters
+    n_obs = np.bincount(c["frame"], weights=detection_completeness(c["n_atoms"]), minlength=8)
+    p = nucleation_profile(n_obs.round(), templates)
+    frames = pd.DataFrame(
+        {
+            "cumulative_dose_e_per_A2": ft["cumulative_dose_e_per_A2"],
+            "cumulative_births": np.cumsum(ft["n_births"]),
+            "n_clusters": n_obs.round(),
+        }
+    ).assign(**p.frame_columns())
+    s = mechanism_summary(frames, ci="wald")
+    nuc = s[s.process == "nucleation"]
+    assert len(nuc) == 1
+    row = nuc.iloc[0]
+    assert row.selected_model == "template_population_balance"
+    assert row.param == "J_range_per_e_per_A2" and "NOT identifiable" in row.text
+    assert row.ci_low == pytest.approx(p.ci_low) and row.ci_high == pytest.approx(p.ci_high)
+    # without the columns: the births fit as before
+    s0 = mechanism_summary(frames.drop(columns=list(p.frame_columns())), ci="wald")
+    assert s0[s0.process == "nucleation"].iloc[0].selected_model.startswith("nucleation_")

@@ -18,3 +18,9 @@ from perovstem.quantify.kinetics import (  # noqa: F401
 )
 from perovstem.quantify.mobility import cluster_hop_rate, fit_desorption_hazard  # noqa: F401
 from perovstem.quantify.model3d import AtomicModel, model_from_counts, site_agreement  # noqa: F401,E402
+from perovstem.quantify.nucleation import (  # noqa: F401
+    NucleationProfile,
+    kmc_nucleation_rate,
+    nucleation_profile,
+    nucleation_templates,
+)

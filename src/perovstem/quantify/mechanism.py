@@ -79,7 +79,10 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
         specs.append(("br_loss", "n_Br", "br_loss", dict(likelihood="poisson", cumulative=True)))
     elif "integrated_counts" in g and g["integrated_counts"].notna().sum() >= 5:
         specs.append(("mass_loss", "integrated_counts", "br_loss", {}))
-    if "cumulative_births" in g and g["cumulative_births"].max() >= 3:
+    nuc_tpl = _nucleation_template_row(g, level)
+    if nuc_tpl is not None:
+        rows.append(nuc_tpl)
+    elif "cumulative_births" in g and g["cumulative_births"].max() >= 3:
         specs.append(
             (
                 "nucleation",
@@ -193,6 +196,41 @@ def _br_image_row(g: pd.DataFrame, level: float) -> dict[str, Any] | None:
     }
 
 
+def _nucleation_template_row(g: pd.DataFrame, level: float) -> dict[str, Any] | None:
+    """Nucleation row from :func:`perovstem.quantify.nucleation.nucleation_profile` columns
+    (``NucleationProfile.frame_columns()``), if present.  When J is not identifiable from the
+    detectable clusters the row carries the template range under ``param`` =
+    ``J_range_per_e_per_A2`` (not used for the dose-rate / temperature fits)."""
+    cols = ("J_nucleation", "J_nucleation_ci_low", "J_nucleation_ci_high")
+    if not all(c in g for c in cols) or g["J_nucleation"].notna().sum() == 0:
+        return None
+    j, lo, hi = (float(g[c].dropna().median()) for c in cols)
+    ident = (
+        bool(g["J_nucleation_identifiable"].median() > 0.5)
+        if ("J_nucleation_identifiable" in g)
+        else True
+    )
+    key = "J_per_e_per_A2" if ident else "J_range_per_e_per_A2"
+    note = "" if ident else "; NOT identifiable from detectable clusters (coalescence-limited)"
+    return {
+        "process": "nucleation",
+        "observable": "n_clusters",
+        "selected_model": "template_population_balance",
+        "mechanism": "nucleation rate from detected cluster numbers vs KMC population "
+        "templates" + note,
+        "weight": np.nan,
+        "delta_next": np.nan,
+        "param": key,
+        "value": j,
+        "ci_low": lo,
+        "ci_high": hi,
+        "n_points": int(g["J_nucleation"].notna().sum()),
+        "text": f"nucleation: {key} = {_fmt(j)} [{_fmt(lo)}, {_fmt(hi)}]"
+        + (f" ({int(level * 100)} % CI)" if ident else " (template range)")
+        + note,
+    }
+
+
 def _mobility_row(
     g: pd.DataFrame, tracks: pd.DataFrame, level: float, opts: dict[str, Any]
 ) -> dict[str, Any] | None:
@@ -251,7 +289,11 @@ def mechanism_summary(
         ``n_Br_bulk_image`` (+ ``dose_e_per_A2``; from
         :meth:`perovstem.quantify.br_loss.BrLossResult.frame_columns`, which then replace the
         first-order Br-loss fits by :func:`~perovstem.quantify.br_loss.fit_br_desorption`),
-        ``cumulative_births``, ``mean_radius_A``, ``n_clusters``; conditions in
+        ``cumulative_births``, ``mean_radius_A``, ``n_clusters``, the nucleation-profile
+        columns ``J_nucleation``, ``J_nucleation_ci_low``, ``J_nucleation_ci_high``,
+        ``J_nucleation_identifiable`` (from
+        :meth:`perovstem.quantify.nucleation.NucleationProfile.frame_columns`; they replace
+        the births fit); conditions in
         ``temperature_K``, ``dose_rate_e_per_A2_s``, ``gas`` (and ``series`` if present).
     by : tuple of str, optional
         Condition columns (default: those of ``series, temperature_K,
