@@ -10,6 +10,22 @@ conservation: a merge is kept when the atom count after it is at least
 ``merge_mass_fraction`` of the sum of the parents' counts, so a cluster that fades away
 next to another one is recorded as a death, not a merge.
 
+The default ``method="global"`` solves each frame pair as one set-partitioning problem
+(Morefield, IEEE Trans. Autom. Control 22, 302 (1977); the 0-1 integer-programming form of
+multiple-hypothesis data association): every cluster of frame k and every detection of
+frame k+1 is explained by exactly one hypothesis -- continuation, end, birth, gap closure,
+or an explicit merge of 2-3 clusters into one detection -- and the set of minimal total
+negative log-likelihood is found exactly (HiGHS through :func:`scipy.optimize.milp`).  A
+merge is scored by mass conservation (atoms after ≈ sum of the parents' atoms, within the
+combined count errors, growth by attachment allowed), the product at the parents'
+mass-weighted centre, and the parents being able to meet, all with displacement densities
+whose width is each track's own measured mobility (not a fixed step limit).  Births and
+ends are the less likely the larger the cluster (clusters enter the detectable range small
+and do not vanish in one frame).  A merged-away cluster that is seen again (re-detected as
+a new cluster of its size within long-hop reach, re-linked after a one-frame gap, or the
+product separating again into its two parents) was a hop or a segmentation blob, and the
+merge is undone.
+
 Output follows the KMC convention (:func:`perovstem.simulate.degradation_kmc`): after a
 merge a new track starts whose ``parents`` are the merged tracks.
 """
@@ -58,7 +74,10 @@ def track_clusters(
         One row per cluster per frame with ``frame, x_A, y_A`` (and ``size_column``), e.g.
         the concatenated output of :func:`detect_clusters` on drift-corrected frames.
     max_step_A : float
-        Largest displacement of a cluster between consecutive frames, Å.
+        ``"mass"``/``"laptrack"``: largest displacement of a cluster between consecutive
+        frames, Å.  ``"global"``: displacement scale of a track without history (prior rms
+        hop ``max_step_A / 2``, long hops with rms ``5 max_step_A`` and weight 0.05, position
+        error ``max_step_A / 8``); each track's gate then follows its own measured hops.
     merge_distance_A : float, optional
         ``"mass"``: largest gap between the surfaces (equal-volume radii) of a cluster that
         ends and the cluster it merges into, Å (default 8 Å: coalesced clusters relax to
@@ -80,11 +99,17 @@ def track_clusters(
         ``"mass"``: a cluster that ends next to a continuing one is a merge parent only
         with at least this size (atoms); smaller ones are absorbed (growth by attachment;
         lineage ``fate="absorbed"``, ``merged_into`` the cluster that took them, no event).
+        ``"global"`` applies it to the parent's recent size (larger of the last and the
+        median of its last three counts) plus one standard error of the count.
     min_merge_frames : int
-        ``"mass"``: a merge parent must have been tracked for at least this many frames
+        ``"mass"``, ``"global"``: a merge parent must have been tracked for at least this many frames
         (1: no condition); younger ones are absorbed as above.
-    method : {"mass", "laptrack"}
-        ``"mass"`` (default): frame-to-frame LAP (squared distance plus a size-change
+    method : {"global", "mass", "laptrack"}
+        ``"global"`` (default): exact frame-pair assignment with merge hypotheses (module
+        docstring); ``merge_distance_A`` widens the contact test of a merge,
+        ``merge_mass_fraction`` is a hard floor on the mass of a merge product and
+        ``size_rel_err`` / ``<size_column>_err`` give the count errors.  ``"mass"``
+        (the former default): greedy frame-to-frame LAP (squared distance plus a size-change
         penalty), then every track that ends (largest first) is tested as a merge partner
         of the next-frame cluster within reach (the two radii plus ``merge_distance_A``)
         whose unexplained growth best matches its atoms (the nearest one without sizes)
