@@ -542,21 +542,80 @@ def fit_columns(
         )
         return c_mat - s_sub, h - r_sub, ainv_g[sp_inv], ainv_G[sp_inv]
 
-    schur_state = {"bad": False}
+    def _background_only_step(res_: np.ndarray):
+        """Exact least-squares background update with every column fixed (always lowers
+        the SSE; the next sweep lets the columns respond)."""
+        nonlocal coef, bg_img
+        if const_bg and uniform_w[0]:
+            dc = np.array([float(res_.sum()) / data.size])
+            dimg = None
+        else:
+            c_mat, h = K.weighted_gram(basis, w, res_, uniform_w[0])
+            dc = np.linalg.lstsq(c_mat, h, rcond=None)[0]
+            dimg = K.lincomb(dc, basis)
+        coef = coef + dc
+        if dimg is None:
+            res_ -= dc[0]
+            bg_img = bg_image(coef)
+        else:
+            res_ -= dimg
+            bg_img = bg_img + dimg
+        return res_, 0.0, 1.0
+
+    def _background_line_step(res_: np.ndarray, ainv_G: np.ndarray):
+        """Constant background with the columns' block response (δη, δρ per unit δb) as
+        one search direction v; the step length is the Gauss–Newton minimum along v from the
+        rendered ∂model/∂v (true curvature, overlaps included), then checked on the SSE."""
+        nonlocal coef, bg_img
+        deta_v = -ainv_G[:, 2, 0]
+        drho_v = -ainv_G[:, 3, 0]
+        o = sp_order
+        # ∂model/∂v = 1 + Σ_k (δη_k g_k + η_k δρ_k ∂g_k/∂ρ)
+        jv = K.rho_derivative_images(
+            np.array(data.shape),
+            x[o],
+            y[o],
+            (eta * drho_v)[o],
+            rho[o],
+            cut,
+            np.zeros(n, np.int64),
+            1,
+        )[0]
+        jv += 1.0
+        K.add_columns(jv, x[o], y[o], deta_v[o], rho[o], cut, 1.0)
+        b_lin, c_lin = K.wdot2(w, res_, jv, uniform_w[0])
+        if not c_lin > 0.0:
+            return _background_only_step(res_)
+        cur = float(_wsse(w, res_, uniform_w[0]))
+        rho0, eta0, coef0 = rho.copy(), eta.copy(), coef.copy()
+        alpha = b_lin / c_lin
+        for _ in range(2):
+            d = np.clip(alpha * drho_v, -0.2 * rho0, 0.2 * rho0)
+            rho[:] = np.clip(rho0 + d, rho_min, rho_max)
+            eta[:] = eta0 + alpha * deta_v
+            coef = coef0 + np.array([alpha])
+            bg_img = bg_image(coef)
+            trial = rebuild()
+            if float(_wsse(w, trial, uniform_w[0])) <= cur:
+                return trial, 0.0, 1.0
+            alpha *= 0.25
+        rho[:], eta[:] = rho0, eta0
+        coef = coef0
+        bg_img = bg_image(coef)
+        return _background_only_step(res_)
 
     def _global_step(res_: np.ndarray):
         nonlocal coef, bg_img
-        if schur_state["bad"]:
-            return res_, 0.0, 0.0
         s_mat, rhs, ainv_g, ainv_G = global_system(res_)
         if free_rho_col and not np.all(np.linalg.eigvalsh(s_mat) > 0.0):
             # the block-diagonal Schur complement counts a pixel once per column whose
             # support covers it; where the supports overlap (dense lattices, e.g. CsPbBr3
             # with its Br columns) it can lose positive definiteness, and its step then
-            # points uphill — every trial render would be rejected, so skip them, and the
-            # Schur terms in the later sweeps of this fit (the overlaps stay)
-            schur_state["bad"] = True
-            return res_, 0.0, 0.0
+            # points uphill (every trial render would be rejected): search along the
+            # background's response direction instead, with its true curvature
+            if const_bg and n_glob == 1:
+                return _background_line_step(res_, ainv_G)
+            return _background_only_step(res_) if fit_bg else (res_, 0.0, 0.0)
         dtheta = np.linalg.lstsq(s_mat, rhs, rcond=None)[0]
         deta = ainv_g[:, 2] - ainv_G[:, 2, :] @ dtheta
         cur = float(_wsse(w, res_, uniform_w[0]))
