@@ -77,6 +77,10 @@ def test_bad_inputs(templates):
         detection_completeness(5, width=0)
     with pytest.raises(ParameterError):
         nucleation_templates(-1.0, **KW)
+    with pytest.raises(ParameterError):
+        nucleation_templates(40.0, params={"critical_nucleus": 3}, **KW)
+    with pytest.raises(ParameterError):
+        nucleation_templates(40.0, laws=((1, 1.0),), **KW)
 
 
 def test_mechanism_summary_uses_profile_columns(observed, templates):
