@@ -72,6 +72,7 @@ def child(n_frames: int, size: int, px: float, workdir: str) -> dict:
     from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
 
     out: dict = {"n_frames": n_frames, "shape": [size, size], "pixel_size_A": px}
+    out["loadavg_start"] = list(os.getloadavg())
     t0 = time.perf_counter()
     phi = 3e5 / n_frames  # the same total dose (10 D_Br) whatever the length
     tr = degradation_kmc(
@@ -104,6 +105,7 @@ def child(n_frames: int, size: int, px: float, workdir: str) -> dict:
     with _PeakRSS() as mon:
         res = analyze_series(lazy, n_workers=2)
     out["analysis_s"] = time.perf_counter() - t0
+    out["loadavg_after_analysis"] = list(os.getloadavg())
     out["analysis_s_per_frame"] = out["analysis_s"] / n_frames
     out["rss_before_analysis_MB"] = rss0
     out["peak_rss_during_analysis_MB"] = mon.peak
@@ -201,6 +203,7 @@ def main() -> None:
             "processor": platform.processor(),
         },
         "versions": {"perovstem": perovstem.__version__, "numpy": np.__version__},
+        "loadavg_start": list(os.getloadavg()),
         "runs": [],
     }
     with tempfile.TemporaryDirectory() as wd:
@@ -236,6 +239,7 @@ def main() -> None:
         result["memory_ratio_longest_over_shortest"] = ok[-1]["analysis_extra_memory_MB"] / max(
             ok[0]["analysis_extra_memory_MB"], 1.0
         )
+    result["loadavg_end"] = list(os.getloadavg())
     out = HERE / "results" / "bench_insitu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

@@ -238,6 +238,9 @@ def _empty_site_mask(ph1, ph2, b, e1x, e1y, e2x, e2y, a_px, radius_px, mm, nn): 
     (¼, ¼)-type sites (phases ``ph1``, ``ph2`` on the ``b``-binned grid, radians)."""
     w = np.empty((mm, nn))
     tp = 2.0 * np.pi
+    a2 = a_px * a_px
+    r2lo = radius_px * radius_px * (1.0 - 1e-9)
+    r2hi = radius_px * radius_px * (1.0 + 1e-9)
     p1 = ph1 / tp
     p2 = ph2 / tp
     x1 = np.empty(nn)
@@ -255,7 +258,16 @@ def _empty_site_mask(ph1, ph2, b, e1x, e1y, e2x, e2y, a_px, radius_px, mm, nn): 
             v = (x2[x] + y2) / a_px + p2[by, x // b]
             fu = u - math.floor(u)
             fv = v - math.floor(v)
-            du = abs((fu % 0.5) - 0.25)
-            dv = abs((fv % 0.5) - 0.25)
-            w[y, x] = 1.0 if math.hypot(du, dv) * a_px < radius_px else 0.0
+            # fu % 0.5 for fu in [0, 1] (fu - 0.5 is exact there; fu == 1.0 after
+            # rounding gives 0.5 instead of 0, the same distance 0.25)
+            du = abs((fu - 0.5 if fu >= 0.5 else fu) - 0.25)
+            dv = abs((fv - 0.5 if fv >= 0.5 else fv) - 0.25)
+            # hypot only near the circle (the squared test decides everywhere else)
+            d2 = (du * du + dv * dv) * a2
+            if d2 < r2lo:
+                w[y, x] = 1.0
+            elif d2 > r2hi:
+                w[y, x] = 0.0
+            else:
+                w[y, x] = 1.0 if math.hypot(du, dv) * a_px < radius_px else 0.0
     return w
