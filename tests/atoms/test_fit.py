@@ -300,10 +300,13 @@ def test_sweeps_only_path_reaches_the_joint_optimum_with_weak_columns(seed):
     ref = fit_columns(img, start, width="column", joint=True)
     fast = fit_columns(img, start, width="column", joint=False)
     strict = fit_columns(img, start, width="column", joint=False, tol_crlb=0.0)
-    for df in (fast, strict):
+    # (fast: every column and the background within ~tol_crlb of their errors; strict:
+    # converged to tol_px, so only the truncation-edge noise of the sweeps remains)
+    for df, lim in ((fast, 0.1), (strict, 0.02)):
         dpos = np.hypot(df.x_A - ref.x_A, df.y_A - ref.y_A) / ref.x_err_A
-        assert dpos.max() < 0.05
-        assert (np.abs(df.scs - ref.scs) / ref.scs_err).max() < 0.2
+        assert dpos.max() < lim
+        assert (np.abs(df.scs - ref.scs) / ref.scs_err).max() < 2.5 * lim
+        assert abs(df.attrs["sse"] / ref.attrs["sse"] - 1) < 2e-5
         assert df.attrs["converged"]
         # and right against the truth, weak columns too
         for t in ("A", "B", "X"):
