@@ -69,6 +69,38 @@ def test_scaled_forward_backward_equals_log_space():
                 assert np.allclose(a[2], np.einsum("tnij,ij->tn", b[2], drop), atol=1e-8)
 
 
+def test_scaled_forward_backward_survives_impossible_observations():
+    """A column whose counts rise under the loss model underflows the scaled pass; the
+    result must still equal the log-space reference (no NaN, no overflow warning)."""
+    rng = np.random.default_rng(3)
+    T, N, K = 8, 5, 12
+    lib = 0.01 * np.arange(1, K + 1)
+    h = np.tile(np.arange(K - 1, K - 1 - T, -1), (N, 1)).T  # losing one atom per frame
+    h[4:, 2] = K - 1  # column 2 jumps back to the top: impossible under "loss"
+    obs = lib[h] + rng.normal(0, 2e-4, h.shape)
+    logB = _log_emission(obs, lib, 2e-4)
+    i, j = np.indices((K, K))
+    with np.errstate(divide="ignore"):
+        logA = np.log(np.where(j <= i, 1.0, 0.0) / np.arange(1, K + 1)[:, None])
+        li = np.log(np.full(K, 1.0 / K))
+        mu = np.full((T - 1, N), 1.0)
+        counts = np.arange(1, K + 1)
+        drop = (counts[:, None] - counts[None, :]).astype(float)
+        for A in (logA, PoissonLossTransitions(mu, counts)):
+            with np.errstate(over="raise", invalid="raise"):
+                a = forward_backward(logB, li, A, drop=drop)
+            b = _forward_backward_log(
+                logB,
+                li,
+                A if not isinstance(A, np.ndarray) else np.broadcast_to(A, (T - 1, N, K, K)),
+            )
+            assert np.isfinite(a[0]).all() and np.isfinite(a[3]).all()
+            assert np.allclose(a[0], b[0], atol=1e-8)
+            assert np.allclose(a[1], b[1], atol=1e-6)
+            assert np.allclose(a[3], b[3], rtol=1e-10)
+            assert np.allclose(a[2], np.einsum("tnij,ij->tn", b[2], drop), atol=1e-6)
+
+
 def test_viterbi_equals_brute_force():
     rng = np.random.default_rng(1)
     T, N, K = 5, 4, 5

@@ -141,41 +141,70 @@ def forward_backward(
     alpha = np.empty((T, N, K))
     beta = np.empty((T, N, K))
     cs = np.empty((T, N))
-    a = np.exp(log_init)[None, :] * B[0]
-    cs[0] = a.sum(1)
-    alpha[0] = a / cs[0][:, None]
-    for t in range(1, T):
-        At = P(t - 1)
-        a = (alpha[t - 1] @ At) if homog else np.einsum("ni,nij->nj", alpha[t - 1], At)
-        a *= B[t]
-        cs[t] = a.sum(1)
-        alpha[t] = a / cs[t][:, None]
-    beta[T - 1] = 1.0
-    for t in range(T - 2, -1, -1):
-        At = P(t)
-        bb = B[t + 1] * beta[t + 1]
-        b = (bb @ At.T) if homog else np.einsum("nij,nj->ni", At, bb)
-        beta[t] = b / cs[t + 1][:, None]
-    gamma = alpha * beta
-    gamma /= gamma.sum(axis=2, keepdims=True)
-    ll = np.log(cs).sum(0) + mB[:, :, 0].sum(0)
+    # underflow of the scaling is detected below and those columns redone in log space
+    with np.errstate(all="ignore"):
+        a = np.exp(log_init)[None, :] * B[0]
+        cs[0] = a.sum(1)
+        alpha[0] = a / cs[0][:, None]
+        for t in range(1, T):
+            At = P(t - 1)
+            a = (alpha[t - 1] @ At) if homog else np.einsum("ni,nij->nj", alpha[t - 1], At)
+            a *= B[t]
+            cs[t] = a.sum(1)
+            alpha[t] = a / cs[t][:, None]
+        beta[T - 1] = 1.0
+        for t in range(T - 2, -1, -1):
+            At = P(t)
+            bb = B[t + 1] * beta[t + 1]
+            b = (bb @ At.T) if homog else np.einsum("nij,nj->ni", At, bb)
+            beta[t] = b / cs[t + 1][:, None]
+        gamma = alpha * beta
+        gamma /= gamma.sum(axis=2, keepdims=True)
+        ll = np.log(cs).sum(0) + mB[:, :, 0].sum(0)
+    # A column whose observation is (nearly) impossible under every reachable state (e.g. a
+    # count that rises under the loss model) underflows the scaling: redo it in log space.
+    bad = ~np.isfinite(gamma).all(axis=(0, 2)) | (cs < 1e-250).any(axis=0)
+    good = ~bad
     xi_sum = np.zeros((K, K))
     exp_drop = None if drop is None else np.empty((T - 1, N))
     for t in range(T - 1):
         At = P(t)
-        bb = B[t + 1] * beta[t + 1] / cs[t + 1][:, None]
+        bb = B[t + 1][good] * beta[t + 1][good] / cs[t + 1][good][:, None]
+        at = alpha[t][good]
         if homog:
-            xs = At * (alpha[t].T @ bb)
+            xs = At * (at.T @ bb)
             xi_sum += xs
             if drop is not None:
-                x = alpha[t][:, :, None] * At[None] * bb[:, None, :]
-                exp_drop[t] = np.einsum("nij,ij->n", x, drop)
+                x = at[:, :, None] * At[None] * bb[:, None, :]
+                exp_drop[t, good] = np.einsum("nij,ij->n", x, drop)
         else:
-            x = alpha[t][:, :, None] * At * bb[:, None, :]
+            x = at[:, :, None] * At[good] * bb[:, None, :]
             xi_sum += x.sum(0)
             if drop is not None:
-                exp_drop[t] = np.einsum("nij,ij->n", x, drop)
+                exp_drop[t, good] = np.einsum("nij,ij->n", x, drop)
+    if bad.any():
+        g, _, xi_t, llb = _forward_backward_log(logB[:, bad], log_init, _columns(logA, bad, T))
+        gamma[:, bad], ll[bad] = g, llb
+        xi_sum += xi_t.sum(axis=(0, 1))
+        if drop is not None:
+            exp_drop[:, bad] = np.einsum("tnij,ij->tn", xi_t, drop)
     return gamma, xi_sum, exp_drop, ll
+
+
+def _columns(logA: Any, sel: np.ndarray, T: int) -> Any:
+    """Per-step log transitions of the columns ``sel`` (always 4-D, so xi_t is returned)."""
+    if isinstance(logA, PoissonLossTransitions):
+        sub = object.__new__(PoissonLossTransitions)
+        sub.pmf, sub.sf = logA.pmf[:, sel], logA.sf[:, sel]
+        sub._d, sub._neg, sub._d0 = logA._d, logA._neg, logA._d0
+        sub.shape = sub.pmf.shape[:2] + logA.shape[2:]
+        sub.ndim = 4
+        return sub
+    logA = np.asarray(logA)
+    if logA.ndim == 2:
+        K = logA.shape[0]
+        return np.broadcast_to(logA, (max(T - 1, 0), int(sel.sum()), K, K))
+    return logA[:, sel]
 
 
 def _forward_backward_log(
