@@ -157,3 +157,87 @@ def test_real_serialem_frames_register(tomo_data):
     ix = ix - 1024 if ix > 512 else ix
     assert abs(df.loc[1, "dy_px"] - iy) <= 1.0
     assert abs(df.loc[1, "dx_px"] - ix) <= 1.0
+
+
+def _vanishing_crystal(phi, edge_A, seed, n_frames=24):
+    """KMC series of a crystal that is destroyed part-way (simulator truth: host Pb count)."""
+    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
+
+    tr = degradation_kmc(
+        nanocrystal(edge_A=edge_A, rng=0),
+        n_frames=n_frames,
+        frame_time_s=1.0,
+        dose_rate_e_per_A2_s=phi,
+        temperature_K=300.0,
+        rng=seed,
+    )
+    s, truth = insitu_series(
+        tr, pixel_size_A=0.5, drift_A_per_s=(0.8, -0.5), jitter_A=0.3, rng=seed + 1
+    )
+    t = truth["drift"][["dy_px", "dx_px"]].to_numpy()
+    host = truth["frames"]["n_Pb_host"].to_numpy(float)
+    return s, t - t[0], host / host[0]
+
+
+@pytest.mark.parametrize(("phi", "edge_A", "seed"), [(3e3, 40.0, 1), (5e3, 30.0, 3)])
+def test_crystal_vanishing_halfway_is_flagged(phi, edge_A, seed):
+    s, truth, host = _vanishing_crystal(phi, edge_A, seed)
+    gone = host == 0
+    assert 4 <= gone.sum() <= 20  # the crystal disappears within the series
+    df = register_drift(s)
+    rel = df["drift_reliable"].to_numpy()
+    err = np.hypot(*(df[["dy_px", "dx_px"]].to_numpy() - truth).T)
+    # frames with most of the crystal left are registered and trusted, within 0.1 px
+    assert rel[host >= 0.5].all()
+    assert np.sqrt(np.mean(err[rel] ** 2)) < 0.1
+    assert err[rel].max() < 0.15
+    # once only mobile clusters are left, nothing is reported as reliable
+    assert not rel[gone].any()
+    assert (df.loc[gone, "drift_flag"] != "").all()
+    assert df.attrs["n_unreliable"] == int((~rel).sum())
+    assert df.attrs["unreliable_frames"] == np.flatnonzero(~rel).tolist()
+    # no silent wrong number: every frame off by more than 0.25 px is flagged, and the
+    # reported uncertainty of the flagged frames grows along the stretch
+    assert not rel[err > 0.25].any()
+    e_unrel = df.loc[~rel, "dy_err_px"].to_numpy()
+    assert e_unrel[-1] > e_unrel[0]
+    assert (e_unrel >= 0.25).all()
+
+
+def test_mobile_clusters_only_flagged():
+    # the frames after the crystal has gone: only hopping Pb clusters on the support
+    s, truth, host = _vanishing_crystal(5e3, 30.0, 3, n_frames=30)
+    k0 = int(np.argmax(host == 0))
+    frames = np.asarray(s.data)[k0:]
+    t = truth[k0:] - truth[k0]
+    df = register_drift(frames)
+    rel = df["drift_reliable"].to_numpy()
+    assert rel[0] and not rel[1:].any()  # only the reference frame itself
+    err = np.hypot(*(df[["dy_px", "dx_px"]].to_numpy() - t).T)
+    assert err.max() > 1.0  # the rigid model really fails here (the test is not vacuous)
+    assert df.attrs["n_unreliable"] == len(frames) - 1
+
+
+def test_reliability_without_running_reference(synth):
+    frames, truth = synth.drifting_series(12, counts=3.0, rng=7)
+    df = register_drift(frames, reference_window=0)
+    assert df["drift_reliable"].all()
+    assert _rms(df, truth) < 0.1
+    # a frame of pure noise cannot be trusted, the others still are
+    frames = frames.copy()
+    frames[6] = np.random.default_rng(1).poisson(np.full((96, 96), 40.0))
+    for rw in (0, 16):
+        df = register_drift(frames, reference_window=rw)
+        assert not df.loc[6, "drift_reliable"] and df.loc[6, "drift_flag"]
+        keep = np.arange(12) != 6
+        assert df["drift_reliable"].to_numpy()[keep].sum() >= 9
+        est = df[["dy_px", "dx_px"]].to_numpy()
+        assert np.sqrt(np.mean((est[keep] - truth[keep]) ** 2)) < 0.1
+
+
+def test_reliability_options_checked(synth):
+    frames, _ = synth.drifting_series(3, rng=0)
+    with pytest.raises(ParameterError, match="subfields"):
+        register_drift(frames, subfields=1)
+    with pytest.raises(ParameterError, match="reliable_tol_px"):
+        register_drift(frames, reliable_tol_px=0.0)

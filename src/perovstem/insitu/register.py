@@ -140,6 +140,56 @@ def _upsampled_peak(
     return gy[iy] + dy / upsample, gx[ix] + dx / upsample
 
 
+def _subfield_disagreement(
+    ref_spec: np.ndarray,
+    frame: np.ndarray,
+    shape: tuple[int, int],
+    shift: tuple[float, float],
+    *,
+    tiles: int,
+    min_snr: float,
+    corr: dict[str, Any],
+) -> tuple[float, int]:
+    """Rigidity test: median distance between sub-field shifts and the whole-field shift.
+
+    The reference (a half spectrum in the coordinates of ``frame`` minus ``shift``) is moved
+    by ``shift``, both images are cut into ``tiles × tiles`` sub-fields and each pair of
+    sub-fields is phase-correlated.  For a rigid specimen every sub-field that carries signal
+    (peak SNR >= ``min_snr``) gives the same, zero, residual shift within its noise; moving
+    objects (hopping clusters on a featureless support) give sub-field shifts that scatter.
+    Returns the median distance, px (NaN with fewer than two usable sub-fields), and the
+    number of usable sub-fields.
+    """
+    ky, kx = _freqs(shape)
+    ph = np.exp(-2j * np.pi * (ky[:, None] * shift[0] + kx[None, :] * shift[1]))
+    ref = sfft.irfft2(ref_spec * ph.astype(np.complex64), s=shape, workers=_WORKERS)
+    f = np.asarray(frame, dtype=np.float32)
+    f = (f - np.float32(f.mean())) * _window(shape, corr["window_alpha"])
+    m, n = shape
+    ty, tx = m // tiles, n // tiles
+    dev = []
+    for i in range(tiles):
+        for j in range(tiles):
+            sl = (slice(i * ty, (i + 1) * ty), slice(j * tx, (j + 1) * tx))
+            a, b = ref[sl], f[sl]
+            if frame_quality(a) or frame_quality(b):
+                continue
+            dy, dx, snr = _correlate_spectra(
+                _spectrum(a, corr["window_alpha"]),
+                _spectrum(b, corr["window_alpha"]),
+                (ty, tx),
+                whitening=corr["whitening"],
+                sigma_px=corr["sigma_px"],
+                upsample=corr["upsample"],
+                max_shift_px=None,
+            )
+            if snr >= min_snr:
+                dev.append(float(np.hypot(dy, dx)))
+    if len(dev) < 2:
+        return float("nan"), len(dev)
+    return float(np.median(dev)), len(dev)
+
+
 def _check_options(upsample: int, whitening: float, smooth_px: float, window_alpha: float) -> None:
     if int(upsample) != upsample or upsample < 1 or upsample > 1000:
         raise ParameterError(f"`upsample` must be an integer in [1, 1000], got {upsample!r}")
@@ -213,11 +263,14 @@ def _robust_solve(
     floor: float = 0.01,
     n_iter: int = 20,
     extra: tuple[list, list, list, np.ndarray, np.ndarray] | None = None,
+    row_weight: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Cumulative drift from pairwise shifts by IRLS with Tukey weights.
 
-    ``pairs`` rows: (a, b, dy, dx, snr).  Returns drift (n, 2), its standard error (n, 2),
-    per-pair outlier flag and the robust residual scale (px).
+    ``pairs`` rows: (a, b, dy, dx, snr).  ``row_weight`` (one per pair and extra row) scales
+    the rows; rows with weight > 1 (anchors) are left out of the residual scale.  Returns
+    drift (n, 2), its standard error (n, 2), per-pair outlier flag and the robust residual
+    scale (px).
     """
     a = pairs[:, 0].astype(int)
     b = pairs[:, 1].astype(int)
@@ -236,7 +289,9 @@ def _robust_solve(
     # weak first-difference prior: frames without measurements are linearly interpolated
     reg = sp.diags([-np.ones(n - 1), np.ones(n - 1)], [0, 1], shape=(n - 1, n)).tocsr()
     lam = 1e-6
-    w = np.where(valid, 1.0, 0.0)
+    rw = np.ones(len(valid)) if row_weight is None else np.asarray(row_weight, float)
+    w = np.where(valid, rw, 0.0)
+    in_scale = valid & (rw <= 1.0)
     scale = 0.05
     anchor = sp.csr_matrix(([1.0], ([0], [0])), shape=(1, n))
     for _ in range(n_iter):
@@ -245,12 +300,12 @@ def _robust_solve(
         rhs = A.T @ (w[:, None] * meas)
         d = np.column_stack([spla.spsolve(N, rhs[:, 0]), spla.spsolve(N, rhs[:, 1])])
         res = np.hypot(*(meas - A @ d).T)
-        if valid.sum() >= 3:
+        if in_scale.sum() >= 3:
             # |r| of a 2-D Gaussian residual is Rayleigh: median = sigma * sqrt(2 ln 2);
             # the median over all valid pairs is robust to < 50 % outliers.
-            scale = max(float(np.median(res[valid])) / 1.1774, floor)
+            scale = max(float(np.median(res[in_scale])) / 1.1774, floor)
         c = threshold * scale
-        w_new = np.where(valid & (res < c), (1 - (res / c) ** 2) ** 2, 0.0)
+        w_new = np.where(valid & (res < c), rw * (1 - (res / c) ** 2) ** 2, 0.0)
         if np.allclose(w_new, w, atol=1e-4):
             w = w_new
             break
@@ -259,7 +314,7 @@ def _robust_solve(
     outlier = valid & (res >= threshold * scale)
     # standard errors: scale^2 * diag(N^-1) (dense inverse only for moderate lengths)
     if n <= 3000:
-        W = sp.diags((w > 0).astype(float))
+        W = sp.diags(np.where(w > 0, rw, 0.0))
         N = (A.T @ W @ A + lam * (reg.T @ reg) + anchor.T @ anchor).toarray()
         var = np.clip(np.diag(np.linalg.inv(N)), 0, None)
         err = np.sqrt(var)[:, None] * scale * np.ones((1, 2))
@@ -280,6 +335,8 @@ def register_drift(
     outlier_threshold: float = 4.0,
     min_snr: float = 5.0,
     reference_window: int = 16,
+    reliable_tol_px: float = 0.25,
+    subfields: int = 2,
     pixel_size_A: float | None = None,
 ) -> pd.DataFrame:
     """Cumulative rigid drift of every frame of an in-situ series.
@@ -305,6 +362,16 @@ def register_drift(
         ``reference_window`` frames aligned on frame 0 (their provisional drift): at low dose
         the averaged reference has √W less noise, so chained errors grow far more slowly.
         0 disables.
+    reliable_tol_px : float
+        Tolerance of the reliability tests, px: a frame's drift is *reliable* when its
+        correlation with the reference (the running reference, or the previous frame when
+        ``reference_window`` is 0) has a peak SNR >= ``min_snr``, the ``subfields²``
+        sub-fields of the frame agree with the whole-field shift (median distance
+        <= ``reliable_tol_px``, at least two sub-fields above ``min_snr``: the specimen moves
+        rigidly), and the reference-based and pairwise (previous frame) estimates agree
+        within ``reliable_tol_px`` when the previous frame is reliable.
+    subfields : int
+        Sub-fields per axis of the rigidity test (>= 2).
     pixel_size_A : float, optional
         Pixel size, Å (taken from a :class:`Series`); adds ``dy_A, dx_A`` columns.
 
@@ -312,8 +379,27 @@ def register_drift(
     -------
     drift : DataFrame
         One row per frame: ``frame, dy_px, dx_px, dy_err_px, dx_err_px, [dy_A, dx_A],
-        n_pairs, n_outlier_pairs, peak_snr, skipped, reason``.  ``attrs`` carries
-        ``residual_rms_px`` (robust scale of the pair residuals), ``n_skipped`` and the options.
+        n_pairs, n_outlier_pairs, peak_snr, ref_snr, nonrigid_px,
+        pair_ref_disagreement_px, drift_reliable, drift_flag, skipped, reason``.
+        ``peak_snr``/``ref_snr``: correlation peak height above the median of the correlation
+        in units of its standard deviation, against the previous frame / the running
+        reference; ``nonrigid_px``: the sub-field disagreement above; ``drift_flag``: why a
+        frame is unreliable ("" when reliable).  ``attrs`` carries ``residual_rms_px`` (robust
+        scale of the pair residuals), ``n_skipped``, ``n_unreliable``,
+        ``unreliable_frames`` and the options.
+
+    Notes
+    -----
+    The drift of the reliable frames is solved from the measurements among reliable frames
+    only (pairs and running-reference rows), and only reliable frames enter the running
+    reference, so a stretch without rigid content (e.g. after the crystal has gone, only
+    mobile clusters on a featureless support) cannot drag the reference or the reliable
+    frames with it.  Unreliable frames are then chained from their pairwise shifts, with the
+    reliable frames held fixed, and flagged; their ``dy_err_px, dx_err_px`` add, to the
+    least-squares error, the sub-field disagreement of every unreliable step since the last
+    reliable frame in quadrature (the sub-field disagreement of the frame against the previous
+    one, at least ``reliable_tol_px``; infinite when that cannot be tested): an uncertainty
+    that grows along the unreliable stretch; it is indicative only.
 
     Raises
     ------
@@ -327,6 +413,15 @@ def register_drift(
         raise ParameterError(f"`max_lag` must be an integer >= 1, got {max_lag!r}")
     check_positive("outlier_threshold", outlier_threshold)
     check_positive("min_snr", min_snr, allow_zero=True)
+    check_positive("reliable_tol_px", reliable_tol_px)
+    if int(subfields) != subfields or subfields < 2:
+        raise ParameterError(f"`subfields` must be an integer >= 2, got {subfields!r}")
+    corr_opts = {
+        "whitening": whitening,
+        "sigma_px": smooth_px,
+        "upsample": int(upsample),
+        "window_alpha": window_alpha,
+    }
     if isinstance(series, Series) and pixel_size_A is None:
         pixel_size_A = series.pixel_size_A
     st = frame_stack(series)
@@ -344,6 +439,13 @@ def register_drift(
     pairs: list[tuple[int, int, float, float, float]] = []
     reasons: dict[int, str] = {}
     snr_prev = np.full(n, np.nan)
+    snr_ref = np.full(n, np.nan)
+    nonrigid = np.full(n, np.nan)
+    disagree = np.full(n, np.nan)
+    step_unc = np.full(n, np.nan)
+    flags: dict[int, str] = {}
+    ref_frame: list[int] = []
+    first_usable: int | None = None
     with single_blas_thread():
         for k, frame in iter_frames(st):
             if shape is None:
@@ -355,6 +457,9 @@ def register_drift(
                 reasons[k] = why
                 continue
             spec = _spectrum(frame, window_alpha)
+            if first_usable is None:
+                first_usable = k
+            ref_est: np.ndarray | None = None
             if ref_buf:
                 # absolute measurement against the running reference (frame-0 coordinates)
                 ref = ref_sum / len(ref_buf)
@@ -375,9 +480,36 @@ def register_drift(
                 ref_vals.extend([1.0, *([-1.0 / len(js)] * len(js))])
                 ref_meas.append((dy - mean_prov[0], dx - mean_prov[1]))
                 ref_snr.append(snr)
+                ref_frame.append(k)
+                snr_ref[k] = snr
                 prov[k] = np.array([dy, dx]) if snr >= min_snr else None
-            else:
+                ref_est = np.array([dy, dx])
+                if snr < min_snr:
+                    flags[k] = f"weak correlation with the reference (SNR {snr:.3g} < {min_snr:g})"
+                else:
+                    nonrigid[k], n_sub = _subfield_disagreement(
+                        ref,
+                        frame,
+                        shape,
+                        (dy, dx),
+                        tiles=int(subfields),
+                        min_snr=min_snr,
+                        corr=corr_opts,
+                    )
+                    if n_sub < 2:
+                        flags[k] = (
+                            f"rigidity not verifiable: {n_sub} of {int(subfields) ** 2} "
+                            "sub-fields correlate with the reference"
+                        )
+                    elif nonrigid[k] > reliable_tol_px:
+                        flags[k] = (
+                            f"non-rigid motion: sub-field shifts differ by {nonrigid[k]:.2g} px "
+                            f"(> {reliable_tol_px:g}) from the whole-field shift"
+                        )
+            elif k == first_usable:
                 prov[k] = np.zeros(2)
+            else:
+                prov[k] = None
             for j, (ka, fa) in enumerate(reversed(recent)):
                 dy, dx, snr = _correlate_spectra(
                     fa,
@@ -393,8 +525,61 @@ def register_drift(
                     snr_prev[k] = snr
                     if prov.get(k) is None and prov.get(ka) is not None and snr >= min_snr:
                         prov[k] = prov[ka] + np.array([dy, dx])
+                    if not reference_window and k != first_usable:
+                        # no running reference: test the rigidity against the previous frame
+                        if snr < min_snr:
+                            flags[k] = (
+                                f"weak correlation with the previous frame "
+                                f"(SNR {snr:.3g} < {min_snr:g})"
+                            )
+                        else:
+                            nonrigid[k], n_sub = _subfield_disagreement(
+                                fa,
+                                frame,
+                                shape,
+                                (dy, dx),
+                                tiles=int(subfields),
+                                min_snr=min_snr,
+                                corr=corr_opts,
+                            )
+                            if n_sub < 2 or nonrigid[k] > reliable_tol_px:
+                                flags[k] = (
+                                    f"non-rigid motion or too little structure: sub-field "
+                                    f"disagreement {nonrigid[k]:.2g} px, {n_sub} usable "
+                                    "sub-fields"
+                                )
+                    if k in flags and snr >= min_snr:
+                        # uncertainty of the chained step: rigidity against the previous frame
+                        step_unc[k] = (
+                            nonrigid[k]
+                            if not reference_window
+                            else _subfield_disagreement(
+                                fa,
+                                frame,
+                                shape,
+                                (dy, dx),
+                                tiles=int(subfields),
+                                min_snr=min_snr,
+                                corr=corr_opts,
+                            )[0]
+                        )
+                    if (
+                        ref_est is not None
+                        and k not in flags
+                        and ka not in flags
+                        and prov.get(ka) is not None
+                        and snr >= min_snr
+                    ):
+                        disagree[k] = float(np.hypot(*(ref_est - prov[ka] - [dy, dx])))
+                        if disagree[k] > reliable_tol_px:
+                            flags[k] = (
+                                f"reference and pairwise estimates disagree by "
+                                f"{disagree[k]:.2g} px (> {reliable_tol_px:g})"
+                            )
+            if k != first_usable and not recent and k not in flags:
+                flags[k] = "no previous usable frame to register to"
             recent.append((k, spec))
-            if reference_window and prov.get(k) is not None:
+            if reference_window and prov.get(k) is not None and k not in flags:
                 ky, kx = _freqs(shape)
                 ph = np.exp(
                     2j * np.pi * (ky[:, None] * prov[k][0] + kx[None, :] * prov[k][1])
@@ -422,6 +607,10 @@ def register_drift(
                 f"no frame pair correlates above `min_snr`={min_snr} "
                 f"(best peak SNR {parr[:, 4].max():.2g}); frames too noisy or unrelated"
             )
+        rel = np.array([k not in reasons and k not in flags for k in range(n)])
+        pa = parr[:, 0].astype(int)
+        pb = parr[:, 1].astype(int)
+        # stage A: reliable frames from the measurements among reliable frames only
         extra = None
         if ref_meas:
             extra = (
@@ -429,19 +618,58 @@ def register_drift(
                 ref_cols,
                 ref_vals,
                 np.asarray(ref_meas, float),
-                np.asarray(ref_snr) >= min_snr,
+                (np.asarray(ref_snr) >= min_snr) & rel[np.asarray(ref_frame, int)],
             )
-        d, err, outlier, scale = _robust_solve(
-            n,
-            parr,
-            valid,
-            float(outlier_threshold),
-            floor=max(0.01, 0.25 / upsample),
-            extra=extra,
-        )
+        floor = max(0.01, 0.25 / upsample)
+        valid_a = valid & rel[pa] & rel[pb]
+        if valid_a.any() or (extra is not None and extra[4].any()):
+            d, err, outlier, scale = _robust_solve(
+                n, parr, valid_a, float(outlier_threshold), floor=floor, extra=extra
+            )
+        else:
+            d, err, outlier, scale = np.zeros((n, 2)), np.zeros((n, 2)), valid & False, np.nan
         # anchor to the first usable frame
         first = min(set(range(n)) - set(reasons))
         d = d - d[first]
+        unrel = np.flatnonzero(~rel & ~np.isin(np.arange(n), list(reasons)))
+        valid_b = valid & ~(rel[pa] & rel[pb])
+        if len(unrel) and valid_b.any():
+            # stage B: unreliable frames chained from their pair shifts, reliable ones fixed
+            fixed = np.flatnonzero(rel)
+            m_fix = len(fixed)
+            extra_b = (
+                list(range(m_fix)),
+                list(fixed),
+                [1.0] * m_fix,
+                d[fixed],
+                np.ones(m_fix, bool),
+            )
+            weights = np.concatenate([np.ones(len(parr)), np.full(m_fix, 1e4)])
+            d_b, err_b, out_b, _ = _robust_solve(
+                n,
+                parr,
+                valid_b,
+                float(outlier_threshold),
+                floor=floor,
+                extra=extra_b,
+                row_weight=weights,
+            )
+            d_b = d_b - d_b[first]
+            d[unrel] = d_b[unrel]
+            err[unrel] = err_b[unrel]
+            outlier = np.where(valid_b, out_b, outlier)
+        # grow the error of unreliable frames with the non-rigidity of every unreliable step
+        # a step whose rigidity cannot be tested (fewer than two sub-fields correlate, or no
+        # pair above min_snr) has an unbounded uncertainty: the error becomes inf until the
+        # next reliable frame
+        step = np.fmax(np.nan_to_num(step_unc, nan=np.inf), reliable_tol_px)
+        acc = 0.0
+        for k in range(n):
+            if rel[k]:
+                acc = 0.0
+            elif k not in reasons:
+                acc += step[k] ** 2
+                err[k] = np.sqrt(err[k] ** 2 + acc)
     n_pairs = np.zeros(n, int)
     n_out = np.zeros(n, int)
     for i, (ka, kb) in enumerate(parr[:, :2].astype(int)):
@@ -465,6 +693,12 @@ def register_drift(
     df["n_pairs"] = n_pairs
     df["n_outlier_pairs"] = n_out
     df["peak_snr"] = snr_prev
+    df["ref_snr"] = snr_ref
+    df["nonrigid_px"] = nonrigid
+    df["pair_ref_disagreement_px"] = disagree
+    flag = [f"skipped: {reasons[k]}" if k in reasons else flags.get(k, "") for k in range(n)]
+    df["drift_reliable"] = [f == "" for f in flag]
+    df["drift_flag"] = flag
     df["skipped"] = df["frame"].isin(list(reasons))
     df["reason"] = [reasons.get(k, "") for k in range(n)]
     # a skipped frame's drift is interpolated: its error is at least the neighbours' step
@@ -473,6 +707,9 @@ def register_drift(
             "residual_rms_px": float(scale),
             "n_skipped": len(reasons),
             "skipped_frames": sorted(reasons),
+            "n_unreliable": int((~df["drift_reliable"]).sum()),
+            "unreliable_frames": df.loc[~df["drift_reliable"], "frame"].tolist(),
+            "reliable_tol_px": float(reliable_tol_px),
             "max_lag": int(max_lag),
             "upsample": int(upsample),
             "method": "phase correlation (Guizar-Sicairos 2008) + robust multi-lag LSQ",
