@@ -241,3 +241,16 @@ def test_reliability_options_checked(synth):
         register_drift(frames, subfields=1)
     with pytest.raises(ParameterError, match="reliable_tol_px"):
         register_drift(frames, reliable_tol_px=0.0)
+
+
+def test_analyze_series_reports_unreliable_drift():
+    from perovstem.insitu import analyze_series
+
+    s, truth, host = _vanishing_crystal(5e3, 30.0, 3, n_frames=16)
+    res = analyze_series(s, summary=False, phase_check=False)
+    f = res.frames
+    assert "drift_reliable" in f and "drift_flag" in f
+    n_bad = int((~f["drift_reliable"]).sum())
+    assert n_bad >= int((host == 0).sum()) > 0
+    assert not f.loc[host == 0, "drift_reliable"].any()
+    assert any(f"drift unreliable in {n_bad} of 16 frames" in t for t in res.notes)

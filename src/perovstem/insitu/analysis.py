@@ -31,8 +31,9 @@ class InsituResult:
 
     Attributes
     ----------
-    frames : per-frame bookkeeping (time, dose, cumulative dose, conditions, drift, crystal
-        area/shrinkage/voids/phase, cluster number/atoms/mean size, births, merges).
+    frames : per-frame bookkeeping (time, dose, cumulative dose, conditions, drift and its
+        ``drift_reliable``/``drift_flag``, crystal area/shrinkage/voids/phase, cluster
+        number/atoms/mean size, births, merges).
     drift : output of :func:`register_drift`.
     clusters : detections with ``track_id``.
     lineage : one row per track (:func:`track_clusters`).
@@ -48,7 +49,7 @@ class InsituResult:
         written as ``br_loss``.
     notes : list of str
         What could not be done and why (e.g. the image-derived Br loss on a series with a
-        skipped frame).
+        skipped frame; the number of frames whose drift is unreliable).
     """
 
     frames: pd.DataFrame
@@ -286,6 +287,15 @@ def analyze_series(
     if scan_rms is not None:
         fr_tab["scan_rms_line_offset_px"] = scan_rms
     notes: list[str] = []
+    n_unrel = int(drift.attrs.get("n_unreliable", 0))
+    if register and n_unrel:
+        bad = drift.loc[~drift["drift_reliable"], "frame"].to_numpy()
+        notes.append(
+            f"drift unreliable in {n_unrel} of {n} frames (first {int(bad[0])}, last "
+            f"{int(bad[-1])}; column drift_reliable/drift_flag): no rigid structure to "
+            "register to (e.g. crystal gone, mobile clusters only); their drift is chained "
+            "with a growing uncertainty and positions/mobility there carry that error"
+        )
     br_res = None
     if br_loss:
         br_res, note = _image_br_loss(series, skipped, lattice_A, br_loss_options)
@@ -508,6 +518,9 @@ def _frames_table(
     out = base.merge(per_frame, on="frame", how="left")
     out["dy_px"] = drift["dy_px"].to_numpy()
     out["dx_px"] = drift["dx_px"].to_numpy()
+    if "drift_reliable" in drift:
+        out["drift_reliable"] = drift["drift_reliable"].to_numpy(bool)
+        out["drift_flag"] = drift["drift_flag"].to_numpy()
     if "area_A2" in out:
         a0 = out.loc[~out["skipped"], "area_A2"]
         first = float(a0.iloc[0]) if len(a0) else np.nan
