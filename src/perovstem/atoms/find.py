@@ -68,6 +68,27 @@ def find_peaks(
     DataFrame
         ``x_A, y_A, height`` (smoothed height above the background), sorted by height.
     """
+    return _find_peaks(
+        image,
+        separation_A=separation_A,
+        sigma_A=sigma_A,
+        threshold=threshold,
+        min_snr=min_snr,
+        pixel_size_A=pixel_size_A,
+    )
+
+
+def _find_peaks(
+    image: Image | np.ndarray,
+    *,
+    separation_A: float | None = None,
+    sigma_A: float | None = None,
+    threshold: float | None = None,
+    min_snr: float = 5.0,
+    pixel_size_A: float | None = None,
+    pixel_noise: float | None = None,
+) -> pd.DataFrame:
+    """:func:`find_peaks`; ``pixel_noise`` = ``_robust_noise(data)`` when already known."""
     img = as_image(image, pixel_size_A)
     data = np.asarray(img.data, dtype=float)
     dx = img.pixel_size_A
@@ -82,7 +103,9 @@ def find_peaks(
     sig = max(0.5, (sigma_A / dx) if sigma_A is not None else sep / 6.0)
     sm = ndimage.gaussian_filter(data, sig, mode="nearest")
     bg = float(np.percentile(sm, 5))
-    noise = _robust_noise(data) / (2.0 * np.sqrt(np.pi) * sig)  # σ of the smoothed image
+    if pixel_noise is None:
+        pixel_noise = _robust_noise(data)
+    noise = pixel_noise / (2.0 * np.sqrt(np.pi) * sig)  # σ of the smoothed image
     thr = float(threshold) if threshold is not None else min_snr * noise
     peak = _disk_maxima(sm, sep) & (sm - bg > thr)
     peak[[0, -1], :] = False
@@ -412,7 +435,8 @@ def find_columns(
             f"`reference_type` {ref!r} is not a column type of the cell {cell.types}"
         )
     dmin_ref = cell.min_distance_A(ref)
-    pk = find_peaks(img, separation_A=0.75 * dmin_ref, min_snr=min_snr)
+    pixel_noise = _robust_noise(data)  # once, for the peaks and the site test below
+    pk = _find_peaks(img, separation_A=0.75 * dmin_ref, min_snr=min_snr, pixel_noise=pixel_noise)
     if len(pk) < 3:
         raise DataError(f"no atom columns found: only {len(pk)} peak(s) above the threshold")
     xy = pk[["x_A", "y_A"]].to_numpy()
@@ -472,7 +496,7 @@ def find_columns(
             ):
                 best = (score, ang, org, vec, cand, pxy, con)
     _, _, org, vec, cand, pxy, con = best
-    noise = _robust_noise(data) / (2.0 * np.sqrt(np.pi) * max(0.5, r_in / 2))
+    noise = pixel_noise / (2.0 * np.sqrt(np.pi) * max(0.5, r_in / 2))
     keep = np.zeros(len(cand), bool)
     for t in cell.types:
         m = (cand["type"] == t).to_numpy()
