@@ -11,8 +11,9 @@ cross-section is the Gaussian volume ``SCS_k = 2π η_k ρ_k²`` (image units ×
 Algorithm (ours): all parameters are fitted *jointly* — the model of every column is always
 present in the residual image, so overlapping columns are fitted together, not in independent
 windows.  The optimiser is a block Gauss–Seidel Levenberg–Marquardt scheme: each column's
-(x, y, η[, ρ]) takes a damped Gauss–Newton step against the current residual (accepted only
-if the global SSE decreases), columns far apart are updated in parallel (numba), the shared
+(x, y, η[, ρ]) takes a damped Gauss–Newton step against the current residual (Newton, with
+the column's exact Hessian, in the sweeps-only path; accepted only if the global SSE
+decreases), columns far apart are updated in parallel (numba), the shared
 widths take a Schur-complement Gauss–Newton step with line search, and the background is
 re-solved linearly after each sweep.  The fixed point is the stationary point of the full
 joint objective.  Cost per sweep is O(N·(c ρ/dx)²), i.e. linear in the number of columns.
