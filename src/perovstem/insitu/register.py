@@ -153,8 +153,10 @@ def _subfield_disagreement(
     """Rigidity test: median distance between sub-field shifts and the whole-field shift.
 
     The reference (a half spectrum in the coordinates of ``frame`` minus ``shift``) is moved
-    by ``shift``, both images are cut into ``tiles × tiles`` sub-fields and each pair of
-    sub-fields is phase-correlated.  For a rigid specimen every sub-field that carries signal
+    by ``shift``; the box that holds the reference's structure (its local signal energy above
+    the median, > 1/4 of the maximum; at least ``32 × tiles`` px a side) is cut into
+    ``tiles × tiles`` sub-fields in both images, and each pair of sub-fields is
+    phase-correlated.  For a rigid specimen every sub-field that carries signal
     (peak SNR >= ``min_snr``) gives the same, zero, residual shift within its noise; moving
     objects (hopping clusters on a featureless support) give sub-field shifts that scatter.
     Returns the median distance, px (NaN with fewer than two usable sub-fields), and the
@@ -165,12 +167,15 @@ def _subfield_disagreement(
     ref = sfft.irfft2(ref_spec * ph.astype(np.complex64), s=shape, workers=_WORKERS)
     f = np.asarray(frame, dtype=np.float32)
     f = (f - np.float32(f.mean())) * _window(shape, corr["window_alpha"])
-    m, n = shape
-    ty, tx = m // tiles, n // tiles
+    (y0, y1), (x0, x1) = _structure_box(ref, tiles)
+    ty, tx = (y1 - y0) // tiles, (x1 - x0) // tiles
     dev = []
     for i in range(tiles):
         for j in range(tiles):
-            sl = (slice(i * ty, (i + 1) * ty), slice(j * tx, (j + 1) * tx))
+            sl = (
+                slice(y0 + i * ty, y0 + (i + 1) * ty),
+                slice(x0 + j * tx, x0 + (j + 1) * tx),
+            )
             a, b = ref[sl], f[sl]
             if frame_quality(a) or frame_quality(b):
                 continue
@@ -188,6 +193,30 @@ def _subfield_disagreement(
     if len(dev) < 2:
         return float("nan"), len(dev)
     return float(np.median(dev)), len(dev)
+
+
+def _structure_box(img: np.ndarray, tiles: int, min_tile: int = 32) -> tuple:
+    """Bounding box ``((y0, y1), (x0, x1))`` of the structured part of an image, px."""
+    m, n = img.shape
+    b = max(1, min(m, n) // 128)
+    mb, nb = m // b, n // b
+    e = (img[: mb * b, : nb * b].astype(np.float32) ** 2).reshape(mb, b, nb, b).mean((1, 3))
+    e = ndimage.uniform_filter(e, 3)
+    e = np.clip(e - np.median(e), 0, None)
+    out = []
+    for axis, size, nblk in ((1, m, mb), (0, n, nb)):
+        prof = e.max(axis=axis)
+        hit = np.flatnonzero(prof > 0.25 * prof.max()) if prof.max() > 0 else np.arange(nblk)
+        lo, hi = int(hit[0]) * b - b, (int(hit[-1]) + 1) * b + b
+        need = min(size, tiles * min_tile)
+        if hi - lo < need:
+            c = (lo + hi) // 2
+            lo, hi = c - need // 2, c - need // 2 + need
+        lo, hi = max(0, lo), min(size, hi)
+        if hi - lo < need:
+            lo, hi = (0, need) if lo == 0 else (size - need, size)
+        out.append((lo, hi))
+    return tuple(out)
 
 
 def _check_options(upsample: int, whitening: float, smooth_px: float, window_alpha: float) -> None:
