@@ -442,3 +442,36 @@ def test_clusters_on_degrading_crystal_kmc_frames():
     # previous host-lattice switch, > 3 sigma and D < 0.6 E)
     assert tp / (tp + fp) > 0.89, (tp, fp, fn)
     assert tp / (tp + fn) > 0.84, (tp, fp, fn)
+
+
+def test_persistent_clusters():
+    from perovstem.insitu.clusters import persistent_clusters
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(6):
+        # a cluster drifting 4 Å per frame from frame 1 on, one seen in frame 3 only, one
+        # seen in frames 0 and 2 (not consecutive), and a noise hit per frame
+        if k >= 1:
+            rows.append((k, 20.0 + 4 * k, 30.0, "drift"))
+        if k == 3:
+            rows.append((k, 80.0, 80.0, "single"))
+        if k in (0, 2):
+            rows.append((k, 50.0, 10.0, "gap"))
+        rows.append((k, *rng.uniform(100, 200, 2), "noise"))
+    df = pd.DataFrame(rows, columns=["frame", "x_A", "y_A", "what"])
+    df.attrs["x"] = 1
+    out = persistent_clusters(df, min_frames=2, max_distance_A=5.0)
+    assert set(out["what"]) == {"drift"} and len(out) == 5
+    assert out.attrs == {"x": 1}
+    assert len(persistent_clusters(df, min_frames=5, max_distance_A=5.0)) == 5
+    assert persistent_clusters(df, min_frames=6, max_distance_A=5.0).empty
+    assert len(persistent_clusters(df, min_frames=1)) == len(df)
+    # displacements larger than max_distance_A break the chain
+    assert persistent_clusters(df, min_frames=2, max_distance_A=3.0).empty
+    with pytest.raises(ParameterError, match="min_frames"):
+        persistent_clusters(df, min_frames=0)
+    with pytest.raises(ParameterError, match="max_distance_A"):
+        persistent_clusters(df, max_distance_A=-1.0)
+    with pytest.raises(DataError, match="clusters"):
+        persistent_clusters(df.drop(columns="x_A"))

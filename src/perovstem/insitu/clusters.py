@@ -50,7 +50,13 @@ from perovstem._validation import check_image, check_positive
 from perovstem.errors import CalibrationError, DataError, ParameterError
 from perovstem.insitu.lattice import estimate_lattice
 
-__all__ = ["detect_clusters", "cluster_scs_library", "atoms_from_scs", "CLUSTER_COLUMNS"]
+__all__ = [
+    "detect_clusters",
+    "persistent_clusters",
+    "cluster_scs_library",
+    "atoms_from_scs",
+    "CLUSTER_COLUMNS",
+]
 
 CLUSTER_COLUMNS = [
     "frame",
@@ -753,3 +759,80 @@ def detect_clusters(
         }
     )
     return df
+
+
+def persistent_clusters(
+    clusters: pd.DataFrame,
+    *,
+    min_frames: int = 2,
+    max_distance_A: float = 15.0,
+) -> pd.DataFrame:
+    """Keep the detections that persist over at least ``min_frames`` frames.
+
+    Pb clusters grow and move slowly compared to the frame time, whereas a false detection
+    (a noise peak, a host patch of a damaged crystal that changes from frame to frame) is
+    rarely at the same place in consecutive frames.  Detections of consecutive frames
+    closer than ``max_distance_A`` are linked; a detection is kept when its linked group
+    spans at least ``min_frames`` distinct frames.  The frames must be registered (drift
+    removed), as in :func:`perovstem.insitu.analyze_series`.
+
+    On KMC series of degrading 3-4 nm crystals (1 s frames, 8 series) clusters move by up
+    to ~10 Å between frames (hops, coalescence), hence the 15 Å default.  There the test
+    gains little: precision of ≥10-atom clusters 0.913 -> 0.921, recall 0.808 -> 0.788
+    (``min_frames=2``; 0.92 / 0.72 at 10 Å), because the remaining false detections are
+    host patches of the damaged crystal that persist as well.
+
+    Parameters
+    ----------
+    clusters : DataFrame
+        Detections of several frames (:data:`CLUSTER_COLUMNS`; at least ``frame, x_A,
+        y_A``).
+    min_frames : int
+        Smallest number of distinct frames a kept cluster is seen in (1 keeps all).
+    max_distance_A : float
+        Largest displacement of a cluster between consecutive frames, Å.
+
+    Returns
+    -------
+    DataFrame
+        The persistent detections (original index kept), ``attrs`` copied.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    if not isinstance(clusters, pd.DataFrame) or not {"frame", "x_A", "y_A"} <= set(
+        clusters.columns
+    ):
+        raise DataError("`clusters` must be a DataFrame with columns frame, x_A, y_A")
+    if int(min_frames) != min_frames or min_frames < 1:
+        raise ParameterError(f"`min_frames` must be an integer >= 1, got {min_frames!r}")
+    check_positive("max_distance_A", max_distance_A)
+    n = len(clusters)
+    if min_frames == 1 or n == 0:
+        return clusters.copy()
+    fr = clusters["frame"].to_numpy()
+    xy = clusters[["x_A", "y_A"]].to_numpy(float)
+    frames = np.unique(fr)
+    idx = {f: np.flatnonzero(fr == f) for f in frames}
+    ii: list[np.ndarray] = []
+    jj: list[np.ndarray] = []
+    for f0, f1 in zip(frames[:-1], frames[1:], strict=True):
+        if f1 != f0 + 1:
+            continue
+        a, b = idx[f0], idx[f1]
+        pairs = cKDTree(xy[a]).query_ball_tree(cKDTree(xy[b]), float(max_distance_A))
+        for p, q in enumerate(pairs):
+            if q:
+                ii.append(np.full(len(q), a[p]))
+                jj.append(b[np.asarray(q)])
+    if ii:
+        i_, j_ = np.concatenate(ii), np.concatenate(jj)
+    else:
+        i_ = j_ = np.zeros(0, np.int64)
+    g = coo_matrix((np.ones(i_.size), (i_, j_)), shape=(n, n))
+    _, comp = connected_components(g, directed=False)
+    span = pd.Series(fr).groupby(comp).nunique().to_numpy()
+    out = clusters[span[comp] >= min_frames].copy()
+    out.attrs = dict(clusters.attrs)
+    return out
