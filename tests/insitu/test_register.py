@@ -275,3 +275,49 @@ def test_small_offcentre_crystal_stays_reliable(synth, lo, hi, shape, counts):
     df = register_drift(frames)
     assert df["drift_reliable"].all(), df["drift_flag"].tolist()
     assert _rms(df, drift) < 0.1
+
+
+_PERIOD_JUMP = pytest.mark.xfail(
+    strict=True,
+    reason="known limitation: under 1 px line jitter the whole-field correlations of a 40 Å "
+    "crystal pick a neighbouring lattice period consistently (reference and pairs agree), "
+    "so frames off by 7-12 px (0.3 px for seed 10) pass as reliable",
+)
+
+
+@pytest.mark.parametrize(
+    "seed",
+    [
+        5,
+        6,
+        pytest.param(7, marks=_PERIOD_JUMP),
+        8,
+        9,
+        pytest.param(10, marks=_PERIOD_JUMP),
+        11,
+        pytest.param(12, marks=_PERIOD_JUMP),
+        13,
+        14,
+    ],
+)
+def test_scan_line_jitter_no_silent_error(seed):
+    # strong fast-scan line jitter (1 px, smooth along y) makes frames non-rigid; a lone
+    # reference estimate can then lock onto a neighbouring lattice period (11.7 px at
+    # 0.5 Å/px).  Such frames must be flagged, and no reliable frame may be off.
+    # All ten seeds that were tried are listed; three fail (xfail, see the reason).
+    s, truth, _ = _vanishing_crystal(1.5e3, 40.0, 1, n_frames=12)
+    rng = np.random.default_rng(seed)
+    data = np.array(s.data, float)
+    m, n = data.shape[1:]
+    x = np.arange(n, dtype=float)
+    for k in range(len(data)):
+        j = np.sin(np.arange(m) / rng.uniform(10, 16) + rng.uniform(0, 2 * np.pi))
+        for i in range(m):
+            data[k, i] = np.interp(x - j[i], x, data[k, i])
+    df = register_drift(data)
+    rel = df["drift_reliable"].to_numpy()
+    err = np.hypot(*(df[["dy_px", "dx_px"]].to_numpy() - truth).T)
+    assert not (rel & (err > 0.25)).any()
+    rep = np.hypot(df["dy_err_px"], df["dx_err_px"]).to_numpy()
+    assert np.all(err[~rel] <= rep[~rel])
+    assert (~rel).any()  # the jitter is detected as non-rigid motion

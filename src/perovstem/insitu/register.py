@@ -397,8 +397,9 @@ def register_drift(
         ``reference_window`` is 0) has a peak SNR >= ``min_snr``, the ``subfields²``
         sub-fields of the frame agree with the whole-field shift (median distance
         <= ``reliable_tol_px``, at least two sub-fields above ``min_snr``: the specimen moves
-        rigidly), and the reference-based and pairwise (previous frame) estimates agree
-        within ``reliable_tol_px`` when the previous frame is reliable.
+        rigidly), and the reference-based estimate agrees within ``reliable_tol_px`` with
+        the pairwise one from at least one of the ``max_lag`` previous frames (their
+        provisional drift plus the pair shift).
     subfields : int
         Sub-fields per axis of the rigidity test (>= 2).
     pixel_size_A : float, optional
@@ -592,19 +593,16 @@ def register_drift(
                                 corr=corr_opts,
                             )[0]
                         )
-                    if (
-                        ref_est is not None
-                        and k not in flags
-                        and ka not in flags
-                        and prov.get(ka) is not None
-                        and snr >= min_snr
-                    ):
-                        disagree[k] = float(np.hypot(*(ref_est - prov[ka] - [dy, dx])))
-                        if disagree[k] > reliable_tol_px:
-                            flags[k] = (
-                                f"reference and pairwise estimates disagree by "
-                                f"{disagree[k]:.2g} px (> {reliable_tol_px:g})"
-                            )
+                if ref_est is not None and prov.get(ka) is not None and snr >= min_snr:
+                    # reference-based vs pairwise estimate; the best-agreeing earlier frame
+                    # counts (one bad predecessor does not condemn the frame)
+                    dis = float(np.hypot(*(ref_est - prov[ka] - [dy, dx])))
+                    disagree[k] = np.fmin(disagree[k], dis)
+            if k not in flags and disagree[k] > reliable_tol_px:
+                flags[k] = (
+                    f"reference and pairwise estimates disagree by "
+                    f"{disagree[k]:.2g} px (> {reliable_tol_px:g})"
+                )
             if k != first_usable and not recent and k not in flags:
                 flags[k] = "no previous usable frame to register to"
             recent.append((k, spec))
@@ -639,26 +637,53 @@ def register_drift(
         rel = np.array([k not in reasons and k not in flags for k in range(n)])
         pa = parr[:, 0].astype(int)
         pb = parr[:, 1].astype(int)
-        # stage A: reliable frames from the measurements among reliable frames only
-        extra = None
-        if ref_meas:
-            extra = (
-                ref_rows,
-                ref_cols,
-                ref_vals,
-                np.asarray(ref_meas, float),
-                (np.asarray(ref_snr) >= min_snr) & rel[np.asarray(ref_frame, int)],
-            )
+        # stage A: reliable frames from the measurements among reliable frames only; a
+        # reliable frame whose rows contradict the solution grossly (e.g. a lattice-period
+        # jump that the online tests could not see) is flagged and the solve repeated
         floor = max(0.01, 0.25 / upsample)
-        valid_a = valid & rel[pa] & rel[pb]
-        if valid_a.any() or (extra is not None and extra[4].any()):
+        first = min(set(range(n)) - set(reasons))
+        ref_ok = np.asarray(ref_snr) >= min_snr
+        if ref_meas:
+            ref_m = np.asarray(ref_meas, float)
+            ref_e = sp.csr_matrix((ref_vals, (ref_rows, ref_cols)), shape=(len(ref_meas), n))
+            ref_abs = abs(ref_e)
+        for _ in range(4):
+            extra = None
+            if ref_meas:
+                ref_valid = ref_ok & ~((ref_abs @ (~rel).astype(float)) > 0)
+                extra = (ref_rows, ref_cols, ref_vals, ref_m, ref_valid)
+            valid_a = valid & rel[pa] & rel[pb]
+            if not (valid_a.any() or (extra is not None and extra[4].any())):
+                d, err, outlier, scale = (
+                    np.zeros((n, 2)),
+                    np.zeros((n, 2)),
+                    valid & False,
+                    np.nan,
+                )
+                break
             d, err, outlier, scale = _robust_solve(
                 n, parr, valid_a, float(outlier_threshold), floor=floor, extra=extra
             )
-        else:
-            d, err, outlier, scale = np.zeros((n, 2)), np.zeros((n, 2)), valid & False, np.nan
+            gross = max(float(reliable_tol_px), float(outlier_threshold) * scale)
+            res_p = np.hypot(*(parr[:, 2:4] - (d[pb] - d[pa])).T)
+            bad = np.zeros(n, bool)
+            hit = valid_a & (res_p > gross)
+            bad[pa[hit]] = True
+            bad[pb[hit]] = True
+            if ref_meas:
+                res_r = np.hypot(*(ref_m - ref_e @ d).T)
+                bad[np.asarray(ref_frame, int)[ref_valid & (res_r > gross)]] = True
+            bad &= rel
+            bad[first] = False
+            if not bad.any():
+                break
+            for k in np.flatnonzero(bad):
+                flags[int(k)] = (
+                    f"inconsistent with the other reliable frames (a measurement off by "
+                    f"> {gross:.2g} px from the solution)"
+                )
+            rel &= ~bad
         # anchor to the first usable frame
-        first = min(set(range(n)) - set(reasons))
         d = d - d[first]
         unrel = np.flatnonzero(~rel & ~np.isin(np.arange(n), list(reasons)))
         valid_b = valid & ~(rel[pa] & rel[pb])
