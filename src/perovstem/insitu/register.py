@@ -424,7 +424,10 @@ def register_drift(
     only (pairs and running-reference rows), and only reliable frames enter the running
     reference, so a stretch without rigid content (e.g. after the crystal has gone, only
     mobile clusters on a featureless support) cannot drag the reference or the reliable
-    frames with it.  Unreliable frames are then chained from their pairwise shifts, with the
+    frames with it; a reliable frame with a measurement off that solution by more than
+    max(``reliable_tol_px``, ``outlier_threshold`` robust σ) is flagged and the solve repeated.
+    Known limitation: when every whole-field correlation of a lattice picks the same wrong
+    lattice period (strong scan-line jitter), the tests cannot see it.  Unreliable frames are then chained from their pairwise shifts, with the
     reliable frames held fixed, and flagged; their ``dy_err_px, dx_err_px`` add, to the
     least-squares error, the sub-field disagreement of every unreliable step since the last
     reliable frame in quadrature (the sub-field disagreement of the frame against the previous
