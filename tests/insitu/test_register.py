@@ -259,6 +259,29 @@ def test_analyze_series_reports_unreliable_drift():
     assert any(f"drift unreliable in {n_bad} of 16 frames" in t for t in res.notes)
 
 
+def test_mobility_fit_leaves_unreliable_frames_out(monkeypatch):
+    import pandas as pd
+
+    import perovstem.quantify.mechanism as mech
+    from perovstem.insitu import analyze_series
+
+    seen = {}
+
+    def spy(frames, **kw):
+        seen["tracks"] = kw.get("tracks")
+        return pd.DataFrame()
+
+    monkeypatch.setattr(mech, "mechanism_summary", spy)
+    s, _, host = _vanishing_crystal(5e3, 30.0, 3, n_frames=16)
+    res = analyze_series(s, phase_check=False)
+    bad = set(res.frames.index[~res.frames["drift_reliable"]])
+    assert bad and len(res.clusters) > 0
+    assert bad & set(res.clusters["frame"])  # clusters were tracked through those frames
+    t = seen["tracks"]
+    assert t is None or not (bad & set(t["frame"]))
+    assert "mobility fit leaves those frames out" in " ".join(res.notes)
+
+
 @pytest.mark.parametrize(
     ("lo", "hi", "shape", "counts"), [(10, 50, 128, 3.0), (130, 170, 200, 0.5)]
 )

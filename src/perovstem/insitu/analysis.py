@@ -294,7 +294,8 @@ def analyze_series(
             f"drift unreliable in {n_unrel} of {n} frames (first {int(bad[0])}, last "
             f"{int(bad[-1])}; column drift_reliable/drift_flag): no rigid structure to "
             "register to (e.g. crystal gone, mobile clusters only); their drift is chained "
-            "with a growing uncertainty and positions/mobility there carry that error"
+            "with a growing uncertainty, positions there carry that error, and the mobility "
+            "fit leaves those frames out"
         )
     br_res = None
     if br_loss:
@@ -314,7 +315,11 @@ def analyze_series(
         )
         usable = fr_tab[~fr_tab["skipped"]]
         mob = {"max_step_A": float(track.get("max_step_A", 8.0)), "rng": 0}
-        summ = mechanism_summary(usable, x=x, ci=ci, tracks=tracks, mobility=mob)
+        mob_tracks = tracks
+        if register and n_unrel:  # hops measured through an unreliable drift are not hops
+            mob_tracks = tracks[~tracks["frame"].isin(bad)]
+            mob_tracks = mob_tracks if len(mob_tracks) else None
+        summ = mechanism_summary(usable, x=x, ci=ci, tracks=mob_tracks, mobility=mob)
     else:
         summ = pd.DataFrame()
     col_tab = col_counts = None
