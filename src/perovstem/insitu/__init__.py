@@ -12,6 +12,7 @@ from perovstem.insitu.clusters import (
     atoms_from_scs,
     cluster_scs_library,
     detect_clusters,
+    persistent_clusters,
 )
 from perovstem.insitu.conditions import attach_conditions, interpolate_conditions
 from perovstem.insitu.dose import E_CHARGE_C, assign_dose, dose_table, frame_dose
@@ -41,6 +42,7 @@ __all__ = [
     "atoms_from_scs",
     "cluster_scs_library",
     "detect_clusters",
+    "persistent_clusters",
     "estimate_lattice",
     "unit_cell_average",
     "lineage_events",
