@@ -46,6 +46,8 @@ def test_summary_recovers_parameters_per_condition():
     assert np.mean((br.ci_low <= 3e4) & (3e4 <= br.ci_high)) >= 0.75
     nuc = s[s.process == "nucleation"]
     assert (nuc.selected_model == "nucleation_constant").sum() >= 3
+    # births-based rows say what they measure (censored by detection and merging)
+    assert nuc.text.str.contains("detectable-cluster births").all()
     rate = s[s.process == "dose_rate"]
     assert len(rate) == 1 and rate.selected_model.iloc[0] == "dose_controlled"
     temp = s[s.process == "temperature"]

@@ -126,6 +126,11 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
             f"{key} = {_fmt(f.params[key])} [{_fmt(f.ci_low[key])}, {_fmt(f.ci_high[key])}] "
             f"({int(level * 100)} % CI)"
         )
+        if process == "nucleation":  # tracked births are censored by detection and merging
+            text += (
+                "; rate of detectable-cluster births: not the nucleation rate where nuclei "
+                "merge or dissolve before detection (quantify.nucleation_profile tests that)"
+            )
         rows.append(
             {
                 "process": process,
