@@ -47,7 +47,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 EDGE_A = 80.0  # crystal edge, Å
-DOSE_PER_FRAME = 350.0  # e⁻/Å² per frame, whatever the length (1.4 e⁻ per 0.2 Å pixel)
+DOSE_PER_FRAME = 350.0  # e⁻/Å² per frame, whatever the length (14 e⁻ per 0.2 Å pixel)
 D_BR_PER_100_FRAMES = 3e4  # D_Br scales with the length (3·10⁴–3·10⁵, notes' range 10⁴–10⁶)
 
 

@@ -678,13 +678,25 @@ def register_drift(
                 bad[np.asarray(ref_frame, int)[ref_valid & (res_r > gross)]] = True
             bad &= rel
             bad[first] = False
-            if not bad.any():
+            # precision test: a reliable frame's least-squares standard error must support
+            # the tolerance (3 sigma <= reliable_tol_px); a frame linked to the first frame
+            # only through flagged frames (e.g. reliable frames after an inconsistent
+            # stretch) has an unconstrained solution and a huge error
+            imprecise = rel & ~bad & (3.0 * np.max(err, axis=1) > reliable_tol_px)
+            imprecise[first] = False
+            if not (bad.any() or imprecise.any()):
                 break
             for k in np.flatnonzero(bad):
                 flags[int(k)] = (
                     f"inconsistent with the other reliable frames (a measurement off by "
                     f"> {gross:.2g} px from the solution)"
                 )
+            for k in np.flatnonzero(imprecise):
+                flags[int(k)] = (
+                    f"imprecise: standard error {np.max(err[k]):.2g} px "
+                    f"(3 sigma > {reliable_tol_px:g} px; not linked to the reliable frames)"
+                )
+            bad |= imprecise
             rel &= ~bad
         # anchor to the first usable frame
         d = d - d[first]
