@@ -919,7 +919,8 @@ def fit_columns(
                 # always the colour-ordered sweep: the same order (and result, bit for bit)
                 # with one thread or many; `parallel` only sets the thread count
                 cell_ptr, cell_cols, colour_ptr, colour_cells = colour_partition()
-                K.sweep(
+                # the sweep's arguments before the active set (same in both calls)
+                lead = (
                     res,
                     w,
                     x,
@@ -943,10 +944,8 @@ def fit_columns(
                     max_disp_px,
                     fix_pos,
                     box_half,
-                    active,
-                    tiny_step,
-                    newton_steps,
                 )
+                K.sweep(*lead, active, tiny_step, newton_steps)
                 # tail: when at most 5 % of the columns still move by ≥ tol, those and their
                 # neighbours get up to 3 extra passes (coupled weak columns otherwise set the
                 # number of sweeps, converging linearly)
@@ -956,34 +955,7 @@ def fit_columns(
                         if n_str == 0 or n_str > 0.05 * n:
                             break
                         straggle = active_set(1.0)
-                        K.sweep(
-                            res,
-                            w,
-                            x,
-                            y,
-                            eta,
-                            rho,
-                            cut,
-                            free_rho_col and not fix_rho,
-                            lam,
-                            max_shift,
-                            rho_min,
-                            rho_max,
-                            cell_ptr,
-                            cell_cols,
-                            colour_ptr,
-                            colour_cells,
-                            shifts,
-                            accepted,
-                            x_start,
-                            y_start,
-                            max_disp_px,
-                            fix_pos,
-                            box_half,
-                            straggle,
-                            tiny_step,
-                            newton_steps,
-                        )
+                        K.sweep(*lead, straggle, tiny_step, newton_steps)
             else:
                 K.sweep_serial(
                     res,

@@ -152,8 +152,8 @@ def track_clusters(
     if df.empty:
         tr = df.assign(track_id=pd.Series(dtype=int))
         return tr, _empty_lineage()
-    if method == "global":
-        return _track_global(
+    if method in ("global", "mass"):
+        args = (
             df,
             max_step_A,
             merge_d if merge_distance_A is not None else 8.0,
@@ -164,19 +164,9 @@ def track_clusters(
             float(min_merge_atoms),
             int(min_merge_frames),
         )
-    if method == "mass":
-        return _track_mass(
-            df,
-            max_step_A,
-            merge_d if merge_distance_A is not None else 8.0,
-            int(gap_frames),
-            size_column,
-            merge_mass_fraction,
-            size_rel_err,
-            float(min_merge_atoms),
-            int(min_merge_frames),
-            bool(long_hops),
-        )
+        if method == "global":
+            return _track_global(*args)
+        return _track_mass(*args, bool(long_hops))
     from laptrack import LapTrack
 
     lt = LapTrack(
