@@ -26,9 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import linear_sum_assignment
 
-from perovstem.insitu import detect_clusters, track_clusters
+from perovstem.insitu import (
+    detect_clusters,
+    match_clusters,
+    merge_matches,
+    merge_scores,
+    track_clusters,
+)
 from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
 
 TUNE = [(3e3, 300.0, 3), (3e3, 300.0, 6), (6e3, 300.0, 4), (3e3, 280.0, 25), (1.5e3, 300.0, 7),
@@ -41,13 +46,9 @@ IMAGES = [(3e3, 300.0, 3), (3e3, 300.0, 6), (6e3, 300.0, 4), (3e3, 280.0, 25), (
           (3e3, 280.0, 10)]  # fmt: skip
 
 
-def _r(n):
-    return (3 * np.asarray(n, float) * 4.95**3 / (16 * np.pi)) ** (1 / 3)
-
-
-def _kmc(phi, temp, seed):
+def _kmc(phi, temp, seed, edge_A=50.0):
     return degradation_kmc(
-        nanocrystal(edge_A=50.0, rng=seed),
+        nanocrystal(edge_A=edge_A, rng=seed),
         n_frames=24,
         frame_time_s=1.0,
         dose_rate_e_per_A2_s=phi,
@@ -56,73 +57,26 @@ def _kmc(phi, temp, seed):
     )
 
 
+def truth_detections(tc, seed, err=True):
+    """Truth clusters >= 5 atoms with 0.5 Å position and 10 % count noise."""
+    rng = np.random.default_rng(seed)
+    det = tc[tc.n_atoms >= 5].reset_index(drop=True).copy()
+    det["x_A"] += rng.normal(0, 0.5, len(det))
+    det["y_A"] += rng.normal(0, 0.5, len(det))
+    det["n_atoms"] = det["n_atoms"] * (1 + rng.normal(0, 0.1, len(det)))
+    if err:
+        det["n_atoms_err"] = 0.1 * det["n_atoms"]
+    return det
+
+
 def score(det, tc, events, images=False, **kw):
     tracks, lin = track_clusters(det, **kw)
-    lin = lin.set_index("track_id")
-    ev = events[events.kind == "merge"]
-    parents = {int(r.cluster_id): list(r.parents) for r in ev.itertuples()}
-    at = {(int(r.frame), int(r.cluster_id)): r for r in tc.itertuples()}
-    seen = set(zip(det.frame, det.cluster_id, strict=True))
-
-    def anc(c, f):
-        if (f - 1, c) in at:
-            return {c}
-        return set().union(*(anc(p, f) for p in parents.get(c, ())))
-
-    prod, out = set(), np.zeros(4, int)
-    for r in ev.itertuples():
-        f, c = int(r.frame), int(r.cluster_id)
-        if (f, c) not in at or f == 0 or len(anc(c, f)) < 2:
-            continue
-        prod.add((f, c))
-        ch = at[(f, c)]
-        ps = [at[(f - 1, p)] for p in anc(c, f)]
-        ps = [p for p in ps if p.n_atoms >= 10]
-        if len(ps) < 2 or not all(
-            np.hypot(p.x_A - ch.x_A, p.y_A - ch.y_A) <= _r(ch.n_atoms) + _r(p.n_atoms) + 8
-            for p in ps
-        ):
-            continue
-        if images and ((f, c) not in seen or not all((f - 1, p.cluster_id) in seen for p in ps)):
-            continue
-        out[0] += 1
-        tid = tracks.loc[(tracks.frame == f) & (tracks.cluster_id == c), "track_id"].iloc[0]
-        out[1] += lin.loc[tid, "origin"] == "merge" and lin.loc[tid, "start_frame"] == f
-    for tid, row in lin[lin.origin == "merge"].iterrows():
-        f = int(row.start_frame)
-        c = tracks.loc[(tracks.track_id == tid) & (tracks.frame == f), "cluster_id"].iloc[0]
-        out[2] += 1
-        out[3] += (f, int(c)) in prod
-    return out
+    return merge_matches(tracks, lin, tc, events, require_detected=images)
 
 
-def _match(det, tc):
-    det = det.copy()
-    det["cluster_id"] = -1
-    for f, g in det.groupby("frame"):
-        t = tc[(tc.frame == f) & (tc.n_atoms >= 3)]
-        if not len(t):
-            continue
-        d = np.hypot(
-            g.x_A.to_numpy()[:, None] - t.x_A.to_numpy()[None],
-            g.y_A.to_numpy()[:, None] - t.y_A.to_numpy()[None],
-        )
-        c = np.where(d <= _r(t.n_atoms.to_numpy())[None] + 3, d, 1e6)
-        for i, j in zip(*linear_sum_assignment(c), strict=True):
-            if c[i, j] < 1e6:
-                det.loc[g.index[i], "cluster_id"] = int(t.cluster_id.iloc[j])
-    return det.reset_index(drop=True)
-
-
-def _summ(tot):
-    return {
-        "identifiable": int(tot[0]),
-        "found": int(tot[1]),
-        "recall": round(tot[1] / max(tot[0], 1), 3),
-        "detected": int(tot[2]),
-        "true": int(tot[3]),
-        "precision": round(tot[3] / max(tot[2], 1), 3),
-    }
+def _summ(matches):
+    s = merge_scores(pd.concat(matches, ignore_index=True))
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in s.items()}
 
 
 def main() -> None:
@@ -136,19 +90,11 @@ def main() -> None:
         series = [(s, _kmc(*c)) for c in cfg for s in [c[2]]]
         for err in (True, False):
             for vn, kw in variants.items():
-                tot, t0 = np.zeros(4, int), time.perf_counter()
-                for seed, tr in series:
-                    rng = np.random.default_rng(seed)
-                    tc = tr.clusters
-                    det = tc[tc.n_atoms >= 5].reset_index(drop=True).copy()
-                    det["x_A"] += rng.normal(0, 0.5, len(det))
-                    det["y_A"] += rng.normal(0, 0.5, len(det))
-                    det["n_atoms"] = det["n_atoms"] * (1 + rng.normal(0, 0.1, len(det)))
-                    if err:
-                        det["n_atoms_err"] = 0.1 * det["n_atoms"]
-                    tot += score(det, tc, tr.events, **kw)
+                t0 = time.perf_counter()
+                ms = [score(truth_detections(tr.clusters, seed, err), tr.clusters, tr.events, **kw)
+                      for seed, tr in series]  # fmt: skip
                 key = f"{name}_{vn}" + ("" if err else "_no_err_column")
-                res[key] = _summ(tot) | {"seconds": round(time.perf_counter() - t0, 2)}
+                res[key] = _summ(ms) | {"seconds": round(time.perf_counter() - t0, 2)}
                 print(key, res[key], flush=True)
     dets = []
     for phi, temp, seed in IMAGES:
@@ -161,10 +107,9 @@ def main() -> None:
             [detect_clusters(ser.frame(k), gain=g, offset=o, frame=k) for k in range(ser.n_frames)],
             ignore_index=True,
         )
-        dets.append((_match(det, truth["clusters"]), truth["clusters"], truth["events"]))
+        dets.append((match_clusters(det, truth["clusters"]), truth["clusters"], truth["events"]))
     for vn, kw in variants.items():
-        tot = sum(score(d, tc, e, images=True, **kw) for d, tc, e in dets)
-        res[f"images_{vn}"] = _summ(tot)
+        res[f"images_{vn}"] = _summ([score(d, tc, e, images=True, **kw) for d, tc, e in dets])
         print(f"images_{vn}", res[f"images_{vn}"], flush=True)
     res["load_after"] = os.getloadavg()
     res["series"] = {"tune": TUNE, "holdout": HOLDOUT, "images": IMAGES}

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from perovstem import DataError, ParameterError
-from perovstem.insitu import lineage_events, track_clusters
+from perovstem.insitu import lineage_events, merge_matches, merge_scores, track_clusters
 
 
 def _radius(n):
@@ -57,44 +57,25 @@ def coalescing_clusters(n_frames=40, n_start=25, box_A=200.0, step_A=1.5, birth_
     return det, truth, merges
 
 
-def _observable(truth, merges):
-    """New clusters of a frame with >= 2 ancestors present in the previous frame (chains of
-    merges within one frame collapse to one observable merge)."""
-    ids = {f: set(g["cluster_id"]) for f, g in truth.groupby("frame")}
-    parents = {c: ps for _, c, ps in merges}
-
-    def anc(c, prev):
-        if c in prev:
-            return {c}
-        return set().union(*(anc(p, prev) for p in parents.get(c, ())))
-
-    out = []
-    for f, c, _ in merges:
-        if f > 0 and c in ids[f]:
-            a = anc(c, ids[f - 1])
-            if len(a) >= 2:
-                out.append((f, c, a))
-    return out
+def _events(merges):
+    """Truth merges of :func:`coalescing_clusters` as a KMC-style event table."""
+    rows = [(f, "merge", c, sorted(ps)) for f, c, ps in merges]
+    return pd.DataFrame(rows, columns=["frame", "kind", "cluster_id", "parents"])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_merges_identified(seed):
     det, truth, merges = coalescing_clusters(rng=seed)
     tracks, lin = track_clusters(det)
-    obs = _observable(truth, merges)
+    m = merge_matches(tracks, lin, truth, _events(merges))
+    obs = m[(m.source == "truth") & m.identifiable]
     assert len(obs) >= 5
-    hit = 0
-    for f, c, ps in obs:
-        tid = tracks.loc[(tracks.frame == f) & (tracks.cluster_id == c), "track_id"].iloc[0]
-        row = lin[lin.track_id == tid].iloc[0]
-        if row.origin == "merge" and row.start_frame == f:
-            # parents are the tracks that carried the truth parents in the previous frame
-            ptid = set(tracks.loc[(tracks.frame == f - 1) & tracks.cluster_id.isin(ps), "track_id"])
-            hit += ptid == set(row.parents)
-    assert hit / len(obs) >= 0.9
+    # found at the right frame, with the tracks that carried the truth parents as parents
+    assert obs.parents_ok.mean() >= 0.9
     # detected merges that are not truth merges (precision)
     n_det = int((lin.origin == "merge").sum())
     assert n_det <= 1.1 * len(obs) + 1
+    assert merge_scores(m)["precision"] >= 0.9
 
 
 def test_births_and_identity_preserved():
@@ -233,13 +214,11 @@ def kmc_truth():
 
 def _kmc_merge_scores(series, **kw):
     """Tracker alone on KMC truth (truth clusters >= 5 atoms as detections, 0.5 Å and 10 %
-    count noise, ``n_atoms_err`` = 10 %): identifiable merges = truth coalescences (chains
-    within a frame collapsed) of >= 2 clusters of >= 10 atoms, each within
-    r_child + r_parent + 8 Å of the product (a cluster that vanishes farther away cannot be
-    attributed from frames); found = the product's track starts at that frame as a merge.
+    count noise, ``n_atoms_err`` = 10 %), scored by :func:`merge_matches` (identifiable:
+    >= 2 ancestors of >= 10 atoms within r_child + r_parent + 8 Å of the product).
     Returns (n identifiable, found, detected merges, detected merges whose product is a
     truth coalescence product of that frame)."""
-    out = np.zeros(4, int)
+    ms = []
     for seed, tc, events in series:
         rng = np.random.default_rng(seed)
         det = tc[tc.n_atoms >= 5].reset_index(drop=True).copy()
@@ -249,41 +228,9 @@ def _kmc_merge_scores(series, **kw):
         det["n_atoms_err"] = 0.1 * det["n_atoms"]
         cols = ["frame", "x_A", "y_A", "n_atoms", "n_atoms_err", "cluster_id"]
         tracks, lin = track_clusters(det[cols], **kw)
-        lin = lin.set_index("track_id")
-        ev = events[events.kind == "merge"]
-        parents = {int(r.cluster_id): list(r.parents) for r in ev.itertuples()}
-        at = {(int(r.frame), int(r.cluster_id)): r for r in tc.itertuples()}
-
-        def anc(c, f, at=at, parents=parents):
-            if (f - 1, c) in at:
-                return {c}
-            return set().union(*(anc(p, f) for p in parents.get(c, ())))
-
-        product = set()
-        for r in ev.itertuples():
-            f, c = int(r.frame), int(r.cluster_id)
-            if (f, c) not in at or f == 0 or len(anc(c, f)) < 2:
-                continue
-            product.add((f, c))
-            ch = at[(f, c)]
-            ps = [at[(f - 1, p)] for p in anc(c, f)]
-            ps = [p for p in ps if p.n_atoms >= 10]
-            near = all(
-                np.hypot(p.x_A - ch.x_A, p.y_A - ch.y_A)
-                <= _radius(ch.n_atoms) + _radius(p.n_atoms) + 8.0
-                for p in ps
-            )
-            if len(ps) < 2 or not near:
-                continue
-            out[0] += 1
-            tid = tracks.loc[(tracks.frame == f) & (tracks.cluster_id == c), "track_id"].iloc[0]
-            out[1] += lin.loc[tid, "origin"] == "merge" and lin.loc[tid, "start_frame"] == f
-        for tid, row in lin[lin.origin == "merge"].iterrows():
-            f = int(row.start_frame)
-            c = tracks.loc[(tracks.track_id == tid) & (tracks.frame == f), "cluster_id"].iloc[0]
-            out[2] += 1
-            out[3] += (f, int(c)) in product
-    return out
+        ms.append(merge_matches(tracks, lin, tc, events))
+    s = merge_scores(pd.concat(ms, ignore_index=True))
+    return s["identifiable"], s["found"], s["detected"], s["true"]
 
 
 def test_merges_on_kmc_truth_lineage(kmc_truth):

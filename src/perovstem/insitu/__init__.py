@@ -16,6 +16,7 @@ from perovstem.insitu.clusters import (
 )
 from perovstem.insitu.conditions import attach_conditions, interpolate_conditions
 from perovstem.insitu.dose import E_CHARGE_C, assign_dose, dose_table, frame_dose
+from perovstem.insitu.evaluation import match_clusters, merge_matches, merge_scores
 from perovstem.insitu.lattice import estimate_lattice, unit_cell_average
 from perovstem.insitu.nanocrystal import (
     PHASE_SPACINGS_A,
@@ -46,6 +47,9 @@ __all__ = [
     "estimate_lattice",
     "unit_cell_average",
     "lineage_events",
+    "match_clusters",
+    "merge_matches",
+    "merge_scores",
     "PHASE_SPACINGS_A",
     "area_change",
     "area_noise",

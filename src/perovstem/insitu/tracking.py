@@ -791,7 +791,7 @@ def _track_global(
         # a merge whose merged-away parent is re-detected as a new cluster of its size
         # within long-hop reach is a hop, not a coalescence: drop it and solve again
         hyp_cost_a = np.asarray(hyp_cost)
-        for _ in range(4):
+        for _ in range(len(hyp_cost_a) + 1):
             chosen = _solve_partition(hyp_cost_a, hyp_src, hyp_tgt, len(srcs) + len(b), len(srcs))
             births = [b[hyp_tgt[h][0]] for h in chosen if not hyp_src[h]]
             redo = False

@@ -1,0 +1,237 @@
+"""Scoring of tracked cluster merges against a simulated truth lineage.
+
+The truth is the per-frame cluster table and the event table of
+:func:`perovstem.simulate.degradation_kmc` (``clusters``: ``frame, cluster_id, x_A, y_A,
+n_atoms``; ``events``: ``frame, kind, cluster_id, parents``).  A coalescence in the truth
+can chain within one frame (A + B → C, C + D → E before the frame is recorded); it is
+observable only as the product of that frame and its *ancestors* present in the previous
+frame.
+
+Criteria (:func:`merge_matches`):
+
+* identifiable merge: a truth product with at least two ancestors of at least
+  ``min_parent_atoms`` atoms, each within ``r_product + r_parent + contact_margin_A`` of the
+  product (equal-volume fcc radii; a cluster that vanishes farther away cannot be
+  attributed from frames).  With ``require_detected`` (images), the product and those
+  ancestors must also be detected, i.e. carry their truth ``cluster_id`` in ``tracks``
+  (see :func:`match_clusters`);
+* found: the track holding the product starts at that frame with ``origin == "merge"``;
+* true detected merge: the first detection of a merge track is a truth coalescence
+  product of that frame (any ancestor sizes).
+
+:func:`merge_scores` sums these into recall (found / identifiable) and precision (true /
+detected merges).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from perovstem._validation import check_positive
+from perovstem.errors import DataError
+
+__all__ = ["match_clusters", "merge_matches", "merge_scores"]
+
+_MATCH_COLUMNS = [
+    "source",
+    "frame",
+    "cluster_id",
+    "track_id",
+    "identifiable",
+    "matched",
+    "parents",
+    "parents_ok",
+]
+
+
+def _radius_A(n: np.ndarray) -> np.ndarray:
+    """Equal-volume radius of an fcc Pb cluster of ``n`` atoms (a = 4.95 Å), Å."""
+    return (3 * np.clip(np.asarray(n, float), 0, None) * 4.95**3 / (16 * np.pi)) ** (1 / 3)
+
+
+def _need(df: pd.DataFrame, name: str, cols: Iterable[str]) -> None:
+    if not isinstance(df, pd.DataFrame):
+        raise DataError(f"`{name}` must be a DataFrame, got {type(df).__name__}")
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise DataError(f"`{name}` lacks column(s) {missing} (has {list(df.columns)})")
+
+
+def match_clusters(
+    detections: pd.DataFrame,
+    truth_clusters: pd.DataFrame,
+    *,
+    margin_A: float = 3.0,
+    min_atoms: float = 3.0,
+) -> pd.DataFrame:
+    """Label detections with the truth cluster they show (one-to-one within each frame).
+
+    Per frame, detections and truth clusters of at least ``min_atoms`` atoms are paired by
+    a minimum-total-distance assignment (Hungarian algorithm, Kuhn, Naval Res. Logist. Q.
+    2, 83 (1955)) among pairs closer than ``r_truth + margin_A``.
+
+    Parameters
+    ----------
+    detections : DataFrame
+        ``frame, x_A, y_A`` per detection (e.g. :func:`detect_clusters` output).
+    truth_clusters : DataFrame
+        ``frame, cluster_id, x_A, y_A, n_atoms`` (the simulator's truth table).
+    margin_A : float
+        Largest centre distance beyond the truth cluster's equal-volume radius, Å.
+    min_atoms : float
+        Truth clusters smaller than this (atoms) are not matched.
+
+    Returns
+    -------
+    DataFrame
+        ``detections`` (index reset) with ``cluster_id``: the matched truth id, -1 if none.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    _need(detections, "detections", ["frame", "x_A", "y_A"])
+    _need(truth_clusters, "truth_clusters", ["frame", "cluster_id", "x_A", "y_A", "n_atoms"])
+    margin_A = check_positive("margin_A", margin_A, allow_zero=True)
+    check_positive("min_atoms", min_atoms, allow_zero=True)
+    det = detections.reset_index(drop=True).copy()
+    cid = np.full(len(det), -1, dtype=int)
+    truth = truth_clusters[truth_clusters.n_atoms >= min_atoms]
+    t_of = dict(iter(truth.groupby("frame")))
+    for f, g in det.groupby("frame"):
+        t = t_of.get(f)
+        if t is None:
+            continue
+        d = np.hypot(
+            g.x_A.to_numpy(float)[:, None] - t.x_A.to_numpy(float)[None],
+            g.y_A.to_numpy(float)[:, None] - t.y_A.to_numpy(float)[None],
+        )
+        c = np.where(d <= _radius_A(t.n_atoms.to_numpy())[None] + margin_A, d, 1e9)
+        for i, j in zip(*linear_sum_assignment(c), strict=True):
+            if c[i, j] < 1e9:
+                cid[g.index[i]] = int(t.cluster_id.iloc[j])
+    det["cluster_id"] = cid
+    return det
+
+
+def merge_matches(
+    tracks: pd.DataFrame,
+    lineage: pd.DataFrame,
+    truth_clusters: pd.DataFrame,
+    truth_events: pd.DataFrame,
+    *,
+    min_parent_atoms: float = 10.0,
+    contact_margin_A: float = 8.0,
+    require_detected: bool = False,
+) -> pd.DataFrame:
+    """Pair detected merges (:func:`track_clusters`) with the truth coalescences.
+
+    Parameters
+    ----------
+    tracks, lineage : DataFrame
+        Output of :func:`perovstem.insitu.track_clusters`; ``tracks`` must carry the truth
+        ``cluster_id`` of each detection (-1 for a detection of no truth cluster).
+    truth_clusters : DataFrame
+        ``frame, cluster_id, x_A, y_A, n_atoms`` (truth per frame).
+    truth_events : DataFrame
+        ``frame, kind, cluster_id, parents``; rows with ``kind == "merge"`` are used.
+    min_parent_atoms : float
+        Ancestor size (truth atoms) for a merge to count as identifiable.
+    contact_margin_A : float
+        Largest gap between the product's and an ancestor's equal-volume surfaces, Å.
+    require_detected : bool
+        Identifiable only if the product and those ancestors are detected.
+
+    Returns
+    -------
+    DataFrame
+        One row per truth coalescence product (``source == "truth"``) and per detected merge
+        (``"detected"``): ``frame, cluster_id`` (truth id of the product; for a detected
+        merge that of its first detection), ``track_id`` (track holding it, -1 if not
+        detected), ``identifiable`` (truth rows), ``matched`` (truth: found; detected: a
+        truth product), ``parents`` (truth ancestors in the previous frame, or the
+        lineage's parent tracks) and ``parents_ok`` (truth rows: found with exactly the
+        tracks that held the identifiable ancestors as parents).
+    """
+    _need(tracks, "tracks", ["frame", "cluster_id", "track_id"])
+    _need(lineage, "lineage", ["track_id", "origin", "start_frame", "parents"])
+    _need(truth_clusters, "truth_clusters", ["frame", "cluster_id", "x_A", "y_A", "n_atoms"])
+    _need(truth_events, "truth_events", ["frame", "kind", "cluster_id", "parents"])
+    check_positive("min_parent_atoms", min_parent_atoms, allow_zero=True)
+    check_positive("contact_margin_A", contact_margin_A, allow_zero=True)
+    lin = lineage.set_index("track_id")
+    ev = truth_events[truth_events.kind == "merge"]
+    parents = {int(r.cluster_id): [int(p) for p in r.parents] for r in ev.itertuples()}
+    at = {
+        (int(r.frame), int(r.cluster_id)): (float(r.x_A), float(r.y_A), float(r.n_atoms))
+        for r in truth_clusters.itertuples()
+    }
+    tid_at = {
+        (int(f), int(c)): int(t)
+        for f, c, t in zip(tracks.frame, tracks.cluster_id, tracks.track_id, strict=True)
+        if c >= 0
+    }
+
+    def ancestors(c: int, f: int) -> set[int]:
+        if (f - 1, c) in at:
+            return {c}
+        return set().union(*(ancestors(p, f) for p in parents.get(c, ())))
+
+    rows, products = [], set()
+    for r in ev.itertuples():
+        f, c = int(r.frame), int(r.cluster_id)
+        if (f, c) not in at or f == 0:
+            continue
+        anc = sorted(ancestors(c, f))
+        if len(anc) < 2:
+            continue
+        products.add((f, c))
+        x, y, n = at[(f, c)]
+        big = [p for p in anc if at[(f - 1, p)][2] >= min_parent_atoms]
+        near = all(
+            np.hypot(at[(f - 1, p)][0] - x, at[(f - 1, p)][1] - y)
+            <= _radius_A(n) + _radius_A(at[(f - 1, p)][2]) + contact_margin_A
+            for p in big
+        )
+        ident = len(big) >= 2 and near
+        if require_detected:
+            ident = ident and (f, c) in tid_at and all((f - 1, p) in tid_at for p in big)
+        tid = tid_at.get((f, c), -1)
+        found = (
+            tid >= 0 and lin.loc[tid, "origin"] == "merge" and int(lin.loc[tid, "start_frame"]) == f
+        )
+        ptracks = {tid_at.get((f - 1, p), -1) for p in big}
+        pok = bool(found and set(lin.loc[tid, "parents"]) == ptracks)
+        rows.append(("truth", f, c, tid, bool(ident), bool(found), anc, pok))
+    first = tracks.sort_values("frame", kind="stable").drop_duplicates("track_id")
+    first = first.set_index("track_id")
+    for tid, r in lin[lin.origin == "merge"].iterrows():
+        f, c = int(r.start_frame), int(first.loc[tid, "cluster_id"])
+        rows.append(("detected", f, c, int(tid), False, (f, c) in products, list(r.parents), False))
+    return pd.DataFrame(rows, columns=_MATCH_COLUMNS)
+
+
+def merge_scores(matches: pd.DataFrame) -> dict[str, float]:
+    """Recall and precision of merge identification from :func:`merge_matches` rows.
+
+    Returns
+    -------
+    dict
+        ``identifiable, found, recall`` (found / identifiable truth merges) and
+        ``detected, true, precision`` (truth products / detected merges); a ratio with an
+        empty denominator is NaN.
+    """
+    _need(matches, "matches", ["source", "identifiable", "matched"])
+    t = matches[(matches.source == "truth") & matches.identifiable.astype(bool)]
+    d = matches[matches.source == "detected"]
+    n_id, n_found = len(t), int(t.matched.sum())
+    n_det, n_true = len(d), int(d.matched.sum())
+    return {
+        "identifiable": n_id,
+        "found": n_found,
+        "recall": n_found / n_id if n_id else float("nan"),
+        "detected": n_det,
+        "true": n_true,
+        "precision": n_true / n_det if n_det else float("nan"),
+    }
