@@ -20,106 +20,72 @@ import numpy as np
 from numba import njit
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _pick(a, b, is_max):  # pragma: no cover - compiled
+    """max(a, b) if ``is_max`` else min(a, b) (``b`` on ties)."""
+    if is_max:
+        return a if a > b else b
+    return a if a < b else b
+
+
 @njit(cache=True, nogil=True)
-def _runmin_rows(x, size, cval, is_max):  # pragma: no cover - compiled
-    """Running min (max) over ``size`` (odd) along axis 1, outside = ``cval``."""
+def _vhgw_line(buf, size, is_max, g, r, out, n):  # pragma: no cover - compiled
+    """``out[k] = min (max) of buf[k : k + size]`` for ``k < n`` (van Herk / Gil–Werman:
+    forward and backward running extrema within blocks of ``size``; ``buf`` holds whole
+    blocks)."""
+    for s in range(0, buf.size, size):
+        acc = buf[s]
+        g[s] = acc
+        for k in range(s + 1, s + size):
+            acc = _pick(buf[k], acc, is_max)
+            g[k] = acc
+        e = s + size - 1
+        acc = buf[e]
+        r[e] = acc
+        for k in range(e - 1, s - 1, -1):
+            acc = _pick(buf[k], acc, is_max)
+            r[k] = acc
+    for k in range(n):
+        out[k] = _pick(r[k], g[k + size - 1], is_max)
+
+
+# columns are filtered in tiles of this many (copied into contiguous line buffers, so
+# the strided reads of one column share their cache lines with the next ones)
+_COL_TILE = 16
+
+
+@njit(cache=True, nogil=True)
+def _running_extremum(x, size, cval, is_max, axis):  # pragma: no cover - compiled
+    """Running min (max) over ``size`` (odd) pixels along ``axis`` (0 or 1), centred,
+    outside the image = ``cval``: :func:`scipy.ndimage.minimum_filter1d` /
+    ``maximum_filter1d`` with ``mode="constant"``, bit for bit."""
     mm, nn = x.shape
+    n_lines, n_len = (mm, nn) if axis == 1 else (nn, mm)
     h = size // 2
-    npad = nn + 2 * h
-    nb = (npad + size - 1) // size
-    ln = nb * size
-    buf = np.empty(ln)
+    ln = ((n_len + 2 * h + size - 1) // size) * size
+    tile = 1 if axis == 1 else _COL_TILE
+    buf = np.empty((tile, ln))
+    res = np.empty((tile, n_len))
     g = np.empty(ln)
     r = np.empty(ln)
     out = np.empty((mm, nn))
-    for i in range(mm):
-        for k in range(ln):
-            buf[k] = cval
-        for k in range(nn):
-            buf[h + k] = x[i, k]
-        for s in range(0, ln, size):
-            acc = buf[s]
-            g[s] = acc
-            for k in range(s + 1, s + size):
-                v = buf[k]
-                if is_max:
-                    if v > acc:
-                        acc = v
-                elif v < acc:
-                    acc = v
-                g[k] = acc
-            acc = buf[s + size - 1]
-            r[s + size - 1] = acc
-            for k in range(s + size - 2, s - 1, -1):
-                v = buf[k]
-                if is_max:
-                    if v > acc:
-                        acc = v
-                elif v < acc:
-                    acc = v
-                r[k] = acc
-        for k in range(nn):
-            a = r[k]
-            b = g[k + size - 1]
-            if is_max:
-                out[i, k] = a if a > b else b
-            else:
-                out[i, k] = a if a < b else b
-    return out
-
-
-@njit(cache=True, nogil=True)
-def _runmin_cols(x, size, cval, is_max):  # pragma: no cover - compiled
-    """Running min (max) over ``size`` (odd) along axis 0 (rows of the block vectorised)."""
-    mm, nn = x.shape
-    h = size // 2
-    npad = mm + 2 * h
-    nb = (npad + size - 1) // size
-    ln = nb * size
-    g = np.empty((ln, nn))
-    r = np.empty((ln, nn))
-
-    def val(k, j):
-        kk = k - h
-        if kk < 0 or kk >= mm:
-            return cval
-        return x[kk, j]
-
-    for s in range(0, ln, size):
-        for j in range(nn):
-            g[s, j] = val(s, j)
-        for k in range(s + 1, s + size):
-            kk = k - h
-            inside = 0 <= kk < mm
-            for j in range(nn):
-                v = x[kk, j] if inside else cval
-                a = g[k - 1, j]
-                if is_max:
-                    g[k, j] = v if v > a else a
-                else:
-                    g[k, j] = v if v < a else a
-        e = s + size - 1
-        for j in range(nn):
-            r[e, j] = val(e, j)
-        for k in range(e - 1, s - 1, -1):
-            kk = k - h
-            inside = 0 <= kk < mm
-            for j in range(nn):
-                v = x[kk, j] if inside else cval
-                a = r[k + 1, j]
-                if is_max:
-                    r[k, j] = v if v > a else a
-                else:
-                    r[k, j] = v if v < a else a
-    out = np.empty((mm, nn))
-    for i in range(mm):
-        for j in range(nn):
-            a = r[i, j]
-            b = g[i + size - 1, j]
-            if is_max:
-                out[i, j] = a if a > b else b
-            else:
-                out[i, j] = a if a < b else b
+    for j0 in range(0, n_lines, tile):
+        nt = min(tile, n_lines - j0)
+        buf[:nt] = cval
+        if axis == 1:
+            buf[0, h : h + n_len] = x[j0]
+        else:
+            for k in range(n_len):
+                for t in range(nt):
+                    buf[t, h + k] = x[k, j0 + t]
+        for t in range(nt):
+            _vhgw_line(buf[t], size, is_max, g, r, res[t], n_len)
+        if axis == 1:
+            out[j0] = res[0]
+        else:
+            for k in range(n_len):
+                for t in range(nt):
+                    out[k, j0 + t] = res[t, k]
     return out
 
 
@@ -127,10 +93,10 @@ def _runmin_cols(x, size, cval, is_max):  # pragma: no cover - compiled
 def _line_square_opening(m, side, low, noise_scale):  # pragma: no cover - compiled
     """min(row, column openings) capped by the square opening + 3 noise σ (see
     ``clusters._lattice_opening``)."""
-    ero_x = _runmin_rows(m, side, low, False)
-    ero_y = _runmin_cols(m, side, low, False)
-    dx = _runmin_rows(ero_x, side, low, True)
-    dy = _runmin_cols(ero_y, side, low, True)
+    ero_x = _running_extremum(m, side, low, False, 1)
+    ero_y = _running_extremum(m, side, low, False, 0)
+    dx = _running_extremum(ero_x, side, low, True, 1)
+    dy = _running_extremum(ero_y, side, low, True, 0)
     mm, nn = m.shape
     line = np.empty((mm, nn))
     for i in range(mm):
@@ -140,9 +106,9 @@ def _line_square_opening(m, side, low, noise_scale):  # pragma: no cover - compi
             line[i, j] = a if a < b else b
     if noise_scale <= 0:
         return line
-    sq = _runmin_cols(ero_x, side, low, False)
-    sq = _runmin_cols(sq, side, low, True)
-    sq = _runmin_rows(sq, side, low, True)
+    sq = _running_extremum(ero_x, side, low, False, 0)
+    sq = _running_extremum(sq, side, low, True, 0)
+    sq = _running_extremum(sq, side, low, True, 1)
     for i in range(mm):
         for j in range(nn):
             s = sq[i, j]

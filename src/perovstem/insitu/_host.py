@@ -1,0 +1,202 @@
+"""Host-lattice model of :func:`perovstem.insitu.detect_clusters` (private).
+
+The cell-averaged map ``M`` of a frame is host crystal plus Pb clusters.  In [001]
+CsPbBr3 the empty sites of the host lattice (¼, ¼)… receive only probe tails, so the
+intensity there, ``Q``, is a fixed fraction ``kappa_h`` of ``M`` for the host whatever its
+thickness or damage, and ≈ ``M`` for incommensurate Pb (Hÿtch et al., Ultramicroscopy 74,
+131 (1998) for the local lattice phase that places the sites).  ``D = (Q − kappa_h M) /
+(1 − kappa_h)`` is a host-free map of the cluster mass: the host under a cluster is
+measured column by column from the lattice instead of being predicted from its
+neighbours (on KMC series of degrading crystals even the *exact* SCS of the neighbouring
+host columns predicts the host under a 10–40-atom cluster within 15 % of the cluster's SCS
+for only 63–73 % of the clusters: column damage is uneven).
+
+``kappa_h`` is measured on host pixels *outside* the segments (clusters would pull it
+towards 1); where no such reference exists although crystal is present, the host cannot
+be separated and the segments that contain host are reported as unreliable instead of
+being counted silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+# kappa_h of the host is ~0.3 (0.25–0.45 on damaged crystals); above this the "host"
+# pixels are mostly incommensurate (Pb, support) and D is meaningless
+KAPPA_MAX = 0.6
+
+
+@dataclass
+class HostModel:
+    """Host-lattice model of one frame around the segments.
+
+    Attributes
+    ----------
+    kappa_h : float
+        Empty-site ratio of the host (NaN when not measurable).
+    status : str
+        ``"lattice"`` (host-free map available), ``"no_crystal"`` (no crystal plateau near
+        the segments: nothing to model), ``"no_host"`` (the bright pixels outside the
+        Pb-like segments are incommensurate, ``kappa_h`` ≥ :data:`KAPPA_MAX`: no host
+        lattice left outside the clusters) or ``"no_reference"`` (crystal only within the
+        segments: ``kappa_h`` cannot be measured).
+    window : tuple of slice
+        Frame window of the maps below.
+    d : ndarray or None
+        Host-free cluster map ``D`` in the window (``"lattice"`` only).
+    seg_kappa : ndarray
+        Empty-site ratio ΣQ/ΣM of each segment (NaN where not computed).
+    seg_small_host : ndarray of bool
+        Segments within the aperture reach of a host crystal shorter than the background
+        element along a lattice direction: the opening does not see such a crystal, so
+        its intensity is in the excess map (late frames of a small degrading crystal).
+    """
+
+    kappa_h: float
+    status: str
+    window: tuple[slice, slice]
+    d: np.ndarray | None
+    seg_kappa: np.ndarray
+    seg_small_host: np.ndarray
+
+    def reliable(self) -> np.ndarray:
+        """Segments whose counts the host model supports: not next to a crystal smaller
+        than the background element, and, without a host reference (``"no_host"``,
+        ``"no_reference"``), not containing host lattice (ΣQ/ΣM < :data:`KAPPA_MAX`)."""
+        ok = ~self.seg_small_host
+        if self.status in ("no_host", "no_reference"):
+            ok &= ~(self.seg_kappa < KAPPA_MAX)
+        return ok
+
+
+def host_model(
+    raw: np.ndarray,
+    m: np.ndarray,
+    regions: np.ndarray,
+    box: tuple[slice, slice],
+    *,
+    k: int,
+    margin: int,
+    reach: int,
+    side: int,
+    tilt_deg: float,
+    a_px: float,
+    angle_deg: float,
+    level: float,
+) -> HostModel:
+    """Measure the host-lattice model around the segments.
+
+    Parameters
+    ----------
+    raw : (M, N) ndarray
+        Frame minus offset, counts.
+    m : (M, N) ndarray
+        Cell-averaged map of ``raw``.
+    regions : ndarray of int
+        Segment labels 1 … ``k`` inside ``box``.
+    box : tuple of slice
+        Frame box of ``regions``.
+    k : int
+        Number of segments.
+    margin : int
+        Context around ``box``, px.
+    reach : int
+        Aperture radius beyond a segment (aperture and annulus), px.
+    side : int
+        Background element length, px.
+    tilt_deg : float
+        Lattice direction of the background element, degrees from x.
+    a_px : float
+        Host lattice spacing, px.
+    angle_deg : float
+        Host lattice orientation, degrees.
+    level : float
+        Plateau level of the frame (99.5th percentile of ``m``); crystal pixels are
+        those above a quarter of it.
+    """
+    from perovstem.insitu.clusters import _interstitial_mean
+
+    r0, r1, c0, c1 = box[0].start, box[0].stop, box[1].start, box[1].stop
+    w0, w1 = max(0, r0 - margin), min(m.shape[0], r1 + margin)
+    v0, v1 = max(0, c0 - margin), min(m.shape[1], c1 + margin)
+    win = (slice(w0, w1), slice(v0, v1))
+    m_w = m[win]
+    seg = np.zeros(m_w.shape, np.int32)
+    seg[r0 - w0 : r1 - w0, c0 - v0 : c1 - v0] = regions
+    crys = m_w > 0.25 * level
+    none = HostModel(np.nan, "no_crystal", win, None, np.full(k, np.nan), np.zeros(k, bool))
+    if crys.sum() <= 4 * a_px**2:  # no crystal (or support) plateau in the window
+        return none
+    q, _ = _interstitial_mean(raw[win], a_px, angle_deg, 0.25 * a_px)
+    # per-segment ratio: ~kappa_h for host, ~1 for incommensurate Pb
+    lab = seg.ravel()
+    sq = np.bincount(lab, weights=q.ravel(), minlength=k + 1)[1:]
+    sm = np.bincount(lab, weights=m_w.ravel(), minlength=k + 1)[1:]
+    seg_kappa = np.where(sm > 0, sq / np.where(sm > 0, sm, 1.0), np.nan)
+    # host reference: crystal pixels at least half a cell away from every Pb-like
+    # segment (ΣQ/ΣM >= KAPPA_MAX; the cell average spreads a cluster by half a cell).
+    # Segments of host patches stay in: on a damaged crystal they cover most of it.
+    pb_like = np.r_[False, seg_kappa >= KAPPA_MAX]
+    near = ndimage.binary_dilation(pb_like[seg], iterations=max(1, int(np.ceil(a_px / 2))))
+    host = crys & ~near
+    kappa_h = np.nan
+    if host.sum() > 4 * a_px**2:
+        kappa_h = float(np.median(q[host] / np.maximum(m_w[host], 1e-30)))
+    small = _small_host_segments(
+        crys & (q < KAPPA_MAX * m_w),
+        seg,
+        k,
+        reach=reach,
+        side=side,
+        tilt_deg=tilt_deg,
+        min_px=4 * a_px**2,
+    )
+    if not np.isfinite(kappa_h):
+        return HostModel(kappa_h, "no_reference", win, None, seg_kappa, small)
+    if kappa_h >= KAPPA_MAX:
+        return HostModel(kappa_h, "no_host", win, None, seg_kappa, small)
+    d = (q - kappa_h * m_w) / (1.0 - kappa_h)
+    return HostModel(kappa_h, "lattice", win, d, seg_kappa, small)
+
+
+def _small_host_segments(
+    host: np.ndarray,
+    seg: np.ndarray,
+    k: int,
+    *,
+    reach: int,
+    side: int,
+    tilt_deg: float,
+    min_px: float,
+) -> np.ndarray:
+    """Segments within ``reach`` px of a host-crystal component whose extent along one of
+    the lattice directions is below ``side`` px (the line opening removes it); components
+    cut by the window edge are not judged."""
+    lab, n = ndimage.label(host)
+    out = np.zeros(k, bool)
+    if n == 0:
+        return out
+    yy, xx = np.nonzero(lab)
+    lv = lab[yy, xx]
+    t = np.radians(tilt_deg)
+    u = xx * np.cos(t) + yy * np.sin(t)
+    v = -xx * np.sin(t) + yy * np.cos(t)
+    size = np.bincount(lv, minlength=n + 1)
+    small = np.zeros(n + 1, bool)
+    for c in (u, v):
+        lo = ndimage.minimum(c, lv, np.arange(1, n + 1))
+        hi = ndimage.maximum(c, lv, np.arange(1, n + 1))
+        small[1:] |= np.asarray(hi) - np.asarray(lo) + 1 < side
+    small &= size >= min_px
+    # a component cut by the window (or frame) edge may continue beyond it
+    edge = np.unique(np.r_[lab[0], lab[-1], lab[:, 0], lab[:, -1]])
+    small[edge] = False
+    if not small.any():
+        return out
+    near = ndimage.binary_dilation(small[lab], iterations=max(1, reach))
+    hit = np.unique(seg[near])
+    out[hit[hit > 0] - 1] = True
+    return out
