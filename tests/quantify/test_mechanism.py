@@ -134,3 +134,41 @@ def test_mass_loss_row_is_labelled_as_intensity_loss():
     row = mechanism_summary(f, ci="wald").query("process == 'mass_loss'").iloc[0]
     assert "integrated intensity" in row["mechanism"] and "Br" not in row["mechanism"].split("(")[0]
     assert "integrated intensity" in row["text"]
+
+
+def test_survival_corrected_nucleation_rows():
+    """NucleationRate columns replace the births fit: an identifiable J is reported as
+    J_per_e_per_A2 and enters the dose-rate fit (J per dose constant -> dose-controlled); a
+    non-identifiable one is a range that stays out of it."""
+    from perovstem.quantify.nucleation import NucleationRate
+
+    rng = np.random.default_rng(4)
+    parts = []
+    for i, (phi, ident) in enumerate([(1e3, True), (3e3, True), (1e4, False)]):
+        j = 2e-3
+        r = NucleationRate(
+            J_per_e_per_A2=j * (1 + 0.02 * i),
+            ci_low=0.8 * j,
+            ci_high=1.2 * j if ident else 4 * j,
+            identifiable=ident,
+            survival=0.95 if ident else 0.5,
+            survival_min=0.9 if ident else 0.25,
+            survival_max=1.0,
+            correction_uncertainty=0.05 if ident else 0.5,
+            elasticity=1.0 if ident else 0.1,
+            n_births_detected=100.0,
+            dose_e_per_A2=5e4,
+            level=0.95,
+            profile=pd.DataFrame(),
+        )
+        parts.append(_frames(rng, phi, 250.0, j, 3e4).assign(**r.frame_columns()))
+    s = mechanism_summary(pd.concat(parts, ignore_index=True), ci="wald")
+    nuc = s[s.process == "nucleation"].sort_values("dose_rate_e_per_A2_s")
+    assert list(nuc.selected_model) == ["survival_corrected_births"] * 3
+    assert list(nuc.observable) == ["births_detected"] * 3
+    assert list(nuc.param) == ["J_per_e_per_A2", "J_per_e_per_A2", "J_range_per_e_per_A2"]
+    assert nuc.value.iloc[1] == pytest.approx(2.04e-3)
+    assert "NOT identifiable" in nuc.text.iloc[2] and "NOT" not in nuc.text.iloc[0]
+    dr = s[(s.process == "dose_rate") & (s.observable == "J_per_s")]
+    assert len(dr) == 1 and dr.n_points.iloc[0] == 2
+    assert dr.selected_model.iloc[0] == "dose_controlled"

@@ -20,7 +20,10 @@ from perovstem.quantify.mobility import cluster_hop_rate, fit_desorption_hazard 
 from perovstem.quantify.model3d import AtomicModel, model_from_counts, site_agreement  # noqa: F401,E402
 from perovstem.quantify.nucleation import (  # noqa: F401
     NucleationProfile,
+    NucleationRate,
+    detectable_births,
     kmc_nucleation_rate,
     nucleation_profile,
+    nucleation_rate,
     nucleation_templates,
 )

@@ -129,7 +129,7 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
         if process == "nucleation":  # tracked births are censored by detection and merging
             text += (
                 "; rate of detectable-cluster births: not the nucleation rate where nuclei "
-                "merge or dissolve before detection (quantify.nucleation_profile tests that)"
+                "merge or dissolve before detection (quantify.nucleation_rate tests that)"
             )
         rows.append(
             {
@@ -202,10 +202,12 @@ def _br_image_row(g: pd.DataFrame, level: float) -> dict[str, Any] | None:
 
 
 def _nucleation_template_row(g: pd.DataFrame, level: float) -> dict[str, Any] | None:
-    """Nucleation row from :func:`perovstem.quantify.nucleation.nucleation_profile` columns
-    (``NucleationProfile.frame_columns()``), if present.  When J is not identifiable from the
-    detectable clusters the row carries the template range under ``param`` =
-    ``J_range_per_e_per_A2`` (not used for the dose-rate / temperature fits)."""
+    """Nucleation row from :func:`perovstem.quantify.nucleation.nucleation_rate` or
+    :func:`~perovstem.quantify.nucleation.nucleation_profile` columns
+    (``NucleationRate.frame_columns()``, with ``J_nucleation_survival``, or
+    ``NucleationProfile.frame_columns()``), if present.  When J is not identifiable the row
+    carries the range under ``param`` = ``J_range_per_e_per_A2`` (not used for the
+    dose-rate / temperature fits)."""
     cols = ("J_nucleation", "J_nucleation_ci_low", "J_nucleation_ci_high")
     if not all(c in g for c in cols) or g["J_nucleation"].notna().sum() == 0:
         return None
@@ -216,13 +218,25 @@ def _nucleation_template_row(g: pd.DataFrame, level: float) -> dict[str, Any] | 
         else True
     )
     key = "J_per_e_per_A2" if ident else "J_range_per_e_per_A2"
-    note = "" if ident else "; NOT identifiable from detectable clusters (coalescence-limited)"
+    if "J_nucleation_survival" in g:  # NucleationRate: survival-corrected detectable births
+        s = float(g["J_nucleation_survival"].dropna().median())
+        observable, model = "births_detected", "survival_corrected_births"
+        mech = f"nucleation rate from detectable births / (survival {s:.2f} · dose)"
+        note = (
+            ""
+            if ident
+            else "; NOT identifiable: nuclei merge before detection (survival uncertain), "
+            "range from the detectable births (lower bound) to the least template survival"
+        )
+    else:  # NucleationProfile: detected cluster numbers vs templates
+        observable, model = "n_clusters", "template_population_balance"
+        mech = "nucleation rate from detected cluster numbers vs KMC population templates"
+        note = "" if ident else "; NOT identifiable from detectable clusters (coalescence-limited)"
     return {
         "process": "nucleation",
-        "observable": "n_clusters",
-        "selected_model": "template_population_balance",
-        "mechanism": "nucleation rate from detected cluster numbers vs KMC population "
-        "templates" + note,
+        "observable": observable,
+        "selected_model": model,
+        "mechanism": mech + note,
         "weight": np.nan,
         "delta_next": np.nan,
         "param": key,
@@ -231,7 +245,7 @@ def _nucleation_template_row(g: pd.DataFrame, level: float) -> dict[str, Any] | 
         "ci_high": hi,
         "n_points": int(g["J_nucleation"].notna().sum()),
         "text": f"nucleation: {key} = {_fmt(j)} [{_fmt(lo)}, {_fmt(hi)}]"
-        + (f" ({int(level * 100)} % CI)" if ident else " (template range)")
+        + (f" ({int(level * 100)} % CI)" if ident else " (range)")
         + note,
     }
 
@@ -297,8 +311,9 @@ def mechanism_summary(
         ``cumulative_births``, ``mean_radius_A``, ``n_clusters``, the nucleation-profile
         columns ``J_nucleation``, ``J_nucleation_ci_low``, ``J_nucleation_ci_high``,
         ``J_nucleation_identifiable`` (from
-        :meth:`perovstem.quantify.nucleation.NucleationProfile.frame_columns`; they replace
-        the births fit); conditions in
+        :meth:`perovstem.quantify.nucleation.NucleationRate.frame_columns`, which adds
+        ``J_nucleation_survival``, or ``NucleationProfile.frame_columns``; they replace the
+        births fit); conditions in
         ``temperature_K``, ``dose_rate_e_per_A2_s``, ``gas`` (and ``series`` if present).
     by : tuple of str, optional
         Condition columns (default: those of ``series, temperature_K,

@@ -22,6 +22,17 @@ False and the interval spans the whole template range.  ``J`` is then not measur
 the images; the tracked births (:func:`perovstem.insitu.lineage_events`) are the rate of
 *detectable* appearances, not the nucleation rate.
 
+:func:`nucleation_rate` measures ``J`` where it *is* measurable: it counts detectable births
+(:func:`detectable_births` on truth, tracked births on images) and divides by the survival
+``s`` = detectable births / births of the template laws consistent with the count.  In the
+sparse-nucleation regime (few nuclei for the crystal's room, e.g. low acceptance on ≥ 10 nm
+cubes near the 233 K Pb⁰ immobility threshold) ``s`` ≈ 0.9–1 for every consistent law, the
+detectable births follow ``J`` (elasticity ≈ 1) and ``J`` is identifiable (within ≈ 10 %);
+in the coalescence-limited regime the consistent laws disagree on ``s`` (0.25–0.9) and ``J``
+is reported as a range whose lower bound (detectable births per dose) holds for any law.
+The truth is then all births of the series per its dose (``window="series"``).
+benchmarks/bench_nucleation.py maps the regimes (crystal size, temperature, dose rate).
+
 References
 ----------
 J. A. Venables, G. D. T. Spiller, M. Hanbücken, "Nucleation and growth of thin films",
@@ -46,12 +57,23 @@ __all__ = [
     "NucleationProfile",
     "kmc_nucleation_rate",
     "detection_completeness",
+    "detectable_births",
     "nucleation_templates",
     "nucleation_profile",
+    "NucleationRate",
+    "nucleation_rate",
 ]
 
 #: default template family: (critical_nucleus, acceptance scale of corner/edge/face)
 DEFAULT_LAWS = ((2, 1.0), (3, 0.25), (3, 1.0), (4, 1.0))
+#: family of :func:`nucleation_rate`: critical nucleus 2 and 4, acceptance from the package
+#: default (×1, coalescence-limited) down to ×0.003 (sparse nucleation)
+SURVIVAL_LAWS = tuple((nc, sc) for nc in (2, 4) for sc in (1.0, 0.1, 0.03, 0.01, 0.003))
+#: least survival (detectable births / births) of the consistent laws for an identifiable J:
+#: the model-dependent correction 1/s stays ≤ 25 %
+MIN_SURVIVAL = 0.8
+#: relative uncertainty of the survival correction (≈ 2 σ) up to which J is identifiable
+TOLERANCE = 0.1
 #: |∂ln N_det/∂ln J| below which a count bias of 10 % moves J by more than 20 %
 MIN_ELASTICITY = 0.5
 
@@ -63,7 +85,9 @@ def _garwood(n: float, level: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def kmc_nucleation_rate(frame_table: pd.DataFrame, *, level: float = 0.95) -> dict[str, float]:
+def kmc_nucleation_rate(
+    frame_table: pd.DataFrame, *, level: float = 0.95, window: str = "active"
+) -> dict[str, float]:
     """Realised nucleation rate of a KMC trajectory (the truth the image estimates target).
 
     Parameters
@@ -73,23 +97,30 @@ def kmc_nucleation_rate(frame_table: pd.DataFrame, *, level: float = 0.95) -> di
         ``cumulative_dose_e_per_A2``).
     level : float
         Confidence level of the exact Poisson (Garwood) interval.
+    window : {"active", "series"}
+        ``"active"``: births up to the end of the last frame in which Pb⁰ was still
+        produced, per the cumulative dose there (at 300 K nothing nucleates afterwards and
+        the rate per dose would be diluted).  ``"series"``: all births of the series per its
+        total dose; the truth of :func:`nucleation_rate`, because near 233 K the adatoms
+        left when the crystal is consumed still nucleate (and are counted in the images).
 
     Returns
     -------
     dict
-        ``J_per_e_per_A2`` = Σ births / D_active (nuclei per e⁻/Å² in the field of view),
-        ``ci_low``, ``ci_high``, ``n_births``, ``dose_active_e_per_A2`` (cumulative dose at
-        the end of the last frame in which Pb⁰ was still produced; after it nothing nucleates
-        and the rate per dose would be diluted).
+        ``J_per_e_per_A2`` = Σ births / D (nuclei per e⁻/Å² in the field of view),
+        ``ci_low``, ``ci_high``, ``n_births``, ``dose_active_e_per_A2`` (the dose D of the
+        window, e⁻/Å²).
     """
     need = ("n_births", "n_Pb_reduced", "cumulative_dose_e_per_A2")
     if not isinstance(frame_table, pd.DataFrame) or any(c not in frame_table for c in need):
         raise DataError(f"`frame_table` must be a KMC frame table with columns {need}")
+    if window not in ("active", "series"):
+        raise ParameterError(f"`window` must be 'active' or 'series', got {window!r}")
     red = frame_table["n_Pb_reduced"].to_numpy(float)
     active = np.nonzero(red > 0)[0]
     if active.size == 0:
         raise DataError("`frame_table`: no Pb⁰ produced in any frame (n_Pb_reduced all 0)")
-    k = int(active.max())
+    k = int(active.max()) if window == "active" else len(frame_table) - 1
     d = float(frame_table["cumulative_dose_e_per_A2"].iloc[k])
     b = float(frame_table["n_births"].to_numpy(float)[: k + 1].sum())
     lo, hi = _garwood(b, level)
@@ -112,6 +143,74 @@ def detection_completeness(n_atoms: Any, *, n50: float = 7.0, width: float = 1.5
         raise ParameterError(f"completeness needs finite n50 and width > 0, got {n50}, {width}")
     n = np.asarray(n_atoms, float)
     return 1.0 / (1.0 + np.exp(-(n - n50) / width))
+
+
+def detectable_births(
+    clusters: pd.DataFrame,
+    events: pd.DataFrame,
+    *,
+    n_frames: int | None = None,
+    n_min: float = 7.0,
+) -> np.ndarray:
+    """Births a detector with a size limit can see: the truth of tracked births.
+
+    A lineage *appears* in the first frame at whose end it has at least ``n_min`` atoms,
+    unless one of its ancestors (through merges) appeared before: nuclei that merge with
+    each other before any of them is detectable appear once, nuclei absorbed by a detectable
+    cluster never.  Σ appearances ≤ Σ births, with equality when every nucleus grows to the
+    detection limit on its own.
+
+    Parameters
+    ----------
+    clusters : DataFrame
+        ``frame, cluster_id, n_atoms`` of every cluster alive at the end of each frame
+        (``KMCTrajectory.clusters``).
+    events : DataFrame
+        ``kind, cluster_id, parents`` (``KMCTrajectory.events``; merges give the parents).
+    n_frames : int, optional
+        Length of the output (default: last frame + 1).
+    n_min : float
+        Detection limit, atoms (the n₅₀ of :func:`detection_completeness`).
+
+    Returns
+    -------
+    ndarray of int
+        Appearances per frame.
+    """
+    need_c, need_e = ("frame", "cluster_id", "n_atoms"), ("kind", "cluster_id", "parents")
+    if not isinstance(clusters, pd.DataFrame) or any(c not in clusters for c in need_c):
+        raise DataError(f"`clusters` must be a DataFrame with columns {need_c}")
+    if not isinstance(events, pd.DataFrame) or any(c not in events for c in need_e):
+        raise DataError(f"`events` must be a DataFrame with columns {need_e}")
+    if not (np.isfinite(n_min) and n_min > 0):
+        raise ParameterError(f"`n_min` must be > 0 atoms, got {n_min}")
+    nf = int(clusters["frame"].max()) + 1 if n_frames is None else int(n_frames)
+    big = clusters[clusters["n_atoms"].to_numpy(float) >= n_min]
+    first = big.groupby("cluster_id")["frame"].min().astype(int).to_dict()
+    merges = events[events["kind"] == "merge"]
+    parents = {
+        int(i): [int(q) for q in p]
+        for i, p in zip(merges["cluster_id"], merges["parents"], strict=True)
+    }
+    seen: dict[int, bool] = {}
+
+    def detected_line(i: int) -> bool:  # i or an ancestor was detectable (iterative DFS)
+        stack, order = [i], []
+        while stack:
+            j = stack.pop()
+            if j in seen:
+                continue
+            order.append(j)
+            stack.extend(q for q in parents.get(j, []) if q not in seen)
+        for j in reversed(order):
+            seen[j] = j in first or any(seen.get(q, False) for q in parents.get(j, []))
+        return seen[i]
+
+    out = np.zeros(max(nf, 0), dtype=int)
+    for i, f in first.items():
+        if f < nf and not any(detected_line(q) for q in parents.get(i, [])):
+            out[f] += 1
+    return out
 
 
 def nucleation_templates(
@@ -152,8 +251,10 @@ def nucleation_templates(
     -------
     DataFrame
         One row per run: ``law, critical_nucleus, scale, seed, J_per_e_per_A2`` (from
-        :func:`kmc_nucleation_rate`) and ``expected_detected`` (array: Σ c(n) over the
-        clusters alive at the end of each frame, clusters).
+        :func:`kmc_nucleation_rate`), ``expected_detected`` (array: Σ c(n) over the
+        clusters alive at the end of each frame, clusters), ``n_births`` (all births of the
+        run) and ``detectable_births`` (array: :func:`detectable_births` per frame with
+        ``n_min`` = n₅₀).
     """
     from perovstem.simulate import degradation_kmc, nanocrystal
     from perovstem.simulate.kmc_params import KineticParameters
@@ -203,6 +304,10 @@ def nucleation_templates(
                     "seed": seed,
                     "J_per_e_per_A2": kmc_nucleation_rate(tr.frame_table)["J_per_e_per_A2"],
                     "expected_detected": lam[: int(n_frames)],
+                    "n_births": int(tr.frame_table["n_births"].sum()),
+                    "detectable_births": detectable_births(
+                        c, tr.events, n_frames=int(n_frames), n_min=completeness[0]
+                    ),
                 }
             )
     return pd.DataFrame(rows)
@@ -340,6 +445,227 @@ def nucleation_profile(
         ci_high=hi,
         identifiable=ident,
         elasticity=el,
+        level=level,
+        profile=prof,
+    )
+
+
+@dataclass
+class NucleationRate:
+    """Result of :func:`nucleation_rate`.
+
+    Attributes
+    ----------
+    J_per_e_per_A2 : float
+        Detectable births / (survival · dose), nuclei per e⁻/Å² (series window).
+    ci_low, ci_high : float
+        ``A_lo / dose`` (without survival correction: every detectable birth has at least
+        one nucleus, so this bound holds under any nucleation law) and
+        ``A_hi / (survival_min · dose)``; ``A_lo, A_hi`` the Garwood interval of the count.
+    identifiable : bool
+        True when every template law consistent with the count has survival ≥
+        ``min_survival`` and ``correction_uncertainty`` ≤ ``tolerance``: J is then the
+        count corrected by at most 1/min_survival and known to about ±10 %.
+    correction_uncertainty : float
+        ``sqrt(u_s² + (2·u_b)²)``: ``u_s = (s_max − s_min)/(s_max + s_min)`` (survival
+        spread over the consistent laws), ``u_b = sqrt((1 − s̄)/(s̄·A))`` (binomial
+        scatter of the realised survival with A detected births).
+    survival, survival_min, survival_max : float
+        Mean, least and largest template survival (detectable births / births) over the
+        consistent laws.
+    elasticity : float
+        Local ∂ln(template detectable births)/∂ln J at the consistent laws (≈ 1 where
+        births are counted, ≈ 0 where coalescence sets them; NaN without neighbours).
+    n_births_detected : float
+        Observed detectable births (Σ over frames).
+    dose_e_per_A2 : float
+        Dose of the window, e⁻/Å².
+    profile : DataFrame
+        Per law: ``critical_nucleus, scale, J_per_e_per_A2, expected_births_detected,
+        n_births, survival, deviance, consistent``.
+    """
+
+    J_per_e_per_A2: float
+    ci_low: float
+    ci_high: float
+    identifiable: bool
+    survival: float
+    survival_min: float
+    survival_max: float
+    correction_uncertainty: float
+    elasticity: float
+    n_births_detected: float
+    dose_e_per_A2: float
+    level: float
+    profile: pd.DataFrame = field(repr=False)
+
+    def covers(self, value: float) -> bool:
+        """Whether ``value`` lies in the interval."""
+        return bool(self.ci_low <= value <= self.ci_high)
+
+    def frame_columns(self) -> dict[str, float]:
+        """Columns for a frames table read by :func:`~perovstem.quantify.mechanism_summary`
+        (those of :meth:`NucleationProfile.frame_columns` plus the survival)."""
+        return {
+            "J_nucleation": self.J_per_e_per_A2,
+            "J_nucleation_ci_low": self.ci_low,
+            "J_nucleation_ci_high": self.ci_high,
+            "J_nucleation_identifiable": float(self.identifiable),
+            "J_nucleation_survival": self.survival,
+            "J_nucleation_survival_min": self.survival_min,
+        }
+
+
+def _law_table(templates: pd.DataFrame) -> pd.DataFrame:
+    """Per template law: mean J (series window), detectable births, births, survival and the
+    between-seed over-dispersion of the detectable births."""
+    need = ("detectable_births", "n_births", "J_per_e_per_A2", "critical_nucleus", "scale")
+    if not isinstance(templates, pd.DataFrame) or any(c not in templates for c in need):
+        raise DataError(f"`templates` must come from nucleation_templates (columns {need})")
+    t = templates.assign(a=templates["detectable_births"].map(np.sum).astype(float))
+    rows = []
+    for law, g in t.groupby("law", sort=True):
+        a, b = g["a"].to_numpy(float), g["n_births"].to_numpy(float)
+        disp = np.var(a, ddof=1) / max(a.mean(), 1e-9) if len(a) > 1 else 1.0
+        rows.append(
+            {
+                "law": law,
+                "critical_nucleus": int(g["critical_nucleus"].iloc[0]),
+                "scale": float(g["scale"].iloc[0]),
+                "J_per_e_per_A2": float(g["J_per_e_per_A2"].mean()),
+                "expected_births_detected": float(a.mean()),
+                "n_births": float(b.mean()),
+                "survival": float(min(a.mean() / b.mean(), 1.0)) if b.sum() > 0 else 1.0,
+                "dispersion": max(float(disp), 1.0) * (1 + 1 / len(a)),
+            }
+        )
+    return pd.DataFrame(rows).sort_values(["critical_nucleus", "J_per_e_per_A2"], ignore_index=True)
+
+
+def _consistent(prof: pd.DataFrame, a_obs: float, level: float) -> np.ndarray:
+    """Laws whose detectable births agree with ``a_obs`` (over-dispersed Poisson deviance
+    within the χ²₁ quantile) or bracket it along the J ladder of one critical nucleus."""
+    lam = np.maximum(prof["expected_births_detected"].to_numpy(float), 1e-6)
+    dev = 2 * ((a_obs * np.log(a_obs / lam) if a_obs > 0 else 0.0) - (a_obs - lam))
+    prof["deviance"] = dev / prof["dispersion"].to_numpy(float)
+    ok = prof["deviance"].to_numpy() <= float(stats.chi2.ppf(level, 1))
+    for _, g in prof.groupby("critical_nucleus"):
+        idx = g.index.to_numpy()
+        lg = lam[idx]
+        if a_obs <= lg.min():
+            ok[idx[np.argmin(lg)]] = True
+        elif a_obs >= lg.max():
+            ok[idx[np.argmax(lg)]] = True
+        for i, j in zip(idx[:-1], idx[1:], strict=True):
+            if min(lam[i], lam[j]) <= a_obs <= max(lam[i], lam[j]):
+                ok[[i, j]] = True
+    return ok
+
+
+def _local_elasticity(prof: pd.DataFrame, ok: np.ndarray) -> float:
+    """Mean ∂ln(detectable births)/∂ln J between neighbours on each critical nucleus's J
+    ladder, over the pairs that contain a consistent law (NaN if none)."""
+    lj = np.log(np.maximum(prof["J_per_e_per_A2"].to_numpy(float), 1e-300))
+    la = np.log(np.maximum(prof["expected_births_detected"].to_numpy(float), 1e-6))
+    slopes = [
+        (la[j] - la[i]) / (lj[j] - lj[i])
+        for _, g in prof.groupby("critical_nucleus")
+        for i, j in zip(g.index[:-1], g.index[1:], strict=True)
+        if (ok[i] or ok[j]) and lj[j] > lj[i]
+    ]
+    return float(np.mean(slopes)) if slopes else float("nan")
+
+
+def nucleation_rate(
+    n_births_detected: Any,
+    templates: pd.DataFrame,
+    *,
+    dose_e_per_A2: float,
+    level: float = 0.95,
+    min_survival: float = MIN_SURVIVAL,
+    tolerance: float = TOLERANCE,
+) -> NucleationRate:
+    """Nucleation rate from detectable births, corrected for nuclei lost before detection.
+
+    Parameters
+    ----------
+    n_births_detected : float or array_like
+        Births of detectable clusters in the series (a count, or counts per frame that are
+        summed): tracked births (``origin`` ``"nucleation"`` or ``"first_frame"`` of
+        :func:`perovstem.insitu.track_clusters`) or :func:`detectable_births`.
+    templates : DataFrame
+        :func:`nucleation_templates` at the series' conditions, with a family of nucleation
+        laws from coalescence-limited to sparse (:data:`SURVIVAL_LAWS`).
+    dose_e_per_A2 : float
+        Total dose of the series, e⁻/Å² (the window of the count).
+    level : float
+        Confidence level.
+    min_survival : float
+        Least template survival for which J is called identifiable (default 0.8:
+        correction ≤ 25 %).
+    tolerance : float
+        Largest ``correction_uncertainty`` for which J is called identifiable (default
+        0.1: J within ≈ 10 % of the realised births per dose).
+
+    Returns
+    -------
+    NucleationRate
+        ``J = A / (s̄·D)``, interval, survival range, identifiability.
+
+    Notes
+    -----
+    Rate equations (Venables et al. 1984): every nucleus either grows by monomer capture to
+    the detection limit, or meets another cluster first (coalescence).  Whether it survives
+    depends on the nucleation density, not on J alone.  Where nucleation is sparse (low
+    acceptance, a crystal large compared with the spacing of nuclei, adatoms slow near the
+    233 K immobility threshold) nearly every nucleus is detected and the detectable births
+    count J directly (elasticity ≈ 1); where nucleation is dense, most nuclei merge and the
+    detectable births saturate at a coalescence-limited number (elasticity ≈ 0).  The
+    templates (lattice KMC at the series' conditions with nucleation laws from the package
+    default down to ×0.003 acceptance) give the survival ``s`` = detectable births / births
+    of each law; the laws consistent with the observed count (over-dispersed Poisson) or
+    bracketing it decide the regime: identifiable only when all of them have
+    ``s ≥ min_survival`` and the correction is known within ``tolerance`` (survival spread
+    of those laws and binomial scatter of the realised survival: with ≲ 25 detected births
+    J is not known to 10 % even at s̄ = 0.95).  The estimate itself is the count (templates only correct it by
+    ``1/s̄`` ≤ ``1/min_survival``), so the non-nucleation parameters shared with the truth
+    (mobility, capture, coalescence: an inverse crime) enter only through ``s``.  The count
+    itself must be right: the detector's completeness and the tracker's spurious births
+    enter J one to one (see docs/insitu.md for the image-level bias).
+    """
+    a = np.asarray(n_births_detected, float)
+    if a.ndim > 1 or a.size == 0 or not np.all(np.isfinite(a)) or np.any(a < 0):
+        raise DataError(f"`n_births_detected` must be counts >= 0, got {n_births_detected!r}")
+    a_obs = float(a.sum())
+    if not (np.isfinite(dose_e_per_A2) and dose_e_per_A2 > 0):
+        raise ParameterError(f"`dose_e_per_A2` must be > 0 e⁻/Å², got {dose_e_per_A2}")
+    if not 0 < level < 1:
+        raise ParameterError(f"`level` must be in (0, 1), got {level}")
+    if not 0 < min_survival <= 1:
+        raise ParameterError(f"`min_survival` must be in (0, 1], got {min_survival}")
+    if not tolerance > 0:
+        raise ParameterError(f"`tolerance` must be > 0, got {tolerance}")
+    prof = _law_table(templates)
+    ok = _consistent(prof, a_obs, level)
+    prof["consistent"] = ok
+    s = prof.loc[ok, "survival"].to_numpy(float)
+    s_mean, s_min, s_max = float(s.mean()), float(s.min()), float(s.max())
+    a_lo, a_hi = _garwood(a_obs, level)
+    d = float(dose_e_per_A2)
+    u_b = np.sqrt((1 - s_mean) / (s_mean * a_obs)) if a_obs > 0 else np.inf
+    u = float(np.hypot((s_max - s_min) / (s_max + s_min), 2 * u_b))
+    return NucleationRate(
+        J_per_e_per_A2=a_obs / (s_mean * d),
+        ci_low=a_lo / d,
+        ci_high=a_hi / (max(s_min, 1e-9) * d),
+        identifiable=bool(a_obs > 0 and s_min >= min_survival and u <= tolerance),
+        survival=s_mean,
+        survival_min=s_min,
+        survival_max=s_max,
+        correction_uncertainty=u,
+        elasticity=_local_elasticity(prof, ok),
+        n_births_detected=a_obs,
+        dose_e_per_A2=d,
         level=level,
         profile=prof,
     )
