@@ -1,0 +1,112 @@
+"""Host model of detect_clusters: clusters on a degrading perovskite crystal (KMC truth),
+the empty-site ratio late in a series, and the quality flag ``host_ok``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_clusters import _match, _truth_clusters
+
+from perovstem._data import Image
+from perovstem.insitu import detect_clusters, estimate_lattice
+
+
+def _kmc_series(edge, phi, temp, seed, n_frames=10):
+    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
+
+    tr = degradation_kmc(
+        nanocrystal(edge_A=edge, rng=seed),
+        n_frames=n_frames,
+        frame_time_s=1.0,
+        dose_rate_e_per_A2_s=phi,
+        temperature_K=temp,
+        rng=seed,
+    )
+    s, truth = insitu_series(
+        tr, pixel_size_A=0.5, drift_A_per_s=(0.8, -0.5), jitter_A=0.3, rng=seed
+    )
+    data = np.asarray(s.data, float)
+    la, ang, _ = estimate_lattice(data[0], 0.5)
+    kw = {
+        "gain": s.metadata.get("gain", 1.0),
+        "offset": s.metadata.get("offset", 0.0),
+        "lattice_A": la,
+        "lattice_angle_deg": ang,
+    }
+    for k in range(len(data)):
+        img = Image(data[k], 0.5, dose_e_per_A2=float(np.asarray(s.dose_e_per_A2)[k]))
+        tk = truth["clusters"][truth["clusters"]["frame"] == k]
+        yield k, detect_clusters(img, **kw), tk.rename(columns={"n_atoms": "n_Pb0"}), truth
+
+
+# four degrading 3-4 nm crystals (seeds not used to develop the host model)
+KMC = (
+    (35.0, 6e3, 300.0, 71),
+    (35.0, 3e3, 320.0, 72),
+    (30.0, 3e3, 300.0, 73),
+    (40.0, 1.5e3, 300.0, 74),
+)
+
+
+def test_clusters_on_degrading_host_counted_and_flagged():
+    """Clusters on a degrading crystal: those whose segment holds host excess are counted
+    on the host-free map (not from the segment sum, median +56 % before), and a frame
+    that still holds host Pb never loses its host model silently (the empty-site ratio
+    measured over all bright pixels rose above 0.6 once clusters covered much of a small
+    crystal, which switched the host test off without a word)."""
+    on_host, every = [], []
+    for series in KMC:
+        for k, det, tk, truth in _kmc_series(*series):
+            big = _truth_clusters(tk)
+            big = big[big["n_atoms"] >= 10].reset_index(drop=True)
+            for i, j in _match(big, det):
+                err = det["n_atoms"].iloc[j] / big["n_atoms"].iloc[i] - 1
+                every.append(err)
+                if det["host_fraction"].iloc[j] >= 0.2:
+                    on_host.append(err)
+            host_pb = truth["frames"]["n_Pb_host"].iloc[k]
+            kappa = det.attrs["host_empty_site_ratio"]
+            if len(det) and host_pb >= 20:
+                # measured: kappa_h 0.31-0.49 ("lattice") in every such frame but one,
+                # which says "no_reference" and flags 4 of its 5 detections (before:
+                # kappa_h 0.56-0.99 in 6 of these frames, no flag)
+                modelled = det.attrs["host_model"] == "lattice" and kappa < 0.6
+                assert modelled or (~det["host_ok"]).any(), (series, k, kappa)
+            assert det["host_ok"].dtype == bool
+    on_host, every = np.abs(on_host), np.abs(every)
+    # measured: 17 clusters on host, 59 % within 15 % (25 %, median +56 % before);
+    # all 76 matched >= 10-atom clusters: 74 % within 15 % (63 % before)
+    assert len(on_host) >= 10
+    assert np.mean(on_host < 0.15) >= 0.5, on_host
+    assert np.median(on_host) < 0.2, on_host
+    assert np.mean(every < 0.15) >= 0.7, every
+
+
+@pytest.mark.parametrize("edge, flagged", [(20.0, True), (24.0, True), (40.0, False)])
+def test_crystal_smaller_than_background_element_is_flagged(edge, flagged):
+    """A crystal shorter than the 32 Å background element is not seen by the opening: the
+    counts of clusters on it are unreliable (measured 43-136 atoms for 40-60-atom clusters
+    on 2-2.4 nm crystals) and must be flagged; on a 4 nm crystal nothing is flagged and
+    the counts hold."""
+    from perovstem.simulate import add_pb_cluster, nanocrystal
+    from perovstem.simulate.haadf import haadf_image
+
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        at = nanocrystal(edge_A=edge, rng=seed)
+        n = int(rng.choice([20, 40, 60]))
+        at = add_pb_cluster(at, n, site=str(rng.choice(["corner", "edge", "face"])), rng=rng)
+        img, truth = haadf_image(
+            at, pixel_size_A=0.5, shape=(128, 128), center_A=(0, 0), dose_e_per_A2=2e4, rng=seed
+        )
+        det = detect_clusters(img)
+        assert len(det) >= 1, (edge, seed)
+        if flagged:
+            assert not det["host_ok"].any(), (edge, seed, det)
+        else:
+            assert det["host_ok"].all(), (edge, seed, det)
+            tc = _truth_clusters(truth)
+            ok = _match(tc, det)
+            assert len(ok) == len(tc)
+            for i, j in ok:
+                assert det["n_atoms"].iloc[j] == pytest.approx(tc["n_atoms"].iloc[i], rel=0.15)
