@@ -22,7 +22,48 @@ from perovstem.insitu.nanocrystal import area_noise, fft_phase_check, segment_na
 from perovstem.insitu.register import register_drift
 from perovstem.insitu.tracking import lineage_events, track_clusters
 
-__all__ = ["InsituResult", "analyze_series"]
+__all__ = ["InsituResult", "analyze_series", "shift_frame"]
+
+_SHIFT_METHOD = "fourier"
+
+
+def shift_frame(frame: np.ndarray, shift_px: Any) -> np.ndarray:
+    """Shift a frame by ``shift_px`` = (dy, dx) pixels: integer part exact, fraction by FFT.
+
+    The whole-pixel part moves the data (edge pixels replicated, as ``mode="nearest"``);
+    the sub-pixel remainder (|·| ≤ ½ px) is a Fourier phase ramp
+    (:func:`scipy.ndimage.fourier_shift` on the real FFT), which only wraps that fraction
+    of a pixel across the border.  Unlike a cubic-spline shift it does not low-pass filter:
+    the shot noise keeps its white spectrum in every frame whatever the drift, so the
+    per-frame column fit carries the same noise bias as on unshifted images (the fitted
+    SCS library, :mod:`perovstem.atoms.fitted_library`), and it is faster (≈ 2 real FFTs).
+
+    Parameters
+    ----------
+    frame : (M, N) ndarray
+    shift_px : (2,) array_like
+        (dy, dx) in pixels; the content moves by +shift.
+
+    Returns
+    -------
+    ndarray
+        float64, (M, N).
+    """
+    from scipy import fft
+
+    f = np.asarray(frame, dtype=float)
+    s = np.asarray(shift_px, dtype=float).reshape(2)
+    if _SHIFT_METHOD == "spline":
+        return ndimage.shift(f, s, order=3, mode="nearest")
+    whole = np.round(s).astype(int)
+    frac = s - whole
+    if np.any(whole):
+        f = ndimage.shift(f, whole, order=0, mode="nearest")
+    if not np.any(frac):
+        return f
+    spec = fft.rfft2(f)
+    spec = ndimage.fourier_shift(spec, frac, n=f.shape[1], axis=1)
+    return fft.irfft2(spec, s=f.shape)
 
 
 @dataclass
@@ -130,18 +171,33 @@ def analyze_series(
         processed in blocks of ``2·n_workers`` so memory stays independent of the length.
     columns : bool
         Also count the atoms of every atomic column through the series: columns are found
-        on the first usable registered frame (CsPbBr₃ [001] cell), their cross-sections
-        fitted in every registered frame (positions refined per frame, joint Gaussian model,
-        :func:`perovstem.atoms.fit_columns` on the normalised frame) and counted per column
-        type by a hidden Markov model (:func:`perovstem.atoms.fit_hmm`, Viterbi paths) with
-        the simulated SCS library — giving the per-column atoms-lost table/map.  Needs the
-        dose per frame (normalisation).
+        on the first usable registered frame (CsPbBr₃ [001] cell), one Gaussian width per
+        column type is fitted there at the found sites and the positions are refined once
+        with it; every registered frame is then fitted with widths and positions held
+        (η and background free; :func:`perovstem.atoms.fit_columns` on the normalised
+        frame), and the cross-sections are counted per column type by a hidden Markov model
+        (:func:`perovstem.atoms.fit_hmm`, Viterbi paths) against a *fitted-SCS library*
+        (:func:`perovstem.atoms.fitted_library.fitted_scs_library`: the same fit applied to
+        simulated slabs of 1 … ``max_states`` cells at the series' pixel size, dose per
+        frame and beam energy, default probe) — giving the per-column atoms-lost table/map.
+        Holding the widths removes the frame-to-frame scatter and the noise bias of a width
+        re-fitted in every frame (a common-mode error of all columns of a type: ±3 % in ρ
+        is ±6 % in SCS, a whole Br atom); the library measures the columns as the data are
+        measured, so no scale needs fitting.  Needs the dose per frame (normalisation).
     column_options : dict, optional
         ``types`` (default ``("PbBr", "Br", "Cs")``), ``hmm_model`` (``"loss"``; or
         ``"free"``, ``"dose"``), ``max_states`` (20), ``cd_fraction`` (0.0, Pb–Br library),
-        ``max_iter`` (fit sweeps per frame, 30), ``library`` ({type: library} overriding the
-        simulated ones), ``positions`` (a DataFrame ``x_A, y_A, type`` in the registered
-        frame instead of the column finder).
+        ``max_iter`` (fit sweeps per frame, 30), ``library`` (``"fitted"``, default;
+        ``"table"``: the total cross-sections of :func:`perovstem.simulate.scs_library`, as
+        before 2026-11-26; or ``{type: library}`` overriding the default per type),
+        ``library_options`` (keywords of ``fitted_scs_library``: ``probe_sigma_A``,
+        ``tail_fraction``, ``dose_e_per_A2``, ``voltage_kV``, ``termination``, ``n_cells``,
+        ``n_realizations``, ``rng``), ``fit_scale`` (fit the HMM's emission scale; default
+        False with the fitted library, True otherwise), ``width`` (``"series"``: widths
+        from the first frame, held; ``"frame"``: re-fitted in every frame), ``refine``
+        (``"first"``: positions refined on the first frame, then held; ``"frame"``: in every
+        frame; ``"none"``: the finder's lattice sites), ``positions`` (a DataFrame
+        ``x_A, y_A, type`` in the registered frame instead of the column finder).
     br_loss : bool
         Measure the Br loss from the images (:func:`perovstem.quantify.br_loss_from_images`:
         total cross-section of every frame mapped onto a structural template) and merge its
@@ -221,7 +277,7 @@ def analyze_series(
             return None, {"frame": k, "skipped": True, "reason": why}
         f = np.asarray(fr, float)
         if register and np.any(shifts[k] != 0):
-            f = ndimage.shift(f, -shifts[k], order=3, mode="nearest")
+            f = shift_frame(f, -shifts[k])
         img = Image(f, px, dose_e_per_A2=None if dose is None else float(dose[k]))
         opts = {"lattice_A": lattice_A, "lattice_angle_deg": angle, **detect}
         d = detect_clusters(img, gain=gain, offset=offset, frame=k, **opts)
@@ -238,7 +294,7 @@ def analyze_series(
         if phase_check:
             row["phase"] = fft_phase_check(f, pixel_size_A=px)["phase"]
         if col_pos is not None:
-            col_scs[k] = _column_scs(img, col_pos, gain, offset, col_opts["max_iter"])
+            col_scs[k] = _column_scs(img, col_pos, gain, offset, col_opts)
         return d, row
 
     from concurrent.futures import ThreadPoolExecutor
@@ -266,7 +322,7 @@ def analyze_series(
             if columns and col_pos is None and not frame_quality(fr):
                 f0 = np.asarray(fr, float)
                 if register and np.any(shifts[k] != 0):
-                    f0 = ndimage.shift(f0, -shifts[k], order=3, mode="nearest")
+                    f0 = shift_frame(f0, -shifts[k])
                 col_pos = _find_column_positions(
                     Image(f0, px, dose_e_per_A2=float(dose[k])), gain, offset, col_opts, lattice_A
                 )
@@ -324,7 +380,7 @@ def analyze_series(
         summ = pd.DataFrame()
     col_tab = col_counts = None
     if columns:
-        col_tab, col_counts = _count_columns(series, col_pos, col_scs, col_opts)
+        col_tab, col_counts = _count_columns(series, col_pos, col_scs, col_opts, lattice_A)
     for t in (fr_tab, drift, tracks, lineage, events, summ, col_tab, col_counts):
         if t is not None:
             t.attrs["pixel_size_A"] = px
@@ -398,8 +454,22 @@ _COLUMN_DEFAULTS: dict[str, Any] = {
     "max_states": 20,
     "cd_fraction": 0.0,
     "max_iter": 30,
-    "library": None,
+    "library": "fitted",
+    "library_options": None,
+    "fit_scale": None,
+    "refine": "first",
+    "width": "series",
     "positions": None,
+}
+_LIBRARY_OPTIONS = {
+    "termination",
+    "dose_e_per_A2",
+    "voltage_kV",
+    "probe_sigma_A",
+    "tail_fraction",
+    "n_cells",
+    "n_realizations",
+    "rng",
 }
 
 
@@ -414,7 +484,83 @@ def _column_options(opts: dict[str, Any] | None) -> dict[str, Any]:
     if o["hmm_model"] not in ("free", "loss", "dose"):
         raise ParameterError(f"`column_options['hmm_model']` must be free/loss/dose, got {o!r}")
     o["types"] = tuple(o["types"])
+    for key, allowed in (("refine", ("first", "frame", "none")), ("width", ("series", "frame"))):
+        if o[key] not in allowed:
+            raise ParameterError(
+                f"`column_options[{key!r}]` must be one of {list(allowed)}, got {o[key]!r}"
+            )
+    lib = o["library"]
+    if lib is None:
+        o["library"] = "fitted"
+    elif isinstance(lib, str) and lib not in ("fitted", "table"):
+        raise ParameterError(
+            f"`column_options['library']` must be 'fitted', 'table' or {{type: library}}, "
+            f"got {lib!r}"
+        )
+    elif not isinstance(lib, (str, dict)):
+        raise ParameterError(
+            f"`column_options['library']` must be 'fitted', 'table' or {{type: library}}, "
+            f"got {type(lib).__name__}"
+        )
+    lo = dict(o["library_options"] or {})
+    bad = set(lo) - _LIBRARY_OPTIONS
+    if bad:
+        raise ParameterError(
+            f"unknown key(s) {sorted(bad)} in `column_options['library_options']` "
+            f"(allowed: {sorted(_LIBRARY_OPTIONS)})"
+        )
+    o["library_options"] = lo
+    if o["fit_scale"] is None:  # the fitted library is calibrated to the estimator
+        o["fit_scale"] = o["library"] != "fitted"
     return o
+
+
+def _column_library(
+    series: Series, typ: str, frames: np.ndarray, opts: dict[str, Any], lattice_A: float
+) -> Any:
+    """SCS library of one column type for the HMM (see ``column_options['library']``).
+
+    Default ``"fitted"``: :func:`perovstem.atoms.fitted_library.fitted_scs_library` — the
+    per-frame column fit (same width and position treatment) applied to simulated slabs at
+    the series' pixel size, lattice parameter, beam energy (``metadata['voltage_kV']``,
+    else 300 kV) and median dose per analysed frame, default probe (not read from the
+    data); with a Cd fraction the Pb–B library is scaled by the tabulated Cd/Pb ratio.
+    ``"table"``: the total cross-sections of :func:`perovstem.simulate.scs_library`.
+    """
+    from perovstem.atoms.fitted_library import LIBRARY_TYPES, fitted_scs_library
+    from perovstem.simulate import scs_library
+
+    lib = opts["library"]
+    if isinstance(lib, dict):
+        if typ in lib:
+            return lib[typ]
+        lib = "fitted"
+    m = int(opts["max_states"])
+    kw = {"cd_fraction": opts["cd_fraction"]} if typ == "PbBr" else {}
+    if lib == "table":
+        return scs_library(typ, m, **kw)
+    if typ not in LIBRARY_TYPES:
+        raise ParameterError(
+            f"no fitted library for column type {typ!r} (has {list(LIBRARY_TYPES)}); give "
+            "`column_options['library']` = {type: library} or 'table'"
+        )
+    lo = dict(opts["library_options"])
+    lo.setdefault("lattice_A", float(lattice_A))
+    lo["width"] = opts["width"]
+    lo["fit_positions"] = opts["refine"] == "frame"
+    lo.setdefault("voltage_kV", float(series.metadata.get("voltage_kV", 300.0)))
+    lo.setdefault("dose_e_per_A2", float(np.median(np.asarray(series.dose_e_per_A2)[frames])))
+    tab = fitted_scs_library(m, pixel_size_A=series.pixel_size_A, max_iter=opts["max_iter"], **lo)[
+        typ
+    ]
+    if kw.get("cd_fraction"):
+        n = tab["n_atoms"].to_numpy()
+        v = lo["voltage_kV"]
+        pure = scs_library(typ, m, voltage_kV=v)["scs_A2"].to_numpy()
+        alloy = scs_library(typ, m, voltage_kV=v, **kw)["scs_A2"].to_numpy()
+        ratio = np.divide(alloy, pure, out=np.ones_like(pure), where=pure > 0)
+        tab["scs_A2"] = tab["scs_A2"].to_numpy() * ratio[n]
+    return tab
 
 
 def _normalized(img: Image, gain: Any, offset: Any) -> Image:
@@ -442,20 +588,51 @@ def _find_column_positions(
     pos = pos[pos["type"].isin(opts["types"])][["x_A", "y_A", "type"]]
     if len(pos) == 0:
         raise DataError(f"no atomic column of the types {opts['types']} found in the first frame")
-    return pos.reset_index(drop=True)
-
-
-def _column_scs(img: Image, pos: pd.DataFrame, gain: Any, offset: Any, max_iter: int) -> np.ndarray:
+    pos = pos.reset_index(drop=True)
+    if opts["width"] == "frame" and opts["refine"] != "first":
+        return pos
     from perovstem.atoms import fit_columns
 
+    norm = _normalized(img, gain, offset)
+    kw = {"max_iter": int(opts["max_iter"]), "joint": False, "parallel": False}
+    rho = None
+    if opts["width"] == "series":  # one width per type, at the sites (no noise chasing)
+        fit = fit_columns(norm, pos, fit_positions=False, **kw)
+        rho = {t: float(v) for t, v in fit.groupby("type")["rho_A"].first().items()}
+    if opts["refine"] == "first":
+        wkw = {"width": "fixed", "rho_A": rho} if rho else {}
+        fit = fit_columns(norm, pos, **wkw, **kw)
+        pos = pos.assign(x_A=fit["x_A"].to_numpy(), y_A=fit["y_A"].to_numpy())
+    pos.attrs["rho_A"] = rho
+    return pos
+
+
+def _column_scs(
+    img: Image, pos: pd.DataFrame, gain: Any, offset: Any, opts: dict[str, Any]
+) -> np.ndarray:
+    """Fitted SCS (Å²) of the columns ``pos`` in one registered frame."""
+    from perovstem.atoms import fit_columns
+
+    rho = pos.attrs.get("rho_A")
+    kw = {"width": "fixed", "rho_A": rho} if rho else {}
     fit = fit_columns(
-        _normalized(img, gain, offset), pos, max_iter=int(max_iter), joint=False, parallel=False
+        _normalized(img, gain, offset),
+        pos,
+        max_iter=int(opts["max_iter"]),
+        joint=False,
+        parallel=False,
+        fit_positions=opts["refine"] == "frame",
+        **kw,
     )
     return fit["scs"].to_numpy(float)
 
 
 def _count_columns(
-    series: Series, pos: pd.DataFrame | None, scs: dict[int, np.ndarray], opts: dict[str, Any]
+    series: Series,
+    pos: pd.DataFrame | None,
+    scs: dict[int, np.ndarray],
+    opts: dict[str, Any],
+    lattice_A: float,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """HMM counts per column type over the usable frames; atoms lost per column."""
     from perovstem.atoms import fit_hmm
@@ -472,14 +649,11 @@ def _count_columns(
         sel = (pos["type"] == typ).to_numpy()
         if not sel.any():
             continue
-        lib = (opts["library"] or {}).get(typ)
-        if lib is None:
-            from perovstem.simulate import scs_library
-
-            kw = {"cd_fraction": opts["cd_fraction"]} if typ == "PbBr" else {}
-            lib = scs_library(typ, int(opts["max_states"]), **kw)
+        lib = _column_library(series, typ, frames, opts, lattice_A)
         obs = np.clip(obs_all[:, sel], 0.0, None)  # emptied columns: SCS ≈ 0 with noise
-        res = fit_hmm(obs, lib, model=opts["hmm_model"], dose_e_per_A2=dose)
+        res = fit_hmm(
+            obs, lib, model=opts["hmm_model"], dose_e_per_A2=dose, fit_scale=opts["fit_scale"]
+        )
         idx = np.flatnonzero(sel)
         ct = res.column_table()
         sd = res.n_atoms_std
