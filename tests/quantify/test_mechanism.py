@@ -155,6 +155,7 @@ def test_survival_corrected_nucleation_rows():
             survival_min=0.9 if ident else 0.25,
             survival_max=1.0,
             correction_uncertainty=0.05 if ident else 0.5,
+            detector_ratio=1.0,
             elasticity=1.0 if ident else 0.1,
             n_births_detected=100.0,
             dose_e_per_A2=5e4,

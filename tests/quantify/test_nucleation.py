@@ -173,9 +173,10 @@ def _observe(scale, seed):
         nucleation_probability_face=0.01 * scale,
     )
     tr = degradation_kmc(nanocrystal(100.0, rng=seed), params=p, rng=seed, **SPARSE_KW)
-    return kmc_nucleation_rate(tr.frame_table, window="series"), detectable_births(
-        tr.clusters, tr.events
-    )
+    c = tr.clusters
+    n_det = np.bincount(c["frame"], weights=detection_completeness(c["n_atoms"]), minlength=20)
+    truth = kmc_nucleation_rate(tr.frame_table, window="series")
+    return truth, detectable_births(c, tr.events), n_det
 
 
 @pytest.mark.parametrize("scale,seed", [(0.003, 5), (0.003, 8)])
@@ -183,14 +184,24 @@ def test_sparse_nucleation_is_counted(sparse_templates, scale, seed):
     """Sparse regime: the templates consistent with the count say nearly every nucleus
     survives to detection, and J is recovered within 10 % with an interval that covers it
     (benchmarks/bench_nucleation.py: 100-140 A cubes at 240-250 K, elasticity ~1)."""
-    truth, a = _observe(scale, seed)
-    j = truth["J_per_e_per_A2"]
-    r = nucleation_rate(a, sparse_templates, dose_e_per_A2=truth["dose_active_e_per_A2"])
-    assert r.identifiable
+    truth, a, n_det = _observe(scale, seed)
+    j, dose = truth["J_per_e_per_A2"], truth["dose_active_e_per_A2"]
+    r = nucleation_rate(a, sparse_templates, dose_e_per_A2=dose, n_detected=n_det.round())
+    assert r.identifiable and 0.8 <= r.detector_ratio <= 1.2
     assert r.survival_min >= 0.8 and r.correction_uncertainty <= 0.1
     assert abs(r.J_per_e_per_A2 / j - 1) <= 0.10
     assert r.covers(j)
     assert r.frame_columns()["J_nucleation_identifiable"] == 1.0
+    # a detector that sees a third of the clusters (and births) cannot pass as sparse
+    third = nucleation_rate(
+        np.round(a / 3), sparse_templates, dose_e_per_A2=dose, n_detected=np.round(n_det / 3)
+    )
+    assert not third.identifiable and third.detector_ratio < 0.7
+    # an unvalidated counter (tracked births 0.5-2x the detectable births): not identifiable
+    wide = nucleation_rate(a, sparse_templates, dose_e_per_A2=dose, count_efficiency=(0.5, 2.0))
+    assert not wide.identifiable and wide.covers(j)
+    assert wide.ci_low == pytest.approx(r.ci_low / 2)
+    assert wide.ci_high == pytest.approx(2 * r.ci_high)  # same consistent laws (e_mid = 1)
 
 
 def test_dense_nucleation_is_not_identifiable(sparse_templates):
@@ -198,7 +209,7 @@ def test_dense_nucleation_is_not_identifiable(sparse_templates):
     births saturate; elasticity ~0 with the full law family of the benchmark): not
     identifiable, and the interval (model-free lower bound = detectable births per dose)
     still covers J, which the bare count misses by > 40 %."""
-    truth, a = _observe(1.0, 5)
+    truth, a, _ = _observe(1.0, 5)
     j = truth["J_per_e_per_A2"]
     r = nucleation_rate(a, sparse_templates, dose_e_per_A2=truth["dose_active_e_per_A2"])
     assert a.sum() / truth["n_births"] < 0.6
@@ -215,3 +226,7 @@ def test_nucleation_rate_bad_inputs(sparse_templates):
         nucleation_rate(10, sparse_templates, dose_e_per_A2=1e4, min_survival=1.5)
     with pytest.raises(DataError):
         nucleation_rate(10, sparse_templates.drop(columns="detectable_births"), dose_e_per_A2=1e4)
+    with pytest.raises(DataError):
+        nucleation_rate(10, sparse_templates, dose_e_per_A2=1e4, n_detected=[1.0, 2.0])
+    with pytest.raises(ParameterError):
+        nucleation_rate(10, sparse_templates, dose_e_per_A2=1e4, count_efficiency=(1.2, 0.8))

@@ -74,6 +74,9 @@ SURVIVAL_LAWS = tuple((nc, sc) for nc in (2, 4) for sc in (1.0, 0.1, 0.03, 0.01,
 MIN_SURVIVAL = 0.8
 #: relative uncertainty of the survival correction (≈ 2 σ) up to which J is identifiable
 TOLERANCE = 0.1
+#: detector check: Σ detected clusters / Σ expected (consistent laws) must lie in this band
+#: (count bias 0.7–1.0 of the detector on 5 nm KMC frames, docs/insitu.md)
+DETECTOR_BAND = (0.7, 1.3)
 #: |∂ln N_det/∂ln J| below which a count bias of 10 % moves J by more than 20 %
 MIN_ELASTICITY = 0.5
 
@@ -457,19 +460,26 @@ class NucleationRate:
     Attributes
     ----------
     J_per_e_per_A2 : float
-        Detectable births / (survival · dose), nuclei per e⁻/Å² (series window).
+        Counted births / (efficiency · survival · dose), nuclei per e⁻/Å² (series
+        window; efficiency = geometric mean of ``count_efficiency``).
     ci_low, ci_high : float
-        ``A_lo / dose`` (without survival correction: every detectable birth has at least
-        one nucleus, so this bound holds under any nucleation law) and
-        ``A_hi / (survival_min · dose)``; ``A_lo, A_hi`` the Garwood interval of the count.
+        ``A_lo / (e_high · dose)`` (without survival correction: every detectable birth has
+        at least one nucleus, so this bound holds under any nucleation law) and
+        ``A_hi / (e_low · survival_min · dose)``; ``A_lo, A_hi`` the Garwood interval of
+        the count.
     identifiable : bool
         True when every template law consistent with the count has survival ≥
-        ``min_survival`` and ``correction_uncertainty`` ≤ ``tolerance``: J is then the
-        count corrected by at most 1/min_survival and known to about ±10 %.
+        ``min_survival``, ``correction_uncertainty`` ≤ ``tolerance`` and (with
+        ``n_detected``) the detected cluster numbers agree with a consistent law: J is then
+        the count corrected by at most 1/min_survival and known to about ±10 %.
+    detector_ratio : float
+        Σ detected clusters / Σ expected detected clusters, for the consistent law closest
+        to 1 (NaN without ``n_detected``).
     correction_uncertainty : float
-        ``sqrt(u_s² + (2·u_b)²)``: ``u_s = (s_max − s_min)/(s_max + s_min)`` (survival
-        spread over the consistent laws), ``u_b = sqrt((1 − s̄)/(s̄·A))`` (binomial
-        scatter of the realised survival with A detected births).
+        ``sqrt(u_s² + (2·u_b)² + u_e²)``: ``u_s = (s_max − s_min)/(s_max + s_min)``
+        (survival spread over the consistent laws), ``u_b = sqrt((1 − s̄)/(s̄·A))``
+        (binomial scatter of the realised survival with A detected births), ``u_e`` the
+        spread of ``count_efficiency``.
     survival, survival_min, survival_max : float
         Mean, least and largest template survival (detectable births / births) over the
         consistent laws.
@@ -493,6 +503,7 @@ class NucleationRate:
     survival_min: float
     survival_max: float
     correction_uncertainty: float
+    detector_ratio: float
     elasticity: float
     n_births_detected: float
     dose_e_per_A2: float
@@ -537,6 +548,7 @@ def _law_table(templates: pd.DataFrame) -> pd.DataFrame:
                 "n_births": float(b.mean()),
                 "survival": float(min(a.mean() / b.mean(), 1.0)) if b.sum() > 0 else 1.0,
                 "dispersion": max(float(disp), 1.0) * (1 + 1 / len(a)),
+                "expected_detected_total": float(g["expected_detected"].map(np.sum).mean()),
             }
         )
     return pd.DataFrame(rows).sort_values(["critical_nucleus", "J_per_e_per_A2"], ignore_index=True)
@@ -562,6 +574,29 @@ def _consistent(prof: pd.DataFrame, a_obs: float, level: float) -> np.ndarray:
     return ok
 
 
+def _detector_check(
+    prof: pd.DataFrame,
+    ok: np.ndarray,
+    n_detected: Any,
+    templates: pd.DataFrame,
+    band: tuple[float, float],
+) -> tuple[float, bool]:
+    """Σ detected / Σ expected clusters for the consistent law that matches best, and
+    whether that ratio lies inside ``band``."""
+    if n_detected is None:
+        return float("nan"), True
+    n = np.asarray(n_detected, float)
+    n_frames = len(templates["expected_detected"].iloc[0])
+    if n.ndim != 1 or n.size != n_frames or not np.all(np.isfinite(n)) or np.any(n < 0):
+        raise DataError(f"`n_detected` must be {n_frames} counts >= 0 (one per frame), got {n!r}")
+    if not (0 < band[0] <= 1 <= band[1]):
+        raise ParameterError(f"`detector_band` must satisfy 0 < low <= 1 <= high, got {band}")
+    lam = np.maximum(prof.loc[ok, "expected_detected_total"].to_numpy(float), 1e-9)
+    r = n.sum() / lam
+    best = float(r[np.argmin(np.abs(np.log(np.maximum(r, 1e-300))))])
+    return best, bool(band[0] <= best <= band[1])
+
+
 def _local_elasticity(prof: pd.DataFrame, ok: np.ndarray) -> float:
     """Mean ∂ln(detectable births)/∂ln J between neighbours on each critical nucleus's J
     ladder, over the pairs that contain a consistent law (NaN if none)."""
@@ -581,9 +616,12 @@ def nucleation_rate(
     templates: pd.DataFrame,
     *,
     dose_e_per_A2: float,
+    n_detected: Any = None,
+    count_efficiency: tuple[float, float] = (1.0, 1.0),
     level: float = 0.95,
     min_survival: float = MIN_SURVIVAL,
     tolerance: float = TOLERANCE,
+    detector_band: tuple[float, float] = DETECTOR_BAND,
 ) -> NucleationRate:
     """Nucleation rate from detectable births, corrected for nuclei lost before detection.
 
@@ -598,6 +636,22 @@ def nucleation_rate(
         laws from coalescence-limited to sparse (:data:`SURVIVAL_LAWS`).
     dose_e_per_A2 : float
         Total dose of the series, e⁻/Å² (the window of the count).
+    n_detected : array_like, optional
+        Detected clusters per frame (``frames["n_clusters"]`` of
+        :func:`perovstem.insitu.analyze_series`), same frames as the templates.  **Pass it
+        for image data**: the count of births is only as good as the detector, and a
+        detector that misses clusters (e.g. on the far faces of a thick crystal) makes a
+        coalescence-limited series look sparse.  J is identifiable only if Σ n_detected /
+        Σ expected detected clusters of the consistent laws lies in ``detector_band`` for
+        one of them.  Omit only for detection-limited truth.  The check cannot see a
+        detector that misses births and clusters in proportion.
+    count_efficiency : (float, float)
+        Range of counted births per detectable birth of the counting method: (1, 1) for
+        :func:`detectable_births`; for tracked births on images it must be measured on
+        simulated series of the same crystal size, dose and temperature (tracker
+        spurious births > 1, clusters hidden in projection < 1).  The count is divided by
+        its geometric mean, the interval uses its ends, and its spread
+        ``u_e = (high − low)/(high + low)`` enters ``correction_uncertainty``.
     level : float
         Confidence level.
     min_survival : float
@@ -606,6 +660,8 @@ def nucleation_rate(
     tolerance : float
         Largest ``correction_uncertainty`` for which J is called identifiable (default
         0.1: J within ≈ 10 % of the realised births per dose).
+    detector_band : (float, float)
+        Accepted range of detected / expected clusters (default 0.7–1.3).
 
     Returns
     -------
@@ -645,20 +701,27 @@ def nucleation_rate(
         raise ParameterError(f"`min_survival` must be in (0, 1], got {min_survival}")
     if not tolerance > 0:
         raise ParameterError(f"`tolerance` must be > 0, got {tolerance}")
+    e_lo, e_hi = (float(v) for v in count_efficiency)
+    if not (np.isfinite(e_lo) and np.isfinite(e_hi) and 0 < e_lo <= e_hi):
+        raise ParameterError(f"`count_efficiency` must be 0 < low <= high, got {count_efficiency}")
+    e_mid = float(np.sqrt(e_lo * e_hi))
     prof = _law_table(templates)
-    ok = _consistent(prof, a_obs, level)
+    ok = _consistent(prof, a_obs / e_mid, level)
     prof["consistent"] = ok
+    det_ratio, det_ok = _detector_check(prof, ok, n_detected, templates, detector_band)
     s = prof.loc[ok, "survival"].to_numpy(float)
     s_mean, s_min, s_max = float(s.mean()), float(s.min()), float(s.max())
     a_lo, a_hi = _garwood(a_obs, level)
     d = float(dose_e_per_A2)
     u_b = np.sqrt((1 - s_mean) / (s_mean * a_obs)) if a_obs > 0 else np.inf
-    u = float(np.hypot((s_max - s_min) / (s_max + s_min), 2 * u_b))
+    u_e = (e_hi - e_lo) / (e_hi + e_lo)
+    u = float(np.sqrt(((s_max - s_min) / (s_max + s_min)) ** 2 + (2 * u_b) ** 2 + u_e**2))
     return NucleationRate(
-        J_per_e_per_A2=a_obs / (s_mean * d),
-        ci_low=a_lo / d,
-        ci_high=a_hi / (max(s_min, 1e-9) * d),
-        identifiable=bool(a_obs > 0 and s_min >= min_survival and u <= tolerance),
+        J_per_e_per_A2=a_obs / (e_mid * s_mean * d),
+        ci_low=a_lo / (e_hi * d),
+        ci_high=a_hi / (e_lo * max(s_min, 1e-9) * d),
+        identifiable=bool(a_obs > 0 and s_min >= min_survival and u <= tolerance and det_ok),
+        detector_ratio=det_ratio,
         survival=s_mean,
         survival_min=s_min,
         survival_max=s_max,
