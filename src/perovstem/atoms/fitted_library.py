@@ -34,7 +34,7 @@ import pandas as pd
 from perovstem._validation import check_choice, check_positive
 from perovstem.errors import ParameterError
 
-__all__ = ["LIBRARY_TYPES", "fitted_scs_library", "slab_atoms"]
+__all__ = ["LIBRARY_TYPES", "fitted_scs_library", "slab_atoms", "type_widths"]
 
 LIBRARY_TYPES = ("PbBr", "Br", "Cs")
 """Column types of the CsPbBr₃ [001] projection (:func:`perovstem.atoms.cspbbr3_001_cell`)."""
@@ -111,7 +111,9 @@ def fitted_scs_library(
     termination: str = "CsBr",
     lattice_A: float = 5.87,
     n_cells: int = 8,
-    n_realizations: int = 2,
+    shape: tuple[int, int] | None = None,
+    n_realizations: int = 4,
+    reference_thickness: int = 8,
     width: str = "series",
     fit_positions: bool = False,
     max_iter: int = 30,
@@ -150,12 +152,23 @@ def fitted_scs_library(
         Lattice parameter of the slab, Å.
     n_cells : int
         Slab size, cells per edge (≥ 2).
+    shape : (int, int), optional
+        Image size in pixels, the slab at its centre; default the slab plus a 10 Å vacuum
+        margin.  Pass the frame size of the data: the constant background of the fit is
+        set by the vacuum around the crystal, which holds the probe tails, so the fitted
+        widths and cross-sections depend on how much vacuum the image shows.
     n_realizations : int
-        Noise realisations averaged per thickness (ignored without ``dose_e_per_A2``).
+        Noise realisations averaged (ignored without ``dose_e_per_A2``).  With ``width =
+        "series"`` and fixed positions the per-thickness fit is linear in the heights, so
+        its expectation is the fit of the noise-free image (used); only the width
+        estimate, which is biased by the noise, is averaged over realisations.
+    reference_thickness : int
+        Slab thickness (cells) on which the widths are estimated for ``width="series"``
+        (the first frame of a series shows the whole crystal).
     width : {"series", "frame"}
         How the analysis treats the Gaussian width ρ of each type.  ``"series"``: ρ fitted
-        once (positions fixed at the sites, one ρ per type) on a slab of ``max_atoms // 2``
-        cells, then held fixed in the fits of every thickness — as
+        once (positions fixed at the sites, one ρ per type) on a slab of
+        ``reference_thickness`` cells, then held fixed in the fits of every thickness — as
         :func:`~perovstem.insitu.analyze_series` fixes ρ from the first frame.  ``"frame"``:
         ρ fitted in every image (then its noise bias and frame-to-frame scatter enter).
     fit_positions : bool
@@ -185,6 +198,8 @@ def fitted_scs_library(
     check_choice("width", width, ("series", "frame"))
     if int(n_cells) < 2:
         raise ParameterError(f"`n_cells` must be >= 2, got {n_cells!r}")
+    if int(reference_thickness) < 1:
+        raise ParameterError(f"`reference_thickness` must be >= 1, got {reference_thickness!r}")
     if int(n_realizations) < 1:
         raise ParameterError(f"`n_realizations` must be >= 1, got {n_realizations!r}")
     if not isinstance(rng, (int, np.integer)):
@@ -199,7 +214,9 @@ def fitted_scs_library(
         termination,
         float(lattice_A),
         int(n_cells),
+        None if shape is None else (int(shape[0]), int(shape[1])),
         int(n_realizations) if dose is not None else 1,
+        int(reference_thickness),
         width,
         bool(fit_positions),
         int(max_iter),
@@ -224,7 +241,9 @@ def _cached_library(
     termination: str,
     lattice_A: float,
     n_cells: int,
+    shape: tuple[int, int] | None,
     n_real: int,
+    ref_thickness: int,
     width: str,
     fit_positions: bool,
     max_iter: int,
@@ -239,24 +258,39 @@ def _cached_library(
         "voltage_kV": voltage_kV,
         "probe_sigma_A": probe_sigma_A,
         "tail_fraction": tail_fraction,
+        "shape": shape,
     }
 
-    def fits(thickness: int, fit_kw: dict[str, Any]) -> pd.DataFrame:
+    def fits(thickness: int, fit_kw: dict[str, Any], noisy: bool) -> pd.DataFrame:
         atoms = slab_atoms(n_cells, thickness, termination=termination, lattice_A=lattice_A)
-        runs = [_fit_slab(atoms, lattice_A, dose, imaging, fit_kw, gen) for _ in range(n_real)]
+        d = dose if noisy else None
+        runs = [
+            _fit_slab(atoms, lattice_A, d, imaging, fit_kw, gen)
+            for _ in range(n_real if d is not None else 1)
+        ]
         return pd.concat(runs, ignore_index=True)
 
     fit_kw: dict[str, Any] = {"fit_positions": fit_positions, "max_iter": max_iter}
     rho: dict[str, float] = {}
     if width == "series":  # ρ per type as the analysis takes it from its first frame
-        ref = fits(max(1, max_atoms // 2), {"fit_positions": False, "max_iter": max_iter})
-        rho = {t: float(v) for t, v in ref.groupby("type")["rho_A"].mean().items()}
+        atoms = slab_atoms(
+            n_cells, min(max_atoms, ref_thickness), lattice_A=lattice_A, termination=termination
+        )
+        runs = [
+            _slab_image(atoms, lattice_A, dose, imaging, gen)
+            for _ in range(n_real if dose is not None else 1)
+        ]
+        per_run = [type_widths(img, sites, max_iter=max_iter) for img, sites in runs]
+        rho = {t: float(np.mean([r[t] for r in per_run])) for t in per_run[0]}
         fit_kw.update(width="fixed", rho_A=rho)
+    # with widths and positions held the fit is linear in the heights: least squares is
+    # unbiased and the noise-free image gives the expected fitted SCS exactly
+    linear = width == "series" and not fit_positions
     for t in range(max_atoms + 1):
         want = {typ: t + o for typ, o in off.items() if 1 <= t + o <= max_atoms}
         if not want:
             continue
-        f = fits(t, fit_kw)
+        f = fits(t, fit_kw, not linear)
         for typ, n in want.items():
             v = f.loc[f["type"] == typ, "scs"].to_numpy(float)
             vals[typ][n] = v.mean()
@@ -285,20 +319,48 @@ def _cached_library(
     return out
 
 
-def _fit_slab(
+def type_widths(image: Any, sites: pd.DataFrame, *, max_iter: int = 30) -> dict[str, float]:
+    """Gaussian width ρ (Å) of every column type: median of per-column widths at the sites.
+
+    ``fit_columns(image, sites, width="column", fit_positions=False)``, then the median ρ
+    of each type.  Positions held at the sites keep the noise from narrowing the widths
+    (free positions follow noise peaks), and the median keeps a few disturbed columns (an
+    unmodelled Pb⁰ atom beside a Br column) from widening the width of the whole type, as
+    a least-squares width shared by the type would.
+
+    Parameters
+    ----------
+    image : Image
+        Normalised image (:func:`perovstem.atoms.normalize_image`).
+    sites : DataFrame
+        ``x_A, y_A, type``.
+    max_iter : int
+        Fit sweeps.
+
+    Returns
+    -------
+    dict
+        ``{type: ρ_A}``.
+    """
+    from perovstem.atoms.fit import fit_columns
+
+    kw = {"max_iter": int(max_iter), "joint": False, "parallel": False}
+    fit = fit_columns(image, sites, width="column", fit_positions=False, **kw)
+    return {str(t): float(v) for t, v in fit.groupby("type")["rho_A"].median().items()}
+
+
+def _slab_image(
     atoms: Any,
     lattice_A: float,
     dose: float | None,
     imaging: dict[str, Any],
-    fit_kw: dict[str, Any],
     gen: np.random.Generator,
-) -> pd.DataFrame:
-    """Image a slab with the fast model and fit it as the analysis does: ``type, scs, rho_A``.
+) -> tuple[Any, pd.DataFrame]:
+    """Normalised fast-model image of a slab and its column sites ``x_A, y_A, type``.
 
-    The fit starts at the column sites of the slab (type by site: Cs on the corners, Pb–Br
-    at the cell centres, Br on the edges); empty sites are left out.
+    Types by site: Cs on the cell corners, Pb–B at the cell centres, Br on the edges; empty
+    sites are left out.
     """
-    from perovstem.atoms.fit import fit_columns
     from perovstem.atoms.normalize import normalize_image
     from perovstem.simulate import haadf_image
 
@@ -314,9 +376,23 @@ def _fit_slab(
     typ = np.where(i % 2 == 0, np.where(j % 2 == 0, "Cs", "Br"), np.where(j % 2 == 0, "Br", "PbBr"))
     ox, oy = img.metadata["lab_origin_A"]
     sites = pd.DataFrame({"x_A": xy[:, 0] - ox, "y_A": xy[:, 1] - oy, "type": typ})
+    return normalize_image(img), sites
+
+
+def _fit_slab(
+    atoms: Any,
+    lattice_A: float,
+    dose: float | None,
+    imaging: dict[str, Any],
+    fit_kw: dict[str, Any],
+    gen: np.random.Generator,
+) -> pd.DataFrame:
+    """Image a slab and fit it as the analysis fits a frame: ``type, scs``."""
+    from perovstem.atoms.fit import fit_columns
+
+    img, sites = _slab_image(atoms, lattice_A, dose, imaging, gen)
+    typ = sites["type"].to_numpy()
     if "rho_A" in fit_kw:  # fixed widths of the types present (a CsBr layer has no Br edge)
         fit_kw = {**fit_kw, "rho_A": {t: r for t, r in fit_kw["rho_A"].items() if t in typ}}
-    fit = fit_columns(normalize_image(img), sites, joint=False, parallel=False, **fit_kw)
-    return pd.DataFrame(
-        {"type": typ, "scs": fit["scs"].to_numpy(float), "rho_A": fit["rho_A"].to_numpy(float)}
-    )
+    fit = fit_columns(img, sites, joint=False, parallel=False, **fit_kw)
+    return pd.DataFrame({"type": typ, "scs": fit["scs"].to_numpy(float)})

@@ -24,8 +24,6 @@ from perovstem.insitu.tracking import lineage_events, track_clusters
 
 __all__ = ["InsituResult", "analyze_series", "shift_frame"]
 
-_SHIFT_METHOD = "fourier"
-
 
 def shift_frame(frame: np.ndarray, shift_px: Any) -> np.ndarray:
     """Shift a frame by ``shift_px`` = (dy, dx) pixels: integer part exact, fraction by FFT.
@@ -53,8 +51,6 @@ def shift_frame(frame: np.ndarray, shift_px: Any) -> np.ndarray:
 
     f = np.asarray(frame, dtype=float)
     s = np.asarray(shift_px, dtype=float).reshape(2)
-    if _SHIFT_METHOD == "spline":
-        return ndimage.shift(f, s, order=3, mode="nearest")
     whole = np.round(s).astype(int)
     frac = s - whole
     if np.any(whole):
@@ -171,15 +167,16 @@ def analyze_series(
         processed in blocks of ``2·n_workers`` so memory stays independent of the length.
     columns : bool
         Also count the atoms of every atomic column through the series: columns are found
-        on the first usable registered frame (CsPbBr₃ [001] cell), one Gaussian width per
-        column type is fitted there at the found sites and the positions are refined once
-        with it; every registered frame is then fitted with widths and positions held
-        (η and background free; :func:`perovstem.atoms.fit_columns` on the normalised
-        frame), and the cross-sections are counted per column type by a hidden Markov model
+        on the first usable registered frame (CsPbBr₃ [001] cell: lattice sites), one
+        Gaussian width per column type is measured there at the sites
+        (:func:`perovstem.atoms.fitted_library.type_widths`: median of per-column widths);
+        every registered frame is then fitted with widths and positions held (heights and
+        background free; :func:`perovstem.atoms.fit_columns` on the normalised frame), and
+        the cross-sections are counted per column type by a hidden Markov model
         (:func:`perovstem.atoms.fit_hmm`, Viterbi paths) against a *fitted-SCS library*
         (:func:`perovstem.atoms.fitted_library.fitted_scs_library`: the same fit applied to
-        simulated slabs of 1 … ``max_states`` cells at the series' pixel size, dose per
-        frame and beam energy, default probe) — giving the per-column atoms-lost table/map.
+        simulated slabs of 1 … ``max_states`` cells at the series' pixel size, frame size,
+        dose per frame and beam energy, default probe) — giving the per-column atoms-lost table/map.
         Holding the widths removes the frame-to-frame scatter and the noise bias of a width
         re-fitted in every frame (a common-mode error of all columns of a type: ±3 % in ρ
         is ±6 % in SCS, a whole Br atom); the library measures the columns as the data are
@@ -192,11 +189,13 @@ def analyze_series(
         before 2026-11-26; or ``{type: library}`` overriding the default per type),
         ``library_options`` (keywords of ``fitted_scs_library``: ``probe_sigma_A``,
         ``tail_fraction``, ``dose_e_per_A2``, ``voltage_kV``, ``termination``, ``n_cells``,
-        ``n_realizations``, ``rng``), ``fit_scale`` (fit the HMM's emission scale; default
+        ``n_realizations``, ``reference_thickness``, ``rng``), ``fit_scale`` (fit the HMM's emission scale; default
         False with the fitted library, True otherwise), ``width`` (``"series"``: widths
         from the first frame, held; ``"frame"``: re-fitted in every frame), ``refine``
-        (``"first"``: positions refined on the first frame, then held; ``"frame"``: in every
-        frame; ``"none"``: the finder's lattice sites), ``positions`` (a DataFrame
+        (``"first"``: positions refined on the first frame, then held — for crystals whose
+        columns are off the fitted lattice; ``"frame"``: in every frame; ``"none"``,
+        default: the finder's lattice sites — refining on one noisy frame biases that
+        frame's cross-sections up), ``positions`` (a DataFrame
         ``x_A, y_A, type`` in the registered frame instead of the column finder).
     br_loss : bool
         Measure the Br loss from the images (:func:`perovstem.quantify.br_loss_from_images`:
@@ -457,11 +456,12 @@ _COLUMN_DEFAULTS: dict[str, Any] = {
     "library": "fitted",
     "library_options": None,
     "fit_scale": None,
-    "refine": "first",
+    "refine": "none",
     "width": "series",
     "positions": None,
 }
 _LIBRARY_OPTIONS = {
+    "reference_thickness",
     "termination",
     "dose_e_per_A2",
     "voltage_kV",
@@ -516,15 +516,21 @@ def _column_options(opts: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _column_library(
-    series: Series, typ: str, frames: np.ndarray, opts: dict[str, Any], lattice_A: float
+    series: Series,
+    typ: str,
+    frames: np.ndarray,
+    opts: dict[str, Any],
+    lattice_A: float,
+    pos: pd.DataFrame,
 ) -> Any:
     """SCS library of one column type for the HMM (see ``column_options['library']``).
 
     Default ``"fitted"``: :func:`perovstem.atoms.fitted_library.fitted_scs_library` — the
     per-frame column fit (same width and position treatment) applied to simulated slabs at
-    the series' pixel size, lattice parameter, beam energy (``metadata['voltage_kV']``,
-    else 300 kV) and median dose per analysed frame, default probe (not read from the
-    data); with a Cd fraction the Pb–B library is scaled by the tabulated Cd/Pb ratio.
+    the series' pixel size, frame size, lattice parameter, beam energy
+    (``metadata['voltage_kV']``, else 300 kV) and median dose per analysed frame, about as
+    many cells per edge as the found crystal, default probe (not read from the data); with
+    a Cd fraction the Pb–B library is scaled by the tabulated Cd/Pb ratio.
     ``"table"``: the total cross-sections of :func:`perovstem.simulate.scs_library`.
     """
     from perovstem.atoms.fitted_library import LIBRARY_TYPES, fitted_scs_library
@@ -546,6 +552,10 @@ def _column_library(
         )
     lo = dict(opts["library_options"])
     lo.setdefault("lattice_A", float(lattice_A))
+    lo.setdefault("shape", tuple(int(v) for v in series.shape[1:]))
+    # a slab of about the crystal's size: (cells per edge)² Pb–B columns
+    n_b = int((pos["type"] == "PbBr").sum())
+    lo.setdefault("n_cells", int(np.clip(np.rint(np.sqrt(n_b)), 3, 12)) if n_b else 8)
     lo["width"] = opts["width"]
     lo["fit_positions"] = opts["refine"] == "frame"
     lo.setdefault("voltage_kV", float(series.metadata.get("voltage_kV", 300.0)))
@@ -596,9 +606,10 @@ def _find_column_positions(
     norm = _normalized(img, gain, offset)
     kw = {"max_iter": int(opts["max_iter"]), "joint": False, "parallel": False}
     rho = None
-    if opts["width"] == "series":  # one width per type, at the sites (no noise chasing)
-        fit = fit_columns(norm, pos, fit_positions=False, **kw)
-        rho = {t: float(v) for t, v in fit.groupby("type")["rho_A"].first().items()}
+    if opts["width"] == "series":  # robust width per type, at the sites (no noise chasing)
+        from perovstem.atoms.fitted_library import type_widths
+
+        rho = type_widths(norm, pos, max_iter=int(opts["max_iter"]))
     if opts["refine"] == "first":
         wkw = {"width": "fixed", "rho_A": rho} if rho else {}
         fit = fit_columns(norm, pos, **wkw, **kw)
@@ -649,7 +660,7 @@ def _count_columns(
         sel = (pos["type"] == typ).to_numpy()
         if not sel.any():
             continue
-        lib = _column_library(series, typ, frames, opts, lattice_A)
+        lib = _column_library(series, typ, frames, opts, lattice_A, pos)
         obs = np.clip(obs_all[:, sel], 0.0, None)  # emptied columns: SCS ≈ 0 with noise
         res = fit_hmm(
             obs, lib, model=opts["hmm_model"], dose_e_per_A2=dose, fit_scale=opts["fit_scale"]
