@@ -235,14 +235,15 @@ def _kmc_merge_scores(series, **kw):
 
 def test_merges_on_kmc_truth_lineage(kmc_truth):
     """Global assignment with merge hypotheses on 5 KMC series (280 and 300 K).  Measured
-    here: recall 0.86 (43/50), precision 0.85 (47/55); the former greedy 'mass' tracker
-    0.80 / 0.76.  On 12 held-out series (benchmarks/bench_merges.py) 0.88 / 0.91 vs
+    here: recall 0.86 (43/50), precision 0.88 (46/52; 0.85 = 47/55 before re-detections
+    nearer than the product undid hop-away merges); the former greedy 'mass' tracker
+    0.80 / 0.76.  On 12 held-out series (benchmarks/bench_merges.py) 0.89 / 0.93 vs
     0.72 / 0.68.  The bounds guard that level with a small margin for solver/platform
     differences, and that the global method beats the greedy one on both counts."""
     n_id, found, n_det, good = _kmc_merge_scores(kmc_truth)
     assert n_id >= 30
     assert found / n_id >= 0.82, (found, n_id)
-    assert good / n_det >= 0.82, (good, n_det)
+    assert good / n_det >= 0.85, (good, n_det)
     n_id0, found0, n_det0, good0 = _kmc_merge_scores(kmc_truth, method="mass")
     assert found / n_id > found0 / n_id0 and good / n_det > good0 / n_det0
 
@@ -309,3 +310,36 @@ def test_mass_conservation_picks_the_partner():
     assert sorted(m.parents.iloc[0]) == sorted([first[60.0], first[30.0]])
     # the small cluster continues
     assert tracks.loc[tracks.frame == 4, "track_id"].isin([first[12.0]]).any()
+
+
+def _hop_away(n_b, b_after, n_bg=6):
+    """A (50 atoms) at rest; B (``n_b`` atoms) appears 20 Å from A in frame 2; from frame 3
+    A holds 50 + n_b atoms and B is at ``b_after`` (None: gone); static background."""
+    rows = []
+    for f in range(7):
+        rows.append((f, 100.0, 100.0, 50.0 if f < 3 else 50.0 + n_b))
+        if f == 2:
+            rows.append((f, 120.0, 100.0, n_b))
+        if f >= 3 and b_after is not None:
+            rows.append((f, *b_after, n_b))
+        rows += [(f, 300.0 + 40 * k, 300.0, 6.0 + k % 3) for k in range(n_bg)]
+    return pd.DataFrame(rows, columns=["frame", "x_A", "y_A", "n_atoms"])
+
+
+@pytest.mark.parametrize("n_b", [10.0, 11.0])
+@pytest.mark.parametrize("b_after", [(136.0, 100.0), (120.0, 116.0)])
+def test_hop_away_is_not_a_merge(n_b, b_after):
+    # B hops 16 Å away from A while A grows by B's atoms: B is seen again nearer to its
+    # old place than A is, so it hopped (it is not a coalescence plus a birth)
+    tracks, lin = track_clusters(_hop_away(n_b, b_after))
+    assert (lin.origin == "merge").sum() == 0
+    b = tracks.loc[(tracks.frame == 2) & (tracks.x_A == 120.0), "track_id"].iloc[0]
+    assert set(tracks.loc[tracks.track_id == b, "frame"]) == set(range(2, 7))
+
+
+@pytest.mark.parametrize("b_after", [None, (150.0, 100.0), (120.0, 130.0)])
+def test_coalescence_with_unrelated_birth_kept(b_after):
+    # B vanishes into A (mass conserved); a new cluster of B's size appearing farther from
+    # B than A is does not undo the coalescence
+    tracks, lin = track_clusters(_hop_away(11.0, b_after))
+    assert (lin.origin == "merge").sum() == 1

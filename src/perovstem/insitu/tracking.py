@@ -22,9 +22,9 @@ mass-weighted centre, and the parents being able to meet, all with displacement 
 whose width is each track's own measured mobility (not a fixed step limit).  Births and
 ends are the less likely the larger the cluster (clusters enter the detectable range small
 and do not vanish in one frame).  A merged-away cluster that is seen again (re-detected as
-a new cluster of its size within long-hop reach, re-linked after a one-frame gap, or the
-product separating again into its two parents) was a hop or a segmentation blob, and the
-merge is undone.
+a new cluster of its size within long-hop reach, above twice the detection limit or nearer
+to it than the product; re-linked after a one-frame gap; or the product separating again
+into its two parents) was a hop or a segmentation blob, and the merge is undone.
 
 Output follows the KMC convention (:func:`perovstem.simulate.degradation_kmc`): after a
 merge a new track starts whose ``parents`` are the merged tracks.
@@ -803,15 +803,19 @@ def _track_global(
                 for r in rows:
                     if r == keep:
                         continue
+                    # a re-detection is a new cluster of the parent's size within long-hop
+                    # reach that is either clearly above the detection limit or nearer to
+                    # the parent than the product is (the parent hopped away from, not
+                    # into, its neighbour; a small cluster that hops far in one frame is
+                    # otherwise read as a coalescence plus a birth)
+                    d_prod = float(np.hypot(*(xy[b[hyp_tgt[h][0]]] - xy[r])))
                     for j in births:
                         dd = float(np.hypot(*(xy[j] - xy[r])))
                         lr = np.log((size[j] + 1) / (size[r] + 1))
                         e = float(np.hypot(rel[j], rel[r]))
-                        if (
-                            dd <= np.sqrt(L2)
-                            and abs(lr) <= 2 * e
-                            and size[j] >= _REDETECT_N * n_lim
-                        ):
+                        big = size[j] >= _REDETECT_N * n_lim
+                        closer = size[j] >= n_lim and dd < d_prod
+                        if dd <= np.sqrt(L2) and abs(lr) <= 2 * e and (big or closer):
                             hyp_cost_a[h] = np.inf
                             redo = True
             if not redo:
