@@ -123,13 +123,14 @@ def column_runs(sim_series):
 
 def test_atoms_lost_per_column_against_simulator_truth(column_runs):
     """Per-column atoms lost from the HMM Viterbi paths against the KMC's host atoms."""
-    # measured (seeds fixed): all columns ±1: 0.87 (1.5e3) / 0.71 (5e3 e⁻/Å²/s);
-    # Pb-Br ±1: 0.98 / 0.88; Cs ±1: 0.95 / 0.75; Br ±1: 0.76 / 0.62 (a Br atom adds only
-    # 0.0025 Å² to the cross-section)
+    # measured (seeds fixed; fitted-SCS library, widths held from the first frame):
+    # within ±1 Pb-Br 0.98 / 0.98, Cs 0.97 / 0.92, Br 0.85 / 0.77 (1.5e3 / 5e3 e⁻/Å²/s);
+    # before (tabulated library, widths re-fitted per frame) 0.98 / 0.83, 0.91 / 0.73,
+    # 0.80 / 0.53
     need = {  # (low dose rate, high dose rate) fractions of columns within ±1
-        "PbBr": (0.9, 0.8),
-        "Cs": (0.9, 0.65),
-        "Br": (0.65, 0.5),
+        "PbBr": (0.95, 0.95),
+        "Cs": (0.9, 0.85),
+        "Br": (0.75, 0.7),
     }
     for j, (res, n0, n1) in enumerate(column_runs):
         c = res.columns
@@ -139,16 +140,16 @@ def test_atoms_lost_per_column_against_simulator_truth(column_runs):
         for typ, lim in need.items():
             m = (c["type"] == typ).to_numpy()
             assert np.mean(np.abs(err[m]) <= 1) >= lim[j], typ
-        # the Pb-Br columns lose the reduced Pb: totals within 25 % of the truth
-        m = (c["type"] == "PbBr").to_numpy()
-        assert c["atoms_lost"][m].sum() == pytest.approx((n0 - n1)[m].sum(), rel=0.25)
-        # counts of the first frame mostly exact on the heavy columns; measured (seeds fixed,
-        # abTEM table of 2026-11-26) Pb-Br 0.90 / 0.77, Cs 0.91 / 0.83. Br columns are only
-        # scored at ±1 above: at 5e3 e⁻/Å² per frame their first-frame counts run +0.9 atom
-        # high (Gaussian-fit SCS vs library SCS mismatch from probe tails; see docs/insitu.md)
+        # totals: Pb-Br 110/124, 313/315; at 5e3 Cs 477/488, Br 521/582 (before 429, 418)
+        lost = c["atoms_lost"].to_numpy()
+        for typ in ("PbBr",) if j == 0 else ("PbBr", "Cs", "Br"):
+            m = (c["type"] == typ).to_numpy()
+            assert lost[m].sum() == pytest.approx((n0 - n1)[m].sum(), rel=0.15), typ
+        # counts of the first frame: measured Pb-Br 0.86 / 0.77, Cs 0.91 / 0.94, Br 0.54 /
+        # 0.71 (before Br 0.87 / 0.46: at 5e3 e⁻/Å² per frame +0.9 atom high)
         first = c["n_atoms_first"].to_numpy() == n0
-        for typ in ("PbBr", "Cs"):
-            assert np.mean(first[(c["type"] == typ).to_numpy()]) >= 0.75, typ
+        for typ, lim in (("PbBr", 0.75), ("Cs", 0.75), ("Br", 0.5)):
+            assert np.mean(first[(c["type"] == typ).to_numpy()]) >= lim, typ
         cc = res.column_counts
         assert len(cc) == len(c) * res.frames["skipped"].eq(False).sum()
         assert "columns" in res.tables() and "column_counts" in res.tables()
