@@ -12,7 +12,11 @@ Two observation levels:
 * ``truth``: detection-limited truth, :func:`detectable_births` (n ≥ 7 atoms at a frame end,
   no detectable ancestor);
 * ``images``: ``insitu_series`` (0.5 Å pixels, noise, 0.1 Å jitter) → ``analyze_series``;
-  tracked births = lineage tracks with ``origin`` ``"nucleation"`` or ``"first_frame"``.
+  tracked births = lineage tracks with ``origin`` ``"nucleation"`` or ``"first_frame"``,
+  detected clusters per frame as ``n_detected``; ``images`` uses the count efficiency
+  (tracked / detectable births) measured on image seed 1 over all acceptance scales and is
+  evaluated on seed 2; ``images_assumed_perfect`` takes the tracked births at face value
+  (count_efficiency (1, 1)), to show what an unvalidated counter would claim.
 
 Conditions: cubes of 60–140 Å, 240–300 K, 10² and 10³ e⁻/Å²/s, 20 frames, 6·10⁴ e⁻/Å² in
 all; truth acceptance scale ×1 (package default, coalescence-limited), ×0.03, ×0.01,
@@ -38,6 +42,7 @@ import numpy as np
 from perovstem.quantify.nucleation import (
     SURVIVAL_LAWS,
     detectable_births,
+    detection_completeness,
     kmc_nucleation_rate,
     nucleation_rate,
     nucleation_templates,
@@ -78,8 +83,14 @@ def _elasticity(tpl) -> dict[str, float]:
     g = t.groupby(["critical_nucleus", "scale"])[["J_per_e_per_A2", "a", "n_births"]].mean()
     out = {}
     for nc, h in g.groupby(level=0):
-        h = h[(h["a"] > 0) & (h["J_per_e_per_A2"] > 0)]
-        out[f"nc{nc}"] = float(np.polyfit(np.log(h["J_per_e_per_A2"]), np.log(h["a"]), 1)[0])
+        h = h[(h["a"] > 0) & (h["J_per_e_per_A2"] > 0)].sort_values("J_per_e_per_A2")
+        lj, la = np.log(h["J_per_e_per_A2"].to_numpy()), np.log(h["a"].to_numpy())
+        out[f"nc{nc}"] = float(np.polyfit(lj, la, 1)[0])
+        sc = h.index.get_level_values(1)
+        out[f"nc{nc}_segments"] = [  # local elasticity between neighbouring acceptance scales
+            [float(sc[i]), float(sc[i + 1]), float((la[i + 1] - la[i]) / (lj[i + 1] - lj[i]))]
+            for i in range(len(h) - 1)
+        ]
     out["laws"] = [
         {
             "critical_nucleus": int(k[0]),
@@ -105,10 +116,11 @@ def _result(r, j_true: float) -> dict:
         "u": r.correction_uncertainty,
         "elasticity_local": r.elasticity,
         "A": r.n_births_detected,
+        "detector_ratio": r.detector_ratio,
     }
 
 
-def _image_births(tr, seed: int) -> tuple[int, float]:
+def _image_births(tr, seed: int) -> tuple[int, np.ndarray, float]:
     from perovstem.insitu import analyze_series
 
     s, _ = insitu_series(tr, pixel_size_A=0.5, rng=seed)
@@ -116,7 +128,13 @@ def _image_births(tr, seed: int) -> tuple[int, float]:
     res = analyze_series(s, summary=False, phase_check=False, n_workers=1)
     lin = res.lineage
     n = int(lin["origin"].isin(["nucleation", "first_frame"]).sum())
-    return n, time.time() - t0
+    return n, res.frames["n_clusters"].to_numpy(float), time.time() - t0
+
+
+def _truth_detected(tr) -> np.ndarray:
+    c = tr.clusters
+    w = detection_completeness(c["n_atoms"])
+    return np.bincount(c["frame"], weights=w, minlength=N_FRAMES).round()
 
 
 def run(conditions, scales, seeds, image_seeds) -> dict:
@@ -146,19 +164,31 @@ def run(conditions, scales, seeds, image_seeds) -> dict:
                 tru = kmc_nucleation_rate(tr.frame_table, window="series")
                 j, dose = tru["J_per_e_per_A2"], tru["dose_active_e_per_A2"]
                 a = detectable_births(tr.clusters, tr.events, n_frames=N_FRAMES)
+                n_true = _truth_detected(tr)
                 row = {
                     "scale": sc,
                     "seed": seed,
                     "J_true": j,
                     "births": tru["n_births"],
                     "detectable_births": int(a.sum()),
-                    "truth": _result(nucleation_rate(a, tpl, dose_e_per_A2=dose), j),
+                    "truth": _result(
+                        nucleation_rate(a, tpl, dose_e_per_A2=dose, n_detected=n_true), j
+                    ),
                 }
                 if seed in image_seeds:
-                    n_img, t_an = _image_births(tr, seed)
-                    row["image_births"] = n_img
-                    row["image_analysis_s"] = t_an
-                    row["images"] = _result(nucleation_rate(n_img, tpl, dose_e_per_A2=dose), j)
+                    try:
+                        n_img, n_det, t_an = _image_births(tr, seed)
+                    except Exception as exc:  # the image pipeline is under development
+                        row["image_error"] = repr(exc)
+                    else:
+                        row["image_births"] = n_img
+                        row["image_detected_total"] = float(n_det.sum())
+                        row["truth_detected_total"] = float(n_true.sum())
+                        row["image_analysis_s"] = t_an
+                        row["_img"] = (n_img, n_det, dose)
+                        row["images_assumed_perfect"] = _result(
+                            nucleation_rate(n_img, tpl, dose_e_per_A2=dose, n_detected=n_det), j
+                        )
                 cond["runs"].append(row)
                 print(
                     f"{edge:5.0f} Å {temp:3.0f} K {phi:6.0f} ×{sc:<5} seed {seed}: births "
@@ -167,13 +197,62 @@ def run(conditions, scales, seeds, image_seeds) -> dict:
                     f" covers {row['truth']['covers']}",
                     flush=True,
                 )
+        _calibrated_images(cond, tpl, image_seeds)
         out.append(cond)
     return {"conditions": out, "summary": _summary(out)}
 
 
+def _calibrated_images(cond: dict, tpl, image_seeds) -> None:
+    """Images with a measured count efficiency: tracked / detectable births of the first
+    image seed over all acceptance scales (the law is unknown) applied to the others."""
+    runs = [r for r in cond["runs"] if "_img" in r]
+    cal = [r["image_births"] / r["detectable_births"] for r in runs if r["seed"] == image_seeds[0]]
+    cal = [e for e in cal if np.isfinite(e) and e > 0]
+    if cal:
+        cond["count_efficiency_calibration"] = [min(cal), max(cal)]
+    for r in runs:
+        n_img, n_det, dose = r.pop("_img")
+        if r["seed"] != image_seeds[0] and cal:
+            res = nucleation_rate(
+                n_img,
+                tpl,
+                dose_e_per_A2=dose,
+                n_detected=n_det,
+                count_efficiency=(min(cal), max(cal)),
+            )
+            r["images"] = _result(res, r["J_true"])
+
+
+def _regimes(conds) -> list[dict]:
+    """Per condition and truth acceptance scale: realised survival, identifiability and
+    recovery at the truth level, local template elasticity (critical nucleus 2 and 4)."""
+    out = []
+    for c in conds:
+        for sc in sorted({r["scale"] for r in c["runs"]}, reverse=True):
+            rr = [r for r in c["runs"] if r["scale"] == sc]
+            t = [r["truth"] for r in rr]
+            out.append(
+                {
+                    "edge_A": c["edge_A"],
+                    "temperature_K": c["temperature_K"],
+                    "dose_rate": c["dose_rate"],
+                    "scale": sc,
+                    "births_mean": float(np.mean([r["births"] for r in rr])),
+                    "survival_realised": float(
+                        np.mean([r["detectable_births"] / max(r["births"], 1) for r in rr])
+                    ),
+                    "identifiable": f"{sum(x['identifiable'] for x in t)}/{len(t)}",
+                    "ratio_range": [min(x["ratio"] for x in t), max(x["ratio"] for x in t)],
+                    "covers": f"{sum(x['covers'] for x in t)}/{len(t)}",
+                    "elasticity_local": float(np.nanmean([x["elasticity_local"] for x in t])),
+                }
+            )
+    return out
+
+
 def _summary(conds) -> dict:
-    s = {}
-    for level in ("truth", "images"):
+    s = {"regimes": _regimes(conds)}
+    for level in ("truth", "images", "images_assumed_perfect"):
         rows = [r[level] for c in conds for r in c["runs"] if level in r]
         ident = [r for r in rows if r["identifiable"]]
         s[level] = {
@@ -181,6 +260,7 @@ def _summary(conds) -> dict:
             "identifiable": len(ident),
             "identifiable_within_10pct": sum(abs(r["ratio"] - 1) <= 0.1 for r in ident),
             "identifiable_covers": sum(r["covers"] for r in ident),
+            "identifiable_wrong_gt_10pct": sum(abs(r["ratio"] - 1) > 0.1 for r in ident),
             "all_covers": sum(r["covers"] for r in rows),
             "not_identifiable_within_10pct": sum(
                 abs(r["ratio"] - 1) <= 0.1 for r in rows if not r["identifiable"]
