@@ -16,10 +16,12 @@ counters settle on counts shifted by one (the library is nearly self-similar).
 slabs of ``n`` = 1 … ``max_atoms`` cells with the package's image model
 (:func:`perovstem.simulate.haadf_image`, probe with Moffat tail), at the pixel size, beam
 energy and dose per frame of the data, normalises them like the data
-(:func:`perovstem.atoms.normalize_image`), fits them with the same
-:func:`~perovstem.atoms.fit_columns` call as the analysis and tabulates the mean fitted
-cross-section per column type (averaged over the columns of the slab and over noise
-realisations).  The probe is the default probe of the beam energy unless given — it is not
+(:func:`perovstem.atoms.normalize_image`), fits them as the analysis fits its frames
+(widths per type measured once, robustly, then held) and tabulates the mean fitted
+cross-section per column type.  The slabs are CsBr-terminated like the simulator's
+nanocrystals (a Pb–Br column of n Pb holds n + 1 Br, a Cs column n + 1 Cs), about as wide as
+the data's crystal and imaged in the data's field of view (the fitted background, and so
+the cross-sections, depend on the vacuum around the crystal).  The probe is the default probe of the beam energy unless given — it is not
 read from the data, so evaluating on images made with another probe is a fair test.
 """
 
@@ -114,6 +116,7 @@ def fitted_scs_library(
     shape: tuple[int, int] | None = None,
     n_realizations: int = 4,
     reference_thickness: int = 8,
+    width_dose_e_per_A2: float | None = None,
     width: str = "series",
     fit_positions: bool = False,
     max_iter: int = 30,
@@ -122,14 +125,15 @@ def fitted_scs_library(
     """SCS library of the Gaussian column fit, one table per CsPbBr₃ [001] column type.
 
     For every thickness a slab of :func:`slab_atoms` is imaged with
-    :func:`perovstem.simulate.haadf_image` (10 Å vacuum margin; Poisson noise at
-    ``dose_e_per_A2``), normalised with :func:`perovstem.atoms.normalize_image` and fitted at
-    its column sites with ``fit_columns(image, sites, max_iter=max_iter, joint=False,
-    fit_positions=fit_positions)`` — the per-frame call of
-    :func:`perovstem.insitu.analyze_series` (``columns=True``): Gaussian columns, one width
-    per type, constant background, no probe-tail model.  The library value of ``n`` atoms is
-    the mean fitted ``scs`` over the columns of that type and the noise realisations in the
-    slab whose columns of that type hold ``n`` atoms (the counting units of
+    :func:`perovstem.simulate.haadf_image` (in a ``shape`` field of view), normalised with
+    :func:`perovstem.atoms.normalize_image` and fitted at its column sites as
+    :func:`perovstem.insitu.analyze_series` (``columns=True``) fits a frame: Gaussian
+    columns, constant background, no probe-tail model; with ``width="series"`` the widths
+    are first measured once per type (:func:`type_widths` on a ``reference_thickness``
+    slab with Poisson noise at ``width_dose_e_per_A2``, averaged over ``n_realizations``)
+    and then held, with ``"frame"`` re-fitted in every image.  The library value of ``n``
+    atoms is the mean fitted ``scs`` over the columns of a type in the slab whose columns
+    of that type hold ``n`` atoms (the counting units of
     :func:`perovstem.simulate.scs_library`: Pb–Br columns by their Pb); 0 atoms has SCS 0.
 
     Parameters
@@ -165,6 +169,10 @@ def fitted_scs_library(
     reference_thickness : int
         Slab thickness (cells) on which the widths are estimated for ``width="series"``
         (the first frame of a series shows the whole crystal).
+    width_dose_e_per_A2 : float, optional
+        Dose of the image on which the widths are measured (``width="series"``), e⁻/Å²;
+        default ``dose_e_per_A2``.  :func:`~perovstem.insitu.analyze_series` measures them
+        on the sum of its first frames.
     width : {"series", "frame"}
         How the analysis treats the Gaussian width ρ of each type.  ``"series"``: ρ fitted
         once (positions fixed at the sites, one ρ per type) on a slab of
@@ -182,8 +190,9 @@ def fitted_scs_library(
     -------
     dict of DataFrame
         ``{type: DataFrame[n_atoms, scs_A2, scs_sd_A2]}`` for ``"PbBr"``, ``"Br"``, ``"Cs"``
-        with ``n_atoms`` = 0 … ``max_atoms``; ``scs_sd_A2`` is the standard deviation of one
-        column's fitted SCS (0 for 0 atoms).  ``attrs`` hold the conditions and
+        with ``n_atoms`` = 0 … ``max_atoms``; ``scs_sd_A2`` is the spread of the fitted SCS
+        over the slab's columns (edge against inner columns; and noise where noisy images
+        are fitted), 0 for 0 atoms.  ``attrs`` hold the conditions and
         ``source = "fitted"``.  Fresh copies: callers may modify them.
 
     Raises
@@ -217,6 +226,9 @@ def fitted_scs_library(
         None if shape is None else (int(shape[0]), int(shape[1])),
         int(n_realizations) if dose is not None else 1,
         int(reference_thickness),
+        None
+        if width_dose_e_per_A2 is None or dose is None
+        else float(f"{check_positive('width_dose_e_per_A2', width_dose_e_per_A2):.3g}"),
         width,
         bool(fit_positions),
         int(max_iter),
@@ -244,6 +256,7 @@ def _cached_library(
     shape: tuple[int, int] | None,
     n_real: int,
     ref_thickness: int,
+    width_dose: float | None,
     width: str,
     fit_positions: bool,
     max_iter: int,
@@ -272,12 +285,13 @@ def _cached_library(
 
     fit_kw: dict[str, Any] = {"fit_positions": fit_positions, "max_iter": max_iter}
     rho: dict[str, float] = {}
-    if width == "series":  # ρ per type as the analysis takes it from its first frame
+    if width == "series":  # ρ per type as the analysis takes it from its first frames
         atoms = slab_atoms(
             n_cells, min(max_atoms, ref_thickness), lattice_A=lattice_A, termination=termination
         )
+        wd = dose if width_dose is None else width_dose
         runs = [
-            _slab_image(atoms, lattice_A, dose, imaging, gen)
+            _slab_image(atoms, lattice_A, wd, imaging, gen)
             for _ in range(n_real if dose is not None else 1)
         ]
         per_run = [type_widths(img, sites, max_iter=max_iter) for img, sites in runs]
@@ -304,6 +318,7 @@ def _cached_library(
         "n_cells": n_cells,
         "n_realizations": n_real,
         "width": width,
+        "width_dose_e_per_A2": width_dose,
         "rho_A": rho,
         "fit_positions": fit_positions,
         "max_iter": max_iter,

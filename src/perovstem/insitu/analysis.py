@@ -167,9 +167,10 @@ def analyze_series(
         processed in blocks of ``2·n_workers`` so memory stays independent of the length.
     columns : bool
         Also count the atoms of every atomic column through the series: columns are found
-        on the first usable registered frame (CsPbBr₃ [001] cell: lattice sites), one
-        Gaussian width per column type is measured there at the sites
-        (:func:`perovstem.atoms.fitted_library.type_widths`: median of per-column widths);
+        on the first usable registered frames (their sum up to ``width_dose``; CsPbBr₃
+        [001] cell: lattice sites), one Gaussian width per column type is measured there at
+        the sites (:func:`perovstem.atoms.fitted_library.type_widths`: median of per-column
+        widths);
         every registered frame is then fitted with widths and positions held (heights and
         background free; :func:`perovstem.atoms.fit_columns` on the normalised frame), and
         the cross-sections are counted per column type by a hidden Markov model
@@ -191,7 +192,10 @@ def analyze_series(
         ``tail_fraction``, ``dose_e_per_A2``, ``voltage_kV``, ``termination``, ``n_cells``,
         ``n_realizations``, ``reference_thickness``, ``rng``), ``fit_scale`` (fit the HMM's emission scale; default
         False with the fitted library, True otherwise), ``width`` (``"series"``: widths
-        from the first frame, held; ``"frame"``: re-fitted in every frame), ``refine``
+        from the first frames, held; ``"frame"``: re-fitted in every frame), ``width_dose``
+        (4·10³ e⁻/Å²: the first usable frames are summed until their dose reaches this —
+        at least one, at most 8 — to find the columns and measure the widths with less
+        noise; the library measures its widths at the same dose), ``refine``
         (``"first"``: positions refined on the first frame, then held — for crystals whose
         columns are off the fitted lattice; ``"frame"``: in every frame; ``"none"``,
         default: the finder's lattice sites — refining on one noisy frame biases that
@@ -268,6 +272,9 @@ def analyze_series(
             "use assign_dose first"
         )
     col_pos: pd.DataFrame | None = None
+    if columns:
+        ref = _reference_image(frames_src, shifts, register, dose, px, col_opts["width_dose"])
+        col_pos = _find_column_positions(ref, gain, offset, col_opts, lattice_A)
     col_scs: dict[int, np.ndarray] = {}
 
     def process(k: int, fr: np.ndarray) -> tuple[pd.DataFrame | None, dict[str, Any]]:
@@ -318,13 +325,6 @@ def analyze_series(
                     angle = ang if strength >= 20 else 0.0
                 except DataError:
                     angle = 0.0
-            if columns and col_pos is None and not frame_quality(fr):
-                f0 = np.asarray(fr, float)
-                if register and np.any(shifts[k] != 0):
-                    f0 = shift_frame(f0, -shifts[k])
-                col_pos = _find_column_positions(
-                    Image(f0, px, dose_e_per_A2=float(dose[k])), gain, offset, col_opts, lattice_A
-                )
             block.append((k, fr))
             if len(block) >= 2 * max(1, int(n_workers)):
                 flush(pool)
@@ -458,9 +458,11 @@ _COLUMN_DEFAULTS: dict[str, Any] = {
     "fit_scale": None,
     "refine": "none",
     "width": "series",
+    "width_dose": 4e3,
     "positions": None,
 }
 _LIBRARY_OPTIONS = {
+    "width_dose_e_per_A2",
     "reference_thickness",
     "termination",
     "dose_e_per_A2",
@@ -489,6 +491,10 @@ def _column_options(opts: dict[str, Any] | None) -> dict[str, Any]:
             raise ParameterError(
                 f"`column_options[{key!r}]` must be one of {list(allowed)}, got {o[key]!r}"
             )
+    if not (isinstance(o["width_dose"], (int, float)) and o["width_dose"] >= 0):
+        raise ParameterError(
+            f"`column_options['width_dose']` must be a dose >= 0 e⁻/Å², got {o['width_dose']!r}"
+        )
     lib = o["library"]
     if lib is None:
         o["library"] = "fitted"
@@ -557,6 +563,7 @@ def _column_library(
     n_b = int((pos["type"] == "PbBr").sum())
     lo.setdefault("n_cells", int(np.clip(np.rint(np.sqrt(n_b)), 3, 12)) if n_b else 8)
     lo["width"] = opts["width"]
+    lo.setdefault("width_dose_e_per_A2", pos.attrs.get("width_dose_e_per_A2"))
     lo["fit_positions"] = opts["refine"] == "frame"
     lo.setdefault("voltage_kV", float(series.metadata.get("voltage_kV", 300.0)))
     lo.setdefault("dose_e_per_A2", float(np.median(np.asarray(series.dose_e_per_A2)[frames])))
@@ -583,10 +590,42 @@ def _normalized(img: Image, gain: Any, offset: Any) -> Image:
     )
 
 
+def _reference_image(
+    frames: Any, shifts: np.ndarray, register: bool, dose: np.ndarray, px: float, target: float
+) -> Image:
+    """Sum of the first usable registered frames until their dose reaches ``target``.
+
+    At least one frame, at most 8 (the crystal changes).  ``metadata['n_frames']`` holds
+    the number of frames summed (the offset to remove is that many times the frame offset).
+    """
+    total = None
+    d = 0.0
+    m = 0
+    for k, fr in iter_frames(frames):
+        if frame_quality(fr):
+            continue
+        f = np.asarray(fr, float)
+        if register and np.any(shifts[k] != 0):
+            f = shift_frame(f, -shifts[k])
+        total = f if total is None else total + f
+        d += float(dose[k])
+        m += 1
+        if d >= 0.99 * target or m >= 8:
+            break
+    if total is None:
+        raise DataError("every frame of the series is unusable: no columns to count")
+    return Image(total, px, dose_e_per_A2=d, metadata={"n_frames": m})
+
+
 def _find_column_positions(
     img: Image, gain: Any, offset: Any, opts: dict[str, Any], lattice_A: float
 ) -> pd.DataFrame:
-    """Column positions (``x_A, y_A, type``) on the first usable registered frame."""
+    """Column positions (``x_A, y_A, type``) and widths on the reference image.
+
+    ``img`` is the sum of the first usable registered frames (:func:`_reference_image`);
+    ``attrs`` get ``rho_A`` (widths per type, or None) and ``width_dose_e_per_A2``.
+    """
+    offset = (offset or 0.0) * img.metadata.get("n_frames", 1)
     if opts["positions"] is not None:
         pos = pd.DataFrame(opts["positions"])
         if not {"x_A", "y_A", "type"} <= set(pos.columns):
@@ -600,6 +639,7 @@ def _find_column_positions(
         raise DataError(f"no atomic column of the types {opts['types']} found in the first frame")
     pos = pos.reset_index(drop=True)
     if opts["width"] == "frame" and opts["refine"] != "first":
+        pos.attrs["rho_A"] = None
         return pos
     from perovstem.atoms import fit_columns
 
@@ -615,6 +655,7 @@ def _find_column_positions(
         fit = fit_columns(norm, pos, **wkw, **kw)
         pos = pos.assign(x_A=fit["x_A"].to_numpy(), y_A=fit["y_A"].to_numpy())
     pos.attrs["rho_A"] = rho
+    pos.attrs["width_dose_e_per_A2"] = img.dose_e_per_A2
     return pos
 
 
