@@ -534,6 +534,7 @@ _SIZE_PRIOR_W = 2.0  # birth / end cost per detection limit of size above it
 _LONG_HOP_L = 5.0  # rms of the long-hop component, in units of max_step_A
 _REDETECT = True  # reject merges whose merged-away parent is re-detected
 _REDETECT_N = 2.0  # ... as a new detection of at least this many detection limits
+_REDETECT_E = 0.2  # ... or nearer to it than the product, sizes known within this error
 
 
 def _disp_nll(d2: np.ndarray, s2: np.ndarray, L2: float, w: float | None = None) -> np.ndarray:
@@ -814,7 +815,7 @@ def _track_global(
                         lr = np.log((size[j] + 1) / (size[r] + 1))
                         e = float(np.hypot(rel[j], rel[r]))
                         big = size[j] >= _REDETECT_N * n_lim
-                        closer = size[j] >= n_lim and dd < d_prod
+                        closer = size[j] >= n_lim and dd < d_prod and e <= _REDETECT_E
                         if dd <= np.sqrt(L2) and abs(lr) <= 2 * e and (big or closer):
                             hyp_cost_a[h] = np.inf
                             redo = True
