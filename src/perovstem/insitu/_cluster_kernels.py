@@ -29,64 +29,67 @@ def _pick(a, b, is_max):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _vhgw_line(buf, size, is_max, g, r, out, n):  # pragma: no cover - compiled
-    """``out[k] = min (max) of buf[k : k + size]`` for ``k < n`` (van Herk / Gil–Werman:
-    forward and backward running extrema within blocks of ``size``; ``buf`` holds whole
-    blocks)."""
-    for s in range(0, buf.size, size):
-        acc = buf[s]
-        g[s] = acc
+def _vhgw_lanes(buf, size, is_max, g, r, out, n):  # pragma: no cover - compiled
+    """``out[k, t] = min (max) of buf[k : k + size, t]`` for ``k < n`` and every lane
+    ``t`` (van Herk / Gil–Werman: forward and backward running extrema within blocks of
+    ``size`` rows; ``buf`` holds whole blocks).  The lanes are contiguous, so the inner
+    loops vectorise."""
+    ln, nl = buf.shape
+    for s in range(0, ln, size):
+        for t in range(nl):
+            g[s, t] = buf[s, t]
         for k in range(s + 1, s + size):
-            acc = _pick(buf[k], acc, is_max)
-            g[k] = acc
+            for t in range(nl):
+                g[k, t] = _pick(buf[k, t], g[k - 1, t], is_max)
         e = s + size - 1
-        acc = buf[e]
-        r[e] = acc
+        for t in range(nl):
+            r[e, t] = buf[e, t]
         for k in range(e - 1, s - 1, -1):
-            acc = _pick(buf[k], acc, is_max)
-            r[k] = acc
+            for t in range(nl):
+                r[k, t] = _pick(buf[k, t], r[k + 1, t], is_max)
     for k in range(n):
-        out[k] = _pick(r[k], g[k + size - 1], is_max)
-
-
-# columns are filtered in tiles of this many (copied into contiguous line buffers, so
-# the strided reads of one column share their cache lines with the next ones)
-_COL_TILE = 16
+        for t in range(nl):
+            out[k, t] = _pick(r[k, t], g[k + size - 1, t], is_max)
 
 
 @njit(cache=True, nogil=True)
 def _running_extremum(x, size, cval, is_max, axis):  # pragma: no cover - compiled
     """Running min (max) over ``size`` (odd) pixels along ``axis`` (0 or 1), centred,
     outside the image = ``cval``: :func:`scipy.ndimage.minimum_filter1d` /
-    ``maximum_filter1d`` with ``mode="constant"``, bit for bit."""
+    ``maximum_filter1d`` with ``mode="constant"``, bit for bit.
+
+    Along axis 0 every column is a lane of one padded copy (vectorised across the row);
+    along axis 1 tiles of :data:`_ROW_LANES` rows are copied transposed into a small
+    padded buffer whose lanes are those rows."""
     mm, nn = x.shape
-    n_lines, n_len = (mm, nn) if axis == 1 else (nn, mm)
+    n_len = mm if axis == 0 else nn
     h = size // 2
     ln = ((n_len + 2 * h + size - 1) // size) * size
-    tile = 1 if axis == 1 else _COL_TILE
-    buf = np.empty((tile, ln))
-    res = np.empty((tile, n_len))
-    g = np.empty(ln)
-    r = np.empty(ln)
     out = np.empty((mm, nn))
-    for j0 in range(0, n_lines, tile):
-        nt = min(tile, n_lines - j0)
-        buf[:nt] = cval
-        if axis == 1:
-            buf[0, h : h + n_len] = x[j0]
-        else:
-            for k in range(n_len):
-                for t in range(nt):
-                    buf[t, h + k] = x[k, j0 + t]
+    if axis == 0:
+        src = np.full((ln, nn), cval)
+        src[h : h + mm] = x
+        _vhgw_lanes(src, size, is_max, np.empty((ln, nn)), np.empty((ln, nn)), out, mm)
+        return out
+    lanes = _ROW_LANES
+    buf = np.full((ln, lanes), cval)
+    g = np.empty((ln, lanes))
+    r = np.empty((ln, lanes))
+    res = np.empty((nn, lanes))
+    for i0 in range(0, mm, lanes):
+        nt = min(lanes, mm - i0)
         for t in range(nt):
-            _vhgw_line(buf[t], size, is_max, g, r, res[t], n_len)
-        if axis == 1:
-            out[j0] = res[0]
-        else:
-            for k in range(n_len):
-                for t in range(nt):
-                    out[k, j0 + t] = res[t, k]
+            for k in range(nn):
+                buf[h + k, t] = x[i0 + t, k]
+        _vhgw_lanes(buf, size, is_max, g, r, res, nn)
+        for t in range(nt):
+            for k in range(nn):
+                out[i0 + t, k] = res[k, t]
     return out
+
+
+# rows are filtered in tiles of this many (the lanes of a transposed copy)
+_ROW_LANES = 32
 
 
 @njit(cache=True, nogil=True)

@@ -132,16 +132,16 @@ def host_model(
         return none
     q, _ = _interstitial_mean(raw[win], a_px, angle_deg, 0.25 * a_px)
     # per-segment ratio: ~kappa_h for host, ~1 for incommensurate Pb
-    lab = seg.ravel()
-    sq = np.bincount(lab, weights=q.ravel(), minlength=k + 1)[1:]
-    sm = np.bincount(lab, weights=m_w.ravel(), minlength=k + 1)[1:]
+    inner = (slice(r0 - w0, r1 - w0), slice(c0 - v0, c1 - v0))
+    lab = regions.ravel()
+    sq = np.bincount(lab, weights=q[inner].ravel(), minlength=k + 1)[1:]
+    sm = np.bincount(lab, weights=m_w[inner].ravel(), minlength=k + 1)[1:]
     seg_kappa = np.where(sm > 0, sq / np.where(sm > 0, sm, 1.0), np.nan)
     # host reference: crystal pixels at least half a cell away from every Pb-like
     # segment (ΣQ/ΣM >= KAPPA_MAX; the cell average spreads a cluster by half a cell).
     # Segments of host patches stay in: on a damaged crystal they cover most of it.
     pb_like = np.r_[False, seg_kappa >= KAPPA_MAX]
-    near = ndimage.binary_dilation(pb_like[seg], iterations=max(1, int(np.ceil(a_px / 2))))
-    host = crys & ~near
+    host = crys & ~_grow(pb_like[seg], int(np.ceil(a_px / 2))) if pb_like.any() else crys
     kappa_h = np.nan
     if host.sum() > 4 * a_px**2:
         kappa_h = float(np.median(q[host] / np.maximum(m_w[host], 1e-30)))
@@ -160,6 +160,13 @@ def host_model(
         return HostModel(kappa_h, "no_host", win, None, seg_kappa, small)
     d = (q - kappa_h * m_w) / (1.0 - kappa_h)
     return HostModel(kappa_h, "lattice", win, d, seg_kappa, small)
+
+
+def _grow(mask: np.ndarray, r: int) -> np.ndarray:
+    """Dilation of a boolean mask by a (2r + 1)² square (two running maxima)."""
+    u = mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8)
+    u = ndimage.maximum_filter1d(u, 2 * r + 1, axis=0, mode="constant")
+    return ndimage.maximum_filter1d(u, 2 * r + 1, axis=1, mode="constant") > 0
 
 
 def _small_host_segments(
@@ -196,7 +203,6 @@ def _small_host_segments(
     small[edge] = False
     if not small.any():
         return out
-    near = ndimage.binary_dilation(small[lab], iterations=max(1, reach))
-    hit = np.unique(seg[near])
+    hit = np.unique(seg[_grow(small[lab], max(1, reach))])
     out[hit[hit > 0] - 1] = True
     return out

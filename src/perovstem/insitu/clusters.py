@@ -397,7 +397,8 @@ def _aperture_counts(
     aperture_A: float,
     floor: float,
     cell_px: float,
-    annulus: bool = True,
+    e_alt: np.ndarray | None = None,
+    alt: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Aperture photometry of the clusters: excess in a disc of radius R + ``aperture_A``
     (R the cluster radius from its first count, or from its segment area without a dose),
@@ -405,7 +406,8 @@ def _aperture_counts(
 
     The segment of the hysteresis threshold follows any residual of the background (a
     crystal facet next to the cluster); the disc does not.  The disc and the ring are cut
-    to the pixels closer to this cluster's segment than to any other one.
+    to the pixels closer to this cluster's segment than to any other one.  Clusters with
+    ``alt`` True are measured on the map ``e_alt`` instead of ``e`` (same partition).
     """
     from skimage.segmentation import expand_labels
 
@@ -437,12 +439,12 @@ def _aperture_counts(
         own = part[i0:i1, j0:j1] == i + 1
         ap = own & (d <= r_ap[i])
         ring = own & (d > r_ap[i]) & (d <= r_ap[i] + ring_A) & (full[i0:i1, j0:j1] == 0)
-        ew = e[i0:i1, j0:j1]
+        ew = (e_alt if alt is not None and alt[i] else e)[i0:i1, j0:j1]
         n_ap = int(ap.sum())
         if n_ap == 0:
             continue
         bgl, bgl_err = 0.0, 0.0
-        if annulus and ring.sum() >= 10:
+        if ring.sum() >= 10:
             v = ew[ring]
             bgl = float(np.median(v))
             # the cell-averaged map is correlated over one cell: independent samples
@@ -671,7 +673,7 @@ def detect_clusters(
             from perovstem.insitu._host import host_model
 
             # everything of the test is needed around the segments only: a window with
-            # one element length of context plus the aperture and its annulus
+            # one element length of context (> the aperture and its annulus, ``reach``)
             reach = 0 if aperture_A is None else int(np.ceil((aperture_A + 3.0) / px)) + 1
             hm = host_model(
                 a - off,
@@ -679,7 +681,7 @@ def detect_clusters(
                 regions,
                 box,
                 k=k,
-                margin=side + reach,
+                margin=max(side, reach),
                 reach=reach,
                 side=side,
                 tilt_deg=tilt,
@@ -717,7 +719,7 @@ def detect_clusters(
                     host_excess = np.where(use_d, tot - tot_d, 0.0)
                     tot = np.where(use_d, tot_d, tot)
                     err = np.where(use_d, err_d, err)
-                    # the aperture photometry of these clusters runs on D itself
+                    # clusters with a large host excess are measured on D itself
                     d_full = np.zeros_like(m)
                     d_full[win] = hm.d
         keep = (npx > 0) & (zpk >= hi) & (tot >= threshold_sigma * err)
@@ -732,35 +734,30 @@ def detect_clusters(
             # on the host-free map D itself (annulus median removing the local level of
             # D).  On 4 KMC series (not the evaluation ones) the segment sum of D left
             # 24 % of these within 15 % (median +57 %).
-            on_d = host_frac >= HOST_D_FRACTION
-            maps = [(e, keep & ~on_d, 1.0)]
-            if d_full is not None and (keep & on_d).any():
-                maps.append((d_full, keep & on_d, d_err_scale))
-            for emap, which, escale in maps:
-                if not which.any():
-                    continue
-                tot_ap, err_ap = _aperture_counts(
-                    emap,
-                    regions,
-                    box,
-                    cx,
-                    cy,
-                    tot,
-                    npx,
-                    which,
-                    a - off,
-                    px=px,
-                    g=g,
-                    dose=dose,
-                    library=lib0,
-                    aperture_A=float(aperture_A),
-                    floor=sig_floor * a_px,
-                    cell_px=a_px**2,
-                )
-                good = which & np.isfinite(tot_ap)
-                hx = 0.0 if emap is d_full else host_excess
-                tot = np.where(good, tot_ap - hx, tot)
-                err = np.where(good, err_ap * np.where(host_frac > 0, d_err_scale, escale), err)
+            on_d = (host_frac >= HOST_D_FRACTION) & (d_full is not None)
+            tot_ap, err_ap = _aperture_counts(
+                e,
+                regions,
+                box,
+                cx,
+                cy,
+                tot,
+                npx,
+                keep,
+                a - off,
+                px=px,
+                g=g,
+                dose=dose,
+                library=lib0,
+                aperture_A=float(aperture_A),
+                floor=sig_floor * a_px,
+                cell_px=a_px**2,
+                e_alt=d_full,
+                alt=on_d,
+            )
+            good = keep & np.isfinite(tot_ap)
+            tot = np.where(good, tot_ap - np.where(on_d, 0.0, host_excess), tot)
+            err = np.where(good, err_ap * np.where(host_frac > 0, d_err_scale, 1.0), err)
         for i in np.flatnonzero(keep):
             rows.append((cx[i], cy[i], npx[i], peak[i], tot[i], err[i], host_frac[i], host_ok[i]))
     df = pd.DataFrame(
