@@ -173,3 +173,28 @@ def test_survival_corrected_nucleation_rows():
     dr = s[(s.process == "dose_rate") & (s.observable == "J_per_s")]
     assert len(dr) == 1 and dr.n_points.iloc[0] == 2
     assert dr.selected_model.iloc[0] == "dose_controlled"
+
+
+@pytest.mark.parametrize("thermal", [False, True])
+def test_two_dose_rates_give_alpha_with_interval_and_verdict(thermal):
+    # two dose rates only: AICc is undefined, so α = Δln J/Δln φ with propagated errors
+    # is reported with its interval next to the verdict (dose-controlled α = 1, thermal α = 0)
+    hits = 0
+    for seed in range(4):
+        rng = np.random.default_rng(100 + seed)
+        parts = []
+        for phi in (1e3, 1e4):
+            j = 5e-3 * (1e3 / phi if thermal else 1.0)  # per e⁻/Å²
+            parts.append(_frames(rng, phi, 300.0, j, 3e4, dose=2e3 if not thermal else 2e4))
+        s = mechanism_summary(pd.concat(parts, ignore_index=True))
+        dr = s[(s.process == "dose_rate") & (s.observable == "J_per_s")]
+        assert len(dr) == 1 and dr.n_points.iloc[0] == 2
+        truth = 0.0 if thermal else 1.0
+        lo, a, hi = dr.ci_low.iloc[0], dr.value.iloc[0], dr.ci_high.iloc[0]
+        assert np.isfinite([lo, a, hi]).all() and lo < a < hi
+        assert abs(a - truth) < 0.2
+        hits += lo <= truth <= hi
+        want = "time_controlled" if thermal else "dose_controlled"
+        assert dr.selected_model.iloc[0] == want
+        assert f"alpha = {a:.3g}" in dr.text.iloc[0]
+    assert hits >= 2

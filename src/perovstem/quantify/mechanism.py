@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from perovstem.errors import DataError, PerovstemError
 from perovstem.quantify.kinetics import (
@@ -412,21 +413,54 @@ def _dose_rate_row(
         return None
     a = fits.get("power_law")
     al = (a.params["alpha"], a.ci_low["alpha"], a.ci_high["alpha"]) if a else (np.nan,) * 3
+    model, mech, weight = t.loc[0, "model"], t.loc[0, "mechanism"], float(t.loc[0, "weight"])
+    if a is None and rerr is not None and np.unique(phi).size == 2:
+        # AICc is undefined with two points (every model ties at inf): choose between the two
+        # one-parameter hypotheses by likelihood, unless the α interval allows both
+        al = _two_rate_alpha(phi, rate_per_s, rerr)
+        ok = t[t["model"].isin(["dose_controlled", "time_controlled"]) & t["loglik"].notna()]
+        best = ok.loc[ok["loglik"].idxmax()] if len(ok) else t.loc[0]
+        model, mech, weight = best["model"], best["mechanism"], np.nan
+        if al[1] <= 0.0 <= al[2] and al[1] <= 1.0 <= al[2]:
+            model, mech = "undetermined", "undetermined: the α interval includes 0 and 1"
     return {
         "condition": -1,
         "process": "dose_rate",
         "observable": observable,
-        "selected_model": t.loc[0, "model"],
-        "mechanism": t.loc[0, "mechanism"],
-        "weight": float(t.loc[0, "weight"]),
+        "selected_model": model,
+        "mechanism": mech,
+        "weight": weight,
         "param": "alpha",
         "value": al[0],
         "ci_low": al[1],
         "ci_high": al[2],
         "n_points": len(phi),
-        "text": f"{what} vs dose rate: {t.loc[0, 'mechanism']}; "
+        "text": f"{what} vs dose rate: {mech}; "
         f"alpha = {_fmt(al[0])} [{_fmt(al[1])}, {_fmt(al[2])}]",
     }
+
+
+def _two_rate_alpha(
+    phi: np.ndarray, rate: np.ndarray, err: np.ndarray, level: float = 0.95
+) -> tuple[float, float, float]:
+    """Dose-rate exponent α of ``J_t ∝ φ^α`` from two dose rates with known rate errors.
+
+    With two points the power law passes through both, so α = Δln J / Δln φ and its
+    standard error follows from the rates' relative errors (first-order propagation;
+    several points at one dose rate are first combined by inverse-variance weighting).
+    """
+    lj, s2 = np.log(rate), (err / rate) ** 2
+    u = np.unique(phi)
+    m, v = [], []
+    for f in u:
+        w = 1.0 / s2[phi == f]
+        m.append(float(np.sum(w * lj[phi == f]) / np.sum(w)))
+        v.append(float(1.0 / np.sum(w)))
+    d = float(np.log(u[1] / u[0]))
+    alpha = (m[1] - m[0]) / d
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    se = float(np.sqrt(v[0] + v[1]) / d)
+    return alpha, alpha - z * se, alpha + z * se
 
 
 def _same_t_several_rates(d: pd.DataFrame) -> pd.DataFrame:
