@@ -41,8 +41,9 @@ class HostModel:
         ``"lattice"`` (host-free map available), ``"no_crystal"`` (no crystal plateau near
         the segments: nothing to model), ``"no_host"`` (the bright pixels outside the
         Pb-like segments are incommensurate, ``kappa_h`` ≥ :data:`KAPPA_MAX`: no host
-        lattice left outside the clusters) or ``"no_reference"`` (crystal only within the
-        segments: ``kappa_h`` cannot be measured).
+        lattice left outside the clusters) or ``"no_reference"`` (too few bright pixels
+        away from the Pb-like segments to measure ``kappa_h``: the crystal is gone or
+        covered by clusters).
     window : tuple of slice
         Frame window of the maps below.
     d : ndarray or None

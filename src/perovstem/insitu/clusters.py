@@ -570,7 +570,8 @@ def detect_clusters(
         ``host_empty_site_ratio`` (kappa_h; NaN without a crystal) and ``host_model``:
         ``"lattice"`` (host-free map used), ``"no_crystal"``, ``"no_host"`` (only
         incommensurate material outside the clusters: no host lattice left),
-        ``"no_reference"`` (crystal only within the segments), ``"no_segments"`` or
+        ``"no_reference"`` (too few bright pixels away from the Pb-like segments to
+        measure kappa_h: crystal gone or covered by clusters), ``"no_segments"`` or
         ``"off"`` (``host_test=False``).
     """
     data, px, dose, g, off = _calibration(image, pixel_size_A, dose_e_per_A2, gain, offset)
