@@ -28,26 +28,32 @@ def _pick(a, b, is_max):  # pragma: no cover - compiled
     return a if a < b else b
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _at(src, kk, t, cval):  # pragma: no cover - compiled
+    """``src[kk, t]``, ``cval`` for rows outside ``src``."""
+    return src[kk, t] if 0 <= kk < src.shape[0] else cval
+
+
 @njit(cache=True, nogil=True)
-def _vhgw_lanes(buf, size, is_max, g, r, out, n):  # pragma: no cover - compiled
-    """``out[k, t] = min (max) of buf[k : k + size, t]`` for ``k < n`` and every lane
-    ``t`` (van Herk / Gil–Werman: forward and backward running extrema within blocks of
-    ``size`` rows; ``buf`` holds whole blocks).  The lanes are contiguous, so the inner
-    loops vectorise."""
-    ln, nl = buf.shape
+def _vhgw_lanes(src, size, h, cval, is_max, g, r, out):  # pragma: no cover - compiled
+    """``out[k, t] = min (max) of src[k − h : k − h + size, t]`` (rows outside ``src`` =
+    ``cval``) for every row ``k`` of ``out`` and every lane ``t``: van Herk / Gil–Werman
+    forward and backward running extrema within blocks of ``size`` rows (``g``, ``r``
+    hold whole blocks).  The lanes are contiguous, so the inner loops vectorise."""
+    ln, nl = g.shape
     for s in range(0, ln, size):
         for t in range(nl):
-            g[s, t] = buf[s, t]
+            g[s, t] = _at(src, s - h, t, cval)
         for k in range(s + 1, s + size):
             for t in range(nl):
-                g[k, t] = _pick(buf[k, t], g[k - 1, t], is_max)
+                g[k, t] = _pick(_at(src, k - h, t, cval), g[k - 1, t], is_max)
         e = s + size - 1
         for t in range(nl):
-            r[e, t] = buf[e, t]
+            r[e, t] = _at(src, e - h, t, cval)
         for k in range(e - 1, s - 1, -1):
             for t in range(nl):
-                r[k, t] = _pick(buf[k, t], r[k + 1, t], is_max)
-    for k in range(n):
+                r[k, t] = _pick(_at(src, k - h, t, cval), r[k + 1, t], is_max)
+    for k in range(out.shape[0]):
         for t in range(nl):
             out[k, t] = _pick(r[k, t], g[k + size - 1, t], is_max)
 
@@ -58,21 +64,19 @@ def _running_extremum(x, size, cval, is_max, axis):  # pragma: no cover - compil
     outside the image = ``cval``: :func:`scipy.ndimage.minimum_filter1d` /
     ``maximum_filter1d`` with ``mode="constant"``, bit for bit.
 
-    Along axis 0 every column is a lane of one padded copy (vectorised across the row);
+    Along axis 0 every column of ``x`` is a lane (vectorised across the row, no copy);
     along axis 1 tiles of :data:`_ROW_LANES` rows are copied transposed into a small
-    padded buffer whose lanes are those rows."""
+    buffer whose lanes are those rows."""
     mm, nn = x.shape
     n_len = mm if axis == 0 else nn
     h = size // 2
     ln = ((n_len + 2 * h + size - 1) // size) * size
     out = np.empty((mm, nn))
     if axis == 0:
-        src = np.full((ln, nn), cval)
-        src[h : h + mm] = x
-        _vhgw_lanes(src, size, is_max, np.empty((ln, nn)), np.empty((ln, nn)), out, mm)
+        _vhgw_lanes(x, size, h, cval, is_max, np.empty((ln, nn)), np.empty((ln, nn)), out)
         return out
     lanes = _ROW_LANES
-    buf = np.full((ln, lanes), cval)
+    buf = np.empty((nn, lanes))
     g = np.empty((ln, lanes))
     r = np.empty((ln, lanes))
     res = np.empty((nn, lanes))
@@ -80,8 +84,8 @@ def _running_extremum(x, size, cval, is_max, axis):  # pragma: no cover - compil
         nt = min(lanes, mm - i0)
         for t in range(nt):
             for k in range(nn):
-                buf[h + k, t] = x[i0 + t, k]
-        _vhgw_lanes(buf, size, is_max, g, r, res, nn)
+                buf[k, t] = x[i0 + t, k]
+        _vhgw_lanes(buf, size, h, cval, is_max, g, r, res)
         for t in range(nt):
             for k in range(nn):
                 out[i0 + t, k] = res[k, t]
