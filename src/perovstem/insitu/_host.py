@@ -143,17 +143,21 @@ def host_model(
     # Segments of host patches stay in: on a damaged crystal they cover most of it.
     pb_like = np.r_[False, seg_kappa >= KAPPA_MAX]
     host = crys & ~_grow(pb_like[seg], int(np.ceil(a_px / 2))) if pb_like.any() else crys
+    # the cell-averaged maps are smooth over a cell: a grid of a/4 samples them fully
+    st = max(1, int(a_px // 4))
+    sub = (slice(None, None, st), slice(None, None, st))
     kappa_h = np.nan
     if host.sum() > 4 * a_px**2:
-        kappa_h = float(np.median(q[host] / np.maximum(m_w[host], 1e-30)))
+        hs = host[sub]
+        kappa_h = float(np.median(q[sub][hs] / np.maximum(m_w[sub][hs], 1e-30)))
     small = _small_host_segments(
-        crys & (q < KAPPA_MAX * m_w),
-        seg,
+        (crys & (q < KAPPA_MAX * m_w))[sub],
+        seg[sub],
         k,
-        reach=reach,
-        side=side,
+        reach=reach / st,
+        side=side / st,
         tilt_deg=tilt_deg,
-        min_px=4 * a_px**2,
+        min_px=4 * (a_px / st) ** 2,
     )
     if not np.isfinite(kappa_h):
         return HostModel(kappa_h, "no_reference", win, None, seg_kappa, small)
@@ -175,14 +179,14 @@ def _small_host_segments(
     seg: np.ndarray,
     k: int,
     *,
-    reach: int,
-    side: int,
+    reach: float,
+    side: float,
     tilt_deg: float,
     min_px: float,
 ) -> np.ndarray:
     """Segments within ``reach`` px of a host-crystal component whose extent along one of
     the lattice directions is below ``side`` px (the line opening removes it); components
-    cut by the window edge are not judged."""
+    cut by the window edge are not judged.  Lengths in pixels of the (sub-sampled) maps."""
     lab, n = ndimage.label(host)
     out = np.zeros(k, bool)
     if n == 0:
@@ -204,6 +208,6 @@ def _small_host_segments(
     small[edge] = False
     if not small.any():
         return out
-    hit = np.unique(seg[_grow(small[lab], max(1, reach))])
+    hit = np.unique(seg[_grow(small[lab], max(1, int(np.ceil(reach))))])
     out[hit[hit > 0] - 1] = True
     return out
