@@ -54,6 +54,13 @@ def test_analyze_series_end_to_end(sim_series):
     assert {"process", "selected_model", "value", "ci_low", "ci_high"} <= set(res.summary.columns)
     assert set(res.tables()) == {"frames", "drift", "clusters", "lineage", "events", "summary"}
     assert f["n_Pb0_detected"].iloc[-1] > 0
+    # host-model flags of detect_clusters reach the frames table, counted per frame
+    flagged = ~res.clusters["host_ok"].astype(bool)
+    per_frame = res.clusters[flagged].groupby("frame").size()
+    got = f.set_index("frame")["n_clusters_host_flagged"]
+    np.testing.assert_array_equal(got.reindex(per_frame.index), per_frame)
+    assert (got.drop(per_frame.index) == 0).all()
+    assert (f.loc[~f["skipped"], "host_model"] != "").all()
 
 
 def test_pb0_atoms_on_degrading_crystal(sim_series):

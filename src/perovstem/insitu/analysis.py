@@ -70,7 +70,10 @@ class InsituResult:
     ----------
     frames : per-frame bookkeeping (time, dose, cumulative dose, conditions, drift and its
         ``drift_reliable``/``drift_flag``, crystal area/shrinkage/voids/phase, cluster
-        number/atoms/mean size, births, merges).
+        number/atoms/mean size, births, merges; ``host_model``, the cluster host-model state
+        of the frame, and ``n_clusters_host_flagged``/``n_Pb0_host_flagged``, the clusters
+        and atoms among them whose host background could not be modelled, ``host_ok``
+        False in ``clusters``).
     drift : output of :func:`register_drift`.
     clusters : detections with ``track_id``.
     lineage : one row per track (:func:`track_clusters`).
@@ -288,6 +291,7 @@ def analyze_series(
         opts = {"lattice_A": lattice_A, "lattice_angle_deg": angle, **detect}
         d = detect_clusters(img, gain=gain, offset=offset, frame=k, **opts)
         row: dict[str, Any] = {"frame": k, "skipped": False, "reason": ""}
+        row["host_model"] = str(d.attrs.get("host_model", ""))
         if crystal:
             cmask, voids, _ = segment_nanocrystal(f, pixel_size_A=px, lattice_A=lattice_A)
             solid = cmask & ~voids
@@ -761,6 +765,12 @@ def _frames_table(
     idx = out["frame"]
     out["n_clusters"] = g.size().reindex(idx, fill_value=0).to_numpy()
     out["n_Pb0_detected"] = g["n_atoms"].sum().reindex(idx, fill_value=0).to_numpy()
+    if "host_ok" in tracks:
+        # clusters whose host background the host model cannot support (detect_clusters'
+        # ``host_ok``): counted, but said per frame so totals are read with that caveat
+        bad = tracks[~tracks["host_ok"].astype(bool)].groupby("frame")
+        out["n_clusters_host_flagged"] = bad.size().reindex(idx, fill_value=0).to_numpy()
+        out["n_Pb0_host_flagged"] = bad["n_atoms"].sum().reindex(idx, fill_value=0).to_numpy()
     out["mean_cluster_atoms"] = g["n_atoms"].mean().reindex(idx).to_numpy()
     out["mean_radius_A"] = (
         g["radius_A"].mean().reindex(idx).to_numpy() if "radius_A" in tracks else np.nan
