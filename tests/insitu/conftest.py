@@ -45,3 +45,32 @@ def synth():
         drifting_series = staticmethod(drifting_series)
 
     return _S
+
+
+def _kmc_imaged(
+    edge_A, *, rate, seed, temperature_K=300.0, n_frames=12, crystal_seed=None, **imaging
+):
+    """KMC trajectory of a builder cube and its rendered series: ``(trajectory, series, truth)``.
+
+    ``imaging`` goes to :func:`perovstem.simulate.insitu_series` (pixel size, drift, jitter,
+    probe, ``rng``); the crystal is built with ``crystal_seed`` (default ``seed``).
+    """
+    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
+
+    at = nanocrystal(edge_A=edge_A, rng=seed if crystal_seed is None else crystal_seed)
+    tr = degradation_kmc(
+        at,
+        n_frames=n_frames,
+        frame_time_s=1.0,
+        dose_rate_e_per_A2_s=rate,
+        temperature_K=temperature_K,
+        rng=seed,
+    )
+    s, truth = insitu_series(tr, **imaging)
+    return tr, s, truth
+
+
+@pytest.fixture(scope="session")
+def kmc_imaged():
+    """:func:`_kmc_imaged` for module-scoped fixtures (one KMC + rendering recipe)."""
+    return _kmc_imaged

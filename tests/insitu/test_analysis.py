@@ -5,27 +5,23 @@ import pytest
 
 from perovstem import ParameterError
 
+_IMAGING = {"pixel_size_A": 0.5, "drift_A_per_s": (0.8, -0.5), "jitter_A": 0.3}
+
 
 @pytest.fixture(scope="module")
-def sim_series():
-    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
+def sim_runs(kmc_imaged):
+    """(trajectory, series, truth) of a 4 nm cube at 1.5·10³ e⁻/Å²/s, 300 K and 3·10³, 260 K."""
+    return [
+        kmc_imaged(
+            40.0, rate=phi, temperature_K=temp, seed=seed, crystal_seed=0, rng=seed, **_IMAGING
+        )
+        for phi, temp, seed in ((1.5e3, 300.0, 1), (3e3, 260.0, 2))
+    ]
 
-    out = []
-    at = nanocrystal(edge_A=40.0, rng=0)
-    for phi, temp, seed in ((1.5e3, 300.0, 1), (3e3, 260.0, 2)):
-        tr = degradation_kmc(
-            at,
-            n_frames=12,
-            frame_time_s=1.0,
-            dose_rate_e_per_A2_s=phi,
-            temperature_K=temp,
-            rng=seed,
-        )
-        s, truth = insitu_series(
-            tr, pixel_size_A=0.5, drift_A_per_s=(0.8, -0.5), jitter_A=0.3, rng=seed
-        )
-        out.append((s, truth))
-    return out
+
+@pytest.fixture(scope="module")
+def sim_series(sim_runs):
+    return [(s, truth) for _, s, truth in sim_runs]
 
 
 def test_simulator_drift_within_0p1_px(sim_series):
@@ -96,30 +92,13 @@ def _truth_column_counts(tr, s, truth, cols, k):
 
 
 @pytest.fixture(scope="module")
-def column_runs(sim_series):
+def column_runs(sim_runs, kmc_imaged):
     """analyze_series(columns=True) on the 300 K series and on a second dose rate."""
     from perovstem.insitu import analyze_series
-    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
 
-    tr0 = degradation_kmc(
-        nanocrystal(edge_A=40.0, rng=0),
-        n_frames=12,
-        frame_time_s=1.0,
-        dose_rate_e_per_A2_s=1.5e3,
-        temperature_K=300.0,
-        rng=1,
-    )  # the trajectory of sim_series[0]
-    tr1 = degradation_kmc(
-        nanocrystal(edge_A=40.0, rng=0),
-        n_frames=12,
-        frame_time_s=1.0,
-        dose_rate_e_per_A2_s=5e3,
-        temperature_K=300.0,
-        rng=3,
-    )
-    s1, t1 = insitu_series(tr1, pixel_size_A=0.5, drift_A_per_s=(0.8, -0.5), jitter_A=0.3, rng=3)
+    second = kmc_imaged(40.0, rate=5e3, seed=3, crystal_seed=0, rng=3, **_IMAGING)
     out = []
-    for tr, (s, truth) in ((tr0, sim_series[0]), (tr1, (s1, t1))):
+    for tr, s, truth in (sim_runs[0], second):
         res = analyze_series(s, columns=True, summary=False, phase_check=False, crystal=False)
         c = res.columns
         n0 = _truth_column_counts(tr, s, truth, c, 0)
@@ -199,20 +178,18 @@ D_BR_TRUE = 3e4  # KineticParameters default D_Br_e_per_A2 of the simulator
 
 
 @pytest.fixture(scope="module", params=[(40.0, 5e3, 6, 1), (50.0, 5e3, 6, 3)], ids=str)
-def br_series(request):
+def br_series(request, kmc_imaged):
     """KMC series (two sizes, two seeds; cumulative dose 3·10⁴ e⁻/Å² ≈ D_Br) with drift."""
-    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
-
     edge, rate, nf, seed = request.param
-    tr = degradation_kmc(
-        nanocrystal(edge, rng=seed),
+    tr, s, _ = kmc_imaged(
+        edge,
+        rate=rate,
+        seed=seed,
         n_frames=nf,
-        frame_time_s=1.0,
-        dose_rate_e_per_A2_s=rate,
-        temperature_K=300.0,
-        rng=seed,
+        pixel_size_A=0.5,
+        drift_A_per_s=(0.3, -0.2),
+        rng=seed + 100,
     )
-    s, _ = insitu_series(tr, pixel_size_A=0.5, drift_A_per_s=(0.3, -0.2), rng=seed + 100)
     return s, tr.frame_table, seed
 
 

@@ -16,22 +16,16 @@ from perovstem import ParameterError
 
 
 @pytest.fixture(scope="module")
-def unseen_runs():
+def unseen_runs(kmc_imaged):
     from perovstem.insitu import analyze_series
-    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
 
     out = []
     for rate, probe, seed, n_frames in ((5e3, 0.30, 24, 6), (4e3, 0.37, 25, 5)):
-        tr = degradation_kmc(
-            nanocrystal(30.0, rng=seed),
+        tr, s, truth = kmc_imaged(
+            30.0,
+            rate=rate,
+            seed=seed,
             n_frames=n_frames,
-            frame_time_s=1.0,
-            dose_rate_e_per_A2_s=rate,
-            temperature_K=300.0,
-            rng=seed,
-        )
-        s, truth = insitu_series(
-            tr,
             pixel_size_A=0.5,
             drift_A_per_s=(0.5, 0.3),
             jitter_A=0.3,
