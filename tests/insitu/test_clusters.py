@@ -502,3 +502,75 @@ def test_persistent_clusters():
         persistent_clusters(df, max_distance_A=-1.0)
     with pytest.raises(DataError, match="clusters"):
         persistent_clusters(df.drop(columns="x_A"))
+
+
+def _coverage_rows(edge, phi, temp, seed, n_frames):
+    """(|n - truth| / n_atoms_err, n_atoms_err / n, truth n) of the matched >= 10-atom
+    projected truth objects of one KMC image series (several detections inside an object
+    of overlapping clusters summed, errors in quadrature; objects cut by the edge left out)."""
+    from perovstem._data import Image
+    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
+
+    tr = degradation_kmc(
+        nanocrystal(edge_A=edge, rng=seed),
+        n_frames=n_frames,
+        frame_time_s=1.0,
+        dose_rate_e_per_A2_s=phi,
+        temperature_K=temp,
+        rng=seed,
+    )
+    s, truth = insitu_series(tr, pixel_size_A=0.5, drift_A_per_s=(0.0, 0.0), jitter_A=0.0, rng=seed)
+    data = np.asarray(s.data, float)
+    field = (data.shape[1] - 1) * 0.5
+    tcl = truth["clusters"]
+    out = []
+    for k in range(2, len(data), 2):
+        img = Image(data[k], 0.5, dose_e_per_A2=float(np.asarray(s.dose_e_per_A2)[k]))
+        det = detect_clusters(img, gain=s.metadata["gain"], offset=s.metadata["offset"])
+        tc = _truth_clusters(tcl[tcl["frame"] == k].rename(columns={"n_atoms": "n_Pb0"}))
+        big = tc[tc["n_atoms"] >= 10].reset_index(drop=True)
+        ok = _match(big, det)
+        hit = {j for _, j in ok}
+        parts: dict[int, list[int]] = {i: [j] for i, j in ok}
+        for j in set(range(len(det))) - hit:
+            db = np.hypot(big["x_A"] - det["x_A"].iloc[j], big["y_A"] - det["y_A"].iloc[j])
+            inside_obj = (big["n_clusters"] > 1) & (db < _radius(big["n_atoms"]) + 2.0)
+            i = int(np.argmin(np.where(inside_obj, db, np.inf)))
+            if inside_obj.any() and i in parts:
+                parts[i].append(j)
+        for i, js in parts.items():
+            x, y, n = big.loc[i, ["x_A", "y_A", "n_atoms"]]
+            if min(x, y, field - x, field - y) - _radius(n) <= 3.0:
+                continue
+            nd = det["n_atoms"].iloc[js].sum()
+            err = np.sqrt(np.sum(det["n_atoms_err"].iloc[js] ** 2))
+            out.append((abs(nd - n) / err, err / nd, n))
+    return out
+
+
+def test_n_atoms_err_coverage_on_kmc_series():
+    """n_atoms_err is an honest 1σ: on KMC image series (two temperatures, two dose rates,
+    4-6 nm crystals; seeds used neither for the error model, set on seeds 201-218, nor for
+    its check on 401-418) |n - truth| <= 2 n_atoms_err for ~90-95 % of the matched
+    >= 10-atom clusters, without blanket inflation.  Shot noise alone (the error before)
+    covered 55 % (claimed median 5 %: the host-model, background and counting-model errors
+    were missing)."""
+    rows = []
+    for edge, phi, temp, seed in (
+        (40.0, 6e3, 280.0, 501),
+        (50.0, 1.5e3, 300.0, 502),
+        (60.0, 3e3, 280.0, 503),
+        (50.0, 6e3, 300.0, 504),
+    ):
+        rows += _coverage_rows(edge, phi, temp, seed, n_frames=14)
+    z, rel, n = np.array(rows).T
+    assert len(z) >= 150, len(z)
+    cover = z <= 2.0
+    # measured: 182 clusters, 0.896 covered (0.56 with shot noise only), per truth size
+    # 10-30 / 30-80 / >= 80 atoms 0.94 / 0.85 / 0.90 (0.68 / 0.55 / 0.30); median err/n
+    # 0.154 (0.049); the robust scatter of log(n / truth) on such series is 0.13-0.18
+    assert 0.85 <= cover.mean() <= 0.98, cover.mean()
+    for lo, hi in ((10, 30), (30, 80), (80, np.inf)):
+        sel = (n >= lo) & (n < hi)
+        assert sel.sum() >= 20 and cover[sel].mean() >= 0.8, (lo, sel.sum(), cover[sel].mean())
+    assert np.median(rel) <= 0.25, np.median(rel)
