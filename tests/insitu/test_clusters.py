@@ -367,11 +367,12 @@ def test_label_max_equals_maximum_at():
 
 
 def test_cell_average_matches_unit_cell_average(monkeypatch):
-    """Bit for bit with the padding of unit_cell_average (small frames, or the fast length
-    switched off).  With the padding rounded up to a fast FFT length (large frames) the
-    wrap-around of the filter moves: on this high-contrast lattice (a = 7.3 px, 17°) by
-    < 2e-3 of the mean level (measured 8e-4; ~1e-6 on simulated 1024² in-situ frames)."""
-    from perovstem.insitu import clusters, unit_cell_average
+    """The cell average of detect_clusters equals unit_cell_average bit for bit, with the
+    exact 2-cell padding and with the padding rounded up to a fast FFT length (large
+    frames).  The fast length moves the wrap-around of the filter: on this high-contrast
+    lattice (a = 7.3 px, 17°) by < 2e-3 of the mean level (measured 8e-4; ~1e-6 on
+    simulated 1024² in-situ frames)."""
+    from perovstem.insitu import clusters, lattice, unit_cell_average
 
     rng = np.random.default_rng(5)
 
@@ -383,23 +384,41 @@ def test_cell_average_matches_unit_cell_average(monkeypatch):
         img = rng.poisson(3.0 * (2.0 + 20.0 * np.outer(rows(shape[0]), rows(shape[1]))))
         img = img.astype(float)
         for ang in (0.0, 17.0):
+            monkeypatch.setattr(lattice, "_FAST_FFT_PAD", False)
+            exact = unit_cell_average(img, 7.3, angle_deg=ang)
+            np.testing.assert_array_equal(clusters._cell_average(img, 7.3, ang), exact)
+            monkeypatch.setattr(lattice, "_FAST_FFT_PAD", True)
             ref = unit_cell_average(img, 7.3, angle_deg=ang)
-            monkeypatch.setattr(clusters, "_FAST_FFT_PAD", False)
             np.testing.assert_array_equal(clusters._cell_average(img, 7.3, ang), ref)
-            monkeypatch.setattr(clusters, "_FAST_FFT_PAD", True)
             fast = clusters._cell_average(np.stack([img, 2 * img]), 7.3, ang)
-            if shape[0] < clusters._FAST_FFT_MIN_SIDE:
-                np.testing.assert_array_equal(fast[0], ref)
+            if shape[0] < lattice._FAST_FFT_MIN_SIDE:
+                np.testing.assert_array_equal(ref, exact)
             else:
-                assert 0 < np.abs(fast[0] - ref).max() < 2e-3 * ref.mean()
+                assert 0 < np.abs(ref - exact).max() < 2e-3 * exact.mean()
             np.testing.assert_allclose(fast[1], 2 * fast[0], rtol=1e-12, atol=1e-12 * ref.mean())
+
+
+def test_cell_padding_fast_length():
+    """>= 2 cells of reflect padding on every side, the padded side a fast FFT length on
+    large frames (1024² at 0.2 Å/px: 1152, not 1142 = 2·571), exact 2 cells on small ones."""
+    from scipy import fft as sfft
+
+    from perovstem.insitu import lattice
+
+    for shape, a_px in (((1024, 1024), 29.35), ((1024, 777), 19.57), ((2048, 1500), 11.74)):
+        pads = lattice._cell_padding(shape, a_px)
+        for n, (lo, hi) in zip(shape, pads, strict=True):
+            assert lo >= 2 * a_px and hi >= lo
+            assert n + lo + hi == sfft.next_fast_len(n + 2 * lo, real=True)
+    assert lattice._cell_padding((1024, 1024), 29.35) == ((59, 69), (59, 69))
+    assert lattice._cell_padding((200, 190), 7.3) == ((15, 15), (15, 15))
 
 
 def test_fast_fft_padding_keeps_detections(monkeypatch):
     """detect_clusters on a simulated 1024² frame (0.2 Å, clusters on a 6 nm crystal) with
-    the exact unit_cell_average padding and with the fast FFT length: the same clusters,
-    counts within 1e-4 relative (measured < 1e-5)."""
-    from perovstem.insitu import clusters
+    the exact 2-cell padding and with the fast FFT length: the same clusters, counts within
+    1e-4 relative (measured < 1e-5)."""
+    from perovstem.insitu import lattice
     from perovstem.simulate import add_pb_cluster, nanocrystal
     from perovstem.simulate.haadf import haadf_image
 
@@ -410,9 +429,9 @@ def test_fast_fft_padding_keeps_detections(monkeypatch):
     img, _ = haadf_image(
         at, pixel_size_A=0.2, shape=(1024, 1024), center_A=(0, 0), dose_e_per_A2=2e4, rng=11
     )
-    monkeypatch.setattr(clusters, "_FAST_FFT_PAD", False)
+    monkeypatch.setattr(lattice, "_FAST_FFT_PAD", False)
     ref = detect_clusters(img)
-    monkeypatch.setattr(clusters, "_FAST_FFT_PAD", True)
+    monkeypatch.setattr(lattice, "_FAST_FFT_PAD", True)
     det = detect_clusters(img)
     assert len(det) == len(ref) >= 2
     np.testing.assert_allclose(det[["x_px", "y_px"]], ref[["x_px", "y_px"]], atol=1e-3)

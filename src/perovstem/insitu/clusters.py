@@ -283,58 +283,24 @@ def _finite_median_filter(v: np.ndarray, size: int) -> np.ndarray:
     return np.where(n > 0, med, 0.0)
 
 
-@lru_cache(maxsize=16)
-def _cell_filter(shape: tuple[int, int], a_px: float, angle_deg: float) -> np.ndarray:
-    """Half-plane Fourier filter of the unit-cell average (as in
-    :func:`perovstem.insitu.lattice.unit_cell_average`), cached per frame shape."""
-    from scipy import fft as sfft
-
-    ky = sfft.fftfreq(shape[0])[:, None]
-    kx = sfft.rfftfreq(shape[1])[None, :]
-    t = np.radians(angle_deg)
-    k1 = kx * np.cos(t) + ky * np.sin(t)
-    k2 = -kx * np.sin(t) + ky * np.cos(t)
-    f = np.sinc(k1 * a_px) * np.sinc(k2 * a_px)
-    f.setflags(write=False)
-    return f
-
-
-# round the padded size of the cell-average FFTs up to a fast length when a padded side is
-# at least _FAST_FFT_MIN_SIDE px (see _cell_average); False, or smaller frames, reproduce
-# the padding of unit_cell_average exactly (bit for bit)
-_FAST_FFT_PAD = True
-_FAST_FFT_MIN_SIDE = 512
-
-
 def _cell_average(stack: np.ndarray, a_px: float, angle_deg: float) -> np.ndarray:
     """Unit-cell average of each (M, N) image of ``stack``: the Fourier sinc filter of
-    :func:`perovstem.insitu.lattice.unit_cell_average` (reflect padding of >= 2 cells),
-    for a stack, with the filter cached.
-
-    For sides of >= ``_FAST_FFT_MIN_SIDE`` px the padded size is rounded up to a fast FFT
-    length (``scipy.fft.next_fast_len``; the extra reflected rows and columns go on the far
-    side): a 1024² frame with 2 cells of 29 px on each side is 1142 = 2·571 px wide, whose
-    transform is 4× slower than that of 1152 px.  The padding only moves where the periodic
-    wrap-around of the filter lands: the map changes by ~1e-6 of its mean level and the
-    cluster counts by < 1e-5 relative on simulated 1024² frames (on 192² frames the change
-    reaches 3e-3, so small frames, whose transforms are cheap, keep the exact padding).
-    """
+    :func:`perovstem.insitu.lattice.unit_cell_average` with its padding
+    (:func:`perovstem.insitu.lattice._cell_padding`: >= 2 cells, fast FFT lengths on large
+    frames), for a stack, with the filter cached; equal to it bit for bit."""
     from scipy import fft as sfft
 
-    pad = int(np.ceil(2 * a_px))
+    from perovstem.insitu.lattice import _cell_filter, _cell_padding
+
+    (py, _), (px, _) = pads = _cell_padding(stack.shape[-2:], a_px)
     mm, nn = stack.shape[-2:]
-    ey = ex = 0
-    if _FAST_FFT_PAD and mm + 2 * pad >= _FAST_FFT_MIN_SIDE:
-        ey = sfft.next_fast_len(mm + 2 * pad, real=True) - (mm + 2 * pad)
-    if _FAST_FFT_PAD and nn + 2 * pad >= _FAST_FFT_MIN_SIDE:
-        ex = sfft.next_fast_len(nn + 2 * pad, real=True) - (nn + 2 * pad)
     lead = ((0, 0),) * (stack.ndim - 2)
-    st = np.pad(stack, (*lead, (pad, pad + ey), (pad, pad + ex)), mode="reflect")
+    st = np.pad(stack, (*lead, *pads), mode="reflect")
     mean = st.mean(axis=(-2, -1), keepdims=True)
-    filt = _cell_filter(st.shape[-2:], float(a_px), float(angle_deg))
+    filt = _cell_filter(st.shape[-2:], float(a_px), float(angle_deg), 0.0)
     out = sfft.irfft2(sfft.rfft2(st - mean, workers=2) * filt, s=st.shape[-2:], workers=2)
     out += mean
-    return out[..., pad : pad + mm, pad : pad + nn]
+    return out[..., py : py + mm, px : px + nn]
 
 
 def _interstitial_mean(
