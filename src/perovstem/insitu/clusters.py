@@ -55,8 +55,8 @@ Method
    ≈ 90 % of the matched ≥ 10-atom clusters lie within 2σ of the truth; held-out series
    (401–418, 280/300 K, 1.5e3–6e3 e⁻/Å²/s, 4–6 nm crystals): 0.905, median
    ``n_atoms_err``/``n`` 0.155 (shot noise alone: 0.59 and 0.05; shot noise and a flat
-   15.5 % instead of the background and host terms: 0.883 and 0.162).  Clusters flagged ``host_ok`` False are not covered (0.57; median
-   +17 %).  Truth here is the projected object: clusters whose equal-volume discs overlap
+   15.5 % instead of the background and host terms: 0.883 and 0.162).  Clusters flagged
+   ``host_ok`` False are not covered (0.57; median +17 %).  Truth here is the projected object: clusters whose equal-volume discs overlap
    in projection are one object (the detection cannot separate them and counts their
    sum).  Scored against the single truth cluster a detection is matched to, such blobs
    read as over-counts: at 280 K (smaller, denser clusters) 75–80 % of the detections
