@@ -49,20 +49,20 @@ Method
    level under the aperture (twice the spread of the annulus medians in 8 sectors: a facet,
    a damaged host patch or a neighbour's tail next to the cluster); 13 % of a count that
    used the host-free map (registry of D); and 13 % of ``n`` for the counting model (the
-   compact-cluster library against real shapes, −6…+10 % for an aspect ratio of 2 along
-   the beam, plus neighbours, adatoms and host under the cluster).  The background factor
-   (2) and the counting-model term were set on KMC image series (seeds 201–218) so that
-   ≈ 90 % of the matched ≥ 10-atom clusters lie within 2σ of the truth; held-out series
-   (401–418, 280/300 K, 1.5e3–6e3 e⁻/Å²/s, 4–6 nm crystals): 0.905, median
-   ``n_atoms_err``/``n`` 0.155 (shot noise alone: 0.59 and 0.05; shot noise and a flat
-   15.5 % instead of the background and host terms: 0.883 and 0.162).  Clusters flagged
-   ``host_ok`` False are not covered (0.57; median +17 %).  Truth here is the projected object: clusters whose equal-volume discs overlap
-   in projection are one object (the detection cannot separate them and counts their
-   sum).  Scored against the single truth cluster a detection is matched to, such blobs
-   read as over-counts: at 280 K (smaller, denser clusters) 75–80 % of the detections
-   hold more than one truth cluster within R + 3 Å, and the per-cluster log ratio is
-   +0.43…+0.49 (two series) where the projected-object one is −0.02…0.00 (300 K: +0.10 /
-   +0.01).
+   compact-cluster library against real shapes, −6…+10 % for an aspect ratio of 2 along the
+   beam, plus neighbours, adatoms and host under the cluster). The background factor (2)
+   and the counting-model term were set on KMC image series (seeds 201–218) so that ≈ 90 %
+   of the matched ≥ 10-atom clusters lie within 2σ of the truth; held-out series (401–418,
+   280/300 K, 1.5e3–6e3 e⁻/Å²/s, 4–6 nm crystals): 0.905, median ``n_atoms_err``/``n``
+   0.155 (shot noise alone: 0.59 and 0.05; shot noise and a flat 15.5 % instead of the
+   background and host terms: 0.883 and 0.162). Clusters flagged ``host_ok`` False are not
+   covered (0.57; median +17 %). Truth here is the projected object: clusters whose
+   equal-volume discs overlap in projection are one object (the detection cannot separate
+   them and counts their sum). Scored against the single truth cluster a detection is
+   matched to, such blobs read as over-counts: at 280 K (smaller, denser clusters) 75–80 %
+   of the detections hold more than one truth cluster within R + 3 Å, and the per-cluster
+   log ratio is +0.43…+0.49 (two series) where the projected-object one is −0.02…0.00
+   (300 K: +0.10 / +0.01).
 """
 
 from __future__ import annotations
