@@ -8,6 +8,17 @@ into one cumulative drift per frame by robust weighted least squares (iterativel
 Tukey biweight), which rejects outlier pairs (e.g. a frame with a scan glitch or a jump),
 the multi-reference idea of MotionCor2 (Zheng et al., Nat. Methods 14, 331 (2017)).
 
+In :func:`register_drift` the integer peak comes from the whitened correlation, but the
+sub-pixel peak from the Wiener-weighted plain cross-correlation (the reference's spectrum
+shrunk by ``max(0, 1 - N/P(k))``, :func:`_wiener`): at low counts per pixel the whitened
+peak is dominated by the high-frequency noise of the (running) reference.  The precision
+of every reference-based shift is measured from the frame itself by a checkerboard split of
+its pixels into two independent halves (the one-image split of Koho et al., Nat. Commun.
+10, 3103 (2019)); it weights the rows of the least-squares solve and corrects the
+sub-field rigidity test for shot noise.  A lattice-period jump is detected by comparing
+the lattice registration with the crystal-outline registration (a low-pass that removes
+the strongest lattice reflection).
+
 Memory use is independent of the series length: only ``max_lag`` spectra are held.
 
 Sign convention: ``dy_px, dx_px`` of frame ``k`` is the position of the specimen in frame
@@ -19,7 +30,7 @@ from __future__ import annotations
 
 from collections import deque
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -71,10 +82,96 @@ def _lowpass(shape: tuple[int, int], sigma_px: float) -> np.ndarray:
     return (w * h[None, :]).astype(np.float32)
 
 
-def _spectrum(frame: np.ndarray, alpha: float) -> np.ndarray:
+def _phase_ramp(shape: tuple[int, int], sy: float, sx: float) -> np.ndarray:
+    """``exp(2πi (ky·sy + kx·sx))`` on the half spectrum (separable: two vectors, one outer
+    product), complex64."""
+    ky, kx = _freqs(shape)
+    ey = np.exp(2j * np.pi * ky.astype(np.float64) * sy).astype(np.complex64)
+    ex = np.exp(2j * np.pi * kx.astype(np.float64) * sx).astype(np.complex64)
+    return np.outer(ey, ex)
+
+
+@lru_cache(maxsize=8)
+def _k2(shape: tuple[int, int]) -> np.ndarray:
+    ky, kx = _freqs(shape)
+    return ky[:, None] ** 2 + kx[None, :] ** 2
+
+
+def _spectrum(frame: np.ndarray, alpha: float, *, half: bool = False) -> np.ndarray:
+    """Half spectrum of the windowed, mean-free frame; with ``half`` of its even checkerboard
+    pixels only (``(i + j)`` even), the independent half of a single-image split (the
+    one-image split of Koho et al., Nat. Commun. 10, 3103 (2019))."""
     f = np.asarray(frame, dtype=np.float32)
-    f = f - np.float32(f.mean())
-    return sfft.rfft2(f * _window(f.shape, alpha), workers=_WORKERS)
+    f = (f - np.float32(f.mean())) * _window(f.shape, alpha)
+    if half:
+        f = f * _checker(f.shape)
+    return sfft.rfft2(f, workers=_WORKERS)
+
+
+@lru_cache(maxsize=8)
+def _checker(shape: tuple[int, int]) -> np.ndarray:
+    return ((np.add.outer(np.arange(shape[0]), np.arange(shape[1])) % 2) == 0).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _outer_band(shape: tuple[int, int]) -> np.ndarray:
+    """Mask of the half spectrum beyond 0.4 cycles/px (noise-dominated for sampled images)."""
+    ky, kx = _freqs(shape)
+    return (ky[:, None] ** 2 + kx[None, :] ** 2) > 0.16
+
+
+def _wiener(spec: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Wiener shrinkage ``max(0, 1 - N/P(k))`` of a half spectrum, float32.
+
+    ``P(k)`` is the power ``|F(k)|²`` averaged over 5 × 5 neighbouring frequencies and ``N``
+    the white-noise power, the median power beyond 0.4 cycles/px divided by ln 2 (the median
+    of an exponential distribution).  Multiplying the cross-spectrum by the weight of the
+    reference correlates the moving frame with the Wiener estimate of the noise-free
+    reference, the matched filter of shift estimation under white (e.g. shot) noise
+    (Wiener, *Extrapolation, Interpolation and Smoothing of Stationary Time Series*, 1949;
+    the registration form: Pratt, IEEE Trans. Aerosp. Electron. Syst. 10, 353 (1974)).
+    """
+    p = (spec.real**2 + spec.imag**2).astype(np.float32)
+    band = _outer_band(shape)
+    # (a subsample of the band is enough for the median)
+    noise = float(np.median(p[band][::7])) / np.log(2.0) if band.any() else 0.0
+    ps = ndimage.uniform_filter(p, 5, mode="nearest")
+    return np.clip(1.0 - noise / np.maximum(ps, 1e-30), 0.0, 1.0).astype(np.float32)
+
+
+class _Corr(NamedTuple):
+    """One correlation: shift (px), peak SNR, lattice-period check, split-half precision and
+    the weighting used for the sub-pixel peak ("whitened" or "wiener")."""
+
+    dy: float
+    dx: float
+    snr: float
+    jump_px: float = 0.0
+    sigma_px: float = float("nan")
+    refine: str = "whitened"
+
+
+def _int_peak(c: np.ndarray, max_shift_px: float | None) -> tuple[int, int, float, float]:
+    """Integer peak ``(sy, sx)`` of a circular correlation, its value and SNR."""
+    m, n = c.shape
+    if max_shift_px is not None:
+        iy = np.minimum(np.arange(m), m - np.arange(m))
+        ix = np.minimum(np.arange(n), n - np.arange(n))
+        mask = (iy[:, None] > max_shift_px) | (ix[None, :] > max_shift_px)
+        c = np.where(mask, -np.inf, c)
+    py, px = divmod(int(np.argmax(c)), n)
+    peak = float(c[py, px])
+    sub = c[:: max(1, m // 128), :: max(1, n // 128)]  # background statistics on a subsample
+    sub = sub[np.isfinite(sub)]
+    snr = (peak - float(np.median(sub))) / (float(sub.std()) + 1e-30)
+    return (py - m if py > m // 2 else py), (px - n if px > n // 2 else px), peak, snr
+
+
+def _whiten(r: np.ndarray, p: float) -> np.ndarray:
+    if p <= 0:
+        return r
+    ar = np.abs(r)
+    return r / (ar**p + np.float32(1e-12) * float(ar.max() + 1e-30))
 
 
 def _correlate_spectra(
@@ -86,33 +183,107 @@ def _correlate_spectra(
     sigma_px: float,
     upsample: int,
     max_shift_px: float | None,
-) -> tuple[float, float, float]:
-    """Shift of b relative to a (peak of sum_r a(r) b(r+s)) and the peak SNR."""
-    r = np.conj(fa) * fb
-    if whitening > 0:
-        ar = np.abs(r)
-        r = r / (ar**whitening + np.float32(1e-12) * float(ar.max() + 1e-30))
-    h = (r * _lowpass(shape, sigma_px)).astype(np.complex64)
+    wa: np.ndarray | None = None,
+    fb_half: np.ndarray | None = None,
+    refine: str = "whitened",
+    auto_floor_px: float = 0.0,
+    check_jump: bool = True,
+) -> _Corr:
+    """Shift of b relative to a (peak of sum_r a(r) b(r+s)) and the peak SNR.
+
+    The integer peak and the SNR come from the whitened, low-passed correlation.  With
+    ``wa`` (the :func:`_wiener` weight of ``fa``), ``jump_px`` is the distance between that
+    peak and the integer peak of the Wiener-weighted plain cross-correlation: > 1.5 px means
+    the two weightings prefer different lattice periods (an ambiguous peak).  The sub-pixel
+    peak is refined on the whitened correlation (``refine="whitened"``) or on the
+    Wiener-weighted one (``"wiener"``, far less noisy at low dose).  With ``fb_half`` (the
+    spectrum of one checkerboard half of b's pixels) the two halves are registered
+    separately around the peak; their difference gives the standard error per axis of the
+    shift, ``sigma_px`` (``|s₁ - s₂| / √8``: each half has half the counts); with
+    ``refine="auto"`` both refinements are made and the Wiener one is used when its
+    split-half error is the smaller and the whitened one's exceeds ``auto_floor_px``.
+    """
+    lp = _lowpass(shape, sigma_px)
+    h = (_whiten(np.conj(fa) * fb, whitening) * lp).astype(np.complex64)
     # _lowpass carries the Hermitian weights; remove them for the inverse rfft.
     hw = _lowpass(shape, 0.0)
-    c = sfft.irfft2(h / hw, s=shape, workers=_WORKERS)
-    m, n = shape
-    if max_shift_px is not None:
-        iy = np.minimum(np.arange(m), m - np.arange(m))
-        ix = np.minimum(np.arange(n), n - np.arange(n))
-        mask = (iy[:, None] > max_shift_px) | (ix[None, :] > max_shift_px)
-        c = np.where(mask, -np.inf, c)
-    p = int(np.argmax(c))
-    py, px = divmod(p, n)
-    peak = float(c[py, px])
-    sub = c[:: max(1, m // 128), :: max(1, n // 128)]  # background statistics on a subsample
-    sub = sub[np.isfinite(sub)]
-    snr = (peak - float(np.median(sub))) / (float(sub.std()) + 1e-30)
-    sy = py - m if py > m // 2 else py
-    sx = px - n if px > n // 2 else px
-    if upsample > 1:
-        sy, sx = _upsampled_peak(h, shape, float(sy), float(sx), upsample)
-    return float(sy), float(sx), float(snr)
+    sy, sx, _, snr = _int_peak(sfft.irfft2(h / hw, s=shape, workers=_WORKERS), max_shift_px)
+    if wa is None:
+        if upsample > 1:
+            sy, sx = _upsampled_peak(h, shape, float(sy), float(sx), upsample)
+        return _Corr(float(sy), float(sx), float(snr))
+    g = (np.conj(fa) * wa).astype(np.complex64)
+    hp = g * fb
+    jump = 0.0
+    if check_jump:
+        wy, wx, _, _ = _int_peak(sfft.irfft2(hp, s=shape, workers=_WORKERS), max_shift_px)
+        jump = float(np.hypot(wy - sy, wx - sx))
+    if upsample <= 1:
+        return _Corr(float(sy), float(sx), float(snr), jump)
+    modes = ("whitened", "wiener") if refine == "auto" else (refine,)
+    est: dict[str, tuple[float, float, float]] = {}
+    for mode in modes:
+        if mode == "wiener":
+            full = hp * hw
+            halves = None if fb_half is None else (g * fb_half * hw, g * (fb - fb_half) * hw)
+        else:
+            full = h
+            halves = None
+            if fb_half is not None:
+                halves = tuple(
+                    (_whiten(np.conj(fa) * x, whitening) * lp).astype(np.complex64)
+                    for x in (fb_half, fb - fb_half)
+                )
+        y, x = _upsampled_peak(full, shape, float(sy), float(sx), upsample)
+        sig = float("nan")
+        if halves is not None:
+            a = _upsampled_peak(halves[0], shape, y, x, upsample)
+            b = _upsampled_peak(halves[1], shape, y, x, upsample)
+            sig = float(np.hypot(a[0] - b[0], a[1] - b[1])) / np.sqrt(8.0)
+        est[mode] = (y, x, sig)
+    mode = modes[0]
+    if refine == "auto":
+        sw, sp_ = est["whitened"][2], est["wiener"][2]
+        mode = "wiener" if (sw > auto_floor_px and sp_ < sw) else "whitened"
+    y, x, sig = est[mode]
+    return _Corr(float(y), float(x), float(snr), jump, sig, mode)
+
+
+def _outline_shift(
+    fa: np.ndarray, fb: np.ndarray, shape: tuple[int, int], max_shift_px: float | None
+) -> tuple[float, float, float]:
+    """Integer shift of b relative to a from the low-frequency (crystal outline) content only.
+
+    The strongest lattice reflection of ``fa`` is the maximum of ``|k|² |F(k)|²`` (the
+    ``|k|²`` factor flattens the outline's decay) beyond two cycles per field; the
+    correlation is low-passed with a Gaussian of ``0.7 / |k_L|`` px, which suppresses that
+    lattice period by e⁻¹⁰, so its peak cannot sit one lattice period off.  Returns the
+    shift ``(dy, dx)`` and the lattice period ``1/|k_L|``, px.
+    """
+    ky, kx = _freqs(shape)
+    k2 = _k2(shape)
+    p = (fa.real**2 + fa.imag**2) * k2
+    p[k2 < (2.0 / min(shape)) ** 2] = 0.0
+    period = 1.0 / float(np.sqrt(k2.flat[int(np.argmax(p))]))
+    a = 2.0 * np.pi**2 * (0.7 * period) ** 2
+    lp = np.outer(np.exp(-a * ky**2), np.exp(-a * kx**2)).astype(np.float32)
+    c = sfft.irfft2(np.conj(fa) * fb * lp, s=shape, workers=_WORKERS)
+    oy, ox, _, _ = _int_peak(c, max_shift_px)
+    return float(oy), float(ox), period
+
+
+def _outline_jump(
+    fa: np.ndarray,
+    fb: np.ndarray,
+    shape: tuple[int, int],
+    shift: tuple[float, float],
+    max_shift_px: float | None,
+) -> float:
+    """Distance (px) of ``shift`` from the outline registration when it exceeds half a
+    lattice period and 2 px (a neighbouring lattice period was picked), else 0."""
+    oy, ox, period = _outline_shift(fa, fb, shape, max_shift_px)
+    dist = float(np.hypot(shift[0] - oy, shift[1] - ox))
+    return dist if dist > max(0.5 * period, 2.0) else 0.0
 
 
 def _upsampled_peak(
@@ -149,8 +320,9 @@ def _subfield_disagreement(
     tiles: int,
     min_snr: float,
     corr: dict[str, Any],
-) -> tuple[float, int]:
-    """Rigidity test: median distance between sub-field shifts and the whole-field shift.
+    noise_free_below: float = np.inf,
+) -> tuple[float, float, int]:
+    """Rigidity test: how far the sub-field shifts lie from the whole-field shift.
 
     The reference (a half spectrum in the coordinates of ``frame`` minus ``shift``) is moved
     by ``shift``; the box that holds the reference's structure (its local signal energy above
@@ -159,17 +331,32 @@ def _subfield_disagreement(
     phase-correlated.  For a rigid specimen every sub-field that carries signal
     (peak SNR >= ``min_snr``) gives the same, zero, residual shift within its noise; moving
     objects (hopping clusters on a featureless support) give sub-field shifts that scatter.
-    Returns the median distance, px (NaN with fewer than two usable sub-fields), and the
-    number of usable sub-fields.
+    The noise of each sub-field shift is measured by a checkerboard split of its pixels
+    (:func:`_correlate_spectra`): ``|s|² - 2σ²`` has zero mean for a rigid sub-field, so
+    ``sqrt(max(0, median(|s|² - 2σ²)))`` estimates the non-rigid displacement free of the
+    shot noise that made the plain median distance flag rigid frames at low dose.
+    The split is made only when the plain median distance exceeds ``noise_free_below``
+    (e.g. the tolerance; the plain median is returned otherwise, an upper bound).
+    Returns that noise-corrected displacement, the plain median distance (px; NaN with fewer
+    than two usable sub-fields) and the number of usable sub-fields.
     """
     ky, kx = _freqs(shape)
-    ph = np.exp(-2j * np.pi * (ky[:, None] * shift[0] + kx[None, :] * shift[1]))
-    ref = sfft.irfft2(ref_spec * ph.astype(np.complex64), s=shape, workers=_WORKERS)
+    ref = sfft.irfft2(
+        ref_spec * _phase_ramp(shape, -shift[0], -shift[1]), s=shape, workers=_WORKERS
+    )
     f = np.asarray(frame, dtype=np.float32)
     f = (f - np.float32(f.mean())) * _window(shape, corr["window_alpha"])
     (y0, y1), (x0, x1) = _structure_box(ref, tiles)
     ty, tx = (y1 - y0) // tiles, (x1 - x0) // tiles
-    dev = []
+    opts = {
+        "whitening": corr["whitening"],
+        "sigma_px": corr["sigma_px"],
+        "upsample": corr["upsample"],
+        "max_shift_px": None,
+        "refine": corr.get("refine", "whitened"),
+        "check_jump": False,
+    }
+    used, dev = [], []
     for i in range(tiles):
         for j in range(tiles):
             sl = (
@@ -179,20 +366,24 @@ def _subfield_disagreement(
             a, b = ref[sl], f[sl]
             if frame_quality(a) or frame_quality(b):
                 continue
-            dy, dx, snr = _correlate_spectra(
-                _spectrum(a, corr["window_alpha"]),
-                _spectrum(b, corr["window_alpha"]),
-                (ty, tx),
-                whitening=corr["whitening"],
-                sigma_px=corr["sigma_px"],
-                upsample=corr["upsample"],
-                max_shift_px=None,
-            )
-            if snr >= min_snr:
-                dev.append(float(np.hypot(dy, dx)))
+            sa, sb = _spectrum(a, corr["window_alpha"]), _spectrum(b, corr["window_alpha"])
+            wa = _wiener(sa, (ty, tx))
+            c = _correlate_spectra(sa, sb, (ty, tx), wa=wa, **opts)
+            if c.snr >= min_snr:
+                used.append((sa, sb, wa, b))
+                dev.append(float(np.hypot(c.dy, c.dx)))
     if len(dev) < 2:
-        return float("nan"), len(dev)
-    return float(np.median(dev)), len(dev)
+        return float("nan"), float("nan"), len(dev)
+    raw = float(np.median(dev))
+    if raw <= noise_free_below:
+        # the plain median bounds the noise-corrected value: no need to split
+        return raw, raw, len(dev)
+    excess = []
+    for sa, sb, wa, b in used:
+        half = _spectrum(b, corr["window_alpha"], half=True)
+        c = _correlate_spectra(sa, sb, (ty, tx), wa=wa, fb_half=half, **opts)
+        excess.append(c.dy**2 + c.dx**2 - 2.0 * np.nan_to_num(c.sigma_px) ** 2)
+    return float(np.sqrt(max(0.0, np.median(excess)))), raw, len(dev)
 
 
 def _structure_box(img: np.ndarray, tiles: int, min_tile: int = 32) -> tuple:
@@ -273,7 +464,7 @@ def phase_correlate(
         why = frame_quality(f)
         if why:
             raise DataError(f"`{name}` is unusable: {why}")
-    return _correlate_spectra(
+    c = _correlate_spectra(
         _spectrum(a, window_alpha),
         _spectrum(b, window_alpha),
         a.shape,
@@ -282,6 +473,7 @@ def phase_correlate(
         upsample=int(upsample),
         max_shift_px=max_shift_px,
     )
+    return c.dy, c.dx, c.snr
 
 
 def _robust_solve(
@@ -293,13 +485,17 @@ def _robust_solve(
     n_iter: int = 20,
     extra: tuple[list, list, list, np.ndarray, np.ndarray] | None = None,
     row_weight: np.ndarray | None = None,
+    row_sigma: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Cumulative drift from pairwise shifts by IRLS with Tukey weights.
 
     ``pairs`` rows: (a, b, dy, dx, snr).  ``row_weight`` (one per pair and extra row) scales
-    the rows; rows with weight > 1 (anchors) are left out of the residual scale.  Returns
-    drift (n, 2), its standard error (n, 2), per-pair outlier flag and the robust residual
-    scale (px).
+    the rows; rows with weight > 1 (anchors) are left out of the residual scale.
+    ``row_sigma`` (px, one per pair and extra row): the expected noise of each row; rows
+    are then standardised (weighted least squares) and the returned scale is in units of
+    ``row_sigma`` (about 1 when the noise model holds).  Returns drift (n, 2), its standard
+    error (n, 2), per-pair outlier flag and the robust residual scale (px, or units of
+    ``row_sigma``).
     """
     a = pairs[:, 0].astype(int)
     b = pairs[:, 1].astype(int)
@@ -315,6 +511,13 @@ def _robust_solve(
         A = sp.vstack([A, sp.csr_matrix((ev, (er, ec)), shape=(len(emeas), n))]).tocsr()
         meas = np.vstack([meas, emeas])
         valid = np.concatenate([valid, evalid])
+    a0 = 1.0  # the anchor d_0 = 0 weighs as much as a typical row
+    if row_sigma is not None:
+        rs = np.asarray(row_sigma, float)
+        A = sp.diags(1.0 / rs) @ A
+        meas = meas / rs[:, None]
+        a0 = 1.0 / float(np.median(rs[valid])) if valid.any() else 1.0
+        floor = floor * a0
     # weak first-difference prior: frames without measurements are linearly interpolated
     reg = sp.diags([-np.ones(n - 1), np.ones(n - 1)], [0, 1], shape=(n - 1, n)).tocsr()
     lam = 1e-6
@@ -322,7 +525,7 @@ def _robust_solve(
     w = np.where(valid, rw, 0.0)
     in_scale = valid & (rw <= 1.0)
     scale = 0.05
-    anchor = sp.csr_matrix(([1.0], ([0], [0])), shape=(1, n))
+    anchor = sp.csr_matrix(([a0], ([0], [0])), shape=(1, n))
     for _ in range(n_iter):
         W = sp.diags(w)
         N = (A.T @ W @ A + lam * (reg.T @ reg) + anchor.T @ anchor).tocsc()
@@ -410,13 +613,18 @@ def register_drift(
     drift : DataFrame
         One row per frame: ``frame, dy_px, dx_px, dy_err_px, dx_err_px, [dy_A, dx_A],
         n_pairs, n_outlier_pairs, peak_snr, ref_snr, nonrigid_px,
-        pair_ref_disagreement_px, drift_reliable, drift_flag, skipped, reason``.
+        pair_ref_disagreement_px, drift_reliable, drift_flag, skipped, reason,
+        ref_sigma_px``.
         ``peak_snr``/``ref_snr``: correlation peak height above the median of the correlation
         in units of its standard deviation, against the previous frame / the running
-        reference; ``nonrigid_px``: the sub-field disagreement above; ``drift_flag``: why a
-        frame is unreliable ("" when reliable).  ``attrs`` carries ``residual_rms_px`` (robust
-        scale of the pair residuals), ``n_skipped``, ``n_unreliable``,
-        ``unreliable_frames`` and the options.
+        reference; ``nonrigid_px``: the sub-field disagreement above (noise-corrected by
+        the sub-fields' split-half errors when the plain median exceeds
+        ``reliable_tol_px``); ``ref_sigma_px``: standard error per axis of the
+        reference-based shift from the frame's checkerboard split (pooled over the last 16
+        frames; it sees the frame's noise, not the reference's nor systematic errors);
+        ``drift_flag``: why a frame is unreliable ("" when reliable).  ``attrs`` carries
+        ``residual_rms_px`` (robust scale of the pair residuals), ``n_skipped``,
+        ``n_unreliable``, ``unreliable_frames`` and the options.
 
     Notes
     -----
@@ -426,8 +634,17 @@ def register_drift(
     mobile clusters on a featureless support) cannot drag the reference or the reliable
     frames with it; a reliable frame with a measurement off that solution by more than
     max(``reliable_tol_px``, ``outlier_threshold`` robust σ) is flagged and the solve repeated.
-    Known limitation: when every whole-field correlation of a lattice picks the same wrong
-    lattice period (strong scan-line jitter), the tests cannot see it.  Unreliable frames are then chained from their pairwise shifts, with the
+    The least-squares rows are weighted by their split-half noise (a reference row by the
+    frame's, a pair row by √3 × the larger of its two frames'), and the gross-contradiction
+    threshold of each row is max(``reliable_tol_px``, ``outlier_threshold`` × its robust
+    noise); the pair-vs-reference agreement test likewise allows 4√3 split-half σ.
+    A frame whose lattice registration lies more than half a lattice period (and 2 px) from
+    its crystal-outline registration, or whose whitened and Wiener-weighted correlations
+    peak more than 1.5 px apart, is flagged as ambiguous; its chained step is unbounded.
+    Known limitation: a slow drift of the running reference late in a series of a small,
+    degrading crystal (reference and pairs agree) can leave a reliable frame 0.25-0.36 px
+    off (3 of 6 test seeds).  Unreliable frames are then chained from their pairwise
+    shifts (and, when they passed the per-frame tests, their reference rows), with the
     reliable frames held fixed, and flagged; their ``dy_err_px, dx_err_px`` add, to the
     least-squares error, the sub-field disagreement of every unreliable step since the last
     reliable frame in quadrature (the sub-field disagreement of the frame against the previous
@@ -460,7 +677,7 @@ def register_drift(
     st = frame_stack(series)
     n = len(st)
     shape: tuple[int, int] | None = None
-    recent: deque[tuple[int, np.ndarray]] = deque(maxlen=int(max_lag))
+    recent: deque[tuple[int, np.ndarray, np.ndarray | None]] = deque(maxlen=int(max_lag))
     ref_buf: deque = deque()
     ref_sum: np.ndarray | None = None
     prov: dict[int, np.ndarray | None] = {}
@@ -476,6 +693,8 @@ def register_drift(
     nonrigid = np.full(n, np.nan)
     disagree = np.full(n, np.nan)
     step_unc = np.full(n, np.nan)
+    sig_ref = np.full(n, np.nan)
+    sig_hist: deque[float] = deque(maxlen=16)
     flags: dict[int, str] = {}
     ref_frame: list[int] = []
     first_usable: int | None = None
@@ -493,10 +712,11 @@ def register_drift(
             if first_usable is None:
                 first_usable = k
             ref_est: np.ndarray | None = None
+            corr_opts["refine"] = "whitened"
             if ref_buf:
                 # absolute measurement against the running reference (frame-0 coordinates)
                 ref = ref_sum / len(ref_buf)
-                dy, dx, snr = _correlate_spectra(
+                c = _correlate_spectra(
                     ref,
                     spec,
                     shape,
@@ -504,7 +724,21 @@ def register_drift(
                     sigma_px=smooth_px,
                     upsample=int(upsample),
                     max_shift_px=max_shift_px,
+                    wa=_wiener(ref, shape),
+                    fb_half=_spectrum(frame, window_alpha, half=True),
+                    refine="wiener",
                 )
+                dy, dx, snr = c.dy, c.dx, c.snr
+                # the frame's noise regime decides the weighting of its pairs and sub-fields
+                corr_opts["refine"] = c.refine
+                if snr >= min_snr and np.isfinite(c.sigma_px):
+                    sig_hist.append(c.sigma_px**2)
+                    # one split is a 2-degree-of-freedom estimate: pool the recent frames
+                    # (median of chi2_2/2 is ln 2); a frame's own estimate counts when it is
+                    # an outlier (P < 1e-4 under the pooled noise, e.g. a glitch)
+                    pooled = float(np.median(sig_hist)) / np.log(2)
+                    own = c.sigma_px**2
+                    sig_ref[k] = np.sqrt(own if own > 9.2 * pooled else pooled)
                 js = [jb for jb, _, _ in ref_buf]
                 mean_prov = np.mean([prov[jb] for jb in js], axis=0)
                 ridx = len(ref_meas)
@@ -519,8 +753,19 @@ def register_drift(
                 ref_est = np.array([dy, dx])
                 if snr < min_snr:
                     flags[k] = f"weak correlation with the reference (SNR {snr:.3g} < {min_snr:g})"
+                elif (oj := _outline_jump(ref, spec, shape, (dy, dx), max_shift_px)) > 0:
+                    flags[k] = (
+                        f"lattice-period ambiguity: the lattice registration is {oj:.3g} px "
+                        "from the crystal-outline registration (> half a lattice period)"
+                    )
+                elif c.jump_px > 1.5:
+                    flags[k] = (
+                        f"ambiguous correlation peak: the whitened and the Wiener-weighted "
+                        f"correlations with the reference differ by {c.jump_px:.3g} px "
+                        "(a neighbouring lattice period?)"
+                    )
                 else:
-                    nonrigid[k], n_sub = _subfield_disagreement(
+                    nonrigid[k], _, n_sub = _subfield_disagreement(
                         ref,
                         frame,
                         shape,
@@ -528,6 +773,7 @@ def register_drift(
                         tiles=int(subfields),
                         min_snr=min_snr,
                         corr=corr_opts,
+                        noise_free_below=reliable_tol_px,
                     )
                     if n_sub < 2:
                         flags[k] = (
@@ -543,8 +789,10 @@ def register_drift(
                 prov[k] = np.zeros(2)
             else:
                 prov[k] = None
-            for j, (ka, fa) in enumerate(reversed(recent)):
-                dy, dx, snr = _correlate_spectra(
+            spec_w = _wiener(spec, shape)
+            raw_k = float("nan")
+            for j, (ka, fa, wa) in enumerate(reversed(recent)):
+                dy, dx, snr, *_ = _correlate_spectra(
                     fa,
                     spec,
                     shape,
@@ -552,6 +800,9 @@ def register_drift(
                     sigma_px=smooth_px,
                     upsample=int(upsample),
                     max_shift_px=max_shift_px,
+                    wa=wa,
+                    refine=corr_opts["refine"],
+                    check_jump=False,
                 )
                 pairs.append((ka, k, dy, dx, snr))
                 if j == 0:
@@ -566,7 +817,7 @@ def register_drift(
                                 f"(SNR {snr:.3g} < {min_snr:g})"
                             )
                         else:
-                            nonrigid[k], n_sub = _subfield_disagreement(
+                            nonrigid[k], raw_k, n_sub = _subfield_disagreement(
                                 fa,
                                 frame,
                                 shape,
@@ -574,6 +825,7 @@ def register_drift(
                                 tiles=int(subfields),
                                 min_snr=min_snr,
                                 corr=corr_opts,
+                                noise_free_below=reliable_tol_px,
                             )
                             if n_sub < 2 or nonrigid[k] > reliable_tol_px:
                                 flags[k] = (
@@ -581,10 +833,13 @@ def register_drift(
                                     f"disagreement {nonrigid[k]:.2g} px, {n_sub} usable "
                                     "sub-fields"
                                 )
-                    if k in flags and snr >= min_snr:
+                    if "ambigu" in flags.get(k, ""):
+                        # a step that may have picked another lattice period is unbounded
+                        step_unc[k] = np.inf
+                    elif k in flags and snr >= min_snr:
                         # uncertainty of the chained step: rigidity against the previous frame
                         step_unc[k] = (
-                            nonrigid[k]
+                            raw_k
                             if not reference_window
                             else _subfield_disagreement(
                                 fa,
@@ -594,35 +849,38 @@ def register_drift(
                                 tiles=int(subfields),
                                 min_snr=min_snr,
                                 corr=corr_opts,
-                            )[0]
+                            )[1]
                         )
                 if ref_est is not None and prov.get(ka) is not None and snr >= min_snr:
                     # reference-based vs pairwise estimate; the best-agreeing earlier frame
                     # counts (one bad predecessor does not condemn the frame)
                     dis = float(np.hypot(*(ref_est - prov[ka] - [dy, dx])))
                     disagree[k] = np.fmin(disagree[k], dis)
-            if k not in flags and disagree[k] > reliable_tol_px:
+            # a pair shift carries the noise of two frames and a noisy template: at low dose
+            # the agreement is tested against 4 sigma of it (about sqrt(3) x the split-half
+            # error of the reference-based estimate), never more strictly than the tolerance
+            dis_tol = max(reliable_tol_px, 4.0 * np.sqrt(3.0) * np.nan_to_num(sig_ref[k]))
+            if k not in flags and disagree[k] > dis_tol:
                 flags[k] = (
                     f"reference and pairwise estimates disagree by "
-                    f"{disagree[k]:.2g} px (> {reliable_tol_px:g})"
+                    f"{disagree[k]:.2g} px (> {dis_tol:.2g})"
                 )
             if k != first_usable and not recent and k not in flags:
                 flags[k] = "no previous usable frame to register to"
-            recent.append((k, spec))
+            recent.append((k, spec, spec_w))
             if reference_window and prov.get(k) is not None and k not in flags:
-                ky, kx = _freqs(shape)
-                ph = np.exp(
-                    2j * np.pi * (ky[:, None] * prov[k][0] + kx[None, :] * prov[k][1])
-                ).astype(np.complex64)
+                ph = _phase_ramp(shape, prov[k][0], prov[k][1])
                 aligned = spec * ph
                 ref_buf.append((k, aligned, None))
                 ref_sum = aligned.copy() if ref_sum is None else ref_sum + aligned
                 if len(ref_buf) > reference_window:
                     _, old_spec, _ = ref_buf.popleft()
                     ref_sum = ref_sum - old_spec
+    online = np.array(sorted(flags), int)  # frames that failed a per-frame test
     n_good = n - len(reasons)
     if n_good < 1:
         raise DataError(f"no usable frame in `series` ({n} frames, all skipped: {reasons})")
+    scale_px: float | None = None
     if n_good == 1 or not pairs:
         d = np.zeros((n, 2))
         err = np.zeros((n, 2))
@@ -650,6 +908,16 @@ def register_drift(
             ref_m = np.asarray(ref_meas, float)
             ref_e = sp.csr_matrix((ref_vals, (ref_rows, ref_cols)), shape=(len(ref_meas), n))
             ref_abs = abs(ref_e)
+        # noise model of the rows from the split-half errors: a reference row carries the
+        # frame's error, a pair row the noise of two frames and of a noisy template (about
+        # sqrt(3) x the larger of the two frames' split-half errors)
+        row_sig = None
+        if np.isfinite(sig_ref).any():
+            s_f = np.where(np.isfinite(sig_ref), sig_ref, np.nanmedian(sig_ref))
+            s_f = np.maximum(s_f, floor)
+            row_sig = np.concatenate(
+                [np.sqrt(3.0) * np.maximum(s_f[pa], s_f[pb]), s_f[np.asarray(ref_frame, int)]]
+            )
         for _ in range(4):
             extra = None
             if ref_meas:
@@ -664,18 +932,35 @@ def register_drift(
                     np.nan,
                 )
                 break
+            rsig = None if row_sig is None else row_sig[: len(parr) + len(ref_meas)]
             d, err, outlier, scale = _robust_solve(
-                n, parr, valid_a, float(outlier_threshold), floor=floor, extra=extra
+                n,
+                parr,
+                valid_a,
+                float(outlier_threshold),
+                floor=floor,
+                extra=extra,
+                row_sigma=rsig,
             )
-            gross = max(float(reliable_tol_px), float(outlier_threshold) * scale)
+            # a measurement off the solution by more than max(tolerance, threshold x its
+            # robust noise) contradicts it grossly
+            gross_rows = np.maximum(
+                float(reliable_tol_px),
+                float(outlier_threshold) * scale * (1.0 if rsig is None else rsig),
+            )
+            if rsig is not None:
+                scale_px = scale * float(np.median(rsig))
             res_p = np.hypot(*(parr[:, 2:4] - (d[pb] - d[pa])).T)
             bad = np.zeros(n, bool)
-            hit = valid_a & (res_p > gross)
+            g_p = gross_rows if rsig is None else gross_rows[: len(parr)]
+            hit = valid_a & (res_p > g_p)
             bad[pa[hit]] = True
             bad[pb[hit]] = True
             if ref_meas:
                 res_r = np.hypot(*(ref_m - ref_e @ d).T)
-                bad[np.asarray(ref_frame, int)[ref_valid & (res_r > gross)]] = True
+                rf = np.asarray(ref_frame, int)
+                g_r = gross_rows if rsig is None else gross_rows[len(parr) :]
+                bad[rf[ref_valid & (res_r > g_r)]] = True
             bad &= rel
             bad[first] = False
             # precision test: a reliable frame's least-squares standard error must support
@@ -688,8 +973,9 @@ def register_drift(
                 break
             for k in np.flatnonzero(bad):
                 flags[int(k)] = (
-                    f"inconsistent with the other reliable frames (a measurement off by "
-                    f"> {gross:.2g} px from the solution)"
+                    f"inconsistent with the other reliable frames (a measurement off the "
+                    f"solution by > max({reliable_tol_px:g} px, {outlier_threshold:g} x its "
+                    "robust noise))"
                 )
             for k in np.flatnonzero(imprecise):
                 flags[int(k)] = (
@@ -704,16 +990,35 @@ def register_drift(
         valid_b = valid & ~(rel[pa] & rel[pb])
         if len(unrel) and valid_b.any():
             # stage B: unreliable frames chained from their pair shifts, reliable ones fixed
+            # and from their running-reference rows (an absolute measurement each: far
+            # better than a chain of pairs at low dose)
             fixed = np.flatnonzero(rel)
             m_fix = len(fixed)
-            extra_b = (
-                list(range(m_fix)),
-                list(fixed),
-                [1.0] * m_fix,
-                d[fixed],
-                np.ones(m_fix, bool),
-            )
-            weights = np.concatenate([np.ones(len(parr)), np.full(m_fix, 1e4)])
+            n_ref = len(ref_meas)
+            if n_ref:
+                # (not for frames that failed a per-frame test: their reference shift is
+                # suspect, they stay chained from their pairs)
+                rf = np.asarray(ref_frame, int)
+                ref_b = ref_ok & np.isin(rf, unrel) & ~np.isin(rf, online)
+                extra_b = (
+                    [*ref_rows, *range(n_ref, n_ref + m_fix)],
+                    [*ref_cols, *fixed],
+                    [*ref_vals, *([1.0] * m_fix)],
+                    np.vstack([ref_m, d[fixed]]),
+                    np.concatenate([ref_b, np.ones(m_fix, bool)]),
+                )
+            else:
+                extra_b = (
+                    list(range(m_fix)),
+                    list(fixed),
+                    [1.0] * m_fix,
+                    d[fixed],
+                    np.ones(m_fix, bool),
+                )
+            weights = np.concatenate([np.ones(len(parr) + n_ref), np.full(m_fix, 1e4)])
+            rsig_b = None
+            if row_sig is not None:
+                rsig_b = np.concatenate([row_sig, np.full(m_fix, float(np.median(row_sig)))])
             d_b, err_b, out_b, _ = _robust_solve(
                 n,
                 parr,
@@ -722,6 +1027,7 @@ def register_drift(
                 floor=floor,
                 extra=extra_b,
                 row_weight=weights,
+                row_sigma=rsig_b,
             )
             d_b = d_b - d_b[first]
             d[unrel] = d_b[unrel]
@@ -737,7 +1043,7 @@ def register_drift(
             if rel[k]:
                 acc = 0.0
             elif k not in reasons:
-                acc += step[k] ** 2
+                acc = acc + float(np.square(np.float64(min(step[k], 1e150))))
                 err[k] = np.sqrt(err[k] ** 2 + acc)
     n_pairs = np.zeros(n, int)
     n_out = np.zeros(n, int)
@@ -765,6 +1071,7 @@ def register_drift(
     df["ref_snr"] = snr_ref
     df["nonrigid_px"] = nonrigid
     df["pair_ref_disagreement_px"] = disagree
+    df["ref_sigma_px"] = sig_ref
     flag = [f"skipped: {reasons[k]}" if k in reasons else flags.get(k, "") for k in range(n)]
     df["drift_reliable"] = [f == "" for f in flag]
     df["drift_flag"] = flag
@@ -773,7 +1080,7 @@ def register_drift(
     # a skipped frame's drift is interpolated: its error is at least the neighbours' step
     df.attrs.update(
         {
-            "residual_rms_px": float(scale),
+            "residual_rms_px": float(scale if scale_px is None else scale_px),
             "n_skipped": len(reasons),
             "skipped_frames": sorted(reasons),
             "n_unreliable": int((~df["drift_reliable"]).sum()),
