@@ -26,8 +26,12 @@ length.  The peer comparison times our sub-pixel phase correlation against sciki
 as truth.
 
 Run:  python benchmarks/bench_insitu.py [--frames 100 1000] [--size 1024] [--out FILE]
+      [--dose-per-frame 350]
 Writes benchmarks/results/bench_insitu.json for the default lengths, otherwise
-benchmarks/results/bench_insitu_<frames>.json (e.g. bench_insitu_100.json), unless --out.
+benchmarks/results/bench_insitu_<frames>[_<dose>e].json (e.g. bench_insitu_100.json,
+bench_insitu_1000_35e.json), unless --out.  ``--dose-per-frame 35 --frames 1000`` repeats
+the earlier fixed-total-dose design (D_Br scales with the dose per frame).  The flagged
+frames are also counted by reason (``flag_reasons``) and by how many are within 0.25 px.
 """
 
 from __future__ import annotations
@@ -79,7 +83,9 @@ class _PeakRSS:
         self._t.join()
 
 
-def child(n_frames: int, size: int, px: float, workdir: str) -> dict:
+def child(
+    n_frames: int, size: int, px: float, workdir: str, dose_per_frame: float = DOSE_PER_FRAME
+) -> dict:
     import dask.array as da
     import zarr
 
@@ -93,8 +99,9 @@ def child(n_frames: int, size: int, px: float, workdir: str) -> dict:
     # whatever the length: D_Br grows with the number of frames
     from perovstem.simulate import KineticParameters
 
-    phi = DOSE_PER_FRAME
-    d_br = D_BR_PER_100_FRAMES * n_frames / 100.0
+    phi = float(dose_per_frame)
+    # the degradation profile (dose / D_Br) is the same at any dose per frame
+    d_br = D_BR_PER_100_FRAMES * n_frames / 100.0 * phi / DOSE_PER_FRAME
     out["edge_A"] = EDGE_A
     out["dose_per_frame_e_per_A2"] = phi
     out["total_dose_e_per_A2"] = phi * n_frames
@@ -162,6 +169,14 @@ def child(n_frames: int, size: int, px: float, workdir: str) -> dict:
     )
     out["n_silent_errors_gt_0p25px"] = int((rel & (err > 0.25)).sum())
     out["n_unreliable_while_crystal"] = int((~rel & keep).sum())
+    # flagged frames by reason (first words of drift_flag) and how many of them are in fact
+    # within 0.25 px (false flags)
+    reasons = res.drift.loc[~rel, "drift_flag"].str.split(":").str[0].str.slice(0, 40)
+    out["flag_reasons"] = {str(k): int(v) for k, v in reasons.value_counts().items()}
+    out["n_flagged_within_0p25px"] = int((~rel & (err <= 0.25)).sum())
+    if "ref_sigma_px" in res.drift:
+        sig = res.drift["ref_sigma_px"].to_numpy(float)
+        out["ref_sigma_px_median"] = float(np.nanmedian(sig)) if np.isfinite(sig).any() else None
     out["notes"] = list(res.notes)
     out["final_truth_clusters"] = int(tf["n_clusters"].iloc[-1])
     out["final_truth_cluster_atoms"] = int(tf["n_cluster_atoms"].iloc[-1])
@@ -228,9 +243,16 @@ def main() -> None:
     ap.add_argument("--child", type=int, default=None)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=None, help="result JSON (default: see module docstring)")
+    ap.add_argument(
+        "--dose-per-frame",
+        type=float,
+        default=DOSE_PER_FRAME,
+        help="e-/A2 per frame (D_Br scales with it: same degradation profile); 35 at 1000 "
+        "frames is the earlier fixed-total-dose design (1.4 e- per 0.2 A pixel)",
+    )
     args = ap.parse_args()
     if args.child is not None:
-        print(json.dumps(child(args.child, args.size, args.px, args.workdir)))
+        print(json.dumps(child(args.child, args.size, args.px, args.workdir, args.dose_per_frame)))
         return
     import perovstem
 
@@ -259,6 +281,8 @@ def main() -> None:
                 str(args.px),
                 "--workdir",
                 wd,
+                "--dose-per-frame",
+                str(args.dose_per_frame),
             ]
             t0 = time.perf_counter()
             cp = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -282,10 +306,12 @@ def main() -> None:
     result["loadavg_end"] = list(os.getloadavg())
     if args.out is not None:
         out = Path(args.out)
-    elif sorted(args.frames) == [100, 1000]:
-        out = HERE / "results" / "bench_insitu.json"
     else:
-        out = HERE / "results" / f"bench_insitu_{'_'.join(map(str, args.frames))}.json"
+        tag = "" if args.dose_per_frame == DOSE_PER_FRAME else f"_{args.dose_per_frame:g}e"
+        if sorted(args.frames) == [100, 1000] and not tag:
+            out = HERE / "results" / "bench_insitu.json"
+        else:
+            out = HERE / "results" / f"bench_insitu_{'_'.join(map(str, args.frames))}{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))

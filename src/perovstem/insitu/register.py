@@ -140,13 +140,12 @@ def _wiener(spec: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 class _Corr(NamedTuple):
-    """One correlation: shift (px), peak SNR, lattice-period check, split-half precision and
-    the weighting used for the sub-pixel peak ("whitened" or "wiener")."""
+    """One correlation: shift (px), peak SNR, split-half precision and the weighting used for
+    the sub-pixel peak ("whitened" or "wiener")."""
 
     dy: float
     dx: float
     snr: float
-    jump_px: float = 0.0
     sigma_px: float = float("nan")
     refine: str = "whitened"
 
@@ -186,67 +185,46 @@ def _correlate_spectra(
     wa: np.ndarray | None = None,
     fb_half: np.ndarray | None = None,
     refine: str = "whitened",
-    auto_floor_px: float = 0.0,
-    check_jump: bool = True,
 ) -> _Corr:
     """Shift of b relative to a (peak of sum_r a(r) b(r+s)) and the peak SNR.
 
     The integer peak and the SNR come from the whitened, low-passed correlation.  With
-    ``wa`` (the :func:`_wiener` weight of ``fa``), ``jump_px`` is the distance between that
-    peak and the integer peak of the Wiener-weighted plain cross-correlation: > 1.5 px means
-    the two weightings prefer different lattice periods (an ambiguous peak).  The sub-pixel
-    peak is refined on the whitened correlation (``refine="whitened"``) or on the
-    Wiener-weighted one (``"wiener"``, far less noisy at low dose).  With ``fb_half`` (the
+    ``wa`` (the :func:`_wiener` weight of ``fa``) the sub-pixel peak is refined on the
+    whitened correlation (``refine="whitened"``) or on the Wiener-weighted plain
+    cross-correlation (``"wiener"``, far less noisy at low dose).  With ``fb_half`` (the
     spectrum of one checkerboard half of b's pixels) the two halves are registered
     separately around the peak; their difference gives the standard error per axis of the
-    shift, ``sigma_px`` (``|s₁ - s₂| / √8``: each half has half the counts); with
-    ``refine="auto"`` both refinements are made and the Wiener one is used when its
-    split-half error is the smaller and the whitened one's exceeds ``auto_floor_px``.
+    shift, ``sigma_px`` (``|s₁ - s₂| / √8``: each half has half the counts).
     """
     lp = _lowpass(shape, sigma_px)
     h = (_whiten(np.conj(fa) * fb, whitening) * lp).astype(np.complex64)
     # _lowpass carries the Hermitian weights; remove them for the inverse rfft.
     hw = _lowpass(shape, 0.0)
     sy, sx, _, snr = _int_peak(sfft.irfft2(h / hw, s=shape, workers=_WORKERS), max_shift_px)
+    if upsample <= 1:
+        return _Corr(float(sy), float(sx), float(snr))
     if wa is None:
-        if upsample > 1:
-            sy, sx = _upsampled_peak(h, shape, float(sy), float(sx), upsample)
+        sy, sx = _upsampled_peak(h, shape, float(sy), float(sx), upsample)
         return _Corr(float(sy), float(sx), float(snr))
     g = (np.conj(fa) * wa).astype(np.complex64)
-    hp = g * fb
-    jump = 0.0
-    if check_jump:
-        wy, wx, _, _ = _int_peak(sfft.irfft2(hp, s=shape, workers=_WORKERS), max_shift_px)
-        jump = float(np.hypot(wy - sy, wx - sx))
-    if upsample <= 1:
-        return _Corr(float(sy), float(sx), float(snr), jump)
-    modes = ("whitened", "wiener") if refine == "auto" else (refine,)
-    est: dict[str, tuple[float, float, float]] = {}
-    for mode in modes:
-        if mode == "wiener":
-            full = hp * hw
-            halves = None if fb_half is None else (g * fb_half * hw, g * (fb - fb_half) * hw)
-        else:
-            full = h
-            halves = None
-            if fb_half is not None:
-                halves = tuple(
-                    (_whiten(np.conj(fa) * x, whitening) * lp).astype(np.complex64)
-                    for x in (fb_half, fb - fb_half)
-                )
-        y, x = _upsampled_peak(full, shape, float(sy), float(sx), upsample)
-        sig = float("nan")
-        if halves is not None:
-            a = _upsampled_peak(halves[0], shape, y, x, upsample)
-            b = _upsampled_peak(halves[1], shape, y, x, upsample)
-            sig = float(np.hypot(a[0] - b[0], a[1] - b[1])) / np.sqrt(8.0)
-        est[mode] = (y, x, sig)
-    mode = modes[0]
-    if refine == "auto":
-        sw, sp_ = est["whitened"][2], est["wiener"][2]
-        mode = "wiener" if (sw > auto_floor_px and sp_ < sw) else "whitened"
-    y, x, sig = est[mode]
-    return _Corr(float(y), float(x), float(snr), jump, sig, mode)
+    if refine == "wiener":
+        full = g * fb * hw
+        halves = None if fb_half is None else (g * fb_half * hw, g * (fb - fb_half) * hw)
+    else:
+        full = h
+        halves = None
+        if fb_half is not None:
+            halves = tuple(
+                (_whiten(np.conj(fa) * x, whitening) * lp).astype(np.complex64)
+                for x in (fb_half, fb - fb_half)
+            )
+    y, x = _upsampled_peak(full, shape, float(sy), float(sx), upsample)
+    sig = float("nan")
+    if halves is not None:
+        a = _upsampled_peak(halves[0], shape, y, x, upsample)
+        b = _upsampled_peak(halves[1], shape, y, x, upsample)
+        sig = float(np.hypot(a[0] - b[0], a[1] - b[1])) / np.sqrt(8.0)
+    return _Corr(float(y), float(x), float(snr), sig, refine)
 
 
 def _outline_shift(
@@ -354,7 +332,6 @@ def _subfield_disagreement(
         "upsample": corr["upsample"],
         "max_shift_px": None,
         "refine": corr.get("refine", "whitened"),
-        "check_jump": False,
     }
     used, dev = [], []
     for i in range(tiles):
@@ -639,8 +616,8 @@ def register_drift(
     threshold of each row is max(``reliable_tol_px``, ``outlier_threshold`` × its robust
     noise); the pair-vs-reference agreement test likewise allows 4√3 split-half σ.
     A frame whose lattice registration lies more than half a lattice period (and 2 px) from
-    its crystal-outline registration, or whose whitened and Wiener-weighted correlations
-    peak more than 1.5 px apart, is flagged as ambiguous; its chained step is unbounded.
+    its crystal-outline registration is flagged (lattice-period ambiguity); its chained
+    step is unbounded.
     Known limitation: a slow drift of the running reference late in a series of a small,
     degrading crystal (reference and pairs agree) can leave a reliable frame 0.25-0.36 px
     off (3 of 6 test seeds).  Unreliable frames are then chained from their pairwise
@@ -758,12 +735,6 @@ def register_drift(
                         f"lattice-period ambiguity: the lattice registration is {oj:.3g} px "
                         "from the crystal-outline registration (> half a lattice period)"
                     )
-                elif c.jump_px > 1.5:
-                    flags[k] = (
-                        f"ambiguous correlation peak: the whitened and the Wiener-weighted "
-                        f"correlations with the reference differ by {c.jump_px:.3g} px "
-                        "(a neighbouring lattice period?)"
-                    )
                 else:
                     nonrigid[k], _, n_sub = _subfield_disagreement(
                         ref,
@@ -802,7 +773,6 @@ def register_drift(
                     max_shift_px=max_shift_px,
                     wa=wa,
                     refine=corr_opts["refine"],
-                    check_jump=False,
                 )
                 pairs.append((ka, k, dy, dx, snr))
                 if j == 0:
@@ -833,7 +803,7 @@ def register_drift(
                                     f"disagreement {nonrigid[k]:.2g} px, {n_sub} usable "
                                     "sub-fields"
                                 )
-                    if "ambigu" in flags.get(k, ""):
+                    if "ambiguity" in flags.get(k, ""):
                         # a step that may have picked another lattice period is unbounded
                         step_unc[k] = np.inf
                     elif k in flags and snr >= min_snr:
