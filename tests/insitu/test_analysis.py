@@ -102,7 +102,7 @@ def column_runs(sim_runs, kmc_imaged):
         res = analyze_series(s, columns=True, summary=False, phase_check=False, crystal=False)
         c = res.columns
         n0 = _truth_column_counts(tr, s, truth, c, 0)
-        n1 = _truth_column_counts(tr, s, truth, c, tr.n_frames - 1)
+        n1 = _truth_column_counts(tr, s, truth, c, c.attrs["frames"][-1])  # last analysed
         out.append((res, n0, n1))
     return out
 
@@ -110,13 +110,15 @@ def column_runs(sim_runs, kmc_imaged):
 def test_atoms_lost_per_column_against_simulator_truth(column_runs):
     """Per-column atoms lost from the HMM Viterbi paths against the KMC's host atoms."""
     # measured (seeds fixed; fitted-SCS library, widths held from the first frames):
-    # within ±1 Pb-Br 0.98 / 0.98, Cs 0.88 / 0.92, Br 0.84 / 0.77 (1.5e3 / 5e3 e⁻/Å²/s);
-    # before (tabulated library, widths re-fitted per frame) 0.98 / 0.83, 0.91 / 0.73,
-    # 0.80 / 0.61
+    # within ±1 Pb-Br 0.98 / 0.98, Cs 0.89 / 0.91, Br 0.84 / 0.70 (1.5e3 / 5e3 e⁻/Å²/s);
+    # at 5e3 frames 7 and 11 are registered 0.37 / 0.53 px off (flagged, beyond 0.25 px of
+    # the column reference) and are left out, so the losses run to frame 10: counted
+    # through those drifts the Br figure read 0.77 (frames 0-11).  Before (tabulated
+    # library, widths re-fitted per frame) 0.98 / 0.83, 0.91 / 0.73, 0.80 / 0.61
     need = {  # (low dose rate, high dose rate) fractions of columns within ±1
         "PbBr": (0.95, 0.95),
         "Cs": (0.85, 0.85),
-        "Br": (0.75, 0.7),
+        "Br": (0.75, 0.65),
     }
     for j, (res, n0, n1) in enumerate(column_runs):
         c = res.columns
@@ -126,18 +128,19 @@ def test_atoms_lost_per_column_against_simulator_truth(column_runs):
         for typ, lim in need.items():
             m = (c["type"] == typ).to_numpy()
             assert np.mean(np.abs(err[m]) <= 1) >= lim[j], typ
-        # totals: Pb-Br 110/124, 313/315; at 5e3 Cs 476/488, Br 521/582 (before 429, 451)
+        # totals: Pb-Br 110/124, 306/315; at 5e3 Cs 474/488, Br 516/547 (to frame 10)
         lost = c["atoms_lost"].to_numpy()
         for typ in ("PbBr",) if j == 0 else ("PbBr", "Cs", "Br"):
             m = (c["type"] == typ).to_numpy()
             assert lost[m].sum() == pytest.approx((n0 - n1)[m].sum(), rel=0.15), typ
         # counts of the first frame: measured Pb-Br 0.84 / 0.77, Cs 0.89 / 0.95, Br 0.77 /
-        # 0.72 (before Br 0.87 / 0.40: at 5e3 e⁻/Å² per frame +0.9 atom high)
+        # 0.67 (before Br 0.87 / 0.40: at 5e3 e⁻/Å² per frame +0.9 atom high)
         first = c["n_atoms_first"].to_numpy() == n0
         for typ, lim in (("PbBr", 0.75), ("Cs", 0.8), ("Br", 0.65)):
             assert np.mean(first[(c["type"] == typ).to_numpy()]) >= lim, typ
         cc = res.column_counts
-        assert len(cc) == len(c) * res.frames["skipped"].eq(False).sum()
+        assert len(cc) == len(c) * len(c.attrs["frames"])
+        assert set(c.attrs["frames"]) <= set(res.frames.loc[~res.frames["skipped"], "frame"])
         assert "columns" in res.tables() and "column_counts" in res.tables()
 
 

@@ -19,7 +19,7 @@ from perovstem.insitu._frames import frame_quality, iter_frames, single_blas_thr
 from perovstem.insitu.clusters import CLUSTER_COLUMNS, detect_clusters
 from perovstem.insitu.lattice import estimate_lattice
 from perovstem.insitu.nanocrystal import area_noise, fft_phase_check, segment_nanocrystal
-from perovstem.insitu.register import register_drift
+from perovstem.insitu.register import phase_correlate, register_drift
 from perovstem.insitu.tracking import lineage_events, track_clusters
 
 __all__ = ["InsituResult", "analyze_series", "shift_frame"]
@@ -81,7 +81,9 @@ class InsituResult:
     summary : mechanism table (:func:`perovstem.quantify.mechanism.mechanism_summary`).
     columns : per atomic column (only with ``columns=True``): ``column, type, x_A, y_A,
         n_atoms_first, n_atoms_last, atoms_lost, atoms_lost_mean, atoms_lost_std`` (+ loss
-        rate per e⁻/Å² when doses are known) from the hidden-Markov Viterbi paths.
+        rate per e⁻/Å² when doses are known) from the hidden-Markov Viterbi paths;
+        ``attrs["frames"]`` lists the analysed frames (frames with an unreliable drift are
+        left out, with a note), ``n_atoms_last`` is the last of them.
     column_counts : long table ``frame, column, type, x_A, y_A, scs_A2, n_atoms,
         n_atoms_mean, n_atoms_std`` (only with ``columns=True``).
     br_loss : :class:`perovstem.quantify.br_loss.BrLossResult` of the image-derived Br loss
@@ -253,6 +255,14 @@ def analyze_series(
             {"frame": np.arange(n), "dy_px": 0.0, "dx_px": 0.0, "skipped": False, "reason": ""}
         )
     shifts = drift[["dy_px", "dx_px"]].to_numpy(float)
+    # column fits sit at fixed positions: a frame registered through an unreliable drift
+    # (e.g. a lattice-period jump) would read wrong cross-sections; it is used only if it
+    # correlates with the column-finding reference within COLUMN_TOL_PX
+    col_frame_ok = (
+        drift["drift_reliable"].to_numpy(bool)
+        if register and "drift_reliable" in drift
+        else np.ones(n, bool)
+    )
     dose = series.dose_e_per_A2
     if br_loss and dose is None:
         raise ParameterError(
@@ -275,10 +285,15 @@ def analyze_series(
             "use assign_dose first"
         )
     col_pos: pd.DataFrame | None = None
+    col_ref: Image | None = None
     if columns:
-        ref = _reference_image(frames_src, shifts, register, dose, px, col_opts["width_dose"])
+        ref = _reference_image(
+            frames_src, shifts, register, dose, px, col_opts["width_dose"], col_frame_ok
+        )
         col_pos = _find_column_positions(ref, gain, offset, col_opts, lattice_A)
+        col_ref = ref
     col_scs: dict[int, np.ndarray] = {}
+    col_checked: dict[int, float] = {}  # unreliable-drift frames: median column offset, px
 
     def process(k: int, fr: np.ndarray) -> tuple[pd.DataFrame | None, dict[str, Any]]:
         why = frame_quality(fr)
@@ -304,7 +319,13 @@ def analyze_series(
         if phase_check:
             row["phase"] = fft_phase_check(f, pixel_size_A=px)["phase"]
         if col_pos is not None:
-            col_scs[k] = _column_scs(img, col_pos, gain, offset, col_opts)
+            ok = col_frame_ok[k]
+            if not ok:
+                off = _column_offset_px(f, col_ref, lattice_A)
+                ok = off <= COLUMN_TOL_PX
+                col_checked[k] = off
+            if ok:
+                col_scs[k] = _column_scs(img, col_pos, gain, offset, col_opts)
         return d, row
 
     from concurrent.futures import ThreadPoolExecutor
@@ -384,6 +405,22 @@ def analyze_series(
     col_tab = col_counts = None
     if columns:
         col_tab, col_counts = _count_columns(series, col_pos, col_scs, col_opts, lattice_A)
+        left_out = sorted(k for k, v in col_checked.items() if v > COLUMN_TOL_PX)
+        kept = sorted(k for k, v in col_checked.items() if v <= COLUMN_TOL_PX)
+        col_tab.attrs["drift_checked_frames"] = {
+            int(k): col_checked[k] for k in sorted(col_checked)
+        }
+        if left_out:
+            notes.append(
+                f"column counts leave out {len(left_out)} frame(s) with an unreliable drift "
+                f"> {COLUMN_TOL_PX} px off the column reference ({left_out[:10]}); "
+                f"n_atoms_last is frame {col_tab.attrs['frames'][-1]}"
+            )
+        if kept:
+            notes.append(
+                f"column counts use {len(kept)} frame(s) with an unreliable drift that "
+                f"correlate with the column reference within {COLUMN_TOL_PX} px ({kept[:10]})"
+            )
     for t in (fr_tab, drift, tracks, lineage, events, summ, col_tab, col_counts):
         if t is not None:
             t.attrs["pixel_size_A"] = px
@@ -595,9 +632,16 @@ def _normalized(img: Image, gain: Any, offset: Any) -> Image:
 
 
 def _reference_image(
-    frames: Any, shifts: np.ndarray, register: bool, dose: np.ndarray, px: float, target: float
+    frames: Any,
+    shifts: np.ndarray,
+    register: bool,
+    dose: np.ndarray,
+    px: float,
+    target: float,
+    use: np.ndarray,
 ) -> Image:
-    """Sum of the first usable registered frames until their dose reaches ``target``.
+    """Sum of the first usable registered frames (``use``: reliable drift) until their dose
+    reaches ``target``.
 
     At least one frame, at most 8 (the crystal changes).  ``metadata['n_frames']`` holds
     the number of frames summed (the offset to remove is that many times the frame offset).
@@ -606,7 +650,7 @@ def _reference_image(
     d = 0.0
     m = 0
     for k, fr in iter_frames(frames):
-        if frame_quality(fr):
+        if not use[k] or frame_quality(fr):
             continue
         f = np.asarray(fr, float)
         if register and np.any(shifts[k] != 0):
@@ -681,6 +725,24 @@ def _column_scs(
         **kw,
     )
     return fit["scs"].to_numpy(float)
+
+
+#: largest residual shift (px) against the column-finding reference for a frame with an
+#: unreliable drift to be counted (the registration tolerance of ``register_drift``)
+COLUMN_TOL_PX = 0.25
+
+
+def _column_offset_px(frame: np.ndarray, ref: Image, lattice_A: float) -> float:
+    """Residual shift (px) of one registered frame against the column-finding reference.
+
+    A direct check on the lattice of a frame whose drift is flagged unreliable: phase
+    correlation with the summed first frames (:func:`phase_correlate`), searched within
+    0.45 of a lattice period so that the nearest lattice registration is measured (a jump
+    by a whole period cannot be seen this way; the drift flags report that case).
+    """
+    r = np.asarray(ref.data, float)
+    dy, dx, _ = phase_correlate(r, frame, max_shift_px=0.45 * lattice_A / ref.pixel_size_A)
+    return float(np.hypot(dy, dx))
 
 
 def _count_columns(
