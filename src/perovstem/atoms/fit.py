@@ -1068,8 +1068,9 @@ def fit_columns(
     npar = 4 if free_rho_col else 3
     cov = fisher_covariance(data.shape, w, x, y, eta, rho, cut_h, free_rho_col)
     cov *= sigma2
-    x_err = np.sqrt(cov[:, 0, 0]) * dx
-    y_err = np.sqrt(cov[:, 1, 1]) * dx
+    with np.errstate(invalid="ignore"):  # an emptied column (η ≈ 0) has no position: NaN
+        x_err = np.sqrt(cov[:, 0, 0]) * dx
+        y_err = np.sqrt(cov[:, 1, 1]) * dx
     var_eta = cov[:, 2, 2]
     rho_A_arr = rho * dx
     if free_rho_col:
