@@ -427,3 +427,20 @@ def test_slow_drift_low_counts_no_silent_error(seed):
     # the split-half error is reported and of the order of the actual error
     sig = df["ref_sigma_px"].to_numpy()[1:]
     assert np.all(np.isfinite(sig)) and 0.01 < np.median(sig) < 0.1
+
+
+@pytest.mark.parametrize(("seed", "counts"), [(8, 3.0), (9, 0.5)])
+def test_anchor_check_is_quiet_on_a_rigid_series(synth, seed, counts):
+    # every frame after the first full running reference is also registered to that
+    # reference frozen (the anchor, a long-baseline check of the chain); on a rigid series
+    # the two agree within the noise and nothing is flagged
+    frames, truth = synth.drifting_series(20, counts=counts, rng=seed)
+    df = register_drift(frames, reference_window=4)
+    dev = df["anchor_disagreement_px"].to_numpy()
+    # (the anchor is frozen once frames 0-3 fill the window; frame 4 sees the same reference)
+    assert np.isnan(dev[:4]).all() and np.isfinite(dev[4:]).all()
+    assert dev[4:].max() < 0.125 and dev[8:].max() > 0
+    assert df["drift_reliable"].all()
+    assert _rms(df, truth) < 0.1
+    sig = df["ref_sigma_px"].to_numpy()
+    assert np.isfinite(sig[1:]).all() and np.all(sig[1:] < 0.1)

@@ -250,6 +250,19 @@ def _outline_shift(
     return float(oy), float(ox), period
 
 
+def _anchor_disagreement(
+    anchor: tuple[np.ndarray, np.ndarray],
+    spec: np.ndarray,
+    shape: tuple[int, int],
+    shift: tuple[float, float],
+    corr_kw: dict[str, Any],
+) -> float:
+    """Distance (px) between ``shift`` (against the running reference, frame-0 coordinates)
+    and the shift against the frozen early-frame reference ``(spectrum, Wiener weight)``."""
+    c = _correlate_spectra(anchor[0], spec, shape, wa=anchor[1], refine="wiener", **corr_kw)
+    return float(np.hypot(c.dy - shift[0], c.dx - shift[1]))
+
+
 def _outline_jump(
     fa: np.ndarray,
     fb: np.ndarray,
@@ -591,7 +604,7 @@ def register_drift(
         One row per frame: ``frame, dy_px, dx_px, dy_err_px, dx_err_px, [dy_A, dx_A],
         n_pairs, n_outlier_pairs, peak_snr, ref_snr, nonrigid_px,
         pair_ref_disagreement_px, drift_reliable, drift_flag, skipped, reason,
-        ref_sigma_px``.
+        ref_sigma_px, anchor_disagreement_px``.
         ``peak_snr``/``ref_snr``: correlation peak height above the median of the correlation
         in units of its standard deviation, against the previous frame / the running
         reference; ``nonrigid_px``: the sub-field disagreement above (noise-corrected by
@@ -599,6 +612,8 @@ def register_drift(
         ``reliable_tol_px``); ``ref_sigma_px``: standard error per axis of the
         reference-based shift from the frame's checkerboard split (pooled over the last 16
         frames; it sees the frame's noise, not the reference's nor systematic errors);
+        ``anchor_disagreement_px``: distance between the shift against the running
+        reference and that against the first full reference, frozen (the anchor);
         ``drift_flag``: why a frame is unreliable ("" when reliable).  ``attrs`` carries
         ``residual_rms_px`` (robust scale of the pair residuals), ``n_skipped``,
         ``n_unreliable``, ``unreliable_frames`` and the options.
@@ -618,9 +633,14 @@ def register_drift(
     A frame whose lattice registration lies more than half a lattice period (and 2 px) from
     its crystal-outline registration is flagged (lattice-period ambiguity); its chained
     step is unbounded.
-    Known limitation: a slow drift of the running reference late in a series of a small,
-    degrading crystal (reference and pairs agree) can leave a reliable frame 0.25-0.36 px
-    off (3 of 6 test seeds).  Unreliable frames are then chained from their pairwise
+    A running reference inherits the errors of the frames it averages and nothing pulls
+    it back, so over hundreds of frames it can drift (0.28 px over the last 100 of a
+    1000-frame benchmark series); every frame is therefore also registered to the first
+    full reference, frozen (the anchor; Wiener-weighted), and flagged when the two
+    estimates differ by more than ``reliable_tol_px / 2``.
+    Known limitation: late in a short series of a small, degrading crystal (reference,
+    anchor and pairs agree) a reliable frame can be 0.25-0.36 px off (3 of 6 test seeds,
+    1-2 frames of 40).  Unreliable frames are then chained from their pairwise
     shifts (and, when they passed the per-frame tests, their reference rows), with the
     reliable frames held fixed, and flagged; their ``dy_err_px, dx_err_px`` add, to the
     least-squares error, the sub-field disagreement of every unreliable step since the last
@@ -671,6 +691,14 @@ def register_drift(
     disagree = np.full(n, np.nan)
     step_unc = np.full(n, np.nan)
     sig_ref = np.full(n, np.nan)
+    anchor_dev = np.full(n, np.nan)
+    anchor: tuple[np.ndarray, np.ndarray] | None = None
+    corr_kw = {
+        "whitening": whitening,
+        "sigma_px": smooth_px,
+        "upsample": int(upsample),
+        "max_shift_px": max_shift_px,
+    }
     sig_hist: deque[float] = deque(maxlen=16)
     flags: dict[int, str] = {}
     ref_frame: list[int] = []
@@ -735,7 +763,20 @@ def register_drift(
                         f"lattice-period ambiguity: the lattice registration is {oj:.3g} px "
                         "from the crystal-outline registration (> half a lattice period)"
                     )
+                elif anchor is not None and (
+                    (anchor_dis := _anchor_disagreement(anchor, spec, shape, (dy, dx), corr_kw))
+                    > 0.5 * reliable_tol_px
+                ):
+                    # a slow drift of the running reference (each reference inherits the
+                    # error of the frames it averages; nothing pulls it back)
+                    anchor_dev[k] = anchor_dis
+                    flags[k] = (
+                        f"reference drift: the running reference and the early-frame anchor "
+                        f"disagree by {anchor_dis:.2g} px (> {0.5 * reliable_tol_px:g})"
+                    )
                 else:
+                    if anchor is not None:
+                        anchor_dev[k] = anchor_dis
                     nonrigid[k], _, n_sub = _subfield_disagreement(
                         ref,
                         frame,
@@ -846,6 +887,10 @@ def register_drift(
                 if len(ref_buf) > reference_window:
                     _, old_spec, _ = ref_buf.popleft()
                     ref_sum = ref_sum - old_spec
+                if anchor is None and len(ref_buf) == reference_window:
+                    # the first full reference, frozen: a long-baseline check of the chain
+                    a_spec = ref_sum / len(ref_buf)
+                    anchor = (a_spec, _wiener(a_spec, shape))
     online = np.array(sorted(flags), int)  # frames that failed a per-frame test
     n_good = n - len(reasons)
     if n_good < 1:
@@ -1042,6 +1087,7 @@ def register_drift(
     df["nonrigid_px"] = nonrigid
     df["pair_ref_disagreement_px"] = disagree
     df["ref_sigma_px"] = sig_ref
+    df["anchor_disagreement_px"] = anchor_dev
     flag = [f"skipped: {reasons[k]}" if k in reasons else flags.get(k, "") for k in range(n)]
     df["drift_reliable"] = [f == "" for f in flag]
     df["drift_flag"] = flag
