@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _insitu_kmc import kmc_imaged as _kmc_imaged
 
 
 def render_frame(shape, positions_px, amplitudes, sigma_px, background=2.0):
@@ -47,30 +48,7 @@ def synth():
     return _S
 
 
-def _kmc_imaged(
-    edge_A, *, rate, seed, temperature_K=300.0, n_frames=12, crystal_seed=None, **imaging
-):
-    """KMC trajectory of a builder cube and its rendered series: ``(trajectory, series, truth)``.
-
-    ``imaging`` goes to :func:`perovstem.simulate.insitu_series` (pixel size, drift, jitter,
-    probe, ``rng``); the crystal is built with ``crystal_seed`` (default ``seed``).
-    """
-    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
-
-    at = nanocrystal(edge_A=edge_A, rng=seed if crystal_seed is None else crystal_seed)
-    tr = degradation_kmc(
-        at,
-        n_frames=n_frames,
-        frame_time_s=1.0,
-        dose_rate_e_per_A2_s=rate,
-        temperature_K=temperature_K,
-        rng=seed,
-    )
-    s, truth = insitu_series(tr, **imaging)
-    return tr, s, truth
-
-
 @pytest.fixture(scope="session")
 def kmc_imaged():
-    """:func:`_kmc_imaged` for module-scoped fixtures (one KMC + rendering recipe)."""
+    """:func:`_insitu_kmc.kmc_imaged` for module-scoped fixtures."""
     return _kmc_imaged

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _insitu_kmc import kmc_imaged
 from test_clusters import _match, _truth_clusters
 
 from perovstem._data import Image
@@ -12,18 +13,17 @@ from perovstem.insitu import detect_clusters, estimate_lattice
 
 
 def _kmc_series(edge, phi, temp, seed, n_frames=10):
-    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
 
-    tr = degradation_kmc(
-        nanocrystal(edge_A=edge, rng=seed),
-        n_frames=n_frames,
-        frame_time_s=1.0,
-        dose_rate_e_per_A2_s=phi,
+    tr, s, truth = kmc_imaged(
+        edge,
+        rate=phi,
         temperature_K=temp,
+        seed=seed,
+        n_frames=n_frames,
+        pixel_size_A=0.5,
+        drift_A_per_s=(0.8, -0.5),
+        jitter_A=0.3,
         rng=seed,
-    )
-    s, truth = insitu_series(
-        tr, pixel_size_A=0.5, drift_A_per_s=(0.8, -0.5), jitter_A=0.3, rng=seed
     )
     data = np.asarray(s.data, float)
     la, ang, _ = estimate_lattice(data[0], 0.5)

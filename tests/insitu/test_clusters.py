@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from _insitu_kmc import kmc_imaged
 
 from perovstem import CalibrationError, DataError, ParameterError
 from perovstem.insitu import (
@@ -256,20 +257,19 @@ def test_pb0_on_degrading_crystals_kmc():
     Pb0 in detected clusters follows the truth once clusters have grown (host patches of
     the damaged crystal are not taken for Pb)."""
     from perovstem.insitu import analyze_series
-    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
 
-    at = nanocrystal(edge_A=40.0, rng=0)
     for phi, temp, seed in ((1.5e3, 300.0, 5), (3e3, 260.0, 2), (3e3, 320.0, 8), (6e3, 300.0, 4)):
-        tr = degradation_kmc(
-            at,
-            n_frames=12,
-            frame_time_s=1.0,
-            dose_rate_e_per_A2_s=phi,
+        tr, s, truth = kmc_imaged(
+            40.0,
+            rate=phi,
             temperature_K=temp,
+            seed=seed,
+            crystal_seed=0,
+            n_frames=12,
+            pixel_size_A=0.5,
+            drift_A_per_s=(0.8, -0.5),
+            jitter_A=0.3,
             rng=seed,
-        )
-        s, truth = insitu_series(
-            tr, pixel_size_A=0.5, drift_A_per_s=(0.8, -0.5), jitter_A=0.3, rng=seed
         )
         f = analyze_series(s, summary=False, phase_check=False, crystal=False).frames
         det = f["n_Pb0_detected"].to_numpy(float)
@@ -444,7 +444,6 @@ def test_clusters_on_degrading_crystal_kmc_frames():
     rates, two temperatures, four seeds), scored per raw frame against the truth clusters: host
     patches of the damaged crystal under and between the clusters are not taken as Pb."""
     from perovstem._data import Image
-    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
 
     tp = fp = fn = 0
     errs = []
@@ -454,16 +453,16 @@ def test_clusters_on_degrading_crystal_kmc_frames():
         (40.0, 3e3, 320.0, 17),
         (35.0, 4.5e3, 260.0, 18),
     ):
-        tr = degradation_kmc(
-            nanocrystal(edge_A=edge, rng=seed),
-            n_frames=12,
-            frame_time_s=1.0,
-            dose_rate_e_per_A2_s=phi,
+        tr, s, truth = kmc_imaged(
+            edge,
+            rate=phi,
             temperature_K=temp,
+            seed=seed,
+            n_frames=12,
+            pixel_size_A=0.5,
+            drift_A_per_s=(0.8, -0.5),
+            jitter_A=0.3,
             rng=seed,
-        )
-        s, truth = insitu_series(
-            tr, pixel_size_A=0.5, drift_A_per_s=(0.8, -0.5), jitter_A=0.3, rng=seed
         )
         data = np.asarray(s.data, float)
         la, ang, _ = estimate_lattice(data[0], 0.5)
@@ -528,17 +527,18 @@ def _coverage_rows(edge, phi, temp, seed, n_frames):
     projected truth objects of one KMC image series (several detections inside an object
     of overlapping clusters summed, errors in quadrature; objects cut by the edge left out)."""
     from perovstem._data import Image
-    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
 
-    tr = degradation_kmc(
-        nanocrystal(edge_A=edge, rng=seed),
-        n_frames=n_frames,
-        frame_time_s=1.0,
-        dose_rate_e_per_A2_s=phi,
+    tr, s, truth = kmc_imaged(
+        edge,
+        rate=phi,
         temperature_K=temp,
+        seed=seed,
+        n_frames=n_frames,
+        pixel_size_A=0.5,
+        drift_A_per_s=(0.0, 0.0),
+        jitter_A=0.0,
         rng=seed,
     )
-    s, truth = insitu_series(tr, pixel_size_A=0.5, drift_A_per_s=(0.0, 0.0), jitter_A=0.0, rng=seed)
     data = np.asarray(s.data, float)
     field = (data.shape[1] - 1) * 0.5
     tcl = truth["clusters"]
@@ -602,20 +602,19 @@ def test_n_atoms_err_stat_covers_frame_to_frame_changes():
     201-218; 0.906 on 401-418), while n_atoms_err (mostly persistent terms) is wider.
     Shot noise alone covered 0.71 of the pairs on 401-418."""
     from perovstem.insitu import match_clusters
-    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
 
     out = []
     for edge, phi, temp, seed in ((50.0, 3e3, 280.0, 505), (50.0, 6e3, 300.0, 506)):
-        tr = degradation_kmc(
-            nanocrystal(edge_A=edge, rng=seed),
-            n_frames=14,
-            frame_time_s=1.0,
-            dose_rate_e_per_A2_s=phi,
+        tr, s, truth = kmc_imaged(
+            edge,
+            rate=phi,
             temperature_K=temp,
+            seed=seed,
+            n_frames=14,
+            pixel_size_A=0.5,
+            drift_A_per_s=(0.0, 0.0),
+            jitter_A=0.0,
             rng=seed,
-        )
-        s, truth = insitu_series(
-            tr, pixel_size_A=0.5, drift_A_per_s=(0.0, 0.0), jitter_A=0.0, rng=seed
         )
         g, o = s.metadata["gain"], s.metadata["offset"]
         det = pd.concat(

@@ -3,6 +3,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
+from _insitu_kmc import kmc_imaged
 
 from perovstem import DataError, ParameterError, Series
 from perovstem.insitu import (
@@ -161,18 +162,18 @@ def test_real_serialem_frames_register(tomo_data):
 
 def _vanishing_crystal(phi, edge_A, seed, n_frames=24):
     """KMC series of a crystal that is destroyed part-way (simulator truth: host Pb count)."""
-    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
 
-    tr = degradation_kmc(
-        nanocrystal(edge_A=edge_A, rng=0),
-        n_frames=n_frames,
-        frame_time_s=1.0,
-        dose_rate_e_per_A2_s=phi,
+    tr, s, truth = kmc_imaged(
+        edge_A,
+        rate=phi,
         temperature_K=300.0,
-        rng=seed,
-    )
-    s, truth = insitu_series(
-        tr, pixel_size_A=0.5, drift_A_per_s=(0.8, -0.5), jitter_A=0.3, rng=seed + 1
+        seed=seed,
+        crystal_seed=0,
+        n_frames=n_frames,
+        pixel_size_A=0.5,
+        drift_A_per_s=(0.8, -0.5),
+        jitter_A=0.3,
+        rng=seed + 1,
     )
     t = truth["drift"][["dy_px", "dx_px"]].to_numpy()
     host = truth["frames"]["n_Pb_host"].to_numpy(float)
@@ -362,20 +363,17 @@ def test_no_silent_error_when_reliable_frames_lose_their_link(seed):
     # came out 6-30 px off yet "reliable"; now they are flagged as imprecise.  The
     # Wiener-weighted sub-pixel peak and the noise-corrected rigidity test keep most frames
     # reliable (the earlier version kept 17 and 6 of 40 for seeds 2 and 5)
-    from perovstem.simulate import KineticParameters, degradation_kmc, insitu_series, nanocrystal
+    from perovstem.simulate import KineticParameters
 
     n = 40
-    tr = degradation_kmc(
-        nanocrystal(edge_A=50.0, rng=0),
-        n_frames=n,
-        frame_time_s=1.0,
-        dose_rate_e_per_A2_s=350.0,
+    tr, s, truth = kmc_imaged(
+        50.0,
+        rate=350.0,
         temperature_K=300.0,
+        seed=seed,
+        crystal_seed=0,
+        n_frames=n,
         params=KineticParameters(D_Br_e_per_A2=1.2e4),
-        rng=seed,
-    )
-    s, truth = insitu_series(
-        tr,
         pixel_size_A=0.2,
         shape=(512, 512),
         drift_A_per_s=(0.2, -0.1),
@@ -398,19 +396,16 @@ def test_slow_drift_low_counts_no_silent_error(seed):
     # (0.1 px per frame) with 0.25 px jitter: the whitened correlation's sub-pixel peak was
     # dominated by the running reference's high-frequency noise (seed 1: 4 of 30 frames
     # reported reliable but 0.26-0.35 px off); the Wiener-weighted refinement is not
-    from perovstem.simulate import KineticParameters, degradation_kmc, insitu_series, nanocrystal
+    from perovstem.simulate import KineticParameters
 
-    tr = degradation_kmc(
-        nanocrystal(edge_A=60.0, rng=0),
-        n_frames=30,
-        frame_time_s=1.0,
-        dose_rate_e_per_A2_s=350.0,
+    tr, s, truth = kmc_imaged(
+        60.0,
+        rate=350.0,
         temperature_K=300.0,
+        seed=seed,
+        crystal_seed=0,
+        n_frames=30,
         params=KineticParameters(D_Br_e_per_A2=1e5),
-        rng=seed,
-    )
-    s, truth = insitu_series(
-        tr,
         pixel_size_A=0.2,
         shape=(512, 512),
         drift_A_per_s=(0.02, -0.01),
