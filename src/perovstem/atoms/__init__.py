@@ -7,7 +7,9 @@ Public API (see ``docs/CONTRACTS.md``):
 * :func:`crlb`, :func:`voronoi_intensities` — precision bound and model-free intensities;
 * :func:`fit_lattice`, :func:`lattice_strain`, :func:`projected_unit_cell` — displacement and
   strain maps, the measured projected unit cell;
-* :class:`ProjectedCell`, :func:`cspbbr3_001_cell` — projected unit cells.
+* :class:`ProjectedCell`, :func:`cspbbr3_001_cell` — projected unit cells;
+* :func:`fitted_scs_library` — SCS library measured by this package's own column fit on
+  simulated slabs (the counting library of in-situ series).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from perovstem.atoms.cell import ProjectedCell, cspbbr3_001_cell
 from perovstem.atoms.crlb import crlb
 from perovstem.atoms.find import estimate_lattice, find_columns, find_peaks, fit_lattice_vectors
 from perovstem.atoms.fit import FIT_COLUMNS, fit_columns, model_image
+from perovstem.atoms.fitted_library import fitted_scs_library
 from perovstem.atoms.hyperspy import to_hyperspy
 from perovstem.atoms.lattice import fit_lattice, lattice_strain, projected_unit_cell
 from perovstem.atoms.normalize import normalize_image
@@ -33,6 +36,7 @@ __all__ = [
     "fit_columns",
     "fit_lattice",
     "fit_lattice_vectors",
+    "fitted_scs_library",
     "lattice_strain",
     "model_image",
     "normalize_image",
