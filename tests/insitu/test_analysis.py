@@ -94,17 +94,20 @@ def _truth_column_counts(tr, s, truth, cols, k):
 @pytest.fixture(scope="module")
 def column_runs(sim_runs, kmc_imaged):
     """analyze_series(columns=True) on the 300 K series and on a second dose rate."""
+    second = kmc_imaged(40.0, rate=5e3, seed=3, crystal_seed=0, rng=3, **_IMAGING)
+    return [column_run(*run) for run in (sim_runs[0], second)]
+
+
+def column_run(tr, s, truth):
+    """``analyze_series(columns=True)`` and the truth counts of the first and last analysed
+    frames: ``(result, n0, n1)``."""
     from perovstem.insitu import analyze_series
 
-    second = kmc_imaged(40.0, rate=5e3, seed=3, crystal_seed=0, rng=3, **_IMAGING)
-    out = []
-    for tr, s, truth in (sim_runs[0], second):
-        res = analyze_series(s, columns=True, summary=False, phase_check=False, crystal=False)
-        c = res.columns
-        n0 = _truth_column_counts(tr, s, truth, c, 0)
-        n1 = _truth_column_counts(tr, s, truth, c, c.attrs["frames"][-1])  # last analysed
-        out.append((res, n0, n1))
-    return out
+    res = analyze_series(s, columns=True, summary=False, phase_check=False, crystal=False)
+    c = res.columns
+    n0 = _truth_column_counts(tr, s, truth, c, 0)
+    n1 = _truth_column_counts(tr, s, truth, c, c.attrs["frames"][-1])
+    return res, n0, n1
 
 
 def test_atoms_lost_per_column_against_simulator_truth(column_runs):

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_analysis import _truth_column_counts
+from test_analysis import column_run
 
 from perovstem import ParameterError
 
 
 @pytest.fixture(scope="module")
 def unseen_runs(kmc_imaged):
-    from perovstem.insitu import analyze_series
-
     out = []
     for rate, probe, seed, n_frames in ((5e3, 0.30, 24, 6), (4e3, 0.37, 25, 5)):
         tr, s, truth = kmc_imaged(
@@ -32,11 +30,7 @@ def unseen_runs(kmc_imaged):
             probe_sigma_A=probe,
             rng=seed + 100,
         )
-        res = analyze_series(s, columns=True, summary=False, phase_check=False, crystal=False)
-        c = res.columns
-        n0 = _truth_column_counts(tr, s, truth, c, 0)
-        n1 = _truth_column_counts(tr, s, truth, c, c.attrs["frames"][-1])  # last analysed
-        out.append((res, n0, n1))
+        out.append(column_run(tr, s, truth))
     return out
 
 

@@ -19,6 +19,16 @@ def _rms(df, truth):
     return float(np.sqrt(np.mean((est - truth) ** 2)))
 
 
+def _registered(s, truth):
+    """``register_drift`` of a simulator series: (table, true drift from frame 0, error per
+    frame in px, reliable mask)."""
+    t = truth["drift"][["dy_px", "dx_px"]].to_numpy()
+    t = t - t[0]
+    df = register_drift(s)
+    err = np.hypot(*(df[["dy_px", "dx_px"]].to_numpy() - t).T)
+    return df, t, err, df["drift_reliable"].to_numpy()
+
+
 def test_phase_correlate_sign_and_subpixel(synth):
     pos = synth.lattice_positions(20, 76, 7.3)
     a = synth.render_frame((96, 96), pos, np.full(len(pos), 20.0), 1.4)
@@ -380,10 +390,7 @@ def test_no_silent_error_when_reliable_frames_lose_their_link(seed):
         jitter_A=0.05,
         rng=seed + 1,
     )
-    t = truth["drift"][["dy_px", "dx_px"]].to_numpy()
-    df = register_drift(s)
-    err = np.hypot(*(df[["dy_px", "dx_px"]].to_numpy() - (t - t[0])).T)
-    rel = df["drift_reliable"].to_numpy()
+    df, t, err, rel = _registered(s, truth)
     assert rel.sum() >= 30  # few false flags
     assert not (rel & (err > 0.25)).any(), np.round(err[rel], 2)
     rep = np.hypot(df["dy_err_px"], df["dx_err_px"]).to_numpy()
@@ -412,13 +419,10 @@ def test_slow_drift_low_counts_no_silent_error(seed):
         jitter_A=0.05,
         rng=seed + 1,
     )
-    t = truth["drift"][["dy_px", "dx_px"]].to_numpy()
-    df = register_drift(s)
-    err = np.hypot(*(df[["dy_px", "dx_px"]].to_numpy() - (t - t[0])).T)
-    rel = df["drift_reliable"].to_numpy()
+    df, t, err, rel = _registered(s, truth)
     assert rel.sum() >= 27
     assert not (rel & (err > 0.25)).any(), np.round(err[rel], 2)
-    assert _rms(df, t - t[0]) < 0.1
+    assert _rms(df, t) < 0.1
     # the split-half error is reported and of the order of the actual error
     sig = df["ref_sigma_px"].to_numpy()[1:]
     assert np.all(np.isfinite(sig)) and 0.01 < np.median(sig) < 0.1
