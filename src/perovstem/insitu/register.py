@@ -663,12 +663,11 @@ def register_drift(
     check_positive("reliable_tol_px", reliable_tol_px)
     if int(subfields) != subfields or subfields < 2:
         raise ParameterError(f"`subfields` must be an integer >= 2, got {subfields!r}")
-    corr_opts = {
-        "whitening": whitening,
-        "sigma_px": smooth_px,
-        "upsample": int(upsample),
-        "window_alpha": window_alpha,
-    }
+    base_kw = {"whitening": whitening, "sigma_px": smooth_px, "upsample": int(upsample)}
+    # sub-field correlations (their "refine" is set per frame) and whole-frame correlations
+    corr_opts = {**base_kw, "window_alpha": window_alpha}
+    corr_kw = {**base_kw, "max_shift_px": max_shift_px}
+    sub_kw = {"tiles": int(subfields), "min_snr": min_snr, "corr": corr_opts}
     if isinstance(series, Series) and pixel_size_A is None:
         pixel_size_A = series.pixel_size_A
     st = frame_stack(series)
@@ -693,12 +692,6 @@ def register_drift(
     sig_ref = np.full(n, np.nan)
     anchor_dev = np.full(n, np.nan)
     anchor: tuple[np.ndarray, np.ndarray] | None = None
-    corr_kw = {
-        "whitening": whitening,
-        "sigma_px": smooth_px,
-        "upsample": int(upsample),
-        "max_shift_px": max_shift_px,
-    }
     sig_hist: deque[float] = deque(maxlen=16)
     flags: dict[int, str] = {}
     ref_frame: list[int] = []
@@ -725,10 +718,7 @@ def register_drift(
                     ref,
                     spec,
                     shape,
-                    whitening=whitening,
-                    sigma_px=smooth_px,
-                    upsample=int(upsample),
-                    max_shift_px=max_shift_px,
+                    **corr_kw,
                     wa=_wiener(ref, shape),
                     fb_half=_spectrum(frame, window_alpha, half=True),
                     refine="wiener",
@@ -778,14 +768,7 @@ def register_drift(
                     if anchor is not None:
                         anchor_dev[k] = anchor_dis
                     nonrigid[k], _, n_sub = _subfield_disagreement(
-                        ref,
-                        frame,
-                        shape,
-                        (dy, dx),
-                        tiles=int(subfields),
-                        min_snr=min_snr,
-                        corr=corr_opts,
-                        noise_free_below=reliable_tol_px,
+                        ref, frame, shape, (dy, dx), **sub_kw, noise_free_below=reliable_tol_px
                     )
                     if n_sub < 2:
                         flags[k] = (
@@ -808,10 +791,7 @@ def register_drift(
                     fa,
                     spec,
                     shape,
-                    whitening=whitening,
-                    sigma_px=smooth_px,
-                    upsample=int(upsample),
-                    max_shift_px=max_shift_px,
+                    **corr_kw,
                     wa=wa,
                     refine=corr_opts["refine"],
                 )
@@ -833,9 +813,7 @@ def register_drift(
                                 frame,
                                 shape,
                                 (dy, dx),
-                                tiles=int(subfields),
-                                min_snr=min_snr,
-                                corr=corr_opts,
+                                **sub_kw,
                                 noise_free_below=reliable_tol_px,
                             )
                             if n_sub < 2 or nonrigid[k] > reliable_tol_px:
@@ -852,15 +830,7 @@ def register_drift(
                         step_unc[k] = (
                             raw_k
                             if not reference_window
-                            else _subfield_disagreement(
-                                fa,
-                                frame,
-                                shape,
-                                (dy, dx),
-                                tiles=int(subfields),
-                                min_snr=min_snr,
-                                corr=corr_opts,
-                            )[1]
+                            else _subfield_disagreement(fa, frame, shape, (dy, dx), **sub_kw)[1]
                         )
                 if ref_est is not None and prov.get(ka) is not None and snr >= min_snr:
                     # reference-based vs pairwise estimate; the best-agreeing earlier frame
