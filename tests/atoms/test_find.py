@@ -90,6 +90,11 @@ def test_peaks_and_lattice_on_synthetic_square():
         pk[["x_A", "y_A"]].to_numpy(), np.column_stack([gx.ravel(), gy.ravel()]) * 0.2, tol=0.1
     )
     assert rec == 1.0 and prec == 1.0
+    # a known pixel noise (Poisson: sqrt of the mean) gives the same peaks; a bad one is refused
+    pk2 = find_peaks(img, pixel_noise=float(np.sqrt(lam.mean())))
+    assert len(pk2) == len(pk)
+    with pytest.raises(ParameterError, match="pixel_noise"):
+        find_peaks(img, pixel_noise=0.0)
     # intensity typing without a cell: two populations
     eta = np.where((np.arange(gx.size) % 2) == 0, 300.0, 90.0)
     lam2 = render((96, 96), gx.ravel(), gy.ravel(), eta, np.full(gx.size, 1.3))

@@ -46,6 +46,7 @@ def find_peaks(
     threshold: float | None = None,
     min_snr: float = 5.0,
     pixel_size_A: float | None = None,
+    pixel_noise: float | None = None,
 ) -> pd.DataFrame:
     """Local maxima of the Gaussian-smoothed image, at least ``separation_A`` apart.
 
@@ -62,33 +63,17 @@ def find_peaks(
         times the noise of the smoothed image.
     min_snr : float
         Used for the default threshold.
+    pixel_size_A : float, optional
+        Pixel size, Å (from the Image when omitted).
+    pixel_noise : float, optional
+        Pixel noise σ of the image (image units) when already known; default: a robust
+        estimate (MAD of the image minus its 1 px smoothing over the darker half).
 
     Returns
     -------
     DataFrame
         ``x_A, y_A, height`` (smoothed height above the background), sorted by height.
     """
-    return _find_peaks(
-        image,
-        separation_A=separation_A,
-        sigma_A=sigma_A,
-        threshold=threshold,
-        min_snr=min_snr,
-        pixel_size_A=pixel_size_A,
-    )
-
-
-def _find_peaks(
-    image: Image | np.ndarray,
-    *,
-    separation_A: float | None = None,
-    sigma_A: float | None = None,
-    threshold: float | None = None,
-    min_snr: float = 5.0,
-    pixel_size_A: float | None = None,
-    pixel_noise: float | None = None,
-) -> pd.DataFrame:
-    """:func:`find_peaks`; ``pixel_noise`` = ``_robust_noise(data)`` when already known."""
     img = as_image(image, pixel_size_A)
     data = np.asarray(img.data, dtype=float)
     dx = img.pixel_size_A
@@ -105,6 +90,8 @@ def _find_peaks(
     bg = float(np.percentile(sm, 5))
     if pixel_noise is None:
         pixel_noise = _robust_noise(data)
+    else:
+        check_positive("pixel_noise", pixel_noise)
     noise = pixel_noise / (2.0 * np.sqrt(np.pi) * sig)  # σ of the smoothed image
     thr = float(threshold) if threshold is not None else min_snr * noise
     peak = _disk_maxima(sm, sep) & (sm - bg > thr)
@@ -436,7 +423,7 @@ def find_columns(
         )
     dmin_ref = cell.min_distance_A(ref)
     pixel_noise = _robust_noise(data)  # once, for the peaks and the site test below
-    pk = _find_peaks(img, separation_A=0.75 * dmin_ref, min_snr=min_snr, pixel_noise=pixel_noise)
+    pk = find_peaks(img, separation_A=0.75 * dmin_ref, min_snr=min_snr, pixel_noise=pixel_noise)
     if len(pk) < 3:
         raise DataError(f"no atom columns found: only {len(pk)} peak(s) above the threshold")
     xy = pk[["x_A", "y_A"]].to_numpy()
