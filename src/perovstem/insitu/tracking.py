@@ -203,6 +203,25 @@ def _radius_A(n: np.ndarray) -> np.ndarray:
     return (3 * np.clip(n, 0, None) * 4.95**3 / (16 * np.pi)) ** (1 / 3)
 
 
+def _track_inputs(
+    df: pd.DataFrame, size_col: str | None
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Detections sorted by frame and their arrays: sizes (1 without ``size_col``), absolute
+    size errors (the ``<size_col>_err`` column, 0 where absent), positions (Å), frames and
+    equal-volume radii (Å; 0 without sizes)."""
+    df = df.sort_values("frame", kind="stable").reset_index(drop=True)
+    size = df[size_col].to_numpy(float) if size_col else np.ones(len(df))
+    err_col = f"{size_col}_err" if size_col else None
+    if err_col and err_col in df.columns:
+        serr = np.nan_to_num(np.abs(df[err_col].to_numpy(float)), nan=0.0)
+    else:
+        serr = np.zeros(len(df))
+    xy = df[["x_A", "y_A"]].to_numpy(float)
+    fr = df["frame"].to_numpy(int)
+    rad = _radius_A(size) if size_col else np.zeros(len(df))
+    return df, size, serr, xy, fr, rad
+
+
 def _track_mass(
     df: pd.DataFrame,
     max_step: float,
@@ -217,16 +236,7 @@ def _track_mass(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     from scipy.optimize import linear_sum_assignment
 
-    df = df.sort_values("frame", kind="stable").reset_index(drop=True)
-    size = df[size_col].to_numpy(float) if size_col else np.ones(len(df))
-    err_col = f"{size_col}_err" if size_col else None
-    if err_col and err_col in df.columns:
-        serr = np.nan_to_num(np.abs(df[err_col].to_numpy(float)), nan=0.0)
-    else:
-        serr = np.zeros(len(df))
-    xy = df[["x_A", "y_A"]].to_numpy(float)
-    fr = df["frame"].to_numpy(int)
-    rad = _radius_A(size) if size_col else np.zeros(len(df))
+    df, size, serr, xy, fr, rad = _track_inputs(df, size_col)
     seg = np.full(len(df), -1)
     frames = np.unique(fr)
     rows_of = {f: np.flatnonzero(fr == f) for f in frames}
@@ -589,16 +599,8 @@ def _track_global(
     min_frames: int = 1,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
 
-    df = df.sort_values("frame", kind="stable").reset_index(drop=True)
-    size = df[size_col].to_numpy(float) if size_col else np.ones(len(df))
-    err_col = f"{size_col}_err" if size_col else None
-    rel = np.full(len(df), float(size_rel_err))
-    if err_col and err_col in df.columns:
-        e = np.nan_to_num(np.abs(df[err_col].to_numpy(float)), nan=0.0)
-        rel = np.maximum(rel, e / np.maximum(size, 1.0))
-    xy = df[["x_A", "y_A"]].to_numpy(float)
-    fr = df["frame"].to_numpy(int)
-    rad = _radius_A(size) if size_col else np.zeros(len(df))
+    df, size, serr, xy, fr, rad = _track_inputs(df, size_col)
+    rel = np.maximum(float(size_rel_err), serr / np.maximum(size, 1.0))
     sig0 = 0.5 * max_step  # prior rms hop of a track without history, Å
     L2 = (_LONG_HOP_L * max_step) ** 2  # long-hop scale, Å²
     pos2 = (max_step / 8.0) ** 2  # position error floor, Å²
