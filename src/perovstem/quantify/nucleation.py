@@ -454,8 +454,9 @@ def nucleation_profile(
 
 
 @dataclass
-class NucleationRate:
-    """Result of :func:`nucleation_rate`.
+class NucleationRate(NucleationProfile):
+    """Result of :func:`nucleation_rate` (the interval fields, :meth:`covers` and the
+    ``J_nucleation*`` frame columns of :class:`NucleationProfile`, plus the survival).
 
     Attributes
     ----------
@@ -495,33 +496,19 @@ class NucleationRate:
         n_births, survival, deviance, consistent``.
     """
 
-    J_per_e_per_A2: float
-    ci_low: float
-    ci_high: float
-    identifiable: bool
     survival: float
     survival_min: float
     survival_max: float
     correction_uncertainty: float
     detector_ratio: float
-    elasticity: float
     n_births_detected: float
     dose_e_per_A2: float
-    level: float
-    profile: pd.DataFrame = field(repr=False)
-
-    def covers(self, value: float) -> bool:
-        """Whether ``value`` lies in the interval."""
-        return bool(self.ci_low <= value <= self.ci_high)
 
     def frame_columns(self) -> dict[str, float]:
         """Columns for a frames table read by :func:`~perovstem.quantify.mechanism_summary`
         (those of :meth:`NucleationProfile.frame_columns` plus the survival)."""
         return {
-            "J_nucleation": self.J_per_e_per_A2,
-            "J_nucleation_ci_low": self.ci_low,
-            "J_nucleation_ci_high": self.ci_high,
-            "J_nucleation_identifiable": float(self.identifiable),
+            **super().frame_columns(),
             "J_nucleation_survival": self.survival,
             "J_nucleation_survival_min": self.survival_min,
         }
