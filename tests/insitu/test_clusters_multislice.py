@@ -1,0 +1,146 @@
+"""Pb-cluster counts on frozen-phonon multislice images (abTEM), not on our own fast model.
+
+``tests/data/multislice_pb_clusters.npz`` comes from ``benchmarks/check_clusters_abtem.py``
+(one NVIDIA H200, abTEM 1.0.11, 300 kV, 20 mrad, 65–200 mrad, 5–6 frozen-phonon
+configurations per structure, whole periodic box scanned at 0.45 Å < 1/(2α/λ)): compact
+fcc Pb clusters of 13–150 atoms in vacuum, epitaxial ([001] along the beam) and randomly
+oriented, and epitaxial clusters on the entrance or exit surface of a periodic 4-cell
+CsPbBr3 slab at several lateral registries.  Per structure it holds the configuration-mean
+image (fraction of the incident probe per scan position; for slab structures the excess
+over the bare slab of the same run, paired configuration by configuration) and the box SCS
+of each configuration (Å²).
+
+The cluster library (:func:`perovstem.insitu.cluster_scs_library`) is an incoherent sum of
+abTEM-calibrated Pb-column SCS; the multislice images include cross-talk, the host under
+or above the cluster and the loss of channelling of a randomly oriented cluster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perovstem._data import Image
+from perovstem.insitu import atoms_from_scs, cluster_scs_library, detect_clusters
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "multislice_pb_clusters.npz"
+DOSE = 2e4  # e⁻/Å²
+
+
+@pytest.fixture(scope="module")
+def ms():
+    d = np.load(DATA)
+    return {k: d[k] for k in d.files}
+
+
+def _names(ms, prefix=""):
+    return [str(n) for n in ms["names"] if str(n).startswith(prefix) and str(n) != "slab_bare"]
+
+
+def _meta(ms, name):
+    n, kind, group = (int(v) for v in ms[f"{name}__meta"])
+    return n, ("epitaxial", "random")[kind], ("vacuum", "slab")[group]
+
+
+def test_cluster_library_matches_multislice_scs(ms):
+    """Library counts of the multislice SCS: measured within 2.6 % for epitaxial clusters
+    in vacuum (13–150 atoms), −2.6…−7.1 % for randomly oriented ones (no channelling),
+    +0.4…+5.2 % on the slab (host cross-talk); all 19 within the issue's 15 %."""
+    lib = cluster_scs_library(400)
+    errs = {}
+    for name in _names(ms):
+        n, orient, where = _meta(ms, name)
+        scs = ms[f"{name}__scs_A2"]
+        assert len(scs) >= 4, name  # configurations: the mean is not one phonon snapshot
+        se = scs.std(ddof=1) / np.sqrt(len(scs))
+        assert se < 0.03 * scs.mean(), (name, se)
+        err = float(atoms_from_scs(np.array([scs.mean()]), lib)[0]) / n - 1
+        errs[name] = err
+        assert abs(err) <= 0.15, (name, err)
+        if orient == "epitaxial" and where == "vacuum":
+            assert abs(err) <= 0.05, (name, err)
+    assert len(errs) == 19
+    # a cluster that does not channel scatters less than the [001] library says
+    rot = [errs[k] for k in errs if k.startswith("vac_rot")]
+    epi = [errs[k] for k in ("vac_epi_25", "vac_epi_50", "vac_epi_100")]
+    assert max(rot) < min(epi)
+
+
+def _field(ms, name):
+    """A frame around the structure: vacuum clusters padded with 40 px of vacuum; slab
+    clusters in the centre tile of a 3 × 3 tiling of the bare slab (periodic, so the tiles
+    join seamlessly): an 88 Å crystal field."""
+    step = float(ms[f"{name}__step_A"][0])
+    a = ms[f"{name}__mean"].astype(float)
+    if _meta(ms, name)[2] == "vacuum":
+        return np.pad(a, 40), step
+    bare = ms["slab_bare__mean"].astype(float)
+    t = np.tile(bare, (3, 3))
+    h, w = bare.shape
+    t[h : 2 * h, w : 2 * w] += a
+    return t, step
+
+
+def _counts(ms, name, seed):
+    img, step = _field(ms, name)
+    noisy = np.random.default_rng(seed).poisson(img * DOSE * step * step).astype(float)
+    det = detect_clusters(Image(noisy, step, dose_e_per_A2=DOSE))
+    return det
+
+
+# The host test misfires on a perfect host for some registries of a 50-atom cluster on the
+# entrance surface: the cluster's own resolved columns put less than their mean intensity
+# on the host's empty sites, E − D reads as "host excess" (22–32 % of E), the count moves
+# to the host-free map D and comes out −30…−38 % (noise-free too).  A 20-atom cluster on
+# the 4-cell slab is missed in 5 of 6 noisy frames at 2·10⁴ e⁻/Å² at two registries (−48 %
+# in the sixth) and found within 13 % at the third.
+_HOST_MISFIRE = pytest.mark.xfail(
+    strict=True,
+    reason="known limitation (multislice): host-lattice test flags host excess under a "
+    "50-atom cluster on a perfect host at some registries; the D-map count is −30…−38 %",
+)
+_SMALL_ON_HOST = pytest.mark.xfail(
+    strict=True,
+    reason="known limitation (multislice): a 20-atom cluster on the entrance surface of a "
+    "4-cell slab is missed or under-counted at 2e4 e/A2 at some registries",
+)
+_CASES = [
+    "vac_epi_13",
+    "vac_epi_25",
+    "vac_epi_50",
+    "vac_epi_100",
+    "vac_epi_150",
+    "vac_rot_25",
+    "vac_rot_50",
+    "vac_rot_100",
+    "slab_top_100",
+    "slab_bottom_50",
+    "slab_bottom_100",
+    "slab_top_50_x0.25_y0",
+    "slab_top_50_x0.125_y0.375",
+    pytest.param("slab_top_50", marks=_HOST_MISFIRE),
+    pytest.param("slab_top_50_x0.5_y0", marks=_HOST_MISFIRE),
+    pytest.param("slab_top_50_x0.5_y0.5", marks=_HOST_MISFIRE),
+    pytest.param("slab_top_20", marks=_SMALL_ON_HOST),
+    "slab_top_20_x0.25_y0",
+    pytest.param("slab_top_20_x0.5_y0", marks=_SMALL_ON_HOST),
+]
+
+
+@pytest.mark.parametrize("name", _CASES)
+def test_detect_clusters_counts_multislice(ms, name):
+    """End to end on Poisson-noisy multislice frames (2·10⁴ e⁻/Å², 0.45 Å pixels, three
+    noise seeds): one detection at the cluster, its atom count within 15 % of the truth.
+    Measured: vacuum epitaxial −3…+4 %, randomly oriented −2.5…−8 %; slab −11…+13 %
+    where the host test does not misfire (see the xfails)."""
+    n = _meta(ms, name)[0]
+    for seed in range(3):
+        det = _counts(ms, name, seed)
+        assert len(det) >= 1, (name, seed)
+        best = det.iloc[int(np.argmax(det["n_atoms"].to_numpy()))]
+        assert best["n_atoms"] == pytest.approx(n, rel=0.15), (name, seed, best["n_atoms"])
+        # nothing else of cluster size in the field (the host is not detected)
+        others = det.drop(index=best.name)
+        assert (others["n_atoms"] < 0.25 * n).all(), (name, seed, others)
