@@ -18,7 +18,9 @@ For each series length (default 100 and 1000 frames) a child process
 The drift is scored against the simulator's truth on all frames, on the frames that
 :func:`perovstem.insitu.register_drift` reports as reliable (``drift_reliable``), and the
 number of flagged frames and of *silent* errors (frames reported reliable but off by more
-than 0.25 px) are recorded.
+than 0.25 px) are recorded, with the coverage of the reported errors (``dy_err_px,
+dx_err_px``: fraction of frames and axes within 1 and 2 of them) and whether the group-wise
+registration ran (``drift_groupwise``, its process variances and outliers).
 
 Peak memory of the analysis for 100 vs 1000 frames shows whether memory depends on the
 length.  The peer comparison times our sub-pixel phase correlation against scikit-image's
@@ -174,6 +176,19 @@ def child(
     reasons = res.drift.loc[~rel, "drift_flag"].str.split(":").str[0].str.slice(0, 40)
     out["flag_reasons"] = {str(k): int(v) for k, v in reasons.value_counts().items()}
     out["n_flagged_within_0p25px"] = int((~rel & (err <= 0.25)).sum())
+    # honesty of the reported errors: fraction of frames (per axis) whose actual error is
+    # within 1 and 2 reported standard errors (0.68 and 0.95 if honest and Gaussian)
+    rep = res.drift[["dy_err_px", "dx_err_px"]].to_numpy(float)
+    for c in (1, 2):
+        out[f"drift_err_coverage_{c}sigma"] = float(np.mean(np.abs(e - t) <= c * rep))
+        if rel.any():
+            out[f"drift_err_coverage_{c}sigma_reliable"] = float(
+                np.mean(np.abs(e - t)[rel] <= c * rep[rel])
+            )
+    out["drift_groupwise"] = bool(res.drift.attrs.get("groupwise", False))
+    for key in ("groupwise_process_var_px2", "groupwise_n_outliers", "groupwise_sigma_limit_px"):
+        if key in res.drift.attrs:
+            out[key] = res.drift.attrs[key]
     if "ref_sigma_px" in res.drift:
         sig = res.drift["ref_sigma_px"].to_numpy(float)
         out["ref_sigma_px_median"] = float(np.nanmedian(sig)) if np.isfinite(sig).any() else None

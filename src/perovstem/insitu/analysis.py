@@ -68,10 +68,11 @@ class InsituResult:
 
     Attributes
     ----------
-    frames : per-frame bookkeeping (time, dose, cumulative dose, conditions, drift and its
-        ``drift_reliable``/``drift_flag``, crystal area/shrinkage/voids/phase, cluster
-        number/atoms/mean size, births, merges; ``host_model``, the cluster host-model state
-        of the frame, and ``n_clusters_host_flagged``/``n_Pb0_host_flagged``, the clusters
+    frames : per-frame bookkeeping (time, dose, cumulative dose, conditions, drift
+        ``dy_px, dx_px`` with ``drift_reliable``/``drift_flag`` and ``drift_err_px``, the
+        2-D standard error ``hypot(dy_err_px, dx_err_px)`` of :func:`register_drift`, px;
+        crystal area/shrinkage/voids/phase, cluster number/atoms/mean size, births,
+        merges; ``host_model``, the cluster host-model state of the frame, and ``n_clusters_host_flagged``/``n_Pb0_host_flagged``, the clusters
         and atoms among them whose host background could not be modelled, ``host_ok``
         False in ``clusters``).
     drift : output of :func:`register_drift`.
@@ -372,10 +373,18 @@ def analyze_series(
         bad = drift.loc[~drift["drift_reliable"], "frame"].to_numpy()
         notes.append(
             f"drift unreliable in {n_unrel} of {n} frames (first {int(bad[0])}, last "
-            f"{int(bad[-1])}; column drift_reliable/drift_flag): no rigid structure to "
-            "register to (e.g. crystal gone, mobile clusters only); their drift is chained "
-            "with a growing uncertainty, positions there carry that error, and the mobility "
-            "fit leaves those frames out"
+            f"{int(bad[-1])}; column drift_reliable/drift_flag gives the reason: e.g. no "
+            "rigid structure to register to (crystal gone, mobile clusters only), non-rigid "
+            "motion, or a drift error above the reliability limit at low dose); their "
+            "drift carries the error in drift_err_px (chained, growing uncertainty where "
+            "the frame's content failed a test), positions there carry that error, and the "
+            "mobility fit leaves those frames out"
+        )
+    if register and drift.attrs.get("groupwise"):
+        notes.append(
+            "drift of the frames the running reference could not register reliably from the "
+            "group-wise registration (each frame against the mean of all frames, RTS "
+            "smoother; register_drift(groupwise=...))"
         )
     br_res = None
     if br_loss:
@@ -818,6 +827,8 @@ def _frames_table(
     if "drift_reliable" in drift:
         out["drift_reliable"] = drift["drift_reliable"].to_numpy(bool)
         out["drift_flag"] = drift["drift_flag"].to_numpy()
+    if "dy_err_px" in drift:
+        out["drift_err_px"] = np.hypot(drift["dy_err_px"], drift["dx_err_px"]).to_numpy()
     if "area_A2" in out:
         a0 = out.loc[~out["skipped"], "area_A2"]
         first = float(a0.iloc[0]) if len(a0) else np.nan
