@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.fft as sfft
 from scipy import optimize
 
 from perovstem.insitu._frames import iter_frames
@@ -59,6 +60,43 @@ def _local_peak(
     iy, ix = np.unravel_index(int(np.argmax(c)), c.shape)
     y, x = _upsampled_peak(h, shape, float(gy[iy]), float(gx[ix]), upsample)
     return y, x, float((c.max() - np.median(c)) / (c.std() + 1e-30))
+
+
+def raw_sum_shape(spec: np.ndarray) -> tuple[int, int]:
+    """Frame shape of an rfft2 half spectrum (even width)."""
+    return spec.shape[0], 2 * (spec.shape[1] - 1)
+
+
+def _poisson_measure(
+    frame: np.ndarray,
+    raw_sum: np.ndarray,
+    raw_w: np.ndarray,
+    own_align: np.ndarray | None,
+    centre: np.ndarray,
+    upsample: int,
+) -> tuple[float, float, float]:
+    """Shift of ``frame`` by the Poisson log-likelihood ``Σ_r f(r) log λ(r - s)`` of its
+    counts, with ``λ`` the Wiener-filtered sum of the other frames (``raw_sum`` less the
+    frame's own term moved by ``own_align``), clipped below at its mean (the template's
+    faint part is poorly known); the peak within 3 px of ``centre``.  Returns the shift and
+    the squared split-half difference (2-D, px²) of the same estimator on the frame's two
+    checkerboard halves."""
+    from perovstem.insitu.register import _checker, _lowpass, _phase_ramp, _upsampled_peak
+
+    f = np.asarray(frame, np.float32)
+    shape = f.shape
+    spec = sfft.rfft2(f, workers=2)
+    ref = raw_sum
+    if own_align is not None:
+        ref = raw_sum - spec * _phase_ramp(shape, own_align[0], own_align[1])
+    lam = sfft.irfft2((ref * raw_w).astype(np.complex64), s=shape, workers=2)
+    t = np.log(np.maximum(lam, max(float(lam.mean()), 1e-30))).astype(np.float32)
+    g = np.conj(sfft.rfft2(t - np.float32(t.mean()), workers=2)) * _lowpass(shape, 0.0)
+    y, x, _ = _local_peak(g * spec, shape, (float(centre[0]), float(centre[1])), upsample, 3)
+    half = sfft.rfft2(f * _checker(shape), workers=2)
+    a = _upsampled_peak(g * half, shape, y, x, upsample)
+    b = _upsampled_peak(g * (spec - half), shape, y, x, upsample)
+    return y, x, (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2
 
 
 def _lattice_highpass(spec: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -116,6 +154,7 @@ def groupwise_measure(
     track: Any = None,
     last_pass: Any = None,
     highpass: bool = False,
+    poisson: bool = True,
 ) -> dict[str, Any]:
     """Measure every usable frame against the leave-one-out aligned sum of the series.
 
@@ -157,16 +196,41 @@ def groupwise_measure(
         ref_sum, align, in_sum = None, np.asarray(drift0, float).copy(), np.zeros(n, bool)
         passes = range(0, n_iter + 1)
     centre = None
+    raw_sum: np.ndarray | None = None
+    raw_w: np.ndarray | None = None
     for it in passes:
         last = it == n_iter
         wiener_ref = None
         new_sum: np.ndarray | None = None
+        new_raw: np.ndarray | None = None
         new_align = np.asarray(drift0, float).copy()
         new_in = np.zeros(n, bool)
         if it >= 2:
             centre = track(meas, snr) if track is not None else meas.copy()
+        ml = last and poisson and raw_sum is not None
         for k, frame in iter_frames(st):
             if not usable[k]:
+                continue
+            if ml:
+                y, x, split2[k] = _poisson_measure(
+                    frame, raw_sum, raw_w, align[k] if in_sum[k] else None, centre[k], up
+                )
+                meas[k] = (y, x)
+                if last_pass is not None:
+
+                    def _ref(
+                        k: int = k,
+                        frame: np.ndarray = frame,
+                        rs: np.ndarray = ref_sum,
+                        al: np.ndarray = align,
+                        ins: np.ndarray = in_sum,
+                    ) -> np.ndarray:
+                        # the windowed leave-one-out sum (only when the callback needs it)
+                        spec = _spectrum(frame, window_alpha)
+                        own = spec * _phase_ramp(frame.shape, al[k, 0], al[k, 1])
+                        return (rs - own if ins[k] else rs).astype(np.complex64)
+
+                    last_pass(k, frame, _ref, (y, x))
                 continue
             spec = _spectrum(frame, window_alpha)
             if ref_sum is not None:
@@ -198,15 +262,23 @@ def groupwise_measure(
                     b = _upsampled_peak(g * (spec - half) * hw, frame.shape, y, x, up)
                     split2[k] = (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2
                     if last_pass is not None:
-                        last_pass(k, frame, ref, (y, x))
+                        last_pass(k, frame, lambda ref=ref: ref, (y, x))
                 ok = s_k >= min_snr and np.hypot(y - align[k, 0], x - align[k, 1]) < 3
                 new_align[k] = (y, x) if ok else align[k]
             if not last:
-                term = spec * _phase_ramp(frame.shape, new_align[k, 0], new_align[k, 1])
+                ramp = _phase_ramp(frame.shape, new_align[k, 0], new_align[k, 1])
+                term = spec * ramp
                 new_sum = term.astype(np.complex128) if new_sum is None else new_sum + term
                 new_in[k] = True
+                if poisson and it == n_iter - 1:
+                    # the sum of the raw frames (no window, counts) for the Poisson template
+                    rterm = sfft.rfft2(np.asarray(frame, np.float32), workers=2) * ramp
+                    new_raw = rterm.astype(np.complex128) if new_raw is None else new_raw + rterm
         if not last:
             ref_sum, align, in_sum = new_sum, new_align, new_in
+            if new_raw is not None:
+                raw_sum = new_raw
+                raw_w = _wiener(raw_sum.astype(np.complex64), raw_sum_shape(raw_sum))
     var = _split_var(split2)
     var = np.where(np.isfinite(meas[:, 0]) & (snr >= min_snr), var, np.inf)
     return {"meas": meas, "var": np.column_stack([var, var]), "snr": snr, "split_dev2": split2}
@@ -425,10 +497,10 @@ def refine_drift(
     retest = usable & ~kept & ~(nonrigid <= reliable_tol_px)
     sub = {**sub_kw, "corr": {**sub_kw["corr"], "refine": "wiener"}}
 
-    def _rigidity(k: int, frame: np.ndarray, ref: np.ndarray, shift: tuple) -> None:
+    def _rigidity(k: int, frame: np.ndarray, ref: Any, shift: tuple) -> None:
         if retest[k]:
             nonrigid[k], _, n_sub[k] = _subfield_disagreement(
-                ref, frame, frame.shape, shift, **sub, noise_free_below=reliable_tol_px
+                ref(), frame, frame.shape, shift, **sub, noise_free_below=reliable_tol_px
             )
 
     def _track(meas: np.ndarray, snr: np.ndarray) -> np.ndarray:
