@@ -1,0 +1,423 @@
+"""Per-frame scoring of :func:`perovstem.insitu.detect_clusters` on KMC image series.
+
+Truth: the simulator's Pb clusters per frame as *projected objects* (clusters whose
+equal-volume discs overlap in projection are one object, atoms summed; the convention of
+``tests/insitu/test_clusters.py``).  Per frame and for >= 10-atom objects:
+
+* hit: a detection within max(5 Å, R + 2 Å) of the object (one-to-one assignment);
+* false positive: an unmatched detection that is not on a smaller truth object (those are
+  neutral) nor a second detection inside an object of several clusters (it resolved them;
+  such an object's count is the sum of its detections);
+* counts: relative error of the matched objects whose disc + 3 Å lies in the field;
+* misses by cause: ``edge`` (disc + 3 Å not in the field), ``touching`` (the object's centre
+  is within the equal-volume radius (+ 1 Å) of another detection: it is counted with a
+  neighbour), ``offset`` (a detection within twice the match distance, but not matched to
+  this object: a displaced centroid between neighbours, or matched to a neighbour),
+  ``on_host`` / ``vacuum_undetected`` (no detection near; on the crystal plateau or not;
+  ``_small`` for < 20 atoms).  Counts are also broken down by size, host/vacuum and whether
+  the object has a >= 5-atom neighbour within r1 + r2 + 4 Å (``touching`` counts).
+
+Series (``tests/insitu/_insitu_kmc.py`` recipe: 12 frames of 1 s, drift 0.8/-0.5 Å/s,
+0.3 Å jitter): ``tune`` seeds 51-54 and ``tune280`` 41-46 (5.5/4 nm at 280 K, used to set
+the split constants), ``holdout`` 61-68 (reported in earlier sessions, not tuned on),
+``fresh`` 91-98 (looked at once, at the end), ``big280`` 71-74 (5.5 nm, 280 K) and
+``px04`` 81-84 (0.4 Å pixels).  ``isolated``: single compact or aspect-ratio-2 fcc
+clusters (20-150 atoms) beside or on a 4 nm crystal (fast HAADF model, 2e3 and 5e3
+e⁻/Å²): the number of frames where the cluster is reported as more than one detection.
+Every case runs with ``split=False`` (the marker watershed alone, the previous code) and
+``split=True``.  Timing: a 1024² frame at 0.2 Å (8 nm crystal, 280 K, KMC frame 11).
+
+Run:  python benchmarks/bench_clusters.py  (writes benchmarks/results/bench_clusters.json;
+about 10 min on 2 busy cores).  The machine load before/after is stored: the seconds are
+indicative only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests" / "insitu"))
+
+from _insitu_kmc import kmc_imaged  # noqa: E402
+
+from perovstem._data import Image  # noqa: E402
+from perovstem.insitu import detect_clusters, estimate_lattice  # noqa: E402
+from perovstem.insitu.clusters import _cell_average, _lattice_opening  # noqa: E402
+
+PB_A = 4.95
+
+
+def _radius(n):
+    return (3 * np.asarray(n, float) * PB_A**3 / (16 * np.pi)) ** (1 / 3)
+
+
+def truth_objects(t: pd.DataFrame) -> pd.DataFrame:
+    """Projected truth objects of one frame (``tests/insitu/test_clusters._truth_clusters``)."""
+    t = t[t["cluster_id"] >= 0]
+    rows = [
+        [
+            np.average(g["x_A"], weights=g["n_atoms"]),
+            np.average(g["y_A"], weights=g["n_atoms"]),
+            g["n_atoms"].sum(),
+            1,
+        ]
+        for _, g in t.groupby("cluster_id")
+    ]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(rows)):
+            for j in range(i + 1, len(rows)):
+                (xi, yi, ni, ki), (xj, yj, nj, kj) = rows[i], rows[j]
+                if np.hypot(xi - xj, yi - yj) < _radius(ni) + _radius(nj):
+                    n = ni + nj
+                    rows[i] = [(xi * ni + xj * nj) / n, (yi * ni + yj * nj) / n, n, ki + kj]
+                    del rows[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return pd.DataFrame(rows, columns=["x_A", "y_A", "n_atoms", "n_clusters"])
+
+
+def _match(tc, det):
+    from scipy.optimize import linear_sum_assignment
+
+    if len(tc) == 0 or len(det) == 0:
+        return []
+    d = np.hypot(
+        tc["x_A"].to_numpy()[:, None] - det["x_A"].to_numpy()[None, :],
+        tc["y_A"].to_numpy()[:, None] - det["y_A"].to_numpy()[None, :],
+    )
+    tol = np.maximum(5.0, _radius(tc["n_atoms"].to_numpy()) + 2.0)[:, None]
+    r, c = linear_sum_assignment(np.where(d < tol, d, 1e6))
+    return [(i, j) for i, j in zip(r, c, strict=True) if d[i, j] < tol[i, 0]]
+
+
+def score_frame(det, tk, field_A, on_host):
+    """(tp, fp, fn, counts, misses) of one frame; ``on_host(x, y)`` tells crystal pixels."""
+    tc = truth_objects(tk)
+    big = tc[tc["n_atoms"] >= 10].reset_index(drop=True)
+    small = tc[tc["n_atoms"] < 10]
+    ok = _match(big, det)
+    hit = {j for _, j in ok}
+    matched = {i for i, _ in ok}
+    extra: dict[int, list[int]] = {}
+    fp = 0
+    for j in range(len(det)):
+        if j in hit:
+            continue
+        xj, yj = det["x_A"].iloc[j], det["y_A"].iloc[j]
+        d = np.hypot(small["x_A"] - xj, small["y_A"] - yj)
+        if len(small) and np.any(d < np.maximum(5.0, _radius(small["n_atoms"]) + 2.0)):
+            continue
+        db = np.hypot(big["x_A"] - xj, big["y_A"] - yj)
+        inside_obj = (big["n_clusters"] > 1) & (db < _radius(big["n_atoms"]) + 2.0)
+        if inside_obj.any():
+            extra.setdefault(int(np.argmin(np.where(inside_obj, db, np.inf))), []).append(j)
+            continue
+        fp += 1
+    counts = []
+    for i, j in ok:
+        x, y, n = big.loc[i, ["x_A", "y_A", "n_atoms"]]
+        inside = min(x, y, field_A - x, field_A - y) - _radius(n) > 3.0
+        nd = det["n_atoms"].iloc[[j, *extra.get(i, [])]].sum()
+        dn = np.hypot(tc["x_A"] - x, tc["y_A"] - y)
+        nb = (dn > 1e-6) & (dn < _radius(n) + _radius(tc["n_atoms"]) + 4.0) & (tc["n_atoms"] >= 5)
+        if inside:
+            counts.append((nd / n - 1, n, bool(nb.any()), bool(on_host(x, y))))
+    misses = []
+    dxy = det[["x_A", "y_A"]].to_numpy(float) if len(det) else np.zeros((0, 2))
+    rdet = _radius(det["n_atoms"].to_numpy(float)) if len(det) else np.zeros(0)
+    for i in range(len(big)):
+        if i in matched:
+            continue
+        x, y, n = big.loc[i, ["x_A", "y_A", "n_atoms"]]
+        dd = np.hypot(dxy[:, 0] - x, dxy[:, 1] - y)
+        if min(x, y, field_A - x, field_A - y) - _radius(n) <= 3.0:
+            cause = "edge"
+        elif len(dd) and np.any(dd < rdet + 1.0):
+            cause = "touching"
+        elif len(dd) and np.any(dd < 2 * max(5.0, _radius(n) + 2.0)):
+            cause = "offset"
+        else:
+            cause = ("on_host" if on_host(x, y) else "vacuum_undetected") + (
+                "_small" if n < 20 else ""
+            )
+        misses.append(cause)
+    return len(ok), fp, len(big) - len(ok), counts, misses
+
+
+def _host_mask(frame, px, la, ang):
+    m = _cell_average(frame[None].astype(float), la / px, ang)[0]
+    bg = _lattice_opening(m, max(3, int(np.ceil(32 / px)) | 1))
+    lvl = np.percentile(m, 99.5)
+
+    def on_host(x, y):
+        r = min(max(int(round(y / px)), 0), m.shape[0] - 1)
+        c = min(max(int(round(x / px)), 0), m.shape[1] - 1)
+        return bg[r, c] > 0.25 * lvl
+
+    return on_host
+
+
+def _cond(seed):
+    return {
+        "edge": (35.0, 40.0)[seed % 2],
+        "rate": (1.5e3, 3e3, 6e3)[seed % 3],
+        "temp": (280.0, 300.0, 320.0, 300.0)[(seed // 2) % 4],
+        "px": 0.5,
+    }
+
+
+SETS = {
+    "tune": [(s, _cond(s)) for s in range(51, 55)],
+    "tune280": [
+        (
+            s,
+            {
+                "edge": (55.0, 40.0)[s % 2],
+                "rate": (3e3, 6e3)[(s // 2) % 2],
+                "temp": 280.0,
+                "px": 0.5,
+            },
+        )
+        for s in range(41, 47)
+    ],  # fmt: skip
+    "holdout": [(s, _cond(s)) for s in range(61, 69)],
+    "fresh": [(s, _cond(s)) for s in range(91, 99)],
+    "big280": [
+        (s, {"edge": 55.0, "rate": (3e3, 6e3)[s % 2], "temp": 280.0, "px": 0.5})
+        for s in range(71, 75)
+    ],
+    "px04": [
+        (
+            s,
+            {
+                "edge": 40.0,
+                "rate": (1.5e3, 6e3)[s % 2],
+                "temp": (300.0, 280.0)[(s // 2) % 2],
+                "px": 0.4,
+            },
+        )
+        for s in range(81, 85)
+    ],  # fmt: skip
+}
+
+
+def run_set(cases):
+    out = {sp: {"tp": 0, "fp": 0, "fn": 0, "counts": [], "misses": [], "t": 0.0, "nf": 0}
+           for sp in (False, True)}  # fmt: skip
+    for seed, c in cases:
+        px = c["px"]
+        _, s, truth = kmc_imaged(
+            c["edge"], rate=c["rate"], temperature_K=c["temp"], seed=seed, n_frames=12,
+            pixel_size_A=px, drift_A_per_s=(0.8, -0.5), jitter_A=0.3, rng=seed,
+        )  # fmt: skip
+        data = np.asarray(s.data, float)
+        la, ang, _ = estimate_lattice(data[0], px)
+        kw = {"gain": s.metadata.get("gain", 1.0), "offset": s.metadata.get("offset", 0.0),
+              "lattice_A": la, "lattice_angle_deg": ang}  # fmt: skip
+        field = (data.shape[1] - 1) * px
+        for k in range(len(data)):
+            img = Image(data[k], px, dose_e_per_A2=float(np.asarray(s.dose_e_per_A2)[k]))
+            tk = truth["clusters"][truth["clusters"]["frame"] == k]
+            host = _host_mask(data[k], px, la, ang)
+            for sp in (False, True):
+                t0 = time.perf_counter()
+                det = detect_clusters(img, split=sp, **kw)
+                o = out[sp]
+                o["t"] += time.perf_counter() - t0
+                o["nf"] += 1
+                a, b, cc, cnt, mis = score_frame(det, tk, field, host)
+                o["tp"] += a
+                o["fp"] += b
+                o["fn"] += cc
+                o["counts"] += cnt
+                o["misses"] += mis
+    return {("split" if sp else "watershed"): _summary(o) for sp, o in out.items()}
+
+
+def _summary(o):
+    e = np.array([c[0] for c in o["counts"]])
+    n = np.array([c[1] for c in o["counts"]])
+    nb = np.array([c[2] for c in o["counts"]], bool)
+    oh = np.array([c[3] for c in o["counts"]], bool)
+
+    def part(sel):
+        if not sel.any():
+            return None
+        return {"n": int(sel.sum()), "within_15pct": round(float(np.mean(np.abs(e[sel]) < 0.15)), 3),
+                "median_err": round(float(np.median(e[sel])), 3)}  # fmt: skip
+
+    miss = pd.Series(o["misses"], dtype=object).value_counts().to_dict()
+    tp, fp, fn = o["tp"], o["fp"], o["fn"]
+    return {
+        "tp": tp, "fp": fp, "fn": fn,
+        "precision": round(tp / max(tp + fp, 1), 3),
+        "recall": round(tp / max(tp + fn, 1), 3),
+        "counts": part(np.ones(len(e), bool)),
+        "counts_by": {
+            "10-20": part(n < 20), "20-40": part((n >= 20) & (n < 40)),
+            "40-80": part((n >= 40) & (n < 80)), ">=80": part(n >= 80),
+            "on_host": part(oh), "vacuum": part(~oh),
+            "with_touching_neighbour": part(nb), "no_touching_neighbour": part(~nb),
+        },
+        "misses": {str(k): int(v) for k, v in miss.items()},
+        "s_per_frame": round(o["t"] / max(o["nf"], 1), 4),
+    }  # fmt: skip
+
+
+def _elongated(n, aspect, rng, angle):
+    """``n`` fcc Pb sites nearest the centre in the metric of an ellipsoid with in-plane
+    aspect ratio ``aspect`` along ``angle`` (radians from x), centred at 0."""
+    g = np.arange(-9, 10)
+    base = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    cells = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    pts = (cells[:, None] + base[None]).reshape(-1, 3) * PB_A
+    ax = np.array([np.cos(angle), np.sin(angle), 0.0])
+    par = pts @ ax
+    perp = np.linalg.norm(pts - par[:, None] * ax, axis=1)
+    d = np.hypot(par / aspect ** (2 / 3), perp * aspect ** (1 / 3)) + rng.random(len(pts)) * 1e-6
+    cl = pts[np.argsort(d)[:n]]
+    return cl - cl.mean(0)
+
+
+def isolated_frame(seed, aspect, where, dose, px=0.5):
+    """A 4 nm crystal with one compact (``aspect`` 1) or elongated fcc Pb cluster beside
+    it or on top of it; returns (image, truth cluster centre (x, y) Å, n)."""
+    from ase import Atoms
+
+    from perovstem.simulate import nanocrystal
+    from perovstem.simulate.haadf import haadf_image
+
+    rng = np.random.default_rng(seed)
+    at = nanocrystal(edge_A=40.0, rng=seed)
+    n = int(rng.choice([20, 40, 80, 150]))
+    cl = _elongated(n, aspect, rng, rng.uniform(0, np.pi))
+    pos = at.get_positions()
+    c = pos.mean(0)
+    half = (pos.max(0) - pos.min(0)) / 2
+    if where == "beside":
+        shift = c + [half[0] + np.abs(cl[:, 0]).max() + 4.0, rng.uniform(-10, 10), 0.0]
+    else:
+        shift = c + [rng.uniform(-8, 8), rng.uniform(-8, 8), half[2] + 6.0]
+    new = Atoms(["Pb"] * n, positions=cl + shift)
+    cid = max(int(at.arrays["cluster_id"].max()) + 1, 0) if "cluster_id" in at.arrays else 0
+    extra = {"label": np.full(n, 2), "cluster_id": np.full(n, cid),
+             "sublattice": np.full(n, 3), "site_index": np.full((n, 3), -1)}  # fmt: skip
+    for k, v in extra.items():
+        if k in at.arrays:
+            new.set_array(k, v)
+    for k in list(at.arrays):
+        if k not in new.arrays and k not in ("numbers", "positions"):
+            new.set_array(k, np.zeros((n, *at.arrays[k].shape[1:]), at.arrays[k].dtype))
+    img, truth = haadf_image(
+        at + new, pixel_size_A=px, shape=(int(90 / px),) * 2, center_A=(0, 0),
+        dose_e_per_A2=dose, rng=seed,
+    )  # fmt: skip
+    t = truth[truth["cluster_id"] == cid]
+    return img, (float(t["x_A"].mean()), float(t["y_A"].mean())), n
+
+
+def run_isolated(seeds=range(10, 22)):
+    res = {}
+    for aspect in (1.0, 2.0):
+        for where in ("beside", "on"):
+            for dose in (2e3, 5e3):
+                row = {"watershed": [0, 0, []], "split": [0, 0, []]}
+                for seed in seeds:
+                    img, (x, y), n = isolated_frame(seed, aspect, where, dose)
+                    for sp in (False, True):
+                        det = detect_clusters(img, split=sp)
+                        near = det[np.hypot(det["x_A"] - x, det["y_A"] - y) < 12.0]
+                        r = row["split" if sp else "watershed"]
+                        r[0] += int(len(near) > 1)
+                        r[1] += 1
+                        r[2].append(float(near["n_atoms"].sum() / n))
+                res[f"aspect{aspect:g}_{where}_{dose:g}"] = {
+                    k: {"more_than_one": v[0], "frames": v[1],
+                        "median_count_ratio": round(float(np.median(v[2])), 3)}
+                    for k, v in row.items()
+                }  # fmt: skip
+    return res
+
+
+def timing_1024(px=0.2, size=1024, repeat=3):
+    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
+
+    tr = degradation_kmc(nanocrystal(edge_A=80.0, rng=0), n_frames=12, frame_time_s=1.0,
+                         dose_rate_e_per_A2_s=3e3, temperature_K=280.0, rng=1)  # fmt: skip
+    s, _ = insitu_series(tr, pixel_size_A=px, shape=(size, size), rng=2)
+    frame = np.asarray(s.data[11], float)
+    la, ang, _ = estimate_lattice(frame, px)
+    img = Image(frame, px, dose_e_per_A2=float(np.asarray(s.dose_e_per_A2)[11]))
+    kw = {"gain": s.metadata.get("gain", 1.0), "offset": s.metadata.get("offset", 0.0),
+          "lattice_A": la, "lattice_angle_deg": ang}  # fmt: skip
+    out = {}
+    for sp in (False, True):
+        detect_clusters(img, split=sp, **kw)
+        ts = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            det = detect_clusters(img, split=sp, **kw)
+            ts.append(time.perf_counter() - t0)
+        out["split" if sp else "watershed"] = {"s_min": round(min(ts), 3),
+                                               "detections": len(det)}  # fmt: skip
+    return out
+
+
+def main():
+    import numba
+    import scipy
+
+    sets = sys.argv[1].split(",") if len(sys.argv) > 1 else list(SETS)
+    info = {
+        "benchmark": "detect_clusters per frame vs projected KMC truth objects",
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_before": os.getloadavg(),
+        },  # fmt: skip
+        "versions": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "numba": numba.__version__,
+        },  # fmt: skip
+    }
+    try:
+        info["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+            cwd=HERE.parent,
+        ).stdout.strip()  # fmt: skip
+    except OSError:
+        pass
+    t0 = time.time()
+    info["sets"] = {}
+    for name in sets:
+        info["sets"][name] = run_set(SETS[name])
+        print(name, json.dumps(info["sets"][name]), flush=True)
+    if len(sys.argv) <= 1:
+        info["isolated"] = run_isolated()
+        print("isolated", json.dumps(info["isolated"]), flush=True)
+        info["timing_1024_0.2A"] = timing_1024()
+        print("timing", info["timing_1024_0.2A"], flush=True)
+    info["machine"]["load_after"] = os.getloadavg()
+    info["wall_s"] = round(time.time() - t0, 1)
+    if len(sys.argv) <= 1:  # the full run only
+        (HERE / "results" / "bench_clusters.json").write_text(json.dumps(info, indent=1))
+
+
+if __name__ == "__main__":
+    main()
