@@ -106,7 +106,11 @@ with the split of step 3b): held-out 8 series (seeds 61–68, 3.5/4 nm, 280–32
 misses are not touching pairs in one detection (2 of 30 held-out misses after, 4 of 37
 before) but 10–20-atom clusters on the crystal at low contrast, undetected or merged into
 a displaced detection between two such clusters.  Cost: a 1024² frame at 0.2 Å (8 nm
-crystal, 25 clusters) 0.84 → 1.47 s on two busy cores (load 4–6).
+crystal, 25 clusters) 0.43 → 1.12 s and 0.84 → 1.47 s in two runs on two busy cores (load
+4–7: +0.6–0.7 s); 0.5 Å frames of 3.5–5.5 nm crystals 0.03–0.04 → 0.07–0.23 s.  A finer
+watershed (``smooth_A=1.5``, ``min_separation_A=5``) with the split raised the tuning
+recall 0.871 → 0.902 but cost held-out precision 0.950 → 0.934 (recall 0.920 → 0.939):
+not adopted (rule set before the held-out run: precision may drop by ≤ 0.01).
 """
 
 from __future__ import annotations
