@@ -264,6 +264,10 @@ def test_analyze_series_reports_unreliable_drift():
     res = analyze_series(s, summary=False, phase_check=False)
     f = res.frames
     assert "drift_reliable" in f and "drift_flag" in f
+    # the 2-D drift error of register_drift is carried into the frames table
+    np.testing.assert_allclose(
+        f["drift_err_px"], np.hypot(res.drift["dy_err_px"], res.drift["dx_err_px"])
+    )
     n_bad = int((~f["drift_reliable"]).sum())
     assert n_bad >= int((host == 0).sum()) > 0
     assert not f.loc[host == 0, "drift_reliable"].any()

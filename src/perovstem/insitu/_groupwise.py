@@ -8,17 +8,20 @@ Imaging 1, 8 (2015), doi:10.1186/s40679-015-0008-4; Savitzky et al., Ultramicros
 56 (2018), doi:10.1016/j.ultramic.2018.04.008).  The steps:
 
 1. the reference is the sum of all usable frames' spectra, each moved by its current drift
-   (streamed: only the running sum is held); each frame is measured against that sum less
+   (streamed: only the running sum is held; the first sum is built during the running-
+   reference pass of :func:`register_drift`); each frame is measured against that sum less
    its own contribution (leave-one-out, so its own noise cannot pull the peak), with the
-   Wiener-weighted sub-pixel peak of :mod:`perovstem.insitu.register`;
-2. each measurement carries its variance per axis from the curvature of the correlation
-   peak and the frame's white-noise power (first-order perturbation of the peak:
-   ``var = [N_f Σ k̃²|G|² + N_R Σ k̃² W²|F|²] / (Σ k̃² Re[G F e^{2πik·d}])²`` with ``G`` the
-   Wiener-weighted reference, ``k̃ = 2πk`` along the axis), calibrated once per series by
-   the checkerboard split-half differences of all frames (Koho et al., Nat. Commun. 10,
-   3103 (2019)): a model-free check of the noise scale;
-3. the reference is rebuilt with the measured shifts and the frames measured again
-   (``n_iter`` passes in all);
+   Wiener-weighted sub-pixel peak of :mod:`perovstem.insitu.register`, and the sum is
+   rebuilt with these measurements;
+2. in the last pass (``n_iter`` >= 2) each frame is measured by the Poisson log-likelihood
+   of its counts, ``Σ_r f(r) log λ(r - s)`` (the maximum-likelihood shift for shot noise),
+   with ``λ`` the Wiener-filtered leave-one-out sum of the raw frames clipped below at its
+   mean, within 3 px of the smoothed track of the previous pass: on the 35 e⁻/Å² per frame
+   benchmark series (~3000 counts per 1024² frame) it has 0.046 px per-axis error against
+   0.057 px for the Wiener-weighted correlation;
+3. each measurement's standard error comes from the same estimator on the frame's two
+   checkerboard halves (``E|s₁ - s₂|² = 8σ²``; the one-image split of Koho et al., Nat.
+   Commun. 10, 3103 (2019)), pooled over neighbouring frames;
 4. a Rauch–Tung–Striebel smoother (Rauch, Tung & Striebel, AIAA J. 3, 1445 (1965)) runs
    along time on each axis, with a drift model of position + velocity (random walk of
    both) plus white per-frame jitter (real motion of the specimen between frames, e.g.
@@ -62,7 +65,7 @@ def _local_peak(
     return y, x, float((c.max() - np.median(c)) / (c.std() + 1e-30))
 
 
-def raw_sum_shape(spec: np.ndarray) -> tuple[int, int]:
+def _half_shape(spec: np.ndarray) -> tuple[int, int]:
     """Frame shape of an rfft2 half spectrum (even width)."""
     return spec.shape[0], 2 * (spec.shape[1] - 1)
 
@@ -97,20 +100,6 @@ def _poisson_measure(
     a = _upsampled_peak(g * half, shape, y, x, upsample)
     b = _upsampled_peak(g * (spec - half), shape, y, x, upsample)
     return y, x, (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2
-
-
-def _lattice_highpass(spec: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """High-pass weight ``1 - exp(-k² / (2 (0.35 k_L)²))`` on the half spectrum, with ``k_L``
-    the strongest lattice reflection of ``spec`` (as in the crystal-outline check): it keeps
-    the lattice and removes the crystal outline, whose centre moves when the crystal
-    shrinks unevenly (a bias of the whole-field shift that the lattice does not have)."""
-    from perovstem.insitu.register import _k2
-
-    k2 = _k2(shape)
-    p = (spec.real**2 + spec.imag**2) * k2
-    p[k2 < (2.0 / min(shape)) ** 2] = 0.0
-    kl2 = float(k2.flat[int(np.argmax(p))])
-    return (1.0 - np.exp(-k2 / (2.0 * 0.35**2 * kl2))).astype(np.float32)
 
 
 def _split_var(split2: np.ndarray, window: int = 31) -> np.ndarray:
@@ -153,7 +142,6 @@ def groupwise_measure(
     init: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     track: Any = None,
     last_pass: Any = None,
-    highpass: bool = False,
     poisson: bool = True,
 ) -> dict[str, Any]:
     """Measure every usable frame against the leave-one-out aligned sum of the series.
@@ -166,9 +154,12 @@ def groupwise_measure(
     ``min_snr``, or more than 3 px from their previous alignment keep it).  The first
     measuring pass searches the whole field (whitened integer peak); later passes search
     within 3 px of ``track(meas, snr)`` (a callable giving the current best (T, 2)
-    estimates, e.g. the smoothed track), else of the previous measurement.  The last pass
-    also registers the two checkerboard halves of every frame (noise of the measurement)
-    and calls ``last_pass(k, frame, ref_spec, shift)`` if given (e.g. a rigidity test).
+    estimates, e.g. the smoothed track), else of the previous measurement.  With
+    ``poisson`` (and ``n_iter`` >= 2) the last pass uses the Poisson log-likelihood of the
+    frame's counts against the raw-frame sum of the previous pass (:func:`_poisson_measure`).
+    The last pass also registers the two checkerboard halves of every frame (noise of the
+    measurement) and calls ``last_pass(k, frame, ref, shift)`` if given (e.g. a rigidity
+    test; ``ref()`` returns the windowed leave-one-out sum, half spectrum).
 
     Returns a dict: ``meas`` (T, 2) shifts, ``var`` (T, 2) variances (px², inf where not
     measured), ``snr`` (T,), ``split_dev2`` (T,) squared split-half differences (px²).
@@ -237,8 +228,6 @@ def groupwise_measure(
                 if wiener_ref is None:
                     # the Wiener weight of the whole sum (one frame's share changes it little)
                     wiener_ref = _wiener(ref_sum.astype(np.complex64), frame.shape)
-                    if it >= 2 and highpass:
-                        wiener_ref = wiener_ref * _lattice_highpass(ref_sum, frame.shape)
                 ref = ref_sum
                 if in_sum[k]:
                     ref = ref_sum - spec * _phase_ramp(frame.shape, align[k, 0], align[k, 1])
@@ -278,7 +267,7 @@ def groupwise_measure(
             ref_sum, align, in_sum = new_sum, new_align, new_in
             if new_raw is not None:
                 raw_sum = new_raw
-                raw_w = _wiener(raw_sum.astype(np.complex64), raw_sum_shape(raw_sum))
+                raw_w = _wiener(raw_sum.astype(np.complex64), _half_shape(raw_sum))
     var = _split_var(split2)
     var = np.where(np.isfinite(meas[:, 0]) & (snr >= min_snr), var, np.inf)
     return {"meas": meas, "var": np.column_stack([var, var]), "snr": snr, "split_dev2": split2}
@@ -539,17 +528,34 @@ def refine_drift(
     split2 = np.where(content | ~usable, np.nan, g["split_dev2"])
     v1 = np.where(np.isfinite(g["meas"][:, 0]) & (g["snr"] >= min_snr), _split_var(split2), np.inf)
     var = np.where(content[:, None], np.inf, np.column_stack([v1, v1]))
-    r = rts_drift(g["meas"], var)
     drift = np.asarray(drift, float)
-    # gauge: frame ``first`` (drift 0 by definition); the frames that register_drift found
-    # reliable keep their drift where the two estimates agree within max(tol/2, the 1 %
-    # point of their combined error), and are flagged otherwise
-    rel0 = np.asarray(reliable0, bool) & usable & ~content & ~r["outlier"]
-    off = drift[first] - r["d"][first]
-    var_off = r["err"][first] ** 2
-    dev = np.hypot(*(drift - r["d"] - off).T)
-    # |difference|² / (per-axis variance) is χ²₂: beyond 9.2 (P = 1 %)
-    s2 = np.sum(r["err"] ** 2 + var_off + np.asarray(drift_err, float) ** 2, axis=1)
+    drift_err = np.asarray(drift_err, float)
+    sys_var = 0.0
+    for attempt in range(2):
+        r = rts_drift(g["meas"], var + sys_var)
+        # gauge: frame ``first`` (drift 0 by definition); the frames that register_drift
+        # found reliable keep their drift where the two estimates agree within max(tol/2,
+        # the 1 % point of their combined error), and are flagged otherwise
+        rel0 = np.asarray(reliable0, bool) & usable & ~content & ~r["outlier"]
+        off = drift[first] - r["d"][first]
+        var_off = r["err"][first] ** 2
+        dev = np.hypot(*(drift - r["d"] - off).T)
+        # |difference|² / (per-axis variance) is χ²₂: beyond 9.2 (P = 1 %)
+        s2 = np.sum(r["err"] ** 2 + var_off + drift_err**2, axis=1)
+        cmp = rel0.copy()
+        cmp[first] = False
+        if attempt or cmp.sum() < 8:
+            break
+        # the split halves see the shot noise only, not a frame's content differing from
+        # the series mean (a degrading crystal, moving clusters): where both estimates
+        # exist, the scatter of their difference beyond the claimed errors (median of χ²₂
+        # is 2 ln 2) is added to every group-wise measurement as a systematic error
+        excess = float(np.median(dev[cmp] ** 2)) / (2.0 * np.log(2.0)) - float(
+            np.median(s2[cmp] / 2.0)
+        )
+        if excess <= 0:
+            break
+        sys_var = excess
     tol_k = np.maximum(0.5 * reliable_tol_px, np.sqrt(9.2 * s2 / 2.0))
     disagree = rel0 & (dev > tol_k)
     disagree[first] = False
@@ -558,11 +564,11 @@ def refine_drift(
     # frames that register_drift found reliable and that agree keep its drift and error
     keep = rel0 & ~disagree
     d[keep] = drift[keep]
-    err[keep] = np.asarray(drift_err, float)[keep]
+    err[keep] = drift_err[keep]
     # frames whose content failed a test keep the chained drift of register_drift and its
     # growing uncertainty
     d[content] = drift[content]
-    err[content] = np.asarray(drift_err, float)[content]
+    err[content] = drift_err[content]
     d = d - d[first]
     err[first] = 0.0
     sig2d = np.hypot(err[:, 0], err[:, 1])
@@ -597,7 +603,7 @@ def refine_drift(
         "nonrigid": nonrigid,
         "columns": {
             "gw_snr": g["snr"],
-            "gw_sigma_px": np.sqrt(g["var"][:, 0]),
+            "gw_sigma_px": np.where(np.isfinite(v1) & ~content, np.sqrt(v1 + sys_var), np.nan),
             "gw_z": np.where(content, np.nan, r["z"]),
         },
         "attrs": {
@@ -608,5 +614,6 @@ def refine_drift(
             },
             "groupwise_n_outliers": int(r["outlier"].sum()),
             "groupwise_sigma_limit_px": float(limit),
+            "groupwise_systematic_px": float(np.sqrt(sys_var)),
         },
     }
