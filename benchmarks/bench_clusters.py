@@ -51,7 +51,12 @@ sys.path.insert(0, str(HERE.parent / "tests" / "insitu"))
 from _insitu_kmc import kmc_imaged  # noqa: E402
 
 from perovstem._data import Image  # noqa: E402
-from perovstem.insitu import detect_clusters, estimate_lattice  # noqa: E402
+from perovstem.insitu import (  # noqa: E402
+    detect_clusters,
+    estimate_lattice,
+    match_objects,
+    projected_objects,
+)
 from perovstem.insitu.clusters import _cell_average, _lattice_opening  # noqa: E402
 
 PB_A = 4.95
@@ -62,46 +67,11 @@ def _radius(n):
 
 
 def truth_objects(t: pd.DataFrame) -> pd.DataFrame:
-    """Projected truth objects of one frame (``tests/insitu/test_clusters._truth_clusters``)."""
-    t = t[t["cluster_id"] >= 0]
-    rows = [
-        [
-            np.average(g["x_A"], weights=g["n_atoms"]),
-            np.average(g["y_A"], weights=g["n_atoms"]),
-            g["n_atoms"].sum(),
-            1,
-        ]
-        for _, g in t.groupby("cluster_id")
-    ]
-    merged = True
-    while merged:
-        merged = False
-        for i in range(len(rows)):
-            for j in range(i + 1, len(rows)):
-                (xi, yi, ni, ki), (xj, yj, nj, kj) = rows[i], rows[j]
-                if np.hypot(xi - xj, yi - yj) < _radius(ni) + _radius(nj):
-                    n = ni + nj
-                    rows[i] = [(xi * ni + xj * nj) / n, (yi * ni + yj * nj) / n, n, ki + kj]
-                    del rows[j]
-                    merged = True
-                    break
-            if merged:
-                break
-    return pd.DataFrame(rows, columns=["x_A", "y_A", "n_atoms", "n_clusters"])
+    """Projected truth objects of one frame of a KMC truth table."""
+    return projected_objects(t)
 
 
-def _match(tc, det):
-    from scipy.optimize import linear_sum_assignment
-
-    if len(tc) == 0 or len(det) == 0:
-        return []
-    d = np.hypot(
-        tc["x_A"].to_numpy()[:, None] - det["x_A"].to_numpy()[None, :],
-        tc["y_A"].to_numpy()[:, None] - det["y_A"].to_numpy()[None, :],
-    )
-    tol = np.maximum(5.0, _radius(tc["n_atoms"].to_numpy()) + 2.0)[:, None]
-    r, c = linear_sum_assignment(np.where(d < tol, d, 1e6))
-    return [(i, j) for i, j in zip(r, c, strict=True) if d[i, j] < tol[i, 0]]
+_match = match_objects
 
 
 def score_frame(det, tk, field_A, on_host):
@@ -382,6 +352,11 @@ def main():
     import scipy
 
     sets = sys.argv[1].split(",") if len(sys.argv) > 1 else list(SETS)
+    unknown = [s for s in sets if s not in SETS]
+    if unknown:
+        sys.exit(
+            f"usage: bench_clusters.py [SET[,SET...]]; unknown set(s) {unknown}, sets: {list(SETS)}"
+        )
     info = {
         "benchmark": "detect_clusters per frame vs projected KMC truth objects",
         "machine": {

@@ -11,6 +11,8 @@ from perovstem.insitu import (
     cluster_scs_library,
     detect_clusters,
     estimate_lattice,
+    match_objects,
+    projected_objects,
 )
 
 PB_A = 4.95
@@ -21,43 +23,11 @@ def _radius(n):
 
 
 def _truth_clusters(truth: pd.DataFrame) -> pd.DataFrame:
-    """Projected truth objects: clusters whose projected equal-volume discs overlap
-    (centre distance < r1 + r2) cannot be told apart in one projection and count as one
-    object (atoms summed, centre of mass)."""
-    tcol = truth[truth["cluster_id"] >= 0]
-    rows = []
-    for _, g in tcol.groupby("cluster_id"):
-        w = g["n_Pb0"].to_numpy(float)
-        rows.append([np.average(g["x_A"], weights=w), np.average(g["y_A"], weights=w), w.sum(), 1])
-    merged = True
-    while merged:
-        merged = False
-        for i in range(len(rows)):
-            for j in range(i + 1, len(rows)):
-                (xi, yi, ni, ki), (xj, yj, nj, kj) = rows[i], rows[j]
-                if np.hypot(xi - xj, yi - yj) < _radius(ni) + _radius(nj):
-                    n = ni + nj
-                    rows[i] = [(xi * ni + xj * nj) / n, (yi * ni + yj * nj) / n, n, ki + kj]
-                    del rows[j]
-                    merged = True
-                    break
-            if merged:
-                break
-    return pd.DataFrame(rows, columns=["x_A", "y_A", "n_atoms", "n_clusters"])
+    """Projected truth objects of per-atom truth (``n_Pb0`` column)."""
+    return projected_objects(truth, count_column="n_Pb0")
 
 
-def _match(tc, det):
-    from scipy.optimize import linear_sum_assignment
-
-    if len(tc) == 0 or len(det) == 0:
-        return []
-    d = np.hypot(
-        tc["x_A"].to_numpy()[:, None] - det["x_A"].to_numpy()[None, :],
-        tc["y_A"].to_numpy()[:, None] - det["y_A"].to_numpy()[None, :],
-    )
-    tol = np.maximum(5.0, _radius(tc["n_atoms"].to_numpy()) + 2.0)[:, None]
-    r, c = linear_sum_assignment(np.where(d < tol, d, 1e6))
-    return [(i, j) for i, j in zip(r, c, strict=True) if d[i, j] < tol[i, 0]]
+_match = match_objects
 
 
 def _score_frame(det, truth, field_A):

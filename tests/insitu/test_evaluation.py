@@ -146,3 +146,34 @@ def test_bad_input():
         match_clusters(tracks, clusters, margin_A=np.nan)
     with pytest.raises(DataError, match="matches"):
         merge_scores(pd.DataFrame({"source": []}))
+
+
+def test_projected_objects_merge_overlapping_discs_and_chains():
+    """Discs that overlap in projection are one object (atoms summed, centre of mass),
+    and a cluster that overlaps the merged object's disc joins it (C overlaps A + B but
+    not A); a cluster given as several rows is summed; clusters apart stay apart."""
+    from perovstem.insitu import match_objects, projected_objects
+    from perovstem.insitu.evaluation import _radius_A
+
+    r20 = float(_radius_A(20))  # 20 atoms: 5.3 Å
+    rows = [
+        (0, 0.0, 0.0, 10),  # cluster 0 in two rows: 20 atoms at x = 0
+        (0, 0.0, 0.0, 10),
+        (1, 1.9 * r20, 0.0, 20),  # overlaps 0
+        (2, 3.0 * r20, 0.0, 20),  # overlaps 0 + 1 (40 atoms at 0.95 r20), not 0
+        (3, 0.0, 40.0, 20),  # apart
+        (-1, 5.0, 5.0, 3),  # host Pb: not a cluster
+    ]
+    df = pd.DataFrame(rows, columns=["cluster_id", "x_A", "y_A", "n_atoms"])
+    obj = projected_objects(df).sort_values("y_A").reset_index(drop=True)
+    assert obj["n_atoms"].tolist() == [60.0, 20.0]
+    assert obj["n_clusters"].tolist() == [3, 1]
+    assert obj["x_A"].iloc[0] == pytest.approx((1.9 + 3.0) * r20 / 3)
+    # touching but not overlapping: two objects
+    two = projected_objects(df.iloc[[0, 1, 4]].assign(x_A=[0.0, 0.0, 2.05 * r20], y_A=0.0))
+    assert len(two) == 2
+    det = pd.DataFrame({"x_A": [0.5, 4.9 * r20 / 3 + 4.0, 100.0], "y_A": [40.0, 0.0, 0.0]})
+    # object 0 (60 atoms, r 7.7 Å): detection 1 is 4 Å off (tolerance r + 2 Å);
+    # object 1: detection 0 is 0.5 Å off; detection 2 matches nothing
+    assert sorted(match_objects(obj, det)) == [(0, 1), (1, 0)]
+    assert match_objects(obj.iloc[:0], det) == []

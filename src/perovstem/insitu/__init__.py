@@ -16,7 +16,13 @@ from perovstem.insitu.clusters import (
 )
 from perovstem.insitu.conditions import attach_conditions, interpolate_conditions
 from perovstem.insitu.dose import E_CHARGE_C, assign_dose, dose_table, frame_dose
-from perovstem.insitu.evaluation import match_clusters, merge_matches, merge_scores
+from perovstem.insitu.evaluation import (
+    match_clusters,
+    match_objects,
+    merge_matches,
+    merge_scores,
+    projected_objects,
+)
 from perovstem.insitu.lattice import estimate_lattice, unit_cell_average
 from perovstem.insitu.nanocrystal import (
     PHASE_SPACINGS_A,
@@ -48,8 +54,10 @@ __all__ = [
     "unit_cell_average",
     "lineage_events",
     "match_clusters",
+    "match_objects",
     "merge_matches",
     "merge_scores",
+    "projected_objects",
     "PHASE_SPACINGS_A",
     "area_change",
     "area_noise",

@@ -1399,41 +1399,18 @@ def detect_clusters(
                 )
         for i in np.flatnonzero(keep):
             sp = splits.get(int(i))
+            if sp is not None:
+                frac = sp["comps"][:, 2] / sp["comps"][:, 2].sum()
+                part = tot[i] * frac
+                part_err = np.hypot(err_stat[i] * np.sqrt(frac), SPLIT_REL_ERR * part)
+                n_part = atoms_from_scs(part / (g * dose), lib_s)
+                if np.any(n_part < max(min_atoms, 1.0)) or np.any(
+                    part < threshold_sigma * part_err
+                ):
+                    sp = None  # a part below the smallest cluster or not significant alone
             if sp is None:
-                rows.append(
-                    (
-                        cx[i],
-                        cy[i],
-                        npx[i],
-                        peak[i],
-                        tot[i],
-                        err[i],
-                        err_stat[i],
-                        host_frac[i],
-                        host_ok[i],
-                    )
-                )
-                continue
-            amp = sp["comps"][:, 2]
-            frac = amp / amp.sum()
-            part = tot[i] * frac
-            part_err = np.hypot(err_stat[i] * np.sqrt(frac), SPLIT_REL_ERR * part)
-            n_part = atoms_from_scs(part / (g * dose), lib_s)
-            if np.any(n_part < max(min_atoms, 1.0)) or np.any(part < threshold_sigma * part_err):
-                # a part below the smallest cluster or not significant on its own: no split
-                rows.append(
-                    (
-                        cx[i],
-                        cy[i],
-                        npx[i],
-                        peak[i],
-                        tot[i],
-                        err[i],
-                        err_stat[i],
-                        host_frac[i],
-                        host_ok[i],
-                    )
-                )
+                whole = (cx[i], cy[i], npx[i], peak[i], tot[i], err[i], err_stat[i])
+                rows.append((*whole, host_frac[i], host_ok[i]))
                 continue
             py_, px_ = sp["pixels"]
             for j, f in enumerate(frac):

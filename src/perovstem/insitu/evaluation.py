@@ -1,4 +1,11 @@
-"""Scoring of tracked cluster merges against a simulated truth lineage.
+"""Scoring of cluster detections and tracked merges against a simulated truth.
+
+Detections (:func:`projected_objects`, :func:`match_objects`): truth clusters whose
+projected equal-volume discs overlap cannot be told apart in one projection and are one
+*projected object*; detections are paired with objects one-to-one within
+``max(5 Å, r + 2 Å)`` of the object's centre.
+
+Merges:
 
 The truth is the per-frame cluster table and the event table of
 :func:`perovstem.simulate.degradation_kmc` (``clusters``: ``frame, cluster_id, x_A, y_A,
@@ -33,7 +40,13 @@ import pandas as pd
 from perovstem._validation import check_positive
 from perovstem.errors import DataError
 
-__all__ = ["match_clusters", "merge_matches", "merge_scores"]
+__all__ = [
+    "match_clusters",
+    "match_objects",
+    "merge_matches",
+    "merge_scores",
+    "projected_objects",
+]
 
 _MATCH_COLUMNS = [
     "source",
@@ -235,3 +248,64 @@ def merge_scores(matches: pd.DataFrame) -> dict[str, float]:
         "true": n_true,
         "precision": n_true / n_det if n_det else float("nan"),
     }
+
+
+def projected_objects(clusters: pd.DataFrame, *, count_column: str = "n_atoms") -> pd.DataFrame:
+    """Truth clusters of one frame as one projection shows them.
+
+    Rows with the same ``cluster_id`` (≥ 0) are one cluster (atoms summed, centre of
+    mass); clusters whose projected equal-volume discs (fcc Pb radii) overlap — centre
+    distance < r₁ + r₂ — are merged into one object, repeatedly, so that a chain of
+    overlapping clusters is one object.
+
+    Parameters
+    ----------
+    clusters : DataFrame
+        ``cluster_id, x_A, y_A`` and ``count_column`` (atoms) of one frame.
+    count_column : str
+        Name of the atom-count column (``"n_atoms"`` for KMC truth tables, ``"n_Pb0"``
+        for the per-atom truth of :func:`perovstem.simulate.haadf.haadf_image`).
+
+    Returns
+    -------
+    DataFrame
+        ``x_A, y_A, n_atoms, n_clusters`` (clusters in each object).
+    """
+    _need(clusters, "clusters", ["cluster_id", "x_A", "y_A", count_column])
+    t = clusters[clusters["cluster_id"] >= 0]
+    rows = []
+    for _, g in t.groupby("cluster_id"):
+        w = g[count_column].to_numpy(float)
+        rows.append([np.average(g["x_A"], weights=w), np.average(g["y_A"], weights=w), w.sum(), 1])
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(rows)):
+            for j in range(i + 1, len(rows)):
+                (xi, yi, ni, ki), (xj, yj, nj, kj) = rows[i], rows[j]
+                if np.hypot(xi - xj, yi - yj) < _radius_A(ni) + _radius_A(nj):
+                    n = ni + nj
+                    rows[i] = [(xi * ni + xj * nj) / n, (yi * ni + yj * nj) / n, n, ki + kj]
+                    del rows[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return pd.DataFrame(rows, columns=["x_A", "y_A", "n_atoms", "n_clusters"])
+
+
+def match_objects(objects: pd.DataFrame, detections: pd.DataFrame) -> list[tuple[int, int]]:
+    """Pairs ``(object row, detection row)`` by a minimum-total-distance assignment
+    (Kuhn 1955) among pairs closer than ``max(5 Å, r + 2 Å)``, r the object's
+    equal-volume radius."""
+    from scipy.optimize import linear_sum_assignment
+
+    if len(objects) == 0 or len(detections) == 0:
+        return []
+    d = np.hypot(
+        objects["x_A"].to_numpy()[:, None] - detections["x_A"].to_numpy()[None, :],
+        objects["y_A"].to_numpy()[:, None] - detections["y_A"].to_numpy()[None, :],
+    )
+    tol = np.maximum(5.0, _radius_A(objects["n_atoms"].to_numpy()) + 2.0)[:, None]
+    r, c = linear_sum_assignment(np.where(d < tol, d, 1e6))
+    return [(int(i), int(j)) for i, j in zip(r, c, strict=True) if d[i, j] < tol[i, 0]]
