@@ -54,8 +54,8 @@ from perovstem._data import Image  # noqa: E402
 from perovstem.insitu import (  # noqa: E402
     detect_clusters,
     estimate_lattice,
-    match_objects,
     projected_objects,
+    score_detections,
 )
 from perovstem.insitu.clusters import _cell_average, _lattice_opening  # noqa: E402
 
@@ -71,37 +71,16 @@ def truth_objects(t: pd.DataFrame) -> pd.DataFrame:
     return projected_objects(t)
 
 
-_match = match_objects
-
-
 def score_frame(det, tk, field_A, on_host):
     """(tp, fp, fn, counts, misses) of one frame; ``on_host(x, y)`` tells crystal pixels."""
     tc = truth_objects(tk)
-    big = tc[tc["n_atoms"] >= 10].reset_index(drop=True)
-    small = tc[tc["n_atoms"] < 10]
-    ok = _match(big, det)
-    hit = {j for _, j in ok}
+    sc = score_detections(det, tc)
+    big, ok, fp = sc["objects"], sc["pairs"], sc["fp"]
     matched = {i for i, _ in ok}
-    extra: dict[int, list[int]] = {}
-    fp = 0
-    for j in range(len(det)):
-        if j in hit:
-            continue
-        xj, yj = det["x_A"].iloc[j], det["y_A"].iloc[j]
-        d = np.hypot(small["x_A"] - xj, small["y_A"] - yj)
-        if len(small) and np.any(d < np.maximum(5.0, _radius(small["n_atoms"]) + 2.0)):
-            continue
-        db = np.hypot(big["x_A"] - xj, big["y_A"] - yj)
-        inside_obj = (big["n_clusters"] > 1) & (db < _radius(big["n_atoms"]) + 2.0)
-        if inside_obj.any():
-            extra.setdefault(int(np.argmin(np.where(inside_obj, db, np.inf))), []).append(j)
-            continue
-        fp += 1
     counts = []
-    for i, j in ok:
+    for (i, _), nd in zip(ok, sc["n_atoms"], strict=True):
         x, y, n = big.loc[i, ["x_A", "y_A", "n_atoms"]]
         inside = min(x, y, field_A - x, field_A - y) - _radius(n) > 3.0
-        nd = det["n_atoms"].iloc[[j, *extra.get(i, [])]].sum()
         dn = np.hypot(tc["x_A"] - x, tc["y_A"] - y)
         nb = (dn > 1e-6) & (dn < _radius(n) + _radius(tc["n_atoms"]) + 4.0) & (tc["n_atoms"] >= 5)
         if inside:

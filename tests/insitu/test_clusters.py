@@ -13,6 +13,7 @@ from perovstem.insitu import (
     estimate_lattice,
     match_objects,
     projected_objects,
+    score_detections,
 )
 
 PB_A = 4.95
@@ -38,33 +39,14 @@ def _score_frame(det, truth, field_A):
     them); such an object's count is the sum of its detections.  "inside": the object's
     disc + 3 Å lies in the field of view (a cluster cut by the frame edge cannot be
     counted)."""
-    tc = _truth_clusters(truth)
-    big = tc[tc["n_atoms"] >= 10].reset_index(drop=True)
-    small = tc[tc["n_atoms"] < 10]
-    ok = _match(big, det)
-    hit = {j for _, j in ok}
-    extra: dict[int, list[int]] = {}
-    fp = 0
-    for j in range(len(det)):
-        if j in hit:
-            continue
-        xj, yj = det["x_A"].iloc[j], det["y_A"].iloc[j]
-        d = np.hypot(small["x_A"] - xj, small["y_A"] - yj)
-        if len(small) and np.any(d < np.maximum(5.0, _radius(small["n_atoms"]) + 2.0)):
-            continue
-        db = np.hypot(big["x_A"] - xj, big["y_A"] - yj)
-        inside_obj = (big["n_clusters"] > 1) & (db < _radius(big["n_atoms"]) + 2.0)
-        if inside_obj.any():
-            extra.setdefault(int(np.argmin(np.where(inside_obj, db, np.inf))), []).append(j)
-            continue
-        fp += 1
+    sc = score_detections(det, _truth_clusters(truth))
+    big = sc["objects"]
     out = []
-    for i, j in ok:
+    for (i, _), n_det in zip(sc["pairs"], sc["n_atoms"], strict=True):
         x, y, n = big.loc[i, ["x_A", "y_A", "n_atoms"]]
         inside = min(x, y, field_A - x, field_A - y) - _radius(n) > 3.0
-        n_det = det["n_atoms"].iloc[[j, *extra.get(i, [])]].sum()
         out.append((n_det / n - 1, inside))
-    return len(ok), fp, len(big) - len(ok), out
+    return sc["tp"], sc["fp"], sc["fn"], out
 
 
 def test_cluster_library_monotone_and_inverse():

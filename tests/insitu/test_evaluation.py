@@ -177,3 +177,32 @@ def test_projected_objects_merge_overlapping_discs_and_chains():
     # object 1: detection 0 is 0.5 Å off; detection 2 matches nothing
     assert sorted(match_objects(obj, det)) == [(0, 1), (1, 0)]
     assert match_objects(obj.iloc[:0], det) == []
+
+
+def test_score_detections_neutral_extra_and_false():
+    """A detection on a < 10-atom object is neither hit nor false; a second detection
+    inside a multi-cluster object adds its atoms to that object; one far from everything
+    is a false positive; an undetected big object is a miss."""
+    from perovstem.insitu import score_detections
+
+    objects = pd.DataFrame(
+        {
+            "x_A": [0.0, 40.0, 80.0, 0.0],
+            "y_A": [0.0, 0.0, 0.0, 40.0],
+            "n_atoms": [60.0, 30.0, 5.0, 20.0],
+            "n_clusters": [2, 1, 1, 1],
+        }
+    )
+    det = pd.DataFrame(
+        {
+            "x_A": [1.0, 4.0, 40.5, 80.5, 200.0],
+            "y_A": [0.0, 1.0, 0.0, 0.0, 200.0],
+            "n_atoms": [35.0, 22.0, 31.0, 6.0, 12.0],
+        }
+    )
+    sc = score_detections(det, objects)
+    assert (sc["tp"], sc["fp"], sc["fn"]) == (2, 1, 1)
+    assert sorted(sc["pairs"]) == [(0, 0), (1, 2)]
+    assert sc["extra"] == {0: [1]}
+    got = dict(zip([i for i, _ in sc["pairs"]], sc["n_atoms"], strict=True))
+    assert got == {0: 57.0, 1: 31.0}

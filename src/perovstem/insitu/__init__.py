@@ -22,6 +22,7 @@ from perovstem.insitu.evaluation import (
     merge_matches,
     merge_scores,
     projected_objects,
+    score_detections,
 )
 from perovstem.insitu.lattice import estimate_lattice, unit_cell_average
 from perovstem.insitu.nanocrystal import (
@@ -59,6 +60,7 @@ __all__ = [
     "merge_matches",
     "merge_scores",
     "projected_objects",
+    "score_detections",
     "PHASE_SPACINGS_A",
     "area_change",
     "area_noise",

@@ -46,6 +46,7 @@ __all__ = [
     "merge_matches",
     "merge_scores",
     "projected_objects",
+    "score_detections",
 ]
 
 _MATCH_COLUMNS = [
@@ -309,3 +310,53 @@ def match_objects(objects: pd.DataFrame, detections: pd.DataFrame) -> list[tuple
     tol = np.maximum(5.0, _radius_A(objects["n_atoms"].to_numpy()) + 2.0)[:, None]
     r, c = linear_sum_assignment(np.where(d < tol, d, 1e6))
     return [(int(i), int(j)) for i, j in zip(r, c, strict=True) if d[i, j] < tol[i, 0]]
+
+
+def score_detections(
+    detections: pd.DataFrame, objects: pd.DataFrame, *, min_atoms: float = 10.0
+) -> dict:
+    """Score one frame's detections against its projected truth objects.
+
+    Objects of at least ``min_atoms`` atoms are matched one-to-one
+    (:func:`match_objects`).  An unmatched detection is a false positive unless it lies
+    on a smaller object (within ``max(5 Å, r + 2 Å)``: neither hit nor false) or inside an
+    object made of several clusters (within r + 2 Å: it resolved them; its atoms are
+    added to that object's count).
+
+    Returns
+    -------
+    dict
+        ``objects`` (the scored objects, index reset), ``pairs`` [(object, detection)],
+        ``extra`` {object: [detections inside it]}, ``n_atoms`` (detected atoms of each
+        pair: the matched detection plus its extra ones), ``tp``, ``fp``, ``fn``.
+    """
+    _need(detections, "detections", ["x_A", "y_A", "n_atoms"])
+    big = objects[objects["n_atoms"] >= min_atoms].reset_index(drop=True)
+    small = objects[objects["n_atoms"] < min_atoms]
+    pairs = match_objects(big, detections)
+    hit = {j for _, j in pairs}
+    extra: dict[int, list[int]] = {}
+    fp = 0
+    for j in range(len(detections)):
+        if j in hit:
+            continue
+        xj, yj = detections["x_A"].iloc[j], detections["y_A"].iloc[j]
+        d = np.hypot(small["x_A"] - xj, small["y_A"] - yj)
+        if len(small) and np.any(d < np.maximum(5.0, _radius_A(small["n_atoms"]) + 2.0)):
+            continue
+        db = np.hypot(big["x_A"] - xj, big["y_A"] - yj)
+        inside_obj = (big["n_clusters"] > 1) & (db < _radius_A(big["n_atoms"]) + 2.0)
+        if inside_obj.any():
+            extra.setdefault(int(np.argmin(np.where(inside_obj, db, np.inf))), []).append(j)
+            continue
+        fp += 1
+    n_det = [float(detections["n_atoms"].iloc[[j, *extra.get(i, [])]].sum()) for i, j in pairs]
+    return {
+        "objects": big,
+        "pairs": pairs,
+        "extra": extra,
+        "n_atoms": n_det,
+        "tp": len(pairs),
+        "fp": fp,
+        "fn": len(big) - len(pairs),
+    }
