@@ -34,3 +34,41 @@ def kmc_imaged(
     )
     s, truth = insitu_series(tr, **imaging)
     return tr, s, truth
+
+
+def degrading_frames(edge_A, *, rate, temperature_K, seed, n_frames=12):
+    """A degrading crystal's KMC series imaged at 0.5 Å/px with drift (0.8, −0.5) Å/s and
+    0.3 Å jitter (``rng=seed``), ready for :func:`perovstem.insitu.detect_clusters`:
+    ``(images, truths, detect_kw, field_A, truth)`` — per frame an ``Image`` with its dose
+    and that frame's truth clusters (``n_atoms`` renamed ``n_Pb0``, as per-atom truth), the
+    gain, offset and frame-0 lattice as detection keywords, the field width (Å) and the
+    whole truth."""
+    import numpy as np
+
+    from perovstem._data import Image
+    from perovstem.insitu import estimate_lattice
+
+    _, s, truth = kmc_imaged(
+        edge_A,
+        rate=rate,
+        temperature_K=temperature_K,
+        seed=seed,
+        n_frames=n_frames,
+        pixel_size_A=0.5,
+        drift_A_per_s=(0.8, -0.5),
+        jitter_A=0.3,
+        rng=seed,
+    )
+    data = np.asarray(s.data, float)
+    la, ang, _ = estimate_lattice(data[0], 0.5)
+    kw = {
+        "gain": s.metadata.get("gain", 1.0),
+        "offset": s.metadata.get("offset", 0.0),
+        "lattice_A": la,
+        "lattice_angle_deg": ang,
+    }
+    dose = np.asarray(s.dose_e_per_A2, float)
+    tcl = truth["clusters"]
+    images = [Image(data[k], 0.5, dose_e_per_A2=float(dose[k])) for k in range(len(data))]
+    truths = [tcl[tcl["frame"] == k].rename(columns={"n_atoms": "n_Pb0"}) for k in range(len(data))]
+    return images, truths, kw, (data.shape[1] - 1) * 0.5, truth

@@ -5,38 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _insitu_kmc import kmc_imaged
+from _insitu_kmc import degrading_frames
 from test_clusters import _match, _truth_clusters
 
-from perovstem._data import Image
-from perovstem.insitu import detect_clusters, estimate_lattice
+from perovstem.insitu import detect_clusters
 
 
 def _kmc_series(edge, phi, temp, seed, n_frames=10):
-
-    tr, s, truth = kmc_imaged(
-        edge,
-        rate=phi,
-        temperature_K=temp,
-        seed=seed,
-        n_frames=n_frames,
-        pixel_size_A=0.5,
-        drift_A_per_s=(0.8, -0.5),
-        jitter_A=0.3,
-        rng=seed,
+    images, truths, kw, _, truth = degrading_frames(
+        edge, rate=phi, temperature_K=temp, seed=seed, n_frames=n_frames
     )
-    data = np.asarray(s.data, float)
-    la, ang, _ = estimate_lattice(data[0], 0.5)
-    kw = {
-        "gain": s.metadata.get("gain", 1.0),
-        "offset": s.metadata.get("offset", 0.0),
-        "lattice_A": la,
-        "lattice_angle_deg": ang,
-    }
-    for k in range(len(data)):
-        img = Image(data[k], 0.5, dose_e_per_A2=float(np.asarray(s.dose_e_per_A2)[k]))
-        tk = truth["clusters"][truth["clusters"]["frame"] == k]
-        yield k, detect_clusters(img, **kw), tk.rename(columns={"n_atoms": "n_Pb0"}), truth
+    for k, (img, tk) in enumerate(zip(images, truths, strict=True)):
+        yield k, detect_clusters(img, **kw), tk, truth
 
 
 # four degrading 3-4 nm crystals (seeds not used to develop the host model)

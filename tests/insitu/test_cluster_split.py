@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _insitu_kmc import kmc_imaged
+from _insitu_kmc import degrading_frames
 from test_clusters import _radius, _score_frame
 
-from perovstem._data import Image
-from perovstem.insitu import detect_clusters, estimate_lattice
+from perovstem.insitu import detect_clusters
 
 PB_A = 4.95
 
@@ -185,32 +184,13 @@ def test_split_recall_on_degrading_crystal_kmc():
     tot = {False: np.zeros(3), True: np.zeros(3)}
     errs = {False: [], True: []}
     for edge, seed in ((55.0, 141), (40.0, 143)):
-        _, s, truth = kmc_imaged(
-            edge,
-            rate=6e3,
-            temperature_K=280.0,
-            seed=seed,
-            n_frames=12,
-            pixel_size_A=0.5,
-            drift_A_per_s=(0.8, -0.5),
-            jitter_A=0.3,
-            rng=seed,
+        images, truths, kw, field, _ = degrading_frames(
+            edge, rate=6e3, temperature_K=280.0, seed=seed
         )
-        data = np.asarray(s.data, float)
-        la, ang, _ = estimate_lattice(data[0], 0.5)
-        kw = {
-            "gain": s.metadata["gain"],
-            "offset": s.metadata["offset"],
-            "lattice_A": la,
-            "lattice_angle_deg": ang,
-        }
-        tcl = truth["clusters"]
-        for k in range(len(data)):
-            img = Image(data[k], 0.5, dose_e_per_A2=float(np.asarray(s.dose_e_per_A2)[k]))
-            tk = tcl[tcl["frame"] == k].rename(columns={"n_atoms": "n_Pb0"})
+        for img, tk in zip(images, truths, strict=True):
             for sp in (False, True):
                 det = detect_clusters(img, split=sp, **kw)
-                a, b, c, out = _score_frame(det, tk, (data.shape[1] - 1) * 0.5)
+                a, b, c, out = _score_frame(det, tk, field)
                 tot[sp] += (a, b, c)
                 errs[sp] += [e for e, inside in out if inside]
     (tp0, fp0, fn0), (tp1, fp1, fn1) = tot[False], tot[True]
