@@ -48,7 +48,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "insitu"))
 
-from _insitu_kmc import kmc_imaged  # noqa: E402
+from _insitu_kmc import fcc_cluster, kmc_imaged  # noqa: E402
 
 from perovstem._data import Image  # noqa: E402
 from perovstem.insitu import (  # noqa: E402
@@ -227,21 +227,6 @@ def _summary(o):
     }  # fmt: skip
 
 
-def _elongated(n, aspect, rng, angle):
-    """``n`` fcc Pb sites nearest the centre in the metric of an ellipsoid with in-plane
-    aspect ratio ``aspect`` along ``angle`` (radians from x), centred at 0."""
-    g = np.arange(-9, 10)
-    base = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
-    cells = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
-    pts = (cells[:, None] + base[None]).reshape(-1, 3) * PB_A
-    ax = np.array([np.cos(angle), np.sin(angle), 0.0])
-    par = pts @ ax
-    perp = np.linalg.norm(pts - par[:, None] * ax, axis=1)
-    d = np.hypot(par / aspect ** (2 / 3), perp * aspect ** (1 / 3)) + rng.random(len(pts)) * 1e-6
-    cl = pts[np.argsort(d)[:n]]
-    return cl - cl.mean(0)
-
-
 def isolated_frame(seed, aspect, where, dose, px=0.5):
     """A 4 nm crystal with one compact (``aspect`` 1) or elongated fcc Pb cluster beside
     it or on top of it; returns (image, truth cluster centre (x, y) Å, n)."""
@@ -253,7 +238,7 @@ def isolated_frame(seed, aspect, where, dose, px=0.5):
     rng = np.random.default_rng(seed)
     at = nanocrystal(edge_A=40.0, rng=seed)
     n = int(rng.choice([20, 40, 80, 150]))
-    cl = _elongated(n, aspect, rng, rng.uniform(0, np.pi))
+    cl = fcc_cluster(n, rng, aspect, rng.uniform(0, np.pi))
     pos = at.get_positions()
     c = pos.mean(0)
     half = (pos.max(0) - pos.min(0)) / 2

@@ -72,3 +72,21 @@ def degrading_frames(edge_A, *, rate, temperature_K, seed, n_frames=12):
     images = [Image(data[k], 0.5, dose_e_per_A2=float(dose[k])) for k in range(len(data))]
     truths = [tcl[tcl["frame"] == k].rename(columns={"n_atoms": "n_Pb0"}) for k in range(len(data))]
     return images, truths, kw, (data.shape[1] - 1) * 0.5, truth
+
+
+def fcc_cluster(n, rng, aspect=1.0, angle=0.0):
+    """Atom positions (Å) of the ``n`` fcc Pb sites nearest the centre in the metric of an
+    ellipsoid of in-plane aspect ratio ``aspect`` (long axis at ``angle`` rad from x),
+    centred at 0 (a compact cluster for ``aspect=1``)."""
+    import numpy as np
+
+    g = np.arange(-9, 10)
+    base = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    cells = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    pts = (cells[:, None] + base[None]).reshape(-1, 3) * 4.95  # fcc Pb, Å
+    ax = np.array([np.cos(angle), np.sin(angle), 0.0])
+    par = pts @ ax
+    perp = np.linalg.norm(pts - par[:, None] * ax, axis=1)
+    d = np.hypot(par / aspect ** (2 / 3), perp * aspect ** (1 / 3)) + rng.random(len(pts)) * 1e-6
+    cl = pts[np.argsort(d)[:n]]
+    return cl - cl.mean(0)

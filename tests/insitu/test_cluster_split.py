@@ -6,27 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _insitu_kmc import degrading_frames
+from _insitu_kmc import degrading_frames, fcc_cluster
 from test_clusters import _radius, _score_frame
 
 from perovstem.insitu import detect_clusters
-
-PB_A = 4.95
-
-
-def _fcc_cluster(n, rng, aspect=1.0, angle=0.0):
-    """``n`` fcc Pb sites nearest the centre in the metric of an ellipsoid of in-plane
-    aspect ratio ``aspect`` (long axis at ``angle`` rad from x), centred at 0."""
-    g = np.arange(-9, 10)
-    base = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
-    cells = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
-    pts = (cells[:, None] + base[None]).reshape(-1, 3) * PB_A
-    ax = np.array([np.cos(angle), np.sin(angle), 0.0])
-    par = pts @ ax
-    perp = np.linalg.norm(pts - par[:, None] * ax, axis=1)
-    d = np.hypot(par / aspect ** (2 / 3), perp * aspect ** (1 / 3)) + rng.random(len(pts)) * 1e-6
-    cl = pts[np.argsort(d)[:n]]
-    return cl - cl.mean(0)
 
 
 def _with_clusters(at, clusters):
@@ -69,7 +52,7 @@ def _frame(seed, sizes, *, where, dose, gap_A=1.5, aspect=1.0, px=0.5):
     r = _radius(np.asarray(sizes))
     offs = np.r_[0.0, np.cumsum(r[:-1] + r[1:] + gap_A)]
     offs -= offs.mean()
-    cls = [_fcc_cluster(int(n), rng, aspect, ang) + o * u for n, o in zip(sizes, offs, strict=True)]
+    cls = [fcc_cluster(int(n), rng, aspect, ang) + o * u for n, o in zip(sizes, offs, strict=True)]
     ext = max(np.abs(cl[:, 0]).max() for cl in cls)
     if where == "beside":
         shift = c + [half[0] + ext + 4.0, rng.uniform(-5, 5), 0.0]
@@ -158,7 +141,7 @@ def _single(seed, n, *, where, dose, aspect):
     at = nanocrystal(edge_A=40.0, rng=seed)
     pos = at.get_positions()
     c, half = pos.mean(0), (pos.max(0) - pos.min(0)) / 2
-    cl = _fcc_cluster(n, rng, aspect, rng.uniform(0, np.pi))
+    cl = fcc_cluster(n, rng, aspect, rng.uniform(0, np.pi))
     if where == "beside":
         shift = c + [half[0] + np.abs(cl[:, 0]).max() + 4.0, rng.uniform(-10, 10), 0.0]
     else:
