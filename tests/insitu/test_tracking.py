@@ -192,22 +192,27 @@ _KMC_SERIES = [
 ]
 
 
+def _kmc_5nm(phi, temp, seed):
+    """KMC trajectory of a 5 nm cube, 24 frames of 1 s (crystal and KMC seeded ``seed``)."""
+    from perovstem.simulate import degradation_kmc, nanocrystal
+
+    return degradation_kmc(
+        nanocrystal(edge_A=50.0, rng=seed),
+        n_frames=24,
+        frame_time_s=1.0,
+        dose_rate_e_per_A2_s=phi,
+        temperature_K=temp,
+        rng=seed,
+    )
+
+
 @pytest.fixture(scope="module")
 def kmc_truth():
     """KMC truth clusters and events, simulated once for the module (5 nm cube, 24 frames,
     two temperatures, two dose rates)."""
-    from perovstem.simulate import degradation_kmc, nanocrystal
-
     out = []
     for phi, temp, seed in _KMC_SERIES:
-        tr = degradation_kmc(
-            nanocrystal(edge_A=50.0, rng=seed),
-            n_frames=24,
-            frame_time_s=1.0,
-            dose_rate_e_per_A2_s=phi,
-            temperature_K=temp,
-            rng=seed,
-        )
+        tr = _kmc_5nm(phi, temp, seed)
         out.append((seed, tr.clusters, tr.events))
     return out
 
@@ -373,21 +378,13 @@ def test_merges_with_time_correlated_count_errors():
     benchmarks/bench_merges.py the same noise gives tuning 0.865 / 0.868, held-out
     0.817 / 0.915, fresh 0.814 / 0.831, other conditions 0.724 / 0.788 (independent 10 %
     noise: 0.865 / 0.898, 0.890 / 0.930, 0.843 / 0.833, 0.735 / 0.769)."""
-    from perovstem.simulate import degradation_kmc, nanocrystal
 
     scores = {}
     for method in ("global", "mass"):
         ms = []
         for phi, temp, seed in ((3e3, 300.0, 601), (6e3, 280.0, 602), (3e3, 280.0, 603),
                                 (6e3, 300.0, 604)):  # fmt: skip
-            tr = degradation_kmc(
-                nanocrystal(edge_A=50.0, rng=seed),
-                n_frames=24,
-                frame_time_s=1.0,
-                dose_rate_e_per_A2_s=phi,
-                temperature_K=temp,
-                rng=seed,
-            )
+            tr = _kmc_5nm(phi, temp, seed)
             det = _correlated_count_detections(tr.clusters, seed)
             tracks, lin = track_clusters(det, method=method)
             ms.append(merge_matches(tracks, lin, tr.clusters, tr.events))
