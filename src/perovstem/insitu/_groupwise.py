@@ -477,7 +477,7 @@ def refine_drift(
     Returns ``d``, ``err`` (T, 2), ``flags`` {frame: reason}, ``nonrigid``, per-frame
     ``columns`` and ``attrs``.
     """
-    from perovstem.insitu.register import _subfield_disagreement
+    from perovstem.insitu.register import _rigidity_flag, _subfield_disagreement
 
     n = len(usable)
     nonrigid = np.asarray(nonrigid, float).copy()
@@ -512,16 +512,14 @@ def refine_drift(
     for k in np.flatnonzero(retest):
         if k == first:
             continue
-        if n_sub[k] < 2:
-            flags[k] = (
-                f"rigidity not verifiable: {max(n_sub[k], 0)} sub-fields correlate with the "
-                "series mean"
-            )
-        elif nonrigid[k] > reliable_tol_px:
-            flags[k] = (
-                f"non-rigid motion: sub-field shifts differ by {nonrigid[k]:.2g} px "
-                f"(> {reliable_tol_px:g}) from the whole-field shift"
-            )
+        why = _rigidity_flag(
+            n_sub[k],
+            nonrigid[k],
+            reliable_tol_px,
+            f"{max(n_sub[k], 0)} sub-fields correlate with the series mean",
+        )
+        if why:
+            flags[k] = why
     content = np.isin(np.arange(n), list(flags))
     content[first] = False
     # the measurement noise from the split halves of the frames with rigid content only

@@ -323,6 +323,20 @@ def _upsampled_peak(
     return gy[iy] + dy / upsample, gx[ix] + dx / upsample
 
 
+def _rigidity_flag(n_sub: int, nonrigid_px: float, tol_px: float, counted: str) -> str:
+    """Flag of a frame's rigidity test ("" when it passed): fewer than two sub-fields
+    correlate (``counted`` says how many, against what), or their shifts differ from the
+    whole-field shift by more than ``tol_px``."""
+    if n_sub < 2:
+        return f"rigidity not verifiable: {counted}"
+    if nonrigid_px > tol_px:
+        return (
+            f"non-rigid motion: sub-field shifts differ by {nonrigid_px:.2g} px "
+            f"(> {tol_px:g}) from the whole-field shift"
+        )
+    return ""
+
+
 def _subfield_disagreement(
     ref_spec: np.ndarray,
     frame: np.ndarray,
@@ -856,16 +870,14 @@ def register_drift(
                     nonrigid[k], _, n_sub = _subfield_disagreement(
                         ref, frame, shape, (dy, dx), **sub_kw, noise_free_below=reliable_tol_px
                     )
-                    if n_sub < 2:
-                        flags[k] = (
-                            f"rigidity not verifiable: {n_sub} of {int(subfields) ** 2} "
-                            "sub-fields correlate with the reference"
-                        )
-                    elif nonrigid[k] > reliable_tol_px:
-                        flags[k] = (
-                            f"non-rigid motion: sub-field shifts differ by {nonrigid[k]:.2g} px "
-                            f"(> {reliable_tol_px:g}) from the whole-field shift"
-                        )
+                    why = _rigidity_flag(
+                        n_sub,
+                        nonrigid[k],
+                        reliable_tol_px,
+                        f"{n_sub} of {int(subfields) ** 2} sub-fields correlate with the reference",
+                    )
+                    if why:
+                        flags[k] = why
             elif k == first_usable:
                 prov[k] = np.zeros(2)
             else:
