@@ -1140,6 +1140,7 @@ def detect_clusters(
         check_positive("aperture_A", aperture_A, allow_zero=True)
     if dose is not None:
         dose = check_positive("dose_e_per_A2", dose)
+    lib = _default_library() if library is None else library
     if lattice_A is None or lattice_angle_deg is None:
         la, ang, strength = estimate_lattice(a, px)
         if strength < 20:
@@ -1263,8 +1264,7 @@ def detect_clusters(
                 tot_d = bsum(ed)
                 # the cluster's own share on the empty sites (registry of its columns)
                 if dose is not None:
-                    lib_r = _default_library() if library is None else library
-                    n_r = atoms_from_scs(np.clip(tot, 0, None) / (g * dose), lib_r)
+                    n_r = atoms_from_scs(np.clip(tot, 0, None) / (g * dose), lib)
                     r_reg = _fcc_radius_A(n_r)
                 else:
                     r_reg = np.sqrt(npx * px * px / np.pi)
@@ -1337,9 +1337,7 @@ def detect_clusters(
         # aperture (the host-free-map registry and the counting model persist)
         err_stat = err
         if aperture_A is not None and keep.any():
-            lib0 = None
-            if dose is not None:
-                lib0 = _default_library() if library is None else library
+            lib0 = lib if dose is not None else None
             # Clusters on E, minus the host excess of their segment (E - D summed over
             # it) where the host-lattice switch found one.  Where that host excess is
             # above the registry uncertainty of D (±13 %, HOST_D_FRACTION) the cluster
@@ -1379,8 +1377,7 @@ def detect_clusters(
         err = np.hypot(err, np.where(host_frac > 0, HOST_REGISTRY * np.abs(tot), 0.0))
         splits: dict[int, dict[str, Any]] = {}
         if split and dose is not None and keep.any():
-            lib_s = _default_library() if library is None else library
-            n_seg = atoms_from_scs(np.clip(tot, 0, None) / (g * dose), lib_s)
+            n_seg = atoms_from_scs(np.clip(tot, 0, None) / (g * dose), lib)
             cand = keep & (n_seg >= SPLIT_MIN_ATOMS)
             if cand.any():
                 full = np.zeros(m.shape, np.int32)
@@ -1391,7 +1388,7 @@ def detect_clusters(
                     full,
                     cand,
                     tot,
-                    n_of=_counts_to_atoms(lib_s, g * dose),
+                    n_of=_counts_to_atoms(lib, g * dose),
                     px=px,
                     a_px=a_px,
                     angle_deg=float(lattice_angle_deg),
@@ -1403,7 +1400,7 @@ def detect_clusters(
                 frac = sp["comps"][:, 2] / sp["comps"][:, 2].sum()
                 part = tot[i] * frac
                 part_err = np.hypot(err_stat[i] * np.sqrt(frac), SPLIT_REL_ERR * part)
-                n_part = atoms_from_scs(part / (g * dose), lib_s)
+                n_part = atoms_from_scs(part / (g * dose), lib)
                 if np.any(n_part < max(min_atoms, 1.0)) or np.any(
                     part < threshold_sigma * part_err
                 ):
@@ -1453,7 +1450,6 @@ def detect_clusters(
     if dose is not None:
         df["scs_A2"] = df["integrated_counts"] / (g * dose)
         df["scs_err_A2"] = err_counts / (g * dose)
-        lib = _default_library() if library is None else library
         n = atoms_from_scs(df["scs_A2"].to_numpy(), lib)
         dn = atoms_from_scs(df["scs_A2"].to_numpy() + df["scs_err_A2"].to_numpy(), lib) - n
         df["n_atoms"] = n
