@@ -113,3 +113,41 @@ def test_data_model_rejects_bad_arrays():
         ps.TiltSeries(np.ones((3, 4, 4)), [0, 10, 10], 1.0)
     with pytest.raises(ps.ParameterError, match="dose_e_per_A2"):
         ps.Series(np.ones((2, 4, 4)), 1.0, dose_e_per_A2=[-1, 1])
+
+
+def _truncated_tif_stack(tmp_path: Path) -> Path:
+    import tifffile
+
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(src, np.random.default_rng(0).poisson(50, (5, 64, 64)).astype(np.float32))
+    p = tmp_path / "truncated_stack.tif"
+    p.write_bytes(src.read_bytes()[:3000])  # the header and part of the first frame
+    return p
+
+
+def test_truncated_tif_stack_read_lazily_names_the_file(tmp_path, capsys):
+    # RosettaSciIO opens a tif stack lazily without reading its data: the cut-off data
+    # block must still be reported at load time, not as a numpy/mmap error later on
+    p = _truncated_tif_stack(tmp_path)
+    with pytest.raises(FileFormatError, match="truncated_stack.tif.*truncated or corrupted"):
+        ps.load(p, lazy=True, pixel_size=0.5)
+    capsys.readouterr()
+    assert main(["insitu", str(p), "--pixel-size-A", "0.5", "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "truncated_stack.tif" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_unreadable_lazy_frames_raise_data_error_naming_the_source():
+    import dask.array as da
+
+    from perovstem.insitu._frames import iter_frames
+
+    def bad_block(x):
+        raise OSError("mmap length is greater than file size")
+
+    st = da.zeros((6, 8, 8), chunks=(2, 8, 8)).map_blocks(bad_block, dtype=float)
+    s = ps.Series(st, 0.5, metadata={"source": "run7.emd"})
+    with pytest.raises(DataError, match=r"'run7.emd': frames 0-1 cannot be read.*OSError"):
+        list(iter_frames(s))

@@ -94,7 +94,7 @@ def insitu(
 
     if not isinstance(s, Series):
         raise FileFormatError(
-            f"{str(series)!r} holds a {type(s).__name__}, not an in-situ series (T, M, N)"
+            f"{str(series)!r} holds one {type(s).__name__.lower()}, not an in-situ series (T, M, N)"
         )
     notes = []
     if dose is not None or current_pA is not None or s.dose_e_per_A2 is None:

@@ -124,7 +124,15 @@ def iter_frames(series: Any, *, block: int | None = None) -> Iterator[tuple[int,
         if block < 1:
             raise ParameterError(f"`block` must be >= 1, got {block}")
         for k0 in range(0, n, block):
-            chunk = np.asarray(st[k0 : k0 + block].compute())
+            try:
+                chunk = np.asarray(st[k0 : k0 + block].compute())
+            except (OSError, ValueError, RuntimeError) as exc:
+                # a lazily read file that is cut short or damaged past its header
+                src = getattr(series, "metadata", {}).get("source", "the series")
+                raise DataError(
+                    f"{src!r}: frames {k0}-{min(k0 + block, n) - 1} cannot be read "
+                    f"({type(exc).__name__}: {str(exc)[:200]}); truncated or corrupted file?"
+                ) from None
             for i in range(chunk.shape[0]):
                 yield k0 + i, chunk[i]
     else:

@@ -128,7 +128,8 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
         px = float(rec["pixel_size_A"])
     else:
         raise CalibrationError(
-            f"{str(path)!r}: no usable spatial calibration in the file; pass pixel_size= (Å)"
+            f"{str(path)!r}: no usable spatial calibration in the file; give the pixel size "
+            "in Å (Python: pixel_size=; command line: --pixel-size or --pixel-size-A)"
         )
     if data.ndim not in (2, 3):
         raise DataError(
@@ -212,6 +213,8 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
         raise FileFormatError(f"{str(path)!r}: the file holds no data")
     s = _pick_signal(path, sigs)
     data = s["data"]
+    if lazy:
+        _probe_lazy(path, data)
     axes = sorted(s["axes"], key=lambda a: a.get("index_in_array", 0))
     sig_axes = [a for a in axes if not a.get("navigate", False)]
     nav_axes = [a for a in axes if a.get("navigate", False)]
@@ -258,6 +261,21 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
             beam["beam_current_A"], beam["dwell_time_s"], out["pixel_size_A"]
         )
     return out
+
+
+def _probe_lazy(path: Path, data: Any) -> None:
+    """Read the last frame of lazily opened data now: a truncated file (the data block cut
+    short) then fails here, naming the file, instead of deep inside a later computation."""
+    if getattr(data, "size", 1) == 0:
+        return
+    last = (-1,) * max(getattr(data, "ndim", 0) - 2, 0)
+    try:
+        np.asarray(data[last])
+    except Exception as exc:
+        raise FileFormatError(
+            f"{str(path)!r}: truncated or corrupted file: its last frame cannot be read "
+            f"({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
 
 
 def dose_per_frame(beam_current_A: float, dwell_time_s: float, pixel_size_A: float) -> float:
