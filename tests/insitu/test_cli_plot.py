@@ -97,6 +97,19 @@ def test_cli_insitu_bad_input(tmp_path, series_file):
     assert main(["insitu", str(series_file), "--table-format", "xls"]) == 2
 
 
+@pytest.mark.parametrize("value", ["-1", "0", "nan"])
+def test_cli_insitu_rejects_bad_frame_time(tmp_path, series_file, capsys, value):
+    # checked even where the series' own time stamps would make it unused
+    out = tmp_path / "o"
+    rc = main(["insitu", str(series_file), "--frame-time-s", value, "--out", str(out)])
+    assert rc == 2
+    assert (
+        f"--frame-time-s` must be a finite number > 0, got {float(value)}"
+        in capsys.readouterr().err
+    )
+    assert not out.exists()
+
+
 def test_plots_return_axes():
     from perovstem.plot import insitu as pl
 

@@ -70,6 +70,9 @@ def test_zero_dose_raises():
         assign_dose(s)
     with pytest.raises(DataError, match="no dose"):
         dose_table(s)
+    # a zero dose is reported before missing time stamps (the first thing to fix)
+    with pytest.raises(DataError, match="dose is zero"):
+        assign_dose(Series(np.ones((3, 8, 8)), 0.5), dose_e_per_A2=0.0)
 
 
 def test_real_serialem_dose_bookkeeping(tomo_data):

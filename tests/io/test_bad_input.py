@@ -139,6 +139,14 @@ def test_truncated_tif_stack_read_lazily_names_the_file(tmp_path, capsys):
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
+def test_truncated_perovstem_tif_names_the_file(tmp_path):
+    src = ps.io.save_image(ps.Series(np.ones((4, 64, 64), np.float32), 0.5), tmp_path / "s.tif")
+    p = tmp_path / "cut.tif"
+    p.write_bytes(src.read_bytes()[:-20000])
+    with pytest.raises(FileFormatError, match="cut.tif.*truncated or corrupted"):
+        ps.load(p)
+
+
 def test_unreadable_lazy_frames_raise_data_error_naming_the_source():
     import dask.array as da
 

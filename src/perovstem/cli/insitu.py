@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import typer
 
 from perovstem.cli.main import app
@@ -87,6 +88,11 @@ def insitu(
         raise ParameterError(f"`--hmm-model` must be loss, free or dose, got {hmm_model!r}")
     if table_format not in ("parquet", "csv"):
         raise ParameterError(f"`--table-format` must be parquet or csv, got {table_format!r}")
+    for name, value in (("--frame-time-s", frame_time_s), ("--dwell-us", dwell_us)):
+        if value is not None and not (np.isfinite(value) and value > 0):
+            raise ParameterError(f"`{name}` must be a finite number > 0, got {value}")
+    if not np.isfinite(time_offset_s):
+        raise ParameterError(f"`--time-offset-s` must be finite, got {time_offset_s}")
     if not series.exists():
         raise FileFormatError(f"series {str(series)!r} does not exist")
     s = load(series, lazy=True, pixel_size=pixel_size_A)
@@ -100,6 +106,8 @@ def insitu(
     if dose is not None or current_pA is not None or s.dose_e_per_A2 is None:
         if dose is None and current_pA is None:
             notes.append("no dose information: kinetics use the frame index, no atom counts")
+            if s.time_s is None and frame_time_s is not None:
+                s = s.replace(time_s=np.arange(s.n_frames) * float(frame_time_s))
         else:
             s = assign_dose(
                 s,

@@ -156,8 +156,7 @@ def assign_dose(
         et = np.atleast_1d(np.asarray(series.metadata["exposure_time_s"], dtype=float))
         if et.size and np.all(np.isfinite(et)) and np.all(et > 0):
             frame_time_s = float(np.median(et))
-    t, t_src = _times(series, time_s, frame_time_s)
-    info: dict[str, Any] = {"time_source": t_src}
+    info: dict[str, Any] = {}
     if dose_e_per_A2 is not None:
         d = np.asarray(dose_e_per_A2, dtype=float)
         d = np.full(n, float(d)) if d.ndim == 0 else d.ravel()
@@ -200,6 +199,8 @@ def assign_dose(
         )
     if np.all(d == 0):
         raise DataError("dose is zero for every frame: nothing to plot against dose")
+    # time stamps after the dose: a wrong dose is the first thing to report
+    t, info["time_source"] = _times(series, time_s, frame_time_s)
     d0 = series.initial_dose_e_per_A2 if initial_dose_e_per_A2 is None else initial_dose_e_per_A2
     d0 = check_positive("initial_dose_e_per_A2", d0, allow_zero=True)
     md = dict(series.metadata)

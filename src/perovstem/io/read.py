@@ -254,6 +254,17 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
         for key in ("xshift", "yshift"):
             if key in tomo:
                 out["metadata"][f"tomography_{key}_px"] = float(tomo[key])
+    own = md.get("perovstem") if isinstance(md, dict) else None
+    if isinstance(own, str):
+        # written by perovstem.io.save_image: calibration and per-frame conditions kept
+        try:
+            rec = _record_from_meta(data, json.loads(own))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FileFormatError(
+                f"{str(path)!r}: unreadable perovstem metadata block ({type(exc).__name__}: {exc})"
+            ) from None
+        rec["metadata"] = {**rec["metadata"], "format": plugin}
+        return rec
     beam = beam_conditions(md, s.get("original_metadata", {}))
     out["metadata"].update(beam)
     if beam.get("beam_current_A") and beam.get("dwell_time_s") and out.get("pixel_size_A"):
@@ -456,7 +467,13 @@ def _is_perovstem_tiff(path: Path) -> bool:
 def _read_perovstem_tiff(path: Path) -> dict[str, Any]:
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
-        meta = json.loads(tif.shaped_metadata[0]["perovstem"])
-        data = tif.asarray()
+    try:
+        with tifffile.TiffFile(path) as tif:
+            meta = json.loads(tif.shaped_metadata[0]["perovstem"])
+            data = tif.asarray()
+    except Exception as exc:
+        raise FileFormatError(
+            f"{str(path)!r}: truncated or corrupted tif file ({type(exc).__name__}: "
+            f"{str(exc)[:200]})"
+        ) from None
     return _record_from_meta(data, meta)

@@ -110,7 +110,8 @@ def save_image(
             with atomic_write(path.with_suffix(".rawtlt"), mode="w", overwrite=overwrite) as fh:
                 fh.write("".join(f"{a:.4f}\n" for a in obj.angles_deg))
     elif suffix == ".hspy":
-        _save_hspy(obj, data, path, overwrite=overwrite)
+        full = {**meta, **{k: v.tolist() for k, v in frames.items()}}
+        _save_hspy(obj, data, path, overwrite=overwrite, meta=full)
     else:
         raise FileFormatError(
             f"{str(path)!r}: cannot write {suffix!r} (use .npz, .zarr, .tif, .mrc or .hspy)"
@@ -131,7 +132,12 @@ def _save_mrc(data: np.ndarray, path: Path, *, voxel_A: float, overwrite: bool) 
             m.voxel_size = voxel_A
 
 
-def _save_hspy(obj: Any, data: np.ndarray, path: Path, *, overwrite: bool) -> None:
+def _save_hspy(
+    obj: Any, data: np.ndarray, path: Path, *, overwrite: bool, meta: dict[str, Any]
+) -> None:
+    """HyperSpy file; perovstem's calibration and per-frame conditions (dose, time,
+    temperature, ...) as a JSON string under ``metadata.perovstem``, read back by
+    :func:`perovstem.load`; a uniformly timed series also gets a time axis (s)."""
     from rsciio.hspy import file_writer
 
     nav = []
@@ -146,6 +152,11 @@ def _save_hspy(obj: Any, data: np.ndarray, path: Path, *, overwrite: bool) -> No
                 "navigate": True,
             }
         ]
+        t = getattr(obj, "time_s", None)
+        if isinstance(obj, Series) and t is not None and len(t) > 1:
+            dt = np.diff(np.asarray(t, float))
+            if np.allclose(dt, dt[0], rtol=1e-9, atol=0.0):
+                nav[0].update(name="time", scale=float(dt[0]), offset=float(t[0]), units="s")
     axes = [
         *nav,
         {
@@ -165,7 +176,11 @@ def _save_hspy(obj: Any, data: np.ndarray, path: Path, *, overwrite: bool) -> No
             "navigate": False,
         },
     ]
-    md: dict[str, Any] = {"General": {"title": path.stem}, "Signal": {"signal_type": ""}}
+    md: dict[str, Any] = {
+        "General": {"title": path.stem},
+        "Signal": {"signal_type": ""},
+        "perovstem": json.dumps(meta),
+    }
     if isinstance(obj, TiltSeries):
         md["Tomography"] = {"tilts": obj.angles_deg, "tiltaxis": obj.tilt_axis_deg}
         if obj.shifts_px is not None:
