@@ -64,3 +64,17 @@ def test_import_is_light():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["atoms", "nosuchcommand"], "No such command"),
+        (["model3d", "x.npz"], "Missing"),
+        (["insitu", "x.npz", "--max-lag", "three"], "Invalid value for '--max-lag'"),
+    ],
+)
+def test_usage_errors_exit_2_without_traceback(argv, fragment, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err

@@ -7,6 +7,7 @@ error line and exit status 2.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import typer
@@ -65,15 +66,32 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print("[bold red]error:[/] interrupted")
         return 130
     except Exception as exc:  # click usage errors and friends
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        usage, abort = _click_exception_types()
+        if isinstance(exc, usage):
             exc.show()
             return EXIT_USAGE
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, abort):
             return 1
         raise
     return 0
+
+
+def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Click's usage-error and abort classes: from click itself and from the copy of click
+    that newer Typer releases vendor as ``typer._click`` (different classes, same names)."""
+    usage: list[type] = []
+    abort: list[type] = []
+    for name in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage.append(mod.ClickException)
+        if hasattr(mod, "Abort"):
+            abort.append(mod.Abort)
+    if hasattr(typer, "Abort"):  # Typer >= 0.20 defines its own
+        abort.append(typer.Abort)
+    return tuple(usage), tuple(abort)
 
 
 if __name__ == "__main__":  # pragma: no cover
