@@ -34,6 +34,7 @@ import numpy as np
 from perovstem._data import Image
 from perovstem._validation import as_rng, check_positive
 from perovstem.errors import DataError, ParameterError
+from perovstem.simulate._noise import shot_noise
 from perovstem.simulate.columns import project_columns
 from perovstem.simulate.probe import (
     THERMAL_SIGMA_A,
@@ -330,7 +331,7 @@ def haadf_image(
     )
     lam = dose * dx**2 * (inten + background)
     if noise:
-        electrons = gen.poisson(lam).astype(np.float64)
+        electrons = shot_noise(lam, gen)
         counts = gain * electrons + offset
         if read_noise > 0:
             counts += gen.normal(0.0, read_noise, counts.shape)
@@ -468,7 +469,7 @@ def haadf_image_multislice(
     inten = arr.T  # abTEM scan axes are (x, y) -> image rows are y
     if dose_e_per_A2 is not None:
         dose = check_positive("dose_e_per_A2", dose_e_per_A2)
-        data = gain * gen.poisson(dose * dx**2 * inten).astype(float) + offset
+        data = gain * shot_noise(dose * dx**2 * inten, gen) + offset
     else:
         dose, data = None, inten
     sx = float(scan.sampling[0])

@@ -32,6 +32,7 @@ from numba import njit, prange
 
 from perovstem._data import TiltSeries
 from perovstem.errors import ParameterError
+from perovstem.simulate._noise import shot_noise
 
 __all__ = [
     "NanocrystalPhantom",
@@ -780,7 +781,7 @@ def tilt_series(
         tr = {"integral": float(vox_obj.sum() * vsize**3)}
     line = line.reshape(na, m, supersample, nn, supersample).mean(axis=(2, 4))
     lam = counts_per_A * line + background
-    data = gen.poisson(lam).astype(np.float32) if noise else lam.astype(np.float32)
+    data = shot_noise(lam, gen).astype(np.float32) if noise else lam.astype(np.float32)
     truth: dict[str, Any] = {
         "shifts_px": sh,
         "tilt_axis_deg": float(tilt_axis_deg),
