@@ -134,3 +134,26 @@ def test_bad_tilt_parameters():
         tilt_series(ph, [0.0, 10.0], shape=(32, 32), shifts_px=np.zeros((3, 2)))
     with pytest.raises(ParameterError, match="pixel_size_A"):
         tilt_series(ph, [0.0], shape=(32, 32), pixel_size_A=0.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"counts_per_A": -1.0}, "counts_per_A"),
+        ({"counts_per_A": float("nan")}, "counts_per_A"),
+        ({"background": -5.0}, "background"),
+        ({"pixel_size_A": 0.5}, "wider than the field of view"),  # 60 Å crystal, 32 Å field
+    ],
+)
+def test_tilt_series_rejects_absurd_parameters(kwargs, fragment):
+    ph = nanocrystal_phantom(60.0, n_inclusions=0, rng=0)
+    opts = {"shape": (64, 64), "pixel_size_A": 2.0, **kwargs}
+    with pytest.raises(ParameterError, match=fragment):
+        tilt_series(ph, [0.0, 10.0], **opts)
+
+
+def test_phantom_rejects_negative_inclusions_and_densities():
+    with pytest.raises(ParameterError, match="n_inclusions"):
+        nanocrystal_phantom(60.0, n_inclusions=-1)
+    with pytest.raises(ParameterError, match="inclusion_density"):
+        nanocrystal_phantom(60.0, inclusion_density=float("nan"))

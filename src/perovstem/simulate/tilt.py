@@ -227,6 +227,11 @@ def nanocrystal_phantom(
     gen = np.random.default_rng(rng)
     if not np.isfinite(edge_A) or edge_A <= 0:
         raise ParameterError(f"`edge_A` must be > 0 Å, got {edge_A}")
+    if int(n_inclusions) != n_inclusions or n_inclusions < 0:
+        raise ParameterError(f"`n_inclusions` must be an integer >= 0, got {n_inclusions!r}")
+    for name, v in (("density", density), ("inclusion_density", inclusion_density)):
+        if not np.isfinite(v) or v < 0:
+            raise ParameterError(f"`{name}` must be finite and >= 0, got {v!r}")
     if r110 <= 1.0 or r111 <= 1.0:
         raise ParameterError(f"`r110` and `r111` must be > 1, got {r110}, {r111}")
     if orientation_deg is None:
@@ -715,6 +720,10 @@ def tilt_series(
         raise ParameterError(f"`pixel_size_A` must be > 0, got {pixel_size_A}")
     if voxel_size_A is not None and (not np.isfinite(voxel_size_A) or voxel_size_A <= 0):
         raise ParameterError(f"`voxel_size_A` must be > 0 Å, got {voxel_size_A!r}")
+    if not np.isfinite(counts_per_A) or counts_per_A <= 0:
+        raise ParameterError(f"`counts_per_A` must be finite and > 0, got {counts_per_A!r}")
+    if not np.isfinite(background) or background < 0:
+        raise ParameterError(f"`background` must be finite and >= 0, got {background!r}")
     na = ang.size
     if acquisition_order is None:
         order = np.arange(na)
@@ -740,6 +749,15 @@ def tilt_series(
         sh = np.asarray(shifts_px, float)
         if sh.shape != (na, 2):
             raise ParameterError(f"`shifts_px` must have shape ({na}, 2), got {sh.shape}")
+    if isinstance(obj, NanocrystalPhantom):
+        # a crystal wider than the field in every direction: every projection is truncated
+        field_A = min(m, nn) * float(pixel_size_A)
+        if 2.0 * obj.half_edge_A > field_A:
+            raise ParameterError(
+                f"the crystal (edge {2.0 * obj.half_edge_A:g} Å) is wider than the field of "
+                f"view ({m}×{nn} px of {pixel_size_A:g} Å = {field_A:g} Å); enlarge `shape` or "
+                "`pixel_size_A`"
+            )
     xs, us = _ray_positions(
         na, (m, nn), int(supersample), sh, tilt_axis_deg, axis_offset_px, pixel_size_A
     )
