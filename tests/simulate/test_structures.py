@@ -198,3 +198,14 @@ def test_orthorhombic_columns_keep_displaced_br_in_their_column():
     ort, _ = project_columns(nanocrystal(n * 5.83, phase="orthorhombic", neutral=False))
     assert ort["type"].value_counts().to_dict() == cub["type"].value_counts().to_dict()
     assert ort["n_Br"].sum() == cub["n_Br"].sum()
+
+
+def test_absurd_edge_is_refused_before_allocating():
+    from perovstem.errors import ParameterError
+    from perovstem.simulate import nanocrystal
+
+    # 1e5 Å would need ~2.5e13 atoms (tens of TiB); the message names the parameter
+    with pytest.raises(ParameterError, match=r"`edge_A` = 100000.0 .* atoms"):
+        nanocrystal(edge_A=1e5)
+    with pytest.raises(ParameterError, match="edge_A"):
+        nanocrystal(edge_A=[40.0, 40.0, 1e6], shape="cuboid")

@@ -58,6 +58,9 @@ CD_VEGARD_SLOPE = 0.08
 """Relative lattice contraction per unit Cd fraction: a(x) = a₀(1 − 0.08 x) [estimate]."""
 OCTAHEDRAL_TILT_DEG = 8.0
 """Tilt angle of the a⁻b⁺a⁻ pattern used for the Pnma model, degrees [estimate, 6–10°]."""
+# The builder holds every site index in memory (a few hundred bytes per atom): 5·10⁶
+# atoms is a ~60 nm cube, well above the nanocrystals studied (5–20 nm).
+MAX_ATOMS = 5_000_000
 
 ZONE_AXES: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
     # zone axis -> (beam direction in crystal frame, crystal direction put along lab x)
@@ -344,6 +347,13 @@ def nanocrystal(
         a_pc = np.array([a / np.sqrt(2), b / 2.0, c / np.sqrt(2)])
     a_pc = a_pc * (1.0 - CD_VEGARD_SLOPE * x)
     n = _n_cells(edge_A, shape, thickness_A, a_pc)
+    n_atoms = 5 * int(np.prod(np.asarray(n, dtype=float)))
+    if n_atoms > MAX_ATOMS:
+        raise ParameterError(
+            f"`edge_A` = {edge_A} gives {np.asarray(n).tolist()} cells (~{n_atoms:.2g} atoms), "
+            f"more than this builder handles ({MAX_ATOMS:.0e}); nanocrystals of up to "
+            f"~{A_CUBIC_A * (MAX_ATOMS / 5) ** (1 / 3):.0f} Å edge are supported"
+        )
     sites = _host_sites(n, termination)
     if neutral:
         sites = _neutralise(sites, termination, gen)
