@@ -842,3 +842,24 @@ def test_default_293K_trajectory_reproducible_from_rng():
     c = degradation_kmc(_cube(7), rng=8, **kw)
     assert not a.frame_table["n_Br"].equals(c.frame_table["n_Br"])
     assert a.frame_table["n_clusters"].max() > 0
+
+
+def test_temperature_above_the_melting_point_is_refused():
+    from perovstem.errors import ParameterError
+    from perovstem.simulate import degradation_kmc, nanocrystal
+
+    at = nanocrystal(edge_A=20.0, rng=0)
+    # a run at 1e6 K never ended (null hops without bound); the solid melts at ~840 K
+    with pytest.raises(ParameterError, match=r"temperature_K.*900.*1000000.0"):
+        degradation_kmc(
+            at, n_frames=2, frame_time_s=1.0, dose_rate_e_per_A2_s=1e3, temperature_K=1e6, rng=0
+        )
+    with pytest.raises(ParameterError, match="temperature_K"):
+        degradation_kmc(
+            at,
+            n_frames=2,
+            frame_time_s=1.0,
+            dose_rate_e_per_A2_s=1e3,
+            temperature_K=[300.0, 950.0],
+            rng=0,
+        )

@@ -32,6 +32,9 @@ __all__ = ["KMCTrajectory", "KineticParameters", "degradation_kmc"]
 
 _LABEL_HOST, _LABEL_ADATOM, _LABEL_CLUSTER = 0, 1, 2
 
+MAX_TEMPERATURE_K = 900.0
+"""Highest temperature the KMC accepts, K (solid CsPbBr3 melts at ≈ 840 K)."""
+
 
 @dataclass(frozen=True, eq=False)
 class KMCTrajectory:
@@ -343,6 +346,14 @@ def degradation_kmc(
         "dose_rate_e_per_A2_s", dose_rate_e_per_A2_s, n_frames, positive=True, allow_zero=True
     )
     temp = _per_frame("temperature_K", temperature_K, n_frames, positive=True, allow_zero=False)
+    if temp.max() > MAX_TEMPERATURE_K:
+        # CsPbBr3 melts at ≈ 840 K (567 °C; Stoumpos et al., Cryst. Growth Des. 13, 2722
+        # (2013)): a lattice model of the solid has no meaning above it, and its null hops
+        # grow without bound (a run at 1e6 K never ends)
+        raise ParameterError(
+            f"`temperature_K` must be <= {MAX_TEMPERATURE_K:g} K (solid CsPbBr3; it melts at "
+            f"about 840 K), got {float(temp.max())!r}"
+        )
     check_choice("atmosphere", atmosphere, ATMOSPHERES)
     if pressure_Pa is not None:
         pressure_Pa = check_positive("pressure_Pa", pressure_Pa)
