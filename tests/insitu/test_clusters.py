@@ -169,6 +169,9 @@ def test_detect_clusters_bad_input():
         detect_clusters(np.ones((32, 32)), pixel_size_A=0.5, threshold_sigma=-1)
     with pytest.raises(ParameterError, match="aperture_A"):
         detect_clusters(np.ones((32, 32)), pixel_size_A=0.5, aperture_A=-2.0)
+    # a blanked frame: no lattice to estimate (was a bare "cannot convert NaN" ValueError)
+    with pytest.raises(DataError, match="constant image"):
+        detect_clusters(np.zeros((64, 64)), pixel_size_A=0.5)
     # no dose: detection only, SCS and counts NaN
     det = detect_clusters(
         np.random.default_rng(0).poisson(5.0, (64, 64)).astype(float), pixel_size_A=0.5

@@ -52,6 +52,11 @@ def estimate_lattice(
     if not (0 < d_min_A < d_max_A):
         raise DataError(f"need 0 < d_min_A < d_max_A, got {d_min_A}, {d_max_A}")
     m, n = a.shape
+    if not np.ptp(a) > 0:
+        raise DataError(
+            f"no lattice in a constant image (every pixel {float(a.flat[0])!r}): "
+            "a blanked or dropped frame?"
+        )
     from scipy.signal.windows import hann
 
     w = np.outer(hann(m), hann(n))
