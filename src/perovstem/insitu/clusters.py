@@ -78,19 +78,18 @@ Method
    radius of the first estimate) minus the median of a 3 Å annulus outside it (local
    background), each cut to the pixels nearest to this cluster — on ``E``, minus the host
    excess of the segment; where that host excess is ≥ 20 % of E (above the ±13 % registry
-   uncertainty of D) the photometry runs on ``D`` itself, scaled by the registry factor
-   (1 − kappa_h)/(r_c − kappa_h) of step 4b whether or not the veto applied (D holds no
-   host excess, only the cluster's own share on the empty sites is missing).  Where the
-   ring crosses the crystal edge (≥ 10 pixels on the crystal plateau of the background
-   map, ≥ 10 off it) it is stratified: the disc's crystal pixels take the ring's crystal
-   median, its vacuum pixels the vacuum median (the excess of a degrading crystal keeps a
-   host residual of ≈ 0.2 of the plateau level that stops at the edge; one median put it
-   under clusters on the side faces: +14…+17 % of their mass in the median for centres
-   within 5 Å of the edge, KMC tuning series 41–46, 51–54).  The hysteresis segment
-   alone follows any residual of the background along a facet.  Clusters the host model
-   cannot support are flagged (``host_ok`` False): next to a crystal shorter than the background
+   uncertainty of D) the photometry runs on ``D`` itself.  The hysteresis segment alone
+   follows any residual of the background along a facet.  Clusters the host model cannot
+   support are flagged (``host_ok`` False): next to a crystal shorter than the background
    element along a lattice direction (the opening does not see it), or holding host
-   lattice in a frame without a host reference.
+   lattice in a frame without a host reference.  Where the ring crosses the crystal edge
+   (≥ 10 of its pixels on the crystal plateau of the background map and ≥ 10 off it) it is
+   stratified: the disc's crystal pixels take the ring's crystal median, its vacuum pixels
+   the vacuum median.  The excess of a degrading crystal keeps a host residual of ≈ 0.2 of
+   the plateau level (the opening sits on the thinnest of the unevenly damaged columns)
+   that stops at the edge; one median put +14…+17 % of a cluster's mass (median) of it
+   under clusters centred within 5 Å of the edge, mostly those on the side faces (KMC
+   tuning series 41–46, 51–54).
 6. Integrated excess counts / (gain · dose) = cluster SCS in Å² (probe-integrated
    cross-section, E et al., Ultramicroscopy 133, 109 (2013)).  The number of atoms follows
    from a library of compact fcc Pb clusters viewed along [001] whose column SCS come from a
@@ -1253,7 +1252,6 @@ def detect_clusters(
         d_full = None
         d_err_scale = 1.0
         d_fix = np.ones(k)
-        d_reg = np.ones(k)  # the registry factor of D before the veto (D photometry)
         tot_keep = err_keep = None
         # map the split fits run on: the host-free excess where the host model has one
         fit_map, fit_sig = e, sigma_map
@@ -1325,7 +1323,6 @@ def detect_clusters(
                         d_fix, np.where(tot_d > 0, tot / np.where(tot_d > 0, tot_d, 1), 1.0)
                     )
                     d_fix = np.where(d_fix > 0, d_fix, 1.0)
-                    d_reg = d_fix.copy()
                     # only a host excess that the cluster's registry explains is vetoed;
                     # a host excess beyond it keeps the uncorrected map (the fringe
                     # estimate on a damaged host is not good enough to rescale D)
@@ -1399,11 +1396,7 @@ def detect_clusters(
                 crystal=crystal,
             )
             good = keep & np.isfinite(tot_ap)
-            # a count taken on D itself carries D's registry factor of the cluster
-            # (1 - kappa_h) / (r_c - kappa_h) (step 4b), vetoed host excess or not: the host
-            # excess is already out of D, only the cluster's own share on the empty sites
-            # is missing (tune seeds 41-46: clusters on the crystal plateau -27 % -> -22 %)
-            tot_ap = np.where(on_d, tot_ap * d_reg, tot_ap)
+            tot_ap = np.where(on_d, tot_ap * d_fix, tot_ap)
             tot = np.where(good, tot_ap - np.where(on_d, 0.0, host_excess), tot)
             err = np.where(good, err_ap * np.where(host_frac > 0, d_err_scale, 1.0), err)
             err = np.where(good, np.hypot(err, bg_ap), err)
