@@ -8,14 +8,20 @@ equal-volume discs overlap in projection are one object, atoms summed; the conve
 * false positive: an unmatched detection that is not on a smaller truth object (those are
   neutral) nor a second detection inside an object of several clusters (it resolved them;
   such an object's count is the sum of its detections);
-* counts: relative error of the matched objects whose disc + 3 Å lies in the field;
+* counts: relative error of the matched objects whose disc + 3 Å lies in the field, and
+  the share with |n − truth| ≤ 2 ``n_atoms_err`` (``within_2sigma``; errors of the
+  detections of one object added in quadrature);
 * misses by cause: ``edge`` (disc + 3 Å not in the field), ``touching`` (the object's centre
   is within the equal-volume radius (+ 1 Å) of another detection: it is counted with a
   neighbour), ``offset`` (a detection within twice the match distance, but not matched to
   this object: a displaced centroid between neighbours, or matched to a neighbour),
   ``on_host`` / ``vacuum_undetected`` (no detection near; on the crystal plateau or not;
   ``_small`` for < 20 atoms).  Counts are also broken down by size, host/vacuum and whether
-  the object has a >= 5-atom neighbour within r1 + r2 + 4 Å (``touching`` counts).
+  the object has a >= 5-atom neighbour within r1 + r2 + 4 Å (``touching`` counts), and by
+  the centre's signed distance d to the crystal edge of the frame's background map (R the
+  object's equal-volume radius): ``vacuum_far`` d ≥ R + 8 Å, ``vacuum_near_edge`` 0 < d <
+  R + 8 Å, ``on_host_edge`` −R ≤ d ≤ 0 (mostly clusters on side faces, seen at the edge),
+  ``on_host_deep`` d < −R (top and bottom faces).
 
 Series (``tests/insitu/_insitu_kmc.py`` recipe: 12 frames of 1 s, drift 0.8/-0.5 Å/s,
 0.3 Å jitter): ``tune`` seeds 51-54 and ``tune280`` 41-46 (5.5/4 nm at 280 K, used to set
@@ -44,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "insitu"))
@@ -78,13 +85,18 @@ def score_frame(det, tk, field_A, on_host):
     big, ok, fp = sc["objects"], sc["pairs"], sc["fp"]
     matched = {i for i, _ in ok}
     counts = []
-    for (i, _), nd in zip(ok, sc["n_atoms"], strict=True):
+    for (i, j), nd in zip(ok, sc["n_atoms"], strict=True):
         x, y, n = big.loc[i, ["x_A", "y_A", "n_atoms"]]
         inside = min(x, y, field_A - x, field_A - y) - _radius(n) > 3.0
         dn = np.hypot(tc["x_A"] - x, tc["y_A"] - y)
         nb = (dn > 1e-6) & (dn < _radius(n) + _radius(tc["n_atoms"]) + 4.0) & (tc["n_atoms"] >= 5)
         if inside:
-            counts.append((nd / n - 1, n, bool(nb.any()), bool(on_host(x, y))))
+            js = [j, *sc["extra"].get(i, [])]
+            sig = float(np.sqrt(np.sum(det["n_atoms_err"].to_numpy(float)[js] ** 2)))
+            cov = bool(abs(nd - n) <= 2.0 * sig)
+            counts.append(
+                (nd / n - 1, n, bool(nb.any()), bool(on_host(x, y)), on_host.edge_A(x, y), cov)
+            )
     misses = []
     dxy = det[["x_A", "y_A"]].to_numpy(float) if len(det) else np.zeros((0, 2))
     rdet = _radius(det["n_atoms"].to_numpy(float)) if len(det) else np.zeros(0)
@@ -112,11 +124,19 @@ def _host_mask(frame, px, la, ang):
     bg = _lattice_opening(m, max(3, int(np.ceil(32 / px)) | 1))
     lvl = np.percentile(m, 99.5)
 
-    def on_host(x, y):
+    host = bg > 0.25 * lvl
+    # signed distance to the crystal edge (Å; > 0 in the vacuum, < 0 on the crystal)
+    dist = (ndimage.distance_transform_edt(~host) - ndimage.distance_transform_edt(host)) * px
+
+    def _rc(x, y):
         r = min(max(int(round(y / px)), 0), m.shape[0] - 1)
         c = min(max(int(round(x / px)), 0), m.shape[1] - 1)
-        return bg[r, c] > 0.25 * lvl
+        return r, c
 
+    def on_host(x, y):
+        return bool(host[_rc(x, y)])
+
+    on_host.edge_A = lambda x, y: float(dist[_rc(x, y)])
     return on_host
 
 
@@ -202,12 +222,16 @@ def _summary(o):
     n = np.array([c[1] for c in o["counts"]])
     nb = np.array([c[2] for c in o["counts"]], bool)
     oh = np.array([c[3] for c in o["counts"]], bool)
+    # centre's signed distance to the crystal edge minus the object's radius R (Å)
+    s = np.array([c[4] for c in o["counts"]], float) - _radius(n)
+    cov = np.array([c[5] for c in o["counts"]], bool)
 
     def part(sel):
         if not sel.any():
             return None
         return {"n": int(sel.sum()), "within_15pct": round(float(np.mean(np.abs(e[sel]) < 0.15)), 3),
-                "median_err": round(float(np.median(e[sel])), 3)}  # fmt: skip
+                "median_err": round(float(np.median(e[sel])), 3),
+                "within_2sigma": round(float(np.mean(cov[sel])), 3)}  # fmt: skip
 
     miss = pd.Series(o["misses"], dtype=object).value_counts().to_dict()
     tp, fp, fn = o["tp"], o["fp"], o["fn"]
@@ -221,6 +245,8 @@ def _summary(o):
             "40-80": part((n >= 40) & (n < 80)), ">=80": part(n >= 80),
             "on_host": part(oh), "vacuum": part(~oh),
             "with_touching_neighbour": part(nb), "no_touching_neighbour": part(~nb),
+            "vacuum_far": part(s >= 8.0), "vacuum_near_edge": part(~oh & (s < 8.0)),
+            "on_host_edge": part(oh & (s >= -2.0 * _radius(n))), "on_host_deep": part(oh & (s < -2.0 * _radius(n))),
         },
         "misses": {str(k): int(v) for k, v in miss.items()},
         "s_per_frame": round(o["t"] / max(o["nf"], 1), 4),
