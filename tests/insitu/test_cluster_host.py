@@ -93,3 +93,52 @@ def test_crystal_smaller_than_background_element_is_flagged(edge, flagged):
             assert len(ok) == len(tc)
             for i, j in ok:
                 assert det["n_atoms"].iloc[j] == pytest.approx(tc["n_atoms"].iloc[i], rel=0.15)
+
+
+def test_shift_mean_filter_and_site_ratio_with_mask_mean():
+    """The host-texture filter of the registry veto is the mean of the 56 phase ramps of
+    the lattice shifts i·e1 + j·e2 with 3 <= max(|i|, |j|) <= 4, and the empty-site ratio
+    of a segment is the same whether the cell average of the site mask is passed in or
+    computed."""
+    from scipy import fft as sfft
+
+    from perovstem.insitu.clusters import (
+        _cell_average,
+        _cluster_site_ratio,
+        _shift_mean_filter,
+    )
+
+    shape, a_px, ang = (60, 75), 7.3, 12.0
+    t = np.radians(ang)
+    e1 = np.array([np.cos(t), np.sin(t)]) * a_px
+    e2 = np.array([-np.sin(t), np.cos(t)]) * a_px
+    ky = sfft.fftfreq(shape[0])[:, None]
+    kx = sfft.rfftfreq(shape[1])[None, :]
+    ref = np.zeros((ky.size, kx.size), complex)
+    n = 0
+    for i in range(-4, 5):
+        for j in range(-4, 5):
+            if max(abs(i), abs(j)) >= 3:
+                s = i * e1 + j * e2
+                ref += np.exp(2j * np.pi * (kx * s[0] + ky * s[1]))
+                n += 1
+    assert n == 56
+    np.testing.assert_allclose(_shift_mean_filter(shape, e1, e2), ref.real / 56, atol=1e-12)
+    np.testing.assert_allclose(ref.imag, 0, atol=1e-9)  # symmetric set of shifts
+
+    rng = np.random.default_rng(0)
+    raw = rng.poisson(50.0, (80, 90)).astype(float)
+    m = _cell_average(raw[None], a_px, ang)[0]
+    e = np.zeros_like(m)
+    e[30:45, 40:52] = 20.0
+    seg = np.zeros(m.shape, np.int32)
+    seg[30:45, 40:52] = 1
+    seg[60:66, 10:18] = 2
+    mask = (rng.random(m.shape) < 0.3).astype(float)
+    kw = {"a_px": a_px, "angle_deg": ang, "px": 0.2, "gain": 1.0, "mask": mask}
+    which = np.array([True, True])
+    r0 = _cluster_site_ratio(raw, m, e, seg, which, **kw)
+    mm = _cell_average(mask[None], a_px, ang)[0]
+    r1 = _cluster_site_ratio(raw, m, e, seg, which, mask_mean=mm, **kw)
+    np.testing.assert_allclose(r1, r0, rtol=1e-12)
+    assert np.all(np.isfinite(r0)) and not np.allclose(r0, 1.0)

@@ -244,3 +244,128 @@ def _empty_site_mask(ph1, ph2, b, e1x, e1y, e2x, e2y, a_px, radius_px, mm, nn): 
             else:
                 w[y, x] = 1.0 if math.hypot(du, dv) * a_px < radius_px else 0.0
     return w
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _interp_uniform(x, xp, fp):  # pragma: no cover - compiled
+    """``np.interp(x, xp, fp, right=0.0)`` for a uniform table ``xp`` starting at 0 and
+    ``x >= 0`` (same formula and bracketing, so the same value): the bracket is found by
+    division instead of a binary search."""
+    n = xp.size
+    if x > xp[n - 1]:
+        return 0.0
+    if x == xp[n - 1]:
+        return fp[n - 1]
+    j = int(x / (xp[1] - xp[0]))
+    if j > n - 2:
+        j = n - 2
+    if j < 0:
+        j = 0
+    while j > 0 and xp[j] > x:
+        j -= 1
+    while j < n - 2 and xp[j + 1] <= x:
+        j += 1
+    if xp[j] == x:
+        return fp[j]
+    return (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j]) * (x - xp[j]) + fp[j]
+
+
+@njit(cache=True, nogil=True)
+def _dome_spectra(
+    q, dky, dkx, filt, dfilt, ey, ex, amps, radii, tail, jac, tq, tb, tdb
+):  # pragma: no cover - compiled
+    """Spectrum of the sum of blurred projected spheres (``clusters._DomeGrid.model``):
+    sphere ``c`` is ``B(q·radii[c]) · amps[c]·ey[c, i]·ex[c, j]`` (phase ramps ``ey``,
+    ``ex``), times ``filt + tail·dfilt``; with ``jac`` also the derivatives by y, x and
+    log amplitude of each sphere (``dky``, ``dkx`` = −2πi k) and by ``tail``, shape
+    (1 + (3k + 1)·jac, Fy, Fx).  ``B`` and ``B'`` by table interpolation (``tq``, ``tb``,
+    ``tdb``)."""
+    fy, fx = q.shape
+    kk = amps.size
+    ns = 1 + (3 * kk + 1) * jac
+    spec = np.zeros((ns, fy, fx), np.complex128)
+    for c in range(kk):
+        r = radii[c]
+        amp = amps[c]
+        for i in range(fy):
+            pa = amp * ey[c, i]
+            for j in range(fx):
+                ph = pa * ex[c, j]
+                qr = q[i, j] * r
+                b = _interp_uniform(qr, tq, tb) * ph
+                spec[0, i, j] += b
+                if jac:
+                    spec[1 + 3 * c, i, j] = dky[i] * b
+                    spec[2 + 3 * c, i, j] = dkx[j] * b
+                    spec[3 + 3 * c, i, j] = b + _interp_uniform(qr, tq, tdb) * qr / 3.0 * ph
+    for i in range(fy):
+        for j in range(fx):
+            fl = filt[i, j] + tail * dfilt[i, j]
+            if jac:
+                spec[ns - 1, i, j] = spec[0, i, j] * dfilt[i, j]
+                for s in range(ns - 1):
+                    spec[s, i, j] *= fl
+            else:
+                spec[0, i, j] *= fl
+    return spec
+
+
+@njit(cache=True, nogil=True)
+def _ellipse_spectra(
+    kx, ky, filt, dfilt, ey, ex, amps, radii, eta, theta, tail, tq, tb
+):  # pragma: no cover - compiled
+    """Spectra of blurred projected ellipsoids (``clusters._ellipse_model``), one per
+    parameter set ``p``: in-plane semi-axes ``radii[p]·exp(±eta[p]/2)``, long axis at
+    ``theta[p]``, amplitude ``amps[p]`` and phase ramps ``ey[p]``, ``ex[p]``, times
+    ``filt + tail[p]·dfilt``; shape (P, Fy, Fx)."""
+    fy = ky.size
+    fx = kx.size
+    npar = amps.size
+    spec = np.empty((npar, fy, fx), np.complex128)
+    tp = 2.0 * np.pi
+    for p in range(npar):
+        ct = math.cos(theta[p])
+        st = math.sin(theta[p])
+        eu = math.exp(eta[p] / 2)
+        ev = math.exp(-eta[p] / 2)
+        rr = tp * radii[p]
+        amp = amps[p]
+        for i in range(fy):
+            pa = amp * ey[p, i]
+            for j in range(fx):
+                ku = kx[j] * ct + ky[i] * st
+                kv = -kx[j] * st + ky[i] * ct
+                a = ku * eu
+                b = kv * ev
+                qq = rr * math.sqrt(a * a + b * b)
+                spec[p, i, j] = (
+                    _interp_uniform(qq, tq, tb)
+                    * (pa * ex[p, j])
+                    * (filt[i, j] + tail[p] * dfilt[i, j])
+                )
+    return spec
+
+
+@njit(cache=True, nogil=True)
+def _shift_mean_kernel(cy, sy, cx, sx):  # pragma: no cover - compiled
+    """(D_4(α) D_4(β) − D_2(α) D_2(β)) / 56 with D_n(θ) = 1 + 2 Σ_{l<=n} cos(lθ), the
+    phases α (d = 0) and β (d = 1) split into k_y and k_x parts: ``cy[d, l − 1, i]`` =
+    cos(l·α_y(i)), ``sy`` the sines, ``cx``, ``sx`` those of the k_x parts
+    (cos(a + b) = cos a cos b − sin a sin b)."""
+    fy = cy.shape[2]
+    fx = cx.shape[2]
+    out = np.empty((fy, fx))
+    for i in range(fy):
+        for j in range(fx):
+            a = 1.0
+            b = 1.0
+            a2 = 1.0
+            b2 = 1.0
+            for ll in range(4):
+                a += 2.0 * (cy[0, ll, i] * cx[0, ll, j] - sy[0, ll, i] * sx[0, ll, j])
+                b += 2.0 * (cy[1, ll, i] * cx[1, ll, j] - sy[1, ll, i] * sx[1, ll, j])
+                if ll == 1:
+                    a2 = a
+                    b2 = b
+            out[i, j] = (a * b - a2 * b2) / 56.0
+    return out

@@ -409,8 +409,9 @@ def _cell_average(stack: np.ndarray, a_px: float, angle_deg: float) -> np.ndarra
 
 def _interstitial_mean(
     image: np.ndarray, a_px: float, angle_deg: float, radius_px: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cell-averaged intensity at the empty sites of the host lattice, and the site mask.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cell-averaged intensity at the empty sites of the host lattice, the site mask and
+    its cell average.
 
     In [001] CsPbBr3 the columns sit at (0, 0), (½, 0), (0, ½), (½, ½) of the cell; the
     points (¼, ¼), (¾, ¼), (¼, ¾), (¾, ¾) are ≥ 0.35 a from every column and receive only
@@ -456,7 +457,7 @@ def _interstitial_mean(
     # same sinc filter as :func:`unit_cell_average`)
     sm = _cell_average(np.stack([img * w, w]), a_px, angle_deg)
     q = sm[0] / np.maximum(sm[1], 1e-3)
-    return q, w
+    return q, w, sm[1]
 
 
 def _label_max(labels: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
@@ -624,6 +625,27 @@ def _registry_bound(radius_A: np.ndarray, lattice_A: float) -> np.ndarray:
     return np.abs(_ball_spectrum(2.0 * np.pi * kb * np.asarray(radius_A, float)))
 
 
+def _shift_mean_filter(shape: tuple[int, int], e1: np.ndarray, e2: np.ndarray) -> np.ndarray:
+    """rfft2-domain filter of the mean over the lattice shifts i·e1 + j·e2 with
+    3 <= max(|i|, |j|) <= 4 (``e1``, ``e2`` the (x, y) lattice vectors, px) on a periodic
+    ``shape`` grid: a difference of products of Dirichlet kernels,
+    (D_4(α) D_4(β) − D_2(α) D_2(β)) / 56 with D_n(θ) = 1 + 2 Σ_{l<=n} cos(lθ).
+
+    α = 2π k·e1 is a sum of a k_y and a k_x term, so cos(lα) is built from 1-D cosines
+    and sines (cos(a + b) = cos a cos b − sin a sin b; equal to the 2-D cosines to
+    rounding) in a compiled loop instead of eight 2-D cosine maps."""
+    from scipy import fft as sfft
+
+    from perovstem.insitu._cluster_kernels import _shift_mean_kernel
+
+    ky = 2.0 * np.pi * sfft.fftfreq(shape[0])
+    kx = 2.0 * np.pi * sfft.rfftfreq(shape[1])
+    ll = np.arange(1, 5)[None, :, None]
+    ay = ll * np.array([e1[1], e2[1]])[:, None, None] * ky
+    ax = ll * np.array([e1[0], e2[0]])[:, None, None] * kx
+    return _shift_mean_kernel(np.cos(ay), np.sin(ay), np.cos(ax), np.sin(ax))
+
+
 def _cluster_site_ratio(
     raw: np.ndarray,
     m: np.ndarray,
@@ -636,34 +658,22 @@ def _cluster_site_ratio(
     px: float,
     gain: float,
     mask: np.ndarray,
+    mask_mean: np.ndarray | None = None,
 ) -> np.ndarray:
     """Empty-site ratio r_c = Q_c/M_c of each segment's own cluster (NaN where not
     computed).  The host texture is the lattice average of ``raw`` over shifts of 3–4
     cells (outside the cluster), scaled to the host mass M − E; the residual is the
     cluster's column pattern, whose 2.475 Å fringes (cube-on-cube) are demodulated over
     the segment, weighted by E; a pattern E·(1 + 2 Re Σ Z e^{2πi u/p}) is then passed
-    through the same empty-site mask (``mask``) and cell average as the frame."""
+    through the same empty-site mask (``mask``; ``mask_mean`` its cell average, computed
+    here when not given) and cell average as the frame."""
     from scipy import fft as sfft
 
     mm, nn = raw.shape
     t = np.radians(angle_deg)
     e1 = np.array([np.cos(t), np.sin(t)]) * a_px  # (x, y)
     e2 = np.array([-np.sin(t), np.cos(t)]) * a_px
-    ky = sfft.fftfreq(mm)[:, None]
-    kx = sfft.rfftfreq(nn)[None, :]
-    # mean over the shifts i e1 + j e2, 3 <= max(|i|, |j|) <= 4: a difference of products of
-    # Dirichlet kernels, D_n(θ) = 1 + 2 Σ_{l<=n} cos(lθ)
-    al = 2.0 * np.pi * (kx * e1[0] + ky * e1[1])
-    be = 2.0 * np.pi * (kx * e2[0] + ky * e2[1])
-    da2, db2 = np.ones_like(al), np.ones_like(be)
-    for ll in (1, 2):
-        da2 += 2.0 * np.cos(ll * al)
-        db2 += 2.0 * np.cos(ll * be)
-    da4, db4 = da2.copy(), db2.copy()
-    for ll in (3, 4):
-        da4 += 2.0 * np.cos(ll * al)
-        db4 += 2.0 * np.cos(ll * be)
-    filt = (da4 * db4 - da2 * db2) / 56.0
+    filt = _shift_mean_filter((mm, nn), e1, e2)
     host = sfft.irfft2(sfft.rfft2(raw, workers=2) * filt, s=raw.shape, workers=2)
     ep = np.clip(e, 0, None)
     hm_ = _cell_average(host[None], a_px, angle_deg)[0]
@@ -699,10 +709,14 @@ def _cluster_site_ratio(
     zl_u, zl_v = np.r_[0, zu][lab], np.r_[0, zv][lab]
     pat[idx] = gw * (1.0 + 2.0 * np.real(zl_u / cu) + 2.0 * np.real(zl_v / cv))
     pat = pat.reshape(mm, nn)
-    sm = _cell_average(np.stack([pat * mask, mask, pat]), a_px, angle_deg)
-    q = sm[0] / np.maximum(sm[1], 1e-3)
+    if mask_mean is None:
+        sm = _cell_average(np.stack([pat * mask, pat, mask]), a_px, angle_deg)
+        mask_mean = sm[2]
+    else:
+        sm = _cell_average(np.stack([pat * mask, pat]), a_px, angle_deg)
+    q = sm[0] / np.maximum(mask_mean, 1e-3)
     sq = np.bincount(lab, weights=q.ravel()[idx], minlength=k + 1)[1:]
-    sp = np.bincount(lab, weights=sm[2].ravel()[idx], minlength=k + 1)[1:]
+    sp = np.bincount(lab, weights=sm[1].ravel()[idx], minlength=k + 1)[1:]
     out = np.where(which & (sp > 0), sq / np.where(sp > 0, sp, 1), np.nan)
     return np.where(np.isfinite(out), out, 1.0)
 
@@ -722,8 +736,8 @@ class _DomeGrid:
 
     The window's samples are ``st`` frame pixels apart; the model is built in Fourier
     space (analytic sphere spectrum × phase ramp × the cell-average sinc filter × a
-    Gaussian probe blur) on the window padded by ``pad`` samples, so that evaluating it is
-    one small inverse FFT, whatever the cluster size."""
+    Gaussian probe blur) on the window padded by ``pad`` samples, so that
+    evaluating it is one small inverse FFT, whatever the cluster size."""
 
     def __init__(self, shape, st, pad, a_px, angle_deg, blur_px, tail_px):
         from scipy import fft as sfft
@@ -742,6 +756,24 @@ class _DomeGrid:
         self.dfilt = filt * np.exp(-2 * np.pi**2 * (blur_px**2 + tail_px**2) * k2s) - self.filt
         self.ky, self.kx = ky, kx
         self.q = 2 * np.pi * np.hypot(kx, ky)
+        self.dky = np.ascontiguousarray((-2j * np.pi * ky)[:, 0])
+        self.dkx = np.ascontiguousarray((-2j * np.pi * kx)[0])
+
+    def _ramps(self, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Phase ramps exp(−2πi k·(y, x)) of centres ``ys, xs`` (frame pixels relative to
+        the window origin): (P, Fy) and (P, Fx)."""
+        off = self.pad * self.st
+        ey = np.exp(-2j * np.pi * self.ky[None, :, 0] * (np.asarray(ys, float)[:, None] + off))
+        ex = np.exp(-2j * np.pi * self.kx[None, 0, :] * (np.asarray(xs, float)[:, None] + off))
+        return ey, ex
+
+    def _crop(self, spec: np.ndarray) -> np.ndarray:
+        """Inverse FFT of a stack of spectra, cut to the window."""
+        from scipy import fft as sfft
+
+        out = sfft.irfft2(spec, s=self.full, axes=(-2, -1))
+        p = self.pad
+        return out[:, p : p + self.shape[0], p : p + self.shape[1]]
 
     def model(
         self, comps: np.ndarray, radii_px: np.ndarray, tail: float, jac: bool = False
@@ -751,60 +783,97 @@ class _DomeGrid:
         tail, per frame pixel, on the window grid; with ``jac`` also its derivatives by
         ``y, x, log amplitude`` of each sphere (the radius following the amplitude as
         R ∝ A^⅓) and by ``tail``, shape (3k + 1, …)."""
-        from scipy import fft as sfft
+        from perovstem.insitu._cluster_kernels import _dome_spectra
 
-        kk = len(comps)
-        spec = np.zeros((1 + (3 * kk + 1) * jac, *self.q.shape), complex)
-        off = self.pad * self.st
-        for i, ((y, x, amp), r) in enumerate(zip(comps, radii_px, strict=True)):
-            # separable phase ramp: two 1-D exponentials
-            ph = (amp * np.exp(-2j * np.pi * self.ky * (y + off))) * np.exp(
-                -2j * np.pi * self.kx * (x + off)
-            )
-            qr = self.q * r
-            b = _ball_spectrum(qr) * ph
-            spec[0] += b
-            if jac:
-                spec[1 + 3 * i] = -2j * np.pi * self.ky * b
-                spec[2 + 3 * i] = -2j * np.pi * self.kx * b
-                spec[3 + 3 * i] = b + _ball_slope(qr) * qr / 3.0 * ph
-        fl = self.filt + tail * self.dfilt
-        if jac:
-            spec[-1] = spec[0] * self.dfilt
-            spec[:-1] *= fl
-        else:
-            spec *= fl
-        out = sfft.irfft2(spec, s=self.full, axes=(-2, -1))
-        p = self.pad
-        out = out[:, p : p + self.shape[0], p : p + self.shape[1]]
+        comps = np.asarray(comps, float)
+        ey, ex = self._ramps(comps[:, 0], comps[:, 1])
+        # spectra built in one compiled pass (sphere spectrum by table, phase ramps,
+        # filter); one inverse FFT for the model and its derivatives
+        spec = _dome_spectra(
+            self.q, self.dky, self.dkx, self.filt, self.dfilt, ey, ex,
+            np.ascontiguousarray(comps[:, 2]), np.asarray(radii_px, float), float(tail),
+            bool(jac), _BALL_Q, _BALL_B, _BALL_DB,
+        )  # fmt: skip
+        out = self._crop(spec)
         return out[0], (out[1:] if jac else None)
 
 
 def _ellipse_model(
     grid: _DomeGrid,
-    y: float,
-    x: float,
-    amp: float,
-    r: float,
-    eta: float,
-    theta: float,
-    tail: float,
+    y: Any,
+    x: Any,
+    amp: Any,
+    r: Any,
+    eta: Any,
+    theta: Any,
+    tail: Any,
 ) -> np.ndarray:
-    """One blurred projected ellipsoid on ``grid``: in-plane semi-axes ``r·exp(±eta/2)``
-    (projected area of the equal-volume sphere), long axis at ``theta`` (radians from x)."""
-    from scipy import fft as sfft
+    """Blurred projected ellipsoids on ``grid``: in-plane semi-axes ``r·exp(±eta/2)``
+    (projected area of the equal-volume sphere), long axis at ``theta`` (radians from x).
+    Scalars give one (window-shaped) model, arrays of P parameter sets a (P, …) stack
+    (one inverse FFT for all)."""
+    from perovstem.insitu._cluster_kernels import _ellipse_spectra
 
-    off = grid.pad * grid.st
-    ku = grid.kx * np.cos(theta) + grid.ky * np.sin(theta)
-    kv = -grid.kx * np.sin(theta) + grid.ky * np.cos(theta)
-    q = 2 * np.pi * r * np.sqrt((ku * np.exp(eta / 2)) ** 2 + (kv * np.exp(-eta / 2)) ** 2)
-    ph = (amp * np.exp(-2j * np.pi * grid.ky * (y + off))) * np.exp(
-        -2j * np.pi * grid.kx * (x + off)
+    one = np.ndim(y) == 0
+    ys, xs, amps, rs, etas, ths, tails = (
+        np.atleast_1d(np.asarray(v, float)) for v in (y, x, amp, r, eta, theta, tail)
     )
-    spec = _ball_spectrum(q) * ph * (grid.filt + tail * grid.dfilt)
-    out = sfft.irfft2(spec, s=grid.full)
-    p = grid.pad
-    return out[p : p + grid.shape[0], p : p + grid.shape[1]]
+    ey, ex = grid._ramps(ys, xs)
+    spec = _ellipse_spectra(
+        np.ascontiguousarray(grid.kx[0]), np.ascontiguousarray(grid.ky[:, 0]), grid.filt,
+        grid.dfilt, ey, ex, amps, rs, etas, ths, tails, _BALL_Q, _BALL_B,
+    )  # fmt: skip
+    out = grid._crop(spec)
+    return out[0] if one else out
+
+
+class _BelowBound(Exception):
+    """Raised by a fit's residual function when χ² falls below its stopping bound."""
+
+    def __init__(self, chi2: float, p: np.ndarray):
+        super().__init__()
+        self.chi2, self.p = chi2, p
+
+
+def _stopping(resid: Any, stop_below: float | None) -> Any:
+    """``resid`` that raises :class:`_BelowBound` at a χ² below ``stop_below``.
+
+    Only a decision (χ² below a bound or not) is taken from such a fit, and the bound
+    is ``stop_below`` = bound·(1 − 2·10⁻⁴): MINPACK's Levenberg–Marquardt accepts a trial
+    point whose χ² is that far below the current one (reduction ratio > 10⁻⁴ of a
+    predicted reduction ≤ 1) and never raises χ² afterwards, so the converged χ² is below
+    the bound too: the same decision as the full fit, without its remaining iterations.
+    Only the function evaluations of the fit (start and trial points) are tested, not
+    the finite-difference ones of a Jacobian."""
+    if stop_below is None:
+        return resid
+
+    def f(p):
+        r = resid(p)
+        c = float(np.dot(r, r))
+        if c < stop_below:
+            raise _BelowBound(c, np.array(p, float))
+        return r
+
+    return f
+
+
+# relative margin of the early stop of a fit below a decision bound (see _stopping)
+_STOP_MARGIN = 2e-4
+
+
+def _forward_jacobian(resids: Any, p: np.ndarray) -> np.ndarray:
+    """Forward-difference Jacobian of ``resids`` at ``p`` with the steps of scipy's
+    ``"2-point"`` scheme (``scipy.optimize._numdiff``: h = sqrt(eps)·sign(p)·max(1, |p|),
+    sign(0) = 1), so a fit takes the same path as with ``jac="2-point"``; ``resids``
+    evaluates a stack of parameter sets (rows) at once, here the base point and all
+    shifted ones in one call (one batched inverse FFT instead of ``p.size + 1``)."""
+    h = np.finfo(float).eps ** 0.5 * ((p >= 0) * 2.0 - 1.0) * np.maximum(1.0, np.abs(p))
+    pp = np.repeat(p[None], p.size + 1, axis=0)
+    pp[1:][np.diag_indices(p.size)] += h
+    dx = (p + h) - p
+    f = resids(pp)
+    return ((f[1:] - f[0]) / dx[:, None]).T
 
 
 def _fit_ellipse(
@@ -814,22 +883,37 @@ def _fit_ellipse(
     init: np.ndarray,
     radius_of: Any,
     grid: _DomeGrid,
+    stop_below: float | None = None,
 ) -> float:
     """χ² of the best single blurred projected ellipsoid (free aspect and orientation)
-    plus a constant level: the one-cluster alternative for elongated clusters."""
+    plus a constant level: the one-cluster alternative for elongated clusters.  With
+    ``stop_below`` the fit may stop at the first χ² under it (that χ² is returned; see
+    :func:`_stopping`)."""
     from scipy.optimize import least_squares
 
     w = 1.0 / sw[use]
     target = ew[use]
 
+    def resids(pp):
+        # residuals of a stack of parameter sets, one inverse FFT for all
+        y, x, la, eta, th, tail, lev = pp.T
+        amp = np.exp(la)
+        mod = _ellipse_model(grid, y, x, amp, radius_of(amp), eta, th, tail)
+        return (target - mod[:, use] - lev[:, None]) * w
+
     def resid(p):
-        y, x, la, eta, th, tail, lev = p
-        amp = float(np.exp(la))
-        mod = _ellipse_model(grid, y, x, amp, float(radius_of(np.array([amp]))[0]), eta, th, tail)
-        return (target - mod[use] - lev) * w
+        return resids(p[None])[0]
+
+    def jac(p):
+        return _forward_jacobian(resids, p)
 
     p0 = np.array([init[0], init[1], np.log(max(init[2], 1e-9)), 0.5, init[3], 0.1, 0.0])
-    r = least_squares(resid, p0, method="lm", x_scale="jac", max_nfev=200)
+    try:
+        r = least_squares(
+            _stopping(resid, stop_below), p0, jac=jac, method="lm", x_scale="jac", max_nfev=200
+        )
+    except _BelowBound as hit:
+        return hit.chi2
     return float(np.sum(r.fun**2))
 
 
@@ -840,10 +924,13 @@ def _fit_domes(
     init: np.ndarray,
     radius_of: Any,
     grid: _DomeGrid,
+    stop_below: float | None = None,
 ) -> tuple[float, np.ndarray]:
     """Weighted least-squares fit of ``len(init)`` blurred domes plus a constant level to
     the excess samples ``ew`` (σ ``sw``) at ``use``; each dome's radius follows from its
-    amplitude (``radius_of``).  Returns χ² and the fitted ``(y, x, amplitude)``."""
+    amplitude (``radius_of``).  Returns χ² and the fitted ``(y, x, amplitude)``; with
+    ``stop_below`` the fit may stop at the first χ² under it (that χ² and point are
+    returned; see :func:`_stopping`)."""
     from scipy.optimize import least_squares
 
     kk = len(init)
@@ -870,7 +957,13 @@ def _fit_domes(
 
     p0 = np.r_[np.c_[init[:, :2], np.log(np.maximum(init[:, 2], 1e-9))].ravel(), 0.1, 0.0]
     # Levenberg-Marquardt (MINPACK), analytic Jacobian
-    r = least_squares(resid, p0, jac=jac, method="lm", x_scale="jac", max_nfev=20 * (3 * kk + 3))
+    try:
+        r = least_squares(
+            _stopping(resid, stop_below), p0, jac=jac, method="lm", x_scale="jac",
+            max_nfev=20 * (3 * kk + 3),
+        )  # fmt: skip
+    except _BelowBound as hit:
+        return hit.chi2, unpack(hit.p)[0]
     c, _, _ = unpack(r.x)
     return float(np.sum(r.fun**2)), c
 
@@ -959,8 +1052,13 @@ def _split_segments(
             continue
         my, mx = np.average(yy, weights=wv), np.average(xx, weights=wv)
         amp = float(tot[i])
-        chi1, c1 = _fit_domes(ew, sw, use, np.array([[my, mx, amp]]), radius_of, grid)
         n_eff = use.sum() / per_cell
+        # only whether chi1 is below the prescreen bound matters when it is
+        bound = (SPLIT_PRESCREEN * n_eff + penalty) * per_cell
+        chi1, c1 = _fit_domes(
+            ew, sw, use, np.array([[my, mx, amp]]), radius_of, grid,
+            stop_below=bound * (1.0 - _STOP_MARGIN),
+        )  # fmt: skip
         if chi1 / per_cell < SPLIT_PRESCREEN * n_eff + penalty:
             # one cluster fits within the noise: two cannot do better by the penalty
             continue
@@ -985,7 +1083,14 @@ def _split_segments(
         if (chi1 - chi2) / per_cell > penalty:
             # a single elongated cluster is the other explanation of a long segment
             th = float(np.arctan2(u[0], u[1]))
-            chi1 = min(chi1, _fit_ellipse(ew, sw, use, np.r_[c1[0], th], radius_of, grid))
+            # only whether the ellipse explains the segment within the penalty matters
+            # when it does (no split then)
+            bound = chi2 + penalty * per_cell
+            chi_e = _fit_ellipse(
+                ew, sw, use, np.r_[c1[0], th], radius_of, grid,
+                stop_below=bound * (1.0 - _STOP_MARGIN),
+            )  # fmt: skip
+            chi1 = min(chi1, chi_e)
         stat = (chi1 - chi2) / per_cell
         if stat <= penalty or np.any(c2[:, 2] <= 0):
             continue
@@ -1289,6 +1394,7 @@ def detect_clusters(
                         px=px,
                         gain=g,
                         mask=hm.site_mask,
+                        mask_mean=hm.site_mean,
                     )
                     bnd = (1.0 - kappa_h) * _registry_bound(r_reg, float(lattice_A))
                     rc = np.clip(rc, 1.0 - bnd, 1.0 + bnd)
