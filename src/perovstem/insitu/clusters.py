@@ -669,28 +669,45 @@ def _cluster_site_ratio(
     here when not given) and cell average as the frame."""
     from scipy import fft as sfft
 
+    from perovstem.insitu import lattice as _lattice
+
     mm, nn = raw.shape
     t = np.radians(angle_deg)
     e1 = np.array([np.cos(t), np.sin(t)]) * a_px  # (x, y)
     e2 = np.array([-np.sin(t), np.cos(t)]) * a_px
-    filt = _shift_mean_filter((mm, nn), e1, e2)
-    host = sfft.irfft2(sfft.rfft2(raw, workers=2) * filt, s=raw.shape, workers=2)
-    ep = np.clip(e, 0, None)
+    # a large window is reflect-padded on its far sides to fast FFT lengths (as in
+    # lattice._cell_padding: a prime side costs ~4x); the periodic shifts then wrap over
+    # the padding instead of the opposite edge, which changes the texture on the
+    # segments, >= one element length inside the window, by ~5e-4 of its level (rms)
+    ext = [
+        sfft.next_fast_len(n, real=ax == 1) - n
+        if _lattice._FAST_FFT_PAD and n >= _lattice._FAST_FFT_MIN_SIDE
+        else 0
+        for ax, n in enumerate(raw.shape)
+    ]
+    rp = np.pad(raw, ((0, ext[0]), (0, ext[1])), mode="reflect") if any(ext) else raw
+    filt = _shift_mean_filter(rp.shape, e1, e2)
+    host = sfft.irfft2(sfft.rfft2(rp, workers=2) * filt, s=rp.shape, workers=2)[:mm, :nn]
     hm_ = _cell_average(host[None], a_px, angle_deg)[0]
-    host *= np.clip(m - ep, 0, None) / np.where(hm_ > 0, hm_, np.inf)
-    # the segments of the candidates only
+    # everything below is needed on the segments of the candidates only
     k = len(which)
     segf = seg.ravel()
     idx = np.flatnonzero((segf > 0) & np.r_[False, which][segf])
     lab = segf[idx]
+    ep = np.clip(e.ravel()[idx], 0, None)
+    hm_i = hm_.ravel()[idx]
+    # the host texture scaled to the host mass M - E
+    host_i = host.ravel()[idx] * (
+        np.clip(m.ravel()[idx] - ep, 0, None) / np.where(hm_i > 0, hm_i, np.inf)
+    )
     yy, xx = np.divmod(idx, nn)
     u = xx * np.cos(t) + yy * np.sin(t)
     v = -xx * np.sin(t) + yy * np.cos(t)
     p = 0.5 * PB_FCC_A / px
     cu, cv = np.exp(-2j * np.pi * u / p), np.exp(-2j * np.pi * v / p)
-    gw = ep.ravel()[idx]
+    gw = ep
     den = np.bincount(lab, weights=gw * gw, minlength=k + 1)[1:]
-    rw = (raw.ravel()[idx] - host.ravel()[idx]) * gw
+    rw = (raw.ravel()[idx] - host_i) * gw
 
     def csum(c):
         re = np.bincount(lab, weights=rw * c.real, minlength=k + 1)[1:]
@@ -714,8 +731,8 @@ def _cluster_site_ratio(
         mask_mean = sm[2]
     else:
         sm = _cell_average(np.stack([pat * mask, pat]), a_px, angle_deg)
-    q = sm[0] / np.maximum(mask_mean, 1e-3)
-    sq = np.bincount(lab, weights=q.ravel()[idx], minlength=k + 1)[1:]
+    q = sm[0].ravel()[idx] / np.maximum(mask_mean.ravel()[idx], 1e-3)
+    sq = np.bincount(lab, weights=q, minlength=k + 1)[1:]
     sp = np.bincount(lab, weights=sm[1].ravel()[idx], minlength=k + 1)[1:]
     out = np.where(which & (sp > 0), sq / np.where(sp > 0, sp, 1), np.nan)
     return np.where(np.isfinite(out), out, 1.0)
