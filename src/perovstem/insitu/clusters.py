@@ -399,10 +399,14 @@ def _cell_average(stack: np.ndarray, a_px: float, angle_deg: float) -> np.ndarra
     (py, _), (px, _) = pads = _cell_padding(stack.shape[-2:], a_px)
     mm, nn = stack.shape[-2:]
     lead = ((0, 0),) * (stack.ndim - 2)
-    st = np.pad(stack, (*lead, *pads), mode="reflect")
+    st = np.pad(np.asarray(stack, float), (*lead, *pads), mode="reflect")
     mean = st.mean(axis=(-2, -1), keepdims=True)
     filt = _cell_filter(st.shape[-2:], float(a_px), float(angle_deg), 0.0)
-    out = sfft.irfft2(sfft.rfft2(st - mean, workers=2) * filt, s=st.shape[-2:], workers=2)
+    # in place on the padded copy and the spectrum (same values, two passes fewer)
+    st -= mean
+    spec = sfft.rfft2(st, workers=2)
+    spec *= filt
+    out = sfft.irfft2(spec, s=st.shape[-2:], workers=2)
     out += mean
     return out[..., py : py + mm, px : px + nn]
 
@@ -799,13 +803,19 @@ class _DomeGrid:
         return out[:, p : p + self.shape[0], p : p + self.shape[1]]
 
     def model(
-        self, comps: np.ndarray, radii_px: np.ndarray, tail: float, jac: bool = False
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+        self,
+        comps: np.ndarray,
+        radii_px: np.ndarray,
+        tail: float,
+        jac: bool = False,
+        value: bool = True,
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Sum of the blurred spheres ``(y, x, amplitude)`` (frame pixels relative to the
         window origin, counts) of radii ``radii_px`` with the share ``tail`` in the probe
         tail, per frame pixel, on the window grid; with ``jac`` also its derivatives by
         ``y, x, log amplitude`` of each sphere (the radius following the amplitude as
-        R ∝ A^⅓) and by ``tail``, shape (3k + 1, …)."""
+        R ∝ A^⅓) and by ``tail``, shape (3k + 1, …).  ``value=False`` (with ``jac``)
+        skips the transform of the model itself (None is returned for it)."""
         from perovstem.insitu._cluster_kernels import _dome_spectra
 
         comps = np.asarray(comps, float)
@@ -817,6 +827,8 @@ class _DomeGrid:
             np.ascontiguousarray(comps[:, 2]), np.asarray(radii_px, float), float(tail),
             bool(jac), _BALL_Q, _BALL_B, _BALL_DB,
         )  # fmt: skip
+        if jac and not value:
+            return None, self._crop(spec[1:])
         out = self._crop(spec)
         return out[0], (out[1:] if jac else None)
 
@@ -972,7 +984,7 @@ def _fit_domes(
 
     def jac(p):
         c, tail, _ = unpack(p)
-        _, d = grid.model(c, radius_of(c[:, 2]), tail, jac=True)
+        _, d = grid.model(c, radius_of(c[:, 2]), tail, jac=True, value=False)
         j = np.empty((target.size, 3 * kk + 2))
         j[:, :-1] = -(d[:, use] * w).T
         j[:, -1] = -w
@@ -1058,7 +1070,14 @@ def _split_segments(
         sub = (slice(None, None, st), slice(None, None, st))
         # anti-aliasing before the a/4 sub-sampling (the cell average of a cluster of
         # discrete columns has edges); the same Gaussian is in the model's filter
-        ew = ndimage.gaussian_filter(e[y0:y1, x0:x1], aa, mode="nearest")[sub]
+        # (ndimage.gaussian_filter is the two 1-D passes; the rows are kept before the
+        # second pass, which then runs on 1/st of them: the same values)
+        ew = e[y0:y1, x0:x1]
+        if aa > 0:
+            ew = ndimage.gaussian_filter1d(ew, aa, axis=0, mode="nearest")[::st]
+            ew = ndimage.gaussian_filter1d(ew, aa, axis=1, mode="nearest")[:, ::st]
+        else:
+            ew = ew[sub].copy()
         sw, use = sig[y0:y1, x0:x1][sub], use_f[sub]
         # profile error (Stetson 1987): the compact-sphere profile is an approximation,
         # SPLIT_PROFILE_ERR of the local excess and of its peak are added to the noise
