@@ -322,3 +322,19 @@ def test_split_fit_kernels_match_numpy_reference():
     chi_n, c_n = _fit_domes(ew, sw, use, init, rad, g, stop_below=0.5 * chi)
     assert chi_n == chi
     np.testing.assert_array_equal(c_n, c)
+
+
+def test_cluster_radius_of_counts_compiled_equals_numpy():
+    """The compiled radius of the split fits (counts → atoms by the library → equal-volume
+    radius) equals the NumPy path value for value, below, inside and beyond the library,
+    at 0, for negative and NaN counts."""
+    from perovstem.insitu.clusters import _counts_to_atoms, _default_library, _fcc_radius_A
+
+    f = _counts_to_atoms(_default_library(), 123.4)
+    top = f.c[-1] * 123.4
+    rng = np.random.default_rng(0)
+    a = np.r_[rng.uniform(-100, 1.5 * top, 5000), 0.0, -1.0, top, 1.5 * top, f.c[5] * 123.4]
+    a = np.r_[a, np.nan, 1e-300]
+    ref = _fcc_radius_A(f(np.clip(a, 0, None))) / 0.2
+    np.testing.assert_array_equal(f.radius_px(a, 0.2), ref)
+    assert np.all(np.diff(ref[:5000][np.argsort(a[:5000])]) >= 0)  # monotone in the counts

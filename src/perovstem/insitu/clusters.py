@@ -785,14 +785,7 @@ class _DomeGrid:
         self.q = 2 * np.pi * np.hypot(kx, ky)
         self.dky = np.ascontiguousarray((-2j * np.pi * ky)[:, 0])
         self.dkx = np.ascontiguousarray((-2j * np.pi * kx)[0])
-
-    def _ramps(self, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Phase ramps exp(−2πi k·(y, x)) of centres ``ys, xs`` (frame pixels relative to
-        the window origin): (P, Fy) and (P, Fx)."""
-        off = self.pad * self.st
-        ey = np.exp(-2j * np.pi * self.ky[None, :, 0] * (np.asarray(ys, float)[:, None] + off))
-        ex = np.exp(-2j * np.pi * self.kx[None, 0, :] * (np.asarray(xs, float)[:, None] + off))
-        return ey, ex
+        self.ky1, self.kx1 = np.ascontiguousarray(ky[:, 0]), np.ascontiguousarray(kx[0])
 
     def _crop(self, spec: np.ndarray) -> np.ndarray:
         """Inverse FFT of a stack of spectra, cut to the window."""
@@ -819,13 +812,13 @@ class _DomeGrid:
         from perovstem.insitu._cluster_kernels import _dome_spectra
 
         comps = np.asarray(comps, float)
-        ey, ex = self._ramps(comps[:, 0], comps[:, 1])
-        # spectra built in one compiled pass (sphere spectrum by table, phase ramps,
+        off = self.pad * self.st
+        # spectra built in one compiled pass (phase ramps, sphere spectrum by table,
         # filter); one inverse FFT for the model and its derivatives
         spec = _dome_spectra(
-            self.q, self.dky, self.dkx, self.filt, self.dfilt, ey, ex,
-            np.ascontiguousarray(comps[:, 2]), np.asarray(radii_px, float), float(tail),
-            bool(jac), _BALL_Q, _BALL_B, _BALL_DB,
+            self.q, self.ky1, self.kx1, self.dky, self.dkx, self.filt, self.dfilt,
+            comps[:, 0] + off, comps[:, 1] + off, np.ascontiguousarray(comps[:, 2]),
+            np.asarray(radii_px, float), float(tail), bool(jac), _BALL_Q, _BALL_B, _BALL_DB,
         )  # fmt: skip
         if jac and not value:
             return None, self._crop(spec[1:])
@@ -853,10 +846,10 @@ def _ellipse_model(
     ys, xs, amps, rs, etas, ths, tails = (
         np.atleast_1d(np.asarray(v, float)) for v in (y, x, amp, r, eta, theta, tail)
     )
-    ey, ex = grid._ramps(ys, xs)
+    off = grid.pad * grid.st
     spec = _ellipse_spectra(
-        np.ascontiguousarray(grid.kx[0]), np.ascontiguousarray(grid.ky[:, 0]), grid.filt,
-        grid.dfilt, ey, ex, amps, rs, etas, ths, tails, _BALL_Q, _BALL_B,
+        grid.kx1, grid.ky1, grid.filt, grid.dfilt, ys + off, xs + off, amps, rs, etas, ths,
+        tails, _BALL_Q, _BALL_B,
     )  # fmt: skip
     out = grid._crop(spec)
     return out[0] if one else out
@@ -1003,22 +996,40 @@ def _fit_domes(
     return float(np.sum(r.fun**2)), c
 
 
-def _counts_to_atoms(library: pd.DataFrame, scale: float) -> Any:
+class _CountsToAtoms:
     """:func:`atoms_from_scs` of ``counts / scale`` with the library arrays taken once
-    (the split fits call it at every model evaluation)."""
-    n = library["n_atoms"].to_numpy(float)
-    c = library["scs_A2"].to_numpy(float)
-    keep = np.r_[True, np.diff(c) > 0]
-    n, c = n[keep], c[keep]
-    slope = (n[-1] - n[-2]) / (c[-1] - c[-2])
+    (the split fits call it at every model evaluation); :meth:`radius_px` gives the
+    equal-volume radius of those atoms in one compiled call (the same operations)."""
 
-    def f(counts):
-        s_ = np.asarray(counts, float) / scale
+    def __init__(self, library: pd.DataFrame, scale: float):
+        n = library["n_atoms"].to_numpy(float)
+        c = library["scs_A2"].to_numpy(float)
+        keep = np.r_[True, np.diff(c) > 0]
+        self.n, self.c = np.ascontiguousarray(n[keep]), np.ascontiguousarray(c[keep])
+        self.slope = (self.n[-1] - self.n[-2]) / (self.c[-1] - self.c[-2])
+        self.scale = float(scale)
+
+    def __call__(self, counts: Any) -> np.ndarray:
+        c, n = self.c, self.n
+        s_ = np.asarray(counts, float) / self.scale
         out = np.interp(s_, c, n)
-        out = np.where(s_ > c[-1], n[-1] + (s_ - c[-1]) * slope, out)
+        out = np.where(s_ > c[-1], n[-1] + (s_ - c[-1]) * self.slope, out)
         return np.where(s_ > 0, out, 0.0)
 
-    return f
+    def radius_px(self, amps: Any, px: float) -> np.ndarray:
+        """``_fcc_radius_A(self(np.clip(amps, 0, None))) / px``."""
+        from perovstem.insitu._cluster_kernels import _cluster_volume_term
+
+        t = _cluster_volume_term(
+            np.ascontiguousarray(amps, dtype=float), self.scale, self.c, self.n, self.slope,
+            PB_FCC_A**3, 16.0 * np.pi,
+        )  # fmt: skip
+        return t ** (1.0 / 3.0) / px
+
+
+def _counts_to_atoms(library: pd.DataFrame, scale: float) -> _CountsToAtoms:
+    """:class:`_CountsToAtoms` of ``library`` and ``scale``."""
+    return _CountsToAtoms(library, scale)
 
 
 def _split_segments(
@@ -1054,8 +1065,15 @@ def _split_segments(
     blur = float(np.hypot(SPLIT_PROBE_A / px, aa))
     grids: dict[tuple[int, int], _DomeGrid] = {}
 
-    def radius_of(amp):
-        return _fcc_radius_A(n_of(np.clip(amp, 0, None))) / px
+    if isinstance(n_of, _CountsToAtoms):
+
+        def radius_of(amp):
+            return n_of.radius_px(amp, px)
+
+    else:
+
+        def radius_of(amp):
+            return _fcc_radius_A(n_of(np.clip(amp, 0, None))) / px
 
     objs = ndimage.find_objects(full)
     for i in np.flatnonzero(cand):
