@@ -650,6 +650,18 @@ def _shift_mean_filter(shape: tuple[int, int], e1: np.ndarray, e2: np.ndarray) -
     return _shift_mean_kernel(np.cos(ay), np.sin(ay), np.cos(ax), np.sin(ax))
 
 
+def _context_box(seg: np.ndarray, which: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """Bounding box of the segments ``which`` (0-based labels of ``seg``) grown by
+    ``margin`` px and cut to ``seg``."""
+    rows, cols = np.nonzero(np.r_[False, which][seg])
+    if rows.size == 0:
+        return (slice(0, 0), slice(0, 0))
+    return (
+        slice(max(0, rows.min() - margin), min(seg.shape[0], rows.max() + margin + 1)),
+        slice(max(0, cols.min() - margin), min(seg.shape[1], cols.max() + margin + 1)),
+    )
+
+
 def _cluster_site_ratio(
     raw: np.ndarray,
     m: np.ndarray,
@@ -1443,18 +1455,26 @@ def detect_clusters(
                 if cand_r.any():
                     seg_w = np.zeros(m[win].shape, np.int32)
                     seg_w[r0 - w0 : r1 - w0, c0 - v0 : c1 - v0] = regions
+                    # only the candidates' segments are measured: the box of those with
+                    # the host window's context (one element length) around them
+                    sub = _context_box(seg_w, cand_r, max(side, reach))
+                    wy, wx = win[0].start + sub[0].start, win[1].start + sub[1].start
+                    sub_f = (
+                        slice(wy, wy + seg_w[sub].shape[0]),
+                        slice(wx, wx + seg_w[sub].shape[1]),
+                    )
                     rc = _cluster_site_ratio(
-                        (a - off)[win],
-                        m[win],
-                        e[win],
-                        seg_w,
+                        (a - off)[sub_f],
+                        m[sub_f],
+                        e[sub_f],
+                        seg_w[sub],
                         cand_r,
                         a_px=a_px,
                         angle_deg=float(lattice_angle_deg),
                         px=px,
                         gain=g,
-                        mask=hm.site_mask,
-                        mask_mean=hm.site_mean,
+                        mask=hm.site_mask[sub],
+                        mask_mean=hm.site_mean[sub],
                     )
                     bnd = (1.0 - kappa_h) * _registry_bound(r_reg, float(lattice_A))
                     rc = np.clip(rc, 1.0 - bnd, 1.0 + bnd)
