@@ -1406,7 +1406,8 @@ def detect_clusters(
         d_fix = np.ones(k)
         tot_keep = err_keep = None
         # map the split fits run on: the host-free excess where the host model has one
-        fit_map, fit_sig = e, sigma_map
+        # (built only when the split runs: (window, its excess, noise scale))
+        fit_host: tuple[tuple[slice, slice], np.ndarray, float] | None = None
         if host_test:
             from perovstem.insitu._host import host_model
 
@@ -1433,10 +1434,7 @@ def detect_clusters(
                 win = hm.window
                 w0, v0 = win[0].start, win[1].start
                 ed_w = _plateau_excess(hm.d, side, tilt, var_m[win])
-                d_scale = np.sqrt(1.0 + kappa_h**2) / (1.0 - kappa_h)
-                fit_map, fit_sig = e.copy(), sigma_map.copy()
-                fit_map[win] = ed_w
-                fit_sig[win] *= d_scale
+                fit_host = (win, ed_w, np.sqrt(1.0 + kappa_h**2) / (1.0 - kappa_h))
                 ed = ed_w[r0 - w0 : r1 - w0, c0 - v0 : c1 - v0][sel]
                 tot_d = bsum(ed)
                 # the cluster's own share on the empty sites (registry of its columns)
@@ -1568,6 +1566,12 @@ def detect_clusters(
             if cand.any():
                 full = np.zeros(m.shape, np.int32)
                 full[box] = regions
+                fit_map, fit_sig = e, sigma_map
+                if fit_host is not None:
+                    fw, ed_w, d_scale = fit_host
+                    fit_map, fit_sig = e.copy(), sigma_map.copy()
+                    fit_map[fw] = ed_w
+                    fit_sig[fw] *= d_scale
                 splits = _split_segments(
                     fit_map,
                     fit_sig,
