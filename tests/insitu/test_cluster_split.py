@@ -223,3 +223,118 @@ def test_dome_model_sum_jacobian_and_sphere_spectrum():
     # derivative by the tail share
     num = (g.model(comps, rad(comps[:, 2]), 0.2 + 1e-6)[0] - mod) / 1e-6
     np.testing.assert_allclose(num, jac[-1], atol=1e-6 * np.abs(mod).max() + 1e-9)
+
+
+def _dome_reference(g, comps, radii, tail):
+    """The split profile by NumPy alone: np.interp of the sphere spectrum, phase ramps,
+    filter and one irfft2 on the grid (the pre-numba construction)."""
+    from scipy import fft as sfft
+
+    from perovstem.insitu.clusters import _BALL_B, _BALL_Q
+
+    off = g.pad * g.st
+    spec = 0
+    for (y, x, amp), r in zip(comps, radii, strict=True):
+        ph = amp * np.exp(-2j * np.pi * (g.ky * (y + off) + g.kx * (x + off)))
+        spec = spec + np.interp(g.q * r, _BALL_Q, _BALL_B, right=0.0) * ph
+    out = sfft.irfft2(spec * (g.filt + tail * g.dfilt), s=g.full)
+    return out[g.pad : g.pad + g.shape[0], g.pad : g.pad + g.shape[1]]
+
+
+def test_split_fit_kernels_match_numpy_reference():
+    """The compiled spectra of the split fits equal the NumPy construction (spheres and
+    ellipsoids; a stack of ellipsoid parameter sets equals one-by-one evaluation), the
+    batched forward-difference Jacobian equals scipy's "2-point" one, and a fit stopped
+    early below a bound returns a χ² below it exactly when the full fit ends below it."""
+    from scipy.optimize._numdiff import approx_derivative
+
+    from perovstem.insitu.clusters import (
+        _BALL_B,
+        _BALL_Q,
+        _DomeGrid,
+        _ellipse_model,
+        _fit_domes,
+        _forward_jacobian,
+    )
+
+    g = _DomeGrid((22, 26), 2, 8, 11.7, 7.0, 1.0, 6.0)
+    comps = np.array([[18.0, 20.0, 500.0], [25.0, 31.4, 200.0]])
+    radii = 0.8 * np.cbrt(comps[:, 2])
+    mod, _ = g.model(comps, radii, 0.2)
+    ref = _dome_reference(g, comps, radii, 0.2)
+    np.testing.assert_allclose(mod, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+
+    # ellipsoid: np.interp of the spectrum at the stretched, rotated q
+    def ell_ref(y, x, amp, r, eta, th, tail):
+        from scipy import fft as sfft
+
+        off = g.pad * g.st
+        ku = g.kx * np.cos(th) + g.ky * np.sin(th)
+        kv = -g.kx * np.sin(th) + g.ky * np.cos(th)
+        q = 2 * np.pi * r * np.hypot(ku * np.exp(eta / 2), kv * np.exp(-eta / 2))
+        ph = amp * np.exp(-2j * np.pi * (g.ky * (y + off) + g.kx * (x + off)))
+        spec = np.interp(q, _BALL_Q, _BALL_B, right=0.0) * ph * (g.filt + tail * g.dfilt)
+        out = sfft.irfft2(spec, s=g.full)
+        return out[g.pad : g.pad + g.shape[0], g.pad : g.pad + g.shape[1]]
+
+    pars = np.array(
+        [[20.0, 24.0, 700.0, 6.5, 0.7, 0.4, 0.1], [15.2, 30.1, 300.0, 4.0, -0.3, 2.0, 0.3]]
+    )
+    stack = _ellipse_model(g, *pars.T)
+    for k, p in enumerate(pars):
+        one = _ellipse_model(g, *p)
+        r = ell_ref(*p)
+        np.testing.assert_allclose(one, r, rtol=0, atol=1e-12 * np.abs(r).max())
+        np.testing.assert_allclose(stack[k], one, rtol=0, atol=1e-13 * np.abs(r).max())
+
+    # forward differences: the same steps and values as scipy's "2-point" scheme
+    def resids(pp):
+        y, x, la, eta, th, tail, lev = pp.T
+        return (
+            _ellipse_model(g, y, x, np.exp(la), 0.8 * np.cbrt(np.exp(la)), eta, th, tail)[
+                :, 5:15, 6:18
+            ].reshape(len(pp), -1)
+            - lev[:, None]
+        )
+
+    p0 = np.array([20.0, 24.0, np.log(700.0), 0.5, 0.4, 0.1, 0.0])
+    j = _forward_jacobian(resids, p0)
+    j_ref = approx_derivative(lambda p: resids(p[None])[0], p0, method="2-point")
+    np.testing.assert_allclose(j, j_ref, rtol=1e-9, atol=1e-9 * np.abs(j_ref).max())
+
+    # early stop: one dome plus noise; the full fit's chi2 decides against bounds just
+    # above and below it, the stopped fit must decide the same
+    rng = np.random.default_rng(3)
+    sw = np.full(g.shape, 0.05)
+    ew = g.model(np.array([[20.0, 24.0, 600.0]]), [0.8 * np.cbrt(600.0)], 0.1)[0]
+    ew = ew + rng.normal(0, 0.05, g.shape)
+    use = np.ones(g.shape, bool)
+    init = np.array([[21.0, 23.0, 450.0]])
+
+    def rad(a):
+        return 0.8 * np.cbrt(np.clip(a, 0, None))
+
+    chi, c = _fit_domes(ew, sw, use, init, rad, g)
+    for bound in (chi * 1.01, chi * 0.99, chi * 3.0):
+        chi_s, _ = _fit_domes(ew, sw, use, init, rad, g, stop_below=bound * (1 - 2e-4))
+        assert (chi_s < bound) == (chi < bound), (bound, chi, chi_s)
+    # a bound never reached leaves the fit unchanged
+    chi_n, c_n = _fit_domes(ew, sw, use, init, rad, g, stop_below=0.5 * chi)
+    assert chi_n == chi
+    np.testing.assert_array_equal(c_n, c)
+
+
+def test_cluster_radius_of_counts_compiled_equals_numpy():
+    """The compiled radius of the split fits (counts → atoms by the library → equal-volume
+    radius) equals the NumPy path value for value, below, inside and beyond the library,
+    at 0, for negative and NaN counts."""
+    from perovstem.insitu.clusters import _counts_to_atoms, _default_library, _fcc_radius_A
+
+    f = _counts_to_atoms(_default_library(), 123.4)
+    top = f.c[-1] * 123.4
+    rng = np.random.default_rng(0)
+    a = np.r_[rng.uniform(-100, 1.5 * top, 5000), 0.0, -1.0, top, 1.5 * top, f.c[5] * 123.4]
+    a = np.r_[a, np.nan, 1e-300]
+    ref = _fcc_radius_A(f(np.clip(a, 0, None))) / 0.2
+    np.testing.assert_array_equal(f.radius_px(a, 0.2), ref)
+    assert np.all(np.diff(ref[:5000][np.argsort(a[:5000])]) >= 0)  # monotone in the counts

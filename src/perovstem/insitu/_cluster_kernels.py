@@ -244,3 +244,194 @@ def _empty_site_mask(ph1, ph2, b, e1x, e1y, e2x, e2y, a_px, radius_px, mm, nn): 
             else:
                 w[y, x] = 1.0 if math.hypot(du, dv) * a_px < radius_px else 0.0
     return w
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _interp_uniform(x, xp, fp):  # pragma: no cover - compiled
+    """``np.interp(x, xp, fp, right=0.0)`` for a uniform table ``xp`` starting at 0 and
+    ``x >= 0`` (same formula and bracketing, so the same value): the bracket is found by
+    division instead of a binary search."""
+    n = xp.size
+    if x > xp[n - 1]:
+        return 0.0
+    if x == xp[n - 1]:
+        return fp[n - 1]
+    j = int(x / (xp[1] - xp[0]))
+    if j > n - 2:
+        j = n - 2
+    if j < 0:
+        j = 0
+    while j > 0 and xp[j] > x:
+        j -= 1
+    while j < n - 2 and xp[j + 1] <= x:
+        j += 1
+    if xp[j] == x:
+        return fp[j]
+    return (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j]) * (x - xp[j]) + fp[j]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _ramp(k, y, out):  # pragma: no cover - compiled
+    """``out = exp(−2πi k y)``, as ``np.exp(-2j * np.pi * k * y)`` (the same phase and
+    cosine / sine, the same values)."""
+    for i in range(k.size):
+        th = (-2.0 * np.pi * k[i]) * y
+        out[i] = complex(math.cos(th), math.sin(th))
+
+
+@njit(cache=True, nogil=True)
+def _dome_spectra(
+    q, ky, kx, dky, dkx, filt, dfilt, ys, xs, amps, radii, tail, jac, tq, tb, tdb
+):  # pragma: no cover - compiled
+    """Spectrum of the sum of blurred projected spheres (``clusters._DomeGrid.model``):
+    sphere ``c`` is ``B(q·radii[c]) · amps[c]·exp(−2πi (ky ys[c] + kx xs[c]))`` (centres
+    in frame pixels from the padded grid's origin), times ``filt + tail·dfilt``; with
+    ``jac`` also the derivatives by y, x and log amplitude of each sphere (``dky``, ``dkx``
+    = −2πi k) and by ``tail``, shape (1 + (3k + 1)·jac, Fy, Fx).  ``B`` and ``B'`` by table
+    interpolation (``tq``, ``tb``, ``tdb``)."""
+    fy, fx = q.shape
+    kk = amps.size
+    ns = 1 + (3 * kk + 1) * jac
+    spec = np.zeros((ns, fy, fx), np.complex128)
+    ey = np.empty(fy, np.complex128)
+    ex = np.empty(fx, np.complex128)
+    for c in range(kk):
+        r = radii[c]
+        amp = amps[c]
+        _ramp(ky, ys[c], ey)
+        _ramp(kx, xs[c], ex)
+        for i in range(fy):
+            pa = amp * ey[i]
+            for j in range(fx):
+                ph = pa * ex[j]
+                qr = q[i, j] * r
+                b = _interp_uniform(qr, tq, tb) * ph
+                spec[0, i, j] += b
+                if jac:
+                    spec[1 + 3 * c, i, j] = dky[i] * b
+                    spec[2 + 3 * c, i, j] = dkx[j] * b
+                    spec[3 + 3 * c, i, j] = b + _interp_uniform(qr, tq, tdb) * qr / 3.0 * ph
+    for i in range(fy):
+        for j in range(fx):
+            fl = filt[i, j] + tail * dfilt[i, j]
+            if jac:
+                spec[ns - 1, i, j] = spec[0, i, j] * dfilt[i, j]
+                for s in range(ns - 1):
+                    spec[s, i, j] *= fl
+            else:
+                spec[0, i, j] *= fl
+    return spec
+
+
+@njit(cache=True, nogil=True)
+def _ellipse_spectra(
+    kx, ky, filt, dfilt, ys, xs, amps, radii, eta, theta, tail, tq, tb
+):  # pragma: no cover - compiled
+    """Spectra of blurred projected ellipsoids (``clusters._ellipse_model``), one per
+    parameter set ``p``: in-plane semi-axes ``radii[p]·exp(±eta[p]/2)``, long axis at
+    ``theta[p]``, amplitude ``amps[p]``, centre ``ys[p], xs[p]`` (frame pixels from the
+    padded grid's origin), times ``filt + tail[p]·dfilt``; shape (P, Fy, Fx)."""
+    fy = ky.size
+    fx = kx.size
+    npar = amps.size
+    spec = np.empty((npar, fy, fx), np.complex128)
+    ey = np.empty(fy, np.complex128)
+    ex = np.empty(fx, np.complex128)
+    tp = 2.0 * np.pi
+    for p in range(npar):
+        ct = math.cos(theta[p])
+        st = math.sin(theta[p])
+        eu = math.exp(eta[p] / 2)
+        ev = math.exp(-eta[p] / 2)
+        rr = tp * radii[p]
+        amp = amps[p]
+        _ramp(ky, ys[p], ey)
+        _ramp(kx, xs[p], ex)
+        for i in range(fy):
+            pa = amp * ey[i]
+            for j in range(fx):
+                ku = kx[j] * ct + ky[i] * st
+                kv = -kx[j] * st + ky[i] * ct
+                a = ku * eu
+                b = kv * ev
+                qq = rr * math.sqrt(a * a + b * b)
+                spec[p, i, j] = (
+                    _interp_uniform(qq, tq, tb)
+                    * (pa * ex[j])
+                    * (filt[i, j] + tail[p] * dfilt[i, j])
+                )
+    return spec
+
+
+@njit(cache=True, nogil=True)
+def _shift_mean_kernel(cy, sy, cx, sx):  # pragma: no cover - compiled
+    """(D_4(α) D_4(β) − D_2(α) D_2(β)) / 56 with D_n(θ) = 1 + 2 Σ_{l<=n} cos(lθ), the
+    phases α (d = 0) and β (d = 1) split into k_y and k_x parts: ``cy[d, l − 1, i]`` =
+    cos(l·α_y(i)), ``sy`` the sines, ``cx``, ``sx`` those of the k_x parts
+    (cos(a + b) = cos a cos b − sin a sin b)."""
+    fy = cy.shape[2]
+    fx = cx.shape[2]
+    out = np.empty((fy, fx))
+    for i in range(fy):
+        for j in range(fx):
+            a = 1.0
+            b = 1.0
+            a2 = 1.0
+            b2 = 1.0
+            for ll in range(4):
+                a += 2.0 * (cy[0, ll, i] * cx[0, ll, j] - sy[0, ll, i] * sx[0, ll, j])
+                b += 2.0 * (cy[1, ll, i] * cx[1, ll, j] - sy[1, ll, i] * sx[1, ll, j])
+                if ll == 1:
+                    a2 = a
+                    b2 = b
+            out[i, j] = (a * b - a2 * b2) / 56.0
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _interp_sorted(x, xp, fp):  # pragma: no cover - compiled
+    """``np.interp(x, xp, fp)`` for one value (increasing ``xp``; the same bracketing,
+    special cases and formula)."""
+    n = xp.size
+    if x > xp[n - 1]:
+        return fp[n - 1]
+    if x < xp[0]:
+        return fp[0]
+    if x == xp[n - 1]:
+        return fp[n - 1]
+    lo = 0
+    hi = n - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if xp[mid] <= x:
+            lo = mid
+        else:
+            hi = mid
+    if xp[lo] == x:
+        return fp[lo]
+    return (fp[lo + 1] - fp[lo]) / (xp[lo + 1] - xp[lo]) * (x - xp[lo]) + fp[lo]
+
+
+@njit(cache=True, nogil=True)
+def _cluster_volume_term(amps, scale, c, n, slope, a3, den):  # pragma: no cover - compiled
+    """3 n a3 / den for clusters of integrated counts ``amps`` (n: atoms by the library,
+    SCS ``c``, atoms ``n``, linear beyond its end with ``slope``; counts / ``scale`` = SCS)
+    in the operation order of ``clusters._fcc_radius_A``, whose cube root (taken by the
+    caller with NumPy's power, whose rounding libm's does not share) is the equal-volume
+    radius (``clusters._CountsToAtoms.radius_px``)."""
+    out = np.empty(amps.size)
+    for i in range(amps.size):
+        a = amps[i]
+        if a < 0.0:
+            a = 0.0
+        s = a / scale
+        if s > c[c.size - 1]:
+            at = n[n.size - 1] + (s - c[c.size - 1]) * slope
+        else:
+            at = _interp_sorted(s, c, n)
+        if not s > 0.0:
+            at = 0.0
+        if at < 0.0:
+            at = 0.0
+        out[i] = 3.0 * at * a3 / den
+    return out

@@ -57,6 +57,8 @@ class HostModel:
     site_mask : ndarray or None
         Empty-site mask of the window (1 within a/4 of the (¼, ¼)-type sites;
         ``"lattice"`` only).
+    site_mean : ndarray or None
+        Cell average of ``site_mask`` (``"lattice"`` only).
     """
 
     kappa_h: float
@@ -66,6 +68,7 @@ class HostModel:
     seg_kappa: np.ndarray
     seg_small_host: np.ndarray
     site_mask: np.ndarray | None = None
+    site_mean: np.ndarray | None = None
 
     def reliable(self) -> np.ndarray:
         """Segments whose counts the host model supports: not next to a crystal smaller
@@ -135,7 +138,7 @@ def host_model(
     none = HostModel(np.nan, "no_crystal", win, None, np.full(k, np.nan), np.zeros(k, bool))
     if crys.sum() <= 4 * a_px**2:  # no crystal (or support) plateau in the window
         return none
-    q, site_w = _interstitial_mean(raw[win], a_px, angle_deg, 0.25 * a_px)
+    q, site_w, site_mean = _interstitial_mean(raw[win], a_px, angle_deg, 0.25 * a_px)
     # per-segment ratio: ~kappa_h for host, ~1 for incommensurate Pb
     inner = (slice(r0 - w0, r1 - w0), slice(c0 - v0, c1 - v0))
     lab = regions.ravel()
@@ -168,7 +171,7 @@ def host_model(
     if kappa_h >= KAPPA_MAX:
         return HostModel(kappa_h, "no_host", win, None, seg_kappa, small)
     d = (q - kappa_h * m_w) / (1.0 - kappa_h)
-    return HostModel(kappa_h, "lattice", win, d, seg_kappa, small, site_w)
+    return HostModel(kappa_h, "lattice", win, d, seg_kappa, small, site_w, site_mean)
 
 
 def _grow(mask: np.ndarray, r: int) -> np.ndarray:

@@ -151,6 +151,21 @@ no host excess without the veto).  Frozen-phonon multislice (``tests/insitu/
 test_clusters_multislice.py``, 2·10⁴ e⁻/Å²): 50 atoms on the entrance surface at the
 three misfiring registries −30…−38 % → +2…+7 %, exit surface −11…−1 % → +2…+8 %.
 1024² frame 0.28 → 0.49 s (watershed), 0.70 → 0.95 s (split), load ~1.5.
+
+Speed of steps 3b and 4b (same results): the split fits build their model spectra in
+compiled loops (phase ramps, sphere table, filter) on fast FFT lengths (at least the same
+padding; the model changes by ~1e-6 of its peak), evaluate the ellipse's finite-difference
+Jacobian (scipy's "2-point" steps) in one batched transform, and stop the prescreen
+one-sphere fit and the ellipse fit at the first χ² below the bound that decides them
+(× (1 − 2·10⁻⁴): MINPACK accepts such a point and never raises χ² afterwards, so the full
+fit would end below the bound too); the veto builds its shift filter from 1-D cosines,
+takes the site-mask cell average from the host model, pads large windows to fast FFT
+lengths and measures r_c on the candidates' box plus one element length (r_c within
+5·10⁻⁴ of the whole-window value).  bench_clusters holdout, fresh and tune280: the same
+detections (counts within 2.3·10⁻⁵), the same figures.  1024² timing frame (min of 3,
+load 2.7–3.0, before → after): 0.45–0.47 → 0.32 s (watershed), 0.88–0.89 → 0.44–0.46 s
+(split); five frames of the bench_insitu series 0.39 → 0.27 s per frame (0.225 s with the
+detector before the split and the veto).
 """
 
 from __future__ import annotations
@@ -406,18 +421,23 @@ def _cell_average(stack: np.ndarray, a_px: float, angle_deg: float) -> np.ndarra
     (py, _), (px, _) = pads = _cell_padding(stack.shape[-2:], a_px)
     mm, nn = stack.shape[-2:]
     lead = ((0, 0),) * (stack.ndim - 2)
-    st = np.pad(stack, (*lead, *pads), mode="reflect")
+    st = np.pad(np.asarray(stack, float), (*lead, *pads), mode="reflect")
     mean = st.mean(axis=(-2, -1), keepdims=True)
     filt = _cell_filter(st.shape[-2:], float(a_px), float(angle_deg), 0.0)
-    out = sfft.irfft2(sfft.rfft2(st - mean, workers=2) * filt, s=st.shape[-2:], workers=2)
+    # in place on the padded copy and the spectrum (same values, two passes fewer)
+    st -= mean
+    spec = sfft.rfft2(st, workers=2)
+    spec *= filt
+    out = sfft.irfft2(spec, s=st.shape[-2:], workers=2)
     out += mean
     return out[..., py : py + mm, px : px + nn]
 
 
 def _interstitial_mean(
     image: np.ndarray, a_px: float, angle_deg: float, radius_px: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cell-averaged intensity at the empty sites of the host lattice, and the site mask.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cell-averaged intensity at the empty sites of the host lattice, the site mask and
+    its cell average.
 
     In [001] CsPbBr3 the columns sit at (0, 0), (½, 0), (0, ½), (½, ½) of the cell; the
     points (¼, ¼), (¾, ¼), (¼, ¾), (¾, ¾) are ≥ 0.35 a from every column and receive only
@@ -463,7 +483,7 @@ def _interstitial_mean(
     # same sinc filter as :func:`unit_cell_average`)
     sm = _cell_average(np.stack([img * w, w]), a_px, angle_deg)
     q = sm[0] / np.maximum(sm[1], 1e-3)
-    return q, w
+    return q, w, sm[1]
 
 
 def _label_max(labels: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
@@ -649,6 +669,39 @@ def _registry_bound(radius_A: np.ndarray, lattice_A: float) -> np.ndarray:
     return np.abs(_ball_spectrum(2.0 * np.pi * kb * np.asarray(radius_A, float)))
 
 
+def _shift_mean_filter(shape: tuple[int, int], e1: np.ndarray, e2: np.ndarray) -> np.ndarray:
+    """rfft2-domain filter of the mean over the lattice shifts i·e1 + j·e2 with
+    3 <= max(|i|, |j|) <= 4 (``e1``, ``e2`` the (x, y) lattice vectors, px) on a periodic
+    ``shape`` grid: a difference of products of Dirichlet kernels,
+    (D_4(α) D_4(β) − D_2(α) D_2(β)) / 56 with D_n(θ) = 1 + 2 Σ_{l<=n} cos(lθ).
+
+    α = 2π k·e1 is a sum of a k_y and a k_x term, so cos(lα) is built from 1-D cosines
+    and sines (cos(a + b) = cos a cos b − sin a sin b; equal to the 2-D cosines to
+    rounding) in a compiled loop instead of eight 2-D cosine maps."""
+    from scipy import fft as sfft
+
+    from perovstem.insitu._cluster_kernels import _shift_mean_kernel
+
+    ky = 2.0 * np.pi * sfft.fftfreq(shape[0])
+    kx = 2.0 * np.pi * sfft.rfftfreq(shape[1])
+    ll = np.arange(1, 5)[None, :, None]
+    ay = ll * np.array([e1[1], e2[1]])[:, None, None] * ky
+    ax = ll * np.array([e1[0], e2[0]])[:, None, None] * kx
+    return _shift_mean_kernel(np.cos(ay), np.sin(ay), np.cos(ax), np.sin(ax))
+
+
+def _context_box(seg: np.ndarray, which: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """Bounding box of the segments ``which`` (0-based labels of ``seg``) grown by
+    ``margin`` px and cut to ``seg``."""
+    rows, cols = np.nonzero(np.r_[False, which][seg])
+    if rows.size == 0:
+        return (slice(0, 0), slice(0, 0))
+    return (
+        slice(max(0, rows.min() - margin), min(seg.shape[0], rows.max() + margin + 1)),
+        slice(max(0, cols.min() - margin), min(seg.shape[1], cols.max() + margin + 1)),
+    )
+
+
 def _cluster_site_ratio(
     raw: np.ndarray,
     m: np.ndarray,
@@ -661,51 +714,56 @@ def _cluster_site_ratio(
     px: float,
     gain: float,
     mask: np.ndarray,
+    mask_mean: np.ndarray | None = None,
 ) -> np.ndarray:
     """Empty-site ratio r_c = Q_c/M_c of each segment's own cluster (NaN where not
     computed).  The host texture is the lattice average of ``raw`` over shifts of 3–4
     cells (outside the cluster), scaled to the host mass M − E; the residual is the
     cluster's column pattern, whose 2.475 Å fringes (cube-on-cube) are demodulated over
     the segment, weighted by E; a pattern E·(1 + 2 Re Σ Z e^{2πi u/p}) is then passed
-    through the same empty-site mask (``mask``) and cell average as the frame."""
+    through the same empty-site mask (``mask``; ``mask_mean`` its cell average, computed
+    here when not given) and cell average as the frame."""
     from scipy import fft as sfft
+
+    from perovstem.insitu import lattice as _lattice
 
     mm, nn = raw.shape
     t = np.radians(angle_deg)
     e1 = np.array([np.cos(t), np.sin(t)]) * a_px  # (x, y)
     e2 = np.array([-np.sin(t), np.cos(t)]) * a_px
-    ky = sfft.fftfreq(mm)[:, None]
-    kx = sfft.rfftfreq(nn)[None, :]
-    # mean over the shifts i e1 + j e2, 3 <= max(|i|, |j|) <= 4: a difference of products of
-    # Dirichlet kernels, D_n(θ) = 1 + 2 Σ_{l<=n} cos(lθ)
-    al = 2.0 * np.pi * (kx * e1[0] + ky * e1[1])
-    be = 2.0 * np.pi * (kx * e2[0] + ky * e2[1])
-    da2, db2 = np.ones_like(al), np.ones_like(be)
-    for ll in (1, 2):
-        da2 += 2.0 * np.cos(ll * al)
-        db2 += 2.0 * np.cos(ll * be)
-    da4, db4 = da2.copy(), db2.copy()
-    for ll in (3, 4):
-        da4 += 2.0 * np.cos(ll * al)
-        db4 += 2.0 * np.cos(ll * be)
-    filt = (da4 * db4 - da2 * db2) / 56.0
-    host = sfft.irfft2(sfft.rfft2(raw, workers=2) * filt, s=raw.shape, workers=2)
-    ep = np.clip(e, 0, None)
+    # a large window is reflect-padded on its far sides to fast FFT lengths (as in
+    # lattice._cell_padding: a prime side costs ~4x); the periodic shifts then wrap over
+    # the padding instead of the opposite edge, which changes the texture on the
+    # segments, >= one element length inside the window, by ~5e-4 of its level (rms)
+    ext = [
+        sfft.next_fast_len(n, real=ax == 1) - n
+        if _lattice._FAST_FFT_PAD and n >= _lattice._FAST_FFT_MIN_SIDE
+        else 0
+        for ax, n in enumerate(raw.shape)
+    ]
+    rp = np.pad(raw, ((0, ext[0]), (0, ext[1])), mode="reflect") if any(ext) else raw
+    filt = _shift_mean_filter(rp.shape, e1, e2)
+    host = sfft.irfft2(sfft.rfft2(rp, workers=2) * filt, s=rp.shape, workers=2)[:mm, :nn]
     hm_ = _cell_average(host[None], a_px, angle_deg)[0]
-    host *= np.clip(m - ep, 0, None) / np.where(hm_ > 0, hm_, np.inf)
-    # the segments of the candidates only
+    # everything below is needed on the segments of the candidates only
     k = len(which)
     segf = seg.ravel()
     idx = np.flatnonzero((segf > 0) & np.r_[False, which][segf])
     lab = segf[idx]
+    ep = np.clip(e.ravel()[idx], 0, None)
+    hm_i = hm_.ravel()[idx]
+    # the host texture scaled to the host mass M - E
+    host_i = host.ravel()[idx] * (
+        np.clip(m.ravel()[idx] - ep, 0, None) / np.where(hm_i > 0, hm_i, np.inf)
+    )
     yy, xx = np.divmod(idx, nn)
     u = xx * np.cos(t) + yy * np.sin(t)
     v = -xx * np.sin(t) + yy * np.cos(t)
     p = 0.5 * PB_FCC_A / px
     cu, cv = np.exp(-2j * np.pi * u / p), np.exp(-2j * np.pi * v / p)
-    gw = ep.ravel()[idx]
+    gw = ep
     den = np.bincount(lab, weights=gw * gw, minlength=k + 1)[1:]
-    rw = (raw.ravel()[idx] - host.ravel()[idx]) * gw
+    rw = (raw.ravel()[idx] - host_i) * gw
 
     def csum(c):
         re = np.bincount(lab, weights=rw * c.real, minlength=k + 1)[1:]
@@ -724,10 +782,14 @@ def _cluster_site_ratio(
     zl_u, zl_v = np.r_[0, zu][lab], np.r_[0, zv][lab]
     pat[idx] = gw * (1.0 + 2.0 * np.real(zl_u / cu) + 2.0 * np.real(zl_v / cv))
     pat = pat.reshape(mm, nn)
-    sm = _cell_average(np.stack([pat * mask, mask, pat]), a_px, angle_deg)
-    q = sm[0] / np.maximum(sm[1], 1e-3)
-    sq = np.bincount(lab, weights=q.ravel()[idx], minlength=k + 1)[1:]
-    sp = np.bincount(lab, weights=sm[2].ravel()[idx], minlength=k + 1)[1:]
+    if mask_mean is None:
+        sm = _cell_average(np.stack([pat * mask, pat, mask]), a_px, angle_deg)
+        mask_mean = sm[2]
+    else:
+        sm = _cell_average(np.stack([pat * mask, pat]), a_px, angle_deg)
+    q = sm[0].ravel()[idx] / np.maximum(mask_mean.ravel()[idx], 1e-3)
+    sq = np.bincount(lab, weights=q, minlength=k + 1)[1:]
+    sp = np.bincount(lab, weights=sm[1].ravel()[idx], minlength=k + 1)[1:]
     out = np.where(which & (sp > 0), sq / np.where(sp > 0, sp, 1), np.nan)
     return np.where(np.isfinite(out), out, 1.0)
 
@@ -747,14 +809,20 @@ class _DomeGrid:
 
     The window's samples are ``st`` frame pixels apart; the model is built in Fourier
     space (analytic sphere spectrum × phase ramp × the cell-average sinc filter × a
-    Gaussian probe blur) on the window padded by ``pad`` samples, so that evaluating it is
-    one small inverse FFT, whatever the cluster size."""
+    Gaussian probe blur) on the window padded by at least ``pad`` samples, so that
+    evaluating it is one small inverse FFT, whatever the cluster size."""
 
     def __init__(self, shape, st, pad, a_px, angle_deg, blur_px, tail_px):
         from scipy import fft as sfft
 
         self.shape, self.st, self.pad = shape, st, pad
-        self.full = (shape[0] + 2 * pad, shape[1] + 2 * pad)
+        # >= pad samples on each side (the wrap-around of the model stays at least that
+        # far away), the whole grid rounded up to fast FFT lengths: a prime length costs
+        # 2-3x; the model changes by ~1e-6 of its peak (the tails that wrap around)
+        self.full = (
+            sfft.next_fast_len(shape[0] + 2 * pad),
+            sfft.next_fast_len(shape[1] + 2 * pad, real=True),
+        )
         ky = sfft.fftfreq(self.full[0])[:, None] / st  # cycles per frame pixel
         kx = sfft.rfftfreq(self.full[1])[None, :] / st
         t = np.radians(angle_deg)
@@ -767,69 +835,125 @@ class _DomeGrid:
         self.dfilt = filt * np.exp(-2 * np.pi**2 * (blur_px**2 + tail_px**2) * k2s) - self.filt
         self.ky, self.kx = ky, kx
         self.q = 2 * np.pi * np.hypot(kx, ky)
+        self.dky = np.ascontiguousarray((-2j * np.pi * ky)[:, 0])
+        self.dkx = np.ascontiguousarray((-2j * np.pi * kx)[0])
+        self.ky1, self.kx1 = np.ascontiguousarray(ky[:, 0]), np.ascontiguousarray(kx[0])
+
+    def _crop(self, spec: np.ndarray) -> np.ndarray:
+        """Inverse FFT of a stack of spectra, cut to the window."""
+        from scipy import fft as sfft
+
+        out = sfft.irfft2(spec, s=self.full, axes=(-2, -1))
+        p = self.pad
+        return out[:, p : p + self.shape[0], p : p + self.shape[1]]
 
     def model(
-        self, comps: np.ndarray, radii_px: np.ndarray, tail: float, jac: bool = False
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+        self,
+        comps: np.ndarray,
+        radii_px: np.ndarray,
+        tail: float,
+        jac: bool = False,
+        value: bool = True,
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Sum of the blurred spheres ``(y, x, amplitude)`` (frame pixels relative to the
         window origin, counts) of radii ``radii_px`` with the share ``tail`` in the probe
         tail, per frame pixel, on the window grid; with ``jac`` also its derivatives by
         ``y, x, log amplitude`` of each sphere (the radius following the amplitude as
-        R ∝ A^⅓) and by ``tail``, shape (3k + 1, …)."""
-        from scipy import fft as sfft
+        R ∝ A^⅓) and by ``tail``, shape (3k + 1, …).  ``value=False`` (with ``jac``)
+        skips the transform of the model itself (None is returned for it)."""
+        from perovstem.insitu._cluster_kernels import _dome_spectra
 
-        kk = len(comps)
-        spec = np.zeros((1 + (3 * kk + 1) * jac, *self.q.shape), complex)
+        comps = np.asarray(comps, float)
         off = self.pad * self.st
-        for i, ((y, x, amp), r) in enumerate(zip(comps, radii_px, strict=True)):
-            # separable phase ramp: two 1-D exponentials
-            ph = (amp * np.exp(-2j * np.pi * self.ky * (y + off))) * np.exp(
-                -2j * np.pi * self.kx * (x + off)
-            )
-            qr = self.q * r
-            b = _ball_spectrum(qr) * ph
-            spec[0] += b
-            if jac:
-                spec[1 + 3 * i] = -2j * np.pi * self.ky * b
-                spec[2 + 3 * i] = -2j * np.pi * self.kx * b
-                spec[3 + 3 * i] = b + _ball_slope(qr) * qr / 3.0 * ph
-        fl = self.filt + tail * self.dfilt
-        if jac:
-            spec[-1] = spec[0] * self.dfilt
-            spec[:-1] *= fl
-        else:
-            spec *= fl
-        out = sfft.irfft2(spec, s=self.full, axes=(-2, -1))
-        p = self.pad
-        out = out[:, p : p + self.shape[0], p : p + self.shape[1]]
+        # spectra built in one compiled pass (phase ramps, sphere spectrum by table,
+        # filter); one inverse FFT for the model and its derivatives
+        spec = _dome_spectra(
+            self.q, self.ky1, self.kx1, self.dky, self.dkx, self.filt, self.dfilt,
+            comps[:, 0] + off, comps[:, 1] + off, np.ascontiguousarray(comps[:, 2]),
+            np.asarray(radii_px, float), float(tail), bool(jac), _BALL_Q, _BALL_B, _BALL_DB,
+        )  # fmt: skip
+        if jac and not value:
+            return None, self._crop(spec[1:])
+        out = self._crop(spec)
         return out[0], (out[1:] if jac else None)
 
 
 def _ellipse_model(
     grid: _DomeGrid,
-    y: float,
-    x: float,
-    amp: float,
-    r: float,
-    eta: float,
-    theta: float,
-    tail: float,
+    y: Any,
+    x: Any,
+    amp: Any,
+    r: Any,
+    eta: Any,
+    theta: Any,
+    tail: Any,
 ) -> np.ndarray:
-    """One blurred projected ellipsoid on ``grid``: in-plane semi-axes ``r·exp(±eta/2)``
-    (projected area of the equal-volume sphere), long axis at ``theta`` (radians from x)."""
-    from scipy import fft as sfft
+    """Blurred projected ellipsoids on ``grid``: in-plane semi-axes ``r·exp(±eta/2)``
+    (projected area of the equal-volume sphere), long axis at ``theta`` (radians from x).
+    Scalars give one (window-shaped) model, arrays of P parameter sets a (P, …) stack
+    (one inverse FFT for all)."""
+    from perovstem.insitu._cluster_kernels import _ellipse_spectra
 
-    off = grid.pad * grid.st
-    ku = grid.kx * np.cos(theta) + grid.ky * np.sin(theta)
-    kv = -grid.kx * np.sin(theta) + grid.ky * np.cos(theta)
-    q = 2 * np.pi * r * np.sqrt((ku * np.exp(eta / 2)) ** 2 + (kv * np.exp(-eta / 2)) ** 2)
-    ph = (amp * np.exp(-2j * np.pi * grid.ky * (y + off))) * np.exp(
-        -2j * np.pi * grid.kx * (x + off)
+    one = np.ndim(y) == 0
+    ys, xs, amps, rs, etas, ths, tails = (
+        np.atleast_1d(np.asarray(v, float)) for v in (y, x, amp, r, eta, theta, tail)
     )
-    spec = _ball_spectrum(q) * ph * (grid.filt + tail * grid.dfilt)
-    out = sfft.irfft2(spec, s=grid.full)
-    p = grid.pad
-    return out[p : p + grid.shape[0], p : p + grid.shape[1]]
+    off = grid.pad * grid.st
+    spec = _ellipse_spectra(
+        grid.kx1, grid.ky1, grid.filt, grid.dfilt, ys + off, xs + off, amps, rs, etas, ths,
+        tails, _BALL_Q, _BALL_B,
+    )  # fmt: skip
+    out = grid._crop(spec)
+    return out[0] if one else out
+
+
+class _BelowBound(Exception):
+    """Raised by a fit's residual function when χ² falls below its stopping bound."""
+
+    def __init__(self, chi2: float, p: np.ndarray):
+        super().__init__()
+        self.chi2, self.p = chi2, p
+
+
+def _stopping(resid: Any, stop_below: float | None) -> Any:
+    """``resid`` that raises :class:`_BelowBound` at a χ² below ``stop_below``.
+
+    Only a decision (χ² below a bound or not) is taken from such a fit, and the bound
+    is ``stop_below`` = bound·(1 − 2·10⁻⁴): MINPACK's Levenberg–Marquardt accepts a trial
+    point whose χ² is that far below the current one (reduction ratio > 10⁻⁴ of a
+    predicted reduction ≤ 1) and never raises χ² afterwards, so the converged χ² is below
+    the bound too: the same decision as the full fit, without its remaining iterations.
+    Only the function evaluations of the fit (start and trial points) are tested, not
+    the finite-difference ones of a Jacobian."""
+    if stop_below is None:
+        return resid
+
+    def f(p):
+        r = resid(p)
+        c = float(np.dot(r, r))
+        if c < stop_below:
+            raise _BelowBound(c, np.array(p, float))
+        return r
+
+    return f
+
+
+# relative margin of the early stop of a fit below a decision bound (see _stopping)
+_STOP_MARGIN = 2e-4
+
+
+def _forward_jacobian(resids: Any, p: np.ndarray) -> np.ndarray:
+    """Forward-difference Jacobian of ``resids`` at ``p`` with the steps of scipy's
+    ``"2-point"`` scheme (``scipy.optimize._numdiff``: h = sqrt(eps)·sign(p)·max(1, |p|),
+    sign(0) = 1), so a fit takes the same path as with ``jac="2-point"``; ``resids``
+    evaluates a stack of parameter sets (rows) at once, here the base point and all
+    shifted ones in one call (one batched inverse FFT instead of ``p.size + 1``)."""
+    h = np.finfo(float).eps ** 0.5 * ((p >= 0) * 2.0 - 1.0) * np.maximum(1.0, np.abs(p))
+    pp = np.repeat(p[None], p.size + 1, axis=0)
+    pp[1:][np.diag_indices(p.size)] += h
+    dx = (p + h) - p
+    f = resids(pp)
+    return ((f[1:] - f[0]) / dx[:, None]).T
 
 
 def _fit_ellipse(
@@ -839,22 +963,37 @@ def _fit_ellipse(
     init: np.ndarray,
     radius_of: Any,
     grid: _DomeGrid,
+    stop_below: float | None = None,
 ) -> float:
     """χ² of the best single blurred projected ellipsoid (free aspect and orientation)
-    plus a constant level: the one-cluster alternative for elongated clusters."""
+    plus a constant level: the one-cluster alternative for elongated clusters.  With
+    ``stop_below`` the fit may stop at the first χ² under it (that χ² is returned; see
+    :func:`_stopping`)."""
     from scipy.optimize import least_squares
 
     w = 1.0 / sw[use]
     target = ew[use]
 
+    def resids(pp):
+        # residuals of a stack of parameter sets, one inverse FFT for all
+        y, x, la, eta, th, tail, lev = pp.T
+        amp = np.exp(la)
+        mod = _ellipse_model(grid, y, x, amp, radius_of(amp), eta, th, tail)
+        return (target - mod[:, use] - lev[:, None]) * w
+
     def resid(p):
-        y, x, la, eta, th, tail, lev = p
-        amp = float(np.exp(la))
-        mod = _ellipse_model(grid, y, x, amp, float(radius_of(np.array([amp]))[0]), eta, th, tail)
-        return (target - mod[use] - lev) * w
+        return resids(p[None])[0]
+
+    def jac(p):
+        return _forward_jacobian(resids, p)
 
     p0 = np.array([init[0], init[1], np.log(max(init[2], 1e-9)), 0.5, init[3], 0.1, 0.0])
-    r = least_squares(resid, p0, method="lm", x_scale="jac", max_nfev=200)
+    try:
+        r = least_squares(
+            _stopping(resid, stop_below), p0, jac=jac, method="lm", x_scale="jac", max_nfev=200
+        )
+    except _BelowBound as hit:
+        return hit.chi2
     return float(np.sum(r.fun**2))
 
 
@@ -865,10 +1004,13 @@ def _fit_domes(
     init: np.ndarray,
     radius_of: Any,
     grid: _DomeGrid,
+    stop_below: float | None = None,
 ) -> tuple[float, np.ndarray]:
     """Weighted least-squares fit of ``len(init)`` blurred domes plus a constant level to
     the excess samples ``ew`` (σ ``sw``) at ``use``; each dome's radius follows from its
-    amplitude (``radius_of``).  Returns χ² and the fitted ``(y, x, amplitude)``."""
+    amplitude (``radius_of``).  Returns χ² and the fitted ``(y, x, amplitude)``; with
+    ``stop_below`` the fit may stop at the first χ² under it (that χ² and point are
+    returned; see :func:`_stopping`)."""
     from scipy.optimize import least_squares
 
     kk = len(init)
@@ -887,7 +1029,7 @@ def _fit_domes(
 
     def jac(p):
         c, tail, _ = unpack(p)
-        _, d = grid.model(c, radius_of(c[:, 2]), tail, jac=True)
+        _, d = grid.model(c, radius_of(c[:, 2]), tail, jac=True, value=False)
         j = np.empty((target.size, 3 * kk + 2))
         j[:, :-1] = -(d[:, use] * w).T
         j[:, -1] = -w
@@ -895,27 +1037,51 @@ def _fit_domes(
 
     p0 = np.r_[np.c_[init[:, :2], np.log(np.maximum(init[:, 2], 1e-9))].ravel(), 0.1, 0.0]
     # Levenberg-Marquardt (MINPACK), analytic Jacobian
-    r = least_squares(resid, p0, jac=jac, method="lm", x_scale="jac", max_nfev=20 * (3 * kk + 3))
+    try:
+        r = least_squares(
+            _stopping(resid, stop_below), p0, jac=jac, method="lm", x_scale="jac",
+            max_nfev=20 * (3 * kk + 3),
+        )  # fmt: skip
+    except _BelowBound as hit:
+        return hit.chi2, unpack(hit.p)[0]
     c, _, _ = unpack(r.x)
     return float(np.sum(r.fun**2)), c
 
 
-def _counts_to_atoms(library: pd.DataFrame, scale: float) -> Any:
+class _CountsToAtoms:
     """:func:`atoms_from_scs` of ``counts / scale`` with the library arrays taken once
-    (the split fits call it at every model evaluation)."""
-    n = library["n_atoms"].to_numpy(float)
-    c = library["scs_A2"].to_numpy(float)
-    keep = np.r_[True, np.diff(c) > 0]
-    n, c = n[keep], c[keep]
-    slope = (n[-1] - n[-2]) / (c[-1] - c[-2])
+    (the split fits call it at every model evaluation); :meth:`radius_px` gives the
+    equal-volume radius of those atoms in one compiled call (the same operations)."""
 
-    def f(counts):
-        s_ = np.asarray(counts, float) / scale
+    def __init__(self, library: pd.DataFrame, scale: float):
+        n = library["n_atoms"].to_numpy(float)
+        c = library["scs_A2"].to_numpy(float)
+        keep = np.r_[True, np.diff(c) > 0]
+        self.n, self.c = np.ascontiguousarray(n[keep]), np.ascontiguousarray(c[keep])
+        self.slope = (self.n[-1] - self.n[-2]) / (self.c[-1] - self.c[-2])
+        self.scale = float(scale)
+
+    def __call__(self, counts: Any) -> np.ndarray:
+        c, n = self.c, self.n
+        s_ = np.asarray(counts, float) / self.scale
         out = np.interp(s_, c, n)
-        out = np.where(s_ > c[-1], n[-1] + (s_ - c[-1]) * slope, out)
+        out = np.where(s_ > c[-1], n[-1] + (s_ - c[-1]) * self.slope, out)
         return np.where(s_ > 0, out, 0.0)
 
-    return f
+    def radius_px(self, amps: Any, px: float) -> np.ndarray:
+        """``_fcc_radius_A(self(np.clip(amps, 0, None))) / px``."""
+        from perovstem.insitu._cluster_kernels import _cluster_volume_term
+
+        t = _cluster_volume_term(
+            np.ascontiguousarray(amps, dtype=float), self.scale, self.c, self.n, self.slope,
+            PB_FCC_A**3, 16.0 * np.pi,
+        )  # fmt: skip
+        return t ** (1.0 / 3.0) / px
+
+
+def _counts_to_atoms(library: pd.DataFrame, scale: float) -> _CountsToAtoms:
+    """:class:`_CountsToAtoms` of ``library`` and ``scale``."""
+    return _CountsToAtoms(library, scale)
 
 
 def _split_segments(
@@ -951,8 +1117,15 @@ def _split_segments(
     blur = float(np.hypot(SPLIT_PROBE_A / px, aa))
     grids: dict[tuple[int, int], _DomeGrid] = {}
 
-    def radius_of(amp):
-        return _fcc_radius_A(n_of(np.clip(amp, 0, None))) / px
+    if isinstance(n_of, _CountsToAtoms):
+
+        def radius_of(amp):
+            return n_of.radius_px(amp, px)
+
+    else:
+
+        def radius_of(amp):
+            return _fcc_radius_A(n_of(np.clip(amp, 0, None))) / px
 
     objs = ndimage.find_objects(full)
     for i in np.flatnonzero(cand):
@@ -967,7 +1140,14 @@ def _split_segments(
         sub = (slice(None, None, st), slice(None, None, st))
         # anti-aliasing before the a/4 sub-sampling (the cell average of a cluster of
         # discrete columns has edges); the same Gaussian is in the model's filter
-        ew = ndimage.gaussian_filter(e[y0:y1, x0:x1], aa, mode="nearest")[sub]
+        # (ndimage.gaussian_filter is the two 1-D passes; the rows are kept before the
+        # second pass, which then runs on 1/st of them: the same values)
+        ew = e[y0:y1, x0:x1]
+        if aa > 0:
+            ew = ndimage.gaussian_filter1d(ew, aa, axis=0, mode="nearest")[::st]
+            ew = ndimage.gaussian_filter1d(ew, aa, axis=1, mode="nearest")[:, ::st]
+        else:
+            ew = ew[sub].copy()
         sw, use = sig[y0:y1, x0:x1][sub], use_f[sub]
         # profile error (Stetson 1987): the compact-sphere profile is an approximation,
         # SPLIT_PROFILE_ERR of the local excess and of its peak are added to the noise
@@ -984,8 +1164,13 @@ def _split_segments(
             continue
         my, mx = np.average(yy, weights=wv), np.average(xx, weights=wv)
         amp = float(tot[i])
-        chi1, c1 = _fit_domes(ew, sw, use, np.array([[my, mx, amp]]), radius_of, grid)
         n_eff = use.sum() / per_cell
+        # only whether chi1 is below the prescreen bound matters when it is
+        bound = (SPLIT_PRESCREEN * n_eff + penalty) * per_cell
+        chi1, c1 = _fit_domes(
+            ew, sw, use, np.array([[my, mx, amp]]), radius_of, grid,
+            stop_below=bound * (1.0 - _STOP_MARGIN),
+        )  # fmt: skip
         if chi1 / per_cell < SPLIT_PRESCREEN * n_eff + penalty:
             # one cluster fits within the noise: two cannot do better by the penalty
             continue
@@ -1010,7 +1195,14 @@ def _split_segments(
         if (chi1 - chi2) / per_cell > penalty:
             # a single elongated cluster is the other explanation of a long segment
             th = float(np.arctan2(u[0], u[1]))
-            chi1 = min(chi1, _fit_ellipse(ew, sw, use, np.r_[c1[0], th], radius_of, grid))
+            # only whether the ellipse explains the segment within the penalty matters
+            # when it does (no split then)
+            bound = chi2 + penalty * per_cell
+            chi_e = _fit_ellipse(
+                ew, sw, use, np.r_[c1[0], th], radius_of, grid,
+                stop_below=bound * (1.0 - _STOP_MARGIN),
+            )  # fmt: skip
+            chi1 = min(chi1, chi_e)
         stat = (chi1 - chi2) / per_cell
         if stat <= penalty or np.any(c2[:, 2] <= 0):
             continue
@@ -1254,7 +1446,8 @@ def detect_clusters(
         d_fix = np.ones(k)
         tot_keep = err_keep = None
         # map the split fits run on: the host-free excess where the host model has one
-        fit_map, fit_sig = e, sigma_map
+        # (built only when the split runs: (window, its excess, noise scale))
+        fit_host: tuple[tuple[slice, slice], np.ndarray, float] | None = None
         if host_test:
             from perovstem.insitu._host import host_model
 
@@ -1281,10 +1474,7 @@ def detect_clusters(
                 win = hm.window
                 w0, v0 = win[0].start, win[1].start
                 ed_w = _plateau_excess(hm.d, side, tilt, var_m[win])
-                d_scale = np.sqrt(1.0 + kappa_h**2) / (1.0 - kappa_h)
-                fit_map, fit_sig = e.copy(), sigma_map.copy()
-                fit_map[win] = ed_w
-                fit_sig[win] *= d_scale
+                fit_host = (win, ed_w, np.sqrt(1.0 + kappa_h**2) / (1.0 - kappa_h))
                 ed = ed_w[r0 - w0 : r1 - w0, c0 - v0 : c1 - v0][sel]
                 tot_d = bsum(ed)
                 # the cluster's own share on the empty sites (registry of its columns)
@@ -1303,17 +1493,26 @@ def detect_clusters(
                 if cand_r.any():
                     seg_w = np.zeros(m[win].shape, np.int32)
                     seg_w[r0 - w0 : r1 - w0, c0 - v0 : c1 - v0] = regions
+                    # only the candidates' segments are measured: the box of those with
+                    # the host window's context (one element length) around them
+                    sub = _context_box(seg_w, cand_r, max(side, reach))
+                    wy, wx = win[0].start + sub[0].start, win[1].start + sub[1].start
+                    sub_f = (
+                        slice(wy, wy + seg_w[sub].shape[0]),
+                        slice(wx, wx + seg_w[sub].shape[1]),
+                    )
                     rc = _cluster_site_ratio(
-                        (a - off)[win],
-                        m[win],
-                        e[win],
-                        seg_w,
+                        (a - off)[sub_f],
+                        m[sub_f],
+                        e[sub_f],
+                        seg_w[sub],
                         cand_r,
                         a_px=a_px,
                         angle_deg=float(lattice_angle_deg),
                         px=px,
                         gain=g,
-                        mask=hm.site_mask,
+                        mask=hm.site_mask[sub],
+                        mask_mean=hm.site_mean[sub],
                     )
                     bnd = (1.0 - kappa_h) * _registry_bound(r_reg, float(lattice_A))
                     rc = np.clip(rc, 1.0 - bnd, 1.0 + bnd)
@@ -1411,6 +1610,12 @@ def detect_clusters(
             if cand.any():
                 full = np.zeros(m.shape, np.int32)
                 full[box] = regions
+                fit_map, fit_sig = e, sigma_map
+                if fit_host is not None:
+                    fw, ed_w, d_scale = fit_host
+                    fit_map, fit_sig = e.copy(), sigma_map.copy()
+                    fit_map[fw] = ed_w
+                    fit_sig[fw] *= d_scale
                 splits = _split_segments(
                     fit_map,
                     fit_sig,
