@@ -214,7 +214,8 @@ def track_clusters(
         else np.zeros((0, 2), int)
     )
     tracks, lineage = _build_lineage(df, merges, size_column, merge_mass_fraction)
-    return tracks.drop(columns=["_row", "_f"]), lineage
+    tracks = tracks.drop(columns=["_row", "_f"])
+    return tracks, _verify_merges(tracks, lineage, size_column, merge_d)
 
 
 def _radius_A(n: np.ndarray) -> np.ndarray:
@@ -396,7 +397,8 @@ def _track_mass(
         open_ends = {k: v for k, v in open_ends.items() if fb - fr[v] <= gap}
     df["track_id"] = seg
     mg = np.asarray(merges, int).reshape(-1, 2)
-    return _build_lineage(df, mg, size_col, frac, absorbed)
+    tracks, lineage = _build_lineage(df, mg, size_col, frac, absorbed)
+    return tracks, _verify_merges(tracks, lineage, size_col, merge_margin)
 
 
 def _empty_lineage() -> pd.DataFrame:
@@ -412,9 +414,13 @@ def _empty_lineage() -> pd.DataFrame:
         "n_atoms_end",
         "x_start_A",
         "y_start_A",
+        "merge_llr",
+        "merge_parent_frames",
+        "merge_mass_ratio",
     ]
     out = pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
     out.attrs["n_merges"] = 0
+    out.attrs["n_overlaps"] = 0
     return out
 
 
@@ -514,6 +520,113 @@ def _build_lineage(
     lineage = pd.DataFrame(rows).sort_values(["start_frame", "track_id"]).reset_index(drop=True)
     lineage.attrs["n_merges"] = int((lineage["origin"] == "merge").sum())
     return df.drop(columns=["_size"]), lineage
+
+
+_RESEP_REL = 0.1  # count error floor between a merge and a separation (growth, blob edges)
+_RESEP_SIG = 1.5  # the separated parts must match the parents within this many errors
+
+
+def _verify_merges(
+    tracks: pd.DataFrame,
+    lineage: pd.DataFrame,
+    size_col: str | None,
+    margin_A: float,
+    merge_llr: dict[int, float] | None = None,
+) -> pd.DataFrame:
+    """Evidence columns for each merge, and merges that separate again made overlaps.
+
+    Coalescence of Pb clusters is irreversible (a coalesced cluster does not split again
+    at these sizes), whereas two clusters that only overlap in projection (e.g. on the top
+    and bottom facets) show as one blob that can separate later.  A merge product track is
+    re-labelled ``origin="overlap"`` when, in a later frame, it loses a part that starts a
+    new track next to it (within the two radii plus ``margin_A``) while the counts add up
+    across the separation, the new part matches one parent's count and what is left
+    matches the other parents' (within ``_RESEP_SIG`` combined errors, floor
+    ``_RESEP_REL``); the new track is then ``origin="separation"`` with the overlap as
+    its parent, not a nucleation.  Without sizes no merge is checked.
+    """
+    lin = lineage.copy()
+    pcol = lin["parents"]
+    lin["merge_llr"] = np.nan
+    lin["merge_parent_frames"] = np.nan
+    lin["merge_mass_ratio"] = np.nan
+    lin.attrs = dict(lineage.attrs)
+    lin.attrs["n_overlaps"] = 0
+    is_merge = (lin["origin"] == "merge").to_numpy()
+    if not is_merge.any():
+        return lin
+    by = {int(t): g.sort_values("frame") for t, g in tracks.groupby("track_id")}
+    idx = {int(t): i for i, t in enumerate(lin["track_id"])}
+    origin = lin["origin"].to_numpy(object).copy()
+    fate = lin["fate"].to_numpy(object).copy()
+    parents = [list(p) for p in pcol]
+    err_col = f"{size_col}_err" if size_col else None
+
+    def n_rel(g: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        n = g[size_col].to_numpy(float)
+        e = g[err_col].to_numpy(float) if err_col in g.columns else np.zeros(len(g))
+        return n, np.maximum(_RESEP_REL, np.nan_to_num(np.abs(e)) / np.maximum(n, 1.0))
+
+    used: set[int] = set()
+    for i in np.flatnonzero(is_merge):
+        c = int(lin["track_id"].iat[i])
+        ps = [int(p) for p in parents[i]]
+        lin.loc[lin.index[i], "merge_parent_frames"] = float(min(len(by[p]) for p in ps))
+        if merge_llr is not None:
+            lin.loc[lin.index[i], "merge_llr"] = merge_llr.get(c, np.nan)
+        if not size_col:
+            continue
+        # atoms after (first <= 3 frames of the product) over atoms before (last <= 3 of
+        # each parent): ~1 for a coalescence, growth by attachment above it
+        before = sum(float(np.median(by[p][size_col].to_numpy(float)[-3:])) for p in ps)
+        after = float(np.median(by[c][size_col].to_numpy(float)[:3]))
+        lin.loc[lin.index[i], "merge_mass_ratio"] = after / max(before, 1e-9)
+        pn, pr = zip(*(tuple(a[-1] for a in n_rel(by[p])) for p in ps), strict=True)
+        g = by[c]
+        gn, gr = n_rel(g)
+        gf = g["frame"].to_numpy(int)
+        gxy = g[["x_A", "y_A"]].to_numpy(float)
+        sep = None
+        for k in range(1, len(g)):
+            if gf[k] != gf[k - 1] + 1 or sep is not None:
+                break
+            starts = lin.index[(lin["start_frame"].to_numpy() == gf[k]) & (origin == "nucleation")]
+            for q_i in starts:
+                q = int(lin.at[q_i, "track_id"])
+                if q in used:
+                    continue
+                qg = by[q]
+                qn, qr = (a[0] for a in n_rel(qg))
+                qxy = qg[["x_A", "y_A"]].to_numpy(float)[0]
+                far = np.hypot(*(qxy - gxy[k - 1])) - _radius_A(gn[k - 1]) - _radius_A(qn)
+                if far > margin_A or gn[k - 1] - gn[k] < 0.5 * qn:
+                    continue
+                if abs(np.log((gn[k] + qn) / gn[k - 1])) > 2 * np.hypot(gr[k - 1], qr):
+                    continue  # the counts do not add up across the separation
+                for j in range(len(ps)):
+                    rest = sum(pn[m] for m in range(len(ps)) if m != j)
+                    if abs(np.log(qn / pn[j])) <= _RESEP_SIG * np.hypot(qr, pr[j]) and abs(
+                        np.log(gn[k] / rest)
+                    ) <= _RESEP_SIG * np.hypot(gr[k], _RESEP_REL):
+                        sep = q
+                        break
+                if sep is not None:
+                    break
+        if sep is None:
+            continue
+        used.add(sep)
+        origin[i] = "overlap"
+        for p in ps:
+            if fate[idx[p]] == "merged":
+                fate[idx[p]] = "overlap"
+        origin[idx[sep]] = "separation"
+        parents[idx[sep]] = [c]
+    lin["origin"] = origin
+    lin["fate"] = fate
+    lin["parents"] = parents
+    lin.attrs["n_merges"] = int((origin == "merge").sum())
+    lin.attrs["n_overlaps"] = int((origin == "overlap").sum())
+    return lin
 
 
 def lineage_events(lineage: pd.DataFrame, frames: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -640,6 +753,7 @@ def _track_global(
     seg_start: dict[int, int] = {}
     seg_sizes: dict[int, list[float]] = {}
     parents_of: dict[int, list[int]] = {}  # merge child segment -> parent segments
+    merge_llr: dict[int, float] = {}  # merge child segment -> log-likelihood margin
     absorbed: dict[int, int] = {}
     # ended segments waiting for gap closing: seg -> (last row, child segment or -1)
     open_ends: dict[int, tuple[int, int]] = {}
@@ -843,6 +957,16 @@ def _track_global(
             if not redo:
                 break
         gap_of = {len(a) + ii: (s, r, c) for ii, (s, r, c) in enumerate(gsrc)}
+        # confidence of each merge: how much less likely the best explanation of the frame
+        # pair without it is (log-likelihood margin; re-solved with the merge forbidden)
+        llr_of: dict[int, float] = {}
+        base_cost = float(hyp_cost_a[chosen].sum())
+        for h in chosen:
+            if len(hyp_src[h]) >= 2 and h not in split_info and hyp_tgt[h]:
+                alt = hyp_cost_a.copy()
+                alt[h] = np.inf
+                ch2 = _solve_partition(alt, hyp_src, hyp_tgt, len(srcs) + len(b), len(srcs))
+                llr_of[int(b[hyp_tgt[h][0]])] = float(alt[ch2].sum()) - base_cost
         for h in chosen:
             ks = hyp_src[h]
             if h in split_info:
@@ -895,6 +1019,7 @@ def _track_global(
                 if len(bigs) >= 2:
                     c = new_seg(j, p2)
                     parents_of[c] = [int(seg[r]) for r in bigs]
+                    merge_llr[c] = llr_of.get(int(j), np.nan)
                     keep = c
                 else:
                     main = max(rows, key=lambda r: size[r])
@@ -916,4 +1041,5 @@ def _track_global(
     merges = [(p, c) for c, ps in parents_of.items() for p in ps]
     df["track_id"] = seg
     mg = np.asarray(merges, int).reshape(-1, 2)
-    return _build_lineage(df, mg, size_col, 0.0, absorbed)
+    tracks, lineage = _build_lineage(df, mg, size_col, 0.0, absorbed)
+    return tracks, _verify_merges(tracks, lineage, size_col, merge_margin, merge_llr)
