@@ -84,6 +84,7 @@ def track_clusters(
     min_merge_frames: int = 1,
     long_hops: bool = True,
     method: str = "global",
+    verify_merges: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Link per-frame cluster detections into tracks and a lineage with merges.
 
@@ -136,15 +137,30 @@ def track_clusters(
         ``max_step_A`` from either parent.  ``"laptrack"``: laptrack's
         segment merging, then the same mass check.
 
+    verify_merges : bool
+        Check every merge over the following frames (module docstring): a product that
+        separates again into parts matching its parents is ``origin="overlap"`` (its parts
+        ``"separation"``), one whose atoms do not add up (it keeps <= 0.5 or holds >= 3
+        times the parents' atoms, or it vanishes while one parent is seen again) is
+        ``"unresolved"``; ``False`` keeps every merge (the evidence columns are filled
+        either way).
+
     Returns
     -------
     tracks : DataFrame
         The input rows with ``track_id`` (one id per segment between events).
     lineage : DataFrame
         One row per track: ``track_id, parents (list), start_frame, end_frame, origin
-        ("first_frame"|"nucleation"|"merge"), fate ("alive"|"merged"|"absorbed"|"death"),
-        merged_into,
-        n_atoms_start, n_atoms_end, x_start_A, y_start_A``.  ``attrs['n_merges']``.
+        ("first_frame"|"nucleation"|"merge"|"overlap"|"separation"|"unresolved"), fate
+        ("alive"|"merged"|"absorbed"|"death"|"overlap"|"unresolved"|"separated"),
+        merged_into, n_atoms_start, n_atoms_end, x_start_A, y_start_A`` and, for the
+        rows that were merges before the check (NaN elsewhere), the evidence:
+        ``merge_llr`` (``"global"``: log-likelihood margin of the merge over the best
+        explanation of the frame pair without it; small margins are near-ties),
+        ``merge_parent_frames`` (frames the shortest-lived parent was tracked) and
+        ``merge_mass_ratio`` (the product's median count over its first <= 3 frames over
+        the sum of the parents' medians over their last <= 3).  ``attrs['n_merges']``,
+        ``attrs['n_overlaps']``, ``attrs['n_unresolved']``.
     """
     need = ["frame", "x_A", "y_A"] + ([size_column] if size_column else [])
     _check_table(clusters, need)
@@ -184,8 +200,12 @@ def track_clusters(
             int(min_merge_frames),
         )
         if method == "global":
-            return _track_global(*args)
-        return _track_mass(*args, bool(long_hops))
+            tracks, lineage, llr = _track_global(*args)
+        else:
+            tracks, lineage = _track_mass(*args, bool(long_hops))
+            llr = None
+        margin = merge_d if merge_distance_A is not None else 8.0
+        return tracks, _verify_merges(tracks, lineage, size_column, margin, llr, verify_merges)
     from laptrack import LapTrack
 
     lt = LapTrack(
@@ -215,7 +235,7 @@ def track_clusters(
     )
     tracks, lineage = _build_lineage(df, merges, size_column, merge_mass_fraction)
     tracks = tracks.drop(columns=["_row", "_f"])
-    return tracks, _verify_merges(tracks, lineage, size_column, merge_d)
+    return tracks, _verify_merges(tracks, lineage, size_column, merge_d, None, verify_merges)
 
 
 def _radius_A(n: np.ndarray) -> np.ndarray:
@@ -397,8 +417,7 @@ def _track_mass(
         open_ends = {k: v for k, v in open_ends.items() if fb - fr[v] <= gap}
     df["track_id"] = seg
     mg = np.asarray(merges, int).reshape(-1, 2)
-    tracks, lineage = _build_lineage(df, mg, size_col, frac, absorbed)
-    return tracks, _verify_merges(tracks, lineage, size_col, merge_margin)
+    return _build_lineage(df, mg, size_col, frac, absorbed)
 
 
 def _empty_lineage() -> pd.DataFrame:
@@ -421,6 +440,7 @@ def _empty_lineage() -> pd.DataFrame:
     out = pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
     out.attrs["n_merges"] = 0
     out.attrs["n_overlaps"] = 0
+    out.attrs["n_unresolved"] = 0
     return out
 
 
@@ -524,6 +544,10 @@ def _build_lineage(
 
 _RESEP_REL = 0.1  # count error floor between a merge and a separation (growth, blob edges)
 _RESEP_SIG = 1.5  # the separated parts must match the parents within this many errors
+# a coalescence conserves atoms: the product (median of its first <= 3 frames) holds
+# between these fractions of the parents' atoms (growth by attachment is a few % a frame)
+_MASS_LO = 0.5
+_MASS_HI = 3.0
 
 
 def _verify_merges(
@@ -532,6 +556,7 @@ def _verify_merges(
     size_col: str | None,
     margin_A: float,
     merge_llr: dict[int, float] | None = None,
+    relabel: bool = True,
 ) -> pd.DataFrame:
     """Evidence columns for each merge, and merges that separate again made overlaps.
 
@@ -552,6 +577,7 @@ def _verify_merges(
     lin["merge_mass_ratio"] = np.nan
     lin.attrs = dict(lineage.attrs)
     lin.attrs["n_overlaps"] = 0
+    lin.attrs["n_unresolved"] = 0
     is_merge = (lin["origin"] == "merge").to_numpy()
     if not is_merge.any():
         return lin
@@ -568,6 +594,7 @@ def _verify_merges(
         return n, np.maximum(_RESEP_REL, np.nan_to_num(np.abs(e)) / np.maximum(n, 1.0))
 
     used: set[int] = set()
+    last_frame = int(tracks["frame"].max())
     for i in np.flatnonzero(is_merge):
         c = int(lin["track_id"].iat[i])
         ps = [int(p) for p in parents[i]]
@@ -576,56 +603,115 @@ def _verify_merges(
             lin.loc[lin.index[i], "merge_llr"] = merge_llr.get(c, np.nan)
         if not size_col:
             continue
-        # atoms after (first <= 3 frames of the product) over atoms before (last <= 3 of
-        # each parent): ~1 for a coalescence, growth by attachment above it
-        before = sum(float(np.median(by[p][size_col].to_numpy(float)[-3:])) for p in ps)
-        after = float(np.median(by[c][size_col].to_numpy(float)[:3]))
-        lin.loc[lin.index[i], "merge_mass_ratio"] = after / max(before, 1e-9)
+        # atoms after (median of the product's first <= 3 frames) over atoms before (the
+        # parents' last counts, or the medians of their last 3): ~1 for a coalescence,
+        # growth by attachment above it; the test takes whichever estimate of the parents
+        # is more favourable to the merge (counts of a growing parent lag)
+        last = np.array([float(by[p][size_col].iloc[-1]) for p in ps])
+        med = np.array([float(np.median(by[p][size_col].to_numpy(float)[-3:])) for p in ps])
+        first = by[c][size_col].to_numpy(float)[:3]
+        after = float(np.median(first))
+        lin.loc[lin.index[i], "merge_mass_ratio"] = after / max(float(med.sum()), 1e-9)
+        lo = after / max(float(np.minimum(last, med).sum()), 1e-9)
+        # (the product may absorb more clusters in the next frames: its smallest count)
+        hi = float(first.min()) / max(float(np.maximum(last, med).sum()), 1e-9)
+        if not relabel:
+            continue
+        if lo <= _MASS_LO or hi >= _MASS_HI:
+            # the atoms do not add up over the next frames: a parent that was no cluster
+            # (or stayed apart, hidden in the blob), or a product holding unseen clusters
+            origin[i] = "unresolved"
+            for p in ps:
+                if fate[idx[p]] == "merged":
+                    fate[idx[p]] = "unresolved"
+            continue
         pn, pr = zip(*(tuple(a[-1] for a in n_rel(by[p])) for p in ps), strict=True)
         g = by[c]
         gn, gr = n_rel(g)
         gf = g["frame"].to_numpy(int)
         gxy = g[["x_A", "y_A"]].to_numpy(float)
-        sep = None
-        for k in range(1, len(g)):
-            if gf[k] != gf[k - 1] + 1 or sep is not None:
-                break
-            starts = lin.index[(lin["start_frame"].to_numpy() == gf[k]) & (origin == "nucleation")]
-            for q_i in starts:
+
+        def new_parts(frame: int, xy0: np.ndarray, n0: float) -> list[tuple[int, float, float]]:
+            # tracks that start (as nucleations) at `frame` touching a blob at xy0
+            out = []
+            for q_i in lin.index[
+                (lin["start_frame"].to_numpy() == frame) & (origin == "nucleation")
+            ]:
                 q = int(lin.at[q_i, "track_id"])
-                if q in used:
+                qn, qr = (a[0] for a in n_rel(by[q]))
+                qxy = by[q][["x_A", "y_A"]].to_numpy(float)[0]
+                far = np.hypot(*(qxy - xy0)) - _radius_A(n0) - _radius_A(qn)
+                # a separated cluster goes on (a one-frame detection is no evidence)
+                lasts = len(by[q]) >= 2 or frame == last_frame
+                if q not in used and far <= margin_A and lasts:
+                    out.append((q, float(qn), float(qr)))
+            return out
+
+        def fits(n: float, r: float, j: int, pn: tuple = pn, pr: tuple = pr) -> bool:
+            # a part of n atoms (relative error r) is parent j again
+            return bool(abs(np.log(n / pn[j])) <= _RESEP_SIG * np.hypot(r, pr[j]))
+
+        sep: list[int] = []
+        kind = "overlap"
+        # (a) the product goes on and loses a part that matches one parent, what is left
+        # matching the others
+        for k in range(1, len(g)):
+            if gf[k] != gf[k - 1] + 1 or sep:
+                break
+            # counts before / after the separation over up to 3 frames (one noisy reading
+            # is no loss)
+            pre = float(np.median(gn[max(0, k - 3) : k]))
+            post = float(np.median(gn[k : k + 3]))
+            for q, qn, qr in new_parts(int(gf[k]), gxy[k - 1], gn[k - 1]):
+                if pre - post < 0.5 * qn:
                     continue
-                qg = by[q]
-                qn, qr = (a[0] for a in n_rel(qg))
-                qxy = qg[["x_A", "y_A"]].to_numpy(float)[0]
-                far = np.hypot(*(qxy - gxy[k - 1])) - _radius_A(gn[k - 1]) - _radius_A(qn)
-                if far > margin_A or gn[k - 1] - gn[k] < 0.5 * qn:
-                    continue
-                if abs(np.log((gn[k] + qn) / gn[k - 1])) > 2 * np.hypot(gr[k - 1], qr):
+                if abs(np.log((post + qn) / pre)) > 2 * np.hypot(gr[k - 1], qr):
                     continue  # the counts do not add up across the separation
                 for j in range(len(ps)):
                     rest = sum(pn[m] for m in range(len(ps)) if m != j)
-                    if abs(np.log(qn / pn[j])) <= _RESEP_SIG * np.hypot(qr, pr[j]) and abs(
-                        np.log(gn[k] / rest)
-                    ) <= _RESEP_SIG * np.hypot(gr[k], _RESEP_REL):
-                        sep = q
+                    if fits(qn, qr, j) and abs(np.log(post / rest)) <= _RESEP_SIG * np.hypot(
+                        gr[k], _RESEP_REL
+                    ):
+                        sep = [q]
                         break
-                if sep is not None:
+                if sep:
                     break
-        if sep is None:
+        if not sep and fate[i] == "death":
+            # (b) the product ends and every parent starts again next to it
+            parts = new_parts(int(gf[-1]) + 1, gxy[-1], gn[-1])
+            got: list[tuple[int, float, float]] = []
+            for j in np.argsort(pn)[::-1]:
+                ok = [t for t in parts if t not in got and fits(t[1], t[2], int(j))]
+                if ok:
+                    got.append(min(ok, key=lambda t: abs(np.log(t[1] / pn[j]))))
+            if len(got) == len(ps) and abs(np.log(sum(t[1] for t in got) / gn[-1])) <= 2 * np.hypot(
+                gr[-1], _RESEP_REL
+            ):
+                sep = [t[0] for t in got]
+            elif got:
+                # (c) a part is a parent again and the rest vanished: not a coalescence
+                # (a coalesced cluster neither splits nor disappears in one frame), but
+                # not all of the blob is seen again
+                sep = [t[0] for t in got]
+                kind = "unresolved"
+        if not sep:
             continue
-        used.add(sep)
-        origin[i] = "overlap"
+        used.update(sep)
+        if fate[i] == "death":
+            fate[i] = "separated"
+        origin[i] = kind
         for p in ps:
             if fate[idx[p]] == "merged":
-                fate[idx[p]] = "overlap"
-        origin[idx[sep]] = "separation"
-        parents[idx[sep]] = [c]
+                fate[idx[p]] = kind
+        for q in sep:
+            origin[idx[q]] = "separation"
+            parents[idx[q]] = [c]
     lin["origin"] = origin
     lin["fate"] = fate
     lin["parents"] = parents
     lin.attrs["n_merges"] = int((origin == "merge").sum())
     lin.attrs["n_overlaps"] = int((origin == "overlap").sum())
+    lin.attrs["n_unresolved"] = int((origin == "unresolved").sum())
     return lin
 
 
@@ -642,7 +728,12 @@ def lineage_events(lineage: pd.DataFrame, frames: pd.DataFrame | None = None) ->
     Returns
     -------
     DataFrame
-        ``frame, kind ("birth"|"merge"|"death"), track_id, parents`` (+ dose, time).
+        ``frame, kind, track_id, parents`` (+ dose, time); ``kind`` is ``"birth"``,
+        ``"merge"`` (coalescence), ``"death"``, or, for the merges that
+        :func:`track_clusters` did not confirm, ``"overlap"`` (clusters seen as one blob
+        in projection, separated later), ``"separation"`` (a part of such a blob seen
+        again; its parent is the overlap track) and ``"unresolved"`` (tracks end where this
+        one starts, but the atoms do not add up over the next frames).
     """
     need = {"track_id", "origin", "fate", "start_frame", "end_frame", "parents"}
     if not need <= set(lineage.columns):
@@ -651,8 +742,8 @@ def lineage_events(lineage: pd.DataFrame, frames: pd.DataFrame | None = None) ->
     for r in lineage.itertuples(index=False):
         if r.origin == "nucleation":
             ev.append((r.start_frame, "birth", r.track_id, []))
-        elif r.origin == "merge":
-            ev.append((r.start_frame, "merge", r.track_id, list(r.parents)))
+        elif r.origin in ("merge", "overlap", "separation", "unresolved"):
+            ev.append((r.start_frame, r.origin, r.track_id, list(r.parents)))
         if r.fate == "death":
             ev.append((r.end_frame + 1, "death", r.track_id, []))
     out = pd.DataFrame(ev, columns=["frame", "kind", "track_id", "parents"])
@@ -729,7 +820,7 @@ def _track_global(
     size_rel_err: float,
     min_merge: float = 0.0,
     min_frames: int = 1,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, float]]:
 
     df, size, serr, xy, fr, rad = _track_inputs(df, size_col)
     rel = np.maximum(float(size_rel_err), serr / np.maximum(size, 1.0))
@@ -1042,4 +1133,4 @@ def _track_global(
     df["track_id"] = seg
     mg = np.asarray(merges, int).reshape(-1, 2)
     tracks, lineage = _build_lineage(df, mg, size_col, 0.0, absorbed)
-    return tracks, _verify_merges(tracks, lineage, size_col, merge_margin, merge_llr)
+    return tracks, lineage, merge_llr
