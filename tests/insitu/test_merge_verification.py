@@ -127,3 +127,25 @@ def test_product_with_far_more_atoms_than_its_parents_is_unresolved():
     u = lin[lin.origin == "unresolved"]
     assert len(u) == 1 and int(u.start_frame.iloc[0]) == 6
     assert u.merge_mass_ratio.iloc[0] > 3.0
+
+
+def test_nucleus_next_to_a_coalesced_cluster_is_no_separation():
+    # a 10-atom cluster coalesces with a 140-atom one; later a new 10-atom nucleus appears
+    # next to the product while the product's count wobbles by a few atoms: the product
+    # lost nothing significant, so the merge stands
+    rng = np.random.default_rng(7)
+    rows = []
+    wobble = {6: 152.0, 7: 158.0, 8: 165.0}
+    for f in range(14):
+        if f < 5:
+            rows += [(f, 50.0, 50.0, 140.0), (f, 61.0, 50.0, 10.0)]
+        else:
+            rows.append((f, 51.0, 50.0, wobble.get(f, 150.0)))
+        if f >= 9:
+            rows.append((f, 63.0, 58.0, 11.0))
+        rows.append((f, 20.0, 90.0, 50.0))
+    tracks, lin = track_clusters(_table(rows, rng))
+    m = lin[lin.origin == "merge"]
+    assert len(m) == 1 and int(m.start_frame.iloc[0]) == 5
+    assert (lin.origin == "overlap").sum() == 0 and (lin.origin == "separation").sum() == 0
+    assert (lin.origin == "nucleation").sum() == 1

@@ -596,6 +596,7 @@ def _verify_merges(
     fate = lin["fate"].to_numpy(object).copy()
     parents = [list(p) for p in pcol]
     err_col = f"{size_col}_err" if size_col else None
+    stat_col = f"{size_col}_err_stat" if size_col else None
 
     def n_rel(g: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         n = g[size_col].to_numpy(float)
@@ -637,6 +638,10 @@ def _verify_merges(
         pn, pr = zip(*(tuple(a[-1] for a in n_rel(by[p])) for p in ps), strict=True)
         g = by[c]
         gn, gr = n_rel(g)
+        if stat_col in g.columns:
+            gs = np.maximum(0.02, np.nan_to_num(g[stat_col].to_numpy(float)) / np.maximum(gn, 1))
+        else:
+            gs = gr
         gf = g["frame"].to_numpy(int)
         gxy = g[["x_A", "y_A"]].to_numpy(float)
 
@@ -671,8 +676,11 @@ def _verify_merges(
             # is no loss)
             pre = float(np.median(gn[max(0, k - 3) : k]))
             post = float(np.median(gn[k : k + 3]))
+            # the loss must be significant against the frame-to-frame count error of one
+            # cluster (``<size>_err_stat`` where given: a persistent bias cancels)
+            sd = 2 * float(np.hypot(pre * gs[k - 1], post * gs[k]))
             for q, qn, qr in new_parts(int(gf[k]), gxy[k - 1], gn[k - 1]):
-                if pre - post < 0.5 * qn:
+                if pre - post < max(0.5 * qn, sd):
                     continue
                 if abs(np.log((post + qn) / pre)) > 2 * np.hypot(gr[k - 1], qr):
                     continue  # the counts do not add up across the separation
