@@ -43,7 +43,7 @@ conditions 0.735 / 0.769; with count errors correlated in time (9 % bias per clu
 4.5 % per frame) 0.865 / 0.868, 0.817 / 0.915, 0.814 / 0.831 (201-212), 0.835 / 0.890
 (401-412), 0.724 / 0.788; on images (:func:`detect_clusters`; without / with the
 merge check, recall unchanged) 6 tuning series 7 of 13 merges, precision 0.21 / 0.24,
-12 held-out series 10 of 19, 0.28 / 0.30, 12 fresh series 13 of 19, 0.25 / 0.28: most
+12 held-out series 10 of 19, 0.28 / 0.29, 12 fresh series 13 of 19, 0.25 / 0.27: most
 false merges on images are clusters overlapping in projection that never separate.
 What a track's history does not add (measured, not used): one-sided Kalman filters of each track's log
 count (Kalman, J. Basic Eng. 82, 35 (1960); 2-5 frames, 0.05-0.2 random walk per frame,
@@ -556,6 +556,7 @@ _RESEP_SIG = 1.5  # the separated parts must match the parents within this many 
 # a coalescence conserves atoms: the product (median of its first <= 3 frames) holds
 # between these fractions of the parents' atoms (growth by attachment is a few % a frame)
 _MASS_LO = 0.5
+_SEP_SIG = 2.0  # significance of the loss at a separation (frame-to-frame errors)
 _MASS_HI = 3.0
 
 
@@ -678,7 +679,7 @@ def _verify_merges(
             post = float(np.median(gn[k : k + 3]))
             # the loss must be significant against the frame-to-frame count error of one
             # cluster (``<size>_err_stat`` where given: a persistent bias cancels)
-            sd = 2 * float(np.hypot(pre * gs[k - 1], post * gs[k]))
+            sd = _SEP_SIG * float(np.hypot(pre * gs[k - 1], post * gs[k]))
             for q, qn, qr in new_parts(int(gf[k]), gxy[k - 1], gn[k - 1]):
                 if pre - post < max(0.5 * qn, sd):
                     continue
