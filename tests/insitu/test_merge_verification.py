@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from perovstem import ParameterError
 from perovstem.insitu import lineage_events, track_clusters
 
 
@@ -149,3 +150,8 @@ def test_nucleus_next_to_a_coalesced_cluster_is_no_separation():
     assert len(m) == 1 and int(m.start_frame.iloc[0]) == 5
     assert (lin.origin == "overlap").sum() == 0 and (lin.origin == "separation").sum() == 0
     assert (lin.origin == "nucleation").sum() == 1
+
+
+def test_verify_merges_must_be_a_bool():
+    with pytest.raises(ParameterError, match="verify_merges"):
+        track_clusters(crossing_clusters((6, 9)), verify_merges="yes")

@@ -187,6 +187,8 @@ def track_clusters(
         raise ParameterError(
             f"`min_merge_frames` must be an integer >= 1, got {min_merge_frames!r}"
         )
+    if not isinstance(verify_merges, (bool, np.bool_)):
+        raise ParameterError(f"`verify_merges` must be True or False, got {verify_merges!r}")
     df = clusters.reset_index(drop=True).copy()
     if (df["frame"] != np.round(df["frame"])).any() or (df["frame"] < 0).any():
         raise DataError("`clusters.frame` must hold non-negative integer frame indices")
