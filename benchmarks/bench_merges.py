@@ -31,9 +31,16 @@ counts also get a 9 % bias per truth cluster (a coalescence product draws its ow
 ``_inherited`` takes its parents' mass-weighted bias plus a fresh part) and 4.5 % noise per
 frame (total 10 %; ``n_atoms_err`` 10 %, ``n_atoms_err_stat`` 4.5 %): a gain that only
 averages independent per-frame noise would not show there.  ``FRESH2`` (seeds 401-412, the
-``HOLDOUT`` conditions) was first run at the end of session 4.  Run:
-``python benchmarks/bench_merges.py``; machine load before/after is stored (the machine is
-shared: the seconds are indicative only).
+``HOLDOUT`` conditions) was first run at the end of session 4.  Images of more series
+(session 5): ``images_holdout_*`` (the 12 ``HOLDOUT`` series; looked at while the merge
+check of :func:`track_clusters` was written, so not a blind test) and ``images_fresh_*``
+(seeds 501-512, ``HOLDOUT`` conditions, first run once with the final tracker);
+``*_global_unverified`` is the default tracker with ``verify_merges=False`` (the merges
+before the check over the following frames), ``not_confirmed`` counts the merges the
+check re-labelled ``overlap`` / ``unresolved``.  Run:
+``python benchmarks/bench_merges.py [OUT.json]`` (default
+``benchmarks/results/bench_merges.json``); machine load before/after is stored (the
+machine is shared: the seconds are indicative only).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -70,6 +78,10 @@ OTHER += [(2e3, 260.0, s, 40.0) for s in (311, 312, 313, 314)]
 OTHER += [(3e3, 300.0, s, 70.0) for s in (321, 322)]
 IMAGES = [(3e3, 300.0, 3), (3e3, 300.0, 6), (6e3, 300.0, 4), (3e3, 280.0, 25), (6e3, 280.0, 8),
           (3e3, 280.0, 10)]  # fmt: skip
+# images of the HOLDOUT series (session 5: looked at while the merge check was written) and
+# of new seeds 501-512 (HOLDOUT conditions), first run once with the final tracker
+IMAGES_HOLDOUT = HOLDOUT
+IMAGES_FRESH = [(phi, temp, seed + 400) for phi, temp, seed in HOLDOUT]
 
 
 def _kmc(phi, temp, seed, edge_A=50.0):
@@ -228,6 +240,20 @@ def count_accuracy(det, tc):
     }
 
 
+def _image_detections(phi, temp, seed):
+    """``detect_clusters`` on every frame of the imaged KMC series, matched to the truth."""
+    tr = _kmc(phi, temp, seed)
+    ser, truth = insitu_series(
+        tr, pixel_size_A=0.5, drift_A_per_s=(0.0, 0.0), jitter_A=0.0, rng=seed
+    )
+    g, o = ser.metadata.get("gain"), ser.metadata.get("offset")
+    det = pd.concat(
+        [detect_clusters(ser.frame(k), gain=g, offset=o, frame=k) for k in range(ser.n_frames)],
+        ignore_index=True,
+    )
+    return match_clusters(det, truth["clusters"]), truth["clusters"], truth["events"]
+
+
 def main() -> None:
     res = {"load_before": os.getloadavg()}
     variants = {
@@ -235,6 +261,8 @@ def main() -> None:
         "global": {},
         "global_min_merge_frames2": {"min_merge_frames": 2},
     }
+    # images only: the merges before the check over the following frames
+    img_variants = variants | {"global_unverified": {"verify_merges": False}}
     sets = (("truth_tune", TUNE), ("truth_holdout", HOLDOUT), ("truth_fresh", FRESH))
     sets += (("truth_fresh2", FRESH2),)
     for name, cfg in (*sets, ("truth_other", OTHER)):
@@ -262,28 +290,25 @@ def main() -> None:
             key = f"{name}_global_correlated_noise" + ("_inherited" if inherit else "")
             res[key] = _summ(ms)
             print(key, res[key], flush=True)
-    dets = []
-    for phi, temp, seed in IMAGES:
-        tr = _kmc(phi, temp, seed)
-        ser, truth = insitu_series(
-            tr, pixel_size_A=0.5, drift_A_per_s=(0.0, 0.0), jitter_A=0.0, rng=seed
-        )
-        g, o = ser.metadata.get("gain"), ser.metadata.get("offset")
-        det = pd.concat(
-            [detect_clusters(ser.frame(k), gain=g, offset=o, frame=k) for k in range(ser.n_frames)],
-            ignore_index=True,
-        )
-        dets.append((match_clusters(det, truth["clusters"]), truth["clusters"], truth["events"]))
-    for vn, kw in variants.items():
-        ms, causes = [], {}
-        for d, tc, e in dets:
-            tracks, lin = track_clusters(d, **kw)
-            ms.append(merge_matches(tracks, lin, tc, e, require_detected=True))
-            for k, v in false_merge_causes(tracks, lin, ms[-1], tc, e).items():
-                causes[k] = causes.get(k, 0) + v
-        res[f"images_{vn}"] = _summ(ms) | {"false_merge_parent_causes": causes}
-        print(f"images_{vn}", res[f"images_{vn}"], flush=True)
-    res["images_count_accuracy"] = [count_accuracy(d, tc) for d, tc, _ in dets]
+    img_sets = (("", IMAGES), ("holdout_", IMAGES_HOLDOUT), ("fresh_", IMAGES_FRESH))
+    for prefix, cfg in img_sets:
+        t0 = time.perf_counter()
+        dets = [_image_detections(*c) for c in cfg]
+        res[f"images_{prefix}detection_seconds"] = round(time.perf_counter() - t0, 1)
+        for vn, kw in img_variants.items():
+            ms, causes, kinds = [], {}, {}
+            for d, tc, e in dets:
+                tracks, lin = track_clusters(d, **kw)
+                ms.append(merge_matches(tracks, lin, tc, e, require_detected=True))
+                for k, v in false_merge_causes(tracks, lin, ms[-1], tc, e).items():
+                    causes[k] = causes.get(k, 0) + v
+                for k in ("overlap", "unresolved"):
+                    kinds[k] = kinds.get(k, 0) + int((lin.origin == k).sum())
+            key = f"images_{prefix}{vn}"
+            res[key] = _summ(ms) | {"false_merge_parent_causes": causes, "not_confirmed": kinds}
+            print(key, res[key], flush=True)
+        if not prefix:
+            res["images_count_accuracy"] = [count_accuracy(d, tc) for d, tc, _ in dets]
     print("images_count_accuracy", res["images_count_accuracy"], flush=True)
     res["load_after"] = os.getloadavg()
     res["cpu_count"] = os.cpu_count()
@@ -307,8 +332,14 @@ def main() -> None:
         "fresh2": FRESH2,
         "other (phi, T, seed, edge_A)": OTHER,
         "images": IMAGES,
+        "images_holdout": IMAGES_HOLDOUT,
+        "images_fresh": IMAGES_FRESH,
     }
-    out = Path(__file__).parent / "results" / "bench_merges.json"
+    out = (
+        Path(sys.argv[1])
+        if len(sys.argv) > 1
+        else Path(__file__).parent / "results" / "bench_merges.json"
+    )
     out.write_text(json.dumps(res, indent=1))
 
 

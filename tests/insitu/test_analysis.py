@@ -46,7 +46,14 @@ def test_analyze_series_end_to_end(sim_series):
     assert (f["area_A2"] > 0).all()
     # tracks and lineage are consistent
     assert set(res.clusters["track_id"]) == set(res.lineage["track_id"])
-    assert set(res.events["kind"]) <= {"birth", "merge", "death"}
+    assert set(res.events["kind"]) <= {
+        "birth",
+        "merge",
+        "death",
+        "overlap",
+        "separation",
+        "unresolved",
+    }
     assert {"process", "selected_model", "value", "ci_low", "ci_high"} <= set(res.summary.columns)
     assert set(res.tables()) == {"frames", "drift", "clusters", "lineage", "events", "summary"}
     assert f["n_Pb0_detected"].iloc[-1] > 0

@@ -91,16 +91,27 @@ def plot_lineage(lineage: pd.DataFrame, *, ax: Any = None) -> Any:
     ax = _ax(ax, (5.5, 4.0))
     order = lineage.sort_values(["start_frame", "track_id"]).reset_index(drop=True)
     ypos = {int(t): i for i, t in enumerate(order["track_id"])}
-    colors = {"first_frame": "0.4", "nucleation": "C2", "merge": "C3"}
+    colors = {
+        "first_frame": "0.4",
+        "nucleation": "C2",
+        "merge": "C3",
+        "overlap": "C1",
+        "separation": "C1",
+        "unresolved": "0.7",
+    }
     for r in order.itertuples(index=False):
         y = ypos[int(r.track_id)]
         ax.plot([r.start_frame, r.end_frame], [y, y], color=colors.get(r.origin, "C0"), lw=2)
         for p in r.parents or []:
             if int(p) in ypos:
-                ax.plot([r.start_frame - 1, r.start_frame], [ypos[int(p)], y], color="C3", lw=0.8)
+                c = "C3" if r.origin == "merge" else colors.get(r.origin, "C0")
+                ax.plot([r.start_frame - 1, r.start_frame], [ypos[int(p)], y], color=c, lw=0.8)
     ax.set_xlabel("frame")
     ax.set_ylabel("track")
-    ax.set_title("lineage (green: nucleation, red: merge)", fontsize="small")
+    ax.set_title(
+        "lineage (green: nucleation, red: merge, orange: overlap in projection)",
+        fontsize="small",
+    )
     return ax
 
 
