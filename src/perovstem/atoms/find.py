@@ -85,6 +85,13 @@ def find_peaks(
         raise ParameterError(
             f"`separation_A` must be at least one pixel ({dx} Å), got {separation_A!r}"
         )
+    if sep > max(data.shape):
+        # a search disk larger than the field of view cannot separate two peaks (and an
+        # absurd value would allocate a disk footprint of that many pixels)
+        raise ParameterError(
+            f"`separation_A` must be smaller than the image ({max(data.shape) * dx:.4g} Å), "
+            f"got {separation_A!r}"
+        )
     sig = max(0.5, (sigma_A / dx) if sigma_A is not None else sep / 6.0)
     sm = ndimage.gaussian_filter(data, sig, mode="nearest")
     bg = float(np.percentile(sm, 5))
