@@ -467,6 +467,17 @@ def align(
     Alignment
     """
     ts = _check_series(tilt_series)
+    if isinstance(matching_iter, bool) or not isinstance(matching_iter, (int, np.integer)):
+        raise ParameterError(f"`matching_iter` must be an integer >= 0, got {matching_iter!r}")
+    if matching_iter < 0:
+        raise ParameterError(f"`matching_iter` must be >= 0, got {matching_iter}")
+    if not isinstance(tilt_axis, (str, bool)):
+        # checked before the (slow) shift estimation; |φ| > 180° is a unit mix-up
+        phi_user = float(tilt_axis)
+        if not np.isfinite(phi_user) or abs(phi_user) > 180.0:
+            raise ParameterError(
+                f"`tilt_axis` must be a finite angle in [-180, 180] degrees, got {tilt_axis!r}"
+            )
     d = preprocess(ts.data, background_percentile=background_percentile)
     ang = ts.angles_deg
     a = d.shape[0]
