@@ -149,6 +149,13 @@ def test_model3d_bad_input():
         model_from_counts(ok, start="top")
     with pytest.raises(ParameterError, match="n_chains"):
         model_from_counts(ok, n_chains=0)
+    # were a 723 GiB allocation traceback and a scipy "data must be finite" traceback
+    huge = ok.assign(n_atoms=[10**9])
+    with pytest.raises(DataError, match=r"n_atoms.*1000.*got 1000000000"):
+        model_from_counts(huge)
+    nan_xy = pd.DataFrame({"x_A": [0.0, np.nan], "y_A": [0.0, 5.87], "type": ["Cs"] * 2})
+    with pytest.raises(DataError, match=r"x_A.*finite.*1 NaN"):
+        model_from_counts(nan_xy.assign(n_atoms=[3, 3]))
 
 
 def test_cli_model3d(tmp_path):
