@@ -149,6 +149,8 @@ def test_model3d_bad_input():
         model_from_counts(ok, start="top")
     with pytest.raises(ParameterError, match="n_chains"):
         model_from_counts(ok, n_chains=0)
+    with pytest.raises(ParameterError, match=r"n_sweeps.*1000000000"):
+        model_from_counts(ok, n_sweeps=10**9)  # ran for days (looked like a hang)
     # were a 723 GiB allocation traceback and a scipy "data must be finite" traceback
     huge = ok.assign(n_atoms=[10**9])
     with pytest.raises(DataError, match=r"n_atoms.*1000.*got 1000000000"):

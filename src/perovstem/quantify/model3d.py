@@ -213,6 +213,12 @@ def model_from_counts(
         raise ParameterError(f"`start` must be 'center', 'bottom' or 'random', got {start!r}")
     n_chains = int(check_positive("n_chains", n_chains))
     n_sweeps = int(check_positive("n_sweeps", n_sweeps))
+    # upper bounds: 1e9 sweeps ran for days with no output (a hang to the user)
+    if n_chains > 10_000 or n_sweeps > 1_000_000:
+        raise ParameterError(
+            "`n_chains` must be <= 10000 and `n_sweeps` <= 1000000, got "
+            f"n_chains={n_chains}, n_sweeps={n_sweeps}"
+        )
     check_positive("t_start", t_start)
     check_positive("t_end", t_end)
     check_positive("support_energy", support_energy, allow_zero=True)
