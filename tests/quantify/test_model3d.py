@@ -199,3 +199,18 @@ def test_cli_model3d(tmp_path):
     bad = tmp_path / "bad.csv"
     save_table(pd.DataFrame({"x_A": [0.0], "y_A": [0.0]}), bad)
     assert main(["model3d", str(bad), "-o", str(tmp_path / "m.xyz")]) == 2
+
+
+def test_cli_model3d_existing_side_output_leaves_nothing_half_written(tmp_path, capsys):
+    # the model file used to be written before --sites-out was refused
+    from perovstem.cli.main import main
+    from perovstem.io import save_table
+
+    src = tmp_path / "counts.csv"
+    save_table(pd.DataFrame({"x_A": [0.0], "y_A": [0.0], "type": ["Cs"], "n_atoms": [3]}), src)
+    sites = tmp_path / "sites.csv"
+    sites.write_text("keep\n")
+    out = tmp_path / "model.xyz"
+    assert main(["model3d", str(src), "-o", str(out), "--sites-out", str(sites)]) == 2
+    assert "sites.csv" in capsys.readouterr().err
+    assert not out.exists() and sites.read_text() == "keep\n"

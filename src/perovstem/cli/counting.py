@@ -61,11 +61,13 @@ def count(
     import pandas as pd
 
     from perovstem.atoms import count_atoms, count_hybrid, count_library
-    from perovstem.cli._common import console
+    from perovstem.cli._common import check_outputs, console
     from perovstem.io import read_table, save_table
 
     if method not in ("gmm", "library", "hybrid"):
         raise ParameterError(f"--method must be gmm, library or hybrid, got {method!r}")
+    out = out or _default_out(table, "counts")
+    check_outputs(out, criteria_out, overwrite=overwrite)
     df = read_table(table)
     if column_type:
         if "type" not in df.columns:
@@ -90,7 +92,6 @@ def count(
         res = count_library(df, lib)
     else:
         res = count_hybrid(df, lib)
-    out = out or _default_out(table, "counts")
     save_table(res, out, overwrite=overwrite)
     info = res.attrs.get("counting", {})
     for t in types:
@@ -154,9 +155,10 @@ def track(
 
     from perovstem.atoms import fit_hmm
     from perovstem.atoms.library import as_library
-    from perovstem.cli._common import console
+    from perovstem.cli._common import check_outputs, console
     from perovstem.io import read_table, save_table
 
+    check_outputs(out, columns_out, overwrite=overwrite)
     frames = [read_table(p) for p in tables]
     if len(frames) == 1 and "frame" in frames[0].columns:
         big = frames[0]

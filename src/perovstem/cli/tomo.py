@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from perovstem.cli._common import check_outputs
 from perovstem.cli.main import app
 from perovstem.errors import ParameterError
 
@@ -33,15 +34,6 @@ def _load_tilt(path: Path):
             f"{str(path)!r} is not a tilt series (no tilt angles found; add a .rawtlt side file)"
         )
     return obj
-
-
-def _check_outputs(*paths: Path | None, overwrite: bool) -> None:
-    """Refuse existing outputs before any work (they were silently replaced)."""
-    from perovstem.errors import OutputExistsError
-
-    for p in paths:
-        if p is not None and Path(p).exists() and not overwrite:
-            raise OutputExistsError(f"{str(p)!r} exists (use --overwrite)")
 
 
 def _parse_axis(value: str) -> bool | float | str:
@@ -82,7 +74,7 @@ def align_cmd(
     from perovstem.tomo import align, apply_alignment, preprocess
 
     shifts = shifts or out.with_name(out.name.split(".")[0] + "_shifts.csv")
-    _check_outputs(out, shifts, overwrite=overwrite)
+    check_outputs(out, shifts, overwrite=overwrite)
     ts = _load_tilt(tiltseries)
     al = align(
         ts,
@@ -118,7 +110,7 @@ def reconstruct_cmd(
     from perovstem.io import save_volume
     from perovstem.tomo import bin_tilt_series, reconstruct
 
-    _check_outputs(out, overwrite=overwrite)
+    check_outputs(out, overwrite=overwrite)
     ts = bin_tilt_series(_load_tilt(tiltseries), bin_factor)
     kw: dict = {"thickness_px": thickness_px}
     if n_iter is not None and method not in ("fbp", "wbp"):
@@ -166,7 +158,7 @@ def facets_cmd(
         surface_mesh,
     )
 
-    _check_outputs(out, mesh, overwrite=overwrite)
+    check_outputs(out, mesh, overwrite=overwrite)
     if volume:
         vol, voxel = read_volume(source)
         angles = None
@@ -256,7 +248,7 @@ def _register_simulate_tilt() -> None:
                 f"`--step-deg` and `--tilt-range-deg` must be > 0, got {step_deg}, {tilt_range_deg}"
             )
         tpath = truth or out.with_name(out.name.split(".")[0] + "_truth.json")
-        _check_outputs(out, tpath, overwrite=overwrite)
+        check_outputs(out, tpath, overwrite=overwrite)
         rng = np.random.default_rng(seed)
         ph = nanocrystal_phantom(edge_A, n_inclusions=inclusions, rng=rng)
         sch = tilt_scheme(tilt_range_deg, step_deg, min_tilt_deg=min_tilt_deg, scheme=scheme)
