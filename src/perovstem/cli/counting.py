@@ -72,6 +72,11 @@ def count(
     if column_type:
         if "type" not in df.columns:
             raise DataError(f"{table}: --type given but the table has no 'type' column")
+        known = sorted(df["type"].astype(str).unique())
+        if not set(column_type) & set(known):
+            raise ParameterError(
+                f"--type {column_type} matches no column of {table}; types: {known}"
+            )
         df = df[df["type"].astype(str).isin(column_type)]
     types = sorted(df["type"].astype(str).unique()) if "type" in df.columns else ["all"]
     lib = _library_arg(library, types)
@@ -166,13 +171,21 @@ def track(
     if len(frames) < 2:
         raise DataError("track needs at least 2 frames (several tables, or a 'frame' column)")
     col = next((c for c in ("scs", "scs_A2") if c in frames[0].columns), None)
-    if col is None:
-        raise DataError(f"{tables[0]}: needs an 'scs' or 'scs_A2' column")
+    for i, f in enumerate(frames):
+        if col is None or col not in f.columns:
+            name = tables[i] if len(tables) == len(frames) else tables[0]
+            raise DataError(
+                f"{name}: needs an {col or 'scs'!r} column like the first table, "
+                f"got {list(f.columns)[:8]}"
+            )
     if column_type is None:
         present = sorted(frames[0]["type"].astype(str).unique()) if "type" in frames[0] else []
         if len(present) > 1:
             raise ParameterError(f"several column types {present}: choose one with --type")
         column_type = present[0] if present else "PbBr"
+    elif "type" in frames[0].columns and column_type not in set(frames[0]["type"].astype(str)):
+        present = sorted(frames[0]["type"].astype(str).unique())
+        raise ParameterError(f"--type {column_type!r} matches no column; types: {present}")
     sel = [f[f["type"].astype(str) == column_type] if "type" in f.columns else f for f in frames]
     sizes = {len(f) for f in sel}
     if len(sizes) != 1:
