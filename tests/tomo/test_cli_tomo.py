@@ -194,3 +194,11 @@ def test_facets_absurd_tilt_range_is_an_error(simulated, tmp_path, capsys):
         cmd = ["tomo", "facets", str(vol), "--volume", "--tilt-range-deg", bad]
         assert main([*cmd, "--out", str(tmp_path / "f.csv"), "--calibrate", "2"]) == 2
         assert "--tilt-range-deg" in capsys.readouterr().err
+
+
+def test_reconstruct_n_iter_with_a_direct_method_is_an_error(simulated, tmp_path, capsys):
+    # --n-iter was silently dropped for fbp/wbp
+    d, ts = simulated
+    cmd = ["tomo", "reconstruct", str(ts), "-o", str(tmp_path / "v.npz"), "-m", "fbp"]
+    assert main([*cmd, "--n-iter", "5"]) == 2
+    assert "--n-iter does not apply to --method fbp" in capsys.readouterr().err

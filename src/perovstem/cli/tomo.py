@@ -110,6 +110,8 @@ def reconstruct_cmd(
     from perovstem.io import save_volume
     from perovstem.tomo import bin_tilt_series, reconstruct
 
+    if n_iter is not None and method in ("fbp", "wbp"):
+        raise ParameterError(f"--n-iter does not apply to --method {method} (not iterative)")
     check_outputs(out, overwrite=overwrite)
     ts = bin_tilt_series(_load_tilt(tiltseries), bin_factor)
     kw: dict = {"thickness_px": thickness_px}
