@@ -90,6 +90,10 @@ def test_cli_bad_input(sim_image, tmp_path):
         )
         == 2
     )
+    # --frame on a single image was silently ignored (exit 0)
+    cmd = ["atoms", "fit", str(path), "--frame", "3", "--out", str(tmp_path / "c.parquet")]
+    assert main(cmd) == 2
+    assert not (tmp_path / "c.parquet").exists()
 
 
 def test_plots_and_markers(sim_image):

@@ -113,6 +113,12 @@ def test_large_sweep_uses_binning_and_is_consistent():
         (np.arange(1.0, 11.0), {"n_components": 8}, ParameterError, "too few columns"),
         (pd.DataFrame({"x": [1.0]}), {}, DataError, "scs"),
         (pd.DataFrame({"scs": []}), {}, DataError, "empty"),
+        # were clamped to k = 1 / used as a negative atom count, with exit status 0
+        (np.arange(1.0, 21.0), {"max_components": 0}, ParameterError, "max_components.*0"),
+        (np.arange(1.0, 21.0), {"max_components": -5}, ParameterError, "max_components.*-5"),
+        (np.arange(1.0, 21.0), {"n_components": 0}, ParameterError, "n_components.*got 0"),
+        (np.arange(1.0, 21.0), {"first_count": -3}, ParameterError, "first_count.*-3"),
+        (np.arange(1.0, 21.0), {"max_components": 2.5}, ParameterError, "max_components"),
     ],
 )
 def test_bad_input(bad, kw, exc, match):

@@ -137,3 +137,31 @@ def test_cli_track_dose_model(tmp_path):
     )
     rel = read_table(out3).pivot(index="frame", columns="column", values="n_atoms").to_numpy()
     assert np.mean(rel - np.round(np.median(rel - h)) == h) > 0.9
+
+
+def test_count_and_track_refuse_existing_side_outputs_first(tmp_path, capsys):
+    # the main table used to be written before --criteria-out/--columns-out was refused
+    t = tmp_path / "cols.csv"
+    save_table(pd.DataFrame({"scs": np.linspace(1.0, 10.0, 40)}), t)
+    side = tmp_path / "side.csv"
+    side.write_text("keep\n")
+    out = tmp_path / "o.csv"
+    assert main(["atoms", "count", str(t), "-o", str(out), "--criteria-out", str(side)]) == 2
+    cmd = ["atoms", "track", str(t), str(t), "-o", str(out), "--columns-out", str(side)]
+    assert main([*cmd, "--library", "gmm"]) == 2
+    assert "side.csv" in capsys.readouterr().err
+    assert not out.exists() and side.read_text() == "keep\n"
+
+
+def test_count_and_track_name_a_missing_type_and_a_bad_table(tmp_path, capsys):
+    t = tmp_path / "cols.csv"
+    save_table(pd.DataFrame({"scs": np.linspace(1.0, 10.0, 40), "type": "PbBr"}), t)
+    bad = tmp_path / "notes.csv"
+    bad.write_text("just text\n")
+    o = str(tmp_path / "o.csv")
+    assert main(["atoms", "count", str(t), "-o", o, "--type", "Cs"]) == 2
+    assert "--type ['Cs'] matches no column" in capsys.readouterr().err  # was "table is empty"
+    assert main(["atoms", "track", str(t), str(t), "-o", o, "--type", "Cs"]) == 2
+    assert "--type 'Cs' matches no column" in capsys.readouterr().err  # was "shape (2, 0)"
+    assert main(["atoms", "track", str(t), str(bad), "-o", o, "--library", "gmm"]) == 2
+    assert "notes.csv: needs an 'scs' column" in capsys.readouterr().err  # was a count mismatch

@@ -157,3 +157,22 @@ def test_no_peaks_raises():
         find_columns(flat, separation_A=1.0)
     with pytest.raises(DataError):
         find_columns(flat, cell=cspbbr3_001_cell())
+
+
+@pytest.mark.parametrize("sep", [1e30, 200.0])
+def test_separation_larger_than_the_image_is_a_parameter_error(sep):
+    # was a numpy "Maximum allowed size exceeded" traceback (1e30) or a huge footprint
+    img = Image(np.random.default_rng(0).poisson(10.0, (32, 32)).astype(float), 0.5)
+    with pytest.raises(ParameterError, match=r"separation_A.*smaller than the image.*16 Å"):
+        find_peaks(img, separation_A=sep)
+    with pytest.raises(ParameterError, match="separation_A"):
+        find_columns(img, separation_A=sep)
+
+
+def test_find_peaks_rejects_negative_sigma_and_nan_snr():
+    # sigma_A=-1 was replaced by 0.5 px; min_snr=nan returned no peaks and no error
+    img = Image(np.random.default_rng(0).poisson(10.0, (32, 32)).astype(float), 0.5)
+    with pytest.raises(ParameterError, match=r"sigma_A.*-1"):
+        find_peaks(img, separation_A=3.0, sigma_A=-1.0)
+    with pytest.raises(ParameterError, match=r"min_snr.*nan"):
+        find_peaks(img, separation_A=3.0, min_snr=float("nan"))

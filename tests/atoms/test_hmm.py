@@ -189,6 +189,9 @@ def test_bad_input():
         fit_hmm(np.ones((3, 5)), LIB_TRUE, model="dose")
     with pytest.raises(ParameterError, match="model"):
         fit_hmm(np.ones((3, 5)), LIB_TRUE, model="gain")
+    # a negative band forbade every transition: NaN EM, exit 0
+    with pytest.raises(ParameterError, match=r"max_step.*-1"):
+        fit_hmm(np.ones((3, 5)), LIB_TRUE, max_step=-1)
 
 
 def test_example_hmm_converged_reference(statstem_data):

@@ -159,3 +159,46 @@ def test_unreadable_lazy_frames_raise_data_error_naming_the_source():
     s = ps.Series(st, 0.5, metadata={"source": "run7.emd"})
     with pytest.raises(DataError, match=r"'run7.emd': frames 0-1 cannot be read.*OSError"):
         list(iter_frames(s))
+
+
+def test_unwritable_output_folder_names_the_path(tmp_path, capsys, monkeypatch):
+    # chmod does not stop root (CI containers), so make the temporary file creation fail
+    # the way a read-only folder does
+    import tempfile
+
+    src = ps.io.save_image(ps.Image(np.ones((16, 16)), 0.5), tmp_path / "in.npz")
+    out = tmp_path / "ro" / "out.npz"
+    out.parent.mkdir()
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    with pytest.raises(FileFormatError, match=r"ro/out.npz.*not writable.*Permission denied"):
+        ps.io.save_image(ps.Image(np.ones((16, 16)), 0.5), out)
+    capsys.readouterr()
+    assert main(["convert", str(src), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "not writable" in err and "Traceback" not in err
+    assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["text", "image", "cut", "flat"])
+def test_read_volume_bad_files_name_the_file(tmp_path, case):
+    # were a numpy pickle ValueError / KeyError('voxel_size_A') traceback
+    from perovstem.io import read_volume, save_volume
+
+    p = tmp_path / f"{case}.npz"
+    if case == "text":
+        p.write_text("not a volume\n" * 5)
+    elif case == "image":
+        ps.io.save_image(ps.Image(np.ones((8, 8)), 0.5), p)
+    elif case == "cut":
+        good = save_volume(np.ones((8, 8, 8)), tmp_path / "good.npz", voxel_size_A=2.0)
+        p.write_bytes(Path(good).read_bytes()[:200])
+    else:
+        save_volume(np.ones((8, 8, 8)), tmp_path / "v.mrc", voxel_size_A=2.0)
+        ps.io.save_image(ps.Image(np.ones((8, 8), np.float32), 0.5), tmp_path / "flat.mrc")
+        p = tmp_path / "flat.mrc"
+    with pytest.raises(FileFormatError, match=rf"{p.name}.*(not a volume|3-D)"):
+        read_volume(p)

@@ -105,6 +105,12 @@ def test_bad_input():
             ),
             frame_time_s=1.0,
         )
+    # a NaN position gave rate NaN with no error
+    nan_xy = {"frame": [0, 1, 2], "x_A": [0.0, np.nan, 2.0], "y_A": [0.0] * 3}
+    with pytest.raises(DataError, match=r"'x_A' has 1 NaN"):
+        cluster_hop_rate(
+            pd.DataFrame({**nan_xy, "track_id": [0] * 3, "n_atoms": [10] * 3}), frame_time_s=1.0
+        )
     with pytest.raises(DataError, match="no atom"):
         fit_desorption_hazard([10, 10], [0, 0], 1e3)
     with pytest.raises(DataError, match="n_lost"):

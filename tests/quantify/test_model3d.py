@@ -149,6 +149,15 @@ def test_model3d_bad_input():
         model_from_counts(ok, start="top")
     with pytest.raises(ParameterError, match="n_chains"):
         model_from_counts(ok, n_chains=0)
+    with pytest.raises(ParameterError, match=r"n_sweeps.*1000000000"):
+        model_from_counts(ok, n_sweeps=10**9)  # ran for days (looked like a hang)
+    # were a 723 GiB allocation traceback and a scipy "data must be finite" traceback
+    huge = ok.assign(n_atoms=[10**9])
+    with pytest.raises(DataError, match=r"n_atoms.*1000.*got 1000000000"):
+        model_from_counts(huge)
+    nan_xy = pd.DataFrame({"x_A": [0.0, np.nan], "y_A": [0.0, 5.87], "type": ["Cs"] * 2})
+    with pytest.raises(DataError, match=r"x_A.*finite.*1 NaN"):
+        model_from_counts(nan_xy.assign(n_atoms=[3, 3]))
 
 
 def test_cli_model3d(tmp_path):
@@ -190,3 +199,18 @@ def test_cli_model3d(tmp_path):
     bad = tmp_path / "bad.csv"
     save_table(pd.DataFrame({"x_A": [0.0], "y_A": [0.0]}), bad)
     assert main(["model3d", str(bad), "-o", str(tmp_path / "m.xyz")]) == 2
+
+
+def test_cli_model3d_existing_side_output_leaves_nothing_half_written(tmp_path, capsys):
+    # the model file used to be written before --sites-out was refused
+    from perovstem.cli.main import main
+    from perovstem.io import save_table
+
+    src = tmp_path / "counts.csv"
+    save_table(pd.DataFrame({"x_A": [0.0], "y_A": [0.0], "type": ["Cs"], "n_atoms": [3]}), src)
+    sites = tmp_path / "sites.csv"
+    sites.write_text("keep\n")
+    out = tmp_path / "model.xyz"
+    assert main(["model3d", str(src), "-o", str(out), "--sites-out", str(sites)]) == 2
+    assert "sites.csv" in capsys.readouterr().err
+    assert not out.exists() and sites.read_text() == "keep\n"

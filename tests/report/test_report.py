@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from perovstem.cli.main import main
-from perovstem.errors import FileFormatError
+from perovstem.errors import FileFormatError, OutputExistsError
 from perovstem.report import SECTIONS, render_report, write_report
 from perovstem.report.plot3d import atoms_figure, mesh_figure, volume_figure
 
@@ -163,6 +163,17 @@ def test_report_without_3d_has_no_plotly_and_reads_run_folder(tmp_path):
     out = write_report(tmp_path, out=tmp_path / "r.html", title="Custom " + EVIL)
     text = out.read_text()
     assert "Custom &lt;script&gt;" in text and "data:image/png;base64," in text
+    # an explicit existing --out (once: the run's input .npz) is kept unless overwrite=True
+    data = tmp_path / "input.npz"
+    data.write_bytes(b"raw data")
+    with pytest.raises(FileFormatError, match=r"input.npz.*\.html"):
+        write_report(tmp_path, out=data)
+    with pytest.raises(OutputExistsError, match=r"r.html.*exists"):
+        write_report(tmp_path, out=out)
+    assert data.read_bytes() == b"raw data"
+    assert write_report(tmp_path, out=out, overwrite=True) == out
+    assert write_report(tmp_path).name == "report.html"  # the run's own report: rewritten
+    assert write_report(tmp_path).name == "report.html"
 
 
 def test_format_value_rounds_to_uncertainty():

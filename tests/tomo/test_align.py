@@ -14,6 +14,7 @@ from perovstem.tomo import (
     Alignment,
     align,
     apply_alignment,
+    bin_tilt_series,
     layer_flatness,
     preprocess,
     sirt,
@@ -85,6 +86,16 @@ def test_align_bad_input():
         align(good, tilt_axis="sideways", matching_iter=0)
     with pytest.raises(ParameterError, match="shifts_px"):
         apply_alignment(good, Alignment(np.zeros((2, 2))))
+    # were accepted: -1 ran as 0 (residual nan), 1e30° was applied as an in-plane rotation
+    # bare numpy/int() ValueErrors before
+    with pytest.raises(ParameterError, match=r"factor.*nan"):
+        bin_tilt_series(good, float("nan"))
+    with pytest.raises(ParameterError, match=r"background_percentile.*200"):
+        preprocess(good.data, background_percentile=200)
+    with pytest.raises(ParameterError, match=r"matching_iter.*-1"):
+        align(good, matching_iter=-1)
+    with pytest.raises(ParameterError, match=r"tilt_axis.*\[-180, 180\].*1e\+30"):
+        align(good, tilt_axis=1e30, matching_iter=0)
 
 
 # --------------------------------------------------------------------------- real data

@@ -141,3 +141,64 @@ def test_facets_from_tilt_series_with_calibration(simulated, tmp_path):
     ff = read_table(out)
     assert {"fraction_corrected", "fraction_err", "missing_wedge"} <= set(ff.columns)
     assert np.all((ff.fraction_corrected >= 0) & (ff.fraction_corrected <= 1))
+
+
+def test_existing_outputs_are_kept_without_overwrite(simulated, tmp_path, capsys):
+    # align/reconstruct/facets/simulate tilt silently replaced existing files (a facet
+    # table once overwrote a column table); now they refuse before computing anything
+    d, ts = simulated
+    keep = tmp_path / "keep.npz"
+    keep.write_bytes(b"precious")
+    table = tmp_path / "keep.csv"
+    table.write_text("precious\n")
+    cmds = [
+        ["tomo", "align", str(ts), "--out", str(keep), "--matching-iter", "0"],
+        ["tomo", "reconstruct", str(ts), "--out", str(keep), "--method", "fbp"],
+        ["tomo", "facets", str(ts), "--out", str(table), "--method", "fbp"],
+        ["simulate", "tilt", "--out", str(keep), "--size", "16", "--step-deg", "20"],
+    ]
+    for cmd in cmds:
+        capsys.readouterr()
+        assert main(cmd) == 2, cmd
+        err = capsys.readouterr().err
+        assert "exists" in err and "--overwrite" in err and "Traceback" not in err
+    assert keep.read_bytes() == b"precious" and table.read_text() == "precious\n"
+    out = tmp_path / "v.npz"
+    assert main(["tomo", "reconstruct", str(ts), "--out", str(out), "-m", "fbp", "--bin", "4"]) == 0
+    assert main(["tomo", "reconstruct", str(ts), "--out", str(out), "-m", "fbp", "--bin", "4"]) == 2
+    assert (
+        main(
+            [
+                "tomo",
+                "reconstruct",
+                str(ts),
+                "-o",
+                str(out),
+                "-m",
+                "fbp",
+                "--bin",
+                "4",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
+
+
+def test_facets_absurd_tilt_range_is_an_error(simulated, tmp_path, capsys):
+    # 1e30 made np.arange allocate an impossible array (traceback)
+    from perovstem.io import save_volume
+
+    vol = save_volume(np.ones((8, 8, 8)), tmp_path / "v.npz", voxel_size_A=2.0)
+    for bad in ("1e30", "nan", "0"):
+        cmd = ["tomo", "facets", str(vol), "--volume", "--tilt-range-deg", bad]
+        assert main([*cmd, "--out", str(tmp_path / "f.csv"), "--calibrate", "2"]) == 2
+        assert "--tilt-range-deg" in capsys.readouterr().err
+
+
+def test_reconstruct_n_iter_with_a_direct_method_is_an_error(simulated, tmp_path, capsys):
+    # --n-iter was silently dropped for fbp/wbp
+    d, ts = simulated
+    cmd = ["tomo", "reconstruct", str(ts), "-o", str(tmp_path / "v.npz"), "-m", "fbp"]
+    assert main([*cmd, "--n-iter", "5"]) == 2
+    assert "--n-iter does not apply to --method fbp" in capsys.readouterr().err

@@ -98,6 +98,11 @@ def test_facets_bad_input():
         surface_mesh(np.zeros((4, 4)))
     with pytest.raises(ParameterError, match="level"):
         surface_mesh(np.random.default_rng(0).random((8, 8, 8)), level=5.0)
+    # negative σ was read as 0 (exit 0); 1e30 was a numpy allocation traceback
+    vol = ph.voxelize((16, 16, 16), 2.0)
+    for sigma in (-1.0, 1e30, float("nan")):
+        with pytest.raises(ParameterError, match="sigma_px"):
+            surface_mesh(vol, voxel_size_A=2.0, sigma_px=sigma)
 
 
 def test_4d_sequence_tracks_volume_and_clusters():

@@ -109,6 +109,9 @@ def test_bad_input_raises():
         reconstruct(ts)
     with pytest.raises(ParameterError, match="x0"):
         reconstruct(data, angles_deg=[0, 10, 20], x0=np.zeros((2, 2, 2)))
+    # 1e9 was a MemoryError traceback
+    with pytest.raises(ParameterError, match=r"thickness_px.*at most.*32 px.*1000000000"):
+        reconstruct(data, angles_deg=[0, 10, 20], method="fbp", thickness_px=10**9)
 
 
 def test_astra_sirt_error_not_better_than_ours(case_a):

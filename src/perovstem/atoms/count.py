@@ -605,6 +605,22 @@ def _anchor_to_library(
     return best
 
 
+def _check_int_ge(name: str, value: Any, lo: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise ParameterError(f"`{name}` must be an integer >= {lo}, got {value!r}")
+
+
+def _check_count_options(n_components: Any, max_components: Any, first_count: Any) -> None:
+    """Reject k < 1 and negative atom counts before any fit (they were clamped or used)."""
+    for name, value in (("n_components", n_components), ("max_components", max_components)):
+        if value is None:
+            continue
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for key, v in items:
+            _check_int_ge(name if key is None else f"{name}[{key!r}]", v, 1)
+    _check_int_ge("first_count", first_count, 0)
+
+
 def count_atoms(
     scs: Any,
     *,
@@ -663,6 +679,7 @@ def count_atoms(
         the component number, means, width, proportions, the criterion table, local minima,
         the selection rule and the single-atom sensitivity.
     """
+    _check_count_options(n_components, max_components, first_count)
     df, x, t = _table_input(scs, types)
     out = df.copy()
     n_atoms = np.zeros(x.size, dtype=np.int64)

@@ -85,6 +85,18 @@ def find_peaks(
         raise ParameterError(
             f"`separation_A` must be at least one pixel ({dx} Å), got {separation_A!r}"
         )
+    if sep > max(data.shape):
+        # a search disk larger than the field of view cannot separate two peaks (and an
+        # absurd value would allocate a disk footprint of that many pixels)
+        raise ParameterError(
+            f"`separation_A` must be smaller than the image ({max(data.shape) * dx:.4g} Å), "
+            f"got {separation_A!r}"
+        )
+    if sigma_A is not None:
+        check_positive("sigma_A", sigma_A)  # a negative σ was silently replaced by 0.5 px
+    if threshold is None and not (np.isfinite(min_snr) and min_snr >= 0):
+        # NaN made every comparison false: no peaks, no error
+        raise ParameterError(f"`min_snr` must be finite and >= 0, got {min_snr!r}")
     sig = max(0.5, (sigma_A / dx) if sigma_A is not None else sep / 6.0)
     sm = ndimage.gaussian_filter(data, sig, mode="nearest")
     bg = float(np.percentile(sm, 5))

@@ -501,6 +501,11 @@ def fit_hmm(
         raise ParameterError(f"`model` must be one of ['dose', 'free', 'loss'], got {model!r}")
     if rate not in ("column", "shared"):
         raise ParameterError(f"`rate` must be 'column' or 'shared', got {rate!r}")
+    if max_step is not None and (
+        isinstance(max_step, bool) or not isinstance(max_step, (int, np.integer)) or max_step < 0
+    ):
+        # a negative band forbids every transition: the EM ran on NaN and exited 0
+        raise ParameterError(f"`max_step` must be an integer >= 0, got {max_step!r}")
     if isinstance(library, str) and library == "gmm":
         # no simulations: the states are the components of an equal-width GMM of all frames
         # (k by ICL), counted 1, 2, ... from the lowest; the scale is then fixed

@@ -27,3 +27,13 @@ def out_path(path: Path | str | None, default: Path) -> Path:
 
 def quiet_flag() -> bool:
     return "--quiet" in sys.argv
+
+
+def check_outputs(*paths: Path | None, overwrite: bool) -> None:
+    """Refuse existing outputs before any work, so that a refused later output does not leave
+    the earlier ones of the same command half written."""
+    from perovstem.errors import OutputExistsError
+
+    for p in paths:
+        if p is not None and Path(p).exists() and not overwrite:
+            raise OutputExistsError(f"{str(p)!r} exists (use --overwrite)")

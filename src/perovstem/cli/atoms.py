@@ -90,6 +90,8 @@ def fit(
         if not 0 <= frame < obj.data.shape[0]:
             raise DataError(f"--frame {frame} outside the series (0…{obj.data.shape[0] - 1})")
         obj = obj.frame(frame)
+    elif frame != 0:
+        raise DataError(f"--frame {frame} given but {image} is a single image, not a series")
     if not isinstance(obj, _Image):
         raise DataError(f"{image}: not a 2-D image (got {type(obj).__name__})")
     if normalize:

@@ -61,15 +61,22 @@ def count(
     import pandas as pd
 
     from perovstem.atoms import count_atoms, count_hybrid, count_library
-    from perovstem.cli._common import console
+    from perovstem.cli._common import check_outputs, console
     from perovstem.io import read_table, save_table
 
     if method not in ("gmm", "library", "hybrid"):
         raise ParameterError(f"--method must be gmm, library or hybrid, got {method!r}")
+    out = out or _default_out(table, "counts")
+    check_outputs(out, criteria_out, overwrite=overwrite)
     df = read_table(table)
     if column_type:
         if "type" not in df.columns:
             raise DataError(f"{table}: --type given but the table has no 'type' column")
+        known = sorted(df["type"].astype(str).unique())
+        if not set(column_type) & set(known):
+            raise ParameterError(
+                f"--type {column_type} matches no column of {table}; types: {known}"
+            )
         df = df[df["type"].astype(str).isin(column_type)]
     types = sorted(df["type"].astype(str).unique()) if "type" in df.columns else ["all"]
     lib = _library_arg(library, types)
@@ -90,7 +97,6 @@ def count(
         res = count_library(df, lib)
     else:
         res = count_hybrid(df, lib)
-    out = out or _default_out(table, "counts")
     save_table(res, out, overwrite=overwrite)
     info = res.attrs.get("counting", {})
     for t in types:
@@ -154,9 +160,10 @@ def track(
 
     from perovstem.atoms import fit_hmm
     from perovstem.atoms.library import as_library
-    from perovstem.cli._common import console
+    from perovstem.cli._common import check_outputs, console
     from perovstem.io import read_table, save_table
 
+    check_outputs(out, columns_out, overwrite=overwrite)
     frames = [read_table(p) for p in tables]
     if len(frames) == 1 and "frame" in frames[0].columns:
         big = frames[0]
@@ -164,13 +171,21 @@ def track(
     if len(frames) < 2:
         raise DataError("track needs at least 2 frames (several tables, or a 'frame' column)")
     col = next((c for c in ("scs", "scs_A2") if c in frames[0].columns), None)
-    if col is None:
-        raise DataError(f"{tables[0]}: needs an 'scs' or 'scs_A2' column")
+    for i, f in enumerate(frames):
+        if col is None or col not in f.columns:
+            name = tables[i] if len(tables) == len(frames) else tables[0]
+            raise DataError(
+                f"{name}: needs an {col or 'scs'!r} column like the first table, "
+                f"got {list(f.columns)[:8]}"
+            )
     if column_type is None:
         present = sorted(frames[0]["type"].astype(str).unique()) if "type" in frames[0] else []
         if len(present) > 1:
             raise ParameterError(f"several column types {present}: choose one with --type")
         column_type = present[0] if present else "PbBr"
+    elif "type" in frames[0].columns and column_type not in set(frames[0]["type"].astype(str)):
+        present = sorted(frames[0]["type"].astype(str).unique())
+        raise ParameterError(f"--type {column_type!r} matches no column; types: {present}")
     sel = [f[f["type"].astype(str) == column_type] if "type" in f.columns else f for f in frames]
     sizes = {len(f) for f in sel}
     if len(sizes) != 1:

@@ -37,11 +37,12 @@ def model3d(
     """Build a 3D atomic model from atom counts; write XYZ/CIF and facet fractions."""
     import numpy as np
 
-    from perovstem.cli._common import console
+    from perovstem.cli._common import check_outputs, console
     from perovstem.io import read_table, save_json, save_table
     from perovstem.io.structures import save_structure
     from perovstem.quantify import model_from_counts
 
+    check_outputs(out, sites_out, summary_out, overwrite=overwrite)
     df = read_table(table)
     model = model_from_counts(
         df,

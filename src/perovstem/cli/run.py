@@ -73,9 +73,10 @@ def report(
     run_dir: Path = typer.Argument(..., help="A run folder written by `perovstem run`."),
     out: Path = typer.Option(None, "--out", "-o", help="HTML file [default: RUN_DIR/report.html]."),
     title: str = typer.Option(None, "--title", help="Report title [default: the run title]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ) -> None:
     """Write (again) the self-contained HTML report of a run folder."""
     from perovstem.report import write_report
 
-    path = write_report(run_dir, out=out, title=title)
+    path = write_report(run_dir, out=out, title=title, overwrite=overwrite)
     typer.echo(f"report: {path}")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from perovstem.cli._common import check_outputs
 from perovstem.cli.main import app
 from perovstem.errors import ParameterError
 
@@ -66,11 +67,14 @@ def align_cmd(
     matching_iter: int = typer.Option(3, "--matching-iter", help="Projection-matching iterations."),
     no_xcorr: bool = typer.Option(False, "--no-xcorr", help="Skip cross-correlation."),
     no_com: bool = typer.Option(False, "--no-com", help="Skip centre-of-mass centring."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Align a tilt series: cross-correlation, centre of mass, tilt axis, projection matching."""
     from perovstem.io import save_image, save_table
     from perovstem.tomo import align, apply_alignment, preprocess
 
+    shifts = shifts or out.with_name(out.name.split(".")[0] + "_shifts.csv")
+    check_outputs(out, shifts, overwrite=overwrite)
     ts = _load_tilt(tiltseries)
     al = align(
         ts,
@@ -80,9 +84,9 @@ def align_cmd(
         matching_iter=matching_iter,
     )
     aligned = apply_alignment(ts.replace(data=preprocess(ts.data)), al)
-    save_image(aligned, out, overwrite=True)
+    save_image(aligned, out, overwrite=overwrite)
     table = al.to_frame(ts.angles_deg)
-    save_table(table, shifts or out.with_name(out.name.split(".")[0] + "_shifts.csv"))
+    save_table(table, shifts, overwrite=overwrite)
     typer.echo(
         f"aligned {ts.n_angles} projections: tilt axis {al.tilt_axis_deg:.2f}°, "
         f"max |shift| {abs(al.shifts_px).max():.1f} px, residual {al.residual:.4f} → {out}"
@@ -100,11 +104,15 @@ def reconstruct_cmd(
     backend: str = typer.Option("numba", "--backend", help="numba | astra."),
     no_nonneg: bool = typer.Option(False, "--no-nonneg", help="Allow negative densities."),
     bin_factor: int = typer.Option(1, "--bin", help="Bin projections N×N before reconstructing."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Reconstruct a volume from an aligned tilt series."""
     from perovstem.io import save_volume
     from perovstem.tomo import bin_tilt_series, reconstruct
 
+    if n_iter is not None and method in ("fbp", "wbp"):
+        raise ParameterError(f"--n-iter does not apply to --method {method} (not iterative)")
+    check_outputs(out, overwrite=overwrite)
     ts = bin_tilt_series(_load_tilt(tiltseries), bin_factor)
     kw: dict = {"thickness_px": thickness_px}
     if n_iter is not None and method not in ("fbp", "wbp"):
@@ -119,6 +127,7 @@ def reconstruct_cmd(
         out,
         voxel_size_A=rec.voxel_size_A,
         metadata={"method": rec.method, "n_iter": rec.n_iter, "source": str(tiltseries)},
+        overwrite=overwrite,
     )
     typer.echo(f"{rec.method}: {rec.n_iter} iterations, volume {rec.volume.shape} → {out}")
 
@@ -137,6 +146,7 @@ def facets_cmd(
         0, "--calibrate", help="Phantoms for bias calibration (0: none)."
     ),
     seed: int = typer.Option(None, "--seed", help="Random seed of the calibration."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Facet fractions ({100}/{110}/{111}/other) with missing-wedge flags."""
     import numpy as np
@@ -150,12 +160,15 @@ def facets_cmd(
         surface_mesh,
     )
 
+    check_outputs(out, mesh, overwrite=overwrite)
     if volume:
         vol, voxel = read_volume(source)
         angles = None
         if calibrate and tilt_range_deg is None:
             raise ParameterError("`--calibrate` with `--volume` needs `--tilt-range-deg`")
         if tilt_range_deg is not None:
+            if not 0.0 < tilt_range_deg <= 90.0:  # NaN fails too; 1e30 made a huge arange
+                raise ParameterError(f"`--tilt-range-deg` must be in (0, 90], got {tilt_range_deg}")
             angles = np.arange(-tilt_range_deg, tilt_range_deg + 1e-9, 2.0)
     else:
         ts = _load_tilt(source)
@@ -187,9 +200,9 @@ def facets_cmd(
         calibration=cal,
     )
     df.attrs.update(volume_A3=m.volume_A3, surface_A2=m.area_A2, source=str(source))
-    save_table(df, out)
+    save_table(df, out, overwrite=overwrite)
     if mesh is not None:
-        save_mesh(m.vertices_A, m.faces, mesh)
+        save_mesh(m.vertices_A, m.faces, mesh, overwrite=overwrite)
     parts = ", ".join(f"{r.family}: {100 * r.fraction:.1f}%" for r in df.itertuples())
     typer.echo(f"{parts}; volume {m.volume_A3:.4g} Å³, surface {m.area_A2:.4g} Å² → {out}")
 
@@ -224,6 +237,7 @@ def _register_simulate_tilt() -> None:
         ),
         no_noise: bool = typer.Option(False, "--no-noise", help="Noise-free projections."),
         seed: int = typer.Option(None, "--seed", help="Random seed."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     ) -> None:
         """Simulate a HAADF tilt series of a faceted NC with Pb inclusions (exact projections)."""
         import numpy as np
@@ -235,6 +249,8 @@ def _register_simulate_tilt() -> None:
             raise ParameterError(
                 f"`--step-deg` and `--tilt-range-deg` must be > 0, got {step_deg}, {tilt_range_deg}"
             )
+        tpath = truth or out.with_name(out.name.split(".")[0] + "_truth.json")
+        check_outputs(out, tpath, overwrite=overwrite)
         rng = np.random.default_rng(seed)
         ph = nanocrystal_phantom(edge_A, n_inclusions=inclusions, rng=rng)
         sch = tilt_scheme(tilt_range_deg, step_deg, min_tilt_deg=min_tilt_deg, scheme=scheme)
@@ -251,7 +267,7 @@ def _register_simulate_tilt() -> None:
             noise=not no_noise,
             rng=rng,
         )
-        save_image(ts, out, overwrite=True)
+        save_image(ts, out, overwrite=overwrite)
         tj = {
             "shifts_px": tr["shifts_px"].tolist(),
             "tilt_axis_deg": tr["tilt_axis_deg"],
@@ -264,8 +280,7 @@ def _register_simulate_tilt() -> None:
             "facets": tr["facets"].to_dict(orient="list"),
             "orientation": ph.rotation.tolist(),
         }
-        tpath = truth or out.with_name(out.name.split(".")[0] + "_truth.json")
-        save_json(tj, tpath)
+        save_json(tj, tpath, overwrite=overwrite)
         typer.echo(f"tilt series {ts.shape} → {out}; truth → {tpath}")
 
 

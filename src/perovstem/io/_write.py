@@ -34,7 +34,12 @@ def _check_target(path: Path, overwrite: bool) -> None:
         )
     parent = path.parent
     if not parent.exists():
-        parent.mkdir(parents=True, exist_ok=True)
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FileFormatError(
+                f"cannot write {str(path)!r}: cannot create {str(parent)!r} ({exc.strerror})"
+            ) from None
     if not parent.is_dir():
         raise FileFormatError(f"cannot write {str(path)!r}: {str(parent)!r} is not a directory")
 
@@ -48,9 +53,14 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     """
     path = Path(path)
     _check_target(path, overwrite)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=path.suffix + ".part" + path.suffix, dir=path.parent
-    )
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.stem}.", suffix=path.suffix + ".part" + path.suffix, dir=path.parent
+        )
+    except OSError as exc:  # read-only or special directory: one clear line, no traceback
+        raise FileFormatError(
+            f"cannot write {str(path)!r}: {str(path.parent)!r} is not writable ({exc.strerror})"
+        ) from None
     os.close(fd)
     os.unlink(tmp)
     tmp_path = Path(tmp)

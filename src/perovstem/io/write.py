@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -373,6 +374,26 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     if not path.exists():
         raise FileFormatError(f"no such volume file: {str(path)!r}")
     suffix = path.suffix.lower()
+    if suffix not in (".vti", ".mrc", ".tif", ".tiff", ".zarr", ".npz"):
+        raise FileFormatError(f"{str(path)!r}: unsupported volume format {suffix!r}")
+    try:
+        vol, voxel = _read_volume(path, suffix)
+    except FileFormatError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile) as exc:
+        # a text file renamed .npz, an image saved by save_image, a cut file ...
+        raise FileFormatError(
+            f"{str(path)!r}: not a volume written by perovstem "
+            f"({type(exc).__name__}: {str(exc)[:120]})"
+        ) from None
+    if np.ndim(vol) != 3:
+        raise FileFormatError(
+            f"{str(path)!r}: a volume must be 3-D, got shape {tuple(np.shape(vol))}"
+        )
+    return vol, voxel
+
+
+def _read_volume(path: Path, suffix: str) -> tuple[np.ndarray, float]:
     if suffix == ".vti":
         return _read_vti(path)
     if suffix == ".mrc":
@@ -394,7 +415,7 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     if suffix == ".npz":
         with np.load(path) as z:
             return z["data"], float(json.loads(str(z["perovstem_meta"]))["voxel_size_A"])
-    raise FileFormatError(f"{str(path)!r}: unsupported volume format {suffix!r}")
+    raise AssertionError(suffix)  # pragma: no cover - suffixes checked by read_volume
 
 
 def save_mesh(

@@ -161,6 +161,14 @@ def cluster_hop_rate(
     need = {"frame", "x_A", "y_A", track_column} | ({size_column} if size_exponent else set())
     if not need <= set(tracks.columns):
         raise DataError(f"`tracks` lacks columns {sorted(need - set(tracks.columns))}")
+    for c in sorted(need - {track_column}):
+        v = pd.to_numeric(tracks[c], errors="coerce").to_numpy(dtype=float)
+        if not np.all(np.isfinite(v)):
+            # one NaN position turned the whole rate and its interval into NaN (no error)
+            raise DataError(
+                f"`tracks` column {c!r} has {int(np.sum(~np.isfinite(v)))} NaN/inf or "
+                "non-numeric value(s)"
+            )
     lag_max = int(max_lag) if s2_fixed is None else 1
     d2, lag, n, tid = _track_steps(
         tracks, track_column, size_column if size_exponent else None, lag_max

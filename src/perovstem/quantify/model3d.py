@@ -124,7 +124,23 @@ def _check_table(columns: Any) -> pd.DataFrame:
     n = columns["n_atoms"].to_numpy()
     if not np.all(np.isfinite(n.astype(float))) or np.any(n < 0) or np.any(n != np.round(n)):
         raise DataError("`n_atoms` must be integers >= 0")
+    if np.any(n > _MAX_COUNT):
+        # the site grid is (columns × max count): 1e9 asked numpy for hundreds of GiB
+        raise DataError(
+            f"`n_atoms` up to {_MAX_COUNT} atoms per column (a column ~{_MAX_COUNT * 5.87e-4:.1f}"
+            f" µm long) are supported, got {int(np.max(n))}"
+        )
+    for c in ("x_A", "y_A"):
+        xy = pd.to_numeric(columns[c], errors="coerce").to_numpy(dtype=float)
+        if not np.all(np.isfinite(xy)):
+            raise DataError(
+                f"`{c}` must be finite numbers, got {int(np.sum(~np.isfinite(xy)))} NaN/inf or "
+                "non-numeric value(s)"
+            )
     return columns
+
+
+_MAX_COUNT = 1000  # atoms per column: ~0.6 µm of CsPbBr3, far beyond any nanocrystal
 
 
 def model_from_counts(
@@ -197,6 +213,12 @@ def model_from_counts(
         raise ParameterError(f"`start` must be 'center', 'bottom' or 'random', got {start!r}")
     n_chains = int(check_positive("n_chains", n_chains))
     n_sweeps = int(check_positive("n_sweeps", n_sweeps))
+    # upper bounds: 1e9 sweeps ran for days with no output (a hang to the user)
+    if n_chains > 10_000 or n_sweeps > 1_000_000:
+        raise ParameterError(
+            "`n_chains` must be <= 10000 and `n_sweeps` <= 1000000, got "
+            f"n_chains={n_chains}, n_sweeps={n_sweeps}"
+        )
     check_positive("t_start", t_start)
     check_positive("t_end", t_end)
     check_positive("support_energy", support_energy, allow_zero=True)

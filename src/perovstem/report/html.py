@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from perovstem.errors import FileFormatError
+from perovstem.errors import FileFormatError, OutputExistsError
 
 __all__ = ["SECTIONS", "render_report", "write_report", "format_value"]
 
@@ -153,7 +153,11 @@ def render_report(
 
 
 def write_report(
-    run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, title: str | None = None
+    run_dir: str | os.PathLike,
+    *,
+    out: str | os.PathLike | None = None,
+    title: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write the self-contained HTML report of a run folder.
 
@@ -165,6 +169,9 @@ def write_report(
         Output file (default ``<run_dir>/report.html``).
     title : str, optional
         Report title (default: the run title).
+    overwrite : bool
+        Replace an existing ``out``.  The default ``<run_dir>/report.html`` is the run's own
+        report and is always rewritten.
 
     Returns
     -------
@@ -174,7 +181,9 @@ def write_report(
     Raises
     ------
     FileFormatError
-        ``run_dir`` holds no ``provenance.json``.
+        ``run_dir`` holds no ``provenance.json``, or ``out`` is not an ``.html`` file.
+    OutputExistsError
+        ``out`` exists and ``overwrite`` is false.
     """
     from perovstem.io.runstore import read_bytes, read_json, write_text
 
@@ -182,6 +191,14 @@ def write_report(
     prov_path = run_dir / "provenance.json"
     if not prov_path.is_file():
         raise FileFormatError(f"{str(run_dir)!r} is not a run folder (no provenance.json)")
+    if out is not None:
+        # an explicit -o once replaced the run's input data file with HTML
+        out = Path(out)
+        if out.suffix.lower() not in (".html", ".htm"):
+            raise FileFormatError(f"{str(out)!r}: the report is written as .html")
+        own = (run_dir / "report.html").resolve()
+        if out.exists() and not overwrite and out.resolve() != own:
+            raise OutputExistsError(f"{str(out)!r} exists (use --overwrite)")
     prov = read_json(prov_path)
     assets: dict[str, bytes] = {}
     for step in prov.get("steps", []):

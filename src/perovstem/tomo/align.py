@@ -108,6 +108,10 @@ def preprocess(data: Any, *, background_percentile: float = 5.0) -> np.ndarray:
     mean ≈ −27 600); this removes it.
     """
     d = np.asarray(data, dtype=np.float32)
+    if not 0.0 <= background_percentile <= 100.0:  # NaN fails too
+        raise ParameterError(
+            f"`background_percentile` must be in [0, 100], got {background_percentile!r}"
+        )
     bg = np.percentile(d, background_percentile, axis=(1, 2), keepdims=True).astype(np.float32)
     return np.clip(d - bg, 0, None)
 
@@ -329,6 +333,9 @@ def bin_tilt_series(tilt_series: TiltSeries, factor: int) -> TiltSeries:
     series quickly (a 2048² series binned ×4 is a 512³ problem).
     """
     ts = _check_series(tilt_series)
+    if not isinstance(factor, (int, np.integer, float)) or not np.isfinite(factor):
+        # NaN/inf reached int() and raised a bare ValueError/OverflowError
+        raise ParameterError(f"`factor` must be a positive integer, got {factor!r}")
     f = int(factor)
     if f < 1 or f != factor:
         raise ParameterError(f"`factor` must be a positive integer, got {factor!r}")
@@ -467,6 +474,17 @@ def align(
     Alignment
     """
     ts = _check_series(tilt_series)
+    if isinstance(matching_iter, bool) or not isinstance(matching_iter, (int, np.integer)):
+        raise ParameterError(f"`matching_iter` must be an integer >= 0, got {matching_iter!r}")
+    if matching_iter < 0:
+        raise ParameterError(f"`matching_iter` must be >= 0, got {matching_iter}")
+    if not isinstance(tilt_axis, (str, bool)):
+        # checked before the (slow) shift estimation; |φ| > 180° is a unit mix-up
+        phi_user = float(tilt_axis)
+        if not np.isfinite(phi_user) or abs(phi_user) > 180.0:
+            raise ParameterError(
+                f"`tilt_axis` must be a finite angle in [-180, 180] degrees, got {tilt_axis!r}"
+            )
     d = preprocess(ts.data, background_percentile=background_percentile)
     ang = ts.angles_deg
     a = d.shape[0]

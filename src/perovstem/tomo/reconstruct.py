@@ -104,6 +104,12 @@ def _prepare(
         raise DataError(f"projections need >= 3 detector rows, got shape {arr.shape}")
     if thickness_px is not None and int(thickness_px) < 1:
         raise ParameterError(f"`thickness_px` must be >= 1, got {thickness_px}")
+    if thickness_px is not None and int(thickness_px) > 4 * max(arr.shape[1:]):
+        # a volume much thicker than the field of view is never meant (1e9 ran out of memory)
+        raise ParameterError(
+            f"`thickness_px` must be at most 4 × the projection size ({4 * max(arr.shape[1:])} "
+            f"px for {arr.shape[1]}×{arr.shape[2]} projections), got {thickness_px}"
+        )
     return np.ascontiguousarray(arr, dtype=np.float32), ang, px
 
 

@@ -87,6 +87,13 @@ def surface_mesh(
         raise DataError("`volume` contains NaN/inf values")
     if not np.isfinite(voxel_size_A) or voxel_size_A <= 0:
         raise ParameterError(f"`voxel_size_A` must be > 0, got {voxel_size_A}")
+    if not np.isfinite(sigma_px) or sigma_px < 0 or sigma_px > max(v.shape):
+        # negative σ was silently read as 0; σ beyond the volume size smooths the NC away
+        # (1e30 made scipy allocate an impossible kernel)
+        raise ParameterError(
+            f"`sigma_px` must be finite, >= 0 and at most the volume size ({max(v.shape)} "
+            f"voxels), got {sigma_px}"
+        )
     if sigma_px > 0:
         v = ndimage.gaussian_filter(v, sigma_px)
     if level is None:
