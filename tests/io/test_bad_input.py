@@ -98,6 +98,9 @@ def test_bad_pixel_size_parameter(tmp_path):
     np.savez(p, obs=np.ones((4, 4)), dx_angstrom=0.2)
     with pytest.raises(ps.ParameterError, match="pixel_size.*-1"):
         ps.load(p, pixel_size=-1)
+    for bad in (float("nan"), 1e30):  # 1e30 Å was accepted
+        with pytest.raises(ps.ParameterError, match="pixel_size"):
+            ps.load(p, pixel_size=bad)
 
 
 def test_data_model_rejects_bad_arrays():
@@ -202,3 +205,12 @@ def test_read_volume_bad_files_name_the_file(tmp_path, case):
         p = tmp_path / "flat.mrc"
     with pytest.raises(FileFormatError, match=rf"{p.name}.*(not a volume|3-D)"):
         read_volume(p)
+
+
+def test_save_mesh_refuses_faces_beyond_the_vertices(tmp_path):
+    v = np.zeros((3, 3))
+    with pytest.raises(DataError, match=r"faces index vertices 0…5, but there are 3"):
+        ps.io.save_mesh(v, [[0, 1, 5]], tmp_path / "m.ply")
+    with pytest.raises(DataError, match="non-finite"):
+        ps.io.save_mesh(np.full((3, 3), np.nan), [[0, 1, 2]], tmp_path / "m.ply")
+    assert not (tmp_path / "m.ply").exists()

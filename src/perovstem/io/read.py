@@ -87,11 +87,15 @@ def load(
         raise ParameterError(f"`kind` must be 'image', 'series' or 'tilt', got {kind!r}")
     if pixel_size is not None:
         try:
-            ok = float(pixel_size) > 0 and np.isfinite(float(pixel_size))
+            # up to 1 mm: survey images are µm per pixel; more is a unit mistake
+            ok = 0 < float(pixel_size) <= 1e7
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise ParameterError(f"`pixel_size` must be a positive number of Å, got {pixel_size!r}")
+            raise ParameterError(
+                f"`pixel_size` must be a positive number of Å (at most 1e7 Å = 1 mm), "
+                f"got {pixel_size!r}"
+            )
     _check_path(path)
     suffix = path.suffix.lower()
     if suffix in _MRC:

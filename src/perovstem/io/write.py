@@ -431,6 +431,13 @@ def save_mesh(
     f = np.asarray(faces, dtype=np.int64)
     if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3:
         raise DataError(f"mesh needs (N,3) vertices and (M,3) faces, got {v.shape} and {f.shape}")
+    if not np.all(np.isfinite(v)):
+        raise DataError(f"{str(path)!r}: mesh vertices contain non-finite values")
+    if f.size and (f.min() < 0 or f.max() >= len(v)):
+        raise DataError(
+            f"{str(path)!r}: mesh faces index vertices {int(f.min())}…{int(f.max())}, "
+            f"but there are {len(v)} vertices"
+        )
     mesh = trimesh.Trimesh(vertices=v, faces=f, process=False)
     with atomic_path(path, overwrite=overwrite) as tmp:
         mesh.export(tmp, file_type=path.suffix.lower().lstrip("."))
