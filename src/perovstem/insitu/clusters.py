@@ -1448,6 +1448,9 @@ def detect_clusters(
         # map the split fits run on: the host-free excess where the host model has one
         # (built only when the split runs: (window, its excess, noise scale))
         fit_host: tuple[tuple[slice, slice], np.ndarray, float] | None = None
+        # plateau level of the frame: sets the crystal pixels of the host model and of
+        # the stratified aperture ring (one percentile of the whole map per frame)
+        level = float(np.percentile(m, 99.5))
         if host_test:
             from perovstem.insitu._host import host_model
 
@@ -1466,7 +1469,7 @@ def detect_clusters(
                 tilt_deg=tilt,
                 a_px=a_px,
                 angle_deg=float(lattice_angle_deg),
-                level=float(np.percentile(m, 99.5)),
+                level=level,
             )
             kappa_h, host_status = hm.kappa_h, hm.status
             host_ok = hm.reliable()
@@ -1572,7 +1575,7 @@ def detect_clusters(
             on_d = (host_frac >= HOST_D_FRACTION) & (d_full is not None)
             # the crystal plateau for the stratified ring at a crystal edge (the map the
             # opening left; a quarter of the plateau level, as the host model's crystal)
-            crystal = (m - e) > 0.25 * float(np.percentile(m, 99.5))
+            crystal = (m - e) > 0.25 * level
             tot_ap, err_ap, bg_ap = _aperture_counts(
                 e,
                 regions,
