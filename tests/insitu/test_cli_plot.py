@@ -103,10 +103,7 @@ def test_cli_insitu_rejects_bad_frame_time(tmp_path, series_file, capsys, value)
     out = tmp_path / "o"
     rc = main(["insitu", str(series_file), "--frame-time-s", value, "--out", str(out)])
     assert rc == 2
-    assert (
-        f"--frame-time-s` must be a finite number > 0, got {float(value)}"
-        in capsys.readouterr().err
-    )
+    assert f"--frame-time-s` must be finite and > 0, got {float(value)}" in capsys.readouterr().err
     assert not out.exists()
 
 

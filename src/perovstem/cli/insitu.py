@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from perovstem._validation import check_positive
 from perovstem.cli.main import app
 from perovstem.errors import FileFormatError, ParameterError
 
@@ -89,8 +90,8 @@ def insitu(
     if table_format not in ("parquet", "csv"):
         raise ParameterError(f"`--table-format` must be parquet or csv, got {table_format!r}")
     for name, value in (("--frame-time-s", frame_time_s), ("--dwell-us", dwell_us)):
-        if value is not None and not (np.isfinite(value) and value > 0):
-            raise ParameterError(f"`{name}` must be a finite number > 0, got {value}")
+        if value is not None:
+            check_positive(name, value)
     if not np.isfinite(time_offset_s):
         raise ParameterError(f"`--time-offset-s` must be finite, got {time_offset_s}")
     if not series.exists():

@@ -31,6 +31,7 @@ import pandas as pd
 from numba import njit, prange
 
 from perovstem._data import TiltSeries
+from perovstem._validation import check_positive
 from perovstem.errors import ParameterError
 from perovstem.simulate._noise import shot_noise
 
@@ -230,8 +231,7 @@ def nanocrystal_phantom(
     if int(n_inclusions) != n_inclusions or n_inclusions < 0:
         raise ParameterError(f"`n_inclusions` must be an integer >= 0, got {n_inclusions!r}")
     for name, v in (("density", density), ("inclusion_density", inclusion_density)):
-        if not np.isfinite(v) or v < 0:
-            raise ParameterError(f"`{name}` must be finite and >= 0, got {v!r}")
+        check_positive(name, v, allow_zero=True)
     if r110 <= 1.0 or r111 <= 1.0:
         raise ParameterError(f"`r110` and `r111` must be > 1, got {r110}, {r111}")
     if orientation_deg is None:
@@ -720,10 +720,8 @@ def tilt_series(
         raise ParameterError(f"`pixel_size_A` must be > 0, got {pixel_size_A}")
     if voxel_size_A is not None and (not np.isfinite(voxel_size_A) or voxel_size_A <= 0):
         raise ParameterError(f"`voxel_size_A` must be > 0 Å, got {voxel_size_A!r}")
-    if not np.isfinite(counts_per_A) or counts_per_A <= 0:
-        raise ParameterError(f"`counts_per_A` must be finite and > 0, got {counts_per_A!r}")
-    if not np.isfinite(background) or background < 0:
-        raise ParameterError(f"`background` must be finite and >= 0, got {background!r}")
+    check_positive("counts_per_A", counts_per_A)
+    check_positive("background", background, allow_zero=True)
     na = ang.size
     if acquisition_order is None:
         order = np.arange(na)
