@@ -79,13 +79,14 @@ def save_image(
     data = np.asarray(obj.data.compute() if hasattr(obj.data, "dask") else obj.data)
     meta = _meta_of(obj)
     frames = _per_frame_arrays(obj)
+    # metadata and per-frame conditions as one JSON-able dict (zarr, tif, hspy)
+    full = {**meta, **{k: v.tolist() for k, v in frames.items()}}
     if suffix == ".npz":
         with atomic_write(path, overwrite=overwrite) as fh:
             np.savez_compressed(fh, data=data, perovstem_meta=np.array(json.dumps(meta)), **frames)
     elif suffix == ".zarr":
         import zarr
 
-        full = {**meta, **{k: v.tolist() for k, v in frames.items()}}
         with atomic_path(path, overwrite=overwrite) as tmp:
             g = zarr.open_group(str(tmp), mode="w")
             chunks = (1, *data.shape[1:]) if data.ndim == 3 else data.shape
@@ -95,7 +96,6 @@ def save_image(
     elif suffix in (".tif", ".tiff"):
         import tifffile
 
-        full = {**meta, **{k: v.tolist() for k, v in frames.items()}}
         px_cm = obj.pixel_size_A * 1e-8
         with atomic_path(path, overwrite=overwrite) as tmp:
             tifffile.imwrite(
@@ -111,7 +111,6 @@ def save_image(
             with atomic_write(path.with_suffix(".rawtlt"), mode="w", overwrite=overwrite) as fh:
                 fh.write("".join(f"{a:.4f}\n" for a in obj.angles_deg))
     elif suffix == ".hspy":
-        full = {**meta, **{k: v.tolist() for k, v in frames.items()}}
         _save_hspy(obj, data, path, overwrite=overwrite, meta=full)
     else:
         raise FileFormatError(
