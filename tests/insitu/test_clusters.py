@@ -6,7 +6,9 @@ import pytest
 from _insitu_kmc import degrading_frames, kmc_imaged
 
 from perovstem import CalibrationError, DataError, ParameterError
+from perovstem._data import Image
 from perovstem.insitu import (
+    CLUSTER_COLUMNS,
     atoms_from_scs,
     cluster_scs_library,
     detect_clusters,
@@ -177,6 +179,22 @@ def test_detect_clusters_bad_input():
         np.random.default_rng(0).poisson(5.0, (64, 64)).astype(float), pixel_size_A=0.5
     )
     assert det.empty or det["n_atoms"].isna().all()
+
+
+def test_empty_frame_keeps_numeric_columns():
+    """A frame without clusters gives a typed empty table: concatenated with frames that
+    have clusters, positions and counts stay numeric (object columns broke np.hypot in
+    matching and tracking)."""
+    rng = np.random.default_rng(3)
+    empty = detect_clusters(
+        Image(rng.poisson(50.0, (96, 96)).astype(float), 0.5, dose_e_per_A2=1e3)
+    )
+    assert empty.empty
+    assert list(empty.columns) == CLUSTER_COLUMNS
+    assert all(np.issubdtype(t, np.number) or np.issubdtype(t, np.bool_) for t in empty.dtypes)
+    full = pd.DataFrame({c: [1.0] for c in CLUSTER_COLUMNS}).astype({"host_ok": bool})
+    both = pd.concat([empty, full], ignore_index=True)
+    assert both["x_A"].dtype == np.float64 and both["n_atoms"].dtype == np.float64
 
 
 def test_host_island_is_not_a_cluster():

@@ -1677,6 +1677,8 @@ def detect_clusters(
             "host_ok",
         ],
     )
+    # typed even without rows: an empty frame must not turn a concatenated table to object
+    df = df.astype(float).astype({"npx": np.int64}) if not len(df) else df
     df.insert(0, "frame", int(frame))
     df["host_ok"] = df["host_ok"].astype(bool)
     df["x_A"] = df["x_px"] * px
