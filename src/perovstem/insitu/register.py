@@ -1194,9 +1194,14 @@ def register_drift(
             n_out[kb] += 1
     # content that changes between frames (a degrading crystal, hopping clusters) moves the
     # correlation peak: neither the residuals of the solve nor the split-half noise see it.
-    # Its size per sub-field is the noise-corrected sub-field disagreement; the whole-field
-    # estimate averages the 2×2 sub-fields, so it keeps about half of it per axis
-    err = np.hypot(err, CONTENT_ERR_SCALE * np.nan_to_num(np.asarray(nonrigid, float))[:, None])
+    # Its size per sub-field is the sub-field disagreement; the whole-field estimate
+    # averages the 2×2 sub-fields, so it keeps about half of it per axis.  The anchor frame
+    # (drift 0 by definition) keeps its error
+    content = CONTENT_ERR_SCALE * np.nan_to_num(np.asarray(nonrigid, float))
+    usable_frames = sorted(set(range(n)) - set(reasons))
+    if usable_frames:
+        content[usable_frames[0]] = 0.0
+    err = np.hypot(err, content[:, None])
     df = pd.DataFrame(
         {
             "frame": np.arange(n),
