@@ -54,8 +54,9 @@ def load(
     """Load a microscopy file as a calibrated :class:`Image`, :class:`Series` or :class:`TiltSeries`.
 
     Formats: dm3/dm4, Velox emd (incl. frame series), ser/emi, tif, hspy/hdf5 (through
-    RosettaSciIO), MRC (mrcfile; FEI extended headers, SerialEM ``.mdoc``, ``.rawtlt``/``.tlt``
-    side files), perovstem ``.npz``/``.zarr`` and the StatSTEM example ``.npz``/``.mat`` files.
+    RosettaSciIO), MRC (mrcfile; FEI extended headers: the old 128-byte records and FEI1/FEI2
+    with per-image dose and time stamps; SerialEM ``.mdoc``, ``.rawtlt``/``.tlt`` side files),
+    perovstem ``.npz``/``.zarr`` and the StatSTEM example ``.npz``/``.mat`` files.
 
     Parameters
     ----------
