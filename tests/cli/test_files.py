@@ -78,3 +78,25 @@ def test_usage_errors_exit_2_without_traceback(argv, fragment, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag", ["--pixel-size-A", "--pixel-size"])
+def test_pixel_size_flag_and_its_old_spelling(tmp_path, capsys, flag):
+    p = tmp_path / "raw.npz"
+    np.savez(p, frame=np.ones((8, 8), np.float32))  # no calibration in the file
+    assert main(["info", str(p)]) == 2
+    assert "--pixel-size-A" in capsys.readouterr().err  # the error names the documented flag
+    assert main(["info", str(p), flag, "0.42"]) == 0
+    assert "0.42 Å" in capsys.readouterr().out
+    dst = tmp_path / "out.npz"
+    assert main(["convert", str(p), str(dst), flag, "0.42"]) == 0
+    assert ps.load(dst).pixel_size_A == pytest.approx(0.42)
+
+
+def test_tomo_commands_take_a_pixel_size(tmp_path):
+    ts = ps.TiltSeries(np.ones((3, 8, 8), np.float32), [-30, 0, 30], 1.0)
+    p = ps.io.save_image(ts, tmp_path / "t.mrc")
+    out = tmp_path / "v.npz"
+    args = ["tomo", "reconstruct", str(p), "-o", str(out), "--method", "fbp"]
+    assert main([*args, "--pixel-size-A", "2.5"]) == 0
+    assert ps.io.read_volume(out)[1] == pytest.approx(2.5)

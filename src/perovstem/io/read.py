@@ -134,7 +134,7 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
     else:
         raise CalibrationError(
             f"{str(path)!r}: no usable spatial calibration in the file; give the pixel size "
-            "in Å (Python: pixel_size=; command line: --pixel-size or --pixel-size-A)"
+            "in Å (Python: pixel_size=; command line: --pixel-size-A)"
         )
     if data.ndim not in (2, 3):
         raise DataError(
