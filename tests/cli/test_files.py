@@ -100,3 +100,29 @@ def test_tomo_commands_take_a_pixel_size(tmp_path):
     args = ["tomo", "reconstruct", str(p), "-o", str(out), "--method", "fbp"]
     assert main([*args, "--pixel-size-A", "2.5"]) == 0
     assert ps.io.read_volume(out)[1] == pytest.approx(2.5)
+
+
+def test_errors_name_the_flag_the_user_gave(tmp_path, capsys):
+    # library `pixel_size` (load) fed by insitu's --pixel-size-A
+    p = ps.io.save_image(ps.Series(np.ones((2, 8, 8), np.float32), 0.5), tmp_path / "x.npz")
+    assert main(["insitu", str(p), "--pixel-size-A", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "`--pixel-size-A` must be" in err and "-1" in err and "`pixel_size`" not in err
+    # same name: simulate series --edge-A → nanocrystal(edge_A)
+    argv = ["simulate", "series", "-o", str(tmp_path / "s.npz"), "--edge-A=-3"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "`--edge-A` must be finite and > 0, got -3.0" in err
+
+
+def test_flag_wording_leaves_names_the_user_did_not_give():
+    from perovstem.cli.main import flag_wording
+
+    msg = "`pixel_size_A` must be finite and > 0, got 0.0"
+    assert flag_wording(msg, ["simulate", "series", "-o", "s.npz"]) == msg  # from a default
+    assert flag_wording(msg, ["simulate", "series", "--pixel-size-A", "0"]).startswith(
+        "`--pixel-size-A` must"
+    )
+    assert flag_wording("`n_iter` bad", ["tomo", "reconstruct", "t.npz", "--n-iter", "0"]) == (
+        "`--n-iter` bad"
+    )
