@@ -8,7 +8,15 @@ import numpy as np
 
 from perovstem.errors import DataError, ParameterError
 
-__all__ = ["as_rng", "check_positive", "check_range", "check_image", "check_choice", "check_finite"]
+__all__ = [
+    "as_rng",
+    "check_positive",
+    "check_range",
+    "check_int",
+    "check_image",
+    "check_choice",
+    "check_finite",
+]
 
 
 def as_rng(rng: Any = None) -> np.random.Generator:
@@ -37,6 +45,24 @@ def check_range(name: str, value: float, lo: float, hi: float) -> float:
     if not (np.isfinite(v) and lo <= v <= hi):
         raise ParameterError(f"`{name}` must lie in [{lo}, {hi}], got {value!r}")
     return v
+
+
+def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
+    """Raise :class:`ParameterError` unless ``value`` is an integer in ``[lo, hi]``.
+
+    Integral floats (``8.0``) are accepted; ``2.5``, booleans, NaN and strings are not, so a
+    count is never truncated silently.
+    """
+    ok = not isinstance(value, (bool, np.bool_))
+    try:
+        v = int(value)
+        ok = ok and float(value) == v
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if ok and v >= lo and (hi is None or v <= hi):
+        return v
+    bound = f">= {lo}" if hi is None else f"in [{lo}, {f'{hi:,}'.replace(',', ' ')}]"
+    raise ParameterError(f"`{name}` must be an integer {bound}, got {value!r}")
 
 
 def check_choice(name: str, value: Any, choices: Any) -> Any:

@@ -85,6 +85,18 @@ def test_cli_count_bad_input(tmp_path, capsys):
     assert main(["atoms", "count", str(src), "--method", "library"]) == 2
 
 
+def test_cli_count_refuses_k_with_max_components(tmp_path, capsys):
+    _, df = _scs_table()
+    src = tmp_path / "scs.parquet"
+    save_table(df, src)
+    out = tmp_path / "o.parquet"
+    argv = ["atoms", "count", str(src), "-o", str(out), "-k", "4", "--max-components", "12"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--components/-k" in err and "--max-components" in err and "not both" in err
+    assert not out.exists()  # refused before any work
+
+
 def test_cli_track_dose_model(tmp_path):
     rng = np.random.default_rng(1)
     T, N = 8, 60

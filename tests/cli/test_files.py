@@ -78,3 +78,51 @@ def test_usage_errors_exit_2_without_traceback(argv, fragment, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag", ["--pixel-size-A", "--pixel-size"])
+def test_pixel_size_flag_and_its_old_spelling(tmp_path, capsys, flag):
+    p = tmp_path / "raw.npz"
+    np.savez(p, frame=np.ones((8, 8), np.float32))  # no calibration in the file
+    assert main(["info", str(p)]) == 2
+    assert "--pixel-size-A" in capsys.readouterr().err  # the error names the documented flag
+    assert main(["info", str(p), flag, "0.42"]) == 0
+    assert "0.42 Å" in capsys.readouterr().out
+    dst = tmp_path / "out.npz"
+    assert main(["convert", str(p), str(dst), flag, "0.42"]) == 0
+    assert ps.load(dst).pixel_size_A == pytest.approx(0.42)
+
+
+def test_tomo_commands_take_a_pixel_size(tmp_path):
+    ts = ps.TiltSeries(np.ones((3, 8, 8), np.float32), [-30, 0, 30], 1.0)
+    p = ps.io.save_image(ts, tmp_path / "t.mrc")
+    out = tmp_path / "v.npz"
+    args = ["tomo", "reconstruct", str(p), "-o", str(out), "--method", "fbp"]
+    assert main([*args, "--pixel-size-A", "2.5"]) == 0
+    assert ps.io.read_volume(out)[1] == pytest.approx(2.5)
+
+
+def test_errors_name_the_flag_the_user_gave(tmp_path, capsys):
+    # library `pixel_size` (load) fed by insitu's --pixel-size-A
+    p = ps.io.save_image(ps.Series(np.ones((2, 8, 8), np.float32), 0.5), tmp_path / "x.npz")
+    assert main(["insitu", str(p), "--pixel-size-A", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "`--pixel-size-A` must be" in err and "-1" in err and "`pixel_size`" not in err
+    # same name: simulate series --edge-A → nanocrystal(edge_A)
+    argv = ["simulate", "series", "-o", str(tmp_path / "s.npz"), "--edge-A=-3"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "`--edge-A` must be finite and > 0, got -3.0" in err
+
+
+def test_flag_wording_leaves_names_the_user_did_not_give():
+    from perovstem.cli.main import flag_wording
+
+    msg = "`pixel_size_A` must be finite and > 0, got 0.0"
+    assert flag_wording(msg, ["simulate", "series", "-o", "s.npz"]) == msg  # from a default
+    assert flag_wording(msg, ["simulate", "series", "--pixel-size-A", "0"]).startswith(
+        "`--pixel-size-A` must"
+    )
+    assert flag_wording("`n_iter` bad", ["tomo", "reconstruct", "t.npz", "--n-iter", "0"]) == (
+        "`--n-iter` bad"
+    )

@@ -49,8 +49,7 @@ def test_image_roundtrip(tmp_path, image, suffix):
     assert isinstance(back, ps.Image)
     np.testing.assert_array_equal(back.data, image.data)
     assert back.pixel_size_A == pytest.approx(image.pixel_size_A, rel=1e-6)
-    if suffix != ".mrc":
-        assert back.dose_e_per_A2 == image.dose_e_per_A2
+    assert back.dose_e_per_A2 == pytest.approx(image.dose_e_per_A2, rel=1e-12)
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".zarr", ".tif", ".hspy"])
@@ -71,9 +70,69 @@ def test_tilt_roundtrip(tmp_path, tilt, suffix):
     np.testing.assert_array_equal(back.data, tilt.data)
     np.testing.assert_allclose(back.angles_deg, tilt.angles_deg)
     assert back.pixel_size_A == pytest.approx(3.36, rel=1e-6)
-    if suffix != ".mrc":
-        assert back.tilt_axis_deg == pytest.approx(-2.79)
+    assert back.tilt_axis_deg == pytest.approx(-2.79)
+    if suffix != ".mrc":  # MRC's FEI1 header has no field for alignment shifts
         np.testing.assert_allclose(back.shifts_px, tilt.shifts_px)
+
+
+def test_mrc_series_keeps_dose_and_time_in_an_fei1_header(tmp_path, series):
+    import mrcfile
+
+    later = series.replace(time_s=[12.0, 13.0, 14.0, 15.5], metadata={"voltage_kV": 300.0})
+    p = ps.io.save_image(later, tmp_path / "s.mrc")
+    back = ps.load(p)
+    assert isinstance(back, ps.Series)
+    np.testing.assert_array_equal(back.data, series.data)
+    np.testing.assert_allclose(back.time_s, [12.0, 13.0, 14.0, 15.5], rtol=1e-12)
+    np.testing.assert_allclose(back.dose_e_per_A2, [100, 100, 120, 80], rtol=1e-12)
+    np.testing.assert_allclose(back.cumulative_dose_e_per_A2, [100, 200, 320, 400])
+    assert back.pixel_size_A == pytest.approx(0.5, rel=1e-12)
+    assert back.metadata["high_tension_kV"] == pytest.approx(300.0)
+    # temperature, pressure and gas have no FEI1 field (documented loss)
+    assert back.temperature_K is None and back.gas is None
+    # mrcfile's own FEI1 reading sees the spec's SI units: e⁻/m², m, V, days
+    with mrcfile.open(p) as m:
+        assert m.header.exttyp == b"FEI1"
+        ext = m.indexed_extended_header
+    np.testing.assert_allclose(ext["Dose"], [1e22, 1e22, 1.2e22, 8e21], rtol=1e-12)
+    np.testing.assert_allclose(ext["Pixel size X"], 5e-11, rtol=1e-12)
+    np.testing.assert_allclose(ext["HT"], 3e5)
+    np.testing.assert_allclose(ext["Timestamp"] * 86400, [12.0, 13.0, 14.0, 15.5], rtol=1e-12)
+
+
+def test_vendor_fei1_header_read_in_perovstem_units(tmp_path):
+    """A file as FEI software writes it: real dates, only some bitmask bits set."""
+    import mrcfile
+    from mrcfile.dtypes import get_ext_header_dtype
+
+    p = tmp_path / "epu.mrc"
+    with mrcfile.new(p) as m:
+        m.set_data(np.zeros((3, 8, 8), np.float32))
+        ext = np.zeros(3, dtype=get_ext_header_dtype(b"FEI1", m.header.mode.dtype.byteorder))
+        ext["Metadata size"] = 768
+        ext["Bitmask 1"] = (1 << 0) | (1 << 5) | (1 << 6) | (1 << 12) | (1 << 14)
+        ext["Timestamp"] = 45000.5 + np.array([0.0, 2.0, 5.0]) / 86400  # 2023, 2 s and 5 s later
+        ext["HT"] = 2e5
+        ext["Dose"] = 3.0e21  # 30 e⁻/Å² per image
+        ext["Tilt axis angle"] = 85.0  # FEI's own convention: not taken as perovstem's
+        ext["Pixel size X"] = 1.2e-11
+        ext["Alpha tilt"] = [10.0, 20.0, 30.0]  # bit 7 not set: not valid, must be ignored
+        m.set_extended_header(ext)
+        m.header.exttyp = b"FEI1"
+    s = ps.load(p)
+    assert isinstance(s, ps.Series)
+    np.testing.assert_allclose(s.dose_e_per_A2, 30.0, rtol=1e-12)
+    np.testing.assert_allclose(s.time_s, [0.0, 2.0, 5.0], atol=1e-5)
+    assert s.pixel_size_A == pytest.approx(0.12, rel=1e-12)
+    assert s.metadata["high_tension_kV"] == pytest.approx(200.0)
+
+
+def test_mrc_volume_has_no_extended_header(tmp_path):
+    import mrcfile
+
+    p = ps.io.save_volume(np.ones((4, 5, 6), np.float32), tmp_path / "v.mrc", voxel_size_A=2.0)
+    with mrcfile.open(p) as m:
+        assert int(m.header.nsymbt) == 0 and m.header.exttyp == b""
 
 
 def test_hspy_series_has_a_time_axis_for_hyperspy(tmp_path, series):

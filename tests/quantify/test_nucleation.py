@@ -85,6 +85,29 @@ def test_bad_inputs(templates):
         nucleation_templates(40.0, laws=((1, 1.0),), **KW)
 
 
+@pytest.mark.parametrize(
+    ("kw", "word"),
+    [
+        (dict(n_frames=1e12), r"`n_frames` must be an integer in \[2, 100 000\]"),
+        (dict(n_frames=2.5), "`n_frames`"),  # was truncated to 2 silently
+        (dict(n_frames=float("nan")), "`n_frames`"),
+        (dict(n_seeds=10**9), r"`n_seeds` must be an integer in \[1, 1 000\]"),
+        (dict(laws=((2, 1.0),) * 101), "`laws` must be 1 to 100"),
+        (dict(laws=()), "`laws`"),
+    ],
+)
+def test_template_sizes_are_bounded(kw, word):
+    with pytest.raises(ParameterError, match=word):
+        nucleation_templates(40.0, **{**KW, **kw})
+
+
+def test_kmc_frame_count_is_bounded():
+    from perovstem.simulate.kmc import MAX_FRAMES
+
+    with pytest.raises(ParameterError, match=r"`n_frames` must be an integer in \[1, 100000\]"):
+        degradation_kmc(nanocrystal(20.0, rng=0), **{**KW, "n_frames": MAX_FRAMES + 1})
+
+
 def test_mechanism_summary_uses_profile_columns(observed, templates):
     """With the profile columns the nucleation row is the template result; a
     non-identifiable J is reported as a range and kept out of the dose-rate fits."""

@@ -86,6 +86,7 @@ def test_simulate_image_writes_image_and_truth(tmp_path):
         ["--zone-axis", "123"],
         ["--edge-A", "2"],
         ["--voltage-kV", "80"],
+        ["--size", "3"],
     ],
 )
 def test_simulate_image_bad_input_exits_2(tmp_path, args, capsys):

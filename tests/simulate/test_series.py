@@ -167,6 +167,28 @@ def test_bad_parameters(traj, kw, word):
         insitu_series(traj, **kw)
 
 
+def test_frame_smaller_than_two_unit_cells_is_refused(traj):
+    # 12 px at 0.5 Å = 6 Å: one cell of the a = 5.87 Å host; 24 px (12 Å) is the least
+    with pytest.raises(
+        ParameterError, match=r"`shape` \(12, 12\) px is too small.*>= 24 px.*unit cells"
+    ):
+        insitu_series(traj, pixel_size_A=0.5, shape=(12, 12))
+    s, _ = insitu_series(traj, pixel_size_A=0.5, shape=(24, 24), rng=0)
+    assert s.shape[1:] == (24, 24)
+    with pytest.raises(ParameterError, match=r"`shape`.*>= 8 px"):  # the pixel floor
+        insitu_series(traj, pixel_size_A=4.0, shape=(4, 4))
+
+
+def test_cli_series_refuses_a_tiny_frame(tmp_path, capsys):
+    from perovstem.cli.main import main
+
+    out = tmp_path / "s.npz"
+    assert main(["simulate", "series", "-o", str(out), "--size", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "`--size` (2, 2) px is too small" in err and "unit cells" in err
+    assert not out.exists()
+
+
 def test_bad_trajectory():
     with pytest.raises(ParameterError, match="trajectory"):
         insitu_series(np.zeros((3, 4, 4)))

@@ -90,6 +90,33 @@ def test_dart_segments_two_phase_object(case_a):
     assert dice > 0.95
 
 
+@pytest.mark.parametrize(
+    "angles",
+    [[0.0], [-30.0, 30.0], [-90.0, 0.0, 90.0], [0.0, 180.0, 45.0]],  # 1, 2, 2, 2 directions
+)
+@pytest.mark.parametrize("method", ["fbp", "sirt"])
+def test_fewer_than_three_projection_directions_are_refused(angles, method):
+    data = np.ones((len(angles), 8, 8), np.float32)
+    with pytest.raises(ParameterError, match=r"`angles_deg`.*distinct projection.*at least 3"):
+        reconstruct(data, angles_deg=angles, method=method)
+    ts = TiltSeries(data, angles, 1.0)
+    with pytest.raises(ParameterError, match="at least 3"):
+        reconstruct(ts, method=method)
+
+
+def test_cli_reconstruct_single_projection_exits_2(tmp_path, capsys):
+    from perovstem.cli.main import main
+    from perovstem.io import save_image
+
+    ts = TiltSeries(np.ones((1, 8, 8), np.float32), [0.0], 1.0)
+    src = save_image(ts, tmp_path / "one.npz")
+    out = tmp_path / "v.mrc"
+    assert main(["tomo", "reconstruct", str(src), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "1 distinct projection direction" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_bad_input_raises():
     data = np.ones((3, 8, 8), np.float32)
     with pytest.raises(ParameterError, match="angles"):

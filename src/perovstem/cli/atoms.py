@@ -59,7 +59,9 @@ def fit(
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Column table (.parquet/.csv)."),
     overlay: Path = typer.Option(None, "--overlay", help="Overlay figure (.png/.pdf/.svg)."),
-    pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size in Å (override)."),
+    pixel_size: float = typer.Option(
+        None, "--pixel-size-A", "--pixel-size", help="Pixel size in Å (override)."
+    ),
     frame: int = typer.Option(0, "--frame", help="Frame of a series to analyse."),
     width: str = typer.Option("type", "--width", help="type | column | fixed."),
     rho: float = typer.Option(None, "--rho", help="Start (or fixed) width ρ in Å."),

@@ -40,7 +40,9 @@ def count(
     table: Path = typer.Argument(..., help="Column table with 'scs' (or 'scs_A2') [and 'type']."),
     out: Path = typer.Option(None, "--out", "-o", help="Output table (.parquet/.csv)."),
     method: str = typer.Option("gmm", "--method", help="gmm | library | hybrid."),
-    max_components: int = typer.Option(30, "--max-components", help="Largest k of the sweep."),
+    max_components: int = typer.Option(
+        None, "--max-components", help="Largest k of the sweep [default: 30]."
+    ),
     components: int = typer.Option(None, "--components", "-k", help="Fix k (skip the choice)."),
     equal_spacing: bool = typer.Option(False, "--equal-spacing", help="Equally spaced means."),
     criterion: str = typer.Option("icl", "--criterion", help="icl | bic | aic."),
@@ -66,6 +68,12 @@ def count(
 
     if method not in ("gmm", "library", "hybrid"):
         raise ParameterError(f"--method must be gmm, library or hybrid, got {method!r}")
+    if components is not None and max_components is not None:
+        # -k skips the sweep that --max-components bounds: one of them would be ignored
+        raise ParameterError(
+            f"give either --components/-k (fixed k = {components}) or --max-components "
+            f"(largest k of the sweep = {max_components}), not both"
+        )
     out = out or _default_out(table, "counts")
     check_outputs(out, criteria_out, overwrite=overwrite)
     df = read_table(table)
@@ -86,7 +94,7 @@ def count(
         res = count_atoms(
             df,
             n_components=components,
-            max_components=max_components,
+            max_components=30 if max_components is None else max_components,
             equal_spacing=equal_spacing,
             criterion=criterion,
             rule=rule,

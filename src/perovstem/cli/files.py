@@ -70,7 +70,7 @@ def describe(obj) -> list[tuple[str, str]]:
 def info(
     file: Path = typer.Argument(..., help="Image, series or tilt-series file."),
     pixel_size: float = typer.Option(
-        None, "--pixel-size", help="Pixel size in Å (if the file has none)."
+        None, "--pixel-size-A", "--pixel-size", help="Pixel size in Å (if the file has none)."
     ),
 ) -> None:
     """Show shape, dtype, calibration, dose, conditions and tilt angles of FILE."""
@@ -92,7 +92,7 @@ def convert(
     src: Path = typer.Argument(..., help="Input file."),
     dst: Path = typer.Argument(..., help="Output file (.npz, .zarr, .tif, .mrc, .hspy)."),
     pixel_size: float = typer.Option(
-        None, "--pixel-size", help="Pixel size in Å (if the input has none)."
+        None, "--pixel-size-A", "--pixel-size", help="Pixel size in Å (if the input has none)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists."),
 ) -> None:

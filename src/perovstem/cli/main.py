@@ -58,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     except PerovstemError as exc:
         from rich.markup import escape
 
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        msg = str(exc)
+        try:
+            msg = flag_wording(msg, sys.argv[1:] if argv is None else list(argv))
+        except Exception:  # noqa: BLE001 - the rewording must never hide the error itself
+            pass
+        err_console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)
         return EXIT_USAGE
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
@@ -74,6 +79,54 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         raise
     return 0
+
+
+# Library parameters that a command's option feeds under another name
+# (library name → name of the command's parameter).
+_FED_BY = {
+    "pixel_size": ("pixel_size_A",),
+    "pixel_size_A": ("pixel_size",),
+    "dose_e_per_A2": ("dose",),
+    "dose_rate_e_per_A2_s": ("dose_rate",),
+}
+
+
+def flag_wording(message: str, argv: list[str]) -> str:
+    """Name command-line flags instead of Python parameters in an error message.
+
+    Library errors name the parameter in backticks (`` `edge_A` must be > 0``). When the
+    command being run has an option for that parameter (same name, or one of
+    ``_FED_BY``) and the user gave that option, the message names the flag
+    (`` `--edge-A` ``). Names of options the user did not give stay as they are: the bad
+    value then came from a file or a default, not from the flag.
+    """
+    import re
+
+    from typer.main import get_command
+
+    cmd = get_command(app)
+    for tok in argv:  # walk down to the sub-command being run
+        sub = getattr(cmd, "commands", {}).get(tok)
+        if sub is None and getattr(cmd, "commands", None) is not None and not tok.startswith("-"):
+            break
+        if sub is not None:
+            cmd = sub
+    given: dict[str, str] = {}
+    for param in getattr(cmd, "params", []):
+        opts = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+        if getattr(param, "param_type_name", "") != "option" or not opts:
+            continue
+        if any(t in opts or t.split("=", 1)[0] in opts for t in argv):
+            given[param.name] = opts[0]
+
+    def reword(m: re.Match) -> str:
+        name = m.group(1)
+        for cand in (name, *_FED_BY.get(name, ())):
+            if cand in given:
+                return f"`{given[cand]}`"
+        return m.group(0)
+
+    return re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)`", reword, message)
 
 
 def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:

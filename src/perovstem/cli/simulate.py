@@ -69,10 +69,13 @@ def image(
     from perovstem.errors import OutputExistsError
     from perovstem.io import save_image, save_table
     from perovstem.simulate import add_pb_cluster, haadf_image, nanocrystal
+    from perovstem.simulate.haadf import check_frame_shape
 
     truth_path = _truth_path(out, truth)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{str(out)!r} exists (use --overwrite to replace it)")
+    if size is not None:  # before building the crystal
+        check_frame_shape((size, size), pixel_size_A, name="--size")
     rng = np.random.default_rng(seed)
     atoms = nanocrystal(
         edge_A,

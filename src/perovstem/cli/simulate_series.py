@@ -111,6 +111,10 @@ def series(
         raise OutputExistsError(f"{str(out)!r} exists (use --overwrite to replace it)")
     if isinstance(frames, bool) or frames < 1:
         raise ParameterError(f"`--frames` must be >= 1, got {frames!r}")
+    if size is not None:  # before the kinetic Monte Carlo, the slow part
+        from perovstem.simulate.haadf import check_frame_shape
+
+        check_frame_shape((size, size), pixel_size_A, name="--size")
     prefix = truth_prefix if truth_prefix is not None else out.with_name(out.name.split(".")[0])
     params = _parse_params(param)
     rng = np.random.default_rng(seed)

@@ -24,11 +24,14 @@ tomo_app = typer.Typer(
 app.add_typer(tomo_app, name="tomo")
 
 
-def _load_tilt(path: Path):
+_PIXEL_SIZE_HELP = "Pixel size in Å (override; needed when the file has none)."
+
+
+def _load_tilt(path: Path, pixel_size_A: float | None = None):
     from perovstem._data import TiltSeries
     from perovstem.io import load
 
-    obj = load(path)
+    obj = load(path, pixel_size=pixel_size_A)
     if not isinstance(obj, TiltSeries):
         raise ParameterError(
             f"{str(path)!r} is not a tilt series (no tilt angles found; add a .rawtlt side file)"
@@ -67,6 +70,7 @@ def align_cmd(
     matching_iter: int = typer.Option(3, "--matching-iter", help="Projection-matching iterations."),
     no_xcorr: bool = typer.Option(False, "--no-xcorr", help="Skip cross-correlation."),
     no_com: bool = typer.Option(False, "--no-com", help="Skip centre-of-mass centring."),
+    pixel_size_A: float = typer.Option(None, "--pixel-size-A", help=_PIXEL_SIZE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Align a tilt series: cross-correlation, centre of mass, tilt axis, projection matching."""
@@ -75,7 +79,7 @@ def align_cmd(
 
     shifts = shifts or out.with_name(out.name.split(".")[0] + "_shifts.csv")
     check_outputs(out, shifts, overwrite=overwrite)
-    ts = _load_tilt(tiltseries)
+    ts = _load_tilt(tiltseries, pixel_size_A)
     al = align(
         ts,
         xcorr=not no_xcorr,
@@ -104,6 +108,7 @@ def reconstruct_cmd(
     backend: str = typer.Option("numba", "--backend", help="numba | astra."),
     no_nonneg: bool = typer.Option(False, "--no-nonneg", help="Allow negative densities."),
     bin_factor: int = typer.Option(1, "--bin", help="Bin projections N×N before reconstructing."),
+    pixel_size_A: float = typer.Option(None, "--pixel-size-A", help=_PIXEL_SIZE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Reconstruct a volume from an aligned tilt series."""
@@ -113,7 +118,7 @@ def reconstruct_cmd(
     if n_iter is not None and method in ("fbp", "wbp"):
         raise ParameterError(f"--n-iter does not apply to --method {method} (not iterative)")
     check_outputs(out, overwrite=overwrite)
-    ts = bin_tilt_series(_load_tilt(tiltseries), bin_factor)
+    ts = bin_tilt_series(_load_tilt(tiltseries, pixel_size_A), bin_factor)
     kw: dict = {"thickness_px": thickness_px}
     if n_iter is not None and method not in ("fbp", "wbp"):
         kw["n_iter"] = n_iter
@@ -146,6 +151,7 @@ def facets_cmd(
         0, "--calibrate", help="Phantoms for bias calibration (0: none)."
     ),
     seed: int = typer.Option(None, "--seed", help="Random seed of the calibration."),
+    pixel_size_A: float = typer.Option(None, "--pixel-size-A", help=_PIXEL_SIZE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Facet fractions ({100}/{110}/{111}/other) with missing-wedge flags."""
@@ -171,7 +177,7 @@ def facets_cmd(
                 raise ParameterError(f"`--tilt-range-deg` must be in (0, 90], got {tilt_range_deg}")
             angles = np.arange(-tilt_range_deg, tilt_range_deg + 1e-9, 2.0)
     else:
-        ts = _load_tilt(source)
+        ts = _load_tilt(source, pixel_size_A)
         rec = reconstruct(ts, method=method)
         vol, voxel = rec.volume, rec.voxel_size_A
         angles = ts.angles_deg

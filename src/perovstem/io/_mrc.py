@@ -14,6 +14,33 @@ from perovstem.errors import FileFormatError
 
 _FEI_RECORD_FLOATS = 32  # old-style FEI extended header: 1024 records × 128 bytes
 
+# FEI1/FEI2 (Thermo Fisher "MRC2014 with FEI extended header", one 768/888-byte record per
+# image; field layout from mrcfile.dtypes). A field is valid only when its bit is set in the
+# little-endian bitmask that covers it: (bitmask field, bit) per field we use. Units are SI:
+# HT in V, dose in e⁻/m², pixel size in m, tilts in degrees, times in s; the timestamp is a
+# day count (OLE Automation date: days since 1899-12-30).
+_FEI_BITS = {
+    "Timestamp": ("Bitmask 1", 0),
+    "Application": ("Bitmask 1", 3),
+    "Application version": ("Bitmask 1", 4),
+    "HT": ("Bitmask 1", 5),
+    "Dose": ("Bitmask 1", 6),
+    "Alpha tilt": ("Bitmask 1", 7),
+    "Tilt axis angle": ("Bitmask 1", 12),
+    "Pixel size X": ("Bitmask 1", 14),
+    "Pixel size Y": ("Bitmask 1", 15),
+    "Magnification": ("Bitmask 1", 31),
+    "Integration time": ("Bitmask 2", 16),
+    "Dwell time": ("Bitmask 3", 15),
+    "Frame time": ("Bitmask 3", 16),
+}
+_SECONDS_PER_DAY = 86400.0
+# perovstem writes frame times on a clock that starts at day 0 (1899-12-30), i.e. the
+# timestamp is time_s / 86400; a vendor file carries real dates (~40 000+ days). Stamps below
+# this many days (~10 years) are therefore read as that relative clock.
+_RELATIVE_CLOCK_MAX_DAYS = 3653.0
+_FEI_APPLICATION = b"perovstem"
+
 
 def read_fei_extended_header(ext: np.ndarray, n_images: int) -> dict[str, np.ndarray] | None:
     """Parse the FEI (Xplore3D/TIA) extended header of float32 records.
@@ -51,6 +78,113 @@ def read_fei_extended_header(ext: np.ndarray, n_images: int) -> dict[str, np.nda
         return None
     if not np.all(np.abs(out["a_tilt_deg"]) <= 90.0):
         return None
+    return out
+
+
+def fei1_extended_header(
+    n_images: int,
+    *,
+    byte_order: str,
+    pixel_size_A: float,
+    dose_e_per_A2: Any = None,
+    time_s: Any = None,
+    angles_deg: Any = None,
+    tilt_axis_deg: float | None = None,
+    high_tension_V: float | None = None,
+    app_version: str = "",
+) -> np.ndarray:
+    """One FEI1 extended-header record per image with the conditions perovstem knows.
+
+    Written: pixel size (m), per-image dose (e⁻/m², from e⁻/Å² × 10²⁰), timestamp (days;
+    ``time_s / 86400`` on a clock starting at day 0, see :func:`read_fei1_extended_header`),
+    alpha tilt and tilt-axis angle (degrees; the axis in perovstem's convention, counter-
+    clockwise from the image x axis), HT (V) and the application name ``perovstem``. Only the
+    bits of the fields written are set, so other readers ignore the rest.
+    """
+    from mrcfile.dtypes import get_ext_header_dtype
+
+    dtype = get_ext_header_dtype(b"FEI1", byte_order)
+    rec = np.zeros(n_images, dtype=dtype)
+    rec["Metadata size"] = dtype.itemsize
+    rec["Metadata version"] = 0
+    masks = {"Bitmask 1": 0, "Bitmask 2": 0, "Bitmask 3": 0, "Bitmask 4": 0}
+
+    def put(field: str, values: Any) -> None:
+        rec[field] = values
+        mask, bit = _FEI_BITS[field]
+        masks[mask] |= 1 << bit
+
+    put("Application", _FEI_APPLICATION)
+    if app_version:
+        put("Application version", app_version.encode("ascii", "replace")[:16])
+    put("Pixel size X", float(pixel_size_A) / 1e10)
+    put("Pixel size Y", float(pixel_size_A) / 1e10)
+    if dose_e_per_A2 is not None:
+        put("Dose", np.broadcast_to(np.asarray(dose_e_per_A2, dtype=float), (n_images,)) * 1e20)
+    if time_s is not None:
+        put("Timestamp", np.asarray(time_s, dtype=float) / _SECONDS_PER_DAY)
+    if angles_deg is not None:
+        put("Alpha tilt", np.asarray(angles_deg, dtype=float))
+    if tilt_axis_deg is not None:
+        put("Tilt axis angle", float(tilt_axis_deg))
+    if high_tension_V is not None:
+        put("HT", float(high_tension_V))
+    for mask, value in masks.items():
+        rec[mask] = value
+    return rec
+
+
+def read_fei1_extended_header(rec: np.ndarray) -> dict[str, Any]:
+    """Conditions from an indexed FEI1/FEI2 extended header (``MrcFile.indexed_extended_header``).
+
+    Returns only fields whose bitmask bit is set, converted to perovstem units: ``pixel_size_A``,
+    ``dose_e_per_A2`` (from e⁻/m²), ``time_s`` (relative to the first image; a perovstem clock
+    that starts at day 0 keeps its offset), ``angles_deg``, ``tilt_axis_deg``,
+    ``high_tension_V``, ``magnification``, ``dwell_time_s``, ``frame_time_s``,
+    ``integration_time_s`` and ``application``; values are per image arrays.
+    """
+    out: dict[str, Any] = {}
+
+    def has(field: str) -> bool:
+        mask, bit = _FEI_BITS[field]
+        return bool(np.all((rec[mask].astype(np.uint32) >> bit) & 1))
+
+    def col(field: str) -> np.ndarray:
+        return np.asarray(rec[field], dtype=float)
+
+    if has("Application"):
+        out["application"] = bytes(rec["Application"][0]).decode("ascii", "replace").strip("\x00 ")
+    if has("Pixel size X"):
+        px = col("Pixel size X")
+        if np.all(np.isfinite(px)) and np.all((px > 1e-13) & (px < 1e-3)):
+            out["pixel_size_A"] = px * 1e10
+    if has("Dose"):
+        dose = col("Dose") / 1e20
+        if np.all(np.isfinite(dose)) and np.all(dose >= 0):
+            out["dose_e_per_A2"] = dose
+    if has("Timestamp"):
+        days = col("Timestamp")
+        if np.all(np.isfinite(days)):
+            if np.all(np.abs(days) < _RELATIVE_CLOCK_MAX_DAYS):
+                out["time_s"] = days * _SECONDS_PER_DAY
+            else:
+                out["time_s"] = (days - days[0]) * _SECONDS_PER_DAY
+                out["timestamp_days"] = days
+    if has("Alpha tilt"):
+        a = col("Alpha tilt")
+        if np.all(np.abs(a) <= 90.0):
+            out["angles_deg"] = a
+    if has("Tilt axis angle"):
+        out["tilt_axis_deg"] = col("Tilt axis angle")
+    for field, key in (
+        ("HT", "high_tension_V"),
+        ("Magnification", "magnification"),
+        ("Dwell time", "dwell_time_s"),
+        ("Frame time", "frame_time_s"),
+        ("Integration time", "integration_time_s"),
+    ):
+        if has(field):
+            out[key] = col(field)
     return out
 
 
@@ -131,8 +265,14 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
         labels = [
             bytes(lbl).decode("ascii", "replace").strip() for lbl in hdr.label[: int(hdr.nlabl)]
         ]
-        fei = None
-        if int(hdr.nsymbt) >= 128 * nz and exttyp in ("", "FEI1", "FEI2"):
+        fei = fei1 = None
+        if exttyp in ("FEI1", "FEI2"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                indexed = mrc.indexed_extended_header
+            if indexed is not None and len(indexed) >= nz:
+                fei1 = read_fei1_extended_header(indexed[:nz])
+        if fei1 is None and int(hdr.nsymbt) >= 128 * nz and exttyp in ("", "FEI1", "FEI2"):
             fei = read_fei_extended_header(mrc.extended_header, nz)
         arr = data if lazy else np.array(data)
     finally:
@@ -165,6 +305,8 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
         md["fei"] = {k: v.tolist() for k, v in fei.items()}
         md["high_tension_kV"] = float(np.median(fei["high_tension_V"]) / 1e3)
         md["magnification"] = float(np.median(fei["magnification"]))
+    if fei1:
+        _apply_fei1(fei1, out, md, n_images=nz, is_stack=arr.ndim == 3)
     # Side files beside the stack override or complete the header.
     for suffix in (".rawtlt", ".tlt"):
         side = path.with_suffix(suffix)
@@ -202,3 +344,26 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
                     md["counts_per_electron"] = float(secs[0]["CountsPerElectron"])
             break
     return out
+
+
+def _apply_fei1(
+    fei1: dict[str, Any], out: dict[str, Any], md: dict[str, Any], *, n_images: int, is_stack: bool
+) -> None:
+    """Put what an FEI1/FEI2 header holds into a load record (units already converted)."""
+    md["fei"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in fei1.items()}
+    if "pixel_size_A" in fei1:
+        out["pixel_size_A"] = float(np.median(fei1["pixel_size_A"]))
+    if "angles_deg" in fei1 and np.ptp(fei1["angles_deg"]) > 0.5:
+        out["angles_deg"] = fei1["angles_deg"]
+    if "dose_e_per_A2" in fei1:
+        d = fei1["dose_e_per_A2"]
+        out["dose_e_per_A2"] = d if is_stack else float(d[0])
+    if "time_s" in fei1 and is_stack:
+        out["time_s"] = fei1["time_s"]
+    if "high_tension_V" in fei1:
+        md["high_tension_kV"] = float(np.median(fei1["high_tension_V"]) / 1e3)
+    if "magnification" in fei1:
+        md["magnification"] = float(np.median(fei1["magnification"]))
+    # The tilt-axis field is in perovstem's convention only when perovstem wrote the file.
+    if "tilt_axis_deg" in fei1 and fei1.get("application") == _FEI_APPLICATION.decode():
+        out["tilt_axis_deg"] = float(np.median(fei1["tilt_axis_deg"]))

@@ -54,8 +54,9 @@ def load(
     """Load a microscopy file as a calibrated :class:`Image`, :class:`Series` or :class:`TiltSeries`.
 
     Formats: dm3/dm4, Velox emd (incl. frame series), ser/emi, tif, hspy/hdf5 (through
-    RosettaSciIO), MRC (mrcfile; FEI extended headers, SerialEM ``.mdoc``, ``.rawtlt``/``.tlt``
-    side files), perovstem ``.npz``/``.zarr`` and the StatSTEM example ``.npz``/``.mat`` files.
+    RosettaSciIO), MRC (mrcfile; FEI extended headers: the old 128-byte records and FEI1/FEI2
+    with per-image dose and time stamps; SerialEM ``.mdoc``, ``.rawtlt``/``.tlt`` side files),
+    perovstem ``.npz``/``.zarr`` and the StatSTEM example ``.npz``/``.mat`` files.
 
     Parameters
     ----------
@@ -133,7 +134,7 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
     else:
         raise CalibrationError(
             f"{str(path)!r}: no usable spatial calibration in the file; give the pixel size "
-            "in Å (Python: pixel_size=; command line: --pixel-size or --pixel-size-A)"
+            "in Å (Python: pixel_size=; command line: --pixel-size-A)"
         )
     if data.ndim not in (2, 3):
         raise DataError(

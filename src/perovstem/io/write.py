@@ -69,6 +69,12 @@ def save_image(
     Formats by suffix: ``.npz`` and ``.zarr`` (lossless, everything kept), ``.tif``
     (tifffile, calibration as resolution + JSON description), ``.mrc`` (mrcfile, float32/int16,
     voxel size in Å; tilt angles also in a ``.rawtlt`` side file), ``.hspy`` (RosettaSciIO).
+
+    ``.mrc`` files get an FEI1 extended header (Thermo Fisher MRC2014 layout, SI units) with
+    one record per image: pixel size, dose per frame, frame time stamps, HT (from metadata
+    ``high_tension_kV`` / ``voltage_kV``), tilt angles and tilt axis, read back by
+    :func:`perovstem.load`. Temperature, pressure, gas, alignment shifts and free-form
+    metadata have no FEI1 field and are lost in ``.mrc``.
     """
     if not isinstance(obj, (Image, Series, TiltSeries)):
         raise ParameterError(
@@ -106,7 +112,7 @@ def save_image(
                 resolutionunit="CENTIMETER",
             )
     elif suffix == ".mrc":
-        _save_mrc(data, path, voxel_A=obj.pixel_size_A, overwrite=overwrite)
+        _save_mrc(data, path, voxel_A=obj.pixel_size_A, overwrite=overwrite, fei=_fei_fields(obj))
         if isinstance(obj, TiltSeries):
             with atomic_write(path.with_suffix(".rawtlt"), mode="w", overwrite=overwrite) as fh:
                 fh.write("".join(f"{a:.4f}\n" for a in obj.angles_deg))
@@ -119,8 +125,45 @@ def save_image(
     return path
 
 
-def _save_mrc(data: np.ndarray, path: Path, *, voxel_A: float, overwrite: bool) -> None:
+def _fei_fields(obj: Image | Series | TiltSeries) -> dict[str, Any]:
+    """What an FEI1 extended header can carry for ``obj`` (see ``_mrc.fei1_extended_header``).
+
+    Temperature, pressure, gas, alignment shifts and free-form metadata have no FEI1 field
+    and are not written to ``.mrc``; use ``.npz``, ``.zarr``, ``.tif`` or ``.hspy`` for them.
+    """
+    from perovstem import __version__
+
+    md = obj.metadata or {}
+    ht_V = None
+    for key in ("high_tension_kV", "voltage_kV"):  # read from a file / set by simulate
+        try:
+            v = float(md[key]) * 1e3
+        except (KeyError, TypeError, ValueError):
+            continue
+        if np.isfinite(v) and v > 0:
+            ht_V = v
+            break
+    out: dict[str, Any] = {"high_tension_V": ht_V, "app_version": str(__version__)}
+    if isinstance(obj, TiltSeries):
+        out.update(angles_deg=obj.angles_deg, tilt_axis_deg=obj.tilt_axis_deg)
+    else:
+        out.update(dose_e_per_A2=obj.dose_e_per_A2, time_s=obj.time_s)
+    return out
+
+
+def _save_mrc(
+    data: np.ndarray,
+    path: Path,
+    *,
+    voxel_A: float,
+    overwrite: bool,
+    fei: dict[str, Any] | None = None,
+) -> None:
+    """MRC2014 file; with ``fei`` (images and stacks, not volumes) an FEI1 extended header
+    with one record per image carries pixel size, dose, time stamps, tilts and HT."""
     import mrcfile
+
+    from perovstem.io._mrc import fei1_extended_header
 
     if data.dtype == np.float64:
         data = data.astype(np.float32)
@@ -130,6 +173,14 @@ def _save_mrc(data: np.ndarray, path: Path, *, voxel_A: float, overwrite: bool) 
         with mrcfile.new(tmp, overwrite=True) as m:
             m.set_data(data)
             m.voxel_size = voxel_A
+            if fei is not None:
+                n = data.shape[0] if data.ndim == 3 else 1
+                # same byte order as the data: mrcfile reads the extended header with it
+                ext = fei1_extended_header(
+                    n, byte_order=m.header.mode.dtype.byteorder, pixel_size_A=voxel_A, **fei
+                )
+                m.set_extended_header(ext)
+                m.header.exttyp = b"FEI1"
 
 
 def _save_hspy(

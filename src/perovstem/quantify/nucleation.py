@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from perovstem._validation import check_int
 from perovstem.errors import DataError, ParameterError
 
 __all__ = [
@@ -216,6 +217,12 @@ def detectable_births(
     return out
 
 
+MAX_TEMPLATE_SEEDS = 1000
+"""Most KMC runs per law in :func:`nucleation_templates` (each run takes ~0.1–10 s)."""
+MAX_TEMPLATE_LAWS = 100
+"""Most nucleation laws in one :func:`nucleation_templates` call."""
+
+
 def nucleation_templates(
     edge_A: float,
     *,
@@ -236,12 +243,14 @@ def nucleation_templates(
     edge_A : float
         Edge of the cubic crystal, Å (e.g. from the segmented outline of the first frame).
     n_frames, frame_time_s, dose_rate_e_per_A2_s, temperature_K
-        The series' frame schedule and conditions (s, e⁻/Å²/s, K).
+        The series' frame schedule and conditions (s, e⁻/Å²/s, K); ``n_frames`` is an
+        integer in [2, ``perovstem.simulate.kmc.MAX_FRAMES``].
     laws : tuple of (int, float)
         ``(critical_nucleus, scale)`` pairs; ``scale`` multiplies the corner/edge/face
-        nucleation acceptance probabilities (1, 0.1, 0.01 by default).
+        nucleation acceptance probabilities (1, 0.1, 0.01 by default); at most
+        ``MAX_TEMPLATE_LAWS`` pairs.
     n_seeds : int
-        Runs per law.
+        Runs per law, 1 to ``MAX_TEMPLATE_SEEDS``.
     completeness : (float, float)
         ``(n50, width)`` of :func:`detection_completeness`, atoms.
     params : KineticParameters, optional
@@ -264,9 +273,19 @@ def nucleation_templates(
 
     if not (np.isfinite(edge_A) and edge_A > 0):
         raise ParameterError(f"`edge_A` must be > 0, got {edge_A}")
-    if int(n_frames) < 2 or int(n_seeds) < 1 or not laws:
+    from perovstem.simulate.kmc import MAX_FRAMES
+
+    # every (law, seed) pair is a full lattice-KMC run of n_frames frames: bound the sizes
+    # so that a typo (n_frames=1e12) is an error, not an out-of-memory crash or a days-long run
+    n_frames = check_int("n_frames", n_frames, 2, MAX_FRAMES)
+    n_seeds = check_int("n_seeds", n_seeds, 1, MAX_TEMPLATE_SEEDS)
+    try:
+        n_laws = len(laws)
+    except TypeError:
+        n_laws = -1
+    if not 1 <= n_laws <= MAX_TEMPLATE_LAWS:
         raise ParameterError(
-            f"need n_frames >= 2, n_seeds >= 1 and laws, got {n_frames}, {n_seeds}, {laws}"
+            f"`laws` must be 1 to {MAX_TEMPLATE_LAWS} (critical_nucleus, scale) pairs, got {laws!r}"
         )
     import dataclasses
 

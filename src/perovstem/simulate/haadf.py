@@ -51,6 +51,42 @@ TRUTH_COLUMNS = ["x_A", "y_A", "type", "n_atoms", "n_Pb", "n_Cd", "n_Br", "n_Cs"
 _NSIG = 5.0
 
 
+# Smallest frame worth simulating: the auto-sized frame's floor in pixels, and a field of
+# view of two pseudo-cubic cells so that at least one full lattice period (a column and its
+# neighbour of the same type) is inside the frame.
+MIN_FRAME_PX = 8
+MIN_FRAME_CELLS = 2
+
+
+def check_frame_shape(shape: Any, pixel_size_A: float, *, name: str = "shape") -> tuple[int, int]:
+    """Validate a frame size ``(rows, cols)`` in pixels for pixel size ``pixel_size_A`` (Å).
+
+    Each side needs at least ``MIN_FRAME_PX`` pixels and ``MIN_FRAME_CELLS`` unit cells of
+    the host lattice (a = 5.87 Å): a smaller frame holds no lattice period to image, count
+    or register. ``name`` is the parameter (or command-line flag) named in the error.
+    """
+    from perovstem.simulate.structures import A_CUBIC_A
+
+    pixel_size_A = check_positive("pixel_size_A", pixel_size_A)
+    try:
+        rows, cols = (int(v) for v in shape)
+        ok = float(shape[0]) == rows and float(shape[1]) == cols
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ParameterError(f"`{name}` must be (rows, cols) in pixels, got {shape!r}")
+    need_A = MIN_FRAME_CELLS * A_CUBIC_A
+    need_px = max(MIN_FRAME_PX, int(np.ceil(need_A / pixel_size_A - 1e-9)))
+    if min(rows, cols) < need_px:
+        raise ParameterError(
+            f"`{name}` ({rows}, {cols}) px is too small: at {pixel_size_A:g} Å/px a side needs "
+            f">= {need_px} px (at least {MIN_FRAME_PX} px and {MIN_FRAME_CELLS} unit cells "
+            f"= {need_A:.1f} Å, so that the frame holds a lattice period of the a = "
+            f"{A_CUBIC_A} Å host)"
+        )
+    return rows, cols
+
+
 @functools.lru_cache(maxsize=16)
 def _tail_fft(shape: tuple[int, int], pixel_size_A: float, probe: ProbeModel):
     from scipy import fft
@@ -278,12 +314,7 @@ def haadf_image(
         nx, ny = (int(2 * np.ceil(e / dx / 2)) for e in ext)
         shape = (max(ny, 8), max(nx, 8))
     else:
-        try:
-            shape = (int(shape[0]), int(shape[1]))
-        except (TypeError, ValueError, IndexError):
-            raise ParameterError(f"`shape` must be (rows, cols), got {shape!r}") from None
-        if min(shape) < 2:
-            raise ParameterError(f"`shape` must be at least (2, 2), got {shape!r}")
+        shape = check_frame_shape(shape, dx)
     m, n = shape
     ox = cx - 0.5 * (n - 1) * dx  # lab x of pixel column 0
     oy = cy - 0.5 * (m - 1) * dx

@@ -35,6 +35,11 @@ _LABEL_HOST, _LABEL_ADATOM, _LABEL_CLUSTER = 0, 1, 2
 MAX_TEMPERATURE_K = 900.0
 """Highest temperature the KMC accepts, K (solid CsPbBr3 melts at ≈ 840 K)."""
 
+MAX_FRAMES = 100_000
+"""Most frames one KMC run simulates: 100× the 1000-frame series perovstem is sized for; the
+per-frame tables (conditions, cluster snapshots) grow with it (10¹² frames ran out of memory
+allocating the per-frame dose rates)."""
+
 
 @dataclass(frozen=True, eq=False)
 class KMCTrajectory:
@@ -338,8 +343,14 @@ def degradation_kmc(
     """
     from perovstem.simulate import kmc_core as core
 
-    if isinstance(n_frames, bool) or not isinstance(n_frames, int | np.integer) or n_frames < 1:
-        raise ParameterError(f"`n_frames` must be an integer >= 1, got {n_frames!r}")
+    if (
+        isinstance(n_frames, bool)
+        or not isinstance(n_frames, int | np.integer)
+        or not 1 <= n_frames <= MAX_FRAMES
+    ):
+        raise ParameterError(
+            f"`n_frames` must be an integer in [1, {MAX_FRAMES}], got {n_frames!r}"
+        )
     n_frames = int(n_frames)
     frame_time_s = check_positive("frame_time_s", frame_time_s)
     phi = _per_frame(

@@ -131,12 +131,9 @@ def _plan(
         nx, ny = (int(2 * np.ceil(e / dx / 2)) for e in ext)
         shape = (max(ny, 8), max(nx, 8))
     else:
-        try:
-            shape = (int(shape[0]), int(shape[1]))
-        except (TypeError, ValueError, IndexError):
-            raise ParameterError(f"`shape` must be (rows, cols), got {shape!r}") from None
-        if min(shape) < 2:
-            raise ParameterError(f"`shape` must be at least (2, 2), got {shape!r}")
+        from perovstem.simulate.haadf import check_frame_shape
+
+        shape = check_frame_shape(shape, dx)
     seeds = tuple(np.random.SeedSequence(int(gen.integers(0, 2**63))).spawn(n))
     return _Plan(
         trajectory=trajectory,

@@ -73,6 +73,29 @@ class Reconstruction:
 
 
 # --------------------------------------------------------------------------- input handling
+MIN_DIRECTIONS = 3
+
+
+def _check_directions(ang: np.ndarray) -> None:
+    """Refuse tilt sets with fewer than ``MIN_DIRECTIONS`` projection directions.
+
+    θ and θ ± 180° are one direction (parallel beam: mirror-image projections). One
+    direction carries no depth information; two cannot tell two objects from their
+    diagonal "ghost" pair (both give the same pair of projections), so any volume from them
+    is an artefact of the algorithm. Three is a floor against that, not a quality bound:
+    resolution d over a diameter D needs about πD/d directions (Crowther et al., Proc. R.
+    Soc. A 317, 319, 1970).
+    """
+    dirs = np.unique(np.round(np.mod(ang, 180.0), 6) % 180.0)
+    if dirs.size < MIN_DIRECTIONS:
+        raise ParameterError(
+            f"`angles_deg` {ang.tolist()} give {dirs.size} distinct projection "
+            f"direction(s) (angles 180° apart are one); reconstruction needs at least "
+            f"{MIN_DIRECTIONS}: one projection has no depth information and two cannot tell "
+            "two objects from their diagonal ghost pair"
+        )
+
+
 def _prepare(
     data: Any, angles_deg: Any = None, *, thickness_px: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -97,6 +120,7 @@ def _prepare(
     if arr.ndim != 3:
         raise DataError(f"projections must be (A, M, N), got shape {arr.shape}")
     ang = check_angles(angles, arr.shape[0])
+    _check_directions(ang)
     if not np.all(np.isfinite(arr)):
         bad = np.argwhere(~np.isfinite(arr).all(axis=(1, 2))).ravel().tolist()
         raise DataError(f"projections contain NaN/inf values (projections {bad})")
