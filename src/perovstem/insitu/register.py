@@ -502,7 +502,8 @@ def phase_correlate(
 
 
 #: share of the sub-field disagreement (``nonrigid_px``) added in quadrature to the drift
-#: error per axis: 1/√4 for the 2×2 sub-fields whose mean the whole-field shift is.  On 8
+#: error per axis: 1/√4 for the 2×2 sub-fields whose mean the whole-field shift is (scaled
+#: to 1/subfields for other ``subfields``).  On 8
 #: simulated degrading series (100–3000 e⁻/Å² per frame; 4 used to check the value, 4 held
 #: out) the least-squares error alone covered 0.33 / 0.42 of the frame errors at 1σ and
 #: 0.62 / 0.72 at 2σ (per axis, reliable frames), with this term 0.67 / 0.69 and 0.94 / 0.92;
@@ -1197,7 +1198,10 @@ def register_drift(
     # Its size per sub-field is the sub-field disagreement; the whole-field estimate
     # averages the 2×2 sub-fields, so it keeps about half of it per axis.  The anchor frame
     # (drift 0 by definition) keeps its error
-    content = CONTENT_ERR_SCALE * np.nan_to_num(np.asarray(nonrigid, float))
+    # (1/subfields for subfields × subfields of them: CONTENT_ERR_SCALE at the default 2)
+    content = (
+        CONTENT_ERR_SCALE * (2.0 / int(subfields)) * np.nan_to_num(np.asarray(nonrigid, float))
+    )
     usable_frames = sorted(set(range(n)) - set(reasons))
     if usable_frames:
         content[usable_frames[0]] = 0.0
