@@ -13,7 +13,9 @@ from perovstem.errors import OutputExistsError
 @pytest.fixture
 def image():
     rng = np.random.default_rng(0)
-    return ps.Image(rng.poisson(50, (24, 31)).astype(np.float32), 0.3109, dose_e_per_A2=1.5e4)
+    return ps.Image(
+        rng.poisson(50, (24, 31)).astype(np.float32), 0.3109, dose_e_per_A2=1.5e4, time_s=12.5
+    )
 
 
 @pytest.fixture
@@ -50,6 +52,8 @@ def test_image_roundtrip(tmp_path, image, suffix):
     np.testing.assert_array_equal(back.data, image.data)
     assert back.pixel_size_A == pytest.approx(image.pixel_size_A, rel=1e-6)
     assert back.dose_e_per_A2 == pytest.approx(image.dose_e_per_A2, rel=1e-12)
+    # the time stamp of a single image was written but never read back
+    assert back.time_s == pytest.approx(image.time_s, rel=1e-9)
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".zarr", ".tif", ".hspy"])

@@ -360,6 +360,9 @@ def _apply_fei1(
         out["dose_e_per_A2"] = d if is_stack else float(d[0])
     if "time_s" in fei1 and is_stack:
         out["time_s"] = fei1["time_s"]
+    elif "time_s" in fei1 and fei1.get("application") == _FEI_APPLICATION.decode():
+        # one image: only perovstem's own clock is absolute (a vendor date reads as 0 s)
+        out["time_s"] = float(np.ravel(fei1["time_s"])[0])
     if "high_tension_V" in fei1:
         md["high_tension_kV"] = float(np.median(fei1["high_tension_V"]) / 1e3)
     if "magnification" in fei1:

@@ -152,7 +152,9 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
             raise DataError(
                 f"{str(path)!r}: kind='image' but the file holds {data.shape[0]} frames"
             )
-        return Image(data, px, dose_e_per_A2=rec.get("dose_e_per_A2"), metadata=md)
+        return Image(
+            data, px, dose_e_per_A2=rec.get("dose_e_per_A2"), time_s=_one_time(rec), metadata=md
+        )
     angles = rec.get("angles_deg")
     if kind == "tilt" or (kind is None and angles is not None):
         if angles is None:
@@ -177,6 +179,15 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
         gas=rec.get("gas"),
         metadata=md,
     )
+
+
+def _one_time(rec: dict[str, Any]) -> float | None:
+    """The time stamp of a single image (s), when the record holds exactly one finite one."""
+    t = rec.get("time_s")
+    if t is None:
+        return None
+    a = np.ravel(np.asarray(t, dtype=float))
+    return float(a[0]) if a.size == 1 and np.isfinite(a[0]) else None
 
 
 # --------------------------------------------------------------------------- rsciio formats
@@ -379,6 +390,8 @@ def _read_npz(path: Path) -> dict[str, Any]:
                 rec[k] = meta[k]
         if meta.get("kind") == "image" and meta.get("dose_e_per_A2") is not None:
             rec["dose_e_per_A2"] = meta["dose_e_per_A2"]
+        if meta.get("kind") == "image" and meta.get("time_s_scalar") is not None:
+            rec["time_s"] = meta["time_s_scalar"]
         return rec
     if "obs" in files and "dx_angstrom" in files:  # StatSTEM example (converted from .mat)
         return _statstem_record(files["obs"], float(files["dx_angstrom"]), files)
@@ -455,6 +468,8 @@ def _record_from_meta(data: Any, meta: dict[str, Any]) -> dict[str, Any]:
     ):
         if meta.get(k) is not None:
             rec[k] = np.asarray(meta[k]) if isinstance(meta[k], list) else meta[k]
+    if meta.get("kind") == "image" and meta.get("time_s_scalar") is not None:
+        rec["time_s"] = meta["time_s_scalar"]
     return rec
 
 
