@@ -312,7 +312,7 @@ def haadf_image(
     if shape is None:
         ext = pos[:, :2].max(axis=0) - pos[:, :2].min(axis=0) + 2 * margin_A
         nx, ny = (int(2 * np.ceil(e / dx / 2)) for e in ext)
-        shape = (max(ny, 8), max(nx, 8))
+        shape = (max(ny, MIN_FRAME_PX), max(nx, MIN_FRAME_PX))
     else:
         shape = check_frame_shape(shape, dx)
     m, n = shape

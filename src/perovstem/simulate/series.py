@@ -23,6 +23,7 @@ import pandas as pd
 from perovstem._data import Image, Series
 from perovstem._validation import as_rng, check_positive
 from perovstem.errors import ParameterError
+from perovstem.simulate.haadf import MIN_FRAME_PX, check_frame_shape
 
 __all__ = ["insitu_series", "iter_insitu_frames"]
 
@@ -129,10 +130,8 @@ def _plan(
         reach = np.abs(shift).max(axis=0) + np.abs(np.asarray(scan))
         ext = 2.0 * half + 2.0 * margin_A + 2.0 * reach
         nx, ny = (int(2 * np.ceil(e / dx / 2)) for e in ext)
-        shape = (max(ny, 8), max(nx, 8))
+        shape = (max(ny, MIN_FRAME_PX), max(nx, MIN_FRAME_PX))
     else:
-        from perovstem.simulate.haadf import check_frame_shape
-
         shape = check_frame_shape(shape, dx)
     seeds = tuple(np.random.SeedSequence(int(gen.integers(0, 2**63))).spawn(n))
     return _Plan(
