@@ -306,7 +306,7 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
         md["high_tension_kV"] = float(np.median(fei["high_tension_V"]) / 1e3)
         md["magnification"] = float(np.median(fei["magnification"]))
     if fei1:
-        _apply_fei1(fei1, out, md, n_images=nz, is_stack=arr.ndim == 3)
+        _apply_fei1(fei1, out, md, is_stack=arr.ndim == 3)
     # Side files beside the stack override or complete the header.
     for suffix in (".rawtlt", ".tlt"):
         side = path.with_suffix(suffix)
@@ -347,9 +347,10 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
 
 
 def _apply_fei1(
-    fei1: dict[str, Any], out: dict[str, Any], md: dict[str, Any], *, n_images: int, is_stack: bool
+    fei1: dict[str, Any], out: dict[str, Any], md: dict[str, Any], *, is_stack: bool
 ) -> None:
     """Put what an FEI1/FEI2 header holds into a load record (units already converted)."""
+    ours = fei1.get("application") == _FEI_APPLICATION.decode()
     md["fei"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in fei1.items()}
     if "pixel_size_A" in fei1:
         out["pixel_size_A"] = float(np.median(fei1["pixel_size_A"]))
@@ -360,7 +361,7 @@ def _apply_fei1(
         out["dose_e_per_A2"] = d if is_stack else float(d[0])
     if "time_s" in fei1 and is_stack:
         out["time_s"] = fei1["time_s"]
-    elif "time_s" in fei1 and fei1.get("application") == _FEI_APPLICATION.decode():
+    elif "time_s" in fei1 and ours:
         # one image: only perovstem's own clock is absolute (a vendor date reads as 0 s)
         out["time_s"] = float(np.ravel(fei1["time_s"])[0])
     if "high_tension_V" in fei1:
@@ -368,5 +369,5 @@ def _apply_fei1(
     if "magnification" in fei1:
         md["magnification"] = float(np.median(fei1["magnification"]))
     # The tilt-axis field is in perovstem's convention only when perovstem wrote the file.
-    if "tilt_axis_deg" in fei1 and fei1.get("application") == _FEI_APPLICATION.decode():
+    if "tilt_axis_deg" in fei1 and ours:
         out["tilt_axis_deg"] = float(np.median(fei1["tilt_axis_deg"]))
