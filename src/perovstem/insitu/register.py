@@ -991,6 +991,7 @@ def register_drift(
     if n_good < 1:
         raise DataError(f"no usable frame in `series` ({n} frames, all skipped: {reasons})")
     scale_px: float | None = None
+    first = min(set(range(n)) - set(reasons))  # the anchor: drift 0 by definition
     if n_good == 1 or not pairs:
         d = np.zeros((n, 2))
         err = np.zeros((n, 2))
@@ -1012,7 +1013,6 @@ def register_drift(
         # reliable frame whose rows contradict the solution grossly (e.g. a lattice-period
         # jump that the online tests could not see) is flagged and the solve repeated
         floor = max(0.01, 0.25 / upsample)
-        first = min(set(range(n)) - set(reasons))
         ref_ok = np.asarray(ref_snr) >= min_snr
         if ref_meas:
             ref_m = np.asarray(ref_meas, float)
@@ -1202,9 +1202,7 @@ def register_drift(
     content = (
         CONTENT_ERR_SCALE * (2.0 / int(subfields)) * np.nan_to_num(np.asarray(nonrigid, float))
     )
-    usable_frames = sorted(set(range(n)) - set(reasons))
-    if usable_frames:
-        content[usable_frames[0]] = 0.0
+    content[first] = 0.0
     err = np.hypot(err, content[:, None])
     df = pd.DataFrame(
         {
