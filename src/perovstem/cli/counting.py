@@ -94,7 +94,7 @@ def count(
         res = count_atoms(
             df,
             n_components=components,
-            max_components=30 if max_components is None else max_components,
+            **({} if max_components is None else {"max_components": max_components}),
             equal_spacing=equal_spacing,
             criterion=criterion,
             rule=rule,
