@@ -256,8 +256,14 @@ def _outline_shift(
     The strongest lattice reflection of ``fa`` is the maximum of ``|k|² |F(k)|²`` (the
     ``|k|²`` factor flattens the outline's decay) beyond two cycles per field; the
     correlation is low-passed with a Gaussian of ``0.7 / |k_L|`` px, which suppresses that
-    lattice period by e⁻¹⁰, so its peak cannot sit one lattice period off.  Returns the
-    shift ``(dy, dx)`` and the lattice period ``1/|k_L|``, px.
+    lattice period by e⁻¹⁰, so its peak cannot sit one lattice period off.  The images'
+    gradients are correlated (cross-spectrum × ``|k|²``; gradient correlation, Argyriou &
+    Vlachos, Electron. Lett. 39, 980 (2003)): the plain correlation of a mean-free crystal
+    is a ramp as wide as the crystal, whose apex the window and any change of the outline
+    (a degrading surface) move by more than half a lattice period when the crystal fills
+    most of the field; the gradient correlation peaks as narrowly as the low-pass, located
+    by the edges themselves.  Returns the shift ``(dy, dx)`` and the lattice period
+    ``1/|k_L|``, px.
     """
     ky, kx = _freqs(shape)
     k2 = _k2(shape)
@@ -265,7 +271,7 @@ def _outline_shift(
     p[k2 < (2.0 / min(shape)) ** 2] = 0.0
     period = 1.0 / float(np.sqrt(k2.flat[int(np.argmax(p))]))
     a = 2.0 * np.pi**2 * (0.7 * period) ** 2
-    lp = np.outer(np.exp(-a * ky**2), np.exp(-a * kx**2)).astype(np.float32)
+    lp = np.outer(np.exp(-a * ky**2), np.exp(-a * kx**2)).astype(np.float32) * k2
     c = sfft.irfft2(np.conj(fa) * fb * lp, s=shape, workers=_WORKERS)
     oy, ox, _, _ = _int_peak(c, max_shift_px)
     return float(oy), float(ox), period
