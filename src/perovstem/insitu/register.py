@@ -16,8 +16,8 @@ of every reference-based shift is measured from the frame itself by a checkerboa
 its pixels into two independent halves (the one-image split of Koho et al., Nat. Commun.
 10, 3103 (2019)); it weights the rows of the least-squares solve and corrects the
 sub-field rigidity test for shot noise.  A lattice-period jump is detected by comparing
-the lattice registration with the crystal-outline registration (a low-pass that removes
-the strongest lattice reflection).
+the lattice registration with the crystal-outline registration (a gradient correlation
+low-passed to remove the strongest lattice reflection).
 
 When the running reference cannot register some frames reliably (e.g. at ~1 e⁻ per pixel
 per frame, or after a drift of the running reference), :func:`register_drift` (with
