@@ -107,3 +107,15 @@ def test_hspy_non_square_pixels_refused(tmp_path):
     _hspy(p, A, _sig_axes(scale_y=0.03))
     with pytest.raises(CalibrationError, match="non-square"):
         ps.load(p)
+
+
+def test_mrc_non_square_pixels_refused(tmp_path):
+    import mrcfile
+
+    p = tmp_path / "a.mrc"
+    with mrcfile.new(p) as m:
+        m.set_data(np.stack([A] * 3))
+        m.voxel_size = (2.0, 3.0, 2.0)
+    with pytest.raises(CalibrationError, match="non-square pixels.*2 Å in x.*3 Å in y"):
+        ps.load(p)
+    assert ps.load(p, pixel_size=2.0).pixel_size_A == 2.0
