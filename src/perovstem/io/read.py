@@ -517,7 +517,17 @@ def _read_statstem_mat(path: Path) -> dict[str, Any]:
         ) from None
     inp = m.get("input")
     if inp is None or not hasattr(inp, "obs"):
-        raise FileFormatError(f"{str(path)!r}: no StatSTEM 'input' struct with 'obs'")
+        names = sorted(k for k in m if not k.startswith("__"))
+        if not names or names == ["None"]:
+            # scipy shows MATLAB class objects (MCOS, StatSTEM >= 2018 files) as one 'None'
+            raise FileFormatError(
+                f"{str(path)!r}: holds MATLAB class objects (newer StatSTEM files), which "
+                "cannot be read here; in MATLAB save the image and pixel size as plain "
+                "variables (obs, dx) in a struct 'input', or export them to .npz/.tif"
+            )
+        raise FileFormatError(
+            f"{str(path)!r}: no StatSTEM 'input' struct with 'obs' (variables: {names})"
+        )
     return _statstem_record(np.asarray(inp.obs, dtype=float), float(inp.dx), {})
 
 
