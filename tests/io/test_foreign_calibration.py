@@ -119,3 +119,14 @@ def test_mrc_non_square_pixels_refused(tmp_path):
     with pytest.raises(CalibrationError, match="non-square pixels.*2 Å in x.*3 Å in y"):
         ps.load(p)
     assert ps.load(p, pixel_size=2.0).pixel_size_A == 2.0
+
+
+@pytest.mark.parametrize(("tunit", "factor"), [(None, 1.0), ("ms", 1e-3), ("min", 60.0)])
+def test_imagej_stack_frame_interval_gives_times(tmp_path, tunit, factor):
+    p = tmp_path / "series.tif"
+    md = {"unit": "nm", "axes": "TYX", "finterval": 0.5}
+    if tunit is not None:
+        md["tunit"] = tunit
+    tifffile.imwrite(p, np.stack([A] * 4), imagej=True, resolution=(50.0, 50.0), metadata=md)
+    s = ps.load(p)
+    np.testing.assert_allclose(s.time_s, 0.5 * factor * np.arange(4))

@@ -270,6 +270,11 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
             out["time_s"] = ticks * factor
         elif kind_ == "angle":
             out["angles_deg"] = ticks * factor
+        elif plugin == "tiff" and data.ndim == 3:
+            # ImageJ/Fiji keep the frame interval in their description; rsciio drops it
+            dt = _imagej_frame_interval_s(path)
+            if dt is not None:
+                out["time_s"] = dt * np.arange(n)
     tomo = _get(md, "Tomography")
     if isinstance(tomo, dict):
         # HyperSpy/ETSpy keep tilts and shifts either as arrays or as nested signals.
@@ -332,6 +337,27 @@ def _nav_unit(units: Any) -> tuple[str | None, float]:
         except Exception:
             continue
     return None, 1.0
+
+
+def _imagej_frame_interval_s(path: Path) -> float | None:
+    """Frame interval (s) of an ImageJ hyperstack with a time axis (``finterval``, ``tunit``)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            ij = tif.imagej_metadata or {}
+            axes = tif.series[0].axes
+    except Exception:
+        return None
+    fi = ij.get("finterval")
+    if fi is None or "T" not in axes or "Z" in axes or "C" in axes:
+        return None
+    kind_, factor = _nav_unit(ij.get("tunit") or "s")
+    try:
+        dt = float(fi) * factor
+    except (TypeError, ValueError):
+        return None
+    return dt if kind_ == "time" and np.isfinite(dt) and dt > 0 else None
 
 
 def _tiff_calibration_A(path: Path) -> tuple[float | None, float | None]:
