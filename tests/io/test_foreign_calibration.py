@@ -130,3 +130,19 @@ def test_imagej_stack_frame_interval_gives_times(tmp_path, tunit, factor):
     tifffile.imwrite(p, np.stack([A] * 4), imagej=True, resolution=(50.0, 50.0), metadata=md)
     s = ps.load(p)
     np.testing.assert_allclose(s.time_s, 0.5 * factor * np.arange(4))
+
+
+@pytest.mark.parametrize("ome", [False, True])
+def test_channel_stack_tif_is_not_read_as_a_series(tmp_path, ome):
+    from perovstem.errors import DataError
+
+    p = tmp_path / ("c.ome.tif" if ome else "c.tif")
+    data = np.stack([A] * 3)
+    if ome:
+        tifffile.imwrite(p, data, ome=True, metadata={"axes": "CYX"})
+    else:
+        tifffile.imwrite(
+            p, data, imagej=True, resolution=(50.0, 50.0), metadata={"unit": "nm", "axes": "CYX"}
+        )
+    with pytest.raises(DataError, match="3 channels"):
+        ps.load(p, pixel_size=0.2)

@@ -239,6 +239,8 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
         raise FileFormatError(f"{str(path)!r}: the file holds no data")
     s = _pick_signal(path, sigs)
     data = s["data"]
+    if plugin == "tiff" and getattr(data, "ndim", 0) == 3:
+        _refuse_channel_stack(path)
     if lazy:
         _probe_lazy(path, data)
     axes = sorted(s["axes"], key=lambda a: a.get("index_in_array", 0))
@@ -337,6 +339,24 @@ def _nav_unit(units: Any) -> tuple[str | None, float]:
         except Exception:
             continue
     return None, 1.0
+
+
+def _refuse_channel_stack(path: Path) -> None:
+    """A tif whose stack axis is channels (ImageJ/OME 'C', e.g. HAADF + ABF + BF detectors)
+    is not a series of frames: refuse it instead of analysing the detectors as time steps."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            axes = tif.series[0].axes
+            shape = tif.series[0].shape
+    except Exception:
+        return
+    if "C" in axes:
+        raise DataError(
+            f"{str(path)!r}: holds {shape[axes.index('C')]} channels (axes {axes!r}), e.g. "
+            "several detectors, not frames of a series; save the HAADF channel on its own"
+        )
 
 
 def _imagej_frame_interval_s(path: Path) -> float | None:
