@@ -317,3 +317,47 @@ def test_shift_frame_matches_spline_and_keeps_noise():
         inner = (slice(8, -8), slice(8, -8))
         assert np.var(shift_frame(noise, (0.5, 0.5))[inner]) == pytest.approx(1.0, abs=0.03)
         assert np.var(ndimage.shift(noise, (0.5, 0.5), order=3)[inner]) < 0.7
+
+
+def test_without_dose_cluster_areas_are_not_reported_as_atoms(sim_series):
+    """No dose: clusters are tracked by area (Å²), which must not appear as Pb⁰ atom counts
+    nor scale the per-atom hop rate Γ₁ = Γ_c·n^(4/3) (it was 20× off through that)."""
+    from perovstem.insitu import analyze_series
+
+    s, _ = sim_series[0]
+    res = analyze_series(s.replace(dose_e_per_A2=None), summary=True, ci="wald")
+    fr = res.frames
+    assert (fr["n_clusters"] > 0).any()
+    assert fr.loc[fr["n_clusters"] > 0, "n_Pb0_detected"].isna().all()
+    assert fr["mean_cluster_atoms"].isna().all()
+    assert res.clusters["n_atoms"].isna().all()
+    assert "mobility" not in set(res.summary["process"])
+    assert any("mobility not measured" in n for n in res.notes)
+
+
+def test_pipeline_cluster_step_without_dose_tracks_by_area(sim_series):
+    """The ``insitu.clusters`` pipeline step on a series without dose: it stopped with
+    "`clusters` has non-finite value(s) in n_atoms"; it must track by area and report the
+    Pb⁰ atoms as unknown (NaN), not 0."""
+    from perovstem.pipeline.steps import insitu as steps
+
+    class Ctx:
+        step_id = "clusters"
+        params = {"threshold_sigma": 6.0, "min_atoms": 5.0, "max_diameter_A": 16.0}
+        params |= {"max_step_A": 8.0}
+
+        def map(self, f, items, shared=None, description=""):
+            return [f(k, shared) for k in items]
+
+        def metric(self, *args, **kwargs):
+            pass
+
+        def figure(self, *args, **kwargs):
+            pass
+
+    s, _ = sim_series[0]
+    step = getattr(steps.insitu_clusters, "__wrapped__", steps.insitu_clusters)
+    counts = step(Ctx(), s.replace(dose_e_per_A2=None))["counts"]
+    assert (counts["n_clusters"] > 0).any()
+    assert counts.loc[counts["n_clusters"] > 0, "n_Pb0_detected"].isna().all()
+    assert "cumulative_births" in counts

@@ -214,3 +214,12 @@ def test_save_mesh_refuses_faces_beyond_the_vertices(tmp_path):
     with pytest.raises(DataError, match="non-finite"):
         ps.io.save_mesh(np.full((3, 3), np.nan), [[0, 1, 2]], tmp_path / "m.ply")
     assert not (tmp_path / "m.ply").exists()
+
+
+def test_save_image_to_a_directory_or_without_extension_says_so(tmp_path):
+    img = ps.Image(np.zeros((8, 8)), 0.5)
+    (tmp_path / "d").mkdir()
+    with pytest.raises(FileFormatError, match="is a directory"):
+        ps.io.save_image(img, tmp_path / "d")
+    with pytest.raises(FileFormatError, match="no file extension"):
+        ps.io.save_image(img, tmp_path / "noext")

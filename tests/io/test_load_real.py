@@ -170,3 +170,10 @@ def test_dose_from_beam_metadata_hyperspy_and_velox_styles():
     # 50 pA for 2 µs on a 0.5 Å pixel: 624 electrons over 0.25 Å²
     assert dose_per_frame(5e-11, 2e-6, 0.5) == pytest.approx(5e-11 * 2e-6 / 1.602176634e-19 / 0.25)
     assert dose_per_frame(5e-11, 2e-6, 0.5) == pytest.approx(2496.6, rel=1e-4)
+
+
+def test_statstem_class_based_mat_gets_a_clear_message(statstem_data):
+    from perovstem.errors import FileFormatError
+
+    with pytest.raises(FileFormatError, match="MATLAB class objects"):
+        ps.load(statstem_data / "mat" / "Example_PtIr.mat")

@@ -87,11 +87,12 @@ def test_simulate_image_writes_image_and_truth(tmp_path):
         ["--edge-A", "2"],
         ["--voltage-kV", "80"],
         ["--size", "3"],
+        ["--pb-cluster", "-3"],
     ],
 )
 def test_simulate_image_bad_input_exits_2(tmp_path, args, capsys):
     rc = main(["simulate", "image", "--out", str(tmp_path / "x.tif"), *args])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "error" in err and args[1] in err
+    assert "error" in err and args[1] in err and args[0] in err
     assert not (tmp_path / "x.tif").exists()

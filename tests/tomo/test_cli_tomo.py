@@ -109,6 +109,14 @@ def test_cli_bad_input(simulated, tmp_path):
     assert main(["simulate", "tilt", "--out", str(tmp_path / "x.npz"), "--step-deg", "0"]) == 2
 
 
+def test_cli_bad_bin_names_the_flag(simulated, tmp_path, capsys):
+    _, ts = simulated
+    out = tmp_path / "v.mrc"
+    assert main(["tomo", "reconstruct", str(ts), "--out", str(out), "--bin", "1000"]) == 2
+    assert "`--bin` 1000" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("suffix", [".vti", ".tif", ".zarr"])
 def test_reconstruct_exports(simulated, tmp_path, suffix):
     from perovstem.io import read_volume

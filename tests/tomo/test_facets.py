@@ -125,3 +125,22 @@ def test_4d_sequence_tracks_volume_and_clusters():
     assert np.all(np.diff(df.volume_A3) < 0)
     assert df.cluster_volume_A3.iloc[-1] > df.cluster_volume_A3.iloc[0]
     assert np.allclose(df[["frac_100", "frac_110", "frac_111", "frac_other"]].sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("euler", [(0, 0, 0), (20, 35, 10)])
+def test_octahedron_is_111_without_a_given_orientation(euler):
+    """A {111}-bounded crystal (fcc Pb particles are octahedra): the orientation estimate
+    took a <111> normal for a cube axis and reported < 1 % {111}."""
+    from scipy.spatial.transform import Rotation
+
+    from perovstem.tomo import facet_fractions, surface_mesh
+
+    n = 64
+    p = np.stack(np.mgrid[0:n, 0:n, 0:n][::-1], axis=-1) - (n - 1) / 2
+    q = p @ Rotation.from_euler("zyx", euler, degrees=True).as_matrix().T
+    octa = (np.abs(q).sum(-1) <= 28).astype(np.float32)
+    f = facet_fractions(surface_mesh(octa)).set_index("family")["fraction"]
+    assert f["111"] > 0.65 and f["100"] < 0.05
+    cube = (np.abs(q).max(-1) <= 20).astype(np.float32)
+    f = facet_fractions(surface_mesh(cube)).set_index("family")["fraction"]
+    assert f["100"] > 0.8 and f["111"] < 0.05

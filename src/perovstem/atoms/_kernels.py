@@ -407,9 +407,9 @@ def column_step(
         ddx = nxk - x0[k]
         ddy = nyk - y0[k]
         dd = np.sqrt(ddx * ddx + ddy * ddy)
-        if dd > lim:
-            nxk = x0[k] + ddx * lim / dd
-            nyk = y0[k] + ddy * lim / dd
+        if dd > lim[k]:
+            nxk = x0[k] + ddx * lim[k] / dd
+            nyk = y0[k] + ddy * lim[k] / dd
             sx = nxk - xk
             sy = nyk - yk
         nek = ek + d[2]

@@ -106,7 +106,9 @@ def find_peaks(
         check_positive("pixel_noise", pixel_noise)
     noise = pixel_noise / (2.0 * np.sqrt(np.pi) * sig)  # σ of the smoothed image
     thr = float(threshold) if threshold is not None else min_snr * noise
-    peak = _disk_maxima(sm, sep) & (sm - bg > thr)
+    # only pixels above the threshold are tested (a flat, e.g. zero-count, vacuum is a
+    # plateau of candidates that would otherwise all be tested against the whole disk)
+    peak = _disk_maxima(sm, sep, where=sm - bg > thr)
     peak[[0, -1], :] = False
     peak[:, [0, -1]] = False
     ii, jj = np.nonzero(peak)
@@ -136,28 +138,37 @@ def find_peaks(
     return df.reset_index(drop=True)
 
 
-def _disk_maxima(sm: np.ndarray, sep: float) -> np.ndarray:
-    """``sm == maximum_filter(sm, disk of radius sep, mode="nearest")``, computed only at the
-    pixels that are maxima of their 4-neighbourhood (contained in every disk of radius ≥ 1):
-    the same mask as the full disk filter, at a fraction of its cost."""
+def _disk_maxima(sm: np.ndarray, sep: float, where: np.ndarray | None = None) -> np.ndarray:
+    """``sm == maximum_filter(sm, disk of radius sep, mode="nearest")`` (``& where`` when
+    given), computed only at the pixels that are maxima of their 4-neighbourhood (contained in
+    every disk of radius ≥ 1): the same mask as the full disk filter, at a fraction of its
+    cost."""
     ny, nx = sm.shape
     pad = np.pad(sm, 1, mode="edge")
     c = pad[1:-1, 1:-1]
     cand = (
         (c >= pad[:-2, 1:-1]) & (c >= pad[2:, 1:-1]) & (c >= pad[1:-1, :-2]) & (c >= pad[1:-1, 2:])
     )
+    if where is not None:
+        cand &= where
     ii, jj = np.nonzero(cand)
     v = sm[ii, jj]
-    ok = np.ones(ii.size, dtype=bool)
     r = int(np.floor(sep))
-    for dy in range(-r, r + 1):
-        yi = np.clip(ii + dy, 0, ny - 1)  # mode="nearest"
-        for dx in range(-r, r + 1):
-            if dx * dx + dy * dy > sep * sep or (dx == 0 and dy == 0):
-                continue
-            ok &= sm[yi, np.clip(jj + dx, 0, nx - 1)] <= v
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    d2 = dy * dy + dx * dx
+    inside = (d2 <= sep * sep) & (d2 > 0)
+    # nearest offsets first, dropping rejected candidates as we go: almost every candidate
+    # (noise maxima in vacuum) is rejected by a close neighbour, so the cost no longer grows
+    # as (disk area × candidates) — 70 s → < 1 s on a 1232² image at 0.05 Å/px
+    order = np.argsort(d2[inside], kind="stable")
+    for oy, ox in zip(dy[inside][order], dx[inside][order], strict=True):
+        keep = sm[np.clip(ii + oy, 0, ny - 1), np.clip(jj + ox, 0, nx - 1)] <= v  # "nearest"
+        if not keep.all():
+            ii, jj, v = ii[keep], jj[keep], v[keep]
+            if ii.size == 0:
+                break
     out = np.zeros(sm.shape, dtype=bool)
-    out[ii[ok], jj[ok]] = True
+    out[ii, jj] = True
     return out
 
 

@@ -520,6 +520,15 @@ def fit_columns(
         )
     else:
         max_disp_px = check_positive("max_displacement_A", max_displacement_A) / dx
+    max_disp_scalar = float(max_disp_px)
+    # A column may not leave the sampled field: beyond the border no pixel constrains its peak
+    # and the fit trades height for an extrapolated tail (on a periodic abTEM multislice image
+    # border columns ran 1.2 Å outside and their SCS grew 100-fold).  Per-column bound: the
+    # distance to the outer pixel edge, at least 0.5 px.
+    to_edge = np.minimum.reduce(
+        [x + 0.5, data.shape[1] - 0.5 - x, y + 0.5, data.shape[0] - 0.5 - y]
+    )
+    max_disp_px = np.ascontiguousarray(np.minimum(max_disp_scalar, np.maximum(to_edge, 0.5)))
     fit_bg = bool(nb) and fixed_bg is None
     n_glob = (len(tnames) if shared_rho else 0) + (nb if fit_bg else 0)
     nt = len(tnames)
@@ -899,7 +908,7 @@ def fit_columns(
         rbox = float(_reach(cut, rho.max())) * 1.25 + max_shift + 1.0
         if rbox > partition["rbox"]:
             partition["rbox"] = 1.1 * rbox
-            size = 2.0 * partition["rbox"] + 2.0 + 2.0 * max_disp_px
+            size = 2.0 * partition["rbox"] + 2.0 + 2.0 * max_disp_scalar
             partition["cells"] = _cells(x_start, y_start, size)
         return partition["cells"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -54,6 +55,7 @@ def normalize_image(
     dose = float(dose)
     if not np.isfinite(dose) or dose <= 0:
         raise ParameterError(f"`dose_e_per_A2` must be > 0, got {dose!r}")
+    _warn_assumed_detector(image, gain, offset, "normalize_image", "the cross-sections are")
     g = float(gain if gain is not None else image.metadata.get("gain", 1.0))
     o = float(offset if offset is not None else image.metadata.get("offset", 0.0))
     if not np.isfinite(g) or g <= 0:
@@ -81,4 +83,25 @@ def poisson_variance_model(image: Image) -> tuple[float, float, str]:
         if dose is None:
             raise CalibrationError("normalised image without dose: Poisson variance unknown")
         return 1.0 / (float(dose) * image.pixel_size_A**2), 0.0, "fraction"
+    _warn_assumed_detector(
+        image, None, None, "the Poisson variance model", "the weights and error bars are"
+    )
     return float(meta.get("gain", 1.0)), float(meta.get("offset", 0.0)), "counts"
+
+
+def _warn_assumed_detector(image: Image, gain: Any, offset: Any, what: str, harm: str) -> None:
+    """Warn when the detector gain/offset fall back to 1 and 0: files from a microscope rarely
+    carry them, and a wrong gain scales every cross-section (or Poisson error) silently."""
+    missing = [
+        name
+        for name, given in (("gain", gain), ("offset", offset))
+        if given is None and image.metadata.get(name) is None
+    ]
+    if missing:
+        warnings.warn(
+            f"{what}: detector {' and '.join(missing)} unknown (not in image.metadata and not "
+            "given); assuming gain = 1 count per electron and offset = 0 counts. Pass "
+            f"gain=/offset= (measured on the detector), otherwise {harm} wrong",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -76,6 +76,11 @@ def image(
         raise OutputExistsError(f"{str(out)!r} exists (use --overwrite to replace it)")
     if size is not None:  # before building the crystal
         check_frame_shape((size, size), pixel_size_A, name="--size")
+    for n in pb_cluster:  # named by its flag, before building the crystal
+        if n < 1:
+            from perovstem.errors import ParameterError
+
+            raise ParameterError(f"`--pb-cluster` must be a number of atoms >= 1, got {n}")
     rng = np.random.default_rng(seed)
     atoms = nanocrystal(
         edge_A,

@@ -359,11 +359,16 @@ def analyze_series(
     if len(skipped) == n:
         raise DataError(f"every frame of the series is unusable ({n} frames)")
     det = pd.concat(dets, ignore_index=True) if dets else pd.DataFrame(columns=CLUSTER_COLUMNS)
-    size_col = "n_atoms" if det["n_atoms"].notna().any() else None
-    if size_col is None:
+    no_counts = not det["n_atoms"].notna().any()
+    if no_counts:
         det = det.assign(n_atoms=det["area_A2"])  # size proxy when no dose is known
-        size_col = "n_atoms"
-    tracks, lineage = track_clusters(det, size_column=size_col, **track)
+    tracks, lineage = track_clusters(det, size_column="n_atoms", **track)
+    if no_counts:
+        # the area proxy (Å²) only links clusters between frames: never report it as atoms
+        tracks = tracks.assign(n_atoms=np.nan)
+        lineage = lineage.assign(
+            **{c: np.nan for c in ("n_atoms_start", "n_atoms_end") if c in lineage}
+        )
     fr_tab = _frames_table(series, drift, pd.DataFrame(rows), tracks, lineage)
     if scan_rms is not None:
         fr_tab["scan_rms_line_offset_px"] = scan_rms
@@ -408,6 +413,9 @@ def analyze_series(
         if register and n_unrel:  # hops measured through an unreliable drift are not hops
             mob_tracks = tracks[~tracks["frame"].isin(bad)]
             mob_tracks = mob_tracks if len(mob_tracks) else None
+        if no_counts:  # Γ₁ = Γ_c·n^(4/3) needs cluster sizes in atoms
+            mob_tracks = None
+            notes.append("no atom counts (no dose): cluster mobility not measured")
         summ = mechanism_summary(usable, x=x, ci=ci, tracks=mob_tracks, mobility=mob)
     else:
         summ = pd.DataFrame()
@@ -837,13 +845,16 @@ def _frames_table(
     g = tracks.groupby("frame")
     idx = out["frame"]
     out["n_clusters"] = g.size().reindex(idx, fill_value=0).to_numpy()
-    out["n_Pb0_detected"] = g["n_atoms"].sum().reindex(idx, fill_value=0).to_numpy()
+    # min_count: clusters without atom counts (no dose) give NaN, not 0 atoms
+    out["n_Pb0_detected"] = g["n_atoms"].sum(min_count=1).reindex(idx, fill_value=0).to_numpy()
     if "host_ok" in tracks:
         # clusters whose host background the host model cannot support (detect_clusters'
         # ``host_ok``): counted, but said per frame so totals are read with that caveat
         bad = tracks[~tracks["host_ok"].astype(bool)].groupby("frame")
         out["n_clusters_host_flagged"] = bad.size().reindex(idx, fill_value=0).to_numpy()
-        out["n_Pb0_host_flagged"] = bad["n_atoms"].sum().reindex(idx, fill_value=0).to_numpy()
+        out["n_Pb0_host_flagged"] = (
+            bad["n_atoms"].sum(min_count=1).reindex(idx, fill_value=0).to_numpy()
+        )
     out["mean_cluster_atoms"] = g["n_atoms"].mean().reindex(idx).to_numpy()
     out["mean_radius_A"] = (
         g["radius_A"].mean().reindex(idx).to_numpy() if "radius_A" in tracks else np.nan

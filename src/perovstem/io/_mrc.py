@@ -260,6 +260,7 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
         if data.size != expected:
             raise FileFormatError(f"{str(path)!r}: truncated MRC, {data.size} of {expected} values")
         voxel = float(mrc.voxel_size.x)
+        voxel_y = float(mrc.voxel_size.y)
         nz = int(hdr.nz)
         exttyp = bytes(hdr.exttyp).decode("ascii", "replace").strip("\x00 ")
         labels = [
@@ -298,6 +299,8 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
     # Header voxel size 0 or 1 Å usually means "not set" (many writers leave 1.0).
     if voxel > 0 and not np.isclose(voxel, 1.0):
         out["pixel_size_A"] = voxel
+        if voxel_y > 0:  # non-square pixels are refused by load() unless pixel_size= is given
+            out["pixel_size_y_A"] = voxel_y
     if fei is not None:
         out["pixel_size_A"] = float(np.median(fei["pixel_size_m"]) * 1e10)
         if np.ptp(fei["a_tilt_deg"]) > 0.5:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,15 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
         md["pixel_size_source"] = "user"
     elif rec.get("pixel_size_A") is not None:
         px = float(rec["pixel_size_A"])
+        py = rec.get("pixel_size_y_A")
+        if py is not None and abs(float(py) - px) > 1e-3 * px:
+            # everything downstream assumes square pixels: refuse rather than silently take
+            # the y scale to equal the x scale
+            raise CalibrationError(
+                f"{str(path)!r}: non-square pixels ({px:.6g} Å in x, {float(py):.6g} Å in y) "
+                "are not supported; resample to square pixels, or pass pixel_size= (Å; "
+                "command line: --pixel-size-A) to use one size for both axes"
+            )
     else:
         raise CalibrationError(
             f"{str(path)!r}: no usable spatial calibration in the file; give the pixel size "
@@ -229,6 +239,8 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
         raise FileFormatError(f"{str(path)!r}: the file holds no data")
     s = _pick_signal(path, sigs)
     data = s["data"]
+    if plugin == "tiff" and getattr(data, "ndim", 0) == 3:
+        _refuse_channel_stack(path)
     if lazy:
         _probe_lazy(path, data)
     axes = sorted(s["axes"], key=lambda a: a.get("index_in_array", 0))
@@ -241,15 +253,30 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
         out["pixel_size_A"] = length_to_A(ax.get("scale", 1.0), ax.get("units"), what=str(path))
     except CalibrationError:
         out["pixel_size_A"] = None
+    if out["pixel_size_A"] is not None and len(sig_axes) == 2:
+        try:
+            out["pixel_size_y_A"] = length_to_A(
+                sig_axes[0].get("scale", 1.0), sig_axes[0].get("units"), what=str(path)
+            )
+        except CalibrationError:
+            pass
+    if out["pixel_size_A"] is None and plugin == "tiff":
+        # rsciio drops the unit of ImageJ tifs in nm/Å/escaped µm and ignores OME PhysicalSize
+        out["pixel_size_A"], out["pixel_size_y_A"] = _tiff_calibration_A(path)
     if nav_axes:
         nav = nav_axes[0]
-        units = str(nav.get("units", "")).strip()
         n = data.shape[0]
-        if units in ("s", "ms", "min"):
-            f = {"s": 1.0, "ms": 1e-3, "min": 60.0}[units]
-            out["time_s"] = (nav.get("offset", 0.0) + nav.get("scale", 1.0) * np.arange(n)) * f
-        elif units in ("°", "deg", "degree", "degrees"):
-            out["angles_deg"] = nav.get("offset", 0.0) + nav.get("scale", 1.0) * np.arange(n)
+        ticks = nav.get("offset", 0.0) + nav.get("scale", 1.0) * np.arange(n)
+        kind_, factor = _nav_unit(nav.get("units"))
+        if kind_ == "time":
+            out["time_s"] = ticks * factor
+        elif kind_ == "angle":
+            out["angles_deg"] = ticks * factor
+        elif plugin == "tiff" and data.ndim == 3:
+            # ImageJ/Fiji keep the frame interval in their description; rsciio drops it
+            dt = _imagej_frame_interval_s(path)
+            if dt is not None:
+                out["time_s"] = dt * np.arange(n)
     tomo = _get(md, "Tomography")
     if isinstance(tomo, dict):
         # HyperSpy/ETSpy keep tilts and shifts either as arrays or as nested signals.
@@ -288,6 +315,111 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
             beam["beam_current_A"], beam["dwell_time_s"], out["pixel_size_A"]
         )
     return out
+
+
+def _nav_unit(units: Any) -> tuple[str | None, float]:
+    """Classify a navigation-axis unit: ``("time", to_s)``, ``("angle", to_deg)`` or
+    ``(None, 1.0)``; any pint time or angle unit is accepted (µs, min, h, rad, mrad, ...)."""
+    from perovstem.io._units import _ureg
+
+    u = str(units or "").strip()
+    if u in ("°", "deg", "degree", "degrees"):
+        return "angle", 1.0
+    if u in ("µs", "μs", "us"):
+        u = "microsecond"
+    if not u or u.lower() in ("<undefined>", "undefined", "none"):
+        return None, 1.0
+    try:
+        q = _ureg().Quantity(1.0, u)
+    except Exception:
+        return None, 1.0
+    for kind_, target in (("time", "second"), ("angle", "degree")):
+        try:
+            return kind_, float(q.to(target).magnitude)
+        except Exception:
+            continue
+    return None, 1.0
+
+
+def _refuse_channel_stack(path: Path) -> None:
+    """A tif whose stack axis is channels (ImageJ/OME 'C', e.g. HAADF + ABF + BF detectors)
+    is not a series of frames: refuse it instead of analysing the detectors as time steps."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            axes = tif.series[0].axes
+            shape = tif.series[0].shape
+    except Exception:
+        return
+    if "C" in axes:
+        raise DataError(
+            f"{str(path)!r}: holds {shape[axes.index('C')]} channels (axes {axes!r}), e.g. "
+            "several detectors, not frames of a series; save the HAADF channel on its own"
+        )
+
+
+def _imagej_frame_interval_s(path: Path) -> float | None:
+    """Frame interval (s) of an ImageJ hyperstack with a time axis (``finterval``, ``tunit``)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            ij = tif.imagej_metadata or {}
+            axes = tif.series[0].axes
+    except Exception:
+        return None
+    fi = ij.get("finterval")
+    if fi is None or "T" not in axes or "Z" in axes or "C" in axes:
+        return None
+    kind_, factor = _nav_unit(ij.get("tunit") or "s")
+    try:
+        dt = float(fi) * factor
+    except (TypeError, ValueError):
+        return None
+    return dt if kind_ == "time" and np.isfinite(dt) and dt > 0 else None
+
+
+def _tiff_calibration_A(path: Path) -> tuple[float | None, float | None]:
+    """Pixel sizes (x, y) in Å from ImageJ (``unit`` + resolution) or OME (``PhysicalSizeX/Y``)
+    tif metadata, or (None, None)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            ij = tif.imagej_metadata
+            ome = tif.ome_metadata
+            tags = tif.pages[0].tags
+            xres = tags["XResolution"].value if "XResolution" in tags else None
+            yres = tags["YResolution"].value if "YResolution" in tags else None
+    except Exception:
+        return None, None
+    sizes: tuple[Any, Any, Any, Any] | None = None
+    if ij and ij.get("unit") and xres and yres and xres[0] and yres[0]:
+        # ImageJ writes non-ASCII units as Java escapes, e.g. "\\u00B5m", "\\u00C5"
+        unit = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), ij["unit"])
+        unit = {"micron": "µm", "microns": "µm"}.get(unit.strip(), unit.strip())
+        sizes = (xres[1] / xres[0], unit, yres[1] / yres[0], unit)
+    elif ome:
+        m = re.search(r"<Pixels\b[^>]*>", ome)
+        if m is not None:
+            att = dict(re.findall(r'(\w+)="([^"]*)"', m.group(0)))
+            if "PhysicalSizeX" in att:
+                ux = att.get("PhysicalSizeXUnit", "µm")  # the OME schema's default unit
+                sizes = (
+                    att["PhysicalSizeX"],
+                    ux,
+                    att.get("PhysicalSizeY", att["PhysicalSizeX"]),
+                    att.get("PhysicalSizeYUnit", ux),
+                )
+    if sizes is None:
+        return None, None
+    try:
+        px = length_to_A(float(sizes[0]), sizes[1], what=str(path))
+        py = length_to_A(float(sizes[2]), sizes[3], what=str(path))
+    except (CalibrationError, ValueError):
+        return None, None
+    return px, py
 
 
 def _probe_lazy(path: Path, data: Any) -> None:
@@ -431,7 +563,17 @@ def _read_statstem_mat(path: Path) -> dict[str, Any]:
         ) from None
     inp = m.get("input")
     if inp is None or not hasattr(inp, "obs"):
-        raise FileFormatError(f"{str(path)!r}: no StatSTEM 'input' struct with 'obs'")
+        names = sorted(k for k in m if not k.startswith("__"))
+        if not names or names == ["None"]:
+            # scipy shows MATLAB class objects (MCOS, StatSTEM >= 2018 files) as one 'None'
+            raise FileFormatError(
+                f"{str(path)!r}: holds MATLAB class objects (newer StatSTEM files), which "
+                "cannot be read here; in MATLAB save the image and pixel size as plain "
+                "variables (obs, dx) in a struct 'input', or export them to .npz/.tif"
+            )
+        raise FileFormatError(
+            f"{str(path)!r}: no StatSTEM 'input' struct with 'obs' (variables: {names})"
+        )
     return _statstem_record(np.asarray(inp.obs, dtype=float), float(inp.dx), {})
 
 

@@ -119,9 +119,14 @@ def save_image(
     elif suffix == ".hspy":
         _save_hspy(obj, data, path, overwrite=overwrite, meta=full)
     else:
-        raise FileFormatError(
-            f"{str(path)!r}: cannot write {suffix!r} (use .npz, .zarr, .tif, .mrc or .hspy)"
+        what = (
+            "is a directory; give a file name in it"
+            if path.is_dir()
+            else "has no file extension"
+            if not suffix
+            else f"cannot write {suffix!r}"
         )
+        raise FileFormatError(f"{str(path)!r}: {what} (use .npz, .zarr, .tif, .mrc or .hspy)")
     return path
 
 

@@ -436,6 +436,27 @@ def projection_matching(
     return sh, residual, hist
 
 
+def _steep_axis_check(
+    d: np.ndarray, shifted: np.ndarray, ang: np.ndarray, sh: np.ndarray, phi: float
+) -> tuple[float, bool]:
+    """The centre-of-mass axis estimate assumes an axis near image x; an axis near image y
+    (IMOD/SerialEM data) gave e.g. 26° for 90°.  Estimate again on the stack turned by 90°
+    and keep that axis when the profile along it is clearly more tilt-invariant.  Only
+    tried when the first estimate is > 20° from x (within 20° it is reliable, and the
+    profile metric, after the centre-of-mass shifts, is not a safe referee there)."""
+    if abs(phi) <= 20.0:
+        return phi, False
+    try:
+        p90, _ = tilt_axis_from_com(np.ascontiguousarray(np.rot90(shifted, 1, axes=(1, 2))), ang)
+    except DataError:
+        return phi, False
+    alt = p90 - 90.0 if p90 >= 0 else p90 + 90.0
+    margin = d.shape[2] // 4
+    m0 = _profile_metric(d, sh, phi, margin)
+    m1 = _profile_metric(d, sh, alt, margin)
+    return (float(alt), True) if m1 < 0.5 * m0 else (phi, False)
+
+
 def align(
     tilt_series: TiltSeries,
     *,
@@ -507,8 +528,10 @@ def align(
             shifted = np.stack([_shift_image(d[k], sh[k, 0], sh[k, 1]) for k in range(a)])
             phi, _ = tilt_axis_from_com(shifted, ang)
             steps.append("tilt_axis_com")
+            phi, steep = _steep_axis_check(d, shifted, ang, sh, phi)
             if tilt_axis == "search":
-                phi, _ = tilt_axis_search(d, ang, sh, centre_deg=float(np.clip(phi, -20, 20)))
+                centre = phi if steep else float(np.clip(phi, -20, 20))
+                phi, _ = tilt_axis_search(d, ang, sh, centre_deg=centre)
                 steps.append("tilt_axis_search")
     else:
         phi = float(tilt_axis)

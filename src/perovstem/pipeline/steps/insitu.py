@@ -94,10 +94,15 @@ def insitu_clusters(ctx: Any, series: Any, truth: Any = None) -> dict[str, Any]:
     idx = frames["frame"]
     g = detections.groupby("frame")
     counts = frames.assign(n_clusters=g.size().reindex(idx, fill_value=0).to_numpy())
+    has_counts = "n_atoms" in detections.columns and detections["n_atoms"].notna().any()
     if "n_atoms" in detections.columns:
-        counts["n_Pb0_detected"] = g["n_atoms"].sum().reindex(idx, fill_value=0).to_numpy()
+        # min_count: without a dose the clusters have no atom counts -> NaN, not 0 atoms
+        counts["n_Pb0_detected"] = (
+            g["n_atoms"].sum(min_count=1).reindex(idx, fill_value=0).to_numpy()
+        )
     try:
-        tracks, lineage = api(TRACK)(detections, max_step_A=p["max_step_A"])
+        size = {} if has_counts or "area_A2" not in detections else {"size_column": "area_A2"}
+        tracks, lineage = api(TRACK)(detections, max_step_A=p["max_step_A"], **size)
         events = api(EVENTS)(lineage, frames)
         births = events[events["kind"] == "birth"].groupby("frame").size()
         merges = events[events["kind"] == "merge"].groupby("frame").size()
