@@ -164,6 +164,25 @@ def test_atoms_lost_needs_dose(sim_series):
         analyze_series(s, columns=True, column_options={"bogus": 1})
 
 
+def test_summary_conditions_of_a_real_log(sim_series):
+    """Time stamps jittered by 1 ms and a logged temperature with 0.1 K noise that steps
+    from 300 to 350 K half-way: two conditions, each hop matched to its frame's condition
+    (before: every frame its own condition and a DataError about `tracks`)."""
+    from perovstem.insitu import analyze_series
+
+    s, _ = sim_series[0]
+    rng = np.random.default_rng(0)
+    n = s.n_frames
+    temp = np.where(np.arange(n) < n // 2, 300.0, 350.0) + rng.normal(0, 0.1, n)
+    js = s.replace(time_s=s.time_s + rng.normal(0, 1e-3, n), temperature_K=temp)
+    res = analyze_series(js, ci="wald", phase_check=False)
+    conds = res.summary[res.summary["condition"] >= 0]
+    assert set(conds["condition"]) == {0, 1}
+    assert sorted(conds.groupby("condition")["temperature_K"].first()) == pytest.approx(
+        [300.0, 350.0], abs=0.5
+    )
+
+
 def test_corrupted_frame_reported(sim_series):
     from perovstem.insitu import analyze_series
 

@@ -198,3 +198,39 @@ def test_two_dose_rates_give_alpha_with_interval_and_verdict(thermal):
         assert dr.selected_model.iloc[0] == want
         assert f"alpha = {a:.3g}" in dr.text.iloc[0]
     assert hits >= 2
+
+
+def test_jittered_time_stamps_and_logged_temperature_stay_one_condition():
+    """A real series: frame intervals jitter by ~1 ms (dose rate D/Δt differs in the 4th
+    digit) and the holder log's temperature by ~0.1 K; before, every frame became its own
+    condition (no fits; with tracks a DataError).  Two real settings stay two conditions,
+    and tracks are matched to them through their own (jittered) condition values."""
+    rng = np.random.default_rng(3)
+    a = _frames(rng, 1e3, 300.0, 5e-3, 3e4)
+    b = _frames(rng, 1e4, 300.0, 5e-3, 3e4)
+    for f in (a, b):
+        f["dose_rate_e_per_A2_s"] *= 1 + rng.normal(0, 1e-3, len(f))
+        f["temperature_K"] += rng.normal(0, 0.1, len(f))
+    one = mechanism_summary(a, ci="wald")
+    assert set(one["condition"]) == {0}
+    br = one[one.process == "br_loss"]
+    assert len(br) == 1 and abs(br.value.iloc[0] / 3e4 - 1) < 0.1
+    b["frame"] += len(a)
+    both = pd.concat([a, b], ignore_index=True)
+    tracks = pd.DataFrame(
+        {
+            "frame": np.repeat(both["frame"].to_numpy(), 2),
+            "track_id": np.tile([0, 1], len(both)),
+            "x_A": np.tile([0.0, 20.0], len(both)) + rng.normal(0, 1.0, 2 * len(both)),
+            "y_A": rng.normal(0, 1.0, 2 * len(both)),
+            "n_atoms": 20,
+            "dose_rate_e_per_A2_s": np.repeat(both["dose_rate_e_per_A2_s"].to_numpy(), 2),
+        }
+    )
+    two = mechanism_summary(both, ci="wald", tracks=tracks)
+    conds = two[two.condition >= 0]
+    assert set(conds["condition"]) == {0, 1}
+    assert sorted(conds.groupby("condition")["dose_rate_e_per_A2_s"].first()) == pytest.approx(
+        [1e3, 1e4], rel=0.01
+    )
+    assert len(two.attrs["conditions"]) == 2

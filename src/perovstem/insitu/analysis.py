@@ -408,6 +408,11 @@ def analyze_series(
         if register and n_unrel:  # hops measured through an unreliable drift are not hops
             mob_tracks = tracks[~tracks["frame"].isin(bad)]
             mob_tracks = mob_tracks if len(mob_tracks) else None
+        if mob_tracks is not None:  # each hop belongs to its frame's condition (T, dose rate)
+            cond = [c for c in ("temperature_K", "dose_rate_e_per_A2_s", "gas") if c in usable]
+            mob_tracks = mob_tracks.drop(columns=[c for c in cond if c in mob_tracks]).merge(
+                fr_tab[["frame", *cond]], on="frame", how="left"
+            )
         summ = mechanism_summary(usable, x=x, ci=ci, tracks=mob_tracks, mobility=mob)
     else:
         summ = pd.DataFrame()

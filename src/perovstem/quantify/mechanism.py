@@ -47,6 +47,37 @@ SUMMARY_COLUMNS = [
     "text",
 ]
 
+# How far a condition value may stray and still be the same condition: a logged holder
+# temperature fluctuates by tenths of a kelvin and frame time stamps jitter by milliseconds
+# (a per-frame dose rate D/Δt then differs in the 4th digit), so exact values would make every
+# frame of one series its own condition.  ("abs", K) or ("rel", fraction).
+CONDITION_TOLERANCE = {"temperature_K": ("abs", 2.0), "dose_rate_e_per_A2_s": ("rel", 0.10)}
+
+
+def _condition_levels(values: np.ndarray, kind: str, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Group sorted finite ``values`` into levels no wider than ``tol`` from their lowest
+    value (no chaining along a ramp): ``(level starts, level medians)``."""
+    v = np.unique(values[np.isfinite(values)])
+    starts: list[float] = []
+    members: list[list[float]] = []
+    for x in v:
+        if starts and (x - starts[-1] <= tol if kind == "abs" else x <= starts[-1] * (1 + tol)):
+            members[-1].append(x)
+        else:
+            starts.append(x)
+            members.append([x])
+    return np.asarray(starts, float), np.asarray([np.median(m) for m in members], float)
+
+
+def _to_level(values: Any, starts: np.ndarray, medians: np.ndarray) -> np.ndarray:
+    """Map values onto the level (median) whose range holds them; NaN stays NaN."""
+    x = np.asarray(values, float)
+    if not starts.size:
+        return x.copy()
+    i = np.clip(np.searchsorted(starts, x, side="right") - 1, 0, starts.size - 1)
+    return np.where(np.isfinite(x), np.round(medians[i], 6), np.nan)
+
+
 # process -> (observable column, likelihood, cumulative, key parameter per model)
 _KEY = {
     "br_first_order": "D_Br_e_per_A2",
@@ -318,7 +349,9 @@ def mechanism_summary(
         ``temperature_K``, ``dose_rate_e_per_A2_s``, ``gas`` (and ``series`` if present).
     by : tuple of str, optional
         Condition columns (default: those of ``series, temperature_K,
-        dose_rate_e_per_A2_s, gas`` present).
+        dose_rate_e_per_A2_s, gas`` present).  Temperatures within 2 K and dose rates
+        within 10 % of the lowest value of a level are one condition
+        (:data:`CONDITION_TOLERANCE`: logged temperatures fluctuate, time stamps jitter).
     x : str
         Independent variable (cumulative dose by default).
     level : float
@@ -350,8 +383,12 @@ def mechanism_summary(
         )
     f = frames.copy()
     keys = []
+    levels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for c in by:
-        if f[c].dtype.kind == "f":
+        if c in CONDITION_TOLERANCE and f[c].dtype.kind in "fiu":
+            levels[c] = _condition_levels(f[c].to_numpy(float), *CONDITION_TOLERANCE[c])
+            f[c] = _to_level(f[c], *levels[c])
+        elif f[c].dtype.kind == "f":
             f[c] = f[c].round(6)
         keys.append(c)
     groups = f.groupby(keys, dropna=False, sort=True) if keys else [((), f)]
@@ -388,7 +425,10 @@ def mechanism_summary(
             key = _key if isinstance(_key, tuple) else (_key,)
             for c, v in zip(keys, key, strict=False):
                 if c in t:
-                    vv = t[c].round(6) if t[c].dtype.kind == "f" else t[c]
+                    if c in levels:
+                        vv = _to_level(t[c], *levels[c])
+                    else:
+                        vv = t[c].round(6) if t[c].dtype.kind == "f" else t[c]
                     t = t[vv == v]
             r = _mobility_row(g, t, level, dict(mobility or {}))
             if r is not None:
