@@ -234,3 +234,20 @@ def test_jittered_time_stamps_and_logged_temperature_stay_one_condition():
         [1e3, 1e4], rel=0.01
     )
     assert len(two.attrs["conditions"]) == 2
+
+
+def test_parameters_per_frame_are_not_labelled_per_dose():
+    """Without a dose (``x="frame"``, as analyze_series does) a rate per frame was
+    labelled ``rate_per_e_per_A2`` / ``J_per_e_per_A2``: a unit mistake by the dose per frame."""
+    rng = np.random.default_rng(4)
+    f = _frames(rng, np.nan, 300.0, 5e-3, 3e4).drop(columns=["cumulative_dose_e_per_A2"])
+    f["integrated_counts"] = 1e5 - 40.0 * f["frame"] + rng.normal(0, 5, len(f))
+    f = f.drop(columns=["n_Br"])
+    s = mechanism_summary(f, x="frame", ci="wald")
+    fitted = s[s["param"].notna()]
+    assert len(fitted) >= 2
+    assert not fitted["param"].str.contains("e_per_A2").any()
+    assert not fitted["text"].str.contains("e_per_A2").any()
+    mass = s[s.process == "mass_loss"].iloc[0]
+    assert mass["param"] == "rate_per_frame"
+    assert mass["ci_low"] < 40.0 < mass["ci_high"]  # counts lost per frame

@@ -149,14 +149,17 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
         best = table.loc[0, "model"]
         f = fits[best]
         key = _KEY.get(best, next(iter(f.params)))
+        label = key  # the parameter is per unit of x: per frame when no dose is known
+        if x != "cumulative_dose_e_per_A2":
+            label = key.replace("e2_per_A4", f"{x}2").replace("e_per_A2", x)
         delta = float(table.loc[1, "delta"]) if len(table) > 1 else np.inf
         mech = table.loc[0, "mechanism"]
         if process == "mass_loss":  # Br-loss model forms fitted to an intensity, not to Br
             mech = f"loss of the crystal's integrated intensity ({best} form; not a Br count)"
         text = (
             f"{process}: {mech} ({best}, weight {table.loc[0, 'weight']:.2f}); "
-            f"{key} = {_fmt(f.params[key])} [{_fmt(f.ci_low[key])}, {_fmt(f.ci_high[key])}] "
-            f"({int(level * 100)} % CI)"
+            f"{label} = {_fmt(f.params[key])} [{_fmt(f.ci_low[key])}, "
+            f"{_fmt(f.ci_high[key])}] ({int(level * 100)} % CI)"
         )
         if process == "nucleation":  # tracked births are censored by detection and merging
             text += (
@@ -171,7 +174,7 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
                 "mechanism": mech,
                 "weight": float(table.loc[0, "weight"]),
                 "delta_next": delta,
-                "param": key,
+                "param": label,
                 "value": f.params[key],
                 "ci_low": f.ci_low[key],
                 "ci_high": f.ci_high[key],
@@ -353,7 +356,9 @@ def mechanism_summary(
         within 10 % of the lowest value of a level are one condition
         (:data:`CONDITION_TOLERANCE`: logged temperatures fluctuate, time stamps jitter).
     x : str
-        Independent variable (cumulative dose by default).
+        Independent variable (cumulative dose by default).  With another ``x`` (e.g.
+        ``"frame"`` when the dose is unknown) the dose units in ``param`` and ``text`` name
+        ``x`` instead (``rate_per_frame``, not ``rate_per_e_per_A2``).
     level : float
         Confidence level.
     ci : {"profile", "bootstrap", "wald"}
