@@ -16,6 +16,18 @@ from perovstem._validation import check_positive
 from perovstem.cli.main import app
 from perovstem.errors import FileFormatError, ParameterError
 
+_TABLES = ("frames", "drift", "clusters", "lineage", "events", "summary", "columns")
+_TABLES += ("column_counts", "br_loss")
+_FIGURES = ("clusters_vs_dose", "drift", "lineage", "size_distribution", "crystal_area")
+_FIGURES += ("atoms_lost",)
+
+
+def _earlier_outputs(out: Path) -> list[Path]:
+    """The files of an earlier ``perovstem insitu`` run in ``out`` (only names it writes)."""
+    names = [f"{t}.{ext}" for t in _TABLES for ext in ("parquet", "csv")]
+    names += [f"{f}.png" for f in _FIGURES] + ["summary.json"]
+    return [out / n for n in names if (out / n).is_file()]
+
 
 @app.command("insitu")
 def insitu(
@@ -78,6 +90,12 @@ def insitu(
         help="Also remove the fast-scan line jitter of every aligned frame (against the mean "
         "of the others); frames gain scan_rms_line_offset_px.",
     ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace the results of an earlier run in --out (its tables and figures that "
+        "this run does not write are removed, so the folder holds one run).",
+    ),
 ) -> None:
     """Analyse an in-situ series: register, dose, Pb clusters, tracking, kinetics."""
     from perovstem.cli._common import console
@@ -96,6 +114,16 @@ def insitu(
         raise ParameterError(f"`--time-offset-s` must be finite, got {time_offset_s}")
     if not series.exists():
         raise FileFormatError(f"series {str(series)!r} does not exist")
+    out = out or series.with_name(series.stem + "_insitu")
+    earlier = _earlier_outputs(out)
+    if earlier and not overwrite:  # refused before any work: a rerun must not mix two runs
+        from perovstem.errors import OutputExistsError
+
+        raise OutputExistsError(
+            f"output folder {str(out)!r} holds the results of an earlier run "
+            f"({', '.join(p.name for p in earlier[:4])}{', ...' if len(earlier) > 4 else ''}); "
+            "choose another --out or pass --overwrite"
+        )
     s = load(series, lazy=True, pixel_size=pixel_size_A)
     from perovstem._data import Series
 
@@ -141,7 +169,6 @@ def insitu(
         scan_correction=scan_correction,
     )
     notes += res.notes
-    out = out or series.with_name(series.stem + "_insitu")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, df in res.tables().items():
@@ -195,6 +222,10 @@ def insitu(
         }
         summary["atoms_lost_hmm_model"] = hmm_model
     written.append(save_json(summary, out / "summary.json"))
+    kept = {Path(w).resolve() for w in written}
+    for p in earlier:  # results of the earlier run that this run did not replace
+        if p.resolve() not in kept:
+            p.unlink(missing_ok=True)
     for line in summary["mechanisms"]:
         console.print(line)
     for n in notes:

@@ -1,0 +1,50 @@
+"""``perovstem insitu`` into a folder that holds an earlier run: refused, or replaced whole."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+
+from perovstem.cli.main import main
+
+
+def _small_series(path):
+    from perovstem._data import Series
+    from perovstem.io import save_image
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:48, :48]
+    lattice = 5 + 20 * (np.cos(2 * np.pi * x / 6.0) * np.cos(2 * np.pi * y / 6.0)) ** 2
+    data = rng.poisson(np.broadcast_to(lattice, (4, 48, 48))).astype(float)
+    s = Series(data, 0.5, time_s=np.arange(4.0), dose_e_per_A2=np.full(4, 500.0))
+    save_image(s, path)
+    return path
+
+
+def test_rerun_into_an_earlier_output_folder(tmp_path, capsys):
+    series = _small_series(tmp_path / "s.npz")
+    out = tmp_path / "out"
+    args = ["insitu", str(series), "--out", str(out), "--ci", "wald", "--no-register"]
+    assert main([*args, "--table-format", "csv", "--no-plots"]) == 0
+    first = json.loads((out / "summary.json").read_text())
+    csv = sorted(p.name for p in out.glob("*.csv"))
+    assert "frames.csv" in csv
+    # a second run (other options) is refused before any work: nothing mixed or replaced
+    capsys.readouterr()
+    assert main([*args, "--table-format", "parquet", "--no-plots"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert not list(out.glob("*.parquet"))
+    assert json.loads((out / "summary.json").read_text()) == first
+    # --overwrite replaces the earlier run whole: no csv of the first run stays beside it
+    assert main([*args, "--table-format", "parquet", "--no-plots", "--overwrite"]) == 0
+    assert not list(out.glob("*.csv"))
+    assert sorted(p.stem for p in out.glob("*.parquet")) == sorted(p[:-4] for p in csv)
+    # files that are not perovstem outputs are left alone
+    (out / "notes.txt").write_text("mine")
+    assert main([*args, "--table-format", "csv", "--no-plots", "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
