@@ -48,3 +48,21 @@ def test_rerun_into_an_earlier_output_folder(tmp_path, capsys):
     (out / "notes.txt").write_text("mine")
     assert main([*args, "--table-format", "csv", "--no-plots", "--overwrite"]) == 0
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_dose_on_the_command_line_without_time_stamps(tmp_path, capsys):
+    """A file without time stamps and --dose: the error names the CLI option to give
+    (before: "pass `time_s` (one per frame) or `frame_time_s`", names of the Python API)."""
+    from perovstem.io import load, save_image
+
+    p = _small_series(tmp_path / "s.npz")
+    bare = tmp_path / "bare.npz"
+    save_image(load(p).replace(time_s=None, dose_e_per_A2=None), bare)
+    out = tmp_path / "o"
+    args = ["insitu", str(bare), "--out", str(out), "--no-register", "--no-plots"]
+    assert main([*args, "--dose", "500"]) == 2
+    err = capsys.readouterr().err
+    assert "--frame-time-s" in err and "time_s` (one per frame)" not in err
+    assert not out.exists()
+    assert main([*args, "--dose", "500", "--frame-time-s", "2", "--ci", "wald"]) == 0
+    assert (out / "summary.json").exists()

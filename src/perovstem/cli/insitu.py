@@ -138,6 +138,11 @@ def insitu(
             if s.time_s is None and frame_time_s is not None:
                 s = s.replace(time_s=np.arange(s.n_frames) * float(frame_time_s))
         else:
+            if s.time_s is None and frame_time_s is None:
+                raise ParameterError(
+                    f"{str(series)!r} has no frame time stamps: give --frame-time-s (frame "
+                    "interval, s) with --dose/--current-pA"
+                )
             s = assign_dose(
                 s,
                 dose_e_per_A2=dose,
