@@ -183,6 +183,24 @@ def test_summary_conditions_of_a_real_log(sim_series):
     )
 
 
+def test_crystal_intensity_does_not_scale_with_detector_gain(sim_series):
+    """The same frames recorded with gain 3 and offset 1000 (both in the metadata): the
+    crystal's integrated intensity and the summary's mass-loss rate are unchanged (before:
+    3× both, a number that depended on the detector setting)."""
+    from perovstem.insitu import analyze_series
+
+    s, _ = sim_series[1]
+    md = {**s.metadata, "gain": 3.0, "offset": 1000.0}
+    g3 = s.replace(data=np.asarray(s.data, float) * 3.0 + 1000.0, metadata=md)
+    kw = {"register": False, "phase_check": False, "ci": "wald"}
+    a, b = analyze_series(s, **kw), analyze_series(g3, **kw)
+    np.testing.assert_allclose(b.frames["integrated_counts"], a.frames["integrated_counts"])
+    ma = a.summary[a.summary["process"] == "mass_loss"]["value"].to_numpy(float)
+    mb = b.summary[b.summary["process"] == "mass_loss"]["value"].to_numpy(float)
+    assert len(ma) == 1
+    np.testing.assert_allclose(mb, ma, rtol=1e-6)
+
+
 def test_corrupted_frame_reported(sim_series):
     from perovstem.insitu import analyze_series
 

@@ -68,7 +68,9 @@ class InsituResult:
 
     Attributes
     ----------
-    frames : per-frame bookkeeping (time, dose, cumulative dose, conditions, drift
+    frames : per-frame bookkeeping (time, dose, cumulative dose, conditions,
+        ``integrated_counts`` of the crystal in detected electrons (offset removed, divided
+        by ``metadata["gain"]`` when given), drift
         ``dy_px, dx_px`` with ``drift_reliable``/``drift_flag`` and ``drift_err_px``, the
         2-D standard error ``hypot(dy_err_px, dx_err_px)`` of :func:`register_drift`, px;
         crystal area/shrinkage/voids/phase, cluster number/atoms/mean size, births,
@@ -315,7 +317,9 @@ def analyze_series(
                 area_A2=float(solid.sum()) * px * px,
                 void_area_A2=float(voids.sum()) * px * px,
                 n_voids=int(ndimage.label(voids)[1]),
-                integrated_counts=float((f - (offset or 0.0))[cmask].sum()),
+                # detected electrons (counts / gain): the detector gain is no property
+                # of the crystal, so neither this nor the mass-loss rate may scale with it
+                integrated_counts=float((f - (offset or 0.0))[cmask].sum()) / float(gain or 1.0),
             )
         if phase_check:
             row["phase"] = fft_phase_check(f, pixel_size_A=px)["phase"]
