@@ -251,3 +251,21 @@ def test_parameters_per_frame_are_not_labelled_per_dose():
     mass = s[s.process == "mass_loss"].iloc[0]
     assert mass["param"] == "rate_per_frame"
     assert mass["ci_low"] < 40.0 < mass["ci_high"]  # counts lost per frame
+
+
+def test_indistinguishable_models_are_said_to_be():
+    """A constant cluster radius (clusters on a support that do not grow): every growth
+    model fits equally (weights ≈ 1/3); the row said "supply-limited growth or Ostwald
+    ripening" without saying that the next model is as good."""
+    rng = np.random.default_rng(5)
+    f = _frames(rng, 1e3, 300.0, 5e-3, 3e4).drop(columns=["n_Br", "cumulative_births"])
+    f["mean_radius_A"] = 6.0 + rng.normal(0, 0.05, len(f))
+    row = mechanism_summary(f, ci="wald")
+    g = row[row.process == "growth"].iloc[0]
+    assert g["delta_next"] < 2
+    assert "not distinguished from" in g["text"] and "ΔAICc" in g["text"]
+    # a clear winner is not flagged
+    f["mean_radius_A"] = (6.0**3 + 2e-3 * f["cumulative_dose_e_per_A2"]) ** (1 / 3)
+    f["mean_radius_A"] += rng.normal(0, 0.01, len(f))
+    g = mechanism_summary(f, ci="wald").query("process == 'growth'").iloc[0]
+    assert g["delta_next"] >= 2 and "not distinguished" not in g["text"]

@@ -161,6 +161,8 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
             f"{label} = {_fmt(f.params[key])} [{_fmt(f.ci_low[key])}, "
             f"{_fmt(f.ci_high[key])}] ({int(level * 100)} % CI)"
         )
+        if delta < 2.0:  # Burnham & Anderson (2002): ΔAICc < 2 is no support for either
+            text += f"; not distinguished from {table.loc[1, 'model']} (ΔAICc {delta:.2g} < 2)"
         if process == "nucleation":  # tracked births are censored by detection and merging
             text += (
                 "; rate of detectable-cluster births: not the nucleation rate where nuclei "
