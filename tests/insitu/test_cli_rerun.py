@@ -66,3 +66,20 @@ def test_dose_on_the_command_line_without_time_stamps(tmp_path, capsys):
     assert not out.exists()
     assert main([*args, "--dose", "500", "--frame-time-s", "2", "--ci", "wald"]) == 0
     assert (out / "summary.json").exists()
+
+
+def test_options_that_meet_the_files_own_records_are_noted(tmp_path):
+    """--dose on a file with its own per-frame dose replaces it, and --frame-time-s on a
+    file with time stamps is not used for them: both were silent."""
+    p = _small_series(tmp_path / "s.npz")  # 500 e⁻/Å² per frame, 1 s apart
+    out = tmp_path / "o"
+    args = ["insitu", str(p), "--out", str(out), "--no-register", "--no-plots", "--ci", "wald"]
+    assert main([*args, "--dose", "800", "--frame-time-s", "2"]) == 0
+    notes = json.loads((out / "summary.json").read_text())["notes"]
+    assert any("500–500 e⁻/Å²) is replaced by --dose" in n for n in notes)
+    assert any("--frame-time-s does not replace" in n and "1 s" in n for n in notes)
+    import pandas as pd
+
+    frames = pd.read_parquet(out / "frames.parquet")
+    np.testing.assert_allclose(frames["dose_e_per_A2"], 800.0)
+    np.testing.assert_allclose(frames["time_s"], np.arange(4.0))

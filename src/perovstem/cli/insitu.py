@@ -132,6 +132,18 @@ def insitu(
             f"{str(series)!r} holds one {type(s).__name__.lower()}, not an in-situ series (T, M, N)"
         )
     notes = []
+    # options that a file's own records override or are overridden by: said, not silent
+    if s.dose_e_per_A2 is not None and (dose is not None or current_pA is not None):
+        d = np.asarray(s.dose_e_per_A2, float)
+        notes.append(
+            f"the file's dose per frame ({d.min():.4g}–{d.max():.4g} e⁻/Å²) is replaced by "
+            f"{'--dose' if dose is not None else '--current-pA'}"
+        )
+    if s.time_s is not None and frame_time_s is not None and s.n_frames > 1:
+        notes.append(
+            "--frame-time-s does not replace the file's time stamps (median interval "
+            f"{float(np.median(np.diff(np.asarray(s.time_s, float)))):.4g} s)"
+        )
     if dose is not None or current_pA is not None or s.dose_e_per_A2 is None:
         if dose is None and current_pA is None:
             notes.append("no dose information: kinetics use the frame index, no atom counts")
