@@ -83,3 +83,22 @@ def test_options_that_meet_the_files_own_records_are_noted(tmp_path):
     frames = pd.read_parquet(out / "frames.parquet")
     np.testing.assert_allclose(frames["dose_e_per_A2"], 800.0)
     np.testing.assert_allclose(frames["time_s"], np.arange(4.0))
+
+
+def test_bad_ci_is_refused_before_any_work(tmp_path, capsys):
+    """--ci foo ran the whole analysis and wrote every table with "not fitted: `ci` must be
+    one of ..." in each kinetic row; now refused first, nothing written."""
+    import pandas as pd
+    import pytest
+
+    from perovstem import ParameterError
+    from perovstem.quantify.mechanism import mechanism_summary
+
+    p = _small_series(tmp_path / "s.npz")
+    out = tmp_path / "o"
+    assert main(["insitu", str(p), "--out", str(out), "--no-register", "--ci", "foo"]) == 2
+    assert "ci` must be one of" in capsys.readouterr().err
+    assert not out.exists()
+    frames = pd.DataFrame({"cumulative_dose_e_per_A2": np.arange(1.0, 7.0)})
+    with pytest.raises(ParameterError, match="ci"):
+        mechanism_summary(frames, ci="foo")

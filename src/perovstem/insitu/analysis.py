@@ -14,6 +14,7 @@ import pandas as pd
 from scipy import ndimage
 
 from perovstem._data import Image, Series
+from perovstem._validation import check_choice
 from perovstem.errors import DataError, ParameterError
 from perovstem.insitu._frames import frame_quality, iter_frames, single_blas_thread
 from perovstem.insitu.clusters import CLUSTER_COLUMNS, detect_clusters
@@ -247,6 +248,9 @@ def analyze_series(
     """
     if not isinstance(series, Series):
         raise ParameterError(f"`series` must be a perovstem Series, got {type(series).__name__}")
+    # checked before any frame is read: a bad `ci` only failed inside every kinetic fit
+    # (rows "not fitted: `ci` must be one of ...") after the whole series was analysed
+    check_choice("ci", ci, ("profile", "bootstrap", "wald"))
     detect = dict(detect or {})
     track = dict(track or {})
     px = series.pixel_size_A

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from perovstem._validation import check_choice
 from perovstem.errors import DataError, PerovstemError
 from perovstem.quantify.kinetics import (
     compare_models,
@@ -384,6 +385,7 @@ def mechanism_summary(
     """
     if not isinstance(frames, pd.DataFrame) or x not in frames:
         raise DataError(f"`frames` must be a DataFrame with column {x!r}")
+    check_choice("ci", ci, ("profile", "bootstrap", "wald"))
     if by is None:
         by = tuple(
             c for c in ("series", "temperature_K", "dose_rate_e_per_A2_s", "gas") if c in frames
