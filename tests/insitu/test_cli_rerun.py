@@ -102,3 +102,29 @@ def test_bad_ci_is_refused_before_any_work(tmp_path, capsys):
     frames = pd.DataFrame({"cumulative_dose_e_per_A2": np.arange(1.0, 7.0)})
     with pytest.raises(ParameterError, match="ci"):
         mechanism_summary(frames, ci="foo")
+
+
+def test_gain_and_offset_on_the_command_line(tmp_path):
+    """A stack from another instrument has no gain/offset: the CLI had no way to give them
+    (a ×5 + 100 stack of a KMC series: 750 Pb⁰ atoms in a first frame with none); now
+    --gain/--offset reach the analysis, and without a gain a note says what was assumed."""
+    import pandas as pd
+
+    from perovstem.io import load, save_image
+
+    p = _small_series(tmp_path / "s.npz")
+    s = load(p)
+    raw = tmp_path / "raw.npz"
+    save_image(s.replace(data=np.asarray(s.data) * 5.0 + 100.0), raw)
+    base = ["--no-register", "--no-plots", "--ci", "wald"]
+    assert main(["insitu", str(p), "--out", str(tmp_path / "a"), *base]) == 0
+    cli = ["insitu", str(raw), "--out", str(tmp_path / "b"), *base, "--gain", "5"]
+    assert main([*cli, "--offset", "100"]) == 0
+    a = pd.read_parquet(tmp_path / "a" / "frames.parquet")
+    b = pd.read_parquet(tmp_path / "b" / "frames.parquet")
+    np.testing.assert_allclose(b["integrated_counts"], a["integrated_counts"], rtol=1e-9)
+    notes_a = json.loads((tmp_path / "a" / "summary.json").read_text())["notes"]
+    notes_b = json.loads((tmp_path / "b" / "summary.json").read_text())["notes"]
+    assert any("no detector gain" in n for n in notes_a)
+    assert not any("no detector gain" in n for n in notes_b)
+    assert main(["insitu", str(raw), "--out", str(tmp_path / "c"), *base, "--gain", "0"]) == 2

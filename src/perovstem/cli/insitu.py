@@ -39,6 +39,15 @@ def insitu(
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: <SERIES>_insitu)."),
     pixel_size_A: float = typer.Option(None, "--pixel-size-A", help="Override the calibration, Å."),
+    gain: float = typer.Option(
+        None,
+        "--gain",
+        help="Detector counts per detected electron (overrides the file's; atom counts scale "
+        "with 1/gain).",
+    ),
+    offset: float = typer.Option(
+        None, "--offset", help="Detector counts of no signal (overrides the file's)."
+    ),
     current_pA: float = typer.Option(None, "--current-pA", help="Probe current, pA."),
     dwell_us: float = typer.Option(None, "--dwell-us", help="Dwell time per pixel, µs."),
     frame_time_s: float = typer.Option(None, "--frame-time-s", help="Frame time, s."),
@@ -107,9 +116,15 @@ def insitu(
         raise ParameterError(f"`--hmm-model` must be loss, free or dose, got {hmm_model!r}")
     if table_format not in ("parquet", "csv"):
         raise ParameterError(f"`--table-format` must be parquet or csv, got {table_format!r}")
-    for name, value in (("--frame-time-s", frame_time_s), ("--dwell-us", dwell_us)):
+    for name, value in (
+        ("--frame-time-s", frame_time_s),
+        ("--dwell-us", dwell_us),
+        ("--gain", gain),
+    ):
         if value is not None:
             check_positive(name, value)
+    if offset is not None and not np.isfinite(offset):
+        raise ParameterError(f"`--offset` must be finite, got {offset}")
     if not np.isfinite(time_offset_s):
         raise ParameterError(f"`--time-offset-s` must be finite, got {time_offset_s}")
     if not series.exists():
@@ -132,6 +147,15 @@ def insitu(
             f"{str(series)!r} holds one {type(s).__name__.lower()}, not an in-situ series (T, M, N)"
         )
     notes = []
+    det = {k: v for k, v in (("gain", gain), ("offset", offset)) if v is not None}
+    if det:
+        s = s.replace(metadata={**s.metadata, **{k: float(v) for k, v in det.items()}})
+    if s.metadata.get("gain") is None:
+        # SCS = excess / (gain·dose): an unknown gain scales every atom count by 1/gain
+        notes.append(
+            "no detector gain in the file or --gain: counts are taken as detected electrons "
+            "(gain 1); Pb⁰ atom counts scale with 1/gain"
+        )
     # options that a file's own records override or are overridden by: said, not silent
     if s.dose_e_per_A2 is not None and (dose is not None or current_pA is not None):
         d = np.asarray(s.dose_e_per_A2, float)
