@@ -18,7 +18,7 @@ from perovstem._validation import check_choice
 from perovstem.errors import DataError, ParameterError
 from perovstem.insitu._frames import frame_quality, iter_frames, single_blas_thread
 from perovstem.insitu.clusters import CLUSTER_COLUMNS, detect_clusters
-from perovstem.insitu.lattice import estimate_lattice
+from perovstem.insitu.lattice import estimate_lattice, host_cell
 from perovstem.insitu.nanocrystal import area_noise, fft_phase_check, segment_nanocrystal
 from perovstem.insitu.register import phase_correlate, register_drift
 from perovstem.insitu.tracking import lineage_events, track_clusters
@@ -355,8 +355,9 @@ def analyze_series(
             if angle is None and not frame_quality(fr):
                 # orientation of the host lattice from the first usable frame, kept for all
                 try:
-                    _, ang, strength = estimate_lattice(np.asarray(fr, float), px)
-                    angle = ang if strength >= 20 else 0.0
+                    la, ang, strength = estimate_lattice(np.asarray(fr, float), px)
+                    # the 110 of a damaged first frame is 45° off the cell axes
+                    angle = host_cell(la, ang)[1] if strength >= 20 else 0.0
                 except DataError:
                     angle = 0.0
             block.append((k, fr))

@@ -180,7 +180,7 @@ from scipy import ndimage
 from perovstem._data import Image
 from perovstem._validation import check_image, check_positive
 from perovstem.errors import CalibrationError, DataError, ParameterError
-from perovstem.insitu.lattice import estimate_lattice
+from perovstem.insitu.lattice import estimate_lattice, host_cell
 
 __all__ = [
     "detect_clusters",
@@ -1294,8 +1294,8 @@ def detect_clusters(
     lattice_A, lattice_angle_deg : float, optional
         Host lattice spacing (Å) and orientation (degrees); estimated from the FFT if omitted
         (strongest reflection at 3–9 Å, or down to the Nyquist spacing of coarser pixels; one
-        shorter than 4.5 Å is read as the cell's 200 or 110: spacing ×2 or ×√2; 5.87 Å and
-        0° when there is no clear lattice).
+        shorter than 4.5 Å is read as the cell's 200 or 110, :func:`~.lattice.host_cell`;
+        5.87 Å and 0° when there is no clear lattice).
     max_diameter_A : float
         Largest cluster diameter expected, Å (sets the background element, 2× this).
     threshold_sigma : float
@@ -1368,16 +1368,8 @@ def detect_clusters(
         la, ang, strength = estimate_lattice(a, px, d_min_A=d_min) if d_min < 9.0 else (0, 0, 0)
         if strength < 20:
             la, ang = 5.87, 0.0  # no clear lattice: pseudo-cubic CsPbBr3 default
-        elif lattice_A is None and la < 4.5:
-            # shorter than a perovskite cell (5.6–6.3 Å): the strongest reflection is a
-            # higher order of the host's or the fringes of a Pb cluster itself (2.9–3.0 Å on
-            # [001] clusters in vacuum, multislice at 0.9 Å/px; taken as the host cell they
-            # made the host model remove 50–100 % of the cluster): the cell along that
-            # direction, its 200 (a/2) or, at 3.6–4.5 Å, its 110 (a/√2, 45° off)
-            if la >= 3.6:
-                la, ang = la * np.sqrt(2.0), (ang + 45.0) % 90.0
-            else:
-                la = 2.0 * la
+        else:  # a higher-order reflection names the cell and its axes (host_cell)
+            la, ang = host_cell(la, ang)
         lattice_A = la if lattice_A is None else lattice_A
         lattice_angle_deg = ang if lattice_angle_deg is None else lattice_angle_deg
     a_px = check_positive("lattice_A", lattice_A) / px
