@@ -390,3 +390,27 @@ def test_counts_of_a_frame_do_not_depend_on_where_the_series_starts():
     )
     got = analyze_series(late, **kw).frames["n_Pb0_detected"]
     np.testing.assert_allclose(got, whole, rtol=0.01)  # angle 89.87° vs 89.96°: 0.01 %
+
+
+def test_crystal_at_the_frame_border_is_said():
+    """A field that cuts the crystal: its area and intensity change with the drift, not only
+    with the degradation, and nothing said so.  Now a frames column and a note."""
+    from perovstem.insitu import analyze_series
+    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
+
+    tr = degradation_kmc(
+        nanocrystal(edge_A=35.0, rng=0),
+        n_frames=4,
+        frame_time_s=1.0,
+        dose_rate_e_per_A2_s=4e3,
+        temperature_K=300.0,
+        rng=3,
+    )
+    s, _ = insitu_series(tr, pixel_size_A=0.5, rng=3)
+    kw = {"register": False, "summary": False, "phase_check": False}
+    whole = analyze_series(s, **kw)
+    assert not whole.frames["crystal_at_border"].any()
+    assert not any("frame border" in n for n in whole.notes)
+    cut = analyze_series(s.replace(data=np.asarray(s.data)[:, 60:, 60:].copy()), **kw)
+    assert cut.frames["crystal_at_border"].all()
+    assert any("reaches the frame border in 4 of 4 frames" in n for n in cut.notes)

@@ -71,7 +71,8 @@ class InsituResult:
     ----------
     frames : per-frame bookkeeping (time, dose, cumulative dose, conditions,
         ``integrated_counts`` of the crystal in detected electrons (offset removed, divided
-        by ``metadata["gain"]`` when given), drift
+        by ``metadata["gain"]`` when given), ``crystal_at_border`` (the outline reaches
+        the frame border: area and intensity also change with the field; a note), drift
         ``dy_px, dx_px`` with ``drift_reliable``/``drift_flag`` and ``drift_err_px``, the
         2-D standard error ``hypot(dy_err_px, dx_err_px)`` of :func:`register_drift`, px;
         crystal area/shrinkage/voids/phase, cluster number/atoms/mean size, births,
@@ -324,6 +325,11 @@ def analyze_series(
                 # detected electrons (counts / gain): the detector gain is no property
                 # of the crystal, so neither this nor the mass-loss rate may scale with it
                 integrated_counts=float((f - (offset or 0.0))[cmask].sum()) / float(gain or 1.0),
+                # part of the crystal may lie outside the field: its area and intensity
+                # then change with the drift, not only with the degradation
+                crystal_at_border=bool(
+                    cmask[0].any() or cmask[-1].any() or cmask[:, 0].any() or cmask[:, -1].any()
+                ),
             )
         if phase_check:
             row["phase"] = fft_phase_check(f, pixel_size_A=px)["phase"]
@@ -378,6 +384,15 @@ def analyze_series(
         fr_tab["scan_rms_line_offset_px"] = scan_rms
     notes: list[str] = []
     n_unrel = int(drift.attrs.get("n_unreliable", 0))
+    if "crystal_at_border" in fr_tab:
+        edge = fr_tab.loc[fr_tab["crystal_at_border"].fillna(False).astype(bool), "frame"]
+        if len(edge):
+            notes.append(
+                f"the crystal outline reaches the frame border in {len(edge)} of {n} frames "
+                f"(first {int(edge.iloc[0])}; column crystal_at_border): its area, integrated "
+                "intensity and the mass-loss/Br-loss rows there include crystal leaving or "
+                "entering the field, not only degradation"
+            )
     if register and n_unrel:
         bad = drift.loc[~drift["drift_reliable"], "frame"].to_numpy()
         notes.append(
