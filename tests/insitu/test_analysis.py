@@ -181,6 +181,8 @@ def test_summary_conditions_of_a_real_log(sim_series):
     assert sorted(conds.groupby("condition")["temperature_K"].first()) == pytest.approx(
         [300.0, 350.0], abs=0.5
     )
+    # the split is said (a series with pauses otherwise got an empty summary silently)
+    assert any("splits the series into 2 conditions" in n for n in res.notes)
 
 
 def test_crystal_intensity_does_not_scale_with_detector_gain(sim_series):

@@ -26,6 +26,13 @@ from perovstem.insitu.tracking import lineage_events, track_clusters
 __all__ = ["InsituResult", "analyze_series", "shift_frame"]
 
 
+def _condition_text(cond: dict[str, Any]) -> str:
+    """``temperature_K 300, dose_rate_e_per_A2_s 200`` for a summary condition's keys."""
+    return ", ".join(
+        f"{c} {v:.4g}" if isinstance(v, float) else f"{c} {v}" for c, v in cond.items()
+    )
+
+
 def shift_frame(frame: np.ndarray, shift_px: Any) -> np.ndarray:
     """Shift a frame by ``shift_px`` = (dy, dx) pixels: integer part exact, fraction by FFT.
 
@@ -438,6 +445,15 @@ def analyze_series(
                 fr_tab[["frame", *cond]], on="frame", how="left"
             )
         summ = mechanism_summary(usable, x=x, ci=ci, tracks=mob_tracks, mobility=mob)
+        conds = summ.attrs.get("conditions", [])
+        if len(conds) > 1:  # one series split into several conditions: say how and why
+            notes.append(
+                f"the kinetic summary splits the series into {len(conds)} conditions "
+                f"({'; '.join(_condition_text(d) for d in conds[:6])}"
+                f"{'; ...' if len(conds) > 6 else ''}): temperatures > 2 K or dose rates "
+                "(dose per frame / frame interval) > 10 % apart; a condition with < 5 frames "
+                "gets no fit (non-uniform frame intervals change the dose rate)"
+            )
     else:
         summ = pd.DataFrame()
     col_tab = col_counts = None
