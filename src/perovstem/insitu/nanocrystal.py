@@ -126,7 +126,8 @@ def fft_phase_check(
     ``|k| ∈ [1/d·(1−tol), 1/d·(1+tol)]`` is divided by the median power of the annulus;
     a ratio ≥ ``min_ratio`` counts as present.  A phase is present when any of its
     reflections is (reflections beyond Nyquist are skipped), except the CsPbBr₃ 200, which
-    the Pb 111 also lights (:data:`_NOT_DECISIVE`).
+    the Pb 111 also lights (:data:`_NOT_DECISIVE`; it still sets the scale of
+    ``min_fraction``).
 
     Parameters
     ----------
@@ -196,6 +197,7 @@ def fft_phase_check(
     ratios: dict[str, dict[str, float]] = {}
     dmeas: dict[str, dict[str, float]] = {}
     peaks: dict[str, float] = {}
+    top = 0.0
     for phase, refl in PHASE_SPACINGS_A.items():
         ratios[phase], dmeas[phase] = {}, {}
         for hkl, d in refl.items():
@@ -211,10 +213,11 @@ def fft_phase_check(
             r = pk / (float(np.median(p[wide])) + 1e-300)
             ratios[phase][hkl] = r
             dmeas[phase][hkl] = float(1 / kr[ring][np.argmax(p[ring])])
-            if r >= min_ratio and (phase, hkl) not in _NOT_DECISIVE:
-                peaks[phase] = max(peaks.get(phase, 0.0), pk)
+            if r >= min_ratio:
+                top = max(top, pk)  # every reflection sets the leakage scale (min_fraction)
+                if (phase, hkl) not in _NOT_DECISIVE:
+                    peaks[phase] = max(peaks.get(phase, 0.0), pk)
 
-    top = max(peaks.values(), default=0.0)
     present = [ph for ph in PHASE_SPACINGS_A if ph in peaks and peaks[ph] >= min_fraction * top]
     label = "+".join(present) if present else "none"
     return {"phase": label, "ratios": ratios, "measured_d_A": dmeas}
