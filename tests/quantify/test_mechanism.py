@@ -198,3 +198,74 @@ def test_two_dose_rates_give_alpha_with_interval_and_verdict(thermal):
         assert dr.selected_model.iloc[0] == want
         assert f"alpha = {a:.3g}" in dr.text.iloc[0]
     assert hits >= 2
+
+
+def test_jittered_time_stamps_and_logged_temperature_stay_one_condition():
+    """A real series: frame intervals jitter by ~1 ms (dose rate D/Δt differs in the 4th
+    digit) and the holder log's temperature by ~0.1 K; before, every frame became its own
+    condition (no fits; with tracks a DataError).  Two real settings stay two conditions,
+    and tracks are matched to them through their own (jittered) condition values."""
+    rng = np.random.default_rng(3)
+    a = _frames(rng, 1e3, 300.0, 5e-3, 3e4)
+    b = _frames(rng, 1e4, 300.0, 5e-3, 3e4)
+    for f in (a, b):
+        f["dose_rate_e_per_A2_s"] *= 1 + rng.normal(0, 1e-3, len(f))
+        f["temperature_K"] += rng.normal(0, 0.1, len(f))
+    one = mechanism_summary(a, ci="wald")
+    assert set(one["condition"]) == {0}
+    br = one[one.process == "br_loss"]
+    assert len(br) == 1 and abs(br.value.iloc[0] / 3e4 - 1) < 0.1
+    b["frame"] += len(a)
+    both = pd.concat([a, b], ignore_index=True)
+    tracks = pd.DataFrame(
+        {
+            "frame": np.repeat(both["frame"].to_numpy(), 2),
+            "track_id": np.tile([0, 1], len(both)),
+            "x_A": np.tile([0.0, 20.0], len(both)) + rng.normal(0, 1.0, 2 * len(both)),
+            "y_A": rng.normal(0, 1.0, 2 * len(both)),
+            "n_atoms": 20,
+            "dose_rate_e_per_A2_s": np.repeat(both["dose_rate_e_per_A2_s"].to_numpy(), 2),
+        }
+    )
+    two = mechanism_summary(both, ci="wald", tracks=tracks)
+    conds = two[two.condition >= 0]
+    assert set(conds["condition"]) == {0, 1}
+    assert sorted(conds.groupby("condition")["dose_rate_e_per_A2_s"].first()) == pytest.approx(
+        [1e3, 1e4], rel=0.01
+    )
+    assert len(two.attrs["conditions"]) == 2
+
+
+def test_parameters_per_frame_are_not_labelled_per_dose():
+    """Without a dose (``x="frame"``, as analyze_series does) a rate per frame was
+    labelled ``rate_per_e_per_A2`` / ``J_per_e_per_A2``: a unit mistake by the dose per frame."""
+    rng = np.random.default_rng(4)
+    f = _frames(rng, np.nan, 300.0, 5e-3, 3e4).drop(columns=["cumulative_dose_e_per_A2"])
+    f["integrated_counts"] = 1e5 - 40.0 * f["frame"] + rng.normal(0, 5, len(f))
+    f = f.drop(columns=["n_Br"])
+    s = mechanism_summary(f, x="frame", ci="wald")
+    fitted = s[s["param"].notna()]
+    assert len(fitted) >= 2
+    assert not fitted["param"].str.contains("e_per_A2").any()
+    assert not fitted["text"].str.contains("e_per_A2").any()
+    mass = s[s.process == "mass_loss"].iloc[0]
+    assert mass["param"] == "rate_per_frame"
+    assert mass["ci_low"] < 40.0 < mass["ci_high"]  # counts lost per frame
+
+
+def test_indistinguishable_models_are_said_to_be():
+    """A constant cluster radius (clusters on a support that do not grow): every growth
+    model fits equally (weights ≈ 1/3); the row said "supply-limited growth or Ostwald
+    ripening" without saying that the next model is as good."""
+    rng = np.random.default_rng(5)
+    f = _frames(rng, 1e3, 300.0, 5e-3, 3e4).drop(columns=["n_Br", "cumulative_births"])
+    f["mean_radius_A"] = 6.0 + rng.normal(0, 0.05, len(f))
+    row = mechanism_summary(f, ci="wald")
+    g = row[row.process == "growth"].iloc[0]
+    assert g["delta_next"] < 2
+    assert "not distinguished from" in g["text"] and "ΔAICc" in g["text"]
+    # a clear winner is not flagged
+    f["mean_radius_A"] = (6.0**3 + 2e-3 * f["cumulative_dose_e_per_A2"]) ** (1 / 3)
+    f["mean_radius_A"] += rng.normal(0, 0.01, len(f))
+    g = mechanism_summary(f, ci="wald").query("process == 'growth'").iloc[0]
+    assert g["delta_next"] >= 2 and "not distinguished" not in g["text"]

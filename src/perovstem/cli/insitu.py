@@ -16,6 +16,18 @@ from perovstem._validation import check_positive
 from perovstem.cli.main import app
 from perovstem.errors import FileFormatError, ParameterError
 
+_TABLES = ("frames", "drift", "clusters", "lineage", "events", "summary", "columns")
+_TABLES += ("column_counts", "br_loss")
+_FIGURES = ("clusters_vs_dose", "drift", "lineage", "size_distribution", "crystal_area")
+_FIGURES += ("atoms_lost",)
+
+
+def _earlier_outputs(out: Path) -> list[Path]:
+    """The files of an earlier ``perovstem insitu`` run in ``out`` (only names it writes)."""
+    names = [f"{t}.{ext}" for t in _TABLES for ext in ("parquet", "csv")]
+    names += [f"{f}.png" for f in _FIGURES] + ["summary.json"]
+    return [out / n for n in names if (out / n).is_file()]
+
 
 @app.command("insitu")
 def insitu(
@@ -27,6 +39,15 @@ def insitu(
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: <SERIES>_insitu)."),
     pixel_size_A: float = typer.Option(None, "--pixel-size-A", help="Override the calibration, Å."),
+    gain: float = typer.Option(
+        None,
+        "--gain",
+        help="Detector counts per detected electron (overrides the file's; atom counts scale "
+        "with 1/gain).",
+    ),
+    offset: float = typer.Option(
+        None, "--offset", help="Detector counts of no signal (overrides the file's)."
+    ),
     current_pA: float = typer.Option(None, "--current-pA", help="Probe current, pA."),
     dwell_us: float = typer.Option(None, "--dwell-us", help="Dwell time per pixel, µs."),
     frame_time_s: float = typer.Option(None, "--frame-time-s", help="Frame time, s."),
@@ -78,6 +99,12 @@ def insitu(
         help="Also remove the fast-scan line jitter of every aligned frame (against the mean "
         "of the others); frames gain scan_rms_line_offset_px.",
     ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace the results of an earlier run in --out (its tables and figures that "
+        "this run does not write are removed, so the folder holds one run).",
+    ),
 ) -> None:
     """Analyse an in-situ series: register, dose, Pb clusters, tracking, kinetics."""
     from perovstem.cli._common import console
@@ -89,13 +116,29 @@ def insitu(
         raise ParameterError(f"`--hmm-model` must be loss, free or dose, got {hmm_model!r}")
     if table_format not in ("parquet", "csv"):
         raise ParameterError(f"`--table-format` must be parquet or csv, got {table_format!r}")
-    for name, value in (("--frame-time-s", frame_time_s), ("--dwell-us", dwell_us)):
+    for name, value in (
+        ("--frame-time-s", frame_time_s),
+        ("--dwell-us", dwell_us),
+        ("--gain", gain),
+    ):
         if value is not None:
             check_positive(name, value)
+    if offset is not None and not np.isfinite(offset):
+        raise ParameterError(f"`--offset` must be finite, got {offset}")
     if not np.isfinite(time_offset_s):
         raise ParameterError(f"`--time-offset-s` must be finite, got {time_offset_s}")
     if not series.exists():
         raise FileFormatError(f"series {str(series)!r} does not exist")
+    out = out or series.with_name(series.stem + "_insitu")
+    earlier = _earlier_outputs(out)
+    if earlier and not overwrite:  # refused before any work: a rerun must not mix two runs
+        from perovstem.errors import OutputExistsError
+
+        raise OutputExistsError(
+            f"output folder {str(out)!r} holds the results of an earlier run "
+            f"({', '.join(p.name for p in earlier[:4])}{', ...' if len(earlier) > 4 else ''}); "
+            "choose another --out or pass --overwrite"
+        )
     s = load(series, lazy=True, pixel_size=pixel_size_A)
     from perovstem._data import Series
 
@@ -104,12 +147,38 @@ def insitu(
             f"{str(series)!r} holds one {type(s).__name__.lower()}, not an in-situ series (T, M, N)"
         )
     notes = []
+    det = {k: v for k, v in (("gain", gain), ("offset", offset)) if v is not None}
+    if det:
+        s = s.replace(metadata={**s.metadata, **{k: float(v) for k, v in det.items()}})
+    if s.metadata.get("gain") is None:
+        # SCS = excess / (gain·dose): an unknown gain scales every atom count by 1/gain
+        notes.append(
+            "no detector gain in the file or --gain: counts are taken as detected electrons "
+            "(gain 1); Pb⁰ atom counts scale with 1/gain"
+        )
+    # options that a file's own records override or are overridden by: said, not silent
+    if s.dose_e_per_A2 is not None and (dose is not None or current_pA is not None):
+        d = np.asarray(s.dose_e_per_A2, float)
+        notes.append(
+            f"the file's dose per frame ({d.min():.4g}–{d.max():.4g} e⁻/Å²) is replaced by "
+            f"{'--dose' if dose is not None else '--current-pA'}"
+        )
+    if s.time_s is not None and frame_time_s is not None and s.n_frames > 1:
+        notes.append(
+            "--frame-time-s does not replace the file's time stamps (median interval "
+            f"{float(np.median(np.diff(np.asarray(s.time_s, float)))):.4g} s)"
+        )
     if dose is not None or current_pA is not None or s.dose_e_per_A2 is None:
         if dose is None and current_pA is None:
             notes.append("no dose information: kinetics use the frame index, no atom counts")
             if s.time_s is None and frame_time_s is not None:
                 s = s.replace(time_s=np.arange(s.n_frames) * float(frame_time_s))
         else:
+            if s.time_s is None and frame_time_s is None:
+                raise ParameterError(
+                    f"{str(series)!r} has no frame time stamps: give --frame-time-s (frame "
+                    "interval, s) with --dose/--current-pA"
+                )
             s = assign_dose(
                 s,
                 dose_e_per_A2=dose,
@@ -141,7 +210,6 @@ def insitu(
         scan_correction=scan_correction,
     )
     notes += res.notes
-    out = out or series.with_name(series.stem + "_insitu")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, df in res.tables().items():
@@ -195,6 +263,10 @@ def insitu(
         }
         summary["atoms_lost_hmm_model"] = hmm_model
     written.append(save_json(summary, out / "summary.json"))
+    kept = {Path(w).resolve() for w in written}
+    for p in earlier:  # results of the earlier run that this run did not replace
+        if p.resolve() not in kept:
+            p.unlink(missing_ok=True)
     for line in summary["mechanisms"]:
         console.print(line)
     for n in notes:

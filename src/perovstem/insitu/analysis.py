@@ -14,15 +14,23 @@ import pandas as pd
 from scipy import ndimage
 
 from perovstem._data import Image, Series
+from perovstem._validation import check_choice
 from perovstem.errors import DataError, ParameterError
 from perovstem.insitu._frames import frame_quality, iter_frames, single_blas_thread
 from perovstem.insitu.clusters import CLUSTER_COLUMNS, detect_clusters
-from perovstem.insitu.lattice import estimate_lattice
+from perovstem.insitu.lattice import estimate_lattice, host_cell
 from perovstem.insitu.nanocrystal import area_noise, fft_phase_check, segment_nanocrystal
 from perovstem.insitu.register import phase_correlate, register_drift
 from perovstem.insitu.tracking import lineage_events, track_clusters
 
 __all__ = ["InsituResult", "analyze_series", "shift_frame"]
+
+
+def _condition_text(cond: dict[str, Any]) -> str:
+    """``temperature_K 300, dose_rate_e_per_A2_s 200`` for a summary condition's keys."""
+    return ", ".join(
+        f"{c} {v:.4g}" if isinstance(v, float) else f"{c} {v}" for c, v in cond.items()
+    )
 
 
 def shift_frame(frame: np.ndarray, shift_px: Any) -> np.ndarray:
@@ -68,7 +76,10 @@ class InsituResult:
 
     Attributes
     ----------
-    frames : per-frame bookkeeping (time, dose, cumulative dose, conditions, drift
+    frames : per-frame bookkeeping (time, dose, cumulative dose, conditions,
+        ``integrated_counts`` of the crystal in detected electrons (offset removed, divided
+        by ``metadata["gain"]`` when given), ``crystal_at_border`` (the outline reaches
+        the frame border: area and intensity also change with the field; a note), drift
         ``dy_px, dx_px`` with ``drift_reliable``/``drift_flag`` and ``drift_err_px``, the
         2-D standard error ``hypot(dy_err_px, dx_err_px)`` of :func:`register_drift`, px;
         crystal area/shrinkage/voids/phase, cluster number/atoms/mean size, births,
@@ -245,6 +256,9 @@ def analyze_series(
     """
     if not isinstance(series, Series):
         raise ParameterError(f"`series` must be a perovstem Series, got {type(series).__name__}")
+    # checked before any frame is read: a bad `ci` only failed inside every kinetic fit
+    # (rows "not fitted: `ci` must be one of ...") after the whole series was analysed
+    check_choice("ci", ci, ("profile", "bootstrap", "wald"))
     detect = dict(detect or {})
     track = dict(track or {})
     px = series.pixel_size_A
@@ -315,7 +329,14 @@ def analyze_series(
                 area_A2=float(solid.sum()) * px * px,
                 void_area_A2=float(voids.sum()) * px * px,
                 n_voids=int(ndimage.label(voids)[1]),
-                integrated_counts=float((f - (offset or 0.0))[cmask].sum()),
+                # detected electrons (counts / gain): the detector gain is no property
+                # of the crystal, so neither this nor the mass-loss rate may scale with it
+                integrated_counts=float((f - (offset or 0.0))[cmask].sum()) / float(gain or 1.0),
+                # part of the crystal may lie outside the field: its area and intensity
+                # then change with the drift, not only with the degradation
+                crystal_at_border=bool(
+                    cmask[0].any() or cmask[-1].any() or cmask[:, 0].any() or cmask[:, -1].any()
+                ),
             )
         if phase_check:
             row["phase"] = fft_phase_check(f, pixel_size_A=px)["phase"]
@@ -347,8 +368,9 @@ def analyze_series(
             if angle is None and not frame_quality(fr):
                 # orientation of the host lattice from the first usable frame, kept for all
                 try:
-                    _, ang, strength = estimate_lattice(np.asarray(fr, float), px)
-                    angle = ang if strength >= 20 else 0.0
+                    la, ang, strength = estimate_lattice(np.asarray(fr, float), px)
+                    # the 110 of a damaged first frame is 45° off the cell axes
+                    angle = host_cell(la, ang)[1] if strength >= 20 else 0.0
                 except DataError:
                     angle = 0.0
             block.append((k, fr))
@@ -374,6 +396,15 @@ def analyze_series(
         fr_tab["scan_rms_line_offset_px"] = scan_rms
     notes: list[str] = []
     n_unrel = int(drift.attrs.get("n_unreliable", 0))
+    if "crystal_at_border" in fr_tab:
+        edge = fr_tab.loc[fr_tab["crystal_at_border"].fillna(False).astype(bool), "frame"]
+        if len(edge):
+            notes.append(
+                f"the crystal outline reaches the frame border in {len(edge)} of {n} frames "
+                f"(first {int(edge.iloc[0])}; column crystal_at_border): its area, integrated "
+                "intensity and the mass-loss/Br-loss rows there include crystal leaving or "
+                "entering the field, not only degradation"
+            )
     if register and n_unrel:
         bad = drift.loc[~drift["drift_reliable"], "frame"].to_numpy()
         notes.append(
@@ -413,10 +444,24 @@ def analyze_series(
         if register and n_unrel:  # hops measured through an unreliable drift are not hops
             mob_tracks = tracks[~tracks["frame"].isin(bad)]
             mob_tracks = mob_tracks if len(mob_tracks) else None
+        if mob_tracks is not None:  # each hop belongs to its frame's condition (T, dose rate)
+            cond = [c for c in ("temperature_K", "dose_rate_e_per_A2_s", "gas") if c in usable]
+            mob_tracks = mob_tracks.drop(columns=[c for c in cond if c in mob_tracks]).merge(
+                fr_tab[["frame", *cond]], on="frame", how="left"
+            )
         if no_counts:  # Γ₁ = Γ_c·n^(4/3) needs cluster sizes in atoms
             mob_tracks = None
             notes.append("no atom counts (no dose): cluster mobility not measured")
         summ = mechanism_summary(usable, x=x, ci=ci, tracks=mob_tracks, mobility=mob)
+        conds = summ.attrs.get("conditions", [])
+        if len(conds) > 1:  # one series split into several conditions: say how and why
+            notes.append(
+                f"the kinetic summary splits the series into {len(conds)} conditions "
+                f"({'; '.join(_condition_text(d) for d in conds[:6])}"
+                f"{'; ...' if len(conds) > 6 else ''}): temperatures > 2 K or dose rates "
+                "(dose per frame / frame interval) > 10 % apart; a condition with < 5 frames "
+                "gets no fit (non-uniform frame intervals change the dose rate)"
+            )
     else:
         summ = pd.DataFrame()
     col_tab = col_counts = None

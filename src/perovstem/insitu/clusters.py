@@ -180,7 +180,7 @@ from scipy import ndimage
 from perovstem._data import Image
 from perovstem._validation import check_image, check_positive
 from perovstem.errors import CalibrationError, DataError, ParameterError
-from perovstem.insitu.lattice import estimate_lattice
+from perovstem.insitu.lattice import estimate_lattice, host_cell
 
 __all__ = [
     "detect_clusters",
@@ -1292,7 +1292,10 @@ def detect_clusters(
         Calibration (taken from an :class:`Image` and its metadata when omitted).  Without a
         dose, SCS and atom counts are NaN but detection still works.
     lattice_A, lattice_angle_deg : float, optional
-        Host lattice spacing (Å) and orientation (degrees); estimated from the FFT if omitted.
+        Host lattice spacing (Å) and orientation (degrees); estimated from the FFT if omitted
+        (strongest reflection at 3–9 Å, or down to the Nyquist spacing of coarser pixels; one
+        shorter than 4.5 Å is read as the cell's 200 or 110, :func:`~.lattice.host_cell`;
+        5.87 Å and 0° when there is no clear lattice).
     max_diameter_A : float
         Largest cluster diameter expected, Å (sets the background element, 2× this).
     threshold_sigma : float
@@ -1359,9 +1362,14 @@ def detect_clusters(
         dose = check_positive("dose_e_per_A2", dose)
     lib = _default_library() if library is None else library
     if lattice_A is None or lattice_angle_deg is None:
-        la, ang, strength = estimate_lattice(a, px)
+        # pixels ≥ 1.5 Å cannot show the 3 Å end of the search (Nyquist 2·px): search what
+        # they resolve, nothing above 9 Å (then the default, as for no clear lattice)
+        d_min = max(3.0, 2.05 * px)
+        la, ang, strength = estimate_lattice(a, px, d_min_A=d_min) if d_min < 9.0 else (0, 0, 0)
         if strength < 20:
             la, ang = 5.87, 0.0  # no clear lattice: pseudo-cubic CsPbBr3 default
+        else:  # a higher-order reflection names the cell and its axes (host_cell)
+            la, ang = host_cell(la, ang)
         lattice_A = la if lattice_A is None else lattice_A
         lattice_angle_deg = ang if lattice_angle_deg is None else lattice_angle_deg
     a_px = check_positive("lattice_A", lattice_A) / px

@@ -20,6 +20,23 @@ from perovstem.errors import DataError
 __all__ = ["estimate_lattice", "unit_cell_average"]
 
 
+def host_cell(spacing_A: float, angle_deg: float) -> tuple[float, float]:
+    """Perovskite cell (Å) and its orientation (degrees, [0, 90)) from the strongest
+    reflection of :func:`estimate_lattice`.
+
+    A spacing shorter than a perovskite cell (5.6–6.3 Å) is a higher order: at 3.6–4.5 Å the
+    cell's 110 (a/√2, 45° off the cell axes: on a damaged crystal it can outshine the 100),
+    below that its 200 (a/2) or the fringes of a Pb cluster itself (2.9–3.0 Å on [001]
+    clusters in vacuum).  Taken as the cell, they set the host model 45° off or at half the
+    cell, and the host model then removed Pb⁰ as host (or kept host as Pb⁰).
+    """
+    if spacing_A >= 4.5:
+        return float(spacing_A), float(angle_deg) % 90.0
+    if spacing_A >= 3.6:
+        return float(spacing_A) * float(np.sqrt(2.0)), (float(angle_deg) + 45.0) % 90.0
+    return 2.0 * float(spacing_A), float(angle_deg) % 90.0
+
+
 def estimate_lattice(
     image: np.ndarray,
     pixel_size_A: float,

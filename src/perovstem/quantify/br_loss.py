@@ -239,9 +239,17 @@ def fit_br_desorption(
         s_log = np.sqrt(tot + 2.0 * sd**2) / tot
         lo, hi = D * np.exp(-z * s_log), D * np.exp(z * s_log)
     else:
-        m_lo = optimize.brentq(dev, tot * 1e-6, tot)
-        m_hi = optimize.brentq(dev, tot, tot * 10 + 100)
-        lo, hi = E / m_hi, E / m_lo
+        # widen the brackets until the deviance crosses: with a large dispersion (image
+        # losses that are negative in some frames) the fixed ones held no root (brentq's
+        # ValueError); no crossing above m → 0 leaves D_Br unbounded above (hi = inf)
+        a, b = tot * 1e-6, tot * 10 + 100
+        while dev(a) < 0 and a > 1e-280:
+            a *= 1e-6
+        while dev(b) < 0 and b < 1e280:
+            b *= 10.0
+        m_lo = optimize.brentq(dev, a, tot) if dev(a) > 0 else 0.0
+        m_hi = optimize.brentq(dev, tot, b)
+        lo, hi = E / m_hi, (E / m_lo if m_lo > 0 else np.inf)
     if extra_rel_var > 0:
         s_stat = (np.log(hi) - np.log(lo)) / (2 * z)
         s = np.hypot(s_stat, np.sqrt(extra_rel_var))

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from perovstem._validation import check_choice
 from perovstem.errors import DataError, PerovstemError
 from perovstem.quantify.kinetics import (
     compare_models,
@@ -46,6 +47,37 @@ SUMMARY_COLUMNS = [
     "n_points",
     "text",
 ]
+
+# How far a condition value may stray and still be the same condition: a logged holder
+# temperature fluctuates by tenths of a kelvin and frame time stamps jitter by milliseconds
+# (a per-frame dose rate D/Δt then differs in the 4th digit), so exact values would make every
+# frame of one series its own condition.  ("abs", K) or ("rel", fraction).
+CONDITION_TOLERANCE = {"temperature_K": ("abs", 2.0), "dose_rate_e_per_A2_s": ("rel", 0.10)}
+
+
+def _condition_levels(values: np.ndarray, kind: str, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Group sorted finite ``values`` into levels no wider than ``tol`` from their lowest
+    value (no chaining along a ramp): ``(level starts, level medians)``."""
+    v = np.unique(values[np.isfinite(values)])
+    starts: list[float] = []
+    members: list[list[float]] = []
+    for x in v:
+        if starts and (x - starts[-1] <= tol if kind == "abs" else x <= starts[-1] * (1 + tol)):
+            members[-1].append(x)
+        else:
+            starts.append(x)
+            members.append([x])
+    return np.asarray(starts, float), np.asarray([np.median(m) for m in members], float)
+
+
+def _to_level(values: Any, starts: np.ndarray, medians: np.ndarray) -> np.ndarray:
+    """Map values onto the level (median) whose range holds them; NaN stays NaN."""
+    x = np.asarray(values, float)
+    if not starts.size:
+        return x.copy()
+    i = np.clip(np.searchsorted(starts, x, side="right") - 1, 0, starts.size - 1)
+    return np.where(np.isfinite(x), np.round(medians[i], 6), np.nan)
+
 
 # process -> (observable column, likelihood, cumulative, key parameter per model)
 _KEY = {
@@ -118,15 +150,20 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
         best = table.loc[0, "model"]
         f = fits[best]
         key = _KEY.get(best, next(iter(f.params)))
+        label = key  # the parameter is per unit of x: per frame when no dose is known
+        if x != "cumulative_dose_e_per_A2":
+            label = key.replace("e2_per_A4", f"{x}2").replace("e_per_A2", x)
         delta = float(table.loc[1, "delta"]) if len(table) > 1 else np.inf
         mech = table.loc[0, "mechanism"]
         if process == "mass_loss":  # Br-loss model forms fitted to an intensity, not to Br
             mech = f"loss of the crystal's integrated intensity ({best} form; not a Br count)"
         text = (
             f"{process}: {mech} ({best}, weight {table.loc[0, 'weight']:.2f}); "
-            f"{key} = {_fmt(f.params[key])} [{_fmt(f.ci_low[key])}, {_fmt(f.ci_high[key])}] "
-            f"({int(level * 100)} % CI)"
+            f"{label} = {_fmt(f.params[key])} [{_fmt(f.ci_low[key])}, "
+            f"{_fmt(f.ci_high[key])}] ({int(level * 100)} % CI)"
         )
+        if delta < 2.0:  # Burnham & Anderson (2002): ΔAICc < 2 is no support for either
+            text += f"; not distinguished from {table.loc[1, 'model']} (ΔAICc {delta:.2g} < 2)"
         if process == "nucleation":  # tracked births are censored by detection and merging
             text += (
                 "; rate of detectable-cluster births: not the nucleation rate where nuclei "
@@ -140,7 +177,7 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
                 "mechanism": mech,
                 "weight": float(table.loc[0, "weight"]),
                 "delta_next": delta,
-                "param": key,
+                "param": label,
                 "value": f.params[key],
                 "ci_low": f.ci_low[key],
                 "ci_high": f.ci_high[key],
@@ -318,9 +355,13 @@ def mechanism_summary(
         ``temperature_K``, ``dose_rate_e_per_A2_s``, ``gas`` (and ``series`` if present).
     by : tuple of str, optional
         Condition columns (default: those of ``series, temperature_K,
-        dose_rate_e_per_A2_s, gas`` present).
+        dose_rate_e_per_A2_s, gas`` present).  Temperatures within 2 K and dose rates
+        within 10 % of the lowest value of a level are one condition
+        (:data:`CONDITION_TOLERANCE`: logged temperatures fluctuate, time stamps jitter).
     x : str
-        Independent variable (cumulative dose by default).
+        Independent variable (cumulative dose by default).  With another ``x`` (e.g.
+        ``"frame"`` when the dose is unknown) the dose units in ``param`` and ``text`` name
+        ``x`` instead (``rate_per_frame``, not ``rate_per_e_per_A2``).
     level : float
         Confidence level.
     ci : {"profile", "bootstrap", "wald"}
@@ -344,14 +385,19 @@ def mechanism_summary(
     """
     if not isinstance(frames, pd.DataFrame) or x not in frames:
         raise DataError(f"`frames` must be a DataFrame with column {x!r}")
+    check_choice("ci", ci, ("profile", "bootstrap", "wald"))
     if by is None:
         by = tuple(
             c for c in ("series", "temperature_K", "dose_rate_e_per_A2_s", "gas") if c in frames
         )
     f = frames.copy()
     keys = []
+    levels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for c in by:
-        if f[c].dtype.kind == "f":
+        if c in CONDITION_TOLERANCE and f[c].dtype.kind in "fiu":
+            levels[c] = _condition_levels(f[c].to_numpy(float), *CONDITION_TOLERANCE[c])
+            f[c] = _to_level(f[c], *levels[c])
+        elif f[c].dtype.kind == "f":
             f[c] = f[c].round(6)
         keys.append(c)
     groups = f.groupby(keys, dropna=False, sort=True) if keys else [((), f)]
@@ -388,7 +434,10 @@ def mechanism_summary(
             key = _key if isinstance(_key, tuple) else (_key,)
             for c, v in zip(keys, key, strict=False):
                 if c in t:
-                    vv = t[c].round(6) if t[c].dtype.kind == "f" else t[c]
+                    if c in levels:
+                        vv = _to_level(t[c], *levels[c])
+                    else:
+                        vv = t[c].round(6) if t[c].dtype.kind == "f" else t[c]
                     t = t[vv == v]
             r = _mobility_row(g, t, level, dict(mobility or {}))
             if r is not None:

@@ -78,6 +78,10 @@ def _moment_fit(
     return max(g, 0.0), float(sigma2)
 
 
+# fewer tracks than this: the bootstrap over tracks cannot see the spread of the steps
+_MIN_BOOT_TRACKS = 5
+
+
 def cluster_hop_rate(
     tracks: pd.DataFrame,
     *,
@@ -190,11 +194,28 @@ def cluster_hop_rate(
         boots.append(_moment_fit(d2[pick], c[pick], lag[pick], s2_fixed)[0])
     q = (1 - level) / 2
     b = np.asarray(boots) if boots else np.array([np.nan])
+    lo, hi = float(np.quantile(b, q)), float(np.quantile(b, 1 - q))
+    if uniq.size < _MIN_BOOT_TRACKS:
+        # a bootstrap over one track resamples that track only: a zero-width interval
+        # (Γ₁ = 2.81e3 [2.81e3, 2.81e3] from one step).  With few tracks the interval is at
+        # least as wide as those of the lag-1 steps themselves: Gaussian steps,
+        # Σ|Δr|² ~ (Γ/Γ̂)·χ²(2N)/(2N), and lattice hops, m = Σ|Δr|²/a² in-plane hops
+        # ~ Poisson (Garwood interval; an upper bound also where no hop was seen)
+        k = 2 * int(one.sum())
+        per_hop = a * a / float(c[one].sum())  # Γ₁ of one in-plane hop
+        m = float(d2[one].sum()) / (a * a)
+        cand_lo = [per_hop * stats.chi2.ppf(q, 2 * m) / 2 if m > 0 else 0.0]
+        cand_hi = [per_hop * stats.chi2.ppf(1 - q, 2 * m + 2) / 2]
+        if g > 0:
+            cand_lo.append(g * k / stats.chi2.ppf(1 - q, k))
+            cand_hi.append(g * k / stats.chi2.ppf(q, k))
+        lo = min([lo, *cand_lo]) if np.isfinite(lo) else min(cand_lo)
+        hi = max([hi, *cand_hi]) if np.isfinite(hi) else max(cand_hi)
     long = float(np.mean(d2[one] > (0.5 * max_step_A) ** 2)) if max_step_A else float("nan")
     return {
         "rate_per_s": g,
-        "ci_low": float(np.quantile(b, q)),
-        "ci_high": float(np.quantile(b, 1 - q)),
+        "ci_low": lo,
+        "ci_high": hi,
         "stderr": float(np.std(b, ddof=1)) if b.size > 1 else float("nan"),
         "localization_error_A": float(np.sqrt(s2)),
         "n_steps": int(one.sum()),
