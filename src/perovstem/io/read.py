@@ -187,6 +187,7 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
         temperature_K=rec.get("temperature_K"),
         pressure_Pa=rec.get("pressure_Pa"),
         gas=rec.get("gas"),
+        initial_dose_e_per_A2=float(rec.get("initial_dose_e_per_A2") or 0.0),
         metadata=md,
     )
 
@@ -517,7 +518,7 @@ def _read_npz(path: Path) -> dict[str, Any]:
         ):
             if k in files:
                 rec[k] = files[k]
-        for k in ("tilt_axis_deg", "gas"):
+        for k in ("tilt_axis_deg", "gas", "initial_dose_e_per_A2"):
             if meta.get(k) is not None:
                 rec[k] = meta[k]
         if meta.get("kind") == "image" and meta.get("dose_e_per_A2") is not None:
@@ -607,6 +608,7 @@ def _record_from_meta(data: Any, meta: dict[str, Any]) -> dict[str, Any]:
         "shifts_px",
         "tilt_axis_deg",
         "gas",
+        "initial_dose_e_per_A2",
     ):
         if meta.get(k) is not None:
             rec[k] = np.asarray(meta[k]) if isinstance(meta[k], list) else meta[k]

@@ -41,6 +41,7 @@ def _meta_of(obj: Image | Series | TiltSeries) -> dict[str, Any]:
         meta["time_s_scalar"] = obj.time_s
     if isinstance(obj, Series):
         meta["gas"] = obj.gas
+        meta["initial_dose_e_per_A2"] = float(obj.initial_dose_e_per_A2)
     if isinstance(obj, TiltSeries):
         meta["tilt_axis_deg"] = obj.tilt_axis_deg
     return meta
@@ -502,8 +503,20 @@ def save_mesh(
 def save_json(obj: Any, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
     """Write ``obj`` as pretty JSON (numpy values converted)."""
     with atomic_write(path, mode="w", overwrite=overwrite) as fh:
-        json.dump(_json_safe(obj), fh, indent=2)
+        # NaN/Infinity are not JSON (RFC 8259): other readers (jq, browsers) refuse the file
+        json.dump(_finite_or_null(_json_safe(obj)), fh, indent=2, allow_nan=False)
     return Path(path)
+
+
+def _finite_or_null(d: Any) -> Any:
+    """``d`` with every non-finite float replaced by ``None`` (JSON ``null``)."""
+    if isinstance(d, dict):
+        return {k: _finite_or_null(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_finite_or_null(v) for v in d]
+    if isinstance(d, float) and not np.isfinite(d):
+        return None
+    return d
 
 
 def save_figure(
