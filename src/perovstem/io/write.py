@@ -74,8 +74,8 @@ def save_image(
     ``.mrc`` files get an FEI1 extended header (Thermo Fisher MRC2014 layout, SI units) with
     one record per image: pixel size, dose per frame, frame time stamps, HT (from metadata
     ``high_tension_kV`` / ``voltage_kV``), tilt angles and tilt axis, read back by
-    :func:`perovstem.load`. Temperature, pressure, gas, alignment shifts and free-form
-    metadata have no FEI1 field and are lost in ``.mrc``.
+    :func:`perovstem.load`. Temperature, pressure, gas, the dose before the first frame,
+    alignment shifts and free-form metadata have no FEI1 field and are lost in ``.mrc``.
     """
     if not isinstance(obj, (Image, Series, TiltSeries)):
         raise ParameterError(
