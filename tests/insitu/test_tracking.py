@@ -393,3 +393,28 @@ def test_merges_with_time_correlated_count_errors():
     assert g["identifiable"] >= 30
     assert g["recall"] >= 0.8 and g["precision"] >= 0.75, g
     assert g["recall"] > m["recall"] + 0.05, (g, m)
+
+
+@pytest.mark.parametrize("method", ["global", "mass", "laptrack"])
+def test_frames_without_detections_count_as_missed(method):
+    """Detections at frames 0, 5 and 10 only: the frames in between had none, so a link
+    bridges 4 missed frames.  With gap_frames=1 no link may be made (the global and mass
+    trackers linked the present frames as if consecutive); with gap_frames=5 it may."""
+    det = pd.DataFrame(
+        {
+            "frame": [0, 5, 10],
+            "x_A": [10.0, 10.5, 11.0],
+            "y_A": [20.0, 20.2, 19.8],
+            "n_atoms": [40.0, 41.0, 40.0],
+            "n_atoms_err": [4.0, 4.0, 4.0],
+        }
+    )
+    tracks, _ = track_clusters(det, gap_frames=1, method=method)
+    assert tracks["track_id"].nunique() == 3
+    if method == "laptrack":  # laptrack's own gap closing does not bridge empty frames
+        return
+    tracks, _ = track_clusters(det, gap_frames=5, method=method)
+    assert tracks["track_id"].nunique() == 1
+    # one missing frame is within the default gap
+    tracks, _ = track_clusters(det.assign(frame=[0, 2, 4]), method=method)
+    assert tracks["track_id"].nunique() == 1

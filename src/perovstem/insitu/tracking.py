@@ -338,6 +338,12 @@ def _track_mass(
             for j in b:
                 q = cont.get(j)
                 gain[int(j)] = float(size[j] - (size[q] if q is not None else 0.0))
+        if fb - fa > 1:
+            # frames without detections in between: no continuation or merge across them;
+            # the clusters of fa can only be re-linked by gap closing (within `gap_frames`)
+            for i in ended:
+                open_ends[int(seg[i])] = int(i)
+            ended = []
         for i in sorted(ended, key=lambda r: -size[r]):
             if not len(b):
                 break
@@ -922,6 +928,11 @@ def _track_global(
             ddt = (fb - fr[S]).astype(float)[:, None]
             s2 = np.array([s2_of(int(seg[r])) for r in S])[:, None] * ddt + 2 * pos2
             c_d = _disp_nll(d2, s2, L2 * ddt)
+            if dt - 1 > gap:
+                # frames without any detection between fa and fb: a link would bridge more
+                # missed frames than `gap_frames` allows (continuation, flicker and merge
+                # hypotheses of the fa rows all need c_d)
+                c_d[:n_a] = np.inf
             if size_col:
                 lr = np.log((size[B][None, :] + 1) / (size[S][:, None] + 1))
                 e2 = rel[S][:, None] ** 2 + rel[B][None, :] ** 2
