@@ -224,6 +224,18 @@ def test_bad_input():
         analyze_series(np.zeros((3, 8, 8)))
 
 
+def test_unregistrable_series_says_how_to_go_on():
+    """Frames of independent noise cannot be registered: the error says so and names the
+    way to analyse them without drift correction."""
+    from perovstem import DataError, Series
+    from perovstem.insitu import analyze_series
+
+    rng = np.random.default_rng(0)
+    s = Series(rng.poisson(5.0, (4, 96, 96)).astype(float), 0.5, dose_e_per_A2=100.0)
+    with pytest.raises(DataError, match="no frame pair correlates.*--no-register"):
+        analyze_series(s)
+
+
 # --- image-derived Br loss (quantify.br_loss) wired into analyze_series -------------------
 
 D_BR_TRUE = 3e4  # KineticParameters default D_Br_e_per_A2 of the simulator

@@ -264,7 +264,14 @@ def analyze_series(
     px = series.pixel_size_A
     n = series.n_frames
     if register:
-        drift = register_drift(series, max_lag=max_lag)
+        try:
+            drift = register_drift(series, max_lag=max_lag)
+        except DataError as exc:
+            # e.g. a featureless or pure-noise series: say how to go on without drift
+            raise DataError(
+                f"{exc}; if the frames need no drift correction, pass register=False "
+                "(perovstem insitu --no-register)"
+            ) from exc
     else:
         drift = pd.DataFrame(
             {"frame": np.arange(n), "dy_px": 0.0, "dx_px": 0.0, "skipped": False, "reason": ""}
