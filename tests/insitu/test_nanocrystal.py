@@ -61,6 +61,19 @@ def test_void_and_shrinkage_over_series(sim):
     assert (df.loc[[0, 1, 3], "phase"] == "CsPbBr3").all()
 
 
+def test_integrated_counts_are_detected_electrons(sim):
+    """A detector gain and offset (in the Series' metadata) change the raw counts, not the
+    crystal's signal: integrated_counts used to sum the raw counts (offset x area added,
+    gain multiplied in)."""
+    nanocrystal, _, image = sim
+    frames = np.asarray([image(nanocrystal(edge_A=e, rng=0)).data for e in (40.0, 35.0)])
+    plain = nanocrystal_metrics(Series(frames, 0.4), phase_check=False)
+    det = Series(3.0 * frames + 100.0, 0.4, metadata={"gain": 3.0, "offset": 100.0})
+    scaled = nanocrystal_metrics(det, phase_check=False)
+    np.testing.assert_allclose(scaled["area_A2"], plain["area_A2"])
+    np.testing.assert_allclose(scaled["integrated_counts"], plain["integrated_counts"], rtol=1e-9)
+
+
 def test_fft_phase_check(sim):
     nanocrystal, add_pb_cluster, image = sim
     at = nanocrystal(edge_A=30.0, rng=1)

@@ -251,7 +251,9 @@ def nanocrystal_metrics(
     DataFrame
         ``frame, area_A2, perimeter_A, equivalent_diameter_A, shrinkage, shrinkage_err,
         void_area_A2, n_voids, centroid_x_A, centroid_y_A, integrated_counts, phase, skipped,
-        reason``; ``shrinkage = 1 − area/area(first usable frame)`` and ``shrinkage_err`` its
+        reason``; ``integrated_counts`` is the crystal's signal in detected electrons (the
+        Series' metadata ``offset`` removed and divided by its ``gain``, as in
+        :func:`~perovstem.insitu.analyze_series`); ``shrinkage = 1 − area/area(first usable frame)`` and ``shrinkage_err`` its
         1σ segmentation noise (:func:`area_noise`; NaN with fewer than 4 usable frames).
         Use :func:`area_change` for a significance-checked final value.
     """
@@ -262,6 +264,9 @@ def nanocrystal_metrics(
     if pixel_size_A is None:
         raise CalibrationError("`pixel_size_A` is needed for a bare array series")
     px = check_positive("pixel_size_A", pixel_size_A)
+    md = series.metadata if isinstance(series, Series) else {}
+    offset = float(md.get("offset") or 0.0)  # a detector's offset and gain are no mass
+    gain = float(md.get("gain") or 1.0)
     from skimage.measure import perimeter
 
     rows = []
@@ -285,7 +290,7 @@ def nanocrystal_metrics(
             "n_voids": int(ndimage.label(voids)[1]),
             "centroid_x_A": float(xx.mean()) * px if xx.size else np.nan,
             "centroid_y_A": float(yy.mean()) * px if yy.size else np.nan,
-            "integrated_counts": float(np.asarray(fr, float)[crystal].sum()),
+            "integrated_counts": float((np.asarray(fr, float)[crystal] - offset).sum()) / gain,
             "skipped": False,
             "reason": "",
         }
