@@ -481,8 +481,9 @@ def align(
         True or "com": estimate the in-plane axis angle from the centre-of-mass sinusoids of
         every column (:func:`tilt_axis_from_com`; accurate for objects extended along the
         axis such as needles and rods); "search": refine that guess by
-        :func:`tilt_axis_search` (profile invariance, ±5°; needs good shifts); a number: use
-        that angle (degrees); False: 0.
+        :func:`tilt_axis_search` (profile invariance, ±5°; needs good shifts; not for axes
+        20–70° from image x or y, where the centre-of-mass estimate is kept and ``steps``
+        says so); a number: use that angle (degrees); False: 0.
     matching_iter : int
         Projection-matching iterations (0 to skip).
     background_percentile : float
@@ -529,10 +530,14 @@ def align(
             phi, _ = tilt_axis_from_com(shifted, ang)
             steps.append("tilt_axis_com")
             phi, steep = _steep_axis_check(d, shifted, ang, sh, phi)
-            if tilt_axis == "search":
-                centre = phi if steep else float(np.clip(phi, -20, 20))
-                phi, _ = tilt_axis_search(d, ang, sh, centre_deg=centre)
+            if tilt_axis == "search" and (steep or abs(phi) <= 20.0):
+                phi, _ = tilt_axis_search(d, ang, sh, centre_deg=phi)
                 steps.append("tilt_axis_search")
+            elif tilt_axis == "search":
+                # 20-70° from x: the rotated profiles lose too many columns for the search
+                # (it was centred at ±20° and returned ~25° for a 45° axis); keep the
+                # centre-of-mass estimate
+                steps.append("tilt_axis_search skipped (axis 20-70 deg from x)")
     else:
         phi = float(tilt_axis)
         if not np.isfinite(phi):
