@@ -107,7 +107,7 @@ def insitu(
     ),
 ) -> None:
     """Analyse an in-situ series: register, dose, Pb clusters, tracking, kinetics."""
-    from perovstem.cli._common import console
+    from perovstem.cli._common import check_outputs, console
     from perovstem.insitu import analyze_series, assign_dose, attach_conditions
     from perovstem.io import load, save_figure, save_json, save_table
     from perovstem.io.holder_logs import read_holder_log
@@ -131,14 +131,7 @@ def insitu(
         raise FileFormatError(f"series {str(series)!r} does not exist")
     out = out or series.with_name(series.stem + "_insitu")
     earlier = _earlier_outputs(out)
-    if earlier and not overwrite:  # refused before any work: a rerun must not mix two runs
-        from perovstem.errors import OutputExistsError
-
-        raise OutputExistsError(
-            f"output folder {str(out)!r} holds the results of an earlier run "
-            f"({', '.join(p.name for p in earlier[:4])}{', ...' if len(earlier) > 4 else ''}); "
-            "choose another --out or pass --overwrite"
-        )
+    check_outputs(*earlier, overwrite=overwrite)  # before any work: a rerun must not mix runs
     s = load(series, lazy=True, pixel_size=pixel_size_A)
     from perovstem._data import Series
 
