@@ -438,7 +438,7 @@ def analyze_series(
             fr_tab = fr_tab.merge(br_res.frame_columns(), on="frame", how="left")
     events = lineage_events(lineage, fr_tab)
     if summary:
-        from perovstem.quantify.mechanism import mechanism_summary
+        from perovstem.quantify.mechanism import CONDITION_TOLERANCE, mechanism_summary
 
         x = (
             "cumulative_dose_e_per_A2"
@@ -451,22 +451,24 @@ def analyze_series(
         if register and n_unrel:  # hops measured through an unreliable drift are not hops
             mob_tracks = tracks[~tracks["frame"].isin(bad)]
             mob_tracks = mob_tracks if len(mob_tracks) else None
-        if mob_tracks is not None:  # each hop belongs to its frame's condition (T, dose rate)
+        if no_counts:  # Γ₁ = Γ_c·n^(4/3) needs cluster sizes in atoms
+            mob_tracks = None
+            notes.append("no atom counts (no dose): cluster mobility not measured")
+        elif mob_tracks is not None:  # each hop belongs to its frame's condition (T, rate)
             cond = [c for c in ("temperature_K", "dose_rate_e_per_A2_s", "gas") if c in usable]
             mob_tracks = mob_tracks.drop(columns=[c for c in cond if c in mob_tracks]).merge(
                 fr_tab[["frame", *cond]], on="frame", how="left"
             )
-        if no_counts:  # Γ₁ = Γ_c·n^(4/3) needs cluster sizes in atoms
-            mob_tracks = None
-            notes.append("no atom counts (no dose): cluster mobility not measured")
         summ = mechanism_summary(usable, x=x, ci=ci, tracks=mob_tracks, mobility=mob)
         conds = summ.attrs.get("conditions", [])
         if len(conds) > 1:  # one series split into several conditions: say how and why
             notes.append(
                 f"the kinetic summary splits the series into {len(conds)} conditions "
                 f"({'; '.join(_condition_text(d) for d in conds[:6])}"
-                f"{'; ...' if len(conds) > 6 else ''}): temperatures > 2 K or dose rates "
-                "(dose per frame / frame interval) > 10 % apart; a condition with < 5 frames "
+                f"{'; ...' if len(conds) > 6 else ''}): temperatures > "
+                f"{CONDITION_TOLERANCE['temperature_K'][1]:g} K or dose rates (dose per frame / "
+                f"frame interval) > {100 * CONDITION_TOLERANCE['dose_rate_e_per_A2_s'][1]:g} % "
+                "apart; a condition with < 5 frames "
                 "gets no fit (non-uniform frame intervals change the dose rate)"
             )
     else:
