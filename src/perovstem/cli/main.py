@@ -88,6 +88,7 @@ _FED_BY = {
     "pixel_size_A": ("pixel_size",),
     "dose_e_per_A2": ("dose",),
     "dose_rate_e_per_A2_s": ("dose_rate",),
+    "factor": ("bin_factor",),  # bin_tilt_series(factor) behind `tomo reconstruct --bin`
 }
 
 

@@ -118,10 +118,7 @@ def reconstruct_cmd(
     if n_iter is not None and method in ("fbp", "wbp"):
         raise ParameterError(f"--n-iter does not apply to --method {method} (not iterative)")
     check_outputs(out, overwrite=overwrite)
-    try:
-        ts = bin_tilt_series(_load_tilt(tiltseries, pixel_size_A), bin_factor)
-    except ParameterError as exc:  # name the flag, not the Python parameter
-        raise ParameterError(str(exc).replace("`factor`", "`--bin`")) from None
+    ts = bin_tilt_series(_load_tilt(tiltseries, pixel_size_A), bin_factor)
     kw: dict = {"thickness_px": thickness_px}
     if n_iter is not None and method not in ("fbp", "wbp"):
         kw["n_iter"] = n_iter
