@@ -26,21 +26,23 @@ from perovstem.errors import DataError, ParameterError
 __all__ = ["find_peaks", "estimate_lattice", "find_columns", "fit_lattice_vectors"]
 
 
-def _robust_noise(img: np.ndarray) -> float:
+# σ of (image − Gaussian(1 px) smoothed image) per σ of the pixel noise
+_SMOOTH_K = np.sqrt(1.0 - 2.0 / (2 * np.pi) + 1.0 / (4 * np.pi))
+
+
+def _robust_noise(img: np.ndarray, sm: np.ndarray | None = None) -> float:
     """Pixel noise σ: MAD of (image − Gaussian(1 px) smoothed image) over the darker half.
 
     The darker half avoids the column peaks, where curvature of the signal would inflate the
     estimate; the factor corrects for the smoothing (var(d) = σ²(1 − 2w₀ + Σw²)).  Returns
     1e-12 when the darker half is (nearly) constant, e.g. a zero-count vacuum: see
-    :func:`_pixel_noise`.
+    :func:`_pixel_noise`.  ``sm``: that smoothed image, when the caller has it.
     """
-    sm = ndimage.gaussian_filter(img, 1.0, mode="nearest")
+    if sm is None:
+        sm = ndimage.gaussian_filter(img, 1.0, mode="nearest")
     d = (img - sm)[sm <= np.median(sm)]
     mad = float(np.median(np.abs(d - np.median(d))))
     return 1.4826 * mad / _SMOOTH_K or 1e-12
-
-
-_SMOOTH_K = np.sqrt(1.0 - 2.0 / (2 * np.pi) + 1.0 / (4 * np.pi))
 
 
 def _pixel_noise(img: np.ndarray) -> float:
@@ -57,7 +59,7 @@ def _pixel_noise(img: np.ndarray) -> float:
     sm = ndimage.gaussian_filter(img, 1.0, mode="nearest")
     v = img[sm <= np.median(sm)]
     if np.median(np.abs(v - np.median(v))) > 0:
-        return _robust_noise(img)
+        return _robust_noise(img, sm)
     v0 = float(np.median(v))
     sig = np.abs(sm - v0) > 1e-9 * (float(np.ptp(img)) or 1.0)
     q = _count_quantum(img[sig], v0) if np.count_nonzero(sig) >= 2 else None
