@@ -240,8 +240,10 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
         raise FileFormatError(f"{str(path)!r}: the file holds no data")
     s = _pick_signal(path, sigs)
     data = s["data"]
-    if plugin == "tiff" and getattr(data, "ndim", 0) == 3:
-        _refuse_channel_stack(path)
+    # what rsciio drops from tif files, read once from the header (None for other formats)
+    tif = _tiff_header(path) if plugin == "tiff" else None
+    if tif is not None and getattr(data, "ndim", 0) == 3:
+        _refuse_channel_stack(path, tif)
     if lazy:
         _probe_lazy(path, data)
     axes = sorted(s["axes"], key=lambda a: a.get("index_in_array", 0))
@@ -261,9 +263,9 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
             )
         except CalibrationError:
             pass
-    if out["pixel_size_A"] is None and plugin == "tiff":
+    if out["pixel_size_A"] is None and tif is not None:
         # rsciio drops the unit of ImageJ tifs in nm/Å/escaped µm and ignores OME PhysicalSize
-        out["pixel_size_A"], out["pixel_size_y_A"] = _tiff_calibration_A(path)
+        out["pixel_size_A"], out["pixel_size_y_A"] = _tiff_calibration_A(path, tif)
     if nav_axes:
         nav = nav_axes[0]
         n = data.shape[0]
@@ -273,9 +275,9 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
             out["time_s"] = ticks * factor
         elif kind_ == "angle":
             out["angles_deg"] = ticks * factor
-        elif plugin == "tiff" and data.ndim == 3:
+        elif tif is not None and data.ndim == 3:
             # ImageJ/Fiji keep the frame interval in their description; rsciio drops it
-            dt = _imagej_frame_interval_s(path)
+            dt = _imagej_frame_interval_s(tif)
             if dt is not None:
                 out["time_s"] = dt * np.arange(n)
     tomo = _get(md, "Tomography")
@@ -342,17 +344,30 @@ def _nav_unit(units: Any) -> tuple[str | None, float]:
     return None, 1.0
 
 
-def _refuse_channel_stack(path: Path) -> None:
-    """A tif whose stack axis is channels (ImageJ/OME 'C', e.g. HAADF + ABF + BF detectors)
-    is not a series of frames: refuse it instead of analysing the detectors as time steps."""
+def _tiff_header(path: Path) -> dict[str, Any] | None:
+    """The tif metadata rsciio does not pass on: series axes and shape, ImageJ and OME
+    metadata, first-page resolution tags (None when tifffile cannot read the header)."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
-            axes = tif.series[0].axes
-            shape = tif.series[0].shape
+            tags = tif.pages[0].tags
+            return {
+                "axes": tif.series[0].axes,
+                "shape": tif.series[0].shape,
+                "imagej": tif.imagej_metadata,
+                "ome": tif.ome_metadata,
+                "xres": tags["XResolution"].value if "XResolution" in tags else None,
+                "yres": tags["YResolution"].value if "YResolution" in tags else None,
+            }
     except Exception:
-        return
+        return None
+
+
+def _refuse_channel_stack(path: Path, tif: dict[str, Any]) -> None:
+    """A tif whose stack axis is channels (ImageJ/OME 'C', e.g. HAADF + ABF + BF detectors)
+    is not a series of frames: refuse it instead of analysing the detectors as time steps."""
+    axes, shape = tif["axes"], tif["shape"]
     if "C" in axes:
         raise DataError(
             f"{str(path)!r}: holds {shape[axes.index('C')]} channels (axes {axes!r}), e.g. "
@@ -360,16 +375,9 @@ def _refuse_channel_stack(path: Path) -> None:
         )
 
 
-def _imagej_frame_interval_s(path: Path) -> float | None:
+def _imagej_frame_interval_s(tif: dict[str, Any]) -> float | None:
     """Frame interval (s) of an ImageJ hyperstack with a time axis (``finterval``, ``tunit``)."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            ij = tif.imagej_metadata or {}
-            axes = tif.series[0].axes
-    except Exception:
-        return None
+    ij, axes = tif["imagej"] or {}, tif["axes"]
     fi = ij.get("finterval")
     if fi is None or "T" not in axes or "Z" in axes or "C" in axes:
         return None
@@ -381,20 +389,10 @@ def _imagej_frame_interval_s(path: Path) -> float | None:
     return dt if kind_ == "time" and np.isfinite(dt) and dt > 0 else None
 
 
-def _tiff_calibration_A(path: Path) -> tuple[float | None, float | None]:
+def _tiff_calibration_A(path: Path, tif: dict[str, Any]) -> tuple[float | None, float | None]:
     """Pixel sizes (x, y) in Å from ImageJ (``unit`` + resolution) or OME (``PhysicalSizeX/Y``)
     tif metadata, or (None, None)."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            ij = tif.imagej_metadata
-            ome = tif.ome_metadata
-            tags = tif.pages[0].tags
-            xres = tags["XResolution"].value if "XResolution" in tags else None
-            yres = tags["YResolution"].value if "YResolution" in tags else None
-    except Exception:
-        return None, None
+    ij, ome, xres, yres = tif["imagej"], tif["ome"], tif["xres"], tif["yres"]
     sizes: tuple[Any, Any, Any, Any] | None = None
     if ij and ij.get("unit") and xres and yres and xres[0] and yres[0]:
         # ImageJ writes non-ASCII units as Java escapes, e.g. "\\u00B5m", "\\u00C5"
