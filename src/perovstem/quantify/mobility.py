@@ -22,6 +22,7 @@ from scipy import optimize, stats
 
 from perovstem._validation import as_rng, check_positive, check_range
 from perovstem.errors import DataError, ParameterError
+from perovstem.quantify.nucleation import _garwood
 
 __all__ = ["cluster_hop_rate", "fit_desorption_hazard"]
 
@@ -204,8 +205,8 @@ def cluster_hop_rate(
         k = 2 * int(one.sum())
         per_hop = a * a / float(c[one].sum())  # Γ₁ of one in-plane hop
         m = float(d2[one].sum()) / (a * a)
-        cand_lo = [per_hop * stats.chi2.ppf(q, 2 * m) / 2 if m > 0 else 0.0]
-        cand_hi = [per_hop * stats.chi2.ppf(1 - q, 2 * m + 2) / 2]
+        m_lo, m_hi = _garwood(m, level)
+        cand_lo, cand_hi = [per_hop * m_lo], [per_hop * m_hi]
         if g > 0:
             cand_lo.append(g * k / stats.chi2.ppf(1 - q, k))
             cand_hi.append(g * k / stats.chi2.ppf(q, k))
