@@ -17,7 +17,7 @@ def normalize_image(
     image: Image,
     *,
     dose_e_per_A2: float | None = None,
-    gain: float | None = None,
+    gain: float | str | None = None,
     offset: float | None = None,
 ) -> Image:
     """Convert detector counts to the fraction of the incident beam per pixel.
@@ -34,8 +34,17 @@ def normalize_image(
         unless given here.
     dose_e_per_A2 : float, optional
         Electron dose, e⁻/Å² (overrides ``image.dose_e_per_A2``).
-    gain, offset : float, optional
-        Detector counts per electron and dark offset (override the metadata; defaults 1, 0).
+    gain : float or "auto", optional
+        Detector counts per detected electron (overrides the metadata; default 1 with a
+        warning that quotes the gain measured from the image's shot noise).  ``"auto"``: use
+        that measurement (:func:`perovstem.atoms.estimate_noise_model`; its offset too unless
+        ``offset`` is given); a DataError when the image cannot identify the gain
+        (normalised, interpolated or noise-free data).  The measured gain is the variance
+        gain: a detector with pulse-height spread (scintillator/PMT) has a variance gain
+        above its mean counts per electron (excess noise factor), so "auto" then
+        underestimates the cross-sections by that factor.
+    offset : float, optional
+        Dark offset, counts (overrides the metadata; default 0).
 
     Returns
     -------
@@ -55,7 +64,18 @@ def normalize_image(
     dose = float(dose)
     if not np.isfinite(dose) or dose <= 0:
         raise ParameterError(f"`dose_e_per_A2` must be > 0, got {dose!r}")
-    _warn_assumed_detector(image, gain, offset, "normalize_image", "the cross-sections are")
+    measured = None
+    if isinstance(gain, str):
+        if gain != "auto":
+            raise ParameterError(f"`gain` must be a number or 'auto', got {gain!r}")
+        from perovstem.atoms.noise import auto_detector
+
+        measured = auto_detector(image, what="normalize_image")
+        gain = measured.gain
+        if offset is None:
+            offset = measured.offset
+    else:
+        _warn_assumed_detector(image, gain, offset, "normalize_image", "the cross-sections are")
     g = float(gain if gain is not None else image.metadata.get("gain", 1.0))
     o = float(offset if offset is not None else image.metadata.get("offset", 0.0))
     if not np.isfinite(g) or g <= 0:
@@ -67,6 +87,8 @@ def normalize_image(
         normalized=True,
         normalization={"gain": g, "offset": o, "dose_e_per_A2": dose, "counts_per_unit": scale},
     )
+    if measured is not None:
+        meta["normalization"]["noise_model"] = measured.as_dict()
     return image.replace(data=data, dose_e_per_A2=dose, metadata=meta)
 
 
@@ -98,10 +120,13 @@ def _warn_assumed_detector(image: Image, gain: Any, offset: Any, what: str, harm
         if given is None and image.metadata.get(name) is None
     ]
     if missing:
+        from perovstem.atoms.noise import describe_estimate
+
         warnings.warn(
             f"{what}: detector {' and '.join(missing)} unknown (not in image.metadata and not "
             "given); assuming gain = 1 count per electron and offset = 0 counts. Pass "
-            f"gain=/offset= (measured on the detector), otherwise {harm} wrong",
+            f"gain=/offset= (measured on the detector), otherwise {harm} wrong"
+            + describe_estimate(image),
             UserWarning,
             stacklevel=3,
         )

@@ -1,0 +1,581 @@
+"""Poissonian–Gaussian detector noise model measured from the data (gain, offset, read noise).
+
+A count image is ``y = gain·n + offset + ε`` with ``n`` Poisson electrons and ``ε`` Gaussian
+read noise, so the pixel variance is linear in the expected level ``L = E[y]``::
+
+    Var(y) = gain·(L − offset) + read² = gain·L + c,     c = read² − gain·offset
+
+(the photon-transfer curve, J. R. Janesick, *Photon Transfer*, SPIE 2007; the
+Poissonian–Gaussian model of A. Foi et al., IEEE Trans. Image Process. 17 (2008) 1737).
+:func:`estimate_noise_model` measures ``Var`` against ``L`` and fits the line:
+
+* one image: Haar diagonal detail coefficients of non-overlapping 2×2 blocks
+  (``(y₀₀ − y₀₁ − y₁₀ + y₁₁)/2``, variance σ² for white noise, blind to any linear signal
+  trend) against the local level, only in blocks where the signal's own diagonal curvature is
+  small (measured on a smoothed image), as Foi et al. do with their smoothness mask;
+* a frame series: differences of consecutive (registered) frames,
+  ``(y_k − y_{k+1})/√2``, which cancel the signal entirely where it does not change
+  (Janesick's two-frame photon-transfer method).
+
+The slope is the gain (image units per detected electron). Variance alone gives only the
+intercept ``c``: offset and read noise are degenerate. They are bracketed by
+``read² ≥ 0`` (offset ≥ −c/gain) and ``n ≥ 0`` (offset ≤ the darkest level of the field),
+and the reported offset is the darkest level (a HAADF vacuum receives ~no electrons) when it
+lies inside the bracket; pass ``offset=`` (measured with the beam blanked) to fix it. The
+signal-dependent noise ``σ²(L) = gain·L + c`` needs only the gain and ``c``, not the split.
+
+Correlated pixels (interpolated/resampled images, scan distortion correction, a slow detector
+response along the fast scan) shrink the pixel-scale variance and bias a variance-based gain
+low; the lag-1 autocorrelation of the noise residual is measured and the gain refused above
+``max_correlation``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from perovstem._data import Image, Series
+from perovstem.errors import DataError, ParameterError
+
+__all__ = ["NoiseModel", "estimate_noise_model"]
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseModel:
+    """Measured detector noise model ``Var(y) = gain·L + intercept`` (image units).
+
+    Attributes
+    ----------
+    gain, gain_err : float
+        Slope of the variance against the level: image units (counts) per detected electron,
+        with its 1σ error.
+    intercept, intercept_err : float
+        ``c = read² − gain·offset``, counts².
+    offset : float
+        Black level, counts (``offset_source`` says how it was fixed).
+    offset_range : (float, float)
+        Offsets consistent with ``read² ≥ 0`` and with no negative electrons in the darkest
+        region, counts.
+    read_noise : float
+        Gaussian read noise σ for that offset, counts.
+    identified : bool
+        False when the data cannot identify the gain (see ``reasons``); the numbers are then
+        informative only.
+    reasons : tuple of str
+        Why the gain is not identified (empty when it is).
+    method : str
+        ``"single-image"`` or ``"frame-difference"``.
+    dilation_ratio : (float, float)
+        Noise variance of the diagonal detail over pixels two apart / over adjacent pixels,
+        ± 1σ, where the signal is flat: 1 for independent pixels, > 1 when neighbouring
+        pixels are correlated (NaN when no flat region is large enough to measure it).
+    levels, variances, variance_errs : ndarray
+        The binned photon-transfer curve (level, variance ± 1σ), for plotting.
+    n_samples : int
+        Detail coefficients (or difference pixels) used.
+    quantum : float or None
+        Spacing of the pixel values when they are all ``v0 + q·n`` (exact counts times an
+        ADC step): a cross-check of the gain without read noise.
+    """
+
+    gain: float
+    gain_err: float
+    intercept: float
+    intercept_err: float
+    offset: float
+    offset_range: tuple[float, float]
+    offset_source: str
+    read_noise: float
+    identified: bool
+    reasons: tuple[str, ...]
+    method: str
+    dilation_ratio: tuple[float, float]
+    levels: np.ndarray = dataclasses.field(repr=False)
+    variances: np.ndarray = dataclasses.field(repr=False)
+    variance_errs: np.ndarray = dataclasses.field(repr=False)
+    n_samples: int = 0
+    quantum: float | None = None
+
+    def variance(self, level: Any) -> np.ndarray:
+        """Pixel variance at the expected level(s) ``level`` (counts → counts²), ≥ 0."""
+        return np.maximum(self.gain * np.asarray(level, float) + self.intercept, 0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Scalars only (JSON-serialisable)."""
+        return {
+            "gain": self.gain,
+            "gain_err": self.gain_err,
+            "intercept": self.intercept,
+            "intercept_err": self.intercept_err,
+            "offset": self.offset,
+            "offset_range": list(self.offset_range),
+            "offset_source": self.offset_source,
+            "read_noise": self.read_noise,
+            "identified": self.identified,
+            "reasons": list(self.reasons),
+            "method": self.method,
+            "dilation_ratio": list(self.dilation_ratio),
+            "n_samples": self.n_samples,
+            "quantum": self.quantum,
+        }
+
+    def describe(self) -> str:
+        """One line for warnings and logs."""
+        s = (
+            f"gain {self.gain:.4g} ± {self.gain_err:.2g} counts/e⁻, offset {self.offset:.4g} "
+            f"({self.offset_source}; consistent range {self.offset_range[0]:.4g}–"
+            f"{self.offset_range[1]:.4g}), read noise {self.read_noise:.3g} counts"
+        )
+        if not self.identified:
+            s += " — NOT identified: " + "; ".join(self.reasons)
+        return s
+
+
+def estimate_noise_model(
+    image: Image | Series | np.ndarray,
+    *,
+    offset: float | None = None,
+    mask: np.ndarray | None = None,
+    n_bins: int = 16,
+    max_correlation: float = 0.15,
+    min_gain_snr: float = 5.0,
+) -> NoiseModel:
+    """Measure gain, offset and read noise from the noise of one image or a frame series.
+
+    Fits the photon-transfer line ``Var(y) = gain·L + c`` (Janesick 2007; Foi et al., IEEE
+    TIP 17 (2008) 1737): ``Var`` from Haar diagonal 2×2 details in smooth blocks of one image,
+    or from differences of consecutive frames of a series, binned by the local level ``L``
+    and fitted by weighted least squares (errors scaled by √χ²ᵣ when the line fits worse
+    than its error bars).
+
+    Parameters
+    ----------
+    image : Image, Series or ndarray
+        Raw detector counts, (M, N) for one image or (T, M, N) for frames of the same field
+        that are already registered (drift and beam damage between frames add variance and
+        bias the gain high; register first, e.g. with :func:`perovstem.insitu.register_drift`).
+    offset : float, optional
+        Known black level, counts (beam blanked): resolves the offset/read-noise degeneracy.
+    mask : (M, N) bool ndarray, optional
+        Pixels to use (e.g. excluding a scale bar or saturated areas); default all.
+    n_bins : int
+        Level bins of the photon-transfer curve (≥ 3).
+    max_correlation : float
+        Largest excess of ``dilation_ratio`` over 1 accepted (0.15: 15 %);
+        above it the gain is not identified (correlated pixels bias a variance-based gain
+        low).
+    min_gain_snr : float
+        The gain must exceed this many standard errors to count as identified.
+
+    Returns
+    -------
+    NoiseModel
+        Check ``identified`` (and ``reasons``) before using the gain.
+
+    Raises
+    ------
+    ParameterError
+        Bad options or an image of the wrong shape.
+    DataError
+        Too few usable pixels to fit the curve.
+
+    Notes
+    -----
+    Offset/read-noise degeneracy: the variance gives only ``c = read² − gain·offset``.
+    ``read² ≥ 0`` gives ``offset ≥ −c/gain``; no negative electrons gives ``offset ≤`` the
+    darkest local level ``L_min``. Without ``offset=``, the offset is taken as ``L_min`` (the
+    darkest 2 % of the field, a HAADF vacuum) when it lies within that bracket, otherwise
+    ``−c/gain`` (zero read noise); a field without vacuum overestimates the offset by its
+    darkest signal (``offset_source`` says which).
+    """
+    if int(n_bins) < 3:
+        raise ParameterError(f"`n_bins` must be >= 3, got {n_bins!r}")
+    if not (np.isfinite(max_correlation) and 0 < max_correlation < 1):
+        raise ParameterError(f"`max_correlation` must be in (0, 1), got {max_correlation!r}")
+    if offset is not None and not np.isfinite(offset):
+        raise ParameterError(f"`offset` must be finite, got {offset!r}")
+    reasons: list[str] = []
+    meta: dict[str, Any] = {}
+    if isinstance(image, Image | Series):
+        meta = dict(image.metadata)
+        data = np.asarray(image.data, dtype=float)
+    else:
+        data = np.asarray(image, dtype=float)
+    if meta.get("normalized"):
+        reasons.append(
+            "the image is already normalised (metadata['normalized']): its noise scale is "
+            "1/(dose·dx²), not a detector gain"
+        )
+    if data.ndim not in (2, 3) or min(data.shape[-2:]) < 16:
+        raise ParameterError(
+            f"`image` must be (M, N) or (T, M, N) with M, N >= 16, got shape {data.shape}"
+        )
+    if not np.all(np.isfinite(data)):
+        raise ParameterError("`image` holds NaN or inf values")
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != data.shape[-2:]:
+            raise ParameterError(
+                f"`mask` must have the image shape {data.shape[-2:]}, got {mask.shape}"
+            )
+    series = data.ndim == 3 and data.shape[0] >= 2
+    img0 = data if data.ndim == 2 else data[0]
+    if series:
+        lev, var, key = _frame_difference_samples(data, mask, binned=False)
+        method = "frame-difference"
+    else:
+        lev, var, key = _single_image_samples(img0, mask, int(n_bins))
+        method = "single-image"
+    levels, variances, errs, (gain, c), cov, _ = _fit(lev, var, int(n_bins), key)
+    gain_err, c_err = (float(np.sqrt(max(cov[i, i], 0.0))) for i in range(2))
+    # correlated pixels: the diagonal detail over pixels two apart exceeds the one over
+    # adjacent pixels (ratio 1 for independent pixels, (1 + ρ₂…)/(1 − ρx − ρy + ρxy) else)
+    ratio, ratio_err = _dilation_ratio(data if series else img0, series, mask)
+    if np.isfinite(ratio) and ratio - 1.0 > max(max_correlation, 3.0 * ratio_err):
+        reasons.append(
+            f"neighbouring pixels are correlated: the noise of pixels two apart is "
+            f"{ratio:.2f} ± {ratio_err:.2f} × that of adjacent pixels (interpolated/resampled "
+            "data or a detector response spanning pixels); a variance-based gain is biased low"
+        )
+    if not (gain > min_gain_snr * gain_err):
+        reasons.append(
+            f"the variance does not rise with the level (slope {gain:.3g} ± {gain_err:.2g}): "
+            "no shot noise is measurable (noise-free, denoised or read-noise-dominated data)"
+        )
+    q = _quantum(data)
+    # offset bracket: read² >= 0  →  offset >= −c/gain ; electrons >= 0  →  offset <= L_min
+    # the darkest level: the mean of the block means (unbiased) of the 2 % of blocks whose
+    # surroundings are darkest (selected on the instrument, not on their own noise)
+    dark = key <= np.quantile(key, 0.02)
+    l_min = float(np.mean(lev[dark]))
+    g = gain if gain > 0 else np.nan
+    lo = -c / g
+    lo_err = float(np.hypot(c_err / g, c * gain_err / g**2))
+    if offset is not None:
+        off, src = float(offset), "given"
+    elif lo <= l_min + 2.0 * lo_err:
+        off, src = min(l_min, lo + 2.0 * lo_err) if lo > l_min else l_min, "darkest field"
+    else:
+        off, src = lo, "zero read noise (the darkest level lies below −c/gain)"
+    read = float(np.sqrt(max(c + gain * off, 0.0))) if np.isfinite(g) else float("nan")
+    return NoiseModel(
+        gain=float(gain),
+        gain_err=gain_err,
+        intercept=float(c),
+        intercept_err=c_err,
+        offset=float(off),
+        offset_range=(float(lo), l_min),
+        offset_source=src
+        if src != "darkest field"
+        else "darkest 2 % of the field (assumed to receive ~no electrons)",
+        read_noise=read,
+        identified=not reasons,
+        reasons=tuple(reasons),
+        method=method,
+        dilation_ratio=(ratio, ratio_err),
+        levels=levels,
+        variances=variances,
+        variance_errs=errs,
+        n_samples=int(lev.size),
+        quantum=q,
+    )
+
+
+def _haar_hh(a: np.ndarray) -> np.ndarray:
+    """Diagonal Haar detail of non-overlapping 2×2 blocks (variance σ² for white noise)."""
+    m, n = (a.shape[0] // 2) * 2, (a.shape[1] // 2) * 2
+    a = a[:m, :n]
+    return 0.5 * (a[0::2, 0::2] - a[0::2, 1::2] - a[1::2, 0::2] + a[1::2, 1::2])
+
+
+def _ring_offsets(half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Offsets (row, col) from a 2×2 block's first pixel, their (y, x) from the block centre,
+    and the mask of the block's own four pixels."""
+    u = np.arange(-half + 1, half + 1)
+    uu, vv = np.meshgrid(u, u, indexing="ij")
+    y, x = uu - 0.5, vv - 0.5
+    return (
+        np.column_stack([uu.ravel(), vv.ravel()]),
+        np.column_stack([y.ravel(), x.ravel()]),
+        ((np.abs(x) < 1) & (np.abs(y) < 1)).ravel(),
+    )
+
+
+def _curvature_kernel(sigma: float = 1.0, half: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Taps (offsets, weights) estimating the diagonal Haar detail of the *signal* at a 2×2
+    block from the pixels around it, the block's own four pixels excluded (so the estimate is
+    independent of the block's noise and selecting on it does not bias the variance)."""
+    offs, yx, own = _ring_offsets(half)
+    y, x = yx[:, 0], yx[:, 1]
+    w = x * y * np.exp(-(x * x + y * y) / (2 * sigma * sigma))
+    w[own] = 0.0
+    w /= np.sum(w * x * y)  # exact for f = a·x·y: Σ w f = a
+    return offs, 0.5 * w  # the diagonal detail of a·x·y is a/2
+
+
+def _level_kernel(sigma: float = 1.5, half: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Taps of a Gaussian local mean around a 2×2 block without the block's own pixels: an
+    instrument for the level, independent of the block's noise (binning on the block's own
+    noisy mean would flatten the curve: regression dilution)."""
+    offs, yx, own = _ring_offsets(half)
+    w = np.exp(-(yx[:, 0] ** 2 + yx[:, 1] ** 2) / (2 * sigma * sigma))
+    w[own] = 0.0
+    return offs, w / w.sum()
+
+
+def _block_filter(img: np.ndarray, taps: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``Σ w·img[2I + du, 2J + dv]`` at every 2×2 block (I, J) (reflecting borders)."""
+    offs, w = taps
+    half = int(np.max(np.abs(offs))) + 1
+    pad = np.pad(img, half, mode="reflect")
+    m, n = img.shape[0] // 2, img.shape[1] // 2
+    out = np.zeros((m, n))
+    for (du, dv), wk in zip(offs, w, strict=True):
+        if wk != 0.0:
+            r0, c0 = half + du, half + dv
+            out += wk * pad[r0 : r0 + 2 * m : 2, c0 : c0 + 2 * n : 2]
+    return out
+
+
+def _block_mean(a: np.ndarray) -> np.ndarray:
+    m, n = (a.shape[0] // 2) * 2, (a.shape[1] // 2) * 2
+    a = a[:m, :n]
+    return 0.25 * (a[0::2, 0::2] + a[0::2, 1::2] + a[1::2, 0::2] + a[1::2, 1::2])
+
+
+def _single_image_samples(
+    img: np.ndarray, mask: np.ndarray | None, n_bins: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Level (2×2 block mean), squared diagonal detail and level instrument of smooth blocks.
+
+    The block mean is the level: it is the Haar approximation of the same four pixels,
+    orthogonal to the detail, and unlike a smoothed level it is not pulled down at narrow
+    column peaks.  Smooth blocks: the signal's detail estimated from the surrounding pixels
+    (:func:`_curvature_kernel`) is below √0.02 of the noise σ of a first fit at the block's level.
+    """
+    d = _haar_hh(img)
+    level = _block_mean(img)
+    key = _block_filter(img, _level_kernel())
+    ok = np.ones(d.shape, bool)
+    if mask is not None:
+        ok &= _block_mean(mask.astype(float)) == 1.0
+    p = _fit(level[ok], d[ok] ** 2, n_bins, key[ok])[3]
+    model = np.maximum(p[0] * key + p[1], 0.0)
+    ok &= _block_filter(img, _curvature_kernel()) ** 2 <= 0.02 * model
+    return level[ok], d[ok] ** 2, key[ok]
+
+
+def _frame_difference_samples(
+    frames: np.ndarray, mask: np.ndarray | None, binned: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Level and squared half-difference of consecutive frames, 2×2-block averaged.
+
+    ``((y_k − y_{k+1})/√2)²`` averaged over a 2×2 block (four independent pixels for white
+    noise) against the block mean of the two frames; blocks where the mean frame's gradient
+    would turn a 0.1 px residual misregistration into more than 5 % of the variance are
+    dropped.  ``binned``: the same on 2×2-binned frames (for the correlation test).
+    """
+    levs, vars_, keys = [], [], []
+    for k in range(frames.shape[0] - 1):
+        a, b = frames[k], frames[k + 1]
+        if binned:
+            a, b = _block_mean(a), _block_mean(b)
+        diff = (a - b) / np.sqrt(2.0)
+        mean = 0.5 * (a + b)
+        level = _block_mean(mean)
+        key = _block_filter(mean, _level_kernel())
+        v = _block_mean(diff * diff) * (4.0 if binned else 1.0)
+        gy, gx = np.gradient(ndimage.gaussian_filter(mean, 1.0, mode="nearest"))
+        g2 = _block_mean((0.1 * gx) ** 2 + (0.1 * gy) ** 2) * (4.0 if binned else 1.0)
+        ok = np.ones(level.shape, bool)
+        if mask is not None:
+            mm = _block_mean(mask.astype(float)) == 1.0
+            if binned:
+                mm = _block_mean(mm.astype(float)) == 1.0
+            ok &= mm
+        p = _fit(level[ok], v[ok], 8, key[ok])[3]
+        ok &= g2 <= 0.05 * np.maximum(p[0] * key + p[1], 0.0)
+        levs.append(level[ok])
+        vars_.append(v[ok])
+        keys.append(key[ok])
+    return np.concatenate(levs), np.concatenate(vars_), np.concatenate(keys)
+
+
+def _fit(
+    lev: np.ndarray, var: np.ndarray, n_bins: int, key: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Photon-transfer line through the binned curve; refitted once with 5σ outliers
+    (relative to the first line, at least 5 gains: single counts at a tiny level are no
+    outliers) dropped.  Returns levels, variances, errors, (gain, c), covariance, χ²ᵣ."""
+    if lev.size < 30:
+        raise DataError(f"too few smooth samples ({lev.size}) to measure the noise")
+    curve = _binned_curve(lev, var, n_bins, key)
+    if curve[0].size < 3:
+        raise DataError("the data span too narrow a range of levels to fit a gain")
+    p, cov, chi = _wls_line(*curve)
+    expected = np.maximum(p[0] * key + p[1], max(p[0], 0.0) ** 2)
+    curve = _binned_curve(lev, var, n_bins, key, expected=expected)
+    if curve[0].size < 3:
+        raise DataError("the data span too narrow a range of levels to fit a gain")
+    p, cov, chi = _wls_line(*curve)
+    return curve[0], curve[1], curve[2], p, cov, chi
+
+
+def _dilation_ratio(data: np.ndarray, series: bool, mask: np.ndarray | None) -> tuple[float, float]:
+    """Mean squared diagonal detail over pixels two apart / over adjacent pixels, ± 1σ.
+
+    Only where the signal is flat (its smoothed mixed derivative leaks < 2 % of the local
+    noise variance into the dilated detail) — or on frame differences, which hold no signal; non-overlapping
+    3×3 footprints, delta-method error.  NaN when fewer than 200 such places exist.
+    """
+    if series:
+        imgs = [(data[k] - data[k + 1]) / np.sqrt(2.0) for k in range(data.shape[0] - 1)]
+        flats = [np.ones(imgs[0].shape, bool)] * len(imgs)
+    else:
+        img = data
+        # only the mixed derivative leaks into a diagonal detail: 2·f_xy over pixels two
+        # apart, f_xy/2 over adjacent ones
+        h = np.abs(ndimage.gaussian_filter(img, 2.0, order=(1, 1), mode="nearest"))
+        # local noise variance from the adjacent-pixel detail (smoothed)
+        d1 = 0.5 * (img[:-1, :-1] - img[:-1, 1:] - img[1:, :-1] + img[1:, 1:])
+        nv = ndimage.uniform_filter(np.pad(d1 * d1, ((0, 1), (0, 1)), mode="edge"), 7)
+        imgs = [img]
+        flats = [(2.0 * h) ** 2 <= 0.02 * nv]
+    a_all, b_all = [], []
+    for img, flat in zip(imgs, flats, strict=True):
+        m, n = img.shape
+        r = np.arange(0, m - 2, 3)
+        c = np.arange(0, n - 2, 3)
+        rr, cc = np.meshgrid(r, c, indexing="ij")
+        ok = flat[rr + 1, cc + 1]
+        if mask is not None:
+            ok &= mask[rr, cc] & mask[rr + 2, cc + 2] & mask[rr, cc + 2] & mask[rr + 2, cc]
+        y = img
+        dil = 0.5 * (y[rr, cc] - y[rr, cc + 2] - y[rr + 2, cc] + y[rr + 2, cc + 2])
+        adj = 0.5 * (y[rr, cc] - y[rr, cc + 1] - y[rr + 1, cc] + y[rr + 1, cc + 1])
+        a_all.append(dil[ok] ** 2)
+        b_all.append(adj[ok] ** 2)
+    a, b = np.concatenate(a_all), np.concatenate(b_all)
+    if a.size < 200 or np.mean(b) <= 0:
+        return float("nan"), float("nan")
+    ratio = float(np.mean(a) / np.mean(b))
+    err = float(np.std(a - ratio * b) / np.sqrt(a.size) / np.mean(b))
+    return ratio, err
+
+
+def _binned_curve(
+    lev: np.ndarray,
+    var: np.ndarray,
+    n_bins: int,
+    key: np.ndarray,
+    expected: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bins of the level instrument ``key`` → mean level, mean variance, standard error.
+
+    Binned on ``key`` (a local mean independent of the sample's own noise), averaged on
+    ``lev`` (the sample's unbiased level): the mean level of a bin is then unbiased, where
+    binning on ``lev`` itself would spread a constant-level vacuum over a range of levels
+    and flatten the fitted slope (regression dilution).
+
+    Bin edges are the union of equal-count and equal-width edges (a HAADF field is mostly
+    vacuum: equal counts alone would lump the whole crystal into one wide bin), adjacent bins
+    merged until each holds enough samples.  With ``expected`` (the variance of a first fit
+    at each sample), squared details above 25× it (5σ: hot pixels, leftover edges) are
+    dropped.
+    """
+    n = lev.size
+    edges = np.unique(
+        np.concatenate(
+            [
+                np.quantile(key, np.linspace(0, 1, n_bins + 1)),
+                np.linspace(key.min(), key.max(), n_bins + 1),
+            ]
+        )
+    )
+    idx = np.clip(np.searchsorted(edges, key, side="right") - 1, 0, edges.size - 2)
+    counts = np.bincount(idx, minlength=edges.size - 1)
+    min_count = max(30, n // (4 * n_bins))
+    group = np.zeros(counts.size, int)
+    g, acc = 0, 0
+    for i, c in enumerate(counts):
+        group[i] = g
+        acc += c
+        if acc >= min_count:
+            g, acc = g + 1, 0
+    if acc and g > 0:  # a short last group joins the previous one
+        group[group == g] = g - 1
+    gid = group[idx]
+    keep = np.ones(n, bool) if expected is None else var <= 25.0 * np.maximum(expected, 1e-300)
+    out_l, out_v, out_e = [], [], []
+    for b in range(int(gid.max()) + 1):
+        sel = (gid == b) & keep
+        if np.count_nonzero(sel) < 10:
+            continue
+        vk = var[sel]
+        out_l.append(float(np.mean(lev[sel])))
+        out_v.append(float(np.mean(vk)))
+        out_e.append(float(np.std(vk, ddof=1) / np.sqrt(vk.size)))
+    levels, variances, errs = (np.array(x) for x in (out_l, out_v, out_e))
+    # a bin of exact zeros (zero-count vacuum without read noise) has error 0: floor it so
+    # that it does not take all the weight
+    pos = errs[errs > 0]
+    floor = 0.1 * float(np.min(pos)) if pos.size else 1.0
+    return levels, variances, np.maximum(errs, floor)
+
+
+def _wls_line(x: np.ndarray, y: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    w = 1.0 / e**2
+    a = np.column_stack([x, np.ones_like(x)])
+    aw = a * w[:, None]
+    cov = np.linalg.pinv(a.T @ aw)
+    p = cov @ (aw.T @ y)
+    r = (y - a @ p) / e
+    dof = max(x.size - 2, 1)
+    chi2r = float(r @ r) / dof
+    return p, cov * max(chi2r, 1.0), chi2r
+
+
+def _quantum(data: np.ndarray) -> float | None:
+    """ADC step when every value is ``v0 + q·n`` (else None); cheap on a subsample."""
+    v = np.unique(data.ravel()[:: max(1, data.size // 200_000)])
+    if v.size < 3 or v.size > 50_000:
+        return None
+    step = np.diff(v)
+    tol = 1e-6 * (float(np.ptp(v)) or 1.0)
+    step = step[step > tol]
+    if step.size == 0:
+        return None
+    q = float(step.min())
+    n = (v - v[0]) / q
+    return q if np.all(np.abs(n - np.round(n)) < 1e-3) else None
+
+
+def auto_detector(image: Image, *, what: str) -> NoiseModel:
+    """Estimate the detector model of ``image`` for a ``gain="auto"`` option; DataError with
+    the reason when the gain is not identified."""
+    try:
+        nm = estimate_noise_model(image)
+    except DataError as exc:
+        raise DataError(f"{what}: gain='auto' could not measure the detector gain: {exc}") from exc
+    if not nm.identified:
+        raise DataError(
+            f"{what}: gain='auto' could not identify the detector gain ({nm.describe()}); "
+            "pass the measured gain"
+        )
+    return nm
+
+
+def describe_estimate(image: Image) -> str:
+    """The estimated model for a warning text ('' when it cannot be measured)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            nm = estimate_noise_model(image)
+    except (DataError, ParameterError):
+        return ""
+    return f" (measured from the image's shot noise: {nm.describe()})"
