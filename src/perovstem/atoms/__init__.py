@@ -4,6 +4,7 @@ Public API (see ``docs/CONTRACTS.md``):
 
 * :func:`find_columns`, :func:`find_peaks`, :func:`estimate_lattice` — column detection;
 * :func:`fit_columns`, :func:`normalize_image`, :func:`model_image` — joint Gaussian model;
+* :func:`estimate_noise_model` — detector gain, offset and read noise from the shot noise;
 * :func:`crlb`, :func:`voronoi_intensities` — precision bound and model-free intensities;
 * :func:`fit_lattice`, :func:`lattice_strain`, :func:`projected_unit_cell` — displacement and
   strain maps, the measured projected unit cell;
@@ -22,15 +23,18 @@ from perovstem.atoms.fit import FIT_COLUMNS, fit_columns, model_image
 from perovstem.atoms.fitted_library import fitted_scs_library
 from perovstem.atoms.hyperspy import to_hyperspy
 from perovstem.atoms.lattice import fit_lattice, lattice_strain, projected_unit_cell
+from perovstem.atoms.noise import NoiseModel, estimate_noise_model
 from perovstem.atoms.normalize import normalize_image
 from perovstem.atoms.voronoi import voronoi_intensities
 
 __all__ = [
     "FIT_COLUMNS",
+    "NoiseModel",
     "ProjectedCell",
     "crlb",
     "cspbbr3_001_cell",
     "estimate_lattice",
+    "estimate_noise_model",
     "find_columns",
     "find_peaks",
     "fit_columns",

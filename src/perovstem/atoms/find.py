@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from scipy import ndimage
@@ -21,6 +24,7 @@ from perovstem._data import Image
 from perovstem._validation import check_positive
 from perovstem.atoms._inputs import as_image, px_to_A
 from perovstem.atoms.cell import ProjectedCell
+from perovstem.atoms.noise import NoiseModel, estimate_noise_model
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["find_peaks", "estimate_lattice", "find_columns", "fit_lattice_vectors"]
@@ -90,6 +94,7 @@ def find_peaks(
     min_snr: float = 5.0,
     pixel_size_A: float | None = None,
     pixel_noise: float | None = None,
+    noise_model: NoiseModel | str | None = None,
 ) -> pd.DataFrame:
     """Local maxima of the Gaussian-smoothed image, at least ``separation_A`` apart.
 
@@ -111,6 +116,16 @@ def find_peaks(
     pixel_noise : float, optional
         Pixel noise σ of the image (image units) when already known; default: a robust
         estimate (MAD of the image minus its 1 px smoothing over the darker half).
+    noise_model : NoiseModel or "auto", optional
+        Signal-dependent noise ``σ²(L) = gain·L + c`` of raw counts
+        (:func:`perovstem.atoms.estimate_noise_model`; ``"auto"`` measures it on this
+        image).  The default threshold then becomes ``min_snr`` times the noise of the
+        smoothed image at the *local background level* around each candidate (the darkest
+        smoothed level within ``separation_A``): shot noise on a bright background is
+        several times the vacuum's, and a threshold set by the vacuum lets its fluctuations
+        through.  ``"auto"`` falls back to the constant ``pixel_noise`` (same
+        local-background test) with a warning when the image cannot identify the gain.
+        Ignored when ``threshold`` is given.
 
     Returns
     -------
@@ -143,15 +158,24 @@ def find_peaks(
     sig = max(0.5, (sigma_A / dx) if sigma_A is not None else sep / 6.0)
     sm = ndimage.gaussian_filter(data, sig, mode="nearest")
     bg = float(np.percentile(sm, 5))
-    if pixel_noise is None:
-        pixel_noise = _pixel_noise(data)
+    model = _noise_model(img, noise_model) if threshold is None else None
+    if model is not None:
+        if model == "flat":  # "auto" without an identified gain: a constant pixel noise
+            if pixel_noise is None:
+                pixel_noise = _pixel_noise(data)
+            model = None
+        where, thr = _ring_candidates(sm, sep, sig, min_snr, model, pixel_noise)
     else:
-        check_positive("pixel_noise", pixel_noise)
-    noise = pixel_noise / (2.0 * np.sqrt(np.pi) * sig)  # σ of the smoothed image
-    thr = float(threshold) if threshold is not None else min_snr * noise
+        if pixel_noise is None:
+            pixel_noise = _pixel_noise(data)
+        else:
+            check_positive("pixel_noise", pixel_noise)
+        noise = pixel_noise / (2.0 * np.sqrt(np.pi) * sig)  # σ of the smoothed image
+        thr = float(threshold) if threshold is not None else min_snr * noise
+        where = sm - bg > thr
     # only pixels above the threshold are tested (a flat, e.g. zero-count, vacuum is a
     # plateau of candidates that would otherwise all be tested against the whole disk)
-    peak = _disk_maxima(sm, sep, where=sm - bg > thr)
+    peak = _disk_maxima(sm, sep, where=where)
     peak[[0, -1], :] = False
     peak[:, [0, -1]] = False
     ii, jj = np.nonzero(peak)
@@ -178,7 +202,93 @@ def find_peaks(
     df.attrs.update(
         separation_A=float(sep * dx), sigma_A=float(sig * dx), threshold=thr, pixel_size_A=dx
     )
+    if isinstance(model, NoiseModel):
+        df.attrs["noise_model"] = model.as_dict()
     return df.reset_index(drop=True)
+
+
+def _ring_candidates(
+    sm: np.ndarray,
+    sep: float,
+    sig: float,
+    min_snr: float,
+    model: NoiseModel | None,
+    pixel_noise: float | None,
+) -> tuple[np.ndarray, float]:
+    """Candidate mask of the signal-dependent threshold, and its median threshold.
+
+    With ``model`` None the pixel noise is the constant ``pixel_noise`` (no skew term).
+
+    A peak must stand out of its *local* background — the median of the smoothed image on a
+    ring of radius max(sep/2, 2·sig) around it (a column's tail there is ~10 % of its height;
+    a step or a ridge, bright on one side, is not a peak) — by ``min_snr`` × the noise of
+    the smoothed image at that background level, the null hypothesis "no peak here":
+    ``Σw²·σ²(L) ≈ σ²(L)/(4π·sig²)`` for the Gaussian smoothing, ×√1.1 for the noise of a
+    16-point ring median.  A global background lets every noise maximum of a bright flat
+    region (support, thick crystal) pass, and a vacuum σ under-rates its shot noise.
+    """
+    ny, nx = sm.shape
+    pad = np.pad(sm, 1, mode="edge")
+    c = pad[1:-1, 1:-1]
+    cand = (
+        (c >= pad[:-2, 1:-1]) & (c >= pad[2:, 1:-1]) & (c >= pad[1:-1, :-2]) & (c >= pad[1:-1, 2:])
+    )
+    ii, jj = np.nonzero(cand)
+    r = max(sep / 2.0, 2.0 * sig)
+    ang = np.arange(16) * (2.0 * np.pi / 16)
+    oy = np.round(r * np.sin(ang)).astype(int)
+    ox = np.round(r * np.cos(ang)).astype(int)
+    ring = sm[np.clip(ii[:, None] + oy, 0, ny - 1), np.clip(jj[:, None] + ox, 0, nx - 1)]
+    local_bg = np.median(ring, axis=1)
+    # electrons per pixel of the background, at least one in the smoothing footprint (a
+    # near-empty vacuum still shows single electrons)
+    if model is None:
+        thr = np.full(local_bg.shape, min_snr * float(pixel_noise) * np.sqrt(1.1))
+        thr /= 2.0 * np.sqrt(np.pi) * sig
+    else:
+        g = model.gain
+        lam = np.maximum((local_bg - model.offset) / g, 1.0 / (4.0 * np.pi * sig * sig))
+        read2 = max(float(model.variance(model.offset)), 0.0)
+        var = g * g * lam + read2
+        thr = min_snr * np.sqrt(1.1 * var) / (2.0 * np.sqrt(np.pi) * sig)
+        # shot noise is skewed (a single electron in a near-empty vacuum is a "5σ" peak):
+        # Cornish–Fisher term of the z-quantile, (z² − 1)/6 · κ₃/κ₂; for the smoothed
+        # counts κ₃/κ₂ = gain·Σw³/Σw² = gain/(3π·sig²) times the shot-noise share
+        shot = g * g * lam / var
+        thr = thr + (min_snr**2 - 1.0) / 6.0 * shot * g / (3.0 * np.pi * sig * sig)
+    where = np.zeros(sm.shape, bool)
+    where[ii, jj] = sm[ii, jj] - local_bg > thr
+    return where, float(np.median(thr)) if thr.size else 0.0
+
+
+def _noise_model(img: Image, noise_model: Any) -> NoiseModel | str | None:
+    """The NoiseModel of ``noise_model`` (None, a NoiseModel or "auto"); "flat" when "auto"
+    cannot identify the gain (the local-background test then uses a constant noise)."""
+    if noise_model is None or isinstance(noise_model, NoiseModel):
+        return noise_model
+    if not (isinstance(noise_model, str) and noise_model == "auto"):
+        raise ParameterError(
+            f"`noise_model` must be a NoiseModel, 'auto' or None, got {noise_model!r}"
+        )
+    try:
+        nm = estimate_noise_model(img)
+    except DataError as exc:
+        warnings.warn(
+            f"find_peaks: noise_model='auto' could not measure the noise ({exc}); using a "
+            "constant pixel noise against the local background",
+            UserWarning,
+            stacklevel=3,
+        )
+        return "flat"
+    if not nm.identified:
+        warnings.warn(
+            f"find_peaks: noise_model='auto' not identified ({'; '.join(nm.reasons)}); using "
+            "a constant pixel noise against the local background",
+            UserWarning,
+            stacklevel=3,
+        )
+        return "flat"
+    return nm
 
 
 def _disk_maxima(sm: np.ndarray, sep: float, where: np.ndarray | None = None) -> np.ndarray:
