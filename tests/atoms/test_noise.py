@@ -1,0 +1,217 @@
+"""Detector noise model (gain, offset, read noise) measured from the shot noise."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from perovstem import Image
+from perovstem.atoms import estimate_noise_model, find_peaks, normalize_image
+from perovstem.errors import DataError, ParameterError
+
+from ._synth import render
+
+
+def _columns_image(seed, *, gain, offset, read, amp=60.0, n=160, dx=0.25, support=None):
+    """3×3 columns (amplitude ``amp`` electrons/px) in a vacuum, optionally a flat bright
+    support of ``support`` electrons/px on the right third; counts = gain·Poisson + offset
+    + N(0, read²)."""
+    rng = np.random.default_rng(seed)
+    c = np.array([(12.0 + 5.87 * i, 12.0 + 5.87 * j) for i in range(3) for j in range(3)])
+    lam = render((n, n), c[:, 0] / dx, c[:, 1] / dx, np.full(len(c), amp), np.full(len(c), 2.0))
+    if support is not None:
+        lam[:, 115:] += support
+    img = gain * rng.poisson(lam) + offset + rng.normal(0.0, read, lam.shape)
+    return img, c, dx
+
+
+@pytest.fixture(scope="module")
+def crystal():
+    import perovstem.simulate as sim
+
+    atoms = sim.nanocrystal(34.0, rng=3)
+    img, _ = sim.haadf_image(
+        atoms, pixel_size_A=0.3, dose_e_per_A2=1e4, gain=5.0, offset=300.0, read_noise=2.0, rng=7
+    )
+    return atoms, img
+
+
+def test_gain_offset_read_noise_of_a_simulated_crystal(crystal):
+    """Gain 5, offset 300, read noise 2 at 10⁴ e⁻/Å² (simulator's columns, PSF tails)."""
+    _, img = crystal
+    nm = estimate_noise_model(img)
+    assert nm.identified, nm.reasons
+    assert nm.gain == pytest.approx(5.0, rel=0.1)
+    assert abs(nm.gain - 5.0) < 3.0 * nm.gain_err + 0.1
+    lo, hi = nm.offset_range
+    assert lo - 2.0 < 300.0 < hi + 0.5
+    assert nm.offset == pytest.approx(300.0, abs=1.0)
+    assert nm.read_noise == pytest.approx(2.0, abs=0.6)
+    # the photon-transfer curve: the variance of the brightest bin is far above the vacuum's
+    assert nm.variances[np.argmax(nm.levels)] > 10 * nm.variances[np.argmin(nm.levels)]
+    assert nm.dilation_ratio[0] == pytest.approx(1.0, abs=0.2)
+
+
+def test_frame_differences_give_the_gain_of_a_series(crystal):
+    import perovstem.simulate as sim
+
+    atoms, _ = crystal
+    frames = np.stack(
+        [
+            sim.haadf_image(
+                atoms,
+                pixel_size_A=0.3,
+                dose_e_per_A2=1e4,
+                gain=5.0,
+                offset=300.0,
+                read_noise=2.0,
+                rng=20 + k,
+            )[0].data
+            for k in range(3)
+        ]
+    )
+    nm = estimate_noise_model(frames)
+    assert nm.method == "frame-difference" and nm.identified
+    assert nm.gain == pytest.approx(5.0, rel=0.05)
+    assert nm.read_noise == pytest.approx(2.0, abs=0.5)
+
+
+def test_known_offset_resolves_the_degeneracy(crystal):
+    _, img = crystal
+    nm = estimate_noise_model(img, offset=300.0)
+    assert nm.offset == 300.0 and nm.offset_source == "given"
+    assert nm.read_noise == pytest.approx(2.0, abs=0.6)
+
+
+@pytest.mark.parametrize(("gain", "offset", "read"), [(2.0, 50.0, 0.0), (8.0, 1000.0, 5.0)])
+def test_gain_on_columns_over_a_smooth_thickness_profile(gain, offset, read):
+    """Columns on a broad, smoothly varying background (0–300 e⁻/px) — not the simulator."""
+    rng = np.random.default_rng(5)
+    n = 200
+    yy, xx = np.mgrid[0:n, 0:n]
+    lam = 300.0 * np.exp(-((xx - 100.0) ** 2 + (yy - 100.0) ** 2) / (2 * 45.0**2))
+    g = np.arange(10.0, n - 5, 20.0)
+    gx, gy = np.meshgrid(g, g)
+    lam += render((n, n), gx.ravel(), gy.ravel(), np.full(gx.size, 80.0), np.full(gx.size, 2.0))
+    img = gain * rng.poisson(lam) + offset + rng.normal(0.0, read, lam.shape)
+    nm = estimate_noise_model(img)
+    assert nm.identified, nm.reasons
+    assert nm.gain == pytest.approx(gain, rel=0.1)
+
+
+def test_refuses_what_cannot_identify_a_gain(crystal):
+    import perovstem.simulate as sim
+
+    atoms, img = crystal
+    # noise-free data: no shot noise
+    clean, _ = sim.haadf_image(
+        atoms, pixel_size_A=0.3, dose_e_per_A2=1e4, gain=5.0, offset=300.0, noise=False
+    )
+    nm = estimate_noise_model(clean)
+    assert not nm.identified and "does not rise" in nm.reasons[0]
+    # already normalised
+    nm = estimate_noise_model(normalize_image(img))
+    assert not nm.identified and "normalised" in nm.reasons[0]
+    # sub-pixel interpolation (cubic) correlates neighbouring pixels and biases the gain low
+    shifted = ndimage.shift(img.data, (0.3, 0.5), order=3, mode="nearest")
+    nm = estimate_noise_model(shifted)
+    assert nm.gain < 0.6 * 5.0  # the bias the check is there for
+    assert not nm.identified and any("correlated" in r for r in nm.reasons)
+
+
+def test_correlated_white_noise_is_flagged():
+    """Pure read noise + a shot-noise ramp, with a 3-tap detector response along x."""
+    rng = np.random.default_rng(4)
+    lam = np.tile(np.linspace(1.0, 400.0, 200), (200, 1))
+    img = 3.0 * rng.poisson(lam) + 100.0 + rng.normal(0, 2.0, lam.shape)
+    ok = estimate_noise_model(img)
+    assert ok.identified and ok.gain == pytest.approx(3.0, rel=0.05)
+    assert ok.dilation_ratio[0] == pytest.approx(1.0, abs=0.1)
+    lagged = ndimage.correlate1d(img, [0.3, 0.7, 0.0], axis=1, mode="nearest")
+    bad = estimate_noise_model(lagged)
+    assert not bad.identified and "correlated" in bad.reasons[0]
+
+
+def test_bad_input():
+    img = np.random.default_rng(0).poisson(5.0, (64, 64)).astype(float)
+    with pytest.raises(ParameterError, match="n_bins"):
+        estimate_noise_model(img, n_bins=2)
+    with pytest.raises(ParameterError, match="max_correlation"):
+        estimate_noise_model(img, max_correlation=1.5)
+    with pytest.raises(ParameterError, match="image"):
+        estimate_noise_model(np.zeros((8, 8)))
+    with pytest.raises(ParameterError, match="mask"):
+        estimate_noise_model(img, mask=np.ones((3, 3), bool))
+    with pytest.raises(ParameterError, match="offset"):
+        estimate_noise_model(img, offset=float("nan"))
+    with pytest.raises(DataError):
+        estimate_noise_model(np.full((64, 64), 7.0))  # one level: no curve
+
+
+def test_normalize_image_auto_gain(crystal):
+    _, img = crystal
+    raw = Image(img.data, img.pixel_size_A, dose_e_per_A2=img.dose_e_per_A2)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        normalize_image(raw)
+    msg = str(rec[0].message)
+    assert "measured from the image's shot noise: gain 4." in msg or "gain 5." in msg
+    auto = normalize_image(raw, gain="auto")
+    norm = auto.metadata["normalization"]
+    assert norm["gain"] == pytest.approx(5.0, rel=0.1)
+    assert norm["offset"] == pytest.approx(300.0, abs=1.0)
+    assert norm["noise_model"]["identified"]
+    truth = normalize_image(img)  # gain/offset from the simulator's metadata
+    assert auto.data.sum() == pytest.approx(truth.data.sum(), rel=0.1)
+    with pytest.raises(ParameterError, match="gain"):
+        normalize_image(raw, gain="estimate")
+    flat = Image(np.full((64, 64), 7.0), 0.3, dose_e_per_A2=1e3)
+    with pytest.raises(DataError, match="gain='auto'"):
+        normalize_image(flat, gain="auto")
+
+
+def _pr(pk, c):
+    xy = pk[["x_A", "y_A"]].to_numpy()
+    if len(xy) == 0:
+        return 0.0, 0
+    d, _ = cKDTree(xy).query(c)
+    d2, _ = cKDTree(c).query(xy)
+    return float(np.mean(d < 1.0)), int(np.sum(d2 >= 1.0))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_find_peaks_no_false_peaks_on_a_bright_support(seed):
+    """A bright flat support (40 e⁻/px, gain 4, read noise 2) beside columns in vacuum: the
+    vacuum-measured σ and the global background made 5–10 false peaks on the support."""
+    img, c, dx = _columns_image(seed, gain=4.0, offset=200.0, read=2.0, amp=30.0, support=40.0)
+    pk = find_peaks(Image(img, dx), separation_A=0.6 * 5.87, noise_model="auto")
+    rec, false = _pr(pk, c)
+    assert rec == 1.0 and false == 0, (rec, false)
+    assert pk.attrs["noise_model"]["gain"] == pytest.approx(4.0, rel=0.15)
+
+
+@pytest.mark.parametrize(("gain", "offset", "read"), [(1.0, 0.0, 0.0), (5.0, 300.0, 2.0)])
+def test_find_peaks_no_peaks_in_structureless_noise(gain, offset, read):
+    """A flat field (0.05–30 counts/px): no structure, so no peaks (the global-percentile
+    background gave 2–18 per 150² px)."""
+    rng = np.random.default_rng(3)
+    for lam in (0.05, 3.0, 30.0):
+        img = gain * rng.poisson(lam, (150, 150)) + offset + rng.normal(0, read, (150, 150))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a flat field cannot identify the gain
+            pk = find_peaks(Image(img, 0.25), separation_A=3.5, noise_model="auto")
+        assert len(pk) <= 1, (lam, len(pk))
+
+
+def test_find_peaks_noise_model_keeps_the_columns_of_a_crystal(crystal):
+    _, img = crystal
+    cols = find_peaks(img, separation_A=0.6 * 5.87)
+    new = find_peaks(img, separation_A=0.6 * 5.87, noise_model="auto")
+    d, _ = cKDTree(new[["x_A", "y_A"]].to_numpy()).query(cols[["x_A", "y_A"]].to_numpy())
+    assert np.mean(d < 0.5) > 0.97
+    with pytest.raises(ParameterError, match="noise_model"):
+        find_peaks(img, separation_A=3.5, noise_model="yes")
