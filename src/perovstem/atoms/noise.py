@@ -69,11 +69,10 @@ class NoiseModel:
     reasons : tuple of str
         Why the gain is not identified (empty when it is).
     method : str
-        ``"single-image"`` or ``"frame-difference"``.
-    dilation_ratio : (float, float)
-        Noise variance of the diagonal detail over pixels two apart / over adjacent pixels,
-        ± 1σ, where the signal is flat: 1 for independent pixels, > 1 when neighbouring
-        pixels are correlated (NaN when no flat region is large enough to measure it).
+        ``"single-image"``, ``"frame-difference"`` or ``"single-image, n frames pooled"``.
+    spectral_ratio : (float, float)
+        Noise power at mid spatial frequencies / at the diagonal Nyquist corner, ± 1σ: 1
+        for independent pixels (white noise), > 1 when neighbouring pixels are correlated.
     levels, variances, variance_errs : ndarray
         The binned photon-transfer curve (level, variance ± 1σ), for plotting.
     n_samples : int
@@ -94,7 +93,7 @@ class NoiseModel:
     identified: bool
     reasons: tuple[str, ...]
     method: str
-    dilation_ratio: tuple[float, float]
+    spectral_ratio: tuple[float, float]
     levels: np.ndarray = dataclasses.field(repr=False)
     variances: np.ndarray = dataclasses.field(repr=False)
     variance_errs: np.ndarray = dataclasses.field(repr=False)
@@ -119,7 +118,7 @@ class NoiseModel:
             "identified": self.identified,
             "reasons": list(self.reasons),
             "method": self.method,
-            "dilation_ratio": list(self.dilation_ratio),
+            "spectral_ratio": list(self.spectral_ratio),
             "n_samples": self.n_samples,
             "quantum": self.quantum,
         }
@@ -142,8 +141,9 @@ def estimate_noise_model(
     offset: float | None = None,
     mask: np.ndarray | None = None,
     n_bins: int = 16,
-    max_correlation: float = 0.25,
+    max_correlation: float = 0.5,
     min_gain_snr: float = 5.0,
+    frames: str = "difference",
 ) -> NoiseModel:
     """Measure gain, offset and read noise from the noise of one image or a frame series.
 
@@ -166,13 +166,19 @@ def estimate_noise_model(
     n_bins : int
         Level bins of the photon-transfer curve (≥ 3).
     max_correlation : float
-        Largest excess of ``dilation_ratio`` over 1 accepted (0.25: 25 %; independent
-        pixels of simulated crystals measured 0.92–1.14, a 0.3 lag along x 1.5–1.9, cubic
-        sub-pixel interpolation ~2);
+        Largest excess of ``spectral_ratio`` over 1 accepted (0.5: simulated crystals with
+        independent pixels measured 0.90–1.32, a 30 % detector lag along x 2.4–3.6, cubic
+        sub-pixel interpolation 11–15; a 15 % lag, 1.3–1.9, is not always caught and
+        biases the gain ~40 % low);
         above it the gain is not identified (correlated pixels bias a variance-based gain
         low).
     min_gain_snr : float
         The gain must exceed this many standard errors to count as identified.
+    frames : {"difference", "pooled"}
+        For a (T, M, N) input: differences of consecutive frames (registered frames of an
+        unchanging field: cleanest), or the single-image samples of up to 8 evenly spaced
+        frames pooled into one curve (raw in-situ frames that drift or change; the
+        correlation check then uses the first of them).
 
     Returns
     -------
@@ -225,9 +231,18 @@ def estimate_noise_model(
             raise ParameterError(
                 f"`mask` must have the image shape {data.shape[-2:]}, got {mask.shape}"
             )
+    if frames not in ("difference", "pooled"):
+        raise ParameterError(f"`frames` must be 'difference' or 'pooled', got {frames!r}")
     series = data.ndim == 3 and data.shape[0] >= 2
     img0 = data if data.ndim == 2 else data[0]
-    if series:
+    if series and frames == "pooled":
+        use = np.unique(np.linspace(0, data.shape[0] - 1, min(8, data.shape[0])).astype(int))
+        parts = [_single_image_samples(data[k], mask, int(n_bins)) for k in use]
+        lev, var, key = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        method = f"single-image, {use.size} frames pooled"
+        series = False  # correlation check and dark level on the first frame
+        img0 = data[use[0]]
+    elif series:
         lev, var, key = _frame_difference_samples(data, mask, binned=False)
         method = "frame-difference"
     else:
@@ -235,14 +250,18 @@ def estimate_noise_model(
         method = "single-image"
     levels, variances, errs, (gain, c), cov, _ = _fit(lev, var, int(n_bins), key)
     gain_err, c_err = (float(np.sqrt(max(cov[i, i], 0.0))) for i in range(2))
-    # correlated pixels: the diagonal detail over pixels two apart exceeds the one over
-    # adjacent pixels (ratio 1 for independent pixels, (1 + ρ₂…)/(1 − ρx − ρy + ρxy) else)
-    ratio, ratio_err = _dilation_ratio(data if series else img0, series, mask)
+    # correlated pixels: the noise spectrum is no longer white (less power at Nyquist)
+    if series:
+        noise_imgs = [(data[k] - data[k + 1]) for k in range(min(data.shape[0] - 1, 4))]
+    else:
+        noise_imgs = [img0]
+    ratio, ratio_err = _spectral_ratio(noise_imgs, mask)
     if np.isfinite(ratio) and ratio - 1.0 > max(max_correlation, 3.0 * ratio_err):
         reasons.append(
-            f"neighbouring pixels are correlated: the noise of pixels two apart is "
-            f"{ratio:.2f} ± {ratio_err:.2f} × that of adjacent pixels (interpolated/resampled "
-            "data or a detector response spanning pixels); a variance-based gain is biased low"
+            f"neighbouring pixels are correlated: the noise power at mid frequencies is "
+            f"{ratio:.2f} ± {ratio_err:.2f} × that at Nyquist (white noise: 1; "
+            "interpolated/resampled data or a detector response spanning pixels); a "
+            "variance-based gain is biased low"
         )
     if not (gain > min_gain_snr * gain_err):
         reasons.append(
@@ -260,11 +279,11 @@ def estimate_noise_model(
     lo_err = float(np.hypot(c_err / g, c * gain_err / g**2))
     if offset is not None:
         off, src = float(offset), "given"
-    elif lo <= l_min + 2.0 * lo_err:
-        off, src = min(l_min, lo + 2.0 * lo_err) if lo > l_min else l_min, "darkest field"
+    elif not np.isfinite(lo) or lo <= l_min + 2.0 * lo_err:
+        off, src = l_min, "darkest field"
     else:
         off, src = lo, "zero read noise (the darkest level lies below −c/gain)"
-    read = float(np.sqrt(max(c + gain * off, 0.0))) if np.isfinite(g) else float("nan")
+    read = float(np.sqrt(max(gain * off + c, 0.0)))
     return NoiseModel(
         gain=float(gain),
         gain_err=gain_err,
@@ -279,7 +298,7 @@ def estimate_noise_model(
         identified=not reasons,
         reasons=tuple(reasons),
         method=method,
-        dilation_ratio=(ratio, ratio_err),
+        spectral_ratio=(ratio, ratio_err),
         levels=levels,
         variances=variances,
         variance_errs=errs,
@@ -428,56 +447,39 @@ def _fit(
     return curve[0], curve[1], curve[2], p, cov, chi
 
 
-def _dilation_ratio(data: np.ndarray, series: bool, mask: np.ndarray | None) -> tuple[float, float]:
-    """Mean squared diagonal detail over pixels two apart / over adjacent pixels, ± 1σ.
+def _spectral_ratio(imgs: list[np.ndarray], mask: np.ndarray | None) -> tuple[float, float]:
+    """Noise power at mid frequencies over that at the diagonal Nyquist corner, ± 1σ.
 
-    Only where the signal is flat (its smoothed mixed derivative leaks < 2 % of the local
-    noise variance into the dilated detail) — or on frame differences, which hold no
-    signal; non-overlapping 3×3 footprints; ratio of medians (mean ratio when the medians
-    are 0, sparse counts).  NaN when fewer than 200 such places exist.
+    Independent pixels have a flat (white) noise spectrum whatever their level; pixels
+    correlated by interpolation or a detector response spanning pixels lose power towards
+    Nyquist, where the diagonal details of the photon-transfer fit live.  Median
+    periodogram over the band 0.25 ≤ max(|kx|, |ky|) ≤ 0.375 cycles/px (medians: robust to
+    the few lattice reflections there) over the median at min(|kx|, |ky|) ≥ 0.375; a probe
+    of σ ≥ 1.5 px leaves no signal at these frequencies.  Error from the two medians'
+    sampling (exponential periodogram ordinates).
     """
-    if series:
-        imgs = [(data[k] - data[k + 1]) / np.sqrt(2.0) for k in range(data.shape[0] - 1)]
-        flats = [np.ones(imgs[0].shape, bool)] * len(imgs)
-    else:
-        img = data
-        # only the mixed derivative leaks into a diagonal detail: 2·f_xy over pixels two
-        # apart, f_xy/2 over adjacent ones
-        h = np.abs(ndimage.gaussian_filter(img, 2.0, order=(1, 1), mode="nearest"))
-        # local noise variance from the adjacent-pixel detail (smoothed)
-        d1 = 0.5 * (img[:-1, :-1] - img[:-1, 1:] - img[1:, :-1] + img[1:, 1:])
-        nv = ndimage.uniform_filter(np.pad(d1 * d1, ((0, 1), (0, 1)), mode="edge"), 7)
-        imgs = [img]
-        flats = [(2.0 * h) ** 2 <= 0.02 * nv]
-    a_all, b_all = [], []
-    for img, flat in zip(imgs, flats, strict=True):
-        m, n = img.shape
-        r = np.arange(0, m - 2, 3)
-        c = np.arange(0, n - 2, 3)
-        rr, cc = np.meshgrid(r, c, indexing="ij")
-        ok = flat[rr + 1, cc + 1]
+    pb, pa = [], []
+    for img in imgs:
+        x = np.asarray(img, float)
         if mask is not None:
-            ok &= mask[rr, cc] & mask[rr + 2, cc + 2] & mask[rr, cc + 2] & mask[rr + 2, cc]
-        y = img
-        dil = 0.5 * (y[rr, cc] - y[rr, cc + 2] - y[rr + 2, cc] + y[rr + 2, cc + 2])
-        adj = 0.5 * (y[rr, cc] - y[rr, cc + 1] - y[rr + 1, cc] + y[rr + 1, cc + 1])
-        a_all.append(dil[ok] ** 2)
-        b_all.append(adj[ok] ** 2)
-    a, b = np.concatenate(a_all), np.concatenate(b_all)
-    if a.size < 200 or np.mean(b) <= 0:
+            x = np.where(mask, x, np.median(x[mask]))
+        x = x - ndimage.gaussian_filter(x, 4.0, mode="nearest")  # slow signal out
+        m, n = x.shape
+        win = np.outer(np.hanning(m), np.hanning(n))
+        p = np.abs(np.fft.fft2(x * win)) ** 2
+        ky = np.abs(np.fft.fftfreq(m))[:, None]
+        kx = np.abs(np.fft.fftfreq(n))[None, :]
+        hi = np.minimum(kx, ky) >= 0.375
+        mid = (np.maximum(kx, ky) >= 0.25) & (np.maximum(kx, ky) <= 0.375)
+        pa.append(p[hi])
+        pb.append(p[mid])
+    a, b = np.concatenate(pa), np.concatenate(pb)
+    if a.size < 100 or b.size < 100 or np.median(a) <= 0:
         return float("nan"), float("nan")
-    ma, mb = np.median(a), np.median(b)
-    if ma > 0 and mb > 0:
-        # medians: robust to the few places where signal curvature still leaks in (it
-        # leaks 16× more into the dilated detail); the ratio of medians of two scaled χ²₁
-        # is the variance ratio; error by the asymptotic variance of a median
-        ratio = float(ma / mb)
-        fa = np.mean(np.abs(a - ma) < 0.1 * ma) / (0.2 * ma)  # density at the median
-        fb = np.mean(np.abs(b - mb) < 0.1 * mb) / (0.2 * mb)
-        err = ratio * float(np.hypot(1 / (2 * fa * ma), 1 / (2 * fb * mb))) / np.sqrt(a.size)
-        return ratio, err
-    ratio = float(np.mean(a) / np.mean(b))
-    err = float(np.std(a - ratio * b) / np.sqrt(a.size) / np.mean(b))
+    ratio = float(np.median(b) / np.median(a))
+    # median of an exponential sample: relative σ ≈ 1/(ln2·√N); ×2 for the neighbouring
+    # ordinates the Hann window correlates
+    err = 2.0 * ratio * float(np.hypot(1 / np.sqrt(a.size), 1 / np.sqrt(b.size))) / np.log(2)
     return ratio, err
 
 
@@ -583,6 +585,37 @@ def auto_detector(image: Image, *, what: str) -> NoiseModel:
             "pass the measured gain"
         )
     return nm
+
+
+def _series_frames(series: Series, n: int = 8) -> np.ndarray:
+    """Up to ``n`` evenly spaced frames of a (possibly lazy) series, as floats."""
+    use = np.unique(np.linspace(0, series.n_frames - 1, min(n, series.n_frames)).astype(int))
+    return np.stack([np.asarray(series.data[k], dtype=float) for k in use])
+
+
+def measure_series_detector(series: Series, what: str) -> NoiseModel:
+    """Detector model of a raw in-situ series (single-image samples of up to 8 frames
+    pooled: drift and beam damage between frames do not enter); DataError naming ``what``
+    when the gain is not identified."""
+    try:
+        nm = estimate_noise_model(_series_frames(series), frames="pooled")
+    except DataError as exc:
+        raise DataError(f"{what}: could not measure the detector gain: {exc}") from exc
+    if not nm.identified:
+        raise DataError(
+            f"{what}: the frames cannot identify the detector gain ({nm.describe()}); pass "
+            "the measured gain"
+        )
+    return nm
+
+
+def describe_series_estimate(series: Series) -> str:
+    """The pooled-frame estimate for a note ('' when it cannot be measured)."""
+    try:
+        nm = estimate_noise_model(_series_frames(series), frames="pooled")
+    except (DataError, ParameterError):
+        return ""
+    return f" (measured from the frames' shot noise: {nm.describe()})"
 
 
 def describe_estimate(image: Image) -> str:

@@ -75,6 +75,16 @@ def fit(
     normalize: bool = typer.Option(
         False, "--normalize", help="Counts → fraction of the beam (needs the dose): SCS in Å²."
     ),
+    gain: str = typer.Option(
+        None,
+        "--gain",
+        help="Detector counts per detected electron (--normalize, --noise poisson; overrides "
+        "the file's), or 'auto': measured from the image's shot noise "
+        "(perovstem.atoms.estimate_noise_model; refused when the image cannot identify it).",
+    ),
+    offset: float = typer.Option(
+        None, "--offset", help="Detector counts of no signal (overrides the file's)."
+    ),
     separation: float = typer.Option(None, "--separation", help="Peak separation in Å (no cell)."),
     n_types: int = typer.Option(1, "--types", help="Intensity classes when no cell is given."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
@@ -96,6 +106,7 @@ def fit(
         raise DataError(f"--frame {frame} given but {image} is a single image, not a series")
     if not isinstance(obj, _Image):
         raise DataError(f"{image}: not a 2-D image (got {type(obj).__name__})")
+    obj = _apply_detector(obj, gain, offset)
     if normalize:
         obj = normalize_image(obj)
     out = out if out is not None else Path(f"{image.name.split('.')[0]}_columns.parquet")
@@ -128,6 +139,40 @@ def fit(
         f"{df.attrs['seconds']:.2f} s); ρ: {rho_txt}; median position error "
         f"{df.x_err_A.median():.4f} Å → {out}, {overlay}"
     )
+
+
+def _apply_detector(obj, gain: str | None, offset: float | None):
+    """The image with ``--gain`` (a number or 'auto') and ``--offset`` in its metadata."""
+    import numpy as np
+
+    from perovstem.errors import ParameterError
+
+    meta = dict(obj.metadata)
+    if gain is not None and str(gain).strip().lower() == "auto":
+        from perovstem.atoms.noise import auto_detector
+
+        nm = auto_detector(obj, what="--gain auto")
+        meta["gain"] = nm.gain
+        meta["noise_model"] = nm.as_dict()
+        if offset is None:
+            meta["offset"] = nm.offset
+        from perovstem.cli._common import console
+
+        console.print(f"detector measured from the shot noise: {nm.describe()}")
+    elif gain is not None:
+        try:
+            g = float(gain)
+        except ValueError:
+            raise ParameterError(f"`--gain` must be a number or 'auto', got {gain!r}") from None
+        if not (np.isfinite(g) and g > 0):
+            raise ParameterError(f"`--gain` must be > 0, got {gain!r}")
+        meta["gain"] = g
+    if offset is not None:
+        if not np.isfinite(offset):
+            raise ParameterError(f"`--offset` must be finite, got {offset!r}")
+        meta["offset"] = float(offset)
+    changed = gain is not None or offset is not None
+    return obj.replace(metadata=meta) if changed else obj
 
 
 def _bg(text: str):

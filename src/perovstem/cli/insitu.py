@@ -39,11 +39,12 @@ def insitu(
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: <SERIES>_insitu)."),
     pixel_size_A: float = typer.Option(None, "--pixel-size-A", help="Override the calibration, Å."),
-    gain: float = typer.Option(
+    gain: str = typer.Option(
         None,
         "--gain",
         help="Detector counts per detected electron (overrides the file's; atom counts scale "
-        "with 1/gain).",
+        "with 1/gain), or 'auto': measured from the shot noise of up to 8 frames "
+        "(perovstem.atoms.estimate_noise_model; refused when the data cannot identify it).",
     ),
     offset: float = typer.Option(
         None, "--offset", help="Detector counts of no signal (overrides the file's)."
@@ -116,10 +117,16 @@ def insitu(
         raise ParameterError(f"`--hmm-model` must be loss, free or dose, got {hmm_model!r}")
     if table_format not in ("parquet", "csv"):
         raise ParameterError(f"`--table-format` must be parquet or csv, got {table_format!r}")
+    gain_auto = gain is not None and str(gain).strip().lower() == "auto"
+    if gain is not None and not gain_auto:
+        try:
+            gain = float(gain)
+        except ValueError:
+            raise ParameterError(f"`--gain` must be a number or 'auto', got {gain!r}") from None
     for name, value in (
         ("--frame-time-s", frame_time_s),
         ("--dwell-us", dwell_us),
-        ("--gain", gain),
+        ("--gain", None if gain_auto else gain),
     ):
         if value is not None:
             check_positive(name, value)
@@ -140,14 +147,26 @@ def insitu(
             f"{str(series)!r} holds one {type(s).__name__.lower()}, not an in-situ series (T, M, N)"
         )
     notes = []
+    if gain_auto:
+        from perovstem.atoms.noise import measure_series_detector
+
+        nm = measure_series_detector(s, "--gain auto")
+        gain = nm.gain
+        if offset is None:
+            offset = nm.offset
+        notes.append(
+            f"detector measured from the frames' shot noise (--gain auto): {nm.describe()}"
+        )
     det = {k: v for k, v in (("gain", gain), ("offset", offset)) if v is not None}
     if det:
         s = s.replace(metadata={**s.metadata, **{k: float(v) for k, v in det.items()}})
     if s.metadata.get("gain") is None:
         # SCS = excess / (gain·dose): an unknown gain scales every atom count by 1/gain
+        from perovstem.atoms.noise import describe_series_estimate
+
         notes.append(
             "no detector gain in the file or --gain: counts are taken as detected electrons "
-            "(gain 1); Pb⁰ atom counts scale with 1/gain"
+            "(gain 1); Pb⁰ atom counts scale with 1/gain" + describe_series_estimate(s)
         )
     # options that a file's own records override or are overridden by: said, not silent
     if s.dose_e_per_A2 is not None and (dose is not None or current_pA is not None):

@@ -1245,6 +1245,15 @@ def atoms_from_scs(scs_A2: Any, library: pd.DataFrame) -> np.ndarray:
 
 
 def _calibration(image: Any, pixel_size_A, dose_e_per_A2, gain, offset):
+    if isinstance(gain, str):
+        if gain != "auto":
+            raise ParameterError(f"`gain` must be a number or 'auto', got {gain!r}")
+        from perovstem.atoms.noise import auto_detector
+
+        img = image if isinstance(image, Image) else Image(np.asarray(image, float), 1.0)
+        nm = auto_detector(img, what="detect_clusters")
+        gain = nm.gain
+        offset = nm.offset if offset is None else offset
     if isinstance(image, Image):
         data = image.data
         px = image.pixel_size_A if pixel_size_A is None else pixel_size_A
@@ -1266,7 +1275,7 @@ def detect_clusters(
     *,
     pixel_size_A: float | None = None,
     dose_e_per_A2: float | None = None,
-    gain: float | None = None,
+    gain: float | str | None = None,
     offset: float | None = None,
     lattice_A: float | None = None,
     lattice_angle_deg: float | None = None,
@@ -1289,8 +1298,11 @@ def detect_clusters(
     image : Image or (M, N) array_like
         Frame in detector counts (``gain·dose·dx²·I + offset``).
     pixel_size_A, dose_e_per_A2, gain, offset : float, optional
-        Calibration (taken from an :class:`Image` and its metadata when omitted).  Without a
-        dose, SCS and atom counts are NaN but detection still works.
+        Calibration (taken from an :class:`Image` and its metadata when omitted; gain 1 and
+        offset 0 when absent there too).  Without a dose, SCS and atom counts are NaN but
+        detection still works.  ``gain="auto"``: measured from the frame's shot noise
+        (:func:`perovstem.atoms.estimate_noise_model`, its offset too unless ``offset`` is
+        given; DataError when the frame cannot identify it).
     lattice_A, lattice_angle_deg : float, optional
         Host lattice spacing (Å) and orientation (degrees); estimated from the FFT if omitted
         (strongest reflection at 3–9 Å, or down to the Nyquist spacing of coarser pixels; one
