@@ -71,8 +71,9 @@ class NoiseModel:
     method : str
         ``"single-image"``, ``"frame-difference"`` or ``"single-image, n frames pooled"``.
     spectral_ratio : (float, float)
-        Noise power at mid spatial frequencies / at the diagonal Nyquist corner, ± 1σ: 1
-        for independent pixels (white noise), > 1 when neighbouring pixels are correlated.
+        Noise power just below Nyquist along the more correlated axis / at the Nyquist
+        corner, ± 1σ: 1 for independent pixels (white noise), > 1 when neighbouring pixels
+        are correlated.
     levels, variances, variance_errs : ndarray
         The binned photon-transfer curve (level, variance ± 1σ), for plotting.
     n_samples : int
@@ -167,9 +168,9 @@ def estimate_noise_model(
         Level bins of the photon-transfer curve (≥ 3).
     max_correlation : float
         Largest excess of ``spectral_ratio`` over 1 accepted (0.5: simulated crystals with
-        independent pixels measured 0.90–1.32, a 30 % detector lag along x 2.4–3.6, cubic
-        sub-pixel interpolation 11–15; a 15 % lag, 1.3–1.9, is not always caught and
-        biases the gain ~40 % low);
+        independent pixels measured 0.84–1.36, a 30 % detector lag along x 2.1–3.2, cubic
+        or linear sub-pixel interpolation 7–32; a 15 % lag, 1.06–1.60, is not always caught
+        and biases the gain ~40 % low);
         above it the gain is not identified (correlated pixels bias a variance-based gain
         low).
     min_gain_snr : float
@@ -258,7 +259,7 @@ def estimate_noise_model(
     ratio, ratio_err = _spectral_ratio(noise_imgs, mask)
     if np.isfinite(ratio) and ratio - 1.0 > max(max_correlation, 3.0 * ratio_err):
         reasons.append(
-            f"neighbouring pixels are correlated: the noise power at mid frequencies is "
+            f"neighbouring pixels are correlated: the noise power just below Nyquist is "
             f"{ratio:.2f} ± {ratio_err:.2f} × that at Nyquist (white noise: 1; "
             "interpolated/resampled data or a detector response spanning pixels); a "
             "variance-based gain is biased low"
@@ -439,7 +440,7 @@ def _fit(
     if curve[0].size < 3:
         raise DataError("the data span too narrow a range of levels to fit a gain")
     p, cov, chi = _wls_line(*curve)
-    expected = np.maximum(p[0] * key + p[1], max(p[0], 0.0) ** 2)
+    expected = np.maximum(p[0] * np.maximum(key, lev) + p[1], max(p[0], 0.0) ** 2)
     curve = _binned_curve(lev, var, n_bins, key, expected=expected)
     if curve[0].size < 3:
         raise DataError("the data span too narrow a range of levels to fit a gain")
@@ -448,17 +449,17 @@ def _fit(
 
 
 def _spectral_ratio(imgs: list[np.ndarray], mask: np.ndarray | None) -> tuple[float, float]:
-    """Noise power at mid frequencies over that at the diagonal Nyquist corner, ± 1σ.
+    """Noise power just below Nyquist along one axis over that at the Nyquist corner, ± 1σ.
 
     Independent pixels have a flat (white) noise spectrum whatever their level; pixels
-    correlated by interpolation or a detector response spanning pixels lose power towards
-    Nyquist, where the diagonal details of the photon-transfer fit live.  Median
-    periodogram over the band 0.25 ≤ max(|kx|, |ky|) ≤ 0.375 cycles/px (medians: robust to
-    the few lattice reflections there) over the median at min(|kx|, |ky|) ≥ 0.375; a probe
-    of σ ≥ 1.5 px leaves no signal at these frequencies.  Error from the two medians'
-    sampling (exponential periodogram ordinates).
+    correlated by interpolation or a detector response spanning pixels (along the fast
+    scan) lose power towards Nyquist.  Both bands lie beyond 0.40 cycles/px along the other
+    axis, where a probe of σ ≳ 1 px leaves no signal: median periodogram over
+    kx ∈ [0.20, 0.33], |ky| ≥ 0.40 (and the transposed band) over the median at
+    |kx|, |ky| ≥ 0.40; the larger of the two axes is returned.  Medians of exponential
+    periodogram ordinates, error ×2 for the neighbours a Hann window correlates.
     """
-    pb, pa = [], []
+    pa, pbx, pby = [], [], []
     for img in imgs:
         x = np.asarray(img, float)
         if mask is not None:
@@ -467,20 +468,23 @@ def _spectral_ratio(imgs: list[np.ndarray], mask: np.ndarray | None) -> tuple[fl
         m, n = x.shape
         win = np.outer(np.hanning(m), np.hanning(n))
         p = np.abs(np.fft.fft2(x * win)) ** 2
-        ky = np.abs(np.fft.fftfreq(m))[:, None]
-        kx = np.abs(np.fft.fftfreq(n))[None, :]
-        hi = np.minimum(kx, ky) >= 0.375
-        mid = (np.maximum(kx, ky) >= 0.25) & (np.maximum(kx, ky) <= 0.375)
-        pa.append(p[hi])
-        pb.append(p[mid])
-    a, b = np.concatenate(pa), np.concatenate(pb)
-    if a.size < 100 or b.size < 100 or np.median(a) <= 0:
+        ky = np.abs(np.fft.fftfreq(m))[:, None] + np.zeros((1, n))
+        kx = np.abs(np.fft.fftfreq(n))[None, :] + np.zeros((m, 1))
+        pa.append(p[(kx >= 0.4) & (ky >= 0.4)])
+        pbx.append(p[(kx >= 0.2) & (kx <= 0.33) & (ky >= 0.4)])
+        pby.append(p[(ky >= 0.2) & (ky <= 0.33) & (kx >= 0.4)])
+    a = np.concatenate(pa)
+    if a.size < 50 or np.median(a) <= 0:
         return float("nan"), float("nan")
-    ratio = float(np.median(b) / np.median(a))
-    # median of an exponential sample: relative σ ≈ 1/(ln2·√N); ×2 for the neighbouring
-    # ordinates the Hann window correlates
-    err = 2.0 * ratio * float(np.hypot(1 / np.sqrt(a.size), 1 / np.sqrt(b.size))) / np.log(2)
-    return ratio, err
+    best = (float("nan"), float("nan"))
+    for b in (np.concatenate(pbx), np.concatenate(pby)):
+        if b.size < 50:
+            continue
+        ratio = float(np.median(b) / np.median(a))
+        err = 2.0 * ratio * float(np.hypot(1 / np.sqrt(a.size), 1 / np.sqrt(b.size))) / np.log(2)
+        if not np.isfinite(best[0]) or ratio > best[0]:
+            best = (ratio, err)
+    return best
 
 
 def _binned_curve(
@@ -501,7 +505,7 @@ def _binned_curve(
     vacuum: equal counts alone would lump the whole crystal into one wide bin), adjacent bins
     merged until each holds enough samples.  With ``expected`` (the variance of a first fit
     at each sample), squared details above 25× it (5σ: hot pixels, leftover edges) are
-    dropped.
+    dropped and it floors the bins' errors.
     """
     n = lev.size
     edges = np.unique(
@@ -536,7 +540,13 @@ def _binned_curve(
         vk = var[sel]
         out_l.append(float(np.mean(lev[sel])))
         out_v.append(float(np.mean(vk)))
-        out_e.append(float(np.std(vk, ddof=1) / np.sqrt(vk.size)))
+        err = float(np.std(vk, ddof=1) / np.sqrt(vk.size))
+        if expected is not None:
+            # a low sample also has a low spread: an empirical error alone would give the
+            # bins that came out low the larger weight (a downward bias of the slope); the
+            # first line's Gaussian error 2·E[σ⁴]/n is a floor independent of the sample
+            err = max(err, float(np.sqrt(2.0 * np.mean(expected[sel] ** 2) / vk.size)))
+        out_e.append(err)
     levels, variances, errs = (np.array(x) for x in (out_l, out_v, out_e))
     # a bin of exact zeros (zero-count vacuum without read noise) has error 0: floor it so
     # that it does not take all the weight
@@ -612,18 +622,29 @@ def measure_series_detector(series: Series, what: str) -> NoiseModel:
 def describe_series_estimate(series: Series) -> str:
     """The pooled-frame estimate for a note ('' when it cannot be measured)."""
     try:
-        nm = estimate_noise_model(_series_frames(series), frames="pooled")
+        nm = estimate_noise_model(_crop(_series_frames(series, 4)), frames="pooled")
     except (DataError, ParameterError):
         return ""
     return f" (measured from the frames' shot noise: {nm.describe()})"
 
 
+def _crop(a: np.ndarray, n: int = 512) -> np.ndarray:
+    """Central ≤ n×n crop of the last two axes (a warning's estimate must stay cheap)."""
+    m0, m1 = a.shape[-2:]
+    r0, c0 = max((m0 - n) // 2, 0), max((m1 - n) // 2, 0)
+    return a[..., r0 : r0 + n, c0 : c0 + n]
+
+
 def describe_estimate(image: Image) -> str:
-    """The estimated model for a warning text ('' when it cannot be measured)."""
+    """The estimated model for a warning text ('' when it cannot be measured); measured on
+    a central 512² crop at most (~0.1 s)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            nm = estimate_noise_model(image)
+            data = _crop(np.asarray(image.data, dtype=float))
+            nm = estimate_noise_model(
+                image.replace(data=data) if data.shape != image.data.shape else image
+            )
     except (DataError, ParameterError):
         return ""
     return f" (measured from the image's shot noise: {nm.describe()})"
