@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,11 +117,27 @@ def test_refuses_what_cannot_identify_a_gain(crystal):
     # already normalised
     nm = estimate_noise_model(normalize_image(img))
     assert not nm.identified and "normalised" in nm.reasons[0]
+    # ... also as a bare array (no metadata): continuous values of a fraction of the beam
+    nm = estimate_noise_model(normalize_image(img).data)
+    assert not nm.identified and any("look normalised" in r for r in nm.reasons)
     # sub-pixel interpolation (cubic) correlates neighbouring pixels and biases the gain low
     shifted = ndimage.shift(img.data, (0.3, 0.5), order=3, mode="nearest")
     nm = estimate_noise_model(shifted)
     assert nm.gain < 0.6 * 5.0  # the bias the check is there for
     assert not nm.identified and any("correlated" in r for r in nm.reasons)
+
+
+def test_noise_free_multislice_means_are_refused():
+    """Frozen-phonon mean images (fraction of the beam, no shot noise; abTEM multislice)."""
+    z = np.load(Path(__file__).parents[1] / "data" / "multislice_pb_clusters.npz")
+    names = [k for k in z.files if k.endswith("__mean")]
+    assert names
+    for name in names:
+        try:
+            nm = estimate_noise_model(z[name].astype(float))
+        except DataError:
+            continue
+        assert not nm.identified, name
 
 
 def test_correlated_white_noise_is_flagged():

@@ -270,6 +270,13 @@ def estimate_noise_model(
             "no shot noise is measurable (noise-free, denoised or read-noise-dominated data)"
         )
     q = _quantum(data)
+    if q is None and not meta.get("normalized") and float(np.max(np.abs(data))) <= 1.5:
+        # detector counts are integers times an ADC step; continuous values of at most
+        # ~1 are a fraction of the incident beam (normalised, or a simulation's mean)
+        reasons.append(
+            "the values look normalised (continuous, |value| <= 1.5: a fraction of the beam): "
+            "their noise scale is 1/(dose·dx²), not a detector gain; pass raw counts"
+        )
     # offset bracket: read² >= 0  →  offset >= −c/gain ; electrons >= 0  →  offset <= L_min
     # the darkest level: the mean of the block means (unbiased) of the 2 % of blocks whose
     # surroundings are darkest (selected on the instrument, not on their own noise)
