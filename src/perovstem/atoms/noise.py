@@ -11,8 +11,10 @@ Poissonian–Gaussian model of A. Foi et al., IEEE Trans. Image Process. 17 (200
 
 * one image: Haar diagonal detail coefficients of non-overlapping 2×2 blocks
   (``(y₀₀ − y₀₁ − y₁₀ + y₁₁)/2``, variance σ² for white noise, blind to any linear signal
-  trend) against the local level, only in blocks where the signal's own diagonal curvature is
-  small (measured on a smoothed image), as Foi et al. do with their smoothness mask;
+  trend) against the block mean, only in blocks where the signal's own diagonal curvature
+  (estimated from the pixels around the block) is small, as Foi et al. do with their
+  smoothness mask; binned on a ring mean around the block (an instrument independent of the
+  block's noise);
 * a frame series: differences of consecutive (registered) frames,
   ``(y_k − y_{k+1})/√2``, which cancel the signal entirely where it does not change
   (Janesick's two-frame photon-transfer method).
@@ -26,8 +28,8 @@ signal-dependent noise ``σ²(L) = gain·L + c`` needs only the gain and ``c``, 
 
 Correlated pixels (interpolated/resampled images, scan distortion correction, a slow detector
 response along the fast scan) shrink the pixel-scale variance and bias a variance-based gain
-low; the lag-1 autocorrelation of the noise residual is measured and the gain refused above
-``max_correlation``.
+low; the noise spectrum just below Nyquist is compared with the Nyquist corner (white noise:
+equal) and the gain refused above ``1 + max_correlation``.
 """
 
 from __future__ import annotations
