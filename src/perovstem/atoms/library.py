@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from perovstem.atoms.count import _as_scs, _table_input
+from perovstem.atoms.count import (
+    _as_scs,
+    _identifiable,
+    _scale_penalty,
+    _shared_scale_choice,
+    _table_input,
+)
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["as_library", "count_library", "count_hybrid", "HybridFit", "fit_hybrid"]
@@ -258,11 +264,6 @@ def _hybrid_final(x, n, v, c0, fit_scale, *, max_iter, tol) -> HybridFit:
     return HybridFit(n, v, c, sigma, pi, nll, it, conv)
 
 
-def _scale_penalty(c: float, ref: float, sd: float) -> float:
-    """Negative log of a log-normal prior on the scale ``c`` around ``ref`` (log-sd ``sd``)."""
-    return 0.5 * (np.log(c / ref) / sd) ** 2
-
-
 def _scale_candidates(
     x: np.ndarray, v: np.ndarray, scale_range: tuple[float, float], scale_step: float, tol: float
 ) -> list[tuple[float, float]]:
@@ -282,39 +283,6 @@ def _scale_candidates(
         r = _hybrid_em(x, v, c0, True, max_iter=25, tol=tol)
         out.append((float(np.clip(r[0], lo, hi)), float(r[4])))
     return out
-
-
-def _shared_scale_choice(
-    cands: dict[str, list[tuple[float, float]]], sd: float, sd0: float
-) -> tuple[dict[str, float], float]:
-    """Choose one scale per type with a prior that ties the types together.
-
-    ``log c_t ~ N(log c0, sd^2)`` and ``log c0 ~ N(0, sd0^2)``: the detector normalisation and
-    the Gaussian-model deficit are common to all column types of one image (simulated
-    CsPbBr3 [001]: c of Pb-Br and Cs columns within 4 %), so a type whose scale the data do
-    not identify (a cube: one Pb-Br thickness) takes the scale of the types that do.  For an
-    identifiable type the likelihood is far steeper than the prior, which then hardly matters.
-    """
-    cs = np.concatenate([[c for c, _ in v] for v in cands.values()])
-    grid = np.exp(np.linspace(np.log(cs.min()), np.log(cs.max()), 200))
-    best, best_cost = 1.0, np.inf
-    for c0 in grid:
-        cost = _scale_penalty(c0, 1.0, sd0)
-        for v in cands.values():
-            cost += min(nll + _scale_penalty(c, c0, sd) for c, nll in v)
-        if cost < best_cost:
-            best, best_cost = float(c0), cost
-    pick = {
-        t: v[int(np.argmin([nll + _scale_penalty(c, best, sd) for c, nll in v]))][0]
-        for t, v in cands.items()
-    }
-    return pick, best
-
-
-def _identifiable(cand: list[tuple[float, float]], chosen: float, margin: float = 2.0) -> bool:
-    """False when another optimum at a scale > 2 % away fits within ``margin`` in NLL."""
-    best = min(nll for c, nll in cand if abs(np.log(c / chosen)) <= 0.02)
-    return not any(abs(np.log(c / chosen)) > 0.02 and nll <= best + margin for c, nll in cand)
 
 
 def _hybrid_em(x, v, c, fit_scale, *, max_iter, tol):
