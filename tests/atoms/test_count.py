@@ -119,6 +119,13 @@ def test_large_sweep_uses_binning_and_is_consistent():
         (np.arange(1.0, 21.0), {"n_components": 0}, ParameterError, "n_components.*got 0"),
         (np.arange(1.0, 21.0), {"first_count": -3}, ParameterError, "first_count.*-3"),
         (np.arange(1.0, 21.0), {"max_components": 2.5}, ParameterError, "max_components"),
+        # a list of the types to count (the pipeline step's meaning) gave an IndexError
+        (
+            pd.DataFrame({"scs": np.arange(1.0, 21.0), "type": ["PbBr", "Cs"] * 10}),
+            {"types": ["PbBr", "Cs"]},
+            DataError,
+            "`types` has 2 entries but the `scs` table has 20 rows",
+        ),
     ],
 )
 def test_bad_input(bad, kw, exc, match):

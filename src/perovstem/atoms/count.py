@@ -567,7 +567,12 @@ def _table_input(scs: Any, types: Any) -> tuple[pd.DataFrame, np.ndarray, np.nda
                 else np.full(len(df), "all")
             )
         else:
-            t = np.asarray(types).astype(str)
+            t = np.asarray(types).astype(str).ravel()
+            if t.size != x.size:
+                raise DataError(
+                    f"`types` has {t.size} entries but the `scs` table has {x.size} rows: it "
+                    "gives the type of every column (to count some types only, select rows)"
+                )
         return df, x, t
     x = _as_scs(scs)
     t = np.full(x.size, "all") if types is None else np.asarray(types).astype(str).ravel()
