@@ -754,7 +754,8 @@ def count_atoms(
         probability of that count), ``n_atoms_mean`` and ``n_atoms_std`` (posterior mean and
         standard deviation), ``component`` (0-based).  ``df.attrs["counting"]`` holds per type
         the component number, means, width, proportions, the criterion table, local minima,
-        the selection rule and the single-atom sensitivity.
+        the selection rule and the single-atom sensitivity; with a library also ``scale``
+        (cross-section / library, as in :func:`perovstem.atoms.count_hybrid`).
     """
     _check_count_options(n_components, max_components, first_count)
     if not (
@@ -886,6 +887,8 @@ def count_atoms(
             "proportions": fit.proportions.tolist(),
             "first_count": int(fc),
             "library_anchor": anchor,
+            # calibration of the cross-sections against the library (as count_hybrid's)
+            **({"scale": anchor["scale"]} if anchor is not None else {}),
             "single_atom_sensitivity": single_atom_sensitivity(fit),
             "criterion": criterion,
             "local_minima": [] if sweep is None else list(sweep.local_minima),

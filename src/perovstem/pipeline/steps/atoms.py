@@ -248,8 +248,12 @@ def atoms_composition(ctx: Any, counts: Any, thickness: Any = None) -> dict[str,
     if len(sel) == 0 or "n_atoms" not in sel.columns:
         raise DataError("no counted Pb-Br columns (`type` == 'PbBr' with `n_atoms`) in the input")
     kw = {"scs_err": sel["scs_err"].to_numpy(float)} if "scs_err" in sel.columns else {}
-    info = counts.attrs.get("counting", {}).get(p["scale_from"], {}) if p["scale_from"] else {}
-    scale = float(info.get("scale", 1.0)) if isinstance(info, dict) else 1.0
+    counting = counts.attrs.get("counting", {})
+    info = counting.get(p["scale_from"], {}) if p["scale_from"] else {}
+    if counting.get("method") == "library":  # nearest library value: scale fixed for all types
+        info = {"scale": counting.get("scale", 1.0)}
+    calibrated = isinstance(info, dict) and "scale" in info
+    scale = float(info["scale"]) if calibrated else 1.0
     res = api(COMPOSITION)(
         sel["scs"].to_numpy(float),
         sel["n_atoms"].to_numpy(int),
@@ -266,7 +270,8 @@ def atoms_composition(ctx: Any, counts: Any, thickness: Any = None) -> dict[str,
         err=res.x_err,
         section="mechanism",
         caption=f"{100 * res.confidence:g} % CI [{lo:.3f}, {hi:.3f}] from "
-        f"{len(sel)} Pb-Br columns ({source} thickness), scale c = {scale:.3f}{truth}",
+        f"{len(sel)} Pb-Br columns ({source} thickness), scale c = {scale:.3f}"
+        f"{'' if calibrated or not p['scale_from'] else ' (uncalibrated)'}{truth}",
     )
     cols = res.columns.copy()
     for c in ("x_A", "y_A"):
