@@ -252,3 +252,20 @@ def test_hybrid_scale_prior_bad_input():
     for kw in ({"scale_spread": 0.0}, {"scale_sd": -1.0}, {"scale_spread": float("nan")}):
         with pytest.raises(ParameterError, match=next(iter(kw))):
             count_hybrid(df, lib, **kw)
+
+
+def test_unnormalised_cross_sections_are_refused_with_a_library():
+    """Raw-count SCS against a library in Å² were counted silently at the bound of the
+    scale range (every column 17-20 atoms)."""
+    lib = _library(20)
+    x = 1000 * lib["scs_A2"].to_numpy()[np.tile([3, 4, 5, 6], 10)]
+    from perovstem.atoms.count import count_atoms
+    from perovstem.atoms.hmm import fit_hmm
+
+    for call in (
+        lambda: count_atoms(x, library=lib),
+        lambda: count_hybrid(x, lib),
+        lambda: fit_hmm(x.reshape(4, 10), lib),
+    ):
+        with pytest.raises(DataError, match="do not match the library.*normalised"):
+            call()

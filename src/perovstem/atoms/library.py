@@ -264,6 +264,23 @@ def _hybrid_final(x, n, v, c0, fit_scale, *, max_iter, tol) -> HybridFit:
     return HybridFit(n, v, c, sigma, pi, nll, it, conv)
 
 
+def _check_units(x: np.ndarray, v: np.ndarray, lo: float, hi: float) -> None:
+    """Refuse cross-sections that no scale in [lo, hi] brings onto the library.
+
+    Raw-count cross-sections (an image that was not normalised) against a library in Å² were
+    counted silently at the bound of the scale range (all columns 17-20 atoms, say).
+    """
+    med = float(np.median(x))
+    vmax, vmin = float(v.max()), float(v[v > 0].min()) if np.any(v > 0) else 0.0
+    if med > 1.5 * hi * vmax or med < 0.5 * lo * vmin:
+        raise DataError(
+            f"the cross-sections (median {med:.4g}) do not match the library "
+            f"({vmin:.4g} … {vmax:.4g}) for any scale in [{lo:g}, {hi:g}]: a simulated "
+            "library is in Å² of the incident beam, so the image must be normalised "
+            "(perovstem.atoms.normalize_image) before fitting"
+        )
+
+
 def _scale_candidates(
     x: np.ndarray, v: np.ndarray, scale_range: tuple[float, float], scale_step: float, tol: float
 ) -> list[tuple[float, float]]:
@@ -277,6 +294,7 @@ def _scale_candidates(
     lo, hi = scale_range
     if not (0 < lo <= 1 <= hi):
         raise ParameterError(f"`scale_range` must satisfy 0 < lo <= 1 <= hi, got {scale_range!r}")
+    _check_units(x, v, lo, hi)
     grid = np.unique(np.r_[np.arange(lo, hi + 1e-12, scale_step), 1.0])
     out: list[tuple[float, float]] = []
     for c0 in grid:
