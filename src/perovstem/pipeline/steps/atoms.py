@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from perovstem.pipeline.registry import Param, api, register_step
 
@@ -286,6 +287,35 @@ def atoms_composition(ctx: Any, counts: Any, thickness: Any = None) -> dict[str,
     return {"columns": cols}
 
 
+def _start_scale_from_cs(scs0: np.ndarray, pos: Any, p: dict) -> dict | None:
+    """HMM start: the emission scale of the tracked type from the first frame, tied to the
+    Cs columns' scale (count_hybrid's shared prior).
+
+    The columns of a pristine cube have one Pb-Br thickness, and if none is lost the frames
+    cannot tell c L_n from c' L_n-1: EM from c = 1 counted every Pb-Br column of a simulated
+    60 Å cube 9 instead of 10 in every frame.  The Cs columns (several thicknesses) fix the
+    scale.  None (the HMM's own start) without typed Cs columns or when the hybrid fails.
+    """
+    from perovstem.errors import PerovstemError
+
+    t = p["hmm_type"]
+    if "type" not in pos.columns or t == "Cs" or not (pos["type"] == "Cs").any():
+        return None
+    m = pos["type"].isin([t, "Cs"]).to_numpy() & np.isfinite(scs0) & (scs0 > 0)
+    lib = api(SCS_LIBRARY)
+    libs = {
+        c: lib(
+            c, p["max_states"], **({"cd_fraction": p["library_cd_fraction"]} if c == "PbBr" else {})
+        )
+        for c in (t, "Cs")
+    }
+    try:
+        tab = pd.DataFrame({"scs": scs0[m], "type": pos["type"].to_numpy()[m]})
+        return {"scale": float(api(HYBRID)(tab, libs).attrs["counting"][t]["scale"])}
+    except (PerovstemError, KeyError):
+        return None
+
+
 def _fit_frame(k: int, series: Any, *, positions: Any, max_iter: int) -> np.ndarray:
     """Cross-sections of the given columns in frame ``k`` (Å², normalised frame)."""
     image = series.frame(k)
@@ -364,7 +394,13 @@ def atoms_series(ctx: Any, series: Any, positions: Any = None) -> dict[str, Any]
         dose = np.diff(np.r_[series.initial_dose_e_per_A2, cum])
     obs = scs[:, sel]
     n_neg = int(np.sum(obs < 0))  # emptied columns: SCS ≈ 0 measured with noise
-    res = api(HMM)(np.clip(obs, 0.0, None), lib, model=p["hmm_model"], dose_e_per_A2=dose)
+    res = api(HMM)(
+        np.clip(obs, 0.0, None),
+        lib,
+        model=p["hmm_model"],
+        dose_e_per_A2=dose,
+        init=_start_scale_from_cs(scs[0], pos, p),
+    )
     counts = res.table(scs[:, sel])
     col_idx = np.flatnonzero(sel)
     counts["frame"] = np.asarray(frames)[counts["frame"].to_numpy()]
