@@ -25,7 +25,14 @@ from perovstem.atoms.count import (
 )
 from perovstem.errors import DataError, ParameterError
 
-__all__ = ["as_library", "count_library", "count_hybrid", "HybridFit", "fit_hybrid"]
+__all__ = [
+    "as_library",
+    "count_library",
+    "count_hybrid",
+    "HybridFit",
+    "fit_hybrid",
+    "start_scale_from_types",
+]
 
 
 def as_library(
@@ -428,3 +435,42 @@ def count_hybrid(
     if fit_scale:
         out.attrs["counting"]["common_scale"] = c_common
     return out
+
+
+def start_scale_from_types(table: pd.DataFrame, library: dict, column_type: str) -> float | None:
+    """Scale ``c`` of ``column_type`` in one frame, tied to the other column types.
+
+    Starting value for :func:`perovstem.atoms.fit_hmm` (``init={"scale": c}``): the columns
+    of a pristine cube have one Pb-Br thickness, and when none is lost the frames cannot tell
+    ``c L_n`` from ``c' L_(n-1)``; the Cs columns (several thicknesses) fix the scale through
+    the shared prior of :func:`count_hybrid`.
+
+    Parameters
+    ----------
+    table : DataFrame
+        One frame's columns: ``scs`` (or ``scs_A2``) and ``type``.
+    library : dict
+        One library per type (see :func:`as_library`); types without one are ignored.
+    column_type : str
+
+    Returns
+    -------
+    float or None
+        None when the table has no other typed columns with a library, or counting fails.
+    """
+    from perovstem.errors import PerovstemError
+
+    if "type" not in table.columns:
+        return None
+    col = next((c for c in ("scs", "scs_A2") if c in table.columns), None)
+    types = table["type"].astype(str)
+    keep = types.isin(list(library)).to_numpy()
+    if col is None or column_type not in set(types[keep]) or len(set(types[keep])) < 2:
+        return None
+    x = table[col].to_numpy(float)
+    keep = keep & np.isfinite(x) & (x > 0)
+    try:
+        res = count_hybrid(pd.DataFrame({"scs": x[keep], "type": types[keep].to_numpy()}), library)
+    except PerovstemError:
+        return None
+    return float(res.attrs["counting"][column_type]["scale"])

@@ -94,6 +94,7 @@ def atoms_fit(ctx: Any, image: Any, positions: Any = None) -> dict[str, Any]:
 SCS_LIBRARY = "perovstem.simulate:scs_library|perovstem.simulate.scs:scs_library"
 HYBRID = "perovstem.atoms:count_hybrid|perovstem.atoms.library:count_hybrid"
 LIBRARY = "perovstem.atoms:count_library|perovstem.atoms.library:count_library"
+START_SCALE = "perovstem.atoms.library:start_scale_from_types"
 
 
 @register_step(
@@ -288,20 +289,12 @@ def atoms_composition(ctx: Any, counts: Any, thickness: Any = None) -> dict[str,
 
 
 def _start_scale_from_cs(scs0: np.ndarray, pos: Any, p: dict) -> dict | None:
-    """HMM start: the emission scale of the tracked type from the first frame, tied to the
-    Cs columns' scale (count_hybrid's shared prior).
-
-    The columns of a pristine cube have one Pb-Br thickness, and if none is lost the frames
-    cannot tell c L_n from c' L_n-1: EM from c = 1 counted every Pb-Br column of a simulated
-    60 Å cube 9 instead of 10 in every frame.  The Cs columns (several thicknesses) fix the
-    scale.  None (the HMM's own start) without typed Cs columns or when the hybrid fails.
-    """
-    from perovstem.errors import PerovstemError
-
+    """HMM start: the tracked type's scale in the first frame, tied to the Cs columns
+    (a pristine cube's single Pb-Br thickness does not fix it: EM from c = 1 counted every
+    Pb-Br column of a simulated 60 Å cube 9 instead of 10 in every frame)."""
     t = p["hmm_type"]
-    if "type" not in pos.columns or t == "Cs" or not (pos["type"] == "Cs").any():
+    if "type" not in pos.columns or t == "Cs":
         return None
-    m = pos["type"].isin([t, "Cs"]).to_numpy() & np.isfinite(scs0) & (scs0 > 0)
     lib = api(SCS_LIBRARY)
     libs = {
         c: lib(
@@ -309,11 +302,8 @@ def _start_scale_from_cs(scs0: np.ndarray, pos: Any, p: dict) -> dict | None:
         )
         for c in (t, "Cs")
     }
-    try:
-        tab = pd.DataFrame({"scs": scs0[m], "type": pos["type"].to_numpy()[m]})
-        return {"scale": float(api(HYBRID)(tab, libs).attrs["counting"][t]["scale"])}
-    except (PerovstemError, KeyError):
-        return None
+    c = api(START_SCALE)(pd.DataFrame({"scs": scs0, "type": pos["type"].to_numpy()}), libs, t)
+    return None if c is None else {"scale": c}
 
 
 def _fit_frame(k: int, series: Any, *, positions: Any, max_iter: int) -> np.ndarray:
