@@ -276,9 +276,18 @@ def atoms_composition(ctx: Any, counts: Any, thickness: Any = None) -> dict[str,
         section="mechanism",
         caption=f"{100 * res.confidence:g} % CI [{lo:.3f}, {hi:.3f}] from "
         f"{len(sel)} Pb-Br columns ({source} thickness), scale c = {scale:.3f}"
-        f"{'' if calibrated or not p['scale_from'] else ' (uncalibrated)'}{truth}",
+        f"{'' if calibrated or not p['scale_from'] else ' (uncalibrated)'}{truth}"
+        + (
+            ". The thickness was counted from the same Pb-Br cross-sections, which Cd also "
+            "lowers: on an alloy the two are degenerate and x can be off by more than its "
+            "interval (simulated 55 Å cubes: 0.25 for 0.12); give `thickness` from another "
+            "measurement"
+            if source == "counted" and res.x > 0.02
+            else ""
+        ),
     )
     cols = res.columns.copy()
+    cols.attrs["thickness_source"] = source
     for c in ("x_A", "y_A"):
         if c in sel.columns and c not in cols.columns and len(cols) == len(sel):
             cols[c] = sel[c].to_numpy()
