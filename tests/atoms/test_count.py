@@ -119,6 +119,13 @@ def test_large_sweep_uses_binning_and_is_consistent():
         (np.arange(1.0, 21.0), {"n_components": 0}, ParameterError, "n_components.*got 0"),
         (np.arange(1.0, 21.0), {"first_count": -3}, ParameterError, "first_count.*-3"),
         (np.arange(1.0, 21.0), {"max_components": 2.5}, ParameterError, "max_components"),
+        # a list of the types to count (the pipeline step's meaning) gave an IndexError
+        (
+            pd.DataFrame({"scs": np.arange(1.0, 21.0), "type": ["PbBr", "Cs"] * 10}),
+            {"types": ["PbBr", "Cs"]},
+            DataError,
+            "`types` has 2 entries but the `scs` table has 20 rows",
+        ),
     ],
 )
 def test_bad_input(bad, kw, exc, match):
@@ -192,3 +199,85 @@ def test_image_fit_count_simulated_nc(n_cells, seed):
     # the Gaussian-model SCS is a few % below the true (probe-integrated) SCS: the library
     # anchor and the hybrid absorb it in the scale c
     assert 0.85 < hyb.attrs["counting"]["PbBr"]["scale"] < 1.05
+
+
+def _lib_tables():
+    n = np.arange(1, 31)
+    return {
+        "PbBr": pd.DataFrame({"n_atoms": n, "scs_A2": 0.0160 * n - 0.00012 * n**2}),
+        "Cs": pd.DataFrame({"n_atoms": n, "scs_A2": 0.0049 * n}),
+    }
+
+
+def _table(counts_by_type, scale_by_type, sigma_by_type, rng, lib):
+    rows = []
+    for t, n in counts_by_type.items():
+        v = lib[t].set_index("n_atoms").loc[n, "scs_A2"].to_numpy()
+        x = scale_by_type[t] * v + rng.normal(0, sigma_by_type[t], n.size)
+        rows.append(pd.DataFrame({"scs_A2": x, "type": t, "true_n": n}))
+    return pd.concat(rows, ignore_index=True)
+
+
+@pytest.mark.parametrize("pb_scale,cs_scale", [(0.93, 0.91), (1.02, 1.0)])
+def test_library_anchor_of_a_single_thickness_type_uses_the_shared_scale(pb_scale, cs_scale):
+    """A cube: all Pb-Br columns 10 cells, Cs columns of several thicknesses.  One mixture
+    component matches c L_n for several n; the offset loop took the first, counting every
+    Pb-Br column 1-2 atoms wrong (and Cs too on simulated cubes)."""
+    rng = np.random.default_rng(5)
+    lib = _lib_tables()
+    df = _table(
+        {"PbBr": np.full(100, 10), "Cs": rng.choice([6, 8, 9, 10, 11], 120)},
+        {"PbBr": pb_scale, "Cs": cs_scale},
+        {"PbBr": 0.003, "Cs": 0.0008},
+        rng,
+        lib,
+    )
+    res = count_atoms(df, max_components=10, library=lib)
+    pb = (res["type"] == "PbBr").to_numpy()
+    assert np.array_equal(res["n_atoms"].to_numpy()[pb], df["true_n"].to_numpy()[pb])
+    assert np.mean(res["n_atoms"].to_numpy()[~pb] == df["true_n"].to_numpy()[~pb]) > 0.95
+    anchor = res.attrs["counting"]["PbBr"]["library_anchor"]
+    assert anchor["scale"] == pytest.approx(pb_scale, rel=0.02)
+    assert not anchor["scale_identifiable"]
+    assert res.attrs["counting"]["Cs"]["library_anchor"]["scale_identifiable"]
+
+
+def test_library_anchor_allows_missing_counts():
+    """A sphere has Cs columns of 3, 5 and 7 atoms only: the components are not consecutive
+    counts.  The consecutive-only match rejected k = 3 and kept k = 1 (all columns 5)."""
+    rng = np.random.default_rng(2)
+    lib = _lib_tables()
+    df = _table(
+        {"PbBr": rng.choice([2, 4, 6, 8], 100), "Cs": rng.choice([3, 5, 7], 90)},
+        {"PbBr": 0.95, "Cs": 0.94},
+        {"PbBr": 0.002, "Cs": 0.0008},
+        rng,
+        lib,
+    )
+    res = count_atoms(df, max_components=10, library=lib)
+    assert np.mean(res["n_atoms"].to_numpy() == df["true_n"].to_numpy()) > 0.97
+    assert res.attrs["counting"]["Cs"]["library_anchor"]["counts"] == [3, 5, 7]
+
+
+def test_count_atoms_scale_spread_bad_input():
+    with pytest.raises(ParameterError, match="scale_spread"):
+        count_atoms(np.r_[np.ones(5), 2 * np.ones(5)], library=_lib_tables()["Cs"], scale_spread=0)
+
+
+def test_library_anchored_gmm_counts_simulated_cube_image():
+    """Image -> fit -> GMM + library (the pipeline's default atoms.count) on a pristine 53 Å
+    cube (9 cells, CsBr faces): every Pb-Br column was counted 8 (the one-component mixture
+    matched the library at the first offset whose scale was in range)."""
+    from perovstem.atoms import fit_columns, normalize_image
+    from perovstem.simulate import haadf_image, nanocrystal, scs_library
+
+    img, truth = haadf_image(nanocrystal(53.0, rng=2), dose_e_per_A2=5e4, rng=2)
+    fit = fit_columns(normalize_image(img), truth[["x_A", "y_A", "type"]])
+    sel = fit["type"].isin(["PbBr", "Cs"]).to_numpy()
+    lib = {t: scs_library(t, 20) for t in ("PbBr", "Cs")}
+    res = count_atoms(fit[sel], max_components=20, library=lib)
+    truth = truth[sel]
+    for t in ("PbBr", "Cs"):
+        m = (truth["type"] == t).to_numpy()
+        exact = np.mean(res["n_atoms"].to_numpy()[m] == truth["n_atoms"].to_numpy()[m])
+        assert exact >= 0.97, (t, exact)

@@ -177,3 +177,24 @@ def test_count_and_track_name_a_missing_type_and_a_bad_table(tmp_path, capsys):
     assert "--type 'Cs' matches no column" in capsys.readouterr().err  # was "shape (2, 0)"
     assert main(["atoms", "track", str(t), str(bad), "-o", o, "--library", "gmm"]) == 2
     assert "notes.csv: needs an 'scs' column" in capsys.readouterr().err  # was a count mismatch
+
+
+def test_cli_track_pristine_cube_scale_from_cs_columns(tmp_path):
+    """`atoms track --type PbBr` on per-frame fit tables of a pristine 60 Å cube (one Pb-Br
+    thickness, no loss): EM from c = 1 counted every column 9 instead of 10; the Cs columns
+    of the first table now fix the starting scale."""
+    from perovstem.atoms import fit_columns, normalize_image
+    from perovstem.simulate import haadf_image, nanocrystal
+
+    nc = nanocrystal(60.0, rng=4)
+    paths = []
+    for k in range(3):
+        img, truth = haadf_image(nc, dose_e_per_A2=5e4, rng=100 + k)
+        fit = fit_columns(normalize_image(img), truth[["x_A", "y_A", "type"]])
+        paths.append(tmp_path / f"f{k}.csv")
+        fit[["x_A", "y_A", "type", "scs"]].to_csv(paths[-1], index=False)
+    out = tmp_path / "track.csv"
+    assert main(["atoms", "track", *map(str, paths), "-o", str(out), "--type", "PbBr"]) == 0
+    res = pd.read_csv(out)
+    assert (truth.loc[truth["type"] == "PbBr", "n_atoms"] == 10).all()
+    assert np.mean(res["n_atoms"].to_numpy() == 10) > 0.98

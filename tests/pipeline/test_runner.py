@@ -87,6 +87,22 @@ def test_rerun_skips_finished_steps_and_recomputes_changed(tmp_path):
     assert not after["stats.stats.parquet"].equals(before["stats.stats.parquet"])
 
 
+def test_run_outputs_get_the_umask_permissions(tmp_path):
+    """The atomic writer's mkstemp left every report, table, plot and provenance file 0600:
+    a run folder on a shared disk was unreadable to the group whatever the umask."""
+    old = os.umask(0o022)
+    try:
+        run_pipeline(_config(tmp_path), out=tmp_path / "run", quiet=True, scheduler="serial")
+        os.umask(0o027)
+        run_pipeline(_config(tmp_path, name="r2"), out=tmp_path / "run2", quiet=True)
+    finally:
+        os.umask(old)
+    files = ["report.html", "provenance.json", "config.toml", "tables/stats.stats.parquet"]
+    for f in files:
+        assert (tmp_path / "run" / f).stat().st_mode & 0o777 == 0o644, f
+        assert (tmp_path / "run2" / f).stat().st_mode & 0o777 == 0o640, f
+
+
 def test_file_input_checksum_controls_resume(tmp_path):
     from perovstem import Series
 

@@ -106,6 +106,23 @@ def test_degradation_trajectory_is_monotonic():
     assert df.frac_100.iloc[-1] < df.frac_100.iloc[0]
 
 
+@pytest.mark.parametrize("dose", [1e4, 1e5])
+def test_degradation_conserves_pb(dose):
+    """The Pb0 inclusions grow from the Pb of the crystal volume lost: at 1e5 e/A^2 per step
+    the inclusions grew to 6x the volume of the whole initial crystal."""
+    from perovstem.simulate.tilt import PB_VOLUME_PER_CRYSTAL_VOLUME
+
+    ph = nanocrystal_phantom(60.0, rng=6)
+    _, df = degradation_phantoms(
+        ph, 3, dose_per_step_e_per_A2=dose, nucleation_per_dose=2e-4, rng=1
+    )
+    lost = df.volume_A3.iloc[0] - df.volume_A3.to_numpy()
+    gained = df.inclusion_volume_A3.to_numpy() - df.inclusion_volume_A3.iloc[0]
+    assert np.all(gained <= PB_VOLUME_PER_CRYSTAL_VOLUME * lost + 1e-6)
+    assert gained[-1] > 0
+    assert PB_VOLUME_PER_CRYSTAL_VOLUME == pytest.approx(0.15, abs=0.005)
+
+
 def test_degradation_tilt_series_metadata():
     ph = nanocrystal_phantom(40.0, rng=7)
     series, df = degradation_tilt_series(ph, 2, ANG, shape=(32, 32), pixel_size_A=2.0, rng=0)

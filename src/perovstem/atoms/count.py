@@ -567,7 +567,12 @@ def _table_input(scs: Any, types: Any) -> tuple[pd.DataFrame, np.ndarray, np.nda
                 else np.full(len(df), "all")
             )
         else:
-            t = np.asarray(types).astype(str)
+            t = np.asarray(types).astype(str).ravel()
+            if t.size != x.size:
+                raise DataError(
+                    f"`types` has {t.size} entries but the `scs` table has {x.size} rows: it "
+                    "gives the type of every column (to count some types only, select rows)"
+                )
         return df, x, t
     x = _as_scs(scs)
     t = np.full(x.size, "all") if types is None else np.asarray(types).astype(str).ravel()
@@ -576,33 +581,96 @@ def _table_input(scs: Any, types: Any) -> tuple[pd.DataFrame, np.ndarray, np.nda
     return pd.DataFrame({"scs": x}), x, t
 
 
-def _anchor_to_library(
-    means: np.ndarray, library: Any, typ: str, scale_range: tuple[float, float]
-) -> dict[str, Any]:
-    """Absolute count of the lowest component from a SCS library (offset and scale by LS)."""
+def _scale_penalty(c: float, ref: float, sd: float) -> float:
+    """Negative log of a log-normal prior on the scale ``c`` around ``ref`` (log-sd ``sd``)."""
+    return 0.5 * (np.log(c / ref) / sd) ** 2
+
+
+def _shared_scale_choice(
+    cands: dict[str, list[tuple[float, float]]], sd: float, sd0: float
+) -> tuple[dict[str, float], float]:
+    """Choose one scale per type with a prior that ties the types together.
+
+    ``log c_t ~ N(log c0, sd^2)`` and ``log c0 ~ N(0, sd0^2)``: the detector normalisation and
+    the Gaussian-model deficit are common to all column types of one image (simulated
+    CsPbBr3 [001]: c of Pb-Br and Cs columns within 4 %), so a type whose scale the data do
+    not identify (a cube: one Pb-Br thickness) takes the scale of the types that do.  For an
+    identifiable type the likelihood is far steeper than the prior, which then hardly matters.
+    """
+    cs = np.concatenate([[c for c, _ in v] for v in cands.values()])
+    grid = np.exp(np.linspace(np.log(cs.min()), np.log(cs.max()), 200))
+    best, best_cost = 1.0, np.inf
+    for c0 in grid:
+        cost = _scale_penalty(c0, 1.0, sd0)
+        for v in cands.values():
+            cost += min(nll + _scale_penalty(c, c0, sd) for c, nll in v)
+        if cost < best_cost:
+            best, best_cost = float(c0), cost
+    pick = {
+        t: v[int(np.argmin([nll + _scale_penalty(c, best, sd) for c, nll in v]))][0]
+        for t, v in cands.items()
+    }
+    return pick, best
+
+
+def _identifiable(cand: list[tuple[float, float]], chosen: float, margin: float = 2.0) -> bool:
+    """False when another optimum at a scale > 2 % away fits within ``margin`` in NLL."""
+    best = min(nll for c, nll in cand if abs(np.log(c / chosen)) <= 0.02)
+    return not any(abs(np.log(c / chosen)) > 0.02 and nll <= best + margin for c, nll in cand)
+
+
+def _anchor_candidates(
+    fit: GMMFit,
+    n_cols: int,
+    library: Any,
+    typ: str,
+    scale_range: tuple[float, float],
+    step: float = 0.002,
+) -> list[dict[str, Any]]:
+    """Assignments of the mixture components to library counts, one per scale optimum.
+
+    For a scale ``c`` each component mean goes to the nearest ``c L_n``; the counts must
+    increase strictly but may skip values (a sphere or a symmetric particle has columns of
+    every other thickness only).  The consecutive assignments (StatSTEM's reading of a
+    mixture) are always candidates.  Each distinct assignment is refined by weighted least
+    squares; its cost is the Gaussian NLL of the means,
+    ``sum_j N pi_j (mu_j - c L_nj)^2 / (2 sigma^2)`` (means have errors sigma / sqrt(N pi_j)).
+    A mixture with one or two components matches the library at several ``(counts, c)``:
+    all of them are returned for :func:`_shared_scale_choice`.
+    """
     from perovstem.atoms.library import as_library
 
     n, v = as_library(library, column_type=None if typ == "all" else typ)
-    keep = n >= 1
+    keep = v > 0
     n, v = n[keep], v[keep]
-    k = means.size
-    lo, hi = scale_range
-    best: dict[str, Any] | None = None
-    for o in range(0, n.size - k + 1):
-        L = v[o : o + k]
-        den = float(L @ L)
-        if den <= 0:
-            continue
-        c = float(np.clip((means @ L) / den, lo, hi))
-        rms = float(np.sqrt(np.mean((means - c * L) ** 2)))
-        if best is None or rms < best["rms"]:
-            best = {"first_count": int(n[o]), "scale": c, "rms": rms}
-    if best is None:
+    mu = fit.means
+    if n.size < mu.size:
         raise ParameterError(
             f"the library for type {typ!r} has {n.size} non-zero entries, fewer than the "
-            f"{k} mixture components"
+            f"{mu.size} mixture components"
         )
-    return best
+    w = n_cols * fit.proportions
+    lo, hi = scale_range
+    grid = np.arange(lo, hi + 1e-12, step)
+    out: dict[tuple[int, ...], dict[str, Any]] = {}
+    nearest = (np.argmin(np.abs(mu[:, None] - c * v[None, :]), axis=1) for c in grid)
+    consecutive = (np.arange(o, o + mu.size) for o in range(n.size - mu.size + 1))
+    for j in (*consecutive, *nearest):
+        if np.any(np.diff(j) <= 0):
+            continue
+        key = tuple(int(i) for i in j)
+        if key in out:
+            continue
+        L = v[j]
+        cs = float(np.clip(np.sum(w * mu * L) / np.sum(w * L * L), lo, hi))
+        r = mu - cs * L
+        out[key] = {
+            "counts": n[j].astype(np.int64),
+            "scale": cs,
+            "rms": float(np.sqrt(np.mean(r**2))),
+            "cost": float(np.sum(w * r**2) / (2.0 * fit.width**2)),
+        }
+    return list(out.values())
 
 
 def _check_int_ge(name: str, value: Any, lo: int) -> None:
@@ -634,6 +702,7 @@ def count_atoms(
     library: Any = None,
     scale_range: tuple[float, float] = (0.8, 1.25),
     library_tol: float = 1.5,
+    scale_spread: float = 0.03,
     max_iter: int = 1000,
     tol: float = 1e-8,
 ) -> pd.DataFrame:
@@ -668,7 +737,15 @@ def count_atoms(
         and no fixed ``n_components``, ``k`` is the lowest-criterion model whose anchored
         component locations match the library within ``library_tol`` component widths (rms);
         this rejects over-split mixtures that the ICL alone may prefer.  If no ``k`` qualifies,
-        ``rule`` decides.
+        ``rule`` decides.  Components are matched to strictly increasing library counts that
+        may skip values (a sphere has Cs columns of 3, 5 and 7 atoms only).
+    scale_spread : float
+        With a library: log-sd of the per-type scales about their common value.  A mixture
+        of one or two components (a cube has one Pb-Br thickness) matches the library at
+        several ``(count, c)``; the types share the normalisation, so such a type takes the
+        scale of the others (``log c_t ~ N(log c0, scale_spread^2)``, ``log c0 ~ N(0, 0.1^2)``).
+        ``attrs["counting"][type]["library_anchor"]["scale_identifiable"]`` is False when the
+        counts of a type rest on this prior.
 
     Returns
     -------
@@ -677,9 +754,14 @@ def count_atoms(
         probability of that count), ``n_atoms_mean`` and ``n_atoms_std`` (posterior mean and
         standard deviation), ``component`` (0-based).  ``df.attrs["counting"]`` holds per type
         the component number, means, width, proportions, the criterion table, local minima,
-        the selection rule and the single-atom sensitivity.
+        the selection rule and the single-atom sensitivity; with a library also ``scale``
+        (cross-section / library, as in :func:`perovstem.atoms.count_hybrid`).
     """
     _check_count_options(n_components, max_components, first_count)
+    if not (
+        isinstance(scale_spread, (int, float)) and np.isfinite(scale_spread) and scale_spread > 0
+    ):
+        raise ParameterError(f"`scale_spread` must be a number > 0, got {scale_spread!r}")
     df, x, t = _table_input(scs, types)
     out = df.copy()
     n_atoms = np.zeros(x.size, dtype=np.int64)
@@ -688,6 +770,8 @@ def count_atoms(
     std = np.zeros(x.size)
     comp = np.zeros(x.size, dtype=np.int64)
     info: dict[str, Any] = {}
+    fits: dict[str, tuple] = {}
+    cands: dict[str, list[dict[str, Any]]] = {}
     for typ in pd.unique(t):
         sel = t == typ
         xs = x[sel]
@@ -720,15 +804,38 @@ def count_atoms(
                 tol=tol,
             )
             fit = sweep.fit(sweep.selected)
+        fits[typ] = (sel, xs, fit, sweep, kfix, None)
+    if library is not None:
+        # the scale of each type from the hybrid likelihood of all its cross-sections (the
+        # mixture means of small components are too noisy for it), tied across types
+        from perovstem.atoms.library import _scale_candidates, as_library
+
+        hyb = {
+            typ: _scale_candidates(
+                xs,
+                as_library(library, column_type=None if typ == "all" else typ)[1],
+                scale_range,
+                0.01,
+                1e-10,
+            )
+            for typ, (_, xs, *_rest) in fits.items()
+        }
+        c_ref, _ = _shared_scale_choice(hyb, scale_spread, 0.1)
+    for typ, (sel, xs, fit, sweep, kfix, _) in list(fits.items()):
         chosen_by = None
         if library is not None and kfix is None and library_tol > 0:
             # StatSTEM's tutorial compares GMM locations with simulations to pick the ICL
             # minimum; automatic version: the lowest-criterion k whose component locations
-            # match the scaled library within `library_tol` component widths (rms)
+            # match the library at the type's scale (within 3 %) within `library_tol`
+            # component widths (rms)
             ok = []
             for f in sweep.fits:
-                a = _anchor_to_library(f.means, library, typ, scale_range)
-                if a["rms"] <= library_tol * f.width:
+                a = _anchor_candidates(f, xs.size, library, typ, scale_range)
+                if any(
+                    c["rms"] <= library_tol * f.width
+                    and abs(np.log(c["scale"] / c_ref[typ])) <= 0.03
+                    for c in a
+                ):
                     ok.append(
                         (
                             float(
@@ -746,14 +853,27 @@ def count_atoms(
                     f"lowest {criterion.upper()} among k whose means match the library within "
                     f"{library_tol:g} widths (rms)"
                 )
+        fits[typ] = (sel, xs, fit, sweep, kfix, chosen_by)
+        if library is not None:
+            cands[typ] = _anchor_candidates(fit, xs.size, library, typ, scale_range)
+    for typ, (sel, xs, fit, sweep, kfix, chosen_by) in fits.items():
         post = fit.posterior(xs)
         c = np.argmax(post, axis=1)
         anchor = None
-        fc = first_count
+        counts = first_count + np.arange(fit.n_components)
         if library is not None:
-            anchor = _anchor_to_library(fit.means, library, typ, scale_range)
-            fc = anchor["first_count"]
-        counts = fc + np.arange(fit.n_components)
+            anchor = min(
+                cands[typ], key=lambda a: a["cost"] + _scale_penalty(a["scale"], c_ref[typ], 0.01)
+            )
+            counts = anchor["counts"]
+            anchor = {
+                "first_count": int(counts[0]),
+                "counts": counts.tolist(),
+                "scale": anchor["scale"],
+                "rms": anchor["rms"],
+                "scale_identifiable": _identifiable(hyb[typ], c_ref[typ]),
+            }
+        fc = int(counts[0])
         n_atoms[sel] = counts[c]
         comp[sel] = c
         p_map[sel] = post[np.arange(xs.size), c]
@@ -767,6 +887,8 @@ def count_atoms(
             "proportions": fit.proportions.tolist(),
             "first_count": int(fc),
             "library_anchor": anchor,
+            # calibration of the cross-sections against the library (as count_hybrid's)
+            **({"scale": anchor["scale"]} if anchor is not None else {}),
             "single_atom_sensitivity": single_atom_sensitivity(fit),
             "criterion": criterion,
             "local_minima": [] if sweep is None else list(sweep.local_minima),

@@ -16,10 +16,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from perovstem.atoms.count import _as_scs, _table_input
+from perovstem.atoms.count import (
+    _as_scs,
+    _identifiable,
+    _scale_penalty,
+    _shared_scale_choice,
+    _table_input,
+)
 from perovstem.errors import DataError, ParameterError
 
-__all__ = ["as_library", "count_library", "count_hybrid", "HybridFit", "fit_hybrid"]
+__all__ = [
+    "as_library",
+    "count_library",
+    "count_hybrid",
+    "HybridFit",
+    "fit_hybrid",
+    "start_scale_from_types",
+]
 
 
 def as_library(
@@ -210,6 +223,7 @@ def fit_hybrid(
     fit_scale: bool = True,
     scale_range: tuple[float, float] = (0.8, 1.25),
     scale_step: float = 0.01,
+    scale_sd: float = 0.1,
     max_iter: int = 2000,
     tol: float = 1e-10,
 ) -> HybridFit:
@@ -230,6 +244,10 @@ def fit_hybrid(
         ``c`` is searched on a grid over ``scale_range`` (short EM runs), then refined by EM.
         A (nearly) linear library is self-similar (``c L_n ~ (c/2) L_2n``), so ``c`` is only
         identifiable near the prior value 1; keep the range narrow.
+    scale_sd : float
+        Log-sd of a weak log-normal prior on ``c`` around 1 (a calibrated library).  It only
+        decides between scale optima of nearly equal likelihood: with one or two column
+        thicknesses ``c L_n`` fits the data equally well for several ``n``.
 
     Returns
     -------
@@ -241,24 +259,55 @@ def fit_hybrid(
     n, v = as_library(library)
     n, v = _with_zero(n, v, include_zero)
     if fit_scale:
-        lo, hi = scale_range
-        if not (0 < lo <= 1 <= hi):
-            raise ParameterError(
-                f"`scale_range` must satisfy 0 < lo <= 1 <= hi, got {scale_range!r}"
-            )
-        # c is only identifiable near the prior value 1 (a linear library is self-similar), so
-        # scan a bounded grid with short EM runs and converge from the best one
-        grid = np.unique(np.r_[np.arange(lo, hi + 1e-12, scale_step), 1.0])
-        best = None
-        for c0 in grid:
-            r = _hybrid_em(x, v, c0, True, max_iter=25, tol=tol)
-            if best is None or r[4] < best[4]:
-                best = r
-        c0 = float(np.clip(best[0], lo, hi))
+        cands = _scale_candidates(x, v, scale_range, scale_step, tol)
+        c0 = cands[int(np.argmin([nll + _scale_penalty(c, 1.0, scale_sd) for c, nll in cands]))][0]
     else:
         c0 = 1.0
+    return _hybrid_final(x, n, v, c0, fit_scale, max_iter=max_iter, tol=tol)
+
+
+def _hybrid_final(x, n, v, c0, fit_scale, *, max_iter, tol) -> HybridFit:
     c, sigma, pi, _, nll, it, conv = _hybrid_em(x, v, c0, fit_scale, max_iter=max_iter, tol=tol)
     return HybridFit(n, v, c, sigma, pi, nll, it, conv)
+
+
+def _check_units(x: np.ndarray, v: np.ndarray, lo: float, hi: float) -> None:
+    """Refuse cross-sections that no scale in [lo, hi] brings onto the library.
+
+    Raw-count cross-sections (an image that was not normalised) against a library in Å² were
+    counted silently at the bound of the scale range (all columns 17-20 atoms, say).
+    """
+    med = float(np.median(x))
+    vmax, vmin = float(v.max()), float(v[v > 0].min()) if np.any(v > 0) else 0.0
+    if med > 1.5 * hi * vmax or med < 0.5 * lo * vmin:
+        raise DataError(
+            f"the cross-sections (median {med:.4g}) do not match the library "
+            f"({vmin:.4g} … {vmax:.4g}) for any scale in [{lo:g}, {hi:g}]: a simulated "
+            "library is in Å² of the incident beam, so the image must be normalised "
+            "(perovstem.atoms.normalize_image) before fitting"
+        )
+
+
+def _scale_candidates(
+    x: np.ndarray, v: np.ndarray, scale_range: tuple[float, float], scale_step: float, tol: float
+) -> list[tuple[float, float]]:
+    """Local optima ``(c, nll)`` of the hybrid likelihood over the scale, from a grid of starts.
+
+    c is only identifiable near the prior value 1 (a linear library is self-similar), so a
+    bounded grid is scanned with short EM runs.  Several optima with nearly equal likelihood
+    are the rule when a type has one or two thicknesses (``c L_n`` fits a lone cluster for
+    every n), so all of them are returned for the caller to choose with a prior.
+    """
+    lo, hi = scale_range
+    if not (0 < lo <= 1 <= hi):
+        raise ParameterError(f"`scale_range` must satisfy 0 < lo <= 1 <= hi, got {scale_range!r}")
+    _check_units(x, v, lo, hi)
+    grid = np.unique(np.r_[np.arange(lo, hi + 1e-12, scale_step), 1.0])
+    out: list[tuple[float, float]] = []
+    for c0 in grid:
+        r = _hybrid_em(x, v, c0, True, max_iter=25, tol=tol)
+        out.append((float(np.clip(r[0], lo, hi)), float(r[4])))
+    return out
 
 
 def _hybrid_em(x, v, c, fit_scale, *, max_iter, tol):
@@ -300,6 +349,8 @@ def count_hybrid(
     types: Any = None,
     include_zero: bool = False,
     fit_scale: bool = True,
+    scale_spread: float = 0.03,
+    scale_sd: float = 0.1,
 ) -> pd.DataFrame:
     """Hybrid statistics/simulation atom counting (De wael et al., Ultramicroscopy 177 (2017) 69).
 
@@ -310,13 +361,27 @@ def count_hybrid(
     types : array_like of str, optional
     include_zero, fit_scale : bool
         See :func:`fit_hybrid`.
+    scale_spread : float
+        Log-sd of the scales of the column types about their common value.  Each type has its
+        own scale ``c_t``, but the normalisation error is shared by all types of one image,
+        so ``log c_t ~ N(log c0, scale_spread^2)``.  A type whose thicknesses do not fix its
+        scale (a cube has one Pb-Br thickness, and ``c L_n`` then fits for several ``n``)
+        takes it from the other types instead of from an arbitrary optimum.
+    scale_sd : float
+        Log-sd of the weak prior of ``c0`` around 1 (calibrated library), see
+        :func:`fit_hybrid`.
 
     Returns
     -------
     DataFrame
         Input plus ``n_atoms``, ``p_n_atoms``, ``n_atoms_mean``, ``n_atoms_std``;
-        ``attrs["counting"][type]`` holds ``scale``, ``width`` and the proportions.
+        ``attrs["counting"][type]`` holds ``scale``, ``width``, the proportions and
+        ``scale_identifiable`` (False when another scale, hence other counts, fits the
+        cross-sections of this type about as well; the counts then rest on the prior).
     """
+    for name, val in (("scale_spread", scale_spread), ("scale_sd", scale_sd)):
+        if not (isinstance(val, (int, float)) and np.isfinite(val) and val > 0):
+            raise ParameterError(f"`{name}` must be a number > 0, got {val!r}")
     df, x, t = _table_input(scs, types)
     out = df.copy()
     n_at = np.zeros(x.size, np.int64)
@@ -324,11 +389,25 @@ def count_hybrid(
     mean = np.zeros(x.size)
     std = np.zeros(x.size)
     info: dict[str, Any] = {}
+    libs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    cands: dict[str, list[tuple[float, float]]] = {}
     for typ in pd.unique(t):
         sel = t == typ
-        lib = as_library(library, column_type=None if typ == "all" else typ)
-        fit = fit_hybrid(
-            x[sel], np.column_stack(lib), include_zero=include_zero, fit_scale=fit_scale
+        if sel.sum() < 2:
+            raise ParameterError(
+                f"hybrid counting needs at least 2 columns of type {typ!r}, got {sel.sum()}"
+            )
+        n, v = as_library(library, column_type=None if typ == "all" else typ)
+        libs[typ] = _with_zero(n, v, include_zero)
+        if fit_scale:
+            cands[typ] = _scale_candidates(x[sel], libs[typ][1], (0.8, 1.25), 0.01, 1e-10)
+    if fit_scale:
+        start, c_common = _shared_scale_choice(cands, scale_spread, scale_sd)
+    for typ in pd.unique(t):
+        sel = t == typ
+        n, v = libs[typ]
+        fit = _hybrid_final(
+            x[sel], n, v, start[typ] if fit_scale else 1.0, fit_scale, max_iter=2000, tol=1e-10
         )
         p = fit.posterior(x[sel])
         j = np.argmax(p, axis=1)
@@ -343,6 +422,9 @@ def count_hybrid(
             "n_atoms": fit.n_atoms.tolist(),
             "proportions": fit.proportions.tolist(),
             "converged": fit.converged,
+            "scale_identifiable": bool(_identifiable(cands[typ], start[typ]))
+            if fit_scale
+            else True,
         }
     out["n_atoms"] = n_at
     out["p_n_atoms"] = pmap
@@ -350,4 +432,45 @@ def count_hybrid(
     out["n_atoms_std"] = std
     out.attrs = dict(df.attrs)
     out.attrs["counting"] = {"method": "hybrid", **info}
+    if fit_scale:
+        out.attrs["counting"]["common_scale"] = c_common
     return out
+
+
+def start_scale_from_types(table: pd.DataFrame, library: dict, column_type: str) -> float | None:
+    """Scale ``c`` of ``column_type`` in one frame, tied to the other column types.
+
+    Starting value for :func:`perovstem.atoms.fit_hmm` (``init={"scale": c}``): the columns
+    of a pristine cube have one Pb-Br thickness, and when none is lost the frames cannot tell
+    ``c L_n`` from ``c' L_(n-1)``; the Cs columns (several thicknesses) fix the scale through
+    the shared prior of :func:`count_hybrid`.
+
+    Parameters
+    ----------
+    table : DataFrame
+        One frame's columns: ``scs`` (or ``scs_A2``) and ``type``.
+    library : dict
+        One library per type (see :func:`as_library`); types without one are ignored.
+    column_type : str
+
+    Returns
+    -------
+    float or None
+        None when the table has no other typed columns with a library, or counting fails.
+    """
+    from perovstem.errors import PerovstemError
+
+    if "type" not in table.columns:
+        return None
+    col = next((c for c in ("scs", "scs_A2") if c in table.columns), None)
+    types = table["type"].astype(str)
+    keep = types.isin(list(library)).to_numpy()
+    if col is None or column_type not in set(types[keep]) or len(set(types[keep])) < 2:
+        return None
+    x = table[col].to_numpy(float)
+    keep = keep & np.isfinite(x) & (x > 0)
+    try:
+        res = count_hybrid(pd.DataFrame({"scs": x[keep], "type": types[keep].to_numpy()}), library)
+    except PerovstemError:
+        return None
+    return float(res.attrs["counting"][column_type]["scale"])

@@ -225,9 +225,23 @@ def track(
             keep = n_lib >= 1
             n_lib, v_lib = n_lib[keep], v_lib[keep]
         lib_arg = np.column_stack([n_lib, v_lib])
+    init = None
+    if library == "simulate" and not fixed_scale and column_type != "Cs":
+        # a pristine cube's one Pb-Br thickness does not fix the scale; the Cs columns of the
+        # first frame do (see start_scale_from_types)
+        from perovstem.atoms.library import start_scale_from_types
+        from perovstem.simulate import scs_library
+
+        c0 = start_scale_from_types(
+            frames[0],
+            {column_type: scs_library(column_type, 60), "Cs": scs_library("Cs", 60)},
+            column_type,
+        )
+        init = None if c0 is None else {"scale": c0}
     res = fit_hmm(
         obs,
         lib_arg,
+        init=init,
         model=model,
         dose_e_per_A2=dose_arr,
         max_states=max_states,

@@ -890,6 +890,17 @@ def _coalesce(inc: np.ndarray) -> tuple[np.ndarray, int]:
     return inc, merges
 
 
+# Pb0 (fcc, a = 4.95 Å, 4 atoms per cell) made from CsPbBr3 (one Pb per 5.87³ Å³):
+# volume of Pb metal per volume of crystal decomposed
+PB_VOLUME_PER_CRYSTAL_VOLUME = (4.95**3 / 4) / 5.87**3
+
+
+def _hull_volume(ph: NanocrystalPhantom) -> float:
+    from scipy.spatial import ConvexHull
+
+    return float(ConvexHull(ph.vertices_A()).volume)
+
+
 def degradation_phantoms(
     obj: NanocrystalPhantom,
     n_steps: int,
@@ -909,7 +920,9 @@ def degradation_phantoms(
     dose D, the {100} planes recede by ``shrink_A_per_dose·D``; the {110}/{111} plane ratios
     decrease by ``rounding_per_dose·D`` (corners and edges erode first); every inclusion gains
     ``growth_A3_per_dose·D`` Å³; new clusters nucleate (Poisson, mean
-    ``nucleation_per_dose·D``) just inside the surface; touching inclusions coalesce into one
+    ``nucleation_per_dose·D``) just inside the surface.  Pb is conserved: growth and new
+    nuclei of one step together take at most the Pb⁰ volume of the crystal lost in that step
+    (``PB_VOLUME_PER_CRYSTAL_VOLUME`` ≈ 0.15 of it; growth is scaled down, nuclei dropped); touching inclusions coalesce into one
     sphere of the summed volume at their volume-weighted centre (so inclusions never overlap
     and projections, voxel truth and ``integral`` agree).
 
@@ -927,18 +940,30 @@ def degradation_phantoms(
     out = [obj]
     cur = obj
     merges = [0]
+    v_nucleus = 4 / 3 * np.pi * new_radius_A**3
     for _ in range(int(n_steps) - 1):
         dd = float(dose_per_step_e_per_A2)
         a = max(cur.half_edge_A - shrink_A_per_dose * dd, 0.2 * obj.half_edge_A)
         r110 = max(cur.r110 - rounding_per_dose * dd, 1.02)
         r111 = max(cur.r111 - rounding_per_dose * dd, 1.05)
         inc = np.array(cur.inclusions, float).reshape(-1, 5)
-        if len(inc):
-            vol = 4 / 3 * np.pi * inc[:, 3] ** 3 + growth_A3_per_dose * dd
-            inc[:, 3] = (vol * 3 / (4 * np.pi)) ** (1 / 3)
         nxt = cur.replace(half_edge_A=a, r110=r110, r111=r111, inclusions=inc)
+        # Pb is conserved: the Pb0 added this step comes from the crystal volume lost
+        # (unbounded growth made a 1e5 e/A^2 step turn a 17 000 A^3 crystal into a
+        # 100 000 A^3 Pb sphere)
+        budget = PB_VOLUME_PER_CRYSTAL_VOLUME * max(_hull_volume(cur) - _hull_volume(nxt), 0.0)
+        if len(inc):
+            want = growth_A3_per_dose * dd * len(inc)
+            grow = growth_A3_per_dose * dd * min(1.0, budget / want) if want > 0 else 0.0
+            budget -= grow * len(inc)
+            vol = 4 / 3 * np.pi * inc[:, 3] ** 3 + grow
+            inc[:, 3] = (vol * 3 / (4 * np.pi)) ** (1 / 3)
+            nxt = nxt.replace(inclusions=inc)
         n, d, _ = nxt.planes()
         for _k in range(gen.poisson(nucleation_per_dose * dd)):
+            if budget < v_nucleus:
+                break
+            budget -= v_nucleus
             for _t in range(200):
                 c = gen.uniform(-a, a, 3)
                 if np.all(n @ c + new_radius_A <= d) and np.any(n @ c + 2.5 * new_radius_A > d):

@@ -531,7 +531,16 @@ def align(
             steps.append("tilt_axis_com")
             phi, steep = _steep_axis_check(d, shifted, ang, sh, phi)
             if tilt_axis == "search" and (steep or abs(phi) <= 20.0):
-                phi, _ = tilt_axis_search(d, ang, sh, centre_deg=phi)
+                # the search spans ±5° about its centre; a minimum on the edge of that window
+                # means the centre-of-mass guess was further off (compact crystals: 2.1° for
+                # a 12° axis, and the search stopped at 7.1°): follow it, up to 20° away
+                phi0 = phi
+                for _ in range(4):
+                    new, _ = tilt_axis_search(d, ang, sh, centre_deg=phi)
+                    on_edge = abs(new - phi) >= 5.0 - 1e-9
+                    phi = new
+                    if not on_edge or abs(phi - phi0) >= 20.0:
+                        break
                 steps.append("tilt_axis_search")
             elif tilt_axis == "search":
                 # 20-70° from x: the rotated profiles lose too many columns for the search

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from perovstem.pipeline.registry import Param, api, register_step
 
@@ -63,6 +64,9 @@ def atoms_fit(ctx: Any, image: Any, positions: Any = None) -> dict[str, Any]:
     columns = api(FIT)(
         img, positions[cols], width=p["width"], background=p["background"], noise=p["noise"]
     )
+    # the fit's wall time is in provenance.json; as a table attribute it made the tables of
+    # identical (or resumed) runs differ byte for byte
+    columns.attrs.pop("seconds", None)
     from perovstem.plot.overview import plot_image
 
     ax = plot_image(
@@ -90,6 +94,7 @@ def atoms_fit(ctx: Any, image: Any, positions: Any = None) -> dict[str, Any]:
 SCS_LIBRARY = "perovstem.simulate:scs_library|perovstem.simulate.scs:scs_library"
 HYBRID = "perovstem.atoms:count_hybrid|perovstem.atoms.library:count_hybrid"
 LIBRARY = "perovstem.atoms:count_library|perovstem.atoms.library:count_library"
+START_SCALE = "perovstem.atoms.library:start_scale_from_types"
 
 
 @register_step(
@@ -248,8 +253,12 @@ def atoms_composition(ctx: Any, counts: Any, thickness: Any = None) -> dict[str,
     if len(sel) == 0 or "n_atoms" not in sel.columns:
         raise DataError("no counted Pb-Br columns (`type` == 'PbBr' with `n_atoms`) in the input")
     kw = {"scs_err": sel["scs_err"].to_numpy(float)} if "scs_err" in sel.columns else {}
-    info = counts.attrs.get("counting", {}).get(p["scale_from"], {}) if p["scale_from"] else {}
-    scale = float(info.get("scale", 1.0)) if isinstance(info, dict) else 1.0
+    counting = counts.attrs.get("counting", {})
+    info = counting.get(p["scale_from"], {}) if p["scale_from"] else {}
+    if counting.get("method") == "library":  # nearest library value: scale fixed for all types
+        info = {"scale": counting.get("scale", 1.0)}
+    calibrated = isinstance(info, dict) and "scale" in info
+    scale = float(info["scale"]) if calibrated else 1.0
     res = api(COMPOSITION)(
         sel["scs"].to_numpy(float),
         sel["n_atoms"].to_numpy(int),
@@ -266,9 +275,19 @@ def atoms_composition(ctx: Any, counts: Any, thickness: Any = None) -> dict[str,
         err=res.x_err,
         section="mechanism",
         caption=f"{100 * res.confidence:g} % CI [{lo:.3f}, {hi:.3f}] from "
-        f"{len(sel)} Pb-Br columns ({source} thickness), scale c = {scale:.3f}{truth}",
+        f"{len(sel)} Pb-Br columns ({source} thickness), scale c = {scale:.3f}"
+        f"{'' if calibrated or not p['scale_from'] else ' (uncalibrated)'}{truth}"
+        + (
+            ". The thickness was counted from the same Pb-Br cross-sections, which Cd also "
+            "lowers: on an alloy the two are degenerate and x can be off by more than its "
+            "interval (simulated 55 Å cubes: 0.25 for 0.12); give `thickness` from another "
+            "measurement"
+            if source == "counted" and res.x > 0.02
+            else ""
+        ),
     )
     cols = res.columns.copy()
+    cols.attrs["thickness_source"] = source
     for c in ("x_A", "y_A"):
         if c in sel.columns and c not in cols.columns and len(cols) == len(sel):
             cols[c] = sel[c].to_numpy()
@@ -276,6 +295,24 @@ def atoms_composition(ctx: Any, counts: Any, thickness: Any = None) -> dict[str,
     cols.attrs["x_err"] = float(res.x_err)
     cols.attrs["x_ci"] = [float(lo), float(hi)]
     return {"columns": cols}
+
+
+def _start_scale_from_cs(scs0: np.ndarray, pos: Any, p: dict) -> dict | None:
+    """HMM start: the tracked type's scale in the first frame, tied to the Cs columns
+    (a pristine cube's single Pb-Br thickness does not fix it: EM from c = 1 counted every
+    Pb-Br column of a simulated 60 Å cube 9 instead of 10 in every frame)."""
+    t = p["hmm_type"]
+    if "type" not in pos.columns or t == "Cs":
+        return None
+    lib = api(SCS_LIBRARY)
+    libs = {
+        c: lib(
+            c, p["max_states"], **({"cd_fraction": p["library_cd_fraction"]} if c == "PbBr" else {})
+        )
+        for c in (t, "Cs")
+    }
+    c = api(START_SCALE)(pd.DataFrame({"scs": scs0, "type": pos["type"].to_numpy()}), libs, t)
+    return None if c is None else {"scale": c}
 
 
 def _fit_frame(k: int, series: Any, *, positions: Any, max_iter: int) -> np.ndarray:
@@ -356,7 +393,13 @@ def atoms_series(ctx: Any, series: Any, positions: Any = None) -> dict[str, Any]
         dose = np.diff(np.r_[series.initial_dose_e_per_A2, cum])
     obs = scs[:, sel]
     n_neg = int(np.sum(obs < 0))  # emptied columns: SCS ≈ 0 measured with noise
-    res = api(HMM)(np.clip(obs, 0.0, None), lib, model=p["hmm_model"], dose_e_per_A2=dose)
+    res = api(HMM)(
+        np.clip(obs, 0.0, None),
+        lib,
+        model=p["hmm_model"],
+        dose_e_per_A2=dose,
+        init=_start_scale_from_cs(scs[0], pos, p),
+    )
     counts = res.table(scs[:, sel])
     col_idx = np.flatnonzero(sel)
     counts["frame"] = np.asarray(frames)[counts["frame"].to_numpy()]
