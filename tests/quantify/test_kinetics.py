@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -215,3 +217,15 @@ def test_compare_models_reports_a_numerically_failing_model():
     # bad options are still the caller's error
     with pytest.raises(ParameterError):
         compare_models(x, y, ["br_first_order", bad], likelihood="laplace")
+
+
+def test_arrhenius_warns_on_temperatures_that_look_like_celsius():
+    """A heating run written in °C (25–100) would give Ea several times too small."""
+    temps_c = np.array([25.0, 50.0, 75.0, 100.0])
+    k = 1e6 * np.exp(-0.5 / (8.617333262e-5 * (temps_c + 273.15)))
+    with pytest.warns(UserWarning, match="°C"):
+        fit_arrhenius(temps_c, k)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = fit_arrhenius(temps_c + 273.15, k)
+    assert abs(r.params["Ea_eV"] - 0.5) < 1e-6

@@ -24,6 +24,7 @@ Confidence intervals come from the profile likelihood (Venzon & Moolgavkar, Appl
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,8 @@ __all__ = [
 ]
 
 K_B_EV_PER_K = 8.617333262e-5
+#: fit_arrhenius warns when every temperature is below this (K): likely °C, not K.
+CELSIUS_SUSPECT_BELOW_K = 200.0
 
 
 def _blas1(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -905,6 +908,15 @@ def fit_arrhenius(
         raise DataError(f"`rate` must be finite and > 0, got {k.tolist()}")
     if np.unique(t).size < 2:
         raise DataError("an Arrhenius fit needs at least two distinct temperatures")
+    if t.max() < CELSIUS_SUSPECT_BELOW_K:
+        # Room-temperature and heating runs written in °C (20–150) read as a cryo series in
+        # K and give an Ea several times too small; a real cryo series is possible, so warn.
+        warnings.warn(
+            f"`temperature_K` all below {CELSIUS_SUSPECT_BELOW_K:g} K "
+            f"(range {t.min():g}–{t.max():g}): if these are °C, add 273.15",
+            UserWarning,
+            stacklevel=2,
+        )
     sig = None
     if rate_err is not None:
         e = np.asarray(rate_err, float).ravel()
