@@ -128,3 +128,32 @@ def test_gain_and_offset_on_the_command_line(tmp_path):
     assert any("no detector gain" in n for n in notes_a)
     assert not any("no detector gain" in n for n in notes_b)
     assert main(["insitu", str(raw), "--out", str(tmp_path / "c"), *base, "--gain", "0"]) == 2
+
+
+def test_every_output_name_is_known_before_the_analysis(tmp_path, monkeypatch):
+    """`--overwrite` removes an earlier run by the names known before the analysis; a table
+    or figure written under another name would stay beside the new run."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from perovstem.cli import insitu as cli
+    from perovstem.insitu.analysis import InsituResult
+    from perovstem.plot import insitu as pl
+
+    df = pd.DataFrame({"a": [1.0]})
+    full = InsituResult(
+        *(df,) * 6, columns=df, column_counts=df, br_loss=SimpleNamespace(frames=df)
+    )
+    assert tuple(full.tables()) == InsituResult.TABLE_NAMES
+    bare = InsituResult(*(df,) * 6)
+    assert set(bare.tables()) < set(InsituResult.TABLE_NAMES)
+    for name in ("cluster_kinetics", "drift", "lineage", "size_distribution", "crystal_area"):
+        monkeypatch.setattr(pl, f"plot_{name}", lambda *a, **k: "ax")
+    monkeypatch.setattr(pl, "plot_atoms_lost_map", lambda *a, **k: "ax")
+    frames = pd.DataFrame({"area_A2": [1.0]})
+    res = SimpleNamespace(frames=frames, drift=df, lineage=df, clusters=df, columns=df)
+    assert tuple(cli._figures(res)) == cli.FIGURE_NAMES
+    for n in [f"{t}.csv" for t in InsituResult.TABLE_NAMES] + ["drift.png", "summary.json"]:
+        (tmp_path / n).write_text("x")
+    assert len(cli._earlier_outputs(tmp_path)) == len(InsituResult.TABLE_NAMES) + 2

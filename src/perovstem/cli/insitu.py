@@ -8,6 +8,7 @@ the output folder through :mod:`perovstem.io`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import typer
@@ -16,16 +17,32 @@ from perovstem._validation import check_positive
 from perovstem.cli.main import app
 from perovstem.errors import FileFormatError, ParameterError
 
-_TABLES = ("frames", "drift", "clusters", "lineage", "events", "summary", "columns")
-_TABLES += ("column_counts", "br_loss")
-_FIGURES = ("clusters_vs_dose", "drift", "lineage", "size_distribution", "crystal_area")
-_FIGURES += ("atoms_lost",)
+
+def _figures(res: Any) -> dict[str, Any]:
+    """The figures of a run by file name (None where the data for one are missing)."""
+    from perovstem.plot import insitu as pl
+
+    return {
+        "clusters_vs_dose": pl.plot_cluster_kinetics(res.frames),
+        "drift": pl.plot_drift(res.drift),
+        "lineage": pl.plot_lineage(res.lineage) if len(res.lineage) else None,
+        "size_distribution": pl.plot_size_distribution(res.clusters),
+        "crystal_area": pl.plot_crystal_area(res.frames) if "area_A2" in res.frames else None,
+        "atoms_lost": pl.plot_atoms_lost_map(res.columns) if res.columns is not None else None,
+    }
+
+
+#: file stems of :func:`_figures`, known before the analysis runs (a test checks they agree)
+FIGURE_NAMES = ("clusters_vs_dose", "drift", "lineage", "size_distribution", "crystal_area")
+FIGURE_NAMES += ("atoms_lost",)
 
 
 def _earlier_outputs(out: Path) -> list[Path]:
     """The files of an earlier ``perovstem insitu`` run in ``out`` (only names it writes)."""
-    names = [f"{t}.{ext}" for t in _TABLES for ext in ("parquet", "csv")]
-    names += [f"{f}.png" for f in _FIGURES] + ["summary.json"]
+    from perovstem.insitu.analysis import InsituResult
+
+    names = [f"{t}.{ext}" for t in InsituResult.TABLE_NAMES for ext in ("parquet", "csv")]
+    names += [f"{f}.png" for f in FIGURE_NAMES] + ["summary.json"]
     return [out / n for n in names if (out / n).is_file()]
 
 
@@ -231,17 +248,7 @@ def insitu(
                 df[c] = df[c].map(lambda v: ",".join(map(str, v)) if isinstance(v, list) else v)
         written.append(save_table(df, out / f"{name}.{table_format}"))
     if plots:
-        from perovstem.plot import insitu as pl
-
-        figs = {
-            "clusters_vs_dose": pl.plot_cluster_kinetics(res.frames),
-            "drift": pl.plot_drift(res.drift),
-            "lineage": pl.plot_lineage(res.lineage) if len(res.lineage) else None,
-            "size_distribution": pl.plot_size_distribution(res.clusters),
-            "crystal_area": pl.plot_crystal_area(res.frames) if "area_A2" in res.frames else None,
-            "atoms_lost": pl.plot_atoms_lost_map(res.columns) if res.columns is not None else None,
-        }
-        for name, ax in figs.items():
+        for name, ax in _figures(res).items():
             if ax is not None:
                 written.append(save_figure(ax.figure, out / f"{name}.png"))
     summary = {

@@ -118,22 +118,20 @@ class InsituResult:
     br_loss: Any = None
     notes: list[str] = field(default_factory=list)
 
+    #: every table :meth:`tables` can return, in order (the CLI refuses or replaces an
+    #: earlier run by these names, before any analysis)
+    TABLE_NAMES = (
+        "frames", "drift", "clusters", "lineage", "events", "summary",
+        "columns", "column_counts", "br_loss",
+    )  # fmt: skip
+
     def tables(self) -> dict[str, pd.DataFrame]:
         """All tables by name (for writing); ``columns``/``column_counts`` when computed."""
-        out = {
-            "frames": self.frames,
-            "drift": self.drift,
-            "clusters": self.clusters,
-            "lineage": self.lineage,
-            "events": self.events,
-            "summary": self.summary,
+        found = {
+            "br_loss": None if self.br_loss is None else self.br_loss.frames,
+            **{n: getattr(self, n) for n in self.TABLE_NAMES if n != "br_loss"},
         }
-        if self.columns is not None:
-            out["columns"] = self.columns
-            out["column_counts"] = self.column_counts
-        if self.br_loss is not None:
-            out["br_loss"] = self.br_loss.frames
-        return out
+        return {n: found[n] for n in self.TABLE_NAMES if found[n] is not None}
 
 
 def analyze_series(
