@@ -23,7 +23,7 @@ from perovstem.insitu.nanocrystal import area_noise, fft_phase_check, segment_na
 from perovstem.insitu.register import phase_correlate, register_drift
 from perovstem.insitu.tracking import lineage_events, track_clusters
 
-__all__ = ["InsituResult", "analyze_series", "shift_frame"]
+__all__ = ["InsituResult", "analyze_series", "pb0_falls_later", "shift_frame"]
 
 
 def _condition_text(cond: dict[str, Any]) -> str:
@@ -85,7 +85,9 @@ class InsituResult:
         crystal area/shrinkage/voids/phase, cluster number/atoms/mean size, births,
         merges; ``host_model``, the cluster host-model state of the frame, and ``n_clusters_host_flagged``/``n_Pb0_host_flagged``, the clusters
         and atoms among them whose host background could not be modelled, ``host_ok``
-        False in ``clusters``).
+        False in ``clusters``); ``n_Pb0_err_stat`` (frame-to-frame 1σ of the Pb⁰ total) and
+        ``Pb0_falls_later`` (:func:`pb0_falls_later`: the total exceeds a later frame's by
+        more than 3σ, an over-count or Pb leaving the field; a note).
     drift : output of :func:`register_drift`.
     clusters : detections with ``track_id``.
     lineage : one row per track (:func:`track_clusters`).
@@ -410,6 +412,15 @@ def analyze_series(
                 "intensity and the mass-loss/Br-loss rows there include crystal leaving or "
                 "entering the field, not only degradation"
             )
+    if "Pb0_falls_later" in fr_tab and fr_tab["Pb0_falls_later"].any():
+        hi = fr_tab.loc[fr_tab["Pb0_falls_later"], "frame"].to_numpy()
+        notes.append(
+            f"the Pb⁰ total of {hi.size} of {n} frames (first {int(hi[0])}; column "
+            f"Pb0_falls_later) exceeds a later frame's by more than {PB0_FALL_SIGMA:g} σ of "
+            "the frame-to-frame errors (n_Pb0_err_stat): Pb⁰ formed by Br loss does not "
+            "revert, so read those totals as over-counts (damaged host counted as clusters, "
+            "most often on small crystals late in a series) or Pb leaving the field"
+        )
     if register and n_unrel:
         bad = drift.loc[~drift["drift_reliable"], "frame"].to_numpy()
         notes.append(
@@ -871,6 +882,48 @@ def _count_columns(
     return col_tab, counts
 
 
+#: Pb⁰ totals falling by more than this many combined frame-to-frame σ are flagged
+PB0_FALL_SIGMA = 3.0
+
+
+def pb0_falls_later(n_pb0: Any, err_stat: Any, *, n_sigma: float = PB0_FALL_SIGMA) -> np.ndarray:
+    """Frames whose Pb⁰ total exceeds a later frame's by more than its errors allow.
+
+    Metallic Pb formed by Br loss stays in the crystal's field (it clusters, it does not
+    revert), so a total that falls later by more than ``n_sigma`` combined frame-to-frame
+    standard errors is an over-count in that frame (damaged host read as clusters) or Pb
+    leaving the field — either way the total should not be read at face value.
+
+    Parameters
+    ----------
+    n_pb0 : (n_frames,) array_like
+        Detected Pb⁰ atoms per frame (NaN for skipped frames, ignored).
+    err_stat : (n_frames,) array_like
+        Their frame-to-frame 1σ (``n_atoms_err_stat`` of the clusters in quadrature), atoms.
+    n_sigma : float
+        Threshold in combined σ (3: one comparison per later frame, so a 2σ threshold
+        would fire by chance on long series).
+
+    Returns
+    -------
+    (n_frames,) bool array
+        True where a later frame has ``n_j < n_k − n_sigma·√(σ_k² + σ_j²)``.
+    """
+    n = np.asarray(n_pb0, float)
+    e = np.asarray(err_stat, float)
+    if n.shape != e.shape or n.ndim != 1:
+        raise DataError(f"`n_pb0` and `err_stat` must be 1-D of one length: {n.shape}, {e.shape}")
+    ok = np.isfinite(n) & np.isfinite(e)
+    flag = np.zeros(n.size, bool)
+    for k in np.flatnonzero(ok):
+        later = ok.copy()
+        later[: k + 1] = False
+        if later.any():
+            tol = n_sigma * np.sqrt(e[k] ** 2 + e[later] ** 2)
+            flag[k] = bool(np.any(n[later] < n[k] - tol))
+    return flag
+
+
 def _frames_table(
     series: Series,
     drift: pd.DataFrame,
@@ -906,6 +959,13 @@ def _frames_table(
         out["n_clusters_host_flagged"] = bad.size().reindex(idx, fill_value=0).to_numpy()
         out["n_Pb0_host_flagged"] = (
             bad["n_atoms"].sum(min_count=1).reindex(idx, fill_value=0).to_numpy()
+        )
+    if "n_atoms_err_stat" in tracks:
+        err = np.sqrt(g["n_atoms_err_stat"].apply(lambda e: float(np.nansum(e**2))))
+        out["n_Pb0_err_stat"] = err.reindex(idx, fill_value=0.0).to_numpy()
+        out["Pb0_falls_later"] = pb0_falls_later(
+            out["n_Pb0_detected"].where(~out["skipped"].fillna(False).astype(bool)),
+            out["n_Pb0_err_stat"],
         )
     out["mean_cluster_atoms"] = g["n_atoms"].mean().reindex(idx).to_numpy()
     out["mean_radius_A"] = (
