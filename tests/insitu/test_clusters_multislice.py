@@ -181,3 +181,40 @@ def test_phase_check_on_multislice_clusters_and_slab(ms):
     bare = np.tile(ms["slab_bare__mean"].astype(float), (3, 3))
     noisy = np.random.default_rng(0).poisson(bare * DOSE * step * step).astype(float)
     assert fft_phase_check(noisy, pixel_size_A=step)["phase"] == "CsPbBr3"
+
+
+def test_field_without_a_crystal_reports_no_crystal_metrics(ms):
+    """Two multislice Pb clusters (50 + 100 atoms) on a thin support and no nanocrystal:
+    the brightest object (the 100-atom cluster) was segmented as "the crystal", with an
+    area, an integrated intensity and a mass-loss row for a crystal that is not there."""
+    import warnings
+
+    from scipy import ndimage
+
+    from perovstem._data import Series
+    from perovstem.insitu import analyze_series
+
+    step = float(ms["vac_epi_50__step_A"][0])
+    field = np.zeros((200, 200))
+    for name, (y, x) in (("vac_epi_50", (30, 40)), ("vac_epi_100", (110, 100))):
+        a = ms[f"{name}__mean"].astype(float)
+        field[y : y + a.shape[0], x : x + a.shape[1]] += a
+    rng = np.random.default_rng(0)
+    support = 0.002 * (1 + ndimage.gaussian_filter(rng.standard_normal(field.shape), 3))
+    lam = np.clip(field + support, 0, None) * DOSE * step * step
+    s = Series(
+        rng.poisson(lam, size=(6, *field.shape)).astype(float),
+        step,
+        time_s=np.arange(6.0),
+        dose_e_per_A2=np.full(6, DOSE),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = analyze_series(s, ci="wald", phase_check=False)
+    f = res.frames
+    assert (f["crystal_cluster_share"] > 0.9).all()
+    assert f["area_A2"].isna().all() and f["integrated_counts"].isna().all()
+    assert "mass_loss" not in set(res.summary.get("process", []))
+    assert any(n.startswith("no nanocrystal in the field") for n in res.notes)
+    # the clusters are still counted: 150 atoms in every frame
+    assert np.allclose(f["n_Pb0_detected"], 150, rtol=0.1), f["n_Pb0_detected"].tolist()

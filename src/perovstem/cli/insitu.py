@@ -27,7 +27,11 @@ def _figures(res: Any) -> dict[str, Any]:
         "drift": pl.plot_drift(res.drift),
         "lineage": pl.plot_lineage(res.lineage) if len(res.lineage) else None,
         "size_distribution": pl.plot_size_distribution(res.clusters),
-        "crystal_area": pl.plot_crystal_area(res.frames) if "area_A2" in res.frames else None,
+        "crystal_area": (
+            pl.plot_crystal_area(res.frames)
+            if "area_A2" in res.frames and res.frames["area_A2"].notna().any()  # no crystal
+            else None
+        ),
         "atoms_lost": pl.plot_atoms_lost_map(res.columns) if res.columns is not None else None,
     }
 

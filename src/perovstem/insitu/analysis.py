@@ -87,7 +87,10 @@ class InsituResult:
         and atoms among them whose host background could not be modelled, ``host_ok``
         False in ``clusters``); ``n_Pb0_err_stat`` (frame-to-frame 1σ of the Pb⁰ total) and
         ``Pb0_falls_later`` (:func:`pb0_falls_later`: the total exceeds a later frame's by
-        more than 3σ, an over-count or Pb leaving the field; a note).
+        more than 3σ, an over-count or Pb leaving the field; a note);
+        ``crystal_cluster_share``, the share of the segmented crystal's signal that the
+        clusters on it account for — when it is ≥ 0.7 in the first frames the field holds
+        no nanocrystal and the crystal columns are NaN (a note).
     drift : output of :func:`register_drift`.
     clusters : detections with ``track_id``.
     lineage : one row per track (:func:`track_clusters`).
@@ -344,6 +347,7 @@ def analyze_series(
                 crystal_at_border=bool(
                     cmask[0].any() or cmask[-1].any() or cmask[:, 0].any() or cmask[:, -1].any()
                 ),
+                crystal_cluster_share=_cluster_share(cmask, d, f, float(offset or 0.0)),
             )
         if phase_check:
             row["phase"] = fft_phase_check(f, pixel_size_A=px)["phase"]
@@ -399,9 +403,26 @@ def analyze_series(
             **{c: np.nan for c in ("n_atoms_start", "n_atoms_end") if c in lineage}
         )
     fr_tab = _frames_table(series, drift, pd.DataFrame(rows), tracks, lineage)
+    notes: list[str] = []
+    if "crystal_cluster_share" in fr_tab:
+        usable = ~fr_tab["skipped"].fillna(False).astype(bool)
+        # the first frames decide: a crystal that turns into Pb clusters late in its
+        # series is degradation, not an empty field
+        share = fr_tab.loc[usable, "crystal_cluster_share"].dropna().iloc[:3]
+        if len(share) and share.median() >= NO_CRYSTAL_CLUSTER_SHARE:
+            # the brightest object is a Pb cluster: crystal metrics and the mass-loss row
+            # would describe a crystal that is not there
+            gone = [c for c in _CRYSTAL_COLUMNS if c in fr_tab]
+            fr_tab[gone] = np.nan
+            notes.append(
+                f"no nanocrystal in the field: detected Pb clusters account for "
+                f"{share.median():.0%} (median of the first {len(share)} frames; column "
+                "crystal_cluster_share) of the brightest object's signal, so crystal area, "
+                "shrinkage, voids and integrated intensity are left empty (NaN) and no "
+                "mass-loss row is fitted; the clusters are counted as usual"
+            )
     if scan_rms is not None:
         fr_tab["scan_rms_line_offset_px"] = scan_rms
-    notes: list[str] = []
     n_unrel = int(drift.attrs.get("n_unreliable", 0))
     if "crystal_at_border" in fr_tab:
         edge = fr_tab.loc[fr_tab["crystal_at_border"].fillna(False).astype(bool), "frame"]
@@ -881,6 +902,36 @@ def _count_columns(
     col_tab.attrs["frames"] = frames.tolist()
     return col_tab, counts
 
+
+#: the "crystal" of a field is taken for Pb clusters (no nanocrystal in the field) when the
+#: clusters centred on it account for at least this share of its signal in the first frames
+#: (measured: 0.97-1.0 for multislice clusters on a support, 0.00-0.03 on the first frame
+#: of KMC crystals, which reach 0.9-1.0 only once fully turned into Pb)
+NO_CRYSTAL_CLUSTER_SHARE = 0.7
+
+
+def _cluster_share(
+    crystal: np.ndarray, clusters: pd.DataFrame, f: np.ndarray, offset: float
+) -> float:
+    """Share of the crystal segment's signal above the support (median outside it) that
+    the clusters centred on it account for (their background-subtracted counts)."""
+    outside = f[~crystal]
+    level = float(np.median(outside)) if outside.size else offset
+    total = float((f - level)[crystal].sum())
+    if not crystal.any() or total <= 0:
+        return np.nan
+    if len(clusters) == 0:
+        return 0.0
+    iy = np.clip(np.round(clusters["y_px"].to_numpy(float)), 0, f.shape[0] - 1).astype(int)
+    ix = np.clip(np.round(clusters["x_px"].to_numpy(float)), 0, f.shape[1] - 1).astype(int)
+    on = crystal[iy, ix]
+    return float(np.nansum(clusters["integrated_counts"].to_numpy(float)[on])) / total
+
+
+_CRYSTAL_COLUMNS = (
+    "area_A2", "void_area_A2", "n_voids", "integrated_counts", "shrinkage", "shrinkage_err",
+    "crystal_at_border",
+)  # fmt: skip
 
 #: Pb⁰ totals falling by more than this many combined frame-to-frame σ are flagged
 PB0_FALL_SIGMA = 3.0
