@@ -40,6 +40,8 @@ def test_serialem_frames_take_pixel_size_and_times_from_mdoc(tomo_data):
     np.testing.assert_allclose(s.time_s, [0.0, 2.0])
     assert s.metadata["exposure_time_s"] == [0.524, 0.524]
     assert s.metadata["counts_per_electron"] == pytest.approx(1.65)
+    # "[T =     Tilt axis angle = -90.0, binning = 2 ...]" title line, kept as written
+    assert s.metadata["serialem_tilt_axis_angle_deg"] == pytest.approx(-90.0)
 
 
 def test_serialem_lazy_frames(tomo_data):

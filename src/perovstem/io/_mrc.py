@@ -211,6 +211,10 @@ def read_mdoc(path: Path) -> dict[str, Any]:
             cur = {"ZValue": m.group(1)}
             sections.append(cur)
             continue
+        t = re.search(r"Tilt axis angle\s*=\s*([-+0-9.eE]+)", line)
+        if line.startswith("[T") and t and "TiltAxisAngle" not in glob:
+            # title line "[T = Tilt axis angle = -90.0, binning = 2 ...]"
+            glob["TiltAxisAngle"] = t.group(1)
         if line.startswith("[") or "=" not in line:
             continue
         k, v = (s.strip() for s in line.split("=", 1))
@@ -343,6 +347,11 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
                     md["exposure_time_s"] = [float(e) for e in exp]
                 if "Voltage" in mdoc["global"]:
                     md["high_tension_kV"] = float(mdoc["global"]["Voltage"])
+                if "TiltAxisAngle" in mdoc["global"]:
+                    # SerialEM/IMOD convention (from the image Y axis, counterclockwise with
+                    # Y up): kept as written, not converted to tomo.align's angle, whose
+                    # sign convention against SerialEM's is not verified on a real series
+                    md["serialem_tilt_axis_angle_deg"] = float(mdoc["global"]["TiltAxisAngle"])
                 if "CountsPerElectron" in secs[0]:
                     md["counts_per_electron"] = float(secs[0]["CountsPerElectron"])
             break
