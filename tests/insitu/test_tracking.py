@@ -418,3 +418,16 @@ def test_frames_without_detections_count_as_missed(method):
     # one missing frame is within the default gap
     tracks, _ = track_clusters(det.assign(frame=[0, 2, 4]), method=method)
     assert tracks["track_id"].nunique() == 1
+
+
+def test_lineage_atoms_come_from_the_counts_not_the_linking_size():
+    """Linking on another size column (the segment area without a dose) used to put that
+    size into the lineage's n_atoms_start/end (areas in Å² reported as atoms)."""
+    det, _, _ = coalescing_clusters(n_frames=8, n_start=6, birth_rate=0.0, rng=3)
+    det["area_A2"] = np.pi * (1.4 * det["n_atoms"] ** (1 / 3)) ** 2 * 7.0
+    tracks, lin = track_clusters(det, size_column="area_A2")
+    first = tracks.sort_values("frame").groupby("track_id").first()
+    got = lin.set_index("track_id")["n_atoms_start"]
+    np.testing.assert_allclose(got.to_numpy(), first.loc[got.index, "n_atoms"].to_numpy())
+    _, lin2 = track_clusters(det.drop(columns="n_atoms"), size_column="area_A2")
+    assert lin2["n_atoms_start"].isna().all() and lin2["n_atoms_end"].isna().all()

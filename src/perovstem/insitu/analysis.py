@@ -393,15 +393,10 @@ def analyze_series(
         raise DataError(f"every frame of the series is unusable ({n} frames)")
     det = pd.concat(dets, ignore_index=True) if dets else pd.DataFrame(columns=CLUSTER_COLUMNS)
     no_counts = not det["n_atoms"].notna().any()
-    if no_counts:
-        det = det.assign(n_atoms=det["area_A2"])  # size proxy when no dose is known
-    tracks, lineage = track_clusters(det, size_column="n_atoms", **track)
-    if no_counts:
-        # the area proxy (Å²) only links clusters between frames: never report it as atoms
-        tracks = tracks.assign(n_atoms=np.nan)
-        lineage = lineage.assign(
-            **{c: np.nan for c in ("n_atoms_start", "n_atoms_end") if c in lineage}
-        )
+    # without a dose the segment area (Å²) links clusters between frames; the lineage's
+    # atoms come from n_atoms (NaN then), as in the pipeline step
+    size = "area_A2" if no_counts else "n_atoms"
+    tracks, lineage = track_clusters(det, size_column=size, **track)
     fr_tab = _frames_table(series, drift, pd.DataFrame(rows), tracks, lineage)
     notes: list[str] = []
     if "crystal_cluster_share" in fr_tab:

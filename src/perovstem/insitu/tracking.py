@@ -162,7 +162,9 @@ def track_clusters(
         One row per track: ``track_id, parents (list), start_frame, end_frame, origin
         ("first_frame"|"nucleation"|"merge"|"overlap"|"separation"|"unresolved"), fate
         ("alive"|"merged"|"absorbed"|"death"|"overlap"|"unresolved"|"separated"),
-        merged_into, n_atoms_start, n_atoms_end, x_start_A, y_start_A`` and, for the
+        merged_into, n_atoms_start, n_atoms_end, x_start_A, y_start_A`` (atoms from the
+        detections' ``n_atoms`` column, NaN without it, whatever ``size_column`` linked
+        the tracks) and, for the
         rows that were merges before the check (NaN elsewhere), the evidence:
         ``merge_llr`` (``"global"``: log-likelihood margin of the merge over the best
         explanation of the frame pair without it; small margins are near-ties),
@@ -511,6 +513,7 @@ def _build_lineage(
         if len(ps) == 1:
             final[int(t)] = final[ps[0]]
     df["track_id"] = df["track_id"].map(final)
+    has_atoms = "n_atoms" in df.columns
     rows = []
     g = df.groupby("track_id")
     merged_into: dict[int, int] = {}
@@ -548,8 +551,10 @@ def _build_lineage(
                 "origin": origin,
                 "fate": fate,
                 "merged_into": merged_into.get(t, absorbed_final.get(t, -1)),
-                "n_atoms_start": float(gg["_size"].iloc[0]) if size_col else np.nan,
-                "n_atoms_end": float(gg["_size"].iloc[-1]) if size_col else np.nan,
+                # atoms from the detections' own counts, whatever size linked the tracks
+                # (an area or a mass proxy is no atom count)
+                "n_atoms_start": float(gg["n_atoms"].iloc[0]) if has_atoms else np.nan,
+                "n_atoms_end": float(gg["n_atoms"].iloc[-1]) if has_atoms else np.nan,
                 "x_start_A": float(gg["x_A"].iloc[0]),
                 "y_start_A": float(gg["y_A"].iloc[0]),
             }
