@@ -431,3 +431,19 @@ def test_lineage_atoms_come_from_the_counts_not_the_linking_size():
     np.testing.assert_allclose(got.to_numpy(), first.loc[got.index, "n_atoms"].to_numpy())
     _, lin2 = track_clusters(det.drop(columns="n_atoms"), size_column="area_A2")
     assert lin2["n_atoms_start"].isna().all() and lin2["n_atoms_end"].isna().all()
+
+
+@pytest.mark.parametrize("method", ["global", "mass", "laptrack"])
+def test_gap_frames_bridges_exactly_that_many_missed_frames(method):
+    """laptrack counts a gap-closing link's frame distance (1 = consecutive frames), so
+    ``gap_frames=1`` was passed as "no gap closing" and one missed detection split a track
+    in two with the laptrack backend only."""
+    pytest.importorskip("laptrack")
+    other = [(f, 100.0, 100.0) for f in range(6)]  # a steady cluster: no frame is empty
+    for frames, gap, n_tracks in (([0, 1, 3, 4], 1, 1), ([0, 2, 4], 1, 1), ([0, 3], 1, 2)):
+        for extra in ([], other):
+            rows = [(f, 10.0 + f, 10.0) for f in frames] + extra
+            det = pd.DataFrame(rows, columns=["frame", "x_A", "y_A"]).assign(n_atoms=50.0)
+            tracks, _ = track_clusters(det, method=method, gap_frames=gap)
+            got = tracks.loc[tracks["x_A"] < 50, "track_id"].nunique()
+            assert got == n_tracks, (frames, bool(extra), got)

@@ -224,7 +224,9 @@ def track_clusters(
     lt = LapTrack(
         cutoff=max_step_A**2,
         gap_closing_cutoff=(max_step_A * (gap_frames + 1)) ** 2 if gap_frames > 0 else False,
-        gap_closing_max_frame_count=max(int(gap_frames), 1),
+        # laptrack counts the frame distance of a gap-closing link (1: consecutive frames
+        # only), so bridging ``gap_frames`` missed frames needs gap_frames + 1
+        gap_closing_max_frame_count=int(gap_frames) + 1,
         splitting_cutoff=False,
         merging_cutoff=merge_d**2,
     )
