@@ -229,3 +229,27 @@ def test_arrhenius_warns_on_temperatures_that_look_like_celsius():
         warnings.simplefilter("error")
         r = fit_arrhenius(temps_c + 273.15, k)
     assert abs(r.params["Ea_eV"] - 0.5) < 1e-6
+
+
+def test_cumulative_births_conditioned_on_first_point():
+    # 3 clusters already there at the first point and no births after: no nucleation.
+    # Read as births since dose 0 the saturating model was selected with J > 0 and an
+    # interval excluding 0 (a burst before the first point).
+    x = np.linspace(2e3, 2e5, 20)
+    t, fits = compare_models(
+        x, np.full(20, 3.0), "nucleation", likelihood="poisson", cumulative=True
+    )
+    assert t.loc[0, "model"] != "nucleation_saturating"
+    for name, key in (
+        ("nucleation_constant", "J_per_e_per_A2"),
+        ("nucleation_saturating", "J_per_e_per_A2"),
+        ("nucleation_accelerating", "a_per_e2_per_A4"),
+    ):
+        assert fits[name].ci_low[key] == 0.0
+        assert fits[name].n_obs == 19
+    # the same clusters on top of a constant nucleation rate do not bias J
+    j = 1e-2
+    for seed in range(5):
+        y = 30 + _births(np.random.default_rng(seed), x, lambda d: j * d)
+        r = fit_model(x, y, "nucleation_constant", likelihood="poisson", cumulative=True)
+        assert r.params["J_per_e_per_A2"] == pytest.approx(j, rel=0.15)

@@ -407,7 +407,14 @@ class _Problem:
         if cumulative and len(y) > 1 and y[-1] < y[0]:
             self.sign = -1.0
         self.y = self._incr(y) if cumulative else y
-        self.n = len(x)
+        # a non-decreasing count (births) is conditioned on its first value: what it holds
+        # at the first point (clusters already there, or born before the analysed range)
+        # has no known dose interval, so only the later increments enter the likelihood.
+        # Read as births since dose 0 it made a constant curve (3, 3, 3, ...) a burst
+        # before the first point: J > 0 with an interval excluding 0.  Atoms left
+        # (non-increasing) keep their first value, the level N(x0).
+        self.first = 1 if (cumulative and self.sign > 0 and len(y) > 1) else 0
+        self.n = len(x) - self.first
 
     def _incr(self, v: np.ndarray) -> np.ndarray:
         d = np.diff(v, prepend=0.0)
@@ -425,9 +432,10 @@ class _Problem:
             y = self.y
             with np.errstate(divide="ignore", invalid="ignore"):
                 t = np.where(y > 0, y * np.log(y / f), 0.0) - (y - f)
-            return np.sign(y - f) * np.sqrt(np.clip(2 * t, 0, None))
+            return (np.sign(y - f) * np.sqrt(np.clip(2 * t, 0, None)))[self.first :]
         r = self.y - f
-        return r / self.sigma if self.sigma is not None else r
+        r = r / self.sigma if self.sigma is not None else r
+        return r[self.first :]
 
     def nll(self, p: np.ndarray) -> float:
         r = self.resid(p)
@@ -436,12 +444,16 @@ class _Problem:
         s = float(r @ r)
         if self.lik == "poisson":
             # deviance/2 + saturated log-likelihood constant
-            y = self.y
+            y = self.y[self.first :]
             with np.errstate(divide="ignore", invalid="ignore"):
                 sat = np.sum(np.where(y > 0, y * np.log(y), 0.0) - y - special.gammaln(y + 1))
             return 0.5 * s - float(sat)
         if self.sigma is not None:
-            return 0.5 * s + float(np.sum(np.log(self.sigma))) + 0.5 * self.n * np.log(2 * np.pi)
+            return (
+                0.5 * s
+                + float(np.sum(np.log(self.sigma[self.first :])))
+                + 0.5 * self.n * np.log(2 * np.pi)
+            )
         s = max(s, 1e-300)
         return 0.5 * self.n * (np.log(2 * np.pi * s / self.n) + 1)
 
@@ -545,11 +557,14 @@ def fit_model(
     p0 : sequence of float, optional
         Starting values (else the model's guess).
     cumulative : bool
-        ``y`` is a cumulative count: births up to each frame (non-decreasing, 0 before the
-        first point) or atoms left (non-increasing, e.g. exact Br counts).  The likelihood is
-        evaluated on the increments, which are independent (Poisson process / binomial
-        thinning), so the intervals are not falsely narrow as they are when a monotone
-        random process is fitted point by point.  ``x`` must then be increasing.
+        ``y`` is a cumulative count: births up to each frame (non-decreasing) or atoms left
+        (non-increasing, e.g. exact Br counts).  The likelihood is evaluated on the
+        increments, which are independent (Poisson process / binomial thinning), so the
+        intervals are not falsely narrow as they are when a monotone random process is
+        fitted point by point.  ``x`` must then be increasing.  A non-decreasing count is
+        conditioned on its first value (clusters present at the first point have no known
+        birth dose): only the increments after it are fitted, so a constant curve gives
+        no nucleation, and ``n_obs`` is one less than the number of points.
     rng : int or Generator, optional
         Seed for the bootstrap.
 
@@ -580,13 +595,14 @@ def fit_model(
             )
     if likelihood == "poisson" and (np.any(y < 0) or np.any(y != np.round(y))):
         raise DataError("Poisson likelihood needs non-negative integer counts in `y`")
-    n_extra = 1 if (likelihood == "gaussian" and s is None) else 0
-    if x.size < k + n_extra + 1:
-        raise DataError(
-            f"model {m.name!r} has {k} parameters; need at least {k + n_extra + 1} points, "
-            f"got {x.size}"
-        )
     prob = _Problem(m, x, y, s, likelihood, cumulative)
+    n_extra = 1 if (likelihood == "gaussian" and s is None) else 0
+    if prob.n < k + n_extra + 1:
+        cond = " after the first (a cumulative count is conditioned on it)" if prob.first else ""
+        raise DataError(
+            f"model {m.name!r} has {k} parameters; need at least {k + n_extra + 1} points"
+            f"{cond}, got {prob.n}"
+        )
     starts = [np.asarray(p0 if p0 is not None else m.guess(x, y), float)]
     if starts[0].shape != (k,):
         raise ParameterError(f"`p0` must have {k} values for {m.name!r}, got {starts[0].size}")
@@ -610,7 +626,7 @@ def fit_model(
     sig_hat = float("nan")
     if sol is not None:
         J = sol.jac
-        dof = max(x.size - k, 1)
+        dof = max(prob.n - k, 1)
         rss = float(sol.fun @ sol.fun)
         if likelihood == "gaussian" and s is None:
             sig_hat = np.sqrt(rss / dof)
@@ -631,9 +647,9 @@ def fit_model(
     loglik = -nll_hat
     aic = 2 * n_par - 2 * loglik
     aicc = aic + (
-        2 * n_par * (n_par + 1) / (x.size - n_par - 1) if x.size - n_par - 1 > 0 else np.inf
+        2 * n_par * (n_par + 1) / (prob.n - n_par - 1) if prob.n - n_par - 1 > 0 else np.inf
     )
-    bic = n_par * np.log(x.size) - 2 * loglik
+    bic = n_par * np.log(prob.n) - 2 * loglik
     lo = np.full(k, np.nan)
     hi = np.full(k, np.nan)
     z = stats.norm.ppf(0.5 + level / 2)
@@ -656,7 +672,7 @@ def fit_model(
         aic=float(aic),
         aicc=float(aicc),
         bic=float(bic),
-        n_obs=int(x.size),
+        n_obs=int(prob.n),
         n_params=int(n_par),
         likelihood=likelihood,
         sigma=float(sig_hat),
@@ -723,7 +739,7 @@ def _bootstrap_ci(
     if n_boot < 20:
         raise ParameterError(f"`n_boot` must be >= 20, got {n_boot}")
     f = prob.expected(p_hat)
-    res = prob.y - f
+    res = (prob.y - f)[prob.first :]
     out = []
     for _ in range(n_boot):
         if prob.lik == "poisson":
@@ -731,7 +747,7 @@ def _bootstrap_ci(
         elif prob.sigma is not None:
             yb = f + rng.normal(0, prob.sigma)
         else:
-            yb = f + rng.choice(res, size=res.size, replace=True)
+            yb = f + rng.choice(res, size=f.size, replace=True)
         if prob.cumulative:
             yb = yb.copy()
             yb[1:] *= prob.sign
