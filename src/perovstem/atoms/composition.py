@@ -65,6 +65,8 @@ class CompositionResult:
     scale : float
         Calibration factor ``c`` used.
     n_iter : int
+    loglik : float
+        Maximum log-likelihood (compare models of the same columns, e.g. terminations).
     """
 
     x: float
@@ -75,6 +77,7 @@ class CompositionResult:
     width: float
     scale: float
     n_iter: int
+    loglik: float = float("nan")
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary."""
@@ -87,6 +90,7 @@ class CompositionResult:
             "scale": self.scale,
             "n_columns": int(len(self.columns)),
             "n_iter": self.n_iter,
+            "loglik": self.loglik,
         }
 
 
@@ -434,6 +438,7 @@ def estimate_composition(
         width=float(np.median(sigma)),
         scale=float(scale),
         n_iter=it,
+        loglik=lmax,
     )
     cols.attrs["composition"] = res.summary()
     return res
