@@ -254,10 +254,12 @@ hmm_model = "loss"
     assert np.mean(counts["n_atoms"].to_numpy() == 10) > 0.98
 
 
-def test_composition_from_counted_thickness_says_it_is_degenerate(tmp_path):
-    """Without a `thickness` input the Pb-Br thickness is counted from the same cross-sections
+def test_composition_without_thickness_takes_it_from_the_cs_neighbours(tmp_path):
+    """Without a `thickness` input the Pb-Br thickness was counted from the same cross-sections
     that Cd lowers: on a 55 Å CsCd0.1Pb0.9Br3 cube x came out 0.25 (CI 0.22-0.28) for a
-    realised 0.115, and the caption gave no hint."""
+    realised 0.115.  By default it now comes from the neighbouring Cs columns (no Cd); the
+    old way stays available (thickness_from = "counted") and its caption says it is
+    degenerate."""
     if not all(get_step(n).available for n in NEEDED + ("atoms.composition",)):
         pytest.skip("simulate/atoms steps not available in this version")
     text = """
@@ -285,16 +287,35 @@ run = "atoms.count"
 library_cd_fraction = 0.1
 [[step]]
 run = "atoms.composition"
+id = "composition"
+inputs = { counts = "count.counts" }
+[[step]]
+run = "atoms.composition"
+id = "counted"
+inputs = { counts = "count.counts" }
+thickness_from = "counted"
 """
     cfg = parse_config(tomllib.loads(text), source="nothick.toml", text=text)
     r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial")
-    item = next(
-        it
-        for s in r.steps
-        if s.id == "composition"
-        for it in s.report_items
-        if it["kind"] == "metric"
-    )
-    assert "counted thickness" in item["caption"] and "degenerate" in item["caption"]
+    assert all(s.status == "ran" for s in r.steps), [s.message for s in r.steps]
+
+    def caption(sid):
+        return next(
+            it["caption"]
+            for s in r.steps
+            if s.id == sid
+            for it in s.report_items
+            if it["kind"] == "metric"
+        )
+
+    truth = read_table(tmp_path / "run" / "tables" / "haadf.truth.parquet")
+    pb = truth[truth["type"] == "PbBr"]
+    real_x = pb["n_Cd"].sum() / pb["n_atoms"].sum()
     cols = read_table(tmp_path / "run" / "tables" / "composition.columns.parquet")
-    assert cols.attrs["thickness_source"] == "counted"
+    assert cols.attrs["thickness_source"] == "Cs neighbours"
+    assert "Cs neighbours thickness" in caption("composition")
+    lo, hi = cols.attrs["x_ci"]
+    assert abs(cols.attrs["x"] - real_x) < 0.03 and lo <= real_x <= hi, (cols.attrs, real_x)
+    assert "counted thickness" in caption("counted") and "degenerate" in caption("counted")
+    old = read_table(tmp_path / "run" / "tables" / "counted.columns.parquet")
+    assert old.attrs["thickness_source"] == "counted"

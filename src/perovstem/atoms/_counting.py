@@ -3,7 +3,11 @@
 Re-exported by :mod:`perovstem.atoms` so users write ``from perovstem.atoms import count_atoms``.
 """
 
-from perovstem.atoms.composition import CompositionResult, estimate_composition
+from perovstem.atoms.composition import (
+    CompositionResult,
+    estimate_composition,
+    thickness_from_neighbours,
+)
 from perovstem.atoms.count import (
     GMMFit,
     GMMSweep,
@@ -32,4 +36,5 @@ __all__ = [
     "fit_hmm",
     "CompositionResult",
     "estimate_composition",
+    "thickness_from_neighbours",
 ]

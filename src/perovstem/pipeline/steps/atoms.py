@@ -232,6 +232,21 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
             "calibration factor c of the cross-sections: from the "
             "library counting of this Cd-free column type ('' = 1)",
         ),
+        "thickness_from": Param(
+            str,
+            "Cs",
+            "without a `thickness` input: cells per Pb-Br column from the counts of the "
+            "four neighbouring Cs columns (Cd-free), or 'counted' from the Pb-Br "
+            "cross-sections themselves (biased on an alloy: Cd reads as fewer cells)",
+            choices=("Cs", "counted"),
+        ),
+        "termination": Param(
+            str,
+            "CsBr",
+            "entrance/exit faces, for thickness_from = Cs: CsBr (Pb-Br column one cell "
+            "shorter than its Cs neighbours), PbBr2 (one longer) or mixed (equal)",
+            choices=("CsBr", "PbBr2", "mixed"),
+        ),
     },
     requires=(COMPOSITION,),
     section="counting",
@@ -250,18 +265,57 @@ def atoms_composition(ctx: Any, counts: Any, thickness: Any = None) -> dict[str,
         d, k = cKDTree(thickness[["x_A", "y_A"]].to_numpy()).query(sel[["x_A", "y_A"]].to_numpy())
         sel = sel[d < 0.5].assign(n_atoms=thickness["n_atoms"].to_numpy()[k[d < 0.5]])
         source = "given"
+    prior: dict[str, Any] = {}
+    n_dropped = 0
+    if (
+        thickness is None
+        and p["thickness_from"] == "Cs"
+        and "type" in counts.columns
+        and "n_atoms" in counts.columns
+    ):
+        cs = counts[(counts["type"] == "Cs") & counts["n_atoms"].notna()]
+        if len(cs) and len(sel):
+            from perovstem.atoms.composition import thickness_from_neighbours
+
+            off = {"CsBr": -1, "PbBr2": 1, "mixed": 0}[p["termination"]]
+            th = thickness_from_neighbours(
+                sel[["x_A", "y_A"]].to_numpy(float),
+                cs[["x_A", "y_A"]].to_numpy(float),
+                cs["n_atoms"].to_numpy(float),
+                offset=off,
+            )
+            ok = th["usable"].to_numpy()
+            n_dropped = int((~ok).sum())
+            sel = sel[ok].assign(n_atoms=th["n_cells"].to_numpy()[ok])
+            cand = np.stack(th["n_cells_candidates"].to_numpy()[ok]) if ok.any() else None
+            if cand is not None:
+                prior = {
+                    "n_cells": cand,
+                    "n_cells_prior": np.stack(th["n_cells_prior"].to_numpy()[ok]),
+                    # the Br of a Pb-Br column sit in the CsBr layers: as many as Cs
+                    "n_br": cand - off,
+                }
+            source = "Cs neighbours"
     if len(sel) == 0 or "n_atoms" not in sel.columns:
-        raise DataError("no counted Pb-Br columns (`type` == 'PbBr' with `n_atoms`) in the input")
-    kw = {"scs_err": sel["scs_err"].to_numpy(float)} if "scs_err" in sel.columns else {}
+        raise DataError(
+            "no counted Pb-Br columns (`type` == 'PbBr' with `n_atoms`, or with counted Cs "
+            "neighbours) in the input"
+        )
+    kw: dict[str, Any] = {}
+    if "scs_err" in sel.columns:  # fit errors miss the column-to-column spread: add it
+        kw = {"scs_err": sel["scs_err"].to_numpy(float), "excess_width": True}
     counting = counts.attrs.get("counting", {})
     info = counting.get(p["scale_from"], {}) if p["scale_from"] else {}
     if counting.get("method") == "library":  # nearest library value: scale fixed for all types
         info = {"scale": counting.get("scale", 1.0)}
     calibrated = isinstance(info, dict) and "scale" in info
     scale = float(info["scale"]) if calibrated else 1.0
+    if prior:
+        kw.update(prior)
+    else:
+        kw["n_cells"] = sel["n_atoms"].to_numpy(int)
     res = api(COMPOSITION)(
         sel["scs"].to_numpy(float),
-        sel["n_atoms"].to_numpy(int),
         voltage_kV=p["voltage_kV"],
         confidence=p["confidence"],
         scale=scale,
@@ -275,7 +329,9 @@ def atoms_composition(ctx: Any, counts: Any, thickness: Any = None) -> dict[str,
         err=res.x_err,
         section="mechanism",
         caption=f"{100 * res.confidence:g} % CI [{lo:.3f}, {hi:.3f}] from "
-        f"{len(sel)} Pb-Br columns ({source} thickness), scale c = {scale:.3f}"
+        f"{len(sel)} Pb-Br columns ({source} thickness"
+        f"{f'; {n_dropped} edge/step columns left out' if n_dropped else ''}"
+        f"), scale c = {scale:.3f}"
         f"{'' if calibrated or not p['scale_from'] else ' (uncalibrated)'}{truth}"
         + (
             ". The thickness was counted from the same Pb-Br cross-sections, which Cd also "
