@@ -55,7 +55,9 @@ def rough():
     j = dd.argmin(1)
     field = img.shape[0] * dx
     x, y = cols.x_A.to_numpy(), cols.y_A.to_numpy()
-    keep = (dd[np.arange(len(j)), j] < 1.0) & (np.minimum(x, y) > 2) & (np.maximum(x, y) < field - 2)
+    keep = (
+        (dd[np.arange(len(j)), j] < 1.0) & (np.minimum(x, y) > 2) & (np.maximum(x, y) < field - 2)
+    )
     return normalize_image(im), cols, keep, d["rough__truth_n"][j], d["rough__truth_type"][j]
 
 
