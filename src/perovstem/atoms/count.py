@@ -763,6 +763,17 @@ def count_atoms(
     ):
         raise ParameterError(f"`scale_spread` must be a number > 0, got {scale_spread!r}")
     df, x, t = _table_input(scs, types)
+    if isinstance(library, str) and library == "simulate":
+        from perovstem.atoms.library import _simulate_integration, as_library
+
+        integ = _simulate_integration(df)
+        if integ != "total":  # Voronoi-cell sums: compare with the Voronoi library
+            tables = {}
+            for typ in pd.unique(t):
+                ct = None if typ == "all" else str(typ)
+                n, v = as_library("simulate", column_type=ct, integration=integ)
+                tables[str(typ)] = pd.DataFrame({"n_atoms": n, "scs_A2": v})
+            library = tables if len(tables) > 1 or "all" not in tables else tables["all"]
     out = df.copy()
     n_atoms = np.zeros(x.size, dtype=np.int64)
     p_map = np.zeros(x.size)

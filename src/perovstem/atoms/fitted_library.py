@@ -121,6 +121,7 @@ def fitted_scs_library(
     fit_positions: bool = False,
     max_iter: int = 30,
     rng: int = 0,
+    vacuum: bool = True,
 ) -> dict[str, pd.DataFrame]:
     """SCS library of the Gaussian column fit, one table per CsPbBr₃ [001] column type.
 
@@ -185,6 +186,13 @@ def fitted_scs_library(
         Fit sweeps, as in the analysis.
     rng : int
         Seed of the noise (the library is deterministic and cached per argument set).
+    vacuum : bool
+        True: the slab of ``n_cells`` sits in vacuum inside the ``shape`` field (a
+        nanocrystal on vacuum).  False: the crystal fills the whole ``shape`` field (needs
+        ``shape``; ``n_cells`` is then set to cover it) — for images without vacuum (a
+        thin film, the inside of a large crystal), where the fitted constant background
+        takes a much larger share of the intensity (probe tails and the diffuse
+        scattering between columns) than beside a crystal on vacuum.
 
     Returns
     -------
@@ -213,6 +221,13 @@ def fitted_scs_library(
         raise ParameterError(f"`n_realizations` must be >= 1, got {n_realizations!r}")
     if not isinstance(rng, (int, np.integer)):
         raise ParameterError(f"`rng` must be an int seed (the library is cached), got {rng!r}")
+    if not isinstance(vacuum, (bool, np.bool_)):
+        raise ParameterError(f"`vacuum` must be True or False, got {vacuum!r}")
+    if not vacuum:
+        if shape is None:
+            raise ParameterError("`vacuum=False` needs `shape` (the field the crystal fills)")
+        # a slab one cell wider than the field on every side: no vacuum anywhere in it
+        n_cells = int(np.ceil(max(shape) * dx / lattice_A)) + 2
     key = (
         m,
         round(dx, 6),
@@ -233,6 +248,7 @@ def fitted_scs_library(
         bool(fit_positions),
         int(max_iter),
         int(rng),
+        bool(vacuum),
     )
     tables = _cached_library(*key)
     return {t: df.copy() for t, df in tables.items()}
@@ -261,6 +277,7 @@ def _cached_library(
     fit_positions: bool,
     max_iter: int,
     seed: int,
+    vacuum: bool = True,
 ) -> dict[str, pd.DataFrame]:
     gen = np.random.default_rng(seed)
     off = _COUNT_OFFSET[termination]
@@ -273,12 +290,13 @@ def _cached_library(
         "tail_fraction": tail_fraction,
         "shape": shape,
     }
+    field_only = not vacuum
 
     def fits(thickness: int, fit_kw: dict[str, Any], noisy: bool) -> pd.DataFrame:
         atoms = slab_atoms(n_cells, thickness, termination=termination, lattice_A=lattice_A)
         d = dose if noisy else None
         runs = [
-            _fit_slab(atoms, lattice_A, d, imaging, fit_kw, gen)
+            _fit_slab(atoms, lattice_A, d, imaging, fit_kw, gen, field_only)
             for _ in range(n_real if d is not None else 1)
         ]
         return pd.concat(runs, ignore_index=True)
@@ -291,7 +309,7 @@ def _cached_library(
         )
         wd = dose if width_dose is None else width_dose
         runs = [
-            _slab_image(atoms, lattice_A, wd, imaging, gen)
+            _slab_image(atoms, lattice_A, wd, imaging, gen, field_only)
             for _ in range(n_real if dose is not None else 1)
         ]
         per_run = [type_widths(img, sites, max_iter=max_iter) for img, sites in runs]
@@ -322,6 +340,7 @@ def _cached_library(
         "rho_A": rho,
         "fit_positions": fit_positions,
         "max_iter": max_iter,
+        "vacuum": vacuum,
         **imaging,
     }
     out = {}
@@ -370,11 +389,13 @@ def _slab_image(
     dose: float | None,
     imaging: dict[str, Any],
     gen: np.random.Generator,
+    field_only: bool = False,
 ) -> tuple[Any, pd.DataFrame]:
     """Normalised fast-model image of a slab and its column sites ``x_A, y_A, type``.
 
     Types by site: Cs on the cell corners, Pb–B at the cell centres, Br on the edges; empty
-    sites are left out.
+    sites are left out, and with ``field_only`` (a slab larger than the field) the sites
+    outside the field (or closer than half a pixel to its border).
     """
     from perovstem.atoms.normalize import normalize_image
     from perovstem.simulate import haadf_image
@@ -391,6 +412,11 @@ def _slab_image(
     typ = np.where(i % 2 == 0, np.where(j % 2 == 0, "Cs", "Br"), np.where(j % 2 == 0, "Br", "PbBr"))
     ox, oy = img.metadata["lab_origin_A"]
     sites = pd.DataFrame({"x_A": xy[:, 0] - ox, "y_A": xy[:, 1] - oy, "type": typ})
+    if field_only:
+        lx, ly = img.data.shape[1] * img.pixel_size_A, img.data.shape[0] * img.pixel_size_A
+        h = 0.5 * img.pixel_size_A
+        x, y = sites["x_A"], sites["y_A"]
+        sites = sites[(x > h) & (x < lx - h) & (y > h) & (y < ly - h)].reset_index(drop=True)
     return normalize_image(img), sites
 
 
@@ -401,11 +427,12 @@ def _fit_slab(
     imaging: dict[str, Any],
     fit_kw: dict[str, Any],
     gen: np.random.Generator,
+    field_only: bool = False,
 ) -> pd.DataFrame:
     """Image a slab and fit it as the analysis fits a frame: ``type, scs``."""
     from perovstem.atoms.fit import fit_columns
 
-    img, sites = _slab_image(atoms, lattice_A, dose, imaging, gen)
+    img, sites = _slab_image(atoms, lattice_A, dose, imaging, gen, field_only)
     typ = sites["type"].to_numpy()
     if "rho_A" in fit_kw:  # fixed widths of the types present (a CsBr layer has no Br edge)
         fit_kw = {**fit_kw, "rho_A": {t: r for t, r in fit_kw["rho_A"].items() if t in typ}}

@@ -36,7 +36,12 @@ __all__ = [
 
 
 def as_library(
-    library: Any, *, column_type: str | None = None, max_atoms: int = 60, voltage_kV: float = 300.0
+    library: Any,
+    *,
+    column_type: str | None = None,
+    max_atoms: int = 60,
+    voltage_kV: float = 300.0,
+    integration: str = "total",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalise a SCS library to ``(n_atoms, scs)`` arrays sorted by ``n_atoms``.
 
@@ -50,6 +55,12 @@ def as_library(
     column_type : str, optional
     max_atoms : int
         Library length when simulating.
+    voltage_kV : float
+        Beam energy when simulating.
+    integration : {"total", "voronoi"}
+        Which simulated SCS ``"simulate"`` takes (see
+        :func:`perovstem.simulate.scs_library`): the column's total cross-section, or its
+        Voronoi-cell SCS inside a crystal (to match :func:`perovstem.atoms.voronoi_intensities`).
 
     Returns
     -------
@@ -69,7 +80,9 @@ def as_library(
             )
         from perovstem.simulate import scs_library
 
-        library = scs_library(column_type or "PbBr", max_atoms, voltage_kV=voltage_kV)
+        library = scs_library(
+            column_type or "PbBr", max_atoms, voltage_kV=voltage_kV, integration=integration
+        )
     if isinstance(library, pd.DataFrame):
         scol = next((c for c in ("scs_A2", "scs") if c in library.columns), None)
         if scol is None or "n_atoms" not in library.columns:
@@ -97,6 +110,14 @@ def as_library(
     return n[o], v[o]
 
 
+def _simulate_integration(df: pd.DataFrame) -> str:
+    """``library="simulate"`` takes the SCS that the table's estimator measures: Voronoi-cell
+    sums (:func:`perovstem.atoms.voronoi_intensities`) include the neighbours' cross-talk of
+    a crystal, so they are compared with the Voronoi library, everything else with the total
+    column cross-section."""
+    return "voronoi" if df.attrs.get("scs_estimator") == "voronoi" else "total"
+
+
 def _with_zero(n: np.ndarray, v: np.ndarray, include_zero: bool) -> tuple[np.ndarray, np.ndarray]:
     if include_zero and 0 not in n:
         return np.concatenate([[0], n]), np.concatenate([[0.0], v])
@@ -120,6 +141,10 @@ def count_library(
         Cross-sections (Å², i.e. normalised to the incident beam, for simulated libraries),
         or a table with ``scs``/``scs_A2`` and optionally ``type`` and ``scs_err``.
     library : see :func:`as_library`; a dict gives one library per column type.
+        ``"simulate"`` takes :func:`perovstem.simulate.scs_library` with the integration
+        that matches the table: ``integration="voronoi"`` for a table from
+        :func:`perovstem.atoms.voronoi_intensities` (``attrs["scs_estimator"] ==
+        "voronoi"``), the total cross-section otherwise.
     types : array_like of str, optional
     scs_err : array_like, shape (N,), optional
         Standard errors of the SCS (e.g. from the CRLB).  When given, each column also gets a
@@ -151,9 +176,10 @@ def count_library(
     pmap = np.full(x.size, np.nan)
     mean = np.full(x.size, np.nan)
     std = np.full(x.size, np.nan)
+    integ = _simulate_integration(df)
     for typ in pd.unique(t):
         sel = t == typ
-        n, v = as_library(library, column_type=None if typ == "all" else typ)
+        n, v = as_library(library, column_type=None if typ == "all" else typ, integration=integ)
         n, v = _with_zero(n, v, include_zero)
         v = v * scale
         xs = x[sel]
@@ -357,7 +383,8 @@ def count_hybrid(
     Parameters
     ----------
     scs : array_like, shape (N,), or DataFrame (``scs``/``scs_A2``, optional ``type``)
-    library : see :func:`as_library`; a dict gives one library per column type.
+    library : see :func:`as_library`; a dict gives one library per column type
+        (``"simulate"``: as in :func:`count_library`).
     types : array_like of str, optional
     include_zero, fit_scale : bool
         See :func:`fit_hybrid`.
@@ -389,6 +416,7 @@ def count_hybrid(
     mean = np.zeros(x.size)
     std = np.zeros(x.size)
     info: dict[str, Any] = {}
+    integ = _simulate_integration(df)
     libs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     cands: dict[str, list[tuple[float, float]]] = {}
     for typ in pd.unique(t):
@@ -397,7 +425,7 @@ def count_hybrid(
             raise ParameterError(
                 f"hybrid counting needs at least 2 columns of type {typ!r}, got {sel.sum()}"
             )
-        n, v = as_library(library, column_type=None if typ == "all" else typ)
+        n, v = as_library(library, column_type=None if typ == "all" else typ, integration=integ)
         libs[typ] = _with_zero(n, v, include_zero)
         if fit_scale:
             cands[typ] = _scale_candidates(x[sel], libs[typ][1], (0.8, 1.25), 0.01, 1e-10)

@@ -45,7 +45,21 @@ def voronoi_intensities(
     Returns
     -------
     DataFrame
-        ``x_A, y_A, intensity, intensity_err, n_pixels, edge``.
+        ``x_A, y_A[, type], intensity, intensity_err, scs, scs_err, n_pixels, edge``
+        (``type`` copied from ``positions``; ``scs``/``scs_err`` = ``intensity``/
+        ``intensity_err``, so the table goes straight into
+        :func:`perovstem.atoms.count_library`, whose ``library="simulate"`` then takes the
+        Voronoi library: ``attrs["scs_estimator"] = "voronoi"``).
+
+    Notes
+    -----
+    On a normalised image (:func:`perovstem.atoms.normalize_image`, background 0) of a
+    crystal that fills the field, the cells partition all the scattered intensity, so the
+    sums are the Voronoi SCS that :func:`perovstem.simulate.scs_library` tabulates with
+    ``integration="voronoi"`` (periodic-slab multislice).  A Gaussian fit with a free
+    constant background is not comparable with either library there: the background takes
+    the probe tails and the diffuse scattering between the columns (a third of the
+    intensity on a 4-cell abTEM slab; docs/atoms.md, counting).
     """
     img = as_image(image, pixel_size_A)
     xy, _ = as_positions(positions, img)
@@ -79,15 +93,25 @@ def voronoi_intensities(
     touches = np.bincount(lab_ok, weights=border.ravel()[ok], minlength=n) > 0
     # a cell limited by the radius has pixels at distance close to rmax
     far = np.bincount(lab_ok, weights=(dist[ok] > 0.95 * rmax), minlength=n) > 0
+    cols: dict[str, Any] = {"x_A": xy[:, 0], "y_A": xy[:, 1]}
+    if isinstance(positions, pd.DataFrame) and "type" in positions.columns:
+        cols["type"] = positions["type"].astype(str).to_numpy()
     out = pd.DataFrame(
         {
-            "x_A": xy[:, 0],
-            "y_A": xy[:, 1],
+            **cols,
             "intensity": inten,
             "intensity_err": err,
+            "scs": inten,
+            "scs_err": err,
             "n_pixels": npx,
             "edge": touches | far,
         }
     )
-    out.attrs.update(pixel_size_A=dx, background=float(background), max_radius_A=rmax * dx)
+    out.attrs.update(
+        pixel_size_A=dx,
+        background=float(background),
+        max_radius_A=rmax * dx,
+        scs_estimator="voronoi",
+        normalized=bool(img.metadata.get("normalized", False)),
+    )
     return out

@@ -307,9 +307,34 @@ def scs_table(
 
 
 def scs_library(
-    column_type: str, max_atoms: int, *, voltage_kV: float = 300.0, cd_fraction: float = 0.0
+    column_type: str,
+    max_atoms: int,
+    *,
+    voltage_kV: float = 300.0,
+    cd_fraction: float = 0.0,
+    integration: str = "total",
 ) -> pd.DataFrame:
     """Library of SCS against counts, 0 … ``max_atoms`` (StatSTEM-style library counting).
+
+    Parameters
+    ----------
+    column_type : {"PbBr", "Cs", "Br", "Pb"}
+        Column type (counting units as in :func:`scs_table`).
+    max_atoms : int
+        Largest count.
+    voltage_kV : float
+        Calibrated beam energy (300 or 200 kV).
+    cd_fraction : float
+        Cd fraction on the B sites ("PbBr" only).
+    integration : {"total", "voronoi"}
+        ``"total"``: the column's own probe-integrated cross-section (:func:`scs_table`, the
+        table deconvolved of neighbour cross-talk) — what a Gaussian fit with a probe-tail
+        model, or a column in vacuum, measures.  ``"voronoi"``: the Voronoi-cell SCS of the
+        column inside a CsPbBr₃ [001] crystal of the same thickness (the abTEM periodic-slab
+        numbers, cross-talk included), i.e. what
+        :func:`perovstem.atoms.voronoi_intensities` measures on a normalised image of a
+        crystal that fills the field (E et al., Ultramicroscopy 133 (2013) 109).  For
+        "Pb" (metallic fcc columns) both are the same.
 
     Returns
     -------
@@ -317,13 +342,21 @@ def scs_library(
         Columns ``n_atoms`` (int) and ``scs_A2`` (float); attrs hold the conditions.
     """
     m = int(check_positive("max_atoms", max_atoms))
+    check_choice("integration", integration, ("total", "voronoi"))
     n = np.arange(m + 1)
-    df = pd.DataFrame(
-        {
-            "n_atoms": n,
-            "scs_A2": scs_table(column_type, n, voltage_kV=voltage_kV, cd_fraction=cd_fraction),
-        }
-    )
+    if integration == "voronoi" and column_type != "Pb":
+        check_choice("column_type", column_type, COLUMN_TYPES)
+        x = check_range("cd_fraction", cd_fraction, 0.0, 1.0)
+        nf = n.astype(float)
+        z = np.zeros_like(nf)
+        s_b = column_scs(nf * (1 - x), nf * x, nf, z, voltage_kV=voltage_kV)
+        s_br = column_scs(z, z, nf, z, voltage_kV=voltage_kV)
+        s_cs = column_scs(z, z, z, nf, voltage_kV=voltage_kV)
+        v = _voronoi_matrix(_check_voltage(voltage_kV), 20) @ np.vstack([s_b, s_br, s_br, s_cs])
+        scs = {"PbBr": v[0], "Br": 0.5 * (v[1] + v[2]), "Cs": v[3]}[column_type]
+    else:
+        scs = scs_table(column_type, n, voltage_kV=voltage_kV, cd_fraction=cd_fraction)
+    df = pd.DataFrame({"n_atoms": n, "scs_A2": scs})
     df.attrs.update(
         {
             "column_type": column_type,
@@ -331,6 +364,7 @@ def scs_library(
             "semiangle_mrad": 20.0,
             "detector_mrad": (65.0, 200.0),
             "cd_fraction": float(cd_fraction),
+            "integration": integration,
             "source": "abTEM frozen-phonon calibration (perovstem/simulate/data/scs_abtem.csv)",
         }
     )
