@@ -591,19 +591,25 @@ def _quantum(data: np.ndarray) -> float | None:
     return q if np.all(np.abs(n - np.round(n)) < 1e-3) else None
 
 
-def auto_detector(image: Image, *, what: str) -> NoiseModel:
-    """Estimate the detector model of ``image`` for a ``gain="auto"`` option; DataError with
-    the reason when the gain is not identified."""
+def _identified(estimate: Any, what: str) -> NoiseModel:
+    """``estimate()`` (an :func:`estimate_noise_model` call) or a DataError naming ``what``
+    and the reason when the data do not identify the detector gain."""
     try:
-        nm = estimate_noise_model(image)
+        nm = estimate()
     except DataError as exc:
-        raise DataError(f"{what}: gain='auto' could not measure the detector gain: {exc}") from exc
+        raise DataError(f"{what}: could not measure the detector gain: {exc}") from exc
     if not nm.identified:
         raise DataError(
-            f"{what}: gain='auto' could not identify the detector gain ({nm.describe()}); "
-            "pass the measured gain"
+            f"{what}: the data cannot identify the detector gain ({nm.describe()}); pass the "
+            "measured gain"
         )
     return nm
+
+
+def auto_detector(image: Image, *, what: str) -> NoiseModel:
+    """Detector model of ``image`` for a ``gain="auto"`` option (DataError when the gain is
+    not identified)."""
+    return _identified(lambda: estimate_noise_model(image), f"{what}: gain='auto'")
 
 
 def _series_frames(series: Series, n: int = 8) -> np.ndarray:
@@ -616,16 +622,7 @@ def measure_series_detector(series: Series, what: str) -> NoiseModel:
     """Detector model of a raw in-situ series (single-image samples of up to 8 frames
     pooled: drift and beam damage between frames do not enter); DataError naming ``what``
     when the gain is not identified."""
-    try:
-        nm = estimate_noise_model(_series_frames(series), frames="pooled")
-    except DataError as exc:
-        raise DataError(f"{what}: could not measure the detector gain: {exc}") from exc
-    if not nm.identified:
-        raise DataError(
-            f"{what}: the frames cannot identify the detector gain ({nm.describe()}); pass "
-            "the measured gain"
-        )
-    return nm
+    return _identified(lambda: estimate_noise_model(_series_frames(series), frames="pooled"), what)
 
 
 def describe_series_estimate(series: Series) -> str:
