@@ -371,14 +371,14 @@ def tilt_axis_reprojection(
     With a wrong axis direction every object point traces a tilt-dependent sinusoid *along*
     the assumed axis, so the projections of one slice are no longer the projections of one
     2-D object: the re-projection residual of a reconstruction rises (roughly quadratically
-    in the angle error) and the volume blurs.  For each candidate the shifted stack is rotated
+    in the angle error) and the volume blurs.  For each candidate the shifts are re-centred
+    in that axis's frame (:func:`_axis_frame_shifts`), the shifted stack is rotated
     to put the axis along x, binned to about ``target_px`` pixels, reconstructed with a few
     non-negative SIRT iterations, and the relative residual ``‖b − Ax‖/‖b‖`` is taken; the
-    grid minimum is refined on a 4× finer grid about it and by a parabola.  This is the
-    reconstruction-consistency criterion used for tilt-axis refinement in projection
-    matching (Odstrčil et al., Opt. Express 27, 36637 (2019)) and in atomic electron
-    tomography (Pryor et al., Sci. Rep. 7, 10409 (2017)); unlike the centre-of-mass
-    sinusoids it does not need an object extended along the axis.
+    grid minimum is refined on a 4× finer grid about it and by a parabola.  The criterion is
+    the re-projection residual that projection matching minimises over the shifts (Odstrčil
+    et al., Opt. Express 27, 36637 (2019)), here minimised over the axis angle; unlike the
+    centre-of-mass sinusoids it does not need an object extended along the axis.
 
     Parameters
     ----------
