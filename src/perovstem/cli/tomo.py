@@ -41,7 +41,9 @@ def _load_tilt(path: Path, pixel_size_A: float | None = None):
 
 def _parse_axis(value: str) -> bool | float | str:
     v = value.strip().lower()
-    if v in ("auto", "com"):
+    if v == "auto":
+        return True
+    if v == "com":
         return "com"
     if v == "search":
         return "search"
@@ -65,7 +67,7 @@ def align_cmd(
     ),
     shifts: Path = typer.Option(None, "--shifts", help="Shift table (.csv/.parquet)."),
     tilt_axis: str = typer.Option(
-        "auto", "--tilt-axis", help="auto | com | search | none | <deg>."
+        "auto", "--tilt-axis", help="auto (reprojection criterion) | com | search | none | <deg>."
     ),
     matching_iter: int = typer.Option(3, "--matching-iter", help="Projection-matching iterations."),
     no_xcorr: bool = typer.Option(False, "--no-xcorr", help="Skip cross-correlation."),

@@ -13,6 +13,7 @@ from perovstem.tomo.align import (
     preprocess,
     projection_matching,
     tilt_axis_from_com,
+    tilt_axis_reprojection,
     tilt_axis_search,
     xcorr_shifts,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "projection_matching",
     "tilt_axis_from_com",
     "tilt_axis_search",
+    "tilt_axis_reprojection",
     "xcorr_shifts",
     "FAMILIES",
     "FacetCalibration",
