@@ -246,6 +246,10 @@ def test_demo_report_in_browser(browser, open_report, tmp_path, capsys):
     assert imgs.count() == n_fig
     assert imgs.evaluate_all("els => els.every(e => e.complete && e.naturalWidth > 0)")
     assert page.locator("section#provenance table.steplog tr").count() == len(prov["steps"]) + 1
+    # wide tables scroll inside the page: no horizontal scrollbar on the page itself
+    # (the step log's parameters made the page 1701 px wide in a 1280 px window)
+    width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert width[0] <= width[1], width
     n3d = sum(1 for s in prov["steps"] for it in s["report_items"] if it["kind"] == "plot3d")
     assert page.locator("div.plot3d").count() == n3d >= 1
     first = page.locator("div.plot3d").first
