@@ -900,7 +900,7 @@ def _count_columns(
 
 #: the "crystal" of a field is taken for Pb clusters (no nanocrystal in the field) when the
 #: clusters centred on it account for at least this share of its signal in the first frames
-#: (measured: 0.97-1.0 for multislice clusters on a support, 0.00-0.03 on the first frame
+#: (measured: 0.97-1.0 for multislice clusters on a support, 0.00-0.05 on the first frames
 #: of KMC crystals, which reach 0.9-1.0 only once fully turned into Pb)
 NO_CRYSTAL_CLUSTER_SHARE = 0.7
 
