@@ -622,7 +622,7 @@ def _identifiable(cand: list[tuple[float, float]], chosen: float, margin: float 
 def _anchor_candidates(
     fit: GMMFit,
     n_cols: int,
-    library: Any,
+    lib: tuple[np.ndarray, np.ndarray],
     typ: str,
     scale_range: tuple[float, float],
     step: float = 0.002,
@@ -636,11 +636,10 @@ def _anchor_candidates(
     squares; its cost is the Gaussian NLL of the means,
     ``sum_j N pi_j (mu_j - c L_nj)^2 / (2 sigma^2)`` (means have errors sigma / sqrt(N pi_j)).
     A mixture with one or two components matches the library at several ``(counts, c)``:
-    all of them are returned for :func:`_shared_scale_choice`.
+    all of them are returned for :func:`_shared_scale_choice`.  ``lib`` is the type's
+    ``(n_atoms, scs)`` library (:func:`perovstem.atoms.library.as_library`).
     """
-    from perovstem.atoms.library import as_library
-
-    n, v = as_library(library, column_type=None if typ == "all" else typ)
+    n, v = lib
     keep = v > 0
     n, v = n[keep], v[keep]
     mu = fit.means
@@ -763,17 +762,16 @@ def count_atoms(
     ):
         raise ParameterError(f"`scale_spread` must be a number > 0, got {scale_spread!r}")
     df, x, t = _table_input(scs, types)
-    if isinstance(library, str) and library == "simulate":
+    libs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if library is not None:
         from perovstem.atoms.library import _simulate_integration, as_library
 
+        # each type's library once (a sweep compares every k with it); "simulate" takes the
+        # integration the table's SCS estimator measures (Voronoi sums or total SCS)
         integ = _simulate_integration(df)
-        if integ != "total":  # Voronoi-cell sums: compare with the Voronoi library
-            tables = {}
-            for typ in pd.unique(t):
-                ct = None if typ == "all" else str(typ)
-                n, v = as_library("simulate", column_type=ct, integration=integ)
-                tables[str(typ)] = pd.DataFrame({"n_atoms": n, "scs_A2": v})
-            library = tables if len(tables) > 1 or "all" not in tables else tables["all"]
+        for typ in pd.unique(t):
+            ct = None if typ == "all" else typ
+            libs[typ] = as_library(library, column_type=ct, integration=integ)
     out = df.copy()
     n_atoms = np.zeros(x.size, dtype=np.int64)
     p_map = np.zeros(x.size)
@@ -819,16 +817,10 @@ def count_atoms(
     if library is not None:
         # the scale of each type from the hybrid likelihood of all its cross-sections (the
         # mixture means of small components are too noisy for it), tied across types
-        from perovstem.atoms.library import _scale_candidates, as_library
+        from perovstem.atoms.library import _scale_candidates
 
         hyb = {
-            typ: _scale_candidates(
-                xs,
-                as_library(library, column_type=None if typ == "all" else typ)[1],
-                scale_range,
-                0.01,
-                1e-10,
-            )
+            typ: _scale_candidates(xs, libs[typ][1], scale_range, 0.01, 1e-10)
             for typ, (_, xs, *_rest) in fits.items()
         }
         c_ref, _ = _shared_scale_choice(hyb, scale_spread, 0.1)
@@ -841,7 +833,7 @@ def count_atoms(
             # component widths (rms)
             ok = []
             for f in sweep.fits:
-                a = _anchor_candidates(f, xs.size, library, typ, scale_range)
+                a = _anchor_candidates(f, xs.size, libs[typ], typ, scale_range)
                 if any(
                     c["rms"] <= library_tol * f.width
                     and abs(np.log(c["scale"] / c_ref[typ])) <= 0.03
@@ -866,7 +858,7 @@ def count_atoms(
                 )
         fits[typ] = (sel, xs, fit, sweep, kfix, chosen_by)
         if library is not None:
-            cands[typ] = _anchor_candidates(fit, xs.size, library, typ, scale_range)
+            cands[typ] = _anchor_candidates(fit, xs.size, libs[typ], typ, scale_range)
     for typ, (sel, xs, fit, sweep, kfix, chosen_by) in fits.items():
         post = fit.posterior(xs)
         c = np.argmax(post, axis=1)
