@@ -7,6 +7,7 @@ the output folder through :mod:`perovstem.io`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +19,34 @@ from perovstem.cli.main import app
 from perovstem.errors import FileFormatError, ParameterError
 
 
+def _crystal_frames(res: Any) -> Any:
+    """The frames table when it holds a crystal area (None in a field without a crystal)."""
+    f = res.frames
+    return f if "area_A2" in f and f["area_A2"].notna().any() else None
+
+
+#: figure file stem -> (plot function of perovstem.plot.insitu, its data from the result;
+#: None: no such figure for this run); the stems are known before the analysis runs
+_FIGURES: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "clusters_vs_dose": ("plot_cluster_kinetics", lambda r: r.frames),
+    "drift": ("plot_drift", lambda r: r.drift),
+    "lineage": ("plot_lineage", lambda r: r.lineage if len(r.lineage) else None),
+    "size_distribution": ("plot_size_distribution", lambda r: r.clusters),
+    "crystal_area": ("plot_crystal_area", _crystal_frames),
+    "atoms_lost": ("plot_atoms_lost_map", lambda r: r.columns),
+}
+FIGURE_NAMES = tuple(_FIGURES)
+
+
 def _figures(res: Any) -> dict[str, Any]:
     """The figures of a run by file name (None where the data for one are missing)."""
     from perovstem.plot import insitu as pl
 
-    return {
-        "clusters_vs_dose": pl.plot_cluster_kinetics(res.frames),
-        "drift": pl.plot_drift(res.drift),
-        "lineage": pl.plot_lineage(res.lineage) if len(res.lineage) else None,
-        "size_distribution": pl.plot_size_distribution(res.clusters),
-        "crystal_area": (
-            pl.plot_crystal_area(res.frames)
-            if "area_A2" in res.frames and res.frames["area_A2"].notna().any()  # no crystal
-            else None
-        ),
-        "atoms_lost": pl.plot_atoms_lost_map(res.columns) if res.columns is not None else None,
-    }
-
-
-#: file stems of :func:`_figures`, known before the analysis runs (a test checks they agree)
-FIGURE_NAMES = ("clusters_vs_dose", "drift", "lineage", "size_distribution", "crystal_area")
-FIGURE_NAMES += ("atoms_lost",)
+    figs = {}
+    for name, (plot, data) in _FIGURES.items():
+        d = data(res)
+        figs[name] = None if d is None else getattr(pl, plot)(d)
+    return figs
 
 
 def _earlier_outputs(out: Path) -> list[Path]:
