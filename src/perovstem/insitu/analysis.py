@@ -1007,8 +1007,8 @@ def _frames_table(
             bad["n_atoms"].sum(min_count=1).reindex(idx, fill_value=0).to_numpy()
         )
     if "n_atoms_err_stat" in tracks:
-        err = np.sqrt(g["n_atoms_err_stat"].apply(lambda e: float(np.nansum(e**2))))
-        out["n_Pb0_err_stat"] = err.reindex(idx, fill_value=0.0).to_numpy()
+        var = (tracks["n_atoms_err_stat"] ** 2).groupby(tracks["frame"]).sum()  # NaN skipped
+        out["n_Pb0_err_stat"] = np.sqrt(var.reindex(idx, fill_value=0.0).to_numpy())
         out["Pb0_falls_later"] = pb0_falls_later(
             out["n_Pb0_detected"].where(~out["skipped"].fillna(False).astype(bool)),
             out["n_Pb0_err_stat"],
