@@ -24,7 +24,7 @@ from perovstem._data import Image
 from perovstem._validation import check_positive
 from perovstem.atoms._inputs import as_image, px_to_A
 from perovstem.atoms.cell import ProjectedCell
-from perovstem.atoms.noise import NoiseModel, estimate_noise_model
+from perovstem.atoms.noise import NoiseModel, estimate_noise_model, value_step
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["find_peaks", "estimate_lattice", "find_columns", "fit_lattice_vectors"]
@@ -66,23 +66,10 @@ def _pixel_noise(img: np.ndarray) -> float:
         return _robust_noise(img, sm)
     v0 = float(np.median(v))
     sig = np.abs(sm - v0) > 1e-9 * (float(np.ptp(img)) or 1.0)
-    q = _count_quantum(img[sig], v0) if np.count_nonzero(sig) >= 2 else None
+    q = value_step(np.unique(np.r_[v0, img[sig]])) if np.count_nonzero(sig) >= 2 else None
     if q is None:
         return 1e-12
     return float(np.sqrt(q * max(float(np.mean(img[sig])) - v0, 0.0))) or 1e-12
-
-
-def _count_quantum(values: np.ndarray, v0: float) -> float | None:
-    """Spacing ``q`` when all ``values`` are ``v0 + q·n`` (counts times a gain), else None."""
-    u = np.unique(values) - v0
-    step = np.diff(np.concatenate([[0.0], u[u > 0]]))
-    tol = 1e-6 * (float(np.max(np.abs(u))) or 1.0)
-    step = step[step > tol]
-    if step.size == 0:
-        return None
-    q = float(step.min())
-    n = u / q
-    return q if np.all(np.abs(n - np.round(n)) < 1e-3) else None
 
 
 def find_peaks(

@@ -581,6 +581,12 @@ def _quantum(data: np.ndarray) -> float | None:
     v = np.unique(data.ravel()[:: max(1, data.size // 200_000)])
     if v.size < 3 or v.size > 50_000:
         return None
+    return value_step(v)
+
+
+def value_step(v: np.ndarray) -> float | None:
+    """Spacing ``q`` when the sorted unique values ``v`` are all ``v[0] + q·n`` (counts
+    times a gain on an offset), else None."""
     step = np.diff(v)
     tol = 1e-6 * (float(np.ptp(v)) or 1.0)
     step = step[step > tol]
