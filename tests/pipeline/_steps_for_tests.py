@@ -51,3 +51,15 @@ def noisy_sum(ctx: Any, series: Any) -> dict[str, Any]:
         for k in range(series.n_frames)
     ]
     return {"table": pd.DataFrame(ctx.map(_noisy, items, description="noisy sums"))}
+
+
+@register_step("test.warns", inputs=("series",), outputs=("table",))
+def warns(ctx: Any, series: Any) -> dict[str, Any]:
+    import warnings
+
+    import pandas as pd
+
+    for _ in range(3):  # one text, raised repeatedly (e.g. once per frame)
+        warnings.warn("pixel size disagrees with the cell by -10 %", UserWarning, stacklevel=1)
+    warnings.warn("detector gain unknown <assumed 1>", RuntimeWarning, stacklevel=1)
+    return {"table": pd.DataFrame({"n": [series.n_frames]})}

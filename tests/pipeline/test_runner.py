@@ -377,3 +377,34 @@ def test_input_metadata_reported_and_escaped(tmp_path):
     assert loaded["metadata"].get("operator") == evil
     html = r.report.read_text()
     assert evil not in html and "&lt;script&gt;alert(&#34;md&#34;)&lt;/script&gt;" in html
+
+
+def test_step_warnings_reach_provenance_report_and_resume(tmp_path):
+    # warnings qualify a step's numbers: they used to scroll past on stderr only, absent
+    # from the run folder a reader opens later
+    cfg = tmp_path / "w.toml"
+    cfg.write_text(
+        '[run]\nname = "w"\nplugins = ["_steps_for_tests"]\n\n'
+        '[[step]]\nrun = "test.make_series"\nid = "gen"\nn_frames = 3\n\n'
+        '[[step]]\nrun = "test.warns"\nid = "w"\n'
+    )
+    expected = [
+        "UserWarning: pixel size disagrees with the cell by -10 %",
+        "RuntimeWarning: detector gain unknown <assumed 1>",
+    ]
+    for status in ("ran", "cached"):
+        if status == "ran":
+            with pytest.warns(UserWarning, match="disagrees with the cell"):  # still shown
+                res = run_pipeline(cfg, quiet=True)
+        else:
+            res = run_pipeline(cfg, quiet=True)
+        step = next(s for s in res.steps if s.id == "w")
+        assert step.status == status
+        assert step.warnings == expected  # distinct texts, in order
+        prov = json.loads((res.run_dir / "provenance.json").read_text())
+        assert next(s for s in prov["steps"] if s["id"] == "w")["warnings"] == expected
+        html = res.report.read_text()
+        assert '<span class="warn">UserWarning: pixel size disagrees' in html
+        assert "gain unknown &lt;assumed 1&gt;" in html  # escaped
+    gen = next(s for s in res.steps if s.id == "gen")
+    assert gen.warnings == []

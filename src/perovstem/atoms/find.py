@@ -374,27 +374,154 @@ def _reduce_basis(v: np.ndarray) -> np.ndarray:
     return np.vstack([a, b])
 
 
+_NONE = np.iinfo(np.int64).min  # index of a point the lattice fit did not reach
+# a lattice this far (relative) from the cell's is reported: calibration or wrong cell
+LATTICE_SCALE_WARN = 0.03
+
+
 def fit_lattice_vectors(
     xy_A: np.ndarray, vectors_A: np.ndarray, origin_A: np.ndarray, *, tol: float = 0.25
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Least-squares lattice ``origin + h·a + k·b`` through points (indexed by rounding).
+    """Least-squares lattice ``origin + h·a + k·b`` through points, indexed by growth.
 
-    Returns ``(origin_A (2,), vectors_A (2, 2), hk (N, 2) int, NaN-free only for inliers)``.
+    The point nearest ``origin_A`` gets (0, 0); every indexed point predicts its four
+    neighbours (±a, ±b) and the point nearest a prediction, within ``tol`` × the shorter
+    vector, takes that index (front by front, the closest prediction winning a contested
+    point); then origin and vectors are fitted by least squares and the growth is repeated
+    with them.  Unlike rounding the fractional coordinates of every point, which aliases a
+    point n cells away to n ± 1 once n × (relative vector error) exceeds ``tol`` (a 10 %
+    calibration error: beyond 2–3 cells), growth needs the vectors right to ``tol`` over
+    one cell only, and follows a bent or scan-distorted lattice.
+
+    Returns
+    -------
+    origin_A : (2,) ndarray
+    vectors_A : (2, 2) ndarray
+        Rows a, b, Å.
+    hk : (N, 2) int ndarray
+        Index of each point; ``np.iinfo(np.int64).min`` for points the growth did not reach
+        (spurious peaks off the lattice, another grain).
     """
+    xy = np.asarray(xy_A, float).reshape(-1, 2)
     vec = np.asarray(vectors_A, float)
     org = np.asarray(origin_A, float)
-    hk = np.zeros((0, 2), dtype=int)
-    inl = np.zeros(len(xy_A), bool)
-    for _ in range(3):
-        frac = (xy_A - org) @ np.linalg.inv(vec)
-        hk = np.round(frac).astype(int)
-        inl = np.all(np.abs(frac - hk) < tol, axis=1)
-        if inl.sum() < 3:
+    hk = np.full((len(xy), 2), _NONE, dtype=np.int64)
+    if len(xy) == 0:
+        return org, vec, hk
+    tree = cKDTree(xy)
+    steps = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], dtype=np.int64)
+    for _ in range(2):
+        hk = _grow_index(xy, tree, vec, org, steps, tol)
+        ok = hk[:, 0] != _NONE
+        if ok.sum() < 3:
             break
-        a_mat = np.column_stack([np.ones(inl.sum()), hk[inl]])
-        sol, *_ = np.linalg.lstsq(a_mat, xy_A[inl], rcond=None)
+        a_mat = np.column_stack([np.ones(ok.sum()), hk[ok]])
+        sol, _, rank, _ = np.linalg.lstsq(a_mat, xy[ok], rcond=None)
+        if rank < 3:  # all indexed points on one line: keep the given vectors
+            break
         org, vec = sol[0], sol[1:3]
-    return org, vec, np.where(inl[:, None], hk, np.iinfo(np.int64).min)
+    return org, vec, hk
+
+
+def _grow_index(
+    xy: np.ndarray,
+    tree: cKDTree,
+    vec: np.ndarray,
+    org: np.ndarray,
+    steps: np.ndarray,
+    tol: float,
+) -> np.ndarray:
+    """Lattice indices by breadth-first growth from the point nearest ``org``."""
+    hk = np.full((len(xy), 2), _NONE, dtype=np.int64)
+    reach = tol * float(np.min(np.linalg.norm(vec, axis=1)))
+    start = int(tree.query(org)[1])
+    hk[start] = 0
+    front = np.array([start])
+    step_xy = steps @ vec
+    while front.size:
+        pred = (xy[front][:, None, :] + step_xy[None]).reshape(-1, 2)
+        d, q = tree.query(pred, distance_upper_bound=reach)
+        ok = np.isfinite(d)
+        src = np.repeat(front, len(steps))[ok]
+        new = hk[src] + np.tile(steps, (len(front), 1))[ok]
+        q, d = q[ok], d[ok]
+        free = hk[q, 0] == _NONE
+        q, d, new = q[free], d[free], new[free]
+        order = np.argsort(d, kind="stable")
+        q_u, first = np.unique(q[order], return_index=True)
+        hk[q_u] = new[order][first]
+        front = q_u
+    return hk
+
+
+def _scaled_cell(
+    cell: ProjectedCell, ref_uv: np.ndarray, xy: np.ndarray
+) -> tuple[ProjectedCell, float]:
+    """The cell scaled to the image's ``ref`` lattice (:func:`_lattice_scale`) and the scale."""
+    reach = 1.3 * max(cell.a_A, cell.b_A)
+    expected = _sublattice_vectors(ref_uv, reach, cell)
+    pairs = cKDTree(xy).query_pairs(1.34 * reach, output_type="ndarray")
+    dv = xy[pairs[:, 1]] - xy[pairs[:, 0]] if len(pairs) else np.zeros((0, 2))
+    scale = _lattice_scale(dv, expected @ cell.vectors())
+    if scale == 1.0:
+        return cell, 1.0
+    out = ProjectedCell(
+        cell.a_A * scale, cell.b_A * scale, cell.angle_deg, cell.sites, cell.c_A, cell.name
+    )
+    return out, scale
+
+
+def _warn_lattice_scale(vec: np.ndarray, cell: ProjectedCell, ref: str, dx: float) -> float:
+    """Warn when the fitted lattice's area differs from the cell's beyond LATTICE_SCALE_WARN.
+
+    Returns the linear scale (fitted / cell, from the cell areas).
+    """
+    area_fit = abs(float(np.linalg.det(vec)))
+    area_cell = abs(float(np.linalg.det(cell.vectors())))
+    scale = float(np.sqrt(area_fit / area_cell))
+    if abs(scale - 1.0) > LATTICE_SCALE_WARN:
+        a_fit, b_fit = np.linalg.norm(vec, axis=1)
+        warnings.warn(
+            f"the {ref!r} lattice in the image is {scale:.3f} × the cell's (a, b = "
+            f"{a_fit:.3f}, {b_fit:.3f} Å in the image vs {cell.a_A:.3f}, {cell.b_A:.3f} Å): "
+            f"the pixel size{f' ({dx:.5g} Å)' if np.isfinite(dx) else ''} or the cell "
+            "parameter is off by "
+            f"{100 * (scale - 1):+.1f} %; columns are placed on the lattice of the image",
+            UserWarning,
+            stacklevel=3,
+        )
+    return scale
+
+
+def _lattice_scale(
+    dv: np.ndarray, expected_A: np.ndarray, *, rel_tol: float = 0.03, bounds=(0.75, 1.33)
+) -> float:
+    """Scale s of the image's lattice relative to the cell, from peak-pair lengths.
+
+    Counts the pair vectors whose length is within ``rel_tol`` of s × an expected length,
+    over s in ``bounds`` (0.5 % steps, then refined); the best s, preferring the one nearest
+    1 among near-ties (a pixel size or cell parameter off by a few % is common; the expected
+    length set repeats at ratios such as √5/2 only for a few pairs).
+    """
+    if len(dv) == 0 or len(expected_A) == 0:
+        return 1.0
+    ln = np.sort(np.linalg.norm(dv, axis=1))
+    ex = np.unique(np.round(np.linalg.norm(expected_A, axis=1), 6))
+
+    def score(s: float) -> int:
+        lo = np.searchsorted(ln, s * ex * (1 - rel_tol))
+        hi = np.searchsorted(ln, s * ex * (1 + rel_tol))
+        return int(np.sum(hi - lo))
+
+    grid = np.exp(np.arange(np.log(bounds[0]), np.log(bounds[1]) + 1e-9, 0.005))
+    sc = np.array([score(s) for s in grid])
+    if sc.max() == 0:
+        return 1.0
+    near = grid[sc >= 0.9 * sc.max()]
+    s0 = float(near[np.argmin(np.abs(np.log(near)))])
+    fine = s0 * np.exp(np.arange(-0.006, 0.00601, 0.001))
+    scf = np.array([score(s) for s in fine])
+    return float(np.mean(fine[scf == scf.max()]))
 
 
 def _kmeans_1d(v: np.ndarray, k: int) -> np.ndarray:
@@ -471,8 +598,13 @@ def _place_sites(
     s0: np.ndarray,
     img: Image,
     shape: tuple[int, int],
+    field: Any = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Every site of the cell inside the image, the origin being reference site ``s0``."""
+    """Every site of the cell inside the image, the origin being reference site ``s0``.
+
+    ``field`` (from :func:`_residual_field`) adds the smooth departure of the measured
+    reference columns from the straight lattice at each site's fractional index.
+    """
     ny, nx = shape
     corners = px_to_A(np.array([[0, 0], [nx - 1, 0], [0, ny - 1], [nx - 1, ny - 1]], float), img)
     fr = (corners - org) @ np.linalg.inv(vec)
@@ -483,7 +615,10 @@ def _place_sites(
     rows = []
     for si, site in cell.sites.iterrows():
         duv = np.array([site.u, site.v]) - s0
-        pos = org + (np.column_stack([hh, kk]) + duv) @ vec
+        frac = np.column_stack([hh, kk]) + duv
+        pos = org + frac @ vec
+        if field is not None:
+            pos = pos + field(frac)
         rows.append(
             pd.DataFrame(
                 {
@@ -500,6 +635,48 @@ def _place_sites(
     pxy = (cand[["x_A", "y_A"]].to_numpy() - np.asarray(img.origin_A)) / img.pixel_size_A
     inside = (pxy[:, 0] >= 0) & (pxy[:, 0] <= nx - 1) & (pxy[:, 1] >= 0) & (pxy[:, 1] <= ny - 1)
     return cand[inside].reset_index(drop=True), pxy[inside]
+
+
+def _residual_field(
+    xy: np.ndarray, hk: np.ndarray, org: np.ndarray, vec: np.ndarray, *, sigma_cells: float = 1.0
+):
+    """Smooth displacement of the indexed points from the fitted straight lattice.
+
+    Normalised convolution (Knutsson & Westin, CVPR 1993) of the residuals on the (h, k)
+    grid with a Gaussian of ``sigma_cells``: scan distortion, drift during the scan and
+    bending move columns by up to an ångström across a field while a straight lattice is
+    off by a fraction of that within a few cells.  Cells without indexed points nearby take
+    the nearest smoothed value.  Returns ``f(frac (N, 2)) -> (N, 2)`` Å, or None when fewer
+    than 9 points are indexed (too few to tell distortion from noise).
+    """
+    ok = hk[:, 0] != _NONE
+    if ok.sum() < 9:
+        return None
+    h = hk[ok]
+    res = xy[ok] - (org + h @ vec)
+    pad = int(np.ceil(3 * sigma_cells)) + 1
+    lo = h.min(axis=0) - pad
+    shape = tuple(h.max(axis=0) - lo + pad + 1)
+    num = np.zeros((2, *shape))
+    den = np.zeros(shape)
+    ij = tuple((h - lo).T)
+    np.add.at(den, ij, 1.0)
+    for c in range(2):
+        np.add.at(num[c], ij, res[:, c])
+    den_s = ndimage.gaussian_filter(den, sigma_cells, mode="constant")
+    num_s = [ndimage.gaussian_filter(num[c], sigma_cells, mode="constant") for c in range(2)]
+    valid = den_s > 0.05
+    near = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    grid = np.stack([np.where(valid, n / np.where(valid, den_s, 1.0), 0.0) for n in num_s])
+    grid = grid[(slice(None), *near)]
+
+    def field(frac: np.ndarray) -> np.ndarray:
+        coords = (np.asarray(frac, float) - lo).T
+        return np.column_stack(
+            [ndimage.map_coordinates(grid[c], coords, order=1, mode="nearest") for c in range(2)]
+        )
+
+    return field
 
 
 def find_columns(
@@ -594,12 +771,17 @@ def find_columns(
     bright = hgt >= 0.5 * np.median(hgt[hgt >= np.quantile(hgt, 0.5)])
     xyb = xy[bright]
     ref_uv = cell.sites.loc[cell.sites["type"] == ref, ["u", "v"]].to_numpy(float)
+    # the lattice in the image may be a few % off the cell (pixel size calibration, cell
+    # parameter of another phase, thermal expansion): measure its scale first, then match
+    # rotations and fit with the cell at that scale
+    cell_given = cell
+    cell, scale = _scaled_cell(cell, ref_uv, xyb)
     reach = 1.3 * max(cell.a_A, cell.b_A)
     expected = _sublattice_vectors(ref_uv, reach, cell)
     tree = cKDTree(xyb)
     pairs = tree.query_pairs(reach, output_type="ndarray")
     dv = xyb[pairs[:, 1]] - xyb[pairs[:, 0]] if len(pairs) else np.zeros((0, 2))
-    tol = 0.12 * dmin_ref
+    tol = 0.12 * dmin_ref * scale
     centre = np.array([np.mean(xyb[:, 0]), np.mean(xyb[:, 1])])
     o0 = xyb[np.argmin(np.linalg.norm(xyb - centre, axis=1))]
     fits = []
@@ -608,11 +790,11 @@ def find_columns(
             v = cell.vectors(rot)
             v[1] *= hand
             org, vec, hk = fit_lattice_vectors(xyb, v, o0)
-            fits.append((int(np.sum(hk[:, 0] != np.iinfo(np.int64).min)), org, vec))
+            fits.append((int(np.sum(hk[:, 0] != _NONE)), org, vec, hk))
     if not fits or max(f[0] for f in fits) < 2:
         raise DataError(
             f"could not fit the cell lattice: no peak pairs match the {ref!r} sublattice of the "
-            f"cell (a = {cell.a_A:.3f} Å, b = {cell.b_A:.3f} Å; found {len(xyb)} reference "
+            f"cell (a = {cell.a_A / scale:.3f} Å, b = {cell.b_A / scale:.3f} Å; found {len(xyb)} reference "
             "peaks); check the pixel size and the cell"
         )
     best_n = max(f[0] for f in fits)
@@ -626,9 +808,10 @@ def find_columns(
     # the handedness, are chosen by the contrast at the other sites (a sublattice with a
     # smaller period than the cell, or a mirror-symmetric one, cannot tell them apart)
     best = None
-    for _, org, vec in fits:
+    for _, org, vec, hk in fits:
+        field = _residual_field(xyb, hk, org, vec)
         for s0 in np.unique(np.round(ref_uv, 6), axis=0):
-            cand, pxy = _place_sites(cell, org, vec, s0, img, data.shape)
+            cand, pxy = _place_sites(cell, org, vec, s0, img, data.shape, field)
             con = ndimage.map_coordinates(sm, [pxy[:, 1], pxy[:, 0]], order=1) - bg
             others = [t for t in cell.types if t != ref]
             score = sum(
@@ -645,6 +828,7 @@ def find_columns(
             ):
                 best = (score, ang, org, vec, cand, pxy, con)
     _, _, org, vec, cand, pxy, con = best
+    lattice_scale = _warn_lattice_scale(vec, cell_given, ref, dx)
     # the site test keeps the darker-half MAD (1e-12 on a zero-count vacuum, when
     # presence_fraction alone decides): at a known lattice site it is no search, and the
     # count-data σ of _pixel_noise would drop Br columns of a few electrons that the
@@ -669,6 +853,7 @@ def find_columns(
         pixel_size_A=dx,
         lattice_vectors_A=vec.tolist(),
         lattice_origin_A=org.tolist(),
+        lattice_scale=lattice_scale,
         cell=cell.name,
         reference_type=ref,
     )

@@ -17,7 +17,13 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from perovstem.atoms.cell import ProjectedCell
-from perovstem.atoms.find import _rotation_candidates, _sublattice_vectors, fit_lattice_vectors
+from perovstem.atoms.find import (
+    _rotation_candidates,
+    _scaled_cell,
+    _sublattice_vectors,
+    _warn_lattice_scale,
+    fit_lattice_vectors,
+)
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["fit_lattice", "lattice_strain", "projected_unit_cell"]
@@ -70,6 +76,9 @@ def fit_lattice(
     dmin_ref = cell.min_distance_A(ref)
     centre = xyr.mean(axis=0)
     o0 = xyr[np.argmin(np.linalg.norm(xyr - centre, axis=1))]
+    cell_given = cell
+    cell, scale = _scaled_cell(cell, ref_uv, xyr)  # a calibration off by a few %
+    dmin_ref *= scale
     if rotation_deg is None:
         reach = 1.3 * max(cell.a_A, cell.b_A)
         expected = _sublattice_vectors(ref_uv, reach, cell)
@@ -81,7 +90,7 @@ def fit_lattice(
         ]
         if not trials:
             raise DataError(
-                f"no {ref!r} column pairs match the cell (a = {cell.a_A} Å): cannot fit the lattice"
+                f"no {ref!r} column pairs match the cell (a = {cell_given.a_A} Å): cannot fit the lattice"
             )
     else:
         trials = [(1.0, float(rotation_deg)), (-1.0, float(rotation_deg))]
@@ -93,7 +102,9 @@ def fit_lattice(
         fits.append((int(np.sum(hk[:, 0] != _NONE)), org, vec, hk))
     best_n = max(f[0] for f in fits)
     if best_n < 2:
-        raise DataError(f"no {ref!r} column pairs at a = {cell.a_A} Å: cannot fit the lattice")
+        raise DataError(
+            f"no {ref!r} column pairs at a = {cell_given.a_A} Å: cannot fit the lattice"
+        )
     tol = 0.3 * cell.min_distance_A()
     best = None
     # which reference site the fitted origin is, and the handedness: the choice that indexes
@@ -113,6 +124,7 @@ def fit_lattice(
             if best is None or key > best[0]:
                 best = (key, org, vec, hk, s0, idx)
     _, org, vec, hk, s0, (best_d, h_out, k_out, site_out, ideal) = best
+    _warn_lattice_scale(vec, cell_given, ref, float(columns.attrs.get("pixel_size_A", np.nan)))
     ok = hk[:, 0] != _NONE
     # standard errors of the lattice parameters from the LS residuals
     a_mat = np.column_stack([np.ones(ok.sum()), hk[ok]])

@@ -22,6 +22,7 @@ parameter re-runs that step and everything downstream of it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -30,6 +31,7 @@ import platform
 import sys
 import time
 import traceback
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +84,7 @@ class StepResult:
     section: str = ""
     doc: str = ""
     note: str = ""
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -400,6 +403,9 @@ def _run_locked(
             )
             extra = f" ({res.wall_s:.1f} s)" if res.status == "ran" else ""
             msg = f": {res.message}" if res.message else ""
+            if res.warnings:  # shown in full when raised; a cached step only counts them
+                n_w = len(res.warnings)
+                msg += f" [yellow]{n_w} warning{'s' if n_w > 1 else ''} (in the report)[/]"
             log(f"{symbol} {spec.id} [dim]{spec.step.name}[/] {res.status}{extra}{msg}")
             if progress is not None:
                 progress.advance(overall)
@@ -521,6 +527,7 @@ def _run_one(
                 wall_s=info.get("wall_s", 0.0),
                 outputs=info.get("outputs", []),
                 report_items=info.get("report_items", []),
+                warnings=info.get("warnings", []),
             )
         remove_tree(done)  # stale: never trust old outputs again, even if killed now
     ctx = StepContext(
@@ -533,11 +540,13 @@ def _run_one(
         progress=progress,
     )
     t0 = time.perf_counter()
+    caught: list[warnings.WarningMessage] = []
     try:
         kwargs = {
             name: (arte.get(ref) if ref is not None else None) for name, ref in wiring.items()
         }
-        produced = step.func(ctx, **kwargs)
+        with _recorded_warnings(caught):
+            produced = step.func(ctx, **kwargs)
         if not isinstance(produced, dict):
             raise TypeError(f"step `{step.name}` returned {type(produced).__name__}, not a dict")
         missing_out = [o for o in step.outputs if o not in produced]
@@ -554,6 +563,7 @@ def _run_one(
             wall_s=time.perf_counter() - t0,
             message=msg,
             report_items=ctx.report_items,
+            warnings=_warning_texts(caught),
         )
         res.error = exc  # type: ignore[attr-defined]
         res.traceback = traceback.format_exc()  # type: ignore[attr-defined]
@@ -581,11 +591,48 @@ def _run_one(
             "wall_s": wall,
             "outputs": files,
             "report_items": ctx.report_items,
+            "warnings": _warning_texts(caught),
         },
     )
     return StepResult(
-        **base, status="ran", key=key, wall_s=wall, outputs=files, report_items=ctx.report_items
+        **base,
+        status="ran",
+        key=key,
+        wall_s=wall,
+        outputs=files,
+        report_items=ctx.report_items,
+        warnings=_warning_texts(caught),
     )
+
+
+@contextlib.contextmanager
+def _recorded_warnings(caught: list[warnings.WarningMessage]):
+    """Record every warning a step raises (for provenance and the report), then show each once.
+
+    A step's warnings (an unknown detector gain, a lattice that disagrees with the cell's,
+    ...) qualify its numbers, so they travel with the run instead of scrolling past on a
+    terminal.  Warnings raised inside dask workers stay in the worker logs.
+    """
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            caught.extend(rec)
+    seen: set[tuple[type, str]] = set()
+    for w in caught:  # shown as usual (the caller's filters apply), each text once
+        key = (w.category, str(w.message))
+        if key not in seen:
+            seen.add(key)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _warning_texts(caught: list[warnings.WarningMessage], limit: int = 20) -> list[str]:
+    """Distinct warning texts in order, ``Category: message``, at most ``limit``."""
+    out = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+    if len(out) > limit:
+        out = out[:limit] + [f"... and {len(out) - limit} more warnings"]
+    return out
 
 
 def _write_provenance(
@@ -620,6 +667,7 @@ def _write_provenance(
         if tb:
             d["traceback"] = tb
         d["report_items"] = r.report_items
+        d["warnings"] = r.warnings
         steps.append(d)
     write_json(
         run_dir / "provenance.json",
