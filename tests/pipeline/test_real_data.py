@@ -46,3 +46,40 @@ n_classes = 2
     assert any(it["kind"] == "metric" and it["value"] > 0 for it in vols)
     html = r.report.read_text()
     assert "FIB needle &lt;real data&gt;" in html
+
+
+@pytest.mark.shared
+def test_real_pb_particle_fit_and_count_without_a_cell(statstem_data, tmp_path):
+    # StatSTEM's Pb particle through the pipeline as a user without a cell would run it:
+    # the lattice estimate used to take the particle's envelope for a 21 Å lattice, the fit
+    # then spread every column over 3.7 Å, and the count step failed on the 43 negative
+    # cross-sections of peaks found on the support
+    import numpy as np
+    import pandas as pd
+    from scipy.spatial import cKDTree
+
+    from perovstem import Image
+    from perovstem.io import load_statstem, save_image
+
+    ex = load_statstem(statstem_data / "npz" / "Example2_Pb.npz")
+    save_image(Image(np.asarray(ex.image.data, float), ex.image.pixel_size_A), tmp_path / "pb.hspy")
+    cfg = tmp_path / "pb.toml"
+    cfg.write_text(
+        '[run]\nname = "pb"\n[inputs]\nimage = "pb.hspy"\n'
+        '[[step]]\nrun = "atoms.fit"\nnormalize = false\ncell = "none"\n'
+        '[[step]]\nrun = "atoms.count"\ntypes = ["type0"]\nlibrary = false\n'
+    )
+    r = run_pipeline(cfg, quiet=True, scheduler="serial")
+    assert [s.status for s in r.steps] == ["ran", "ran"], [s.message for s in r.steps]
+    fit = pd.read_parquet(r.run_dir / "tables" / "fit.columns.parquet")
+    assert fit["rho_A"].median() == pytest.approx(1.112, rel=0.03)  # StatSTEM's width
+    counts = pd.read_parquet(r.run_dir / "tables" / "count.counts.parquet")
+    assert (~counts["counted"]).sum() > 0  # the support's peaks are kept, not counted
+    c = counts[counts["counted"]]
+    ref = pd.read_csv(statstem_data / "csv" / "Example2_Pb_reference_counts.csv")
+    d, k = cKDTree(ref[["x_A", "y_A"]].to_numpy()).query(c[["x_A", "y_A"]].to_numpy())
+    m = d < 0.6
+    assert m.sum() >= 0.7 * len(ref)  # measured 151 of StatSTEM's 212 counted columns
+    diff = c["n_atoms"].to_numpy(float)[m] - ref["count"].to_numpy()[k[m]]
+    assert np.mean(np.abs(diff) <= 1) >= 0.95  # measured 1.00 (0.83 exact)
+    assert "not counted" in r.report.read_text()

@@ -315,6 +315,9 @@ def _disk_maxima(sm: np.ndarray, sep: float, where: np.ndarray | None = None) ->
 def estimate_lattice(image: Image | np.ndarray, *, pixel_size_A: float | None = None) -> np.ndarray:
     """Two shortest strong, non-collinear lattice vectors from the power spectrum, Å.
 
+    Peaks of the windowed power spectrum relative to its radial median (whitened), at least
+    8 % of the strongest; the two lowest non-collinear spatial frequencies give the basis.
+
     Returns
     -------
     (2, 2) ndarray
@@ -335,6 +338,13 @@ def estimate_lattice(image: Image | np.ndarray, *, pixel_size_A: float | None = 
     ky = (np.arange(ny) - cy) / ny
     kx = (np.arange(nx) - cx) / nx
     kk = np.hypot(*np.meshgrid(ky, kx, indexing="ij"))
+    # Bragg spots are sharp excesses over the smooth radial spectrum: divided by the radial
+    # median, a particle's envelope, other particles and the vacuum edge (the strongest
+    # low-frequency power of a nanoparticle image: a "21 Å lattice" on StatSTEM's Pb
+    # particle) no longer outrank the lattice reflections
+    rbin = np.round(kk * min(ny, nx)).astype(int)
+    radial = np.asarray(ndimage.median(f, labels=rbin, index=np.arange(rbin.max() + 1)))
+    f = f / np.maximum(radial[rbin], np.finfo(float).tiny)
     f[kk < 3.0 / min(ny, nx)] = 0.0  # DC and slow background
     mx = ndimage.maximum_filter(f, size=5)
     pk = (f == mx) & (f > 0)

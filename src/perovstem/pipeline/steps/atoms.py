@@ -127,6 +127,13 @@ START_SCALE = "perovstem.atoms.library:start_scale_from_types"
             min=0.0,
             max=1.0,
         ),
+        "min_significance": Param(
+            float,
+            3.0,
+            "columns whose cross-section is not above this many standard errors (scs_err) "
+            "are not counted: peaks on the vacuum or support, not atom columns",
+            min=0.0,
+        ),
     },
     requires=(COUNT,),
     section="counting",
@@ -141,6 +148,23 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
         if "type" in out.columns
         else np.ones(len(out), bool)
     )
+    if "scs" in out.columns:
+        # a finder without a cell (or a user's start list) also puts "columns" on the
+        # vacuum and the support; their fitted SCS is ~0 or negative (43 of 223 on
+        # StatSTEM's Pb particle), which no counting model can take
+        scs = out["scs"].to_numpy(float)
+        err = out["scs_err"].to_numpy(float) if "scs_err" in out.columns else np.zeros(len(out))
+        weak = sel & ~((scs > 0) & (scs > p["min_significance"] * np.nan_to_num(err)))
+        if weak.any():
+            sel = sel & ~weak
+            out["counted"] = sel
+            ctx.text(
+                f"{int(weak.sum())} of {int(weak.sum() + sel.sum())} columns not counted: "
+                f"cross-section not above {p['min_significance']:g} standard errors "
+                f"(min {np.nanmin(scs[weak]):.4g}); they are kept in the table with "
+                "counted = False.",
+                section="counting",
+            )
     kw: dict[str, Any] = {}
     if p["library"] and "type" in out.columns:
         try:
