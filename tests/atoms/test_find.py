@@ -332,3 +332,15 @@ def test_lattice_and_peaks_on_real_nanoparticles(statstem_data, name, min_recall
     ref = ex.coordinates[["x_A", "y_A"]].to_numpy()
     d, _ = cKDTree(pk[["x_A", "y_A"]].to_numpy()).query(ref)
     assert np.mean(d < 0.6) >= min_recall
+
+
+def test_every_statstem_database_cell_reads(statstem_data):
+    # Au100, Ce100 and Pt100 name the site section "columns" (the others "atoms"): they were
+    # refused as "no 'atoms' section"
+    files = sorted((statstem_data / "database").glob("*.txt"))
+    assert len(files) >= 17
+    for f in files:
+        cell = read_statstem_cell(f)
+        assert len(cell.sites) >= 1 and cell.a_A > 0, f.name
+    pt = read_statstem_cell(statstem_data / "database" / "Pt100.txt")
+    assert pt.a_A == 3.9242 and pt.min_distance_A() == pytest.approx(3.9242 / 2)

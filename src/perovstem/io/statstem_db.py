@@ -72,7 +72,7 @@ def read_statstem_cell(
         if not parts:
             continue
         key = parts[0].lower()
-        if key == "atoms":
+        if key in ("atoms", "columns"):  # Au100, Ce100, Pt100 of StatSTEM's database: "columns"
             section = "atoms"
             continue
         if key == "zinfo":
@@ -91,7 +91,7 @@ def read_statstem_cell(
         if k not in params:
             raise FileFormatError(f"{p}: not a StatSTEM unit-cell file (no '{k}' line)")
     if not atoms:
-        raise FileFormatError(f"{p}: no 'atoms' section with x/y fractions")
+        raise FileFormatError(f"{p}: no 'atoms' (or 'columns') section with x/y fractions")
     rename = rename or {}
     sites = pd.DataFrame(
         {
