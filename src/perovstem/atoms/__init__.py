@@ -3,6 +3,7 @@
 Public API (see ``docs/CONTRACTS.md``):
 
 * :func:`find_columns`, :func:`find_peaks`, :func:`estimate_lattice` — column detection;
+* :func:`map_columns` — number of columns of a low-dose image by its posterior (MAP rule);
 * :func:`fit_columns`, :func:`normalize_image`, :func:`model_image` — joint Gaussian model;
 * :func:`estimate_noise_model` — detector gain, offset and read noise from the shot noise;
 * :func:`crlb`, :func:`voronoi_intensities` — precision bound and model-free intensities;
@@ -23,12 +24,14 @@ from perovstem.atoms.fit import FIT_COLUMNS, fit_columns, model_image
 from perovstem.atoms.fitted_library import fitted_scs_library
 from perovstem.atoms.hyperspy import to_hyperspy
 from perovstem.atoms.lattice import fit_lattice, lattice_strain, projected_unit_cell
+from perovstem.atoms.map import MapResult, map_columns
 from perovstem.atoms.noise import NoiseModel, estimate_noise_model
 from perovstem.atoms.normalize import normalize_image
 from perovstem.atoms.voronoi import voronoi_intensities
 
 __all__ = [
     "FIT_COLUMNS",
+    "MapResult",
     "NoiseModel",
     "ProjectedCell",
     "crlb",
@@ -42,6 +45,7 @@ __all__ = [
     "fit_lattice_vectors",
     "fitted_scs_library",
     "lattice_strain",
+    "map_columns",
     "model_image",
     "normalize_image",
     "projected_unit_cell",

@@ -87,7 +87,8 @@ def load_statstem(path: str | os.PathLike) -> StatSTEMExample:
                 "type": _types(f.get("ref_types", np.ones(len(xy))), names),
                 "rho_A": f["ref_rho_angstrom"],
                 "eta": f["ref_eta"],
-                "scs": f["ref_scs"],
+                # the MAP output stores no SCS: the Gaussian volume 2πηρ² (README)
+                "scs": f.get("ref_scs", 2 * np.pi * f["ref_eta"] * f["ref_rho_angstrom"] ** 2),
             }
         )
         ref.attrs["pixel_size_A"] = dx
