@@ -387,6 +387,9 @@ def _reduce_basis(v: np.ndarray) -> np.ndarray:
 _NONE = np.iinfo(np.int64).min  # index of a point the lattice fit did not reach
 # a lattice this far (relative) from the cell's is reported: calibration or wrong cell
 LATTICE_SCALE_WARN = 0.03
+# the residual field of the reference columns is used when its variance exceeds this many
+# times the variance its localisation noise alone would give
+FIELD_SIGNIFICANCE = 3.0
 
 
 def fit_lattice_vectors(
@@ -657,7 +660,8 @@ def _residual_field(
     bending move columns by up to an ångström across a field while a straight lattice is
     off by a fraction of that within a few cells.  Cells without indexed points nearby take
     the nearest smoothed value.  Returns ``f(frac (N, 2)) -> (N, 2)`` Å, or None when fewer
-    than 9 points are indexed (too few to tell distortion from noise).
+    than 9 points are indexed or the field is not above its localisation noise (a straight
+    lattice: then the fitted lattice alone places the sites).
     """
     ok = hk[:, 0] != _NONE
     if ok.sum() < 9:
@@ -679,6 +683,14 @@ def _residual_field(
     near = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
     grid = np.stack([np.where(valid, n / np.where(valid, den_s, 1.0), 0.0) for n in num_s])
     grid = grid[(slice(None), *near)]
+    # only a distortion above the localisation noise is applied: on a straight lattice the
+    # smoothed field is noise (of variance σ²/n_eff, n_eff = 4πσ_cells² points) that would
+    # move weak sites off their columns
+    at = grid[(slice(None), *ij)].T
+    sig2 = float(np.mean((res - at) ** 2))
+    n_eff = 4 * np.pi * sigma_cells**2
+    if float(np.mean(at**2)) < FIELD_SIGNIFICANCE * sig2 / n_eff:
+        return None
 
     def field(frac: np.ndarray) -> np.ndarray:
         coords = (np.asarray(frac, float) - lo).T
