@@ -271,6 +271,17 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
         n = data.shape[0]
         ticks = nav.get("offset", 0.0) + nav.get("scale", 1.0) * np.arange(n)
         kind_, factor = _nav_unit(nav.get("units"))
+        if kind_ == "angle" and n > 1 and np.ptp(ticks * factor) < _MIN_TILT_SPAN_DEG:
+            kind_ = "other"  # e.g. a detector's scattering-angle bins in mrad, not tilts
+        if kind_ == "other" and data.ndim == 3:
+            # a spectrum image (energy loss in eV), a line scan (nm) or a depth/detector
+            # stack is not a series of frames: refuse instead of analysing 2048 "frames"
+            raise DataError(
+                f"{str(path)!r}: the stack axis {nav.get('name')!r} is in {nav.get('units')!r} "
+                f"({n} steps from {ticks[0]:.4g} to {ticks[-1]:.4g}), neither time (frames) "
+                "nor tilt angles: a spectrum image, line scan or detector/depth stack is not "
+                "an image series; extract the image(s) first"
+            )
         if kind_ == "time":
             out["time_s"] = ticks * factor
         elif kind_ == "angle":
@@ -320,9 +331,15 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
     return out
 
 
+# a stack axis in angle units spanning less than this is not a tilt series (the same
+# threshold as for MRC headers)
+_MIN_TILT_SPAN_DEG = 0.5
+
+
 def _nav_unit(units: Any) -> tuple[str | None, float]:
-    """Classify a navigation-axis unit: ``("time", to_s)``, ``("angle", to_deg)`` or
-    ``(None, 1.0)``; any pint time or angle unit is accepted (µs, min, h, rad, mrad, ...)."""
+    """Classify a navigation-axis unit: ``("time", to_s)``, ``("angle", to_deg)``,
+    ``("other", 1.0)`` for any other physical unit (eV, nm, ...) or ``(None, 1.0)`` when
+    there is none; any pint time or angle unit is accepted (µs, min, h, rad, mrad, ...)."""
     from perovstem.io._units import _ureg
 
     u = str(units or "").strip()
@@ -336,12 +353,14 @@ def _nav_unit(units: Any) -> tuple[str | None, float]:
         q = _ureg().Quantity(1.0, u)
     except Exception:
         return None, 1.0
-    for kind_, target in (("time", "second"), ("angle", "degree")):
-        try:
-            return kind_, float(q.to(target).magnitude)
-        except Exception:
-            continue
-    return None, 1.0
+    try:
+        return "time", float(q.to("second").magnitude)
+    except Exception:
+        pass
+    # angles are dimensionless in pint, as are "counts" or "percent": ask for an angle unit
+    if re.search(r"radian|degree|arc", str(q.units)):
+        return "angle", float(q.to("degree").magnitude)
+    return ("other" if q.dimensionality else None), 1.0
 
 
 def _tiff_header(path: Path) -> dict[str, Any] | None:
