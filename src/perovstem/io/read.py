@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -322,12 +323,26 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
             ) from None
         rec["metadata"] = {**rec["metadata"], "format": plugin}
         return rec
-    beam = beam_conditions(md, s.get("original_metadata", {}))
+    sources: dict[str, str] = {}
+    beam = beam_conditions(
+        md, s.get("original_metadata", {}), what=repr(str(path)), sources=sources
+    )
     out["metadata"].update(beam)
+    out["metadata"].update({f"{k}_source": v for k, v in sources.items()})
     if beam.get("beam_current_A") and beam.get("dwell_time_s") and out.get("pixel_size_A"):
-        out["dose_e_per_A2"] = dose_per_frame(
-            beam["beam_current_A"], beam["dwell_time_s"], out["pixel_size_A"]
-        )
+        dose = dose_per_frame(beam["beam_current_A"], beam["dwell_time_s"], out["pixel_size_A"])
+        if dose > MAX_FRAME_DOSE_E_PER_A2:
+            _ignore_value(
+                repr(str(path)),
+                "the dose per frame",
+                dose,
+                f"{beam['beam_current_A']:.3g} A × {beam['dwell_time_s']:.3g} s over "
+                f"({out['pixel_size_A']:.3g} Å)² is above {MAX_FRAME_DOSE_E_PER_A2:g} e⁻/Å²",
+            )
+        else:
+            out["dose_e_per_A2"] = dose
+            # dose = I·t_dwell/e/px², from the fields named in *_source and the x calibration
+            out["metadata"]["dose_source"] = "beam_current_A × dwell_time_s / e / pixel_size_A²"
     return out
 
 
@@ -460,37 +475,81 @@ def dose_per_frame(beam_current_A: float, dwell_time_s: float, pixel_size_A: flo
     return float(beam_current_A) * float(dwell_time_s) / E_CHARGE / float(pixel_size_A) ** 2
 
 
-def beam_conditions(md: dict, om: dict) -> dict[str, float]:
+# Where the beam current and dwell time come from, in order of preference: (metadata tree,
+# key path, factor to SI). HyperSpy/RosettaSciIO map DM's "Probe Current (nA)" and JEOL's
+# BeamCurrent to TEM.beam_current in nA and DigiScan's "Sample Time" to dwell_time in s;
+# Velox keeps the screen current (A) and the dwell time (s) in its original metadata.
+_BEAM_FIELDS: dict[str, tuple[tuple[str, tuple[str, ...], float], ...]] = {
+    "beam_current_A": (
+        ("metadata", ("Acquisition_instrument", "TEM", "beam_current"), 1e-9),
+        ("original_metadata", ("Optics", "LastMeasuredScreenCurrent"), 1.0),
+    ),
+    "dwell_time_s": (
+        ("metadata", ("Acquisition_instrument", "TEM", "Detector", "dwell_time"), 1.0),
+        ("metadata", ("Acquisition_instrument", "TEM", "dwell_time"), 1.0),
+        ("original_metadata", ("Scan", "DwellTime"), 1.0),
+    ),
+}
+# Beyond these the value is a unit or entry mistake, not a measurement: STEM probe and TEM
+# screen currents are fA–nA (1 µA is a gun emission current); pixel dwell times are ns–ms.
+_BEAM_MAX = {"beam_current_A": 1e-6, "dwell_time_s": 1.0}
+# One scanned frame above this dose (e⁻/Å²) is not a usable acquisition of any material.
+MAX_FRAME_DOSE_E_PER_A2 = 1e8
+
+
+def _ignore_value(what: str, field: str, value: Any, why: str) -> None:
+    warnings.warn(
+        f"{what}: ignoring {field} = {value!r} ({why}); no dose is computed from it",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+def beam_conditions(
+    md: dict, om: dict, *, what: str = "metadata", sources: dict[str, str] | None = None
+) -> dict[str, float]:
     """Beam current (A), dwell time (s), high tension (kV) and magnification from metadata.
 
     Reads HyperSpy-style mapped metadata (``Acquisition_instrument.TEM``: beam_current in nA,
     dwell_time in s, beam_energy in kV) and, failing that, Velox original metadata
-    (``Optics.LastMeasuredScreenCurrent`` in A, ``Scan.DwellTime`` in s).
+    (``Optics.LastMeasuredScreenCurrent`` in A, ``Scan.DwellTime`` in s).  A zero value
+    counts as not recorded (GMS writes 0 when the microscope does not report it); a
+    negative, non-finite or absurd one (current above 1 µA, dwell above 1 s) is ignored
+    with a warning naming the field and ``what`` (the file).  ``sources``, when given,
+    receives the field each value was taken from.
     """
-    tem = _get(md, "Acquisition_instrument", "TEM") or {}
+    trees = {"metadata": md, "original_metadata": om}
     out: dict[str, float] = {}
-
-    def _f(v: Any) -> float | None:
-        try:
-            v = float(v)
-        except (TypeError, ValueError):
-            return None
-        return v if np.isfinite(v) and v > 0 else None
-
-    cur = _f(tem.get("beam_current"))
-    if cur is not None:
-        out["beam_current_A"] = cur * 1e-9
-    else:
-        cur = _f(_get(om, "Optics", "LastMeasuredScreenCurrent"))
-        if cur is not None:
-            out["beam_current_A"] = cur
-    dwell = _f(_get(tem, "Detector", "dwell_time")) or _f(tem.get("dwell_time"))
-    dwell = dwell or _f(_get(om, "Scan", "DwellTime"))
-    if dwell is not None:
-        out["dwell_time_s"] = dwell
+    for name, candidates in _BEAM_FIELDS.items():
+        for tree, keys, factor in candidates:
+            raw = _get(trees[tree], *keys)
+            if raw is None:
+                continue
+            field = f"{tree}.{'.'.join(keys)}"
+            try:
+                v = float(raw) * factor
+            except (TypeError, ValueError):
+                _ignore_value(what, field, raw, "not a number")
+                continue
+            if v == 0:
+                continue
+            if not np.isfinite(v) or v < 0:
+                _ignore_value(what, field, raw, "negative or not finite")
+                continue
+            if v > _BEAM_MAX[name]:
+                _ignore_value(what, field, raw, f"{name} = {v:.3g} is above {_BEAM_MAX[name]:g}")
+                continue
+            out[name] = v
+            if sources is not None:
+                sources[name] = field
+            break
+    tem = _get(md, "Acquisition_instrument", "TEM") or {}
     for key, name in (("beam_energy", "high_tension_kV"), ("magnification", "magnification")):
-        v = _f(tem.get(key))
-        if v is not None:
+        try:
+            v = float(tem.get(key))
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(v) and v > 0:
             out[name] = v
     return out
 
