@@ -121,3 +121,43 @@ def test_zero_beam_current_means_not_recorded_and_falls_back(tmp_path):
     img = ps.load(p)
     assert img.dose_e_per_A2 == pytest.approx(5e-11 * 2e-6 / 1.602176634e-19 / 0.04)
     assert img.metadata["beam_current_A_source"].endswith("LastMeasuredScreenCurrent")
+
+
+def _fei_mrc(path, exttyp, dose_e_per_A2, *, days0=46000.0):
+    """A vendor-style FEI1/FEI2 stack: real dates (days since 1899-12-30), dose in e⁻/m²."""
+    import mrcfile
+    from mrcfile.dtypes import get_ext_header_dtype
+
+    n = len(dose_e_per_A2)
+    dt = get_ext_header_dtype(exttyp, "<")
+    rec = np.zeros(n, dtype=dt)
+    rec["Metadata size"] = dt.itemsize
+    rec["Application"] = b"Velox"
+    rec["Pixel size X"] = rec["Pixel size Y"] = 2e-11
+    rec["Dose"] = np.asarray(dose_e_per_A2, float) * 1e20
+    rec["Timestamp"] = days0 + np.arange(n) * 2.0 / 86400
+    rec["Bitmask 1"] = (1 << 0) | (1 << 3) | (1 << 6) | (1 << 14) | (1 << 15)
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(np.stack([A[:16, :16]] * n))
+        m.set_extended_header(rec)
+        m.header.exttyp = exttyp
+
+
+@pytest.mark.parametrize("exttyp", [b"FEI1", b"FEI2"])
+def test_fei_header_dose_and_times_from_a_vendor_file(tmp_path, exttyp):
+    p = tmp_path / "velox.mrc"
+    _fei_mrc(p, exttyp, [100.0, 100.0, 120.0])
+    s = ps.load(p)
+    assert s.pixel_size_A == pytest.approx(0.2)
+    np.testing.assert_allclose(s.dose_e_per_A2, [100, 100, 120])
+    np.testing.assert_allclose(s.time_s, [0, 2, 4], atol=1e-5)  # relative to the first image
+
+
+@pytest.mark.parametrize("bad", [-100.0, float("nan"), 1e9])
+def test_fei_header_absurd_dose_is_dropped_with_a_warning(tmp_path, bad):
+    # old code: negative/NaN silently dropped, 1e9 e⁻/Å² per image used
+    p = tmp_path / "bad_dose.mrc"
+    _fei_mrc(p, b"FEI1", [100.0, bad, 100.0])
+    with pytest.warns(UserWarning, match=r"bad_dose\.mrc.*Dose of image 1"):
+        s = ps.load(p)
+    assert s.dose_e_per_A2 is None

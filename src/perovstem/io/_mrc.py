@@ -134,14 +134,16 @@ def fei1_extended_header(
     return rec
 
 
-def read_fei1_extended_header(rec: np.ndarray) -> dict[str, Any]:
+def read_fei1_extended_header(rec: np.ndarray, *, what: str = "MRC file") -> dict[str, Any]:
     """Conditions from an indexed FEI1/FEI2 extended header (``MrcFile.indexed_extended_header``).
 
     Returns only fields whose bitmask bit is set, converted to perovstem units: ``pixel_size_A``,
     ``dose_e_per_A2`` (from e⁻/m²), ``time_s`` (relative to the first image; a perovstem clock
     that starts at day 0 keeps its offset), ``angles_deg``, ``tilt_axis_deg``,
     ``high_tension_V``, ``magnification``, ``dwell_time_s``, ``frame_time_s``,
-    ``integration_time_s`` and ``application``; values are per image arrays.
+    ``integration_time_s`` and ``application``; values are per image arrays.  Absurd doses
+    (negative, not finite, above 1e8 e⁻/Å² per image) are dropped with a warning naming
+    ``what`` (the file).
     """
     out: dict[str, Any] = {}
 
@@ -159,9 +161,23 @@ def read_fei1_extended_header(rec: np.ndarray) -> dict[str, Any]:
         if np.all(np.isfinite(px)) and np.all((px > 1e-13) & (px < 1e-3)):
             out["pixel_size_A"] = px * 1e10
     if has("Dose"):
+        from perovstem.io.read import MAX_FRAME_DOSE_E_PER_A2
+
         dose = col("Dose") / 1e20
-        if np.all(np.isfinite(dose)) and np.all(dose >= 0):
+        bad = ~np.isfinite(dose) | (dose < 0) | (dose > MAX_FRAME_DOSE_E_PER_A2)
+        if not bad.any():
             out["dose_e_per_A2"] = dose
+        else:
+            # a negative, NaN or > 1e8 e⁻/Å² image dose is a writer's unit or entry mistake
+            k = int(np.flatnonzero(bad)[0])
+            warnings.warn(
+                f"{what}: ignoring the FEI extended header's Dose of image {k} "
+                f"({col('Dose')[k]:.4g} e⁻/m² = {dose[k]:.4g} e⁻/Å²; {int(bad.sum())} of "
+                f"{dose.size} images negative, not finite or above "
+                f"{MAX_FRAME_DOSE_E_PER_A2:g} e⁻/Å²); no dose is read from the file",
+                UserWarning,
+                stacklevel=2,
+            )
     if has("Timestamp"):
         days = col("Timestamp")
         if np.all(np.isfinite(days)):
@@ -276,7 +292,7 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 indexed = mrc.indexed_extended_header
             if indexed is not None and len(indexed) >= nz:
-                fei1 = read_fei1_extended_header(indexed[:nz])
+                fei1 = read_fei1_extended_header(indexed[:nz], what=repr(str(path)))
         if fei1 is None and int(hdr.nsymbt) >= 128 * nz and exttyp in ("", "FEI1", "FEI2"):
             fei = read_fei_extended_header(mrc.extended_header, nz)
         arr = data if lazy else np.array(data)
