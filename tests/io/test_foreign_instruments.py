@@ -161,3 +161,96 @@ def test_fei_header_absurd_dose_is_dropped_with_a_warning(tmp_path, bad):
     with pytest.warns(UserWarning, match=r"bad_dose\.mrc.*Dose of image 1"):
         s = ps.load(p)
     assert s.dose_e_per_A2 is None
+
+
+@pytest.mark.parametrize("units", ["1/nm", "1 / nm", "1 / µm", "nm^-1"])
+def test_reciprocal_calibration_is_named_and_not_overridden(tmp_path, units):
+    # a diffraction pattern passed by mistake: old code said "no usable calibration" and
+    # took it as a real-space image once pixel_size= was given
+    from perovstem.errors import CalibrationError
+
+    p = tmp_path / "dp.hspy"
+    axes = [{**a, "units": units, "scale": 0.17} for a in SIG]
+    _hspy(p, A, axes, title="Diffraction")
+    for kw in ({}, {"pixel_size": 0.2}):
+        with pytest.raises(CalibrationError, match=r"dp\.hspy.*reciprocal units"):
+            ps.load(p, **kw)
+
+
+def _velox_like(title, dtype=np.uint16, units="pm", scale=99.6):
+    axes = [
+        {
+            "name": n,
+            "size": 30 if n == "y" else 40,
+            "scale": scale,
+            "offset": 0.0,
+            "units": units,
+            "navigate": False,
+        }
+        for n in ("y", "x")
+    ]
+    return {
+        "data": (A * 1000).astype(dtype),
+        "axes": axes,
+        "metadata": {"General": {"title": title, "original_filename": "x.emd"}},
+        "original_metadata": {},
+    }
+
+
+@pytest.fixture
+def fake_emd(tmp_path, monkeypatch):
+    """An .emd path whose reader returns the given signal dicts (as RosettaSciIO's Velox
+    reader does for a multi-detector acquisition)."""
+    import rsciio.emd
+
+    def make(signals):
+        p = tmp_path / "multi.emd"
+        p.write_bytes(b"placeholder")
+        monkeypatch.setattr(rsciio.emd, "file_reader", lambda *a, **k: signals)
+        return p
+
+    return make
+
+
+def test_haadf_is_chosen_among_detectors(fake_emd):
+    p = fake_emd([_velox_like("BF"), _velox_like("DF4-A"), _velox_like("HAADF")])
+    img = ps.load(p)
+    assert img.metadata["original"]["General"]["title"] == "HAADF"
+    assert img.pixel_size_A == pytest.approx(0.996)
+
+
+def test_several_detectors_without_haadf_are_refused_unless_chosen(fake_emd):
+    # old code: silently the first image (here the DPC difference "B-D")
+    from perovstem.errors import ParameterError
+
+    p = fake_emd([_velox_like("B-D", np.float32), _velox_like("DF4-A"), _velox_like("iDPC")])
+    with pytest.raises(DataError, match=r"multi\.emd.*none is titled HAADF.*'DF4-A'.*signal="):
+        ps.load(p)
+    assert ps.load(p, signal="df4-a").metadata["original"]["General"]["title"] == "DF4-A"
+    with pytest.raises(ParameterError, match="`signal`='ADF' matches 0"):
+        ps.load(p, signal="ADF")
+
+
+def test_fft_beside_a_single_real_space_image_is_not_a_candidate(fake_emd):
+    fft = _velox_like("Half FFT", np.complex64, units="1 / µm", scale=0.53)
+    p = fake_emd([fft, _velox_like("DF-S")])
+    assert ps.load(p).metadata["original"]["General"]["title"] == "DF-S"
+
+
+def test_cli_signal_option_picks_the_detector(fake_emd, tmp_path, capsys):
+    from perovstem.cli.main import main
+
+    sig = _velox_like("DF4-B")
+    sig["original_metadata"] = {
+        "Optics": {"LastMeasuredScreenCurrent": "5e-11"},
+        "Scan": {"DwellTime": "2e-6"},
+    }
+    p = fake_emd([_velox_like("DF4-A"), sig])
+    assert main(["info", str(p)]) == 2
+    assert "none is titled HAADF" in capsys.readouterr().err
+    assert main(["info", str(p), "--signal", "DF4-B"]) == 0
+    out = capsys.readouterr().out
+    assert "DF4-B" in out and "Optics.LastMeasuredScreenCurrent" in out
+    dst = tmp_path / "b.npz"
+    assert main(["convert", str(p), str(dst), "--signal", "DF4-B"]) == 0
+    assert ps.load(dst).dose_e_per_A2 == pytest.approx(5e-11 * 2e-6 / 1.602176634e-19 / 0.996**2)

@@ -14,7 +14,7 @@ import numpy as np
 
 from perovstem._data import Image, Series, TiltSeries
 from perovstem.errors import CalibrationError, DataError, FileFormatError, ParameterError
-from perovstem.io._units import length_to_A
+from perovstem.io._units import is_reciprocal_length, length_to_A
 from perovstem.io._write import protect
 
 __all__ = ["load", "SUPPORTED_SUFFIXES"]
@@ -52,6 +52,7 @@ def load(
     lazy: bool = False,
     pixel_size: float | None = None,
     kind: str | None = None,
+    signal: str | None = None,
 ) -> Image | Series | TiltSeries:
     """Load a microscopy file as a calibrated :class:`Image`, :class:`Series` or :class:`TiltSeries`.
 
@@ -71,6 +72,11 @@ def load(
     kind : {"image", "series", "tilt"}, optional
         Force the type of the result for a 3-D stack (default: tilt when the file carries
         varying tilt angles, else series).
+    signal : str, optional
+        Title of the image to read from a file that holds several (e.g. ``"DF4-A"`` or
+        ``"iDPC"`` in a Velox emd; case-insensitive, a unique part of the title will do).
+        Default: the HAADF image, or the only real-space image; several images without a
+        HAADF one is an error that lists their titles.
 
     Returns
     -------
@@ -114,7 +120,7 @@ def load(
     elif suffix in (".tif", ".tiff") and _is_perovstem_tiff(path):
         rec = _read_perovstem_tiff(path)
     elif suffix in _RSCIIO:
-        rec = _read_rsciio(path, _RSCIIO[suffix], lazy=lazy)
+        rec = _read_rsciio(path, _RSCIIO[suffix], lazy=lazy, signal=signal)
     else:
         raise FileFormatError(
             f"{str(path)!r}: unsupported file type {suffix!r} (supported: {', '.join(SUPPORTED_SUFFIXES)})"
@@ -203,16 +209,60 @@ def _one_time(rec: dict[str, Any]) -> float | None:
 
 
 # --------------------------------------------------------------------------- rsciio formats
-def _pick_signal(path: Path, sigs: list[dict]) -> dict:
+def _title(s: dict) -> str:
+    return str(_get(s.get("metadata", {}), "General", "title") or "")
+
+
+def _pick_signal(path: Path, sigs: list[dict], signal: str | None = None) -> dict:
+    """The image to analyse among a file's signals.
+
+    ``signal`` (a title, or the .ser name of an untitled TIA image; case-insensitive, a
+    unique substring will do) picks one; else the
+    HAADF image; else the only real-space image (diffraction patterns and FFTs in
+    reciprocal units do not count).  Several candidates and no HAADF (e.g. Velox DF4
+    segments, BF and iDPC, or a TIA .emi with a BF and a DF .ser) is an error listing them:
+    taking the first would analyse an arbitrary detector.
+    """
+    from perovstem.io._units import is_reciprocal_length
+
     images = [s for s in sigs if sum(not a.get("navigate", False) for a in s["axes"]) == 2]
     if not images:
         shapes = [tuple(np.shape(s["data"])) for s in sigs]
         raise DataError(f"{str(path)!r}: no 2-D image signal in the file (signals: {shapes})")
+
+    def label(s: dict) -> str:
+        return _title(s) or str(_get(s.get("metadata", {}), "General", "original_filename"))
+
+    if signal is not None:
+        want = str(signal).strip().lower()
+        hits = [s for s in images if label(s).lower() == want]
+        hits = hits or [s for s in images if want in label(s).lower()]
+        if len(hits) != 1:
+            raise ParameterError(
+                f"`signal`={signal!r} matches {len(hits)} of the images in {str(path)!r} "
+                f"(titles: {[label(s) for s in images]})"
+            )
+        return hits[0]
     for s in images:
-        title = str(s.get("metadata", {}).get("General", {}).get("title", ""))
-        if "HAADF" in title.upper():
+        if "HAADF" in _title(s).upper():
             return s
-    return images[0]
+    if len(images) == 1:
+        return images[0]
+    real = [
+        s
+        for s in images
+        if np.dtype(getattr(s["data"], "dtype", float)).kind != "c"
+        and not any(
+            is_reciprocal_length(a.get("units")) for a in s["axes"] if not a.get("navigate")
+        )
+    ]
+    if len(real) == 1:
+        return real[0]
+    raise DataError(
+        f"{str(path)!r}: {len(images)} images and none is titled HAADF "
+        f"({[label(s) for s in images]}); choose one with signal= (one of these; command "
+        "line: --signal)"
+    )
 
 
 def _get(d: dict, *keys: str) -> Any:
@@ -223,7 +273,9 @@ def _get(d: dict, *keys: str) -> Any:
     return d
 
 
-def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
+def _read_rsciio(
+    path: Path, plugin: str, *, lazy: bool, signal: str | None = None
+) -> dict[str, Any]:
     try:
         mod = importlib.import_module(f"rsciio.{plugin}")
     except ImportError as exc:  # pragma: no cover - rosettasciio is a core dependency
@@ -239,7 +291,7 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
         ) from None
     if not sigs:
         raise FileFormatError(f"{str(path)!r}: the file holds no data")
-    s = _pick_signal(path, sigs)
+    s = _pick_signal(path, sigs, signal)
     data = s["data"]
     # what rsciio drops from tif files, read once from the header (None for other formats)
     tif = _tiff_header(path) if plugin == "tiff" else None
@@ -253,6 +305,9 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
     md = s.get("metadata", {})
     out: dict[str, Any] = {"data": data, "metadata": {"format": plugin, "original": _jsonable(md)}}
     ax = sig_axes[-1]
+    if any(is_reciprocal_length(a.get("units")) for a in sig_axes):
+        # a diffraction pattern or FFT: refused even with pixel_size=, which cannot fix it
+        length_to_A(ax.get("scale", 1.0), ax.get("units"), what=repr(str(path)))
     try:
         out["pixel_size_A"] = length_to_A(ax.get("scale", 1.0), ax.get("units"), what=str(path))
     except CalibrationError:
