@@ -161,8 +161,53 @@ def _impulse_recorded_times(path: Path, signals: list[dict[str, Any]]) -> None:
             sig["axes"] = [{**sig["axes"][0], "axis": t, "units": "s"}]
 
 
+_TIME_UNITS_S = {
+    "": 1.0, "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0,
+    "ms": 1e-3, "msec": 1e-3, "millisecond": 1e-3, "milliseconds": 1e-3,
+    "min": 60.0, "minute": 60.0, "minutes": 60.0,
+    "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0,
+}  # fmt: skip
+_TIME_COLUMN = re.compile(
+    r"^(?:time|t|experiment[ _]time|elapsed(?:[ _]time)?)\s*[_(\[]?\s*([a-z]*)\s*[)\]]?$"
+)
+
+
+def _time_column(raw: pd.DataFrame) -> tuple[Any, float]:
+    """The time column of a plain CSV log and its factor to seconds.
+
+    The unit comes from the column name (``time_ms``, ``Time (min)``, ``Experiment time``
+    is Impulse's seconds) or, for a bare ``Time``, from a Protochips-style note
+    ``Time units = Milliseconds`` in the file (Protochips logs count in ms); otherwise s.
+    """
+    for c in raw.columns:
+        m = _TIME_COLUMN.match(str(c).strip().lower())
+        if m is None or m.group(1) not in _TIME_UNITS_S:
+            continue
+        scale = _TIME_UNITS_S[m.group(1)]
+        if not m.group(1):
+            for col in raw.columns:
+                if pd.api.types.is_numeric_dtype(raw[col]):
+                    continue
+                note = (
+                    raw[col]
+                    .astype(str)
+                    .str.extract(r"(?i)(?:time|test) units\s*=\s*([a-z]+)", expand=False)
+                )
+                unit = note.dropna().str.lower()
+                if len(unit) and unit.iloc[0] in _TIME_UNITS_S:
+                    scale = _TIME_UNITS_S[unit.iloc[0]]
+                    break
+        return c, scale
+    return None, 1.0
+
+
 def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
     """Read a DENSsolutions / Protochips holder log or a plain CSV into a condition table.
+
+    A plain CSV needs a time column: ``time_s``/``time``/``t`` (s), ``time_ms``, ``Time (min)``
+    and the like, or Impulse's ``Experiment time`` (s, counted from the first sample as
+    through RosettaSciIO); a bare ``Time`` in a Protochips-style file whose notes say
+    ``Time units = Milliseconds`` is in ms.
 
     Parameters
     ----------
@@ -197,20 +242,24 @@ def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
         except Exception as exc:  # noqa: BLE001 - try the next reader
             errors.append(f"{plugin}: {type(exc).__name__}")
     try:
-        raw = pd.read_csv(p, sep=None, engine="python", comment="#")
+        # comma first: the delimiter sniffer is misled by cells such as Impulse's "0; 0; 0"
+        # and then shifts every column by one (the time read from the next channel)
+        raw = pd.read_csv(p, comment="#", index_col=False)
+        if raw.shape[1] < 2:
+            raw = pd.read_csv(p, sep=None, engine="python", comment="#", index_col=False)
     except Exception as exc:  # noqa: BLE001
         raise FileFormatError(
             f"cannot read holder log {str(p)!r} ({'; '.join(errors)}; csv: {exc})"
         ) from None
-    tcol = next(
-        (c for c in raw.columns if str(c).strip().lower() in ("time_s", "time", "t_s", "t")), None
-    )
+    tcol, t_scale = _time_column(raw)
     if tcol is None:
         raise FileFormatError(
             f"holder log {str(p)!r}: not a vendor log ({'; '.join(errors)}) and, as CSV, no "
-            f"time column (time_s/time) among {list(raw.columns)}"
+            f"time column (time_s/time/time_ms/'Experiment time'/...) among {list(raw.columns)}"
         )
-    out = pd.DataFrame({"time_s": pd.to_numeric(raw[tcol], errors="coerce")})
+    if len(raw) == 0:
+        raise FileFormatError(f"holder log {str(p)!r}: has a header but no data rows")
+    out = pd.DataFrame({"time_s": pd.to_numeric(raw[tcol], errors="coerce") * t_scale})
     for c in raw.columns:
         if c == tcol:
             continue
@@ -228,6 +277,12 @@ def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
             f"holder log {str(p)!r}: not a vendor log ({'; '.join(errors)}) and, as CSV, "
             f"non-numeric time stamps in data row(s) {bad}"
         )
+    if str(tcol).strip().lower() == "experiment time":
+        # an Impulse export without its metadata log: count from the first sample, as the
+        # rsciio.impulse path does, so that one time_offset_s fits both ways of reading it
+        t0 = float(out["time_s"].min())
+        out["time_s"] -= t0
+        out.attrs["log_t0_s"] = t0
     out.attrs["source"] = str(p)
     out.attrs["reader"] = "csv"
     return out.sort_values("time_s").reset_index(drop=True)
