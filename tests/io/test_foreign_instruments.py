@@ -254,3 +254,27 @@ def test_cli_signal_option_picks_the_detector(fake_emd, tmp_path, capsys):
     dst = tmp_path / "b.npz"
     assert main(["convert", str(p), str(dst), "--signal", "DF4-B"]) == 0
     assert ps.load(dst).dose_e_per_A2 == pytest.approx(5e-11 * 2e-6 / 1.602176634e-19 / 0.996**2)
+
+
+def test_velox_reader_gets_images_only_and_a_missing_package_is_named(tmp_path, monkeypatch):
+    # RosettaSciIO decodes a Velox spectrum image in full unless told images only, and wants
+    # 'sparse' for any file that holds one (raised without a module name)
+    import rsciio.emd
+
+    from perovstem.errors import OptionalDependencyError
+
+    seen = {}
+
+    def reader(*args, **kwargs):
+        seen.update(kwargs)
+        raise ModuleNotFoundError(
+            "The 'sparse' library was not found. To load EDS spectrum image data from "
+            "Velox EMD files, 'sparse' must be installed."
+        )
+
+    monkeypatch.setattr(rsciio.emd, "file_reader", reader)
+    p = tmp_path / "si.emd"
+    p.write_bytes(b"placeholder")
+    with pytest.raises(OptionalDependencyError, match=r"si\.emd.*pip install sparse"):
+        ps.load(p)
+    assert seen["select_type"] == "images"

@@ -13,7 +13,13 @@ from typing import Any
 import numpy as np
 
 from perovstem._data import Image, Series, TiltSeries
-from perovstem.errors import CalibrationError, DataError, FileFormatError, ParameterError
+from perovstem.errors import (
+    CalibrationError,
+    DataError,
+    FileFormatError,
+    OptionalDependencyError,
+    ParameterError,
+)
 from perovstem.io._units import is_reciprocal_length, length_to_A
 from perovstem.io._write import protect
 
@@ -283,7 +289,18 @@ def _read_rsciio(
             f"cannot read {str(path)!r}: rosettasciio plugin {plugin!r} unavailable ({exc})"
         ) from None
     try:
-        sigs = mod.file_reader(str(path), lazy=lazy)
+        # Velox: images only (HAADF, other detectors, EDS maps); the spectrum stream of a
+        # spectrum image would be decoded in full and then thrown away
+        kw = {"select_type": "images"} if plugin == "emd" else {}
+        sigs = mod.file_reader(str(path), lazy=lazy, **kw)
+    except ImportError as exc:
+        # e.g. RosettaSciIO wants 'sparse' for any Velox file holding an EDS spectrum image
+        m = re.search(r"'([\w.-]+)'", str(exc))
+        name = getattr(exc, "name", None) or (m.group(1) if m else "the missing package")
+        raise OptionalDependencyError(
+            f"{str(path)!r}: RosettaSciIO needs the optional package {name!r} to read this "
+            f"file (pip install {name}): {str(exc)[:200]}"
+        ) from None
     except Exception as exc:
         raise FileFormatError(
             f"{str(path)!r}: not a readable {path.suffix.lstrip('.')} file "
