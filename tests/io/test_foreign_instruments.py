@@ -278,3 +278,44 @@ def test_velox_reader_gets_images_only_and_a_missing_package_is_named(tmp_path, 
     with pytest.raises(OptionalDependencyError, match=r"si\.emd.*pip install sparse"):
         ps.load(p)
     assert seen["select_type"] == "images"
+
+
+def _serialem(tmp_path, n_frames, sections):
+    """A stack and its SerialEM .mdoc (the documented text layout: key = value lines,
+    one [ZValue = i] section per image)."""
+    import mrcfile
+
+    p = tmp_path / "series.mrc"
+    with mrcfile.new(p, overwrite=True) as m:
+        m.set_data(np.stack([A[:16, :16]] * n_frames))
+    txt = "PixelSpacing = 2.5\nVoltage = 300\nImageFile = series.mrc\n\n"
+    txt += "[T = SerialEM: Digitized on a Krios   21-Oct-24  10:00:00    ]\n\n"
+    for i, sec in enumerate(sections):
+        txt += f"[ZValue = {i}]\n" + "".join(f"{k} = {v}\n" for k, v in sec.items()) + "\n"
+    (tmp_path / "series.mrc.mdoc").write_text(txt)
+    return p
+
+
+def test_serialem_exposure_dose_is_read_and_named(tmp_path):
+    secs = [{"DateTime": f"21-Oct-24  10:00:0{2 * i}", "ExposureDose": 2.5 + i} for i in range(3)]
+    s = ps.load(_serialem(tmp_path, 3, secs))
+    np.testing.assert_allclose(s.time_s, [0, 2, 4])
+    np.testing.assert_allclose(s.dose_e_per_A2, [2.5, 3.5, 4.5])
+    assert "ExposureDose" in s.metadata["dose_source"]
+
+
+def test_serialem_uncalibrated_or_absurd_dose_gives_none(tmp_path):
+    zero = [{"ExposureDose": 0} for _ in range(3)]
+    assert ps.load(_serialem(tmp_path, 3, zero)).dose_e_per_A2 is None
+    bad = [{"ExposureDose": d} for d in (2.5, -1, 2.5)]
+    with pytest.warns(UserWarning, match=r"series\.mrc\.mdoc.*ExposureDose"):
+        assert ps.load(_serialem(tmp_path, 3, bad)).dose_e_per_A2 is None
+
+
+def test_mdoc_with_fewer_sections_than_images_names_both_files(tmp_path):
+    # an aborted acquisition: old code raised "`time_s` must have one value per frame"
+    secs = [{"TiltAngle": -30 + 20 * i, "DateTime": f"21-Oct-24  10:00:0{i}"} for i in range(3)]
+    from perovstem.errors import FileFormatError
+
+    with pytest.raises(FileFormatError, match=r"series\.mrc\.mdoc.*3 \[ZValue\].*4 images"):
+        ps.load(_serialem(tmp_path, 4, secs))

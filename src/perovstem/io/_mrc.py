@@ -347,6 +347,15 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
             mdoc = read_mdoc(mdoc_path)
             md["mdoc"] = mdoc
             secs = mdoc["sections"]
+            n_img = arr.shape[0] if arr.ndim == 3 else 1
+            if secs and len(secs) != n_img:
+                # which section belongs to which image is then unknown (aborted acquisition,
+                # stack edited after the fact): refuse rather than mis-assign times/angles
+                raise FileFormatError(
+                    f"{str(mdoc_path)!r}: {len(secs)} [ZValue] sections for {n_img} images in "
+                    f"{str(path)!r}; the stack and its .mdoc do not match (move the .mdoc "
+                    "away to load the stack without it)"
+                )
             ps = mdoc["global"].get("PixelSpacing") or (
                 secs[0].get("PixelSpacing") if secs else None
             )
@@ -368,10 +377,46 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
                     # Y up): kept as written, not converted to tomo.align's angle, whose
                     # sign convention against SerialEM's is not verified on a real series
                     md["serialem_tilt_axis_angle_deg"] = float(mdoc["global"]["TiltAxisAngle"])
+                _mdoc_dose(secs, mdoc_path, out, md, is_stack=arr.ndim == 3)
                 if "CountsPerElectron" in secs[0]:
                     md["counts_per_electron"] = float(secs[0]["CountsPerElectron"])
             break
     return out
+
+
+def _mdoc_dose(
+    secs: list[dict[str, str]],
+    mdoc_path: Path,
+    out: dict[str, Any],
+    md: dict[str, Any],
+    *,
+    is_stack: bool,
+) -> None:
+    """Per-image dose from SerialEM's ``ExposureDose`` (e⁻/Å², written when the camera's
+    dose is calibrated; all zero when it is not).  Negative, non-finite or above-1e8 values
+    are dropped with a warning naming the file."""
+    from perovstem.io.read import MAX_FRAME_DOSE_E_PER_A2
+
+    raw = [s.get("ExposureDose") for s in secs]
+    if any(v is None for v in raw):
+        return
+    try:
+        dose = np.array([float(v) for v in raw])
+    except ValueError:
+        dose = np.array([np.nan])
+    if dose.size and np.all(dose == 0):
+        return
+    if not np.all(np.isfinite(dose) & (dose >= 0) & (dose <= MAX_FRAME_DOSE_E_PER_A2)):
+        warnings.warn(
+            f"{str(mdoc_path)!r}: ignoring ExposureDose values {raw[:5]}"
+            f"{' ...' if len(raw) > 5 else ''} (negative, not a number or above "
+            f"{MAX_FRAME_DOSE_E_PER_A2:g} e⁻/Å²); no dose is read from the file",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
+    out["dose_e_per_A2"] = dose if is_stack else float(dose[0])
+    md["dose_source"] = f"{mdoc_path.name}: ExposureDose (e⁻/Å² per image)"
 
 
 def _apply_fei1(
