@@ -66,3 +66,32 @@ def test_header_only_log_is_refused(tmp_path):
     p.write_text("Time, Test, Channel A Temperature\n")
     with pytest.raises(FileFormatError, match=r"empty\.csv.*no data rows"):
         read_holder_log(p)
+
+
+def test_clock_time_of_time_zero_for_dens_and_impulse(tmp_path):
+    # DigiHeater: header "16/04/'15 13:53", first sample 13:54:37.68 on a since-midnight
+    # clock; start_time + log_t0_s would put t = 0 at 03:47 the next day
+    lines = [
+        "16/04/'15 13:53\tDigiheater 3.1",
+        "R0=100.0\ta=0.0039\tb=-5.8e-7\tc=0.0",
+        "delta_t=0.5",
+        "sample\ttime\tTset[C]\tTmeas[C]\tRheat[ohm]\tVheat[V]\tIheat[mA]\tPheat [mW]\tc",
+    ]
+    for i in range(6):
+        lines.append(f"{i}\t13:54:{37.68 + 0.5 * i:06.3f}\t50\t50.0\t1\t1\t1\t1\t0")
+    p = tmp_path / "heating.log"
+    p.write_text("\n".join(lines) + "\n")
+    df = read_holder_log(p)
+    assert df.attrs["reader"] == "rsciio.dens"
+    assert df.attrs["start_time"] == "2015-04-16T13:53:00"
+    t0 = np.datetime64(df.attrs["t0_time"])
+    assert abs(t0 - np.datetime64("2015-04-16T13:54:37.680")) < np.timedelta64(2, "ms")
+    # Impulse writes its date day first: 06-08-2021 is 6 August (old: "06-08-2021T10:00:00")
+    folder = tmp_path / "imp"
+    p = _impulse_csv(folder, True)
+    (folder / "run_1_Metadata.log").write_text(
+        "Experiment date, 06-08-2021\nExperiment time, 10:00:00\nSample, CsPbBr3\n"
+    )
+    df = read_holder_log(p)
+    assert df.attrs["start_time"] == "2021-08-06T10:00:00"
+    assert np.datetime64(df.attrs["t0_time"]) == np.datetime64("2021-08-06T10:00:07.787")

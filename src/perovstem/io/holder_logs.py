@@ -7,7 +7,9 @@ uniform axes those readers extrapolate from the mean step); a plain CSV with a t
 condition columns is read directly.  The result is one row per log sample:
 
 ``time_s`` (seconds from the log start), ``temperature_K``, ``pressure_Pa`` and any other
-numeric channel, with the log start time (ISO string, if known) in ``attrs['start_time']``.
+numeric channel, with the log start time (ISO string, if known) in ``attrs['start_time']``
+and the clock time of ``time_s = 0`` (ISO, local time of the holder PC: no log records a
+time zone) in ``attrs['t0_time']``; the two differ by the first sample's delay.
 """
 
 from __future__ import annotations
@@ -172,6 +174,33 @@ _TIME_COLUMN = re.compile(
 )
 
 
+def _absolute_start(df: pd.DataFrame, plugin: str) -> None:
+    """Put the clock time of ``time_s = 0`` in ``attrs['t0_time']`` and make
+    ``attrs['start_time']`` ISO.
+
+    The log clocks differ: a DENSsolutions DigiHeater log counts seconds since midnight of
+    its header date (the header's hh:mm is *not* the clock's zero), Protochips and Impulse
+    logs count from the start time in their header.  Impulse writes the date day first
+    (``06-08-2021`` is 6 August, as RosettaSciIO's own reader parses it).  No vendor log
+    carries a time zone: the times are the holder PC's local time.
+    """
+    start = df.attrs.get("start_time")
+    if not start:
+        return
+    date, _, clock = str(start).partition("T")
+    m = re.fullmatch(r"(\d{2})-(\d{2})-(\d{4})", date)
+    if m:
+        date = f"{m.group(3)}-{m.group(2)}-{m.group(1)}"
+    try:
+        stamp = pd.Timestamp(f"{date}T{clock}" if clock else date)
+    except (ValueError, TypeError):
+        return
+    df.attrs["start_time"] = stamp.isoformat()
+    zero = stamp.normalize() if plugin == "dens" else stamp
+    t0 = zero + pd.Timedelta(seconds=float(df.attrs.get("log_t0_s") or 0.0))
+    df.attrs["t0_time"] = t0.isoformat()
+
+
 def _time_column(raw: pd.DataFrame) -> tuple[Any, float]:
     """The time column of a plain CSV log and its factor to seconds.
 
@@ -238,6 +267,7 @@ def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
             df = conditions_from_signals(sigs)
             df.attrs["source"] = str(p)
             df.attrs["reader"] = f"rsciio.{plugin}"
+            _absolute_start(df, plugin)
             return df
         except Exception as exc:  # noqa: BLE001 - try the next reader
             errors.append(f"{plugin}: {type(exc).__name__}")
