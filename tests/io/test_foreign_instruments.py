@@ -319,3 +319,21 @@ def test_mdoc_with_fewer_sections_than_images_names_both_files(tmp_path):
 
     with pytest.raises(FileFormatError, match=r"series\.mrc\.mdoc.*3 \[ZValue\].*4 images"):
         ps.load(_serialem(tmp_path, 4, secs))
+
+
+def test_file_pixel_size_outside_1pm_to_1mm_is_a_unit_mistake(tmp_path):
+    import mrcfile
+
+    from perovstem.errors import CalibrationError
+
+    p = tmp_path / "metres.mrc"
+    with mrcfile.new(p) as m:
+        m.set_data(A[:16, :16])
+        m.voxel_size = 2e-11  # metres written into the Å field
+    with pytest.raises(CalibrationError, match=r"metres\.mrc.*2e-11 Å is outside"):
+        ps.load(p)
+    assert ps.load(p, pixel_size=0.2).pixel_size_A == 0.2
+    h = tmp_path / "one_metre.hspy"
+    _hspy(h, A, [{**a, "units": "m", "scale": 1.0} for a in SIG])
+    with pytest.raises(CalibrationError, match=r"one_metre\.hspy.*1e\+10 Å is outside"):
+        ps.load(h)

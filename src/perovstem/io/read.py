@@ -41,6 +41,9 @@ _MRC = {".mrc", ".ali", ".st", ".rec", ".mrcs", ".map"}
 SUPPORTED_SUFFIXES = sorted({*_RSCIIO, *_MRC, ".npz", ".mat", ".zarr"})
 
 E_CHARGE = 1.602176634e-19  # C
+# Pixel sizes a file may claim: 1 pm (below any STEM sampling) to 1 mm (survey images, as
+# for the pixel_size= parameter); outside is a unit mistake in the file.
+_FILE_PIXEL_A = (1e-2, 1e7)
 
 
 def _check_path(path: Path) -> None:
@@ -145,6 +148,13 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
         md["pixel_size_source"] = "user"
     elif rec.get("pixel_size_A") is not None:
         px = float(rec["pixel_size_A"])
+        if not (_FILE_PIXEL_A[0] <= px <= _FILE_PIXEL_A[1]):
+            # e.g. metres written where Å belong (MRC voxel 2e-11), or "1 m" for "uncalibrated"
+            raise CalibrationError(
+                f"{str(path)!r}: the file's pixel size {px:.4g} Å is outside "
+                f"{_FILE_PIXEL_A[0]:g}–{_FILE_PIXEL_A[1]:g} Å (a unit mistake in the file?); "
+                "give the pixel size in Å (Python: pixel_size=; command line: --pixel-size-A)"
+            )
         py = rec.get("pixel_size_y_A")
         if py is not None and abs(float(py) - px) > 1e-3 * px:
             # everything downstream assumes square pixels: refuse rather than silently take
