@@ -95,3 +95,61 @@ def test_clock_time_of_time_zero_for_dens_and_impulse(tmp_path):
     df = read_holder_log(p)
     assert df.attrs["start_time"] == "2021-08-06T10:00:00"
     assert np.datetime64(df.attrs["t0_time"]) == np.datetime64("2021-08-06T10:00:07.787")
+
+
+def test_log_time_offset_from_velox_utc_start_and_the_holder_pc_zone(tmp_path):
+    from datetime import UTC, datetime
+
+    from rsciio.hspy import file_writer
+
+    import perovstem as ps
+    from perovstem import ParameterError
+    from perovstem.insitu import attach_conditions
+    from perovstem.io.holder_logs import log_time_offset_s
+
+    # DigiHeater log on a CET (UTC+1) PC: first sample 12:00:00 local, 20 °C/s ramp
+    lines = [
+        "01/03/'24 11:58\tDigiheater 3.1",
+        "R0=100.0\ta=0.0039\tb=-5.8e-7\tc=0.0",
+        "delta_t=0.5",
+        "sample\ttime\tTset[C]\tTmeas[C]\tRheat[ohm]\tVheat[V]\tIheat[mA]\tPheat [mW]\tc",
+    ]
+    for i in range(20):
+        tm = 100.0 + 10.0 * i
+        lines.append(f"{i}\t12:00:{0.5 * i:06.3f}\t{tm}\t{tm:.3f}\t1\t1\t1\t1\t0")
+    p = tmp_path / "heating.log"
+    p.write_text("\n".join(lines) + "\n")
+    log = read_holder_log(p)
+    # a Velox series whose first frame started at 11:00:02 UTC = 12:00:02 CET
+    unix = datetime(2024, 3, 1, 11, 0, 2, tzinfo=UTC).timestamp()
+    axes = [
+        {"name": "Time", "size": 3, "scale": 1.0, "offset": 0, "units": "s", "navigate": True},
+        {"name": "y", "size": 8, "scale": 0.02, "offset": 0, "units": "nm", "navigate": False},
+        {"name": "x", "size": 8, "scale": 0.02, "offset": 0, "units": "nm", "navigate": False},
+    ]
+    om = {"Acquisition": {"AcquisitionStartDatetime": {"DateTime": str(int(unix))}}}
+    h = tmp_path / "velox.hspy"
+    file_writer(
+        str(h),
+        {
+            "data": np.ones((3, 8, 8), np.float32),
+            "axes": axes,
+            "metadata": {"General": {"title": "HAADF"}, "Signal": {"signal_type": ""}},
+            "original_metadata": om,
+            "tmp_parameters": {},
+            "attributes": {"_lazy": False},
+            "package_info": {"name": "hyperspy", "version": "2.0"},
+            "learning_results": {},
+            "models": {},
+        },
+    )
+    s = ps.load(h)
+    assert s.metadata["acquisition_start_utc"] == "2024-03-01T11:00:02+00:00"
+    off = log_time_offset_s(log, s.metadata["acquisition_start_utc"], log_utc_offset_h=1)
+    assert off == pytest.approx(2.0, abs=1e-3)
+    c = attach_conditions(s, log, time_offset_s=off)
+    np.testing.assert_allclose(c.temperature_K, 373.15 + 20.0 * (2.0 + np.arange(3)), atol=0.05)
+    with pytest.raises(ParameterError, match="UTC offset"):
+        log_time_offset_s(log, "2024-03-01T11:00:02", log_utc_offset_h=1)
+    with pytest.raises(ParameterError, match="log_utc_offset_h"):
+        log_time_offset_s(log, s.metadata["acquisition_start_utc"], log_utc_offset_h=60)

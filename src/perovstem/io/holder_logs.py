@@ -27,7 +27,7 @@ import pandas as pd
 
 from perovstem.errors import FileFormatError
 
-__all__ = ["read_holder_log", "conditions_from_signals"]
+__all__ = ["read_holder_log", "conditions_from_signals", "log_time_offset_s"]
 
 _PRESSURE_TO_PA = {
     "pa": 1.0,
@@ -316,3 +316,52 @@ def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
     out.attrs["source"] = str(p)
     out.attrs["reader"] = "csv"
     return out.sort_values("time_s").reset_index(drop=True)
+
+
+def log_time_offset_s(
+    log: pd.DataFrame, acquisition_start_utc: str, *, log_utc_offset_h: float
+) -> float:
+    """``time_offset_s`` for :func:`perovstem.insitu.attach_conditions`: the log's
+    ``time_s`` at the series' ``t = 0``.
+
+    Parameters
+    ----------
+    log : DataFrame
+        From :func:`read_holder_log`, with ``attrs['t0_time']`` (the holder PC's local clock
+        time of ``time_s = 0``).
+    acquisition_start_utc : str
+        ISO time the first frame started, with its UTC offset (``Series.metadata
+        ['acquisition_start_utc']`` of a Velox file).
+    log_utc_offset_h : float
+        UTC offset of the holder PC's clock, hours (e.g. +1 for CET, +2 for CEST, -5 for
+        EST).  No holder log records it, and a wrong zone shifts the alignment by hours.
+
+    Returns
+    -------
+    float
+        Seconds.
+    """
+    from perovstem.errors import ParameterError
+
+    t0 = log.attrs.get("t0_time") if isinstance(log, pd.DataFrame) else None
+    if not t0:
+        raise ParameterError(
+            "`log` has no attrs['t0_time'] (the clock time of its time_s = 0); read it with "
+            "read_holder_log from a log that records its start date, or give time_offset_s"
+        )
+    try:
+        offset = float(log_utc_offset_h)
+    except (TypeError, ValueError):
+        offset = float("nan")
+    if not (np.isfinite(offset) and -14 <= offset <= 14):
+        raise ParameterError(
+            f"`log_utc_offset_h` must be within -14…14 h, got {log_utc_offset_h!r}"
+        )
+    start = pd.Timestamp(acquisition_start_utc)
+    if start.tzinfo is None:
+        raise ParameterError(
+            f"`acquisition_start_utc` must carry its UTC offset (e.g. '+00:00'), got "
+            f"{acquisition_start_utc!r}"
+        )
+    log0_utc = pd.Timestamp(t0).tz_localize(None) - pd.Timedelta(hours=offset)
+    return float((start.tz_convert("UTC").tz_localize(None) - log0_utc).total_seconds())

@@ -405,6 +405,7 @@ def _read_rsciio(
             ) from None
         rec["metadata"] = {**rec["metadata"], "format": plugin}
         return rec
+    out["metadata"].update(_acquisition_start(md, s.get("original_metadata", {})))
     sources: dict[str, str] = {}
     beam = beam_conditions(
         md, s.get("original_metadata", {}), what=repr(str(path)), sources=sources
@@ -431,6 +432,32 @@ def _read_rsciio(
 # a stack axis in angle units spanning less than this is not a tilt series (the same
 # threshold as for MRC headers)
 _MIN_TILT_SPAN_DEG = 0.5
+
+
+def _acquisition_start(md: dict, om: dict) -> dict[str, str]:
+    """When the acquisition started, for aligning a holder log (:func:`read_holder_log`).
+
+    Velox keeps a Unix time (``Acquisition.AcquisitionStartDatetime.DateTime``, s): that is
+    ``acquisition_start_utc``.  RosettaSciIO's ``General.date``/``time`` of a Velox file are
+    in the time zone of the computer *reading* it, of DM/TIA files the acquisition PC's local
+    time: kept as ``acquisition_start`` with ``acquisition_time_zone`` when one is given.
+    """
+    from datetime import UTC, datetime
+
+    out: dict[str, str] = {}
+    unix = _get(om, "Acquisition", "AcquisitionStartDatetime", "DateTime")
+    try:
+        t = float(unix)
+        if np.isfinite(t) and t > 0:
+            out["acquisition_start_utc"] = datetime.fromtimestamp(t, tz=UTC).isoformat()
+    except (TypeError, ValueError, OverflowError, OSError):
+        pass
+    gen = _get(md, "General") or {}
+    if gen.get("date"):
+        out["acquisition_start"] = str(gen["date"]) + (f"T{gen['time']}" if gen.get("time") else "")
+        if gen.get("time_zone"):
+            out["acquisition_time_zone"] = str(gen["time_zone"])
+    return out
 
 
 def _nav_unit(units: Any) -> tuple[str | None, float]:
