@@ -337,3 +337,24 @@ def test_file_pixel_size_outside_1pm_to_1mm_is_a_unit_mistake(tmp_path):
     _hspy(h, A, [{**a, "units": "m", "scale": 1.0} for a in SIG])
     with pytest.raises(CalibrationError, match=r"one_metre\.hspy.*1e\+10 Å is outside"):
         ps.load(h)
+
+
+def test_file_content_the_data_model_refuses_names_the_file(tmp_path):
+    # FEI1 time stamps out of order (frames stored out of acquisition order): the old
+    # message was "`time_s` must be non-decreasing over frames", without the file
+    import mrcfile
+    from mrcfile.dtypes import get_ext_header_dtype
+
+    dt = get_ext_header_dtype(b"FEI1", "<")
+    rec = np.zeros(3, dtype=dt)
+    rec["Metadata size"] = dt.itemsize
+    rec["Pixel size X"] = rec["Pixel size Y"] = 2e-11
+    rec["Timestamp"] = 46000 + np.array([0.0, 4.0, 2.0]) / 86400
+    rec["Bitmask 1"] = (1 << 0) | (1 << 14) | (1 << 15)
+    p = tmp_path / "shuffled.mrc"
+    with mrcfile.new(p) as m:
+        m.set_data(np.stack([A[:16, :16]] * 3))
+        m.set_extended_header(rec)
+        m.header.exttyp = b"FEI1"
+    with pytest.raises(DataError, match=r"shuffled\.mrc.*time_s.*non-decreasing"):
+        ps.load(p)

@@ -134,7 +134,12 @@ def load(
         raise FileFormatError(
             f"{str(path)!r}: unsupported file type {suffix!r} (supported: {', '.join(SUPPORTED_SUFFIXES)})"
         )
-    obj = _build(path, rec, pixel_size=pixel_size, kind=kind)
+    try:
+        obj = _build(path, rec, pixel_size=pixel_size, kind=kind)
+    except ParameterError as exc:
+        # the data model checks what the file holds (time stamps out of order, one angle
+        # per image, ...): say which file it came from
+        raise DataError(f"{str(path)!r}: {exc}") from None
     protect(path)
     return obj
 
