@@ -358,3 +358,44 @@ def test_file_content_the_data_model_refuses_names_the_file(tmp_path):
         m.header.exttyp = b"FEI1"
     with pytest.raises(DataError, match=r"shuffled\.mrc.*time_s.*non-decreasing"):
         ps.load(p)
+
+
+def _de(tmp_path, stem, info, n=4):
+    import mrcfile
+
+    p = tmp_path / f"{stem}.mrc"
+    with mrcfile.new(p, overwrite=True) as m:
+        m.set_data(np.stack([A[:16, :16]] * n) if n else A[:16, :16])
+    lines = [f"{k:<64}= {v}" for k, v in info.items()]
+    (tmp_path / "20240301_00007_info.txt").write_text("\n".join(lines) + "\n")
+    return p
+
+
+TEM_MOVIE = {
+    "Frames Per Second": 400,
+    "Autosave Movie Sum Count": 4,
+    "Scan - Enable": "Disable",
+    "Instrument Project Camera Length (centimeters)": -1,
+    "Specimen Pixel Size X (nanometers)": 0.05,
+    "Specimen Pixel Size Y (nanometers)": 0.05,
+}
+
+
+def test_direct_electron_tem_movie_takes_pixel_size_and_frame_times_from_info(tmp_path):
+    # old code: "no usable spatial calibration"
+    s = ps.load(_de(tmp_path, "20240301_00007_movie", TEM_MOVIE))
+    assert type(s) is ps.Series and s.pixel_size_A == pytest.approx(0.5)
+    np.testing.assert_allclose(s.time_s, [0, 0.01, 0.02, 0.03])  # 4 camera frames / 400 fps
+    uncal = {**TEM_MOVIE, "Specimen Pixel Size X (nanometers)": -1}
+    from perovstem.errors import CalibrationError
+
+    with pytest.raises(CalibrationError):
+        ps.load(_de(tmp_path, "20240301_00007_movie", uncal))
+
+
+def test_direct_electron_scan_movie_is_refused_as_diffraction_patterns(tmp_path):
+    info = {**TEM_MOVIE, "Scan - Enable": "Enable", "Scan - Size X": 2, "Scan - Size Y": 2}
+    with pytest.raises(DataError, match=r"00007_movie\.mrc.*STEM scan.*diffraction patterns"):
+        ps.load(_de(tmp_path, "20240301_00007_movie", info))
+    img = ps.load(_de(tmp_path, "20240301_00007_0_Virt 0_sum", info, n=0))
+    assert img.pixel_size_A == pytest.approx(0.5)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from perovstem.errors import FileFormatError
+from perovstem.errors import DataError, FileFormatError
 
 _FEI_RECORD_FLOATS = 32  # old-style FEI extended header: 1024 records × 128 bytes
 
@@ -330,6 +330,7 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
         md["magnification"] = float(np.median(fei["magnification"]))
     if fei1:
         _apply_fei1(fei1, out, md, is_stack=arr.ndim == 3)
+    _apply_de_info(path, out, md, n_frames=arr.shape[0] if arr.ndim == 3 else 0)
     # Side files beside the stack override or complete the header.
     for suffix in (".rawtlt", ".tlt"):
         side = path.with_suffix(suffix)
@@ -382,6 +383,63 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
                     md["counts_per_electron"] = float(secs[0]["CountsPerElectron"])
             break
     return out
+
+
+def _de_info_file(path: Path) -> Path | None:
+    """The Direct Electron ``<YYYYMMDD_acq>[_...]_info.txt`` beside a DE-Server ``.mrc``."""
+    m = re.match(r"(\d{8}_\d+)", path.stem)
+    if m is None:
+        # custom DE names: "<name>_movie.mrc" / "<name>_final.mrc" beside "<name>_info.txt"
+        m = re.match(r"(.+?)_(movie|final|sum|Virt.*|ext\d.*)$", path.stem)
+    if m is None:
+        return None
+    hits = sorted(path.parent.glob(f"{m.group(1)}*_info.txt"))
+    return hits[0] if hits else None
+
+
+def _apply_de_info(path: Path, out: dict[str, Any], md: dict[str, Any], *, n_frames: int) -> None:
+    """Calibration and frame times of a Direct Electron movie from its ``_info.txt`` (keys
+    as RosettaSciIO's DE reader reads them): ``Specimen Pixel Size X/Y (nanometers)``
+    (-1 = not calibrated), ``Frames Per Second`` and ``Autosave Movie Sum Count`` (camera
+    frames summed into one saved frame, so a saved frame lasts count/fps).  Used only when
+    the MRC header has no pixel size.  A movie of a STEM scan or in diffraction holds
+    diffraction patterns, not images: refused."""
+    info_path = _de_info_file(path)
+    if info_path is None or out.get("pixel_size_A") is not None:
+        return
+    info: dict[str, str] = {}
+    for line in info_path.read_text(errors="replace").splitlines():
+        k, sep, v = line.partition("=")
+        if sep:
+            info[k.strip()] = v.strip()
+
+    def num(key: str, default: float = -1.0) -> float:
+        try:
+            return float(info.get(key, default))
+        except ValueError:
+            return default
+
+    md["de_info"] = str(info_path)
+    scanning = info.get("Scan - Enable", "").lower() == "enable"
+    diffracting = num("Instrument Project Camera Length (centimeters)") != -1
+    if path.stem.endswith("_movie") and (scanning or diffracting):
+        raise DataError(
+            f"{str(path)!r}: a Direct Electron movie of a "
+            f"{'STEM scan' if scanning else 'diffraction acquisition'} ({info_path.name}): its "
+            "frames are diffraction patterns, not images; load a virtual image "
+            "(..._Virt N_sum.mrc) or a TEM movie instead"
+        )
+    sx = num("Specimen Pixel Size X (nanometers)")
+    sy = num("Specimen Pixel Size Y (nanometers)")
+    if sx > 0:
+        out["pixel_size_A"] = sx * 10.0
+        if sy > 0:
+            out["pixel_size_y_A"] = sy * 10.0
+        md["pixel_size_source"] = f"{info_path.name}: Specimen Pixel Size (nm)"
+    fps, n_sum = num("Frames Per Second"), num("Autosave Movie Sum Count", 1.0)
+    if n_frames and path.stem.endswith("_movie") and fps > 0 and n_sum >= 1:
+        out["time_s"] = np.arange(n_frames) * n_sum / fps
+        md["frame_time_s"] = n_sum / fps
 
 
 def _mdoc_dose(
