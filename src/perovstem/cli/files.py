@@ -60,6 +60,17 @@ def describe(obj) -> list[tuple[str, str]]:
         if obj.shifts_px is not None:
             rows.append(("shifts", f"stored, max |shift| {np.abs(obj.shifts_px).max():.3g} px"))
     md = obj.metadata
+    title = (md.get("original") or {}).get("General", {}).get("title")
+    if title:
+        rows.append(("signal", str(title)))
+    # where the dose comes from: I·t_dwell/e/px², each factor from a named metadata field
+    for key, label, unit in (
+        ("beam_current_A", "beam current", "A"),
+        ("dwell_time_s", "dwell", "s"),
+    ):
+        if key in md:
+            src = md.get(f"{key}_source")
+            rows.append((label, f"{md[key]:.4g} {unit}" + (f" ({src})" if src else "")))
     for key, label in (("high_tension_kV", "high tension"), ("magnification", "magnification")):
         if key in md:
             rows.append((label, f"{md[key]:.6g}" + (" kV" if key == "high_tension_kV" else "")))
@@ -72,6 +83,11 @@ def info(
     pixel_size: float = typer.Option(
         None, "--pixel-size-A", "--pixel-size", help="Pixel size in Å (if the file has none)."
     ),
+    signal: str = typer.Option(
+        None,
+        "--signal",
+        help="Title of the image to read from a file with several detectors (e.g. DF4-A).",
+    ),
 ) -> None:
     """Show shape, dtype, calibration, dose, conditions and tilt angles of FILE."""
     from rich.table import Table
@@ -79,7 +95,7 @@ def info(
     from perovstem.cli._common import console
     from perovstem.io import load
 
-    obj = load(file, pixel_size=pixel_size, lazy=True)
+    obj = load(file, pixel_size=pixel_size, lazy=True, signal=signal)
     console.print(str(file))
     table = Table(show_header=False)
     for k, v in describe(obj):
@@ -94,6 +110,11 @@ def convert(
     pixel_size: float = typer.Option(
         None, "--pixel-size-A", "--pixel-size", help="Pixel size in Å (if the input has none)."
     ),
+    signal: str = typer.Option(
+        None,
+        "--signal",
+        help="Title of the image to read from a file with several detectors (e.g. DF4-A).",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists."),
 ) -> None:
     """Convert SRC to DST keeping the calibration (never overwrites SRC)."""
@@ -102,6 +123,6 @@ def convert(
 
     if dst.resolve() == src.resolve():
         raise OutputExistsError(f"refusing to overwrite the input {str(src)!r}")
-    obj = load(src, pixel_size=pixel_size)
+    obj = load(src, pixel_size=pixel_size, signal=signal)
     save_image(obj, dst, overwrite=overwrite)
     typer.echo(f"wrote {dst}")

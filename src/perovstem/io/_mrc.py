@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from perovstem.errors import FileFormatError
+from perovstem.errors import DataError, FileFormatError
 
 _FEI_RECORD_FLOATS = 32  # old-style FEI extended header: 1024 records × 128 bytes
 
@@ -134,14 +134,16 @@ def fei1_extended_header(
     return rec
 
 
-def read_fei1_extended_header(rec: np.ndarray) -> dict[str, Any]:
+def read_fei1_extended_header(rec: np.ndarray, *, what: str = "MRC file") -> dict[str, Any]:
     """Conditions from an indexed FEI1/FEI2 extended header (``MrcFile.indexed_extended_header``).
 
     Returns only fields whose bitmask bit is set, converted to perovstem units: ``pixel_size_A``,
     ``dose_e_per_A2`` (from e⁻/m²), ``time_s`` (relative to the first image; a perovstem clock
     that starts at day 0 keeps its offset), ``angles_deg``, ``tilt_axis_deg``,
     ``high_tension_V``, ``magnification``, ``dwell_time_s``, ``frame_time_s``,
-    ``integration_time_s`` and ``application``; values are per image arrays.
+    ``integration_time_s`` and ``application``; values are per image arrays.  Absurd doses
+    (negative, not finite, above 1e8 e⁻/Å² per image) are dropped with a warning naming
+    ``what`` (the file).
     """
     out: dict[str, Any] = {}
 
@@ -159,9 +161,23 @@ def read_fei1_extended_header(rec: np.ndarray) -> dict[str, Any]:
         if np.all(np.isfinite(px)) and np.all((px > 1e-13) & (px < 1e-3)):
             out["pixel_size_A"] = px * 1e10
     if has("Dose"):
+        from perovstem.io.read import MAX_FRAME_DOSE_E_PER_A2
+
         dose = col("Dose") / 1e20
-        if np.all(np.isfinite(dose)) and np.all(dose >= 0):
+        bad = ~np.isfinite(dose) | (dose < 0) | (dose > MAX_FRAME_DOSE_E_PER_A2)
+        if not bad.any():
             out["dose_e_per_A2"] = dose
+        else:
+            # a negative, NaN or > 1e8 e⁻/Å² image dose is a writer's unit or entry mistake
+            k = int(np.flatnonzero(bad)[0])
+            warnings.warn(
+                f"{what}: ignoring the FEI extended header's Dose of image {k} "
+                f"({col('Dose')[k]:.4g} e⁻/m² = {dose[k]:.4g} e⁻/Å²; {int(bad.sum())} of "
+                f"{dose.size} images negative, not finite or above "
+                f"{MAX_FRAME_DOSE_E_PER_A2:g} e⁻/Å²); no dose is read from the file",
+                UserWarning,
+                stacklevel=2,
+            )
     if has("Timestamp"):
         days = col("Timestamp")
         if np.all(np.isfinite(days)):
@@ -276,7 +292,7 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 indexed = mrc.indexed_extended_header
             if indexed is not None and len(indexed) >= nz:
-                fei1 = read_fei1_extended_header(indexed[:nz])
+                fei1 = read_fei1_extended_header(indexed[:nz], what=repr(str(path)))
         if fei1 is None and int(hdr.nsymbt) >= 128 * nz and exttyp in ("", "FEI1", "FEI2"):
             fei = read_fei_extended_header(mrc.extended_header, nz)
         arr = data if lazy else np.array(data)
@@ -314,6 +330,7 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
         md["magnification"] = float(np.median(fei["magnification"]))
     if fei1:
         _apply_fei1(fei1, out, md, is_stack=arr.ndim == 3)
+    _apply_de_info(path, out, md, n_frames=arr.shape[0] if arr.ndim == 3 else 0)
     # Side files beside the stack override or complete the header.
     for suffix in (".rawtlt", ".tlt"):
         side = path.with_suffix(suffix)
@@ -331,6 +348,15 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
             mdoc = read_mdoc(mdoc_path)
             md["mdoc"] = mdoc
             secs = mdoc["sections"]
+            n_img = arr.shape[0] if arr.ndim == 3 else 1
+            if secs and len(secs) != n_img:
+                # which section belongs to which image is then unknown (aborted acquisition,
+                # stack edited after the fact): refuse rather than mis-assign times/angles
+                raise FileFormatError(
+                    f"{str(mdoc_path)!r}: {len(secs)} [ZValue] sections for {n_img} images in "
+                    f"{str(path)!r}; the stack and its .mdoc do not match (move the .mdoc "
+                    "away to load the stack without it)"
+                )
             ps = mdoc["global"].get("PixelSpacing") or (
                 secs[0].get("PixelSpacing") if secs else None
             )
@@ -352,10 +378,103 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
                     # Y up): kept as written, not converted to tomo.align's angle, whose
                     # sign convention against SerialEM's is not verified on a real series
                     md["serialem_tilt_axis_angle_deg"] = float(mdoc["global"]["TiltAxisAngle"])
+                _mdoc_dose(secs, mdoc_path, out, md, is_stack=arr.ndim == 3)
                 if "CountsPerElectron" in secs[0]:
                     md["counts_per_electron"] = float(secs[0]["CountsPerElectron"])
             break
     return out
+
+
+def _de_info_file(path: Path) -> Path | None:
+    """The Direct Electron ``<YYYYMMDD_acq>[_...]_info.txt`` beside a DE-Server ``.mrc``."""
+    m = re.match(r"(\d{8}_\d+)", path.stem)
+    if m is None:
+        # custom DE names: "<name>_movie.mrc" / "<name>_final.mrc" beside "<name>_info.txt"
+        m = re.match(r"(.+?)_(movie|final|sum|Virt.*|ext\d.*)$", path.stem)
+    if m is None:
+        return None
+    hits = sorted(path.parent.glob(f"{m.group(1)}*_info.txt"))
+    return hits[0] if hits else None
+
+
+def _apply_de_info(path: Path, out: dict[str, Any], md: dict[str, Any], *, n_frames: int) -> None:
+    """Calibration and frame times of a Direct Electron movie from its ``_info.txt`` (keys
+    as RosettaSciIO's DE reader reads them): ``Specimen Pixel Size X/Y (nanometers)``
+    (-1 = not calibrated), ``Frames Per Second`` and ``Autosave Movie Sum Count`` (camera
+    frames summed into one saved frame, so a saved frame lasts count/fps).  Used only when
+    the MRC header has no pixel size.  A movie of a STEM scan or in diffraction holds
+    diffraction patterns, not images: refused."""
+    info_path = _de_info_file(path)
+    if info_path is None or out.get("pixel_size_A") is not None:
+        return
+    info: dict[str, str] = {}
+    for line in info_path.read_text(errors="replace").splitlines():
+        k, sep, v = line.partition("=")
+        if sep:
+            info[k.strip()] = v.strip()
+
+    def num(key: str, default: float = -1.0) -> float:
+        try:
+            return float(info.get(key, default))
+        except ValueError:
+            return default
+
+    md["de_info"] = str(info_path)
+    scanning = info.get("Scan - Enable", "").lower() == "enable"
+    diffracting = num("Instrument Project Camera Length (centimeters)") != -1
+    if path.stem.endswith("_movie") and (scanning or diffracting):
+        raise DataError(
+            f"{str(path)!r}: a Direct Electron movie of a "
+            f"{'STEM scan' if scanning else 'diffraction acquisition'} ({info_path.name}): its "
+            "frames are diffraction patterns, not images; load a virtual image "
+            "(..._Virt N_sum.mrc) or a TEM movie instead"
+        )
+    sx = num("Specimen Pixel Size X (nanometers)")
+    sy = num("Specimen Pixel Size Y (nanometers)")
+    if sx > 0:
+        out["pixel_size_A"] = sx * 10.0
+        if sy > 0:
+            out["pixel_size_y_A"] = sy * 10.0
+        md["pixel_size_source"] = f"{info_path.name}: Specimen Pixel Size (nm)"
+    fps, n_sum = num("Frames Per Second"), num("Autosave Movie Sum Count", 1.0)
+    if n_frames and path.stem.endswith("_movie") and fps > 0 and n_sum >= 1:
+        out["time_s"] = np.arange(n_frames) * n_sum / fps
+        md["frame_time_s"] = n_sum / fps
+
+
+def _mdoc_dose(
+    secs: list[dict[str, str]],
+    mdoc_path: Path,
+    out: dict[str, Any],
+    md: dict[str, Any],
+    *,
+    is_stack: bool,
+) -> None:
+    """Per-image dose from SerialEM's ``ExposureDose`` (e⁻/Å², written when the camera's
+    dose is calibrated; all zero when it is not).  Negative, non-finite or above-1e8 values
+    are dropped with a warning naming the file."""
+    from perovstem.io.read import MAX_FRAME_DOSE_E_PER_A2
+
+    raw = [s.get("ExposureDose") for s in secs]
+    if any(v is None for v in raw):
+        return
+    try:
+        dose = np.array([float(v) for v in raw])
+    except ValueError:
+        dose = np.array([np.nan])
+    if dose.size and np.all(dose == 0):
+        return
+    if not np.all(np.isfinite(dose) & (dose >= 0) & (dose <= MAX_FRAME_DOSE_E_PER_A2)):
+        warnings.warn(
+            f"{str(mdoc_path)!r}: ignoring ExposureDose values {raw[:5]}"
+            f"{' ...' if len(raw) > 5 else ''} (negative, not a number or above "
+            f"{MAX_FRAME_DOSE_E_PER_A2:g} e⁻/Å²); no dose is read from the file",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
+    out["dose_e_per_A2"] = dose if is_stack else float(dose[0])
+    md["dose_source"] = f"{mdoc_path.name}: ExposureDose (e⁻/Å² per image)"
 
 
 def _apply_fei1(

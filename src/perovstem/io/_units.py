@@ -41,13 +41,39 @@ def length_to_A(value: float, units: Any, *, what: str) -> float:
         )
     name = _ALIASES.get(u, u)
     if name is None:
-        raise CalibrationError(f"{what}: axis is in reciprocal units {units!r}, not a length")
+        raise CalibrationError(_reciprocal_message(what, units))
     try:
         q = _ureg().Quantity(float(value), name).to("angstrom").magnitude
     except Exception:
+        if is_reciprocal_length(u):
+            raise CalibrationError(_reciprocal_message(what, units)) from None
         raise CalibrationError(
             f"{what}: cannot interpret calibration {value!r} {units!r} as a length"
         ) from None
     if not (math.isfinite(q) and q > 0):
         raise CalibrationError(f"{what}: pixel size must be > 0, got {value!r} {units!r}")
     return float(q)
+
+
+def _reciprocal_message(what: str, units: Any) -> str:
+    return (
+        f"{what}: the image axes are in reciprocal units {units!r}: a diffraction pattern or "
+        "FFT, not a real-space image (pixel_size= would not make it one)"
+    )
+
+
+def is_reciprocal_length(units: Any) -> bool:
+    """Whether ``units`` (e.g. ``"1/nm"``, ``"1 / µm"``, ``"nm^-1"``, ``"1/Å"``) is an
+    inverse length, the calibration of a diffraction pattern or FFT."""
+    u = "" if units is None else str(units).strip()
+    if not u:
+        return False
+    if _ALIASES.get(u, "") is None:
+        return True
+    # pint spells micro "u" and angstrom in full
+    u = u.replace("µ", "u").replace("μ", "u").replace("Å", "angstrom")
+    try:
+        dim = _ureg().Unit(u).dimensionality
+    except Exception:
+        return False
+    return dict(dim) == {"[length]": -1}

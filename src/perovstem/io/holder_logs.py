@@ -7,7 +7,9 @@ uniform axes those readers extrapolate from the mean step); a plain CSV with a t
 condition columns is read directly.  The result is one row per log sample:
 
 ``time_s`` (seconds from the log start), ``temperature_K``, ``pressure_Pa`` and any other
-numeric channel, with the log start time (ISO string, if known) in ``attrs['start_time']``.
+numeric channel, with the log start time (ISO string, if known) in ``attrs['start_time']``
+and the clock time of ``time_s = 0`` (ISO, local time of the holder PC: no log records a
+time zone) in ``attrs['t0_time']``; the two differ by the first sample's delay.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pandas as pd
 
 from perovstem.errors import FileFormatError
 
-__all__ = ["read_holder_log", "conditions_from_signals"]
+__all__ = ["read_holder_log", "conditions_from_signals", "log_time_offset_s"]
 
 _PRESSURE_TO_PA = {
     "pa": 1.0,
@@ -161,8 +163,80 @@ def _impulse_recorded_times(path: Path, signals: list[dict[str, Any]]) -> None:
             sig["axes"] = [{**sig["axes"][0], "axis": t, "units": "s"}]
 
 
+_TIME_UNITS_S = {
+    "": 1.0, "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0,
+    "ms": 1e-3, "msec": 1e-3, "millisecond": 1e-3, "milliseconds": 1e-3,
+    "min": 60.0, "minute": 60.0, "minutes": 60.0,
+    "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0,
+}  # fmt: skip
+_TIME_COLUMN = re.compile(
+    r"^(?:time|t|experiment[ _]time|elapsed(?:[ _]time)?)\s*[_(\[]?\s*([a-z]*)\s*[)\]]?$"
+)
+
+
+def _absolute_start(df: pd.DataFrame, plugin: str) -> None:
+    """Put the clock time of ``time_s = 0`` in ``attrs['t0_time']`` and make
+    ``attrs['start_time']`` ISO.
+
+    The log clocks differ: a DENSsolutions DigiHeater log counts seconds since midnight of
+    its header date (the header's hh:mm is *not* the clock's zero), Protochips and Impulse
+    logs count from the start time in their header.  Impulse writes the date day first
+    (``06-08-2021`` is 6 August, as RosettaSciIO's own reader parses it).  No vendor log
+    carries a time zone: the times are the holder PC's local time.
+    """
+    start = df.attrs.get("start_time")
+    if not start:
+        return
+    date, _, clock = str(start).partition("T")
+    m = re.fullmatch(r"(\d{2})-(\d{2})-(\d{4})", date)
+    if m:
+        date = f"{m.group(3)}-{m.group(2)}-{m.group(1)}"
+    try:
+        stamp = pd.Timestamp(f"{date}T{clock}" if clock else date)
+    except (ValueError, TypeError):
+        return
+    df.attrs["start_time"] = stamp.isoformat()
+    zero = stamp.normalize() if plugin == "dens" else stamp
+    t0 = zero + pd.Timedelta(seconds=float(df.attrs.get("log_t0_s") or 0.0))
+    df.attrs["t0_time"] = t0.isoformat()
+
+
+def _time_column(raw: pd.DataFrame) -> tuple[Any, float]:
+    """The time column of a plain CSV log and its factor to seconds.
+
+    The unit comes from the column name (``time_ms``, ``Time (min)``, ``Experiment time``
+    is Impulse's seconds) or, for a bare ``Time``, from a Protochips-style note
+    ``Time units = Milliseconds`` in the file (Protochips logs count in ms); otherwise s.
+    """
+    for c in raw.columns:
+        m = _TIME_COLUMN.match(str(c).strip().lower())
+        if m is None or m.group(1) not in _TIME_UNITS_S:
+            continue
+        scale = _TIME_UNITS_S[m.group(1)]
+        if not m.group(1):
+            for col in raw.columns:
+                if pd.api.types.is_numeric_dtype(raw[col]):
+                    continue
+                note = (
+                    raw[col]
+                    .astype(str)
+                    .str.extract(r"(?i)(?:time|test) units\s*=\s*([a-z]+)", expand=False)
+                )
+                unit = note.dropna().str.lower()
+                if len(unit) and unit.iloc[0] in _TIME_UNITS_S:
+                    scale = _TIME_UNITS_S[unit.iloc[0]]
+                    break
+        return c, scale
+    return None, 1.0
+
+
 def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
     """Read a DENSsolutions / Protochips holder log or a plain CSV into a condition table.
+
+    A plain CSV needs a time column: ``time_s``/``time``/``t`` (s), ``time_ms``, ``Time (min)``
+    and the like, or Impulse's ``Experiment time`` (s, counted from the first sample as
+    through RosettaSciIO); a bare ``Time`` in a Protochips-style file whose notes say
+    ``Time units = Milliseconds`` is in ms.
 
     Parameters
     ----------
@@ -193,24 +267,29 @@ def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
             df = conditions_from_signals(sigs)
             df.attrs["source"] = str(p)
             df.attrs["reader"] = f"rsciio.{plugin}"
+            _absolute_start(df, plugin)
             return df
         except Exception as exc:  # noqa: BLE001 - try the next reader
             errors.append(f"{plugin}: {type(exc).__name__}")
     try:
-        raw = pd.read_csv(p, sep=None, engine="python", comment="#")
+        # comma first: the delimiter sniffer is misled by cells such as Impulse's "0; 0; 0"
+        # and then shifts every column by one (the time read from the next channel)
+        raw = pd.read_csv(p, comment="#", index_col=False)
+        if raw.shape[1] < 2:
+            raw = pd.read_csv(p, sep=None, engine="python", comment="#", index_col=False)
     except Exception as exc:  # noqa: BLE001
         raise FileFormatError(
             f"cannot read holder log {str(p)!r} ({'; '.join(errors)}; csv: {exc})"
         ) from None
-    tcol = next(
-        (c for c in raw.columns if str(c).strip().lower() in ("time_s", "time", "t_s", "t")), None
-    )
+    tcol, t_scale = _time_column(raw)
     if tcol is None:
         raise FileFormatError(
             f"holder log {str(p)!r}: not a vendor log ({'; '.join(errors)}) and, as CSV, no "
-            f"time column (time_s/time) among {list(raw.columns)}"
+            f"time column (time_s/time/time_ms/'Experiment time'/...) among {list(raw.columns)}"
         )
-    out = pd.DataFrame({"time_s": pd.to_numeric(raw[tcol], errors="coerce")})
+    if len(raw) == 0:
+        raise FileFormatError(f"holder log {str(p)!r}: has a header but no data rows")
+    out = pd.DataFrame({"time_s": pd.to_numeric(raw[tcol], errors="coerce") * t_scale})
     for c in raw.columns:
         if c == tcol:
             continue
@@ -228,6 +307,61 @@ def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
             f"holder log {str(p)!r}: not a vendor log ({'; '.join(errors)}) and, as CSV, "
             f"non-numeric time stamps in data row(s) {bad}"
         )
+    if str(tcol).strip().lower() == "experiment time":
+        # an Impulse export without its metadata log: count from the first sample, as the
+        # rsciio.impulse path does, so that one time_offset_s fits both ways of reading it
+        t0 = float(out["time_s"].min())
+        out["time_s"] -= t0
+        out.attrs["log_t0_s"] = t0
     out.attrs["source"] = str(p)
     out.attrs["reader"] = "csv"
     return out.sort_values("time_s").reset_index(drop=True)
+
+
+def log_time_offset_s(
+    log: pd.DataFrame, acquisition_start_utc: str, *, log_utc_offset_h: float
+) -> float:
+    """``time_offset_s`` for :func:`perovstem.insitu.attach_conditions`: the log's
+    ``time_s`` at the series' ``t = 0``.
+
+    Parameters
+    ----------
+    log : DataFrame
+        From :func:`read_holder_log`, with ``attrs['t0_time']`` (the holder PC's local clock
+        time of ``time_s = 0``).
+    acquisition_start_utc : str
+        ISO time the first frame started, with its UTC offset (``Series.metadata
+        ['acquisition_start_utc']`` of a Velox file).
+    log_utc_offset_h : float
+        UTC offset of the holder PC's clock, hours (e.g. +1 for CET, +2 for CEST, -5 for
+        EST).  No holder log records it, and a wrong zone shifts the alignment by hours.
+
+    Returns
+    -------
+    float
+        Seconds.
+    """
+    from perovstem.errors import ParameterError
+
+    t0 = log.attrs.get("t0_time") if isinstance(log, pd.DataFrame) else None
+    if not t0:
+        raise ParameterError(
+            "`log` has no attrs['t0_time'] (the clock time of its time_s = 0); read it with "
+            "read_holder_log from a log that records its start date, or give time_offset_s"
+        )
+    try:
+        offset = float(log_utc_offset_h)
+    except (TypeError, ValueError):
+        offset = float("nan")
+    if not (np.isfinite(offset) and -14 <= offset <= 14):
+        raise ParameterError(
+            f"`log_utc_offset_h` must be within -14…14 h, got {log_utc_offset_h!r}"
+        )
+    start = pd.Timestamp(acquisition_start_utc)
+    if start.tzinfo is None:
+        raise ParameterError(
+            f"`acquisition_start_utc` must carry its UTC offset (e.g. '+00:00'), got "
+            f"{acquisition_start_utc!r}"
+        )
+    log0_utc = pd.Timestamp(t0).tz_localize(None) - pd.Timedelta(hours=offset)
+    return float((start.tz_convert("UTC").tz_localize(None) - log0_utc).total_seconds())

@@ -6,14 +6,21 @@ import importlib
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from perovstem._data import Image, Series, TiltSeries
-from perovstem.errors import CalibrationError, DataError, FileFormatError, ParameterError
-from perovstem.io._units import length_to_A
+from perovstem.errors import (
+    CalibrationError,
+    DataError,
+    FileFormatError,
+    OptionalDependencyError,
+    ParameterError,
+)
+from perovstem.io._units import is_reciprocal_length, length_to_A
 from perovstem.io._write import protect
 
 __all__ = ["load", "SUPPORTED_SUFFIXES"]
@@ -34,6 +41,9 @@ _MRC = {".mrc", ".ali", ".st", ".rec", ".mrcs", ".map"}
 SUPPORTED_SUFFIXES = sorted({*_RSCIIO, *_MRC, ".npz", ".mat", ".zarr"})
 
 E_CHARGE = 1.602176634e-19  # C
+# Pixel sizes a file may claim: 1 pm (below any STEM sampling) to 1 mm (survey images, as
+# for the pixel_size= parameter); outside is a unit mistake in the file.
+_FILE_PIXEL_A = (1e-2, 1e7)
 
 
 def _check_path(path: Path) -> None:
@@ -51,6 +61,7 @@ def load(
     lazy: bool = False,
     pixel_size: float | None = None,
     kind: str | None = None,
+    signal: str | None = None,
 ) -> Image | Series | TiltSeries:
     """Load a microscopy file as a calibrated :class:`Image`, :class:`Series` or :class:`TiltSeries`.
 
@@ -70,6 +81,11 @@ def load(
     kind : {"image", "series", "tilt"}, optional
         Force the type of the result for a 3-D stack (default: tilt when the file carries
         varying tilt angles, else series).
+    signal : str, optional
+        Title of the image to read from a file that holds several (e.g. ``"DF4-A"`` or
+        ``"iDPC"`` in a Velox emd; case-insensitive, a unique part of the title will do).
+        Default: the HAADF image, or the only real-space image; several images without a
+        HAADF one is an error that lists their titles.
 
     Returns
     -------
@@ -113,12 +129,17 @@ def load(
     elif suffix in (".tif", ".tiff") and _is_perovstem_tiff(path):
         rec = _read_perovstem_tiff(path)
     elif suffix in _RSCIIO:
-        rec = _read_rsciio(path, _RSCIIO[suffix], lazy=lazy)
+        rec = _read_rsciio(path, _RSCIIO[suffix], lazy=lazy, signal=signal)
     else:
         raise FileFormatError(
             f"{str(path)!r}: unsupported file type {suffix!r} (supported: {', '.join(SUPPORTED_SUFFIXES)})"
         )
-    obj = _build(path, rec, pixel_size=pixel_size, kind=kind)
+    try:
+        obj = _build(path, rec, pixel_size=pixel_size, kind=kind)
+    except ParameterError as exc:
+        # the data model checks what the file holds (time stamps out of order, one angle
+        # per image, ...): say which file it came from
+        raise DataError(f"{str(path)!r}: {exc}") from None
     protect(path)
     return obj
 
@@ -132,6 +153,13 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
         md["pixel_size_source"] = "user"
     elif rec.get("pixel_size_A") is not None:
         px = float(rec["pixel_size_A"])
+        if not (_FILE_PIXEL_A[0] <= px <= _FILE_PIXEL_A[1]):
+            # e.g. metres written where Å belong (MRC voxel 2e-11), or "1 m" for "uncalibrated"
+            raise CalibrationError(
+                f"{str(path)!r}: the file's pixel size {px:.4g} Å is outside "
+                f"{_FILE_PIXEL_A[0]:g}–{_FILE_PIXEL_A[1]:g} Å (a unit mistake in the file?); "
+                "give the pixel size in Å (Python: pixel_size=; command line: --pixel-size-A)"
+            )
         py = rec.get("pixel_size_y_A")
         if py is not None and abs(float(py) - px) > 1e-3 * px:
             # everything downstream assumes square pixels: refuse rather than silently take
@@ -202,16 +230,60 @@ def _one_time(rec: dict[str, Any]) -> float | None:
 
 
 # --------------------------------------------------------------------------- rsciio formats
-def _pick_signal(path: Path, sigs: list[dict]) -> dict:
+def _title(s: dict) -> str:
+    return str(_get(s.get("metadata", {}), "General", "title") or "")
+
+
+def _pick_signal(path: Path, sigs: list[dict], signal: str | None = None) -> dict:
+    """The image to analyse among a file's signals.
+
+    ``signal`` (a title, or the .ser name of an untitled TIA image; case-insensitive, a
+    unique substring will do) picks one; else the
+    HAADF image; else the only real-space image (diffraction patterns and FFTs in
+    reciprocal units do not count).  Several candidates and no HAADF (e.g. Velox DF4
+    segments, BF and iDPC, or a TIA .emi with a BF and a DF .ser) is an error listing them:
+    taking the first would analyse an arbitrary detector.
+    """
+    from perovstem.io._units import is_reciprocal_length
+
     images = [s for s in sigs if sum(not a.get("navigate", False) for a in s["axes"]) == 2]
     if not images:
         shapes = [tuple(np.shape(s["data"])) for s in sigs]
         raise DataError(f"{str(path)!r}: no 2-D image signal in the file (signals: {shapes})")
+
+    def label(s: dict) -> str:
+        return _title(s) or str(_get(s.get("metadata", {}), "General", "original_filename"))
+
+    if signal is not None:
+        want = str(signal).strip().lower()
+        hits = [s for s in images if label(s).lower() == want]
+        hits = hits or [s for s in images if want in label(s).lower()]
+        if len(hits) != 1:
+            raise ParameterError(
+                f"`signal`={signal!r} matches {len(hits)} of the images in {str(path)!r} "
+                f"(titles: {[label(s) for s in images]})"
+            )
+        return hits[0]
     for s in images:
-        title = str(s.get("metadata", {}).get("General", {}).get("title", ""))
-        if "HAADF" in title.upper():
+        if "HAADF" in _title(s).upper():
             return s
-    return images[0]
+    if len(images) == 1:
+        return images[0]
+    real = [
+        s
+        for s in images
+        if np.dtype(getattr(s["data"], "dtype", float)).kind != "c"
+        and not any(
+            is_reciprocal_length(a.get("units")) for a in s["axes"] if not a.get("navigate")
+        )
+    ]
+    if len(real) == 1:
+        return real[0]
+    raise DataError(
+        f"{str(path)!r}: {len(images)} images and none is titled HAADF "
+        f"({[label(s) for s in images]}); choose one with signal= (one of these; command "
+        "line: --signal)"
+    )
 
 
 def _get(d: dict, *keys: str) -> Any:
@@ -222,7 +294,9 @@ def _get(d: dict, *keys: str) -> Any:
     return d
 
 
-def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
+def _read_rsciio(
+    path: Path, plugin: str, *, lazy: bool, signal: str | None = None
+) -> dict[str, Any]:
     try:
         mod = importlib.import_module(f"rsciio.{plugin}")
     except ImportError as exc:  # pragma: no cover - rosettasciio is a core dependency
@@ -230,7 +304,18 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
             f"cannot read {str(path)!r}: rosettasciio plugin {plugin!r} unavailable ({exc})"
         ) from None
     try:
-        sigs = mod.file_reader(str(path), lazy=lazy)
+        # Velox: images only (HAADF, other detectors, EDS maps); the spectrum stream of a
+        # spectrum image would be decoded in full and then thrown away
+        kw = {"select_type": "images"} if plugin == "emd" else {}
+        sigs = mod.file_reader(str(path), lazy=lazy, **kw)
+    except ImportError as exc:
+        # e.g. RosettaSciIO wants 'sparse' for any Velox file holding an EDS spectrum image
+        m = re.search(r"'([\w.-]+)'", str(exc))
+        name = getattr(exc, "name", None) or (m.group(1) if m else "the missing package")
+        raise OptionalDependencyError(
+            f"{str(path)!r}: RosettaSciIO needs the optional package {name!r} to read this "
+            f"file (pip install {name}): {str(exc)[:200]}"
+        ) from None
     except Exception as exc:
         raise FileFormatError(
             f"{str(path)!r}: not a readable {path.suffix.lstrip('.')} file "
@@ -238,7 +323,7 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
         ) from None
     if not sigs:
         raise FileFormatError(f"{str(path)!r}: the file holds no data")
-    s = _pick_signal(path, sigs)
+    s = _pick_signal(path, sigs, signal)
     data = s["data"]
     # what rsciio drops from tif files, read once from the header (None for other formats)
     tif = _tiff_header(path) if plugin == "tiff" else None
@@ -252,6 +337,9 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
     md = s.get("metadata", {})
     out: dict[str, Any] = {"data": data, "metadata": {"format": plugin, "original": _jsonable(md)}}
     ax = sig_axes[-1]
+    if any(is_reciprocal_length(a.get("units")) for a in sig_axes):
+        # a diffraction pattern or FFT: refused even with pixel_size=, which cannot fix it
+        length_to_A(ax.get("scale", 1.0), ax.get("units"), what=repr(str(path)))
     try:
         out["pixel_size_A"] = length_to_A(ax.get("scale", 1.0), ax.get("units"), what=str(path))
     except CalibrationError:
@@ -271,6 +359,17 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
         n = data.shape[0]
         ticks = nav.get("offset", 0.0) + nav.get("scale", 1.0) * np.arange(n)
         kind_, factor = _nav_unit(nav.get("units"))
+        if kind_ == "angle" and n > 1 and np.ptp(ticks * factor) < _MIN_TILT_SPAN_DEG:
+            kind_ = "other"  # e.g. a detector's scattering-angle bins in mrad, not tilts
+        if kind_ == "other" and data.ndim == 3:
+            # a spectrum image (energy loss in eV), a line scan (nm) or a depth/detector
+            # stack is not a series of frames: refuse instead of analysing 2048 "frames"
+            raise DataError(
+                f"{str(path)!r}: the stack axis {nav.get('name')!r} is in {nav.get('units')!r} "
+                f"({n} steps from {ticks[0]:.4g} to {ticks[-1]:.4g}), neither time (frames) "
+                "nor tilt angles: a spectrum image, line scan or detector/depth stack is not "
+                "an image series; extract the image(s) first"
+            )
         if kind_ == "time":
             out["time_s"] = ticks * factor
         elif kind_ == "angle":
@@ -311,18 +410,65 @@ def _read_rsciio(path: Path, plugin: str, *, lazy: bool) -> dict[str, Any]:
             ) from None
         rec["metadata"] = {**rec["metadata"], "format": plugin}
         return rec
-    beam = beam_conditions(md, s.get("original_metadata", {}))
+    out["metadata"].update(_acquisition_start(md, s.get("original_metadata", {})))
+    sources: dict[str, str] = {}
+    beam = beam_conditions(
+        md, s.get("original_metadata", {}), what=repr(str(path)), sources=sources
+    )
     out["metadata"].update(beam)
+    out["metadata"].update({f"{k}_source": v for k, v in sources.items()})
     if beam.get("beam_current_A") and beam.get("dwell_time_s") and out.get("pixel_size_A"):
-        out["dose_e_per_A2"] = dose_per_frame(
-            beam["beam_current_A"], beam["dwell_time_s"], out["pixel_size_A"]
-        )
+        dose = dose_per_frame(beam["beam_current_A"], beam["dwell_time_s"], out["pixel_size_A"])
+        if dose > MAX_FRAME_DOSE_E_PER_A2:
+            _ignore_value(
+                repr(str(path)),
+                "the dose per frame",
+                dose,
+                f"{beam['beam_current_A']:.3g} A × {beam['dwell_time_s']:.3g} s over "
+                f"({out['pixel_size_A']:.3g} Å)² is above {MAX_FRAME_DOSE_E_PER_A2:g} e⁻/Å²",
+            )
+        else:
+            out["dose_e_per_A2"] = dose
+            # dose = I·t_dwell/e/px², from the fields named in *_source and the x calibration
+            out["metadata"]["dose_source"] = "beam_current_A × dwell_time_s / e / pixel_size_A²"
+    return out
+
+
+# a stack axis in angle units spanning less than this is not a tilt series (the same
+# threshold as for MRC headers)
+_MIN_TILT_SPAN_DEG = 0.5
+
+
+def _acquisition_start(md: dict, om: dict) -> dict[str, str]:
+    """When the acquisition started, for aligning a holder log (:func:`read_holder_log`).
+
+    Velox keeps a Unix time (``Acquisition.AcquisitionStartDatetime.DateTime``, s): that is
+    ``acquisition_start_utc``.  RosettaSciIO's ``General.date``/``time`` of a Velox file are
+    in the time zone of the computer *reading* it, of DM/TIA files the acquisition PC's local
+    time: kept as ``acquisition_start`` with ``acquisition_time_zone`` when one is given.
+    """
+    from datetime import UTC, datetime
+
+    out: dict[str, str] = {}
+    unix = _get(om, "Acquisition", "AcquisitionStartDatetime", "DateTime")
+    try:
+        t = float(unix)
+        if np.isfinite(t) and t > 0:
+            out["acquisition_start_utc"] = datetime.fromtimestamp(t, tz=UTC).isoformat()
+    except (TypeError, ValueError, OverflowError, OSError):
+        pass
+    gen = _get(md, "General") or {}
+    if gen.get("date"):
+        out["acquisition_start"] = str(gen["date"]) + (f"T{gen['time']}" if gen.get("time") else "")
+        if gen.get("time_zone"):
+            out["acquisition_time_zone"] = str(gen["time_zone"])
     return out
 
 
 def _nav_unit(units: Any) -> tuple[str | None, float]:
-    """Classify a navigation-axis unit: ``("time", to_s)``, ``("angle", to_deg)`` or
-    ``(None, 1.0)``; any pint time or angle unit is accepted (µs, min, h, rad, mrad, ...)."""
+    """Classify a navigation-axis unit: ``("time", to_s)``, ``("angle", to_deg)``,
+    ``("other", 1.0)`` for any other physical unit (eV, nm, ...) or ``(None, 1.0)`` when
+    there is none; any pint time or angle unit is accepted (µs, min, h, rad, mrad, ...)."""
     from perovstem.io._units import _ureg
 
     u = str(units or "").strip()
@@ -336,12 +482,14 @@ def _nav_unit(units: Any) -> tuple[str | None, float]:
         q = _ureg().Quantity(1.0, u)
     except Exception:
         return None, 1.0
-    for kind_, target in (("time", "second"), ("angle", "degree")):
-        try:
-            return kind_, float(q.to(target).magnitude)
-        except Exception:
-            continue
-    return None, 1.0
+    try:
+        return "time", float(q.to("second").magnitude)
+    except Exception:
+        pass
+    # angles are dimensionless in pint, as are "counts" or "percent": ask for an angle unit
+    if re.search(r"radian|degree|arc", str(q.units)):
+        return "angle", float(q.to("degree").magnitude)
+    return ("other" if q.dimensionality else None), 1.0
 
 
 def _tiff_header(path: Path) -> dict[str, Any] | None:
@@ -441,37 +589,81 @@ def dose_per_frame(beam_current_A: float, dwell_time_s: float, pixel_size_A: flo
     return float(beam_current_A) * float(dwell_time_s) / E_CHARGE / float(pixel_size_A) ** 2
 
 
-def beam_conditions(md: dict, om: dict) -> dict[str, float]:
+# Where the beam current and dwell time come from, in order of preference: (metadata tree,
+# key path, factor to SI). HyperSpy/RosettaSciIO map DM's "Probe Current (nA)" and JEOL's
+# BeamCurrent to TEM.beam_current in nA and DigiScan's "Sample Time" to dwell_time in s;
+# Velox keeps the screen current (A) and the dwell time (s) in its original metadata.
+_BEAM_FIELDS: dict[str, tuple[tuple[str, tuple[str, ...], float], ...]] = {
+    "beam_current_A": (
+        ("metadata", ("Acquisition_instrument", "TEM", "beam_current"), 1e-9),
+        ("original_metadata", ("Optics", "LastMeasuredScreenCurrent"), 1.0),
+    ),
+    "dwell_time_s": (
+        ("metadata", ("Acquisition_instrument", "TEM", "Detector", "dwell_time"), 1.0),
+        ("metadata", ("Acquisition_instrument", "TEM", "dwell_time"), 1.0),
+        ("original_metadata", ("Scan", "DwellTime"), 1.0),
+    ),
+}
+# Beyond these the value is a unit or entry mistake, not a measurement: STEM probe and TEM
+# screen currents are fA–nA (1 µA is a gun emission current); pixel dwell times are ns–ms.
+_BEAM_MAX = {"beam_current_A": 1e-6, "dwell_time_s": 1.0}
+# One scanned frame above this dose (e⁻/Å²) is not a usable acquisition of any material.
+MAX_FRAME_DOSE_E_PER_A2 = 1e8
+
+
+def _ignore_value(what: str, field: str, value: Any, why: str) -> None:
+    warnings.warn(
+        f"{what}: ignoring {field} = {value!r} ({why}); no dose is computed from it",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+def beam_conditions(
+    md: dict, om: dict, *, what: str = "metadata", sources: dict[str, str] | None = None
+) -> dict[str, float]:
     """Beam current (A), dwell time (s), high tension (kV) and magnification from metadata.
 
     Reads HyperSpy-style mapped metadata (``Acquisition_instrument.TEM``: beam_current in nA,
     dwell_time in s, beam_energy in kV) and, failing that, Velox original metadata
-    (``Optics.LastMeasuredScreenCurrent`` in A, ``Scan.DwellTime`` in s).
+    (``Optics.LastMeasuredScreenCurrent`` in A, ``Scan.DwellTime`` in s).  A zero value
+    counts as not recorded (GMS writes 0 when the microscope does not report it); a
+    negative, non-finite or absurd one (current above 1 µA, dwell above 1 s) is ignored
+    with a warning naming the field and ``what`` (the file).  ``sources``, when given,
+    receives the field each value was taken from.
     """
-    tem = _get(md, "Acquisition_instrument", "TEM") or {}
+    trees = {"metadata": md, "original_metadata": om}
     out: dict[str, float] = {}
-
-    def _f(v: Any) -> float | None:
-        try:
-            v = float(v)
-        except (TypeError, ValueError):
-            return None
-        return v if np.isfinite(v) and v > 0 else None
-
-    cur = _f(tem.get("beam_current"))
-    if cur is not None:
-        out["beam_current_A"] = cur * 1e-9
-    else:
-        cur = _f(_get(om, "Optics", "LastMeasuredScreenCurrent"))
-        if cur is not None:
-            out["beam_current_A"] = cur
-    dwell = _f(_get(tem, "Detector", "dwell_time")) or _f(tem.get("dwell_time"))
-    dwell = dwell or _f(_get(om, "Scan", "DwellTime"))
-    if dwell is not None:
-        out["dwell_time_s"] = dwell
+    for name, candidates in _BEAM_FIELDS.items():
+        for tree, keys, factor in candidates:
+            raw = _get(trees[tree], *keys)
+            if raw is None:
+                continue
+            field = f"{tree}.{'.'.join(keys)}"
+            try:
+                v = float(raw) * factor
+            except (TypeError, ValueError):
+                _ignore_value(what, field, raw, "not a number")
+                continue
+            if v == 0:
+                continue
+            if not np.isfinite(v) or v < 0:
+                _ignore_value(what, field, raw, "negative or not finite")
+                continue
+            if v > _BEAM_MAX[name]:
+                _ignore_value(what, field, raw, f"{name} = {v:.3g} is above {_BEAM_MAX[name]:g}")
+                continue
+            out[name] = v
+            if sources is not None:
+                sources[name] = field
+            break
+    tem = _get(md, "Acquisition_instrument", "TEM") or {}
     for key, name in (("beam_energy", "high_tension_kV"), ("magnification", "magnification")):
-        v = _f(tem.get(key))
-        if v is not None:
+        try:
+            v = float(tem.get(key))
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(v) and v > 0:
             out[name] = v
     return out
 
