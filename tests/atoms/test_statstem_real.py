@@ -10,8 +10,6 @@ come from StatSTEM v2.1 (before the half-pixel grid change of v3.1), see
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -34,9 +32,7 @@ def _compare(ref, df):
 @pytest.mark.parametrize("name", ["Example2_Pb", "Example3_CsPbBr3"])
 def test_default_path_reproduces_statstem(statstem_data, name):
     ex = _example(statstem_data, name)
-    t = time.perf_counter()
     df = fit_columns(ex.image, ex.coordinates)
-    elapsed = time.perf_counter() - t
     assert df.attrs["estimator"] == "statstem" and df.attrs["truncation"] == "square"
     med_pos, drho, med_scs = _compare(ex.reference, df)
     # acceptance: median |Δpos| ≤ 0.01 Å, every width within 0.5 %, median |ΔSCS| ≤ 0.5 %
@@ -48,7 +44,6 @@ def test_default_path_reproduces_statstem(statstem_data, name):
         m = (df.type == t_).to_numpy()
         assert np.median(np.abs(df.scs[m] / ex.reference.scs[m] - 1)) <= 0.005
     assert df.attrs["background"]["coefficients"][0] == pytest.approx(ex.background, rel=1e-4)
-    assert elapsed < 60  # loose: shared CI; the benchmark reports the timing
 
 
 def test_statstem_model_image_is_reproduced(statstem_data):
