@@ -83,3 +83,30 @@ def test_real_pb_particle_fit_and_count_without_a_cell(statstem_data, tmp_path):
     diff = c["n_atoms"].to_numpy(float)[m] - ref["count"].to_numpy()[k[m]]
     assert np.mean(np.abs(diff) <= 1) >= 0.95  # measured 1.00 (0.83 exact)
     assert "not counted" in r.report.read_text()
+
+
+@pytest.mark.shared
+def test_map_then_fit_on_statstem_low_dose_srtio3(statstem_data, tmp_path):
+    # atoms.map → atoms.fit on StatSTEM's low-dose SrTiO3 image (its MAP selects 13 columns)
+    import numpy as np
+    import pandas as pd
+
+    from perovstem import Image
+    from perovstem.io import load_statstem, save_image
+
+    ex = load_statstem(statstem_data / "npz" / "Example_SrTiO3_MAP.npz")
+    save_image(Image(np.asarray(ex.image.data, float), ex.image.pixel_size_A), tmp_path / "s.hspy")
+    cfg = tmp_path / "m.toml"
+    cfg.write_text(
+        '[run]\nname = "m"\n[inputs]\nimage = "s.hspy"\n'
+        '[[step]]\nrun = "atoms.map"\nmax_columns = 16\n'
+        '[[step]]\nrun = "atoms.fit"\nnormalize = false\ninputs = { positions = "map.positions" }\n'
+    )
+    r = run_pipeline(cfg, quiet=True, scheduler="serial")
+    assert [s.status for s in r.steps] == ["ran", "ran"], [s.message for s in r.steps]
+    pos = pd.read_parquet(r.run_dir / "tables" / "map.positions.parquet")
+    models = pd.read_parquet(r.run_dir / "tables" / "map.models.parquet")
+    assert len(pos) == 13 and int(models.loc[models["probability"].idxmax(), "n_columns"]) == 13
+    fit = pd.read_parquet(r.run_dir / "tables" / "fit.columns.parquet")
+    assert len(fit) == 13 and fit["scs"].gt(0).all()
+    assert "columns (MAP)" in r.report.read_text()
