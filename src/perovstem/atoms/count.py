@@ -704,6 +704,8 @@ def count_atoms(
     scale_spread: float = 0.03,
     max_iter: int = 1000,
     tol: float = 1e-8,
+    termination: str = "mixed",
+    cd_fraction: float = 0.0,
 ) -> pd.DataFrame:
     """Count atoms per column by an equal-width Gaussian mixture of the cross-sections.
 
@@ -745,6 +747,9 @@ def count_atoms(
         scale of the others (``log c_t ~ N(log c0, scale_spread^2)``, ``log c0 ~ N(0, 0.1^2)``).
         ``attrs["counting"][type]["library_anchor"]["scale_identifiable"]`` is False when the
         counts of a type rest on this prior.
+    termination, cd_fraction : str, float
+        Crystal surfaces and Cd fraction of a ``library="simulate"`` (see
+        :func:`perovstem.atoms.library.as_library`).
 
     Returns
     -------
@@ -771,7 +776,13 @@ def count_atoms(
         integ = _simulate_integration(df)
         for typ in pd.unique(t):
             ct = None if typ == "all" else typ
-            libs[typ] = as_library(library, column_type=ct, integration=integ)
+            libs[typ] = as_library(
+                library,
+                column_type=ct,
+                integration=integ,
+                termination=termination,
+                cd_fraction=cd_fraction,
+            )
     out = df.copy()
     n_atoms = np.zeros(x.size, dtype=np.int64)
     p_map = np.zeros(x.size)

@@ -42,6 +42,8 @@ def as_library(
     max_atoms: int = 60,
     voltage_kV: float = 300.0,
     integration: str = "total",
+    termination: str = "mixed",
+    cd_fraction: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalise a SCS library to ``(n_atoms, scs)`` arrays sorted by ``n_atoms``.
 
@@ -61,6 +63,13 @@ def as_library(
         Which simulated SCS ``"simulate"`` takes (see
         :func:`perovstem.simulate.scs_library`): the column's total cross-section, or its
         Voronoi-cell SCS inside a crystal (to match :func:`perovstem.atoms.voronoi_intensities`).
+    termination : {"mixed", "CsBr", "PbBr2"}
+        Surface layers of the crystal that ``"simulate"`` assumes (see
+        :func:`perovstem.simulate.scs_library`; ``"CsBr"`` for usual CsPbBr₃ nanocrystals,
+        ``"mixed"`` = one CsBr and one PbBr₂ face, every column the same number of layers).
+    cd_fraction : float
+        Cd fraction x on the B sites that ``"simulate"`` assumes (0 … 1; it lowers the Pb–Br
+        cross-sections and, with Voronoi integration, the cross-talk into the other types).
 
     Returns
     -------
@@ -81,7 +90,20 @@ def as_library(
         from perovstem.simulate import scs_library
 
         library = scs_library(
-            column_type or "PbBr", max_atoms, voltage_kV=voltage_kV, integration=integration
+            column_type or "PbBr",
+            max_atoms,
+            voltage_kV=voltage_kV,
+            integration=integration,
+            termination=termination,
+            cd_fraction=cd_fraction,
+        )
+    elif termination != "mixed" or cd_fraction != 0:
+        # a user library fixes its own composition; silently ignoring these would count
+        # with a library the user did not ask for
+        raise ParameterError(
+            f"`termination` ({termination!r}) and `cd_fraction` ({cd_fraction!r}) only apply "
+            "to library='simulate'; build the library with them instead "
+            "(perovstem.simulate.scs_library)"
         )
     if isinstance(library, pd.DataFrame):
         scol = next((c for c in ("scs_A2", "scs") if c in library.columns), None)
@@ -132,6 +154,8 @@ def count_library(
     scs_err: Any = None,
     include_zero: bool = True,
     scale: float = 1.0,
+    termination: str = "mixed",
+    cd_fraction: float = 0.0,
 ) -> pd.DataFrame:
     """Count atoms by the nearest simulated cross-section.
 
@@ -153,6 +177,10 @@ def count_library(
         Allow empty columns (prepend ``L_0 = 0``, as StatSTEM does).
     scale : float
         Multiply the library by this factor (detector normalisation).
+    termination, cd_fraction : str, float
+        Crystal surfaces and Cd fraction of a ``"simulate"`` library (see
+        :func:`as_library`).  CsBr-terminated columns counted with the default ``"mixed"``
+        library read ~0.15 Pb step high (Voronoi SCS, abTEM multislice).
 
     Returns
     -------
@@ -179,7 +207,13 @@ def count_library(
     integ = _simulate_integration(df)
     for typ in pd.unique(t):
         sel = t == typ
-        n, v = as_library(library, column_type=None if typ == "all" else typ, integration=integ)
+        n, v = as_library(
+            library,
+            column_type=None if typ == "all" else typ,
+            integration=integ,
+            termination=termination,
+            cd_fraction=cd_fraction,
+        )
         n, v = _with_zero(n, v, include_zero)
         v = v * scale
         xs = x[sel]
@@ -206,8 +240,16 @@ def count_library(
         "method": "library",
         "scale": float(scale),
         "include_zero": bool(include_zero),
+        **_simulate_info(library, termination, cd_fraction),
     }
     return out
+
+
+def _simulate_info(library: Any, termination: str, cd_fraction: float) -> dict[str, Any]:
+    """The assumptions of a ``"simulate"`` library, for the table's attrs."""
+    if isinstance(library, str):
+        return {"termination": termination, "cd_fraction": float(cd_fraction)}
+    return {}
 
 
 class HybridFit:
@@ -377,6 +419,8 @@ def count_hybrid(
     fit_scale: bool = True,
     scale_spread: float = 0.03,
     scale_sd: float = 0.1,
+    termination: str = "mixed",
+    cd_fraction: float = 0.0,
 ) -> pd.DataFrame:
     """Hybrid statistics/simulation atom counting (De wael et al., Ultramicroscopy 177 (2017) 69).
 
@@ -397,6 +441,8 @@ def count_hybrid(
     scale_sd : float
         Log-sd of the weak prior of ``c0`` around 1 (calibrated library), see
         :func:`fit_hybrid`.
+    termination, cd_fraction : str, float
+        Crystal surfaces and Cd fraction of a ``"simulate"`` library (see :func:`as_library`).
 
     Returns
     -------
@@ -425,7 +471,13 @@ def count_hybrid(
             raise ParameterError(
                 f"hybrid counting needs at least 2 columns of type {typ!r}, got {sel.sum()}"
             )
-        n, v = as_library(library, column_type=None if typ == "all" else typ, integration=integ)
+        n, v = as_library(
+            library,
+            column_type=None if typ == "all" else typ,
+            integration=integ,
+            termination=termination,
+            cd_fraction=cd_fraction,
+        )
         libs[typ] = _with_zero(n, v, include_zero)
         if fit_scale:
             cands[typ] = _scale_candidates(x[sel], libs[typ][1], (0.8, 1.25), 0.01, 1e-10)
@@ -459,7 +511,11 @@ def count_hybrid(
     out["n_atoms_mean"] = mean
     out["n_atoms_std"] = std
     out.attrs = dict(df.attrs)
-    out.attrs["counting"] = {"method": "hybrid", **info}
+    out.attrs["counting"] = {
+        "method": "hybrid",
+        **info,
+        **_simulate_info(library, termination, cd_fraction),
+    }
     if fit_scale:
         out.attrs["counting"]["common_scale"] = c_common
     return out
