@@ -198,3 +198,73 @@ def test_cli_track_pristine_cube_scale_from_cs_columns(tmp_path):
     res = pd.read_csv(out)
     assert (truth.loc[truth["type"] == "PbBr", "n_atoms"] == 10).all()
     assert np.mean(res["n_atoms"].to_numpy() == 10) > 0.98
+
+
+def test_cli_voronoi_scs_and_count_on_multislice(tmp_path, capsys):
+    """``atoms fit --scs voronoi`` → ``atoms count --library simulate``: the Voronoi sums of
+    the abTEM rough crystal (no vacuum, 1-4 cells) are counted with the Voronoi library (as
+    ``count_library(voronoi_intensities(...), "simulate")``, 91 % exact); a CSV loses the
+    table's mark without its sidecar, so ``--integration voronoi`` says it.  Old code: no ``--scs`` option
+    (exit 2) and ``--library simulate`` always took the total-SCS library."""
+    import warnings
+    from pathlib import Path
+
+    from scipy.signal import resample
+
+    from perovstem._data import Image
+    from perovstem.atoms import (
+        count_library,
+        cspbbr3_001_cell,
+        find_columns,
+        normalize_image,
+        voronoi_intensities,
+    )
+    from perovstem.io import save_image
+
+    d = np.load(Path(__file__).resolve().parents[1] / "data" / "multislice_counting.npz")
+    box = float(d["rough__box_A"])
+    n = int(round(box / 0.25))
+    img = np.tile(
+        resample(resample(d["rough__mean"].astype(float), n, axis=0), n, axis=1).T, (3, 3)
+    )
+    dx = box / n
+    counts = np.random.default_rng(0).poisson(np.clip(img, 0, None) * 2e4 * dx * dx)
+    im = Image(counts.astype(float), dx, dose_e_per_A2=2e4, metadata={"gain": 1.0, "offset": 0.0})
+    path = tmp_path / "rough.npz"
+    save_image(im, path)
+    cols = tmp_path / "cols.parquet"
+    args = ["atoms", "fit", str(path), "--cell", "cspbbr3", "--normalize", "-o", str(cols)]
+    assert main([*args, "--scs", "voronoi"]) == 0
+    v = read_table(cols)
+    assert v.attrs["scs_estimator"] == "voronoi" and "n_pixels" in v.columns
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = voronoi_intensities(normalize_image(im), find_columns(im, cell=cspbbr3_001_cell()))
+    np.testing.assert_allclose(v["scs"], ref["scs"], rtol=1e-9)
+    capsys.readouterr()
+    rc = main(["atoms", "count", str(cols), "--method", "library", "--library", "simulate"])
+    assert rc == 0 and "voronoi SCS" in capsys.readouterr().out
+    res = read_table(tmp_path / "cols_counts.parquet")
+    np.testing.assert_array_equal(res["n_atoms"], count_library(ref, "simulate")["n_atoms"])
+    # against the truth, columns 2 Å inside the field
+    tx, ty = d["rough__truth_x"], d["rough__truth_y"]
+    wrap = lambda q: (q + box / 2) % box - box / 2  # noqa: E731
+    x, y = res["x_A"].to_numpy(), res["y_A"].to_numpy()
+    dd = np.hypot(wrap(x[:, None] - tx), wrap(y[:, None] - ty))
+    j = dd.argmin(1)
+    inner = (np.minimum(x, y) > 2) & (np.maximum(x, y) < img.shape[0] * dx - 2)
+    err = res["n_atoms"].to_numpy()[inner] - d["rough__truth_n"][j][inner]
+    assert np.mean(err == 0) >= 0.85, np.mean(err == 0)
+    # a CSV without its .json sidecar (edited elsewhere) has no attrs: "auto" falls back to
+    # the total library, --integration voronoi restores the right one
+    csv = tmp_path / "cols.csv"
+    save_table(v, csv)
+    (tmp_path / "cols.csv.json").unlink()
+    o_auto, o_vor = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    base = ["atoms", "count", str(csv), "--method", "library", "--library", "simulate"]
+    assert main([*base, "-o", str(o_auto)]) == 0
+    assert main([*base, "-o", str(o_vor), "--integration", "voronoi"]) == 0
+    np.testing.assert_array_equal(read_table(o_vor)["n_atoms"], res["n_atoms"])
+    assert read_table(o_vor).attrs["counting"]["library_integration"] == "voronoi"
+    assert read_table(o_auto).attrs["counting"]["library_integration"] == "total"
+    assert main([*base, "-o", str(tmp_path / "c.csv"), "--integration", "gauss"]) == 2

@@ -15,7 +15,17 @@ def _default_out(table: Path, tag: str) -> Path:
     return table.with_name(f"{stem}_{tag}.parquet")
 
 
-def _library_arg(spec: str | None, types: list[str]):
+def _integration(choice: str, attrs: dict) -> str:
+    """``--integration``: ``auto`` takes the Voronoi library for a table of Voronoi sums
+    (``attrs["scs_estimator"]``, kept by Parquet and a CSV's .json sidecar), the total SCS otherwise."""
+    if choice not in ("auto", "total", "voronoi"):
+        raise ParameterError(f"--integration must be auto, total or voronoi, got {choice!r}")
+    if choice != "auto":
+        return choice
+    return "voronoi" if attrs.get("scs_estimator") == "voronoi" else "total"
+
+
+def _library_arg(spec: str | None, types: list[str], *, integration: str = "total"):
     """``simulate`` → simulator libraries per type; a file → one library table for all types."""
     if spec is None:
         return None
@@ -28,7 +38,7 @@ def _library_arg(spec: str | None, types: list[str]):
             raise ParameterError(
                 f"--library simulate needs column types in {sorted(known)}, got {bad}"
             )
-        return {t: scs_library(t, 60) for t in types}
+        return {t: scs_library(t, 60, integration=integration) for t in types}
     from perovstem.io import read_table
 
     lib = read_table(spec)
@@ -50,6 +60,14 @@ def count(
     first_count: int = typer.Option(1, "--first-count", help="Atoms in the lowest component."),
     library: str = typer.Option(
         None, "--library", help="'simulate' or a table (n_atoms, scs_A2) file."
+    ),
+    integration: str = typer.Option(
+        "auto",
+        "--integration",
+        help="Which SCS '--library simulate' tabulates: total (a column's own cross-section, "
+        "Gaussian fits), voronoi (Voronoi-cell sums inside a crystal, 'atoms fit --scs "
+        "voronoi'), or auto: voronoi for a table of Voronoi sums (Parquet and a CSV with "
+        "its .json sidecar keep the mark; otherwise give it explicitly), total otherwise.",
     ),
     column_type: list[str] = typer.Option(
         [], "--type", help="Count only these column types (repeatable)."
@@ -87,7 +105,13 @@ def count(
             )
         df = df[df["type"].astype(str).isin(column_type)]
     types = sorted(df["type"].astype(str).unique()) if "type" in df.columns else ["all"]
-    lib = _library_arg(library, types)
+    integ = _integration(integration, df.attrs)
+    if integration != "auto" and library != "simulate":
+        raise ParameterError(
+            f"--integration {integration} only applies to --library simulate, got --library "
+            f"{library!r}"
+        )
+    lib = _library_arg(library, types, integration=integ)
     if method in ("library", "hybrid") and lib is None:
         raise ParameterError(f"--method {method} needs --library ('simulate' or a table file)")
     if method == "gmm":
@@ -105,6 +129,8 @@ def count(
         res = count_library(df, lib)
     else:
         res = count_hybrid(df, lib)
+    if library == "simulate":
+        res.attrs.setdefault("counting", {})["library_integration"] = integ
     save_table(res, out, overwrite=overwrite)
     info = res.attrs.get("counting", {})
     for t in types:
@@ -128,6 +154,8 @@ def count(
                 rows.append(d)
         if rows:
             save_table(pd.concat(rows, ignore_index=True), criteria_out, overwrite=overwrite)
+    if library == "simulate":
+        console.print(f"library: simulated, {integ} SCS")
     console.print(f"wrote {out}")
 
 
@@ -217,7 +245,9 @@ def track(
         if library == "simulate":
             from perovstem.simulate import scs_library
 
-            lib = scs_library(column_type, 60)
+            # the SCS the tables hold: Voronoi sums or total cross-sections
+            integ = _integration("auto", frames[0].attrs)
+            lib = scs_library(column_type, 60, integration=integ)
         else:
             lib = read_table(library)
         n_lib, v_lib = as_library(lib)
@@ -234,7 +264,7 @@ def track(
 
         c0 = start_scale_from_types(
             frames[0],
-            {column_type: scs_library(column_type, 60), "Cs": scs_library("Cs", 60)},
+            {t: scs_library(t, 60, integration=integ) for t in (column_type, "Cs")},
             column_type,
         )
         init = None if c0 is None else {"scale": c0}
