@@ -25,8 +25,20 @@ def _integration(choice: str, attrs: dict) -> str:
     return "voronoi" if attrs.get("scs_estimator") == "voronoi" else "total"
 
 
-def _library_arg(spec: str | None, types: list[str], *, integration: str = "total"):
+def _library_arg(
+    spec: str | None,
+    types: list[str],
+    *,
+    integration: str = "total",
+    termination: str = "mixed",
+    cd_fraction: float = 0.0,
+):
     """``simulate`` → simulator libraries per type; a file → one library table for all types."""
+    if spec != "simulate" and (termination != "mixed" or cd_fraction != 0):
+        raise ParameterError(
+            f"--termination ({termination}) and --cd-fraction ({cd_fraction:g}) only apply to "
+            f"--library simulate, got --library {spec!r}"
+        )
     if spec is None:
         return None
     if spec == "simulate":
@@ -38,7 +50,8 @@ def _library_arg(spec: str | None, types: list[str], *, integration: str = "tota
             raise ParameterError(
                 f"--library simulate needs column types in {sorted(known)}, got {bad}"
             )
-        return {t: scs_library(t, 60, integration=integration) for t in types}
+        kw = {"integration": integration, "termination": termination, "cd_fraction": cd_fraction}
+        return {t: scs_library(t, 60, **kw) for t in types}
     from perovstem.io import read_table
 
     lib = read_table(spec)
@@ -68,6 +81,20 @@ def count(
         "Gaussian fits), voronoi (Voronoi-cell sums inside a crystal, 'atoms fit --scs "
         "voronoi'), or auto: voronoi for a table of Voronoi sums (Parquet and a CSV with "
         "its .json sidecar keep the mark; otherwise give it explicitly), total otherwise.",
+    ),
+    termination: str = typer.Option(
+        "mixed",
+        "--termination",
+        help="Crystal surfaces '--library simulate' assumes: mixed (one CsBr and one PbBr2 "
+        "face; every column the same number of layers), CsBr (usual for CsPbBr3 "
+        "nanocrystals: Pb-Br columns hold one more Br), PbBr2.",
+    ),
+    cd_fraction: float = typer.Option(
+        0.0,
+        "--cd-fraction",
+        help="Cd fraction x on the Pb sites '--library simulate' assumes (0-1): Cd lowers "
+        "the Pb-Br cross-sections, so a Cd-alloyed crystal counted with x = 0 reads too few "
+        "Pb-Br atoms (perovstem.atoms.fit_composition estimates x).",
     ),
     column_type: list[str] = typer.Option(
         [], "--type", help="Count only these column types (repeatable)."
@@ -111,7 +138,9 @@ def count(
             f"--integration {integration} only applies to --library simulate, got --library "
             f"{library!r}"
         )
-    lib = _library_arg(library, types, integration=integ)
+    lib = _library_arg(
+        library, types, integration=integ, termination=termination, cd_fraction=cd_fraction
+    )
     if method in ("library", "hybrid") and lib is None:
         raise ParameterError(f"--method {method} needs --library ('simulate' or a table file)")
     if method == "gmm":
@@ -130,7 +159,9 @@ def count(
     else:
         res = count_hybrid(df, lib)
     if library == "simulate":
-        res.attrs.setdefault("counting", {})["library_integration"] = integ
+        res.attrs.setdefault("counting", {}).update(
+            library_integration=integ, termination=termination, cd_fraction=float(cd_fraction)
+        )
     save_table(res, out, overwrite=overwrite)
     info = res.attrs.get("counting", {})
     for t in types:
@@ -155,7 +186,9 @@ def count(
         if rows:
             save_table(pd.concat(rows, ignore_index=True), criteria_out, overwrite=overwrite)
     if library == "simulate":
-        console.print(f"library: simulated, {integ} SCS")
+        console.print(
+            f"library: simulated, {integ} SCS, {termination} termination, x(Cd) = {cd_fraction:g}"
+        )
     console.print(f"wrote {out}")
 
 
