@@ -357,3 +357,24 @@ def test_unknown_detector_gain_is_not_assumed_silently():
         warnings.simplefilter("error")
         normalize_image(known)
         normalize_image(img, gain=2.0, offset=0.0)
+
+
+def test_identical_inputs_give_byte_identical_tables(tmp_path, caplog):
+    """The table (and its attrs) depend on the inputs only: the wall time went into
+    ``attrs["seconds"]``, so two fits of one image saved to different bytes (the pipeline
+    had to strip it).  It is now logged at DEBUG on ``perovstem.atoms``."""
+    import logging
+
+    from perovstem.io import save_table
+
+    data, truth = lattice(3, n=10, spacing=9.0, rho=1.7, amp=300.0)
+    img = Image(data, 1.0)
+    paths = []
+    with caplog.at_level(logging.DEBUG, logger="perovstem.atoms"):
+        for i in range(2):
+            df = fit_columns(img, truth[["x_A", "y_A"]].to_numpy(), noise="poisson")
+            assert "seconds" not in df.attrs
+            paths.append(tmp_path / f"t{i}.parquet")
+            save_table(df, paths[-1])
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert any("fit_columns" in r.getMessage() and " s" in r.getMessage() for r in caplog.records)

@@ -133,6 +133,9 @@ def fit(
 
         df = voronoi_intensities(obj, start)
     else:
+        import time
+
+        t0 = time.perf_counter()
         df = fit_columns(
             obj,
             start,
@@ -142,6 +145,7 @@ def fit(
             noise=noise,
             estimator=estimator,
         )
+        seconds = time.perf_counter() - t0
     df.attrs["source"] = str(image)
     save_table(df, out)
     from perovstem.plot.atoms import plot_columns
@@ -158,7 +162,7 @@ def fit(
     rho_txt = ", ".join(f"{t} {v:.4f} Å" for t, v in df.attrs["rho_A_by_type"].items())
     console.print(
         f"{len(df)} columns ({df.converged.mean():.1%} converged, {df.attrs['n_iter']} sweeps, "
-        f"{df.attrs['seconds']:.2f} s); ρ: {rho_txt}; median position error "
+        f"{seconds:.2f} s); ρ: {rho_txt}; median position error "
         f"{df.x_err_A.median():.4f} Å → {out}, {overlay}"
     )
 

@@ -64,9 +64,6 @@ def atoms_fit(ctx: Any, image: Any, positions: Any = None) -> dict[str, Any]:
     columns = api(FIT)(
         img, positions[cols], width=p["width"], background=p["background"], noise=p["noise"]
     )
-    # the fit's wall time is in provenance.json; as a table attribute it made the tables of
-    # identical (or resumed) runs differ byte for byte
-    columns.attrs.pop("seconds", None)
     from perovstem.plot.overview import plot_image
 
     ax = plot_image(
