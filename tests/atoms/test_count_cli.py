@@ -303,3 +303,54 @@ def test_cli_count_cd_fraction_and_termination(tmp_path, capsys):
     bad = ["atoms", "count", str(src), "--library", str(libf), "--cd-fraction", "0.3"]
     assert main([*bad, "-o", str(tmp_path / "d.csv")]) == 2
     assert "--cd-fraction" in capsys.readouterr().err
+
+
+def test_cli_track_total_loss_and_its_error(tmp_path, capsys):
+    """``atoms track`` prints the atoms lost by all columns together with an error, and the
+    loss rate of all columns with the right error: with ``--rate shared`` the per-column
+    rates are one estimate, so their sum has N x (not sqrt(N) x) the per-column error.
+    Old code: "loss r ± e (all columns)" with e = sqrt(sum err²), 1/sqrt(60) of the error
+    of the 60-column sum for a shared rate, and no error on the atoms lost."""
+    import re
+
+    rng = np.random.default_rng(5)
+    T, N, dose = 8, 60, 5e4
+    nn = np.arange(1, 41)
+    lib = pd.DataFrame({"n_atoms": nn, "scs_A2": 0.015 * nn - 0.00006 * nn**2})
+    h = np.empty((T, N), int)
+    h[0] = rng.integers(10, 16, N)
+    for t in range(1, T):
+        h[t] = np.maximum(h[t - 1] - rng.poisson(0.3, N), 1)
+    obs = lib["scs_A2"].to_numpy()[h - 1] + rng.normal(0, 0.002, h.shape)
+    big = pd.DataFrame(
+        {
+            "frame": np.repeat(np.arange(T), N),
+            "column": np.tile(np.arange(N), T),
+            "type": "PbBr",
+            "scs": obs.ravel(),
+        }
+    )
+    src = tmp_path / "frames.parquet"
+    save_table(big, src)
+    libp = tmp_path / "lib.parquet"
+    save_table(lib, libp)
+    percol = tmp_path / "percol.csv"
+    args = ["atoms", "track", str(src), "-o", str(tmp_path / "t.parquet"), "--library"]
+    args += [str(libp), "--model", "dose", "--rate", "shared", "--fixed-scale"]
+    capsys.readouterr()
+    assert main([*args, "--dose", str(dose), "--columns-out", str(percol)]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # the console wraps lines
+    m = re.search(r"lost in total .*?: (\d+) \(posterior ([\d.]+) ± ([\d.]+)\)", text)
+    assert m, text
+    lost_true = int((h[0] - h[-1]).sum())
+    assert abs(int(m.group(1)) - lost_true) <= 3
+    assert abs(float(m.group(2)) - lost_true) <= 3 * float(m.group(3)) + 0.5
+    r = re.search(r"all 60 columns together ([\d.e+-]+) ± ([\d.e+-]+) atoms per", text)
+    assert r, text
+    rate, err = float(r.group(1)), float(r.group(2))
+    pc = read_table(percol)
+    err_col = pc["loss_rate_err_per_e_A2"].to_numpy()
+    np.testing.assert_allclose(err, N * err_col[0], rtol=0.05)  # printed to 2 digits
+    assert err > 3 * np.sqrt(np.sum(err_col**2))
+    # the truth (0.3 atoms per column per frame of 5e4 e⁻/Å²) within the error
+    assert abs(rate - N * 0.3 / dose) < 3 * err, (rate, err, N * 0.3 / dose)

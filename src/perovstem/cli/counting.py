@@ -319,15 +319,19 @@ def track(
     percol = res.column_table()
     if columns_out is not None:
         save_table(percol, columns_out, overwrite=overwrite)
-    lost = int(percol["atoms_lost"].sum())
+    tl = res.total_loss()
     msg = (
         f"{column_type}: {obs.shape[1]} columns × {obs.shape[0]} frames, model {model}, "
         f"{res.n_iter} EM cycles ({'converged' if res.converged else 'NOT converged'}), "
-        f"atoms {int(res.n_atoms[0].sum())} → {int(res.n_atoms[-1].sum())} ({lost} lost)"
+        f"atoms {int(res.n_atoms[0].sum())} → {int(res.n_atoms[-1].sum())}; "
+        f"lost in total (all columns, first → last frame): {tl['atoms_lost']} "
+        f"(posterior {tl['atoms_lost_mean']:.1f} ± {tl['atoms_lost_err']:.1f})"
     )
-    if res.loss_rate is not None:
-        tot = float(np.sum(res.loss_rate))
-        err = float(np.sqrt(np.sum(res.loss_rate_err**2)))
-        msg += f"; loss {tot:.3g} ± {err:.2g} atoms per e⁻/Å² (all columns)"
+    if "loss_rate_per_e_A2" in tl:
+        r, e = tl["loss_rate_per_e_A2"], tl["loss_rate_err_per_e_A2"]
+        msg += (
+            f"; loss rate of all {tl['n_columns']} columns together {r:.3g} ± {e:.2g} atoms "
+            f"per e⁻/Å² ({r / tl['n_columns']:.3g} per column)"
+        )
     console.print(msg)
     console.print(f"wrote {out}")
