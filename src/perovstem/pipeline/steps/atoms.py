@@ -488,12 +488,14 @@ def atoms_series(ctx: Any, series: Any, positions: Any = None) -> dict[str, Any]
         f"over {len(frames)} frames: Viterbi and posterior mean"
         + (f"; {n_neg} negative cross-sections (emptied columns) set to 0." if n_neg else "."),
     )
-    lost = float(columns["atoms_lost"].sum())
+    tl = res.total_loss()
     ctx.metric(
         f"{p['hmm_type']} atoms lost ({ctx.step_id})",
-        lost,
+        float(tl["atoms_lost"]),
+        err=tl["atoms_lost_err"],
         section="kinetics",
-        caption=f"first → last analysed frame, {int(sel.sum())} columns",
+        caption=f"first → last analysed frame, all {int(sel.sum())} columns together (Viterbi "
+        f"counts; posterior mean {tl['atoms_lost_mean']:.1f}, ±1σ of the posterior)",
     )
     if "loss_rate_per_e_A2" in columns.columns:
         r = columns["loss_rate_per_e_A2"].to_numpy(float)
