@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -1125,8 +1126,29 @@ def fit_columns(
             "converged": (np.full(n, converged) | (shifts < tol_col)) & finite,
         }
     )
+    # a fitted width below 0.4 px (the bound is 0.3 px) is a column the data do not
+    # resolve (too few counts per column): a Gaussian that narrow lies inside one pixel,
+    # and its η and SCS are not measured (dose 100 e⁻/Å², 0.4 Å pixels: the Br width
+    # collapsed to 0.12 Å, SCS 2.5x low, 92 % of them "converged")
+    collapsed = np.zeros(n, bool)
+    rho_resolved = 0.4
+    if width != "fixed":
+        collapsed = rho < rho_resolved
+        df.loc[collapsed, "converged"] = False
+        if collapsed.any():
+            bad = sorted(set(df["type"].to_numpy()[collapsed]))
+            warnings.warn(
+                f"fit_columns: the width of {int(collapsed.sum())} column(s) of type(s) "
+                f"{', '.join(bad)} fell below {rho_resolved:g} px ({rho_resolved * dx:.3g} Å, "
+                "inside one pixel): the data do not resolve them (too few counts), so their "
+                "SCS are not measured; they are marked converged = False (fix the width: "
+                "width='fixed', rho_A=...)",
+                UserWarning,
+                stacklevel=2,
+            )
     units = img.metadata.get("units", "fraction" if img.metadata.get("normalized") else "counts")
     df.attrs.update(
+        n_unresolved_width=int(collapsed.sum()),
         pixel_size_A=float(dx),
         origin_A=[float(v) for v in img.origin_A],
         image_shape=[int(v) for v in data.shape],
