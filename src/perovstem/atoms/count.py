@@ -639,20 +639,34 @@ def _fallback_scales(
     ident: dict[str, bool],
     bounds: tuple[float, float],
     spread: float,
+    reference: float | None = None,
 ) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[str, str]]:
     """Scales of the types whose own columns do not identify it.
 
     The normalisation is common to the column types of one image (the premise of
     :func:`_shared_scale_choice`), so such a type starts from the mean log scale of the
-    types that identify theirs and may move only ``3 × spread`` from it; when no type
-    identifies a scale, from the calibrated library's ``c = 1``.  Returns the start scales,
+    types that identify theirs and may move only ``spread`` from it; when no type
+    identifies a scale, the shared prior's choice is kept, except for an absolute
+    measurement (``reference``: 1 for Voronoi sums of a normalised image, which carry no
+    model deficit), which then stays near it.  Returns the start scales,
     the per-type bounds and a note per type on where the scale came from.
     """
     lo, hi = bounds
     good = [chosen[t] for t in chosen if ident[t]]
-    c_id = float(np.exp(np.mean(np.log(good)))) if good else 1.0
-    src = "types " + ", ".join(t for t in chosen if ident[t]) if good else "calibrated library"
     start, win, note = {}, {}, {}
+    src0 = ""
+    if not good and reference is not None:
+        # an absolute measurement (Voronoi sums of a normalised image) in the library's
+        # units: without a type that identifies the scale, stay near the calibration
+        good, src0 = [float(reference)], "calibrated library (Voronoi sums)"
+    if not good:
+        # nothing to borrow from: the shared prior's choice (a free scale near 1 is not
+        # "calibrated": Gaussian-fit SCS sit 5-25 % below the library by construction)
+        for t, c in chosen.items():
+            start[t], win[t], note[t] = c, (lo, hi), "shared prior (no type identifies it)"
+        return start, win, note
+    c_id = float(np.exp(np.mean(np.log(good))))
+    src = src0 or "types " + ", ".join(t for t in chosen if ident[t])
     for t, c in chosen.items():
         if ident[t]:
             start[t], win[t], note[t] = c, (lo, hi), "own columns"
@@ -880,7 +894,13 @@ def count_atoms(
         }
         pick, _ = _shared_scale_choice(hyb, scale_spread, 0.1)
         ident = {t: _identifiable(hyb[t], pick[t], bounds=tuple(scale_range)) for t in hyb}
-        c_ref, c_win, c_source = _fallback_scales(pick, ident, tuple(scale_range), scale_spread)
+        c_ref, c_win, c_source = _fallback_scales(
+            pick,
+            ident,
+            tuple(scale_range),
+            scale_spread,
+            reference=1.0 if df.attrs.get("scs_estimator") == "voronoi" else None,
+        )
         from perovstem.atoms.library import _warn_unidentified
 
         _warn_unidentified(ident, c_source, "count_atoms")

@@ -464,7 +464,7 @@ def count_hybrid(
         ``scale_identifiable`` (False when another scale, hence other counts, fits the
         cross-sections of this type about as well, or when the best scale sits on a bound
         of 0.8-1.25; such a type's scale then starts from the mean of the types that
-        identify theirs, or from 1, and may move only ``scale_spread`` from it:
+        identify theirs and may move only ``scale_spread`` from it (none: the prior's):
         ``scale_from``), and ``count_shift_vs_calibrated`` (mean count minus the count of
         the nearest library value at c = 1; for Voronoi sums a shift of 0.5 atom or more
         warns: on thin columns a normalisation error and a count shift fit alike).
@@ -503,7 +503,9 @@ def count_hybrid(
     if fit_scale:
         pick, c_common = _shared_scale_choice(cands, scale_spread, scale_sd)
         ident = {typ: _identifiable(cands[typ], pick[typ], bounds=bounds) for typ in cands}
-        start, windows, source = _fallback_scales(pick, ident, bounds, scale_spread)
+        start, windows, source = _fallback_scales(
+            pick, ident, bounds, scale_spread, reference=1.0 if integ == "voronoi" else None
+        )
         _warn_unidentified(ident, source, "count_hybrid")
     for typ in pd.unique(t):
         sel = t == typ
@@ -592,7 +594,7 @@ def _warn_unidentified(ident: dict[str, bool], source: dict[str, str], what: str
         warnings.warn(
             f"{what}: no column type's cross-sections identify the library scale (another "
             "scale, hence other counts, fits about as well, or the best scale is at a bound "
-            f"of the range); the scale is kept near the {source[bad[0]]}'s c = 1 "
+            "of the range); the counts rest on the prior of the scale "
             "(attrs['counting'][type]['scale_identifiable'] is False)",
             UserWarning,
             stacklevel=3,
