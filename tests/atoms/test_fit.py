@@ -396,7 +396,7 @@ def test_unresolved_width_is_flagged_not_converged():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cols = find_columns(img, cell=cspbbr3_001_cell())
-    with pytest.warns(UserWarning, match="Br fell below 0.4 px"):
+    with pytest.warns(UserWarning, match="width of Br columns .* fell below 0.4 px"):
         fit = fit_columns(normalize_image(img, gain=1.0, offset=0.0), cols, noise="poisson")
     br = fit["type"] == "Br"
     assert fit.attrs["rho_A_by_type"]["Br"] < 0.16

@@ -1138,8 +1138,9 @@ def fit_columns(
         if collapsed.any():
             bad = sorted(set(df["type"].to_numpy()[collapsed]))
             warnings.warn(
-                f"fit_columns: the width of {int(collapsed.sum())} column(s) of type(s) "
-                f"{', '.join(bad)} fell below {rho_resolved:g} px ({rho_resolved * dx:.3g} Å, "
+                # no count in the text: one warning per call site, not per frame of a series
+                f"fit_columns: the fitted width of {'/'.join(bad)} columns (how many: "
+                f"attrs['n_unresolved_width']) fell below {rho_resolved:g} px ({rho_resolved * dx:.3g} Å, "
                 "inside one pixel): the data do not resolve them (too few counts), so their "
                 "SCS are not measured; they are marked converged = False (fix the width: "
                 "width='fixed', rho_A=...)",
