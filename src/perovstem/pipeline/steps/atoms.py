@@ -155,6 +155,14 @@ START_SCALE = "perovstem.atoms.library:start_scale_from_types"
             min=0.0,
             max=1.0,
         ),
+        "library_termination": Param(
+            str,
+            "mixed",
+            "crystal faces the library assumes: mixed (every column the same number of "
+            "layers), CsBr (usual for CsPbBr3 nanocrystals: one more Br per Pb-Br column) or "
+            "PbBr2 (see perovstem.simulate.scs_library)",
+            choices=("mixed", "CsBr", "PbBr2"),
+        ),
     },
     requires=(COUNT,),
     section="counting",
@@ -178,6 +186,7 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
                     t,
                     p["max_components"],
                     voltage_kV=p["voltage_kV"],
+                    termination=p["library_termination"],
                     **({"cd_fraction": p["library_cd_fraction"]} if t == "PbBr" else {}),
                 )
                 for t in p["types"]
@@ -201,6 +210,11 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
             out[c] = np.nan
             out.loc[sel, c] = counts[c].to_numpy()
     out.attrs.update(counts.attrs)
+    if "library" in kw:
+        out.attrs["library"] = {
+            "termination": p["library_termination"],
+            "cd_fraction": p["library_cd_fraction"],
+        }
     if "n_atoms" in out.columns:
         out["n_atoms"] = out["n_atoms"].astype("Float64")
     if truth is not None and {"x_A", "y_A", "n_atoms"} <= set(truth.columns):
