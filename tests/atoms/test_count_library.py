@@ -269,3 +269,54 @@ def test_unnormalised_cross_sections_are_refused_with_a_library():
     ):
         with pytest.raises(DataError, match="do not match the library.*normalised"):
             call()
+
+
+def test_scs_library_termination_layers():
+    """``termination`` adds the atoms of the extra surface layer: CsBr faces give a Pb-Br
+    column of n Pb n + 1 Br, PbBr2 faces n - 1 Br; the Voronoi library also moves the
+    neighbours' counts.  "mixed" (the default) is the earlier library."""
+    from perovstem.errors import ParameterError
+    from perovstem.simulate import scs_library
+    from perovstem.simulate.scs import column_scs
+
+    n = np.arange(1, 9).astype(float)
+    z = np.zeros_like(n)
+    for term, dbr in (("mixed", 0), ("CsBr", 1), ("PbBr2", -1)):
+        lib = scs_library("PbBr", 8, termination=term)
+        assert lib.attrs["termination"] == term
+        np.testing.assert_allclose(lib["scs_A2"].to_numpy()[1:], column_scs(n, z, n + dbr, z))
+        assert lib["scs_A2"].iloc[0] == 0.0
+    # the total SCS of single-species columns do not depend on the surfaces ...
+    for t in ("Cs", "Br"):
+        np.testing.assert_array_equal(
+            scs_library(t, 8, termination="CsBr")["scs_A2"], scs_library(t, 8)["scs_A2"]
+        )
+    # ... but their Voronoi cells do: a Cs column of n atoms in a CsBr-terminated crystal has
+    # Pb-Br neighbours of n - 1 Pb (less cross-talk), in a PbBr2-terminated one of n + 1 Pb
+    cs = {
+        t: scs_library("Cs", 8, integration="voronoi", termination=t)["scs_A2"].to_numpy()[1:]
+        for t in ("CsBr", "mixed", "PbBr2")
+    }
+    assert (cs["CsBr"] < cs["mixed"]).all() and (cs["mixed"] < cs["PbBr2"]).all()
+    with pytest.raises(ParameterError, match="termination"):
+        scs_library("PbBr", 8, termination="Cs")
+
+
+def test_termination_needs_a_simulated_library():
+    from perovstem.atoms import count_hybrid
+    from perovstem.errors import ParameterError
+    from perovstem.simulate import scs_library
+
+    lib = scs_library("PbBr", 20)
+    x = lib["scs_A2"].to_numpy()[[3, 3, 4, 4, 5]]
+    with pytest.raises(ParameterError, match="termination"):
+        count_library(x, lib, termination="CsBr")
+    with pytest.raises(ParameterError, match="cd_fraction"):
+        count_hybrid(x, lib, cd_fraction=0.2)
+    # with "simulate" the library follows them (CsBr: one more Br per Pb-Br column)
+    y = scs_library("PbBr", 20, termination="CsBr")["scs_A2"].to_numpy()[[3, 3, 4, 4, 5]]
+    c = count_library(y, "simulate", types=["PbBr"] * 5, termination="CsBr")
+    np.testing.assert_array_equal(c["n_atoms"], [3, 3, 4, 4, 5])
+    np.testing.assert_array_equal(c["scs_library"], y)
+    c0 = count_library(y, "simulate", types=["PbBr"] * 5)
+    assert (c0["scs_library"].to_numpy() < y).all()

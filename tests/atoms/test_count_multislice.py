@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.signal import resample
 
@@ -122,3 +123,77 @@ def test_scs_library_voronoi_option():
     assert (v.scs_A2.to_numpy()[1:] > t.scs_A2.to_numpy()[1:]).all()  # PbBr cross-talk
     with pytest.raises(ParameterError, match="integration"):
         scs_library("Br", 8, integration="gauss")
+
+
+def test_csbr_termination_library_on_multislice(rough):
+    """The fixture's columns are CsBr-terminated (a Pb-Br column of n Pb holds n + 1 Br, a Cs
+    column of n Cs sits in n - 1 cells).  The default ("mixed") Voronoi library reads the
+    Pb-Br columns +0.17 of a Pb step high and Cs -0.05 (measured, noise seed 0);
+    ``termination="CsBr"`` brings both within 0.03 and the Pb-Br counts from 93 % to
+    98 % exact.  Old code: no ``termination`` option."""
+    norm, cols, keep, n_true, t_true = rough
+    v = voronoi_intensities(norm, cols)
+    typ = t_true[keep]
+    c_mix = count_library(v, "simulate")
+    c_csbr = count_library(v, "simulate", termination="CsBr")
+    assert c_csbr.attrs["counting"]["termination"] == "CsBr"
+    err_mix = c_mix["n_atoms"].to_numpy()[keep] - n_true[keep]
+    err = c_csbr["n_atoms"].to_numpy()[keep] - n_true[keep]
+    pb = typ == "PbBr"
+    assert abs(np.mean(err[pb])) <= 0.05 < np.mean(err_mix[pb]), (
+        np.mean(err[pb]),
+        np.mean(err_mix[pb]),
+    )
+    assert np.mean(err[pb] == 0) >= 0.95
+    assert np.mean(err == 0) >= np.mean(err_mix == 0)
+    # the SCS themselves: mean offset from the library in units of the library's step
+    from perovstem.simulate import scs_library
+
+    scs = v["scs"].to_numpy()[keep]
+    for t in ("PbBr", "Cs"):
+        lib = scs_library(t, 40, integration="voronoi", termination="CsBr")["scs_A2"].to_numpy()
+        n = n_true[keep][typ == t]
+        off = (scs[typ == t] - lib[n]) / (lib[n + 1] - lib[n])
+        assert abs(np.mean(off)) < 0.05, (t, np.mean(off))
+
+
+def test_free_scale_on_thin_multislice_columns(rough):
+    """count_hybrid on 1-4-atom columns: the scale EM started at the edge of the scanned
+    range (0.8) and drifted out of it (c = 0.69-0.74): every type one atom high, 0 % exact.
+    Now the EM stays in the range, a scale on a bound counts as not identified, and such a
+    type takes the scale of the types that identify theirs (measured: 86 % exact, the
+    Pb-Br scale flagged; fixed-scale count_library: 91 %).  A scale that moves a type's
+    counts by >= 0.5 atom from the calibrated library's warns (Voronoi sums only)."""
+    from perovstem.atoms import count_hybrid
+
+    norm, cols, keep, n_true, t_true = rough
+    v = voronoi_intensities(norm, cols)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        h = count_hybrid(v, "simulate")
+    info = h.attrs["counting"]
+    err = h["n_atoms"].to_numpy()[keep] - n_true[keep]
+    assert np.mean(err == 0) >= 0.8, np.mean(err == 0)
+    for t in ("PbBr", "Br", "Cs"):
+        assert 0.8 <= info[t]["scale"] <= 1.25, (t, info[t]["scale"])
+        assert abs(info[t]["count_shift_vs_calibrated"]) < 0.5
+    assert not info["PbBr"]["scale_identifiable"]
+    assert info["PbBr"]["scale_from"].startswith("types")
+    # a Voronoi table whose counts the fitted scale moves by >= 0.5 atom from the
+    # calibrated library's warns (a normalisation error or a count shift: the data of thin
+    # columns cannot tell which).  Here a library 15 % low against exact Voronoi values of
+    # 4-12 atoms: c = 1.18 is found (identified) and the counts are right, but the warning
+    # says that they differ from the calibrated reading.
+    from perovstem.simulate import scs_library
+
+    lib = scs_library("PbBr", 30, integration="voronoi")
+    rng = np.random.default_rng(0)
+    n = rng.integers(4, 13, 200)
+    x = lib["scs_A2"].to_numpy()[n] * (1 + rng.normal(0, 0.01, n.size))
+    tab = pd.DataFrame({"scs": x, "type": "PbBr"})
+    tab.attrs["scs_estimator"] = "voronoi"
+    low = lib.assign(scs_A2=0.85 * lib["scs_A2"])
+    with pytest.warns(UserWarning, match="calibrated library"):
+        r = count_hybrid(tab, {"PbBr": low})
+    assert np.mean(r["n_atoms"].to_numpy() == n) > 0.9
+    assert r.attrs["counting"]["PbBr"]["count_shift_vs_calibrated"] < -0.5

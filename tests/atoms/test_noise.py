@@ -304,3 +304,34 @@ def test_detect_clusters_gain_auto():
     with pytest.raises(DataError, match="gain='auto'"):
         detect_clusters(Image(np.full((64, 64), 5.0), 0.5), gain="auto")
     detect_clusters(img, gain="auto")  # runs with the measured gain
+
+
+def test_unknown_gain_warning_measures_each_image_once(monkeypatch):
+    """The unknown-gain warning quotes the gain measured from the shot noise; it was measured
+    again on every normalize_image / fit_columns call on the same counts (~0.05 s each,
+    most of normalize_image's time).  Now once per image array; a new array is measured."""
+    import perovstem.atoms.noise as noise
+
+    calls = []
+    real = noise.estimate_noise_model
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(noise, "estimate_noise_model", counting)
+    rng = np.random.default_rng(3)
+    data = 3.0 * rng.poisson(40.0 + 20 * np.sin(np.arange(128) / 4)[None], (128, 128)) + 50
+    im = Image(data, 0.3, dose_e_per_A2=1e4)
+    texts = []
+    for _ in range(3):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            normalize_image(im)
+        texts.append(str(w[0].message))
+    assert len(calls) == 1 and texts[0] == texts[1] == texts[2]
+    assert "measured from the image's shot noise: gain" in texts[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        normalize_image(im.replace(data=data + 1.0))
+    assert len(calls) == 2

@@ -613,10 +613,67 @@ def _shared_scale_choice(
     return pick, best
 
 
-def _identifiable(cand: list[tuple[float, float]], chosen: float, margin: float = 2.0) -> bool:
-    """False when another optimum at a scale > 2 % away fits within ``margin`` in NLL."""
-    best = min(nll for c, nll in cand if abs(np.log(c / chosen)) <= 0.02)
+def _identifiable(
+    cand: list[tuple[float, float]],
+    chosen: float,
+    margin: float = 2.0,
+    bounds: tuple[float, float] | None = None,
+) -> bool:
+    """False when another optimum at a scale > 2 % away fits within ``margin`` in NLL, or
+    when the chosen scale sits on a bound of the scanned range (the likelihood wants a
+    scale outside the plausible range: the library does not describe these columns, or
+    the counts are shifted, as on 1-4-atom multislice columns)."""
+    if bounds is not None and (
+        abs(np.log(chosen / bounds[0])) < 1e-3 or abs(np.log(chosen / bounds[1])) < 1e-3
+    ):
+        return False
+    near = [nll for c, nll in cand if abs(np.log(c / chosen)) <= 0.02]
+    if not near:
+        return False
+    best = min(near)
     return not any(abs(np.log(c / chosen)) > 0.02 and nll <= best + margin for c, nll in cand)
+
+
+def _fallback_scales(
+    chosen: dict[str, float],
+    ident: dict[str, bool],
+    bounds: tuple[float, float],
+    spread: float,
+    reference: float | None = None,
+) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[str, str]]:
+    """Scales of the types whose own columns do not identify it.
+
+    The normalisation is common to the column types of one image (the premise of
+    :func:`_shared_scale_choice`), so such a type starts from the mean log scale of the
+    types that identify theirs and may move only ``spread`` from it; when no type
+    identifies a scale, the shared prior's choice is kept, except for an absolute
+    measurement (``reference``: 1 for Voronoi sums of a normalised image, which carry no
+    model deficit), which then stays near it.  Returns the start scales,
+    the per-type bounds and a note per type on where the scale came from.
+    """
+    lo, hi = bounds
+    good = [chosen[t] for t in chosen if ident[t]]
+    start, win, note = {}, {}, {}
+    src0 = ""
+    if not good and reference is not None:
+        # an absolute measurement (Voronoi sums of a normalised image) in the library's
+        # units: without a type that identifies the scale, stay near the calibration
+        good, src0 = [float(reference)], "calibrated library (Voronoi sums)"
+    if not good:
+        # nothing to borrow from: the shared prior's choice (a free scale near 1 is not
+        # "calibrated": Gaussian-fit SCS sit 5-25 % below the library by construction)
+        for t, c in chosen.items():
+            start[t], win[t], note[t] = c, (lo, hi), "shared prior (no type identifies it)"
+        return start, win, note
+    c_id = float(np.exp(np.mean(np.log(good))))
+    src = src0 or "types " + ", ".join(t for t in chosen if ident[t])
+    for t, c in chosen.items():
+        if ident[t]:
+            start[t], win[t], note[t] = c, (lo, hi), "own columns"
+        else:
+            w = (max(lo, c_id * np.exp(-spread)), min(hi, c_id * np.exp(spread)))
+            start[t], win[t], note[t] = float(np.clip(c_id, *w)), w, src
+    return start, win, note
 
 
 def _anchor_candidates(
@@ -704,6 +761,8 @@ def count_atoms(
     scale_spread: float = 0.03,
     max_iter: int = 1000,
     tol: float = 1e-8,
+    termination: str = "mixed",
+    cd_fraction: float = 0.0,
 ) -> pd.DataFrame:
     """Count atoms per column by an equal-width Gaussian mixture of the cross-sections.
 
@@ -745,6 +804,9 @@ def count_atoms(
         scale of the others (``log c_t ~ N(log c0, scale_spread^2)``, ``log c0 ~ N(0, 0.1^2)``).
         ``attrs["counting"][type]["library_anchor"]["scale_identifiable"]`` is False when the
         counts of a type rest on this prior.
+    termination, cd_fraction : str, float
+        Crystal surfaces and Cd fraction of a ``library="simulate"`` (see
+        :func:`perovstem.atoms.library.as_library`).
 
     Returns
     -------
@@ -771,7 +833,13 @@ def count_atoms(
         integ = _simulate_integration(df)
         for typ in pd.unique(t):
             ct = None if typ == "all" else typ
-            libs[typ] = as_library(library, column_type=ct, integration=integ)
+            libs[typ] = as_library(
+                library,
+                column_type=ct,
+                integration=integ,
+                termination=termination,
+                cd_fraction=cd_fraction,
+            )
     out = df.copy()
     n_atoms = np.zeros(x.size, dtype=np.int64)
     p_map = np.zeros(x.size)
@@ -781,6 +849,7 @@ def count_atoms(
     info: dict[str, Any] = {}
     fits: dict[str, tuple] = {}
     cands: dict[str, list[dict[str, Any]]] = {}
+    shift: dict[str, float] = {}
     for typ in pd.unique(t):
         sel = t == typ
         xs = x[sel]
@@ -823,7 +892,18 @@ def count_atoms(
             typ: _scale_candidates(xs, libs[typ][1], scale_range, 0.01, 1e-10)
             for typ, (_, xs, *_rest) in fits.items()
         }
-        c_ref, _ = _shared_scale_choice(hyb, scale_spread, 0.1)
+        pick, _ = _shared_scale_choice(hyb, scale_spread, 0.1)
+        ident = {t: _identifiable(hyb[t], pick[t], bounds=tuple(scale_range)) for t in hyb}
+        c_ref, c_win, c_source = _fallback_scales(
+            pick,
+            ident,
+            tuple(scale_range),
+            scale_spread,
+            reference=1.0 if df.attrs.get("scs_estimator") == "voronoi" else None,
+        )
+        from perovstem.atoms.library import _warn_unidentified
+
+        _warn_unidentified(ident, c_source, "count_atoms")
     for typ, (sel, xs, fit, sweep, kfix, _) in list(fits.items()):
         chosen_by = None
         if library is not None and kfix is None and library_tol > 0:
@@ -865,8 +945,16 @@ def count_atoms(
         anchor = None
         counts = first_count + np.arange(fit.n_components)
         if library is not None:
+            pool = cands[typ]
+            if not ident[typ]:
+                # the type's own columns do not fix the scale: only assignments at (about)
+                # the scale of the types that do (a mismatched library otherwise pulls the
+                # anchor to a bound of the range, every count shifted)
+                lo_w, hi_w = c_win[typ]
+                near = [a for a in pool if lo_w - 1e-9 <= a["scale"] <= hi_w + 1e-9]
+                pool = near or pool
             anchor = min(
-                cands[typ], key=lambda a: a["cost"] + _scale_penalty(a["scale"], c_ref[typ], 0.01)
+                pool, key=lambda a: a["cost"] + _scale_penalty(a["scale"], c_ref[typ], 0.01)
             )
             counts = anchor["counts"]
             anchor = {
@@ -874,9 +962,16 @@ def count_atoms(
                 "counts": counts.tolist(),
                 "scale": anchor["scale"],
                 "rms": anchor["rms"],
-                "scale_identifiable": _identifiable(hyb[typ], c_ref[typ]),
+                "scale_identifiable": bool(ident[typ]),
+                "scale_from": c_source[typ],
             }
         fc = int(counts[0])
+        if anchor is not None:
+            # counts of the calibrated library (c = 1, nearest value), see count_hybrid
+            nl, vl = libs[typ]
+            j1 = np.argmin(np.abs(xs[:, None] - vl[None, :]), axis=1)
+            shift[str(typ)] = float(np.mean(counts[c] - nl[j1]))
+            anchor["count_shift_vs_calibrated"] = shift[str(typ)]
         n_atoms[sel] = counts[c]
         comp[sel] = c
         p_map[sel] = post[np.arange(xs.size), c]
@@ -904,6 +999,10 @@ def count_atoms(
                 }
             ),
         }
+    if shift and df.attrs.get("scs_estimator") == "voronoi":
+        from perovstem.atoms.library import _warn_shifted
+
+        _warn_shifted(shift, "count_atoms")
     out["n_atoms"] = n_atoms
     out["p_n_atoms"] = p_map
     out["n_atoms_mean"] = mean

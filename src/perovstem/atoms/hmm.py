@@ -343,6 +343,8 @@ class HMMResult:
         Emission scale ``c`` and width ``sigma``.
     loss_rate, loss_rate_err : ndarray, shape (N,) or None
         Atoms lost per column per unit dose (per e⁻/Å²) and standard error, when doses are known.
+        With ``rate="shared"`` every column has the same rate and error, and the errors are
+        one error (fully correlated): use :meth:`total_loss` for sums over columns.
     loglik : float
     n_iter : int
     converged : bool
@@ -365,6 +367,7 @@ class HMMResult:
     n_iter: int
     converged: bool
     model: str
+    loss_rate_total_err: float | None = None
 
     def table(self, scs: Any = None) -> pd.DataFrame:
         """Long table: ``frame, column, n_atoms, n_atoms_mean, n_atoms_std, p_n_atoms`` (+ ``scs``)."""
@@ -403,6 +406,37 @@ class HMMResult:
             df["loss_rate_err_per_e_A2"] = self.loss_rate_err
         df.attrs["hmm"] = self.summary()
         return df
+
+    def total_loss(self) -> dict[str, Any]:
+        """Atoms lost by all columns together from the first to the last frame.
+
+        Returns
+        -------
+        dict
+            ``n_columns``; ``atoms_lost`` (Viterbi counts), ``atoms_lost_mean`` and
+            ``atoms_lost_err`` (posterior mean and standard error: the first and last frames'
+            posterior count variances summed over columns, neglecting their positive
+            correlation along a column, so an upper bound); with doses also
+            ``loss_rate_per_e_A2`` and ``loss_rate_err_per_e_A2``: atoms lost per e⁻/Å² by
+            all columns together (the sum of the per-column rates), whose error counts a
+            shared rate's error once per column (fully correlated), not in quadrature.
+        """
+        first, last = self.n_atoms[0], self.n_atoms[-1]
+        sd0, sd1 = self.n_atoms_std[0], self.n_atoms_std[-1]
+        out: dict[str, Any] = {
+            "n_columns": int(first.size),
+            "atoms_lost": int(np.sum(first - last)),
+            "atoms_lost_mean": float(np.sum(self.n_atoms_mean[0] - self.n_atoms_mean[-1])),
+            "atoms_lost_err": float(np.sqrt(np.sum(sd0**2 + sd1**2))),
+        }
+        if self.loss_rate is not None:
+            out["loss_rate_per_e_A2"] = float(np.sum(self.loss_rate))
+            out["loss_rate_err_per_e_A2"] = float(
+                self.loss_rate_total_err
+                if self.loss_rate_total_err is not None
+                else np.sqrt(np.sum(self.loss_rate_err**2))
+            )
+        return out
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (stored in ``df.attrs``)."""
@@ -643,7 +677,7 @@ def fit_hmm(
     counts = n_lib[path]
     m = gamma @ n_lib
     sd = np.sqrt(np.maximum(gamma @ (n_lib**2) - m**2, 0.0))
-    rate_v = rate_e = None
+    rate_v = rate_e = rate_tot_e = None
     if dose is not None and D.sum() > 0:
         tot = D.sum()
         if model == "dose":
@@ -657,6 +691,10 @@ def fit_hmm(
         if model == "dose" and rate == "shared":
             var = np.full(N, (np.maximum(loss, 0).sum() + np.sum(sd[0] ** 2 + sd[-1] ** 2)) / N**2)
         rate_e = np.sqrt(var) / tot
+        # the sum over columns: independent column rates add in quadrature; a shared rate's
+        # error is one error for all columns (N x the per-column error, not sqrt(N) x)
+        var_tot = np.maximum(loss, 0.0).sum() + np.sum(sd[0] ** 2 + sd[-1] ** 2)
+        rate_tot_e = float(np.sqrt(var_tot) / tot)
     return HMMResult(
         n_atoms=counts,
         n_atoms_mean=m,
@@ -674,4 +712,5 @@ def fit_hmm(
         n_iter=it,
         converged=conv,
         model=model,
+        loss_rate_total_err=rate_tot_e,
     )

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+import weakref
 from typing import Any
 
 import numpy as np
@@ -647,9 +648,33 @@ def _crop(a: np.ndarray, n: int = 512) -> np.ndarray:
     return a[..., r0 : r0 + n, c0 : c0 + n]
 
 
+# describe_estimate's text per image array: id -> (weak reference, shape and dtype, text).
+# The unknown-gain warning is raised by every normalize_image / fit_columns /
+# voronoi_intensities call on the same counts; the estimate is measured once per array.
+_DESCRIBED: dict[int, tuple[Any, tuple, str]] = {}
+
+
 def describe_estimate(image: Image) -> str:
     """The estimated model for a warning text ('' when it cannot be measured); measured on
-    a central 512² crop at most (~0.1 s)."""
+    a central 512² crop at most (~0.05 s), once per image array (cached by identity: an
+    array changed in place keeps its first description)."""
+    data = image.data
+    key = (tuple(np.shape(data)), str(getattr(data, "dtype", "")))
+    hit = _DESCRIBED.get(id(data))
+    if hit is not None and hit[0]() is data and hit[1] == key:
+        return hit[2]
+    text = _describe_estimate(image)
+    try:
+        ref = weakref.ref(data)
+    except TypeError:  # not weak-referenceable (a list): not cached
+        return text
+    while len(_DESCRIBED) >= 16:
+        _DESCRIBED.pop(next(iter(_DESCRIBED)))
+    _DESCRIBED[id(data)] = (ref, key, text)
+    return text
+
+
+def _describe_estimate(image: Image) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

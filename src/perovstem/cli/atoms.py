@@ -87,6 +87,14 @@ def fit(
     ),
     separation: float = typer.Option(None, "--separation", help="Peak separation in Å (no cell)."),
     n_types: int = typer.Option(1, "--types", help="Intensity classes when no cell is given."),
+    scs: str = typer.Option(
+        "gauss",
+        "--scs",
+        help="gauss: Gaussian-model fit (positions, widths, SCS, CRLB); voronoi: sums over "
+        "the Voronoi cells of the found (or --positions) sites, no fit "
+        "(perovstem.atoms.voronoi_intensities; use with --normalize for Å², and count with "
+        "the Voronoi library: 'atoms count --library simulate' picks it).",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Find and fit atom columns: table of positions, widths, SCS with errors, and an overlay."""
@@ -94,9 +102,11 @@ def fit(
     from perovstem._data import Series as _Series
     from perovstem.atoms import find_columns, fit_columns, normalize_image
     from perovstem.cli._common import console
-    from perovstem.errors import DataError, OutputExistsError
+    from perovstem.errors import DataError, OutputExistsError, ParameterError
     from perovstem.io import load, read_table, save_figure, save_table
 
+    if scs not in ("gauss", "voronoi"):
+        raise ParameterError(f"--scs must be gauss or voronoi, got {scs!r}")
     obj = load(image, pixel_size=pixel_size)
     if isinstance(obj, _Series):
         if not 0 <= frame < obj.data.shape[0]:
@@ -118,25 +128,41 @@ def fit(
         start = read_table(positions)
     else:
         start = find_columns(obj, cell=_cell_arg(cell), separation_A=separation, n_types=n_types)
-    df = fit_columns(
-        obj,
-        start,
-        width=width,
-        rho_A=rho,
-        background=_bg(background),
-        noise=noise,
-        estimator=estimator,
-    )
+    if scs == "voronoi":
+        from perovstem.atoms import voronoi_intensities
+
+        df = voronoi_intensities(obj, start)
+    else:
+        import time
+
+        t0 = time.perf_counter()
+        df = fit_columns(
+            obj,
+            start,
+            width=width,
+            rho_A=rho,
+            background=_bg(background),
+            noise=noise,
+            estimator=estimator,
+        )
+        seconds = time.perf_counter() - t0
     df.attrs["source"] = str(image)
     save_table(df, out)
     from perovstem.plot.atoms import plot_columns
 
     ax = plot_columns(obj, df, title=f"{image.name}: {len(df)} columns")
     save_figure(ax.figure, overlay)
+    if scs == "voronoi":
+        unit = "Å²" if df.attrs["normalized"] else "image units·Å² (not normalised)"
+        console.print(
+            f"{len(df)} Voronoi cells ({int(df.edge.sum())} cut by the border or the radius), "
+            f"median SCS {df.scs.median():.4g} {unit} → {out}, {overlay}"
+        )
+        return
     rho_txt = ", ".join(f"{t} {v:.4f} Å" for t, v in df.attrs["rho_A_by_type"].items())
     console.print(
         f"{len(df)} columns ({df.converged.mean():.1%} converged, {df.attrs['n_iter']} sweeps, "
-        f"{df.attrs['seconds']:.2f} s); ρ: {rho_txt}; median position error "
+        f"{seconds:.2f} s); ρ: {rho_txt}; median position error "
         f"{df.x_err_A.median():.4f} Å → {out}, {overlay}"
     )
 

@@ -15,8 +15,30 @@ def _default_out(table: Path, tag: str) -> Path:
     return table.with_name(f"{stem}_{tag}.parquet")
 
 
-def _library_arg(spec: str | None, types: list[str]):
+def _integration(choice: str, attrs: dict) -> str:
+    """``--integration``: ``auto`` takes the Voronoi library for a table of Voronoi sums
+    (``attrs["scs_estimator"]``, kept by Parquet and a CSV's .json sidecar), the total SCS otherwise."""
+    if choice not in ("auto", "total", "voronoi"):
+        raise ParameterError(f"--integration must be auto, total or voronoi, got {choice!r}")
+    if choice != "auto":
+        return choice
+    return "voronoi" if attrs.get("scs_estimator") == "voronoi" else "total"
+
+
+def _library_arg(
+    spec: str | None,
+    types: list[str],
+    *,
+    integration: str = "total",
+    termination: str = "mixed",
+    cd_fraction: float = 0.0,
+):
     """``simulate`` → simulator libraries per type; a file → one library table for all types."""
+    if spec != "simulate" and (termination != "mixed" or cd_fraction != 0):
+        raise ParameterError(
+            f"--termination ({termination}) and --cd-fraction ({cd_fraction:g}) only apply to "
+            f"--library simulate, got --library {spec!r}"
+        )
     if spec is None:
         return None
     if spec == "simulate":
@@ -28,7 +50,8 @@ def _library_arg(spec: str | None, types: list[str]):
             raise ParameterError(
                 f"--library simulate needs column types in {sorted(known)}, got {bad}"
             )
-        return {t: scs_library(t, 60) for t in types}
+        kw = {"integration": integration, "termination": termination, "cd_fraction": cd_fraction}
+        return {t: scs_library(t, 60, **kw) for t in types}
     from perovstem.io import read_table
 
     lib = read_table(spec)
@@ -50,6 +73,28 @@ def count(
     first_count: int = typer.Option(1, "--first-count", help="Atoms in the lowest component."),
     library: str = typer.Option(
         None, "--library", help="'simulate' or a table (n_atoms, scs_A2) file."
+    ),
+    integration: str = typer.Option(
+        "auto",
+        "--integration",
+        help="Which SCS '--library simulate' tabulates: total (a column's own cross-section, "
+        "Gaussian fits), voronoi (Voronoi-cell sums inside a crystal, 'atoms fit --scs "
+        "voronoi'), or auto: voronoi for a table of Voronoi sums (Parquet and a CSV with "
+        "its .json sidecar keep the mark; otherwise give it explicitly), total otherwise.",
+    ),
+    termination: str = typer.Option(
+        "mixed",
+        "--termination",
+        help="Crystal surfaces '--library simulate' assumes: mixed (one CsBr and one PbBr2 "
+        "face; every column the same number of layers), CsBr (usual for CsPbBr3 "
+        "nanocrystals: Pb-Br columns hold one more Br), PbBr2.",
+    ),
+    cd_fraction: float = typer.Option(
+        0.0,
+        "--cd-fraction",
+        help="Cd fraction x on the Pb sites '--library simulate' assumes (0-1): Cd lowers "
+        "the Pb-Br cross-sections, so a Cd-alloyed crystal counted with x = 0 reads too few "
+        "Pb-Br atoms (perovstem.atoms.fit_composition estimates x).",
     ),
     column_type: list[str] = typer.Option(
         [], "--type", help="Count only these column types (repeatable)."
@@ -87,7 +132,15 @@ def count(
             )
         df = df[df["type"].astype(str).isin(column_type)]
     types = sorted(df["type"].astype(str).unique()) if "type" in df.columns else ["all"]
-    lib = _library_arg(library, types)
+    integ = _integration(integration, df.attrs)
+    if integration != "auto" and library != "simulate":
+        raise ParameterError(
+            f"--integration {integration} only applies to --library simulate, got --library "
+            f"{library!r}"
+        )
+    lib = _library_arg(
+        library, types, integration=integ, termination=termination, cd_fraction=cd_fraction
+    )
     if method in ("library", "hybrid") and lib is None:
         raise ParameterError(f"--method {method} needs --library ('simulate' or a table file)")
     if method == "gmm":
@@ -105,6 +158,10 @@ def count(
         res = count_library(df, lib)
     else:
         res = count_hybrid(df, lib)
+    if library == "simulate":
+        res.attrs.setdefault("counting", {}).update(
+            library_integration=integ, termination=termination, cd_fraction=float(cd_fraction)
+        )
     save_table(res, out, overwrite=overwrite)
     info = res.attrs.get("counting", {})
     for t in types:
@@ -128,6 +185,10 @@ def count(
                 rows.append(d)
         if rows:
             save_table(pd.concat(rows, ignore_index=True), criteria_out, overwrite=overwrite)
+    if library == "simulate":
+        console.print(
+            f"library: simulated, {integ} SCS, {termination} termination, x(Cd) = {cd_fraction:g}"
+        )
     console.print(f"wrote {out}")
 
 
@@ -217,7 +278,9 @@ def track(
         if library == "simulate":
             from perovstem.simulate import scs_library
 
-            lib = scs_library(column_type, 60)
+            # the SCS the tables hold: Voronoi sums or total cross-sections
+            integ = _integration("auto", frames[0].attrs)
+            lib = scs_library(column_type, 60, integration=integ)
         else:
             lib = read_table(library)
         n_lib, v_lib = as_library(lib)
@@ -234,7 +297,7 @@ def track(
 
         c0 = start_scale_from_types(
             frames[0],
-            {column_type: scs_library(column_type, 60), "Cs": scs_library("Cs", 60)},
+            {t: scs_library(t, 60, integration=integ) for t in (column_type, "Cs")},
             column_type,
         )
         init = None if c0 is None else {"scale": c0}
@@ -256,15 +319,19 @@ def track(
     percol = res.column_table()
     if columns_out is not None:
         save_table(percol, columns_out, overwrite=overwrite)
-    lost = int(percol["atoms_lost"].sum())
+    tl = res.total_loss()
     msg = (
         f"{column_type}: {obs.shape[1]} columns × {obs.shape[0]} frames, model {model}, "
         f"{res.n_iter} EM cycles ({'converged' if res.converged else 'NOT converged'}), "
-        f"atoms {int(res.n_atoms[0].sum())} → {int(res.n_atoms[-1].sum())} ({lost} lost)"
+        f"atoms {int(res.n_atoms[0].sum())} → {int(res.n_atoms[-1].sum())}; "
+        f"lost in total (all columns, first → last frame): {tl['atoms_lost']} "
+        f"(posterior {tl['atoms_lost_mean']:.1f} ± {tl['atoms_lost_err']:.1f})"
     )
-    if res.loss_rate is not None:
-        tot = float(np.sum(res.loss_rate))
-        err = float(np.sqrt(np.sum(res.loss_rate_err**2)))
-        msg += f"; loss {tot:.3g} ± {err:.2g} atoms per e⁻/Å² (all columns)"
+    if "loss_rate_per_e_A2" in tl:
+        r, e = tl["loss_rate_per_e_A2"], tl["loss_rate_err_per_e_A2"]
+        msg += (
+            f"; loss rate of all {tl['n_columns']} columns together {r:.3g} ± {e:.2g} atoms "
+            f"per e⁻/Å² ({r / tl['n_columns']:.3g} per column)"
+        )
     console.print(msg)
     console.print(f"wrote {out}")

@@ -51,6 +51,8 @@ COLUMN_TYPES = ("PbBr", "Cs", "Br", "Pb")
 MISTILT_THETA_C_DEG = 1.0
 A_CUBIC_A = 5.87
 _REF_TYPES = ("PbBr", "CdBr", "Cs", "Br", "Pb")
+# layers of (Pb, apical Br, edge Br, Cs) of a [001] crystal of t cells, minus t
+_TERMINATION_LAYERS = {"mixed": (0, 0, 0, 0), "CsBr": (0, 1, 0, 1), "PbBr2": (1, 0, 1, 0)}
 _REPEAT = {  # atoms per repeat of each reference column type
     "PbBr": {"Pb": 1, "Br": 1},
     "CdBr": {"Cd": 1, "Br": 1},
@@ -313,6 +315,7 @@ def scs_library(
     voltage_kV: float = 300.0,
     cd_fraction: float = 0.0,
     integration: str = "total",
+    termination: str = "mixed",
 ) -> pd.DataFrame:
     """Library of SCS against counts, 0 … ``max_atoms`` (StatSTEM-style library counting).
 
@@ -335,6 +338,20 @@ def scs_library(
         :func:`perovstem.atoms.voronoi_intensities` measures on a normalised image of a
         crystal that fills the field (E et al., Ultramicroscopy 133 (2013) 109).  For
         "Pb" (metallic fcc columns) both are the same.
+    termination : {"mixed", "CsBr", "PbBr2"}
+        Which [001] layers end the crystal on its entrance and exit faces (ignored for "Pb").
+        ``"CsBr"`` (both faces CsBr, usual for CsPbBr₃ nanocrystals and the default of
+        :func:`perovstem.simulate.nanocrystal`): a crystal of ``t`` cells has ``t`` PbBr₂ and
+        ``t + 1`` CsBr layers, so a Pb–Br column of ``n`` Pb holds ``n + 1`` Br (the apical
+        Br sit in the CsBr layers) and a Cs column of ``n`` Cs sits in a crystal of
+        ``n − 1`` cells.  ``"PbBr2"``: the reverse (``n`` Pb with ``n − 1`` Br; ``n`` Cs in
+        ``n + 1`` PbBr₂ layers).  ``"mixed"`` (one face of each, the default, the earlier
+        library): every column of a crystal holds the same number of layers.  Counts keep
+        their units (Pb atoms, Cs atoms, Br atoms of the edge columns), so the offsets match
+        :func:`perovstem.atoms.thickness_from_neighbours` (``offset`` −1, +1, 0).  The
+        termination changes the total SCS of "PbBr" columns (their Br) and, with
+        ``integration="voronoi"``, every type (the neighbours' counts).  ``n = 0`` is an
+        empty column (SCS 0) for every termination.
 
     Returns
     -------
@@ -343,17 +360,27 @@ def scs_library(
     """
     m = int(check_positive("max_atoms", max_atoms))
     check_choice("integration", integration, ("total", "voronoi"))
+    check_choice("termination", termination, tuple(_TERMINATION_LAYERS))
     n = np.arange(m + 1)
-    if integration == "voronoi" and column_type != "Pb":
+    if column_type != "Pb":
         check_choice("column_type", column_type, COLUMN_TYPES)
         x = check_range("cd_fraction", cd_fraction, 0.0, 1.0)
-        nf = n.astype(float)
-        z = np.zeros_like(nf)
-        s_b = column_scs(nf * (1 - x), nf * x, nf, z, voltage_kV=voltage_kV)
-        s_br = column_scs(z, z, nf, z, voltage_kV=voltage_kV)
-        s_cs = column_scs(z, z, z, nf, voltage_kV=voltage_kV)
-        v = _voronoi_matrix(_check_voltage(voltage_kV), 20) @ np.vstack([s_b, s_br, s_br, s_cs])
-        scs = {"PbBr": v[0], "Br": 0.5 * (v[1] + v[2]), "Cs": v[3]}[column_type]
+        # layers of each site (Pb, apical Br, edge Br, Cs) in the crystal that gives this
+        # type n atoms: t = n − (the type's layers at t = 0)
+        lay = np.array(_TERMINATION_LAYERS[termination])
+        own = {"PbBr": 0, "Br": 2, "Cs": 3}[column_type]
+        t = n.astype(float) - lay[own]
+        pb, br_ap, br_edge, cs = (np.clip(t + d, 0.0, None) for d in lay)
+        z = np.zeros_like(t)
+        s_b = column_scs(pb * (1 - x), pb * x, br_ap, z, voltage_kV=voltage_kV)
+        s_br = column_scs(z, z, br_edge, z, voltage_kV=voltage_kV)
+        s_cs = column_scs(z, z, z, cs, voltage_kV=voltage_kV)
+        if integration == "voronoi":
+            v = _voronoi_matrix(_check_voltage(voltage_kV), 20) @ np.vstack([s_b, s_br, s_br, s_cs])
+            scs = {"PbBr": v[0], "Br": 0.5 * (v[1] + v[2]), "Cs": v[3]}[column_type]
+        else:
+            scs = {"PbBr": s_b, "Br": s_br, "Cs": s_cs}[column_type]
+        scs = np.where(n == 0, 0.0, scs)
     else:
         scs = scs_table(column_type, n, voltage_kV=voltage_kV, cd_fraction=cd_fraction)
     df = pd.DataFrame({"n_atoms": n, "scs_A2": scs})
@@ -365,6 +392,7 @@ def scs_library(
             "detector_mrad": (65.0, 200.0),
             "cd_fraction": float(cd_fraction),
             "integration": integration,
+            "termination": termination,
             "source": "abTEM frozen-phonon calibration (perovstem/simulate/data/scs_abtem.csv)",
         }
     )

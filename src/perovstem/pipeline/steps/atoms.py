@@ -20,6 +20,31 @@ COMPOSITION = (
 )
 
 
+_GAIN_DOC = (
+    'detector counts per electron for the normalisation: a number (e.g. "2.5"), "auto" '
+    "(measured from the image's shot noise, perovstem.atoms.estimate_noise_model; an error "
+    "when the image cannot identify it), or unset: the image metadata (gain 1 with a warning "
+    "when missing)"
+)
+
+
+def _gain_option(value: str | None) -> dict[str, Any]:
+    """normalize_image keywords for the ``gain`` parameter (None: the image metadata)."""
+    from perovstem.errors import ParameterError
+
+    if value is None:
+        return {}
+    if value.strip().lower() == "auto":
+        return {"gain": "auto"}
+    try:
+        g = float(value)
+    except ValueError:
+        g = float("nan")
+    if not (np.isfinite(g) and g > 0):
+        raise ParameterError(f"`gain` must be a number > 0 or 'auto', got {value!r}")
+    return {"gain": g}
+
+
 @register_step(
     "atoms.fit",
     inputs=("image",),
@@ -31,6 +56,7 @@ COMPOSITION = (
             True,
             "convert counts to fraction of the beam first (needs dose/gain/offset metadata)",
         ),
+        "gain": Param(str, None, _GAIN_DOC),
         "width": Param(
             str,
             "type",
@@ -56,7 +82,12 @@ COMPOSITION = (
 )
 def atoms_fit(ctx: Any, image: Any, positions: Any = None) -> dict[str, Any]:
     p = ctx.params
-    img = api(NORMALIZE)(image) if p["normalize"] else image
+    gain_kw = _gain_option(p["gain"])
+    if gain_kw and not p["normalize"]:
+        from perovstem.errors import ParameterError
+
+        raise ParameterError("`gain` is used by the normalisation: set normalize = true")
+    img = api(NORMALIZE)(image, **gain_kw) if p["normalize"] else image
     if positions is None:  # find the columns, sublattice-aware for the CsPbBr3 [001] cell
         cell = api(CELL)() if p["cell"] == "cspbbr3_001" else None
         positions = api(FIND)(img, cell=cell)
@@ -64,9 +95,6 @@ def atoms_fit(ctx: Any, image: Any, positions: Any = None) -> dict[str, Any]:
     columns = api(FIT)(
         img, positions[cols], width=p["width"], background=p["background"], noise=p["noise"]
     )
-    # the fit's wall time is in provenance.json; as a table attribute it made the tables of
-    # identical (or resumed) runs differ byte for byte
-    columns.attrs.pop("seconds", None)
     from perovstem.plot.overview import plot_image
 
     ax = plot_image(
@@ -134,6 +162,14 @@ START_SCALE = "perovstem.atoms.library:start_scale_from_types"
             "are not counted: peaks on the vacuum or support, not atom columns",
             min=0.0,
         ),
+        "library_termination": Param(
+            str,
+            "mixed",
+            "crystal faces the library assumes: mixed (every column the same number of "
+            "layers), CsBr (usual for CsPbBr3 nanocrystals: one more Br per Pb-Br column) or "
+            "PbBr2 (see perovstem.simulate.scs_library)",
+            choices=("mixed", "CsBr", "PbBr2"),
+        ),
     },
     requires=(COUNT,),
     section="counting",
@@ -174,6 +210,7 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
                     t,
                     p["max_components"],
                     voltage_kV=p["voltage_kV"],
+                    termination=p["library_termination"],
                     **({"cd_fraction": p["library_cd_fraction"]} if t == "PbBr" else {}),
                 )
                 for t in p["types"]
@@ -197,6 +234,11 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
             out[c] = np.nan
             out.loc[sel, c] = counts[c].to_numpy()
     out.attrs.update(counts.attrs)
+    if "library" in kw:
+        out.attrs["library"] = {
+            "termination": p["library_termination"],
+            "cd_fraction": p["library_cd_fraction"],
+        }
     if "n_atoms" in out.columns:
         out["n_atoms"] = out["n_atoms"].astype("Float64")
     if truth is not None and {"x_A", "y_A", "n_atoms"} <= set(truth.columns):
@@ -395,12 +437,49 @@ def _start_scale_from_cs(scs0: np.ndarray, pos: Any, p: dict) -> dict | None:
     return None if c is None else {"scale": c}
 
 
-def _fit_frame(k: int, series: Any, *, positions: Any, max_iter: int) -> np.ndarray:
+def _fit_frame(
+    k: int, series: Any, *, positions: Any, max_iter: int, detector: dict[str, float]
+) -> np.ndarray:
     """Cross-sections of the given columns in frame ``k`` (Å², normalised frame)."""
-    image = series.frame(k)
-    image = image.replace(metadata={**(series.metadata or {}), **image.metadata})
+    image = _frame(series, k, detector)
     fit = api(FIT)(api(NORMALIZE)(image), positions, max_iter=max_iter, joint=False)
     return fit["scs"].to_numpy(float)
+
+
+def _frame(series: Any, k: int, detector: dict[str, float]) -> Any:
+    """Frame ``k`` with the series' metadata and the step's detector gain/offset."""
+    image = series.frame(k)
+    return image.replace(metadata={**(series.metadata or {}), **image.metadata, **detector})
+
+
+def _series_detector(series: Any, gain: str | None) -> tuple[dict[str, float], str]:
+    """The gain/offset for every frame, decided once per series (not per frame), and a note.
+
+    ``"auto"``: measured on up to 8 frames pooled; unset and missing from the metadata:
+    gain 1 / offset 0 with one warning for the whole series (normalize_image would warn and
+    re-measure on every frame)."""
+    import warnings
+
+    from perovstem.atoms.noise import describe_series_estimate, measure_series_detector
+
+    kw = _gain_option(gain)
+    meta = series.metadata or {}
+    if kw.get("gain") == "auto":
+        nm = measure_series_detector(series, "atoms.series: gain='auto'")
+        return {"gain": nm.gain, "offset": nm.offset}, f"detector measured: {nm.describe()}"
+    det = {"gain": kw["gain"]} if kw else {}
+    missing = [k for k in ("gain", "offset") if k not in det and meta.get(k) is None]
+    if missing:
+        warnings.warn(
+            f"atoms.series: detector {' and '.join(missing)} unknown (not in the series "
+            "metadata, `gain` not set); assuming gain = 1 count per electron and offset = 0 "
+            'counts, otherwise the cross-sections and counts are wrong; set gain = "auto" '
+            "or the measured value" + describe_series_estimate(series),
+            UserWarning,
+            stacklevel=2,
+        )
+        det.update({k: {"gain": 1.0, "offset": 0.0}[k] for k in missing})
+    return det, ""
 
 
 @register_step(
@@ -410,6 +489,7 @@ def _fit_frame(k: int, series: Any, *, positions: Any, max_iter: int) -> np.ndar
     outputs=("counts", "columns"),
     params={
         "frame_step": Param(int, 1, "analyse every n-th frame", min=1),
+        "gain": Param(str, None, _GAIN_DOC),
         "max_iter": Param(
             int,
             30,
@@ -439,15 +519,15 @@ def atoms_series(ctx: Any, series: Any, positions: Any = None) -> dict[str, Any]
 
     p = ctx.params
     frames = list(range(0, series.n_frames, p["frame_step"]))
+    detector, det_note = _series_detector(series, p["gain"])
     if positions is None:
-        first = series.frame(frames[0])
-        first = first.replace(metadata={**(series.metadata or {}), **first.metadata})
+        first = _frame(series, frames[0], detector)
         positions = api(FIND)(api(NORMALIZE)(first), cell=api(CELL)())
     pos = positions[["x_A", "y_A"] + (["type"] if "type" in positions.columns else [])]
     pos = pos.reset_index(drop=True)
     scs = np.array(
         ctx.map(
-            functools.partial(_fit_frame, positions=pos, max_iter=p["max_iter"]),
+            functools.partial(_fit_frame, positions=pos, max_iter=p["max_iter"], detector=detector),
             frames,
             shared=series,
             description="column fits",
@@ -513,14 +593,17 @@ def atoms_series(ctx: Any, series: Any, positions: Any = None) -> dict[str, Any]
         title=f"Atoms in {p['hmm_type']} columns ({ctx.step_id})",
         caption=f"Hidden-Markov ({p['hmm_model']}) counts of {int(sel.sum())} columns "
         f"over {len(frames)} frames: Viterbi and posterior mean"
-        + (f"; {n_neg} negative cross-sections (emptied columns) set to 0." if n_neg else "."),
+        + (f"; {n_neg} negative cross-sections (emptied columns) set to 0" if n_neg else "")
+        + (f"; {det_note}." if det_note else "."),
     )
-    lost = float(columns["atoms_lost"].sum())
+    tl = res.total_loss()
     ctx.metric(
         f"{p['hmm_type']} atoms lost ({ctx.step_id})",
-        lost,
+        float(tl["atoms_lost"]),
+        err=tl["atoms_lost_err"],
         section="kinetics",
-        caption=f"first → last analysed frame, {int(sel.sum())} columns",
+        caption=f"first → last analysed frame, all {int(sel.sum())} columns together (Viterbi "
+        f"counts; posterior mean {tl['atoms_lost_mean']:.1f}, ±1σ of the posterior)",
     )
     if "loss_rate_per_e_A2" in columns.columns:
         r = columns["loss_rate_per_e_A2"].to_numpy(float)
@@ -536,4 +619,5 @@ def atoms_series(ctx: Any, series: Any, positions: Any = None) -> dict[str, Any]
                 caption=f"mean over {int(ok.sum())} {p['hmm_type']} columns (HMM, ±1σ)",
             )
     counts.attrs["hmm"] = res.summary()
+    counts.attrs["detector"] = detector
     return {"counts": counts, "columns": columns}
