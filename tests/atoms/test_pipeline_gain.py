@@ -55,7 +55,8 @@ def test_atoms_fit_gain_auto(gain_image, tmp_path):
     step = 'run = "atoms.fit"\nid = "fit"'
     auto, w_auto = _run(tmp_path, "auto", inp, step + '\ngain = "auto"')
     unset, w_unset = _run(tmp_path, "unset", inp, step)
-    given, _ = _run(tmp_path, "given", inp, step + '\ngain = "2.5"')
+    given, _ = _run(tmp_path, "given", inp, step + "\ngain = 2.5")  # a TOML number
+    as_text, _ = _run(tmp_path, "text", inp, step + '\ngain = "2.5"')
 
     def pbbr(run):  # median Pb-Br cross-section
         t = read_table(run / "tables" / "fit.columns.parquet")
@@ -74,8 +75,11 @@ def test_atoms_fit_gain_auto(gain_image, tmp_path):
     assert 0.8 < pbbr(auto) / tr < 1.05, pbbr(auto) / tr
     assert any("gain and offset unknown" in m for m in w_unset)
     assert not any("gain and offset unknown" in m for m in w_auto)
+    assert pbbr(as_text) == pbbr(given)
     with pytest.raises(ps.errors.ParameterError, match="gain"):
         _run(tmp_path, "bad", inp, step + '\ngain = "two"')
+    with pytest.raises(ps.errors.ParameterError, match="gain"):
+        _run(tmp_path, "negative", inp, step + "\ngain = -1.0")
 
 
 def test_atoms_series_gain_decided_once(tmp_path):

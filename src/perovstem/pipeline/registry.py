@@ -71,9 +71,10 @@ class Param:
 
     Parameters
     ----------
-    type : type
-        ``bool``, ``int``, ``float``, ``str``, ``list`` or ``dict`` (TOML types).  An integer is
-        accepted where a float is expected; a bool is never accepted as a number.
+    type : type or tuple of types
+        ``bool``, ``int``, ``float``, ``str``, ``list`` or ``dict`` (TOML types), or a tuple of
+        them (e.g. ``(float, str)`` for "a number or 'auto'").  An integer is accepted where
+        a float is expected; a bool is never accepted as a number.
     default : Any
         Value used when the configuration omits the parameter (``None``: optional, or
         required when ``required=True``).
@@ -87,7 +88,7 @@ class Param:
         The configuration must give a value.
     """
 
-    type: type
+    type: type | tuple[type, ...]
     default: Any = None
     doc: str = ""
     choices: tuple | None = None
@@ -97,15 +98,17 @@ class Param:
 
     @property
     def type_name(self) -> str:
-        return _TYPE_NAMES.get(self.type, self.type.__name__)
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
 
     def check(self, key: str, value: Any) -> Any:
         """Return ``value`` coerced to the schema type or raise :class:`ParameterError`."""
-        t = self.type
-        ok = isinstance(value, t) and not (t in (int, float) and isinstance(value, bool))
-        if t is float and isinstance(value, int) and not isinstance(value, bool):
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        is_bool = isinstance(value, bool)
+        ok = any(isinstance(value, t) and not (t in (int, float) and is_bool) for t in types)
+        if not ok and float in types and isinstance(value, int) and not is_bool:
             value, ok = float(value), True
-        if t is list and isinstance(value, tuple):
+        if not ok and list in types and isinstance(value, tuple):
             value, ok = list(value), True
         if not ok:
             raise ParameterError(
@@ -114,7 +117,7 @@ class Param:
             )
         if self.choices is not None and value not in self.choices:
             raise ParameterError(f"`{key}` must be one of {list(self.choices)}, got {value!r}")
-        if t in (int, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             if self.min is not None and value < self.min:
                 raise ParameterError(f"`{key}` must be >= {self.min}, got {value!r}")
             if self.max is not None and value > self.max:

@@ -21,19 +21,21 @@ COMPOSITION = (
 
 
 _GAIN_DOC = (
-    'detector counts per electron for the normalisation: a number (e.g. "2.5"), "auto" '
+    'detector counts per electron for the normalisation: a number (e.g. 2.5), "auto" '
     "(measured from the image's shot noise, perovstem.atoms.estimate_noise_model; an error "
     "when the image cannot identify it), or unset: the image metadata (gain 1 with a warning "
     "when missing)"
 )
 
 
-def _gain_option(value: str | None) -> dict[str, Any]:
+def _gain_option(value: float | str | None) -> dict[str, Any]:
     """normalize_image keywords for the ``gain`` parameter (None: the image metadata)."""
     from perovstem.errors import ParameterError
 
     if value is None:
         return {}
+    if isinstance(value, float):
+        value = repr(value)
     if value.strip().lower() == "auto":
         return {"gain": "auto"}
     try:
@@ -56,7 +58,7 @@ def _gain_option(value: str | None) -> dict[str, Any]:
             True,
             "convert counts to fraction of the beam first (needs dose/gain/offset metadata)",
         ),
-        "gain": Param(str, None, _GAIN_DOC),
+        "gain": Param((float, str), None, _GAIN_DOC, min=0.0),
         "width": Param(
             str,
             "type",
@@ -489,7 +491,7 @@ def _series_detector(series: Any, gain: str | None) -> tuple[dict[str, float], s
     outputs=("counts", "columns"),
     params={
         "frame_step": Param(int, 1, "analyse every n-th frame", min=1),
-        "gain": Param(str, None, _GAIN_DOC),
+        "gain": Param((float, str), None, _GAIN_DOC, min=0.0),
         "max_iter": Param(
             int,
             30,
