@@ -72,13 +72,35 @@ def test_cli_count_gmm_and_hybrid(tmp_path):
     assert main(["atoms", "count", str(src), "-o", str(out)]) == 2
 
 
+def test_cli_count_leaves_insignificant_columns_uncounted(tmp_path, capsys):
+    # a fit without a cell puts "columns" on the support: negative or insignificant SCS.
+    # They used to fail the whole count ("negative"); now they stay in the output, uncounted
+    k, df = _scs_table()
+    df["scs_err"] = 0.001
+    df.loc[:4, "scs"] = -0.002  # on the vacuum
+    df.loc[5:9, ["scs", "scs_err"]] = [0.002, 0.001]  # 2σ: not significant at 3σ
+    src = tmp_path / "mixed.parquet"
+    save_table(df, src)
+    out = tmp_path / "o.parquet"
+    assert main(["atoms", "count", str(src), "-o", str(out)]) == 0
+    assert "10 of 400 columns not counted" in capsys.readouterr().out
+    res = read_table(out)
+    assert len(res) == 400 and res["counted"].tolist() == [False] * 10 + [True] * 390
+    assert res["n_atoms"][:10].isna().all()
+    assert np.mean(res["n_atoms"].to_numpy(float)[10:] == k[10:]) > 0.97
+    # every column insignificant: nothing to count, exit 2
+    df["scs"] = -0.01
+    save_table(df, src, overwrite=True)
+    assert main(["atoms", "count", str(src), "-o", str(tmp_path / "n.parquet")]) == 2
+    assert "nothing to count" in capsys.readouterr().err
+
+
 def test_cli_count_bad_input(tmp_path, capsys):
     _, df = _scs_table()
-    df.loc[3, "scs"] = -1.0
     src = tmp_path / "bad.parquet"
     save_table(df, src)
-    assert main(["atoms", "count", str(src), "-o", str(tmp_path / "o.parquet")]) == 2
-    assert "negative" in capsys.readouterr().err
+    assert main(["atoms", "count", str(src), "--min-significance", "nan"]) == 2
+    assert "--min-significance" in capsys.readouterr().err
     empty = tmp_path / "empty.parquet"
     save_table(df.iloc[:0], empty)
     assert main(["atoms", "count", str(empty), "-o", str(tmp_path / "e.parquet")]) == 2

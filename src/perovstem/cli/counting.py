@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import typer
 
 from perovstem.cli.atoms import atoms_app
@@ -58,6 +59,17 @@ def _library_arg(
     return {t: lib for t in types} if types != ["all"] else lib
 
 
+def _not_significant(df, k: float):
+    """Rows whose SCS is not above ``k`` standard errors (or not positive): not columns."""
+    col = "scs" if "scs" in df.columns else "scs_A2" if "scs_A2" in df.columns else None
+    if col is None:
+        return np.zeros(len(df), bool)
+    scs = df[col].to_numpy(float)
+    err_col = f"{col}_err" if f"{col}_err" in df.columns else "scs_err"
+    err = df[err_col].to_numpy(float) if err_col in df.columns else np.zeros(len(df))
+    return ~((scs > 0) & (scs > k * np.nan_to_num(err)))
+
+
 @atoms_app.command("count")
 def count(
     table: Path = typer.Argument(..., help="Column table with 'scs' (or 'scs_A2') [and 'type']."),
@@ -102,6 +114,13 @@ def count(
     criteria_out: Path = typer.Option(
         None, "--criteria-out", help="Write the ICL/BIC/AIC curves per type (.csv/.parquet)."
     ),
+    min_significance: float = typer.Option(
+        3.0,
+        "--min-significance",
+        help="Columns whose cross-section is not above this many standard errors (scs_err) "
+        "are not counted (peaks on the vacuum or support); they stay in the output with "
+        "counted = false.",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Count atoms per column from cross-sections (GMM + ICL, library or hybrid)."""
@@ -131,6 +150,20 @@ def count(
                 f"--type {column_type} matches no column of {table}; types: {known}"
             )
         df = df[df["type"].astype(str).isin(column_type)]
+    if not (np.isfinite(min_significance) and min_significance >= 0):
+        raise ParameterError(f"--min-significance must be >= 0, got {min_significance!r}")
+    full, weak = df, _not_significant(df, min_significance)
+    if weak.all():
+        raise DataError(
+            f"{table}: no column has a cross-section above {min_significance:g} standard "
+            "errors: nothing to count"
+        )
+    if weak.any():
+        df = df[~weak]
+        console.print(
+            f"{int(weak.sum())} of {len(full)} columns not counted: cross-section not above "
+            f"{min_significance:g} standard errors (peaks on the vacuum or support?)"
+        )
     types = sorted(df["type"].astype(str).unique()) if "type" in df.columns else ["all"]
     integ = _integration(integration, df.attrs)
     if integration != "auto" and library != "simulate":
@@ -162,11 +195,21 @@ def count(
         res.attrs.setdefault("counting", {}).update(
             library_integration=integ, termination=termination, cd_fraction=float(cd_fraction)
         )
+    if weak.any():  # every input row in the output, the uncounted ones marked
+        whole = full.copy()
+        for c in res.columns:
+            if c not in whole.columns:
+                whole[c] = pd.Series(np.nan, index=whole.index, dtype=res[c].dtype)
+            whole.loc[~weak, c] = res[c].to_numpy()
+        whole["counted"] = ~weak
+        whole.attrs = dict(res.attrs)
+        res = whole
     save_table(res, out, overwrite=overwrite)
     info = res.attrs.get("counting", {})
+    counted = res[res["counted"]] if "counted" in res.columns else res
     for t in types:
-        m = res["type"].astype(str) == t if "type" in res.columns else slice(None)
-        sub = res[m]
+        m = counted["type"].astype(str) == t if "type" in counted.columns else slice(None)
+        sub = counted[m]
         extra = ""
         ti = info.get(t, {})
         if "n_components" in ti:
