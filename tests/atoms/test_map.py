@@ -91,3 +91,25 @@ def test_map_bad_input():
         map_columns(img, rho_A=-1.0)
     with pytest.raises(DataError, match="crop"):
         map_columns(Image(np.ones((1100, 1000)), 0.1))
+
+
+def test_cli_atoms_map(tmp_path, capsys):
+    from perovstem.cli.main import main
+    from perovstem.io import read_table, save_image
+
+    img, pts = _scene(3, 0.25)
+    src = tmp_path / "low.hspy"
+    save_image(img, src)
+    out = tmp_path / "cols.csv"
+    assert main(["atoms", "map", str(src), "-o", str(out), "--max-columns", "9"]) == 0
+    cols = read_table(out)
+    models = read_table(tmp_path / "cols_models.csv")
+    assert len(cols) == len(pts) == int(models.loc[models["probability"].idxmax(), "n_columns"])
+    assert (tmp_path / "cols.png").is_file()
+    assert "6 columns (posterior probability" in capsys.readouterr().out
+    # outputs are not overwritten; absurd options are refused before any work
+    assert main(["atoms", "map", str(src), "-o", str(out)]) == 2
+    assert (
+        main(["atoms", "map", str(src), "-o", str(tmp_path / "b.csv"), "--max-columns", "0"]) == 2
+    )
+    assert "--max-columns" in capsys.readouterr().err

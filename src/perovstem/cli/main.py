@@ -31,6 +31,7 @@ _TOPICS = [
     "run",  # run CONFIG (pipeline)
     "atoms",  # atoms fit/count/track
     "counting",  # atoms count/track (on the atoms sub-app)
+    "atoms_map",  # atoms map (on the atoms sub-app)
     "model3d",  # model3d TABLE
     "simulate",  # simulate image/series/tilt
     "simulate_series",  # simulate series (degradation KMC → in-situ series)
