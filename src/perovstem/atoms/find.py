@@ -432,8 +432,30 @@ def fit_lattice_vectors(
         sol, _, rank, _ = np.linalg.lstsq(a_mat, xy[ok], rcond=None)
         if rank < 3:  # all indexed points on one line: keep the given vectors
             break
+        moved = float(np.abs(sol[1:3] - vec).max())
         org, vec = sol[0], sol[1:3]
+        # a second growth only when the vectors moved enough to index other points
+        if moved < 0.02 * tol * float(np.min(np.linalg.norm(vec, axis=1))):
+            break
     return org, vec, hk
+
+
+def _same_lattice(fits: list, v: np.ndarray):
+    """``(org, vec, hk)`` of an earlier fit whose lattice ``v`` only re-labels, else None.
+
+    A rotation candidate that maps the fitted vectors onto themselves by an integer
+    unimodular matrix U (a square cell turned by 90°, a mirrored basis) is the same lattice:
+    its fit is U·vec with indices hk·U⁻¹, no new growth needed.
+    """
+    for _, org, vec, hk in fits:
+        m = v @ np.linalg.inv(vec)
+        u = np.round(m)
+        if np.abs(m - u).max() < 0.1 and abs(round(float(np.linalg.det(u)))) == 1:
+            ok = hk[:, 0] != _NONE
+            new = np.full_like(hk, _NONE)
+            new[ok] = np.round(hk[ok] @ np.linalg.inv(u)).astype(hk.dtype)
+            return org, u @ vec, new
+    return None
 
 
 def _grow_index(
@@ -811,7 +833,7 @@ def find_columns(
         for rot in _rotation_candidates(dv, expected, cell, hand, tol):
             v = cell.vectors(rot)
             v[1] *= hand
-            org, vec, hk = fit_lattice_vectors(xyb, v, o0)
+            org, vec, hk = _same_lattice(fits, v) or fit_lattice_vectors(xyb, v, o0)
             fits.append((int(np.sum(hk[:, 0] != _NONE)), org, vec, hk))
     if not fits or max(f[0] for f in fits) < 2:
         raise DataError(
