@@ -472,3 +472,35 @@ def test_crystal_at_the_frame_border_is_said():
     cut = analyze_series(s.replace(data=np.asarray(s.data)[:, 60:, 60:].copy()), **kw)
     assert cut.frames["crystal_at_border"].all()
     assert any("reaches the frame border in 4 of 4 frames" in n for n in cut.notes)
+
+
+@pytest.mark.parametrize(("zone", "said"), [("011", True), ("001", False)])
+def test_non_square_host_lattice_is_said(zone, said):
+    # cluster detection removes the host with the square [001] cell: on a [011] crystal
+    # (projected cell a x a/sqrt2) the host columns survived it and were counted as Pb0
+    # (about 500 atoms on a frame holding 12), with no note
+    from perovstem.insitu import analyze_series
+    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
+
+    at = nanocrystal(edge_A=40, zone_axis=zone, rng=1)
+    tr = degradation_kmc(at, n_frames=3, frame_time_s=1.0, dose_rate_e_per_A2_s=5e3, rng=1)
+    s, _ = insitu_series(tr, **_IMAGING, rng=1)
+    res = analyze_series(s, summary=False)
+    notes = [n for n in res.notes if "not a square projection" in n]
+    assert bool(notes) is said, res.notes
+
+
+def test_fourfold_ratio_square_vs_rectangular_cell(synth):
+    from perovstem.insitu import fourfold_ratio
+
+    g = np.arange(8, 120, 11.7)
+    sq = synth.render_frame((128, 128), np.c_[np.repeat(g, g.size), np.tile(g, g.size)],
+                            np.full(g.size**2, 20.0), 1.2)  # fmt: skip
+    gy = np.arange(8, 120, 11.7 / np.sqrt(2))
+    rect = synth.render_frame(
+        (128, 128), np.c_[np.repeat(gy, g.size), np.tile(g, gy.size)],
+        np.full(gy.size * g.size, 20.0), 1.2,
+    )  # fmt: skip
+    # the (10) reflection of the 5.85 Å cell at 0.5 Å/px, along x
+    assert 0.5 < fourfold_ratio(sq, 0.5, 5.85, 0.0) < 2.0
+    assert fourfold_ratio(rect, 0.5, 5.85, 0.0) < 0.1

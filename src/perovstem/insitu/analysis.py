@@ -18,7 +18,7 @@ from perovstem._validation import check_choice
 from perovstem.errors import DataError, ParameterError
 from perovstem.insitu._frames import frame_quality, iter_frames, single_blas_thread
 from perovstem.insitu.clusters import CLUSTER_COLUMNS, detect_clusters
-from perovstem.insitu.lattice import estimate_lattice, host_cell
+from perovstem.insitu.lattice import FOURFOLD_MIN, estimate_lattice, fourfold_ratio, host_cell
 from perovstem.insitu.nanocrystal import area_noise, fft_phase_check, segment_nanocrystal
 from perovstem.insitu.register import phase_correlate, register_drift
 from perovstem.insitu.tracking import lineage_events, track_clusters
@@ -303,6 +303,7 @@ def analyze_series(
     offset = series.metadata.get("offset")
     dets, rows, skipped = [], [], []
     angle: float | None = None
+    fourfold: tuple[int, float, float] | None = None  # (frame, spacing Å, min(r, 1/r))
     col_opts = _column_options(column_options) if columns else None
     if columns and dose is None:
         raise ParameterError(
@@ -382,6 +383,10 @@ def analyze_series(
                     la, ang, strength = estimate_lattice(np.asarray(fr, float), px)
                     # the 110 of a damaged first frame is 45° off the cell axes
                     angle = host_cell(la, ang)[1] if strength >= 20 else 0.0
+                    if strength >= 20:
+                        r = fourfold_ratio(np.asarray(fr, float), px, la, ang)
+                        if np.isfinite(r):
+                            fourfold = (k, la, min(r, 1.0 / r) if r > 0 else 0.0)
                 except DataError:
                     angle = 0.0
             block.append((k, fr))
@@ -416,6 +421,18 @@ def analyze_series(
                 "shrinkage, voids and integrated intensity are left empty (NaN) and no "
                 "mass-loss row is fitted; the clusters are counted as usual"
             )
+    if fourfold is not None and fourfold[2] < FOURFOLD_MIN:
+        # the host model (cell average, empty lattice sites) is the square [001] cell:
+        # on another projection the host columns survive it and are counted as Pb0
+        notes.append(
+            f"the host lattice of frame {fourfold[0]} is not a square projection (its "
+            f"{fourfold[1]:.3g} Å reflection turned by 90° has {fourfold[2]:.2g} of its "
+            "power or less, a [001] perovskite about 1): e.g. a [011] or [111] zone axis. "
+            "Pb-cluster detection removes the host with the square [001] cell, so host "
+            "columns are counted as Pb⁰ clusters: n_clusters, n_Pb0_detected, the cluster "
+            "tables and the nucleation/growth/mobility rows are not reliable (drift, crystal "
+            "area and intensity are not affected)"
+        )
     if scan_rms is not None:
         fr_tab["scan_rms_line_offset_px"] = scan_rms
     n_unrel = int(drift.attrs.get("n_unreliable", 0))
