@@ -504,3 +504,24 @@ def test_fourfold_ratio_square_vs_rectangular_cell(synth):
     # the (10) reflection of the 5.85 Å cell at 0.5 Å/px, along x
     assert 0.5 < fourfold_ratio(sq, 0.5, 5.85, 0.0) < 2.0
     assert fourfold_ratio(rect, 0.5, 5.85, 0.0) < 0.1
+
+
+def test_missing_gain_and_offset_are_said_by_analyze_series():
+    # integer frames with a detector zero level (gain 4, offset 2000) whose metadata were
+    # lost: the shot-noise thresholds assume gain 1 and offset 0, and no cluster was found
+    # on the first frames, with no note from the Python API (only the CLI said "gain")
+    import dataclasses
+
+    from perovstem.insitu import analyze_series
+    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
+
+    at = nanocrystal(edge_A=40, rng=1)
+    tr = degradation_kmc(at, n_frames=3, frame_time_s=1.0, dose_rate_e_per_A2_s=5e3, rng=1)
+    s, _ = insitu_series(tr, **_IMAGING, gain=4.0, offset=2000.0, rng=1)
+    s = dataclasses.replace(s, data=np.round(np.asarray(s.data)).astype(np.uint16))
+    told = analyze_series(s, summary=False)
+    assert not any("no detector" in n for n in told.notes)
+    md = {k: v for k, v in s.metadata.items() if k not in ("gain", "offset")}
+    res = analyze_series(dataclasses.replace(s, metadata=md), summary=False)
+    (note,) = [n for n in res.notes if "no detector gain" in n]
+    assert "no detector offset" in note

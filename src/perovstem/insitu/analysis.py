@@ -301,6 +301,7 @@ def analyze_series(
         shifts = np.zeros_like(shifts)  # frames_src is already aligned
     gain = series.metadata.get("gain")
     offset = series.metadata.get("offset")
+    notes: list[str] = _calibration_notes(series, gain, offset)
     dets, rows, skipped = [], [], []
     angle: float | None = None
     fourfold: tuple[int, float, float] | None = None  # (frame, spacing Å, min(r, 1/r))
@@ -403,7 +404,6 @@ def analyze_series(
     size = "area_A2" if no_counts else "n_atoms"
     tracks, lineage = track_clusters(det, size_column=size, **track)
     fr_tab = _frames_table(series, drift, pd.DataFrame(rows), tracks, lineage)
-    notes: list[str] = []
     if "crystal_cluster_share" in fr_tab:
         usable = ~fr_tab["skipped"].fillna(False).astype(bool)
         # the first frames decide: a crystal that turns into Pb clusters late in its
@@ -540,6 +540,32 @@ def analyze_series(
     return InsituResult(
         fr_tab, drift, tracks, lineage, events, summ, skipped, col_tab, col_counts, br_res, notes
     )
+
+
+def _calibration_notes(series: Series, gain: Any, offset: Any) -> list[str]:
+    """What was assumed for a detector gain or offset the series does not carry."""
+    if gain is not None and offset is not None:
+        return []
+    from perovstem.atoms.noise import describe_series_estimate
+
+    what = []
+    if gain is None:
+        # SCS = excess / (gain·dose): an unknown gain scales every atom count by 1/gain
+        what.append(
+            "no detector gain (series metadata 'gain', CLI --gain): counts are taken as "
+            "detected electrons (gain 1); Pb⁰ atom counts scale with 1/gain"
+        )
+    if offset is None:
+        # the shot-noise variance is gain·(counts - offset): a zero level left in the
+        # counts (integer detector frames) inflates it, and clusters are missed (a uint16
+        # KMC series with offset 2000, gain 4: none found on the first two frames)
+        what.append(
+            "no detector offset (metadata 'offset', --offset): counts are taken as 0 for no "
+            "signal; a zero level left in the counts (e.g. integer frames with an offset) "
+            "makes the shot-noise detection thresholds too high, so clusters are missed, "
+            "not only rescaled"
+        )
+    return ["; ".join(what) + describe_series_estimate(series)]
 
 
 def _scan_corrected(
