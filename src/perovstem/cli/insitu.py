@@ -222,11 +222,6 @@ def insitu(
             )
     elif s.time_s is None and frame_time_s is not None:
         s = assign_dose(s, frame_time_s=frame_time_s)
-    if s.pixel_size_A > 1.0:
-        notes.append(
-            f"pixel size {s.pixel_size_A:g} Å does not resolve the lattice: Pb-cluster counts and "
-            "the phase check assume ≤ 1 Å pixels (bright particles are reported, not atoms)"
-        )
     if conditions is not None:
         log = read_holder_log(conditions)
         s = attach_conditions(s, log, time_offset_s=time_offset_s)

@@ -302,6 +302,12 @@ def analyze_series(
     gain = series.metadata.get("gain")
     offset = series.metadata.get("offset")
     notes: list[str] = _calibration_notes(series, gain, offset)
+    if px > 1.0:
+        # at 1.2 Å/px the KMC cube's Pb0 totals came out 1.1-4.6x the truth, silently
+        notes.append(
+            f"pixel size {px:g} Å does not resolve the lattice: Pb-cluster counts and the "
+            "phase check assume ≤ 1 Å pixels (bright particles are reported, not atoms)"
+        )
     dets, rows, skipped = [], [], []
     angle: float | None = None
     fourfold: tuple[int, float, float] | None = None  # (frame, spacing Å, min(r, 1/r))
