@@ -538,3 +538,23 @@ def test_coarse_pixels_are_said_by_analyze_series(px, said):
     s, _ = insitu_series(tr, **{**_IMAGING, "pixel_size_A": px}, rng=1)
     res = analyze_series(s, summary=False)
     assert any("does not resolve the lattice" in n for n in res.notes) is said
+
+
+def test_zero_dose_frame_is_skipped_not_fatal():
+    # a frame recorded with the beam blanked (dose 0, allowed by Series) stopped the whole
+    # analysis after registration: detect_clusters refuses a zero dose
+    import dataclasses
+
+    from perovstem.insitu import analyze_series
+    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
+
+    at = nanocrystal(edge_A=40, rng=1)
+    tr = degradation_kmc(at, n_frames=4, frame_time_s=1.0, dose_rate_e_per_A2_s=5e3, rng=1)
+    s, _ = insitu_series(tr, **_IMAGING, rng=1)
+    dose = np.asarray(s.dose_e_per_A2, float).copy()
+    dose[2] = 0.0
+    res = analyze_series(dataclasses.replace(s, dose_e_per_A2=dose), summary=False)
+    f = res.frames.set_index("frame")
+    assert bool(f.loc[2, "skipped"]) and "zero dose" in f.loc[2, "reason"]
+    assert not f.loc[[0, 1, 3], "skipped"].any()
+    assert f.loc[[0, 1, 3], "n_Pb0_detected"].notna().all()

@@ -330,6 +330,10 @@ def analyze_series(
 
     def process(k: int, fr: np.ndarray) -> tuple[pd.DataFrame | None, dict[str, Any]]:
         why = frame_quality(fr)
+        if not why and dose is not None and not dose[k] > 0:
+            # a frame recorded with the beam blanked (Series allows dose 0): nothing to
+            # count against; detect_clusters refused it and the whole analysis stopped
+            why = "zero dose (beam blanked): no cross-sections or atom counts"
         if why:
             return None, {"frame": k, "skipped": True, "reason": why}
         f = np.asarray(fr, float)
