@@ -442,6 +442,12 @@ def analyze_series(
             "columns are counted as Pb⁰ clusters: n_clusters, n_Pb0_detected, the cluster "
             "tables and the nucleation/growth/mobility rows are not reliable (drift, crystal "
             "area and intensity are not affected)"
+            + (
+                "; the image-derived Br loss maps the cross-section onto a [001] template "
+                "(D_Br came out 23 % high on [011] and [111] KMC crystals)"
+                if br_loss
+                else ""
+            )
         )
     if scan_rms is not None:
         fr_tab["scan_rms_line_offset_px"] = scan_rms
