@@ -158,6 +158,45 @@ def frame_quality(frame: np.ndarray) -> str:
     return ""
 
 
+def trailing_constant_rows(frame: np.ndarray) -> int:
+    """Number of rows at the end of the scan (bottom) that all hold one and the same value.
+
+    A scan stopped part-way leaves such a block (zeros, or the fill value of the
+    exporter); vacuum on a noiseless or zero-background detector can too, so the count is
+    only meaningful against the neighbouring frames (:func:`incomplete_scans`).
+    """
+    a = np.asarray(frame)
+    if a.ndim != 2 or a.size == 0:
+        return 0
+    v = a[-1, 0]
+    same = np.all(a == v, axis=1)
+    if not same[-1]:
+        return 0
+    return int(np.argmin(same[::-1])) if not same.all() else int(a.shape[0])
+
+
+def incomplete_scans(tail_rows: dict[int, int], dy_px: np.ndarray, n_rows: int) -> dict[int, int]:
+    """Frames whose constant end-of-scan block is too long for their neighbours.
+
+    ``tail_rows`` {frame: :func:`trailing_constant_rows`} of the usable frames, ``dy_px``
+    (T,) their vertical drift (content moved down by dy: a vacuum band at the bottom
+    shrinks by dy).  A frame is an incomplete scan when its block exceeds the block
+    expected from every usable neighbour (k ± 1, drift-corrected) by more than
+    max(16 rows, 10 % of the rows); returns {frame: rows cut off}.
+    """
+    margin = max(16, int(0.1 * n_rows))
+    out: dict[int, int] = {}
+    for k, t in tail_rows.items():
+        exp = [
+            tail_rows[j] - (float(dy_px[k]) - float(dy_px[j]))
+            for j in (k - 1, k + 1)
+            if j in tail_rows
+        ]
+        if exp and t > max(exp) + margin:
+            out[k] = int(t)
+    return out
+
+
 def skipped_table(reasons: dict[int, str]) -> pd.DataFrame:
     """Table ``frame, reason`` of skipped frames."""
     return pd.DataFrame(

@@ -16,7 +16,13 @@ from scipy import ndimage
 from perovstem._data import Image, Series
 from perovstem._validation import check_choice
 from perovstem.errors import DataError, ParameterError
-from perovstem.insitu._frames import frame_quality, iter_frames, single_blas_thread
+from perovstem.insitu._frames import (
+    frame_quality,
+    incomplete_scans,
+    iter_frames,
+    single_blas_thread,
+    trailing_constant_rows,
+)
 from perovstem.insitu.clusters import CLUSTER_COLUMNS, detect_clusters
 from perovstem.insitu.lattice import FOURFOLD_MIN, estimate_lattice, fourfold_ratio, host_cell
 from perovstem.insitu.nanocrystal import _segment_objects, area_noise, fft_phase_check
@@ -162,6 +168,12 @@ def analyze_series(
     scan_options: dict[str, Any] | None = None,
 ) -> InsituResult:
     """Analyse an in-situ series end to end.
+
+    Frames are skipped (``frames.skipped``/``reason``) when they hold non-finite pixels,
+    are constant, have a zero dose, or their scan stopped part-way: a block of last rows
+    of one value longer, by max(16 rows, 10 %), than the drift-corrected block of both
+    neighbours (e.g. zeros after an aborted scan; vacuum rows of a zero-background
+    detector are not taken for one; not tested with ``scan_correction``).
 
     Parameters
     ----------
@@ -317,6 +329,7 @@ def analyze_series(
             )
         )
     dets, rows, skipped = [], [], []
+    tails: dict[int, int] = {}  # constant rows at the end of each usable frame's scan
     angle: float | None = None
     fourfold: tuple[int, float, float] | None = None  # (frame, spacing Å, min(r, 1/r))
     col_opts = _column_options(column_options) if columns else None
@@ -344,6 +357,8 @@ def analyze_series(
             why = "zero dose (beam blanked): no cross-sections or atom counts"
         if why:
             return None, {"frame": k, "skipped": True, "reason": why}
+        if not scan_correction:  # (aligned frames: shifted, their end rows replicated)
+            tails[k] = trailing_constant_rows(fr)
         f = np.asarray(fr, float)
         if register and np.any(shifts[k] != 0):
             f = shift_frame(f, -shifts[k])
@@ -415,6 +430,20 @@ def analyze_series(
                 flush(pool)
         if block:
             flush(pool)
+    # a scan stopped part-way (its last rows one fill value) would enter with its crystal
+    # and clusters cut: e.g. half the area and a third of the Pb0 of its neighbours
+    for k, cut in incomplete_scans(tails, shifts[:, 0], n_rows=series.shape[1]).items():
+        skipped.append(k)
+        dets = [d for d in dets if not (len(d) and int(d["frame"].iloc[0]) == k)]
+        col_scs.pop(k, None)
+        for r in rows:
+            if r["frame"] == k:
+                r.clear()
+                r.update(
+                    frame=k,
+                    skipped=True,
+                    reason=f"incomplete scan: the last {cut} rows hold one value",
+                )
     if len(skipped) == n:
         raise DataError(f"every frame of the series is unusable ({n} frames)")
     det = pd.concat(dets, ignore_index=True) if dets else pd.DataFrame(columns=CLUSTER_COLUMNS)
