@@ -75,6 +75,9 @@ _CONTENT_FLAGS = (
     "reference and pairwise estimates disagree",
     "reference-based estimate unconfirmed",
 )
+#: errors (px) at or above this are reported as infinite (an untestable chained step)
+_UNBOUNDED_PX = 1e149
+
 #: flags of frames whose reference-based estimate may sit a lattice period or a sublattice
 #: off (not merely imprecise, as a non-rigid one): such a frame cannot vouch for a later
 #: frame's estimate in the reference/pair agreement test
@@ -1181,7 +1184,7 @@ def register_drift(
             if rel[k]:
                 acc = 0.0
             elif k not in reasons:
-                acc = acc + float(np.square(np.float64(min(step[k], 1e150))))
+                acc = acc + float(np.square(np.float64(min(step[k], 10 * _UNBOUNDED_PX))))
                 err[k] = np.sqrt(err[k] ** 2 + acc)
         usable = ~np.isin(np.arange(n), list(reasons))
         n_unrel_usable = int((usable & ~rel).sum())
@@ -1232,6 +1235,9 @@ def register_drift(
     )
     content[first] = 0.0
     err = np.hypot(err, content[:, None])
+    # the growing error of an untestable step is accumulated with a finite stand-in
+    # (1e150 px per step, no overflow); it is reported as what it means: unbounded
+    err[err >= _UNBOUNDED_PX] = np.inf
     df = pd.DataFrame(
         {
             "frame": np.arange(n),
