@@ -620,3 +620,17 @@ def test_incomplete_scan_is_skipped():
     np.testing.assert_allclose(
         f.loc[[0, 1, 3], "area_A2"], whole.loc[[0, 1, 3], "area_A2"], rtol=0.01
     )
+
+
+def test_incomplete_scans_against_neighbours_and_series():
+    from perovstem.insitu._frames import incomplete_scans
+
+    # a [011] series at 0.3 Å/px whose frame 6 has a cluster in the bottom vacuum (short
+    # block): the last frame's normal block was taken for a cut scan
+    tails = dict(enumerate([73, 72, 56, 72, 72, 69, 39, 94]))
+    dy = np.array([0.0, -1.7, -5.1, -5.2, -7.9, -8.6, -10.2, -12.0])
+    assert incomplete_scans(tails, dy, 394) == {}
+    # a half-cut frame 3 registered 34 px off: with its own drift its cut was expected
+    tails = dict(enumerate([73, 73, 61, 133, 47, 37, 24, 27]))
+    dy = np.array([0.0, 6.6, 12.4, -34.2, 24.4, 30.0, 36.2, 41.7])
+    assert incomplete_scans(tails, dy, 266) == {3: 133}

@@ -180,19 +180,28 @@ def incomplete_scans(tail_rows: dict[int, int], dy_px: np.ndarray, n_rows: int) 
 
     ``tail_rows`` {frame: :func:`trailing_constant_rows`} of the usable frames, ``dy_px``
     (T,) their vertical drift (content moved down by dy: a vacuum band at the bottom
-    shrinks by dy).  A frame is an incomplete scan when its block exceeds the block
-    expected from every usable neighbour (k ± 1, drift-corrected) by more than
-    max(16 rows, 10 % of the rows); returns {frame: rows cut off}.
+    shrinks by dy).  A frame is an incomplete scan when its block exceeds, by more than
+    max(16 rows, 10 % of the rows), both the block expected from every usable neighbour
+    (k ± 1, drift-corrected) and the drift-corrected median block of the series (a
+    cluster wandering into the vacuum shortens one neighbour's block); the frame's drift
+    is taken as the mean of its neighbours' (its own is suspect); returns
+    {frame: rows in the block}.
     """
     margin = max(16, int(0.1 * n_rows))
+    if not tail_rows:
+        return {}
+    dy = {k: float(dy_px[k]) for k in tail_rows}
+    med = float(np.median([t + dy[j] for j, t in tail_rows.items()]))
     out: dict[int, int] = {}
     for k, t in tail_rows.items():
-        exp = [
-            tail_rows[j] - (float(dy_px[k]) - float(dy_px[j]))
-            for j in (k - 1, k + 1)
-            if j in tail_rows
-        ]
-        if exp and t > max(exp) + margin:
+        nb = [j for j in (k - 1, k + 1) if j in tail_rows]
+        if not nb:
+            continue
+        # the frame's own drift is not used: a cut frame registers wrongly (34-92 px off
+        # on half-cut KMC frames), which moved its expected block along with it
+        dy_k = float(np.mean([dy[j] for j in nb]))
+        exp = [tail_rows[j] - (dy_k - dy[j]) for j in nb]
+        if t > max(exp) + margin and t > med - dy_k + margin:
             out[k] = int(t)
     return out
 
