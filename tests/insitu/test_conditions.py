@@ -63,3 +63,17 @@ def test_bad_logs(tmp_path):
         interpolate_conditions(log, [0.0, np.nan])
     with pytest.raises(DataError, match="time stamps"):
         attach_conditions(Series(np.ones((2, 4, 4)), 1.0), log)
+
+
+def test_attach_conditions_averages_over_the_recorded_frame_time():
+    # a heating ramp (10 K/s) and 1 s frames whose length the file records
+    # (metadata['frame_time_s'], as the simulator and MRC FEI headers do): the
+    # temperature was sampled at each frame start, 5 K below the frame's mean
+    log = pd.DataFrame({"time_s": np.arange(0.0, 10.01, 0.5), "temperature_K": 300.0})
+    log["temperature_K"] += 10.0 * log["time_s"]
+    s = Series(np.zeros((4, 8, 8)), 0.5, time_s=np.arange(4.0), metadata={"frame_time_s": 1.0})
+    got = attach_conditions(s, log).temperature_K
+    np.testing.assert_allclose(got, 305.0 + 10.0 * np.arange(4))
+    # without a recorded frame time the frame start is sampled, as before
+    s0 = s.replace(metadata={})
+    np.testing.assert_allclose(attach_conditions(s0, log).temperature_K, 300.0 + 10 * np.arange(4))

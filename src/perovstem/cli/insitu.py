@@ -189,14 +189,7 @@ def insitu(
     det = {k: v for k, v in (("gain", gain), ("offset", offset)) if v is not None}
     if det:
         s = s.replace(metadata={**s.metadata, **{k: float(v) for k, v in det.items()}})
-    if s.metadata.get("gain") is None:
-        # SCS = excess / (gain·dose): an unknown gain scales every atom count by 1/gain
-        from perovstem.atoms.noise import describe_series_estimate
-
-        notes.append(
-            "no detector gain in the file or --gain: counts are taken as detected electrons "
-            "(gain 1); Pb⁰ atom counts scale with 1/gain" + describe_series_estimate(s)
-        )
+    # (a gain or offset still missing here is said by analyze_series, with the estimate)
     # options that a file's own records override or are overridden by: said, not silent
     if s.dose_e_per_A2 is not None and (dose is not None or current_pA is not None):
         d = np.asarray(s.dose_e_per_A2, float)
@@ -229,11 +222,6 @@ def insitu(
             )
     elif s.time_s is None and frame_time_s is not None:
         s = assign_dose(s, frame_time_s=frame_time_s)
-    if s.pixel_size_A > 1.0:
-        notes.append(
-            f"pixel size {s.pixel_size_A:g} Å does not resolve the lattice: Pb-cluster counts and "
-            "the phase check assume ≤ 1 Å pixels (bright particles are reported, not atoms)"
-        )
     if conditions is not None:
         log = read_holder_log(conditions)
         s = attach_conditions(s, log, time_offset_s=time_offset_s)

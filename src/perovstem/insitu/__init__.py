@@ -24,7 +24,7 @@ from perovstem.insitu.evaluation import (
     projected_objects,
     score_detections,
 )
-from perovstem.insitu.lattice import estimate_lattice, unit_cell_average
+from perovstem.insitu.lattice import estimate_lattice, fourfold_ratio, unit_cell_average
 from perovstem.insitu.nanocrystal import (
     PHASE_SPACINGS_A,
     area_change,
@@ -54,6 +54,7 @@ __all__ = [
     "detect_clusters",
     "persistent_clusters",
     "estimate_lattice",
+    "fourfold_ratio",
     "unit_cell_average",
     "lineage_events",
     "match_clusters",

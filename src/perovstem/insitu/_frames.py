@@ -158,6 +158,54 @@ def frame_quality(frame: np.ndarray) -> str:
     return ""
 
 
+def trailing_constant_rows(frame: np.ndarray) -> int:
+    """Number of rows at the end of the scan (bottom) that all hold one and the same value.
+
+    A scan stopped part-way leaves such a block (zeros, or the fill value of the
+    exporter); vacuum on a noiseless or zero-background detector can too, so the count is
+    only meaningful against the neighbouring frames (:func:`incomplete_scans`).
+    """
+    a = np.asarray(frame)
+    if a.ndim != 2 or a.size == 0:
+        return 0
+    v = a[-1, 0]
+    same = np.all(a == v, axis=1)
+    if not same[-1]:
+        return 0
+    return int(np.argmin(same[::-1])) if not same.all() else int(a.shape[0])
+
+
+def incomplete_scans(tail_rows: dict[int, int], dy_px: np.ndarray, n_rows: int) -> dict[int, int]:
+    """Frames whose constant end-of-scan block is too long for their neighbours.
+
+    ``tail_rows`` {frame: :func:`trailing_constant_rows`} of the usable frames, ``dy_px``
+    (T,) their vertical drift (content moved down by dy: a vacuum band at the bottom
+    shrinks by dy).  A frame is an incomplete scan when its block exceeds, by more than
+    max(16 rows, 10 % of the rows), both the block expected from every usable neighbour
+    (k ± 1, drift-corrected) and the drift-corrected median block of the series (a
+    cluster wandering into the vacuum shortens one neighbour's block); the frame's drift
+    is taken as the mean of its neighbours' (its own is suspect); returns
+    {frame: rows in the block}.
+    """
+    margin = max(16, int(0.1 * n_rows))
+    if not tail_rows:
+        return {}
+    dy = {k: float(dy_px[k]) for k in tail_rows}
+    med = float(np.median([t + dy[j] for j, t in tail_rows.items()]))
+    out: dict[int, int] = {}
+    for k, t in tail_rows.items():
+        nb = [j for j in (k - 1, k + 1) if j in tail_rows]
+        if not nb:
+            continue
+        # the frame's own drift is not used: a cut frame registers wrongly (34-92 px off
+        # on half-cut KMC frames), which moved its expected block along with it
+        dy_k = float(np.mean([dy[j] for j in nb]))
+        exp = [tail_rows[j] - (dy_k - dy[j]) for j in nb]
+        if t > max(exp) + margin and t > med - dy_k + margin:
+            out[k] = int(t)
+    return out
+
+
 def skipped_table(reasons: dict[int, str]) -> pd.DataFrame:
     """Table ``frame, reason`` of skipped frames."""
     return pd.DataFrame(

@@ -16,10 +16,16 @@ from scipy import ndimage
 from perovstem._data import Image, Series
 from perovstem._validation import check_choice
 from perovstem.errors import DataError, ParameterError
-from perovstem.insitu._frames import frame_quality, iter_frames, single_blas_thread
+from perovstem.insitu._frames import (
+    frame_quality,
+    incomplete_scans,
+    iter_frames,
+    single_blas_thread,
+    trailing_constant_rows,
+)
 from perovstem.insitu.clusters import CLUSTER_COLUMNS, detect_clusters
-from perovstem.insitu.lattice import estimate_lattice, host_cell
-from perovstem.insitu.nanocrystal import area_noise, fft_phase_check, segment_nanocrystal
+from perovstem.insitu.lattice import FOURFOLD_MIN, estimate_lattice, fourfold_ratio, host_cell
+from perovstem.insitu.nanocrystal import _segment_objects, area_noise, fft_phase_check
 from perovstem.insitu.register import phase_correlate, register_drift
 from perovstem.insitu.tracking import lineage_events, track_clusters
 
@@ -77,6 +83,8 @@ class InsituResult:
     Attributes
     ----------
     frames : per-frame bookkeeping (time, dose, cumulative dose, conditions,
+        ``second_object_area_A2`` (the next largest bright object, Å²: the crystal
+        columns follow the largest only; a note when it is large in the first frames),
         ``integrated_counts`` of the crystal in detected electrons (offset removed, divided
         by ``metadata["gain"]`` when given), ``crystal_at_border`` (the outline reaches
         the frame border: area and intensity also change with the field; a note), drift
@@ -160,6 +168,12 @@ def analyze_series(
     scan_options: dict[str, Any] | None = None,
 ) -> InsituResult:
     """Analyse an in-situ series end to end.
+
+    Frames are skipped (``frames.skipped``/``reason``) when they hold non-finite pixels,
+    are constant, have a zero dose, or their scan stopped part-way: a block of last rows
+    of one value longer, by max(16 rows, 10 %), than the drift-corrected block of both
+    neighbours (e.g. zeros after an aborted scan; vacuum rows of a zero-background
+    detector are not taken for one; not tested with ``scan_correction``).
 
     Parameters
     ----------
@@ -301,8 +315,23 @@ def analyze_series(
         shifts = np.zeros_like(shifts)  # frames_src is already aligned
     gain = series.metadata.get("gain")
     offset = series.metadata.get("offset")
+    notes: list[str] = _calibration_notes(series, gain, offset)
+    if px > COARSE_PIXEL_A:
+        notes.append(
+            f"pixel size {px:g} Å: Pb⁰ atom counts are validated on ≤ {COARSE_PIXEL_A:g} Å "
+            "pixels; coarser sampling leaves host contrast that is counted as Pb⁰ (KMC "
+            "cubes at 0.75-1 Å/px: Pb⁰ totals of the first frames 1.8-9x the truth)"
+            + (
+                "; at > 1 Å the pixel size does not resolve the lattice: the phase check "
+                "assumes ≤ 1 Å pixels (bright particles are reported, not atoms)"
+                if px > 1.0
+                else ""
+            )
+        )
     dets, rows, skipped = [], [], []
+    tails: dict[int, int] = {}  # constant rows at the end of each usable frame's scan
     angle: float | None = None
+    fourfold: tuple[int, float, float] | None = None  # (frame, spacing Å, min(r, 1/r))
     col_opts = _column_options(column_options) if columns else None
     if columns and dose is None:
         raise ParameterError(
@@ -322,8 +351,14 @@ def analyze_series(
 
     def process(k: int, fr: np.ndarray) -> tuple[pd.DataFrame | None, dict[str, Any]]:
         why = frame_quality(fr)
+        if not why and dose is not None and not dose[k] > 0:
+            # a frame recorded with the beam blanked (Series allows dose 0): nothing to
+            # count against; detect_clusters refused it and the whole analysis stopped
+            why = "zero dose (beam blanked): no cross-sections or atom counts"
         if why:
             return None, {"frame": k, "skipped": True, "reason": why}
+        if not scan_correction:  # (aligned frames: shifted, their end rows replicated)
+            tails[k] = trailing_constant_rows(fr)
         f = np.asarray(fr, float)
         if register and np.any(shifts[k] != 0):
             f = shift_frame(f, -shifts[k])
@@ -333,10 +368,12 @@ def analyze_series(
         row: dict[str, Any] = {"frame": k, "skipped": False, "reason": ""}
         row["host_model"] = str(d.attrs.get("host_model", ""))
         if crystal:
-            cmask, voids, _ = segment_nanocrystal(f, pixel_size_A=px, lattice_A=lattice_A)
+            cmask, voids, _, objects = _segment_objects(f, px, lattice_A, None, 20.0)
             solid = cmask & ~voids
             row.update(
                 area_A2=float(solid.sum()) * px * px,
+                # the crystal metrics follow the largest bright object only
+                second_object_area_A2=float(objects[1]) if objects.size > 1 else 0.0,
                 void_area_A2=float(voids.sum()) * px * px,
                 n_voids=int(ndimage.label(voids)[1]),
                 # detected electrons (counts / gain): the detector gain is no property
@@ -382,6 +419,10 @@ def analyze_series(
                     la, ang, strength = estimate_lattice(np.asarray(fr, float), px)
                     # the 110 of a damaged first frame is 45° off the cell axes
                     angle = host_cell(la, ang)[1] if strength >= 20 else 0.0
+                    if strength >= 20:
+                        r = fourfold_ratio(np.asarray(fr, float), px, la, ang)
+                        if np.isfinite(r):
+                            fourfold = (k, la, min(r, 1.0 / r) if r > 0 else 0.0)
                 except DataError:
                     angle = 0.0
             block.append((k, fr))
@@ -389,6 +430,20 @@ def analyze_series(
                 flush(pool)
         if block:
             flush(pool)
+    # a scan stopped part-way (its last rows one fill value) would enter with its crystal
+    # and clusters cut: e.g. half the area and a third of the Pb0 of its neighbours
+    for k, cut in incomplete_scans(tails, shifts[:, 0], n_rows=series.shape[1]).items():
+        skipped.append(k)
+        dets = [d for d in dets if not (len(d) and int(d["frame"].iloc[0]) == k)]
+        col_scs.pop(k, None)
+        for r in rows:
+            if r["frame"] == k:
+                r.clear()
+                r.update(
+                    frame=k,
+                    skipped=True,
+                    reason=f"incomplete scan: the last {cut} rows hold one value",
+                )
     if len(skipped) == n:
         raise DataError(f"every frame of the series is unusable ({n} frames)")
     det = pd.concat(dets, ignore_index=True) if dets else pd.DataFrame(columns=CLUSTER_COLUMNS)
@@ -398,7 +453,6 @@ def analyze_series(
     size = "area_A2" if no_counts else "n_atoms"
     tracks, lineage = track_clusters(det, size_column=size, **track)
     fr_tab = _frames_table(series, drift, pd.DataFrame(rows), tracks, lineage)
-    notes: list[str] = []
     if "crystal_cluster_share" in fr_tab:
         usable = ~fr_tab["skipped"].fillna(False).astype(bool)
         # the first frames decide: a crystal that turns into Pb clusters late in its
@@ -416,6 +470,38 @@ def analyze_series(
                 "shrinkage, voids and integrated intensity are left empty (NaN) and no "
                 "mass-loss row is fitted; the clusters are counted as usual"
             )
+    if "second_object_area_A2" in fr_tab and fr_tab["area_A2"].notna().any():
+        usable = ~fr_tab["skipped"].fillna(False).astype(bool)
+        early = fr_tab.loc[usable, ["area_A2", "second_object_area_A2"]].dropna().iloc[:3]
+        share = (early["second_object_area_A2"] / early["area_A2"]).median()
+        second = early["second_object_area_A2"].median()
+        if len(early) and share >= SECOND_OBJECT_SHARE and second >= SECOND_OBJECT_MIN_A2:
+            notes.append(
+                f"the field holds a second bright object of {second:.4g} Å² beside the "
+                f"crystal ({early['area_A2'].median():.4g} Å²; medians of the first "
+                f"{len(early)} frames, column second_object_area_A2): e.g. another crystal. "
+                "Crystal area, voids, shrinkage, integrated intensity and the "
+                "mass-loss/Br-loss rows describe the largest object only, while clusters "
+                "are detected and counted over the whole field"
+            )
+    if fourfold is not None and fourfold[2] < FOURFOLD_MIN:
+        # the host model (cell average, empty lattice sites) is the square [001] cell:
+        # on another projection the host columns survive it and are counted as Pb0
+        notes.append(
+            f"the host lattice of frame {fourfold[0]} is not a square projection (its "
+            f"{fourfold[1]:.3g} Å reflection turned by 90° has {fourfold[2]:.2g} of its "
+            "power or less, a [001] perovskite about 1): e.g. a [011] or [111] zone axis. "
+            "Pb-cluster detection removes the host with the square [001] cell, so host "
+            "columns are counted as Pb⁰ clusters: n_clusters, n_Pb0_detected, the cluster "
+            "tables and the nucleation/growth/mobility rows are not reliable (drift, crystal "
+            "area and intensity are not affected)"
+            + (
+                "; the image-derived Br loss maps the cross-section onto a [001] template "
+                "(D_Br came out 23 % high on [011] and [111] KMC crystals)"
+                if br_loss
+                else ""
+            )
+        )
     if scan_rms is not None:
         fr_tab["scan_rms_line_offset_px"] = scan_rms
     n_unrel = int(drift.attrs.get("n_unreliable", 0))
@@ -523,6 +609,32 @@ def analyze_series(
     return InsituResult(
         fr_tab, drift, tracks, lineage, events, summ, skipped, col_tab, col_counts, br_res, notes
     )
+
+
+def _calibration_notes(series: Series, gain: Any, offset: Any) -> list[str]:
+    """What was assumed for a detector gain or offset the series does not carry."""
+    if gain is not None and offset is not None:
+        return []
+    from perovstem.atoms.noise import describe_series_estimate
+
+    what = []
+    if gain is None:
+        # SCS = excess / (gain·dose): an unknown gain scales every atom count by 1/gain
+        what.append(
+            "no detector gain (series metadata 'gain', CLI --gain): counts are taken as "
+            "detected electrons (gain 1); Pb⁰ atom counts scale with 1/gain"
+        )
+    if offset is None:
+        # the shot-noise variance is gain·(counts - offset): a zero level left in the
+        # counts (integer detector frames) inflates it, and clusters are missed (a uint16
+        # KMC series with offset 2000, gain 4: none found on the first two frames)
+        what.append(
+            "no detector offset (metadata 'offset', --offset): counts are taken as 0 for no "
+            "signal; a zero level left in the counts (e.g. integer frames with an offset) "
+            "makes the shot-noise detection thresholds too high, so clusters are missed, "
+            "not only rescaled"
+        )
+    return ["; ".join(what) + describe_series_estimate(series)]
 
 
 def _scan_corrected(
@@ -925,8 +1037,22 @@ def _cluster_share(
 
 _CRYSTAL_COLUMNS = (
     "area_A2", "void_area_A2", "n_voids", "integrated_counts", "shrinkage", "shrinkage_err",
-    "crystal_at_border",
+    "crystal_at_border", "second_object_area_A2",
 )  # fmt: skip
+
+#: pixel size (Å) above which the Pb⁰ atom counts are said to be unvalidated: median
+#: n_Pb0_detected / truth of the first three frames of 4 nm KMC cubes (seeds 1-3 tune,
+#: 4-6 held out; frames > 1.5x of 24): 0.4 Å 0, 0.5 Å 3 / 1, 0.6 Å 1, 0.7 Å 3 / 3,
+#: 0.75 Å 7, 0.8 Å 8 / 7, 0.9 Å 11, 1.0 Å 9
+COARSE_PIXEL_A = 0.7
+
+#: a second bright object of at least this share of the crystal's area (and
+#: SECOND_OBJECT_MIN_A2) in the first frames is said: on single KMC crystals (cube, cuboid,
+#: platelet, Cd-alloyed, [011], rotated; 0.2-1.2 Å px) the share is <= 0.011 there (it
+#: reaches 0.5-0.99 late, when a crystal breaks up, so only the first 3 frames count); a
+#: 3 nm crystal beside a 4 nm one: 0.53
+SECOND_OBJECT_SHARE = 0.2
+SECOND_OBJECT_MIN_A2 = 200.0
 
 #: Pb⁰ totals falling by more than this many combined frame-to-frame σ are flagged
 PB0_FALL_SIGMA = 3.0

@@ -89,13 +89,23 @@ def interpolate_conditions(
 def attach_conditions(series: Series, log: pd.DataFrame, **kw: Any) -> Series:
     """Copy of ``series`` with ``temperature_K`` / ``pressure_Pa`` from a holder log.
 
-    Other channels go to ``metadata['conditions']``.  See :func:`interpolate_conditions`.
+    Other channels go to ``metadata['conditions']``.  See :func:`interpolate_conditions`;
+    its ``frame_time_s`` defaults to the frame time recorded by :func:`assign_dose` or,
+    failing that, ``metadata['frame_time_s']`` (each channel averaged over the frame), else
+    the channels are sampled at the frame start.
     """
     if not isinstance(series, Series):
         raise ParameterError(f"`series` must be a perovstem Series, got {type(series).__name__}")
     if series.time_s is None:
         raise DataError("the series has no time stamps: call assign_dose(time_s=...) first")
+    # average each channel over the frame's exposure when its length is known (from
+    # assign_dose, else a file's own frame time, e.g. the simulator's or an MRC FEI
+    # header's): sampled at the frame start, a ramp's temperature lagged by half a frame
+    # (5 K at 10 K/s and 1 s frames)
     fr = series.metadata.get("dose", {}).get("frame_time_s")
+    if fr is None:
+        fr = series.metadata.get("frame_time_s")
+    fr = float(fr) if fr is not None and np.isfinite(float(fr)) and float(fr) > 0 else None
     kw.setdefault("frame_time_s", fr)
     c = interpolate_conditions(log, series.time_s, **kw)
     changes: dict[str, Any] = {}

@@ -84,6 +84,21 @@ def segment_nanocrystal(
     threshold : float
         The threshold used.
     """
+    filled, voids, threshold, _ = _segment_objects(
+        image, pixel_size_A, lattice_A, threshold, min_void_area_A2
+    )
+    return filled, voids, threshold
+
+
+def _segment_objects(
+    image: Any,
+    pixel_size_A: float | None,
+    lattice_A: float,
+    threshold: float | None,
+    min_void_area_A2: float,
+) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """:func:`segment_nanocrystal` and the areas (Å², largest first) of every bright
+    object above the threshold (the crystal's own, without its holes, first)."""
     data, px = _px(image, pixel_size_A)
     a = check_image("image", data)
     check_positive("pixel_size_A", px)
@@ -97,7 +112,7 @@ def segment_nanocrystal(
     lab, n = ndimage.label(fg)
     if n == 0:
         z = np.zeros(a.shape, bool)
-        return z, z, float(threshold)
+        return z, z, float(threshold), np.zeros(0)
     sizes = ndimage.sum_labels(np.ones_like(m), lab, np.arange(1, n + 1))
     body = lab == (1 + int(np.argmax(sizes)))
     filled = ndimage.binary_fill_holes(body)
@@ -108,7 +123,7 @@ def segment_nanocrystal(
         hs = ndimage.sum_labels(np.ones_like(m), hl, np.arange(1, nh + 1)) * px * px
         keep = np.flatnonzero(hs >= min_void_area_A2) + 1
         voids = np.isin(hl, keep)
-    return filled, voids, float(threshold)
+    return filled, voids, float(threshold), np.sort(sizes)[::-1] * px * px
 
 
 def fft_phase_check(

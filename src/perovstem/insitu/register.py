@@ -73,7 +73,15 @@ _CONTENT_FLAGS = (
     "non-rigid",
     "lattice-period ambiguity",
     "reference and pairwise estimates disagree",
+    "reference-based estimate unconfirmed",
 )
+#: errors (px) at or above this are reported as infinite (an untestable chained step)
+_UNBOUNDED_PX = 1e149
+
+#: flags of frames whose reference-based estimate may sit a lattice period or a sublattice
+#: off (not merely imprecise, as a non-rigid one): such a frame cannot vouch for a later
+#: frame's estimate in the reference/pair agreement test
+_SITE_FLAGS = _CONTENT_FLAGS[1:]
 
 
 @lru_cache(maxsize=8)
@@ -646,7 +654,10 @@ def register_drift(
         <= ``reliable_tol_px``, at least two sub-fields above ``min_snr``: the specimen moves
         rigidly), and the reference-based estimate agrees within ``reliable_tol_px`` with
         the pairwise one from at least one of the ``max_lag`` previous frames (their
-        provisional drift plus the pair shift).
+        provisional drift plus the pair shift).  A previous frame flagged for a
+        lattice-period ambiguity or a reference/pair disagreement does not count (its own
+        estimate may sit on another lattice site); a frame whose strong pairs all lead to
+        such frames is flagged "reference-based estimate unconfirmed".
     subfields : int
         Sub-fields per axis of the rigidity test (>= 2).
     pixel_size_A : float, optional
@@ -905,6 +916,7 @@ def register_drift(
                 prov[k] = None
             spec_w = _wiener(spec, shape)
             raw_k = float("nan")
+            blocked = False  # a strong pair whose earlier frame cannot vouch (content flag)
             for j, (ka, fa, wa) in enumerate(reversed(recent)):
                 dy, dx, snr, *_ = _correlate_spectra(
                     fa,
@@ -952,14 +964,27 @@ def register_drift(
                             else _subfield_disagreement(fa, frame, shape, (dy, dx), **sub_kw)[1]
                         )
                 if ref_est is not None and prov.get(ka) is not None and snr >= min_snr:
+                    if flags.get(ka, "").startswith(_SITE_FLAGS):
+                        blocked = True
+                        continue
                     # reference-based vs pairwise estimate; the best-agreeing earlier frame
-                    # counts (one bad predecessor does not condemn the frame)
+                    # counts (one bad predecessor does not condemn the frame), but not one
+                    # whose own estimate may sit on another lattice site (_SITE_FLAGS):
+                    # registered to the same wrong site (e.g. Pb-free frames of an alloyed
+                    # crystal against a reference of Pb-bright ones, half a cell off) it
+                    # would vouch for the frame's wrong estimate
                     dis = float(np.hypot(*(ref_est - prov[ka] - [dy, dx])))
                     disagree[k] = np.fmin(disagree[k], dis)
             # a pair shift carries the noise of two frames and a noisy template: at low dose
             # the agreement is tested against 4 sigma of it (about sqrt(3) x the split-half
             # error of the reference-based estimate), never more strictly than the tolerance
             dis_tol = max(reliable_tol_px, 4.0 * np.sqrt(3.0) * np.nan_to_num(sig_ref[k]))
+            if k not in flags and blocked and np.isnan(disagree[k]):
+                flags[k] = (
+                    "reference-based estimate unconfirmed: its pairs link it only to frames "
+                    "whose own estimates may be a lattice period or sublattice off "
+                    "(lattice-period ambiguity or a reference/pair disagreement)"
+                )
             if k not in flags and disagree[k] > dis_tol:
                 flags[k] = (
                     f"reference and pairwise estimates disagree by "
@@ -1159,7 +1184,7 @@ def register_drift(
             if rel[k]:
                 acc = 0.0
             elif k not in reasons:
-                acc = acc + float(np.square(np.float64(min(step[k], 1e150))))
+                acc = acc + float(np.square(np.float64(min(step[k], 10 * _UNBOUNDED_PX))))
                 err[k] = np.sqrt(err[k] ** 2 + acc)
         usable = ~np.isin(np.arange(n), list(reasons))
         n_unrel_usable = int((usable & ~rel).sum())
@@ -1210,6 +1235,9 @@ def register_drift(
     )
     content[first] = 0.0
     err = np.hypot(err, content[:, None])
+    # the growing error of an untestable step is accumulated with a finite stand-in
+    # (1e150 px per step, no overflow); it is reported as what it means: unbounded
+    err[err >= _UNBOUNDED_PX] = np.inf
     df = pd.DataFrame(
         {
             "frame": np.arange(n),
