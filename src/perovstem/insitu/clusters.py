@@ -1019,7 +1019,8 @@ def _fit_domes(
 
     def unpack(p):
         c = p[: 3 * kk].reshape(kk, 3).copy()
-        c[:, 2] = np.exp(c[:, 2])
+        # a trial step far out (coarse pixels) must not overflow: exp(700) is already absurd
+        c[:, 2] = np.exp(np.minimum(c[:, 2], 700.0))
         return c, p[-2], p[-1]
 
     def resid(p):
