@@ -399,3 +399,27 @@ def test_direct_electron_scan_movie_is_refused_as_diffraction_patterns(tmp_path)
         ps.load(_de(tmp_path, "20240301_00007_movie", info))
     img = ps.load(_de(tmp_path, "20240301_00007_0_Virt 0_sum", info, n=0))
     assert img.pixel_size_A == pytest.approx(0.5)
+
+
+def test_mrc_writer_says_which_metadata_it_drops(tmp_path):
+    # a uint16 series with its detector gain/offset and a temperature: .mrc has no field for
+    # them and re-loading it lost them silently (found by the in-situ QA: Pb0 over-counts)
+    import warnings
+
+    import perovstem as ps
+    from perovstem import Series
+
+    s = Series(
+        np.zeros((2, 16, 16), np.uint16),
+        0.5,
+        dose_e_per_A2=100.0,
+        time_s=np.arange(2.0),
+        temperature_K=np.array([300.0, 310.0]),
+        metadata={"gain": 4.0, "offset": 2000.0},
+    )
+    with pytest.warns(UserWarning, match="not gain, offset, temperature_K"):
+        ps.io.save_image(s, tmp_path / "s.mrc")
+    assert ps.load(tmp_path / "s.mrc").metadata.get("gain") is None  # the documented loss
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to say: no warning
+        ps.io.save_image(Series(np.zeros((2, 16, 16), np.uint16), 0.5), tmp_path / "t.mrc")

@@ -113,6 +113,7 @@ def save_image(
                 resolutionunit="CENTIMETER",
             )
     elif suffix == ".mrc":
+        _warn_mrc_losses(obj, path)
         _save_mrc(data, path, voxel_A=obj.pixel_size_A, overwrite=overwrite, fei=_fei_fields(obj))
         if isinstance(obj, TiltSeries):
             with atomic_write(path.with_suffix(".rawtlt"), mode="w", overwrite=overwrite) as fh:
@@ -129,6 +130,32 @@ def save_image(
         )
         raise FileFormatError(f"{str(path)!r}: {what} (use .npz, .zarr, .tif, .mrc or .hspy)")
     return path
+
+
+# metadata an analysis reads back and an FEI1 header cannot hold: said when dropped
+_MRC_LOST_KEYS = ("gain", "offset", "beam_current_A", "dwell_time_s", "frame_time_s")
+
+
+def _warn_mrc_losses(obj: Image | Series | TiltSeries, path: Path) -> None:
+    """Warn when writing ``.mrc`` drops what a later analysis of the file would need."""
+    import warnings
+
+    md = obj.metadata or {}
+    lost = [k for k in _MRC_LOST_KEYS if md.get(k) is not None]
+    for k in ("temperature_K", "pressure_Pa"):
+        if getattr(obj, k, None) is not None:
+            lost.append(k)
+    if getattr(obj, "gas", None):
+        lost.append("gas")
+    if lost:
+        warnings.warn(
+            f"{str(path)!r}: MRC (FEI1 header) keeps pixel size, dose, time and tilts but not "
+            f"{', '.join(lost)}; a later analysis of this file will not know them (the "
+            "detector gain and offset set the Pb-cluster counts): write .hspy, .zarr, .tif or "
+            ".npz to keep them",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _fei_fields(obj: Image | Series | TiltSeries) -> dict[str, Any]:
