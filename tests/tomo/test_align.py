@@ -249,3 +249,24 @@ def test_tilt_axis_reprojection_bad_input():
         tilt_axis_reprojection(d, ang, np.zeros((5, 2)), step_deg=float("nan"))
     with pytest.raises(ParameterError, match=r"n_sirt"):
         tilt_axis_reprojection(d, ang, np.zeros((5, 2)), n_sirt=0)
+
+
+def test_reprojection_recentring_uses_com_shifts_and_rejects_empty():
+    """One centre-of-mass rule: the per-candidate re-centring of the axis search gives the
+    same dy as com_shifts for an axis along x, and refuses an empty projection like it
+    (it used to give that projection a silent zero shift)."""
+    from perovstem.tomo import com_shifts
+    from perovstem.tomo.align import _axis_frame_shifts
+
+    rng = np.random.default_rng(3)
+    d = np.zeros((4, 24, 24), np.float32)
+    for k in range(4):
+        r, c = rng.integers(6, 18, 2)
+        d[k, r - 3 : r + 3, c - 4 : c + 4] = 1.0 + rng.random((6, 8))
+    sh = _axis_frame_shifts(d, np.zeros((4, 2)), 0.0, 2)
+    np.testing.assert_allclose(sh[:, 0], com_shifts(d), atol=1e-4)
+    d[2] = 0.0
+    with pytest.raises(DataError, match=r"projection\(s\) \[2\]"):
+        com_shifts(d)
+    with pytest.raises(DataError, match=r"projection\(s\) \[2\]"):
+        _axis_frame_shifts(d, np.zeros((4, 2)), 3.0, 2)

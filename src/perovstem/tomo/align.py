@@ -175,13 +175,25 @@ def com_shifts(data: Any) -> np.ndarray:
     (A,) ndarray
         ``dy`` per projection, pixels.
     """
-    d = np.asarray(data, dtype=np.float64)
+    return _com_dy(np.asarray(data, dtype=np.float64))
+
+
+def _com_dy(d: np.ndarray) -> np.ndarray:
+    """``dy`` that puts each image's centre of mass on the centre row of ``d`` (A, M, N).
+
+    The one centre-of-mass rule of this module (:func:`com_shifts` and the per-candidate
+    re-centring of :func:`tilt_axis_reprojection`); an image without signal has no centre
+    of mass and is an error rather than a silent zero shift.
+    """
     prof = d.sum(axis=2)
     tot = prof.sum(axis=1)
-    if np.any(tot <= 0):
-        raise DataError("a projection has no signal above background; cannot centre of mass")
-    y = np.arange(d.shape[1])
-    cy = (prof * y).sum(axis=1) / tot
+    empty = np.flatnonzero(~(tot > 0))
+    if empty.size:
+        raise DataError(
+            f"projection(s) {empty.tolist()} have no signal above background; cannot "
+            "centre their centre of mass"
+        )
+    cy = (prof * np.arange(d.shape[1])).sum(axis=1) / tot
     return (d.shape[1] - 1) / 2.0 - cy
 
 
@@ -317,10 +329,7 @@ def _axis_frame_shifts(d: np.ndarray, sh: np.ndarray, phi: float, margin: int) -
     compact objects, which a reconstruction criterion would take for an axis error).
     """
     r = _transform_stack(d, sh, phi).astype(np.float64)
-    m = r.shape[1]
-    rows = r.sum(axis=2)
-    tot_r = rows.sum(axis=1)
-    dy = np.where(tot_r > 0, (m - 1) / 2.0 - (rows * np.arange(m)).sum(axis=1) / tot_r, 0.0)
+    dy = _com_dy(r)
     p = r[:, :, margin : r.shape[2] - margin].sum(axis=1)
     x = np.arange(p.shape[1], dtype=float)
     dx = np.zeros(p.shape[0])
