@@ -127,6 +127,27 @@ def test_4d_sequence_tracks_volume_and_clusters():
     assert np.allclose(df[["frac_100", "frac_110", "frac_111", "frac_other"]].sum(axis=1), 1.0)
 
 
+def test_4d_truth_volume_of_a_hollow_crystal():
+    """The 4-D truth volume is the occupied volume: for a crystal with a 36 Å void the
+    reconstructed volume matches it, and the convex hull of the host (the old truth) is
+    > 10 % larger."""
+    ph = nanocrystal_phantom(60.0, rng=8, n_inclusions=0)
+    ph = ph.replace(inclusions=np.array([[0.0, 0.0, 0.0, 18.0, 0.0]]))
+    series, truth = degradation_tilt_series(
+        ph,
+        2,
+        np.arange(-70.0, 71.0, 4.0),
+        trajectory={"nucleation_per_dose": 0.0, "growth_A3_per_dose": 0.0},
+        shape=(40, 40),
+        pixel_size_A=2.5,
+        counts_per_A=20,
+        rng=0,
+    )
+    df, _ = reconstruct_sequence(series, n_iter=60, n_classes=2)
+    np.testing.assert_allclose(df.volume_A3, truth.volume_A3, rtol=0.08)
+    assert np.all(truth.host_volume_A3 > 1.1 * df.volume_A3)
+
+
 @pytest.mark.parametrize("euler", [(0, 0, 0), (20, 35, 10)])
 def test_octahedron_is_111_without_a_given_orientation(euler):
     """A {111}-bounded crystal (fcc Pb particles are octahedra): the orientation estimate
