@@ -185,3 +185,68 @@ def test_each_particle_gets_its_own_orientation():
     f = facet_fractions(surface_mesh(vol.astype(np.float32)))
     assert f.set_index("family")["fraction"]["100"] > 0.8
     assert len(f.attrs["orientations"]) == 2
+
+
+def test_4d_tracks_a_rotating_crystal():
+    """A crystal that turns 10° per time point: the orientation is tracked at every time
+    point (it was estimated once, and the last time point's facets were classified 20° off)."""
+    from perovstem.tomo.facets import misorientation_deg
+
+    rng = np.random.default_rng(1)
+    ph = nanocrystal_phantom(
+        60.0,
+        rng=1,
+        r110=rng.uniform(1.2, 1.35),
+        r111=rng.uniform(1.35, 1.6),
+        inclusion_radius_A=(5.0, 7.0),
+    )
+    series, truth, trs = degradation_tilt_series(
+        ph,
+        3,
+        np.arange(-70.0, 71.0, 3.0),
+        trajectory={
+            "nucleation_per_dose": 0.0,
+            "growth_A3_per_dose": 0.1,
+            "rotation_deg_per_dose": 1e-3,
+            "rotation_axis": rng.normal(size=3),
+        },
+        shape=(44, 44),
+        pixel_size_A=2.5,
+        counts_per_A=20,
+        return_truth=True,
+        rng=1,
+    )
+    np.testing.assert_allclose(truth.rotation_deg, [0.0, 10.0, 20.0], atol=1e-6)
+    cols = ["frac_100", "frac_110", "frac_111"]
+    res = {}
+    for track in (True, False):
+        df, _ = reconstruct_sequence(series, n_iter=60, track_orientation=track)
+        err = [
+            misorientation_deg(np.array(r), t["phantom"].rotation)
+            for r, t in zip(df.attrs["orientations"], trs, strict=True)
+        ]
+        res[track] = (df, err)
+    df, err = res[True]
+    assert max(err) < 3.0
+    np.testing.assert_allclose(df.rotation_deg, truth.rotation_deg, atol=3.0)
+    # the fixed orientation misclassifies the turned crystal's facets
+    assert res[False][1][-1] > 15.0
+    e_track = np.abs(df[cols].to_numpy()[-1] - truth[cols].to_numpy()[-1]).sum()
+    e_fixed = np.abs(res[False][0][cols].to_numpy()[-1] - truth[cols].to_numpy()[-1]).sum()
+    assert e_track < 0.7 * e_fixed
+
+
+def test_orientation_tracking_bad_input():
+    from perovstem.simulate.tilt import degradation_phantoms
+    from perovstem.tomo.facets import refine_orientation
+
+    ph = nanocrystal_phantom(40.0, rng=0)
+    mesh = surface_mesh(ph.voxelize((28, 28, 28), 2.0), voxel_size_A=2.0)
+    with pytest.raises(ParameterError, match="orientation"):
+        refine_orientation(mesh, np.ones((3, 3)))
+    with pytest.raises(ParameterError, match="width_deg"):
+        refine_orientation(mesh, np.eye(3), width_deg=-1.0)
+    with pytest.raises(ParameterError, match="rotation_axis"):
+        degradation_phantoms(ph, 2, rotation_deg_per_dose=1e-3, rotation_axis=(0, 0, 0))
+    with pytest.raises(ParameterError, match="rotation_deg_per_dose"):
+        degradation_phantoms(ph, 2, rotation_deg_per_dose=float("nan"))

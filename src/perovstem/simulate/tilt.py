@@ -947,6 +947,8 @@ def degradation_phantoms(
     growth_A3_per_dose: float = 0.5,
     nucleation_per_dose: float = 5e-5,
     new_radius_A: float = 3.0,
+    rotation_deg_per_dose: float = 0.0,
+    rotation_axis: Any = (0.0, 0.0, 1.0),
     rng: Any = None,
 ) -> tuple[list[NanocrystalPhantom], pd.DataFrame]:
     """A degradation trajectory: the crystal erodes and rounds while Pb inclusions grow.
@@ -960,7 +962,9 @@ def degradation_phantoms(
     nuclei of one step together take at most the Pb⁰ volume of the crystal lost in that step
     (``PB_VOLUME_PER_CRYSTAL_VOLUME`` ≈ 0.15 of it; growth is scaled down, nuclei dropped); touching inclusions coalesce into one
     sphere of the summed volume at their volume-weighted centre (so inclusions never overlap
-    and projections, voxel truth and ``integral`` agree).
+    and projections, voxel truth and ``integral`` agree).  With ``rotation_deg_per_dose``
+    the crystal also turns on the support (beam-induced rotation) by that many degrees per
+    e⁻/Å² per step about the lab direction ``rotation_axis``, inclusions with it.
 
     Returns
     -------
@@ -969,12 +973,21 @@ def degradation_phantoms(
         step, dose_e_per_A2, cumulative_dose_e_per_A2, volume_A3 (occupied volume, see
         :meth:`NanocrystalPhantom.truth`; what :func:`perovstem.tomo.reconstruct_sequence`
         measures), host_volume_A3 (the crystal polyhedron), surface_A2,
-        inclusion_volume_A3, n_inclusions, n_coalescences (cumulative), frac_100, frac_110,
-        frac_111, frac_other.
+        inclusion_volume_A3, n_inclusions, n_coalescences (cumulative), rotation_deg
+        (misorientation from the first step: the smallest rotation between the two lattice
+        orientations, ≤ 62.8° by cubic symmetry), frac_100, frac_110, frac_111, frac_other.
     """
     gen = np.random.default_rng(rng)
     if int(n_steps) < 1:
         raise ParameterError(f"`n_steps` must be >= 1, got {n_steps}")
+    if not np.isfinite(rotation_deg_per_dose):
+        raise ParameterError(
+            f"`rotation_deg_per_dose` must be finite, got {rotation_deg_per_dose!r}"
+        )
+    r_axis = np.asarray(rotation_axis, float).reshape(-1)
+    if r_axis.shape != (3,) or not np.all(np.isfinite(r_axis)) or np.linalg.norm(r_axis) == 0:
+        raise ParameterError(f"`rotation_axis` must be a non-zero 3-vector, got {rotation_axis!r}")
+    r_axis = r_axis / np.linalg.norm(r_axis)
     out = [obj]
     cur = obj
     merges = [0]
@@ -1010,8 +1023,17 @@ def degradation_phantoms(
         inc, n_merge = _coalesce(inc)
         merges.append(merges[-1] + n_merge)
         cur = nxt.replace(inclusions=inc)
+        if rotation_deg_per_dose:
+            from scipy.spatial.transform import Rotation
+
+            turn = Rotation.from_rotvec(np.deg2rad(rotation_deg_per_dose * dd) * r_axis)
+            inc = inc.copy()
+            inc[:, :3] = turn.apply(inc[:, :3]) if len(inc) else inc[:, :3]
+            cur = cur.replace(rotation=turn.as_matrix() @ cur.rotation, inclusions=inc)
         out.append(cur)
     rows = []
+    from perovstem.tomo.facets import misorientation_deg
+
     for s, ph in enumerate(out):
         t = ph.truth()
         f = t["facets"].set_index("family")["fraction"]
@@ -1026,6 +1048,7 @@ def degradation_phantoms(
                 "inclusion_volume_A3": t["inclusion_volume_A3"],
                 "n_inclusions": len(ph.inclusions),
                 "n_coalescences": merges[s],
+                "rotation_deg": misorientation_deg(ph.rotation, obj.rotation),
                 "frac_100": f["100"],
                 "frac_110": f["110"],
                 "frac_111": f["111"],
