@@ -14,6 +14,21 @@ unmeasured wedge are blurred and systematically under-counted, so each family re
 area fraction of its normals that lie in the wedge.  Because that bias depends on tilt range,
 algorithm, iterations and smoothing, :func:`calibrate_facets` simulates phantoms with the same
 orientation and pipeline and returns the bias to subtract, with its scatter as uncertainty.
+
+Polyhedron method (``method="polyhedron"``): for a convex crystal bounded by low-index planes
+the facet *planes* survive blurring where the facet *areas* do not — the missing wedge and
+the smoothing round every edge into "other" area, but the support distance
+``h(n) = max_v n·v`` of the surface in a facet normal direction is set by the facet centre.
+The crystal is rebuilt as the intersection of the 26 half-spaces ``n·x ≤ h(n)`` and its facet
+areas are exact for that polyhedron.  A rounded edge also lowers the support in the
+bisecting (e.g. {110} of a cube) direction and would create a spurious facet there, so a
+plane is kept only when the mesh has at least ``evidence`` times that facet's polyhedron area
+in normals within ``tolerance_deg`` of it (a real facet keeps a flat core; {100} planes
+are always kept).  This is a shape-from-support-function estimate (Wulff-construction
+fitting, cf. the support-function reconstruction of convex bodies, Prince & Willsky,
+IEEE Trans. PAMI 12, 988 (1990)); it assumes a convex crystal, reports no "other" area and
+is wrong for hollow, concave or genuinely rounded particles (``attrs["convexity"]``, the
+mesh volume over the polyhedron volume, falls well below 1 there).
 """
 
 from __future__ import annotations
@@ -32,6 +47,7 @@ __all__ = [
     "FAMILIES",
     "facet_fractions",
     "estimate_orientation",
+    "polyhedron_facets",
     "refine_orientation",
     "nearest_equivalent",
     "misorientation_deg",
@@ -229,6 +245,85 @@ def _low_index_area(n: np.ndarray, w: np.ndarray, rot: np.ndarray, cosc: float) 
     return float(w[near].sum() / w.sum())
 
 
+def polyhedron_facets(
+    mesh: SurfaceMesh,
+    orientation: Any,
+    *,
+    evidence_deg: float = 10.0,
+    evidence: float = 0.25,
+) -> tuple[np.ndarray, float]:
+    """Facet-family areas of the low-index polyhedron fitted to a convex surface mesh.
+
+    See the module docstring (polyhedron method).
+
+    Parameters
+    ----------
+    mesh : SurfaceMesh
+        One convex particle.
+    orientation : (3, 3) array_like
+        Crystal → lab rotation.
+    evidence_deg : float
+        Normals within this angle of a plane count as evidence of that facet.  A rounded
+        edge turns its normals through the bisecting direction, a real facet keeps a flat
+        core.  5° removed the spurious {110} planes (6–15 % of the area) that 10° keeps on
+        sharp, smoothed voxelisations of a cube (``sigma_px`` 1–2), but dropped real {110}
+        facets of noisy reconstructions (errors up to 0.31); 10° is the tuned value.
+    evidence : float
+        Smallest ratio of the mesh's flat area to the polyhedron's facet area for a {110}
+        or {111} plane to be kept (chosen on one tune set of 8 shapes: 0.2–0.3 were
+        equivalent, 0.4 dropped real {110} facets).
+
+    Returns
+    -------
+    areas_A2 : (4,) ndarray
+        {100}, {110}, {111} and other (always 0) facet areas of the polyhedron, Å².
+    convexity : float
+        Mesh volume / polyhedron volume (≈ 1 for a convex crystal).
+    """
+    from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError
+
+    if not 0.0 <= evidence < 1.0:
+        raise ParameterError(f"`evidence` must be in [0, 1), got {evidence!r}")
+    if not 0.0 < evidence_deg < 45.0:
+        raise ParameterError(f"`evidence_deg` must be in (0, 45), got {evidence_deg!r}")
+    rot = np.asarray(orientation, float)
+    fam = facet_family_directions()
+    dirs = np.concatenate([fam[f] @ rot.T for f in FAMILIES])
+    idx = np.concatenate([np.full(len(fam[f]), i) for i, f in enumerate(FAMILIES)])
+    v = np.asarray(mesh.vertices_A, float)[np.unique(mesh.faces)]
+    c = v.mean(axis=0)
+    h = np.max((v - c) @ dirs.T, axis=0)
+    if np.any(h <= 0):
+        raise DataError("the mesh centre is outside the surface; not a convex particle")
+
+    def poly(keep: np.ndarray) -> tuple[np.ndarray, float]:
+        hs = np.hstack([dirs[keep], -h[keep, None]])
+        hull = ConvexHull(HalfspaceIntersection(hs, np.zeros(3)).intersections)
+        tri = hull.points[hull.simplices]
+        ar = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+        plane = np.flatnonzero(keep)[np.argmax(hull.equations[:, :3] @ dirs[keep].T, axis=1)]
+        return np.bincount(plane, weights=ar, minlength=len(dirs)), float(hull.volume)
+
+    try:
+        pa, vol = poly(np.ones(len(dirs), bool))
+    except (QhullError, ValueError) as e:
+        raise DataError(f"could not build the facet polyhedron: {e}") from None
+    # flat-area evidence per plane (nearest plane within the tolerance)
+    cos = np.asarray(mesh.normals, float) @ dirs.T
+    best = np.argmax(cos, axis=1)
+    near = cos[np.arange(len(best)), best] >= np.cos(np.deg2rad(evidence_deg))
+    flat = np.bincount(best[near], weights=np.asarray(mesh.areas_A2)[near], minlength=len(dirs))
+    flat *= pa.sum() / float(np.sum(mesh.areas_A2))  # the same total area as the polyhedron
+    keep = (idx == 0) | (flat >= evidence * pa)
+    if not keep.all():
+        try:
+            pa, vol = poly(keep)
+        except (QhullError, ValueError):
+            pass  # unbounded without the dropped planes: keep them all
+    areas = np.array([pa[idx == i].sum() for i in range(len(FAMILIES))] + [0.0])
+    return areas, float(mesh.volume_A3) / vol if vol > 0 else float("nan")
+
+
 def _face_components(mesh: SurfaceMesh) -> np.ndarray:
     """Connected component (particle) of every face, numbered by decreasing area."""
     from scipy.sparse import coo_matrix
@@ -267,6 +362,7 @@ def facet_fractions(
     tolerance_deg: float = 10.0,
     tilt_range_deg: float | None = None,
     calibration: FacetCalibration | None = None,
+    method: str = "normals",
 ) -> pd.DataFrame:
     """Area fractions of {100}/{110}/{111}/other facets of a surface mesh.
 
@@ -282,6 +378,16 @@ def facet_fractions(
         Maximum |tilt| of the acquisition; enables the missing-wedge columns.
     calibration : FacetCalibration, optional
         Subtracts the phantom-calibrated bias (``fraction_corrected``, ``fraction_err``).
+    method : {"normals", "polyhedron"}
+        ``normals``: area of mesh faces per family (biased low by edge rounding and the
+        missing wedge; calibrate it).  ``polyhedron``: facet areas of the low-index
+        polyhedron fitted to every particle's support distances (:func:`polyhedron_facets`;
+        convex faceted crystals only, no "other" area, needs no calibration).  Largest
+        family error, SIRT 100 of ±70°/2° series of 60 Å phantoms with the true
+        orientation: tune set (8 shapes, 2.5 Å voxels, 20 counts/Å) normals 0.17,
+        offset-calibrated normals 0.091, polyhedron 0.024; held-out set (the 8 shapes at
+        1.5 and 3 Å voxels, 4 counts/Å) normals 0.157 (worst 0.26), polyhedron 0.015
+        (worst 0.049).  Missing-wedge columns refer to the mesh normals in both cases.
 
     Returns
     -------
@@ -289,10 +395,14 @@ def facet_fractions(
         family, area_A2, fraction, wedge_fraction, missing_wedge (bool flag: > 50 % of the
         family's area has normals in the wedge) [, fraction_corrected, fraction_err].
         ``attrs``: orientation (of the largest particle), orientations (one per particle,
-        largest first), tolerance_deg, tilt_range_deg, total_area_A2.
+        largest first), tolerance_deg, tilt_range_deg, total_area_A2, method, and with
+        ``method="polyhedron"`` convexity (per particle, largest first: mesh volume over
+        polyhedron volume; well below 1 means the polyhedron does not describe the particle).
     """
     if not 0 < tolerance_deg < 45:
         raise ParameterError(f"`tolerance_deg` must be in (0, 45), got {tolerance_deg}")
+    if method not in ("normals", "polyhedron"):
+        raise ParameterError(f"`method` must be 'normals' or 'polyhedron', got {method!r}")
     if orientation is None:
         # every particle in the field of view has its own lattice orientation: one estimate
         # for two differently oriented cubes classified 0.3 % of their area as {100}
@@ -308,6 +418,7 @@ def facet_fractions(
             )
         rots = rot[None]
         n_c = mesh.normals @ rot  # lab -> crystal
+        comp = None
     areas = mesh.areas_A2
     total = float(areas.sum())
     fam = facet_family_directions()
@@ -324,11 +435,32 @@ def facet_fractions(
         if tilt_range_deg is not None
         else np.zeros(len(areas), bool)
     )
+    convexity: list[float] = []
+    if method == "polyhedron":
+        if comp is None:  # one orientation for all, but cavity walls must be told apart
+            comp = _face_components(mesh)
+        fam_area = np.zeros(len(FAMILIES) + 1)
+        n_cav = 0
+        for k in range(int(comp.max()) + 1):
+            m = comp == k
+            sub = SurfaceMesh(
+                mesh.vertices_A, mesh.faces[m], mesh.normals[m], mesh.areas_A2[m], 0.0, 0.0
+            )
+            sub.volume_A3 = _closed_volume(sub)
+            if sub.volume_A3 < 0:  # inward normals: the wall of a cavity, not a particle
+                n_cav += 1
+                continue
+            pa, cv = polyhedron_facets(sub, rots[min(k, len(rots) - 1)])
+            fam_area += pa
+            convexity.append(cv)
+        poly_total = float(fam_area.sum())
     rows = []
     for f_i, name in enumerate((*FAMILIES, "other")):
         m = assigned == f_i
         a = float(areas[m].sum())
         wf = float(areas[m & wedge].sum() / a) if a > 0 else 0.0
+        if method == "polyhedron":
+            a = float(fam_area[f_i]) * total / poly_total  # in units of the mesh area
         rows.append(
             {
                 "family": name,
@@ -350,8 +482,23 @@ def facet_fractions(
         tolerance_deg=float(tolerance_deg),
         tilt_range_deg=None if tilt_range_deg is None else float(tilt_range_deg),
         total_area_A2=total,
+        method=method,
     )
+    if method == "polyhedron":
+        df.attrs.update(convexity=convexity, n_cavities=n_cav)
     return df
+
+
+def _closed_volume(mesh: SurfaceMesh) -> float:
+    """Signed volume enclosed by a closed triangle mesh (divergence theorem; negative for
+    inward-facing normals, i.e. a cavity wall), Å³."""
+    t = np.asarray(mesh.vertices_A, float)[np.asarray(mesh.faces)]
+    t = t - t.reshape(-1, 3).mean(axis=0)
+    vol = float(np.einsum("ij,ij->i", t[:, 0], np.cross(t[:, 1], t[:, 2])).sum() / 6.0)
+    # the winding may disagree with the stored outward normals: follow the normals
+    cen = t.mean(axis=1)
+    out = float(np.sum(np.einsum("ij,ij->i", cen, mesh.normals) * mesh.areas_A2) / 3.0)
+    return abs(vol) if out > 0 else -abs(vol)
 
 
 @dataclass
