@@ -60,14 +60,17 @@ def reconstruct_sequence(
     -------
     table : DataFrame
         step, time_s, cumulative_dose_e_per_A2, n_iter, volume_A3 (crystal + clusters),
-        cluster_volume_A3, surface_A2, rotation_deg (misorientation from the first time
-        point, degrees), frac_100, frac_110, frac_111, frac_other (calibrated when
+        cluster_volume_A3, surface_A2, n_particles (mesh parts with ≥ 5 % of the area; with
+        several, and no ``orientation`` given, every particle is classified with its own
+        orientation and the largest one's is tracked), rotation_deg (misorientation from the
+        first time point, degrees), frac_100, frac_110, frac_111, frac_other (calibrated when
         ``calibration`` is given).  ``attrs["orientations"]``: the orientation used at every
         time point.
     volumes : list of ndarray
         Reconstructions (empty unless ``return_volumes``).
     """
     from perovstem.tomo.facets import (
+        _face_components,
         estimate_orientation,
         facet_fractions,
         misorientation_deg,
@@ -127,16 +130,25 @@ def reconstruct_sequence(
             except DataError:
                 pass
             rot = max(cands, key=lambda c: c[1])[0]
-        if rot0 is None:
-            rot0 = rot
-        rots.append(rot)
+        # several particles in the field: each has its own lattice (one orientation for two
+        # differently oriented cubes gave {100} 0.37 instead of 1); then every particle's
+        # orientation is estimated at every time point and the largest one's is tracked
+        comp_area = np.bincount(_face_components(mesh), weights=mesh.areas_A2)
+        n_part = int(np.count_nonzero(comp_area >= 0.05 * comp_area.sum()))
+        several = n_part > 1 and orientation is None
         ff = facet_fractions(
             mesh,
-            orientation=rot,
+            orientation=None if several else rot,
             tolerance_deg=tolerance_deg,
             tilt_range_deg=float(np.max(np.abs(ts.angles_deg))),
             calibration=calibration,
         )
+        if several:
+            largest = np.asarray(ff.attrs["orientation"], float)
+            rot = largest if k == 0 else nearest_equivalent(largest, rot)
+        if rot0 is None:
+            rot0 = rot
+        rots.append(rot)
         col = "fraction_corrected" if calibration is not None else "fraction"
         fr = ff.set_index("family")[col]
         md = ts.metadata or {}
@@ -153,6 +165,7 @@ def reconstruct_sequence(
                 if n_classes > 2
                 else np.nan,
                 "surface_A2": mesh.area_A2,
+                "n_particles": n_part,
                 "rotation_deg": misorientation_deg(rot, rot0),
                 "frac_100": fr["100"],
                 "frac_110": fr["110"],
