@@ -250,6 +250,10 @@ def test_orientation_tracking_bad_input():
         degradation_phantoms(ph, 2, rotation_deg_per_dose=1e-3, rotation_axis=(0, 0, 0))
     with pytest.raises(ParameterError, match="rotation_deg_per_dose"):
         degradation_phantoms(ph, 2, rotation_deg_per_dose=float("nan"))
+    with pytest.raises(ParameterError, match="facet_method"):
+        reconstruct_sequence([], facet_method="wulff")
+    with pytest.raises(ParameterError, match="calibration"):
+        reconstruct_sequence([], facet_method="polyhedron", calibration=object())
 
 
 @pytest.mark.parametrize("r110,r111", [(1.6, 1.9), (1.6, 1.05)])

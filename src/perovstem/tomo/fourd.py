@@ -26,6 +26,7 @@ def reconstruct_sequence(
     calibration: Any = None,
     sigma_px: float = 1.0,
     track_orientation: bool = True,
+    facet_method: str = "normals",
     return_volumes: bool = False,
     reconstruct_kwargs: dict | None = None,
 ) -> tuple[pd.DataFrame, list[np.ndarray]]:
@@ -55,6 +56,8 @@ def reconstruct_sequence(
     track_orientation : bool
         Re-estimate the orientation at every time point (see above); False keeps the first
         one for all time points.
+    facet_method : {"normals", "polyhedron"}
+        See :func:`~perovstem.tomo.facet_fractions` (``calibration`` applies to "normals").
 
     Returns
     -------
@@ -81,6 +84,12 @@ def reconstruct_sequence(
     from perovstem.tomo.segment import multi_otsu_thresholds
     from perovstem.tomo.surface import surface_mesh
 
+    if facet_method not in ("normals", "polyhedron"):
+        raise ParameterError(
+            f"`facet_method` must be 'normals' or 'polyhedron', got {facet_method!r}"
+        )
+    if facet_method == "polyhedron" and calibration is not None:
+        raise ParameterError("`calibration` corrects the 'normals' facet method, not 'polyhedron'")
     items = list(series)
     if not items:
         raise ParameterError("`series` is empty")
@@ -142,6 +151,7 @@ def reconstruct_sequence(
             tolerance_deg=tolerance_deg,
             tilt_range_deg=float(np.max(np.abs(ts.angles_deg))),
             calibration=calibration,
+            method=facet_method,
         )
         if several:
             largest = np.asarray(ff.attrs["orientation"], float)
