@@ -107,6 +107,9 @@ def test_cli_bad_input(simulated, tmp_path):
         == 2
     )
     assert main(["simulate", "tilt", "--out", str(tmp_path / "x.npz"), "--step-deg", "0"]) == 2
+    # a negative number of refinement rounds is refused before any work
+    a = ["tomo", "align", str(ts), "--out", str(tmp_path / "b.npz"), "--axis-refine", "-1"]
+    assert main(a) == 2
 
 
 def test_cli_bad_bin_names_the_flag(simulated, tmp_path, capsys):

@@ -70,6 +70,9 @@ def align_cmd(
         "auto", "--tilt-axis", help="auto (reprojection criterion) | com | search | none | <deg>."
     ),
     matching_iter: int = typer.Option(3, "--matching-iter", help="Projection-matching iterations."),
+    axis_refine: int = typer.Option(
+        2, "--axis-refine", help="Rounds of alternating shift/axis refinement (auto axis)."
+    ),
     no_xcorr: bool = typer.Option(False, "--no-xcorr", help="Skip cross-correlation."),
     no_com: bool = typer.Option(False, "--no-com", help="Skip centre-of-mass centring."),
     pixel_size_A: float = typer.Option(None, "--pixel-size-A", help=_PIXEL_SIZE_HELP),
@@ -88,6 +91,7 @@ def align_cmd(
         com=not no_com,
         tilt_axis=_parse_axis(tilt_axis),
         matching_iter=matching_iter,
+        axis_refine=axis_refine,
     )
     aligned = apply_alignment(ts.replace(data=preprocess(ts.data)), al)
     save_image(aligned, out, overwrite=overwrite)
