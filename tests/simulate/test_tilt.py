@@ -28,6 +28,29 @@ def test_cube_truth_is_analytic():
     assert f["110"] == pytest.approx(0.0) and f["111"] == pytest.approx(0.0)
 
 
+def test_truth_volume_is_the_occupied_volume():
+    """A void (density-0 inclusion) is not part of the object and a Pb sphere protruding
+    from a face is: the truth volume was the host polyhedron's convex hull either way."""
+    a = 40.0
+    ph = nanocrystal_phantom(a, r110=1.5, r111=1.8, n_inclusions=0, orientation_deg=(0, 0, 0))
+    void = ph.replace(inclusions=np.array([[0.0, 0.0, 0.0, 10.0, 0.0]]))
+    t = void.truth()
+    assert t["host_volume_A3"] == pytest.approx(a**3, rel=1e-9)
+    v_sphere = 4 / 3 * np.pi * 10.0**3
+    assert t["volume_A3"] == pytest.approx(a**3 - v_sphere, abs=0.005 * v_sphere)
+    # a Pb sphere centred on the +x face: half of it lies outside the cube
+    bump = ph.replace(inclusions=np.array([[a / 2, 0.0, 0.0, 6.0, 2.5]]))
+    v6 = 4 / 3 * np.pi * 6.0**3
+    assert bump.truth()["volume_A3"] == pytest.approx(a**3 + v6 / 2, abs=0.005 * v6)
+    # the voxel occupancy of the hollow cube agrees with it (partial-volume voxels count
+    # by their occupied fraction: the host density is 1)
+    vox = void.voxelize((24, 24, 24), 2.0)
+    assert float(vox.sum()) * 8.0 == pytest.approx(t["volume_A3"], rel=0.01)
+    _, df = degradation_phantoms(void, 2, rng=0)
+    assert df.volume_A3.iloc[0] == pytest.approx(t["volume_A3"])
+    assert df.host_volume_A3.iloc[0] == pytest.approx(a**3)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_voxelized_volume_matches_analytic(seed):
     ph = nanocrystal_phantom(50.0, rng=seed)
@@ -116,7 +139,7 @@ def test_degradation_conserves_pb(dose):
     _, df = degradation_phantoms(
         ph, 3, dose_per_step_e_per_A2=dose, nucleation_per_dose=2e-4, rng=1
     )
-    lost = df.volume_A3.iloc[0] - df.volume_A3.to_numpy()
+    lost = df.host_volume_A3.iloc[0] - df.host_volume_A3.to_numpy()
     gained = df.inclusion_volume_A3.to_numpy() - df.inclusion_volume_A3.iloc[0]
     assert np.all(gained <= PB_VOLUME_PER_CRYSTAL_VOLUME * lost + 1e-6)
     assert gained[-1] > 0

@@ -249,3 +249,61 @@ def test_tilt_axis_reprojection_bad_input():
         tilt_axis_reprojection(d, ang, np.zeros((5, 2)), step_deg=float("nan"))
     with pytest.raises(ParameterError, match=r"n_sirt"):
         tilt_axis_reprojection(d, ang, np.zeros((5, 2)), n_sirt=0)
+
+
+def test_reprojection_recentring_uses_com_shifts_and_rejects_empty():
+    """One centre-of-mass rule: the per-candidate re-centring of the axis search gives the
+    same dy as com_shifts for an axis along x, and refuses an empty projection like it
+    (it used to give that projection a silent zero shift)."""
+    from perovstem.tomo import com_shifts
+    from perovstem.tomo.align import _axis_frame_shifts
+
+    rng = np.random.default_rng(3)
+    d = np.zeros((4, 24, 24), np.float32)
+    for k in range(4):
+        r, c = rng.integers(6, 18, 2)
+        d[k, r - 3 : r + 3, c - 4 : c + 4] = 1.0 + rng.random((6, 8))
+    sh = _axis_frame_shifts(d, np.zeros((4, 2)), 0.0, 2)
+    np.testing.assert_allclose(sh[:, 0], com_shifts(d), atol=1e-4)
+    d[2] = 0.0
+    with pytest.raises(DataError, match=r"projection\(s\) \[2\]"):
+        com_shifts(d)
+    with pytest.raises(DataError, match=r"projection\(s\) \[2\]"):
+        _axis_frame_shifts(d, np.zeros((4, 2)), 3.0, 2)
+
+
+def test_alternating_shift_axis_refinement_with_random_shifts():
+    """Cuboctahedron, random 2 px shifts, ±70° in 3° steps: the first re-projection axis
+    estimate is 4° off (the shift errors bias it); alternating projection matching and a
+    narrow axis search brings it within 1.5° (held-out set: mean 2.4° → 0.8°)."""
+    r = np.random.default_rng(107)
+    r.uniform(55, 85)  # the held-out generator's draws, kept for the same series
+    axis = r.uniform(-20, 20)
+    r.choice([60.0, 65.0, 70.0]), r.choice([2.0, 3.0])
+    ang = np.arange(-70.0, 70.0 + 1e-9, 3.0)
+    ph = nanocrystal_phantom(
+        74.0,
+        r110=1.6,
+        r111=1.15,
+        n_inclusions=int(r.integers(0, 3)),
+        centre_A=tuple(r.uniform(-8, 8, 3)),
+        rng=107,
+    )
+    sh = r.normal(0, 2.0, (ang.size, 2))
+    ts, _ = tilt_series(
+        ph,
+        ang,
+        shape=(64, 64),
+        pixel_size_A=2.0,
+        counts_per_A=float(r.choice([5.0, 20.0])),
+        background=3.0,
+        shifts_px=sh,
+        tilt_axis_deg=axis,
+        rng=114,
+    )
+    # (axis_refine=0, the old default, gives 4.1° off here: not re-run, for time)
+    al = align(ts, matching_iter=1)
+    assert "tilt_axis_refine x2" in al.steps
+    assert abs(al.tilt_axis_deg - axis) < 1.5
+    with pytest.raises(ParameterError, match="axis_refine"):
+        align(ts, axis_refine=-1)

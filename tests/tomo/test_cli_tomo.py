@@ -107,6 +107,9 @@ def test_cli_bad_input(simulated, tmp_path):
         == 2
     )
     assert main(["simulate", "tilt", "--out", str(tmp_path / "x.npz"), "--step-deg", "0"]) == 2
+    # a negative number of refinement rounds is refused before any work
+    a = ["tomo", "align", str(ts), "--out", str(tmp_path / "b.npz"), "--axis-refine", "-1"]
+    assert main(a) == 2
 
 
 def test_cli_bad_bin_names_the_flag(simulated, tmp_path, capsys):
@@ -210,3 +213,23 @@ def test_reconstruct_n_iter_with_a_direct_method_is_an_error(simulated, tmp_path
     cmd = ["tomo", "reconstruct", str(ts), "-o", str(tmp_path / "v.npz"), "-m", "fbp"]
     assert main([*cmd, "--n-iter", "5"]) == 2
     assert "--n-iter does not apply to --method fbp" in capsys.readouterr().err
+
+
+def test_facets_polyhedron_method(simulated, tmp_path, capsys):
+    """`--facet-method polyhedron` is closer to the truth than the mesh normals on the
+    simulated NC; with `--calibrate` it is refused (the calibration is for the normals)."""
+    from perovstem.io import read_table
+
+    d, ts = simulated
+    truth = json.loads((d / "ts_truth.json").read_text())
+    t = np.array(truth["facets"]["fraction"])
+    err = {}
+    for m in ("normals", "polyhedron"):
+        out = tmp_path / f"f_{m}.csv"
+        assert main(["tomo", "facets", str(ts), "--out", str(out), "--facet-method", m]) == 0
+        err[m] = np.abs(read_table(out).fraction.to_numpy() - t).max()
+    assert err["polyhedron"] < err["normals"]
+    bad = ["tomo", "facets", str(ts), "--out", str(tmp_path / "x.csv")]
+    assert main([*bad, "--facet-method", "polyhedron", "--calibrate", "2"]) == 2
+    assert main([*bad, "--facet-method", "wulff"]) == 2
+    assert "facet-method" in capsys.readouterr().err

@@ -70,6 +70,9 @@ def align_cmd(
         "auto", "--tilt-axis", help="auto (reprojection criterion) | com | search | none | <deg>."
     ),
     matching_iter: int = typer.Option(3, "--matching-iter", help="Projection-matching iterations."),
+    axis_refine: int = typer.Option(
+        2, "--axis-refine", help="Rounds of alternating shift/axis refinement (auto axis)."
+    ),
     no_xcorr: bool = typer.Option(False, "--no-xcorr", help="Skip cross-correlation."),
     no_com: bool = typer.Option(False, "--no-com", help="Skip centre-of-mass centring."),
     pixel_size_A: float = typer.Option(None, "--pixel-size-A", help=_PIXEL_SIZE_HELP),
@@ -88,6 +91,7 @@ def align_cmd(
         com=not no_com,
         tilt_axis=_parse_axis(tilt_axis),
         matching_iter=matching_iter,
+        axis_refine=axis_refine,
     )
     aligned = apply_alignment(ts.replace(data=preprocess(ts.data)), al)
     save_image(aligned, out, overwrite=overwrite)
@@ -148,6 +152,12 @@ def facets_cmd(
     method: str = typer.Option("sirt", "--method", "-m", help="Reconstruction method."),
     mesh: Path = typer.Option(None, "--mesh", help="Also write the mesh (.ply/.stl)."),
     tolerance_deg: float = typer.Option(10.0, "--tolerance-deg", help="Facet tolerance, °."),
+    facet_method: str = typer.Option(
+        "normals",
+        "--facet-method",
+        help="normals (mesh face areas; biased low, see --calibrate) | polyhedron "
+        "(low-index polyhedron from the support distances; convex crystals only).",
+    ),
     sigma_px: float = typer.Option(1.0, "--sigma-px", help="Smoothing before meshing, voxels."),
     calibrate: int = typer.Option(
         0, "--calibrate", help="Phantoms for bias calibration (0: none)."
@@ -169,6 +179,12 @@ def facets_cmd(
     )
 
     check_outputs(out, mesh, overwrite=overwrite)
+    if facet_method not in ("normals", "polyhedron"):
+        raise ParameterError(
+            f"`--facet-method` must be 'normals' or 'polyhedron', got {facet_method!r}"
+        )
+    if facet_method == "polyhedron" and calibrate:
+        raise ParameterError("`--calibrate` corrects the normals method; drop it with polyhedron")
     if volume:
         vol, voxel = read_volume(source)
         angles = None
@@ -206,6 +222,7 @@ def facets_cmd(
         tolerance_deg=tolerance_deg,
         tilt_range_deg=tilt_range_deg,
         calibration=cal,
+        method=facet_method,
     )
     df.attrs.update(volume_A3=m.volume_A3, surface_A2=m.area_A2, source=str(source))
     save_table(df, out, overwrite=overwrite)

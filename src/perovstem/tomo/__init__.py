@@ -23,7 +23,11 @@ from perovstem.tomo.facets import (
     calibrate_facets,
     estimate_orientation,
     facet_fractions,
+    misorientation_deg,
     missing_wedge_mask,
+    nearest_equivalent,
+    polyhedron_facets,
+    refine_orientation,
 )
 from perovstem.tomo.fourd import reconstruct_sequence
 from perovstem.tomo.metrics import dice, layer_flatness, relative_l2
@@ -60,6 +64,10 @@ __all__ = [
     "FacetCalibration",
     "calibrate_facets",
     "estimate_orientation",
+    "refine_orientation",
+    "nearest_equivalent",
+    "misorientation_deg",
+    "polyhedron_facets",
     "facet_fractions",
     "missing_wedge_mask",
     "reconstruct_sequence",

@@ -14,6 +14,21 @@ unmeasured wedge are blurred and systematically under-counted, so each family re
 area fraction of its normals that lie in the wedge.  Because that bias depends on tilt range,
 algorithm, iterations and smoothing, :func:`calibrate_facets` simulates phantoms with the same
 orientation and pipeline and returns the bias to subtract, with its scatter as uncertainty.
+
+Polyhedron method (``method="polyhedron"``): for a convex crystal bounded by low-index planes
+the facet *planes* survive blurring where the facet *areas* do not — the missing wedge and
+the smoothing round every edge into "other" area, but the support distance
+``h(n) = max_v n·v`` of the surface in a facet normal direction is set by the facet centre.
+The crystal is rebuilt as the intersection of the 26 half-spaces ``n·x ≤ h(n)`` and its facet
+areas are exact for that polyhedron.  A rounded edge also lowers the support in the
+bisecting (e.g. {110} of a cube) direction and would create a spurious facet there, so a
+plane is kept only when the mesh has at least ``evidence`` times that facet's polyhedron area
+in normals within ``tolerance_deg`` of it (a real facet keeps a flat core; {100} planes
+are always kept).  This is a shape-from-support-function estimate (Wulff-construction
+fitting, cf. the support-function reconstruction of convex bodies, Prince & Willsky,
+IEEE Trans. PAMI 12, 988 (1990)); it assumes a convex crystal, reports no "other" area and
+is wrong for hollow, concave or genuinely rounded particles (``attrs["convexity"]``, the
+mesh volume over the polyhedron volume, falls well below 1 there).
 """
 
 from __future__ import annotations
@@ -32,6 +47,10 @@ __all__ = [
     "FAMILIES",
     "facet_fractions",
     "estimate_orientation",
+    "polyhedron_facets",
+    "refine_orientation",
+    "nearest_equivalent",
+    "misorientation_deg",
     "missing_wedge_mask",
     "FacetCalibration",
     "calibrate_facets",
@@ -121,11 +140,188 @@ def estimate_orientation(mesh: SurfaceMesh, *, cone_deg: float = 10.0) -> np.nda
     )
 
 
+def _cubic_rotations() -> np.ndarray:
+    """The 24 proper rotations of the cube (signed permutation matrices, det +1)."""
+    import itertools
+
+    out = []
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            m = np.zeros((3, 3))
+            m[range(3), perm] = signs
+            if np.linalg.det(m) > 0:
+                out.append(m)
+    return np.asarray(out)
+
+
+def nearest_equivalent(orientation: Any, reference: Any) -> np.ndarray:
+    """The cubic-symmetry equivalent of ``orientation`` closest to ``reference``.
+
+    Both are crystal → lab rotations (columns = crystal axes in the lab); ``R·S`` for the
+    24 cube rotations ``S`` describe the same lattice, and the one with the largest
+    ``trace(reference.T · R·S)`` (smallest rotation angle from ``reference``) is returned.
+    """
+    r = np.asarray(orientation, float)
+    eq = r[None] @ _cubic_rotations()
+    return eq[int(np.argmax(np.einsum("ij,kij->k", np.asarray(reference, float), eq)))]
+
+
+def misorientation_deg(a: Any, b: Any) -> float:
+    """Smallest rotation angle (degrees) between two cubic lattice orientations."""
+    r = nearest_equivalent(a, b)
+    c = (np.trace(np.asarray(b, float).T @ r) - 1.0) / 2.0
+    return float(np.rad2deg(np.arccos(np.clip(c, -1.0, 1.0))))
+
+
+def refine_orientation(
+    mesh: SurfaceMesh, orientation: Any, *, width_deg: Any = (12.0, 5.0)
+) -> tuple[np.ndarray, float]:
+    """Refine a lattice orientation locally so that the surface normals meet low-index planes.
+
+    Maximises the area-weighted mean of ``exp(−θ²/2w²)``, θ being the angle between a face
+    normal (crystal frame) and its nearest {100}/{110}/{111} direction, over small rotations
+    of ``orientation`` (Nelder–Mead on a rotation vector), for each width ``w`` in turn
+    (coarse to fine: the wide kernel captures rotations of 10–20°, the narrow one fixes the
+    axes to a degree).  Unlike :func:`estimate_orientation` it needs a starting point but no
+    hypothesis about which family dominates (a {110}-rich, eroded crystal put the first cube
+    axis on a ⟨110⟩ direction, 45° off).
+
+    Parameters
+    ----------
+    mesh : SurfaceMesh
+    orientation : (3, 3) array_like
+        Starting crystal → lab rotation.
+    width_deg : float or sequence of float
+        Kernel widths, degrees (> 0).
+
+    Returns
+    -------
+    orientation : (3, 3) ndarray
+    score : float
+        Area fraction-like score in [0, 1] at the last width.
+    """
+    from scipy.optimize import minimize
+    from scipy.spatial.transform import Rotation
+
+    r0 = np.asarray(orientation, float)
+    if r0.shape != (3, 3) or not np.allclose(r0.T @ r0, np.eye(3), atol=1e-3):
+        raise ParameterError(f"`orientation` must be a 3×3 rotation matrix, got {orientation!r}")
+    widths = np.atleast_1d(np.asarray(width_deg, float))
+    if widths.size == 0 or not np.all(np.isfinite(widths)) or np.any(widths <= 0):
+        raise ParameterError(f"`width_deg` must be > 0 degrees, got {width_deg!r}")
+    n = np.asarray(mesh.normals, float)
+    w = np.asarray(mesh.areas_A2, float)
+    w = w / w.sum()
+    fam = np.concatenate(list(facet_family_directions().values()))
+
+    def score(rv: np.ndarray, r: np.ndarray, s2: float) -> float:
+        rot = Rotation.from_rotvec(rv).as_matrix() @ r
+        c = np.clip(np.max((n @ rot) @ fam.T, axis=1), -1.0, 1.0)
+        return float(w @ np.exp(-(np.arccos(c) ** 2) / (2 * s2)))
+
+    r = r0
+    best = 0.0
+    for wd in widths:
+        s2 = np.deg2rad(wd) ** 2
+        res = minimize(
+            lambda rv, r=r, s2=s2: -score(rv, r, s2),
+            np.zeros(3),
+            method="Nelder-Mead",
+            options={
+                "initial_simplex": np.deg2rad(wd) * np.vstack([np.zeros(3), np.eye(3)]),
+                "xatol": 1e-4,
+                "fatol": 1e-6,
+            },
+        )
+        r = Rotation.from_rotvec(res.x).as_matrix() @ r
+        best = -float(res.fun)
+    return r, best
+
+
 def _low_index_area(n: np.ndarray, w: np.ndarray, rot: np.ndarray, cosc: float) -> float:
     """Area fraction whose normals lie within the cone of a {100}/{110}/{111} direction."""
     fam = np.concatenate(list(facet_family_directions().values()))
     near = np.max((n @ rot) @ fam.T, axis=1) > cosc
     return float(w[near].sum() / w.sum())
+
+
+def polyhedron_facets(
+    mesh: SurfaceMesh,
+    orientation: Any,
+    *,
+    evidence_deg: float = 10.0,
+    evidence: float = 0.25,
+) -> tuple[np.ndarray, float]:
+    """Facet-family areas of the low-index polyhedron fitted to a convex surface mesh.
+
+    See the module docstring (polyhedron method).
+
+    Parameters
+    ----------
+    mesh : SurfaceMesh
+        One convex particle.
+    orientation : (3, 3) array_like
+        Crystal → lab rotation.
+    evidence_deg : float
+        Normals within this angle of a plane count as evidence of that facet.  A rounded
+        edge turns its normals through the bisecting direction, a real facet keeps a flat
+        core.  5° removed the spurious {110} planes (6–15 % of the area) that 10° keeps on
+        sharp, smoothed voxelisations of a cube (``sigma_px`` 1–2), but dropped real {110}
+        facets of noisy reconstructions (errors up to 0.31); 10° is the tuned value.
+    evidence : float
+        Smallest ratio of the mesh's flat area to the polyhedron's facet area for a {110}
+        or {111} plane to be kept (chosen on one tune set of 8 shapes: 0.2–0.3 were
+        equivalent, 0.4 dropped real {110} facets).
+
+    Returns
+    -------
+    areas_A2 : (4,) ndarray
+        {100}, {110}, {111} and other (always 0) facet areas of the polyhedron, Å².
+    convexity : float
+        Mesh volume / polyhedron volume (≈ 1 for a convex crystal).
+    """
+    from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError
+
+    if not 0.0 <= evidence < 1.0:
+        raise ParameterError(f"`evidence` must be in [0, 1), got {evidence!r}")
+    if not 0.0 < evidence_deg < 45.0:
+        raise ParameterError(f"`evidence_deg` must be in (0, 45), got {evidence_deg!r}")
+    rot = np.asarray(orientation, float)
+    fam = facet_family_directions()
+    dirs = np.concatenate([fam[f] @ rot.T for f in FAMILIES])
+    idx = np.concatenate([np.full(len(fam[f]), i) for i, f in enumerate(FAMILIES)])
+    v = np.asarray(mesh.vertices_A, float)[np.unique(mesh.faces)]
+    c = v.mean(axis=0)
+    h = np.max((v - c) @ dirs.T, axis=0)
+    if np.any(h <= 0):
+        raise DataError("the mesh centre is outside the surface; not a convex particle")
+
+    def poly(keep: np.ndarray) -> tuple[np.ndarray, float]:
+        hs = np.hstack([dirs[keep], -h[keep, None]])
+        hull = ConvexHull(HalfspaceIntersection(hs, np.zeros(3)).intersections)
+        tri = hull.points[hull.simplices]
+        ar = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+        plane = np.flatnonzero(keep)[np.argmax(hull.equations[:, :3] @ dirs[keep].T, axis=1)]
+        return np.bincount(plane, weights=ar, minlength=len(dirs)), float(hull.volume)
+
+    try:
+        pa, vol = poly(np.ones(len(dirs), bool))
+    except (QhullError, ValueError) as e:
+        raise DataError(f"could not build the facet polyhedron: {e}") from None
+    # flat-area evidence per plane (nearest plane within the tolerance)
+    cos = np.asarray(mesh.normals, float) @ dirs.T
+    best = np.argmax(cos, axis=1)
+    near = cos[np.arange(len(best)), best] >= np.cos(np.deg2rad(evidence_deg))
+    flat = np.bincount(best[near], weights=np.asarray(mesh.areas_A2)[near], minlength=len(dirs))
+    flat *= pa.sum() / float(np.sum(mesh.areas_A2))  # the same total area as the polyhedron
+    keep = (idx == 0) | (flat >= evidence * pa)
+    if not keep.all():
+        try:
+            pa, vol = poly(keep)
+        except (QhullError, ValueError):
+            pass  # unbounded without the dropped planes: keep them all
+    areas = np.array([pa[idx == i].sum() for i in range(len(FAMILIES))] + [0.0])
+    return areas, float(mesh.volume_A3) / vol if vol > 0 else float("nan")
 
 
 def _face_components(mesh: SurfaceMesh) -> np.ndarray:
@@ -166,6 +362,7 @@ def facet_fractions(
     tolerance_deg: float = 10.0,
     tilt_range_deg: float | None = None,
     calibration: FacetCalibration | None = None,
+    method: str = "normals",
 ) -> pd.DataFrame:
     """Area fractions of {100}/{110}/{111}/other facets of a surface mesh.
 
@@ -181,6 +378,19 @@ def facet_fractions(
         Maximum |tilt| of the acquisition; enables the missing-wedge columns.
     calibration : FacetCalibration, optional
         Subtracts the phantom-calibrated bias (``fraction_corrected``, ``fraction_err``).
+    method : {"normals", "polyhedron"}
+        ``normals``: area of mesh faces per family (biased low by edge rounding and the
+        missing wedge; calibrate it).  ``polyhedron``: facet areas of the low-index
+        polyhedron fitted to every particle's support distances (:func:`polyhedron_facets`;
+        convex faceted crystals only, no "other" area, needs no calibration).  Largest
+        family error, SIRT 100 of ±70°/2° series of 60 Å phantoms with the true
+        orientation: tune set (8 shapes, 2.5 Å voxels, 20 counts/Å) normals 0.17,
+        offset-calibrated normals 0.091, polyhedron 0.024; held-out set (the 8 shapes at
+        1.5 and 3 Å voxels, 4 counts/Å) normals 0.157 (worst 0.26), polyhedron 0.015
+        (worst 0.049).  Not for rounded crystals: a cube with 8 Å edge radii (truth {100}
+        0.61, other 0.39) came out {100} 0.71, {110} 0.29 (the resolved edge arcs read as
+        {110} facets; normals 0.62 / 0.30 other) and a 30×30×80 Å rod had a spurious {110}
+        0.14, with ``convexity`` 0.91–0.95 in both, so it does not flag them.  Missing-wedge columns refer to the mesh normals in both cases.
 
     Returns
     -------
@@ -188,10 +398,14 @@ def facet_fractions(
         family, area_A2, fraction, wedge_fraction, missing_wedge (bool flag: > 50 % of the
         family's area has normals in the wedge) [, fraction_corrected, fraction_err].
         ``attrs``: orientation (of the largest particle), orientations (one per particle,
-        largest first), tolerance_deg, tilt_range_deg, total_area_A2.
+        largest first), tolerance_deg, tilt_range_deg, total_area_A2, method, and with
+        ``method="polyhedron"`` convexity (per particle, largest first: mesh volume over
+        polyhedron volume; well below 1 means the polyhedron does not describe the particle).
     """
     if not 0 < tolerance_deg < 45:
         raise ParameterError(f"`tolerance_deg` must be in (0, 45), got {tolerance_deg}")
+    if method not in ("normals", "polyhedron"):
+        raise ParameterError(f"`method` must be 'normals' or 'polyhedron', got {method!r}")
     if orientation is None:
         # every particle in the field of view has its own lattice orientation: one estimate
         # for two differently oriented cubes classified 0.3 % of their area as {100}
@@ -207,6 +421,7 @@ def facet_fractions(
             )
         rots = rot[None]
         n_c = mesh.normals @ rot  # lab -> crystal
+        comp = None
     areas = mesh.areas_A2
     total = float(areas.sum())
     fam = facet_family_directions()
@@ -223,11 +438,32 @@ def facet_fractions(
         if tilt_range_deg is not None
         else np.zeros(len(areas), bool)
     )
+    convexity: list[float] = []
+    if method == "polyhedron":
+        if comp is None:  # one orientation for all, but cavity walls must be told apart
+            comp = _face_components(mesh)
+        fam_area = np.zeros(len(FAMILIES) + 1)
+        n_cav = 0
+        for k in range(int(comp.max()) + 1):
+            m = comp == k
+            sub = SurfaceMesh(
+                mesh.vertices_A, mesh.faces[m], mesh.normals[m], mesh.areas_A2[m], 0.0, 0.0
+            )
+            sub.volume_A3 = _closed_volume(sub)
+            if sub.volume_A3 < 0:  # inward normals: the wall of a cavity, not a particle
+                n_cav += 1
+                continue
+            pa, cv = polyhedron_facets(sub, rots[min(k, len(rots) - 1)])
+            fam_area += pa
+            convexity.append(cv)
+        poly_total = float(fam_area.sum())
     rows = []
     for f_i, name in enumerate((*FAMILIES, "other")):
         m = assigned == f_i
         a = float(areas[m].sum())
         wf = float(areas[m & wedge].sum() / a) if a > 0 else 0.0
+        if method == "polyhedron":
+            a = float(fam_area[f_i]) * total / poly_total  # in units of the mesh area
         rows.append(
             {
                 "family": name,
@@ -249,8 +485,23 @@ def facet_fractions(
         tolerance_deg=float(tolerance_deg),
         tilt_range_deg=None if tilt_range_deg is None else float(tilt_range_deg),
         total_area_A2=total,
+        method=method,
     )
+    if method == "polyhedron":
+        df.attrs.update(convexity=convexity, n_cavities=n_cav)
     return df
+
+
+def _closed_volume(mesh: SurfaceMesh) -> float:
+    """Signed volume enclosed by a closed triangle mesh (divergence theorem; negative for
+    inward-facing normals, i.e. a cavity wall), Å³."""
+    t = np.asarray(mesh.vertices_A, float)[np.asarray(mesh.faces)]
+    t = t - t.reshape(-1, 3).mean(axis=0)
+    vol = float(np.einsum("ij,ij->i", t[:, 0], np.cross(t[:, 1], t[:, 2])).sum() / 6.0)
+    # the winding may disagree with the stored outward normals: follow the normals
+    cen = t.mean(axis=1)
+    out = float(np.sum(np.einsum("ij,ij->i", cen, mesh.normals) * mesh.areas_A2) / 3.0)
+    return abs(vol) if out > 0 else -abs(vol)
 
 
 @dataclass

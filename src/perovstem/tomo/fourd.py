@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from perovstem._data import TiltSeries
-from perovstem.errors import ParameterError
+from perovstem.errors import DataError, ParameterError
 
 __all__ = ["reconstruct_sequence"]
 
@@ -25,6 +25,8 @@ def reconstruct_sequence(
     orientation: Any = None,
     calibration: Any = None,
     sigma_px: float = 1.0,
+    track_orientation: bool = True,
+    facet_method: str = "normals",
     return_volumes: bool = False,
     reconstruct_kwargs: dict | None = None,
 ) -> tuple[pd.DataFrame, list[np.ndarray]]:
@@ -34,29 +36,60 @@ def reconstruct_sequence(
     is the starting point and only ``n_iter_warm`` iterations (default ``n_iter // 3``) are
     run (SIRT/SART/CGLS/TV), exploiting the small change between time points.  Each volume is
     segmented into ``n_classes`` classes by multi-Otsu (background / crystal / Pb clusters)
-    and meshed; facet fractions use the given or estimated lattice orientation (estimated once,
-    on the first time point, and kept).
+    and meshed; facet fractions use the lattice orientation of each time point.
+
+    Orientation tracking: a crystal can turn on its support between time points (beam-induced
+    rotation), and classifying its facets with the orientation of an earlier time point
+    misassigns them.  With ``track_orientation`` the orientation is estimated at every time
+    point (:func:`~perovstem.tomo.estimate_orientation`) and expressed as the cubic-symmetry
+    equivalent nearest the previous one (continuity); the new estimate replaces the previous
+    orientation only if it explains at least as much surface area with {100}/{110}/{111}
+    normals (a rounded, late-stage crystal gives poor estimates; then the previous one is kept).
 
     Parameters
     ----------
     series : sequence of TiltSeries
         Aligned tilt series (axis along x), same shape and angles; metadata may carry
         ``time_s``, ``dose_e_per_A2`` and ``cumulative_dose_e_per_A2``.
+    orientation : (3, 3) array_like, optional
+        Crystal → lab rotation at the first time point (e.g. from HRSTEM); estimated when None.
+    track_orientation : bool
+        Re-estimate the orientation at every time point (see above); False keeps the first
+        one for all time points.
+    facet_method : {"normals", "polyhedron"}
+        See :func:`~perovstem.tomo.facet_fractions` (``calibration`` applies to "normals").
 
     Returns
     -------
     table : DataFrame
         step, time_s, cumulative_dose_e_per_A2, n_iter, volume_A3 (crystal + clusters),
-        cluster_volume_A3, surface_A2, frac_100, frac_110, frac_111, frac_other
-        (calibrated when ``calibration`` is given).
+        cluster_volume_A3, surface_A2, n_particles (mesh parts with ≥ 5 % of the area; with
+        several, and no ``orientation`` given, every particle is classified with its own
+        orientation and the largest one's is tracked), rotation_deg (misorientation from the
+        first time point, degrees), frac_100, frac_110, frac_111, frac_other (calibrated when
+        ``calibration`` is given).  ``attrs["orientations"]``: the orientation used at every
+        time point.
     volumes : list of ndarray
         Reconstructions (empty unless ``return_volumes``).
     """
-    from perovstem.tomo.facets import estimate_orientation, facet_fractions
+    from perovstem.tomo.facets import (
+        _face_components,
+        estimate_orientation,
+        facet_fractions,
+        misorientation_deg,
+        nearest_equivalent,
+        refine_orientation,
+    )
     from perovstem.tomo.reconstruct import reconstruct
     from perovstem.tomo.segment import multi_otsu_thresholds
     from perovstem.tomo.surface import surface_mesh
 
+    if facet_method not in ("normals", "polyhedron"):
+        raise ParameterError(
+            f"`facet_method` must be 'normals' or 'polyhedron', got {facet_method!r}"
+        )
+    if facet_method == "polyhedron" and calibration is not None:
+        raise ParameterError("`calibration` corrects the 'normals' facet method, not 'polyhedron'")
     items = list(series)
     if not items:
         raise ParameterError("`series` is empty")
@@ -71,6 +104,12 @@ def reconstruct_sequence(
     rows, vols = [], []
     prev = None
     rot = None if orientation is None else np.asarray(orientation, float)
+    if rot is not None and (
+        rot.shape != (3, 3) or not np.allclose(rot.T @ rot, np.eye(3), atol=1e-3)
+    ):
+        raise ParameterError(f"`orientation` must be a 3×3 rotation matrix, got {orientation!r}")
+    rot0 = rot
+    rots = []
     for k, ts in enumerate(items):
         kw = dict(reconstruct_kwargs or {})
         warm = warm_start and prev is not None and method in ("sirt", "sart", "cgls", "tv")
@@ -87,13 +126,39 @@ def reconstruct_sequence(
         mesh = surface_mesh(v, voxel_size_A=px, level=float(th[0]), sigma_px=sigma_px)
         if rot is None:
             rot = estimate_orientation(mesh)
+            if track_orientation:
+                rot = refine_orientation(mesh, rot)[0]
+        elif track_orientation and k > 0:
+            # continuity: refine the previous orientation; a fresh estimate competes (large
+            # turns between time points), as the equivalent nearest the previous one
+            cands = [refine_orientation(mesh, rot)]
+            try:
+                cands.append(
+                    refine_orientation(mesh, nearest_equivalent(estimate_orientation(mesh), rot))
+                )
+            except DataError:
+                pass
+            rot = max(cands, key=lambda c: c[1])[0]
+        # several particles in the field: each has its own lattice (one orientation for two
+        # differently oriented cubes gave {100} 0.37 instead of 1); then every particle's
+        # orientation is estimated at every time point and the largest one's is tracked
+        comp_area = np.bincount(_face_components(mesh), weights=mesh.areas_A2)
+        n_part = int(np.count_nonzero(comp_area >= 0.05 * comp_area.sum()))
+        several = n_part > 1 and orientation is None
         ff = facet_fractions(
             mesh,
-            orientation=rot,
+            orientation=None if several else rot,
             tolerance_deg=tolerance_deg,
             tilt_range_deg=float(np.max(np.abs(ts.angles_deg))),
             calibration=calibration,
+            method=facet_method,
         )
+        if several:
+            largest = np.asarray(ff.attrs["orientation"], float)
+            rot = largest if k == 0 else nearest_equivalent(largest, rot)
+        if rot0 is None:
+            rot0 = rot
+        rots.append(rot)
         col = "fraction_corrected" if calibration is not None else "fraction"
         fr = ff.set_index("family")[col]
         md = ts.metadata or {}
@@ -110,6 +175,8 @@ def reconstruct_sequence(
                 if n_classes > 2
                 else np.nan,
                 "surface_A2": mesh.area_A2,
+                "n_particles": n_part,
+                "rotation_deg": misorientation_deg(rot, rot0),
                 "frac_100": fr["100"],
                 "frac_110": fr["110"],
                 "frac_111": fr["111"],
@@ -122,7 +189,8 @@ def reconstruct_sequence(
     df.attrs.update(
         method=method,
         warm_start=warm_start,
-        orientation=None if rot is None else rot.tolist(),
+        orientation=None if rot0 is None else rot0.tolist(),
+        orientations=[r.tolist() for r in rots],
         units={"volume_A3": "A^3", "surface_A2": "A^2", "cumulative_dose_e_per_A2": "e-/A^2"},
     )
     return df, vols
