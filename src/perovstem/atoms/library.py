@@ -633,8 +633,16 @@ def start_scale_from_types(table: pd.DataFrame, library: dict, column_type: str)
         return None
     x = table[col].to_numpy(float)
     keep = keep & np.isfinite(x) & (x > 0)
+    import warnings
+
     try:
-        res = count_hybrid(pd.DataFrame({"scs": x[keep], "type": types[keep].to_numpy()}), library)
+        # only a start value: the caller's own counting decides and reports the scale
+        # (count_hybrid's identifiability warnings here named a step that never counted)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="count_hybrid:", category=UserWarning)
+            res = count_hybrid(
+                pd.DataFrame({"scs": x[keep], "type": types[keep].to_numpy()}), library
+            )
     except PerovstemError:
         return None
     return float(res.attrs["counting"][column_type]["scale"])
