@@ -408,3 +408,46 @@ def test_step_warnings_reach_provenance_report_and_resume(tmp_path):
         assert "gain unknown &lt;assumed 1&gt;" in html  # escaped
     gen = next(s for s in res.steps if s.id == "gen")
     assert gen.warnings == []
+
+
+def _one_image_input(tmp_path, pixel_size_A: float | None, options: str):
+    from perovstem import Series
+
+    tmp_path.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    data = rng.poisson(50.0, size=(5, 16, 16)).astype(np.float32)
+    if pixel_size_A is None:
+        import tifffile
+
+        tifffile.imwrite(tmp_path / "s.tif", data)
+        name = "s.tif"
+    else:
+        save_image(Series(data, pixel_size_A, dose_e_per_A2=10.0), tmp_path / "s.npz")
+        name = "s.npz"
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(
+        '[run]\non_error = "continue"\n'
+        f'[inputs]\nseries = {{ path = "{name}"{options} }}\n[[step]]\nrun = "series.frames"\n'
+    )
+    return run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial", report=False)
+
+
+def test_pixel_size_in_nm_overriding_the_file_is_flagged(tmp_path):
+    """`pixel_size = 0.0125` (nm written for Å) used to replace the file's 0.125 Å silently;
+    every length and dose per Å² downstream was then off by 10 or 100."""
+    r = _one_image_input(tmp_path, 0.125, ", pixel_size = 0.0125")
+    assert r.steps[0].status == "ran"
+    w = " ".join(r.steps[0].warnings)
+    assert "0.0125" in w and "0.125" in w and "nm" in w, r.steps[0].warnings
+    prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert prov["inputs"]["series"]["loaded"]["warnings"]
+    # the same value as the file: nothing to say
+    r2 = _one_image_input(tmp_path / "same", 0.125, ", pixel_size = 0.125")
+    assert not r2.steps[0].warnings
+
+
+def test_missing_calibration_says_how_to_give_it_in_the_toml(tmp_path):
+    r = _one_image_input(tmp_path, None, "")
+    assert r.steps[0].status == "failed"
+    msg = r.steps[0].message
+    assert "CalibrationError" in msg and "[inputs] series" in msg and "pixel_size = <Å>" in msg

@@ -172,11 +172,7 @@ class _Artefacts:
         if ref in self.values:
             return self.values[ref]
         if ref in self.config.inputs:
-            from perovstem.io import load
-
-            spec = self.config.inputs[ref]
-            value = load(spec.path, **spec.options)
-            self.input_info[ref] = _describe(value)
+            value = self._load_input(ref)
         else:
             from perovstem.io.runstore import read_artefact
 
@@ -184,6 +180,64 @@ class _Artefacts:
             value = read_artefact(folder, name)
         self.values[ref] = value
         return value
+
+    def _load_input(self, ref: str) -> Any:
+        """Read an [inputs] file; its warnings are re-raised (the step that first uses it
+        records them) and kept with the input's provenance."""
+        from perovstem.errors import CalibrationError
+        from perovstem.io import load
+
+        spec = self.config.inputs[ref]
+        where = f"[inputs] {ref}" + (f" (line {spec.line})" if spec.line else "")
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            try:
+                value = load(spec.path, **spec.options)
+            except CalibrationError as exc:
+                if "pixel_size" in spec.options:
+                    raise
+                raise CalibrationError(
+                    f"{exc}; in the analysis file: {where}: "
+                    f'{ref} = {{ path = "{spec.path.name}", pixel_size = <Å> }}'
+                ) from exc
+            given = spec.options.get("pixel_size")
+            if given is not None:
+                _check_pixel_size_override(spec.path, float(given), where)
+        self.input_info[ref] = _describe(value)
+        texts = _warning_texts(rec)
+        if texts:
+            self.input_info[ref]["warnings"] = texts
+        for w in rec:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return value
+
+
+def _check_pixel_size_override(path: Path, given_A: float, where: str) -> None:
+    """Warn when ``pixel_size`` in [inputs] replaces a file calibration that disagrees.
+
+    The usual cause is a value in nm (or pm) written where Å is expected: every length,
+    area and dose per Å² downstream is then off by a power of 10 without any error."""
+    from perovstem.io import load
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            file_A = float(load(path, lazy=True).pixel_size_A)
+    except Exception:  # no calibration in the file (that is why it was given), or unreadable
+        return
+    ratio = given_A / file_A
+    if abs(ratio - 1.0) <= 0.02:
+        return
+    hint = ""
+    for factor, unit in ((0.1, "nm"), (100.0, "pm")):
+        if abs(ratio / factor - 1.0) <= 0.05:
+            hint = f" (×{ratio:.3g}: a value in {unit}? pixel_size is in Å)"
+    warnings.warn(
+        f"{where}: pixel_size = {given_A:.6g} Å replaces the file's calibration "
+        f"{file_A:.6g} Å{hint}; every length, area and dose per Å² follows it",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 def _describe(obj: Any, max_items: int = 24) -> dict[str, Any]:
@@ -542,10 +596,10 @@ def _run_one(
     t0 = time.perf_counter()
     caught: list[warnings.WarningMessage] = []
     try:
-        kwargs = {
-            name: (arte.get(ref) if ref is not None else None) for name, ref in wiring.items()
-        }
-        with _recorded_warnings(caught):
+        with _recorded_warnings(caught):  # also the warnings of reading an input file
+            kwargs = {
+                name: (arte.get(ref) if ref is not None else None) for name, ref in wiring.items()
+            }
             produced = step.func(ctx, **kwargs)
         if not isinstance(produced, dict):
             raise TypeError(f"step `{step.name}` returned {type(produced).__name__}, not a dict")
