@@ -451,3 +451,30 @@ def test_missing_calibration_says_how_to_give_it_in_the_toml(tmp_path):
     assert r.steps[0].status == "failed"
     msg = r.steps[0].message
     assert "CalibrationError" in msg and "[inputs] series" in msg and "pixel_size = <Å>" in msg
+
+
+def test_rerun_in_the_same_folder_leaves_no_stale_public_files(tmp_path):
+    """A step removed from the configuration (or failing after its input changed) used to
+    leave the earlier run's table in tables/, not in provenance.json; re-adding the step
+    must bring its files back (a cached step whose public files are gone runs again)."""
+    body = (
+        '[run]\nname = "same"\nplugins = ["_steps_for_tests"]\n'
+        '[[step]]\nrun = "test.make_series"\nid = "gen"\nn_frames = 3\nsize = 8\n'
+        '[[step]]\nrun = "series.frames"\n'
+    )
+    stats = '[[step]]\nrun = "series.frame_stats"\nid = "stats"\n'
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(body + stats)
+    run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial", report=False)
+    table = tmp_path / "run" / "tables" / "stats.stats.parquet"
+    plot = tmp_path / "run" / "plots" / "stats.mean_intensity.png"
+    assert table.is_file() and plot.is_file()
+    cfg.write_text(body)
+    r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial", report=False)
+    assert [s.status for s in r.steps] == ["cached", "cached"]
+    assert not table.exists() and not plot.exists()
+    assert (tmp_path / "run" / "tables" / "frames.frames.parquet").is_file()
+    cfg.write_text(body + stats)
+    r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial", report=False)
+    assert [s.status for s in r.steps] == ["cached", "cached", "ran"]
+    assert table.is_file() and plot.is_file()

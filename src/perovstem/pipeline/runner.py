@@ -317,6 +317,32 @@ def _publish(value: Any, run_dir: Path, ref: str, attrs: dict[str, Any]) -> list
     return written
 
 
+_PUBLIC = ("tables", "volumes", "arrays", "plots")
+_PUBLIC_SUFFIXES = (".parquet", ".mrc", ".npy", ".png", ".json")
+
+
+def _prune_public(run_dir: Path, results: list[StepResult]) -> None:
+    """Remove public files that this run's steps did not produce.
+
+    A rerun into the same folder with a step removed, re-parametrised to make no figure, or
+    failed/skipped after a changed input left the earlier run's table next to the new ones,
+    not in provenance.json and possibly computed from another input file.  Kept: every
+    output of a ran or cached step and every file a report item of this run refers to."""
+    keep: set[str] = set()
+    for r in results:
+        if r.status in ("ran", "cached"):
+            keep.update(Path(p).as_posix() for p in r.outputs)
+        keep.update(Path(it["path"]).as_posix() for it in r.report_items if it.get("path"))
+    for folder in _PUBLIC:
+        root = run_dir / folder
+        if not root.is_dir():
+            continue
+        for f in root.iterdir():
+            rel = f"{folder}/{f.name}"
+            if f.is_file() and f.suffix in _PUBLIC_SUFFIXES and rel not in keep:
+                f.unlink()
+
+
 def run_pipeline(
     config: Config | str | os.PathLike,
     *,
@@ -469,6 +495,7 @@ def _run_locked(
         _write_provenance(
             run_dir, config, results, inputs_prov, arte.input_info, started, executor, t_start
         )
+        _prune_public(run_dir, results)
         executor.close()
         if progress is not None:
             progress.stop()
@@ -492,6 +519,7 @@ def _run_locked(
         t_start,
         sched_desc=sched_desc,
     )
+    _prune_public(run_dir, results)
     report_path = None
     if config.report if report is None else report:
         from perovstem.report import write_report
@@ -569,7 +597,9 @@ def _run_one(
             info = read_json(done)
         except PerovstemError:
             info = {}
-        if info.get("key") == key:
+        # a public file pruned by a run without this step (or deleted by hand): run again
+        intact = all((run_dir / f).is_file() for f in info.get("outputs", []))
+        if info.get("key") == key and intact:
             for o in step.outputs:
                 ref = f"{spec.id}.{o}"
                 arte.where[ref] = (cache, o)
