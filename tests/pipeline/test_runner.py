@@ -478,3 +478,32 @@ def test_rerun_in_the_same_folder_leaves_no_stale_public_files(tmp_path):
     r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial", report=False)
     assert [s.status for s in r.steps] == ["cached", "cached", "ran"]
     assert table.is_file() and plot.is_file()
+
+
+def test_input_read_as_the_wrong_kind_is_named_and_kind_option_fixes_it(tmp_path, capsys):
+    """A stack wired to a step that wants another kind: the failure names the [inputs]
+    entry and what it was read as, also on the console ("[inputs]" used to be eaten as
+    console markup); the `kind` option of io.load is accepted in [inputs] (it was refused)."""
+    from perovstem import Series
+
+    data = np.random.default_rng(0).poisson(50.0, size=(3, 16, 16)).astype(np.float32)
+    save_image(Series(data, 0.5, dose_e_per_A2=10.0), tmp_path / "s.npz")
+    cfg = tmp_path / "a.toml"
+    body = '[run]\non_error = "continue"\n[inputs]\nimg = SPEC\n[[step]]\nrun = "series.frames"\n'
+    body += 'inputs = { series = "img" }\n'
+    cfg.write_text(body.replace("SPEC", '{ path = "s.npz", kind = "image" }'))
+    r = run_pipeline(cfg, out=tmp_path / "r0", scheduler="serial", report=False)
+    assert "kind='image' but the file holds 3 frames" in r.steps[0].message  # option reached load
+    bad = tmp_path / "b.toml"
+    bad.write_text(body.replace("SPEC", '{ path = "s.npz", kind = "stack" }'))
+    with pytest.raises(PerovstemError, match="option `kind` must be"):
+        load_config(bad)
+    from perovstem import Image
+
+    save_image(Image(data[0], 0.5), tmp_path / "i.npz")
+    cfg.write_text(body.replace("SPEC", '"i.npz"'))
+    r = run_pipeline(cfg, out=tmp_path / "r1", scheduler="serial", report=False)
+    msg = r.steps[0].message
+    assert r.steps[0].status == "failed"
+    assert "input `series` is [inputs] img = 'i.npz', read as a Image (16×16)" in msg, msg
+    assert "[inputs] img" in " ".join(capsys.readouterr().err.split())

@@ -249,9 +249,8 @@ def parse_config(
         elif isinstance(spec, dict) and isinstance(spec.get("path"), str):
             options = {k: v for k, v in spec.items() if k != "path"}
             path = spec["path"]
-            for k in options:
-                if k not in ("pixel_size", "lazy"):
-                    raise ParameterError(f"{w}unknown option `{k}`; known: lazy, pixel_size")
+            for k, v in options.items():
+                _check_input_option(w, k, v)
         else:
             raise ParameterError(
                 f'{w}must be a file path or a table {{ path = "...", pixel_size = ... }}, '
@@ -411,6 +410,31 @@ def _resolve_ref(
         if s.id == ref and len(s.step.outputs) == 1:
             return f"{s.id}.{s.step.outputs[0]}"
     return None
+
+
+# options of perovstem.io.load an [inputs] entry may give (name -> check, what it takes)
+_INPUT_OPTIONS: dict[str, tuple[Any, str]] = {
+    "pixel_size": (
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0,
+        "a positive number, Å",
+    ),
+    "lazy": (lambda v: isinstance(v, bool), "true or false"),
+    "kind": (
+        lambda v: v in ("image", "series", "tilt"),
+        '"image", "series" or "tilt" (how a 3-D stack is read)',
+    ),
+    "signal": (lambda v: isinstance(v, str) and v != "", "the title of the image to read"),
+}
+
+
+def _check_input_option(where: str, key: str, value: Any) -> None:
+    if key not in _INPUT_OPTIONS:
+        raise ParameterError(
+            f"{where}unknown option `{key}`; known: {', '.join(sorted(_INPUT_OPTIONS))}"
+        )
+    ok, what = _INPUT_OPTIONS[key]
+    if not ok(value):
+        raise ParameterError(f"{where}option `{key}` must be {what}, got {value!r}")
 
 
 def load_config(path: str | Path, **kwargs: Any) -> Config:

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sys
 import time
 import traceback
@@ -202,7 +203,8 @@ class _Artefacts:
                 ) from exc
             given = spec.options.get("pixel_size")
             if given is not None:
-                _check_pixel_size_override(spec.path, float(given), where)
+                pick = {k: v for k, v in spec.options.items() if k in ("kind", "signal")}
+                _check_pixel_size_override(spec.path, float(given), where, **pick)
         self.input_info[ref] = _describe(value)
         texts = _warning_texts(rec)
         if texts:
@@ -212,7 +214,7 @@ class _Artefacts:
         return value
 
 
-def _check_pixel_size_override(path: Path, given_A: float, where: str) -> None:
+def _check_pixel_size_override(path: Path, given_A: float, where: str, **load_kw: Any) -> None:
     """Warn when ``pixel_size`` in [inputs] replaces a file calibration that disagrees.
 
     The usual cause is a value in nm (or pm) written where Å is expected: every length,
@@ -222,7 +224,7 @@ def _check_pixel_size_override(path: Path, given_A: float, where: str) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            file_A = float(load(path, lazy=True).pixel_size_A)
+            file_A = float(load(path, lazy=True, **load_kw).pixel_size_A)
     except Exception:  # no calibration in the file (that is why it was given), or unreadable
         return
     ratio = given_A / file_A
@@ -482,7 +484,8 @@ def _run_locked(
                 res.status, "[yellow]–[/]"
             )
             extra = f" ({res.wall_s:.1f} s)" if res.status == "ran" else ""
-            msg = f": {res.message}" if res.message else ""
+            # escaped: "[inputs] series ..." is text, not console markup (it vanished)
+            msg = f": {_escape_markup(res.message)}" if res.message else ""
             if res.warnings:  # shown in full when raised; a cached step only counts them
                 n_w = len(res.warnings)
                 msg += f" [yellow]{n_w} warning{'s' if n_w > 1 else ''} (in the report)[/]"
@@ -639,7 +642,7 @@ def _run_one(
     except Exception as exc:
         for o in spec.outputs:
             unavailable[o] = f"step `{spec.id}` failed"
-        msg = f"{type(exc).__name__}: {exc}"
+        msg = f"{type(exc).__name__}: {exc}" + _input_kind_hint(str(exc), wiring, arte)
         res = StepResult(
             **base,
             status="failed",
@@ -686,6 +689,36 @@ def _run_one(
         outputs=files,
         report_items=ctx.report_items,
         warnings=_warning_texts(caught),
+    )
+
+
+def _escape_markup(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _input_kind_hint(message: str, wiring: dict[str, str | None], arte: _Artefacts) -> str:
+    """Say what an input file was read as when a step refuses its kind.
+
+    "`tilt_series` must be a TiltSeries, got Series" names neither the [inputs] entry nor
+    how to read a stack otherwise (the `kind` option)."""
+    hints = []
+    for name, ref in wiring.items():
+        info = arte.input_info.get(ref) if ref is not None else None
+        if info is None or not re.search(rf"\b{info['kind']}\b", message):
+            continue
+        spec = arte.config.inputs[ref]
+        shape = "×".join(str(n) for n in info.get("shape", []))
+        hints.append(
+            f"input `{name}` is [inputs] {ref} = {spec.path.name!r}, read as a {info['kind']}"
+            f"{f' ({shape})' if shape else ''}"
+        )
+    if not hints:
+        return ""
+    return (
+        " (" + "; ".join(hints) + '; the [inputs] option kind = "image" | "series" | "tilt" '
+        "chooses how a 3-D stack is read, or wire the step to another input)"
     )
 
 
