@@ -182,3 +182,17 @@ def test_broken_module_makes_step_unavailable_not_a_crash(tmp_path, monkeypatch)
     step = Step(name="t.broken", func=lambda ctx: {}, requires=("broken_mod_xyz:f",))
     assert step.missing_requirements() == ["broken_mod_xyz:f"]
     assert not step.available
+
+
+def test_wrong_step_order_names_the_later_producer(tmp_path):
+    """atoms.count before atoms.fit: the error said only 'produced by no earlier step'."""
+    import re
+
+    p = tmp_path / "order.toml"
+    p.write_text(
+        '[run]\nplugins = ["_steps_for_tests"]\n'
+        '[[step]]\nrun = "series.frames"\n[[step]]\nrun = "test.make_series"\n'
+    )
+    with pytest.raises(ParameterError) as exc:
+        load_config(p)
+    assert re.search(r"step #2 \(test.make_series\) produces it but comes later", str(exc.value))

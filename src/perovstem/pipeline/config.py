@@ -360,9 +360,16 @@ def parse_config(
             else:
                 ref = produced.get(name) or (name if name in inputs else None)
             if ref is None and name not in step.optional_inputs:
+                later = _later_producer(raw_steps, i, name)
+                order = (
+                    f"; step #{later[0] + 1} ({later[1]}) produces it but comes later: move "
+                    f"it before this one"
+                    if later
+                    else ""
+                )
                 raise ParameterError(
                     f"{_where(source, hline, label)}needs input `{name}`, produced by no earlier "
-                    f"step and not in [inputs]; add it to [inputs] or wire it with "
+                    f"step and not in [inputs]{order}; add it to [inputs] or wire it with "
                     f'`inputs = {{ {name} = "<step id>.<output>" }}`'
                 )
             wiring[name] = ref
@@ -409,6 +416,19 @@ def _resolve_ref(
     for s in steps:
         if s.id == ref and len(s.step.outputs) == 1:
             return f"{s.id}.{s.step.outputs[0]}"
+    return None
+
+
+def _later_producer(raw_steps: list[Any], i: int, name: str) -> tuple[int, str] | None:
+    """The first step after #i whose outputs include `name` (a wrong step order)."""
+    for j in range(i + 1, len(raw_steps)):
+        raw = raw_steps[j]
+        try:
+            later = get_step(raw["run"])
+        except Exception:  # reported when that step is validated
+            continue
+        if name in later.outputs:
+            return j, str(raw["run"])
     return None
 
 
