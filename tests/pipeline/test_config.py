@@ -196,3 +196,24 @@ def test_wrong_step_order_names_the_later_producer(tmp_path):
     with pytest.raises(ParameterError) as exc:
         load_config(p)
     assert re.search(r"step #2 \(test.make_series\) produces it but comes later", str(exc.value))
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        ('raise RuntimeError("needs the LAB_DB variable")\n', "RuntimeError"),
+        ("def f(:\n", "SyntaxError"),
+    ],
+)
+def test_plugin_that_fails_while_importing_is_a_clear_error(tmp_path, monkeypatch, code, kind):
+    """A plugin whose own code raises (not ImportError) escaped as a bare traceback."""
+    name = f"plugin_fails_{kind.lower()}"
+    (tmp_path / f"{name}.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    p = tmp_path / "a.toml"
+    p.write_text(f'[run]\nplugins = ["{name}"]\n[[step]]\nrun = "series.frames"\n')
+    with pytest.raises(ParameterError) as exc:
+        load_config(p, check_files=False)
+    msg = str(exc.value)
+    assert f"plugin module `{name}` failed while being imported" in msg and kind in msg
+    assert f"{name}.py, line 1" in msg and "a.toml line 2" in msg

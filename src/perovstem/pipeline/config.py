@@ -232,6 +232,11 @@ def parse_config(
                 f"{_where(source, lines.get('run', 'plugins'), '[run]')}cannot import plugin "
                 f"module `{mod}`: {exc}"
             ) from None
+        except Exception as exc:  # the plugin's own code failed (a bug, a missing setting)
+            raise ParameterError(
+                f"{_where(source, lines.get('run', 'plugins'), '[run]')}plugin module `{mod}` "
+                f"failed while being imported{_where_raised(exc)}: {type(exc).__name__}: {exc}"
+            ) from exc
     on_error = run.get("on_error", "stop")
     if allow_unavailable is None:
         allow_unavailable = on_error == "continue"
@@ -417,6 +422,16 @@ def _resolve_ref(
         if s.id == ref and len(s.step.outputs) == 1:
             return f"{s.id}.{s.step.outputs[0]}"
     return None
+
+
+def _where_raised(exc: BaseException) -> str:
+    """' (file, line n)' of the innermost frame of a plugin's import error."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" ({exc.filename}, line {exc.lineno})"
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
 
 
 def _later_producer(raw_steps: list[Any], i: int, name: str) -> tuple[int, str] | None:
