@@ -63,3 +63,17 @@ def warns(ctx: Any, series: Any) -> dict[str, Any]:
         warnings.warn("pixel size disagrees with the cell by -10 %", UserWarning, stacklevel=1)
     warnings.warn("detector gain unknown <assumed 1>", RuntimeWarning, stacklevel=1)
     return {"table": pd.DataFrame({"n": [series.n_frames]})}
+
+
+@register_step("test.warns_per_frame", inputs=("series",), outputs=("table",))
+def warns_per_frame(ctx: Any, series: Any) -> dict[str, Any]:
+    import warnings
+
+    import pandas as pd
+
+    for k in range(series.n_frames):  # the same warning with each frame's estimate
+        warnings.warn(
+            f"gain unknown; measured {0.06 + 0.001 * k:.4f} counts/e⁻", UserWarning, stacklevel=1
+        )
+    warnings.warn("frame 3 of 9 skipped: empty", RuntimeWarning, stacklevel=1)
+    return {"table": pd.DataFrame({"n": [series.n_frames]})}

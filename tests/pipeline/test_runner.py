@@ -507,3 +507,22 @@ def test_input_read_as_the_wrong_kind_is_named_and_kind_option_fixes_it(tmp_path
     assert r.steps[0].status == "failed"
     assert "input `series` is [inputs] img = 'i.npz', read as a Image (16×16)" in msg, msg
     assert "[inputs] img" in " ".join(capsys.readouterr().err.split())
+
+
+def test_per_frame_warnings_with_other_numbers_are_folded(tmp_path):
+    """One warning per frame of a 30-frame series, each with that frame's number: the step
+    used to list 20 near-copies and hide the other warning behind '... and 11 more'."""
+    cfg = tmp_path / "w.toml"
+    cfg.write_text(
+        '[run]\nplugins = ["_steps_for_tests"]\n'
+        '[[step]]\nrun = "test.make_series"\nn_frames = 30\nsize = 4\n'
+        '[[step]]\nrun = "test.warns_per_frame"\nid = "w"\n'
+    )
+    with pytest.warns(UserWarning):
+        r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial", report=False)
+    w = next(s for s in r.steps if s.id == "w").warnings
+    assert w == [
+        "UserWarning: gain unknown; measured 0.0600 counts/e⁻ "
+        "[and 29 more like it with other values]",
+        "RuntimeWarning: frame 3 of 9 skipped: empty",
+    ], w

@@ -745,8 +745,23 @@ def _recorded_warnings(caught: list[warnings.WarningMessage]):
 
 
 def _warning_texts(caught: list[warnings.WarningMessage], limit: int = 20) -> list[str]:
-    """Distinct warning texts in order, ``Category: message``, at most ``limit``."""
-    out = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+    """Distinct warning texts in order, ``Category: message``, at most ``limit``.
+
+    Texts that differ only in their numbers (the same warning raised once per frame with
+    that frame's estimate) are kept once, with how many times and how many frames' values
+    were folded into it: a 200-frame series otherwise filled the step's line with 20
+    near-copies and hid any other warning behind "... and 180 more"."""
+    groups: dict[str, list[str]] = {}
+    for w in caught:
+        text = f"{w.category.__name__}: {w.message}"
+        shape = re.sub(r"[-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?", "#", text)
+        seen = groups.setdefault(shape, [])
+        if text not in seen:
+            seen.append(text)
+    out = [
+        t[0] if len(t) == 1 else f"{t[0]} [and {len(t) - 1} more like it with other values]"
+        for t in groups.values()
+    ]
     if len(out) > limit:
         out = out[:limit] + [f"... and {len(out) - limit} more warnings"]
     return out
