@@ -77,3 +77,18 @@ def warns_per_frame(ctx: Any, series: Any) -> dict[str, Any]:
         )
     warnings.warn("frame 3 of 9 skipped: empty", RuntimeWarning, stacklevel=1)
     return {"table": pd.DataFrame({"n": [series.n_frames]})}
+
+
+def _warn_item(k: int) -> int:
+    import warnings
+
+    if k == 2:
+        warnings.warn(f"frame {k}: no drift estimate", UserWarning, stacklevel=1)
+    return k * k
+
+
+@register_step("test.map_warns", inputs=("series",), outputs=("table",))
+def map_warns(ctx: Any, series: Any) -> dict[str, Any]:
+    import pandas as pd
+
+    return {"table": pd.DataFrame({"sq": ctx.map(_warn_item, range(series.n_frames))})}

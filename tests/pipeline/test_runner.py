@@ -526,3 +526,52 @@ def test_per_frame_warnings_with_other_numbers_are_folded(tmp_path):
         "[and 29 more like it with other values]",
         "RuntimeWarning: frame 3 of 9 skipped: empty",
     ], w
+
+
+class _ProcessClient:
+    """A stand-in dask Client whose tasks run in another process (as dask workers do)."""
+
+    def __init__(self) -> None:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(1, mp_context=mp.get_context("fork"))
+
+    def submit(self, fn, *args, pure=False, **kw):
+        fut = self.pool.submit(fn, *args, **kw)
+        fut.release = lambda: None
+        return fut
+
+    def gather(self, futs):
+        return [f.result() for f in futs]
+
+    def scatter(self, obj, broadcast=True, hash=False):
+        return obj
+
+    def scheduler_info(self):
+        return {"workers": {"w0": {}}}
+
+
+def test_warnings_raised_in_worker_processes_reach_the_step(tmp_path):
+    """A warning raised inside ctx.map on a dask worker process stayed in the worker's log:
+    the report of a cluster run lacked the warnings of the same serial run."""
+    cfg = tmp_path / "w.toml"
+    cfg.write_text(
+        '[run]\nplugins = ["_steps_for_tests"]\n'
+        '[[step]]\nrun = "test.make_series"\nn_frames = 4\nsize = 4\n'
+        '[[step]]\nrun = "test.map_warns"\nid = "m"\n'
+    )
+    client = _ProcessClient()
+    try:
+        with pytest.warns(UserWarning, match="no drift"):
+            r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler=client)
+    finally:
+        client.pool.shutdown()
+    step = next(s for s in r.steps if s.id == "m")
+    assert step.warnings == ["UserWarning: frame 2: no drift estimate"], step.warnings
+    assert read_table(tmp_path / "run" / "tables" / "m.table.parquet")["sq"].tolist() == [
+        0,
+        1,
+        4,
+        9,
+    ]
