@@ -217,3 +217,15 @@ def test_plugin_that_fails_while_importing_is_a_clear_error(tmp_path, monkeypatc
     msg = str(exc.value)
     assert f"plugin module `{name}` failed while being imported" in msg and kind in msg
     assert f"{name}.py, line 1" in msg and "a.toml line 2" in msg
+
+
+def test_length_in_nm_for_angstrom_is_named_in_the_range_error(tmp_path):
+    p = tmp_path / "u.toml"
+    p.write_text('[[step]]\nrun = "simulate.nanocrystal"\nedge_A = 4.0\n')  # 4 nm meant
+    with pytest.raises(ParameterError) as exc:
+        load_config(p)
+    assert "`edge_A` must be >= 5.0, got 4.0 (edge_A is in Å: 4.0 nm = 40 Å?)" in str(exc.value)
+    p.write_text('[[step]]\nrun = "simulate.nanocrystal"\nedge_A = 0.1\n')  # no unit explains it
+    with pytest.raises(ParameterError) as exc:
+        load_config(p)
+    assert str(exc.value).endswith("got 0.1")
