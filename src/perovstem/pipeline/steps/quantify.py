@@ -107,7 +107,7 @@ def quantify_kinetics(ctx: Any, frames: Any) -> dict[str, Any]:
             f"no {p['process'].replace('_', ' ')} kinetics to fit; the model ranking and "
             "its parameters carry no information",
             UserWarning,
-            stacklevel=2,
+            stacklevel=1,
         )
     ranking, fits = compare_models(
         x,
