@@ -441,6 +441,10 @@ def test_pixel_size_in_nm_overriding_the_file_is_flagged(tmp_path):
     assert "0.0125" in w and "0.125" in w and "nm" in w, r.steps[0].warnings
     prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
     assert prov["inputs"]["series"]["loaded"]["warnings"]
+    from perovstem.report import write_report
+
+    html = write_report(tmp_path / "run").read_text()  # shown with the input as read
+    assert '<th>warning</th><td><span class="warn">UserWarning: [inputs] series' in html
     # the same value as the file: nothing to say
     r2 = _one_image_input(tmp_path / "same", 0.125, ", pixel_size = 0.125")
     assert not r2.steps[0].warnings
