@@ -63,3 +63,32 @@ def warns(ctx: Any, series: Any) -> dict[str, Any]:
         warnings.warn("pixel size disagrees with the cell by -10 %", UserWarning, stacklevel=1)
     warnings.warn("detector gain unknown <assumed 1>", RuntimeWarning, stacklevel=1)
     return {"table": pd.DataFrame({"n": [series.n_frames]})}
+
+
+@register_step("test.warns_per_frame", inputs=("series",), outputs=("table",))
+def warns_per_frame(ctx: Any, series: Any) -> dict[str, Any]:
+    import warnings
+
+    import pandas as pd
+
+    for k in range(series.n_frames):  # the same warning with each frame's estimate
+        warnings.warn(
+            f"gain unknown; measured {0.06 + 0.001 * k:.4f} counts/e⁻", UserWarning, stacklevel=1
+        )
+    warnings.warn("frame 3 of 9 skipped: empty", RuntimeWarning, stacklevel=1)
+    return {"table": pd.DataFrame({"n": [series.n_frames]})}
+
+
+def _warn_item(k: int) -> int:
+    import warnings
+
+    if k == 2:
+        warnings.warn(f"frame {k}: no drift estimate", UserWarning, stacklevel=1)
+    return k * k
+
+
+@register_step("test.map_warns", inputs=("series",), outputs=("table",))
+def map_warns(ctx: Any, series: Any) -> dict[str, Any]:
+    import pandas as pd
+
+    return {"table": pd.DataFrame({"sq": ctx.map(_warn_item, range(series.n_frames))})}

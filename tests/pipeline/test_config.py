@@ -182,3 +182,50 @@ def test_broken_module_makes_step_unavailable_not_a_crash(tmp_path, monkeypatch)
     step = Step(name="t.broken", func=lambda ctx: {}, requires=("broken_mod_xyz:f",))
     assert step.missing_requirements() == ["broken_mod_xyz:f"]
     assert not step.available
+
+
+def test_wrong_step_order_names_the_later_producer(tmp_path):
+    """atoms.count before atoms.fit: the error said only 'produced by no earlier step'."""
+    import re
+
+    p = tmp_path / "order.toml"
+    p.write_text(
+        '[run]\nplugins = ["_steps_for_tests"]\n'
+        '[[step]]\nrun = "series.frames"\n[[step]]\nrun = "test.make_series"\n'
+    )
+    with pytest.raises(ParameterError) as exc:
+        load_config(p)
+    assert re.search(r"step #2 \(test.make_series\) produces it but comes later", str(exc.value))
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        ('raise RuntimeError("needs the LAB_DB variable")\n', "RuntimeError"),
+        ("def f(:\n", "SyntaxError"),
+    ],
+)
+def test_plugin_that_fails_while_importing_is_a_clear_error(tmp_path, monkeypatch, code, kind):
+    """A plugin whose own code raises (not ImportError) escaped as a bare traceback."""
+    name = f"plugin_fails_{kind.lower()}"
+    (tmp_path / f"{name}.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    p = tmp_path / "a.toml"
+    p.write_text(f'[run]\nplugins = ["{name}"]\n[[step]]\nrun = "series.frames"\n')
+    with pytest.raises(ParameterError) as exc:
+        load_config(p, check_files=False)
+    msg = str(exc.value)
+    assert f"plugin module `{name}` failed while being imported" in msg and kind in msg
+    assert f"{name}.py, line 1" in msg and "a.toml line 2" in msg
+
+
+def test_length_in_nm_for_angstrom_is_named_in_the_range_error(tmp_path):
+    p = tmp_path / "u.toml"
+    p.write_text('[[step]]\nrun = "simulate.nanocrystal"\nedge_A = 4.0\n')  # 4 nm meant
+    with pytest.raises(ParameterError) as exc:
+        load_config(p)
+    assert "`edge_A` must be >= 5.0, got 4.0 (edge_A is in Å: 4.0 nm = 40 Å?)" in str(exc.value)
+    p.write_text('[[step]]\nrun = "simulate.nanocrystal"\nedge_A = 0.1\n')  # no unit explains it
+    with pytest.raises(ParameterError) as exc:
+        load_config(p)
+    assert str(exc.value).endswith("got 0.1")

@@ -408,3 +408,174 @@ def test_step_warnings_reach_provenance_report_and_resume(tmp_path):
         assert "gain unknown &lt;assumed 1&gt;" in html  # escaped
     gen = next(s for s in res.steps if s.id == "gen")
     assert gen.warnings == []
+
+
+def _one_image_input(tmp_path, pixel_size_A: float | None, options: str):
+    from perovstem import Series
+
+    tmp_path.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    data = rng.poisson(50.0, size=(5, 16, 16)).astype(np.float32)
+    if pixel_size_A is None:
+        import tifffile
+
+        tifffile.imwrite(tmp_path / "s.tif", data)
+        name = "s.tif"
+    else:
+        save_image(Series(data, pixel_size_A, dose_e_per_A2=10.0), tmp_path / "s.npz")
+        name = "s.npz"
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(
+        '[run]\non_error = "continue"\n'
+        f'[inputs]\nseries = {{ path = "{name}"{options} }}\n[[step]]\nrun = "series.frames"\n'
+    )
+    return run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial", report=False)
+
+
+def test_pixel_size_in_nm_overriding_the_file_is_flagged(tmp_path):
+    """`pixel_size = 0.0125` (nm written for Å) used to replace the file's 0.125 Å silently;
+    every length and dose per Å² downstream was then off by 10 or 100."""
+    r = _one_image_input(tmp_path, 0.125, ", pixel_size = 0.0125")
+    assert r.steps[0].status == "ran"
+    w = " ".join(r.steps[0].warnings)
+    assert "0.0125" in w and "0.125" in w and "nm" in w, r.steps[0].warnings
+    prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert prov["inputs"]["series"]["loaded"]["warnings"]
+    from perovstem.report import write_report
+
+    html = write_report(tmp_path / "run").read_text()  # shown with the input as read
+    assert '<th>warning</th><td><span class="warn">UserWarning: [inputs] series' in html
+    # the same value as the file: nothing to say
+    r2 = _one_image_input(tmp_path / "same", 0.125, ", pixel_size = 0.125")
+    assert not r2.steps[0].warnings
+
+
+def test_missing_calibration_says_how_to_give_it_in_the_toml(tmp_path):
+    r = _one_image_input(tmp_path, None, "")
+    assert r.steps[0].status == "failed"
+    msg = r.steps[0].message
+    assert "CalibrationError" in msg and "[inputs] series" in msg and "pixel_size = <Å>" in msg
+
+
+def test_rerun_in_the_same_folder_leaves_no_stale_public_files(tmp_path):
+    """A step removed from the configuration (or failing after its input changed) used to
+    leave the earlier run's table in tables/, not in provenance.json; re-adding the step
+    must bring its files back (a cached step whose public files are gone runs again)."""
+    body = (
+        '[run]\nname = "same"\nplugins = ["_steps_for_tests"]\n'
+        '[[step]]\nrun = "test.make_series"\nid = "gen"\nn_frames = 3\nsize = 8\n'
+        '[[step]]\nrun = "series.frames"\n'
+    )
+    stats = '[[step]]\nrun = "series.frame_stats"\nid = "stats"\n'
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(body + stats)
+    run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial", report=False)
+    table = tmp_path / "run" / "tables" / "stats.stats.parquet"
+    plot = tmp_path / "run" / "plots" / "stats.mean_intensity.png"
+    assert table.is_file() and plot.is_file()
+    cfg.write_text(body)
+    r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial", report=False)
+    assert [s.status for s in r.steps] == ["cached", "cached"]
+    assert not table.exists() and not plot.exists()
+    assert (tmp_path / "run" / "tables" / "frames.frames.parquet").is_file()
+    cfg.write_text(body + stats)
+    r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial", report=False)
+    assert [s.status for s in r.steps] == ["cached", "cached", "ran"]
+    assert table.is_file() and plot.is_file()
+
+
+def test_input_read_as_the_wrong_kind_is_named_and_kind_option_fixes_it(tmp_path, capsys):
+    """A stack wired to a step that wants another kind: the failure names the [inputs]
+    entry and what it was read as, also on the console ("[inputs]" used to be eaten as
+    console markup); the `kind` option of io.load is accepted in [inputs] (it was refused)."""
+    from perovstem import Series
+
+    data = np.random.default_rng(0).poisson(50.0, size=(3, 16, 16)).astype(np.float32)
+    save_image(Series(data, 0.5, dose_e_per_A2=10.0), tmp_path / "s.npz")
+    cfg = tmp_path / "a.toml"
+    body = '[run]\non_error = "continue"\n[inputs]\nimg = SPEC\n[[step]]\nrun = "series.frames"\n'
+    body += 'inputs = { series = "img" }\n'
+    cfg.write_text(body.replace("SPEC", '{ path = "s.npz", kind = "image" }'))
+    r = run_pipeline(cfg, out=tmp_path / "r0", scheduler="serial", report=False)
+    assert "kind='image' but the file holds 3 frames" in r.steps[0].message  # option reached load
+    bad = tmp_path / "b.toml"
+    bad.write_text(body.replace("SPEC", '{ path = "s.npz", kind = "stack" }'))
+    with pytest.raises(PerovstemError, match="option `kind` must be"):
+        load_config(bad)
+    from perovstem import Image
+
+    save_image(Image(data[0], 0.5), tmp_path / "i.npz")
+    cfg.write_text(body.replace("SPEC", '"i.npz"'))
+    r = run_pipeline(cfg, out=tmp_path / "r1", scheduler="serial", report=False)
+    msg = r.steps[0].message
+    assert r.steps[0].status == "failed"
+    assert "input `series` is [inputs] img = 'i.npz', read as a Image (16×16)" in msg, msg
+    assert "[inputs] img" in " ".join(capsys.readouterr().err.split())
+
+
+def test_per_frame_warnings_with_other_numbers_are_folded(tmp_path):
+    """One warning per frame of a 30-frame series, each with that frame's number: the step
+    used to list 20 near-copies and hide the other warning behind '... and 11 more'."""
+    cfg = tmp_path / "w.toml"
+    cfg.write_text(
+        '[run]\nplugins = ["_steps_for_tests"]\n'
+        '[[step]]\nrun = "test.make_series"\nn_frames = 30\nsize = 4\n'
+        '[[step]]\nrun = "test.warns_per_frame"\nid = "w"\n'
+    )
+    with pytest.warns(UserWarning):
+        r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial", report=False)
+    w = next(s for s in r.steps if s.id == "w").warnings
+    assert w == [
+        "UserWarning: gain unknown; measured 0.0600 counts/e⁻ "
+        "[and 29 more like it with other values]",
+        "RuntimeWarning: frame 3 of 9 skipped: empty",
+    ], w
+
+
+class _ProcessClient:
+    """A stand-in dask Client whose tasks run in another process (as dask workers do)."""
+
+    def __init__(self) -> None:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(1, mp_context=mp.get_context("fork"))
+
+    def submit(self, fn, *args, pure=False, **kw):
+        fut = self.pool.submit(fn, *args, **kw)
+        fut.release = lambda: None
+        return fut
+
+    def gather(self, futs):
+        return [f.result() for f in futs]
+
+    def scatter(self, obj, broadcast=True, hash=False):
+        return obj
+
+    def scheduler_info(self):
+        return {"workers": {"w0": {}}}
+
+
+def test_warnings_raised_in_worker_processes_reach_the_step(tmp_path):
+    """A warning raised inside ctx.map on a dask worker process stayed in the worker's log:
+    the report of a cluster run lacked the warnings of the same serial run."""
+    cfg = tmp_path / "w.toml"
+    cfg.write_text(
+        '[run]\nplugins = ["_steps_for_tests"]\n'
+        '[[step]]\nrun = "test.make_series"\nn_frames = 4\nsize = 4\n'
+        '[[step]]\nrun = "test.map_warns"\nid = "m"\n'
+    )
+    client = _ProcessClient()
+    try:
+        with pytest.warns(UserWarning, match="no drift"):
+            r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler=client)
+    finally:
+        client.pool.shutdown()
+    step = next(s for s in r.steps if s.id == "m")
+    assert step.warnings == ["UserWarning: frame 2: no drift estimate"], step.warnings
+    assert read_table(tmp_path / "run" / "tables" / "m.table.parquet")["sq"].tolist() == [
+        0,
+        1,
+        4,
+        9,
+    ]

@@ -319,3 +319,62 @@ thickness_from = "counted"
     assert "counted thickness" in caption("counted") and "degenerate" in caption("counted")
     old = read_table(tmp_path / "run" / "tables" / "counted.columns.parquet")
     assert old.attrs["thickness_source"] == "counted"
+
+
+def _kinetics_run(tmp_path, x: str, y: str, process: str):
+    import json
+
+    text = f"""
+[run]
+name = "kin"
+plugins = ["_steps_for_tests"]
+[[step]]
+run = "test.make_series"
+n_frames = 12
+size = 8
+[[step]]
+run = "series.frames"
+[[step]]
+run = "quantify.kinetics"
+process = "{process}"
+x = "{x}"
+y = "{y}"
+"""
+    cfg = parse_config(tomllib.loads(text), source="kin.toml", text=text)
+    r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial", report=False)
+    assert [s.status for s in r.steps] == ["ran"] * 3, [s.message for s in r.steps]
+    prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    return prov["steps"][-1]
+
+
+def test_kinetics_on_a_constant_observable_selects_no_model(tmp_path):
+    """A series in which nothing happens (no cluster ever nucleated): every model fits the
+    constant, so the ranking only reflects parameter counts; it used to report 'nucleation is
+    best described by nucleation_constant (Akaike weight 1.00)' and a 'rate' of noise."""
+    if not get_step("quantify.kinetics").available:
+        pytest.skip("quantify not available in this version")
+    st = _kinetics_run(tmp_path, "cumulative_dose_e_per_A2", "dose_e_per_A2", "nucleation")
+    assert any("is constant" in w for w in st["warnings"]), st["warnings"]
+    texts = [it["text"] for it in st["report_items"] if it["kind"] == "text"]
+    assert texts and not any("best described" in t for t in texts), texts
+    assert not [it for it in st["report_items"] if it["kind"] == "metric"]
+
+
+def test_kinetics_parameters_carry_the_unit_of_the_x_column(tmp_path):
+    """Model parameters are named for x = dose (D0_e_per_A2, J_per_e_per_A2); fitted
+    against time they are in s and 1/s. The metrics used to have no unit at all."""
+    if not get_step("quantify.kinetics").available:
+        pytest.skip("quantify not available in this version")
+    st = _kinetics_run(tmp_path, "time_s", "cumulative_dose_e_per_A2", "nucleation")
+    units = {
+        it["title"].split(": ", 1)[1]: it["unit"]
+        for it in st["report_items"]
+        if it["kind"] == "metric"
+    }
+    assert units, st["report_items"]
+    for name, unit in units.items():
+        if name.endswith("_per_e_per_A2"):
+            assert unit == "1/s", (name, unit)
+        elif name.endswith("_e_per_A2"):
+            assert unit == "s", (name, unit)
+    assert any(u for u in units.values())

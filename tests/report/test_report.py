@@ -269,3 +269,29 @@ def test_demo_report_in_browser(browser, open_report, tmp_path, capsys):
     prov2 = json.loads((out / "provenance.json").read_text())
     assert {s["status"] for s in prov2["steps"]} <= {"cached", "unavailable", "skipped", "failed"}
     assert sum(s["status"] == "cached" for s in prov2["steps"]) >= 2
+
+
+def test_same_metric_of_two_steps_names_the_step():
+    """Two fits in one run: their metrics and figures sit together in the section, away
+    from the step lines; without the step id they could not be told apart."""
+    prov, assets = _provenance(with_3d=False)
+
+    def items(step: str) -> list[dict]:
+        return [
+            {"kind": "metric", "name": "p", "step": step, "section": "counting",
+             "title": "median position precision", "caption": "", "value": 0.07,
+             "err": None, "unit": "Å"},
+            {"kind": "figure", "name": "c", "step": step, "section": "counting",
+             "title": "Fitted atom columns", "caption": "", "path": "plots/a.f.png"},
+        ]  # fmt: skip
+
+    prov["steps"] += [
+        {"id": sid, "step": "atoms.fit", "status": "ran", "section": "counting", "params": {},
+         "report_items": items(sid)}
+        for sid in ("fit_before", "fit_after")
+    ]  # fmt: skip
+    html = render_report(prov, assets=assets)
+    for sid in ("fit_before", "fit_after"):
+        assert f"median position precision ({sid})" in html
+        assert f"Fitted atom columns ({sid})" in html
+    assert "D_Br (a)" not in html  # a title only one step uses is left alone

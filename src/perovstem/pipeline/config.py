@@ -232,6 +232,11 @@ def parse_config(
                 f"{_where(source, lines.get('run', 'plugins'), '[run]')}cannot import plugin "
                 f"module `{mod}`: {exc}"
             ) from None
+        except Exception as exc:  # the plugin's own code failed (a bug, a missing setting)
+            raise ParameterError(
+                f"{_where(source, lines.get('run', 'plugins'), '[run]')}plugin module `{mod}` "
+                f"failed while being imported{_where_raised(exc)}: {type(exc).__name__}: {exc}"
+            ) from exc
     on_error = run.get("on_error", "stop")
     if allow_unavailable is None:
         allow_unavailable = on_error == "continue"
@@ -249,9 +254,8 @@ def parse_config(
         elif isinstance(spec, dict) and isinstance(spec.get("path"), str):
             options = {k: v for k, v in spec.items() if k != "path"}
             path = spec["path"]
-            for k in options:
-                if k not in ("pixel_size", "lazy"):
-                    raise ParameterError(f"{w}unknown option `{k}`; known: lazy, pixel_size")
+            for k, v in options.items():
+                _check_input_option(w, k, v)
         else:
             raise ParameterError(
                 f'{w}must be a file path or a table {{ path = "...", pixel_size = ... }}, '
@@ -361,9 +365,16 @@ def parse_config(
             else:
                 ref = produced.get(name) or (name if name in inputs else None)
             if ref is None and name not in step.optional_inputs:
+                later = _later_producer(raw_steps, i, name)
+                order = (
+                    f"; step #{later[0] + 1} ({later[1]}) produces it but comes later: move "
+                    f"it before this one"
+                    if later
+                    else ""
+                )
                 raise ParameterError(
                     f"{_where(source, hline, label)}needs input `{name}`, produced by no earlier "
-                    f"step and not in [inputs]; add it to [inputs] or wire it with "
+                    f"step and not in [inputs]{order}; add it to [inputs] or wire it with "
                     f'`inputs = {{ {name} = "<step id>.<output>" }}`'
                 )
             wiring[name] = ref
@@ -411,6 +422,54 @@ def _resolve_ref(
         if s.id == ref and len(s.step.outputs) == 1:
             return f"{s.id}.{s.step.outputs[0]}"
     return None
+
+
+def _where_raised(exc: BaseException) -> str:
+    """' (file, line n)' of the innermost frame of a plugin's import error."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" ({exc.filename}, line {exc.lineno})"
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+
+
+def _later_producer(raw_steps: list[Any], i: int, name: str) -> tuple[int, str] | None:
+    """The first step after #i whose outputs include `name` (a wrong step order)."""
+    for j in range(i + 1, len(raw_steps)):
+        raw = raw_steps[j]
+        try:
+            later = get_step(raw["run"])
+        except Exception:  # reported when that step is validated
+            continue
+        if name in later.outputs:
+            return j, str(raw["run"])
+    return None
+
+
+# options of perovstem.io.load an [inputs] entry may give (name -> check, what it takes)
+_INPUT_OPTIONS: dict[str, tuple[Any, str]] = {
+    "pixel_size": (
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0,
+        "a positive number, Å",
+    ),
+    "lazy": (lambda v: isinstance(v, bool), "true or false"),
+    "kind": (
+        lambda v: v in ("image", "series", "tilt"),
+        '"image", "series" or "tilt" (how a 3-D stack is read)',
+    ),
+    "signal": (lambda v: isinstance(v, str) and v != "", "the title of the image to read"),
+}
+
+
+def _check_input_option(where: str, key: str, value: Any) -> None:
+    if key not in _INPUT_OPTIONS:
+        raise ParameterError(
+            f"{where}unknown option `{key}`; known: {', '.join(sorted(_INPUT_OPTIONS))}"
+        )
+    ok, what = _INPUT_OPTIONS[key]
+    if not ok(value):
+        raise ParameterError(f"{where}option `{key}` must be {what}, got {value!r}")
 
 
 def load_config(path: str | Path, **kwargs: Any) -> Config:

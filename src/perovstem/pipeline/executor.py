@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,8 +57,27 @@ def parse_scheduler(scheduler: Any) -> tuple[str, int | None]:
     )
 
 
-def _apply_batch(func: Callable[..., Any], batch: Sequence[Any], *shared: Any) -> list[Any]:
-    return [func(item, *shared) for item in batch]
+def _apply_batch(
+    func: Callable[..., Any], batch: Sequence[Any], *shared: Any, parent_pid: int = 0
+) -> tuple[list[Any], list[tuple[type[Warning], str]]]:
+    if os.getpid() == parent_pid:
+        # thread workers of this process: the step's own warning capture sees them (and
+        # catch_warnings is not thread-safe, so it is not entered here)
+        return [func(item, *shared) for item in batch], []
+    # in a worker process a warning only reaches the worker's log: bring it back with the
+    # results so that the step records it (provenance, report) as in a serial run
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        out = [func(item, *shared) for item in batch]
+    seen = dict.fromkeys((w.category, str(w.message)) for w in rec)
+    return out, list(seen)
+
+
+def _reraise_warnings(caught: Sequence[tuple[type[Warning], str]]) -> None:
+    for category, message in caught:
+        if not (isinstance(category, type) and issubclass(category, Warning)):
+            category = UserWarning
+        warnings.warn(message, category, stacklevel=3)
 
 
 class Executor:
@@ -183,12 +203,18 @@ class Executor:
         batches = [items[i : i + size] for i in range(0, len(items), size)]
         if extra:
             extra = (client.scatter(shared, broadcast=True, hash=False),)
-        futures = [client.submit(_apply_batch, func, b, *extra, pure=False) for b in batches]
+        pid = os.getpid()
+        futures = [
+            client.submit(_apply_batch, func, b, *extra, parent_pid=pid, pure=False)
+            for b in batches
+        ]
         results: list[Any] = []
         done = 0
         try:
             for fut, batch in zip(futures, batches, strict=True):  # gathered in item order
-                results.append(fut.result())
+                got, caught = fut.result()
+                _reraise_warnings(caught)
+                results.append(got)
                 done += len(batch)
                 if progress is not None:
                     progress(done)

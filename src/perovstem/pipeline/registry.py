@@ -119,10 +119,24 @@ class Param:
             raise ParameterError(f"`{key}` must be one of {list(self.choices)}, got {value!r}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if self.min is not None and value < self.min:
-                raise ParameterError(f"`{key}` must be >= {self.min}, got {value!r}")
+                raise ParameterError(
+                    f"`{key}` must be >= {self.min}, got {value!r}{self._unit_hint(key, value)}"
+                )
             if self.max is not None and value > self.max:
-                raise ParameterError(f"`{key}` must be <= {self.max}, got {value!r}")
+                raise ParameterError(
+                    f"`{key}` must be <= {self.max}, got {value!r}{self._unit_hint(key, value)}"
+                )
         return value
+
+    def _unit_hint(self, key: str, value: float) -> str:
+        """Name the likely unit slip when the value × 10 (nm for Å) would be in range."""
+        for suffix, unit, wrong, factor in (("_A", "Å", "nm", 10.0), ("_nm", "nm", "Å", 0.1)):
+            if not key.endswith(suffix):
+                continue
+            v = value * factor
+            if (self.min is None or v >= self.min) and (self.max is None or v <= self.max):
+                return f" ({key} is in {unit}: {value!r} {wrong} = {v:.6g} {unit}?)"
+        return ""
 
 
 @dataclass(frozen=True)

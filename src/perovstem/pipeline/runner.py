@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sys
 import time
 import traceback
@@ -172,11 +173,7 @@ class _Artefacts:
         if ref in self.values:
             return self.values[ref]
         if ref in self.config.inputs:
-            from perovstem.io import load
-
-            spec = self.config.inputs[ref]
-            value = load(spec.path, **spec.options)
-            self.input_info[ref] = _describe(value)
+            value = self._load_input(ref)
         else:
             from perovstem.io.runstore import read_artefact
 
@@ -184,6 +181,65 @@ class _Artefacts:
             value = read_artefact(folder, name)
         self.values[ref] = value
         return value
+
+    def _load_input(self, ref: str) -> Any:
+        """Read an [inputs] file; its warnings are re-raised (the step that first uses it
+        records them) and kept with the input's provenance."""
+        from perovstem.errors import CalibrationError
+        from perovstem.io import load
+
+        spec = self.config.inputs[ref]
+        where = f"[inputs] {ref}" + (f" (line {spec.line})" if spec.line else "")
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            try:
+                value = load(spec.path, **spec.options)
+            except CalibrationError as exc:
+                if "pixel_size" in spec.options:
+                    raise
+                raise CalibrationError(
+                    f"{exc}; in the analysis file: {where}: "
+                    f'{ref} = {{ path = "{spec.path.name}", pixel_size = <Å> }}'
+                ) from exc
+            given = spec.options.get("pixel_size")
+            if given is not None:
+                pick = {k: v for k, v in spec.options.items() if k in ("kind", "signal")}
+                _check_pixel_size_override(spec.path, float(given), where, **pick)
+        self.input_info[ref] = _describe(value)
+        texts = _warning_texts(rec)
+        if texts:
+            self.input_info[ref]["warnings"] = texts
+        for w in rec:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return value
+
+
+def _check_pixel_size_override(path: Path, given_A: float, where: str, **load_kw: Any) -> None:
+    """Warn when ``pixel_size`` in [inputs] replaces a file calibration that disagrees.
+
+    The usual cause is a value in nm (or pm) written where Å is expected: every length,
+    area and dose per Å² downstream is then off by a power of 10 without any error."""
+    from perovstem.io import load
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            file_A = float(load(path, lazy=True, **load_kw).pixel_size_A)
+    except Exception:  # no calibration in the file (that is why it was given), or unreadable
+        return
+    ratio = given_A / file_A
+    if abs(ratio - 1.0) <= 0.02:
+        return
+    hint = ""
+    for factor, unit in ((0.1, "nm"), (100.0, "pm")):
+        if abs(ratio / factor - 1.0) <= 0.05:
+            hint = f" (×{ratio:.3g}: a value in {unit}? pixel_size is in Å)"
+    warnings.warn(
+        f"{where}: pixel_size = {given_A:.6g} Å replaces the file's calibration "
+        f"{file_A:.6g} Å{hint}; every length, area and dose per Å² follows it",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 def _describe(obj: Any, max_items: int = 24) -> dict[str, Any]:
@@ -261,6 +317,32 @@ def _publish(value: Any, run_dir: Path, ref: str, attrs: dict[str, Any]) -> list
         write_bytes(run_dir / rel, buf.getvalue())
         written.append(str(rel))
     return written
+
+
+_PUBLIC = ("tables", "volumes", "arrays", "plots")
+_PUBLIC_SUFFIXES = (".parquet", ".mrc", ".npy", ".png", ".json")
+
+
+def _prune_public(run_dir: Path, results: list[StepResult]) -> None:
+    """Remove public files that this run's steps did not produce.
+
+    A rerun into the same folder with a step removed, re-parametrised to make no figure, or
+    failed/skipped after a changed input left the earlier run's table next to the new ones,
+    not in provenance.json and possibly computed from another input file.  Kept: every
+    output of a ran or cached step and every file a report item of this run refers to."""
+    keep: set[str] = set()
+    for r in results:
+        if r.status in ("ran", "cached"):
+            keep.update(Path(p).as_posix() for p in r.outputs)
+        keep.update(Path(it["path"]).as_posix() for it in r.report_items if it.get("path"))
+    for folder in _PUBLIC:
+        root = run_dir / folder
+        if not root.is_dir():
+            continue
+        for f in root.iterdir():
+            rel = f"{folder}/{f.name}"
+            if f.is_file() and f.suffix in _PUBLIC_SUFFIXES and rel not in keep:
+                f.unlink()
 
 
 def run_pipeline(
@@ -402,7 +484,8 @@ def _run_locked(
                 res.status, "[yellow]–[/]"
             )
             extra = f" ({res.wall_s:.1f} s)" if res.status == "ran" else ""
-            msg = f": {res.message}" if res.message else ""
+            # escaped: "[inputs] series ..." is text, not console markup (it vanished)
+            msg = f": {_escape_markup(res.message)}" if res.message else ""
             if res.warnings:  # shown in full when raised; a cached step only counts them
                 n_w = len(res.warnings)
                 msg += f" [yellow]{n_w} warning{'s' if n_w > 1 else ''} (in the report)[/]"
@@ -415,6 +498,7 @@ def _run_locked(
         _write_provenance(
             run_dir, config, results, inputs_prov, arte.input_info, started, executor, t_start
         )
+        _prune_public(run_dir, results)
         executor.close()
         if progress is not None:
             progress.stop()
@@ -438,6 +522,7 @@ def _run_locked(
         t_start,
         sched_desc=sched_desc,
     )
+    _prune_public(run_dir, results)
     report_path = None
     if config.report if report is None else report:
         from perovstem.report import write_report
@@ -515,7 +600,9 @@ def _run_one(
             info = read_json(done)
         except PerovstemError:
             info = {}
-        if info.get("key") == key:
+        # a public file pruned by a run without this step (or deleted by hand): run again
+        intact = all((run_dir / f).is_file() for f in info.get("outputs", []))
+        if info.get("key") == key and intact:
             for o in step.outputs:
                 ref = f"{spec.id}.{o}"
                 arte.where[ref] = (cache, o)
@@ -542,10 +629,10 @@ def _run_one(
     t0 = time.perf_counter()
     caught: list[warnings.WarningMessage] = []
     try:
-        kwargs = {
-            name: (arte.get(ref) if ref is not None else None) for name, ref in wiring.items()
-        }
-        with _recorded_warnings(caught):
+        with _recorded_warnings(caught):  # also the warnings of reading an input file
+            kwargs = {
+                name: (arte.get(ref) if ref is not None else None) for name, ref in wiring.items()
+            }
             produced = step.func(ctx, **kwargs)
         if not isinstance(produced, dict):
             raise TypeError(f"step `{step.name}` returned {type(produced).__name__}, not a dict")
@@ -555,7 +642,7 @@ def _run_one(
     except Exception as exc:
         for o in spec.outputs:
             unavailable[o] = f"step `{spec.id}` failed"
-        msg = f"{type(exc).__name__}: {exc}"
+        msg = f"{type(exc).__name__}: {exc}" + _input_kind_hint(str(exc), wiring, arte)
         res = StepResult(
             **base,
             status="failed",
@@ -605,6 +692,36 @@ def _run_one(
     )
 
 
+def _escape_markup(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _input_kind_hint(message: str, wiring: dict[str, str | None], arte: _Artefacts) -> str:
+    """Say what an input file was read as when a step refuses its kind.
+
+    "`tilt_series` must be a TiltSeries, got Series" names neither the [inputs] entry nor
+    how to read a stack otherwise (the `kind` option)."""
+    hints = []
+    for name, ref in wiring.items():
+        info = arte.input_info.get(ref) if ref is not None else None
+        if info is None or not re.search(rf"\b{info['kind']}\b", message):
+            continue
+        spec = arte.config.inputs[ref]
+        shape = "×".join(str(n) for n in info.get("shape", []))
+        hints.append(
+            f"input `{name}` is [inputs] {ref} = {spec.path.name!r}, read as a {info['kind']}"
+            f"{f' ({shape})' if shape else ''}"
+        )
+    if not hints:
+        return ""
+    return (
+        " (" + "; ".join(hints) + '; the [inputs] option kind = "image" | "series" | "tilt" '
+        "chooses how a 3-D stack is read, or wire the step to another input)"
+    )
+
+
 @contextlib.contextmanager
 def _recorded_warnings(caught: list[warnings.WarningMessage]):
     """Record every warning a step raises (for provenance and the report), then show each once.
@@ -628,8 +745,23 @@ def _recorded_warnings(caught: list[warnings.WarningMessage]):
 
 
 def _warning_texts(caught: list[warnings.WarningMessage], limit: int = 20) -> list[str]:
-    """Distinct warning texts in order, ``Category: message``, at most ``limit``."""
-    out = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+    """Distinct warning texts in order, ``Category: message``, at most ``limit``.
+
+    Texts that differ only in their numbers (the same warning raised once per frame with
+    that frame's estimate) are kept once, with how many times and how many frames' values
+    were folded into it: a 200-frame series otherwise filled the step's line with 20
+    near-copies and hid any other warning behind "... and 180 more"."""
+    groups: dict[str, list[str]] = {}
+    for w in caught:
+        text = f"{w.category.__name__}: {w.message}"
+        shape = re.sub(r"[-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?", "#", text)
+        seen = groups.setdefault(shape, [])
+        if text not in seen:
+            seen.append(text)
+    out = [
+        t[0] if len(t) == 1 else f"{t[0]} [and {len(t) - 1} more like it with other values]"
+        for t in groups.values()
+    ]
     if len(out) > limit:
         out = out[:limit] + [f"... and {len(out) - limit} more warnings"]
     return out

@@ -72,6 +72,26 @@ def _plotly_js() -> str:
     return plotly_offline.get_plotlyjs()
 
 
+def _name_by_step(sections: dict[str, dict[str, Any]]) -> None:
+    """Name the step of metrics and figures whose title another step of the section shares.
+
+    Metrics and figures are grouped per section, away from their step's line; two steps of
+    one kind (two fits, two series) gave two 'median position precision' with nothing to
+    tell which is which."""
+    for sec in sections.values():
+        for group in (sec["metrics"], sec["items"]):
+            steps_by_title: dict[tuple[str, str], set[str]] = {}
+            for it in group:
+                steps_by_title.setdefault((it["kind"], it.get("title", "")), set()).add(
+                    str(it.get("step", ""))
+                )
+            for it in group:
+                step = str(it.get("step", ""))
+                title = it.get("title", "")
+                if len(steps_by_title[(it["kind"], title)]) > 1 and step not in title:
+                    it["title"] = f"{title} ({step})" if title else f"({step})"
+
+
 def render_report(
     provenance: dict[str, Any],
     *,
@@ -136,6 +156,7 @@ def render_report(
                 sections[isec]["metrics"].append(it)
             else:
                 sections[isec]["items"].append(it)
+    _name_by_step(sections)
     counts: dict[str, int] = {}
     for step in provenance.get("steps", []):
         counts[step.get("status", "?")] = counts.get(step.get("status", "?"), 0) + 1

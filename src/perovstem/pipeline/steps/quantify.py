@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,38 @@ COMPARE, FIT, ARRHENIUS, DOSE_RATE = (
 )
 
 _PROCESSES = ("br_loss", "nucleation", "coalescence", "growth")
+
+
+# unit of an x column from its name suffix (the library's column naming)
+_X_UNITS = (("_e_per_A2_s", "e⁻/Å²/s"), ("_e_per_A2", "e⁻/Å²"), ("_s", "s"), ("_K", "K"))
+
+
+def _x_unit(column: str) -> str:
+    return next((u for suf, u in _X_UNITS if column.endswith(suf)), f"[{column}]")
+
+
+def _param_unit(name: str, x_unit: str) -> str:
+    """Unit of a kinetic-model parameter for the x column actually fitted.
+
+    The library names dose parameters for x = cumulative dose (``D0_e_per_A2``,
+    ``J_per_e_per_A2``); with another x (``time_s``) the same parameter is in that x's unit,
+    so the unit comes from the x column, not from the parameter name."""
+    if name.startswith("ln_"):
+        return ""
+    inv = f"1/({x_unit})" if "/" in x_unit else f"1/{x_unit}"
+    for suf, unit in (
+        ("_per_e2_per_A4", f"{inv}²"),
+        ("_per_e_per_A2", inv),
+        ("_e_per_A2", x_unit),
+        ("_A3_per_x", f"Å³ per {x_unit}"),
+        ("_A2_per_x", f"Å² per {x_unit}"),
+        ("_A_per_x", f"Å per {x_unit}"),
+        ("_A", "Å"),
+        ("_eV", "eV"),
+    ):
+        if name.endswith(suf):
+            return unit
+    return ""
 
 
 def _fit_rows(fits: dict[str, Any]) -> Any:
@@ -64,6 +97,18 @@ def quantify_kinetics(ctx: Any, frames: Any) -> dict[str, Any]:
             )
     x = frames[p["x"]].to_numpy(float)
     y = frames[p["y"]].to_numpy(float)
+    finite = y[np.isfinite(y)]
+    flat = finite.size > 0 and bool(np.all(finite == finite[0]))
+    if flat:
+        # every model fits a constant (e.g. no cluster ever nucleated): the ranking then
+        # picks a model by its parameter count and its "rate" is noise, not a mechanism
+        warnings.warn(
+            f"`y` = {p['y']!r} is constant ({finite[0]:.4g}) in all {finite.size} frames: "
+            f"no {p['process'].replace('_', ' ')} kinetics to fit; the model ranking and "
+            "its parameters carry no information",
+            UserWarning,
+            stacklevel=1,
+        )
     ranking, fits = compare_models(
         x,
         y,
@@ -87,22 +132,34 @@ def quantify_kinetics(ctx: Any, frames: Any) -> dict[str, Any]:
     bf = fits[best]
     row = ranking.loc[0]
     mech = f"{row['mechanism']}; " if row.get("mechanism") else ""
-    ctx.text(
-        f"{label}: {p['process'].replace('_', ' ')} is best described by {best} "
-        f"({mech}Akaike weight {float(row['weight']):.2f} among {len(ranking)} models).",
-        section="mechanism",
-        title="",
-    )
+    if flat:
+        ctx.text(
+            f"{label}: {p['y']} does not change over the series ({finite[0]:.4g} in every "
+            f"frame): no {p['process'].replace('_', ' ')} kinetics; no model is selected.",
+            section="mechanism",
+            title="",
+        )
+    else:
+        ctx.text(
+            f"{label}: {p['process'].replace('_', ' ')} is best described by {best} "
+            f"({mech}Akaike weight {float(row['weight']):.2f} among {len(ranking)} models).",
+            section="mechanism",
+            title="",
+        )
     # the rate-like parameter goes to the mechanism summary, all parameters to this section
     offsets = ("N0", "N_inf", "r0_A", "D0_e_per_A2", "B_max", "f_surface")
     key = next((n for n in bf.params if n not in offsets), next(iter(bf.params)))
+    x_unit = _x_unit(p["x"])
     for name, v in bf.params.items():
+        if flat:
+            break
         ctx.metric(
             f"{label}: {name}",
             v,
+            unit=_param_unit(name, x_unit),
             err=bf.stderr.get(name),
             section="mechanism" if name == key else "kinetics",
-            caption=f"{best} ({p['process']}), ±1σ",
+            caption=f"{best} ({p['process']}, x = {p['x']}), ±1σ",
         )
     from perovstem.plot.overview import plot_xy
 
