@@ -378,3 +378,31 @@ def test_kinetics_parameters_carry_the_unit_of_the_x_column(tmp_path):
         elif name.endswith("_e_per_A2"):
             assert unit == "s", (name, unit)
     assert any(u for u in units.values())
+
+
+def test_atoms_steps_name_their_own_way_out(tmp_path):
+    # a raw image without a dose: atoms.fit (normalize = true) and atoms.count (a library
+    # for columns typed by intensity) named only library functions or a parameter of
+    # scs_library; they now name the step parameter too
+    from perovstem import Image
+    from perovstem.errors import PerovstemError
+    from perovstem.io import save_image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:80, 0:80] * 0.3
+    lam = 50.0 + sum(
+        400 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 0.5**2))
+        for x in np.arange(3, 22, 5.87)
+        for y in np.arange(3, 22, 5.87)
+    )
+    save_image(Image(rng.poisson(lam).astype(float), 0.3), tmp_path / "raw.hspy")
+    head = '[run]\nname = "r"\n[inputs]\nimage = "raw.hspy"\n'
+    (tmp_path / "a.toml").write_text(head + '[[step]]\nrun = "atoms.fit"\ncell = "none"\n')
+    with pytest.raises(PerovstemError, match="set normalize = false"):
+        run_pipeline(tmp_path / "a.toml", quiet=True, scheduler="serial")
+    (tmp_path / "b.toml").write_text(
+        head + '[[step]]\nrun = "atoms.fit"\ncell = "none"\nnormalize = false\n'
+        '[[step]]\nrun = "atoms.count"\ntypes = ["type0"]\n'
+    )
+    with pytest.raises(PerovstemError, match="no simulated library .* library = false here"):
+        run_pipeline(tmp_path / "b.toml", quiet=True, scheduler="serial")

@@ -89,7 +89,17 @@ def atoms_fit(ctx: Any, image: Any, positions: Any = None) -> dict[str, Any]:
         from perovstem.errors import ParameterError
 
         raise ParameterError("`gain` is used by the normalisation: set normalize = true")
-    img = api(NORMALIZE)(image, **gain_kw) if p["normalize"] else image
+    if p["normalize"]:
+        from perovstem.errors import CalibrationError, DataError
+
+        try:
+            img = api(NORMALIZE)(image, **gain_kw)
+        except (CalibrationError, DataError) as exc:  # the step's way out, besides the input
+            raise type(exc)(
+                f"{exc} (or set normalize = false: cross-sections in image units)"
+            ) from None
+    else:
+        img = image
     if positions is None:  # find the columns, sublattice-aware for the CsPbBr3 [001] cell
         cell = api(CELL)() if p["cell"] == "cspbbr3_001" else None
         positions = api(FIND)(img, cell=cell)
@@ -199,12 +209,15 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
             ctx.text(
                 f"{int(weak.sum())} of {int(weak.sum() + sel.sum())} columns not counted: "
                 f"cross-section not above {p['min_significance']:g} standard errors "
-                f"(min {np.nanmin(scs[weak]):.4g}); they are kept in the table with "
+                f"(min {np.nanmin(scs[weak]):.4g} {out.attrs.get('scs_units', 'Å²')}); they "
+                "are kept in the table with "
                 "counted = False.",
                 section="counting",
             )
     kw: dict[str, Any] = {}
     if p["library"] and "type" in out.columns:
+        from perovstem.errors import ParameterError
+
         try:
             lib = api(SCS_LIBRARY)
             kw["library"] = {
@@ -219,10 +232,27 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
             }
         except ImportError:
             pass
+        except ParameterError as exc:
+            if "column_type" not in str(exc):
+                raise
+            raise ParameterError(
+                f"no simulated library for the column types {p['types']} ({exc}); set "
+                "library = false here (counts from the Gaussian mixture alone)"
+            ) from None
     if p["method"] == "gmm":
-        counts = api(COUNT)(
-            out[sel], max_components=p["max_components"], criterion=p["criterion"], **kw
-        )
+        from perovstem.errors import DataError
+
+        try:
+            counts = api(COUNT)(
+                out[sel], max_components=p["max_components"], criterion=p["criterion"], **kw
+            )
+        except DataError as exc:
+            if "library" not in kw or "normalis" not in str(exc):
+                raise
+            raise DataError(
+                f"{exc}; in the pipeline: atoms.fit with normalize = true, or "
+                "library = false here (counts from the Gaussian mixture alone)"
+            ) from None
     else:
         from perovstem.errors import ParameterError
 
