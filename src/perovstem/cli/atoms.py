@@ -98,25 +98,14 @@ def fit(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Find and fit atom columns: table of positions, widths, SCS with errors, and an overlay."""
-    from perovstem._data import Image as _Image
-    from perovstem._data import Series as _Series
     from perovstem.atoms import find_columns, fit_columns, normalize_image
     from perovstem.cli._common import console
-    from perovstem.errors import DataError, OutputExistsError, ParameterError
-    from perovstem.io import load, read_table, save_figure, save_table
+    from perovstem.errors import OutputExistsError, ParameterError
+    from perovstem.io import read_table, save_figure, save_table
 
     if scs not in ("gauss", "voronoi"):
         raise ParameterError(f"--scs must be gauss or voronoi, got {scs!r}")
-    obj = load(image, pixel_size=pixel_size)
-    if isinstance(obj, _Series):
-        if not 0 <= frame < obj.data.shape[0]:
-            raise DataError(f"--frame {frame} outside the series (0…{obj.data.shape[0] - 1})")
-        obj = obj.frame(frame)
-    elif frame != 0:
-        raise DataError(f"--frame {frame} given but {image} is a single image, not a series")
-    if not isinstance(obj, _Image):
-        raise DataError(f"{image}: not a 2-D image (got {type(obj).__name__})")
-    obj = _apply_detector(obj, gain, offset)
+    obj = _apply_detector(load_image_arg(image, pixel_size, frame), gain, offset)
     if normalize:
         obj = normalize_image(obj)
     out = out if out is not None else Path(f"{image.name.split('.')[0]}_columns.parquet")
@@ -165,6 +154,24 @@ def fit(
         f"{seconds:.2f} s); ρ: {rho_txt}; median position error "
         f"{df.x_err_A.median():.4f} Å → {out}, {overlay}"
     )
+
+
+def load_image_arg(image: Path, pixel_size: float | None, frame: int):
+    """The 2-D image of a command's IMAGE argument: ``--frame`` of a series, else the image."""
+    from perovstem._data import Image, Series
+    from perovstem.errors import DataError
+    from perovstem.io import load
+
+    obj = load(image, pixel_size=pixel_size)
+    if isinstance(obj, Series):
+        if not 0 <= frame < obj.data.shape[0]:
+            raise DataError(f"--frame {frame} outside the series (0…{obj.data.shape[0] - 1})")
+        obj = obj.frame(frame)
+    elif frame != 0:
+        raise DataError(f"--frame {frame} given but {image} is a single image, not a series")
+    if not isinstance(obj, Image):
+        raise DataError(f"{image}: not a 2-D image (got {type(obj).__name__})")
+    return obj
 
 
 def _apply_detector(obj, gain: str | None, offset: float | None):

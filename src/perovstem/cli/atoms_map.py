@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from perovstem.cli.atoms import atoms_app
+from perovstem.cli.atoms import atoms_app, load_image_arg
 
 
 @atoms_app.command("map")
@@ -39,12 +39,9 @@ def map_(
     """Columns of a low-dose image by their posterior probability (MAP model order)."""
     import numpy as np
 
-    from perovstem._data import Image as _Image
-    from perovstem._data import Series as _Series
     from perovstem.atoms import map_columns
     from perovstem.cli._common import check_outputs, console
-    from perovstem.errors import DataError
-    from perovstem.io import load, read_table, save_figure, save_table
+    from perovstem.io import read_table, save_figure, save_table
 
     out = out if out is not None else Path(f"{image.name.split('.')[0]}_map.parquet")
     models_out = (
@@ -54,15 +51,7 @@ def map_(
     )
     overlay = overlay if overlay is not None else out.with_suffix(".png")
     check_outputs(out, models_out, overlay, overwrite=overwrite)
-    obj = load(image, pixel_size=pixel_size)
-    if isinstance(obj, _Series):
-        if not 0 <= frame < obj.data.shape[0]:
-            raise DataError(f"--frame {frame} outside the series (0…{obj.data.shape[0] - 1})")
-        obj = obj.frame(frame)
-    elif frame != 0:
-        raise DataError(f"--frame {frame} given but {image} is a single image, not a series")
-    if not isinstance(obj, _Image):
-        raise DataError(f"{image}: not a 2-D image (got {type(obj).__name__})")
+    obj = load_image_arg(image, pixel_size, frame)
     res = map_columns(
         obj,
         start=read_table(start) if start is not None else None,
