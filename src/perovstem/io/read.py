@@ -195,6 +195,11 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
         )
     angles = rec.get("angles_deg")
     if kind == "tilt" or (kind is None and angles is not None):
+        if angles is None and md.get("dropped_tilt_angles"):
+            raise FileFormatError(
+                f"{str(path)!r}: kind='tilt', but {md['dropped_tilt_angles']}; load it with "
+                "kind='series', or give the angles in a .rawtlt/.tlt side file"
+            )
         if angles is None:
             raise FileFormatError(
                 f"{str(path)!r}: no tilt angles in the file or a .rawtlt/.tlt/.mdoc side file"
