@@ -98,7 +98,12 @@ def load(
     CalibrationError
         No usable calibration and no ``pixel_size``.
     DataError
-        NaNs, wrong dimensionality.
+        NaNs, wrong dimensionality; an RGB(A) colour tif (8-bit or interleaved samples).
+
+    Notes
+    -----
+    A tif of 3 or 4 *separate* non-8-bit sample planes tagged RGB(A) (what tifffile writes
+    for a ``(3 | 4, M, N)`` array without ``photometric=``) is read as 3 or 4 frames.
     """
     path = Path(path)
     if kind not in (None, "image", "series", "tilt"):
