@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -125,6 +126,26 @@ def test_refuses_what_cannot_identify_a_gain(crystal):
     nm = estimate_noise_model(shifted)
     assert nm.gain < 0.6 * 5.0  # the bias the check is there for
     assert not nm.identified and any("correlated" in r for r in nm.reasons)
+
+
+def test_small_field_says_it_is_too_small_and_what_size_is_needed(crystal):
+    """A crop too small for a shot-noise gain: old code said 'no shot noise is measurable
+    (noise-free, denoised ...)' or 'too narrow a range of levels' without the field size."""
+    _, img = crystal
+    d = img.data
+    r0, c0 = d.shape[0] // 2 - 24, d.shape[1] // 2 - 24
+    nm = estimate_noise_model(d[r0 : r0 + 48, c0 : c0 + 48])
+    assert not nm.identified
+    (reason,) = nm.reasons
+    m = re.search(r"too small .*48×48-pixel field.*≈ (\d+)×\1 px", reason)
+    assert m, reason
+    side = int(m.group(1))
+    assert 48 < side <= min(d.shape)
+    # the size it names is enough on the same image
+    r0, c0 = (d.shape[0] - side) // 2, (d.shape[1] - side) // 2
+    assert estimate_noise_model(d[r0 : r0 + side, c0 : c0 + side]).identified
+    with pytest.raises(DataError, match=r"20×20-pixel field.*too small.*64×64 px"):
+        estimate_noise_model(d[r0 : r0 + 20, c0 : c0 + 20])
 
 
 def test_noise_free_multislice_means_are_refused():

@@ -146,3 +146,28 @@ def test_channel_stack_tif_is_not_read_as_a_series(tmp_path, ome):
         )
     with pytest.raises(DataError, match="3 channels"):
         ps.load(p, pixel_size=0.2)
+
+
+@pytest.mark.parametrize("n", [3, 4, 5])
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+def test_small_tif_stack_without_metadata_is_a_series_not_rgb(tmp_path, n, dtype):
+    # tifffile tags a plain (3 | 4, M, N) array as RGB(A) with separate sample planes
+    p = tmp_path / f"stack{n}.tif"
+    data = (np.random.default_rng(n).random((n, 30, 40)) * 1000).astype(dtype)
+    tifffile.imwrite(p, data, metadata=None)
+    s = ps.load(p, pixel_size=0.2)
+    assert s.data.shape == (n, 30, 40)
+    np.testing.assert_array_equal(np.asarray(s.data), data.astype(np.asarray(s.data).dtype))
+
+
+@pytest.mark.parametrize("planar", ["contig", "separate"])
+def test_rgb_colour_tif_is_refused_as_colour(tmp_path, planar):
+    from perovstem.errors import DataError
+
+    p = tmp_path / "colour.tif"
+    rgb = (np.random.default_rng(0).random((30, 40, 3)) * 255).astype(np.uint8)
+    if planar == "separate":
+        rgb = np.moveaxis(rgb, -1, 0)
+    tifffile.imwrite(p, rgb, photometric="rgb", planarconfig=planar)
+    with pytest.raises(DataError, match="RGB colour image"):
+        ps.load(p, pixel_size=0.2)

@@ -321,6 +321,25 @@ def test_mdoc_with_fewer_sections_than_images_names_both_files(tmp_path):
         ps.load(_serialem(tmp_path, 4, secs))
 
 
+def test_kind_tilt_on_mdoc_with_flat_angles_says_what_it_found(tmp_path):
+    # the .mdoc exists and holds angles, all ≈ 0°: old code said "no tilt angles in the file
+    # or a .rawtlt/.tlt/.mdoc side file"
+    from perovstem.errors import FileFormatError
+
+    secs = [{"TiltAngle": 0.1 * i, "DateTime": f"21-Oct-24  10:00:0{i}"} for i in range(4)]
+    p = _serialem(tmp_path, 4, secs)
+    assert isinstance(ps.load(p), ps.Series)
+    with pytest.raises(
+        FileFormatError,
+        match=r"series\.mrc\.mdoc' holds 4 tilt angle\(s\), all within 0\.5° .*frame series",
+    ):
+        ps.load(p, kind="tilt")
+    # a real tilt range still loads as a tilt series
+    secs = [{"TiltAngle": -30 + 20 * i, "DateTime": f"21-Oct-24  10:00:0{i}"} for i in range(4)]
+    ts = ps.load(_serialem(tmp_path, 4, secs), kind="tilt")
+    np.testing.assert_allclose(ts.angles_deg, [-30, -10, 10, 30])
+
+
 def test_file_pixel_size_outside_1pm_to_1mm_is_a_unit_mistake(tmp_path):
     import mrcfile
 

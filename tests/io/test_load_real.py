@@ -44,6 +44,15 @@ def test_serialem_frames_take_pixel_size_and_times_from_mdoc(tomo_data):
     assert s.metadata["serialem_tilt_axis_angle_deg"] == pytest.approx(-90.0)
 
 
+def test_serialem_frames_as_tilt_series_name_the_flat_mdoc_angles(tomo_data):
+    from perovstem.errors import FileFormatError
+
+    with pytest.raises(
+        FileFormatError, match=r"test_000\.mdoc' holds 2 tilt angle\(s\), all within 0\.5°"
+    ):
+        ps.load(tomo_data / "etspy_serialem" / "test_000.mrc", kind="tilt")
+
+
 def test_serialem_lazy_frames(tomo_data):
     s = ps.load(tomo_data / "etspy_serialem" / "test_000.mrc", lazy=True)
     assert hasattr(s.data, "dask")

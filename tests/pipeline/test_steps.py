@@ -406,3 +406,82 @@ def test_atoms_steps_name_their_own_way_out(tmp_path):
     )
     with pytest.raises(PerovstemError, match="no simulated library .* library = false here"):
         run_pipeline(tmp_path / "b.toml", quiet=True, scheduler="serial")
+
+
+def _series_file(tmp_path, frames, pixel_size_A, metadata=None):
+    import perovstem as ps
+    from perovstem.io import save_image
+
+    n = len(frames)
+    s = ps.Series(
+        np.array(frames, float),
+        pixel_size_A=pixel_size_A,
+        time_s=np.arange(float(n)),
+        dose_e_per_A2=np.full(n, 2e4),
+        metadata={"gain": 1.0, "offset": 0.0, **(metadata or {})},
+    )
+    save_image(s, tmp_path / "series.npz")
+    return tmp_path / "series.npz"
+
+
+def test_series_hmm_type_absent_lists_the_types_found(tmp_path):
+    # old code fitted every frame, then said only "no columns of type 'Pb' were found"
+    from perovstem.errors import DataError
+    from perovstem.simulate import haadf_image, nanocrystal
+
+    if not get_step("atoms.series").available:
+        pytest.skip("atoms.series not available in this version")
+    nc = nanocrystal(30.0, rng=0)
+    frames, meta = [], {}
+    for k in range(2):
+        img, _ = haadf_image(nc, dose_e_per_A2=2e4, pixel_size_A=0.3, rng=10 + k)
+        frames.append(img.data)
+        meta = dict(img.metadata)
+    path = _series_file(tmp_path, frames, 0.3, meta)
+    text = f"""
+[run]
+name = "ser"
+report = false
+[inputs]
+series = "{path.as_posix()}"
+[[step]]
+run = "atoms.series"
+hmm_type = "Pb"
+"""
+    cfg = parse_config(tomllib.loads(text), source="s.toml", text=text)
+    with pytest.raises(
+        DataError, match=r"hmm_type = 'Pb' in the first frame .*'Cs' \(\d+ columns\).*'PbBr'"
+    ) as exc:
+        run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial")
+    assert 'cell = "none"' in str(exc.value)
+
+
+def test_series_cell_none_tracks_every_column_of_a_non_perovskite(tmp_path):
+    # a square lattice of one column type (not CsPbBr3): old code had no `cell` option
+    # (config error) and typed the columns with the CsPbBr3 cell
+    if not get_step("atoms.series").available:
+        pytest.skip("atoms.series not available in this version")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:80, 0:80] * 0.3
+    sites = [(x, y) for x in np.arange(4.0, 21, 4.0) for y in np.arange(4.0, 21, 4.0)]
+    lam = 50.0 + sum(
+        120 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 0.5**2)) for x, y in sites
+    )
+    path = _series_file(tmp_path, [rng.poisson(lam) for _ in range(2)], 0.3)
+    text = f"""
+[run]
+name = "ser"
+report = false
+[inputs]
+series = "{path.as_posix()}"
+[[step]]
+run = "atoms.series"
+cell = "none"
+hmm_type = "Pb"
+max_iter = 5
+"""
+    cfg = parse_config(tomllib.loads(text), source="s.toml", text=text)
+    run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial")
+    counts = read_table(tmp_path / "run" / "tables" / "series.counts.parquet")
+    assert counts["column"].nunique() == len(sites)
+    assert sorted(counts["frame"].unique()) == [0, 1]

@@ -238,21 +238,17 @@ def estimate_noise_model(
     if frames not in ("difference", "pooled"):
         raise ParameterError(f"`frames` must be 'difference' or 'pooled', got {frames!r}")
     series = data.ndim == 3 and data.shape[0] >= 2
-    img0 = data if data.ndim == 2 else data[0]
-    if series and frames == "pooled":
-        use = np.unique(np.linspace(0, data.shape[0] - 1, min(8, data.shape[0])).astype(int))
-        parts = [_single_image_samples(data[k], mask, int(n_bins)) for k in use]
-        lev, var, key = (np.concatenate([p[i] for p in parts]) for i in range(3))
-        method = f"single-image, {use.size} frames pooled"
-        series = False  # correlation check and dark level on the first frame
-        img0 = data[use[0]]
-    elif series:
-        lev, var, key = _frame_difference_samples(data, mask, binned=False)
-        method = "frame-difference"
-    else:
-        lev, var, key = _single_image_samples(img0, mask, int(n_bins))
-        method = "single-image"
-    levels, variances, errs, (gain, c), cov, _ = _fit(lev, var, int(n_bins), key)
+    try:
+        lev, var, key, method, series, img0 = _samples(
+            data, mask, int(n_bins), series=series, frames=frames
+        )
+    except DataError as exc:
+        # every 2×2 block is a sample: a small field has too few smooth ones to fit a line
+        raise DataError(f"{exc} {_too_few_text(data)}") from None
+    try:
+        levels, variances, errs, (gain, c), cov, _ = _fit(lev, var, int(n_bins), key)
+    except DataError as exc:
+        raise DataError(f"{exc} {_too_few_text(data, lev.size)}") from None
     gain_err, c_err = (float(np.sqrt(max(cov[i, i], 0.0))) for i in range(2))
     # correlated pixels: the noise spectrum is no longer white (less power at Nyquist)
     if series:
@@ -267,7 +263,18 @@ def estimate_noise_model(
             "interpolated/resampled data or a detector response spanning pixels); a "
             "variance-based gain is biased low"
         )
-    if not (gain > min_gain_snr * gain_err):
+    if not (gain > min_gain_snr * gain_err) and gain > 2.0 * gain_err:
+        # a rising but imprecise line: the error falls about as 1/√(samples) ∝ 1/√(pixels),
+        # so this many times the field would reach min_gain_snr (an upper estimate: a larger
+        # field usually also spans more levels)
+        grow = (min_gain_snr * gain_err / gain) ** 2
+        reasons.append(
+            f"the field is too small to identify the gain: slope {gain:.3g} ± {gain_err:.2g} "
+            f"(below {min_gain_snr:g}σ) {_frame_size_text(data, lev.size)}; about "
+            f"{grow:.1f}× the pixels (≈ {_side_needed(data, grow)} px, or more frames) are "
+            "needed, or pass the measured gain"
+        )
+    elif not (gain > min_gain_snr * gain_err):
         reasons.append(
             f"the variance does not rise with the level (slope {gain:.3g} ± {gain_err:.2g}): "
             "no shot noise is measurable (noise-free, denoised or read-noise-dominated data)"
@@ -316,6 +323,64 @@ def estimate_noise_model(
         n_samples=int(lev.size),
         quantum=q,
     )
+
+
+def _samples(
+    data: np.ndarray, mask: np.ndarray | None, n_bins: int, *, series: bool, frames: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, bool, np.ndarray]:
+    """Level, variance and instrument samples, the method, whether the correlation check
+    uses frame differences, and the frame it uses otherwise."""
+    img0 = data if data.ndim == 2 else data[0]
+    if series and frames == "pooled":
+        use = np.unique(np.linspace(0, data.shape[0] - 1, min(8, data.shape[0])).astype(int))
+        parts = [_single_image_samples(data[k], mask, n_bins) for k in use]
+        lev, var, key = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        # correlation check and dark level on the first frame
+        return lev, var, key, f"single-image, {use.size} frames pooled", False, data[use[0]]
+    if series:
+        lev, var, key = _frame_difference_samples(data, mask, binned=False)
+        return lev, var, key, "frame-difference", True, img0
+    lev, var, key = _single_image_samples(img0, mask, n_bins)
+    return lev, var, key, "single-image", False, img0
+
+
+# A field of fewer 2×2 blocks than this (under 64×64 px) is too small for a single-image
+# gain: on a simulated crystal at 10⁴ e⁻/Å², a 48² crop gave slope 2.4σ, 64² 5.9σ
+_SMALL_FIELD_BLOCKS = 1024
+
+
+def _frame_size_text(data: np.ndarray, n_samples: int | None = None) -> str:
+    """``(a M×N-pixel field: n usable of m 2×2-block samples)`` for a message."""
+    m, n = data.shape[-2:]
+    k = data.shape[0] if data.ndim == 3 else 1
+    of = f"{n_samples} usable of " if n_samples is not None else ""
+    frames = f" × {k} frames" if k > 1 else ""
+    return f"(a {m}×{n}-pixel field{frames}: {of}{k * (m // 2) * (n // 2)} 2×2-block samples)"
+
+
+def _too_few_text(data: np.ndarray, n_samples: int | None = None) -> str:
+    """The field behind a failed fit, and what to do about it."""
+    m, n = data.shape[-2:]
+    blocks = (data.shape[0] if data.ndim == 3 else 1) * (m // 2) * (n // 2)
+    text = _frame_size_text(data, n_samples)
+    if blocks < _SMALL_FIELD_BLOCKS:
+        return (
+            f"{text}: too small a field for a shot-noise estimate (≥ 64×64 px needed); pass "
+            "the measured gain, or use a larger field or more frames"
+        )
+    if n_samples is not None and n_samples < 0.05 * blocks:
+        return (
+            f"{text}: almost no block is smooth enough (the field is nearly all structure); "
+            "pass the measured gain, or include vacuum or flat areas"
+        )
+    return text
+
+
+def _side_needed(data: np.ndarray, grow: float) -> str:
+    """Side of a square field with ``grow`` times the pixels of one frame of ``data``."""
+    m, n = data.shape[-2:]
+    side = int(np.ceil(np.sqrt(grow * m * n) / 2.0) * 2)
+    return f"{side}×{side}"
 
 
 def _haar_hh(a: np.ndarray) -> np.ndarray:

@@ -40,6 +40,8 @@ _SECONDS_PER_DAY = 86400.0
 # this many days (~10 years) are therefore read as that relative clock.
 _RELATIVE_CLOCK_MAX_DAYS = 3653.0
 _FEI_APPLICATION = b"perovstem"
+# Angles spanning less than this are a stage tilt held still: a frame series, not a tilt series.
+_MIN_TILT_SPAN_DEG = 0.5
 
 
 def read_fei_extended_header(ext: np.ndarray, n_images: int) -> dict[str, np.ndarray] | None:
@@ -323,8 +325,10 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
             out["pixel_size_y_A"] = voxel_y
     if fei is not None:
         out["pixel_size_A"] = float(np.median(fei["pixel_size_m"]) * 1e10)
-        if np.ptp(fei["a_tilt_deg"]) > 0.5:
+        if np.ptp(fei["a_tilt_deg"]) > _MIN_TILT_SPAN_DEG:
             out["angles_deg"] = fei["a_tilt_deg"]
+        else:
+            _note_flat_angles(md, f"{str(path)!r} (FEI extended header)", fei["a_tilt_deg"])
         md["fei"] = {k: v.tolist() for k, v in fei.items()}
         md["high_tension_kV"] = float(np.median(fei["high_tension_V"]) / 1e3)
         md["magnification"] = float(np.median(fei["magnification"]))
@@ -364,8 +368,10 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
                 out["pixel_size_A"] = float(ps)  # SerialEM writes Å
             if secs and all("TiltAngle" in s for s in secs):
                 ang = np.array([float(s["TiltAngle"]) for s in secs])
-                if np.ptp(ang) > 0.5:
+                if np.ptp(ang) > _MIN_TILT_SPAN_DEG:
                     out["angles_deg"] = ang
+                elif out.get("angles_deg") is None:
+                    _note_flat_angles(md, repr(str(mdoc_path)), ang)
             if secs:
                 out["time_s"] = _mdoc_times(secs)
                 exp = [s.get("ExposureTime") for s in secs]
@@ -477,6 +483,16 @@ def _mdoc_dose(
     md["dose_source"] = f"{mdoc_path.name}: ExposureDose (e⁻/Å² per image)"
 
 
+def _note_flat_angles(md: dict[str, Any], where: str, angles: np.ndarray) -> None:
+    """Record tilt angles dropped because they all lie within ``_MIN_TILT_SPAN_DEG``, so that
+    ``kind='tilt'`` can say what it found instead of 'no tilt angles'."""
+    a = np.asarray(angles, dtype=float).ravel()
+    md["dropped_tilt_angles"] = (
+        f"{where} holds {a.size} tilt angle(s), all within {_MIN_TILT_SPAN_DEG:g}° "
+        f"({a.min():.3g}° to {a.max():.3g}°): a frame series at one tilt, not a tilt series"
+    )
+
+
 def _apply_fei1(
     fei1: dict[str, Any], out: dict[str, Any], md: dict[str, Any], *, is_stack: bool
 ) -> None:
@@ -485,8 +501,10 @@ def _apply_fei1(
     md["fei"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in fei1.items()}
     if "pixel_size_A" in fei1:
         out["pixel_size_A"] = float(np.median(fei1["pixel_size_A"]))
-    if "angles_deg" in fei1 and np.ptp(fei1["angles_deg"]) > 0.5:
+    if "angles_deg" in fei1 and np.ptp(fei1["angles_deg"]) > _MIN_TILT_SPAN_DEG:
         out["angles_deg"] = fei1["angles_deg"]
+    elif "angles_deg" in fei1:
+        _note_flat_angles(md, "the FEI extended header", fei1["angles_deg"])
     if "dose_e_per_A2" in fei1:
         d = fei1["dose_e_per_A2"]
         out["dose_e_per_A2"] = d if is_stack else float(d[0])

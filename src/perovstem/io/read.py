@@ -98,7 +98,12 @@ def load(
     CalibrationError
         No usable calibration and no ``pixel_size``.
     DataError
-        NaNs, wrong dimensionality.
+        NaNs, wrong dimensionality; an RGB(A) colour tif (8-bit or interleaved samples).
+
+    Notes
+    -----
+    A tif of 3 or 4 *separate* non-8-bit sample planes tagged RGB(A) (what tifffile writes
+    for a ``(3 | 4, M, N)`` array without ``photometric=``) is read as 3 or 4 frames.
     """
     path = Path(path)
     if kind not in (None, "image", "series", "tilt"):
@@ -195,6 +200,11 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
         )
     angles = rec.get("angles_deg")
     if kind == "tilt" or (kind is None and angles is not None):
+        if angles is None and md.get("dropped_tilt_angles"):
+            raise FileFormatError(
+                f"{str(path)!r}: kind='tilt', but {md['dropped_tilt_angles']}; load it with "
+                "kind='series', or give the angles in a .rawtlt/.tlt side file"
+            )
         if angles is None:
             raise FileFormatError(
                 f"{str(path)!r}: no tilt angles in the file or a .rawtlt/.tlt/.mdoc side file"
@@ -303,11 +313,12 @@ def _read_rsciio(
         raise FileFormatError(
             f"cannot read {str(path)!r}: rosettasciio plugin {plugin!r} unavailable ({exc})"
         ) from None
+    planes = _tiff_sample_planes(path) if plugin == "tiff" else None
     try:
         # Velox: images only (HAADF, other detectors, EDS maps); the spectrum stream of a
         # spectrum image would be decoded in full and then thrown away
         kw = {"select_type": "images"} if plugin == "emd" else {}
-        sigs = mod.file_reader(str(path), lazy=lazy, **kw)
+        sigs = [planes] if planes is not None else mod.file_reader(str(path), lazy=lazy, **kw)
     except ImportError as exc:
         # e.g. RosettaSciIO wants 'sparse' for any Velox file holding an EDS spectrum image
         m = re.search(r"'([\w.-]+)'", str(exc))
@@ -510,6 +521,55 @@ def _tiff_header(path: Path) -> dict[str, Any] | None:
             }
     except Exception:
         return None
+
+
+def _tiff_sample_planes(path: Path) -> dict[str, Any] | None:
+    """Decide from the TIFF tags (not from the array shape) whether the samples of a pixel
+    are colour channels or frames.
+
+    tifffile writes any ``(3 | 4, M, N)`` array without ``photometric=`` as one page tagged
+    PhotometricInterpretation RGB with 3 or 4 *separate* sample planes (PlanarConfiguration
+    2), so a 3- or 4-frame stack of counts without metadata looks like RGB(A). Returns the
+    planes as a frame series (an rsciio-like signal dict) for such a file whose samples are
+    not 8-bit; refuses an 8-bit or pixel-interleaved RGB(A) picture (colours are not detector
+    counts); None for any other tif (rsciio reads it).
+    """
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            rgb = page.photometric == tifffile.PHOTOMETRIC.RGB and page.samplesperpixel in (3, 4)
+            if not rgb:
+                return None
+            separate = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
+            n_pages = len(tif.pages)
+            if separate and page.dtype != np.uint8 and n_pages == 1:
+                data = page.asarray()
+            else:
+                data = None
+            info = (page.samplesperpixel, page.dtype, separate)
+    except Exception:
+        return None  # rsciio reports what is wrong with the file
+    spp, dtype, separate = info
+    if data is None:
+        raise DataError(
+            f"{str(path)!r}: an RGB{'A' if spp == 4 else ''} colour image (TIFF photometric "
+            f"RGB, {spp} {dtype} samples per pixel, "
+            f"{'separate planes' if separate else 'interleaved'}), not detector counts; save "
+            "the grey-scale HAADF data"
+            + (
+                " (if the planes are frames of a series, write them with photometric='minisblack')"
+                if separate
+                else ""
+            )
+        )
+    axes = [
+        {"name": name, "size": size, "scale": 1.0, "offset": 0.0, "units": None}
+        | {"navigate": name == "frame", "index_in_array": i}
+        for i, (name, size) in enumerate(zip(("frame", "y", "x"), data.shape, strict=True))
+    ]
+    return {"data": data, "axes": axes, "metadata": {}}
 
 
 def _refuse_channel_stack(path: Path, tif: dict[str, Any]) -> None:

@@ -514,6 +514,28 @@ def _series_detector(series: Any, gain: str | None) -> tuple[dict[str, float], s
     return det, ""
 
 
+def _check_hmm_type(pos: Any, p: dict, *, given: bool) -> None:
+    """Refuse, before fitting every frame, a tracked type that no column has, naming the
+    types there are and the way out."""
+    from perovstem.errors import DataError
+
+    if "type" not in pos.columns or (pos["type"] == p["hmm_type"]).any():
+        return
+    found = pos["type"].astype(str).value_counts()
+    listed = ", ".join(f"{t!r} ({n} columns)" for t, n in found.items()) or "none"
+    where = "the `positions` input" if given else f"the first frame (cell = {p['cell']!r})"
+    way_out = (
+        "drop the `type` column of the positions to track every column"
+        if given
+        else 'set cell = "none" to track every column found'
+    )
+    raise DataError(
+        f"no columns of type hmm_type = {p['hmm_type']!r} in {where}; the "
+        f"column types there are {listed}; set hmm_type to one of them that has a library "
+        f"(PbBr, Cs, Br, Pb), or {way_out}"
+    )
+
+
 @register_step(
     "atoms.series",
     inputs=("series",),
@@ -528,7 +550,13 @@ def _series_detector(series: Any, gain: str | None) -> tuple[dict[str, float], s
             "fit sweeps per frame (positions start from the column finder, so few are needed)",
             min=1,
         ),
-        "hmm_type": Param(str, "PbBr", "column type tracked by the hidden Markov model"),
+        "hmm_type": Param(
+            str,
+            "PbBr",
+            "column type tracked by the hidden Markov model (its simulated cross-section "
+            "library, perovstem.simulate.scs_library)",
+            choices=("PbBr", "Cs", "Br", "Pb"),
+        ),
         "hmm_model": Param(
             str,
             "loss",
@@ -540,6 +568,14 @@ def _series_detector(series: Any, gain: str | None) -> tuple[dict[str, float], s
         "library_cd_fraction": Param(
             float, 0.0, "Cd fraction of the Pb-Br library", min=0.0, max=1.0
         ),
+        "cell": Param(
+            str,
+            "cspbbr3_001",
+            "projected cell for the column finder when no positions are given; none: "
+            "columns found without a cell carry no type and all are tracked as `hmm_type` "
+            "(e.g. Pb for a metallic particle)",
+            choices=("cspbbr3_001", "none"),
+        ),
     },
     requires=(FIT, NORMALIZE, HMM, SCS_LIBRARY),
     section="kinetics",
@@ -550,13 +586,18 @@ def atoms_series(ctx: Any, series: Any, positions: Any = None) -> dict[str, Any]
     import functools
 
     p = ctx.params
+    positions_given = positions is not None
     frames = list(range(0, series.n_frames, p["frame_step"]))
     detector, det_note = _series_detector(series, p["gain"])
     if positions is None:
         first = _frame(series, frames[0], detector)
-        positions = api(FIND)(api(NORMALIZE)(first), cell=api(CELL)())
+        if p["cell"] == "cspbbr3_001":
+            positions = api(FIND)(api(NORMALIZE)(first), cell=api(CELL)())
+        else:  # no cell: one intensity class ("type0"), not a chemical type
+            positions = api(FIND)(api(NORMALIZE)(first), cell=None).drop(columns="type")
     pos = positions[["x_A", "y_A"] + (["type"] if "type" in positions.columns else [])]
     pos = pos.reset_index(drop=True)
+    _check_hmm_type(pos, p, given=positions_given)
     scs = np.array(
         ctx.map(
             functools.partial(_fit_frame, positions=pos, max_iter=p["max_iter"], detector=detector),
@@ -570,10 +611,6 @@ def atoms_series(ctx: Any, series: Any, positions: Any = None) -> dict[str, Any]
         if "type" in pos.columns
         else np.ones(len(pos), bool)
     )
-    from perovstem.errors import DataError
-
-    if sel.sum() == 0:
-        raise DataError(f"no columns of type {p['hmm_type']!r} were found in the first frame")
     lib = api(SCS_LIBRARY)(
         p["hmm_type"],
         p["max_states"],
