@@ -126,13 +126,22 @@ def tomo_segment(ctx: Any, volume: Any, voxel_size_A: Any = None) -> dict[str, A
             float, None, "voxel edge, Å (default: from the reconstruction)", min=1e-3
         ),
         "tolerance_deg": Param(float, 10.0, "largest normal–family angle, degrees", min=0.1),
+        "method": Param(
+            str,
+            "normals",
+            "normals: area of mesh faces per family (edges and rounded surface are 'other'); "
+            "polyhedron: low-index polyhedron fitted to the support distances (convex faceted "
+            "crystals only, no 'other')",
+            choices=("normals", "polyhedron"),
+        ),
         "label": Param(str, "", "label in the report"),
         "view3d": Param(bool, True, "embed the surface mesh in the report"),
     },
     requires=(MESH, FACETS),
     section="facets",
     doc="Surface mesh of the reconstruction and its {100}/{110}/{111} facet area fractions "
-    "(missing-wedge flags from the tilt range).",
+    "(missing-wedge flags from the tilt range; see perovstem.tomo.facet_fractions for the "
+    "two methods).",
 )
 def tomo_facets(ctx: Any, volume: Any, voxel_size_A: Any = None, tilt: Any = None) -> dict:
     p = ctx.params
@@ -141,10 +150,16 @@ def tomo_facets(ctx: Any, volume: Any, voxel_size_A: Any = None, tilt: Any = Non
     kw = {}
     if tilt is not None and hasattr(tilt, "angles_deg"):
         kw["tilt_range_deg"] = float(np.max(np.abs(tilt.angles_deg)))
-    facets = api(FACETS)(mesh, tolerance_deg=p["tolerance_deg"], **kw)
+    facets = api(FACETS)(mesh, tolerance_deg=p["tolerance_deg"], method=p["method"], **kw)
     label = p["label"] or ctx.step_id
     facets = facets.assign(label=label)
-    ctx.table("facets", facets, title=f"Facet fractions ({label})")
+    caption = f"Method: {p['method']}."
+    if p["method"] == "polyhedron":
+        # mesh volume / polyhedron volume per particle: well below 1 means the convex
+        # low-index polyhedron does not describe the particle (hollow or concave)
+        cv = ", ".join(f"{c:.2f}" for c in facets.attrs.get("convexity", []))
+        caption += f" Convexity (mesh / polyhedron volume, per particle): {cv or 'n/a'}."
+    ctx.table("facets", facets, title=f"Facet fractions ({label})", caption=caption)
     if p["view3d"]:
         from perovstem.report.plot3d import mesh_figure
 
@@ -167,10 +182,21 @@ def tomo_facets(ctx: Any, volume: Any, voxel_size_A: Any = None, tilt: Any = Non
     outputs=("change",),
     params={},
     section="facets",
-    doc="Facet fractions before and after degradation, side by side.",
+    doc="Facet fractions before and after degradation, side by side (both tables from "
+    "tomo.facets with the same method).",
 )
 def tomo_facet_change(ctx: Any, before: Any, after: Any) -> dict[str, Any]:
     import pandas as pd
+
+    from perovstem.errors import ParameterError
+
+    # the polyhedron method has no 'other' area: a change between methods is not a change
+    mb, ma = before.attrs.get("method"), after.attrs.get("method")
+    if mb is not None and ma is not None and mb != ma:
+        raise ParameterError(
+            f"`before` facets use method={mb!r} but `after` facets method={ma!r}; "
+            "set the same `method` in both tomo.facets steps"
+        )
 
     cols = ["family", "fraction"] + (["fraction_err"] if "fraction_err" in before else [])
     b = before[cols].set_index("family")
@@ -185,7 +211,8 @@ def tomo_facet_change(ctx: Any, before: Any, after: Any) -> dict[str, Any]:
         "facets",
         ax.figure,
         title="Facet evolution",
-        caption="Surface area fraction of each facet family before and after irradiation.",
+        caption="Surface area fraction of each facet family before and after irradiation "
+        f"(method: {mb or 'normals'}).",
     )
     ctx.table("change", change, title="Facet fractions before → after")
     return {"change": change}

@@ -1,0 +1,95 @@
+"""The facet method of the pipeline steps (tomo.facets, tomo.facet_change) via run_pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from perovstem.pipeline import run_pipeline
+
+CONFIG = """
+[run]
+name = "facet-methods"
+seed = 3
+on_error = "continue"
+[[step]]
+run = "simulate.tilt_series"
+id = "tilt"
+size_px = 40
+pixel_size_A = 2.5
+angle_step_deg = 5.0
+[[step]]
+run = "tomo.reconstruct"
+id = "rec_before"
+inputs = { tilt = "tilt.before" }
+n_iter = 30
+view3d = false
+[[step]]
+run = "tomo.reconstruct"
+id = "rec_after"
+inputs = { tilt = "tilt.after" }
+n_iter = 30
+view3d = false
+[[step]]
+run = "tomo.facets"
+id = "normals_before"
+inputs = { volume = "rec_before.volume", voxel_size_A = "rec_before.voxel_size_A", tilt = "tilt.before" }
+view3d = false
+[[step]]
+run = "tomo.facets"
+id = "poly_before"
+inputs = { volume = "rec_before.volume", voxel_size_A = "rec_before.voxel_size_A", tilt = "tilt.before" }
+method = "polyhedron"
+view3d = false
+[[step]]
+run = "tomo.facets"
+id = "poly_after"
+inputs = { volume = "rec_after.volume", voxel_size_A = "rec_after.voxel_size_A", tilt = "tilt.after" }
+method = "polyhedron"
+view3d = false
+[[step]]
+run = "tomo.facet_change"
+id = "change"
+inputs = { before = "poly_before.facets", after = "poly_after.facets" }
+[[step]]
+run = "tomo.facet_change"
+id = "mixed"
+inputs = { before = "normals_before.facets", after = "poly_after.facets" }
+"""
+
+
+def test_facets_method_through_the_pipeline(tmp_path):
+    cfg = tmp_path / "facets.toml"
+    cfg.write_text(CONFIG)
+    r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial", report=False)
+    status = {s.id: s.status for s in r.steps}
+    msgs = {s.id: s.message for s in r.steps}
+    for sid in ("tilt", "rec_before", "rec_after", "normals_before", "poly_before", "change"):
+        assert status[sid] == "ran", (sid, msgs[sid])
+
+    def table(ref: str) -> pd.DataFrame:
+        return pd.read_parquet(tmp_path / "run" / "tables" / f"{ref}.parquet")
+
+    truth = table("tilt.truth")
+    normals, poly = table("normals_before.facets"), table("poly_before.facets")
+    assert normals.attrs["method"] == "normals" and poly.attrs["method"] == "polyhedron"
+    assert len(poly.attrs["convexity"]) >= 1
+    fam = ["100", "110", "111"]
+    true_frac = truth.loc[0, [f"frac_{f}" for f in fam]].to_numpy(float)
+
+    def err(df: pd.DataFrame) -> float:
+        return float(np.max(np.abs(df.set_index("family").loc[fam, "fraction"] - true_frac)))
+
+    # the polyhedron has no edge/rounded "other" area and, on this sharply faceted phantom,
+    # recovers the family fractions far better than the face-normal areas (measured: largest
+    # family error 0.061 vs 0.149, orientation estimated from the mesh)
+    p_other = float(poly.set_index("family").loc["other", "fraction"])
+    assert p_other == 0.0
+    assert err(poly) < 0.5 * err(normals), (err(poly), err(normals))
+
+    change = table("change.change")
+    assert list(change["family"]) == [*fam, "other"]
+    np.testing.assert_allclose(change["fraction_before"], poly["fraction"])
+    # mixing methods is refused with an error that names both
+    assert status["mixed"] == "failed"
+    assert "'normals'" in msgs["mixed"] and "'polyhedron'" in msgs["mixed"]
