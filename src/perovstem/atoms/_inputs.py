@@ -11,7 +11,7 @@ from perovstem._data import Image
 from perovstem._validation import check_finite
 from perovstem.errors import DataError, ParameterError
 
-__all__ = ["as_image", "as_positions", "px_to_A", "A_to_px"]
+__all__ = ["as_image", "as_positions", "px_to_A", "A_to_px", "insignificant_columns"]
 
 
 def as_image(image: Any, pixel_size_A: float | None = None) -> Image:
@@ -89,3 +89,19 @@ def px_to_A(xy_px: np.ndarray, image: Image) -> np.ndarray:
     """Convert (N, 2) pixel ``(col, row)`` to ``(x_A, y_A)``."""
     o = np.asarray(image.origin_A, dtype=float)
     return np.asarray(xy_px, dtype=float) * image.pixel_size_A + o
+
+
+def insignificant_columns(table: pd.DataFrame, min_significance: float) -> np.ndarray:
+    """Rows whose cross-section is not above ``min_significance`` standard errors, or not
+    positive: peaks a finder put on the vacuum or the support, not atom columns.
+
+    Uses ``scs``/``scs_err`` (or ``scs_A2``/``scs_A2_err``); a table without a cross-section
+    has none, one without errors is tested for a positive SCS only.
+    """
+    col = next((c for c in ("scs", "scs_A2") if c in table.columns), None)
+    if col is None:
+        return np.zeros(len(table), bool)
+    scs = table[col].to_numpy(float)
+    err_col = next((c for c in (f"{col}_err", "scs_err") if c in table.columns), None)
+    err = table[err_col].to_numpy(float) if err_col else np.zeros(len(table))
+    return ~((scs > 0) & (scs > min_significance * np.nan_to_num(err)))

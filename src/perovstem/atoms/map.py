@@ -294,10 +294,10 @@ class _Model:
             out.append((py * nx + px, g, ddx, ddy, r2))
         return out
 
-    def image(self, theta: np.ndarray, patches=None) -> np.ndarray:
+    def image(self, theta: np.ndarray) -> np.ndarray:
         _, eta, _, zeta = self.unpack(theta)
         f = np.full(self.w.size, zeta)
-        for (idx, g, *_), e in zip(patches or self._patches(theta), eta, strict=True):
+        for (idx, g, *_), e in zip(self._patches(theta), eta, strict=True):
             np.add.at(f, idx, e * g)
         return f.reshape(self.shape)
 

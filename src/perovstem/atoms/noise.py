@@ -678,6 +678,25 @@ def _identified(estimate: Any, what: str) -> NoiseModel:
     return nm
 
 
+def parse_gain(value: Any, *, name: str = "gain") -> float | str | None:
+    """A "detector gain" option: None (not given), ``"auto"`` or a number > 0 (counts/e⁻).
+
+    One parser for the command line (``--gain``) and the pipeline (``gain``), which take a
+    number or the word "auto"; anything else is a ParameterError naming ``name``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        g = float(value)
+    except (TypeError, ValueError):
+        g = float("nan")
+    if not (np.isfinite(g) and g > 0):
+        raise ParameterError(f"`{name}` must be a number > 0 or 'auto', got {value!r}")
+    return g
+
+
 def auto_detector(image: Image, *, what: str) -> NoiseModel:
     """Detector model of ``image`` for a ``gain="auto"`` option (DataError when the gain is
     not identified)."""

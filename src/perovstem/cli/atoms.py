@@ -178,10 +178,12 @@ def _apply_detector(obj, gain: str | None, offset: float | None):
     """The image with ``--gain`` (a number or 'auto') and ``--offset`` in its metadata."""
     import numpy as np
 
+    from perovstem.atoms.noise import parse_gain
     from perovstem.errors import ParameterError
 
     meta = dict(obj.metadata)
-    if gain is not None and str(gain).strip().lower() == "auto":
+    gain = parse_gain(gain, name="--gain")
+    if gain == "auto":
         from perovstem.atoms.noise import auto_detector
 
         nm = auto_detector(obj, what="--gain auto")
@@ -193,13 +195,7 @@ def _apply_detector(obj, gain: str | None, offset: float | None):
 
         console.print(f"detector measured from the shot noise: {nm.describe()}")
     elif gain is not None:
-        try:
-            g = float(gain)
-        except ValueError:
-            raise ParameterError(f"`--gain` must be a number or 'auto', got {gain!r}") from None
-        if not (np.isfinite(g) and g > 0):
-            raise ParameterError(f"`--gain` must be > 0, got {gain!r}")
-        meta["gain"] = g
+        meta["gain"] = gain
     if offset is not None:
         if not np.isfinite(offset):
             raise ParameterError(f"`--offset` must be finite, got {offset!r}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from perovstem.atoms._inputs import insignificant_columns
 from perovstem.cli.atoms import atoms_app
 from perovstem.errors import DataError, ParameterError
 
@@ -57,17 +58,6 @@ def _library_arg(
 
     lib = read_table(spec)
     return {t: lib for t in types} if types != ["all"] else lib
-
-
-def _not_significant(df, k: float):
-    """Rows whose SCS is not above ``k`` standard errors (or not positive): not columns."""
-    col = "scs" if "scs" in df.columns else "scs_A2" if "scs_A2" in df.columns else None
-    if col is None:
-        return np.zeros(len(df), bool)
-    scs = df[col].to_numpy(float)
-    err_col = f"{col}_err" if f"{col}_err" in df.columns else "scs_err"
-    err = df[err_col].to_numpy(float) if err_col in df.columns else np.zeros(len(df))
-    return ~((scs > 0) & (scs > k * np.nan_to_num(err)))
 
 
 @atoms_app.command("count")
@@ -152,7 +142,7 @@ def count(
         df = df[df["type"].astype(str).isin(column_type)]
     if not (np.isfinite(min_significance) and min_significance >= 0):
         raise ParameterError(f"--min-significance must be >= 0, got {min_significance!r}")
-    full, weak = df, _not_significant(df, min_significance)
+    full, weak = df, insignificant_columns(df, min_significance)
     if weak.all():
         raise DataError(
             f"{table}: no column has a cross-section above {min_significance:g} standard "

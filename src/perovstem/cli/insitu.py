@@ -137,6 +137,7 @@ def insitu(
     ),
 ) -> None:
     """Analyse an in-situ series: register, dose, Pb clusters, tracking, kinetics."""
+    from perovstem.atoms.noise import parse_gain
     from perovstem.cli._common import check_outputs, console
     from perovstem.insitu import analyze_series, assign_dose, attach_conditions
     from perovstem.io import load, save_figure, save_json, save_table
@@ -146,17 +147,9 @@ def insitu(
         raise ParameterError(f"`--hmm-model` must be loss, free or dose, got {hmm_model!r}")
     if table_format not in ("parquet", "csv"):
         raise ParameterError(f"`--table-format` must be parquet or csv, got {table_format!r}")
-    gain_auto = gain is not None and str(gain).strip().lower() == "auto"
-    if gain is not None and not gain_auto:
-        try:
-            gain = float(gain)
-        except ValueError:
-            raise ParameterError(f"`--gain` must be a number or 'auto', got {gain!r}") from None
-    for name, value in (
-        ("--frame-time-s", frame_time_s),
-        ("--dwell-us", dwell_us),
-        ("--gain", None if gain_auto else gain),
-    ):
+    gain = parse_gain(gain, name="--gain")
+    gain_auto = gain == "auto"
+    for name, value in (("--frame-time-s", frame_time_s), ("--dwell-us", dwell_us)):
         if value is not None:
             check_positive(name, value)
     if offset is not None and not np.isfinite(offset):

@@ -666,6 +666,7 @@ def _run_one(
         arte.keys[ref] = _hash({"step": key, "output": o})
         files += _publish(value, run_dir, ref, attrs)
     wall = time.perf_counter() - t0
+    texts = _warning_texts(caught)
     write_json(
         done,
         {
@@ -678,7 +679,7 @@ def _run_one(
             "wall_s": wall,
             "outputs": files,
             "report_items": ctx.report_items,
-            "warnings": _warning_texts(caught),
+            "warnings": texts,
         },
     )
     return StepResult(
@@ -688,7 +689,7 @@ def _run_one(
         wall_s=wall,
         outputs=files,
         report_items=ctx.report_items,
-        warnings=_warning_texts(caught),
+        warnings=texts,
     )
 
 
@@ -728,7 +729,7 @@ def _recorded_warnings(caught: list[warnings.WarningMessage]):
 
     A step's warnings (an unknown detector gain, a lattice that disagrees with the cell's,
     ...) qualify its numbers, so they travel with the run instead of scrolling past on a
-    terminal.  Warnings raised inside dask workers stay in the worker logs.
+    terminal.  Those of dask worker processes come back through the executor's ``map``.
     """
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")

@@ -30,21 +30,10 @@ _GAIN_DOC = (
 
 def _gain_option(value: float | str | None) -> dict[str, Any]:
     """normalize_image keywords for the ``gain`` parameter (None: the image metadata)."""
-    from perovstem.errors import ParameterError
+    from perovstem.atoms.noise import parse_gain
 
-    if value is None:
-        return {}
-    if isinstance(value, float):
-        value = repr(value)
-    if value.strip().lower() == "auto":
-        return {"gain": "auto"}
-    try:
-        g = float(value)
-    except ValueError:
-        g = float("nan")
-    if not (np.isfinite(g) and g > 0):
-        raise ParameterError(f"`gain` must be a number > 0 or 'auto', got {value!r}")
-    return {"gain": g}
+    g = parse_gain(value)
+    return {} if g is None else {"gain": g}
 
 
 @register_step(
@@ -197,12 +186,13 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
         else np.ones(len(out), bool)
     )
     if "scs" in out.columns:
+        from perovstem.atoms._inputs import insignificant_columns
+
         # a finder without a cell (or a user's start list) also puts "columns" on the
         # vacuum and the support; their fitted SCS is ~0 or negative (43 of 223 on
         # StatSTEM's Pb particle), which no counting model can take
         scs = out["scs"].to_numpy(float)
-        err = out["scs_err"].to_numpy(float) if "scs_err" in out.columns else np.zeros(len(out))
-        weak = sel & ~((scs > 0) & (scs > p["min_significance"] * np.nan_to_num(err)))
+        weak = sel & insignificant_columns(out, p["min_significance"])
         if weak.any():
             sel = sel & ~weak
             out["counted"] = sel
