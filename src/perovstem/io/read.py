@@ -20,6 +20,7 @@ from perovstem.errors import (
     OptionalDependencyError,
     ParameterError,
 )
+from perovstem.io._mrc import _MIN_TILT_SPAN_DEG  # a stack axis spanning less is no tilt series
 from perovstem.io._units import is_reciprocal_length, length_to_A
 from perovstem.io._write import protect
 
@@ -443,11 +444,6 @@ def _read_rsciio(
             # dose = I·t_dwell/e/px², from the fields named in *_source and the x calibration
             out["metadata"]["dose_source"] = "beam_current_A × dwell_time_s / e / pixel_size_A²"
     return out
-
-
-# a stack axis in angle units spanning less than this is not a tilt series (the same
-# threshold as for MRC headers)
-_MIN_TILT_SPAN_DEG = 0.5
 
 
 def _acquisition_start(md: dict, om: dict) -> dict[str, str]:
