@@ -1126,6 +1126,9 @@ def fit_columns(
             "converged": (np.full(n, converged) | (shifts < tol_col)) & finite,
         }
     )
+    if isinstance(positions, pd.DataFrame) and "grain" in positions.columns:
+        # several crystals (find_columns): strain and unit-cell outputs need each its lattice
+        df["grain"] = positions["grain"].to_numpy()
     # a fitted width below 0.4 px (the bound is 0.3 px) is a column the data do not
     # resolve (too few counts per column): a Gaussian that narrow lies inside one pixel,
     # and its η and SCS are not measured (dose 100 e⁻/Å², 0.4 Å pixels: the Br width

@@ -56,11 +56,16 @@ def fit_lattice(
         Copy of ``columns`` with ``h, k, site, x_ideal_A, y_ideal_A, dx_A, dy_A``; columns that
         cannot be indexed have NaN ideal positions.  ``attrs``: ``lattice_vectors_A`` (2×2 rows
         a, b), ``lattice_origin_A``, ``lattice_vectors_err_A`` (standard errors) and
-        ``a_A``, ``b_A``, ``angle_deg`` of the fitted lattice.
+        ``a_A``, ``b_A``, ``angle_deg`` of the fitted lattice.  With a ``grain`` column
+        (several crystals, :func:`find_columns`) each grain is indexed to its own lattice;
+        ``attrs`` then describe the grain with the most columns and ``attrs["grains"]``
+        lists each grain's lattice.
     """
     for c in ("x_A", "y_A", "type"):
         if c not in columns.columns:
             raise DataError(f"`columns` needs column {c!r}, got {list(columns.columns)}")
+    if "grain" in columns.columns and columns["grain"].nunique() > 1:
+        return _fit_grains(columns, cell, reference_type=reference_type, rotation_deg=rotation_deg)
     ref = reference_type if reference_type is not None else cell.sites["type"].iloc[0]
     if ref not in cell.types:
         raise ParameterError(f"`reference_type` {ref!r} is not a type of the cell {cell.types}")
@@ -143,6 +148,7 @@ def fit_lattice(
     a_len, b_len = np.linalg.norm(vec, axis=1)
     angle = float(np.rad2deg(np.arccos(np.dot(vec[0], vec[1]) / (a_len * b_len))))
     out.attrs = dict(columns.attrs)
+    out.attrs.pop("grains", None)  # find_columns' lattices: replaced by this fit
     out.attrs.update(
         lattice_vectors_A=vec.tolist(),
         lattice_vectors_err_A=vec_err.tolist(),
@@ -154,6 +160,29 @@ def fit_lattice(
         reference_site_uv=[float(v) for v in s0],
         cell=cell.name,
     )
+    return out
+
+
+def _fit_grains(columns: pd.DataFrame, cell: ProjectedCell, **kw) -> pd.DataFrame:
+    """:func:`fit_lattice` per grain, rows in the input order."""
+    parts, grains = [], []
+    sizes = columns["grain"].value_counts()
+    for g in sizes.index:
+        sub = columns[columns["grain"] == g]
+        try:
+            fit = fit_lattice(sub.drop(columns="grain"), cell, **kw)
+        except DataError as err:
+            raise DataError(f"grain {g}: {err}") from None
+        fit["grain"] = g
+        parts.append(fit)
+        keys = ("lattice_vectors_A", "lattice_vectors_err_A", "lattice_origin_A", "a_A", "b_A")
+        grains.append(
+            {"grain": int(g), "reference_site_uv": fit.attrs["reference_site_uv"]}
+            | {k: fit.attrs[k] for k in (*keys, "angle_deg")}
+        )
+    out = pd.concat(parts).loc[columns.index]
+    out.attrs = dict(parts[0].attrs)
+    out.attrs["grains"] = grains
     return out
 
 
@@ -213,13 +242,20 @@ def lattice_strain(indexed: pd.DataFrame, *, radius_A: float | None = None) -> p
         radius_A = 1.1 * float(np.max(np.linalg.norm(vec, axis=1)))
         if not np.isfinite(radius_A):
             raise ParameterError("`radius_A` is required when the lattice vectors are unknown")
+    # a column's neighbours are in its own crystal (ideal positions of two grains are on
+    # different lattices)
+    grain = indexed["grain"].to_numpy() if "grain" in indexed.columns else np.zeros(len(r))
     idx = np.flatnonzero(ok)
     tree = cKDTree(rid[idx])
     out = indexed.copy()
     eps = np.full((len(r), 4), np.nan)
     nnb = np.zeros(len(r), int)
     for q, i in enumerate(idx):
-        nb = [idx[j] for j in tree.query_ball_point(rid[i], radius_A) if idx[j] != i]
+        nb = [
+            idx[j]
+            for j in tree.query_ball_point(rid[i], radius_A)
+            if idx[j] != i and grain[idx[j]] == grain[i]
+        ]
         nnb[i] = len(nb)
         if len(nb) < 2:
             continue
@@ -292,9 +328,18 @@ def projected_unit_cell(
         ),
         float,
     )
-    inv = np.linalg.inv(vec)
     xy = indexed[["x_A", "y_A"]].to_numpy(float)
-    fr = (xy - org) @ inv + s0 - indexed[["h", "k"]].to_numpy(float)
+    fr = (xy - org) @ np.linalg.inv(vec) + s0 - indexed[["h", "k"]].to_numpy(float)
+    if "grain" in indexed.columns and "grains" in indexed.attrs:
+        # every crystal folded with its own lattice (the cell is that of the largest)
+        gcol = indexed["grain"].to_numpy()
+        for g in indexed.attrs["grains"]:
+            m = gcol == g["grain"]
+            v_g = np.asarray(g["lattice_vectors_A"], float)
+            o_g = np.asarray(g["lattice_origin_A"], float)
+            s_g = np.asarray(g["reference_site_uv"], float)
+            hk_g = indexed.loc[m, ["h", "k"]].to_numpy(float)
+            fr[m] = (xy[m] - o_g) @ np.linalg.inv(v_g) + s_g - hk_g
     a_len, b_len = np.linalg.norm(vec, axis=1)
     angle = float(np.rad2deg(np.arccos(np.dot(vec[0], vec[1]) / (a_len * b_len))))
     # lattice frame (x along a): displacement in Å from the fractional shift
