@@ -149,8 +149,12 @@ def fit(
         )
         return
     rho_txt = ", ".join(f"{t} {v:.4f} Å" for t, v in df.attrs["rho_A_by_type"].items())
+    n_grains = int(df["grain"].nunique()) if "grain" in df.columns else 1
+    where = (
+        f" in {n_grains} crystals (column 'grain', each its own lattice)" if n_grains > 1 else ""
+    )
     console.print(
-        f"{len(df)} columns ({df.converged.mean():.1%} converged, {df.attrs['n_iter']} sweeps, "
+        f"{len(df)} columns{where} ({df.converged.mean():.1%} converged, {df.attrs['n_iter']} sweeps, "
         f"{seconds:.2f} s); ρ: {rho_txt}; median position error "
         f"{df.x_err_A.median():.4f} Å → {out}, {overlay}"
     )
