@@ -9,7 +9,8 @@ Public API (see ``docs/CONTRACTS.md``):
 * :func:`crlb`, :func:`voronoi_intensities` — precision bound and model-free intensities;
 * :func:`fit_lattice`, :func:`lattice_strain`, :func:`projected_unit_cell` — displacement and
   strain maps, the measured projected unit cell;
-* :class:`ProjectedCell`, :func:`cspbbr3_001_cell` — projected unit cells;
+* :class:`ProjectedCell`, :func:`cspbbr3_001_cell`, :func:`cspbbr3_011_cell` — projected
+  unit cells;
 * :func:`fitted_scs_library` — SCS library measured by this package's own column fit on
   simulated slabs (the counting library of in-situ series).
 """
@@ -17,7 +18,7 @@ Public API (see ``docs/CONTRACTS.md``):
 from __future__ import annotations
 
 from perovstem.atoms._counting import *  # noqa: F403  (counting, HMM, composition; issue 6)
-from perovstem.atoms.cell import ProjectedCell, cspbbr3_001_cell
+from perovstem.atoms.cell import ProjectedCell, cspbbr3_001_cell, cspbbr3_011_cell
 from perovstem.atoms.crlb import crlb
 from perovstem.atoms.find import estimate_lattice, find_columns, find_peaks, fit_lattice_vectors
 from perovstem.atoms.fit import FIT_COLUMNS, fit_columns, model_image
@@ -36,6 +37,7 @@ __all__ = [
     "ProjectedCell",
     "crlb",
     "cspbbr3_001_cell",
+    "cspbbr3_011_cell",
     "estimate_lattice",
     "estimate_noise_model",
     "find_columns",

@@ -23,20 +23,21 @@ app.add_typer(atoms_app, name="atoms")
 
 
 def _cell_arg(spec: str | None):
-    """``cspbbr3`` (built-in [001] cell, optional ``cspbbr3:5.85`` lattice constant) or a
-    StatSTEM database ``.txt`` file."""
+    """``cspbbr3`` / ``cspbbr3_001`` (built-in [001] cell, optional ``cspbbr3:5.85`` lattice
+    constant), ``cspbbr3_011`` (the [011] zone) or a StatSTEM database ``.txt`` file."""
     from pathlib import Path as _P
 
     from perovstem.errors import ParameterError
 
     if spec is None:
         return None
-    if spec.lower().startswith("cspbbr3"):
-        from perovstem.atoms import cspbbr3_001_cell
+    name, _, a = spec.partition(":")
+    if name.lower() in ("cspbbr3", "cspbbr3_001", "cspbbr3_011"):
+        from perovstem.atoms import cspbbr3_001_cell, cspbbr3_011_cell
 
-        _, _, a = spec.partition(":")
+        make = cspbbr3_011_cell if name.lower().endswith("011") else cspbbr3_001_cell
         try:
-            return cspbbr3_001_cell(float(a)) if a else cspbbr3_001_cell()
+            return make(float(a)) if a else make()
         except ValueError:
             raise ParameterError(f"--cell: bad lattice constant in {spec!r}") from None
     if _P(spec).suffix.lower() == ".txt":
@@ -44,7 +45,8 @@ def _cell_arg(spec: str | None):
 
         return read_statstem_cell(spec)
     raise ParameterError(
-        f"--cell must be 'cspbbr3[:a_A]' or a StatSTEM unit-cell .txt file, got {spec!r}"
+        "--cell must be 'cspbbr3[:a_A]' ([001]), 'cspbbr3_011[:a_A]' or a StatSTEM unit-cell "
+        f".txt file, got {spec!r}"
     )
 
 
@@ -52,7 +54,10 @@ def _cell_arg(spec: str | None):
 def fit(
     image: Path = typer.Argument(..., help="HAADF image (dm3/dm4/emd/ser/tif/npz/...)."),
     cell: str = typer.Option(
-        None, "--cell", help="'cspbbr3[:a_A]' or a StatSTEM unit-cell .txt (sublattice-aware)."
+        None,
+        "--cell",
+        help="'cspbbr3[:a_A]' ([001] zone), 'cspbbr3_011[:a_A]' ([011] zone) or a StatSTEM "
+        "unit-cell .txt (sublattice-aware).",
     ),
     positions: Path = typer.Option(
         None, "--positions", help="Start from this table (x_A, y_A[, type]) instead of finding."
