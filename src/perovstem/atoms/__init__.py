@@ -7,7 +7,8 @@ Public API (see ``docs/CONTRACTS.md``):
 * :func:`fit_columns`, :func:`normalize_image`, :func:`model_image` — joint Gaussian model;
 * :func:`estimate_noise_model` — detector gain, offset and read noise from the shot noise;
 * :func:`crlb`, :func:`voronoi_intensities` — precision bound and model-free intensities;
-* :func:`fit_lattice`, :func:`lattice_strain`, :func:`projected_unit_cell` — displacement and
+* :func:`fit_lattice`, :func:`lattice_strain`, :func:`projected_unit_cell`,
+  :func:`strain_analysis` — displacement and
   strain maps, the measured projected unit cell;
 * :class:`ProjectedCell`, :func:`cspbbr3_001_cell`, :func:`cspbbr3_011_cell` — projected
   unit cells;
@@ -24,7 +25,13 @@ from perovstem.atoms.find import estimate_lattice, find_columns, find_peaks, fit
 from perovstem.atoms.fit import FIT_COLUMNS, fit_columns, model_image
 from perovstem.atoms.fitted_library import fitted_scs_library
 from perovstem.atoms.hyperspy import to_hyperspy
-from perovstem.atoms.lattice import fit_lattice, lattice_strain, projected_unit_cell
+from perovstem.atoms.lattice import (
+    fit_lattice,
+    lattice_strain,
+    projected_unit_cell,
+    strain_analysis,
+    unit_cell_table,
+)
 from perovstem.atoms.map import MapResult, map_columns
 from perovstem.atoms.noise import NoiseModel, estimate_noise_model
 from perovstem.atoms.normalize import normalize_image
@@ -47,6 +54,8 @@ __all__ = [
     "fit_lattice_vectors",
     "fitted_scs_library",
     "lattice_strain",
+    "strain_analysis",
+    "unit_cell_table",
     "map_columns",
     "model_image",
     "normalize_image",
