@@ -75,6 +75,18 @@ _CONTENT_FLAGS = (
     "reference and pairwise estimates disagree",
     "reference-based estimate unconfirmed",
 )
+#: a strong pair that disagrees with the reference-based estimate by more than
+#: max(_SITE_JUMP_PX, _SITE_JUMP_TOL x the agreement tolerance) px, while the best pair
+#: agrees, sits on another lattice site (not noise): the frame is flagged
+_SITE_JUMP_PX = 1.0
+_SITE_JUMP_TOL = 4.0
+#: ... and when that pair's correlation at its own peak exceeds its value at the shift the
+#: reference implies by at least this fraction of the peak height (above the median): the
+#: pair clearly prefers another site.  A noisy pair at low dose that picks a neighbouring
+#: lattice period by chance has both nearly equal (0.03-0.16 on the 120-frame 35-50
+#: e⁻/Å² series of test_register_groupwise; 0.22-0.42 on the sublattice jumps of
+#: CsCd0.2 series whose Pb columns were reduced)
+_SITE_JUMP_MARGIN = 0.2
 #: errors (px) at or above this are reported as infinite (an untestable chained step)
 _UNBOUNDED_PX = 1e149
 
@@ -177,6 +189,28 @@ class _Corr(NamedTuple):
     snr: float
     sigma_px: float = float("nan")
     refine: str = "whitened"
+
+
+def _peak_margin(
+    fa: np.ndarray,
+    fb: np.ndarray,
+    shape: tuple[int, int],
+    own: tuple[float, float],
+    alt: tuple[float, float],
+    *,
+    whitening: float,
+    sigma_px: float,
+) -> float:
+    """How much higher the whitened, low-passed correlation of b against a is at the
+    shift ``own`` than at ``alt`` (nearest pixels), in units of the correlation's
+    background standard deviation (the unit of the peak SNR)."""
+    h = _whiten(np.conj(fa) * fb, whitening) * _lowpass(shape, sigma_px)
+    c = sfft.irfft2(h / _lowpass(shape, 0.0), s=shape, workers=_WORKERS)
+    m, n = shape
+    sub = c[:: max(1, m // 128), :: max(1, n // 128)]
+    v_own = c[int(np.rint(own[0])) % m, int(np.rint(own[1])) % n]
+    v_alt = c[int(np.rint(alt[0])) % m, int(np.rint(alt[1])) % n]
+    return float(v_own - v_alt) / (float(v_own - np.median(sub)) + 1e-30)
 
 
 def _int_peak(c: np.ndarray, max_shift_px: float | None) -> tuple[int, int, float, float]:
@@ -657,7 +691,14 @@ def register_drift(
         provisional drift plus the pair shift).  A previous frame flagged for a
         lattice-period ambiguity or a reference/pair disagreement does not count (its own
         estimate may sit on another lattice site); a frame whose strong pairs all lead to
-        such frames is flagged "reference-based estimate unconfirmed".
+        such frames is flagged "reference-based estimate unconfirmed".  A frame is also
+        flagged when one strong pair from a frame that can vouch lands a lattice site away
+        from the reference-based estimate (> max(1 px, 4 x the agreement tolerance)) and
+        clearly prefers that site (its correlation there exceeds the value at the
+        reference-implied shift by >= 20 % of its peak height): the column contrast has
+        changed between the frames (e.g. the Pb columns of an alloyed crystal reduced, the
+        Cs sublattice half a cell diagonal away now the brightest), so the reference and
+        pairs from frames of the old contrast may agree on the wrong site.
     subfields : int
         Sub-fields per axis of the rigidity test (>= 2).
     pixel_size_A : float, optional
@@ -917,6 +958,9 @@ def register_drift(
             spec_w = _wiener(spec, shape)
             raw_k = float("nan")
             blocked = False  # a strong pair whose earlier frame cannot vouch (content flag)
+            # the largest disagreement with a strong pair from a frame that can vouch, and
+            # that frame: a site-sized one means the lattice registrations are ambiguous
+            worst = (0.0, -1, 0.0)
             for j, (ka, fa, wa) in enumerate(reversed(recent)):
                 dy, dx, snr, *_ = _correlate_spectra(
                     fa,
@@ -975,6 +1019,18 @@ def register_drift(
                     # would vouch for the frame's wrong estimate
                     dis = float(np.hypot(*(ref_est - prov[ka] - [dy, dx])))
                     disagree[k] = np.fmin(disagree[k], dis)
+                    if dis > worst[0]:
+                        alt = ref_est - prov[ka]
+                        mg = _peak_margin(
+                            fa,
+                            spec,
+                            shape,
+                            (dy, dx),
+                            (alt[0], alt[1]),
+                            whitening=whitening,
+                            sigma_px=smooth_px,
+                        )
+                        worst = (dis, ka, mg)
             # a pair shift carries the noise of two frames and a noisy template: at low dose
             # the agreement is tested against 4 sigma of it (about sqrt(3) x the split-half
             # error of the reference-based estimate), never more strictly than the tolerance
@@ -984,6 +1040,23 @@ def register_drift(
                     "reference-based estimate unconfirmed: its pairs link it only to frames "
                     "whose own estimates may be a lattice period or sublattice off "
                     "(lattice-period ambiguity or a reference/pair disagreement)"
+                )
+            if (
+                k not in flags
+                and worst[0] > max(_SITE_JUMP_PX, _SITE_JUMP_TOL * dis_tol)
+                and worst[2] >= _SITE_JUMP_MARGIN
+            ):
+                # one strong pair from a frame that vouches lands a lattice site away from
+                # the reference-based estimate while another agrees with it: the frames'
+                # column contrast has changed (e.g. Pb columns of an alloyed crystal reduced,
+                # the Cs sublattice now the brightest; the projected sublattices are half a
+                # cell diagonal apart and equal in geometry), and reference and pairs from
+                # frames of the old contrast agree on the wrong site
+                flags[k] = (
+                    f"reference and pairwise estimates disagree by a lattice site: the pair "
+                    f"from frame {worst[1]} is {worst[0]:.2g} px off and prefers its own site by "
+                    f"{worst[2]:.0%} of its peak (sublattice or "
+                    "lattice-period ambiguity)"
                 )
             if k not in flags and disagree[k] > dis_tol:
                 flags[k] = (
