@@ -966,7 +966,7 @@ def register_drift(
             blocked = False  # a strong pair whose earlier frame cannot vouch (content flag)
             # the largest disagreement with a strong pair from a frame that can vouch, and
             # that frame: a site-sized one means the lattice registrations are ambiguous
-            worst = (0.0, -1, 0.0)
+            worst: tuple = (0.0, -1, None, (0.0, 0.0), (0.0, 0.0))
             for j, (ka, fa, wa) in enumerate(reversed(recent)):
                 dy, dx, snr, *_ = _correlate_spectra(
                     fa,
@@ -1027,16 +1027,7 @@ def register_drift(
                     disagree[k] = np.fmin(disagree[k], dis)
                     if dis > worst[0]:
                         alt = ref_est - prov[ka]
-                        mg = _peak_margin(
-                            fa,
-                            spec,
-                            shape,
-                            (dy, dx),
-                            (alt[0], alt[1]),
-                            whitening=whitening,
-                            sigma_px=smooth_px,
-                        )
-                        worst = (dis, ka, mg)
+                        worst = (dis, ka, fa, (dy, dx), (float(alt[0]), float(alt[1])))
             # a pair shift carries the noise of two frames and a noisy template: at low dose
             # the agreement is tested against 4 sigma of it (about sqrt(3) x the split-half
             # error of the reference-based estimate), never more strictly than the tolerance
@@ -1047,11 +1038,19 @@ def register_drift(
                     "whose own estimates may be a lattice period or sublattice off "
                     "(lattice-period ambiguity or a reference/pair disagreement)"
                 )
-            if (
-                k not in flags
-                and worst[0] > max(_SITE_JUMP_PX, _SITE_JUMP_TOL * dis_tol)
-                and worst[2] >= _SITE_JUMP_MARGIN
-            ):
+            margin = 0.0
+            if k not in flags and worst[0] > max(_SITE_JUMP_PX, _SITE_JUMP_TOL * dis_tol):
+                # (computed only here: one more correlation, for the rare site-sized ones)
+                margin = _peak_margin(
+                    worst[2],
+                    spec,
+                    shape,
+                    worst[3],
+                    worst[4],
+                    whitening=whitening,
+                    sigma_px=smooth_px,
+                )
+            if margin >= _SITE_JUMP_MARGIN:
                 # one strong pair from a frame that vouches lands a lattice site away from
                 # the reference-based estimate while another agrees with it: the frames'
                 # column contrast has changed (e.g. Pb columns of an alloyed crystal reduced,
@@ -1061,7 +1060,7 @@ def register_drift(
                 flags[k] = (
                     f"reference and pairwise estimates disagree by a lattice site: the pair "
                     f"from frame {worst[1]} is {worst[0]:.2g} px off and prefers its own site by "
-                    f"{worst[2]:.0%} of its peak (sublattice or "
+                    f"{margin:.0%} of its peak (sublattice or "
                     "lattice-period ambiguity)"
                 )
             if k not in flags and disagree[k] > dis_tol:
