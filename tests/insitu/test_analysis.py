@@ -278,6 +278,8 @@ def test_analyze_series_br_loss_row_from_images(br_series):
     assert abs(row["value"] / D_BR_TRUE - 1) < 0.10
     assert row["ci_low"] < D_BR_TRUE < row["ci_high"]
     assert "br_loss" in res.tables()
+    # the facet termination the templates assumed is said (not measured from the images)
+    assert any("CsBr-terminated" in n for n in res.notes), res.notes
     # without the option: the row is the first-order intensity fit, not the image hazard
     off = analyze_series(s, br_loss=False, ci="wald", phase_check=False)
     assert "n_Br_lost_image" not in off.frames

@@ -123,6 +123,13 @@ def insitu(
     f_bulk: float = typer.Option(
         0.1, "--f-bulk", help="Bulk/surface Br desorption ratio f of --br-loss (notes §1.3)."
     ),
+    termination: str | None = typer.Option(
+        None,
+        "--termination",
+        help="Outer layer of the crystal's {100} facets for --br-loss: CsBr or PbBr2 "
+        "(default CsBr, with a note; a CsBr template on PbBr2-terminated crystals reads D_Br "
+        "20-30 % high).",
+    ),
     scan_correction: bool = typer.Option(
         False,
         "--scan-correction/--no-scan-correction",
@@ -228,7 +235,11 @@ def insitu(
         columns=columns,
         column_options={"hmm_model": hmm_model, "cd_fraction": cd_fraction},
         br_loss=br_loss,
-        br_loss_options={"f_bulk": f_bulk, "cd_fraction": cd_fraction},
+        br_loss_options={
+            "f_bulk": f_bulk,
+            "cd_fraction": cd_fraction,
+            **({} if termination is None else {"termination": termination}),
+        },
         scan_correction=scan_correction,
     )
     notes += res.notes

@@ -36,6 +36,7 @@ from perovstem.insitu.nanocrystal import (
 from perovstem.insitu.register import (
     apply_drift,
     correct_scan_distortion,
+    measure_line_jitter,
     phase_correlate,
     register_drift,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "frame_dose",
     "frame_quality",
     "iter_frames",
+    "measure_line_jitter",
     "phase_correlate",
     "register_drift",
 ]

@@ -559,8 +559,21 @@ def refine_drift(
     disagree[first] = False
     d = r["d"] + off
     err = np.sqrt(r["err"] ** 2 + var_off)
-    # frames that register_drift found reliable and that agree keep its drift and error
-    keep = rel0 & ~disagree
+    # frames that register_drift found reliable and that agree keep its drift and error;
+    # so does one whose own group-wise measurement confirms it (two independent
+    # registrations within tol/2) where the smoothed track does not: on a short series the
+    # track's process noise is poorly determined and its outlier gate can reject good
+    # frames (a CsCd0.2 series: frames 2-4 moved 1-4 px onto a straight-line track)
+    m = np.asarray(g["meas"], float)
+    meas_dev = np.hypot(*(drift - m - (drift[first] - m[first])).T)
+    confirmed = (
+        np.asarray(reliable0, bool)
+        & usable
+        & ~content
+        & (g["snr"] >= min_snr)
+        & (np.nan_to_num(meas_dev, nan=np.inf) <= 0.5 * reliable_tol_px)
+    )
+    keep = (rel0 & ~disagree) | confirmed
     d[keep] = drift[keep]
     err[keep] = drift_err[keep]
     # frames whose content failed a test keep the chained drift of register_drift and its

@@ -256,13 +256,21 @@ def analyze_series(
     br_loss_options : dict, optional
         Keyword options of :func:`~perovstem.quantify.br_loss_from_images` (``f_bulk``,
         ``level``, ``n_templates``, ``voltage_kV``, ``temperature_K``, ``border_px``,
-        ``two_pass``, ``rng``); ``lattice_A`` is taken from this function.
+        ``two_pass``, ``cd_fraction``, ``termination``, ``rng``); ``lattice_A`` is taken
+        from this function.  Without ``termination`` a note says that CsBr-terminated
+        facets were assumed.
     scan_correction : bool
         After the rigid alignment, remove the fast-scan line jitter of every frame
         (:func:`perovstem.insitu.apply_drift` with ``scan_correction=True``, against the
         mean of the other aligned frames).  Adds ``scan_rms_line_offset_px`` (rms line
         offset removed per frame, px; NaN for lazy input and skipped frames) to ``frames``.
-        For an in-memory series the aligned frames are held in memory (float32).
+        For an in-memory series the aligned frames are held in memory (float32).  Without
+        ``band_rows``/``smooth_rows`` in ``scan_options``, measured line-to-line jitter
+        (see below) is corrected per scan line (``band_rows=1, smooth_rows=0``; a note
+        says so).  Independently of this option, a registered series has its line jitter
+        measured on up to 16 frames (:func:`~perovstem.insitu.measure_line_jitter`,
+        ``frames["line_jitter_px"]``); above ``LINE_JITTER_NOTE_PX`` a note says that the
+        Pb⁰ counts are unreliable.
     scan_options : dict, optional
         ``band_rows``, ``smooth_rows``, ``max_shift_px`` of
         :func:`~perovstem.insitu.correct_scan_distortion`.
@@ -310,12 +318,41 @@ def analyze_series(
         )
     frames_src = series
     scan_rms: np.ndarray | None = None
+    jitter = _line_jitter(series, drift) if register else None
+    jitter_notes: list[str] = []
     if scan_correction:
-        frames_src, scan_rms = _scan_corrected(series, drift, register, scan_options)
+        opts = dict(scan_options or {})
+        if (
+            jitter is not None
+            and jitter["per_line"]
+            and not {"band_rows", "smooth_rows"} & set(opts)
+        ):
+            # line-to-line jitter: bands of 8 smoothed lines average it away (the default,
+            # made for smooth distortions, removed nothing of 1 px white jitter)
+            opts.update(band_rows=1, smooth_rows=0.0)
+            jitter_notes.append(
+                "scan correction per scan line (band_rows=1, smooth_rows=0): the measured "
+                "line offsets do not correlate between neighbouring lines"
+            )
+        frames_src, scan_rms = _scan_corrected(series, drift, register, opts)
         shifts = np.zeros_like(shifts)  # frames_src is already aligned
     gain = series.metadata.get("gain")
     offset = series.metadata.get("offset")
     notes: list[str] = _calibration_notes(series, gain, offset)
+    if jitter is not None and jitter["median_px"] > LINE_JITTER_NOTE_PX:
+        notes.append(
+            f"fast-scan line jitter {jitter['median_px']:.2g} px rms (median of "
+            f"{jitter['n']} frames, measured against the mean of the others; column "
+            "line_jitter_px): Pb⁰ counts are unreliable (KMC 4 nm cubes with 1 px white line "
+            "jitter: first-frame totals 1.5-3.7x the truth, 0.7-1.5x without jitter)"
+            + (
+                "; the scan correction reduces but does not remove the excess (0.8-2.1x "
+                "per line at 1 px)"
+                if scan_correction
+                else "; scan_correction=True corrects it in part"
+            )
+        )
+    notes += jitter_notes
     if px > COARSE_PIXEL_A:
         notes.append(
             f"pixel size {px:g} Å: Pb⁰ atom counts are validated on ≤ {COARSE_PIXEL_A:g} Å "
@@ -504,6 +541,8 @@ def analyze_series(
         )
     if scan_rms is not None:
         fr_tab["scan_rms_line_offset_px"] = scan_rms
+    if jitter is not None:
+        fr_tab["line_jitter_px"] = jitter["per_frame"]
     n_unrel = int(drift.attrs.get("n_unreliable", 0))
     if "crystal_at_border" in fr_tab:
         edge = fr_tab.loc[fr_tab["crystal_at_border"].fillna(False).astype(bool), "frame"]
@@ -545,7 +584,7 @@ def analyze_series(
         br_res, note = _image_br_loss(series, skipped, lattice_A, br_loss_options)
         if note:
             notes.append(note)
-        else:
+        if br_res is not None:
             fr_tab = fr_tab.merge(br_res.frame_columns(), on="frame", how="left")
     events = lineage_events(lineage, fr_tab)
     if summary:
@@ -659,6 +698,30 @@ def _scan_corrected(
     return out, rms_a
 
 
+def _line_jitter(series: Series, drift: pd.DataFrame) -> dict[str, Any] | None:
+    """Measured fast-scan line jitter (:func:`measure_line_jitter`): per-frame values (NaN
+    where not measured), their median, and whether it is line-to-line (white) jitter."""
+    from perovstem.insitu.register import measure_line_jitter
+
+    tab = measure_line_jitter(series, drift)
+    tab = tab[np.isfinite(tab["line_jitter_px"].to_numpy(float))]
+    if len(tab) < 3:
+        return None
+    per = np.full(series.n_frames, np.nan)
+    per[tab["frame"].to_numpy(int)] = tab["line_jitter_px"].to_numpy(float)
+    med = float(np.median(tab["line_jitter_px"]))
+    noise = float(np.median(tab["line_noise_px"]))
+    rho = float(np.nanmedian(tab["line_lag1_corr"]))
+    return {
+        "per_frame": per,
+        "median_px": med,
+        "n": len(tab),
+        # white jitter: neighbouring lines correlate at 0.2-0.6 (1 px, KMC series), a
+        # smooth distortion (period of 10+ lines) at > 0.9
+        "per_line": bool(med > 2.0 * noise and rho < LINE_JITTER_SMOOTH_CORR),
+    }
+
+
 def _image_br_loss(
     series: Series, skipped: list[int], lattice_A: float, opts: dict[str, Any] | None
 ) -> tuple[Any, str]:
@@ -693,6 +756,14 @@ def _image_br_loss(
         return None, f"image-derived Br loss not computed: {exc}"
     if skipped:
         res.info["note"] = f"frames from {min(skipped)} on (first unusable frame) not used"
+    if "termination" not in opts:
+        # the exposed Br per Br lost depends on the facets' outer layer, which the images
+        # are not tested for: say which one the templates assumed
+        return res, (
+            "image-derived D_Br assumes CsBr-terminated {100} facets (not measured from the "
+            "images; on PbBr2-terminated 5 nm cubes this template read D_Br 22-30 % high: "
+            "give br_loss_options termination='PbBr2' / --termination PbBr2 if so)"
+        )
     return res, ""
 
 
@@ -1053,6 +1124,15 @@ COARSE_PIXEL_A = 0.7
 #: 3 nm crystal beside a 4 nm one: 0.53
 SECOND_OBJECT_SHARE = 0.2
 SECOND_OBJECT_MIN_A2 = 200.0
+
+#: measured fast-scan line jitter (median rms, px) above which the Pb⁰ counts are said
+#: to be unreliable: KMC 4 nm cubes (0.5 Å px, 3·10³ e⁻/Å²/s, seeds 1-2) with white line
+#: jitter of 0, 0.25, 0.5 and 1 px rms (measured 0.02-0.04 / ~0.25 / ~0.5 / 0.8-1.2 px):
+#: Pb⁰ / truth of the first four frames 0.67-1.5 / 0.74-3.0 / 0.37-2.3 / 0.94-3.7
+LINE_JITTER_NOTE_PX = 0.4
+#: line offsets correlating between neighbouring lines above this are a smooth distortion
+#: (the banded, smoothed scan correction); below, line-to-line jitter (per line)
+LINE_JITTER_SMOOTH_CORR = 0.8
 
 #: Pb⁰ totals falling by more than this many combined frame-to-frame σ are flagged
 PB0_FALL_SIGMA = 3.0

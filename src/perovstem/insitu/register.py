@@ -60,7 +60,13 @@ from perovstem.insitu._frames import (
     single_blas_thread,
 )
 
-__all__ = ["phase_correlate", "register_drift", "apply_drift", "correct_scan_distortion"]
+__all__ = [
+    "phase_correlate",
+    "register_drift",
+    "apply_drift",
+    "correct_scan_distortion",
+    "measure_line_jitter",
+]
 
 _WORKERS = 2
 
@@ -75,6 +81,18 @@ _CONTENT_FLAGS = (
     "reference and pairwise estimates disagree",
     "reference-based estimate unconfirmed",
 )
+#: a strong pair that disagrees with the reference-based estimate by more than
+#: max(_SITE_JUMP_PX, _SITE_JUMP_TOL x the agreement tolerance) px, while the best pair
+#: agrees, sits on another lattice site (not noise): the frame is flagged
+_SITE_JUMP_PX = 1.0
+_SITE_JUMP_TOL = 4.0
+#: ... and when that pair's correlation at its own peak exceeds its value at the shift the
+#: reference implies by at least this fraction of the peak height (above the median): the
+#: pair clearly prefers another site.  A noisy pair at low dose that picks a neighbouring
+#: lattice period by chance has both nearly equal (0.03-0.16 on the 120-frame 35-50
+#: e⁻/Å² series of test_register_groupwise; 0.22-0.42 on the sublattice jumps of
+#: CsCd0.2 series whose Pb columns were reduced)
+_SITE_JUMP_MARGIN = 0.2
 #: errors (px) at or above this are reported as infinite (an untestable chained step)
 _UNBOUNDED_PX = 1e149
 
@@ -177,6 +195,28 @@ class _Corr(NamedTuple):
     snr: float
     sigma_px: float = float("nan")
     refine: str = "whitened"
+
+
+def _peak_margin(
+    fa: np.ndarray,
+    fb: np.ndarray,
+    shape: tuple[int, int],
+    own: tuple[float, float],
+    alt: tuple[float, float],
+    *,
+    whitening: float,
+    sigma_px: float,
+) -> float:
+    """How much higher the whitened, low-passed correlation of b against a is at the
+    shift ``own`` than at ``alt`` (nearest pixels), in units of the correlation's
+    background standard deviation (the unit of the peak SNR)."""
+    h = _whiten(np.conj(fa) * fb, whitening) * _lowpass(shape, sigma_px)
+    c = sfft.irfft2(h / _lowpass(shape, 0.0), s=shape, workers=_WORKERS)
+    m, n = shape
+    sub = c[:: max(1, m // 128), :: max(1, n // 128)]
+    v_own = c[int(np.rint(own[0])) % m, int(np.rint(own[1])) % n]
+    v_alt = c[int(np.rint(alt[0])) % m, int(np.rint(alt[1])) % n]
+    return float(v_own - v_alt) / (float(v_own - np.median(sub)) + 1e-30)
 
 
 def _int_peak(c: np.ndarray, max_shift_px: float | None) -> tuple[int, int, float, float]:
@@ -657,7 +697,14 @@ def register_drift(
         provisional drift plus the pair shift).  A previous frame flagged for a
         lattice-period ambiguity or a reference/pair disagreement does not count (its own
         estimate may sit on another lattice site); a frame whose strong pairs all lead to
-        such frames is flagged "reference-based estimate unconfirmed".
+        such frames is flagged "reference-based estimate unconfirmed".  A frame is also
+        flagged when one strong pair from a frame that can vouch lands a lattice site away
+        from the reference-based estimate (> max(1 px, 4 x the agreement tolerance)) and
+        clearly prefers that site (its correlation there exceeds the value at the
+        reference-implied shift by >= 20 % of its peak height): the column contrast has
+        changed between the frames (e.g. the Pb columns of an alloyed crystal reduced, the
+        Cs sublattice half a cell diagonal away now the brightest), so the reference and
+        pairs from frames of the old contrast may agree on the wrong site.
     subfields : int
         Sub-fields per axis of the rigidity test (>= 2).
     pixel_size_A : float, optional
@@ -917,6 +964,9 @@ def register_drift(
             spec_w = _wiener(spec, shape)
             raw_k = float("nan")
             blocked = False  # a strong pair whose earlier frame cannot vouch (content flag)
+            # the largest disagreement with a strong pair from a frame that can vouch, and
+            # that frame: a site-sized one means the lattice registrations are ambiguous
+            worst: tuple = (0.0, -1, None, (0.0, 0.0), (0.0, 0.0))
             for j, (ka, fa, wa) in enumerate(reversed(recent)):
                 dy, dx, snr, *_ = _correlate_spectra(
                     fa,
@@ -975,6 +1025,9 @@ def register_drift(
                     # would vouch for the frame's wrong estimate
                     dis = float(np.hypot(*(ref_est - prov[ka] - [dy, dx])))
                     disagree[k] = np.fmin(disagree[k], dis)
+                    if dis > worst[0]:
+                        alt = ref_est - prov[ka]
+                        worst = (dis, ka, fa, (dy, dx), (float(alt[0]), float(alt[1])))
             # a pair shift carries the noise of two frames and a noisy template: at low dose
             # the agreement is tested against 4 sigma of it (about sqrt(3) x the split-half
             # error of the reference-based estimate), never more strictly than the tolerance
@@ -984,6 +1037,31 @@ def register_drift(
                     "reference-based estimate unconfirmed: its pairs link it only to frames "
                     "whose own estimates may be a lattice period or sublattice off "
                     "(lattice-period ambiguity or a reference/pair disagreement)"
+                )
+            margin = 0.0
+            if k not in flags and worst[0] > max(_SITE_JUMP_PX, _SITE_JUMP_TOL * dis_tol):
+                # (computed only here: one more correlation, for the rare site-sized ones)
+                margin = _peak_margin(
+                    worst[2],
+                    spec,
+                    shape,
+                    worst[3],
+                    worst[4],
+                    whitening=whitening,
+                    sigma_px=smooth_px,
+                )
+            if margin >= _SITE_JUMP_MARGIN:
+                # one strong pair from a frame that vouches lands a lattice site away from
+                # the reference-based estimate while another agrees with it: the frames'
+                # column contrast has changed (e.g. Pb columns of an alloyed crystal reduced,
+                # the Cs sublattice now the brightest; the projected sublattices are half a
+                # cell diagonal apart and equal in geometry), and reference and pairs from
+                # frames of the old contrast agree on the wrong site
+                flags[k] = (
+                    f"reference and pairwise estimates disagree by a lattice site: the pair "
+                    f"from frame {worst[1]} is {worst[0]:.2g} px off and prefers its own site by "
+                    f"{margin:.0%} of its peak (sublattice or "
+                    "lattice-period ambiguity)"
                 )
             if k not in flags and disagree[k] > dis_tol:
                 flags[k] = (
@@ -1537,3 +1615,117 @@ def correct_scan_distortion(
     for i in range(m):
         out[i] = np.interp(x + dx_rows[i], x, f[i])
     return out, dx_rows
+
+
+def _row_offsets(f: np.ndarray, r: np.ndarray, lag: int) -> np.ndarray:
+    """x offset (px) of every row of ``f`` against the same row of ``r``: 1-D
+    cross-correlation over ±``lag`` px with parabolic sub-pixel refinement (all rows at once)."""
+    m, n = f.shape
+    fb = f - f.mean(axis=1, keepdims=True)
+    rb = r - r.mean(axis=1, keepdims=True)
+    cc = np.stack(
+        [
+            np.einsum(
+                "ij,ij->i", rb[:, max(0, -s) : n - max(0, s)], fb[:, max(0, s) : n - max(0, -s)]
+            )
+            for s in range(-lag, lag + 1)
+        ],
+        axis=1,
+    )
+    i = np.argmax(cc, axis=1)
+    dx = (i - lag).astype(float)
+    inner = (i > 0) & (i < 2 * lag)
+    rows = np.flatnonzero(inner)
+    a, b, c = cc[rows, i[rows] - 1], cc[rows, i[rows]], cc[rows, i[rows] + 1]
+    den = a - 2 * b + c
+    ok = den < 0
+    dx[rows[ok]] += 0.5 * (a[ok] - c[ok]) / den[ok]
+    return dx
+
+
+def measure_line_jitter(
+    series: Any,
+    drift: pd.DataFrame,
+    *,
+    max_frames: int = 16,
+    max_shift_px: float = 3.0,
+) -> pd.DataFrame:
+    """Fast-scan line jitter of the frames of a registered series, noise-corrected.
+
+    Up to ``max_frames`` usable frames (evenly spread) are aligned on ``drift``; each is
+    compared line by line with the leave-one-out mean of the others (1-D cross-correlation
+    of every scan line with the same line of the mean, the row-wise offsets of Ophus,
+    Ciston & Nelson, Ultramicroscopy 162, 1 (2016), measured per line).  On the lines with
+    structure (reference contrast ≥ 20 % of the largest) the offsets, less a straight line
+    (a residual drift or a shear within the frame), scatter by the jitter and by the
+    measurement noise; the noise variance is estimated from the even- and odd-column halves
+    of the frame measured separately (independent shot noise; checkerboard-style split, cf.
+    Koho et al., Nat. Commun. 10, 3103 (2019)) and removed.
+
+    Parameters
+    ----------
+    series : Series or (T, M, N) array_like
+        The raw frames.
+    drift : DataFrame
+        From :func:`register_drift` (``dy_px, dx_px``; ``skipped`` frames are left out).
+    max_frames : int
+        Frames measured (≥ 3; the reference of each is the mean of the others).
+    max_shift_px : float
+        Largest line offset searched, px.
+
+    Returns
+    -------
+    DataFrame
+        One row per measured frame: ``frame``, ``line_jitter_px`` (rms line offset after
+        removing the noise, px), ``line_noise_px`` (rms measurement noise of one line's
+        offset, px), ``line_lag1_corr`` (correlation of the offsets of neighbouring lines:
+        ≈ 0.2-0.6 for line-to-line jitter, > 0.9 for a smooth distortion).  Empty when
+        fewer than 3 frames are usable.  A distortion slower than the crystal's height is
+        mostly taken as the shear (straight line) and not counted.
+    """
+    if int(max_frames) != max_frames or max_frames < 3:
+        raise ParameterError(f"`max_frames` must be an integer >= 3, got {max_frames!r}")
+    check_positive("max_shift_px", max_shift_px)
+    st = frame_stack(series)
+    n = len(st)
+    if len(drift) != n:
+        raise DataError(f"`drift` has {len(drift)} rows but the series has {n} frames")
+    cols = ["frame", "line_jitter_px", "line_noise_px", "line_lag1_corr"]
+    skipped = drift["skipped"].to_numpy(bool) if "skipped" in drift.columns else np.zeros(n, bool)
+    cand = np.flatnonzero(~skipped)
+    if len(cand) > max_frames:
+        cand = cand[np.unique(np.rint(np.linspace(0, len(cand) - 1, int(max_frames))).astype(int))]
+    frames = {}
+    for k in cand:
+        f = np.asarray(st[int(k)], dtype=np.float32)
+        if np.all(np.isfinite(f)) and not frame_quality(f):
+            frames[int(k)] = f
+    if len(frames) < 3:
+        return pd.DataFrame(columns=cols)
+    ks = np.array(sorted(frames))
+    shifts = drift[["dy_px", "dx_px"]].to_numpy(float)[ks]
+    a = _shift_block(np.stack([frames[k] for k in ks]), shifts, 3, "nearest").astype(float)
+    total = a.sum(axis=0)
+    lag = int(np.ceil(max_shift_px))
+    rows = []
+    for i, k in enumerate(ks):
+        f = a[i]
+        r = _loo_reference(total, f, len(ks))
+        con = r.std(axis=1)
+        use = con > 0.2 * con.max() if con.max() > 0 else np.zeros(len(con), bool)
+        if use.sum() < 8:
+            rows.append((k, np.nan, np.nan, np.nan))
+            continue
+        y = np.flatnonzero(use).astype(float)
+        d = _row_offsets(f, r, lag)[use]
+        d = d - np.polyval(np.polyfit(y, d, 1), y)
+        # the halves have half the sampling: offsets in their pixels, x 2
+        de = 2.0 * _row_offsets(f[:, 0::2], r[:, 0::2], max(1, lag // 2 + 1))[use]
+        do = 2.0 * _row_offsets(f[:, 1::2], r[:, 1::2], max(1, lag // 2 + 1))[use]
+        # var(de - do) = 2 var(half), the full-line estimate has about half of var(half)
+        noise2 = float(np.mean((de - do - np.mean(de - do)) ** 2)) / 4.0
+        tot2 = float(np.mean(d**2))
+        nb = np.diff(y) == 1  # neighbouring lines
+        rho = float(np.corrcoef(d[:-1][nb], d[1:][nb])[0, 1]) if nb.sum() >= 4 else float("nan")
+        rows.append((k, np.sqrt(max(tot2 - noise2, 0.0)), np.sqrt(noise2), rho))
+    return pd.DataFrame(rows, columns=cols)
