@@ -301,8 +301,8 @@ def sequence_cmd(
     align: bool = typer.Option(
         False,
         "--align/--no-align",
-        help="Align every series first (as `tomo align`; slow: minutes per series at 256 px). "
-        "Default: the series are already aligned.",
+        help="Align every series first (as `tomo align`; slow: projection matching "
+        "reconstructs each series several times). Default: the series are already aligned.",
     ),
     facet_method: str = typer.Option(
         "normals",
