@@ -137,7 +137,8 @@ def reconstruct_sequence(
     is the starting point and only ``n_iter_warm`` iterations (default ``n_iter // 3``) are
     run (SIRT/SART/CGLS/TV), exploiting the small change between time points.  Each volume is
     segmented into ``n_classes`` classes by multi-Otsu (background / crystal / Pb clusters)
-    and meshed; facet fractions use the lattice orientation of each time point.
+    and meshed at the higher of the lower multi-Otsu and the 2-class Otsu threshold; facet
+    fractions use the lattice orientation of each time point.
 
     Orientation tracking: a crystal can turn on its support between time points (beam-induced
     rotation), and classifying its facets with the orientation of an earlier time point
@@ -168,8 +169,7 @@ def reconstruct_sequence(
     table : DataFrame
         step, time_s, cumulative_dose_e_per_A2, n_iter, volume_A3 (crystal + clusters),
         cluster_volume_A3 (NaN where the clusters do not form a grey-level class of their
-        own: then the top multi-Otsu class is most of the object and the surface uses the
-        2-class threshold), surface_A2, n_particles (mesh parts with ≥ 5 % of the area; with
+        own, i.e. the top multi-Otsu class is most of the object), surface_A2, n_particles (mesh parts with ≥ 5 % of the area; with
         several, and no ``orientation`` given, every particle is classified with its own
         orientation and the largest one's is tracked), rotation_deg (misorientation from the
         first time point, degrees), frac_100, frac_110, frac_111, frac_other (calibrated when
@@ -218,24 +218,32 @@ def reconstruct_sequence(
         warm = warm_start and prev is not None and method in ("sirt", "sart", "cgls", "tv")
         if warm:
             kw["x0"] = prev
-        if method != "fbp":
+        if method not in ("fbp", "wbp"):  # direct methods take no iteration count
             kw["n_iter"] = n_warm if warm else int(n_iter)
         rec = reconstruct(ts, method=method, **kw)
         v = rec.volume
         prev = v
         px = ts.pixel_size_A
-        th = multi_otsu_thresholds(v, n_classes=n_classes)
-        clusters_resolved = True
-        if n_classes > 2 and np.count_nonzero(v > th[-1]) > 0.5 * np.count_nonzero(v > th[0]):
-            # the top class holds most of the object: the inclusions are too small or too
-            # faint to form a class of their own and the classes split background blur /
-            # crystal instead, which put the surface in the blur (+15-25 % volume on 2 of 3
-            # tune seeds); then the surface is the 2-class (background / object) threshold
-            # and the cluster volume is not measured
-            th = np.array([otsu_threshold(v), np.inf])
-            clusters_resolved = False
+        # surface: never below the 2-class (background / object) Otsu threshold.  The lower
+        # multi-Otsu boundary falls below the object when the classes split something else:
+        # the blur shell when the inclusions are too small to form a class (+14-20 % volume on
+        # 2 of 3 tune seeds), FBP's negative lobes vs background (3× the volume)
+        level = otsu_threshold(v)
+        try:
+            th = multi_otsu_thresholds(v, n_classes=n_classes)
+            level = max(level, float(th[0]))
+        except ValueError:  # fewer grey levels than classes (a DART volume has 2)
+            th = np.array([level])
+        # clusters: the top class, when it is a minority of the object (else it is the crystal)
+        n_obj = np.count_nonzero(v > level)
+        clusters_resolved = (
+            n_classes > 2
+            and len(th) > 1
+            and th[-1] > level
+            and np.count_nonzero(v > th[-1]) <= 0.5 * n_obj
+        )
         v3 = px**3
-        mesh = surface_mesh(v, voxel_size_A=px, level=float(th[0]), sigma_px=sigma_px)
+        mesh = surface_mesh(v, voxel_size_A=px, level=level, sigma_px=sigma_px)
         nm = _normal_summary(mesh)  # normals only, for the orientation search (fast)
         if rot is None:
             rot = estimate_orientation(nm)
@@ -292,7 +300,7 @@ def reconstruct_sequence(
                 "n_iter": rec.n_iter,
                 "volume_A3": mesh.volume_A3,
                 "cluster_volume_A3": float(np.count_nonzero(v > th[-1]) * v3)
-                if n_classes > 2 and clusters_resolved
+                if clusters_resolved
                 else np.nan,
                 "surface_A2": mesh.area_A2,
                 "n_particles": n_part,
