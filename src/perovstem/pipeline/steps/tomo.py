@@ -237,7 +237,10 @@ CHECK_SEQUENCE = "perovstem.tomo:check_sequence|perovstem.tomo.fourd:check_seque
         ),
         "warm_start": Param(bool, True, "start each time point from the previous volume"),
         "align": Param(
-            bool, False, "align every series first (slow; default: the series are aligned)"
+            bool,
+            False,
+            "align every series first, with the first one's tilt axis for all (slow; "
+            "default: the series are aligned)",
         ),
         "facet_method": Param(
             str,
@@ -302,8 +305,11 @@ def tomo_sequence(ctx: Any, series: Any) -> dict[str, Any]:
         items[k] = ts.replace(metadata=md)
     if p["align"]:
         align, apply_alignment = api(ALIGN), api(APPLY)
+        axis: bool | float = True  # the first series' tilt axis for all (see tomo sequence)
         for k in ctx.track(range(len(items)), total=len(items), description="aligning"):
-            items[k] = apply_alignment(items[k], align(items[k]))
+            al = align(items[k], tilt_axis=axis)
+            axis = float(al.tilt_axis_deg)
+            items[k] = apply_alignment(items[k], al)
     kw = {} if p["method"] in ("fbp", "wbp") else {"n_iter": p["n_iter"]}
     if p["n_iter_warm"] is not None and p["method"] not in ("fbp", "wbp"):
         kw["n_iter_warm"] = p["n_iter_warm"]
