@@ -84,3 +84,9 @@ def sequence_files(tmp_path_factory):
     for k, ts in enumerate(series):
         files.append(save_image(ts, d / f"t{k}.npz"))
     return d, files, truth
+
+
+@pytest.fixture(scope="session")
+def sequence_factory():
+    """:func:`make_sequence` (a fixture: ``import conftest`` is ambiguous across folders)."""
+    return make_sequence
