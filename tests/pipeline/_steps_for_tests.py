@@ -92,3 +92,18 @@ def map_warns(ctx: Any, series: Any) -> dict[str, Any]:
     import pandas as pd
 
     return {"table": pd.DataFrame({"sq": ctx.map(_warn_item, range(series.n_frames))})}
+
+
+@register_step(
+    "test.list_sizes",
+    inputs=("items",),
+    list_inputs=("items",),
+    outputs=("sizes",),
+    params={},
+)
+def list_sizes(ctx: Any, items: Any) -> dict[str, Any]:
+    """A list input: one row per item, in the wired order."""
+    import pandas as pd
+
+    assert isinstance(items, list)
+    return {"sizes": pd.DataFrame({"n_frames": [len(s.data) for s in items]})}

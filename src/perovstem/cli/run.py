@@ -35,7 +35,12 @@ def run(
             avail = "" if step.available else "  [not available in this version]"
             typer.echo(f"{step.name}{avail}\n    {step.doc}")
             typer.echo(
-                f"    inputs: {', '.join(step.inputs) or '-'}; "
+                "    inputs: "
+                + (
+                    ", ".join(i + (" (list)" if i in step.list_inputs else "") for i in step.inputs)
+                    or "-"
+                )
+                + "; "
                 f"outputs: {', '.join(step.outputs) or '-'}"
             )
             for k, p in step.params.items():

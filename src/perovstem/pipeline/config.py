@@ -55,13 +55,14 @@ class StepSpec:
     """One configured step: which registered step, its id, parameters and input wiring.
 
     ``wiring`` maps each step input to an artefact reference: ``"<step id>.<output>"`` or
-    the name of a file input.  Missing optional inputs map to ``None``.
+    the name of a file input; a list input (:attr:`Step.list_inputs`) maps to a list of
+    references.  Missing optional inputs map to ``None``.
     """
 
     id: str
     step: Step
     params: dict[str, Any]
-    wiring: dict[str, str | None]
+    wiring: dict[str, str | list[str] | None]
     index: int
     line: int | None = None
     note: str = ""
@@ -338,12 +339,15 @@ def parse_config(
                 f"{_where(source, lines.get('step', bad, i) if bad else hline, label)}{exc}"
             ) from None
         explicit = raw.get("inputs", {})
-        if not isinstance(explicit, dict) or not all(isinstance(v, str) for v in explicit.values()):
+        if not isinstance(explicit, dict) or not all(
+            isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+            for v in explicit.values()
+        ):
             raise ParameterError(
                 f"{_where(source, lines.get('step', 'inputs', i), label)}`inputs` must be a "
                 f"table of artefact names, got {explicit!r}"
             )
-        wiring: dict[str, str | None] = {}
+        wiring: dict[str, str | list[str] | None] = {}
         all_inputs = list(step.inputs) + [o for o in step.optional_inputs if o not in step.inputs]
         for key in explicit:
             if key not in all_inputs:
@@ -353,6 +357,29 @@ def parse_config(
                 )
         for name in all_inputs:
             ref = explicit.get(name)
+            if isinstance(ref, list):
+                wl = lines.get("step", "inputs", i)
+                if name not in step.list_inputs:
+                    raise ParameterError(
+                        f"{_where(source, wl, label)}input `{name}` takes one artefact, got the "
+                        f"list {ref!r}"
+                    )
+                if not ref:
+                    raise ParameterError(
+                        f"{_where(source, wl, label)}input `{name}` is an empty list"
+                    )
+                refs = []
+                for r in ref:
+                    rr = _resolve_ref(r, all_refs, inputs, steps)
+                    if rr is None:
+                        known = sorted(all_refs | set(inputs))
+                        raise ParameterError(
+                            f"{_where(source, wl, label)}input `{name}`: {r!r} names no earlier "
+                            f"step output or [inputs] entry; known: {', '.join(known) or 'none'}"
+                        )
+                    refs.append(rr)
+                wiring[name] = refs
+                continue
             if ref is not None:
                 ref = _resolve_ref(ref, all_refs, inputs, steps)
                 if ref is None:
@@ -377,7 +404,7 @@ def parse_config(
                     f"step and not in [inputs]{order}; add it to [inputs] or wire it with "
                     f'`inputs = {{ {name} = "<step id>.<output>" }}`'
                 )
-            wiring[name] = ref
+            wiring[name] = [ref] if ref is not None and name in step.list_inputs else ref
         ids.add(sid)
         note = raw.get("note", "")
         if not isinstance(note, str):

@@ -162,6 +162,10 @@ class Step:
         by ``|``); the step is *not available* when one is missing.
     optional_inputs : tuple of str
         Inputs that may be absent (passed as ``None``).
+    list_inputs : tuple of str
+        Inputs that take a list of artefacts (e.g. the tilt series of a 4-D sequence), wired
+        as ``inputs = { name = ["ref1", "ref2", ...] }``; the step receives a list of their
+        values in that order (a single reference, or wiring by name, gives a list of one).
     section : str
         Report section the step contributes to.
     doc : str
@@ -180,6 +184,7 @@ class Step:
     section: str = "mechanism"
     doc: str = ""
     version: str = "1"
+    list_inputs: tuple[str, ...] = ()
 
     def missing_requirements(self) -> list[str]:
         """The required modules/attributes that cannot be imported in this installation."""
@@ -238,8 +243,13 @@ def register_step(
     section: str = "mechanism",
     doc: str = "",
     version: str = "1",
+    list_inputs: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
     """Decorator registering ``func(ctx, **inputs) -> dict`` as pipeline step ``name``."""
+
+    unknown = [i for i in list_inputs if i not in inputs and i not in optional_inputs]
+    if unknown:
+        raise ParameterError(f"step `{name}`: list_inputs {unknown} are not among its inputs")
 
     def deco(func: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         STEPS[name] = Step(
@@ -253,6 +263,7 @@ def register_step(
             section=section,
             doc=doc or ((func.__doc__ or "").strip().splitlines() or [""])[0],
             version=version,
+            list_inputs=tuple(list_inputs),
         )
         return func
 

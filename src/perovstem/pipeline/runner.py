@@ -583,13 +583,17 @@ def _run_one(
             message=f"not available in this version (needs {', '.join(missing)})",
         )
     for name, ref in spec.wiring.items():
-        if ref is not None and ref in unavailable and name not in step.optional_inputs:
+        gone = [r for r in _refs(ref) if r in unavailable]  # any item of a list input
+        if gone and name not in step.optional_inputs:
             for o in spec.outputs:
                 unavailable[o] = f"input of `{spec.id}` missing"
             return StepResult(
-                **base, status="skipped", message=f"input `{name}` missing: {unavailable[ref]}"
+                **base, status="skipped", message=f"input `{name}` missing: {unavailable[gone[0]]}"
             )
-    wiring = {k: (None if (v is None or v in unavailable) else v) for k, v in spec.wiring.items()}
+    wiring = {
+        k: (None if (v is None or any(r in unavailable for r in _refs(v))) else v)
+        for k, v in spec.wiring.items()
+    }
     seed = _step_seed(config.seed, spec.id)
     key = _hash(
         {
@@ -597,7 +601,16 @@ def _run_one(
             "version": step.version,
             "params": spec.params,
             "seed": seed,
-            "inputs": {k: (arte.keys[v] if v is not None else None) for k, v in wiring.items()},
+            "inputs": {
+                k: (
+                    None
+                    if v is None
+                    else [arte.keys[r] for r in v]
+                    if isinstance(v, list)
+                    else arte.keys[v]
+                )
+                for k, v in wiring.items()
+            },
             "perovstem": _versions()["perovstem"],
         }
     )
@@ -639,7 +652,14 @@ def _run_one(
     try:
         with _recorded_warnings(caught):  # also the warnings of reading an input file
             kwargs = {
-                name: (arte.get(ref) if ref is not None else None) for name, ref in wiring.items()
+                name: (
+                    None
+                    if ref is None
+                    else [arte.get(r) for r in ref]
+                    if isinstance(ref, list)
+                    else arte.get(ref)
+                )
+                for name, ref in wiring.items()
             }
             produced = step.func(ctx, **kwargs)
         if not isinstance(produced, dict):
@@ -707,14 +727,21 @@ def _escape_markup(text: str) -> str:
     return escape(text)
 
 
-def _input_kind_hint(message: str, wiring: dict[str, str | None], arte: _Artefacts) -> str:
+def _refs(ref: str | list[str] | None) -> list[str]:
+    """The artefact references of one wired input (a list input has several)."""
+    return [] if ref is None else list(ref) if isinstance(ref, list) else [ref]
+
+
+def _input_kind_hint(
+    message: str, wiring: dict[str, str | list[str] | None], arte: _Artefacts
+) -> str:
     """Say what an input file was read as when a step refuses its kind.
 
     "`tilt_series` must be a TiltSeries, got Series" names neither the [inputs] entry nor
     how to read a stack otherwise (the `kind` option)."""
     hints = []
-    for name, ref in wiring.items():
-        info = arte.input_info.get(ref) if ref is not None else None
+    for name, ref in ((n, r) for n, v in wiring.items() for r in _refs(v)):
+        info = arte.input_info.get(ref)
         if info is None or not re.search(rf"\b{info['kind']}\b", message):
             continue
         spec = arte.config.inputs[ref]

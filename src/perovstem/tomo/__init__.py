@@ -29,7 +29,7 @@ from perovstem.tomo.facets import (
     polyhedron_facets,
     refine_orientation,
 )
-from perovstem.tomo.fourd import reconstruct_sequence
+from perovstem.tomo.fourd import check_sequence, reconstruct_sequence
 from perovstem.tomo.metrics import dice, layer_flatness, relative_l2
 from perovstem.tomo.projector import Projector, check_angles
 from perovstem.tomo.reconstruct import (
@@ -71,6 +71,7 @@ __all__ = [
     "facet_fractions",
     "missing_wedge_mask",
     "reconstruct_sequence",
+    "check_sequence",
     "dice",
     "layer_flatness",
     "relative_l2",
