@@ -35,9 +35,10 @@ def _leaves(cmd=None, path=()):
         yield from _leaves(sub, (*path, name))
 
 
-def _doc_commands() -> list[tuple[str, str]]:
-    """(where, command line) of every ``perovstem`` command in the docs: lines of code blocks
-    (with ``\\`` continuations joined, comments dropped) and inline code spans."""
+def _doc_commands() -> list[tuple[str, str, bool]]:
+    """(where, command line, complete) of every ``perovstem`` command in the docs: lines of
+    code blocks (with ``\\`` continuations joined, comments dropped; complete commands) and
+    inline code spans (may name a command without its arguments)."""
     found = []
     for doc in DOCS:
         text = doc.read_text(encoding="utf-8")
@@ -50,15 +51,16 @@ def _doc_commands() -> list[tuple[str, str]]:
                 cmds = [c.strip() for c in re.split(r"&&|;", line.split(" #", 1)[0])]
                 for c in cmds:
                     if c.startswith("perovstem "):
-                        found.append((f"{doc.name}:{line0 + k}", c))
+                        found.append((f"{doc.name}:{line0 + k}", c, True))
         prose = re.sub(r"```.*?```", "", text, flags=re.S)
         for m in re.finditer(r"`(perovstem [^`]*)`", prose):
-            found.append((f"{doc.name}: `{m.group(1)}`", m.group(1)))
+            found.append((f"{doc.name}: `{m.group(1)}`", m.group(1), False))
     return found
 
 
-def _check_command_line(line: str) -> list[str]:
-    """Problems of one command line: unknown command, unknown or non-canonical option."""
+def _check_command_line(line: str, complete: bool = True) -> list[str]:
+    """Problems of one command line: unknown command, unknown or non-canonical option, and
+    (``complete``) a required option left out."""
     # optional parts are written [--flag value]; alternatives a|b
     tokens = shlex.split(line.replace("[", " ").replace("]", " "))[1:]
     cmd, path = _click_root(), ["perovstem"]
@@ -83,13 +85,20 @@ def _check_command_line(line: str) -> list[str]:
             problems.append(f"{' '.join(path)}: old spelling {flag}, use {OPTION_ALIASES[flag]}")
         elif flag not in names:
             problems.append(f"{' '.join(path)}: no option {flag}")
+    given = {t.split("=", 1)[0] for t in tokens[i:]}
+    if complete and "--help" not in given and not any("|" in t for t in tokens):
+        for p in cmd.params:
+            if p.param_type_name == "option" and p.required and not given & set(p.opts):
+                problems.append(f"{' '.join(path)}: required {p.opts[0]} missing")
     return problems
 
 
 def test_doc_commands_exist_with_canonical_options():
     lines = _doc_commands()
     assert len(lines) >= 20  # the extraction itself works
-    problems = [f"{where}: {p}" for where, line in lines for p in _check_command_line(line)]
+    problems = [
+        f"{where}: {p}" for where, line, full in lines for p in _check_command_line(line, full)
+    ]
     assert not problems, "\n".join(problems)
 
 

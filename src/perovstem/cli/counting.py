@@ -237,7 +237,7 @@ def count(
 @atoms_app.command(
     "track",
     epilog=examples(
-        "perovstem atoms track f*_columns.parquet --library simulate --type PbBr",
+        "perovstem atoms track f*_columns.parquet --type PbBr -o tracks.parquet",
     ),
 )
 def track(
