@@ -97,7 +97,9 @@ def insitu(
     ),
     no_register: bool = typer.Option(False, "--no-register", help="Skip drift correction."),
     max_lag: int = typer.Option(3, "--max-lag", help="Frames each frame is registered to."),
-    threshold_sigma: float = typer.Option(6.0, "--threshold-sigma", help="Cluster threshold."),
+    threshold_sigma: float = typer.Option(
+        6.0, "--threshold-sigma", help="Cluster detection threshold, noise σ."
+    ),
     lattice_A: float = typer.Option(5.87, "--lattice-A", help="Host lattice spacing, Å."),
     table_format: str = typer.Option("parquet", "--table-format", help="parquet | csv."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG figures."),
@@ -131,7 +133,9 @@ def insitu(
         "--f-bulk.",
     ),
     f_bulk: float = typer.Option(
-        0.1, "--f-bulk", help="Bulk/surface Br desorption ratio f of --br-loss (notes §1.3)."
+        0.1,
+        "--f-bulk",
+        help="Bulk/surface Br desorption ratio f of --br-loss (docs/kmc.md: Br desorption).",
     ),
     scan_correction: bool = typer.Option(
         False,

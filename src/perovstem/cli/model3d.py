@@ -24,7 +24,10 @@ def model3d(
     out: Path = typer.Option(..., "--out", "-o", help="Model file (.xyz, .cif or .pdb)."),
     start: str = typer.Option("center", "--start", help="center | bottom | random."),
     support_energy: float = typer.Option(
-        0.0, "--support-energy", help="Adhesion per bottom-layer atom (crystal on a support)."
+        0.0,
+        "--support-energy",
+        help="Adhesion per bottom-layer atom (crystal on a support), in the units of the "
+        "bond energies (Pb–Br bond = −1).",
     ),
     chains: int = typer.Option(16, "--chains", help="Independent Monte Carlo chains."),
     sweeps: int = typer.Option(200, "--sweeps", help="Sweeps per chain."),

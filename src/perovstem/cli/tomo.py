@@ -122,7 +122,9 @@ def reconstruct_cmd(
     method: str = typer.Option("sirt", "--method", "-m", help="fbp|wbp|sirt|sart|cgls|tv|dart."),
     n_iter: int = typer.Option(None, "--n-iter", help="Iterations (algorithm default if unset)."),
     tv_weight: float = typer.Option(0.5, "--tv-weight", help="TV strength (method tv)."),
-    thickness_px: int = typer.Option(None, "--thickness-px", help="Volume thickness nz."),
+    thickness_px: int = typer.Option(
+        None, "--thickness-px", help="Volume thickness nz, px (default: the projection height)."
+    ),
     backend: str = typer.Option("numba", "--backend", help="numba | astra."),
     no_nonneg: bool = typer.Option(False, "--no-nonneg", help="Allow negative densities."),
     bin_factor: int = typer.Option(1, "--bin", help="Bin projections N×N before reconstructing."),
@@ -166,7 +168,9 @@ def facets_cmd(
     source: Path = typer.Argument(..., help="Aligned tilt series, or a volume with --volume."),
     out: Path = typer.Option(..., "--out", "-o", help="Facet table (.csv/.parquet)."),
     volume: bool = typer.Option(False, "--volume", help="SOURCE is a reconstructed volume."),
-    tilt_range_deg: float = typer.Option(None, "--tilt-range-deg", help="Max |tilt| (volumes)."),
+    tilt_range_deg: float = typer.Option(
+        None, "--tilt-range-deg", help="Max |tilt| of the series, ° (with --volume)."
+    ),
     method: str = typer.Option("sirt", "--method", "-m", help="Reconstruction method."),
     mesh: Path = typer.Option(None, "--mesh", help="Also write the mesh (.ply/.stl)."),
     tolerance_deg: float = typer.Option(10.0, "--tolerance-deg", help="Facet tolerance, °."),
@@ -270,7 +274,7 @@ def _register_simulate_tilt() -> None:
         pixel_size_A: float = typer.Option(2.0, "--pixel-size-A", help="Pixel size, Å."),
         tilt_range_deg: float = typer.Option(70.0, "--tilt-range-deg", help="Max |tilt|, °."),
         step_deg: float = typer.Option(2.0, "--step-deg", help="Tilt step, °."),
-        inclusions: int = typer.Option(2, "--inclusions", help="Pb inclusions."),
+        inclusions: int = typer.Option(2, "--inclusions", help="Number of Pb inclusions."),
         counts_per_A: float = typer.Option(20.0, "--counts-per-A", help="Counts per Å path."),
         shift_sigma_px: float = typer.Option(0.0, "--shift-sigma-px", help="Drift step σ, px."),
         tilt_axis_deg: float = typer.Option(0.0, "--tilt-axis-deg", help="In-plane axis, °."),
