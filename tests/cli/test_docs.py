@@ -205,3 +205,37 @@ def test_insitu_dose_error_names_the_flag(tmp_path, capsys):
     assert main(["insitu", str(p), "--dose-e-per-A2", "-5", "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "`--dose-e-per-A2` is negative" in err and "-5" in err
+
+
+@pytest.mark.parametrize(
+    ("message", "argv", "expected"),
+    [
+        ("`n_components` must be >= 1", ["atoms", "count", "t.csv", "-k", "0"], "`-k` must"),
+        ("`n_components` must be >= 1", ["atoms", "count", "t.csv", "--components=0"], "`--c"),
+        (
+            "`max_tilt_deg` must be in (0, 90]",
+            ["simulate", "tilt", "-o", "t.npz", "--tilt-range-deg", "100"],
+            "`--tilt-range-deg` must",
+        ),
+        (
+            "`min_distance_A` must be >= 0",
+            ["atoms", "map", "i.tif", "--min-distance-A", "-1"],
+            "`--min-distance-A` must",
+        ),
+        ("`n_chains` must be > 0", ["model3d", "t.csv", "-o", "m.xyz", "--chains", "0"], "`--ch"),
+        (
+            "`temperature_K` must be > 0",
+            ["simulate", "series", "-o", "s.zarr", "--temperature-end-K", "-1"],
+            "`--temperature-end-K` must",
+        ),
+        (
+            "`separation_A` must be > 0",
+            ["atoms", "fit", "i.tif", "--separation", "-2"],
+            "`--separation` must",
+        ),
+    ],
+)
+def test_errors_name_the_flag_for_library_parameter_names(message, argv, expected):
+    from perovstem.cli.main import flag_wording
+
+    assert flag_wording(message, argv).startswith(expected)

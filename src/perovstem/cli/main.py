@@ -97,6 +97,12 @@ _FED_BY = {
     "factor": ("bin_factor",),  # bin_tilt_series(factor) behind `tomo reconstruct --bin`
     "separation_A": ("separation",),  # atoms fit --separation-A
     "rho_A": ("rho",),  # atoms fit --rho-A
+    "max_tilt_deg": ("tilt_range_deg",),  # simulate tilt --tilt-range-deg → tilt_scheme
+    "n_components": ("components",),  # atoms count -k/--components
+    "min_distance_A": ("min_distance",),  # atoms map --min-distance-A
+    "n_chains": ("chains",),  # model3d --chains
+    "n_sweeps": ("sweeps",),  # model3d --sweeps
+    "temperature_K": ("temperature_end_K",),  # simulate series: the ramp is one array
 }
 
 
@@ -116,11 +122,12 @@ def flag_wording(message: str, argv: list[str]) -> str:
     cmd = _command_of(argv)
     given: dict[str, str] = {}
     for param in getattr(cmd, "params", []):
-        opts = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+        opts = list(getattr(param, "opts", []))
         if getattr(param, "param_type_name", "") != "option" or not opts:
             continue
-        if any(t in opts or t.split("=", 1)[0] in opts for t in argv):
-            given[param.name] = opts[0]
+        used = [t.split("=", 1)[0] for t in argv if t.split("=", 1)[0] in opts]
+        if used:  # the spelling typed: "-k" stays "-k"
+            given[param.name] = used[0]
 
     def reword(m: re.Match) -> str:
         name = m.group(1)
