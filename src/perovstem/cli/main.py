@@ -17,6 +17,9 @@ from perovstem.errors import PerovstemError
 app = typer.Typer(
     name="perovstem",
     help="Quantitative HAADF-STEM, in-situ and tomography analysis of perovskite nanocrystals.",
+    epilog="Start with 'perovstem demo'; 'perovstem COMMAND --help' lists a command's options "
+    "(units in their names: -A Å, -deg °, -px pixels, -s seconds, -e-per-A2 e⁻/Å²) and "
+    "examples.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
