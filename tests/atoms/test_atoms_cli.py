@@ -118,3 +118,20 @@ def test_plots_and_markers(sim_image):
     assert len(mk) == 3
     sig = to_hyperspy(df, img)
     assert sig.data.shape == img.shape
+
+
+def test_cli_fit_two_crystals_says_so(tmp_path, capsys):
+    # two crystals turned 30° to each other: every column fitted, each crystal a grain
+    from perovstem.io import read_table, save_image
+
+    from .test_find import _two_crystals
+
+    img, truth, _ = _two_crystals(30.0, (62.0, 0.0), seed=1)
+    path = tmp_path / "two.npz"
+    save_image(img, path)
+    out = tmp_path / "cols.parquet"
+    assert main(["atoms", "fit", str(path), "--cell", "cspbbr3", "--out", str(out)]) == 0
+    assert "in 2 crystals" in " ".join(capsys.readouterr().out.split())
+    df = read_table(out)
+    assert len(df) == len(truth)
+    assert sorted(df["grain"].value_counts().tolist()) == [225, 225]

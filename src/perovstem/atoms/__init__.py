@@ -7,9 +7,11 @@ Public API (see ``docs/CONTRACTS.md``):
 * :func:`fit_columns`, :func:`normalize_image`, :func:`model_image` — joint Gaussian model;
 * :func:`estimate_noise_model` — detector gain, offset and read noise from the shot noise;
 * :func:`crlb`, :func:`voronoi_intensities` — precision bound and model-free intensities;
-* :func:`fit_lattice`, :func:`lattice_strain`, :func:`projected_unit_cell` — displacement and
+* :func:`fit_lattice`, :func:`lattice_strain`, :func:`projected_unit_cell`,
+  :func:`strain_analysis` — displacement and
   strain maps, the measured projected unit cell;
-* :class:`ProjectedCell`, :func:`cspbbr3_001_cell` — projected unit cells;
+* :class:`ProjectedCell`, :func:`cspbbr3_001_cell`, :func:`cspbbr3_011_cell` — projected
+  unit cells;
 * :func:`fitted_scs_library` — SCS library measured by this package's own column fit on
   simulated slabs (the counting library of in-situ series).
 """
@@ -17,13 +19,19 @@ Public API (see ``docs/CONTRACTS.md``):
 from __future__ import annotations
 
 from perovstem.atoms._counting import *  # noqa: F403  (counting, HMM, composition; issue 6)
-from perovstem.atoms.cell import ProjectedCell, cspbbr3_001_cell
+from perovstem.atoms.cell import ProjectedCell, cspbbr3_001_cell, cspbbr3_011_cell
 from perovstem.atoms.crlb import crlb
 from perovstem.atoms.find import estimate_lattice, find_columns, find_peaks, fit_lattice_vectors
 from perovstem.atoms.fit import FIT_COLUMNS, fit_columns, model_image
 from perovstem.atoms.fitted_library import fitted_scs_library
 from perovstem.atoms.hyperspy import to_hyperspy
-from perovstem.atoms.lattice import fit_lattice, lattice_strain, projected_unit_cell
+from perovstem.atoms.lattice import (
+    fit_lattice,
+    lattice_strain,
+    projected_unit_cell,
+    strain_analysis,
+    unit_cell_table,
+)
 from perovstem.atoms.map import MapResult, map_columns
 from perovstem.atoms.noise import NoiseModel, estimate_noise_model
 from perovstem.atoms.normalize import normalize_image
@@ -36,6 +44,7 @@ __all__ = [
     "ProjectedCell",
     "crlb",
     "cspbbr3_001_cell",
+    "cspbbr3_011_cell",
     "estimate_lattice",
     "estimate_noise_model",
     "find_columns",
@@ -45,6 +54,8 @@ __all__ = [
     "fit_lattice_vectors",
     "fitted_scs_library",
     "lattice_strain",
+    "strain_analysis",
+    "unit_cell_table",
     "map_columns",
     "model_image",
     "normalize_image",

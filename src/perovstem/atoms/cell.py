@@ -1,4 +1,5 @@
-"""Projected unit cells (StatSTEM ``Database/*.txt`` model) and the built-in CsPbBr3 [001] cell."""
+"""Projected unit cells (StatSTEM ``Database/*.txt`` model) and the built-in CsPbBr3 [001] and
+[011] cells."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pandas as pd
 from perovstem._validation import check_positive, check_range
 from perovstem.errors import DataError
 
-__all__ = ["ProjectedCell", "cspbbr3_001_cell"]
+__all__ = ["ProjectedCell", "cspbbr3_001_cell", "cspbbr3_011_cell"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,3 +159,34 @@ def cspbbr3_001_cell(a_A: float = 5.87) -> ProjectedCell:
         }
     )
     return ProjectedCell(a_A, a_A, 90.0, sites, c_A=a_A, name="CsPbBr3 [001] (pseudo-cubic)")
+
+
+def cspbbr3_011_cell(a_A: float = 5.87) -> ProjectedCell:
+    """Pseudo-cubic CsPbBr3 viewed along [011] (≡ [110]): a = a₀ along [100], b = a₀/√2
+    along [01-1]; pure Pb column at (0, 0), pure Br column at (0, ½), mixed Cs–Br column at
+    (½, 0); (½, ½) is empty.  Column types ``"Pb_011"``, ``"Br_011"``, ``"CsBr_011"``.
+
+    Along the beam the columns repeat every a₀√2 (8.30 Å at a₀ = 5.87 Å): one Pb, one Br,
+    or one Cs + one Br per repeat (``c_A``), so the Pb and Br columns are about half as
+    dense as in [001] and channel differently; the zone-specific type names keep [001]
+    cross-section libraries (:func:`perovstem.simulate.scs_library`) from being applied to
+    them — count [011] columns with the Gaussian mixture or a library simulated for this
+    zone.  The simulator's truth tables (``nanocrystal(zone_axis="011")``) call the same
+    columns ``Pb``, ``Br`` and ``CsBr``.
+    """
+    sites = pd.DataFrame(
+        {
+            "type": ["Pb_011", "Br_011", "CsBr_011"],
+            "u": [0.0, 0.0, 0.5],
+            "v": [0.0, 0.5, 0.0],
+            "z": [0.0, 0.25, 0.0],
+        }
+    )
+    return ProjectedCell(
+        a_A,
+        a_A / np.sqrt(2.0),
+        90.0,
+        sites,
+        c_A=a_A * np.sqrt(2.0),
+        name="CsPbBr3 [011] (pseudo-cubic)",
+    )

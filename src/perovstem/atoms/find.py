@@ -390,6 +390,9 @@ LATTICE_SCALE_WARN = 0.03
 # the residual field of the reference columns is used when its variance exceeds this many
 # times the variance its localisation noise alone would give
 FIELD_SIGNIFICANCE = 3.0
+# several crystals in one field: a further lattice needs this many indexed reference peaks
+MIN_GRAIN_PEAKS = 12
+MAX_GRAINS = 8
 
 
 def fit_lattice_vectors(
@@ -815,20 +818,93 @@ def find_columns(
     bright = hgt >= 0.5 * np.median(hgt[hgt >= np.quantile(hgt, 0.5)])
     xyb = xy[bright]
     ref_uv = cell.sites.loc[cell.sites["type"] == ref, ["u", "v"]].to_numpy(float)
+    grains = _find_grains(xyb, cell, ref, ref_uv, dmin_ref)
+    # local contrast: mean in a small disk minus the image background
+    dmin = grains[0]["cell"].min_distance_A()
+    r_in = max(1.0, 0.2 * dmin / dx)
+    sm = ndimage.gaussian_filter(data, max(0.5, r_in / 2))
+    bg = float(np.percentile(sm, 5))
+    # the site test keeps the darker-half MAD (1e-12 on a zero-count vacuum, when
+    # presence_fraction alone decides): at a known lattice site it is no search, and the
+    # count-data σ of _pixel_noise would drop Br columns of a few electrons that the
+    # presence criterion finds (Br recall 0.46 instead of > 0.95 at 10³ e⁻/Å², tests)
+    noise = _robust_noise(data) / (2.0 * np.sqrt(np.pi) * max(0.5, r_in / 2))
+    # with several grains each places its sites only where its own reference columns are
+    # the nearest ones (within one cell): one lattice over the whole field puts sites
+    # between the columns of a differently oriented crystal, and they pass the presence test
+    owner = None
+    if len(grains) > 1:
+        own_xy = np.vstack([xyb[g["own"]] for g in grains])
+        own_lab = np.concatenate([np.full(len(g["own"]), i) for i, g in enumerate(grains)])
+        owner = (cKDTree(own_xy), own_lab)
+    tables, placed = [], []
+    for gi, g in enumerate(grains):
+        region = None
+        if owner is not None:
+            reach_g = max(g["cell"].a_A, g["cell"].b_A)
+
+            def region(pts: np.ndarray, gi=gi, reach_g=reach_g) -> np.ndarray:
+                d, j = owner[0].query(pts)
+                return (owner[1][j] == gi) & (d <= reach_g)
+
+        org, vec, cand, con = _place_grain(
+            g["fits"], g["pts"], g["cell"], ref, ref_uv, img, data.shape, sm, bg, region
+        )
+        keep = _present_sites(cand, con, cell.types, presence_fraction, min_snr * noise)
+        t = cand[keep].copy()
+        t["contrast"] = con[keep]
+        t["grain"] = gi
+        tables.append(t)
+        placed.append((org, vec, int(len(g["own"]))))
+    out = pd.concat(tables, ignore_index=True)
+    if len(out) == 0:
+        raise DataError("no atom columns found at the sites of the cell")
+    org, vec, _ = placed[0]
+    lattice_scale = _warn_lattice_scale(vec, cell, ref, dx)
+    out.attrs.update(
+        pixel_size_A=dx,
+        lattice_vectors_A=vec.tolist(),
+        lattice_origin_A=org.tolist(),
+        lattice_scale=lattice_scale,
+        cell=cell.name,
+        reference_type=ref,
+        grains=[
+            {
+                "grain": i,
+                "lattice_vectors_A": v.tolist(),
+                "lattice_origin_A": o.tolist(),
+                "rotation_deg": float(np.degrees(np.arctan2(v[0, 1], v[0, 0]))),
+                "n_reference_peaks": n,
+            }
+            for i, (o, v, n) in enumerate(placed)
+        ],
+    )
+    return out
+
+
+def _lattice_fits(
+    xyb: np.ndarray,
+    cell: ProjectedCell,
+    ref: str,
+    ref_uv: np.ndarray,
+    dmin_ref: float,
+    o0: np.ndarray,
+) -> tuple[ProjectedCell, list] | None:
+    """Lattice fits of the cell to reference peaks ``xyb`` grown from ``o0``.
+
+    Returns the cell at the image's scale and the fits ``(n_indexed, org, vec, hk)`` that
+    index at least 0.9 of the best one, or None when no peak pairs match the cell.
+    """
     # the lattice in the image may be a few % off the cell (pixel size calibration, cell
     # parameter of another phase, thermal expansion): measure its scale first, then match
     # rotations and fit with the cell at that scale
-    cell_given = cell
     cell, scale = _scaled_cell(cell, ref_uv, xyb)
     reach = 1.3 * max(cell.a_A, cell.b_A)
     expected = _sublattice_vectors(ref_uv, reach, cell)
-    tree = cKDTree(xyb)
-    pairs = tree.query_pairs(reach, output_type="ndarray")
+    pairs = cKDTree(xyb).query_pairs(reach, output_type="ndarray")
     dv = xyb[pairs[:, 1]] - xyb[pairs[:, 0]] if len(pairs) else np.zeros((0, 2))
     tol = 0.12 * dmin_ref * scale
-    centre = np.array([np.mean(xyb[:, 0]), np.mean(xyb[:, 1])])
-    o0 = xyb[np.argmin(np.linalg.norm(xyb - centre, axis=1))]
-    fits = []
+    fits: list = []
     for hand in (1.0, -1.0):
         for rot in _rotation_candidates(dv, expected, cell, hand, tol):
             v = cell.vectors(rot)
@@ -836,26 +912,140 @@ def find_columns(
             org, vec, hk = _same_lattice(fits, v) or fit_lattice_vectors(xyb, v, o0)
             fits.append((int(np.sum(hk[:, 0] != _NONE)), org, vec, hk))
     if not fits or max(f[0] for f in fits) < 2:
+        return None
+    best_n = max(f[0] for f in fits)
+    return cell, [f for f in fits if f[0] >= 0.9 * best_n]
+
+
+def _find_grains(
+    xyb: np.ndarray, cell: ProjectedCell, ref: str, ref_uv: np.ndarray, dmin_ref: float
+) -> list[dict]:
+    """Crystal grains of the field: one lattice fit after another on the reference peaks.
+
+    The first lattice grows from the peak nearest the centre of the peaks.  Peaks on a
+    site of the grain's lattice within a cell of its indexed peaks belong to it (its other
+    sublattices, reference columns the growth did not reach); if at least
+    ``MIN_GRAIN_PEAKS`` peaks are left, a
+    lattice is grown from the left peak with the most neighbours at the reference spacing
+    (another crystal in the field, or one turned on its support), up to ``MAX_GRAINS``.
+
+    Returns dicts ``cell`` (at the grain's scale), ``fits`` (for :func:`_place_grain`),
+    ``pts`` (the peaks the fits index) and ``own`` (indices into ``xyb`` of the grain's
+    indexed peaks), largest first.
+    """
+    centre = xyb.mean(axis=0)
+    o0 = xyb[np.argmin(np.linalg.norm(xyb - centre, axis=1))]
+    first = _lattice_fits(xyb, cell, ref, ref_uv, dmin_ref, o0)
+    if first is None:
         raise DataError(
             f"could not fit the cell lattice: no peak pairs match the {ref!r} sublattice of the "
-            f"cell (a = {cell.a_A / scale:.3f} Å, b = {cell.b_A / scale:.3f} Å; found {len(xyb)} reference "
+            f"cell (a = {cell.a_A:.3f} Å, b = {cell.b_A:.3f} Å; found {len(xyb)} reference "
             "peaks); check the pixel size and the cell"
         )
-    best_n = max(f[0] for f in fits)
-    fits = [f for f in fits if f[0] >= 0.9 * best_n]
-    # local contrast: mean in a small disk minus the image background
-    dmin = cell.min_distance_A()
-    r_in = max(1.0, 0.2 * dmin / dx)
-    sm = ndimage.gaussian_filter(data, max(0.5, r_in / 2))
-    bg = float(np.percentile(sm, 5))
-    # the fitted origin is *a* reference column: which reference site of the cell it is, and
-    # the handedness, are chosen by the contrast at the other sites (a sublattice with a
-    # smaller period than the cell, or a mirror-symmetric one, cannot tell them apart)
+    grains: list[dict] = []
+    free = np.ones(len(xyb), bool)
+    idx = np.arange(len(xyb))
+    res = first
+    while res is not None:
+        cell_g, fits = res
+        best = max(fits, key=lambda f: f[0])
+        own = idx[best[3][:, 0] != _NONE]
+        if grains and len(own) < MIN_GRAIN_PEAKS:
+            break
+        same = next(
+            (
+                g
+                for g in grains
+                if _continues(g, best, xyb[own], ref_uv, 0.2 * dmin_ref * g["cell"].a_A / cell.a_A)
+            ),
+            None,
+        )
+        if same is None:
+            same = {"cell": cell_g, "fits": fits, "best": best, "own": own, "pts": xyb[idx]}
+            grains.append(same)
+        else:
+            # columns of a known grain the growth did not reach (a distorted or cut
+            # lattice): they widen its region, its lattice places their sites
+            same["own"] = np.union1d(same["own"], own)
+            free[own] = False
+        free &= ~_on_grain(xyb, xyb[same["own"]], same["best"], same["cell"], ref_uv)
+        if len(grains) >= MAX_GRAINS or free.sum() < MIN_GRAIN_PEAKS:
+            break
+        idx = np.flatnonzero(free)
+        sub = xyb[idx]
+        spacing = dmin_ref * cell_g.a_A / cell.a_A
+        n_near = cKDTree(sub).query_ball_point(sub, 1.15 * spacing, return_length=True)
+        res = _lattice_fits(sub, cell, ref, ref_uv, dmin_ref, sub[int(np.argmax(n_near))])
+    grains.sort(key=lambda g: -len(g["own"]))
+    return grains
+
+
+def _continues(grain: dict, fit: tuple, pts: np.ndarray, ref_uv: np.ndarray, tol_A: float) -> bool:
+    """Whether a new lattice fit is ``grain``'s lattice: the same vectors up to an integer
+    relabelling and its points (median) within ``tol_A`` of the grain's reference sites (a
+    separate crystal in the same orientation sits at another offset)."""
+    _, org, vec, _ = grain["best"]
+    m = fit[2] @ np.linalg.inv(vec)
+    u = np.round(m)
+    if np.abs(m - u).max() > 0.05 or abs(round(float(np.linalg.det(u)))) != 1:
+        return False
+    offsets = np.unique(np.round((ref_uv[:, None, :] - ref_uv[None]).reshape(-1, 2), 6), axis=0)
+    frac = (pts - org) @ np.linalg.inv(vec)
+    d = np.full(len(pts), np.inf)
+    for o in offsets:
+        r = frac - o
+        d = np.minimum(d, np.linalg.norm((r - np.round(r)) @ vec, axis=1))
+    return float(np.median(d)) <= tol_A
+
+
+def _on_grain(
+    xy: np.ndarray, own: np.ndarray, fit: tuple, cell: ProjectedCell, ref_uv: np.ndarray
+) -> np.ndarray:
+    """Points within 0.25 × the closest site distance of a site of the grain's lattice
+    (any site, the origin being any reference site) and within one cell of its peaks."""
+    _, org, vec, _ = fit
+    sites = cell.sites[["u", "v"]].to_numpy(float)
+    offsets = np.unique(np.round((sites[:, None, :] - ref_uv[None]).reshape(-1, 2), 6), axis=0)
+    frac = (xy - org) @ np.linalg.inv(vec)
+    near = np.zeros(len(xy), bool)
+    tol = 0.25 * cell.min_distance_A()
+    for o in offsets:
+        r = frac - o
+        d = np.linalg.norm((r - np.round(r)) @ vec, axis=1)
+        near |= d <= tol
+    d_own, _ = cKDTree(own).query(xy)
+    return near & (d_own <= max(cell.a_A, cell.b_A))
+
+
+def _place_grain(
+    fits: list,
+    pts: np.ndarray,
+    cell: ProjectedCell,
+    ref: str,
+    ref_uv: np.ndarray,
+    img: Image,
+    shape: tuple[int, int],
+    sm: np.ndarray,
+    bg: float,
+    region: Any = None,
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, np.ndarray]:
+    """The placement of the cell's sites on one grain's lattice that the image supports.
+
+    The fitted origin is *a* reference column: which reference site of the cell it is, and
+    the handedness, are chosen by the contrast at the other sites (a sublattice with a
+    smaller period than the cell, or a mirror-symmetric one, cannot tell them apart).
+    ``pts`` are the reference peaks the fits index; ``region(xy) -> bool`` limits the sites
+    to the grain.  Returns ``org, vec`` and the
+    candidate sites with their local contrast.
+    """
     best = None
     for _, org, vec, hk in fits:
-        field = _residual_field(xyb, hk, org, vec)
+        field = _residual_field(pts, hk, org, vec)
         for s0 in np.unique(np.round(ref_uv, 6), axis=0):
-            cand, pxy = _place_sites(cell, org, vec, s0, img, data.shape, field)
+            cand, pxy = _place_sites(cell, org, vec, s0, img, shape, field)
+            if region is not None:
+                inside = region(cand[["x_A", "y_A"]].to_numpy())
+                cand, pxy = cand[inside].reset_index(drop=True), pxy[inside]
             con = ndimage.map_coordinates(sm, [pxy[:, 1], pxy[:, 0]], order=1) - bg
             others = [t for t in cell.types if t != ref]
             score = sum(
@@ -870,35 +1060,22 @@ def find_columns(
                 or score > best[0] + 0.02 * abs(best[0]) + 1e-12
                 or (score >= best[0] - 0.02 * abs(best[0]) and ang < best[1] - 1e-6)
             ):
-                best = (score, ang, org, vec, cand, pxy, con)
-    _, _, org, vec, cand, pxy, con = best
-    lattice_scale = _warn_lattice_scale(vec, cell_given, ref, dx)
-    # the site test keeps the darker-half MAD (1e-12 on a zero-count vacuum, when
-    # presence_fraction alone decides): at a known lattice site it is no search, and the
-    # count-data σ of _pixel_noise would drop Br columns of a few electrons that the
-    # presence criterion finds (Br recall 0.46 instead of > 0.95 at 10³ e⁻/Å², tests)
-    noise = _robust_noise(data) / (2.0 * np.sqrt(np.pi) * max(0.5, r_in / 2))
+                best = (score, ang, org, vec, cand, con)
+    _, _, org, vec, cand, con = best
+    return org, vec, cand, con
+
+
+def _present_sites(
+    cand: pd.DataFrame, con: np.ndarray, types: list, presence_fraction: float, floor: float
+) -> np.ndarray:
+    """Sites whose contrast reaches ``presence_fraction`` of their type's populated sites."""
     keep = np.zeros(len(cand), bool)
-    for t in cell.types:
+    for t in types:
         m = (cand["type"] == t).to_numpy()
         c = con[m]
         if c.size == 0:
             continue
         top = c[c >= 0.5 * np.quantile(c, 0.98)]  # the populated sites of this type
         typical = float(np.median(top))
-        thr = max(presence_fraction * typical, min_snr * noise)
-        keep[m] = c > thr
-    out = cand[keep].copy()
-    out["contrast"] = con[keep]
-    if len(out) == 0:
-        raise DataError("no atom columns found at the sites of the cell")
-    out = out.reset_index(drop=True)
-    out.attrs.update(
-        pixel_size_A=dx,
-        lattice_vectors_A=vec.tolist(),
-        lattice_origin_A=org.tolist(),
-        lattice_scale=lattice_scale,
-        cell=cell.name,
-        reference_type=ref,
-    )
-    return out
+        keep[m] = c > max(presence_fraction * typical, floor)
+    return keep

@@ -26,7 +26,13 @@ from perovstem.atoms.find import (
 )
 from perovstem.errors import DataError, ParameterError
 
-__all__ = ["fit_lattice", "lattice_strain", "projected_unit_cell"]
+__all__ = [
+    "fit_lattice",
+    "lattice_strain",
+    "projected_unit_cell",
+    "strain_analysis",
+    "unit_cell_table",
+]
 
 _NONE = np.iinfo(np.int64).min
 
@@ -56,11 +62,16 @@ def fit_lattice(
         Copy of ``columns`` with ``h, k, site, x_ideal_A, y_ideal_A, dx_A, dy_A``; columns that
         cannot be indexed have NaN ideal positions.  ``attrs``: ``lattice_vectors_A`` (2×2 rows
         a, b), ``lattice_origin_A``, ``lattice_vectors_err_A`` (standard errors) and
-        ``a_A``, ``b_A``, ``angle_deg`` of the fitted lattice.
+        ``a_A``, ``b_A``, ``angle_deg`` of the fitted lattice.  With a ``grain`` column
+        (several crystals, :func:`find_columns`) each grain is indexed to its own lattice;
+        ``attrs`` then describe the grain with the most columns and ``attrs["grains"]``
+        lists each grain's lattice.
     """
     for c in ("x_A", "y_A", "type"):
         if c not in columns.columns:
             raise DataError(f"`columns` needs column {c!r}, got {list(columns.columns)}")
+    if "grain" in columns.columns and columns["grain"].nunique() > 1:
+        return _fit_grains(columns, cell, reference_type=reference_type, rotation_deg=rotation_deg)
     ref = reference_type if reference_type is not None else cell.sites["type"].iloc[0]
     if ref not in cell.types:
         raise ParameterError(f"`reference_type` {ref!r} is not a type of the cell {cell.types}")
@@ -143,6 +154,7 @@ def fit_lattice(
     a_len, b_len = np.linalg.norm(vec, axis=1)
     angle = float(np.rad2deg(np.arccos(np.dot(vec[0], vec[1]) / (a_len * b_len))))
     out.attrs = dict(columns.attrs)
+    out.attrs.pop("grains", None)  # find_columns' lattices: replaced by this fit
     out.attrs.update(
         lattice_vectors_A=vec.tolist(),
         lattice_vectors_err_A=vec_err.tolist(),
@@ -154,6 +166,29 @@ def fit_lattice(
         reference_site_uv=[float(v) for v in s0],
         cell=cell.name,
     )
+    return out
+
+
+def _fit_grains(columns: pd.DataFrame, cell: ProjectedCell, **kw) -> pd.DataFrame:
+    """:func:`fit_lattice` per grain, rows in the input order."""
+    parts, grains = [], []
+    sizes = columns["grain"].value_counts()
+    for g in sizes.index:
+        sub = columns[columns["grain"] == g]
+        try:
+            fit = fit_lattice(sub.drop(columns="grain"), cell, **kw)
+        except DataError as err:
+            raise DataError(f"grain {g}: {err}") from None
+        fit["grain"] = g
+        parts.append(fit)
+        keys = ("lattice_vectors_A", "lattice_vectors_err_A", "lattice_origin_A", "a_A", "b_A")
+        grains.append(
+            {"grain": int(g), "reference_site_uv": fit.attrs["reference_site_uv"]}
+            | {k: fit.attrs[k] for k in (*keys, "angle_deg")}
+        )
+    out = pd.concat(parts).loc[columns.index]
+    out.attrs = dict(parts[0].attrs)
+    out.attrs["grains"] = grains
     return out
 
 
@@ -184,42 +219,81 @@ def _index_to_sites(
     return best_d, h_out, k_out, site_out, ideal
 
 
-def lattice_strain(indexed: pd.DataFrame, *, radius_A: float | None = None) -> pd.DataFrame:
+def lattice_strain(
+    indexed: pd.DataFrame, *, radius_A: float | None = None, frame: str = "lattice"
+) -> pd.DataFrame:
     """Local strain and rotation from the deformation gradient of each column's neighbourhood.
 
     For column i with neighbours j (within ``radius_A``, default 1.1·max(a, b)), F minimises
     Σ_j |(r_j − r_i) − F (R_j − R_i)|² (r measured, R ideal); then ε = ½(F + Fᵀ) − I and
-    ω_xy = ½(F_xy − F_yx).
+    ω_xy = ½(F_xy − F_yx) (Galindo et al., Ultramicroscopy 107 (2007) 1186).  F is linear in
+    the measured positions, so position standard errors (``x_err_A``, ``y_err_A``, e.g. the
+    CRLB of :func:`fit_columns`) propagate exactly to ε and ω (columns taken as
+    independent): ``eps_xx_err`` … ``omega_xy_err``.
 
     Parameters
     ----------
     indexed : DataFrame
         Output of :func:`fit_lattice`.
+    radius_A : float, optional
+        Neighbour radius, Å.
+    frame : {"lattice", "lab"}
+        Axes of ε and ω: x along the lattice vector a of the column's crystal (``"lattice"``,
+        StatSTEM's convention: ε_xx is the strain along a whatever the crystal's in-plane
+        rotation, and each grain uses its own a) or the image axes (``"lab"``).
 
     Returns
     -------
     DataFrame
         Copy with ``eps_xx, eps_yy, eps_xy, omega_xy`` and ``n_neighbours`` (NaN where fewer
-        than 2 non-collinear neighbours).
+        than 2 non-collinear neighbours), and their standard errors ``<name>_err`` when the
+        input has ``x_err_A`` and ``y_err_A``; ``attrs["strain_frame"]``.
     """
     for c in ("x_A", "y_A", "x_ideal_A", "y_ideal_A"):
         if c not in indexed.columns:
             raise DataError(f"`indexed` needs column {c!r} (run fit_lattice first)")
+    if frame not in ("lattice", "lab"):
+        raise ParameterError(f"`frame` must be 'lattice' or 'lab', got {frame!r}")
     ok = np.isfinite(indexed["x_ideal_A"].to_numpy())
     r = indexed[["x_A", "y_A"]].to_numpy(float)
     rid = indexed[["x_ideal_A", "y_ideal_A"]].to_numpy(float)
+    vec = np.asarray(indexed.attrs.get("lattice_vectors_A", [[np.nan] * 2] * 2), float)
     if radius_A is None:
-        vec = np.asarray(indexed.attrs.get("lattice_vectors_A", [[np.nan] * 2] * 2))
         radius_A = 1.1 * float(np.max(np.linalg.norm(vec, axis=1)))
         if not np.isfinite(radius_A):
             raise ParameterError("`radius_A` is required when the lattice vectors are unknown")
+    # a column's neighbours are in its own crystal (ideal positions of two grains are on
+    # different lattices)
+    grain = indexed["grain"].to_numpy() if "grain" in indexed.columns else np.zeros(len(r))
+    rot = np.zeros(len(r))  # angle of a from the image x axis, per column (its grain's a)
+    if frame == "lattice":
+        grains = indexed.attrs.get("grains")
+        if grains and "grain" in indexed.columns:
+            for g in grains:
+                a = np.asarray(g["lattice_vectors_A"], float)[0]
+                rot[grain == g["grain"]] = np.arctan2(a[1], a[0])
+        elif np.all(np.isfinite(vec)):
+            rot[:] = np.arctan2(vec[0, 1], vec[0, 0])
+        else:
+            raise DataError("frame='lattice' needs the fitted lattice in attrs (fit_lattice)")
     idx = np.flatnonzero(ok)
     tree = cKDTree(rid[idx])
     out = indexed.copy()
     eps = np.full((len(r), 4), np.nan)
     nnb = np.zeros(len(r), int)
-    for q, i in enumerate(idx):
-        nb = [idx[j] for j in tree.query_ball_point(rid[i], radius_A) if idx[j] != i]
+    has_err = {"x_err_A", "y_err_A"} <= set(indexed.columns)
+    if has_err:
+        sx2 = indexed["x_err_A"].to_numpy(float) ** 2
+        sy2 = indexed["y_err_A"].to_numpy(float) ** 2
+        eps_err = np.full((len(r), 4), np.nan)
+    # (ε_xx, ε_yy, ε_xy, ω_xy) from vec(F) = (F_xx, F_xy, F_yx, F_yy), the identity removed
+    jac = np.array([[1, 0, 0, 0], [0, 0, 0, 1], [0, 0.5, 0.5, 0], [0, 0.5, -0.5, 0]])
+    for i in idx:
+        nb = [
+            idx[j]
+            for j in tree.query_ball_point(rid[i], radius_A)
+            if idx[j] != i and grain[idx[j]] == grain[i]
+        ]
         nnb[i] = len(nb)
         if len(nb) < 2:
             continue
@@ -227,15 +301,32 @@ def lattice_strain(indexed: pd.DataFrame, *, radius_A: float | None = None) -> p
         dR = rid[nb] - rid[i]
         if np.linalg.matrix_rank(dR) < 2:
             continue
-        ft, *_ = np.linalg.lstsq(dR, dr, rcond=None)  # dr = dR @ F^T
-        f = ft.T
-        e = 0.5 * (f + f.T) - np.eye(2)
-        eps[i] = [e[0, 0], e[1, 1], e[0, 1], 0.5 * (f[0, 1] - f[1, 0])]
-        _ = q
+        a_mat = np.linalg.pinv(dR)  # F^T = A (r_nb − r_i): linear in the positions
+        f = (a_mat @ dr).T
+        c, s_ = np.cos(rot[i]), np.sin(rot[i])
+        rm = np.array([[c, -s_], [s_, c]])
+        fl = rm.T @ f @ rm  # in the lattice frame (rm = identity for frame="lab")
+        eps[i] = jac @ fl.ravel() - [1.0, 1.0, 0.0, 0.0]
+        if has_err:
+            # Cov of vec(F): F_xx = A0·dx, F_xy = A1·dx, F_yx = A0·dy, F_yy = A1·dy, and
+            # cov(Σ_j u_j (x_j − x_i), Σ_j w_j (x_j − x_i)) = Σ_j u_j w_j σ_j² + Σu Σw σ_i²
+            def cov2(s2: np.ndarray, i=i, nb=nb, a_mat=a_mat) -> np.ndarray:
+                return a_mat * s2[nb] @ a_mat.T + np.outer(a_mat.sum(1), a_mat.sum(1)) * s2[i]
+
+            cov = np.zeros((4, 4))
+            cov[np.ix_([0, 1], [0, 1])] = cov2(sx2)
+            cov[np.ix_([2, 3], [2, 3])] = cov2(sy2)
+            m = np.kron(rm.T, rm.T)  # vec(Rᵀ F R) = (Rᵀ ⊗ Rᵀ) vec(F) for row-major vec
+            jm = jac @ m
+            eps_err[i] = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", jm, cov, jm), 0.0))
     out["eps_xx"], out["eps_yy"], out["eps_xy"], out["omega_xy"] = eps.T
+    if has_err:
+        for k, name in enumerate(("eps_xx", "eps_yy", "eps_xy", "omega_xy")):
+            out[f"{name}_err"] = eps_err[:, k]
     out["n_neighbours"] = nnb
     out.attrs = dict(indexed.attrs)
     out.attrs["strain_radius_A"] = float(radius_A)
+    out.attrs["strain_frame"] = frame
     return out
 
 
@@ -292,9 +383,18 @@ def projected_unit_cell(
         ),
         float,
     )
-    inv = np.linalg.inv(vec)
     xy = indexed[["x_A", "y_A"]].to_numpy(float)
-    fr = (xy - org) @ inv + s0 - indexed[["h", "k"]].to_numpy(float)
+    fr = (xy - org) @ np.linalg.inv(vec) + s0 - indexed[["h", "k"]].to_numpy(float)
+    if "grain" in indexed.columns and "grains" in indexed.attrs:
+        # every crystal folded with its own lattice (the cell is that of the largest)
+        gcol = indexed["grain"].to_numpy()
+        for g in indexed.attrs["grains"]:
+            m = gcol == g["grain"]
+            v_g = np.asarray(g["lattice_vectors_A"], float)
+            o_g = np.asarray(g["lattice_origin_A"], float)
+            s_g = np.asarray(g["reference_site_uv"], float)
+            hk_g = indexed.loc[m, ["h", "k"]].to_numpy(float)
+            fr[m] = (xy[m] - o_g) @ np.linalg.inv(v_g) + s_g - hk_g
     a_len, b_len = np.linalg.norm(vec, axis=1)
     angle = float(np.rad2deg(np.arccos(np.dot(vec[0], vec[1]) / (a_len * b_len))))
     # lattice frame (x along a): displacement in Å from the fractional shift
@@ -333,3 +433,48 @@ def projected_unit_cell(
     return ProjectedCell(
         a_len, b_len, angle, sites, c_A=cell.c_A, name=f"{cell.name} (measured)".strip()
     )
+
+
+def strain_analysis(
+    columns: pd.DataFrame,
+    cell: ProjectedCell,
+    *,
+    reference_type: str | None = None,
+    radius_A: float | None = None,
+    frame: str = "lattice",
+) -> tuple[pd.DataFrame, ProjectedCell]:
+    """Lattice, displacements, local strain with errors and the measured projected cell.
+
+    :func:`fit_lattice` → :func:`lattice_strain` → :func:`projected_unit_cell` (StatSTEM's
+    strain-mapping outputs, Galindo et al. 2007; De Backer et al. 2016), each crystal
+    (``grain`` column) on its own lattice.
+
+    Parameters
+    ----------
+    columns : DataFrame
+        Fitted columns ``x_A, y_A, type`` (+ ``x_err_A, y_err_A`` for strain errors, e.g.
+        :func:`fit_columns` output).
+    cell : ProjectedCell
+    reference_type, radius_A, frame
+        See :func:`fit_lattice` and :func:`lattice_strain`.
+
+    Returns
+    -------
+    strain : DataFrame
+        :func:`lattice_strain` output (``h, k, site, dx_A, dy_A, eps_*``, ``*_err``).
+    unit_cell : ProjectedCell
+        :func:`projected_unit_cell` of the indexed columns.
+    """
+    indexed = fit_lattice(columns, cell, reference_type=reference_type)
+    strain = lattice_strain(indexed, radius_A=radius_A, frame=frame)
+    return strain, projected_unit_cell(indexed, cell)
+
+
+def unit_cell_table(unit_cell: ProjectedCell) -> pd.DataFrame:
+    """The measured projected cell as a table: one row per site, the cell's ``a_A, b_A,
+    angle_deg`` in ``attrs`` and as columns (for writing to Parquet/CSV)."""
+    t = unit_cell.sites.copy()
+    t.insert(0, "site", np.arange(len(t)))
+    t["a_A"], t["b_A"], t["angle_deg"] = unit_cell.a_A, unit_cell.b_A, unit_cell.angle_deg
+    t.attrs.update(a_A=unit_cell.a_A, b_A=unit_cell.b_A, angle_deg=unit_cell.angle_deg)
+    return t

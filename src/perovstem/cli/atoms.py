@@ -24,20 +24,21 @@ app.add_typer(atoms_app, name="atoms")
 
 
 def _cell_arg(spec: str | None):
-    """``cspbbr3`` (built-in [001] cell, optional ``cspbbr3:5.85`` lattice constant) or a
-    StatSTEM database ``.txt`` file."""
+    """``cspbbr3`` / ``cspbbr3_001`` (built-in [001] cell, optional ``cspbbr3:5.85`` lattice
+    constant), ``cspbbr3_011`` (the [011] zone) or a StatSTEM database ``.txt`` file."""
     from pathlib import Path as _P
 
     from perovstem.errors import ParameterError
 
     if spec is None:
         return None
-    if spec.lower().startswith("cspbbr3"):
-        from perovstem.atoms import cspbbr3_001_cell
+    name, _, a = spec.partition(":")
+    if name.lower() in ("cspbbr3", "cspbbr3_001", "cspbbr3_011"):
+        from perovstem.atoms import cspbbr3_001_cell, cspbbr3_011_cell
 
-        _, _, a = spec.partition(":")
+        make = cspbbr3_011_cell if name.lower().endswith("011") else cspbbr3_001_cell
         try:
-            return cspbbr3_001_cell(float(a)) if a else cspbbr3_001_cell()
+            return make(float(a)) if a else make()
         except ValueError:
             raise ParameterError(f"--cell: bad lattice constant in {spec!r}") from None
     if _P(spec).suffix.lower() == ".txt":
@@ -45,7 +46,8 @@ def _cell_arg(spec: str | None):
 
         return read_statstem_cell(spec)
     raise ParameterError(
-        f"--cell must be 'cspbbr3[:a_A]' or a StatSTEM unit-cell .txt file, got {spec!r}"
+        "--cell must be 'cspbbr3[:a_A]' ([001]), 'cspbbr3_011[:a_A]' or a StatSTEM unit-cell "
+        f".txt file, got {spec!r}"
     )
 
 
@@ -61,8 +63,8 @@ def fit(
     cell: str = typer.Option(
         None,
         "--cell",
-        help="'cspbbr3' (built-in [001] cell), 'cspbbr3:A' (lattice constant A, Å) or a "
-        "StatSTEM unit-cell .txt (sublattice-aware).",
+        help="'cspbbr3[:a_A]' ([001] zone), 'cspbbr3_011[:a_A]' ([011] zone) or a StatSTEM "
+        "unit-cell .txt (sublattice-aware).",
     ),
     positions: Path = typer.Option(
         None,
@@ -161,8 +163,12 @@ def fit(
         )
         return
     rho_txt = ", ".join(f"{t} {v:.4f} Å" for t, v in df.attrs["rho_A_by_type"].items())
+    n_grains = int(df["grain"].nunique()) if "grain" in df.columns else 1
+    where = (
+        f" in {n_grains} crystals (column 'grain', each its own lattice)" if n_grains > 1 else ""
+    )
     console.print(
-        f"{len(df)} columns ({df.converged.mean():.1%} converged, {df.attrs['n_iter']} sweeps, "
+        f"{len(df)} columns{where} ({df.converged.mean():.1%} converged, {df.attrs['n_iter']} sweeps, "
         f"{seconds:.2f} s); ρ: {rho_txt}; median position error "
         f"{df.x_err_A.median():.4f} Å → {out}, {overlay}"
     )

@@ -46,6 +46,8 @@ from perovstem.pipeline.executor import Executor
 __all__ = ["run_pipeline", "RunResult", "StepResult", "RUN_MARKER"]
 
 RUN_MARKER = "perovstem-run.json"
+# [inputs] files read as tables (io.read_table) rather than images
+TABLE_SUFFIXES = (".parquet", ".csv")
 _VERSION_PACKAGES = (
     "numpy",
     "scipy",
@@ -193,7 +195,13 @@ class _Artefacts:
         with warnings.catch_warnings(record=True) as rec:
             warnings.simplefilter("always")
             try:
-                value = load(spec.path, **spec.options)
+                if spec.path.suffix.lower() in TABLE_SUFFIXES and not spec.options:
+                    # a table (start positions, a fit of an earlier run, StatSTEM coordinates)
+                    from perovstem.io import read_table
+
+                    value = read_table(spec.path)
+                else:
+                    value = load(spec.path, **spec.options)
             except CalibrationError as exc:
                 if "pixel_size" in spec.options:
                     raise

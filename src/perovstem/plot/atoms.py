@@ -14,7 +14,7 @@ import pandas as pd
 from perovstem._data import Image
 from perovstem.errors import DataError
 
-__all__ = ["plot_columns", "plot_scs_histogram", "plot_strain_map"]
+__all__ = ["plot_columns", "plot_scs_histogram", "plot_strain_map", "plot_strain_maps"]
 
 _COLOURS = ["tab:red", "tab:cyan", "tab:orange", "tab:green", "tab:purple", "tab:pink"]
 
@@ -135,3 +135,28 @@ def plot_strain_map(
     ax.set_xlabel("x (Å)")
     ax.set_ylabel("y (Å)")
     return ax
+
+
+def plot_strain_maps(strain: pd.DataFrame, *, limit: float | None = None) -> Any:
+    """ε_xx, ε_yy, ε_xy and ω_xy maps side by side on one colour scale (a 2 × 2 figure).
+
+    ``limit`` (dimensionless) defaults to the 98th percentile of |ε| over the four maps.
+    Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    comps = ["eps_xx", "eps_yy", "eps_xy", "omega_xy"]
+    _need(strain, ["x_A", "y_A", *comps])
+    v = np.abs(strain[comps].to_numpy(float))
+    lim = (
+        limit
+        if limit is not None
+        else float(np.nanpercentile(v, 98) if np.isfinite(v).any() else 0)
+    )
+    lim = lim or 1e-3
+    fig, axes = plt.subplots(2, 2, figsize=(10.0, 8.5))
+    for ax, c in zip(axes.ravel(), comps, strict=True):
+        plot_strain_map(strain, c, ax=ax, limit=lim)
+        ax.set_title(c)
+    fig.tight_layout()
+    return fig

@@ -8,6 +8,7 @@ inside the step function, so registering never fails even when the sub-package i
 from perovstem.pipeline.steps import (
     atoms,  # noqa: F401, E402
     atoms_map,  # noqa: F401
+    atoms_strain,  # noqa: F401
     core,  # noqa: F401
     insitu,  # noqa: F401, E402
     quantify,  # noqa: F401, E402
