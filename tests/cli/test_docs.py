@@ -239,3 +239,16 @@ def test_errors_name_the_flag_for_library_parameter_names(message, argv, expecte
     from perovstem.cli.main import flag_wording
 
     assert flag_wording(message, argv).startswith(expected)
+
+
+def test_flags_named_in_doc_prose_exist():
+    """A flag quoted on its own in the text (`--gain`, `--f-bulk`) is an option of some
+    command, in its canonical spelling."""
+    options = {o for _, cmd in _leaves() for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
+    problems = []
+    for doc in DOCS:
+        prose = re.sub(r"```.*?```", "", doc.read_text(encoding="utf-8"), flags=re.S)
+        for m in re.finditer(r"`(--[A-Za-z][\w-]*)", prose):
+            if m.group(1) not in options:
+                problems.append(f"{doc.name}: {m.group(1)}")
+    assert not problems, problems

@@ -194,7 +194,7 @@ def series(
     ft = truth["frames"]
     typer.echo(
         f"series: {out} ({ser.n_frames} frames of {ser.shape[1]}x{ser.shape[2]} px, "
-        f"cumulative dose {ft['cumulative_dose_e_per_A2'].iloc[-1]:.3g} e/Å², "
-        f"{int(ft['n_clusters'].iloc[-1])} Pb clusters at the end)"
+        f"cumulative dose {ft['cumulative_dose_e_per_A2'].iloc[-1]:.3g} e⁻/Å², "
+        f"Pb clusters at the end: {int(ft['n_clusters'].iloc[-1])})"
     )
     typer.echo("truth: " + ", ".join(written))
