@@ -13,6 +13,25 @@ err_console = Console(stderr=True, highlight=False)
 
 EXIT_USAGE = 2
 
+# Old spellings of options: still accepted, so that existing scripts keep working, but not
+# shown in --help (units belong in option names, as in the Python API). main() rewrites an
+# old spelling to the canonical one for a command that has the canonical option and no option
+# of the old name; error messages name the spelling the user typed.
+OPTION_ALIASES = {
+    "--pixel-size": "--pixel-size-A",
+    "--dose": "--dose-e-per-A2",
+    "--dose-rate": "--dose-rate-e-per-A2-s",
+    "--size": "--size-px",
+    "--rho": "--rho-A",
+    "--separation": "--separation-A",
+    "--types": "--n-types",
+}
+
+
+def examples(*lines: str) -> str:
+    """An ``Examples:`` block for a command's ``epilog`` (lines kept as written)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
 
 def fail(message: str) -> None:
     """Print one error line (no traceback) and exit with status 2."""

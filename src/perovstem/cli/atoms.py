@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from perovstem.cli._common import examples
 from perovstem.cli.main import app
 
 atoms_app = typer.Typer(
@@ -50,7 +51,13 @@ def _cell_arg(spec: str | None):
     )
 
 
-@atoms_app.command("fit")
+@atoms_app.command(
+    "fit",
+    epilog=examples(
+        "perovstem atoms fit nc.tif --cell cspbbr3 --normalize -o nc_columns.parquet",
+        "perovstem atoms fit frame.dm4 --cell CsPbBr3_100.txt --normalize --gain auto",
+    ),
+)
 def fit(
     image: Path = typer.Argument(..., help="HAADF image (dm3/dm4/emd/ser/tif/npz/...)."),
     cell: str = typer.Option(
@@ -60,16 +67,16 @@ def fit(
         "unit-cell .txt (sublattice-aware).",
     ),
     positions: Path = typer.Option(
-        None, "--positions", help="Start from this table (x_A, y_A[, type]) instead of finding."
+        None,
+        "--positions",
+        help="Start from this table (x_A, y_A, optional type) instead of finding.",
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Column table (.parquet/.csv)."),
     overlay: Path = typer.Option(None, "--overlay", help="Overlay figure (.png/.pdf/.svg)."),
-    pixel_size: float = typer.Option(
-        None, "--pixel-size-A", "--pixel-size", help="Pixel size in Å (override)."
-    ),
+    pixel_size: float = typer.Option(None, "--pixel-size-A", help="Pixel size in Å (override)."),
     frame: int = typer.Option(0, "--frame", help="Frame of a series to analyse."),
     width: str = typer.Option("type", "--width", help="type | column | fixed."),
-    rho: float = typer.Option(None, "--rho", help="Start (or fixed) width ρ in Å."),
+    rho: float = typer.Option(None, "--rho-A", help="Start (or fixed) width ρ, Å."),
     background: str = typer.Option("constant", "--background", help="constant|planar|poly2|none."),
     noise: str = typer.Option("gaussian", "--noise", help="gaussian | poisson."),
     estimator: str | None = typer.Option(
@@ -90,8 +97,10 @@ def fit(
     offset: float = typer.Option(
         None, "--offset", help="Detector counts of no signal (overrides the file's)."
     ),
-    separation: float = typer.Option(None, "--separation", help="Peak separation in Å (no cell)."),
-    n_types: int = typer.Option(1, "--types", help="Intensity classes when no cell is given."),
+    separation: float = typer.Option(
+        None, "--separation-A", help="Smallest peak separation, Å (no cell)."
+    ),
+    n_types: int = typer.Option(1, "--n-types", help="Intensity classes when no cell is given."),
     scs: str = typer.Option(
         "gauss",
         "--scs",
@@ -102,7 +111,7 @@ def fit(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
-    """Find and fit atom columns: table of positions, widths, SCS with errors, and an overlay."""
+    """Find and fit atom columns; writes a table (positions, widths, SCS, errors) and an overlay."""
     from perovstem.atoms import find_columns, fit_columns, normalize_image
     from perovstem.cli._common import console
     from perovstem.errors import OutputExistsError, ParameterError

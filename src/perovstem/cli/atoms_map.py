@@ -6,10 +6,16 @@ from pathlib import Path
 
 import typer
 
+from perovstem.cli._common import examples
 from perovstem.cli.atoms import atoms_app, load_image_arg
 
 
-@atoms_app.command("map")
+@atoms_app.command(
+    "map",
+    epilog=examples(
+        "perovstem atoms map low_dose.tif -o low_dose_map.parquet --max-columns 100",
+    ),
+)
 def map_(
     image: Path = typer.Argument(..., help="Low-dose HAADF image in raw counts."),
     out: Path = typer.Option(None, "--out", "-o", help="Column table (.parquet/.csv)."),
@@ -30,13 +36,11 @@ def map_(
     min_distance: float = typer.Option(
         1.0, "--min-distance-A", help="No new column closer than this to another, Å."
     ),
-    pixel_size: float = typer.Option(
-        None, "--pixel-size-A", "--pixel-size", help="Pixel size in Å (override)."
-    ),
+    pixel_size: float = typer.Option(None, "--pixel-size-A", help="Pixel size in Å (override)."),
     frame: int = typer.Option(0, "--frame", help="Frame of a series to analyse."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
-    """Columns of a low-dose image by their posterior probability (MAP model order)."""
+    """Columns of a low-dose image by posterior probability (MAP); writes tables and an overlay."""
     import numpy as np
 
     from perovstem.atoms import map_columns

@@ -6,10 +6,14 @@ from pathlib import Path
 
 import typer
 
+from perovstem.cli._common import examples
 from perovstem.cli.atoms import _cell_arg, atoms_app
 
 
-@atoms_app.command("strain")
+@atoms_app.command(
+    "strain",
+    epilog=examples("perovstem atoms strain nc_columns.parquet -o nc_strain.parquet"),
+)
 def strain(
     columns: Path = typer.Argument(
         ..., help="Fitted columns (x_A, y_A, type[, x_err_A, y_err_A]), e.g. 'atoms fit' output."
@@ -35,7 +39,11 @@ def strain(
     plot: Path = typer.Option(None, "--plot", help="Strain maps figure (.png/.pdf/.svg)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
-    """Index columns to the cell's lattice; displacement, local strain (ε, ω with errors) and the measured unit cell."""
+    """Local strain (ε, ω with errors) of fitted columns; writes it, the unit cell and maps.
+
+    The columns are indexed to the cell's lattice; the displacement of every column from it
+    gives the strain.
+    """
     import numpy as np
 
     from perovstem.atoms import strain_analysis, unit_cell_table

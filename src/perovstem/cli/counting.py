@@ -8,6 +8,7 @@ import numpy as np
 import typer
 
 from perovstem.atoms._inputs import insignificant_columns
+from perovstem.cli._common import examples
 from perovstem.cli.atoms import atoms_app
 from perovstem.errors import DataError, ParameterError
 
@@ -60,13 +61,21 @@ def _library_arg(
     return {t: lib for t in types} if types != ["all"] else lib
 
 
-@atoms_app.command("count")
+@atoms_app.command(
+    "count",
+    epilog=examples(
+        "perovstem atoms count nc_columns.parquet --method hybrid --library simulate",
+        "perovstem atoms count nc_columns.parquet --type PbBr --criteria-out icl.csv",
+    ),
+)
 def count(
-    table: Path = typer.Argument(..., help="Column table with 'scs' (or 'scs_A2') [and 'type']."),
+    table: Path = typer.Argument(
+        ..., help="Column table with 'scs' (or 'scs_A2') and optionally 'type'."
+    ),
     out: Path = typer.Option(None, "--out", "-o", help="Output table (.parquet/.csv)."),
     method: str = typer.Option("gmm", "--method", help="gmm | library | hybrid."),
     max_components: int = typer.Option(
-        None, "--max-components", help="Largest k of the sweep [default: 30]."
+        None, "--max-components", help="Largest k of the sweep (default 30)."
     ),
     components: int = typer.Option(None, "--components", "-k", help="Fix k (skip the choice)."),
     equal_spacing: bool = typer.Option(False, "--equal-spacing", help="Equally spaced means."),
@@ -113,7 +122,7 @@ def count(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
-    """Count atoms per column from cross-sections (GMM + ICL, library or hybrid)."""
+    """Count atoms per column from cross-sections (GMM + ICL, library, hybrid); writes a table."""
     import pandas as pd
 
     from perovstem.atoms import count_atoms, count_hybrid, count_library
@@ -225,7 +234,12 @@ def count(
     console.print(f"wrote {out}")
 
 
-@atoms_app.command("track")
+@atoms_app.command(
+    "track",
+    epilog=examples(
+        "perovstem atoms track f*_columns.parquet --type PbBr -o tracks.parquet",
+    ),
+)
 def track(
     tables: list[Path] = typer.Argument(
         ...,
@@ -243,7 +257,9 @@ def track(
     ),
     model: str = typer.Option("free", "--model", help="free | loss | dose."),
     dose: float = typer.Option(
-        None, "--dose", help="Dose per frame, e⁻/Å² (default: the tables' 'dose_e_per_A2')."
+        None,
+        "--dose-e-per-A2",
+        help="Dose per frame, e⁻/Å² (default: the tables' 'dose_e_per_A2').",
     ),
     max_states: int = typer.Option(None, "--max-states", help="Library entries used (G)."),
     max_step: int = typer.Option(None, "--max-step", help="Largest count change per frame."),
@@ -257,7 +273,7 @@ def track(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
-    """Hidden-Markov counting over frames (Viterbi counts, loss per unit dose)."""
+    """Count atoms per column through frames (hidden Markov model); writes counts per frame."""
     import numpy as np
 
     from perovstem.atoms import fit_hmm

@@ -6,10 +6,16 @@ from pathlib import Path
 
 import typer
 
+from perovstem.cli._common import examples
 from perovstem.cli.main import app
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "perovstem demo",
+        "perovstem demo --fast -o demo-fast",
+    ),
+)
 def demo(
     out: Path = typer.Option(Path("perovstem-demo"), "--out", "-o", help="Output folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
@@ -18,7 +24,7 @@ def demo(
         "auto", "--scheduler", "-s", help="serial | auto | local | local:N | tcp://host:8786."
     ),
 ) -> None:
-    """Simulate a degradation study, analyse it with every module, and write a report."""
+    """Simulate a degradation study and analyse it with every module; writes OUT/report.html."""
     from perovstem.pipeline.demo import run_demo
     from perovstem.pipeline.executor import parse_scheduler
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from perovstem.cli._common import examples
 from perovstem.cli.main import app
 
 
@@ -77,11 +78,16 @@ def describe(obj) -> list[tuple[str, str]]:
     return rows
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "perovstem info tilt_series.mrc",
+        "perovstem info raw_stack.tif --pixel-size-A 0.21",
+    ),
+)
 def info(
     file: Path = typer.Argument(..., help="Image, series or tilt-series file."),
     pixel_size: float = typer.Option(
-        None, "--pixel-size-A", "--pixel-size", help="Pixel size in Å (if the file has none)."
+        None, "--pixel-size-A", help="Pixel size in Å (if the file has none)."
     ),
     signal: str = typer.Option(
         None,
@@ -89,7 +95,7 @@ def info(
         help="Title of the image to read from a file with several detectors (e.g. DF4-A).",
     ),
 ) -> None:
-    """Show shape, dtype, calibration, dose, conditions and tilt angles of FILE."""
+    """Show shape, dtype, calibration, dose, conditions and tilt angles of FILE (writes nothing)."""
     from rich.table import Table
 
     from perovstem.cli._common import console
@@ -103,12 +109,17 @@ def info(
     console.print(table)
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "perovstem convert image.dm4 image.tif",
+        "perovstem convert stack.tif stack.zarr --pixel-size-A 0.3",
+    ),
+)
 def convert(
     src: Path = typer.Argument(..., help="Input file."),
     dst: Path = typer.Argument(..., help="Output file (.npz, .zarr, .tif, .mrc, .hspy)."),
     pixel_size: float = typer.Option(
-        None, "--pixel-size-A", "--pixel-size", help="Pixel size in Å (if the input has none)."
+        None, "--pixel-size-A", help="Pixel size in Å (if the input has none)."
     ),
     signal: str = typer.Option(
         None,
@@ -117,7 +128,7 @@ def convert(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists."),
 ) -> None:
-    """Convert SRC to DST keeping the calibration (never overwrites SRC)."""
+    """Convert SRC to DST (.npz, .zarr, .tif, .mrc, .hspy) keeping the calibration; never SRC."""
     from perovstem.errors import OutputExistsError
     from perovstem.io import load, save_image
 

@@ -15,6 +15,7 @@ import numpy as np
 import typer
 
 from perovstem._validation import check_positive
+from perovstem.cli._common import examples
 from perovstem.cli.main import app
 from perovstem.errors import FileFormatError, ParameterError
 
@@ -58,7 +59,14 @@ def _earlier_outputs(out: Path) -> list[Path]:
     return [out / n for n in names if (out / n).is_file()]
 
 
-@app.command("insitu")
+@app.command(
+    "insitu",
+    epilog=examples(
+        "perovstem insitu series.emd -o series_insitu",
+        "perovstem insitu series.emd --current-pA 20 --dwell-us 5 --conditions T.csv",
+        "perovstem insitu stack.tif --dose-e-per-A2 500 --frame-time-s 2 --gain auto",
+    ),
+)
 def insitu(
     series: Path = typer.Argument(
         ..., help="In-situ series file (any format perovstem.io.load reads)."
@@ -81,13 +89,17 @@ def insitu(
     current_pA: float = typer.Option(None, "--current-pA", help="Probe current, pA."),
     dwell_us: float = typer.Option(None, "--dwell-us", help="Dwell time per pixel, µs."),
     frame_time_s: float = typer.Option(None, "--frame-time-s", help="Frame time, s."),
-    dose: float = typer.Option(None, "--dose", help="Dose per frame, e⁻/Å² (overrides current)."),
+    dose: float = typer.Option(
+        None, "--dose-e-per-A2", help="Dose per frame, e⁻/Å² (overrides --current-pA)."
+    ),
     time_offset_s: float = typer.Option(
         0.0, "--time-offset-s", help="Log time of the first frame, s."
     ),
     no_register: bool = typer.Option(False, "--no-register", help="Skip drift correction."),
     max_lag: int = typer.Option(3, "--max-lag", help="Frames each frame is registered to."),
-    threshold_sigma: float = typer.Option(6.0, "--threshold-sigma", help="Cluster threshold."),
+    threshold_sigma: float = typer.Option(
+        6.0, "--threshold-sigma", help="Cluster detection threshold, noise σ."
+    ),
     lattice_A: float = typer.Option(5.87, "--lattice-A", help="Host lattice spacing, Å."),
     table_format: str = typer.Option("parquet", "--table-format", help="parquet | csv."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG figures."),
@@ -121,7 +133,9 @@ def insitu(
         "--f-bulk.",
     ),
     f_bulk: float = typer.Option(
-        0.1, "--f-bulk", help="Bulk/surface Br desorption ratio f of --br-loss (notes §1.3)."
+        0.1,
+        "--f-bulk",
+        help="Bulk/surface Br desorption ratio f of --br-loss (docs/kmc.md: Br desorption).",
     ),
     termination: str | None = typer.Option(
         None,
@@ -143,7 +157,11 @@ def insitu(
         "this run does not write are removed, so the folder holds one run).",
     ),
 ) -> None:
-    """Analyse an in-situ series: register, dose, Pb clusters, tracking, kinetics."""
+    """Analyse an in-situ series (drift, dose, Pb clusters, tracks, kinetics) into a folder.
+
+    Writes the tables frames, drift, clusters, lineage, events and summary, PNG figures and
+    summary.json to --out (default: SERIES_insitu next to SERIES).
+    """
     from perovstem.atoms.noise import parse_gain
     from perovstem.cli._common import check_outputs, console
     from perovstem.insitu import analyze_series, assign_dose, attach_conditions
@@ -195,7 +213,7 @@ def insitu(
         d = np.asarray(s.dose_e_per_A2, float)
         notes.append(
             f"the file's dose per frame ({d.min():.4g}–{d.max():.4g} e⁻/Å²) is replaced by "
-            f"{'--dose' if dose is not None else '--current-pA'}"
+            f"{'--dose-e-per-A2' if dose is not None else '--current-pA'}"
         )
     if s.time_s is not None and frame_time_s is not None and s.n_frames > 1:
         notes.append(
@@ -211,7 +229,7 @@ def insitu(
             if s.time_s is None and frame_time_s is None:
                 raise ParameterError(
                     f"{str(series)!r} has no frame time stamps: give --frame-time-s (frame "
-                    "interval, s) with --dose/--current-pA"
+                    "interval, s) with --dose-e-per-A2/--current-pA"
                 )
             s = assign_dose(
                 s,

@@ -17,6 +17,9 @@ from perovstem.errors import PerovstemError
 app = typer.Typer(
     name="perovstem",
     help="Quantitative HAADF-STEM, in-situ and tomography analysis of perovskite nanocrystals.",
+    epilog="Start with 'perovstem demo'; 'perovstem COMMAND --help' lists a command's options "
+    "(units in their names: -A Å, -deg °, -px pixels, -s seconds, -e-per-A2 e⁻/Å²) and "
+    "examples.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -55,14 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, print PerovstemError as one line, exit 2."""
     from perovstem.cli._common import EXIT_USAGE, err_console
 
+    given = sys.argv[1:] if argv is None else list(argv)
     try:
-        app(args=argv, standalone_mode=False)
+        args, _ = canonical_argv(given)
+    except Exception:  # noqa: BLE001 - an unresolvable command line is click's to report
+        args = given
+    try:
+        app(args=args, standalone_mode=False)
     except PerovstemError as exc:
         from rich.markup import escape
 
         msg = str(exc)
         try:
-            msg = flag_wording(msg, sys.argv[1:] if argv is None else list(argv))
+            msg = flag_wording(msg, given)
         except Exception:  # noqa: BLE001 - the rewording must never hide the error itself
             pass
         err_console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)
@@ -91,6 +99,14 @@ _FED_BY = {
     "dose_e_per_A2": ("dose",),
     "dose_rate_e_per_A2_s": ("dose_rate",),
     "factor": ("bin_factor",),  # bin_tilt_series(factor) behind `tomo reconstruct --bin`
+    "separation_A": ("separation",),  # atoms fit --separation-A
+    "rho_A": ("rho",),  # atoms fit --rho-A
+    "max_tilt_deg": ("tilt_range_deg",),  # simulate tilt --tilt-range-deg → tilt_scheme
+    "n_components": ("components",),  # atoms count -k/--components
+    "min_distance_A": ("min_distance",),  # atoms map --min-distance-A
+    "n_chains": ("chains",),  # model3d --chains
+    "n_sweeps": ("sweeps",),  # model3d --sweeps
+    "temperature_K": ("temperature_end_K",),  # simulate series: the ramp is one array
 }
 
 
@@ -100,11 +116,38 @@ def flag_wording(message: str, argv: list[str]) -> str:
     Library errors name the parameter in backticks (`` `edge_A` must be > 0``). When the
     command being run has an option for that parameter (same name, or one of
     ``_FED_BY``) and the user gave that option, the message names the flag
-    (`` `--edge-A` ``). Names of options the user did not give stay as they are: the bad
-    value then came from a file or a default, not from the flag.
+    (`` `--edge-A` ``), spelled as the user typed it (an old spelling of
+    ``_common.OPTION_ALIASES`` stays old). Names of options the user did not give stay as they
+    are: the bad value then came from a file or a default, not from the flag.
     """
     import re
 
+    argv, typed = canonical_argv(argv)
+    cmd = _command_of(argv)
+    given: dict[str, str] = {}
+    for param in getattr(cmd, "params", []):
+        opts = list(getattr(param, "opts", []))
+        if getattr(param, "param_type_name", "") != "option" or not opts:
+            continue
+        used = [t.split("=", 1)[0] for t in argv if t.split("=", 1)[0] in opts]
+        if used:  # the spelling typed: "-k" stays "-k"
+            given[param.name] = used[0]
+
+    def reword(m: re.Match) -> str:
+        name = m.group(1)
+        for cand in (name, *_FED_BY.get(name, ())):
+            if cand in given:
+                return f"`{typed.get(given[cand], given[cand])}`"
+        return m.group(0)
+
+    message = re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)`", reword, message)
+    for canonical, old in typed.items():  # a flag the CLI code names itself, typed the old way
+        message = message.replace(f"`{canonical}`", f"`{old}`")
+    return message
+
+
+def _command_of(argv: list[str]):
+    """The click command that ``argv`` runs (the deepest sub-command named in it)."""
     from typer.main import get_command
 
     cmd = get_command(app)
@@ -114,22 +157,36 @@ def flag_wording(message: str, argv: list[str]) -> str:
             break
         if sub is not None:
             cmd = sub
-    given: dict[str, str] = {}
-    for param in getattr(cmd, "params", []):
-        opts = [o for o in getattr(param, "opts", []) if o.startswith("--")]
-        if getattr(param, "param_type_name", "") != "option" or not opts:
-            continue
-        if any(t in opts or t.split("=", 1)[0] in opts for t in argv):
-            given[param.name] = opts[0]
+    return cmd
 
-    def reword(m: re.Match) -> str:
-        name = m.group(1)
-        for cand in (name, *_FED_BY.get(name, ())):
-            if cand in given:
-                return f"`{given[cand]}`"
-        return m.group(0)
 
-    return re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)`", reword, message)
+def canonical_argv(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Rewrite old option spellings (``_common.OPTION_ALIASES``) to the canonical ones.
+
+    Only for the command being run, and only where it has the canonical option and none of
+    the old name; tokens after ``--`` are left alone. Returns the new argument list and
+    ``{canonical flag: spelling typed}`` of the rewritten options.
+    """
+    from perovstem.cli._common import OPTION_ALIASES
+
+    argv = list(argv)
+    if not any(t.split("=", 1)[0] in OPTION_ALIASES for t in argv):
+        return argv, {}
+    cmd = _command_of(argv)
+    names = {o for p in getattr(cmd, "params", []) for o in (*p.opts, *p.secondary_opts)}
+    out: list[str] = []
+    typed: dict[str, str] = {}
+    for i, tok in enumerate(argv):
+        if tok == "--":
+            out.extend(argv[i:])
+            break
+        flag, eq, value = tok.partition("=")
+        new = OPTION_ALIASES.get(flag)
+        if new is not None and new in names and flag not in names:
+            typed[new] = flag
+            tok = new + eq + value
+        out.append(tok)
+    return out, typed
 
 
 def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:

@@ -6,18 +6,28 @@ from pathlib import Path
 
 import typer
 
+from perovstem.cli._common import examples
 from perovstem.cli.main import app
 
 
-@app.command("model3d")
+@app.command(
+    "model3d",
+    epilog=examples(
+        "perovstem model3d nc_columns_counts.parquet -o nc.xyz --summary-out nc.json",
+    ),
+)
 def model3d(
     table: Path = typer.Argument(
-        ..., help="Counted column table: x_A, y_A, type, n_atoms [n_atoms_mean, n_atoms_std]."
+        ...,
+        help="Counted column table: x_A, y_A, type, n_atoms (optional n_atoms_mean, n_atoms_std).",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Model file (.xyz, .cif or .pdb)."),
     start: str = typer.Option("center", "--start", help="center | bottom | random."),
     support_energy: float = typer.Option(
-        0.0, "--support-energy", help="Adhesion per bottom-layer atom (crystal on a support)."
+        0.0,
+        "--support-energy",
+        help="Adhesion per bottom-layer atom (crystal on a support), in the units of the "
+        "bond energies (Pb–Br bond = −1).",
     ),
     chains: int = typer.Option(16, "--chains", help="Independent Monte Carlo chains."),
     sweeps: int = typer.Option(200, "--sweeps", help="Sweeps per chain."),
@@ -34,7 +44,7 @@ def model3d(
     seed: int = typer.Option(None, "--seed", help="Random seed."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
-    """Build a 3D atomic model from atom counts; write XYZ/CIF and facet fractions."""
+    """Build a 3-D atomic model from atom counts; writes it as XYZ/CIF/PDB (+ sites, summary)."""
     import numpy as np
 
     from perovstem.cli._common import check_outputs, console

@@ -6,18 +6,26 @@ from pathlib import Path
 
 import typer
 
+from perovstem.cli._common import examples
 from perovstem.cli.main import app
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "perovstem run needle.toml --check",
+        "perovstem run needle.toml -o needle-run --scheduler local:4",
+        "perovstem run --list-steps",
+    ),
+)
 def run(
     config: Path = typer.Argument(None, help="Analysis description (TOML).", show_default=False),
-    out: Path = typer.Option(None, "--out", "-o", help="Run folder [default: <name>-run]."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run folder (default: <name>-run)."),
     scheduler: str = typer.Option(
         None,
         "--scheduler",
         "-s",
-        help="serial | auto | local | local:N | tcp://host:8786 [default: [run] scheduler, auto].",
+        help="serial | auto | local | local:N | tcp://host:8786 (default: the file's "
+        "\\[run] scheduler, else auto).",  # \\[: a literal bracket in rich markup
     ),
     workers: int = typer.Option(None, "--workers", "-w", help="LocalCluster workers."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
@@ -25,7 +33,10 @@ def run(
     list_steps: bool = typer.Option(False, "--list-steps", help="List the available steps."),
     check: bool = typer.Option(False, "--check", help="Only validate the configuration."),
 ) -> None:
-    """Run an analysis; finished steps are skipped when inputs and parameters are unchanged."""
+    """Run the analysis of CONFIG (TOML) into a run folder: tables, volumes, plots, report.html.
+
+    Finished steps are reused when their inputs and parameters are unchanged.
+    """
     from perovstem.errors import ParameterError
 
     if list_steps:
@@ -73,14 +84,18 @@ def run(
             typer.echo(f"report: {result.report}")
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "perovstem report needle-run --title 'FIB needle'",
+    ),
+)
 def report(
     run_dir: Path = typer.Argument(..., help="A run folder written by `perovstem run`."),
-    out: Path = typer.Option(None, "--out", "-o", help="HTML file [default: RUN_DIR/report.html]."),
-    title: str = typer.Option(None, "--title", help="Report title [default: the run title]."),
+    out: Path = typer.Option(None, "--out", "-o", help="HTML file (default: RUN_DIR/report.html)."),
+    title: str = typer.Option(None, "--title", help="Report title (default: the run title)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ) -> None:
-    """Write (again) the self-contained HTML report of a run folder."""
+    """Write (again) the self-contained HTML report of a run folder (RUN_DIR/report.html)."""
     from perovstem.report import write_report
 
     path = write_report(run_dir, out=out, title=title, overwrite=overwrite)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from perovstem.cli._common import examples
 from perovstem.cli.main import app
 
 simulate_app = typer.Typer(
@@ -28,7 +29,12 @@ def _truth_path(out: Path, truth: Path | None) -> Path:
     return out.with_name(out.name.split(".")[0] + "_truth.parquet")
 
 
-@simulate_app.command("image")
+@simulate_app.command(
+    "image",
+    epilog=examples(
+        "perovstem simulate image -o nc.tif --edge-A 40 --dose-e-per-A2 5e4 --seed 1",
+    ),
+)
 def image(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Image file (.tif, .npz, .mrc, .zarr, .hspy)."
@@ -52,8 +58,10 @@ def image(
     ),
     cluster_site: str = typer.Option("corner", "--cluster-site", help="corner | edge | face."),
     pixel_size_A: float = typer.Option(0.25, "--pixel-size-A", help="Pixel size, Å."),
-    size: int = typer.Option(None, "--size", help="Square image size, pixels (default: fit NC)."),
-    dose: float = typer.Option(1e4, "--dose", help="Electron dose, e⁻/Å²."),
+    size: int = typer.Option(
+        None, "--size-px", help="Square image size, px (default: fit the NC)."
+    ),
+    dose: float = typer.Option(1e4, "--dose-e-per-A2", help="Electron dose, e⁻/Å²."),
     voltage_kV: float = typer.Option(300.0, "--voltage-kV", help="300 or 200 kV."),
     gain: float = typer.Option(1.0, "--gain", help="Detector counts per electron."),
     offset: float = typer.Option(0.0, "--offset", help="Detector offset, counts."),
@@ -63,7 +71,7 @@ def image(
     seed: int = typer.Option(None, "--seed", help="Random seed (reproducible output)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing image."),
 ) -> None:
-    """Simulate a quantitative HAADF-STEM image of a CsPbBr3 nanocrystal with its truth table."""
+    """Simulate a HAADF-STEM image of a CsPbBr3 nanocrystal; writes it and its truth table."""
     import numpy as np
 
     from perovstem.errors import OutputExistsError
@@ -75,7 +83,7 @@ def image(
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{str(out)!r} exists (use --overwrite to replace it)")
     if size is not None:  # before building the crystal
-        check_frame_shape((size, size), pixel_size_A, name="--size")
+        check_frame_shape((size, size), pixel_size_A, name="--size-px")
     for n in pb_cluster:  # named by its flag, before building the crystal
         if n < 1:
             from perovstem.errors import ParameterError

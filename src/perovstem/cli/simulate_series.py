@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from perovstem.cli._common import examples
 from perovstem.cli.simulate import simulate_app
 from perovstem.errors import ParameterError
 
@@ -44,7 +45,12 @@ def _parse_params(items: list[str]):
     return KineticParameters(**kw)
 
 
-@simulate_app.command("series")
+@simulate_app.command(
+    "series",
+    epilog=examples(
+        "perovstem simulate series -o run.zarr --frames 20 --dose-rate-e-per-A2-s 2e3",
+    ),
+)
 def series(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Series file (.zarr, .npz, .tif, .mrc, .hspy)."
@@ -65,7 +71,9 @@ def series(
     frames: int = typer.Option(20, "--frames", "-n", help="Number of frames."),
     frame_time_s: float = typer.Option(1.0, "--frame-time-s", help="Frame time, s."),
     dose_rate: float = typer.Option(
-        5e3, "--dose-rate", help="Dose rate, e⁻/Å²/s (frame dose = rate × frame time)."
+        5e3,
+        "--dose-rate-e-per-A2-s",
+        help="Dose rate, e⁻/Å²/s (frame dose = rate × frame time).",
     ),
     temperature_K: float = typer.Option(300.0, "--temperature-K", help="Temperature, K."),
     temperature_end_K: float = typer.Option(
@@ -79,7 +87,9 @@ def series(
         [], "--param", help="Kinetic parameter NAME=VALUE (repeatable), e.g. D_Br_e_per_A2=2e4."
     ),
     pixel_size_A: float = typer.Option(0.5, "--pixel-size-A", help="Pixel size, Å."),
-    size: int = typer.Option(None, "--size", help="Square frame size, px (default: fit NC)."),
+    size: int = typer.Option(
+        None, "--size-px", help="Square frame size, px (default: fit the NC)."
+    ),
     drift: tuple[float, float] = typer.Option(
         (0.0, 0.0), "--drift-A-per-s", help="Linear drift vx vy, Å/s."
     ),
@@ -92,7 +102,7 @@ def series(
     seed: int = typer.Option(None, "--seed", help="Random seed (reproducible output)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
-    """Simulate an in-situ HAADF-STEM series of a nanocrystal degrading under the beam.
+    """Simulate an in-situ series of a nanocrystal degrading under the beam, with truth tables.
 
     With a .zarr output the frames are rendered and written one at a time (long series do not
     need to fit in memory).
@@ -114,7 +124,7 @@ def series(
     if size is not None:  # before the kinetic Monte Carlo, the slow part
         from perovstem.simulate.haadf import check_frame_shape
 
-        check_frame_shape((size, size), pixel_size_A, name="--size")
+        check_frame_shape((size, size), pixel_size_A, name="--size-px")
     prefix = truth_prefix if truth_prefix is not None else out.with_name(out.name.split(".")[0])
     params = _parse_params(param)
     rng = np.random.default_rng(seed)
@@ -184,7 +194,7 @@ def series(
     ft = truth["frames"]
     typer.echo(
         f"series: {out} ({ser.n_frames} frames of {ser.shape[1]}x{ser.shape[2]} px, "
-        f"cumulative dose {ft['cumulative_dose_e_per_A2'].iloc[-1]:.3g} e/Å², "
-        f"{int(ft['n_clusters'].iloc[-1])} Pb clusters at the end)"
+        f"cumulative dose {ft['cumulative_dose_e_per_A2'].iloc[-1]:.3g} e⁻/Å², "
+        f"Pb clusters at the end: {int(ft['n_clusters'].iloc[-1])})"
     )
     typer.echo("truth: " + ", ".join(written))

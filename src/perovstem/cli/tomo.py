@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from perovstem.cli._common import check_outputs
+from perovstem.cli._common import check_outputs, examples
 from perovstem.cli.main import app
 from perovstem.errors import ParameterError
 
@@ -57,7 +57,12 @@ def _parse_axis(value: str) -> bool | float | str:
         ) from None
 
 
-@tomo_app.command("align")
+@tomo_app.command(
+    "align",
+    epilog=examples(
+        "perovstem tomo align ts.npz -o aligned.npz",
+    ),
+)
 def align_cmd(
     tiltseries: Path = typer.Argument(
         ..., help="Raw tilt series (.mrc + angles, .hspy, .npz ...)."
@@ -65,7 +70,9 @@ def align_cmd(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Aligned tilt series (.npz, .mrc, .hspy ...)."
     ),
-    shifts: Path = typer.Option(None, "--shifts", help="Shift table (.csv/.parquet)."),
+    shifts: Path = typer.Option(
+        None, "--shifts", help="Shift table (.csv/.parquet; default: <OUT>_shifts.csv)."
+    ),
     tilt_axis: str = typer.Option(
         "auto", "--tilt-axis", help="auto (reprojection criterion) | com | search | none | <deg>."
     ),
@@ -78,7 +85,7 @@ def align_cmd(
     pixel_size_A: float = typer.Option(None, "--pixel-size-A", help=_PIXEL_SIZE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
-    """Align a tilt series: cross-correlation, centre of mass, tilt axis, projection matching."""
+    """Align a tilt series (cross-correlation, tilt axis, projection matching); writes it."""
     from perovstem.io import save_image, save_table
     from perovstem.tomo import align, apply_alignment, preprocess
 
@@ -103,21 +110,28 @@ def align_cmd(
     )
 
 
-@tomo_app.command("reconstruct")
+@tomo_app.command(
+    "reconstruct",
+    epilog=examples(
+        "perovstem tomo reconstruct aligned.npz -o vol.mrc --method sirt --n-iter 100",
+    ),
+)
 def reconstruct_cmd(
     tiltseries: Path = typer.Argument(..., help="Aligned tilt series (axis along x)."),
     out: Path = typer.Option(..., "--out", "-o", help="Volume (.mrc, .tif, .zarr, .vti, .npz)."),
     method: str = typer.Option("sirt", "--method", "-m", help="fbp|wbp|sirt|sart|cgls|tv|dart."),
     n_iter: int = typer.Option(None, "--n-iter", help="Iterations (algorithm default if unset)."),
     tv_weight: float = typer.Option(0.5, "--tv-weight", help="TV strength (method tv)."),
-    thickness_px: int = typer.Option(None, "--thickness-px", help="Volume thickness nz."),
+    thickness_px: int = typer.Option(
+        None, "--thickness-px", help="Volume thickness nz, px (default: the projection height)."
+    ),
     backend: str = typer.Option("numba", "--backend", help="numba | astra."),
     no_nonneg: bool = typer.Option(False, "--no-nonneg", help="Allow negative densities."),
     bin_factor: int = typer.Option(1, "--bin", help="Bin projections N×N before reconstructing."),
     pixel_size_A: float = typer.Option(None, "--pixel-size-A", help=_PIXEL_SIZE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
-    """Reconstruct a volume from an aligned tilt series."""
+    """Reconstruct a volume from an aligned tilt series (FBP, SIRT, TV, DART ...); writes it."""
     from perovstem.io import save_volume
     from perovstem.tomo import bin_tilt_series, reconstruct
 
@@ -143,12 +157,20 @@ def reconstruct_cmd(
     typer.echo(f"{rec.method}: {rec.n_iter} iterations, volume {rec.volume.shape} → {out}")
 
 
-@tomo_app.command("facets")
+@tomo_app.command(
+    "facets",
+    epilog=examples(
+        "perovstem tomo facets aligned.npz -o facets.csv --mesh nc.ply",
+        "perovstem tomo facets vol.mrc --volume --tilt-range-deg 70 -o facets_vol.csv",
+    ),
+)
 def facets_cmd(
     source: Path = typer.Argument(..., help="Aligned tilt series, or a volume with --volume."),
     out: Path = typer.Option(..., "--out", "-o", help="Facet table (.csv/.parquet)."),
     volume: bool = typer.Option(False, "--volume", help="SOURCE is a reconstructed volume."),
-    tilt_range_deg: float = typer.Option(None, "--tilt-range-deg", help="Max |tilt| (volumes)."),
+    tilt_range_deg: float = typer.Option(
+        None, "--tilt-range-deg", help="Max |tilt| of the series, ° (with --volume)."
+    ),
     method: str = typer.Option("sirt", "--method", "-m", help="Reconstruction method."),
     mesh: Path = typer.Option(None, "--mesh", help="Also write the mesh (.ply/.stl)."),
     tolerance_deg: float = typer.Option(10.0, "--tolerance-deg", help="Facet tolerance, °."),
@@ -166,7 +188,7 @@ def facets_cmd(
     pixel_size_A: float = typer.Option(None, "--pixel-size-A", help=_PIXEL_SIZE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
-    """Facet fractions ({100}/{110}/{111}/other) with missing-wedge flags."""
+    """Facet fractions ({100}/{110}/{111}/other) of a tilt series or volume; writes a table."""
     import numpy as np
 
     from perovstem.io import read_volume, save_mesh, save_table
@@ -449,16 +471,21 @@ def _register_simulate_tilt() -> None:
     except ImportError:  # pragma: no cover - simulate CLI not present
         return
 
-    @simulate_app.command("tilt")
+    @simulate_app.command(
+        "tilt",
+        epilog=examples(
+            "perovstem simulate tilt -o ts.npz --size-px 128 --edge-A 80 --seed 1",
+        ),
+    )
     def tilt_cmd(
         out: Path = typer.Option(..., "--out", "-o", help="Tilt series (.npz, .mrc, .hspy ...)."),
         truth: Path = typer.Option(None, "--truth", help="Truth JSON; default <out>_truth.json."),
         edge_A: float = typer.Option(70.0, "--edge-A", help="Cube edge, Å."),
-        size: int = typer.Option(64, "--size", help="Detector size (square), pixels."),
+        size: int = typer.Option(64, "--size-px", help="Detector size (square), px."),
         pixel_size_A: float = typer.Option(2.0, "--pixel-size-A", help="Pixel size, Å."),
         tilt_range_deg: float = typer.Option(70.0, "--tilt-range-deg", help="Max |tilt|, °."),
         step_deg: float = typer.Option(2.0, "--step-deg", help="Tilt step, °."),
-        inclusions: int = typer.Option(2, "--inclusions", help="Pb inclusions."),
+        inclusions: int = typer.Option(2, "--inclusions", help="Number of Pb inclusions."),
         counts_per_A: float = typer.Option(20.0, "--counts-per-A", help="Counts per Å path."),
         shift_sigma_px: float = typer.Option(0.0, "--shift-sigma-px", help="Drift step σ, px."),
         tilt_axis_deg: float = typer.Option(0.0, "--tilt-axis-deg", help="In-plane axis, °."),
@@ -475,7 +502,7 @@ def _register_simulate_tilt() -> None:
         seed: int = typer.Option(None, "--seed", help="Random seed."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     ) -> None:
-        """Simulate a HAADF tilt series of a faceted NC with Pb inclusions (exact projections)."""
+        """Simulate a tilt series of a faceted NC with Pb inclusions; writes it and a truth JSON."""
         import numpy as np
 
         from perovstem.io import save_image, save_json

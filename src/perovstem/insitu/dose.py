@@ -190,7 +190,13 @@ def assign_dose(
         raise DataError(f"`dose_e_per_A2` must have one value per frame ({n}), got {d.size}")
     bad = np.flatnonzero(~np.isfinite(d) | (d < 0))
     if bad.size:
-        raise DataError(f"dose is negative or not finite for frame(s) {bad.tolist()}")
+        what = {"given": "`dose_e_per_A2`", "series": "the series' dose"}.get(
+            info["source"], "dose"
+        )
+        raise DataError(
+            f"{what} is negative or not finite for frame(s) {bad.tolist()[:20]}, "
+            f"e.g. {d[bad[0]]:g} e⁻/Å²"
+        )
     zero = np.flatnonzero(d == 0)
     if zero.size and not allow_zero_dose:
         raise DataError(
