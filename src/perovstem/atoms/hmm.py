@@ -469,8 +469,14 @@ def _check_obs(obs: Any) -> np.ndarray:
         raise DataError(f"`scs` needs at least 2 frames for an HMM, got {a.shape[0]}")
     if not np.all(np.isfinite(a)):
         raise DataError(f"`scs` contains {int((~np.isfinite(a)).sum())} non-finite value(s)")
-    if (a < 0).any():
-        raise DataError(f"`scs` must be >= 0, got minimum {a.min():g}")
+    # a fitted SCS scatters about 0 on a column emptied under the beam: slightly negative
+    # values are observations (Gaussian emissions), not bad input; mostly negative ones are
+    # a sign or background error
+    if np.mean(a < 0) > 0.5 or np.median(a) <= 0:
+        raise DataError(
+            f"`scs` must be >= 0 for most columns, got {int((a < 0).sum())} of {a.size} "
+            f"negative (median {np.median(a):g}): a sign or background error?"
+        )
     return a
 
 
