@@ -108,6 +108,52 @@ sources = ["images"]
     assert row["ci_low"] < 3e4 < row["ci_high"]
 
 
+def test_br_loss_step_termination(tmp_path):
+    """A PbBr2-terminated crystal measured with the default CsBr template reads D_Br high
+    (uinsitu3: +22…+52 %); the step's `termination` takes the PbBr2 template (before: no
+    such parameter, the report said "CsBr-terminated" whatever the crystal)."""
+    needed = ("simulate.kmc", "simulate.insitu_series", "quantify.br_loss")
+    if not all(get_step(n).available for n in needed):
+        pytest.skip("simulate/quantify steps not available in this version")
+    est = {}
+    for term in ("CsBr", "PbBr2"):
+        text = f"""
+[run]
+name = "br_{term}"
+seed = 1
+[[step]]
+run = "simulate.nanocrystal"
+id = "nc"
+edge_A = 40.0
+termination = "PbBr2"
+view3d = false
+[[step]]
+run = "simulate.kmc"
+id = "kmc"
+inputs = {{ atoms = "nc.atoms" }}
+n_frames = 6
+dose_rate_e_per_A2_s = 5000.0
+[[step]]
+run = "simulate.insitu_series"
+id = "series"
+inputs = {{ trajectory = "kmc.trajectory" }}
+[[step]]
+run = "quantify.br_loss"
+id = "br"
+inputs = {{ series = "series.series" }}
+termination = "{term}"
+"""
+        cfg = parse_config(tomllib.loads(text), source="br.toml", text=text)
+        r = run_pipeline(cfg, out=tmp_path / term, quiet=True, scheduler="serial")
+        assert [s.status for s in r.steps] == ["ran"] * 4, [s.message for s in r.steps]
+        params = read_table(tmp_path / term / "tables" / "br.params.parquet")
+        est[term] = float(params["value"].iloc[0])
+        report = (tmp_path / term / "report.html").read_text(encoding="utf-8")
+        assert f"{term}-terminated cuboid" in report
+    err = {k: abs(v / 3e4 - 1) for k, v in est.items()}
+    assert err["PbBr2"] < err["CsBr"], est
+
+
 @pytest.mark.parametrize("method", ["gmm", "hybrid"])
 def test_composition_is_calibrated_by_the_counting_scale(tmp_path, method):
     """atoms.composition takes the cross-section scale c from the Cs counting.  With the

@@ -145,8 +145,7 @@ def demo_config(*, fast: bool = False, seed: int = 2026) -> dict[str, Any]:
             "dose_rate",
             {"params_low": "brloss_low.params", "params_high": "brloss_high.params"},
             dose_rates=[1000.0, 4000.0],
-            label="D_Br from the images; CsPbBr3 template on the Cd-alloyed crystal, see the "
-            "Br-loss notes",
+            label="D_Br from the images (Cd-alloyed template, x = 0.2), see the Br-loss notes",
         ),
         step(
             "simulate.heating",

@@ -188,6 +188,13 @@ def quantify_kinetics(ctx: Any, frames: Any) -> dict[str, Any]:
         "cd_fraction": Param(
             float, 0.0, "Cd fraction x of the crystal (template)", min=0.0, max=1.0
         ),
+        "termination": Param(
+            str,
+            "CsBr",
+            "crystal faces of the template (a PbBr2-terminated crystal measured with the CsBr "
+            "template reads D_Br 22-52 % high)",
+            choices=("CsBr", "PbBr2"),
+        ),
         "label": Param(str, "", "label in the report"),
         "caveat": Param(str, "", "sentence on where the assumptions may not hold"),
     },
@@ -208,6 +215,7 @@ def quantify_br_loss(ctx: Any, series: Any, frames: Any = None, truth: Any = Non
         f_bulk=p["f_bulk"],
         n_templates=p["n_templates"],
         cd_fraction=p["cd_fraction"],
+        termination=p["termination"],
         rng=ctx.rng(),
     )
     label = p["label"] or ctx.step_id
@@ -241,12 +249,31 @@ def quantify_br_loss(ctx: Any, series: Any, frames: Any = None, truth: Any = Non
     ctx.text(
         f"D_Br from images ({label}): {d:.3g} e⁻/Å² [{res.ci_low:.3g}, {res.ci_high:.3g}] "
         f"(95 % CI), {res.n_lost:.0f} Br lost over {n_used} frames; crystal of "
-        f"{'×'.join(map(str, res.info.get('cells', ())))} cells. Assumes a CsPbBr₃ [001] "
-        "CsBr-terminated cuboid, wholly in view with its Pb⁰, pristine in the first frame, "
-        f"f = {p['f_bulk']:g}." + (f" {p['caveat']}" if p["caveat"] else ""),
+        f"{'×'.join(map(str, res.info.get('cells', ())))} cells. Assumes a "
+        + (
+            f"CsCd{p['cd_fraction']:g}Pb{1 - p['cd_fraction']:g}Br₃"
+            if p["cd_fraction"]
+            else "CsPbBr₃"
+        )
+        + f" [001] {p['termination']}-terminated cuboid, wholly in view with its Pb⁰, pristine "
+        "in the first "
+        f"frame, f = {p['f_bulk']:g}." + (f" {p['caveat']}" if p["caveat"] else ""),
         section="mechanism",
     )
     truth_cum = None
+    if truth is not None and not isinstance(truth, pd.DataFrame):
+        import warnings
+
+        # wired by name to another step's `truth` (e.g. simulate.insitu_series' per-frame
+        # dict) instead of the KMC frames table
+        warnings.warn(
+            f"quantify.br_loss: the `truth` input is a {type(truth).__name__}, not the KMC "
+            "frames table; the exact-count comparison is skipped (wire truth = "
+            '"<simulate.kmc id>.frames")',
+            UserWarning,
+            stacklevel=2,
+        )
+        truth = None
     if truth is not None and {"n_Br", "n_Br_surface", "n_Br_desorbed"} <= set(truth.columns):
         ini = truth.attrs.get("initial", {})
         if "n_Br" in ini and "n_Br_surface" in ini:
