@@ -138,7 +138,8 @@ class NoiseModel:
         s = (
             f"gain {self.gain:.4g} ± {self.gain_err:.2g} counts/e⁻, offset {self.offset:.4g} "
             f"({self.offset_source}; consistent range {self.offset_range[0]:.4g}–"
-            f"{self.offset_range[1]:.4g}), read noise {self.read_noise:.3g} counts"
+            f"{self.offset_range[1]:.4g}), read noise {self.read_noise:.3g} counts "
+            f"[{self.method}]"
         )
         if not self.identified:
             s += " — NOT identified: " + "; ".join(self.reasons)
@@ -263,7 +264,13 @@ def estimate_noise_model(
     coarse = None
     if prod is None:
         coarse = _structure_checks(
-            data, mask, int(n_bins), (gain, gain_err), (levels, variances, errs), reasons
+            data,
+            mask,
+            int(n_bins),
+            (gain, gain_err),
+            (levels, variances, errs),
+            reasons,
+            min_gain_snr,
         )
     else:
         _change_check(prod, var, reasons)
@@ -366,6 +373,7 @@ def _structure_checks(
     fit: tuple[float, float],
     curve: tuple[np.ndarray, np.ndarray, np.ndarray],
     reasons: list[str],
+    min_gain_snr: float,
 ) -> tuple[float, float] | None:
     """Tests that the single-image variance is shot noise, not unresolved structure; appends
     the reasons it is not.  Returns the gain ± 1σ at 2× coarser sampling (None when it
@@ -404,7 +412,8 @@ def _structure_checks(
         # one-sided: structure leaks more at the coarser sampling, never less
         excess = coarse[0] - gain
         band = _COARSE_SIGMA * np.hypot(gain_err, coarse[1])
-        if band > _COARSE_POWER * gain:
+        # (an imprecise gain is refused anyway, as too small a field)
+        if band > _COARSE_POWER * gain and gain > min_gain_snr * gain_err:
             reasons.append(
                 f"the gain cannot be confirmed at 2× coarser sampling: every other pixel gives "
                 f"{coarse[0]:.3g} ± {coarse[1]:.2g}, all pixels {gain:.3g} ± {gain_err:.2g}, "
