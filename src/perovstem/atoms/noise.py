@@ -15,9 +15,17 @@ Poissonian–Gaussian model of A. Foi et al., IEEE Trans. Image Process. 17 (200
   (estimated from the pixels around the block) is small, as Foi et al. do with their
   smoothness mask; binned on a ring mean around the block (an instrument independent of the
   block's noise);
-* a frame series: differences of consecutive (registered) frames,
+* a frame series: differences of consecutive (registered, or aligned here) frames,
   ``(y_k − y_{k+1})/√2``, which cancel the signal entirely where it does not change
-  (Janesick's two-frame photon-transfer method).
+  (Janesick's two-frame photon-transfer method); blocks whose surroundings changed are
+  dropped.
+
+Structure that the smoothness mask misses (columns narrower than a few pixels: coarse
+sampling, high dose) adds variance growing with the level, so the slope exceeds the gain.
+A single-image gain is refused when the 2×-subsampled image gives a larger one or the curve
+bends upwards (structure variance ∝ L², shot noise ∝ L); a frame-difference gain when
+adjacent difference pixels are correlated (the scene changed).  In-situ series
+(:func:`measure_series_detector`) use aligned frame differences first.
 
 The slope is the gain (image units per detected electron). Variance alone gives only the
 intercept ``c``: offset and read noise are degenerate. They are bracketed by
