@@ -64,7 +64,8 @@ def test_atoms_fit_gain_auto(gain_image, tmp_path):
         t = read_table(run / "tables" / "fit.columns.parquet")
         return float(t.loc[t["type"] == "PbBr", "scs"].median())
 
-    # "auto" used the shot-noise estimate (2.33 ± 0.20 on this 166² image): the SCS scale
+    # "auto" used the shot-noise estimate (2.50 ± 0.09 on this 250² image; at 0.3 Å/px, 166²,
+    # it was 2.33 ± 0.20 and is now refused as structure-dominated): the SCS scale
     # as 2.5 / estimate against the true gain (the fit's constant background takes the offset)
     from perovstem.atoms import estimate_noise_model
 
