@@ -15,9 +15,17 @@ Poissonian–Gaussian model of A. Foi et al., IEEE Trans. Image Process. 17 (200
   (estimated from the pixels around the block) is small, as Foi et al. do with their
   smoothness mask; binned on a ring mean around the block (an instrument independent of the
   block's noise);
-* a frame series: differences of consecutive (registered) frames,
+* a frame series: differences of consecutive (registered, or aligned here) frames,
   ``(y_k − y_{k+1})/√2``, which cancel the signal entirely where it does not change
-  (Janesick's two-frame photon-transfer method).
+  (Janesick's two-frame photon-transfer method); blocks whose surroundings changed are
+  dropped.
+
+Structure that the smoothness mask misses (columns narrower than a few pixels: coarse
+sampling, high dose) adds variance growing with the level, so the slope exceeds the gain.
+A single-image gain is refused when the 2×-subsampled image gives a larger one or the curve
+bends upwards (structure variance ∝ L², shot noise ∝ L); a frame-difference gain when
+adjacent difference pixels are correlated (the scene changed).  In-situ series
+(:func:`measure_series_detector`) use aligned frame differences first.
 
 The slope is the gain (image units per detected electron). Variance alone gives only the
 intercept ``c``: offset and read noise are degenerate. They are bracketed by
@@ -84,6 +92,10 @@ class NoiseModel:
     quantum : float or None
         Spacing of the pixel values when they are all ``v0 + q·n`` (exact counts times an
         ADC step): a cross-check of the gain without read noise.
+    gain_coarse : (float, float) or None
+        Single-image methods: the gain ± 1σ measured again at 2× coarser sampling (every
+        other pixel, the four phases pooled); shot noise gives the same gain at any
+        sampling, structure leaking into the details does not (None for frame differences).
     """
 
     gain: float
@@ -103,6 +115,7 @@ class NoiseModel:
     variance_errs: np.ndarray = dataclasses.field(repr=False)
     n_samples: int = 0
     quantum: float | None = None
+    gain_coarse: tuple[float, float] | None = None
 
     def variance(self, level: Any) -> np.ndarray:
         """Pixel variance at the expected level(s) ``level`` (counts → counts²), ≥ 0."""
@@ -125,6 +138,7 @@ class NoiseModel:
             "spectral_ratio": list(self.spectral_ratio),
             "n_samples": self.n_samples,
             "quantum": self.quantum,
+            "gain_coarse": None if self.gain_coarse is None else list(self.gain_coarse),
         }
 
     def describe(self) -> str:
@@ -132,7 +146,8 @@ class NoiseModel:
         s = (
             f"gain {self.gain:.4g} ± {self.gain_err:.2g} counts/e⁻, offset {self.offset:.4g} "
             f"({self.offset_source}; consistent range {self.offset_range[0]:.4g}–"
-            f"{self.offset_range[1]:.4g}), read noise {self.read_noise:.3g} counts"
+            f"{self.offset_range[1]:.4g}), read noise {self.read_noise:.3g} counts "
+            f"[{self.method}]"
         )
         if not self.identified:
             s += " — NOT identified: " + "; ".join(self.reasons)
@@ -146,7 +161,7 @@ def estimate_noise_model(
     mask: np.ndarray | None = None,
     n_bins: int = 16,
     max_correlation: float = 0.5,
-    min_gain_snr: float = 5.0,
+    min_gain_snr: float = 8.0,
     frames: str = "difference",
 ) -> NoiseModel:
     """Measure gain, offset and read noise from the noise of one image or a frame series.
@@ -177,12 +192,14 @@ def estimate_noise_model(
         above it the gain is not identified (correlated pixels bias a variance-based gain
         low).
     min_gain_snr : float
-        The gain must exceed this many standard errors to count as identified.
-    frames : {"difference", "pooled"}
+        The gain must exceed this many standard errors to count as identified (8: a
+        ≤ 12.5 % standard error; at 5, 2–3σ excursions gave identified gains 20–30 % off).
+    frames : {"difference", "aligned", "pooled"}
         For a (T, M, N) input: differences of consecutive frames (registered frames of an
-        unchanging field: cleanest), or the single-image samples of up to 8 evenly spaced
-        frames pooled into one curve (raw in-situ frames that drift or change; the
-        correlation check then uses the first of them).
+        unchanging field: cleanest); ``"aligned"``: the same after aligning each pair to the
+        whole pixel by phase correlation and the sub-pixel remainder by a Fourier phase
+        ramp (raw in-situ frames that drift); or the single-image samples of up to 8 evenly
+        spaced frames pooled into one curve (the correlation check then uses the first).
 
     Returns
     -------
@@ -235,11 +252,13 @@ def estimate_noise_model(
             raise ParameterError(
                 f"`mask` must have the image shape {data.shape[-2:]}, got {mask.shape}"
             )
-    if frames not in ("difference", "pooled"):
-        raise ParameterError(f"`frames` must be 'difference' or 'pooled', got {frames!r}")
+    if frames not in ("difference", "aligned", "pooled"):
+        raise ParameterError(
+            f"`frames` must be 'difference', 'aligned' or 'pooled', got {frames!r}"
+        )
     series = data.ndim == 3 and data.shape[0] >= 2
     try:
-        lev, var, key, method, series, img0 = _samples(
+        lev, var, key, method, series, img0, prod = _samples(
             data, mask, int(n_bins), series=series, frames=frames
         )
     except DataError as exc:
@@ -250,9 +269,24 @@ def estimate_noise_model(
     except DataError as exc:
         raise DataError(f"{exc} {_too_few_text(data, lev.size)}") from None
     gain_err, c_err = (float(np.sqrt(max(cov[i, i], 0.0))) for i in range(2))
+    coarse = None
+    if prod is None:
+        coarse = _structure_checks(
+            data,
+            mask,
+            int(n_bins),
+            (gain, gain_err),
+            (levels, variances, errs),
+            reasons,
+            min_gain_snr,
+        )
+    else:
+        _change_check(prod, var, reasons)
     # correlated pixels: the noise spectrum is no longer white (less power at Nyquist)
     if series:
-        noise_imgs = [(data[k] - data[k + 1]) for k in range(min(data.shape[0] - 1, 4))]
+        pairs = _aligned_pairs(data[:5], mask, align=frames == "aligned")
+        noise_imgs = [a - b for a, b, _, _ in pairs]
+        mask = None if frames == "aligned" else mask
     else:
         noise_imgs = [img0]
     ratio, ratio_err = _spectral_ratio(noise_imgs, mask)
@@ -265,8 +299,8 @@ def estimate_noise_model(
         )
     if not (gain > min_gain_snr * gain_err) and gain > 2.0 * gain_err:
         # a rising but imprecise line: the error falls about as 1/√(samples) ∝ 1/√(pixels),
-        # so this many times the field would reach min_gain_snr (an upper estimate: a larger
-        # field usually also spans more levels)
+        # so this many times the field would reach min_gain_snr (a rough estimate: a larger
+        # field usually spans more levels, a crystal interior does not)
         grow = (min_gain_snr * gain_err / gain) ** 2
         reasons.append(
             f"the field is too small to identify the gain: slope {gain:.3g} ± {gain_err:.2g} "
@@ -322,26 +356,155 @@ def estimate_noise_model(
         variance_errs=errs,
         n_samples=int(lev.size),
         quantum=q,
+        gain_coarse=coarse,
     )
+
+
+# Structure tests of a single-image gain (tuned on simulated crystals, KMC frames and
+# multislice images at 0.1–0.5 Å/px, 10²–10⁷ e⁻/Å², gain 1–20, seeds 0–1): the coarse-sampling
+# gain must not exceed the gain by more than max(10 %, 2σ), and 2σ must be below 50 % of the
+# gain (else the test could not see a 50 % leak); a variance curvature above 3σ and 10 % of
+# the slope over the level range is structure.
+_COARSE_TOL, _COARSE_SIGMA, _COARSE_POWER = 0.10, 2.0, 0.5
+_CURVATURE_SIGMA, _CURVATURE_TOL = 3.0, 0.10
+
+_STRUCTURE_ADVICE = (
+    "pass the measured gain, or measure it from ≥ 2 frames of the same field (frame "
+    "differences cancel the structure)"
+)
+
+
+def _structure_checks(
+    data: np.ndarray,
+    mask: np.ndarray | None,
+    n_bins: int,
+    fit: tuple[float, float],
+    curve: tuple[np.ndarray, np.ndarray, np.ndarray],
+    reasons: list[str],
+    min_gain_snr: float,
+) -> tuple[float, float] | None:
+    """Tests that the single-image variance is shot noise, not unresolved structure; appends
+    the reasons it is not.  Returns the gain ± 1σ at 2× coarser sampling (None when it
+    cannot be measured).
+
+    Signal structure that the smoothness mask misses (columns narrower than a few pixels,
+    coarse sampling, high dose) adds variance that grows with the level, so the slope
+    exceeds the gain.  Two consequences are tested, in the spirit of the photon-transfer
+    linearity check (Janesick 2007) and of Foi et al.'s (2008) restriction to smooth data:
+
+    * scale: every other pixel (the four 2×-subsampled phases, pooled) has the same shot
+      noise per pixel, but the structure lies at twice the spatial frequency and leaks more
+      into the details; shot noise gives the same gain, structure a larger one;
+    * curvature: structure variance grows as the level squared (contrast × level), shot
+      noise linearly: a significant quadratic term over the level range is structure.
+    """
+    gain, gain_err = fit
+    frames = [data] if data.ndim == 2 else [data[k] for k in _pooled_frames(data.shape[0])]
+    coarse = None
+    try:
+        parts = []
+        for img in frames:
+            m, n = (img.shape[0] // 2) * 2, (img.shape[1] // 2) * 2
+            for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
+                sub_mask = None if mask is None else mask[i:m:2, j:n:2]
+                parts.append(_single_image_samples(img[i:m:2, j:n:2], sub_mask, n_bins))
+        lev, var, key = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        p, cov = _fit(lev, var, n_bins, key)[3:5]
+        coarse = (float(p[0]), float(np.sqrt(max(cov[0, 0], 0.0))))
+    except DataError as exc:
+        reasons.append(
+            f"the gain could not be checked at 2× coarser sampling ({exc}): structure may "
+            f"dominate the pixel variance; {_STRUCTURE_ADVICE}"
+        )
+    if coarse is not None and gain > 0:
+        # one-sided: structure leaks more at the coarser sampling, never less
+        excess = coarse[0] - gain
+        band = _COARSE_SIGMA * np.hypot(gain_err, coarse[1])
+        # (an imprecise gain is refused anyway, as too small a field)
+        if band > _COARSE_POWER * gain and gain > min_gain_snr * gain_err:
+            reasons.append(
+                f"the gain cannot be confirmed at 2× coarser sampling: every other pixel gives "
+                f"{coarse[0]:.3g} ± {coarse[1]:.2g}, all pixels {gain:.3g} ± {gain_err:.2g}, "
+                f"too imprecise to exclude structure adding {_COARSE_POWER:.0%} to the "
+                f"variance {_frame_size_text(data)}; use a larger field, or " + _STRUCTURE_ADVICE
+            )
+        elif excess > max(_COARSE_TOL * gain, band):
+            reasons.append(
+                f"structure adds to the pixel variance: every other pixel (2× coarser "
+                f"sampling) gives gain {coarse[0]:.3g} ± {coarse[1]:.2g}, all pixels "
+                f"{gain:.3g} ± {gain_err:.2g} (shot noise gives one gain at any sampling; "
+                "expected at coarse sampling or high dose); " + _STRUCTURE_ADVICE
+            )
+    levels, variances, errs = curve
+    if levels.size >= 4 and gain > 0:
+        x = levels - levels.min()
+        a = np.column_stack([x, np.ones_like(x), x * x])
+        th, cv, _ = _wls(a, variances, errs)
+        q, q_err = float(th[2]), float(np.sqrt(max(cv[2, 2], 0.0)))
+        rel = q * float(x.max()) / gain
+        if q > _CURVATURE_SIGMA * q_err and rel > _CURVATURE_TOL:
+            reasons.append(
+                f"the variance grows faster than linearly with the level (a quadratic term "
+                f"{rel:.0%} of the slope at the brightest level, {q / q_err:.1f}σ): "
+                "unresolved structure adds variance ∝ level², shot noise ∝ level; "
+                + _STRUCTURE_ADVICE
+            )
+    return coarse
+
+
+# frame differences: adjacent differences correlated by more than this (and 3σ) hold change
+_CHANGE_CORRELATION = 0.05
+
+
+def _change_check(prod: np.ndarray, var: np.ndarray, reasons: list[str]) -> None:
+    """Appends a reason when the frame differences are not shot noise alone.
+
+    Shot noise is independent between pixels, so adjacent differences are uncorrelated;
+    what changed between the frames (beam damage, a moving cluster, a residual shift) is
+    smooth over a few pixels and correlates them (cf. the autocorrelation-based noise
+    estimate of Thong et al., Scanning 23 (2001) 328).  Its variance adds to the shot noise
+    and biases the gain high.
+    """
+    total = float(np.sum(var))
+    if prod.size < 30 or total <= 0:
+        return
+    rho = float(np.sum(prod)) / total
+    rho_err = float(np.sqrt(np.sum(prod * prod))) / total
+    if rho > max(_CHANGE_CORRELATION, 3.0 * rho_err):
+        reasons.append(
+            f"the frames differ by more than shot noise: adjacent pixels of the frame "
+            f"differences are correlated ({rho:.2f} ± {rho_err:.2f}; shot noise: 0), so the "
+            "scene changed between frames (beam damage, motion) or the frames are not "
+            "registered; register the frames, use frames with less change, or pass the "
+            "measured gain"
+        )
+
+
+def _pooled_frames(n: int, most: int = 8) -> np.ndarray:
+    """Up to ``most`` evenly spaced frame indices of ``n``."""
+    return np.unique(np.linspace(0, n - 1, min(most, n)).astype(int))
 
 
 def _samples(
     data: np.ndarray, mask: np.ndarray | None, n_bins: int, *, series: bool, frames: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, bool, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, bool, np.ndarray, np.ndarray | None]:
     """Level, variance and instrument samples, the method, whether the correlation check
-    uses frame differences, and the frame it uses otherwise."""
+    uses frame differences, the frame it uses otherwise, and the frame differences'
+    neighbour products (None for single images)."""
     img0 = data if data.ndim == 2 else data[0]
     if series and frames == "pooled":
-        use = np.unique(np.linspace(0, data.shape[0] - 1, min(8, data.shape[0])).astype(int))
+        use = _pooled_frames(data.shape[0])
         parts = [_single_image_samples(data[k], mask, n_bins) for k in use]
         lev, var, key = (np.concatenate([p[i] for p in parts]) for i in range(3))
         # correlation check and dark level on the first frame
-        return lev, var, key, f"single-image, {use.size} frames pooled", False, data[use[0]]
+        return lev, var, key, f"single-image, {use.size} frames pooled", False, data[use[0]], None
     if series:
-        lev, var, key = _frame_difference_samples(data, mask, binned=False)
-        return lev, var, key, "frame-difference", True, img0
+        pairs = _aligned_pairs(data, mask, align=frames == "aligned")
+        lev, var, key, prod = _frame_difference_samples(pairs)
+        method = "frame-difference" + (", aligned pairs" if frames == "aligned" else "")
+        return lev, var, key, method, True, img0, prod
     lev, var, key = _single_image_samples(img0, mask, n_bins)
-    return lev, var, key, "single-image", False, img0
+    return lev, var, key, "single-image", False, img0, None
 
 
 # A field of fewer 2×2 blocks than this (under 64×64 px) is too small for a single-image
@@ -468,39 +631,93 @@ def _single_image_samples(
 
 
 def _frame_difference_samples(
-    frames: np.ndarray, mask: np.ndarray | None, binned: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Level and squared half-difference of consecutive frames, 2×2-block averaged.
+    pairs: list[tuple[np.ndarray, np.ndarray, tuple[float, float], np.ndarray | None]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Level, squared half-difference and neighbour product of frame pairs, 2×2 blocks.
 
     ``((y_k − y_{k+1})/√2)²`` averaged over a 2×2 block (four independent pixels for white
-    noise) against the block mean of the two frames; blocks where the mean frame's gradient
-    would turn a 0.1 px residual misregistration into more than 5 % of the variance are
-    dropped.  ``binned``: the same on 2×2-binned frames (for the correlation test).
+    noise) against the block mean of the two frames.  Dropped: blocks where the mean frame's
+    gradient would turn the pair's residual misregistration (its sub-pixel remainder
+    ``(ry, rx)`` plus 0.1 px) into more than 5 % of the variance, and blocks whose
+    surroundings (an 8×8 ring without the block) hold more than 1.5× the fitted noise
+    variance — the scene changed there (beam damage, a moving cluster, a misaligned edge).
+    ``pairs``: (frame k, frame k+1, residual shift px, mask or None).  The neighbour
+    product is the mean of the four products of edge-adjacent differences in the block:
+    zero on average for shot noise, positive where the frames differ coherently.
     """
-    levs, vars_, keys = [], [], []
-    for k in range(frames.shape[0] - 1):
-        a, b = frames[k], frames[k + 1]
-        if binned:
-            a, b = _block_mean(a), _block_mean(b)
+    offs, _, own = _ring_offsets(4)
+    ring = (offs, np.where(own, 0.0, 1.0 / np.count_nonzero(~own)))
+    levs, vars_, keys, prods = [], [], [], []
+    for a, b, (ry, rx), mask in pairs:
         diff = (a - b) / np.sqrt(2.0)
         mean = 0.5 * (a + b)
         level = _block_mean(mean)
         key = _block_filter(mean, _level_kernel())
-        v = _block_mean(diff * diff) * (4.0 if binned else 1.0)
+        v = _block_mean(diff * diff)
+        m2, n2 = (diff.shape[0] // 2) * 2, (diff.shape[1] // 2) * 2
+        d00, d01 = diff[0:m2:2, 0:n2:2], diff[0:m2:2, 1:n2:2]
+        d10, d11 = diff[1:m2:2, 0:n2:2], diff[1:m2:2, 1:n2:2]
+        prod = 0.25 * (d00 * d01 + d10 * d11 + d00 * d10 + d01 * d11)
         gy, gx = np.gradient(ndimage.gaussian_filter(mean, 1.0, mode="nearest"))
-        g2 = _block_mean((0.1 * gx) ** 2 + (0.1 * gy) ** 2) * (4.0 if binned else 1.0)
+        g2 = _block_mean(((abs(rx) + 0.1) * gx) ** 2 + ((abs(ry) + 0.1) * gy) ** 2)
         ok = np.ones(level.shape, bool)
         if mask is not None:
-            mm = _block_mean(mask.astype(float)) == 1.0
-            if binned:
-                mm = _block_mean(mm.astype(float)) == 1.0
-            ok &= mm
-        p = _fit(level[ok], v[ok], 8, key[ok])[3]
-        ok &= g2 <= 0.05 * np.maximum(p[0] * key + p[1], 0.0)
+            ok &= _block_mean(mask.astype(float)) == 1.0
+        around = _block_filter(diff * diff, ring)
+        for _ in range(2):  # the change mask needs the noise model, and the model the mask
+            p = _fit(level[ok], v[ok], 8, key[ok])[3]
+            model = np.maximum(p[0] * key + p[1], 1e-300)
+            ok &= (g2 <= 0.05 * model) & (around <= _CHANGE_TOL * model)
         levs.append(level[ok])
         vars_.append(v[ok])
         keys.append(key[ok])
-    return np.concatenate(levs), np.concatenate(vars_), np.concatenate(keys)
+        prods.append(prod[ok])
+    return tuple(np.concatenate(x) for x in (levs, vars_, keys, prods))  # type: ignore[return-value]
+
+
+# surroundings of a difference block with more than this × the noise variance have changed
+# (≈ 2.7σ for the 60 ring pixels of pure noise)
+_CHANGE_TOL = 1.5
+
+
+def _aligned_pairs(
+    frames: np.ndarray, mask: np.ndarray | None, align: bool
+) -> list[tuple[np.ndarray, np.ndarray, tuple[float, float], np.ndarray | None]]:
+    """Consecutive frame pairs, each aligned to the whole pixel when ``align`` (phase
+    correlation, :func:`perovstem.insitu.phase_correlate`; cropped to the overlap, no
+    interpolation, which would correlate the pixels' noise), with the sub-pixel remainder."""
+    out = []
+    for k in range(frames.shape[0] - 1):
+        a, b = frames[k], frames[k + 1]
+        if not align:
+            out.append((a, b, (0.0, 0.0), mask))
+            continue
+        from perovstem.insitu.register import phase_correlate
+
+        dy, dx, _ = phase_correlate(a, b, max_shift_px=0.25 * min(a.shape))
+        iy, ix = int(round(dy)), int(round(dx))
+        m, n = a.shape
+        ra, ca = slice(max(0, -iy), m - max(0, iy)), slice(max(0, -ix), n - max(0, ix))
+        rb, cb = slice(max(0, iy), m - max(0, -iy)), slice(max(0, ix), n - max(0, -ix))
+        if min(m - abs(iy), n - abs(ix)) < 16:
+            continue
+        a, b = a[ra, ca], b[rb, cb]
+        sub = None if mask is None else mask[ra, ca] & mask[rb, cb]
+        # the sub-pixel remainder by a Fourier phase ramp: unitary, so the shot noise stays
+        # white with its variance (an interpolating shift would correlate the pixels); the
+        # few pixels it wraps across the border are cropped
+        b = np.fft.irfft2(
+            ndimage.fourier_shift(np.fft.rfft2(b), (iy - dy, ix - dx), n=b.shape[1]), b.shape
+        )
+        e = 3
+        a, b = a[e:-e, e:-e], b[e:-e, e:-e]
+        sub = None if sub is None else sub[e:-e, e:-e]
+        if min(a.shape) < 16:
+            continue
+        out.append((a, b, (0.0, 0.0), sub))
+    if not out:
+        raise DataError("no pair of frames overlaps after alignment")
+    return out
 
 
 def _fit(
@@ -631,13 +848,18 @@ def _binned_curve(
 
 
 def _wls_line(x: np.ndarray, y: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    return _wls(np.column_stack([x, np.ones_like(x)]), y, e)
+
+
+def _wls(a: np.ndarray, y: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Weighted least squares ``y ≈ a·p`` (errors ``e``): p, covariance scaled by χ²ᵣ when
+    above 1, χ²ᵣ."""
     w = 1.0 / e**2
-    a = np.column_stack([x, np.ones_like(x)])
     aw = a * w[:, None]
     cov = np.linalg.pinv(a.T @ aw)
     p = cov @ (aw.T @ y)
     r = (y - a @ p) / e
-    dof = max(x.size - 2, 1)
+    dof = max(y.size - a.shape[1], 1)
     chi2r = float(r @ r) / dof
     return p, cov * max(chi2r, 1.0), chi2r
 
@@ -703,25 +925,57 @@ def auto_detector(image: Image, *, what: str) -> NoiseModel:
     return _identified(lambda: estimate_noise_model(image), f"{what}: gain='auto'")
 
 
-def _series_frames(series: Series, n: int = 8) -> np.ndarray:
-    """Up to ``n`` evenly spaced frames of a (possibly lazy) series, as floats."""
-    use = np.unique(np.linspace(0, series.n_frames - 1, min(n, series.n_frames)).astype(int))
-    return np.stack([np.asarray(series.data[k], dtype=float) for k in use])
+def _series_frames(series: Series, n: int = 6) -> np.ndarray:
+    """The first ``n`` consecutive frames of a (possibly lazy) series, as floats."""
+    return np.stack(
+        [np.asarray(series.data[k], dtype=float) for k in range(min(n, series.n_frames))]
+    )
+
+
+def _series_estimate(frames: np.ndarray) -> tuple[NoiseModel | None, list[str]]:
+    """Detector model of raw in-situ frames: differences of consecutive frames aligned to
+    the whole pixel (structure cancels; drift does not enter), else the single-image
+    samples of the frames pooled; the first identified one, or None and why neither is."""
+    why = []
+    if frames.shape[0] >= 2:
+        try:
+            nm = estimate_noise_model(frames, frames="aligned")
+            if nm.identified:
+                return nm, []
+            why.append("frame differences: " + "; ".join(nm.reasons))
+        except DataError as exc:
+            why.append(f"frame differences: {exc}")
+    try:
+        nm = estimate_noise_model(frames, frames="pooled")
+        if nm.identified:
+            return nm, []
+        why.append("single frames: " + "; ".join(nm.reasons))
+    except DataError as exc:
+        why.append(f"single frames: {exc}")
+    return None, why
 
 
 def measure_series_detector(series: Series, what: str) -> NoiseModel:
-    """Detector model of a raw in-situ series (single-image samples of up to 8 frames
-    pooled: drift and beam damage between frames do not enter); DataError naming ``what``
-    when the gain is not identified."""
-    return _identified(lambda: estimate_noise_model(_series_frames(series), frames="pooled"), what)
+    """Detector model of a raw in-situ series from its first ≤ 6 frames (aligned frame
+    differences, else single frames pooled); DataError naming ``what`` when neither
+    identifies the gain."""
+    nm, why = _series_estimate(_series_frames(series))
+    if nm is None:
+        raise DataError(
+            f"{what}: the frames cannot identify the detector gain ({' | '.join(why)}); pass "
+            "the measured gain"
+        )
+    return nm
 
 
 def describe_series_estimate(series: Series) -> str:
-    """The pooled-frame estimate for a note ('' when it cannot be measured)."""
+    """The series estimate for a note ('' when it cannot be measured)."""
     try:
-        nm = estimate_noise_model(_crop(_series_frames(series, 4)), frames="pooled")
+        nm, _ = _series_estimate(_crop(_series_frames(series, 4)))
     except (DataError, ParameterError):
         return ""
+    if nm is None:
+        return " (the frames' shot noise does not identify the gain)"
     return f" (measured from the frames' shot noise: {nm.describe()})"
 
 
