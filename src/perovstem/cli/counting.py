@@ -208,6 +208,14 @@ def count(
             f"{t}: {len(sub)} columns, {int(sub['n_atoms'].sum())} atoms, "
             f"counts {int(sub['n_atoms'].min())}–{int(sub['n_atoms'].max())}{extra}"
         )
+        chk = ti.get("ladder_check")
+        if chk and not chk.get("ok", True):
+            # the components may not be single count levels (atoms.count.ladder_check)
+            console.print(
+                f"{t}: WARNING counts may be too low (count levels merged?): "
+                + "; ".join(chk["messages"])
+                + ". Use --library or check --criteria-out."
+            )
     if criteria_out is not None and method == "gmm":
         rows = []
         for t in types:
