@@ -53,8 +53,8 @@ def _count(x, **kw):
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         res = count_atoms(x, **kw)
-    merged = [m for m in w if "merge count levels" in str(m.message)]
-    return res, merged
+    told = [m for m in w if "ladder check" in str(m.message) or "merge count" in str(m.message)]
+    return res, told
 
 
 @pytest.mark.parametrize(
@@ -62,15 +62,39 @@ def _count(x, **kw):
     [(11, 100, 20, 1e4), (12, 300, 30, 1e4), (13, 40, 10, 1e4)],
 )
 def test_merged_levels_on_simulated_images_are_reported(seed, n_cols, max_atoms, dose):
-    # ICL keeps too few components: the counts are far too low, and the user is told so
     x, n = _pb_columns(seed, n_cols, max_atoms, dose)
-    res, merged = _count(x)
+    # the old behaviour (check_ladder=False): ICL keeps too few components, the counts are
+    # far too low, and nothing tells the user
+    old, told = _count(x, check_ladder=False)
+    assert old.attrs["counting"]["all"]["n_components"] < 0.8 * len(np.unique(n))
+    assert old["n_atoms"].sum() < 0.8 * n.sum()
+    assert not told and old.attrs["counting"]["all"]["ladder_check"] is None
+    # default: one warning, the check in attrs, and totals no further from the truth
+    res, told = _count(x)
+    assert len(told) == 1
+    chk = res.attrs["counting"]["all"]["ladder_check"]
+    assert (
+        chk["ok"] is False or chk["reselected_from"] == old.attrs["counting"]["all"]["n_components"]
+    )
+    assert abs(res["n_atoms"].sum() - n.sum()) <= abs(old["n_atoms"].sum() - n.sum())
+
+
+def test_failed_check_reselects_k():
+    # 40 columns of 1-10 atoms: ICL picks 2 components (total 0.25 of the truth); the
+    # lowest-ICL k that passes the ladder check is 7 (total 0.67)
+    x, n = _pb_columns(13, 40, 10, 1e4)
+    old, _ = _count(x, check_ladder=False)
+    res, told = _count(x)
     info = res.attrs["counting"]["all"]
-    assert info["n_components"] < 0.8 * len(np.unique(n))  # ICL merged levels ...
-    assert res["n_atoms"].sum() < 0.8 * n.sum()  # ... and the counts are too low
-    assert len(merged) == 1, "no warning on a merged fit"
-    assert info["ladder_check"]["ok"] is False
-    assert info["ladder_check"]["messages"]
+    assert old.attrs["counting"]["all"]["n_components"] == 2
+    assert info["ladder_check"]["reselected_from"] == 2
+    assert info["ladder_check"]["ok"] and info["ladder_check"]["reselected_because"]
+    assert "ladder check" in info["rule"] and "ladder check" in str(told[0].message)
+    assert info["n_components"] > 4
+    assert old["n_atoms"].sum() < 0.3 * n.sum() and res["n_atoms"].sum() > 0.6 * n.sum()
+    # a fixed k is never changed (it is checked and warned about)
+    fixed, told = _count(x, n_components=2)
+    assert fixed.attrs["counting"]["all"]["n_components"] == 2 and len(told) == 1
 
 
 @pytest.mark.parametrize(
@@ -79,9 +103,9 @@ def test_merged_levels_on_simulated_images_are_reported(seed, n_cols, max_atoms,
 )
 def test_correct_fits_on_simulated_images_stay_silent(seed, n_cols, max_atoms, dose):
     x, n = _pb_columns(seed, n_cols, max_atoms, dose)
-    res, merged = _count(x)
+    res, told = _count(x)
     assert np.mean(res["n_atoms"].to_numpy() == n) >= 0.95
-    assert not merged
+    assert not told
     chk = res.attrs["counting"]["all"]["ladder_check"]
     assert chk["ok"] is True and chk["messages"] == []
     # a correct Pb ladder: one atom is 0.6-0.7 of the step (channelling), no gaps
@@ -125,18 +149,19 @@ def test_library_counts_skip_the_ladder_check():
     lib = pd.DataFrame({"n_atoms": np.arange(1, 16), "scs": np.arange(1, 16) * 1.0})
     rng = np.random.default_rng(0)
     n = rng.integers(1, 9, 400)
-    res, merged = _count(n + rng.normal(0, 0.08, n.size), library=lib)
-    assert res.attrs["counting"]["all"]["ladder_check"] is None and not merged
+    res, told = _count(n + rng.normal(0, 0.08, n.size), library=lib)
+    assert res.attrs["counting"]["all"]["ladder_check"] is None and not told
 
 
 def test_ptir_icl_merge_is_reported(statstem_data):
     # StatSTEM's Pt/Ir particle: 140 columns of 1-20 atoms (793 atoms from its library);
     # ICL keeps 4 components, 379 atoms.  Old code: no warning, nothing in attrs.
     ref = pd.read_csv(statstem_data / "csv" / "Example_PtIr_reference_fit.csv")
-    res, merged = _count(ref["scs"].to_numpy())
+    res, told = _count(ref["scs"].to_numpy())
+    # no k >= 2 of the sweep passes the check: ICL's 4 is kept, with the warning
     assert res.attrs["counting"]["all"]["n_components"] == 4
     assert res["n_atoms"].sum() < 400
-    assert len(merged) == 1
+    assert len(told) == 1 and "merge count levels" in str(told[0].message)
     assert res.attrs["counting"]["all"]["ladder_check"]["overlap"] > 0.25
 
 
