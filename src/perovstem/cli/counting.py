@@ -73,6 +73,12 @@ def count(
     criterion: str = typer.Option("icl", "--criterion", help="icl | bic | aic."),
     rule: str = typer.Option("prominence", "--rule", help="prominence | first | global."),
     first_count: int = typer.Option(1, "--first-count", help="Atoms in the lowest component."),
+    check_ladder: bool = typer.Option(
+        True,
+        "--ladder-check/--no-ladder-check",
+        help="Without a library: check that the components form an SCS ladder (merged count "
+        "levels), and if ICL's k fails, take the lowest-ICL k that passes.",
+    ),
     library: str = typer.Option(
         None, "--library", help="'simulate' or a table (n_atoms, scs_A2) file."
     ),
@@ -175,6 +181,7 @@ def count(
             criterion=criterion,
             rule=rule,
             first_count=first_count,
+            check_ladder=check_ladder,
             library=lib,
         )
     elif method == "library":
