@@ -81,7 +81,7 @@ def test_merged_levels_on_simulated_images_are_reported(seed, n_cols, max_atoms,
 
 def test_failed_check_reselects_k():
     # 40 columns of 1-10 atoms: ICL picks 2 components (total 0.25 of the truth); the
-    # lowest-ICL k that passes the ladder check is 7 (total 0.67)
+    # lowest-ICL larger k that passes the ladder check, resolved, is 8 (total 0.75)
     x, n = _pb_columns(13, 40, 10, 1e4)
     old, _ = _count(x, check_ladder=False)
     res, told = _count(x)
