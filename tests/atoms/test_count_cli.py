@@ -376,3 +376,21 @@ def test_cli_track_total_loss_and_its_error(tmp_path, capsys):
     assert err > 3 * np.sqrt(np.sum(err_col**2))
     # the truth (0.3 atoms per column per frame of 5e4 e⁻/Å²) within the error
     assert abs(rate - N * 0.3 / dose) < 3 * err, (rate, err, N * 0.3 / dose)
+
+
+def test_cli_count_reports_merged_levels(tmp_path, capsys, statstem_data):
+    # StatSTEM's Pt/Ir particle without a library: ICL keeps 4 components for 1-20 atoms;
+    # the CLI says so (old code printed the counts only); --no-ladder-check turns it off
+    ref = pd.read_csv(statstem_data / "csv" / "Example_PtIr_reference_fit.csv")
+    src = tmp_path / "ptir.parquet"
+    save_table(ref[["x_A", "y_A", "scs"]], src)
+    out = tmp_path / "o.parquet"
+    assert main(["atoms", "count", str(src), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "WARNING counts may be too low" in text and "overlap" in text
+    chk = read_table(out).attrs["counting"]["all"]["ladder_check"]
+    assert chk["ok"] is False and chk["overlap"] > 0.25
+    out2 = tmp_path / "o2.parquet"
+    assert main(["atoms", "count", str(src), "-o", str(out2), "--no-ladder-check"]) == 0
+    assert "WARNING" not in capsys.readouterr().out
+    assert read_table(out2).attrs["counting"]["all"]["ladder_check"] is None

@@ -14,6 +14,7 @@ from perovstem.atoms.count import (
     count_atoms,
     fit_gmm,
     gmm_sweep,
+    ladder_check,
     select_components,
     single_atom_sensitivity,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "count_atoms",
     "fit_gmm",
     "gmm_sweep",
+    "ladder_check",
     "select_components",
     "single_atom_sensitivity",
     "as_library",

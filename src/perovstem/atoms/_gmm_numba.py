@@ -9,11 +9,13 @@ _HALF_LOG2PI = 0.5 * np.log(2.0 * np.pi)
 
 
 @njit(cache=True)
-def _em_one(x, w, mu0, sigma0, pi0, equal_spacing, max_iter, tol, min_sigma, nll_shift):
+def _em_one(x, w, mu0, sigma0, pi0, degree, max_iter, tol, min_sigma, nll_shift):
     """EM for one candidate on weighted, standardised data.
 
     x, w (n,); mu0, pi0 (k,); returns mu, sigma, pi, nll, n_iter, converged.  The NLL is
     evaluated at the returned parameters.  Convergence: relative NLL change < tol.
+    ``degree`` 0: free means; ``degree`` d >= 1: the means follow a polynomial of degree d in
+    the component index (d = 1: equally spaced), fitted in the M-step by weighted least squares.
     """
     n = x.size
     k = mu0.size
@@ -73,24 +75,8 @@ def _em_one(x, w, mu0, sigma0, pi0, equal_spacing, max_iter, tol, min_sigma, nll
         # M-step
         for j in range(k):
             pi[j] = nk[j] / wsum
-        if equal_spacing and k > 1:
-            s0 = 0.0
-            s1 = 0.0
-            s2 = 0.0
-            t0 = 0.0
-            t1 = 0.0
-            for j in range(k):
-                s0 += nk[j]
-                s1 += nk[j] * j
-                s2 += nk[j] * j * j
-                t0 += sx[j]
-                t1 += sx[j] * j
-            det = s0 * s2 - s1 * s1
-            if det != 0.0:
-                b = (s0 * t1 - s1 * t0) / det
-                a = (t0 - b * s1) / s0
-                for j in range(k):
-                    mu[j] = a + b * j
+        if degree > 0 and k > degree + 1:
+            _ladder_means(nk, sx, degree, mu)
         else:
             for j in range(k):
                 if nk[j] > 1e-300:
@@ -106,7 +92,65 @@ def _em_one(x, w, mu0, sigma0, pi0, equal_spacing, max_iter, tol, min_sigma, nll
 
 
 @njit(cache=True)
-def em_batch(x, w, mu0, sigma0, pi0, equal_spacing, max_iter, tol, min_sigma, nll_shift):
+def _ladder_means(nk, sx, degree, mu):
+    """M-step of the ladder mixture: means ``mu_j = sum_p b_p t_j^p``, ``t_j = j / (k - 1)``.
+
+    Minimises ``sum_ij tau_ij (x_i - mu_j)^2``, i.e. the normal equations
+    ``(sum_j nk_j phi_j phi_j^T) b = sum_j sx_j phi_j``, solved by Gaussian elimination with
+    partial pivoting; ``mu`` is left unchanged when the system is singular (too few occupied
+    components for the degree).
+    """
+    k = nk.size
+    q = degree + 1
+    a = np.zeros((q, q + 1))
+    phi = np.empty(q)
+    for j in range(k):
+        t = j / (k - 1.0)
+        v = 1.0
+        for p in range(q):
+            phi[p] = v
+            v *= t
+        for p in range(q):
+            for r in range(q):
+                a[p, r] += nk[j] * phi[p] * phi[r]
+            a[p, q] += sx[j] * phi[p]
+    scale = 0.0
+    for p in range(q):
+        scale = max(scale, abs(a[p, p]))
+    for c in range(q):
+        piv = c
+        for r in range(c + 1, q):
+            if abs(a[r, c]) > abs(a[piv, c]):
+                piv = r
+        if abs(a[piv, c]) <= 1e-12 * scale:
+            return
+        if piv != c:
+            for m in range(q + 1):
+                tmp = a[c, m]
+                a[c, m] = a[piv, m]
+                a[piv, m] = tmp
+        for r in range(c + 1, q):
+            f = a[r, c] / a[c, c]
+            for m in range(c, q + 1):
+                a[r, m] -= f * a[c, m]
+    b = np.zeros(q)
+    for c in range(q - 1, -1, -1):
+        v = a[c, q]
+        for m in range(c + 1, q):
+            v -= a[c, m] * b[m]
+        b[c] = v / a[c, c]
+    for j in range(k):
+        t = j / (k - 1.0)
+        v = 1.0
+        m = 0.0
+        for p in range(q):
+            m += b[p] * v
+            v *= t
+        mu[j] = m
+
+
+@njit(cache=True)
+def em_batch(x, w, mu0, sigma0, pi0, degree, max_iter, tol, min_sigma, nll_shift):
     """Run :func:`_em_one` for C candidates: mu0, pi0 (C,k), sigma0 (C,)."""
     C, k = mu0.shape
     mu = np.empty((C, k))
@@ -117,7 +161,7 @@ def em_batch(x, w, mu0, sigma0, pi0, equal_spacing, max_iter, tol, min_sigma, nl
     conv = np.empty(C, dtype=np.bool_)
     for c in range(C):
         m, s, p, v, it, cv = _em_one(
-            x, w, mu0[c], sigma0[c], pi0[c], equal_spacing, max_iter, tol, min_sigma, nll_shift
+            x, w, mu0[c], sigma0[c], pi0[c], degree, max_iter, tol, min_sigma, nll_shift
         )
         mu[c] = m
         sigma[c] = s

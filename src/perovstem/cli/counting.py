@@ -82,6 +82,12 @@ def count(
     criterion: str = typer.Option("icl", "--criterion", help="icl | bic | aic."),
     rule: str = typer.Option("prominence", "--rule", help="prominence | first | global."),
     first_count: int = typer.Option(1, "--first-count", help="Atoms in the lowest component."),
+    check_ladder: bool = typer.Option(
+        True,
+        "--ladder-check/--no-ladder-check",
+        help="Without a library: check that the components form an SCS ladder (merged count "
+        "levels), and if ICL's k fails, take the lowest-ICL k that passes.",
+    ),
     library: str = typer.Option(
         None, "--library", help="'simulate' or a table (n_atoms, scs_A2) file."
     ),
@@ -184,6 +190,7 @@ def count(
             criterion=criterion,
             rule=rule,
             first_count=first_count,
+            check_ladder=check_ladder,
             library=lib,
         )
     elif method == "library":
@@ -217,6 +224,14 @@ def count(
             f"{t}: {len(sub)} columns, {int(sub['n_atoms'].sum())} atoms, "
             f"counts {int(sub['n_atoms'].min())}–{int(sub['n_atoms'].max())}{extra}"
         )
+        chk = ti.get("ladder_check")
+        if chk and not chk.get("ok", True):
+            # the components may not be single count levels (atoms.count.ladder_check)
+            console.print(
+                f"{t}: WARNING counts may be too low (count levels merged?): "
+                + "; ".join(chk["messages"])
+                + ". Use --library or check --criteria-out."
+            )
     if criteria_out is not None and method == "gmm":
         rows = []
         for t in types:

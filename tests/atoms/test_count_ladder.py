@@ -1,0 +1,192 @@
+"""Merged count levels in library-free counting (GMM + ICL): the ladder check and its warning.
+
+ICL merges neighbouring count levels when they overlap or hold few columns; the counts are
+then far too low (StatSTEM's Pt/Ir particle: 379 atoms against 793 from its library).  The
+simulated images here come from the fast HAADF model (abTEM-calibrated SCS of metallic Pb
+columns, Poisson noise) and are measured by ``fit_columns``: the SCS are not drawn from the
+mixture that is fitted.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from perovstem.atoms import count_atoms, fit_columns
+from perovstem.atoms.count import GMMFit, fit_gmm, gmm_sweep, ladder_check
+from perovstem.errors import ParameterError
+
+_A_PB = 4.95  # fcc Pb lattice constant, Å
+
+
+def _pb_columns(seed, n_cols, max_atoms, dose):
+    """Fitted SCS and true counts of isolated-ish Pb columns of 1..max_atoms atoms ([001])."""
+    from ase import Atoms
+
+    from perovstem.simulate import haadf_image
+
+    rng = np.random.default_rng(seed)
+    side = int(np.ceil(np.sqrt(n_cols)))
+    ij = np.array([(i, j) for i in range(side) for j in range(side)])[:n_cols]
+    xy = ij * _A_PB / np.sqrt(2)
+    n = rng.integers(1, max_atoms + 1, n_cols)
+    pos = [
+        (x, y, (2 * m + (i + j) % 2) * _A_PB / 2)
+        for (x, y), k, (i, j) in zip(xy, n, ij, strict=True)
+        for m in range(k)
+    ]
+    atoms = Atoms("Pb" * len(pos), positions=pos)
+    atoms.arrays["label"] = np.ones(len(atoms), int)  # metallic Pb columns
+    img, truth = haadf_image(atoms, dose_e_per_A2=dose, rng=rng, pixel_size_A=0.25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df = fit_columns(img, truth[["x_A", "y_A"]])
+    x, n = df["scs"].to_numpy(), truth["n_atoms"].to_numpy()
+    keep = x > 0
+    return x[keep], n[keep]
+
+
+def _count(x, **kw):
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        res = count_atoms(x, **kw)
+    told = [m for m in w if "ladder check" in str(m.message) or "merge count" in str(m.message)]
+    return res, told
+
+
+@pytest.mark.parametrize(
+    "seed,n_cols,max_atoms,dose",
+    [(11, 100, 20, 1e4), (12, 300, 30, 1e4), (13, 40, 10, 1e4)],
+)
+def test_merged_levels_on_simulated_images_are_reported(seed, n_cols, max_atoms, dose):
+    x, n = _pb_columns(seed, n_cols, max_atoms, dose)
+    # the old behaviour (check_ladder=False): ICL keeps too few components, the counts are
+    # far too low, and nothing tells the user
+    old, told = _count(x, check_ladder=False)
+    assert old.attrs["counting"]["all"]["n_components"] < 0.8 * len(np.unique(n))
+    assert old["n_atoms"].sum() < 0.8 * n.sum()
+    assert not told and old.attrs["counting"]["all"]["ladder_check"] is None
+    # default: one warning, the check in attrs, and totals no further from the truth
+    res, told = _count(x)
+    assert len(told) == 1
+    chk = res.attrs["counting"]["all"]["ladder_check"]
+    assert (
+        chk["ok"] is False or chk["reselected_from"] == old.attrs["counting"]["all"]["n_components"]
+    )
+    assert abs(res["n_atoms"].sum() - n.sum()) <= abs(old["n_atoms"].sum() - n.sum())
+
+
+def test_failed_check_reselects_k():
+    # 40 columns of 1-10 atoms: ICL picks 2 components (total 0.25 of the truth); the
+    # lowest-ICL larger k that passes the ladder check, resolved, is 8 (total 0.75)
+    x, n = _pb_columns(13, 40, 10, 1e4)
+    old, _ = _count(x, check_ladder=False)
+    res, told = _count(x)
+    info = res.attrs["counting"]["all"]
+    assert old.attrs["counting"]["all"]["n_components"] == 2
+    assert info["ladder_check"]["reselected_from"] == 2
+    assert info["ladder_check"]["ok"] and info["ladder_check"]["reselected_because"]
+    assert "ladder check" in info["rule"] and "ladder check" in str(told[0].message)
+    assert info["n_components"] > 4
+    assert old["n_atoms"].sum() < 0.3 * n.sum() and res["n_atoms"].sum() > 0.6 * n.sum()
+    # a fixed k is never changed (it is checked and warned about)
+    fixed, told = _count(x, n_components=2)
+    assert fixed.attrs["counting"]["all"]["n_components"] == 2 and len(told) == 1
+
+
+@pytest.mark.parametrize(
+    "seed,n_cols,max_atoms,dose",
+    [(21, 300, 10, 5e4), (22, 150, 5, 5e4), (24, 300, 20, 5e4)],
+)
+def test_correct_fits_on_simulated_images_stay_silent(seed, n_cols, max_atoms, dose):
+    x, n = _pb_columns(seed, n_cols, max_atoms, dose)
+    res, told = _count(x)
+    assert np.mean(res["n_atoms"].to_numpy() == n) >= 0.95
+    assert not told
+    chk = res.attrs["counting"]["all"]["ladder_check"]
+    assert chk["ok"] is True and chk["messages"] == []
+    # a correct Pb ladder: one atom is 0.6-0.7 of the step (channelling), no gaps
+    assert 0.5 < chk["first_ratio"] < 0.9
+    assert max(chk["gap_ratios"]) < 1.5
+
+
+def _fit(means, width, first=None):
+    means = np.asarray(means, float)
+    k = means.size
+    return GMMFit(k, means, width, np.full(k, 1 / k), 0.0, 0.0, 1, True, False, 10 * k)
+
+
+def test_ladder_check_rules():
+    # a correct Pb-like ladder (first atom 0.65 of the step, slowly varying steps)
+    mu = np.cumsum([0.65, 0.8, 0.9, 1.0, 1.0, 1.05, 1.0, 1.0])
+    ok = ladder_check(_fit(mu, 0.15))
+    assert ok["ok"] and ok["suspect"] == []
+    # a count level missing between components 3 and 4: named in the result
+    gap = ladder_check(_fit(np.concatenate([mu[:4], mu[5:]]), 0.15))
+    assert not gap["ok"] and gap["suspect"] == [[3, 4]]
+    assert "3-4" in gap["messages"][0]
+    # levels merged above the thinnest ones: steps of ~3 atoms over a one-atom first level
+    merged = ladder_check(_fit([0.65, 3.5, 6.5, 9.5], 0.6))
+    assert not merged["ok"] and merged["first_ratio"] < 0.45
+    # components wider than a quarter of the step: cannot be told from merged ones
+    wide = ladder_check(_fit(mu, 0.3))
+    assert not wide["ok"] and wide["overlap"] > 0.25
+    # lowest component is not one atom (thinnest columns absent): offset
+    off = ladder_check(_fit(mu[3:], 0.15))
+    assert not off["ok"] and off["first_ratio"] > 1.6
+    assert ladder_check(_fit(mu[3:], 0.15), first_count=4)["ok"]
+    # first_count = 0 (vacuum component) skips the first-level rule
+    assert ladder_check(_fit(mu, 0.15), first_count=0)["first_ratio"] is None
+    assert ladder_check(_fit([1.0], 0.1))["ok"]  # one component: nothing to check
+    with pytest.raises(ParameterError, match="first_count"):
+        ladder_check(_fit(mu, 0.15), first_count=-1)
+
+
+def test_library_counts_skip_the_ladder_check():
+    lib = pd.DataFrame({"n_atoms": np.arange(1, 16), "scs": np.arange(1, 16) * 1.0})
+    rng = np.random.default_rng(0)
+    n = rng.integers(1, 9, 400)
+    res, told = _count(n + rng.normal(0, 0.08, n.size), library=lib)
+    assert res.attrs["counting"]["all"]["ladder_check"] is None and not told
+
+
+def test_ptir_icl_merge_is_reported(statstem_data):
+    # StatSTEM's Pt/Ir particle: 140 columns of 1-20 atoms (793 atoms from its library);
+    # ICL keeps 4 components, 379 atoms.  Old code: no warning, nothing in attrs.
+    ref = pd.read_csv(statstem_data / "csv" / "Example_PtIr_reference_fit.csv")
+    res, told = _count(ref["scs"].to_numpy())
+    # no k >= 2 of the sweep passes the check: ICL's 4 is kept, with the warning
+    assert res.attrs["counting"]["all"]["n_components"] == 4
+    assert res["n_atoms"].sum() < 400
+    assert len(told) == 1 and "merge count levels" in str(told[0].message)
+    assert res.attrs["counting"]["all"]["ladder_check"]["overlap"] > 0.25
+
+
+def test_ladder_degree_option():
+    # means on a quadratic in the component index, empty components allowed
+    rng = np.random.default_rng(5)
+    n = rng.integers(0, 12, 1500)
+    n = n[n != 6]  # one count absent from the particle
+    mu_true = 1.0 + 1.2 * np.arange(12) - 0.02 * np.arange(12) ** 2
+    x = mu_true[n] + rng.normal(0, 0.12, n.size)
+    sw = gmm_sweep(x, max_components=14, ladder_degree=2, criterion="bic")
+    assert sw.selected == 12
+    f = sw.fit(12)
+    assert f.ladder_degree == 2 and f.n_params == 3 + 11 + 1
+    assert np.allclose(f.means, mu_true, atol=0.03)
+    assert f.proportions[6] < 0.005
+    assert np.mean(f.classify(x) == n) > 0.99
+    # from the true means, fit_gmm converges to the same ladder
+    g = fit_gmm(x, 12, ladder_degree=2, init_means=mu_true)
+    assert np.allclose(g.means, f.means, atol=1e-3)
+    # degree 1 is equal spacing
+    e = fit_gmm(x, 12, equal_spacing=True)
+    assert e.ladder_degree == 1 and e.equal_spacing and e.n_params == 2 + 11 + 1
+    for bad in (-1, 4, 1.5, True):
+        with pytest.raises(ParameterError, match="ladder_degree"):
+            fit_gmm(x, 3, ladder_degree=bad)
+    with pytest.raises(ParameterError, match="equal_spacing"):
+        fit_gmm(x, 3, equal_spacing=True, ladder_degree=2)
