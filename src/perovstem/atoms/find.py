@@ -819,6 +819,26 @@ def find_columns(
     xyb = xy[bright]
     ref_uv = cell.sites.loc[cell.sites["type"] == ref, ["u", "v"]].to_numpy(float)
     grains = _find_grains(xyb, cell, ref, ref_uv, dmin_ref)
+    # a thinner crystal beside a thick one: its reference columns fall below the bright
+    # threshold set by the thick one (a 15 Å platelet beside a 50 Å cube was not found at
+    # all).  Peaks farther than a cell from every grain's reference columns are searched again
+    # with their own threshold (they are not the other sublattices of a found grain)
+    reach = max(cell.a_A, cell.b_A) * max(g["cell"].a_A / cell.a_A for g in grains)
+    d_own = cKDTree(np.vstack([xyb[g["own"]] for g in grains])).query(xy)[0]
+    rest = np.flatnonzero(~bright & (d_own > reach))
+    if len(rest) >= MIN_GRAIN_PEAKS and len(grains) < MAX_GRAINS:
+        hr = hgt[rest]
+        xy2 = xy[rest[hr >= 0.5 * np.median(hr[hr >= np.quantile(hr, 0.5)])]]
+        try:
+            more = _find_grains(xy2, cell, ref, ref_uv, dmin_ref) if len(xy2) >= 3 else []
+        except DataError:  # no lattice in them (noise, an amorphous or other phase)
+            more = []
+        more = [g for g in more if len(g["own"]) >= MIN_GRAIN_PEAKS]
+        for g in more[: MAX_GRAINS - len(grains)]:
+            g["own"] = g["own"] + len(xyb)
+            grains.append(g)
+        xyb = np.vstack([xyb, xy2])
+        grains.sort(key=lambda g: -len(g["own"]))
     # local contrast: mean in a small disk minus the image background
     dmin = grains[0]["cell"].min_distance_A()
     r_in = max(1.0, 0.2 * dmin / dx)
