@@ -945,16 +945,23 @@ def _lattice_fits(
             v[1] *= hand
             same = _same_lattice(fits, v)
             if same is None:
-                # grow only over peaks whose neighbours lie along this orientation: at a
-                # grain boundary the growth otherwise steps into the touching crystal (a
-                # prediction within 0.25 cell of one of its columns) and the least-squares
-                # refit gives one lattice between the two that indexes both (two 40 Å
-                # crystals touching, 20° apart: one grain at 8.6°, recall 0.63-0.72)
+                same = fit_lattice_vectors(xyb, v, o0)
+                # a growth that indexed many peaks with no neighbour along this orientation
+                # stepped into a touching crystal (a prediction within 0.25 cell of one of
+                # its columns), and the least-squares refit gave one lattice between the
+                # two that indexes both (two 40 Å crystals touching, 20° apart: one grain at
+                # 8.6°, recall 0.63-0.72): when such a peak is off the fitted lattice, grow
+                # again over the oriented peaks only (an unmatched peak on the lattice, a
+                # noisy one at 10² e⁻/Å², keeps the plain growth)
                 on = _oriented(xyb, pairs, dv, expected @ v, tol_on)
-                org, vec, hk_on = fit_lattice_vectors(xyb[on], v, o0)
-                hk = np.full((len(xyb), 2), _NONE, dtype=np.int64)
-                hk[on] = hk_on
-                same = (org, vec, hk)
+                org, vec, hk = same
+                off = (hk[:, 0] != _NONE) & ~on
+                miss = np.linalg.norm(xyb[off] - org - hk[off] @ vec, axis=1)
+                if np.any(miss > tol):
+                    org, vec, hk_on = fit_lattice_vectors(xyb[on], v, o0)
+                    hk = np.full((len(xyb), 2), _NONE, dtype=np.int64)
+                    hk[on] = hk_on
+                    same = (org, vec, hk)
             org, vec, hk = same
             fits.append((int(np.sum(hk[:, 0] != _NONE)), org, vec, hk))
     if not fits or max(f[0] for f in fits) < 2:
