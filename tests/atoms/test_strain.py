@@ -137,3 +137,27 @@ id = "strain"
     assert set(uc["type"]) == {"PbBr", "Br", "Cs"}
     html = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
     assert "Strain maps" in html and "Measured projected unit cell" in html
+
+
+def test_bad_radius_and_unfitted_columns_are_reported():
+    # radius_A ≤ 0 gave an all-NaN map without a word; find_columns output (columns on their
+    # lattice sites, no position errors) gave ε = 0 to 1e-15 everywhere, also silently
+    import perovstem.simulate as sim
+    from perovstem.atoms import find_columns
+    from perovstem.errors import ParameterError
+
+    cell = cspbbr3_001_cell()
+    ix = fit_lattice(_columns(0.0), cell)
+    for bad in (-1.0, 0.0, float("nan")):
+        with pytest.raises(ParameterError, match="radius_A"):
+            lattice_strain(ix, radius_A=bad)
+    img, _ = sim.haadf_image(
+        sim.nanocrystal(25.0, rng=1), pixel_size_A=0.3, dose_e_per_A2=2e4, rng=2
+    )
+    cols = find_columns(img, cell=cell)
+    with pytest.warns(UserWarning, match="find_columns output"):
+        st = lattice_strain(fit_lattice(cols, cell))
+    assert np.nanmax(np.abs(st[E].to_numpy())) < 1e-9  # what the warning is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # fitted-like columns (with errors): no warning
+        lattice_strain(fit_lattice(_columns(0.0, rng=np.random.default_rng(1)), cell))

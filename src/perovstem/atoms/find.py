@@ -819,6 +819,26 @@ def find_columns(
     xyb = xy[bright]
     ref_uv = cell.sites.loc[cell.sites["type"] == ref, ["u", "v"]].to_numpy(float)
     grains = _find_grains(xyb, cell, ref, ref_uv, dmin_ref)
+    # a thinner crystal beside a thick one: its reference columns fall below the bright
+    # threshold set by the thick one (a 15 Å platelet beside a 50 Å cube was not found at
+    # all).  Peaks farther than a cell from every grain's reference columns are searched again
+    # with their own threshold (they are not the other sublattices of a found grain)
+    reach = max(cell.a_A, cell.b_A) * max(g["cell"].a_A / cell.a_A for g in grains)
+    d_own = cKDTree(np.vstack([xyb[g["own"]] for g in grains])).query(xy)[0]
+    rest = np.flatnonzero(~bright & (d_own > reach))
+    if len(rest) >= MIN_GRAIN_PEAKS and len(grains) < MAX_GRAINS:
+        hr = hgt[rest]
+        xy2 = xy[rest[hr >= 0.5 * np.median(hr[hr >= np.quantile(hr, 0.5)])]]
+        try:
+            more = _find_grains(xy2, cell, ref, ref_uv, dmin_ref) if len(xy2) >= 3 else []
+        except DataError:  # no lattice in them (noise, an amorphous or other phase)
+            more = []
+        more = [g for g in more if len(g["own"]) >= MIN_GRAIN_PEAKS]
+        for g in more[: MAX_GRAINS - len(grains)]:
+            g["own"] = g["own"] + len(xyb)
+            grains.append(g)
+        xyb = np.vstack([xyb, xy2])
+        grains.sort(key=lambda g: -len(g["own"]))
     # local contrast: mean in a small disk minus the image background
     dmin = grains[0]["cell"].min_distance_A()
     r_in = max(1.0, 0.2 * dmin / dx)
@@ -904,17 +924,70 @@ def _lattice_fits(
     pairs = cKDTree(xyb).query_pairs(reach, output_type="ndarray")
     dv = xyb[pairs[:, 1]] - xyb[pairs[:, 0]] if len(pairs) else np.zeros((0, 2))
     tol = 0.12 * dmin_ref * scale
+    # neighbour vectors of this orientation within tol_on: 0.6·tol (a lattice between two
+    # crystals 12° apart matches both within tol) unless the peak positions are noisier
+    # (σ from the second difference r_j + r_k − 2 r_i of opposite neighbours, which does
+    # not depend on the orientation: Var = 6σ² per axis, median of χ²₂ = 2 ln 2)
+    tol_on = 0.6 * tol
+    if len(pairs):
+        tree = cKDTree(xyb)
+        src = np.concatenate([pairs[:, 0], pairs[:, 1]])
+        dst = np.concatenate([pairs[:, 1], pairs[:, 0]])
+        d2, _ = tree.query(2.0 * xyb[src] - xyb[dst], distance_upper_bound=tol)
+        d2 = d2[np.isfinite(d2)]
+        if d2.size >= 10:
+            sig = float(np.sqrt(np.median(d2**2) / (6.0 * 2.0 * np.log(2.0))))
+            tol_on = float(np.clip(3.0 * np.sqrt(2.0) * sig, 0.6 * tol, tol))
     fits: list = []
     for hand in (1.0, -1.0):
         for rot in _rotation_candidates(dv, expected, cell, hand, tol):
             v = cell.vectors(rot)
             v[1] *= hand
-            org, vec, hk = _same_lattice(fits, v) or fit_lattice_vectors(xyb, v, o0)
+            same = _same_lattice(fits, v)
+            if same is None:
+                same = fit_lattice_vectors(xyb, v, o0)
+                # a growth that indexed many peaks with no neighbour along this orientation
+                # stepped into a touching crystal (a prediction within 0.25 cell of one of
+                # its columns), and the least-squares refit gave one lattice between the
+                # two that indexes both (two 40 Å crystals touching, 20° apart: one grain at
+                # 8.6°, recall 0.63-0.72): when such a peak is off the fitted lattice, grow
+                # again over the oriented peaks only (an unmatched peak on the lattice, a
+                # noisy one at 10² e⁻/Å², keeps the plain growth)
+                on = _oriented(xyb, pairs, dv, expected @ v, tol_on)
+                org, vec, hk = same
+                off = (hk[:, 0] != _NONE) & ~on
+                miss = np.linalg.norm(xyb[off] - org - hk[off] @ vec, axis=1)
+                if np.any(miss > tol):
+                    org, vec, hk_on = fit_lattice_vectors(xyb[on], v, o0)
+                    hk = np.full((len(xyb), 2), _NONE, dtype=np.int64)
+                    hk[on] = hk_on
+                    same = (org, vec, hk)
+            org, vec, hk = same
             fits.append((int(np.sum(hk[:, 0] != _NONE)), org, vec, hk))
     if not fits or max(f[0] for f in fits) < 2:
         return None
     best_n = max(f[0] for f in fits)
     return cell, [f for f in fits if f[0] >= 0.9 * best_n]
+
+
+def _oriented(
+    xy: np.ndarray, pairs: np.ndarray, dv: np.ndarray, expected_A: np.ndarray, tol: float
+) -> np.ndarray:
+    """Points with a neighbour at one of the ``expected_A`` vectors (within ``tol``, Å):
+    the points of a crystal in this orientation (a column of a crystal turned 8° more has
+    none but by chance, ~2 % per neighbour at tol = 0.4 Å)."""
+    if len(pairs) == 0:
+        return np.zeros(len(xy), bool)
+    d, _ = cKDTree(expected_A).query(dv, distance_upper_bound=tol)
+    m = np.isfinite(d)
+    # Σ u uᵀ of a point's matched neighbour directions: det ≥ sin²30° needs two that are
+    # not on one line (a point between two columns of one row is no lattice evidence)
+    u = dv[m] / np.linalg.norm(dv[m], axis=1)[:, None]
+    uu = u[:, :, None] * u[:, None, :]
+    t = np.zeros((len(xy), 2, 2))
+    np.add.at(t, pairs[m, 0], uu)
+    np.add.at(t, pairs[m, 1], uu)
+    return np.trace(t, axis1=1, axis2=2) >= 0.5
 
 
 def _find_grains(

@@ -1088,7 +1088,8 @@ def fit_columns(
         # position errors 5× the reported ones at 2·10⁴ e⁻/Å²).  Each parameter's variance
         # takes the variance of the pixels that inform it (sandwich estimator with a
         # variance model v(μ) = a + b·μ fitted to the residuals; diagonal approximation)
-        v_pix = _residual_variance_model(data - res, res) * (data.size / dof)
+        lev = _column_leverage(data.shape, x, y, eta, rho, free_rho_col)
+        v_pix = _residual_variance_model(data - res, res, leverage=lev)
         cov *= _effective_variance(data.shape, v_pix, x, y, eta, rho, cut_h, free_rho_col)
     else:
         cov *= sigma2
@@ -1313,12 +1314,58 @@ def _tail_image(shape, x, y, vol_px, kfft, pad) -> np.ndarray:
     return conv[pad : pad + shape[0], pad : pad + shape[1]]
 
 
-def _residual_variance_model(mu: np.ndarray, res: np.ndarray, n_bins: int = 32) -> np.ndarray:
+def _column_leverage(
+    shape: tuple[int, int],
+    x: np.ndarray,
+    y: np.ndarray,
+    eta: np.ndarray,
+    rho: np.ndarray,
+    free_rho: bool,
+) -> np.ndarray:
+    """Leverage h_p of each pixel in the column parameters (hat-matrix diagonal
+    J (JᵀJ)⁻¹ Jᵀ of each column's x, y, η[, ρ] on its own pixels, ±4ρ; overlaps, shared
+    widths and background neglected).  A fitted residual has E[r²] = v (1 − h): on a
+    column of few pixels the fit absorbs much of their noise."""
+    h = np.zeros(shape)
+    ny, nx = shape
+    for k in range(len(x)):
+        rk = float(rho[k])
+        if not (np.isfinite(x[k]) and np.isfinite(y[k]) and rk > 0 and eta[k] != 0):
+            continue
+        w = 4.0 * rk
+        j0, j1 = max(int(np.floor(x[k] - w)), 0), min(int(np.ceil(x[k] + w)), nx - 1)
+        i0, i1 = max(int(np.floor(y[k] - w)), 0), min(int(np.ceil(y[k] + w)), ny - 1)
+        if j1 < j0 or i1 < i0:
+            continue
+        ddx = np.arange(j0, j1 + 1) - x[k]
+        ddy = (np.arange(i0, i1 + 1) - y[k])[:, None]
+        r2 = ddx * ddx + ddy * ddy
+        g = np.exp(-0.5 * r2 / (rk * rk))
+        cols = [eta[k] * g * ddx / rk**2, eta[k] * g * ddy / rk**2, g]
+        if free_rho:
+            cols.append(eta[k] * g * r2 / rk**3)
+        jac = np.stack([c.ravel() for c in cols], axis=1)
+        m = jac.T @ jac
+        try:
+            hk = np.einsum("ij,jk,ik->i", jac, np.linalg.inv(m), jac)
+        except np.linalg.LinAlgError:
+            continue
+        h[i0 : i1 + 1, j0 : j1 + 1] += hk.reshape(r2.shape)
+    return np.clip(h, 0.0, 0.9)
+
+
+def _residual_variance_model(
+    mu: np.ndarray, res: np.ndarray, n_bins: int = 32, *, leverage: np.ndarray | None = None
+) -> np.ndarray:
     """Pixel variance ``v = a + b·μ`` (Poisson–Gaussian: b the gain, a the read noise and
     offset) fitted to the squared residuals binned by model intensity μ; ``a`` alone when
     the residuals do not grow with the signal.  Returns v per pixel (floored at 5 % of the
-    mean squared residual)."""
+    mean squared residual).  With ``leverage`` h the squared residuals are divided by
+    1 − h (HC2, MacKinnon & White, J. Econometrics 29 (1985) 305): at 0.5 Å pixels the
+    fitted columns absorbed a third of their pixels' noise and the errors were 1.4× small."""
     m, r2 = mu.ravel(), res.ravel() ** 2
+    if leverage is not None:
+        r2 = r2 / (1.0 - leverage.ravel())
     mean_r2 = float(np.mean(r2))
     edges = np.unique(np.quantile(m, np.linspace(0.0, 1.0, n_bins + 1)))
     if edges.size < 3 or mean_r2 <= 0:

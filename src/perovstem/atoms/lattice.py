@@ -12,6 +12,8 @@ projected unit cell is the average of every indexed column folded into one cell
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
@@ -262,6 +264,9 @@ def lattice_strain(
         radius_A = 1.1 * float(np.max(np.linalg.norm(vec, axis=1)))
         if not np.isfinite(radius_A):
             raise ParameterError("`radius_A` is required when the lattice vectors are unknown")
+    elif not (np.isfinite(radius_A) and radius_A > 0):
+        # a radius ≤ 0 left every column without neighbours: an all-NaN map, silently
+        raise ParameterError(f"`radius_A` must be a positive number of Å, got {radius_A!r}")
     # a column's neighbours are in its own crystal (ideal positions of two grains are on
     # different lattices)
     grain = indexed["grain"].to_numpy() if "grain" in indexed.columns else np.zeros(len(r))
@@ -282,6 +287,16 @@ def lattice_strain(
     eps = np.full((len(r), 4), np.nan)
     nnb = np.zeros(len(r), int)
     has_err = {"x_err_A", "y_err_A"} <= set(indexed.columns)
+    if not has_err and "contrast" in indexed.columns and "scs" not in indexed.columns:
+        # find_columns puts every column on its lattice (+ a smoothed residual field): ε of
+        # those positions is ~0 everywhere (|ε| < 1e-15 on a simulated crystal), not a map
+        warnings.warn(
+            "the columns look like find_columns output (lattice sites, not fitted positions): "
+            "their strain is ~0 by construction; fit them first (fit_columns / "
+            "'perovstem atoms fit')",
+            UserWarning,
+            stacklevel=2,
+        )
     if has_err:
         sx2 = indexed["x_err_A"].to_numpy(float) ** 2
         sy2 = indexed["y_err_A"].to_numpy(float) ** 2
