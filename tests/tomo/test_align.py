@@ -307,3 +307,36 @@ def test_alternating_shift_axis_refinement_with_random_shifts():
     assert abs(al.tilt_axis_deg - axis) < 1.5
     with pytest.raises(ParameterError, match="axis_refine"):
         align(ts, axis_refine=-1)
+
+
+def test_axis_check_warns_when_reprojection_and_com_disagree_on_clean_series():
+    """Clean compact cube, true axis 0°, no shifts: the re-projection criterion settles
+    ~2° off (missing-wedge artefacts of a compact crystal that a turned axis fits better),
+    the centre-of-mass axis is near 0°. The alignment must say it is unsure rather than
+    report the wrong axis silently."""
+    ang = np.arange(-65.0, 65.1, 2.5)
+    ph = nanocrystal_phantom(70.0, r110=3.0, r111=3.0, n_inclusions=1, rng=1)
+    ts, _ = tilt_series(
+        ph, ang, shape=(48, 48), pixel_size_A=2.0, counts_per_A=10.0, background=3.0, rng=2
+    )
+    with pytest.warns(UserWarning, match="tilt axis uncertain"):
+        al = align(ts, matching_iter=0, axis_refine=0)
+    com = align(ts, tilt_axis="com", matching_iter=0)
+    assert abs(com.tilt_axis_deg) < 1.0  # the control: centre of mass is right here
+    expected = (al.tilt_axis_deg - com.tilt_axis_deg + 90.0) % 180.0 - 90.0
+    assert al.axis_disagreement_deg == pytest.approx(expected, abs=1e-9)
+    assert abs(al.axis_disagreement_deg) > 1.0
+    assert "tilt_axis_check: criteria disagree" in al.steps
+    assert al.to_frame(ang).attrs["axis_disagreement_deg"] == al.axis_disagreement_deg
+
+
+def test_axis_check_not_run_for_a_given_or_com_axis():
+    ang = np.arange(-60.0, 60.1, 10.0)
+    ph = nanocrystal_phantom(40.0, r110=3.0, r111=3.0, n_inclusions=0, rng=0)
+    ts, _ = tilt_series(ph, ang, shape=(32, 32), pixel_size_A=2.0, noise=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for how in (0.0, "com"):
+            al = align(ts, tilt_axis=how, matching_iter=0)
+            assert np.isnan(al.axis_disagreement_deg)
+            assert not any(s.startswith("tilt_axis_check") for s in al.steps)

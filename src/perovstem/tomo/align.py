@@ -21,6 +21,7 @@ whose coarse reconstruction best re-projects onto the data) → projection match
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,9 @@ import numpy as np
 from perovstem._data import TiltSeries
 from perovstem.errors import DataError, ParameterError
 from perovstem.tomo.projector import check_angles
+
+# re-projection and centre-of-mass axes further apart than this (degrees) trigger a warning
+_AXIS_DISAGREE_DEG = 1.0
 
 __all__ = [
     "Alignment",
@@ -62,6 +66,10 @@ class Alignment:
         Per projection-matching iteration: ``iteration``, ``max_update_px``, ``residual``.
     steps : list of str
         Steps run.
+    axis_disagreement_deg : float
+        Re-projection axis minus the centre-of-mass axis (:func:`tilt_axis_from_com`),
+        degrees, mod 180°; NaN when the re-projection axis was not searched. More than 1°
+        means the two criteria disagree and the axis is uncertain (a warning is issued).
     """
 
     shifts_px: np.ndarray
@@ -69,6 +77,7 @@ class Alignment:
     residual: float = float("nan")
     history: list = field(default_factory=list)
     steps: list = field(default_factory=list)
+    axis_disagreement_deg: float = float("nan")
 
     def to_frame(self, angles_deg: Any) -> Any:
         """Per-projection table: angle_deg, dy_px, dx_px (attrs: tilt axis, residual)."""
@@ -85,6 +94,7 @@ class Alignment:
             tilt_axis_deg=float(self.tilt_axis_deg),
             residual=float(self.residual),
             steps=list(self.steps),
+            axis_disagreement_deg=float(self.axis_disagreement_deg),
         )
         return df
 
@@ -695,11 +705,13 @@ def align(
                 f"got {tilt_axis!r}"
             )
         phi = 0.0
+        phi_com = float("nan")
         if tilt_axis is not False:
             shifted = np.stack([_shift_image(d[k], sh[k, 0], sh[k, 1]) for k in range(a)])
             phi, _ = tilt_axis_from_com(shifted, ang)
             steps.append("tilt_axis_com")
             phi, steep = _steep_axis_check(d, shifted, ang, sh, phi)
+            phi_com = float(phi)
             if tilt_axis is True or tilt_axis == "recon":
                 # near x the centre-of-mass guess can be ~20° off on compact crystals: the
                 # coarse grid spans image x ± 20° and the guess ± 20°; further from x (axes
@@ -730,6 +742,7 @@ def align(
                 # centre-of-mass estimate
                 steps.append("tilt_axis_search skipped (axis 20-70 deg from x)")
     else:
+        phi_com = float("nan")
         phi = float(tilt_axis)
         if not np.isfinite(phi):
             raise ParameterError(f"`tilt_axis` must be a finite angle, got {tilt_axis}")
@@ -744,6 +757,24 @@ def align(
             )
         if axis_refine:
             steps.append(f"tilt_axis_refine x{int(axis_refine)}")
+    disagreement = float("nan")
+    if "tilt_axis_reprojection" in steps:
+        # the re-projection criterion is not unbiased: on clean compact crystals it can
+        # prefer an axis ~3° off (missing-wedge artefacts a turned axis "explains"), while
+        # the centre-of-mass axis is biased by drift; neither wins everywhere, so report
+        # when they disagree instead of trusting one silently
+        disagreement = float((phi - phi_com + 90.0) % 180.0 - 90.0)
+        if abs(disagreement) > _AXIS_DISAGREE_DEG:
+            steps.append("tilt_axis_check: criteria disagree")
+            warnings.warn(
+                f"tilt axis uncertain: re-projection gives {phi:.2f}°, centre of mass "
+                f"{phi_com:.2f}° ({disagreement:+.2f}° apart, > {_AXIS_DISAGREE_DEG:g}°); "
+                "inspect the reconstruction or pass tilt_axis='com' or a known angle",
+                UserWarning,
+                stacklevel=2,
+            )
+        else:
+            steps.append("tilt_axis_check: criteria agree")
     residual = float("nan")
     hist: list = []
     if matching_iter > 0:
@@ -751,4 +782,4 @@ def align(
             d, ang, sh, phi, n_iter=matching_iter, bin_factor=bin_factor
         )
         steps.append("projection_matching")
-    return Alignment(sh, float(phi), residual, hist, steps)
+    return Alignment(sh, float(phi), residual, hist, steps, disagreement)
