@@ -720,6 +720,7 @@ def align(
                     lo, hi = min(phi, 0.0) - 20.0, max(phi, 0.0) + 20.0
                 else:
                     lo, hi = phi - 10.0, phi + 10.0
+                window = (lo, hi)
                 phi, _ = tilt_axis_reprojection(
                     d, ang, sh, centre_deg=(lo + hi) / 2, half_range_deg=(hi - lo) / 2
                 )
@@ -750,11 +751,18 @@ def align(
         # shifts and axis are coupled: shift errors bias the axis criterion and an axis error
         # leaves shift errors; alternate (re-centre in the axis frame, match, search again)
         for _ in range(int(axis_refine)):
+            sh_prev, phi_prev = sh, phi
             sh = _axis_frame_shifts(d, sh, phi, max(2, d.shape[2] // 8))
             sh, _, _ = projection_matching(d, ang, sh, phi, n_iter=3, bin_factor=bin_factor)
             phi, _ = tilt_axis_reprojection(
                 d, ang, sh, centre_deg=phi, half_range_deg=4.0, step_deg=1.0
             )
+            if not window[0] <= phi <= window[1]:
+                # each ±4° round can walk further: a refinement that leaves the coarse
+                # search window ran away (a clean 48 px cube: −23.6° for a 0° axis)
+                sh, phi = sh_prev, phi_prev
+                steps.append("tilt_axis_refine left the search window: previous axis kept")
+                break
         if axis_refine:
             steps.append(f"tilt_axis_refine x{int(axis_refine)}")
     disagreement = float("nan")
