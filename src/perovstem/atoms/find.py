@@ -980,14 +980,11 @@ def _oriented(
         return np.zeros(len(xy), bool)
     d, _ = cKDTree(expected_A).query(dv, distance_upper_bound=tol)
     m = np.isfinite(d)
-    # Σ u uᵀ of a point's matched neighbour directions: det ≥ sin²30° needs two that are
-    # not on one line (a point between two columns of one row is no lattice evidence)
-    u = dv[m] / np.linalg.norm(dv[m], axis=1)[:, None]
-    uu = u[:, :, None] * u[:, None, :]
-    t = np.zeros((len(xy), 2, 2))
-    np.add.at(t, pairs[m, 0], uu)
-    np.add.at(t, pairs[m, 1], uu)
-    return np.trace(t, axis1=1, axis2=2) >= 0.5
+    # at least one neighbour at a lattice vector of this orientation
+    n_match = np.zeros(len(xy))
+    np.add.at(n_match, pairs[m, 0], 1.0)
+    np.add.at(n_match, pairs[m, 1], 1.0)
+    return n_match >= 1
 
 
 def _find_grains(
