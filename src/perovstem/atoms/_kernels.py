@@ -831,6 +831,45 @@ def fisher_blocks(shape, w, x, y, eta, rho, cut, free_rho, pair_i, pair_j):
     return out
 
 
+@njit(cache=True, nogil=True)
+def column_leverage(shape, x, y, eta, rho, cut, free_rho, minv):
+    """Pixel leverage ``h_p = Σ_k J_kp M_k⁻¹ J_kpᵀ``: each column's hat-matrix diagonal on its
+    own truncation disk, ``minv`` the inverses of its own Fisher blocks (unit weights, from
+    :func:`fisher_blocks`; zeros for a column to skip).  Returns an image."""
+    ny, nx = shape[0], shape[1]
+    npar = 4 if free_rho else 3
+    h = np.zeros((ny, nx))
+    jk = np.zeros(npar)
+    for k in range(x.shape[0]):
+        r2c = _rc2(rho[k], cut)
+        j0, j1 = _span(x[k], rho[k], cut, nx)
+        i0, i1 = _span(y[k], rho[k], cut, ny)
+        if i1 < i0 or j1 < j0:
+            continue
+        inv = 1.0 / (rho[k] * rho[k])
+        ex = _exp1d(x[k], j0, j1, inv)
+        ey = _exp1d(y[k], i0, i1, inv)
+        for i in range(i0, i1 + 1):
+            dy = i - y[k]
+            for j in range(j0, j1 + 1):
+                dx = j - x[k]
+                r2 = dx * dx + dy * dy
+                if r2 > r2c:
+                    continue
+                g = ey[i - i0] * ex[j - j0]
+                jk[0] = eta[k] * g * dx * inv
+                jk[1] = eta[k] * g * dy * inv
+                jk[2] = g
+                if free_rho:
+                    jk[3] = eta[k] * g * r2 * inv / rho[k]
+                acc = 0.0
+                for p in range(npar):
+                    for q in range(npar):
+                        acc += jk[p] * minv[k, p, q] * jk[q]
+                h[i, j] += acc
+    return h
+
+
 @njit(cache=True, parallel=True)
 def local_covariance(blocks, nb_ptr, nb_idx, nb_block, npar):
     """Marginal covariance of each column from its Fisher matrix with its direct neighbours.

@@ -1088,9 +1088,7 @@ def fit_columns(
         # position errors 5× the reported ones at 2·10⁴ e⁻/Å²).  Each parameter's variance
         # takes the variance of the pixels that inform it (sandwich estimator with a
         # variance model v(μ) = a + b·μ fitted to the residuals; diagonal approximation)
-        lev = _column_leverage(data.shape, x, y, eta, rho, free_rho_col)
-        v_pix = _residual_variance_model(data - res, res, leverage=lev)
-        cov *= _effective_variance(data.shape, v_pix, x, y, eta, rho, cut_h, free_rho_col)
+        cov *= _effective_variance(data.shape, data - res, res, x, y, eta, rho, cut_h, free_rho_col)
     else:
         cov *= sigma2
     with np.errstate(invalid="ignore"):  # an emptied column (η ≈ 0) has no position: NaN
@@ -1314,46 +1312,6 @@ def _tail_image(shape, x, y, vol_px, kfft, pad) -> np.ndarray:
     return conv[pad : pad + shape[0], pad : pad + shape[1]]
 
 
-def _column_leverage(
-    shape: tuple[int, int],
-    x: np.ndarray,
-    y: np.ndarray,
-    eta: np.ndarray,
-    rho: np.ndarray,
-    free_rho: bool,
-) -> np.ndarray:
-    """Leverage h_p of each pixel in the column parameters (hat-matrix diagonal
-    J (JᵀJ)⁻¹ Jᵀ of each column's x, y, η[, ρ] on its own pixels, ±4ρ; overlaps, shared
-    widths and background neglected).  A fitted residual has E[r²] = v (1 − h): on a
-    column of few pixels the fit absorbs much of their noise."""
-    h = np.zeros(shape)
-    ny, nx = shape
-    for k in range(len(x)):
-        rk = float(rho[k])
-        if not (np.isfinite(x[k]) and np.isfinite(y[k]) and rk > 0 and eta[k] != 0):
-            continue
-        w = 4.0 * rk
-        j0, j1 = max(int(np.floor(x[k] - w)), 0), min(int(np.ceil(x[k] + w)), nx - 1)
-        i0, i1 = max(int(np.floor(y[k] - w)), 0), min(int(np.ceil(y[k] + w)), ny - 1)
-        if j1 < j0 or i1 < i0:
-            continue
-        ddx = np.arange(j0, j1 + 1) - x[k]
-        ddy = (np.arange(i0, i1 + 1) - y[k])[:, None]
-        r2 = ddx * ddx + ddy * ddy
-        g = np.exp(-0.5 * r2 / (rk * rk))
-        cols = [eta[k] * g * ddx / rk**2, eta[k] * g * ddy / rk**2, g]
-        if free_rho:
-            cols.append(eta[k] * g * r2 / rk**3)
-        jac = np.stack([c.ravel() for c in cols], axis=1)
-        m = jac.T @ jac
-        try:
-            hk = np.einsum("ij,jk,ik->i", jac, np.linalg.inv(m), jac)
-        except np.linalg.LinAlgError:
-            continue
-        h[i0 : i1 + 1, j0 : j1 + 1] += hk.reshape(r2.shape)
-    return np.clip(h, 0.0, 0.9)
-
-
 def _residual_variance_model(
     mu: np.ndarray, res: np.ndarray, n_bins: int = 32, *, leverage: np.ndarray | None = None
 ) -> np.ndarray:
@@ -1384,7 +1342,8 @@ def _residual_variance_model(
 
 def _effective_variance(
     shape: tuple[int, int],
-    v: np.ndarray,
+    mu: np.ndarray,
+    res: np.ndarray,
     x: np.ndarray,
     y: np.ndarray,
     eta: np.ndarray,
@@ -1394,14 +1353,28 @@ def _effective_variance(
 ) -> np.ndarray:
     """Factor ``√(v_k v_l)`` per column and parameter pair, v_k = Σ J_k² v / Σ J_k² the
     pixel variance seen by parameter k (the sandwich covariance of least squares,
-    (JᵀJ)⁻¹ JᵀVJ (JᵀJ)⁻¹, for an isolated column), shape ``(n, npar, npar)``."""
+    (JᵀJ)⁻¹ JᵀVJ (JᵀJ)⁻¹, for an isolated column), shape ``(n, npar, npar)``.
+
+    v is :func:`_residual_variance_model` of the model ``mu`` and residuals ``res``, the
+    squared residuals corrected by the pixel leverage h = J (JᵀJ)⁻¹ Jᵀ of each column on
+    its own truncation disk (overlaps, shared widths and background neglected): a fitted
+    residual has E[r²] = v (1 − h), and on a column of few pixels the fit absorbs much of
+    their noise."""
     from perovstem.atoms import _kernels as K
 
     n = x.shape[0]
     own = np.arange(n, dtype=np.int64)
     args = (x, y, eta, rho, float(cut), free_rho, own, own)
     shp = np.array(shape, dtype=np.int64)
-    d1 = np.diagonal(K.fisher_blocks(shp, np.ones(shape), *args), axis1=1, axis2=2)
+    f1 = K.fisher_blocks(shp, np.ones(shape), *args)
+    # columns without a position (η = 0, non-finite) or a singular block add no leverage
+    minv = np.zeros_like(f1)
+    ok = np.isfinite(x) & np.isfinite(y) & (rho > 0) & (eta != 0)
+    ok[ok] = np.abs(np.linalg.det(f1[ok])) > 1e-300
+    minv[ok] = np.linalg.inv(f1[ok])
+    lev = np.clip(K.column_leverage(shp, x, y, eta, rho, float(cut), free_rho, minv), 0.0, 0.9)
+    v = _residual_variance_model(mu, res, leverage=lev)
+    d1 = np.diagonal(f1, axis1=1, axis2=2)
     dv = np.diagonal(K.fisher_blocks(shp, np.ascontiguousarray(v, float), *args), axis1=1, axis2=2)
     with np.errstate(invalid="ignore", divide="ignore"):
         ve = np.where(d1 > 0, dv / d1, np.nan)
