@@ -13,7 +13,11 @@ FIT = "perovstem.atoms:fit_columns|perovstem.atoms.fit:fit_columns"
 NORMALIZE = "perovstem.atoms:normalize_image|perovstem.atoms.normalize:normalize_image"
 FIND = "perovstem.atoms:find_columns|perovstem.atoms.find:find_columns"
 CELL = "perovstem.atoms:cspbbr3_001_cell|perovstem.atoms.cell:cspbbr3_001_cell"
-CELL_011 = "perovstem.atoms:cspbbr3_011_cell|perovstem.atoms.cell:cspbbr3_011_cell"
+# the built-in projected cells by their step-parameter name (atoms.fit, atoms.strain)
+CELLS = {
+    "cspbbr3_001": CELL,
+    "cspbbr3_011": "perovstem.atoms:cspbbr3_011_cell|perovstem.atoms.cell:cspbbr3_011_cell",
+}
 HMM = "perovstem.atoms:fit_hmm|perovstem.atoms.hmm:fit_hmm"
 COUNT = "perovstem.atoms:count_atoms|perovstem.atoms.count:count_atoms"
 COMPOSITION = (
@@ -66,7 +70,7 @@ def _gain_option(value: float | str | None) -> dict[str, Any]:
             "cspbbr3_001",
             "projected cell for the column finder when no positions are given "
             "(cspbbr3_011: the [011] zone, types Pb_011, Br_011, CsBr_011)",
-            choices=("cspbbr3_001", "cspbbr3_011", "none"),
+            choices=(*CELLS, "none"),
         ),
     },
     requires=(FIT, NORMALIZE),
@@ -92,7 +96,7 @@ def atoms_fit(ctx: Any, image: Any, positions: Any = None) -> dict[str, Any]:
     else:
         img = image
     if positions is None:  # find the columns, sublattice-aware for a CsPbBr3 cell
-        cell = {"cspbbr3_001": CELL, "cspbbr3_011": CELL_011}.get(p["cell"])
+        cell = CELLS.get(p["cell"])
         positions = api(FIND)(img, cell=api(cell)() if cell else None)
     # the crystal (grain) of each column travels to the table: strain per crystal
     cols = ["x_A", "y_A"] + [c for c in ("type", "grain") if c in positions.columns]

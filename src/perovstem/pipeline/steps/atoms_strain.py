@@ -7,12 +7,9 @@ from typing import Any
 import numpy as np
 
 from perovstem.pipeline.registry import Param, api, register_step
+from perovstem.pipeline.steps.atoms import CELLS
 
 STRAIN = "perovstem.atoms:strain_analysis|perovstem.atoms.lattice:strain_analysis"
-CELLS = {
-    "cspbbr3_001": "perovstem.atoms:cspbbr3_001_cell|perovstem.atoms.cell:cspbbr3_001_cell",
-    "cspbbr3_011": "perovstem.atoms:cspbbr3_011_cell|perovstem.atoms.cell:cspbbr3_011_cell",
-}
 
 
 @register_step(
