@@ -905,7 +905,6 @@ def find_columns(
 def _lattice_fits(
     xyb: np.ndarray,
     cell: ProjectedCell,
-    ref: str,
     ref_uv: np.ndarray,
     dmin_ref: float,
     o0: np.ndarray,
@@ -1005,7 +1004,7 @@ def _find_grains(
     """
     centre = xyb.mean(axis=0)
     o0 = xyb[np.argmin(np.linalg.norm(xyb - centre, axis=1))]
-    first = _lattice_fits(xyb, cell, ref, ref_uv, dmin_ref, o0)
+    first = _lattice_fits(xyb, cell, ref_uv, dmin_ref, o0)
     if first is None:
         raise DataError(
             f"could not fit the cell lattice: no peak pairs match the {ref!r} sublattice of the "
@@ -1045,7 +1044,7 @@ def _find_grains(
         sub = xyb[idx]
         spacing = dmin_ref * cell_g.a_A / cell.a_A
         n_near = cKDTree(sub).query_ball_point(sub, 1.15 * spacing, return_length=True)
-        res = _lattice_fits(sub, cell, ref, ref_uv, dmin_ref, sub[int(np.argmax(n_near))])
+        res = _lattice_fits(sub, cell, ref_uv, dmin_ref, sub[int(np.argmax(n_near))])
     grains.sort(key=lambda g: -len(g["own"]))
     return grains
 
