@@ -393,6 +393,9 @@ FIELD_SIGNIFICANCE = 3.0
 # several crystals in one field: a further lattice needs this many indexed reference peaks
 MIN_GRAIN_PEAKS = 12
 MAX_GRAINS = 8
+# the fitted origin is put on another sublattice of the reference's shape when the summed
+# mean contrast of all types grows by more than this fraction (:func:`_place_grain`)
+ALIAS_MARGIN = 0.1
 
 
 def fit_lattice_vectors(
@@ -559,6 +562,49 @@ def _lattice_scale(
     s0 = float(near[np.argmin(np.abs(np.log(near)))])
     fine = s0 * np.exp(np.arange(-0.006, 0.00601, 0.001))
     scf = np.array([score(s) for s in fine])
+    return float(np.mean(fine[scf == scf.max()]))
+
+
+def _explained_scale(
+    xy: np.ndarray,
+    uv: np.ndarray,
+    cell: ProjectedCell,
+    *,
+    rel_tol: float = 0.03,
+    bounds=(0.75, 1.33),
+) -> float:
+    """Scale s of the lattice of the sites ``uv`` that explains the largest share of the
+    peak pairs shorter than s × 1.3 × the longer cell vector (within ``rel_tol``).
+
+    Unlike the count of :func:`_lattice_scale`, a share does not grow with the range of
+    pair lengths a larger s takes in, nor does a superlattice that explains only some of the
+    short pairs (a ref-only lattice under ref + alias peaks) score well.  Near-ties (within 2
+    % of the best share) go to the scale nearest 1.
+    """
+    reach = 1.3 * max(cell.a_A, cell.b_A)
+    ex = _sublattice_vectors(uv, reach, cell) @ cell.vectors()
+    ex = np.unique(np.round(np.linalg.norm(ex, axis=1), 6))
+    pairs = cKDTree(xy).query_pairs(bounds[1] * reach, output_type="ndarray")
+    if len(pairs) == 0 or len(ex) == 0:
+        return 1.0
+    ln = np.sort(np.linalg.norm(xy[pairs[:, 1]] - xy[pairs[:, 0]], axis=1))
+
+    def share(s: float) -> float:
+        n = np.searchsorted(ln, s * reach)
+        if n < 10:
+            return 0.0
+        lo = np.searchsorted(ln, s * ex * (1 - rel_tol))
+        hi = np.searchsorted(ln, s * ex * (1 + rel_tol))
+        return float(np.sum(hi - lo)) / n
+
+    grid = np.exp(np.arange(np.log(bounds[0]), np.log(bounds[1]) + 1e-9, 0.005))
+    sc = np.array([share(s) for s in grid])
+    if sc.max() == 0:
+        return 1.0
+    near = grid[sc >= 0.98 * sc.max()]
+    s0 = float(near[np.argmin(np.abs(np.log(near)))])
+    fine = s0 * np.exp(np.arange(-0.006, 0.00601, 0.001))
+    scf = np.array([share(s) for s in fine])
     return float(np.mean(fine[scf == scf.max()]))
 
 
@@ -809,7 +855,19 @@ def find_columns(
             f"`reference_type` {ref!r} is not a column type of the cell {cell.types}"
         )
     dmin_ref = cell.min_distance_A(ref)
-    pk = find_peaks(img, separation_A=0.75 * dmin_ref, min_snr=min_snr)
+    # the peaks must not merge a reference column with a neighbour of a sublattice of the
+    # same shape (_alias_types), which may be as bright (Cs–Br beside Cd-alloyed Pb in
+    # [011], 2.9 Å apart: a 3.1 Å separation kept the brighter of each pair, a checkerboard
+    # fitted as a lattice 1.2 × too large); a neighbour closer than 0.6 × the reference
+    # spacing (a bonded one: Pb–Br 2.1 Å in [011]) is not separated
+    sep_A = 0.75 * dmin_ref
+    close = []
+    for t in _alias_types(cell, ref):
+        d_t = _type_distance(cell, ref, t)
+        if 0.6 * dmin_ref <= d_t < sep_A / 0.9:
+            close.append(t)
+            sep_A = min(sep_A, 0.9 * d_t)
+    pk = find_peaks(img, separation_A=sep_A, min_snr=min_snr)
     if len(pk) < 3:
         raise DataError(f"no atom columns found: only {len(pk)} peak(s) above the threshold")
     xy = pk[["x_A", "y_A"]].to_numpy()
@@ -818,7 +876,10 @@ def find_columns(
     bright = hgt >= 0.5 * np.median(hgt[hgt >= np.quantile(hgt, 0.5)])
     xyb = xy[bright]
     ref_uv = cell.sites.loc[cell.sites["type"] == ref, ["u", "v"]].to_numpy(float)
-    grains = _find_grains(xyb, cell, ref, ref_uv, dmin_ref)
+    # the lattice is fitted on the sublattice these peaks sample: the reference sites and
+    # those of the alias types the separation keeps apart (Pb and Cs–Br in [011])
+    fit_uv = cell.sites.loc[cell.sites["type"].isin([ref, *close]), ["u", "v"]].to_numpy(float)
+    grains = _find_grains(xyb, cell, ref, fit_uv, dmin_ref, ref_uv)
     # a thinner crystal beside a thick one: its reference columns fall below the bright
     # threshold set by the thick one (a 15 Å platelet beside a 50 Å cube was not found at
     # all).  Peaks farther than a cell from every grain's reference columns are searched again
@@ -830,13 +891,33 @@ def find_columns(
         hr = hgt[rest]
         xy2 = xy[rest[hr >= 0.5 * np.median(hr[hr >= np.quantile(hr, 0.5)])]]
         try:
-            more = _find_grains(xy2, cell, ref, ref_uv, dmin_ref) if len(xy2) >= 3 else []
+            more = _find_grains(xy2, cell, ref, fit_uv, dmin_ref, ref_uv) if len(xy2) >= 3 else []
         except DataError:  # no lattice in them (noise, an amorphous or other phase)
             more = []
         more = [g for g in more if len(g["own"]) >= MIN_GRAIN_PEAKS]
-        for g in more[: MAX_GRAINS - len(grains)]:
-            g["own"] = g["own"] + len(xyb)
-            grains.append(g)
+        for g in more:
+            # the dimmer part of a found grain (its reference columns under the bright
+            # threshold: a Cd-alloyed [011] crystal at 3·10³ e⁻/Å² was two grains on one
+            # lattice, recall 0.74–0.82) widens that grain, as in _find_grains
+            same = next(
+                (
+                    h
+                    for h in grains
+                    if _continues(
+                        h,
+                        g["best"],
+                        xy2[g["own"]],
+                        fit_uv,
+                        0.2 * dmin_ref * h["cell"].a_A / cell.a_A,
+                    )
+                ),
+                None,
+            )
+            if same is not None:
+                same["own"] = np.union1d(same["own"], g["own"] + len(xyb))
+            elif len(grains) < MAX_GRAINS:
+                g["own"] = g["own"] + len(xyb)
+                grains.append(g)
         xyb = np.vstack([xyb, xy2])
         grains.sort(key=lambda g: -len(g["own"]))
     # local contrast: mean in a small disk minus the image background
@@ -908,8 +989,12 @@ def _lattice_fits(
     ref_uv: np.ndarray,
     dmin_ref: float,
     o0: np.ndarray,
+    own_uv: np.ndarray | None = None,
 ) -> tuple[ProjectedCell, list] | None:
     """Lattice fits of the cell to reference peaks ``xyb`` grown from ``o0``.
+
+    ``ref_uv`` are the sites the peaks may sample; ``own_uv`` (default ``ref_uv``) those of
+    the reference type alone when ``ref_uv`` adds alias sites (:func:`find_columns`).
 
     Returns the cell at the image's scale and the fits ``(n_indexed, org, vec, hk)`` that
     index at least 0.9 of the best one, or None when no peak pairs match the cell.
@@ -917,7 +1002,26 @@ def _lattice_fits(
     # the lattice in the image may be a few % off the cell (pixel size calibration, cell
     # parameter of another phase, thermal expansion): measure its scale first, then match
     # rotations and fit with the cell at that scale
-    cell, scale = _scaled_cell(cell, ref_uv, xyb)
+    cell0 = cell
+    cell, scale = _scaled_cell(cell0, ref_uv, xyb)
+    if own_uv is not None and len(own_uv) < len(ref_uv):
+        # peaks of the reference and alias sublattices together (Pb and Cs–Br in [011]):
+        # counted on the pair lengths of the union, a lattice 1.36 × larger and turned 90°
+        # matches better when only one sublattice gives peaks (Cs–Br at x = 0.5); on the
+        # reference's alone, the 1.22 × larger centred lattice when both do.  When the two
+        # disagree, the scale is the one whose union explains the largest share of the
+        # peak pairs within its reach (:func:`_explained_scale`)
+        _, scale_o = _scaled_cell(cell0, own_uv, xyb)
+        if abs(np.log(scale_o / scale)) > 0.01:
+            scale = _explained_scale(xyb, ref_uv, cell0)
+            cell = ProjectedCell(
+                cell0.a_A * scale,
+                cell0.b_A * scale,
+                cell0.angle_deg,
+                cell0.sites,
+                cell0.c_A,
+                cell0.name,
+            )
     reach = 1.3 * max(cell.a_A, cell.b_A)
     expected = _sublattice_vectors(ref_uv, reach, cell)
     pairs = cKDTree(xyb).query_pairs(reach, output_type="ndarray")
@@ -987,7 +1091,12 @@ def _oriented(
 
 
 def _find_grains(
-    xyb: np.ndarray, cell: ProjectedCell, ref: str, ref_uv: np.ndarray, dmin_ref: float
+    xyb: np.ndarray,
+    cell: ProjectedCell,
+    ref: str,
+    ref_uv: np.ndarray,
+    dmin_ref: float,
+    own_uv: np.ndarray | None = None,
 ) -> list[dict]:
     """Crystal grains of the field: one lattice fit after another on the reference peaks.
 
@@ -1004,7 +1113,17 @@ def _find_grains(
     """
     centre = xyb.mean(axis=0)
     o0 = xyb[np.argmin(np.linalg.norm(xyb - centre, axis=1))]
-    first = _lattice_fits(xyb, cell, ref_uv, dmin_ref, o0)
+    first = _lattice_fits(xyb, cell, ref_uv, dmin_ref, o0, own_uv)
+    n_first = 0 if first is None else max(f[0] for f in first[1])
+    if n_first < MIN_GRAIN_PEAKS <= len(xyb):
+        # the centre peak is off the lattice (a Br peak beside a dim Cd-rich Pb column in
+        # Cd-alloyed [011]: one peak indexed, "no peak pairs match"): grow from the peak
+        # with the most neighbours at the reference spacing instead
+        n_near = cKDTree(xyb).query_ball_point(xyb, 1.15 * dmin_ref, return_length=True)
+        o1 = xyb[int(np.argmax(n_near))]
+        second = _lattice_fits(xyb, cell, ref_uv, dmin_ref, o1, own_uv)
+        if second is not None and max(f[0] for f in second[1]) > n_first:
+            first = second
     if first is None:
         raise DataError(
             f"could not fit the cell lattice: no peak pairs match the {ref!r} sublattice of the "
@@ -1025,7 +1144,13 @@ def _find_grains(
             (
                 g
                 for g in grains
-                if _continues(g, best, xyb[own], ref_uv, 0.2 * dmin_ref * g["cell"].a_A / cell.a_A)
+                if _continues(
+                    g,
+                    best,
+                    xyb[own],
+                    ref_uv,
+                    0.2 * dmin_ref * g["cell"].a_A / cell.a_A,
+                )
             ),
             None,
         )
@@ -1044,7 +1169,7 @@ def _find_grains(
         sub = xyb[idx]
         spacing = dmin_ref * cell_g.a_A / cell.a_A
         n_near = cKDTree(sub).query_ball_point(sub, 1.15 * spacing, return_length=True)
-        res = _lattice_fits(sub, cell, ref_uv, dmin_ref, sub[int(np.argmax(n_near))])
+        res = _lattice_fits(sub, cell, ref_uv, dmin_ref, sub[int(np.argmax(n_near))], own_uv)
     grains.sort(key=lambda g: -len(g["own"]))
     return grains
 
@@ -1103,35 +1228,104 @@ def _place_grain(
     The fitted origin is *a* reference column: which reference site of the cell it is, and
     the handedness, are chosen by the contrast at the other sites (a sublattice with a
     smaller period than the cell, or a mirror-symmetric one, cannot tell them apart).
-    ``pts`` are the reference peaks the fits index; ``region(xy) -> bool`` limits the sites
-    to the grain.  Returns ``org, vec`` and the
-    candidate sites with their local contrast.
+
+    The peaks may also be another sublattice of the same shape (:func:`_alias_types`): in
+    CsCd_xPb_(1-x)Br_3 [011] the Pb columns are dimmer than the Cs–Br columns from
+    x ≈ 0.3 on, and the brightest peaks are the Cs–Br sublattice.  The placement with the
+    fitted origin on such a site replaces the reference one when the summed mean contrast
+    of *all* types beats it by ``ALIAS_MARGIN``: that sum leaves out the contrast at the
+    cell's empty position ((½, ½) in [011]), so the geometry (the one position without a
+    column) decides, not which column is the brightest.  Cells without such an alias
+    ([001]) keep the reference (brightest) assignment.  ``pts`` are the reference peaks the fits
+    index; ``region(xy) -> bool`` limits the sites to the grain.  Returns ``org`` (a
+    reference site of the placement), ``vec`` and the candidate sites with their local
+    contrast.
     """
+    others = [t for t in cell.types if t != ref]
+
+    def total(cand: pd.DataFrame, con: np.ndarray, types: list) -> float:
+        ty = cand["type"].to_numpy()
+        return sum(float(np.mean(con[ty == t])) for t in types if (ty == t).any())
+
+    def candidates(s0_list: np.ndarray):
+        for _, org, vec, hk in fits:
+            field = _residual_field(pts, hk, org, vec)
+            for s0 in s0_list:
+                cand, pxy = _place_sites(cell, org, vec, s0, img, shape, field)
+                if region is not None:
+                    inside = region(cand[["x_A", "y_A"]].to_numpy())
+                    cand, pxy = cand[inside].reset_index(drop=True), pxy[inside]
+                con = ndimage.map_coordinates(sm, [pxy[:, 1], pxy[:, 0]], order=1) - bg
+                # the fitted origin ``org`` is site s0: the reference site of this placement
+                org_ref = org + (ref_uv[0] - s0) @ vec
+                yield org_ref, vec, cand, con
+
     best = None
-    for _, org, vec, hk in fits:
-        field = _residual_field(pts, hk, org, vec)
-        for s0 in np.unique(np.round(ref_uv, 6), axis=0):
-            cand, pxy = _place_sites(cell, org, vec, s0, img, shape, field)
-            if region is not None:
-                inside = region(cand[["x_A", "y_A"]].to_numpy())
-                cand, pxy = cand[inside].reset_index(drop=True), pxy[inside]
-            con = ndimage.map_coordinates(sm, [pxy[:, 1], pxy[:, 0]], order=1) - bg
-            others = [t for t in cell.types if t != ref]
-            score = sum(
-                float(np.mean(con[(cand["type"] == t).to_numpy()]))
-                for t in others
-                if (cand["type"] == t).any()
-            )
-            ang = abs(float(np.degrees(np.arctan2(vec[0, 1], vec[0, 0]))))
-            # equivalent placements (within 2 % of the contrast) tie: a nearest to +x
-            if (
-                best is None
-                or score > best[0] + 0.02 * abs(best[0]) + 1e-12
-                or (score >= best[0] - 0.02 * abs(best[0]) and ang < best[1] - 1e-6)
-            ):
-                best = (score, ang, org, vec, cand, con)
+    for org, vec, cand, con in candidates(np.unique(np.round(ref_uv, 6), axis=0)):
+        score = total(cand, con, others)
+        ang = abs(float(np.degrees(np.arctan2(vec[0, 1], vec[0, 0]))))
+        # equivalent placements (within 2 % of the contrast) tie: a nearest to +x
+        if (
+            best is None
+            or score > best[0] + 0.02 * abs(best[0]) + 1e-12
+            or (score >= best[0] - 0.02 * abs(best[0]) and ang < best[1] - 1e-6)
+        ):
+            best = (score, ang, org, vec, cand, con)
     _, _, org, vec, cand, con = best
+    alias = _alias_types(cell, ref)
+    if alias:
+        best_total = total(cand, con, cell.types)
+        s_alias = cell.sites.loc[cell.sites["type"].isin(alias), ["u", "v"]].to_numpy(float)
+        for o2, v2, c2, k2 in candidates(np.unique(np.round(s_alias, 6), axis=0)):
+            t2 = total(c2, k2, cell.types)
+            # a clearly larger sum: the cell's empty position left out
+            if t2 > (1.0 + ALIAS_MARGIN) * best_total + 1e-12:
+                best_total, org, vec, cand, con = t2, o2, v2, c2, k2
     return org, vec, cand, con
+
+
+def _type_distance(cell: ProjectedCell, t1: str, t2: str) -> float:
+    """Shortest projected distance between a column of type ``t1`` and one of ``t2``, Å."""
+    s = cell.sites
+    uv1 = s.loc[s["type"] == t1, ["u", "v"]].to_numpy(float)
+    uv2 = s.loc[s["type"] == t2, ["u", "v"]].to_numpy(float)
+    shifts = np.array([(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)], dtype=float)
+    d = (uv2[None, :, None, :] - uv1[:, None, None, :]) + shifts[None, None]
+    return float(np.linalg.norm(d.reshape(-1, 2) @ cell.vectors(), axis=1).min())
+
+
+def _alias_types(cell: ProjectedCell, ref: str) -> list[str]:
+    """Other column types whose sublattice is a translate of the reference one, when that
+    translation does not map the cell's columns onto themselves.
+
+    Peaks of such a type fit the reference lattice as well (Cs–Br and Br in [011]), and the
+    geometry tells the two assignments apart: the translate moves the cell's empty position
+    (½, ½) of [011] onto a column.  Cs and Pb–Br in [001] are not aliases: the translation
+    (½, ½) maps the four columns of the cell onto each other, and only the brightness (the
+    reference type is the brightest) can tell them apart.
+    """
+    s = cell.sites
+    uv_all = s[["u", "v"]].to_numpy(float)
+
+    def same_set(p: np.ndarray, q: np.ndarray) -> bool:
+        if len(p) != len(q):
+            return False
+        d = p[:, None, :] - q[None, :, :]
+        m = np.all(np.abs(d - np.round(d)) < 1e-6, axis=2)
+        return bool(m.any(axis=1).all() and m.any(axis=0).all())
+
+    ref_uv = s.loc[s["type"] == ref, ["u", "v"]].to_numpy(float)
+    out = []
+    for t in cell.types:
+        if t == ref:
+            continue
+        uv = s.loc[s["type"] == t, ["u", "v"]].to_numpy(float)
+        for i in range(len(uv)):
+            shift = uv[i] - ref_uv[0]
+            if same_set(ref_uv + shift, uv) and not same_set(uv_all + shift, uv_all):
+                out.append(t)
+                break
+    return out
 
 
 def _present_sites(
