@@ -97,6 +97,7 @@ def test_cli_strain(two_crystal_columns, tmp_path, capsys):
     assert main(["atoms", "strain", str(path), "-o", str(out)]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "450 of 450 columns indexed in 2 crystals" in text
+    assert "mean shear of the lattice vs the cell" in text  # StatSTEM's square-cell frame
     st = read_table(out)
     # an unstrained simulated crystal: |ε| / propagated error is |N(0, 1)|-like (median
     # 0.67; measured 0.69-0.81, within 3σ 0.99).  Before the variance model of fit_columns'
@@ -105,6 +106,8 @@ def test_cli_strain(two_crystal_columns, tmp_path, capsys):
     assert np.all(np.nanmedian(z, axis=0) < 0.95) and np.nanmean(z < 3) > 0.97
     cell = pd.read_csv(tmp_path / "st_cell.csv")
     assert cell["a_A"].iloc[0] == pytest.approx(5.87, rel=0.002)
+    # an unsheared simulated crystal: the lattice's mean shear is zero within its error
+    assert abs(cell["lattice_shear_xy"].iloc[0]) < 4 * cell["lattice_shear_xy_err"].iloc[0]
     assert (tmp_path / "st.png").exists()
     assert main(["atoms", "strain", str(path), "-o", str(out)]) == 2  # exists: refused
     assert (
@@ -161,3 +164,38 @@ def test_bad_radius_and_unfitted_columns_are_reported():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # fitted-like columns (with errors): no warning
         lattice_strain(fit_lattice(_columns(0.0, rng=np.random.default_rng(1)), cell))
+
+
+@pytest.mark.parametrize("rot", [0.0, 30.0, -65.0])
+def test_mean_shear_of_the_fitted_lattice_is_reported(rot):
+    # the fitted lattice absorbs a uniform shear (scan distortion): the local ε_xy is ~0
+    # and was the only shear reported, so a map referred to the cell's square (StatSTEM)
+    # differed by a constant (real CsPbBr3: 0.014).  The lattice's own mean shear is now in
+    # attrs with its error, and ε_xy + lattice_shear_xy is the shear relative to the cell
+    from perovstem.atoms import strain_analysis, unit_cell_table
+
+    rng = np.random.default_rng(7)
+    cell = cspbbr3_001_cell()
+    h, k = np.meshgrid(np.arange(12), np.arange(11), indexing="ij")
+    gam = 0.03  # simple shear x += γ·y: ε_xy = γ/2 in the lattice frame
+    rows = []
+    for t, (u, v) in [("PbBr", (0, 0)), ("Br", (0.5, 0)), ("Br", (0, 0.5)), ("Cs", (0.5, 0.5))]:
+        y = (k.ravel() + v) * 5.87
+        x = (h.ravel() + u) * 5.87 + gam * y
+        rows.append(pd.DataFrame({"x": x, "y": y, "type": t}))
+    d = pd.concat(rows, ignore_index=True)
+    c, s = np.cos(np.radians(rot)), np.sin(np.radians(rot))
+    sig = 0.03
+    d["x_A"] = c * d.x - s * d.y + 80 + rng.normal(0, sig, len(d))
+    d["y_A"] = s * d.x + c * d.y + 80 + rng.normal(0, sig, len(d))
+    d["x_err_A"] = d["y_err_A"] = sig
+    st, uc = strain_analysis(d.drop(columns=["x", "y"]), cell)
+    assert abs(np.nanmedian(st["eps_xy"])) < 2e-3  # the lattice absorbed it
+    # at -65° the lattice's a is the old b (ε_xy changes sign with the frame)
+    want = gam / 2 if abs(rot) < 45 else -gam / 2
+    shear, err = st.attrs["lattice_shear_xy"], st.attrs["lattice_shear_xy_err"]
+    assert 0 < err < 2e-3 and abs(shear - want) < 4 * err, (shear, err, want)
+    assert st.attrs["angle_err_deg"] > 0
+    assert abs(st.attrs["angle_deg"] - 90.0) == pytest.approx(np.degrees(np.arctan(gam)), abs=0.1)
+    t = unit_cell_table(uc, lattice=st)
+    assert t.attrs["lattice_shear_xy"] == shear and (t["lattice_shear_xy_err"] == err).all()

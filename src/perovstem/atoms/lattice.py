@@ -13,6 +13,7 @@ projected unit cell is the average of every indexed column folded into one cell
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -64,7 +65,9 @@ def fit_lattice(
         Copy of ``columns`` with ``h, k, site, x_ideal_A, y_ideal_A, dx_A, dy_A``; columns that
         cannot be indexed have NaN ideal positions.  ``attrs``: ``lattice_vectors_A`` (2×2 rows
         a, b), ``lattice_origin_A``, ``lattice_vectors_err_A`` (standard errors) and
-        ``a_A``, ``b_A``, ``angle_deg`` of the fitted lattice.  With a ``grain`` column
+        ``a_A``, ``b_A``, ``angle_deg`` of the fitted lattice, ``angle_err_deg`` and its mean
+        shear relative to the cell ``lattice_shear_xy`` ± ``lattice_shear_xy_err``
+        (:func:`_lattice_shear`; lattice frame).  With a ``grain`` column
         (several crystals, :func:`find_columns`) each grain is indexed to its own lattice;
         ``attrs`` then describe the grain with the most columns and ``attrs["grains"]``
         lists each grain's lattice.
@@ -155,6 +158,12 @@ def fit_lattice(
     out["dx_A"], out["dy_A"] = xy[:, 0] - ideal[:, 0], xy[:, 1] - ideal[:, 1]
     a_len, b_len = np.linalg.norm(vec, axis=1)
     angle = float(np.rad2deg(np.arccos(np.dot(vec[0], vec[1]) / (a_len * b_len))))
+    # covariance of (a_x, a_y, b_x, b_y): x and y fitted independently with one s²
+    c_ab = cov[1:3, 1:3]
+    cov4 = np.zeros((4, 4))
+    cov4[np.ix_([0, 2], [0, 2])] = c_ab
+    cov4[np.ix_([1, 3], [1, 3])] = c_ab
+    shear = _lattice_shear(vec, cov4, cell_given)
     out.attrs = dict(columns.attrs)
     out.attrs.pop("grains", None)  # find_columns' lattices: replaced by this fit
     out.attrs.update(
@@ -164,11 +173,61 @@ def fit_lattice(
         a_A=float(a_len),
         b_A=float(b_len),
         angle_deg=angle,
+        **shear,
         reference_type=ref,
         reference_site_uv=[float(v) for v in s0],
         cell=cell.name,
     )
     return out
+
+
+_SHEAR_KEYS = ("angle_deg", "angle_err_deg", "lattice_shear_xy", "lattice_shear_xy_err")
+
+
+def _lattice_shear(vec: np.ndarray, cov4: np.ndarray, cell: ProjectedCell) -> dict[str, float]:
+    """Angle of the fitted lattice and its mean shear relative to the cell, with errors.
+
+    The fitted lattice absorbs the image's uniform shear (scan distortion, a sheared
+    crystal), so the local ε_xy of :func:`lattice_strain` is relative to it; the mean shear
+    is ε_xy = ½(F_xy + F_yx) of the F that maps the cell (scaled to the fitted a, lattice
+    frame: x along a, the fitted handedness) onto the fitted vectors — ½·cos γ for a
+    rectangular cell.  ε_xy + ``lattice_shear_xy`` is the shear relative to the cell's angle
+    (StatSTEM's square reference cell for [001]).  Errors by linear propagation of ``cov4``,
+    the covariance of ``(a_x, a_y, b_x, b_y)`` (Å²).
+
+    Returns
+    -------
+    dict
+        ``angle_err_deg``, ``lattice_shear_xy``, ``lattice_shear_xy_err``.
+    """
+    v0 = cell.vectors(0.0)
+
+    def angle_shear(p: np.ndarray) -> np.ndarray:
+        v = p.reshape(2, 2)
+        th = np.arctan2(v[0, 1], v[0, 0])
+        c, s_ = np.cos(th), np.sin(th)
+        vl = v @ np.array([[c, -s_], [s_, c]])  # rows in the lattice frame (a along +x)
+        ref = v0 * (np.linalg.norm(v[0]) / cell.a_A)
+        if np.linalg.det(vl) < 0:  # a left-handed fit: the cell mirrored the same way
+            ref = ref * [1.0, -1.0]
+        f = vl.T @ np.linalg.inv(ref.T)  # F·a0 = a, F·b0 = b
+        gam = np.arccos(np.dot(v[0], v[1]) / (np.linalg.norm(v[0]) * np.linalg.norm(v[1])))
+        return np.array([np.degrees(gam), 0.5 * (f[0, 1] + f[1, 0])])
+
+    p0 = np.asarray(vec, float).ravel()
+    val = angle_shear(p0)
+    jac = np.zeros((2, 4))
+    step = 1e-6 * max(float(np.abs(p0).max()), 1.0)
+    for i in range(4):
+        d = np.zeros(4)
+        d[i] = step
+        jac[:, i] = (angle_shear(p0 + d) - angle_shear(p0 - d)) / (2 * step)
+    err = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", jac, cov4, jac), 0.0))
+    return {
+        "angle_err_deg": float(err[0]),
+        "lattice_shear_xy": float(val[1]),
+        "lattice_shear_xy_err": float(err[1]),
+    }
 
 
 def _fit_grains(columns: pd.DataFrame, cell: ProjectedCell, **kw) -> pd.DataFrame:
@@ -186,7 +245,7 @@ def _fit_grains(columns: pd.DataFrame, cell: ProjectedCell, **kw) -> pd.DataFram
         keys = ("lattice_vectors_A", "lattice_vectors_err_A", "lattice_origin_A", "a_A", "b_A")
         grains.append(
             {"grain": int(g), "reference_site_uv": fit.attrs["reference_site_uv"]}
-            | {k: fit.attrs[k] for k in (*keys, "angle_deg")}
+            | {k: fit.attrs[k] for k in (*keys, *_SHEAR_KEYS)}
         )
     out = pd.concat(parts).loc[columns.index]
     out.attrs = dict(parts[0].attrs)
@@ -476,7 +535,13 @@ def strain_analysis(
     Returns
     -------
     strain : DataFrame
-        :func:`lattice_strain` output (``h, k, site, dx_A, dy_A, eps_*``, ``*_err``).
+        :func:`lattice_strain` output (``h, k, site, dx_A, dy_A, eps_*``, ``*_err``);
+        ``attrs`` hold the fitted lattice (:func:`fit_lattice`) with its ``angle_deg`` ±
+        ``angle_err_deg`` and mean shear ``lattice_shear_xy`` ± ``lattice_shear_xy_err``
+        relative to the cell's angle: ε_xy is relative to the fitted lattice, which absorbs
+        a uniform shear of the image; ε_xy + ``lattice_shear_xy`` compares with a strain
+        map referred to the cell (StatSTEM's square reference cell).  Per crystal in
+        ``attrs["grains"]``.
     unit_cell : ProjectedCell
         :func:`projected_unit_cell` of the indexed columns.
     """
@@ -485,11 +550,29 @@ def strain_analysis(
     return strain, projected_unit_cell(indexed, cell)
 
 
-def unit_cell_table(unit_cell: ProjectedCell) -> pd.DataFrame:
+def unit_cell_table(unit_cell: ProjectedCell, *, lattice: Any = None) -> pd.DataFrame:
     """The measured projected cell as a table: one row per site, the cell's ``a_A, b_A,
-    angle_deg`` in ``attrs`` and as columns (for writing to Parquet/CSV)."""
+    angle_deg`` in ``attrs`` and as columns (for writing to Parquet/CSV).
+
+    Parameters
+    ----------
+    unit_cell : ProjectedCell
+        :func:`projected_unit_cell` output.
+    lattice : DataFrame or mapping, optional
+        The :func:`strain_analysis` strain table (or its ``attrs``): adds the angle's
+        standard error ``angle_err_deg`` (degrees) and the fitted lattice's mean shear
+        ``lattice_shear_xy`` ± ``lattice_shear_xy_err`` relative to the cell's angle
+        (:func:`fit_lattice`; local ε_xy + this = the shear relative to a square reference
+        cell, StatSTEM's convention), as ``attrs`` and columns.
+    """
     t = unit_cell.sites.copy()
     t.insert(0, "site", np.arange(len(t)))
     t["a_A"], t["b_A"], t["angle_deg"] = unit_cell.a_A, unit_cell.b_A, unit_cell.angle_deg
     t.attrs.update(a_A=unit_cell.a_A, b_A=unit_cell.b_A, angle_deg=unit_cell.angle_deg)
+    if lattice is not None:
+        attrs = lattice.attrs if isinstance(lattice, pd.DataFrame) else dict(lattice)
+        for k in _SHEAR_KEYS[1:]:
+            if k in attrs:
+                t[k] = float(attrs[k])
+                t.attrs[k] = float(attrs[k])
     return t

@@ -62,7 +62,7 @@ def strain(
     st, uc = strain_analysis(table, _cell_arg(cell), reference_type=reference_type, radius_A=radius)
     st.attrs["source"] = str(columns)
     save_table(st, out)
-    save_table(unit_cell_table(uc), cell_out)
+    save_table(unit_cell_table(uc, lattice=st), cell_out)
     fig = plot_strain_maps(st)
     save_figure(fig, plot)
     err = st.attrs.get("lattice_vectors_err_A")
@@ -72,10 +72,19 @@ def strain(
     n_ok = int((st["site"] >= 0).sum())
     grains = st.attrs.get("grains")
     where = f" in {len(grains)} crystals (largest shown)" if grains else ""
+    ang_err = st.attrs.get("angle_err_deg")
     msg = (
         f"{n_ok} of {len(st)} columns indexed{where}; a = {uc.a_A:.4f}{a_err} Å, "
-        f"b = {uc.b_A:.4f}{b_err} Å, angle {uc.angle_deg:.2f}°"
+        f"b = {uc.b_A:.4f}{b_err} Å, angle {uc.angle_deg:.2f}"
+        f"{f' ± {ang_err:.2f}' if ang_err is not None else ''}°"
     )
+    if "lattice_shear_xy" in st.attrs:
+        # ε_xy is relative to the fitted lattice; its own shear vs the cell, for comparison
+        # with maps referred to the cell's angle (StatSTEM's square reference)
+        msg += (
+            f"; mean shear of the lattice vs the cell ε_xy = {st.attrs['lattice_shear_xy']:+.4f}"
+            f" ± {st.attrs['lattice_shear_xy_err']:.4f} (add to ε_xy for the cell's frame)"
+        )
     if "eps_xx_err" in st.columns:
         msg += f"; median σ(ε_xx) {np.nanmedian(st['eps_xx_err']):.2%}"
     console.print(f"{msg} → {out}, {cell_out}, {plot}")

@@ -70,7 +70,15 @@ def atoms_strain(ctx: Any, columns: Any) -> dict[str, Any]:
     if "eps_xx_err" in strain.columns:
         caption += f", median error {np.nanmedian(strain['eps_xx_err']):.2%} (from the CRLB)"
     ctx.figure("strain", plot_strain_maps(strain), title="Strain maps", caption=caption)
-    table = unit_cell_table(uc)
+    table = unit_cell_table(uc, lattice=strain)
+    if "lattice_shear_xy" in strain.attrs:
+        ctx.metric(
+            "lattice shear",
+            float(strain.attrs["lattice_shear_xy"]),
+            err=float(strain.attrs["lattice_shear_xy_err"]),
+            caption="mean ε_xy of the fitted lattice relative to the cell's angle (largest "
+            "crystal): add to ε_xy to compare with a map referred to the cell (StatSTEM)",
+        )
     ctx.table(
         "unit_cell",
         table[[c for c in ("site", "type", "u", "v", "u_err", "v_err", "n_columns") if c in table]],
