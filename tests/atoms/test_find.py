@@ -475,3 +475,46 @@ def test_one_crystal_is_one_grain():
         )
         cols = find_columns(img, cell=cspbbr3_001_cell())
         assert (cols["grain"] == 0).all() and len(cols.attrs["grains"]) == 1
+
+
+@pytest.mark.parametrize(("small", "rot", "shift", "seed"), [(12.0, 30.0, (48.0, 0.0), 2)])
+def test_a_crystal_too_small_for_a_grain_keeps_its_own_peaks(small, rot, shift, seed):
+    # a crystal of < 12 reference columns (3×3 cells) is no grain: the big grain's sites
+    # were placed over it and passed the presence test between its columns (3–7 false
+    # columns, its columns' recall 0.08–0.18).  Its unexplained peaks are now columns of
+    # grain −1 (not indexed, typed by intensity) and the sites between them go
+    import warnings
+
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.transform import Rotation
+
+    import perovstem.simulate as sim
+    from perovstem.atoms import strain_analysis
+
+    a = sim.nanocrystal(40.0, rng=seed)
+    b = sim.nanocrystal(small, rng=seed + 1)
+    ca = a.positions.mean(axis=0)
+    b.positions = (
+        Rotation.from_euler("z", rot, degrees=True).apply(b.positions - b.positions.mean(0))
+        + ca
+        + [*shift, 0.0]
+    )
+    img, truth = sim.haadf_image(a + b, pixel_size_A=0.3, dose_e_per_A2=2e4, rng=seed + 10)
+    xt = truth[["x_A", "y_A"]].to_numpy()
+    lab = fcluster(linkage(xt, "single"), 4.5, "distance")
+    in_small = lab != np.bincount(lab).argmax()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cols = find_columns(img, cell=cspbbr3_001_cell())
+    xf = cols[["x_A", "y_A"]].to_numpy()
+    false = cKDTree(xt).query(xf)[0] > 0.6
+    assert false.sum() <= 1, xf[false]  # measured 0-2 per field (3-7 before)
+    assert np.mean(cKDTree(xf).query(xt[in_small])[0] < 0.6) > 0.4  # measured 0.51-0.6
+    assert np.mean(cKDTree(xf).query(xt[~in_small])[0] < 0.6) > 0.99
+    free = cols["grain"] == -1
+    assert free.sum() >= 5 and (cols.loc[free, "site"] == -1).all()
+    assert cols.attrs["n_unindexed"] == free.sum()
+    # downstream: indexed per grain, the free columns left unindexed
+    st, _ = strain_analysis(cols.assign(x_err_A=0.05, y_err_A=0.05), cspbbr3_001_cell())
+    assert (st.loc[free.to_numpy(), "site"] == -1).all()
+    assert (st.loc[~free.to_numpy(), "site"] >= 0).mean() > 0.99

@@ -75,7 +75,9 @@ def fit_lattice(
     for c in ("x_A", "y_A", "type"):
         if c not in columns.columns:
             raise DataError(f"`columns` needs column {c!r}, got {list(columns.columns)}")
-    if "grain" in columns.columns and columns["grain"].nunique() > 1:
+    if "grain" in columns.columns and (
+        columns["grain"].nunique() > 1 or (columns["grain"] < 0).any()
+    ):
         return _fit_grains(columns, cell, reference_type=reference_type, rotation_deg=rotation_deg)
     ref = reference_type if reference_type is not None else cell.sites["type"].iloc[0]
     if ref not in cell.types:
@@ -231,9 +233,16 @@ def _lattice_shear(vec: np.ndarray, cov4: np.ndarray, cell: ProjectedCell) -> di
 
 
 def _fit_grains(columns: pd.DataFrame, cell: ProjectedCell, **kw) -> pd.DataFrame:
-    """:func:`fit_lattice` per grain, rows in the input order."""
+    """:func:`fit_lattice` per grain, rows in the input order.
+
+    Rows of grain −1 (peaks of a crystal too small for a lattice, :func:`find_columns`) are
+    not indexed: ``site`` −1, NaN ideal positions and displacements.
+    """
     parts, grains = [], []
-    sizes = columns["grain"].value_counts()
+    free = columns["grain"].to_numpy() < 0
+    sizes = columns.loc[~free, "grain"].value_counts()
+    if len(sizes) == 0:
+        raise DataError("no column of `columns` is in a grain (all grain −1: not indexed)")
     for g in sizes.index:
         sub = columns[columns["grain"] == g]
         try:
@@ -247,6 +256,12 @@ def _fit_grains(columns: pd.DataFrame, cell: ProjectedCell, **kw) -> pd.DataFram
             {"grain": int(g), "reference_site_uv": fit.attrs["reference_site_uv"]}
             | {k: fit.attrs[k] for k in (*keys, *_SHEAR_KEYS)}
         )
+    if free.any():
+        un = columns[free].copy()
+        un["h"], un["k"], un["site"] = 0, 0, -1
+        for c in ("x_ideal_A", "y_ideal_A", "dx_A", "dy_A"):
+            un[c] = np.nan
+        parts.append(un)
     out = pd.concat(parts).loc[columns.index]
     out.attrs = dict(parts[0].attrs)
     out.attrs["grains"] = grains
