@@ -811,8 +811,14 @@ def find_columns(
     Returns
     -------
     DataFrame
-        ``x_A, y_A, type, contrast`` (+ ``h, k, site`` with a cell); ``df.attrs`` holds the
-        fitted ``lattice_vectors_A`` and ``lattice_origin_A`` when a cell is used.
+        ``x_A, y_A, type, contrast`` (+ ``h, k, site, grain`` with a cell); ``df.attrs``
+        holds the fitted ``lattice_vectors_A`` and ``lattice_origin_A`` when a cell is used.
+        Columns of a crystal too small for a lattice (:func:`_unindexed_crystals`) have
+        ``grain`` −1 and ``site`` −1 (not indexed, typed by intensity);
+        ``attrs["n_unindexed"]`` counts them.  With a cell whose other sublattices are
+        translates of the reference one (:func:`_alias_types`, the [011] cell) the
+        origin is decided by the geometry (the cell's empty position), not by which
+        column is the brightest (Cd-alloyed [011]: Cs–Br outshines Pb).
 
     Raises
     ------
