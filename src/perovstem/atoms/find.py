@@ -988,6 +988,7 @@ def find_columns(
         img,
         cell.types,
         fine_peaks,
+        ref,
     )
     org, vec, _ = placed[0]
     lattice_scale = _warn_lattice_scale(vec, cell, ref, dx)
@@ -1026,6 +1027,7 @@ def _unindexed_crystals(
     img: Image,
     types: list,
     fine_peaks: Any = None,
+    ref: str | None = None,
 ) -> tuple[pd.DataFrame, int]:
     """Columns of crystals too small to be a grain: their peaks, not a grain's sites.
 
@@ -1040,7 +1042,9 @@ def _unindexed_crystals(
     with those of ``fine_peaks()`` (a search at 0.75 × ``dmin``, for the dimmer columns
     between the reference ones) within ``spacing`` of them, unexplained as well — become
     columns of ``grain`` −1 (``site`` −1: not indexed, ``h, k`` 0), typed by
-    intensity — the type whose median contrast among the kept columns is nearest.  A peak on
+    intensity — the type whose median contrast among the kept columns, scaled so that the
+    reference type ``ref`` matches the upper half of the crystal's own (coarse) peaks, is
+    nearest.  A peak on
     a site the presence test dropped (a thin edge column) is not off the lattice and stays
     out; so does a lone noise peak.  A kept site goes when it has no peak of its own within
     0.3 × ``dmin`` and one of these columns is within 0.75 × ``dmin`` (between the small
@@ -1069,6 +1073,7 @@ def _unindexed_crystals(
     free = xy_off[counts[lab] >= 3]
     if len(free) == 0:
         return out, 0
+    n_coarse = len(free)
     if fine_peaks is not None:
         fp = fine_peaks()
         if len(fp):
@@ -1098,6 +1103,14 @@ def _unindexed_crystals(
     }
     names = list(med)
     level = np.array([med[t] for t in names])
+    # on the crystal's own intensity scale: its coarse peaks (the upper half of them) are
+    # its reference columns (a 15 Å crystal beside a 40 Å one is 1/3 as bright: every
+    # column typed one class too dim on the big crystal's scale)
+    ref_t = ref if ref in med else names[int(np.argmax(level))]
+    c0 = con[:n_coarse]
+    c0 = c0[c0 >= np.median(c0)]
+    if c0.size and np.median(c0) > 0 and med[ref_t] > 0:
+        level = level * (float(np.median(c0)) / med[ref_t])
     typ = np.array(names, dtype=object)[np.argmin(np.abs(con[:, None] - level[None]), axis=1)]
     extra = pd.DataFrame(
         {
