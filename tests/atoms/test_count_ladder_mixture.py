@@ -101,6 +101,10 @@ def test_ladder_options_are_checked():
         fit_ladder(x, 0)
     with pytest.raises(ParameterError, match="max_levels"):
         ladder_sweep(x, max_levels=1.5)
+    from perovstem.errors import DataError
+
+    with pytest.raises(DataError, match="at least 20 columns"):
+        count_atoms(x[:19], method="ladder")
     # the GMM default first count is still 1
     assert count_atoms(x, n_components=2).attrs["counting"]["all"]["first_count"] == 1
 

@@ -512,6 +512,9 @@ def ladder_sweep(
     return LadderSweep(fits, table, sel, rule)
 
 
+_MIN_COLUMNS = 20  # twice the largest parameter count (3 + 1 mean, 3 width, 4 weight)
+
+
 def count_ladder(
     df: pd.DataFrame,
     x: np.ndarray,
@@ -541,6 +544,14 @@ def count_ladder(
     for typ in pd.unique(types):
         sel = types == typ
         xs = x[sel]
+        if xs.size < _MIN_COLUMNS:
+            from perovstem.errors import DataError
+
+            raise DataError(
+                f"count_atoms(method='ladder'): type {str(typ)!r} has {xs.size} columns; the "
+                f"ladder mixture has up to 11 parameters and needs at least {_MIN_COLUMNS} "
+                "columns per type (use method='gmm' or a library)"
+            )
         kfix = n_levels.get(typ) if isinstance(n_levels, dict) else n_levels
         if kfix is not None:
             fit = fit_ladder(xs, int(kfix), first_count=first_count)
