@@ -936,7 +936,8 @@ def _check_count_options(n_components: Any, max_components: Any, first_count: An
         items = value.items() if isinstance(value, dict) else [(None, value)]
         for key, v in items:
             _check_int_ge(name if key is None else f"{name}[{key!r}]", v, 1)
-    _check_int_ge("first_count", first_count, 0)
+    if first_count is not None:
+        _check_int_ge("first_count", first_count, 0)
 
 
 def count_atoms(
@@ -948,7 +949,7 @@ def count_atoms(
     equal_spacing: bool = False,
     criterion: str = "icl",
     rule: str = "prominence",
-    first_count: int = 1,
+    first_count: int | None = None,
     library: Any = None,
     scale_range: tuple[float, float] = (0.8, 1.25),
     library_tol: float = 1.5,
@@ -958,10 +959,13 @@ def count_atoms(
     termination: str = "mixed",
     cd_fraction: float = 0.0,
     check_ladder: bool = True,
+    method: str = "gmm",
 ) -> pd.DataFrame:
     """Count atoms per column by an equal-width Gaussian mixture of the cross-sections.
 
     Each column type is counted separately (Pb-Br and Cs columns have different SCS per atom).
+    ``method="ladder"`` uses the smooth ladder mixture of :mod:`perovstem.atoms.ladder`
+    instead (library-free; measured against the default in docs/counting.md).
 
     Parameters
     ----------
@@ -979,8 +983,10 @@ def count_atoms(
         Equally spaced component means.
     criterion, rule : str
         Model-order selection, see :func:`gmm_sweep`.
-    first_count : int
-        Atoms in the lowest component (StatSTEM's offset + 1).  Ignored with ``library``.
+    first_count : int, optional
+        Atoms in the lowest component (StatSTEM's offset + 1); default 1 for
+        ``method="gmm"`` and estimated from the ladder for ``method="ladder"`` (see
+        :func:`perovstem.atoms.ladder.fit_ladder`).  Ignored with ``library``.
     library : optional
         SCS library (see :func:`perovstem.atoms.library.as_library`; a dict per type, or
         ``"simulate"``).  A mixture only orders the columns; the library fixes the absolute
@@ -1009,6 +1015,14 @@ def count_atoms(
         with a warning); if none passes, the choice is kept and a warning is given.  On
         held-out simulated images this raised the correctly counted runs from 13 to 17 of 108
         (none lost) and left StatSTEM's Pb example at 11 components.
+    method : {"gmm", "ladder"}
+        ``"gmm"`` (default): the mixture above.  ``"ladder"``: per type a smooth ladder
+        mixture (means on a ladder with a slowly varying step, widths growing smoothly with
+        the level, smooth weights; :func:`perovstem.atoms.ladder.ladder_sweep`), the number
+        of levels by BIC with an over-split guard, the first count estimated unless
+        ``first_count`` is given.  ``n_components`` / ``max_components`` are the number of
+        levels; ``equal_spacing``, ``criterion``, ``rule`` and ``check_ladder`` do not apply
+        and a ``library`` is refused.
 
     Returns
     -------
@@ -1031,6 +1045,29 @@ def count_atoms(
         none of the 13 correct ones (docs/counting.md).
     """
     _check_count_options(n_components, max_components, first_count)
+    if method not in ("gmm", "ladder"):
+        raise ParameterError(f"`method` must be 'gmm' or 'ladder', got {method!r}")
+    if method == "ladder":
+        if library is not None:
+            raise ParameterError(
+                "`method='ladder'` is library-free: give `library` with method='gmm' (the "
+                "library fixes the counts) or drop it"
+            )
+        if equal_spacing:
+            raise ParameterError("`equal_spacing` does not apply to `method='ladder'`")
+        from perovstem.atoms.ladder import count_ladder
+
+        df, x, t = _table_input(scs, types)
+        return count_ladder(
+            df,
+            x,
+            t,
+            n_levels=n_components,
+            max_levels=max_components,
+            first_count=first_count,
+        )
+    if first_count is None:
+        first_count = 1
     if not (
         isinstance(scale_spread, (int, float)) and np.isfinite(scale_spread) and scale_spread > 0
     ):

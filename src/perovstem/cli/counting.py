@@ -73,7 +73,13 @@ def count(
         ..., help="Column table with 'scs' (or 'scs_A2') and optionally 'type'."
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Output table (.parquet/.csv)."),
-    method: str = typer.Option("gmm", "--method", help="gmm | library | hybrid."),
+    method: str = typer.Option(
+        "gmm",
+        "--method",
+        help="gmm | ladder | library | hybrid.  ladder: library-free smooth ladder mixture "
+        "(levels by BIC with an over-split guard, first count estimated unless "
+        "--first-count is given; docs/counting.md).",
+    ),
     max_components: int = typer.Option(
         None, "--max-components", help="Largest k of the sweep (default 30)."
     ),
@@ -81,7 +87,11 @@ def count(
     equal_spacing: bool = typer.Option(False, "--equal-spacing", help="Equally spaced means."),
     criterion: str = typer.Option("icl", "--criterion", help="icl | bic | aic."),
     rule: str = typer.Option("prominence", "--rule", help="prominence | first | global."),
-    first_count: int = typer.Option(1, "--first-count", help="Atoms in the lowest component."),
+    first_count: int = typer.Option(
+        None,
+        "--first-count",
+        help="Atoms in the lowest component (default 1 for gmm, estimated for ladder).",
+    ),
     check_ladder: bool = typer.Option(
         True,
         "--ladder-check/--no-ladder-check",
@@ -135,8 +145,13 @@ def count(
     from perovstem.cli._common import check_outputs, console
     from perovstem.io import read_table, save_table
 
-    if method not in ("gmm", "library", "hybrid"):
-        raise ParameterError(f"--method must be gmm, library or hybrid, got {method!r}")
+    if method not in ("gmm", "ladder", "library", "hybrid"):
+        raise ParameterError(f"--method must be gmm, ladder, library or hybrid, got {method!r}")
+    if method == "ladder" and library is not None:
+        raise ParameterError(
+            f"--method ladder is library-free; --library {library!r} needs --method gmm, "
+            "library or hybrid"
+        )
     if components is not None and max_components is not None:
         # -k skips the sweep that --max-components bounds: one of them would be ignored
         raise ParameterError(
@@ -181,7 +196,15 @@ def count(
     )
     if method in ("library", "hybrid") and lib is None:
         raise ParameterError(f"--method {method} needs --library ('simulate' or a table file)")
-    if method == "gmm":
+    if method == "ladder":
+        res = count_atoms(
+            df,
+            n_components=components,
+            **({} if max_components is None else {"max_components": max_components}),
+            first_count=first_count,
+            method="ladder",
+        )
+    elif method == "gmm":
         res = count_atoms(
             df,
             n_components=components,
@@ -232,7 +255,7 @@ def count(
                 + "; ".join(chk["messages"])
                 + ". Use --library or check --criteria-out."
             )
-    if criteria_out is not None and method == "gmm":
+    if criteria_out is not None and method in ("gmm", "ladder"):
         rows = []
         for t in types:
             cc = info.get(t, {}).get("criterion_curve", {})

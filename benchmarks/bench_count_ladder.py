@@ -1,0 +1,158 @@
+"""Library-free counting on simulated images: default GMM + ICL vs the smooth ladder mixture.
+
+Plain script, not collected by pytest.  Per seed, 54 runs: metallic Pb columns ([001], fcc
+a = 4.95 Å) of 1-10, 1-20 or 1-30 atoms, 40 / 100 / 300 columns, 2e3 / 1e4 / 5e4 e/Å², counts
+uniform or sphere-like (P(n) ~ n: the column lengths of a ball), imaged by the fast HAADF
+model (abTEM-calibrated SCS, Poisson noise, 0.25 Å pixels) and measured by ``fit_columns``
+(as ``tests/atoms/test_count_ladder.py::_pb_columns``).  Each run is counted by
+``count_atoms`` (default) and ``count_atoms(method="ladder")``.
+
+Sets: tune (seeds 0, 1), held-out (100, 101), fresh (400, 401).  A run is *correct* when
+>= 80 % of the columns are counted exactly and the total is within 5 %; *over-split* when
+the total is > 1.5x the truth, *merged* when < 0.67x.
+
+Usage::
+
+    python benchmarks/bench_count_ladder.py                 # all sets (~15 min on 2 cores)
+    python benchmarks/bench_count_ladder.py --seeds 0 1     # one set
+
+Writes ``benchmarks/results/bench_count_ladder.json`` (per-run rows and the summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "bench_count_ladder.json"
+A_PB = 4.95
+SETS = {"tune": (0, 1), "held-out": (100, 101), "fresh": (400, 401)}
+
+
+def simulate(seed: int, n_cols: int, max_atoms: int, dose: float, dist: str):
+    """Fitted SCS and true counts of one run."""
+    from ase import Atoms
+
+    from perovstem.atoms import fit_columns
+    from perovstem.simulate import haadf_image
+
+    rng = np.random.default_rng([seed, n_cols, max_atoms, int(dose), dist == "sphere"])
+    side = int(np.ceil(np.sqrt(n_cols)))
+    ij = np.array([(i, j) for i in range(side) for j in range(side)])[:n_cols]
+    xy = ij * A_PB / np.sqrt(2)
+    lev = np.arange(1, max_atoms + 1)
+    if dist == "uniform":
+        n = rng.integers(1, max_atoms + 1, n_cols)
+    else:
+        n = rng.choice(lev, n_cols, p=lev / lev.sum())
+    pos = [
+        (x, y, (2 * m + (i + j) % 2) * A_PB / 2)
+        for (x, y), k, (i, j) in zip(xy, n, ij, strict=True)
+        for m in range(k)
+    ]
+    atoms = Atoms("Pb" * len(pos), positions=pos)
+    atoms.arrays["label"] = np.ones(len(atoms), int)  # metallic Pb columns
+    img, truth = haadf_image(atoms, dose_e_per_A2=dose, rng=rng, pixel_size_A=0.25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df = fit_columns(img, truth[["x_A", "y_A"]])
+    x, n = df["scs"].to_numpy(), truth["n_atoms"].to_numpy()
+    keep = x > 0
+    return x[keep], n[keep]
+
+
+def count(x: np.ndarray, method: str) -> tuple[np.ndarray, int, int]:
+    from perovstem.atoms import count_atoms
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = count_atoms(x, method=method)
+    info = r.attrs["counting"]["all"]
+    return r["n_atoms"].to_numpy(), int(info["n_components"]), int(info["first_count"])
+
+
+def summary(rows: list[dict]) -> dict:
+    ex = np.array([r["exact"] for r in rows])
+    ra = np.array([r["total_ratio"] for r in rows])
+    return {
+        "runs": len(rows),
+        "correct": int(np.sum((ex >= 0.8) & (np.abs(ra - 1) <= 0.05))),
+        "mean_exact": float(ex.mean()),
+        "median_total_ratio": float(np.median(ra)),
+        "mean_abs_total_error": float(np.mean(np.abs(ra - 1))),
+        "over_split_gt_1.5": int(np.sum(ra > 1.5)),
+        "merged_lt_0.67": int(np.sum(ra < 0.67)),
+        "median_seconds": float(np.median([r["seconds"] for r in rows])),
+        "max_seconds": float(np.max([r["seconds"] for r in rows])),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seeds", type=int, nargs="*", default=[s for v in SETS.values() for s in v])
+    ap.add_argument("--methods", nargs="*", default=["gmm", "ladder"])
+    args = ap.parse_args()
+    count(np.arange(1.0, 41.0), "ladder")  # numba compile outside the timing
+    rows = []
+    for seed in args.seeds:
+        for dist in ("uniform", "sphere"):
+            for max_atoms in (10, 20, 30):
+                for n_cols in (40, 100, 300):
+                    for dose in (2e3, 1e4, 5e4):
+                        x, n = simulate(seed, n_cols, max_atoms, dose, dist)
+                        for method in args.methods:
+                            t0 = time.perf_counter()
+                            c, k, fc = count(x, method)
+                            dt = time.perf_counter() - t0
+                            rows.append(
+                                {
+                                    "seed": seed,
+                                    "dist": dist,
+                                    "max_atoms": max_atoms,
+                                    "n_cols": int(x.size),
+                                    "dose": dose,
+                                    "method": method,
+                                    "levels": int(np.unique(n).size),
+                                    "k": k,
+                                    "first_count": fc,
+                                    "exact": float(np.mean(c == n)),
+                                    "total_ratio": float(c.sum() / n.sum()),
+                                    "seconds": dt,
+                                }
+                            )
+                print(f"seed {seed} {dist} 1-{max_atoms}: {len(rows)} rows", flush=True)
+    summ = {}
+    for name, seeds in SETS.items():
+        for method in args.methods:
+            sel = [r for r in rows if r["seed"] in seeds and r["method"] == method]
+            if sel:
+                summ[f"{name}/{method}"] = summary(sel)
+                print(name, method, json.dumps(summ[f"{name}/{method}"]), flush=True)
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(
+        json.dumps(
+            {
+                "machine": {
+                    "platform": platform.platform(),
+                    "cpu_count": os.cpu_count(),
+                    "load_average_1min": os.getloadavg()[0],
+                },
+                "summary": summ,
+                "runs": rows,
+            },
+            indent=1,
+        )
+    )
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
