@@ -32,6 +32,11 @@ on the top and bottom facets, separate again): a product that later separates in
 matching its parents is an overlap (``origin="overlap"``, the parts ``"separation"``), and
 a product whose atoms do not add up over its first frames (<= 0.5 or >= 3 times the
 parents') or that vanishes while one parent is seen again next to it is ``"unresolved"``.
+A merge that passes but has a parent seen in fewer than 3 frames at noise level (best
+significance, count over its frame-independent error, below ``min_parent_significance``)
+is ``"merge_uncertain"``: such a parent is as likely a spurious detection (a host patch on
+a damaged crystal, a segmentation fragment) as a cluster, so the event is reported apart
+and not counted as a coalescence.
 
 Output follows the KMC convention (:func:`perovstem.simulate.degradation_kmc`): after a
 merge a new track starts whose ``parents`` are the merged tracks.
