@@ -228,3 +228,22 @@ def test_established_parents_need_no_significance():
 def test_min_parent_significance_must_be_a_number_ge_0(bad):
     with pytest.raises(ParameterError, match="min_parent_significance"):
         track_clusters(brief_parent(2.5), min_parent_significance=bad)
+
+
+def test_per_frame_table_counts_only_confident_merges():
+    # the per-frame table of analyze_series: an uncertain merge is not a merge there
+    from perovstem import Series
+    from perovstem.insitu.analysis import _frames_table
+
+    tracks, lin = track_clusters(brief_parent(2.5))
+    n = int(tracks.frame.max()) + 1
+    series = Series(np.zeros((n, 16, 16)), pixel_size_A=0.5, time_s=np.arange(n, dtype=float))
+    drift = pd.DataFrame({"frame": np.arange(n), "dy_px": 0.0, "dx_px": 0.0})
+    per_frame = pd.DataFrame({"frame": np.arange(n), "skipped": False})
+    out = _frames_table(series, drift, per_frame, tracks, lin)
+    assert out["n_merges"].sum() == 0
+    assert out["n_merges_uncertain"].tolist() == [int(f == 6) for f in range(n)]
+    _, sure = track_clusters(brief_parent(12.0))
+    out = _frames_table(series, drift, per_frame, tracks, sure)
+    assert out["n_merges"].tolist() == [int(f == 6) for f in range(n)]
+    assert out["n_merges_uncertain"].sum() == 0
