@@ -37,7 +37,12 @@ check of :func:`track_clusters` was written, so not a blind test) and ``images_f
 (seeds 501-512, ``HOLDOUT`` conditions, first run once with the final tracker);
 ``*_global_unverified`` is the default tracker with ``verify_merges=False`` (the merges
 before the check over the following frames), ``not_confirmed`` counts the merges the
-check re-labelled ``overlap`` / ``unresolved``.  Run:
+check re-labelled ``overlap`` / ``unresolved`` / ``merge_uncertain``.  Session 6:
+``*_global`` counts only confident merges (a parent tracked < 3 frames must be a >= 5σ
+detection, ``min_parent_significance``), ``*_global_all_merges`` the merges before that
+test (``min_parent_significance=0``, the session-5 default); ``images_other_*`` (seeds
+701-724, 5 nm at 1e4 e/Å²/s and 320 / 280 K, 1.5e3 e/Å²/s and 260 K) is another condition,
+run once after the test was fixed.  Run:
 ``python benchmarks/bench_merges.py [OUT.json]`` (default
 ``benchmarks/results/bench_merges.json``); machine load before/after is stored (the
 machine is shared: the seconds are indicative only).
@@ -82,6 +87,11 @@ IMAGES = [(3e3, 300.0, 3), (3e3, 300.0, 6), (6e3, 300.0, 4), (3e3, 280.0, 25), (
 # of new seeds 501-512 (HOLDOUT conditions), first run once with the final tracker
 IMAGES_HOLDOUT = HOLDOUT
 IMAGES_FRESH = [(phi, temp, seed + 400) for phi, temp, seed in HOLDOUT]
+# other conditions (5 nm, seeds 701-724; session 6): 1e4 e/Å²/s at 320 K and at 280 K,
+# 1.5e3 e/Å²/s at 260 K; first run once with the merge-evidence test fixed
+IMAGES_OTHER = [(1e4, 320.0, s) for s in (701, 702, 703, 704)]
+IMAGES_OTHER += [(1.5e3, 260.0, s) for s in (711, 712, 713, 714)]
+IMAGES_OTHER += [(1e4, 280.0, s) for s in (721, 722, 723, 724)]
 
 
 def _kmc(phi, temp, seed, edge_A=50.0):
@@ -262,7 +272,11 @@ def main() -> None:
         "global_min_merge_frames2": {"min_merge_frames": 2},
     }
     # images only: the merges before the check over the following frames
-    img_variants = variants | {"global_unverified": {"verify_merges": False}}
+    img_variants = variants | {
+        "global_unverified": {"verify_merges": False},
+        # every merge that passed the check over time, the uncertain ones included
+        "global_all_merges": {"min_parent_significance": 0.0},
+    }
     sets = (("truth_tune", TUNE), ("truth_holdout", HOLDOUT), ("truth_fresh", FRESH))
     sets += (("truth_fresh2", FRESH2),)
     for name, cfg in (*sets, ("truth_other", OTHER)):
@@ -291,6 +305,7 @@ def main() -> None:
             res[key] = _summ(ms)
             print(key, res[key], flush=True)
     img_sets = (("", IMAGES), ("holdout_", IMAGES_HOLDOUT), ("fresh_", IMAGES_FRESH))
+    img_sets += (("other_", IMAGES_OTHER),)
     for prefix, cfg in img_sets:
         t0 = time.perf_counter()
         dets = [_image_detections(*c) for c in cfg]
@@ -302,7 +317,7 @@ def main() -> None:
                 ms.append(merge_matches(tracks, lin, tc, e, require_detected=True))
                 for k, v in false_merge_causes(tracks, lin, ms[-1], tc, e).items():
                     causes[k] = causes.get(k, 0) + v
-                for k in ("overlap", "unresolved"):
+                for k in ("overlap", "unresolved", "merge_uncertain"):
                     kinds[k] = kinds.get(k, 0) + int((lin.origin == k).sum())
             key = f"images_{prefix}{vn}"
             res[key] = _summ(ms) | {"false_merge_parent_causes": causes, "not_confirmed": kinds}
@@ -334,6 +349,7 @@ def main() -> None:
         "images": IMAGES,
         "images_holdout": IMAGES_HOLDOUT,
         "images_fresh": IMAGES_FRESH,
+        "images_other": IMAGES_OTHER,
     }
     out = (
         Path(sys.argv[1])

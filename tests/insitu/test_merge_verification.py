@@ -155,3 +155,95 @@ def test_nucleus_next_to_a_coalesced_cluster_is_no_separation():
 def test_verify_merges_must_be_a_bool():
     with pytest.raises(ParameterError, match="verify_merges"):
         track_clusters(crossing_clusters((6, 9)), verify_merges="yes")
+
+
+def brief_parent(parent_sig, n_frames=12):
+    """A 40-atom cluster tracked from frame 0, a 14-atom detection next to it in frame 5
+    only (shot-noise significance ``parent_sig``: count over ``n_atoms_err_stat``), and
+    one 54-atom detection at their mass-weighted centre from frame 6 on; plus a bystander.
+    Counts and positions are exactly those of a coalescence: only the brief parent's
+    significance tells a coalescence from a noise-level detection (a host patch on a
+    damaged crystal) next to a cluster that grew."""
+    rng = np.random.default_rng(11)
+    rows = []
+    for f in range(n_frames):
+        if f < 6:
+            rows.append((f, 50.0, 50.0, 40.0))
+        if f == 5:
+            rows.append((f, 60.0, 50.0, 14.0))
+        if f >= 6:
+            rows.append((f, 52.6, 50.0, 54.0))
+        rows.append((f, 20.0, 90.0, 50.0))
+    d = _table(rows, rng, rel_err=0.15)
+    d["n_atoms_err_stat"] = 0.05 * d["n_atoms"]
+    brief = (d.frame == 5) & (d.x_A > 55.0)
+    d.loc[brief, "n_atoms_err_stat"] = d.loc[brief, "n_atoms"] / parent_sig
+    return d
+
+
+def test_merge_with_a_brief_noise_level_parent_is_uncertain():
+    # the brief parent is a 2.5 sigma detection: the merge is reported apart, not counted
+    tracks, lin = track_clusters(brief_parent(2.5))
+    assert (lin.origin == "merge").sum() == 0 and lin.attrs["n_merges"] == 0
+    u = lin[lin.origin == "merge_uncertain"]
+    assert len(u) == 1 and lin.attrs["n_merges_uncertain"] == 1
+    assert int(u.start_frame.iloc[0]) == 6 and len(u.parents.iloc[0]) == 2
+    assert u.merge_parent_significance.iloc[0] == pytest.approx(2.5, rel=1e-6)
+    ev = lineage_events(lin)
+    assert not (ev.kind == "merge").any()
+    assert (ev.kind == "merge_uncertain").sum() == 1
+    # the same frames with a significant brief parent (12 sigma) are a coalescence
+    _, sure = track_clusters(brief_parent(12.0))
+    m = sure[sure.origin == "merge"]
+    assert len(m) == 1 and int(m.start_frame.iloc[0]) == 6 and sure.attrs["n_merges"] == 1
+    assert m.merge_parent_significance.iloc[0] == pytest.approx(12.0, rel=1e-6)
+    # the test can be switched off; without the check every merge stands
+    for kw in ({"min_parent_significance": 0.0}, {"verify_merges": False}):
+        _, raw = track_clusters(brief_parent(2.5), **kw)
+        assert (raw.origin == "merge").sum() == 1 and (raw.origin == "merge_uncertain").sum() == 0
+
+
+def test_established_parents_need_no_significance():
+    # parents tracked over >= 3 frames are clusters whatever their single-frame noise:
+    # the coalescence of test_coalescence_that_stays_is_a_merge_with_evidence with a
+    # frame-independent error of 40 % (significance 2.5) is still a merge
+    rng = np.random.default_rng(3)
+    rows = []
+    for f in range(14):
+        xa, xb = min(40.0 + 2.0 * f, 53.0), max(70.0 - 2.0 * f, 57.0)
+        if f < 6:
+            rows += [(f, xa, 50.0, 40.0 + f), (f, xb, 52.0, 30.0 + f)]
+        else:
+            rows.append((f, 55.0, 51.0, 72.0 + 0.5 * f))
+        rows.append((f, 20.0 + 0.3 * f, 90.0, 50.0))
+    d = _table(rows, rng)
+    d["n_atoms_err_stat"] = 0.4 * d["n_atoms"]
+    _, lin = track_clusters(d)
+    m = lin[lin.origin == "merge"]
+    assert len(m) == 1 and np.isinf(m.merge_parent_significance.iloc[0])
+    assert (lin.origin == "merge_uncertain").sum() == 0
+
+
+@pytest.mark.parametrize("bad", [-1.0, np.nan, "high"])
+def test_min_parent_significance_must_be_a_number_ge_0(bad):
+    with pytest.raises(ParameterError, match="min_parent_significance"):
+        track_clusters(brief_parent(2.5), min_parent_significance=bad)
+
+
+def test_per_frame_table_counts_only_confident_merges():
+    # the per-frame table of analyze_series: an uncertain merge is not a merge there
+    from perovstem import Series
+    from perovstem.insitu.analysis import _frames_table
+
+    tracks, lin = track_clusters(brief_parent(2.5))
+    n = int(tracks.frame.max()) + 1
+    series = Series(np.zeros((n, 16, 16)), pixel_size_A=0.5, time_s=np.arange(n, dtype=float))
+    drift = pd.DataFrame({"frame": np.arange(n), "dy_px": 0.0, "dx_px": 0.0})
+    per_frame = pd.DataFrame({"frame": np.arange(n), "skipped": False})
+    out = _frames_table(series, drift, per_frame, tracks, lin)
+    assert out["n_merges"].sum() == 0
+    assert out["n_merges_uncertain"].tolist() == [int(f == 6) for f in range(n)]
+    _, sure = track_clusters(brief_parent(12.0))
+    out = _frames_table(series, drift, per_frame, tracks, sure)
+    assert out["n_merges"].tolist() == [int(f == 6) for f in range(n)]
+    assert out["n_merges_uncertain"].sum() == 0

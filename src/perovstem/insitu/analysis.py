@@ -91,7 +91,8 @@ class InsituResult:
         ``dy_px, dx_px`` with ``drift_reliable``/``drift_flag`` and ``drift_err_px``, the
         2-D standard error ``hypot(dy_err_px, dx_err_px)`` of :func:`register_drift`, px;
         crystal area/shrinkage/voids/phase, cluster number/atoms/mean size, births,
-        merges; ``host_model``, the cluster host-model state of the frame, and ``n_clusters_host_flagged``/``n_Pb0_host_flagged``, the clusters
+        merges (``n_merges``: confident coalescences only; ``n_merges_uncertain``: merges
+        with a brief noise-level parent, :func:`track_clusters`); ``host_model``, the cluster host-model state of the frame, and ``n_clusters_host_flagged``/``n_Pb0_host_flagged``, the clusters
         and atoms among them whose host background could not be modelled, ``host_ok``
         False in ``clusters``); ``n_Pb0_err_stat`` (frame-to-frame 1σ of the Pb⁰ total) and
         ``Pb0_falls_later`` (:func:`pb0_falls_later`: the total exceeds a later frame's by
@@ -1227,6 +1228,10 @@ def _frames_table(
     merges = lineage[lineage["origin"] == "merge"].groupby("start_frame").size()
     out["n_births"] = births.reindex(idx, fill_value=0).to_numpy()
     out["n_merges"] = merges.reindex(idx, fill_value=0).to_numpy()
+    # merges with a brief noise-level parent (track_clusters' min_parent_significance):
+    # said per frame, not counted as coalescences
+    unsure = lineage[lineage["origin"] == "merge_uncertain"].groupby("start_frame").size()
+    out["n_merges_uncertain"] = unsure.reindex(idx, fill_value=0).to_numpy()
     out["cumulative_births"] = np.cumsum(out["n_births"].to_numpy())
     out.loc[out["skipped"].fillna(False).astype(bool), ["n_clusters", "n_Pb0_detected"]] = np.nan
     return out

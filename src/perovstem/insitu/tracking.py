@@ -32,6 +32,11 @@ on the top and bottom facets, separate again): a product that later separates in
 matching its parents is an overlap (``origin="overlap"``, the parts ``"separation"``), and
 a product whose atoms do not add up over its first frames (<= 0.5 or >= 3 times the
 parents') or that vanishes while one parent is seen again next to it is ``"unresolved"``.
+A merge that passes but has a parent seen in fewer than 3 frames at noise level (best
+significance, count over its frame-independent error, below ``min_parent_significance``)
+is ``"merge_uncertain"``: such a parent is as likely a spurious detection (a host patch on
+a damaged crystal, a segmentation fragment) as a cluster, so the event is reported apart
+and not counted as a coalescence.
 
 Output follows the KMC convention (:func:`perovstem.simulate.degradation_kmc`): after a
 merge a new track starts whose ``parents`` are the merged tracks.
@@ -94,6 +99,7 @@ def track_clusters(
     long_hops: bool = True,
     method: str = "global",
     verify_merges: bool = True,
+    min_parent_significance: float = 5.0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Link per-frame cluster detections into tracks and a lineage with merges.
 
@@ -153,6 +159,14 @@ def track_clusters(
         times the parents' atoms, or it vanishes while one parent is seen again) is
         ``"unresolved"``; ``False`` keeps every merge (the evidence columns are filled
         either way).
+    min_parent_significance : float
+        Evidence a merge needs to be reported as a coalescence (``verify_merges`` only): a
+        parent tracked over fewer than 3 frames must have been a detection of at least this
+        significance, atoms over their frame-independent error (``<size_column>_err_stat``,
+        else ``<size_column>_err``; the best of its detections), or the merge may be
+        explained by a spurious or noise-level parent and is ``origin="merge_uncertain"``
+        (reported apart, not counted as a merge).  0 disables the test; without error
+        columns no merge is made uncertain.
 
     Returns
     -------
@@ -160,7 +174,8 @@ def track_clusters(
         The input rows with ``track_id`` (one id per segment between events).
     lineage : DataFrame
         One row per track: ``track_id, parents (list), start_frame, end_frame, origin
-        ("first_frame"|"nucleation"|"merge"|"overlap"|"separation"|"unresolved"), fate
+        ("first_frame"|"nucleation"|"merge"|"merge_uncertain"|"overlap"|"separation"|
+        "unresolved"), fate
         ("alive"|"merged"|"absorbed"|"death"|"overlap"|"unresolved"|"separated"),
         merged_into, n_atoms_start, n_atoms_end, x_start_A, y_start_A`` (atoms from the
         detections' ``n_atoms`` column, NaN without it, whatever ``size_column`` linked
@@ -170,7 +185,10 @@ def track_clusters(
         explanation of the frame pair without it; small margins are near-ties),
         ``merge_parent_frames`` (frames the shortest-lived parent was tracked) and
         ``merge_mass_ratio`` (the product's median count over its first <= 3 frames over
-        the sum of the parents' medians over their last <= 3).  ``attrs['n_merges']``,
+        the sum of the parents' medians over their last <= 3) and
+        ``merge_parent_significance`` (the weakest parent's best significance, atoms over
+        error, among those tracked < 3 frames; inf when all were tracked longer).
+        ``attrs['n_merges']`` (confident merges only), ``attrs['n_merges_uncertain']``,
         ``attrs['n_overlaps']``, ``attrs['n_unresolved']``.
     """
     need = ["frame", "x_A", "y_A"] + ([size_column] if size_column else [])
@@ -191,6 +209,7 @@ def track_clusters(
         )
     if not isinstance(verify_merges, (bool, np.bool_)):
         raise ParameterError(f"`verify_merges` must be True or False, got {verify_merges!r}")
+    min_sig = check_positive("min_parent_significance", min_parent_significance, allow_zero=True)
     df = clusters.reset_index(drop=True).copy()
     if (df["frame"] != np.round(df["frame"])).any() or (df["frame"] < 0).any():
         raise DataError("`clusters.frame` must hold non-negative integer frame indices")
@@ -218,7 +237,9 @@ def track_clusters(
             tracks, lineage = _track_mass(*args, bool(long_hops))
             llr = None
         margin = merge_d if merge_distance_A is not None else 8.0
-        return tracks, _verify_merges(tracks, lineage, size_column, margin, llr, verify_merges)
+        return tracks, _verify_merges(
+            tracks, lineage, size_column, margin, llr, verify_merges, min_sig
+        )
     from laptrack import LapTrack
 
     lt = LapTrack(
@@ -250,7 +271,9 @@ def track_clusters(
     )
     tracks, lineage = _build_lineage(df, merges, size_column, merge_mass_fraction)
     tracks = tracks.drop(columns=["_row", "_f"])
-    return tracks, _verify_merges(tracks, lineage, size_column, merge_d, None, verify_merges)
+    return tracks, _verify_merges(
+        tracks, lineage, size_column, merge_d, None, verify_merges, min_sig
+    )
 
 
 def _radius_A(n: np.ndarray) -> np.ndarray:
@@ -457,9 +480,11 @@ def _empty_lineage() -> pd.DataFrame:
         "merge_llr",
         "merge_parent_frames",
         "merge_mass_ratio",
+        "merge_parent_significance",
     ]
     out = pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
     out.attrs["n_merges"] = 0
+    out.attrs["n_merges_uncertain"] = 0
     out.attrs["n_overlaps"] = 0
     out.attrs["n_unresolved"] = 0
     return out
@@ -573,6 +598,9 @@ _RESEP_SIG = 1.5  # the separated parts must match the parents within this many 
 _MASS_LO = 0.5
 _SEP_SIG = 2.0  # significance of the loss at a separation (frame-to-frame errors)
 _MASS_HI = 3.0
+# a merge parent tracked over fewer frames than this must be a significant detection
+# (``min_parent_significance``), or the merge is only "merge_uncertain"
+_ESTABLISHED_FRAMES = 3
 
 
 def _verify_merges(
@@ -582,6 +610,7 @@ def _verify_merges(
     margin_A: float,
     merge_llr: dict[int, float] | None = None,
     relabel: bool = True,
+    min_sig: float = 0.0,
 ) -> pd.DataFrame:
     """Evidence columns for each merge, and merges that separate again made overlaps.
 
@@ -594,13 +623,21 @@ def _verify_merges(
     matches the other parents' (within ``_RESEP_SIG`` combined errors, floor
     ``_RESEP_REL``); the new track is then ``origin="separation"`` with the overlap as
     its parent, not a nucleation.  Without sizes no merge is checked.
+
+    A merge that passes these checks but has a parent tracked over fewer than
+    ``_ESTABLISHED_FRAMES`` frames whose best significance (count over its
+    frame-independent error) is below ``min_sig`` is ``origin="merge_uncertain"``: one
+    noise-level detection (a host patch on a damaged crystal, a segmentation fragment) is
+    as likely as a coalescence there, so it is reported apart from the merges.
     """
     lin = lineage.copy()
     pcol = lin["parents"]
     lin["merge_llr"] = np.nan
     lin["merge_parent_frames"] = np.nan
     lin["merge_mass_ratio"] = np.nan
+    lin["merge_parent_significance"] = np.nan
     lin.attrs = dict(lineage.attrs)
+    lin.attrs["n_merges_uncertain"] = 0
     lin.attrs["n_overlaps"] = 0
     lin.attrs["n_unresolved"] = 0
     is_merge = (lin["origin"] == "merge").to_numpy()
@@ -629,6 +666,10 @@ def _verify_merges(
             lin.loc[lin.index[i], "merge_llr"] = merge_llr.get(c, np.nan)
         if not size_col:
             continue
+        lin.loc[lin.index[i], "merge_parent_significance"] = min(
+            (_significance(by[p], size_col) for p in ps if len(by[p]) < _ESTABLISHED_FRAMES),
+            default=np.inf,
+        )
         # atoms after (median of the product's first <= 3 frames) over atoms before (the
         # parents' last counts, or the medians of their last 3): ~1 for a coalescence,
         # growth by attachment above it; the test takes whichever estimate of the parents
@@ -739,13 +780,32 @@ def _verify_merges(
         for q in sep:
             origin[idx[q]] = "separation"
             parents[idx[q]] = [c]
+    if relabel and min_sig > 0:
+        # a coalescence needs parents that were clusters: one that was seen briefly and at
+        # noise level may have been a spurious detection (reported apart, not counted)
+        weak = (origin == "merge") & (lin["merge_parent_significance"].to_numpy(float) < min_sig)
+        origin[weak] = "merge_uncertain"
     lin["origin"] = origin
     lin["fate"] = fate
     lin["parents"] = parents
     lin.attrs["n_merges"] = int((origin == "merge").sum())
+    lin.attrs["n_merges_uncertain"] = int((origin == "merge_uncertain").sum())
     lin.attrs["n_overlaps"] = int((origin == "overlap").sum())
     lin.attrs["n_unresolved"] = int((origin == "unresolved").sum())
     return lin
+
+
+def _significance(g: pd.DataFrame, size_col: str) -> float:
+    """Best significance of a track's detections: count over its frame-independent error
+    (``<size_col>_err_stat``, else ``<size_col>_err``); inf without an error column."""
+    for col in (f"{size_col}_err_stat", f"{size_col}_err"):
+        if col in g.columns:
+            n = g[size_col].to_numpy(float)
+            e = np.abs(g[col].to_numpy(float))
+            ok = np.isfinite(e) & (e > 0)
+            if ok.any():
+                return float(np.max(n[ok] / e[ok]))
+    return float("inf")
 
 
 def lineage_events(lineage: pd.DataFrame, frames: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -762,7 +822,9 @@ def lineage_events(lineage: pd.DataFrame, frames: pd.DataFrame | None = None) ->
     -------
     DataFrame
         ``frame, kind, track_id, parents`` (+ dose, time); ``kind`` is ``"birth"``,
-        ``"merge"`` (coalescence), ``"death"``, or, for the merges that
+        ``"merge"`` (coalescence), ``"death"``, ``"merge_uncertain"`` (a merge with a
+        parent that was seen briefly and at noise level: possibly a spurious detection, not
+        counted as a coalescence), or, for the merges that
         :func:`track_clusters` did not confirm, ``"overlap"`` (clusters seen as one blob
         in projection, separated later), ``"separation"`` (a part of such a blob seen
         again; its parent is the overlap track) and ``"unresolved"`` (tracks end where this
@@ -775,7 +837,7 @@ def lineage_events(lineage: pd.DataFrame, frames: pd.DataFrame | None = None) ->
     for r in lineage.itertuples(index=False):
         if r.origin == "nucleation":
             ev.append((r.start_frame, "birth", r.track_id, []))
-        elif r.origin in ("merge", "overlap", "separation", "unresolved"):
+        elif r.origin in ("merge", "merge_uncertain", "overlap", "separation", "unresolved"):
             ev.append((r.start_frame, r.origin, r.track_id, list(r.parents)))
         if r.fate == "death":
             ev.append((r.end_frame + 1, "death", r.track_id, []))

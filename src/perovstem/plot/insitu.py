@@ -95,6 +95,7 @@ def plot_lineage(lineage: pd.DataFrame, *, ax: Any = None) -> Any:
         "first_frame": "0.4",
         "nucleation": "C2",
         "merge": "C3",
+        "merge_uncertain": "C4",
         "overlap": "C1",
         "separation": "C1",
         "unresolved": "0.7",
@@ -109,7 +110,8 @@ def plot_lineage(lineage: pd.DataFrame, *, ax: Any = None) -> Any:
     ax.set_xlabel("frame")
     ax.set_ylabel("track")
     ax.set_title(
-        "lineage (green: nucleation, red: merge, orange: overlap in projection)",
+        "lineage (green: nucleation, red: merge, purple: uncertain merge, "
+        "orange: overlap in projection)",
         fontsize="small",
     )
     return ax
