@@ -184,7 +184,7 @@ def facets_cmd(
     calibrate: int = typer.Option(
         0, "--calibrate", help="Phantoms for bias calibration (0: none)."
     ),
-    seed: int = typer.Option(None, "--seed", help="Random seed of the calibration."),
+    seed: int = typer.Option(None, "--seed", min=0, help="Random seed of the calibration."),
     pixel_size_A: float = typer.Option(None, "--pixel-size-A", help=_PIXEL_SIZE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
@@ -499,7 +499,7 @@ def _register_simulate_tilt() -> None:
             0.0, "--axis-offset-px", help="Tilt-axis offset from the centre, px."
         ),
         no_noise: bool = typer.Option(False, "--no-noise", help="Noise-free projections."),
-        seed: int = typer.Option(None, "--seed", help="Random seed."),
+        seed: int = typer.Option(None, "--seed", min=0, help="Random seed."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     ) -> None:
         """Simulate a tilt series of a faceted NC with Pb inclusions; writes it and a truth JSON."""
@@ -511,6 +511,11 @@ def _register_simulate_tilt() -> None:
         if step_deg <= 0 or tilt_range_deg <= 0:
             raise ParameterError(
                 f"`--step-deg` and `--tilt-range-deg` must be > 0, got {step_deg}, {tilt_range_deg}"
+            )
+        if min_tilt_deg is not None and not -90 <= min_tilt_deg < tilt_range_deg:
+            raise ParameterError(
+                f"`--min-tilt-deg` must be in [-90, {tilt_range_deg:g}) degrees (below "
+                f"`--tilt-range-deg` {tilt_range_deg:g}), got {min_tilt_deg!r}"
             )
         tpath = truth or out.with_name(out.name.split(".")[0] + "_truth.json")
         check_outputs(out, tpath, overwrite=overwrite)
