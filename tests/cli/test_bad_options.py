@@ -103,3 +103,27 @@ def test_insitu_refuses_options_it_would_ignore(tmp_path, capsys, extra, flag):
     err = capsys.readouterr().err
     assert flag in err and extra[-1] in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [
+        (["--cell", "cspbbr3", "--separation-A", "4"], "--separation-A"),
+        (["--cell", "cspbbr3", "--n-types", "3"], "--n-types"),
+        (["--positions", "{d}/p.csv", "--cell", "cspbbr3"], "--cell"),
+        (["--positions", "{d}/p.csv", "--separation-A", "4"], "--separation-A"),
+    ],
+)
+def test_atoms_fit_refuses_search_options_it_would_ignore(tmp_path, capsys, extra, flag):
+    import numpy as np
+
+    import perovstem as ps
+
+    rng = np.random.default_rng(0)
+    img = ps.io.save_image(ps.Image(rng.random((48, 48)), 0.3), tmp_path / "i.npz")
+    (tmp_path / "p.csv").write_text("x_A,y_A,type\n3.0,3.0,Pb\n")
+    out = tmp_path / "c.parquet"
+    argv = ["atoms", "fit", str(img), "-o", str(out), *(e.format(d=tmp_path) for e in extra)]
+    assert main(argv) == 2
+    assert f"`{flag}`" in capsys.readouterr().err
+    assert not out.exists()
