@@ -127,3 +127,61 @@ def test_atoms_fit_refuses_search_options_it_would_ignore(tmp_path, capsys, extr
     assert main(argv) == 2
     assert f"`{flag}`" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def tilt_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tilt")
+    argv = ["simulate", "tilt", "-o", str(d / "ts.npz"), "--size-px", "32", "--edge-A", "40"]
+    assert main([*argv, "--step-deg", "10", "--no-noise", "--seed", "1"]) == 0
+    return d / "ts.npz"
+
+
+@pytest.mark.parametrize("method", ["sirt", "fbp"])
+def test_tomo_reconstruct_refuses_tv_weight_without_tv(tilt_file, tmp_path, capsys, method):
+    out = tmp_path / "v.npz"
+    argv = ["tomo", "reconstruct", str(tilt_file), "-o", str(out), "-m", method]
+    assert main([*argv, "--tv-weight", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "`--tv-weight` -1" in err and method in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [
+        (["--tolerance-deg", "nan"], "--tolerance-deg"),
+        (["--sigma-px", "-1"], "--sigma-px"),
+        (["--calibrate", "-1"], "--calibrate"),
+        (["--tilt-range-deg", "60"], "--tilt-range-deg"),  # was ignored for a tilt series
+        (["--method", "fourier"], "--method"),
+    ],
+)
+def test_tomo_facets_checks_options_before_reconstructing(
+    tilt_file, tmp_path, capsys, monkeypatch, extra, flag
+):
+    import perovstem.tomo
+
+    def no_work(*a, **k):
+        raise AssertionError("reconstructed before the options were checked")
+
+    monkeypatch.setattr(perovstem.tomo, "reconstruct", no_work)
+    out = tmp_path / "f.csv"
+    assert main(["tomo", "facets", str(tilt_file), "-o", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert f"`{flag}`" in err and extra[-1] in err
+    assert not out.exists()
+
+
+def test_tomo_sequence_checks_sigma_before_reconstructing(tilt_file, tmp_path, capsys, monkeypatch):
+    import perovstem.tomo
+
+    def no_work(*a, **k):
+        raise AssertionError("reconstructed before the options were checked")
+
+    monkeypatch.setattr(perovstem.tomo, "reconstruct_sequence", no_work)
+    out = tmp_path / "q.csv"
+    argv = ["tomo", "sequence", str(tilt_file), str(tilt_file), "-o", str(out), "--no-plot"]
+    assert main([*argv, "--sigma-px", "nan"]) == 2
+    assert "`--sigma-px`" in capsys.readouterr().err
+    assert not out.exists()
