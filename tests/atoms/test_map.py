@@ -151,3 +151,17 @@ def test_cli_atoms_map_states_the_detection_limit(tmp_path, capsys):
     assert main(["atoms", "map", str(src), "-o", str(tmp_path / "m.csv")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("0 columns") and "detection limit" in out and "Å² at 500" in out
+
+
+@pytest.mark.parametrize(
+    ("data", "word"),
+    [
+        (np.full((16, 16), 5.0), "constant"),
+        (np.ones((1, 1)), "at least 8×8"),
+        (np.ones((3, 40)), "at least"),
+    ],
+)
+def test_map_refuses_images_without_information(data, word):
+    # a 1×1 image gave a "result" (rc 0 on the command line); a constant 64² one ran for minutes
+    with pytest.raises(DataError, match=word):
+        map_columns(Image(data, 0.25), max_columns=5)

@@ -37,6 +37,7 @@ __all__ = ["MapResult", "map_columns"]
 _TRUNCATE = 5.0  # Gaussian support radius, ρ
 FAINT_FRACTION = 0.05  # selected columns fainter than this × the 90th percentile are reported
 _MAX_PIXELS = 1024 * 1024
+_MIN_SIDE = 8  # px
 
 
 @dataclass
@@ -125,8 +126,8 @@ def map_columns(
     Raises
     ------
     DataError
-        Image with negative values, no positive pixel, or too large (crop it: the method
-        refits every column at every step).
+        Image with negative values, no positive pixel, non-finite or constant, smaller than
+        8×8 px or too large (crop it: the method refits every column at every step).
     ParameterError
         Absurd ``max_columns``, ``rho_A``, ``eta_range`` or ``stop_drop``.
     """
@@ -156,6 +157,18 @@ def map_columns(
     e_lo, e_hi = (float(v) for v in eta_range)
     if not (np.isfinite(e_lo) and np.isfinite(e_hi) and 0 <= e_lo < e_hi):
         raise ParameterError(f"`eta_range` must be 0 <= low < high, got {eta_range!r}")
+    if min(w.shape) < _MIN_SIDE:
+        raise DataError(
+            f"`image` must be at least {_MIN_SIDE}×{_MIN_SIDE} px (a column spans several "
+            f"pixels), got shape {w.shape}"
+        )
+    if not np.isfinite(w).all():
+        raise DataError(f"`image` has {int((~np.isfinite(w)).sum())} non-finite pixel(s)")
+    if w.min() == w.max():
+        raise DataError(
+            f"`image` is constant (every pixel = {w.flat[0]:g}): no column can be told from "
+            "the background"
+        )
     floor = (
         check_positive("variance_floor", variance_floor)
         if variance_floor is not None
