@@ -185,3 +185,33 @@ def test_tomo_sequence_checks_sigma_before_reconstructing(tilt_file, tmp_path, c
     assert main([*argv, "--sigma-px", "nan"]) == 2
     assert "`--sigma-px`" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "canonical"),
+    [
+        (["atoms", "count", "t.csv", "--criteria", "k.csv"], "--criteria", "--criteria-out"),
+        (["model3d", "t.csv", "--sites=s.csv"], "--sites", "--sites-out"),
+        (["model3d", "t.csv", "--summary", "j.json"], "--summary", "--summary-out"),
+        (["atoms", "fit", "i.tif", "--overlay-out", "o.png"], "--overlay-out", "--overlay"),
+        (["atoms", "map", "i.tif", "--models-out", "m.csv"], "--models-out", "--models"),
+        (["atoms", "strain", "c.csv", "--plot-out", "p.png"], "--plot-out", "--plot"),
+        (["tomo", "facets", "t.npz", "--mesh-out", "m.ply"], "--mesh-out", "--mesh"),
+        (["tomo", "align", "t.npz", "--shifts-out", "s.csv"], "--shifts-out", "--shifts"),
+        (["simulate", "tilt", "--truth-out", "t.json"], "--truth-out", "--truth"),
+    ],
+)
+def test_side_outputs_take_either_spelling(argv, flag, canonical):
+    # side outputs were --criteria-out/--sites-out/--summary-out on some commands and
+    # --overlay/--models/--plot/--mesh/--shifts/--truth on others
+    from perovstem.cli.main import canonical_argv
+
+    new, typed = canonical_argv(argv)
+    assert canonical in {t.split("=", 1)[0] for t in new} and typed == {canonical: flag}
+
+
+def test_side_output_alias_runs(tmp_path):
+    out = tmp_path / "t.npz"
+    argv = ["simulate", "tilt", "-o", str(out), "--no-noise", "--size-px", "40"]
+    assert main([*argv, "--edge-A", "30", "--truth-out", str(tmp_path / "truth.json")]) == 0
+    assert (tmp_path / "truth.json").is_file()
