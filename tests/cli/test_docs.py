@@ -229,6 +229,21 @@ def test_insitu_dose_error_names_the_flag(tmp_path, capsys):
             "`--temperature-end-K` must",
         ),
         (
+            "`radius_A` must be a positive number of Å, got -1.0",
+            ["atoms", "strain", "c.csv", "--radius-A", "-1"],
+            "`--radius-A` must",
+        ),
+        (
+            "`eta_range` must be 0 <= low < high, got (nan, 66.0)",
+            ["atoms", "map", "i.tif", "--eta-min", "nan"],
+            "`--eta-min` must",
+        ),
+        (
+            "`shape` must be (M >= 3, N >= 1), got (0, 0)",
+            ["simulate", "tilt", "-o", "t.npz", "--size-px", "0"],
+            "`--size-px` must",
+        ),
+        (
             "`separation_A` must be > 0",
             ["atoms", "fit", "i.tif", "--separation", "-2"],
             "`--separation` must",

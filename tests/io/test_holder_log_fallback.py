@@ -153,3 +153,26 @@ def test_log_time_offset_from_velox_utc_start_and_the_holder_pc_zone(tmp_path):
         log_time_offset_s(log, "2024-03-01T11:00:02", log_utc_offset_h=1)
     with pytest.raises(ParameterError, match="log_utc_offset_h"):
         log_time_offset_s(log, s.metadata["acquisition_start_utc"], log_utc_offset_h=60)
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \r\n\t\n"])
+def test_blank_log_is_refused_not_a_hang(tmp_path, content):
+    # RosettaSciIO's DENS reader looped forever on a blank file (`insitu --conditions` hung)
+    import threading
+
+    p = tmp_path / "log.csv"
+    p.write_bytes(content)
+    caught: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_holder_log(p)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            caught.append(exc)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "read_holder_log hangs on a blank file"
+    assert isinstance(caught[0], FileFormatError) and "log.csv" in str(caught[0])
+    assert "empty" in str(caught[0])

@@ -235,3 +235,14 @@ def test_save_json_writes_standard_json(tmp_path):
     assert "NaN" not in text and "Infinity" not in text
     back = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard {c}"))
     assert back == {"rms_px": None, "bound": None, "ok": 1.5, "v": [1.0, None]}
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".zarr", ".tif", ".mrc", ".hspy"])
+def test_source_names_the_file_read_after_a_resave(tmp_path, image, suffix):
+    # a re-saved file kept the source of the first file in metadata["source"]
+    first = ps.load(ps.io.save_image(image, tmp_path / f"a{suffix}"))
+    assert first.metadata["source"] == str(tmp_path / f"a{suffix}")
+    second = ps.load(ps.io.save_image(first, tmp_path / f"b{suffix}"))
+    assert second.metadata["source"] == str(tmp_path / f"b{suffix}")
+    if suffix != ".mrc":  # an MRC header has no room for free metadata
+        assert second.metadata["original_source"] == str(tmp_path / f"a{suffix}")

@@ -42,7 +42,8 @@ def test_stream_equals_save_image(lazy_series, tmp_path):
     np.testing.assert_allclose(a.temperature_K, [300, 310, 320, 330, 340])
     assert a.gas == "O2" and np.all(a.pressure_Pa == 20.0)
     np.testing.assert_allclose(a.cumulative_dose_e_per_A2, lazy_series.cumulative_dose_e_per_A2)
-    assert a.metadata["source"] == "perovstem.simulate.insitu_series"
+    assert a.metadata["source"] == str(tmp_path / "a.zarr")
+    assert a.metadata["original_source"] == "perovstem.simulate.insitu_series"
 
 
 def test_stream_bad_input(lazy_series, tmp_path):
@@ -71,7 +72,9 @@ def test_cli_zarr_streams_same_frames_as_npz(tmp_path):
         "1.0",
     ]
     assert main([*args, "-o", str(tmp_path / "s.zarr")]) == 0
-    assert main([*args, "-o", str(tmp_path / "s.npz")]) == 0
+    # same truth prefix "s": refused (it overwrote the first run's truth tables silently)
+    assert main([*args, "-o", str(tmp_path / "s.npz")]) == 2
+    assert main([*args, "-o", str(tmp_path / "s.npz"), "--truth", str(tmp_path / "n")]) == 0
     z, n = load(tmp_path / "s.zarr"), load(tmp_path / "s.npz")
     np.testing.assert_array_equal(np.asarray(z.data), np.asarray(n.data))
-    assert (tmp_path / "s_clusters.parquet").exists()
+    assert (tmp_path / "s_clusters.parquet").exists() and (tmp_path / "n_clusters.parquet").exists()

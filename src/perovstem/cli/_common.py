@@ -25,6 +25,18 @@ OPTION_ALIASES = {
     "--rho": "--rho-A",
     "--separation": "--separation-A",
     "--types": "--n-types",
+    # side outputs: some commands name them with an "-out" suffix, some without; either
+    # spelling works on every command (the canonical one is what --help shows)
+    "--criteria": "--criteria-out",  # atoms count
+    "--sites": "--sites-out",  # model3d
+    "--summary": "--summary-out",  # model3d
+    "--overlay-out": "--overlay",  # atoms fit, atoms map
+    "--models-out": "--models",  # atoms map
+    "--unit-cell-out": "--unit-cell",  # atoms strain
+    "--plot-out": "--plot",  # atoms strain, tomo sequence
+    "--mesh-out": "--mesh",  # tomo facets
+    "--shifts-out": "--shifts",  # tomo align
+    "--truth-out": "--truth",  # simulate image/series/tilt
 }
 
 

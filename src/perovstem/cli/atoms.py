@@ -112,6 +112,7 @@ def fit(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Find and fit atom columns; writes a table (positions, widths, SCS, errors) and an overlay."""
+    from perovstem._validation import check_int, check_positive
     from perovstem.atoms import find_columns, fit_columns, normalize_image
     from perovstem.cli._common import console
     from perovstem.errors import OutputExistsError, ParameterError
@@ -119,6 +120,23 @@ def fit(
 
     if scs not in ("gauss", "voronoi"):
         raise ParameterError(f"--scs must be gauss or voronoi, got {scs!r}")
+    if separation is not None:
+        check_positive("--separation-A", separation)
+    check_int("--n-types", n_types, 1)
+    # options of the column search that --cell / --positions make it ignore: said, not silent
+    for flag, given, by in (
+        ("--cell", cell is not None, positions is not None and "--positions"),
+        ("--separation-A", separation is not None, positions is not None and "--positions"),
+        ("--separation-A", separation is not None, cell is not None and "--cell"),
+        ("--n-types", n_types != 1, positions is not None and "--positions"),
+        ("--n-types", n_types != 1, cell is not None and "--cell"),
+    ):
+        if given and by:
+            raise ParameterError(
+                f"`{flag}` is not used with {by} (the columns "
+                f"{'are read from it' if by == '--positions' else 'and their types come from it'}"
+                f"): leave one of them out"
+            )
     obj = _apply_detector(load_image_arg(image, pixel_size, frame), gain, offset)
     if normalize:
         obj = normalize_image(obj)

@@ -77,3 +77,23 @@ def map_(
         f"{int(m['n_columns'].min())}–{int(m['n_columns'].max())} tried), ρ = "
         f"{res.columns.attrs['rho_A']:.3f} Å → {out}, {models_out}, {overlay}"
     )
+    console.print(_detection_note(res.columns.attrs, obj))
+
+
+def _detection_note(attrs: dict, obj) -> str:
+    """The detection limit of the MAP rule in this image, in counts and, with a known dose
+    and gain, in cross-section (Å²): fewer columns than expected is then said, not silent."""
+    import math
+
+    lim = float(attrs.get("detection_limit_counts", math.nan))
+    if not math.isfinite(lim):
+        return "detection limit: not estimated (no column height pays the model's cost)"
+    text = f"detection limit: an isolated column needs about {lim:.3g} counts (integrated)"
+    dose, gain = obj.dose_e_per_A2, obj.metadata.get("gain")
+    if dose is not None and gain:
+        sigma = lim / (float(gain) * float(dose))
+        text += f" = a cross-section of {sigma:.3g} Å² at {float(dose):.4g} e⁻/Å²"
+    return (
+        text + "; fainter columns cannot be told from the shot noise at this dose (a limit "
+        "of the data, not of the search: raise the dose or sum frames)"
+    )

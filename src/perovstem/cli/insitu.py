@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from perovstem._validation import check_positive
+from perovstem._validation import check_positive, check_range
 from perovstem.cli._common import examples
 from perovstem.cli.main import app
 from perovstem.errors import FileFormatError, ParameterError
@@ -172,6 +172,26 @@ def insitu(
         raise ParameterError(f"`--hmm-model` must be loss, free or dose, got {hmm_model!r}")
     if table_format not in ("parquet", "csv"):
         raise ParameterError(f"`--table-format` must be parquet or csv, got {table_format!r}")
+    check_range("--cd-fraction", cd_fraction, 0.0, 1.0)
+    check_positive("--f-bulk", f_bulk, allow_zero=True)
+    # an option of --columns / --br-loss given without them would be silently ignored
+    for flag, value, given, needs, on in (
+        (
+            "--cd-fraction",
+            cd_fraction,
+            cd_fraction != 0.0,
+            "--columns or --br-loss",
+            columns or br_loss,
+        ),
+        ("--hmm-model", hmm_model, hmm_model != "loss", "--columns", columns),
+        ("--f-bulk", f_bulk, f_bulk != 0.1, "--br-loss", br_loss),
+        ("--termination", termination, termination is not None, "--br-loss", br_loss),
+    ):
+        if given and not on:
+            raise ParameterError(
+                f"`{flag}` {value} acts only with {needs}, which was not given: add it, or "
+                f"leave `{flag}` out"
+            )
     gain = parse_gain(gain, name="--gain")
     gain_auto = gain == "auto"
     for name, value in (("--frame-time-s", frame_time_s), ("--dwell-us", dwell_us)):

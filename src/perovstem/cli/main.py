@@ -107,6 +107,9 @@ _FED_BY = {
     "n_chains": ("chains",),  # model3d --chains
     "n_sweeps": ("sweeps",),  # model3d --sweeps
     "temperature_K": ("temperature_end_K",),  # simulate series: the ramp is one array
+    "radius_A": ("radius",),  # atoms strain --radius-A
+    "eta_range": ("eta_min",),  # atoms map --eta-min: (eta_min, image max)
+    "shape": ("size",),  # simulate tilt --size-px → tilt_series(shape=(size, size))
 }
 
 

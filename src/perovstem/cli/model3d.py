@@ -41,7 +41,7 @@ def model3d(
     summary_out: Path = typer.Option(
         None, "--summary-out", help="JSON with facet fractions, energies, parameters."
     ),
-    seed: int = typer.Option(None, "--seed", help="Random seed."),
+    seed: int = typer.Option(None, "--seed", min=0, help="Random seed."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Build a 3-D atomic model from atom counts; writes it as XYZ/CIF/PDB (+ sites, summary)."""

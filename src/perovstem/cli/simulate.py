@@ -68,7 +68,7 @@ def image(
     scan_noise_px: float = typer.Option(0.0, "--scan-noise-px", help="Line jitter rms, px."),
     drift_A: tuple[float, float] = typer.Option((0.0, 0.0), "--drift-A", help="Drift dx dy, Å."),
     no_noise: bool = typer.Option(False, "--no-noise", help="Noise-free expectation image."),
-    seed: int = typer.Option(None, "--seed", help="Random seed (reproducible output)."),
+    seed: int = typer.Option(None, "--seed", min=0, help="Random seed (reproducible output)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing image."),
 ) -> None:
     """Simulate a HAADF-STEM image of a CsPbBr3 nanocrystal; writes it and its truth table."""
@@ -80,8 +80,16 @@ def image(
     from perovstem.simulate.haadf import check_frame_shape
 
     truth_path = _truth_path(out, truth)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{str(out)!r} exists (use --overwrite to replace it)")
+    for p in (out, truth_path):  # both before any work: the truth table is an output too
+        if p.exists() and not overwrite:
+            raise OutputExistsError(f"{str(p)!r} exists (use --overwrite to replace it)")
+    if thickness_A is not None and shape != "platelet":
+        from perovstem.errors import ParameterError
+
+        raise ParameterError(
+            f"`--thickness-A` applies to --shape platelet only, got --thickness-A "
+            f"{thickness_A:g} with --shape {shape}"
+        )
     if size is not None:  # before building the crystal
         check_frame_shape((size, size), pixel_size_A, name="--size-px")
     for n in pb_cluster:  # named by its flag, before building the crystal

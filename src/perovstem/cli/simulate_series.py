@@ -16,6 +16,9 @@ from perovstem.cli._common import examples
 from perovstem.cli.simulate import simulate_app
 from perovstem.errors import ParameterError
 
+# truth tables written next to the series (keys of simulate.series.insitu_series' truth)
+_TRUTH_TABLES = ("drift", "clusters", "frames", "events")
+
 
 def _parse_params(items: list[str]):
     from perovstem.simulate.kmc_params import KineticParameters
@@ -99,7 +102,7 @@ def series(
     gain: float = typer.Option(1.0, "--gain", help="Detector counts per electron."),
     offset: float = typer.Option(0.0, "--offset", help="Detector offset, counts."),
     no_noise: bool = typer.Option(False, "--no-noise", help="Noise-free expectation frames."),
-    seed: int = typer.Option(None, "--seed", help="Random seed (reproducible output)."),
+    seed: int = typer.Option(None, "--seed", min=0, help="Random seed (reproducible output)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Simulate an in-situ series of a nanocrystal degrading under the beam, with truth tables.
@@ -117,15 +120,16 @@ def series(
     from perovstem.simulate.structures import nanocrystal
 
     check_choice("--table-format", table_format, ("parquet", "csv"))
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{str(out)!r} exists (use --overwrite to replace it)")
+    prefix = truth_prefix if truth_prefix is not None else out.with_name(out.name.split(".")[0])
+    for p in (out, *(Path(f"{prefix}_{n}.{table_format}") for n in _TRUTH_TABLES)):
+        if p.exists() and not overwrite:  # the truth tables are outputs too
+            raise OutputExistsError(f"{str(p)!r} exists (use --overwrite to replace it)")
     if isinstance(frames, bool) or frames < 1:
         raise ParameterError(f"`--frames` must be >= 1, got {frames!r}")
     if size is not None:  # before the kinetic Monte Carlo, the slow part
         from perovstem.simulate.haadf import check_frame_shape
 
         check_frame_shape((size, size), pixel_size_A, name="--size-px")
-    prefix = truth_prefix if truth_prefix is not None else out.with_name(out.name.split(".")[0])
     params = _parse_params(param)
     rng = np.random.default_rng(seed)
     atoms = nanocrystal(
@@ -189,7 +193,7 @@ def series(
         if name == "events":  # list column → text for CSV readers
             df["parents"] = [" ".join(map(str, p)) for p in df["parents"]]
         path = Path(f"{prefix}_{name}.{table_format}")
-        save_table(df, path, overwrite=True)
+        save_table(df, path, overwrite=True)  # refused above unless --overwrite
         written.append(str(path))
     ft = truth["frames"]
     typer.echo(

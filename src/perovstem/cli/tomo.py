@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from perovstem._validation import check_int, check_positive
 from perovstem.cli._common import check_outputs, examples
 from perovstem.cli.main import app
 from perovstem.errors import ParameterError
@@ -121,7 +122,9 @@ def reconstruct_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Volume (.mrc, .tif, .zarr, .vti, .npz)."),
     method: str = typer.Option("sirt", "--method", "-m", help="fbp|wbp|sirt|sart|cgls|tv|dart."),
     n_iter: int = typer.Option(None, "--n-iter", help="Iterations (algorithm default if unset)."),
-    tv_weight: float = typer.Option(0.5, "--tv-weight", help="TV strength (method tv)."),
+    tv_weight: float = typer.Option(
+        None, "--tv-weight", help="TV strength (method tv; default 0.5)."
+    ),
     thickness_px: int = typer.Option(
         None, "--thickness-px", help="Volume thickness nz, px (default: the projection height)."
     ),
@@ -137,13 +140,19 @@ def reconstruct_cmd(
 
     if n_iter is not None and method in ("fbp", "wbp"):
         raise ParameterError(f"--n-iter does not apply to --method {method} (not iterative)")
+    if tv_weight is not None:
+        if method != "tv":
+            raise ParameterError(
+                f"`--tv-weight` {tv_weight} applies to --method tv only, got --method {method}"
+            )
+        check_positive("--tv-weight", tv_weight, allow_zero=True)
     check_outputs(out, overwrite=overwrite)
     ts = bin_tilt_series(_load_tilt(tiltseries, pixel_size_A), bin_factor)
     kw: dict = {"thickness_px": thickness_px}
     if n_iter is not None and method not in ("fbp", "wbp"):
         kw["n_iter"] = n_iter
     if method == "tv":
-        kw["tv_weight"] = tv_weight
+        kw["tv_weight"] = 0.5 if tv_weight is None else tv_weight
     if method in ("sirt", "sart", "tv"):
         kw["nonneg"] = not no_nonneg
     rec = reconstruct(ts, method=method, backend=backend, **kw)
@@ -184,7 +193,7 @@ def facets_cmd(
     calibrate: int = typer.Option(
         0, "--calibrate", help="Phantoms for bias calibration (0: none)."
     ),
-    seed: int = typer.Option(None, "--seed", help="Random seed of the calibration."),
+    seed: int = typer.Option(None, "--seed", min=0, help="Random seed of the calibration."),
     pixel_size_A: float = typer.Option(None, "--pixel-size-A", help=_PIXEL_SIZE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
@@ -193,6 +202,7 @@ def facets_cmd(
 
     from perovstem.io import read_volume, save_mesh, save_table
     from perovstem.tomo import (
+        METHODS,
         calibrate_facets,
         estimate_orientation,
         facet_fractions,
@@ -205,6 +215,20 @@ def facets_cmd(
         raise ParameterError(
             f"`--facet-method` must be 'normals' or 'polyhedron', got {facet_method!r}"
         )
+    # every option checked before the (slow) reconstruction and calibration
+    if not volume and method not in METHODS:
+        raise ParameterError(f"`--method` must be one of {sorted(METHODS)}, got {method!r}")
+    if not 0 < tolerance_deg < 45:  # NaN fails too
+        raise ParameterError(f"`--tolerance-deg` must be in (0, 45), got {tolerance_deg}")
+    check_positive("--sigma-px", sigma_px, allow_zero=True)
+    check_int("--calibrate", calibrate, 0)
+    if tilt_range_deg is not None and not volume:
+        raise ParameterError(
+            f"`--tilt-range-deg` {tilt_range_deg} is for --volume only (a tilt series' own "
+            "angles give its range): leave it out"
+        )
+    if tilt_range_deg is not None and not 0.0 < tilt_range_deg <= 90.0:
+        raise ParameterError(f"`--tilt-range-deg` must be in (0, 90], got {tilt_range_deg}")
     if facet_method == "polyhedron" and calibrate:
         raise ParameterError("`--calibrate` corrects the normals method; drop it with polyhedron")
     if volume:
@@ -212,9 +236,7 @@ def facets_cmd(
         angles = None
         if calibrate and tilt_range_deg is None:
             raise ParameterError("`--calibrate` with `--volume` needs `--tilt-range-deg`")
-        if tilt_range_deg is not None:
-            if not 0.0 < tilt_range_deg <= 90.0:  # NaN fails too; 1e30 made a huge arange
-                raise ParameterError(f"`--tilt-range-deg` must be in (0, 90], got {tilt_range_deg}")
+        if tilt_range_deg is not None:  # checked above: NaN or 1e30 made a huge arange
             angles = np.arange(-tilt_range_deg, tilt_range_deg + 1e-9, 2.0)
     else:
         ts = _load_tilt(source, pixel_size_A)
@@ -369,6 +391,7 @@ def sequence_cmd(
         raise ParameterError(f"`--n-classes` must be 2 or 3, got {n_classes}")
     if not 0 < tolerance_deg < 45:
         raise ParameterError(f"`--tolerance-deg` must be in (0, 45), got {tolerance_deg}")
+    check_positive("--sigma-px", sigma_px, allow_zero=True)
     files = _sequence_files(series)
     if len(files) < 2:
         raise ParameterError(
@@ -499,7 +522,7 @@ def _register_simulate_tilt() -> None:
             0.0, "--axis-offset-px", help="Tilt-axis offset from the centre, px."
         ),
         no_noise: bool = typer.Option(False, "--no-noise", help="Noise-free projections."),
-        seed: int = typer.Option(None, "--seed", help="Random seed."),
+        seed: int = typer.Option(None, "--seed", min=0, help="Random seed."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     ) -> None:
         """Simulate a tilt series of a faceted NC with Pb inclusions; writes it and a truth JSON."""
@@ -511,6 +534,11 @@ def _register_simulate_tilt() -> None:
         if step_deg <= 0 or tilt_range_deg <= 0:
             raise ParameterError(
                 f"`--step-deg` and `--tilt-range-deg` must be > 0, got {step_deg}, {tilt_range_deg}"
+            )
+        if min_tilt_deg is not None and not -90 <= min_tilt_deg < tilt_range_deg:
+            raise ParameterError(
+                f"`--min-tilt-deg` must be in [-90, {tilt_range_deg:g}) degrees (below "
+                f"`--tilt-range-deg` {tilt_range_deg:g}), got {min_tilt_deg!r}"
             )
         tpath = truth or out.with_name(out.name.split(".")[0] + "_truth.json")
         check_outputs(out, tpath, overwrite=overwrite)

@@ -230,6 +230,15 @@ def _time_column(raw: pd.DataFrame) -> tuple[Any, float]:
     return None, 1.0
 
 
+def _blank(path: Path) -> bool:
+    """True when the file holds nothing but whitespace (read until the first other byte)."""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
+
+
 def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
     """Read a DENSsolutions / Protochips holder log or a plain CSV into a condition table.
 
@@ -256,6 +265,10 @@ def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
     p = Path(path)
     if not p.is_file():
         raise FileFormatError(f"holder log {str(p)!r} does not exist")
+    if _blank(p):  # RosettaSciIO's DENS reader loops forever on a blank file
+        raise FileFormatError(
+            f"holder log {str(p)!r} is empty ({p.stat().st_size} bytes, no text but blanks)"
+        )
     errors = []
     for plugin in ("protochips", "dens", "impulse"):
         try:

@@ -153,7 +153,12 @@ def load(
 def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: str | None) -> Any:
     data = rec["data"]
     md = dict(rec.get("metadata", {}))
-    md.setdefault("source", str(path))
+    # `source` names the file read; a stored one (the file or simulator a saved object came
+    # from) is kept as `original_source` (the first one, through any number of re-saves)
+    stored = md.get("source")
+    if stored is not None and str(stored) != str(path):
+        md.setdefault("original_source", stored)
+    md["source"] = str(path)
     if pixel_size is not None:
         px = float(pixel_size)
         md["pixel_size_source"] = "user"

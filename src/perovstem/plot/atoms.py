@@ -92,7 +92,8 @@ def plot_columns(
     ax.set_ylim(ext[2], ext[3])
     ax.set_xlabel("x (Å)")
     ax.set_ylabel("y (Å)")
-    ax.legend(loc="upper right", fontsize=7, framealpha=0.7)
+    if ax.get_legend_handles_labels()[0]:  # no columns: no legend (and no warning)
+        ax.legend(loc="upper right", fontsize=7, framealpha=0.7)
     ax.set_title(title or f"{len(columns)} columns")
     return ax
 

@@ -119,6 +119,11 @@ def zone_rotation(zone_axis: str, *, mistilt_deg: float = 0.0, mistilt_azimuth_d
 def _n_cells(
     edge_A: float | Sequence[float], shape: str, thickness_A: float | None, a_pc: np.ndarray
 ) -> np.ndarray:
+    if thickness_A is not None and shape != "platelet":
+        raise ParameterError(
+            f"`thickness_A` applies to shape='platelet' only, got thickness_A={thickness_A!r} "
+            f"with shape={shape!r}"
+        )
     if np.ndim(edge_A) == 0:
         e = check_positive("edge_A", edge_A)
         if shape == "cube":

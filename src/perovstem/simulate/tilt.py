@@ -453,7 +453,8 @@ def tilt_scheme(
     lo = -float(max_tilt_deg) if min_tilt_deg is None else float(min_tilt_deg)
     if not np.isfinite(lo) or not -90 <= lo < max_tilt_deg:
         raise ParameterError(
-            f"`min_tilt_deg` must be in [-90, max_tilt_deg) degrees, got {min_tilt_deg!r}"
+            f"`min_tilt_deg` must be in [-90, {float(max_tilt_deg):g}) degrees (below the "
+            f"largest tilt `max_tilt_deg`), got {min_tilt_deg!r}"
         )
     if scheme not in _SCHEMES:
         raise ParameterError(f"`scheme` must be one of {list(_SCHEMES)}, got {scheme!r}")
@@ -727,6 +728,10 @@ def tilt_series(
         raise ParameterError(f"`voxel_size_A` must be > 0 Å, got {voxel_size_A!r}")
     check_positive("counts_per_A", counts_per_A)
     check_positive("background", background, allow_zero=True)
+    check_positive("shift_sigma_px", shift_sigma_px, allow_zero=True)
+    for name, value in (("tilt_axis_deg", tilt_axis_deg), ("axis_offset_px", axis_offset_px)):
+        if not np.isfinite(float(value)):
+            raise ParameterError(f"`{name}` must be finite, got {value!r}")
     na = ang.size
     if acquisition_order is None:
         order = np.arange(na)

@@ -285,8 +285,8 @@ def tomo_sequence(ctx: Any, series: Any) -> dict[str, Any]:
             f"`series` needs at least 2 tilt series in time order, got {len(items)}; wire them "
             'as inputs = { series = ["t0", "t1", ...] }'
         )
-    # metadata["source"] can name an older file (io.load keeps a stored one), so errors
-    # name the position in the wired list
+    # items wired from other steps carry no file name (metadata["source"] is the file io.load
+    # read, if any), so errors name the position in the wired list
     names = [f"`series[{k}]` (entry {k + 1} of the wired list)" for k in range(len(items))]
     api(CHECK_SEQUENCE)(items, names=names)
     for key in ("times_s", "doses_e_per_A2"):

@@ -1,0 +1,217 @@
+"""Bad option values and existing outputs: one error line naming the flag, exit 2, no output.
+
+Each case here was accepted (or crashed with a traceback, or overwrote a file) before the
+QA pass that added it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from perovstem.cli.main import main
+
+
+def _tilt(tmp_path, *extra):
+    return ["simulate", "tilt", "-o", str(tmp_path / "ts.npz"), "--no-noise", *extra]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--shift-sigma-px", "-1"),
+        ("--shift-sigma-px", "nan"),
+        ("--tilt-axis-deg", "nan"),
+        ("--axis-offset-px", "inf"),
+    ],
+)
+def test_simulate_tilt_refuses_bad_geometry(tmp_path, capsys, flag, value):
+    assert main(_tilt(tmp_path, flag, value)) == 2
+    err = capsys.readouterr().err
+    assert flag in err and value in err
+    assert not (tmp_path / "ts.npz").exists() and not (tmp_path / "ts_truth.json").exists()
+
+
+def test_simulate_tilt_min_tilt_message_names_the_flags(tmp_path, capsys):
+    assert main(_tilt(tmp_path, "--min-tilt-deg", "80")) == 2
+    err = capsys.readouterr().err
+    assert "--min-tilt-deg" in err and "--tilt-range-deg" in err and "70" in err
+    assert "max_tilt_deg" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["simulate", "image", "-o", "{d}/i.tif"],
+        ["simulate", "tilt", "-o", "{d}/t.npz"],
+        ["model3d", "{d}/none.parquet"],
+    ],
+)
+def test_negative_seed_is_a_usage_error_not_a_traceback(tmp_path, capsys, argv):
+    argv = [a.format(d=tmp_path) for a in argv]
+    assert main([*argv, "--seed", "-1"]) == 2
+    assert "--seed" in capsys.readouterr().err
+
+
+def test_simulate_image_thickness_needs_a_platelet(tmp_path, capsys):
+    out = tmp_path / "i.tif"
+    argv = ["simulate", "image", "-o", str(out), "--edge-A", "12", "--thickness-A", "-1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--thickness-A" in err and "platelet" in err
+    assert not out.exists()
+
+
+def test_simulate_image_does_not_overwrite_an_existing_truth_table(tmp_path, capsys):
+    out, truth = tmp_path / "i.tif", tmp_path / "i_truth.parquet"
+    truth.write_bytes(b"keep me")
+    argv = ["simulate", "image", "-o", str(out), "--edge-A", "12", "--no-noise"]
+    assert main(argv) == 2
+    assert "i_truth.parquet" in capsys.readouterr().err
+    assert truth.read_bytes() == b"keep me" and not out.exists()
+
+
+def test_simulate_series_does_not_overwrite_existing_truth_tables(tmp_path, capsys):
+    out, truth = tmp_path / "s.npz", tmp_path / "s_events.csv"
+    truth.write_text("keep me")
+    argv = ["simulate", "series", "-o", str(out), "--table-format", "csv"]
+    assert main([*argv, "--frames", "1", "--edge-A", "12", "--no-noise"]) == 2
+    assert "s_events.csv" in capsys.readouterr().err
+    assert truth.read_text() == "keep me" and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [
+        (["--cd-fraction", "2"], "--cd-fraction"),
+        (["--cd-fraction", "0.3"], "--cd-fraction"),
+        (["--f-bulk", "0.5"], "--f-bulk"),
+        (["--termination", "PbBr2"], "--termination"),
+        (["--hmm-model", "free"], "--hmm-model"),
+        (["--columns", "--cd-fraction", "nan"], "--cd-fraction"),
+    ],
+)
+def test_insitu_refuses_options_it_would_ignore(tmp_path, capsys, extra, flag):
+    import numpy as np
+
+    import perovstem as ps
+
+    series = ps.io.save_image(
+        ps.Series(np.ones((2, 16, 16), np.float32), 0.5, time_s=[0, 1]), tmp_path / "s.npz"
+    )
+    out = tmp_path / "out"
+    assert main(["insitu", str(series), "-o", str(out), "--no-plots", *extra]) == 2
+    err = capsys.readouterr().err
+    assert flag in err and extra[-1] in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [
+        (["--cell", "cspbbr3", "--separation-A", "4"], "--separation-A"),
+        (["--cell", "cspbbr3", "--n-types", "3"], "--n-types"),
+        (["--positions", "{d}/p.csv", "--cell", "cspbbr3"], "--cell"),
+        (["--positions", "{d}/p.csv", "--separation-A", "4"], "--separation-A"),
+    ],
+)
+def test_atoms_fit_refuses_search_options_it_would_ignore(tmp_path, capsys, extra, flag):
+    import numpy as np
+
+    import perovstem as ps
+
+    rng = np.random.default_rng(0)
+    img = ps.io.save_image(ps.Image(rng.random((48, 48)), 0.3), tmp_path / "i.npz")
+    (tmp_path / "p.csv").write_text("x_A,y_A,type\n3.0,3.0,Pb\n")
+    out = tmp_path / "c.parquet"
+    argv = ["atoms", "fit", str(img), "-o", str(out), *(e.format(d=tmp_path) for e in extra)]
+    assert main(argv) == 2
+    assert f"`{flag}`" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def tilt_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tilt")
+    argv = ["simulate", "tilt", "-o", str(d / "ts.npz"), "--size-px", "32", "--edge-A", "40"]
+    assert main([*argv, "--step-deg", "10", "--no-noise", "--seed", "1"]) == 0
+    return d / "ts.npz"
+
+
+@pytest.mark.parametrize("method", ["sirt", "fbp"])
+def test_tomo_reconstruct_refuses_tv_weight_without_tv(tilt_file, tmp_path, capsys, method):
+    out = tmp_path / "v.npz"
+    argv = ["tomo", "reconstruct", str(tilt_file), "-o", str(out), "-m", method]
+    assert main([*argv, "--tv-weight", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "`--tv-weight` -1" in err and method in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [
+        (["--tolerance-deg", "nan"], "--tolerance-deg"),
+        (["--sigma-px", "-1"], "--sigma-px"),
+        (["--calibrate", "-1"], "--calibrate"),
+        (["--tilt-range-deg", "60"], "--tilt-range-deg"),  # was ignored for a tilt series
+        (["--method", "fourier"], "--method"),
+    ],
+)
+def test_tomo_facets_checks_options_before_reconstructing(
+    tilt_file, tmp_path, capsys, monkeypatch, extra, flag
+):
+    import perovstem.tomo
+
+    def no_work(*a, **k):
+        raise AssertionError("reconstructed before the options were checked")
+
+    monkeypatch.setattr(perovstem.tomo, "reconstruct", no_work)
+    out = tmp_path / "f.csv"
+    assert main(["tomo", "facets", str(tilt_file), "-o", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert f"`{flag}`" in err and extra[-1] in err
+    assert not out.exists()
+
+
+def test_tomo_sequence_checks_sigma_before_reconstructing(tilt_file, tmp_path, capsys, monkeypatch):
+    import perovstem.tomo
+
+    def no_work(*a, **k):
+        raise AssertionError("reconstructed before the options were checked")
+
+    monkeypatch.setattr(perovstem.tomo, "reconstruct_sequence", no_work)
+    out = tmp_path / "q.csv"
+    argv = ["tomo", "sequence", str(tilt_file), str(tilt_file), "-o", str(out), "--no-plot"]
+    assert main([*argv, "--sigma-px", "nan"]) == 2
+    assert "`--sigma-px`" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "canonical"),
+    [
+        (["atoms", "count", "t.csv", "--criteria", "k.csv"], "--criteria", "--criteria-out"),
+        (["model3d", "t.csv", "--sites=s.csv"], "--sites", "--sites-out"),
+        (["model3d", "t.csv", "--summary", "j.json"], "--summary", "--summary-out"),
+        (["atoms", "fit", "i.tif", "--overlay-out", "o.png"], "--overlay-out", "--overlay"),
+        (["atoms", "map", "i.tif", "--models-out", "m.csv"], "--models-out", "--models"),
+        (["atoms", "strain", "c.csv", "--plot-out", "p.png"], "--plot-out", "--plot"),
+        (["tomo", "facets", "t.npz", "--mesh-out", "m.ply"], "--mesh-out", "--mesh"),
+        (["tomo", "align", "t.npz", "--shifts-out", "s.csv"], "--shifts-out", "--shifts"),
+        (["simulate", "tilt", "--truth-out", "t.json"], "--truth-out", "--truth"),
+    ],
+)
+def test_side_outputs_take_either_spelling(argv, flag, canonical):
+    # side outputs were --criteria-out/--sites-out/--summary-out on some commands and
+    # --overlay/--models/--plot/--mesh/--shifts/--truth on others
+    from perovstem.cli.main import canonical_argv
+
+    new, typed = canonical_argv(argv)
+    assert canonical in {t.split("=", 1)[0] for t in new} and typed == {canonical: flag}
+
+
+def test_side_output_alias_runs(tmp_path):
+    out = tmp_path / "t.npz"
+    argv = ["simulate", "tilt", "-o", str(out), "--no-noise", "--size-px", "40"]
+    assert main([*argv, "--edge-A", "30", "--truth-out", str(tmp_path / "truth.json")]) == 0
+    assert (tmp_path / "truth.json").is_file()
