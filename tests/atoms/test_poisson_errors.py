@@ -135,3 +135,27 @@ def test_poisson_fit_of_a_multislice_field_without_vacuum_converges():
     assert fit.attrs["converged"]
     assert fit.attrs["n_iter"] < 250
     assert fit["converged"].mean() > 0.95
+
+
+def test_too_few_electrons_per_column_for_linearised_errors_is_warned():
+    """Least squares at 10³ e⁻/Å² (0.3 Å px): a Br column holds ~5 detected electrons, a
+    Cs column ~18, and their errors were 1.5× (Cs) too small or NaN (Br), silently.  Below
+    50 electrons per column a warning names the types; at 10⁴ e⁻/Å² (Br 82 e⁻) none."""
+    import perovstem.simulate as sim
+    from perovstem.atoms import cspbbr3_001_cell, find_columns, fit_columns
+
+    nc = sim.nanocrystal(25.0, rng=3)
+    for dose, low in ((1e3, {"Br", "Cs"}), (1e4, set())):
+        img, _ = sim.haadf_image(nc, pixel_size_A=0.3, dose_e_per_A2=dose, rng=4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cols = find_columns(img, cell=cspbbr3_001_cell())
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            fit = fit_columns(img, cols)
+        msgs = [str(w.message) for w in rec if "detected electrons" in str(w.message)]
+        assert bool(msgs) == bool(low), (dose, msgs)
+        e = fit.attrs["electrons_per_column"]
+        assert {t for t, v in e.items() if v < 50} == low, e
+        for t in low:
+            assert t in msgs[0]
