@@ -67,10 +67,10 @@ def test_poisson_errors_of_raw_counts_with_unknown_gain_equal_the_spread():
     assert vm["slope"] == pytest.approx(20.0, rel=0.15)  # the gain, from the residuals
 
 
-def test_poisson_errors_with_a_wrong_detector_gain_are_rescaled_and_warned():
+def test_poisson_fit_with_a_wrong_detector_gain_is_warned():
     """metadata gain 1 for a gain-20 detector: the residuals are 20× the model variance;
-    the errors are scaled by the dispersion (as with the gain unknown) and a warning names
-    the gain."""
+    a warning names the gain, and attrs give the dispersion by which the errors (the CRLB
+    of the given detector) are too small."""
     import perovstem.simulate as sim
     from perovstem.atoms import cspbbr3_001_cell, find_columns, fit_columns
 
@@ -86,8 +86,9 @@ def test_poisson_errors_with_a_wrong_detector_gain_are_rescaled_and_warned():
     with pytest.warns(UserWarning, match=r"residuals are .*gain 1,"):
         fit = fit_columns(wrong, start, noise="poisson")
     # 20× from the gain, ~1.15× more from the model's misfit (the probe tail is not fitted)
-    assert 18.0 < fit.attrs["variance_model"]["dispersion"] < 26.0
-    ratio = fit["x_err_A"] / unknown["x_err_A"]
+    phi = fit.attrs["variance_model"]["dispersion"]
+    assert 18.0 < phi < 26.0
+    ratio = fit["x_err_A"] * np.sqrt(phi) / unknown["x_err_A"]
     assert 0.85 < float(np.median(ratio)) < 1.15
 
 

@@ -21,8 +21,7 @@ joint objective.  Cost per sweep is O(N·(c ρ/dx)²), i.e. linear in the number
 With ``noise="poisson"`` the weights are ``1/Var`` from the current model (iteratively
 reweighted least squares), whose fixed point solves the Poisson maximum-likelihood score
 equations (quasi-likelihood with a fitted variance v = a + b·μ when the detector gain is
-unknown); standard errors are then the Cramér–Rao bound at the estimate, scaled by the
-dispersion where the variance model does not match the residuals.
+unknown); standard errors are then the Cramér–Rao bound at the estimate.
 """
 
 from __future__ import annotations
@@ -66,8 +65,8 @@ _BACKGROUNDS = ("constant", "planar", "poly2", "none")
 _WIDTHS = ("type", "column", "fixed")
 _NOISES = ("gaussian", "poisson")
 _IRLS_MAX_STAGES = 30  # outer reweighting stages of the Poisson fit (joint estimator)
-# a known detector's variance is kept unless the residuals are this far off (factor)
-_DISPERSION_TOLERATED = 1.5
+# a known detector's variance: warning when the residuals are this far off (factor)
+_DISPERSION_TOLERATED = 2.0
 _MIN_ELECTRONS_PER_COLUMN = 50.0  # below: linearised errors too small (warning)
 _IRLS_FREE_SWEEPS = 40  # Poisson: sweeps reweighted one by one before the staged restart
 
@@ -295,9 +294,9 @@ def fit_columns(
         ``"gaussian"``: unweighted least squares (StatSTEM), errors scaled by the residual
         variance.  ``"poisson"``: Poisson maximum likelihood via reweighting with the pixel
         variance ``v = gain·(μ − offset) + read_noise²`` of a known detector (normalised
-        image, or ``gain`` and ``offset`` in ``image.metadata``; errors = CRLB, unless the
-        residuals are > 1.5× off that variance: then scaled by the dispersion, with a
-        warning); with the gain or offset unknown, quasi-likelihood with ``v = a + b·μ``
+        image, or ``gain`` and ``offset`` in ``image.metadata``; errors = CRLB, with a
+        warning when the residuals are > 2× off that variance); with the gain or offset
+        unknown, quasi-likelihood with ``v = a + b·μ``
         fitted to the residuals (errors from that variance; ``attrs['variance_model']``).
     cutoff_rho : float, optional
         Truncation radius of each Gaussian in units of its ρ; default 4 (``truncation="disk"``)
@@ -1200,8 +1199,10 @@ def fit_columns(
             warnings.warn(
                 f"fit_columns(noise='poisson'): the residuals are {dispersion:.3g}× the "
                 f"variance of the detector model (gain {vstate['s']:.4g}, offset "
-                f"{vstate['o']:.4g}); the errors are scaled by √{dispersion:.3g}. Check the "
-                "detector gain/offset in image.metadata (or the normalisation)",
+                f"{vstate['o']:.4g}): a wrong detector gain/offset in image.metadata (or "
+                "normalisation), or a model that misfits the image (e.g. an unfitted probe "
+                "tail at high dose: psf_tail=); the errors are the CRLB of the given "
+                f"detector, × √{dispersion:.3g} if the gain is wrong (attrs['variance_model'])",
                 UserWarning,
                 stacklevel=2,
             )
@@ -1210,15 +1211,13 @@ def fit_columns(
     dof = max(data.size - n_par, 1)
     if noise == "gaussian":
         sigma2 = sse_w / dof
-    elif vstate["kind"] == "detector" and (
-        1.0 / _DISPERSION_TOLERATED < dispersion < _DISPERSION_TOLERATED
-    ):
-        # a known detector whose variance the residuals confirm: the CRLB.  φ also grows with
-        # model misfit (an unmodelled probe tail at 10⁵ e⁻/Å²: φ 1.2-1.4), which the spread
-        # over noise draws does not show (spread / error 0.66-0.8 with φ applied)
-        sigma2 = 1.0
     else:
-        sigma2 = float(dispersion)
+        # a known detector: the CRLB (with a warning when φ is off).  φ cannot tell a wrong
+        # gain from model misfit, which grows as gain·dose (an unfitted probe tail: φ 1.35
+        # at 10⁵ e⁻/Å² gain 1, 2.5 at gain 5; 1.06-1.10 with psf_tail) and which the spread
+        # over noise draws does not show (errors scaled by φ: spread / error 0.6-0.74).
+        # A fitted variance: φ = 1 by construction.
+        sigma2 = 1.0 if vstate["kind"] == "detector" else float(dispersion)
     npar = 4 if free_rho_col else 3
     cov = fisher_covariance(data.shape, w, x, y, eta, rho, cut_h, free_rho_col)
     if noise == "gaussian":
