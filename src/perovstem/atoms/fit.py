@@ -1086,7 +1086,7 @@ def fit_columns(
 
     def refit_variance(lev: np.ndarray) -> None:
         """Unknown detector gain: v = a + b·μ fitted to the current residuals."""
-        a_, b_, floor_ = _residual_variance_coefs(data - res, res, leverage=lev)
+        a_, b_, floor_ = _residual_variance_coefs(data - res, res, leverage=lev, haar=True)
         vstate.update(s=b_, o=0.0, c=a_, floor=floor_, fitted=True)
 
     def _irls_outer(conv: bool, it_total: int) -> tuple[bool, int]:
@@ -1180,12 +1180,12 @@ def fit_columns(
     # --- uncertainties from the Fisher information
     dispersion = None
     if noise == "poisson":
-        # quasi-likelihood: the Fisher information of the variance model v(μ), scaled by the
+        # quasi-likelihood: the Fisher information of the variance model v(μ); the
         # dispersion φ = Σ r²/(1 − h) / Σ v (McCullagh & Nelder 1989, §9.2; h the pixel
-        # leverage, HC2).  φ ≈ 1 when v is the image's variance (then the errors are the
-        # CRLB); a wrong detector gain g' scales v by g'/g and φ by g/g'.  Raw counts of an
-        # unknown gain (the StatSTEM CsPbBr3 image: gain ≈ 90 counts/e⁻) were given the
-        # errors of gain 1, 10× too small; there v = a + b·μ is fitted to the residuals.
+        # leverage, HC2) is ≈ 1 when v is the image's variance; a wrong detector gain g'
+        # scales v by g'/g and φ by g/g' (warning below).  Raw counts of an unknown gain
+        # (the StatSTEM CsPbBr3 image: ~200 counts/e⁻) were given the errors of gain 1, 10×
+        # too small; there v = a + b·μ is fitted to the residuals.
         lev = _pixel_leverage(data.shape, x, y, eta, rho, cut_h, free_rho_col)
         if vstate["kind"] == "fitted":
             refit_variance(lev)
@@ -1216,8 +1216,9 @@ def fit_columns(
         # gain from model misfit, which grows as gain·dose (an unfitted probe tail: φ 1.35
         # at 10⁵ e⁻/Å² gain 1, 2.5 at gain 5; 1.06-1.10 with psf_tail) and which the spread
         # over noise draws does not show (errors scaled by φ: spread / error 0.6-0.74).
-        # A fitted variance: φ = 1 by construction.
-        sigma2 = 1.0 if vstate["kind"] == "detector" else float(dispersion)
+        # A fitted variance (Haar details of the residuals) is the noise without the misfit
+        # that φ includes: its CRLB (scaled by φ: spread / error 0.52-0.91 at 10⁵ e⁻/Å²).
+        sigma2 = 1.0
     npar = 4 if free_rho_col else 3
     cov = fisher_covariance(data.shape, w, x, y, eta, rho, cut_h, free_rho_col)
     if noise == "gaussian":
@@ -1497,10 +1498,26 @@ def _residual_variance_model(
 
 
 def _residual_variance_coefs(
-    mu: np.ndarray, res: np.ndarray, n_bins: int = 32, *, leverage: np.ndarray | None = None
+    mu: np.ndarray,
+    res: np.ndarray,
+    n_bins: int = 32,
+    *,
+    leverage: np.ndarray | None = None,
+    haar: bool = False,
 ) -> tuple[float, float, float]:
     """``(a, b, floor)`` of :func:`_residual_variance_model` (b = 0 when the residuals
-    do not grow with μ)."""
+    do not grow with μ).  ``haar``: the squared diagonal Haar details of 2×2 blocks of the
+    (leverage-corrected) residuals, (r00 − r01 − r10 + r11)/2, against the block mean of μ
+    instead of r² — white noise keeps its variance, a misfit smooth over 2 px cancels (the
+    image's variance, not the model's misfit: Foi et al., IEEE TIP 17 (2008) 1737)."""
+    if haar and min(mu.shape) >= 8:
+        rr = res / np.sqrt(1.0 - leverage) if leverage is not None else res
+        h0, h1 = (mu.shape[0] // 2) * 2, (mu.shape[1] // 2) * 2
+        r4 = rr[:h0, :h1]
+        d = 0.5 * (r4[0::2, 0::2] - r4[0::2, 1::2] - r4[1::2, 0::2] + r4[1::2, 1::2])
+        m4 = mu[:h0, :h1]
+        mb = 0.25 * (m4[0::2, 0::2] + m4[0::2, 1::2] + m4[1::2, 0::2] + m4[1::2, 1::2])
+        return _residual_variance_coefs(mb, d, n_bins)
     m, r2 = mu.ravel(), res.ravel() ** 2
     if leverage is not None:
         r2 = r2 / (1.0 - leverage.ravel())
