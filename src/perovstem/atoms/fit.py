@@ -1091,8 +1091,9 @@ def fit_columns(
 
     def _irls_outer(conv: bool, it_total: int) -> tuple[bool, int]:
         """Poisson ML (quasi-likelihood with a fitted variance when the gain is unknown)
-        from the least-squares fit (or the per-sweep reweighted one at a few electrons per
-        pixel): the weights 1/v(μ) are frozen during a stage, which the
+        from the least-squares restart (the per-sweep reweighting did not converge in
+        _IRLS_FREE_SWEEPS sweeps) or, gain unknown, from the converged per-sweep fit: the
+        weights 1/v(μ) are frozen during a stage, which the
         weighted least-squares steps converge quadratically, then recomputed from the new
         model, until a stage moves no column by more than its tolerance
         ``max(tol_px, tol_crlb·σ_k)`` (iteratively reweighted least squares as an outer
