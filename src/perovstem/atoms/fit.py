@@ -1313,11 +1313,11 @@ def fit_columns(
     low = sorted(t for t, v in e_by_type.items() if v < _MIN_ELECTRONS_PER_COLUMN)
     if low:
         warnings.warn(
-            f"fit_columns: {'/'.join(low)} columns hold a median of "
-            + ", ".join(f"{e_by_type[t]:.3g}" for t in low)
-            + f" detected electrons (< {_MIN_ELECTRONS_PER_COLUMN:g}): too few for the "
-            "linearised error bars, which are then too small (1.3-1.6× at ~20 e⁻); "
-            "attrs['electrons_per_column']",
+            # no count in the text: one warning per call site, not per frame of a series
+            f"fit_columns: {'/'.join(low)} columns hold a median of fewer than "
+            f"{_MIN_ELECTRONS_PER_COLUMN:g} detected electrons (how many: "
+            "attrs['electrons_per_column']): too few for the linearised error bars, which "
+            "are then too small (1.3-1.6× at ~20 e⁻)",
             UserWarning,
             stacklevel=2,
         )
