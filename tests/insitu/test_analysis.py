@@ -49,6 +49,7 @@ def test_analyze_series_end_to_end(sim_series):
     assert set(res.events["kind"]) <= {
         "birth",
         "merge",
+        "merge_uncertain",
         "death",
         "overlap",
         "separation",
