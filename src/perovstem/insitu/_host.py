@@ -72,16 +72,10 @@ class HostModel:
 
     def reliable(self) -> np.ndarray:
         """Segments whose counts the host model supports: not next to a crystal smaller
-        than the background element, without a host reference (``"no_host"``) not
-        containing host lattice (ΣQ/ΣM < :data:`KAPPA_MAX`), and none at all with a
-        crystal plateau but no host reference (``"no_reference"``: the clusters cover the
-        crystal, so host under them cannot be told from Pb; on an AVX-512 realisation of
-        a 3 nm KMC series such a frame read 175 Pb⁰ for 94 true, with every segment
-        Pb-like and none flagged)."""
+        than the background element, and, without a host reference (``"no_host"``,
+        ``"no_reference"``), not containing host lattice (ΣQ/ΣM < :data:`KAPPA_MAX`)."""
         ok = ~self.seg_small_host
-        if self.status == "no_reference":
-            return np.zeros_like(ok)
-        if self.status == "no_host":
+        if self.status in ("no_host", "no_reference"):
             ok &= ~(self.seg_kappa < KAPPA_MAX)
         return ok
 

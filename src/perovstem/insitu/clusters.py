@@ -1352,10 +1352,8 @@ def detect_clusters(
         consecutive frames with it), ``host_fraction`` the part of the
         segment's excess attributed to the host lattice (0 when the plain excess was
         used), ``host_ok`` False where the host model cannot support the count (a crystal
-        smaller than the background element next to the cluster, host lattice in the
-        segment without a host reference in the frame, or every segment of a frame whose
-        crystal the clusters cover, ``host_model`` ``"no_reference"``; such counts are
-        often too high).
+        smaller than the background element next to the cluster, or host lattice in the
+        segment without a host reference in the frame; such counts are often too high).
         ``attrs`` has ``noise_sigma``, ``lattice_A``, ``lattice_angle_deg``,
         ``host_empty_site_ratio`` (kappa_h; NaN without a crystal) and ``host_model``:
         ``"lattice"`` (host-free map used), ``"no_crystal"``, ``"no_host"`` (only
