@@ -271,7 +271,7 @@ def _shift_1d(p: np.ndarray, ref: np.ndarray) -> float:
 
 def _profile_metric(d: np.ndarray, sh: np.ndarray, phi: float, margin: int) -> float:
     """Relative variance over tilts of the profile along the axis (after 1-D re-registration)."""
-    r = _transform_stack(d, sh, phi)
+    r = _sinc_transform_stack(d, sh, phi)
     p = r[:, :, margin : r.shape[2] - margin].sum(axis=1).astype(np.float64)
     x = np.arange(p.shape[1], dtype=float)
     for _ in range(2):
@@ -328,6 +328,20 @@ def tilt_axis_search(
     return best, np.stack([cands, res], axis=1)
 
 
+def _register_profiles(p: np.ndarray) -> np.ndarray:
+    """Shifts (px) that register the rows of ``p`` to their mean (two passes)."""
+    p = np.array(p, dtype=np.float64)
+    x = np.arange(p.shape[1], dtype=float)
+    dx = np.zeros(p.shape[0])
+    for _ in range(2):
+        ref = p.mean(axis=0)
+        for k in range(p.shape[0]):
+            s = _shift_1d(p[k], ref)
+            dx[k] += s
+            p[k] = np.interp(x - s, x, p[k], left=0.0, right=0.0)
+    return dx
+
+
 def _axis_frame_shifts(d: np.ndarray, sh: np.ndarray, phi: float, margin: int) -> np.ndarray:
     """Shifts re-centred in the frame of the candidate axis ``phi``.
 
@@ -337,18 +351,31 @@ def _axis_frame_shifts(d: np.ndarray, sh: np.ndarray, phi: float, margin: int) -
     axis every projection's profile is registered to the mean profile (the profile along the
     axis is the same at every tilt; whole-image cross-correlation leaves ~1 px errors on
     compact objects, which a reconstruction criterion would take for an axis error).
+
+    The profiles are registered twice, on their whole length and without ``margin`` columns
+    on each side (where the rotation and the drift move an extended object's signal, e.g. a
+    needle's, through the field edge); the registration that leaves the central columns
+    more alike is kept.  Only the cropped one was used before: on a compact crystal that
+    fills the central columns it registered a flat, featureless profile whose
+    cross-correlation peak could be anywhere (dx errors of 8–11 px RMS on a 48 px cube with
+    2 px random shifts, true shifts given; re-projection residuals of 0.3 instead of 0.04 at
+    some candidate angles, so the axis search jumped: −13° for a 0° axis).
     """
-    r = _transform_stack(d, sh, phi).astype(np.float64)
+    r = _sinc_transform_stack(d, sh, phi).astype(np.float64)
     dy = _com_dy(r)
-    p = r[:, :, margin : r.shape[2] - margin].sum(axis=1)
+    p = r.sum(axis=1)
     x = np.arange(p.shape[1], dtype=float)
-    dx = np.zeros(p.shape[0])
-    for _ in range(2):
-        ref = p.mean(axis=0)
-        for k in range(p.shape[0]):
-            s = _shift_1d(p[k], ref)
-            dx[k] += s
-            p[k] = np.interp(x - s, x, p[k], left=0.0, right=0.0)
+    dx = _register_profiles(p)
+    if margin > 0:
+        dx_crop = _register_profiles(p[:, margin : p.shape[1] - margin])
+
+        def spread(dxs: np.ndarray) -> float:
+            q = np.stack([np.interp(x - s, x, pk, left=0.0, right=0.0) for s, pk in zip(dxs, p)])
+            q = q[:, margin : p.shape[1] - margin]
+            return float(((q - q.mean(axis=0)) ** 2).sum() / ((q**2).sum() or 1.0))
+
+        if spread(dx_crop) < spread(dx):
+            dx = dx_crop
     dx -= dx.mean()
     a = -np.deg2rad(phi)
     c, s_ = np.cos(a), np.sin(a)
@@ -368,7 +395,7 @@ def _reprojection_residual(
     from perovstem.tomo.reconstruct import sirt
 
     sh = _axis_frame_shifts(d, sh, phi, margin * bf)
-    b = _binned(_transform_stack(d, sh, phi), bf)
+    b = _binned(_sinc_transform_stack(d, sh, phi), bf)
     b = np.ascontiguousarray(b[:, :, margin : b.shape[2] - margin])
     rec = sirt(b, ang, n_iter=n_sirt, nonneg=True)
     return float(rec.residuals[-1])
@@ -484,6 +511,59 @@ def _transform_stack(
             data[k], rot, offset=offset, order=order, mode="constant", cval=0.0
         )
     return out
+
+
+def _sinc_transform_stack(data: np.ndarray, shifts_px: np.ndarray, tilt_axis_deg: float) -> np.ndarray:
+    """:func:`_transform_stack` by Fourier (band-limited, "sinc") interpolation.
+
+    The shift is a phase ramp and the rotation three shears, each a per-line phase ramp
+    (Unser, Thévenaz & Yaroslavsky, IEEE Trans. Image Process. 4, 1371 (1995); Larkin,
+    Oldfield & Klemm, Opt. Commun. 139, 99 (1997)), on a zero-padded stack of odd size (no
+    Nyquist bin, so every step is unitary).  Unlike linear or spline interpolation this
+    does not smooth the images by an amount that depends on the angle: with linear
+    interpolation the unrotated stack (angle exactly 0°) kept all its noise and edge
+    sharpness while every candidate rotated by ≳ 1° was smoothed, so criteria that compare
+    candidate angles (re-projection residual, profile variance) had a spurious maximum at
+    0° and minima ~1.5° to either side (clean 48 px cubes, true axis 0°: 1.7° mean error).
+    """
+    from scipy import fft as sfft
+
+    a, m, n = data.shape
+    sh = np.asarray(shifts_px, float)
+    phi = -np.deg2rad(tilt_axis_deg)  # as _transform_stack: towards +rows
+    # padding: the largest displacement of the shears plus the shifts (zero background
+    # beyond the field; content shifted further would wrap around)
+    reach = np.abs(np.tan(phi / 2)) * max(m, n) + np.abs(np.sin(phi)) * max(m, n) / 2
+    pad = int(np.ceil(reach + np.abs(sh).max(initial=0.0))) + 2
+    mp, npad = m + 2 * pad, n + 2 * pad
+    mp += 1 - mp % 2  # odd lengths: no Nyquist bin
+    npad += 1 - npad % 2
+    f = np.zeros((a, mp, npad))
+    f[:, pad : pad + m, pad : pad + n] = data
+    ky = sfft.fftfreq(mp)[None, :, None]
+    kx = sfft.rfftfreq(npad)[None, None, :]
+    spec = sfft.rfft2(f, workers=-1)
+    spec *= np.exp(-2j * np.pi * (ky * sh[:, 0, None, None] + kx * sh[:, 1, None, None]))
+    f = sfft.irfft2(spec, s=(mp, npad), workers=-1)
+    if phi != 0.0:
+        yy = np.arange(mp) - ((m - 1) / 2 + pad)
+        xx = np.arange(npad) - ((n - 1) / 2 + pad)
+
+        def along(g: np.ndarray, s: np.ndarray, axis: int) -> np.ndarray:
+            # g'(…) = g(… + s) along `axis`, s varying along the other image axis
+            length = g.shape[axis]
+            k = sfft.rfftfreq(length)
+            kk = k[None, :, None] if axis == 1 else k[None, None, :]
+            spec = sfft.rfft(g, axis=axis, workers=-1)
+            spec *= np.exp(2j * np.pi * kk * s)
+            return sfft.irfft(spec, n=length, axis=axis, workers=-1)
+
+        # out(r, q) = in(c r + s q, −s r + c q) = three shears (x, y, x) about the centre
+        t = -np.tan(phi / 2)
+        f = along(f, t * yy[None, :, None], axis=2)
+        f = along(f, np.sin(phi) * xx[None, None, :], axis=1)
+        f = along(f, t * yy[None, :, None], axis=2)
+    return f[:, pad : pad + m, pad : pad + n].astype(np.float32)
 
 
 def bin_tilt_series(tilt_series: TiltSeries, factor: int) -> TiltSeries:
