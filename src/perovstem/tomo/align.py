@@ -538,39 +538,54 @@ def _sinc_transform_stack(
     a, m, n = data.shape
     sh = np.asarray(shifts_px, float)
     phi = -np.deg2rad(tilt_axis_deg)  # as _transform_stack: towards +rows
-    # padding: the largest displacement of the shears plus the shifts (zero background
-    # beyond the field; content shifted further would wrap around)
-    reach = np.abs(np.tan(phi / 2)) * max(m, n) + np.abs(np.sin(phi)) * max(m, n) / 2
-    pad = int(np.ceil(reach + np.abs(sh).max(initial=0.0))) + 2
-    mp, npad = m + 2 * pad, n + 2 * pad
-    mp += 1 - mp % 2  # odd lengths: no Nyquist bin
-    npad += 1 - npad % 2
-    f = np.zeros((a, mp, npad))
-    f[:, pad : pad + m, pad : pad + n] = data
-    ky = sfft.fftfreq(mp)[None, :, None]
-    kx = sfft.rfftfreq(npad)[None, None, :]
+    # quarter turns exactly (np.rot90), the rest (|φ| <= 45°) by shears
+    quarter = int(np.round(phi / (np.pi / 2)))
+    phi -= quarter * np.pi / 2
+    t, sn = np.tan(phi / 2), np.sin(phi)
+    # zero padding on a square of odd side (no Nyquist bin; the centre stays on a pixel under
+    # rot90) that holds what the shears move: content within h of the centre moves at most
+    # |sin φ|(h + |t| h) along y and |t|(h + that) + |t| h along x
+    h = max(m, n) / 2.0 + np.abs(sh).max(initial=0.0)
+    reach_y = abs(sn) * (h + abs(t) * h)
+    reach = abs(t) * (2 * h + reach_y) + reach_y
+    side = max(m, n) + 2 * int(np.ceil(reach + np.abs(sh).max(initial=0.0))) + 4
+    side += 1 - side % 2
+    oy, ox = (side - m) // 2, (side - n) // 2
+    f = np.zeros((a, side, side))
+    cy, cx = oy + (m - 1) / 2.0, ox + (n - 1) / 2.0
+    f[:, oy : oy + m, ox : ox + n] = data
+    ky = sfft.fftfreq(side)[None, :, None]
+    kx = sfft.rfftfreq(side)[None, None, :]
     spec = sfft.rfft2(f, workers=-1)
-    spec *= np.exp(-2j * np.pi * (ky * sh[:, 0, None, None] + kx * sh[:, 1, None, None]))
-    f = sfft.irfft2(spec, s=(mp, npad), workers=-1)
+    # shift, and move the image centre onto the square's centre (both by phase ramps)
+    c0 = (side - 1) / 2.0
+    dy = sh[:, 0, None, None] + (c0 - cy)
+    dx = sh[:, 1, None, None] + (c0 - cx)
+    spec *= np.exp(-2j * np.pi * (ky * dy + kx * dx))
+    f = sfft.irfft2(spec, s=(side, side), workers=-1)
+    if quarter % 4:
+        # out(r, q) = in(q, −r) per quarter turn, as the rotation matrix below for φ = 90°
+        f = np.ascontiguousarray(np.rot90(f, quarter % 4, axes=(1, 2)))
     if phi != 0.0:
-        yy = np.arange(mp) - ((m - 1) / 2 + pad)
-        xx = np.arange(npad) - ((n - 1) / 2 + pad)
+        yy = np.arange(side) - c0
 
         def along(g: np.ndarray, s: np.ndarray, axis: int) -> np.ndarray:
             # g'(…) = g(… + s) along `axis`, s varying along the other image axis
-            length = g.shape[axis]
-            k = sfft.rfftfreq(length)
+            k = sfft.rfftfreq(side)
             kk = k[None, :, None] if axis == 1 else k[None, None, :]
             spec = sfft.rfft(g, axis=axis, workers=-1)
             spec *= np.exp(2j * np.pi * kk * s)
-            return sfft.irfft(spec, n=length, axis=axis, workers=-1)
+            return sfft.irfft(spec, n=side, axis=axis, workers=-1)
 
         # out(r, q) = in(c r + s q, −s r + c q) = three shears (x, y, x) about the centre
-        t = -np.tan(phi / 2)
-        f = along(f, t * yy[None, :, None], axis=2)
-        f = along(f, np.sin(phi) * xx[None, None, :], axis=1)
-        f = along(f, t * yy[None, :, None], axis=2)
-    return f[:, pad : pad + m, pad : pad + n].astype(np.float32)
+        f = along(f, -t * yy[None, :, None], axis=2)
+        f = along(f, sn * yy[None, None, :], axis=1)
+        f = along(f, -t * yy[None, :, None], axis=2)
+    if (cy - c0, cx - c0) != (0.0, 0.0):  # even sizes: the centre back to its half pixel
+        spec = sfft.rfft2(f, workers=-1)
+        spec *= np.exp(-2j * np.pi * (ky * (cy - c0) + kx * (cx - c0)))
+        f = sfft.irfft2(spec, s=(side, side), workers=-1)
+    return f[:, oy : oy + m, ox : ox + n].astype(np.float32)
 
 
 def bin_tilt_series(tilt_series: TiltSeries, factor: int) -> TiltSeries:
