@@ -331,7 +331,7 @@ def test_reprojection_axis_unbiased_on_clean_compact_cube():
     phi, _ = tilt_axis_reprojection(
         d, ts.angles_deg, sh, centre_deg=0.0, half_range_deg=4.0, step_deg=1.0
     )
-    assert abs(phi) < 0.75  # 0.54° (old code: 2.23°)
+    assert abs(phi) < 0.75  # 0.54° (old code: 2.19°)
 
 
 def test_axis_check_not_run_for_a_given_or_com_axis():
@@ -348,7 +348,7 @@ def test_axis_check_not_run_for_a_given_or_com_axis():
 
 def test_default_align_clean_cube_axis_and_no_warning():
     # on this clean 48 px cube (true axis 0°) two refinement rounds used to end at −23.6°,
-    # outside the ±20° coarse search, then (round undone) at −17.1° with a warning; the
+    # outside the ±20° coarse search, then (round undone) at −19.1° with a warning; the
     # criterion is now unbiased, the refinement stays near 0° and the two estimates agree
     ts = _clean_cube(2)
     with warnings.catch_warnings():
