@@ -230,12 +230,19 @@ def test_default_tilt_axis_on_compact_cube_with_drift(seed, axis_deg):
         tilt_axis_deg=axis_deg,
         rng=seed + 1,
     )
-    al = align(ts, matching_iter=0)
+    with pytest.warns(UserWarning, match="tilt axis uncertain"):
+        al = align(ts, matching_iter=0)
     assert "tilt_axis_reprojection" in al.steps
     assert abs(al.tilt_axis_deg - axis_deg) < 1.5
     # the control: the centre-of-mass estimate alone is clearly worse on this object
     com = align(ts, tilt_axis="com", matching_iter=0)
     assert abs(com.tilt_axis_deg - axis_deg) > 2.0
+    # so the two criteria disagree and the check says so (a false alarm here: the
+    # centre-of-mass axis of a compact crystal is pulled towards image x)
+    expected = (al.tilt_axis_deg - com.tilt_axis_deg + 90.0) % 180.0 - 90.0
+    assert al.axis_disagreement_deg == pytest.approx(expected, abs=1e-9)
+    assert "tilt_axis_check: criteria disagree" in al.steps
+    assert al.to_frame(ang).attrs["axis_disagreement_deg"] == al.axis_disagreement_deg
 
 
 def test_tilt_axis_reprojection_bad_input():
@@ -309,25 +316,22 @@ def test_alternating_shift_axis_refinement_with_random_shifts():
         align(ts, axis_refine=-1)
 
 
-def test_axis_check_warns_when_reprojection_and_com_disagree_on_clean_series():
-    """Clean compact cube, true axis 0°, no shifts: the re-projection criterion settles
-    ~2° off (missing-wedge artefacts of a compact crystal that a turned axis fits better),
-    the centre-of-mass axis is near 0°. The alignment must say it is unsure rather than
-    report the wrong axis silently."""
-    ang = np.arange(-65.0, 65.1, 2.5)
-    ph = nanocrystal_phantom(70.0, r110=3.0, r111=3.0, n_inclusions=1, rng=1)
-    ts, _ = tilt_series(
-        ph, ang, shape=(48, 48), pixel_size_A=2.0, counts_per_A=10.0, background=3.0, rng=2
+def test_reprojection_axis_unbiased_on_clean_compact_cube():
+    """Clean compact cube, true axis 0°, no shifts: the re-projection criterion used to settle
+    2.2° off (linear interpolation smoothed every turned candidate but not the 0° one, so
+    the residual had a spurious maximum at the true axis).  With band-limited resampling
+    the minimum is at the axis (tune seeds 200–207, default ``align``: see
+    docs/tomography.md)."""
+    from perovstem.tomo import com_shifts, tilt_axis_reprojection, xcorr_shifts
+
+    ts = _clean_cube(1)
+    d = preprocess(ts.data)
+    sh = xcorr_shifts(d, ts.angles_deg)
+    sh[:, 0] = com_shifts(d)
+    phi, _ = tilt_axis_reprojection(
+        d, ts.angles_deg, sh, centre_deg=0.0, half_range_deg=4.0, step_deg=1.0
     )
-    with pytest.warns(UserWarning, match="tilt axis uncertain"):
-        al = align(ts, matching_iter=0, axis_refine=0)
-    com = align(ts, tilt_axis="com", matching_iter=0)
-    assert abs(com.tilt_axis_deg) < 1.0  # the control: centre of mass is right here
-    expected = (al.tilt_axis_deg - com.tilt_axis_deg + 90.0) % 180.0 - 90.0
-    assert al.axis_disagreement_deg == pytest.approx(expected, abs=1e-9)
-    assert abs(al.axis_disagreement_deg) > 1.0
-    assert "tilt_axis_check: criteria disagree" in al.steps
-    assert al.to_frame(ang).attrs["axis_disagreement_deg"] == al.axis_disagreement_deg
+    assert abs(phi) < 0.75  # 0.54° (old code: 2.19°)
 
 
 def test_axis_check_not_run_for_a_given_or_com_axis():
@@ -342,30 +346,70 @@ def test_axis_check_not_run_for_a_given_or_com_axis():
             assert not any(s.startswith("tilt_axis_check") for s in al.steps)
 
 
-def test_axis_refinement_stays_in_the_coarse_window():
-    # each ±4° refinement round can walk further: on this clean 48 px cube (true axis 0°)
-    # two rounds ended at −23.6°, outside the ±20° coarse search; now the round that leaves
-    # the window is undone (the axis is still wrong here, and the check warns)
-    import warnings
+def test_default_align_clean_cube_axis_and_no_warning():
+    # on this clean 48 px cube (true axis 0°) two refinement rounds used to end at −23.6°,
+    # outside the ±20° coarse search, then (round undone) at −19.1° with a warning; the
+    # criterion is now unbiased, the refinement stays near 0° and the two estimates agree
+    ts = _clean_cube(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        al = align(ts)
+    assert abs(al.tilt_axis_deg) < 1.0  # −0.90° (held-out clean cubes: ≤ 1.28°, mean 0.62°)
+    assert "tilt_axis_check: criteria agree" in al.steps
+    assert abs(al.axis_disagreement_deg) <= 1.0
 
-    from perovstem.simulate.tilt import nanocrystal_phantom, tilt_series
-    from perovstem.tomo import align
 
+def test_axis_frame_recentring_keeps_true_shifts_of_a_compact_cube():
+    """Given the true shifts, re-centring in the axis frame must keep them.  The profile
+    along the axis was registered only on its central columns, which a 48 px cube fills:
+    a flat profile, and dx errors of 10–13 px (11 px RMS), so the re-projection residual
+    jumped from 0.04 to 0.3–0.4 at some candidate angles (−13° for a 0° axis with 2 px
+    random shifts)."""
+    from perovstem.tomo.align import _axis_frame_shifts
+
+    ts = _clean_cube(3, shift=2.0)
+    true = np.random.default_rng(3 + 1000).normal(0.0, 2.0, (ts.n_angles, 2))
+    d = preprocess(ts.data)
+    for phi, margin in ((0.0, 12), (-12.0, 12)):
+        sh = _axis_frame_shifts(d, -true, phi, margin)
+        assert _gauge_free_rms(sh, -true, ts.angles_deg) < 0.2, phi
+
+
+def test_axis_criteria_resample_without_angle_dependent_smoothing():
+    """The cause of the axis bias on clean compact cubes: linear interpolation left the 0°
+    candidate unsmoothed while every candidate turned by ≳ 1° lost about half its noise
+    variance, so the re-projection residual had a spurious maximum at 0°.  The resampling
+    the axis criteria use must keep the noise power at every angle and follow the geometry
+    of ``_transform_stack`` (shift, then rotation about the centre)."""
+    from perovstem.tomo.align import _sinc_transform_stack, _transform_stack
+
+    rng = np.random.default_rng(5)
+    noise = rng.normal(size=(8, 64, 64))  # unit variance; 8192 pixels inside `inner`
+    inner = (slice(None), slice(16, 48), slice(16, 48))
+    for phi in (0.0, 0.5, 1.0, 2.0, -3.0, 7.0):
+        v = _sinc_transform_stack(noise, np.zeros((8, 2)), phi)[inner].var()
+        assert v == pytest.approx(1.0, rel=0.05), phi  # linear: 0.75 at 0.5°, 0.41 at 2°
+    yy, xx = np.mgrid[0:40, 0:44]
+    blob = np.exp(-((yy - 17.0) ** 2 / 30 + (xx - 25.0) ** 2 / 50))[None]
+    sh = np.array([[1.3, -2.2]])
+    for phi in (0.0, 4.0, -12.0, 30.0):
+        ref = _transform_stack(blob.astype(np.float32), sh, phi, order=3)
+        np.testing.assert_allclose(_sinc_transform_stack(blob, sh, phi), ref, atol=2e-3)
+
+
+def _clean_cube(seed: int, *, n: int = 48, axis: float = 0.0, shift: float = 0.0):
     ang = np.arange(-65.0, 65.1, 2.5)
-    ph = nanocrystal_phantom(70.0, r110=3.0, r111=3.0, n_inclusions=1, rng=2)
+    ph = nanocrystal_phantom(70.0, r110=3.0, r111=3.0, n_inclusions=1, rng=seed)
+    sh = np.random.default_rng(seed + 1000).normal(0.0, shift, (ang.size, 2)) if shift else None
     ts, _ = tilt_series(
         ph,
         ang,
-        shape=(48, 48),
+        shape=(n, n),
         pixel_size_A=2.0,
         counts_per_A=10.0,
         background=3.0,
-        tilt_axis_deg=0.0,
-        rng=3,
+        shifts_px=sh,
+        tilt_axis_deg=axis,
+        rng=seed + 1,
     )
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
-        al = align(ts)
-    assert abs(al.tilt_axis_deg) <= 20.0
-    assert any("left the search window" in s for s in al.steps)
-    assert any("tilt axis uncertain" in str(w.message) for w in rec)
+    return ts
