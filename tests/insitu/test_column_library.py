@@ -54,7 +54,7 @@ def test_column_counts_with_fitted_library_on_unseen_series(unseen_runs):
     the weakest (0.62–0.83 per series), hence their lower bound.
     """
     pooled: dict[str, list[np.ndarray]] = {}
-    for i, (res, n0, n1) in enumerate(unseen_runs):
+    for res, n0, n1 in unseen_runs:
         c = res.columns
         assert c.attrs["hmm_model"] == "loss"
         # every frame with an unreliable drift is checked against the column reference and
@@ -63,9 +63,12 @@ def test_column_counts_with_fitted_library_on_unseen_series(unseen_runs):
         checked = c.attrs["drift_checked_frames"]
         assert sorted(checked) == bad
         assert all((k in c.attrs["frames"]) == (v <= 0.25) for k, v in checked.items())
-        if i == 0 and 5 in checked:  # frame 5 of this series was registered 2.6-3 px off
-            assert checked[5] > 1.0 and 5 not in c.attrs["frames"]
-            assert any("column counts leave out 1 frame" in n for n in res.notes)
+        # frames beyond 0.25 px of the column reference are left out and said so (on one
+        # realisation frame 5 of the first series was registered 2.6-3 px off; on another it
+        # was flagged but 0.22 px from the reference, so counted)
+        left_out = [k for k, v in checked.items() if v > 0.25]
+        if left_out:
+            assert any(f"column counts leave out {len(left_out)} frame" in n for n in res.notes)
         lost = c["atoms_lost"].to_numpy()
         for typ in ("PbBr", "Cs", "Br"):
             m = (c["type"] == typ).to_numpy()
