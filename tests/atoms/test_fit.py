@@ -384,7 +384,11 @@ def test_unresolved_width_is_flagged_not_converged():
     """Dose 100 e⁻/Å², 0.4 Å pixels: a Br column holds ~1.4 detected electrons, and the
     shared Br width collapsed to 0.125 Å (0.3 px) with SCS 2.5x low, 95 % of the columns
     marked converged.  A fitted width below 0.4 px is now flagged (converged = False, a
-    warning naming the type); the resolved types are untouched."""
+    warning naming the type); the resolved types are untouched.  Whether Pb-Br and Cs are
+    resolved at this dose depends on the noise realisation (which changes with the CPU's
+    numeric kernels): over noise seeds 6-8 at 100-200 e⁻/Å² they kept their width in 1 of 9
+    draws on AVX-512 and 0 of 9 with AVX2 kernels — so the test asks that Br collapses and
+    that exactly the collapsed types are flagged."""
     import warnings
 
     import perovstem.simulate as sim
@@ -396,10 +400,12 @@ def test_unresolved_width_is_flagged_not_converged():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cols = find_columns(img, cell=cspbbr3_001_cell())
-    with pytest.warns(UserWarning, match="width of Br columns .* fell below 0.4 px"):
+    with pytest.warns(UserWarning, match=r"width of \S*Br\S* columns .* fell below 0.4 px"):
         fit = fit_columns(normalize_image(img, gain=1.0, offset=0.0), cols, noise="poisson")
-    br = fit["type"] == "Br"
-    assert fit.attrs["rho_A_by_type"]["Br"] < 0.16
-    assert not fit.loc[br, "converged"].any()
-    assert fit.attrs["n_unresolved_width"] == int(br.sum())
-    assert fit.loc[~br, "converged"].mean() > 0.9
+    rho = fit.attrs["rho_A_by_type"]
+    assert rho["Br"] < 0.16
+    collapsed = fit["type"].isin([t for t, r in rho.items() if r < 0.4 * 0.4])
+    assert not fit.loc[collapsed, "converged"].any()
+    assert fit.attrs["n_unresolved_width"] == int(collapsed.sum())
+    if (~collapsed).any():
+        assert fit.loc[~collapsed, "converged"].mean() > 0.9
