@@ -394,3 +394,21 @@ def test_cli_count_reports_merged_levels(tmp_path, capsys, statstem_data):
     assert main(["atoms", "count", str(src), "-o", str(out2), "--no-ladder-check"]) == 0
     assert "WARNING" not in capsys.readouterr().out
     assert read_table(out2).attrs["counting"]["all"]["ladder_check"] is None
+
+
+def test_cli_count_says_why_unmeasured_columns_are_left_out(tmp_path, capsys):
+    # columns the fit could not measure (NaN SCS, e.g. an unresolved width) were reported as
+    # "not above 3 standard errors (peaks on the vacuum or support?)", the wrong reason
+    k, df = _scs_table()
+    df["scs_err"] = 0.001
+    df.loc[:2, ["scs", "scs_err"]] = np.nan  # not measured
+    df.loc[3:4, "scs"] = -0.002  # on the vacuum
+    src = tmp_path / "nan.parquet"
+    save_table(df, src)
+    out = tmp_path / "o.parquet"
+    assert main(["atoms", "count", str(src), "-o", str(out)]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "3 of 400 columns not counted: cross-section not measured" in said
+    assert "2 of 400 columns not counted: cross-section not above 3 standard errors" in said
+    res = read_table(out)
+    assert res["counted"].tolist()[:5] == [False] * 5 and res["counted"][5:].all()

@@ -180,10 +180,21 @@ def count(
         )
     if weak.any():
         df = df[~weak]
-        console.print(
-            f"{int(weak.sum())} of {len(full)} columns not counted: cross-section not above "
-            f"{min_significance:g} standard errors (peaks on the vacuum or support?)"
-        )
+        # a NaN cross-section was never measured (e.g. a width the data do not resolve):
+        # not a peak on the vacuum, so it is named apart
+        scs_col = next((c for c in ("scs", "scs_A2") if c in full.columns), None)
+        unmeasured = weak & ~np.isfinite(full[scs_col].to_numpy(float)) if scs_col else weak & False
+        if unmeasured.any():
+            console.print(
+                f"{int(unmeasured.sum())} of {len(full)} columns not counted: cross-section "
+                "not measured (NaN: the fit could not resolve them, see its warnings)"
+            )
+        low = weak & ~unmeasured
+        if low.any():
+            console.print(
+                f"{int(low.sum())} of {len(full)} columns not counted: cross-section not "
+                f"above {min_significance:g} standard errors (peaks on the vacuum or support?)"
+            )
     types = sorted(df["type"].astype(str).unique()) if "type" in df.columns else ["all"]
     integ = _integration(integration, df.attrs)
     if integration != "auto" and library != "simulate":
