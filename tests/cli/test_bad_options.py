@@ -212,6 +212,7 @@ def test_side_outputs_take_either_spelling(argv, flag, canonical):
 
 def test_side_output_alias_runs(tmp_path):
     out = tmp_path / "t.npz"
-    argv = ["simulate", "tilt", "-o", str(out), "--no-noise", "--size-px", "40"]
+    # a fixed seed: without one, 2 inclusions sometimes do not fit a 30 Å crystal (seed 3)
+    argv = ["simulate", "tilt", "-o", str(out), "--no-noise", "--size-px", "40", "--seed", "1"]
     assert main([*argv, "--edge-A", "30", "--truth-out", str(tmp_path / "truth.json")]) == 0
     assert (tmp_path / "truth.json").is_file()

@@ -117,7 +117,7 @@ def test_insitu_python_example(tmp_path, monkeypatch):
     from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
 
     traj = degradation_kmc(
-        nanocrystal(30.0), n_frames=4, frame_time_s=1.0, dose_rate_e_per_A2_s=2e3, rng=1
+        nanocrystal(30.0, rng=1), n_frames=4, frame_time_s=1.0, dose_rate_e_per_A2_s=2e3, rng=1
     )
     series, _ = insitu_series(traj, pixel_size_A=0.5, rng=2)
     ps.io.save_image(series, tmp_path / "s.zarr")
