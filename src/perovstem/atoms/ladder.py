@@ -315,6 +315,15 @@ def _check_deg(name: str, v: Any, lo: int, hi: int) -> int:
     return int(v)
 
 
+def _check_degrees(mean_degree: Any, width_degree: Any, weight_degree: Any) -> tuple[int, ...]:
+    """Polynomial degrees of the means, log-widths and weights, checked."""
+    return (
+        _check_deg("mean_degree", mean_degree, 0, 3),
+        _check_deg("width_degree", width_degree, 0, 3),
+        _check_deg("weight_degree", weight_degree, 0, 6),
+    )
+
+
 def _check_first(first_count: Any) -> int | None:
     if first_count is None:
         return None
@@ -380,11 +389,7 @@ def fit_ladder(
 
     x = _as_scs(scs)
     k = _check_deg("n_levels", n_levels, 1, 10_000)
-    degrees = (
-        _check_deg("mean_degree", mean_degree, 0, 3),
-        _check_deg("width_degree", width_degree, 0, 3),
-        _check_deg("weight_degree", weight_degree, 0, 6),
-    )
+    degrees = _check_degrees(mean_degree, width_degree, weight_degree)
     fc = _check_first(first_count)
     data = _Std(x)
     mu, sd, pi, _, n_par, it, cv, _ = _fit_k(
@@ -449,11 +454,7 @@ def ladder_sweep(
 
     x = _as_scs(scs)
     kmax = _check_deg("max_levels", max_levels, 1, 10_000)
-    degrees = (
-        _check_deg("mean_degree", mean_degree, 0, 3),
-        _check_deg("width_degree", width_degree, 0, 3),
-        _check_deg("weight_degree", weight_degree, 0, 6),
-    )
+    degrees = _check_degrees(mean_degree, width_degree, weight_degree)
     fc = _check_first(first_count)
     data = _Std(x)
     fits = []
