@@ -91,6 +91,11 @@ def px_to_A(xy_px: np.ndarray, image: Image) -> np.ndarray:
     return np.asarray(xy_px, dtype=float) * image.pixel_size_A + o
 
 
+def scs_column(table: pd.DataFrame) -> str | None:
+    """Name of the cross-section column (``scs`` or ``scs_A2``), or None."""
+    return next((c for c in ("scs", "scs_A2") if c in table.columns), None)
+
+
 def insignificant_columns(table: pd.DataFrame, min_significance: float) -> np.ndarray:
     """Rows whose cross-section is not above ``min_significance`` standard errors, or not
     positive: peaks a finder put on the vacuum or the support, not atom columns.
@@ -98,7 +103,7 @@ def insignificant_columns(table: pd.DataFrame, min_significance: float) -> np.nd
     Uses ``scs``/``scs_err`` (or ``scs_A2``/``scs_A2_err``); a table without a cross-section
     has none, one without errors is tested for a positive SCS only.
     """
-    col = next((c for c in ("scs", "scs_A2") if c in table.columns), None)
+    col = scs_column(table)
     if col is None:
         return np.zeros(len(table), bool)
     scs = table[col].to_numpy(float)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from perovstem.atoms._inputs import insignificant_columns
+from perovstem.atoms._inputs import insignificant_columns, scs_column
 from perovstem.cli._common import examples
 from perovstem.cli.atoms import atoms_app
 from perovstem.errors import DataError, ParameterError
@@ -182,7 +182,7 @@ def count(
         df = df[~weak]
         # a NaN cross-section was never measured (e.g. a width the data do not resolve):
         # not a peak on the vacuum, so it is named apart
-        scs_col = next((c for c in ("scs", "scs_A2") if c in full.columns), None)
+        scs_col = scs_column(full)
         unmeasured = weak & ~np.isfinite(full[scs_col].to_numpy(float)) if scs_col else weak & False
         if unmeasured.any():
             console.print(
