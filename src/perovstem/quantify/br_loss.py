@@ -70,6 +70,14 @@ __all__ = [
 #: facet terminations of the structural templates (``simulate.nanocrystal``)
 TERMINATIONS = ("CsBr", "PbBr2")
 
+#: outline excess of the segmented projected area, in cells: √A/a − m for an m-cell crystal
+#: (m·a the distance between the outermost A-site (CsBr) or B-site (PbBr2) column rows).
+#: The outermost columns' image (probe and atom blur) widens the outline; bright Pb–Br
+#: rows widen it more than Cs–Br rows.  Measured on 30/40/50 Å cubes, 2 seeds, 0.3/0.5/
+#: 0.8 Å pixels: CsBr +0.16…+0.34, PbBr2 +0.62…+0.76 (rounding √A/a alone put a 7-cell
+#: PbBr2 crystal at 8 cells, and the thickness from S_intact then at 5–6: D_Br −17…+18 %)
+_OUTLINE_EXCESS_CELLS = {"CsBr": 0.25, "PbBr2": 0.69}
+
 
 @dataclass
 class BrLossResult:
@@ -519,9 +527,9 @@ def br_loss_from_images(
             area0 = float((cm & ~voids).sum()) * px * px
     if not np.isfinite(area0) or area0 <= 0:
         raise DataError("no crystal found in the first frame")
-    # lateral size: the outline of an m-cell crystal (Cs to Cs) spans m·a (measured area
-    # of simulated cubes of 5–12 cells: √A/a = m + 0.1…0.25)
-    m_xy = max(2, int(np.rint(np.sqrt(area0) / lattice_A)))
+    # lateral size: the outline of an m-cell crystal spans m·a plus the outermost rows'
+    # image (measured area of simulated cubes: √A/a = m + _OUTLINE_EXCESS_CELLS)
+    m_xy = max(2, int(np.rint(np.sqrt(area0) / lattice_A - _OUTLINE_EXCESS_CELLS[termination])))
     # thickness: the number of cells whose intact-crystal SCS matches S_intact (library)
     from perovstem.simulate import nanocrystal
 
