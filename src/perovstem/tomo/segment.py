@@ -20,6 +20,24 @@ def _finite_volume(volume: Any) -> np.ndarray:
     return v
 
 
+def _gap_midpoints(v: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Move each threshold to the middle of the empty interval of data values around it.
+
+    Otsu's criterion is flat between two neighbouring data values; the histogram-based
+    implementation returns the interval's lower end (the first bin centre).  On a discrete
+    volume (DART: background and one grey level) that is a threshold next to the background,
+    and a surface meshed there on the smoothed volume encloses the blur around the object
+    (1.8× the volume).  The midpoint keeps the threshold's class split and is symmetric.
+    """
+    out = np.asarray(thresholds, float).copy()
+    for i, t in enumerate(out):
+        below = v[v <= t]
+        above = v[v > t]
+        if below.size and above.size:
+            out[i] = 0.5 * (float(below.max()) + float(above.min()))
+    return out
+
+
 def otsu_threshold(volume: Any, *, nbins: int = 256) -> float:
     """Otsu's threshold (IEEE Trans. SMC 9, 62 (1979)) of a volume, data units."""
     from skimage.filters import threshold_otsu
@@ -27,7 +45,7 @@ def otsu_threshold(volume: Any, *, nbins: int = 256) -> float:
     v = _finite_volume(volume)
     if np.ptp(v) == 0:
         raise DataError("`volume` is constant; no threshold exists")
-    return float(threshold_otsu(v, nbins=nbins))
+    return float(_gap_midpoints(v, np.array([threshold_otsu(v, nbins=nbins)]))[0])
 
 
 def multi_otsu_thresholds(volume: Any, *, n_classes: int = 3, nbins: int = 256) -> np.ndarray:
@@ -44,7 +62,7 @@ def multi_otsu_thresholds(volume: Any, *, n_classes: int = 3, nbins: int = 256) 
         raise DataError("`volume` is constant; no threshold exists")
     if n_classes == 2:
         return np.array([otsu_threshold(v, nbins=nbins)])
-    return np.asarray(threshold_multiotsu(v, classes=int(n_classes), nbins=nbins), float)
+    return _gap_midpoints(v, threshold_multiotsu(v, classes=int(n_classes), nbins=nbins))
 
 
 def segment(
