@@ -76,6 +76,27 @@ def test_pb0_atoms_on_degrading_crystal(sim_series):
     assert 0.67 * truth_end < f["n_Pb0_detected"].iloc[-1] < 1.5 * truth_end
 
 
+def test_analyze_series_carries_the_host_reference(kmc_imaged):
+    """Frames whose clusters cover the crystal cannot measure the host's empty-site ratio
+    alone ("no_reference": every segment Pb-like, host Pb counted as clusters); the
+    series carries the median ratio of the earlier frames into them (3 nm KMC crystal,
+    seed 73, whose late frames are "no_reference" alone; before, nothing was carried)."""
+    from perovstem.insitu import analyze_series, detect_clusters
+
+    _, s, truth = kmc_imaged(
+        30.0, rate=3e3, temperature_K=300.0, seed=73, n_frames=10, rng=73, **_IMAGING
+    )
+    f = analyze_series(s, summary=False, phase_check=False, crystal=False).frames
+    used = f["host_reference_used"].to_numpy(bool)
+    assert used.any()
+    assert (f.loc[used, "host_model"] == "lattice").all()
+    # once a frame has measured the ratio, no later frame goes without a host model
+    first = int(np.flatnonzero((f["host_model"] == "lattice").to_numpy() & ~used)[0])
+    assert not (f["host_model"].iloc[first:] == "no_reference").any()
+    with pytest.raises(ParameterError, match="host_reference.*0.7"):
+        detect_clusters(np.ones((64, 64)), pixel_size_A=0.5, host_reference=0.7)
+
+
 def _truth_column_counts(tr, s, truth, cols, k):
     """Host atoms of KMC frame ``k`` on each analysed column (registered-frame coordinates).
 

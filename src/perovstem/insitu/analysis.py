@@ -92,7 +92,7 @@ class InsituResult:
         2-D standard error ``hypot(dy_err_px, dx_err_px)`` of :func:`register_drift`, px;
         crystal area/shrinkage/voids/phase, cluster number/atoms/mean size, births,
         merges (``n_merges``: confident coalescences only; ``n_merges_uncertain``: merges
-        with a brief noise-level parent, :func:`track_clusters`); ``host_model``, the cluster host-model state of the frame, and ``n_clusters_host_flagged``/``n_Pb0_host_flagged``, the clusters
+        with a brief noise-level parent, :func:`track_clusters`); ``host_model``, the cluster host-model state of the frame (``host_reference_used``: its empty-site ratio carried from the latest earlier frame that measured one, where clusters cover the crystal), and ``n_clusters_host_flagged``/``n_Pb0_host_flagged``, the clusters
         and atoms among them whose host background could not be modelled, ``host_ok``
         False in ``clusters``); ``n_Pb0_err_stat`` (frame-to-frame 1σ of the Pb⁰ total) and
         ``Pb0_falls_later`` (:func:`pb0_falls_later`: the total exceeds a later frame's by
@@ -387,7 +387,9 @@ def analyze_series(
     col_scs: dict[int, np.ndarray] = {}
     col_checked: dict[int, float] = {}  # unreliable-drift frames: median column offset, px
 
-    def process(k: int, fr: np.ndarray) -> tuple[pd.DataFrame | None, dict[str, Any]]:
+    def process(
+        k: int, fr: np.ndarray, host_ref: float | None = None
+    ) -> tuple[pd.DataFrame | None, dict[str, Any]]:
         why = frame_quality(fr)
         if not why and dose is not None and not dose[k] > 0:
             # a frame recorded with the beam blanked (Series allows dose 0): nothing to
@@ -402,9 +404,12 @@ def analyze_series(
             f = shift_frame(f, -shifts[k])
         img = Image(f, px, dose_e_per_A2=None if dose is None else float(dose[k]))
         opts = {"lattice_A": lattice_A, "lattice_angle_deg": angle, **detect}
+        if host_ref is not None and opts.get("host_reference") is None:
+            opts["host_reference"] = host_ref
         d = detect_clusters(img, gain=gain, offset=offset, frame=k, **opts)
         row: dict[str, Any] = {"frame": k, "skipped": False, "reason": ""}
         row["host_model"] = str(d.attrs.get("host_model", ""))
+        row["host_reference_used"] = bool(d.attrs.get("host_reference_used", False))
         if crystal:
             cmask, voids, _, objects = _segment_objects(f, px, lattice_A, None, 20.0)
             solid = cmask & ~voids
@@ -439,9 +444,19 @@ def analyze_series(
     from concurrent.futures import ThreadPoolExecutor
 
     block: list[tuple[int, np.ndarray]] = []
+    # the host's empty-site ratios of the earlier frames that measured one: a frame whose
+    # clusters cover the crystal ("no_reference") is detected again with their median
+    # (late frames read 0.4-0.56 where clusters crowd the crystal, early ones 0.30-0.35)
+    host_ref: list[float] = []
 
     def flush(pool: Any) -> None:
-        for d, row in pool.map(lambda kf: process(*kf), block):
+        done = list(pool.map(lambda kf: process(*kf), block))
+        for (k, fr), (d, row) in zip(block, done, strict=True):
+            if d is not None and row["host_model"] == "no_reference" and host_ref:
+                d, row = process(k, fr, float(np.median(host_ref)))
+            elif d is not None and row["host_model"] == "lattice":
+                if not row["host_reference_used"]:
+                    host_ref.append(float(d.attrs["host_empty_site_ratio"]))
             if d is None:
                 skipped.append(row["frame"])
             else:
