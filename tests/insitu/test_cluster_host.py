@@ -13,19 +13,21 @@ from perovstem.insitu import detect_clusters
 
 def _kmc_series(edge, phi, temp, seed, n_frames=10):
     """Detections per frame with the host reference carried as ``analyze_series`` does:
-    the median empty-site ratio of the earlier frames that measured one.  Where it was
-    used, the frame is also detected alone (``alone``; else None)."""
+    the median empty-site ratio of the earlier frames that measured one, into a frame
+    right after one that measured it.  Where it was used, the frame is also detected
+    alone (``alone``; else None)."""
     images, truths, kw, _, truth = degrading_frames(
         edge, rate=phi, temperature_K=temp, seed=seed, n_frames=n_frames
     )
-    refs = []
+    refs, prev = [], False
     for k, (img, tk) in enumerate(zip(images, truths, strict=True)):
-        det = detect_clusters(img, host_reference=np.median(refs) if refs else None, **kw)
+        det = detect_clusters(img, host_reference=np.median(refs) if prev else None, **kw)
         alone = None
         if det.attrs["host_reference_used"]:
             alone = detect_clusters(img, **kw)
         elif det.attrs["host_model"] == "lattice":
             refs.append(det.attrs["host_empty_site_ratio"])
+        prev = det.attrs["host_model"] == "lattice" and not det.attrs["host_reference_used"]
         yield k, det, tk, truth, alone
 
 

@@ -445,18 +445,26 @@ def analyze_series(
 
     block: list[tuple[int, np.ndarray]] = []
     # the host's empty-site ratios of the earlier frames that measured one: a frame whose
-    # clusters cover the crystal ("no_reference") is detected again with their median
-    # (late frames read 0.4-0.56 where clusters crowd the crystal, early ones 0.30-0.35)
+    # clusters cover the crystal ("no_reference") right after a frame that measured it is
+    # detected again with their median (late frames read 0.4-0.56 where clusters crowd
+    # the crystal, early ones 0.30-0.35).  Only right after one: two frames on, the host
+    # is often gone and the carried ratio reads the registry of pure Pb clusters as host
+    # excess (KMC held-out 61-68, carried into every later frame: counts within 15 %
+    # 0.635 -> 0.585; host Pb left in the first such frame 22-76, 0-4 from the third on)
     host_ref: list[float] = []
+    prev_measured = [False]
 
     def flush(pool: Any) -> None:
         done = list(pool.map(lambda kf: process(*kf), block))
         for (k, fr), (d, row) in zip(block, done, strict=True):
-            if d is not None and row["host_model"] == "no_reference" and host_ref:
+            if d is None:
+                pass
+            elif row["host_model"] == "no_reference" and host_ref and prev_measured[0]:
                 d, row = process(k, fr, float(np.median(host_ref)))
-            elif d is not None and row["host_model"] == "lattice":
-                if not row["host_reference_used"]:
-                    host_ref.append(float(d.attrs["host_empty_site_ratio"]))
+            elif row["host_model"] == "lattice":
+                host_ref.append(float(d.attrs["host_empty_site_ratio"]))
+            if d is not None:
+                prev_measured[0] = row["host_model"] == "lattice" and not row["host_reference_used"]
             if d is None:
                 skipped.append(row["frame"])
             else:
@@ -579,15 +587,18 @@ def analyze_series(
             "most often on small crystals late in a series) or Pb leaving the field"
         )
     used = fr_tab.get("host_reference_used")
-    if used is not None and used.fillna(False).astype(bool).any():
-        hr = fr_tab.loc[used.fillna(False).astype(bool), "frame"]
+    covered = fr_tab["host_model"].eq("no_reference") if "host_model" in fr_tab else None
+    if used is not None and covered is not None:
+        covered = covered | used.fillna(False).astype(bool)
+    if covered is not None and covered.any():
+        hr = fr_tab.loc[covered, "frame"]
         notes.append(
-            f"in {hr.size} of {n} frames (first {int(hr.iloc[0])}; column "
-            "host_reference_used) the clusters cover the crystal: the host's empty-site "
-            "ratio was carried from the earlier frames; host remnants that lost their "
-            "lattice there are indistinguishable from Pb⁰ and counted with it (KMC 3 nm "
-            "crystals with 11-41 host Pb left: 1.1-1.8x the true Pb⁰; about 1 once the "
-            "host is gone)"
+            f"in {hr.size} of {n} frames (first {int(hr.iloc[0])}; columns host_model, "
+            "host_reference_used) clusters cover the crystal, so the host's empty-site "
+            "ratio could not be measured there (carried from the earlier frames into a "
+            "frame right after one that measured it: host_reference_used); host remnants "
+            "that lost their lattice are counted as Pb⁰ in those frames (KMC 3 nm crystals "
+            "with 11-41 host Pb left: 1.1-2.1x the true Pb⁰; about 1 once the host is gone)"
         )
     if register and n_unrel:
         bad = drift.loc[~drift["drift_reliable"], "frame"].to_numpy()
