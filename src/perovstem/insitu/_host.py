@@ -14,7 +14,9 @@ for only 63–73 % of the clusters: column damage is uneven).
 ``kappa_h`` is measured on host pixels *outside* the segments (clusters would pull it
 towards 1); where no such reference exists although crystal is present, the host cannot
 be separated and the segments that contain host are reported as unreliable instead of
-being counted silently.
+being counted silently, unless the caller passes the ratio of an earlier frame of the
+series (``kappa_ref``: clusters that cover a small crystal leave no host pixels away
+from them, while the host's ratio is that of the earlier frames).
 """
 
 from __future__ import annotations
