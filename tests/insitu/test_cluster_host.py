@@ -79,10 +79,11 @@ def test_degrading_host_frames_never_lose_the_host_model_silently(kmc_host_frame
 
 @pytest.mark.xfail(
     strict=False,
-    reason="on-host counts not robust across realisations: AVX-512 (native) 17 on host, "
-    "24 % within 15 %, median |err| 0.25, all 89 matched 63 % within 15 % (AVX2: 56 %, "
-    "0.12, 72 %); held-out seeds 75/76: 5 of 15 on host within 15 %, errors to -59 % "
-    "with host_ok True",
+    reason="on-host counts on the host-free map D are noise-limited and biased low (issue "
+    "#7): AVX-512 18 on host, 22 % within 15 %, median |err| 0.24, all 89 matched 63 % "
+    "(AVX2: 17, 53 %, 0.13, 72 %); held-out seeds 75-78: 17-18 % within 15 % in both modes; "
+    "shot noise of D alone (median 0.21 of n) caps the share at ~0.5; 2 sigma coverage "
+    "0.83-1.0",
 )
 def test_clusters_on_degrading_host_counted_on_host_free_map(kmc_host_frames):
     """Clusters on a degrading crystal: those whose segment holds host excess are counted
@@ -102,7 +103,19 @@ def test_clusters_on_degrading_host_counted_on_host_free_map(kmc_host_frames):
     # registry veto (a host excess that the cluster's own Pb fringes explain is not
     # host): 15 on host, 60 % within 15 %, median |error| 0.128 (0.125 without it); all
     # 76 matched: 71 % (72 % without it).  Now: AVX2 mode 16 on host, 56 %, median
-    # 0.124, all 89: 72 %; AVX-512 17 on host, 24 %, median 0.247, all 89: 63 % (xfail)
+    # 0.124, all 89: 72 %; AVX-512 17 on host, 24 %, median 0.247, all 89: 63 % (xfail).
+    # Session 9 (host reference carried into the next frame): AVX-512 18 on host, 22 %,
+    # median 0.236, all 89: 63 %; AVX2 17, 53 %, 0.134, all 90: 72 %.  Held-out seeds
+    # 75-78 (the conditions of 71-74 in order): 4 of 23 (AVX-512), 3 of 17 (AVX2) within
+    # 15 %.  Why:
+    # every one of these is counted by aperture photometry on D, whose shot noise alone
+    # is 0.21 of n in the median (old code, AVX-512, 38 on-host clusters of 71-78: share
+    # expected within 15 % from that noise alone 0.51, measured 0.21), and D reads them
+    # low (median -9 to -15 %: the clusters' own empty-site ratio r_c < 1, the registry
+    # factor is applied only where it explains the whole host excess).  The segment sum
+    # of D (+39…+61 % median), the plain aperture (+60…+107 %) and the aperture minus the
+    # segment's host excess (-25…-60 %) are all worse; n_atoms_err covers 83-100 % of
+    # them at 2 sigma (bench held-out on-host: 0.92 AVX-512, 0.85-0.88 AVX2).
     assert len(on_host) >= 10
     assert np.mean(on_host < 0.15) >= 0.5, on_host
     assert np.median(on_host) < 0.2, on_host
