@@ -113,7 +113,7 @@ def test_clusters_on_degrading_host_counted_on_host_free_map(kmc_host_frames):
     # expected within 15 % from that noise alone 0.51, measured 0.21), and D reads them
     # low (median -9 to -15 %: the clusters' own empty-site ratio r_c < 1, the registry
     # factor is applied only where it explains the whole host excess).  The segment sum
-    # of D (+39…+61 % median), the plain aperture (+60…+107 %) and the aperture minus the
+    # of D (+23…+61 % median), the plain aperture (+60…+107 %) and the aperture minus the
     # segment's host excess (-25…-60 %) are all worse; n_atoms_err covers 83-100 % of
     # them at 2 sigma (bench held-out on-host: 0.92 AVX-512, 0.85-0.88 AVX2).
     assert len(on_host) >= 10
