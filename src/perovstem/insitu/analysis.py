@@ -1253,6 +1253,9 @@ def _frames_table(
     if series.dose_e_per_A2 is None:
         base["cumulative_dose_e_per_A2"] = np.nan
     out = base.merge(per_frame, on="frame", how="left")
+    if "host_reference_used" in out:  # skipped frames: no detection, nothing carried
+        out["host_reference_used"] = out["host_reference_used"].astype("boolean").fillna(False)
+        out["host_reference_used"] = out["host_reference_used"].astype(bool)
     out["dy_px"] = drift["dy_px"].to_numpy()
     out["dx_px"] = drift["dx_px"].to_numpy()
     if "drift_reliable" in drift:
