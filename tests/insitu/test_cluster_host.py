@@ -12,11 +12,23 @@ from perovstem.insitu import detect_clusters
 
 
 def _kmc_series(edge, phi, temp, seed, n_frames=10):
+    """Detections per frame with the host reference carried as ``analyze_series`` does:
+    the median empty-site ratio of the earlier frames that measured one, into a frame
+    right after one that measured it.  Where it was used, the frame is also detected
+    alone (``alone``; else None)."""
     images, truths, kw, _, truth = degrading_frames(
         edge, rate=phi, temperature_K=temp, seed=seed, n_frames=n_frames
     )
+    refs, prev = [], False
     for k, (img, tk) in enumerate(zip(images, truths, strict=True)):
-        yield k, detect_clusters(img, **kw), tk, truth
+        det = detect_clusters(img, host_reference=np.median(refs) if prev else None, **kw)
+        alone = None
+        if det.attrs["host_reference_used"]:
+            alone = detect_clusters(img, **kw)
+        elif det.attrs["host_model"] == "lattice":
+            refs.append(det.attrs["host_empty_site_ratio"])
+        prev = det.attrs["host_model"] == "lattice" and not det.attrs["host_reference_used"]
+        yield k, det, tk, truth, alone
 
 
 # four degrading 3-4 nm crystals (seeds not used to develop the host model)
@@ -30,49 +42,54 @@ KMC = (
 
 @pytest.fixture(scope="module")
 def kmc_host_frames():
-    """Per frame of the four KMC series: (series, frame, detections, truth clusters, truth)."""
+    """Per frame of the four KMC series: (series, frame, detections, truth clusters, truth,
+    detections without the carried host reference or None)."""
     return [(series, *row) for series in KMC for row in _kmc_series(*series)]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="host model lost silently on the AVX-512 realisation: seed 73 frame 7 (28 host "
-    "Pb left) 'no_reference', every segment Pb-like, 175 Pb0 read for 94 true, none "
-    "flagged; flagging every 'no_reference' cluster breaks the n_atoms_err no-inflation "
-    "check (8 of 24 frames of 4-6 nm series, median err/n 0.17 -> 0.28)",
-)
 def test_degrading_host_frames_never_lose_the_host_model_silently(kmc_host_frames):
-    """A frame that still holds host Pb never loses its host model silently (the empty-site
-    ratio measured over all bright pixels rose above 0.6 once clusters covered much of a
-    small crystal, which switched the host test off without a word).  Passes in AVX2 mode;
-    on the AVX-512 realisation of seed 73 frame 7 (28 host Pb left) the clusters cover
-    the crystal: host model "no_reference", every segment Pb-like (ΣQ/ΣM 0.70-0.78),
-    detections of 87 atoms for a 63-atom cluster, 69 atoms 9 Å from a 31-atom one and a
-    19-atom false one, none flagged."""
-    for series, k, det, _, truth in kmc_host_frames:
+    """A frame that still holds host Pb never loses its host model silently.  Once
+    clusters cover much of a small crystal, too few host pixels are left away from them
+    to measure the empty-site ratio: alone, such a frame is "no_reference", every segment
+    reads Pb-like and host Pb is counted as clusters without a flag (AVX-512 realisation
+    of seed 73 frame 7, 28 host Pb left: 175 Pb0 read for 94 true; AVX2 seed 73 frame 5:
+    185 for 67).  With the series' reference carried (median kappa_h of the earlier
+    frames) the host-free map is used: 122 and 78."""
+    n_carried = err_alone = err_carried = 0
+    for series, k, det, tk, truth, alone in kmc_host_frames:
         host_pb = truth["frames"]["n_Pb_host"].iloc[k]
         kappa = det.attrs["host_empty_site_ratio"]
         if len(det) and host_pb >= 20:
-            # measured: kappa_h 0.31-0.55 ("lattice") in every such frame but two
-            # ("no_reference", 6 of 6 and 4 of 5 detections flagged); before, kappa_h
-            # was 0.64-0.93 in 5 of these frames and the host test off, unflagged
             modelled = det.attrs["host_model"] == "lattice" and kappa < 0.6
             assert modelled or (~det["host_ok"]).any(), (series, k, kappa)
         assert det["host_ok"].dtype == bool
+        if alone is not None:
+            assert alone.attrs["host_model"] == "no_reference", (series, k)
+            assert det.attrs["host_model"] == "lattice", (series, k)
+            if host_pb >= 20:
+                # measured (native / AVX2): 2 / 2 such frames, summed |total - truth|
+                # 170 / 205 atoms alone, 111 / 97 with the reference
+                n_true = tk["n_Pb0"].sum()
+                n_carried += 1
+                err_alone += abs(alone["n_atoms"].sum() - n_true)
+                err_carried += abs(det["n_atoms"].sum() - n_true)
+    assert n_carried >= 1
+    assert err_carried < 0.8 * err_alone, (err_carried, err_alone)
 
 
 @pytest.mark.xfail(
     strict=False,
-    reason="on-host counts not robust across realisations: AVX-512 (native) 17 on host, "
-    "24 % within 15 %, median |err| 0.25, all 89 matched 63 % within 15 % (AVX2: 56 %, "
-    "0.12, 72 %); held-out seeds 75/76: 5 of 15 on host within 15 %, errors to -59 % "
-    "with host_ok True",
+    reason="on-host counts on the host-free map D are noise-limited and biased low (issue "
+    "#7): AVX-512 18 on host, 22 % within 15 %, median |err| 0.24, all 89 matched 63 % "
+    "(AVX2: 17, 53 %, 0.13, 72 %); held-out seeds 75-78: 17-18 % within 15 % in both modes; "
+    "shot noise of D alone (median 0.21 of n) caps the share at ~0.5; 2 sigma coverage "
+    "0.83-1.0",
 )
 def test_clusters_on_degrading_host_counted_on_host_free_map(kmc_host_frames):
     """Clusters on a degrading crystal: those whose segment holds host excess are counted
     on the host-free map (not from the segment sum, median +56 % before)."""
     on_host, every = [], []
-    for _, _, det, tk, _ in kmc_host_frames:
+    for _, _, det, tk, _, _ in kmc_host_frames:
         big = _truth_clusters(tk)
         big = big[big["n_atoms"] >= 10].reset_index(drop=True)
         for i, j in _match(big, det):
@@ -86,7 +103,19 @@ def test_clusters_on_degrading_host_counted_on_host_free_map(kmc_host_frames):
     # registry veto (a host excess that the cluster's own Pb fringes explain is not
     # host): 15 on host, 60 % within 15 %, median |error| 0.128 (0.125 without it); all
     # 76 matched: 71 % (72 % without it).  Now: AVX2 mode 16 on host, 56 %, median
-    # 0.124, all 89: 72 %; AVX-512 17 on host, 24 %, median 0.247, all 89: 63 % (xfail)
+    # 0.124, all 89: 72 %; AVX-512 17 on host, 24 %, median 0.247, all 89: 63 % (xfail).
+    # Session 9 (host reference carried into the next frame): AVX-512 18 on host, 22 %,
+    # median 0.236, all 89: 63 %; AVX2 17, 53 %, 0.134, all 90: 72 %.  Held-out seeds
+    # 75-78 (the conditions of 71-74 in order): 4 of 23 (AVX-512), 3 of 17 (AVX2) within
+    # 15 %.  Why:
+    # every one of these is counted by aperture photometry on D, whose shot noise alone
+    # is 0.21 of n in the median (old code, AVX-512, 38 on-host clusters of 71-78: share
+    # expected within 15 % from that noise alone 0.51, measured 0.21), and D reads them
+    # low (median -9 to -15 %: the clusters' own empty-site ratio r_c < 1, the registry
+    # factor is applied only where it explains the whole host excess).  The segment sum
+    # of D (+23…+61 % median), the plain aperture (+60…+107 %) and the aperture minus the
+    # segment's host excess (-25…-60 %) are all worse; n_atoms_err covers 83-100 % of
+    # them at 2 sigma (bench held-out on-host: 0.92 AVX-512, 0.85-0.88 AVX2).
     assert len(on_host) >= 10
     assert np.mean(on_host < 0.15) >= 0.5, on_host
     assert np.median(on_host) < 0.2, on_host

@@ -616,16 +616,46 @@ def test_pb0_falls_later_compares_each_frame_with_every_later_one():
     assert not pb0_falls_later(np.sort(n[np.isfinite(n)]), e[:5]).any()  # monotone: none
 
 
+def test_pb0_falls_later_flags_the_whole_gradual_fall_not_only_its_peak():
+    """An over-count that falls gradually: each frame is within 3 combined σ of the
+    lowest later one except the peak, so the pairwise test flagged the peak only (KMC 3 nm
+    crystal, seed 3, AVX2 realisation, frames 5-11: 1.73 / 1.60 / 1.34 x the true Pb0 in
+    frames 7-9, only frame 8 flagged).  The run 7-11 cannot be non-decreasing (χ² of its
+    pooled level p < 0.0027): its frames above the level are flagged too.  Monotone
+    totals with honest errors: false flags as rare as with the pairwise test alone."""
+    from perovstem.insitu import pb0_falls_later
+
+    n = np.array([63.8, 87.5, 157.3, 163.7, 151.6, 132.3, 131.8])
+    e = np.array([8.7, 5.5, 7.4, 7.9, 6.3, 5.6, 5.4])
+    assert pb0_falls_later(n, e).tolist() == [False, False, True, True, True, False, False]
+    rng = np.random.default_rng(0)
+    t = np.arange(12.0)
+    n_false = n_series = 0
+    for truth in (10 * t, 150 * (1 - np.exp(-t / 3))):
+        for _ in range(500):
+            err = np.maximum(2.0, 0.08 * truth) * rng.uniform(0.7, 1.5, 12)
+            flag = pb0_falls_later(truth + rng.normal(0, 1, 12) * err, err)
+            n_false += int(flag.sum())
+            n_series += 1
+    # measured: 2 false frames in 12000 (the pairwise test alone: the same 2)
+    assert n_false <= 0.002 * 12 * n_series, n_false
+
+
 def test_pb0_over_count_on_a_small_degrading_crystal_is_flagged():
-    """3 nm crystals late in their series: damaged host read as clusters gives 1.4-2.1x the
-    true Pb⁰ from frame 6-7 on, and the total then falls, which Pb⁰ from Br loss cannot do;
-    those frames were reported without any flag.  The flag needs a fall beyond the
-    frame-to-frame errors, so it catches the peak of an over-count, not every over-counted
-    frame.  Measured (flagged frames, detected / true): seed 3 AVX-512 frame 6 (2.12;
-    frames 7-9 at 1.86 / 1.59 / 1.40 not flagged), AVX2 mode frame 8 (1.73; 1.88 / 1.42
-    not flagged); seed 1 frames 8, 9 (1.99 / 1.75, AVX2 2.05 / 1.72) in both modes."""
+    """3 nm crystals late in their series: host remnants read as clusters give 1.1-2.1x
+    the true Pb⁰ from frame 6-7 on, and the total then falls, which Pb⁰ from Br loss
+    cannot do.  No such over-count goes unsaid: a frame above 1.3x is flagged
+    ``Pb0_falls_later`` (a fall beyond the frame-to-frame errors) or is one whose
+    clusters cover the crystal (host model ``"no_reference"`` or carried from the frame
+    before, ``host_reference_used``: remnants that lost their lattice count as Pb⁰), each
+    with a note; no frame within 1.2x is flagged.  Before, the ``"no_reference"`` frames
+    had no note.  Measured (detected / true): seed 3 AVX-512 frame 6 carried 1.57 (2.12
+    before), frames 7-9 1.86 / 1.59 / 1.40 "no_reference", no fall flag; AVX2 frames
+    7-9 1.73 / 1.73 / 1.42 flagged (frame 7 carried); seed 1 frames 8, 9 flagged (1.99 /
+    1.75, AVX2 2.05 / 1.72), frame 10 (1.48, AVX2 1.35) "no_reference"."""
     from perovstem.insitu import analyze_series
 
+    n_flag = 0
     for seed in (3, 1):
         _, s, truth = kmc_imaged(
             30.0,
@@ -642,6 +672,11 @@ def test_pb0_over_count_on_a_small_degrading_crystal_is_flagged():
         true = truth["frames"]["n_cluster_atoms"].to_numpy()
         ratio = f["n_Pb0_detected"].to_numpy(float) / true
         flag = f["Pb0_falls_later"].to_numpy(bool)
-        assert flag.sum() >= 1 and np.all(ratio[flag] > 1.4), (seed, flag, ratio)
+        covered = f["host_reference_used"].to_numpy(bool) | (f["host_model"] == "no_reference")
+        assert np.all(ratio[flag] > 1.3), (seed, flag, ratio)
         assert not flag[ratio < 1.2].any(), (seed, flag, ratio)
-        assert any("Pb0_falls_later" in n for n in res.notes), seed
+        assert np.all(flag | covered | ~(ratio > 1.3)), (seed, flag, covered, ratio)
+        assert not flag.any() or any("Pb0_falls_later" in n for n in res.notes), seed
+        assert not covered.any() or any("host_reference_used" in n for n in res.notes)
+        n_flag += int(flag.sum())
+    assert n_flag >= 2, n_flag

@@ -1291,6 +1291,7 @@ def detect_clusters(
     library: pd.DataFrame | None = None,
     split: bool = True,
     frame: int = 0,
+    host_reference: float | None = None,
 ) -> pd.DataFrame:
     """Detect bright Pb clusters in one HAADF frame and count their atoms.
 
@@ -1338,6 +1339,13 @@ def detect_clusters(
         profile fit (step 3b of the module notes; only with a dose).
     frame : int
         Frame index written in the ``frame`` column.
+    host_reference : float, optional
+        Empty-site ratio kappa_h of the host measured on an earlier frame of the same
+        series (``attrs["host_empty_site_ratio"]`` of a frame whose ``host_model`` is
+        ``"lattice"`` and ``host_reference_used`` False), in [0, 0.6).  Used only where this
+        frame cannot measure its own because clusters cover the crystal (else
+        ``"no_reference"``: every segment reads Pb-like and host Pb is counted as clusters);
+        ``attrs["host_reference_used"]`` says when it was.  None or NaN: no reference.
 
     Returns
     -------
@@ -1359,8 +1367,9 @@ def detect_clusters(
         ``"lattice"`` (host-free map used), ``"no_crystal"``, ``"no_host"`` (only
         incommensurate material outside the clusters: no host lattice left),
         ``"no_reference"`` (too few bright pixels away from the Pb-like segments to
-        measure kappa_h: crystal gone or covered by clusters), ``"no_segments"`` or
-        ``"off"`` (``host_test=False``).
+        measure kappa_h: crystal gone or covered by clusters, and no ``host_reference``),
+        ``"no_segments"`` or ``"off"`` (``host_test=False``), and ``host_reference_used``
+        (kappa_h is ``host_reference``, not measured on this frame).
     """
     data, px, dose, g, off = _calibration(image, pixel_size_A, dose_e_per_A2, gain, offset)
     a = check_image("image", data)
@@ -1373,6 +1382,15 @@ def detect_clusters(
         check_positive("aperture_A", aperture_A, allow_zero=True)
     if dose is not None:
         dose = check_positive("dose_e_per_A2", dose)
+    if host_reference is not None:
+        host_reference = float(host_reference)
+        if np.isnan(host_reference):
+            host_reference = None
+        elif not 0.0 <= host_reference < 0.6:
+            raise ParameterError(
+                f"`host_reference` (the host's empty-site ratio kappa_h from an earlier "
+                f"frame) must be in [0, 0.6), got {host_reference!r}"
+            )
     lib = _default_library() if library is None else library
     if lattice_A is None or lattice_angle_deg is None:
         # pixels ≥ 1.5 Å cannot show the 3 Å end of the search (Nyquist 2·px): search what
@@ -1408,6 +1426,7 @@ def detect_clusters(
     rows = []
     kappa_h = np.nan
     host_status = "no_segments" if host_test else "off"
+    host_carried = False
     if mask.any():
         # work inside the bounding box of the significant pixels (clusters are sparse)
         pad = int(3 * max(1.0, smooth_A / px)) + 2
@@ -1491,8 +1510,9 @@ def detect_clusters(
                 a_px=a_px,
                 angle_deg=float(lattice_angle_deg),
                 level=level,
+                kappa_ref=host_reference,
             )
-            kappa_h, host_status = hm.kappa_h, hm.status
+            kappa_h, host_status, host_carried = hm.kappa_h, hm.status, hm.carried
             host_ok = hm.reliable()
             if hm.d is not None:
                 win = hm.window
@@ -1753,6 +1773,7 @@ def detect_clusters(
             "threshold_sigma": float(threshold_sigma),
             "host_empty_site_ratio": kappa_h,
             "host_model": host_status,
+            "host_reference_used": host_carried,
         }
     )
     return df
