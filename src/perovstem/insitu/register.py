@@ -94,6 +94,9 @@ _SITE_JUMP_TOL = 4.0
 #: e⁻/Å² series of test_register_groupwise; 0.22-0.42 on the sublattice jumps of
 #: CsCd0.2 series whose Pb columns were reduced)
 _SITE_JUMP_MARGIN = 0.2
+#: flags of frames that passed the per-frame tests against the running reference (strong,
+#: rigid) but failed a consistency test: their running-reference estimate is a measurement
+_CONSISTENCY_FLAGS = ("inconsistent with the other reliable frames", "reference drift")
 #: errors (px) at or above this are reported as infinite (an untestable chained step)
 _UNBOUNDED_PX = 1e149
 
@@ -379,6 +382,21 @@ def _track_prediction(hist: list[tuple[int, np.ndarray]], k: int) -> tuple[np.nd
     s = max(np.sqrt(s2), 0.1)
     pred = ym + (k - tm) * slope
     return pred, s * float(np.sqrt(1.0 + 1.0 / len(t) + (k - tm) ** 2 / stt))
+
+
+def _on_track(
+    shift: tuple[float, float], hist: list[tuple[int, np.ndarray]], k: int, jump_px: float
+) -> bool:
+    """Whether the drift track of the reliable frames (:func:`_track_prediction`, >= 3
+    frames) supports ``shift`` against a rival registration ``jump_px`` away: ``shift``
+    lies within max(:data:`_TRACK_MIN_PX`, 3σ) of the track and that radius is less than
+    half ``jump_px`` (the rival, e.g. a crystal-outline registration thrown off by a
+    changing outline, is then off the track)."""
+    if len(hist) < 3:
+        return False
+    pred, sig = _track_prediction(hist, k)
+    near = max(_TRACK_MIN_PX, 3.0 * sig)
+    return near < 0.5 * jump_px and float(np.hypot(*(np.asarray(shift) - pred))) <= near
 
 
 def _track_alias(
@@ -853,7 +871,20 @@ def register_drift(
     noise); the pair-vs-reference agreement test likewise allows 4√3 split-half σ.
     A frame whose lattice registration lies more than half a lattice period (and 2 px) from
     its crystal-outline registration is flagged (lattice-period ambiguity); its chained
-    step is unbounded.
+    step is unbounded.  The outline flag is not raised when the straight-line drift track
+    of the last 8 reliable frames (>= 3) supports the lattice registration (within
+    max(2 px, 3σ) of it, less than half the distance to the outline registration).
+    Drift-track alias check: a frame whose reference registration passed the other tests
+    but lies more than max(2 px, 5σ) from that track, while the correlation has a local
+    peak near the track (within max(4 px, 5σ), nearer than half the deviation) at least half
+    as high above the median as the chosen one, is flagged "drift-track alias" (the two
+    peaks differ by a lattice alias: a period, or half a cell diagonal when the brightest
+    sublattice changes, e.g. the Pb columns of an alloyed crystal reduced, the Cs sublattice
+    half a cell diagonal away then the brightest; a real jump of the specimen leaves no peak
+    near the old track).  Its reference measurement is moved to the site on the track, the
+    site extends the track, its pairs that land nearer the rejected site are left out, and
+    if its final drift is still more than 1 px from the track's site its error is raised
+    to the distance to the farther of the two sites.
     A running reference inherits the errors of the frames it averages and nothing pulls
     it back, so over hundreds of frames it can drift (0.28 px over the last 100 of a
     1000-frame benchmark series); every frame is therefore also registered to the first
@@ -898,7 +929,13 @@ def register_drift(
     Frames that the running reference registered reliably keep their drift when the two
     estimates agree (within max(``reliable_tol_px``/2, the 1 % point of the combined
     error); the group-wise solution is moved onto them by its weighted mean offset);
-    otherwise they are flagged.  Frames whose content failed a test (non-rigid motion,
+    otherwise they are flagged: with the group-wise drift when the two differ by less than
+    max(1 px, 4 ``reliable_tol_px``), with the running-reference drift (which passed every
+    test, the series mean may blend two column contrasts) when by more, a lattice site.
+    A frame flagged only for a consistency test (inconsistent, reference drift) is made
+    reliable by the group-wise estimate only within ``reliable_tol_px`` of its own
+    running-reference estimate.  Every frame the group-wise registration flags reports an
+    error per axis of at least the distance between the two estimates.  Frames whose content failed a test (non-rigid motion,
     lattice-period ambiguity, rigidity not verifiable, pair/reference disagreement; the
     rigidity of frames never tested is tested against the series mean) keep their chained
     drift and its growing uncertainty.  Measured on the 1000-frame benchmark series
@@ -973,6 +1010,23 @@ def register_drift(
     gw_align = np.zeros((n, 2))
     gw_in = np.zeros(n, bool)
     last_prov: int | None = None
+
+    def _take_track_site(
+        k: int, shift: tuple[float, float], alias: tuple[float, float, float], mean_prov
+    ) -> np.ndarray:
+        """Frame ``k``'s reference measurement moved from ``shift`` to the rival site on
+        the drift track (:func:`_track_alias`): its row and provisional drift; the site
+        extends the track (a stretch of frames of a new contrast is followed with an
+        up-to-date velocity); the pairs that land on the rejected site are dropped below,
+        and the reported error covers both sites if the final drift leaves the track."""
+        alias_px[k] = alias[2]
+        rejected[k] = np.array(shift, float)
+        on_track[k] = np.array(alias[:2], float)
+        ref_meas[-1] = (alias[0] - mean_prov[0], alias[1] - mean_prov[1])
+        prov[k] = on_track[k].copy()
+        track.append((k, on_track[k].copy()))
+        return on_track[k].copy()
+
     with single_blas_thread():
         for k, frame in iter_frames(st):
             if shape is None:
@@ -1025,7 +1079,9 @@ def register_drift(
                 ref_est = np.array([dy, dx])
                 if snr < min_snr:
                     flags[k] = f"weak correlation with the reference (SNR {snr:.3g} < {min_snr:g})"
-                elif (oj := _outline_jump(ref, spec, shape, (dy, dx), max_shift_px)) > 0:
+                elif (
+                    oj := _outline_jump(ref, spec, shape, (dy, dx), max_shift_px)
+                ) > 0 and not _on_track((dy, dx), track[-_TRACK_FRAMES:], k, oj):
                     flags[k] = (
                         f"lattice-period ambiguity: the lattice registration is {oj:.3g} px "
                         "from the crystal-outline registration (> half a lattice period)"
@@ -1064,15 +1120,7 @@ def register_drift(
                         # and provisional drift); the pairs that land on the rejected site are
                         # dropped below, and the reported error covers both sites if the
                         # chained solution does not follow the track
-                        alias_px[k] = alias[2]
-                        rejected[k] = np.array([dy, dx])
-                        dy, dx = alias[0], alias[1]
-                        on_track[k] = np.array([dy, dx])
-                        ref_meas[-1] = (dy - mean_prov[0], dx - mean_prov[1])
-                        prov[k] = ref_est = np.array([dy, dx])
-                        # (the site on the track extends the track: a stretch of frames of the
-                        # new contrast is followed with an up-to-date velocity)
-                        track.append((k, ref_est.copy()))
+                        dy, dx = ref_est = _take_track_site(k, (dy, dx), alias, mean_prov)
                         flags[k] = (
                             f"drift-track alias: the registration is {alias[2]:.3g} px from a "
                             f"rival correlation peak on the drift track of the reliable frames "
@@ -1098,7 +1146,11 @@ def register_drift(
                     refine=corr_opts["refine"],
                 )
                 row_snr = snr
-                if k in rejected and prov.get(ka) is not None:
+                if (
+                    k in rejected
+                    and prov.get(ka) is not None
+                    and (ka not in flags or ka in rejected)
+                ):
                     # a pair that lands nearer the rejected site of a drift-track alias than
                     # the site on the track (e.g. from a frame of the old column contrast)
                     # is left out of the solve
@@ -1422,6 +1474,9 @@ def register_drift(
                     min_snr=min_snr,
                     reliable_tol_px=float(reliable_tol_px),
                     first=first,
+                    measured=np.array(
+                        [flags.get(k, "").startswith(_CONSISTENCY_FLAGS) for k in range(n)]
+                    ),
                 )
             gw_result = gw
             d, err, nonrigid = gw["d"], gw["err"], gw["nonrigid"]
@@ -1448,7 +1503,7 @@ def register_drift(
     for k, site in on_track.items():
         # a drift-track alias whose final drift left the site on the track (more than 1 px
         # away): the reported error covers both rival sites
-        if flags.get(k, "").startswith("drift-track alias") and np.hypot(*(d[k] - site)) > 1.0:
+        if k in flags and np.hypot(*(d[k] - site)) > 1.0:
             far = max(np.hypot(*(d[k] - site)), np.hypot(*(d[k] - rejected[k])))
             err[k] = np.maximum(err[k], far)
     # the growing error of an untestable step is accumulated with a finite stand-in
