@@ -467,7 +467,6 @@ def refine_drift(
     min_snr: float,
     reliable_tol_px: float,
     first: int,
-    measured: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Group-wise drift of the usable frames (module docstring) from the starting ``drift``.
 
@@ -478,10 +477,6 @@ def refine_drift(
     without a passing value are tested again in the last pass against the leave-one-out
     series mean; those that fail it (or cannot be tested) are treated like ``keep_flags``.
     Frames whose measurement is weak or an outlier of the smoothed track take the track.
-    ``measured`` (T,) bool: frames that :func:`register_drift` flagged only for a
-    consistency test (inconsistent with the other reliable frames, reference drift), whose
-    running-reference estimate ``drift`` is a measurement of their own: the group-wise
-    estimate makes such a frame reliable only within ``reliable_tol_px`` of it.
     Returns ``d``, ``err`` (T, 2), ``flags`` {frame: reason}, ``nonrigid``, per-frame
     ``columns`` and ``attrs``.
     """
@@ -629,17 +624,6 @@ def refine_drift(
             err[k] = np.maximum(err[k], dev[k])
         elif sig2d[k] > limit:
             flags[k] = f"imprecise: posterior error {sig2d[k]:.2g} px (> {limit:.2g})"
-        elif measured is not None and measured[k] and dev[k] > reliable_tol_px:
-            # a frame the running reference measured (strong, rigid) but flagged for
-            # consistency, whose group-wise estimate lies more than the tolerance from
-            # that measurement: at least one of them is off by more than tol/2, and the
-            # group-wise posterior error does not see a degrading crystal's content
-            # differing from the series mean (late frames of degrading 45-60 Å crystals:
-            # 0.26-0.41 px off, reported reliable with 0.13-0.15 px)
-            flags[k] = (
-                f"group-wise estimate {dev[k]:.2g} px from the running-reference "
-                f"measurement (> {reliable_tol_px:g}); group-wise drift reported"
-            )
         else:
             flags.pop(k, None)
         if k in flags and np.isfinite(dev[k]):

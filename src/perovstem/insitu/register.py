@@ -94,9 +94,6 @@ _SITE_JUMP_TOL = 4.0
 #: e⁻/Å² series of test_register_groupwise; 0.22-0.42 on the sublattice jumps of
 #: CsCd0.2 series whose Pb columns were reduced)
 _SITE_JUMP_MARGIN = 0.2
-#: flags of frames that passed the per-frame tests against the running reference (strong,
-#: rigid) but failed a consistency test: their running-reference estimate is a measurement
-_CONSISTENCY_FLAGS = ("inconsistent with the other reliable frames", "reference drift")
 #: errors (px) at or above this are reported as infinite (an untestable chained step)
 _UNBOUNDED_PX = 1e149
 
@@ -932,10 +929,8 @@ def register_drift(
     otherwise they are flagged: with the group-wise drift when the two differ by less than
     max(1 px, 4 ``reliable_tol_px``), with the running-reference drift (which passed every
     test, the series mean may blend two column contrasts) when by more, a lattice site.
-    A frame flagged only for a consistency test (inconsistent, reference drift) is made
-    reliable by the group-wise estimate only within ``reliable_tol_px`` of its own
-    running-reference estimate.  Every frame the group-wise registration flags reports an
-    error per axis of at least the distance between the two estimates.  Frames whose content failed a test (non-rigid motion,
+    Every frame the group-wise registration flags reports an error per axis of at least
+    the distance between the two estimates.  Frames whose content failed a test (non-rigid motion,
     lattice-period ambiguity, rigidity not verifiable, pair/reference disagreement; the
     rigidity of frames never tested is tested against the series mean) keep their chained
     drift and its growing uncertainty.  Measured on the 1000-frame benchmark series
@@ -1474,9 +1469,6 @@ def register_drift(
                     min_snr=min_snr,
                     reliable_tol_px=float(reliable_tol_px),
                     first=first,
-                    measured=np.array(
-                        [flags.get(k, "").startswith(_CONSISTENCY_FLAGS) for k in range(n)]
-                    ),
                 )
             gw_result = gw
             d, err, nonrigid = gw["d"], gw["err"], gw["nonrigid"]
