@@ -17,7 +17,11 @@ its pixels into two independent halves (the one-image split of Koho et al., Nat.
 10, 3103 (2019)); it weights the rows of the least-squares solve and corrects the
 sub-field rigidity test for shot noise.  A lattice-period jump is detected by comparing
 the lattice registration with the crystal-outline registration (a gradient correlation
-low-passed to remove the strongest lattice reflection).
+low-passed to remove the strongest lattice reflection), and a jump by a lattice alias (a
+period, or half a cell diagonal when the brightest sublattice changes) by comparing the
+registration with the straight-line drift track of the reliable frames: a registration far
+off the track while the correlation has a comparable peak on it is re-measured there and
+flagged (:func:`_track_alias`).
 
 When the running reference cannot register some frames reliably (e.g. at ~1 e⁻ per pixel
 per frame, or after a drift of the running reference), :func:`register_drift` (with
