@@ -998,7 +998,7 @@ def register_drift(
     alias_px = np.full(n, np.nan)
     rejected: dict[int, np.ndarray] = {}  # the off-track site of a drift-track alias
     on_track: dict[int, np.ndarray] = {}  # ... and its rival site on the track
-    track: list[tuple[int, np.ndarray]] = []
+    track: deque[tuple[int, np.ndarray]] = deque(maxlen=_TRACK_FRAMES)
     anchor: tuple[np.ndarray, np.ndarray] | None = None
     sig_hist: deque[float] = deque(maxlen=16)
     flags: dict[int, str] = {}
@@ -1080,7 +1080,7 @@ def register_drift(
                     flags[k] = f"weak correlation with the reference (SNR {snr:.3g} < {min_snr:g})"
                 elif (
                     oj := _outline_jump(ref, spec, shape, (dy, dx), max_shift_px)
-                ) > 0 and not _on_track((dy, dx), track[-_TRACK_FRAMES:], k, oj):
+                ) > 0 and not _on_track((dy, dx), list(track), k, oj):
                     flags[k] = (
                         f"lattice-period ambiguity: the lattice registration is {oj:.3g} px "
                         "from the crystal-outline registration (> half a lattice period)"
@@ -1111,9 +1111,7 @@ def register_drift(
                     if why:
                         flags[k] = why
                     elif (
-                        alias := _track_alias(
-                            ref, spec, shape, (dy, dx), track[-_TRACK_FRAMES:], k, **base_kw
-                        )
+                        alias := _track_alias(ref, spec, shape, (dy, dx), list(track), k, **base_kw)
                     ) is not None:
                         # the site on the track is taken as the frame's measurement (its row
                         # and provisional drift); the pairs that land on the rejected site are
