@@ -17,7 +17,11 @@ its pixels into two independent halves (the one-image split of Koho et al., Nat.
 10, 3103 (2019)); it weights the rows of the least-squares solve and corrects the
 sub-field rigidity test for shot noise.  A lattice-period jump is detected by comparing
 the lattice registration with the crystal-outline registration (a gradient correlation
-low-passed to remove the strongest lattice reflection).
+low-passed to remove the strongest lattice reflection), and a jump by a lattice alias (a
+period, or half a cell diagonal when the brightest sublattice changes) by comparing the
+registration with the straight-line drift track of the reliable frames: a registration far
+off the track while the correlation has a comparable peak on it is re-measured there and
+flagged (:func:`_track_alias`).
 
 When the running reference cannot register some frames reliably (e.g. at ~1 e⁻ per pixel
 per frame, or after a drift of the running reference), :func:`register_drift` (with
@@ -78,6 +82,7 @@ _WORKERS = 2
 _CONTENT_FLAGS = (
     "non-rigid",
     "lattice-period ambiguity",
+    "drift-track alias",
     "reference and pairwise estimates disagree",
     "reference-based estimate unconfirmed",
 )
@@ -350,6 +355,114 @@ def _outline_jump(
     oy, ox, period = _outline_shift(fa, fb, shape, max_shift_px)
     dist = float(np.hypot(shift[0] - oy, shift[1] - ox))
     return dist if dist > max(0.5 * period, 2.0) else 0.0
+
+
+#: the drift-track check (:func:`_track_alias`): reliable frames the linear track is fitted
+#: to (the last ones), the deviation from it that makes a frame suspect (px, and in units
+#: of the prediction's standard error) and the largest margin (fraction of the peak height
+#: above the median) by which the registration may prefer its own site over the
+#: correlation's local peak near the track for the two to count as rival sites
+_TRACK_FRAMES = 8
+_TRACK_MIN_PX = 2.0
+_TRACK_Z = 5.0
+_TRACK_ALIAS_MARGIN = 0.5
+
+
+def _track_prediction(hist: list[tuple[int, np.ndarray]], k: int) -> tuple[np.ndarray, float]:
+    """Drift of frame ``k`` predicted by a straight line (constant velocity) fitted to the
+    provisional drifts ``hist`` [(frame, (dy, dx))] of the last reliable frames, and its
+    standard error per axis (px): the residual scatter of the fit (pooled over both axes,
+    at least 0.1 px) times the prediction factor ``sqrt(1 + 1/n + (k - t̄)²/S_tt)``."""
+    t = np.array([j for j, _ in hist], float)
+    y = np.array([v for _, v in hist], float)
+    tm, ym = t.mean(), y.mean(axis=0)
+    stt = float(np.sum((t - tm) ** 2))
+    slope = ((t - tm) @ (y - ym)) / stt
+    fit = ym + np.outer(t - tm, slope)
+    s2 = float(np.sum((y - fit) ** 2)) / (2.0 * (len(t) - 2)) if len(t) > 2 else 0.0
+    s = max(np.sqrt(s2), 0.1)
+    pred = ym + (k - tm) * slope
+    return pred, s * float(np.sqrt(1.0 + 1.0 / len(t) + (k - tm) ** 2 / stt))
+
+
+def _on_track(
+    shift: tuple[float, float], hist: list[tuple[int, np.ndarray]], k: int, jump_px: float
+) -> bool:
+    """Whether the drift track of the reliable frames (:func:`_track_prediction`, >= 3
+    frames) supports ``shift`` against a rival registration ``jump_px`` away: ``shift``
+    lies within max(:data:`_TRACK_MIN_PX`, 3σ) of the track and that radius is less than
+    half ``jump_px`` (the rival, e.g. a crystal-outline registration thrown off by a
+    changing outline, is then off the track)."""
+    if len(hist) < 3:
+        return False
+    pred, sig = _track_prediction(hist, k)
+    near = max(_TRACK_MIN_PX, 3.0 * sig)
+    return near < 0.5 * jump_px and float(np.hypot(*(np.asarray(shift) - pred))) <= near
+
+
+def _track_alias(
+    ref: np.ndarray,
+    spec: np.ndarray,
+    shape: tuple[int, int],
+    shift: tuple[float, float],
+    hist: list[tuple[int, np.ndarray]],
+    k: int,
+    *,
+    whitening: float,
+    sigma_px: float,
+    upsample: int,
+) -> tuple[float, float, float] | None:
+    """Rival site of a registration that jumps off the drift track of the reliable frames.
+
+    When the registration ``shift`` of frame ``k`` against the reference lies more than
+    max(:data:`_TRACK_MIN_PX`, :data:`_TRACK_Z` σ) from the straight-line track of the
+    last reliable frames (:func:`_track_prediction`), the whitened correlation is searched
+    for local maxima within max(4, 5σ) px of the track and nearer to it than half the
+    deviation.  Such a peak at least half as high above the median as the chosen one
+    (:data:`_TRACK_ALIAS_MARGIN`; the nearest to the track when there are several) is a
+    rival site: the two differ by a lattice alias (a lattice period, or half a cell
+    diagonal when the brightest sublattice has changed, e.g. the Pb columns of an alloyed
+    crystal reduced, the Cs sublattice now the brightest), and continuity of the drift
+    favours the one on the track.  A real jump of the specimen has no correlation peak near the old track.
+    Returns the rival site (refined as the registration is: Wiener-weighted sub-pixel peak,
+    px) and its distance from ``shift``, or None.
+    """
+    if len(hist) < 3:
+        return None
+    pred, sig = _track_prediction(hist, k)
+    dev = float(np.hypot(shift[0] - pred[0], shift[1] - pred[1]))
+    if dev <= max(_TRACK_MIN_PX, _TRACK_Z * sig):
+        return None
+    radius = min(max(4.0, 5.0 * sig), 0.25 * min(shape))
+    h = _whiten(np.conj(ref) * spec, whitening) * _lowpass(shape, sigma_px)
+    c = sfft.irfft2(h / _lowpass(shape, 0.0), s=shape, workers=_WORKERS)
+    m, n = shape
+    med = float(np.median(c[:: max(1, m // 128), :: max(1, n // 128)]))
+    v_own = float(c[int(np.rint(shift[0])) % m, int(np.rint(shift[1])) % n])
+    # local maxima of the correlation within ``radius`` of the track, at least half as high
+    # above the median as the chosen peak; the nearest to the track is the rival site
+    r = int(np.ceil(radius))
+    gy = np.arange(int(np.rint(pred[0])) - r, int(np.rint(pred[0])) + r + 1)
+    gx = np.arange(int(np.rint(pred[1])) - r, int(np.rint(pred[1])) + r + 1)
+    win = c[np.ix_(gy % m, gx % n)]
+    is_max = ndimage.maximum_filter(win, 3, mode="nearest") == win
+    is_max[[0, -1], :] = is_max[:, [0, -1]] = False  # the border: no peak seen
+    yy, xx = np.meshgrid(gy, gx, indexing="ij")
+    dist = np.hypot(yy - pred[0], xx - pred[1])
+    ok = (
+        is_max
+        & (dist <= radius)
+        & (dist < 0.5 * dev)
+        & (v_own - win <= _TRACK_ALIAS_MARGIN * (v_own - med))
+    )
+    if not ok.any():
+        return None  # no rival peak near the track: a real jump, or noise
+    best = np.flatnonzero(ok.ravel())[int(np.argmin(dist[ok]))]
+    cy, cx = float(yy.flat[best]), float(xx.flat[best])
+    # the rival site refined like the registration itself (Wiener-weighted sub-pixel peak)
+    g = np.conj(ref) * _wiener(ref, shape) * spec * _lowpass(shape, 0.0)
+    cy, cx = _upsampled_peak(g.astype(np.complex64), shape, np.round(cy), np.round(cx), upsample)
+    return float(cy), float(cx), float(np.hypot(shift[0] - cy, shift[1] - cx))
 
 
 def _upsampled_peak(
@@ -759,7 +872,20 @@ def register_drift(
     noise); the pair-vs-reference agreement test likewise allows 4√3 split-half σ.
     A frame whose lattice registration lies more than half a lattice period (and 2 px) from
     its crystal-outline registration is flagged (lattice-period ambiguity); its chained
-    step is unbounded.
+    step is unbounded.  The outline flag is not raised when the straight-line drift track
+    of the last 8 reliable frames (>= 3) supports the lattice registration (within
+    max(2 px, 3σ) of it, less than half the distance to the outline registration).
+    Drift-track alias check: a frame whose reference registration passed the other tests
+    but lies more than max(2 px, 5σ) from that track, while the correlation has a local
+    peak near the track (within max(4 px, 5σ), nearer than half the deviation) at least half
+    as high above the median as the chosen one, is flagged "drift-track alias" (the two
+    peaks differ by a lattice alias: a period, or half a cell diagonal when the brightest
+    sublattice changes, e.g. the Pb columns of an alloyed crystal reduced, the Cs sublattice
+    half a cell diagonal away then the brightest; a real jump of the specimen leaves no peak
+    near the old track).  Its reference measurement is moved to the site on the track, the
+    site extends the track, its pairs that land nearer the rejected site are left out, and
+    if its final drift is still more than 1 px from the track's site its error is raised
+    to the distance to the farther of the two sites.
     A running reference inherits the errors of the frames it averages and nothing pulls
     it back, so over hundreds of frames it can drift (0.28 px over the last 100 of a
     1000-frame benchmark series); every frame is therefore also registered to the first
@@ -804,7 +930,11 @@ def register_drift(
     Frames that the running reference registered reliably keep their drift when the two
     estimates agree (within max(``reliable_tol_px``/2, the 1 % point of the combined
     error); the group-wise solution is moved onto them by its weighted mean offset);
-    otherwise they are flagged.  Frames whose content failed a test (non-rigid motion,
+    otherwise they are flagged: with the group-wise drift when the two differ by less than
+    max(1 px, 4 ``reliable_tol_px``), with the running-reference drift (which passed every
+    test, the series mean may blend two column contrasts) when by more, a lattice site.
+    Every frame the group-wise registration flags reports an error per axis of at least
+    the distance between the two estimates.  Frames whose content failed a test (non-rigid motion,
     lattice-period ambiguity, rigidity not verifiable, pair/reference disagreement; the
     rigidity of frames never tested is tested against the series mean) keep their chained
     drift and its growing uncertainty.  Measured on the 1000-frame benchmark series
@@ -865,6 +995,10 @@ def register_drift(
     step_unc = np.full(n, np.nan)
     sig_ref = np.full(n, np.nan)
     anchor_dev = np.full(n, np.nan)
+    alias_px = np.full(n, np.nan)
+    rejected: dict[int, np.ndarray] = {}  # the off-track site of a drift-track alias
+    on_track: dict[int, np.ndarray] = {}  # ... and its rival site on the track
+    track: deque[tuple[int, np.ndarray]] = deque(maxlen=_TRACK_FRAMES)
     anchor: tuple[np.ndarray, np.ndarray] | None = None
     sig_hist: deque[float] = deque(maxlen=16)
     flags: dict[int, str] = {}
@@ -875,6 +1009,23 @@ def register_drift(
     gw_align = np.zeros((n, 2))
     gw_in = np.zeros(n, bool)
     last_prov: int | None = None
+
+    def _take_track_site(
+        k: int, shift: tuple[float, float], alias: tuple[float, float, float], mean_prov
+    ) -> np.ndarray:
+        """Frame ``k``'s reference measurement moved from ``shift`` to the rival site on
+        the drift track (:func:`_track_alias`): its row and provisional drift; the site
+        extends the track (a stretch of frames of a new contrast is followed with an
+        up-to-date velocity); the pairs that land on the rejected site are dropped below,
+        and the reported error covers both sites if the final drift leaves the track."""
+        alias_px[k] = alias[2]
+        rejected[k] = np.array(shift, float)
+        on_track[k] = np.array(alias[:2], float)
+        ref_meas[-1] = (alias[0] - mean_prov[0], alias[1] - mean_prov[1])
+        prov[k] = on_track[k].copy()
+        track.append((k, on_track[k].copy()))
+        return on_track[k].copy()
+
     with single_blas_thread():
         for k, frame in iter_frames(st):
             if shape is None:
@@ -927,7 +1078,9 @@ def register_drift(
                 ref_est = np.array([dy, dx])
                 if snr < min_snr:
                     flags[k] = f"weak correlation with the reference (SNR {snr:.3g} < {min_snr:g})"
-                elif (oj := _outline_jump(ref, spec, shape, (dy, dx), max_shift_px)) > 0:
+                elif (
+                    oj := _outline_jump(ref, spec, shape, (dy, dx), max_shift_px)
+                ) > 0 and not _on_track((dy, dx), list(track), k, oj):
                     flags[k] = (
                         f"lattice-period ambiguity: the lattice registration is {oj:.3g} px "
                         "from the crystal-outline registration (> half a lattice period)"
@@ -957,6 +1110,19 @@ def register_drift(
                     )
                     if why:
                         flags[k] = why
+                    elif (
+                        alias := _track_alias(ref, spec, shape, (dy, dx), list(track), k, **base_kw)
+                    ) is not None:
+                        # the site on the track is taken as the frame's measurement (its row
+                        # and provisional drift); the pairs that land on the rejected site are
+                        # dropped below, and the reported error covers both sites if the
+                        # chained solution does not follow the track
+                        dy, dx = ref_est = _take_track_site(k, (dy, dx), alias, mean_prov)
+                        flags[k] = (
+                            f"drift-track alias: the registration is {alias[2]:.3g} px from a "
+                            f"rival correlation peak on the drift track of the reliable frames "
+                            f"(lattice period or sublattice)"
+                        )
             elif k == first_usable:
                 prov[k] = np.zeros(2)
             else:
@@ -976,7 +1142,19 @@ def register_drift(
                     wa=wa,
                     refine=corr_opts["refine"],
                 )
-                pairs.append((ka, k, dy, dx, snr))
+                row_snr = snr
+                if (
+                    k in rejected
+                    and prov.get(ka) is not None
+                    and (ka not in flags or ka in rejected)
+                ):
+                    # a pair that lands nearer the rejected site of a drift-track alias than
+                    # the site on the track (e.g. from a frame of the old column contrast)
+                    # is left out of the solve
+                    imp = prov[ka] + [dy, dx]
+                    if np.hypot(*(imp - rejected[k])) < np.hypot(*(imp - prov[k])):
+                        row_snr = -np.inf
+                pairs.append((ka, k, dy, dx, row_snr))
                 if j == 0:
                     snr_prev[k] = snr
                     if prov.get(k) is None and prov.get(ka) is not None and snr >= min_snr:
@@ -1087,6 +1265,7 @@ def register_drift(
                 ph = _phase_ramp(shape, prov[k][0], prov[k][1])
                 aligned = spec * ph
                 ref_buf.append((k, aligned, None))
+                track.append((k, prov[k].copy()))
                 ref_sum = aligned.copy() if ref_sum is None else ref_sum + aligned
                 if len(ref_buf) > reference_window:
                     _, old_spec, _ = ref_buf.popleft()
@@ -1095,7 +1274,9 @@ def register_drift(
                     # the first full reference, frozen: a long-baseline check of the chain
                     a_spec = ref_sum / len(ref_buf)
                     anchor = (a_spec, _wiener(a_spec, shape))
-    online = np.array(sorted(flags), int)  # frames that failed a per-frame test
+    # frames that failed a per-frame test (a drift-track alias keeps its reference row: it
+    # was re-measured on the site the drift track supports)
+    online = np.array(sorted(set(flags) - set(rejected)), int)
     n_good = n - len(reasons)
     if n_good < 1:
         raise DataError(f"no usable frame in `series` ({n} frames, all skipped: {reasons})")
@@ -1313,6 +1494,12 @@ def register_drift(
     )
     content[first] = 0.0
     err = np.hypot(err, content[:, None])
+    for k, site in on_track.items():
+        # a drift-track alias whose final drift left the site on the track (more than 1 px
+        # away): the reported error covers both rival sites
+        if k in flags and np.hypot(*(d[k] - site)) > 1.0:
+            far = max(np.hypot(*(d[k] - site)), np.hypot(*(d[k] - rejected[k])))
+            err[k] = np.maximum(err[k], far)
     # the growing error of an untestable step is accumulated with a finite stand-in
     # (1e150 px per step, no overflow); it is reported as what it means: unbounded
     err[err >= _UNBOUNDED_PX] = np.inf
