@@ -1107,9 +1107,22 @@ def count_atoms(
         With a library: log-sd of the per-type scales about their common value.  A mixture
         of one or two components (a cube has one Pb-Br thickness) matches the library at
         several ``(count, c)``; the types share the normalisation, so such a type takes the
-        scale of the others (``log c_t ~ N(log c0, scale_spread^2)``, ``log c0 ~ N(0, 0.1^2)``).
+        scale of the others (``log c_t ~ N(log c0, scale_spread^2)``, ``log c0`` from
+        ``scale_prior``).
         ``attrs["counting"][type]["library_anchor"]["scale_identifiable"]`` is False when the
         counts of a type rest on this prior.
+    scale_prior : (float, float), optional
+        With a library: ``(center, log_sd)`` of the prior ``log c0 ~ N(log center,
+        log_sd^2)`` on the common scale (cross-section / library).  One or few thicknesses
+        cannot tell ``c L_n`` from ``c' L_(n+-1)`` (c' ~ c n / (n+-1), 10-15 % away for
+        n ~ 8): only this prior can, and only when ``log_sd`` is well below that.  Default
+        ``(1, 0.03)`` for a library measured with the data's own estimator
+        (:func:`perovstem.atoms.fitted_scs_library`, ``attrs["source"] == "fitted"``,
+        c = 0.97-1.03 on simulated images), otherwise ``(1, 0.1)``: Gaussian-fit
+        cross-sections sit 5-25 % below a total-SCS library (7-9 % in the package's image
+        model, 10-25 % on multislice images without vacuum), so the offset of a flat
+        crystal is then often undecided (``offset_ambiguous``).  Give it when the
+        calibration is known, e.g. ``(0.92, 0.03)``.
     termination, cd_fraction : str, float
         Crystal surfaces and Cd fraction of a ``library="simulate"`` (see
         :func:`perovstem.atoms.library.as_library`).
@@ -1139,6 +1152,13 @@ def count_atoms(
         the selection rule and the single-atom sensitivity; with a library also ``scale``
         (cross-section / library, as in :func:`perovstem.atoms.count_hybrid`); without a
         library ``ladder_check``, the result of :func:`ladder_check` (None with a library).
+        With a library, ``library_anchor`` also holds ``offset_probability`` ``{d: P(d)}``,
+        the probability that every column of the type is ``d`` atoms more than ``n_atoms``
+        (each optimum of the scale likelihood is one reading of the counts; its evidence is
+        its likelihood times the scale prior, the common scale integrated out),
+        ``offset_ambiguous`` (``P(0) < 0.9``) and ``scale_prior``.  ``n_atoms_mean`` and
+        ``n_atoms_std`` are those of the mixture over ``d`` (the std grows to ~0.5 when
+        ``n`` and ``n+-1`` are equally likely) and ``p_n_atoms`` is multiplied by ``P(0)``.
 
     Warns
     -----
@@ -1148,6 +1168,9 @@ def count_atoms(
         was re-selected because of it.  On held-out simulated images the check flagged 85 of
         the 91 ICL choices whose counts were wrong (total off by > 10 % or < 50 % exact) and
         none of the 13 correct ones (docs/counting.md).
+        With a library, when a type's counts may all be offset (``offset_ambiguous``): on
+        simulated images with a total-SCS library 45 of the 48 offset type-runs were
+        flagged (docs/counting.md).
     """
     _check_count_options(n_components, max_components, first_count)
     if method not in ("gmm", "ladder"):
