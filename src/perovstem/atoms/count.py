@@ -781,11 +781,11 @@ def _scale_penalty(c: float, ref: float, sd: float) -> float:
 
 
 def _shared_scale_choice(
-    cands: dict[str, list[tuple[float, float]]], sd: float, sd0: float
+    cands: dict[str, list[tuple[float, float]]], sd: float, sd0: float, center: float = 1.0
 ) -> tuple[dict[str, float], float]:
     """Choose one scale per type with a prior that ties the types together.
 
-    ``log c_t ~ N(log c0, sd^2)`` and ``log c0 ~ N(0, sd0^2)``: the detector normalisation and
+    ``log c_t ~ N(log c0, sd^2)`` and ``log c0 ~ N(log center, sd0^2)``: the detector normalisation and
     the Gaussian-model deficit are common to all column types of one image (simulated
     CsPbBr3 [001]: c of Pb-Br and Cs columns within 4 %), so a type whose scale the data do
     not identify (a cube: one Pb-Br thickness) takes the scale of the types that do.  For an
@@ -795,7 +795,7 @@ def _shared_scale_choice(
     grid = np.exp(np.linspace(np.log(cs.min()), np.log(cs.max()), 200))
     best, best_cost = 1.0, np.inf
     for c0 in grid:
-        cost = _scale_penalty(c0, 1.0, sd0)
+        cost = _scale_penalty(c0, center, sd0)
         for v in cands.values():
             cost += min(nll + _scale_penalty(c, c0, sd) for c, nll in v)
         if cost < best_cost:
@@ -805,6 +805,78 @@ def _shared_scale_choice(
         for t, v in cands.items()
     }
     return pick, best
+
+
+def _distinct_optima(cand: list[tuple[float, float]], tol: float = 0.003) -> np.ndarray:
+    """The scale optima ``(c, nll)`` of :func:`~perovstem.atoms.library._scale_candidates`
+    with the repeats (starts that converged to the same optimum, within ``tol`` in log c)
+    merged, keeping the lowest NLL; shape (m, 2), sorted by scale."""
+    a = np.array(sorted(cand), dtype=float).reshape(-1, 2)
+    out: list[list[float]] = []
+    for c, nll in a:
+        if out and abs(np.log(c / out[-1][0])) < tol:
+            out[-1][1] = min(out[-1][1], nll)
+        else:
+            out.append([c, nll])
+    return np.array(out)
+
+
+def _scale_posterior(
+    cands: dict[str, list[tuple[float, float]]],
+    spread: float,
+    sd0: float,
+    center: float = 1.0,
+    n_grid: int = 600,
+) -> dict[str, np.ndarray]:
+    """Posterior probability of each scale optimum of each type, marginal over ``c0``.
+
+    Hypothesis ``i`` of type ``t`` is the optimum ``c_ti`` of the hybrid likelihood (each
+    optimum is one reading of the counts: ``c L_n ~ c' L_(n+-1)``).  Its evidence is
+    approximated by its maximum likelihood (the optima are the same data at scales some
+    10 % apart, their curvatures alike) times the prior of :func:`_shared_scale_choice`,
+    ``log c_t ~ N(log c0, spread^2)``, ``log c0 ~ N(log center, sd0^2)``, and ``c0`` is
+    integrated out on a grid (the other types enter through it).  Returns
+    ``{type: array (m, 3)}`` of ``(c, nll, probability)`` rows (distinct optima).
+    """
+    opt = {t: _distinct_optima(v) for t, v in cands.items()}
+    lc0 = np.linspace(np.log(center) - 5 * sd0, np.log(center) + 5 * sd0, n_grid)
+    lprior = -0.5 * ((lc0 - np.log(center)) / sd0) ** 2
+
+    def lnorm(lc: np.ndarray) -> np.ndarray:  # (m,) -> (m, G): log N(log c; log c0, spread)
+        return -0.5 * ((lc[:, None] - lc0[None, :]) / spread) ** 2 - np.log(spread)
+
+    terms = {}
+    marg = {}
+    for t, a in opt.items():
+        terms[t] = (-(a[:, 1] - a[:, 1].min()))[:, None] + lnorm(np.log(a[:, 0]))
+        marg[t] = _logsumexp(terms[t], axis=0)  # (G,)
+    total = lprior + sum(marg.values())
+    out = {}
+    for t, a in opt.items():
+        lp = _logsumexp(terms[t] + (total - marg[t])[None, :], axis=1)
+        p = np.exp(lp - lp.max())
+        out[t] = np.column_stack([a, p / p.sum()])
+    return out
+
+
+def _offset_probabilities(
+    post: np.ndarray, xs: np.ndarray, lib: tuple[np.ndarray, np.ndarray], counts: np.ndarray
+) -> dict[int, float]:
+    """Probability of each whole-type count offset ``d`` against ``counts`` (per column).
+
+    Each scale optimum ``c`` (rows ``(c, nll, p)`` of :func:`_scale_posterior`) reads every
+    column as the library count nearest to ``scs / c``; its offset is the rounded mean
+    difference to ``counts``.  The probabilities of the optima with the same offset add up.
+    """
+    n, v = lib
+    keep = v > 0
+    n, v = n[keep], v[keep]
+    out: dict[int, float] = {}
+    for c, _, p in post:
+        j = np.argmin(np.abs(xs[:, None] / c - v[None, :]), axis=1)
+        d = int(np.rint(np.mean(n[j] - counts)))
+        out[d] = out.get(d, 0.0) + float(p)
+    return dict(sorted(out.items()))
 
 
 def _identifiable(
@@ -834,6 +906,7 @@ def _fallback_scales(
     bounds: tuple[float, float],
     spread: float,
     reference: float | None = None,
+    reference_note: str = "calibrated library (Voronoi sums)",
 ) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[str, str]]:
     """Scales of the types whose own columns do not identify it.
 
@@ -852,7 +925,7 @@ def _fallback_scales(
     if not good and reference is not None:
         # an absolute measurement (Voronoi sums of a normalised image) in the library's
         # units: without a type that identifies the scale, stay near the calibration
-        good, src0 = [float(reference)], "calibrated library (Voronoi sums)"
+        good, src0 = [float(reference)], reference_note
     if not good:
         # nothing to borrow from: the shared prior's choice (a free scale near 1 is not
         # "calibrated": Gaussian-fit SCS sit 5-25 % below the library by construction)
@@ -940,6 +1013,37 @@ def _check_count_options(n_components: Any, max_components: Any, first_count: An
         _check_int_ge("first_count", first_count, 0)
 
 
+_OFFSET_LEVEL = 0.9
+"""A type's counts are flagged ``offset_ambiguous`` below this probability of no offset."""
+
+_CALIBRATED_PRIOR = (1.0, 0.03)
+"""Scale prior of a library measured with the data's own estimator (fitted_scs_library)."""
+
+_DEFAULT_PRIOR = (1.0, 0.1)
+"""Scale prior otherwise: Gaussian-fit SCS sit 5-25 % below a total-SCS library."""
+
+
+def _check_scale_prior(scale_prior: Any, library: Any) -> tuple[float, float, str]:
+    """``(center, log_sd, source)`` of the prior on the common library scale ``c0``."""
+    if scale_prior is None:
+        libs = list(library.values()) if isinstance(library, dict) else [library]
+        fitted = bool(libs) and all(
+            isinstance(v, pd.DataFrame) and v.attrs.get("source") == "fitted" for v in libs
+        )
+        if fitted:
+            return (*_CALIBRATED_PRIOR, "fitted library")
+        return (*_DEFAULT_PRIOR, "default")
+    try:
+        c, sd = (float(v) for v in scale_prior)
+    except (TypeError, ValueError):
+        raise ParameterError(
+            f"`scale_prior` must be (center, log_sd), e.g. (1.0, 0.03), got {scale_prior!r}"
+        ) from None
+    if not (np.isfinite(c) and c > 0 and np.isfinite(sd) and sd > 0):
+        raise ParameterError(f"`scale_prior` must be (center > 0, log_sd > 0), got {scale_prior!r}")
+    return c, sd, "user"
+
+
 def count_atoms(
     scs: Any,
     *,
@@ -954,6 +1058,7 @@ def count_atoms(
     scale_range: tuple[float, float] = (0.8, 1.25),
     library_tol: float = 1.5,
     scale_spread: float = 0.03,
+    scale_prior: tuple[float, float] | None = None,
     max_iter: int = 1000,
     tol: float = 1e-8,
     termination: str = "mixed",
@@ -1002,9 +1107,22 @@ def count_atoms(
         With a library: log-sd of the per-type scales about their common value.  A mixture
         of one or two components (a cube has one Pb-Br thickness) matches the library at
         several ``(count, c)``; the types share the normalisation, so such a type takes the
-        scale of the others (``log c_t ~ N(log c0, scale_spread^2)``, ``log c0 ~ N(0, 0.1^2)``).
+        scale of the others (``log c_t ~ N(log c0, scale_spread^2)``, ``log c0`` from
+        ``scale_prior``).
         ``attrs["counting"][type]["library_anchor"]["scale_identifiable"]`` is False when the
         counts of a type rest on this prior.
+    scale_prior : (float, float), optional
+        With a library: ``(center, log_sd)`` of the prior ``log c0 ~ N(log center,
+        log_sd^2)`` on the common scale (cross-section / library).  One or few thicknesses
+        cannot tell ``c L_n`` from ``c' L_(n+-1)`` (c' ~ c n / (n+-1), 10-15 % away for
+        n ~ 8): only this prior can, and only when ``log_sd`` is well below that.  Default
+        ``(1, 0.03)`` for a library measured with the data's own estimator
+        (:func:`perovstem.atoms.fitted_scs_library`, ``attrs["source"] == "fitted"``,
+        c = 0.97-1.03 on simulated images), otherwise ``(1, 0.1)``: Gaussian-fit
+        cross-sections sit 5-25 % below a total-SCS library (7-9 % in the package's image
+        model, 10-25 % on multislice images without vacuum), so the offset of a flat
+        crystal is then often undecided (``offset_ambiguous``).  Give it when the
+        calibration is known, e.g. ``(0.92, 0.03)``.
     termination, cd_fraction : str, float
         Crystal surfaces and Cd fraction of a ``library="simulate"`` (see
         :func:`perovstem.atoms.library.as_library`).
@@ -1034,6 +1152,13 @@ def count_atoms(
         the selection rule and the single-atom sensitivity; with a library also ``scale``
         (cross-section / library, as in :func:`perovstem.atoms.count_hybrid`); without a
         library ``ladder_check``, the result of :func:`ladder_check` (None with a library).
+        With a library, ``library_anchor`` also holds ``offset_probability`` ``{d: P(d)}``,
+        the probability that every column of the type is ``d`` atoms more than ``n_atoms``
+        (each optimum of the scale likelihood is one reading of the counts; its evidence is
+        its likelihood times the scale prior, the common scale integrated out),
+        ``offset_ambiguous`` (``P(0) < 0.9``) and ``scale_prior``.  ``n_atoms_mean`` and
+        ``n_atoms_std`` are those of the mixture over ``d`` (the std grows to ~0.5 when
+        ``n`` and ``n+-1`` are equally likely) and ``p_n_atoms`` is multiplied by ``P(0)``.
 
     Warns
     -----
@@ -1043,6 +1168,9 @@ def count_atoms(
         was re-selected because of it.  On held-out simulated images the check flagged 85 of
         the 91 ICL choices whose counts were wrong (total off by > 10 % or < 50 % exact) and
         none of the 13 correct ones (docs/counting.md).
+        With a library, when a type's counts may all be offset (``offset_ambiguous``): on
+        simulated images with a total-SCS library 45 of the 48 offset type-runs were
+        flagged (docs/counting.md).
     """
     _check_count_options(n_components, max_components, first_count)
     if method not in ("gmm", "ladder"):
@@ -1073,6 +1201,7 @@ def count_atoms(
     ):
         raise ParameterError(f"`scale_spread` must be a number > 0, got {scale_spread!r}")
     df, x, t = _table_input(scs, types)
+    prior_c, prior_sd, prior_from = _check_scale_prior(scale_prior, library)
     libs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if library is not None:
         from perovstem.atoms.library import _simulate_integration, as_library
@@ -1100,6 +1229,7 @@ def count_atoms(
     resel: dict[str, tuple[int, list[str]]] = {}
     cands: dict[str, list[dict[str, Any]]] = {}
     shift: dict[str, float] = {}
+    ambiguous: dict[str, float] = {}
     for typ in pd.unique(t):
         sel = t == typ
         xs = x[sel]
@@ -1157,14 +1287,18 @@ def count_atoms(
             typ: _scale_candidates(xs, libs[typ][1], scale_range, 0.01, 1e-10)
             for typ, (_, xs, *_rest) in fits.items()
         }
-        pick, _ = _shared_scale_choice(hyb, scale_spread, 0.1)
+        pick, _ = _shared_scale_choice(hyb, scale_spread, prior_sd, prior_c)
+        # each scale optimum is one reading of the counts (c L_n ~ c' L_(n+-1)): their
+        # posterior under the calibration prior says how sure the counts' offset is
+        spost = _scale_posterior(hyb, scale_spread, prior_sd, prior_c)
         ident = {t: _identifiable(hyb[t], pick[t], bounds=tuple(scale_range)) for t in hyb}
+        reference, note = None, "calibrated library (Voronoi sums)"
+        if df.attrs.get("scs_estimator") == "voronoi":
+            reference = 1.0
+        if prior_from != "default":
+            reference, note = prior_c, f"scale prior ({prior_from})"
         c_ref, c_win, c_source = _fallback_scales(
-            pick,
-            ident,
-            tuple(scale_range),
-            scale_spread,
-            reference=1.0 if df.attrs.get("scs_estimator") == "voronoi" else None,
+            pick, ident, tuple(scale_range), scale_spread, reference=reference, reference_note=note
         )
         from perovstem.atoms.library import _warn_unidentified
 
@@ -1243,8 +1377,30 @@ def count_atoms(
         comp[sel] = c
         p_map[sel] = post[np.arange(xs.size), c]
         m = post @ counts
+        v = np.maximum(post @ (counts**2) - m**2, 0.0)
+        if anchor is not None:
+            # the whole type read one atom up or down (another scale optimum): a shift d
+            # of all columns with probability P(d); the counts' mean and variance take the
+            # mixture over d, the MAP count's probability is that of d = 0
+            po = _offset_probabilities(spost[typ], xs, libs[typ], counts[c])
+            d = np.array(list(po), dtype=float)
+            w = np.array(list(po.values()))
+            p0 = po.get(0, 0.0)
+            md = float(w @ d)
+            m = m + md
+            v = v + float(w @ d**2) - md**2
+            p_map[sel] *= p0
+            anchor["offset_probability"] = {int(k): float(val) for k, val in po.items()}
+            anchor["offset_ambiguous"] = bool(p0 < _OFFSET_LEVEL)
+            anchor["scale_prior"] = {
+                "center": prior_c,
+                "log_sd": prior_sd,
+                "source": prior_from,
+            }
+            if p0 < _OFFSET_LEVEL:
+                ambiguous[str(typ)] = p0
         mean[sel] = m
-        std[sel] = np.sqrt(np.maximum(post @ (counts**2) - m**2, 0.0))
+        std[sel] = np.sqrt(v)
         check = None
         if anchor is None and check_ladder:
             # without a library the counts are the component indices: check the ladder
@@ -1287,6 +1443,18 @@ def count_atoms(
         from perovstem.atoms.library import _warn_shifted
 
         _warn_shifted(shift, "count_atoms")
+    if ambiguous:
+        txt = ", ".join(f"{k} P = {p:.2f}" for k, p in ambiguous.items())
+        warnings.warn(
+            f"count_atoms: the counts of type(s) {txt} may all be offset by one atom or "
+            "more: another library scale reads them one atom up or down about as well "
+            "(one or few thicknesses cannot tell c L_n from c' L_(n+-1)); n_atoms_std "
+            "includes the offset (attrs['counting'][type]['library_anchor']"
+            "['offset_probability']).  A calibrated library (fitted_scs_library, or "
+            "Voronoi sums with the Voronoi library) and `scale_prior` decide it",
+            UserWarning,
+            stacklevel=2,
+        )
     out["n_atoms"] = n_atoms
     out["p_n_atoms"] = p_map
     out["n_atoms_mean"] = mean
