@@ -41,6 +41,20 @@ Method
    two.  The segment's count (step 5) is divided between the parts by their fitted
    amplitudes (total conserved), each part at its fitted centre with the pixels nearer to
    it (relative to its radius).
+3c. Host-free detection pass: a Pb cluster grown from the host's own Pb leaves ``M``
+   nearly flat (the columns under it lost what it gained), so ``E`` misses it while the
+   host-free map ``D`` of step 4 shows it (on KMC series at 280 K most missed 10–30-atom
+   clusters on the crystal).  ``D`` is band-passed at the cluster scale (Gaussian of
+   ``smooth_A`` minus one of :data:`HOSTFREE_BG_A` = 8 Å, difference-of-Gaussians blob
+   filter, Lindeberg, IJCV 30, 79 (1998)); local maxima on the crystal that reach
+   :data:`HOSTFREE_SIGMA` = 5 robust standard deviations of that band-pass over the
+   crystal outside the segments (shot noise and host texture together), lie in the segment
+   box and are ≥ ``min_separation_A`` from every kept segment's centre are counted on
+   ``D`` (disc of R + ``aperture_A`` cut to the pixels nearer to it than to any other
+   centre, above the crystal level of ``D``; errors: shot noise of ``D``, host texture per
+   independent cell, :data:`HOST_REGISTRY`) and kept when the count is ``threshold_sigma``
+   times its shot noise.  They are reported with ``host_fraction`` 1 (counted on ``D``).
+   Only with the host test, a dose and an aperture.
 4. Host-lattice test (local lattice model, :mod:`perovstem.insitu._host`): the intensity
    at the empty sites of the host lattice (¼, ¼)…, located by the local fringe phase
    (geometric-phase demodulation, Hÿtch et al., Ultramicroscopy 74, 131 (1998)), is a
@@ -1522,7 +1536,7 @@ def detect_clusters(
         noise part alone (independent between frames: compare counts of one cluster in
         consecutive frames with it), ``host_fraction`` the part of the
         segment's excess attributed to the host lattice (0 when the plain excess was
-        used), ``host_ok`` False where the host model cannot support the count (a crystal
+        used; 1 for a cluster found on the host-free map alone, module notes step 3c), ``host_ok`` False where the host model cannot support the count (a crystal
         smaller than the background element next to the cluster, or host lattice in the
         segment without a host reference in the frame; such counts are often too high).
         ``attrs`` has ``noise_sigma``, ``lattice_A``, ``lattice_angle_deg``,
