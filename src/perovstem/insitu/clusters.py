@@ -43,14 +43,16 @@ Method
    it (relative to its radius).
 3c. Host-free detection pass: a Pb cluster grown from the host's own Pb leaves ``M``
    nearly flat (the columns under it lost what it gained), so ``E`` misses it while the
-   host-free map ``D`` of step 4 shows it (on KMC series at 280 K most missed 10–30-atom
-   clusters on the crystal).  ``D`` is band-passed at the cluster scale (Gaussian of
+   host-free map ``D`` of step 4 shows it (part of the missed 10–30-atom clusters on the
+   crystal in KMC series at 280 K).  ``D`` is band-passed at the cluster scale (Gaussian of
    ``smooth_A`` minus one of :data:`HOSTFREE_BG_A` = 8 Å, difference-of-Gaussians blob
    filter, Lindeberg, IJCV 30, 79 (1998)); local maxima on the crystal that reach
    :data:`HOSTFREE_SIGMA` = 5 robust standard deviations of that band-pass over the
    crystal outside the segments (shot noise and host texture together), lie in the segment
-   box and are ≥ ``min_separation_A`` from every kept segment's centre are counted on
-   ``D`` (disc of R + ``aperture_A`` cut to the pixels nearer to it than to any other
+   box and are ≥ ``min_separation_A`` and ≥ its equal-volume radius + 2 Å from every kept
+   segment's centre (the "crystal" here: ``M`` above a quarter of the plateau level,
+   clusters included; a background-map crystal cost most of the gain on the tuning
+   series) are counted on ``D`` (disc of R + ``aperture_A`` cut to the pixels nearer to it than to any other
    centre, above the crystal level of ``D``; errors: shot noise of ``D``, host texture per
    independent cell, :data:`HOST_REGISTRY`) and kept when the count is ``threshold_sigma``
    times its shot noise.  They are reported with ``host_fraction`` 1 (counted on ``D``).
@@ -1345,6 +1347,7 @@ def _host_free_pass(
     keep: np.ndarray,
     cx: np.ndarray,
     cy: np.ndarray,
+    n_keep: np.ndarray,
     raw: np.ndarray,
     *,
     level: float,
@@ -1364,9 +1367,11 @@ def _host_free_pass(
 
     A Pb cluster grown from the host's own Pb leaves the projected mass ``M`` nearly flat
     (the columns under it lost what it gained), so the plateau excess ``E`` does not see
-    it; the host-free map ``D`` does.  Peaks of ``D`` (:func:`_host_free_peaks`) on the
-    crystal inside the segment box and ``min_separation_A`` away from the kept segments'
-    centres are counted on ``D``: the sum over a disc of radius R + ``aperture_A`` (R the
+    it; the host-free map ``D`` does.  Peaks of ``D`` (:func:`_host_free_peaks`) where
+    ``m`` is above a quarter of ``level`` (crystal and clusters) inside the segment box
+    and farther from every kept segment's centre
+    than ``min_separation_A`` and than its equal-volume radius (of ``n_keep`` atoms) + 2 Å
+    are counted on ``D``: the sum over a disc of radius R + ``aperture_A`` (R the
     equal-volume radius of the sum within 4 Å), cut to the pixels nearer to this peak
     than to any kept centre or other peak, above the level of ``D`` on the crystal outside
     the segments (``D`` is host-free: no annulus, whose median picks up the neighbours
@@ -1381,6 +1386,8 @@ def _host_free_pass(
     r0, r1, c0, c1 = box[0].start, box[0].stop, box[1].start, box[1].stop
     seg_w = np.zeros(d_w.shape, bool)
     seg_w[r0 - w0 : r1 - w0, c0 - v0 : c1 - v0] = regions > 0
+    # the bright part of the map (crystal and clusters); peaks on kept clusters are
+    # removed below
     crys_w = m[win] > 0.25 * level
     st = max(1, int(a_px // 4))
     pk = _host_free_peaks(
@@ -1399,8 +1406,11 @@ def _host_free_pass(
     ok = (pk[:, 0] >= r0) & (pk[:, 0] < r1) & (pk[:, 1] >= c0) & (pk[:, 1] < c1)
     pk = pk[ok]
     if len(pk) and keep.any():
+        # a peak within a kept cluster's equal-volume radius + 2 Å is that cluster (or a
+        # part of it the split may resolve)
+        reach = np.maximum(min_separation_A, _fcc_radius_A(n_keep[keep]) + 2.0) / px
         dd = np.hypot(pk[:, None, 0] - cy[keep][None], pk[:, None, 1] - cx[keep][None])
-        pk = pk[dd.min(axis=1) * px >= min_separation_A]
+        pk = pk[np.all(dd >= reach[None], axis=1)]
     if not len(pk):
         return []
     # level and texture of D on the crystal away from the segments
@@ -1829,6 +1839,7 @@ def detect_clusters(
                 keep,
                 cx,
                 cy,
+                atoms_from_scs(np.clip(tot, 0, None) / (g * dose), lib),
                 a - off,
                 level=level,
                 px=px,
