@@ -81,7 +81,7 @@ def test_host_free_pass_recall_on_degrading_crystal_kmc(monkeypatch):
     """KMC series at 280 K (seeds 151-154, not used to set the pass), scored per frame
     against the projected truth objects, with and without the host-free pass: it finds
     clusters on the crystal that the plateau excess misses, at the same precision.
-    Measured (tp / fp / fn, pass off -> on): 328 / 25 / 36 -> 334 / 25 / 30 (AVX-512) and
+    Measured (tp / fp / fn, pass off -> on): 328 / 25 / 36 -> 333 / 25 / 31 (AVX-512) and
     323 / 28 / 41 -> 327 / 28 / 37 (AVX2 mode)."""
     tot = {True: np.zeros(3), False: np.zeros(3)}
     cases = ((40.0, 3e3, 151), (55.0, 6e3, 152), (40.0, 6e3, 153), (55.0, 3e3, 154))
@@ -97,6 +97,6 @@ def test_host_free_pass_recall_on_degrading_crystal_kmc(monkeypatch):
     (tp1, fp1, fn1), (tp0, fp0, fn0) = tot[True], tot[False]
     recall0, recall1 = tp0 / (tp0 + fn0), tp1 / (tp1 + fn1)
     prec0, prec1 = tp0 / (tp0 + fp0), tp1 / (tp1 + fp1)
-    assert tp1 - tp0 >= 2, (tp0, tp1)  # measured +6 and +4
+    assert tp1 - tp0 >= 2, (tp0, tp1)  # measured +5 and +4
     assert recall1 > recall0
     assert prec1 >= prec0 - 0.01, (prec0, prec1)
