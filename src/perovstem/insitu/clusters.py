@@ -41,6 +41,22 @@ Method
    two.  The segment's count (step 5) is divided between the parts by their fitted
    amplitudes (total conserved), each part at its fitted centre with the pixels nearer to
    it (relative to its radius).
+3c. Host-free detection pass: a Pb cluster grown from the host's own Pb leaves ``M``
+   nearly flat (the columns under it lost what it gained), so ``E`` misses it while the
+   host-free map ``D`` of step 4 shows it (part of the missed 10–30-atom clusters on the
+   crystal in KMC series at 280 K).  ``D`` is band-passed at the cluster scale (Gaussian of
+   ``smooth_A`` minus one of :data:`HOSTFREE_BG_A` = 8 Å, difference-of-Gaussians blob
+   filter, Lindeberg, IJCV 30, 79 (1998)); local maxima on the crystal that reach
+   :data:`HOSTFREE_SIGMA` = 5 robust standard deviations of that band-pass over the
+   crystal outside the segments (shot noise and host texture together), lie in the segment
+   box and are ≥ ``min_separation_A`` and ≥ its equal-volume radius + 2 Å from every kept
+   segment's centre (the "crystal" here: ``M`` above a quarter of the plateau level,
+   clusters included; a background-map crystal cost most of the gain on the tuning
+   series) are counted on ``D`` (disc of R + ``aperture_A`` cut to the pixels nearer to it than to any other
+   centre, above the crystal level of ``D``; errors: shot noise of ``D``, host texture per
+   independent cell, :data:`HOST_REGISTRY`) and kept when the count is ``threshold_sigma``
+   times its shot noise.  They are reported with ``host_fraction`` 1 (counted on ``D``).
+   Only with the host test, a dose and an aperture.
 4. Host-lattice test (local lattice model, :mod:`perovstem.insitu._host`): the intensity
    at the empty sites of the host lattice (¼, ¼)…, located by the local fringe phase
    (geometric-phase demodulation, Hÿtch et al., Ultramicroscopy 74, 131 (1998)), is a
@@ -243,6 +259,11 @@ UNSUPPORTED_REL_ERR = 0.25
 SPLIT_MIN_ATOMS = 15.0
 SPLIT_PENALTY = 25.0
 SPLIT_REL_ERR = 0.1
+# host-free detection pass (step 3c): band-pass of the host-free map D (Gaussian of
+# ``smooth_A`` minus one of HOSTFREE_BG_A), significance in robust standard deviations of
+# that band-pass over the crystal outside the segments (shot noise and host texture)
+HOSTFREE_BG_A = 8.0
+HOSTFREE_SIGMA = 5.0
 
 
 def _fcc_points(n_max: int, a_A: float) -> np.ndarray:
@@ -1271,6 +1292,180 @@ def _calibration(image: Any, pixel_size_A, dose_e_per_A2, gain, offset):
     return np.asarray(data), float(px), dose, float(gain), float(offset)
 
 
+def _host_free_peaks(
+    d: np.ndarray,
+    crystal: np.ndarray,
+    segments: np.ndarray,
+    *,
+    step: int,
+    px: float,
+    smooth_A: float,
+    min_separation_A: float,
+    threshold: float,
+) -> np.ndarray:
+    """Compact-cluster peaks of the host-free map ``d`` on the crystal (step 3c).
+
+    ``d`` is band-passed at the cluster scale (Gaussian of ``smooth_A`` minus one of
+    :data:`HOSTFREE_BG_A`, a difference-of-Gaussians blob filter, Lindeberg, IJCV 30, 79
+    (1998)) on a grid sampled every ``step`` px (the cell-averaged maps are smooth over a
+    quarter cell).  Its noise is the robust standard deviation (1.4826 MAD) of the
+    band-pass over the ``crystal`` pixels outside ``segments``: shot noise and the host
+    texture of a degrading crystal together.  Returns the (row, col) pixels of ``d`` of the
+    local maxima at least ``threshold`` such deviations high, on the crystal and
+    ``min_separation_A`` apart (empty when fewer than 100 reference samples remain).
+    """
+    sub = (slice(None, None, step), slice(None, None, step))
+    ds = d[sub]
+    crys = crystal[sub]
+    s_px = step * px
+    bp = ndimage.gaussian_filter(ds, max(0.5, smooth_A / s_px), truncate=3.0)
+    bp -= ndimage.gaussian_filter(ds, HOSTFREE_BG_A / s_px, truncate=3.0)
+    # at least 100 pixels' worth of samples (16 samples on coarse grids)
+    n_min = max(16, int(np.ceil(100 / step**2)))
+    ref = bp[crys & ~segments[sub]]
+    if ref.size < n_min:  # crystal mostly covered by segments: the median is robust to them
+        ref = bp[crys]
+    if ref.size < n_min:
+        return np.zeros((0, 2), int)
+    sd = 1.4826 * float(np.median(np.abs(ref - np.median(ref))))
+    if not sd > 0:
+        return np.zeros((0, 2), int)
+    from skimage.feature import peak_local_max
+
+    md = max(1, int(round(min_separation_A / s_px)))
+    pk = peak_local_max(bp / sd, min_distance=md, threshold_abs=threshold, exclude_border=False)
+    pk = pk[crys[tuple(pk.T)]] if len(pk) else pk
+    return np.asarray(pk, int).reshape(-1, 2) * step
+
+
+def _host_free_pass(
+    d_w: np.ndarray,
+    win: tuple[slice, slice],
+    m: np.ndarray,
+    regions: np.ndarray,
+    box: tuple[slice, slice],
+    keep: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    n_keep: np.ndarray,
+    raw: np.ndarray,
+    *,
+    level: float,
+    px: float,
+    a_px: float,
+    g: float,
+    dose: float,
+    library: pd.DataFrame,
+    aperture_A: float,
+    floor: float,
+    noise_scale: float,
+    smooth_A: float,
+    min_separation_A: float,
+    threshold_sigma: float,
+) -> list[tuple]:
+    """Clusters on the crystal that only the host-free map shows (step 3c).
+
+    A Pb cluster grown from the host's own Pb leaves the projected mass ``M`` nearly flat
+    (the columns under it lost what it gained), so the plateau excess ``E`` does not see
+    it; the host-free map ``D`` does.  Peaks of ``D`` (:func:`_host_free_peaks`) where
+    ``m`` is above a quarter of ``level`` (crystal and clusters) inside the segment box
+    and farther from every kept segment's centre
+    than ``min_separation_A`` and than its equal-volume radius (of ``n_keep`` atoms) + 2 Å
+    are counted on ``D``: the sum over a disc of radius R + ``aperture_A`` (R the
+    equal-volume radius of the sum within 4 Å), cut to the pixels nearer to this peak
+    than to any kept centre or other peak, above the level of ``D`` on the crystal outside
+    the segments (``D`` is host-free: no annulus, whose median picks up the neighbours
+    and the host texture).  Its error: shot noise (scaled by ``noise_scale``, the noise
+    of ``D`` against ``M``), the host texture of ``D`` (robust spread over the crystal,
+    per independent cell of the disc) and the registry share :data:`HOST_REGISTRY`.
+    Kept when the count is ``threshold_sigma`` times its shot-noise and texture error.
+    Returns rows ``(x_px, y_px, npx, peak, counts, err, err_stat, host_fraction = 1,
+    host_ok)``.
+    """
+    w0, v0 = win[0].start, win[1].start
+    r0, r1, c0, c1 = box[0].start, box[0].stop, box[1].start, box[1].stop
+    seg_w = np.zeros(d_w.shape, bool)
+    seg_w[r0 - w0 : r1 - w0, c0 - v0 : c1 - v0] = regions > 0
+    # the bright part of the map (crystal and clusters); peaks on kept clusters are
+    # removed below
+    crys_w = m[win] > 0.25 * level
+    st = max(1, int(a_px // 4))
+    pk = _host_free_peaks(
+        d_w,
+        crys_w,
+        seg_w,
+        step=st,
+        px=px,
+        smooth_A=smooth_A,
+        min_separation_A=min_separation_A,
+        threshold=HOSTFREE_SIGMA,
+    )
+    if not len(pk):
+        return []
+    pk = pk + [w0, v0]
+    ok = (pk[:, 0] >= r0) & (pk[:, 0] < r1) & (pk[:, 1] >= c0) & (pk[:, 1] < c1)
+    pk = pk[ok]
+    if len(pk) and keep.any():
+        # a peak within a kept cluster's equal-volume radius + 2 Å is that cluster (or a
+        # part of it the split may resolve)
+        reach = np.maximum(min_separation_A, _fcc_radius_A(n_keep[keep]) + 2.0) / px
+        dd = np.hypot(pk[:, None, 0] - cy[keep][None], pk[:, None, 1] - cx[keep][None])
+        pk = pk[np.all(dd >= reach[None], axis=1)]
+    if not len(pk):
+        return []
+    # level and texture of D on the crystal away from the segments
+    ref = d_w[::st, ::st][crys_w[::st, ::st] & ~seg_w[::st, ::st]]
+    if ref.size < max(16, int(np.ceil(100 / st**2))):
+        ref = d_w[::st, ::st][crys_w[::st, ::st]]
+    lvl = float(np.median(ref))
+    tex = 1.4826 * float(np.median(np.abs(ref - lvl)))
+    mm, nn = d_w.shape
+    # centres the discs are cut against: the kept segments and the peaks (window px)
+    oy = np.r_[cy[keep] - w0, pk[:, 0] - w0]
+    ox = np.r_[cx[keep] - v0, pk[:, 1] - v0]
+    n_kept = int(keep.sum())
+    out = []
+    for j, (y, x) in enumerate(pk - [w0, v0]):
+        h = int(np.ceil((8.0 + aperture_A) / px)) + 1
+        i0, i1 = max(0, y - h), min(mm, y + h + 1)
+        j0, j1 = max(0, x - h), min(nn, x + h + 1)
+        yy, xx = np.mgrid[i0:i1, j0:j1]
+        rr = np.hypot(yy - y, xx - x)
+        dv = d_w[i0:i1, j0:j1] - lvl
+        wv = np.where(rr * px <= 3.0, np.clip(dv, 0, None), 0.0)
+        sw = float(wv.sum())
+        ccy = float((wv * yy).sum() / sw) if sw > 0 else float(y)
+        ccx = float((wv * xx).sum() / sw) if sw > 0 else float(x)
+        first = float(dv[rr * px <= 4.0].sum())
+        n0 = atoms_from_scs(np.array([max(first, 0.0)]) / (g * dose), library)[0]
+        r_ap = (float(_fcc_radius_A(np.array([n0]))[0]) + aperture_A) / px
+        d_own = np.hypot(yy - ccy, xx - ccx)
+        others = np.delete(np.arange(len(oy)), n_kept + j)
+        near = np.ones(d_own.shape, bool)
+        for o in others:
+            near &= d_own <= np.hypot(yy - oy[o], xx - ox[o])
+        ap = near & (d_own <= r_ap)
+        n_ap = int(ap.sum())
+        if n_ap == 0:
+            continue
+        cnt = float(dv[ap].sum())
+        rw = np.clip(raw[win][i0:i1, j0:j1][ap], 0, None)
+        shot = noise_scale * float(np.sqrt(g * rw.sum() + floor**2 * n_ap))
+        # the texture of D is correlated over a cell: independent cells in the disc
+        texture = tex * n_ap / np.sqrt(max(1.0, n_ap / a_px**2))
+        # significance on the shot noise, as for the segments (the texture is already
+        # in the band-pass significance of the peak)
+        if not cnt >= threshold_sigma * shot:
+            continue
+        stat = float(np.hypot(shot, texture))
+        err = float(np.hypot(stat, HOST_REGISTRY * abs(cnt)))
+        n = atoms_from_scs(np.array([cnt]) / (g * dose), library)[0]
+        area = np.pi * (float(_fcc_radius_A(np.array([n]))[0]) / px) ** 2
+        peak = float(dv[rr * px <= 2.0].max())
+        out.append((ccx + v0, ccy + w0, max(int(round(area)), 1), peak, cnt, err, stat, 1.0, True))
+    return out
+
+
 def detect_clusters(
     image: Any,
     *,
@@ -1359,7 +1554,7 @@ def detect_clusters(
         noise part alone (independent between frames: compare counts of one cluster in
         consecutive frames with it), ``host_fraction`` the part of the
         segment's excess attributed to the host lattice (0 when the plain excess was
-        used), ``host_ok`` False where the host model cannot support the count (a crystal
+        used; 1 for a cluster found on the host-free map alone, module notes step 3c), ``host_ok`` False where the host model cannot support the count (a crystal
         smaller than the background element next to the cluster, or host lattice in the
         segment without a host reference in the frame; such counts are often too high).
         ``attrs`` has ``noise_sigma``, ``lattice_A``, ``lattice_angle_deg``,
@@ -1424,6 +1619,7 @@ def detect_clusters(
 
     mask = apply_hysteresis_threshold(z, lo, hi)
     rows = []
+    host_free_rows: list[tuple] = []
     kappa_h = np.nan
     host_status = "no_segments" if host_test else "off"
     host_carried = False
@@ -1647,6 +1843,37 @@ def detect_clusters(
         # the host-free map D places the empty sites to within its registry uncertainty:
         # a count that used D (host excess removed, or measured on D) carries that share
         err = np.hypot(err, np.where(host_frac > 0, HOST_REGISTRY * np.abs(tot), 0.0))
+        if (
+            host_test
+            and hm.d is not None
+            and dose is not None
+            and aperture_A is not None
+            and np.isfinite(HOSTFREE_SIGMA)
+        ):
+            host_free_rows = _host_free_pass(
+                hm.d,
+                hm.window,
+                m,
+                regions,
+                box,
+                keep,
+                cx,
+                cy,
+                atoms_from_scs(np.clip(tot, 0, None) / (g * dose), lib),
+                a - off,
+                level=level,
+                px=px,
+                a_px=a_px,
+                g=g,
+                dose=dose,
+                library=lib,
+                aperture_A=float(aperture_A),
+                floor=sig_floor * a_px,
+                noise_scale=d_err_scale,
+                smooth_A=smooth_A,
+                min_separation_A=min_separation_A,
+                threshold_sigma=threshold_sigma,
+            )
         splits: dict[int, dict[str, Any]] = {}
         if split and dose is not None and keep.any():
             n_seg = atoms_from_scs(np.clip(tot, 0, None) / (g * dose), lib)
@@ -1704,6 +1931,7 @@ def detect_clusters(
                         host_ok[i],
                     )
                 )
+    rows.extend(host_free_rows)
     df = pd.DataFrame(
         rows,
         columns=[
