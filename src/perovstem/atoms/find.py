@@ -873,6 +873,14 @@ def find_columns(
         if 0.6 * dmin_ref <= d_t < sep_A / 0.9:
             close.append(t)
             sep_A = min(sep_A, 0.9 * d_t)
+    ny, nx = data.shape
+    if max(ny, nx) * dx < max(sep_A, cell.a_A, cell.b_A):
+        # find_peaks named its own `separation_A`, which the user never gave (the cell sets it)
+        raise DataError(
+            f"`image` ({ny}×{nx} px = {ny * dx:.3g}×{nx * dx:.3g} Å) is smaller than one "
+            f"projected unit cell of `cell` ({cell.a_A:.3g}×{cell.b_A:.3g} Å): the column "
+            "search with a cell needs an image of several cells (is `pixel_size_A` in Å?)"
+        )
     pk = find_peaks(img, separation_A=sep_A, min_snr=min_snr)
     if len(pk) < 3:
         raise DataError(f"no atom columns found: only {len(pk)} peak(s) above the threshold")

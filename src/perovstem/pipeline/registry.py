@@ -18,7 +18,17 @@ from typing import Any
 
 from perovstem.errors import ParameterError
 
-__all__ = ["Param", "Step", "register_step", "get_step", "list_steps", "STEPS", "api"]
+__all__ = [
+    "Param",
+    "Kind",
+    "Step",
+    "register_step",
+    "get_step",
+    "list_steps",
+    "STEPS",
+    "api",
+    "describe_value",
+]
 
 
 def _find(candidate: str) -> Any:
@@ -139,6 +149,110 @@ class Param:
         return ""
 
 
+_KIND_NAMES = {
+    "image": "a perovstem Image",
+    "series": "a perovstem Series (in-situ frames)",
+    "tilt": "a perovstem TiltSeries",
+    "atoms": "an ase Atoms model",
+    "volume": "a 3-D numeric array (a reconstruction)",
+    "table": "a table",
+    "number": "a number",
+}
+
+
+def describe_value(value: Any) -> str:
+    """What an artefact is, in words: kind, shape or columns (for error messages)."""
+    import numpy as np
+
+    from perovstem._data import Image, Series, TiltSeries
+
+    name = type(value).__name__
+    if hasattr(value, "columns") and hasattr(value, "iloc"):  # a DataFrame
+        cols = [str(c) for c in value.columns]
+        more = f", ... {len(cols) - 12} more" if len(cols) > 12 else ""
+        return f"a table with columns [{', '.join(cols[:12])}{more}] ({len(value)} rows)"
+    if isinstance(value, TiltSeries):
+        return "a TiltSeries ({}×{}×{})".format(*value.shape)
+    if isinstance(value, Series):
+        return "a Series ({}×{}×{})".format(*value.shape)
+    if isinstance(value, Image):
+        return "an Image ({}×{})".format(*value.shape)
+    if name == "Atoms" and hasattr(value, "get_chemical_symbols"):
+        return f"an ase Atoms model ({len(value)} atoms)"
+    if isinstance(value, np.ndarray):
+        return f"a {value.ndim}-D {value.dtype} array ({'×'.join(map(str, value.shape))})"
+    if isinstance(value, dict):
+        return f"a mapping with keys {sorted(map(str, value))[:8]}"
+    return f"a {name}"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a step input must be; checked before the step runs.
+
+    The wiring of a configuration is by name, so without this a step given the wrong
+    artefact (the simulator's truth table instead of the column fit, an image instead of a
+    series) failed deep inside with ``KeyError: 'scs'`` or ``AttributeError``, naming
+    neither the step nor its input.
+
+    Parameters
+    ----------
+    kind : str
+        ``image``, ``series``, ``tilt``, ``atoms``, ``volume``, ``table`` or ``number``.
+    columns : tuple of str
+        Columns a table must have.
+    source : str
+        Where such an artefact usually comes from (named in the message).
+    """
+
+    kind: str
+    columns: tuple[str, ...] = ()
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KIND_NAMES:
+            raise ParameterError(
+                f"Kind: `kind` must be one of {sorted(_KIND_NAMES)}, got {self.kind!r}"
+            )
+
+    @property
+    def expected(self) -> str:
+        text = _KIND_NAMES[self.kind]
+        if self.columns:
+            text += f" with columns {', '.join(self.columns)}"
+        return text + (f" ({self.source})" if self.source else "")
+
+    def problem(self, value: Any) -> str | None:
+        """``None`` when ``value`` is of this kind, else what is wrong with it."""
+        import numbers
+
+        import numpy as np
+
+        from perovstem._data import Image, Series, TiltSeries
+
+        k = self.kind
+        if k == "table":
+            if not (hasattr(value, "columns") and hasattr(value, "iloc")):
+                return "not a table"
+            missing = [c for c in self.columns if c not in value.columns]
+            return f"without column(s) {', '.join(missing)}" if missing else None
+        ok = {
+            "image": lambda v: isinstance(v, Image),
+            "series": lambda v: isinstance(v, Series) and not isinstance(v, TiltSeries),
+            "tilt": lambda v: isinstance(v, TiltSeries),
+            "atoms": lambda v: type(v).__name__ == "Atoms" and hasattr(v, "positions"),
+            "volume": lambda v: (
+                isinstance(v, np.ndarray) and v.ndim == 3 and v.dtype.kind in "biuf"
+            ),
+            "number": lambda v: (
+                not isinstance(v, bool)
+                and (isinstance(v, numbers.Real) or np.ndim(v) == 0)
+                and np.asarray(v).dtype.kind in "iuf"
+            ),
+        }[k](value)
+        return None if ok else "of another kind"
+
+
 @dataclass(frozen=True)
 class Step:
     """A registered pipeline step.
@@ -166,6 +280,9 @@ class Step:
         Inputs that take a list of artefacts (e.g. the tilt series of a 4-D sequence), wired
         as ``inputs = { name = ["ref1", "ref2", ...] }``; the step receives a list of their
         values in that order (a single reference, or wiring by name, gives a list of one).
+    input_kinds : dict of str to Kind
+        What each input must be (checked before the step runs; unlisted inputs are not
+        checked).
     section : str
         Report section the step contributes to.
     doc : str
@@ -185,6 +302,7 @@ class Step:
     doc: str = ""
     version: str = "1"
     list_inputs: tuple[str, ...] = ()
+    input_kinds: dict[str, Kind] = field(default_factory=dict)
 
     def missing_requirements(self) -> list[str]:
         """The required modules/attributes that cannot be imported in this installation."""
@@ -244,12 +362,14 @@ def register_step(
     doc: str = "",
     version: str = "1",
     list_inputs: tuple[str, ...] = (),
+    input_kinds: dict[str, Kind] | None = None,
 ) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
     """Decorator registering ``func(ctx, **inputs) -> dict`` as pipeline step ``name``."""
 
-    unknown = [i for i in list_inputs if i not in inputs and i not in optional_inputs]
-    if unknown:
-        raise ParameterError(f"step `{name}`: list_inputs {unknown} are not among its inputs")
+    for what, names in (("list_inputs", list_inputs), ("input_kinds", input_kinds or {})):
+        unknown = [i for i in names if i not in inputs and i not in optional_inputs]
+        if unknown:
+            raise ParameterError(f"step `{name}`: {what} {unknown} are not among its inputs")
 
     def deco(func: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         STEPS[name] = Step(
@@ -264,6 +384,7 @@ def register_step(
             doc=doc or ((func.__doc__ or "").strip().splitlines() or [""])[0],
             version=version,
             list_inputs=tuple(list_inputs),
+            input_kinds=dict(input_kinds or {}),
         )
         return func
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from perovstem.pipeline.registry import Param, api, register_step
+from perovstem.pipeline.registry import Kind, Param, api, register_step
 
 _Q = "perovstem.quantify:{0}|perovstem.quantify.kinetics:{0}"
 MECHANISM = "perovstem.quantify:mechanism_summary|perovstem.quantify.mechanism:mechanism_summary"
@@ -63,6 +63,7 @@ def _fit_rows(fits: dict[str, Any]) -> Any:
 
 @register_step(
     "quantify.kinetics",
+    input_kinds={"frames": Kind("table")},
     inputs=("frames",),
     outputs=("ranking", "params"),
     params={
@@ -179,6 +180,7 @@ def quantify_kinetics(ctx: Any, frames: Any) -> dict[str, Any]:
 
 @register_step(
     "quantify.br_loss",
+    input_kinds={"series": Kind("series"), "frames": Kind("table")},
     inputs=("series",),
     optional_inputs=("frames", "truth"),
     outputs=("frames", "params"),
@@ -320,6 +322,7 @@ def quantify_br_loss(ctx: Any, series: Any, frames: Any = None, truth: Any = Non
 
 @register_step(
     "quantify.arrhenius",
+    input_kinds={"frames": Kind("table")},
     inputs=("frames",),
     outputs=("rates", "fit"),
     params={
@@ -422,6 +425,7 @@ def quantify_arrhenius(ctx: Any, frames: Any) -> dict[str, Any]:
 
 @register_step(
     "quantify.dose_rate",
+    input_kinds={"params_low": Kind("table"), "params_high": Kind("table")},
     inputs=("params_low", "params_high"),
     outputs=("ranking",),
     params={
@@ -621,6 +625,11 @@ def quantify_mechanism(
 
 @register_step(
     "quantify.model3d",
+    input_kinds={
+        "counts": Kind("table", ("x_A", "y_A", "n_atoms"), "the `counts` output of atoms.count"),
+        "truth_atoms": Kind("atoms"),
+        "image": Kind("image"),
+    },
     inputs=("counts",),
     optional_inputs=("truth_atoms", "image"),
     outputs=("model", "sites"),

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from perovstem.pipeline.registry import Param, api, register_step
+from perovstem.pipeline.registry import Kind, Param, api, register_step
 
 NANOCRYSTAL = "perovstem.simulate:nanocrystal"
 COMPOSITION = "perovstem.simulate:composition"
@@ -94,6 +94,7 @@ def simulate_nanocrystal(ctx: Any) -> dict[str, Any]:
 
 @register_step(
     "simulate.haadf",
+    input_kinds={"atoms": Kind("atoms", source="the `atoms` output of simulate.nanocrystal")},
     inputs=("atoms",),
     outputs=("image", "truth"),
     params={
@@ -134,6 +135,7 @@ def simulate_haadf(ctx: Any, atoms: Any) -> dict[str, Any]:
 
 @register_step(
     "simulate.kmc",
+    input_kinds={"atoms": Kind("atoms", source="the `atoms` output of simulate.nanocrystal")},
     inputs=("atoms",),
     outputs=("trajectory", "frames", "clusters", "final"),
     params={
@@ -221,6 +223,7 @@ def simulate_insitu_series(ctx: Any, trajectory: Any) -> dict[str, Any]:
 
 @register_step(
     "simulate.heating",
+    input_kinds={"atoms": Kind("atoms", source="the `atoms` output of simulate.nanocrystal")},
     inputs=("atoms",),
     outputs=("frames",),
     params={
