@@ -296,7 +296,10 @@ def nanocrystal_phantom(
 
 def _inclusion_radii(value: Any) -> tuple[float, float]:
     """``(lo, hi)`` radii of the inclusions, Å (a number gives ``lo = hi``)."""
-    r = np.asarray(value, dtype=float) if np.ndim(value) <= 1 else np.array([np.nan])
+    try:
+        r = np.asarray(value, dtype=float).ravel() if np.ndim(value) <= 1 else np.array([np.nan])
+    except (TypeError, ValueError):
+        r = np.array([np.nan])
     if r.size not in (1, 2) or not np.all(np.isfinite(r)) or np.any(r <= 0) or r[0] > r[-1]:
         raise ParameterError(
             "`inclusion_radius_A` must be a radius or a (min, max) range of radii > 0 Å, "
