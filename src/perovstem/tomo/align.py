@@ -113,13 +113,32 @@ def _check_series(ts: Any) -> TiltSeries:
     return ts
 
 
+def _as_stack(name: str, data: Any, dtype: Any) -> np.ndarray:
+    """``data`` as a 3-D (projections, rows, columns) array of ``dtype``, or a DataError.
+
+    A 2-D image raised numpy's ``AxisError: axis 2 is out of bounds``, text a ``ValueError``
+    about converting a string to float."""
+    a = np.asarray(data)
+    if a.ndim != 3 or a.size == 0:
+        raise DataError(
+            f"`{name}` must be a 3-D stack (projections, rows, columns), got shape {a.shape}"
+        )
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"`{name}` must be numeric, got dtype {a.dtype}")
+    a = a.astype(dtype, copy=False)
+    if not np.isfinite(a).all():
+        bad = np.flatnonzero(~np.isfinite(a).all(axis=(1, 2))).tolist()
+        raise DataError(f"`{name}` contains NaN/inf values (projections {bad})")
+    return a
+
+
 def preprocess(data: Any, *, background_percentile: float = 5.0) -> np.ndarray:
     """Float32 copy with each projection's background (a low percentile) subtracted, ≥ 0.
 
     Raw integer detector data often carry a large negative offset (e.g. FEI int16 with
     mean ≈ −27 600); this removes it.
     """
-    d = np.asarray(data, dtype=np.float32)
+    d = _as_stack("data", data, np.float32)
     if not 0.0 <= background_percentile <= 100.0:  # NaN fails too
         raise ParameterError(
             f"`background_percentile` must be in [0, 100], got {background_percentile!r}"
@@ -185,7 +204,7 @@ def com_shifts(data: Any) -> np.ndarray:
     (A,) ndarray
         ``dy`` per projection, pixels.
     """
-    return _com_dy(np.asarray(data, dtype=np.float64))
+    return _com_dy(_as_stack("data", data, np.float64))
 
 
 def _com_dy(d: np.ndarray) -> np.ndarray:
