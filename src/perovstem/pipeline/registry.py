@@ -11,6 +11,7 @@ never crashes a run.
 from __future__ import annotations
 
 import importlib
+import math
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,6 +97,10 @@ class Param:
         Inclusive bounds for numbers.
     required : bool
         The configuration must give a value.
+    item_type : type, optional
+        For a ``list``: the type of every element (``float`` accepts integers).
+    length : int, optional
+        For a ``list``: the number of elements it must have.
     """
 
     type: type | tuple[type, ...]
@@ -105,6 +110,8 @@ class Param:
     min: float | None = None
     max: float | None = None
     required: bool = False
+    item_type: type | None = None
+    length: int | None = None
 
     @property
     def type_name(self) -> str:
@@ -125,6 +132,10 @@ class Param:
                 f"`{key}` must be {'an' if self.type_name[0] in 'aeiou' else 'a'} "
                 f"{self.type_name}, got {value!r} ({type(value).__name__})"
             )
+        if isinstance(value, float) and not math.isfinite(value):  # TOML nan/inf passed the bounds
+            raise ParameterError(f"`{key}` must be a finite number, got {value!r}")
+        if isinstance(value, list):
+            value = self._check_items(key, value)
         if self.choices is not None and value not in self.choices:
             raise ParameterError(f"`{key}` must be one of {list(self.choices)}, got {value!r}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -137,6 +148,31 @@ class Param:
                     f"`{key}` must be <= {self.max}, got {value!r}{self._unit_hint(key, value)}"
                 )
         return value
+
+    def _check_items(self, key: str, value: list) -> list:
+        """Element types and length of a list value (["a", "b"] for a drift was accepted)."""
+        if self.length is not None and len(value) != self.length:
+            raise ParameterError(
+                f"`{key}` must hold {self.length} values, got {len(value)}: {value!r}"
+            )
+        t = self.item_type
+        if t is None:
+            return value
+        out = []
+        for v in value:
+            ok = isinstance(v, t) and not (t in (int, float) and isinstance(v, bool))
+            if not ok and t is float and isinstance(v, int) and not isinstance(v, bool):
+                v, ok = float(v), True
+            if ok and isinstance(v, float) and not math.isfinite(v):
+                ok = False
+            if not ok:
+                what = _TYPE_NAMES.get(t, t.__name__)
+                raise ParameterError(
+                    f"`{key}` must be an array of {'finite numbers' if t is float else what + 's'}, "
+                    f"got {value!r} (element {v!r})"
+                )
+            out.append(v)
+        return out
 
     def _unit_hint(self, key: str, value: float) -> str:
         """Name the likely unit slip when the value × 10 (nm for Å) would be in range."""

@@ -151,7 +151,12 @@ START_SCALE = "perovstem.atoms.library:start_scale_from_types"
     optional_inputs=("truth",),
     outputs=("counts",),
     params={
-        "types": Param(list, ["PbBr", "Cs"], "column types to count (others are kept, uncounted)"),
+        "types": Param(
+            list,
+            ["PbBr", "Cs"],
+            "column types to count (others are kept, uncounted)",
+            item_type=str,
+        ),
         "method": Param(
             str,
             "gmm",

@@ -429,7 +429,13 @@ def quantify_arrhenius(ctx: Any, frames: Any) -> dict[str, Any]:
     inputs=("params_low", "params_high"),
     outputs=("ranking",),
     params={
-        "dose_rates": Param(list, [50.0, 200.0], "dose rates of the two series, e⁻/Å²/s"),
+        "dose_rates": Param(
+            list,
+            [50.0, 200.0],
+            "dose rates of the two series, e⁻/Å²/s",
+            item_type=float,
+            length=2,
+        ),
         "param": Param(str, "D_Br_e_per_A2", "dose constant fitted in each series"),
         "label": Param(str, "", "source label in the report (e.g. 'truth' or 'images')"),
     },
@@ -512,6 +518,7 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
             [],
             "where each input table comes from (e.g. 'images', 'simulator truth'), one per "
             "input in order frames_a, frames_b, ...; shown with every row",
+            item_type=str,
         ),
     },
     requires=(MECHANISM,),

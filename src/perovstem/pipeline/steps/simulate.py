@@ -202,7 +202,11 @@ def simulate_kmc(ctx: Any, atoms: Any) -> dict[str, Any]:
     params={
         "pixel_size_A": Param(float, 0.5, "pixel size, Å", min=0.01, max=10.0),
         "drift_A_per_s": Param(
-            list, [0.0, 0.0], "specimen drift (vx, vy) = (along x, along y), Å/s"
+            list,
+            [0.0, 0.0],
+            "specimen drift (vx, vy) = (along x, along y), Å/s",
+            item_type=float,
+            length=2,
         ),
     },
     requires=(SERIES,),
@@ -227,7 +231,9 @@ def simulate_insitu_series(ctx: Any, trajectory: Any) -> dict[str, Any]:
     inputs=("atoms",),
     outputs=("frames",),
     params={
-        "temperatures_K": Param(list, [300.0, 350.0, 400.0, 450.0], "temperatures, K"),
+        "temperatures_K": Param(
+            list, [300.0, 350.0, 400.0, 450.0], "temperatures, K", item_type=float
+        ),
         "n_frames": Param(int, 20, "frames per temperature", min=2),
         "frame_time_s": Param(float, 1.0, "frame time, s", min=1e-6),
         "dose_rate_e_per_A2_s": Param(float, 20.0, "dose rate during heating, e⁻/Å²/s", min=0.0),

@@ -274,9 +274,14 @@ CHECK_SEQUENCE = "perovstem.tomo:check_sequence|perovstem.tomo.fourd:check_seque
         "track_orientation": Param(
             bool, True, "re-estimate the lattice orientation at every time point"
         ),
-        "times_s": Param(list, None, "time of every series, s (default: from metadata)"),
+        "times_s": Param(
+            list, None, "time of every series, s (default: from metadata)", item_type=float
+        ),
         "doses_e_per_A2": Param(
-            list, None, "cumulative dose of every series, e⁻/Å² (default: from metadata)"
+            list,
+            None,
+            "cumulative dose of every series, e⁻/Å² (default: from metadata)",
+            item_type=float,
         ),
         "x": Param(
             str,
