@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from perovstem._data import TiltSeries
+from perovstem._validation import check_int, check_range
 from perovstem.errors import DataError, ParameterError
 from perovstem.tomo.projector import check_angles
 
@@ -688,12 +689,10 @@ def projection_matching(
     d = np.asarray(data, dtype=np.float32)
     ang = check_angles(angles_deg, d.shape[0])
     sh = np.array(shifts_px, float)
-    bf = int(bin_factor)
-    if bf < 1:
-        raise ParameterError(f"`bin_factor` must be >= 1, got {bin_factor}")
+    bf = check_int("bin_factor", bin_factor, 1)  # int(nan) raised a bare ValueError
     hist = []
     residual = float("nan")
-    for it in range(int(n_iter)):
+    for it in range(check_int("n_iter", n_iter, 0)):
         al = _transform_stack(d, sh, tilt_axis_deg)
         a, m, n = al.shape
         mb, nb = m // bf, n // bf
@@ -797,6 +796,9 @@ def align(
         raise ParameterError(f"`matching_iter` must be an integer >= 0, got {matching_iter!r}")
     if matching_iter < 0:
         raise ParameterError(f"`matching_iter` must be >= 0, got {matching_iter}")
+    # checked before the (slow) shift estimation: bin_factor = NaN failed minutes later
+    check_int("bin_factor", bin_factor, 1)
+    check_range("background_percentile", background_percentile, 0.0, 100.0)
     if isinstance(axis_refine, bool) or not isinstance(axis_refine, (int, np.integer)):
         raise ParameterError(f"`axis_refine` must be an integer >= 0, got {axis_refine!r}")
     if axis_refine < 0:
