@@ -83,3 +83,12 @@ def test_find_columns_bad_parameters(kw, name):
     img = Image(np.random.default_rng(0).poisson(20.0, (64, 64)).astype(float), 0.25)
     with pytest.raises(ParameterError, match=f"`{name}`"):
         find_columns(img, **kw)
+
+
+@pytest.mark.parametrize("azimuth", [np.nan, np.inf])
+def test_nanocrystal_mistilt_azimuth_must_be_finite(azimuth):
+    # NaN was accepted and made every atom position NaN (with a mistilt)
+    from perovstem.simulate import nanocrystal
+
+    with pytest.raises(ParameterError, match="`mistilt_azimuth_deg`"):
+        nanocrystal(12.0, mistilt_deg=2.0, mistilt_azimuth_deg=azimuth, rng=0)
