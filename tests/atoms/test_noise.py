@@ -449,3 +449,9 @@ def test_frames_that_changed_are_not_taken_for_shot_noise():
     assert any("frames differ by more than shot noise" in r for r in nm.reasons), nm.reasons
     with pytest.raises(DataError, match=r"test: .*frame differences: .*single frames: .*"):
         measure_series_detector(s, "test")
+
+
+def test_noise_model_of_text_is_a_data_error():
+    # numpy's "could not convert string to float" ValueError named no parameter
+    with pytest.raises(DataError, match="`image` must be numeric"):
+        estimate_noise_model(np.full((32, 32), "7"))

@@ -216,3 +216,39 @@ def test_side_output_alias_runs(tmp_path):
     argv = ["simulate", "tilt", "-o", str(out), "--no-noise", "--size-px", "40", "--seed", "1"]
     assert main([*argv, "--edge-A", "30", "--truth-out", str(tmp_path / "truth.json")]) == 0
     assert (tmp_path / "truth.json").is_file()
+
+
+def test_simulate_series_temperature_ramp_names_the_value_given(tmp_path, capsys):
+    """`--temperature-end-K inf` said "got nan" (np.linspace(300, inf) is NaN inside)."""
+    out = tmp_path / "s.npz"
+    argv = ["simulate", "series", "-o", str(out), "--frames", "2", "--edge-A", "12"]
+    assert main([*argv, "--no-noise", "--temperature-end-K", "inf"]) == 2
+    err = capsys.readouterr().err
+    assert "`--temperature-end-K`" in err and "got inf" in err and "nan" not in err
+    assert not out.exists()
+
+
+def test_atoms_fit_cell_on_an_image_smaller_than_the_cell(tmp_path, capsys):
+    """The message named `separation_A`, an option the user never gave (the cell sets it)."""
+    import numpy as np
+
+    import perovstem as ps
+
+    rng = np.random.default_rng(0)
+    img = ps.io.save_image(ps.Image(rng.poisson(50.0, (8, 8)) * 1.0, 0.3), tmp_path / "i.npz")
+    out = tmp_path / "c.parquet"
+    assert main(["atoms", "fit", str(img), "-o", str(out), "--cell", "cspbbr3"]) == 2
+    err = capsys.readouterr().err
+    assert "separation_A" not in err
+    assert "8×8 px" in err and "`--cell`" in err and "5.87" in err
+    assert not out.exists()
+
+
+def test_tomo_align_without_projection_matching_prints_no_nan_residual(tilt_file, tmp_path, capsys):
+    """`--matching-iter 0` (documented: skip projection matching) printed "residual nan"."""
+    out = tmp_path / "a.npz"
+    argv = ["tomo", "align", str(tilt_file), "-o", str(out), "--matching-iter", "0"]
+    assert main([*argv, "--tilt-axis", "none"]) == 0
+    printed = capsys.readouterr().out
+    assert "nan" not in printed and "no projection matching" in printed
+    assert out.exists()

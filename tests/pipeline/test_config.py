@@ -229,3 +229,52 @@ def test_length_in_nm_for_angstrom_is_named_in_the_range_error(tmp_path):
     with pytest.raises(ParameterError) as exc:
         load_config(p)
     assert str(exc.value).endswith("got 0.1")
+
+
+NC = '[[step]]\nrun = "simulate.nanocrystal"\nid = "nc"\nview3d = false\n'
+KMC = '[[step]]\nrun = "simulate.kmc"\nid = "k"\n'
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "needle"),
+    [
+        # TOML nan compared False with every bound: accepted
+        (
+            NC.replace("view3d", "edge_A = nan\nview3d"),
+            6,
+            "`edge_A` must be a finite number, got nan",
+        ),
+        # no upper bound: an infinite dose was accepted
+        (NC + '[[step]]\nrun = "simulate.haadf"\ndose_e_per_A2 = inf\n', 9, "got inf"),
+        # list elements were not checked: strings as a drift, one value for (vx, vy)
+        (
+            NC + KMC + '[[step]]\nrun = "simulate.insitu_series"\ndrift_A_per_s = ["a", "b"]\n',
+            12,
+            "`drift_A_per_s` must be an array of finite numbers, got ['a', 'b']",
+        ),
+        (
+            NC + KMC + '[[step]]\nrun = "simulate.insitu_series"\ndrift_A_per_s = [1.0]\n',
+            12,
+            "`drift_A_per_s` must hold 2 values, got 1",
+        ),
+        (
+            NC + '[[step]]\nrun = "simulate.heating"\ntemperatures_K = [300, nan]\n',
+            9,
+            "`temperatures_K` must be an array of finite numbers",
+        ),
+        # "no" (a non-empty string) ran the step
+        (NC.replace("view3d", 'enabled = "no"\nview3d'), 6, "`enabled` must be true or false"),
+    ],
+)
+def test_bad_values_inside_the_schema_types_are_refused(tmp_path, body, line, needle):
+    with pytest.raises(ParameterError) as info:
+        load_config(_write(tmp_path, '[run]\nname = "t"\n' + body))
+    msg = str(info.value)
+    assert f"a.toml line {line}:" in msg and needle in msg, msg
+
+
+def test_list_parameter_of_integers_is_read_as_numbers(tmp_path):
+    cfg = load_config(
+        _write(tmp_path, NC + '[[step]]\nrun = "simulate.heating"\ntemperatures_K = [300, 400]\n')
+    )
+    assert cfg.steps[1].params["temperatures_K"] == [300.0, 400.0]

@@ -171,7 +171,8 @@ def test_failing_step_stops_or_is_reported(tmp_path):
         'id = "frames"', 'id = "frames"\ninputs = { series = "noisy.table" }'
     )
     cfg.write_text(text)  # a DataFrame where a Series is expected: the step fails
-    with pytest.raises(AttributeError):
+    # (an AttributeError from deep inside before input kinds were checked)
+    with pytest.raises(PerovstemError, match=r"step `frames` \(series.frames\): input `series`"):
         run_pipeline(cfg, out=tmp_path / "r1", quiet=True, scheduler="serial")
     prov = json.loads((tmp_path / "r1" / "provenance.json").read_text())
     assert prov["steps"][-1]["status"] == "failed"
@@ -183,7 +184,7 @@ def test_failing_step_stops_or_is_reported(tmp_path):
     )
     r = run_pipeline(cfg, out=tmp_path / "r2", quiet=True, scheduler="serial")
     assert [s.status for s in r.steps] == ["ran", "ran", "ran", "failed"]
-    assert "AttributeError" in r.steps[-1].message
+    assert "input `series` is wired to `noisy.table`, a table" in r.steps[-1].message
     assert "failed" in (tmp_path / "r2" / "report.html").read_text()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -96,3 +98,13 @@ def test_simulate_image_bad_input_exits_2(tmp_path, args, capsys):
     err = capsys.readouterr().err
     assert "error" in err and args[1] in err and args[0] in err
     assert not (tmp_path / "x.tif").exists()
+
+
+def test_simulate_tilt_small_crystal_places_its_inclusions(tmp_path, capsys):
+    """`--edge-A 30 --seed 3` stopped with "could not place 2 inclusions" (exit 2)."""
+    out = tmp_path / "t.npz"
+    argv = ["simulate", "tilt", "-o", str(out), "--edge-A", "30", "--seed", "3", "--no-noise"]
+    assert main([*argv, "--size-px", "24", "--step-deg", "20"]) == 0
+    assert out.exists()
+    truth = json.loads((tmp_path / "t_truth.json").read_text())
+    assert truth["inclusion_volume_A3"] > 4 / 3 * np.pi * 6.0**3  # two of radius >= 6 Å

@@ -197,3 +197,42 @@ def test_phantom_rejects_negative_inclusions_and_densities():
         nanocrystal_phantom(60.0, n_inclusions=-1)
     with pytest.raises(ParameterError, match="inclusion_density"):
         nanocrystal_phantom(60.0, inclusion_density=float("nan"))
+
+
+def _inside_and_apart(ph) -> bool:
+    n, d, _ = ph.planes()
+    inc = ph.inclusions
+    inside = np.all(n @ inc[:, :3].T + inc[:, 3] + 1.0 <= d[:, None] + 1e-9)
+    gap = [
+        np.linalg.norm(inc[i, :3] - inc[j, :3]) - inc[i, 3] - inc[j, 3]
+        for i in range(len(inc))
+        for j in range(i)
+    ]
+    return bool(inside and min(gap, default=2.0) >= 2.0 - 1e-9)
+
+
+@pytest.mark.parametrize("seed", [3, 5, 7, 12, 14])
+def test_inclusions_blocked_by_the_first_one_are_drawn_again(seed):
+    """A large first inclusion near the centre of a 30 Å crystal left no room for the
+    second: "could not place 2 inclusions" on 5 of 16 seeds (both CPU modes)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default radii fit: no scaling, no warning
+        ph = nanocrystal_phantom(30.0, rng=seed)
+    r = ph.inclusions[:, 3]
+    assert len(r) == 2 and np.all((r >= 6.0) & (r <= 10.0))
+    assert _inside_and_apart(ph)
+
+
+def test_default_inclusions_are_scaled_down_for_a_small_crystal():
+    with pytest.warns(UserWarning, match=r"radii scaled by 0\.\d+ to .* Å"):
+        ph = nanocrystal_phantom(20.0, n_inclusions=2, rng=0)
+    assert len(ph.inclusions) == 2 and ph.inclusions[:, 3].max() < 6.0
+    assert _inside_and_apart(ph)
+
+
+@pytest.mark.parametrize("radius", [(8.0, 9.0), (-1.0, 2.0), (5.0, 3.0), np.nan, "big"])
+def test_given_inclusion_radii_that_cannot_be_used_are_named(radius):
+    with pytest.raises(ParameterError, match="inclusion_radius_A"):
+        nanocrystal_phantom(12.0, n_inclusions=3, inclusion_radius_A=radius, rng=0)

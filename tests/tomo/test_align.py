@@ -413,3 +413,20 @@ def _clean_cube(seed: int, *, n: int = 48, axis: float = 0.0, shift: float = 0.0
         rng=seed + 1,
     )
     return ts
+
+
+@pytest.mark.parametrize(
+    ("data", "word"),
+    [
+        (np.ones((16, 16)), "3-D stack"),  # AxisError: axis 2 is out of bounds
+        (np.ones((2, 8, 8), complex), "numeric"),
+        (np.full((2, 8, 8), "a"), "numeric"),  # ValueError: could not convert string
+        (np.where(np.eye(8) > 0, np.nan, 1.0)[None].repeat(2, 0), "NaN"),
+    ],
+)
+def test_stack_helpers_name_a_stack_they_cannot_use(data, word):
+    from perovstem.tomo import com_shifts, preprocess
+
+    for func in (preprocess, com_shifts):
+        with pytest.raises(DataError, match=f"`data`.*{word}"):
+            func(data)

@@ -320,3 +320,9 @@ def test_4d_two_particles_each_get_their_orientation():
     assert df.n_particles.tolist() == [2, 2]
     assert np.all(df.frac_100 > 0.65)
     assert np.all(df.rotation_deg < 2.0)
+
+
+def test_surface_mesh_of_text_is_a_data_error():
+    # numpy's "could not convert string to float" ValueError named no parameter
+    with pytest.raises(DataError, match="`volume` must be numeric"):
+        surface_mesh(np.full((8, 8, 8), "1"), voxel_size_A=1.0)

@@ -21,7 +21,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from perovstem._data import Image
-from perovstem._validation import check_positive
+from perovstem._validation import check_int, check_positive, check_range
 from perovstem.atoms._inputs import as_image, px_to_A
 from perovstem.atoms.cell import ProjectedCell
 from perovstem.atoms.noise import NoiseModel, estimate_noise_model, value_step
@@ -831,8 +831,7 @@ def find_columns(
     data = np.asarray(img.data, dtype=float)
     dx = img.pixel_size_A
     if cell is None:
-        if int(n_types) < 1:
-            raise ParameterError(f"`n_types` must be >= 1, got {n_types!r}")
+        n_types = check_int("n_types", n_types, 1)  # int(nan) raised a bare ValueError
         pk = find_peaks(img, separation_A=separation_A, min_snr=min_snr)
         if len(pk) == 0:
             raise DataError("no atom columns found (no peaks above the threshold)")
@@ -855,6 +854,7 @@ def find_columns(
         out.attrs.update(pixel_size_A=dx, separation_A=pk.attrs["separation_A"])
         return out
 
+    check_range("presence_fraction", presence_fraction, 0.0, 1.0)  # NaN kept every site
     ref = reference_type if reference_type is not None else cell.sites["type"].iloc[0]
     if ref not in cell.types:
         raise ParameterError(
@@ -873,6 +873,14 @@ def find_columns(
         if 0.6 * dmin_ref <= d_t < sep_A / 0.9:
             close.append(t)
             sep_A = min(sep_A, 0.9 * d_t)
+    ny, nx = data.shape
+    if max(ny, nx) * dx < max(sep_A, cell.a_A, cell.b_A):
+        # find_peaks named its own `separation_A`, which the user never gave (the cell sets it)
+        raise DataError(
+            f"`image` ({ny}×{nx} px = {ny * dx:.3g}×{nx * dx:.3g} Å) is smaller than one "
+            f"projected unit cell of `cell` ({cell.a_A:.3g}×{cell.b_A:.3g} Å): the column "
+            "search with a cell needs an image of several cells (is `pixel_size_A` in Å?)"
+        )
     pk = find_peaks(img, separation_A=sep_A, min_snr=min_snr)
     if len(pk) < 3:
         raise DataError(f"no atom columns found: only {len(pk)} peak(s) above the threshold")

@@ -38,6 +38,7 @@ _TRUNCATE = 5.0  # Gaussian support radius, ρ
 FAINT_FRACTION = 0.05  # selected columns fainter than this × the 90th percentile are reported
 _MAX_PIXELS = 1024 * 1024
 _MIN_SIDE = 8  # px
+_RHO_MIN_PX = 0.5  # lower bound of the common column width, px
 
 
 @dataclass
@@ -440,7 +441,7 @@ class _Model:
         lo_c = np.array([-0.5, -0.5, self.eta_range[0]])
         hi_c = np.array([nx - 0.5, ny - 0.5, self.eta_range[1]])
         # ζ within the data range (StatSTEM's prior: 0 to the image maximum)
-        lo = np.concatenate([np.tile(lo_c, n), [0.3, 0.0]])
+        lo = np.concatenate([np.tile(lo_c, n), [_RHO_MIN_PX, 0.0]])
         hi = np.concatenate([np.tile(hi_c, n), [max(nx, ny) / 2.0, float(self.w.max())]])
         return lo, hi
 

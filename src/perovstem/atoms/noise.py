@@ -234,7 +234,10 @@ def estimate_noise_model(
         meta = dict(image.metadata)
         data = np.asarray(image.data, dtype=float)
     else:
-        data = np.asarray(image, dtype=float)
+        data = np.asarray(image)
+        if data.dtype.kind not in "biuf":  # text raised numpy's "could not convert" ValueError
+            raise DataError(f"`image` must be numeric, got dtype {data.dtype}")
+        data = data.astype(float)
     if meta.get("normalized"):
         reasons.append(
             "the image is already normalised (metadata['normalized']): its noise scale is "

@@ -110,6 +110,7 @@ _FED_BY = {
     "radius_A": ("radius",),  # atoms strain --radius-A
     "eta_range": ("eta_min",),  # atoms map --eta-min: (eta_min, image max)
     "shape": ("size",),  # simulate tilt --size-px → tilt_series(shape=(size, size))
+    "n_inclusions": ("inclusions",),  # simulate tilt --inclusions
 }
 
 

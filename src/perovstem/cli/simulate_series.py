@@ -126,6 +126,11 @@ def series(
             raise OutputExistsError(f"{str(p)!r} exists (use --overwrite to replace it)")
     if isinstance(frames, bool) or frames < 1:
         raise ParameterError(f"`--frames` must be >= 1, got {frames!r}")
+    from perovstem._validation import check_positive
+
+    check_positive("--temperature-K", temperature_K)
+    if temperature_end_K is not None:  # np.linspace(300, inf) made the ramp NaN
+        check_positive("--temperature-end-K", temperature_end_K)
     if size is not None:  # before the kinetic Monte Carlo, the slow part
         from perovstem.simulate.haadf import check_frame_shape
 

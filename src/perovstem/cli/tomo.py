@@ -77,7 +77,9 @@ def align_cmd(
     tilt_axis: str = typer.Option(
         "auto", "--tilt-axis", help="auto (reprojection criterion) | com | search | none | <deg>."
     ),
-    matching_iter: int = typer.Option(3, "--matching-iter", help="Projection-matching iterations."),
+    matching_iter: int = typer.Option(
+        3, "--matching-iter", help="Projection-matching iterations (0: no projection matching)."
+    ),
     axis_refine: int = typer.Option(
         2, "--axis-refine", help="Rounds of alternating shift/axis refinement (auto axis)."
     ),
@@ -105,9 +107,15 @@ def align_cmd(
     save_image(aligned, out, overwrite=overwrite)
     table = al.to_frame(ts.angles_deg)
     save_table(table, shifts, overwrite=overwrite)
+    # without projection matching there is no re-projection residual ("residual nan")
+    fit = (
+        f"residual {al.residual:.4f}"
+        if matching_iter > 0
+        else "no projection matching (--matching-iter 0)"
+    )
     typer.echo(
         f"aligned {ts.n_angles} projections: tilt axis {al.tilt_axis_deg:.2f}°, "
-        f"max |shift| {abs(al.shifts_px).max():.1f} px, residual {al.residual:.4f} → {out}"
+        f"max |shift| {abs(al.shifts_px).max():.1f} px, {fit} → {out}"
     )
 
 

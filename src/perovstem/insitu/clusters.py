@@ -194,7 +194,7 @@ import pandas as pd
 from scipy import ndimage
 
 from perovstem._data import Image
-from perovstem._validation import check_image, check_positive
+from perovstem._validation import check_image, check_int, check_positive
 from perovstem.errors import CalibrationError, DataError, ParameterError
 from perovstem.insitu.lattice import estimate_lattice, host_cell
 
@@ -1573,6 +1573,11 @@ def detect_clusters(
     check_positive("max_diameter_A", max_diameter_A)
     check_positive("threshold_sigma", threshold_sigma)
     check_positive("min_separation_A", min_separation_A)
+    # NaN passed silently (max(1, nan) smooths by 1 px; every count >= nan is False), inf
+    # overflowed int(); a fractional or NaN frame index raised int()'s ValueError
+    check_positive("smooth_A", smooth_A, allow_zero=True)
+    check_positive("min_atoms", min_atoms, allow_zero=True)
+    frame = check_int("frame", frame, 0)
     if aperture_A is not None:
         check_positive("aperture_A", aperture_A, allow_zero=True)
     if dose is not None:

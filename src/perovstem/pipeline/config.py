@@ -313,7 +313,13 @@ def parse_config(
                 f"{_where(source, lines.get('step', 'id', i) or hline, label)}duplicate step id "
                 f"`{sid}`; give each [[step]] a distinct `id`"
             )
-        if raw.get("enabled", True) is False:
+        enabled = raw.get("enabled", True)
+        if not isinstance(enabled, bool):  # "no" (a string) ran the step
+            raise ParameterError(
+                f"{_where(source, lines.get('step', 'enabled', i) or hline, label)}`enabled` "
+                f"must be true or false, got {enabled!r}"
+            )
+        if enabled is False:
             continue
         if not allow_unavailable:
             missing = step.missing_requirements()

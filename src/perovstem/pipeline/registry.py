@@ -11,6 +11,7 @@ never crashes a run.
 from __future__ import annotations
 
 import importlib
+import math
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,17 @@ from typing import Any
 
 from perovstem.errors import ParameterError
 
-__all__ = ["Param", "Step", "register_step", "get_step", "list_steps", "STEPS", "api"]
+__all__ = [
+    "Param",
+    "Kind",
+    "Step",
+    "register_step",
+    "get_step",
+    "list_steps",
+    "STEPS",
+    "api",
+    "describe_value",
+]
 
 
 def _find(candidate: str) -> Any:
@@ -86,6 +97,10 @@ class Param:
         Inclusive bounds for numbers.
     required : bool
         The configuration must give a value.
+    item_type : type, optional
+        For a ``list``: the type of every element (``float`` accepts integers).
+    length : int, optional
+        For a ``list``: the number of elements it must have.
     """
 
     type: type | tuple[type, ...]
@@ -95,6 +110,8 @@ class Param:
     min: float | None = None
     max: float | None = None
     required: bool = False
+    item_type: type | None = None
+    length: int | None = None
 
     @property
     def type_name(self) -> str:
@@ -115,6 +132,10 @@ class Param:
                 f"`{key}` must be {'an' if self.type_name[0] in 'aeiou' else 'a'} "
                 f"{self.type_name}, got {value!r} ({type(value).__name__})"
             )
+        if isinstance(value, float) and not math.isfinite(value):  # TOML nan/inf passed the bounds
+            raise ParameterError(f"`{key}` must be a finite number, got {value!r}")
+        if isinstance(value, list):
+            value = self._check_items(key, value)
         if self.choices is not None and value not in self.choices:
             raise ParameterError(f"`{key}` must be one of {list(self.choices)}, got {value!r}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -128,6 +149,31 @@ class Param:
                 )
         return value
 
+    def _check_items(self, key: str, value: list) -> list:
+        """Element types and length of a list value (["a", "b"] for a drift was accepted)."""
+        if self.length is not None and len(value) != self.length:
+            raise ParameterError(
+                f"`{key}` must hold {self.length} values, got {len(value)}: {value!r}"
+            )
+        t = self.item_type
+        if t is None:
+            return value
+        out = []
+        for v in value:
+            ok = isinstance(v, t) and not (t in (int, float) and isinstance(v, bool))
+            if not ok and t is float and isinstance(v, int) and not isinstance(v, bool):
+                v, ok = float(v), True
+            if ok and isinstance(v, float) and not math.isfinite(v):
+                ok = False
+            if not ok:
+                what = _TYPE_NAMES.get(t, t.__name__)
+                raise ParameterError(
+                    f"`{key}` must be an array of {'finite numbers' if t is float else what + 's'}, "
+                    f"got {value!r} (element {v!r})"
+                )
+            out.append(v)
+        return out
+
     def _unit_hint(self, key: str, value: float) -> str:
         """Name the likely unit slip when the value × 10 (nm for Å) would be in range."""
         for suffix, unit, wrong, factor in (("_A", "Å", "nm", 10.0), ("_nm", "nm", "Å", 0.1)):
@@ -137,6 +183,110 @@ class Param:
             if (self.min is None or v >= self.min) and (self.max is None or v <= self.max):
                 return f" ({key} is in {unit}: {value!r} {wrong} = {v:.6g} {unit}?)"
         return ""
+
+
+_KIND_NAMES = {
+    "image": "a perovstem Image",
+    "series": "a perovstem Series (in-situ frames)",
+    "tilt": "a perovstem TiltSeries",
+    "atoms": "an ase Atoms model",
+    "volume": "a 3-D numeric array (a reconstruction)",
+    "table": "a table",
+    "number": "a number",
+}
+
+
+def describe_value(value: Any) -> str:
+    """What an artefact is, in words: kind, shape or columns (for error messages)."""
+    import numpy as np
+
+    from perovstem._data import Image, Series, TiltSeries
+
+    name = type(value).__name__
+    if hasattr(value, "columns") and hasattr(value, "iloc"):  # a DataFrame
+        cols = [str(c) for c in value.columns]
+        more = f", ... {len(cols) - 12} more" if len(cols) > 12 else ""
+        return f"a table with columns [{', '.join(cols[:12])}{more}] ({len(value)} rows)"
+    if isinstance(value, TiltSeries):
+        return "a TiltSeries ({}×{}×{})".format(*value.shape)
+    if isinstance(value, Series):
+        return "a Series ({}×{}×{})".format(*value.shape)
+    if isinstance(value, Image):
+        return "an Image ({}×{})".format(*value.shape)
+    if name == "Atoms" and hasattr(value, "get_chemical_symbols"):
+        return f"an ase Atoms model ({len(value)} atoms)"
+    if isinstance(value, np.ndarray):
+        return f"a {value.ndim}-D {value.dtype} array ({'×'.join(map(str, value.shape))})"
+    if isinstance(value, dict):
+        return f"a mapping with keys {sorted(map(str, value))[:8]}"
+    return f"a {name}"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a step input must be; checked before the step runs.
+
+    The wiring of a configuration is by name, so without this a step given the wrong
+    artefact (the simulator's truth table instead of the column fit, an image instead of a
+    series) failed deep inside with ``KeyError: 'scs'`` or ``AttributeError``, naming
+    neither the step nor its input.
+
+    Parameters
+    ----------
+    kind : str
+        ``image``, ``series``, ``tilt``, ``atoms``, ``volume``, ``table`` or ``number``.
+    columns : tuple of str
+        Columns a table must have.
+    source : str
+        Where such an artefact usually comes from (named in the message).
+    """
+
+    kind: str
+    columns: tuple[str, ...] = ()
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KIND_NAMES:
+            raise ParameterError(
+                f"Kind: `kind` must be one of {sorted(_KIND_NAMES)}, got {self.kind!r}"
+            )
+
+    @property
+    def expected(self) -> str:
+        text = _KIND_NAMES[self.kind]
+        if self.columns:
+            text += f" with columns {', '.join(self.columns)}"
+        return text + (f" ({self.source})" if self.source else "")
+
+    def problem(self, value: Any) -> str | None:
+        """``None`` when ``value`` is of this kind, else what is wrong with it."""
+        import numbers
+
+        import numpy as np
+
+        from perovstem._data import Image, Series, TiltSeries
+
+        k = self.kind
+        if k == "table":
+            if not (hasattr(value, "columns") and hasattr(value, "iloc")):
+                return "not a table"
+            missing = [c for c in self.columns if c not in value.columns]
+            return f"without column(s) {', '.join(missing)}" if missing else None
+        ok = {
+            "image": lambda v: isinstance(v, Image),
+            "series": lambda v: isinstance(v, Series) and not isinstance(v, TiltSeries),
+            "tilt": lambda v: isinstance(v, TiltSeries),
+            "atoms": lambda v: type(v).__name__ == "Atoms" and hasattr(v, "positions"),
+            "volume": lambda v: (
+                isinstance(v, np.ndarray) and v.ndim == 3 and v.dtype.kind in "biuf"
+            ),
+            "number": lambda v: (
+                not isinstance(v, bool)
+                and (isinstance(v, numbers.Real) or np.ndim(v) == 0)
+                and np.asarray(v).dtype.kind in "iuf"
+            ),
+        }[k](value)
+        return None if ok else "of another kind"
 
 
 @dataclass(frozen=True)
@@ -166,6 +316,9 @@ class Step:
         Inputs that take a list of artefacts (e.g. the tilt series of a 4-D sequence), wired
         as ``inputs = { name = ["ref1", "ref2", ...] }``; the step receives a list of their
         values in that order (a single reference, or wiring by name, gives a list of one).
+    input_kinds : dict of str to Kind
+        What each input must be (checked before the step runs; unlisted inputs are not
+        checked).
     section : str
         Report section the step contributes to.
     doc : str
@@ -185,6 +338,7 @@ class Step:
     doc: str = ""
     version: str = "1"
     list_inputs: tuple[str, ...] = ()
+    input_kinds: dict[str, Kind] = field(default_factory=dict)
 
     def missing_requirements(self) -> list[str]:
         """The required modules/attributes that cannot be imported in this installation."""
@@ -244,12 +398,14 @@ def register_step(
     doc: str = "",
     version: str = "1",
     list_inputs: tuple[str, ...] = (),
+    input_kinds: dict[str, Kind] | None = None,
 ) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
     """Decorator registering ``func(ctx, **inputs) -> dict`` as pipeline step ``name``."""
 
-    unknown = [i for i in list_inputs if i not in inputs and i not in optional_inputs]
-    if unknown:
-        raise ParameterError(f"step `{name}`: list_inputs {unknown} are not among its inputs")
+    for what, names in (("list_inputs", list_inputs), ("input_kinds", input_kinds or {})):
+        unknown = [i for i in names if i not in inputs and i not in optional_inputs]
+        if unknown:
+            raise ParameterError(f"step `{name}`: {what} {unknown} are not among its inputs")
 
     def deco(func: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         STEPS[name] = Step(
@@ -264,6 +420,7 @@ def register_step(
             doc=doc or ((func.__doc__ or "").strip().splitlines() or [""])[0],
             version=version,
             list_inputs=tuple(list_inputs),
+            input_kinds=dict(input_kinds or {}),
         )
         return func
 

@@ -661,6 +661,7 @@ def _run_one(
                 )
                 for name, ref in wiring.items()
             }
+            _check_input_kinds(step, wiring, kwargs, arte)
             produced = step.func(ctx, **kwargs)
         if not isinstance(produced, dict):
             raise TypeError(f"step `{step.name}` returned {type(produced).__name__}, not a dict")
@@ -719,6 +720,36 @@ def _run_one(
         report_items=ctx.report_items,
         warnings=texts,
     )
+
+
+def _check_input_kinds(
+    step: Any, wiring: dict[str, Any], kwargs: dict[str, Any], arte: _Artefacts
+) -> None:
+    """Refuse an input that is not of the kind the step declares (before the step runs).
+
+    The configuration wires steps by name, untyped: a step given the simulator's truth
+    table instead of a column fit failed with ``KeyError: 'scs'``, one given an image
+    instead of a series with ``AttributeError: 'Image' object has no attribute
+    'n_frames'``; the message now names the input, what it is wired to and what it needs.
+    """
+    from perovstem.errors import ParameterError
+    from perovstem.pipeline.registry import describe_value
+
+    for name, kind in step.input_kinds.items():
+        value, ref = kwargs.get(name), wiring.get(name)
+        if value is None or ref is None:
+            continue
+        pairs = list(zip(ref, value, strict=False)) if isinstance(ref, list) else [(ref, value)]
+        for r, v in pairs:
+            why = kind.problem(v)
+            if why is None:
+                continue
+            origin = f"[inputs] {r}" if r in arte.config.inputs else f"`{r}`"
+            raise ParameterError(
+                f"input `{name}` is wired to {origin}, {describe_value(v)} ({why}); "
+                f"`{name}` must be {kind.expected}: wire it with "
+                f'inputs = {{ {name} = "<step id>.<output>" }}'
+            )
 
 
 def _escape_markup(text: str) -> str:

@@ -103,6 +103,8 @@ def zone_rotation(zone_axis: str, *, mistilt_deg: float = 0.0, mistilt_azimuth_d
     if key not in ZONE_AXES:
         raise ParameterError(f"`zone_axis` must be one of {sorted(ZONE_AXES)}, got {zone_axis!r}")
     check_range("mistilt_deg", mistilt_deg, -15.0, 15.0)
+    # any direction: a finite angle (NaN/inf was accepted, and NaN made every atom NaN)
+    check_range("mistilt_azimuth_deg", mistilt_azimuth_deg, -360.0, 360.0)
     u, v = (np.asarray(w, dtype=float) for w in ZONE_AXES[key])
     ez = u / np.linalg.norm(u)
     ex = v / np.linalg.norm(v)

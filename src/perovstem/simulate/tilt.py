@@ -202,7 +202,7 @@ def nanocrystal_phantom(
     r111: float = 1.40,
     orientation_deg: Any = None,
     n_inclusions: int = 2,
-    inclusion_radius_A: Any = (6.0, 10.0),
+    inclusion_radius_A: Any = None,
     inclusion_density: float = 2.5,
     density: float = 1.0,
     centre_A: Any = (0.0, 0.0, 0.0),
@@ -221,8 +221,10 @@ def nanocrystal_phantom(
         Euler angles (crystal → lab, see :func:`rotation_from_euler`); random when None.
     n_inclusions : int
         Number of spherical Pb inclusions (placed inside, non-overlapping).
-    inclusion_radius_A : (float, float)
-        Range of inclusion radii, Å.
+    inclusion_radius_A : (float, float) or float, optional
+        Range of inclusion radii, Å.  Default (6, 10) Å, scaled down with a warning when
+        ``n_inclusions`` of them do not fit in the crystal; given radii that do not fit are
+        an error.
     inclusion_density, density : float
         HAADF signal per Å of Pb and of the host (Pb-rich clusters are brighter).
     centre_A : (3,) array_like
@@ -255,24 +257,99 @@ def nanocrystal_phantom(
         np.asarray(centre_A, float),
     )
     n, d, _ = ph.planes()
-    incl: list[list[float]] = []
-    lo_r, hi_r = (float(v) for v in np.broadcast_to(np.asarray(inclusion_radius_A, float), (2,)))
-    tries = 0
-    while len(incl) < int(n_inclusions) and tries < 10000:
-        tries += 1
-        r = gen.uniform(lo_r, hi_r)
-        c = gen.uniform(-a, a, 3)
-        if np.any(n @ c + r + 1.0 > d):
-            continue
-        if any(np.linalg.norm(c - np.array(q[:3])) < r + q[3] + 2.0 for q in incl):
-            continue
-        incl.append([*c, r, float(inclusion_density)])
-    if len(incl) < int(n_inclusions):
+    given = inclusion_radius_A is not None
+    lo_r, hi_r = _inclusion_radii(inclusion_radius_A if given else (6.0, 10.0))
+    k, rho = int(n_inclusions), float(inclusion_density)
+    # first draw exactly as before (the same realisation for every seed that placed them)
+    incl = _place_inclusions(gen, n, d, a, k, lo_r, hi_r, rho)
+    for _ in range(20):  # a large first inclusion may leave no room: draw all of them again
+        if len(incl) == k:
+            break
+        incl = _place_inclusions(gen, n, d, a, k, lo_r, hi_r, rho, batch=True)
+    scale = 1.0
+    while len(incl) < k and not given and hi_r * scale * 0.85 >= 1.0:
+        scale *= 0.85  # the default radii are for larger crystals: smaller inclusions
+        for _ in range(5):
+            incl = _place_inclusions(gen, n, d, a, k, lo_r * scale, hi_r * scale, rho, batch=True)
+            if len(incl) == k:
+                break
+    if len(incl) < k:
+        what = "smaller `inclusion_radius_A`, " if given else ""
         raise ParameterError(
-            f"could not place {n_inclusions} inclusions of radius {inclusion_radius_A} Å in a "
-            f"{edge_A} Å crystal"
+            f"could not place {k} inclusions (`n_inclusions`) of radius {lo_r * scale:.3g}-"
+            f"{hi_r * scale:.3g} Å in a {edge_A:g} Å crystal (`edge_A`): give {what}fewer "
+            "inclusions or a larger crystal"
+        )
+    if scale < 1.0:
+        import warnings
+
+        warnings.warn(
+            f"{k} inclusions of the default radius {lo_r:g}-{hi_r:g} Å do not fit in a "
+            f"{edge_A:g} Å crystal (`edge_A`): radii scaled by {scale:.2f} to "
+            f"{lo_r * scale:.3g}-{hi_r * scale:.3g} Å (give `inclusion_radius_A`, fewer "
+            "inclusions or a larger crystal to choose)",
+            UserWarning,
+            stacklevel=2,
         )
     return ph.replace(inclusions=np.array(incl, float).reshape(-1, 5))
+
+
+def _inclusion_radii(value: Any) -> tuple[float, float]:
+    """``(lo, hi)`` radii of the inclusions, Å (a number gives ``lo = hi``)."""
+    try:
+        r = np.asarray(value, dtype=float).ravel() if np.ndim(value) <= 1 else np.array([np.nan])
+    except (TypeError, ValueError):
+        r = np.array([np.nan])
+    if r.size not in (1, 2) or not np.all(np.isfinite(r)) or np.any(r <= 0) or r[0] > r[-1]:
+        raise ParameterError(
+            "`inclusion_radius_A` must be a radius or a (min, max) range of radii > 0 Å, "
+            f"got {value!r}"
+        )
+    return float(r[0]), float(r[-1])
+
+
+def _place_inclusions(
+    gen: np.random.Generator,
+    n: np.ndarray,
+    d: np.ndarray,
+    a: float,
+    k: int,
+    lo_r: float,
+    hi_r: float,
+    density: float,
+    *,
+    batch: bool = False,
+) -> list[list[float]]:
+    """Up to ``k`` non-overlapping spheres inside the polyhedron ``n·x <= d`` (rejection).
+
+    ``batch=False``: 10 000 sequential draws (the original order of random numbers);
+    ``batch=True``: 2 000 candidates drawn at once and screened against the faces together.
+    """
+    incl: list[list[float]] = []
+
+    def fits(c: np.ndarray, r: float) -> bool:
+        return all(np.linalg.norm(c - np.array(q[:3])) >= r + q[3] + 2.0 for q in incl)
+
+    if batch:
+        r = gen.uniform(lo_r, hi_r, 2000)
+        c = gen.uniform(-a, a, (2000, 3))
+        inside = np.all(c @ n.T + r[:, None] + 1.0 <= d, axis=1)
+        for ci, ri in zip(c[inside], r[inside], strict=True):
+            if len(incl) == k:
+                break
+            if fits(ci, ri):
+                incl.append([*ci, float(ri), density])
+        return incl
+    tries = 0
+    while len(incl) < k and tries < 10000:
+        tries += 1
+        r0 = gen.uniform(lo_r, hi_r)
+        c0 = gen.uniform(-a, a, 3)
+        if np.any(n @ c0 + r0 + 1.0 > d):
+            continue
+        if fits(c0, r0):
+            incl.append([*c0, r0, density])
+    return incl
 
 
 # --------------------------------------------------------------------------- numba kernels

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from perovstem._data import TiltSeries
+from perovstem._validation import check_int, check_range
 from perovstem.errors import DataError, ParameterError
 from perovstem.tomo.projector import check_angles
 
@@ -113,13 +114,32 @@ def _check_series(ts: Any) -> TiltSeries:
     return ts
 
 
+def _as_stack(name: str, data: Any, dtype: Any) -> np.ndarray:
+    """``data`` as a 3-D (projections, rows, columns) array of ``dtype``, or a DataError.
+
+    A 2-D image raised numpy's ``AxisError: axis 2 is out of bounds``, text a ``ValueError``
+    about converting a string to float."""
+    a = np.asarray(data)
+    if a.ndim != 3 or a.size == 0:
+        raise DataError(
+            f"`{name}` must be a 3-D stack (projections, rows, columns), got shape {a.shape}"
+        )
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"`{name}` must be numeric, got dtype {a.dtype}")
+    a = a.astype(dtype, copy=False)
+    if not np.isfinite(a).all():
+        bad = np.flatnonzero(~np.isfinite(a).all(axis=(1, 2))).tolist()
+        raise DataError(f"`{name}` contains NaN/inf values (projections {bad})")
+    return a
+
+
 def preprocess(data: Any, *, background_percentile: float = 5.0) -> np.ndarray:
     """Float32 copy with each projection's background (a low percentile) subtracted, ≥ 0.
 
     Raw integer detector data often carry a large negative offset (e.g. FEI int16 with
     mean ≈ −27 600); this removes it.
     """
-    d = np.asarray(data, dtype=np.float32)
+    d = _as_stack("data", data, np.float32)
     if not 0.0 <= background_percentile <= 100.0:  # NaN fails too
         raise ParameterError(
             f"`background_percentile` must be in [0, 100], got {background_percentile!r}"
@@ -185,7 +205,7 @@ def com_shifts(data: Any) -> np.ndarray:
     (A,) ndarray
         ``dy`` per projection, pixels.
     """
-    return _com_dy(np.asarray(data, dtype=np.float64))
+    return _com_dy(_as_stack("data", data, np.float64))
 
 
 def _com_dy(d: np.ndarray) -> np.ndarray:
@@ -669,12 +689,10 @@ def projection_matching(
     d = np.asarray(data, dtype=np.float32)
     ang = check_angles(angles_deg, d.shape[0])
     sh = np.array(shifts_px, float)
-    bf = int(bin_factor)
-    if bf < 1:
-        raise ParameterError(f"`bin_factor` must be >= 1, got {bin_factor}")
+    bf = check_int("bin_factor", bin_factor, 1)  # int(nan) raised a bare ValueError
     hist = []
     residual = float("nan")
-    for it in range(int(n_iter)):
+    for it in range(check_int("n_iter", n_iter, 0)):
         al = _transform_stack(d, sh, tilt_axis_deg)
         a, m, n = al.shape
         mb, nb = m // bf, n // bf
@@ -778,6 +796,9 @@ def align(
         raise ParameterError(f"`matching_iter` must be an integer >= 0, got {matching_iter!r}")
     if matching_iter < 0:
         raise ParameterError(f"`matching_iter` must be >= 0, got {matching_iter}")
+    # checked before the (slow) shift estimation: bin_factor = NaN failed minutes later
+    check_int("bin_factor", bin_factor, 1)
+    check_range("background_percentile", background_percentile, 0.0, 100.0)
     if isinstance(axis_refine, bool) or not isinstance(axis_refine, (int, np.integer)):
         raise ParameterError(f"`axis_refine` must be an integer >= 0, got {axis_refine!r}")
     if axis_refine < 0:

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from perovstem._validation import check_int, check_positive
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["otsu_threshold", "multi_otsu_thresholds", "segment", "label_volumes"]
@@ -86,6 +87,8 @@ def segment(
         0 = background … ``n_classes − 1`` = brightest class.
     thresholds : (n_classes − 1,) ndarray
     """
+    check_int("n_classes", n_classes, 2)  # int(nan) raised a bare ValueError
+    check_positive("sigma_px", sigma_px, allow_zero=True)  # NaN was no smoothing, inf overflowed
     v = _finite_volume(volume)
     if sigma_px > 0:
         from scipy import ndimage

@@ -80,7 +80,10 @@ def surface_mesh(
     from scipy import ndimage
     from skimage.measure import marching_cubes
 
-    v = np.asarray(volume, dtype=np.float32)
+    v = np.asarray(volume)
+    if v.dtype.kind not in "biuf":  # text raised numpy's "could not convert" ValueError
+        raise DataError(f"`volume` must be numeric, got dtype {v.dtype}")
+    v = v.astype(np.float32, copy=False)
     if v.ndim != 3:
         raise DataError(f"`volume` must be 3-D, got shape {v.shape}")
     if not np.all(np.isfinite(v)):

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from perovstem.pipeline.registry import Param, api, register_step
+from perovstem.pipeline.registry import Kind, Param, api, register_step
 
 FIT = "perovstem.atoms:fit_columns|perovstem.atoms.fit:fit_columns"
 NORMALIZE = "perovstem.atoms:normalize_image|perovstem.atoms.normalize:normalize_image"
@@ -43,6 +43,14 @@ def _gain_option(value: float | str | None) -> dict[str, Any]:
 
 @register_step(
     "atoms.fit",
+    input_kinds={
+        "image": Kind("image"),
+        "positions": Kind(
+            "table",
+            ("x_A", "y_A"),
+            "atoms.map `positions`, atoms.fit `columns` or a CSV of x_A, y_A",
+        ),
+    },
     inputs=("image",),
     optional_inputs=("positions",),
     outputs=("columns",),
@@ -135,11 +143,20 @@ START_SCALE = "perovstem.atoms.library:start_scale_from_types"
 
 @register_step(
     "atoms.count",
+    input_kinds={
+        "columns": Kind("table", ("x_A", "y_A", "scs"), "the `columns` output of atoms.fit"),
+        "truth": Kind("table"),
+    },
     inputs=("columns",),
     optional_inputs=("truth",),
     outputs=("counts",),
     params={
-        "types": Param(list, ["PbBr", "Cs"], "column types to count (others are kept, uncounted)"),
+        "types": Param(
+            list,
+            ["PbBr", "Cs"],
+            "column types to count (others are kept, uncounted)",
+            item_type=str,
+        ),
         "method": Param(
             str,
             "gmm",
@@ -312,6 +329,11 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
 
 @register_step(
     "atoms.composition",
+    input_kinds={
+        "counts": Kind(
+            "table", ("x_A", "y_A", "type", "scs", "n_atoms"), "the `counts` output of atoms.count"
+        )
+    },
     inputs=("counts",),
     optional_inputs=("thickness",),
     outputs=("columns",),
@@ -535,6 +557,14 @@ def _check_hmm_type(pos: Any, p: dict, *, given: bool) -> None:
 
 @register_step(
     "atoms.series",
+    input_kinds={
+        "series": Kind("series"),
+        "positions": Kind(
+            "table",
+            ("x_A", "y_A"),
+            "atoms.map `positions`, atoms.fit `columns` or a CSV of x_A, y_A",
+        ),
+    },
     inputs=("series",),
     optional_inputs=("positions",),
     outputs=("counts", "columns"),

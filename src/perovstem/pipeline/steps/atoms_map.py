@@ -6,13 +6,21 @@ from typing import Any
 
 import numpy as np
 
-from perovstem.pipeline.registry import Param, api, register_step
+from perovstem.pipeline.registry import Kind, Param, api, register_step
 
 MAP = "perovstem.atoms:map_columns|perovstem.atoms.map:map_columns"
 
 
 @register_step(
     "atoms.map",
+    input_kinds={
+        "image": Kind("image"),
+        "positions": Kind(
+            "table",
+            ("x_A", "y_A"),
+            "atoms.map `positions`, atoms.fit `columns` or a CSV of x_A, y_A",
+        ),
+    },
     inputs=("image",),
     optional_inputs=("positions",),
     outputs=("positions", "models"),

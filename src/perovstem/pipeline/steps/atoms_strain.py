@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from perovstem.pipeline.registry import Param, api, register_step
+from perovstem.pipeline.registry import Kind, Param, api, register_step
 from perovstem.pipeline.steps.atoms import CELLS
 
 STRAIN = "perovstem.atoms:strain_analysis|perovstem.atoms.lattice:strain_analysis"
@@ -14,6 +14,7 @@ STRAIN = "perovstem.atoms:strain_analysis|perovstem.atoms.lattice:strain_analysi
 
 @register_step(
     "atoms.strain",
+    input_kinds={"columns": Kind("table", ("x_A", "y_A"), "the `columns` output of atoms.fit")},
     inputs=("columns",),
     outputs=("strain", "unit_cell"),
     params={

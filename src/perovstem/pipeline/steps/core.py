@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from perovstem.pipeline.registry import Param, register_step
+from perovstem.pipeline.registry import Kind, Param, register_step
 
 
 def _frame_stats(k: int, series: Any) -> dict[str, float]:
@@ -23,6 +23,7 @@ def _frame_stats(k: int, series: Any) -> dict[str, float]:
 
 @register_step(
     "series.frames",
+    input_kinds={"series": Kind("series")},
     inputs=("series",),
     outputs=("frames",),
     section="mechanism",
@@ -37,6 +38,7 @@ def series_frames(ctx: Any, series: Any) -> dict[str, Any]:
 
 @register_step(
     "series.frame_stats",
+    input_kinds={"series": Kind("series")},
     inputs=("series",),
     outputs=("stats",),
     params={"plot": Param(bool, True, "add a plot of mean intensity vs cumulative dose")},

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from perovstem.pipeline.registry import Param, api, register_step
+from perovstem.pipeline.registry import Kind, Param, api, register_step
 
 REGISTER = "perovstem.insitu:register_drift|perovstem.insitu.register:register_drift"
 APPLY = "perovstem.insitu:apply_drift|perovstem.insitu.register:apply_drift"
@@ -19,6 +19,7 @@ NC_METRICS = "perovstem.insitu:nanocrystal_metrics|perovstem.insitu.nanocrystal:
 
 @register_step(
     "insitu.register",
+    input_kinds={"series": Kind("series")},
     inputs=("series",),
     outputs=("drift", "series"),
     params={
@@ -59,6 +60,7 @@ def _detect_frame(k: int, series: Any, *, params: dict[str, Any]) -> Any:
 
 @register_step(
     "insitu.clusters",
+    input_kinds={"series": Kind("series")},
     inputs=("series",),
     optional_inputs=("truth",),
     outputs=("detections", "counts"),
@@ -155,6 +157,7 @@ def insitu_clusters(ctx: Any, series: Any, truth: Any = None) -> dict[str, Any]:
 
 @register_step(
     "insitu.nanocrystal",
+    input_kinds={"series": Kind("series")},
     inputs=("series",),
     outputs=("metrics",),
     params={"lattice_A": Param(float, 5.87, "pseudo-cubic lattice parameter, Å", min=1.0)},

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from perovstem.pipeline.registry import Param, api, register_step
+from perovstem.pipeline.registry import Kind, Param, api, register_step
 
 _Q = "perovstem.quantify:{0}|perovstem.quantify.kinetics:{0}"
 MECHANISM = "perovstem.quantify:mechanism_summary|perovstem.quantify.mechanism:mechanism_summary"
@@ -63,6 +63,7 @@ def _fit_rows(fits: dict[str, Any]) -> Any:
 
 @register_step(
     "quantify.kinetics",
+    input_kinds={"frames": Kind("table")},
     inputs=("frames",),
     outputs=("ranking", "params"),
     params={
@@ -179,6 +180,7 @@ def quantify_kinetics(ctx: Any, frames: Any) -> dict[str, Any]:
 
 @register_step(
     "quantify.br_loss",
+    input_kinds={"series": Kind("series"), "frames": Kind("table")},
     inputs=("series",),
     optional_inputs=("frames", "truth"),
     outputs=("frames", "params"),
@@ -320,6 +322,7 @@ def quantify_br_loss(ctx: Any, series: Any, frames: Any = None, truth: Any = Non
 
 @register_step(
     "quantify.arrhenius",
+    input_kinds={"frames": Kind("table")},
     inputs=("frames",),
     outputs=("rates", "fit"),
     params={
@@ -422,10 +425,17 @@ def quantify_arrhenius(ctx: Any, frames: Any) -> dict[str, Any]:
 
 @register_step(
     "quantify.dose_rate",
+    input_kinds={"params_low": Kind("table"), "params_high": Kind("table")},
     inputs=("params_low", "params_high"),
     outputs=("ranking",),
     params={
-        "dose_rates": Param(list, [50.0, 200.0], "dose rates of the two series, e⁻/Å²/s"),
+        "dose_rates": Param(
+            list,
+            [50.0, 200.0],
+            "dose rates of the two series, e⁻/Å²/s",
+            item_type=float,
+            length=2,
+        ),
         "param": Param(str, "D_Br_e_per_A2", "dose constant fitted in each series"),
         "label": Param(str, "", "source label in the report (e.g. 'truth' or 'images')"),
     },
@@ -508,6 +518,7 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
             [],
             "where each input table comes from (e.g. 'images', 'simulator truth'), one per "
             "input in order frames_a, frames_b, ...; shown with every row",
+            item_type=str,
         ),
     },
     requires=(MECHANISM,),
@@ -621,6 +632,11 @@ def quantify_mechanism(
 
 @register_step(
     "quantify.model3d",
+    input_kinds={
+        "counts": Kind("table", ("x_A", "y_A", "n_atoms"), "the `counts` output of atoms.count"),
+        "truth_atoms": Kind("atoms"),
+        "image": Kind("image"),
+    },
     inputs=("counts",),
     optional_inputs=("truth_atoms", "image"),
     outputs=("model", "sites"),

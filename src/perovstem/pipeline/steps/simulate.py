@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from perovstem.pipeline.registry import Param, api, register_step
+from perovstem.pipeline.registry import Kind, Param, api, register_step
 
 NANOCRYSTAL = "perovstem.simulate:nanocrystal"
 COMPOSITION = "perovstem.simulate:composition"
@@ -94,6 +94,7 @@ def simulate_nanocrystal(ctx: Any) -> dict[str, Any]:
 
 @register_step(
     "simulate.haadf",
+    input_kinds={"atoms": Kind("atoms", source="the `atoms` output of simulate.nanocrystal")},
     inputs=("atoms",),
     outputs=("image", "truth"),
     params={
@@ -134,6 +135,7 @@ def simulate_haadf(ctx: Any, atoms: Any) -> dict[str, Any]:
 
 @register_step(
     "simulate.kmc",
+    input_kinds={"atoms": Kind("atoms", source="the `atoms` output of simulate.nanocrystal")},
     inputs=("atoms",),
     outputs=("trajectory", "frames", "clusters", "final"),
     params={
@@ -200,7 +202,11 @@ def simulate_kmc(ctx: Any, atoms: Any) -> dict[str, Any]:
     params={
         "pixel_size_A": Param(float, 0.5, "pixel size, Å", min=0.01, max=10.0),
         "drift_A_per_s": Param(
-            list, [0.0, 0.0], "specimen drift (vx, vy) = (along x, along y), Å/s"
+            list,
+            [0.0, 0.0],
+            "specimen drift (vx, vy) = (along x, along y), Å/s",
+            item_type=float,
+            length=2,
         ),
     },
     requires=(SERIES,),
@@ -221,10 +227,13 @@ def simulate_insitu_series(ctx: Any, trajectory: Any) -> dict[str, Any]:
 
 @register_step(
     "simulate.heating",
+    input_kinds={"atoms": Kind("atoms", source="the `atoms` output of simulate.nanocrystal")},
     inputs=("atoms",),
     outputs=("frames",),
     params={
-        "temperatures_K": Param(list, [300.0, 350.0, 400.0, 450.0], "temperatures, K"),
+        "temperatures_K": Param(
+            list, [300.0, 350.0, 400.0, 450.0], "temperatures, K", item_type=float
+        ),
         "n_frames": Param(int, 20, "frames per temperature", min=2),
         "frame_time_s": Param(float, 1.0, "frame time, s", min=1e-6),
         "dose_rate_e_per_A2_s": Param(float, 20.0, "dose rate during heating, e⁻/Å²/s", min=0.0),

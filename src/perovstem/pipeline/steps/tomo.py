@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from perovstem.pipeline.registry import Param, api, register_step
+from perovstem.pipeline.registry import Kind, Param, api, register_step
 
 RECONSTRUCT = "perovstem.tomo:reconstruct|perovstem.tomo.reconstruct:reconstruct"
 ALIGN = "perovstem.tomo:align|perovstem.tomo.align:align"
@@ -20,6 +20,7 @@ BIN = "perovstem.tomo:bin_tilt_series|perovstem.tomo.reconstruct:bin_tilt_series
 
 @register_step(
     "tomo.bin",
+    input_kinds={"tilt": Kind("tilt")},
     inputs=("tilt",),
     outputs=("tilt",),
     params={"factor": Param(int, 2, "bin factor (factor × factor pixels, mean)", min=1)},
@@ -33,6 +34,7 @@ def tomo_bin(ctx: Any, tilt: Any) -> dict[str, Any]:
 
 @register_step(
     "tomo.align",
+    input_kinds={"tilt": Kind("tilt")},
     inputs=("tilt",),
     outputs=("tilt",),
     params={},
@@ -47,6 +49,7 @@ def tomo_align(ctx: Any, tilt: Any) -> dict[str, Any]:
 
 @register_step(
     "tomo.reconstruct",
+    input_kinds={"tilt": Kind("tilt")},
     inputs=("tilt",),
     outputs=("volume", "voxel_size_A"),
     params={
@@ -83,6 +86,10 @@ def tomo_reconstruct(ctx: Any, tilt: Any) -> dict[str, Any]:
 
 @register_step(
     "tomo.segment",
+    input_kinds={
+        "volume": Kind("volume", source="the `volume` output of tomo.reconstruct"),
+        "voxel_size_A": Kind("number"),
+    },
     inputs=("volume",),
     optional_inputs=("voxel_size_A",),
     outputs=("labels", "volumes"),
@@ -118,6 +125,11 @@ def tomo_segment(ctx: Any, volume: Any, voxel_size_A: Any = None) -> dict[str, A
 
 @register_step(
     "tomo.facets",
+    input_kinds={
+        "volume": Kind("volume", source="the `volume` output of tomo.reconstruct"),
+        "voxel_size_A": Kind("number"),
+        "tilt": Kind("tilt"),
+    },
     inputs=("volume",),
     optional_inputs=("voxel_size_A", "tilt"),
     outputs=("facets",),
@@ -178,6 +190,10 @@ def tomo_facets(ctx: Any, volume: Any, voxel_size_A: Any = None, tilt: Any = Non
 
 @register_step(
     "tomo.facet_change",
+    input_kinds={
+        "before": Kind("table", ("family", "fraction"), "the `facets` output of tomo.facets"),
+        "after": Kind("table", ("family", "fraction"), "the `facets` output of tomo.facets"),
+    },
     inputs=("before", "after"),
     outputs=("change",),
     params={},
@@ -224,6 +240,7 @@ CHECK_SEQUENCE = "perovstem.tomo:check_sequence|perovstem.tomo.fourd:check_seque
 
 @register_step(
     "tomo.sequence",
+    input_kinds={"series": Kind("tilt")},
     inputs=("series",),
     list_inputs=("series",),
     outputs=("sequence",),
@@ -257,9 +274,14 @@ CHECK_SEQUENCE = "perovstem.tomo:check_sequence|perovstem.tomo.fourd:check_seque
         "track_orientation": Param(
             bool, True, "re-estimate the lattice orientation at every time point"
         ),
-        "times_s": Param(list, None, "time of every series, s (default: from metadata)"),
+        "times_s": Param(
+            list, None, "time of every series, s (default: from metadata)", item_type=float
+        ),
         "doses_e_per_A2": Param(
-            list, None, "cumulative dose of every series, e⁻/Å² (default: from metadata)"
+            list,
+            None,
+            "cumulative dose of every series, e⁻/Å² (default: from metadata)",
+            item_type=float,
         ),
         "x": Param(
             str,
