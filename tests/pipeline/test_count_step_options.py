@@ -129,8 +129,9 @@ def test_count_step_reports_offset_ambiguity_and_scale_prior_decides_it(tmp_path
     """Default prior (1, 0.1): the readings 9 (c ~ 0.93) and 8 (c ~ 1.05) of a flat crystal
     are close, the counts are flagged offset_ambiguous and the report says so per type,
     with P(0) and the two ways out; with scale_prior = [0.93, 0.02] the counts are exact
-    and no note is written.  Measured on seeds 0-4: flagged in all 5 (P(0) 0.4-0.6),
-    exact and unflagged with the prior in all 5.  Old code: no note, no parameter."""
+    and no note is written.  Measured on seeds 0-7 x 2 CPU modes: both types flagged in
+    all 16 runs (P(0) 0.41-0.45; one atom low in 7 of 8 seeds), exact and unflagged
+    (P(0) >= 0.99) with the prior in all 16.  Old code: no note, no parameter."""
     if not get_step("atoms.count").available:
         pytest.skip("atoms.count not available in this version")
     _, res, texts = _table_run(tmp_path / "weak", "", seed)

@@ -238,7 +238,10 @@ def _offset_notes(ctx: Any, counting: dict[str, Any]) -> None:
     requires=(COUNT,),
     section="counting",
     doc="Atoms per column from the cross-sections (Gaussian mixture, ICL order selection, "
-    "optionally anchored on a simulated cross-section library).",
+    "optionally anchored on a simulated cross-section library; or the library-free ladder "
+    "mixture). A report note names each type whose library-anchored counts may all be "
+    "offset by whole atoms (offset_ambiguous), with P(0) and the ways out (a fitted library, "
+    "perovstem.atoms.fitted_scs_library, or scale_prior).",
 )
 def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
     from perovstem.errors import ParameterError
