@@ -57,14 +57,15 @@ def _texts(run_dir):
 @pytest.mark.parametrize("seed", [1, 4])
 def test_count_step_ladder_on_simulated_image(tmp_path, seed):
     """method = "ladder" counts without a library: a 30 Å cube seen along [011] has Pb
-    columns of 1-5 atoms.  Measured (seeds 1-6, native and AVX2 kernels): Pb exact 1.0 in
-    all 12 runs.  Old code: "ladder" was not a choice of the step."""
+    columns of 1-5 atoms.  Measured: tune seeds 1-6 x 2 CPU modes, Pb exact 1.0 in all 12
+    runs; held out (seeds 7-12, native) exact 0.91-1.0, mean error <= 0.09.  Old code:
+    "ladder" was not a choice of the step."""
     counts, texts = _image_run(tmp_path, seed, 'method = "ladder"\ntypes = ["Pb"]', zone="011")
     assert counts.attrs["counting"]["method"] == "ladder"
     pb = counts[counts["type"] == "Pb"]
     assert pb["n_atoms_truth"].nunique() >= 4  # a ladder, not one thickness
-    exact = np.mean(pb["n_atoms"].to_numpy(float) == pb["n_atoms_truth"].to_numpy(float))
-    assert exact >= 0.95, exact
+    d = pb["n_atoms"].to_numpy(float) - pb["n_atoms_truth"].to_numpy(float)
+    assert np.mean(d == 0) >= 0.85 and abs(d.mean()) <= 0.2, (np.mean(d == 0), d.mean())
     assert "library" not in counts.attrs  # the simulated library was not used
     assert any("library-free ladder" in t for t in texts), texts
 

@@ -83,7 +83,7 @@ def _scale_prior_arg(spec: str | None) -> tuple[float, float] | None:
     epilog=examples(
         "perovstem atoms count nc_columns.parquet --method hybrid --library simulate",
         "perovstem atoms count nc_columns.parquet --type PbBr --criteria-out icl.csv",
-        "perovstem atoms count nc_columns.parquet --library simulate --scale-prior 0.92,0.03",
+        "perovstem atoms count nc.parquet --library simulate --scale-prior 0.92,0.03",
     ),
 )
 def count(
