@@ -61,11 +61,29 @@ def _library_arg(
     return {t: lib for t in types} if types != ["all"] else lib
 
 
+def _scale_prior_arg(spec: str | None) -> tuple[float, float] | None:
+    """``--scale-prior CENTER,LOG_SD`` → ``(center, log_sd)`` (None: count_atoms' default)."""
+    if spec is None:
+        return None
+    parts = spec.split(",")
+    try:
+        c, sd = (float(v) for v in parts)
+    except ValueError:
+        c = sd = float("nan")
+    if not (np.isfinite(c) and c > 0 and np.isfinite(sd) and sd > 0):
+        raise ParameterError(
+            "--scale-prior must be CENTER,LOG_SD with CENTER > 0 and LOG_SD > 0 (e.g. "
+            f"0.92,0.03), got {spec!r}"
+        )
+    return c, sd
+
+
 @atoms_app.command(
     "count",
     epilog=examples(
         "perovstem atoms count nc_columns.parquet --method hybrid --library simulate",
         "perovstem atoms count nc_columns.parquet --type PbBr --criteria-out icl.csv",
+        "perovstem atoms count nc.parquet --library simulate --scale-prior 0.92,0.03",
     ),
 )
 def count(
@@ -123,6 +141,14 @@ def count(
         "the Pb-Br cross-sections, so a Cd-alloyed crystal counted with x = 0 reads too few "
         "Pb-Br atoms (perovstem.atoms.fit_composition estimates x).",
     ),
+    scale_prior: str = typer.Option(
+        None,
+        "--scale-prior",
+        help="CENTER,LOG_SD: prior on the common scale cross-section / library (--method gmm "
+        "with --library), e.g. 0.92,0.03 when the calibration is known.  It decides whether "
+        "a flat crystal's counts are n or n+-1; default 1,0.03 for a fitted library, 1,0.1 "
+        "otherwise (docs/counting.md, Offset ambiguity).",
+    ),
     column_type: list[str] = typer.Option(
         [], "--type", help="Count only these column types (repeatable)."
     ),
@@ -151,6 +177,13 @@ def count(
         raise ParameterError(
             f"--method ladder is library-free; --library {library!r} needs --method gmm, "
             "library or hybrid"
+        )
+    prior = _scale_prior_arg(scale_prior)
+    if prior is not None and (method != "gmm" or library is None):
+        raise ParameterError(
+            f"--scale-prior {scale_prior} is the prior of the library anchor: it needs "
+            f"--method gmm with --library, got --method {method}"
+            + ("" if library is not None else " and no --library")
         )
     if components is not None and max_components is not None:
         # -k skips the sweep that --max-components bounds: one of them would be ignored
@@ -226,6 +259,7 @@ def count(
             first_count=first_count,
             check_ladder=check_ladder,
             library=lib,
+            scale_prior=prior,
         )
     elif method == "library":
         res = count_library(df, lib)
@@ -258,6 +292,16 @@ def count(
             f"{t}: {len(sub)} columns, {int(sub['n_atoms'].sum())} atoms, "
             f"counts {int(sub['n_atoms'].min())}–{int(sub['n_atoms'].max())}{extra}"
         )
+        anchor = ti.get("library_anchor") or {}
+        if anchor.get("offset_ambiguous"):
+            po = anchor.get("offset_probability", {})
+            others = ", ".join(f"P({d:+d}) = {v:.2f}" for d, v in sorted(po.items()) if d != 0)
+            console.print(
+                f"{t}: WARNING counts may all be offset by whole atoms: P(0) = "
+                f"{po.get(0, 0.0):.2f} ({others}; n_atoms_std includes it). Count with a "
+                "fitted library (perovstem.atoms.fitted_scs_library) or give --scale-prior "
+                "CENTER,LOG_SD from a known calibration."
+            )
         chk = ti.get("ladder_check")
         if chk and not chk.get("ok", True):
             # the components may not be single count levels (atoms.count.ladder_check)

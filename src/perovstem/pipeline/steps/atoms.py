@@ -141,6 +141,47 @@ LIBRARY = "perovstem.atoms:count_library|perovstem.atoms.library:count_library"
 START_SCALE = "perovstem.atoms.library:start_scale_from_types"
 
 
+def _scale_prior_option(value: Any) -> tuple[float, float] | None:
+    """``(center, log_sd)`` of the ``scale_prior`` step parameter (None: unset)."""
+    from perovstem.errors import ParameterError
+
+    if value is None:
+        return None
+    ok = (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    )
+    if ok:
+        c, sd = float(value[0]), float(value[1])
+        ok = bool(np.isfinite(c) and c > 0 and np.isfinite(sd) and sd > 0)
+    if not ok:
+        raise ParameterError(
+            "`scale_prior` must be [center, log_sd] with center > 0 and log_sd > 0 "
+            f"(e.g. [0.92, 0.03]), got {value!r}"
+        )
+    return c, sd
+
+
+def _offset_notes(ctx: Any, counting: dict[str, Any]) -> None:
+    """A report note per type whose library-anchored counts may all be offset by whole atoms."""
+    for t, info in counting.items():
+        anchor = info.get("library_anchor") if isinstance(info, dict) else None
+        if not anchor or not anchor.get("offset_ambiguous"):
+            continue
+        po = anchor.get("offset_probability", {})
+        others = ", ".join(f"P({d:+d}) = {v:.2f}" for d, v in sorted(po.items()) if d != 0)
+        ctx.text(
+            f"{t} columns: the counts may all be offset by whole atoms, P(0) = "
+            f"{po.get(0, 0.0):.2f} ({others}): another library scale reads every column one "
+            "atom up or down about as well (one or few thicknesses cannot tell c L_n from "
+            "c' L_(n+-1)); n_atoms_std includes the offset.  To decide it, count with a "
+            "library measured by the data's own estimator (perovstem.atoms.fitted_scs_library) "
+            "or set scale_prior = [center, log_sd] from a known calibration.",
+            section="counting",
+        )
+
+
 @register_step(
     "atoms.count",
     input_kinds={
@@ -160,12 +201,27 @@ START_SCALE = "perovstem.atoms.library:start_scale_from_types"
         "method": Param(
             str,
             "gmm",
-            "gmm: Gaussian mixture (ICL); hybrid: library counting with "
-            "a fitted scale; library: nearest library cross-section",
-            choices=("gmm", "hybrid", "library"),
+            "gmm: Gaussian mixture (ICL); ladder: library-free smooth ladder mixture "
+            "(perovstem.atoms.ladder; levels by BIC, first count estimated; `library`, "
+            "`voltage_kV`, `library_*` and `criterion` not used); hybrid: library counting "
+            "with a fitted scale; library: nearest library cross-section",
+            choices=("gmm", "ladder", "hybrid", "library"),
         ),
-        "max_components": Param(int, 20, "largest number of GMM components", min=1),
-        "criterion": Param(str, "icl", "order selection criterion", choices=("icl", "aic", "bic")),
+        "max_components": Param(
+            int, 20, "largest number of GMM components (ladder levels with method = ladder)", min=1
+        ),
+        "criterion": Param(
+            str, "icl", "order selection criterion (method = gmm)", choices=("icl", "aic", "bic")
+        ),
+        "scale_prior": Param(
+            list,
+            None,
+            "[center, log_sd] of the prior on the common scale cross-section / library "
+            "(method = gmm with library = true; count_atoms' scale_prior): it decides whether "
+            "a flat crystal's counts are n or n +- 1 (offset_ambiguous).  Unset: count_atoms' "
+            "default, (1, 0.1) for the simulated library (Gaussian-fit cross-sections sit 5-25 "
+            "% below it); give it when the calibration is known, e.g. [0.92, 0.03]",
+        ),
         "library": Param(
             bool,
             True,
@@ -199,10 +255,27 @@ START_SCALE = "perovstem.atoms.library:start_scale_from_types"
     requires=(COUNT,),
     section="counting",
     doc="Atoms per column from the cross-sections (Gaussian mixture, ICL order selection, "
-    "optionally anchored on a simulated cross-section library).",
+    "optionally anchored on a simulated cross-section library; or the library-free ladder "
+    "mixture). A report note names each type whose library-anchored counts may all be "
+    "offset by whole atoms (offset_ambiguous), with P(0) and the ways out (a fitted library, "
+    "perovstem.atoms.fitted_scs_library, or scale_prior).",
 )
 def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
+    from perovstem.errors import ParameterError
+
     p = ctx.params
+    prior = _scale_prior_option(p["scale_prior"])
+    if prior is not None and (p["method"] != "gmm" or not p["library"]):
+        raise ParameterError(
+            f"`scale_prior` = {p['scale_prior']!r} is the prior of the library anchor: it needs "
+            f"method = 'gmm' and library = true, got method = {p['method']!r}, library = "
+            f"{str(p['library']).lower()}"
+        )
+    if p["method"] == "ladder" and p["criterion"] != "icl":
+        raise ParameterError(
+            f"`criterion` = {p['criterion']!r} does not apply to method = 'ladder' (its levels "
+            "are chosen by BIC with an over-split guard): leave it out"
+        )
     out = columns.reset_index(drop=True).copy()
     sel = (
         out["type"].isin(p["types"]).to_numpy()
@@ -229,9 +302,7 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
                 section="counting",
             )
     kw: dict[str, Any] = {}
-    if p["library"] and "type" in out.columns:
-        from perovstem.errors import ParameterError
-
+    if p["library"] and p["method"] != "ladder" and "type" in out.columns:
         try:
             lib = api(SCS_LIBRARY)
             kw["library"] = {
@@ -253,7 +324,22 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
                 f"no simulated library for the column types {p['types']} ({exc}); set "
                 "library = false here (counts from the Gaussian mixture alone)"
             ) from None
-    if p["method"] == "gmm":
+    if prior is not None and "library" not in kw:
+        raise ParameterError(
+            f"`scale_prior` = {p['scale_prior']!r} needs the simulated library (typed columns "
+            "and perovstem.simulate); leave it out"
+        )
+    if prior is not None:
+        kw["scale_prior"] = prior
+    if p["method"] == "ladder":
+        counts = api(COUNT)(out[sel], max_components=p["max_components"], method="ladder")
+        ctx.text(
+            "Counted by the library-free ladder mixture (perovstem.atoms.ladder: levels by BIC "
+            "with an over-split guard, first count estimated from the ladder); the library "
+            "parameters are not used.",
+            section="counting",
+        )
+    elif p["method"] == "gmm":
         from perovstem.errors import DataError
 
         try:
@@ -268,8 +354,6 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
                 "library = false here (counts from the Gaussian mixture alone)"
             ) from None
     else:
-        from perovstem.errors import ParameterError
-
         if "library" not in kw:
             raise ParameterError(
                 f"`method` = {p['method']!r} needs `library` = true and typed columns"
@@ -280,6 +364,7 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
             out[c] = np.nan
             out.loc[sel, c] = counts[c].to_numpy()
     out.attrs.update(counts.attrs)
+    _offset_notes(ctx, counts.attrs.get("counting", {}))
     if "library" in kw:
         out.attrs["library"] = {
             "termination": p["library_termination"],
