@@ -132,3 +132,46 @@ def test_cli_count_ladder(tmp_path, capsys):
     bad = [*argv, "--overwrite", "--library", "simulate"]
     assert main(bad) != 0
     assert "--method ladder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_thickness_is_not_read_as_a_comb_of_noise_levels(seed):
+    """25 columns of one thickness (5-atom Pb-Br columns of a [001] cube, SCS scatter 4 %):
+    the BIC sweep chose a 19-level comb whose narrow levels sat on the noise and counted
+    134-147 atoms (pipeline seed 1).  Levels narrower than half the columns' own SCS error
+    are refused, so no ladder passes: one level, with the warning that a ladder cannot
+    count one thickness."""
+    rng = np.random.default_rng(seed)
+    err = np.full(25, 0.02)
+    df = pd.DataFrame({"type": "PbBr", "scs": 0.5 + rng.normal(0, 1, 25) * err, "scs_err": err})
+    with pytest.warns(UserWarning, match="one thickness only"):
+        res = count_atoms(df, method="ladder")
+    assert res["n_atoms"].nunique() == 1
+    assert res.attrs["counting"]["PbBr"]["n_components"] == 1
+    # a real ladder with the same errors is still resolved
+    n = rng.integers(1, 9, 200)
+    err = np.full(n.size, 0.02)
+    df = pd.DataFrame({"type": "PbBr", "scs": 0.1 * n + rng.normal(0, 1, n.size) * err})
+    df["scs_err"] = err
+    res = _count(df, method="ladder")
+    assert res.attrs["counting"]["PbBr"]["n_components"] == 8
+    off = res["n_atoms"].to_numpy() - n  # the levels (the first count is a model matter)
+    assert np.mean(off == np.median(off)) > 0.95
+    with pytest.raises(ParameterError, match="min_width"):
+        ladder_sweep(df["scs"].to_numpy(), min_width=np.nan)
+
+
+def test_degenerate_ladder_start_is_dropped_not_a_crash():
+    """A start whose parameters run to NaN left every component's density at zero and the
+    numba E-step divided by it (ZeroDivisionError in the pipeline on a [001] cube); it now
+    returns an infinite NLL, which the sweep never selects."""
+    from perovstem.atoms._ladder_numba import ladder_em_batch
+    from perovstem.atoms.ladder import _mean_basis
+
+    x = np.linspace(-1.0, 1.0, 30)
+    mu0 = np.full((1, 3), np.nan)
+    g0, b0 = np.zeros((1, 3)), np.zeros((1, 3))
+    r = ladder_em_batch(
+        x, np.ones_like(x), mu0, g0, b0, _mean_basis(3, 2, 0.0), 20, 1e-7, -20.0, 0.0, 2
+    )
+    assert np.isinf(r[5][0])

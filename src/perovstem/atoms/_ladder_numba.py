@@ -265,6 +265,11 @@ def ladder_em(x, w, mu0, gam0, beta0, phim, max_iter, tol, min_logvar, nll_shift
                 e = np.exp(d) if d > -40.0 else 0.0
                 lp[j] = e
                 s += e
+            if not (s > 0.0 and np.isfinite(m)):
+                # parameters ran to NaN/overflow (degenerate fit, e.g. one level split
+                # into a comb): no likelihood; the caller drops this start
+                nll = np.inf
+                break
             nll -= w[i] * (m + np.log(s) - _HALF_LOG2PI)
             f = w[i] / s
             for j in range(k):
@@ -272,6 +277,8 @@ def ladder_em(x, w, mu0, gam0, beta0, phim, max_iter, tol, min_logvar, nll_shift
                 nk[j] += t
                 sx[j] += t * xi
                 sxx[j] += t * xi * xi
+        if not np.isfinite(nll):
+            break
         if np.isfinite(nll_old) and abs(nll - nll_old) <= tol * abs(nll + nll_shift):
             converged = True
             break

@@ -274,9 +274,10 @@ def _fit_k(
     n_par = min(phim.shape[1], k) + vq + (wq - 1)
     i = int(np.nanargmin(nll))
     o = np.argsort(mu[i])
-    z_fit = (mu[i][o], np.exp(0.5 * lv[i][o]))
-    mu = mu[i] * data.scale + data.loc
-    sd = np.exp(0.5 * lv[i]) * data.scale
+    with np.errstate(over="ignore", invalid="ignore"):  # a degenerate start (nll inf)
+        z_fit = (mu[i][o], np.exp(0.5 * lv[i][o]))
+        mu = mu[i] * data.scale + data.loc
+        sd = np.exp(0.5 * lv[i]) * data.scale
     return mu, sd, pi[i], float(nll[i] + shift), n_par, int(it[i]), bool(cv[i]), z_fit
 
 
@@ -430,6 +431,7 @@ def ladder_sweep(
     max_resolution: float = 0.5,
     min_step: float = 0.4,
     min_occupancy: float = 0.5,
+    min_width: float | None = None,
     max_iter: int = 500,
     tol: float = 1e-7,
 ) -> LadderSweep:
@@ -442,7 +444,12 @@ def ladder_sweep(
     * with a near-empty level (fewer than ``min_occupancy`` columns) between two
       well-filled ones (a comb at a fraction of the true step);
     * whose smallest step is below ``min_step`` times the median step, or whose means do
-      not increase (a level squeezed in between two others).
+      not increase (a level squeezed in between two others);
+    * whose median level width is below ``min_width`` (SCS units; ``count_atoms`` passes
+      half the median ``scs_err`` of the type): a count level cannot be narrower than the
+      precision of each column's own cross-section, so such levels resolve the noise (25
+      columns of one thickness, 5 atoms, were read as a 19-level comb counting 134-147);
+    * whose likelihood is not finite (a degenerate start).
 
     ``K = 1`` always passes.  See :func:`fit_ladder` for the other parameters.
 
@@ -486,9 +493,19 @@ def ladder_sweep(
                 min_occupancy=min_occupancy,
             )
         )
+    if min_width is not None and not (np.isfinite(min_width) and min_width >= 0):
+        from perovstem.errors import ParameterError
+
+        raise ParameterError(f"`min_width` must be a finite number >= 0, got {min_width!r}")
     ok = [
         f.n_levels == 1
-        or (f.resolution <= max_resolution and f.empty_interior == 0 and f.min_step >= min_step)
+        or (
+            np.isfinite(f.bic)
+            and f.resolution <= max_resolution
+            and f.empty_interior == 0
+            and f.min_step >= min_step
+            and (min_width is None or float(np.median(f.widths)) >= min_width)
+        )
         for f in fits
     ]
     table = pd.DataFrame(
@@ -514,6 +531,12 @@ def ladder_sweep(
 
 
 _MIN_COLUMNS = 20  # twice the largest parameter count (3 + 1 mean, 3 width, 4 weight)
+
+
+def _min_width(err: np.ndarray) -> float | None:
+    """Half the median standard error of the columns' cross-sections (None if unknown)."""
+    e = err[np.isfinite(err) & (err > 0)]
+    return 0.5 * float(np.median(e)) if e.size else None
 
 
 def count_ladder(
@@ -542,6 +565,7 @@ def count_ladder(
     std = np.zeros(x.size)
     comp = np.zeros(x.size, dtype=np.int64)
     info: dict[str, Any] = {}
+    err = df["scs_err"].to_numpy(float) if "scs_err" in df.columns else None
     for typ in pd.unique(types):
         sel = types == typ
         xs = x[sel]
@@ -559,13 +583,19 @@ def count_ladder(
             sweep, rule = None, "fixed by user"
         else:
             kmax = max_levels.get(typ, 30) if isinstance(max_levels, dict) else max_levels
-            sweep = ladder_sweep(xs, max_levels=int(kmax), first_count=first_count)
+            sweep = ladder_sweep(
+                xs,
+                max_levels=int(kmax),
+                first_count=first_count,
+                min_width=None if err is None else _min_width(err[sel]),
+            )
             fit, rule = sweep.fit(sweep.selected), sweep.rule
             if fit.n_levels == 1 and xs.size > 1:
                 warnings.warn(
                     f"count_atoms(method='ladder'), type {str(typ)!r}: no ladder of count "
-                    "levels passes the over-split guard (noise too high for the step?); every "
-                    "column gets the same count - use a simulated library (library=...)",
+                    "levels passes the over-split guard (one thickness only, or noise too high for "
+                    "the step?); every column gets the same count, which a ladder cannot "
+                    "determine - use a simulated library (library=...)",
                     UserWarning,
                     stacklevel=3,
                 )
