@@ -865,7 +865,8 @@ def align(
         (σ = 2 px) bias the first axis estimate; refined shifts remove most of that (8
         held-out compact crystals, 64² px, ±60–70°: mean error 2.4° → 0.8°, median
         0.9° → 0.5°, max 8.5° → 3.4°; ETSpy needle −2.66° → −2.67°, shifts 0.34 → 0.16 px
-        RMS from ETSpy's; measured with a fixed 2 rounds).  At most ``axis_refine`` rounds:
+        RMS from ETSpy's; measured at commit 1ead39f with a fixed 2 rounds, before the
+        resampling changes; not re-measured).  At most ``axis_refine`` rounds:
         the refinement stops when a round moves the axis by less than 0.25° (a fixed 2
         rounds stopped half-way on a shifted 48 px cube: 9.8° → 4.8° → 2.9° for a 0° axis);
         ``steps`` records the rounds run and whether the axis converged.  Costs a
