@@ -233,3 +233,19 @@ def test_facets_polyhedron_method(simulated, tmp_path, capsys):
     assert main([*bad, "--facet-method", "polyhedron", "--calibrate", "2"]) == 2
     assert main([*bad, "--facet-method", "wulff"]) == 2
     assert "facet-method" in capsys.readouterr().err
+
+
+def test_align_reports_the_tilt_axis_error(simulated, tmp_path, capsys):
+    # `tomo align` printed the tilt axis without an uncertainty; now the standard error of
+    # the re-projection axis is printed and stored in the shift table and the aligned series
+    from perovstem.io import load, read_table
+
+    d, ts = simulated
+    out = tmp_path / "a.npz"
+    capsys.readouterr()
+    assert main(["tomo", "align", str(ts), "--out", str(out), "--matching-iter", "0"]) == 0
+    printed = capsys.readouterr().out
+    err = read_table(tmp_path / "a_shifts.csv").attrs["tilt_axis_err_deg"]
+    assert 0.0 < err < 5.0
+    assert f"± {err:.2f}°" in printed
+    assert load(out).metadata["alignment"]["tilt_axis_err_deg"] == err

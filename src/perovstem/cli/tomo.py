@@ -6,6 +6,7 @@ write through :mod:`perovstem.io`.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -81,7 +82,10 @@ def align_cmd(
         3, "--matching-iter", help="Projection-matching iterations (0: no projection matching)."
     ),
     axis_refine: int = typer.Option(
-        2, "--axis-refine", help="Rounds of alternating shift/axis refinement (auto axis)."
+        6,
+        "--axis-refine",
+        help="At most this many rounds of alternating shift/axis refinement (auto axis; "
+        "stops when the axis moves < 0.25°).",
     ),
     no_xcorr: bool = typer.Option(False, "--no-xcorr", help="Skip cross-correlation."),
     no_com: bool = typer.Option(False, "--no-com", help="Skip centre-of-mass centring."),
@@ -113,8 +117,9 @@ def align_cmd(
         if matching_iter > 0
         else "no projection matching (--matching-iter 0)"
     )
+    err = "" if not math.isfinite(al.tilt_axis_err_deg) else f" ± {al.tilt_axis_err_deg:.2f}°"
     typer.echo(
-        f"aligned {ts.n_angles} projections: tilt axis {al.tilt_axis_deg:.2f}°, "
+        f"aligned {ts.n_angles} projections: tilt axis {al.tilt_axis_deg:.2f}°{err}, "
         f"max |shift| {abs(al.shifts_px).max():.1f} px, {fit} → {out}"
     )
 
