@@ -109,6 +109,15 @@ def test_mechanism_summary_uses_image_inputs(case):
     # frame 0 only provides the starting state: one frame less than br_loss_from_images
     assert abs(row["value"] / D_TRUE - 1) < 0.15
     assert row["ci_low"] < row["value"] < row["ci_high"]
+    # the row includes the structural templates' spread, as the br_loss step does: in the
+    # fast demo the row read 3.60e4 [3.10, 4.19]e4 (no template term) while the step gave
+    # [2.08, 6.24]e4 for the same frames; with the template term [2.07, 6.26]e4
+    rel = img.info["template_rel_sd"]
+    assert img.frame_columns()["D_Br_template_rel_sd"].eq(rel).all()
+    bare = frames.drop(columns="D_Br_template_rel_sd")
+    row0 = mechanism_summary(bare, ci="wald").query("process == 'br_loss'").iloc[0]
+    width, width0 = np.log(row["ci_high"] / row["ci_low"]), np.log(row0["ci_high"] / row0["ci_low"])
+    assert width >= width0 and width**2 >= 0.9 * (width0**2 + (2 * 1.96 * rel) ** 2)
 
 
 def test_mechanism_summary_without_image_inputs_keeps_first_order_row():

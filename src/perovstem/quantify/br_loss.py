@@ -120,8 +120,10 @@ class BrLossResult:
 
         ``frame, n_Br_lost_image`` (cumulative Br lost at the end of the frame),
         ``n_Br_exposed_image, n_Br_bulk_image`` (at the end of the frame),
-        ``n_Br_lost_image_sd`` (measurement sd of the cumulative loss, NaN if not estimated)
-        and ``f_bulk``; merge on ``frame`` into the analysis' frame table.
+        ``n_Br_lost_image_sd`` (measurement sd of the cumulative loss, NaN if not estimated),
+        ``D_Br_template_rel_sd`` (relative spread of the structural templates' estimates,
+        which the interval includes) and ``f_bulk``; merge on ``frame`` into the analysis'
+        frame table.
         """
         fr = self.frames
         cum = (
@@ -136,6 +138,7 @@ class BrLossResult:
                 "n_Br_exposed_image": fr["n_exposed"].to_numpy(float),
                 "n_Br_bulk_image": fr["n_bulk"].to_numpy(float),
                 "n_Br_lost_image_sd": float(self.info.get("level_sd_Br", np.nan)),
+                "D_Br_template_rel_sd": float(self.info.get("template_rel_sd", np.nan)),
                 "f_bulk": self.f_bulk,
             }
         )

@@ -205,6 +205,9 @@ def _br_image_row(g: pd.DataFrame, level: float) -> dict[str, Any] | None:
     from perovstem.quantify.br_loss import fit_br_desorption
 
     sd = g["n_Br_lost_image_sd"].median() if "n_Br_lost_image_sd" in g else None
+    # the structural templates' spread (br_loss_from_images puts it into its interval;
+    # without it this row's interval was 4x narrower than the br_loss step's)
+    rel = g["D_Br_template_rel_sd"].median() if "D_Br_template_rel_sd" in g else np.nan
     f_bulk = float(g["f_bulk"].median()) if "f_bulk" in g else 0.1
     cum = sub["n_Br_lost_image"].to_numpy(float)
     try:
@@ -216,6 +219,7 @@ def _br_image_row(g: pd.DataFrame, level: float) -> dict[str, Any] | None:
             f_bulk=f_bulk,
             level=level,
             level_sd=None if sd is None or not np.isfinite(sd) else float(sd),
+            extra_rel_var=float(rel) ** 2 if np.isfinite(rel) else 0.0,
         )
     except PerovstemError as exc:
         return {"process": "br_loss", "observable": "n_Br_lost_image", "text": f"not fitted: {exc}"}
