@@ -110,3 +110,12 @@ def insignificant_columns(table: pd.DataFrame, min_significance: float) -> np.nd
     err_col = next((c for c in (f"{col}_err", "scs_err") if c in table.columns), None)
     err = table[err_col].to_numpy(float) if err_col else np.zeros(len(table))
     return ~((scs > 0) & (scs > min_significance * np.nan_to_num(err)))
+
+
+def offset_summary(anchor: dict) -> str:
+    """``"P(0) = 0.45 (P(-1) = 0.40, P(+1) = 0.15"`` from a library anchor's
+    ``offset_probability`` (whole-atom offsets of a type's counts, ``count_atoms``); the
+    caller closes the parenthesis after its own remarks."""
+    po = {int(d): float(v) for d, v in anchor.get("offset_probability", {}).items()}
+    others = ", ".join(f"P({d:+d}) = {v:.2f}" for d, v in sorted(po.items()) if d != 0)
+    return f"P(0) = {po.get(0, 0.0):.2f} ({others}"

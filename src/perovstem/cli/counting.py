@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from perovstem.atoms._inputs import insignificant_columns, scs_column
+from perovstem.atoms._inputs import insignificant_columns, offset_summary, scs_column
 from perovstem.cli._common import examples
 from perovstem.cli.atoms import atoms_app
 from perovstem.errors import DataError, ParameterError
@@ -294,11 +294,9 @@ def count(
         )
         anchor = ti.get("library_anchor") or {}
         if anchor.get("offset_ambiguous"):
-            po = anchor.get("offset_probability", {})
-            others = ", ".join(f"P({d:+d}) = {v:.2f}" for d, v in sorted(po.items()) if d != 0)
             console.print(
-                f"{t}: WARNING counts may all be offset by whole atoms: P(0) = "
-                f"{po.get(0, 0.0):.2f} ({others}; n_atoms_std includes it). Count with a "
+                f"{t}: WARNING counts may all be offset by whole atoms: "
+                f"{offset_summary(anchor)}; n_atoms_std includes it). Count with a "
                 "fitted library (perovstem.atoms.fitted_scs_library) or give --scale-prior "
                 "CENTER,LOG_SD from a known calibration."
             )

@@ -165,15 +165,15 @@ def _scale_prior_option(value: Any) -> tuple[float, float] | None:
 
 def _offset_notes(ctx: Any, counting: dict[str, Any]) -> None:
     """A report note per type whose library-anchored counts may all be offset by whole atoms."""
+    from perovstem.atoms._inputs import offset_summary
+
     for t, info in counting.items():
         anchor = info.get("library_anchor") if isinstance(info, dict) else None
         if not anchor or not anchor.get("offset_ambiguous"):
             continue
-        po = anchor.get("offset_probability", {})
-        others = ", ".join(f"P({d:+d}) = {v:.2f}" for d, v in sorted(po.items()) if d != 0)
         ctx.text(
-            f"{t} columns: the counts may all be offset by whole atoms, P(0) = "
-            f"{po.get(0, 0.0):.2f} ({others}): another library scale reads every column one "
+            f"{t} columns: the counts may all be offset by whole atoms, "
+            f"{offset_summary(anchor)}): another library scale reads every column one "
             "atom up or down about as well (one or few thicknesses cannot tell c L_n from "
             "c' L_(n+-1)); n_atoms_std includes the offset.  To decide it, count with a "
             "library measured by the data's own estimator (perovstem.atoms.fitted_scs_library) "
