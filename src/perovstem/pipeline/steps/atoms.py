@@ -9,6 +9,11 @@ import pandas as pd
 
 from perovstem.pipeline.registry import Kind, Param, api, register_step
 
+#: a table of column positions (start positions of atoms.fit, atoms.series and atoms.map)
+POSITIONS_KIND = Kind(
+    "table", ("x_A", "y_A"), "atoms.map `positions`, atoms.fit `columns` or a CSV of x_A, y_A"
+)
+
 FIT = "perovstem.atoms:fit_columns|perovstem.atoms.fit:fit_columns"
 NORMALIZE = "perovstem.atoms:normalize_image|perovstem.atoms.normalize:normalize_image"
 FIND = "perovstem.atoms:find_columns|perovstem.atoms.find:find_columns"
@@ -45,11 +50,7 @@ def _gain_option(value: float | str | None) -> dict[str, Any]:
     "atoms.fit",
     input_kinds={
         "image": Kind("image"),
-        "positions": Kind(
-            "table",
-            ("x_A", "y_A"),
-            "atoms.map `positions`, atoms.fit `columns` or a CSV of x_A, y_A",
-        ),
+        "positions": POSITIONS_KIND,
     },
     inputs=("image",),
     optional_inputs=("positions",),
@@ -644,11 +645,7 @@ def _check_hmm_type(pos: Any, p: dict, *, given: bool) -> None:
     "atoms.series",
     input_kinds={
         "series": Kind("series"),
-        "positions": Kind(
-            "table",
-            ("x_A", "y_A"),
-            "atoms.map `positions`, atoms.fit `columns` or a CSV of x_A, y_A",
-        ),
+        "positions": POSITIONS_KIND,
     },
     inputs=("series",),
     optional_inputs=("positions",),

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from perovstem.pipeline.registry import Kind, Param, api, register_step
+from perovstem.pipeline.steps.atoms import POSITIONS_KIND
 
 MAP = "perovstem.atoms:map_columns|perovstem.atoms.map:map_columns"
 
@@ -15,11 +16,7 @@ MAP = "perovstem.atoms:map_columns|perovstem.atoms.map:map_columns"
     "atoms.map",
     input_kinds={
         "image": Kind("image"),
-        "positions": Kind(
-            "table",
-            ("x_A", "y_A"),
-            "atoms.map `positions`, atoms.fit `columns` or a CSV of x_A, y_A",
-        ),
+        "positions": POSITIONS_KIND,
     },
     inputs=("image",),
     optional_inputs=("positions",),
