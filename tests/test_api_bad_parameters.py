@@ -92,3 +92,19 @@ def test_nanocrystal_mistilt_azimuth_must_be_finite(azimuth):
 
     with pytest.raises(ParameterError, match="`mistilt_azimuth_deg`"):
         nanocrystal(12.0, mistilt_deg=2.0, mistilt_azimuth_deg=azimuth, rng=0)
+
+
+@pytest.mark.parametrize("px", [0.3, np.nan, "x"])
+def test_pixel_size_given_with_an_image_must_agree(px):
+    """``find_columns(img, pixel_size_A=0.3)`` on a 0.25 Å Image silently used 0.25 Å (a
+    user recalibrating this way got the old calibration)."""
+    from perovstem.atoms import find_columns, fit_columns, map_columns
+
+    img = Image(np.random.default_rng(0).poisson(5.0, (32, 32)).astype(float), 0.25)
+    for func in (find_columns, map_columns):
+        with pytest.raises(ParameterError, match=r"`pixel_size_A` = .*disagrees.*0\.25 Å"):
+            func(img, pixel_size_A=px)
+    with pytest.raises(ParameterError, match="pixel_size_A"):
+        fit_columns(img, np.array([[4.0, 4.0]]), pixel_size_A=px)
+    # the same value is accepted
+    assert len(find_columns(img, pixel_size_A=0.25).columns) > 0

@@ -15,9 +15,24 @@ __all__ = ["as_image", "as_positions", "px_to_A", "A_to_px", "insignificant_colu
 
 
 def as_image(image: Any, pixel_size_A: float | None = None) -> Image:
-    """Return an :class:`Image` (a bare 2-D array needs ``pixel_size_A``); reject NaN/inf."""
+    """Return an :class:`Image` (a bare 2-D array needs ``pixel_size_A``); reject NaN/inf.
+
+    ``pixel_size_A`` given with an :class:`Image` must agree with the Image's own (it was
+    silently ignored: a user correcting a wrong calibration this way got the old one).
+    """
     if isinstance(image, Image):
         img = image
+        if pixel_size_A is not None:
+            try:
+                px = float(pixel_size_A)
+            except (TypeError, ValueError):
+                px = float("nan")
+            if not np.isclose(px, float(img.pixel_size_A), rtol=1e-6, atol=0.0):
+                raise ParameterError(
+                    f"`pixel_size_A` = {pixel_size_A!r} disagrees with the Image's pixel size "
+                    f"{img.pixel_size_A:g} Å; leave it out, or pass "
+                    "image.replace(pixel_size_A=...) to recalibrate"
+                )
     else:
         if pixel_size_A is None:
             raise ParameterError(
