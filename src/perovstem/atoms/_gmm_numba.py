@@ -92,6 +92,38 @@ def _em_one(x, w, mu0, sigma0, pi0, degree, max_iter, tol, min_sigma, nll_shift)
 
 
 @njit(cache=True)
+def solve_augmented(a, tol):
+    """Solve the (q, q + 1) augmented system ``a = [A | b]`` by Gaussian elimination with
+    partial pivoting, in place.  Returns ``(ok, x)``; ``ok`` is False (x zeros) when a
+    pivot's magnitude is ``<= tol`` (singular for the caller's scale).  Serves the GMM
+    ladder means here and the ladder mixture's Newton steps (``_ladder_numba``)."""
+    q = a.shape[0]
+    for c in range(q):
+        piv = c
+        for r in range(c + 1, q):
+            if abs(a[r, c]) > abs(a[piv, c]):
+                piv = r
+        if abs(a[piv, c]) <= tol:
+            return False, np.zeros(q)
+        if piv != c:
+            for m in range(q + 1):
+                tmp = a[c, m]
+                a[c, m] = a[piv, m]
+                a[piv, m] = tmp
+        for r in range(c + 1, q):
+            f = a[r, c] / a[c, c]
+            for m in range(c, q + 1):
+                a[r, m] -= f * a[c, m]
+    x = np.zeros(q)
+    for c in range(q - 1, -1, -1):
+        v = a[c, q]
+        for m in range(c + 1, q):
+            v -= a[c, m] * x[m]
+        x[c] = v / a[c, c]
+    return True, x
+
+
+@njit(cache=True)
 def _ladder_means(nk, sx, degree, mu):
     """M-step of the ladder mixture: means ``mu_j = sum_p b_p t_j^p``, ``t_j = j / (k - 1)``.
 
@@ -117,28 +149,9 @@ def _ladder_means(nk, sx, degree, mu):
     scale = 0.0
     for p in range(q):
         scale = max(scale, abs(a[p, p]))
-    for c in range(q):
-        piv = c
-        for r in range(c + 1, q):
-            if abs(a[r, c]) > abs(a[piv, c]):
-                piv = r
-        if abs(a[piv, c]) <= 1e-12 * scale:
-            return
-        if piv != c:
-            for m in range(q + 1):
-                tmp = a[c, m]
-                a[c, m] = a[piv, m]
-                a[piv, m] = tmp
-        for r in range(c + 1, q):
-            f = a[r, c] / a[c, c]
-            for m in range(c, q + 1):
-                a[r, m] -= f * a[c, m]
-    b = np.zeros(q)
-    for c in range(q - 1, -1, -1):
-        v = a[c, q]
-        for m in range(c + 1, q):
-            v -= a[c, m] * b[m]
-        b[c] = v / a[c, c]
+    ok, b = solve_augmented(a, 1e-12 * scale)
+    if not ok:
+        return
     for j in range(k):
         t = j / (k - 1.0)
         v = 1.0

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from perovstem.atoms._gmm_numba import solve_augmented
+
 _HALF_LOG2PI = 0.5 * np.log(2.0 * np.pi)
 
 
@@ -30,38 +32,21 @@ def _basis(k, deg):
     return phi
 
 
+#: a pivot below 1e-300 is singular (``solve_augmented`` refuses pivots <= its tol)
+_SINGULAR = np.nextafter(1e-300, 0.0)
+
+
 @njit(cache=True)
 def _solve(a, b):
-    """Solve ``a x = b`` (small, symmetric positive definite) by Gaussian elimination."""
+    """Solve ``a x = b`` (small, symmetric positive definite) by Gaussian elimination;
+    zeros when singular."""
     q = b.size
     m = np.empty((q, q + 1))
     for i in range(q):
         for j in range(q):
             m[i, j] = a[i, j]
         m[i, q] = b[i]
-    for c in range(q):
-        piv = c
-        for r in range(c + 1, q):
-            if abs(m[r, c]) > abs(m[piv, c]):
-                piv = r
-        if abs(m[piv, c]) < 1e-300:
-            return np.zeros(q)
-        if piv != c:
-            for j in range(q + 1):
-                tmp = m[c, j]
-                m[c, j] = m[piv, j]
-                m[piv, j] = tmp
-        for r in range(c + 1, q):
-            f = m[r, c] / m[c, c]
-            for j in range(c, q + 1):
-                m[r, j] -= f * m[c, j]
-    x = np.zeros(q)
-    for c in range(q - 1, -1, -1):
-        v = m[c, q]
-        for j in range(c + 1, q):
-            v -= m[c, j] * x[j]
-        x[c] = v / m[c, c]
-    return x
+    return solve_augmented(m, _SINGULAR)[1]
 
 
 @njit(cache=True)
