@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -33,40 +34,22 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "bench_count_ladder.json"
-A_PB = 4.95
+sys.path.insert(0, str(HERE.parent / "tests" / "atoms"))
+
+from _pb_columns import pb_column_scs  # noqa: E402
+
 SETS = {"tune": (0, 1), "held-out": (100, 101), "fresh": (400, 401)}
 
 
 def simulate(seed: int, n_cols: int, max_atoms: int, dose: float, dist: str):
-    """Fitted SCS and true counts of one run."""
-    from ase import Atoms
-
-    from perovstem.atoms import fit_columns
-    from perovstem.simulate import haadf_image
-
+    """Fitted SCS and true counts of one run (the tests' Pb-column generator)."""
     rng = np.random.default_rng([seed, n_cols, max_atoms, int(dose), dist == "sphere"])
-    side = int(np.ceil(np.sqrt(n_cols)))
-    ij = np.array([(i, j) for i in range(side) for j in range(side)])[:n_cols]
-    xy = ij * A_PB / np.sqrt(2)
     lev = np.arange(1, max_atoms + 1)
     if dist == "uniform":
         n = rng.integers(1, max_atoms + 1, n_cols)
     else:
         n = rng.choice(lev, n_cols, p=lev / lev.sum())
-    pos = [
-        (x, y, (2 * m + (i + j) % 2) * A_PB / 2)
-        for (x, y), k, (i, j) in zip(xy, n, ij, strict=True)
-        for m in range(k)
-    ]
-    atoms = Atoms("Pb" * len(pos), positions=pos)
-    atoms.arrays["label"] = np.ones(len(atoms), int)  # metallic Pb columns
-    img, truth = haadf_image(atoms, dose_e_per_A2=dose, rng=rng, pixel_size_A=0.25)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        df = fit_columns(img, truth[["x_A", "y_A"]])
-    x, n = df["scs"].to_numpy(), truth["n_atoms"].to_numpy()
-    keep = x > 0
-    return x[keep], n[keep]
+    return pb_column_scs(n, dose, rng)
 
 
 def count(x: np.ndarray, method: str) -> tuple[np.ndarray, int, int]:

@@ -15,38 +15,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from perovstem.atoms import count_atoms, fit_columns
+from perovstem.atoms import count_atoms
 from perovstem.atoms.count import GMMFit, fit_gmm, gmm_sweep, ladder_check
 from perovstem.errors import ParameterError
 
-_A_PB = 4.95  # fcc Pb lattice constant, Å
+from ._pb_columns import pb_column_scs
 
 
 def _pb_columns(seed, n_cols, max_atoms, dose):
     """Fitted SCS and true counts of isolated-ish Pb columns of 1..max_atoms atoms ([001])."""
-    from ase import Atoms
-
-    from perovstem.simulate import haadf_image
-
     rng = np.random.default_rng(seed)
-    side = int(np.ceil(np.sqrt(n_cols)))
-    ij = np.array([(i, j) for i in range(side) for j in range(side)])[:n_cols]
-    xy = ij * _A_PB / np.sqrt(2)
-    n = rng.integers(1, max_atoms + 1, n_cols)
-    pos = [
-        (x, y, (2 * m + (i + j) % 2) * _A_PB / 2)
-        for (x, y), k, (i, j) in zip(xy, n, ij, strict=True)
-        for m in range(k)
-    ]
-    atoms = Atoms("Pb" * len(pos), positions=pos)
-    atoms.arrays["label"] = np.ones(len(atoms), int)  # metallic Pb columns
-    img, truth = haadf_image(atoms, dose_e_per_A2=dose, rng=rng, pixel_size_A=0.25)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        df = fit_columns(img, truth[["x_A", "y_A"]])
-    x, n = df["scs"].to_numpy(), truth["n_atoms"].to_numpy()
-    keep = x > 0
-    return x[keep], n[keep]
+    return pb_column_scs(rng.integers(1, max_atoms + 1, n_cols), dose, rng)
 
 
 def _count(x, **kw):
