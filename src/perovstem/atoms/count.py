@@ -78,8 +78,21 @@ def _check_k(name: str, k: Any, n: int) -> int:
 
 
 # --------------------------------------------------------------------------- results
+class _PosteriorMixin:
+    """``posterior`` and ``classify`` from a ``log_posterior(scs) -> (N, k)`` method (the
+    GMM here and the ladder mixture of :mod:`.ladder`)."""
+
+    def posterior(self, scs: Any) -> np.ndarray:
+        """Posterior component probabilities, shape (N, k)."""
+        return np.exp(self.log_posterior(scs))  # type: ignore[attr-defined]
+
+    def classify(self, scs: Any) -> np.ndarray:
+        """Index of the most probable component for each SCS, shape (N,)."""
+        return np.argmax(self.log_posterior(scs), axis=1)  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
-class GMMFit:
+class GMMFit(_PosteriorMixin):
     """One fitted equal-width Gaussian mixture.
 
     Attributes
@@ -151,14 +164,6 @@ class GMMFit:
             x[None, :], self.means[None, :], np.array([self.width]), self.proportions[None, :]
         )[0]
         return lp - _logsumexp(lp, axis=-1)[:, None]
-
-    def posterior(self, scs: Any) -> np.ndarray:
-        """Posterior class probabilities, shape (N, k)."""
-        return np.exp(self.log_posterior(scs))
-
-    def classify(self, scs: Any) -> np.ndarray:
-        """Index of the most probable component for each SCS, shape (N,)."""
-        return np.argmax(self.log_posterior(scs), axis=1)
 
 
 @dataclass(frozen=True)

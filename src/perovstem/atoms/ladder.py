@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from perovstem.atoms.count import _PosteriorMixin
 from perovstem.errors import ParameterError
 
 __all__ = [
@@ -42,7 +43,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class LadderFit:
+class LadderFit(_PosteriorMixin):
     """One fitted smooth ladder mixture (levels sorted by mean).
 
     Attributes
@@ -105,14 +106,6 @@ class LadderFit:
         lj = _log_joint(x, self.means, self.widths, self.proportions)
         m = lj.max(axis=1, keepdims=True)
         return lj - (m + np.log(np.exp(lj - m).sum(axis=1, keepdims=True)))
-
-    def posterior(self, scs: Any) -> np.ndarray:
-        """Posterior level probabilities, shape (N, K)."""
-        return np.exp(self.log_posterior(scs))
-
-    def classify(self, scs: Any) -> np.ndarray:
-        """Index of the most probable level, shape (N,)."""
-        return np.argmax(self.log_posterior(scs), axis=1)
 
 
 @dataclass(frozen=True)
