@@ -72,6 +72,28 @@ def test_sparse_matrix_equals_operator():
     np.testing.assert_allclose(p, op.forward(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("shape", "n_det", "offset"),
+    [((10, 12, 3), 14, -0.4), ((6, 16, 2), 16, 2.5), ((12, 9, 1), 9, np.linspace(-1, 1, 9))],
+)
+def test_transpose_csr_parts_is_the_system_matrix_transposed(shape, n_det, offset):
+    """The GPU backend assembles Mᵀ from these parts; built with numpy they must be
+    exactly ``as_matrix().T`` in canonical CSR form (sorted, no zeros, no duplicates)."""
+    import scipy.sparse as sp
+
+    op = Projector(np.linspace(-70, 65, 9), shape, n_det=n_det, offset_px=offset)
+    data, indices, indptr = op.transpose_csr_parts()
+    nz, ny, _ = shape
+    mt = sp.csr_matrix((data, indices, indptr), shape=(nz * ny, op.n_angles * n_det))
+    assert mt.has_canonical_format
+    assert np.all(data != 0) and indices.max() < op.n_angles * n_det and indices.min() >= 0
+    ref = op.as_matrix().T.tocsr().astype(np.float32)
+    assert (mt != ref).nnz == 0
+    vol = np.random.default_rng(1).random(shape).astype(np.float32)
+    back = (mt @ op.forward(vol).reshape(-1, shape[2])).reshape(shape)
+    np.testing.assert_allclose(back, op.backward(op.forward(vol)), rtol=2e-5, atol=1e-5)
+
+
 def test_cupy_backend_or_clear_error():
     from perovstem.errors import OptionalDependencyError
     from perovstem.tomo import reconstruct
@@ -87,5 +109,26 @@ def test_cupy_backend_or_clear_error():
         gpu = reconstruct(data, angles_deg=ang, backend="cupy", n_iter=20).volume
         cpu = reconstruct(data, angles_deg=ang, n_iter=20).volume
         np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-4)
+        # a slab thinner than wide (nz != ny) with a detector offset
+        kw = {"angles_deg": ang, "n_iter": 20, "thickness_px": 5, "offset_px": 0.6}
+        gpu = reconstruct(data, backend="cupy", **kw)
+        cpu = reconstruct(data, **kw)
+        assert gpu.volume.shape == cpu.volume.shape == (5, 8, 4)
+        np.testing.assert_allclose(gpu.volume, cpu.volume, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(gpu.residuals, cpu.residuals, rtol=1e-4)
     with pytest.raises(ParameterError, match="cupy"):
         reconstruct(data, angles_deg=ang, backend="cupy", method="tv")
+
+
+@pytest.mark.parametrize("backend", ["cupy", "astra"])
+@pytest.mark.parametrize("option", [{"mask": np.ones((8, 8, 4), bool)}, {"noise_sigma": 0.1}])
+def test_gpu_and_astra_backends_refuse_options_they_do_not_implement(backend, option):
+    """A mask or a discrepancy stop given to a backend that does not implement it must not
+    be dropped silently (the volume would not be the one asked for)."""
+    from perovstem.tomo import reconstruct
+
+    data = np.random.default_rng(0).random((5, 8, 4)).astype(np.float32)
+    with pytest.raises(
+        ParameterError, match=f"{backend} backend does not support {next(iter(option))}"
+    ):
+        reconstruct(data, angles_deg=np.linspace(-40, 40, 5), backend=backend, **option)

@@ -141,7 +141,9 @@ def reconstruct_cmd(
     thickness_px: int = typer.Option(
         None, "--thickness-px", help="Volume thickness nz, px (default: the projection height)."
     ),
-    backend: str = typer.Option("numba", "--backend", help="numba | astra."),
+    backend: str = typer.Option(
+        "numba", "--backend", help="numba | astra | cupy (GPU, sirt only)."
+    ),
     no_nonneg: bool = typer.Option(False, "--no-nonneg", help="Allow negative densities."),
     bin_factor: int = typer.Option(1, "--bin", help="Bin projections N×N before reconstructing."),
     pixel_size_A: float = typer.Option(None, "--pixel-size-A", help=_PIXEL_SIZE_HELP),

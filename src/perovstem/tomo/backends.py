@@ -1,8 +1,8 @@
 """Optional reconstruction backends: the ASTRA Toolbox (extra ``astra``, GPL-3) and CuPy.
 
-CuPy (GPU): :func:`cupy_sirt` moves the strip-model system matrix
-(:meth:`perovstem.tomo.Projector.as_matrix`) to the GPU as a ``cupyx.scipy.sparse`` CSR matrix
-and runs SIRT with all slices as one sparse × dense product per step.
+CuPy (GPU): :func:`cupy_sirt` assembles the strip-model system matrix on the GPU as a
+``cupyx.scipy.sparse`` CSR matrix and runs SIRT with all slices as one sparse × dense
+product per step (a small CUDA kernel, faster than cuSPARSE's for this matrix).
 
 ASTRA (van Aarle et al., Ultramicroscopy 157, 35 (2015); Opt. Express 24, 25129 (2016)) runs
 2-D algorithms on the CPU single-threaded, and 3-D only with CUDA; here every slice
@@ -25,6 +25,17 @@ __all__ = ["astra_reconstruct", "astra_available", "cupy_sirt"]
 _ALGS = {"fbp": "FBP", "wbp": "FBP", "sirt": "SIRT", "sart": "SART", "cgls": "CGLS"}
 
 
+def _refuse_options(backend: str, options: dict[str, Any]) -> None:
+    """An option this backend does not implement (a mask, a stopping noise level ...) is an
+    error, not silently dropped: the result would not be what was asked for."""
+    given = sorted(k for k, v in options.items() if v is not None)
+    if given:
+        raise ParameterError(
+            f"the {backend} backend does not support {', '.join(given)}; "
+            "use backend='numba' for these options"
+        )
+
+
 def astra_available() -> bool:
     """True when the ``astra`` module can be imported."""
     try:
@@ -45,7 +56,7 @@ def astra_reconstruct(
     use_cuda: bool = False,
     slices: Any = None,
     thickness_px: int | None = None,
-    **_: Any,
+    **unsupported: Any,
 ):
     """Reconstruct slice by slice with ASTRA.
 
@@ -71,6 +82,7 @@ def astra_reconstruct(
     from perovstem._optional import import_optional
     from perovstem.tomo.reconstruct import Reconstruction, _prepare
 
+    _refuse_options("astra", unsupported)
     astra = import_optional("astra", extra="astra")
     if method not in _ALGS:
         raise ParameterError(f"ASTRA backend supports {tuple(_ALGS)}, got method={method!r}")
@@ -110,6 +122,42 @@ def astra_reconstruct(
     )
 
 
+# One CUDA block per sparse row, its threads along the dense operand's contiguous columns
+# (the x slices): reads of X rows are coalesced.  On an H200 this ran 5× faster than
+# cuSPARSE's CSR × dense product for the strip model at 256³ (1.5 vs 7.7 ms).
+_CSR_ROWS_SRC = r"""
+extern "C" __global__ void csr_rows_times_dense(
+    const int* indptr, const int* indices, const float* values,
+    const float* x, float* y, const int n_rows, const int n_cols)
+{
+    const int row = blockIdx.x;
+    const int start = indptr[row], stop = indptr[row + 1];
+    for (int j = threadIdx.x; j < n_cols; j += blockDim.x) {
+        float acc = 0.0f;
+        for (int p = start; p < stop; ++p)
+            acc += values[p] * x[(long long)indices[p] * n_cols + j];
+        y[(long long)row * n_cols + j] = acc;
+    }
+}
+"""
+_KERNELS: dict[str, Any] = {}
+
+
+def _csr_times_dense(cp: Any, mat: Any, x: Any, out: Any) -> Any:
+    """``out = mat @ x`` for a CuPy CSR ``mat`` (int32 indices, float32) and a C-ordered
+    float32 ``x`` of shape ``(mat.shape[1], n_cols)``."""
+    if "csr" not in _KERNELS:
+        _KERNELS["csr"] = cp.RawKernel(_CSR_ROWS_SRC, "csr_rows_times_dense")
+    n_rows, n_cols = int(mat.shape[0]), int(x.shape[1])
+    threads = min(256, 32 * -(-n_cols // 32))
+    _KERNELS["csr"](
+        (n_rows,),
+        (threads,),
+        (mat.indptr, mat.indices, mat.data, x, out, np.int32(n_rows), np.int32(n_cols)),
+    )
+    return out
+
+
 def cupy_sirt(
     data: Any,
     angles_deg: Any = None,
@@ -120,16 +168,19 @@ def cupy_sirt(
     x0: Any = None,
     thickness_px: int | None = None,
     offset_px: float = 0.0,
-    **_: Any,
+    **unsupported: Any,
 ):
     """SIRT on a CUDA GPU with CuPy (same model and update as :func:`perovstem.tomo.sirt`).
 
-    Needs ``cupy`` (``pip install cupy-cuda12x``); memory ≈ 2 × 16·A·nz·ny bytes for the
-    matrix and its transpose plus 3 volumes.
+    Needs ``cupy`` (``pip install cupy-cuda12x`` or ``cupy-cuda13x``); memory ≈ 2 × 8·(3·A·nz·ny)
+    bytes for the matrix and its transpose plus 5 volume-sized arrays.  The matrix is
+    assembled on the GPU (:meth:`perovstem.tomo.Projector.transpose_csr_parts`) and both
+    products use :func:`_csr_times_dense`.
     """
     from perovstem._optional import import_optional
     from perovstem.tomo.reconstruct import Reconstruction, _check_iter, _prepare, _projector, _x0
 
+    _refuse_options("cupy", unsupported)
     cp = import_optional("cupy", extra="cupy")
     csp = import_optional("cupyx.scipy.sparse", extra="cupy")
     n_iter = _check_iter(n_iter)
@@ -137,24 +188,37 @@ def cupy_sirt(
     op = _projector(proj, ang, thickness_px, offset_px)
     a, m, n = proj.shape
     nz = op.volume_shape[0]
-    mat = op.as_matrix().astype(np.float32)
-    A = csp.csr_matrix(mat)
-    AT = csp.csr_matrix(mat.T.tocsr())
-    b = cp.asarray(proj.reshape(a * m, n))
-    x = cp.asarray(_x0(x0, op.volume_shape).reshape(nz * m, n))
+    # Aᵀ assembled on the GPU from the compact strip table (a CPU COO → CSR assembly took
+    # most of the wall time at 256³), A by cuSPARSE's transpose.
+    data, indices, indptr = op.transpose_csr_parts(xp=cp)
+    AT = csp.csr_matrix((data, indices, indptr), shape=(nz * m, a * m))
+    A = AT.T.tocsr()
+    b = cp.ascontiguousarray(cp.asarray(proj.reshape(a * m, n), dtype=cp.float32))
+    x = cp.ascontiguousarray(cp.asarray(_x0(x0, op.volume_shape).reshape(nz * m, n)))
     rs = A @ cp.ones((nz * m, 1), dtype=cp.float32)
     cs = AT @ cp.ones((a * m, 1), dtype=cp.float32)
     R = cp.where(rs > 1e-6, 1.0 / cp.maximum(rs, 1e-6), 0.0).astype(cp.float32)
     C = cp.where(cs > 1e-6, relaxation / cp.maximum(cs, 1e-6), 0.0).astype(cp.float32)
     bnorm = float(cp.linalg.norm(b)) or 1.0
-    res = []
-    for _ in range(n_iter):
-        r = b - A @ x
-        res.append(float(cp.linalg.norm(r)) / bnorm)
-        x += C * (AT @ (R * r))
+    r = cp.empty_like(b)
+    u = cp.empty_like(x)
+    res = cp.empty(n_iter, dtype=cp.float64)  # kept on the GPU: no host sync per step
+    for i in range(n_iter):
+        _csr_times_dense(cp, A, x, r)
+        cp.subtract(b, r, out=r)
+        res[i] = cp.linalg.norm(r)
+        r *= R
+        _csr_times_dense(cp, AT, r, u)
+        u *= C
+        x += u
         if nonneg:
             cp.maximum(x, 0, out=x)
     vol = cp.asnumpy(x).reshape(nz, m, n).astype(np.float32)
     return Reconstruction(
-        vol, px, "sirt", n_iter, np.asarray(res), params={"backend": "cupy", "nonneg": nonneg}
+        vol,
+        px,
+        "sirt",
+        n_iter,
+        cp.asnumpy(res) / bnorm,
+        params={"backend": "cupy", "nonneg": nonneg},
     )

@@ -176,6 +176,32 @@ class Projector:
         m = sp.coo_matrix((vals[keep], (rows[keep], cols[keep])), shape=(na * self.n_det, nz * ny))
         return m.tocsr()
 
+    def transpose_csr_parts(self, xp: Any = np) -> tuple[Any, Any, Any]:
+        """``(data, indices, indptr)`` of ``Mᵀ`` (:meth:`as_matrix` transposed) in CSR form.
+
+        Built directly, without the sort of a COO → CSR conversion: row ``v = z·ny + y`` of
+        ``Mᵀ`` holds the voxel's strip weights over tilts ``a`` and its 3 detector bins ``k``
+        at columns ``a·n_det + lo + k``, already in ascending order.  ``xp`` is the array
+        module (``numpy``, or ``cupy`` so that the GPU assembles the matrix from the compact
+        strip table instead of receiving a matrix assembled on the CPU).
+        """
+        na = self.n_angles
+        nz, ny, _ = self.volume_shape
+        w = xp.asarray(self._w, dtype=xp.float32)  # (A, nz, ny, 3)
+        lo = xp.asarray(self._lo).astype(xp.int32)  # (A, nz, ny)
+        cols = (
+            xp.arange(na, dtype=xp.int32)[:, None, None, None] * self.n_det
+            + lo[..., None]
+            + xp.arange(3, dtype=xp.int32)
+        )
+        # voxel-major order: (nz, ny, A, 3)
+        w_t = xp.ascontiguousarray(xp.transpose(w, (1, 2, 0, 3))).reshape(nz * ny, na * 3)
+        c_t = xp.ascontiguousarray(xp.transpose(cols, (1, 2, 0, 3))).reshape(nz * ny, na * 3)
+        keep = w_t != 0
+        indptr = xp.zeros(nz * ny + 1, dtype=xp.int32)
+        indptr[1:] = xp.cumsum(keep.sum(axis=1), dtype=xp.int32)
+        return w_t[keep], c_t[keep], indptr
+
     def row_sums(self) -> np.ndarray:
         """``A·1``: ray lengths through the volume box, (A, n_det, 1) float32."""
         nz, ny, _ = self.volume_shape
