@@ -1685,6 +1685,9 @@ def detect_clusters(
         d_full = None
         d_err_scale = 1.0
         d_fix = np.ones(k)
+        # the registry factor (1 - kappa_h)/(r_c - kappa_h) of each segment's count on D
+        # (step 5: every count made on D, vetoed or not)
+        d_count = np.ones(k)
         tot_keep = err_keep = None
         # map the split fits run on: the host-free excess where the host model has one
         # (built only when the split runs: (window, its excess, noise scale))
@@ -1767,6 +1770,7 @@ def detect_clusters(
                         d_fix, np.where(tot_d > 0, tot / np.where(tot_d > 0, tot_d, 1), 1.0)
                     )
                     d_fix = np.where(d_fix > 0, d_fix, 1.0)
+                    d_count = d_fix.copy()
                     # only a host excess that the cluster's registry explains is vetoed;
                     # a host excess beyond it keeps the uncorrected map (the fringe
                     # estimate on a damaged host is not good enough to rescale D)
@@ -1840,7 +1844,11 @@ def detect_clusters(
                 crystal=crystal,
             )
             good = keep & np.isfinite(tot_ap)
-            tot_ap = np.where(on_d, tot_ap * d_fix, tot_ap)
+            # D reads the cluster's own mass times (r_c - kappa_h)/(1 - kappa_h) (its
+            # columns' registry with the empty sites, step 4b): the count on D is divided
+            # by that factor also where the veto kept D (the host excess beyond the
+            # registry is outside the aperture's cluster, the factor is the cluster's)
+            tot_ap = np.where(on_d, tot_ap * d_count, tot_ap)
             tot = np.where(good, tot_ap - np.where(on_d, 0.0, host_excess), tot)
             err = np.where(good, err_ap * np.where(host_frac > 0, d_err_scale, 1.0), err)
             err = np.where(good, np.hypot(err, bg_ap), err)
