@@ -181,8 +181,8 @@ same, 0.691 → 0.736, 0.973 → 0.991; 280 K 0.937 / 0.853 → same, 0.615 → 
 0.909; held-out 0.940 / 0.915 → same, 0.636 → 0.645, 0.925 → 0.937 (AVX2 mode: 0.943 /
 0.920 → same, 0.677 → 0.680, 0.934 → 0.943); 5.5 nm 0.918 / 0.862 → 0.918 / 0.866, 0.599
 → 0.598, 0.896 → 0.896; 0.4 Å 0.979 / 0.922 → 0.979 / 0.927, 0.742 → 0.732, 0.956 →
-0.956; new fresh series 141–148 (run once) 0.918 / 0.924 → 0.918 / 0.921, 0.608 → 0.645,
-0.924 → 0.935.  On the clusters whose count changed (30–63 per set, half on the crystal)
+0.956; fresh 91–98 0.940 / 0.946 → same, 0.684 → 0.700, 0.923 → 0.939; new fresh series
+141–148 (run once) 0.918 / 0.924 → 0.918 / 0.921, 0.608 → 0.645, 0.924 → 0.935.  On the clusters whose count changed (30–63 per set, half on the crystal)
 median |error| 0.30 → 0.28, 0.28 → 0.26, 0.33 → 0.29, 0.21 → 0.15, 0.30 → 0.27, 0.18 →
 0.14 (5.5 nm, held-out, 0.4 Å, tune, 280 K, 141–148).  Still open: on the crystal the
 counts on D stay near 0.3 within 15 % (r_c from the fringes is noisy, and D's shot noise).
