@@ -675,7 +675,14 @@ def test_pb0_over_count_on_a_small_degrading_crystal_is_flagged():
         covered = f["host_reference_used"].to_numpy(bool) | (f["host_model"] == "no_reference")
         assert np.all(ratio[flag] > 1.3), (seed, flag, ratio)
         assert not flag[ratio < 1.2].any(), (seed, flag, ratio)
-        assert np.all(flag | covered | ~(ratio > 1.3)), (seed, flag, covered, ratio)
+        # an excess within twice the frame's stated 1σ is said by its error bar (AVX2 mode,
+        # seed 1 frame 2: 37 ± 15 for 27 true, four clusters of 7-11 atoms); the host
+        # remnants above are 5-9σ over
+        det, err = f["n_Pb0_detected"].to_numpy(float), f["n_Pb0_err"].to_numpy(float)
+        stat = f["n_Pb0_err_stat"].to_numpy(float)
+        assert np.all(err[det > 0] >= stat[det > 0] - 1e-9)  # total ⊇ frame-to-frame part
+        said = flag | covered | (np.abs(det - true) <= 2.0 * err)
+        assert np.all(said | ~(ratio > 1.3)), (seed, flag, covered, ratio, err)
         assert not flag.any() or any("Pb0_falls_later" in n for n in res.notes), seed
         assert not covered.any() or any("host_reference_used" in n for n in res.notes)
         n_flag += int(flag.sum())

@@ -94,7 +94,9 @@ class InsituResult:
         merges (``n_merges``: confident coalescences only; ``n_merges_uncertain``: merges
         with a brief noise-level parent, :func:`track_clusters`); ``host_model``, the cluster host-model state of the frame (``host_reference_used``: its empty-site ratio carried from the latest earlier frame that measured one, where clusters cover the crystal), and ``n_clusters_host_flagged``/``n_Pb0_host_flagged``, the clusters
         and atoms among them whose host background could not be modelled, ``host_ok``
-        False in ``clusters``); ``n_Pb0_err_stat`` (frame-to-frame 1σ of the Pb⁰ total) and
+        False in ``clusters``); ``n_Pb0_err`` (1σ of the Pb⁰ total: the clusters'
+        ``n_atoms_err`` in quadrature), ``n_Pb0_err_stat`` (frame-to-frame 1σ of the Pb⁰
+        total) and
         ``Pb0_falls_later`` (:func:`pb0_falls_later`: the total exceeds a later frame's by
         more than 3σ, an over-count or Pb leaving the field; a note);
         ``crystal_cluster_share``, the share of the segmented crystal's signal that the
@@ -1281,6 +1283,12 @@ def _frames_table(
         out["n_Pb0_host_flagged"] = (
             bad["n_atoms"].sum(min_count=1).reindex(idx, fill_value=0).to_numpy()
         )
+    if "n_atoms_err" in tracks:
+        # the total's error bar, so that a reader of the frames table can tell an
+        # over-count within the stated uncertainty from one beyond it
+        var = (tracks["n_atoms_err"] ** 2).groupby(tracks["frame"]).sum()  # NaN skipped
+        out["n_Pb0_err"] = np.sqrt(var.reindex(idx, fill_value=0.0).to_numpy())
+        out.loc[out["n_Pb0_detected"].isna(), "n_Pb0_err"] = np.nan
     if "n_atoms_err_stat" in tracks:
         var = (tracks["n_atoms_err_stat"] ** 2).groupby(tracks["frame"]).sum()  # NaN skipped
         out["n_Pb0_err_stat"] = np.sqrt(var.reindex(idx, fill_value=0.0).to_numpy())
