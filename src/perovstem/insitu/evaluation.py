@@ -352,10 +352,9 @@ def score_detections(
 
     Objects of at least ``min_atoms`` atoms are matched one-to-one
     (:func:`match_objects`).  An unmatched detection is a false positive unless it lies
-    on a smaller object (within ``max(5 Å, r + 2 Å)``: neither hit nor false) or on an
-    object made of several clusters (within ``r + 2 Å`` of its centre or within reach of
-    one of its ``members``, as in :func:`match_objects`: it resolved them; its atoms are
-    added to that object's count).
+    within reach (as in :func:`match_objects`: of the centre or of a member cluster) of a
+    smaller object (neither hit nor false) or of an object made of several clusters (it
+    resolved them; its atoms are added to that object's count).
 
     Returns
     -------
@@ -375,13 +374,13 @@ def score_detections(
         d_big, ok_big = _reach(big, detections)
         multi = big["n_clusters"].to_numpy() > 1
         r_big = _radius_A(big["n_atoms"].to_numpy())
+    on_small = np.zeros(len(detections), bool)
+    if len(small) and len(detections):
+        on_small = _reach(small, detections)[1].any(axis=0)
     for j in range(len(detections)):
-        if j in hit:
+        if j in hit or on_small[j]:
             continue
         xj, yj = detections["x_A"].iloc[j], detections["y_A"].iloc[j]
-        d = np.hypot(small["x_A"] - xj, small["y_A"] - yj)
-        if len(small) and np.any(d < np.maximum(5.0, _radius_A(small["n_atoms"]) + 2.0)):
-            continue
         if len(big):
             db = np.hypot(big["x_A"].to_numpy(float) - xj, big["y_A"].to_numpy(float) - yj)
             on = multi & ((db < r_big + 2.0) | ok_big[:, j])
