@@ -90,6 +90,20 @@ Method
    fringe estimate cost on-host counts: 0.625 → 0.571 within 15 %).  The detection itself
    (the significance of the segment) stays on the uncorrected test: rescaling D there let
    host patches through (held-out precision 0.950 → 0.935).
+4c. Host-lattice contrast veto (:mod:`perovstem.insitu._cluster_checks`; only with the
+   host test and a dose): most remaining false detections on KMC series are patches of
+   the host itself — thicker or less damaged patches among depleted columns, and crystal
+   pieces left in the vacuum, smaller than the background element — that ``D`` does not
+   flag (uneven depletion changes their empty-site ratio; frames without a host
+   reference read every segment as Pb-like).  They still show the host's column pattern,
+   while an fcc Pb cluster (2.48 Å columns, d₁₁₁ 2.86 Å) has little power at the host's
+   first reflections {100} and {110} and dilutes the host fringes of its disc.  The fringe
+   contrast ``L`` (amplitude at those four reflections over the mean, in a disc of the
+   equal-volume radius + 1 Å of the count) of a detection counted on ``E``
+   (``host_fraction`` < :data:`HOST_D_FRACTION`) at or above 0.75 — 0.6 where no pixel of
+   the crystal plateau lies within the disc + 3 Å (no host under a cluster there) — marks a
+   host patch, which is dropped (intact plateau 0.70–0.84, Pb clusters in the vacuum
+   ≈ 0.15; the levels are for the simulator's default probe).
 5. Counts: aperture photometry — a disc of radius R + ``aperture_A`` (R the equal-volume
    radius of the first estimate) minus the median of a 3 Å annulus outside it (local
    background), each cut to the pixels nearest to this cluster — on ``E``, minus the host
@@ -1466,6 +1480,45 @@ def _host_free_pass(
     return out
 
 
+def _host_patch(
+    df: pd.DataFrame,
+    test: np.ndarray,
+    frame: np.ndarray,
+    plateau: np.ndarray,
+    *,
+    px: float,
+    a_px: float,
+    angle_deg: float,
+) -> np.ndarray:
+    """Rows of ``df`` (among ``test``) that are host patches (step 4c): the host's
+    fringe contrast (:func:`perovstem.insitu._cluster_checks.host_fringe_contrast`) in a
+    disc of the equal-volume radius + 1 Å (≥ 4 Å) of their count is at least
+    :data:`~perovstem.insitu._cluster_checks.HOST_CONTRAST_VACUUM` where no pixel of the
+    crystal ``plateau`` (background map) lies within that radius + 3 Å, or at least
+    :data:`~perovstem.insitu._cluster_checks.HOST_CONTRAST_MAX` for a count on the plain
+    excess (``host_fraction`` < :data:`HOST_D_FRACTION`) near the plateau."""
+    from perovstem.insitu import _cluster_checks as cc
+
+    on_e = df["host_fraction"].to_numpy(float) < HOST_D_FRACTION
+    out = np.zeros(len(df), bool)
+    if not test.any():
+        return out
+    x = df["x_px"].to_numpy(float)[test]
+    y = df["y_px"].to_numpy(float)[test]
+    r_A = np.maximum(
+        cc.HOST_CONTRAST_MIN_R_A,
+        _fcc_radius_A(df["n_atoms"].to_numpy(float)[test]) + cc.HOST_CONTRAST_MARGIN_A,
+    )
+    lc = cc.host_fringe_contrast(np.asarray(frame, float), x, y, r_A / px, a_px=a_px,
+                                 angle_deg=angle_deg)  # fmt: skip
+    near = cc.near_mask(plateau, x, y, (r_A + cc.HOST_CONTRAST_VACUUM_GAP_A) / px)
+    # near the crystal a count on D keeps the host's fringes of the host it removed
+    limit = np.where(near, np.where(on_e[test], cc.HOST_CONTRAST_MAX, np.inf),
+                     cc.HOST_CONTRAST_VACUUM)  # fmt: skip
+    out[test] = lc >= limit
+    return out
+
+
 def detect_clusters(
     image: Any,
     *,
@@ -1989,6 +2042,12 @@ def detect_clusters(
             # excess around it: only its D profile (peak) is tested
             big_area &= df["host_fraction"].to_numpy(float) == 0
             keep &= ~(big_area | (peak_ratio < 1.5))
+        if host_test and len(df):
+            # host-lattice contrast veto (step 4c): a detection counted on E whose disc
+            # shows the host's full fringe contrast is a host patch
+            # (the crystal plateau of the background map: as for the stratified ring)
+            keep &= ~_host_patch(df, keep.to_numpy(bool), a - off, (m - e) > 0.25 * level,
+                                 px=px, a_px=a_px, angle_deg=float(lattice_angle_deg))  # fmt: skip
         df = df[keep]
     else:
         df["scs_A2"] = np.nan
