@@ -1,40 +1,39 @@
 """Acceptance checks of cluster candidates in :func:`perovstem.insitu.detect_clusters`.
 
-Host-lattice contrast veto
---------------------------
-A remnant or thicker patch of the perovskite host (a crystal piece left in the vacuum, a
-less damaged patch among depleted columns) can reach the detection threshold on the
-plateau excess ``E`` while the host-free map ``D`` does not flag it (its empty-site ratio
-differs from the host's ``kappa_h`` once its columns are unevenly depleted, or the frame
-has no host reference).  Such a patch still shows the host's column pattern: Pb–Br,
-Cs and Br columns on the 5.9 Å cell, i.e. strong fringes at the first host reflections
-{100} (5.9 Å) and {110} (4.2 Å), whatever its composition.  A Pb⁰ cluster is fcc Pb
-(2.48 Å columns along [001], d₁₁₁ = 2.86 Å): its own image has little power at those
-reflections (only the leakage of its compact envelope), so a cluster dilutes the host
-fringes of the disc it sits in.
+Crystal pieces in the vacuum (step 4c of :mod:`perovstem.insitu.clusters`)
+--------------------------------------------------------------------------
+A degrading crystal breaks up: pieces of the host smaller than the background element
+(32 Å) are left in the vacuum, the opening does not see them, and they reach the
+detection threshold on the plateau excess ``E``.  Where the frame has no host reference
+(the crystal is gone or covered) every segment reads Pb-like, so the host-free map ``D``
+does not flag them either (KMC tuning series 41–46 and 51–54: 4 of the 35 false
+detections; held-out series 61–68: 9 of 22).  Such a piece still shows the host's column
+pattern: Pb–Br, Cs and Br columns on the 5.9 Å cell, i.e. fringes at the first host
+reflections {100} (5.9 Å) and {110} (4.2 Å), whatever its composition.  A Pb⁰ cluster is
+fcc Pb (2.48 Å columns along [001], d₁₁₁ = 2.86 Å): its own image has little power at
+those reflections (only the leakage of its compact envelope).
 
 The *fringe contrast* of a disc is the amplitude of the frame at the four first host
 reflections relative to its mean, ``L = sqrt(Σ_g |Σ_disc I(r) e^{-2πi g·r}|²) / Σ_disc I``
 (a local Fourier coefficient, as in geometric-phase analysis, Hÿtch et al.,
 Ultramicroscopy 74, 131 (1998), but without its phase, so that it needs no reference
-lattice and no host in the frame).  On the KMC tuning series (seeds 41–46 and 51–54,
-default probe, 0.5 Å pixels) 6 Å discs of the crystal plateau read 0.70–0.84 (median per
-frame), Pb clusters in the vacuum 0.03–0.37 (median 0.15), true clusters counted on ``E``
-at most 0.70 (the host dominating the disc), and the false detections counted on ``E``
-0.50–0.98 (median 0.78).  A detection counted on ``E`` (``host_fraction`` below
-:data:`~perovstem.insitu.clusters.HOST_D_FRACTION`) whose disc (equal-volume radius
-+ 1 Å, at least 4 Å) has ``L ≥`` :data:`HOST_CONTRAST_MAX` is a host patch and is
-dropped.  In the vacuum — no pixel of the crystal plateau of the background map within
-that disc + :data:`HOST_CONTRAST_VACUUM_GAP_A` — no host lies under a cluster and the
-level is :data:`HOST_CONTRAST_VACUUM` (true clusters there at most 0.37, or 0.53 in frames
-whose crystal has broken into pieces smaller than the background element; the crystal
-pieces left in the vacuum 0.61–0.72).  A detection counted on ``D`` keeps its host
-fringes (the host under and around it was removed from its count) and is not tested.
+lattice and no host in the frame).  On the tuning series (default probe, 0.5 Å pixels)
+6 Å discs of the crystal plateau read 0.70–0.84 (median per frame); in discs of the
+equal-volume radius + 1 Å (≥ 4 Å) true clusters counted on ``E`` with no plateau pixel
+within the disc + :data:`HOST_CONTRAST_VACUUM_GAP_A` read at most 0.37 (48, frames with a
+plateau) and 0.53 (254, frames whose crystal has broken into pieces: no plateau at all,
+host fragments next to clusters), the crystal pieces 0.61–0.72.  Such a detection with
+``L ≥`` :data:`HOST_CONTRAST_VACUUM` is dropped.
 
-The contrast of intact host depends on the probe (its transfer at 4.2–5.9 Å) and on the
-column ratios; :data:`HOST_CONTRAST_MAX` and :data:`HOST_CONTRAST_VACUUM` were set for
-the simulator's default probe (a wider probe lowers both the host's and the clusters'
-contrast: to be re-measured for another probe).
+Not tested: detections near the crystal plateau — a small cluster on a thick intact
+crystal keeps most of the host's contrast (12–20-atom fcc clusters on a perfect 4 nm
+crystal, fast HAADF model: 0.62–1.04, against 0.76–0.98 for the host patches of degrading
+crystals, so no level separates them there) — and counts on ``D`` (they keep the fringes
+of the host that was removed from them: a cluster on a crystal piece).
+
+The contrast depends on the probe (its transfer at 4.2–5.9 Å) and on the column ratios;
+:data:`HOST_CONTRAST_VACUUM` was set for the simulator's default probe (a wider probe
+lowers both the pieces' and the clusters' contrast: to be re-measured for another probe).
 """
 
 from __future__ import annotations
@@ -42,14 +41,8 @@ from __future__ import annotations
 import numpy as np
 
 # fringe contrast at the first host reflections above which a detection counted on the
-# plain excess is a host patch (tuning series 41-46, 51-54: the largest of 580 true
-# clusters counted on E 0.70, + 0.05 margin; false detections median 0.78)
-HOST_CONTRAST_MAX = 0.75
-# the same in the vacuum (no crystal plateau of the background map within the disc +
-# HOST_CONTRAST_VACUUM_GAP_A): no host under a cluster there.  Tuning series: true clusters
-# at most 0.37 (48, frames with a plateau) and 0.53 (254, frames whose crystal has broken
-# into pieces smaller than the background element: no plateau at all, host fragments next
-# to clusters); the crystal pieces left in the vacuum 0.61-0.72
+# plain excess with no crystal plateau within its disc + HOST_CONTRAST_VACUUM_GAP_A is a
+# crystal piece (tuning series: true clusters at most 0.53, crystal pieces 0.61-0.72)
 HOST_CONTRAST_VACUUM = 0.6
 HOST_CONTRAST_VACUUM_GAP_A = 3.0
 # disc of the contrast: equal-volume radius + this margin (Å), at least HOST_CONTRAST_MIN_R_A
@@ -76,8 +69,9 @@ def host_fringe_contrast(
     *,
     a_px: float,
     angle_deg: float,
+    inner_px: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Fringe contrast of the host lattice in discs of a frame.
+    """Fringe contrast of the host lattice in discs (or rings) of a frame.
 
     Parameters
     ----------
@@ -91,6 +85,8 @@ def host_fringe_contrast(
         Host cell (pixels).
     angle_deg : float
         Orientation of the host's first axis from the x axis, degrees.
+    inner_px : ndarray, optional
+        Inner radii (pixels): rings ``inner_px < r ≤ radius_px`` instead of discs.
 
     Returns
     -------
@@ -100,19 +96,22 @@ def host_fringe_contrast(
         intensity or lies outside the frame.
     """
     g = host_reflections(a_px, angle_deg)
-    x_px, y_px, radius_px = np.broadcast_arrays(
-        np.asarray(x_px, float), np.asarray(y_px, float), np.asarray(radius_px, float)
+    inner = -1.0 if inner_px is None else np.asarray(inner_px, float)
+    x_px, y_px, radius_px, inner = np.broadcast_arrays(
+        np.asarray(x_px, float), np.asarray(y_px, float), np.asarray(radius_px, float), inner
     )
     m, n = frame.shape
     out = np.full(x_px.shape, np.nan)
-    for k, (x, y, r) in enumerate(zip(x_px.flat, y_px.flat, radius_px.flat, strict=True)):
+    pts = zip(x_px.flat, y_px.flat, radius_px.flat, inner.flat, strict=True)
+    for k, (x, y, r, r0) in enumerate(pts):
         h = int(np.ceil(r)) + 1
         i0, i1 = max(0, int(np.floor(y)) - h), min(m, int(np.floor(y)) + h + 2)
         j0, j1 = max(0, int(np.floor(x)) - h), min(n, int(np.floor(x)) + h + 2)
         if i0 >= i1 or j0 >= j1:
             continue
         yy, xx = np.mgrid[i0:i1, j0:j1]
-        disc = np.hypot(yy - y, xx - x) <= r
+        rr = np.hypot(yy - y, xx - x)
+        disc = (rr <= r) & (rr > r0)
         v = frame[i0:i1, j0:j1][disc]
         tot = float(v.sum())
         if not tot > 0:
