@@ -68,7 +68,8 @@ def test_crystal_pieces_in_the_vacuum_on_breaking_crystal_kmc(monkeypatch):
     """KMC series of small crystals that break up (3.5/4 nm, 300/320 K; seeds 175-178,
     not used to set the level), scored per frame against the projected truth objects with
     the check on and off: it removes false detections of crystal pieces and no true
-    cluster.  Measured (tp / fp / fn, off -> on): see the asserts' comments."""
+    cluster.  Measured (tp / fp / fn, off -> on): 127 / 22 / 3 -> 127 / 14 / 3 (AVX-512),
+    127 / 20 / 3 -> 127 / 15 / 3 (AVX2 mode)."""
     tot = {True: np.zeros(3), False: np.zeros(3)}
     cases = ((35.0, 3e3, 320.0, 175), (35.0, 6e3, 300.0, 176), (40.0, 6e3, 320.0, 177),
              (35.0, 1.5e3, 320.0, 178))  # fmt: skip
@@ -84,5 +85,5 @@ def test_crystal_pieces_in_the_vacuum_on_breaking_crystal_kmc(monkeypatch):
                 tot[on] += (a, b, c)
     (tp1, fp1, _), (tp0, fp0, _) = tot[True], tot[False]
     print("off", tot[False], "on", tot[True])
-    assert fp0 - fp1 >= 2, (fp0, fp1)
-    assert tp1 >= tp0 - 1, (tp0, tp1)
+    assert fp0 - fp1 >= 2, (fp0, fp1)  # measured -8 / -5
+    assert tp1 >= tp0 - 1, (tp0, tp1)  # measured 0 / 0
