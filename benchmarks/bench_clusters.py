@@ -4,10 +4,13 @@ Truth: the simulator's Pb clusters per frame as *projected objects* (clusters wh
 equal-volume discs overlap in projection are one object, atoms summed; the convention of
 ``tests/insitu/test_clusters.py``).  Per frame and for >= 10-atom objects:
 
-* hit: a detection within max(5 Å, R + 2 Å) of the object (one-to-one assignment);
+* hit: a detection within max(5 Å, R + 2 Å) of the object or, for an object of several
+  clusters, within max(5 Å, r + 2 Å) of one of its member clusters (one-to-one
+  assignment; the centre of mass of a chain A–B–C can lie between the members, where a
+  detection of a part is not);
 * false positive: an unmatched detection that is not on a smaller truth object (those are
-  neutral) nor a second detection inside an object of several clusters (it resolved them;
-  such an object's count is the sum of its detections);
+  neutral) nor a second detection on an object of several clusters (within the same reach:
+  it resolved them; such an object's count is the sum of its detections);
 * counts: relative error of the matched objects whose disc + 3 Å lies in the field, and
   the share with |n − truth| ≤ 2 ``n_atoms_err`` (``within_2sigma``; errors of the
   detections of one object added in quadrature);

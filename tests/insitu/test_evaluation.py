@@ -206,3 +206,43 @@ def test_score_detections_neutral_extra_and_false():
     assert sc["extra"] == {0: [1]}
     got = dict(zip([i for i, _ in sc["pairs"]], sc["n_atoms"], strict=True))
     assert got == {0: 57.0, 1: 31.0}
+
+
+def test_chain_object_is_matched_on_any_member():
+    """A chain A–B–C–D of overlapping 20-atom clusters is one projected object whose
+    centre of mass lies between the members, > r + 2 Å from A: a detection on A (within
+    A's r + 2 Å) is a hit and a second one on D resolves the chain (its atoms added); a
+    detection beside A (outside every member's reach) stays a false positive."""
+    from perovstem.insitu import match_objects, projected_objects, score_detections
+    from perovstem.insitu.evaluation import _radius_A
+
+    xs = [0.0, 10.0, 16.0, 21.0]  # each overlaps the object grown so far
+    df = pd.DataFrame(
+        {
+            "cluster_id": [0, 1, 2, 3, 4],
+            "x_A": [*xs, 80.0],
+            "y_A": [0.0, 0.0, 0.0, 0.0, 0.0],
+            "n_atoms": [20, 20, 20, 20, 30],
+        }
+    )
+    obj = projected_objects(df).sort_values("x_A").reset_index(drop=True)
+    assert obj["n_clusters"].tolist() == [4, 1]
+    assert obj["n_atoms"].tolist() == [80.0, 30.0]
+    assert obj["x_A"].iloc[0] == pytest.approx(11.75)
+    assert obj["x_A"].iloc[0] > float(_radius_A(80)) + 2.0  # A is out of the centre's reach
+    on_a = pd.DataFrame({"x_A": [0.5, 80.0], "y_A": [1.0, 0.0], "n_atoms": [22.0, 31.0]})
+    assert sorted(match_objects(obj, on_a)) == [(0, 0), (1, 1)]
+    sc = score_detections(on_a, obj)
+    assert (sc["tp"], sc["fp"], sc["fn"]) == (2, 0, 0)
+    # A and D detected: one hit, the other resolves the chain (count = sum)
+    both = pd.DataFrame({"x_A": [0.5, 21.0], "y_A": [1.0, 0.0], "n_atoms": [22.0, 19.0]})
+    sc = score_detections(both, obj)
+    assert (sc["tp"], sc["fp"], sc["fn"]) == (1, 0, 1)
+    assert sum(len(v) for v in sc["extra"].values()) == 1
+    assert sc["n_atoms"] == [41.0]
+    # beside A, outside A's disc + 2 Å and the centre's reach: false
+    beside = pd.DataFrame({"x_A": [0.0], "y_A": [8.0], "n_atoms": [20.0]})
+    sc = score_detections(beside, obj)
+    assert (sc["tp"], sc["fp"], sc["fn"]) == (0, 1, 2)
+    np.testing.assert_allclose(obj["members"].iloc[0][:, 0], xs)
+    np.testing.assert_allclose(obj["members"].iloc[1], [[80.0, 0.0, 30.0]])

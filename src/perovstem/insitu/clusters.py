@@ -90,6 +90,18 @@ Method
    fringe estimate cost on-host counts: 0.625 → 0.571 within 15 %).  The detection itself
    (the significance of the segment) stays on the uncorrected test: rescaling D there let
    host patches through (held-out precision 0.950 → 0.935).
+4c. Crystal pieces in the vacuum (:mod:`perovstem.insitu._cluster_checks`; only with the
+   host test and a dose): a degrading crystal breaks up into pieces smaller than the
+   background element that reach the threshold on ``E``, and in frames without a host
+   reference ``D`` does not flag them.  They still show the host's column pattern, while
+   an fcc Pb cluster (2.48 Å columns, d₁₁₁ 2.86 Å) has little power at the host's first
+   reflections {100} and {110}.  A detection counted on ``E`` (``host_fraction`` <
+   :data:`HOST_D_FRACTION`) with no pixel of the crystal plateau within its disc (the
+   equal-volume radius + 1 Å) + 3 Å whose fringe contrast at those four reflections
+   (amplitude over the mean) is ≥ 0.6 is dropped (true clusters there ≤ 0.53, pieces
+   0.61–0.72 on the tuning series; the level is for the simulator's default probe).
+   Near the crystal the contrast does not separate host patches from small clusters on a
+   thick intact crystal, and is not used.
 5. Counts: aperture photometry — a disc of radius R + ``aperture_A`` (R the equal-volume
    radius of the first estimate) minus the median of a 3 Å annulus outside it (local
    background), each cut to the pixels nearest to this cluster — on ``E``, minus the host
@@ -1485,6 +1497,48 @@ def _host_free_pass(
     return out
 
 
+def _host_patch(
+    df: pd.DataFrame,
+    test: np.ndarray,
+    frame: np.ndarray,
+    plateau: np.ndarray,
+    *,
+    px: float,
+    a_px: float,
+    angle_deg: float,
+) -> np.ndarray:
+    """Rows of ``df`` (among ``test``) that are crystal pieces in the vacuum (step 4c):
+    counted on the plain excess (``host_fraction`` < :data:`HOST_D_FRACTION`), no pixel
+    of the crystal ``plateau`` (background map) within the equal-volume radius + 1 Å
+    (≥ 4 Å) of their count + :data:`~perovstem.insitu._cluster_checks.HOST_CONTRAST_VACUUM_GAP_A`,
+    and the host's fringe contrast
+    (:func:`perovstem.insitu._cluster_checks.host_fringe_contrast`) in that disc at least
+    :data:`~perovstem.insitu._cluster_checks.HOST_CONTRAST_VACUUM`.  A count on the
+    host-free map keeps the fringes of the host it removed (a cluster on a crystal piece)
+    and is not tested, nor is a detection near the plateau (a small cluster on a thick
+    intact crystal keeps most of the host's contrast)."""
+    from perovstem.insitu import _cluster_checks as cc
+
+    test = test & (df["host_fraction"].to_numpy(float) < HOST_D_FRACTION)
+    out = np.zeros(len(df), bool)
+    if not test.any():
+        return out
+    x = df["x_px"].to_numpy(float)[test]
+    y = df["y_px"].to_numpy(float)[test]
+    r_A = np.maximum(
+        cc.HOST_CONTRAST_MIN_R_A,
+        _fcc_radius_A(df["n_atoms"].to_numpy(float)[test]) + cc.HOST_CONTRAST_MARGIN_A,
+    )
+    far = ~cc.near_mask(plateau, x, y, (r_A + cc.HOST_CONTRAST_VACUUM_GAP_A) / px)
+    if not far.any():
+        return out
+    lc = cc.host_fringe_contrast(np.asarray(frame, float), x[far], y[far], r_A[far] / px,
+                                 a_px=a_px, angle_deg=angle_deg)  # fmt: skip
+    idx = np.flatnonzero(test)[far]
+    out[idx] = lc >= cc.HOST_CONTRAST_VACUUM
+    return out
+
+
 def detect_clusters(
     image: Any,
     *,
@@ -2016,6 +2070,12 @@ def detect_clusters(
             # excess around it: only its D profile (peak) is tested
             big_area &= df["host_fraction"].to_numpy(float) == 0
             keep &= ~(big_area | (peak_ratio < 1.5))
+        if host_test and len(df):
+            # host-lattice contrast veto (step 4c): a detection counted on E whose disc
+            # shows the host's full fringe contrast is a host patch
+            # (the crystal plateau of the background map: as for the stratified ring)
+            keep &= ~_host_patch(df, keep.to_numpy(bool), a - off, (m - e) > 0.25 * level,
+                                 px=px, a_px=a_px, angle_deg=float(lattice_angle_deg))  # fmt: skip
         df = df[keep]
     else:
         df["scs_A2"] = np.nan

@@ -257,7 +257,9 @@ def projected_objects(clusters: pd.DataFrame, *, count_column: str = "n_atoms") 
     Rows with the same ``cluster_id`` (≥ 0) are one cluster (atoms summed, centre of
     mass); clusters whose projected equal-volume discs (fcc Pb radii) overlap — centre
     distance < r₁ + r₂ — are merged into one object, repeatedly, so that a chain of
-    overlapping clusters is one object.
+    overlapping clusters is one object.  The object keeps its member clusters: the
+    centre of mass of a chain A–B–C can lie between the members, where no cluster is,
+    so :func:`match_objects` also accepts a detection on any member.
 
     Parameters
     ----------
@@ -270,46 +272,77 @@ def projected_objects(clusters: pd.DataFrame, *, count_column: str = "n_atoms") 
     Returns
     -------
     DataFrame
-        ``x_A, y_A, n_atoms, n_clusters`` (clusters in each object).
+        ``x_A, y_A, n_atoms, n_clusters`` (clusters in each object) and ``members``: an
+        ``(n_clusters, 3)`` array of the member clusters' ``x_A, y_A, n_atoms``.
     """
     _need(clusters, "clusters", ["cluster_id", "x_A", "y_A", count_column])
     t = clusters[clusters["cluster_id"] >= 0]
     rows = []
     for _, g in t.groupby("cluster_id"):
         w = g[count_column].to_numpy(float)
-        rows.append([np.average(g["x_A"], weights=w), np.average(g["y_A"], weights=w), w.sum(), 1])
+        x, y = np.average(g["x_A"], weights=w), np.average(g["y_A"], weights=w)
+        rows.append([x, y, w.sum(), 1, [(float(x), float(y), float(w.sum()))]])
     merged = True
     while merged:
         merged = False
         for i in range(len(rows)):
             for j in range(i + 1, len(rows)):
-                (xi, yi, ni, ki), (xj, yj, nj, kj) = rows[i], rows[j]
+                (xi, yi, ni, ki, mi), (xj, yj, nj, kj, mj) = rows[i], rows[j]
                 if np.hypot(xi - xj, yi - yj) < _radius_A(ni) + _radius_A(nj):
                     n = ni + nj
-                    rows[i] = [(xi * ni + xj * nj) / n, (yi * ni + yj * nj) / n, n, ki + kj]
+                    x, y = (xi * ni + xj * nj) / n, (yi * ni + yj * nj) / n
+                    rows[i] = [x, y, n, ki + kj, mi + mj]
                     del rows[j]
                     merged = True
                     break
             if merged:
                 break
-    return pd.DataFrame(rows, columns=["x_A", "y_A", "n_atoms", "n_clusters"])
+    out = pd.DataFrame(
+        [r[:4] for r in rows], columns=["x_A", "y_A", "n_atoms", "n_clusters"], dtype=float
+    )
+    out["n_clusters"] = out["n_clusters"].astype(int)
+    out["members"] = pd.Series([np.array(r[4], float).reshape(-1, 3) for r in rows], dtype=object)
+    return out
+
+
+def _reach(objects: pd.DataFrame, detections: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Distance (Å) of each detection to each object and whether it is within reach.
+
+    Reach: ``max(5 Å, r + 2 Å)`` of the object's centre (r its equal-volume radius) or,
+    for an object of several clusters with a ``members`` column, ``max(5 Å, r_m + 2 Å)``
+    of a member's centre (the tolerance that member would get alone); the distance is the
+    smallest of those to the centre and to the members within reach."""
+    ox, oy = objects["x_A"].to_numpy(float), objects["y_A"].to_numpy(float)
+    dx, dy = detections["x_A"].to_numpy(float), detections["y_A"].to_numpy(float)
+    d = np.hypot(ox[:, None] - dx[None, :], oy[:, None] - dy[None, :])
+    tol = np.maximum(5.0, _radius_A(objects["n_atoms"].to_numpy()) + 2.0)[:, None]
+    ok = d < tol
+    if "members" in objects.columns:
+        for i, mem in enumerate(objects["members"]):
+            mem = np.asarray(mem, float).reshape(-1, 3)
+            if len(mem) < 2:
+                continue
+            dm = np.hypot(mem[:, None, 0] - dx[None], mem[:, None, 1] - dy[None])
+            okm = dm < np.maximum(5.0, _radius_A(mem[:, 2]) + 2.0)[:, None]
+            dmin = np.where(okm, dm, np.inf).min(axis=0)
+            d[i] = np.where(ok[i], np.minimum(d[i], dmin), dmin)
+            ok[i] |= okm.any(axis=0)
+    return d, ok
 
 
 def match_objects(objects: pd.DataFrame, detections: pd.DataFrame) -> list[tuple[int, int]]:
     """Pairs ``(object row, detection row)`` by a minimum-total-distance assignment
-    (Kuhn 1955) among pairs closer than ``max(5 Å, r + 2 Å)``, r the object's
-    equal-volume radius."""
+    (Kuhn 1955) among pairs within reach: closer than ``max(5 Å, r + 2 Å)`` to the
+    object's centre (r its equal-volume radius) or, for an object of several clusters
+    (``members`` column of :func:`projected_objects`), than ``max(5 Å, r_m + 2 Å)`` to a
+    member cluster's centre (the distance is then the one to the nearest such centre)."""
     from scipy.optimize import linear_sum_assignment
 
     if len(objects) == 0 or len(detections) == 0:
         return []
-    d = np.hypot(
-        objects["x_A"].to_numpy()[:, None] - detections["x_A"].to_numpy()[None, :],
-        objects["y_A"].to_numpy()[:, None] - detections["y_A"].to_numpy()[None, :],
-    )
-    tol = np.maximum(5.0, _radius_A(objects["n_atoms"].to_numpy()) + 2.0)[:, None]
-    r, c = linear_sum_assignment(np.where(d < tol, d, 1e6))
-    return [(int(i), int(j)) for i, j in zip(r, c, strict=True) if d[i, j] < tol[i, 0]]
+    d, ok = _reach(objects, detections)
+    r, c = linear_sum_assignment(np.where(ok, d, 1e6))
+    return [(int(i), int(j)) for i, j in zip(r, c, strict=True) if ok[i, j]]
 
 
 def score_detections(
@@ -319,15 +352,15 @@ def score_detections(
 
     Objects of at least ``min_atoms`` atoms are matched one-to-one
     (:func:`match_objects`).  An unmatched detection is a false positive unless it lies
-    on a smaller object (within ``max(5 Å, r + 2 Å)``: neither hit nor false) or inside an
-    object made of several clusters (within r + 2 Å: it resolved them; its atoms are
-    added to that object's count).
+    within reach (as in :func:`match_objects`: of the centre or of a member cluster) of a
+    smaller object (neither hit nor false) or of an object made of several clusters (it
+    resolved them; its atoms are added to that object's count).
 
     Returns
     -------
     dict
         ``objects`` (the scored objects, index reset), ``pairs`` [(object, detection)],
-        ``extra`` {object: [detections inside it]}, ``n_atoms`` (detected atoms of each
+        ``extra`` {object: [detections on it]}, ``n_atoms`` (detected atoms of each
         pair: the matched detection plus its extra ones), ``tp``, ``fp``, ``fn``.
     """
     _need(detections, "detections", ["x_A", "y_A", "n_atoms"])
@@ -337,18 +370,23 @@ def score_detections(
     hit = {j for _, j in pairs}
     extra: dict[int, list[int]] = {}
     fp = 0
+    if len(big) and len(detections):
+        d_big, ok_big = _reach(big, detections)
+        multi = big["n_clusters"].to_numpy() > 1
+        r_big = _radius_A(big["n_atoms"].to_numpy())
+    on_small = np.zeros(len(detections), bool)
+    if len(small) and len(detections):
+        on_small = _reach(small, detections)[1].any(axis=0)
     for j in range(len(detections)):
-        if j in hit:
+        if j in hit or on_small[j]:
             continue
         xj, yj = detections["x_A"].iloc[j], detections["y_A"].iloc[j]
-        d = np.hypot(small["x_A"] - xj, small["y_A"] - yj)
-        if len(small) and np.any(d < np.maximum(5.0, _radius_A(small["n_atoms"]) + 2.0)):
-            continue
-        db = np.hypot(big["x_A"] - xj, big["y_A"] - yj)
-        inside_obj = (big["n_clusters"] > 1) & (db < _radius_A(big["n_atoms"]) + 2.0)
-        if inside_obj.any():
-            extra.setdefault(int(np.argmin(np.where(inside_obj, db, np.inf))), []).append(j)
-            continue
+        if len(big):
+            db = np.hypot(big["x_A"].to_numpy(float) - xj, big["y_A"].to_numpy(float) - yj)
+            on = multi & ((db < r_big + 2.0) | ok_big[:, j])
+            if on.any():
+                extra.setdefault(int(np.argmin(np.where(on, d_big[:, j], np.inf))), []).append(j)
+                continue
         fp += 1
     n_det = [float(detections["n_atoms"].iloc[[j, *extra.get(i, [])]].sum()) for i, j in pairs]
     return {
