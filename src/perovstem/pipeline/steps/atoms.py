@@ -165,23 +165,36 @@ def _scale_prior_option(value: Any) -> tuple[float, float] | None:
 
 
 def _offset_notes(ctx: Any, counting: dict[str, Any]) -> None:
-    """A report note per type whose library-anchored counts may all be offset by whole atoms."""
+    """A report note per type whose library-anchored counts may all be offset by whole
+    atoms (count_atoms' ``library_anchor``, or count_hybrid's fields)."""
+    for t, info in counting.items():
+        if not isinstance(info, dict):
+            continue
+        anchor = info.get("library_anchor") or info
+        if anchor.get("offset_ambiguous"):
+            _offset_note(ctx, t, anchor)
+
+
+def _offset_note(
+    ctx: Any,
+    t: str,
+    anchor: dict[str, Any],
+    *,
+    std: str = "n_atoms_std includes the offset",
+    way_out: str = "count with a library measured by the data's own estimator (library = "
+    '"fitted", perovstem.atoms.fitted_scs_library) or set scale_prior = [center, log_sd] '
+    "from a known calibration",
+) -> None:
+    """The report note of one type whose counts may all be offset (``offset_probability``)."""
     from perovstem.atoms._inputs import offset_summary
 
-    for t, info in counting.items():
-        anchor = info.get("library_anchor") if isinstance(info, dict) else None
-        if not anchor or not anchor.get("offset_ambiguous"):
-            continue
-        ctx.text(
-            f"{t} columns: the counts may all be offset by whole atoms, "
-            f"{offset_summary(anchor)}): another library scale reads every column one "
-            "atom up or down about as well (one or few thicknesses cannot tell c L_n from "
-            "c' L_(n+-1)); n_atoms_std includes the offset.  To decide it, count with a "
-            'library measured by the data\'s own estimator (library = "fitted", '
-            "perovstem.atoms.fitted_scs_library) or set scale_prior = [center, log_sd] from a "
-            "known calibration.",
-            section="counting",
-        )
+    ctx.text(
+        f"{t} columns: the counts may all be offset by whole atoms, "
+        f"{offset_summary(anchor)}): another library scale reads every column one "
+        "atom up or down about as well (one or few thicknesses cannot tell c L_n from "
+        f"c' L_(n+-1)); {std}.  To decide it, {way_out}.",
+        section="counting",
+    )
 
 
 FITTED_LIBRARY = (
@@ -856,5 +869,14 @@ def atoms_series(ctx: Any, series: Any, positions: Any = None) -> dict[str, Any]
                 caption=f"mean over {int(ok.sum())} {p['hmm_type']} columns (HMM, ±1σ)",
             )
     counts.attrs["hmm"] = res.summary()
+    if res.offset_ambiguous:
+        _offset_note(
+            ctx,
+            p["hmm_type"],
+            counts.attrs["hmm"],
+            std="the atoms lost are not affected (a common offset cancels)",
+            way_out="count with a library measured by the data's own estimator "
+            "(perovstem.atoms.fitted_scs_library, as perovstem.insitu.analyze_series does)",
+        )
     counts.attrs["detector"] = detector
     return {"counts": counts, "columns": columns}
