@@ -1176,7 +1176,10 @@ def count_atoms(
         n ~ 8): only this prior can, and only when ``log_sd`` is well below that.  Default
         ``(1, 0.03)`` for a library measured with the data's own estimator
         (:func:`perovstem.atoms.fitted_scs_library`, ``attrs["source"] == "fitted"``,
-        c = 0.97-1.03 on simulated images), otherwise ``(1, 0.1)``: Gaussian-fit
+        c = 0.97-1.03 on simulated images; for a table of
+        :func:`~perovstem.atoms.fit_columns` take
+        :func:`perovstem.atoms.fitted_library_for`, which repeats its fit at its dose),
+        otherwise ``(1, 0.1)``: Gaussian-fit
         cross-sections sit 5-25 % below a total-SCS library (7-9 % in the package's image
         model, 10-25 % on multislice images without vacuum), so the offset of a flat
         crystal is then often undecided (``offset_ambiguous``).  Give it when the

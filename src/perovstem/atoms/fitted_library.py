@@ -23,6 +23,13 @@ nanocrystals (a Pb–Br column of n Pb holds n + 1 Br, a Cs column n + 1 Cs), ab
 the data's crystal and imaged in the data's field of view (the fitted background, and so
 the cross-sections, depend on the vacuum around the crystal).  The probe is the default probe of the beam energy unless given — it is not
 read from the data, so evaluating on images made with another probe is a fair test.
+
+The defaults (widths measured once and held, positions held) repeat
+:func:`perovstem.insitu.analyze_series`' fit.  A table of
+:func:`perovstem.atoms.fit_columns` with its defaults (one width per type re-fitted in the
+image, positions refined) needs ``width="frame"``, ``fit_positions=True`` and the image's
+``dose_e_per_A2``: at 10³ e⁻/Å² that fit reads Cs columns 7 % below the noise-free library
+(docs/counting.md).  :func:`fitted_library_for` reads all of it from the table.
 """
 
 from __future__ import annotations
