@@ -803,12 +803,16 @@ def atoms_series(ctx: Any, series: Any, positions: Any = None) -> dict[str, Any]
         dose = np.diff(np.r_[series.initial_dose_e_per_A2, cum])
     obs = scs[:, sel]
     n_neg = int(np.sum(obs < 0))  # emptied columns: SCS ≈ 0 measured with noise
+    init = _start_scale_from_cs(scs[0], pos, p)
     res = api(HMM)(
         np.clip(obs, 0.0, None),
         lib,
         model=p["hmm_model"],
         dose_e_per_A2=dose,
-        init=_start_scale_from_cs(scs[0], pos, p),
+        init=init,
+        # the Cs columns' scale is also the prior of the readings (offset_probability):
+        # the types' scales are tied within 3 % (count_atoms' scale_spread)
+        **({} if init is None else {"scale_prior": (init["scale"], 0.03)}),
     )
     counts = res.table(scs[:, sel])
     col_idx = np.flatnonzero(sel)
