@@ -490,7 +490,16 @@ def track(
         max_step=max_step,
         rate=rate,
         fit_scale=not fixed_scale,
+        # the Cs columns' scale is also the prior of the readings (offset_probability)
+        **({} if init is None else {"scale_prior": (init["scale"], 0.03)}),
     )
+    if res.offset_ambiguous:
+        console.print(
+            f"{column_type}: WARNING counts may all be offset by whole atoms: "
+            f"{offset_summary({'offset_probability': res.offset_probability})}; the atoms "
+            "lost are not affected). Count with a library measured by the data's own "
+            "estimator (perovstem.atoms.fitted_scs_library)."
+        )
     long = res.table(obs)
     long.insert(2, "type", column_type)
     save_table(long, out, overwrite=overwrite)
