@@ -344,7 +344,8 @@ class HMMResult:
     offset_probability : dict or None
         ``{d: P(d)}``, the probability that every count is ``d`` atoms more than
         ``n_atoms`` (another reading of the scale, ``c L_n ~ c' L_(n+-1)``), as
-        :func:`~perovstem.atoms.count_atoms` reports it; None for ``library="gmm"``.
+        :func:`~perovstem.atoms.count_atoms` reports it; None for ``library="gmm"`` and
+        with ``fit_scale=False`` (the scale is then the caller's calibration).
         Unlike :func:`~perovstem.atoms.count_atoms`' ``n_atoms_std``, the HMM's posterior
         moments do not include it: a common offset cancels in the atoms lost and the loss
         rates, whose errors they give.
@@ -659,7 +660,8 @@ def fit_hmm(
         raise ParameterError("`dose_e_per_A2` (> 0) is required for model='dose'")
     init = dict(init or {})
 
-    scan = None if gmm_states else _scale_scan(obs, L)
+    # the readings are assessed where the scale is fitted (fixed: the caller's calibration)
+    scan = None if gmm_states or not fit_scale else _scale_scan(obs, L)
     post = None
     if scan is not None:
         from perovstem.atoms.count import _scale_posterior
