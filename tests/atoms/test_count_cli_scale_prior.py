@@ -83,6 +83,7 @@ def test_cli_count_scale_prior_bad_input(tmp_path, capsys, extra, words):
     assert not out.exists()
 
 
+@pytest.mark.slow  # the fitted library: ~16 s per field size
 @pytest.mark.parametrize("seed", [1, 2])
 def test_cli_count_library_fitted(tmp_path, capsys, seed):
     """--library fitted counts against the library of the table's own fit (its pixel size,

@@ -89,6 +89,7 @@ def test_count_step_scale_prior_on_simulated_image(tmp_path, seed):
     assert not any("offset" in t for t in texts), texts
 
 
+@pytest.mark.slow  # the fitted library: ~16 s per field size
 @pytest.mark.parametrize("seed", [1, 2])
 def test_count_step_fitted_library_at_low_dose(tmp_path, seed):
     """library = "fitted" builds the fitted-SCS library of the columns' own fit (pixel size,
