@@ -11,12 +11,18 @@ Sets: tune (seeds 0, 1), held-out (100, 101), fresh (400, 401).  A run is *corre
 >= 80 % of the columns are counted exactly and the total is within 5 %; *over-split* when
 the total is > 1.5x the truth, *merged* when < 0.67x.
 
+``--errors`` counts the fit's table (``scs`` and ``scs_err``) instead of the bare SCS
+array, as the CLI and the pipeline do: the ladder's min-width guard (levels not narrower
+than half the median ``scs_err``) only engages then.
+
 Usage::
 
     python benchmarks/bench_count_ladder.py                 # all sets (~15 min on 2 cores)
     python benchmarks/bench_count_ladder.py --seeds 0 1     # one set
+    python benchmarks/bench_count_ladder.py --errors --methods ladder  # with scs_err
 
-Writes ``benchmarks/results/bench_count_ladder.json`` (per-run rows and the summary).
+Writes ``benchmarks/results/bench_count_ladder.json`` (``..._errors.json`` with
+``--errors``; per-run rows and the summary).
 """
 
 from __future__ import annotations
@@ -42,22 +48,25 @@ SETS = {"tune": (0, 1), "held-out": (100, 101), "fresh": (400, 401)}
 
 
 def simulate(seed: int, n_cols: int, max_atoms: int, dose: float, dist: str):
-    """Fitted SCS and true counts of one run (the tests' Pb-column generator)."""
+    """Fitted SCS, true counts and SCS errors of one run (the tests' Pb-column generator)."""
     rng = np.random.default_rng([seed, n_cols, max_atoms, int(dose), dist == "sphere"])
     lev = np.arange(1, max_atoms + 1)
     if dist == "uniform":
         n = rng.integers(1, max_atoms + 1, n_cols)
     else:
         n = rng.choice(lev, n_cols, p=lev / lev.sum())
-    return pb_column_scs(n, dose, rng)
+    return pb_column_scs(n, dose, rng, with_err=True)
 
 
-def count(x: np.ndarray, method: str) -> tuple[np.ndarray, int, int]:
+def count(x: np.ndarray, method: str, err: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
+    import pandas as pd
+
     from perovstem.atoms import count_atoms
 
+    data = x if err is None else pd.DataFrame({"scs": x, "scs_err": err})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = count_atoms(x, method=method)
+        r = count_atoms(data, method=method)
     info = r.attrs["counting"]["all"]
     return r["n_atoms"].to_numpy(), int(info["n_components"]), int(info["first_count"])
 
@@ -82,7 +91,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seeds", type=int, nargs="*", default=[s for v in SETS.values() for s in v])
     ap.add_argument("--methods", nargs="*", default=["gmm", "ladder"])
+    ap.add_argument("--errors", action="store_true", help="count the table with scs_err")
     args = ap.parse_args()
+    out = OUT.with_name("bench_count_ladder_errors.json") if args.errors else OUT
     count(np.arange(1.0, 41.0), "ladder")  # numba compile outside the timing
     rows = []
     for seed in args.seeds:
@@ -90,10 +101,10 @@ def main() -> None:
             for max_atoms in (10, 20, 30):
                 for n_cols in (40, 100, 300):
                     for dose in (2e3, 1e4, 5e4):
-                        x, n = simulate(seed, n_cols, max_atoms, dose, dist)
+                        x, n, err = simulate(seed, n_cols, max_atoms, dose, dist)
                         for method in args.methods:
                             t0 = time.perf_counter()
-                            c, k, fc = count(x, method)
+                            c, k, fc = count(x, method, err if args.errors else None)
                             dt = time.perf_counter() - t0
                             rows.append(
                                 {
@@ -119,8 +130,8 @@ def main() -> None:
             if sel:
                 summ[f"{name}/{method}"] = summary(sel)
                 print(name, method, json.dumps(summ[f"{name}/{method}"]), flush=True)
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(
         json.dumps(
             {
                 "machine": {
@@ -128,13 +139,15 @@ def main() -> None:
                     "cpu_count": os.cpu_count(),
                     "load_average_1min": os.getloadavg()[0],
                 },
+                "scs_err_given": bool(args.errors),
+                "seeds": list(args.seeds),
                 "summary": summ,
                 "runs": rows,
             },
             indent=1,
         )
     )
-    print(f"wrote {OUT}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,13 @@ import numpy as np
 A_PB = 4.95  # fcc Pb lattice constant, Å
 
 
-def pb_column_scs(n: np.ndarray, dose: float, rng: np.random.Generator):
+def pb_column_scs(n: np.ndarray, dose: float, rng: np.random.Generator, *, with_err: bool = False):
     """Fitted SCS and true counts of isolated-ish [001] Pb columns of ``n`` atoms each.
 
     The columns sit on a square grid (fcc [001] spacing); the image is the fast HAADF model
     at 0.25 Å pixels with Poisson noise at ``dose`` (e⁻/Å², drawn from ``rng``), measured by
     ``fit_columns`` at the true positions.  Columns with a non-positive SCS are dropped.
+    ``with_err``: also the fit's ``scs_err`` (same draws).
     """
     from ase import Atoms
 
@@ -38,4 +39,6 @@ def pb_column_scs(n: np.ndarray, dose: float, rng: np.random.Generator):
         df = fit_columns(img, truth[["x_A", "y_A"]])
     x, n_true = df["scs"].to_numpy(), truth["n_atoms"].to_numpy()
     keep = x > 0
+    if with_err:
+        return x[keep], n_true[keep], df["scs_err"].to_numpy()[keep]
     return x[keep], n_true[keep]

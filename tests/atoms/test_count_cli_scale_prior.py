@@ -81,3 +81,38 @@ def test_cli_count_scale_prior_bad_input(tmp_path, capsys, extra, words):
     err = capsys.readouterr().err
     assert all(w in err for w in words), err
     assert not out.exists()
+
+
+@pytest.mark.slow  # the fitted library: ~16 s per field size
+@pytest.mark.parametrize("seed", [1, 2])
+def test_cli_count_library_fitted(tmp_path, capsys, seed):
+    """--library fitted counts against the library of the table's own fit (its pixel size,
+    field and dose, 2e3 e/A^2 here): a 30 A cube's Pb-Br columns exact, not flagged (as the
+    pipeline's library = "fitted": seeds 1-4 x 2 CPU modes exact).  Refused with the mixed
+    termination and for a table without the fit's attrs (a CSV).  Old code: 'fitted' was
+    read as a library file name."""
+    from perovstem.atoms import fit_columns, normalize_image
+    from perovstem.simulate import haadf_image, nanocrystal
+
+    img, truth = haadf_image(
+        nanocrystal(30.0, rng=seed), dose_e_per_A2=2e3, pixel_size_A=0.3, rng=seed
+    )
+    fit = fit_columns(normalize_image(img), truth[["x_A", "y_A", "type"]])
+    fit["true_n"] = truth["n_atoms"].to_numpy()
+    src = tmp_path / "cols.parquet"
+    save_table(fit[fit["type"].isin(["PbBr", "Cs"])], src)
+    out = tmp_path / "n.parquet"
+    base = ["atoms", "count", str(src), "--library", "fitted", "--max-components", "10"]
+    assert main([*base, "-o", str(out)]) == 2
+    assert "--termination CsBr" in " ".join(capsys.readouterr().err.split())
+    assert main([*base, "--termination", "CsBr", "-o", str(out)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "library: fitted" in text and "2000 e/A^2" in text, text
+    res = read_table(out)
+    pb = res[res["type"] == "PbBr"]
+    assert np.mean(pb["n_atoms"].to_numpy() == pb["true_n"].to_numpy()) >= 0.95
+    assert not res.attrs["counting"]["PbBr"]["library_anchor"]["offset_ambiguous"]
+    csv = tmp_path / "cols.csv"
+    fit.drop(columns=["true_n"]).to_csv(csv, index=False)
+    assert main(["atoms", "count", str(csv), "--library", "fitted", "--termination", "CsBr"]) == 2
+    assert "no attrs" in " ".join(capsys.readouterr().err.split())

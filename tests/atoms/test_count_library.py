@@ -320,3 +320,58 @@ def test_termination_needs_a_simulated_library():
     np.testing.assert_array_equal(c["scs_library"], y)
     c0 = count_library(y, "simulate", types=["PbBr"] * 5)
     assert (c0["scs_library"].to_numpy() < y).all()
+
+
+def _flat_table(rng, pb_scale, cs_scale, fitted=False, n_pb=9):
+    """A one-thickness cube: Pb-Br columns of ``n_pb`` atoms, Cs of ``n_pb + 1``, at the
+    given scales of the library (c L_9 ~ c' L_8 with c' ~ 1.12 c: n and n - 1 fit alike)."""
+    lib = {"PbBr": _library(20), "Cs": pd.DataFrame({"n_atoms": np.arange(1, 21)})}
+    lib["Cs"]["scs_A2"] = 0.0049 * lib["Cs"]["n_atoms"]
+    if fitted:
+        for t in lib.values():
+            t.attrs["source"] = "fitted"
+    rows = []
+    for t, n, c, sd in (("PbBr", n_pb, pb_scale, 0.004), ("Cs", n_pb + 1, cs_scale, 0.0008)):
+        v = lib[t].set_index("n_atoms").loc[n, "scs_A2"]
+        rows.append(pd.DataFrame({"scs_A2": c * v + rng.normal(0, sd, 100), "type": t}))
+    return pd.concat(rows, ignore_index=True), lib
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hybrid_reports_the_offset_probability_of_a_flat_crystal(seed):
+    """count_hybrid reports P(d) (every column d atoms more) as count_atoms does: a flat
+    crystal 7-8 % below a total-SCS library is read n or n - 1 about equally (seeds 0-7,
+    both CPU modes: P(0) 0.39-0.42, both types flagged, n_atoms_std >= 0.84, the counts
+    one low in 7 of 8 seeds, as count_atoms reads them); at the scale of a fitted library
+    (prior (1, 0.03)) 9/10-atom columns are just decided (P(0) 0.91-0.93) and 5/6-atom
+    ones (readings 20 % apart) surely (P(0) >= 0.9995, >= 99 % exact).  Old code: no
+    offset_probability, nothing flagged."""
+    df, lib = _flat_table(np.random.default_rng(seed), 0.93, 0.92)
+    with pytest.warns(UserWarning, match=r"count_hybrid: the counts of type\(s\) PbBr P = "):
+        res = count_hybrid(df, lib)
+    for t in ("PbBr", "Cs"):
+        info = res.attrs["counting"][t]
+        p0 = info["offset_probability"].get(0, 0.0)
+        assert info["offset_ambiguous"] and 0.2 < p0 < 0.8, info["offset_probability"]
+        assert sum(info["offset_probability"].values()) == pytest.approx(1.0)
+        assert info["scale_prior"] == {"center": 1.0, "log_sd": 0.1, "source": "default"}
+        m = (res["type"] == t).to_numpy()
+        assert res["n_atoms_std"].to_numpy()[m].min() >= 0.5
+        assert (res["p_n_atoms"].to_numpy()[m] <= p0 + 1e-12).all()
+    df, lib = _flat_table(np.random.default_rng(seed), 1.0, 1.0, fitted=True, n_pb=5)
+    res = count_hybrid(df, lib)
+    for t, n in (("PbBr", 5), ("Cs", 6)):
+        info = res.attrs["counting"][t]
+        assert not info["offset_ambiguous"] and info["offset_probability"][0] >= 0.999, info
+        assert info["scale_prior"]["source"] == "fitted library"
+        assert np.mean(res.loc[res["type"] == t, "n_atoms"] == n) >= 0.98
+
+
+def test_hybrid_offset_probability_of_many_thicknesses():
+    """Columns of 1-12 atoms identify the scale: the counts are not offset (P(0) ~ 1)."""
+    lib = _library()
+    n, x = _columns(lib, np.random.default_rng(5), scale=0.95)
+    res = count_hybrid(x, lib)
+    info = res.attrs["counting"]["all"]
+    assert info["offset_probability"][0] > 0.99 and not info["offset_ambiguous"]
+    assert np.mean(res["n_atoms"].to_numpy() == n) > 0.9

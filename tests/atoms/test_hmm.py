@@ -285,3 +285,33 @@ def test_miscalibrated_scale_is_found_from_the_pooled_frames(scale, n0):
     res = fit_hmm(obs, lib, model="loss")
     assert res.scale == pytest.approx(scale, rel=0.01)
     assert np.mean(res.n_atoms == h) > 0.98
+    # the pooled thicknesses decide the reading (seeds 0-5: P(0) 0.96-1.0)
+    assert not res.offset_ambiguous and res.offset_probability[0] > 0.9
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_flat_series_reports_the_offset_probability(seed):
+    """A flat crystal (Pb-Br columns of 9 atoms, nothing lost, 7 % below the total-SCS
+    library) is read n or n - 1 alike: fit_hmm reports P(d) and flags it as count_atoms
+    does (seeds 0-5: every count one low, P(0) 0.42-0.44, flagged); with the known
+    calibration as scale_prior the start is the most probable reading and the counts are
+    exact, P(0) 0.993-0.994.  Old code: no offset_probability, nothing flagged, and no
+    way to give the calibration."""
+    from perovstem.simulate import scs_library
+
+    lib = scs_library("PbBr", 30)
+    L = lib.set_index("n_atoms")["scs_A2"]
+    rng = np.random.default_rng(seed)
+    obs = 0.93 * L.loc[9] + rng.normal(0, 0.004, (10, 80))
+    with pytest.warns(UserWarning, match=r"fit_hmm: the counts of type\(s\) all columns P = "):
+        res = fit_hmm(obs, lib, model="loss")
+    p0 = res.offset_probability.get(0, 0.0)
+    assert res.offset_ambiguous and 0.2 < p0 < 0.8, res.offset_probability
+    assert sum(res.offset_probability.values()) == pytest.approx(1.0)
+    summ = res.summary()
+    assert summ["offset_ambiguous"] and summ["scale_prior"]["source"] == "default"
+    res = fit_hmm(obs, lib, model="loss", scale_prior=(0.93, 0.02))
+    assert not res.offset_ambiguous and res.offset_probability[0] > 0.97
+    assert np.mean(res.n_atoms == 9) > 0.99
+    with pytest.raises(ParameterError, match="scale_prior"):
+        fit_hmm(obs, lib, scale_prior=(0.0, 0.1))

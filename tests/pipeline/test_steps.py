@@ -263,7 +263,9 @@ angle_step_deg = 20.0
 def test_series_hmm_counts_a_pristine_cube(tmp_path):
     """atoms.series on 4 frames of a pristine 60 Å cube (all Pb-Br columns 10 cells, no
     loss): the frames cannot tell c L_10 from c' L_9 and EM from c = 1 counted every column
-    9 in every frame.  The Cs columns of the first frame now fix the HMM's starting scale."""
+    9 in every frame.  The Cs columns of the first frame now fix the HMM's starting scale,
+    and are the prior of its offset probability: not flagged (P(0) = 0.93 in both CPU
+    modes; with the default prior (1, 0.1) the correct counts were flagged, P(0) = 0.36)."""
     import perovstem as ps
     from perovstem.simulate import haadf_image, nanocrystal
 
@@ -298,6 +300,8 @@ hmm_model = "loss"
     true_n = truth.loc[truth["type"] == "PbBr", "n_atoms"].unique()
     assert true_n.tolist() == [10]
     assert np.mean(counts["n_atoms"].to_numpy() == 10) > 0.98
+    hmm = counts.attrs["hmm"]
+    assert not hmm["offset_ambiguous"], hmm["offset_probability"]
 
 
 def test_composition_without_thickness_takes_it_from_the_cs_neighbours(tmp_path):

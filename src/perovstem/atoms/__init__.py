@@ -13,7 +13,8 @@ Public API (see ``docs/CONTRACTS.md``):
 * :class:`ProjectedCell`, :func:`cspbbr3_001_cell`, :func:`cspbbr3_011_cell` — projected
   unit cells;
 * :func:`fitted_scs_library` — SCS library measured by this package's own column fit on
-  simulated slabs (the counting library of in-situ series).
+  simulated slabs (the counting library of in-situ series); :func:`fitted_library_for` —
+  the one that matches a table of :func:`fit_columns` (its image size, dose and fit).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from perovstem.atoms.cell import ProjectedCell, cspbbr3_001_cell, cspbbr3_011_ce
 from perovstem.atoms.crlb import crlb
 from perovstem.atoms.find import estimate_lattice, find_columns, find_peaks, fit_lattice_vectors
 from perovstem.atoms.fit import FIT_COLUMNS, fit_columns, model_image
-from perovstem.atoms.fitted_library import fitted_scs_library
+from perovstem.atoms.fitted_library import fitted_library_for, fitted_scs_library
 from perovstem.atoms.hyperspy import to_hyperspy
 from perovstem.atoms.lattice import (
     fit_lattice,
@@ -52,6 +53,7 @@ __all__ = [
     "fit_columns",
     "fit_lattice",
     "fit_lattice_vectors",
+    "fitted_library_for",
     "fitted_scs_library",
     "lattice_strain",
     "strain_analysis",

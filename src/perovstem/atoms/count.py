@@ -884,6 +884,59 @@ def _offset_probabilities(
     return dict(sorted(out.items()))
 
 
+def _offset_mixture(
+    post: np.ndarray,
+    xs: np.ndarray,
+    lib: tuple[np.ndarray, np.ndarray],
+    counts: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+) -> tuple[dict[str, Any], float, np.ndarray, np.ndarray]:
+    """The whole-type offset of ``counts`` and the moments mixed over it.
+
+    ``P(d)`` from :func:`_offset_probabilities` (``post``: rows ``(c, nll, p)`` of
+    :func:`_scale_posterior`); the counts' posterior ``mean`` and variance ``var`` become
+    those of the mixture over ``d`` (``+ E d``, ``+ Var d``).  Returns the report fields
+    ``{"offset_probability": {d: P(d)}, "offset_ambiguous": P(0) < 0.9}``, ``P(0)`` (the
+    factor of the MAP count's probability) and the mixed mean and variance.  Shared by
+    :func:`count_atoms`, :func:`~perovstem.atoms.count_hybrid` and
+    :func:`~perovstem.atoms.fit_hmm`.
+    """
+    po = _offset_probabilities(post, xs, lib, counts)
+    d = np.array(list(po), dtype=float)
+    w = np.array(list(po.values()))
+    p0 = float(po.get(0, 0.0))
+    md = float(w @ d)
+    info = {
+        "offset_probability": {int(k): float(val) for k, val in po.items()},
+        "offset_ambiguous": bool(p0 < _OFFSET_LEVEL),
+    }
+    return info, p0, mean + md, var + float(w @ d**2) - md**2
+
+
+def _warn_offset(
+    ambiguous: dict[str, float],
+    what: str,
+    where: str,
+    std: str = "n_atoms_std includes the offset",
+    stacklevel: int = 3,
+) -> None:
+    """One warning naming the types whose counts may all be offset (``{type: P(0)}``);
+    ``where`` says where the probabilities are kept."""
+    if not ambiguous:
+        return
+    txt = ", ".join(f"{k} P = {p:.2f}" for k, p in ambiguous.items())
+    warnings.warn(
+        f"{what}: the counts of type(s) {txt} may all be offset by one atom or "
+        "more: another library scale reads them one atom up or down about as well "
+        f"(one or few thicknesses cannot tell c L_n from c' L_(n+-1)); {std} "
+        f"({where}).  A calibrated library (fitted_scs_library, or "
+        "Voronoi sums with the Voronoi library) and `scale_prior` decide it",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
+
+
 def _identifiable(
     cand: list[tuple[float, float]],
     chosen: float,
@@ -1123,7 +1176,10 @@ def count_atoms(
         n ~ 8): only this prior can, and only when ``log_sd`` is well below that.  Default
         ``(1, 0.03)`` for a library measured with the data's own estimator
         (:func:`perovstem.atoms.fitted_scs_library`, ``attrs["source"] == "fitted"``,
-        c = 0.97-1.03 on simulated images), otherwise ``(1, 0.1)``: Gaussian-fit
+        c = 0.97-1.03 on simulated images; for a table of
+        :func:`~perovstem.atoms.fit_columns` take
+        :func:`perovstem.atoms.fitted_library_for`, which repeats its fit at its dose),
+        otherwise ``(1, 0.1)``: Gaussian-fit
         cross-sections sit 5-25 % below a total-SCS library (7-9 % in the package's image
         model, 10-25 % on multislice images without vacuum), so the offset of a flat
         crystal is then often undecided (``offset_ambiguous``).  Give it when the
@@ -1387,16 +1443,9 @@ def count_atoms(
             # the whole type read one atom up or down (another scale optimum): a shift d
             # of all columns with probability P(d); the counts' mean and variance take the
             # mixture over d, the MAP count's probability is that of d = 0
-            po = _offset_probabilities(spost[typ], xs, libs[typ], counts[c])
-            d = np.array(list(po), dtype=float)
-            w = np.array(list(po.values()))
-            p0 = po.get(0, 0.0)
-            md = float(w @ d)
-            m = m + md
-            v = v + float(w @ d**2) - md**2
+            off, p0, m, v = _offset_mixture(spost[typ], xs, libs[typ], counts[c], m, v)
             p_map[sel] *= p0
-            anchor["offset_probability"] = {int(k): float(val) for k, val in po.items()}
-            anchor["offset_ambiguous"] = bool(p0 < _OFFSET_LEVEL)
+            anchor.update(off)
             anchor["scale_prior"] = {
                 "center": prior_c,
                 "log_sd": prior_sd,
@@ -1448,18 +1497,11 @@ def count_atoms(
         from perovstem.atoms.library import _warn_shifted
 
         _warn_shifted(shift, "count_atoms")
-    if ambiguous:
-        txt = ", ".join(f"{k} P = {p:.2f}" for k, p in ambiguous.items())
-        warnings.warn(
-            f"count_atoms: the counts of type(s) {txt} may all be offset by one atom or "
-            "more: another library scale reads them one atom up or down about as well "
-            "(one or few thicknesses cannot tell c L_n from c' L_(n+-1)); n_atoms_std "
-            "includes the offset (attrs['counting'][type]['library_anchor']"
-            "['offset_probability']).  A calibrated library (fitted_scs_library, or "
-            "Voronoi sums with the Voronoi library) and `scale_prior` decide it",
-            UserWarning,
-            stacklevel=2,
-        )
+    _warn_offset(
+        ambiguous,
+        "count_atoms",
+        "attrs['counting'][type]['library_anchor']['offset_probability']",
+    )
     out["n_atoms"] = n_atoms
     out["p_n_atoms"] = p_map
     out["n_atoms_mean"] = mean

@@ -374,7 +374,9 @@ def fit_columns(
         information (column block of the inverse over the column and its overlapping
         neighbours; shared width and background treated as known except in ``rho_err_A`` and
         ``scs_err``), and ``converged``.  ``df.attrs`` holds ``pixel_size_A``, ``origin_A``,
-        ``background`` (model and coefficients), ``width``, ``rho_A_by_type``, ``noise``,
+        ``image_shape``, ``background`` (model and coefficients), ``width``,
+        ``fit_positions``, ``dose_e_per_A2`` (the image's, None when unknown; what
+        :func:`perovstem.atoms.fitted_library_for` needs), ``rho_A_by_type``, ``noise``,
         ``n_iter``, ``parallel``, ``sse``, ``sigma2``, ``cutoff_rho`` and, for ``"poisson"``,
         ``variance_model`` (kind ``"detector"``/``"fitted"``, slope, offset, const,
         dispersion φ = Σ r²/(1 − h) / Σ v).  The result depends on
@@ -1333,6 +1335,9 @@ def fit_columns(
             "basis": "polynomial in u, v ∈ [−1, 1] across the image: 1, u, v, u², uv, v²",
         },
         width=width,
+        fit_positions=bool(fit_positions),
+        # the dose of the fitted image (a fitted SCS library needs it: the fit's noise bias)
+        dose_e_per_A2=None if img.dose_e_per_A2 is None else float(img.dose_e_per_A2),
         rho_A_by_type={t: float(np.median(rho_A_arr[tid == i])) for i, t in enumerate(tnames)},
         noise=noise,
         estimator=estimator,

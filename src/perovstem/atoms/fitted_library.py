@@ -23,6 +23,13 @@ nanocrystals (a Pb–Br column of n Pb holds n + 1 Br, a Cs column n + 1 Cs), ab
 the data's crystal and imaged in the data's field of view (the fitted background, and so
 the cross-sections, depend on the vacuum around the crystal).  The probe is the default probe of the beam energy unless given — it is not
 read from the data, so evaluating on images made with another probe is a fair test.
+
+The defaults (widths measured once and held, positions held) repeat
+:func:`perovstem.insitu.analyze_series`' fit.  A table of
+:func:`perovstem.atoms.fit_columns` with its defaults (one width per type re-fitted in the
+image, positions refined) needs ``width="frame"``, ``fit_positions=True`` and the image's
+``dose_e_per_A2``: at 10³ e⁻/Å² that fit reads Cs columns 7 % below the noise-free library
+(docs/counting.md).  :func:`fitted_library_for` reads all of it from the table.
 """
 
 from __future__ import annotations
@@ -36,7 +43,13 @@ import pandas as pd
 from perovstem._validation import check_choice, check_positive
 from perovstem.errors import ParameterError
 
-__all__ = ["LIBRARY_TYPES", "fitted_scs_library", "slab_atoms", "type_widths"]
+__all__ = [
+    "LIBRARY_TYPES",
+    "fitted_library_for",
+    "fitted_scs_library",
+    "slab_atoms",
+    "type_widths",
+]
 
 LIBRARY_TYPES = ("PbBr", "Br", "Cs")
 """Column types of the CsPbBr₃ [001] projection (:func:`perovstem.atoms.cspbbr3_001_cell`)."""
@@ -252,6 +265,167 @@ def fitted_scs_library(
     )
     tables = _cached_library(*key)
     return {t: df.copy() for t, df in tables.items()}
+
+
+def with_cd_fraction(
+    table: pd.DataFrame, column_type: str, cd_fraction: float, *, voltage_kV: float = 300.0
+) -> pd.DataFrame:
+    """A fitted library of a Cd-alloyed crystal: the Pb–B values times the tabulated ratio.
+
+    The slabs of :func:`fitted_scs_library` are pure CsPbBr₃; with a Cd fraction ``x`` on
+    the Pb sites the Pb–B cross-section of ``n`` cells is scaled by
+    ``scs_library("PbBr", cd_fraction=x) / scs_library("PbBr")`` at ``n`` (other types and
+    ``x = 0``: unchanged).  Returns a copy.
+    """
+    out = table.copy()
+    if column_type != "PbBr" or not cd_fraction:
+        return out
+    from perovstem.simulate import scs_library
+
+    m = int(out["n_atoms"].max())
+    pure = scs_library("PbBr", m, voltage_kV=voltage_kV)["scs_A2"].to_numpy()
+    alloy = scs_library("PbBr", m, voltage_kV=voltage_kV, cd_fraction=cd_fraction)
+    ratio = np.divide(alloy["scs_A2"].to_numpy(), pure, out=np.ones_like(pure), where=pure > 0)
+    out["scs_A2"] = out["scs_A2"].to_numpy() * ratio[out["n_atoms"].to_numpy()]
+    out.attrs["cd_fraction"] = float(cd_fraction)
+    return out
+
+
+def fitted_library_for(
+    columns: pd.DataFrame,
+    max_atoms: int = 20,
+    *,
+    types: Any = None,
+    dose_e_per_A2: float | None = None,
+    voltage_kV: float = 300.0,
+    termination: str = "CsBr",
+    lattice_A: float = 5.87,
+    cd_fraction: float = 0.0,
+    n_realizations: int = 4,
+    rng: int = 0,
+) -> dict[str, pd.DataFrame]:
+    """The :func:`fitted_scs_library` that matches a table of :func:`~perovstem.atoms.fit_columns`.
+
+    The library must measure the slabs as the table's image was measured, or the counts
+    of a type shift by whole atoms (docs/counting.md, "Offset ambiguity").  Its conditions
+    are read from the table's ``attrs``: pixel size and image size (the fitted background
+    depends on the vacuum in the field), the dose of the image (``dose_e_per_A2``; at
+    10³ e⁻/Å² the noisy fit reads Cs columns 7 % and Pb–B 2.5 % below the noise-free
+    one), the width treatment (``width="type"``: one width per type re-fitted in the image,
+    ``width="frame"`` of the library) and whether positions were refined
+    (``fit_positions``).  The slab has about as many cells per edge as the table has Pb–B
+    columns (√N, 3–12), as :func:`perovstem.insitu.analyze_series` sizes it.
+
+    Parameters
+    ----------
+    columns : DataFrame
+        Output of :func:`~perovstem.atoms.fit_columns` on a normalised image (its
+        ``attrs`` are needed: a CSV copy has none; parquet keeps them).
+    max_atoms : int
+        Largest count in the library.
+    types : sequence of str, optional
+        Column types to tabulate (default: those of the table that a CsPbBr₃ [001] slab
+        has, :data:`LIBRARY_TYPES`).
+    dose_e_per_A2 : float, optional
+        Dose of the fitted image, e⁻/Å² (default ``attrs["dose_e_per_A2"]``).
+    voltage_kV : float
+        Beam energy.
+    termination : {"CsBr", "PbBr2"}
+        Faces of the slabs (see :func:`slab_atoms`).
+    lattice_A : float
+        Lattice parameter, Å.
+    cd_fraction : float
+        Cd fraction of the Pb–B columns (:func:`with_cd_fraction`).
+    n_realizations : int
+        Noise realisations per thickness.
+    rng : int
+        Seed of the library's noise (cached per argument set).
+
+    Returns
+    -------
+    dict of DataFrame
+        ``{type: DataFrame[n_atoms, scs_A2, scs_sd_A2]}`` as :func:`fitted_scs_library`.
+
+    Raises
+    ------
+    DataError
+        When the table lacks the attrs the library needs, or was not measured by a fit the
+        library can reproduce (cross-sections not normalised, per-column or fixed widths, a
+        non-constant background, a probe-tail model, Poisson fitting), naming the attr and
+        its value.
+    ParameterError
+        For a type without a fitted library, or a bad option.
+    """
+    from perovstem.errors import DataError
+
+    a = columns.attrs if isinstance(columns, pd.DataFrame) else {}
+    need = [k for k in ("pixel_size_A", "image_shape", "width") if a.get(k) is None]
+    if need:
+        raise DataError(
+            f"a fitted library needs the conditions of the column fit, but the `columns` table "
+            f"has no attrs {need} (the output of fit_columns has them; a CSV copy loses them, "
+            "a parquet table keeps them)"
+        )
+    units = str(a.get("scs_units", "fraction"))
+    if not units.startswith("fraction"):
+        raise DataError(
+            f"the cross-sections are in {units!r}, not in Å² of the incident beam: normalise "
+            "the image (perovstem.atoms.normalize_image) before fitting, as the library's "
+            "slabs are"
+        )
+    bad = []
+    if a["width"] != "type":
+        bad.append(f"width = {a['width']!r} (the library fits one width per type)")
+    bg = a.get("background") or {}
+    if isinstance(bg, dict) and bg.get("model", "constant") != "constant":
+        bad.append(f"background = {bg.get('model')!r} (the library's is constant)")
+    if a.get("psf_tail") is not None:
+        bad.append("a psf_tail model (the library fits Gaussian columns only)")
+    if a.get("noise", "gaussian") != "gaussian":
+        bad.append(f"noise = {a.get('noise')!r} (the library fits by least squares)")
+    if bad:
+        raise DataError(
+            "the `columns` table was fitted with " + "; ".join(bad) + ": a fitted library "
+            "cannot reproduce that fit.  Fit with width='type', a constant background and "
+            "Gaussian noise, or count with the tabulated library (perovstem.simulate."
+            "scs_library)"
+        )
+    dose = dose_e_per_A2 if dose_e_per_A2 is not None else a.get("dose_e_per_A2")
+    if dose is None:
+        raise DataError(
+            "a fitted library needs the dose of the fitted image (the fit's noise bias: at "
+            "10^3 e/A^2 it reads Cs columns 7 % low): the `columns` table has no "
+            "attrs['dose_e_per_A2']; give dose_e_per_A2"
+        )
+    present = (
+        [str(t) for t in pd.unique(columns["type"].astype(str))]
+        if "type" in columns.columns
+        else []
+    )
+    want = [t for t in LIBRARY_TYPES if t in present] if types is None else list(types)
+    unknown = [t for t in want if t not in LIBRARY_TYPES]
+    if unknown or not want:
+        raise ParameterError(
+            f"no fitted library for the column types {unknown or present} (a CsPbBr3 [001] "
+            f"slab has {list(LIBRARY_TYPES)})"
+        )
+    n_b = int((columns["type"].astype(str) == "PbBr").sum()) if present else 0
+    n_cells = int(np.clip(np.rint(np.sqrt(n_b)), 3, 12)) if n_b else 8
+    tabs = fitted_scs_library(
+        max_atoms,
+        pixel_size_A=float(a["pixel_size_A"]),
+        dose_e_per_A2=float(dose),
+        voltage_kV=voltage_kV,
+        termination=termination,
+        lattice_A=lattice_A,
+        n_cells=n_cells,
+        shape=(int(a["image_shape"][0]), int(a["image_shape"][1])),
+        n_realizations=n_realizations,
+        width="frame",
+        fit_positions=bool(a.get("fit_positions", True)),
+        rng=rng,
+    )
+    return {t: with_cd_fraction(tabs[t], t, cd_fraction, voltage_kV=voltage_kV) for t in want}
 
 
 # counts of each column type in a slab of t cells: t + offset (see slab_atoms)

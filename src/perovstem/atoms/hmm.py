@@ -341,6 +341,18 @@ class HMMResult:
     initial : ndarray, shape (K,)
     scale, width : float
         Emission scale ``c`` and width ``sigma``.
+    offset_probability : dict or None
+        ``{d: P(d)}``, the probability that every count is ``d`` atoms more than
+        ``n_atoms`` (another reading of the scale, ``c L_n ~ c' L_(n+-1)``), as
+        :func:`~perovstem.atoms.count_atoms` reports it; None for ``library="gmm"`` and
+        with ``fit_scale=False`` (the scale is then the caller's calibration).
+        Unlike :func:`~perovstem.atoms.count_atoms`' ``n_atoms_std``, the HMM's posterior
+        moments do not include it: a common offset cancels in the atoms lost and the loss
+        rates, whose errors they give.
+    offset_ambiguous : bool or None
+        ``P(0) < 0.9`` (a warning is given).
+    scale_prior : dict or None
+        ``center``, ``log_sd`` and ``source`` of the scale prior that weighs the readings.
     loss_rate, loss_rate_err : ndarray, shape (N,) or None
         Atoms lost per column per unit dose (per e⁻/Å²) and standard error, when doses are known.
         With ``rate="shared"`` every column has the same rate and error, and the errors are
@@ -368,6 +380,9 @@ class HMMResult:
     converged: bool
     model: str
     loss_rate_total_err: float | None = None
+    offset_probability: dict[int, float] | None = None
+    offset_ambiguous: bool | None = None
+    scale_prior: dict[str, Any] | None = None
 
     def table(self, scs: Any = None) -> pd.DataFrame:
         """Long table: ``frame, column, n_atoms, n_atoms_mean, n_atoms_std, p_n_atoms`` (+ ``scs``)."""
@@ -450,6 +465,9 @@ class HMMResult:
             "converged": self.converged,
             "transition": None if self.transition is None else self.transition.tolist(),
             "initial": self.initial.tolist(),
+            "offset_probability": self.offset_probability,
+            "offset_ambiguous": self.offset_ambiguous,
+            "scale_prior": self.scale_prior,
         }
 
 
@@ -480,7 +498,24 @@ def _check_obs(obs: Any) -> np.ndarray:
     return a
 
 
-def _start_scale(obs: np.ndarray, L: np.ndarray, n_max: int = 4096) -> float:
+def _scale_scan(
+    obs: np.ndarray, L: np.ndarray, n_max: int = 4096
+) -> tuple[list[tuple[float, float]], float]:
+    """Optima ``(c, nll)`` of the hybrid likelihood of all frames (at most ``n_max``
+    quantiles of the observations) and the weight that scales their NLL to one frame's
+    worth of columns: the frames see the same columns, so their likelihoods are not
+    independent evidence on the scale (T frames would make every reading T times surer)."""
+    from perovstem.atoms.library import _scale_candidates
+
+    x = np.sort(obs.ravel())
+    if x.size > n_max:
+        x = x[np.linspace(0, x.size - 1, n_max).astype(np.int64)]
+    return _scale_candidates(x, L, (0.8, 1.25), 0.01, 1e-10), obs.shape[1] / x.size
+
+
+def _start_scale(
+    obs: np.ndarray, L: np.ndarray, cands: list[tuple[float, float]] | None = None
+) -> float:
     """Starting emission scale: the best optimum of the hybrid likelihood of all frames.
 
     StatSTEM starts EM at ``c = 1``.  The library is nearly self-similar, so EM then settles on
@@ -493,12 +528,9 @@ def _start_scale(obs: np.ndarray, L: np.ndarray, n_max: int = 4096) -> float:
     scale and StatSTEM's ``c = 1`` is kept.
     """
     from perovstem.atoms.count import _identifiable, _scale_penalty
-    from perovstem.atoms.library import _scale_candidates
 
-    x = np.sort(obs.ravel())
-    if x.size > n_max:
-        x = x[np.linspace(0, x.size - 1, n_max).astype(np.int64)]
-    cands = _scale_candidates(x, L, (0.8, 1.25), 0.01, 1e-10)
+    if cands is None:
+        cands = _scale_scan(obs, L)[0]
     best = min(cands, key=lambda cn: cn[1] + _scale_penalty(cn[0], 1.0, 0.1))[0]
     # a flat profile (StatSTEM's HMM example) says nothing: keep StatSTEM's start there
     return best if _identifiable(cands, best) else 1.0
@@ -518,6 +550,7 @@ def fit_hmm(
     init: dict[str, Any] | None = None,
     max_iter: int = 5000,
     tol: float = 1e-12,
+    scale_prior: tuple[float, float] | None = None,
 ) -> HMMResult:
     """Fit a hidden Markov model to cross-sections over frames and decode the counts.
 
@@ -557,11 +590,28 @@ def fit_hmm(
         ``sigma = (max obs - min obs) / (2K)``, uniform ``pi`` and ``A`` (over allowed moves).
     max_iter, tol : int, float
         EM stops when ``|ΔLL / LL| < tol`` or after ``max_iter`` cycles.
+    scale_prior : (float, float), optional
+        ``(center, log_sd)`` of the prior on the scale that weighs the readings of the
+        counts (``offset_probability``), as :func:`~perovstem.atoms.count_atoms`' (default
+        ``(1, 0.03)`` for a library made by
+        :func:`~perovstem.atoms.fitted_scs_library`, else ``(1, 0.1)``).  The optima of
+        the hybrid likelihood of all frames (the start scan, its NLL scaled to one frame:
+        the frames see the same columns) are the readings; each is weighed by its
+        likelihood and the prior.  Given (or with a fitted library) and ``fit_scale``, EM
+        starts from the most probable reading.  ``init["scale"]`` is a start, not a prior.
 
     Returns
     -------
     HMMResult
+
+    Warns
+    -----
+    UserWarning
+        When the counts may all be offset (``offset_ambiguous``, ``P(0) < 0.9``).
     """
+    from perovstem.atoms.count import _check_scale_prior
+
+    prior_c, prior_sd, prior_from = _check_scale_prior(scale_prior, library)
     obs = _check_obs(scs)
     T, N = obs.shape
     if model not in ("free", "loss", "dose"):
@@ -573,6 +623,7 @@ def fit_hmm(
     ):
         # a negative band forbids every transition: the EM ran on NaN and exited 0
         raise ParameterError(f"`max_step` must be an integer >= 0, got {max_step!r}")
+    gmm_states = False
     if isinstance(library, str) and library == "gmm":
         # no simulations: the states are the components of an equal-width GMM of all frames
         # (k by ICL), counted 1, 2, ... from the lowest; the scale is then fixed
@@ -585,6 +636,7 @@ def fit_hmm(
             raise DataError("the GMM of the SCS has a single component: nothing to track")
         library = np.column_stack([np.arange(1, means.size + 1), means])
         fit_scale = False
+        gmm_states = True
     n_lib, L = as_library(library)
     if max_states is not None:
         if int(max_states) < 2:
@@ -608,10 +660,22 @@ def fit_hmm(
         raise ParameterError("`dose_e_per_A2` (> 0) is required for model='dose'")
     init = dict(init or {})
 
+    # the readings are assessed where the scale is fitted (fixed: the caller's calibration)
+    scan = None if gmm_states or not fit_scale else _scale_scan(obs, L)
+    post = None
+    if scan is not None:
+        from perovstem.atoms.count import _scale_posterior
+
+        # the readings of the counts (scale optima) weighed by the prior: P(offset) below
+        cands = [(cc, nll * scan[1]) for cc, nll in scan[0]]
+        post = _scale_posterior({"all": cands}, 0.03, prior_sd, prior_c)["all"]
     if "scale" in init or not fit_scale:
         c = float(init.get("scale", 1.0))
+    elif prior_from != "default":
+        # a calibration (scale_prior, fitted library): start at the most probable reading
+        c = float(post[int(np.argmax(post[:, 2])), 0])
     else:
-        c = _start_scale(obs, L)
+        c = _start_scale(obs, L, scan[0])
     sigma = float(init.get("width", (obs.max() - obs.min()) / (2 * K)))
     if not sigma > 0:
         sigma = max(float(np.std(obs)), 1e-12)
@@ -701,6 +765,24 @@ def fit_hmm(
         # error is one error for all columns (N x the per-column error, not sqrt(N) x)
         var_tot = np.maximum(loss, 0.0).sum() + np.sum(sd[0] ** 2 + sd[-1] ** 2)
         rate_tot_e = float(np.sqrt(var_tot) / tot)
+    off: dict[str, Any] = {"offset_probability": None, "offset_ambiguous": None}
+    prior = None
+    if post is not None:
+        # every count read one atom up or down (another scale optimum): P(d) of the whole
+        # series as count_atoms gives it.  The posterior moments stay the HMM's: a common
+        # offset cancels in the losses, whose errors they give
+        from perovstem.atoms.count import _offset_mixture, _warn_offset
+
+        flat = np.zeros(counts.size)
+        off, p0, _, _ = _offset_mixture(post, obs.ravel(), (n_lib, L), counts.ravel(), flat, flat)
+        prior = {"center": prior_c, "log_sd": prior_sd, "source": prior_from}
+        if off["offset_ambiguous"]:
+            _warn_offset(
+                {"all columns": p0},
+                "fit_hmm",
+                "HMMResult.offset_probability",
+                std="n_atoms_std does not include it (it cancels in the atoms lost)",
+            )
     return HMMResult(
         n_atoms=counts,
         n_atoms_mean=m,
@@ -719,4 +801,7 @@ def fit_hmm(
         converged=conv,
         model=model,
         loss_rate_total_err=rate_tot_e,
+        offset_probability=off["offset_probability"],
+        offset_ambiguous=off["offset_ambiguous"],
+        scale_prior=prior,
     )

@@ -18,11 +18,15 @@ import pandas as pd
 
 from perovstem.atoms.count import (
     _as_scs,
+    _check_scale_prior,
     _fallback_scales,
     _identifiable,
+    _offset_mixture,
     _scale_penalty,
+    _scale_posterior,
     _shared_scale_choice,
     _table_input,
+    _warn_offset,
 )
 from perovstem.errors import DataError, ParameterError
 
@@ -430,7 +434,7 @@ def count_hybrid(
     include_zero: bool = False,
     fit_scale: bool = True,
     scale_spread: float = 0.03,
-    scale_sd: float = 0.1,
+    scale_sd: float | None = None,
     termination: str = "mixed",
     cd_fraction: float = 0.0,
 ) -> pd.DataFrame:
@@ -450,9 +454,10 @@ def count_hybrid(
         so ``log c_t ~ N(log c0, scale_spread^2)``.  A type whose thicknesses do not fix its
         scale (a cube has one Pb-Br thickness, and ``c L_n`` then fits for several ``n``)
         takes it from the other types instead of from an arbitrary optimum.
-    scale_sd : float
-        Log-sd of the weak prior of ``c0`` around 1 (calibrated library), see
-        :func:`fit_hybrid`.
+    scale_sd : float, optional
+        Log-sd of the prior of ``c0`` around 1, see :func:`fit_hybrid`; default as
+        :func:`~perovstem.atoms.count_atoms`' ``scale_prior``: 0.03 for a library measured
+        with the data's estimator (:func:`~perovstem.atoms.fitted_scs_library`), else 0.1.
     termination, cd_fraction : str, float
         Crystal surfaces and Cd fraction of a ``"simulate"`` library (see :func:`as_library`).
 
@@ -468,7 +473,17 @@ def count_hybrid(
         ``scale_from``), and ``count_shift_vs_calibrated`` (mean count minus the count of
         the nearest library value at c = 1; for Voronoi sums a shift of 0.5 atom or more
         warns: on thin columns a normalisation error and a count shift fit alike).
+        With ``fit_scale`` also ``offset_probability`` ``{d: P(d)}``, the probability
+        that every column of the type is ``d`` atoms more than ``n_atoms``, and
+        ``offset_ambiguous`` (``P(0) < 0.9``, with a warning) and ``scale_prior``, as
+        :func:`~perovstem.atoms.count_atoms` reports them: each optimum of the scale
+        likelihood is one reading of the counts, weighed by its likelihood and the scale
+        prior; ``n_atoms_mean``/``n_atoms_std`` are those of the mixture over ``d`` and
+        ``p_n_atoms`` is multiplied by ``P(0)``.
     """
+    prior_from = "user"
+    if scale_sd is None:
+        _, scale_sd, prior_from = _check_scale_prior(None, library)
     for name, val in (("scale_spread", scale_spread), ("scale_sd", scale_sd)):
         if not (isinstance(val, (int, float)) and np.isfinite(val) and val > 0):
             raise ParameterError(f"`{name}` must be a number > 0, got {val!r}")
@@ -480,6 +495,7 @@ def count_hybrid(
     std = np.zeros(x.size)
     info: dict[str, Any] = {}
     shift: dict[str, float] = {}
+    ambiguous: dict[str, float] = {}
     integ = _simulate_integration(df)
     libs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     cands: dict[str, list[tuple[float, float]]] = {}
@@ -502,6 +518,8 @@ def count_hybrid(
     bounds = (0.8, 1.25)
     if fit_scale:
         pick, c_common = _shared_scale_choice(cands, scale_spread, scale_sd)
+        # each scale optimum is one reading of the counts: their posterior (count_atoms')
+        spost = _scale_posterior(cands, scale_spread, scale_sd)
         ident = {typ: _identifiable(cands[typ], pick[typ], bounds=bounds) for typ in cands}
         start, windows, source = _fallback_scales(
             pick, ident, bounds, scale_spread, reference=1.0 if integ == "voronoi" else None
@@ -525,8 +543,16 @@ def count_hybrid(
         n_at[sel] = fit.n_atoms[j]
         pmap[sel] = p[np.arange(j.size), j]
         m = p @ fit.n_atoms
+        var = np.maximum(p @ fit.n_atoms**2 - m**2, 0)
+        off: dict[str, Any] = {}
+        if fit_scale:
+            off, p0, m, var = _offset_mixture(spost[typ], x[sel], (n, v), fit.n_atoms[j], m, var)
+            pmap[sel] *= p0
+            if off["offset_ambiguous"]:
+                ambiguous[str(typ)] = p0
+            off["scale_prior"] = {"center": 1.0, "log_sd": float(scale_sd), "source": prior_from}
         mean[sel] = m
-        std[sel] = np.sqrt(np.maximum(p @ fit.n_atoms**2 - m**2, 0))
+        std[sel] = np.sqrt(np.maximum(var, 0))
         # counts at the calibrated scale (c = 1, nearest library value): a free scale that
         # moves a whole type by half an atom or more is the self-similar alternative
         # c L_n ~ c' L_(n+-1), which thin columns do not tell apart from c ~ 1
@@ -541,9 +567,11 @@ def count_hybrid(
             "count_shift_vs_calibrated": shift[str(typ)],
             "scale_identifiable": bool(ident[typ]) if fit_scale else True,
             **({"scale_from": source[typ]} if fit_scale else {}),
+            **off,
         }
     if fit_scale and integ == "voronoi":
         _warn_shifted(shift, "count_hybrid")
+    _warn_offset(ambiguous, "count_hybrid", "attrs['counting'][type]['offset_probability']")
     out["n_atoms"] = n_at
     out["p_n_atoms"] = pmap
     out["n_atoms_mean"] = mean

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import typer
@@ -35,15 +36,32 @@ def _library_arg(
     integration: str = "total",
     termination: str = "mixed",
     cd_fraction: float = 0.0,
+    table: Any = None,
+    max_atoms: int = 30,
 ):
-    """``simulate`` → simulator libraries per type; a file → one library table for all types."""
-    if spec != "simulate" and (termination != "mixed" or cd_fraction != 0):
+    """``simulate`` → simulator libraries per type; ``fitted`` → the fitted-SCS library of
+    the table's own fit (:func:`perovstem.atoms.fitted_library_for`); a file → one library
+    table for all types."""
+    if spec not in ("simulate", "fitted") and (termination != "mixed" or cd_fraction != 0):
         raise ParameterError(
             f"--termination ({termination}) and --cd-fraction ({cd_fraction:g}) only apply to "
-            f"--library simulate, got --library {spec!r}"
+            f"--library simulate or fitted, got --library {spec!r}"
         )
     if spec is None:
         return None
+    if spec == "fitted":
+        from perovstem.atoms import fitted_library_for
+
+        if termination not in ("CsBr", "PbBr2"):
+            raise ParameterError(
+                "--library fitted renders slabs with CsBr or PbBr2 faces: give --termination "
+                f"CsBr (the simulator's nanocrystals) or PbBr2, got --termination {termination}"
+            )
+        if types == ["all"]:
+            raise ParameterError("--library fitted needs a table with a 'type' column")
+        return fitted_library_for(
+            table, max_atoms, types=types, termination=termination, cd_fraction=cd_fraction
+        )
     if spec == "simulate":
         from perovstem.simulate import scs_library
 
@@ -117,7 +135,12 @@ def count(
         "levels), and if ICL's k fails, take the lowest-ICL k that passes.",
     ),
     library: str = typer.Option(
-        None, "--library", help="'simulate' or a table (n_atoms, scs_A2) file."
+        None,
+        "--library",
+        help="'simulate', 'fitted' (the library of the table's own fit, "
+        "perovstem.atoms.fitted_library_for: slabs imaged at its pixel size, field and dose "
+        "and fitted like it; needs the Parquet table of 'atoms fit' and --termination CsBr "
+        "or PbBr2) or a table (n_atoms, scs_A2) file.",
     ),
     integration: str = typer.Option(
         "auto",
@@ -130,14 +153,14 @@ def count(
     termination: str = typer.Option(
         "mixed",
         "--termination",
-        help="Crystal surfaces '--library simulate' assumes: mixed (one CsBr and one PbBr2 "
+        help="Crystal surfaces '--library simulate' (or fitted) assumes: mixed (one CsBr and one PbBr2 "
         "face; every column the same number of layers), CsBr (usual for CsPbBr3 "
         "nanocrystals: Pb-Br columns hold one more Br), PbBr2.",
     ),
     cd_fraction: float = typer.Option(
         0.0,
         "--cd-fraction",
-        help="Cd fraction x on the Pb sites '--library simulate' assumes (0-1): Cd lowers "
+        help="Cd fraction x on the Pb sites '--library simulate' (or fitted) assumes (0-1): Cd lowers "
         "the Pb-Br cross-sections, so a Cd-alloyed crystal counted with x = 0 reads too few "
         "Pb-Br atoms (perovstem.atoms.fit_composition estimates x).",
     ),
@@ -236,10 +259,18 @@ def count(
             f"{library!r}"
         )
     lib = _library_arg(
-        library, types, integration=integ, termination=termination, cd_fraction=cd_fraction
+        library,
+        types,
+        integration=integ,
+        termination=termination,
+        cd_fraction=cd_fraction,
+        table=df,
+        max_atoms=components or max_components or 30,
     )
     if method in ("library", "hybrid") and lib is None:
-        raise ParameterError(f"--method {method} needs --library ('simulate' or a table file)")
+        raise ParameterError(
+            f"--method {method} needs --library ('simulate', 'fitted' or a table file)"
+        )
     if method == "ladder":
         res = count_atoms(
             df,
@@ -292,12 +323,12 @@ def count(
             f"{t}: {len(sub)} columns, {int(sub['n_atoms'].sum())} atoms, "
             f"counts {int(sub['n_atoms'].min())}–{int(sub['n_atoms'].max())}{extra}"
         )
-        anchor = ti.get("library_anchor") or {}
+        anchor = ti.get("library_anchor") or ti  # count_atoms' anchor, count_hybrid's fields
         if anchor.get("offset_ambiguous"):
             console.print(
                 f"{t}: WARNING counts may all be offset by whole atoms: "
-                f"{offset_summary(anchor)}; n_atoms_std includes it). Count with a "
-                "fitted library (perovstem.atoms.fitted_scs_library) or give --scale-prior "
+                f"{offset_summary(anchor)}; n_atoms_std includes it). Count with "
+                "--library fitted (the library of the table's own fit) or give --scale-prior "
                 "CENTER,LOG_SD from a known calibration."
             )
         chk = ti.get("ladder_check")
@@ -321,6 +352,13 @@ def count(
     if library == "simulate":
         console.print(
             f"library: simulated, {integ} SCS, {termination} termination, x(Cd) = {cd_fraction:g}"
+        )
+    elif library == "fitted":
+        a = next(iter(lib.values())).attrs
+        console.print(
+            f"library: fitted (the table's fit repeated on simulated slabs at "
+            f"{a['dose_e_per_A2']:g} e/A^2, {a['pixel_size_A']:g} A px), {termination} "
+            f"termination, x(Cd) = {cd_fraction:g}"
         )
     console.print(f"wrote {out}")
 
@@ -452,7 +490,16 @@ def track(
         max_step=max_step,
         rate=rate,
         fit_scale=not fixed_scale,
+        # the Cs columns' scale is also the prior of the readings (offset_probability)
+        **({} if init is None else {"scale_prior": (init["scale"], 0.03)}),
     )
+    if res.offset_ambiguous:
+        console.print(
+            f"{column_type}: WARNING counts may all be offset by whole atoms: "
+            f"{offset_summary({'offset_probability': res.offset_probability})}; the atoms "
+            "lost are not affected). Count with a library measured by the data's own "
+            "estimator (perovstem.atoms.fitted_scs_library)."
+        )
     long = res.table(obs)
     long.insert(2, "type", column_type)
     save_table(long, out, overwrite=overwrite)

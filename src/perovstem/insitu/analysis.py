@@ -899,7 +899,11 @@ def _column_library(
     a Cd fraction the Pb–B library is scaled by the tabulated Cd/Pb ratio.
     ``"table"``: the total cross-sections of :func:`perovstem.simulate.scs_library`.
     """
-    from perovstem.atoms.fitted_library import LIBRARY_TYPES, fitted_scs_library
+    from perovstem.atoms.fitted_library import (
+        LIBRARY_TYPES,
+        fitted_scs_library,
+        with_cd_fraction,
+    )
     from perovstem.simulate import scs_library
 
     lib = opts["library"]
@@ -930,14 +934,7 @@ def _column_library(
     tab = fitted_scs_library(m, pixel_size_A=series.pixel_size_A, max_iter=opts["max_iter"], **lo)[
         typ
     ]
-    if kw.get("cd_fraction"):
-        n = tab["n_atoms"].to_numpy()
-        v = lo["voltage_kV"]
-        pure = scs_library(typ, m, voltage_kV=v)["scs_A2"].to_numpy()
-        alloy = scs_library(typ, m, voltage_kV=v, **kw)["scs_A2"].to_numpy()
-        ratio = np.divide(alloy, pure, out=np.ones_like(pure), where=pure > 0)
-        tab["scs_A2"] = tab["scs_A2"].to_numpy() * ratio[n]
-    return tab
+    return with_cd_fraction(tab, typ, kw.get("cd_fraction", 0.0), voltage_kV=lo["voltage_kV"])
 
 
 def _normalized(img: Image, gain: Any, offset: Any) -> Image:

@@ -165,22 +165,84 @@ def _scale_prior_option(value: Any) -> tuple[float, float] | None:
 
 
 def _offset_notes(ctx: Any, counting: dict[str, Any]) -> None:
-    """A report note per type whose library-anchored counts may all be offset by whole atoms."""
+    """A report note per type whose library-anchored counts may all be offset by whole
+    atoms (count_atoms' ``library_anchor``, or count_hybrid's fields)."""
+    for t, info in counting.items():
+        if not isinstance(info, dict):
+            continue
+        anchor = info.get("library_anchor") or info
+        if anchor.get("offset_ambiguous"):
+            _offset_note(ctx, t, anchor)
+
+
+def _offset_note(
+    ctx: Any,
+    t: str,
+    anchor: dict[str, Any],
+    *,
+    std: str = "n_atoms_std includes the offset",
+    way_out: str = "count with a library measured by the data's own estimator (library = "
+    '"fitted", perovstem.atoms.fitted_scs_library) or set scale_prior = [center, log_sd] '
+    "from a known calibration",
+) -> None:
+    """The report note of one type whose counts may all be offset (``offset_probability``)."""
     from perovstem.atoms._inputs import offset_summary
 
-    for t, info in counting.items():
-        anchor = info.get("library_anchor") if isinstance(info, dict) else None
-        if not anchor or not anchor.get("offset_ambiguous"):
-            continue
-        ctx.text(
-            f"{t} columns: the counts may all be offset by whole atoms, "
-            f"{offset_summary(anchor)}): another library scale reads every column one "
-            "atom up or down about as well (one or few thicknesses cannot tell c L_n from "
-            "c' L_(n+-1)); n_atoms_std includes the offset.  To decide it, count with a "
-            "library measured by the data's own estimator (perovstem.atoms.fitted_scs_library) "
-            "or set scale_prior = [center, log_sd] from a known calibration.",
-            section="counting",
+    ctx.text(
+        f"{t} columns: the counts may all be offset by whole atoms, "
+        f"{offset_summary(anchor)}): another library scale reads every column one "
+        "atom up or down about as well (one or few thicknesses cannot tell c L_n from "
+        f"c' L_(n+-1)); {std}.  To decide it, {way_out}.",
+        section="counting",
+    )
+
+
+FITTED_LIBRARY = (
+    "perovstem.atoms:fitted_library_for|perovstem.atoms.fitted_library:fitted_library_for"
+)
+
+
+def _fitted_library(columns: Any, p: dict[str, Any]) -> dict[str, Any]:
+    """``library = "fitted"``: the fitted-SCS library of the counted columns' own fit
+    (:func:`perovstem.atoms.fitted_library_for`), refusing what it cannot reproduce."""
+    from perovstem.errors import ParameterError
+
+    if p["method"] == "ladder":
+        raise ParameterError(
+            "`library` = 'fitted' does not apply to method = 'ladder' (library-free): use "
+            "method = 'gmm', 'hybrid' or 'library', or leave `library` out"
         )
+    if p["library_termination"] not in ("CsBr", "PbBr2"):
+        raise ParameterError(
+            f"`library` = 'fitted' renders slabs with CsBr or PbBr2 faces, got "
+            f"library_termination = {p['library_termination']!r}: set library_termination = "
+            "'CsBr' (the simulator's nanocrystals) or 'PbBr2'"
+        )
+    from perovstem.atoms.fitted_library import LIBRARY_TYPES
+
+    bad = [t for t in p["types"] if t not in LIBRARY_TYPES]
+    if bad or "type" not in columns.columns:
+        raise ParameterError(
+            f"`library` = 'fitted' has CsPbBr3 [001] column types {list(LIBRARY_TYPES)} only, "
+            f"got types = {p['types']}"
+            + ("" if "type" in columns.columns else " and a `columns` table without `type`")
+        )
+    from perovstem.errors import DataError
+
+    try:
+        return api(FITTED_LIBRARY)(
+            columns,
+            p["max_components"],
+            types=p["types"],
+            voltage_kV=p["voltage_kV"],
+            termination=p["library_termination"],
+            cd_fraction=p["library_cd_fraction"],
+        )
+    except DataError as exc:
+        raise DataError(
+            f"`library` = 'fitted': {exc} (in the pipeline: the `columns` of atoms.fit with "
+            "normalize = true and width = 'type'; or library = true)"
+        ) from None
 
 
 @register_step(
@@ -218,16 +280,22 @@ def _offset_notes(ctx: Any, counting: dict[str, Any]) -> None:
             list,
             None,
             "[center, log_sd] of the prior on the common scale cross-section / library "
-            "(method = gmm with library = true; count_atoms' scale_prior): it decides whether "
+            "(method = gmm with a library; count_atoms' scale_prior): it decides whether "
             "a flat crystal's counts are n or n +- 1 (offset_ambiguous).  Unset: count_atoms' "
             "default, (1, 0.1) for the simulated library (Gaussian-fit cross-sections sit 5-25 "
-            "% below it); give it when the calibration is known, e.g. [0.92, 0.03]",
+            '% below it), (1, 0.03) with library = "fitted"; give it when the calibration is '
+            "known, e.g. [0.92, 0.03]",
         ),
         "library": Param(
-            bool,
+            (bool, str),
             True,
-            "anchor the GMM on the simulated SCS library "
-            "(scs_library; cross-sections must be in Å², i.e. normalised image)",
+            "true: anchor the GMM on the simulated SCS library (scs_library; cross-sections "
+            'must be in Å², i.e. normalised image); "fitted": on the library measured by the '
+            "columns' own fit (perovstem.atoms.fitted_library_for: slabs imaged at the "
+            "table's pixel size, field and dose, fitted with one width per type; needs the "
+            "attrs of atoms.fit's `columns`, library_termination CsBr or PbBr2 and types of "
+            "PbBr, Br, Cs); false: the Gaussian mixture alone",
+            choices=(True, False, "fitted"),
         ),
         "voltage_kV": Param(float, 300.0, "accelerating voltage of the library, kV"),
         "library_cd_fraction": Param(
@@ -256,10 +324,11 @@ def _offset_notes(ctx: Any, counting: dict[str, Any]) -> None:
     requires=(COUNT,),
     section="counting",
     doc="Atoms per column from the cross-sections (Gaussian mixture, ICL order selection, "
-    "optionally anchored on a simulated cross-section library; or the library-free ladder "
+    "optionally anchored on a simulated cross-section library, or on one measured by the "
+    'columns\' own fit (library = "fitted"); or the library-free ladder '
     "mixture). A report note names each type whose library-anchored counts may all be "
-    "offset by whole atoms (offset_ambiguous), with P(0) and the ways out (a fitted library, "
-    "perovstem.atoms.fitted_scs_library, or scale_prior).",
+    'offset by whole atoms (offset_ambiguous), with P(0) and the ways out (library = "fitted" '
+    "or scale_prior).",
 )
 def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
     from perovstem.errors import ParameterError
@@ -269,7 +338,7 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
     if prior is not None and (p["method"] != "gmm" or not p["library"]):
         raise ParameterError(
             f"`scale_prior` = {p['scale_prior']!r} is the prior of the library anchor: it needs "
-            f"method = 'gmm' and library = true, got method = {p['method']!r}, library = "
+            f"method = 'gmm' and a library (true or 'fitted'), got method = {p['method']!r}, library = "
             f"{str(p['library']).lower()}"
         )
     if p["method"] == "ladder" and p["criterion"] != "icl":
@@ -303,7 +372,9 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
                 section="counting",
             )
     kw: dict[str, Any] = {}
-    if p["library"] and p["method"] != "ladder" and "type" in out.columns:
+    if p["library"] == "fitted":
+        kw["library"] = _fitted_library(out[sel], p)
+    elif p["library"] and p["method"] != "ladder" and "type" in out.columns:
         try:
             lib = api(SCS_LIBRARY)
             kw["library"] = {
@@ -368,6 +439,7 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
     _offset_notes(ctx, counts.attrs.get("counting", {}))
     if "library" in kw:
         out.attrs["library"] = {
+            "source": "fitted" if p["library"] == "fitted" else "simulated",
             "termination": p["library_termination"],
             "cd_fraction": p["library_cd_fraction"],
         }
@@ -731,12 +803,16 @@ def atoms_series(ctx: Any, series: Any, positions: Any = None) -> dict[str, Any]
         dose = np.diff(np.r_[series.initial_dose_e_per_A2, cum])
     obs = scs[:, sel]
     n_neg = int(np.sum(obs < 0))  # emptied columns: SCS ≈ 0 measured with noise
+    init = _start_scale_from_cs(scs[0], pos, p)
     res = api(HMM)(
         np.clip(obs, 0.0, None),
         lib,
         model=p["hmm_model"],
         dose_e_per_A2=dose,
-        init=_start_scale_from_cs(scs[0], pos, p),
+        init=init,
+        # the Cs columns' scale is also the prior of the readings (offset_probability):
+        # the types' scales are tied within 3 % (count_atoms' scale_spread)
+        **({} if init is None else {"scale_prior": (init["scale"], 0.03)}),
     )
     counts = res.table(scs[:, sel])
     col_idx = np.flatnonzero(sel)
@@ -797,5 +873,14 @@ def atoms_series(ctx: Any, series: Any, positions: Any = None) -> dict[str, Any]
                 caption=f"mean over {int(ok.sum())} {p['hmm_type']} columns (HMM, ±1σ)",
             )
     counts.attrs["hmm"] = res.summary()
+    if res.offset_ambiguous:
+        _offset_note(
+            ctx,
+            p["hmm_type"],
+            counts.attrs["hmm"],
+            std="the atoms lost are not affected (a common offset cancels)",
+            way_out="count with a library measured by the data's own estimator "
+            "(perovstem.atoms.fitted_scs_library, as perovstem.insitu.analyze_series does)",
+        )
     counts.attrs["detector"] = detector
     return {"counts": counts, "columns": columns}
