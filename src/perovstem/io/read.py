@@ -163,7 +163,16 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
         px = float(pixel_size)
         md["pixel_size_source"] = "user"
     elif rec.get("pixel_size_A") is not None:
-        px = float(rec["pixel_size_A"])
+        try:
+            px = float(rec["pixel_size_A"])
+        except (TypeError, ValueError):
+            px = float("nan")
+        if not np.isfinite(px):
+            raise CalibrationError(
+                f"{str(path)!r}: the file's pixel size {rec['pixel_size_A']!r} is not a finite "
+                "number; give the pixel size in Å (Python: pixel_size=; command line: "
+                "--pixel-size-A)"
+            )
         if not (_FILE_PIXEL_A[0] <= px <= _FILE_PIXEL_A[1]):
             # e.g. metres written where Å belong (MRC voxel 2e-11), or "1 m" for "uncalibrated"
             raise CalibrationError(
@@ -219,7 +228,7 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
             data,
             angles,
             px,
-            tilt_axis_deg=float(rec.get("tilt_axis_deg", 0.0)),
+            tilt_axis_deg=rec.get("tilt_axis_deg", 0.0),
             shifts_px=rec.get("shifts_px"),
             metadata=md,
         )
@@ -231,7 +240,7 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
         temperature_K=rec.get("temperature_K"),
         pressure_Pa=rec.get("pressure_Pa"),
         gas=rec.get("gas"),
-        initial_dose_e_per_A2=float(rec.get("initial_dose_e_per_A2") or 0.0),
+        initial_dose_e_per_A2=rec.get("initial_dose_e_per_A2"),
         metadata=md,
     )
 
@@ -241,7 +250,10 @@ def _one_time(rec: dict[str, Any]) -> float | None:
     t = rec.get("time_s")
     if t is None:
         return None
-    a = np.ravel(np.asarray(t, dtype=float))
+    try:
+        a = np.ravel(np.asarray(t, dtype=float))
+    except (TypeError, ValueError):  # load() names the file
+        raise ParameterError(f"`time_s` must be a number in s, got {t!r}") from None
     return float(a[0]) if a.size == 1 and np.isfinite(a[0]) else None
 
 

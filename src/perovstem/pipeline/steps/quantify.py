@@ -66,6 +66,7 @@ def _fit_rows(fits: dict[str, Any]) -> Any:
     input_kinds={"frames": Kind("table")},
     inputs=("frames",),
     outputs=("ranking", "params"),
+    output_kinds={"ranking": Kind("table"), "params": Kind("table")},
     params={
         "process": Param(str, "br_loss", "process whose models are compared", choices=_PROCESSES),
         "x": Param(str, "cumulative_dose_e_per_A2", "column of the independent variable"),
@@ -184,6 +185,7 @@ def quantify_kinetics(ctx: Any, frames: Any) -> dict[str, Any]:
     inputs=("series",),
     optional_inputs=("frames", "truth"),
     outputs=("frames", "params"),
+    output_kinds={"frames": Kind("table"), "params": Kind("table")},
     params={
         "f_bulk": Param(float, 0.1, "bulk/surface Br desorption ratio f", min=0.0, max=1.0),
         "n_templates": Param(int, 3, "structural templates (their spread enters the CI)", min=1),
@@ -325,6 +327,7 @@ def quantify_br_loss(ctx: Any, series: Any, frames: Any = None, truth: Any = Non
     input_kinds={"frames": Kind("table")},
     inputs=("frames",),
     outputs=("rates", "fit"),
+    output_kinds={"rates": Kind("table"), "fit": Kind("table")},
     params={
         "y": Param(str, "n_Br", "observable whose first-order loss rate is measured"),
         "x": Param(str, "time_s", "time column, s"),
@@ -428,6 +431,7 @@ def quantify_arrhenius(ctx: Any, frames: Any) -> dict[str, Any]:
     input_kinds={"params_low": Kind("table"), "params_high": Kind("table")},
     inputs=("params_low", "params_high"),
     outputs=("ranking",),
+    output_kinds={"ranking": Kind("table")},
     params={
         "dose_rates": Param(
             list,
@@ -507,6 +511,7 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
         "tracks_d",
     ),
     outputs=("summary",),
+    output_kinds={"summary": Kind("table")},
     params={
         "x": Param(str, "cumulative_dose_e_per_A2", "independent variable column"),
         "max_step_A": Param(
@@ -640,6 +645,7 @@ def quantify_mechanism(
     inputs=("counts",),
     optional_inputs=("truth_atoms", "image"),
     outputs=("model", "sites"),
+    output_kinds={"model": Kind("atoms"), "sites": Kind("table")},
     params={
         "n_chains": Param(int, 8, "independent Monte Carlo chains", min=1),
         "n_sweeps": Param(int, 100, "sweeps per chain", min=1),
