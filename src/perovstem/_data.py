@@ -64,6 +64,8 @@ def _check_values(name: str, value: Any, *, per_frame: bool = False) -> np.ndarr
     """``value`` as a float array after checking it against :data:`_LIMITS` (``name``)."""
     what = "numbers" if per_frame else "a number"
     try:
+        if isinstance(value, (str, bytes)) or np.asarray(value).dtype.kind in "USV":
+            raise TypeError  # text ("10" from a header) is refused, not parsed
         a = np.asarray(value, dtype=float)
     except (TypeError, ValueError):
         raise ParameterError(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -16,6 +19,7 @@ __all__ = [
     "check_image",
     "check_choice",
     "check_finite",
+    "numeric_options",
 ]
 
 
@@ -24,8 +28,15 @@ def as_rng(rng: Any = None) -> np.random.Generator:
     return np.random.default_rng(rng)
 
 
+def _refuse_text(name: str, value: Any) -> None:
+    """A number given as text ("10" from a form or a config file) is refused, not parsed."""
+    if isinstance(value, (str, bytes, np.str_)):
+        raise ParameterError(f"`{name}` must be a number, got {value!r} (text)")
+
+
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
     """Raise :class:`ParameterError` unless ``value`` is a finite (non-)positive number."""
+    _refuse_text(name, value)
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -38,6 +49,7 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> floa
 
 def check_range(name: str, value: float, lo: float, hi: float) -> float:
     """Raise :class:`ParameterError` unless ``lo <= value <= hi``."""
+    _refuse_text(name, value)
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -53,7 +65,7 @@ def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
     Integral floats (``8.0``) are accepted; ``2.5``, booleans, NaN and strings are not, so a
     count is never truncated silently.
     """
-    ok = not isinstance(value, (bool, np.bool_))
+    ok = not isinstance(value, (bool, np.bool_, str, bytes))
     try:
         v = int(value)
         ok = ok and float(value) == v
@@ -95,3 +107,56 @@ def check_image(name: str, image: Any, *, ndim: int = 2, min_size: int = 2) -> n
         raise DataError(f"`{name}` must be numeric, got dtype {a.dtype}")
     a = a.astype(np.float64, copy=False)
     return check_finite(name, a)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+# annotations (text, under ``from __future__ import annotations``) of a plain number
+_NUMBER_TYPES = {"int", "float", "None"}
+
+
+def _number_params(func: Callable[..., Any]) -> dict[str, int | None]:
+    """Parameters annotated as a plain number (``float``, ``int | None``, ...) and their
+    position (``None``: keyword-only)."""
+    out: dict[str, int | None] = {}
+    for i, p in enumerate(inspect.signature(func).parameters.values()):
+        ann = p.annotation
+        if isinstance(ann, type):
+            ann = ann.__name__
+        if not isinstance(ann, str):
+            continue
+        types = {t.strip() for t in ann.split("|")}
+        if types <= _NUMBER_TYPES and types & {"int", "float"}:
+            positional = p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            out[p.name] = i if positional else None
+    return out
+
+
+def numeric_options(func: _F) -> _F:
+    """Decorator: refuse text for the parameters annotated as a plain number.
+
+    ``detect_clusters(img, min_atoms="10")`` raised ``TypeError: '<' not supported between
+    instances of 'str' and 'int'`` from deep inside (or, where a helper parsed it with
+    ``float()``, silently accepted it); now every such parameter of a public function
+    raises :class:`ParameterError` naming the parameter and the value.  Parameters whose
+    annotation allows anything else (``float | str`` for "auto", arrays, sequences) are
+    left to the function.
+    """
+    params = _number_params(func)
+    if not params:
+        return func
+    qualname = getattr(func, "__name__", "function")
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for name, pos in params.items():
+            if name in kwargs:
+                value = kwargs[name]
+            elif pos is not None and pos < len(args):
+                value = args[pos]
+            else:
+                continue
+            if isinstance(value, (str, bytes, np.str_)):
+                raise ParameterError(f"{qualname}: `{name}` must be a number, got {value!r} (text)")
+        return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

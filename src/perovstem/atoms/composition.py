@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import gammaln
 
+from perovstem._validation import numeric_options
 from perovstem.atoms.count import _as_scs
 from perovstem.errors import DataError, ParameterError
 
@@ -115,6 +116,7 @@ def _model_table(
     return np.where(m <= n, S, np.nan)
 
 
+@numeric_options
 def thickness_from_neighbours(
     positions: Any,
     reference_positions: Any,
@@ -226,6 +228,7 @@ def thickness_from_neighbours(
     )
 
 
+@numeric_options
 def estimate_composition(
     scs: Any,
     n_cells: Any,

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from perovstem._validation import numeric_options
 from perovstem.errors import DataError, ParameterError
 
 __all__ = [
@@ -332,6 +333,7 @@ def _with_ladder_starts(x, k, mu0, s0, p0):
     return mu, sg, pi
 
 
+@numeric_options
 def fit_gmm(
     scs: Any,
     n_components: int,
@@ -488,6 +490,7 @@ def select_components(
 
 
 # --------------------------------------------------------------------------- sweep
+@numeric_options
 def gmm_sweep(
     scs: Any,
     *,
@@ -605,6 +608,7 @@ def single_atom_sensitivity(fit: GMMFit) -> float:
     return float(np.sum(p * inside))
 
 
+@numeric_options
 def ladder_check(
     fit: GMMFit,
     *,
@@ -1049,6 +1053,7 @@ def _check_scale_prior(scale_prior: Any, library: Any) -> tuple[float, float, st
     return c, sd, "user"
 
 
+@numeric_options
 def count_atoms(
     scs: Any,
     *,

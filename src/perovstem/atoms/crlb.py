@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import check_positive
+from perovstem._validation import check_positive, numeric_options
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["crlb"]
 
 
+@numeric_options
 def crlb(
     columns: pd.DataFrame,
     shape: tuple[int, int],

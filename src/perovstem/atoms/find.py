@@ -21,7 +21,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from perovstem._data import Image
-from perovstem._validation import check_int, check_positive, check_range
+from perovstem._validation import check_int, check_positive, check_range, numeric_options
 from perovstem.atoms._inputs import as_image, px_to_A
 from perovstem.atoms.cell import ProjectedCell
 from perovstem.atoms.noise import NoiseModel, estimate_noise_model, value_step
@@ -72,6 +72,7 @@ def _pixel_noise(img: np.ndarray) -> float:
     return float(np.sqrt(q * max(float(np.mean(img[sig])) - v0, 0.0))) or 1e-12
 
 
+@numeric_options
 def find_peaks(
     image: Image | np.ndarray,
     *,
@@ -312,6 +313,7 @@ def _disk_maxima(sm: np.ndarray, sep: float, where: np.ndarray | None = None) ->
     return out
 
 
+@numeric_options
 def estimate_lattice(image: Image | np.ndarray, *, pixel_size_A: float | None = None) -> np.ndarray:
     """Two shortest strong, non-collinear lattice vectors from the power spectrum, Å.
 
@@ -398,6 +400,7 @@ MAX_GRAINS = 8
 ALIAS_MARGIN = 0.1
 
 
+@numeric_options
 def fit_lattice_vectors(
     xy_A: np.ndarray, vectors_A: np.ndarray, origin_A: np.ndarray, *, tol: float = 0.25
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -772,6 +775,7 @@ def _residual_field(
     return field
 
 
+@numeric_options
 def find_columns(
     image: Image | np.ndarray,
     *,

@@ -37,7 +37,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from perovstem._data import Image
-from perovstem._validation import check_choice, check_positive
+from perovstem._validation import check_choice, check_positive, numeric_options
 from perovstem.atoms._inputs import as_image, as_positions, px_to_A
 from perovstem.atoms.normalize import poisson_variance_model
 from perovstem.errors import DataError, ParameterError
@@ -248,6 +248,7 @@ def _keep_numba_threads(func):
     return wrapper
 
 
+@numeric_options
 @_keep_numba_threads
 def fit_columns(
     image: Image | np.ndarray,
@@ -1692,6 +1693,7 @@ def fisher_covariance(
     return K.local_covariance(blocks, nb_ptr, b_idx.astype(np.int64), code.astype(np.int64), npar)
 
 
+@numeric_options
 def model_image(
     shape: tuple[int, int],
     columns: pd.DataFrame,

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import check_choice, check_positive
+from perovstem._validation import check_choice, check_positive, numeric_options
 from perovstem.errors import ParameterError
 
 __all__ = ["LIBRARY_TYPES", "fitted_scs_library", "slab_atoms", "type_widths"]
@@ -102,6 +102,7 @@ def slab_atoms(
     return Atoms(sym, positions=np.vstack(pos))
 
 
+@numeric_options
 def fitted_scs_library(
     max_atoms: int = 20,
     *,

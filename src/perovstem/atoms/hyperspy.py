@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from perovstem._data import Image
+from perovstem._validation import numeric_options
 from perovstem.errors import DataError
 
 __all__ = ["to_hyperspy"]
@@ -15,6 +16,7 @@ __all__ = ["to_hyperspy"]
 _COLOURS = ["red", "cyan", "orange", "lime", "magenta", "yellow"]
 
 
+@numeric_options
 def to_hyperspy(columns: pd.DataFrame, image: Image | None = None, *, size: float = 8.0) -> Any:
     """Column positions as HyperSpy 2 ``Points`` markers (one per type), optionally on an image.
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from perovstem._validation import numeric_options
 from perovstem.atoms.cell import ProjectedCell
 from perovstem.atoms.find import (
     _rotation_candidates,
@@ -40,6 +41,7 @@ __all__ = [
 _NONE = np.iinfo(np.int64).min
 
 
+@numeric_options
 def fit_lattice(
     columns: pd.DataFrame,
     cell: ProjectedCell,
@@ -295,6 +297,7 @@ def _index_to_sites(
     return best_d, h_out, k_out, site_out, ideal
 
 
+@numeric_options
 def lattice_strain(
     indexed: pd.DataFrame, *, radius_A: float | None = None, frame: str = "lattice"
 ) -> pd.DataFrame:
@@ -524,6 +527,7 @@ def projected_unit_cell(
     )
 
 
+@numeric_options
 def strain_analysis(
     columns: pd.DataFrame,
     cell: ProjectedCell,

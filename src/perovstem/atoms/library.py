@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from perovstem._validation import numeric_options
 from perovstem.atoms.count import (
     _as_scs,
     _fallback_scales,
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 
+@numeric_options
 def as_library(
     library: Any,
     *,
@@ -147,6 +149,7 @@ def _with_zero(n: np.ndarray, v: np.ndarray, include_zero: bool) -> tuple[np.nda
     return n, v
 
 
+@numeric_options
 def count_library(
     scs: Any,
     library: Any,
@@ -284,6 +287,7 @@ class HybridFit:
         return p / p.sum(axis=1, keepdims=True)
 
 
+@numeric_options
 def fit_hybrid(
     scs: Any,
     library: Any,
@@ -422,6 +426,7 @@ def _hybrid_em(x, v, c, fit_scale, *, max_iter, tol, bounds=None):
     return c, sigma, pi, tau, nll, it, conv
 
 
+@numeric_options
 def count_hybrid(
     scs: Any,
     library: Any,

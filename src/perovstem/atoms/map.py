@@ -28,7 +28,7 @@ from scipy import optimize, signal, sparse
 from scipy.special import gammaln
 
 from perovstem._data import Image
-from perovstem._validation import check_positive
+from perovstem._validation import check_positive, numeric_options
 from perovstem.atoms._inputs import A_to_px, as_image, as_positions, px_to_A
 from perovstem.errors import DataError, ParameterError
 
@@ -71,6 +71,7 @@ class MapResult:
         return int(len(self.columns))
 
 
+@numeric_options
 def map_columns(
     image: Image | np.ndarray,
     *,

@@ -51,6 +51,7 @@ import numpy as np
 from scipy import ndimage
 
 from perovstem._data import Image, Series
+from perovstem._validation import numeric_options
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["NoiseModel", "estimate_noise_model"]
@@ -154,6 +155,7 @@ class NoiseModel:
         return s
 
 
+@numeric_options
 def estimate_noise_model(
     image: Image | Series | np.ndarray,
     *,

@@ -8,11 +8,13 @@ from typing import Any
 import numpy as np
 
 from perovstem._data import Image
+from perovstem._validation import numeric_options
 from perovstem.errors import CalibrationError, ParameterError
 
 __all__ = ["normalize_image", "poisson_variance_model"]
 
 
+@numeric_options
 def normalize_image(
     image: Image,
     *,

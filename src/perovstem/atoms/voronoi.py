@@ -9,12 +9,14 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from perovstem._data import Image
+from perovstem._validation import numeric_options
 from perovstem.atoms._inputs import as_image, as_positions
 from perovstem.atoms.normalize import poisson_variance_model
 
 __all__ = ["voronoi_intensities"]
 
 
+@numeric_options
 def voronoi_intensities(
     image: Image | np.ndarray,
     positions: Any,

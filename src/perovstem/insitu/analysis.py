@@ -14,7 +14,7 @@ import pandas as pd
 from scipy import ndimage
 
 from perovstem._data import Image, Series
-from perovstem._validation import check_choice
+from perovstem._validation import check_choice, numeric_options
 from perovstem.errors import DataError, ParameterError
 from perovstem.insitu._frames import (
     frame_quality,
@@ -148,6 +148,7 @@ class InsituResult:
         return {n: found[n] for n in self.TABLE_NAMES if found[n] is not None}
 
 
+@numeric_options
 def analyze_series(
     series: Series,
     *,
@@ -1176,6 +1177,7 @@ LINE_JITTER_SMOOTH_CORR = 0.8
 PB0_FALL_SIGMA = 3.0
 
 
+@numeric_options
 def pb0_falls_later(n_pb0: Any, err_stat: Any, *, n_sigma: float = PB0_FALL_SIGMA) -> np.ndarray:
     """Frames whose Pb⁰ total exceeds a later frame's by more than its errors allow.
 

@@ -194,7 +194,7 @@ import pandas as pd
 from scipy import ndimage
 
 from perovstem._data import Image
-from perovstem._validation import check_image, check_int, check_positive
+from perovstem._validation import check_image, check_int, check_positive, numeric_options
 from perovstem.errors import CalibrationError, DataError, ParameterError
 from perovstem.insitu.lattice import estimate_lattice, host_cell
 
@@ -296,6 +296,7 @@ def _cluster_curve(max_atoms: int, lib_key: tuple[float, ...], a_A: float) -> np
     return out / len(centres)
 
 
+@numeric_options
 def cluster_scs_library(
     max_atoms: int = 2000,
     *,
@@ -1466,6 +1467,7 @@ def _host_free_pass(
     return out
 
 
+@numeric_options
 def detect_clusters(
     image: Any,
     *,
@@ -2012,6 +2014,7 @@ def detect_clusters(
     return df
 
 
+@numeric_options
 def persistent_clusters(
     clusters: pd.DataFrame,
     *,

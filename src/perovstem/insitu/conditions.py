@@ -8,11 +8,13 @@ import numpy as np
 import pandas as pd
 
 from perovstem._data import Series
+from perovstem._validation import numeric_options
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["interpolate_conditions", "attach_conditions"]
 
 
+@numeric_options
 def interpolate_conditions(
     log: pd.DataFrame,
     time_s: Any,

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from perovstem._data import Series
-from perovstem._validation import check_positive, check_range
+from perovstem._validation import check_positive, check_range, numeric_options
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["E_CHARGE_C", "frame_dose", "assign_dose", "dose_table"]
@@ -26,6 +26,7 @@ __all__ = ["E_CHARGE_C", "frame_dose", "assign_dose", "dose_table"]
 E_CHARGE_C = 1.602176634e-19
 
 
+@numeric_options
 def frame_dose(
     current_pA: float,
     pixel_size_A: float,
@@ -103,6 +104,7 @@ def _times(series: Series, time_s: Any, frame_time_s: float | None) -> tuple[np.
     return t, src
 
 
+@numeric_options
 def assign_dose(
     series: Series,
     *,

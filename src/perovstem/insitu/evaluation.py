@@ -37,7 +37,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import check_positive
+from perovstem._validation import check_positive, numeric_options
 from perovstem.errors import DataError
 
 __all__ = [
@@ -74,6 +74,7 @@ def _need(df: pd.DataFrame, name: str, cols: Iterable[str]) -> None:
         raise DataError(f"`{name}` lacks column(s) {missing} (has {list(df.columns)})")
 
 
+@numeric_options
 def match_clusters(
     detections: pd.DataFrame,
     truth_clusters: pd.DataFrame,
@@ -129,6 +130,7 @@ def match_clusters(
     return det
 
 
+@numeric_options
 def merge_matches(
     tracks: pd.DataFrame,
     lineage: pd.DataFrame,
@@ -312,6 +314,7 @@ def match_objects(objects: pd.DataFrame, detections: pd.DataFrame) -> list[tuple
     return [(int(i), int(j)) for i, j in zip(r, c, strict=True) if d[i, j] < tol[i, 0]]
 
 
+@numeric_options
 def score_detections(
     detections: pd.DataFrame, objects: pd.DataFrame, *, min_atoms: float = 10.0
 ) -> dict:

@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 import scipy.fft as sfft
 
-from perovstem._validation import check_image, check_positive
+from perovstem._validation import check_image, check_positive, numeric_options
 from perovstem.errors import DataError
 
 __all__ = ["estimate_lattice", "fourfold_ratio", "unit_cell_average"]
@@ -37,6 +37,7 @@ def host_cell(spacing_A: float, angle_deg: float) -> tuple[float, float]:
     return 2.0 * float(spacing_A), float(angle_deg) % 90.0
 
 
+@numeric_options
 def estimate_lattice(
     image: np.ndarray,
     pixel_size_A: float,
@@ -137,6 +138,7 @@ def estimate_lattice(
 FOURFOLD_MIN = 0.1
 
 
+@numeric_options
 def fourfold_ratio(
     image: np.ndarray, pixel_size_A: float, spacing_A: float, angle_deg: float
 ) -> float:
@@ -231,6 +233,7 @@ def _cell_filter(
     return filt
 
 
+@numeric_options
 def unit_cell_average(
     image: np.ndarray, a_px: float, *, angle_deg: float = 0.0, smooth_px: float = 0.0
 ) -> np.ndarray:

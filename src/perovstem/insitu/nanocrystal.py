@@ -17,7 +17,7 @@ import pandas as pd
 from scipy import ndimage
 
 from perovstem._data import Image
-from perovstem._validation import check_image, check_positive
+from perovstem._validation import check_image, check_positive, numeric_options
 from perovstem.errors import CalibrationError, ParameterError
 from perovstem.insitu._frames import frame_quality, iter_frames
 from perovstem.insitu.lattice import unit_cell_average
@@ -52,6 +52,7 @@ def _px(image: Any, pixel_size_A: float | None) -> tuple[np.ndarray, float]:
     return np.asarray(image), float(pixel_size_A)
 
 
+@numeric_options
 def segment_nanocrystal(
     image: Any,
     *,
@@ -126,6 +127,7 @@ def _segment_objects(
     return filled, voids, float(threshold), np.sort(sizes)[::-1] * px * px
 
 
+@numeric_options
 def fft_phase_check(
     image: Any,
     *,
@@ -238,6 +240,7 @@ def fft_phase_check(
     return {"phase": label, "ratios": ratios, "measured_d_A": dmeas}
 
 
+@numeric_options
 def nanocrystal_metrics(
     series: Any,
     *,
@@ -362,6 +365,7 @@ def area_noise(areas: Any) -> float:
     return 1.4826 * mad / np.sqrt(6.0)
 
 
+@numeric_options
 def area_change(metrics: pd.DataFrame, *, n_sigma: float = 2.0) -> dict[str, Any]:
     """Change of the projected crystal area over a series, with its uncertainty.
 

@@ -54,7 +54,7 @@ import scipy.sparse.linalg as spla
 from scipy import ndimage
 
 from perovstem._data import Series
-from perovstem._validation import check_positive, check_range
+from perovstem._validation import check_positive, check_range, numeric_options
 from perovstem.errors import DataError, ParameterError
 from perovstem.insitu._frames import (
     frame_quality,
@@ -610,6 +610,7 @@ def _check_options(upsample: int, whitening: float, smooth_px: float, window_alp
     check_range("window_alpha", window_alpha, 0.0, 1.0)
 
 
+@numeric_options
 def phase_correlate(
     reference: np.ndarray,
     moving: np.ndarray,
@@ -758,6 +759,7 @@ def _robust_solve(
     return d, err, outlier[:p], scale
 
 
+@numeric_options
 def register_drift(
     series: Any,
     *,
@@ -1584,6 +1586,7 @@ def _loo_reference(total: np.ndarray, frame: np.ndarray, n_use: int) -> np.ndarr
     return (total - frame) / (n_use - 1)
 
 
+@numeric_options
 def apply_drift(
     series: Any,
     drift: pd.DataFrame,
@@ -1712,6 +1715,7 @@ def apply_drift(
     return out
 
 
+@numeric_options
 def correct_scan_distortion(
     frame: np.ndarray,
     reference: np.ndarray,
@@ -1830,6 +1834,7 @@ def _row_offsets(f: np.ndarray, r: np.ndarray, lag: int) -> np.ndarray:
     return dx
 
 
+@numeric_options
 def measure_line_jitter(
     series: Any,
     drift: pd.DataFrame,

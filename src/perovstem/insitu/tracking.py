@@ -68,7 +68,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import check_positive
+from perovstem._validation import check_positive, numeric_options
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["track_clusters", "lineage_events"]
@@ -85,6 +85,7 @@ def _check_table(df: pd.DataFrame, cols: list[str]) -> None:
         raise DataError(f"`clusters` has {int(bad.sum())} non-finite value(s) in {cols}")
 
 
+@numeric_options
 def track_clusters(
     clusters: pd.DataFrame,
     *,

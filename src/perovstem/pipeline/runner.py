@@ -646,6 +646,7 @@ def _run_one(
         section=step.section,
         executor=executor,
         progress=progress,
+        inputs=wiring,
     )
     t0 = time.perf_counter()
     caught: list[warnings.WarningMessage] = []

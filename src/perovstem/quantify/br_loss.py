@@ -57,7 +57,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from perovstem._validation import as_rng, check_positive, check_range
+from perovstem._validation import as_rng, check_positive, check_range, numeric_options
 from perovstem.errors import DataError, ParameterError
 
 __all__ = [
@@ -160,6 +160,7 @@ def _arr(name: str, v: Any, n: int | None = None) -> np.ndarray:
     return a
 
 
+@numeric_options
 def fit_br_desorption(
     dose_e_per_A2: Any,
     n_lost: Any,
@@ -308,6 +309,7 @@ def _total_scs(atoms: Any, voltage_kV: float) -> float:
     )
 
 
+@numeric_options
 def br_structure_template(
     edge_A: Any,
     *,
@@ -425,6 +427,7 @@ def _frame_scs(fr: np.ndarray, dose: float, gain: float, offset: float, border: 
     return float((f - bg).sum()) / dose
 
 
+@numeric_options
 def br_loss_from_images(
     series: Any,
     *,

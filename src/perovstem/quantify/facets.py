@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from perovstem._validation import numeric_options
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["surface_facets", "facet_fractions", "FACETS"]
@@ -57,6 +58,7 @@ def _positions(obj: Any, lattice: str) -> np.ndarray:
     return pos
 
 
+@numeric_options
 def surface_facets(
     atoms: Any,
     *,

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special, stats
 
-from perovstem._validation import as_rng, check_choice, check_range
+from perovstem._validation import as_rng, check_choice, check_range, numeric_options
 from perovstem.errors import DataError, ParameterError
 
 __all__ = [
@@ -517,6 +517,7 @@ def _model(model: str | KineticModel) -> KineticModel:
     return MODELS[model]
 
 
+@numeric_options
 @_blas1
 def fit_model(
     x: Any,
@@ -886,6 +887,7 @@ def compare_models(
     return t, fits
 
 
+@numeric_options
 def fit_arrhenius(
     temperature_K: Any,
     rate: Any,
@@ -953,6 +955,7 @@ def fit_arrhenius(
     return dataclasses.replace(r, extra={"A": float(np.exp(r.params["ln_A"]))})
 
 
+@numeric_options
 def fit_dose_rate_dependence(
     dose_rate_e_per_A2_s: Any,
     rate_per_s: Any,

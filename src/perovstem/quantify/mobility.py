@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from perovstem._validation import as_rng, check_positive, check_range
+from perovstem._validation import as_rng, check_positive, check_range, numeric_options
 from perovstem.errors import DataError, ParameterError
 from perovstem.quantify.nucleation import _garwood
 
@@ -83,6 +83,7 @@ def _moment_fit(
 _MIN_BOOT_TRACKS = 5
 
 
+@numeric_options
 def cluster_hop_rate(
     tracks: pd.DataFrame,
     *,
@@ -225,6 +226,7 @@ def cluster_hop_rate(
     }
 
 
+@numeric_options
 def fit_desorption_hazard(
     n_at_risk: Any, n_lost: Any, dose_e_per_A2: Any, *, level: float = 0.95
 ) -> dict[str, float]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import as_rng, check_positive
+from perovstem._validation import as_rng, check_positive, numeric_options
 from perovstem.errors import DataError, ParameterError
 
 __all__ = [
@@ -143,6 +143,7 @@ def _check_table(columns: Any) -> pd.DataFrame:
 _MAX_COUNT = 1000  # atoms per column: ~0.6 µm of CsPbBr3, far beyond any nanocrystal
 
 
+@numeric_options
 def model_from_counts(
     columns: pd.DataFrame,
     *,
@@ -409,6 +410,7 @@ def _to_atoms(occ_sites: pd.DataFrame):
     return atoms
 
 
+@numeric_options
 def site_agreement(
     model: Any, truth: Any, *, lattice_A: float = 5.87, tol_A: float = 0.8
 ) -> dict[str, float]:

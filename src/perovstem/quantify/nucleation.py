@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from perovstem._validation import check_int
+from perovstem._validation import check_int, numeric_options
 from perovstem.errors import DataError, ParameterError
 
 __all__ = [
@@ -89,6 +89,7 @@ def _garwood(n: float, level: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+@numeric_options
 def kmc_nucleation_rate(
     frame_table: pd.DataFrame, *, level: float = 0.95, window: str = "active"
 ) -> dict[str, float]:
@@ -149,6 +150,7 @@ def detection_completeness(n_atoms: Any, *, n50: float = 7.0, width: float = 1.5
     return 1.0 / (1.0 + np.exp(-(n - n50) / width))
 
 
+@numeric_options
 def detectable_births(
     clusters: pd.DataFrame,
     events: pd.DataFrame,
@@ -223,6 +225,7 @@ MAX_TEMPLATE_LAWS = 100
 """Most nucleation laws in one :func:`nucleation_templates` call."""
 
 
+@numeric_options
 def nucleation_templates(
     edge_A: float,
     *,
@@ -381,6 +384,7 @@ class NucleationProfile:
         }
 
 
+@numeric_options
 def nucleation_profile(
     n_detected: Any,
     templates: pd.DataFrame,
@@ -617,6 +621,7 @@ def _local_elasticity(prof: pd.DataFrame, ok: np.ndarray) -> float:
     return float(np.mean(slopes)) if slopes else float("nan")
 
 
+@numeric_options
 def nucleation_rate(
     n_births_detected: Any,
     templates: pd.DataFrame,

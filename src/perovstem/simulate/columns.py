@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import check_positive
+from perovstem._validation import check_positive, numeric_options
 from perovstem.errors import DataError
 
 __all__ = ["project_columns", "column_type_name"]
@@ -32,6 +32,7 @@ def column_type_name(has_b: np.ndarray, has_cs: np.ndarray, has_br: np.ndarray) 
     return names[code]
 
 
+@numeric_options
 def project_columns(atoms, *, tol_A: float = 0.9) -> tuple[pd.DataFrame, np.ndarray]:
     """Find the atomic columns of ``atoms`` along the beam.
 

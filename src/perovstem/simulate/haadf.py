@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from perovstem._data import Image
-from perovstem._validation import as_rng, check_positive
+from perovstem._validation import as_rng, check_positive, numeric_options
 from perovstem.errors import DataError, ParameterError
 from perovstem.simulate._noise import shot_noise
 from perovstem.simulate.columns import project_columns
@@ -101,6 +101,7 @@ def _tail_fft(shape: tuple[int, int], pixel_size_A: float, probe: ProbeModel):
     return fft.rfft2(full, workers=-1)
 
 
+@numeric_options
 def render_intensity(
     y_px: np.ndarray,
     x_px: np.ndarray,
@@ -201,6 +202,7 @@ def _as_pair(name: str, value: Any) -> tuple[float, float]:
     return float(a[0]), float(a[1])
 
 
+@numeric_options
 def haadf_image(
     atoms,
     *,
@@ -413,6 +415,7 @@ def haadf_image(
     return image, truth
 
 
+@numeric_options
 def haadf_image_multislice(
     atoms,
     *,

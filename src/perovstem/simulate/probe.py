@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perovstem._validation import check_positive, check_range
+from perovstem._validation import check_positive, check_range, numeric_options
 
 __all__ = [
     "THERMAL_SIGMA_A",
@@ -43,6 +43,7 @@ TAIL_BETA = 1.5
 TAIL_RADIUS_A = 8.0
 
 
+@numeric_options
 def electron_wavelength_A(voltage_kV: float) -> float:
     """Relativistic electron wavelength, Å, for an accelerating voltage in kV."""
     v = check_positive("voltage_kV", voltage_kV) * 1e3
@@ -92,6 +93,7 @@ class ProbeModel:
         }
 
 
+@numeric_options
 def default_probe(
     voltage_kV: float = 300.0,
     *,

@@ -32,7 +32,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import check_choice, check_positive, check_range
+from perovstem._validation import check_choice, check_positive, check_range, numeric_options
 from perovstem.errors import FileFormatError, ParameterError
 from perovstem.simulate.probe import THERMAL_SIGMA_A, default_probe, psf_radial
 
@@ -202,6 +202,7 @@ def _enhancement(ref: str, n_eq: np.ndarray, voltage_kV: float) -> np.ndarray:
     return out
 
 
+@numeric_options
 def column_scs(
     n_Pb: np.ndarray,
     n_Cd: np.ndarray,
@@ -266,6 +267,7 @@ def column_scs(
     return out
 
 
+@numeric_options
 def scs_table(
     column_type: str,
     n_atoms,
@@ -308,6 +310,7 @@ def scs_table(
     return column_scs(z, z, z, z, n, voltage_kV=voltage_kV)
 
 
+@numeric_options
 def scs_library(
     column_type: str,
     max_atoms: int,

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from perovstem._data import Image, Series
-from perovstem._validation import as_rng, check_positive
+from perovstem._validation import as_rng, check_positive, numeric_options
 from perovstem.errors import ParameterError
 from perovstem.simulate.haadf import MIN_FRAME_PX, check_frame_shape
 
@@ -241,6 +241,7 @@ def _image_kw(
     }
 
 
+@numeric_options
 def insitu_series(
     trajectory: Any,
     *,
@@ -380,6 +381,7 @@ def insitu_series(
     return series, _truth(plan)
 
 
+@numeric_options
 def iter_insitu_frames(
     trajectory: Any,
     *,

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from perovstem._validation import as_rng, check_choice, check_positive, check_range
+from perovstem._validation import as_rng, check_choice, check_positive, check_range, numeric_options
 from perovstem.errors import DataError, ParameterError
 
 __all__ = [
@@ -80,6 +80,7 @@ _TERMINATIONS = ("CsBr", "PbBr2")
 _SITES = ("corner", "edge", "face")
 
 
+@numeric_options
 def zone_rotation(zone_axis: str, *, mistilt_deg: float = 0.0, mistilt_azimuth_deg: float = 0.0):
     """Rotation matrices that bring a crystal zone axis onto the lab z axis.
 
@@ -269,6 +270,7 @@ def _neutralise(sites: dict[str, np.ndarray], termination: str, rng: np.random.G
     return out
 
 
+@numeric_options
 def nanocrystal(
     edge_A: float | Sequence[float] = 80.0,
     *,
@@ -473,6 +475,7 @@ def _fcc_points(centre: np.ndarray, radius: float) -> np.ndarray:
     return pts + centre
 
 
+@numeric_options
 def add_pb_cluster(
     atoms,
     n_atoms: int,

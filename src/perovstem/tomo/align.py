@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from perovstem._data import TiltSeries
-from perovstem._validation import check_int, check_range
+from perovstem._validation import check_int, check_range, numeric_options
 from perovstem.errors import DataError, ParameterError
 from perovstem.tomo.projector import check_angles
 
@@ -145,6 +145,7 @@ def _as_stack(name: str, data: Any, dtype: Any) -> np.ndarray:
     return a
 
 
+@numeric_options
 def preprocess(data: Any, *, background_percentile: float = 5.0) -> np.ndarray:
     """Float32 copy with each projection's background (a low percentile) subtracted, ≥ 0.
 
@@ -177,6 +178,7 @@ def _register(ref: np.ndarray, mov: np.ndarray, upsample: int = 20) -> np.ndarra
     return np.asarray(shift, float)
 
 
+@numeric_options
 def xcorr_shifts(data: Any, angles_deg: Any, *, upsample: int = 20) -> np.ndarray:
     """Cumulative cross-correlation shifts referred to the projection nearest 0°.
 
@@ -239,6 +241,7 @@ def _com_dy(d: np.ndarray) -> np.ndarray:
     return (d.shape[1] - 1) / 2.0 - cy
 
 
+@numeric_options
 def tilt_axis_from_com(
     data: Any, angles_deg: Any, *, min_mass_fraction: float = 0.2
 ) -> tuple[float, float]:
@@ -314,6 +317,7 @@ def _profile_metric(d: np.ndarray, sh: np.ndarray, phi: float, margin: int) -> f
     return float(((p - p.mean(axis=0)) ** 2).sum() / ((p**2).sum() or 1.0))
 
 
+@numeric_options
 def tilt_axis_search(
     data: Any,
     angles_deg: Any,
@@ -494,6 +498,7 @@ def _axis_sigma(phis: np.ndarray, per_tilt: np.ndarray, best: float, *, batch: i
     return float(np.sqrt(n / (n - 1.0) * ((g - g.mean()) ** 2).sum()) / curv)
 
 
+@numeric_options
 def tilt_axis_reprojection(
     data: Any,
     angles_deg: Any,
@@ -722,6 +727,7 @@ def _sinc_transform_stack(
     return f[:, oy : oy + m, ox : ox + n].astype(np.float32)
 
 
+@numeric_options
 def bin_tilt_series(tilt_series: TiltSeries, factor: int) -> TiltSeries:
     """Bin projections by ``factor × factor`` (mean), scaling pixel size and shifts.
 
@@ -748,6 +754,7 @@ def bin_tilt_series(tilt_series: TiltSeries, factor: int) -> TiltSeries:
     return ts.replace(data=d, pixel_size_A=ts.pixel_size_A * f, shifts_px=sh, metadata=md)
 
 
+@numeric_options
 def apply_alignment(tilt_series: TiltSeries, alignment: Alignment, *, order: int = 1) -> TiltSeries:
     """Apply shifts and the tilt-axis rotation; the result has its axis along x.
 
@@ -771,6 +778,7 @@ def apply_alignment(tilt_series: TiltSeries, alignment: Alignment, *, order: int
     return ts.replace(data=data, tilt_axis_deg=0.0, shifts_px=sh, metadata=md)
 
 
+@numeric_options
 def projection_matching(
     data: Any,
     angles_deg: Any,
@@ -852,6 +860,7 @@ def _steep_axis_check(
     return (float(alt), True) if m1 < 0.5 * m0 else (phi, False)
 
 
+@numeric_options
 def align(
     tilt_series: TiltSeries,
     *,

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from perovstem._validation import numeric_options
 from perovstem.errors import DataError, ParameterError
 from perovstem.simulate.tilt import facet_family_directions
 from perovstem.tomo.surface import SurfaceMesh
@@ -59,6 +60,7 @@ __all__ = [
 FAMILIES = ("100", "110", "111")
 
 
+@numeric_options
 def missing_wedge_mask(
     normals: Any, tilt_range_deg: float, *, axis_tol_deg: float = 10.0
 ) -> np.ndarray:
@@ -75,6 +77,7 @@ def missing_wedge_mask(
     return (elev > alpha) & ~along_axis
 
 
+@numeric_options
 def estimate_orientation(mesh: SurfaceMesh, *, cone_deg: float = 10.0) -> np.ndarray:
     """Crystal → lab rotation of a faceted crystal from its area-weighted facet normals.
 
@@ -245,6 +248,7 @@ def _low_index_area(n: np.ndarray, w: np.ndarray, rot: np.ndarray, cosc: float) 
     return float(w[near].sum() / w.sum())
 
 
+@numeric_options
 def polyhedron_facets(
     mesh: SurfaceMesh,
     orientation: Any,
@@ -355,6 +359,7 @@ def _component_orientations(mesh: SurfaceMesh, comp: np.ndarray) -> np.ndarray:
     return np.asarray(rots)
 
 
+@numeric_options
 def facet_fractions(
     mesh: SurfaceMesh,
     *,
@@ -526,6 +531,7 @@ class FacetCalibration:
     settings: dict = field(default_factory=dict)
 
 
+@numeric_options
 def calibrate_facets(
     angles_deg: Any,
     *,

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from perovstem._validation import numeric_options
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["relative_l2", "dice", "layer_flatness"]
@@ -34,6 +35,7 @@ def dice(a: Any, b: Any) -> float:
     return float(2.0 * np.logical_and(a, b).sum() / s) if s else 1.0
 
 
+@numeric_options
 def layer_flatness(
     volume: Any, x_range: tuple[int, int], *, mask_fraction: float = 0.5
 ) -> dict[str, float]:

@@ -25,11 +25,13 @@ from typing import Any
 
 import numpy as np
 
+from perovstem._validation import numeric_options
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["Projector", "check_angles"]
 
 
+@numeric_options
 def check_angles(angles_deg: object, n_projections: int | None = None) -> np.ndarray:
     """Validate tilt angles (degrees): finite, unique, ``|θ| <= 180``, one per projection.
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from perovstem._data import TiltSeries
+from perovstem._validation import numeric_options
 from perovstem.errors import DataError, ParameterError
 from perovstem.tomo import _kernels
 from perovstem.tomo.projector import Projector, check_angles
@@ -220,6 +221,7 @@ def _ramp(n: int, filter_name: str) -> np.ndarray:
     return filt
 
 
+@numeric_options
 def fbp(
     data: Any,
     angles_deg: Any = None,
@@ -278,6 +280,7 @@ def _inv(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return out
 
 
+@numeric_options
 def sirt(
     data: Any,
     angles_deg: Any = None,
@@ -381,6 +384,7 @@ def sirt(
     )
 
 
+@numeric_options
 def sirt_dual_axis(
     series_a: Any,
     series_b: Any,
@@ -459,6 +463,7 @@ def sirt_dual_axis(
     )
 
 
+@numeric_options
 def sart(data: Any, angles_deg: Any = None, *, n_iter: int = 10, **kwargs: Any) -> Reconstruction:
     """SART (Andersen & Kak 1984): SIRT with one projection per sub-iteration.
 
@@ -469,6 +474,7 @@ def sart(data: Any, angles_deg: Any = None, *, n_iter: int = 10, **kwargs: Any) 
 
 
 # --------------------------------------------------------------------------- CGLS
+@numeric_options
 def cgls(
     data: Any,
     angles_deg: Any = None,
@@ -540,6 +546,7 @@ def _div(q: np.ndarray) -> np.ndarray:
     return d
 
 
+@numeric_options
 def tv_reconstruct(
     data: Any,
     angles_deg: Any = None,
@@ -614,6 +621,7 @@ def tv_reconstruct(
 
 
 # --------------------------------------------------------------------------- DART
+@numeric_options
 def dart(
     data: Any,
     angles_deg: Any = None,

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from perovstem._validation import check_int, check_positive
+from perovstem._validation import check_int, check_positive, numeric_options
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["otsu_threshold", "multi_otsu_thresholds", "segment", "label_volumes"]
@@ -39,6 +39,7 @@ def _gap_midpoints(v: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return out
 
 
+@numeric_options
 def otsu_threshold(volume: Any, *, nbins: int = 256) -> float:
     """Otsu's threshold (IEEE Trans. SMC 9, 62 (1979)) of a volume, data units."""
     from skimage.filters import threshold_otsu
@@ -49,6 +50,7 @@ def otsu_threshold(volume: Any, *, nbins: int = 256) -> float:
     return float(_gap_midpoints(v, np.array([threshold_otsu(v, nbins=nbins)]))[0])
 
 
+@numeric_options
 def multi_otsu_thresholds(volume: Any, *, n_classes: int = 3, nbins: int = 256) -> np.ndarray:
     """Multi-level Otsu thresholds (Liao, Chen & Chung, J. Inf. Sci. Eng. 17, 713 (2001)).
 
@@ -66,6 +68,7 @@ def multi_otsu_thresholds(volume: Any, *, n_classes: int = 3, nbins: int = 256) 
     return _gap_midpoints(v, threshold_multiotsu(v, classes=int(n_classes), nbins=nbins))
 
 
+@numeric_options
 def segment(
     volume: Any, *, n_classes: int = 2, thresholds: Any = None, sigma_px: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -103,6 +106,7 @@ def segment(
     return np.digitize(v, th).astype(np.uint8), th
 
 
+@numeric_options
 def label_volumes(labels: Any, voxel_size_A: float) -> dict[str, float]:
     """Volume of every class ≥ 1 (and of the union of classes ≥ 1), Å³.
 

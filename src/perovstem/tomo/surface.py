@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from perovstem._validation import numeric_options
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["SurfaceMesh", "surface_mesh"]
@@ -49,6 +50,7 @@ class SurfaceMesh:
         return float(self.areas_A2.sum())
 
 
+@numeric_options
 def surface_mesh(
     volume: Any,
     *,

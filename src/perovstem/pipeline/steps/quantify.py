@@ -86,17 +86,11 @@ def _fit_rows(fits: dict[str, Any]) -> Any:
     doc="Fit every kinetic model of a process (max. likelihood), rank by AICc/BIC.",
 )
 def quantify_kinetics(ctx: Any, frames: Any) -> dict[str, Any]:
-    from perovstem.errors import ParameterError
 
     compare_models = api(COMPARE)
 
     p = ctx.params
-    for key in ("x", "y"):
-        if p[key] not in frames.columns:
-            raise ParameterError(
-                f"`{key}` = {p[key]!r} is not a column of the input table "
-                f"(columns: {list(frames.columns)})"
-            )
+    ctx.need_columns("frames", frames, {p["x"]: "`x` =", p["y"]: "`y` ="})
     x = frames[p["x"]].to_numpy(float)
     y = frames[p["y"]].to_numpy(float)
     finite = y[np.isfinite(y)]
@@ -343,6 +337,11 @@ def quantify_arrhenius(ctx: Any, frames: Any) -> dict[str, Any]:
     fit_arrhenius, fit_model = api(ARRHENIUS), api(FIT)
 
     p = ctx.params
+    ctx.need_columns(
+        "frames",
+        frames,
+        {"temperature_K": "the temperatures", p["x"]: "`x` =", p["y"]: "`y` ="},
+    )
     rows = []
     for t, sub in frames.groupby("temperature_K", sort=True):
         x = sub[p["x"]].to_numpy(float)
