@@ -267,6 +267,16 @@ def parse_config(
             p = base_dir / p
         if check_files and not p.exists():
             raise FileFormatError(f"{w}input file {str(p)!r} does not exist")
+        if check_files:
+            # a folder, an empty or an unreadable file passed `--check` and failed only when
+            # the first step using it ran
+            from perovstem.io.read import _check_path
+
+            try:
+                _check_path(p)
+            except FileFormatError as exc:
+                msg = str(exc).replace(", not an image file", ", not a file")
+                raise FileFormatError(f"{w}input file {msg}") from None
         inputs[name] = InputSpec(name=name, path=p, options=options, line=line)
 
     # ---- steps
