@@ -101,7 +101,7 @@ def test_pixel_size_given_with_an_image_must_agree(px):
     from perovstem.atoms import find_columns, fit_columns, map_columns
 
     img = Image(np.random.default_rng(0).poisson(5.0, (32, 32)).astype(float), 0.25)
-    # text is refused as text (numeric_options), before it is compared with the Image's
+    # text is refused as text (refuse_text_numbers), before it is compared with the Image's
     expect = (
         r"`pixel_size_A` must be a number, got 'x'"
         if isinstance(px, str)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
+import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +19,7 @@ __all__ = [
     "check_image",
     "check_choice",
     "check_finite",
-    "numeric_options",
+    "refuse_text_numbers",
 ]
 
 
@@ -109,7 +109,6 @@ def check_image(name: str, image: Any, *, ndim: int = 2, min_size: int = 2) -> n
     return check_finite(name, a)
 
 
-_F = TypeVar("_F", bound=Callable[..., Any])
 # annotations (text, under ``from __future__ import annotations``) of a plain number
 _NUMBER_TYPES = {"int", "float", "None"}
 
@@ -131,32 +130,45 @@ def _number_params(func: Callable[..., Any]) -> dict[str, int | None]:
     return out
 
 
-def numeric_options(func: _F) -> _F:
-    """Decorator: refuse text for the parameters annotated as a plain number.
+# code object of a checked function -> (its name, its number-annotated parameters)
+_TEXT_CHECKED: dict[Any, tuple[str, tuple[str, ...]]] = {}
 
+
+def _numbers_of(code: Any, globs: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """The function of ``code`` among a module's globals (through decorators) and its
+    number-annotated parameters."""
+    for obj in list(globs.values()):
+        f = obj
+        for _ in range(8):  # through decorators that keep __wrapped__
+            if inspect.isfunction(f) and f.__code__ is code:
+                return f.__name__, tuple(_number_params(f))
+            f = getattr(f, "__wrapped__", None)
+            if f is None:
+                break
+    return code.co_name, ()
+
+
+def refuse_text_numbers(values: dict[str, Any]) -> None:
+    """Refuse text for the calling function's parameters annotated as a plain number.
+
+    Called as the first statement of a public function, ``refuse_text_numbers(locals())``.
     ``detect_clusters(img, min_atoms="10")`` raised ``TypeError: '<' not supported between
     instances of 'str' and 'int'`` from deep inside (or, where a helper parsed it with
-    ``float()``, silently accepted it); now every such parameter of a public function
-    raises :class:`ParameterError` naming the parameter and the value.  Parameters whose
-    annotation allows anything else (``float | str`` for "auto", arrays, sequences) are
-    left to the function.
+    ``float()``, silently accepted it); now every such parameter raises
+    :class:`ParameterError` naming the function, the parameter and the value.  Parameters
+    whose annotation allows anything else (``float | str`` for "auto", arrays, sequences)
+    are left to the function.  (A call, not a wrapping decorator: a wrapper frame would
+    become the location of every warning the function issues with ``stacklevel=2``.)
     """
-    params = _number_params(func)
-    if not params:
-        return func
-    qualname = getattr(func, "__name__", "function")
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        for name, pos in params.items():
-            if name in kwargs:
-                value = kwargs[name]
-            elif pos is not None and pos < len(args):
-                value = args[pos]
-            else:
-                continue
-            if isinstance(value, (str, bytes, np.str_)):
-                raise ParameterError(f"{qualname}: `{name}` must be a number, got {value!r} (text)")
-        return func(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+    frame = sys._getframe(1)
+    try:
+        entry = _TEXT_CHECKED.get(frame.f_code)
+        if entry is None:
+            entry = _TEXT_CHECKED[frame.f_code] = _numbers_of(frame.f_code, frame.f_globals)
+    finally:
+        del frame
+    name, params = entry
+    for p in params:
+        value = values.get(p)
+        if isinstance(value, (str, bytes, np.str_)):
+            raise ParameterError(f"{name}: `{p}` must be a number, got {value!r} (text)")

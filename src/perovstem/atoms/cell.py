@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import check_positive, check_range, numeric_options
+from perovstem._validation import check_positive, check_range, refuse_text_numbers
 from perovstem.errors import DataError
 
 __all__ = ["ProjectedCell", "cspbbr3_001_cell", "cspbbr3_011_cell"]
@@ -143,7 +143,6 @@ class ProjectedCell:
         return best
 
 
-@numeric_options
 def cspbbr3_001_cell(a_A: float = 5.87) -> ProjectedCell:
     """Pseudo-cubic CsPbBr3 viewed along [001]: Pb–Br column at (0, 0), Br columns at
     (½, 0) and (0, ½), Cs column at (½, ½); column types ``"PbBr"``, ``"Br"``, ``"Cs"``.
@@ -151,6 +150,7 @@ def cspbbr3_001_cell(a_A: float = 5.87) -> ProjectedCell:
     ``a_A`` defaults to the cubic high-temperature value 5.87 Å (DESIGN.md); the orthorhombic
     room-temperature cell projects to a ≈ 5.8–5.9 Å pseudo-cubic sub-cell.
     """
+    refuse_text_numbers(locals())
     sites = pd.DataFrame(
         {
             "type": ["PbBr", "Br", "Br", "Cs"],
@@ -162,7 +162,6 @@ def cspbbr3_001_cell(a_A: float = 5.87) -> ProjectedCell:
     return ProjectedCell(a_A, a_A, 90.0, sites, c_A=a_A, name="CsPbBr3 [001] (pseudo-cubic)")
 
 
-@numeric_options
 def cspbbr3_011_cell(a_A: float = 5.87) -> ProjectedCell:
     """Pseudo-cubic CsPbBr3 viewed along [011] (≡ [110]): a = a₀ along [100], b = a₀/√2
     along [01-1]; pure Pb column at (0, 0), pure Br column at (0, ½), mixed Cs–Br column at
@@ -176,6 +175,7 @@ def cspbbr3_011_cell(a_A: float = 5.87) -> ProjectedCell:
     zone.  The simulator's truth tables (``nanocrystal(zone_axis="011")``) call the same
     columns ``Pb``, ``Br`` and ``CsBr``.
     """
+    refuse_text_numbers(locals())
     sites = pd.DataFrame(
         {
             "type": ["Pb_011", "Br_011", "CsBr_011"],

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import numeric_options
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = [
@@ -333,7 +333,6 @@ def _with_ladder_starts(x, k, mu0, s0, p0):
     return mu, sg, pi
 
 
-@numeric_options
 def fit_gmm(
     scs: Any,
     n_components: int,
@@ -377,6 +376,7 @@ def fit_gmm(
     -------
     GMMFit
     """
+    refuse_text_numbers(locals())
     x = _as_scs(scs)
     k = _check_k("n_components", n_components, x.size)
     degree = _check_degree(equal_spacing, ladder_degree)
@@ -490,7 +490,6 @@ def select_components(
 
 
 # --------------------------------------------------------------------------- sweep
-@numeric_options
 def gmm_sweep(
     scs: Any,
     *,
@@ -538,6 +537,7 @@ def gmm_sweep(
     -------
     GMMSweep
     """
+    refuse_text_numbers(locals())
     x = _as_scs(scs)
     degree = _check_degree(equal_spacing, ladder_degree)
     kmax = _check_k("max_components", max_components, x.size)
@@ -608,7 +608,6 @@ def single_atom_sensitivity(fit: GMMFit) -> float:
     return float(np.sum(p * inside))
 
 
-@numeric_options
 def ladder_check(
     fit: GMMFit,
     *,
@@ -661,6 +660,7 @@ def ladder_check(
         increment), ``suspect`` (list of ``(j, j + 1)`` component pairs with a gap),
         ``messages`` (list of str, empty when ``ok``).
     """
+    refuse_text_numbers(locals())
     _check_int_ge("first_count", first_count, 0)
     mu, k = np.asarray(fit.means, float), fit.n_components
     out: dict[str, Any] = {
@@ -1053,7 +1053,6 @@ def _check_scale_prior(scale_prior: Any, library: Any) -> tuple[float, float, st
     return c, sd, "user"
 
 
-@numeric_options
 def count_atoms(
     scs: Any,
     *,
@@ -1182,6 +1181,7 @@ def count_atoms(
         simulated images with a total-SCS library 45 of the 48 offset type-runs were
         flagged (docs/counting.md).
     """
+    refuse_text_numbers(locals())
     _check_count_options(n_components, max_components, first_count)
     if method not in ("gmm", "ladder"):
         raise ParameterError(f"`method` must be 'gmm' or 'ladder', got {method!r}")

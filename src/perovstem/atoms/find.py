@@ -21,7 +21,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from perovstem._data import Image
-from perovstem._validation import check_int, check_positive, check_range, numeric_options
+from perovstem._validation import check_int, check_positive, check_range, refuse_text_numbers
 from perovstem.atoms._inputs import as_image, px_to_A
 from perovstem.atoms.cell import ProjectedCell
 from perovstem.atoms.noise import NoiseModel, estimate_noise_model, value_step
@@ -72,7 +72,6 @@ def _pixel_noise(img: np.ndarray) -> float:
     return float(np.sqrt(q * max(float(np.mean(img[sig])) - v0, 0.0))) or 1e-12
 
 
-@numeric_options
 def find_peaks(
     image: Image | np.ndarray,
     *,
@@ -120,6 +119,7 @@ def find_peaks(
     DataFrame
         ``x_A, y_A, height`` (smoothed height above the background), sorted by height.
     """
+    refuse_text_numbers(locals())
     img = as_image(image, pixel_size_A)
     data = np.asarray(img.data, dtype=float)
     dx = img.pixel_size_A
@@ -313,7 +313,6 @@ def _disk_maxima(sm: np.ndarray, sep: float, where: np.ndarray | None = None) ->
     return out
 
 
-@numeric_options
 def estimate_lattice(image: Image | np.ndarray, *, pixel_size_A: float | None = None) -> np.ndarray:
     """Two shortest strong, non-collinear lattice vectors from the power spectrum, Å.
 
@@ -330,6 +329,7 @@ def estimate_lattice(image: Image | np.ndarray, *, pixel_size_A: float | None = 
     DataError
         No periodicity found.
     """
+    refuse_text_numbers(locals())
     img = as_image(image, pixel_size_A)
     data = np.asarray(img.data, dtype=float)
     ny, nx = data.shape
@@ -400,7 +400,6 @@ MAX_GRAINS = 8
 ALIAS_MARGIN = 0.1
 
 
-@numeric_options
 def fit_lattice_vectors(
     xy_A: np.ndarray, vectors_A: np.ndarray, origin_A: np.ndarray, *, tol: float = 0.25
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -424,6 +423,7 @@ def fit_lattice_vectors(
         Index of each point; ``np.iinfo(np.int64).min`` for points the growth did not reach
         (spurious peaks off the lattice, another grain).
     """
+    refuse_text_numbers(locals())
     xy = np.asarray(xy_A, float).reshape(-1, 2)
     vec = np.asarray(vectors_A, float)
     org = np.asarray(origin_A, float)
@@ -775,7 +775,6 @@ def _residual_field(
     return field
 
 
-@numeric_options
 def find_columns(
     image: Image | np.ndarray,
     *,
@@ -831,6 +830,7 @@ def find_columns(
     ParameterError
         ``reference_type`` not in the cell, bad ``n_types``.
     """
+    refuse_text_numbers(locals())
     img = as_image(image, pixel_size_A)
     data = np.asarray(img.data, dtype=float)
     dx = img.pixel_size_A

@@ -37,7 +37,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from perovstem._data import Image
-from perovstem._validation import check_choice, check_positive, numeric_options
+from perovstem._validation import check_choice, check_positive, refuse_text_numbers
 from perovstem.atoms._inputs import as_image, as_positions, px_to_A
 from perovstem.atoms.normalize import poisson_variance_model
 from perovstem.errors import DataError, ParameterError
@@ -248,7 +248,6 @@ def _keep_numba_threads(func):
     return wrapper
 
 
-@numeric_options
 @_keep_numba_threads
 def fit_columns(
     image: Image | np.ndarray,
@@ -389,6 +388,7 @@ def fit_columns(
     ParameterError
         Bad option values, ρ ≤ 0, unknown column types in ``rho_A``.
     """
+    refuse_text_numbers(locals())
     t_start = time.perf_counter()
     img = as_image(image, pixel_size_A)
     check_choice("width", width, _WIDTHS)
@@ -1693,7 +1693,6 @@ def fisher_covariance(
     return K.local_covariance(blocks, nb_ptr, b_idx.astype(np.int64), code.astype(np.int64), npar)
 
 
-@numeric_options
 def model_image(
     shape: tuple[int, int],
     columns: pd.DataFrame,
@@ -1711,6 +1710,7 @@ def model_image(
     on the square ``round(x ∓ cutoff_rho·ρ)`` × ``round(y ∓ cutoff_rho·ρ)`` (px), StatSTEM's
     model (use ``cutoff_rho=3``).
     """
+    refuse_text_numbers(locals())
     check_choice("truncation", truncation, ("disk", "square"))
     dx = check_positive("pixel_size_A", pixel_size_A)
     for c in ("x_A", "y_A", "rho_A", "eta"):

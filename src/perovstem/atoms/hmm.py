@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import gammainc, gammaln, logsumexp, xlogy
 
-from perovstem._validation import numeric_options
+from perovstem._validation import refuse_text_numbers
 from perovstem.atoms.library import as_library
 from perovstem.errors import DataError, ParameterError
 
@@ -505,7 +505,6 @@ def _start_scale(obs: np.ndarray, L: np.ndarray, n_max: int = 4096) -> float:
     return best if _identifiable(cands, best) else 1.0
 
 
-@numeric_options
 def fit_hmm(
     scs: Any,
     library: Any,
@@ -564,6 +563,7 @@ def fit_hmm(
     -------
     HMMResult
     """
+    refuse_text_numbers(locals())
     obs = _check_obs(scs)
     T, N = obs.shape
     if model not in ("free", "loss", "dose"):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from perovstem._data import Image
-from perovstem._validation import numeric_options
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError
 
 __all__ = ["to_hyperspy"]
@@ -16,7 +16,6 @@ __all__ = ["to_hyperspy"]
 _COLOURS = ["red", "cyan", "orange", "lime", "magenta", "yellow"]
 
 
-@numeric_options
 def to_hyperspy(columns: pd.DataFrame, image: Image | None = None, *, size: float = 8.0) -> Any:
     """Column positions as HyperSpy 2 ``Points`` markers (one per type), optionally on an image.
 
@@ -33,6 +32,7 @@ def to_hyperspy(columns: pd.DataFrame, image: Image | None = None, *, size: floa
     list of ``hyperspy.api.plot.markers.Points`` or ``Signal2D``
         Needs the ``hyperspy`` extra.
     """
+    refuse_text_numbers(locals())
     from perovstem._optional import import_optional
 
     for c in ("x_A", "y_A"):

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import numeric_options
+from perovstem._validation import refuse_text_numbers
 from perovstem.atoms.count import (
     _as_scs,
     _fallback_scales,
@@ -37,7 +37,6 @@ __all__ = [
 ]
 
 
-@numeric_options
 def as_library(
     library: Any,
     *,
@@ -79,6 +78,7 @@ def as_library(
     n_atoms : ndarray of int, shape (L,)
     scs : ndarray of float, shape (L,)
     """
+    refuse_text_numbers(locals())
     if isinstance(library, dict):
         if column_type not in library:
             raise ParameterError(
@@ -149,7 +149,6 @@ def _with_zero(n: np.ndarray, v: np.ndarray, include_zero: bool) -> tuple[np.nda
     return n, v
 
 
-@numeric_options
 def count_library(
     scs: Any,
     library: Any,
@@ -192,6 +191,7 @@ def count_library(
         Input table plus ``n_atoms``, ``scs_library`` and, with errors, ``p_n_atoms``,
         ``n_atoms_mean``, ``n_atoms_std``.
     """
+    refuse_text_numbers(locals())
     df, x, t = _table_input(scs, types)
     if scs_err is None and isinstance(scs, pd.DataFrame):
         for c in ("scs_err", "scs_err_A2"):
@@ -287,7 +287,6 @@ class HybridFit:
         return p / p.sum(axis=1, keepdims=True)
 
 
-@numeric_options
 def fit_hybrid(
     scs: Any,
     library: Any,
@@ -327,6 +326,7 @@ def fit_hybrid(
     -------
     HybridFit
     """
+    refuse_text_numbers(locals())
     x = _as_scs(scs)
     if x.size < 2:
         raise ParameterError(f"hybrid counting needs at least 2 columns, got {x.size}")
@@ -426,7 +426,6 @@ def _hybrid_em(x, v, c, fit_scale, *, max_iter, tol, bounds=None):
     return c, sigma, pi, tau, nll, it, conv
 
 
-@numeric_options
 def count_hybrid(
     scs: Any,
     library: Any,
@@ -474,6 +473,7 @@ def count_hybrid(
         the nearest library value at c = 1; for Voronoi sums a shift of 0.5 atom or more
         warns: on thin columns a normalisation error and a count shift fit alike).
     """
+    refuse_text_numbers(locals())
     for name, val in (("scale_spread", scale_spread), ("scale_sd", scale_sd)):
         if not (isinstance(val, (int, float)) and np.isfinite(val) and val > 0):
             raise ParameterError(f"`{name}` must be a number > 0, got {val!r}")

@@ -51,7 +51,7 @@ import numpy as np
 from scipy import ndimage
 
 from perovstem._data import Image, Series
-from perovstem._validation import numeric_options
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["NoiseModel", "estimate_noise_model"]
@@ -155,7 +155,6 @@ class NoiseModel:
         return s
 
 
-@numeric_options
 def estimate_noise_model(
     image: Image | Series | np.ndarray,
     *,
@@ -224,6 +223,7 @@ def estimate_noise_model(
     ``−c/gain`` (zero read noise); a field without vacuum overestimates the offset by its
     darkest signal (``offset_source`` says which).
     """
+    refuse_text_numbers(locals())
     if int(n_bins) < 3:
         raise ParameterError(f"`n_bins` must be >= 3, got {n_bins!r}")
     if not (np.isfinite(max_correlation) and 0 < max_correlation < 1):

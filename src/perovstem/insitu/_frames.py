@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from perovstem._data import Series
-from perovstem._validation import numeric_options
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = [
@@ -99,7 +99,6 @@ def frame_shape_of(series: Any) -> tuple[int, int]:
     return tuple(np.shape(st[0])) if not hasattr(st, "shape") else tuple(st.shape[1:])
 
 
-@numeric_options
 def iter_frames(series: Any, *, block: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(k, frame)`` for every frame, streaming lazy data block by block.
 
@@ -118,6 +117,7 @@ def iter_frames(series: Any, *, block: int | None = None) -> Iterator[tuple[int,
     frame : (M, N) ndarray
         Frame data (a view for numpy input; never modify it).
     """
+    refuse_text_numbers(locals())
     st = frame_stack(series)
     n = len(st)
     if _is_lazy(st):

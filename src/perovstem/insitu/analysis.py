@@ -14,7 +14,7 @@ import pandas as pd
 from scipy import ndimage
 
 from perovstem._data import Image, Series
-from perovstem._validation import check_choice, numeric_options
+from perovstem._validation import check_choice, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 from perovstem.insitu._frames import (
     frame_quality,
@@ -148,7 +148,6 @@ class InsituResult:
         return {n: found[n] for n in self.TABLE_NAMES if found[n] is not None}
 
 
-@numeric_options
 def analyze_series(
     series: Series,
     *,
@@ -281,6 +280,7 @@ def analyze_series(
     -------
     InsituResult
     """
+    refuse_text_numbers(locals())
     if not isinstance(series, Series):
         raise ParameterError(f"`series` must be a perovstem Series, got {type(series).__name__}")
     # checked before any frame is read: a bad `ci` only failed inside every kinetic fit
@@ -1177,7 +1177,6 @@ LINE_JITTER_SMOOTH_CORR = 0.8
 PB0_FALL_SIGMA = 3.0
 
 
-@numeric_options
 def pb0_falls_later(n_pb0: Any, err_stat: Any, *, n_sigma: float = PB0_FALL_SIGMA) -> np.ndarray:
     """Frames whose Pb⁰ total exceeds a later frame's by more than its errors allow.
 
@@ -1214,6 +1213,7 @@ def pb0_falls_later(n_pb0: Any, err_stat: Any, *, n_sigma: float = PB0_FALL_SIGM
         True where a later frame has ``n_j < n_k − n_sigma·√(σ_k² + σ_j²)`` or the frame
         is above the level of a run that cannot be non-decreasing.
     """
+    refuse_text_numbers(locals())
     from scipy import stats
     from scipy.optimize import isotonic_regression
 

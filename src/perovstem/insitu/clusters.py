@@ -194,7 +194,7 @@ import pandas as pd
 from scipy import ndimage
 
 from perovstem._data import Image
-from perovstem._validation import check_image, check_int, check_positive, numeric_options
+from perovstem._validation import check_image, check_int, check_positive, refuse_text_numbers
 from perovstem.errors import CalibrationError, DataError, ParameterError
 from perovstem.insitu.lattice import estimate_lattice, host_cell
 
@@ -296,7 +296,6 @@ def _cluster_curve(max_atoms: int, lib_key: tuple[float, ...], a_A: float) -> np
     return out / len(centres)
 
 
-@numeric_options
 def cluster_scs_library(
     max_atoms: int = 2000,
     *,
@@ -326,6 +325,7 @@ def cluster_scs_library(
     DataFrame
         ``n_atoms, scs_A2`` (monotone increasing).
     """
+    refuse_text_numbers(locals())
     if int(max_atoms) != max_atoms or max_atoms < 1 or max_atoms > 100000:
         raise ParameterError(f"`max_atoms` must be an integer in [1, 100000], got {max_atoms!r}")
     if column_library is None:
@@ -1467,7 +1467,6 @@ def _host_free_pass(
     return out
 
 
-@numeric_options
 def detect_clusters(
     image: Any,
     *,
@@ -1568,6 +1567,7 @@ def detect_clusters(
         ``"no_segments"`` or ``"off"`` (``host_test=False``), and ``host_reference_used``
         (kappa_h is ``host_reference``, not measured on this frame).
     """
+    refuse_text_numbers(locals())
     data, px, dose, g, off = _calibration(image, pixel_size_A, dose_e_per_A2, gain, offset)
     a = check_image("image", data)
     check_positive("pixel_size_A", px)
@@ -2014,7 +2014,6 @@ def detect_clusters(
     return df
 
 
-@numeric_options
 def persistent_clusters(
     clusters: pd.DataFrame,
     *,
@@ -2051,6 +2050,7 @@ def persistent_clusters(
     DataFrame
         The persistent detections (original index kept), ``attrs`` copied.
     """
+    refuse_text_numbers(locals())
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree

@@ -37,7 +37,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import check_positive, numeric_options
+from perovstem._validation import check_positive, refuse_text_numbers
 from perovstem.errors import DataError
 
 __all__ = [
@@ -74,7 +74,6 @@ def _need(df: pd.DataFrame, name: str, cols: Iterable[str]) -> None:
         raise DataError(f"`{name}` lacks column(s) {missing} (has {list(df.columns)})")
 
 
-@numeric_options
 def match_clusters(
     detections: pd.DataFrame,
     truth_clusters: pd.DataFrame,
@@ -104,6 +103,7 @@ def match_clusters(
     DataFrame
         ``detections`` (index reset) with ``cluster_id``: the matched truth id, -1 if none.
     """
+    refuse_text_numbers(locals())
     from scipy.optimize import linear_sum_assignment
 
     _need(detections, "detections", ["frame", "x_A", "y_A"])
@@ -130,7 +130,6 @@ def match_clusters(
     return det
 
 
-@numeric_options
 def merge_matches(
     tracks: pd.DataFrame,
     lineage: pd.DataFrame,
@@ -170,6 +169,7 @@ def merge_matches(
         lineage's parent tracks) and ``parents_ok`` (truth rows: found with exactly the
         tracks that held the identifiable ancestors as parents).
     """
+    refuse_text_numbers(locals())
     _need(tracks, "tracks", ["frame", "cluster_id", "track_id"])
     _need(lineage, "lineage", ["track_id", "origin", "start_frame", "parents"])
     _need(truth_clusters, "truth_clusters", ["frame", "cluster_id", "x_A", "y_A", "n_atoms"])
@@ -314,7 +314,6 @@ def match_objects(objects: pd.DataFrame, detections: pd.DataFrame) -> list[tuple
     return [(int(i), int(j)) for i, j in zip(r, c, strict=True) if d[i, j] < tol[i, 0]]
 
 
-@numeric_options
 def score_detections(
     detections: pd.DataFrame, objects: pd.DataFrame, *, min_atoms: float = 10.0
 ) -> dict:
@@ -333,6 +332,7 @@ def score_detections(
         ``extra`` {object: [detections inside it]}, ``n_atoms`` (detected atoms of each
         pair: the matched detection plus its extra ones), ``tp``, ``fp``, ``fn``.
     """
+    refuse_text_numbers(locals())
     _need(detections, "detections", ["x_A", "y_A", "n_atoms"])
     big = objects[objects["n_atoms"] >= min_atoms].reset_index(drop=True)
     small = objects[objects["n_atoms"] < min_atoms]

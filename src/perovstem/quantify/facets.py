@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import numeric_options
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["surface_facets", "facet_fractions", "FACETS"]
@@ -58,7 +58,6 @@ def _positions(obj: Any, lattice: str) -> np.ndarray:
     return pos
 
 
-@numeric_options
 def surface_facets(
     atoms: Any,
     *,
@@ -86,6 +85,7 @@ def surface_facets(
         ``coordination``, ``normal_x, normal_y, normal_z``, ``facet`` (one of
         :data:`FACETS`), ``angle_deg``.
     """
+    refuse_text_numbers(locals())
     from scipy.spatial import cKDTree
 
     if lattice not in ("perovskite", "fcc"):

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special, stats
 
-from perovstem._validation import as_rng, check_choice, check_range, numeric_options
+from perovstem._validation import as_rng, check_choice, check_range, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = [
@@ -517,7 +517,6 @@ def _model(model: str | KineticModel) -> KineticModel:
     return MODELS[model]
 
 
-@numeric_options
 @_blas1
 def fit_model(
     x: Any,
@@ -580,6 +579,7 @@ def fit_model(
     ParameterError
         Unknown model, likelihood or CI method.
     """
+    refuse_text_numbers(locals())
     m = _model(model)
     check_choice("likelihood", likelihood, ("gaussian", "poisson"))
     check_choice("ci", ci, ("profile", "bootstrap", "wald", "none"))
@@ -887,7 +887,6 @@ def compare_models(
     return t, fits
 
 
-@numeric_options
 def fit_arrhenius(
     temperature_K: Any,
     rate: Any,
@@ -916,6 +915,7 @@ def fit_arrhenius(
     FitResult
         Parameters ``ln_A`` and ``Ea_eV``; ``extra['A']`` holds the prefactor.
     """
+    refuse_text_numbers(locals())
     t = np.asarray(temperature_K, float).ravel()
     k = np.asarray(rate, float).ravel()
     if t.shape != k.shape:
@@ -955,7 +955,6 @@ def fit_arrhenius(
     return dataclasses.replace(r, extra={"A": float(np.exp(r.params["ln_A"]))})
 
 
-@numeric_options
 def fit_dose_rate_dependence(
     dose_rate_e_per_A2_s: Any,
     rate_per_s: Any,
@@ -984,6 +983,7 @@ def fit_dose_rate_dependence(
         As :func:`compare_models` (models ``dose_controlled``, ``time_controlled``,
         ``power_law``; parameters ``ln_J_D``, ``ln_J0``, ``ln_c`` and ``alpha``).
     """
+    refuse_text_numbers(locals())
     phi = np.asarray(dose_rate_e_per_A2_s, float).ravel()
     j = np.asarray(rate_per_s, float).ravel()
     if phi.shape != j.shape:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import as_rng, check_positive, numeric_options
+from perovstem._validation import as_rng, check_positive, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = [
@@ -143,7 +143,6 @@ def _check_table(columns: Any) -> pd.DataFrame:
 _MAX_COUNT = 1000  # atoms per column: ~0.6 µm of CsPbBr3, far beyond any nanocrystal
 
 
-@numeric_options
 def model_from_counts(
     columns: pd.DataFrame,
     *,
@@ -203,6 +202,7 @@ def model_from_counts(
     -------
     AtomicModel
     """
+    refuse_text_numbers(locals())
     from scipy.spatial import cKDTree
 
     from perovstem.quantify._model3d_numba import run_chains
@@ -410,7 +410,6 @@ def _to_atoms(occ_sites: pd.DataFrame):
     return atoms
 
 
-@numeric_options
 def site_agreement(
     model: Any, truth: Any, *, lattice_A: float = 5.87, tol_A: float = 0.8
 ) -> dict[str, float]:
@@ -431,6 +430,7 @@ def site_agreement(
         ``fraction`` (matched / truth atoms), ``precision`` (matched / model atoms),
         ``shift_A``, ``n_truth``, ``n_model``.
     """
+    refuse_text_numbers(locals())
     from scipy.spatial import cKDTree
 
     pm, pt = model.get_positions(), truth.get_positions()

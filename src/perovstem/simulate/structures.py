@@ -33,7 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from perovstem._validation import as_rng, check_choice, check_positive, check_range, numeric_options
+from perovstem._validation import (
+    as_rng,
+    check_choice,
+    check_positive,
+    check_range,
+    refuse_text_numbers,
+)
 from perovstem.errors import DataError, ParameterError
 
 __all__ = [
@@ -80,7 +86,6 @@ _TERMINATIONS = ("CsBr", "PbBr2")
 _SITES = ("corner", "edge", "face")
 
 
-@numeric_options
 def zone_rotation(zone_axis: str, *, mistilt_deg: float = 0.0, mistilt_azimuth_deg: float = 0.0):
     """Rotation matrices that bring a crystal zone axis onto the lab z axis.
 
@@ -100,6 +105,7 @@ def zone_rotation(zone_axis: str, *, mistilt_deg: float = 0.0, mistilt_azimuth_d
     mistilt : (3, 3) ndarray
         Mistilt part only, ``lab = mistilt @ zone_aligned``.
     """
+    refuse_text_numbers(locals())
     key = str(zone_axis).strip("[]() ").replace(",", "").replace(" ", "")
     if key not in ZONE_AXES:
         raise ParameterError(f"`zone_axis` must be one of {sorted(ZONE_AXES)}, got {zone_axis!r}")
@@ -270,7 +276,6 @@ def _neutralise(sites: dict[str, np.ndarray], termination: str, rng: np.random.G
     return out
 
 
-@numeric_options
 def nanocrystal(
     edge_A: float | Sequence[float] = 80.0,
     *,
@@ -336,6 +341,7 @@ def nanocrystal(
     charge balance by the ligand shell.  ``atoms.info["charge_e"]`` gives the final charge
     (0 unless Br vacancies were requested).
     """
+    refuse_text_numbers(locals())
     check_choice("shape", shape, _SHAPES)
     check_choice("phase", phase, _PHASES)
     check_choice("termination", termination, _TERMINATIONS)
@@ -475,7 +481,6 @@ def _fcc_points(centre: np.ndarray, radius: float) -> np.ndarray:
     return pts + centre
 
 
-@numeric_options
 def add_pb_cluster(
     atoms,
     n_atoms: int,
@@ -509,6 +514,7 @@ def add_pb_cluster(
     ase.Atoms
         A new structure with the cluster appended.
     """
+    refuse_text_numbers(locals())
     from ase import Atoms
     from scipy.spatial import cKDTree
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from perovstem._data import TiltSeries
-from perovstem._validation import check_int, check_range, numeric_options
+from perovstem._validation import check_int, check_range, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 from perovstem.tomo.projector import check_angles
 
@@ -145,13 +145,13 @@ def _as_stack(name: str, data: Any, dtype: Any) -> np.ndarray:
     return a
 
 
-@numeric_options
 def preprocess(data: Any, *, background_percentile: float = 5.0) -> np.ndarray:
     """Float32 copy with each projection's background (a low percentile) subtracted, ≥ 0.
 
     Raw integer detector data often carry a large negative offset (e.g. FEI int16 with
     mean ≈ −27 600); this removes it.
     """
+    refuse_text_numbers(locals())
     d = _as_stack("data", data, np.float32)
     if not 0.0 <= background_percentile <= 100.0:  # NaN fails too
         raise ParameterError(
@@ -178,7 +178,6 @@ def _register(ref: np.ndarray, mov: np.ndarray, upsample: int = 20) -> np.ndarra
     return np.asarray(shift, float)
 
 
-@numeric_options
 def xcorr_shifts(data: Any, angles_deg: Any, *, upsample: int = 20) -> np.ndarray:
     """Cumulative cross-correlation shifts referred to the projection nearest 0°.
 
@@ -191,6 +190,7 @@ def xcorr_shifts(data: Any, angles_deg: Any, *, upsample: int = 20) -> np.ndarra
     (A, 2) ndarray
         ``(dy, dx)`` to apply to each projection.
     """
+    refuse_text_numbers(locals())
     d = np.asarray(data, dtype=np.float32)
     ang = check_angles(angles_deg, d.shape[0])
     order = np.argsort(ang)
@@ -241,7 +241,6 @@ def _com_dy(d: np.ndarray) -> np.ndarray:
     return (d.shape[1] - 1) / 2.0 - cy
 
 
-@numeric_options
 def tilt_axis_from_com(
     data: Any, angles_deg: Any, *, min_mass_fraction: float = 0.2
 ) -> tuple[float, float]:
@@ -259,6 +258,7 @@ def tilt_axis_from_com(
     axis_row_px : float
         Row of the axis at the central column.
     """
+    refuse_text_numbers(locals())
     d = np.asarray(data, dtype=np.float64)
     ang = np.deg2rad(check_angles(angles_deg, d.shape[0]))
     a, m, n = d.shape
@@ -317,7 +317,6 @@ def _profile_metric(d: np.ndarray, sh: np.ndarray, phi: float, margin: int) -> f
     return float(((p - p.mean(axis=0)) ** 2).sum() / ((p**2).sum() or 1.0))
 
 
-@numeric_options
 def tilt_axis_search(
     data: Any,
     angles_deg: Any,
@@ -342,6 +341,7 @@ def tilt_axis_search(
     table : (K, 2) ndarray
         Candidate angles and metric values.
     """
+    refuse_text_numbers(locals())
     d = np.asarray(data, dtype=np.float32)
     check_angles(angles_deg, d.shape[0])
     sh = np.asarray(shifts_px, float)
@@ -498,7 +498,6 @@ def _axis_sigma(phis: np.ndarray, per_tilt: np.ndarray, best: float, *, batch: i
     return float(np.sqrt(n / (n - 1.0) * ((g - g.mean()) ** 2).sum()) / curv)
 
 
-@numeric_options
 def tilt_axis_reprojection(
     data: Any,
     angles_deg: Any,
@@ -552,6 +551,7 @@ def tilt_axis_reprojection(
     --------
     align : reports the angle's standard error (``Alignment.tilt_axis_err_deg``).
     """
+    refuse_text_numbers(locals())
     best, table, _ = _reprojection_search(
         data,
         angles_deg,
@@ -727,13 +727,13 @@ def _sinc_transform_stack(
     return f[:, oy : oy + m, ox : ox + n].astype(np.float32)
 
 
-@numeric_options
 def bin_tilt_series(tilt_series: TiltSeries, factor: int) -> TiltSeries:
     """Bin projections by ``factor × factor`` (mean), scaling pixel size and shifts.
 
     Rows/columns that do not fill a whole bin are dropped.  Use to reconstruct large
     series quickly (a 2048² series binned ×4 is a 512³ problem).
     """
+    refuse_text_numbers(locals())
     ts = _check_series(tilt_series)
     if not isinstance(factor, (int, np.integer, float)) or not np.isfinite(factor):
         # NaN/inf reached int() and raised a bare ValueError/OverflowError
@@ -754,13 +754,13 @@ def bin_tilt_series(tilt_series: TiltSeries, factor: int) -> TiltSeries:
     return ts.replace(data=d, pixel_size_A=ts.pixel_size_A * f, shifts_px=sh, metadata=md)
 
 
-@numeric_options
 def apply_alignment(tilt_series: TiltSeries, alignment: Alignment, *, order: int = 1) -> TiltSeries:
     """Apply shifts and the tilt-axis rotation; the result has its axis along x.
 
     The returned TiltSeries has ``tilt_axis_deg = 0`` and ``shifts_px`` = the applied shifts;
     its metadata records the alignment.  Background is not subtracted.
     """
+    refuse_text_numbers(locals())
     ts = _check_series(tilt_series)
     sh = np.asarray(alignment.shifts_px, float)
     if sh.shape != (ts.n_angles, 2):
@@ -778,7 +778,6 @@ def apply_alignment(tilt_series: TiltSeries, alignment: Alignment, *, order: int
     return ts.replace(data=data, tilt_axis_deg=0.0, shifts_px=sh, metadata=md)
 
 
-@numeric_options
 def projection_matching(
     data: Any,
     angles_deg: Any,
@@ -806,6 +805,7 @@ def projection_matching(
         ``‖p − Ax‖ / ‖p‖`` of the last iteration.
     history : list of dict
     """
+    refuse_text_numbers(locals())
     from perovstem.tomo.reconstruct import sirt
 
     d = np.asarray(data, dtype=np.float32)
@@ -860,7 +860,6 @@ def _steep_axis_check(
     return (float(alt), True) if m1 < 0.5 * m0 else (phi, False)
 
 
-@numeric_options
 def align(
     tilt_series: TiltSeries,
     *,
@@ -923,6 +922,7 @@ def align(
         about the minimum, divided by its curvature, gives the angle's sandwich variance
         (:func:`_axis_sigma`); if the refinement did not converge, at least the last move.
     """
+    refuse_text_numbers(locals())
     ts = _check_series(tilt_series)
     if isinstance(matching_iter, bool) or not isinstance(matching_iter, (int, np.integer)):
         raise ParameterError(f"`matching_iter` must be an integer >= 0, got {matching_iter!r}")

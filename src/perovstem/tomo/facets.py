@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import numeric_options
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 from perovstem.simulate.tilt import facet_family_directions
 from perovstem.tomo.surface import SurfaceMesh
@@ -60,7 +60,6 @@ __all__ = [
 FAMILIES = ("100", "110", "111")
 
 
-@numeric_options
 def missing_wedge_mask(
     normals: Any, tilt_range_deg: float, *, axis_tol_deg: float = 10.0
 ) -> np.ndarray:
@@ -68,6 +67,7 @@ def missing_wedge_mask(
 
     Normals within ``axis_tol_deg`` of the tilt axis (x) are always measured.
     """
+    refuse_text_numbers(locals())
     n = np.asarray(normals, float)
     alpha = float(tilt_range_deg)
     if not 0 < alpha <= 90:
@@ -77,7 +77,6 @@ def missing_wedge_mask(
     return (elev > alpha) & ~along_axis
 
 
-@numeric_options
 def estimate_orientation(mesh: SurfaceMesh, *, cone_deg: float = 10.0) -> np.ndarray:
     """Crystal → lab rotation of a faceted crystal from its area-weighted facet normals.
 
@@ -94,6 +93,7 @@ def estimate_orientation(mesh: SurfaceMesh, *, cone_deg: float = 10.0) -> np.nda
     (3, 3) ndarray
         Columns are the crystal [100], [010], [001] directions in the lab frame.
     """
+    refuse_text_numbers(locals())
     n = np.asarray(mesh.normals, float)
     w = np.asarray(mesh.areas_A2, float)
     if len(n) < 10:
@@ -248,7 +248,6 @@ def _low_index_area(n: np.ndarray, w: np.ndarray, rot: np.ndarray, cosc: float) 
     return float(w[near].sum() / w.sum())
 
 
-@numeric_options
 def polyhedron_facets(
     mesh: SurfaceMesh,
     orientation: Any,
@@ -284,6 +283,7 @@ def polyhedron_facets(
     convexity : float
         Mesh volume / polyhedron volume (≈ 1 for a convex crystal).
     """
+    refuse_text_numbers(locals())
     from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError
 
     if not 0.0 <= evidence < 1.0:
@@ -359,7 +359,6 @@ def _component_orientations(mesh: SurfaceMesh, comp: np.ndarray) -> np.ndarray:
     return np.asarray(rots)
 
 
-@numeric_options
 def facet_fractions(
     mesh: SurfaceMesh,
     *,
@@ -407,6 +406,7 @@ def facet_fractions(
         ``method="polyhedron"`` convexity (per particle, largest first: mesh volume over
         polyhedron volume; well below 1 means the polyhedron does not describe the particle).
     """
+    refuse_text_numbers(locals())
     if not 0 < tolerance_deg < 45:
         raise ParameterError(f"`tolerance_deg` must be in (0, 45), got {tolerance_deg}")
     if method not in ("normals", "polyhedron"):
@@ -531,7 +531,6 @@ class FacetCalibration:
     settings: dict = field(default_factory=dict)
 
 
-@numeric_options
 def calibrate_facets(
     angles_deg: Any,
     *,
@@ -561,6 +560,7 @@ def calibrate_facets(
     -------
     FacetCalibration
     """
+    refuse_text_numbers(locals())
     from perovstem.simulate.tilt import nanocrystal_phantom, tilt_series
     from perovstem.tomo.reconstruct import reconstruct
     from perovstem.tomo.surface import surface_mesh

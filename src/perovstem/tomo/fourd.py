@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from perovstem._data import TiltSeries
-from perovstem._validation import numeric_options
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["reconstruct_sequence", "check_sequence"]
@@ -126,7 +126,6 @@ def _number(value: Any) -> float:
         return float("nan")
 
 
-@numeric_options
 def reconstruct_sequence(
     series: Any,
     *,
@@ -196,6 +195,7 @@ def reconstruct_sequence(
     volumes : list of ndarray
         Reconstructions (empty unless ``return_volumes``).
     """
+    refuse_text_numbers(locals())
     from perovstem.tomo.facets import (
         _face_components,
         estimate_orientation,

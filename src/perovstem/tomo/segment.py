@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from perovstem._validation import check_int, check_positive, numeric_options
+from perovstem._validation import check_int, check_positive, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["otsu_threshold", "multi_otsu_thresholds", "segment", "label_volumes"]
@@ -39,9 +39,9 @@ def _gap_midpoints(v: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return out
 
 
-@numeric_options
 def otsu_threshold(volume: Any, *, nbins: int = 256) -> float:
     """Otsu's threshold (IEEE Trans. SMC 9, 62 (1979)) of a volume, data units."""
+    refuse_text_numbers(locals())
     from skimage.filters import threshold_otsu
 
     v = _finite_volume(volume)
@@ -50,12 +50,12 @@ def otsu_threshold(volume: Any, *, nbins: int = 256) -> float:
     return float(_gap_midpoints(v, np.array([threshold_otsu(v, nbins=nbins)]))[0])
 
 
-@numeric_options
 def multi_otsu_thresholds(volume: Any, *, n_classes: int = 3, nbins: int = 256) -> np.ndarray:
     """Multi-level Otsu thresholds (Liao, Chen & Chung, J. Inf. Sci. Eng. 17, 713 (2001)).
 
     Returns ``n_classes − 1`` increasing thresholds (data units).
     """
+    refuse_text_numbers(locals())
     from skimage.filters import threshold_multiotsu
 
     if int(n_classes) < 2:
@@ -68,7 +68,6 @@ def multi_otsu_thresholds(volume: Any, *, n_classes: int = 3, nbins: int = 256) 
     return _gap_midpoints(v, threshold_multiotsu(v, classes=int(n_classes), nbins=nbins))
 
 
-@numeric_options
 def segment(
     volume: Any, *, n_classes: int = 2, thresholds: Any = None, sigma_px: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -90,6 +89,7 @@ def segment(
         0 = background … ``n_classes − 1`` = brightest class.
     thresholds : (n_classes − 1,) ndarray
     """
+    refuse_text_numbers(locals())
     check_int("n_classes", n_classes, 2)  # int(nan) raised a bare ValueError
     check_positive("sigma_px", sigma_px, allow_zero=True)  # NaN was no smoothing, inf overflowed
     v = _finite_volume(volume)
@@ -106,7 +106,6 @@ def segment(
     return np.digitize(v, th).astype(np.uint8), th
 
 
-@numeric_options
 def label_volumes(labels: Any, voxel_size_A: float) -> dict[str, float]:
     """Volume of every class ≥ 1 (and of the union of classes ≥ 1), Å³.
 
@@ -115,6 +114,7 @@ def label_volumes(labels: Any, voxel_size_A: float) -> dict[str, float]:
     dict
         ``class_<c>_A3`` for each class and ``object_A3`` for all non-background voxels.
     """
+    refuse_text_numbers(locals())
     lab = np.asarray(labels)
     if not np.isfinite(voxel_size_A) or voxel_size_A <= 0:
         raise ParameterError(f"`voxel_size_A` must be > 0, got {voxel_size_A}")
