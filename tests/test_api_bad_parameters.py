@@ -101,8 +101,14 @@ def test_pixel_size_given_with_an_image_must_agree(px):
     from perovstem.atoms import find_columns, fit_columns, map_columns
 
     img = Image(np.random.default_rng(0).poisson(5.0, (32, 32)).astype(float), 0.25)
+    # text is refused as text (refuse_text_numbers), before it is compared with the Image's
+    expect = (
+        r"`pixel_size_A` must be a number, got 'x'"
+        if isinstance(px, str)
+        else r"`pixel_size_A` = .*disagrees.*0\.25 Å"
+    )
     for func in (find_columns, map_columns):
-        with pytest.raises(ParameterError, match=r"`pixel_size_A` = .*disagrees.*0\.25 Å"):
+        with pytest.raises(ParameterError, match=expect):
             func(img, pixel_size_A=px)
     with pytest.raises(ParameterError, match="pixel_size_A"):
         fit_columns(img, np.array([[4.0, 4.0]]), pixel_size_A=px)

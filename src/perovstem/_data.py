@@ -44,12 +44,61 @@ def _check_pixel_size(value: Any) -> float:
     return v
 
 
+# metadata-borne numbers: unit and the smallest sensible value ((bound, inclusive)); a file's
+# "x", NaN, inf or negative dose used to pass into the object and surface far downstream
+_LIMITS: dict[str, tuple[str, float, bool]] = {
+    "time_s": ("s", 0.0, True),
+    "dose_e_per_A2": ("e⁻/Å²", 0.0, True),
+    "initial_dose_e_per_A2": ("e⁻/Å²", 0.0, True),
+    "temperature_K": ("K", 0.0, False),
+    "pressure_Pa": ("Pa", 0.0, True),
+}
+
+
+def _bound_text(name: str) -> str:
+    unit, lo, inclusive = _LIMITS[name]
+    return f"finite and {'>=' if inclusive else '>'} {lo:g} {unit}"
+
+
+def _check_values(name: str, value: Any, *, per_frame: bool = False) -> np.ndarray:
+    """``value`` as a float array after checking it against :data:`_LIMITS` (``name``)."""
+    what = "numbers" if per_frame else "a number"
+    try:
+        if isinstance(value, (str, bytes)) or np.asarray(value).dtype.kind in "USV":
+            raise TypeError  # text ("10" from a header) is refused, not parsed
+        a = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ParameterError(
+            f"`{name}` must be {what} in {_LIMITS[name][0]}, got {value!r}"
+        ) from None
+    _, lo, inclusive = _LIMITS[name]
+    bad = ~np.isfinite(a) | ((a < lo) if inclusive else (a <= lo))
+    if bad.any():
+        if a.ndim:
+            k = int(np.flatnonzero(bad.ravel())[0])
+            got = f"{float(a.ravel()[k])!r} (frame {k})"
+        else:
+            got = repr(value)
+        raise ParameterError(f"`{name}` must be {_bound_text(name)}, got {got}")
+    return a
+
+
+def _check_scalar(name: str, value: Any) -> float | None:
+    """A checked float (``None`` stays ``None``) for a single-valued metadata number."""
+    if value is None:
+        return None
+    a = _check_values(name, value)
+    if a.size != 1:
+        raise ParameterError(f"`{name}` must be a single number, got shape {a.shape}")
+    return float(a.ravel()[0])
+
+
 def _per_frame(name: str, value: Any, n: int, *, allow_none: bool = True) -> np.ndarray | None:
     if value is None:
         if allow_none:
             return None
         raise ParameterError(f"`{name}` is required")
-    a = np.asarray(value, dtype=float)
+    a = _check_values(name, value, per_frame=True)
     if a.ndim == 0:
         a = np.full(n, float(a))
     if a.shape != (n,):
@@ -118,8 +167,8 @@ class Image:
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", _as_array("data", self.data, 2))
         object.__setattr__(self, "pixel_size_A", _check_pixel_size(self.pixel_size_A))
-        if self.dose_e_per_A2 is not None and not (float(self.dose_e_per_A2) >= 0):
-            raise ParameterError(f"`dose_e_per_A2` must be >= 0, got {self.dose_e_per_A2!r}")
+        for name in ("dose_e_per_A2", "time_s"):
+            object.__setattr__(self, name, _check_scalar(name, getattr(self, name)))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -213,12 +262,16 @@ class Series:
         n = self.data.shape[0]
         for name in ("time_s", "dose_e_per_A2", "temperature_K", "pressure_Pa"):
             object.__setattr__(self, name, _per_frame(name, getattr(self, name), n))
-        if self.dose_e_per_A2 is not None and (
-            not np.all(np.isfinite(self.dose_e_per_A2)) or np.any(self.dose_e_per_A2 < 0)
-        ):
-            raise ParameterError(
-                f"`dose_e_per_A2` must be finite and >= 0 per frame, got {self.dose_e_per_A2!r}"
-            )
+        object.__setattr__(
+            self,
+            "initial_dose_e_per_A2",
+            _check_scalar(
+                "initial_dose_e_per_A2",
+                0.0 if self.initial_dose_e_per_A2 is None else self.initial_dose_e_per_A2,
+            ),
+        )
+        if self.gas is not None and not isinstance(self.gas, str):
+            raise ParameterError(f"`gas` must be a string, got {self.gas!r}")
         if self.time_s is not None and np.any(np.diff(self.time_s) < 0):
             raise ParameterError("`time_s` must be non-decreasing over frames")
 
@@ -349,7 +402,12 @@ class TiltSeries:
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", _as_array("data", self.data, 3))
         object.__setattr__(self, "pixel_size_A", _check_pixel_size(self.pixel_size_A))
-        ang = np.asarray(self.angles_deg, dtype=float).ravel()
+        try:
+            ang = np.asarray(self.angles_deg, dtype=float).ravel()
+        except (TypeError, ValueError):
+            raise ParameterError(
+                f"`angles_deg` must be numbers (degrees), got {self.angles_deg!r}"
+            ) from None
         n = self.data.shape[0]
         if ang.shape != (n,):
             raise ParameterError(
@@ -361,6 +419,15 @@ class TiltSeries:
         if np.any(counts > 1):
             raise ParameterError(f"`angles_deg` has duplicate angles: {uniq[counts > 1].tolist()}")
         object.__setattr__(self, "angles_deg", ang)
+        try:
+            axis = float(self.tilt_axis_deg)
+        except (TypeError, ValueError):
+            axis = float("nan")
+        if not np.isfinite(axis):
+            raise ParameterError(
+                f"`tilt_axis_deg` must be a finite number of degrees, got {self.tilt_axis_deg!r}"
+            )
+        object.__setattr__(self, "tilt_axis_deg", axis)
         if self.shifts_px is not None:
             s = np.asarray(self.shifts_px, dtype=float)
             if s.shape != (n, 2):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,6 +19,7 @@ __all__ = [
     "check_image",
     "check_choice",
     "check_finite",
+    "refuse_text_numbers",
 ]
 
 
@@ -24,8 +28,15 @@ def as_rng(rng: Any = None) -> np.random.Generator:
     return np.random.default_rng(rng)
 
 
+def _refuse_text(name: str, value: Any) -> None:
+    """A number given as text ("10" from a form or a config file) is refused, not parsed."""
+    if isinstance(value, (str, bytes, np.str_)):
+        raise ParameterError(f"`{name}` must be a number, got {value!r} (text)")
+
+
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
     """Raise :class:`ParameterError` unless ``value`` is a finite (non-)positive number."""
+    _refuse_text(name, value)
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -38,6 +49,7 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> floa
 
 def check_range(name: str, value: float, lo: float, hi: float) -> float:
     """Raise :class:`ParameterError` unless ``lo <= value <= hi``."""
+    _refuse_text(name, value)
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -53,7 +65,7 @@ def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
     Integral floats (``8.0``) are accepted; ``2.5``, booleans, NaN and strings are not, so a
     count is never truncated silently.
     """
-    ok = not isinstance(value, (bool, np.bool_))
+    ok = not isinstance(value, (bool, np.bool_, str, bytes))
     try:
         v = int(value)
         ok = ok and float(value) == v
@@ -95,3 +107,68 @@ def check_image(name: str, image: Any, *, ndim: int = 2, min_size: int = 2) -> n
         raise DataError(f"`{name}` must be numeric, got dtype {a.dtype}")
     a = a.astype(np.float64, copy=False)
     return check_finite(name, a)
+
+
+# annotations (text, under ``from __future__ import annotations``) of a plain number
+_NUMBER_TYPES = {"int", "float", "None"}
+
+
+def _number_params(func: Callable[..., Any]) -> dict[str, int | None]:
+    """Parameters annotated as a plain number (``float``, ``int | None``, ...) and their
+    position (``None``: keyword-only)."""
+    out: dict[str, int | None] = {}
+    for i, p in enumerate(inspect.signature(func).parameters.values()):
+        ann = p.annotation
+        if isinstance(ann, type):
+            ann = ann.__name__
+        if not isinstance(ann, str):
+            continue
+        types = {t.strip() for t in ann.split("|")}
+        if types <= _NUMBER_TYPES and types & {"int", "float"}:
+            positional = p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            out[p.name] = i if positional else None
+    return out
+
+
+# code object of a checked function -> (its name, its number-annotated parameters)
+_TEXT_CHECKED: dict[Any, tuple[str, tuple[str, ...]]] = {}
+
+
+def _numbers_of(code: Any, globs: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """The function of ``code`` among a module's globals (through decorators) and its
+    number-annotated parameters."""
+    for obj in list(globs.values()):
+        f = obj
+        for _ in range(8):  # through decorators that keep __wrapped__
+            if inspect.isfunction(f) and f.__code__ is code:
+                return f.__name__, tuple(_number_params(f))
+            f = getattr(f, "__wrapped__", None)
+            if f is None:
+                break
+    return code.co_name, ()
+
+
+def refuse_text_numbers(values: dict[str, Any]) -> None:
+    """Refuse text for the calling function's parameters annotated as a plain number.
+
+    Called as the first statement of a public function, ``refuse_text_numbers(locals())``.
+    ``detect_clusters(img, min_atoms="10")`` raised ``TypeError: '<' not supported between
+    instances of 'str' and 'int'`` from deep inside (or, where a helper parsed it with
+    ``float()``, silently accepted it); now every such parameter raises
+    :class:`ParameterError` naming the function, the parameter and the value.  Parameters
+    whose annotation allows anything else (``float | str`` for "auto", arrays, sequences)
+    are left to the function.  (A call, not a wrapping decorator: a wrapper frame would
+    become the location of every warning the function issues with ``stacklevel=2``.)
+    """
+    frame = sys._getframe(1)
+    try:
+        entry = _TEXT_CHECKED.get(frame.f_code)
+        if entry is None:
+            entry = _TEXT_CHECKED[frame.f_code] = _numbers_of(frame.f_code, frame.f_globals)
+    finally:
+        del frame
+    name, params = entry
+    for p in params:
+        value = values.get(p)
+        if isinstance(value, (str, bytes, np.str_)):
+            raise ParameterError(f"{name}: `{p}` must be a number, got {value!r} (text)")

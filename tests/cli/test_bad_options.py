@@ -252,3 +252,42 @@ def test_tomo_align_without_projection_matching_prints_no_nan_residual(tilt_file
     printed = capsys.readouterr().out
     assert "nan" not in printed and "no projection matching" in printed
     assert out.exists()
+
+
+def test_simulate_tilt_small_crystal_warning_is_one_line_naming_flags(tmp_path, capsys):
+    """The radius warning printed as a raw ``UserWarning`` with a source line, naming the
+    Python parameter `inclusion_radius_A` that the command line did not have."""
+    assert main(_tilt(tmp_path, "--edge-A", "20", "--size-px", "32", "--seed", "0")) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("WARNING: 2 inclusions"), err
+    assert "`--inclusion-radius-A`" in err and "`--edge-A`" in err
+    assert "UserWarning" not in err and "inclusion_radius_A`" not in err
+    # the option it names exists and takes the radius (no warning then)
+    (tmp_path / "ts.npz").unlink()
+    (tmp_path / "ts_truth.json").unlink()
+    assert (
+        main(_tilt(tmp_path, "--edge-A", "20", "--size-px", "32", "--inclusion-radius-A", "3")) == 0
+    )
+    assert "WARNING" not in capsys.readouterr().err
+
+
+def test_insitu_out_that_is_a_file_is_refused_before_the_analysis(tmp_path, capsys):
+    """`-o` naming an existing file ran the whole analysis, then died with a raw
+    ``FileExistsError`` traceback (exit 1) when creating the folder."""
+    import numpy as np
+
+    from perovstem import Series
+    from perovstem.io import save_image
+
+    rng = np.random.default_rng(0)
+    save_image(
+        Series(rng.poisson(30.0, (3, 32, 32)).astype(float), 0.5, dose_e_per_A2=10.0),
+        tmp_path / "s.npz",
+    )
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    assert main(["insitu", str(tmp_path / "s.npz"), "-o", str(target), "--no-register"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: `--out`") and "notes.txt" in err and "is a file" in err
+    assert target.read_text() == "keep me"

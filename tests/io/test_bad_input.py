@@ -223,3 +223,112 @@ def test_save_image_to_a_directory_or_without_extension_says_so(tmp_path):
         ps.io.save_image(img, tmp_path / "d")
     with pytest.raises(FileFormatError, match="no file extension"):
         ps.io.save_image(img, tmp_path / "noext")
+
+
+def _tiff_bytes(tmp_path: Path) -> bytes:
+    import tifffile
+
+    p = tmp_path / "src.tif"
+    tifffile.imwrite(p, np.ones((8, 8), np.float32))
+    return p.read_bytes()
+
+
+def _hdf5_bytes(tmp_path: Path) -> bytes:
+    import h5py
+
+    p = tmp_path / "src.h5"
+    with h5py.File(p, "w") as f:
+        f["data"] = np.ones((4, 4))
+    return p.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix", "family", "rename"),
+    [
+        ("dm3", ".emd", "a DigitalMicrograph file, not .emd", ".dm3 or .dm4"),
+        ("dm3", ".tif", "a DigitalMicrograph file, not .tif", ".dm3 or .dm4"),
+        ("tif", ".dm4", "a TIFF file, not .dm4", ".tif or .tiff"),
+        ("tif", ".mrc", "a TIFF file, not .mrc", ".tif or .tiff"),
+        ("hdf5", ".dm3", "an HDF5 (Velox emd or HyperSpy hspy) file, not .dm3", ".emd or .hspy"),
+        ("ser", ".hspy", "a TIA ser file, not .hspy", ".ser"),
+    ],
+)
+def test_wrong_extension_names_what_the_content_is(
+    tmp_path, capsys, content, suffix, family, rename
+):
+    """A file renamed to another format's extension said only "not a readable emd file
+    (OSError: ... file signature not found)", as if it were damaged."""
+    data = {
+        "dm3": lambda: (FORMATS / "haadf_calibrated.dm3").read_bytes(),
+        "tif": lambda: _tiff_bytes(tmp_path),
+        "hdf5": lambda: _hdf5_bytes(tmp_path),
+        "ser": lambda: (FORMATS / "128x128-TEM_search_1.ser").read_bytes(),
+    }[content]()
+    p = tmp_path / f"renamed{suffix}"
+    p.write_bytes(data)
+    with pytest.raises(FileFormatError) as info:
+        ps.load(p)
+    msg = str(info.value)
+    assert msg.startswith(f"{str(p)!r}: ") and f"its content is {family}: wrong extension?" in msg
+    assert f"(rename it to {rename}" in msg
+    assert main(["info", str(p)]) == 2
+    assert "wrong extension?" in capsys.readouterr().err
+
+
+def test_a_damaged_file_with_the_right_extension_gets_no_extension_hint(tmp_path):
+    p = tmp_path / "cut.dm3"
+    p.write_bytes((FORMATS / "haadf_calibrated.dm3").read_bytes()[:300])
+    with pytest.raises(FileFormatError) as info:
+        ps.load(p)
+    assert "wrong extension" not in str(info.value)
+
+
+def test_damaged_tif_header_prints_one_error_line(tmp_path):
+    """tifffile logged "<TiffTag.fromfile> raised TiffFileError(...)" four times on stderr
+    before perovstem's own one-line error."""
+    import subprocess
+    import sys
+
+    p = tmp_path / "cut.tif"
+    p.write_bytes(_tiff_bytes(tmp_path)[:200])
+    r = subprocess.run(
+        [sys.executable, "-m", "perovstem", "info", str(p)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "cut.tif" in lines[0], r.stderr
+
+
+def test_unreadable_file_says_permission_denied(tmp_path, monkeypatch, capsys):
+    """A file this user may not read was reported as "not a readable dm3 file
+    (PermissionError ...)", a format problem.  (Root reads any file: the permission is
+    simulated here; the next test uses a real one where the user is not root.)"""
+    import os
+
+    p = tmp_path / "locked.dm3"
+    p.write_bytes((FORMATS / "haadf_calibrated.dm3").read_bytes())
+    real = os.access
+    monkeypatch.setattr(
+        "perovstem.io.read.os.access",
+        lambda path, mode, **kw: False if Path(path) == p else real(path, mode, **kw),
+    )
+    with pytest.raises(FileFormatError, match="permission denied"):
+        ps.load(p)
+    assert main(["info", str(p)]) == 2  # the command line checks it itself (click)
+    err = capsys.readouterr().err
+    assert "locked.dm3" in err and "is not readable" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(
+    not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+    reason="root reads any file",
+)
+def test_unreadable_file_says_permission_denied_for_real(tmp_path):
+    p = tmp_path / "locked.dm3"
+    p.write_bytes((FORMATS / "haadf_calibrated.dm3").read_bytes())
+    p.chmod(0)
+    with pytest.raises(FileFormatError, match="permission denied"):
+        ps.load(p)

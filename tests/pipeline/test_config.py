@@ -278,3 +278,25 @@ def test_list_parameter_of_integers_is_read_as_numbers(tmp_path):
         _write(tmp_path, NC + '[[step]]\nrun = "simulate.heating"\ntemperatures_K = [300, 400]\n')
     )
     assert cfg.steps[1].params["temperatures_K"] == [300.0, 400.0]
+
+
+@pytest.mark.parametrize(
+    ("make", "expect"),
+    [
+        (lambda p: p.mkdir(), "is a directory, not a file"),
+        (lambda p: p.write_bytes(b""), "is empty (0 bytes)"),
+    ],
+)
+def test_an_unusable_input_file_is_refused_by_check(tmp_path, make, expect):
+    """A folder or an empty file in [inputs] passed `perovstem run --check` (only existence
+    was checked) and failed when the first step using it ran."""
+    make(tmp_path / "frame.dm3")
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(
+        '[run]\nreport = false\n[inputs]\nimage = "frame.dm3"\n[[step]]\nrun = "atoms.fit"\n'
+    )
+    with pytest.raises(FileFormatError) as info:
+        load_config(cfg)
+    msg = str(info.value)
+    assert msg.startswith(f"{cfg} line 4: [inputs] image: input file "), msg
+    assert "frame.dm3" in msg and expect in msg, msg

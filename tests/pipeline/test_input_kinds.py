@@ -15,7 +15,7 @@ import pytest
 from perovstem import Image
 from perovstem.errors import ParameterError, PerovstemError
 from perovstem.io import save_image
-from perovstem.pipeline import run_pipeline
+from perovstem.pipeline import load_config, run_pipeline
 
 
 def _inputs(tmp_path):
@@ -28,27 +28,29 @@ def _inputs(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("step", "wire", "expect"),
+    ("step", "wire", "expect", "when"),
     [
-        # the simulator's truth table where the column fit is expected (KeyError: 'scs')
-        ("atoms.count", 'columns = "truth"', "without column(s) scs"),
+        # the simulator's truth table where the column fit is expected (KeyError: 'scs');
+        # a table file's columns are known only once it is read
+        ("atoms.count", 'columns = "truth"', "without column(s) scs", "run"),
         # the column fit where counts are expected (KeyError: 'n_atoms')
-        ("quantify.model3d", 'counts = "fit"', "without column(s) n_atoms"),
+        ("quantify.model3d", 'counts = "fit"', "without column(s) n_atoms", "run"),
         # an image where a table is expected (AttributeError: no attribute 'columns')
-        ("atoms.strain", 'columns = "img"', "an Image (16×16) (not a table)"),
+        ("atoms.strain", 'columns = "img"', "a Series or a TiltSeries (not a table)", "config"),
         # a table where an image is expected
-        ("atoms.map", 'image = "fit"', "must be a perovstem Image"),
+        ("atoms.map", 'image = "fit"', "must be a perovstem Image", "config"),
         # a table where ase Atoms are expected (AttributeError)
-        ("simulate.haadf", 'atoms = "truth"', "must be an ase Atoms model"),
-        # an image where a tilt series is expected ("`angles_deg` is required")
-        ("tomo.reconstruct", 'tilt = "img"', "must be a perovstem TiltSeries"),
+        ("simulate.haadf", 'atoms = "truth"', "must be an ase Atoms model", "config"),
+        # an image where a tilt series is expected ("`angles_deg` is required"); an image
+        # file may hold a stack, read as a tilt series: known once it is read
+        ("tomo.reconstruct", 'tilt = "img"', "must be a perovstem TiltSeries", "run"),
         # an image where a series is expected (AttributeError: no attribute 'n_frames')
-        ("insitu.clusters", 'series = "img"', "must be a perovstem Series"),
+        ("insitu.clusters", 'series = "img"', "must be a perovstem Series", "run"),
         # a table where a reconstruction is expected
-        ("tomo.segment", 'volume = "fit"', "must be a 3-D numeric array"),
+        ("tomo.segment", 'volume = "fit"', "must be a 3-D numeric array", "config"),
     ],
 )
-def test_wrong_kind_of_input_is_named_before_the_step_runs(tmp_path, step, wire, expect):
+def test_wrong_kind_of_input_is_named_before_the_step_runs(tmp_path, step, wire, expect, when):
     _inputs(tmp_path)
     name = wire.split(" =")[0]
     ref = wire.split('"')[1]
@@ -61,22 +63,150 @@ def test_wrong_kind_of_input_is_named_before_the_step_runs(tmp_path, step, wire,
         run_pipeline(cfg, out=tmp_path / "run", scheduler="serial", quiet=True)
     msg = str(info.value)
     assert isinstance(info.value, ParameterError), msg
-    assert msg.startswith(f"step `s` ({step}): input `{name}` is wired to [inputs] {ref}"), msg
+    if when == "run":
+        assert msg.startswith(f"step `s` ({step}): input `{name}` is wired to [inputs] {ref}"), msg
+    else:  # refused when the configuration is validated: nothing was run or written
+        assert msg.startswith(
+            f"{cfg} line 10: [[step]] #1 ({step}): input `{name}` is wired to [inputs] {ref} ("
+        ), msg
+        assert not (tmp_path / "run").exists()
     assert expect in msg, msg
 
 
-def test_step_output_of_the_wrong_kind_names_the_output(tmp_path):
+def _miswired_third_step(tmp_path):
+    """Two good steps, then a third wired to an output of the wrong kind."""
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(
+        "[run]\nreport = false\n"
+        '[[step]]\nrun = "simulate.nanocrystal"\nid = "nc"\nedge_A = 12.0\nview3d = false\n'
+        '[[step]]\nrun = "simulate.haadf"\nid = "haadf"\npixel_size_A = 0.5\n'
+        '[[step]]\nrun = "atoms.count"\nid = "count"\n'
+        'inputs = { columns = "haadf.truth" }\n'
+    )
+    return cfg
+
+
+def test_wiring_is_checked_when_the_configuration_is_validated(tmp_path):
+    # the simulator's truth table (true scs_A2, no fitted scs) wired as the column fit:
+    # found by `--check`, not after the simulation steps have run
+    cfg = _miswired_third_step(tmp_path)
+    with pytest.raises(ParameterError) as info:
+        load_config(cfg)
+    msg = str(info.value)
+    assert msg.startswith(
+        f"{cfg} line 15: [[step]] #3 (atoms.count): input `columns` is wired to `haadf.truth`, "
+        "a table with columns [x_A, y_A, type, n_atoms,"
+    ), msg
+    assert "(output `truth` of step `haadf`, simulate.haadf) (without column(s) scs)" in msg
+    assert "`columns` must be a table with columns x_A, y_A, scs" in msg
+
+
+def test_run_refuses_a_miswired_step_before_the_first_step_runs(tmp_path):
+    cfg = _miswired_third_step(tmp_path)
+    with pytest.raises(ParameterError, match=r"#3 \(atoms.count\): input `columns`"):
+        run_pipeline(cfg, out=tmp_path / "run", scheduler="serial", quiet=True)
+    assert not (tmp_path / "run").exists()  # steps 1 and 2 did not run
+
+
+@pytest.mark.parametrize(
+    ("wire", "expect"),
+    [
+        # ase Atoms where a table is expected
+        ('{ columns = "nc.atoms" }', "`nc.atoms`, an ase Atoms model (output `atoms` of step "),
+        # an Image where a table is expected
+        ('{ columns = "haadf.image" }', "`haadf.image`, an Image (output `image` of step"),
+    ],
+)
+def test_step_output_of_the_wrong_kind_names_the_output(tmp_path, wire, expect):
     cfg = tmp_path / "a.toml"
     cfg.write_text(
         '[run]\nreport = false\non_error = "continue"\n'
         '[[step]]\nrun = "simulate.nanocrystal"\nid = "nc"\nedge_A = 12.0\nview3d = false\n'
-        '[[step]]\nrun = "atoms.count"\nid = "count"\ninputs = { columns = "nc.atoms" }\n'
+        '[[step]]\nrun = "simulate.haadf"\nid = "haadf"\n'
+        f'[[step]]\nrun = "atoms.count"\nid = "count"\ninputs = {wire}\n'
     )
+    with pytest.raises(ParameterError) as info:  # on_error = "continue" runs nothing either
+        run_pipeline(cfg, out=tmp_path / "run", scheduler="serial", quiet=True)
+    msg = str(info.value)
+    assert expect in msg, msg
+    assert "(not a table)" in msg, msg
+    assert "a table with columns x_A, y_A, scs (the `columns` output of atoms.fit)" in msg
+
+
+def test_check_option_reports_the_miswired_step(tmp_path, capsys):
+    from perovstem.cli.main import main
+
+    cfg = _miswired_third_step(tmp_path)
+    assert main(["run", str(cfg), "--check"]) == 2
+    out = capsys.readouterr()
+    assert "[[step]] #3 (atoms.count): input `columns` is wired to `haadf.truth`" in out.err
+    assert "OK" not in out.out
+
+
+def test_an_output_of_unknown_kind_is_still_checked_when_the_step_starts(tmp_path):
+    # test.make_series declares no output kinds: the wiring passes validation and the
+    # step is refused when it starts, naming the input
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(
+        '[run]\nreport = false\non_error = "continue"\nplugins = ["_steps_for_tests"]\n'
+        '[[step]]\nrun = "test.make_series"\nid = "mk"\n'
+        '[[step]]\nrun = "atoms.count"\nid = "count"\ninputs = { columns = "mk.series" }\n'
+    )
+    load_config(cfg)
     r = run_pipeline(cfg, out=tmp_path / "run", scheduler="serial", quiet=True)
     assert [s.status for s in r.steps] == ["ran", "failed"]
-    msg = r.steps[1].message
-    assert msg.startswith("ParameterError: input `columns` is wired to `nc.atoms`, an ase Atoms")
-    assert "a table with columns x_A, y_A, scs (the `columns` output of atoms.fit)" in msg
+    assert r.steps[1].message.startswith(
+        "ParameterError: input `columns` is wired to `mk.series`, a Series"
+    ), r.steps[1].message
+
+
+def test_declared_output_kinds_match_what_the_wiring_accepts():
+    """Every declared output kind is accepted by the inputs that the steps' own docs name as
+    its consumers (no false refusal of a correct configuration)."""
+    from perovstem.pipeline import list_steps
+
+    steps = {s.name: s for s in list_steps()}
+    good = [  # (producer, output, consumer, input): wirings the demo and the docs use
+        ("atoms.fit", "columns", "atoms.count", "columns"),
+        ("atoms.fit", "columns", "atoms.strain", "columns"),
+        ("atoms.fit", "columns", "atoms.series", "positions"),
+        ("atoms.count", "counts", "quantify.model3d", "counts"),
+        ("atoms.map", "positions", "atoms.fit", "positions"),
+        ("simulate.haadf", "image", "atoms.fit", "image"),
+        ("simulate.nanocrystal", "atoms", "simulate.haadf", "atoms"),
+        ("simulate.insitu_series", "series", "insitu.clusters", "series"),
+        ("insitu.register", "series", "atoms.series", "series"),
+        ("simulate.tilt_series", "before", "tomo.reconstruct", "tilt"),
+        ("tomo.align", "tilt", "tomo.reconstruct", "tilt"),
+        ("tomo.reconstruct", "volume", "tomo.facets", "volume"),
+        ("tomo.reconstruct", "voxel_size_A", "tomo.segment", "voxel_size_A"),
+        ("tomo.facets", "facets", "tomo.facet_change", "before"),
+        ("simulate.kmc", "frames", "quantify.kinetics", "frames"),
+        ("simulate.heating", "frames", "quantify.arrhenius", "frames"),
+    ]
+    for prod, out, cons, inp in good:
+        declared = steps[prod].output_kinds[out]
+        assert steps[cons].input_kinds[inp].mismatch(declared) is None, (prod, out, cons, inp)
+    for name, step in steps.items():
+        assert set(step.output_kinds) <= set(step.outputs), name
+
+
+def test_a_step_returning_another_kind_than_declared_fails_naming_the_declaration(tmp_path):
+    from perovstem.pipeline.registry import Kind, register_step
+
+    @register_step("test.liar", outputs=("table",), output_kinds={"table": Kind("table")})
+    def _liar(ctx):
+        return {"table": np.zeros((2, 2, 2))}
+
+    with pytest.raises(ParameterError, match="output_kinds"):
+        register_step("test.kinds_typo2", outputs=("a",), output_kinds={"b": Kind("table")})
+    cfg = tmp_path / "a.toml"
+    cfg.write_text('[run]\nreport = false\non_error = "continue"\n[[step]]\nrun = "test.liar"\n')
+    r = run_pipeline(cfg, out=tmp_path / "run", scheduler="serial", quiet=True)
+    assert r.steps[0].status == "failed"
+    assert "declares output `table` as a table but returned a 3-D float64 array" in (
+        r.steps[0].message
+    )
 
 
 def test_kinds_of_a_plugin_step_are_checked_when_registered():

@@ -496,7 +496,16 @@ def test_input_read_as_the_wrong_kind_is_named_and_kind_option_fixes_it(tmp_path
     cfg = tmp_path / "a.toml"
     body = '[run]\non_error = "continue"\n[inputs]\nimg = SPEC\n[[step]]\nrun = "series.frames"\n'
     body += 'inputs = { series = "img" }\n'
+    # kind = "image" wired to a series input is refused before anything runs (a file read
+    # with kind="image" is an Image); wired to an image input, the option reaches load
     cfg.write_text(body.replace("SPEC", '{ path = "s.npz", kind = "image" }'))
+    with pytest.raises(PerovstemError, match=r"\[inputs\] img \(s.npz\), a file read as an Image"):
+        load_config(cfg)
+    cfg.write_text(
+        body.replace("SPEC", '{ path = "s.npz", kind = "image" }')
+        .replace('"series.frames"', '"atoms.fit"')
+        .replace("{ series = ", "{ image = ")
+    )
     r = run_pipeline(cfg, out=tmp_path / "r0", scheduler="serial", report=False)
     assert "kind='image' but the file holds 3 frames" in r.steps[0].message  # option reached load
     bad = tmp_path / "b.toml"

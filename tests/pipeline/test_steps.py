@@ -535,3 +535,39 @@ max_iter = 5
     counts = read_table(tmp_path / "run" / "tables" / "series.counts.parquet")
     assert counts["column"].nunique() == len(sites)
     assert sorted(counts["frame"].unique()) == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("step", "extra", "expect"),
+    [
+        # "`y` = 'n_Pb' is not a column of the input table": which input, wired to what?
+        ("quantify.kinetics", 'y = "n_Pb"', "has no column `y` = 'n_Pb'"),
+        # a bare KeyError: 'temperature_K' / KeyError: 'n_Br'
+        ("quantify.arrhenius", "", "has no column the temperatures 'temperature_K'"),
+    ],
+)
+def test_missing_column_names_the_input_and_its_wiring(tmp_path, step, extra, expect):
+    text = f"""
+[run]
+plugins = ["_steps_for_tests"]
+on_error = "continue"
+[[step]]
+run = "test.make_series"
+n_frames = 6
+size = 8
+[[step]]
+run = "series.frame_stats"
+id = "stats"
+[[step]]
+run = "{step}"
+inputs = {{ frames = "stats.stats" }}
+{extra}
+"""
+    cfg = parse_config(tomllib.loads(text), source="k.toml", text=text)
+    r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial", report=False)
+    last = r.steps[-1]
+    assert last.status == "failed"
+    assert last.message.startswith("ParameterError: input `frames` (wired to `stats.stats`) "), (
+        last.message
+    )
+    assert expect in last.message and "its columns: frame" in last.message, last.message

@@ -79,3 +79,17 @@ def test_otsu_threshold_of_a_discrete_volume_is_between_its_levels():
     noisy = v + np.random.default_rng(0).normal(0, 3, v.shape)
     # continuous data: the same class split as Otsu's histogram threshold
     assert ((noisy > otsu_threshold(noisy)) == (noisy > threshold_otsu(noisy))).all()
+
+
+@pytest.mark.parametrize(
+    ("series", "needle"),
+    [
+        ([], "`series` is empty"),  # returned [] and a 4-D reconstruction of nothing went on
+        (_ts(), "must be a list of TiltSeries (one per time point), got TiltSeries"),
+        (5, "must be a list of TiltSeries (one per time point), got int"),
+    ],
+)
+def test_check_sequence_refuses_no_time_point(series, needle):
+    with pytest.raises(ParameterError) as info:
+        check_sequence(series)
+    assert needle in str(info.value)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import check_positive, check_range
+from perovstem._validation import check_positive, check_range, refuse_text_numbers
 from perovstem.errors import DataError
 
 __all__ = ["ProjectedCell", "cspbbr3_001_cell", "cspbbr3_011_cell"]
@@ -150,6 +150,7 @@ def cspbbr3_001_cell(a_A: float = 5.87) -> ProjectedCell:
     ``a_A`` defaults to the cubic high-temperature value 5.87 Å (DESIGN.md); the orthorhombic
     room-temperature cell projects to a ≈ 5.8–5.9 Å pseudo-cubic sub-cell.
     """
+    refuse_text_numbers(locals())
     sites = pd.DataFrame(
         {
             "type": ["PbBr", "Br", "Br", "Cs"],
@@ -174,6 +175,7 @@ def cspbbr3_011_cell(a_A: float = 5.87) -> ProjectedCell:
     zone.  The simulator's truth tables (``nanocrystal(zone_axis="011")``) call the same
     columns ``Pb``, ``Br`` and ``CsBr``.
     """
+    refuse_text_numbers(locals())
     sites = pd.DataFrame(
         {
             "type": ["Pb_011", "Br_011", "CsBr_011"],

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import gammaln
 
+from perovstem._validation import refuse_text_numbers
 from perovstem.atoms.count import _as_scs
 from perovstem.errors import DataError, ParameterError
 
@@ -168,6 +169,7 @@ def thickness_from_neighbours(
     shell radius is 1.25 × the median nearest Cs distance (next shell at 1.58 ×), so no lattice
     constant is needed.
     """
+    refuse_text_numbers(locals())
     from scipy.spatial import cKDTree
 
     P = np.asarray(positions, dtype=float).reshape(-1, 2)
@@ -277,6 +279,7 @@ def estimate_composition(
     -------
     CompositionResult
     """
+    refuse_text_numbers(locals())
     from scipy.optimize import brentq, minimize_scalar
     from scipy.stats import chi2
 

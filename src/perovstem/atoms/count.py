@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = [
@@ -375,6 +376,7 @@ def fit_gmm(
     -------
     GMMFit
     """
+    refuse_text_numbers(locals())
     x = _as_scs(scs)
     k = _check_k("n_components", n_components, x.size)
     degree = _check_degree(equal_spacing, ladder_degree)
@@ -535,6 +537,7 @@ def gmm_sweep(
     -------
     GMMSweep
     """
+    refuse_text_numbers(locals())
     x = _as_scs(scs)
     degree = _check_degree(equal_spacing, ladder_degree)
     kmax = _check_k("max_components", max_components, x.size)
@@ -657,6 +660,7 @@ def ladder_check(
         increment), ``suspect`` (list of ``(j, j + 1)`` component pairs with a gap),
         ``messages`` (list of str, empty when ``ok``).
     """
+    refuse_text_numbers(locals())
     _check_int_ge("first_count", first_count, 0)
     mu, k = np.asarray(fit.means, float), fit.n_components
     out: dict[str, Any] = {
@@ -1233,6 +1237,7 @@ def count_atoms(
         simulated images with a total-SCS library 45 of the 48 offset type-runs were
         flagged (docs/counting.md).
     """
+    refuse_text_numbers(locals())
     _check_count_options(n_components, max_components, first_count)
     if method not in ("gmm", "ladder"):
         raise ParameterError(f"`method` must be 'gmm' or 'ladder', got {method!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import check_positive
+from perovstem._validation import check_positive, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["crlb"]
@@ -55,6 +55,7 @@ def crlb(
         ``x_crlb_A, y_crlb_A, eta_crlb, scs_crlb`` (+ ``rho_crlb_A``), one row per column, in
         the order of ``columns``.
     """
+    refuse_text_numbers(locals())
     from perovstem.atoms import _kernels as K
     from perovstem.atoms.fit import fisher_covariance
 

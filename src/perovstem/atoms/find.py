@@ -21,7 +21,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from perovstem._data import Image
-from perovstem._validation import check_int, check_positive, check_range
+from perovstem._validation import check_int, check_positive, check_range, refuse_text_numbers
 from perovstem.atoms._inputs import as_image, px_to_A
 from perovstem.atoms.cell import ProjectedCell
 from perovstem.atoms.noise import NoiseModel, estimate_noise_model, value_step
@@ -119,6 +119,7 @@ def find_peaks(
     DataFrame
         ``x_A, y_A, height`` (smoothed height above the background), sorted by height.
     """
+    refuse_text_numbers(locals())
     img = as_image(image, pixel_size_A)
     data = np.asarray(img.data, dtype=float)
     dx = img.pixel_size_A
@@ -328,6 +329,7 @@ def estimate_lattice(image: Image | np.ndarray, *, pixel_size_A: float | None = 
     DataError
         No periodicity found.
     """
+    refuse_text_numbers(locals())
     img = as_image(image, pixel_size_A)
     data = np.asarray(img.data, dtype=float)
     ny, nx = data.shape
@@ -421,6 +423,7 @@ def fit_lattice_vectors(
         Index of each point; ``np.iinfo(np.int64).min`` for points the growth did not reach
         (spurious peaks off the lattice, another grain).
     """
+    refuse_text_numbers(locals())
     xy = np.asarray(xy_A, float).reshape(-1, 2)
     vec = np.asarray(vectors_A, float)
     org = np.asarray(origin_A, float)
@@ -827,6 +830,7 @@ def find_columns(
     ParameterError
         ``reference_type`` not in the cell, bad ``n_types``.
     """
+    refuse_text_numbers(locals())
     img = as_image(image, pixel_size_A)
     data = np.asarray(img.data, dtype=float)
     dx = img.pixel_size_A

@@ -37,7 +37,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from perovstem._data import Image
-from perovstem._validation import check_choice, check_positive
+from perovstem._validation import check_choice, check_positive, refuse_text_numbers
 from perovstem.atoms._inputs import as_image, as_positions, px_to_A
 from perovstem.atoms.normalize import poisson_variance_model
 from perovstem.errors import DataError, ParameterError
@@ -390,6 +390,7 @@ def fit_columns(
     ParameterError
         Bad option values, ρ ≤ 0, unknown column types in ``rho_A``.
     """
+    refuse_text_numbers(locals())
     t_start = time.perf_counter()
     img = as_image(image, pixel_size_A)
     check_choice("width", width, _WIDTHS)
@@ -1714,6 +1715,7 @@ def model_image(
     on the square ``round(x ∓ cutoff_rho·ρ)`` × ``round(y ∓ cutoff_rho·ρ)`` (px), StatSTEM's
     model (use ``cutoff_rho=3``).
     """
+    refuse_text_numbers(locals())
     check_choice("truncation", truncation, ("disk", "square"))
     dx = check_positive("pixel_size_A", pixel_size_A)
     for c in ("x_A", "y_A", "rho_A", "eta"):

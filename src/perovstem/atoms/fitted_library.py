@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import check_choice, check_positive
+from perovstem._validation import check_choice, check_positive, refuse_text_numbers
 from perovstem.errors import ParameterError
 
 __all__ = [
@@ -221,6 +221,7 @@ def fitted_scs_library(
     ParameterError
         For a non-positive size, dose or count, or an unknown termination.
     """
+    refuse_text_numbers(locals())
     m = int(check_positive("max_atoms", max_atoms))
     dx = check_positive("pixel_size_A", pixel_size_A)
     dose = None if dose_e_per_A2 is None else check_positive("dose_e_per_A2", dose_e_per_A2)

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import gammainc, gammaln, logsumexp, xlogy
 
+from perovstem._validation import refuse_text_numbers
 from perovstem.atoms.library import as_library
 from perovstem.errors import DataError, ParameterError
 
@@ -609,6 +610,7 @@ def fit_hmm(
     UserWarning
         When the counts may all be offset (``offset_ambiguous``, ``P(0) < 0.9``).
     """
+    refuse_text_numbers(locals())
     from perovstem.atoms.count import _check_scale_prior
 
     prior_c, prior_sd, prior_from = _check_scale_prior(scale_prior, library)

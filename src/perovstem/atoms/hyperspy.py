@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from perovstem._data import Image
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError
 
 __all__ = ["to_hyperspy"]
@@ -31,6 +32,7 @@ def to_hyperspy(columns: pd.DataFrame, image: Image | None = None, *, size: floa
     list of ``hyperspy.api.plot.markers.Points`` or ``Signal2D``
         Needs the ``hyperspy`` extra.
     """
+    refuse_text_numbers(locals())
     from perovstem._optional import import_optional
 
     for c in ("x_A", "y_A"):

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from perovstem._validation import refuse_text_numbers
 from perovstem.atoms.cell import ProjectedCell
 from perovstem.atoms.find import (
     _rotation_candidates,
@@ -72,6 +73,7 @@ def fit_lattice(
         ``attrs`` then describe the grain with the most columns and ``attrs["grains"]``
         lists each grain's lattice.
     """
+    refuse_text_numbers(locals())
     for c in ("x_A", "y_A", "type"):
         if c not in columns.columns:
             raise DataError(f"`columns` needs column {c!r}, got {list(columns.columns)}")
@@ -325,6 +327,7 @@ def lattice_strain(
         than 2 non-collinear neighbours), and their standard errors ``<name>_err`` when the
         input has ``x_err_A`` and ``y_err_A``; ``attrs["strain_frame"]``.
     """
+    refuse_text_numbers(locals())
     for c in ("x_A", "y_A", "x_ideal_A", "y_ideal_A"):
         if c not in indexed.columns:
             raise DataError(f"`indexed` needs column {c!r} (run fit_lattice first)")
@@ -560,6 +563,7 @@ def strain_analysis(
     unit_cell : ProjectedCell
         :func:`projected_unit_cell` of the indexed columns.
     """
+    refuse_text_numbers(locals())
     indexed = fit_lattice(columns, cell, reference_type=reference_type)
     strain = lattice_strain(indexed, radius_A=radius_A, frame=frame)
     return strain, projected_unit_cell(indexed, cell)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from perovstem._validation import refuse_text_numbers
 from perovstem.atoms.count import (
     _as_scs,
     _check_scale_prior,
@@ -81,6 +82,7 @@ def as_library(
     n_atoms : ndarray of int, shape (L,)
     scs : ndarray of float, shape (L,)
     """
+    refuse_text_numbers(locals())
     if isinstance(library, dict):
         if column_type not in library:
             raise ParameterError(
@@ -193,6 +195,7 @@ def count_library(
         Input table plus ``n_atoms``, ``scs_library`` and, with errors, ``p_n_atoms``,
         ``n_atoms_mean``, ``n_atoms_std``.
     """
+    refuse_text_numbers(locals())
     df, x, t = _table_input(scs, types)
     if scs_err is None and isinstance(scs, pd.DataFrame):
         for c in ("scs_err", "scs_err_A2"):
@@ -327,6 +330,7 @@ def fit_hybrid(
     -------
     HybridFit
     """
+    refuse_text_numbers(locals())
     x = _as_scs(scs)
     if x.size < 2:
         raise ParameterError(f"hybrid counting needs at least 2 columns, got {x.size}")
@@ -481,6 +485,7 @@ def count_hybrid(
         prior; ``n_atoms_mean``/``n_atoms_std`` are those of the mixture over ``d`` and
         ``p_n_atoms`` is multiplied by ``P(0)``.
     """
+    refuse_text_numbers(locals())
     prior_from = "user"
     if scale_sd is None:
         _, scale_sd, prior_from = _check_scale_prior(None, library)

@@ -28,7 +28,7 @@ from scipy import optimize, signal, sparse
 from scipy.special import gammaln
 
 from perovstem._data import Image
-from perovstem._validation import check_positive
+from perovstem._validation import check_positive, refuse_text_numbers
 from perovstem.atoms._inputs import A_to_px, as_image, as_positions, px_to_A
 from perovstem.errors import DataError, ParameterError
 
@@ -132,6 +132,7 @@ def map_columns(
     ParameterError
         Absurd ``max_columns``, ``rho_A``, ``eta_range`` or ``stop_drop``.
     """
+    refuse_text_numbers(locals())
     img = as_image(image, pixel_size_A)
     w = np.asarray(img.data, dtype=float)
     if w.ndim != 2:

@@ -51,6 +51,7 @@ import numpy as np
 from scipy import ndimage
 
 from perovstem._data import Image, Series
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["NoiseModel", "estimate_noise_model"]
@@ -222,6 +223,7 @@ def estimate_noise_model(
     ``−c/gain`` (zero read noise); a field without vacuum overestimates the offset by its
     darkest signal (``offset_source`` says which).
     """
+    refuse_text_numbers(locals())
     if int(n_bins) < 3:
         raise ParameterError(f"`n_bins` must be >= 3, got {n_bins!r}")
     if not (np.isfinite(max_correlation) and 0 < max_correlation < 1):

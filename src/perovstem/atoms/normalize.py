@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from perovstem._data import Image
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import CalibrationError, ParameterError
 
 __all__ = ["normalize_image", "poisson_variance_model"]
@@ -51,6 +52,7 @@ def normalize_image(
     Image
         New image with ``metadata['normalized'] = True`` and the factors used.
     """
+    refuse_text_numbers(locals())
     if not isinstance(image, Image):
         raise ParameterError(f"`image` must be a perovstem Image, got {type(image).__name__}")
     if image.metadata.get("normalized"):

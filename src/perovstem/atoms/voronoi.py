@@ -9,6 +9,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from perovstem._data import Image
+from perovstem._validation import refuse_text_numbers
 from perovstem.atoms._inputs import as_image, as_positions
 from perovstem.atoms.normalize import poisson_variance_model
 
@@ -61,6 +62,7 @@ def voronoi_intensities(
     the probe tails and the diffuse scattering between the columns (a third of the
     intensity on a 4-cell abTEM slab; docs/atoms.md, counting).
     """
+    refuse_text_numbers(locals())
     img = as_image(image, pixel_size_A)
     xy, _ = as_positions(positions, img)
     data = np.asarray(img.data, dtype=float)

@@ -68,3 +68,25 @@ def check_outputs(*paths: Path | None, overwrite: bool) -> None:
     for p in paths:
         if p is not None and Path(p).exists() and not overwrite:
             raise OutputExistsError(f"{str(p)!r} exists (use --overwrite)")
+
+
+def print_warnings(records: list, flags: dict[str, str]) -> None:
+    """Print caught warnings as one ``WARNING:`` line each, naming command-line flags.
+
+    Library warnings name Python parameters in backticks (`` `inclusion_radius_A` ``); on
+    the command line they printed as a raw ``UserWarning`` with a source line.  ``flags``
+    maps a parameter to the option of the running command that sets it.
+    """
+    import re
+
+    from rich.markup import escape
+
+    def reword(m: re.Match) -> str:
+        return f"`{flags[m.group(1)]}`" if m.group(1) in flags else m.group(0)
+
+    seen: set[str] = set()
+    for w in records:
+        text = re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)`", reword, str(w.message))
+        if text not in seen:
+            seen.add(text)
+            err_console.print(f"[yellow]WARNING:[/] {escape(text)}", soft_wrap=True)

@@ -17,7 +17,7 @@ import typer
 from perovstem._validation import check_positive, check_range
 from perovstem.cli._common import examples
 from perovstem.cli.main import app
-from perovstem.errors import FileFormatError, ParameterError
+from perovstem.errors import FileFormatError, OutputExistsError, ParameterError
 
 
 def _crystal_frames(res: Any) -> Any:
@@ -204,6 +204,9 @@ def insitu(
     if not series.exists():
         raise FileFormatError(f"series {str(series)!r} does not exist")
     out = out or series.with_name(series.stem + "_insitu")
+    if out.exists() and not out.is_dir():
+        # found only when writing, after the whole analysis (a raw FileExistsError)
+        raise OutputExistsError(f"`--out` {str(out)!r} is a file; give a folder")
     earlier = _earlier_outputs(out)
     check_outputs(*earlier, overwrite=overwrite)  # before any work: a rerun must not mix runs
     s = load(series, lazy=True, pixel_size=pixel_size_A)

@@ -7,12 +7,13 @@ write through :mod:`perovstem.io`.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import typer
 
 from perovstem._validation import check_int, check_positive
-from perovstem.cli._common import check_outputs, examples
+from perovstem.cli._common import check_outputs, examples, print_warnings
 from perovstem.cli.main import app
 from perovstem.errors import ParameterError
 
@@ -524,6 +525,12 @@ def _register_simulate_tilt() -> None:
         tilt_range_deg: float = typer.Option(70.0, "--tilt-range-deg", help="Max |tilt|, °."),
         step_deg: float = typer.Option(2.0, "--step-deg", help="Tilt step, °."),
         inclusions: int = typer.Option(2, "--inclusions", help="Number of Pb inclusions."),
+        inclusion_radius_A: float = typer.Option(
+            None,
+            "--inclusion-radius-A",
+            help="Radius of the Pb inclusions, Å (default: 6-10 Å, scaled down with a "
+            "warning when they do not fit in the crystal).",
+        ),
         counts_per_A: float = typer.Option(20.0, "--counts-per-A", help="Counts per Å path."),
         shift_sigma_px: float = typer.Option(0.0, "--shift-sigma-px", help="Drift step σ, px."),
         tilt_axis_deg: float = typer.Option(0.0, "--tilt-axis-deg", help="In-plane axis, °."),
@@ -558,20 +565,38 @@ def _register_simulate_tilt() -> None:
         tpath = truth or out.with_name(out.name.split(".")[0] + "_truth.json")
         check_outputs(out, tpath, overwrite=overwrite)
         rng = np.random.default_rng(seed)
-        ph = nanocrystal_phantom(edge_A, n_inclusions=inclusions, rng=rng)
-        sch = tilt_scheme(tilt_range_deg, step_deg, min_tilt_deg=min_tilt_deg, scheme=scheme)
-        ts, tr = tilt_series(
-            ph,
-            sch["angle_deg"].to_numpy(),
-            acquisition_order=sch["order"].to_numpy(),
-            axis_offset_px=axis_offset_px,
-            shape=(size, size),
-            pixel_size_A=pixel_size_A,
-            counts_per_A=counts_per_A,
-            shift_sigma_px=shift_sigma_px,
-            tilt_axis_deg=tilt_axis_deg,
-            noise=not no_noise,
-            rng=rng,
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ph = nanocrystal_phantom(
+                edge_A,
+                n_inclusions=inclusions,
+                inclusion_radius_A=inclusion_radius_A,
+                rng=rng,
+            )
+            sch = tilt_scheme(tilt_range_deg, step_deg, min_tilt_deg=min_tilt_deg, scheme=scheme)
+            ts, tr = tilt_series(
+                ph,
+                sch["angle_deg"].to_numpy(),
+                acquisition_order=sch["order"].to_numpy(),
+                axis_offset_px=axis_offset_px,
+                shape=(size, size),
+                pixel_size_A=pixel_size_A,
+                counts_per_A=counts_per_A,
+                shift_sigma_px=shift_sigma_px,
+                tilt_axis_deg=tilt_axis_deg,
+                noise=not no_noise,
+                rng=rng,
+            )
+        # a raw "UserWarning: ... (give `inclusion_radius_A` ...)" named the Python API
+        print_warnings(
+            caught,
+            {
+                "edge_A": "--edge-A",
+                "inclusion_radius_A": "--inclusion-radius-A",
+                "n_inclusions": "--inclusions",
+                "pixel_size_A": "--pixel-size-A",
+                "shape": "--size-px",
+            },
         )
         save_image(ts, out, overwrite=overwrite)
         tj = {

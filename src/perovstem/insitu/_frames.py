@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from perovstem._data import Series
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = [
@@ -116,6 +117,7 @@ def iter_frames(series: Any, *, block: int | None = None) -> Iterator[tuple[int,
     frame : (M, N) ndarray
         Frame data (a view for numpy input; never modify it).
     """
+    refuse_text_numbers(locals())
     st = frame_stack(series)
     n = len(st)
     if _is_lazy(st):

@@ -14,7 +14,7 @@ import pandas as pd
 from scipy import ndimage
 
 from perovstem._data import Image, Series
-from perovstem._validation import check_choice
+from perovstem._validation import check_choice, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 from perovstem.insitu._frames import (
     frame_quality,
@@ -282,6 +282,7 @@ def analyze_series(
     -------
     InsituResult
     """
+    refuse_text_numbers(locals())
     if not isinstance(series, Series):
         raise ParameterError(f"`series` must be a perovstem Series, got {type(series).__name__}")
     # checked before any frame is read: a bad `ci` only failed inside every kinetic fit
@@ -1211,6 +1212,7 @@ def pb0_falls_later(n_pb0: Any, err_stat: Any, *, n_sigma: float = PB0_FALL_SIGM
         True where a later frame has ``n_j < n_k − n_sigma·√(σ_k² + σ_j²)`` or the frame
         is above the level of a run that cannot be non-decreasing.
     """
+    refuse_text_numbers(locals())
     from scipy import stats
     from scipy.optimize import isotonic_regression
 

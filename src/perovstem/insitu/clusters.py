@@ -225,7 +225,7 @@ import pandas as pd
 from scipy import ndimage
 
 from perovstem._data import Image
-from perovstem._validation import check_image, check_int, check_positive
+from perovstem._validation import check_image, check_int, check_positive, refuse_text_numbers
 from perovstem.errors import CalibrationError, DataError, ParameterError
 from perovstem.insitu.lattice import estimate_lattice, host_cell
 
@@ -356,6 +356,7 @@ def cluster_scs_library(
     DataFrame
         ``n_atoms, scs_A2`` (monotone increasing).
     """
+    refuse_text_numbers(locals())
     if int(max_atoms) != max_atoms or max_atoms < 1 or max_atoms > 100000:
         raise ParameterError(f"`max_atoms` must be an integer in [1, 100000], got {max_atoms!r}")
     if column_library is None:
@@ -1639,6 +1640,7 @@ def detect_clusters(
         ``"no_segments"`` or ``"off"`` (``host_test=False``), and ``host_reference_used``
         (kappa_h is ``host_reference``, not measured on this frame).
     """
+    refuse_text_numbers(locals())
     data, px, dose, g, off = _calibration(image, pixel_size_A, dose_e_per_A2, gain, offset)
     a = check_image("image", data)
     check_positive("pixel_size_A", px)
@@ -2135,6 +2137,7 @@ def persistent_clusters(
     DataFrame
         The persistent detections (original index kept), ``attrs`` copied.
     """
+    refuse_text_numbers(locals())
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree

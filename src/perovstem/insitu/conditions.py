@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from perovstem._data import Series
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["interpolate_conditions", "attach_conditions"]
@@ -47,6 +48,7 @@ def interpolate_conditions(
     DataError
         Missing time column, NaN time stamps, or frames outside the log.
     """
+    refuse_text_numbers(locals())
     if not isinstance(log, pd.DataFrame) or "time_s" not in log:
         raise DataError("`log` must be a DataFrame with a `time_s` column")
     t = np.asarray(time_s, float).ravel()

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from perovstem._data import Series
-from perovstem._validation import check_positive, check_range
+from perovstem._validation import check_positive, check_range, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["E_CHARGE_C", "frame_dose", "assign_dose", "dose_table"]
@@ -57,6 +57,7 @@ def frame_dose(
     float
         Dose per frame, e⁻/Å².
     """
+    refuse_text_numbers(locals())
     i_A = check_positive("current_pA", current_pA) * 1e-12
     dx = check_positive("pixel_size_A", pixel_size_A)
     if dwell_us is not None:
@@ -149,6 +150,7 @@ def assign_dose(
     ParameterError
         Non-positive current, dwell or frame time.
     """
+    refuse_text_numbers(locals())
     if not isinstance(series, Series):
         raise ParameterError(f"`series` must be a perovstem Series, got {type(series).__name__}")
     n = series.n_frames

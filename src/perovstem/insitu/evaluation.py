@@ -37,7 +37,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import check_positive
+from perovstem._validation import check_positive, refuse_text_numbers
 from perovstem.errors import DataError
 
 __all__ = [
@@ -103,6 +103,7 @@ def match_clusters(
     DataFrame
         ``detections`` (index reset) with ``cluster_id``: the matched truth id, -1 if none.
     """
+    refuse_text_numbers(locals())
     from scipy.optimize import linear_sum_assignment
 
     _need(detections, "detections", ["frame", "x_A", "y_A"])
@@ -168,6 +169,7 @@ def merge_matches(
         lineage's parent tracks) and ``parents_ok`` (truth rows: found with exactly the
         tracks that held the identifiable ancestors as parents).
     """
+    refuse_text_numbers(locals())
     _need(tracks, "tracks", ["frame", "cluster_id", "track_id"])
     _need(lineage, "lineage", ["track_id", "origin", "start_frame", "parents"])
     _need(truth_clusters, "truth_clusters", ["frame", "cluster_id", "x_A", "y_A", "n_atoms"])
@@ -363,6 +365,7 @@ def score_detections(
         ``extra`` {object: [detections on it]}, ``n_atoms`` (detected atoms of each
         pair: the matched detection plus its extra ones), ``tp``, ``fp``, ``fn``.
     """
+    refuse_text_numbers(locals())
     _need(detections, "detections", ["x_A", "y_A", "n_atoms"])
     big = objects[objects["n_atoms"] >= min_atoms].reset_index(drop=True)
     small = objects[objects["n_atoms"] < min_atoms]

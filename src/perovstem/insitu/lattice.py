@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 import scipy.fft as sfft
 
-from perovstem._validation import check_image, check_positive
+from perovstem._validation import check_image, check_positive, refuse_text_numbers
 from perovstem.errors import DataError
 
 __all__ = ["estimate_lattice", "fourfold_ratio", "unit_cell_average"]
@@ -64,6 +64,7 @@ def estimate_lattice(
     strength : float
         Peak power over the median power in the same annulus (≫ 1 for a lattice).
     """
+    refuse_text_numbers(locals())
     a = check_image("image", image)
     dx = check_positive("pixel_size_A", pixel_size_A)
     if not (0 < d_min_A < d_max_A):
@@ -163,6 +164,7 @@ def fourfold_ratio(
     float
         P(k turned by 90°) / P(k); NaN when the reflection itself has no power.
     """
+    refuse_text_numbers(locals())
     a = check_image("image", image)
     dx = check_positive("pixel_size_A", pixel_size_A)
     d = check_positive("spacing_A", spacing_A)
@@ -255,6 +257,7 @@ def unit_cell_average(
     (M, N) ndarray
         Filtered frame (float64); sums over regions larger than a cell are preserved.
     """
+    refuse_text_numbers(locals())
     a = check_image("image", image)
     ap = check_positive("a_px", a_px)
     (py, _), (px, _) = pads = _cell_padding(a.shape, ap)

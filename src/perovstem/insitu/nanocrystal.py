@@ -17,7 +17,7 @@ import pandas as pd
 from scipy import ndimage
 
 from perovstem._data import Image
-from perovstem._validation import check_image, check_positive
+from perovstem._validation import check_image, check_positive, refuse_text_numbers
 from perovstem.errors import CalibrationError, ParameterError
 from perovstem.insitu._frames import frame_quality, iter_frames
 from perovstem.insitu.lattice import unit_cell_average
@@ -84,6 +84,7 @@ def segment_nanocrystal(
     threshold : float
         The threshold used.
     """
+    refuse_text_numbers(locals())
     filled, voids, threshold, _ = _segment_objects(
         image, pixel_size_A, lattice_A, threshold, min_void_area_A2
     )
@@ -165,6 +166,7 @@ def fft_phase_check(
         ``phase`` ("CsPbBr3", "Pb", "CsPbBr3+Pb" or "none"), ``ratios`` {phase: {hkl: ratio}},
         ``measured_d_A`` {phase: {hkl: d of the peak}}.
     """
+    refuse_text_numbers(locals())
     data, px = _px(image, pixel_size_A)
     a = check_image("image", data)
     check_positive("pixel_size_A", px)
@@ -272,6 +274,7 @@ def nanocrystal_metrics(
         1σ segmentation noise (:func:`area_noise`; NaN with fewer than 4 usable frames).
         Use :func:`area_change` for a significance-checked final value.
     """
+    refuse_text_numbers(locals())
     from perovstem._data import Series
 
     if isinstance(series, Series) and pixel_size_A is None:
@@ -386,6 +389,7 @@ def area_change(metrics: pd.DataFrame, *, n_sigma: float = 2.0) -> dict[str, Any
         (``"shrinkage"``, ``"within noise"``, ``"area increase"`` (beyond the noise: check
         the segmentation) or ``"unknown"`` (too few frames for the noise)) and ``text``.
     """
+    refuse_text_numbers(locals())
     check_positive("n_sigma", n_sigma)
     if "area_A2" not in metrics:
         raise ParameterError("`metrics` needs an `area_A2` column")

@@ -54,7 +54,7 @@ import scipy.sparse.linalg as spla
 from scipy import ndimage
 
 from perovstem._data import Series
-from perovstem._validation import check_positive, check_range
+from perovstem._validation import check_positive, check_range, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 from perovstem.insitu._frames import (
     frame_quality,
@@ -645,6 +645,7 @@ def phase_correlate(
     peak_snr : float
         Height of the correlation peak above the median in units of its standard deviation.
     """
+    refuse_text_numbers(locals())
     _check_options(upsample, whitening, smooth_px, window_alpha)
     a = np.asarray(reference)
     b = np.asarray(moving)
@@ -955,6 +956,7 @@ def register_drift(
     ParameterError
         Bad option values (named in the message).
     """
+    refuse_text_numbers(locals())
     _check_options(upsample, whitening, smooth_px, window_alpha)
     if int(max_lag) != max_lag or max_lag < 1:
         raise ParameterError(f"`max_lag` must be an integer >= 1, got {max_lag!r}")
@@ -1633,6 +1635,7 @@ def apply_drift(
         ``metadata["scan_correction"]`` (options; for eager input also the rms line offset
         removed per frame, px).
     """
+    refuse_text_numbers(locals())
     if method not in ("fourier", "spline"):
         raise ParameterError(f"`method` must be 'fourier' or 'spline', got {method!r}")
     if int(order) != order or not 0 <= order <= 5:
@@ -1748,6 +1751,7 @@ def correct_scan_distortion(
     dx_rows_px : (M,) ndarray
         Estimated x offset of every scan line, px.
     """
+    refuse_text_numbers(locals())
     f = np.asarray(frame, dtype=float)
     r = np.asarray(reference, dtype=float)
     if f.ndim != 2 or f.shape != r.shape:
@@ -1870,6 +1874,7 @@ def measure_line_jitter(
         fewer than 3 frames are usable.  A distortion slower than the crystal's height is
         mostly taken as the shear (straight line) and not counted.
     """
+    refuse_text_numbers(locals())
     if int(max_frames) != max_frames or max_frames < 3:
         raise ParameterError(f"`max_frames` must be an integer >= 3, got {max_frames!r}")
     check_positive("max_shift_px", max_shift_px)

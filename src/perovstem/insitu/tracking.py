@@ -68,7 +68,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import check_positive
+from perovstem._validation import check_positive, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["track_clusters", "lineage_events"]
@@ -191,6 +191,7 @@ def track_clusters(
         ``attrs['n_merges']`` (confident merges only), ``attrs['n_merges_uncertain']``,
         ``attrs['n_overlaps']``, ``attrs['n_unresolved']``.
     """
+    refuse_text_numbers(locals())
     need = ["frame", "x_A", "y_A"] + ([size_column] if size_column else [])
     _check_table(clusters, need)
     max_step_A = check_positive("max_step_A", max_step_A)

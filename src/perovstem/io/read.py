@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -47,6 +48,55 @@ E_CHARGE = 1.602176634e-19  # C
 _FILE_PIXEL_A = (1e-2, 1e7)
 
 
+# what a file's first bytes say it is: (family, suffixes of that family)
+_FAMILIES = {
+    "DigitalMicrograph": (".dm3", ".dm4"),
+    "HDF5 (Velox emd or HyperSpy hspy)": (".emd", ".hspy", ".hdf5"),
+    "TIFF": (".tif", ".tiff"),
+    "TIA ser": (".ser",),
+    "MRC": tuple(sorted(_MRC)),
+    "zip (.npz)": (".npz",),
+    "MATLAB": (".mat",),
+}
+
+
+def _content_family(path: Path) -> str | None:
+    """The file family that the first bytes of ``path`` identify, if any."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1024)
+    except OSError:
+        return None
+    if head.startswith(b"\x89HDF\r\n\x1a\n") or head[512:520] == b"\x89HDF\r\n\x1a\n":
+        return "HDF5 (Velox emd or HyperSpy hspy)"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    if head[:4] == b"II\x97\x01":
+        return "TIA ser"
+    if head[:4] in (b"\x00\x00\x00\x03", b"\x00\x00\x00\x04"):
+        return "DigitalMicrograph"
+    if head[208:212] == b"MAP ":
+        return "MRC"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip (.npz)"
+    if head.startswith(b"MATLAB"):
+        return "MATLAB"
+    return None
+
+
+def _extension_hint(path: Path) -> str:
+    """'; its content is a TIFF file: wrong extension? ...' when the bytes disagree with the
+    suffix (a .dm3 renamed .emd failed with "file signature not found")."""
+    fam = _content_family(path)
+    if fam is None or path.suffix.lower() in _FAMILIES[fam]:
+        return ""
+    return (
+        f"; its content is {'an' if fam.startswith(('HDF5', 'MRC')) else 'a'} {fam} file, "
+        f"not {path.suffix}: wrong extension? (rename it to "
+        f"{' or '.join(_FAMILIES[fam])})"
+    )
+
+
 def _check_path(path: Path) -> None:
     if not path.exists():
         raise FileFormatError(f"no such file: {str(path)!r}")
@@ -54,6 +104,11 @@ def _check_path(path: Path) -> None:
         raise FileFormatError(f"{str(path)!r} is a directory, not an image file")
     if path.is_file() and path.stat().st_size == 0:
         raise FileFormatError(f"{str(path)!r} is empty (0 bytes)")
+    if not os.access(path, os.R_OK):
+        # the readers said "not a readable dm3 file (PermissionError ...)": a format problem
+        raise FileFormatError(
+            f"{str(path)!r}: permission denied (the file exists but this user cannot read it)"
+        )
 
 
 def load(
@@ -122,24 +177,14 @@ def load(
             )
     _check_path(path)
     suffix = path.suffix.lower()
-    if suffix in _MRC:
-        from perovstem.io._mrc import read_mrc
-
-        rec = read_mrc(path, lazy=lazy)
-    elif suffix == ".npz":
-        rec = _read_npz(path)
-    elif suffix == ".mat":
-        rec = _read_statstem_mat(path)
-    elif suffix == ".zarr":
-        rec = _read_zarr(path, lazy=lazy)
-    elif suffix in (".tif", ".tiff") and _is_perovstem_tiff(path):
-        rec = _read_perovstem_tiff(path)
-    elif suffix in _RSCIIO:
-        rec = _read_rsciio(path, _RSCIIO[suffix], lazy=lazy, signal=signal)
-    else:
-        raise FileFormatError(
-            f"{str(path)!r}: unsupported file type {suffix!r} (supported: {', '.join(SUPPORTED_SUFFIXES)})"
-        )
+    try:
+        with _quiet_tifffile():
+            rec = _read_record(path, suffix, lazy=lazy, signal=signal)
+    except FileFormatError as exc:
+        hint = _extension_hint(path) if path.is_file() else ""
+        if not hint:
+            raise
+        raise FileFormatError(f"{exc}{hint}") from None
     try:
         obj = _build(path, rec, pixel_size=pixel_size, kind=kind)
     except ParameterError as exc:
@@ -148,6 +193,43 @@ def load(
         raise DataError(f"{str(path)!r}: {exc}") from None
     protect(path)
     return obj
+
+
+def _read_record(path: Path, suffix: str, *, lazy: bool, signal: str | None) -> dict[str, Any]:
+    """The reader of ``suffix``'s raw record (data, calibration, metadata) of ``path``."""
+    if suffix in _MRC:
+        from perovstem.io._mrc import read_mrc
+
+        return read_mrc(path, lazy=lazy)
+    if suffix == ".npz":
+        return _read_npz(path)
+    if suffix == ".mat":
+        return _read_statstem_mat(path)
+    if suffix == ".zarr":
+        return _read_zarr(path, lazy=lazy)
+    if suffix in (".tif", ".tiff") and _is_perovstem_tiff(path):
+        return _read_perovstem_tiff(path)
+    if suffix in _RSCIIO:
+        return _read_rsciio(path, _RSCIIO[suffix], lazy=lazy, signal=signal)
+    raise FileFormatError(
+        f"{str(path)!r}: unsupported file type {suffix!r} (supported: "
+        f"{', '.join(SUPPORTED_SUFFIXES)})"
+    )
+
+
+@contextlib.contextmanager
+def _quiet_tifffile() -> Any:
+    """Silence tifffile's logged complaints about a damaged file (four lines of
+    "<TiffTag.fromfile> raised TiffFileError(...)" before perovstem's own error)."""
+    import logging
+
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: str | None) -> Any:
@@ -163,7 +245,16 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
         px = float(pixel_size)
         md["pixel_size_source"] = "user"
     elif rec.get("pixel_size_A") is not None:
-        px = float(rec["pixel_size_A"])
+        try:
+            px = float(rec["pixel_size_A"])
+        except (TypeError, ValueError):
+            px = float("nan")
+        if not np.isfinite(px):
+            raise CalibrationError(
+                f"{str(path)!r}: the file's pixel size {rec['pixel_size_A']!r} is not a finite "
+                "number; give the pixel size in Å (Python: pixel_size=; command line: "
+                "--pixel-size-A)"
+            )
         if not (_FILE_PIXEL_A[0] <= px <= _FILE_PIXEL_A[1]):
             # e.g. metres written where Å belong (MRC voxel 2e-11), or "1 m" for "uncalibrated"
             raise CalibrationError(
@@ -219,7 +310,7 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
             data,
             angles,
             px,
-            tilt_axis_deg=float(rec.get("tilt_axis_deg", 0.0)),
+            tilt_axis_deg=rec.get("tilt_axis_deg", 0.0),
             shifts_px=rec.get("shifts_px"),
             metadata=md,
         )
@@ -231,7 +322,7 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
         temperature_K=rec.get("temperature_K"),
         pressure_Pa=rec.get("pressure_Pa"),
         gas=rec.get("gas"),
-        initial_dose_e_per_A2=float(rec.get("initial_dose_e_per_A2") or 0.0),
+        initial_dose_e_per_A2=rec.get("initial_dose_e_per_A2"),
         metadata=md,
     )
 
@@ -241,7 +332,10 @@ def _one_time(rec: dict[str, Any]) -> float | None:
     t = rec.get("time_s")
     if t is None:
         return None
-    a = np.ravel(np.asarray(t, dtype=float))
+    try:
+        a = np.ravel(np.asarray(t, dtype=float))
+    except (TypeError, ValueError):  # load() names the file
+        raise ParameterError(f"`time_s` must be a number in s, got {t!r}") from None
     return float(a[0]) if a.size == 1 and np.isfinite(a[0]) else None
 
 

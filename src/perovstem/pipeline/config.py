@@ -267,6 +267,16 @@ def parse_config(
             p = base_dir / p
         if check_files and not p.exists():
             raise FileFormatError(f"{w}input file {str(p)!r} does not exist")
+        if check_files:
+            # a folder, an empty or an unreadable file passed `--check` and failed only when
+            # the first step using it ran
+            from perovstem.io.read import _check_path
+
+            try:
+                _check_path(p)
+            except FileFormatError as exc:
+                msg = str(exc).replace(", not an image file", ", not a file")
+                raise FileFormatError(f"{w}input file {msg}") from None
         inputs[name] = InputSpec(name=name, path=p, options=options, line=line)
 
     # ---- steps
@@ -411,6 +421,10 @@ def parse_config(
                     f'`inputs = {{ {name} = "<step id>.<output>" }}`'
                 )
             wiring[name] = [ref] if ref is not None and name in step.list_inputs else ref
+        bad = _wiring_kind_problem(step, wiring, inputs, steps)
+        if bad is not None:
+            wl = lines.get("step", "inputs", i) if bad[0] in explicit else None
+            raise ParameterError(f"{_where(source, wl or hline, label)}{bad[1]}")
         ids.add(sid)
         note = raw.get("note", "")
         if not isinstance(note, str):
@@ -454,6 +468,78 @@ def _resolve_ref(
     for s in steps:
         if s.id == ref and len(s.step.outputs) == 1:
             return f"{s.id}.{s.step.outputs[0]}"
+    return None
+
+
+# what an [inputs] file can be read as (perovstem.io.load: an Image, a Series or a TiltSeries;
+# the `kind` option only decides how a 3-D stack is read, a 2-D file stays an Image)
+_FILE_KINDS = {
+    None: frozenset({"image", "series", "tilt"}),
+    "image": frozenset({"image"}),
+    "series": frozenset({"image", "series"}),
+    "tilt": frozenset({"image", "tilt"}),
+}
+
+
+def _input_file_kinds(spec: InputSpec) -> frozenset[str]:
+    """The kinds of artefact an [inputs] file may become when it is read."""
+    from perovstem.pipeline.runner import TABLE_SUFFIXES
+
+    if spec.path.suffix.lower() in TABLE_SUFFIXES and not spec.options:
+        return frozenset({"table"})
+    return _FILE_KINDS.get(spec.options.get("kind"), _FILE_KINDS[None])
+
+
+def _wiring_kind_problem(
+    step: Step,
+    wiring: dict[str, str | list[str] | None],
+    inputs: dict[str, InputSpec],
+    steps: list[StepSpec],
+) -> tuple[str, str] | None:
+    """``(input, message)`` for the first input wired to an artefact of the wrong kind.
+
+    Known before any step runs: the kind an earlier step declares for its output
+    (:attr:`Step.output_kinds`) and what an [inputs] file can be read as; a step 20 wired
+    to the wrong artefact used to fail only after steps 1-19 had run.  What cannot be known
+    yet (an undeclared output, the columns of a table file) is checked when the step starts.
+    """
+    by_id = {s.id: s for s in steps}
+    for name, kind in step.input_kinds.items():
+        ref = wiring.get(name)
+        for r in [] if ref is None else ref if isinstance(ref, list) else [ref]:
+            if r in inputs:
+                declared: Any = _input_file_kinds(inputs[r])
+                names = sorted(declared)
+                kinds = [
+                    {"image": "an Image", "series": "a Series", "tilt": "a TiltSeries"}[k]
+                    for k in ("image", "series", "tilt")
+                    if k in declared
+                ]
+                what = (
+                    "a table file"
+                    if names == ["table"]
+                    else "a file read as "
+                    + (", ".join(kinds[:-1]) + " or " if len(kinds) > 1 else "")
+                    + kinds[-1]
+                )
+                origin = f"[inputs] {r} ({inputs[r].path.name}), {what}"
+            else:
+                sid, _, out = r.partition(".")
+                producer = by_id.get(sid)
+                declared = producer.step.output_kinds.get(out) if producer else None
+                if declared is None:
+                    continue
+                origin = (
+                    f"`{r}`, {declared.describe()} (output `{out}` of step "
+                    f"`{sid}`, {producer.step.name})"
+                )
+            why = kind.mismatch(declared)
+            if why is None:
+                continue
+            return name, (
+                f"input `{name}` is wired to {origin} ({why}); `{name}` must be "
+                f'{kind.expected}: wire it with inputs = {{ {name} = "<step id>.<output>" }}'
+            )
     return None
 
 

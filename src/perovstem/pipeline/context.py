@@ -49,8 +49,11 @@ class StepContext:
         section: str,
         executor: Any,
         progress: Any = None,
+        inputs: dict[str, Any] | None = None,
     ) -> None:
         self.step_id = step_id
+        # input name -> the artefact reference(s) it is wired to (for messages)
+        self.inputs = dict(inputs or {})
         self.params = dict(params)
         self.seed = int(seed)
         self.run_dir = Path(run_dir)
@@ -59,6 +62,27 @@ class StepContext:
         self._progress = progress
         self.report_items: list[dict[str, Any]] = []
         self.files: list[str] = []
+
+    def need_columns(self, name: str, table: Any, columns: dict[str, str]) -> None:
+        """Refuse input table ``name`` unless it has ``columns`` (column -> why it is needed).
+
+        A missing column named by a parameter (``y = "n_Br"``) used to raise a bare
+        ``KeyError`` or a message naming "the input table"; this names the parameter, the
+        input, what it is wired to and the columns it has.
+        """
+        from perovstem.errors import ParameterError
+
+        missing = {c: why for c, why in columns.items() if c not in table.columns}
+        if not missing:
+            return
+        ref = self.inputs.get(name)
+        wired = f" (wired to `{ref}`)" if isinstance(ref, str) else ""
+        what = "; ".join(f"{why} {c!r}" for c, why in missing.items())
+        cols = [str(c) for c in table.columns]
+        more = f", ... {len(cols) - 20} more" if len(cols) > 20 else ""
+        raise ParameterError(
+            f"input `{name}`{wired} has no column {what}; its columns: {', '.join(cols[:20])}{more}"
+        )
 
     # -- randomness ---------------------------------------------------------------------
     def rng(self, offset: int = 0) -> np.random.Generator:

@@ -236,14 +236,19 @@ class Kind:
     kind : str
         ``image``, ``series``, ``tilt``, ``atoms``, ``volume``, ``table`` or ``number``.
     columns : tuple of str
-        Columns a table must have.
+        Columns a table must have (for a step output: columns the table always has).
     source : str
         Where such an artefact usually comes from (named in the message).
+    may_have : tuple of str, optional
+        For a step output: every column the table can have (beyond ``columns``, which it
+        always has), so an input needing another column is refused when the configuration
+        is validated.  ``None``: not known.
     """
 
     kind: str
     columns: tuple[str, ...] = ()
     source: str = ""
+    may_have: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in _KIND_NAMES:
@@ -288,6 +293,41 @@ class Kind:
         }[k](value)
         return None if ok else "of another kind"
 
+    def mismatch(self, declared: Kind | frozenset[str]) -> str | None:
+        """What is certainly wrong with an artefact declared as ``declared``, else ``None``.
+
+        ``declared`` is the output kind a step declares, or the set of kinds an [inputs]
+        file may be read as.  Used when a configuration is validated, before any step
+        runs: only what is known then is refused (a table's columns only when its producer
+        lists all of them); the rest is checked when the step starts (:meth:`problem`).
+        """
+        other = "not a table" if self.kind == "table" else "of another kind"
+        if isinstance(declared, frozenset):
+            return None if self.kind in declared else other
+        if declared.kind != self.kind:
+            return other
+        if self.kind == "table" and declared.may_have is not None:
+            known = (*declared.columns, *declared.may_have)
+            missing = [c for c in self.columns if c not in known]
+            if missing:
+                return f"without column(s) {', '.join(missing)}"
+        return None
+
+    def describe(self) -> str:
+        """The artefact this declares, in words (for messages)."""
+        text = {
+            "image": "an Image",
+            "series": "a Series",
+            "tilt": "a TiltSeries",
+            "atoms": "an ase Atoms model",
+            "volume": "a 3-D array",
+            "table": "a table",
+            "number": "a number",
+        }[self.kind]
+        if self.kind == "table" and self.may_have is not None:
+            text += f" with columns [{', '.join((*self.columns, *self.may_have))}]"
+        return text
+
 
 @dataclass(frozen=True)
 class Step:
@@ -317,8 +357,12 @@ class Step:
         as ``inputs = { name = ["ref1", "ref2", ...] }``; the step receives a list of their
         values in that order (a single reference, or wiring by name, gives a list of one).
     input_kinds : dict of str to Kind
-        What each input must be (checked before the step runs; unlisted inputs are not
-        checked).
+        What each input must be (checked against the producer's :attr:`output_kinds` when
+        the configuration is validated, and against the value before the step runs;
+        unlisted inputs are not checked).
+    output_kinds : dict of str to Kind
+        What each output is, where known in advance (unlisted outputs are unknown); the
+        runner checks the produced value against it.
     section : str
         Report section the step contributes to.
     doc : str
@@ -339,6 +383,7 @@ class Step:
     version: str = "1"
     list_inputs: tuple[str, ...] = ()
     input_kinds: dict[str, Kind] = field(default_factory=dict)
+    output_kinds: dict[str, Kind] = field(default_factory=dict)
 
     def missing_requirements(self) -> list[str]:
         """The required modules/attributes that cannot be imported in this installation."""
@@ -399,6 +444,7 @@ def register_step(
     version: str = "1",
     list_inputs: tuple[str, ...] = (),
     input_kinds: dict[str, Kind] | None = None,
+    output_kinds: dict[str, Kind] | None = None,
 ) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
     """Decorator registering ``func(ctx, **inputs) -> dict`` as pipeline step ``name``."""
 
@@ -406,6 +452,9 @@ def register_step(
         unknown = [i for i in names if i not in inputs and i not in optional_inputs]
         if unknown:
             raise ParameterError(f"step `{name}`: {what} {unknown} are not among its inputs")
+    unknown = [o for o in output_kinds or {} if o not in outputs]
+    if unknown:
+        raise ParameterError(f"step `{name}`: output_kinds {unknown} are not among its outputs")
 
     def deco(func: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         STEPS[name] = Step(
@@ -421,6 +470,7 @@ def register_step(
             version=version,
             list_inputs=tuple(list_inputs),
             input_kinds=dict(input_kinds or {}),
+            output_kinds=dict(output_kinds or {}),
         )
         return func
 

@@ -646,6 +646,7 @@ def _run_one(
         section=step.section,
         executor=executor,
         progress=progress,
+        inputs=wiring,
     )
     t0 = time.perf_counter()
     caught: list[warnings.WarningMessage] = []
@@ -668,6 +669,7 @@ def _run_one(
         missing_out = [o for o in step.outputs if o not in produced]
         if missing_out:
             raise TypeError(f"step `{step.name}` did not return outputs {missing_out}")
+        _check_output_kinds(step, produced)
     except Exception as exc:
         for o in spec.outputs:
             unavailable[o] = f"step `{spec.id}` failed"
@@ -749,6 +751,29 @@ def _check_input_kinds(
                 f"input `{name}` is wired to {origin}, {describe_value(v)} ({why}); "
                 f"`{name}` must be {kind.expected}: wire it with "
                 f'inputs = {{ {name} = "<step id>.<output>" }}'
+            )
+
+
+def _check_output_kinds(step: Any, produced: dict[str, Any]) -> None:
+    """Hold a step to its declared :attr:`~perovstem.pipeline.registry.Step.output_kinds`.
+
+    Configurations are checked against the declarations before anything runs; a step whose
+    output differs from what it declares is a bug in the step (not in the configuration),
+    caught here rather than in a later step.
+    """
+    from perovstem.pipeline.registry import describe_value
+
+    for name, kind in step.output_kinds.items():
+        value = produced[name]
+        why = kind.problem(value)
+        if why is None and kind.kind == "table" and kind.may_have is not None:
+            known = (*kind.columns, *kind.may_have)
+            extra = [str(c) for c in value.columns if c not in known]
+            why = f"with undeclared column(s) {', '.join(extra)}" if extra else None
+        if why is not None:
+            raise TypeError(
+                f"step `{step.name}` declares output `{name}` as {kind.describe()} but returned "
+                f"{describe_value(value)} ({why}): a bug in the step's output_kinds"
             )
 
 

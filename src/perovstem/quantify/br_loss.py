@@ -57,7 +57,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from perovstem._validation import as_rng, check_positive, check_range
+from perovstem._validation import as_rng, check_positive, check_range, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = [
@@ -212,6 +212,7 @@ def fit_br_desorption(
     means (McCullagh & Nelder, *Generalized Linear Models*, 2nd ed., §4.5), then widened by
     ``extra_rel_var``.
     """
+    refuse_text_numbers(locals())
     d = _arr("dose_e_per_A2", dose_e_per_A2)
     K = d.size
     if K < 1:
@@ -361,6 +362,7 @@ def br_structure_template(
     DataFrame
         ``n_lost, n_exposed, n_bulk, n_Br, total_scs_A2`` (first row: intact crystal).
     """
+    refuse_text_numbers(locals())
     from perovstem.simulate import KineticParameters, degradation_kmc, nanocrystal
 
     check_range("f_bulk", f_bulk, 0.0, 1.0)
@@ -496,6 +498,7 @@ def br_loss_from_images(
     DataError
         A dose ≤ 0, or no crystal in the first frame.
     """
+    refuse_text_numbers(locals())
     from perovstem._data import Series
     from perovstem.insitu._frames import iter_frames
     from perovstem.insitu.nanocrystal import segment_nanocrystal

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["surface_facets", "facet_fractions", "FACETS"]
@@ -84,6 +85,7 @@ def surface_facets(
         ``coordination``, ``normal_x, normal_y, normal_z``, ``facet`` (one of
         :data:`FACETS`), ``angle_deg``.
     """
+    refuse_text_numbers(locals())
     from scipy.spatial import cKDTree
 
     if lattice not in ("perovskite", "fcc"):

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special, stats
 
-from perovstem._validation import as_rng, check_choice, check_range
+from perovstem._validation import as_rng, check_choice, check_range, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = [
@@ -579,6 +579,7 @@ def fit_model(
     ParameterError
         Unknown model, likelihood or CI method.
     """
+    refuse_text_numbers(locals())
     m = _model(model)
     check_choice("likelihood", likelihood, ("gaussian", "poisson"))
     check_choice("ci", ci, ("profile", "bootstrap", "wald", "none"))
@@ -914,6 +915,7 @@ def fit_arrhenius(
     FitResult
         Parameters ``ln_A`` and ``Ea_eV``; ``extra['A']`` holds the prefactor.
     """
+    refuse_text_numbers(locals())
     t = np.asarray(temperature_K, float).ravel()
     k = np.asarray(rate, float).ravel()
     if t.shape != k.shape:
@@ -981,6 +983,7 @@ def fit_dose_rate_dependence(
         As :func:`compare_models` (models ``dose_controlled``, ``time_controlled``,
         ``power_law``; parameters ``ln_J_D``, ``ln_J0``, ``ln_c`` and ``alpha``).
     """
+    refuse_text_numbers(locals())
     phi = np.asarray(dose_rate_e_per_A2_s, float).ravel()
     j = np.asarray(rate_per_s, float).ravel()
     if phi.shape != j.shape:

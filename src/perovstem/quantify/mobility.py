@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from perovstem._validation import as_rng, check_positive, check_range
+from perovstem._validation import as_rng, check_positive, check_range, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 from perovstem.quantify.nucleation import _garwood
 
@@ -148,6 +148,7 @@ def cluster_hop_rate(
         ``rate_per_s``, ``ci_low``, ``ci_high``, ``stderr`` (of Γ₁), ``localization_error_A``
         (given or estimated), ``n_steps`` (lag-1 steps), ``n_tracks``, ``frac_long_steps``.
     """
+    refuse_text_numbers(locals())
     dt = check_positive("frame_time_s", frame_time_s)
     a = check_positive("hop_length_A", hop_length_A)
     check_range("level", level, 0.5, 0.9999)
@@ -245,6 +246,7 @@ def fit_desorption_hazard(
         ``D_e_per_A2``, ``ci_low``, ``ci_high`` (profile likelihood), ``sigma_A2`` (= 1/D),
         ``n_events``.
     """
+    refuse_text_numbers(locals())
     n = np.asarray(n_at_risk, float).ravel()
     k = np.asarray(n_lost, float).ravel()
     d = np.broadcast_to(np.asarray(dose_e_per_A2, float), n.shape).astype(float)

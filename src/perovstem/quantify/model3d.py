@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import as_rng, check_positive
+from perovstem._validation import as_rng, check_positive, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = [
@@ -202,6 +202,7 @@ def model_from_counts(
     -------
     AtomicModel
     """
+    refuse_text_numbers(locals())
     from scipy.spatial import cKDTree
 
     from perovstem.quantify._model3d_numba import run_chains
@@ -429,6 +430,7 @@ def site_agreement(
         ``fraction`` (matched / truth atoms), ``precision`` (matched / model atoms),
         ``shift_A``, ``n_truth``, ``n_model``.
     """
+    refuse_text_numbers(locals())
     from scipy.spatial import cKDTree
 
     pm, pt = model.get_positions(), truth.get_positions()

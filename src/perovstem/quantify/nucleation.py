@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from perovstem._validation import check_int
+from perovstem._validation import check_int, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = [
@@ -115,6 +115,7 @@ def kmc_nucleation_rate(
         ``ci_low``, ``ci_high``, ``n_births``, ``dose_active_e_per_A2`` (the dose D of the
         window, e⁻/Å²).
     """
+    refuse_text_numbers(locals())
     need = ("n_births", "n_Pb_reduced", "cumulative_dose_e_per_A2")
     if not isinstance(frame_table, pd.DataFrame) or any(c not in frame_table for c in need):
         raise DataError(f"`frame_table` must be a KMC frame table with columns {need}")
@@ -181,6 +182,7 @@ def detectable_births(
     ndarray of int
         Appearances per frame.
     """
+    refuse_text_numbers(locals())
     need_c, need_e = ("frame", "cluster_id", "n_atoms"), ("kind", "cluster_id", "parents")
     if not isinstance(clusters, pd.DataFrame) or any(c not in clusters for c in need_c):
         raise DataError(f"`clusters` must be a DataFrame with columns {need_c}")
@@ -268,6 +270,7 @@ def nucleation_templates(
         run) and ``detectable_births`` (array: :func:`detectable_births` per frame with
         ``n_min`` = n₅₀).
     """
+    refuse_text_numbers(locals())
     from perovstem.simulate import degradation_kmc, nanocrystal
     from perovstem.simulate.kmc_params import KineticParameters
 
@@ -414,6 +417,7 @@ def nucleation_profile(
     nucleation law: mobility, capture and coalescence are those of the truth (an inverse
     crime for them), so the flat profile is a best case.
     """
+    refuse_text_numbers(locals())
     if not isinstance(templates, pd.DataFrame) or "expected_detected" not in templates:
         raise DataError("`templates` must come from nucleation_templates")
     n = np.asarray(n_detected, float)
@@ -700,6 +704,7 @@ def nucleation_rate(
     together, so the ``n_detected`` check does not catch it: with the measured efficiency
     range J is not identifiable from those images (benchmarks/bench_nucleation.py).
     """
+    refuse_text_numbers(locals())
     a = np.asarray(n_births_detected, float)
     if a.ndim > 1 or a.size == 0 or not np.all(np.isfinite(a)) or np.any(a < 0):
         raise DataError(f"`n_births_detected` must be counts >= 0, got {n_births_detected!r}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import check_positive
+from perovstem._validation import check_positive, refuse_text_numbers
 from perovstem.errors import DataError
 
 __all__ = ["project_columns", "column_type_name"]
@@ -56,6 +56,7 @@ def project_columns(atoms, *, tol_A: float = 0.9) -> tuple[pd.DataFrame, np.ndar
     atom_column : (n_atoms,) int ndarray
         Column index of every atom.
     """
+    refuse_text_numbers(locals())
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from perovstem._data import Image
-from perovstem._validation import as_rng, check_positive
+from perovstem._validation import as_rng, check_positive, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 from perovstem.simulate._noise import shot_noise
 from perovstem.simulate.columns import project_columns
@@ -129,6 +129,7 @@ def render_intensity(
         Per-scan-line sampling offsets (dy, dx) in pixels: pixel (i, j) is sampled at
         (i + dy[i], j + dx[i]).
     """
+    refuse_text_numbers(locals())
     from scipy import fft
     from scipy.ndimage import map_coordinates
 
@@ -272,6 +273,7 @@ def haadf_image(
         ``n_atoms``, ``n_Pb``, ``n_Cd``, ``n_Br``, ``n_Cs``, ``scs_A2`` (true SCS, Å²), plus
         ``n_Pb0``, ``cluster_id``, ``thermal_sigma_A``, ``z_min_A``, ``z_max_A``.
     """
+    refuse_text_numbers(locals())
     dx = check_positive("pixel_size_A", pixel_size_A)
     dose = check_positive("dose_e_per_A2", dose_e_per_A2)
     check_positive("gain", gain)
@@ -458,6 +460,7 @@ def haadf_image_multislice(
     truth : DataFrame
         As for :func:`haadf_image` (the SCS column is the fast model's table value).
     """
+    refuse_text_numbers(locals())
     from perovstem._optional import import_optional
 
     abtem = import_optional("abtem", extra="sim")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import as_rng, check_choice, check_positive
+from perovstem._validation import as_rng, check_choice, check_positive, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 from perovstem.simulate.kmc_lattice import (
     KIND_BR,
@@ -341,6 +341,7 @@ def degradation_kmc(
     DataError
         Atoms that are not a perovskite nanocrystal.
     """
+    refuse_text_numbers(locals())
     from perovstem.simulate import kmc_core as core
 
     if (

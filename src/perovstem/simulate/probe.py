@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perovstem._validation import check_positive, check_range
+from perovstem._validation import check_positive, check_range, refuse_text_numbers
 
 __all__ = [
     "THERMAL_SIGMA_A",
@@ -45,6 +45,7 @@ TAIL_RADIUS_A = 8.0
 
 def electron_wavelength_A(voltage_kV: float) -> float:
     """Relativistic electron wavelength, Å, for an accelerating voltage in kV."""
+    refuse_text_numbers(locals())
     v = check_positive("voltage_kV", voltage_kV) * 1e3
     return float(12.264259 / np.sqrt(v * (1.0 + 0.978476e-6 * v)))
 
@@ -113,6 +114,7 @@ def default_probe(
     tail_fraction : float
         Fraction of the intensity in the tail (0 gives a pure Gaussian core).
     """
+    refuse_text_numbers(locals())
     lam = electron_wavelength_A(voltage_kV)
     alpha = check_positive("semiangle_mrad", semiangle_mrad) * 1e-3
     if probe_sigma_A is None:

@@ -32,7 +32,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from perovstem._validation import check_choice, check_positive, check_range
+from perovstem._validation import check_choice, check_positive, check_range, refuse_text_numbers
 from perovstem.errors import FileFormatError, ParameterError
 from perovstem.simulate.probe import THERMAL_SIGMA_A, default_probe, psf_radial
 
@@ -230,6 +230,7 @@ def column_scs(
     ndarray
         SCS in Å² (fraction of the incident beam on the 65–200 mrad detector × Å²).
     """
+    refuse_text_numbers(locals())
     v = _check_voltage(voltage_kV)
     sig = atom_scs(v)
     pb, cd, br, cs = (np.asarray(a, dtype=float) for a in (n_Pb, n_Cd, n_Br, n_Cs))
@@ -293,6 +294,7 @@ def scs_table(
     ndarray
         SCS in Å², same shape as ``n_atoms`` (0 for 0 atoms).
     """
+    refuse_text_numbers(locals())
     check_choice("column_type", column_type, COLUMN_TYPES)
     x = check_range("cd_fraction", cd_fraction, 0.0, 1.0)
     n = np.asarray(n_atoms, dtype=float)
@@ -358,6 +360,7 @@ def scs_library(
     DataFrame
         Columns ``n_atoms`` (int) and ``scs_A2`` (float); attrs hold the conditions.
     """
+    refuse_text_numbers(locals())
     m = int(check_positive("max_atoms", max_atoms))
     check_choice("integration", integration, ("total", "voronoi"))
     check_choice("termination", termination, tuple(_TERMINATION_LAYERS))

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from perovstem._data import Image, Series
-from perovstem._validation import as_rng, check_positive
+from perovstem._validation import as_rng, check_positive, refuse_text_numbers
 from perovstem.errors import ParameterError
 from perovstem.simulate.haadf import MIN_FRAME_PX, check_frame_shape
 
@@ -315,6 +315,7 @@ def insitu_series(
         ``"frames"``: the trajectory's frame table (+ ``gas``); ``"events"``: births and
         merges with parents.
     """
+    refuse_text_numbers(locals())
     kw = _image_kw(
         voltage_kV, gain, offset, probe_sigma_A, scan_noise_px, noise, background, read_noise
     )
@@ -406,6 +407,7 @@ def iter_insitu_frames(
     ``column_truth`` is the per-column truth table of :func:`haadf_image` for that frame
     (image coordinates, drift included).  Only one frame is in memory at a time.
     """
+    refuse_text_numbers(locals())
     kw = _image_kw(
         voltage_kV, gain, offset, probe_sigma_A, scan_noise_px, noise, background, read_noise
     )

@@ -33,7 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from perovstem._validation import as_rng, check_choice, check_positive, check_range
+from perovstem._validation import (
+    as_rng,
+    check_choice,
+    check_positive,
+    check_range,
+    refuse_text_numbers,
+)
 from perovstem.errors import DataError, ParameterError
 
 __all__ = [
@@ -99,6 +105,7 @@ def zone_rotation(zone_axis: str, *, mistilt_deg: float = 0.0, mistilt_azimuth_d
     mistilt : (3, 3) ndarray
         Mistilt part only, ``lab = mistilt @ zone_aligned``.
     """
+    refuse_text_numbers(locals())
     key = str(zone_axis).strip("[]() ").replace(",", "").replace(" ", "")
     if key not in ZONE_AXES:
         raise ParameterError(f"`zone_axis` must be one of {sorted(ZONE_AXES)}, got {zone_axis!r}")
@@ -334,6 +341,7 @@ def nanocrystal(
     charge balance by the ligand shell.  ``atoms.info["charge_e"]`` gives the final charge
     (0 unless Br vacancies were requested).
     """
+    refuse_text_numbers(locals())
     check_choice("shape", shape, _SHAPES)
     check_choice("phase", phase, _PHASES)
     check_choice("termination", termination, _TERMINATIONS)
@@ -506,6 +514,7 @@ def add_pb_cluster(
     ase.Atoms
         A new structure with the cluster appended.
     """
+    refuse_text_numbers(locals())
     from ase import Atoms
     from scipy.spatial import cKDTree
 

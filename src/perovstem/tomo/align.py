@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from perovstem._data import TiltSeries
-from perovstem._validation import check_int, check_range
+from perovstem._validation import check_int, check_range, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 from perovstem.tomo.projector import check_angles
 
@@ -151,6 +151,7 @@ def preprocess(data: Any, *, background_percentile: float = 5.0) -> np.ndarray:
     Raw integer detector data often carry a large negative offset (e.g. FEI int16 with
     mean ≈ −27 600); this removes it.
     """
+    refuse_text_numbers(locals())
     d = _as_stack("data", data, np.float32)
     if not 0.0 <= background_percentile <= 100.0:  # NaN fails too
         raise ParameterError(
@@ -189,6 +190,7 @@ def xcorr_shifts(data: Any, angles_deg: Any, *, upsample: int = 20) -> np.ndarra
     (A, 2) ndarray
         ``(dy, dx)`` to apply to each projection.
     """
+    refuse_text_numbers(locals())
     d = np.asarray(data, dtype=np.float32)
     ang = check_angles(angles_deg, d.shape[0])
     order = np.argsort(ang)
@@ -256,6 +258,7 @@ def tilt_axis_from_com(
     axis_row_px : float
         Row of the axis at the central column.
     """
+    refuse_text_numbers(locals())
     d = np.asarray(data, dtype=np.float64)
     ang = np.deg2rad(check_angles(angles_deg, d.shape[0]))
     a, m, n = d.shape
@@ -338,6 +341,7 @@ def tilt_axis_search(
     table : (K, 2) ndarray
         Candidate angles and metric values.
     """
+    refuse_text_numbers(locals())
     d = np.asarray(data, dtype=np.float32)
     check_angles(angles_deg, d.shape[0])
     sh = np.asarray(shifts_px, float)
@@ -547,6 +551,7 @@ def tilt_axis_reprojection(
     --------
     align : reports the angle's standard error (``Alignment.tilt_axis_err_deg``).
     """
+    refuse_text_numbers(locals())
     best, table, _ = _reprojection_search(
         data,
         angles_deg,
@@ -728,6 +733,7 @@ def bin_tilt_series(tilt_series: TiltSeries, factor: int) -> TiltSeries:
     Rows/columns that do not fill a whole bin are dropped.  Use to reconstruct large
     series quickly (a 2048² series binned ×4 is a 512³ problem).
     """
+    refuse_text_numbers(locals())
     ts = _check_series(tilt_series)
     if not isinstance(factor, (int, np.integer, float)) or not np.isfinite(factor):
         # NaN/inf reached int() and raised a bare ValueError/OverflowError
@@ -754,6 +760,7 @@ def apply_alignment(tilt_series: TiltSeries, alignment: Alignment, *, order: int
     The returned TiltSeries has ``tilt_axis_deg = 0`` and ``shifts_px`` = the applied shifts;
     its metadata records the alignment.  Background is not subtracted.
     """
+    refuse_text_numbers(locals())
     ts = _check_series(tilt_series)
     sh = np.asarray(alignment.shifts_px, float)
     if sh.shape != (ts.n_angles, 2):
@@ -798,6 +805,7 @@ def projection_matching(
         ``‖p − Ax‖ / ‖p‖`` of the last iteration.
     history : list of dict
     """
+    refuse_text_numbers(locals())
     from perovstem.tomo.reconstruct import sirt
 
     d = np.asarray(data, dtype=np.float32)
@@ -914,6 +922,7 @@ def align(
         about the minimum, divided by its curvature, gives the angle's sandwich variance
         (:func:`_axis_sigma`); if the refinement did not converge, at least the last move.
     """
+    refuse_text_numbers(locals())
     ts = _check_series(tilt_series)
     if isinstance(matching_iter, bool) or not isinstance(matching_iter, (int, np.integer)):
         raise ParameterError(f"`matching_iter` must be an integer >= 0, got {matching_iter!r}")

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 from perovstem.simulate.tilt import facet_family_directions
 from perovstem.tomo.surface import SurfaceMesh
@@ -66,6 +67,7 @@ def missing_wedge_mask(
 
     Normals within ``axis_tol_deg`` of the tilt axis (x) are always measured.
     """
+    refuse_text_numbers(locals())
     n = np.asarray(normals, float)
     alpha = float(tilt_range_deg)
     if not 0 < alpha <= 90:
@@ -91,6 +93,7 @@ def estimate_orientation(mesh: SurfaceMesh, *, cone_deg: float = 10.0) -> np.nda
     (3, 3) ndarray
         Columns are the crystal [100], [010], [001] directions in the lab frame.
     """
+    refuse_text_numbers(locals())
     n = np.asarray(mesh.normals, float)
     w = np.asarray(mesh.areas_A2, float)
     if len(n) < 10:
@@ -280,6 +283,7 @@ def polyhedron_facets(
     convexity : float
         Mesh volume / polyhedron volume (≈ 1 for a convex crystal).
     """
+    refuse_text_numbers(locals())
     from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError
 
     if not 0.0 <= evidence < 1.0:
@@ -402,6 +406,7 @@ def facet_fractions(
         ``method="polyhedron"`` convexity (per particle, largest first: mesh volume over
         polyhedron volume; well below 1 means the polyhedron does not describe the particle).
     """
+    refuse_text_numbers(locals())
     if not 0 < tolerance_deg < 45:
         raise ParameterError(f"`tolerance_deg` must be in (0, 45), got {tolerance_deg}")
     if method not in ("normals", "polyhedron"):
@@ -555,6 +560,7 @@ def calibrate_facets(
     -------
     FacetCalibration
     """
+    refuse_text_numbers(locals())
     from perovstem.simulate.tilt import nanocrystal_phantom, tilt_series
     from perovstem.tomo.reconstruct import reconstruct
     from perovstem.tomo.surface import surface_mesh

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from perovstem._data import TiltSeries
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["reconstruct_sequence", "check_sequence"]
@@ -31,9 +32,23 @@ def check_sequence(series: Any, *, names: Sequence[str] | None = None) -> list[T
     Raises
     ------
     ParameterError
-        Names the offending time point, the value and the expected one.
+        Names the offending time point, the value and the expected one; no time point at
+        all, or one TiltSeries instead of a list of them.
     """
-    items = list(series)
+    if isinstance(series, TiltSeries) or isinstance(series, (str, bytes)):
+        raise ParameterError(
+            f"`series` must be a list of TiltSeries (one per time point), got "
+            f"{type(series).__name__}"
+        )
+    try:
+        items = list(series)
+    except TypeError:
+        raise ParameterError(
+            f"`series` must be a list of TiltSeries (one per time point), got "
+            f"{type(series).__name__}"
+        ) from None
+    if not items:  # returned [] and a 4-D reconstruction of nothing went on
+        raise ParameterError("`series` is empty: give at least one TiltSeries (time point)")
     labels = (
         [str(n) for n in names]
         if names is not None
@@ -44,8 +59,6 @@ def check_sequence(series: Any, *, names: Sequence[str] | None = None) -> list[T
     for k, ts in enumerate(items):
         if not isinstance(ts, TiltSeries):
             raise ParameterError(f"{labels[k]} must be a TiltSeries, got {type(ts).__name__}")
-    if not items:
-        return items
     ref, first = items[0], labels[0]
     for k, ts in enumerate(items[1:], start=1):
         if ts.shape != ref.shape:
@@ -182,6 +195,7 @@ def reconstruct_sequence(
     volumes : list of ndarray
         Reconstructions (empty unless ``return_volumes``).
     """
+    refuse_text_numbers(locals())
     from perovstem.tomo.facets import (
         _face_components,
         estimate_orientation,

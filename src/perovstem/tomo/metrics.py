@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["relative_l2", "dice", "layer_flatness"]
@@ -59,6 +60,7 @@ def layer_flatness(
         ``rms_px`` (residual about the plane), ``tilt_y_deg``, ``tilt_z_deg``,
         ``x_mean_px``, ``n_columns``.
     """
+    refuse_text_numbers(locals())
     v = np.asarray(volume, dtype=np.float64)
     if v.ndim != 3:
         raise DataError(f"`volume` must be 3-D, got shape {v.shape}")

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["Projector", "check_angles"]
@@ -38,6 +39,7 @@ def check_angles(angles_deg: object, n_projections: int | None = None) -> np.nda
     ParameterError
         Naming ``angles_deg`` and the offending values.
     """
+    refuse_text_numbers(locals())
     ang = np.asarray(angles_deg, dtype=float).ravel()
     if ang.size == 0:
         raise ParameterError("`angles_deg` is empty")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from perovstem._data import TiltSeries
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 from perovstem.tomo import _kernels
 from perovstem.tomo.projector import Projector, check_angles
@@ -254,6 +255,7 @@ def fbp(
     -------
     Reconstruction
     """
+    refuse_text_numbers(locals())
     if filter_name not in _FILTERS:
         raise ParameterError(f"`filter_name` must be one of {_FILTERS}, got {filter_name!r}")
     proj, ang, px = _prepare(data, angles_deg, thickness_px=thickness_px)
@@ -330,6 +332,7 @@ def sirt(
     -------
     Reconstruction
     """
+    refuse_text_numbers(locals())
     n_iter = _check_iter(n_iter)
     if not 0 < relaxation < 2:
         raise ParameterError(f"`relaxation` must be in (0, 2), got {relaxation}")
@@ -409,6 +412,7 @@ def sirt_dual_axis(
         Non-square projections (the rotated volume must fit both geometries) or series of
         different image shapes.
     """
+    refuse_text_numbers(locals())
     n_iter = _check_iter(n_iter)
     pa, anga, px = _prepare(series_a, angles_a_deg)
     pb, angb, _ = _prepare(series_b, angles_b_deg)
@@ -464,6 +468,7 @@ def sart(data: Any, angles_deg: Any = None, *, n_iter: int = 10, **kwargs: Any) 
 
     Converges in far fewer sweeps than SIRT (default 10); see :func:`sirt` for parameters.
     """
+    refuse_text_numbers(locals())
     proj = data.data if isinstance(data, TiltSeries) else np.asarray(data)
     return sirt(data, angles_deg, n_iter=n_iter, n_subsets=int(proj.shape[0]), **kwargs)
 
@@ -486,6 +491,7 @@ def cgls(
     Fast but noise-amplifying: stop early (``n_iter`` ≈ 10–30) or give ``noise_sigma`` for the
     discrepancy principle.  No non-negativity (use SIRT/TV for that).
     """
+    refuse_text_numbers(locals())
     n_iter = _check_iter(n_iter)
     proj, ang, px = _prepare(data, angles_deg, thickness_px=thickness_px)
     op = _projector(proj, ang, thickness_px, offset_px)
@@ -571,6 +577,7 @@ def tv_reconstruct(
         nanocrystal phantom (71 tilts, ±70°) the error relative to SIRT-100 is 0.47 after 100
         iterations at weight 0.5, but 0.75 after 100 and 0.45 after 200 at weight 1.
     """
+    refuse_text_numbers(locals())
     n_iter = _check_iter(n_iter)
     if not np.isfinite(tv_weight) or tv_weight < 0:
         raise ParameterError(f"`tv_weight` must be finite and >= 0, got {tv_weight}")
@@ -644,6 +651,7 @@ def dart(
         ``volume`` is the final *segmented* volume (values = grey levels);
         ``params["labels"]`` the class label volume, ``params["grey_levels"]`` the levels.
     """
+    refuse_text_numbers(locals())
     from scipy import ndimage
 
     n_iter = _check_iter(n_iter)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from perovstem._validation import check_int, check_positive
+from perovstem._validation import check_int, check_positive, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["otsu_threshold", "multi_otsu_thresholds", "segment", "label_volumes"]
@@ -41,6 +41,7 @@ def _gap_midpoints(v: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 def otsu_threshold(volume: Any, *, nbins: int = 256) -> float:
     """Otsu's threshold (IEEE Trans. SMC 9, 62 (1979)) of a volume, data units."""
+    refuse_text_numbers(locals())
     from skimage.filters import threshold_otsu
 
     v = _finite_volume(volume)
@@ -54,6 +55,7 @@ def multi_otsu_thresholds(volume: Any, *, n_classes: int = 3, nbins: int = 256) 
 
     Returns ``n_classes − 1`` increasing thresholds (data units).
     """
+    refuse_text_numbers(locals())
     from skimage.filters import threshold_multiotsu
 
     if int(n_classes) < 2:
@@ -87,6 +89,7 @@ def segment(
         0 = background … ``n_classes − 1`` = brightest class.
     thresholds : (n_classes − 1,) ndarray
     """
+    refuse_text_numbers(locals())
     check_int("n_classes", n_classes, 2)  # int(nan) raised a bare ValueError
     check_positive("sigma_px", sigma_px, allow_zero=True)  # NaN was no smoothing, inf overflowed
     v = _finite_volume(volume)
@@ -111,6 +114,7 @@ def label_volumes(labels: Any, voxel_size_A: float) -> dict[str, float]:
     dict
         ``class_<c>_A3`` for each class and ``object_A3`` for all non-background voxels.
     """
+    refuse_text_numbers(locals())
     lab = np.asarray(labels)
     if not np.isfinite(voxel_size_A) or voxel_size_A <= 0:
         raise ParameterError(f"`voxel_size_A` must be > 0, got {voxel_size_A}")

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
 __all__ = ["SurfaceMesh", "surface_mesh"]
@@ -76,6 +77,7 @@ def surface_mesh(
     -------
     SurfaceMesh
     """
+    refuse_text_numbers(locals())
     import trimesh
     from scipy import ndimage
     from skimage.measure import marching_cubes

@@ -14,6 +14,27 @@ POSITIONS_KIND = Kind(
     "table", ("x_A", "y_A"), "atoms.map `positions`, atoms.fit `columns` or a CSV of x_A, y_A"
 )
 
+#: what atoms.fit returns (perovstem.atoms.fit_columns; `grain` when the positions have it):
+#: every column, so a step needing another one (`n_atoms`) is refused at validation
+FIT_COLUMNS_KIND = Kind(
+    "table",
+    (
+        "x_A",
+        "y_A",
+        "type",
+        "rho_A",
+        "eta",
+        "scs",
+        "x_err_A",
+        "y_err_A",
+        "rho_err_A",
+        "eta_err",
+        "scs_err",
+        "converged",
+    ),
+    may_have=("grain",),
+)
+
 FIT = "perovstem.atoms:fit_columns|perovstem.atoms.fit:fit_columns"
 NORMALIZE = "perovstem.atoms:normalize_image|perovstem.atoms.normalize:normalize_image"
 FIND = "perovstem.atoms:find_columns|perovstem.atoms.find:find_columns"
@@ -55,6 +76,7 @@ def _gain_option(value: float | str | None) -> dict[str, Any]:
     inputs=("image",),
     optional_inputs=("positions",),
     outputs=("columns",),
+    output_kinds={"columns": FIT_COLUMNS_KIND},
     params={
         "normalize": Param(
             bool,
@@ -254,6 +276,7 @@ def _fitted_library(columns: Any, p: dict[str, Any]) -> dict[str, Any]:
     inputs=("columns",),
     optional_inputs=("truth",),
     outputs=("counts",),
+    output_kinds={"counts": Kind("table", ("x_A", "y_A", "n_atoms"))},
     params={
         "types": Param(
             list,
@@ -495,6 +518,7 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
     inputs=("counts",),
     optional_inputs=("thickness",),
     outputs=("columns",),
+    output_kinds={"columns": Kind("table", ("x_A", "y_A"))},
     params={
         "voltage_kV": Param(float, 300.0, "accelerating voltage, kV", min=10.0),
         "confidence": Param(float, 0.95, "confidence level of the interval", min=0.5, max=0.999),
@@ -722,6 +746,10 @@ def _check_hmm_type(pos: Any, p: dict, *, given: bool) -> None:
     inputs=("series",),
     optional_inputs=("positions",),
     outputs=("counts", "columns"),
+    output_kinds={
+        "counts": Kind("table", ("frame", "x_A", "y_A", "n_atoms")),
+        "columns": Kind("table", ("x_A", "y_A")),
+    },
     params={
         "frame_step": Param(int, 1, "analyse every n-th frame", min=1),
         "gain": Param((float, str), None, _GAIN_DOC, min=0.0),

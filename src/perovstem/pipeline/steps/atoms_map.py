@@ -21,6 +21,7 @@ MAP = "perovstem.atoms:map_columns|perovstem.atoms.map:map_columns"
     inputs=("image",),
     optional_inputs=("positions",),
     outputs=("positions", "models"),
+    output_kinds={"positions": Kind("table", ("x_A", "y_A")), "models": Kind("table")},
     params={
         "max_columns": Param(int, 50, "largest number of columns tried", min=1, max=2000),
         "eta_min": Param(

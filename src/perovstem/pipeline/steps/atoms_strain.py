@@ -17,6 +17,7 @@ STRAIN = "perovstem.atoms:strain_analysis|perovstem.atoms.lattice:strain_analysi
     input_kinds={"columns": Kind("table", ("x_A", "y_A"), "the `columns` output of atoms.fit")},
     inputs=("columns",),
     outputs=("strain", "unit_cell"),
+    output_kinds={"strain": Kind("table"), "unit_cell": Kind("table")},
     params={
         "cell": Param(
             str,

@@ -26,6 +26,7 @@ def _frame_stats(k: int, series: Any) -> dict[str, float]:
     input_kinds={"series": Kind("series")},
     inputs=("series",),
     outputs=("frames",),
+    output_kinds={"frames": Kind("table", ("frame",))},
     section="mechanism",
     requires=("perovstem._data:Series",),
     doc="Per-frame bookkeeping of an in-situ series: time, dose, cumulative dose, conditions.",
@@ -41,6 +42,7 @@ def series_frames(ctx: Any, series: Any) -> dict[str, Any]:
     input_kinds={"series": Kind("series")},
     inputs=("series",),
     outputs=("stats",),
+    output_kinds={"stats": Kind("table")},
     params={"plot": Param(bool, True, "add a plot of mean intensity vs cumulative dose")},
     section="mechanism",
     doc="Per-frame intensity statistics (mean, std, min, max, 99th percentile); a quality check "

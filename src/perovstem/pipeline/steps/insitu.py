@@ -22,6 +22,7 @@ NC_METRICS = "perovstem.insitu:nanocrystal_metrics|perovstem.insitu.nanocrystal:
     input_kinds={"series": Kind("series")},
     inputs=("series",),
     outputs=("drift", "series"),
+    output_kinds={"drift": Kind("table", ("frame",)), "series": Kind("series")},
     params={
         "max_lag": Param(int, 3, "frames compared with each frame (robust multi-lag fit)", min=1),
         "upsample": Param(int, 20, "sub-pixel upsampling of the phase correlation", min=1),
@@ -64,6 +65,7 @@ def _detect_frame(k: int, series: Any, *, params: dict[str, Any]) -> Any:
     inputs=("series",),
     optional_inputs=("truth",),
     outputs=("detections", "counts"),
+    output_kinds={"detections": Kind("table", ("frame",)), "counts": Kind("table", ("frame",))},
     params={
         "threshold_sigma": Param(float, 6.0, "detection threshold, noise σ", min=0.5),
         "min_atoms": Param(float, 5.0, "smallest cluster kept, atoms", min=0.0),
@@ -160,6 +162,7 @@ def insitu_clusters(ctx: Any, series: Any, truth: Any = None) -> dict[str, Any]:
     input_kinds={"series": Kind("series")},
     inputs=("series",),
     outputs=("metrics",),
+    output_kinds={"metrics": Kind("table", ("frame",))},
     params={"lattice_A": Param(float, 5.87, "pseudo-cubic lattice parameter, Å", min=1.0)},
     requires=(NC_METRICS,),
     section="kinetics",

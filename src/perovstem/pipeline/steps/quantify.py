@@ -66,6 +66,7 @@ def _fit_rows(fits: dict[str, Any]) -> Any:
     input_kinds={"frames": Kind("table")},
     inputs=("frames",),
     outputs=("ranking", "params"),
+    output_kinds={"ranking": Kind("table"), "params": Kind("table")},
     params={
         "process": Param(str, "br_loss", "process whose models are compared", choices=_PROCESSES),
         "x": Param(str, "cumulative_dose_e_per_A2", "column of the independent variable"),
@@ -85,17 +86,11 @@ def _fit_rows(fits: dict[str, Any]) -> Any:
     doc="Fit every kinetic model of a process (max. likelihood), rank by AICc/BIC.",
 )
 def quantify_kinetics(ctx: Any, frames: Any) -> dict[str, Any]:
-    from perovstem.errors import ParameterError
 
     compare_models = api(COMPARE)
 
     p = ctx.params
-    for key in ("x", "y"):
-        if p[key] not in frames.columns:
-            raise ParameterError(
-                f"`{key}` = {p[key]!r} is not a column of the input table "
-                f"(columns: {list(frames.columns)})"
-            )
+    ctx.need_columns("frames", frames, {p["x"]: "`x` =", p["y"]: "`y` ="})
     x = frames[p["x"]].to_numpy(float)
     y = frames[p["y"]].to_numpy(float)
     finite = y[np.isfinite(y)]
@@ -184,6 +179,7 @@ def quantify_kinetics(ctx: Any, frames: Any) -> dict[str, Any]:
     inputs=("series",),
     optional_inputs=("frames", "truth"),
     outputs=("frames", "params"),
+    output_kinds={"frames": Kind("table"), "params": Kind("table")},
     params={
         "f_bulk": Param(float, 0.1, "bulk/surface Br desorption ratio f", min=0.0, max=1.0),
         "n_templates": Param(int, 3, "structural templates (their spread enters the CI)", min=1),
@@ -325,6 +321,7 @@ def quantify_br_loss(ctx: Any, series: Any, frames: Any = None, truth: Any = Non
     input_kinds={"frames": Kind("table")},
     inputs=("frames",),
     outputs=("rates", "fit"),
+    output_kinds={"rates": Kind("table"), "fit": Kind("table")},
     params={
         "y": Param(str, "n_Br", "observable whose first-order loss rate is measured"),
         "x": Param(str, "time_s", "time column, s"),
@@ -340,6 +337,11 @@ def quantify_arrhenius(ctx: Any, frames: Any) -> dict[str, Any]:
     fit_arrhenius, fit_model = api(ARRHENIUS), api(FIT)
 
     p = ctx.params
+    ctx.need_columns(
+        "frames",
+        frames,
+        {"temperature_K": "the temperatures", p["x"]: "`x` =", p["y"]: "`y` ="},
+    )
     rows = []
     for t, sub in frames.groupby("temperature_K", sort=True):
         x = sub[p["x"]].to_numpy(float)
@@ -428,6 +430,7 @@ def quantify_arrhenius(ctx: Any, frames: Any) -> dict[str, Any]:
     input_kinds={"params_low": Kind("table"), "params_high": Kind("table")},
     inputs=("params_low", "params_high"),
     outputs=("ranking",),
+    output_kinds={"ranking": Kind("table")},
     params={
         "dose_rates": Param(
             list,
@@ -507,6 +510,7 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
         "tracks_d",
     ),
     outputs=("summary",),
+    output_kinds={"summary": Kind("table")},
     params={
         "x": Param(str, "cumulative_dose_e_per_A2", "independent variable column"),
         "max_step_A": Param(
@@ -640,6 +644,7 @@ def quantify_mechanism(
     inputs=("counts",),
     optional_inputs=("truth_atoms", "image"),
     outputs=("model", "sites"),
+    output_kinds={"model": Kind("atoms"), "sites": Kind("table")},
     params={
         "n_chains": Param(int, 8, "independent Monte Carlo chains", min=1),
         "n_sweeps": Param(int, 100, "sweeps per chain", min=1),

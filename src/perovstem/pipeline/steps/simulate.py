@@ -41,9 +41,34 @@ def _atoms_plot3d(
     )
 
 
+#: the simulator's truth table (perovstem.simulate.haadf_image): every column; it has the
+#: true `scs_A2`, not a fitted `scs`
+HAADF_TRUTH_KIND = Kind(
+    "table",
+    (
+        "x_A",
+        "y_A",
+        "type",
+        "n_atoms",
+        "n_Pb",
+        "n_Cd",
+        "n_Br",
+        "n_Cs",
+        "scs_A2",
+        "n_Pb0",
+        "cluster_id",
+        "thermal_sigma_A",
+        "z_min_A",
+        "z_max_A",
+    ),
+    may_have=(),
+)
+
+
 @register_step(
     "simulate.nanocrystal",
     outputs=("atoms",),
+    output_kinds={"atoms": Kind("atoms")},
     params={
         "edge_A": Param(float, 40.0, "edge length, Å", min=5.0, max=400.0),
         "shape": Param(
@@ -97,6 +122,7 @@ def simulate_nanocrystal(ctx: Any) -> dict[str, Any]:
     input_kinds={"atoms": Kind("atoms", source="the `atoms` output of simulate.nanocrystal")},
     inputs=("atoms",),
     outputs=("image", "truth"),
+    output_kinds={"image": Kind("image"), "truth": HAADF_TRUTH_KIND},
     params={
         "pixel_size_A": Param(float, 0.25, "pixel size, Å", min=0.01, max=5.0),
         "dose_e_per_A2": Param(float, 1e4, "electron dose, e⁻/Å²", min=1.0),
@@ -138,6 +164,11 @@ def simulate_haadf(ctx: Any, atoms: Any) -> dict[str, Any]:
     input_kinds={"atoms": Kind("atoms", source="the `atoms` output of simulate.nanocrystal")},
     inputs=("atoms",),
     outputs=("trajectory", "frames", "clusters", "final"),
+    output_kinds={
+        "frames": Kind("table", ("frame",)),
+        "clusters": Kind("table", ("frame",)),
+        "final": Kind("atoms"),
+    },
     params={
         "n_frames": Param(int, 40, "number of frames", min=2),
         "frame_time_s": Param(float, 1.0, "frame time, s", min=1e-6),
@@ -199,6 +230,7 @@ def simulate_kmc(ctx: Any, atoms: Any) -> dict[str, Any]:
     "simulate.insitu_series",
     inputs=("trajectory",),
     outputs=("series", "truth"),
+    output_kinds={"series": Kind("series")},
     params={
         "pixel_size_A": Param(float, 0.5, "pixel size, Å", min=0.01, max=10.0),
         "drift_A_per_s": Param(
@@ -230,6 +262,7 @@ def simulate_insitu_series(ctx: Any, trajectory: Any) -> dict[str, Any]:
     input_kinds={"atoms": Kind("atoms", source="the `atoms` output of simulate.nanocrystal")},
     inputs=("atoms",),
     outputs=("frames",),
+    output_kinds={"frames": Kind("table", ("frame",))},
     params={
         "temperatures_K": Param(
             list, [300.0, 350.0, 400.0, 450.0], "temperatures, K", item_type=float
@@ -269,6 +302,7 @@ def simulate_heating(ctx: Any, atoms: Any) -> dict[str, Any]:
 @register_step(
     "simulate.tilt_series",
     outputs=("before", "after", "truth"),
+    output_kinds={"before": Kind("tilt"), "after": Kind("tilt"), "truth": Kind("table")},
     params={
         "edge_A": Param(float, 60.0, "phantom edge length, Å", min=5.0),
         # the phantom faces recede 2e-4 Å per e⁻/Å² (simulate.degradation_phantoms): 1e5 left a

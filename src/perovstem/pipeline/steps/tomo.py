@@ -18,11 +18,18 @@ MESH = "perovstem.tomo:surface_mesh|perovstem.tomo.surface:surface_mesh"
 BIN = "perovstem.tomo:bin_tilt_series|perovstem.tomo.reconstruct:bin_tilt_series"
 
 
+#: what tomo.facet_change returns: every column (no `fraction`: not a facets table)
+FACET_CHANGE_KIND = Kind(
+    "table", ("family", "fraction_before", "fraction_after", "change"), may_have=()
+)
+
+
 @register_step(
     "tomo.bin",
     input_kinds={"tilt": Kind("tilt")},
     inputs=("tilt",),
     outputs=("tilt",),
+    output_kinds={"tilt": Kind("tilt")},
     params={"factor": Param(int, 2, "bin factor (factor × factor pixels, mean)", min=1)},
     requires=(BIN,),
     section="facets",
@@ -37,6 +44,7 @@ def tomo_bin(ctx: Any, tilt: Any) -> dict[str, Any]:
     input_kinds={"tilt": Kind("tilt")},
     inputs=("tilt",),
     outputs=("tilt",),
+    output_kinds={"tilt": Kind("tilt")},
     params={},
     requires=(ALIGN, APPLY),
     section="facets",
@@ -52,6 +60,7 @@ def tomo_align(ctx: Any, tilt: Any) -> dict[str, Any]:
     input_kinds={"tilt": Kind("tilt")},
     inputs=("tilt",),
     outputs=("volume", "voxel_size_A"),
+    output_kinds={"volume": Kind("volume"), "voxel_size_A": Kind("number")},
     params={
         "method": Param(
             str, "sirt", "algorithm", choices=("fbp", "wbp", "sirt", "sart", "cgls", "tv", "dart")
@@ -93,6 +102,7 @@ def tomo_reconstruct(ctx: Any, tilt: Any) -> dict[str, Any]:
     inputs=("volume",),
     optional_inputs=("voxel_size_A",),
     outputs=("labels", "volumes"),
+    output_kinds={"labels": Kind("volume"), "volumes": Kind("table")},
     params={
         "n_classes": Param(int, 3, "2: background/crystal; 3: + Pb clusters", min=2, max=5),
         "voxel_size_A": Param(
@@ -133,6 +143,7 @@ def tomo_segment(ctx: Any, volume: Any, voxel_size_A: Any = None) -> dict[str, A
     inputs=("volume",),
     optional_inputs=("voxel_size_A", "tilt"),
     outputs=("facets",),
+    output_kinds={"facets": Kind("table", ("family", "fraction"))},
     params={
         "voxel_size_A": Param(
             float, None, "voxel edge, Å (default: from the reconstruction)", min=1e-3
@@ -196,6 +207,7 @@ def tomo_facets(ctx: Any, volume: Any, voxel_size_A: Any = None, tilt: Any = Non
     },
     inputs=("before", "after"),
     outputs=("change",),
+    output_kinds={"change": FACET_CHANGE_KIND},
     params={},
     section="facets",
     doc="Facet fractions before and after degradation, side by side (both tables from "
@@ -244,6 +256,7 @@ CHECK_SEQUENCE = "perovstem.tomo:check_sequence|perovstem.tomo.fourd:check_seque
     inputs=("series",),
     list_inputs=("series",),
     outputs=("sequence",),
+    output_kinds={"sequence": Kind("table")},
     params={
         "method": Param(
             str, "sirt", "algorithm", choices=("fbp", "wbp", "sirt", "sart", "cgls", "tv", "dart")
