@@ -357,6 +357,7 @@ def fitted_library_for(
     ParameterError
         For a type without a fitted library, or a bad option.
     """
+    refuse_text_numbers(locals())
     from perovstem.errors import DataError
 
     a = columns.attrs if isinstance(columns, pd.DataFrame) else {}
