@@ -196,6 +196,7 @@ from scipy import ndimage
 from perovstem._data import Image
 from perovstem._validation import check_image, check_int, check_positive
 from perovstem.errors import CalibrationError, DataError, ParameterError
+from perovstem.insitu import _markers as _mk
 from perovstem.insitu.lattice import estimate_lattice, host_cell
 
 __all__ = [
@@ -1643,6 +1644,15 @@ def detect_clusters(
         peaks = peak_local_max(zs, min_distance=md, threshold_abs=hi, exclude_border=False)
         if len(peaks):
             peaks = peaks[mask_b[tuple(peaks.T)]]
+        # blob markers: small clusters on a neighbour's flank (module notes, step 3)
+        flood = -zs
+        if dose is not None:
+            blob = _mk.blob_response(z_b, _mk.blob_scale_A(float(lattice_A)) / px)
+            peaks = _mk.blob_markers(
+                blob, zs, mask_b, peaks, e=e_b, px=px, threshold_sigma=hi,
+                n_of=_counts_to_atoms(lib, g * dose),
+            )  # fmt: skip
+            flood = flood - _mk.BLOB_FLOOD_WEIGHT * blob
         markers = np.zeros(mask_b.shape, np.int32)
         markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
         # components without a marker peak keep one marker at their maximum
@@ -1653,7 +1663,7 @@ def detect_clusters(
             for pidx in ndimage.maximum_position(zs, lab, missing):
                 k += 1
                 markers[pidx] = k
-        regions = watershed(-zs, markers, mask=mask_b)
+        regions = watershed(flood, markers, mask=mask_b)
         sel = regions > 0
         lab_px = regions[sel]
         yy, xx = np.nonzero(sel)
@@ -1671,6 +1681,7 @@ def detect_clusters(
         wsum = bsum(ew)
         cy = bsum(ew * yy) / np.where(wsum > 0, wsum, 1) + r0
         cx = bsum(ew * xx) / np.where(wsum > 0, wsum, 1) + c0
+        w_cent = ew  # weights of the centroids (D where the host switch uses it)
         err = np.sqrt(g * raw_sum + (sig_floor * a_px) ** 2 * npx)
         # Host-lattice test (local lattice model).  The mean intensity at the empty sites of
         # the host lattice, Q, is a fixed fraction kappa_h of the cell mean M for the host,
@@ -1791,6 +1802,7 @@ def detect_clusters(
                     dd = np.where(dsum > 0, dsum, 1)
                     cy = np.where(ok, bsum(edw * yy) / dd + r0, cy)
                     cx = np.where(ok, bsum(edw * xx) / dd + c0, cx)
+                    w_cent = np.where(ok[lab_px - 1], edw, w_cent)
                     pk_d = _label_max(lab_px, ed, k)
                     peak = np.where(use_d, pk_d, peak)
                     host_excess = np.where(use_d, tot - tot_d, 0.0)
@@ -1799,6 +1811,14 @@ def detect_clusters(
                     # clusters with a large host excess are measured on D itself
                     d_full = np.zeros_like(m)
                     d_full[win] = hm.d
+        # centroids near the marker, not over a segment that follows a crystal plateau
+        mpos = np.argwhere(markers > 0)
+        order = np.argsort(markers[tuple(mpos.T)])
+        cy, cx = _mk.refine_centroids(
+            lab_px, yy, xx, w_cent, mpos[order, 0], mpos[order, 1],
+            radius_px=_mk.CENTROID_RADIUS_A / px,
+        )  # fmt: skip
+        cy, cx = cy + r0, cx + c0
         if tot_keep is None:
             tot_keep, err_keep = tot, err
         keep = (npx > 0) & (zpk >= hi) & (tot_keep >= threshold_sigma * err_keep)
