@@ -66,9 +66,17 @@ def blob_scale_A(lattice_A: float, n_atoms: float = BLOB_ATOMS) -> float:
     return float(np.sqrt(r * r / 5.0 + lattice_A**2 / 12.0))
 
 
-def blob_response(z: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Scale-normalised LoG blob response ``-σ² ∇²(G_σ * z)`` (σ in pixels), float32."""
+def blob_response(
+    z: np.ndarray, sigma_px: float, *, zs: np.ndarray | None = None, zs_sigma_px: float = 0.0
+) -> np.ndarray:
+    """Scale-normalised LoG blob response ``-σ² ∇²(G_σ * z)`` (σ in pixels), float32.
+
+    With ``zs`` = ``G_σ₀ * z`` already at hand (σ₀ = ``zs_sigma_px`` < σ), ``G_σ * z`` is
+    ``G_s * zs`` with s² = σ² − σ₀² (Gaussian semigroup): a shorter kernel."""
     s = float(sigma_px)
+    if zs is not None and 0.0 < zs_sigma_px < s:
+        g = ndimage.gaussian_filter(zs, np.sqrt(s * s - zs_sigma_px**2), truncate=3.0)
+        return -(s * s) * ndimage.laplace(g)
     return -(s * s) * ndimage.gaussian_laplace(np.asarray(z, np.float32), s, truncate=3.0)
 
 
@@ -168,8 +176,10 @@ def refine_centroids(
     k = len(start_y)
     cy, cx = np.asarray(start_y, float).copy(), np.asarray(start_x, float).copy()
     i = lab - 1
+    r2 = float(radius_px) ** 2
     for _ in range(iters):
-        near = np.hypot(yy - cy[i], xx - cx[i]) <= radius_px
+        dy, dx = yy - cy[i], xx - cx[i]
+        near = dy * dy + dx * dx <= r2
         wn = np.where(near, w, 0.0)
         ws = np.bincount(i, weights=wn, minlength=k)
         ok = ws > 0

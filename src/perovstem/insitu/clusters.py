@@ -1647,7 +1647,10 @@ def detect_clusters(
         # blob markers: small clusters on a neighbour's flank (module notes, step 3)
         flood = -zs
         if dose is not None:
-            blob = _mk.blob_response(z_b, _mk.blob_scale_A(float(lattice_A)) / px)
+            blob = _mk.blob_response(
+                z_b, _mk.blob_scale_A(float(lattice_A)) / px, zs=zs,
+                zs_sigma_px=max(1.0, smooth_A / px),
+            )  # fmt: skip
             peaks = _mk.blob_markers(
                 blob, zs, mask_b, peaks, e=e_b, px=px, threshold_sigma=hi,
                 n_of=_counts_to_atoms(lib, g * dose),
@@ -1811,17 +1814,19 @@ def detect_clusters(
                     # clusters with a large host excess are measured on D itself
                     d_full = np.zeros_like(m)
                     d_full[win] = hm.d
-        # centroids near the marker, not over a segment that follows a crystal plateau
-        mpos = np.argwhere(markers > 0)
-        order = np.argsort(markers[tuple(mpos.T)])
-        cy, cx = _mk.refine_centroids(
-            lab_px, yy, xx, w_cent, mpos[order, 0], mpos[order, 1],
-            radius_px=_mk.CENTROID_RADIUS_A / px,
-        )  # fmt: skip
-        cy, cx = cy + r0, cx + c0
         if tot_keep is None:
             tot_keep, err_keep = tot, err
         keep = (npx > 0) & (zpk >= hi) & (tot_keep >= threshold_sigma * err_keep)
+        # centroids near the marker, not over a segment that follows a crystal plateau
+        # (kept segments only: the others are not reported)
+        mpos = np.argwhere(markers > 0)
+        mpos = mpos[np.argsort(markers[tuple(mpos.T)])]
+        on = keep[lab_px - 1]
+        ry, rx = _mk.refine_centroids(
+            lab_px[on], yy[on], xx[on], w_cent[on], mpos[:, 0], mpos[:, 1],
+            radius_px=_mk.CENTROID_RADIUS_A / px,
+        )  # fmt: skip
+        cy, cx = np.where(keep, ry + r0, cy), np.where(keep, rx + c0, cx)
         # the part independent between frames: shot noise and the background under the
         # aperture (the host-free-map registry and the counting model persist)
         err_stat = err
