@@ -46,6 +46,9 @@ BLOB_MIN_SEPARATION_A = 4.0
 # a blob marker is dropped when its centre is closer to another marker than this share
 # of the sum of their equal-volume radii (overlapping projected discs: one object)
 BLOB_OVERLAP = 0.8
+# a blob marker holds at most this many atoms (a larger blob is a part of a larger
+# cluster, which has its own marker)
+BLOB_MAX_ATOMS = 40.0
 # weight of the blob response in the watershed's flooding surface (-zs - w * response)
 BLOB_FLOOD_WEIGHT = 3.0
 # centroid: flat-kernel mean shift of this radius, from the marker, a few iterations
@@ -86,7 +89,7 @@ def disc_radius_A(
     *,
     px: float,
     n_of: Callable[[np.ndarray], np.ndarray],
-    iters: int = 2,
+    iters: int = 4,
 ) -> np.ndarray:
     """Equal-volume radius (Å) of the excess ``e`` around each ``pos`` (row, col) pixel.
 
@@ -147,10 +150,11 @@ def blob_markers(
     pk = pk[np.argsort(-response[tuple(pk.T)], kind="stable")]
     allp = np.concatenate([peaks, pk])
     r = disc_radius_A(e, allp, px=px, n_of=n_of)
+    r_max = float(_fcc_radius_A(np.array([BLOB_MAX_ATOMS]))[0])
     acc = list(range(len(peaks)))
     for i in range(len(peaks), len(allp)):
         d = np.hypot(allp[acc, 0] - allp[i, 0], allp[acc, 1] - allp[i, 1]) * px
-        if np.all(d >= BLOB_OVERLAP * (r[acc] + r[i])):
+        if r[i] <= r_max and np.all(d >= BLOB_OVERLAP * (r[acc] + r[i])):
             acc.append(i)
     return allp[acc]
 

@@ -1644,18 +1644,6 @@ def detect_clusters(
         peaks = peak_local_max(zs, min_distance=md, threshold_abs=hi, exclude_border=False)
         if len(peaks):
             peaks = peaks[mask_b[tuple(peaks.T)]]
-        # blob markers: small clusters on a neighbour's flank (module notes, step 3)
-        flood = -zs
-        if dose is not None:
-            blob = _mk.blob_response(
-                z_b, _mk.blob_scale_A(float(lattice_A)) / px, zs=zs,
-                zs_sigma_px=max(1.0, smooth_A / px),
-            )  # fmt: skip
-            peaks = _mk.blob_markers(
-                blob, zs, mask_b, peaks, e=e_b, px=px, threshold_sigma=hi,
-                n_of=_counts_to_atoms(lib, g * dose),
-            )  # fmt: skip
-            flood = flood - _mk.BLOB_FLOOD_WEIGHT * blob
         markers = np.zeros(mask_b.shape, np.int32)
         markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
         # components without a marker peak keep one marker at their maximum
@@ -1666,6 +1654,22 @@ def detect_clusters(
             for pidx in ndimage.maximum_position(zs, lab, missing):
                 k += 1
                 markers[pidx] = k
+        # blob markers: small clusters on a neighbour's flank (module notes, step 3)
+        flood = -zs
+        if dose is not None:
+            blob = _mk.blob_response(
+                z_b, _mk.blob_scale_A(float(lattice_A)) / px, zs=zs,
+                zs_sigma_px=max(1.0, smooth_A / px),
+            )  # fmt: skip
+            have_pk = np.argwhere(markers > 0)
+            have_pk = have_pk[np.argsort(markers[tuple(have_pk.T)])]
+            new_pk = _mk.blob_markers(
+                blob, zs, mask_b, have_pk, e=e_b, px=px, threshold_sigma=hi,
+                n_of=_counts_to_atoms(lib, g * dose),
+            )[k:]  # fmt: skip
+            markers[tuple(new_pk.T)] = np.arange(k + 1, k + 1 + len(new_pk))
+            k += len(new_pk)
+            flood = flood - _mk.BLOB_FLOOD_WEIGHT * blob
         regions = watershed(flood, markers, mask=mask_b)
         sel = regions > 0
         lab_px = regions[sel]
