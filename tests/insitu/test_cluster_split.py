@@ -76,16 +76,14 @@ PAIRS = [(25, 40), (40, 40), (30, 80), (20, 60), (60, 60), (15, 30)]
 @pytest.mark.parametrize("px", [0.5, 0.25])
 def test_touching_pairs_split_and_counted(px):
     """Two compact clusters whose equal-volume spheres are 0.2 Å apart (touching in
-    projection), beside or on a crystal at 5e3 e/Å²: the model split separates pairs the
-    marker watershed leaves in one detection, conserves the segment's count and gives each
-    part its own atoms.  Measured at 0.5 Å: watershed 7 of 12 pairs as two detections,
-    split 9 of 12 (the [30, 80] and [15, 30] pairs beside the crystal: one detection of 96
-    and 38 atoms before, parts 30 + 68 and 16 + 23 after; the [20, 60] pair beside and two
-    pairs on the crystal stay single: the split test is calibrated not to split isolated
-    clusters); at 0.25 Å 9 -> 10 (the [30, 80] pair beside: 94 -> 29 + 68 atoms).  The
-    noise realisation depends on the CPU's numeric kernels: AVX-512 7 -> 9 and 9 -> 10, AVX2
-    kernels 6 -> 7 and 7 -> 8, so the split is required to separate at least one more pair
-    at each pixel size."""
+    projection), beside or on a crystal at 5e3 e/Å²: each is detected and counted.
+    Before the blob markers (``insitu/_markers.py``) the marker watershed left 5 of 12
+    pairs in one detection at 0.5 Å and the split recovered two (watershed 7, split 9 of
+    12; 0.25 Å 9 -> 10; AVX2 kernels 6 -> 7 and 7 -> 8).  With them the smaller cluster
+    of every pair gets its own marker: 12 of 12 with and without the split, at both pixel
+    sizes and in both CPU modes (AVX-512 and AVX2), each part within 30 % of its truth.
+    The split must never merge what the markers separated, and a split segment keeps
+    its count."""
     sep_w = sep_s = 0
     for seed, sizes in enumerate(PAIRS):
         for where in ("beside", "on"):
@@ -104,6 +102,7 @@ def test_touching_pairs_split_and_counted(px):
                 parts = near[True]["n_atoms"].to_numpy()
                 whole = near[False]["n_atoms"].iloc[0]
                 assert parts.sum() == pytest.approx(whole, rel=0.1), (seed, where, parts, whole)
+            if len(near[True]) == 2:
                 # each part matched to the nearer truth cluster: within 30 % of its size
                 for _, d in near[True].iterrows():
                     g = t.groupby("cluster_id")
@@ -111,7 +110,8 @@ def test_touching_pairs_split_and_counted(px):
                     k = int(np.argmin(np.hypot(cen["x_A"] - d["x_A"], cen["y_A"] - d["y_A"])))
                     n_true = g["n_Pb0"].sum().iloc[k]
                     assert d["n_atoms"] == pytest.approx(n_true, rel=0.3), (seed, where, d)
-    assert sep_s >= sep_w + 1, (sep_w, sep_s)
+    assert sep_s >= 11, (sep_w, sep_s)
+    assert sep_w >= 11, (sep_w, sep_s)
 
 
 @pytest.mark.parametrize("where", ["beside", "on"])
