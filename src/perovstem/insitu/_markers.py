@@ -51,8 +51,11 @@ BLOB_OVERLAP = 0.8
 BLOB_MAX_ATOMS = 40.0
 # weight of the blob response in the watershed's flooding surface (-zs - w * response)
 BLOB_FLOOD_WEIGHT = 3.0
-# centroid: flat-kernel mean shift of this radius, from the marker, a few iterations
+# centroid: flat-kernel mean shift from the marker, a few iterations, of radius the
+# segment's equal-volume radius + CENTROID_MARGIN_A, at least CENTROID_RADIUS_A (the whole
+# of a large or elongated cluster, not one end of it)
 CENTROID_RADIUS_A = 5.0
+CENTROID_MARGIN_A = 2.0
 CENTROID_ITERATIONS = 3
 
 
@@ -167,7 +170,7 @@ def refine_centroids(
     start_y: np.ndarray,
     start_x: np.ndarray,
     *,
-    radius_px: float,
+    radius_px: float | np.ndarray,
     iters: int = CENTROID_ITERATIONS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Weighted centroids of segments 1 … k from the pixels near their centre.
@@ -175,12 +178,13 @@ def refine_centroids(
     ``lab`` (1-based segment of each pixel), ``yy``, ``xx`` (its row, col) and ``w`` (its
     non-negative weight) list the segment pixels; ``start_y``, ``start_x`` (k,) the start
     (the marker).  Each pass takes the weighted mean of the segment's pixels within
-    ``radius_px`` of the current centre (flat-kernel mean shift); a segment without
+    ``radius_px`` (scalar or per segment) of the current centre (flat-kernel mean
+    shift); a segment without
     weight there keeps its centre.  Returns (cy, cx) in the pixel frame of ``yy``/``xx``."""
     k = len(start_y)
     cy, cx = np.asarray(start_y, float).copy(), np.asarray(start_x, float).copy()
     i = lab - 1
-    r2 = float(radius_px) ** 2
+    r2 = np.broadcast_to(np.asarray(radius_px, float) ** 2, (k,))[i]
     for _ in range(iters):
         dy, dx = yy - cy[i], xx - cx[i]
         near = dy * dy + dx * dx <= r2

@@ -1826,9 +1826,13 @@ def detect_clusters(
         mpos = np.argwhere(markers > 0)
         mpos = mpos[np.argsort(markers[tuple(mpos.T)])]
         on = keep[lab_px - 1]
+        r_cen = np.full(k, _mk.CENTROID_RADIUS_A)
+        if dose is not None:
+            n_cen = atoms_from_scs(np.clip(tot, 0, None) / (g * dose), lib)
+            r_cen = np.maximum(r_cen, _fcc_radius_A(n_cen) + _mk.CENTROID_MARGIN_A)
         ry, rx = _mk.refine_centroids(
             lab_px[on], yy[on], xx[on], w_cent[on], mpos[:, 0], mpos[:, 1],
-            radius_px=_mk.CENTROID_RADIUS_A / px,
+            radius_px=r_cen / px,
         )  # fmt: skip
         cy, cx = np.where(keep, ry + r0, cy), np.where(keep, rx + c0, cx)
         # the part independent between frames: shot noise and the background under the
