@@ -170,7 +170,10 @@ def test_split_recall_on_degrading_crystal_kmc():
     73 -> 73, 98 -> 98, 76 -> 78 (AVX-512) and 115 -> 116, 73 -> 73, 98 -> 98, 75 -> 78
     (AVX2 mode) of 124 / 80 / 113 / 81; pooled recall 0.905 -> 0.910 and 0.907 -> 0.917,
     precision 0.963 -> 0.960 and 0.953 -> 0.953, >= 10-atom counts within 15 % 0.680 ->
-    0.688 and 0.662 -> 0.677."""
+    0.688 and 0.662 -> 0.677.  With the blob markers (``insitu/_markers.py``) the marker
+    watershed already separates them: tp / fp / fn no split -> split 383 / 24 / 15 -> 383
+    / 25 / 15 (AVX-512, recall 0.962) and 377 / 26 / 21 -> 377 / 27 / 21 (AVX2, 0.947),
+    within 15 % 0.726 / 0.743 both ways; the split must not lose any of it."""
     tot = {False: np.zeros(3), True: np.zeros(3)}
     errs = {False: [], True: []}
     for edge, seed in ((55.0, 141), (40.0, 143), (55.0, 142), (40.0, 144)):
@@ -186,8 +189,8 @@ def test_split_recall_on_degrading_crystal_kmc():
     (tp0, fp0, fn0), (tp1, fp1, fn1) = tot[False], tot[True]
     recall0, recall1 = tp0 / (tp0 + fn0), tp1 / (tp1 + fn1)
     prec0, prec1 = tp0 / (tp0 + fp0), tp1 / (tp1 + fp1)
-    assert recall1 > recall0, (tp0, tp1)  # measured +2 and +4 true positives
-    assert recall1 >= 0.9, recall1
+    assert recall1 >= recall0, (tot[False], tot[True])
+    assert recall1 >= 0.93, (tot[False], tot[True])
     assert prec1 >= prec0 - 0.01, (prec0, prec1)
     w0, w1 = (np.mean(np.abs(errs[sp]) < 0.15) for sp in (False, True))
     assert w1 >= w0, (w0, w1)

@@ -15,7 +15,18 @@ Method
    edge is not mirrored into a structure the element fits in.
 3. Clusters are connected regions of the excess ``E = M − B`` found by hysteresis thresholding
    (``threshold_sigma`` and half of it) and split by a marker watershed (Beucher &
-   Lantuéjoul 1979) on local maxima.
+   Lantuéjoul 1979) on local maxima of the smoothed significance map ``zs``.  With a dose,
+   blob markers are added (:mod:`perovstem.insitu._markers`): maxima of the
+   scale-normalised LoG of the significance map at the scale of a 10-atom cluster
+   (Lindeberg, IJCV 30, 79 (1998)) where ``zs`` is significant, ≥ 4 Å from the other
+   markers, of ≤ 40 atoms, whose equal-volume disc (photometry around the maximum) keeps
+   0.8 × (R₁ + R₂) from every other marker's; the watershed floods ``−zs`` minus 3 × that
+   response.  A 10–20-atom cluster 8–15 Å from a larger one sits on that one's flank in
+   ``zs`` and got no marker (its atoms went to the neighbour: most ``offset`` misses at
+   280 K).  Each kept segment's centroid is the excess-weighted mean within R + 2 Å
+   (≥ 5 Å; R from its count) of the current centre, started at its marker (flat-kernel
+   mean shift, Comaniciu & Meer, IEEE PAMI 24, 603 (2002)), not over the whole segment,
+   which can follow a crystal plateau for hundreds of Å².
 3b. Touching clusters (``split=True``): the marker watershed keeps two compact clusters in
    contact in one segment (the cell average blurs the waist between them), which costs the
    neighbour's detection and adds its atoms to the count.  Every counted segment of
