@@ -49,6 +49,9 @@ BLOB_OVERLAP = 0.8
 # a blob marker holds at most this many atoms (a larger blob is a part of a larger
 # cluster, which has its own marker)
 BLOB_MAX_ATOMS = 40.0
+# markers farther than this from every blob candidate are not measured (they could
+# reject it only with an equal-volume radius above ~40 Å)
+MARKER_REACH_A = 40.0
 # weight of the blob response in the watershed's flooding surface (-zs - w * response)
 BLOB_FLOOD_WEIGHT = 3.0
 # centroid: flat-kernel mean shift from the marker, a few iterations, of radius the
@@ -136,7 +139,8 @@ def blob_markers(
     the smoothed significance ``zs`` reaches ``threshold_sigma``, and that far from every
     marker in ``peaks``, are taken in decreasing response when their equal-volume disc
     (:func:`disc_radius_A` on the excess ``e``) keeps :data:`BLOB_OVERLAP` × (R₁ + R₂)
-    from every marker kept so far.  The markers of ``peaks`` come first, unchanged."""
+    from every marker kept so far and lies beyond that marker's radius + the radius of a
+    :data:`BLOB_ATOMS` cluster.  The markers of ``peaks`` come first, unchanged."""
     from skimage.feature import peak_local_max
 
     peaks = np.asarray(peaks, int).reshape(-1, 2)
@@ -152,12 +156,18 @@ def blob_markers(
         return peaks
     pk = pk[np.argsort(-response[tuple(pk.T)], kind="stable")]
     allp = np.concatenate([peaks, pk])
-    r = disc_radius_A(e, allp, px=px, n_of=n_of)
+    # a marker farther than MARKER_REACH_A from every candidate cannot reject one
+    dd = np.hypot(allp[:, None, 0] - pk[None, :, 0], allp[:, None, 1] - pk[None, :, 1])
+    near = dd.min(1) * px < MARKER_REACH_A
+    r = np.zeros(len(allp))
+    r[near] = disc_radius_A(e, allp[near], px=px, n_of=n_of)
     r_max = float(_fcc_radius_A(np.array([BLOB_MAX_ATOMS]))[0])
+    r_min = float(_fcc_radius_A(np.array([BLOB_ATOMS]))[0])
     acc = list(range(len(peaks)))
     for i in range(len(peaks), len(allp)):
         d = np.hypot(allp[acc, 0] - allp[i, 0], allp[acc, 1] - allp[i, 1]) * px
-        if r[i] <= r_max and np.all(d >= BLOB_OVERLAP * (r[acc] + r[i])):
+        far = (d >= BLOB_OVERLAP * (r[acc] + r[i])) & (d >= r[acc] + r_min)
+        if r[i] <= r_max and np.all(far):
             acc.append(i)
     return allp[acc]
 

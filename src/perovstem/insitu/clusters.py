@@ -1680,7 +1680,10 @@ def detect_clusters(
             )[k:]  # fmt: skip
             markers[tuple(new_pk.T)] = np.arange(k + 1, k + 1 + len(new_pk))
             k += len(new_pk)
-            flood = flood - _mk.BLOB_FLOOD_WEIGHT * blob
+            if len(new_pk):
+                # the blob response shapes the basins only where blob markers were added
+                with_blob = np.isin(lab, np.unique(lab[tuple(new_pk.T)]))
+                flood = np.where(with_blob, flood - _mk.BLOB_FLOOD_WEIGHT * blob, flood)
         regions = watershed(flood, markers, mask=mask_b)
         sel = regions > 0
         lab_px = regions[sel]
