@@ -16,10 +16,12 @@ Gaussian of the significance map (Lindeberg, IJCV 30, 79 (1998)) at the scale of
 smallest scored cluster (:data:`BLOB_ATOMS` atoms, :func:`blob_scale_A`: the projected
 sphere's second moment R²/5 plus the unit-cell average's a²/12) are added where the
 smoothed map is significant, and where the new marker's equal-volume disc does not
-overlap (by more than :data:`BLOB_OVERLAP`) that of a marker already there: an overlap
-is one projected object (a larger cluster's surface texture, not a neighbour).  The
-watershed then floods ``-zs`` minus :data:`BLOB_FLOOD_WEIGHT` × that response, so that a
-blob marker on a neighbour's flank keeps the pixels of its own blob.
+overlap (by more than :data:`BLOB_OVERLAP`) that of a marker already there and lies
+beyond that marker's radius + a :data:`BLOB_ATOMS` radius: an overlap is one projected
+object (a larger cluster's surface texture or end, not a neighbour); a blob marker holds
+at most :data:`BLOB_MAX_ATOMS`.  In a component that received a blob marker the watershed
+floods ``-zs`` minus :data:`BLOB_FLOOD_WEIGHT` × that response, so that a blob marker on
+a neighbour's flank keeps the pixels of its own blob.
 
 Centroids (:func:`refine_centroids`): the excess-weighted mean over the pixels of the
 segment within :data:`CENTROID_RADIUS_A` of the current centre, started at the marker and

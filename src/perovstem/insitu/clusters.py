@@ -20,8 +20,9 @@ Method
    scale-normalised LoG of the significance map at the scale of a 10-atom cluster
    (Lindeberg, IJCV 30, 79 (1998)) where ``zs`` is significant, ≥ 4 Å from the other
    markers, of ≤ 40 atoms, whose equal-volume disc (photometry around the maximum) keeps
-   0.8 × (R₁ + R₂) from every other marker's; the watershed floods ``−zs`` minus 3 × that
-   response.  A 10–20-atom cluster 8–15 Å from a larger one sits on that one's flank in
+   0.8 × (R₁ + R₂) from every other marker's and lies beyond that marker's R₁ + the radius
+   of a 10-atom cluster; in a component that received one, the watershed floods ``−zs``
+   minus 3 × that response.  A 10–20-atom cluster 8–15 Å from a larger one sits on that one's flank in
    ``zs`` and got no marker (its atoms went to the neighbour: most ``offset`` misses at
    280 K).  Each kept segment's centroid is the excess-weighted mean within R + 2 Å
    (≥ 5 Å; R from its count) of the current centre, started at its marker (flat-kernel
