@@ -52,8 +52,9 @@ BLOB_OVERLAP = 0.8
 # cluster, which has its own marker)
 BLOB_MAX_ATOMS = 40.0
 # markers farther than this from every blob candidate are not measured (they could
-# reject it only with an equal-volume radius above ~40 Å)
-MARKER_REACH_A = 40.0
+# reject it only with an equal-volume radius above ~20 Å, ~20 000 atoms, far beyond the
+# largest cluster the background element keeps)
+MARKER_REACH_A = 20.0
 # weight of the blob response in the watershed's flooding surface (-zs - w * response)
 BLOB_FLOOD_WEIGHT = 3.0
 # centroid: flat-kernel mean shift from the marker, a few iterations, of radius the
@@ -158,18 +159,32 @@ def blob_markers(
         return peaks
     pk = pk[np.argsort(-response[tuple(pk.T)], kind="stable")]
     allp = np.concatenate([peaks, pk])
-    # a marker farther than MARKER_REACH_A from every candidate cannot reject one
-    dd = np.hypot(allp[:, None, 0] - pk[None, :, 0], allp[:, None, 1] - pk[None, :, 1])
-    near = dd.min(1) * px < MARKER_REACH_A
-    r = np.zeros(len(allp))
-    r[near] = disc_radius_A(e, allp[near], px=px, n_of=n_of)
     r_max = float(_fcc_radius_A(np.array([BLOB_MAX_ATOMS]))[0])
     r_min = float(_fcc_radius_A(np.array([BLOB_ATOMS]))[0])
+    # radii measured when first needed (the same for every caller order): a candidate is
+    # tested against the kept markers nearest first and dropped at the first overlap; a
+    # marker farther than MARKER_REACH_A cannot reject it
+    r = np.full(len(allp), np.nan)
+
+    def radius(j: int) -> float:
+        if np.isnan(r[j]):
+            r[j] = disc_radius_A(e, allp[j : j + 1], px=px, n_of=n_of)[0]
+        return float(r[j])
+
     acc = list(range(len(peaks)))
     for i in range(len(peaks), len(allp)):
+        if radius(i) > r_max:
+            continue
         d = np.hypot(allp[acc, 0] - allp[i, 0], allp[acc, 1] - allp[i, 1]) * px
-        far = (d >= BLOB_OVERLAP * (r[acc] + r[i])) & (d >= r[acc] + r_min)
-        if r[i] <= r_max and np.all(far):
+        ok = True
+        for j in np.argsort(d, kind="stable"):
+            if d[j] >= MARKER_REACH_A:
+                break
+            rj = radius(acc[j])
+            if d[j] < BLOB_OVERLAP * (rj + r[i]) or d[j] < rj + r_min:
+                ok = False
+                break
+        if ok:
             acc.append(i)
     return allp[acc]
 
