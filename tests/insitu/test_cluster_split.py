@@ -76,16 +76,14 @@ PAIRS = [(25, 40), (40, 40), (30, 80), (20, 60), (60, 60), (15, 30)]
 @pytest.mark.parametrize("px", [0.5, 0.25])
 def test_touching_pairs_split_and_counted(px):
     """Two compact clusters whose equal-volume spheres are 0.2 Å apart (touching in
-    projection), beside or on a crystal at 5e3 e/Å²: the model split separates pairs the
-    marker watershed leaves in one detection, conserves the segment's count and gives each
-    part its own atoms.  Measured at 0.5 Å: watershed 7 of 12 pairs as two detections,
-    split 9 of 12 (the [30, 80] and [15, 30] pairs beside the crystal: one detection of 96
-    and 38 atoms before, parts 30 + 68 and 16 + 23 after; the [20, 60] pair beside and two
-    pairs on the crystal stay single: the split test is calibrated not to split isolated
-    clusters); at 0.25 Å 9 -> 10 (the [30, 80] pair beside: 94 -> 29 + 68 atoms).  The
-    noise realisation depends on the CPU's numeric kernels: AVX-512 7 -> 9 and 9 -> 10, AVX2
-    kernels 6 -> 7 and 7 -> 8, so the split is required to separate at least one more pair
-    at each pixel size."""
+    projection), beside or on a crystal at 5e3 e/Å²: each is detected and counted.
+    Before the blob markers (``insitu/_markers.py``) the marker watershed left 5 of 12
+    pairs in one detection at 0.5 Å and the split recovered two (watershed 7, split 9 of
+    12; 0.25 Å 9 -> 10; AVX2 kernels 6 -> 7 and 7 -> 8).  With them the smaller cluster
+    of every pair gets its own marker: 12 of 12 with and without the split, at both pixel
+    sizes and in both CPU modes (AVX-512 and AVX2), each part within 30 % of its truth.
+    The split must never merge what the markers separated, and a split segment keeps
+    its count."""
     sep_w = sep_s = 0
     for seed, sizes in enumerate(PAIRS):
         for where in ("beside", "on"):
@@ -104,6 +102,7 @@ def test_touching_pairs_split_and_counted(px):
                 parts = near[True]["n_atoms"].to_numpy()
                 whole = near[False]["n_atoms"].iloc[0]
                 assert parts.sum() == pytest.approx(whole, rel=0.1), (seed, where, parts, whole)
+            if len(near[True]) == 2:
                 # each part matched to the nearer truth cluster: within 30 % of its size
                 for _, d in near[True].iterrows():
                     g = t.groupby("cluster_id")
@@ -111,7 +110,8 @@ def test_touching_pairs_split_and_counted(px):
                     k = int(np.argmin(np.hypot(cen["x_A"] - d["x_A"], cen["y_A"] - d["y_A"])))
                     n_true = g["n_Pb0"].sum().iloc[k]
                     assert d["n_atoms"] == pytest.approx(n_true, rel=0.3), (seed, where, d)
-    assert sep_s >= sep_w + 1, (sep_w, sep_s)
+    assert sep_s >= 11, (sep_w, sep_s)
+    assert sep_w >= 11, (sep_w, sep_s)
 
 
 @pytest.mark.parametrize("where", ["beside", "on"])
@@ -170,7 +170,10 @@ def test_split_recall_on_degrading_crystal_kmc():
     73 -> 73, 98 -> 98, 76 -> 78 (AVX-512) and 115 -> 116, 73 -> 73, 98 -> 98, 75 -> 78
     (AVX2 mode) of 124 / 80 / 113 / 81; pooled recall 0.905 -> 0.910 and 0.907 -> 0.917,
     precision 0.963 -> 0.960 and 0.953 -> 0.953, >= 10-atom counts within 15 % 0.680 ->
-    0.688 and 0.662 -> 0.677."""
+    0.688 and 0.662 -> 0.677.  With the blob markers (``insitu/_markers.py``) the marker
+    watershed already separates them: tp / fp / fn no split -> split 378 / 23 / 20 -> 378
+    / 24 / 20 (AVX-512, recall 0.950) and 376 / 25 / 22 -> 376 / 26 / 22 (AVX2, 0.945),
+    within 15 % 0.712 -> 0.709 and 0.731 -> 0.739; the split must not lose any of it."""
     tot = {False: np.zeros(3), True: np.zeros(3)}
     errs = {False: [], True: []}
     for edge, seed in ((55.0, 141), (40.0, 143), (55.0, 142), (40.0, 144)):
@@ -186,11 +189,15 @@ def test_split_recall_on_degrading_crystal_kmc():
     (tp0, fp0, fn0), (tp1, fp1, fn1) = tot[False], tot[True]
     recall0, recall1 = tp0 / (tp0 + fn0), tp1 / (tp1 + fn1)
     prec0, prec1 = tp0 / (tp0 + fp0), tp1 / (tp1 + fp1)
-    assert recall1 > recall0, (tp0, tp1)  # measured +2 and +4 true positives
-    assert recall1 >= 0.9, recall1
+    assert recall1 >= recall0, (tot[False], tot[True])
+    assert recall1 >= 0.93, (tot[False], tot[True])
     assert prec1 >= prec0 - 0.01, (prec0, prec1)
     w0, w1 = (np.mean(np.abs(errs[sp]) < 0.15) for sp in (False, True))
-    assert w1 >= w0, (w0, w1)
+    # the split no longer adds detections here (the markers separate these pairs), so
+    # split vs no split differs by single clusters (0.712 -> 0.709 AVX-512, 0.731 ->
+    # 0.739 AVX2): the split-mode counts are held to above the pre-marker split's (0.684
+    # AVX-512 / 0.677 AVX2 measured on these series)
+    assert w1 >= 0.69, (w0, w1)
 
 
 def test_dome_model_sum_jacobian_and_sphere_spectrum():

@@ -76,13 +76,20 @@ def test_host_free_pass_needs_a_crystal():
     assert len(pk) == 0
 
 
+# recall of >= 10-atom objects on the four series with the pass (see the test)
+RECALL_MIN = 0.925
+
+
 @pytest.mark.slow
 def test_host_free_pass_recall_on_degrading_crystal_kmc(monkeypatch):
     """KMC series at 280 K (seeds 151-154, not used to set the pass), scored per frame
     against the projected truth objects, with and without the host-free pass: it finds
     clusters on the crystal that the plateau excess misses, at the same precision.
     Measured (tp / fp / fn, pass off -> on): 328 / 25 / 36 -> 333 / 25 / 31 (AVX-512) and
-    323 / 28 / 41 -> 327 / 28 / 37 (AVX2 mode)."""
+    323 / 28 / 41 -> 327 / 28 / 37 (AVX2 mode).  Since the blob markers
+    (``insitu/_markers.py``) these clusters get their own segment on E and the pass adds
+    none here: 341 / 20 / 23 both ways (AVX-512, recall 0.937) and 345 / 22 / 19 (AVX2,
+    0.948); recall with the pass was 0.915 / 0.898 before, hence :data:`RECALL_MIN`."""
     tot = {True: np.zeros(3), False: np.zeros(3)}
     cases = ((40.0, 3e3, 151), (55.0, 6e3, 152), (40.0, 6e3, 153), (55.0, 3e3, 154))
     for edge, rate, seed in cases:
@@ -94,9 +101,9 @@ def test_host_free_pass_recall_on_degrading_crystal_kmc(monkeypatch):
             for img, tk in zip(images, truths, strict=True):
                 a, b, c, _ = _score_frame(detect_clusters(img, **kw), tk, field)
                 tot[on] += (a, b, c)
-    (tp1, fp1, fn1), (tp0, fp0, fn0) = tot[True], tot[False]
-    recall0, recall1 = tp0 / (tp0 + fn0), tp1 / (tp1 + fn1)
+    (tp1, fp1, fn1), (tp0, fp0, _) = tot[True], tot[False]
+    recall1 = tp1 / (tp1 + fn1)
     prec0, prec1 = tp0 / (tp0 + fp0), tp1 / (tp1 + fp1)
-    assert tp1 - tp0 >= 2, (tp0, tp1)  # measured +5 and +4
-    assert recall1 > recall0
+    assert tp1 >= tp0, (tot[False], tot[True])
+    assert recall1 >= RECALL_MIN, (tot[False], tot[True])
     assert prec1 >= prec0 - 0.01, (prec0, prec1)

@@ -15,7 +15,19 @@ Method
    edge is not mirrored into a structure the element fits in.
 3. Clusters are connected regions of the excess ``E = M − B`` found by hysteresis thresholding
    (``threshold_sigma`` and half of it) and split by a marker watershed (Beucher &
-   Lantuéjoul 1979) on local maxima.
+   Lantuéjoul 1979) on local maxima of the smoothed significance map ``zs``.  With a dose,
+   blob markers are added (:mod:`perovstem.insitu._markers`): maxima of the
+   scale-normalised LoG of the significance map at the scale of a 10-atom cluster
+   (Lindeberg, IJCV 30, 79 (1998)) where ``zs`` is significant, ≥ 4 Å from the other
+   markers, of ≤ 40 atoms, whose equal-volume disc (photometry around the maximum) keeps
+   0.8 × (R₁ + R₂) from every other marker's and lies beyond that marker's R₁ + the radius
+   of a 10-atom cluster; in a component that received one, the watershed floods ``−zs``
+   minus 3 × that response.  A 10–20-atom cluster 8–15 Å from a larger one sits on that one's flank in
+   ``zs`` and got no marker (its atoms went to the neighbour: most ``offset`` misses at
+   280 K).  Each kept segment's centroid is the excess-weighted mean within R + 2 Å
+   (≥ 5 Å; R from its count) of the current centre, started at its marker (flat-kernel
+   mean shift, Comaniciu & Meer, IEEE PAMI 24, 603 (2002)), not over the whole segment,
+   which can follow a crystal plateau for hundreds of Å².
 3b. Touching clusters (``split=True``): the marker watershed keeps two compact clusters in
    contact in one segment (the cell average blurs the waist between them), which costs the
    neighbour's detection and adds its atoms to the count.  Every counted segment of
@@ -227,6 +239,7 @@ from scipy import ndimage
 from perovstem._data import Image
 from perovstem._validation import check_image, check_int, check_positive, refuse_text_numbers
 from perovstem.errors import CalibrationError, DataError, ParameterError
+from perovstem.insitu import _markers as _mk
 from perovstem.insitu.lattice import estimate_lattice, host_cell
 
 __all__ = [
@@ -1728,7 +1741,26 @@ def detect_clusters(
             for pidx in ndimage.maximum_position(zs, lab, missing):
                 k += 1
                 markers[pidx] = k
-        regions = watershed(-zs, markers, mask=mask_b)
+        # blob markers: small clusters on a neighbour's flank (module notes, step 3)
+        flood = -zs
+        if dose is not None:
+            blob = _mk.blob_response(
+                z_b, _mk.blob_scale_A(float(lattice_A)) / px, zs=zs,
+                zs_sigma_px=max(1.0, smooth_A / px),
+            )  # fmt: skip
+            have_pk = np.argwhere(markers > 0)
+            have_pk = have_pk[np.argsort(markers[tuple(have_pk.T)])]
+            new_pk = _mk.blob_markers(
+                blob, zs, mask_b, have_pk, e=e_b, px=px, threshold_sigma=hi,
+                n_of=_counts_to_atoms(lib, g * dose),
+            )[k:]  # fmt: skip
+            markers[tuple(new_pk.T)] = np.arange(k + 1, k + 1 + len(new_pk))
+            k += len(new_pk)
+            if len(new_pk):
+                # the blob response shapes the basins only where blob markers were added
+                with_blob = np.isin(lab, np.unique(lab[tuple(new_pk.T)]))
+                flood = np.where(with_blob, flood - _mk.BLOB_FLOOD_WEIGHT * blob, flood)
+        regions = watershed(flood, markers, mask=mask_b)
         sel = regions > 0
         lab_px = regions[sel]
         yy, xx = np.nonzero(sel)
@@ -1746,6 +1778,7 @@ def detect_clusters(
         wsum = bsum(ew)
         cy = bsum(ew * yy) / np.where(wsum > 0, wsum, 1) + r0
         cx = bsum(ew * xx) / np.where(wsum > 0, wsum, 1) + c0
+        w_cent = ew  # weights of the centroids (D where the host switch uses it)
         err = np.sqrt(g * raw_sum + (sig_floor * a_px) ** 2 * npx)
         # Host-lattice test (local lattice model).  The mean intensity at the empty sites of
         # the host lattice, Q, is a fixed fraction kappa_h of the cell mean M for the host,
@@ -1870,6 +1903,7 @@ def detect_clusters(
                     dd = np.where(dsum > 0, dsum, 1)
                     cy = np.where(ok, bsum(edw * yy) / dd + r0, cy)
                     cx = np.where(ok, bsum(edw * xx) / dd + c0, cx)
+                    w_cent = np.where(ok[lab_px - 1], edw, w_cent)
                     pk_d = _label_max(lab_px, ed, k)
                     peak = np.where(use_d, pk_d, peak)
                     host_excess = np.where(use_d, tot - tot_d, 0.0)
@@ -1881,6 +1915,20 @@ def detect_clusters(
         if tot_keep is None:
             tot_keep, err_keep = tot, err
         keep = (npx > 0) & (zpk >= hi) & (tot_keep >= threshold_sigma * err_keep)
+        # centroids near the marker, not over a segment that follows a crystal plateau
+        # (kept segments only: the others are not reported)
+        mpos = np.argwhere(markers > 0)
+        mpos = mpos[np.argsort(markers[tuple(mpos.T)])]
+        on = keep[lab_px - 1]
+        r_cen = np.full(k, _mk.CENTROID_RADIUS_A)
+        if dose is not None:
+            n_cen = atoms_from_scs(np.clip(tot, 0, None) / (g * dose), lib)
+            r_cen = np.maximum(r_cen, _fcc_radius_A(n_cen) + _mk.CENTROID_MARGIN_A)
+        ry, rx = _mk.refine_centroids(
+            lab_px[on], yy[on], xx[on], w_cent[on], mpos[:, 0], mpos[:, 1],
+            radius_px=r_cen / px,
+        )  # fmt: skip
+        cy, cx = np.where(keep, ry + r0, cy), np.where(keep, rx + c0, cx)
         # the part independent between frames: shot noise and the background under the
         # aperture (the host-free-map registry and the counting model persist)
         err_stat = err
