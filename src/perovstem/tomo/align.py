@@ -419,9 +419,7 @@ def _axis_frame_shifts(d: np.ndarray, sh: np.ndarray, phi: float, margin: int) -
     return sh + np.stack([c * dy + s_ * dx, -s_ * dy + c * dx], axis=1)
 
 
-def _in_field(
-    shape: tuple[int, int], sh: np.ndarray, phis: Any, *, tol: float = 1.0
-) -> np.ndarray:
+def _in_field(shape: tuple[int, int], sh: np.ndarray, phis: Any, *, tol: float = 1.0) -> np.ndarray:
     """Pixels of the shifted, rotated stack whose source lies inside every raw image.
 
     The geometry of :func:`_transform_stack` (and :func:`_sinc_transform_stack`): output
