@@ -612,3 +612,45 @@ def test_axis_refinement_bisects_an_oscillation(monkeypatch):
     assert al.tilt_axis_deg == pytest.approx(1.0)
     assert "tilt_axis_refine x2 (oscillating: bisected, half swing 0.50 deg)" in al.steps
     assert al.tilt_axis_err_deg == pytest.approx(0.5)
+
+
+def test_axis_sigma_includes_the_disagreement_of_halves(monkeypatch):
+    """The batch-means σ sees only errors that differ between projections; an error that all
+    projections share (held-out cubes: σ 2-7× too small, 4 of 12 within 2σ) is invisible
+    to it.  Here every projection's term is the same, so that σ is ~0, but the two ends of
+    the object (left and right columns) put the minimum at +1° and −1°: the reported σ must
+    include half that disagreement."""
+    mod = sys.modules["perovstem.tomo.align"]
+    n_ang, n_col = 21, 12
+    ends = np.r_[np.full(n_col // 2, 1.0), np.full(n_col // 2, -1.0)]  # minima per column
+
+    def fake_residual(d, ang, sh, phi, bf, margin, n_sirt):
+        terms = np.broadcast_to(1e-3 * (phi - ends) ** 2 + 1e-2, (n_ang, n_col)).copy()
+        return float(np.sqrt(terms.sum())), terms
+
+    monkeypatch.setattr(mod, "_reprojection_residual", fake_residual)
+    ang = np.linspace(-60.0, 60.0, n_ang)
+    d = np.ones((n_ang, 16, n_col), np.float32)
+    best, _, sigma = mod._reprojection_search(
+        d, ang, np.zeros((n_ang, 2)), centre_deg=0.0, half_range_deg=4.0, step_deg=1.0
+    )
+    assert best == pytest.approx(0.0, abs=1e-6)
+    phis = np.arange(-1.0, 1.01, 0.25)
+    per_tilt = np.array([fake_residual(d, ang, None, p, 1, 0, 1)[1].sum(axis=1) for p in phis])
+    assert mod._axis_sigma(phis, per_tilt, best, batch=5) < 1e-6  # the σ reported before
+    assert sigma == pytest.approx(1.0, abs=0.05)  # half of the +1° / −1° disagreement
+
+
+def test_axis_split_sigma_even_odd_tilts_and_no_curvature():
+    from perovstem.tomo.align import _axis_split_sigma
+
+    phis = np.arange(-1.0, 1.01, 0.25)
+    # even tilts prefer +0.4°, odd −0.4°; the columns agree: σ_split = 0.4
+    mins = np.where(np.arange(10) % 2 == 0, 0.4, -0.4)
+    terms = (phis[:, None, None] - mins[None, :, None]) ** 2 * np.ones((1, 1, 6))
+    assert _axis_split_sigma(phis, terms, 0.0) == pytest.approx(0.4, rel=1e-6)
+    assert np.isnan(_axis_split_sigma(phis[:2], terms[:2], 0.0))
+    # a half without curvature (flat or falling) takes its lowest candidate, no NaN
+    flat = terms.copy()
+    flat[:, 1::2, :] = -phis[:, None, None]
+    assert np.isfinite(_axis_split_sigma(phis, flat, 0.0))
