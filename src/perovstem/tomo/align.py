@@ -77,11 +77,12 @@ class Alignment:
         degrees, mod 180°; NaN when the re-projection axis was not searched. More than 1°
         means the two criteria disagree and the axis is uncertain (a warning is issued).
     tilt_axis_err_deg : float
-        Standard error of ``tilt_axis_deg``, degrees, from the scatter of the projections'
-        contributions to the re-projection criterion about its minimum (see
+        Standard error of ``tilt_axis_deg``, degrees: the scatter of the projections'
+        contributions to the re-projection criterion about its minimum, plus the spread
+        of the minima on halves of the data (left/right columns, even/odd tilts; see
         :func:`align`); at least the last refinement move when the refinement did not
-        converge.  NaN when the re-projection axis was not searched (``tilt_axis`` "com",
-        "search", an angle or False).
+        converge, or half the swing when it oscillated.  NaN when the re-projection axis
+        was not searched (``tilt_axis`` "com", "search", an angle or False).
     """
 
     shifts_px: np.ndarray
@@ -1046,8 +1047,10 @@ def align(
         RMS from ETSpy's; measured at commit 1ead39f with a fixed 2 rounds, before the
         resampling changes; not re-measured).  At most ``axis_refine`` rounds:
         the refinement stops when a round moves the axis by less than 0.25° (a fixed 2
-        rounds stopped half-way on a shifted 48 px cube: 9.8° → 4.8° → 2.9° for a 0° axis);
-        ``steps`` records the rounds run and whether the axis converged.  Costs a
+        rounds stopped half-way on a shifted 48 px cube: 9.8° → 4.8° → 2.9° for a 0° axis),
+        or when a round reverses the previous move (an oscillation: the axis is then taken
+        halfway between the last two estimates); ``steps`` records the rounds run and
+        whether the axis converged or was bisected.  Costs a
         projection matching (3 iterations) and a narrow search per round.  0: one axis
         search (the behaviour before the refinement).
 
@@ -1057,7 +1060,10 @@ def align(
         ``tilt_axis_err_deg`` is the standard error of the re-projection axis: the
         criterion is a sum over projections, so the scatter of the projections' slopes
         about the minimum, divided by its curvature, gives the angle's sandwich variance
-        (:func:`_axis_sigma`); if the refinement did not converge, at least the last move.
+        (:func:`_axis_sigma`); errors that all projections share are estimated from the
+        disagreement of the criterion's minima on halves of the data (:func:`_axis_split_sigma`)
+        and added in quadrature; if the refinement did not converge, at least the last move
+        (half the swing if it oscillated).
     """
     ts = _check_series(tilt_series)
     if isinstance(matching_iter, bool) or not isinstance(matching_iter, (int, np.integer)):
