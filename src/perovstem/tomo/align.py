@@ -504,6 +504,7 @@ def _reprojection_residual(
     bf: int,
     margin: int,
     n_sirt: int,
+    field: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray]:
     """Relative SIRT residual ``‖W(b − Ax)‖/‖Wb‖`` of the stack aligned with axis ``phi``.
 
@@ -535,6 +536,8 @@ def _reprojection_residual(
     """
     sh = _axis_frame_shifts(d, sh, phi, margin * bf)
     ok = _in_field(d.shape[1:], sh, [phi], tol=0.5)
+    if field is not None:
+        ok &= field
     b = _binned(_sinc_transform_stack(d, sh, phi), bf)
     w = _binned(ok.astype(np.float32), bf) > 0.999
     return _weighted_sirt(np.ascontiguousarray(b * w), ang, w, n_sirt)
@@ -690,6 +693,14 @@ def _reprojection_search(
     # columns the rotation can fill from outside the field, plus the drift along the axis
     margin = int(np.ceil((np.tan(phimax) * d.shape[1] / 2 + np.abs(sh[:, 1]).max()) / bf)) + 1
     margin = min(margin, nb // _MARGIN_CAP)
+    # one set of compared pixels for every candidate: those inside the field at every angle
+    # the search can reach (the coarse grid, and the fine grid up to a step beyond it;
+    # sampled every 0.25°: a point 34 px from the centre moves 0.15 px per step, inside the
+    # 1 px tolerance).  A mask that followed each candidate's own rotation compared fewer
+    # background pixels at larger angles, and the relative residual fell with them (clean
+    # 48 px cube, ±4° search: 3.07° off instead of 0.28° without any mask)
+    lo, hi = centre_deg - half_range_deg - step_deg, centre_deg + half_range_deg + step_deg
+    field = _in_field(d.shape[1:], sh, np.linspace(lo, hi, int(np.ceil((hi - lo) / 0.25)) + 1))
     seen: dict[float, float] = {}
     terms: dict[float, np.ndarray] = {}
 
@@ -697,7 +708,7 @@ def _reprojection_search(
         for p in np.round(c + np.arange(-h, h + 1e-9, st), 6):
             if float(p) not in seen:
                 seen[float(p)], terms[float(p)] = _reprojection_residual(
-                    d, ang, sh, float(p), bf, margin, n_sirt
+                    d, ang, sh, float(p), bf, margin, n_sirt, field
                 )
 
     grid(centre_deg, half_range_deg, step_deg)
