@@ -624,7 +624,7 @@ def test_axis_sigma_includes_the_disagreement_of_halves(monkeypatch):
     n_ang, n_col = 21, 12
     ends = np.r_[np.full(n_col // 2, 1.0), np.full(n_col // 2, -1.0)]  # minima per column
 
-    def fake_residual(d, ang, sh, phi, bf, margin, n_sirt):
+    def fake_residual(d, ang, sh, phi, bf, margin, n_sirt, field=None):
         terms = np.broadcast_to(1e-3 * (phi - ends) ** 2 + 1e-2, (n_ang, n_col)).copy()
         return float(np.sqrt(terms.sum())), terms
 
