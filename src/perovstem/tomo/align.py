@@ -511,20 +511,16 @@ def _reprojection_residual(
     Every binned column (slice along the axis) is reconstructed; only pixels inside the
     field of view are fitted and compared (``W``): pixels whose source, with this
     candidate's re-centred shifts and rotation, lies inside the raw image
-    (:func:`_in_field`; a binned pixel counts when all its pixels do).  Pixels turned or
-    shifted in from outside hold no data (zero padding), and weight 0 keeps SIRT from
-    fitting them.  The central columns only (``margin`` binned columns dropped on each side,
-    at most a quarter of the columns) were used before: that crop removed a compact cube's
-    ends, where its axis information lies (shifted 48 px held-out cube 303, true shifts
-    given, ±4° search: 2.47° → 0.83° off; docs/tomography.md).  ``margin`` is still used by
-    the re-centring's cropped profile registration (:func:`_axis_frame_shifts`).
-
-    Tried and not adopted (32 px clean 40 Å cubes, seeds 1/2, axes 0°/6°, ±12° search): the
-    same compared pixels for every candidate (those inside the field at all angles of the
-    search) gave 0.35/0.64/0.32/0.35° off, no mask at all (zero padding fitted as data)
-    0.07/0.03/0.13/0.25°, this mask 0.12/0.27/0.19/0.28°, the old crop 0.19/0.12/0.15/0.28°;
-    the mask is kept because extended objects (needles, rods) carry signal through the field
-    edge, where zero padding is wrong data.
+    (:func:`_in_field`; a binned pixel counts when all its pixels do), and inside ``field``
+    (the caller's mask, the same for every candidate of a search: a mask that followed each
+    candidate's own rotation compared fewer background pixels at larger angles and biased a
+    clean 48 px cube to 3.07°).  Pixels turned or shifted in from outside hold no data (zero
+    padding), and weight 0 keeps SIRT from fitting them.  The central columns only
+    (``margin`` binned columns dropped on each side, at most a quarter of the columns) were
+    used before: that crop removed a compact cube's ends, where its axis information lies
+    (shifted 48 px held-out cube 303, true shifts given, ±4° search: 2.47° → 0.83° off with
+    the per-candidate mask; docs/tomography.md).  ``margin`` is still used by the
+    re-centring's cropped profile registration (:func:`_axis_frame_shifts`).
 
     Returns
     -------
