@@ -518,3 +518,139 @@ def test_axis_refinement_runs_until_the_axis_settles(monkeypatch):
     assert al.tilt_axis_deg == pytest.approx(2.9)
     assert "tilt_axis_refine x2 (not converged: last move 1.90 deg)" in al.steps
     assert al.tilt_axis_err_deg == pytest.approx(1.9)  # the last move, not the 0.1 of the fit
+
+
+def _consistent_stack(n: int = 32, n_ang: int = 25) -> tuple[np.ndarray, np.ndarray]:
+    """Exact projections (axis along x, no shifts) of a small non-negative volume."""
+    from perovstem.tomo.projector import Projector
+
+    ang = np.linspace(-60.0, 60.0, n_ang)
+    vol = np.zeros((n, n, n), np.float32)
+    vol[12:20, 11:21, 6:26] = 1.0  # a block ending 6 columns from each side
+    vol[14:17, 13:16, 6:9] = 3.0  # a denser part at one end
+    return Projector(ang, vol.shape, n_det=n).forward(vol), ang
+
+
+def test_axis_criterion_compares_the_end_columns():
+    """The re-projection criterion dropped up to a quarter of the columns on each side (the
+    rotation margin, capped), which removed a compact cube's ends: the information that
+    fixes its axis (shifted held-out cube 303, true shifts: 2.47° off).  Every column is
+    compared now: an inconsistency confined to the outer columns must raise the residual
+    (the old crop of 8 of 32 columns each side did not see it: the same residual)."""
+    from perovstem.tomo.align import _reprojection_residual
+
+    b, ang = _consistent_stack()
+    sh = np.zeros((ang.size, 2))
+    r0, terms = _reprojection_residual(b, ang, sh, 0.0, 1, 8, 30)
+    bad = b.copy()
+    bad[5, 8:24, 2:6] += b.max()  # one projection, columns 2-5: no volume explains it
+    r1, _ = _reprojection_residual(bad, ang, sh, 0.0, 1, 8, 30)
+    assert terms.shape[-1] == 32  # every column (old: a total per projection)
+    assert r1 > 2.0 * r0  # measured 0.077 → 0.250 (old code: 0.0750 → 0.0750)
+
+
+def test_weighted_sirt_ignores_pixels_without_data():
+    """Pixels outside the field after the shift and rotation hold zero padding, not data: with
+    weight 0 they must not change the reconstruction or the residual, whatever they hold;
+    with weight 1 everywhere it is the package's SIRT."""
+    from perovstem.tomo.align import _weighted_sirt
+
+    b, ang = _consistent_stack()
+    w = np.ones(b.shape, bool)
+    res1, _ = _weighted_sirt(b, ang, w, 10)
+    assert res1 == pytest.approx(sirt(b, ang, n_iter=10, nonneg=True).residuals[-1], rel=1e-5)
+    w[:, :4, :] = False  # e.g. rows shifted in from outside the field
+    w[3, :, 28:] = False
+    junk = b.copy()
+    junk[~w] = np.random.default_rng(0).uniform(0.0, 50.0, (~w).sum())
+    clean = np.where(w, b, 0.0).astype(np.float32)
+    ra, ta = _weighted_sirt(junk, ang, w, 10)
+    rb, tb = _weighted_sirt(clean, ang, w, 10)
+    assert ra == pytest.approx(rb, rel=1e-6)
+    np.testing.assert_allclose(ta, tb, rtol=1e-5, atol=1e-12)
+
+
+def test_field_mask_follows_the_shift_and_rotation_geometry():
+    """``_in_field`` marks the pixels of the shifted, rotated stack whose source lies in the
+    raw image: a stack of ones transformed by ``_transform_stack`` is 1 there."""
+    from perovstem.tomo.align import _in_field, _transform_stack
+
+    ones = np.ones((3, 40, 44), np.float32)
+    sh = np.array([[1.3, -2.2], [0.0, 3.5], [-2.0, 0.0]])
+    for phi in (0.0, 7.0, -20.0):
+        inside = _in_field((40, 44), sh, [phi], tol=0.5)
+        moved = _transform_stack(ones, sh, phi)
+        assert moved[inside].min() == pytest.approx(1.0, abs=1e-5)
+        assert (moved[~inside] < 0.999).mean() > 0.6  # the rest: the 0.5 px band is partial
+        assert 0.75 < inside.mean() < 0.95
+
+
+def test_axis_refinement_bisects_an_oscillation(monkeypatch):
+    """Shifts and axis refined in turn can swing between two angles (shifted tune cubes 201
+    and 202 used all 6 rounds): when a round reverses the previous move the axis is taken
+    halfway and the refinement stops, uncertain by at least half the swing (the old loop ran
+    all rounds and ended on one side of the swing)."""
+    mod = sys.modules["perovstem.tomo.align"]
+    path = iter([2.0, 0.5, 1.5, 0.6, 1.4, 0.7, 1.3, 0.8])
+    calls = []
+
+    def fake_search(d, ang, sh, *, centre_deg, half_range_deg, step_deg=2.0, **kw):
+        calls.append(centre_deg)
+        return next(path), np.zeros((1, 2)), 0.1
+
+    monkeypatch.setattr(mod, "_reprojection_search", fake_search)
+    monkeypatch.setattr(mod, "_axis_frame_shifts", lambda d, sh, phi, margin: sh)
+    monkeypatch.setattr(mod, "projection_matching", lambda d, ang, sh, phi, **kw: (sh, 0.01, []))
+    ang = np.arange(-60.0, 60.1, 10.0)
+    ph = nanocrystal_phantom(40.0, r110=3.0, r111=3.0, n_inclusions=0, rng=0)
+    ts, _ = tilt_series(ph, ang, shape=(32, 32), pixel_size_A=2.0, noise=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        al = mod.align(ts)
+    # coarse 2.0; rounds: 0.5 (−1.5), 1.5 (+1.0 reverses): halfway 1.0, stop
+    assert len(calls) == 3
+    assert al.tilt_axis_deg == pytest.approx(1.0)
+    assert "tilt_axis_refine x2 (oscillating: bisected, half swing 0.50 deg)" in al.steps
+    assert al.tilt_axis_err_deg == pytest.approx(0.5)
+
+
+def test_axis_sigma_includes_the_disagreement_of_halves(monkeypatch):
+    """The batch-means σ sees only errors that differ between projections; an error that all
+    projections share (held-out cubes: σ 2-7× too small, 4 of 12 within 2σ) is invisible
+    to it.  Here every projection's term is the same, so that σ is ~0, but the two ends of
+    the object (left and right columns) put the minimum at +1° and −1°: the reported σ must
+    include half that disagreement."""
+    mod = sys.modules["perovstem.tomo.align"]
+    n_ang, n_col = 21, 12
+    ends = np.r_[np.full(n_col // 2, 1.0), np.full(n_col // 2, -1.0)]  # minima per column
+
+    def fake_residual(d, ang, sh, phi, bf, margin, n_sirt, field=None):
+        terms = np.broadcast_to(1e-3 * (phi - ends) ** 2 + 1e-2, (n_ang, n_col)).copy()
+        return float(np.sqrt(terms.sum())), terms
+
+    monkeypatch.setattr(mod, "_reprojection_residual", fake_residual)
+    ang = np.linspace(-60.0, 60.0, n_ang)
+    d = np.ones((n_ang, 16, n_col), np.float32)
+    best, _, sigma = mod._reprojection_search(
+        d, ang, np.zeros((n_ang, 2)), centre_deg=0.0, half_range_deg=4.0, step_deg=1.0
+    )
+    assert best == pytest.approx(0.0, abs=1e-6)
+    phis = np.arange(-1.0, 1.01, 0.25)
+    per_tilt = np.array([fake_residual(d, ang, None, p, 1, 0, 1)[1].sum(axis=1) for p in phis])
+    assert mod._axis_sigma(phis, per_tilt, best, batch=5) < 1e-6  # the σ reported before
+    assert sigma == pytest.approx(1.0, abs=0.05)  # half of the +1° / −1° disagreement
+
+
+def test_axis_split_sigma_even_odd_tilts_and_no_curvature():
+    from perovstem.tomo.align import _axis_split_sigma
+
+    phis = np.arange(-1.0, 1.01, 0.25)
+    # even tilts prefer +0.4°, odd −0.4°; the columns agree: σ_split = 0.4
+    mins = np.where(np.arange(10) % 2 == 0, 0.4, -0.4)
+    terms = (phis[:, None, None] - mins[None, :, None]) ** 2 * np.ones((1, 1, 6))
+    assert _axis_split_sigma(phis, terms, 0.0) == pytest.approx(0.4, rel=1e-6)
+    assert np.isnan(_axis_split_sigma(phis[:2], terms[:2], 0.0))
+    # a half without curvature (flat or falling) takes its lowest candidate, no NaN
+    flat = terms.copy()
+    flat[:, 1::2, :] = -phis[:, None, None]
+    assert np.isfinite(_axis_split_sigma(phis, flat, 0.0))

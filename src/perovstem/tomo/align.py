@@ -36,7 +36,8 @@ from perovstem.tomo.projector import check_angles
 _AXIS_DISAGREE_DEG = 1.0
 # the alternating shift/axis refinement stops when a round moves the axis less than this (°)
 _AXIS_CONVERGED_DEG = 0.25
-# the re-projection criterion drops at most 1/_MARGIN_CAP of the binned columns on each side
+# the re-centring's cropped profile registration drops at most 1/_MARGIN_CAP of the binned
+# columns on each side
 _MARGIN_CAP = 4
 
 __all__ = [
@@ -76,11 +77,12 @@ class Alignment:
         degrees, mod 180°; NaN when the re-projection axis was not searched. More than 1°
         means the two criteria disagree and the axis is uncertain (a warning is issued).
     tilt_axis_err_deg : float
-        Standard error of ``tilt_axis_deg``, degrees, from the scatter of the projections'
-        contributions to the re-projection criterion about its minimum (see
+        Standard error of ``tilt_axis_deg``, degrees: the scatter of the projections'
+        contributions to the re-projection criterion about its minimum, plus the spread
+        of the minima on halves of the data (left/right columns, even/odd tilts; see
         :func:`align`); at least the last refinement move when the refinement did not
-        converge.  NaN when the re-projection axis was not searched (``tilt_axis`` "com",
-        "search", an angle or False).
+        converge, or half the swing when it oscillated.  NaN when the re-projection axis
+        was not searched (``tilt_axis`` "com", "search", an angle or False).
     """
 
     shifts_px: np.ndarray
@@ -422,34 +424,123 @@ def _axis_frame_shifts(d: np.ndarray, sh: np.ndarray, phi: float, margin: int) -
     return sh + np.stack([c * dy + s_ * dx, -s_ * dy + c * dx], axis=1)
 
 
-def _reprojection_residual(
-    d: np.ndarray, ang: np.ndarray, sh: np.ndarray, phi: float, bf: int, margin: int, n_sirt: int
-) -> tuple[float, np.ndarray]:
-    """Relative SIRT residual ``‖b − Ax‖/‖b‖`` of the stack aligned with axis ``phi``.
+def _in_field(shape: tuple[int, int], sh: np.ndarray, phis: Any, *, tol: float = 1.0) -> np.ndarray:
+    """Pixels of the shifted, rotated stack whose source lies inside every raw image.
 
-    Only the central columns (``margin`` binned columns dropped on each side, where the
-    rotation moves signal in or out of the field) are reconstructed: slices along the axis
-    are independent, so this is the same criterion on less data.
+    The geometry of :func:`_transform_stack` (and :func:`_sinc_transform_stack`): output
+    pixel ``p`` of projection ``a`` at axis ``φ`` reads the raw image at
+    ``R(φ)(p − c) + c − s_a``; it is in the field when that point lies at least ``tol``
+    pixels inside the image.  The result is the intersection over the angles ``phis``.
+
+    Returns
+    -------
+    (A, M, N) bool ndarray
+    """
+    m, n = shape
+    sh = np.asarray(sh, float)
+    rr, qq = np.mgrid[0:m, 0:n].astype(float)
+    cr, cq = (m - 1) / 2.0, (n - 1) / 2.0
+    rr -= cr
+    qq -= cq
+    # the bounds are per coordinate, so the intersection over angles needs only the extreme
+    # source rows and columns of every output pixel
+    lo_r = lo_q = np.full((m, n), np.inf)
+    hi_r = hi_q = np.full((m, n), -np.inf)
+    for p in np.atleast_1d(np.asarray(phis, float)):
+        a = -np.deg2rad(p)
+        c, s = np.cos(a), np.sin(a)
+        src_r = c * rr + s * qq + cr
+        src_q = -s * rr + c * qq + cq
+        lo_r, hi_r = np.minimum(lo_r, src_r), np.maximum(hi_r, src_r)
+        lo_q, hi_q = np.minimum(lo_q, src_q), np.maximum(hi_q, src_q)
+    dy, dx = sh[:, 0, None, None], sh[:, 1, None, None]
+    return (
+        (lo_r[None] - dy >= tol)
+        & (hi_r[None] - dy <= m - 1 - tol)
+        & (lo_q[None] - dx >= tol)
+        & (hi_q[None] - dx <= n - 1 - tol)
+    )
+
+
+def _weighted_sirt(
+    b: np.ndarray, ang: np.ndarray, w: np.ndarray, n_iter: int
+) -> tuple[float, np.ndarray]:
+    """Non-negative SIRT that fits only the pixels with weight 1 (``w`` = 0: no data).
+
+    ``x ← P₊[x + C Aᵀ W R (b − A x)]`` with ``R = 1/(A·1)`` and ``C = 1/(Aᵀ W 1)``: the SIRT
+    of :func:`perovstem.tomo.reconstruct.sirt` (Gilbert 1972) with the rays that have no
+    data removed from the system (the same update as ``sirt`` where ``w`` is 1 everywhere).
+
+    Returns
+    -------
+    residual : float
+        ``‖W(b − Ax)‖/‖Wb‖`` of the state before the last update (as ``sirt`` reports it).
+    terms : (A, N) ndarray
+        ``‖W(b_a − A_a x)‖²`` per projection ``a`` and column (slice along the axis) ``N``
+        for the final volume, relative to ``‖Wb‖²``.
+    """
+    from perovstem.tomo.projector import Projector
+    from perovstem.tomo.reconstruct import _inv
+
+    a, m, n = b.shape
+    op = Projector(ang, (m, m, n), n_det=m)
+    w = w.astype(np.float32)
+    rs = _inv(op.row_sums())
+    cs = _inv(op.backward(w))
+    wr = w * rs
+    bw = float(np.linalg.norm(w * b)) or 1.0
+    x = np.zeros((m, m, n), np.float32)
+    res = float("nan")
+    for _ in range(int(n_iter)):
+        r = b - op.forward(x)
+        res = float(np.linalg.norm(w * r)) / bw
+        x += cs * op.backward(r * wr)
+        np.maximum(x, 0.0, out=x)
+    r = (w * (b - op.forward(x))).astype(np.float64)
+    return res, (r**2).sum(axis=1) / bw**2
+
+
+def _reprojection_residual(
+    d: np.ndarray,
+    ang: np.ndarray,
+    sh: np.ndarray,
+    phi: float,
+    bf: int,
+    margin: int,
+    n_sirt: int,
+    field: np.ndarray | None = None,
+) -> tuple[float, np.ndarray]:
+    """Relative SIRT residual ``‖W(b − Ax)‖/‖Wb‖`` of the stack aligned with axis ``phi``.
+
+    Every binned column (slice along the axis) is reconstructed; only pixels inside the
+    field of view are fitted and compared (``W``): pixels whose source, with this
+    candidate's re-centred shifts and rotation, lies inside the raw image
+    (:func:`_in_field`; a binned pixel counts when all its pixels do), and inside ``field``
+    (the caller's mask, the same for every candidate of a search: a mask that followed each
+    candidate's own rotation compared fewer background pixels at larger angles and biased a
+    clean 48 px cube to 3.07°).  Pixels turned or shifted in from outside hold no data (zero
+    padding), and weight 0 keeps SIRT from fitting them.  The central columns only
+    (``margin`` binned columns dropped on each side, at most a quarter of the columns) were
+    used before: that crop removed a compact cube's ends, where its axis information lies
+    (shifted 48 px held-out cube 303, true shifts given, ±4° search: 2.47° → 0.83° off with
+    the per-candidate mask; docs/tomography.md).  ``margin`` is still used by the
+    re-centring's cropped profile registration (:func:`_axis_frame_shifts`).
 
     Returns
     -------
     residual : float
         The criterion (residual of the last SIRT sweep).
-    per_tilt : (A,) ndarray
-        ``‖b_a − A_a x‖² / ‖b‖²`` of each projection for the final volume (for the
-        uncertainty of the minimum, :func:`_axis_sigma`).
+    terms : (A, N') ndarray
+        ``‖W(b_a − A_a x)‖² / ‖Wb‖²`` of each projection and binned column for the final
+        volume (for the uncertainty of the minimum, :func:`_axis_sigma`).
     """
-    from perovstem.tomo.projector import Projector
-    from perovstem.tomo.reconstruct import sirt
-
     sh = _axis_frame_shifts(d, sh, phi, margin * bf)
+    ok = _in_field(d.shape[1:], sh, [phi], tol=0.5)
+    if field is not None:
+        ok &= field
     b = _binned(_sinc_transform_stack(d, sh, phi), bf)
-    b = np.ascontiguousarray(b[:, :, margin : b.shape[2] - margin])
-    rec = sirt(b, ang, n_iter=n_sirt, nonneg=True)
-    rep = Projector(ang, rec.volume.shape, n_det=b.shape[1]).forward(rec.volume)
-    per_tilt = ((b - rep).astype(np.float64) ** 2).sum(axis=(1, 2))
-    per_tilt /= float((b.astype(np.float64) ** 2).sum()) or 1.0
-    return float(rec.residuals[-1]), per_tilt
+    w = _binned(ok.astype(np.float32), bf) > 0.999
+    return _weighted_sirt(np.ascontiguousarray(b * w), ang, w, n_sirt)
 
 
 def _axis_sigma(phis: np.ndarray, per_tilt: np.ndarray, best: float, *, batch: int = 1) -> float:
@@ -603,6 +694,14 @@ def _reprojection_search(
     # columns the rotation can fill from outside the field, plus the drift along the axis
     margin = int(np.ceil((np.tan(phimax) * d.shape[1] / 2 + np.abs(sh[:, 1]).max()) / bf)) + 1
     margin = min(margin, nb // _MARGIN_CAP)
+    # one set of compared pixels for every candidate: those inside the field at every angle
+    # the search can reach (the coarse grid, and the fine grid up to a step beyond it;
+    # sampled every 0.25°: a point 34 px from the centre moves 0.15 px per step, inside the
+    # 1 px tolerance).  A mask that followed each candidate's own rotation compared fewer
+    # background pixels at larger angles, and the relative residual fell with them (clean
+    # 48 px cube, ±4° search: 3.07° off instead of 0.28° without any mask)
+    lo, hi = centre_deg - half_range_deg - step_deg, centre_deg + half_range_deg + step_deg
+    field = _in_field(d.shape[1:], sh, np.linspace(lo, hi, int(np.ceil((hi - lo) / 0.25)) + 1))
     seen: dict[float, float] = {}
     terms: dict[float, np.ndarray] = {}
 
@@ -610,7 +709,7 @@ def _reprojection_search(
         for p in np.round(c + np.arange(-h, h + 1e-9, st), 6):
             if float(p) not in seen:
                 seen[float(p)], terms[float(p)] = _reprojection_residual(
-                    d, ang, sh, float(p), bf, margin, n_sirt
+                    d, ang, sh, float(p), bf, margin, n_sirt, field
                 )
 
     grid(centre_deg, half_range_deg, step_deg)
@@ -626,13 +725,70 @@ def _reprojection_search(
     # batches of ~√A consecutive tilts (the usual batch-means size): the sum over single
     # projections (batch 1) gave 1.7-7× too small errors on 48 px cubes (docs/tomography.md)
     order = np.argsort(ang, kind="stable")
-    sigma = _axis_sigma(
+    near_terms = np.array([terms[p][order] for p in near])  # (K, A, N'), tilts in order
+    stat = _axis_sigma(
         np.array(near),
-        np.array([terms[p][order] for p in near]),
+        near_terms.sum(axis=2),
         best,
         batch=max(1, int(round(np.sqrt(ang.size)))),
     )
+    # plus the spread of the minima of halves of the data (different supports): errors the
+    # projections share, which the scatter of their slopes cannot see (docs/tomography.md)
+    split = _axis_split_sigma(np.array(near), near_terms, best)
+    # a criterion without positive summed curvature near its minimum has no batch σ (NaN):
+    # the split term alone then (a held-out 7° cube reported NaN)
+    parts = [v for v in (stat, split) if np.isfinite(v)]
+    sigma = float(np.sqrt(np.sum(np.square(parts)))) if parts else float("nan")
     return float(best), table, sigma
+
+
+def _axis_split_sigma(phis: np.ndarray, terms: np.ndarray, best: float) -> float:
+    """Systematic part of the axis σ: the spread of the criterion's minima on halves of it.
+
+    The criterion near its minimum is split twice into halves that see the data through
+    different supports, and each half's minimum is located by a parabola through its
+    candidates (clipped to twice the candidates' reach): the columns (slices along the
+    axis) left and right of the column that halves the summed curvature (so each half
+    carries half the axis information, e.g. one end of a cube each), and the even and odd
+    tilts.  Half the difference of the two minima estimates the standard deviation of
+    their mean (for independent halves of equal weight; a share of it is the statistical
+    error again, so the term is conservative); the two splits are added in quadrature:
+    ``σ_split² = ((φ_L − φ_R)/2)² + ((φ_even − φ_odd)/2)²``.  A half without positive
+    curvature takes its lowest candidate.
+
+    Parameters
+    ----------
+    phis : (K,) ndarray
+        Candidate angles near the minimum, degrees.
+    terms : (K, A, N) ndarray
+        Criterion terms per candidate, projection (in order of tilt angle) and column.
+    best : float
+        The estimated angle, degrees.
+
+    Returns
+    -------
+    float
+        σ_split, degrees; NaN with fewer than 3 candidates.
+    """
+    phis = np.asarray(phis, float)
+    if phis.size < 3:
+        return float("nan")
+    x = phis - best
+    reach = 2.0 * np.abs(x).max()
+
+    def minimum(y: np.ndarray) -> float:
+        c = np.polyfit(x, y, 2)
+        if not c[0] > 0:
+            return float(x[int(np.argmin(y))])
+        return float(np.clip(-c[1] / (2.0 * c[0]), -reach, reach))
+
+    cols = terms.sum(axis=1)  # (K, N)
+    cum = np.cumsum(np.clip(np.polyfit(x, cols, 2)[0], 0.0, None))
+    k = int(np.clip(np.searchsorted(cum, 0.5 * cum[-1]) + 1, 1, cols.shape[1] - 1))
+    lr = minimum(cols[:, :k].sum(axis=1)) - minimum(cols[:, k:].sum(axis=1))
+    tilts = terms.sum(axis=2)  # (K, A)
+    eo = minimum(tilts[:, 0::2].sum(axis=1)) - minimum(tilts[:, 1::2].sum(axis=1))
+    return float(np.hypot(lr, eo) / 2.0)
 
 
 def _transform_stack(
@@ -909,8 +1065,10 @@ def align(
         RMS from ETSpy's; measured at commit 1ead39f with a fixed 2 rounds, before the
         resampling changes; not re-measured).  At most ``axis_refine`` rounds:
         the refinement stops when a round moves the axis by less than 0.25° (a fixed 2
-        rounds stopped half-way on a shifted 48 px cube: 9.8° → 4.8° → 2.9° for a 0° axis);
-        ``steps`` records the rounds run and whether the axis converged.  Costs a
+        rounds stopped half-way on a shifted 48 px cube: 9.8° → 4.8° → 2.9° for a 0° axis),
+        or when a round reverses the previous move (an oscillation: the axis is then taken
+        halfway between the last two estimates); ``steps`` records the rounds run and
+        whether the axis converged or was bisected.  Costs a
         projection matching (3 iterations) and a narrow search per round.  0: one axis
         search (the behaviour before the refinement).
 
@@ -920,7 +1078,10 @@ def align(
         ``tilt_axis_err_deg`` is the standard error of the re-projection axis: the
         criterion is a sum over projections, so the scatter of the projections' slopes
         about the minimum, divided by its curvature, gives the angle's sandwich variance
-        (:func:`_axis_sigma`); if the refinement did not converge, at least the last move.
+        (:func:`_axis_sigma`); errors that all projections share are estimated from the
+        disagreement of the criterion's minima on halves of the data (:func:`_axis_split_sigma`)
+        and added in quadrature; if the refinement did not converge, at least the last move
+        (half the swing if it oscillated).
     """
     refuse_text_numbers(locals())
     ts = _check_series(tilt_series)
@@ -1011,7 +1172,12 @@ def align(
         # until a round moves the axis by less than _AXIS_CONVERGED_DEG.  A fixed two rounds
         # stopped half-way on a shifted 48 px cube (9.8° → 4.8° → 2.9° for a 0° axis; the
         # criterion with the final shifts has its minimum at 0.5°)
-        rounds, move = 0, float("nan")
+        # A round whose move reverses the previous one's direction means the coupled
+        # shift/axis iteration oscillates about the axis (tune seeds 201/202 used all 6
+        # rounds, swinging between two angles): the axis is then taken halfway between the
+        # last two estimates and the refinement stops, uncertain by half that swing.
+        rounds, move, last = 0, float("nan"), 0.0
+        bisected = False
         for _ in range(int(axis_refine)):
             sh_prev, phi_prev, err_prev = sh, phi, phi_err
             sh = _axis_frame_shifts(d, sh, phi, max(2, d.shape[2] // 8))
@@ -1026,16 +1192,26 @@ def align(
                 sh, phi, phi_err = sh_prev, phi_prev, err_prev
                 steps.append("tilt_axis_refine left the search window: previous axis kept")
                 break
-            move = abs(phi - phi_prev)
+            step = phi - phi_prev
+            move = abs(step)
             if move < _AXIS_CONVERGED_DEG:
                 break
+            if step * last < 0:
+                phi = phi_prev + step / 2.0
+                move = abs(step) / 2.0
+                bisected = True
+                break
+            last = step
         if rounds:
             converged = move < _AXIS_CONVERGED_DEG
-            steps.append(
-                f"tilt_axis_refine x{rounds}"
-                + (" (converged)" if converged else f" (not converged: last move {move:.2f} deg)")
-            )
-            if not converged and np.isfinite(move):
+            if bisected:
+                state = f" (oscillating: bisected, half swing {move:.2f} deg)"
+            elif converged:
+                state = " (converged)"
+            else:
+                state = f" (not converged: last move {move:.2f} deg)"
+            steps.append(f"tilt_axis_refine x{rounds}" + state)
+            if (bisected or not converged) and np.isfinite(move):
                 # the axis was still moving: it is uncertain by at least that much
                 phi_err = max(phi_err, move) if np.isfinite(phi_err) else move
     disagreement = float("nan")
