@@ -47,7 +47,9 @@ def _check_pixel_size(value: Any) -> float:
 # metadata-borne numbers: unit and the smallest sensible value ((bound, inclusive)); a file's
 # "x", NaN, inf or negative dose used to pass into the object and surface far downstream
 _LIMITS: dict[str, tuple[str, float, bool]] = {
-    "time_s": ("s", 0.0, True),
+    # time stamps may be negative: time zero is often a trigger (heating, gas, beam on)
+    # with frames recorded before it
+    "time_s": ("s", -np.inf, False),
     "dose_e_per_A2": ("e⁻/Å²", 0.0, True),
     "initial_dose_e_per_A2": ("e⁻/Å²", 0.0, True),
     "temperature_K": ("K", 0.0, False),
@@ -57,6 +59,8 @@ _LIMITS: dict[str, tuple[str, float, bool]] = {
 
 def _bound_text(name: str) -> str:
     unit, lo, inclusive = _LIMITS[name]
+    if not np.isfinite(lo):
+        return f"finite ({unit})"
     return f"finite and {'>=' if inclusive else '>'} {lo:g} {unit}"
 
 
