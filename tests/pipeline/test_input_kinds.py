@@ -216,3 +216,12 @@ def test_kinds_of_a_plugin_step_are_checked_when_registered():
         register_step("test.kinds_typo", inputs=("series",), input_kinds={"serie": Kind("series")})
     with pytest.raises(ParameterError, match="`kind` must be one of"):
         Kind("dataframe")
+
+
+def test_fit_columns_kind_lists_the_columns_fit_columns_writes():
+    """The pipeline declares `atoms.fit`'s table without importing the fitting code (a
+    light registry import); the two lists must not drift apart."""
+    from perovstem.atoms.fit import FIT_COLUMNS
+    from perovstem.pipeline.steps.atoms import FIT_COLUMNS_KIND
+
+    assert FIT_COLUMNS_KIND.columns == tuple(FIT_COLUMNS)

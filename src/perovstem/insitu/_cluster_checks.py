@@ -104,11 +104,10 @@ def host_fringe_contrast(
     out = np.full(x_px.shape, np.nan)
     pts = zip(x_px.flat, y_px.flat, radius_px.flat, inner.flat, strict=True)
     for k, (x, y, r, r0) in enumerate(pts):
-        h = int(np.ceil(r)) + 1
-        i0, i1 = max(0, int(np.floor(y)) - h), min(m, int(np.floor(y)) + h + 2)
-        j0, j1 = max(0, int(np.floor(x)) - h), min(n, int(np.floor(x)) + h + 2)
-        if i0 >= i1 or j0 >= j1:
+        win = _window((m, n), x, y, r)
+        if win is None:
             continue
+        i0, i1, j0, j1 = win
         yy, xx = np.mgrid[i0:i1, j0:j1]
         rr = np.hypot(yy - y, xx - x)
         disc = (rr <= r) & (rr > r0)
@@ -122,6 +121,16 @@ def host_fringe_contrast(
     return out
 
 
+def _window(shape: tuple[int, int], x: float, y: float, r: float):
+    """Rows ``i0:i1`` and columns ``j0:j1`` of an image of ``shape`` that hold the disc of
+    radius ``r`` px around ``(x, y)`` (column, row) with a pixel of margin; None if off
+    the image."""
+    h = int(np.ceil(r)) + 1
+    i0, i1 = max(0, int(np.floor(y)) - h), min(shape[0], int(np.floor(y)) + h + 2)
+    j0, j1 = max(0, int(np.floor(x)) - h), min(shape[1], int(np.floor(x)) + h + 2)
+    return None if i0 >= i1 or j0 >= j1 else (i0, i1, j0, j1)
+
+
 def near_mask(
     mask: np.ndarray, x_px: np.ndarray, y_px: np.ndarray, radius_px: np.ndarray
 ) -> np.ndarray:
@@ -133,11 +142,10 @@ def near_mask(
     m, n = mask.shape
     out = np.zeros(x_px.shape, bool)
     for k, (x, y, r) in enumerate(zip(x_px.flat, y_px.flat, radius_px.flat, strict=True)):
-        h = int(np.ceil(r)) + 1
-        i0, i1 = max(0, int(np.floor(y)) - h), min(m, int(np.floor(y)) + h + 2)
-        j0, j1 = max(0, int(np.floor(x)) - h), min(n, int(np.floor(x)) + h + 2)
-        if i0 >= i1 or j0 >= j1:
+        win = _window((m, n), x, y, r)
+        if win is None:
             continue
+        i0, i1, j0, j1 = win
         yy, xx = np.mgrid[i0:i1, j0:j1]
         sub = mask[i0:i1, j0:j1]
         out.flat[k] = bool(np.any(sub & (np.hypot(yy - y, xx - x) <= r)))

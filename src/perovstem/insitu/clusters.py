@@ -269,7 +269,7 @@ CLUSTER_COLUMNS = [
     "host_ok",
 ]
 
-PB_FCC_A = 4.95
+PB_FCC_A = _mk.PB_FCC_A  # Å, fcc Pb lattice parameter (one definition, in _markers)
 
 # host fraction of a segment's excess above which it is counted on the host-free map D
 # (the registry uncertainty of D is ±13 %; see detect_clusters, step 5)
@@ -562,9 +562,7 @@ def _label_max(labels: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
     )
 
 
-def _fcc_radius_A(n: np.ndarray) -> np.ndarray:
-    """Equal-volume radius of a compact fcc Pb cluster of ``n`` atoms, Å."""
-    return (3.0 * np.clip(n, 0, None) * PB_FCC_A**3 / (16.0 * np.pi)) ** (1.0 / 3.0)
+_fcc_radius_A = _mk._fcc_radius_A  # equal-volume radius of n fcc Pb atoms, Å
 
 
 def _aperture_counts(

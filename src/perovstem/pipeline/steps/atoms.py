@@ -16,6 +16,7 @@ POSITIONS_KIND = Kind(
 
 #: what atoms.fit returns (perovstem.atoms.fit_columns; `grain` when the positions have it):
 #: every column, so a step needing another one (`n_atoms`) is refused at validation
+#: (= `atoms.fit.FIT_COLUMNS`, written out to keep the registry import light; tested)
 FIT_COLUMNS_KIND = Kind(
     "table",
     (
