@@ -92,6 +92,8 @@ def _npz_with(tmp_path, obj, meta=None, arrays=None):
     ("obj", "meta", "arrays", "expect"),
     [
         (Image(_IMG, 1.0, time_s=1.0), {"time_s_scalar": "x"}, None, "`time_s` must be a number"),
+        # was loaded as "no time stamp"
+        (Image(_IMG, 1.0, time_s=1.0), {"time_s_scalar": float("inf")}, None, "got inf"),
         (Image(_IMG, 1.0, dose_e_per_A2=5.0), {"dose_e_per_A2": "x"}, None, "`dose_e_per_A2`"),
         (Series(_STACK, 1.0, time_s=[0, 1, 2]), None, {"time_s": np.array([0, np.nan, 2])}, "nan"),
         (

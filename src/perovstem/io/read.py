@@ -336,7 +336,11 @@ def _one_time(rec: dict[str, Any]) -> float | None:
         a = np.ravel(np.asarray(t, dtype=float))
     except (TypeError, ValueError):  # load() names the file
         raise ParameterError(f"`time_s` must be a number in s, got {t!r}") from None
-    return float(a[0]) if a.size == 1 and np.isfinite(a[0]) else None
+    if a.size != 1 or np.isnan(a[0]):  # NaN: not recorded
+        return None
+    if not np.isfinite(a[0]):  # inf is a corrupt stamp, not a missing one
+        raise ParameterError(f"`time_s` must be finite (s), got {t!r}")
+    return float(a[0])
 
 
 # --------------------------------------------------------------------------- rsciio formats
