@@ -480,23 +480,19 @@ def test_axis_sigma_is_the_standard_error_of_the_minimum():
     assert np.isnan(_axis_sigma(phis[:2], terms[:2], best))
 
 
-def test_axis_refinement_runs_until_the_axis_settles(monkeypatch):
-    """A fixed two refinement rounds stopped half-way on a shifted 48 px cube (seed 303:
-    9.8° → 4.8° → 2.9° for a 0° axis).  The rounds now go on until the axis moves less
-    than 0.25° (at most ``axis_refine``), and an axis still moving when the rounds run
-    out is uncertain by at least its last move.  The searches are replaced by a scripted
-    sequence of minima here (the real ones take minutes on a loaded machine)."""
+def _align_on_scripted_axis(monkeypatch, path, **align_kw):
+    """``align`` on a small cube with the axis searches replaced by the scripted sequence
+    of minima ``path`` (each returned with σ 0.1°); returns the alignment and the centres
+    the searches were called with (the real searches take minutes on a loaded machine)."""
     mod = sys.modules["perovstem.tomo.align"]  # `perovstem.tomo.align` is the function
-    path = iter([9.8, 4.8, 2.9, 2.7, 2.6, 2.55])
+    minima = iter(path)
     calls = []
 
     def fake_search(d, ang, sh, *, centre_deg, half_range_deg, step_deg=2.0, **kw):
         calls.append(centre_deg)
-        return next(path), np.zeros((1, 2)), 0.1
+        return next(minima), np.zeros((1, 2)), 0.1
 
-    monkeypatch.setattr(mod, "_reprojection_search", fake_search, raising=False)
-    # (the code before this change called tilt_axis_reprojection: scripted the same way)
-    monkeypatch.setattr(mod, "tilt_axis_reprojection", lambda *a, **k: fake_search(*a, **k)[:2])
+    monkeypatch.setattr(mod, "_reprojection_search", fake_search)
     monkeypatch.setattr(mod, "_axis_frame_shifts", lambda d, sh, phi, margin: sh)
     monkeypatch.setattr(mod, "projection_matching", lambda d, ang, sh, phi, **kw: (sh, 0.01, []))
     ang = np.arange(-60.0, 60.1, 10.0)
@@ -504,17 +500,22 @@ def test_axis_refinement_runs_until_the_axis_settles(monkeypatch):
     ts, _ = tilt_series(ph, ang, shape=(32, 32), pixel_size_A=2.0, noise=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        al = mod.align(ts)
+        return mod.align(ts, **align_kw), calls
+
+
+def test_axis_refinement_runs_until_the_axis_settles(monkeypatch):
+    """A fixed two refinement rounds stopped half-way on a shifted 48 px cube (seed 303:
+    9.8° → 4.8° → 2.9° for a 0° axis).  The rounds now go on until the axis moves less
+    than 0.25° (at most ``axis_refine``), and an axis still moving when the rounds run
+    out is uncertain by at least its last move.  The searches are replaced by a scripted
+    sequence of minima here."""
+    al, calls = _align_on_scripted_axis(monkeypatch, [9.8, 4.8, 2.9, 2.7, 2.6, 2.55])
     # coarse search, then rounds from 9.8: 4.8 (5.0), 2.9 (1.9), 2.7 (0.2 < 0.25: stop)
     assert len(calls) == 4
     assert al.tilt_axis_deg == pytest.approx(2.7)
     assert "tilt_axis_refine x3 (converged)" in al.steps
     assert al.tilt_axis_err_deg == pytest.approx(0.1)
-    path = iter([9.8, 4.8, 2.9, 2.7])
-    calls.clear()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        al = mod.align(ts, axis_refine=2)
+    al, _ = _align_on_scripted_axis(monkeypatch, [9.8, 4.8, 2.9, 2.7], axis_refine=2)
     assert al.tilt_axis_deg == pytest.approx(2.9)
     assert "tilt_axis_refine x2 (not converged: last move 1.90 deg)" in al.steps
     assert al.tilt_axis_err_deg == pytest.approx(1.9)  # the last move, not the 0.1 of the fit
@@ -590,23 +591,7 @@ def test_axis_refinement_bisects_an_oscillation(monkeypatch):
     and 202 used all 6 rounds): when a round reverses the previous move the axis is taken
     halfway and the refinement stops, uncertain by at least half the swing (the old loop ran
     all rounds and ended on one side of the swing)."""
-    mod = sys.modules["perovstem.tomo.align"]
-    path = iter([2.0, 0.5, 1.5, 0.6, 1.4, 0.7, 1.3, 0.8])
-    calls = []
-
-    def fake_search(d, ang, sh, *, centre_deg, half_range_deg, step_deg=2.0, **kw):
-        calls.append(centre_deg)
-        return next(path), np.zeros((1, 2)), 0.1
-
-    monkeypatch.setattr(mod, "_reprojection_search", fake_search)
-    monkeypatch.setattr(mod, "_axis_frame_shifts", lambda d, sh, phi, margin: sh)
-    monkeypatch.setattr(mod, "projection_matching", lambda d, ang, sh, phi, **kw: (sh, 0.01, []))
-    ang = np.arange(-60.0, 60.1, 10.0)
-    ph = nanocrystal_phantom(40.0, r110=3.0, r111=3.0, n_inclusions=0, rng=0)
-    ts, _ = tilt_series(ph, ang, shape=(32, 32), pixel_size_A=2.0, noise=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        al = mod.align(ts)
+    al, calls = _align_on_scripted_axis(monkeypatch, [2.0, 0.5, 1.5, 0.6, 1.4, 0.7, 1.3, 0.8])
     # coarse 2.0; rounds: 0.5 (−1.5), 1.5 (+1.0 reverses): halfway 1.0, stop
     assert len(calls) == 3
     assert al.tilt_axis_deg == pytest.approx(1.0)
