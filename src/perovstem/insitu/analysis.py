@@ -1176,6 +1176,13 @@ LINE_JITTER_SMOOTH_CORR = 0.8
 PB0_FALL_SIGMA = 3.0
 
 
+def _frame_quadrature(tracks: pd.DataFrame, column: str, frames: pd.Series) -> np.ndarray:
+    """Per frame of ``frames``, the clusters' ``column`` added in quadrature (NaN skipped,
+    0 for a frame without clusters): the 1σ of the frame's Pb⁰ total."""
+    var = (tracks[column] ** 2).groupby(tracks["frame"]).sum()
+    return np.sqrt(var.reindex(frames, fill_value=0.0).to_numpy())
+
+
 def pb0_falls_later(n_pb0: Any, err_stat: Any, *, n_sigma: float = PB0_FALL_SIGMA) -> np.ndarray:
     """Frames whose Pb⁰ total exceeds a later frame's by more than its errors allow.
 
@@ -1285,12 +1292,10 @@ def _frames_table(
     if "n_atoms_err" in tracks:
         # the total's error bar, so that a reader of the frames table can tell an
         # over-count within the stated uncertainty from one beyond it
-        var = (tracks["n_atoms_err"] ** 2).groupby(tracks["frame"]).sum()  # NaN skipped
-        out["n_Pb0_err"] = np.sqrt(var.reindex(idx, fill_value=0.0).to_numpy())
+        out["n_Pb0_err"] = _frame_quadrature(tracks, "n_atoms_err", idx)
         out.loc[out["n_Pb0_detected"].isna(), "n_Pb0_err"] = np.nan
     if "n_atoms_err_stat" in tracks:
-        var = (tracks["n_atoms_err_stat"] ** 2).groupby(tracks["frame"]).sum()  # NaN skipped
-        out["n_Pb0_err_stat"] = np.sqrt(var.reindex(idx, fill_value=0.0).to_numpy())
+        out["n_Pb0_err_stat"] = _frame_quadrature(tracks, "n_atoms_err_stat", idx)
         out["Pb0_falls_later"] = pb0_falls_later(
             out["n_Pb0_detected"].where(~out["skipped"].fillna(False).astype(bool)),
             out["n_Pb0_err_stat"],
