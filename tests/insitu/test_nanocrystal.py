@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from perovstem import CalibrationError, ParameterError, Series
 from perovstem.insitu import fft_phase_check, nanocrystal_metrics, segment_nanocrystal
@@ -121,3 +122,38 @@ def test_area_change_significance():
     assert ch["shrinkage_err"] == pytest.approx(np.sqrt(2) * sig / 2000, rel=0.6)
     with pytest.raises(ParameterError):
         area_change(pd.DataFrame({"area_A2": [1.0]}))
+
+
+def test_fill_holes_on_bounding_box_equals_whole_frame_fill():
+    """The crystal's holes are filled on its bounding box only (speed): same result as
+    scipy's fill on the whole frame, for masks touching the border, with nested holes and
+    with several objects."""
+    from perovstem.insitu.nanocrystal import _fill_holes
+
+    rng = np.random.default_rng(7)
+    for t in range(200):
+        m, n = rng.integers(6, 50, size=2)
+        b = rng.random((m, n)) > rng.uniform(0.2, 0.8)
+        if t % 2:
+            b = ndimage.binary_opening(b)
+        if t % 3 == 0:  # a ring with a hole, somewhere (possibly at the border)
+            b[:] = False
+            r0, c0 = rng.integers(0, m // 2), rng.integers(0, n // 2)
+            b[r0 : r0 + 5, c0 : c0 + 5] = True
+            b[r0 + 1 : r0 + 4, c0 + 1 : c0 + 4] = False
+            b[r0 + 2, c0 + 2] = True
+        assert np.array_equal(_fill_holes(b), ndimage.binary_fill_holes(b)), t
+
+
+def test_full_power_spectrum_from_half_spectrum():
+    """The lattice search's full power spectrum from the real FFT (Hermitian symmetry)
+    equals |fft2|², even and odd sides."""
+    import scipy.fft as sfft
+
+    from perovstem.insitu.lattice import _full_power
+
+    rng = np.random.default_rng(3)
+    for m, n in [(8, 8), (7, 9), (16, 5), (33, 64), (5, 2), (6, 3), (1, 7)]:
+        a = rng.random((m, n))
+        ref = np.abs(sfft.fft2(a)) ** 2
+        assert np.allclose(_full_power(sfft.rfft2(a), n), ref, rtol=1e-12, atol=1e-9), (m, n)

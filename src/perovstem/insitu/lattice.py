@@ -69,16 +69,43 @@ def estimate_lattice(
     dx = check_positive("pixel_size_A", pixel_size_A)
     if not (0 < d_min_A < d_max_A):
         raise DataError(f"need 0 < d_min_A < d_max_A, got {d_min_A}, {d_max_A}")
-    m, n = a.shape
     if not np.ptp(a) > 0:
         raise DataError(
             f"no lattice in a constant image (every pixel {float(a.flat[0])!r}): "
             "a blanked or dropped frame?"
         )
+    return _lattice_from_power(_full_power(_windowed_rfft2(a), a.shape[1]), dx, d_min_A, d_max_A)
+
+
+def _windowed_rfft2(a: np.ndarray) -> np.ndarray:
+    """Half spectrum of the mean-free, Hann-windowed frame (the spectrum of
+    :func:`estimate_lattice` and :func:`~perovstem.insitu.nanocrystal.fft_phase_check`)."""
     from scipy.signal.windows import hann
 
+    m, n = a.shape
     w = np.outer(hann(m), hann(n))
-    p = np.abs(sfft.fft2((a - a.mean()) * w)) ** 2
+    return sfft.rfft2((a - a.mean()) * w, workers=1)
+
+
+def _full_power(half: np.ndarray, n: int) -> np.ndarray:
+    """Full (M, N) power spectrum ``|F|²`` of a real frame of N columns from its half
+    spectrum (M, N//2 + 1): the missing columns by Hermitian symmetry, F(-k) = conj F(k)."""
+    m, nh = half.shape
+    ph = half.real**2 + half.imag**2
+    p = np.empty((m, n))
+    p[:, :nh] = ph
+    if n > nh:
+        # column j > N/2 is column N - j of the half spectrum at row -i (views, no gather)
+        p[0, nh:] = ph[0, n - nh : 0 : -1]
+        p[1:, nh:] = ph[:0:-1, n - nh : 0 : -1]
+    return p
+
+
+def _lattice_from_power(
+    p: np.ndarray, dx: float, d_min_A: float, d_max_A: float
+) -> tuple[float, float, float]:
+    """:func:`estimate_lattice` on the full power spectrum ``p`` of the windowed frame."""
+    m, n = p.shape
     ky = sfft.fftfreq(m, dx)[:, None]
     kx = sfft.fftfreq(n, dx)[None, :]
     kr = np.hypot(ky, kx)

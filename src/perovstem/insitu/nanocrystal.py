@@ -10,6 +10,7 @@ those of fcc Pb (d₂₀₀ 2.475, d₂₂₀ 1.750 Å; [001] zone) in the frame
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from scipy import ndimage
 
 from perovstem._data import Image
 from perovstem._validation import check_image, check_positive, refuse_text_numbers
-from perovstem.errors import CalibrationError, ParameterError
+from perovstem.errors import CalibrationError, DataError, ParameterError
 from perovstem.insitu._frames import frame_quality, iter_frames
 from perovstem.insitu.lattice import unit_cell_average
 
@@ -114,17 +115,59 @@ def _segment_objects(
     if n == 0:
         z = np.zeros(a.shape, bool)
         return z, z, float(threshold), np.zeros(0)
-    sizes = ndimage.sum_labels(np.ones_like(m), lab, np.arange(1, n + 1))
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(float)  # pixels per object
     body = lab == (1 + int(np.argmax(sizes)))
-    filled = ndimage.binary_fill_holes(body)
+    filled = _fill_holes(body)
     holes = filled & ~body
     hl, nh = ndimage.label(holes)
     voids = np.zeros(a.shape, bool)
     if nh:
-        hs = ndimage.sum_labels(np.ones_like(m), hl, np.arange(1, nh + 1)) * px * px
+        hs = np.bincount(hl.ravel(), minlength=nh + 1)[1:] * px * px
         keep = np.flatnonzero(hs >= min_void_area_A2) + 1
         voids = np.isin(hl, keep)
     return filled, voids, float(threshold), np.sort(sizes)[::-1] * px * px
+
+
+def _fill_holes(body: np.ndarray) -> np.ndarray:
+    """:func:`scipy.ndimage.binary_fill_holes` of ``body``, computed on its bounding box
+    plus one pixel: everything outside the box is background connected to the frame
+    border (the box is convex), so the result is the same at a fraction of the cost for a
+    crystal much smaller than the frame."""
+    rows = np.flatnonzero(body.any(axis=1))
+    cols = np.flatnonzero(body.any(axis=0))
+    out = np.zeros(body.shape, bool)
+    if rows.size == 0:
+        return out
+    r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, body.shape[0])
+    c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, body.shape[1])
+    out[r0:r1, c0:c1] = ndimage.binary_fill_holes(body[r0:r1, c0:c1])
+    return out
+
+
+@lru_cache(maxsize=8)
+def _phase_annuli(
+    shape: tuple[int, int], px: float, tolerance: float
+) -> tuple[tuple[str, str, np.ndarray, np.ndarray, np.ndarray], ...]:
+    """Flat indices into the half power spectrum of a frame of ``shape`` (M, N) of every
+    reflection's annulus ``|k| d ∈ [1 − tol, 1 + tol]`` and of its wide annulus (±4 tol),
+    with ``|k|`` of the annulus pixels, for the reflections resolved at ``px`` (d ≥ 2.2 px):
+    the same for every frame of a series, so computed once."""
+    ky = np.fft.fftfreq(shape[0], px)[:, None]
+    kx = np.fft.rfftfreq(shape[1], px)[None, :]
+    kr = np.hypot(ky, kx).ravel()
+    out = []
+    for phase, refl in PHASE_SPACINGS_A.items():
+        for hkl, d in refl.items():
+            if d < 2.2 * px:
+                continue
+            ring = np.flatnonzero((kr >= (1 - tolerance) / d) & (kr <= (1 + tolerance) / d))
+            wide = np.flatnonzero((kr >= (1 - 4 * tolerance) / d) & (kr <= (1 + 4 * tolerance) / d))
+            for x in (ring, wide):
+                x.setflags(write=False)
+            kr_ring = kr[ring]
+            kr_ring.setflags(write=False)
+            out.append((phase, hkl, ring, wide, kr_ring))
+    return tuple(out)
 
 
 def fft_phase_check(
@@ -171,27 +214,34 @@ def fft_phase_check(
     a = check_image("image", data)
     check_positive("pixel_size_A", px)
     check_positive("tolerance", tolerance)
-    f = a - a.mean()
+    from perovstem.insitu.lattice import (
+        _full_power,
+        _lattice_from_power,
+        _windowed_rfft2,
+    )
+
+    whole = _windowed_rfft2(a)  # the whole frame's spectrum (also the lattice estimate's)
     if mask is not None:
         mk = np.asarray(mask, bool)
         if mk.shape != a.shape:
             raise ParameterError(f"`mask` shape {mk.shape} differs from the image {a.shape}")
-        f = np.where(ndimage.binary_dilation(mk, iterations=2), a - a[mk].mean(), 0.0)
-    from scipy.signal.windows import hann
+        from scipy.signal.windows import hann
 
-    f = f * np.outer(hann(a.shape[0]), hann(a.shape[1]))
-    p = np.abs(np.fft.rfft2(f)) ** 2
+        f = np.where(ndimage.binary_dilation(mk, iterations=2), a - a[mk].mean(), 0.0)
+        f = f * np.outer(hann(a.shape[0]), hann(a.shape[1]))
+        p = np.abs(np.fft.rfft2(f)) ** 2
+    else:
+        p = whole.real**2 + whole.imag**2
     ky = np.fft.fftfreq(a.shape[0], px)[:, None]
     kx = np.fft.rfftfreq(a.shape[1], px)[None, :]
-    kr = np.hypot(ky, kx)
     # pixels near host reflections (estimated lattice) are excluded from the other phases'
     # rings: the tails of strong host peaks must not pass for Pb reflections
     dk = max(1 / (a.shape[0] * px), 1 / (a.shape[1] * px))
     host_g = np.zeros((0, 2))
-    try:
-        from perovstem.insitu.lattice import estimate_lattice
-
-        ah, ang, strength = estimate_lattice(a, px)
+    try:  # (estimate_lattice's search on the spectrum already at hand)
+        if not np.ptp(a) > 0:
+            raise DataError("constant frame")
+        ah, ang, strength = _lattice_from_power(_full_power(whole, a.shape[1]), px, 3.0, 9.0)
     except Exception:  # noqa: BLE001 - no lattice: nothing to exclude
         strength = 0.0
     if strength >= 20:
@@ -202,38 +252,41 @@ def fft_phase_check(
         g = (hk[:, None, None] * u1 + hk[None, :, None] * u2).reshape(-1, 2)
         host_g = g[np.hypot(g[:, 0], g[:, 1]) > 0]
 
-    def near_host(sel: np.ndarray) -> np.ndarray:
-        """True for the selected spectrum pixels within 2.5 bins of a host reflection."""
+    def near_host(idx: np.ndarray) -> np.ndarray:
+        """True for the spectrum pixels ``idx`` (flat) within 2.5 bins of a host reflection."""
         if host_g.size == 0:
-            return np.zeros(int(sel.sum()), bool)
-        iy, ix = np.nonzero(sel)
+            return np.zeros(idx.size, bool)
+        iy, ix = np.divmod(idx, p.shape[1])
         kxs, kys = kx[0, ix], ky[iy, 0]
-        dd = np.hypot(kxs[:, None] - host_g[None, :, 0], kys[:, None] - host_g[None, :, 1])
+        # only reflections whose |g| lies within 2.5 bins of the selected radii can be near
+        kr_s = np.hypot(kxs, kys)
+        gr = np.hypot(host_g[:, 0], host_g[:, 1])
+        g = host_g[(gr >= kr_s.min() - 2.5 * dk) & (gr <= kr_s.max() + 2.5 * dk)]
+        if g.size == 0:
+            return np.zeros(kxs.size, bool)
+        dd = np.hypot(kxs[:, None] - g[None, :, 0], kys[:, None] - g[None, :, 1])
         return dd.min(1) < 2.5 * dk
 
-    ratios: dict[str, dict[str, float]] = {}
-    dmeas: dict[str, dict[str, float]] = {}
+    ratios: dict[str, dict[str, float]] = {ph: {} for ph in PHASE_SPACINGS_A}
+    dmeas: dict[str, dict[str, float]] = {ph: {} for ph in PHASE_SPACINGS_A}
     peaks: dict[str, float] = {}
     top = 0.0
-    for phase, refl in PHASE_SPACINGS_A.items():
-        ratios[phase], dmeas[phase] = {}, {}
-        for hkl, d in refl.items():
-            if d < 2.2 * px:
-                continue
-            ring = (kr >= (1 - tolerance) / d) & (kr <= (1 + tolerance) / d)
-            if phase != "CsPbBr3":
-                ring[ring] = ~near_host(ring)
-            wide = (kr >= (1 - 4 * tolerance) / d) & (kr <= (1 + 4 * tolerance) / d)
-            if ring.sum() < 4:
-                continue
-            pk = float(p[ring].max())
-            r = pk / (float(np.median(p[wide])) + 1e-300)
-            ratios[phase][hkl] = r
-            dmeas[phase][hkl] = float(1 / kr[ring][np.argmax(p[ring])])
-            if r >= min_ratio:
-                top = max(top, pk)  # every reflection sets the leakage scale (min_fraction)
-                if (phase, hkl) not in _NOT_DECISIVE:
-                    peaks[phase] = max(peaks.get(phase, 0.0), pk)
+    pf = p.ravel()
+    for phase, hkl, ring, wide, kr_ring in _phase_annuli(a.shape, float(px), float(tolerance)):
+        if phase != "CsPbBr3":
+            keep = ~near_host(ring)
+            ring, kr_ring = ring[keep], kr_ring[keep]
+        if ring.size < 4:
+            continue
+        pr = pf[ring]
+        pk = float(pr.max())
+        r = pk / (float(np.median(pf[wide])) + 1e-300)
+        ratios[phase][hkl] = r
+        dmeas[phase][hkl] = float(1 / kr_ring[np.argmax(pr)])
+        if r >= min_ratio:
+            top = max(top, pk)  # every reflection sets the leakage scale (min_fraction)
+            if (phase, hkl) not in _NOT_DECISIVE:
+                peaks[phase] = max(peaks.get(phase, 0.0), pk)
 
     present = [ph for ph in PHASE_SPACINGS_A if ph in peaks and peaks[ph] >= min_fraction * top]
     label = "+".join(present) if present else "none"
