@@ -206,6 +206,25 @@ def _label_max(labels, values, k):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
+def _label_argmax(labels, values, k):  # pragma: no cover - compiled
+    """Flat index of the first maximum of ``values`` in each label 1 … ``k`` (C order;
+    -1 where empty; label 0 and labels > ``k`` ignored): what
+    :func:`scipy.ndimage.maximum_position` returns, in one pass instead of a sort (among
+    exactly equal maxima scipy's choice depends on its sort; this one is the first)."""
+    best = np.full(k, -np.inf)
+    idx = np.full(k, -1, np.int64)
+    for i in range(labels.size):
+        li = labels[i]
+        if li < 1 or li > k:
+            continue
+        v = values[i]
+        if idx[li - 1] < 0 or v > best[li - 1]:
+            best[li - 1] = v
+            idx[li - 1] = i
+    return idx
+
+
+@njit(cache=True, nogil=True)
 def _empty_site_mask(ph1, ph2, b, e1x, e1y, e2x, e2y, a_px, radius_px, mm, nn):  # pragma: no cover
     """1 where the local fractional cell coordinates are within ``radius_px`` of
     (¼, ¼)-type sites (phases ``ph1``, ``ph2`` on the ``b``-binned grid, radians)."""

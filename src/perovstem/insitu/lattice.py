@@ -260,6 +260,16 @@ def _cell_filter(
     return filt
 
 
+@lru_cache(maxsize=16)
+def _cell_filter32(
+    shape: tuple[int, int], ap: float, angle_deg: float, smooth_px: float
+) -> np.ndarray:
+    """:func:`_cell_filter` in single precision (for single-precision transforms)."""
+    filt = _cell_filter(shape, ap, angle_deg, smooth_px).astype(np.float32)
+    filt.setflags(write=False)
+    return filt
+
+
 def unit_cell_average(
     image: np.ndarray, a_px: float, *, angle_deg: float = 0.0, smooth_px: float = 0.0
 ) -> np.ndarray:
