@@ -34,11 +34,16 @@ def test_simulator_drift_within_0p1_px(sim_series):
         assert np.sqrt(np.mean((e - t) ** 2)) < 0.1
 
 
-def test_analyze_series_end_to_end(sim_series):
+@pytest.fixture(scope="module")
+def analysed0(sim_series):
     from perovstem.insitu import analyze_series
 
+    return analyze_series(sim_series[0][0], ci="wald")
+
+
+def test_analyze_series_end_to_end(sim_series, analysed0):
     s, truth = sim_series[0]
-    res = analyze_series(s, ci="wald")
+    res = analysed0
     f = res.frames
     assert len(f) == s.n_frames
     np.testing.assert_allclose(f["cumulative_dose_e_per_A2"], s.cumulative_dose_e_per_A2)
@@ -65,6 +70,70 @@ def test_analyze_series_end_to_end(sim_series):
     np.testing.assert_array_equal(got.reindex(per_frame.index), per_frame)
     assert (got.drop(per_frame.index) == 0).all()
     assert (f.loc[~f["skipped"], "host_model"] != "").all()
+
+
+def test_cluster_positions_are_in_frame0_coordinates(sim_series, analysed0):
+    """Clusters are detected on the raw frames while the drift is registered beside the
+    detection pass; their positions are then moved into frame-0 coordinates: the clusters
+    of >= 20 atoms in the frames that drifted > 3 Å sit near the truth positions minus the
+    true drift since frame 0 (median distance 0.75 Å over 4 such series, 1.7 Å on the
+    worst; uncorrected positions are ~9 Å off, wrongly signed ones ~18 Å)."""
+    s, truth = sim_series[0]
+    drift = truth["drift"][["dy_A", "dx_A"]].to_numpy()
+    drift = drift - drift[0]
+    tc = truth["clusters"]
+    det = analysed0.clusters
+    frames = [k for k in range(s.n_frames) if np.hypot(*drift[k]) > 3.0]
+    assert len(frames) >= 4
+    dists = []
+    for k in frames:
+        t = tc[(tc["frame"] == k) & (tc["n_atoms"] >= 20)]
+        d = det[det["frame"] == k]
+        if not len(t) or not len(d):
+            continue
+        ty = t["y_A"].to_numpy() - drift[k, 0]
+        tx = t["x_A"].to_numpy() - drift[k, 1]
+        dd = np.hypot(ty[:, None] - d["y_A"].to_numpy(), tx[:, None] - d["x_A"].to_numpy())
+        dists += list(dd.min(axis=1))
+    assert len(dists) >= 8
+    assert np.median(dists) < 2.5 and np.mean(np.asarray(dists) < 3.0) >= 0.75
+
+
+def test_detection_beside_the_registration_matches_detection_after_it(sim_series):
+    """Detecting on the raw frames beside the registration (default) and on the
+    registered frames after it (REGISTER_BESIDE False) find the same clusters at the same
+    frame-0 positions (median 0.1-0.3 Å apart on 3 series) and Pb⁰ totals within 10 %.
+    The sub-pixel Fourier shift of the registered frames is not neutral for detection:
+    over 5 series (4 nm, 0.5 Å, 12 frames) Pb⁰ sums were 1-9 % higher and recall 0.01
+    higher on shifted frames than on raw ones (integer shifts: same as raw); the detector
+    is tuned and benchmarked on unshifted frames."""
+    from perovstem.insitu import analysis
+
+    s, _ = sim_series[1]
+    beside = analysis.analyze_series(s, summary=False)
+    try:
+        analysis.REGISTER_BESIDE = False
+        after = analysis.analyze_series(s, summary=False)
+    finally:
+        analysis.REGISTER_BESIDE = True
+    a, b = beside.clusters, after.clusters
+    dists, dn, n = [], 0, 0
+    for k in range(s.n_frames):
+        ak, bk = a[a["frame"] == k], b[b["frame"] == k]
+        big = bk[bk["n_atoms"] >= 10]
+        dn += abs(len(ak[ak["n_atoms"] >= 10]) - len(big))
+        n += len(big)
+        if len(ak) and len(big):
+            dd = np.hypot(
+                big["y_A"].to_numpy()[:, None] - ak["y_A"].to_numpy(),
+                big["x_A"].to_numpy()[:, None] - ak["x_A"].to_numpy(),
+            )
+            dists += list(dd.min(axis=1))
+    assert n >= 20 and dn <= 0.2 * n
+    assert np.median(dists) < 0.5
+    pa = beside.frames["n_Pb0_detected"].sum()
+    pb = after.frames["n_Pb0_detected"].sum()
+    assert abs(pa - pb) < 0.1 * pb
 
 
 def test_pb0_atoms_on_degrading_crystal(sim_series):

@@ -7,7 +7,9 @@ chunks are computed block by block), so memory does not grow with the series len
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,30 @@ __all__ = [
     "frame_quality",
     "single_blas_thread",
 ]
+
+
+class FramesCancelled(Exception):
+    """Raised by :func:`iter_frames` when the reading context was cancelled (a pass that
+    runs beside another one, e.g. the drift registration beside the detection pass of
+    :func:`perovstem.insitu.analyze_series`, stops when that one fails)."""
+
+
+# the cancel flag of the current context: a pass started in a copied context
+# (contextvars.copy_context().run) sees the flag its starter sets
+_CANCEL: ContextVar[threading.Event | None] = ContextVar("perovstem_frames_cancel", default=None)
+
+
+def cancellable() -> threading.Event:
+    """A cancel flag for the frame reads of the current context (set it to stop them)."""
+    ev = threading.Event()
+    _CANCEL.set(ev)
+    return ev
+
+
+def _check_cancel() -> None:
+    ev = _CANCEL.get()
+    if ev is not None and ev.is_set():
+        raise FramesCancelled("frame reading cancelled")
 
 
 def single_blas_thread() -> Any:
@@ -136,9 +162,11 @@ def iter_frames(series: Any, *, block: int | None = None) -> Iterator[tuple[int,
                     f"({type(exc).__name__}: {str(exc)[:200]}); truncated or corrupted file?"
                 ) from None
             for i in range(chunk.shape[0]):
+                _check_cancel()
                 yield k0 + i, chunk[i]
     else:
         for k in range(n):
+            _check_cancel()
             yield k, np.asarray(st[k])
 
 

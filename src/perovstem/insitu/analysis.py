@@ -76,6 +76,117 @@ def shift_frame(frame: np.ndarray, shift_px: Any) -> np.ndarray:
     return fft.irfft2(spec, s=f.shape)
 
 
+#: run the drift registration beside the detection pass (clusters then detected on the raw
+#: frames, positions moved to frame-0 coordinates); False: register first, detect on the
+#: shifted frames
+REGISTER_BESIDE = True
+
+
+def _register(series: Series, max_lag: int) -> pd.DataFrame:
+    """:func:`register_drift` of the series, its DataError saying how to go on without."""
+    try:
+        return register_drift(series, max_lag=max_lag)
+    except DataError as exc:
+        # e.g. a featureless or pure-noise series: say how to go on without drift
+        raise DataError(
+            f"{exc}; if the frames need no drift correction, pass register=False "
+            "(perovstem insitu --no-register)"
+        ) from exc
+
+
+class _Beside:
+    """``fn(*args)`` run in a thread beside the caller's work: under the caller's
+    one-thread BLAS limit (entered here, in the calling thread, and left once the thread is
+    joined, so the limits are restored in order) and with a cancel flag on its frame
+    reads (:func:`perovstem.insitu._frames.iter_frames`), so that a failing caller does not
+    leave it reading the rest of the series."""
+
+    def __init__(self, fn: Any, *args: Any) -> None:
+        import contextvars
+        import threading
+
+        from perovstem.insitu._frames import cancellable
+
+        self._blas: Any = single_blas_thread()
+        self._blas.__enter__()
+        ctx = contextvars.copy_context()
+        self._cancel = ctx.run(cancellable)
+        self._out: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                self._out["value"] = ctx.run(fn, *args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                self._out["error"] = exc
+
+        self._thread = threading.Thread(target=run, name="perovstem-beside", daemon=True)
+        self._thread.start()
+
+    def _join(self) -> None:
+        self._thread.join()
+        if self._blas is not None:
+            self._blas.__exit__(None, None, None)
+            self._blas = None
+
+    def result(self) -> Any:
+        """Wait for the thread; its value, or its exception raised here."""
+        self._join()
+        if "error" in self._out:
+            raise self._out["error"]
+        return self._out["value"]
+
+    def cancel(self) -> None:
+        """Stop the thread at its next frame read and wait for it."""
+        self._cancel.set()
+        self._join()
+
+
+class _cancel_on_error:  # noqa: N801 - used as a context manager
+    """Cancel a :class:`_Beside` run when the block raises."""
+
+    def __init__(self, run: _Beside | None) -> None:
+        self.run = run
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: Any, exc: Any, tb: Any) -> None:
+        if typ is not None and self.run is not None:
+            self.run.cancel()
+
+
+def _to_frame0(dets: list[pd.DataFrame], shifts: np.ndarray, px: float) -> None:
+    """Move cluster positions measured on raw frames into frame-0 coordinates (in place):
+    frame k's content sits at its frame-0 position plus the drift ``shifts[k]`` (dy, dx)."""
+    for d in dets:
+        if not len(d):
+            continue
+        k = int(d["frame"].iloc[0])
+        d["y_px"] = d["y_px"] - shifts[k, 0]
+        d["x_px"] = d["x_px"] - shifts[k, 1]
+        d["y_A"] = d["y_px"] * px
+        d["x_A"] = d["x_px"] * px
+
+
+def _jitter_notes(jitter: dict[str, Any] | None, scan_correction: bool) -> list[str]:
+    """The note on measured fast-scan line jitter (none below LINE_JITTER_NOTE_PX)."""
+    notes: list[str] = []
+    if jitter is not None and jitter["median_px"] > LINE_JITTER_NOTE_PX:
+        notes.append(
+            f"fast-scan line jitter {jitter['median_px']:.2g} px rms (median of "
+            f"{jitter['n']} frames, measured against the mean of the others; column "
+            "line_jitter_px): Pb⁰ counts are unreliable (KMC 4 nm cubes with 1 px white line "
+            "jitter: first-frame totals 1.5-3.7x the truth, 0.7-1.5x without jitter)"
+            + (
+                "; the scan correction reduces but does not remove the excess (0.8-2.1x "
+                "per line at 1 px)"
+                if scan_correction
+                else "; scan_correction=True corrects it in part"
+            )
+        )
+    return notes
+
+
 @dataclass
 class InsituResult:
     """Tables produced by :func:`analyze_series` (all pandas DataFrames).
@@ -292,26 +403,29 @@ def analyze_series(
     track = dict(track or {})
     px = series.pixel_size_A
     n = series.n_frames
-    if register:
-        try:
-            drift = register_drift(series, max_lag=max_lag)
-        except DataError as exc:
-            # e.g. a featureless or pure-noise series: say how to go on without drift
-            raise DataError(
-                f"{exc}; if the frames need no drift correction, pass register=False "
-                "(perovstem insitu --no-register)"
-            ) from exc
+    # The drift registration runs beside the detection pass (both stream the frames and
+    # are CPU-bound; the registration's single-threaded stretches leave a core to the
+    # detection): clusters and crystal are then measured on the raw frames and the
+    # cluster positions moved into frame-0 coordinates afterwards (a rigid shift changes
+    # where a cluster is, not what is detected; no sub-pixel resampling of the counts).
+    # Column fits and the scan correction need the aligned frames first.
+    reg_beside: _Beside | None = None
+    drift: pd.DataFrame | None = None
+    if register and not columns and not scan_correction and REGISTER_BESIDE:
+        reg_beside = _Beside(_register, series, max_lag)
+    elif register:
+        drift = _register(series, max_lag)
     else:
         drift = pd.DataFrame(
             {"frame": np.arange(n), "dy_px": 0.0, "dx_px": 0.0, "skipped": False, "reason": ""}
         )
-    shifts = drift[["dy_px", "dx_px"]].to_numpy(float)
+    shifts = np.zeros((n, 2)) if drift is None else drift[["dy_px", "dx_px"]].to_numpy(float)
     # column fits sit at fixed positions: a frame registered through an unreliable drift
     # (e.g. a lattice-period jump) would read wrong cross-sections; it is used only if it
     # correlates with the column-finding reference within COLUMN_TOL_PX
     col_frame_ok = (
         drift["drift_reliable"].to_numpy(bool)
-        if register and "drift_reliable" in drift
+        if drift is not None and register and "drift_reliable" in drift
         else np.ones(n, bool)
     )
     dose = series.dose_e_per_A2
@@ -322,7 +436,7 @@ def analyze_series(
         )
     frames_src = series
     scan_rms: np.ndarray | None = None
-    jitter = _line_jitter(series, drift) if register else None
+    jitter = _line_jitter(series, drift) if register and drift is not None else None
     jitter_notes: list[str] = []
     if scan_correction:
         opts = dict(scan_options or {})
@@ -343,20 +457,8 @@ def analyze_series(
     gain = series.metadata.get("gain")
     offset = series.metadata.get("offset")
     notes: list[str] = _calibration_notes(series, gain, offset)
-    if jitter is not None and jitter["median_px"] > LINE_JITTER_NOTE_PX:
-        notes.append(
-            f"fast-scan line jitter {jitter['median_px']:.2g} px rms (median of "
-            f"{jitter['n']} frames, measured against the mean of the others; column "
-            "line_jitter_px): Pb⁰ counts are unreliable (KMC 4 nm cubes with 1 px white line "
-            "jitter: first-frame totals 1.5-3.7x the truth, 0.7-1.5x without jitter)"
-            + (
-                "; the scan correction reduces but does not remove the excess (0.8-2.1x "
-                "per line at 1 px)"
-                if scan_correction
-                else "; scan_correction=True corrects it in part"
-            )
-        )
-    notes += jitter_notes
+    n_cal = len(notes)  # (the line-jitter notes of a registration run beside go here)
+    notes += _jitter_notes(jitter, scan_correction) + jitter_notes
     if px > COARSE_PIXEL_A:
         notes.append(
             f"pixel size {px:g} Å: Pb⁰ atom counts are validated on ≤ {COARSE_PIXEL_A:g} Å "
@@ -475,7 +577,11 @@ def analyze_series(
             rows.append(row)
         block.clear()
 
-    with single_blas_thread(), ThreadPoolExecutor(max_workers=max(1, int(n_workers))) as pool:
+    with (
+        _cancel_on_error(reg_beside),  # (first in, last out: the BLAS limits unwind in order)
+        single_blas_thread(),
+        ThreadPoolExecutor(max_workers=max(1, int(n_workers))) as pool,
+    ):
         for k, fr in iter_frames(frames_src):
             if angle is None and not frame_quality(fr):
                 # orientation of the host lattice from the first usable frame, kept for all
@@ -494,6 +600,12 @@ def analyze_series(
                 flush(pool)
         if block:
             flush(pool)
+    if reg_beside is not None:
+        drift = reg_beside.result()
+        shifts = drift[["dy_px", "dx_px"]].to_numpy(float)
+        _to_frame0(dets, shifts, px)
+        jitter = _line_jitter(series, drift)
+        notes[n_cal:n_cal] = _jitter_notes(jitter, scan_correction)
     # a scan stopped part-way (its last rows one fill value) would enter with its crystal
     # and clusters cut: e.g. half the area and a third of the Pb0 of its neighbours
     for k, cut in incomplete_scans(tails, shifts[:, 0], n_rows=series.shape[1]).items():
