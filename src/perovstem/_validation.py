@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ __all__ = [
     "check_choice",
     "check_finite",
     "refuse_text_numbers",
+    "warn",
+    "warning_transparent",
 ]
 
 
@@ -172,3 +175,36 @@ def refuse_text_numbers(values: dict[str, Any]) -> None:
         value = values.get(p)
         if isinstance(value, (str, bytes, np.str_)):
             raise ParameterError(f"{name}: `{p}` must be a number, got {value!r} (text)")
+
+
+# code objects of wrappers (decorators) that warnings look through
+_TRANSPARENT: set[Any] = set()
+
+
+def warning_transparent(wrapper: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a decorator's ``wrapper`` as invisible to :func:`warn`'s ``stacklevel``.
+
+    A wrapper adds a frame between a public function and its caller: a warning issued with
+    ``stacklevel=2`` inside the function was reported at the wrapper's line
+    (``fit.py:244: UserWarning: ...`` followed by ``return func(*args, **kwargs)``),
+    not at the user's call.
+    """
+    _TRANSPARENT.add(wrapper.__code__)
+    return wrapper
+
+
+def warn(message: str, category: type[Warning] = UserWarning, *, stacklevel: int = 2) -> None:
+    """:func:`warnings.warn` whose ``stacklevel`` does not count the frames of wrappers
+    marked with :func:`warning_transparent` (nor stops on one)."""
+    frame = sys._getframe(1)
+    level = 2  # warnings.warn(stacklevel=2) is the frame calling this function
+    todo = stacklevel - 1
+    try:
+        while frame.f_back is not None and (todo > 0 or frame.f_code in _TRANSPARENT):
+            frame = frame.f_back
+            level += 1
+            if frame.f_code not in _TRANSPARENT:
+                todo -= 1
+    finally:
+        del frame
+    warnings.warn(message, category, stacklevel=level)
