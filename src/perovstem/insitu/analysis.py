@@ -61,6 +61,7 @@ def shift_frame(frame: np.ndarray, shift_px: Any) -> np.ndarray:
     ndarray
         float64, (M, N).
     """
+    refuse_text_numbers(locals())
     from scipy import fft
 
     f = np.asarray(frame, dtype=float)

@@ -96,6 +96,7 @@ def attach_conditions(series: Series, log: pd.DataFrame, **kw: Any) -> Series:
     failing that, ``metadata['frame_time_s']`` (each channel averaged over the frame), else
     the channels are sampled at the frame start.
     """
+    refuse_text_numbers(locals())
     if not isinstance(series, Series):
         raise ParameterError(f"`series` must be a perovstem Series, got {type(series).__name__}")
     if series.time_s is None:
