@@ -214,14 +214,15 @@ def insitu(
     gain_auto = gain == "auto"
     # a dose (or current) of 0 was refused only after the series was read, naming the
     # Python API's allow_zero_dose=, which the command line does not have
-    for name, value in (
-        ("--frame-time-s", frame_time_s),
-        ("--dwell-us", dwell_us),
-        ("--dose-e-per-A2", dose),
-        ("--current-pA", current_pA),
-    ):
+    for name, value in (("--frame-time-s", frame_time_s), ("--dwell-us", dwell_us)):
         if value is not None:
             check_positive(name, value)
+    for name, value in (("--dose-e-per-A2", dose), ("--current-pA", current_pA)):
+        if value == 0:  # (a negative or NaN value is refused by assign_dose, naming the flag)
+            raise ParameterError(
+                f"`{name}` must be > 0, got {value:g} (every frame would be skipped as "
+                "recorded with the beam blanked); give the dose, or leave it out"
+            )
     if offset is not None and not np.isfinite(offset):
         raise ParameterError(f"`--offset` must be finite, got {offset}")
     if not np.isfinite(time_offset_s):
