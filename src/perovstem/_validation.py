@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import re
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,8 @@ __all__ = [
     "check_choice",
     "check_finite",
     "refuse_text_numbers",
+    "warn",
+    "warning_transparent",
 ]
 
 
@@ -111,6 +115,65 @@ def check_image(name: str, image: Any, *, ndim: int = 2, min_size: int = 2) -> n
 
 # annotations (text, under ``from __future__ import annotations``) of a plain number
 _NUMBER_TYPES = {"int", "float", "None"}
+# a union member that holds numbers only: tuple[float, float], Sequence[float], ...
+_NUMERIC_CONTAINER = re.compile(
+    r"^(tuple|Sequence|list|np\.ndarray|NDArray)\[(int|float|np\.floating)"
+    r"(, *(int|float|\.\.\.))*\]$"
+)
+# annotations of parameters that may take an iterator (not refused as one)
+_ITERATOR_OK = ("Iterable", "Iterator", "Generator", "Callable", "IO")
+
+# how text is checked for a parameter (see refuse_text_numbers)
+PLAIN, NUMBER_OR_NAME, NUMBER_OR_OTHER, NO_TEXT_CHECK = "plain", "or-name", "or-other", ""
+
+
+def _members(ann: str) -> set[str]:
+    """The members of a union annotation (``"float | dict[str, int] | None"``), split at
+    the top level only."""
+    out, depth, cur = [], 0, ""
+    for ch in ann:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "|" and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur.strip())
+    return set(out)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def _text_mode(ann: str, default: Any) -> str:
+    """How text given for a parameter of annotation ``ann`` is checked.
+
+    ``PLAIN``: a plain number (``float``, ``int | None``): any text is refused.
+    ``NUMBER_OR_NAME``: a number or a named choice (``float | str``: ``"auto"``): text that
+    reads as a number (``"12"``, ``"1e3"``, ``"nan"``) is refused, a name is left to the
+    function.  ``NUMBER_OR_OTHER``: a number or something that is not text (``float |
+    dict``, ``tuple[float, float]``, ``float | Sequence[float]``, and ``Any`` with a number
+    or a tuple of numbers as default: a temperature or a ramp): any text is refused.
+    """
+    members = _members(ann)
+    numeric = {m for m in members if m in ("int", "float") or _NUMERIC_CONTAINER.match(m)}
+    if not numeric and ann == "Any":
+        if _is_number(default) or (
+            isinstance(default, tuple) and default and all(_is_number(v) for v in default)
+        ):
+            return NUMBER_OR_OTHER
+        return NO_TEXT_CHECK
+    if not numeric:
+        return NO_TEXT_CHECK
+    if members <= _NUMBER_TYPES:
+        return PLAIN
+    if "str" in members or any(m.startswith("Literal[") for m in members):
+        return NUMBER_OR_NAME
+    return NUMBER_OR_OTHER
 
 
 def _number_params(func: Callable[..., Any]) -> dict[str, int | None]:
@@ -123,42 +186,83 @@ def _number_params(func: Callable[..., Any]) -> dict[str, int | None]:
             ann = ann.__name__
         if not isinstance(ann, str):
             continue
-        types = {t.strip() for t in ann.split("|")}
-        if types <= _NUMBER_TYPES and types & {"int", "float"}:
+        if _text_mode(ann, p.default) == PLAIN:
             positional = p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
             out[p.name] = i if positional else None
     return out
 
 
-# code object of a checked function -> (its name, its number-annotated parameters)
-_TEXT_CHECKED: dict[Any, tuple[str, tuple[str, ...]]] = {}
+def _checked_params(func: Callable[..., Any]) -> tuple[tuple[str, str, bool], ...]:
+    """``(name, text mode, iterator refused)`` of each named parameter of ``func``."""
+    out = []
+    for p in inspect.signature(func).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        ann = p.annotation
+        if isinstance(ann, type):
+            ann = ann.__name__
+        ann = ann if isinstance(ann, str) else ""
+        mode = _text_mode(ann, p.default) if ann else NO_TEXT_CHECK
+        no_iter = not any(k in ann for k in _ITERATOR_OK)
+        if mode or no_iter:
+            out.append((p.name, mode, no_iter))
+    return tuple(out)
 
 
-def _numbers_of(code: Any, globs: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+# code object of a checked function -> (its name, its checked parameters)
+_TEXT_CHECKED: dict[Any, tuple[str, tuple[tuple[str, str, bool], ...]]] = {}
+
+
+def _numbers_of(code: Any, globs: dict[str, Any]) -> tuple[str, tuple[tuple[str, str, bool], ...]]:
     """The function of ``code`` among a module's globals (through decorators) and its
-    number-annotated parameters."""
+    checked parameters."""
     for obj in list(globs.values()):
         f = obj
         for _ in range(8):  # through decorators that keep __wrapped__
             if inspect.isfunction(f) and f.__code__ is code:
-                return f.__name__, tuple(_number_params(f))
+                return f.__name__, _checked_params(f)
             f = getattr(f, "__wrapped__", None)
             if f is None:
                 break
     return code.co_name, ()
 
 
+def _reads_as_number(text: Any) -> bool:
+    try:
+        float(text.decode() if isinstance(text, bytes) else text)
+    except (TypeError, ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def _is_iterator(value: Any) -> bool:
+    """A generator, ``map``, ``zip``, ``iter(...)``: used up once read, and read by numpy as
+    one object (``np.asarray(gen)`` is a 0-d object array); a file object is not one here."""
+    return isinstance(value, Iterator) and not hasattr(value, "read")
+
+
 def refuse_text_numbers(values: dict[str, Any]) -> None:
-    """Refuse text for the calling function's parameters annotated as a plain number.
+    """Refuse text given for a number, and an iterator given for an array, of the calling
+    function's parameters.
 
     Called as the first statement of a public function, ``refuse_text_numbers(locals())``.
     ``detect_clusters(img, min_atoms="10")`` raised ``TypeError: '<' not supported between
     instances of 'str' and 'int'`` from deep inside (or, where a helper parsed it with
     ``float()``, silently accepted it); now every such parameter raises
-    :class:`ParameterError` naming the function, the parameter and the value.  Parameters
-    whose annotation allows anything else (``float | str`` for "auto", arrays, sequences)
-    are left to the function.  (A call, not a wrapping decorator: a wrapper frame would
-    become the location of every warning the function issues with ``stacklevel=2``.)
+    :class:`ParameterError` naming the function, the parameter and the value:
+
+    * a plain number (``float``, ``int | None``): any text;
+    * a number or a name (``float | str`` with ``"auto"``, ``bool | float | str``): text
+      that reads as a number (``gain="12"`` was parsed by one function and refused as an
+      unknown name by another); a name is the function's to check;
+    * a number or anything but text (``float | dict``, ``tuple[float, float]``,
+      ``float | Sequence[float]``, ``Any`` with a number as default): any text;
+    * any parameter not annotated as an iterable or a callable: a generator or other
+      iterator (``np.asarray`` reads it as one object; where a list is built from it, a
+      second pass finds it empty).
+
+    (A call, not a wrapping decorator: a wrapper frame would become the location of every
+    warning the function issues with ``stacklevel=2``.)
     """
     frame = sys._getframe(1)
     try:
@@ -168,7 +272,49 @@ def refuse_text_numbers(values: dict[str, Any]) -> None:
     finally:
         del frame
     name, params = entry
-    for p in params:
+    for p, mode, no_iter in params:
         value = values.get(p)
         if isinstance(value, (str, bytes, np.str_)):
-            raise ParameterError(f"{name}: `{p}` must be a number, got {value!r} (text)")
+            if mode in (PLAIN, NUMBER_OR_OTHER) or (
+                mode == NUMBER_OR_NAME and _reads_as_number(value)
+            ):
+                raise ParameterError(f"{name}: `{p}` must be a number, got {value!r} (text)")
+        elif no_iter and _is_iterator(value):
+            raise ParameterError(
+                f"{name}: `{p}` must be an array, a list or a table, got a "
+                f"{type(value).__name__} (an iterator, read once and not as an array: "
+                "pass list(...) or np.asarray(list(...)))"
+            )
+
+
+# code objects of wrappers (decorators) that warnings look through
+_TRANSPARENT: set[Any] = set()
+
+
+def warning_transparent(wrapper: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a decorator's ``wrapper`` as invisible to :func:`warn`'s ``stacklevel``.
+
+    A wrapper adds a frame between a public function and its caller: a warning issued with
+    ``stacklevel=2`` inside the function was reported at the wrapper's line
+    (``fit.py:244: UserWarning: ...`` followed by ``return func(*args, **kwargs)``),
+    not at the user's call.
+    """
+    _TRANSPARENT.add(wrapper.__code__)
+    return wrapper
+
+
+def warn(message: str, category: type[Warning] = UserWarning, *, stacklevel: int = 2) -> None:
+    """:func:`warnings.warn` whose ``stacklevel`` does not count the frames of wrappers
+    marked with :func:`warning_transparent` (nor stops on one)."""
+    frame = sys._getframe(1)
+    level = 2  # warnings.warn(stacklevel=2) is the frame calling this function
+    todo = stacklevel - 1
+    try:
+        while frame.f_back is not None and (todo > 0 or frame.f_code in _TRANSPARENT):
+            frame = frame.f_back
+            level += 1
+            if frame.f_code not in _TRANSPARENT:
+                todo -= 1
+    finally:
+        del frame
+    warnings.warn(message, category, stacklevel=level)

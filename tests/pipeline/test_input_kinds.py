@@ -31,10 +31,11 @@ def _inputs(tmp_path):
     ("step", "wire", "expect", "when"),
     [
         # the simulator's truth table where the column fit is expected (KeyError: 'scs');
-        # a table file's columns are known only once it is read
-        ("atoms.count", 'columns = "truth"', "without column(s) scs", "run"),
+        # a table file's header is read when the configuration is validated (it was read
+        # only when the step started, after every earlier step had run)
+        ("atoms.count", 'columns = "truth"', "without column(s) scs", "config"),
         # the column fit where counts are expected (KeyError: 'n_atoms')
-        ("quantify.model3d", 'counts = "fit"', "without column(s) n_atoms", "run"),
+        ("quantify.model3d", 'counts = "fit"', "without column(s) n_atoms", "config"),
         # an image where a table is expected (AttributeError: no attribute 'columns')
         ("atoms.strain", 'columns = "img"', "a Series or a TiltSeries (not a table)", "config"),
         # a table where an image is expected
@@ -225,3 +226,147 @@ def test_fit_columns_kind_lists_the_columns_fit_columns_writes():
     from perovstem.pipeline.steps.atoms import FIT_COLUMNS_KIND
 
     assert FIT_COLUMNS_KIND.columns == tuple(FIT_COLUMNS)
+
+
+# --- the KMC trajectory, the in-situ simulator's truth and quantify.mechanism's inputs were
+# undeclared: a configuration wiring them wrongly passed `run --check`
+
+
+def _kmc_config(tmp_path, tail):
+    cfg = tmp_path / "k.toml"
+    cfg.write_text(
+        "[run]\nreport = false\n"
+        '[[step]]\nrun = "simulate.nanocrystal"\nid = "nc"\nedge_A = 12.0\nview3d = false\n'
+        '[[step]]\nrun = "simulate.kmc"\nid = "kmc"\nn_frames = 3\n' + tail
+    )
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("tail", "name", "origin", "expect"),
+    [
+        # the trajectory object where a per-frame table is expected
+        (
+            '[[step]]\nrun = "quantify.mechanism"\nid = "m"\n'
+            'inputs = { frames_a = "kmc.trajectory" }\n',
+            "frames_a",
+            "`kmc.trajectory`, a KMC trajectory",
+            "(not a table)",
+        ),
+        # the final atoms where the trajectory is expected
+        (
+            '[[step]]\nrun = "simulate.insitu_series"\nid = "s"\n'
+            'inputs = { trajectory = "kmc.final" }\n',
+            "trajectory",
+            "`kmc.final`, an ase Atoms model",
+            "must be a KMC trajectory",
+        ),
+        # the simulator's truth (a mapping of tables) where the cluster tracks are expected
+        (
+            '[[step]]\nrun = "simulate.insitu_series"\nid = "s"\n'
+            '[[step]]\nrun = "quantify.mechanism"\nid = "m"\n'
+            'inputs = { frames_a = "kmc.frames", tracks_a = "s.truth" }\n',
+            "tracks_a",
+            "`s.truth`, a mapping of tables",
+            "with columns frame, x_A, y_A, track_id",
+        ),
+    ],
+)
+def test_kmc_and_mechanism_wiring_is_checked_at_validation(tmp_path, tail, name, origin, expect):
+    cfg = _kmc_config(tmp_path, tail)
+    with pytest.raises(ParameterError) as info:
+        load_config(cfg)
+    msg = str(info.value)
+    assert f"input `{name}` is wired to {origin}" in msg and expect in msg, msg
+
+
+def test_kmc_to_insitu_series_wiring_runs_and_its_outputs_are_of_the_declared_kinds(tmp_path):
+    from perovstem.pipeline import list_steps
+
+    cfg = _kmc_config(tmp_path, '[[step]]\nrun = "simulate.insitu_series"\nid = "s"\n')
+    load_config(cfg)  # the demo's wiring is accepted
+    steps = {s.name: s for s in list_steps()}
+    kmc_out = steps["simulate.kmc"].output_kinds["trajectory"]
+    assert steps["simulate.insitu_series"].input_kinds["trajectory"].mismatch(kmc_out) is None
+    for k in "abcd":  # the wirings of the demo's mechanism and mobility steps
+        frames_in = steps["quantify.mechanism"].input_kinds[f"frames_{k}"]
+        for prod, out in (("simulate.kmc", "frames"), ("insitu.clusters", "counts")):
+            assert frames_in.mismatch(steps[prod].output_kinds[out]) is None
+        detections = steps["insitu.clusters"].output_kinds["detections"]
+        assert steps["quantify.mechanism"].input_kinds[f"tracks_{k}"].mismatch(detections) is None
+    # the values the steps produce are held to the declarations when they run
+    from perovstem.pipeline import run_pipeline
+
+    run_pipeline(cfg, out=tmp_path / "run", scheduler="serial", quiet=True)
+
+
+def _mechanism_files(tmp_path, *, frames_cols, tracks_cols):
+    n = 4
+    pd.DataFrame({c: np.arange(n, dtype=float) for c in frames_cols}).to_csv(
+        tmp_path / "frames.csv", index=False
+    )
+    pd.DataFrame({c: np.arange(n, dtype=float) for c in tracks_cols}).to_parquet(
+        tmp_path / "tracks.parquet"
+    )
+    cfg = tmp_path / "m.toml"
+    cfg.write_text(
+        '[run]\nreport = false\n[inputs]\nframes = "frames.csv"\ntracks = "tracks.parquet"\n'
+        '[[step]]\nrun = "simulate.nanocrystal"\nid = "nc"\nedge_A = 12.0\nview3d = false\n'
+        '[[step]]\nrun = "quantify.mechanism"\nid = "m"\n'
+        'inputs = { frames_a = "frames", tracks_a = "tracks" }\n'
+    )
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("frames_cols", "tracks_cols", "name", "file", "missing"),
+    [
+        # the x column (a parameter: cumulative dose by default) absent from the frames
+        (
+            ("frame", "time_s", "n_clusters"),
+            ("frame", "x_A", "y_A", "track_id"),
+            "frames_a",
+            "frames.csv",
+            "cumulative_dose_e_per_A2",
+        ),
+        # tracks without positions / track ids (a frames table given as tracks)
+        (
+            ("frame", "cumulative_dose_e_per_A2", "n_clusters"),
+            ("frame", "x_A", "n_atoms"),
+            "tracks_a",
+            "tracks.parquet",
+            "y_A, track_id",
+        ),
+    ],
+)
+def test_table_file_missing_columns_is_refused_before_step_1(
+    tmp_path, frames_cols, tracks_cols, name, file, missing
+):
+    cfg = _mechanism_files(tmp_path, frames_cols=frames_cols, tracks_cols=tracks_cols)
+    with pytest.raises(ParameterError) as info:
+        run_pipeline(cfg, out=tmp_path / "run", scheduler="serial", quiet=True)
+    msg = str(info.value)
+    assert f"input `{name}` is wired to [inputs] {name.split('_')[0]}" in msg, msg
+    assert str(tmp_path / file) in msg and f"without column(s) {missing}" in msg, msg
+    assert not (tmp_path / "run").exists()  # refused before step 1 (nc) ran
+
+
+def test_table_file_header_check_follows_the_x_parameter(tmp_path):
+    cfg = _mechanism_files(
+        tmp_path,
+        frames_cols=("frame", "time_s", "n_clusters"),
+        tracks_cols=("frame", "x_A", "y_A", "track_id"),
+    )
+    cfg.write_text(cfg.read_text() + 'x = "frame"\n')
+    load_config(cfg)  # the frames have the column `x` names
+
+
+def test_tables_and_trajectory_kinds():
+    from perovstem.pipeline.registry import Kind
+
+    truth = Kind("tables", ("drift", "clusters"))
+    df = pd.DataFrame({"frame": [0]})
+    assert truth.problem({"drift": df, "clusters": df, "events": df}) is None
+    assert truth.problem({"drift": df}) == "without table(s) clusters"
+    assert truth.problem(df) == "not a mapping of tables"
+    assert Kind("trajectory").problem(df) == "of another kind"

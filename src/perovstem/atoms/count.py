@@ -455,6 +455,7 @@ def select_components(
     rule_text : str
         The rule that was applied, in words (store it with the result).
     """
+    refuse_text_numbers(locals())
     c = np.asarray(values, dtype=float).ravel()
     ks = np.arange(1, c.size + 1) if components is None else np.asarray(components).ravel()
     if c.size == 0:
@@ -594,6 +595,7 @@ def single_atom_sensitivity(fit: GMMFit) -> float:
     the Bayes boundaries with its neighbours) is integrated, weighted by the proportions (the
     quantity StatSTEM reports as "single-atom sensitivity").
     """
+    refuse_text_numbers(locals())
     from scipy.stats import norm
 
     mu, s, p = fit.means, fit.width, fit.proportions

@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-import warnings
 from typing import Any
 
 import numpy as np
@@ -37,7 +36,13 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from perovstem._data import Image
-from perovstem._validation import check_choice, check_positive, refuse_text_numbers
+from perovstem._validation import (
+    check_choice,
+    check_positive,
+    refuse_text_numbers,
+    warn,
+    warning_transparent,
+)
 from perovstem.atoms._inputs import as_image, as_positions, px_to_A
 from perovstem.atoms.normalize import poisson_variance_model
 from perovstem.errors import DataError, ParameterError
@@ -236,6 +241,7 @@ def _keep_numba_threads(func):
     """Restore numba's (thread-local) thread count after ``func``, which may lower it."""
 
     @functools.wraps(func)
+    @warning_transparent  # fit_columns' warnings name the caller's line, not this one
     def wrapper(*args, **kwargs):
         import numba
 
@@ -1200,7 +1206,7 @@ def fit_columns(
         if vstate["kind"] == "detector" and not (
             1.0 / _DISPERSION_TOLERATED < dispersion < _DISPERSION_TOLERATED
         ):
-            warnings.warn(
+            warn(
                 f"fit_columns(noise='poisson'): the residuals are {dispersion:.3g}× the "
                 f"variance of the detector model (gain {vstate['s']:.4g}, offset "
                 f"{vstate['o']:.4g}): a wrong detector gain/offset in image.metadata (or "
@@ -1296,7 +1302,7 @@ def fit_columns(
         df.loc[collapsed, "converged"] = False
         if collapsed.any():
             bad = sorted(set(df["type"].to_numpy()[collapsed]))
-            warnings.warn(
+            warn(
                 # no count in the text: one warning per call site, not per frame of a series
                 f"fit_columns: the fitted width of {'/'.join(bad)} columns (how many: "
                 f"attrs['n_unresolved_width']) fell below {rho_resolved:g} px ({rho_resolved * dx:.3g} Å, "
@@ -1312,10 +1318,17 @@ def fit_columns(
     # 25 Å crystal, 0.3 Å px: spread / error 1.25-1.35 at 22 e⁻, 1.45-1.6 at 18 e⁻, NaN
     # errors at 4.5 e⁻; 1.0-1.1 at ≥ 67 e⁻)
     e_col = 2.0 * np.pi * eta * rho**2 / slope if slope > 0 else np.full(n, np.nan)
-    e_by_type = {t: float(np.nanmedian(e_col[tid == i])) for i, t in enumerate(tnames)}
+    # a type whose every column has no estimate (η or ρ non-finite: columns the fit emptied)
+    # has none: NaN, without numpy's "All-NaN slice" RuntimeWarning (a line of our code that
+    # reached the user's terminal)
+    e_by_type = {}
+    for i, t in enumerate(tnames):
+        e_t = e_col[tid == i]
+        e_t = e_t[np.isfinite(e_t)]
+        e_by_type[t] = float(np.median(e_t)) if e_t.size else float("nan")
     low = sorted(t for t, v in e_by_type.items() if v < _MIN_ELECTRONS_PER_COLUMN)
     if low:
-        warnings.warn(
+        warn(
             # no count in the text: one warning per call site, not per frame of a series
             f"fit_columns: {'/'.join(low)} columns hold a median of fewer than "
             f"{_MIN_ELECTRONS_PER_COLUMN:g} detected electrons (how many: "
@@ -1600,7 +1613,7 @@ def _poisson_variance(img: Image, data: np.ndarray) -> dict:
         from perovstem.atoms.noise import describe_estimate
 
         missing = [k for k in ("gain", "offset") if meta.get(k) is None]
-        warnings.warn(
+        warn(
             f"fit_columns, the Poisson variance model: detector {' and '.join(missing)} "
             "unknown (not in image.metadata); the pixel variance v = a + b·μ is fitted to the "
             "residuals instead of assuming gain = 1 (attrs['variance_model']); pass them in "

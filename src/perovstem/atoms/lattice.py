@@ -457,6 +457,7 @@ def projected_unit_cell(
     DataError
         Not an output of :func:`fit_lattice`, or no column indexed.
     """
+    refuse_text_numbers(locals())
     for c in ("x_A", "y_A", "site", "h", "k"):
         if c not in indexed.columns:
             raise DataError(f"`indexed` needs column {c!r} (run fit_lattice first)")
@@ -584,6 +585,7 @@ def unit_cell_table(unit_cell: ProjectedCell, *, lattice: Any = None) -> pd.Data
         (:func:`fit_lattice`; local ε_xy + this = the shear relative to a square reference
         cell, StatSTEM's convention), as ``attrs`` and columns.
     """
+    refuse_text_numbers(locals())
     t = unit_cell.sites.copy()
     t.insert(0, "site", np.arange(len(t)))
     t["a_A"], t["b_A"], t["angle_deg"] = unit_cell.a_A, unit_cell.b_A, unit_cell.angle_deg

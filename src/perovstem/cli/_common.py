@@ -70,6 +70,28 @@ def check_outputs(*paths: Path | None, overwrite: bool) -> None:
             raise OutputExistsError(f"{str(p)!r} exists (use --overwrite)")
 
 
+def warning_line(text: str, category: type[Warning] | str = UserWarning) -> None:
+    """Print one ``WARNING: <message> (<category>)`` line on stderr, once per command.
+
+    The message is put on one line (its line breaks and runs of spaces made single
+    spaces); a message already printed by this command (same text and category) is not
+    printed again.
+    """
+    from rich.markup import escape
+
+    name = category if isinstance(category, str) else category.__name__
+    text = " ".join(str(text).split())
+    key = (name, text)
+    if key in _SHOWN:
+        return
+    _SHOWN.add(key)
+    err_console.print(f"[yellow]WARNING:[/] {escape(text)} ({name})", soft_wrap=True)
+
+
+# (category, text) of the warnings printed by the running command (main() empties it)
+_SHOWN: set[tuple[str, str]] = set()
+
+
 def print_warnings(records: list, flags: dict[str, str]) -> None:
     """Print caught warnings as one ``WARNING:`` line each, naming command-line flags.
 
@@ -79,14 +101,8 @@ def print_warnings(records: list, flags: dict[str, str]) -> None:
     """
     import re
 
-    from rich.markup import escape
-
     def reword(m: re.Match) -> str:
         return f"`{flags[m.group(1)]}`" if m.group(1) in flags else m.group(0)
 
-    seen: set[str] = set()
     for w in records:
-        text = re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)`", reword, str(w.message))
-        if text not in seen:
-            seen.add(text)
-            err_console.print(f"[yellow]WARNING:[/] {escape(text)}", soft_wrap=True)
+        warning_line(re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)`", reword, str(w.message)), w.category)

@@ -50,6 +50,24 @@ def _figures(res: Any) -> dict[str, Any]:
     return figs
 
 
+def _skipped_note(res: Any) -> str:
+    """The frames the analysis left out and why (a blank, corrupt or zero-dose frame in the
+    middle of a series was only a row of the frames table and an index in summary.json)."""
+    if not res.skipped:
+        return ""
+    f = res.frames
+    why: dict[str, list[int]] = {}
+    for k in sorted(res.skipped):
+        r = f.loc[f["frame"] == k, "reason"] if "reason" in f else []
+        reason = str(r.iloc[0]) if len(r) and isinstance(r.iloc[0], str) and r.iloc[0] else "?"
+        why.setdefault(reason, []).append(int(k))
+    parts = [
+        f"frame{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks))}: {w}" for w, ks in why.items()
+    ]
+    n = len(res.skipped)
+    return f"{n} of {len(f)} frames skipped ({'; '.join(parts)}); frames table: skipped, reason"
+
+
 def _earlier_outputs(out: Path) -> list[Path]:
     """The files of an earlier ``perovstem insitu`` run in ``out`` (only names it writes)."""
     from perovstem.insitu.analysis import InsituResult
@@ -194,9 +212,17 @@ def insitu(
             )
     gain = parse_gain(gain, name="--gain")
     gain_auto = gain == "auto"
+    # a dose (or current) of 0 was refused only after the series was read, naming the
+    # Python API's allow_zero_dose=, which the command line does not have
     for name, value in (("--frame-time-s", frame_time_s), ("--dwell-us", dwell_us)):
         if value is not None:
             check_positive(name, value)
+    for name, value in (("--dose-e-per-A2", dose), ("--current-pA", current_pA)):
+        if value == 0:  # (a negative or NaN value is refused by assign_dose, naming the flag)
+            raise ParameterError(
+                f"`{name}` must be > 0, got {value:g} (every frame would be skipped as "
+                "recorded with the beam blanked); give the dose, or leave it out"
+            )
     if offset is not None and not np.isfinite(offset):
         raise ParameterError(f"`--offset` must be finite, got {offset}")
     if not np.isfinite(time_offset_s):
@@ -263,9 +289,27 @@ def insitu(
             )
     elif s.time_s is None and frame_time_s is not None:
         s = assign_dose(s, frame_time_s=frame_time_s)
+    if s.time_s is None:
+        notes.append(
+            "no frame time stamps (none in the file, no --frame-time-s): results per second "
+            "(the cluster hop rate, the frames' time_s) are not measured; give --frame-time-s"
+        )
     if conditions is not None:
+        from perovstem.errors import DataError
+
+        if s.time_s is None:  # was "call assign_dose(time_s=...) first" (the Python API)
+            raise ParameterError(
+                f"--conditions {str(conditions)!r} needs the frames' time stamps and "
+                f"{str(series)!r} has none: give --frame-time-s (frame interval, s)"
+            )
         log = read_holder_log(conditions)
-        s = attach_conditions(s, log, time_offset_s=time_offset_s)
+        try:
+            s = attach_conditions(s, log, time_offset_s=time_offset_s)
+        except DataError as exc:  # name the file and the option, not the Python parameter
+            raise DataError(
+                f"--conditions {str(conditions)!r}: "
+                + str(exc).replace("`time_offset_s`", "`--time-offset-s`")
+            ) from None
     res = analyze_series(
         s,
         register=not no_register,
@@ -284,6 +328,9 @@ def insitu(
         scan_correction=scan_correction,
     )
     notes += res.notes
+    skipped = _skipped_note(res)
+    if skipped:
+        notes.append(skipped)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, df in res.tables().items():

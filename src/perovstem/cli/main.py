@@ -1,14 +1,21 @@
 """The ``perovstem`` command.
 
 Each topic lives in its own module (``cli/<topic>.py``) exposing a typer ``app`` or
-commands; this file only assembles them and turns :class:`PerovstemError` into one
-error line and exit status 2.
+commands; this file only assembles them, turns :class:`PerovstemError` into one
+error line and exit status 2, and prints every Python warning (ours, numpy's, numba's,
+dask's) and every library log record of level WARNING or above as one
+``WARNING: <message> (<category>)`` line on stderr, once per command (``--debug`` / ``-v``
+anywhere on the command line: Python's full form, with the source line).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import sys
+import warnings
+from collections.abc import Iterator
 
 import typer
 
@@ -44,6 +51,20 @@ _TOPICS = [
 ]
 
 
+@app.callback()
+def _options(
+    debug: bool = typer.Option(
+        False,
+        "--debug",
+        "-v",
+        "--verbose",
+        help="Warnings in Python's full form (source line); also accepted after the command.",
+    ),
+) -> None:
+    """Quantitative HAADF-STEM, in-situ and tomography analysis of perovskite nanocrystals."""
+    # main() takes the flag off the command line (anywhere) before typer sees it
+
+
 def _register() -> None:
     import importlib
 
@@ -59,12 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     from perovstem.cli._common import EXIT_USAGE, err_console
 
     given = sys.argv[1:] if argv is None else list(argv)
+    given, debug = debug_flag(given)
     try:
         args, _ = canonical_argv(given)
     except Exception:  # noqa: BLE001 - an unresolvable command line is click's to report
         args = given
     try:
-        app(args=args, standalone_mode=False)
+        with warnings_as_lines(given, debug=debug):
+            app(args=args, standalone_mode=False)
     except PerovstemError as exc:
         from rich.markup import escape
 
@@ -89,6 +112,78 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         raise
     return 0
+
+
+DEBUG_FLAGS = ("--debug", "-v", "--verbose")
+
+
+def debug_flag(argv: list[str]) -> tuple[list[str], bool]:
+    """``argv`` without the ``--debug`` / ``-v`` / ``--verbose`` tokens (accepted anywhere
+    before ``--``) and whether one was given."""
+    out: list[str] = []
+    debug = False
+    for i, tok in enumerate(argv):
+        if tok == "--":
+            out.extend(argv[i:])
+            break
+        if tok in DEBUG_FLAGS:
+            debug = True
+        else:
+            out.append(tok)
+    return out, debug
+
+
+class _LogLines(logging.Handler):
+    """Library log records (level WARNING and above) as ``WARNING:`` lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from perovstem.cli._common import warning_line
+
+        try:
+            warning_line(record.getMessage(), f"{record.levelname.lower()} from {record.name}")
+        except Exception:  # noqa: BLE001 - logging must never break the command
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def warnings_as_lines(argv: list[str], *, debug: bool = False) -> Iterator[None]:
+    """Show each warning issued while a command runs as one line on stderr.
+
+    ``WARNING: <message> (<category>)``: no source line (``fit.py:244: UserWarning: ...``
+    followed by ``return func(*args, **kwargs)`` told the user where in our code, not what
+    to do), the message on one line, Python parameter names given as the command's flags
+    that the user typed (:func:`flag_wording`), each text once per command.  The warning
+    filters are left as they are (a library's ``ignore`` stays ignored).  Log records of
+    level WARNING or above that reach the root logger print the same way.  ``debug``:
+    Python's own form (source line), every warning category shown (``default`` filter).
+    """
+    from perovstem.cli import _common
+
+    _common._SHOWN.clear()
+    if debug:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            yield
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        text = str(message)
+        try:
+            text = flag_wording(text, argv)
+        except Exception:  # noqa: BLE001 - the rewording must never hide the warning
+            pass
+        _common.warning_line(text, category)
+
+    root = logging.getLogger()
+    handler = _LogLines(logging.WARNING)
+    old_show = warnings.showwarning
+    warnings.showwarning = show
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        warnings.showwarning = old_show
+        root.removeHandler(handler)
 
 
 # Library parameters that a command's option feeds under another name

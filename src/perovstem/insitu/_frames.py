@@ -176,6 +176,7 @@ def frame_quality(frame: np.ndarray) -> str:
     A frame is unusable when it holds NaN/inf values, is constant (e.g. all zero: a dropped
     or blanked frame) or is not 2-D numeric.
     """
+    refuse_text_numbers(locals())
     a = np.asarray(frame)
     if a.ndim != 2 or a.dtype.kind not in "biuf":
         return f"not a 2-D numeric frame (shape {a.shape}, dtype {a.dtype})"

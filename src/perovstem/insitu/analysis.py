@@ -61,6 +61,7 @@ def shift_frame(frame: np.ndarray, shift_px: Any) -> np.ndarray:
     ndarray
         float64, (M, N).
     """
+    refuse_text_numbers(locals())
     from scipy import fft
 
     f = np.asarray(frame, dtype=float)
@@ -621,7 +622,23 @@ def analyze_series(
                     reason=f"incomplete scan: the last {cut} rows hold one value",
                 )
     if len(skipped) == n:
-        raise DataError(f"every frame of the series is unusable ({n} frames)")
+        # why: a series recorded with the beam blanked (dose 0), or all frames blank, said
+        # only "unusable"
+        why: dict[str, list[int]] = {}
+        for r in rows:
+            if r.get("skipped"):
+                why.setdefault(str(r.get("reason", "")), []).append(int(r["frame"]))
+        text = "; ".join(
+            f"{reason} (frame{'s' if len(ks) > 1 else ''} "
+            + (
+                f"{ks[0]}-{ks[-1]}"
+                if len(ks) > 2 and ks == list(range(ks[0], ks[-1] + 1))
+                else ", ".join(map(str, ks))
+            )
+            + ")"
+            for reason, ks in why.items()
+        )
+        raise DataError(f"every frame of the series is unusable ({n} frames): {text}")
     det = pd.concat(dets, ignore_index=True) if dets else pd.DataFrame(columns=CLUSTER_COLUMNS)
     no_counts = not det["n_atoms"].notna().any()
     # without a dose the segment area (Å²) links clusters between frames; the lineage's

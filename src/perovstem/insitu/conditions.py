@@ -64,8 +64,10 @@ def interpolate_conditions(
     bad = np.union1d(out_lo, out_hi)
     if bad.size:
         raise DataError(
-            f"frame(s) {bad.tolist()[:10]} lie outside the log ({lt[0]:.1f}–{lt[-1]:.1f} s on "
-            f"the log clock with time_offset_s={time_offset_s}); not extrapolating"
+            f"frame(s) {bad.tolist()[:10]} lie outside the log: it covers {lt[0]:.1f}–"
+            f"{lt[-1]:.1f} s of its clock, the frames {tq.min():.1f}–{tend.max():.1f} s with "
+            f"`time_offset_s` = {time_offset_s:g} (the log time of the first frame's t = 0); "
+            "not extrapolating"
         )
     res = {"frame": np.arange(t.size), "time_s": t}
     for c in log.columns:
@@ -96,6 +98,7 @@ def attach_conditions(series: Series, log: pd.DataFrame, **kw: Any) -> Series:
     failing that, ``metadata['frame_time_s']`` (each channel averaged over the frame), else
     the channels are sampled at the frame start.
     """
+    refuse_text_numbers(locals())
     if not isinstance(series, Series):
         raise ParameterError(f"`series` must be a perovstem Series, got {type(series).__name__}")
     if series.time_s is None:

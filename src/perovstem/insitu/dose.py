@@ -230,6 +230,7 @@ def dose_table(series: Series) -> pd.DataFrame:
     DataError
         When the series has no dose or time stamps (call :func:`assign_dose` first).
     """
+    refuse_text_numbers(locals())
     if not isinstance(series, Series):
         raise ParameterError(f"`series` must be a perovstem Series, got {type(series).__name__}")
     if series.dose_e_per_A2 is None:

@@ -238,6 +238,7 @@ def merge_scores(matches: pd.DataFrame) -> dict[str, float]:
         ``detected, true, precision`` (truth products / detected merges); a ratio with an
         empty denominator is NaN.
     """
+    refuse_text_numbers(locals())
     _need(matches, "matches", ["source", "identifiable", "matched"])
     t = matches[(matches.source == "truth") & matches.identifiable.astype(bool)]
     d = matches[matches.source == "detected"]
@@ -277,6 +278,7 @@ def projected_objects(clusters: pd.DataFrame, *, count_column: str = "n_atoms") 
         ``x_A, y_A, n_atoms, n_clusters`` (clusters in each object) and ``members``: an
         ``(n_clusters, 3)`` array of the member clusters' ``x_A, y_A, n_atoms``.
     """
+    refuse_text_numbers(locals())
     _need(clusters, "clusters", ["cluster_id", "x_A", "y_A", count_column])
     t = clusters[clusters["cluster_id"] >= 0]
     rows = []
@@ -338,6 +340,7 @@ def match_objects(objects: pd.DataFrame, detections: pd.DataFrame) -> list[tuple
     object's centre (r its equal-volume radius) or, for an object of several clusters
     (``members`` column of :func:`projected_objects`), than ``max(5 Å, r_m + 2 Å)`` to a
     member cluster's centre (the distance is then the one to the nearest such centre)."""
+    refuse_text_numbers(locals())
     from scipy.optimize import linear_sum_assignment
 
     if len(objects) == 0 or len(detections) == 0:

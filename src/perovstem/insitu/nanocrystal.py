@@ -407,6 +407,7 @@ def area_noise(areas: Any) -> float:
     linear) trend; σ_A is estimated robustly from their median absolute deviation
     (``1.4826·MAD/√6``).  NaN with fewer than 4 finite values.
     """
+    refuse_text_numbers(locals())
     a = np.asarray(areas, float).ravel()
     a = a[np.isfinite(a)]
     if a.size < 4:

@@ -303,23 +303,39 @@ def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
     if len(raw) == 0:
         raise FileFormatError(f"holder log {str(p)!r}: has a header but no data rows")
     out = pd.DataFrame({"time_s": pd.to_numeric(raw[tcol], errors="coerce") * t_scale})
-    for c in raw.columns:
-        if c == tcol:
-            continue
-        s = pd.to_numeric(raw[c], errors="coerce")
-        if s.notna().sum() == 0:
-            continue
-        cname = str(c).strip()
-        m = re.match(r"(.*?)[_ ]\(?([A-Za-z°]+)\)?$", cname)
-        label, units = (m.group(1), m.group(2)) if m else (cname, "")
-        name, scale, off = _channel_name(label, units)
-        out[name] = s * scale + off
     if out["time_s"].isna().any():
         bad = out.index[out["time_s"].isna()].tolist()[:5]
         raise FileFormatError(
             f"holder log {str(p)!r}: not a vendor log ({'; '.join(errors)}) and, as CSV, "
             f"non-numeric time stamps in data row(s) {bad}"
         )
+    for c in raw.columns:
+        if c == tcol:
+            continue
+        s = pd.to_numeric(raw[c], errors="coerce")
+        cname = str(c).strip()
+        m = re.match(r"(.*?)[_ ]\(?([A-Za-z°]+)\)?$", cname)
+        label, units = (m.group(1), m.group(2)) if m else (cname, "")
+        name, scale, off = _channel_name(label, units)
+        # text in a channel of numbers ("300 K", "ERR", a decimal comma) became NaN and
+        # the sample was dropped, or (every cell text) the whole channel: the series got
+        # no temperature without a word.  A missing reading is an empty cell or NaN/NA.
+        text = raw[c].notna().to_numpy() & s.isna().to_numpy()
+        channel = name.endswith(("_K", "_Pa"))
+        if text.any() and (s.notna().any() or channel):
+            rows = np.flatnonzero(text)
+            vals = list(dict.fromkeys(str(v) for v in raw[c].to_numpy()[rows]))[:3]
+            raise FileFormatError(
+                f"holder log {str(p)!r}: not a vendor log ({'; '.join(errors)}) and, as CSV, "
+                f"column {cname!r} holds text where numbers are "
+                f"expected ({', '.join(map(repr, vals))} in {rows.size} of {len(raw)} data "
+                f"row(s), first {rows[:5].tolist()}; rows count from 0); write numbers only, "
+                "the unit in the column name (e.g. temperature_C), a missing reading as an "
+                "empty cell"
+            )
+        if s.notna().sum() == 0:
+            continue
+        out[name] = s * scale + off
     if str(tcol).strip().lower() == "experiment time":
         # an Impulse export without its metadata log: count from the first sample, as the
         # rsciio.impulse path does, so that one time_offset_s fits both ways of reading it

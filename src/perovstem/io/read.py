@@ -393,10 +393,28 @@ def _pick_signal(path: Path, sigs: list[dict], signal: str | None = None) -> dic
     ]
     if len(real) == 1:
         return real[0]
+    shapes = [tuple(np.shape(s["data"]))[-2:] for s in images]
+    if len({label(s) for s in images}) == 1 and len(set(shapes)) > 1:
+        # the untitled pages of one stack (a multi-page tif) whose sizes differ: not a choice
+        # of detector but frames that cannot form one (T, M, N) stack
+        pages: dict[tuple, list[int]] = {}
+        for i, sh in enumerate(shapes):
+            pages.setdefault(sh, []).append(i)
+        desc = "; ".join(
+            f"{'×'.join(map(str, sh))} px: page{'s' if len(ix) > 1 else ''} "
+            + ", ".join(map(str, ix[:10]))
+            + (f", ... ({len(ix)})" if len(ix) > 10 else "")
+            for sh, ix in sorted(pages.items(), key=lambda kv: -len(kv[1]))
+        )
+        raise DataError(
+            f"{str(path)!r}: {len(images)} frames of different shapes ({desc}; pages count "
+            "from 0): not one stack of frames; a series or tilt series needs frames of one "
+            "size (crop or pad them to one shape and write the stack again)"
+        )
     raise DataError(
         f"{str(path)!r}: {len(images)} images and none is titled HAADF "
         f"({[label(s) for s in images]}); choose one with signal= (one of these; command "
-        "line: --signal)"
+        "line: --signal of perovstem info / convert)"
     )
 
 

@@ -421,7 +421,7 @@ def parse_config(
                     f'`inputs = {{ {name} = "<step id>.<output>" }}`'
                 )
             wiring[name] = [ref] if ref is not None and name in step.list_inputs else ref
-        bad = _wiring_kind_problem(step, wiring, inputs, steps)
+        bad = _wiring_kind_problem(step, wiring, inputs, steps, params)
         if bad is not None:
             wl = lines.get("step", "inputs", i) if bad[0] in explicit else None
             raise ParameterError(f"{_where(source, wl or hline, label)}{bad[1]}")
@@ -490,18 +490,37 @@ def _input_file_kinds(spec: InputSpec) -> frozenset[str]:
     return _FILE_KINDS.get(spec.options.get("kind"), _FILE_KINDS[None])
 
 
+def _table_file_columns(path: Path) -> list[str] | None:
+    """The column names of a .parquet/.csv table file, read from its header only (``None``
+    when it cannot be read: reported when the file is loaded)."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            return [str(c) for c in pq.read_schema(path).names]
+        if path.suffix.lower() == ".csv":
+            import pandas as pd
+
+            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    except Exception:  # noqa: BLE001 - an unreadable file is reported when it is read
+        return None
+    return None
+
+
 def _wiring_kind_problem(
     step: Step,
     wiring: dict[str, str | list[str] | None],
     inputs: dict[str, InputSpec],
     steps: list[StepSpec],
+    params: dict[str, Any] | None = None,
 ) -> tuple[str, str] | None:
     """``(input, message)`` for the first input wired to an artefact of the wrong kind.
 
     Known before any step runs: the kind an earlier step declares for its output
-    (:attr:`Step.output_kinds`) and what an [inputs] file can be read as; a step 20 wired
-    to the wrong artefact used to fail only after steps 1-19 had run.  What cannot be known
-    yet (an undeclared output, the columns of a table file) is checked when the step starts.
+    (:attr:`Step.output_kinds`), what an [inputs] file can be read as, and the columns in
+    the header of an [inputs] table file; a step 20 wired to the wrong artefact (or to a
+    table without a column it needs) used to fail only after steps 1-19 had run.  What
+    cannot be known yet (an undeclared output) is checked when the step starts.
     """
     by_id = {s.id: s for s in steps}
     for name, kind in step.input_kinds.items():
@@ -509,6 +528,18 @@ def _wiring_kind_problem(
         for r in [] if ref is None else ref if isinstance(ref, list) else [ref]:
             if r in inputs:
                 declared: Any = _input_file_kinds(inputs[r])
+                if kind.kind == "table" and declared == frozenset({"table"}):
+                    need = kind.needed_columns(params)
+                    cols = _table_file_columns(inputs[r].path) if need else None
+                    missing = [c for c in need if cols is not None and c not in cols]
+                    if missing:
+                        more = f", ... {len(cols) - 20} more" if len(cols) > 20 else ""
+                        return name, (
+                            f"input `{name}` is wired to [inputs] {r} (the table file "
+                            f"{str(inputs[r].path)!r}, without column(s) {', '.join(missing)}; "
+                            f"its columns: {', '.join(cols[:20])}{more}); `{name}` must be "
+                            f"{kind.expected_with(params)}"
+                        )
                 names = sorted(declared)
                 kinds = [
                     {"image": "an Image", "series": "a Series", "tilt": "a TiltSeries"}[k]
@@ -533,12 +564,13 @@ def _wiring_kind_problem(
                     f"`{r}`, {declared.describe()} (output `{out}` of step "
                     f"`{sid}`, {producer.step.name})"
                 )
-            why = kind.mismatch(declared)
+            why = kind.mismatch(declared, params)
             if why is None:
                 continue
             return name, (
                 f"input `{name}` is wired to {origin} ({why}); `{name}` must be "
-                f'{kind.expected}: wire it with inputs = {{ {name} = "<step id>.<output>" }}'
+                f"{kind.expected_with(params)}: wire it with "
+                f'inputs = {{ {name} = "<step id>.<output>" }}'
             )
     return None
 

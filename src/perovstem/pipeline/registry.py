@@ -192,6 +192,8 @@ _KIND_NAMES = {
     "atoms": "an ase Atoms model",
     "volume": "a 3-D numeric array (a reconstruction)",
     "table": "a table",
+    "tables": "a mapping of named tables",
+    "trajectory": "a KMC trajectory (simulate.degradation_kmc)",
     "number": "a number",
 }
 
@@ -234,21 +236,33 @@ class Kind:
     Parameters
     ----------
     kind : str
-        ``image``, ``series``, ``tilt``, ``atoms``, ``volume``, ``table`` or ``number``.
+        ``image``, ``series``, ``tilt``, ``atoms``, ``volume``, ``table``, ``tables`` (a
+        mapping of names to tables: a simulator's truth), ``trajectory`` (a KMC trajectory)
+        or ``number``.
     columns : tuple of str
-        Columns a table must have (for a step output: columns the table always has).
+        Columns a table must have (for a step output: columns the table always has); for
+        ``tables``, the names of the tables the mapping must hold.
     source : str
         Where such an artefact usually comes from (named in the message).
     may_have : tuple of str, optional
         For a step output: every column the table can have (beyond ``columns``, which it
         always has), so an input needing another column is refused when the configuration
         is validated.  ``None``: not known.
+    param_columns : tuple of str
+        For a step input: parameters of the step whose values name further columns the
+        table must have (``x`` of quantify.mechanism: the independent-variable column).
     """
 
     kind: str
     columns: tuple[str, ...] = ()
     source: str = ""
     may_have: tuple[str, ...] | None = None
+    param_columns: tuple[str, ...] = ()
+
+    def needed_columns(self, params: dict[str, Any] | None = None) -> tuple[str, ...]:
+        """:attr:`columns` and the columns the step's ``params`` name (``param_columns``)."""
+        extra = [str((params or {}).get(p)) for p in self.param_columns if (params or {}).get(p)]
+        return tuple(dict.fromkeys((*self.columns, *extra)))
 
     def __post_init__(self) -> None:
         if self.kind not in _KIND_NAMES:
@@ -258,13 +272,20 @@ class Kind:
 
     @property
     def expected(self) -> str:
+        return self.expected_with()
+
+    def expected_with(self, params: dict[str, Any] | None = None) -> str:
+        """:attr:`expected`, naming the columns ``params`` add (:attr:`param_columns`)."""
         text = _KIND_NAMES[self.kind]
-        if self.columns:
-            text += f" with columns {', '.join(self.columns)}"
+        cols = self.needed_columns(params)
+        if cols:
+            what = "tables" if self.kind == "tables" else "columns"
+            text += f" with {what} {', '.join(cols)}"
         return text + (f" ({self.source})" if self.source else "")
 
-    def problem(self, value: Any) -> str | None:
-        """``None`` when ``value`` is of this kind, else what is wrong with it."""
+    def problem(self, value: Any, params: dict[str, Any] | None = None) -> str | None:
+        """``None`` when ``value`` is of this kind, else what is wrong with it (``params``:
+        the step's, for :attr:`param_columns`)."""
         import numbers
 
         import numpy as np
@@ -275,13 +296,24 @@ class Kind:
         if k == "table":
             if not (hasattr(value, "columns") and hasattr(value, "iloc")):
                 return "not a table"
-            missing = [c for c in self.columns if c not in value.columns]
+            missing = [c for c in self.needed_columns(params) if c not in value.columns]
             return f"without column(s) {', '.join(missing)}" if missing else None
+        if k == "tables":
+            if not (
+                isinstance(value, dict)
+                and all(hasattr(v, "columns") and hasattr(v, "iloc") for v in value.values())
+            ):
+                return "not a mapping of tables"
+            missing = [c for c in self.columns if c not in value]
+            return f"without table(s) {', '.join(missing)}" if missing else None
         ok = {
             "image": lambda v: isinstance(v, Image),
             "series": lambda v: isinstance(v, Series) and not isinstance(v, TiltSeries),
             "tilt": lambda v: isinstance(v, TiltSeries),
             "atoms": lambda v: type(v).__name__ == "Atoms" and hasattr(v, "positions"),
+            "trajectory": lambda v: (
+                hasattr(v, "frame_table") and hasattr(v, "atoms") and hasattr(v, "n_frames")
+            ),
             "volume": lambda v: (
                 isinstance(v, np.ndarray) and v.ndim == 3 and v.dtype.kind in "biuf"
             ),
@@ -293,7 +325,9 @@ class Kind:
         }[k](value)
         return None if ok else "of another kind"
 
-    def mismatch(self, declared: Kind | frozenset[str]) -> str | None:
+    def mismatch(
+        self, declared: Kind | frozenset[str], params: dict[str, Any] | None = None
+    ) -> str | None:
         """What is certainly wrong with an artefact declared as ``declared``, else ``None``.
 
         ``declared`` is the output kind a step declares, or the set of kinds an [inputs]
@@ -308,7 +342,7 @@ class Kind:
             return other
         if self.kind == "table" and declared.may_have is not None:
             known = (*declared.columns, *declared.may_have)
-            missing = [c for c in self.columns if c not in known]
+            missing = [c for c in self.needed_columns(params) if c not in known]
             if missing:
                 return f"without column(s) {', '.join(missing)}"
         return None
@@ -322,6 +356,8 @@ class Kind:
             "atoms": "an ase Atoms model",
             "volume": "a 3-D array",
             "table": "a table",
+            "tables": "a mapping of tables",
+            "trajectory": "a KMC trajectory",
             "number": "a number",
         }[self.kind]
         if self.kind == "table" and self.may_have is not None:

@@ -662,7 +662,7 @@ def _run_one(
                 )
                 for name, ref in wiring.items()
             }
-            _check_input_kinds(step, wiring, kwargs, arte)
+            _check_input_kinds(step, wiring, kwargs, arte, ctx.params)
             produced = step.func(ctx, **kwargs)
         if not isinstance(produced, dict):
             raise TypeError(f"step `{step.name}` returned {type(produced).__name__}, not a dict")
@@ -725,7 +725,11 @@ def _run_one(
 
 
 def _check_input_kinds(
-    step: Any, wiring: dict[str, Any], kwargs: dict[str, Any], arte: _Artefacts
+    step: Any,
+    wiring: dict[str, Any],
+    kwargs: dict[str, Any],
+    arte: _Artefacts,
+    params: dict[str, Any] | None = None,
 ) -> None:
     """Refuse an input that is not of the kind the step declares (before the step runs).
 
@@ -743,13 +747,13 @@ def _check_input_kinds(
             continue
         pairs = list(zip(ref, value, strict=False)) if isinstance(ref, list) else [(ref, value)]
         for r, v in pairs:
-            why = kind.problem(v)
+            why = kind.problem(v, params)
             if why is None:
                 continue
             origin = f"[inputs] {r}" if r in arte.config.inputs else f"`{r}`"
             raise ParameterError(
                 f"input `{name}` is wired to {origin}, {describe_value(v)} ({why}); "
-                f"`{name}` must be {kind.expected}: wire it with "
+                f"`{name}` must be {kind.expected_with(params)}: wire it with "
                 f'inputs = {{ {name} = "<step id>.<output>" }}'
             )
 

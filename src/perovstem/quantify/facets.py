@@ -145,6 +145,7 @@ def facet_fractions(atoms: Any, **kwargs: Any) -> dict[str, float]:
 
     Parameters are those of :func:`surface_facets`.  Also returns ``n_surface``.
     """
+    refuse_text_numbers(locals())
     df = surface_facets(atoms, **kwargs)
     n = len(df)
     out = {f: (float(np.mean(df["facet"] == f)) if n else 0.0) for f in FACETS}

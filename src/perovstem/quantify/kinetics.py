@@ -803,6 +803,7 @@ def compare_models(
     ParameterError
         Bad options (these are not per-model failures).
     """
+    refuse_text_numbers(locals())
     check_choice("criterion", criterion, ("aic", "aicc", "bic"))
     if isinstance(models, str):
         procs = {m.process for m in MODELS.values()}

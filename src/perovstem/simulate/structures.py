@@ -446,6 +446,7 @@ def composition(atoms) -> dict[str, Any]:
         ``n_Cs``, ``n_Pb`` (host Pb²⁺), ``n_Cd``, ``n_Br``, ``n_Pb0`` (adatoms + clusters),
         ``charge_e`` (int), ``formula`` (e.g. "Cs1000Pb729Br2430").
     """
+    refuse_text_numbers(locals())
     sym = np.asarray(atoms.get_chemical_symbols())
     label = atoms.arrays.get("label", np.zeros(len(atoms), dtype=int))
     host = label == 0

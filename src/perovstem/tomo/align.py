@@ -221,6 +221,7 @@ def com_shifts(data: Any) -> np.ndarray:
     (A,) ndarray
         ``dy`` per projection, pixels.
     """
+    refuse_text_numbers(locals())
     return _com_dy(_as_stack("data", data, np.float64))
 
 

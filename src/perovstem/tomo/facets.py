@@ -164,6 +164,7 @@ def nearest_equivalent(orientation: Any, reference: Any) -> np.ndarray:
     24 cube rotations ``S`` describe the same lattice, and the one with the largest
     ``trace(reference.T · R·S)`` (smallest rotation angle from ``reference``) is returned.
     """
+    refuse_text_numbers(locals())
     r = np.asarray(orientation, float)
     eq = r[None] @ _cubic_rotations()
     return eq[int(np.argmax(np.einsum("ij,kij->k", np.asarray(reference, float), eq)))]
@@ -171,6 +172,7 @@ def nearest_equivalent(orientation: Any, reference: Any) -> np.ndarray:
 
 def misorientation_deg(a: Any, b: Any) -> float:
     """Smallest rotation angle (degrees) between two cubic lattice orientations."""
+    refuse_text_numbers(locals())
     r = nearest_equivalent(a, b)
     c = (np.trace(np.asarray(b, float).T @ r) - 1.0) / 2.0
     return float(np.rad2deg(np.arccos(np.clip(c, -1.0, 1.0))))
@@ -203,6 +205,7 @@ def refine_orientation(
     score : float
         Area fraction-like score in [0, 1] at the last width.
     """
+    refuse_text_numbers(locals())
     from scipy.optimize import minimize
     from scipy.spatial.transform import Rotation
 

@@ -35,6 +35,7 @@ def check_sequence(series: Any, *, names: Sequence[str] | None = None) -> list[T
         Names the offending time point, the value and the expected one; no time point at
         all, or one TiltSeries instead of a list of them.
     """
+    refuse_text_numbers(locals())
     if isinstance(series, TiltSeries) or isinstance(series, (str, bytes)):
         raise ParameterError(
             f"`series` must be a list of TiltSeries (one per time point), got "

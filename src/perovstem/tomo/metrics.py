@@ -14,6 +14,7 @@ __all__ = ["relative_l2", "dice", "layer_flatness"]
 
 def relative_l2(volume: Any, truth: Any, *, mask: Any = None) -> float:
     """``‖v − t‖₂ / ‖t‖₂`` (optionally inside ``mask``)."""
+    refuse_text_numbers(locals())
     v = np.asarray(volume, dtype=np.float64)
     t = np.asarray(truth, dtype=np.float64)
     if v.shape != t.shape:
@@ -29,6 +30,7 @@ def relative_l2(volume: Any, truth: Any, *, mask: Any = None) -> float:
 
 def dice(a: Any, b: Any) -> float:
     """Dice coefficient ``2|A∩B| / (|A| + |B|)`` of two boolean volumes."""
+    refuse_text_numbers(locals())
     a = np.asarray(a, bool)
     b = np.asarray(b, bool)
     s = a.sum() + b.sum()

@@ -169,6 +169,7 @@ def estimate_noise_sigma(projections: np.ndarray) -> float:
     over pixels brighter than 10 % of the 99.9th percentile (empty vacuum pixels of
     Poisson data would give σ = 0).  Smooth structure is suppressed by the second difference.
     """
+    refuse_text_numbers(locals())
     p = np.asarray(projections, dtype=np.float64)
     if p.shape[-1] < 3:
         return float(1.4826 * np.median(np.abs(p - np.median(p))))
@@ -727,6 +728,7 @@ def reconstruct(
     **kwargs
         Passed to the algorithm (``n_iter``, ``nonneg``, ``tv_weight``, ``x0`` ...).
     """
+    refuse_text_numbers(locals())
     if method not in METHODS:
         raise ParameterError(f"`method` must be one of {METHODS}, got {method!r}")
     if backend not in ("numba", "astra", "cupy"):

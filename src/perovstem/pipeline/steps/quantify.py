@@ -509,6 +509,25 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
         "tracks_c",
         "tracks_d",
     ),
+    input_kinds={
+        **{
+            f"frames_{k}": Kind(
+                "table",
+                param_columns=("x",),
+                source="a per-frame table: `frames` of simulate.kmc or quantify.br_loss, "
+                "`counts` of insitu.clusters",
+            )
+            for k in "abcd"
+        },
+        **{
+            f"tracks_{k}": Kind(
+                "table",
+                ("frame", "x_A", "y_A", "track_id"),
+                "the `detections` output of insitu.clusters (tracked clusters)",
+            )
+            for k in "abcd"
+        },
+    },
     outputs=("summary",),
     output_kinds={"summary": Kind("table")},
     params={

@@ -165,6 +165,7 @@ def simulate_haadf(ctx: Any, atoms: Any) -> dict[str, Any]:
     inputs=("atoms",),
     outputs=("trajectory", "frames", "clusters", "final"),
     output_kinds={
+        "trajectory": Kind("trajectory"),
         "frames": Kind("table", ("frame",)),
         "clusters": Kind("table", ("frame",)),
         "final": Kind("atoms"),
@@ -229,8 +230,14 @@ def simulate_kmc(ctx: Any, atoms: Any) -> dict[str, Any]:
 @register_step(
     "simulate.insitu_series",
     inputs=("trajectory",),
+    input_kinds={
+        "trajectory": Kind("trajectory", source="the `trajectory` output of simulate.kmc")
+    },
     outputs=("series", "truth"),
-    output_kinds={"series": Kind("series")},
+    output_kinds={
+        "series": Kind("series"),
+        "truth": Kind("tables", ("drift", "clusters", "frames", "events")),
+    },
     params={
         "pixel_size_A": Param(float, 0.5, "pixel size, Å", min=0.01, max=10.0),
         "drift_A_per_s": Param(
