@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit
 
 __all__ = [
+    "block_energy",
     "box5",
     "cross_white",
     "cross_weighted",
@@ -259,4 +260,29 @@ def box5(p: np.ndarray) -> np.ndarray:
     tmp = np.empty(p.shape, np.float32)
     out = np.empty(p.shape, np.float32)
     _box5_nearest(p, tmp, out)
+    return out
+
+
+@njit(cache=True, fastmath=True, boundscheck=False, nogil=True)
+def _block_energy(img: np.ndarray, b: int, out: np.ndarray) -> None:
+    mb, nb = out.shape
+    for i in range(mb):
+        for j in range(nb):
+            out[i, j] = 0.0
+        for r in range(i * b, (i + 1) * b):
+            for j in range(nb):
+                s = 0.0
+                for c in range(j * b, (j + 1) * b):
+                    v = np.float64(img[r, c])
+                    s += v * v
+                out[i, j] += s
+        for j in range(nb):
+            out[i, j] /= b * b
+
+
+def block_energy(img: np.ndarray, b: int) -> np.ndarray:
+    """Mean of ``img²`` over ``b × b`` blocks (the incomplete last ones left out), float32."""
+    m, n = img.shape
+    out = np.empty((m // b, n // b), np.float32)
+    _block_energy(np.ascontiguousarray(img, dtype=np.float32), int(b), out)
     return out

@@ -66,6 +66,7 @@ from perovstem.insitu._frames import (
     single_blas_thread,
 )
 from perovstem.insitu._reg_kernels import (
+    block_energy,
     box5,
     cross_weighted,
     cross_white,
@@ -712,7 +713,7 @@ def _structure_box(img: np.ndarray, tiles: int, min_tile: int = 32) -> tuple:
     m, n = img.shape
     b = max(1, min(m, n) // 128)
     mb, nb = m // b, n // b
-    e = (img[: mb * b, : nb * b].astype(np.float32) ** 2).reshape(mb, b, nb, b).mean((1, 3))
+    e = block_energy(img, b)
     e = ndimage.uniform_filter(e, 3)
     e = np.clip(e - np.median(e), 0, None)
     out = []
@@ -1165,14 +1166,18 @@ def register_drift(
         refine: str,
         shift: tuple[float, float] | None = None,
         anchor: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-    ) -> tuple[list[_Corr], np.ndarray, float]:
+        ref: np.ndarray | None = None,
+    ) -> tuple[list[_Corr], np.ndarray, float, float]:
         """The frame's correlations with the ``max_lag`` previous frames (latest first), its
-        Wiener weight and, with ``shift`` (its shift against the running reference), its
-        distance from the shift against the anchor (NaN without): independent of the
-        tests against the running reference, they run in the helper thread meanwhile (one
-        FFT thread there)."""
+        Wiener weight and, with ``shift`` (its shift against the running reference ``ref``),
+        its distance from the shift against the anchor (NaN without) and from the
+        crystal-outline registration (:func:`_outline_jump`; NaN without): independent of
+        the rigidity test against the running reference, they run in the helper thread
+        meanwhile (one FFT thread there)."""
         _TLS.workers = 1
-        dis = float("nan")
+        dis = oj = float("nan")
+        if shift is not None and ref is not None:
+            oj = _outline_jump(ref, spec, shape, shift, max_shift_px)
         if shift is not None and anchor is not None:
             dis = _anchor_disagreement(anchor, spec, shape, shift, corr_kw, spec_white)
         out = [
@@ -1181,7 +1186,7 @@ def register_drift(
             )
             for _, fa, wa, fa_white in reversed(earlier)
         ]
-        return out, _wiener(spec, shape), dis
+        return out, _wiener(spec, shape), dis, oj
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="register_drift")
     with single_blas_thread(), pool:
@@ -1224,8 +1229,9 @@ def register_drift(
                     spec,
                     spec_white,
                     c.refine,
-                    (dy, dx) if anchor is not None and snr >= min_snr else None,
+                    (dy, dx) if snr >= min_snr else None,
                     anchor,
+                    ref,
                 )
                 if snr >= min_snr and np.isfinite(c.sigma_px):
                     sig_hist.append(c.sigma_px**2)
@@ -1248,21 +1254,20 @@ def register_drift(
                 prov[k] = np.array([dy, dx]) if snr >= min_snr else None
                 ref_est = np.array([dy, dx])
                 sub_res = None
+                if snr >= min_snr:
+                    # the rigidity test, while the helper thread checks the outline and the
+                    # anchor: it counts unless they flag the frame (rare)
+                    sub_res = _subfield_disagreement(
+                        ref, frame, shape, (dy, dx), **sub_kw, noise_free_below=reliable_tol_px
+                    )
                 if snr < min_snr:
                     flags[k] = f"weak correlation with the reference (SNR {snr:.3g} < {min_snr:g})"
-                elif (
-                    oj := _outline_jump(ref, spec, shape, (dy, dx), max_shift_px)
-                ) > 0 and not _on_track((dy, dx), list(track), k, oj):
+                elif (oj := job.result()[3]) > 0 and not _on_track((dy, dx), list(track), k, oj):
                     flags[k] = (
                         f"lattice-period ambiguity: the lattice registration is {oj:.3g} px "
                         "from the crystal-outline registration (> half a lattice period)"
                     )
                 else:
-                    # the rigidity test; the anchor's verdict (computed meanwhile in the
-                    # helper thread) decides whether it counts (it disagrees rarely)
-                    sub_res = _subfield_disagreement(
-                        ref, frame, shape, (dy, dx), **sub_kw, noise_free_below=reliable_tol_px
-                    )
                     anchor_dis = job.result()[2]
                     if anchor is not None:
                         anchor_dev[k] = anchor_dis
@@ -1304,7 +1309,7 @@ def register_drift(
                 prov[k] = None
             if job is None:
                 job = pool.submit(_pair_job, list(recent), spec, spec_white, corr_opts["refine"])
-            pair_corr, spec_w, _ = job.result()
+            pair_corr, spec_w, _, _ = job.result()
             raw_k = float("nan")
             blocked = False  # a strong pair whose earlier frame cannot vouch (content flag)
             # the largest disagreement with a strong pair from a frame that can vouch, and
