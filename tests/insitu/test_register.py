@@ -654,3 +654,23 @@ def test_degrading_outline_does_not_fake_a_lattice_period_jump():
             "rescued by the group-wise registration, whose posterior error (0.13-0.15 px) "
             "does not see the degrading crystal's content differing from the series mean"
         )
+
+
+@pytest.mark.parametrize("shape", [(64, 96), (50, 70), (63, 64)])
+def test_checkerboard_half_spectrum_without_a_second_fft(shape):
+    # the half spectrum of the even checkerboard pixels is read from the frame's own
+    # spectrum, (F(k) + F(k + (M/2, N/2))) / 2, for even shapes (odd ones: a second FFT)
+    from perovstem.insitu.register import _checker, _half_spectrum, _spectrum
+
+    f = np.random.default_rng(0).poisson(3.0, shape).astype(np.float32)
+    spec = _spectrum(f, 0.25)
+    w = np.asarray(f - f.mean(), np.float32) * _window_of(shape) * _checker(shape)
+    want = np.fft.rfft2(w.astype(np.float64))
+    got = _half_spectrum(f, spec, 0.25, shape)
+    np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
+
+
+def _window_of(shape):
+    from perovstem.insitu.register import _window
+
+    return _window(shape, 0.25)

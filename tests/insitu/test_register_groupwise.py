@@ -100,6 +100,33 @@ def test_rts_smoother_follows_jitter_and_rejects_a_jump():
     assert np.sqrt(np.mean((r2["d"] - walk) ** 2)) < 0.6 * 0.1
 
 
+def test_rts_outlier_gate_not_fooled_by_rounding_on_a_flexible_track():
+    # the group-wise measurements of the first 5 frames of an 8-frame CsCd0.2 series (seed
+    # 13 of test_sublattice_jump_of_alloyed_crystal_caught_by_the_recent_pair; 0.005 px
+    # split-half noise, frames 5-7 left out): the marginal likelihood puts a velocity
+    # random walk of ~1 px² per frame on the y axis, the track follows every measurement
+    # and R - P_s cancels to the filter's rounding noise (-4e-9 to 5e-9 px²); the frames
+    # 0 and 1 read 8376 and 5.2 sigma off the track and were rejected (the same frames
+    # measured 1e-5 px differently: 1.5 and 1.4 sigma)
+    m = np.array(
+        [
+            [5.4239826276898384e-03, -2.5311657227575779e-03],
+            [8.9304040614515545e-01, 1.0868670301511885e00],
+            [8.9003221504390245e-02, 2.8817238282412290e00],
+            [-1.1143044237047435e00, 4.7879825338721274e00],
+            [-1.7948653196915985e00, 4.9899411285296082e00],
+            [-3.3652487130835653e00, 7.2037343397270890e00],
+            [-3.7713654153048992e00, 8.4065403794869784e00],
+            [-5.4725011464208366e00, 1.0532658650726081e01],
+        ]
+    )
+    var = np.full((8, 2), 2.955171921470845e-05)
+    var[5:] = np.inf
+    r = rts_drift(m, var)
+    assert not r["outlier"].any(), r["z"]
+    assert np.all(r["z"][:5] < 3.0), r["z"]
+
+
 def test_groupwise_streamed_dask_equals_numpy(synth):
     frames, truth = synth.drifting_series(12, counts=1.0, rng=11)
     d1 = register_drift(frames, groupwise="always")

@@ -84,19 +84,27 @@ def _poisson_measure(
     faint part is poorly known); the peak within 3 px of ``centre``.  Returns the shift and
     the squared split-half difference (2-D, px²) of the same estimator on the frame's two
     checkerboard halves."""
-    from perovstem.insitu.register import _checker, _lowpass, _phase_ramp, _upsampled_peak
+    from perovstem.insitu.register import (
+        _checker,
+        _checker_half,
+        _lowpass,
+        _shift_spectrum,
+        _upsampled_peak,
+    )
 
     f = np.asarray(frame, np.float32)
     shape = f.shape
     spec = sfft.rfft2(f, workers=2)
     ref = raw_sum
     if own_align is not None:
-        ref = raw_sum - spec * _phase_ramp(shape, own_align[0], own_align[1])
+        ref = raw_sum - _shift_spectrum(spec, shape, own_align[0], own_align[1])
     lam = sfft.irfft2((ref * raw_w).astype(np.complex64), s=shape, workers=2)
     t = np.log(np.maximum(lam, max(float(lam.mean()), 1e-30))).astype(np.float32)
     g = np.conj(sfft.rfft2(t - np.float32(t.mean()), workers=2)) * _lowpass(shape, 0.0)
     y, x, _ = _local_peak(g * spec, shape, (float(centre[0]), float(centre[1])), upsample, 3)
-    half = sfft.rfft2(f * _checker(shape), workers=2)
+    half = _checker_half(spec, shape)
+    if half is None:
+        half = sfft.rfft2(f * _checker(shape), workers=2)
     a = _upsampled_peak(g * half, shape, y, x, upsample)
     b = _upsampled_peak(g * (spec - half), shape, y, x, upsample)
     return y, x, (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2
@@ -166,8 +174,9 @@ def groupwise_measure(
     """
     from perovstem.insitu.register import (
         _correlate_spectra,
+        _half_spectrum,
         _lowpass,
-        _phase_ramp,
+        _shift_spectrum,
         _spectrum,
         _upsampled_peak,
         _wiener,
@@ -218,7 +227,7 @@ def groupwise_measure(
                     ) -> np.ndarray:
                         # the windowed leave-one-out sum (only when the callback needs it)
                         spec = _spectrum(frame, window_alpha)
-                        own = spec * _phase_ramp(frame.shape, al[k, 0], al[k, 1])
+                        own = _shift_spectrum(spec, frame.shape, al[k, 0], al[k, 1])
                         return (rs - own if ins[k] else rs).astype(np.complex64)
 
                     last_pass(k, frame, _ref, (y, x))
@@ -230,9 +239,9 @@ def groupwise_measure(
                     wiener_ref = _wiener(ref_sum.astype(np.complex64), frame.shape)
                 ref = ref_sum
                 if in_sum[k]:
-                    ref = ref_sum - spec * _phase_ramp(frame.shape, align[k, 0], align[k, 1])
+                    ref = ref_sum - _shift_spectrum(spec, frame.shape, align[k, 0], align[k, 1])
                 ref = ref.astype(np.complex64)
-                g = np.conj(ref) * wiener_ref
+                g = np.conj(ref) * wiener_ref if last or centre is not None else None
                 if centre is None or not np.all(np.isfinite(centre[k])):
                     c = _correlate_spectra(
                         ref, spec, frame.shape, **corr_kw, wa=wiener_ref, refine="wiener"
@@ -246,7 +255,7 @@ def groupwise_measure(
                 snr[k] = s_k
                 if last:
                     hw = _lowpass(frame.shape, 0.0)
-                    half = _spectrum(frame, window_alpha, half=True)
+                    half = _half_spectrum(frame, spec, window_alpha, frame.shape)
                     a = _upsampled_peak(g * half * hw, frame.shape, y, x, up)
                     b = _upsampled_peak(g * (spec - half) * hw, frame.shape, y, x, up)
                     split2[k] = (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2
@@ -255,14 +264,24 @@ def groupwise_measure(
                 ok = s_k >= min_snr and np.hypot(y - align[k, 0], x - align[k, 1]) < 3
                 new_align[k] = (y, x) if ok else align[k]
             if not last:
-                ramp = _phase_ramp(frame.shape, new_align[k, 0], new_align[k, 1])
-                term = spec * ramp
-                new_sum = term.astype(np.complex128) if new_sum is None else new_sum + term
+                term = _shift_spectrum(spec, frame.shape, new_align[k, 0], new_align[k, 1])
+                if new_sum is None:
+                    new_sum = term.astype(np.complex128)
+                else:
+                    new_sum += term
                 new_in[k] = True
                 if poisson and it == n_iter - 1:
                     # the sum of the raw frames (no window, counts) for the Poisson template
-                    rterm = sfft.rfft2(np.asarray(frame, np.float32), workers=2) * ramp
-                    new_raw = rterm.astype(np.complex128) if new_raw is None else new_raw + rterm
+                    rterm = _shift_spectrum(
+                        sfft.rfft2(np.asarray(frame, np.float32), workers=2),
+                        frame.shape,
+                        new_align[k, 0],
+                        new_align[k, 1],
+                    )
+                    if new_raw is None:
+                        new_raw = rterm.astype(np.complex128)
+                    else:
+                        new_raw += rterm
         if not last:
             ref_sum, align, in_sum = new_sum, new_align, new_in
             if new_raw is not None:
@@ -273,6 +292,14 @@ def groupwise_measure(
     return {"meas": meas, "var": np.column_stack([var, var]), "snr": snr, "split_dev2": split2}
 
 
+#: variance (px²) of the diffuse initial state of :func:`_kf`
+_KF_PRIOR_VAR = 1e8
+#: the filter's variances carry an absolute rounding error of order ``_KF_PRIOR_VAR`` x the
+#: float64 epsilon (2e-8 px²; R - P_s of the frames of an 8-frame series read -4e-9 to
+#: 5e-9 px² where it is ~0): a residual variance below this is numerically zero
+_KF_VAR_RESOLUTION = 1e-7
+
+
 def _kf(
     m: np.ndarray, r: np.ndarray, qp: float, qv: float, qj: float, smooth: bool
 ) -> tuple[float, np.ndarray | None, np.ndarray | None]:
@@ -281,7 +308,7 @@ def _kf(
     fix the diffuse initial state, left out) and the smoothed position mean and variance.
     Frames with ``r = inf`` are not observed."""
     n = len(m)
-    big = 1e8
+    big = _KF_PRIOR_VAR
     x0, x1 = 0.0, 0.0
     p00, p01, p11 = big, 0.0, big
     ll = 0.0
@@ -416,7 +443,9 @@ def rts_drift(
             # residual variance: observed frames R - P_s, rejected ones R + P_s
             den = np.where(ok, rr - pv[:, ax], rr + pv[:, ax])
             res = np.where(use, m[:, ax] - mu[:, ax], 0.0)
-            z2 += res**2 / np.maximum(den, 1e-12 * rr)
+            # (floored at the filter's resolution: a residual variance R - P_s that cancels
+            # to rounding noise made a frame on the track an outlier by 10³ σ)
+            z2 += res**2 / np.maximum(den, np.maximum(1e-12 * rr, _KF_VAR_RESOLUTION))
         new = use & (z2 > thr)
         # only the worst offenders at a time, so one jump cannot condemn its neighbours
         if ok.any() and np.array_equal(new, outlier):
