@@ -91,11 +91,14 @@ Method
    0.79–0.84 at three of five registries, counted on D −30…−38 %).  For a segment that
    passes the host test, its own empty-site ratio r_c is estimated: the host texture
    (lattice average of the frame over shifts of 3–4 cells, scaled to the host mass M − E)
-   is removed, the residual's 2.475 Å fringes along both lattice directions are
-   demodulated over the segment (weighted by E, shrunk by their shot-noise Wiener factor),
-   and the pattern E·(1 + fringes) is passed through the same empty-site mask and cell
-   average (multislice: 0.79–0.83 estimated on noisy frames against 0.79–0.84 measured on
-   the cluster alone); r_c is kept within the bound 1 ± (1 − kappa_h)|B|.  Where the
+   is removed, the residual's 2.475 Å fringes — the first harmonics (1, 0), (0, 1) and
+   the diagonal (1, ±1) of the cluster's square column grid, all of which beat with the
+   empty-site grid — are demodulated over the segment (weighted by E, shrunk by their
+   shot-noise Wiener factor), and the pattern E·(1 + fringes) is passed through the same
+   empty-site mask and cell average (multislice: 0.79–0.83 estimated on noisy frames
+   against 0.79–0.84 measured on the cluster alone; noise-free fast-model clusters of
+   20–80 atoms: rms error 0.013–0.019 against 0.027–0.043 without the diagonals); r_c is
+   kept within the bound 1 ± (1 − kappa_h)|B|.  Where the
    host-free mass rescaled by (1 − kappa_h)/(r_c − kappa_h) leaves no significant host
    excess, the segment is counted as a cluster on a clean host (on E); otherwise the
    uncorrected D is used as before (on KMC series of degrading crystals rescaling D by the
@@ -783,8 +786,9 @@ def _cluster_site_ratio(
     """Empty-site ratio r_c = Q_c/M_c of each segment's own cluster (NaN where not
     computed).  The host texture is the lattice average of ``raw`` over shifts of 3–4
     cells (outside the cluster), scaled to the host mass M − E; the residual is the
-    cluster's column pattern, whose 2.475 Å fringes (cube-on-cube) are demodulated over
-    the segment, weighted by E; a pattern E·(1 + 2 Re Σ Z e^{2πi u/p}) is then passed
+    cluster's column pattern, whose 2.475 Å fringes (cube-on-cube; the (1, 0), (0, 1) and
+    diagonal (1, ±1) harmonics of its square column grid) are demodulated over the
+    segment, weighted by E; a pattern E·(1 + 2 Re Σ Z e^{2πi g·r}) is then passed
     through the same empty-site mask (``mask``; ``mask_mean`` its cell average, computed
     here when not given) and cell average as the frame."""
     from scipy import fft as sfft
@@ -825,6 +829,10 @@ def _cluster_site_ratio(
     v = -xx * np.sin(t) + yy * np.cos(t)
     p = 0.5 * PB_FCC_A / px
     cu, cv = np.exp(-2j * np.pi * u / p), np.exp(-2j * np.pi * v / p)
+    # the [001] projection of fcc Pb is a square grid of columns: its pattern has the
+    # diagonal harmonics (1, ±1)/p as well as (1, 0) and (0, 1), and they beat with the
+    # empty-site grid too (module notes, step 4b)
+    waves = (cu, cv, cu * cv, cu / cv)
     gw = ep
     den = np.bincount(lab, weights=gw * gw, minlength=k + 1)[1:]
     rw = (raw.ravel()[idx] - host_i) * gw
@@ -834,17 +842,19 @@ def _cluster_site_ratio(
         im = np.bincount(lab, weights=rw * c.imag, minlength=k + 1)[1:]
         return np.where(den > 0, (re + 1j * im) / np.where(den > 0, den, 1), 0)
 
-    zu, zv = csum(cu), csum(cv)
+    zs = [csum(c) for c in waves]
     # shot noise of each fringe amplitude, E|δZ|² = Σ gain·raw·w² / (Σ E w)²: the
     # amplitudes are shrunk by the Wiener factor 1 − E|δZ|²/|Z|² (no correction from
     # fringes that are not significant)
     rv = gain * np.clip(raw.ravel()[idx], 0, None) * gw * gw
     nz = np.bincount(lab, weights=rv, minlength=k + 1)[1:] / np.where(den > 0, den, np.inf) ** 2
-    for z_ in (zu, zv):
+    for z_ in zs:
         z_ *= np.clip(1.0 - nz / np.maximum(np.abs(z_) ** 2, 1e-30), 0.0, 1.0)
     pat = np.zeros(mm * nn)
-    zl_u, zl_v = np.r_[0, zu][lab], np.r_[0, zv][lab]
-    pat[idx] = gw * (1.0 + 2.0 * np.real(zl_u / cu) + 2.0 * np.real(zl_v / cv))
+    fr = np.ones(idx.size)
+    for z_, c in zip(zs, waves, strict=True):
+        fr += 2.0 * np.real(np.r_[0, z_][lab] / c)
+    pat[idx] = gw * fr
     pat = pat.reshape(mm, nn)
     if mask_mean is None:
         sm = _cell_average(np.stack([pat * mask, pat, mask]), a_px, angle_deg)
