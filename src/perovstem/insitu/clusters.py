@@ -1391,6 +1391,45 @@ def _host_free_peaks(
     return np.asarray(pk, int).reshape(-1, 2) * step
 
 
+def _d_texture_err(
+    hm: Any,
+    m: np.ndarray,
+    level: float,
+    regions: np.ndarray,
+    box: tuple[slice, slice],
+    tot: np.ndarray,
+    d_count: np.ndarray,
+    which: np.ndarray,
+    *,
+    px: float,
+    a_px: float,
+    g: float,
+    dose: float,
+    library: pd.DataFrame,
+    aperture_A: float,
+) -> np.ndarray:
+    """1σ error (counts) of the clusters ``which`` counted on the host-free map from the
+    host's texture in it: the robust spread of ``D`` over the crystal outside the segments
+    (:meth:`perovstem.insitu._host.HostModel.d_texture`) summed over the independent cells
+    of the aperture (disc of the equal-volume radius of ``tot`` + ``aperture_A``: spread ×
+    n_ap / √(n_ap / a²), as for the host-free pass), times the registry factor
+    ``d_count`` the count was divided by; 0 elsewhere or where it cannot be measured."""
+    out = np.zeros(len(tot))
+    win = hm.window
+    w0, v0 = win[0].start, win[1].start
+    seg_w = np.zeros(m[win].shape, bool)
+    seg_w[box[0].start - w0 : box[0].stop - w0, box[1].start - v0 : box[1].stop - v0] = regions > 0
+    tex = hm.d_texture(m[win] > 0.25 * level, seg_w, max(1, int(a_px // 4)))
+    if not np.isfinite(tex):
+        return out
+    r_ap = (
+        _fcc_radius_A(atoms_from_scs(np.clip(tot, 0, None) / (g * dose), library)) + aperture_A
+    ) / px
+    n_ap = np.pi * r_ap**2
+    term = tex * n_ap / np.sqrt(np.maximum(1.0, n_ap / a_px**2)) * d_count
+    return np.where(which, term, 0.0)
+
+
 def _host_free_pass(
     d_w: np.ndarray,
     win: tuple[slice, slice],
@@ -1940,6 +1979,7 @@ def detect_clusters(
         # the part independent between frames: shot noise and the background under the
         # aperture (the host-free-map registry and the counting model persist)
         err_stat = err
+        on_d = np.zeros(k, bool)
         if aperture_A is not None and keep.any():
             lib0 = lib if dose is not None else None
             # Clusters on E, minus the host excess of their segment (E - D summed over
@@ -1987,6 +2027,15 @@ def detect_clusters(
         # the host-free map D places the empty sites to within its registry uncertainty:
         # a count that used D (host excess removed, or measured on D) carries that share
         err = np.hypot(err, np.where(host_frac > 0, HOST_REGISTRY * np.abs(tot), 0.0))
+        if aperture_A is not None and dose is not None and keep.any() and on_d.any():
+            # the host under a cluster counted on D: D's texture over the crystal outside
+            # the segments, per independent cell of the aperture (module notes, step 7)
+            err = np.hypot(
+                err,
+                _d_texture_err(hm, m, level, regions, box, tot, d_count, on_d & keep,
+                               px=px, a_px=a_px, g=g, dose=dose, library=lib,
+                               aperture_A=float(aperture_A)),
+            )  # fmt: skip
         if (
             host_test
             and hm.d is not None
