@@ -42,7 +42,9 @@ check re-labelled ``overlap`` / ``unresolved`` / ``merge_uncertain``.  Session 6
 detection, ``min_parent_significance``), ``*_global_all_merges`` the merges before that
 test (``min_parent_significance=0``, the session-5 default); ``images_other_*`` (seeds
 701-724, 5 nm at 1e4 e/Å²/s and 320 / 280 K, 1.5e3 e/Å²/s and 260 K) is another condition,
-run once after the test was fixed.  Run:
+run once after the test was fixed.  Session 14 (umerge3): the images rows re-run with the
+current detector (``--images-only``), the birth/end size prior of the tracker bounded, and
+``images_new_*`` (seeds 801-812, ``HOLDOUT`` conditions) run once with that tracker.  Run:
 ``python benchmarks/bench_merges.py [--images-only] [OUT.json]`` (default
 ``benchmarks/results/bench_merges.json``; ``--images-only`` skips the truth rows and keeps
 those of an existing OUT file, marked with the commit that made them); machine load
