@@ -42,10 +42,13 @@ check re-labelled ``overlap`` / ``unresolved`` / ``merge_uncertain``.  Session 6
 detection, ``min_parent_significance``), ``*_global_all_merges`` the merges before that
 test (``min_parent_significance=0``, the session-5 default); ``images_other_*`` (seeds
 701-724, 5 nm at 1e4 e/Å²/s and 320 / 280 K, 1.5e3 e/Å²/s and 260 K) is another condition,
-run once after the test was fixed.  Run:
-``python benchmarks/bench_merges.py [OUT.json]`` (default
-``benchmarks/results/bench_merges.json``); machine load before/after is stored (the
-machine is shared: the seconds are indicative only).
+run once after the test was fixed.  Session 14 (umerge3): the images rows re-run with the
+current detector (``--images-only``), the birth/end size prior of the tracker bounded, and
+``images_new_*`` (seeds 801-812, ``HOLDOUT`` conditions) run once with that tracker.  Run:
+``python benchmarks/bench_merges.py [--images-only] [OUT.json]`` (default
+``benchmarks/results/bench_merges.json``; ``--images-only`` skips the truth rows and keeps
+those of an existing OUT file, marked with the commit that made them); machine load
+before/after is stored (the machine is shared: the seconds are indicative only).
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ IMAGES_FRESH = [(phi, temp, seed + 400) for phi, temp, seed in HOLDOUT]
 IMAGES_OTHER = [(1e4, 320.0, s) for s in (701, 702, 703, 704)]
 IMAGES_OTHER += [(1.5e3, 260.0, s) for s in (711, 712, 713, 714)]
 IMAGES_OTHER += [(1e4, 280.0, s) for s in (721, 722, 723, 724)]
+# seeds 801-812 (HOLDOUT conditions; session 14): run once with the final tracker of umerge3
+IMAGES_NEW = [(phi, temp, seed + 700) for phi, temp, seed in HOLDOUT]
 
 
 def _kmc(phi, temp, seed, edge_A=50.0):
@@ -265,6 +270,9 @@ def _image_detections(phi, temp, seed):
 
 
 def main() -> None:
+    args = [a for a in sys.argv[1:] if a != "--images-only"]
+    images_only = len(args) < len(sys.argv) - 1
+    out = Path(args[0]) if args else Path(__file__).parent / "results" / "bench_merges.json"
     res = {"load_before": os.getloadavg()}
     variants = {
         "mass": {"method": "mass"},
@@ -279,7 +287,13 @@ def main() -> None:
     }
     sets = (("truth_tune", TUNE), ("truth_holdout", HOLDOUT), ("truth_fresh", FRESH))
     sets += (("truth_fresh2", FRESH2),)
-    for name, cfg in (*sets, ("truth_other", OTHER)):
+    if images_only:
+        old = json.loads(out.read_text()) if out.exists() else {}
+        kept = {k: v for k, v in old.items() if k.startswith("truth_")}
+        res |= kept
+        res["truth_rows_from_git_head"] = old.get("truth_rows_from_git_head", old.get("git_head"))
+        sets = ()
+    for name, cfg in (*sets, *(() if images_only else (("truth_other", OTHER),))):
         series = [(c[2], _kmc(*c)) for c in cfg]
         for err in (True, False) if name in ("truth_tune", "truth_holdout") else (True,):
             for vn, kw in variants.items():
@@ -305,7 +319,7 @@ def main() -> None:
             res[key] = _summ(ms)
             print(key, res[key], flush=True)
     img_sets = (("", IMAGES), ("holdout_", IMAGES_HOLDOUT), ("fresh_", IMAGES_FRESH))
-    img_sets += (("other_", IMAGES_OTHER),)
+    img_sets += (("other_", IMAGES_OTHER), ("new_", IMAGES_NEW))
     for prefix, cfg in img_sets:
         t0 = time.perf_counter()
         dets = [_image_detections(*c) for c in cfg]
@@ -350,12 +364,8 @@ def main() -> None:
         "images_holdout": IMAGES_HOLDOUT,
         "images_fresh": IMAGES_FRESH,
         "images_other": IMAGES_OTHER,
+        "images_new": IMAGES_NEW,
     }
-    out = (
-        Path(sys.argv[1])
-        if len(sys.argv) > 1
-        else Path(__file__).parent / "results" / "bench_merges.json"
-    )
     out.write_text(json.dumps(res, indent=1))
 
 

@@ -458,3 +458,72 @@ def test_gap_frames_bridges_exactly_that_many_missed_frames(method):
             tracks, _ = track_clusters(det, method=method, gap_frames=gap)
             got = tracks.loc[tracks["x_A"] < 50, "track_id"].nunique()
             assert got == n_tracks, (frames, bool(extra), got)
+
+
+def _multi_frame_dropouts(det, rng, p=0.04, runs=(2, 3, 4)):
+    """Leave each cluster out for runs of 2-4 frames (a run starts with probability ``p`` per
+    frame), longer than ``gap_frames``: it re-appears as a new detection of its full size,
+    as a cluster does on images when the neighbour it overlapped in projection moves away
+    or after frames in which detection missed it."""
+    rng = np.random.default_rng(rng)
+    keep = np.ones(len(det), bool)
+    for _, g in det.groupby("cluster_id"):
+        idx = g.sort_values("frame").index.to_numpy()
+        k = 0
+        while k < len(idx):
+            if rng.random() < p:
+                n = int(rng.choice(runs))
+                keep[idx[k : k + n]] = False
+                k += n + 1
+            else:
+                k += 1
+    return det[keep].reset_index(drop=True)
+
+
+def test_large_new_detection_does_not_take_a_coalescing_parent():
+    """A (30 atoms) and B (60) coalesce at frame 4 while a large cluster (40 or 60 atoms,
+    revealed or re-detected) appears 50 Å away.  The birth of a large detection was priced
+    without bound (2 nats per detection limit above it, ~14 nats here), so A was linked to
+    the far detection by a 50 Å hop and the coalescence lost (umerge3: the first cause of
+    missed merges on images); bounded at 4 nats it is a merge plus a birth."""
+    for n_new in (40.0, 60.0):
+        rng = np.random.default_rng(0)
+        rows = []
+        for f in range(8):
+            if f < 4:
+                rows += [(f, 50.0, 50.0, 30.0), (f, 62.0, 50.0, 60.0)]
+            else:
+                rows += [(f, 58.0, 50.0, 90.0), (f, 50.0, 100.0, n_new)]
+            # small clusters far away set the detection limit (~8 atoms)
+            rows += [(f, 20.0 + 15 * k, 150.0, 8.0 + k) for k in range(6)]
+        det = pd.DataFrame(rows, columns=["frame", "x_A", "y_A", "n_atoms"])
+        det["x_A"] += rng.normal(0, 0.3, len(det))
+        det["y_A"] += rng.normal(0, 0.3, len(det))
+        det["n_atoms_err"] = 0.1 * det["n_atoms"]
+        tracks, lin = track_clusters(det)
+        lin = lin.set_index("track_id")
+        prod = int(tracks[(tracks.frame == 4) & (tracks.n_atoms == 90.0)].track_id.iloc[0])
+        new = int(tracks[(tracks.frame == 4) & (tracks.n_atoms == n_new)].track_id.iloc[0])
+        assert lin.loc[prod, "origin"] == "merge", n_new
+        assert len(lin.loc[prod, "parents"]) == 2, n_new
+        assert lin.loc[new, "origin"] == "nucleation" and lin.loc[new, "start_frame"] == 4
+
+
+def test_merges_with_clusters_missed_for_several_frames():
+    """Coalescing 2-D clusters (6 seeds) whose detections drop out for 2-4 frames now and
+    then (``_multi_frame_dropouts``): a cluster that vanishes next to a neighbour was
+    forced into it as a merge, and one that re-appears took a merging parent, because
+    large births and ends were priced without bound.  Measured, pooled (recall,
+    precision): 63/66 = 0.95, 65/111 = 0.59 before; 65/66 = 0.98, 67/97 = 0.69 with the
+    size prior bounded at 4 nats."""
+    ms = []
+    for seed in range(6):
+        det, truth, merges = coalescing_clusters(rng=seed)
+        det = _multi_frame_dropouts(det, 100 + seed)
+        det["n_atoms_err"] = 0.07 * det["n_atoms"]
+        tracks, lin = track_clusters(det)
+        ms.append(merge_matches(tracks, lin, truth, _events(merges), require_detected=True))
+    s = merge_scores(pd.concat(ms, ignore_index=True))
+    assert s["identifiable"] >= 50, s
+    assert s["recall"] >= 0.93, s
+    assert s["precision"] >= 0.64, s

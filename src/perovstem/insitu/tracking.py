@@ -21,7 +21,9 @@ combined count errors, growth by attachment allowed), the product at the parents
 mass-weighted centre, and the parents being able to meet, all with displacement densities
 whose width is each track's own measured mobility (not a fixed step limit).  Births and
 ends are the less likely the larger the cluster (clusters enter the detectable range small
-and do not vanish in one frame).  A merged-away cluster that is seen again (re-detected as
+and do not vanish in one frame), by at most 4 nats (on images a large cluster does appear
+or vanish: revealed or hidden by a neighbour it overlaps in projection, missed for more
+than ``gap_frames`` frames).  A merged-away cluster that is seen again (re-detected as
 a new cluster of its size within long-hop reach, above twice the detection limit or nearer
 to it than the product; re-linked after a one-frame gap; or the product separating again
 into its two parents) was a hop or a segmentation blob, and the merge is undone.
@@ -46,10 +48,13 @@ detections, 10 % count noise; recall / precision): tuning seeds 0.865 / 0.898, h
 0.890 / 0.930, fresh seeds 201-212 0.843 / 0.833 and 401-412 0.846 / 0.846, other
 conditions 0.735 / 0.769; with count errors correlated in time (9 % bias per cluster,
 4.5 % per frame) 0.865 / 0.868, 0.817 / 0.915, 0.814 / 0.831 (201-212), 0.835 / 0.890
-(401-412), 0.724 / 0.788; on images (:func:`detect_clusters`; without / with the
-merge check, recall unchanged) 6 tuning series 7 of 13 merges, precision 0.21 / 0.24,
-12 held-out series 10 of 19, 0.28 / 0.29, 12 fresh series 13 of 19, 0.25 / 0.27: most
-false merges on images are clusters overlapping in projection that never separate.
+(401-412), 0.724 / 0.788 (truth rows made before the size prior was bounded); on
+images (:func:`detect_clusters` of session 14, ``images_*_global`` rows; found /
+identifiable, precision) 6 tuning series 13 of 22, 0.43; 12 held-out 12 of 23, 0.28;
+12 fresh (501-512) 12 of 29, 0.33; 12 other conditions 28 of 39, 0.47; 12 new (801-812,
+run once) 21 of 34, 0.44: most false merges on images are clusters touching in
+projection (their truth clusters still apart), which counts and positions cannot tell
+from a coalescence.
 What a track's history does not add (measured, not used): one-sided Kalman filters of each track's log
 count (Kalman, J. Basic Eng. 82, 35 (1960); 2-5 frames, 0.05-0.2 random walk per frame,
 3σ jump restarts) for the parents before and the product after a boundary lowered the
@@ -860,6 +865,13 @@ _GAP_COST = 2.0  # per missed frame when a track is re-linked after a gap
 _LONG_HOP_W = 0.05  # weight of the long-hop component of the displacement model
 _GROWTH_SIG = 0.3  # spread of the log growth per frame by attachment (one-sided)
 _SIZE_PRIOR_W = 2.0  # birth / end cost per detection limit of size above it
+# ... bounded: on images a detection of any size starts or ends a track (a cluster revealed
+# when the neighbour it overlapped in projection coalesces or moves away, one re-detected
+# after more than `gap_frames` missed frames, a blob the detection splits), so a large
+# birth is rare but not e^-14 rare; unbounded, a parent that coalesces was linked to a
+# large new detection 30-70 Å away rather than paying its birth (umerge3: the first cause
+# of missed merges on images; 4 nats chosen on 24 tuning image series from {3, 4})
+_SIZE_PEN_MAX = 4.0
 _LONG_HOP_L = 5.0  # rms of the long-hop component, in units of max_step_A
 _REDETECT = True  # reject merges whose merged-away parent is re-detected
 _REDETECT_N = 2.0  # ... as a new detection of at least this many detection limits
@@ -929,7 +941,7 @@ def _track_global(
     # scale of the detection limit (5th percentile of the detected sizes)
     if size_col:
         n_lim = max(float(np.percentile(size, 5)), 1.0)
-        size_pen = _SIZE_PRIOR_W * np.clip(size - n_lim, 0, None) / n_lim
+        size_pen = np.minimum(_SIZE_PRIOR_W * np.clip(size - n_lim, 0, None) / n_lim, _SIZE_PEN_MAX)
     else:
         n_lim = 1.0
         size_pen = np.zeros(len(df))
