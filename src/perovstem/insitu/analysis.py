@@ -314,6 +314,13 @@ def analyze_series(
     n_workers : int
         Threads for the per-frame detection pass (numpy/scipy release the GIL); frames are
         processed in blocks of ``2·n_workers`` so memory stays independent of the length.
+        The drift registration (``register``) runs in one more thread beside that pass
+        (without ``columns`` and ``scan_correction``, which need the aligned frames
+        first): clusters and the crystal are measured on the raw frames and the cluster
+        positions are moved into frame-0 coordinates by the drift afterwards
+        (``REGISTER_BESIDE = False`` registers first and detects on the shifted frames;
+        the sub-pixel Fourier shift is not neutral for detection: Pb⁰ sums 1-9 % higher
+        on 5 small KMC series, recall +0.01; the detector is tuned on unshifted frames).
     columns : bool
         Also count the atoms of every atomic column through the series: columns are found
         on the first usable registered frames (their sum up to ``width_dose``; CsPbBr₃
