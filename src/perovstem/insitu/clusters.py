@@ -1551,6 +1551,82 @@ def _host_patch(
     return out
 
 
+def _textured_peak(
+    e: np.ndarray,
+    sigma_map: np.ndarray,
+    plateau: np.ndarray,
+    mask_b: np.ndarray,
+    box: tuple[slice, slice],
+    lab_px: np.ndarray,
+    sel: np.ndarray,
+    k: int,
+    *,
+    a_px: float,
+) -> np.ndarray:
+    """Peak significance of segments 1 … k against shot noise and host texture (step 3d).
+
+    The plateau excess ``e`` of a degrading crystal varies from cell to cell beyond the
+    shot noise ``sigma_map`` (uneven column damage).  That texture is the per-pixel
+    standard deviation of ``e`` over the ``plateau`` outside the segments (``mask_b`` in
+    ``box``) beyond the shot noise
+    (:func:`perovstem.insitu._cluster_checks.host_texture_sigma`); on plateau pixels the
+    significance is ``e / sqrt(sigma_map² + texture²)``, elsewhere ``e / sigma_map``.
+    Returns each segment's maximum (``lab_px``: segment of the pixels ``sel`` of the box)."""
+    from perovstem.insitu import _cluster_checks as cc
+
+    seg = np.zeros(e.shape, bool)
+    seg[box] = mask_b
+    tex = cc.host_texture_sigma(e, sigma_map, plateau, seg, step=max(1, int(a_px // 4)))
+    sb = sigma_map[box]
+    zt = e[box] / (np.sqrt(sb * sb + tex * tex) if tex > 0 else sb)
+    if tex > 0:
+        zt = np.where(plateau[box], zt, e[box] / sb)
+    return _label_max(lab_px, zt[sel], k)
+
+
+def _plateau_patch(
+    df: pd.DataFrame,
+    test: np.ndarray,
+    frame: np.ndarray,
+    plateau: np.ndarray,
+    *,
+    px: float,
+    a_px: float,
+    angle_deg: float,
+) -> np.ndarray:
+    """Rows of ``df`` (among ``test``) centred on the crystal ``plateau`` that are host
+    patches by their fringe contrast against the frame's own host (step 4d;
+    :func:`perovstem.insitu._cluster_checks.host_patch_on_plateau`): the contrast in the
+    disc of the equal-volume radius + 1 Å (≥ 4 Å) against the median and spread of the
+    contrast of 6 Å discs of the plateau away from every detection, the cluster's share
+    ``f`` of the disc its count over the disc's intensity."""
+    from perovstem.insitu import _cluster_checks as cc
+
+    out = np.zeros(len(df), bool)
+    x = df["x_px"].to_numpy(float)
+    y = df["y_px"].to_numpy(float)
+    r_ = np.clip(np.round(y).astype(int), 0, plateau.shape[0] - 1)
+    c_ = np.clip(np.round(x).astype(int), 0, plateau.shape[1] - 1)
+    test = test & plateau[r_, c_]
+    if not test.any():
+        return out
+    r_all = np.maximum(
+        cc.HOST_CONTRAST_MIN_R_A,
+        _fcc_radius_A(df["n_atoms"].to_numpy(float)) + cc.HOST_CONTRAST_MARGIN_A,
+    )
+    lh, sd, _ = cc.plateau_contrast(frame, plateau, radius_px=cc.HOST_PLATEAU_R_A / px,
+                                    a_px=a_px, angle_deg=angle_deg, avoid_x_px=x,
+                                    avoid_y_px=y, avoid_r_px=r_all / px)  # fmt: skip
+    if not np.isfinite(lh):
+        return out
+    r_A = r_all[test]
+    lc = cc.host_fringe_contrast(frame, x[test], y[test], r_A / px, a_px=a_px, angle_deg=angle_deg)
+    tot = cc.disc_sums(np.clip(frame, 0, None), x[test], y[test], r_A / px)
+    f = df["integrated_counts"].to_numpy(float)[test] / np.where(tot > 0, tot, np.nan)
+    out[np.flatnonzero(test)] = cc.host_patch_on_plateau(lc, f, lh, sd)
+    return out
+
+
 def detect_clusters(
     image: Any,
     *,
@@ -1913,6 +1989,11 @@ def detect_clusters(
         if tot_keep is None:
             tot_keep, err_keep = tot, err
         keep = (npx > 0) & (zpk >= hi) & (tot_keep >= threshold_sigma * err_keep)
+        if host_test and keep.any():
+            # host texture (step 3d): on the crystal plateau the peak must also stand out
+            # of the frame's host texture
+            keep &= _textured_peak(e, sigma_map, (m - e) > 0.25 * level, mask_b, box, lab_px,
+                                   sel, k, a_px=a_px) >= hi  # fmt: skip
         # centroids near the marker, not over a segment that follows a crystal plateau
         # (kept segments only: the others are not reported)
         mpos = np.argwhere(markers > 0)
@@ -2124,6 +2205,9 @@ def detect_clusters(
             # (the crystal plateau of the background map: as for the stratified ring)
             keep &= ~_host_patch(df, keep.to_numpy(bool), a - off, (m - e) > 0.25 * level,
                                  px=px, a_px=a_px, angle_deg=float(lattice_angle_deg))  # fmt: skip
+            # host patches on the crystal plateau by their fringe contrast (step 4d)
+            keep &= ~_plateau_patch(df, keep.to_numpy(bool), a - off, (m - e) > 0.25 * level,
+                                    px=px, a_px=a_px, angle_deg=float(lattice_angle_deg))  # fmt: skip
         df = df[keep]
     else:
         df["scs_A2"] = np.nan
