@@ -270,7 +270,9 @@ def host_patch_on_plateau(
     return out & np.isfinite(lv)
 
 
-def disc_sums(frame: np.ndarray, x_px: np.ndarray, y_px: np.ndarray, radius_px: np.ndarray) -> np.ndarray:
+def disc_sums(
+    frame: np.ndarray, x_px: np.ndarray, y_px: np.ndarray, radius_px: np.ndarray
+) -> np.ndarray:
     """Sum of ``frame`` in discs of ``radius_px`` around ``(x_px, y_px)`` (column, row);
     NaN off the frame."""
     x_px, y_px, radius_px = np.broadcast_arrays(
