@@ -34,6 +34,17 @@ of the host that was removed from them: a cluster on a crystal piece).
 The contrast depends on the probe (its transfer at 4.2–5.9 Å) and on the column ratios;
 :data:`HOST_CONTRAST_VACUUM` was set for the simulator's default probe (a wider probe
 lowers both the pieces' and the clusters' contrast: to be re-measured for another probe).
+
+Host patches on the crystal plateau (step 4d)
+---------------------------------------------
+On the plateau of a degrading crystal the false detections are patches of thicker or less
+damaged host (tuning series 41–46 at 280 K: 14 of 24, median 16 atoms).  Two checks use
+the frame's own host as reference rather than a fixed level: :func:`host_texture_sigma`
+(the cell-to-cell variance of the excess over intact host beyond the shot noise, added to
+the noise of the peak test), and :func:`host_patch_on_plateau`: a cluster dilutes the
+host's fringe contrast by its share of the disc's intensity, ``L = L_h (1 − f)``, a
+host patch keeps ``L_h`` (:func:`plateau_contrast` measures ``L_h`` and its spread on
+the plateau away from the detections).
 """
 
 from __future__ import annotations
