@@ -117,12 +117,12 @@ def _fp_tp(cases, monkeypatch, on):
 @pytest.mark.slow
 def test_host_patches_on_the_plateau_kmc_280K(monkeypatch):
     """KMC series of degrading crystals at 280 K (4/5.5 nm, 3e3/6e3 e⁻/Å²/s; seeds
-    185–188, not used to set anything), scored per frame against the projected truth
+    185–190, not used to set anything), scored per frame against the projected truth
     objects with steps 3d/4d on and off: fewer false detections, no true cluster lost.
     Measured (tp / fp / fn, off -> on): see the assertions' comments."""
     cases = []
     for edge, rate, seed in ((55.0, 3e3, 185), (40.0, 6e3, 186), (55.0, 6e3, 187),
-                             (40.0, 3e3, 188)):  # fmt: skip
+                             (40.0, 3e3, 188), (55.0, 3e3, 189), (40.0, 6e3, 190)):  # fmt: skip
         images, truths, kw, field, _ = degrading_frames(
             edge, rate=rate, temperature_K=280.0, seed=seed
         )

@@ -1571,8 +1571,9 @@ def _host_patch(
 
 def _textured_peak(
     e: np.ndarray,
+    m: np.ndarray,
     sigma_map: np.ndarray,
-    plateau: np.ndarray,
+    level: float,
     mask_b: np.ndarray,
     box: tuple[slice, slice],
     lab_px: np.ndarray,
@@ -1581,25 +1582,36 @@ def _textured_peak(
     *,
     a_px: float,
 ) -> np.ndarray:
-    """Peak significance of segments 1 … k against shot noise and host texture (step 3d).
+    """Peak significance of segments 1 … k against shot noise and host texture (step 4d).
 
     The plateau excess ``e`` of a degrading crystal varies from cell to cell beyond the
     shot noise ``sigma_map`` (uneven column damage).  That texture is the per-pixel
-    standard deviation of ``e`` over the ``plateau`` outside the segments (``mask_b`` in
-    ``box``) beyond the shot noise
-    (:func:`perovstem.insitu._cluster_checks.host_texture_sigma`); on plateau pixels the
-    significance is ``e / sqrt(sigma_map² + texture²)``, elsewhere ``e / sigma_map``.
-    Returns each segment's maximum (``lab_px``: segment of the pixels ``sel`` of the box)."""
+    standard deviation of ``e`` over the crystal plateau (background ``m − e`` above a
+    quarter of ``level``) outside the segments (``mask_b`` in ``box``) beyond the shot
+    noise (:func:`perovstem.insitu._cluster_checks.host_texture_sigma`, on a grid of a
+    quarter cell); on plateau pixels the significance is
+    ``e / sqrt(sigma_map² + texture²)``, elsewhere ``e / sigma_map``.  Returns each
+    segment's maximum over its pixels (``lab_px``: segment of the pixels ``sel`` of the
+    box)."""
     from perovstem.insitu import _cluster_checks as cc
 
-    seg = np.zeros(e.shape, bool)
-    seg[box] = mask_b
-    tex = cc.host_texture_sigma(e, sigma_map, plateau, seg, step=max(1, int(a_px // 4)))
-    sb = sigma_map[box]
-    zt = e[box] / (np.sqrt(sb * sb + tex * tex) if tex > 0 else sb)
+    st = max(1, int(a_px // 4))
+    sub = (slice(None, None, st), slice(None, None, st))
+    seg = np.zeros(e[sub].shape, bool)
+    r0, c0 = box[0].start, box[1].start
+    # the box's pixels on the grid
+    i0, j0 = -(-r0 // st), -(-c0 // st)
+    part = mask_b[i0 * st - r0 :: st, j0 * st - c0 :: st]
+    seg[i0 : i0 + part.shape[0], j0 : j0 + part.shape[1]] = part
+    es = e[sub]
+    tex = cc.host_texture_sigma(es, sigma_map[sub], (m[sub] - es) > 0.25 * level, seg,
+                                n_min=int(np.ceil(100 / st**2)))  # fmt: skip
+    ev = e[box][sel]
+    sv = sigma_map[box][sel]
     if tex > 0:
-        zt = np.where(plateau[box], zt, e[box] / sb)
-    return _label_max(lab_px, zt[sel], k)
+        on = (m[box][sel] - ev) > 0.25 * level
+        sv = np.sqrt(sv * sv + np.where(on, tex * tex, 0.0))
+    return _label_max(lab_px, ev / sv, k)
 
 
 def _plateau_patch(
@@ -2010,8 +2022,8 @@ def detect_clusters(
         if host_test and keep.any():
             # host texture (step 3d): on the crystal plateau the peak must also stand out
             # of the frame's host texture
-            keep &= _textured_peak(e, sigma_map, (m - e) > 0.25 * level, mask_b, box, lab_px,
-                                   sel, k, a_px=a_px) >= hi  # fmt: skip
+            keep &= _textured_peak(e, m, sigma_map, level, mask_b, box, lab_px, sel, k,
+                                   a_px=a_px) >= hi  # fmt: skip
         # centroids near the marker, not over a segment that follows a crystal plateau
         # (kept segments only: the others are not reported)
         mpos = np.argwhere(markers > 0)
