@@ -1,4 +1,4 @@
-"""Host patches on the crystal plateau (detect_clusters steps 3d and 4d): the excess of a
+"""Host patches on the crystal plateau (detect_clusters step 4d): the excess of a
 degrading crystal varies from cell to cell beyond the shot noise (host texture), and a
 patch of thicker or less damaged host keeps the host's full fringe contrast, while a Pb
 cluster on the host dilutes it by its share of the intensity."""
@@ -118,8 +118,9 @@ def _fp_tp(cases, monkeypatch, on):
 def test_host_patches_on_the_plateau_kmc_280K(monkeypatch):
     """KMC series of degrading crystals at 280 K (4/5.5 nm, 3e3/6e3 e⁻/Å²/s; seeds
     185–190, not used to set anything), scored per frame against the projected truth
-    objects with steps 3d/4d on and off: fewer false detections, no true cluster lost.
-    Measured (tp / fp / fn, off -> on): see the assertions' comments."""
+    objects with the texture and fringe-contrast checks of step 4d on and off: fewer
+    false detections, at most two true clusters lost.  Measured (tp / fp / fn, off -> on):
+    453 / 15 / 38 -> 452 / 12 / 39 (AVX-512), 456 / 22 / 35 -> 456 / 16 / 35 (AVX2 mode)."""
     cases = []
     for edge, rate, seed in ((55.0, 3e3, 185), (40.0, 6e3, 186), (55.0, 6e3, 187),
                              (40.0, 3e3, 188), (55.0, 3e3, 189), (40.0, 6e3, 190)):  # fmt: skip
@@ -130,5 +131,5 @@ def test_host_patches_on_the_plateau_kmc_280K(monkeypatch):
     off = _fp_tp(cases, monkeypatch, False)
     on = _fp_tp(cases, monkeypatch, True)
     print("off", off, "on", on)
-    assert off[1] - on[1] >= 2, (off, on)
-    assert on[0] >= off[0] - 1, (off, on)
+    assert off[1] - on[1] >= 2, (off, on)  # measured 3 / 6
+    assert on[0] >= off[0] - 2, (off, on)  # measured -1 / 0

@@ -114,9 +114,9 @@ Method
    0.61–0.72 on the tuning series; the level is for the simulator's default probe).
    Near the crystal an absolute level does not separate host patches from small clusters
    on a thick intact crystal (step 4d compares with the frame's own host instead).
-4d. Host patches on the crystal plateau (:mod:`perovstem.insitu._cluster_checks`; only
-   with the host test and a dose).  Two checks against the frame's own host:
-   (i) *texture* (applied with the detection threshold, "step 3d"): the excess of a
+4d. Host patches on the crystal plateau (:mod:`perovstem.insitu._cluster_checks`; with
+   the host test, (ii) also only with a dose).  Two checks against the frame's own host:
+   (i) *texture* (applied with the detection threshold): the excess of a
    degrading crystal varies from cell to cell beyond the shot noise (uneven column
    damage); its per-pixel standard deviation over the plateau outside the segments,
    beyond the shot noise (robust, 1.4826 MAD), is added in quadrature to the shot noise
@@ -2020,7 +2020,7 @@ def detect_clusters(
             tot_keep, err_keep = tot, err
         keep = (npx > 0) & (zpk >= hi) & (tot_keep >= threshold_sigma * err_keep)
         if host_test and keep.any():
-            # host texture (step 3d): on the crystal plateau the peak must also stand out
+            # host texture (step 4d): on the crystal plateau the peak must also stand out
             # of the frame's host texture
             keep &= _textured_peak(e, m, sigma_map, level, mask_b, box, lab_px, sel, k,
                                    a_px=a_px) >= hi  # fmt: skip
