@@ -30,7 +30,7 @@ length.  The peer comparison times our sub-pixel phase correlation against sciki
 as truth.
 
 Run:  python benchmarks/bench_insitu.py [--frames 100 1000] [--size 1024] [--out FILE]
-      [--dose-per-frame 350]
+      [--dose-per-frame 350] [--register-first]
 Writes benchmarks/results/bench_insitu.json for the default lengths, otherwise
 benchmarks/results/bench_insitu_<frames>[_<dose>e].json (e.g. bench_insitu_100.json,
 bench_insitu_1000_35e.json), unless --out.  ``--dose-per-frame 35 --frames 1000`` repeats
@@ -267,9 +267,21 @@ def main() -> None:
         help="e-/A2 per frame (D_Br scales with it: same degradation profile); 35 at 1000 "
         "frames is the earlier fixed-total-dose design (1.4 e- per 0.2 A pixel)",
     )
+    ap.add_argument(
+        "--register-first",
+        action="store_true",
+        help="register the whole series before the detection pass and detect on the shifted "
+        "frames (analysis.REGISTER_BESIDE = False) instead of registering beside it",
+    )
     args = ap.parse_args()
     if args.child is not None:
-        print(json.dumps(child(args.child, args.size, args.px, args.workdir, args.dose_per_frame)))
+        if args.register_first:
+            from perovstem.insitu import analysis
+
+            analysis.REGISTER_BESIDE = False
+        run = child(args.child, args.size, args.px, args.workdir, args.dose_per_frame)
+        run["registration"] = "first" if args.register_first else "beside"
+        print(json.dumps(run))
         return
     import perovstem
 
@@ -300,6 +312,7 @@ def main() -> None:
                 wd,
                 "--dose-per-frame",
                 str(args.dose_per_frame),
+                *(["--register-first"] if args.register_first else []),
             ]
             t0 = time.perf_counter()
             cp = subprocess.run(cmd, capture_output=True, text=True, check=False)

@@ -1348,6 +1348,7 @@ def _default_library() -> pd.DataFrame:
 
 def atoms_from_scs(scs_A2: Any, library: pd.DataFrame) -> np.ndarray:
     """Number of atoms of clusters from their SCS by monotone interpolation of ``library``."""
+    refuse_text_numbers(locals())
     s = np.asarray(scs_A2, float)
     n = library["n_atoms"].to_numpy(float)
     c = library["scs_A2"].to_numpy(float)

@@ -836,6 +836,7 @@ def lineage_events(lineage: pd.DataFrame, frames: pd.DataFrame | None = None) ->
         again; its parent is the overlap track) and ``"unresolved"`` (tracks end where this
         one starts, but the atoms do not add up over the next frames).
     """
+    refuse_text_numbers(locals())
     need = {"track_id", "origin", "fate", "start_frame", "end_frame", "parents"}
     if not need <= set(lineage.columns):
         raise DataError(f"`lineage` lacks columns {sorted(need - set(lineage.columns))}")
