@@ -74,3 +74,20 @@ def test_registration_error_is_raised_after_the_pass(monkeypatch, small_series):
     with pytest.raises(DataError, match="register=False"):
         analysis.analyze_series(small_series, n_workers=1, summary=False)
     assert not _beside_alive()
+
+
+def test_option_refused_before_the_pass_leaves_no_registration_running(small_series):
+    """An option refused before the detection pass (br_loss without a dose) stops the call
+    without a registration thread left reading the series or holding the BLAS limits."""
+    from threadpoolctl import threadpool_info
+
+    from perovstem import ParameterError
+    from perovstem.insitu import analysis
+
+    before = sorted((i["internal_api"], i["num_threads"]) for i in threadpool_info())
+    no_dose = small_series.replace(dose_e_per_A2=None)
+    with pytest.raises(ParameterError, match="br_loss"):
+        analysis.analyze_series(no_dose, br_loss=True, summary=False)
+    assert not _beside_alive()
+    after = sorted((i["internal_api"], i["num_threads"]) for i in threadpool_info())
+    assert after == before

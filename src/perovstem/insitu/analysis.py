@@ -416,14 +416,15 @@ def analyze_series(
     # detection): clusters and crystal are then measured on the raw frames and the
     # cluster positions moved into frame-0 coordinates afterwards (a rigid shift changes
     # where a cluster is, not what is detected; no sub-pixel resampling of the counts).
-    # Column fits and the scan correction need the aligned frames first.
+    # Column fits and the scan correction need the aligned frames first.  (The thread is
+    # started right before the pass: a bad option refused on the way must not leave it
+    # running.)
     reg_beside: _Beside | None = None
     drift: pd.DataFrame | None = None
-    if register and not columns and not scan_correction and REGISTER_BESIDE:
-        reg_beside = _Beside(_register, series, max_lag)
-    elif register:
+    beside = register and not columns and not scan_correction and REGISTER_BESIDE
+    if register and not beside:
         drift = _register(series, max_lag)
-    else:
+    elif not register:
         drift = pd.DataFrame(
             {"frame": np.arange(n), "dy_px": 0.0, "dx_px": 0.0, "skipped": False, "reason": ""}
         )
@@ -585,6 +586,8 @@ def analyze_series(
             rows.append(row)
         block.clear()
 
+    if beside:
+        reg_beside = _Beside(_register, series, max_lag)
     with (
         _cancel_on_error(reg_beside),  # (first in, last out: the BLAS limits unwind in order)
         single_blas_thread(),
