@@ -51,6 +51,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from perovstem._robust import robust_sd
+
 # fringe contrast at the first host reflections above which a detection counted on the
 # plain excess with no crystal plateau within its disc + HOST_CONTRAST_VACUUM_GAP_A is a
 # crystal piece (tuning series: true clusters at most 0.53, crystal pieces 0.61-0.72)
@@ -207,7 +209,7 @@ def host_texture_sigma(
     if ref.sum() < max(16, int(np.ceil(n_min / step**2))):
         return 0.0
     vv = v[sub][ref]
-    s = 1.4826 * float(np.median(np.abs(vv - np.median(vv))))
+    s = robust_sd(vv)
     nn = float(np.median(noise[sub][ref] ** 2))
     return float(np.sqrt(max(0.0, s * s - nn)))
 
@@ -256,7 +258,7 @@ def plateau_contrast(
     if len(lc) < HOST_PLATEAU_MIN_SAMPLES:
         return np.nan, np.nan, len(lc)
     med = float(np.median(lc))
-    return med, 1.4826 * float(np.median(np.abs(lc - med))), len(lc)
+    return med, robust_sd(lc, med), len(lc)
 
 
 def host_patch_on_plateau(

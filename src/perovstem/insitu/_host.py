@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from perovstem._robust import robust_sd
+
 # kappa_h of the host is ~0.3 (0.25–0.45 on damaged crystals); above this the "host"
 # pixels are mostly incommensurate (Pb, support) and D is meaningless
 KAPPA_MAX = 0.6
@@ -90,7 +92,7 @@ class HostModel:
         ref = self.d[sub][crystal[sub] & ~segments[sub]]
         if ref.size < 16:
             return float("nan")
-        return 1.4826 * float(np.median(np.abs(ref - np.median(ref))))
+        return robust_sd(ref)
 
     def reliable(self) -> np.ndarray:
         """Segments whose counts the host model supports: not next to a crystal smaller

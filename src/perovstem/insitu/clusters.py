@@ -263,6 +263,7 @@ import pandas as pd
 from scipy import ndimage
 
 from perovstem._data import Image
+from perovstem._robust import robust_sd
 from perovstem._validation import check_image, check_int, check_positive, refuse_text_numbers
 from perovstem.errors import CalibrationError, DataError, ParameterError
 from perovstem.insitu import _markers as _mk
@@ -1422,7 +1423,7 @@ def _host_free_peaks(
         ref = bp[crys]
     if ref.size < n_min:
         return np.zeros((0, 2), int)
-    sd = 1.4826 * float(np.median(np.abs(ref - np.median(ref))))
+    sd = robust_sd(ref)
     if not sd > 0:
         return np.zeros((0, 2), int)
     from skimage.feature import peak_local_max
@@ -1552,7 +1553,7 @@ def _host_free_pass(
     if ref.size < max(16, int(np.ceil(100 / st**2))):
         ref = d_w[::st, ::st][crys_w[::st, ::st]]
     lvl = float(np.median(ref))
-    tex = 1.4826 * float(np.median(np.abs(ref - lvl)))
+    tex = robust_sd(ref, lvl)
     mm, nn = d_w.shape
     # centres the discs are cut against: the kept segments and the peaks (window px)
     oy = np.r_[cy[keep] - w0, pk[:, 0] - w0]
@@ -1877,7 +1878,7 @@ def detect_clusters(
     var_m = g * np.clip(m, 0, None) / a_px**2
     e = _plateau_excess(m, side, tilt, var_m, var_per_level=g / a_px**2)
     es_sub = e[::4, ::4]
-    sig_floor = 1.4826 * float(np.median(np.abs(es_sub - np.median(es_sub))))
+    sig_floor = robust_sd(es_sub)
     sig_floor = max(sig_floor, 1e-6 * float(np.abs(m).max() + 1e-30))
     sigma_map = np.sqrt(var_m + sig_floor**2)
     z = e / sigma_map
