@@ -195,10 +195,8 @@ def fourfold_ratio(
     a = check_image("image", image)
     dx = check_positive("pixel_size_A", pixel_size_A)
     d = check_positive("spacing_A", spacing_A)
-    from scipy.signal.windows import hann
-
     m, n = a.shape
-    p = np.abs(sfft.fft2((a - a.mean()) * np.outer(hann(m), hann(n)))) ** 2
+    p = _full_power(_windowed_rfft2(a), n)  # (the spectrum of estimate_lattice)
 
     def power(t_deg: float) -> float:
         t = np.radians(t_deg)
