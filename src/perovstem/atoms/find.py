@@ -21,6 +21,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from perovstem._data import Image
+from perovstem._robust import robust_sd
 from perovstem._validation import check_int, check_positive, check_range, refuse_text_numbers
 from perovstem.atoms._inputs import as_image, px_to_A
 from perovstem.atoms.cell import ProjectedCell
@@ -45,8 +46,7 @@ def _robust_noise(img: np.ndarray, sm: np.ndarray | None = None) -> float:
     if sm is None:
         sm = ndimage.gaussian_filter(img, 1.0, mode="nearest")
     d = (img - sm)[sm <= np.median(sm)]
-    mad = float(np.median(np.abs(d - np.median(d))))
-    return 1.4826 * mad / _SMOOTH_K or 1e-12
+    return robust_sd(d) / _SMOOTH_K or 1e-12
 
 
 def _pixel_noise(img: np.ndarray) -> float:

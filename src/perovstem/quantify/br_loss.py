@@ -57,6 +57,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from perovstem._robust import robust_sd
 from perovstem._validation import as_rng, check_positive, check_range, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
@@ -647,7 +648,7 @@ def br_loss_from_images(
     n_raw = np.mean(n_cums, axis=0)[1:]
     if len(n_raw) >= 4:
         d2 = np.diff(n_raw, 2)
-        sig = float(1.4826 * np.median(np.abs(d2 - np.median(d2))) / np.sqrt(6.0))
+        sig = float(robust_sd(d2) / np.sqrt(6.0))
     else:
         sig = 0.0
     # the last level has error σ, the intact reference (mean of the first three frames

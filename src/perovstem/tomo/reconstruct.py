@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from perovstem._data import TiltSeries
+from perovstem._robust import robust_sd
 from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 from perovstem.tomo import _kernels
@@ -172,7 +173,7 @@ def estimate_noise_sigma(projections: np.ndarray) -> float:
     refuse_text_numbers(locals())
     p = np.asarray(projections, dtype=np.float64)
     if p.shape[-1] < 3:
-        return float(1.4826 * np.median(np.abs(p - np.median(p))))
+        return robust_sd(p)
     d2 = p[..., 2:] - 2 * p[..., 1:-1] + p[..., :-2]
     hi = np.percentile(p, 99.9)
     lo = np.percentile(p, 0.1)
@@ -180,7 +181,7 @@ def estimate_noise_sigma(projections: np.ndarray) -> float:
     if np.count_nonzero(sel) < 100:
         sel = np.ones_like(sel)
     d = d2[sel]
-    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(6.0))
+    return float(robust_sd(d) / np.sqrt(6.0))
 
 
 # --------------------------------------------------------------------------- FBP / WBP
