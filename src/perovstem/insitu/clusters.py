@@ -267,6 +267,7 @@ from perovstem._robust import robust_sd
 from perovstem._validation import check_image, check_int, check_positive, refuse_text_numbers
 from perovstem.errors import CalibrationError, DataError, ParameterError
 from perovstem.insitu import _markers as _mk
+from perovstem.insitu._onhost import recount_on_d
 from perovstem.insitu.lattice import estimate_lattice, host_cell
 
 __all__ = [
@@ -631,6 +632,7 @@ def _aperture_counts(
     e_alt: np.ndarray | None = None,
     alt: np.ndarray | None = None,
     crystal: np.ndarray | None = None,
+    ring_own: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Aperture photometry of the clusters: excess in a disc of radius R + ``aperture_A``
     (R the cluster radius from its first count, or from its segment area without a dose),
@@ -649,6 +651,10 @@ def _aperture_counts(
     the ring has ≥ ``10`` pixels on both sides, the disc's crystal pixels get the median
     of the ring's crystal pixels and its vacuum pixels that of the vacuum ones (stratified
     background, as for a sky annulus crossing a galaxy edge).
+
+    The ring leaves out the pixels of every segment; with ``ring_own`` those of the
+    cluster's own segment stay in for the clusters measured on ``e_alt`` (the host-free
+    map, :mod:`perovstem.insitu._onhost`).
     """
     from skimage.segmentation import expand_labels
 
@@ -680,7 +686,9 @@ def _aperture_counts(
         d = np.hypot(yy - cy[i], xx - cx[i]) * px
         own = part[i0:i1, j0:j1] == i + 1
         ap = own & (d <= r_ap[i])
-        ring = own & (d > r_ap[i]) & (d <= r_ap[i] + ring_A) & (full[i0:i1, j0:j1] == 0)
+        fl = full[i0:i1, j0:j1]
+        other = (fl != 0) & ~((fl == i + 1) & bool(ring_own and alt is not None and alt[i]))
+        ring = own & (d > r_ap[i]) & (d <= r_ap[i] + ring_A) & ~other
         ew = (e_alt if alt is not None and alt[i] else e)[i0:i1, j0:j1]
         n_ap = int(ap.sum())
         if n_ap == 0:
@@ -2133,27 +2141,19 @@ def detect_clusters(
             # the crystal plateau for the stratified ring at a crystal edge (the map the
             # opening left; a quarter of the plateau level, as the host model's crystal)
             crystal = (m - e) > 0.25 * level
-            tot_ap, err_ap, bg_ap = _aperture_counts(
-                e,
-                regions,
-                box,
-                cx,
-                cy,
-                tot,
-                npx,
-                keep,
-                a - off,
-                px=px,
-                g=g,
-                dose=dose,
-                library=lib0,
-                aperture_A=float(aperture_A),
-                floor=sig_floor * a_px,
-                cell_px=a_px**2,
-                e_alt=d_full,
-                alt=on_d,
-                crystal=crystal,
-            )
+            ap_args = (e, regions, box, cx, cy, tot, npx, keep, a - off)
+            ap_kw = {"px": px, "g": g, "dose": dose, "library": lib0,
+                     "aperture_A": float(aperture_A), "floor": sig_floor * a_px,
+                     "cell_px": a_px**2, "e_alt": d_full, "alt": on_d, "crystal": crystal}  # fmt: skip
+            tot_ap, err_ap, bg_ap = _aperture_counts(*ap_args, **ap_kw)
+            # clusters on D: the annulus keeps their own segment (host level of D next to
+            # them); whether they are reported stays on the previous count (_onhost)
+            (tot_ap, err_ap, bg_ap), low_d = recount_on_d(
+                _aperture_counts, (tot_ap, err_ap, bg_ap), on_d, keep, d_count, ap_args,
+                ap_kw, min_atoms=min_atoms,
+                n_of=None if dose is None else _counts_to_atoms(lib, g * dose),
+            )  # fmt: skip
+            keep = keep & ~low_d
             good = keep & np.isfinite(tot_ap)
             # D reads the cluster's own mass times (r_c - kappa_h)/(1 - kappa_h) (its
             # columns' registry with the empty sites, step 4b): the count on D is divided
