@@ -12,7 +12,7 @@ proportion to the host's mass, more on the thicker patch under and around the cl
 than on the thinner host beyond it: the annulus median sat above the host level under the
 aperture and the counts on ``D`` read low (KMC series, deep on the crystal: median −0.13
 tune280, −0.36 held-out 61–68; the noise-free host alone read −0.13 of the cluster's mass
-in the median with that annulus, −0.04 with the whole annulus).  On ``D`` the cluster's
+in the median with that annulus, −0.04 with its own segment in it).  On ``D`` the cluster's
 own segment beyond the aperture is host level like any other pixel of the annulus, so
 the annulus keeps it (other segments stay out: their clusters are in ``D`` too).  This
 is the annulus of aperture photometry, whose sky must sample the background next to the
@@ -20,7 +20,7 @@ source (Howell, PASP 101, 616 (1989); Stetson, PASP 99, 191 (1987)).
 
 The detection (whether the segment is reported at all, ``min_atoms``) stays on the count
 with the previous annulus: the higher, unbiased counts on ``D`` also lift host patches
-whose count on ``D`` was ≈ 0 above ``min_atoms`` (precision −0.005…−0.03 on the tuning
+whose count on ``D`` was ≈ 0 above ``min_atoms`` (precision −0.03…+0.005 on the tuning
 and held-out series when the new count decided), as the registry correction of step 4b
 stays out of the significance test.
 """

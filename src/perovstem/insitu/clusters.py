@@ -146,7 +146,12 @@ Method
    r_c < 1 does by itself, so the uncorrected D counts were selected low (bench_clusters:
    the counts this changes read −10…−22 % median before, −5…−22 % after; ΣD/ΣE of
    clusters far in the vacuum, where E is clean, is 1.02 median, 0.22 standard deviation
-   over 35 clusters: the registry, not a bias of D itself).  The hysteresis segment alone
+   over 35 clusters: the registry, not a bias of D itself).  On D the annulus keeps the
+   cluster's own segment (on E it follows the host patch around the cluster; without it
+   the annulus sampled thinner host, whose D reads less negative, and counts on D read
+   low: on_host_deep median −0.13 tune280, −0.36 held-out before, −0.01 / −0.08 after;
+   :mod:`perovstem.insitu._onhost`); whether such a segment is reported stays on the count
+   with the previous annulus.  The hysteresis segment alone
    follows any residual of the background along a facet.  Clusters the host model cannot
    support are flagged (``host_ok`` False): next to a crystal shorter than the background
    element along a lattice direction (the opening does not see it), or holding host
