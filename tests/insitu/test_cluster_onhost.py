@@ -88,8 +88,10 @@ def test_host_under_clusters_counted_on_d_is_not_read_negative(monkeypatch):
         d_host[win] = (sm[0] / np.maximum(hm.site_mean, 1e-3) - kap * sm[1]) / (1 - kap)
         m_cl = clusters._cell_average(state["cl"][None], a_px, ang)[0]
         sel = which & alt
-        h = orig_ap(e, regions, box, cx, cy, tot, npx, sel, raw, **dict(kw, e_alt=d_host))[0]
-        kw_c = dict(kw, alt=None, e_alt=None, crystal=None)
+        kw_h = dict(kw, e_alt=d_host)
+        kw_h.pop("prev_out", None)  # the detector's array, not to be overwritten here
+        h = orig_ap(e, regions, box, cx, cy, tot, npx, sel, raw, **kw_h)[0]
+        kw_c = dict(kw_h, alt=None, e_alt=None, crystal=None)
         kw_c.pop("ring_own", None)
         c = orig_ap(m_cl, regions, box, cx, cy, tot, npx, sel, raw, **kw_c)[0]
         lib = clusters._default_library()
@@ -122,9 +124,10 @@ def test_annulus_on_d_keeps_the_clusters_own_segment():
     """A cluster on D inside a band of host level −δ that its segment follows (the host
     patch around it on E), 0 beyond the band: with the cluster's own segment in the
     annulus the count is the cluster's (the band under the aperture removed), without it
-    the annulus samples only the level beyond the band and the count reads δ per pixel of
-    the aperture low."""
-    from perovstem.insitu._onhost import recount_on_d
+    (``prev_out``, the previous annulus) the annulus samples only the level beyond the
+    band and the count reads δ per pixel of the aperture low; that previous count is
+    what decides whether the cluster is reported (``on_d_below``)."""
+    from perovstem.insitu._onhost import on_d_below
 
     lib = clusters._default_library()
     dose, px = 1e4, 0.5
@@ -143,12 +146,15 @@ def test_annulus_on_d_keeps_the_clusters_own_segment():
             np.array([float(band.sum())]), one, np.zeros((n, n)))  # fmt: skip
     kw = {"px": px, "g": 1.0, "dose": dose, "library": lib, "aperture_A": 3.0, "floor": 0.0,
           "cell_px": 1.0, "e_alt": d, "alt": one, "crystal": None}  # fmt: skip
-    old = clusters._aperture_counts(*args, **kw)
-    (new, _, _), low = recount_on_d(
-        clusters._aperture_counts, old, one, one, np.ones(1), args, kw, n_of=None, min_atoms=5.0
-    )
+    prev = np.full(1, np.nan)
+    new = clusters._aperture_counts(*args, **kw, ring_own=True, prev_out=prev)[0]
+    old = clusters._aperture_counts(*args, **kw)[0]
     r_ap = (clusters._fcc_radius_A(20.0) + 3.0) / px
     n_ap = int((np.hypot(yy - c0, xx - c0) <= r_ap).sum())
     assert new[0] == pytest.approx(total, rel=2e-3)
-    assert old[0][0] == pytest.approx(total - delta * n_ap, rel=2e-3)
-    assert not low.any()
+    assert old[0] == pytest.approx(total - delta * n_ap, rel=2e-3)
+    assert prev[0] == old[0]
+    n_of = clusters._counts_to_atoms(lib, dose)
+    assert not on_d_below(prev, n_of, 5.0).any()
+    assert on_d_below(prev, n_of, 1.05 * float(n_of(prev)[0])).all()
+    assert not on_d_below(np.full(1, np.nan), n_of, 5.0).any()

@@ -28,61 +28,19 @@ stays out of the significance test.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
 
-def recount_on_d(
-    aperture_counts: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]],
-    counts: tuple[np.ndarray, np.ndarray, np.ndarray],
-    on_d: np.ndarray,
-    keep: np.ndarray,
-    d_count: np.ndarray,
-    args: tuple,
-    kwargs: dict[str, Any],
-    *,
-    n_of: Callable[[np.ndarray], np.ndarray] | None,
-    min_atoms: float,
-) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
-    """Re-count the clusters ``keep & on_d`` on ``D`` with their own segment in the annulus.
-
-    Parameters
-    ----------
-    aperture_counts : callable
-        :func:`perovstem.insitu.clusters._aperture_counts`.
-    counts : tuple of ndarray
-        ``(counts, shot-noise error, background error)`` of the first call (counts on the
-        raw map scale, before the registry factor).
-    on_d, keep : ndarray of bool
-        Clusters counted on ``D``; clusters measured.
-    d_count : ndarray
-        Registry factor each count on ``D`` is multiplied by (step 5).
-    args, kwargs : tuple, dict
-        The arguments of the first call (``which`` is the 8th positional argument).
-    n_of : callable or None
-        Counts → atoms (``None`` without a dose: nothing is dropped).
-    min_atoms : float
-        Smallest reported cluster, atoms.
-
-    Returns
-    -------
-    counts : tuple of ndarray
-        The first call's arrays with the re-counted clusters replaced.
-    low : ndarray of bool
-        Clusters on ``D`` whose count with the previous annulus (times ``d_count``) is
-        below ``min_atoms``: they are not reported, as before.
-    """
-    sel = keep & on_d
-    low = np.zeros(len(sel), bool)
-    if not sel.any():
-        return counts, low
-    tot0 = counts[0]
-    if n_of is not None:
-        ok = sel & np.isfinite(tot0)
-        low[ok] = n_of(np.clip(tot0[ok] * d_count[ok], 0, None)) < min_atoms
-    a = list(args)
-    a[7] = sel
-    new = aperture_counts(*a, **kwargs, ring_own=True)
-    out = tuple(np.where(sel, n, o) for n, o in zip(new, counts, strict=True))
-    return out, low  # type: ignore[return-value]
+def on_d_below(
+    counts_prev: np.ndarray, n_of: Callable[[np.ndarray], np.ndarray], min_atoms: float
+) -> np.ndarray:
+    """Clusters counted on ``D`` whose count with the previous annulus (the segments'
+    pixels all left out; ``counts_prev``, raw-map counts times the registry factor, NaN
+    for clusters not counted on ``D``) holds fewer than ``min_atoms`` atoms (``n_of``:
+    counts → atoms): they are not reported, as before the annulus kept the cluster's own
+    segment."""
+    out = np.zeros(len(counts_prev), bool)
+    ok = np.isfinite(counts_prev)
+    out[ok] = n_of(np.clip(counts_prev[ok], 0, None)) < min_atoms
+    return out
