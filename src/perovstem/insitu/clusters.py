@@ -146,7 +146,12 @@ Method
    r_c < 1 does by itself, so the uncorrected D counts were selected low (bench_clusters:
    the counts this changes read −10…−22 % median before, −5…−22 % after; ΣD/ΣE of
    clusters far in the vacuum, where E is clean, is 1.02 median, 0.22 standard deviation
-   over 35 clusters: the registry, not a bias of D itself).  The hysteresis segment alone
+   over 35 clusters: the registry, not a bias of D itself).  On D the annulus keeps the
+   cluster's own segment (on E it follows the host patch around the cluster; without it
+   the annulus sampled thinner host, whose D reads less negative, and counts on D read
+   low: on_host_deep median −0.13 tune280, −0.36 held-out before, −0.01 / −0.08 after;
+   :mod:`perovstem.insitu._onhost`); whether such a segment is reported stays on the count
+   with the previous annulus.  The hysteresis segment alone
    follows any residual of the background along a facet.  Clusters the host model cannot
    support are flagged (``host_ok`` False): next to a crystal shorter than the background
    element along a lattice direction (the opening does not see it), or holding host
@@ -267,6 +272,7 @@ from perovstem._robust import robust_sd
 from perovstem._validation import check_image, check_int, check_positive, refuse_text_numbers
 from perovstem.errors import CalibrationError, DataError, ParameterError
 from perovstem.insitu import _markers as _mk
+from perovstem.insitu._onhost import on_d_below
 from perovstem.insitu.lattice import estimate_lattice, host_cell
 
 __all__ = [
@@ -631,6 +637,8 @@ def _aperture_counts(
     e_alt: np.ndarray | None = None,
     alt: np.ndarray | None = None,
     crystal: np.ndarray | None = None,
+    ring_own: bool = False,
+    prev_out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Aperture photometry of the clusters: excess in a disc of radius R + ``aperture_A``
     (R the cluster radius from its first count, or from its segment area without a dose),
@@ -649,6 +657,11 @@ def _aperture_counts(
     the ring has ≥ ``10`` pixels on both sides, the disc's crystal pixels get the median
     of the ring's crystal pixels and its vacuum pixels that of the vacuum ones (stratified
     background, as for a sky annulus crossing a galaxy edge).
+
+    The ring leaves out the pixels of every segment; with ``ring_own`` those of the
+    cluster's own segment stay in for the clusters measured on ``e_alt`` (the host-free
+    map, :mod:`perovstem.insitu._onhost`), and ``prev_out`` (length ``k``), when given,
+    receives their counts with the ring of the other segments' pixels left out as well.
     """
     from skimage.segmentation import expand_labels
 
@@ -680,11 +693,19 @@ def _aperture_counts(
         d = np.hypot(yy - cy[i], xx - cx[i]) * px
         own = part[i0:i1, j0:j1] == i + 1
         ap = own & (d <= r_ap[i])
-        ring = own & (d > r_ap[i]) & (d <= r_ap[i] + ring_A) & (full[i0:i1, j0:j1] == 0)
+        fl = full[i0:i1, j0:j1]
+        annulus = own & (d > r_ap[i]) & (d <= r_ap[i] + ring_A)
+        ring = annulus & (fl == 0)
         ew = (e_alt if alt is not None and alt[i] else e)[i0:i1, j0:j1]
         n_ap = int(ap.sum())
         if n_ap == 0:
             continue
+        if ring_own and alt is not None and alt[i]:
+            if prev_out is not None:
+                prev_out[i] = float(ew[ap].sum()) - (
+                    float(np.median(ew[ring])) * n_ap if ring.sum() >= 10 else 0.0
+                )
+            ring = annulus & ((fl == 0) | (fl == i + 1))
         bgl, bgl_err, spread = 0.0, 0.0, 0.0
         bg_sum = None
         if ring.sum() >= 10:
@@ -2133,27 +2154,18 @@ def detect_clusters(
             # the crystal plateau for the stratified ring at a crystal edge (the map the
             # opening left; a quarter of the plateau level, as the host model's crystal)
             crystal = (m - e) > 0.25 * level
+            # clusters on D: the annulus keeps their own segment (host level of D next to
+            # them); whether they are reported stays on the previous annulus (_onhost)
+            tot_prev = np.full(k, np.nan)
             tot_ap, err_ap, bg_ap = _aperture_counts(
-                e,
-                regions,
-                box,
-                cx,
-                cy,
-                tot,
-                npx,
-                keep,
-                a - off,
-                px=px,
-                g=g,
-                dose=dose,
-                library=lib0,
-                aperture_A=float(aperture_A),
-                floor=sig_floor * a_px,
-                cell_px=a_px**2,
-                e_alt=d_full,
-                alt=on_d,
-                crystal=crystal,
-            )
+                e, regions, box, cx, cy, tot, npx, keep, a - off, px=px, g=g, dose=dose,
+                library=lib0, aperture_A=float(aperture_A), floor=sig_floor * a_px,
+                cell_px=a_px**2, e_alt=d_full, alt=on_d, crystal=crystal, ring_own=True,
+                prev_out=tot_prev,
+            )  # fmt: skip
+            if dose is not None:
+                keep = keep & ~on_d_below(tot_prev * d_count, _counts_to_atoms(lib, g * dose),
+                                          min_atoms)  # fmt: skip
             good = keep & np.isfinite(tot_ap)
             # D reads the cluster's own mass times (r_c - kappa_h)/(1 - kappa_h) (its
             # columns' registry with the empty sites, step 4b): the count on D is divided

@@ -1,0 +1,183 @@
+"""Ceiling of the on-crystal cluster counts of :func:`perovstem.insitu.detect_clusters`.
+
+For the series of ``bench_clusters.py`` (same sets, split mode, host reference carried as
+there), each frame's KMC truth is rendered again without noise twice: all atoms, and all
+but the cluster atoms (the same simulator; the difference is the clusters' own image,
+channelling included).  For every matched >= 10-atom truth object on the crystal whose
+disc + 3 Å lies in the field, the apertures and annuli the detector used (its own
+centres, radii and nearest-segment partition) are measured again on the cell average of
+
+* ``host_removed``: the noisy frame minus the noise-free host (shot noise only), and
+* ``cluster_alone``: the noise-free clusters alone (aperture, neighbours, library),
+
+and converted to atoms like the detector's counts.  Reported per set and size bin: the
+share within 15 % of the truth count and the median relative error, for the detector's
+count (``current``) and for the two ceilings.
+
+Run:  python benchmarks/bench_onhost_ceiling.py [SET[,SET...]]  (default tune,tune280;
+writes benchmarks/results/bench_onhost_ceiling.json for the default sets; ~1 min per set
+on 2 busy cores).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests" / "insitu"))
+
+import bench_clusters as bc  # noqa: E402
+from perovstem._data import Image  # noqa: E402
+from perovstem.insitu import (  # noqa: E402
+    clusters,
+    detect_clusters,
+    estimate_lattice,
+    projected_objects,
+    score_detections,
+)
+from perovstem.simulate.haadf import haadf_image  # noqa: E402
+from perovstem.simulate.series import _image_kw, _plan  # noqa: E402
+
+BINS = ((10, 20), (20, 40), (40, 80), (80, 10**9))
+
+
+def _renders(tr, plan, k):
+    """Noise-free (host alone, clusters alone) images of frame ``k``."""
+    atoms = tr.atoms(k)
+    atoms.positions[:, :2] += plan.shift_A[k]
+    dose = float(tr.frame_table.iloc[k]["dose_e_per_A2"])
+    kw = dict(plan.image_kw, noise=False)
+    lab = np.asarray(atoms.arrays["label"])
+    out = []
+    for sel in (np.ones(len(atoms), bool), lab != 2):
+        img, _ = haadf_image(
+            atoms[sel], pixel_size_A=plan.pixel_size_A, shape=plan.shape, dose_e_per_A2=dose,
+            center_A=plan.center_A, drift_A=plan.scan_drift_A, rng=0, **kw,
+        )  # fmt: skip
+        out.append(np.asarray(img.data, float))
+    return out[1], out[0] - out[1]
+
+
+def run_set(cases):
+    """Per matched on-crystal object: truth n, detector n, and the two ceilings' n."""
+    state: dict = {}
+    orig = clusters._aperture_counts
+
+    def wrap(e, regions, box, cx, cy, tot, npx, which, raw, **kw):
+        out = orig(e, regions, box, cx, cy, tot, npx, which, raw, **kw)
+        kw0 = dict(kw, alt=None, e_alt=None, crystal=None)
+        kw0.pop("ring_own", None)
+        kw0.pop("prev_out", None)
+        a_px, ang = state["a_px"], state["ang"]
+        res = {}
+        for name, img in (("host_removed", raw - state["host"]), ("cluster_alone", state["cl"])):
+            mm = clusters._cell_average(img[None], a_px, ang)[0]
+            res[name] = orig(mm, regions, box, cx, cy, tot, npx, which, raw, **kw0)[0]
+        for i in np.flatnonzero(which):
+            state["caps"].append((float(cx[i]), float(cy[i]), {k: v[i] for k, v in res.items()}))
+        return out
+
+    rows = []
+    lib = clusters._default_library()
+    clusters._aperture_counts = wrap
+    try:
+        for seed, c in cases:
+            px = c["px"]
+            tr, s, truth = bc.kmc_imaged(
+                c["edge"], rate=c["rate"], temperature_K=c["temp"], seed=seed, n_frames=12,
+                pixel_size_A=px, drift_A_per_s=(0.8, -0.5), jitter_A=0.3, rng=seed,
+            )  # fmt: skip
+            plan = _plan(
+                tr, pixel_size_A=px, shape=None, drift_A_per_s=(0.8, -0.5), jitter_A=0.3,
+                scan_drift=False, center_A=None, margin_A=10.0, rng=seed,
+                image_kw=_image_kw(300.0, 1.0, 0.0, None, 0.0, True, 0.0, 0.0),
+            )  # fmt: skip
+            if plan.shape != s.data.shape[1:]:
+                raise RuntimeError(f"seed {seed}: the re-rendering plan differs from the series")
+            data = np.asarray(s.data, float)
+            la, ang, _ = estimate_lattice(data[0], px)
+            a_px = la / px
+            kw = {"gain": s.metadata.get("gain", 1.0), "offset": s.metadata.get("offset", 0.0),
+                  "lattice_A": la, "lattice_angle_deg": ang}  # fmt: skip
+            field = (data.shape[1] - 1) * px
+            refs, prev = [], False
+            for k in range(len(data)):
+                host, cl = _renders(tr, plan, k)
+                state.update(host=host, cl=cl, a_px=a_px, ang=ang, caps=[])
+                dose = float(np.asarray(s.dose_e_per_A2)[k])
+                img = Image(data[k], px, dose_e_per_A2=dose)
+                det = detect_clusters(img, split=True, **kw)
+                if det.attrs["host_model"] == "no_reference" and prev:
+                    state["caps"] = []
+                    ref = float(np.median(refs))
+                    det = detect_clusters(img, split=True, host_reference=ref, **kw)
+                elif det.attrs["host_model"] == "lattice":
+                    refs.append(det.attrs["host_empty_site_ratio"])
+                prev = det.attrs["host_model"] == "lattice"
+                on_host = bc._host_mask(data[k], px, la, ang)
+                tc = projected_objects(truth["clusters"][truth["clusters"]["frame"] == k])
+                sc = score_detections(det, tc)
+                caps = state["caps"]
+                cxy = np.array([c_[:2] for c_ in caps]).reshape(-1, 2)
+                for (i, j), nd in zip(sc["pairs"], sc["n_atoms"], strict=True):
+                    x, y, n = sc["objects"].loc[i, ["x_A", "y_A", "n_atoms"]]
+                    if min(x, y, field - x, field - y) - bc._radius(n) <= 3.0:
+                        continue
+                    if not on_host(x, y) or not len(cxy):
+                        continue
+                    sums = {"host_removed": 0.0, "cluster_alone": 0.0}
+                    ok = True
+                    for jj in [j, *sc["extra"].get(i, [])]:
+                        dx, dy = det["x_px"].iloc[jj], det["y_px"].iloc[jj]
+                        dd = np.hypot(cxy[:, 0] - dx, cxy[:, 1] - dy)
+                        if dd.min() > 0.6:  # a part of a split segment: not one aperture
+                            ok = False
+                            break
+                        for name in sums:
+                            sums[name] += caps[int(np.argmin(dd))][2][name]
+                    if not ok:
+                        continue
+                    row = {"n": float(n), "current": float(nd)}
+                    for name, v in sums.items():
+                        row[name] = float(clusters.atoms_from_scs(max(v, 0.0) / dose, lib))
+                    rows.append(row)
+    finally:
+        clusters._aperture_counts = orig
+    return rows
+
+
+def summary(rows):
+    out = {}
+    n = np.array([r["n"] for r in rows])
+    for name in ("current", "host_removed", "cluster_alone"):
+        e = np.array([r[name] for r in rows]) / np.maximum(n, 1) - 1
+        part = {"all": (n >= 10)}
+        part.update({f"{lo}-{hi if hi < 10**9 else ''}": (n >= lo) & (n < hi) for lo, hi in BINS})
+        out[name] = {
+            k: {"n": int(m.sum()), "within_15pct": round(float(np.mean(np.abs(e[m]) < 0.15)), 3),
+                "median_err": round(float(np.median(e[m])), 3)}
+            for k, m in part.items() if m.any()
+        }  # fmt: skip
+    return out
+
+
+def main():
+    sets = sys.argv[1].split(",") if len(sys.argv) > 1 else ["tune", "tune280"]
+    unknown = [s for s in sets if s not in bc.SETS]
+    if unknown:
+        sys.exit(f"usage: bench_onhost_ceiling.py [SET[,SET...]]; unknown set(s) {unknown}")
+    res = {}
+    for name in sets:
+        res[name] = summary(run_set(bc.SETS[name]))
+        print(name, json.dumps(res[name]), flush=True)
+    if len(sys.argv) <= 1:
+        (HERE / "results" / "bench_onhost_ceiling.json").write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
