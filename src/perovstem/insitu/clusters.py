@@ -1705,6 +1705,7 @@ def _plateau_patch(
     contrast of 6 Å discs of the plateau away from every detection, the cluster's share
     ``f`` of the disc its count over the disc's intensity."""
     from perovstem.insitu import _cluster_checks as cc
+    from perovstem.insitu import _edge
 
     out = np.zeros(len(df), bool)
     x = df["x_px"].to_numpy(float)
@@ -1718,9 +1719,11 @@ def _plateau_patch(
         cc.HOST_CONTRAST_MIN_R_A,
         _fcc_radius_A(df["n_atoms"].to_numpy(float)) + cc.HOST_CONTRAST_MARGIN_A,
     )
-    lh, sd, _ = cc.plateau_contrast(frame, plateau, radius_px=cc.HOST_PLATEAU_R_A / px,
-                                    a_px=a_px, angle_deg=angle_deg, avoid_x_px=x,
-                                    avoid_y_px=y, avoid_r_px=r_all / px)  # fmt: skip
+    # (a denser grid where the plateau is small or crowded: :mod:`._edge`)
+    lh, sd, _ = _edge.host_contrast_reference(
+        frame, plateau, radius_px=cc.HOST_PLATEAU_R_A / px, a_px=a_px, angle_deg=angle_deg,
+        avoid_x_px=x, avoid_y_px=y, avoid_r_px=r_all / px,
+    )  # fmt: skip
     if not np.isfinite(lh):
         return out
     r_A = r_all[test]
