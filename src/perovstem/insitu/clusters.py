@@ -134,7 +134,11 @@ Method
    3 spreads and lies nearer ``L_h`` is dropped.  Unlike an absolute level it keeps small
    clusters on a thick intact crystal (their f is small, but so is their contrast's
    distance from the prediction).  tune280 (41–46): false detections 16 → 12 (texture) →
-   9, no true cluster lost.
+   9, no true cluster lost.  On a small or crowded plateau (fewer than 5 reference discs
+   clear of the detections) ``L_h`` comes from the same discs on a grid of half the
+   spacing, with twice their spread (overlapping discs: :mod:`perovstem.insitu._edge`);
+   the test used to be skipped in those frames, where the host remnants at the crystal
+   edge are (tune 51–54: 5 of 7 false detections).
 5. Counts: aperture photometry — a disc of radius R + ``aperture_A`` (R the equal-volume
    radius of the first estimate) minus the median of a 3 Å annulus outside it (local
    background), each cut to the pixels nearest to this cluster — on ``E``, minus the host
