@@ -225,18 +225,20 @@ def plateau_contrast(
     avoid_y_px: np.ndarray | None = None,
     avoid_r_px: np.ndarray | None = None,
     max_samples: int = HOST_PLATEAU_SAMPLES,
+    step_px: float | None = None,
 ) -> tuple[float, float, int]:
     """Fringe contrast of the frame's own host: median and robust spread (1.4826 MAD) of
     :func:`host_fringe_contrast` in discs of ``radius_px`` on a grid of spacing
     2 ``radius_px`` whose centre and four points at ± ``radius_px`` along x and y lie on
     the ``plateau`` and that do not overlap the discs ``avoid_*`` (the detections: the
     segments of a degrading crystal can cover most of its plateau), at most
-    ``max_samples`` of them evenly spread.  Returns ``(median, spread, samples)``; NaN with fewer than
+    ``max_samples`` of them evenly spread (``step_px``: another grid spacing, pixels;
+    overlapping discs where it is below 2 ``radius_px``).  Returns ``(median, spread, samples)``; NaN with fewer than
     :data:`HOST_PLATEAU_MIN_SAMPLES` samples."""
     m, n = plateau.shape
     r = float(radius_px)
     ri = int(np.ceil(r))
-    st = max(1, int(round(2 * r)))
+    st = max(1, int(round(2 * r if step_px is None else step_px)))
     gy, gx = np.mgrid[ri : m - ri : st, ri : n - ri : st]
     gy, gx = gy.ravel(), gx.ravel()
     ok = np.ones(gy.shape, bool)

@@ -134,7 +134,11 @@ Method
    3 spreads and lies nearer ``L_h`` is dropped.  Unlike an absolute level it keeps small
    clusters on a thick intact crystal (their f is small, but so is their contrast's
    distance from the prediction).  tune280 (41–46): false detections 16 → 12 (texture) →
-   9, no true cluster lost.
+   9, no true cluster lost.  On a small or crowded plateau (fewer than 5 reference discs
+   clear of the detections) ``L_h`` comes from the same discs on a grid of half the
+   spacing, with twice their spread (overlapping discs: :mod:`perovstem.insitu._edge`);
+   the test used to be skipped in those frames, where the host remnants at the crystal
+   edge are (tune 51–54: 5 of 7 false detections).
 5. Counts: aperture photometry — a disc of radius R + ``aperture_A`` (R the equal-volume
    radius of the first estimate) minus the median of a 3 Å annulus outside it (local
    background), each cut to the pixels nearest to this cluster — on ``E``, minus the host
@@ -1726,6 +1730,7 @@ def _plateau_patch(
     contrast of 6 Å discs of the plateau away from every detection, the cluster's share
     ``f`` of the disc its count over the disc's intensity."""
     from perovstem.insitu import _cluster_checks as cc
+    from perovstem.insitu import _edge
 
     out = np.zeros(len(df), bool)
     x = df["x_px"].to_numpy(float)
@@ -1739,9 +1744,11 @@ def _plateau_patch(
         cc.HOST_CONTRAST_MIN_R_A,
         _fcc_radius_A(df["n_atoms"].to_numpy(float)) + cc.HOST_CONTRAST_MARGIN_A,
     )
-    lh, sd, _ = cc.plateau_contrast(frame, plateau, radius_px=cc.HOST_PLATEAU_R_A / px,
-                                    a_px=a_px, angle_deg=angle_deg, avoid_x_px=x,
-                                    avoid_y_px=y, avoid_r_px=r_all / px)  # fmt: skip
+    # (a denser grid where the plateau is small or crowded: :mod:`._edge`)
+    lh, sd, _ = _edge.host_contrast_reference(
+        frame, plateau, radius_px=cc.HOST_PLATEAU_R_A / px, a_px=a_px, angle_deg=angle_deg,
+        avoid_x_px=x, avoid_y_px=y, avoid_r_px=r_all / px,
+    )  # fmt: skip
     if not np.isfinite(lh):
         return out
     r_A = r_all[test]
