@@ -6,6 +6,8 @@ Each case here failed before the QA pass (uqa15) that added it.
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from perovstem.cli import main as cli_main
@@ -89,3 +91,70 @@ def test_unreadable_option_value_is_named(tmp_path, capsys, extra, shown):
     err = capsys.readouterr().err
     assert extra[0].split("=")[0] in err and f"(got {shown})" in err
     assert "Traceback" not in err
+
+
+def _series(path, n=5):
+    from perovstem._data import Series
+    from perovstem.io import save_image
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:48, :48]
+    lattice = 5 + 20 * (np.cos(2 * np.pi * x / 6.0) * np.cos(2 * np.pi * y / 6.0)) ** 2
+    data = rng.poisson(np.broadcast_to(lattice, (n, 48, 48))).astype(float)
+    t = np.arange(float(n))
+    save_image(Series(data, 0.5, time_s=t, dose_e_per_A2=np.full(n, 500.0)), path)
+    return path
+
+
+def _log_with_a_gap(path, cell):
+    temps = ["300"] * 4 + [cell] + ["302"] * 9
+    rows = [f"{t:g},{v}" for t, v in zip(np.arange(0, 7.0, 0.5), temps, strict=True)]
+    path.write_text("time_s,temperature_K\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_conditions_log_missing_readings_are_said(tmp_path, capsys):
+    # an `n/a` cell of the holder log was skipped and the frames around it got an
+    # interpolated temperature without a word; now one WARNING line names the log, the
+    # column, the data row and the frames
+    series = _series(tmp_path / "s.npz")
+    log = _log_with_a_gap(tmp_path / "T.csv", "n/a")
+    argv = ["insitu", str(series), "-o", str(tmp_path / "o"), "--conditions", str(log)]
+    assert main([*argv, "--ci", "wald", "--no-register", "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "missing reading" in ln]
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert line.startswith("WARNING:") and str(log) in line and "'temperature_K'" in line
+    # the reading at 2 s is missing; the frames are sampled at their start (the series has
+    # no frame time): frame 2 (t = 2 s) lies between the readings at 1.5 and 2.5 s
+    assert "data rows [4]" in line and "at log times 2 s" in line and "frame(s) (2)" in line
+
+
+@pytest.mark.parametrize("cell", ["NA", "", "nan", "N/A"])
+def test_every_missing_reading_spelling_is_said_for_the_frames_it_touches(tmp_path, cell):
+    from perovstem.insitu import interpolate_conditions
+    from perovstem.io.holder_logs import read_holder_log
+
+    log = read_holder_log(_log_with_a_gap(tmp_path / "T.csv", cell))
+    # averaged over 1 s frames: frames 1 (1-2 s) and 2 (2-3 s) overlap the gap 1.5-2.5 s
+    with pytest.warns(UserWarning, match=r"missing reading.*2 frame\(s\) \(1, 2\)"):
+        c = interpolate_conditions(log, np.arange(5.0), frame_time_s=1.0)
+    assert np.all(np.isfinite(c["temperature_K"]))
+
+
+def test_conditions_without_missing_readings_say_nothing(tmp_path):
+    import warnings
+
+    from perovstem.insitu import interpolate_conditions
+
+    log = pd.DataFrame({"time_s": np.arange(0, 7.0, 0.5), "temperature_K": 300.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c = interpolate_conditions(log, np.arange(5.0), frame_time_s=1.0)
+    assert np.allclose(c["temperature_K"], 300.0)
+    # a missing reading outside every frame's time span is not mentioned either
+    log.loc[13, "temperature_K"] = np.nan  # 6.5 s, after the last frame (4-5 s)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        interpolate_conditions(log, np.arange(5.0), frame_time_s=1.0)
