@@ -114,7 +114,7 @@ def fit(
     """Find and fit atom columns; writes a table (positions, widths, SCS, errors) and an overlay."""
     from perovstem._validation import check_int, check_positive
     from perovstem.atoms import find_columns, fit_columns, normalize_image
-    from perovstem.cli._common import console
+    from perovstem.cli._common import check_outputs, console
     from perovstem.errors import OutputExistsError, ParameterError
     from perovstem.io import read_table, save_figure, save_table
 
@@ -145,6 +145,7 @@ def fit(
     for p in (out, overlay):
         if p.exists() and not overwrite:
             raise OutputExistsError(f"{p} exists (use --overwrite)")
+    check_outputs(out, overlay, overwrite=overwrite)  # also a typo in the folder, before the fit
     if positions is not None:
         start = read_table(positions)
     else:

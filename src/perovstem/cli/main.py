@@ -159,6 +159,14 @@ def _internal_error(exc: BaseException, *, debug: bool) -> int:
 
     if debug:
         _print_traceback()
+    if isinstance(exc, MemoryError):  # an input or option too large for this machine
+        text = " ".join(str(exc).split()) or "MemoryError"
+        err_console.print(
+            f"[bold red]error:[/] not enough memory: {escape(text)} (a smaller input or "
+            "output size, or --bin where the command has it)",
+            soft_wrap=True,
+        )
+        return EXIT_INTERNAL
     text = " ".join(f"{type(exc).__name__}: {exc}".split())
     hint = "" if debug else " (run again with --debug for the traceback to report)"
     err_console.print(f"[bold red]error:[/] unexpected {escape(text)}{hint}", soft_wrap=True)
