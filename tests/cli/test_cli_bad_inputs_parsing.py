@@ -158,3 +158,49 @@ def test_conditions_without_missing_readings_say_nothing(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         interpolate_conditions(log, np.arange(5.0), frame_time_s=1.0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message", "shown"),
+    [
+        (  # atoms/fit.py: the unresolved-width warning gave the Python call
+            ["atoms", "fit", "x.tif"],
+            "their SCS are not measured (fix the width: width='fixed', rho_A=...)",
+            "their SCS are not measured (fix the width: `--width fixed`, `--rho-A ...`)",
+        ),
+        (  # tomo/align.py
+            ["tomo", "align", "x.npz", "-o", "y.npz"],
+            "inspect the reconstruction or pass tilt_axis='com' or a known angle",
+            "inspect the reconstruction or pass `--tilt-axis com` or a known angle",
+        ),
+        (  # atoms/count.py
+            ["atoms", "count", "x.csv"],
+            "compare with a simulated library (library=...).",
+            "compare with a simulated library (`--library ...`).",
+        ),
+        (  # atoms/normalize.py
+            ["atoms", "fit", "x.tif"],
+            "give gain=/offset= (measured on the detector)",
+            "give `--gain`/`--offset` (measured on the detector)",
+        ),
+        (  # a library parameter fed by an option of another name (_FED_BY)
+            ["atoms", "count", "x.csv"],
+            "or n_components=3",
+            "or `--components 3`",
+        ),
+        # left alone: a call written out, the Python spelling given on purpose, a keyword the
+        # command has no option for
+        (["atoms", "count", "x.csv"], "`count_atoms(method='ladder')`", None),
+        (["info", "x.tif"], "(Python: pixel_size=; command line: --pixel-size-A)", None),
+        (["info", "x.tif"], "pass width='fixed'", None),
+    ],
+)
+def test_warnings_name_options_not_python_keywords(capsys, argv, message, shown):
+    import warnings
+
+    from perovstem.cli.main import warnings_as_lines
+
+    with warnings_as_lines(argv):
+        warnings.warn(message, UserWarning, stacklevel=1)
+    err = capsys.readouterr().err
+    assert err == f"WARNING: {shown or message} (UserWarning)\n"

@@ -116,10 +116,11 @@ _READERS = {
     "tomo sequence": ["tomo", "sequence", "{d}/ts.npz", "{d}/%s", "-o", "{o}/q.csv"],
 }
 _BAD_IMAGES = {  # file: what the message must say besides the file name
-    "trunc.dm3": "not a readable dm3 file",
-    "trunc.dm4": "not a readable dm4 file",
-    "trunc.emd": "truncated file",
-    "trunc.ser": "not a readable ser file",
+    # new: "truncated ... or damaged" said (.ser: "setting an array element with a sequence")
+    "trunc.dm3": "a DigitalMicrograph file should (25255 bytes): truncated",
+    "trunc.dm4": "a DigitalMicrograph file should (13326 bytes): truncated",
+    "trunc.emd": "an HDF5 (Velox emd or HyperSpy hspy) file should (8552 bytes): truncated",
+    "trunc.ser": "a TIA ser file should (32841 bytes): truncated",
     "trunc.mrc": "truncated",
     "trunc.tif": "truncated or corrupted tif",
     "trunc.hspy": "truncated file",
@@ -281,4 +282,36 @@ def test_unwritable_output_folder_is_refused_before_any_work(files, capsys, monk
         "cannot write '{d}/a.npz'",
         "'{d}' is not writable",
         out="a.npz",
+    )
+
+
+# ------------------------------------------------------------------------- the pipeline TOML
+@pytest.mark.parametrize(
+    ("step", "fragments"),
+    [
+        # new: accepted (the kinetic Monte Carlo then never ended)
+        ('run = "simulate.kmc"\ndose_rate_e_per_A2_s = 1e30', ["`dose_rate_e_per_A2_s`", "1e+30"]),
+        # new: accepted element by element
+        ('run = "simulate.heating"\ntemperatures_K = [300.0, -5.0]', ["`temperatures_K`", "-5.0"]),
+        ('run = "simulate.heating"\ntemperatures_K = [300.0, 1e5]', ["`temperatures_K`", "100000.0"]),
+        ('run = "simulate.kmc"\ntemperature_K = -5.0', ["`temperature_K`", "-5.0"]),
+        ('run = "simulate.kmc"\nn_frames = "12"', ["`n_frames`", "'12'"]),
+    ],
+)
+def test_pipeline_toml_absurd_values(tmp_path, capsys, step, fragments):
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(f'[[step]]\nrun = "simulate.nanocrystal"\n\n[[step]]\n{step}\n')
+    text = _check(capsys, ["run", str(cfg), "--check"], tmp_path, "study.toml", *fragments)
+    assert "Traceback" not in text
+
+
+def test_pipeline_output_under_a_file_is_refused_before_any_work(files, tmp_path, capsys):
+    cfg = tmp_path / "study.toml"
+    cfg.write_text('[[step]]\nrun = "simulate.nanocrystal"\n')
+    _check(
+        capsys,
+        ["run", str(cfg), "-o", "{d}/picture.png/run"],
+        files,
+        "cannot write --out '{d}/picture.png/run'",
+        "is not a directory",
     )

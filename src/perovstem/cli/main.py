@@ -324,13 +324,37 @@ def flag_wording(message: str, argv: list[str]) -> str:
     argv, typed = canonical_argv(argv)
     cmd = _command_of(argv)
     given: dict[str, str] = {}
+    flags: dict[str, str] = {}  # every option of the command: its long spelling
     for param in getattr(cmd, "params", []):
         opts = list(getattr(param, "opts", []))
         if getattr(param, "param_type_name", "") != "option" or not opts:
             continue
+        if not getattr(param, "is_flag", False):
+            flags[param.name] = next((o for o in opts if o.startswith("--")), opts[0])
         used = [t.split("=", 1)[0] for t in argv if t.split("=", 1)[0] in opts]
         if used:  # the spelling typed: "-k" stays "-k"
             given[param.name] = used[0]
+    for lib, cands in _FED_BY.items():
+        for cand in cands:
+            if cand in flags:
+                flags.setdefault(lib, flags[cand])
+
+    def call(m: re.Match) -> str:
+        # a Python keyword in the message (`width='fixed'`, pass tilt_axis='com', library=...):
+        # the command's option and value, whether the user gave it or not (it is advice)
+        name, value = m.group(2), m.group(3) or ""
+        before = m.string[max(0, m.start() - 8) : m.start()]
+        if name not in flags or m.group(1) != m.group(4) or before.endswith("Python: "):
+            return m.group(0)  # unknown, half-quoted, or the Python spelling given on purpose
+        value = value[1:-1] if value[:1] == value[-1:] == "'" and len(value) > 1 else value
+        return f"`{flags[name]}{' ' + value if value else ''}`"
+
+    message = re.sub(
+        # not an argument of a call written out (count_atoms(method='ladder'))
+        r"(`?)(?<![\w.-])(?<!\w\()([A-Za-z_][A-Za-z0-9_]*)=('[^']*'|\.\.\.|[\w.+-]+)?(`?)",
+        call,
+        message,
+    )
 
     def reword(m: re.Match) -> str:
         name = m.group(1)

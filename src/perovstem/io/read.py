@@ -485,9 +485,16 @@ def _read_rsciio(
             f"file (pip install {name}): {str(exc)[:200]}"
         ) from None
     except Exception as exc:
+        fam = _content_family(path)
+        damaged = (
+            f"; it starts as {'an' if fam.startswith(('HDF5', 'MRC')) else 'a'} {fam} file should ({path.stat().st_size} bytes): truncated "
+            "(an interrupted copy?) or damaged"
+            if fam is not None and path.suffix.lower() in _FAMILIES[fam]
+            else ""
+        )
         raise FileFormatError(
             f"{str(path)!r}: not a readable {path.suffix.lstrip('.')} file "
-            f"({type(exc).__name__}: {str(exc)[:200]})"
+            f"({type(exc).__name__}: {str(exc)[:200]}){damaged}"
         ) from None
     if not sigs:
         raise FileFormatError(f"{str(path)!r}: the file holds no data")
