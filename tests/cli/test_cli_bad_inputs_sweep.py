@@ -293,7 +293,10 @@ def test_unwritable_output_folder_is_refused_before_any_work(files, capsys, monk
         ('run = "simulate.kmc"\ndose_rate_e_per_A2_s = 1e30', ["`dose_rate_e_per_A2_s`", "1e+30"]),
         # new: accepted element by element
         ('run = "simulate.heating"\ntemperatures_K = [300.0, -5.0]', ["`temperatures_K`", "-5.0"]),
-        ('run = "simulate.heating"\ntemperatures_K = [300.0, 1e5]', ["`temperatures_K`", "100000.0"]),
+        (
+            'run = "simulate.heating"\ntemperatures_K = [300.0, 1e5]',
+            ["`temperatures_K`", "100000.0"],
+        ),
         ('run = "simulate.kmc"\ntemperature_K = -5.0', ["`temperature_K`", "-5.0"]),
         ('run = "simulate.kmc"\nn_frames = "12"', ["`n_frames`", "'12'"]),
     ],
