@@ -25,7 +25,7 @@ def files(tmp_path_factory) -> Path:
     """Tiny good and bad files of every kind a command reads."""
     import tifffile
 
-    from perovstem._data import Image, TiltSeries
+    from perovstem._data import Image, Series, TiltSeries
     from perovstem.io import save_image, save_table
 
     d = tmp_path_factory.mktemp("bad")
@@ -36,6 +36,8 @@ def files(tmp_path_factory) -> Path:
     save_image(img, d / "good.tif")
     ts = TiltSeries(rng.random((5, 16, 16)), np.linspace(-60, 60, 5), 2.0)
     save_image(ts, d / "ts.npz")
+    save_image(ts.replace(data=np.ones((5, 16, 16))), d / "const_ts.npz")
+    save_image(Series(np.full((3, 48, 48), 5.0), 0.5, time_s=np.arange(3.0)), d / "const_s.npz")
 
     def cut(src: Path, name: str) -> None:
         b = src.read_bytes()
@@ -60,6 +62,7 @@ def files(tmp_path_factory) -> Path:
     bad[3, 3] = np.inf
     np.savez(d / "inf.npz", obs=bad, dx_angstrom=0.5)
     np.savez(d / "zero.npz", obs=np.zeros((0, 0)), dx_angstrom=0.5)
+    np.savez(d / "const.npz", obs=np.full((48, 48), 7.0), dx_angstrom=0.5)
     np.savez(d / "negpx.npz", obs=img.data, dx_angstrom=-0.5)
     tifffile.imwrite(d / "nocal.tif", img.data)
     # column tables
@@ -139,6 +142,31 @@ _BAD_IMAGES = {  # file: what the message must say besides the file name
 def test_bad_image_files(files, tmp_path, capsys, command, name):
     argv = [a % name if "%s" in a else a for a in _READERS[command]]
     _check(capsys, argv, files, f"'{{d}}/{name}'", _BAD_IMAGES[name], o=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", ["fit", "map"])
+def test_constant_image_is_named(files, tmp_path, capsys, command):
+    # new: "no lattice periodicity found in the image power spectrum" (fit) and "`image` is
+    # constant" (map), neither naming the file
+    argv = ["atoms", command, "{d}/const.npz", "-o", "{o}/c.csv"]
+    _check(capsys, argv, files, "'{d}/const.npz'", "every pixel is 7", o=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        # new: an empty volume and a facet table written without a word
+        (["tomo", "reconstruct", "{d}/const_ts.npz", "-o", "{o}/v.mrc"], "every projection is 1:"),
+        (["tomo", "facets", "{d}/const_ts.npz", "-o", "{o}/f.csv"], "every projection is 1:"),
+        # new: "every frame of the series is unusable" without the file
+        (["insitu", "{d}/const_s.npz", "-o", "{o}/i", "--dose-e-per-A2", "10"], "all pixels = 5"),
+    ],
+)
+def test_constant_series_are_named(files, tmp_path, capsys, argv, fragment):
+    path = next(a for a in argv if a.startswith("{d}/"))
+    _check(capsys, argv, files, f"'{path}'", fragment, o=tmp_path)
     assert not any(tmp_path.iterdir())
 
 
@@ -223,12 +251,14 @@ _WRITERS = {
     "tomo align": ["tomo", "align", "{d}/ts.npz", "-o", "%s"],
     "tomo reconstruct": ["tomo", "reconstruct", "{d}/ts.npz", "-o", "%s"],
     "tomo facets": ["tomo", "facets", "{d}/ts.npz", "-o", "%s"],
+    "model3d": ["model3d", "{d}/cols.csv", "-o", "%s"],
 }
 _SUFFIX = {
     "atoms count": ".csv",
     "atoms strain": ".csv",
     "atoms fit": ".csv",
     "tomo facets": ".csv",
+    "model3d": ".xyz",
 }
 
 

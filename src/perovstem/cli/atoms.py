@@ -208,6 +208,15 @@ def load_image_arg(image: Path, pixel_size: float | None, frame: int):
         raise DataError(f"--frame {frame} given but {image} is a single image, not a series")
     if not isinstance(obj, Image):
         raise DataError(f"{image}: not a 2-D image (got {type(obj).__name__})")
+    import numpy as np
+
+    lo, hi = float(np.min(obj.data)), float(np.max(obj.data))
+    if lo == hi:  # fit: "no lattice periodicity found in the image power spectrum"
+        where = f" (frame {frame})" if isinstance(obj.metadata.get("frame"), int) else ""
+        raise DataError(
+            f"{str(image)!r}{where}: every pixel is {lo:g}: a constant image has no atom "
+            "columns (a blank frame, or the detector saturated or switched off?)"
+        )
     return obj
 
 

@@ -181,7 +181,7 @@ def insitu(
     summary.json to --out (default: SERIES_insitu next to SERIES).
     """
     from perovstem.atoms.noise import parse_gain
-    from perovstem.cli._common import check_outputs, console
+    from perovstem.cli._common import about_file, check_outputs, console
     from perovstem.insitu import analyze_series, assign_dose, attach_conditions
     from perovstem.io import load, save_figure, save_json, save_table
     from perovstem.io.holder_logs import read_holder_log
@@ -315,23 +315,24 @@ def insitu(
                 f"--conditions {str(conditions)!r}: "
                 + str(exc).replace("`time_offset_s`", "`--time-offset-s`")
             ) from None
-    res = analyze_series(
-        s,
-        register=not no_register,
-        max_lag=max_lag,
-        detect={"threshold_sigma": threshold_sigma},
-        lattice_A=lattice_A,
-        ci=ci,
-        columns=columns,
-        column_options={"hmm_model": hmm_model, "cd_fraction": cd_fraction},
-        br_loss=br_loss,
-        br_loss_options={
-            "f_bulk": f_bulk,
-            "cd_fraction": cd_fraction,
-            **({} if termination is None else {"termination": termination}),
-        },
-        scan_correction=scan_correction,
-    )
+    with about_file(series):  # "every frame of the series is unusable": which series
+        res = analyze_series(
+            s,
+            register=not no_register,
+            max_lag=max_lag,
+            detect={"threshold_sigma": threshold_sigma},
+            lattice_A=lattice_A,
+            ci=ci,
+            columns=columns,
+            column_options={"hmm_model": hmm_model, "cd_fraction": cd_fraction},
+            br_loss=br_loss,
+            br_loss_options={
+                "f_bulk": f_bulk,
+                "cd_fraction": cd_fraction,
+                **({} if termination is None else {"termination": termination}),
+            },
+            scan_correction=scan_correction,
+        )
     notes += res.notes
     skipped = _skipped_note(res)
     if skipped:

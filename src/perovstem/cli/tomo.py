@@ -15,7 +15,7 @@ import typer
 from perovstem._validation import check_int, check_positive
 from perovstem.cli._common import check_outputs, examples, print_warnings
 from perovstem.cli.main import app
-from perovstem.errors import ParameterError
+from perovstem.errors import DataError, ParameterError
 
 tomo_app = typer.Typer(
     name="tomo",
@@ -38,6 +38,14 @@ def _load_tilt(path: Path, pixel_size_A: float | None = None):
     if not isinstance(obj, TiltSeries):
         raise ParameterError(
             f"{str(path)!r} is not a tilt series (no tilt angles found; add a .rawtlt side file)"
+        )
+    import numpy as np
+
+    lo, hi = float(np.min(obj.data)), float(np.max(obj.data))
+    if lo == hi:  # reconstruct / facets wrote an empty volume and a table without a word
+        raise DataError(
+            f"{str(path)!r}: every pixel of every projection is {lo:g}: a constant tilt "
+            "series holds no object to reconstruct"
         )
     return obj
 
