@@ -42,7 +42,9 @@ def _load_tilt(path: Path, pixel_size_A: float | None = None):
     import numpy as np
 
     lo, hi = float(np.min(obj.data)), float(np.max(obj.data))
-    if lo == hi:  # reconstruct / facets wrote an empty volume and a table without a word
+    # (a single direction is refused by the reconstruction itself, saying so)
+    directions = np.unique(np.round(np.asarray(obj.angles_deg, float), 6)).size
+    if lo == hi and directions > 1:  # reconstruct / facets wrote an empty volume silently
         raise DataError(
             f"{str(path)!r}: every pixel of every projection is {lo:g}: a constant tilt "
             "series holds no object to reconstruct"
