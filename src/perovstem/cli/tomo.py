@@ -15,7 +15,7 @@ import typer
 from perovstem._validation import check_int, check_positive
 from perovstem.cli._common import check_outputs, examples, print_warnings
 from perovstem.cli.main import app
-from perovstem.errors import DataError, ParameterError
+from perovstem.errors import ParameterError
 
 tomo_app = typer.Typer(
     name="tomo",
@@ -45,9 +45,12 @@ def _load_tilt(path: Path, pixel_size_A: float | None = None):
     # (a single direction is refused by the reconstruction itself, saying so)
     directions = np.unique(np.round(np.asarray(obj.angles_deg, float), 6)).size
     if lo == hi and directions > 1:  # reconstruct / facets wrote an empty volume silently
-        raise DataError(
+        from perovstem._validation import warn
+
+        warn(
             f"{str(path)!r}: every pixel of every projection is {lo:g}: a constant tilt "
-            "series holds no object to reconstruct"
+            "series holds no object (a blank or saturated acquisition?); the volume and "
+            "anything measured on it are featureless"
         )
     return obj
 
