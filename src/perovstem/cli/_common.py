@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -64,10 +66,14 @@ def check_outputs(*paths: Path | None, overwrite: bool) -> None:
     """Refuse existing outputs before any work, so that a refused later output does not leave
     the earlier ones of the same command half written."""
     from perovstem.errors import OutputExistsError
+    from perovstem.io._write import check_writable_place
 
     for p in paths:
         if p is not None and Path(p).exists() and not overwrite:
             raise OutputExistsError(f"{str(p)!r} exists (use --overwrite)")
+    for p in paths:  # a typo in -o found now, not after the analysis
+        if p is not None:
+            check_writable_place(p)
 
 
 def warning_line(text: str, category: type[Warning] | str = UserWarning) -> None:
@@ -106,3 +112,73 @@ def print_warnings(records: list, flags: dict[str, str]) -> None:
 
     for w in records:
         warning_line(re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)`", reword, str(w.message)), w.category)
+
+
+@contextlib.contextmanager
+def about_file(path: Path | str, *, param: str | None = None) -> Iterator[None]:
+    """Name ``path`` in a :class:`~perovstem.errors.DataError` raised inside the block.
+
+    The library checks a table or image it is given (`` `scs` contains 3 non-finite
+    value(s)``) without knowing which file it came from; the command knows.  ``param``:
+    the library's name of the argument that the file's content was passed as (the
+    message's `` `columns` `` becomes "the table").
+    """
+    from perovstem.errors import DataError
+
+    try:
+        yield
+    except DataError as exc:
+        text = str(exc)
+        if param is not None:
+            text = text.replace(f"`{param}` table", "the table").replace(f"`{param}`", "the table")
+        if str(path) in text:
+            raise DataError(text) from None
+        raise DataError(f"{str(path)!r}: {text}") from None
+
+
+def finite_columns(table: object, path: Path | str, names: tuple[str, ...]) -> None:
+    """Refuse a table whose ``names`` columns (those present) hold NaN or inf, naming the
+    file, the column and the rows."""
+    import numpy as np
+
+    from perovstem.errors import DataError
+
+    for name in names:
+        if name not in getattr(table, "columns", ()):
+            continue
+        v = np.asarray(table[name], dtype=float)  # type: ignore[index]
+        bad = np.flatnonzero(~np.isfinite(v))
+        if bad.size:
+            raise DataError(
+                f"{str(path)!r}: column {name!r} has {bad.size} NaN/inf value(s) of {v.size} "
+                f"(rows {bad[:5].tolist()}{' ...' if bad.size > 5 else ''}; rows count from 0)"
+            )
+
+
+def nonempty_table(table: object, path: Path | str) -> None:
+    """Refuse a table with no rows, naming the file."""
+    from perovstem.errors import DataError
+
+    if len(table) == 0:  # type: ignore[arg-type]
+        cols = list(getattr(table, "columns", []))
+        raise DataError(f"{str(path)!r}: the table has no rows (columns {cols})")
+
+
+# Upper ends of what an experiment (or a simulation of one) can mean: a value beyond is a
+# unit mistake or a typo (1e30), and some of them stalled a simulation for ever (the
+# kinetic Monte Carlo at a dose rate of 1e17 e⁻/Å²/s) or asked for 75 GiB (a 100000 px image)
+MAX_DOSE_E_PER_A2 = 1e10  # per frame; HR-STEM of beam-hard crystals: ~1e6-1e8 in total
+MAX_TEMPERATURE_K = 2000.0  # MEMS heating chips reach ~1600 K; CsPbBr3 melts at ~840 K
+MAX_CURRENT_PA = 1e6  # 1 µA; STEM probes carry at most a few nA
+MAX_IMAGE_PX = 8192  # a side of a simulated image
+
+
+def check_at_most(flag: str, value: float | None, limit: float, unit: str, why: str) -> None:
+    """Refuse an option value above ``limit`` (a unit mistake or a typo), naming the flag,
+    the value and why the limit is there. ``None`` (not given) passes."""
+    from perovstem.errors import ParameterError
+
+    if value is not None and value > limit:
+        raise ParameterError(
+            f"`{flag}` = {value:g} {unit} is above {limit:g} {unit} ({why}): a unit mistake?"
+        )

@@ -114,7 +114,7 @@ def fit(
     """Find and fit atom columns; writes a table (positions, widths, SCS, errors) and an overlay."""
     from perovstem._validation import check_int, check_positive
     from perovstem.atoms import find_columns, fit_columns, normalize_image
-    from perovstem.cli._common import console
+    from perovstem.cli._common import check_outputs, console
     from perovstem.errors import OutputExistsError, ParameterError
     from perovstem.io import read_table, save_figure, save_table
 
@@ -145,6 +145,7 @@ def fit(
     for p in (out, overlay):
         if p.exists() and not overwrite:
             raise OutputExistsError(f"{p} exists (use --overwrite)")
+    check_outputs(out, overlay, overwrite=overwrite)  # also a typo in the folder, before the fit
     if positions is not None:
         start = read_table(positions)
     else:
@@ -207,6 +208,15 @@ def load_image_arg(image: Path, pixel_size: float | None, frame: int):
         raise DataError(f"--frame {frame} given but {image} is a single image, not a series")
     if not isinstance(obj, Image):
         raise DataError(f"{image}: not a 2-D image (got {type(obj).__name__})")
+    import numpy as np
+
+    lo, hi = float(np.min(obj.data)), float(np.max(obj.data))
+    if lo == hi:  # fit: "no lattice periodicity found in the image power spectrum"
+        where = f" (frame {frame})" if isinstance(obj.metadata.get("frame"), int) else ""
+        raise DataError(
+            f"{str(image)!r}{where}: every pixel is {lo:g}: a constant image has no atom "
+            "columns (a blank frame, or the detector saturated or switched off?)"
+        )
     return obj
 
 

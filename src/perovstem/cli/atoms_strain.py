@@ -47,7 +47,13 @@ def strain(
     import numpy as np
 
     from perovstem.atoms import strain_analysis, unit_cell_table
-    from perovstem.cli._common import check_outputs, console
+    from perovstem.cli._common import (
+        about_file,
+        check_outputs,
+        console,
+        finite_columns,
+        nonempty_table,
+    )
     from perovstem.io import read_table, save_figure, save_table
     from perovstem.plot.atoms import plot_strain_maps
 
@@ -59,7 +65,12 @@ def strain(
     plot = plot if plot is not None else out.with_suffix(".png")
     check_outputs(out, cell_out, plot, overwrite=overwrite)
     table = read_table(columns)
-    st, uc = strain_analysis(table, _cell_arg(cell), reference_type=reference_type, radius_A=radius)
+    nonempty_table(table, columns)
+    finite_columns(table, columns, ("x_A", "y_A"))
+    with about_file(columns):
+        st, uc = strain_analysis(
+            table, _cell_arg(cell), reference_type=reference_type, radius_A=radius
+        )
     st.attrs["source"] = str(columns)
     save_table(st, out)
     save_table(unit_cell_table(uc, lattice=st), cell_out)

@@ -196,7 +196,7 @@ def count(
     import pandas as pd
 
     from perovstem.atoms import count_atoms, count_hybrid, count_library
-    from perovstem.cli._common import check_outputs, console
+    from perovstem.cli._common import about_file, check_outputs, console, nonempty_table
     from perovstem.io import read_table, save_table
 
     if method not in ("gmm", "ladder", "library", "hybrid"):
@@ -222,6 +222,7 @@ def count(
     out = out or _default_out(table, "counts")
     check_outputs(out, criteria_out, overwrite=overwrite)
     df = read_table(table)
+    nonempty_table(df, table)
     if column_type:
         if "type" not in df.columns:
             raise DataError(f"{table}: --type given but the table has no 'type' column")
@@ -279,7 +280,7 @@ def count(
     # the library's "counts may be offset" and "count levels merged?" warnings: this command
     # prints them itself, below, naming its options (they printed twice, once as a raw
     # UserWarning with a source line); any other warning goes on to the CLI's warning lines
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, about_file(table):
         if method == "ladder":
             res = count_atoms(
                 df,

@@ -25,9 +25,11 @@ def demo(
     ),
 ) -> None:
     """Simulate a degradation study and analyse it with every module; writes OUT/report.html."""
+    from perovstem.io._write import check_writable_place
     from perovstem.pipeline.demo import run_demo
     from perovstem.pipeline.executor import parse_scheduler
 
     parse_scheduler(scheduler)
+    check_writable_place(out, what="--out", folder=True)
     report = run_demo(out, quiet=quiet, fast=fast, scheduler=scheduler)
     typer.echo(f"report: {report}")

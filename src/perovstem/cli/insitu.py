@@ -15,7 +15,7 @@ import numpy as np
 import typer
 
 from perovstem._validation import check_positive, check_range
-from perovstem.cli._common import examples
+from perovstem.cli._common import MAX_CURRENT_PA, MAX_DOSE_E_PER_A2, check_at_most, examples
 from perovstem.cli.main import app
 from perovstem.errors import FileFormatError, OutputExistsError, ParameterError
 
@@ -181,7 +181,7 @@ def insitu(
     summary.json to --out (default: SERIES_insitu next to SERIES).
     """
     from perovstem.atoms.noise import parse_gain
-    from perovstem.cli._common import check_outputs, console
+    from perovstem.cli._common import about_file, check_outputs, console
     from perovstem.insitu import analyze_series, assign_dose, attach_conditions
     from perovstem.io import load, save_figure, save_json, save_table
     from perovstem.io.holder_logs import read_holder_log
@@ -217,6 +217,8 @@ def insitu(
     for name, value in (("--frame-time-s", frame_time_s), ("--dwell-us", dwell_us)):
         if value is not None:
             check_positive(name, value)
+    check_at_most("--dose-e-per-A2", dose, MAX_DOSE_E_PER_A2, "e⁻/Å²", "per frame")
+    check_at_most("--current-pA", current_pA, MAX_CURRENT_PA, "pA", "a STEM probe carries nA")
     for name, value in (("--dose-e-per-A2", dose), ("--current-pA", current_pA)):
         if value == 0:  # (a negative or NaN value is refused by assign_dose, naming the flag)
             raise ParameterError(
@@ -233,6 +235,9 @@ def insitu(
     if out.exists() and not out.is_dir():
         # found only when writing, after the whole analysis (a raw FileExistsError)
         raise OutputExistsError(f"`--out` {str(out)!r} is a file; give a folder")
+    from perovstem.io._write import check_writable_place
+
+    check_writable_place(out, what="--out", folder=True)
     earlier = _earlier_outputs(out)
     check_outputs(*earlier, overwrite=overwrite)  # before any work: a rerun must not mix runs
     s = load(series, lazy=True, pixel_size=pixel_size_A)
@@ -310,23 +315,24 @@ def insitu(
                 f"--conditions {str(conditions)!r}: "
                 + str(exc).replace("`time_offset_s`", "`--time-offset-s`")
             ) from None
-    res = analyze_series(
-        s,
-        register=not no_register,
-        max_lag=max_lag,
-        detect={"threshold_sigma": threshold_sigma},
-        lattice_A=lattice_A,
-        ci=ci,
-        columns=columns,
-        column_options={"hmm_model": hmm_model, "cd_fraction": cd_fraction},
-        br_loss=br_loss,
-        br_loss_options={
-            "f_bulk": f_bulk,
-            "cd_fraction": cd_fraction,
-            **({} if termination is None else {"termination": termination}),
-        },
-        scan_correction=scan_correction,
-    )
+    with about_file(series):  # "every frame of the series is unusable": which series
+        res = analyze_series(
+            s,
+            register=not no_register,
+            max_lag=max_lag,
+            detect={"threshold_sigma": threshold_sigma},
+            lattice_A=lattice_A,
+            ci=ci,
+            columns=columns,
+            column_options={"hmm_model": hmm_model, "cd_fraction": cd_fraction},
+            br_loss=br_loss,
+            br_loss_options={
+                "f_bulk": f_bulk,
+                "cd_fraction": cd_fraction,
+                **({} if termination is None else {"termination": termination}),
+            },
+            scan_correction=scan_correction,
+        )
     notes += res.notes
     skipped = _skipped_note(res)
     if skipped:

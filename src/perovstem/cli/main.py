@@ -58,7 +58,8 @@ def _options(
         "--debug",
         "-v",
         "--verbose",
-        help="Warnings in Python's full form (source line); also accepted after the command.",
+        help="Warnings in Python's full form (source line) and error tracebacks; also "
+        "accepted after the command.",
     ),
 ) -> None:
     """Quantitative HAADF-STEM, in-situ and tomography analysis of perovskite nanocrystals."""
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     except PerovstemError as exc:
         from rich.markup import escape
 
+        if debug:  # a user reporting a bug sends this
+            _print_traceback()
         msg = str(exc)
         try:
             msg = flag_wording(msg, given)
@@ -106,12 +109,68 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # click usage errors and friends
         usage, abort = _click_exception_types()
         if isinstance(exc, usage):
+            _name_the_value(exc, args)
             exc.show()
             return EXIT_USAGE
         if isinstance(exc, abort):
             return 1
-        raise
+        return _internal_error(exc, debug=debug)
     return 0
+
+
+EXIT_INTERNAL = 1
+
+
+def _name_the_value(exc: Exception, argv: list[str]) -> None:
+    """Add the value typed to click's message about a bad option value (typer's own
+    ``Input should be a valid number, ...`` does not say which text it could not read)."""
+    param = getattr(exc, "param", None)
+    opts = list(getattr(param, "opts", []) or []) if param is not None else []
+    message = getattr(exc, "message", None)
+    if not opts or not isinstance(message, str) or getattr(param, "is_flag", False):
+        return
+    n = max(int(getattr(param, "nargs", 1) or 1), 1)
+    value = None
+    for i, tok in enumerate(argv):
+        if tok == "--":
+            break
+        if tok in opts:
+            value = " ".join(argv[i + 1 : i + 1 + n])
+        elif any(tok.startswith(o + "=") for o in opts if o.startswith("--")):
+            value = tok.split("=", 1)[1]
+    if value is not None and repr(value) not in message:
+        exc.message = f"{message} (got {value!r})"
+
+
+def _print_traceback() -> None:
+    import traceback
+
+    sys.stderr.write(traceback.format_exc())
+    sys.stderr.flush()
+
+
+def _internal_error(exc: BaseException, *, debug: bool) -> int:
+    """An error that is not a :class:`PerovstemError` (a bug of ours or a library's): one
+    line naming its type and message, and how to get the traceback (``--debug``); with
+    ``--debug``, the traceback as well. Exit status 1."""
+    from rich.markup import escape
+
+    from perovstem.cli._common import err_console
+
+    if debug:
+        _print_traceback()
+    if isinstance(exc, MemoryError):  # an input or option too large for this machine
+        text = " ".join(str(exc).split()) or "MemoryError"
+        err_console.print(
+            f"[bold red]error:[/] not enough memory: {escape(text)} (a smaller input or "
+            "output size, or --bin where the command has it)",
+            soft_wrap=True,
+        )
+        return EXIT_INTERNAL
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    hint = "" if debug else " (run again with --debug for the traceback to report)"
+    err_console.print(f"[bold red]error:[/] unexpected {escape(text)}{hint}", soft_wrap=True)
+    return EXIT_INTERNAL
 
 
 DEBUG_FLAGS = ("--debug", "-v", "--verbose")
@@ -119,18 +178,59 @@ DEBUG_FLAGS = ("--debug", "-v", "--verbose")
 
 def debug_flag(argv: list[str]) -> tuple[list[str], bool]:
     """``argv`` without the ``--debug`` / ``-v`` / ``--verbose`` tokens (accepted anywhere
-    before ``--``) and whether one was given."""
+    before ``--``) and whether one was given.
+
+    A token that is the value of an option (``--title -v``, ``-o --debug``) is the
+    option's value, not the flag: it is kept (click gives it to the option).
+    """
+    takes = _value_options(argv)
     out: list[str] = []
     debug = False
+    skip = 0
     for i, tok in enumerate(argv):
+        if skip:  # a value of the option before it
+            skip -= 1
+            out.append(tok)
+            continue
         if tok == "--":
             out.extend(argv[i:])
             break
         if tok in DEBUG_FLAGS:
             debug = True
-        else:
-            out.append(tok)
+            continue
+        out.append(tok)
+        skip = takes.get(tok, 0)
     return out, debug
+
+
+def _value_options(argv: list[str]) -> dict[str, int]:
+    """``{option spelling: number of values}`` of the options of the command ``argv`` runs
+    (and of the groups above it) that take values; old spellings too."""
+    from typer.main import get_command
+
+    from perovstem.cli._common import OPTION_ALIASES
+
+    takes: dict[str, int] = {}
+    try:
+        cmds = [get_command(app)]
+        for tok in argv:  # walk down to the sub-command being run
+            sub = getattr(cmds[-1], "commands", {}).get(tok)
+            if sub is not None:
+                cmds.append(sub)
+            elif getattr(cmds[-1], "commands", None) is not None and not tok.startswith("-"):
+                break
+        for cmd in cmds:
+            for p in getattr(cmd, "params", []):
+                if getattr(p, "param_type_name", "") != "option" or getattr(p, "is_flag", False):
+                    continue
+                for o in p.opts:
+                    takes[o] = max(int(p.nargs), 1)
+    except Exception:  # noqa: BLE001 - an unresolvable command line is click's to report
+        return {}
+    for old, new in OPTION_ALIASES.items():
+        if new in takes:
+            takes.setdefault(old, takes[new])
+    return takes
 
 
 class _LogLines(logging.Handler):
@@ -224,13 +324,37 @@ def flag_wording(message: str, argv: list[str]) -> str:
     argv, typed = canonical_argv(argv)
     cmd = _command_of(argv)
     given: dict[str, str] = {}
+    flags: dict[str, str] = {}  # every option of the command: its long spelling
     for param in getattr(cmd, "params", []):
         opts = list(getattr(param, "opts", []))
         if getattr(param, "param_type_name", "") != "option" or not opts:
             continue
+        if not getattr(param, "is_flag", False):
+            flags[param.name] = next((o for o in opts if o.startswith("--")), opts[0])
         used = [t.split("=", 1)[0] for t in argv if t.split("=", 1)[0] in opts]
         if used:  # the spelling typed: "-k" stays "-k"
             given[param.name] = used[0]
+    for lib, cands in _FED_BY.items():
+        for cand in cands:
+            if cand in flags:
+                flags.setdefault(lib, flags[cand])
+
+    def call(m: re.Match) -> str:
+        # a Python keyword in the message (`width='fixed'`, pass tilt_axis='com', library=...):
+        # the command's option and value, whether the user gave it or not (it is advice)
+        name, value = m.group(2), m.group(3) or ""
+        before = m.string[max(0, m.start() - 8) : m.start()]
+        if name not in flags or m.group(1) != m.group(4) or before.endswith("Python: "):
+            return m.group(0)  # unknown, half-quoted, or the Python spelling given on purpose
+        value = value[1:-1] if value[:1] == value[-1:] == "'" and len(value) > 1 else value
+        return f"`{flags[name]}{' ' + value if value else ''}`"
+
+    message = re.sub(
+        # not an argument of a call written out (count_atoms(method='ladder'))
+        r"(`?)(?<![\w.-])(?<!\w\()([A-Za-z_][A-Za-z0-9_]*)=('[^']*'|\.\.\.|[\w.+-]+)?(`?)",
+        call,
+        message,
+    )
 
     def reword(m: re.Match) -> str:
         name = m.group(1)

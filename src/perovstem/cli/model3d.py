@@ -47,23 +47,24 @@ def model3d(
     """Build a 3-D atomic model from atom counts; writes it as XYZ/CIF/PDB (+ sites, summary)."""
     import numpy as np
 
-    from perovstem.cli._common import check_outputs, console
+    from perovstem.cli._common import about_file, check_outputs, console
     from perovstem.io import read_table, save_json, save_table
     from perovstem.io.structures import save_structure
     from perovstem.quantify import model_from_counts
 
     check_outputs(out, sites_out, summary_out, overwrite=overwrite)
     df = read_table(table)
-    model = model_from_counts(
-        df,
-        lattice_A=lattice_A,
-        start=start,
-        n_chains=chains,
-        n_sweeps=sweeps,
-        support_energy=support_energy,
-        count_moves=count_moves,
-        rng=seed,
-    )
+    with about_file(table, param="columns"):
+        model = model_from_counts(
+            df,
+            lattice_A=lattice_A,
+            start=start,
+            n_chains=chains,
+            n_sweeps=sweeps,
+            support_energy=support_energy,
+            count_moves=count_moves,
+            rng=seed,
+        )
     save_structure(model.atoms, out, overwrite=overwrite)
     facets = model.facet_fractions(lattice_A=lattice_A)
     if sites_out is not None:

@@ -67,6 +67,10 @@ def run(
     if workers is not None and workers < 1:
         raise ParameterError(f"`--workers` must be >= 1, got {workers}")
     cfg = load_config(config)
+    if out is not None:
+        from perovstem.io._write import check_writable_place
+
+        check_writable_place(out, what="--out", folder=True)
     if check:
         typer.echo(f"{config}: OK ({len(cfg.steps)} steps)")
         return
@@ -96,7 +100,10 @@ def report(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ) -> None:
     """Write (again) the self-contained HTML report of a run folder (RUN_DIR/report.html)."""
+    from perovstem.errors import FileFormatError
     from perovstem.report import write_report
 
+    if not Path(run_dir).exists():
+        raise FileFormatError(f"RUN_DIR {str(run_dir)!r} does not exist")
     path = write_report(run_dir, out=out, title=title, overwrite=overwrite)
     typer.echo(f"report: {path}")

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import typer
 
-from perovstem.cli._common import examples
+from perovstem.cli._common import (
+    MAX_DOSE_E_PER_A2,
+    MAX_IMAGE_PX,
+    MAX_TEMPERATURE_K,
+    check_at_most,
+    examples,
+)
 from perovstem.cli.simulate import simulate_app
 from perovstem.errors import ParameterError
 
@@ -131,6 +137,19 @@ def series(
     check_positive("--temperature-K", temperature_K)
     if temperature_end_K is not None:  # np.linspace(300, inf) made the ramp NaN
         check_positive("--temperature-end-K", temperature_end_K)
+    why_t = "beyond any heating holder; CsPbBr3 melts at ~840 K"
+    check_at_most("--temperature-K", temperature_K, MAX_TEMPERATURE_K, "K", why_t)
+    check_at_most("--temperature-end-K", temperature_end_K, MAX_TEMPERATURE_K, "K", why_t)
+    if np.isfinite(dose_rate) and np.isfinite(frame_time_s) and frame_time_s > 0:
+        # (a dose rate of 1e17 e⁻/Å²/s ran the kinetic Monte Carlo for ever)
+        check_at_most(
+            "--dose-rate-e-per-A2-s",
+            dose_rate,
+            MAX_DOSE_E_PER_A2 / frame_time_s,
+            "e⁻/Å²/s",
+            f"a frame dose of {MAX_DOSE_E_PER_A2:g} e⁻/Å² at --frame-time-s {frame_time_s:g}",
+        )
+    check_at_most("--size-px", size, MAX_IMAGE_PX, "px", "the largest simulated frame")
     if size is not None:  # before the kinetic Monte Carlo, the slow part
         from perovstem.simulate.haadf import check_frame_shape
 

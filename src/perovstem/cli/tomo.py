@@ -39,6 +39,19 @@ def _load_tilt(path: Path, pixel_size_A: float | None = None):
         raise ParameterError(
             f"{str(path)!r} is not a tilt series (no tilt angles found; add a .rawtlt side file)"
         )
+    import numpy as np
+
+    lo, hi = float(np.min(obj.data)), float(np.max(obj.data))
+    # (a single direction is refused by the reconstruction itself, saying so)
+    directions = np.unique(np.round(np.asarray(obj.angles_deg, float), 6)).size
+    if lo == hi and directions > 1:  # reconstruct / facets wrote an empty volume silently
+        from perovstem._validation import warn
+
+        warn(
+            f"{str(path)!r}: every pixel of every projection is {lo:g}: a constant tilt "
+            "series holds no object (a blank or saturated acquisition?); the volume and "
+            "anything measured on it are featureless"
+        )
     return obj
 
 

@@ -77,6 +77,7 @@ def interpolate_conditions(
         ok = np.isfinite(v)
         if ok.sum() < 1:
             continue
+        _note_missing_readings(log, c, lt, ok, tq, tend)
         if frame_time_s:
             vals = []
             for a, b in zip(tq, tend, strict=True):
@@ -88,6 +89,50 @@ def interpolate_conditions(
         else:
             res[c] = np.interp(tq, lt[ok], v[ok])
     return pd.DataFrame(res)
+
+
+def _note_missing_readings(
+    log: pd.DataFrame,
+    column: str,
+    lt: np.ndarray,
+    ok: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+) -> None:
+    """Warn when frames get a channel's value interpolated across missing readings.
+
+    A missing reading (an empty, ``n/a``, ``NA`` or ``NaN`` cell of a CSV log) is skipped:
+    the frames whose time span ``[start, end]`` (log clock, s) overlaps the gap between the
+    readings around it get a value interpolated from those; the warning names the log, the
+    column, the rows and the frames.
+    """
+    miss = np.flatnonzero(~ok)
+    if miss.size == 0:
+        return
+    t_ok = lt[ok]
+    # the readings around each missing one (the ends: the nearest reading, held constant)
+    i = np.searchsorted(t_ok, lt[miss])
+    lo = t_ok[np.clip(i - 1, 0, t_ok.size - 1)]
+    hi = t_ok[np.clip(i, 0, t_ok.size - 1)]
+    lo = np.where(i == 0, -np.inf, lo)
+    hi = np.where(i == t_ok.size, np.inf, hi)
+    hit = (start[:, None] < hi[None, :]) & (end[:, None] > lo[None, :])
+    frames = np.flatnonzero(hit.any(axis=1))
+    if frames.size == 0:
+        return
+    import warnings
+
+    src = log.attrs.get("source")
+    where = f"holder log {str(src)!r}" if src else "the holder log"
+    shown = ", ".join(map(str, frames[:10].tolist())) + (" ..." if frames.size > 10 else "")
+    warnings.warn(
+        f"{where}: column {column!r} has {miss.size} missing reading(s) (empty, n/a or NaN "
+        f"cells; data rows {miss[:5].tolist()}, at log times "
+        f"{', '.join(f'{x:g}' for x in lt[miss][:5])} s); {frames.size} frame(s) "
+        f"({shown}) get a value interpolated from the readings around them",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def attach_conditions(series: Series, log: pd.DataFrame, **kw: Any) -> Series:

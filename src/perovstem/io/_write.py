@@ -11,7 +11,7 @@ from typing import IO, Any
 
 from perovstem.errors import FileFormatError, OutputExistsError
 
-__all__ = ["atomic_write", "atomic_path", "protect", "is_protected"]
+__all__ = ["atomic_write", "atomic_path", "protect", "is_protected", "check_writable_place"]
 
 _PROTECTED: set[Path] = set()
 
@@ -42,6 +42,28 @@ def _check_target(path: Path, overwrite: bool) -> None:
             ) from None
     if not parent.is_dir():
         raise FileFormatError(f"cannot write {str(path)!r}: {str(parent)!r} is not a directory")
+
+
+def check_writable_place(path: str | os.PathLike, *, what: str = "", folder: bool = False) -> None:
+    """Refuse, before any work, an output ``path`` that cannot be written: a folder on its
+    way that is a file, or a nearest existing folder that is not writable.
+
+    Writers check this when they write, which for a command is after its analysis (a
+    21 s alignment lost for a typo in ``-o``); a folder output (``insitu -o``, ``demo -o``)
+    failed with a raw ``NotADirectoryError``. ``what`` (e.g. ``"--out"``) names the option;
+    ``folder``: ``path`` is a folder to write into (an existing file there is refused).
+    """
+    path = Path(path)
+    label = f"{what} {str(path)!r}" if what else repr(str(path))
+    for anc in [path, *path.parents] if folder else path.parents:
+        if anc.exists():
+            if not anc.is_dir():
+                raise FileFormatError(f"cannot write {label}: {str(anc)!r} is not a directory")
+            if not os.access(anc, os.W_OK | os.X_OK):
+                raise FileFormatError(
+                    f"cannot write {label}: {str(anc)!r} is not writable (permission denied)"
+                )
+            return
 
 
 @contextlib.contextmanager

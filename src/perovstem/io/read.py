@@ -57,6 +57,13 @@ _FAMILIES = {
     "MRC": tuple(sorted(_MRC)),
     "zip (.npz)": (".npz",),
     "MATLAB": (".mat",),
+    # not readable under any name: a picture exported for display, a document, text
+    "PNG picture": (),
+    "JPEG picture": (),
+    "GIF picture": (),
+    "BMP picture": (),
+    "PDF document": (),
+    "text": (),
 }
 
 
@@ -81,6 +88,22 @@ def _content_family(path: Path) -> str | None:
         return "zip (.npz)"
     if head.startswith(b"MATLAB"):
         return "MATLAB"
+    for magic, fam in (
+        (b"\x89PNG\r\n\x1a\n", "PNG picture"),
+        (b"\xff\xd8\xff", "JPEG picture"),
+        (b"GIF8", "GIF picture"),
+        (b"BM", "BMP picture"),
+        (b"%PDF", "PDF document"),
+    ):
+        if head.startswith(magic):
+            return fam
+    if head:
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:  # a multi-byte character cut at 1024 bytes is still text
+            text = head[:-3].decode("utf-8", errors="strict") if len(head) > 3 else ""
+        if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+            return "text"
     return None
 
 
@@ -90,6 +113,14 @@ def _extension_hint(path: Path) -> str:
     fam = _content_family(path)
     if fam is None or path.suffix.lower() in _FAMILIES[fam]:
         return ""
+    if not _FAMILIES[fam]:
+        return (
+            f"; its content is {'' if fam == 'text' else 'a '}{fam}, not a {path.suffix} file "
+            "(a picture exported for display has lost the detector counts and the calibration: "
+            "read the microscope's own file, e.g. .dm4, .emd, .ser or .tif)"
+            if fam != "text"
+            else f"; its content is text, not a {path.suffix} file"
+        )
     return (
         f"; its content is {'an' if fam.startswith(('HDF5', 'MRC')) else 'a'} {fam} file, "
         f"not {path.suffix}: wrong extension? (rename it to "
@@ -190,6 +221,10 @@ def load(
     except ParameterError as exc:
         # the data model checks what the file holds (time stamps out of order, one angle
         # per image, ...): say which file it came from
+        raise DataError(f"{str(path)!r}: {exc}") from None
+    except DataError as exc:  # e.g. an empty (0 x 0) image: "`data` is empty"
+        if str(path) in str(exc):
+            raise
         raise DataError(f"{str(path)!r}: {exc}") from None
     protect(path)
     return obj
@@ -450,9 +485,16 @@ def _read_rsciio(
             f"file (pip install {name}): {str(exc)[:200]}"
         ) from None
     except Exception as exc:
+        fam = _content_family(path)
+        damaged = (
+            f"; it starts as {'an' if fam.startswith(('HDF5', 'MRC')) else 'a'} {fam} file should ({path.stat().st_size} bytes): truncated "
+            "(an interrupted copy?) or damaged"
+            if fam is not None and path.suffix.lower() in _FAMILIES[fam]
+            else ""
+        )
         raise FileFormatError(
             f"{str(path)!r}: not a readable {path.suffix.lstrip('.')} file "
-            f"({type(exc).__name__}: {str(exc)[:200]})"
+            f"({type(exc).__name__}: {str(exc)[:200]}){damaged}"
         ) from None
     if not sigs:
         raise FileFormatError(f"{str(path)!r}: the file holds no data")

@@ -324,10 +324,40 @@ def read_table(path: str | os.PathLike) -> Any:
             side = path.with_suffix(".csv.json")
             if side.is_file():
                 df.attrs = json.loads(side.read_text())
+            _refuse_text_in_numbers(df, path)
             return df
+    except DataError:
+        raise
     except Exception as exc:
         raise FileFormatError(f"{str(path)!r}: not a readable table ({exc})") from None
     raise FileFormatError(f"{str(path)!r}: tables are read from .parquet or .csv")
+
+
+def _refuse_text_in_numbers(df: Any, path: Path) -> None:
+    """Refuse a CSV column of numbers with text in some cells (``abc``, ``0,5``, ``12 Å``).
+
+    pandas reads such a column as text; the analysis then failed far from the file with
+    ``could not convert string to float``. A column of text only (``type``) is text; an
+    empty cell, ``NA`` or ``n/a`` is a missing value, not text.
+    """
+    import pandas as pd
+
+    for c in df.columns:
+        col = df[c]
+        if col.dtype.kind not in "OSU" and str(col.dtype) not in ("string", "str"):
+            continue
+        num = pd.to_numeric(col, errors="coerce")
+        text = col.notna().to_numpy() & num.isna().to_numpy()
+        if not text.any() or num.notna().sum() == 0:
+            continue
+        rows = np.flatnonzero(text)
+        vals = list(dict.fromkeys(str(v) for v in col.to_numpy()[rows]))[:3]
+        raise DataError(
+            f"{str(path)!r}: column {str(c)!r} holds text where numbers are expected "
+            f"({', '.join(map(repr, vals))} in {rows.size} of {len(df)} data row(s), first "
+            f"{rows[:5].tolist()}; rows count from 0): write numbers only (a missing value "
+            "as an empty cell)"
+        )
 
 
 # --------------------------------------------------------------------------- volumes and meshes

@@ -171,6 +171,16 @@ class Param:
                     f"`{key}` must be an array of {'finite numbers' if t is float else what + 's'}, "
                     f"got {value!r} (element {v!r})"
                 )
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                # the bounds hold for each element (temperatures_K = [300, -5] ran)
+                if (self.min is not None and v < self.min) or (
+                    self.max is not None and v > self.max
+                ):
+                    lo = "-∞" if self.min is None else f"{self.min:g}"
+                    hi = "∞" if self.max is None else f"{self.max:g}"
+                    raise ParameterError(
+                        f"`{key}` elements must lie in [{lo}, {hi}], got {value!r} (element {v!r})"
+                    )
             out.append(v)
         return out
 

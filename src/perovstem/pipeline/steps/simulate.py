@@ -125,7 +125,7 @@ def simulate_nanocrystal(ctx: Any) -> dict[str, Any]:
     output_kinds={"image": Kind("image"), "truth": HAADF_TRUTH_KIND},
     params={
         "pixel_size_A": Param(float, 0.25, "pixel size, Å", min=0.01, max=5.0),
-        "dose_e_per_A2": Param(float, 1e4, "electron dose, e⁻/Å²", min=1.0),
+        "dose_e_per_A2": Param(float, 1e4, "electron dose, e⁻/Å²", min=1.0, max=1e10),
         "voltage_kV": Param(float, 300.0, "accelerating voltage, kV", choices=(200.0, 300.0)),
         "probe_sigma_A": Param(float, None, "probe σ, Å (default: simulator default)", min=0.0),
     },
@@ -173,7 +173,8 @@ def simulate_haadf(ctx: Any, atoms: Any) -> dict[str, Any]:
     params={
         "n_frames": Param(int, 40, "number of frames", min=2),
         "frame_time_s": Param(float, 1.0, "frame time, s", min=1e-6),
-        "dose_rate_e_per_A2_s": Param(float, 100.0, "dose rate, e⁻/Å²/s", min=0.0),
+        # (the kinetic Monte Carlo never ended at 1e17 e⁻/Å² per frame)
+        "dose_rate_e_per_A2_s": Param(float, 100.0, "dose rate, e⁻/Å²/s", min=0.0, max=1e9),
         "temperature_K": Param(float, 300.0, "temperature, K", min=1.0, max=2000.0),
         "atmosphere": Param(str, "vacuum", "vacuum, O2 or H2O"),
     },
@@ -272,11 +273,18 @@ def simulate_insitu_series(ctx: Any, trajectory: Any) -> dict[str, Any]:
     output_kinds={"frames": Kind("table", ("frame",))},
     params={
         "temperatures_K": Param(
-            list, [300.0, 350.0, 400.0, 450.0], "temperatures, K", item_type=float
+            list,
+            [300.0, 350.0, 400.0, 450.0],
+            "temperatures, K",
+            item_type=float,
+            min=1.0,
+            max=2000.0,
         ),
         "n_frames": Param(int, 20, "frames per temperature", min=2),
         "frame_time_s": Param(float, 1.0, "frame time, s", min=1e-6),
-        "dose_rate_e_per_A2_s": Param(float, 20.0, "dose rate during heating, e⁻/Å²/s", min=0.0),
+        "dose_rate_e_per_A2_s": Param(
+            float, 20.0, "dose rate during heating, e⁻/Å²/s", min=0.0, max=1e9
+        ),
     },
     requires=(KMC,),
     section="kinetics",
