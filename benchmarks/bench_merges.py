@@ -44,7 +44,11 @@ test (``min_parent_significance=0``, the session-5 default); ``images_other_*`` 
 701-724, 5 nm at 1e4 e/Å²/s and 320 / 280 K, 1.5e3 e/Å²/s and 260 K) is another condition,
 run once after the test was fixed.  Session 14 (umerge3): the images rows re-run with the
 current detector (``--images-only``), the birth/end size prior of the tracker bounded, and
-``images_new_*`` (seeds 801-812, ``HOLDOUT`` conditions) run once with that tracker.  Run:
+``images_new_*`` (seeds 801-812, ``HOLDOUT`` conditions) run once with that tracker.
+Session 15 (umerge4): images rows re-run (tracker unchanged) with ``missed_causes`` (why
+each identifiable merge was missed) and ``false_but_one_object_in_projection`` /
+``precision_projected`` (false merges whose merged-away parents still overlap the
+product's disc in projection, and the precision if those counted).  Run:
 ``python benchmarks/bench_merges.py [--images-only] [OUT.json]`` (default
 ``benchmarks/results/bench_merges.json``; ``--images-only`` skips the truth rows and keeps
 those of an existing OUT file, marked with the commit that made them); machine load
