@@ -44,7 +44,11 @@ test (``min_parent_significance=0``, the session-5 default); ``images_other_*`` 
 701-724, 5 nm at 1e4 e/Å²/s and 320 / 280 K, 1.5e3 e/Å²/s and 260 K) is another condition,
 run once after the test was fixed.  Session 14 (umerge3): the images rows re-run with the
 current detector (``--images-only``), the birth/end size prior of the tracker bounded, and
-``images_new_*`` (seeds 801-812, ``HOLDOUT`` conditions) run once with that tracker.  Run:
+``images_new_*`` (seeds 801-812, ``HOLDOUT`` conditions) run once with that tracker.
+Session 15 (umerge4): images rows re-run (tracker unchanged) with ``missed_causes`` (why
+each identifiable merge was missed) and ``false_but_one_object_in_projection`` /
+``precision_projected`` (false merges whose merged-away parents still overlap the
+product's disc in projection, and the precision if those counted).  Run:
 ``python benchmarks/bench_merges.py [--images-only] [OUT.json]`` (default
 ``benchmarks/results/bench_merges.json``; ``--images-only`` skips the truth rows and keeps
 those of an existing OUT file, marked with the commit that made them); machine load
@@ -223,6 +227,64 @@ def false_merge_causes(tracks, lin, matches, tc, events):
     return out
 
 
+def projected_false_merges(tracks, matches, tc):
+    """Detected merges that are no truth coalescence but are one object in projection: every
+    merged-away parent that is not the product's own cluster is still there (not detected
+    elsewhere in that frame, not coalesced) with its equal-volume disc overlapping the
+    product's (centre distance <= r + r').  The image shows two objects becoming one; only
+    the 3-D truth (or a later separation) tells it from a coalescence."""
+    at = {(int(r.frame), int(r.cluster_id)): r for r in tc.itertuples()}
+    seen = set(zip(tracks.frame, tracks.cluster_id, strict=True))
+    last = tracks.sort_values("frame").groupby("track_id").cluster_id.last()
+    n = 0
+    for r in matches[(matches.source == "detected") & ~matches.matched].itertuples():
+        f, c = r.frame, r.cluster_id
+        if c < 0 or (f, c) not in at:
+            continue
+        ok = True
+        for p in r.parents:
+            pc = int(last[p])
+            if pc == c:
+                continue
+            if pc < 0 or (f, pc) not in at or (f, pc) in seen:
+                ok = False
+                break
+            q, pr = at[(f, pc)], at[(f, c)]
+            if np.hypot(q.x_A - pr.x_A, q.y_A - pr.y_A) > _radius(q.n_atoms) + _radius(pr.n_atoms):
+                ok = False
+                break
+        n += ok
+    return n
+
+
+def missed_merge_causes(tracks, lin, matches):
+    """Why each identifiable truth merge on images was not found: 'parent went on onto
+    another detection' (a parent's track continued in the product's frame onto a detection
+    other than the product: a hop to a new or revealed cluster), 'product continues a
+    parent' (the other parents ended: merged elsewhere, absorbed or death), or the product
+    track's own origin at that frame ('merge_uncertain', 'overlap', 'unresolved', ...)."""
+    lin = lin.set_index("track_id")
+    tid = {
+        (int(f), int(c)): int(t)
+        for f, c, t in zip(tracks.frame, tracks.cluster_id, tracks.track_id, strict=True)
+        if c >= 0
+    }
+    where = set(zip(tracks.frame, tracks.track_id, strict=True))
+    out: dict[str, int] = {}
+    for r in matches[
+        (matches.source == "truth") & matches.identifiable & ~matches.matched
+    ].itertuples():
+        f, t = r.frame, tid[(r.frame, r.cluster_id)]
+        if int(lin.loc[t, "start_frame"]) == f:
+            k = str(lin.loc[t, "origin"])
+        else:
+            ps = [tid.get((f - 1, p), -1) for p in r.parents]
+            hop = any(p >= 0 and p != t and (f, p) in where for p in ps)
+            k = "parent went on onto another detection" if hop else "product continues a parent"
+        out[k] = out.get(k, 0) + 1
+    return out
+
+
 def _radius(n):
     return (3 * np.asarray(n, float) * 4.95**3 / (16 * np.pi)) ** (1 / 3)
 
@@ -325,16 +387,28 @@ def main() -> None:
         dets = [_image_detections(*c) for c in cfg]
         res[f"images_{prefix}detection_seconds"] = round(time.perf_counter() - t0, 1)
         for vn, kw in img_variants.items():
-            ms, causes, kinds = [], {}, {}
+            ms, causes, kinds, missed, proj = [], {}, {}, {}, 0
             for d, tc, e in dets:
                 tracks, lin = track_clusters(d, **kw)
                 ms.append(merge_matches(tracks, lin, tc, e, require_detected=True))
                 for k, v in false_merge_causes(tracks, lin, ms[-1], tc, e).items():
                     causes[k] = causes.get(k, 0) + v
+                for k, v in missed_merge_causes(tracks, lin, ms[-1]).items():
+                    missed[k] = missed.get(k, 0) + v
+                proj += projected_false_merges(tracks, ms[-1], tc)
                 for k in ("overlap", "unresolved", "merge_uncertain"):
                     kinds[k] = kinds.get(k, 0) + int((lin.origin == k).sum())
             key = f"images_{prefix}{vn}"
-            res[key] = _summ(ms) | {"false_merge_parent_causes": causes, "not_confirmed": kinds}
+            sm = _summ(ms)
+            res[key] = sm | {
+                "false_merge_parent_causes": causes,
+                "not_confirmed": kinds,
+                "missed_causes": missed,
+                # the false merges that are one object in projection, and the precision
+                # if those counted as merges seen in the images (a second convention)
+                "false_but_one_object_in_projection": proj,
+                "precision_projected": round((sm["true"] + proj) / max(sm["detected"], 1), 3),
+            }
             print(key, res[key], flush=True)
         if not prefix:
             res["images_count_accuracy"] = [count_accuracy(d, tc) for d, tc, _ in dets]
