@@ -44,7 +44,8 @@ Method
    Two clusters are kept when χ² (per cell, the correlation area of the cell-averaged map)
    drops by more than :data:`SPLIT_PENALTY` = 25 against the better of the sphere and a
    single projected ellipsoid of free aspect ratio and orientation (an elongated cluster is
-   the other explanation of a long segment), and each part holds ≥ ``min_atoms`` atoms
+   the other explanation of a long segment), both fitted centres lie on the segment, and
+   each part holds ≥ ``min_atoms`` atoms
    and is significant by itself: a likelihood-ratio test with a penalty (in the spirit of
    BIC, Schwarz, Ann. Stat. 6, 461 (1978)) calibrated on isolated clusters (the largest
    statistic of 96 isolated compact or aspect-ratio-2 clusters of 20–150 atoms beside or
