@@ -68,14 +68,30 @@ def _rss_mb() -> float:
 
 
 class _PeakRSS:
+    """Peak resident memory, sampled every 0.1 s, and a timeline of the peak of every
+    ``TIMELINE_S`` seconds (``timeline``: (s since start, MB)), which tells a memory that
+    climbs through the detection pass from a spike in the steps after it (tracking,
+    tables, kinetics)."""
+
+    TIMELINE_S = 5.0
+
     def __init__(self) -> None:
         self.peak = _rss_mb()
+        self.timeline: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        t0 = time.perf_counter()
+        win, t_win = 0.0, t0
         while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_mb())
+            r = _rss_mb()
+            self.peak = max(self.peak, r)
+            win = max(win, r)
+            now = time.perf_counter()
+            if now - t_win >= self.TIMELINE_S:
+                self.timeline.append((round(now - t0, 1), round(win, 1)))
+                win, t_win = 0.0, now
             time.sleep(0.1)
 
     def __enter__(self) -> _PeakRSS:
@@ -146,6 +162,7 @@ def child(
     out["rss_before_analysis_MB"] = rss0
     out["peak_rss_during_analysis_MB"] = mon.peak
     out["analysis_extra_memory_MB"] = mon.peak - rss0
+    out["rss_timeline_s_MB"] = mon.timeline
     t = truth["drift"][["dy_px", "dx_px"]].to_numpy()
     t = t - t[0]
     e = res.drift[["dy_px", "dx_px"]].to_numpy()

@@ -4,6 +4,8 @@ recall on degrading crystals (KMC series on seeds not used to set the split) imp
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from _insitu_kmc import degrading_frames, fcc_cluster
@@ -352,3 +354,38 @@ def test_cluster_radius_of_counts_compiled_equals_numpy():
     ref = _fcc_radius_A(f(np.clip(a, 0, None))) / 0.2
     np.testing.assert_array_equal(f.radius_px(a, 0.2), ref)
     assert np.all(np.diff(ref[:5000][np.argsort(a[:5000])]) >= 0)  # monotone in the counts
+
+
+def test_split_refuses_a_dome_centred_off_its_segment():
+    """``tests/data/split_offsegment_dome.npz``: the fit window of one segment (excess,
+    its error, labels 1 = the segment, 2 = neighbours; float32) of frame 7 of the KMC
+    series of ``test_counts_of_a_frame_do_not_depend_on_where_the_series_starts`` in its
+    AVX2 realisation (lattice angle 89.95°, 4000 e/Å², gain 1).  The two-dome fit put the
+    second dome 51 px beyond the window's edge (62 px outside the frame), owning no
+    pixel of the segment and 60 % of its counts: the excess sloping across the window,
+    not a touching cluster.  The segment was then reported as a 47.8-atom one-pixel
+    cluster outside the frame and its own part dropped (Pb0 of the frame 231), while at
+    89.975° it was not split (260).  Both domes of a split must sit on the segment."""
+    from perovstem.insitu.clusters import _counts_to_atoms, _default_library, _split_segments
+
+    z = np.load(Path(__file__).resolve().parents[1] / "data" / "split_offsegment_dome.npz")
+    px, a_px, angle, penalty = z["kw"]
+    lab = z["labels"].astype(np.int32)
+    out = _split_segments(
+        z["e"].astype(float),
+        z["sig"].astype(float),
+        lab,
+        np.array([True, False]),
+        z["tot"],
+        n_of=_counts_to_atoms(_default_library(), 4000.0),
+        px=float(px),
+        a_px=float(a_px),
+        angle_deg=float(angle),
+        penalty=float(penalty),
+    )
+    for sp in out.values():  # a split, if any, has both domes on the segment
+        y, x = np.rint(sp["comps"][:, :2]).astype(int).T
+        inside = (y >= 0) & (y < lab.shape[0]) & (x >= 0) & (x < lab.shape[1])
+        assert inside.all(), sp["comps"]
+        assert (lab[y, x] == 1).all(), sp["comps"]
+        assert all((sp["assign"] == j).any() for j in range(len(y)))
