@@ -144,3 +144,10 @@ def test_degradation_phantoms_refuse_absurd_doses(dose, fragment):
     with pytest.raises(ParameterError) as info:
         degradation_phantoms(ph, 3, dose_per_step_e_per_A2=dose, rng=0)
     assert fragment in str(info.value)
+
+
+def test_haadf_image_refuses_an_absurd_dose():
+    from perovstem.simulate import haadf_image, nanocrystal
+
+    with pytest.raises(ParameterError, match=r"`dose_e_per_A2` = 1e\+30 e⁻/Å²"):
+        haadf_image(nanocrystal(12.0), dose_e_per_A2=1e30, rng=0)
