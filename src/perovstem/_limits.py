@@ -13,6 +13,8 @@ __all__ = [
     "MAX_DOSE_E_PER_A2",
     "MAX_CUMULATIVE_DOSE_E_PER_A2",
     "MAX_TEMPERATURE_K",
+    "MAX_KMC_TEMPERATURE_K",
+    "MAX_KMC_FRAMES",
     "MAX_CURRENT_PA",
     "MAX_IMAGE_PX",
     "MAX_COUNTS_PER_A",
@@ -31,6 +33,14 @@ simulates) of :data:`MAX_DOSE_E_PER_A2`."""
 MAX_TEMPERATURE_K = 2000.0
 """Largest temperature, K: MEMS heating chips reach ~1600 K; CsPbBr3 melts at ~840 K."""
 
+MAX_KMC_TEMPERATURE_K = 900.0
+"""Highest temperature the kinetic Monte Carlo accepts, K: a lattice model of solid CsPbBr3
+(it melts at ≈ 840 K; a run at 1e6 K never ended)."""
+
+MAX_KMC_FRAMES = 100_000
+"""Most frames one kinetic Monte Carlo run simulates: 100× the 1000-frame series perovstem is
+sized for (1e12 frames ran out of memory allocating the per-frame dose rates)."""
+
 MAX_CURRENT_PA = 1e6
 """Largest probe current, pA (1 µA); STEM probes carry at most a few nA."""
 
@@ -44,7 +54,7 @@ Poisson draw refuses means above ~1e19)."""
 
 MAX_KMC_EVENTS = 1e10
 """Largest number of kinetic Monte Carlo events one call may need (estimated before it
-starts); the KMC runs ~3e6 events per second on one core, so this is about an hour."""
+starts); the KMC takes 0.3-3 s per 1e6 events, so this is an hour or more."""
 
 
 def check_at_most(name: str, value: float | None, limit: float, unit: str, why: str) -> None:

@@ -20,6 +20,8 @@ from perovstem._limits import (
     MAX_CUMULATIVE_DOSE_E_PER_A2,
     MAX_DOSE_E_PER_A2,
     MAX_KMC_EVENTS,
+    MAX_KMC_FRAMES,
+    MAX_KMC_TEMPERATURE_K,
     check_at_most,
 )
 from perovstem._validation import as_rng, check_choice, check_positive, refuse_text_numbers
@@ -38,13 +40,11 @@ __all__ = ["KMCTrajectory", "KineticParameters", "degradation_kmc"]
 
 _LABEL_HOST, _LABEL_ADATOM, _LABEL_CLUSTER = 0, 1, 2
 
-MAX_TEMPERATURE_K = 900.0
+MAX_TEMPERATURE_K = MAX_KMC_TEMPERATURE_K
 """Highest temperature the KMC accepts, K (solid CsPbBr3 melts at ≈ 840 K)."""
 
-MAX_FRAMES = 100_000
-"""Most frames one KMC run simulates: 100× the 1000-frame series perovstem is sized for; the
-per-frame tables (conditions, cluster snapshots) grow with it (10¹² frames ran out of memory
-allocating the per-frame dose rates)."""
+MAX_FRAMES = MAX_KMC_FRAMES
+"""Most frames one KMC run simulates (the per-frame tables grow with it)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -264,10 +264,10 @@ def _estimated_events(
     cross-section times the dose) and the heat (the thermal rate of a face Br) remove from
     the initial surface, one Pb⁰ per ``br_per_pb0`` Br, plus the Pb⁰ already there.  The
     fewest hops those atoms can make is as one cluster, ``Γ·cluster_mobility·N^(−α)`` per
-    second (a lone adatom: ``Γ``; ``N < 1``: the chance that there is one), so the estimate
-    is below the steps taken on the runs measured (30 and 60 Å cubes, 200-600 K, 20-1e8
-    e⁻/Å²/s; see the tests) and a run is refused only when even this many events is hours
-    of work.
+    second (a lone adatom: ``Γ``; ``N < 1``: the chance that there is one).  On the runs
+    measured (30 and 60 Å cubes, 200-600 K, 20-1e8 e⁻/Å²/s) the estimate was 0.006-4.2
+    times the steps taken, so a refusal (above :data:`~perovstem._limits.MAX_KMC_EVENTS`)
+    means at least a quarter of an hour of work, mostly far more.
     """
     dt = float(frame_time_s)
     beam = np.cumsum(phi * dt) / params.D_Br_e_per_A2 if params.enable_desorption else 0.0
@@ -521,7 +521,7 @@ def degradation_kmc(
     if n_events > MAX_KMC_EVENTS:
         raise ParameterError(
             f"this run would need at least about {n_events:.2g} kinetic Monte Carlo events (more than "
-            f"{MAX_KMC_EVENTS:.0e}, about an hour at ~3e6 events/s): {n_frames} frames of "
+            f"{MAX_KMC_EVENTS:.0e}, an hour or more at 1-3 s per 1e6 events): {n_frames} frames of "
             f"{frame_time_s:g} s at dose rates up to {phi.max():g} e⁻/Å²/s and temperatures up "
             f"to {temp.max():g} K on a crystal of {H} host atoms; lower `n_frames`, "
             "`frame_time_s`, `dose_rate_e_per_A2_s` or `temperature_K`, or use a smaller crystal"
