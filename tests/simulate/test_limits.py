@@ -89,7 +89,7 @@ def test_event_estimate_is_not_above_the_work_done(
     monkeypatch, temperature_K, dose_rate, n_frames, seed
 ):
     # a refusal must mean hours of work: the estimate stays below ~the steps really taken
-    # (measured 0.006-4.2x the steps on 30 and 60 Å cubes, 200-600 K, 20-1e8 e⁻/Å²/s)
+    # (measured 0.006-4.4x the steps on 30 and 60 Å cubes, 200-600 K, 20-1e8 e⁻/Å²/s)
     from perovstem._limits import MAX_KMC_EVENTS
     from perovstem.simulate import kmc, nanocrystal
 

@@ -265,9 +265,10 @@ def _estimated_events(
     the initial surface, one Pb⁰ per ``br_per_pb0`` Br, plus the Pb⁰ already there.  The
     fewest hops those atoms can make is as one cluster, ``Γ·cluster_mobility·N^(−α)`` per
     second (a lone adatom: ``Γ``; ``N < 1``: the chance that there is one).  On the runs
-    measured (30 and 60 Å cubes, 200-600 K, 20-1e8 e⁻/Å²/s) the estimate was 0.006-4.2
-    times the steps taken, so a refusal (above :data:`~perovstem._limits.MAX_KMC_EVENTS`)
-    means at least a quarter of an hour of work, mostly far more.
+    measured (30 and 60 Å cubes, 200-600 K, 20-1e8 e⁻/Å²/s, seeds 1-4) the estimate was
+    0.006-4.4 times the steps taken, so a refusal (above
+    :data:`~perovstem._limits.MAX_KMC_EVENTS`) means at least a quarter of an hour of work,
+    mostly far more.
     """
     dt = float(frame_time_s)
     beam = np.cumsum(phi * dt) / params.D_Br_e_per_A2 if params.enable_desorption else 0.0
@@ -520,8 +521,9 @@ def degradation_kmc(
     )
     if n_events > MAX_KMC_EVENTS:
         raise ParameterError(
-            f"this run would need at least about {n_events:.2g} kinetic Monte Carlo events (more than "
-            f"{MAX_KMC_EVENTS:.0e}, an hour or more at 1-3 s per 1e6 events): {n_frames} frames of "
+            f"this run would need at least about {n_events:.2g} kinetic Monte Carlo events "
+            f"(more than {MAX_KMC_EVENTS:.0e}, an hour or more at 1-3 s per 1e6 events): "
+            f"{n_frames} frames of "
             f"{frame_time_s:g} s at dose rates up to {phi.max():g} e⁻/Å²/s and temperatures up "
             f"to {temp.max():g} K on a crystal of {H} host atoms; lower `n_frames`, "
             "`frame_time_s`, `dose_rate_e_per_A2_s` or `temperature_K`, or use a smaller crystal"
