@@ -10,6 +10,17 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+# upper ends of what an experiment can mean, shared with the API and the pipeline
+from perovstem._limits import (  # noqa: F401  (re-exported for the commands)
+    MAX_COUNTS_PER_A,
+    MAX_CUMULATIVE_DOSE_E_PER_A2,
+    MAX_CURRENT_PA,
+    MAX_DOSE_E_PER_A2,
+    MAX_IMAGE_PX,
+    MAX_TEMPERATURE_K,
+    check_at_most,
+)
+
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
@@ -162,23 +173,3 @@ def nonempty_table(table: object, path: Path | str) -> None:
     if len(table) == 0:  # type: ignore[arg-type]
         cols = list(getattr(table, "columns", []))
         raise DataError(f"{str(path)!r}: the table has no rows (columns {cols})")
-
-
-# Upper ends of what an experiment (or a simulation of one) can mean: a value beyond is a
-# unit mistake or a typo (1e30), and some of them stalled a simulation for ever (the
-# kinetic Monte Carlo at a dose rate of 1e17 e⁻/Å²/s) or asked for 75 GiB (a 100000 px image)
-MAX_DOSE_E_PER_A2 = 1e10  # per frame; HR-STEM of beam-hard crystals: ~1e6-1e8 in total
-MAX_TEMPERATURE_K = 2000.0  # MEMS heating chips reach ~1600 K; CsPbBr3 melts at ~840 K
-MAX_CURRENT_PA = 1e6  # 1 µA; STEM probes carry at most a few nA
-MAX_IMAGE_PX = 8192  # a side of a simulated image
-
-
-def check_at_most(flag: str, value: float | None, limit: float, unit: str, why: str) -> None:
-    """Refuse an option value above ``limit`` (a unit mistake or a typo), naming the flag,
-    the value and why the limit is there. ``None`` (not given) passes."""
-    from perovstem.errors import ParameterError
-
-    if value is not None and value > limit:
-        raise ParameterError(
-            f"`{flag}` = {value:g} {unit} is above {limit:g} {unit} ({why}): a unit mistake?"
-        )

@@ -101,6 +101,37 @@ def _scale_prior_arg(spec: str | None) -> tuple[float, float] | None:
     return c, sd
 
 
+def _check_enough_columns(
+    df: Any, table: Path, components: int | None, *, n_dropped: int, n_all: int
+) -> None:
+    """Refuse, in the terms of `atoms count`, a type with fewer measured columns than a
+    Gaussian mixture needs: two per component (one component without `-k`)."""
+    if "type" in df.columns:
+        per_type = df["type"].astype(str).value_counts().sort_index()
+    else:
+        per_type = {"all": len(df)}
+    need = 2 * (components if components is not None else 1)
+    for typ, n in dict(per_type).items():
+        if n >= need:
+            continue
+        what = f"{n} measured column(s)" + ("" if typ == "all" else f" of type {typ!r}")
+        if n_dropped:
+            what += f" ({n_dropped} of {n_all} columns not counted, see above)"
+        others = [t for t in dict(per_type) if t != typ and dict(per_type)[t] >= need]
+        if components is not None and n >= 2:
+            fix = f"lower `-k`/`--components` to at most {n // 2}"
+        elif others:
+            fix = f"count the other types alone (`--type {' --type '.join(others)}`)"
+        else:
+            fix = "nothing a mixture can count: refit, or `--method library --library simulate`"
+        need_txt = (
+            f"`-k`/`--components` {components} needs at least {need} (two per component)"
+            if components is not None
+            else "a Gaussian mixture needs at least 2 columns"
+        )
+        raise DataError(f"{str(table)!r}: {what}; {need_txt}: {fix}")
+
+
 @atoms_app.command(
     "count",
     epilog=examples(
@@ -258,6 +289,8 @@ def count(
                 f"above {min_significance:g} standard errors (peaks on the vacuum or support?)"
             )
     types = sorted(df["type"].astype(str).unique()) if "type" in df.columns else ["all"]
+    if method == "gmm":  # the API named its `max_components` here, an option not given
+        _check_enough_columns(df, table, components, n_dropped=int(weak.sum()), n_all=len(full))
     integ = _integration(integration, df.attrs)
     if integration != "auto" and library != "simulate":
         raise ParameterError(

@@ -13,7 +13,14 @@ from pathlib import Path
 import typer
 
 from perovstem._validation import check_int, check_positive
-from perovstem.cli._common import check_outputs, examples, print_warnings
+from perovstem.cli._common import (
+    MAX_COUNTS_PER_A,
+    MAX_CUMULATIVE_DOSE_E_PER_A2,
+    check_at_most,
+    check_outputs,
+    examples,
+    print_warnings,
+)
 from perovstem.cli.main import app
 from perovstem.errors import ParameterError
 
@@ -429,6 +436,16 @@ def sequence_cmd(
         )
     t_list = _float_list(times_s, "--times-s", len(files))
     d_list = _float_list(doses, "--doses-e-per-A2", len(files))
+    for d in d_list or ():
+        if not math.isfinite(d) or d < 0:
+            raise ParameterError(f"`--doses-e-per-A2` must be finite and >= 0, got {d!r}")
+        check_at_most(
+            "--doses-e-per-A2",
+            d,
+            MAX_CUMULATIVE_DOSE_E_PER_A2,
+            "e⁻/Å²",
+            "the largest cumulative dose",
+        )
     plot_path = None if no_plot else (plot or out.with_suffix(".png"))
     vol_paths = (
         [volumes / f"{k:02d}_{f.name.split('.')[0]}.mrc" for k, f in enumerate(files)]
@@ -575,6 +592,14 @@ def _register_simulate_tilt() -> None:
                 f"`--min-tilt-deg` must be in [-90, {tilt_range_deg:g}) degrees (below "
                 f"`--tilt-range-deg` {tilt_range_deg:g}), got {min_tilt_deg!r}"
             )
+        check_positive("--counts-per-A", counts_per_A)
+        check_at_most(
+            "--counts-per-A",
+            counts_per_A,
+            MAX_COUNTS_PER_A,
+            "counts/Å",
+            "a pixel counts at most the electrons that hit it",
+        )
         tpath = truth or out.with_name(out.name.split(".")[0] + "_truth.json")
         check_outputs(out, tpath, overwrite=overwrite)
         rng = np.random.default_rng(seed)

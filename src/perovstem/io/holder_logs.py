@@ -269,6 +269,18 @@ def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
         raise FileFormatError(
             f"holder log {str(p)!r} is empty ({p.stat().st_size} bytes, no text but blanks)"
         )
+    from perovstem.io.read import _content_family
+
+    fam = _content_family(p)
+    if fam is not None and fam != "text":  # every holder log is text (CSV or key = value)
+        # a picture listed one UnicodeDecodeError per reader tried
+        article = "an" if fam.startswith(("HDF5", "MRC")) else "a"
+        kind = fam if fam.endswith(("picture", "document")) else f"{fam} file"
+        raise FileFormatError(
+            f"holder log {str(p)!r}: its content is {article} {kind}, not a holder log (a "
+            "text file: the DENSsolutions, Protochips or Impulse log, or a CSV with a time "
+            "column)"
+        )
     errors = []
     for plugin in ("protochips", "dens", "impulse"):
         try:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from perovstem._data import Image
+from perovstem._limits import MAX_DOSE_E_PER_A2, check_at_most
 from perovstem._validation import as_rng, check_positive, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 from perovstem.simulate._noise import shot_noise
@@ -276,6 +277,7 @@ def haadf_image(
     refuse_text_numbers(locals())
     dx = check_positive("pixel_size_A", pixel_size_A)
     dose = check_positive("dose_e_per_A2", dose_e_per_A2)
+    check_at_most("dose_e_per_A2", dose, MAX_DOSE_E_PER_A2, "e⁻/Å²", "the dose of one image")
     check_positive("gain", gain)
     if not np.isfinite(offset):
         raise ParameterError(f"`offset` must be finite, got {offset!r}")

@@ -16,6 +16,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from perovstem._limits import (
+    MAX_CUMULATIVE_DOSE_E_PER_A2,
+    MAX_DOSE_E_PER_A2,
+    MAX_KMC_EVENTS,
+    MAX_KMC_FRAMES,
+    MAX_KMC_TEMPERATURE_K,
+    check_at_most,
+)
 from perovstem._validation import as_rng, check_choice, check_positive, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 from perovstem.simulate.kmc_lattice import (
@@ -32,13 +40,11 @@ __all__ = ["KMCTrajectory", "KineticParameters", "degradation_kmc"]
 
 _LABEL_HOST, _LABEL_ADATOM, _LABEL_CLUSTER = 0, 1, 2
 
-MAX_TEMPERATURE_K = 900.0
+MAX_TEMPERATURE_K = MAX_KMC_TEMPERATURE_K
 """Highest temperature the KMC accepts, K (solid CsPbBr3 melts at ≈ 840 K)."""
 
-MAX_FRAMES = 100_000
-"""Most frames one KMC run simulates: 100× the 1000-frame series perovstem is sized for; the
-per-frame tables (conditions, cluster snapshots) grow with it (10¹² frames ran out of memory
-allocating the per-frame dose rates)."""
+MAX_FRAMES = MAX_KMC_FRAMES
+"""Most frames one KMC run simulates (the per-frame tables grow with it)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -238,6 +244,51 @@ def _per_frame(name: str, value: Any, n: int, *, positive: bool, allow_zero: boo
     return a
 
 
+def _estimated_events(
+    params: KineticParameters,
+    phi: np.ndarray,
+    temp: np.ndarray,
+    frame_time_s: float,
+    *,
+    n_br_surface: int,
+    n_br: int,
+    n_cs: int,
+    n_pb: int,
+    n_pb0: int,
+) -> float:
+    """A low estimate of the KMC events a run needs, made before running it.
+
+    Every Br, Cs and Cd leaves at most once; the unbounded part is the diffusion of Pb⁰,
+    ``Γ(T_k, φ_k)·Δt`` hops per adatom in frame ``k``.  The Pb⁰ present at the end of frame
+    ``k``, ``N_k``, is estimated from the Br that the dose (``D/D_Br``: the desorption
+    cross-section times the dose) and the heat (the thermal rate of a face Br) remove from
+    the initial surface, one Pb⁰ per ``br_per_pb0`` Br, plus the Pb⁰ already there.  The
+    fewest hops those atoms can make is as one cluster, ``Γ·cluster_mobility·N^(−α)`` per
+    second (a lone adatom: ``Γ``; ``N < 1``: the chance that there is one).  On the runs
+    measured (30 and 60 Å cubes, 200-600 K, 20-1e8 e⁻/Å²/s, seeds 1-4) the estimate was
+    0.006-4.4 times the steps taken, so a refusal (above
+    :data:`~perovstem._limits.MAX_KMC_EVENTS`) means at least a quarter of an hour of work,
+    mostly far more.
+    """
+    dt = float(frame_time_s)
+    beam = np.cumsum(phi * dt) / params.D_Br_e_per_A2 if params.enable_desorption else 0.0
+    # thermal loss of a face Br (corners and edges go faster: a low estimate)
+    thermal = np.cumsum([params.thermal_desorption_rate_per_s(float(t)) * dt for t in temp])
+    lost = n_br_surface * -np.expm1(-(beam + thermal))
+    pb0 = n_pb0 + np.minimum(n_pb, lost / params.br_per_pb0)
+    gamma = np.array(
+        [params.hop_rate_per_s(float(t), float(f)) for t, f in zip(temp, phi, strict=True)]
+    )
+    migrate = params.enable_cluster_migration and params.cluster_mobility > 0
+    one_cluster = (
+        params.cluster_mobility * np.maximum(pb0, 1.0) ** -params.cluster_mobility_exponent
+        if migrate
+        else 0.0
+    )
+    movers = np.where(pb0 <= 1.0, pb0, one_cluster)
+    return float(np.sum(gamma * dt * movers) + n_br + n_cs)
+
+
 def _initial_clusters(atoms_sym, pos, label, cluster_id, lat: HostLattice, node_free):
     """Group label-2 atoms by cluster id → (ids, n, anchor nodes)."""
     sel = label == _LABEL_CLUSTER
@@ -357,6 +408,18 @@ def degradation_kmc(
     phi = _per_frame(
         "dose_rate_e_per_A2_s", dose_rate_e_per_A2_s, n_frames, positive=True, allow_zero=True
     )
+    # the dose of a frame, not the dose rate alone: 1e9 e⁻/Å²/s is fine for a µs frame and
+    # the KMC never ended at 1e17 e⁻/Å² per frame
+    frame_dose = phi * frame_time_s
+    k_max = int(np.argmax(frame_dose))
+    check_at_most(
+        "dose_rate_e_per_A2_s` × `frame_time_s",
+        float(frame_dose[k_max]),
+        MAX_DOSE_E_PER_A2,
+        "e⁻/Å²",
+        f"the dose of one frame{f' (frame {k_max})' if np.ndim(dose_rate_e_per_A2_s) else ''}; "
+        f"dose rate {phi[k_max]:g} e⁻/Å²/s, frame time {frame_time_s:g} s",
+    )
     temp = _per_frame("temperature_K", temperature_K, n_frames, positive=True, allow_zero=False)
     if temp.max() > MAX_TEMPERATURE_K:
         # CsPbBr3 melts at ≈ 840 K (567 °C; Stoumpos et al., Cryst. Growth Des. 13, 2722
@@ -370,6 +433,13 @@ def degradation_kmc(
     if pressure_Pa is not None:
         pressure_Pa = check_positive("pressure_Pa", pressure_Pa)
     initial_dose = check_positive("initial_dose_e_per_A2", initial_dose_e_per_A2, allow_zero=True)
+    check_at_most(
+        "initial_dose_e_per_A2",
+        initial_dose,
+        MAX_CUMULATIVE_DOSE_E_PER_A2,
+        "e⁻/Å²",
+        "the largest cumulative dose",
+    )
     if params is None:
         params = KineticParameters()
     if not isinstance(params, KineticParameters):
@@ -435,6 +505,29 @@ def degradation_kmc(
     counters[core.C_NB] = int(np.sum((kind == KIND_PB) | (kind == KIND_CD)))
     counters[core.C_NBR] = len(br)
     stack = np.zeros(len(lat.nb_idx) + H + 1, np.int64)
+
+    # refuse a run that would take hours before any of it (a legitimate-looking request
+    # such as 1000 frames of 1e9 e⁻/Å² hopped each Pb⁰ atom ~1e4 times per frame)
+    n_events = _estimated_events(
+        params,
+        phi,
+        temp,
+        frame_time_s,
+        n_br_surface=int(np.sum(is_surf)),
+        n_br=len(br),
+        n_cs=len(cs),
+        n_pb=int(np.sum(kind == KIND_PB)),
+        n_pb0=int(np.sum(label != _LABEL_HOST)),
+    )
+    if n_events > MAX_KMC_EVENTS:
+        raise ParameterError(
+            f"this run would need at least about {n_events:.2g} kinetic Monte Carlo events "
+            f"(more than {MAX_KMC_EVENTS:.0e}, an hour or more at 1-3 s per 1e6 events): "
+            f"{n_frames} frames of "
+            f"{frame_time_s:g} s at dose rates up to {phi.max():g} e⁻/Å²/s and temperatures up "
+            f"to {temp.max():g} K on a crystal of {H} host atoms; lower `n_frames`, "
+            "`frame_time_s`, `dose_rate_e_per_A2_s` or `temperature_K`, or use a smaller crystal"
+        )
 
     # ---------------------------------------------------------------- nodes
     from scipy import ndimage

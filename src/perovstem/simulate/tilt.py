@@ -31,6 +31,7 @@ import pandas as pd
 from numba import njit, prange
 
 from perovstem._data import TiltSeries
+from perovstem._limits import MAX_COUNTS_PER_A, MAX_DOSE_E_PER_A2, check_at_most
 from perovstem._validation import check_positive
 from perovstem.errors import ParameterError
 from perovstem.simulate._noise import shot_noise
@@ -805,6 +806,18 @@ def tilt_series(
         raise ParameterError(f"`voxel_size_A` must be > 0 Å, got {voxel_size_A!r}")
     check_positive("counts_per_A", counts_per_A)
     check_positive("background", background, allow_zero=True)
+    why = "a pixel counts at most the electrons that hit it"
+    check_at_most("counts_per_A", float(counts_per_A), MAX_COUNTS_PER_A, "counts/Å", why)
+    check_at_most("background", float(background), MAX_COUNTS_PER_A, "counts", why)
+    if dose_e_per_A2 is not None:
+        check_positive("dose_e_per_A2", dose_e_per_A2, allow_zero=True)
+        check_at_most(
+            "dose_e_per_A2",
+            float(dose_e_per_A2),
+            MAX_DOSE_E_PER_A2,
+            "e⁻/Å²",
+            "the dose of one tilt series",
+        )
     check_positive("shift_sigma_px", shift_sigma_px, allow_zero=True)
     for name, value in (("tilt_axis_deg", tilt_axis_deg), ("axis_offset_px", axis_offset_px)):
         if not np.isfinite(float(value)):
@@ -1062,6 +1075,14 @@ def degradation_phantoms(
     gen = np.random.default_rng(rng)
     if int(n_steps) < 1:
         raise ParameterError(f"`n_steps` must be >= 1, got {n_steps}")
+    check_positive("dose_per_step_e_per_A2", dose_per_step_e_per_A2, allow_zero=True)
+    check_at_most(
+        "dose_per_step_e_per_A2",
+        float(dose_per_step_e_per_A2),
+        MAX_DOSE_E_PER_A2,
+        "e⁻/Å²",
+        "the dose of one step",
+    )
     if not np.isfinite(rotation_deg_per_dose):
         raise ParameterError(
             f"`rotation_deg_per_dose` must be finite, got {rotation_deg_per_dose!r}"

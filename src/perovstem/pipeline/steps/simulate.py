@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from perovstem._limits import MAX_DOSE_E_PER_A2, MAX_TEMPERATURE_K
 from perovstem.pipeline.registry import Kind, Param, api, register_step
 
 NANOCRYSTAL = "perovstem.simulate:nanocrystal"
@@ -125,7 +126,7 @@ def simulate_nanocrystal(ctx: Any) -> dict[str, Any]:
     output_kinds={"image": Kind("image"), "truth": HAADF_TRUTH_KIND},
     params={
         "pixel_size_A": Param(float, 0.25, "pixel size, Å", min=0.01, max=5.0),
-        "dose_e_per_A2": Param(float, 1e4, "electron dose, e⁻/Å²", min=1.0, max=1e10),
+        "dose_e_per_A2": Param(float, 1e4, "electron dose, e⁻/Å²", min=1.0, max=MAX_DOSE_E_PER_A2),
         "voltage_kV": Param(float, 300.0, "accelerating voltage, kV", choices=(200.0, 300.0)),
         "probe_sigma_A": Param(float, None, "probe σ, Å (default: simulator default)", min=0.0),
     },
@@ -175,7 +176,7 @@ def simulate_haadf(ctx: Any, atoms: Any) -> dict[str, Any]:
         "frame_time_s": Param(float, 1.0, "frame time, s", min=1e-6),
         # (the kinetic Monte Carlo never ended at 1e17 e⁻/Å² per frame)
         "dose_rate_e_per_A2_s": Param(float, 100.0, "dose rate, e⁻/Å²/s", min=0.0, max=1e9),
-        "temperature_K": Param(float, 300.0, "temperature, K", min=1.0, max=2000.0),
+        "temperature_K": Param(float, 300.0, "temperature, K", min=1.0, max=MAX_TEMPERATURE_K),
         "atmosphere": Param(str, "vacuum", "vacuum, O2 or H2O"),
     },
     requires=(KMC,),
@@ -278,7 +279,7 @@ def simulate_insitu_series(ctx: Any, trajectory: Any) -> dict[str, Any]:
             "temperatures, K",
             item_type=float,
             min=1.0,
-            max=2000.0,
+            max=MAX_TEMPERATURE_K,
         ),
         "n_frames": Param(int, 20, "frames per temperature", min=2),
         "frame_time_s": Param(float, 1.0, "frame time, s", min=1e-6),
@@ -322,7 +323,13 @@ def simulate_heating(ctx: Any, atoms: Any) -> dict[str, Any]:
         "edge_A": Param(float, 60.0, "phantom edge length, Å", min=5.0),
         # the phantom faces recede 2e-4 Å per e⁻/Å² (simulate.degradation_phantoms): 1e5 left a
         # 60 Å crystal 3 % of its volume and the demo's 26 Å one 0.6 %
-        "dose_e_per_A2": Param(float, 1e4, "dose between the two tilt series, e⁻/Å²", min=0.0),
+        "dose_e_per_A2": Param(
+            float,
+            1e4,
+            "dose between the two tilt series, e⁻/Å²",
+            min=0.0,
+            max=MAX_DOSE_E_PER_A2,
+        ),
         "angle_min_deg": Param(float, -70.0, "first tilt angle, degrees", min=-90.0, max=90.0),
         "angle_max_deg": Param(float, 70.0, "last tilt angle, degrees", min=-90.0, max=90.0),
         "angle_step_deg": Param(float, 5.0, "tilt increment, degrees", min=0.1),

@@ -1,0 +1,87 @@
+"""Upper ends of what an experiment (or a simulation of one) can mean.
+
+A value beyond one of these is a unit mistake or a typo (``1e30``), and some of them stalled
+a simulation for ever (the kinetic Monte Carlo at 1e17 e⁻/Å² per frame) or asked for 75 GiB
+(a 100000 px image).  The public API, the command line and the pipeline share these
+constants and :func:`check_at_most`, so that the three refuse the same values with the same
+message (naming the parameter or the option, the value and the limit).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MAX_DOSE_E_PER_A2",
+    "MAX_CUMULATIVE_DOSE_E_PER_A2",
+    "MAX_TEMPERATURE_K",
+    "MAX_KMC_TEMPERATURE_K",
+    "MAX_KMC_FRAMES",
+    "MAX_CURRENT_PA",
+    "MAX_IMAGE_PX",
+    "MAX_COUNTS_PER_A",
+    "MAX_KMC_EVENTS",
+    "check_at_most",
+]
+
+MAX_DOSE_E_PER_A2 = 1e10
+"""Largest dose of one frame (or one tilt-series step), e⁻/Å²; high-resolution STEM of
+beam-hard crystals totals ~1e6-1e8."""
+
+MAX_CUMULATIVE_DOSE_E_PER_A2 = 1e15
+"""Largest cumulative dose, e⁻/Å²: 100000 frames (the most one kinetic Monte Carlo run
+simulates) of :data:`MAX_DOSE_E_PER_A2`."""
+
+MAX_TEMPERATURE_K = 2000.0
+"""Largest temperature, K: MEMS heating chips reach ~1600 K; CsPbBr3 melts at ~840 K."""
+
+MAX_KMC_TEMPERATURE_K = 900.0
+"""Highest temperature the kinetic Monte Carlo accepts, K: a lattice model of solid CsPbBr3
+(it melts at ≈ 840 K; a run at 1e6 K never ended)."""
+
+MAX_KMC_FRAMES = 100_000
+"""Most frames one kinetic Monte Carlo run simulates: 100× the 1000-frame series perovstem is
+sized for (1e12 frames ran out of memory allocating the per-frame dose rates)."""
+
+MAX_CURRENT_PA = 1e6
+"""Largest probe current, pA (1 µA); STEM probes carry at most a few nA."""
+
+MAX_IMAGE_PX = 8192
+"""Largest side of a simulated image, px."""
+
+MAX_COUNTS_PER_A = 1e10
+"""Largest expected detector count per pixel per Å of path (tilt-series simulation): a pixel
+counts at most the electrons that hit it, ≤ :data:`MAX_DOSE_E_PER_A2` per Å² (and numpy's
+Poisson draw refuses means above ~1e19)."""
+
+MAX_KMC_EVENTS = 1e10
+"""Largest number of kinetic Monte Carlo events one call may need (estimated before it
+starts); the KMC takes 0.3-3 s per 1e6 events, so this is an hour or more."""
+
+
+def check_at_most(name: str, value: float | None, limit: float, unit: str, why: str) -> None:
+    """Refuse ``value`` above ``limit`` (a unit mistake or a typo).
+
+    Parameters
+    ----------
+    name : str
+        The parameter (``dose_e_per_A2``) or command-line option (``--dose-e-per-A2``) that
+        the message names.
+    value : float or None
+        The value given; ``None`` (not given) passes.
+    limit : float
+        Largest accepted value, in ``unit``.
+    unit : str
+        Unit shown after the value and the limit.
+    why : str
+        Why the limit is there (shown in brackets).
+
+    Raises
+    ------
+    ParameterError
+        ``value > limit``.
+    """
+    from perovstem.errors import ParameterError
+
+    if value is not None and value > limit:
+        raise ParameterError(
+            f"`{name}` = {value:g} {unit} is above {limit:g} {unit} ({why}): a unit mistake?"
+        )

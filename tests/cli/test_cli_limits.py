@@ -1,0 +1,155 @@
+"""Absurd values and wrong files refused in the command line's own terms (uqa16): one line
+naming the option or file and the value, exit status 2, nothing written.
+
+Each case failed before: accepted (``simulate tilt --counts-per-A 1e30``, ``tomo sequence
+--doses-e-per-A2 1e30``), a message naming a Python parameter the user never gave
+(``atoms count`` with NaN cross-sections: "too few columns for `max_components`"), one
+UnicodeDecodeError per reader tried (``--conditions`` pointing at a picture), or a kinetic
+Monte Carlo that ran for hours (the pipeline's ``frame_time_s`` was not bounded).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from perovstem.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from PIL import Image as Picture
+
+    from perovstem._data import Series, TiltSeries
+    from perovstem.io import save_image
+
+    d = tmp_path_factory.mktemp("limits")
+    rng = np.random.default_rng(0)
+    save_image(TiltSeries(rng.random((5, 16, 16)), np.linspace(-60, 60, 5), 2.0), d / "ts.npz")
+    save_image(Series(rng.random((3, 32, 32)), 0.5, time_s=np.arange(3.0)), d / "s.npz")
+    Picture.fromarray(np.zeros((8, 8), np.uint8)).save(d / "picture.png")
+    shutil.copy(d / "picture.png", d / "picture_as.csv")
+    shutil.copy(d / "s.npz", d / "npz_as.log")
+    cols = pd.DataFrame(
+        {
+            "x_A": np.tile(np.arange(4.0), 4) * 5.87,
+            "y_A": np.repeat(np.arange(4.0), 4) * 5.87,
+            "type": "PbBr",
+            "scs": rng.normal(1.0, 0.02, 16),
+            "scs_err": 0.01,
+        }
+    )
+    c = cols.copy()
+    c.loc[1:, "scs"] = np.nan  # one measured column
+    c.to_csv(d / "nan15.csv", index=False)
+    c = cols.copy()
+    c.loc[6:, "scs"] = np.nan  # six measured columns
+    c.to_csv(d / "nan10.csv", index=False)
+    c = cols.copy()
+    c.loc[:7, "type"] = "Cs"
+    c.loc[1:7, "scs"] = np.nan  # one measured Cs column, eight PbBr
+    c.to_csv(d / "nantype.csv", index=False)
+    return d
+
+
+def _check(capsys, argv, d, o, *fragments, absent=()):
+    rc = main([a.format(d=d, o=o) for a in argv])
+    cap = capsys.readouterr()
+    lines = [ln for ln in cap.err.splitlines() if ln.strip()]
+    assert rc == 2, cap.err
+    assert "Traceback" not in cap.err and len(lines) == 1, cap.err
+    text = " ".join(cap.err.split())
+    for f in fragments:
+        assert f.format(d=d) in text, cap.err
+    for f in absent:
+        assert f not in text, cap.err
+    assert not any(o.iterdir())
+    return text
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (
+            ["simulate", "tilt", "-o", "{o}/t.npz", "--counts-per-A", "1e30"],
+            ["`--counts-per-A` = 1e+30 counts/Å", "above 1e+10"],
+        ),
+        (["simulate", "tilt", "-o", "{o}/t.npz", "--counts-per-A", "-3"], ["`--counts-per-A`"]),
+        (
+            ["tomo", "sequence", "{d}/ts.npz", "{d}/ts.npz", "-o", "{o}/q.csv"]
+            + ["--doses-e-per-A2", "0,1e30"],
+            ["`--doses-e-per-A2` = 1e+30 e⁻/Å²", "above 1e+15"],
+        ),
+        (
+            ["tomo", "sequence", "{d}/ts.npz", "{d}/ts.npz", "-o", "{o}/q.csv"]
+            + ["--doses-e-per-A2", "0,nan"],
+            ["`--doses-e-per-A2`", "nan"],
+        ),
+    ],
+)
+def test_absurd_simulation_and_dose_values(files, tmp_path, capsys, argv, fragments):
+    _check(capsys, argv, files, tmp_path, *fragments)
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "fragments"),
+    [
+        (
+            "nan15.csv",
+            [],
+            [
+                "1 measured column(s) of type 'PbBr'",
+                "15 of 16 columns not counted",
+                "needs at least 2 columns",
+                "--method library",
+            ],
+        ),
+        (
+            "nan10.csv",
+            ["-k", "4"],
+            ["6 measured column(s)", "`-k`/`--components` 4 needs at least 8", "at most 3"],
+        ),
+        ("nantype.csv", [], ["1 measured column(s) of type 'Cs'", "`--type PbBr`"]),
+    ],
+)
+def test_count_with_unmeasured_columns_speaks_cli(files, tmp_path, capsys, name, extra, fragments):
+    argv = ["atoms", "count", f"{{d}}/{name}", "-o", "{o}/c.csv", *extra]
+    _check(capsys, argv, files, tmp_path, f"'{{d}}/{name}'", *fragments, absent=("max_components",))
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("picture.png", "its content is a PNG picture, not a holder log"),
+        ("picture_as.csv", "its content is a PNG picture, not a holder log"),
+        ("npz_as.log", "its content is a zip (.npz) file, not a holder log"),
+    ],
+)
+def test_conditions_that_are_not_a_log(files, tmp_path, capsys, name, fragment):
+    argv = ["insitu", "{d}/s.npz", "-o", "{o}/ins", "--no-plots", "--conditions", f"{{d}}/{name}"]
+    _check(capsys, argv, files, tmp_path, f"'{{d}}/{name}'", fragment, absent=("UnicodeDecode",))
+
+
+def test_pipeline_kmc_frame_dose_is_bounded(tmp_path, capsys, monkeypatch):
+    # each value within its range; together 1e12 e⁻/Å² per frame (hours of Pb⁰ hops): the
+    # simulation is replaced by a failing stand-in, so that a late refusal cannot hang
+    from perovstem.simulate import kmc_core
+
+    def work(*a, **k):
+        raise AssertionError("the kinetic Monte Carlo started")
+
+    monkeypatch.setattr(kmc_core, "run_interval", work)
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(
+        '[[step]]\nrun = "simulate.nanocrystal"\nedge_A = 20.0\n\n[[step]]\n'
+        'run = "simulate.kmc"\ndose_rate_e_per_A2_s = 1e9\nframe_time_s = 1000.0\n'
+    )
+    out = tmp_path / "run"
+    rc = main(["run", str(cfg), "-o", str(out)])
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == 2, err
+    assert "`dose_rate_e_per_A2_s` × `frame_time_s` = 1e+12 e⁻/Å²" in err, err
+    assert "Traceback" not in err
