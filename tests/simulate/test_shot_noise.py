@@ -27,10 +27,13 @@ def test_huge_means_use_the_normal_limit():
         shot_noise(np.array([np.inf]), np.random.default_rng(0))
 
 
-def test_haadf_image_at_an_absurd_dose_runs():
+def test_haadf_image_at_a_huge_dose_runs_and_an_absurd_one_is_refused():
+    """Shot noise stays finite at the largest dose the API accepts (1e10 e⁻/Å², 2.5e9
+    electrons per 0.5 Å pixel); 1e30 is refused naming the parameter (it used to run)."""
     from perovstem.simulate import haadf_image, nanocrystal
 
-    img, _ = haadf_image(
-        nanocrystal(edge_A=20.0, rng=0), pixel_size_A=0.5, dose_e_per_A2=1e30, rng=1
-    )
+    crystal = nanocrystal(edge_A=20.0, rng=0)
+    img, _ = haadf_image(crystal, pixel_size_A=0.5, dose_e_per_A2=1e10, rng=1)
     assert np.all(np.isfinite(img.data)) and img.data.max() > 0
+    with pytest.raises(ParameterError, match="dose_e_per_A2"):
+        haadf_image(crystal, pixel_size_A=0.5, dose_e_per_A2=1e30, rng=1)

@@ -333,18 +333,36 @@ def read_table(path: str | os.PathLike) -> Any:
     raise FileFormatError(f"{str(path)!r}: tables are read from .parquet or .csv")
 
 
+# columns of labels in the project's tables and in common user tables: their values may
+# look like numbers in some rows (facet family "100" beside "other", atom type "1")
+_LABEL_COLUMNS = frozenset(
+    "family type label name origin event kind method model mechanism flag reason note "
+    "notes parent parents file source element species status condition gas id".split()
+)
+_LABEL_SUFFIXES = ("_flag", "_reason", "_name", "_type", "_label", "_kind", "_family")
+
+
+def _is_label_column(name: str) -> bool:
+    """Whether a column holds labels (text that may look numeric), not numbers."""
+    n = name.strip().lower()
+    return n in _LABEL_COLUMNS or n.endswith(_LABEL_SUFFIXES)
+
+
 def _refuse_text_in_numbers(df: Any, path: Path) -> None:
     """Refuse a CSV column of numbers with text in some cells (``abc``, ``0,5``, ``12 Å``).
 
     pandas reads such a column as text; the analysis then failed far from the file with
     ``could not convert string to float``. A column of text only (``type``) is text; an
-    empty cell, ``NA`` or ``n/a`` is a missing value, not text.
+    empty cell, ``NA`` or ``n/a`` is a missing value, not text; a column of labels
+    (``family``: ``100``, ``110``, ``other``; :func:`_is_label_column`) is not checked.
     """
     import pandas as pd
 
     for c in df.columns:
         col = df[c]
         if col.dtype.kind not in "OSU" and str(col.dtype) not in ("string", "str"):
+            continue
+        if _is_label_column(str(c)):
             continue
         num = pd.to_numeric(col, errors="coerce")
         text = col.notna().to_numpy() & num.isna().to_numpy()
