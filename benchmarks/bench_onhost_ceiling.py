@@ -31,6 +31,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "insitu"))
 
+from _insitu_kmc import noise_free_parts  # noqa: E402
+
 import bench_clusters as bc  # noqa: E402
 from perovstem._data import Image  # noqa: E402
 from perovstem.insitu import (  # noqa: E402
@@ -40,27 +42,8 @@ from perovstem.insitu import (  # noqa: E402
     projected_objects,
     score_detections,
 )
-from perovstem.simulate.haadf import haadf_image  # noqa: E402
-from perovstem.simulate.series import _image_kw, _plan  # noqa: E402
 
 BINS = ((10, 20), (20, 40), (40, 80), (80, 10**9))
-
-
-def _renders(tr, plan, k):
-    """Noise-free (host alone, clusters alone) images of frame ``k``."""
-    atoms = tr.atoms(k)
-    atoms.positions[:, :2] += plan.shift_A[k]
-    dose = float(tr.frame_table.iloc[k]["dose_e_per_A2"])
-    kw = dict(plan.image_kw, noise=False)
-    lab = np.asarray(atoms.arrays["label"])
-    out = []
-    for sel in (np.ones(len(atoms), bool), lab != 2):
-        img, _ = haadf_image(
-            atoms[sel], pixel_size_A=plan.pixel_size_A, shape=plan.shape, dose_e_per_A2=dose,
-            center_A=plan.center_A, drift_A=plan.scan_drift_A, rng=0, **kw,
-        )  # fmt: skip
-        out.append(np.asarray(img.data, float))
-    return out[1], out[0] - out[1]
 
 
 def run_set(cases):
@@ -92,13 +75,7 @@ def run_set(cases):
                 c["edge"], rate=c["rate"], temperature_K=c["temp"], seed=seed, n_frames=12,
                 pixel_size_A=px, drift_A_per_s=(0.8, -0.5), jitter_A=0.3, rng=seed,
             )  # fmt: skip
-            plan = _plan(
-                tr, pixel_size_A=px, shape=None, drift_A_per_s=(0.8, -0.5), jitter_A=0.3,
-                scan_drift=False, center_A=None, margin_A=10.0, rng=seed,
-                image_kw=_image_kw(300.0, 1.0, 0.0, None, 0.0, True, 0.0, 0.0),
-            )  # fmt: skip
-            if plan.shape != s.data.shape[1:]:
-                raise RuntimeError(f"seed {seed}: the re-rendering plan differs from the series")
+            render = noise_free_parts(tr, s, pixel_size_A=px, seed=seed)
             data = np.asarray(s.data, float)
             la, ang, _ = estimate_lattice(data[0], px)
             a_px = la / px
@@ -107,7 +84,7 @@ def run_set(cases):
             field = (data.shape[1] - 1) * px
             refs, prev = [], False
             for k in range(len(data)):
-                host, cl = _renders(tr, plan, k)
+                host, cl = render(k)
                 state.update(host=host, cl=cl, a_px=a_px, ang=ang, caps=[])
                 dose = float(np.asarray(s.dose_e_per_A2)[k])
                 img = Image(data[k], px, dose_e_per_A2=dose)

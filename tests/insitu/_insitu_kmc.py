@@ -90,3 +90,40 @@ def fcc_cluster(n, rng, aspect=1.0, angle=0.0):
     d = np.hypot(par / aspect ** (2 / 3), perp * aspect ** (1 / 3)) + rng.random(len(pts)) * 1e-6
     cl = pts[np.argsort(d)[:n]]
     return cl - cl.mean(0)
+
+
+def noise_free_parts(tr, series, *, pixel_size_A, seed, drift_A_per_s=(0.8, -0.5), jitter_A=0.3):
+    """Renderer of the noise-free host alone and clusters alone of a :func:`kmc_imaged`
+    series: ``render(k) -> (host, clusters)`` (the truth rendered with and without the
+    cluster atoms on the series' own plan, drift and jitter; same simulator).  Raises when
+    the re-derived plan differs from the series'."""
+    import numpy as np
+
+    from perovstem.simulate.haadf import haadf_image
+    from perovstem.simulate.series import _image_kw, _plan
+
+    plan = _plan(
+        tr, pixel_size_A=pixel_size_A, shape=None, drift_A_per_s=drift_A_per_s,
+        jitter_A=jitter_A, scan_drift=False, center_A=None, margin_A=10.0, rng=seed,
+        image_kw=_image_kw(300.0, 1.0, 0.0, None, 0.0, True, 0.0, 0.0),
+    )  # fmt: skip
+    if plan.shape != series.data.shape[1:]:
+        raise RuntimeError(f"seed {seed}: the re-rendering plan differs from the series")
+    dose = np.asarray(series.dose_e_per_A2, float)
+    kw = dict(plan.image_kw, noise=False)
+
+    def render(k):
+        atoms = tr.atoms(k)
+        atoms.positions[:, :2] += plan.shift_A[k]
+        lab = np.asarray(atoms.arrays["label"])
+        out = []
+        for sel in (np.ones(len(atoms), bool), lab != 2):
+            img, _ = haadf_image(
+                atoms[sel], pixel_size_A=pixel_size_A, shape=plan.shape,
+                dose_e_per_A2=float(dose[k]), center_A=plan.center_A,
+                drift_A=plan.scan_drift_A, rng=0, **kw,
+            )  # fmt: skip
+            out.append(np.asarray(img.data, float))
+        return out[1], out[0] - out[1]
+
+    return render

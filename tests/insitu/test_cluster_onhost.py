@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _insitu_kmc import kmc_imaged
+from _insitu_kmc import kmc_imaged, noise_free_parts
 
 import perovstem.insitu._host as host_mod
 import perovstem.insitu.clusters as clusters
@@ -20,35 +20,16 @@ SERIES = [(55.0 if s % 2 else 40.0, (3e3, 6e3)[(s // 2) % 2], s) for s in range(
 def _renders(edge, rate, seed):
     """Noisy frames, and per frame the noise-free image of the host alone and of the
     clusters alone (the truth rendered with and without the cluster atoms)."""
-    from perovstem.simulate.haadf import haadf_image
-    from perovstem.simulate.series import _image_kw, _plan
-
     px = 0.5
     tr, s, _ = kmc_imaged(
         edge, rate=rate, temperature_K=280.0, seed=seed, n_frames=12, pixel_size_A=px,
         drift_A_per_s=(0.8, -0.5), jitter_A=0.3, rng=seed,
     )  # fmt: skip
-    plan = _plan(
-        tr, pixel_size_A=px, shape=None, drift_A_per_s=(0.8, -0.5), jitter_A=0.3,
-        scan_drift=False, center_A=None, margin_A=10.0, rng=seed,
-        image_kw=_image_kw(300.0, 1.0, 0.0, None, 0.0, True, 0.0, 0.0),
-    )  # fmt: skip
-    assert plan.shape == s.data.shape[1:]
+    render = noise_free_parts(tr, s, pixel_size_A=px, seed=seed)
     data = np.asarray(s.data, float)
     dose = np.asarray(s.dose_e_per_A2, float)
-    kw = dict(plan.image_kw, noise=False)
     for k in range(len(data)):
-        atoms = tr.atoms(k)
-        atoms.positions[:, :2] += plan.shift_A[k]
-        lab = np.asarray(atoms.arrays["label"])
-        out = []
-        for sel in (np.ones(len(atoms), bool), lab != 2):
-            img, _ = haadf_image(
-                atoms[sel], pixel_size_A=px, shape=plan.shape, dose_e_per_A2=float(dose[k]),
-                center_A=plan.center_A, drift_A=plan.scan_drift_A, rng=0, **kw,
-            )  # fmt: skip
-            out.append(np.asarray(img.data, float))
-        yield Image(data[k], px, dose_e_per_A2=float(dose[k])), out[1], out[0] - out[1]
+        yield Image(data[k], px, dose_e_per_A2=float(dose[k])), *render(k)
 
 
 @pytest.mark.slow
