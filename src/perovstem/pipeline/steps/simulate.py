@@ -6,8 +6,12 @@ from typing import Any
 
 import numpy as np
 
-from perovstem._limits import MAX_DOSE_E_PER_A2, MAX_TEMPERATURE_K
-from perovstem.pipeline.registry import Kind, Param, api, register_step
+from perovstem._limits import (
+    MAX_DOSE_E_PER_A2,
+    MAX_KMC_FRAMES,
+    MAX_KMC_TEMPERATURE_K,
+)
+from perovstem.pipeline.registry import Kind, Param, Upstream, api, register_step
 
 NANOCRYSTAL = "perovstem.simulate:nanocrystal"
 COMPOSITION = "perovstem.simulate:composition"
@@ -40,6 +44,65 @@ def _atoms_plot3d(
         caption=caption,
         section=section,
     )
+
+
+#: largest crystal (edge, Å) that `perovstem run --check` builds to estimate a KMC run's
+#: cost (0.2 s at 100 Å); a larger one is checked when the step runs
+_CHECK_BUILD_MAX_EDGE_A = 120.0
+
+
+def _kmc_run_check(
+    params: dict[str, Any], upstream: dict[str, Upstream | None], temperatures: list[float]
+) -> None:
+    """The frame dose and the event estimate of the KMC runs of a step (one per temperature).
+
+    The crystal is known when ``atoms`` comes from ``simulate.nanocrystal``: it is built
+    (up to :data:`_CHECK_BUILD_MAX_EDGE_A`) and counted as
+    :func:`perovstem.simulate.degradation_kmc` counts it, so the same runs are refused;
+    a crystal read from a file is checked when the step runs.
+    """
+    from perovstem.simulate import kmc
+
+    kmc.check_frame_dose(params["dose_rate_e_per_A2_s"], params["frame_time_s"])
+    up = upstream.get("atoms")
+    nc = up.find("simulate.nanocrystal") if up is not None else None
+    if nc is None or nc.params["edge_A"] > _CHECK_BUILD_MAX_EDGE_A:
+        return
+    p = nc.params
+    atoms = api(NANOCRYSTAL)(
+        p["edge_A"],
+        shape=p["shape"],
+        phase=p["phase"],
+        termination=p["termination"],
+        cd_fraction=p["cd_fraction"],
+        zone_axis=p["zone_axis"],
+        rng=0,
+    )
+    crystal = kmc.crystal_counts(atoms)
+    for t in temperatures:
+        n_events = kmc.estimated_events(
+            crystal,
+            n_frames=params["n_frames"],
+            frame_time_s=params["frame_time_s"],
+            dose_rate_e_per_A2_s=params["dose_rate_e_per_A2_s"],
+            temperature_K=t,
+        )
+        kmc.refuse_costly_run(
+            n_events,
+            f"`n_frames` = {params['n_frames']} frames of `frame_time_s` = "
+            f"{params['frame_time_s']:g} s at `dose_rate_e_per_A2_s` = "
+            f"{params['dose_rate_e_per_A2_s']:g} e⁻/Å²/s and `temperature_K` = {t:g} K on the "
+            f"crystal of `simulate.nanocrystal` (`edge_A` = {p['edge_A']:g} Å, {p['shape']}: "
+            f"{crystal['n_host']} host atoms)",
+        )
+
+
+def _check_kmc(params: dict[str, Any], upstream: dict[str, Upstream | None]) -> None:
+    _kmc_run_check(params, upstream, [params["temperature_K"]])
+
+
+def _check_heating(params: dict[str, Any], upstream: dict[str, Upstream | None]) -> None:
+    _kmc_run_check(params, upstream, [float(t) for t in params["temperatures_K"]])
 
 
 #: the simulator's truth table (perovstem.simulate.haadf_image): every column; it has the
@@ -172,13 +235,14 @@ def simulate_haadf(ctx: Any, atoms: Any) -> dict[str, Any]:
         "final": Kind("atoms"),
     },
     params={
-        "n_frames": Param(int, 40, "number of frames", min=2),
+        "n_frames": Param(int, 40, "number of frames", min=2, max=MAX_KMC_FRAMES),
         "frame_time_s": Param(float, 1.0, "frame time, s", min=1e-6),
         # (the kinetic Monte Carlo never ended at 1e17 e⁻/Å² per frame)
         "dose_rate_e_per_A2_s": Param(float, 100.0, "dose rate, e⁻/Å²/s", min=0.0, max=1e9),
-        "temperature_K": Param(float, 300.0, "temperature, K", min=1.0, max=MAX_TEMPERATURE_K),
+        "temperature_K": Param(float, 300.0, "temperature, K", min=1.0, max=MAX_KMC_TEMPERATURE_K),
         "atmosphere": Param(str, "vacuum", "vacuum, O2 or H2O"),
     },
+    check_together=_check_kmc,
     requires=(KMC,),
     section="kinetics",
     doc="Kinetic Monte Carlo of beam-induced Br loss and Pb⁰ cluster formation (ground truth).",
@@ -279,14 +343,15 @@ def simulate_insitu_series(ctx: Any, trajectory: Any) -> dict[str, Any]:
             "temperatures, K",
             item_type=float,
             min=1.0,
-            max=MAX_TEMPERATURE_K,
+            max=MAX_KMC_TEMPERATURE_K,
         ),
-        "n_frames": Param(int, 20, "frames per temperature", min=2),
+        "n_frames": Param(int, 20, "frames per temperature", min=2, max=MAX_KMC_FRAMES),
         "frame_time_s": Param(float, 1.0, "frame time, s", min=1e-6),
         "dose_rate_e_per_A2_s": Param(
             float, 20.0, "dose rate during heating, e⁻/Å²/s", min=0.0, max=1e9
         ),
     },
+    check_together=_check_heating,
     requires=(KMC,),
     section="kinetics",
     doc="Heating series: independent KMC runs of the pristine NC at each temperature.",
