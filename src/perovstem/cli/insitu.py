@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import typer
 
+from perovstem._limits import check_current_pA
 from perovstem._validation import check_positive, check_range
-from perovstem.cli._common import MAX_CURRENT_PA, MAX_DOSE_E_PER_A2, check_at_most, examples
+from perovstem.cli._common import MAX_DOSE_E_PER_A2, check_at_most, examples
 from perovstem.cli.main import app
 from perovstem.errors import FileFormatError, OutputExistsError, ParameterError
 
@@ -218,7 +219,7 @@ def insitu(
         if value is not None:
             check_positive(name, value)
     check_at_most("--dose-e-per-A2", dose, MAX_DOSE_E_PER_A2, "e⁻/Å²", "per frame")
-    check_at_most("--current-pA", current_pA, MAX_CURRENT_PA, "pA", "a STEM probe carries nA")
+    check_current_pA(current_pA, name="--current-pA")
     for name, value in (("--dose-e-per-A2", dose), ("--current-pA", current_pA)):
         if value == 0:  # (a negative or NaN value is refused by assign_dose, naming the flag)
             raise ParameterError(

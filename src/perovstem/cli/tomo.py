@@ -17,6 +17,7 @@ from perovstem.cli._common import (
     MAX_COUNTS_PER_A,
     MAX_CUMULATIVE_DOSE_E_PER_A2,
     check_at_most,
+    check_image_px,
     check_outputs,
     examples,
     print_warnings,
@@ -600,6 +601,7 @@ def _register_simulate_tilt() -> None:
             "counts/Å",
             "a pixel counts at most the electrons that hit it",
         )
+        check_image_px((size, size), name="--size-px", why="the largest simulated projection")
         tpath = truth or out.with_name(out.name.split(".")[0] + "_truth.json")
         check_outputs(out, tpath, overwrite=overwrite)
         rng = np.random.default_rng(seed)

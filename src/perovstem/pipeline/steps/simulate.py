@@ -8,9 +8,11 @@ import numpy as np
 
 from perovstem._limits import (
     MAX_DOSE_E_PER_A2,
+    MAX_IMAGE_PX,
     MAX_KMC_FRAMES,
     MAX_KMC_TEMPERATURE_K,
 )
+from perovstem.errors import ParameterError
 from perovstem.pipeline.registry import Kind, Param, Upstream, api, register_step
 
 NANOCRYSTAL = "perovstem.simulate:nanocrystal"
@@ -105,6 +107,49 @@ def _check_heating(params: dict[str, Any], upstream: dict[str, Upstream | None])
     _kmc_run_check(params, upstream, [float(t) for t in params["temperatures_K"]])
 
 
+def _check_image_of_crystal(
+    params: dict[str, Any], upstream: dict[str, Upstream | None], input_name: str, what: str
+) -> None:
+    """An image sized to the crystal of ``simulate.nanocrystal`` (up the chain of
+    ``input_name``) at ``pixel_size_A``: refused above MAX_IMAGE_PX a side (its projection
+    is at least ``edge_A`` wide, margins aside)."""
+    up = upstream.get(input_name)
+    nc = up.find("simulate.nanocrystal") if up is not None else None
+    if nc is None:
+        return
+    edge, px = float(nc.params["edge_A"]), float(params["pixel_size_A"])
+    side = int(edge / px)
+    if side > MAX_IMAGE_PX:
+        raise ParameterError(
+            f"`pixel_size_A` = {px:g} Å for the crystal of `simulate.nanocrystal` (`edge_A` = "
+            f"{edge:g} Å) makes {what} of more than {side} px a side, above {MAX_IMAGE_PX} px "
+            f"(the largest simulated image): give a larger `pixel_size_A` or a smaller `edge_A`"
+        )
+
+
+def _check_haadf(params: dict[str, Any], upstream: dict[str, Upstream | None]) -> None:
+    _check_image_of_crystal(params, upstream, "atoms", "an image")
+
+
+def _check_insitu_series(params: dict[str, Any], upstream: dict[str, Upstream | None]) -> None:
+    _check_image_of_crystal(params, upstream, "trajectory", "frames")
+
+
+def _check_tilt_series(params: dict[str, Any], upstream: dict[str, Upstream | None]) -> None:
+    lo, hi, step = params["angle_min_deg"], params["angle_max_deg"], params["angle_step_deg"]
+    if not lo < hi:
+        raise ParameterError(
+            f"`angle_min_deg` = {lo:g}° must be below `angle_max_deg` = {hi:g}° (the tilt "
+            "range: no angle lies in it)"
+        )
+    if step > hi - lo:
+        raise ParameterError(
+            f"`angle_step_deg` = {step:g}° is wider than the tilt range `angle_min_deg` = "
+            f"{lo:g}° to `angle_max_deg` = {hi:g}° ({hi - lo:g}°): one projection, no tilt "
+            "series"
+        )
+
+
 #: the simulator's truth table (perovstem.simulate.haadf_image): every column; it has the
 #: true `scs_A2`, not a fitted `scs`
 HAADF_TRUTH_KIND = Kind(
@@ -193,6 +238,7 @@ def simulate_nanocrystal(ctx: Any) -> dict[str, Any]:
         "voltage_kV": Param(float, 300.0, "accelerating voltage, kV", choices=(200.0, 300.0)),
         "probe_sigma_A": Param(float, None, "probe σ, Å (default: simulator default)", min=0.0),
     },
+    check_together=_check_haadf,
     requires=(HAADF,),
     section="counting",
     doc="Simulate a HAADF-STEM image of the nanocrystal with Poisson noise.",
@@ -314,6 +360,7 @@ def simulate_kmc(ctx: Any, atoms: Any) -> dict[str, Any]:
             length=2,
         ),
     },
+    check_together=_check_insitu_series,
     requires=(SERIES,),
     section="kinetics",
     doc="Render a KMC trajectory as an in-situ HAADF series (drift, noise, dose per frame).",
@@ -398,9 +445,10 @@ def simulate_heating(ctx: Any, atoms: Any) -> dict[str, Any]:
         "angle_min_deg": Param(float, -70.0, "first tilt angle, degrees", min=-90.0, max=90.0),
         "angle_max_deg": Param(float, 70.0, "last tilt angle, degrees", min=-90.0, max=90.0),
         "angle_step_deg": Param(float, 5.0, "tilt increment, degrees", min=0.1),
-        "size_px": Param(int, 96, "detector size (square), px", min=16),
+        "size_px": Param(int, 96, "detector size (square), px", min=16, max=MAX_IMAGE_PX),
         "pixel_size_A": Param(float, 1.0, "pixel size, Å", min=0.05),
     },
+    check_together=_check_tilt_series,
     requires=(PHANTOM, DEG_TILT),
     section="facets",
     doc="Tilt series of a faceted NC phantom with Pb inclusions before and after a dose.",
