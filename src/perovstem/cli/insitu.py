@@ -93,7 +93,12 @@ def insitu(
     conditions: Path = typer.Option(
         None, "--conditions", help="Holder log (DENSsolutions, Protochips or CSV) for T/pressure."
     ),
-    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: <SERIES>_insitu)."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Output folder (default: <SERIES>_insitu). Missing parent folders are created.",
+    ),
     pixel_size_A: float = typer.Option(None, "--pixel-size-A", help="Override the calibration, Å."),
     gain: str = typer.Option(
         None,

@@ -37,7 +37,10 @@ def _truth_path(out: Path, truth: Path | None) -> Path:
 )
 def image(
     out: Path = typer.Option(
-        ..., "--out", "-o", help="Image file (.tif, .npz, .mrc, .zarr, .hspy)."
+        ...,
+        "--out",
+        "-o",
+        help="Image file (.tif, .npz, .mrc, .zarr, .hspy). Missing parent folders are created.",
     ),
     truth: Path = typer.Option(
         None, "--truth", help="Truth table (.parquet/.csv); default <out>_truth.parquet."

@@ -62,7 +62,10 @@ def _parse_params(items: list[str]):
 )
 def series(
     out: Path = typer.Option(
-        ..., "--out", "-o", help="Series file (.zarr, .npz, .tif, .mrc, .hspy)."
+        ...,
+        "--out",
+        "-o",
+        help="Series file (.zarr, .npz, .tif, .mrc, .hspy). Missing parent folders are created.",
     ),
     truth_prefix: Path = typer.Option(
         None,
