@@ -177,3 +177,36 @@ def test_event_estimate_counts_the_adatom_hops_of_hot_long_runs(monkeypatch, see
     )
     steps = int(tr.frame_table["n_steps"].sum())
     assert 0.08 * steps < seen[0] < steps, (seen, steps)
+
+
+def test_image_size_is_bounded_in_the_api():
+    # the bound was the command line's only (uqa17): the API functions that take an image
+    # size refuse it too, with the same limit (perovstem._limits.MAX_IMAGE_PX)
+    from perovstem.simulate.haadf import check_frame_shape
+    from perovstem.simulate.tilt import nanocrystal_phantom, tilt_series
+
+    with pytest.raises(ParameterError, match=r"`shape` = 9000 px is above 8192 px"):
+        check_frame_shape((9000, 64), 0.5)
+    assert check_frame_shape((8192, 64), 0.5) == (8192, 64)
+    ph = nanocrystal_phantom(20.0, n_inclusions=0, rng=0)
+    with pytest.raises(ParameterError, match=r"`shape` = 9000 px is above 8192 px"):
+        tilt_series(ph, [-10.0, 10.0], shape=(9000, 4), rng=0)
+
+
+def test_a_frame_sized_to_the_crystal_is_bounded():
+    # shape=None sizes the frame to the crystal: 0.003 Å/px made a ~10000 px image of a 20 Å
+    # crystal (hundreds of MB) without a word
+    from perovstem.simulate import haadf_image, nanocrystal
+
+    with pytest.raises(ParameterError) as info:
+        haadf_image(nanocrystal(20.0, rng=0), pixel_size_A=0.003, rng=0)
+    msg = str(info.value)
+    assert "`pixel_size_A` = 0.003 Å" in msg and "above 8192 px" in msg, msg
+
+
+def test_probe_current_bound_is_shared():
+    from perovstem._limits import MAX_CURRENT_PA, check_current_pA
+
+    check_current_pA(MAX_CURRENT_PA)
+    with pytest.raises(ParameterError, match=r"`current_pA` = 1e\+07 pA is above 1e\+06 pA"):
+        check_current_pA(1e7)
