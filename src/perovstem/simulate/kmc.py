@@ -272,11 +272,12 @@ def _estimated_events(
       before capture.  ``R`` is taken at its largest in the frame (at its start) and the
       hops at most ``Γ·Δt``, times 0.3 (the lower envelope measured): a low estimate.
 
-    Measured on 30-60 Å cubes (240-320 K, 20-3e5 e⁻/Å²/s, 10-200 s; tune grid of 270 runs,
-    held out 96 runs of other sizes, rates and seeds, both CPU realisations), on runs of
-    ≥ 1000 steps with ≥ 5 Pb⁰: 0.11-0.95 times the steps taken (the one-cluster bound
-    alone was 0.021-1.3: up to ~50× low); a lone adatom hopping for the whole run is
-    counted by its chance (its realisation: 0 or all the hops).  A refusal (above
+    Measured on 20-60 Å cubes (240-320 K, 20-3e5 e⁻/Å²/s, 10-250 s; a tune grid of 270
+    runs, 96 held-out runs of other sizes, rates and seeds in both CPU realisations, five
+    hot long 50-60 Å runs), on runs of ≥ 1000 steps with ≥ 5 Pb⁰: 0.06-0.95 times the steps
+    taken (before, the one-cluster hops plus every Br and Cs once: 0.0095-1.3, the hops
+    alone down to 0.0002); a lone adatom hopping for the whole run is counted by its chance
+    (its realisation: 0 or all the hops), so a low-dose run can take fewer steps.  A refusal (above
     :data:`~perovstem._limits.MAX_KMC_EVENTS`) means at least a quarter of an hour of work,
     mostly far more.
     """
