@@ -145,3 +145,39 @@ def test_step_hook_names_the_step():
     with pytest.raises(ParameterError, match=r"^step `simulate.kmc`: `dose_rate_e_per_A2_s`"):
         step.check_params_together(params)
     step.check_params_together(step.resolve_params({}))  # the defaults pass
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        ("times_s = [0.0, 60.0, 120.0]\n", ["`times_s` = [0.0, 60.0, 120.0]", "2 tilt series"]),
+        (
+            "doses_e_per_A2 = [0.0]\n",
+            ["`doses_e_per_A2` = [0.0] holds 1 values for the 2 tilt series"],
+        ),
+    ],
+    ids=["times", "doses"],
+)
+def test_sequence_times_and_doses_match_the_wired_series(tmp_path, capsys, extra, fragments):
+    # a wrong count failed only when the step ran, after the series had been read or made
+    import numpy as np
+
+    from perovstem._data import TiltSeries
+    from perovstem.io import save_image
+
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        ts = TiltSeries(rng.random((5, 16, 16)), np.linspace(-60, 60, 5), 2.0)
+        save_image(ts, tmp_path / f"t{k}.npz")
+    cfg = _write(
+        tmp_path,
+        '[inputs]\nt0 = "t0.npz"\nt1 = "t1.npz"\n\n[[step]]\nrun = "tomo.sequence"\n'
+        'inputs = { series = ["t0", "t1"] }\n' + extra,
+    )
+    assert main(["run", str(cfg), "--check"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "(tomo.sequence)" in err, err
+    for f in fragments:
+        assert f in err, (f, err)
+    ok = _write(tmp_path, cfg.read_text().replace(extra, "times_s = [0.0, 60.0]\n"))
+    assert main(["run", str(ok), "--check"]) == 0

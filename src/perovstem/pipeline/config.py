@@ -289,7 +289,7 @@ def parse_config(
     produced: dict[str, str] = {}  # plain output name -> latest artefact reference
     all_refs: set[str] = set()
     ids: set[str] = set()
-    upstreams: dict[str, dict[str, Upstream | None]] = {}  # step id -> its inputs' producers
+    upstreams: dict[str, dict[str, Any]] = {}  # step id -> its inputs' producers
     for i, raw in enumerate(raw_steps):
         hline = lines.get("step", None, i)
         if not isinstance(raw, dict) or "run" not in raw:
@@ -472,10 +472,13 @@ def parse_config(
 def _upstream_of(
     ref: str | list[str] | None,
     steps: list[StepSpec],
-    upstreams: dict[str, dict[str, Upstream | None]],
-) -> Upstream | None:
+    upstreams: dict[str, dict[str, Any]],
+) -> Any:
     """The step producing the artefact ``ref`` (``"<id>.<output>"``), with its own
-    producers; None for an [inputs] file, a list input or no wiring."""
+    producers; None for an [inputs] file or no wiring; a list (one per entry) for a list
+    input."""
+    if isinstance(ref, list):
+        return [_upstream_of(r, steps, upstreams) for r in ref]
     if not isinstance(ref, str) or "." not in ref:
         return None
     sid, _, output = ref.rpartition(".")

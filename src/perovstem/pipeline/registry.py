@@ -392,28 +392,34 @@ class Upstream:
         Which of its outputs the input is.
     params : dict
         Its resolved parameters.
-    inputs : dict of str to Upstream or None
-        Its own inputs' producers (``None``: an ``[inputs]`` file or not wired).
+    inputs : dict of str to Upstream, list or None
+        Its own inputs' producers (``None``: an ``[inputs]`` file or not wired; a list of
+        them, one per entry, for a list input).
     """
 
     step: str
     output: str
     params: dict[str, Any]
-    inputs: dict[str, Upstream | None] = field(default_factory=dict)
+    inputs: dict[str, UpstreamOf] = field(default_factory=dict)
 
     def find(self, step: str) -> Upstream | None:
         """This producer or the nearest one up the chain that is step ``step``, else None."""
         if self.step == step:
             return self
         for up in self.inputs.values():
-            hit = up.find(step) if up is not None else None
-            if hit is not None:
-                return hit
+            for u in up if isinstance(up, list) else [up]:
+                hit = u.find(step) if u is not None else None
+                if hit is not None:
+                    return hit
         return None
 
 
+#: what a step input comes from: its producer, None (a file, not wired) or, for a list
+#: input, a list of those (one per entry)
+UpstreamOf = Upstream | list[Upstream | None] | None
+
 #: ``check_together(params, upstream)``: raises ParameterError on an absurd combination
-CheckTogether = Callable[[dict[str, Any], dict[str, Upstream | None]], None]
+CheckTogether = Callable[[dict[str, Any], dict[str, UpstreamOf]], None]
 
 
 @dataclass(frozen=True)
@@ -483,7 +489,7 @@ class Step:
     check_together: CheckTogether | None = None
 
     def check_params_together(
-        self, params: dict[str, Any], upstream: dict[str, Upstream | None] | None = None
+        self, params: dict[str, Any], upstream: dict[str, UpstreamOf] | None = None
     ) -> None:
         """Run the step's :attr:`check_together` hook on resolved ``params``.
 

@@ -13,7 +13,7 @@ from perovstem._limits import (
     MAX_KMC_TEMPERATURE_K,
 )
 from perovstem.errors import ParameterError
-from perovstem.pipeline.registry import Kind, Param, Upstream, api, register_step
+from perovstem.pipeline.registry import Kind, Param, Upstream, UpstreamOf, api, register_step
 
 NANOCRYSTAL = "perovstem.simulate:nanocrystal"
 COMPOSITION = "perovstem.simulate:composition"
@@ -54,7 +54,7 @@ _CHECK_BUILD_MAX_EDGE_A = 120.0
 
 
 def _kmc_run_check(
-    params: dict[str, Any], upstream: dict[str, Upstream | None], temperatures: list[float]
+    params: dict[str, Any], upstream: dict[str, UpstreamOf], temperatures: list[float]
 ) -> None:
     """The frame dose and the event estimate of the KMC runs of a step (one per temperature).
 
@@ -67,7 +67,7 @@ def _kmc_run_check(
 
     kmc.check_frame_dose(params["dose_rate_e_per_A2_s"], params["frame_time_s"])
     up = upstream.get("atoms")
-    nc = up.find("simulate.nanocrystal") if up is not None else None
+    nc = up.find("simulate.nanocrystal") if isinstance(up, Upstream) else None
     if nc is None or nc.params["edge_A"] > _CHECK_BUILD_MAX_EDGE_A:
         return
     p = nc.params
@@ -99,22 +99,22 @@ def _kmc_run_check(
         )
 
 
-def _check_kmc(params: dict[str, Any], upstream: dict[str, Upstream | None]) -> None:
+def _check_kmc(params: dict[str, Any], upstream: dict[str, UpstreamOf]) -> None:
     _kmc_run_check(params, upstream, [params["temperature_K"]])
 
 
-def _check_heating(params: dict[str, Any], upstream: dict[str, Upstream | None]) -> None:
+def _check_heating(params: dict[str, Any], upstream: dict[str, UpstreamOf]) -> None:
     _kmc_run_check(params, upstream, [float(t) for t in params["temperatures_K"]])
 
 
 def _check_image_of_crystal(
-    params: dict[str, Any], upstream: dict[str, Upstream | None], input_name: str, what: str
+    params: dict[str, Any], upstream: dict[str, UpstreamOf], input_name: str, what: str
 ) -> None:
     """An image sized to the crystal of ``simulate.nanocrystal`` (up the chain of
     ``input_name``) at ``pixel_size_A``: refused above MAX_IMAGE_PX a side (its projection
     is at least ``edge_A`` wide, margins aside)."""
     up = upstream.get(input_name)
-    nc = up.find("simulate.nanocrystal") if up is not None else None
+    nc = up.find("simulate.nanocrystal") if isinstance(up, Upstream) else None
     if nc is None:
         return
     edge, px = float(nc.params["edge_A"]), float(params["pixel_size_A"])
@@ -127,15 +127,15 @@ def _check_image_of_crystal(
         )
 
 
-def _check_haadf(params: dict[str, Any], upstream: dict[str, Upstream | None]) -> None:
+def _check_haadf(params: dict[str, Any], upstream: dict[str, UpstreamOf]) -> None:
     _check_image_of_crystal(params, upstream, "atoms", "an image")
 
 
-def _check_insitu_series(params: dict[str, Any], upstream: dict[str, Upstream | None]) -> None:
+def _check_insitu_series(params: dict[str, Any], upstream: dict[str, UpstreamOf]) -> None:
     _check_image_of_crystal(params, upstream, "trajectory", "frames")
 
 
-def _check_tilt_series(params: dict[str, Any], upstream: dict[str, Upstream | None]) -> None:
+def _check_tilt_series(params: dict[str, Any], upstream: dict[str, UpstreamOf]) -> None:
     lo, hi, step = params["angle_min_deg"], params["angle_max_deg"], params["angle_step_deg"]
     if not lo < hi:
         raise ParameterError(
