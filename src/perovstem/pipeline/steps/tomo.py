@@ -255,13 +255,10 @@ def _check_sequence(params: dict[str, Any], upstream: dict[str, UpstreamOf]) -> 
     steps producing the series had run)."""
     from perovstem.errors import ParameterError
 
+    # (fewer than 2 series is refused when the step runs, so that with on_error = "continue"
+    # the other steps still run)
     wired = upstream.get("series")
     n = len(wired) if isinstance(wired, list) else None
-    if n is not None and n < 2:
-        raise ParameterError(
-            f"`series` needs at least 2 tilt series in time order, got {n}; wire them as "
-            'inputs = { series = ["t0", "t1", ...] }'
-        )
     given = {k: params[k] for k in ("times_s", "doses_e_per_A2") if params[k] is not None}
     for key, v in given.items():
         if n is not None and len(v) != n:
