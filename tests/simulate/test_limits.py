@@ -156,10 +156,10 @@ def test_haadf_image_refuses_an_absurd_dose():
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_event_estimate_counts_the_adatom_hops_of_hot_long_runs(monkeypatch, seed):
     # uqa16: the one-cluster bound sat up to ~170x below the steps of hot, long runs (a new
-    # Pb0 adatom hops ~(Γ/R)^(1/2) times before a cluster captures it).  Measured here on a
-    # 40 Å cube, 320 K, 1000 e⁻/Å²/s, 40 s (seeds 1-2, both CPU realisations): old estimate
-    # 0.021-0.023x the steps, new 0.25-0.27x; over the 270-run tune grid and 96 held-out
-    # runs the new one stays 0.11-0.95x on runs with >= 1000 steps and >= 5 Pb0
+    # Pb0 adatom hops ~(Γ/R)^(1/2) times before a cluster captures it).  Measured on this
+    # run (seeds 1-3, the same in both CPU realisations): old estimate 0.022-0.025x the
+    # steps, new 0.145-0.169x; over the 270-run tune grid and 96 held-out runs the new one
+    # stays 0.11-0.95x on runs with >= 1000 steps and >= 5 Pb0
     from perovstem.simulate import kmc, nanocrystal
 
     seen = []
