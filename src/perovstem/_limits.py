@@ -20,6 +20,8 @@ __all__ = [
     "MAX_COUNTS_PER_A",
     "MAX_KMC_EVENTS",
     "check_at_most",
+    "check_current_pA",
+    "check_image_px",
 ]
 
 MAX_DOSE_E_PER_A2 = 1e10
@@ -85,3 +87,16 @@ def check_at_most(name: str, value: float | None, limit: float, unit: str, why: 
         raise ParameterError(
             f"`{name}` = {value:g} {unit} is above {limit:g} {unit} ({why}): a unit mistake?"
         )
+
+
+def check_current_pA(value: float | None, *, name: str = "current_pA") -> None:
+    """Refuse a probe current above :data:`MAX_CURRENT_PA` (``name``: parameter or flag)."""
+    check_at_most(name, value, MAX_CURRENT_PA, "pA", "a STEM probe carries nA")
+
+
+def check_image_px(
+    shape: tuple[int, int], *, name: str = "shape", why: str = "the largest simulated image"
+) -> None:
+    """Refuse a simulated image (or frame, or projection) with a side above
+    :data:`MAX_IMAGE_PX` px (``name``: the parameter or flag that set it)."""
+    check_at_most(name, max(int(shape[0]), int(shape[1])), MAX_IMAGE_PX, "px", why)

@@ -78,6 +78,11 @@ def _check(capsys, argv, d, o, *fragments, absent=()):
             ["`--counts-per-A` = 1e+30 counts/Å", "above 1e+10"],
         ),
         (["simulate", "tilt", "-o", "{o}/t.npz", "--counts-per-A", "-3"], ["`--counts-per-A`"]),
+        # (a 298 GiB MemoryError, exit 1: the API's tilt_series had no image-size bound)
+        (
+            ["simulate", "tilt", "-o", "{o}/t.npz", "--size-px", "100000"],
+            ["`--size-px` = 100000 px", "above 8192 px", "largest simulated projection"],
+        ),
         (
             ["tomo", "sequence", "{d}/ts.npz", "{d}/ts.npz", "-o", "{o}/q.csv"]
             + ["--doses-e-per-A2", "0,1e30"],

@@ -19,6 +19,8 @@ from perovstem._limits import (  # noqa: F401  (re-exported for the commands)
     MAX_IMAGE_PX,
     MAX_TEMPERATURE_K,
     check_at_most,
+    check_current_pA,
+    check_image_px,
 )
 
 console = Console(stderr=False, highlight=False)

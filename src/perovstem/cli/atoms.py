@@ -71,7 +71,12 @@ def fit(
         "--positions",
         help="Start from this table (x_A, y_A, optional type) instead of finding.",
     ),
-    out: Path = typer.Option(None, "--out", "-o", help="Column table (.parquet/.csv)."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Column table (.parquet/.csv). Missing parent folders are created.",
+    ),
     overlay: Path = typer.Option(None, "--overlay", help="Overlay figure (.png/.pdf/.svg)."),
     pixel_size: float = typer.Option(None, "--pixel-size-A", help="Pixel size in Å (override)."),
     frame: int = typer.Option(0, "--frame", help="Frame of a series to analyse."),

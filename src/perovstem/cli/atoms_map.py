@@ -18,7 +18,12 @@ from perovstem.cli.atoms import atoms_app, load_image_arg
 )
 def map_(
     image: Path = typer.Argument(..., help="Low-dose HAADF image in raw counts."),
-    out: Path = typer.Option(None, "--out", "-o", help="Column table (.parquet/.csv)."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Column table (.parquet/.csv). Missing parent folders are created.",
+    ),
     models_out: Path = typer.Option(
         None, "--models", help="Table of every model order tried (χ², ln det H, log10 P)."
     ),

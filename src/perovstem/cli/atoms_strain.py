@@ -32,7 +32,12 @@ def strain(
     radius: float = typer.Option(
         None, "--radius-A", help="Neighbour radius of the local strain, Å (default 1.1·max(a, b))."
     ),
-    out: Path = typer.Option(None, "--out", "-o", help="Strain table (.parquet/.csv)."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Strain table (.parquet/.csv). Missing parent folders are created.",
+    ),
     cell_out: Path = typer.Option(
         None, "--unit-cell", help="Measured projected unit cell table (default: <out>_cell.csv)."
     ),

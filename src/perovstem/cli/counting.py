@@ -144,7 +144,12 @@ def count(
     table: Path = typer.Argument(
         ..., help="Column table with 'scs' (or 'scs_A2') and optionally 'type'."
     ),
-    out: Path = typer.Option(None, "--out", "-o", help="Output table (.parquet/.csv)."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Output table (.parquet/.csv). Missing parent folders are created.",
+    ),
     method: str = typer.Option(
         "gmm",
         "--method",
@@ -421,7 +426,12 @@ def track(
         help="One column table per frame (same columns, same order), or one table with "
         "a 'frame' column.",
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Output long table (.parquet/.csv)."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Output long table (.parquet/.csv). Missing parent folders are created.",
+    ),
     library: str = typer.Option(
         "simulate",
         "--library",

@@ -17,7 +17,12 @@ from perovstem.cli.main import app
     ),
 )
 def demo(
-    out: Path = typer.Option(Path("perovstem-demo"), "--out", "-o", help="Output folder."),
+    out: Path = typer.Option(
+        Path("perovstem-demo"),
+        "--out",
+        "-o",
+        help="Output folder. Missing parent folders are created.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     fast: bool = typer.Option(False, "--fast", help="Smaller crystal, fewer frames (~1 min)."),
     scheduler: str = typer.Option(

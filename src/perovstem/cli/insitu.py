@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import typer
 
+from perovstem._limits import check_current_pA
 from perovstem._validation import check_positive, check_range
-from perovstem.cli._common import MAX_CURRENT_PA, MAX_DOSE_E_PER_A2, check_at_most, examples
+from perovstem.cli._common import MAX_DOSE_E_PER_A2, check_at_most, examples
 from perovstem.cli.main import app
 from perovstem.errors import FileFormatError, OutputExistsError, ParameterError
 
@@ -92,7 +93,12 @@ def insitu(
     conditions: Path = typer.Option(
         None, "--conditions", help="Holder log (DENSsolutions, Protochips or CSV) for T/pressure."
     ),
-    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: <SERIES>_insitu)."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Output folder (default: <SERIES>_insitu). Missing parent folders are created.",
+    ),
     pixel_size_A: float = typer.Option(None, "--pixel-size-A", help="Override the calibration, Å."),
     gain: str = typer.Option(
         None,
@@ -218,7 +224,7 @@ def insitu(
         if value is not None:
             check_positive(name, value)
     check_at_most("--dose-e-per-A2", dose, MAX_DOSE_E_PER_A2, "e⁻/Å²", "per frame")
-    check_at_most("--current-pA", current_pA, MAX_CURRENT_PA, "pA", "a STEM probe carries nA")
+    check_current_pA(current_pA, name="--current-pA")
     for name, value in (("--dose-e-per-A2", dose), ("--current-pA", current_pA)):
         if value == 0:  # (a negative or NaN value is refused by assign_dose, naming the flag)
             raise ParameterError(

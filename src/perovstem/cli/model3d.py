@@ -21,7 +21,12 @@ def model3d(
         ...,
         help="Counted column table: x_A, y_A, type, n_atoms (optional n_atoms_mean, n_atoms_std).",
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Model file (.xyz, .cif or .pdb)."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Model file (.xyz, .cif or .pdb). Missing parent folders are created.",
+    ),
     start: str = typer.Option("center", "--start", help="center | bottom | random."),
     support_energy: float = typer.Option(
         0.0,

@@ -19,7 +19,12 @@ from perovstem.cli.main import app
 )
 def run(
     config: Path = typer.Argument(None, help="Analysis description (TOML).", show_default=False),
-    out: Path = typer.Option(None, "--out", "-o", help="Run folder (default: <name>-run)."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Run folder (default: <name>-run). Missing parent folders are created.",
+    ),
     scheduler: str = typer.Option(
         None,
         "--scheduler",
@@ -95,7 +100,12 @@ def run(
 )
 def report(
     run_dir: Path = typer.Argument(..., help="A run folder written by `perovstem run`."),
-    out: Path = typer.Option(None, "--out", "-o", help="HTML file (default: RUN_DIR/report.html)."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="HTML file (default: RUN_DIR/report.html). Missing parent folders are created.",
+    ),
     title: str = typer.Option(None, "--title", help="Report title (default: the run title)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from perovstem.cli._common import MAX_DOSE_E_PER_A2, MAX_IMAGE_PX, check_at_most, examples
+from perovstem.cli._common import MAX_DOSE_E_PER_A2, check_at_most, examples
 from perovstem.cli.main import app
 
 simulate_app = typer.Typer(
@@ -37,7 +37,10 @@ def _truth_path(out: Path, truth: Path | None) -> Path:
 )
 def image(
     out: Path = typer.Option(
-        ..., "--out", "-o", help="Image file (.tif, .npz, .mrc, .zarr, .hspy)."
+        ...,
+        "--out",
+        "-o",
+        help="Image file (.tif, .npz, .mrc, .zarr, .hspy). Missing parent folders are created.",
     ),
     truth: Path = typer.Option(
         None, "--truth", help="Truth table (.parquet/.csv); default <out>_truth.parquet."
@@ -100,7 +103,6 @@ def image(
     check_at_most(
         "--dose-e-per-A2", dose, MAX_DOSE_E_PER_A2, "e⁻/Å²", "beyond any HAADF-STEM image"
     )
-    check_at_most("--size-px", size, MAX_IMAGE_PX, "px", "the largest simulated image")
     rng = np.random.default_rng(seed)
     atoms = nanocrystal(
         edge_A,

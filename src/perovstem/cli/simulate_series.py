@@ -12,9 +12,9 @@ from pathlib import Path
 
 import typer
 
+from perovstem._limits import check_image_px
 from perovstem.cli._common import (
     MAX_DOSE_E_PER_A2,
-    MAX_IMAGE_PX,
     MAX_TEMPERATURE_K,
     check_at_most,
     examples,
@@ -62,7 +62,10 @@ def _parse_params(items: list[str]):
 )
 def series(
     out: Path = typer.Option(
-        ..., "--out", "-o", help="Series file (.zarr, .npz, .tif, .mrc, .hspy)."
+        ...,
+        "--out",
+        "-o",
+        help="Series file (.zarr, .npz, .tif, .mrc, .hspy). Missing parent folders are created.",
     ),
     truth_prefix: Path = typer.Option(
         None,
@@ -149,7 +152,8 @@ def series(
             "e⁻/Å²/s",
             f"a frame dose of {MAX_DOSE_E_PER_A2:g} e⁻/Å² at --frame-time-s {frame_time_s:g}",
         )
-    check_at_most("--size-px", size, MAX_IMAGE_PX, "px", "the largest simulated frame")
+    if size is not None:
+        check_image_px((size, size), name="--size-px", why="the largest simulated frame")
     if size is not None:  # before the kinetic Monte Carlo, the slow part
         from perovstem.simulate.haadf import check_frame_shape
 

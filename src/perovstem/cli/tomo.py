@@ -17,6 +17,7 @@ from perovstem.cli._common import (
     MAX_COUNTS_PER_A,
     MAX_CUMULATIVE_DOSE_E_PER_A2,
     check_at_most,
+    check_image_px,
     check_outputs,
     examples,
     print_warnings,
@@ -91,7 +92,10 @@ def align_cmd(
         ..., help="Raw tilt series (.mrc + angles, .hspy, .npz ...)."
     ),
     out: Path = typer.Option(
-        ..., "--out", "-o", help="Aligned tilt series (.npz, .mrc, .hspy ...)."
+        ...,
+        "--out",
+        "-o",
+        help="Aligned tilt series (.npz, .mrc, .hspy ...). Missing parent folders are created.",
     ),
     shifts: Path = typer.Option(
         None, "--shifts", help="Shift table (.csv/.parquet; default: <OUT>_shifts.csv)."
@@ -153,7 +157,12 @@ def align_cmd(
 )
 def reconstruct_cmd(
     tiltseries: Path = typer.Argument(..., help="Aligned tilt series (axis along x)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Volume (.mrc, .tif, .zarr, .vti, .npz)."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Volume (.mrc, .tif, .zarr, .vti, .npz). Missing parent folders are created.",
+    ),
     method: str = typer.Option("sirt", "--method", "-m", help="fbp|wbp|sirt|sart|cgls|tv|dart."),
     n_iter: int = typer.Option(None, "--n-iter", help="Iterations (algorithm default if unset)."),
     tv_weight: float = typer.Option(
@@ -211,7 +220,9 @@ def reconstruct_cmd(
 )
 def facets_cmd(
     source: Path = typer.Argument(..., help="Aligned tilt series, or a volume with --volume."),
-    out: Path = typer.Option(..., "--out", "-o", help="Facet table (.csv/.parquet)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Facet table (.csv/.parquet). Missing parent folders are created."
+    ),
     volume: bool = typer.Option(False, "--volume", help="SOURCE is a reconstructed volume."),
     tilt_range_deg: float = typer.Option(
         None, "--tilt-range-deg", help="Max |tilt| of the series, ° (with --volume)."
@@ -362,7 +373,12 @@ def sequence_cmd(
         help="Tilt series of one crystal in time order (≥ 2 files; or a folder / quoted glob, "
         "sorted by name with numbers in numeric order).",
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Table, one row per time point."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Table, one row per time point. Missing parent folders are created.",
+    ),
     plot: Path = typer.Option(
         None, "--plot", help="Facets and volume vs dose/time figure (default: <OUT>.png)."
     ),
@@ -547,7 +563,12 @@ def _register_simulate_tilt() -> None:
         ),
     )
     def tilt_cmd(
-        out: Path = typer.Option(..., "--out", "-o", help="Tilt series (.npz, .mrc, .hspy ...)."),
+        out: Path = typer.Option(
+            ...,
+            "--out",
+            "-o",
+            help="Tilt series (.npz, .mrc, .hspy ...). Missing parent folders are created.",
+        ),
         truth: Path = typer.Option(None, "--truth", help="Truth JSON; default <out>_truth.json."),
         edge_A: float = typer.Option(70.0, "--edge-A", help="Cube edge, Å."),
         size: int = typer.Option(64, "--size-px", help="Detector size (square), px."),
@@ -600,6 +621,7 @@ def _register_simulate_tilt() -> None:
             "counts/Å",
             "a pixel counts at most the electrons that hit it",
         )
+        check_image_px((size, size), name="--size-px", why="the largest simulated projection")
         tpath = truth or out.with_name(out.name.split(".")[0] + "_truth.json")
         check_outputs(out, tpath, overwrite=overwrite)
         rng = np.random.default_rng(seed)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from perovstem.errors import FileFormatError, ParameterError
-from perovstem.pipeline.registry import Step, get_step
+from perovstem.pipeline.registry import Step, Upstream, get_step
 
 __all__ = ["InputSpec", "StepSpec", "Config", "load_config", "parse_config", "to_toml"]
 
@@ -289,6 +289,7 @@ def parse_config(
     produced: dict[str, str] = {}  # plain output name -> latest artefact reference
     all_refs: set[str] = set()
     ids: set[str] = set()
+    upstreams: dict[str, dict[str, Any]] = {}  # step id -> its inputs' producers
     for i, raw in enumerate(raw_steps):
         hline = lines.get("step", None, i)
         if not isinstance(raw, dict) or "run" not in raw:
@@ -425,6 +426,17 @@ def parse_config(
         if bad is not None:
             wl = lines.get("step", "inputs", i) if bad[0] in explicit else None
             raise ParameterError(f"{_where(source, wl or hline, label)}{bad[1]}")
+        # parameters absurd only together (a frame dose, a KMC run of hours): the step's
+        # own check, with the producers of its inputs (the crystal a KMC run starts from)
+        upstream = {n: _upstream_of(r, steps, upstreams) for n, r in wiring.items()}
+        try:
+            if step.check_together is not None:  # (the label names the step)
+                step.check_together(params, upstream)
+        except ParameterError as exc:
+            bad_key = next((k for k in params_raw if f"`{k}`" in str(exc)), None)
+            wl = lines.get("step", bad_key, i) if bad_key else None
+            raise ParameterError(f"{_where(source, wl or hline, label)}{exc}") from None
+        upstreams[sid] = upstream
         ids.add(sid)
         note = raw.get("note", "")
         if not isinstance(note, str):
@@ -455,6 +467,30 @@ def parse_config(
         source=Path(source) if source != "<config>" else None,
         text=text,
     )
+
+
+def _upstream_of(
+    ref: str | list[str] | None,
+    steps: list[StepSpec],
+    upstreams: dict[str, dict[str, Any]],
+) -> Any:
+    """The step producing the artefact ``ref`` (``"<id>.<output>"``), with its own
+    producers; None for an [inputs] file or no wiring; a list (one per entry) for a list
+    input."""
+    if isinstance(ref, list):
+        return [_upstream_of(r, steps, upstreams) for r in ref]
+    if not isinstance(ref, str) or "." not in ref:
+        return None
+    sid, _, output = ref.rpartition(".")
+    for spec in steps:
+        if spec.id == sid:
+            return Upstream(
+                step=spec.step.name,
+                output=output,
+                params=dict(spec.params),
+                inputs=dict(upstreams.get(sid, {})),
+            )
+    return None
 
 
 def _resolve_ref(

@@ -22,6 +22,7 @@ from perovstem.errors import ParameterError
 __all__ = [
     "Param",
     "Kind",
+    "Upstream",
     "Step",
     "register_step",
     "get_step",
@@ -376,6 +377,52 @@ class Kind:
 
 
 @dataclass(frozen=True)
+class Upstream:
+    """The step that produces an input, as known when a configuration is validated.
+
+    Given to a step's ``check_together`` hook (see :class:`Step`), so that a combination
+    that is absurd only with the producer's parameters (a KMC run on the crystal that
+    ``simulate.nanocrystal`` builds) is refused by ``perovstem run --check``.
+
+    Parameters
+    ----------
+    step : str
+        Registry name of the producing step (``"simulate.nanocrystal"``).
+    output : str
+        Which of its outputs the input is.
+    params : dict
+        Its resolved parameters.
+    inputs : dict of str to Upstream, list or None
+        Its own inputs' producers (``None``: an ``[inputs]`` file or not wired; a list of
+        them, one per entry, for a list input).
+    """
+
+    step: str
+    output: str
+    params: dict[str, Any]
+    inputs: dict[str, UpstreamOf] = field(default_factory=dict)
+
+    def find(self, step: str) -> Upstream | None:
+        """This producer or the nearest one up the chain that is step ``step``, else None."""
+        if self.step == step:
+            return self
+        for up in self.inputs.values():
+            for u in up if isinstance(up, list) else [up]:
+                hit = u.find(step) if u is not None else None
+                if hit is not None:
+                    return hit
+        return None
+
+
+#: what a step input comes from: its producer, None (a file, not wired) or, for a list
+#: input, a list of those (one per entry)
+UpstreamOf = Upstream | list[Upstream | None] | None
+
+#: ``check_together(params, upstream)``: raises ParameterError on an absurd combination
+CheckTogether = Callable[[dict[str, Any], dict[str, UpstreamOf]], None]
+
+
+@dataclass(frozen=True)
 class Step:
     """A registered pipeline step.
 
@@ -415,6 +462,15 @@ class Step:
         One-line description.
     version : str
         Bump when the step's behaviour changes, so cached results are recomputed.
+    check_together : callable, optional
+        ``check_together(params, upstream)``: refuses (:class:`ParameterError` naming the
+        parameters and their values) a combination of the step's resolved ``params`` that
+        is absurd only together (each value passes its own bounds), e.g. a dose rate × frame
+        time above the largest frame dose.  ``upstream`` maps each input to the
+        :class:`Upstream` step that produces it (``None``: an ``[inputs]`` file, or not
+        wired).  Called when a configuration is validated (:func:`load_config`,
+        ``perovstem run --check``), before any step runs; through
+        :meth:`check_params_together`.
     """
 
     name: str
@@ -430,6 +486,24 @@ class Step:
     list_inputs: tuple[str, ...] = ()
     input_kinds: dict[str, Kind] = field(default_factory=dict)
     output_kinds: dict[str, Kind] = field(default_factory=dict)
+    check_together: CheckTogether | None = None
+
+    def check_params_together(
+        self, params: dict[str, Any], upstream: dict[str, UpstreamOf] | None = None
+    ) -> None:
+        """Run the step's :attr:`check_together` hook on resolved ``params``.
+
+        Raises
+        ------
+        ParameterError
+            The combination is refused; the message starts with ``step `<name>`: ``.
+        """
+        if self.check_together is None:
+            return
+        try:
+            self.check_together(params, dict(upstream or {}))
+        except ParameterError as exc:
+            raise ParameterError(f"step `{self.name}`: {exc}") from None
 
     def missing_requirements(self) -> list[str]:
         """The required modules/attributes that cannot be imported in this installation."""
@@ -491,6 +565,7 @@ def register_step(
     list_inputs: tuple[str, ...] = (),
     input_kinds: dict[str, Kind] | None = None,
     output_kinds: dict[str, Kind] | None = None,
+    check_together: CheckTogether | None = None,
 ) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
     """Decorator registering ``func(ctx, **inputs) -> dict`` as pipeline step ``name``."""
 
@@ -517,6 +592,7 @@ def register_step(
             list_inputs=tuple(list_inputs),
             input_kinds=dict(input_kinds or {}),
             output_kinds=dict(output_kinds or {}),
+            check_together=check_together,
         )
         return func
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from perovstem._data import Image
-from perovstem._limits import MAX_DOSE_E_PER_A2, check_at_most
+from perovstem._limits import MAX_DOSE_E_PER_A2, MAX_IMAGE_PX, check_at_most, check_image_px
 from perovstem._validation import as_rng, check_positive, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 from perovstem.simulate._noise import shot_noise
@@ -64,7 +64,8 @@ def check_frame_shape(shape: Any, pixel_size_A: float, *, name: str = "shape") -
 
     Each side needs at least ``MIN_FRAME_PX`` pixels and ``MIN_FRAME_CELLS`` unit cells of
     the host lattice (a = 5.87 Å): a smaller frame holds no lattice period to image, count
-    or register. ``name`` is the parameter (or command-line flag) named in the error.
+    or register; and at most :data:`~perovstem._limits.MAX_IMAGE_PX`. ``name`` is the
+    parameter (or command-line flag) named in the error.
     """
     from perovstem.simulate.structures import A_CUBIC_A
 
@@ -85,7 +86,21 @@ def check_frame_shape(shape: Any, pixel_size_A: float, *, name: str = "shape") -
             f"= {need_A:.1f} Å, so that the frame holds a lattice period of the a = "
             f"{A_CUBIC_A} Å host)"
         )
+    check_image_px((rows, cols), name=name)
     return rows, cols
+
+
+def check_auto_shape(shape: tuple[int, int], pixel_size_A: float, extent_A: Any) -> None:
+    """Refuse a frame sized to the specimen (``shape=None``) above
+    :data:`~perovstem._limits.MAX_IMAGE_PX` a side: ``pixel_size_A`` is too small for the
+    extent (a 400 Å crystal at 0.01 Å/px asked for a 40000 px image)."""
+    if max(shape) > MAX_IMAGE_PX:
+        ext = " × ".join(f"{float(e):.0f}" for e in extent_A)
+        raise ParameterError(
+            f"`pixel_size_A` = {pixel_size_A:g} Å would make a {shape[0]} × {shape[1]} px "
+            f"image of the {ext} Å specimen (with its margin), above {MAX_IMAGE_PX} px a side "
+            "(the largest simulated image): give a larger `pixel_size_A` or a `shape`"
+        )
 
 
 @functools.lru_cache(maxsize=16)
@@ -317,6 +332,7 @@ def haadf_image(
         ext = pos[:, :2].max(axis=0) - pos[:, :2].min(axis=0) + 2 * margin_A
         nx, ny = (int(2 * np.ceil(e / dx / 2)) for e in ext)
         shape = (max(ny, MIN_FRAME_PX), max(nx, MIN_FRAME_PX))
+        check_auto_shape(shape, dx, ext)
     else:
         shape = check_frame_shape(shape, dx)
     m, n = shape

@@ -251,34 +251,46 @@ def _estimated_events(
     frame_time_s: float,
     *,
     n_br_surface: int,
-    n_br: int,
-    n_cs: int,
     n_pb: int,
     n_pb0: int,
 ) -> float:
     """A low estimate of the KMC events a run needs, made before running it.
 
-    Every Br, Cs and Cd leaves at most once; the unbounded part is the diffusion of Pb⁰,
-    ``Γ(T_k, φ_k)·Δt`` hops per adatom in frame ``k``.  The Pb⁰ present at the end of frame
-    ``k``, ``N_k``, is estimated from the Br that the dose (``D/D_Br``: the desorption
-    cross-section times the dose) and the heat (the thermal rate of a face Br) remove from
-    the initial surface, one Pb⁰ per ``br_per_pb0`` Br, plus the Pb⁰ already there.  The
-    fewest hops those atoms can make is as one cluster, ``Γ·cluster_mobility·N^(−α)`` per
-    second (a lone adatom: ``Γ``; ``N < 1``: the chance that there is one).  On the runs
-    measured (30 and 60 Å cubes, 200-600 K, 20-1e8 e⁻/Å²/s, seeds 1-4) the estimate was
-    0.006-4.4 times the steps taken, so a refusal (above
+    The Br that the dose (``D/D_Br``: the desorption cross-section times the dose) and the
+    heat (the thermal rate of a face Br) remove from the initial surface, ``L_k`` by the end
+    of frame ``k``, leave one Pb⁰ per ``br_per_pb0`` Br: ``N_k`` Pb⁰ (plus those already
+    there).  Those desorptions and reductions are events; the rest is the diffusion of Pb⁰,
+    ``Γ(T_k, φ_k)·Δt`` hops (blocked ones included) per mobile atom in frame ``k``, counted
+    twice from below:
+
+    - the fewest movers the Pb⁰ can be, one cluster: ``Γ·cluster_mobility·N^(−α)`` per
+      second (a lone adatom: ``Γ``; ``N < 1``: the chance that there is one);
+    - every new Pb⁰ atom is an adatom until a cluster captures it.  In the mean-field
+      nucleation theory (Venables, Rep. Prog. Phys. 47, 399 (1984)) the cluster density
+      scales as ``(R/Γ)^(i/(i+2))`` for a deposition rate ``R`` per site and a critical
+      nucleus of ``i + 1`` atoms, so an atom hops about ``(Γ/R)^(1/2)`` times (i = 2)
+      before capture.  ``R`` is taken at its largest in the frame (at its start) and the
+      hops at most ``Γ·Δt``, times 0.3 (the lower envelope measured): a low estimate.
+
+    Measured on 20-60 Å cubes (240-320 K, 20-3e5 e⁻/Å²/s, 10-250 s; a tune grid of 270
+    runs, 96 held-out runs of other sizes, rates and seeds in both CPU realisations, five
+    hot long 50-60 Å runs), on runs of ≥ 1000 steps with ≥ 5 Pb⁰: 0.06-0.95 times the steps
+    taken (before, the one-cluster hops plus every Br and Cs once: 0.0095-1.3, the hops
+    alone down to 0.0002); a lone adatom hopping for the whole run is counted by its chance
+    (its realisation: 0 or all the hops), so a low-dose run can take fewer steps.  A refusal (above
     :data:`~perovstem._limits.MAX_KMC_EVENTS`) means at least a quarter of an hour of work,
     mostly far more.
     """
     dt = float(frame_time_s)
-    beam = np.cumsum(phi * dt) / params.D_Br_e_per_A2 if params.enable_desorption else 0.0
+    beam_rate = phi / params.D_Br_e_per_A2 if params.enable_desorption else np.zeros_like(phi)
     # thermal loss of a face Br (corners and edges go faster: a low estimate)
-    thermal = np.cumsum([params.thermal_desorption_rate_per_s(float(t)) * dt for t in temp])
-    lost = n_br_surface * -np.expm1(-(beam + thermal))
+    t_u, t_i = np.unique(temp, return_inverse=True)  # (one call per distinct value)
+    thermal_rate = np.array([params.thermal_desorption_rate_per_s(float(t)) for t in t_u])[t_i]
+    removed = np.cumsum((beam_rate + thermal_rate) * dt)
+    lost = n_br_surface * -np.expm1(-removed)
     pb0 = n_pb0 + np.minimum(n_pb, lost / params.br_per_pb0)
-    gamma = np.array(
-        [params.hop_rate_per_s(float(t), float(f)) for t, f in zip(temp, phi, strict=True)]
-    )
+    tf_u, tf_i = np.unique(np.stack([temp, phi]), axis=1, return_inverse=True)
+    gamma = np.array([params.hop_rate_per_s(float(t), float(f)) for t, f in tf_u.T])[tf_i.ravel()]
     migrate = params.enable_cluster_migration and params.cluster_mobility > 0
     one_cluster = (
         params.cluster_mobility * np.maximum(pb0, 1.0) ** -params.cluster_mobility_exponent
@@ -286,7 +298,135 @@ def _estimated_events(
         else 0.0
     )
     movers = np.where(pb0 <= 1.0, pb0, one_cluster)
-    return float(np.sum(gamma * dt * movers) + n_br + n_cs)
+    # new adatoms, each hopping ~(Γ/R)^(1/2) times before a cluster captures it
+    created = np.diff(pb0, prepend=float(n_pb0))
+    before = np.concatenate([[0.0], removed[:-1]])
+    rate_site = (beam_rate + thermal_rate) * np.exp(-before) / params.br_per_pb0
+    with np.errstate(over="ignore"):  # a vanishing rate: the hops are capped at Γ·Δt
+        ratio = np.divide(gamma, rate_site, out=np.zeros_like(gamma), where=rate_site > 0)
+    capture_hops = np.minimum(_CAPTURE_HOPS_FACTOR * np.sqrt(ratio), gamma * dt)
+    hops = np.sum(gamma * dt * movers) + np.sum(created * capture_hops)
+    return float(hops + lost[-1] + (pb0[-1] - n_pb0))
+
+
+_CAPTURE_HOPS_FACTOR = 0.3
+"""Hops of a new Pb⁰ adatom before capture, in units of ``(Γ/R)^(1/2)`` (the lower envelope
+measured on the tune grid of :func:`_estimated_events`)."""
+
+
+def check_frame_dose(phi: Any, frame_time_s: float, *, per_frame: bool = False) -> None:
+    """Refuse a frame dose ``φ·Δt`` above :data:`~perovstem._limits.MAX_DOSE_E_PER_A2`.
+
+    The dose of a frame, not the dose rate alone: 1e9 e⁻/Å²/s is fine for a µs frame, and
+    the KMC never ended at 1e17 e⁻/Å² per frame.  Shared by :func:`degradation_kmc` and the
+    pipeline steps that run it (``perovstem run --check``).
+
+    Parameters
+    ----------
+    phi : float or (n_frames,) array
+        Dose rate(s), e⁻/Å²/s.
+    frame_time_s : float
+        Frame time, s.
+    per_frame : bool
+        ``phi`` was given per frame (the message names the frame).
+
+    Raises
+    ------
+    ParameterError
+        Naming ``dose_rate_e_per_A2_s`` × ``frame_time_s``, both values and the limit.
+    """
+    phi = np.atleast_1d(np.asarray(phi, dtype=float))
+    frame_dose = phi * float(frame_time_s)
+    k_max = int(np.argmax(frame_dose))
+    check_at_most(
+        "dose_rate_e_per_A2_s` × `frame_time_s",
+        float(frame_dose[k_max]),
+        MAX_DOSE_E_PER_A2,
+        "e⁻/Å²",
+        f"the dose of one frame{f' (frame {k_max})' if per_frame else ''}; "
+        f"dose rate {phi[k_max]:g} e⁻/Å²/s, frame time {float(frame_time_s):g} s",
+    )
+
+
+def refuse_costly_run(n_events: float, request: str) -> None:
+    """Refuse a run whose low event estimate exceeds :data:`~perovstem._limits.MAX_KMC_EVENTS`.
+
+    ``request`` describes the run (frames, frame time, dose rate, temperature, crystal) in
+    the message.
+    """
+    if n_events > MAX_KMC_EVENTS:
+        raise ParameterError(
+            f"this run would need at least about {n_events:.2g} kinetic Monte Carlo events "
+            f"(more than {MAX_KMC_EVENTS:.0e}, an hour or more at 1-3 s per 1e6 events): "
+            f"{request}; lower `n_frames`, `frame_time_s`, `dose_rate_e_per_A2_s` or "
+            "`temperature_K`, or use a smaller crystal"
+        )
+
+
+def _neighbour_counts(lat: HostLattice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Br, B (Pb/Cd) and Cs neighbours of every host site of the full crystal (int32)."""
+    kind = lat.kind
+    H = lat.n_host
+    cnt = np.zeros((3, H), dtype=np.int32)  # Br, B, Cs neighbours
+    src = np.repeat(np.arange(H), np.diff(lat.nb_ptr))
+    nk = kind[lat.nb_idx]
+    for row, mask in (
+        (0, nk == KIND_BR),
+        (1, (nk == KIND_PB) | (nk == KIND_CD)),
+        (2, nk == KIND_CS),
+    ):
+        np.add.at(cnt[row], src[mask], 1)
+    cnt_br, cnt_b, cnt_cs = (np.ascontiguousarray(c) for c in cnt)
+    return cnt_br, cnt_b, cnt_cs
+
+
+def crystal_counts(atoms: Any) -> dict[str, int]:
+    """What :func:`_estimated_events` needs of a crystal, as :func:`degradation_kmc` counts it.
+
+    Returns
+    -------
+    dict
+        ``n_host`` (host atoms on the lattice), ``n_br_surface`` (Br with fewer than 6 B +
+        Cs neighbours), ``n_pb`` (host Pb²⁺) and ``n_pb0`` (Pb⁰ adatoms and cluster atoms).
+    """
+    sym_all = np.asarray(atoms.get_chemical_symbols())
+    n_all = len(sym_all)
+    label = np.asarray(atoms.arrays["label"]) if "label" in atoms.arrays else np.zeros(n_all, int)
+    host = label == _LABEL_HOST
+    lat = build_lattice(sym_all[host], np.asarray(atoms.get_positions(), dtype=float)[host])
+    _, cnt_b, cnt_cs = _neighbour_counts(lat)
+    br = np.flatnonzero(lat.kind == KIND_BR)
+    return {
+        "n_host": int(lat.n_host),
+        "n_br_surface": int(np.sum((cnt_b[br] + cnt_cs[br]) < 6)),
+        "n_pb": int(np.sum(lat.kind == KIND_PB)),
+        "n_pb0": int(np.sum(label != _LABEL_HOST)),
+    }
+
+
+def estimated_events(
+    crystal: dict[str, int],
+    *,
+    n_frames: int,
+    frame_time_s: float,
+    dose_rate_e_per_A2_s: float,
+    temperature_K: float,
+    params: KineticParameters | None = None,
+) -> float:
+    """:func:`_estimated_events` of a run at constant conditions on a crystal of
+    :func:`crystal_counts` (the low estimate :func:`degradation_kmc` refuses on)."""
+    params = KineticParameters() if params is None else params
+    phi = np.full(int(n_frames), float(dose_rate_e_per_A2_s))
+    temp = np.full(int(n_frames), float(temperature_K))
+    return _estimated_events(
+        params,
+        phi,
+        temp,
+        float(frame_time_s),
+        n_br_surface=crystal["n_br_surface"],
+        n_pb=crystal["n_pb"],
+        n_pb0=crystal["n_pb0"],
+    )
 
 
 def _initial_clusters(atoms_sym, pos, label, cluster_id, lat: HostLattice, node_free):
@@ -410,16 +550,7 @@ def degradation_kmc(
     )
     # the dose of a frame, not the dose rate alone: 1e9 e⁻/Å²/s is fine for a µs frame and
     # the KMC never ended at 1e17 e⁻/Å² per frame
-    frame_dose = phi * frame_time_s
-    k_max = int(np.argmax(frame_dose))
-    check_at_most(
-        "dose_rate_e_per_A2_s` × `frame_time_s",
-        float(frame_dose[k_max]),
-        MAX_DOSE_E_PER_A2,
-        "e⁻/Å²",
-        f"the dose of one frame{f' (frame {k_max})' if np.ndim(dose_rate_e_per_A2_s) else ''}; "
-        f"dose rate {phi[k_max]:g} e⁻/Å²/s, frame time {frame_time_s:g} s",
-    )
+    check_frame_dose(phi, frame_time_s, per_frame=bool(np.ndim(dose_rate_e_per_A2_s)))
     temp = _per_frame("temperature_K", temperature_K, n_frames, positive=True, allow_zero=False)
     if temp.max() > MAX_TEMPERATURE_K:
         # CsPbBr3 melts at ≈ 840 K (567 °C; Stoumpos et al., Cryst. Growth Des. 13, 2722
@@ -468,16 +599,7 @@ def degradation_kmc(
 
     kind = lat.kind
     present = np.ones(H, dtype=np.bool_)
-    cnt = np.zeros((3, H), dtype=np.int32)  # Br, B, Cs neighbours
-    src = np.repeat(np.arange(H), np.diff(lat.nb_ptr))
-    nk = kind[lat.nb_idx]
-    for row, mask in (
-        (0, nk == KIND_BR),
-        (1, (nk == KIND_PB) | (nk == KIND_CD)),
-        (2, nk == KIND_CS),
-    ):
-        np.add.at(cnt[row], src[mask], 1)
-    cnt_br, cnt_b, cnt_cs = (np.ascontiguousarray(c) for c in cnt)
+    cnt_br, cnt_b, cnt_cs = _neighbour_counts(lat)
 
     counters = np.zeros(core.N_COUNTERS, dtype=np.int64)
     surf_list = np.zeros(H, np.int64)
@@ -514,20 +636,14 @@ def degradation_kmc(
         temp,
         frame_time_s,
         n_br_surface=int(np.sum(is_surf)),
-        n_br=len(br),
-        n_cs=len(cs),
         n_pb=int(np.sum(kind == KIND_PB)),
         n_pb0=int(np.sum(label != _LABEL_HOST)),
     )
-    if n_events > MAX_KMC_EVENTS:
-        raise ParameterError(
-            f"this run would need at least about {n_events:.2g} kinetic Monte Carlo events "
-            f"(more than {MAX_KMC_EVENTS:.0e}, an hour or more at 1-3 s per 1e6 events): "
-            f"{n_frames} frames of "
-            f"{frame_time_s:g} s at dose rates up to {phi.max():g} e⁻/Å²/s and temperatures up "
-            f"to {temp.max():g} K on a crystal of {H} host atoms; lower `n_frames`, "
-            "`frame_time_s`, `dose_rate_e_per_A2_s` or `temperature_K`, or use a smaller crystal"
-        )
+    refuse_costly_run(
+        n_events,
+        f"{n_frames} frames of {frame_time_s:g} s at dose rates up to {phi.max():g} e⁻/Å²/s "
+        f"and temperatures up to {temp.max():g} K on a crystal of {H} host atoms",
+    )
 
     # ---------------------------------------------------------------- nodes
     from scipy import ndimage

@@ -23,7 +23,7 @@ import pandas as pd
 from perovstem._data import Image, Series
 from perovstem._validation import as_rng, check_positive, refuse_text_numbers
 from perovstem.errors import ParameterError
-from perovstem.simulate.haadf import MIN_FRAME_PX, check_frame_shape
+from perovstem.simulate.haadf import MIN_FRAME_PX, check_auto_shape, check_frame_shape
 
 __all__ = ["insitu_series", "iter_insitu_frames"]
 
@@ -131,6 +131,7 @@ def _plan(
         ext = 2.0 * half + 2.0 * margin_A + 2.0 * reach
         nx, ny = (int(2 * np.ceil(e / dx / 2)) for e in ext)
         shape = (max(ny, MIN_FRAME_PX), max(nx, MIN_FRAME_PX))
+        check_auto_shape(shape, dx, ext)
     else:
         shape = check_frame_shape(shape, dx)
     seeds = tuple(np.random.SeedSequence(int(gen.integers(0, 2**63))).spawn(n))

@@ -31,7 +31,12 @@ import pandas as pd
 from numba import njit, prange
 
 from perovstem._data import TiltSeries
-from perovstem._limits import MAX_COUNTS_PER_A, MAX_DOSE_E_PER_A2, check_at_most
+from perovstem._limits import (
+    MAX_COUNTS_PER_A,
+    MAX_DOSE_E_PER_A2,
+    check_at_most,
+    check_image_px,
+)
 from perovstem._validation import check_positive
 from perovstem.errors import ParameterError
 from perovstem.simulate._noise import shot_noise
@@ -798,6 +803,7 @@ def tilt_series(
     m, nn = (int(v) for v in shape)
     if m < 3 or nn < 1:
         raise ParameterError(f"`shape` must be (M >= 3, N >= 1), got {shape}")
+    check_image_px((m, nn), name="shape", why="the largest simulated projection")
     if supersample < 1:
         raise ParameterError(f"`supersample` must be >= 1, got {supersample}")
     if not np.isfinite(pixel_size_A) or pixel_size_A <= 0:

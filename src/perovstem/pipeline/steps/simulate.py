@@ -6,8 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from perovstem._limits import MAX_DOSE_E_PER_A2, MAX_TEMPERATURE_K
-from perovstem.pipeline.registry import Kind, Param, api, register_step
+from perovstem._limits import (
+    MAX_DOSE_E_PER_A2,
+    MAX_IMAGE_PX,
+    MAX_KMC_FRAMES,
+    MAX_KMC_TEMPERATURE_K,
+)
+from perovstem.errors import ParameterError
+from perovstem.pipeline.registry import Kind, Param, Upstream, UpstreamOf, api, register_step
 
 NANOCRYSTAL = "perovstem.simulate:nanocrystal"
 COMPOSITION = "perovstem.simulate:composition"
@@ -40,6 +46,108 @@ def _atoms_plot3d(
         caption=caption,
         section=section,
     )
+
+
+#: largest crystal (edge, Å) that `perovstem run --check` builds to estimate a KMC run's
+#: cost (0.2 s at 100 Å); a larger one is checked when the step runs
+_CHECK_BUILD_MAX_EDGE_A = 120.0
+
+
+def _kmc_run_check(
+    params: dict[str, Any], upstream: dict[str, UpstreamOf], temperatures: list[float]
+) -> None:
+    """The frame dose and the event estimate of the KMC runs of a step (one per temperature).
+
+    The crystal is known when ``atoms`` comes from ``simulate.nanocrystal``: it is built
+    (up to :data:`_CHECK_BUILD_MAX_EDGE_A`) and counted as
+    :func:`perovstem.simulate.degradation_kmc` counts it, so the same runs are refused;
+    a crystal read from a file is checked when the step runs.
+    """
+    from perovstem.simulate import kmc
+
+    kmc.check_frame_dose(params["dose_rate_e_per_A2_s"], params["frame_time_s"])
+    up = upstream.get("atoms")
+    nc = up.find("simulate.nanocrystal") if isinstance(up, Upstream) else None
+    if nc is None or nc.params["edge_A"] > _CHECK_BUILD_MAX_EDGE_A:
+        return
+    p = nc.params
+    atoms = api(NANOCRYSTAL)(
+        p["edge_A"],
+        shape=p["shape"],
+        phase=p["phase"],
+        termination=p["termination"],
+        cd_fraction=p["cd_fraction"],
+        zone_axis=p["zone_axis"],
+        rng=0,
+    )
+    crystal = kmc.crystal_counts(atoms)
+    for t in temperatures:
+        n_events = kmc.estimated_events(
+            crystal,
+            n_frames=params["n_frames"],
+            frame_time_s=params["frame_time_s"],
+            dose_rate_e_per_A2_s=params["dose_rate_e_per_A2_s"],
+            temperature_K=t,
+        )
+        kmc.refuse_costly_run(
+            n_events,
+            f"`n_frames` = {params['n_frames']} frames of `frame_time_s` = "
+            f"{params['frame_time_s']:g} s at `dose_rate_e_per_A2_s` = "
+            f"{params['dose_rate_e_per_A2_s']:g} e⁻/Å²/s and `temperature_K` = {t:g} K on the "
+            f"crystal of `simulate.nanocrystal` (`edge_A` = {p['edge_A']:g} Å, {p['shape']}: "
+            f"{crystal['n_host']} host atoms)",
+        )
+
+
+def _check_kmc(params: dict[str, Any], upstream: dict[str, UpstreamOf]) -> None:
+    _kmc_run_check(params, upstream, [params["temperature_K"]])
+
+
+def _check_heating(params: dict[str, Any], upstream: dict[str, UpstreamOf]) -> None:
+    _kmc_run_check(params, upstream, [float(t) for t in params["temperatures_K"]])
+
+
+def _check_image_of_crystal(
+    params: dict[str, Any], upstream: dict[str, UpstreamOf], input_name: str, what: str
+) -> None:
+    """An image sized to the crystal of ``simulate.nanocrystal`` (up the chain of
+    ``input_name``) at ``pixel_size_A``: refused above MAX_IMAGE_PX a side (its projection
+    is at least ``edge_A`` wide, margins aside)."""
+    up = upstream.get(input_name)
+    nc = up.find("simulate.nanocrystal") if isinstance(up, Upstream) else None
+    if nc is None:
+        return
+    edge, px = float(nc.params["edge_A"]), float(params["pixel_size_A"])
+    side = int(edge / px)
+    if side > MAX_IMAGE_PX:
+        raise ParameterError(
+            f"`pixel_size_A` = {px:g} Å for the crystal of `simulate.nanocrystal` (`edge_A` = "
+            f"{edge:g} Å) makes {what} of more than {side} px a side, above {MAX_IMAGE_PX} px "
+            f"(the largest simulated image): give a larger `pixel_size_A` or a smaller `edge_A`"
+        )
+
+
+def _check_haadf(params: dict[str, Any], upstream: dict[str, UpstreamOf]) -> None:
+    _check_image_of_crystal(params, upstream, "atoms", "an image")
+
+
+def _check_insitu_series(params: dict[str, Any], upstream: dict[str, UpstreamOf]) -> None:
+    _check_image_of_crystal(params, upstream, "trajectory", "frames")
+
+
+def _check_tilt_series(params: dict[str, Any], upstream: dict[str, UpstreamOf]) -> None:
+    lo, hi, step = params["angle_min_deg"], params["angle_max_deg"], params["angle_step_deg"]
+    if not lo < hi:
+        raise ParameterError(
+            f"`angle_min_deg` = {lo:g}° must be below `angle_max_deg` = {hi:g}° (the tilt "
+            "range: no angle lies in it)"
+        )
+    if step > hi - lo:
+        raise ParameterError(
+            f"`angle_step_deg` = {step:g}° is wider than the tilt range `angle_min_deg` = "
+            f"{lo:g}° to `angle_max_deg` = {hi:g}° ({hi - lo:g}°): one projection, no tilt "
+            "series"
+        )
 
 
 #: the simulator's truth table (perovstem.simulate.haadf_image): every column; it has the
@@ -130,6 +238,7 @@ def simulate_nanocrystal(ctx: Any) -> dict[str, Any]:
         "voltage_kV": Param(float, 300.0, "accelerating voltage, kV", choices=(200.0, 300.0)),
         "probe_sigma_A": Param(float, None, "probe σ, Å (default: simulator default)", min=0.0),
     },
+    check_together=_check_haadf,
     requires=(HAADF,),
     section="counting",
     doc="Simulate a HAADF-STEM image of the nanocrystal with Poisson noise.",
@@ -172,13 +281,14 @@ def simulate_haadf(ctx: Any, atoms: Any) -> dict[str, Any]:
         "final": Kind("atoms"),
     },
     params={
-        "n_frames": Param(int, 40, "number of frames", min=2),
+        "n_frames": Param(int, 40, "number of frames", min=2, max=MAX_KMC_FRAMES),
         "frame_time_s": Param(float, 1.0, "frame time, s", min=1e-6),
         # (the kinetic Monte Carlo never ended at 1e17 e⁻/Å² per frame)
         "dose_rate_e_per_A2_s": Param(float, 100.0, "dose rate, e⁻/Å²/s", min=0.0, max=1e9),
-        "temperature_K": Param(float, 300.0, "temperature, K", min=1.0, max=MAX_TEMPERATURE_K),
+        "temperature_K": Param(float, 300.0, "temperature, K", min=1.0, max=MAX_KMC_TEMPERATURE_K),
         "atmosphere": Param(str, "vacuum", "vacuum, O2 or H2O"),
     },
+    check_together=_check_kmc,
     requires=(KMC,),
     section="kinetics",
     doc="Kinetic Monte Carlo of beam-induced Br loss and Pb⁰ cluster formation (ground truth).",
@@ -250,6 +360,7 @@ def simulate_kmc(ctx: Any, atoms: Any) -> dict[str, Any]:
             length=2,
         ),
     },
+    check_together=_check_insitu_series,
     requires=(SERIES,),
     section="kinetics",
     doc="Render a KMC trajectory as an in-situ HAADF series (drift, noise, dose per frame).",
@@ -279,14 +390,15 @@ def simulate_insitu_series(ctx: Any, trajectory: Any) -> dict[str, Any]:
             "temperatures, K",
             item_type=float,
             min=1.0,
-            max=MAX_TEMPERATURE_K,
+            max=MAX_KMC_TEMPERATURE_K,
         ),
-        "n_frames": Param(int, 20, "frames per temperature", min=2),
+        "n_frames": Param(int, 20, "frames per temperature", min=2, max=MAX_KMC_FRAMES),
         "frame_time_s": Param(float, 1.0, "frame time, s", min=1e-6),
         "dose_rate_e_per_A2_s": Param(
             float, 20.0, "dose rate during heating, e⁻/Å²/s", min=0.0, max=1e9
         ),
     },
+    check_together=_check_heating,
     requires=(KMC,),
     section="kinetics",
     doc="Heating series: independent KMC runs of the pristine NC at each temperature.",
@@ -333,9 +445,10 @@ def simulate_heating(ctx: Any, atoms: Any) -> dict[str, Any]:
         "angle_min_deg": Param(float, -70.0, "first tilt angle, degrees", min=-90.0, max=90.0),
         "angle_max_deg": Param(float, 70.0, "last tilt angle, degrees", min=-90.0, max=90.0),
         "angle_step_deg": Param(float, 5.0, "tilt increment, degrees", min=0.1),
-        "size_px": Param(int, 96, "detector size (square), px", min=16),
+        "size_px": Param(int, 96, "detector size (square), px", min=16, max=MAX_IMAGE_PX),
         "pixel_size_A": Param(float, 1.0, "pixel size, Å", min=0.05),
     },
+    check_together=_check_tilt_series,
     requires=(PHANTOM, DEG_TILT),
     section="facets",
     doc="Tilt series of a faceted NC phantom with Pb inclusions before and after a dose.",

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from perovstem.pipeline.registry import Kind, Param, api, register_step
+from perovstem.pipeline.registry import Kind, Param, UpstreamOf, api, register_step
 
 RECONSTRUCT = "perovstem.tomo:reconstruct|perovstem.tomo.reconstruct:reconstruct"
 ALIGN = "perovstem.tomo:align|perovstem.tomo.align:align"
@@ -250,6 +250,30 @@ SEQUENCE = "perovstem.tomo:reconstruct_sequence|perovstem.tomo.fourd:reconstruct
 CHECK_SEQUENCE = "perovstem.tomo:check_sequence|perovstem.tomo.fourd:check_sequence"
 
 
+def _check_sequence(params: dict[str, Any], upstream: dict[str, UpstreamOf]) -> None:
+    """One time and one dose per wired tilt series (a wrong count failed only after the
+    steps producing the series had run)."""
+    from perovstem.errors import ParameterError
+
+    # (fewer than 2 series is refused when the step runs, so that with on_error = "continue"
+    # the other steps still run)
+    wired = upstream.get("series")
+    n = len(wired) if isinstance(wired, list) else None
+    given = {k: params[k] for k in ("times_s", "doses_e_per_A2") if params[k] is not None}
+    for key, v in given.items():
+        if n is not None and len(v) != n:
+            raise ParameterError(
+                f"`{key}` = {v!r} holds {len(v)} values for the {n} tilt series wired to "
+                "`series`: give one per series, in their order"
+            )
+    if len(given) == 2 and len(given["times_s"]) != len(given["doses_e_per_A2"]):
+        raise ParameterError(
+            f"`times_s` = {given['times_s']!r} and `doses_e_per_A2` = "
+            f"{given['doses_e_per_A2']!r} hold {len(given['times_s'])} and "
+            f"{len(given['doses_e_per_A2'])} values: one of each per tilt series"
+        )
+
+
 @register_step(
     "tomo.sequence",
     input_kinds={"series": Kind("tilt")},
@@ -304,6 +328,7 @@ CHECK_SEQUENCE = "perovstem.tomo:check_sequence|perovstem.tomo.fourd:check_seque
         ),
         "label": Param(str, "", "label in the report"),
     },
+    check_together=_check_sequence,
     requires=(SEQUENCE, CHECK_SEQUENCE),
     section="facets",
     doc="4-D tomography: reconstruct a time sequence of tilt series of one crystal (warm "
