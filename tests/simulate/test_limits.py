@@ -210,3 +210,16 @@ def test_probe_current_bound_is_shared():
     check_current_pA(MAX_CURRENT_PA)
     with pytest.raises(ParameterError, match=r"`current_pA` = 1e\+07 pA is above 1e\+06 pA"):
         check_current_pA(1e7)
+
+
+def test_probe_current_bound_holds_in_the_insitu_dose_api():
+    """``frame_dose`` / ``assign_dose`` refuse the current the CLI refuses (not only the CLI)."""
+    from perovstem._data import Series
+    from perovstem.insitu import assign_dose, frame_dose
+
+    assert frame_dose(50.0, 0.2, dwell_us=1.0) > 0
+    with pytest.raises(ParameterError, match=r"`current_pA` = 1e\+09 pA is above 1e\+06 pA"):
+        frame_dose(1e9, 0.2, dwell_us=1.0)
+    series = Series(np.ones((2, 8, 8)), 0.2)
+    with pytest.raises(ParameterError, match=r"`current_pA` = 1e\+09 pA"):
+        assign_dose(series, current_pA=1e9, dwell_us=1.0)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from perovstem._data import Series
+from perovstem._limits import check_current_pA
 from perovstem._validation import check_positive, check_range, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
@@ -59,6 +60,7 @@ def frame_dose(
     """
     refuse_text_numbers(locals())
     i_A = check_positive("current_pA", current_pA) * 1e-12
+    check_current_pA(current_pA)  # the bound the CLI's --current-pA has (one definition)
     dx = check_positive("pixel_size_A", pixel_size_A)
     if dwell_us is not None:
         t = check_positive("dwell_us", dwell_us) * 1e-6
