@@ -181,3 +181,17 @@ def test_sequence_times_and_doses_match_the_wired_series(tmp_path, capsys, extra
         assert f in err, (f, err)
     ok = _write(tmp_path, cfg.read_text().replace(extra, "times_s = [0.0, 60.0]\n"))
     assert main(["run", str(ok), "--check"]) == 0
+
+
+def test_unknown_atmosphere_is_refused_at_check(tmp_path: Path, capsys):
+    """`simulate.kmc`'s gas is checked against the simulator's list when the file is read
+    (it reached `degradation_kmc` only when the step ran)."""
+    cfg = tmp_path / "gas.toml"
+    cfg.write_text(
+        NC.format(edge=30.0) + '[[step]]\nrun = "simulate.kmc"\natmosphere = "argon"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ParameterError, match=r"`atmosphere` must be one of .*'Ar'.*'argon'"):
+        load_config(cfg, check_files=False)
+    assert main(["run", "--check", str(cfg)]) == 2
+    assert "simulate.kmc" in capsys.readouterr().err

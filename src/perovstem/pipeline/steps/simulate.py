@@ -14,6 +14,7 @@ from perovstem._limits import (
 )
 from perovstem.errors import ParameterError
 from perovstem.pipeline.registry import Kind, Param, Upstream, UpstreamOf, api, register_step
+from perovstem.simulate.kmc_params import ATMOSPHERES
 
 NANOCRYSTAL = "perovstem.simulate:nanocrystal"
 COMPOSITION = "perovstem.simulate:composition"
@@ -286,7 +287,12 @@ def simulate_haadf(ctx: Any, atoms: Any) -> dict[str, Any]:
         # (the kinetic Monte Carlo never ended at 1e17 e⁻/Å² per frame)
         "dose_rate_e_per_A2_s": Param(float, 100.0, "dose rate, e⁻/Å²/s", min=0.0, max=1e9),
         "temperature_K": Param(float, 300.0, "temperature, K", min=1.0, max=MAX_KMC_TEMPERATURE_K),
-        "atmosphere": Param(str, "vacuum", "vacuum, O2 or H2O"),
+        "atmosphere": Param(
+            str,
+            "vacuum",
+            "gas around the crystal: O2, H2O and air (both) strip Br at a rate ∝ pressure; N2 and Ar are inert like vacuum",
+            choices=ATMOSPHERES,
+        ),
     },
     check_together=_check_kmc,
     requires=(KMC,),
