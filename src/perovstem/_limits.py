@@ -17,6 +17,7 @@ __all__ = [
     "MAX_KMC_FRAMES",
     "MAX_CURRENT_PA",
     "MAX_IMAGE_PX",
+    "MAX_STACK_PX",
     "MAX_COUNTS_PER_A",
     "MAX_KMC_EVENTS",
     "check_at_most",
@@ -48,6 +49,10 @@ MAX_CURRENT_PA = 1e6
 
 MAX_IMAGE_PX = 8192
 """Largest side of a simulated image, px."""
+
+MAX_STACK_PX = 2**31
+"""Largest simulated tilt series, projections × pixels per projection (2.1e9 px: 17 GB as
+float64); a 0.1° step at 8192² px would need 0.8 TB."""
 
 MAX_COUNTS_PER_A = 1e10
 """Largest expected detector count per pixel per Å of path (tilt-series simulation): a pixel
@@ -86,6 +91,23 @@ def check_at_most(name: str, value: float | None, limit: float, unit: str, why: 
     if value is not None and value > limit:
         raise ParameterError(
             f"`{name}` = {value:g} {unit} is above {limit:g} {unit} ({why}): a unit mistake?"
+        )
+
+
+def check_stack_px(
+    n_images: int, shape: tuple[int, int], *, names: tuple[str, str] = ("angles_deg", "shape")
+) -> None:
+    """Refuse a simulated stack of ``n_images`` images of ``shape`` above
+    :data:`MAX_STACK_PX` pixels in all (``names``: the parameters or options that set the
+    count and the image size)."""
+    from perovstem.errors import ParameterError
+
+    total = int(n_images) * int(shape[0]) * int(shape[1])
+    if total > MAX_STACK_PX:
+        raise ParameterError(
+            f"`{names[0]}` and `{names[1]}`: {int(n_images)} projections of {int(shape[0])} × "
+            f"{int(shape[1])} px = {total:.3g} px is above {MAX_STACK_PX:.3g} px "
+            f"({MAX_STACK_PX * 8 / 1e9:.0f} GB as float64): use fewer angles or a coarser pixel"
         )
 
 

@@ -83,6 +83,15 @@ def _check(capsys, argv, d, o, *fragments, absent=()):
             ["simulate", "tilt", "-o", "{o}/t.npz", "--size-px", "100000"],
             ["`--size-px` = 100000 px", "above 8192 px", "largest simulated projection"],
         ),
+        # 1401 projections of 8192² px: 0.75 TB of float64 before the first projection
+        (
+            ["simulate", "tilt", "-o", "{o}/t.npz", "--size-px", "8192", "--step-deg", "0.1"],
+            [
+                "`--step-deg` and `--size-px`",
+                "1401 projections of 8192 × 8192 px",
+                "above 2.15e+09",
+            ],
+        ),
         (
             ["tomo", "sequence", "{d}/ts.npz", "{d}/ts.npz", "-o", "{o}/q.csv"]
             + ["--doses-e-per-A2", "0,1e30"],

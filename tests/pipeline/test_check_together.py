@@ -195,3 +195,16 @@ def test_unknown_atmosphere_is_refused_at_check(tmp_path: Path, capsys):
         load_config(cfg, check_files=False)
     assert main(["run", "--check", str(cfg)]) == 2
     assert "simulate.kmc" in capsys.readouterr().err
+
+
+def test_tilt_series_stack_size_is_refused_at_check(tmp_path: Path, capsys):
+    """0.1° steps at 8192² px: every value within its own bounds, 0.75 TB together."""
+    cfg = tmp_path / "tilt.toml"
+    cfg.write_text(
+        '[[step]]\nrun = "simulate.tilt_series"\nangle_step_deg = 0.1\nsize_px = 8192\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ParameterError, match=r"`angle_step_deg` and `size_px`: 1401 projections"):
+        load_config(cfg, check_files=False)
+    assert main(["run", "--check", str(cfg)]) == 2
+    assert "simulate.tilt_series" in capsys.readouterr().err

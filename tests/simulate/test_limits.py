@@ -223,3 +223,15 @@ def test_probe_current_bound_holds_in_the_insitu_dose_api():
     series = Series(np.ones((2, 8, 8)), 0.2)
     with pytest.raises(ParameterError, match=r"`current_pA` = 1e\+09 pA"):
         assign_dose(series, current_pA=1e9, dwell_us=1.0)
+
+
+def test_tilt_series_bounds_the_whole_stack():
+    """Each projection within the image bound, but 1401 × 8192² px in all (0.75 TB as
+    float64) is refused before anything is allocated; an ordinary series is not."""
+    from perovstem.simulate.tilt import nanocrystal_phantom, tilt_series
+
+    ph = nanocrystal_phantom(20.0, n_inclusions=0, rng=0)
+    with pytest.raises(ParameterError, match=r"`angles_deg` and `shape`: 1401 projections"):
+        tilt_series(ph, np.linspace(-70, 70, 1401), shape=(8192, 8192), rng=0)
+    ts, _ = tilt_series(ph, np.linspace(-60, 60, 5), shape=(32, 32), rng=0)
+    assert ts.data.shape == (5, 32, 32)

@@ -21,6 +21,7 @@ from perovstem._limits import (  # noqa: F401  (re-exported for the commands)
     check_at_most,
     check_current_pA,
     check_image_px,
+    check_stack_px,
 )
 
 console = Console(stderr=False, highlight=False)

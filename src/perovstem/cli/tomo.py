@@ -19,6 +19,7 @@ from perovstem.cli._common import (
     check_at_most,
     check_image_px,
     check_outputs,
+    check_stack_px,
     examples,
     print_warnings,
 )
@@ -634,6 +635,7 @@ def _register_simulate_tilt() -> None:
                 rng=rng,
             )
             sch = tilt_scheme(tilt_range_deg, step_deg, min_tilt_deg=min_tilt_deg, scheme=scheme)
+            check_stack_px(len(sch), (size, size), names=("--step-deg", "--size-px"))
             ts, tr = tilt_series(
                 ph,
                 sch["angle_deg"].to_numpy(),

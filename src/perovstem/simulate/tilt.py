@@ -36,6 +36,7 @@ from perovstem._limits import (
     MAX_DOSE_E_PER_A2,
     check_at_most,
     check_image_px,
+    check_stack_px,
 )
 from perovstem._validation import check_positive
 from perovstem.errors import ParameterError
@@ -804,6 +805,7 @@ def tilt_series(
     if m < 3 or nn < 1:
         raise ParameterError(f"`shape` must be (M >= 3, N >= 1), got {shape}")
     check_image_px((m, nn), name="shape", why="the largest simulated projection")
+    check_stack_px(ang.size, (m, nn))
     if supersample < 1:
         raise ParameterError(f"`supersample` must be >= 1, got {supersample}")
     if not np.isfinite(pixel_size_A) or pixel_size_A <= 0:

@@ -11,6 +11,7 @@ from perovstem._limits import (
     MAX_IMAGE_PX,
     MAX_KMC_FRAMES,
     MAX_KMC_TEMPERATURE_K,
+    check_stack_px,
 )
 from perovstem.errors import ParameterError
 from perovstem.pipeline.registry import Kind, Param, Upstream, UpstreamOf, api, register_step
@@ -149,6 +150,8 @@ def _check_tilt_series(params: dict[str, Any], upstream: dict[str, UpstreamOf]) 
             f"{lo:g}° to `angle_max_deg` = {hi:g}° ({hi - lo:g}°): one projection, no tilt "
             "series"
         )
+    n_angles = np.arange(lo, hi + 1e-9, step).size  # as the step makes them
+    check_stack_px(n_angles, (params["size_px"],) * 2, names=("angle_step_deg", "size_px"))
 
 
 #: the simulator's truth table (perovstem.simulate.haadf_image): every column; it has the
