@@ -44,7 +44,9 @@ Method
    Two clusters are kept when χ² (per cell, the correlation area of the cell-averaged map)
    drops by more than :data:`SPLIT_PENALTY` = 25 against the better of the sphere and a
    single projected ellipsoid of free aspect ratio and orientation (an elongated cluster is
-   the other explanation of a long segment), both fitted centres lie on the segment, and
+   the other explanation of a long segment), both fitted centres lie on the segment (the
+   two-sphere fits run with their centres bounded to the segment's box by a tanh
+   reparametrisation, James & Roos, Comput. Phys. Commun. 10, 343 (1975)), and
    each part holds ≥ ``min_atoms`` atoms
    and is significant by itself: a likelihood-ratio test with a penalty (in the spirit of
    BIC, Schwarz, Ann. Stat. 6, 461 (1978)) calibrated on isolated clusters (the largest
