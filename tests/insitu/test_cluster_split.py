@@ -389,3 +389,50 @@ def test_split_refuses_a_dome_centred_off_its_segment():
         assert inside.all(), sp["comps"]
         assert (lab[y, x] == 1).all(), sp["comps"]
         assert all((sp["assign"] == j).any() for j in range(len(y)))
+
+
+def test_two_dome_fits_stay_in_the_segment_box(monkeypatch):
+    """The two-dome fits of the segment of ``tests/data/split_offsegment_dome.npz`` keep
+    both centres inside the segment's bounding box (bounded parameters, ``_fit_domes``
+    ``box``).  Unbounded (the old fit), the start with an 80/20 division runs away on
+    this window in both CPU modes (AVX-512 and AVX2 alike): a dome at (146.8, 3.9) px in
+    a 100 × 86 window, χ² 3922 against 4931 for the in-box optimum (it then fails the
+    on-segment test and the segment stays whole; in the KMC frame the window was cut
+    from, a dome 62 px outside the frame).  Every dome the fits return must lie on the
+    segment's box, whatever their start."""
+    import perovstem.insitu.clusters as C
+
+    z = np.load(Path(__file__).resolve().parents[1] / "data" / "split_offsegment_dome.npz")
+    px, a_px, angle, penalty = z["kw"]
+    lab = z["labels"].astype(np.int32)
+    fits = []
+    fit = C._fit_domes
+
+    def spy(*args, **kw):
+        chi, c = fit(*args, **kw)
+        if len(args[3]) == 2:
+            fits.append(c[:, :2].copy())
+        return chi, c
+
+    monkeypatch.setattr(C, "_fit_domes", spy)
+    C._split_segments(
+        z["e"].astype(float),
+        z["sig"].astype(float),
+        lab,
+        np.array([True, False]),
+        z["tot"],
+        n_of=C._counts_to_atoms(C._default_library(), 4000.0),
+        px=float(px),
+        a_px=float(a_px),
+        angle_deg=float(angle),
+        penalty=float(penalty),
+    )
+    assert fits, "the segment was not fitted with two domes"
+    # the fit window starts ceil(a/2) + a//4 frame pixels before the segment (clipped at 0)
+    yy, xx = np.nonzero(lab == 1)
+    pad = int(np.ceil(a_px / 2)) + max(1, int(a_px // 4))
+    y0, x0 = max(0, yy.min() - pad), max(0, xx.min() - pad)
+    for c in fits:
+        y, x = c[:, 0] + y0, c[:, 1] + x0
+        assert ((y >= yy.min()) & (y <= yy.max())).all(), (c, y0, yy.min(), yy.max())
+        assert ((x >= xx.min()) & (x <= xx.max())).all(), (c, x0, xx.min(), xx.max())

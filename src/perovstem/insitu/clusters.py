@@ -44,7 +44,9 @@ Method
    Two clusters are kept when χ² (per cell, the correlation area of the cell-averaged map)
    drops by more than :data:`SPLIT_PENALTY` = 25 against the better of the sphere and a
    single projected ellipsoid of free aspect ratio and orientation (an elongated cluster is
-   the other explanation of a long segment), both fitted centres lie on the segment, and
+   the other explanation of a long segment), both fitted centres lie on the segment (the
+   two-sphere fits run with their centres bounded to the segment's box by a tanh
+   reparametrisation, James & Roos, Comput. Phys. Commun. 10, 343 (1975)), and
    each part holds ≥ ``min_atoms`` atoms
    and is significant by itself: a likelihood-ratio test with a penalty (in the spirit of
    BIC, Schwarz, Ann. Stat. 6, 461 (1978)) calibrated on isolated clusters (the largest
@@ -1147,20 +1149,34 @@ def _fit_domes(
     radius_of: Any,
     grid: _DomeGrid,
     stop_below: float | None = None,
+    *,
+    box: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray]:
     """Weighted least-squares fit of ``len(init)`` blurred domes plus a constant level to
     the excess samples ``ew`` (σ ``sw``) at ``use``; each dome's radius follows from its
     amplitude (``radius_of``).  Returns χ² and the fitted ``(y, x, amplitude)``; with
     ``stop_below`` the fit may stop at the first χ² under it (that χ² and point are
-    returned; see :func:`_stopping`)."""
+    returned; see :func:`_stopping`).
+
+    ``box`` ``((y_lo, y_hi), (x_lo, x_hi))`` (frame pixels relative to the window
+    origin) bounds every dome centre: the fit runs on ``u`` with ``y = y_mid +
+    y_half·tanh(u)`` (a smooth transformation of a bounded parameter to an unbounded one,
+    as MINUIT does with ``arcsin``: James & Roos, Comput. Phys. Commun. 10, 343 (1975)),
+    so that Levenberg–Marquardt stays unconstrained and no trial step can put a dome
+    outside the box (an unbounded two-dome fit put one 62 px outside a 170 px frame)."""
     from scipy.optimize import least_squares
 
     kk = len(init)
     w = 1.0 / sw[use]
     target = ew[use]
+    if box is not None:
+        bx = np.asarray(box, float)
+        mid, half = bx.mean(axis=1), np.maximum(np.diff(bx, axis=1)[:, 0] / 2.0, 0.5)
 
     def unpack(p):
         c = p[: 3 * kk].reshape(kk, 3).copy()
+        if box is not None:
+            c[:, :2] = mid + half * np.tanh(c[:, :2])
         # a trial step far out (coarse pixels) must not overflow: exp(700) is already absurd
         c[:, 2] = np.exp(np.minimum(c[:, 2], 700.0))
         return c, p[-2], p[-1]
@@ -1176,9 +1192,17 @@ def _fit_domes(
         j = np.empty((target.size, 3 * kk + 2))
         j[:, :-1] = -(d[:, use] * w).T
         j[:, -1] = -w
+        if box is not None:
+            # chain rule: dy/du = y_half (1 - tanh(u)^2)
+            dyx = half * (1.0 - np.tanh(p[: 3 * kk].reshape(kk, 3)[:, :2]) ** 2)
+            cols = (3 * np.arange(kk)[:, None] + np.arange(2)).ravel()
+            j[:, cols] *= dyx.ravel()
         return j
 
-    p0 = np.r_[np.c_[init[:, :2], np.log(np.maximum(init[:, 2], 1e-9))].ravel(), 0.1, 0.0]
+    pos = np.asarray(init[:, :2], float)
+    if box is not None:
+        pos = np.arctanh(np.clip((pos - mid) / half, -0.99, 0.99))
+    p0 = np.r_[np.c_[pos, np.log(np.maximum(init[:, 2], 1e-9))].ravel(), 0.1, 0.0]
     # Levenberg-Marquardt (MINPACK), analytic Jacobian
     try:
         r = least_squares(
@@ -1322,6 +1346,8 @@ def _split_segments(
         s = max(1.0, float(np.sqrt(max(lam[1] - lam[0], 0.0))))
         u = vec[:, 1]
         best = (np.inf, c1)
+        # the two dome centres are bounded to the segment's box (see _fit_domes)
+        box = np.array([[yy.min(), yy.max()], [xx.min(), xx.max()]], float)
         for f in (0.5, 0.8):
             init = np.array(
                 [
@@ -1329,7 +1355,7 @@ def _split_segments(
                     [my - 2 * s * u[0] * f, mx - 2 * s * u[1] * f, (1 - f) * amp],
                 ]
             )
-            chi2, c2 = _fit_domes(ew, sw, use, init, radius_of, grid)
+            chi2, c2 = _fit_domes(ew, sw, use, init, radius_of, grid, box=box)
             if chi2 < best[0]:
                 best = (chi2, c2)
             if (chi1 - best[0]) / per_cell > penalty:
