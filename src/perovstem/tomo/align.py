@@ -84,9 +84,11 @@ class Alignment:
     tilt_axis_err_deg : float
         Standard error of ``tilt_axis_deg``, degrees: the scatter of the projections'
         contributions to the re-projection criterion about its minimum, plus the spread
-        of the minima on halves of the data (left/right columns, even/odd tilts; see
-        :func:`align`); at least the last refinement move when the refinement did not
-        converge, or half the swing when it oscillated.  NaN when the re-projection axis
+        of the minima on halves of the data (left/right columns, even/odd tilts), plus
+        the change of the minimum between the 30-iteration search criterion and the
+        converged (90-iteration) final one (see :func:`align`, :func:`_polish_axis`); at
+        least the last refinement move when the refinement did not converge, or half the
+        swing when it oscillated.  NaN when the re-projection axis
         was not searched (``tilt_axis`` "com", "search", an angle or False).
     """
 
@@ -1132,7 +1134,10 @@ def align(
         halfway between the last two estimates); ``steps`` records the rounds run and
         whether the axis converged or was bisected.  Costs a
         projection matching (3 iterations) and a narrow search per round.  0: one axis
-        search (the behaviour before the refinement).
+        search (the behaviour before the refinement).  After the refinement (or the one
+        search) a final search with a converged criterion (90 SIRT iterations, ±2° about
+        the axis, :func:`_polish_axis`) gives the returned axis; it costs about as much as
+        one refinement round's search, three times over.
 
     Returns
     -------
@@ -1142,8 +1147,10 @@ def align(
         about the minimum, divided by its curvature, gives the angle's sandwich variance
         (:func:`_axis_sigma`); errors that all projections share are estimated from the
         disagreement of the criterion's minima on halves of the data (:func:`_axis_split_sigma`)
-        and added in quadrature; if the refinement did not converge, at least the last move
-        (half the swing if it oscillated).
+        and from the change of the minimum when the criterion's reconstruction is converged
+        (90 instead of 30 SIRT iterations: the final search, :func:`_polish_axis`, whose
+        minimum is the returned axis), all added in quadrature; if the refinement did not
+        converge, at least the last move (half the swing if it oscillated).
     """
     refuse_text_numbers(locals())
     ts = _check_series(tilt_series)
