@@ -358,6 +358,11 @@ def test_default_align_clean_cube_axis_and_no_warning():
     assert abs(al.tilt_axis_deg) < 1.0  # −0.90° (held-out clean cubes: ≤ 1.28°, mean 0.62°)
     assert "tilt_axis_check: criteria agree" in al.steps
     assert abs(al.axis_disagreement_deg) <= 1.0
+    # the axis comes from the converged final search, and its σ holds that search's change
+    # of the refined axis (the 30-iteration criterion's bias; the old σ did not)
+    (polish,) = [s for s in al.steps if s.startswith("tilt_axis_polish (SIRT")]
+    move = float(polish.split(": ")[1].split(" deg")[0])
+    assert al.tilt_axis_err_deg >= abs(move) - 1e-9
 
 
 def test_axis_frame_recentring_keeps_true_shifts_of_a_compact_cube():
