@@ -5,7 +5,7 @@ takes the most prominent *interior* minimum (StatSTEM's Pb example: ICL(1) is 12
 tutorial's k = 11).  On a crystal of one thickness (every Pb-Br column of a cube the same
 count) that rule split one Gaussian into 3-15 components.  ``gmm_sweep`` now asks the data
 first (``perovstem.atoms._one_level``): with ``scs_err`` whether the spread exceeds twice the
-columns' own variance, without it a Shapiro-Wilk test.
+columns' own variance; without it, on request (``single_level_alpha``), a Shapiro-Wilk test.
 
 The images here are rendered by the fast HAADF model with Poisson noise and measured by
 ``fit_columns``: the SCS are not drawn from a Gaussian.
@@ -58,7 +58,8 @@ def test_one_thickness_cube_is_one_level(cubes):
 
     Old rule: k = 3-15 in 106 of 112 such type-runs (all 64 with >= 36 columns).  Measured
     with the fit's ``scs_err`` (tune seeds 1-4 / held-out 5-8, 3-12 cells, 5e2-2e4):
-    k = 1 in 111 / 111 of 112; without errors (Shapiro-Wilk) 103 / 101 of 112."""
+    k = 1 in 111 / 111 of 112; bare SCS with the opt-in Shapiro-Wilk test 103 / 101 of 112,
+    without it the old rule."""
     k_err, k_bare, k_old = [], [], []
     for fit, n in cubes:
         assert np.unique(n).size == 1  # one thickness
@@ -72,13 +73,15 @@ def test_one_thickness_cube_is_one_level(cubes):
             assert info["single_level_test"]["test"] == "spread"
             assert "k = 1 instead of" in info["rule"]
         x = fit["scs"].to_numpy()
-        k_bare.append(gmm_sweep(x, max_components=min(20, x.size // 2)).selected)
+        kmax = min(20, x.size // 2)
+        k_bare.append(gmm_sweep(x, max_components=kmax, single_level_alpha=0.01).selected)
+        assert gmm_sweep(x, max_components=kmax).single_level_test is None  # no errors
     assert all(k == 1 for k in k_err), k_err
     assert sum(k == 1 for k in k_bare) >= len(cubes) - 1, k_bare
     for fit, _ in cubes:
         x = fit["scs"].to_numpy()
         kmax = min(20, x.size // 2)
-        k_old.append(gmm_sweep(x, max_components=kmax, single_level_alpha=None).selected)
+        k_old.append(gmm_sweep(x, max_components=kmax, single_level=False).selected)
     # the old rule on the same cross-sections (what this test guards against)
     assert sum(k > 1 for k in k_old) >= len(cubes) - 1, k_old
 
@@ -89,8 +92,8 @@ def test_multi_level_columns_keep_their_levels(seed, max_atoms, n_cols, dose):
     whether or not errors are given, so k is the rule's (variance ratio > 2, SW p < 0.01)."""
     rng = np.random.default_rng(seed)
     x, n, err = pb_column_scs(rng.integers(1, max_atoms + 1, n_cols), dose, rng, with_err=True)
-    old = gmm_sweep(x, max_components=30, single_level_alpha=None)
-    for kw in ({}, {"scs_err": err}):
+    old = gmm_sweep(x, max_components=30, single_level=False)
+    for kw in ({"single_level_alpha": 0.01}, {"scs_err": err}):
         sw = gmm_sweep(x, max_components=30, **kw)
         assert sw.selected == old.selected > 1
         assert sw.single_level_test is None or sw.single_level_test["rejected"]
@@ -105,7 +108,7 @@ def test_spread_test_without_criterion_preference():
     err = np.full(16, 0.1)
     sw = gmm_sweep(x, max_components=8, scs_err=err)
     assert sw.selected == 1
-    t = gmm_sweep(x, max_components=8, scs_err=err, single_level_alpha=None)
+    t = gmm_sweep(x, max_components=8, scs_err=err, single_level=False)
     assert t.single_level_test is None
 
 
@@ -113,6 +116,7 @@ def test_spread_test_without_criterion_preference():
     "kw,exc,match",
     [
         ({"single_level_alpha": 1.5}, ParameterError, "single_level_alpha"),
+        ({"single_level": "yes"}, ParameterError, "single_level"),
         ({"single_level_alpha": "0.01"}, Exception, "single_level_alpha"),
         ({"scs_err": np.ones(3)}, DataError, "scs_err"),
         ({"scs_err": ["a"] * 20}, DataError, "scs_err"),
@@ -124,11 +128,15 @@ def test_bad_input(kw, exc, match):
         gmm_sweep(x, max_components=5, **kw)
 
 
-def test_count_atoms_table_without_errors_uses_shapiro():
+def test_count_atoms_without_errors_keeps_the_rule_unless_asked():
+    """A table without ``scs_err``: no test by default (the Shapiro-Wilk test read roofed
+    nanocrystals and few-column many-level sets as one level); on request it runs."""
     rng = np.random.default_rng(4)
     df = pd.DataFrame({"scs": 5.0 + 0.1 * rng.standard_normal(60)})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         res = count_atoms(df, max_components=20)
-    test = res.attrs["counting"]["all"]["single_level_test"]
+        asked = count_atoms(df, max_components=20, single_level_alpha=0.01)
+    assert res.attrs["counting"]["all"]["single_level_test"] is None
+    test = asked.attrs["counting"]["all"]["single_level_test"]
     assert test is None or test["test"] == "shapiro-wilk"

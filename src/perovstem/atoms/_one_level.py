@@ -13,10 +13,11 @@ simulated cubes).  Two tests ask the data whether one level is enough:
   (Robertson & Fryer, Scand. Actuar. J. 1969, 137), and then its variance
   ``sigma^2 + s^2 / 4`` exceeds ``2 sigma^2``.  A type whose SCS variance is at most twice
   the mean squared error of its columns holds no two separable levels.
-* **Shapiro-Wilk** (without errors; Shapiro & Wilk, Biometrika 52 (1965) 591, Royston's
-  approximation as in :func:`scipy.stats.shapiro`): one Gaussian is kept unless rejected at
-  ``alpha``.  It has little power on a few columns spread over many levels (40 columns of
-  1-10 atoms), where the spread test does not need any.
+* **Shapiro-Wilk** (without errors, opt-in with ``single_level_alpha``; Shapiro & Wilk,
+  Biometrika 52 (1965) 591, Royston's approximation as in :func:`scipy.stats.shapiro`): one
+  Gaussian is kept unless rejected at ``alpha``.  It has little power on a few columns
+  spread over many levels (40 columns of 1-30 atoms, the Cs columns of a roofed 8-cell
+  nanocrystal), which it then reads as one level; the spread test does not need any.
 
 A parametric-bootstrap likelihood-ratio test of one against two components (McLachlan, Appl.
 Statist. 36 (1987) 318) was measured first: as weak as Shapiro-Wilk on those spreads and

@@ -190,8 +190,8 @@ class GMMSweep:
         The one-level test of :func:`gmm_sweep` (``test`` "spread" or "shapiro-wilk", its
         statistic, ``rejected``, ``reason``, ``interior_choice`` (the rule's k),
         ``criterion_above_k1``), or None when it did not run (the rule chose k = 1,
-        ``rule="global"``, ``single_level_alpha=None``, or without ``scs_err`` the
-        criterion was not lower at k = 1).  ``rejected`` False: ``selected`` is 1.
+        ``rule="global"``, ``single_level=False``, or no ``scs_err`` and no
+        ``single_level_alpha``).  ``rejected`` False: ``selected`` is 1.
     """
 
     fits: list[GMMFit]
@@ -514,8 +514,9 @@ def gmm_sweep(
     exhaustive_below: int = 200_000,
     bin_above: int = 4096,
     n_bins: int = 2048,
-    single_level_alpha: float | None = 0.01,
+    single_level: bool = True,
     scs_err: Any = None,
+    single_level_alpha: float | None = None,
 ) -> GMMSweep:
     """Fit equal-width mixtures for ``k = min_components ... max_components`` and select ``k``.
 
@@ -542,21 +543,25 @@ def gmm_sweep(
         Selection rule, see :func:`select_components`.
     max_iter, tol : int, float
         EM stopping rule per fit (relative NLL change, as ``fitgmdist``'s TolFun).
-    single_level_alpha : float or None
+    single_level : bool
         One count level or several?  The rules skip ``k = 1`` (ICL's entropy term makes it
         the global minimum of most curves with overlapping levels: StatSTEM's Pb example
         has ICL(1) 128 below its k = 11), so on a crystal of one thickness they split one
-        Gaussian into 3-15 components.  When the rule picks ``k > 1``, ``k = 1`` is taken
-        instead if (a) with ``scs_err``: the variance of the SCS is at most twice the mean
-        squared ``scs_err`` (levels far enough apart to be separable, ``> 2 sigma``, would
-        make it larger; Robertson & Fryer 1969), or (b) without ``scs_err`` and with the
-        criterion lower at ``k = 1`` than at the rule's choice: one Gaussian is not
-        rejected by the Shapiro-Wilk test at this level (Shapiro & Wilk 1965).  ``None``:
-        the rule alone.  Not used with ``rule="global"``.  See
-        :mod:`perovstem.atoms._one_level` and docs/counting.md for the measured figures.
+        Gaussian into 3-15 components.  When the rule picks ``k > 1`` and ``scs_err`` is
+        given, ``k = 1`` is taken if the variance of the SCS is at most twice the mean
+        squared ``scs_err``: levels far enough apart to be separable (``> 2 sigma``) would
+        make it larger (Robertson & Fryer 1969).  False: the rule alone.  Not used with
+        ``rule="global"``.  See :mod:`perovstem.atoms._one_level` and docs/counting.md.
     scs_err : array_like, shape (N,), optional
         Standard errors of the cross-sections (e.g. ``scs_err`` of
-        :func:`perovstem.atoms.fit_columns`, Cramér-Rao bounds), for the test above.
+        :func:`perovstem.atoms.fit_columns`, Cramér-Rao bounds), for that test.  Without
+        them the rule alone decides (unless ``single_level_alpha`` is given).
+    single_level_alpha : float, optional
+        Without ``scs_err``: take ``k = 1`` when the criterion is lower there than at the
+        rule's choice and the Shapiro-Wilk test (Shapiro & Wilk 1965) does not reject one
+        Gaussian at this level.  Off by default: it has little power on a few columns
+        spread over many levels and took such sets to k = 1 (ladder bench: 27 + 22 runs;
+        roofed nanocrystals: 6 of 24 type-runs; docs/counting.md).
 
     Returns
     -------
@@ -582,6 +587,8 @@ def gmm_sweep(
                 f"`scs_err` has {scs_err.size} values but `scs` has {x.size}: one error per "
                 "cross-section"
             )
+    if not isinstance(single_level, (bool, np.bool_)):
+        raise ParameterError(f"`single_level` must be True or False, got {single_level!r}")
     if single_level_alpha is not None and not (
         isinstance(single_level_alpha, (int, float)) and 0 < single_level_alpha < 1
     ):
@@ -615,8 +622,8 @@ def gmm_sweep(
     curve = table[criterion].to_numpy()
     sel, mins, prom, text = select_components(curve, table["n_components"].to_numpy(), rule=rule)
     test = None
-    if single_level_alpha is not None and rule != "global" and kmin == 1 and sel > 1:
-        test = _single_level(x, scs_err, curve, sel, float(single_level_alpha))
+    if single_level and rule != "global" and kmin == 1 and sel > 1:
+        test = _single_level(x, scs_err, curve, sel, single_level_alpha)
         if test is not None and not test["rejected"]:
             text = f"k = 1 instead of k = {sel} ({text}): {test['reason']}"
             sel = 1
@@ -627,13 +634,13 @@ def gmm_sweep(
 
 
 def _single_level(
-    x: np.ndarray, scs_err: Any, curve: np.ndarray, sel: int, alpha: float
+    x: np.ndarray, scs_err: Any, curve: np.ndarray, sel: int, alpha: float | None
 ) -> dict[str, Any] | None:
     """May ``x`` be one count level although the rule chose ``sel > 1`` components?
 
     With usable ``scs_err``: the spread test of :mod:`._one_level` (variance at most twice
     the columns' mean squared error), whatever the curve.  Otherwise, when the criterion is
-    lower at ``k = 1`` than at ``sel``: the Shapiro-Wilk test at ``alpha``.  Returns the
+    lower at ``k = 1`` than at ``sel`` and ``alpha`` is given: the Shapiro-Wilk test.  Returns the
     test's dict (``rejected`` False means one level, with ``reason``) or None (no test).
     """
     from perovstem.atoms._one_level import one_gaussian_test, spread_test
@@ -644,7 +651,7 @@ def _single_level(
             f"the SCS variance is {test['variance_ratio']:.3g}x the columns' mean squared "
             f"error (<= {test['limit']:g}: no two separable levels)"
         )
-    elif curve[0] < curve[sel - 1]:
+    elif alpha is not None and curve[0] < curve[sel - 1]:
         test = one_gaussian_test(x, alpha=alpha)
         test["reason"] = (
             f"the criterion is {curve[sel - 1] - curve[0]:.3g} lower at k = 1 and one "
@@ -1235,7 +1242,8 @@ def count_atoms(
     cd_fraction: float = 0.0,
     check_ladder: bool = True,
     method: str = "gmm",
-    single_level_alpha: float | None = 0.01,
+    single_level: bool = True,
+    single_level_alpha: float | None = None,
 ) -> pd.DataFrame:
     """Count atoms per column by an equal-width Gaussian mixture of the cross-sections.
 
@@ -1307,11 +1315,12 @@ def count_atoms(
         with a warning); if none passes, the choice is kept and a warning is given.  On
         held-out simulated images this raised the correctly counted runs from 13 to 17 of 108
         (none lost) and left StatSTEM's Pb example at 11 components.
-    single_level_alpha : float or None
-        The one-level test of :func:`gmm_sweep` (a type of one thickness gets one
-        component; before, the rule split it into 3-15): with a table's ``scs_err`` column
-        the spread of the SCS against their errors, else a Shapiro-Wilk test at this level.
-        None: the rule alone.  The result is ``attrs["counting"][type]["single_level_test"]``.
+    single_level, single_level_alpha : bool, float or None
+        The one-level test of :func:`gmm_sweep`, with the table's ``scs_err`` column when it
+        has one (a type of one thickness gets one component; before, the rule split it into
+        3-15).  ``single_level_alpha`` adds the Shapiro-Wilk test for tables without
+        errors (off by default).  The result is
+        ``attrs["counting"][type]["single_level_test"]``.
     method : {"gmm", "ladder"}
         ``"gmm"`` (default): the mixture above.  ``"ladder"``: per type a smooth ladder
         mixture (means on a ladder with a slowly varying step, widths growing smoothly with
@@ -1425,7 +1434,7 @@ def count_atoms(
                 rule=rule,
                 max_iter=max_iter,
                 tol=tol,
-                single_level_alpha=None,  # k is fixed: no choice to test
+                single_level=False,  # k is fixed: no choice to test
             )
             fit = sweep.fit(int(kfix))
         else:
@@ -1442,8 +1451,9 @@ def count_atoms(
                 rule=rule,
                 max_iter=max_iter,
                 tol=tol,
-                single_level_alpha=single_level_alpha,
+                single_level=single_level,
                 scs_err=None if err_all is None else err_all[sel],
+                single_level_alpha=single_level_alpha,
             )
             fit = sweep.fit(sweep.selected)
         chosen = None
