@@ -4,7 +4,7 @@
 ICL's entropy term makes k = 1 the global minimum of almost every SCS curve whose count
 levels overlap (StatSTEM's own Pb example: ICL(1) is 128 below its k = 11), so the automatic
 rules of :func:`perovstem.atoms.count.select_components` look at interior minima only.  On a
-crystal of one thickness those rules split one Gaussian into several components (3-15 on
+crystal of one thickness those rules split one Gaussian into several components (2-17 on
 simulated cubes).  Two tests ask the data whether one level is enough:
 
 * **spread against precision** (when the columns' standard errors ``scs_err`` are known, e.g.

@@ -547,7 +547,7 @@ def gmm_sweep(
         One count level or several?  The rules skip ``k = 1`` (ICL's entropy term makes it
         the global minimum of most curves with overlapping levels: StatSTEM's Pb example
         has ICL(1) 128 below its k = 11), so on a crystal of one thickness they split one
-        Gaussian into 3-15 components.  When the rule picks ``k > 1`` and ``scs_err`` is
+        Gaussian into 2-17 components.  When the rule picks ``k > 1`` and ``scs_err`` is
         given, ``k = 1`` is taken if the variance of the SCS is at most twice the mean
         squared ``scs_err``: levels far enough apart to be separable (``> 2 sigma``) would
         make it larger (Robertson & Fryer 1969).  False: the rule alone.  Not used with
@@ -639,9 +639,10 @@ def _single_level(
     """May ``x`` be one count level although the rule chose ``sel > 1`` components?
 
     With usable ``scs_err``: the spread test of :mod:`._one_level` (variance at most twice
-    the columns' mean squared error), whatever the curve.  Otherwise, when the criterion is
-    lower at ``k = 1`` than at ``sel`` and ``alpha`` is given: the Shapiro-Wilk test.  Returns the
-    test's dict (``rejected`` False means one level, with ``reason``) or None (no test).
+    the columns' mean squared error), whatever the curve.  Otherwise, when ``alpha`` is
+    given and the criterion is lower at ``k = 1`` than at ``sel``: the Shapiro-Wilk test.
+    Returns the test's dict (``rejected`` False means one level, with ``reason``) or None
+    (no test).
     """
     from perovstem.atoms._one_level import one_gaussian_test, spread_test
 
@@ -677,8 +678,8 @@ def _sweep_fits(
     bin_above: int,
     n_bins: int,
 ) -> list[GMMFit]:
-    """The best fit for each ``k = kmin ... kmax`` from StatSTEM's deterministic starts (no
-    input checks: :func:`gmm_sweep` and the bootstrap of :mod:`._one_level` share it)."""
+    """The best fit for each ``k = kmin ... kmax`` from StatSTEM's deterministic starts (the
+    EM part of :func:`gmm_sweep`, without its input checks)."""
     data = _Data(x, bin_above=bin_above, n_bins=n_bins)
     fits: list[GMMFit] = []
     prev: GMMFit | None = None
@@ -1318,7 +1319,7 @@ def count_atoms(
     single_level, single_level_alpha : bool, float or None
         The one-level test of :func:`gmm_sweep`, with the table's ``scs_err`` column when it
         has one (a type of one thickness gets one component; before, the rule split it into
-        3-15).  ``single_level_alpha`` adds the Shapiro-Wilk test for tables without
+        2-17).  ``single_level_alpha`` adds the Shapiro-Wilk test for tables without
         errors (off by default).  The result is
         ``attrs["counting"][type]["single_level_test"]``.
     method : {"gmm", "ladder"}
