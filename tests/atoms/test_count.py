@@ -152,6 +152,11 @@ def test_example2_statstem_reference(statstem_data):
     assert sw.local_minima == [8, 11, 13, 19]
     assert 11 in sw.local_minima
     assert sw.selected == 11  # the automatic rule picks the tutorial's answer
+    # ICL(1) is 128 below ICL(11), so the opt-in Shapiro-Wilk test runs: 212 SCS of 1-11
+    # atoms are far from one Gaussian (p ~ 3e-6), the rule's k stands
+    assert sw.single_level_test is None  # no scs_err: the rule alone
+    test = gmm_sweep(x, max_components=30, single_level_alpha=0.01).single_level_test
+    assert test["test"] == "shapiro-wilk" and test["rejected"] and test["p_value"] < 1e-4
     # components overlap (width / step 0.32 > 0.25): the ladder check says the fit cannot be
     # told from one with merged levels (StatSTEM's curve has four minima, 8, 11, 13, 19)
     with pytest.warns(UserWarning, match="overlap"):

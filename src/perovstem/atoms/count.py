@@ -186,6 +186,12 @@ class GMMSweep:
         Automatically selected component number (see :func:`select_components`).
     rule : str
         Human-readable statement of the rule that chose ``selected``.
+    single_level_test : dict or None
+        The one-level test of :func:`gmm_sweep` (``test`` "spread" or "shapiro-wilk", its
+        statistic, ``rejected``, ``reason``, ``interior_choice`` (the rule's k),
+        ``criterion_above_k1``), or None when it did not run (the rule chose k = 1,
+        ``rule="global"``, ``single_level=False``, or no ``scs_err`` and no
+        ``single_level_alpha``).  ``rejected`` False: ``selected`` is 1.
     """
 
     fits: list[GMMFit]
@@ -195,6 +201,7 @@ class GMMSweep:
     prominences: dict[int, float]
     selected: int
     rule: str = field(default="")
+    single_level_test: dict[str, Any] | None = None
 
     def fit(self, k: int) -> GMMFit:
         """The fit with ``k`` components."""
@@ -507,6 +514,9 @@ def gmm_sweep(
     exhaustive_below: int = 200_000,
     bin_above: int = 4096,
     n_bins: int = 2048,
+    single_level: bool = True,
+    scs_err: Any = None,
+    single_level_alpha: float | None = None,
 ) -> GMMSweep:
     """Fit equal-width mixtures for ``k = min_components ... max_components`` and select ``k``.
 
@@ -533,10 +543,30 @@ def gmm_sweep(
         Selection rule, see :func:`select_components`.
     max_iter, tol : int, float
         EM stopping rule per fit (relative NLL change, as ``fitgmdist``'s TolFun).
+    single_level : bool
+        One count level or several?  The rules skip ``k = 1`` (ICL's entropy term makes it
+        the global minimum of most curves with overlapping levels: StatSTEM's Pb example
+        has ICL(1) 128 below its k = 11), so on a crystal of one thickness they split one
+        Gaussian into 2-17 components.  When the rule picks ``k > 1`` and ``scs_err`` is
+        given, ``k = 1`` is taken if the variance of the SCS is at most twice the mean
+        squared ``scs_err``: levels far enough apart to be separable (``> 2 sigma``) would
+        make it larger (Robertson & Fryer 1969).  False: the rule alone.  Not used with
+        ``rule="global"``.  See :mod:`perovstem.atoms._one_level` and docs/counting.md.
+    scs_err : array_like, shape (N,), optional
+        Standard errors of the cross-sections (e.g. ``scs_err`` of
+        :func:`perovstem.atoms.fit_columns`, Cramér-Rao bounds), for that test.  Without
+        them the rule alone decides (unless ``single_level_alpha`` is given).
+    single_level_alpha : float, optional
+        Without ``scs_err``: take ``k = 1`` when the criterion is lower there than at the
+        rule's choice and the Shapiro-Wilk test (Shapiro & Wilk 1965) does not reject one
+        Gaussian at this level.  Off by default: it has little power on a few columns
+        spread over many levels and took such sets to k = 1 (ladder bench: 27 + 22 runs;
+        roofed nanocrystals: 6 of 24 type-runs; docs/counting.md).
 
     Returns
     -------
     GMMSweep
+        ``single_level_test`` holds the test's result when it ran.
     """
     refuse_text_numbers(locals())
     x = _as_scs(scs)
@@ -547,6 +577,109 @@ def gmm_sweep(
         raise ParameterError(f"`min_components` = {kmin} must be <= `max_components` = {kmax}")
     if criterion not in ("icl", "bic", "aic"):
         raise ParameterError(f"`criterion` must be one of ['aic', 'bic', 'icl'], got {criterion!r}")
+    if scs_err is not None:
+        try:
+            scs_err = np.asarray(scs_err, dtype=float).ravel()
+        except (TypeError, ValueError):
+            raise DataError(f"`scs_err` must be numeric, got {type(scs_err).__name__}") from None
+        if scs_err.size != x.size:
+            raise DataError(
+                f"`scs_err` has {scs_err.size} values but `scs` has {x.size}: one error per "
+                "cross-section"
+            )
+    if not isinstance(single_level, (bool, np.bool_)):
+        raise ParameterError(f"`single_level` must be True or False, got {single_level!r}")
+    if single_level_alpha is not None and not (
+        isinstance(single_level_alpha, (int, float)) and 0 < single_level_alpha < 1
+    ):
+        raise ParameterError(
+            f"`single_level_alpha` must be None or a number in (0, 1), got {single_level_alpha!r}"
+        )
+    sweep_kw = dict(
+        degree=degree,
+        max_iter=max_iter,
+        tol=tol,
+        burn_in=burn_in,
+        n_keep=n_keep,
+        exhaustive_below=exhaustive_below,
+        bin_above=bin_above,
+        n_bins=n_bins,
+    )
+    fits = _sweep_fits(x, kmax, kmin=kmin, **sweep_kw)
+    table = pd.DataFrame(
+        {
+            "n_components": [f.n_components for f in fits],
+            "nll": [f.nll for f in fits],
+            "entropy": [f.entropy for f in fits],
+            "icl": [f.icl for f in fits],
+            "bic": [f.bic for f in fits],
+            "aic": [f.aic for f in fits],
+            "width": [f.width for f in fits],
+            "n_iter": [f.n_iter for f in fits],
+            "converged": [f.converged for f in fits],
+        }
+    )
+    curve = table[criterion].to_numpy()
+    sel, mins, prom, text = select_components(curve, table["n_components"].to_numpy(), rule=rule)
+    test = None
+    if single_level and rule != "global" and kmin == 1 and sel > 1:
+        test = _single_level(x, scs_err, curve, sel, single_level_alpha)
+        if test is not None and not test["rejected"]:
+            text = f"k = 1 instead of k = {sel} ({text}): {test['reason']}"
+            sel = 1
+    table.attrs.update(
+        {"criterion": criterion, "selected": sel, "local_minima": mins, "rule": text}
+    )
+    return GMMSweep(fits, table, criterion, mins, prom, sel, f"{criterion.upper()}: {text}", test)
+
+
+def _single_level(
+    x: np.ndarray, scs_err: Any, curve: np.ndarray, sel: int, alpha: float | None
+) -> dict[str, Any] | None:
+    """May ``x`` be one count level although the rule chose ``sel > 1`` components?
+
+    With usable ``scs_err``: the spread test of :mod:`._one_level` (variance at most twice
+    the columns' mean squared error), whatever the curve.  Otherwise, when ``alpha`` is
+    given and the criterion is lower at ``k = 1`` than at ``sel``: the Shapiro-Wilk test.
+    Returns the test's dict (``rejected`` False means one level, with ``reason``) or None
+    (no test).
+    """
+    from perovstem.atoms._one_level import one_gaussian_test, spread_test
+
+    test = None if scs_err is None else spread_test(x, scs_err)
+    if test is not None:
+        test["reason"] = (
+            f"the SCS variance is {test['variance_ratio']:.3g}x the columns' mean squared "
+            f"error (<= {test['limit']:g}: no two separable levels)"
+        )
+    elif alpha is not None and curve[0] < curve[sel - 1]:
+        test = one_gaussian_test(x, alpha=alpha)
+        test["reason"] = (
+            f"the criterion is {curve[sel - 1] - curve[0]:.3g} lower at k = 1 and one "
+            f"Gaussian is not rejected (Shapiro-Wilk p = {test['p_value']:.3g} >= {alpha:g})"
+        )
+    if test is not None:
+        test["interior_choice"] = int(sel)
+        test["criterion_above_k1"] = float(curve[sel - 1] - curve[0])
+    return test
+
+
+def _sweep_fits(
+    x: np.ndarray,
+    kmax: int,
+    *,
+    kmin: int = 1,
+    degree: int,
+    max_iter: int,
+    tol: float,
+    burn_in: int,
+    n_keep: int,
+    exhaustive_below: int,
+    bin_above: int,
+    n_bins: int,
+) -> list[GMMFit]:
+    """The best fit for each ``k = kmin ... kmax`` from StatSTEM's deterministic starts (the
+    EM part of :func:`gmm_sweep`, without its input checks)."""
     data = _Data(x, bin_above=bin_above, n_bins=n_bins)
     fits: list[GMMFit] = []
     prev: GMMFit | None = None
@@ -565,26 +698,7 @@ def gmm_sweep(
         prev = _make_fit(x, mu[b], sg[b], pi[b], it[b], cv[b], degree)
         if k >= kmin:
             fits.append(prev)
-    table = pd.DataFrame(
-        {
-            "n_components": [f.n_components for f in fits],
-            "nll": [f.nll for f in fits],
-            "entropy": [f.entropy for f in fits],
-            "icl": [f.icl for f in fits],
-            "bic": [f.bic for f in fits],
-            "aic": [f.aic for f in fits],
-            "width": [f.width for f in fits],
-            "n_iter": [f.n_iter for f in fits],
-            "converged": [f.converged for f in fits],
-        }
-    )
-    sel, mins, prom, text = select_components(
-        table[criterion].to_numpy(), table["n_components"].to_numpy(), rule=rule
-    )
-    table.attrs.update(
-        {"criterion": criterion, "selected": sel, "local_minima": mins, "rule": text}
-    )
-    return GMMSweep(fits, table, criterion, mins, prom, sel, f"{criterion.upper()}: {text}")
+    return fits
 
 
 # --------------------------------------------------------------------------- counting
@@ -1129,6 +1243,8 @@ def count_atoms(
     cd_fraction: float = 0.0,
     check_ladder: bool = True,
     method: str = "gmm",
+    single_level: bool = True,
+    single_level_alpha: float | None = None,
 ) -> pd.DataFrame:
     """Count atoms per column by an equal-width Gaussian mixture of the cross-sections.
 
@@ -1200,6 +1316,12 @@ def count_atoms(
         with a warning); if none passes, the choice is kept and a warning is given.  On
         held-out simulated images this raised the correctly counted runs from 13 to 17 of 108
         (none lost) and left StatSTEM's Pb example at 11 components.
+    single_level, single_level_alpha : bool, float or None
+        The one-level test of :func:`gmm_sweep`, with the table's ``scs_err`` column when it
+        has one (a type of one thickness gets one component; before, the rule split it into
+        2-17).  ``single_level_alpha`` adds the Shapiro-Wilk test for tables without
+        errors (off by default).  The result is
+        ``attrs["counting"][type]["single_level_test"]``.
     method : {"gmm", "ladder"}
         ``"gmm"`` (default): the mixture above.  ``"ladder"``: per type a smooth ladder
         mixture (means on a ladder with a slowly varying step, widths growing smoothly with
@@ -1298,6 +1420,7 @@ def count_atoms(
     cands: dict[str, list[dict[str, Any]]] = {}
     shift: dict[str, float] = {}
     ambiguous: dict[str, float] = {}
+    err_all = df["scs_err"].to_numpy(float) if "scs_err" in df.columns else None
     for typ in pd.unique(t):
         sel = t == typ
         xs = x[sel]
@@ -1312,6 +1435,7 @@ def count_atoms(
                 rule=rule,
                 max_iter=max_iter,
                 tol=tol,
+                single_level=False,  # k is fixed: no choice to test
             )
             fit = sweep.fit(int(kfix))
         else:
@@ -1328,6 +1452,9 @@ def count_atoms(
                 rule=rule,
                 max_iter=max_iter,
                 tol=tol,
+                single_level=single_level,
+                scs_err=None if err_all is None else err_all[sel],
+                single_level_alpha=single_level_alpha,
             )
             fit = sweep.fit(sweep.selected)
         chosen = None
@@ -1491,6 +1618,7 @@ def count_atoms(
             "single_atom_sensitivity": single_atom_sensitivity(fit),
             "criterion": criterion,
             "local_minima": [] if sweep is None else list(sweep.local_minima),
+            "single_level_test": None if sweep is None else sweep.single_level_test,
             "rule": "fixed by user" if kfix is not None else (chosen_by or sweep.rule),
             "criterion_curve": (
                 {}
