@@ -1306,7 +1306,8 @@ def _window_relink(
     detection or ends (death), the two explanations are scored with the frame-pair
     model of :func:`_track_global` (the same size, displacement and prior terms) but with
     each count replaced by the median over up to ``window`` frames of the segment on
-    that side of the boundary, and its relative error by the median error over
+    that side of the boundary (at a boundary where B's count rises and A's falls), and
+    its relative error by the median error over
     sqrt(frames), the growth allowance by the frames between the two sides' mean frames:
     B grows and A continues
     (or ends), against A and B merge into B's detection at f and A's detection at f (if
@@ -1361,6 +1362,9 @@ def _window_relink(
                 # A ends here (not merged, absorbed or re-linked after a gap) or goes on
                 ends = ra == rows_of_seg[a][-1] and a not in merged_parent and a not in absorbed
                 if a == b or (a_next < 0 and not ends):
+                    continue
+                # the counts step at this boundary: B gains, A loses (or ends)
+                if size[b_next] <= size[rb] or (a_next >= 0 and size[a_next] >= size[ra]):
                     continue
                 d = float(np.hypot(*(xy[ra] - xy[rb])))
                 if d > rad[ra] + rad[rb] + merge_margin or not big(ab, a_start, f):
