@@ -182,8 +182,8 @@ def track_clusters(
         sqrt(frames)), with the frame-pair model's own costs (Jaqaman et al. 2008 decide
         merges on track segments, not on one frame pair).  1 (default): the frame pair
         alone.  3 was measured (``docs/insitu.md``, session 16) and is not the default: on
-        the tuning series (KMC truth and images) it found no more merges, and it moved
-        0-1 merges per set of 12 held-out series.
+        the tuning series (KMC truth and images) it found no more merges, on held-out
+        image series 0-2 more per 12 series at about the same precision.
 
     Returns
     -------
