@@ -49,10 +49,10 @@ detections, 10 % count noise; recall / precision): tuning seeds 0.865 / 0.898, h
 conditions 0.735 / 0.769; with count errors correlated in time (9 % bias per cluster,
 4.5 % per frame) 0.865 / 0.868, 0.817 / 0.915, 0.814 / 0.831 (201-212), 0.835 / 0.890
 (401-412), 0.724 / 0.788 (truth rows made before the size prior was bounded); on
-images (:func:`detect_clusters` of session 15, ``images_*_global`` rows; found /
-identifiable, precision) 6 tuning series 13 of 22, 0.42; 12 held-out 11 of 23, 0.23;
-12 fresh (501-512) 16 of 29, 0.36; 12 other conditions 30 of 39, 0.52; 12 new (801-812)
-23 of 34, 0.41 (seeds 1001-1012, once: 4 of 18, 0.23): in 110 of 258 false merges the
+images (:func:`detect_clusters` after session 15, ``images_*_global`` rows of session 16;
+found / identifiable, precision) 6 tuning series 14 of 22, 0.45; 12 held-out 13 of 23,
+0.25; 12 fresh (501-512) 15 of 29, 0.38; 12 other conditions 30 of 39, 0.48; 12 new
+(801-812) 21 of 34, 0.39 (seeds 1001-1012: 5 of 18, 0.23): in 110 of 258 false merges the
 merged-away parents are still there, one object with the product in projection (their
 truth clusters apart), which counts and positions cannot tell from a coalescence.
 What a track's history does not add (measured, not used): one-sided Kalman filters of each track's log
