@@ -48,7 +48,9 @@ current detector (``--images-only``), the birth/end size prior of the tracker bo
 Session 15 (umerge4): images rows re-run (tracker unchanged) with ``missed_causes`` (why
 each identifiable merge was missed) and ``false_but_one_object_in_projection`` /
 ``precision_projected`` (false merges whose merged-away parents still overlap the
-product's disc in projection, and the precision if those counted).  Run:
+product's disc in projection, and the precision if those counted).  Session 16 (umerge5):
+``images_*_global_window3`` is the tracker with ``merge_window=3`` (the merge decision
+re-made on counts pooled over 3 frames either side; not the default).  Run:
 ``python benchmarks/bench_merges.py [--images-only] [OUT.json]`` (default
 ``benchmarks/results/bench_merges.json``; ``--images-only`` skips the truth rows and keeps
 those of an existing OUT file, marked with the commit that made them); machine load
@@ -346,6 +348,8 @@ def main() -> None:
         "global_unverified": {"verify_merges": False},
         # every merge that passed the check over time, the uncertain ones included
         "global_all_merges": {"min_parent_significance": 0.0},
+        # session 16: the lineage decision re-made over 3 frames either side (not default)
+        "global_window3": {"merge_window": 3},
     }
     sets = (("truth_tune", TUNE), ("truth_holdout", HOLDOUT), ("truth_fresh", FRESH))
     sets += (("truth_fresh2", FRESH2),)

@@ -527,3 +527,61 @@ def test_merges_with_clusters_missed_for_several_frames():
     assert s["identifiable"] >= 50, s
     assert s["recall"] >= 0.93, s
     assert s["precision"] >= 0.64, s
+
+
+def _undercounted_coalescence(first, a_after, later):
+    """B (40 atoms) and A (20 atoms) 10 Å apart over frames 0-4; from frame 5 one detection
+    of ``first`` then ``later`` atoms at B's place and one of ``a_after`` atoms at A's place
+    (a cluster A had hidden, or A itself), plus an unrelated cluster; 10 % count errors."""
+    rows = []
+    for f in range(9):
+        if f < 5:
+            rows += [(f, 100.0, 100.0, 40.0), (f, 110.0, 100.0, 20.0)]
+        else:
+            rows += [(f, 101.0, 100.0, first if f == 5 else later), (f, 110.5, 100.0, a_after)]
+        rows.append((f, 300.0, 300.0, 30.0))
+    df = pd.DataFrame(rows, columns=["frame", "x_A", "y_A", "n_atoms"])
+    df["n_atoms_err"] = 0.1 * df["n_atoms"]
+    return df
+
+
+@pytest.mark.parametrize("first, later", [(48.0, 60.0), (44.0, 46.0)])
+def test_merge_window_takes_a_coalescence_one_frame_pair_misses(first, later):
+    # the product is under-counted in its first frame (48 or 44 of 60 atoms) and a smaller
+    # detection (12 atoms) appears at A's place: one frame pair favours "B grows, A goes on
+    # at 12 atoms"; the counts pooled over the following frames hold A's atoms in B's
+    # detection, and A's place holds a new, smaller cluster
+    det = _undercounted_coalescence(first, 12.0, later)
+    tracks, lin = track_clusters(det)
+    assert (lin.origin == "merge").sum() == 0  # the frame-pair decision (documented limit)
+    for w in (2, 3):
+        tracks, lin = track_clusters(det, merge_window=w)
+        lin = lin.set_index("track_id")
+        prod = int(tracks[(tracks.frame == 5) & (tracks.x_A == 101.0)].track_id.iloc[0])
+        new = int(tracks[(tracks.frame == 5) & (tracks.x_A == 110.5)].track_id.iloc[0])
+        assert lin.loc[prod, "origin"] == "merge" and lin.loc[prod, "start_frame"] == 5, w
+        assert len(lin.loc[prod, "parents"]) == 2, w
+        assert lin.loc[new, "origin"] == "nucleation" and lin.loc[new, "start_frame"] == 5, w
+        assert (lin.origin == "merge").sum() == 1, w
+        # the parents end where the product starts; the product's track holds frames 5-8
+        for p in lin.loc[prod, "parents"]:
+            assert lin.loc[p, "end_frame"] == 4 and lin.loc[p, "fate"] == "merged"
+        assert sorted(tracks[tracks.track_id == prod].frame) == [5, 6, 7, 8]
+
+
+@pytest.mark.parametrize("a_after, later", [(18.0, 60.0), (19.0, 48.0), (20.0, 44.0)])
+def test_merge_window_keeps_a_continuation(a_after, later):
+    # A keeps its atoms (18-20 of 20) while B grows by attachment: no coalescence, with or
+    # without the window
+    det = _undercounted_coalescence(48.0, a_after, later)
+    for w in (1, 3):
+        tracks, lin = track_clusters(det, merge_window=w)
+        assert (lin.origin == "merge").sum() == 0, w
+        assert len(lin) == 3, w
+
+
+def test_merge_window_bad_input():
+    one = pd.DataFrame({"frame": [0], "x_A": [1.0], "y_A": [0.0], "n_atoms": [5]})
+    for bad in (0, 1.5, -2):
+        with pytest.raises(ParameterError, match="merge_window"):
+            track_clusters(one, merge_window=bad)
