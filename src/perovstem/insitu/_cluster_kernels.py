@@ -35,27 +35,54 @@ def _at(src, kk, t, cval):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _vhgw_lanes(src, size, h, cval, is_max, g, r, out):  # pragma: no cover - compiled
+def _vhgw_lanes(src, size, h, cval, is_max, g, r, out, t0, t1, oo=0):  # pragma: no cover - compiled
     """``out[k, t] = min (max) of src[k − h : k − h + size, t]`` (rows outside ``src`` =
-    ``cval``) for every row ``k`` of ``out`` and every lane ``t``: van Herk / Gil–Werman
-    forward and backward running extrema within blocks of ``size`` rows (``g``, ``r``
-    hold whole blocks).  The lanes are contiguous, so the inner loops vectorise."""
-    ln, nl = g.shape
-    for s in range(0, ln, size):
-        for t in range(nl):
-            g[s, t] = _at(src, s - h, t, cval)
-        for k in range(s + 1, s + size):
-            for t in range(nl):
-                g[k, t] = _pick(_at(src, k - h, t, cval), g[k - 1, t], is_max)
-        e = s + size - 1
-        for t in range(nl):
-            r[e, t] = _at(src, e - h, t, cval)
-        for k in range(e - 1, s - 1, -1):
-            for t in range(nl):
-                r[k, t] = _pick(_at(src, k - h, t, cval), r[k + 1, t], is_max)
-    for k in range(out.shape[0]):
-        for t in range(nl):
-            out[k, t] = _pick(r[k, t], g[k + size - 1, t], is_max)
+    ``cval``) for every row ``k`` of ``out`` and the lanes ``t0 ≤ t < t1``: van Herk /
+    Gil–Werman forward and backward running extrema within blocks of ``size`` rows.
+    ``g`` and ``r`` (at least ``2·size`` rows, ``t1 − t0`` lanes; lane ``t`` in column
+    ``t − t0``) hold the forward extrema of two consecutive blocks (rolling) and the
+    backward extrema of one: the output rows of a block need its backward extrema and the
+    forward ones of the same and the next block, so the buffers stay in cache whatever the
+    image height (a whole-height buffer per pass made the kernel memory-bound).  Lane
+    ``t`` is written to column ``t − oo`` of ``out``.  The lanes are contiguous, so the
+    inner loops vectorise."""
+    n_out = out.shape[0]
+    nb = (n_out + size - 1) // size + 1  # blocks of the padded lane touched by the output
+    for bi in range(nb):
+        s = bi * size
+        gs = (bi % 2) * size  # rolling slot of this block's forward extrema
+        for t in range(t0, t1):
+            g[gs, t - t0] = _at(src, s - h, t, cval)
+        for k in range(1, size):
+            for t in range(t0, t1):
+                g[gs + k, t - t0] = _pick(
+                    _at(src, s + k - h, t, cval), g[gs + k - 1, t - t0], is_max
+                )
+        if bi == 0:
+            continue
+        # the previous block's output rows: backward extrema of that block, then
+        # out[k] = pick(r[k], g[k + size − 1]) (g of the previous or of this block)
+        ps = s - size
+        e = size - 1
+        for t in range(t0, t1):
+            r[e, t - t0] = _at(src, ps + e - h, t, cval)
+        for k in range(e - 1, -1, -1):
+            for t in range(t0, t1):
+                r[k, t - t0] = _pick(_at(src, ps + k - h, t, cval), r[k + 1, t - t0], is_max)
+        pg = ((bi - 1) % 2) * size
+        for k in range(size):
+            ko = ps + k
+            if ko >= n_out:
+                break
+            kg = k + size - 1  # row of g within the two blocks (previous block first)
+            row = pg + kg if kg < size else gs + kg - size
+            for t in range(t0, t1):
+                out[ko, t - oo] = _pick(r[k, t - t0], g[row, t - t0], is_max)
+
+
+#: lanes per strip of the column-wise (axis 0) pass: its buffers (2 + 1 blocks of
+#: ``size`` rows × this many doubles) stay in the L2 cache
+_COL_LANES = 64
 
 
 @njit(cache=True, nogil=True)
@@ -64,28 +91,30 @@ def _running_extremum(x, size, cval, is_max, axis):  # pragma: no cover - compil
     outside the image = ``cval``: :func:`scipy.ndimage.minimum_filter1d` /
     ``maximum_filter1d`` with ``mode="constant"``, bit for bit.
 
-    Along axis 0 every column of ``x`` is a lane (vectorised across the row, no copy);
-    along axis 1 tiles of :data:`_ROW_LANES` rows are copied transposed into a small
-    buffer whose lanes are those rows."""
+    Along axis 0 the columns of ``x`` are the lanes (vectorised across the row, no copy),
+    in strips of :data:`_COL_LANES`; along axis 1 tiles of :data:`_ROW_LANES` rows are
+    copied transposed into a small buffer whose lanes are those rows."""
     mm, nn = x.shape
-    n_len = mm if axis == 0 else nn
     h = size // 2
-    ln = ((n_len + 2 * h + size - 1) // size) * size
     out = np.empty((mm, nn))
     if axis == 0:
-        _vhgw_lanes(x, size, h, cval, is_max, np.empty((ln, nn)), np.empty((ln, nn)), out)
+        lanes = min(_COL_LANES, nn)
+        g = np.empty((2 * size, lanes))
+        r = np.empty((size, lanes))
+        for t0 in range(0, nn, lanes):
+            _vhgw_lanes(x, size, h, cval, is_max, g, r, out, t0, min(nn, t0 + lanes))
         return out
     lanes = _ROW_LANES
     buf = np.empty((nn, lanes))
-    g = np.empty((ln, lanes))
-    r = np.empty((ln, lanes))
+    g = np.empty((2 * size, lanes))
+    r = np.empty((size, lanes))
     res = np.empty((nn, lanes))
     for i0 in range(0, mm, lanes):
         nt = min(lanes, mm - i0)
         for t in range(nt):
             for k in range(nn):
                 buf[k, t] = x[i0 + t, k]
-        _vhgw_lanes(buf, size, h, cval, is_max, g, r, res)
+        _vhgw_lanes(buf, size, h, cval, is_max, g, r, res, 0, lanes)
         for t in range(nt):
             for k in range(nn):
                 out[i0 + t, k] = res[k, t]
@@ -97,13 +126,63 @@ _ROW_LANES = 32
 
 
 @njit(cache=True, nogil=True)
+def _rows_erode_dilate(x, size, cval):  # pragma: no cover - compiled
+    """Row-wise (axis 1) running minimum of ``x`` and the running maximum of that, as two
+    :func:`_running_extremum` calls, with one transposed copy of each tile of rows."""
+    mm, nn = x.shape
+    h = size // 2
+    ero = np.empty((mm, nn))
+    dil = np.empty((mm, nn))
+    lanes = _ROW_LANES
+    buf = np.empty((nn, lanes))
+    g = np.empty((2 * size, lanes))
+    r = np.empty((size, lanes))
+    res = np.empty((nn, lanes))
+    res2 = np.empty((nn, lanes))
+    for i0 in range(0, mm, lanes):
+        nt = min(lanes, mm - i0)
+        for t in range(nt):
+            for k in range(nn):
+                buf[k, t] = x[i0 + t, k]
+        _vhgw_lanes(buf, size, h, cval, False, g, r, res, 0, lanes)
+        _vhgw_lanes(res, size, h, cval, True, g, r, res2, 0, lanes)
+        for t in range(nt):
+            for k in range(nn):
+                ero[i0 + t, k] = res[k, t]
+                dil[i0 + t, k] = res2[k, t]
+    return ero, dil
+
+
+@njit(cache=True, nogil=True)
+def _cols_open(x, size, cval, first_max):  # pragma: no cover - compiled
+    """Column-wise (axis 0) running minimum (maximum with ``first_max``) of ``x`` followed
+    by the running maximum of that, strip by strip (the intermediate stays in cache): two
+    :func:`_running_extremum` calls along axis 0."""
+    mm, nn = x.shape
+    h = size // 2
+    out = np.empty((mm, nn))
+    lanes = min(_COL_LANES, nn)
+    g = np.empty((2 * size, lanes))
+    r = np.empty((size, lanes))
+    mid = np.empty((mm, lanes))
+    for t0 in range(0, nn, lanes):
+        t1 = min(nn, t0 + lanes)
+        # the strip's first pass into ``mid`` (lane t in column t − t0), then the second
+        # from ``mid``'s columns 0 … t1 − t0 into ``out``'s columns t0 … t1
+        _vhgw_lanes(x, size, h, cval, first_max, g, r, mid, t0, t1, t0)
+        _vhgw_lanes(mid, size, h, cval, True, g, r, out, 0, t1 - t0, -t0)
+    return out
+
+
+@njit(cache=True, nogil=True)
 def _line_square_opening(m, side, low, noise_scale):  # pragma: no cover - compiled
     """min(row, column openings) capped by the square opening + 3 noise σ (see
-    ``clusters._lattice_opening``)."""
-    ero_x = _running_extremum(m, side, low, False, 1)
-    ero_y = _running_extremum(m, side, low, False, 0)
-    dx = _running_extremum(ero_x, side, low, True, 1)
-    dy = _running_extremum(ero_y, side, low, True, 0)
+    ``clusters._lattice_opening``).  The same seven 1-D passes as before (row erosion and
+    its dilation, column erosion and its dilation, and the square opening's column
+    erosion and dilation of the row erosion, then its row dilation), fused pairwise so
+    that each intermediate is produced and consumed in cache."""
+    ero_x, dx = _rows_erode_dilate(m, side, low)
+    dy = _cols_open(m, side, low, False)
     mm, nn = m.shape
     line = np.empty((mm, nn))
     for i in range(mm):
@@ -113,8 +192,7 @@ def _line_square_opening(m, side, low, noise_scale):  # pragma: no cover - compi
             line[i, j] = a if a < b else b
     if noise_scale <= 0:
         return line
-    sq = _running_extremum(ero_x, side, low, False, 0)
-    sq = _running_extremum(sq, side, low, True, 0)
+    sq = _cols_open(ero_x, side, low, False)
     sq = _running_extremum(sq, side, low, True, 1)
     for i in range(mm):
         for j in range(nn):
