@@ -532,3 +532,84 @@ def _cluster_volume_term(amps, scale, c, n, slope, a3, den):  # pragma: no cover
             at = 0.0
         out[i] = 3.0 * at * a3 / den
     return out
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _reflect(i, n):  # pragma: no cover - compiled
+    """Source index of padded index ``i`` (``-n < i < 2n − 1``) under ``np.pad``'s
+    ``mode="reflect"`` (edge not repeated)."""
+    if i < 0:
+        return -i
+    if i >= n:
+        return 2 * (n - 1) - i
+    return i
+
+
+@njit(cache=True, nogil=True)
+def _centred_pad32(x, mean, top, bottom, left, right):  # pragma: no cover - compiled
+    """``np.pad((x − mean).astype(np.float32), ((0, 0), (top, bottom), (left, right)),
+    mode="reflect")`` for a (B, M, N) float64 stack and one mean per image, in one pass
+    (no float64 or float32 temporaries).  Every pad must be < the side it pads."""
+    nb, mm, nn = x.shape
+    m2, n2 = mm + top + bottom, nn + left + right
+    out = np.empty((nb, m2, n2), np.float32)
+    cols = np.empty(n2, np.int64)
+    for j in range(n2):
+        cols[j] = _reflect(j - left, nn)
+    for b in range(nb):
+        mb = mean[b]
+        for i in range(m2):
+            si = _reflect(i - top, mm)
+            for j in range(left):
+                out[b, i, j] = np.float32(x[b, si, cols[j]] - mb)
+            for j in range(nn):
+                out[b, i, left + j] = np.float32(x[b, si, j] - mb)
+            for j in range(left + nn, n2):
+                out[b, i, j] = np.float32(x[b, si, cols[j]] - mb)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _crop_add(a, py, px, mm, nn, c):  # pragma: no cover - compiled
+    """``a[:, py:py + mm, px:px + nn].astype(float) + c[:, None, None]`` in one pass."""
+    nb = a.shape[0]
+    out = np.empty((nb, mm, nn))
+    for b in range(nb):
+        cb = c[b]
+        for i in range(mm):
+            for j in range(nn):
+                out[b, i, j] = np.float64(a[b, py + i, px + j]) + cb
+    return out
+
+
+def centred_pad32(x: np.ndarray, mean: np.ndarray, pads: tuple) -> np.ndarray:
+    """``np.pad((x - mean).astype(np.float32), pads, mode="reflect")`` on the last two axes
+    of a float64 image or stack (``mean``: one value per image, keepdims), in one compiled
+    pass (:func:`_centred_pad32`); ``np.pad`` where a pad reaches the side it pads.  The
+    values are those of the numpy chain bit for bit (same float64 difference, same
+    rounding to float32)."""
+    (t, b), (le, r) = pads
+    mm, nn = x.shape[-2:]
+    if max(t, b) >= mm or max(le, r) >= nn:
+        lead = ((0, 0),) * (x.ndim - 2)
+        return np.pad((x - mean).astype(np.float32), (*lead, *pads), mode="reflect")
+    out = _centred_pad32(
+        np.ascontiguousarray(x.reshape(-1, mm, nn), dtype=float),
+        np.ascontiguousarray(mean, dtype=float).reshape(-1),
+        int(t),
+        int(b),
+        int(le),
+        int(r),
+    )
+    return out.reshape(*x.shape[:-2], *out.shape[-2:])
+
+
+def crop_restore(
+    out: np.ndarray, py: int, px: int, mm: int, nn: int, level: np.ndarray
+) -> np.ndarray:
+    """``out[..., py:py + mm, px:px + nn].astype(float) + level`` (``level``: one float64
+    value per image, keepdims) in one compiled pass (:func:`_crop_add`), bit for bit."""
+    a = np.ascontiguousarray(out.reshape(-1, *out.shape[-2:]))
+    lv = np.ascontiguousarray(level, dtype=float).reshape(-1)
+    res = _crop_add(a, int(py), int(px), int(mm), int(nn), lv)
+    return res.reshape(*out.shape[:-2], mm, nn)
