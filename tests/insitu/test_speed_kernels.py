@@ -105,3 +105,24 @@ def test_cell_average_compiled_pad_equals_numpy_chain(shape, a_px, angle):
     np.testing.assert_array_equal(
         _cell_average(v, a_px, angle), _reference_cell_average(v, a_px, angle)
     )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_expand_labels_equals_skimage(seed):
+    """The nearest-segment partition of the aperture photometry (``_aperture_counts``):
+    equal to scikit-image's ``expand_labels`` on random segments, equidistant pixels
+    (single-pixel labels on a grid) and distances on the pixel lattice included."""
+    from skimage.segmentation import expand_labels as sk_expand
+
+    from perovstem.insitu._cluster_kernels import expand_labels
+
+    rng = np.random.default_rng(seed)
+    shape = (173, 241)
+    blobs = ndimage.gaussian_filter(rng.random(shape), 3) > 0.52 + 0.01 * seed
+    lab = ndimage.label(blobs)[0].astype(np.int32)
+    grid = np.zeros(shape, np.int32)  # ties everywhere between single-pixel labels
+    grid[5::14, 7::14] = np.arange(1, grid[5::14, 7::14].size + 1).reshape(grid[5::14, 7::14].shape)
+    for labels in (lab, grid):
+        for d in (0.0, 1.0, 5.0, 7.0, np.sqrt(50.0), 12.3, 500.0):
+            np.testing.assert_array_equal(expand_labels(labels, d), sk_expand(labels, distance=d))
+    assert not expand_labels(np.zeros(shape, np.int32), 3.0).any()

@@ -613,3 +613,37 @@ def crop_restore(
     lv = np.ascontiguousarray(level, dtype=float).reshape(-1)
     res = _crop_add(a, int(py), int(px), int(mm), int(nn), lv)
     return res.reshape(*out.shape[:-2], mm, nn)
+
+
+@njit(cache=True, nogil=True)
+def _expand_from_ft(lab, fy, fx, distance):  # pragma: no cover - compiled
+    """Labels spread to every pixel whose nearest labelled pixel (``fy``, ``fx``: the
+    Euclidean feature transform) lies within ``distance`` px; the distance computed as
+    :func:`scipy.ndimage.distance_transform_edt` does (float64 squares, one sqrt)."""
+    mm, nn = lab.shape
+    out = np.zeros_like(lab)
+    for i in range(mm):
+        for j in range(nn):
+            iy = fy[i, j]
+            ix = fx[i, j]
+            dy = np.float64(iy - i)
+            dx = np.float64(ix - j)
+            if math.sqrt(dy * dy + dx * dx) <= distance:
+                out[i, j] = lab[iy, ix]
+    return out
+
+
+def expand_labels(labels: np.ndarray, distance: float) -> np.ndarray:
+    """:func:`skimage.segmentation.expand_labels` of a 2-D label image (unit spacing), bit
+    for bit: the same feature transform (:func:`scipy.ndimage.distance_transform_edt`, so
+    the same nearest label where two are equally near), without its distance map, boolean
+    masks and gathers (one compiled pass instead; ~half the time on 1024² frames)."""
+    from scipy import ndimage
+
+    lab = np.ascontiguousarray(labels)
+    if lab.ndim != 2 or not lab.any():
+        from skimage.segmentation import expand_labels as _sk
+
+        return _sk(lab, distance=distance)
+    ft = ndimage.distance_transform_edt(lab == 0, return_distances=False, return_indices=True)
+    return _expand_from_ft(lab, ft[0], ft[1], float(distance))

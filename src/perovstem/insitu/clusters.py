@@ -668,7 +668,7 @@ def _aperture_counts(
     map, :mod:`perovstem.insitu._onhost`), and ``prev_out`` (length ``k``), when given,
     receives their counts with the ring of the other segments' pixels left out as well.
     """
-    from skimage.segmentation import expand_labels
+    from perovstem.insitu._cluster_kernels import expand_labels
 
     k = len(tot)
     out = np.full(k, np.nan)
