@@ -262,8 +262,13 @@ def _demod_blocks(img, cy, cx, b, mb, nb):  # pragma: no cover - compiled
     for y in range(mm):
         bi = y // b
         c_y = cy[y]
-        for x in range(nn):
-            out[bi, x // b] += img[y, x] * (c_y * cx[x])
+        # block by block along the row (no integer division per pixel; the same order of
+        # the sums)
+        for bj in range(nb):
+            acc = out[bi, bj]
+            for x in range(bj * b, min(nn, (bj + 1) * b)):
+                acc += img[y, x] * (c_y * cx[x])
+            out[bi, bj] = acc
     inv = 1.0 / (b * b)
     for i in range(mb):
         for j in range(nb):
@@ -315,17 +320,19 @@ def _empty_site_mask(ph1, ph2, b, e1x, e1y, e2x, e2y, a_px, radius_px, mm, nn): 
     p2 = ph2 / tp
     x1 = np.empty(nn)
     x2 = np.empty(nn)
+    xb = np.empty(nn, np.int64)  # (no integer division per pixel)
     for x in range(nn):
         x1[x] = e1x * float(x)
         x2[x] = e2x * float(x)
+        xb[x] = x // b
     for y in range(mm):
         yf = float(y)
         y1 = e1y * yf
         y2 = e2y * yf
         by = y // b
         for x in range(nn):
-            u = (x1[x] + y1) / a_px + p1[by, x // b]
-            v = (x2[x] + y2) / a_px + p2[by, x // b]
+            u = (x1[x] + y1) / a_px + p1[by, xb[x]]
+            v = (x2[x] + y2) / a_px + p2[by, xb[x]]
             fu = u - math.floor(u)
             fv = v - math.floor(v)
             # fu % 0.5 for fu in [0, 1] (fu - 0.5 is exact there; fu == 1.0 after
