@@ -15,6 +15,7 @@ from numba import njit
 __all__ = [
     "block_energy",
     "box5",
+    "checker_alias_mean",
     "cross_white",
     "cross_weighted",
     "cross_whiten",
@@ -285,4 +286,25 @@ def block_energy(img: np.ndarray, b: int) -> np.ndarray:
     m, n = img.shape
     out = np.empty((m // b, n // b), np.float32)
     _block_energy(np.ascontiguousarray(img, dtype=np.float32), int(b), out)
+    return out
+
+
+@njit(cache=True, boundscheck=False, nogil=True)
+def _checker_alias_mean(spec: np.ndarray, alias: np.ndarray, half, out: np.ndarray) -> None:
+    # no fastmath: the same complex arithmetic as numpy's conj / add / multiply
+    m, n = spec.shape
+    for i in range(m):
+        ai = alias[i]
+        for j in range(n):
+            out[i, j] = (np.conj(spec[ai, n - 1 - j]) + spec[i, j]) * half
+
+
+def checker_alias_mean(spec: np.ndarray, alias: np.ndarray) -> np.ndarray:
+    """``(conj(spec[alias][:, ::-1]) + spec) · 0.5`` in one pass (the checkerboard-half
+    spectrum of :func:`perovstem.insitu.register._checker_half`), in the precision of
+    ``spec`` (complex64 or complex128), as the numpy chain computes it."""
+    dt = np.complex64 if spec.dtype == np.complex64 else np.complex128
+    spec = np.ascontiguousarray(spec, dtype=dt)
+    out = np.empty(spec.shape, dt)
+    _checker_alias_mean(spec, np.ascontiguousarray(alias, dtype=np.int64), dt(0.5), out)
     return out

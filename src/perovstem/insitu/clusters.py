@@ -538,14 +538,14 @@ def _cell_average(stack: np.ndarray, a_px: float, angle_deg: float) -> np.ndarra
     """
     from scipy import fft as sfft
 
+    from perovstem.insitu._cluster_kernels import centred_pad32, crop_restore
     from perovstem.insitu.lattice import _cell_filter32, _cell_padding
 
     (py, _), (px, _) = pads = _cell_padding(stack.shape[-2:], a_px)
     mm, nn = stack.shape[-2:]
-    lead = ((0, 0),) * (stack.ndim - 2)
     x = np.asarray(stack, float)
     mean = x.mean(axis=(-2, -1), keepdims=True)  # (of the padded image below, as before)
-    st = np.pad((x - mean).astype(np.float32), (*lead, *pads), mode="reflect")
+    st = centred_pad32(x, mean, pads)
     # the padded image's mean (reflected borders) differs from the image's: remove it
     # too (in single precision it is ~1e-3 of the contrast, not of the level)
     pm = st.mean(axis=(-2, -1), keepdims=True, dtype=np.float64)
@@ -553,8 +553,8 @@ def _cell_average(stack: np.ndarray, a_px: float, angle_deg: float) -> np.ndarra
     filt = _cell_filter32(st.shape[-2:], float(a_px), float(angle_deg), 0.0)
     spec = sfft.rfft2(st, workers=2)
     spec *= filt
-    out = sfft.irfft2(spec, s=st.shape[-2:], workers=2)[..., py : py + mm, px : px + nn]
-    return out.astype(float) + (mean + pm)
+    out = sfft.irfft2(spec, s=st.shape[-2:], workers=2)
+    return crop_restore(out, py, px, mm, nn, mean + pm)
 
 
 def _interstitial_mean(
@@ -670,7 +670,7 @@ def _aperture_counts(
     map, :mod:`perovstem.insitu._onhost`), and ``prev_out`` (length ``k``), when given,
     receives their counts with the ring of the other segments' pixels left out as well.
     """
-    from skimage.segmentation import expand_labels
+    from perovstem.insitu._cluster_kernels import expand_labels
 
     k = len(tot)
     out = np.full(k, np.nan)

@@ -82,6 +82,7 @@ from perovstem.insitu._frames import (
 from perovstem.insitu._reg_kernels import (
     block_energy,
     box5,
+    checker_alias_mean,
     cross_weighted,
     cross_white,
     cross_whiten,
@@ -241,11 +242,7 @@ def _checker_half(spec: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None
     if m % 2 or n % 2:
         return None
     # F(ky + M/2, kx + N/2) = conj(F(-ky - M/2, N/2 - kx)), kx = 0 .. N/2
-    g = spec[_alias_index(shape)][:, ::-1]
-    out = np.conj(g)
-    out += spec
-    out *= np.float32(0.5) if spec.dtype == np.complex64 else 0.5
-    return out
+    return checker_alias_mean(spec, _alias_index(shape))
 
 
 def _half_spectrum(
@@ -428,16 +425,27 @@ def _outline_shift(
     by the edges themselves.  Returns the shift ``(dy, dx)`` and the lattice period
     ``1/|k_L|``, px.
     """
-    ky, kx = _freqs(shape)
     k2 = _k2(shape)
     p = power(fa) * k2
     p[k2 < (2.0 / min(shape)) ** 2] = 0.0
     period = 1.0 / float(np.sqrt(k2.flat[int(np.argmax(p))]))
-    a = 2.0 * np.pi**2 * (0.7 * period) ** 2
-    lp = np.outer(np.exp(-a * ky**2), np.exp(-a * kx**2)).astype(np.float32) * k2
-    c = sfft.irfft2(cross_weighted(fa, lp, fb), s=shape, workers=_workers())
+    c = sfft.irfft2(
+        cross_weighted(fa, _outline_lowpass(shape, period), fb), s=shape, workers=_workers()
+    )
     oy, ox, _, _ = _int_peak(c, max_shift_px)
     return float(oy), float(ox), period
+
+
+@lru_cache(maxsize=8)
+def _outline_lowpass(shape: tuple[int, int], period: float) -> np.ndarray:
+    """The gradient-correlation low-pass of :func:`_outline_shift` for a lattice period
+    (px): ``exp(-2π² (0.7 period)² k²) · |k|²``, float32 (cached: the strongest
+    reflection of a series keeps its period, so the same few arrays serve every frame)."""
+    ky, kx = _freqs(shape)
+    a = 2.0 * np.pi**2 * (0.7 * period) ** 2
+    lp = np.outer(np.exp(-a * ky**2), np.exp(-a * kx**2)).astype(np.float32) * _k2(shape)
+    lp.setflags(write=False)
+    return lp
 
 
 def _anchor_disagreement(
