@@ -73,15 +73,7 @@ def _kmc_run_check(
     if nc is None or nc.params["edge_A"] > _CHECK_BUILD_MAX_EDGE_A:
         return
     p = nc.params
-    atoms = api(NANOCRYSTAL)(
-        p["edge_A"],
-        shape=p["shape"],
-        phase=p["phase"],
-        termination=p["termination"],
-        cd_fraction=p["cd_fraction"],
-        zone_axis=p["zone_axis"],
-        rng=0,
-    )
+    atoms = _build_nanocrystal(p, rng=0)  # the crystal the step will build
     crystal = kmc.crystal_counts(atoms)
     for t in temperatures:
         n_events = kmc.estimated_events(
@@ -197,18 +189,23 @@ HAADF_TRUTH_KIND = Kind(
     section="mechanism",
     doc="Build a CsCd_xPb_{1-x}Br3 nanocrystal (ASE atoms, ground truth).",
 )
-def simulate_nanocrystal(ctx: Any) -> dict[str, Any]:
-    nanocrystal = api(NANOCRYSTAL)
-    p = ctx.params
-    atoms = nanocrystal(
+def _build_nanocrystal(p: dict[str, Any], *, rng: Any) -> Any:
+    """The ``simulate.nanocrystal`` step's crystal from its parameters ``p`` (the step
+    and the KMC cost check of a step downstream build the same one)."""
+    return api(NANOCRYSTAL)(
         p["edge_A"],
         shape=p["shape"],
         phase=p["phase"],
         termination=p["termination"],
         cd_fraction=p["cd_fraction"],
         zone_axis=p["zone_axis"],
-        rng=ctx.rng(),
+        rng=rng,
     )
+
+
+def simulate_nanocrystal(ctx: Any) -> dict[str, Any]:
+    p = ctx.params
+    atoms = _build_nanocrystal(p, rng=ctx.rng())
     try:
         comp = api(COMPOSITION)(atoms)
         ctx.text(
