@@ -170,6 +170,20 @@ HAADF_TRUTH_KIND = Kind(
 )
 
 
+def _build_nanocrystal(p: dict[str, Any], *, rng: Any) -> Any:
+    """The ``simulate.nanocrystal`` step's crystal from its parameters ``p`` (the step
+    and the KMC cost check of a step downstream build the same one)."""
+    return api(NANOCRYSTAL)(
+        p["edge_A"],
+        shape=p["shape"],
+        phase=p["phase"],
+        termination=p["termination"],
+        cd_fraction=p["cd_fraction"],
+        zone_axis=p["zone_axis"],
+        rng=rng,
+    )
+
+
 @register_step(
     "simulate.nanocrystal",
     outputs=("atoms",),
@@ -189,20 +203,6 @@ HAADF_TRUTH_KIND = Kind(
     section="mechanism",
     doc="Build a CsCd_xPb_{1-x}Br3 nanocrystal (ASE atoms, ground truth).",
 )
-def _build_nanocrystal(p: dict[str, Any], *, rng: Any) -> Any:
-    """The ``simulate.nanocrystal`` step's crystal from its parameters ``p`` (the step
-    and the KMC cost check of a step downstream build the same one)."""
-    return api(NANOCRYSTAL)(
-        p["edge_A"],
-        shape=p["shape"],
-        phase=p["phase"],
-        termination=p["termination"],
-        cd_fraction=p["cd_fraction"],
-        zone_axis=p["zone_axis"],
-        rng=rng,
-    )
-
-
 def simulate_nanocrystal(ctx: Any) -> dict[str, Any]:
     p = ctx.params
     atoms = _build_nanocrystal(p, rng=ctx.rng())
