@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from _insitu_kmc import degrading_frames, kmc_imaged
+from _reference_kernels import reference_opening
 
 from perovstem import CalibrationError, DataError, ParameterError
 from perovstem._data import Image
@@ -268,25 +269,6 @@ def test_pb0_on_degrading_crystals_kmc():
 # --- the compiled / vectorised kernels of detect_clusters equal their reference forms ---
 
 
-def _reference_opening(m, side, noise_scale):
-    """The line/square opening written with scipy.ndimage 1-D filters (previous code)."""
-    from scipy import ndimage
-
-    low = float(np.min(m))
-    kw = {"size": side, "mode": "constant", "cval": low}
-    ero_x = ndimage.minimum_filter1d(m, axis=1, **kw)
-    ero_y = ndimage.minimum_filter1d(m, axis=0, **kw)
-    line = np.minimum(
-        ndimage.maximum_filter1d(ero_x, axis=1, **kw),
-        ndimage.maximum_filter1d(ero_y, axis=0, **kw),
-    )
-    if noise_scale <= 0:
-        return line
-    sq = ndimage.minimum_filter1d(ero_x, axis=0, **kw)
-    sq = ndimage.maximum_filter1d(ndimage.maximum_filter1d(sq, axis=0, **kw), axis=1, **kw)
-    return np.minimum(line, sq + 3.0 * np.sqrt(noise_scale * np.clip(sq, 0, None)))
-
-
 @pytest.mark.parametrize(
     "shape, side", [((64, 64), 9), ((50, 37), 81), ((33, 70), 3), ((7, 5), 11)]
 )
@@ -296,9 +278,7 @@ def test_lattice_opening_equals_ndimage_filters(shape, side):
     rng = np.random.default_rng(side)
     m = rng.gamma(2.0, 1.0, shape) + np.where(rng.random(shape) < 0.05, 30.0, 0.0)
     for ns in (0.0, 0.3):
-        np.testing.assert_array_equal(
-            _lattice_opening(m, side, ns), _reference_opening(m, side, ns)
-        )
+        np.testing.assert_array_equal(_lattice_opening(m, side, ns), reference_opening(m, side, ns))
 
 
 @pytest.mark.parametrize("shape", [(40, 23), (5, 61), (1, 1), (50, 17)])
