@@ -139,3 +139,19 @@ def test_count_atoms_without_errors_keeps_the_rule_unless_asked():
     assert res.attrs["counting"]["all"]["single_level_test"] is None
     test = asked.attrs["counting"]["all"]["single_level_test"]
     assert test is None or test["test"] == "shapiro-wilk"
+
+
+@pytest.mark.parametrize(("minority", "gap_errors"), [(0.05, 4.0), (0.05, 5.0), (0.1, 4.0)])
+def test_a_resolved_minority_level_is_kept(minority, gap_errors):
+    """A few per cent of the columns one level up (surface steps), 4-5 errors apart, add
+    only p(1-p)s² < 1 to the variance ratio, so the spread bound alone took them for one
+    level (k = 1 on 6 of 6 seeds at 5 % and 4 errors); the rule's own two-level fit keeps
+    them.  Pooled over six seeds."""
+    ks = []
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        up = rng.random(300) < minority
+        x = 10.0 + gap_errors * up + rng.normal(0.0, 1.0, 300)
+        sweep = gmm_sweep(x, max_components=6, scs_err=np.ones(300))
+        ks.append(sweep.selected)
+    assert ks.count(2) >= 5, ks

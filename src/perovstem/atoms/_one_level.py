@@ -60,6 +60,35 @@ def spread_test(x: np.ndarray, err: np.ndarray) -> dict[str, Any] | None:
     }
 
 
+MIN_GROUP = 5.0
+"""Fewest columns (expected, from the fit's proportions) on each side of a gap for
+:func:`minority_gap` to count it as a level rather than a few outlying columns."""
+
+
+def minority_gap(
+    means: np.ndarray, proportions: np.ndarray, n: int, err: np.ndarray
+) -> float | None:
+    """Largest gap between adjacent components of a fit, in root-mean-square errors, that
+    splits it into two groups of at least :data:`MIN_GROUP` columns each, when it is above
+    2 (two levels that far apart are separable, Robertson & Fryer 1969); else None.
+
+    The spread test bounds the variance of an *equal* mixture; a level holding a few per
+    cent of the columns (weight ``p``, ``s`` errors away) adds only ``p (1 - p) s^2`` to the
+    variance ratio, so it passes the spread test even when it is plainly resolved.
+    """
+    e = np.asarray(err, dtype=float).ravel()
+    e = e[np.isfinite(e) & (e > 0)]
+    if e.size == 0 or len(means) < 2:
+        return None
+    rms = float(np.sqrt(np.mean(e**2)))
+    order = np.argsort(means)
+    mu = np.asarray(means, dtype=float)[order]
+    below = np.cumsum(np.asarray(proportions, dtype=float)[order])[:-1] * n
+    gaps = np.diff(mu) / rms
+    ok = (below >= MIN_GROUP) & (n - below >= MIN_GROUP) & (gaps > 2.0)
+    return float(gaps[ok].max()) if ok.any() else None
+
+
 def one_gaussian_test(x: np.ndarray, *, alpha: float) -> dict[str, Any]:
     """Shapiro-Wilk test of ``x`` against one Gaussian.
 

@@ -623,7 +623,7 @@ def gmm_sweep(
     sel, mins, prom, text = select_components(curve, table["n_components"].to_numpy(), rule=rule)
     test = None
     if single_level and rule != "global" and kmin == 1 and sel > 1:
-        test = _single_level(x, scs_err, curve, sel, single_level_alpha)
+        test = _single_level(x, scs_err, curve, sel, single_level_alpha, fits[sel - kmin])
         if test is not None and not test["rejected"]:
             text = f"k = 1 instead of k = {sel} ({text}): {test['reason']}"
             sel = 1
@@ -634,7 +634,12 @@ def gmm_sweep(
 
 
 def _single_level(
-    x: np.ndarray, scs_err: Any, curve: np.ndarray, sel: int, alpha: float | None
+    x: np.ndarray,
+    scs_err: Any,
+    curve: np.ndarray,
+    sel: int,
+    alpha: float | None,
+    chosen: GMMFit | None = None,
 ) -> dict[str, Any] | None:
     """May ``x`` be one count level although the rule chose ``sel > 1`` components?
 
@@ -644,7 +649,7 @@ def _single_level(
     Returns the test's dict (``rejected`` False means one level, with ``reason``) or None
     (no test).
     """
-    from perovstem.atoms._one_level import one_gaussian_test, spread_test
+    from perovstem.atoms._one_level import minority_gap, one_gaussian_test, spread_test
 
     test = None if scs_err is None else spread_test(x, scs_err)
     if test is not None:
@@ -652,6 +657,15 @@ def _single_level(
             f"the SCS variance is {test['variance_ratio']:.3g}x the columns' mean squared "
             f"error (<= {test['limit']:g}: no two separable levels)"
         )
+        if not test["rejected"] and chosen is not None:
+            # the spread bound is an equal-mixture argument: a minority level (a few %
+            # of the columns, e.g. surface steps) well apart from the main one adds little
+            # variance.  The rule's own fit keeps it when two of its groups, each of at
+            # least MIN_GROUP columns, are more than 2 errors apart (the same bound).
+            gap = minority_gap(chosen.means, chosen.proportions, x.size, scs_err)
+            if gap is not None:
+                test["rejected"] = True
+                test["minority_gap_errors"] = gap
     elif alpha is not None and curve[0] < curve[sel - 1]:
         test = one_gaussian_test(x, alpha=alpha)
         test["reason"] = (
