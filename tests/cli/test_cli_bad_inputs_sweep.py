@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+from _refusals import assert_refused, pbbr_columns
 
 from perovstem.cli.main import main
 
@@ -66,15 +66,7 @@ def files(tmp_path_factory) -> Path:
     np.savez(d / "negpx.npz", obs=img.data, dx_angstrom=-0.5)
     tifffile.imwrite(d / "nocal.tif", img.data)
     # column tables
-    cols = pd.DataFrame(
-        {
-            "x_A": np.tile(np.arange(4.0), 4) * 5.87,
-            "y_A": np.repeat(np.arange(4.0), 4) * 5.87,
-            "type": "PbBr",
-            "scs": rng.normal(1.0, 0.02, 16),
-            "scs_err": 0.01,
-        }
-    )
+    cols = pbbr_columns(rng)
     save_table(cols, d / "cols.csv")
     t = cols.astype({"scs": object})
     t.loc[2, "scs"] = "abc"
@@ -94,14 +86,7 @@ def files(tmp_path_factory) -> Path:
 
 
 def _check(capsys, argv, d, *fragments, out=None, o=None):
-    rc = main([a.format(d=d, o=o) for a in argv])
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert rc == 2, err
-    assert "Traceback" not in err and len(lines) == 1, err
-    text = " ".join(err.split())
-    for f in fragments:
-        assert f.format(d=d) in text, err
+    text = assert_refused(capsys, argv, d, o, *fragments)
     if out is not None:
         assert not (d / out).exists()
     return text

@@ -13,8 +13,8 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
+from _refusals import assert_refused, pbbr_columns
 
 from perovstem.cli.main import main
 
@@ -33,15 +33,7 @@ def files(tmp_path_factory):
     Picture.fromarray(np.zeros((8, 8), np.uint8)).save(d / "picture.png")
     shutil.copy(d / "picture.png", d / "picture_as.csv")
     shutil.copy(d / "s.npz", d / "npz_as.log")
-    cols = pd.DataFrame(
-        {
-            "x_A": np.tile(np.arange(4.0), 4) * 5.87,
-            "y_A": np.repeat(np.arange(4.0), 4) * 5.87,
-            "type": "PbBr",
-            "scs": rng.normal(1.0, 0.02, 16),
-            "scs_err": 0.01,
-        }
-    )
+    cols = pbbr_columns(rng)
     c = cols.copy()
     c.loc[1:, "scs"] = np.nan  # one measured column
     c.to_csv(d / "nan15.csv", index=False)
@@ -56,16 +48,7 @@ def files(tmp_path_factory):
 
 
 def _check(capsys, argv, d, o, *fragments, absent=()):
-    rc = main([a.format(d=d, o=o) for a in argv])
-    cap = capsys.readouterr()
-    lines = [ln for ln in cap.err.splitlines() if ln.strip()]
-    assert rc == 2, cap.err
-    assert "Traceback" not in cap.err and len(lines) == 1, cap.err
-    text = " ".join(cap.err.split())
-    for f in fragments:
-        assert f.format(d=d) in text, cap.err
-    for f in absent:
-        assert f not in text, cap.err
+    text = assert_refused(capsys, argv, d, o, *fragments, absent=absent)
     assert not any(o.iterdir())
     return text
 
