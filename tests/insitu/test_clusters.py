@@ -281,17 +281,21 @@ def test_lattice_opening_equals_ndimage_filters(shape, side):
         np.testing.assert_array_equal(_lattice_opening(m, side, ns), reference_opening(m, side, ns))
 
 
-@pytest.mark.parametrize("shape", [(40, 23), (5, 61), (1, 1), (50, 17)])
+@pytest.mark.parametrize(
+    "shape", [(40, 23), (5, 61), (1, 1), (50, 17), (130, 70), (33, 200), (200, 129)]
+)
 def test_running_extremum_equals_ndimage_on_both_axes(shape):
     """The one van Herk / Gil-Werman helper serves rows and columns (column tiles, any
-    width) with the ndimage result bit for bit, element longer than the image included."""
+    width) with the ndimage result bit for bit, element longer than the image included;
+    the last three shapes are wider than one 64-lane column strip of the cache-blocked
+    passes, and the sizes straddle its block length."""
     from scipy import ndimage
 
     from perovstem.insitu._cluster_kernels import _running_extremum
 
     rng = np.random.default_rng(sum(shape))
     x = rng.normal(size=shape)
-    for size in (1, 3, 7, 31, 101):
+    for size in (1, 3, 5, 7, 31, 63, 65, 101, 301):
         for axis in (0, 1):
             for is_max, ref in (
                 (False, ndimage.minimum_filter1d),

@@ -26,23 +26,6 @@ def test_lattice_opening_blocked_equals_ndimage(shape, side):
         np.testing.assert_array_equal(_lattice_opening(m, side, ns), reference_opening(m, side, ns))
 
 
-@pytest.mark.parametrize("shape", [(130, 70), (33, 200), (200, 129)])
-def test_running_extremum_blocked_equals_ndimage(shape):
-    from perovstem.insitu._cluster_kernels import _running_extremum
-
-    rng = np.random.default_rng(sum(shape))
-    x = rng.normal(size=shape)
-    for size in (1, 5, 63, 65, 301):
-        for axis in (0, 1):
-            for is_max, ref in (
-                (False, ndimage.minimum_filter1d),
-                (True, ndimage.maximum_filter1d),
-            ):
-                want = ref(x, size, axis=axis, mode="constant", cval=-0.5)
-                got = _running_extremum(x, size, -0.5, is_max, axis)
-                np.testing.assert_array_equal(got, want)
-
-
 def _reference_cell_average(stack, a_px, angle_deg):
     """``clusters._cell_average`` as written before the compiled pad / crop (numpy chain)."""
     from scipy import fft as sfft
