@@ -477,13 +477,18 @@ def _read_rsciio(
         kw = {"select_type": "images"} if plugin == "emd" else {}
         sigs = [planes] if planes is not None else mod.file_reader(str(path), lazy=lazy, **kw)
     except ImportError as exc:
-        # e.g. RosettaSciIO wants 'sparse' for any Velox file holding an EDS spectrum image
-        m = re.search(r"'([\w.-]+)'", str(exc))
-        name = getattr(exc, "name", None) or (m.group(1) if m else "the missing package")
-        raise OptionalDependencyError(
-            f"{str(path)!r}: RosettaSciIO needs the optional package {name!r} to read this "
-            f"file (pip install {name}): {str(exc)[:200]}"
-        ) from None
+        # RosettaSciIO refuses a whole Velox file holding an EDS spectrum image when 'sparse'
+        # is missing, although with images only the stream is never decoded: read the images
+        velox = _velox_images_only(path, lazy=lazy) if plugin == "emd" else None
+        if velox is not None:
+            sigs = velox
+        else:
+            m = re.search(r"'([\w.-]+)'", str(exc))
+            name = getattr(exc, "name", None) or (m.group(1) if m else "the missing package")
+            raise OptionalDependencyError(
+                f"{str(path)!r}: RosettaSciIO needs the optional package {name!r} to read "
+                f"this file (pip install {name}): {str(exc)[:200]}"
+            ) from None
     except Exception as exc:
         fam = _content_family(path)
         damaged = (
@@ -607,6 +612,46 @@ def _read_rsciio(
             # dose = I·t_dwell/e/px², from the fields named in *_source and the x calibration
             out["metadata"]["dose_source"] = "beam_current_A × dwell_time_s / e / pixel_size_A²"
     return out
+
+
+def _velox_images_only(path: Path, *, lazy: bool) -> list[dict[str, Any]] | None:
+    """The image signals of a Velox emd, read by RosettaSciIO's Velox reader without its
+    spectrum stream; None when the file is no Velox file or the reader cannot be used so.
+
+    RosettaSciIO (0.6-0.15) raises ModuleNotFoundError for a Velox file holding an EDS
+    spectrum image when the optional package ``sparse`` is missing, even with
+    ``select_type="images"`` (after reading the images, before the stream it would skip).
+    The images read here are the ones it returns when ``sparse`` is installed (for the images
+    of a spectrum-image acquisition: the first frame, as ``load_SI_image_stack=False``).
+    """
+    try:
+        import h5py
+        from rsciio.emd._api import is_EMD_Velox
+        from rsciio.emd._emd_velox import FeiEMDReader
+    except ImportError:
+        return None
+
+    class _ImagesOnly(FeiEMDReader):  # type: ignore[misc]
+        def _read_data(self, select_type: Any) -> None:
+            self.load_images, self.load_SI, self.load_single_spectrum = True, False, False
+            self._read_images()
+
+    try:
+        f = h5py.File(path, "r")
+    except Exception:
+        return None
+    try:
+        if not is_EMD_Velox(f):
+            return None
+        reader = _ImagesOnly(lazy=lazy, select_type="images")
+        reader.read_file(f)
+        sigs = list(reader.dictionaries)
+    except Exception:
+        return None  # the caller reports the original error
+    finally:
+        if not lazy:
+            f.close()
+    return sigs or None
 
 
 def _acquisition_start(md: dict, om: dict) -> dict[str, str]:
