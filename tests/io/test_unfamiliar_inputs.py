@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import perovstem as ps
+from perovstem.errors import DataError
 
 A = (np.random.default_rng(2).poisson(200.0, (24, 32))).astype(np.uint16)
 
@@ -87,3 +88,84 @@ def test_velox_eds_acquisition_images_are_read_without_the_spectrum_package(
     assert img.dose_e_per_A2 == pytest.approx(5e-11 * 2e-6 / 1.602176634e-19 / 0.04)
     bf = ps.load(p, signal="bf")
     np.testing.assert_array_equal(np.asarray(bf.data), 60000 - A)
+
+
+def _frames(folder, n, *, stamps=None, shape=(24, 32), names="frame_{}.tif"):
+    """One calibrated ImageJ tif per frame (0.5 Å pixels), frame i holding value 100 + i."""
+    import tifffile
+
+    folder.mkdir()
+    for i in range(n):
+        kw = {"datetime": stamps[i]} if stamps is not None else {}
+        tifffile.imwrite(
+            folder / names.format(i + 1),
+            np.full(shape, 100 + i, np.uint16),
+            imagej=True,
+            resolution=(20.0, 20.0),
+            metadata={"unit": "nm"},
+            **kw,
+        )
+    return folder
+
+
+def test_folder_of_frame_files_is_a_series_in_natural_order_with_file_times(tmp_path):
+    # old code: "'frames' is a directory, not an image file" (in-situ software exports one
+    # file per frame)
+    import datetime as dt
+
+    t0 = dt.datetime(2026, 11, 28, 1, 2, 3)
+    p = _frames(
+        tmp_path / "frames", 11, stamps=[t0 + dt.timedelta(seconds=3 * i) for i in range(11)]
+    )
+    s = ps.load(p)
+    assert isinstance(s, ps.Series) and s.data.shape == (11, 24, 32)
+    np.testing.assert_array_equal(s.data[:, 0, 0], 100 + np.arange(11))  # frame_2 before frame_10
+    np.testing.assert_allclose(s.time_s, 3.0 * np.arange(11))
+    assert s.pixel_size_A == pytest.approx(0.5)
+    assert s.metadata["frame_files"][:3] == ["frame_1.tif", "frame_2.tif", "frame_3.tif"]
+
+
+def test_folder_frames_without_usable_times_have_none(tmp_path):
+    import datetime as dt
+
+    assert ps.load(_frames(tmp_path / "none", 3)).time_s is None
+    # stamps to the second, frames 0.5 s apart: ties would give zero time steps
+    t0 = dt.datetime(2026, 11, 28, 1, 2, 3)
+    p = _frames(
+        tmp_path / "coarse", 3, stamps=[t0 + dt.timedelta(seconds=0.5 * i) for i in range(3)]
+    )
+    with pytest.warns(UserWarning, match=r"coarse.*time stamps do not increase.*frame_2\.tif"):
+        s = ps.load(p)
+    assert s.time_s is None and s.data.shape == (3, 24, 32)
+
+
+def test_folder_that_is_not_one_series_is_refused_naming_the_files(tmp_path):
+    from perovstem.errors import FileFormatError
+
+    p = _frames(tmp_path / "mixed", 2)
+    import tifffile
+
+    tifffile.imwrite(
+        p / "frame_3.tif",
+        np.zeros((24, 30), np.uint16),
+        imagej=True,
+        resolution=(20.0, 20.0),
+        metadata={"unit": "nm"},
+    )
+    with pytest.raises(DataError, match=r"mixed.*different shapes.*frame_1\.tif.*frame_3\.tif"):
+        ps.load(p)
+    (p / "frame_3.tif").unlink()
+    (p / "notes.npz").write_bytes(b"")
+    with pytest.raises(FileFormatError, match=r"mixed.*one kind of image file.*\.npz, \.tif"):
+        ps.load(p)
+    with pytest.raises(FileFormatError, match=r"is a directory holding no image files"):
+        ps.load((tmp_path / "empty").mkdir() or tmp_path / "empty")
+
+
+def test_cli_reads_a_folder_of_frames(tmp_path, capsys):
+    from perovstem.cli.main import main
+
+    p = _frames(tmp_path / "frames", 3)
+    assert main(["info", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "Series" in out and "3 × 24 × 32" in out
