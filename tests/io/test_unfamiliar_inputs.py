@@ -169,3 +169,19 @@ def test_cli_reads_a_folder_of_frames(tmp_path, capsys):
     assert main(["info", str(p)]) == 0
     out = capsys.readouterr().out
     assert "Series" in out and "3 × 24 × 32" in out
+
+
+def test_info_names_the_gap_of_a_tilt_series_with_a_missing_range(tmp_path, capsys):
+    # old code: "-60 … 60° (41, step 2°)" for a series missing -30° … +10°
+    import mrcfile
+
+    from perovstem.cli.main import main
+
+    angles = np.r_[np.arange(-60, -29, 2), np.arange(10, 61, 2)].astype(float)
+    p = tmp_path / "gap.mrc"
+    with mrcfile.new(p) as m:
+        m.set_data(np.zeros((angles.size, 16, 16), np.float32))
+        m.voxel_size = 2.0
+    (tmp_path / "gap.rawtlt").write_text("\n".join(f"{a:g}" for a in angles))
+    assert main(["info", str(p)]) == 0
+    assert "-60 … 60° (42, steps 2–40°, largest gap -30 … 10°)" in capsys.readouterr().out

@@ -55,8 +55,18 @@ def describe(obj) -> list[tuple[str, str]]:
             rows.append(("gas", obj.gas))
     if isinstance(obj, TiltSeries):
         a = obj.angles_deg
-        step = np.median(np.diff(np.sort(a))) if a.size > 1 else 0.0
-        rows.append(("tilt angles", f"{a.min():.4g} … {a.max():.4g}° ({a.size}, step {step:.3g}°)"))
+        srt = np.sort(a)
+        d = np.diff(srt) if a.size > 1 else np.zeros(1)
+        step = float(np.median(d))
+        if a.size > 2 and d.max() > 1.5 * max(step, 1e-9):
+            # non-uniform steps or a missing range: the median step alone hides the gap
+            i = int(np.argmax(d))
+            steps = (
+                f"steps {d.min():.3g}–{d.max():.3g}°, largest gap {srt[i]:.4g} … {srt[i + 1]:.4g}°"
+            )
+        else:
+            steps = f"step {step:.3g}°"
+        rows.append(("tilt angles", f"{a.min():.4g} … {a.max():.4g}° ({a.size}, {steps})"))
         rows.append(("tilt axis", f"{obj.tilt_axis_deg:.4g}°"))
         if obj.shifts_px is not None:
             rows.append(("shifts", f"stored, max |shift| {np.abs(obj.shifts_px).max():.3g} px"))
