@@ -106,6 +106,45 @@ def px_to_A(xy_px: np.ndarray, image: Image) -> np.ndarray:
     return np.asarray(xy_px, dtype=float) * image.pixel_size_A + o
 
 
+# Pile-up at the image maximum that marks a clipped (saturated) detector: at least this many
+# pixels at the maximum, and this many times the pixels at the next lower value.  Unclipped
+# Poisson lattices (peaks of 0.3-30000 counts, gain 1/400-20, 90² and 300² px, 10-20 seeds)
+# have ratios <= 4 with <= 4 pixels at the maximum, and <= 0.2 where 10-19 pixels share it
+# (peaks of 0.3-1 count); clipping at the 99.5th-97th percentile gives 40-270 pixels at
+# ratios >= 4 for peaks of 30 counts and more (1.3-1.6 at 10 counts: not detectable).
+_SATURATION_MIN_PIXELS = 10
+_SATURATION_RATIO = 2.0
+
+
+def saturation_note(data: Any) -> str | None:
+    """A sentence on a clipped (saturated) detector when ``data`` piles up at its maximum,
+    else None.
+
+    A detector or an 8/16-bit conversion that clips the brightest columns leaves many pixels
+    at exactly the largest value and few just below it; Poisson counts and their rescaled
+    (normalised, gain/offset) versions tail off instead.  Clipped columns are fitted too wide
+    and with a wrong cross-section, silently.
+    """
+    a = np.asarray(data, dtype=float).ravel()
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return None
+    top = a.max()
+    n_top = int(np.count_nonzero(a == top))
+    below = a[a < top]
+    if n_top < _SATURATION_MIN_PIXELS or below.size == 0:
+        return None
+    n_next = int(np.count_nonzero(below == below.max()))
+    if n_top < _SATURATION_RATIO * n_next:
+        return None
+    return (
+        f"{n_top} pixels ({100.0 * n_top / a.size:.2g} %) sit at the image maximum {top:.6g} "
+        f"and only {n_next} at the next value below: a saturated (clipped) detector or "
+        "conversion; the brightest columns' widths and cross-sections are then wrong "
+        "(acquire with less gain or a lower beam current, or leave those columns out)"
+    )
+
+
 def scs_column(table: pd.DataFrame) -> str | None:
     """Name of the cross-section column (``scs`` or ``scs_A2``), or None."""
     return next((c for c in ("scs", "scs_A2") if c in table.columns), None)

@@ -43,7 +43,7 @@ from perovstem._validation import (
     warn,
     warning_transparent,
 )
-from perovstem.atoms._inputs import as_image, as_positions, px_to_A
+from perovstem.atoms._inputs import as_image, as_positions, px_to_A, saturation_note
 from perovstem.atoms.normalize import poisson_variance_model
 from perovstem.errors import DataError, ParameterError
 
@@ -432,6 +432,9 @@ def fit_columns(
         bg_model = check_choice("background", background, _BACKGROUNDS)
 
     data = np.asarray(img.data, dtype=np.float64)
+    sat = saturation_note(data)
+    if sat is not None:
+        warn(f"fit_columns: {sat}", UserWarning, stacklevel=2)
     dx = img.pixel_size_A
     tail = _resolve_tail(psf_tail, img)
     if tail is not None:
