@@ -185,3 +185,17 @@ def test_info_names_the_gap_of_a_tilt_series_with_a_missing_range(tmp_path, caps
     (tmp_path / "gap.rawtlt").write_text("\n".join(f"{a:g}" for a in angles))
     assert main(["info", str(p)]) == 0
     assert "-60 … 60° (42, steps 2–40°, largest gap -30 … 10°)" in capsys.readouterr().out
+
+
+def test_binary_file_that_no_reader_takes_is_a_clear_error_not_a_crash(tmp_path, capsys):
+    # old code: UnicodeDecodeError from the content sniffing (CLI: "unexpected ... error",
+    # exit 1) for a cut MRC header whose bytes are not UTF-8 (found on uqa13's trunc_hdr.mrc)
+    from perovstem.cli.main import main
+    from perovstem.errors import FileFormatError
+
+    p = tmp_path / "cut.mrc"
+    p.write_bytes(b"@" * 40 + b"\xf6" + b"\x01" * 159)
+    with pytest.raises(FileFormatError, match=r"cut\.mrc"):
+        ps.load(p)
+    assert main(["info", str(p)]) == 2
+    assert "cut.mrc" in capsys.readouterr().err

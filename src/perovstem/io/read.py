@@ -101,7 +101,10 @@ def _content_family(path: Path) -> str | None:
         try:
             text = head.decode("utf-8")
         except UnicodeDecodeError:  # a multi-byte character cut at 1024 bytes is still text
-            text = head[:-3].decode("utf-8", errors="strict") if len(head) > 3 else ""
+            try:
+                text = head[:-3].decode("utf-8", errors="strict") if len(head) > 3 else ""
+            except UnicodeDecodeError:  # binary (e.g. a truncated MRC header): no family
+                return None
         if text and all(c.isprintable() or c in "\t\r\n" for c in text):
             return "text"
     return None
