@@ -199,3 +199,17 @@ def test_binary_file_that_no_reader_takes_is_a_clear_error_not_a_crash(tmp_path,
         ps.load(p)
     assert main(["info", str(p)]) == 2
     assert "cut.mrc" in capsys.readouterr().err
+
+
+def test_velox_stack_without_frame_time_names_the_missing_entry_not_truncation(tmp_path):
+    # old code: "... (KeyError: 'ExposureTime'); ... truncated (an interrupted copy?) or damaged"
+    from perovstem.errors import FileFormatError
+
+    p = tmp_path / "stack.emd"
+    _velox(p, [("HAADF", np.stack([A, A, A]), 2e-11)])
+    with pytest.raises(FileFormatError, match=r"stack\.emd.*needs the metadata entry 'Exp") as e:
+        ps.load(p)
+    assert "truncated" not in str(e.value)
+    p2 = tmp_path / "stack_ft.emd"  # with the scan's frame time, as Velox writes STEM stacks
+    _velox(p2, [("HAADF", np.stack([A, A, A]), 2e-11)], frame_time=2.0)
+    np.testing.assert_allclose(ps.load(p2).time_s, [0.0, 2.0, 4.0])

@@ -639,6 +639,14 @@ def _read_rsciio(
             if fam is not None and path.suffix.lower() in _FAMILIES[fam]
             else ""
         )
+        if damaged and isinstance(exc, KeyError) and plugin == "emd":
+            # the HDF5 file opened: a metadata entry the reader looks up is absent (e.g. a
+            # Velox frame stack without Scan.FrameTime or the detector's ExposureTime)
+            damaged = (
+                f"; the file opens, but RosettaSciIO's reader needs the metadata entry {exc} "
+                "that it lacks (written by other software, or a layout this RosettaSciIO "
+                "does not know); export the images to .tif/.hspy with their calibration"
+            )
         raise FileFormatError(
             f"{str(path)!r}: not a readable {path.suffix.lstrip('.')} file "
             f"({type(exc).__name__}: {str(exc)[:200]}){damaged}"
