@@ -34,6 +34,18 @@ def test_unclipped_counts_are_not_called_saturated(seed):
             assert saturation_note(data.astype(np.float32)) is None
 
 
+def test_identical_columns_of_a_noise_free_periodic_image_are_not_saturated():
+    # every interior column has the same peak value (single pixels, no plateau)
+    y, x = np.mgrid[:150, :150]
+    lam = sum(
+        np.exp(-(((x - cx) ** 2 + (y - cy) ** 2) / 8.0))
+        for cy in range(-15, 166, 15)
+        for cx in range(-15, 166, 15)
+    )
+    for a in (lam, np.round(lam * 1000), np.round(lam * 1000).astype(np.uint16)):
+        assert saturation_note(a) is None
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_clipped_counts_are_called_saturated(seed):
     rng = np.random.default_rng(100 + seed)

@@ -114,6 +114,7 @@ def px_to_A(xy_px: np.ndarray, image: Image) -> np.ndarray:
 # ratios >= 4 for peaks of 30 counts and more (1.3-1.6 at 10 counts: not detectable).
 _SATURATION_MIN_PIXELS = 10
 _SATURATION_RATIO = 2.0
+_SATURATION_PLATEAU_PX = 3  # and one 4-connected plateau of at least this many pixels
 
 
 def saturation_note(data: Any) -> str | None:
@@ -125,8 +126,10 @@ def saturation_note(data: Any) -> str | None:
     (normalised, gain/offset) versions tail off instead.  Clipped columns are fitted too wide
     and with a wrong cross-section, silently.
     """
-    a = np.asarray(data, dtype=float).ravel()
-    a = a[np.isfinite(a)]
+    from scipy import ndimage
+
+    img = np.asarray(data, dtype=float)
+    a = img[np.isfinite(img)]
     if a.size == 0:
         return None
     top = a.max()
@@ -137,6 +140,12 @@ def saturation_note(data: Any) -> str | None:
     n_next = int(np.count_nonzero(below == below.max()))
     if n_top < _SATURATION_RATIO * n_next:
         return None
+    if img.ndim == 2:
+        # a clipped column is a plateau; equal single-pixel maxima (identical columns of a
+        # noise-free periodic image, or ties of low counts) are not
+        lab, n_lab = ndimage.label(img == top)
+        if n_lab == 0 or np.bincount(lab.ravel())[1:].max() < _SATURATION_PLATEAU_PX:
+            return None
     return (
         f"{n_top} pixels ({100.0 * n_top / a.size:.2g} %) sit at the image maximum {top:.6g} "
         f"and only {n_next} at the next value below: a saturated (clipped) detector or "
