@@ -60,6 +60,9 @@ def test_readme_first_look(tmp_path, monkeypatch, small_image, capsys):
     s = ps.Series(np.ones((3, 16, 16), np.float32), 0.5, time_s=[0.0, 1.0, 2.0])
     s = s.replace(dose_e_per_A2=np.full(3, 100.0))
     ps.io.save_image(s, tmp_path / "s.zarr")
+    (tmp_path / "insitu_frames").mkdir()  # one file per frame
+    for k in range(3):
+        ps.io.save_image(s.frame(k), tmp_path / "insitu_frames" / f"frame_{k}.tif")
     monkeypatch.chdir(tmp_path)
     code = _substitute(
         _block("README.md", "import perovstem as ps"),
@@ -71,6 +74,7 @@ def test_readme_first_look(tmp_path, monkeypatch, small_image, capsys):
     )
     ns = _run(code, "README.md: A first look")
     assert ns["img"].pixel_size_A == pytest.approx(0.25)
+    assert ns["frames"].data.shape == (3, 16, 16) and ns["frames"].pixel_size_A == 0.5
     out = capsys.readouterr().out
     assert "cumulative_dose_e_per_A2" in out or "dose_e_per_A2" in out
     back = ps.load(tmp_path / "tilt_series.zarr")
