@@ -537,6 +537,38 @@ def _start_scale(
     return best if _identifiable(cands, best) else 1.0
 
 
+def frame_noise(scs: Any) -> float | None:
+    """Noise of one cross-section from the differences between consecutive frames.
+
+    The frames of a series see the same columns, so ``scs[t + 1] - scs[t]`` is the
+    difference of two independent noise draws except where a column changed (an atom
+    lost), which the median ignores while fewer than half of the differences hold a change:
+    ``sigma = 1.4826 * MAD(differences) / sqrt(2)`` (the normal-consistent median absolute
+    deviation; Rousseeuw & Croux, JASA 88 (1993) 1273).  Persistent differences between
+    columns (edge columns, a thickness gradient) are not noise and are not included.
+
+    Parameters
+    ----------
+    scs : array_like, shape (T, N)
+        Cross-sections, frame by column.
+
+    Returns
+    -------
+    float or None
+        The standard deviation (same unit as ``scs``); None for fewer than two frames or
+        no spread in the differences.
+    """
+    obs = np.asarray(scs, dtype=float)
+    if obs.ndim != 2 or obs.shape[0] < 2:
+        return None
+    d = np.diff(obs, axis=0).ravel()
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return None
+    sigma = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / np.sqrt(2.0)
+    return sigma if sigma > 0 else None
+
+
 def fit_hmm(
     scs: Any,
     library: Any,
@@ -563,7 +595,10 @@ def fit_hmm(
         SCS of 1, 2, ... atoms (simulated or GMM locations).  If its first value is 0 (or
         ``include_zero``), an empty-column state is included.  ``"gmm"``: the states are the
         component locations of an equal-width GMM of all frames (k by ICL; relative counts
-        1, 2, ... unless anchored to a library later), with the scale fixed.
+        1, 2, ... unless anchored to a library later), with the scale fixed.  The GMM's
+        one-level test (:func:`~perovstem.atoms.count.gmm_sweep`, ``scs_err``) uses the
+        noise of the frame-to-frame differences (:func:`frame_noise`), so a series of one
+        thickness is refused (DataError) rather than split into states of noise.
     model : {"free", "loss", "dose"}
         Transition model (see module docstring).
     dose_e_per_A2 : float or array_like, shape (T,), optional
@@ -631,11 +666,19 @@ def fit_hmm(
         # (k by ICL), counted 1, 2, ... from the lowest; the scale is then fixed
         from perovstem.atoms.count import gmm_sweep
 
+        # the frames see the same columns: their differences give the SCS noise, so the
+        # sweep's one-level test can tell one thickness from several (gmm_sweep, scs_err)
         kmax = max(1, min(30, obs.size // 2))
-        sw = gmm_sweep(obs.ravel(), max_components=kmax)
+        noise = frame_noise(obs)
+        err = None if noise is None else np.full(obs.size, noise)
+        sw = gmm_sweep(obs.ravel(), max_components=kmax, scs_err=err)
         means = sw.fit(sw.selected).means
         if means.size < 2:
-            raise DataError("the GMM of the SCS has a single component: nothing to track")
+            why = "" if sw.single_level_test is None else f" ({sw.single_level_test['reason']})"
+            raise DataError(
+                f"the GMM of the SCS of all frames has a single component{why}: one count "
+                "level, nothing to track"
+            )
         library = np.column_stack([np.arange(1, means.size + 1), means])
         fit_scale = False
         gmm_states = True
