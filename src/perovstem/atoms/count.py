@@ -554,7 +554,7 @@ def gmm_sweep(
         enough apart to be separable, ``> 2 sigma``, would make it larger; Robertson &
         Fryer 1969), the rule's k is replaced by that of the lowest-BIC fit whose
         components are all resolved levels (means more than 2 rms errors apart, at least 5
-        columns each): 1 for one thickness, 2 for one thickness and a resolved minority
+        columns each; more levels need a BIC lower by 6): 1 for one thickness, 2 for one thickness and a resolved minority
         level (surface steps).  False: the rule alone.  Not used with ``rule="global"``.
         See :mod:`perovstem.atoms._one_level` and docs/counting.md.
     scs_err : array_like, shape (N,), optional
@@ -651,8 +651,8 @@ def _single_level(
     With usable ``scs_err``: the spread test of :mod:`._one_level` (variance at most twice
     the columns' mean squared error), whatever the curve; when it passes, the levels are
     those of the lowest-BIC fit whose components are all resolved (more than 2 rms errors
-    apart, at least 5 columns each; :func:`._one_level.resolved_choice`), 1 when no other
-    is.  Otherwise, when ``alpha`` is given, ``sel > 1`` and the criterion is lower at
+    apart, at least 5 columns each; more levels need a BIC lower by 6;
+    :func:`._one_level.resolved_choice`), 1 when no other is.  Otherwise, when ``alpha`` is given, ``sel > 1`` and the criterion is lower at
     ``k = 1`` than at ``sel``: the Shapiro-Wilk test.  Returns the test's dict (``levels``:
     the k to take, or None when the rule's ``sel`` stands; ``rejected``: one level
     rejected; ``reason``) or None (no test).
@@ -676,9 +676,9 @@ def _single_level(
             if res["levels"] > 1:
                 test["reason"] = (
                     f"the SCS variance is {test['variance_ratio']:.3g}x the columns' mean "
-                    f"squared error (<= {test['limit']:g}), and the lowest-BIC fit whose "
-                    f"levels are resolved (> 2 rms errors apart, >= 5 columns each) has "
-                    f"{res['levels']}"
+                    f"squared error (<= {test['limit']:g}), and the fit of resolved levels "
+                    f"(> 2 rms errors apart, >= 5 columns each) of lowest BIC (by > 6 over "
+                    f"fewer levels) has {res['levels']}"
                 )
     elif alpha is not None and sel > 1 and curve[0] < curve[sel - 1]:
         test = one_gaussian_test(x, alpha=alpha)
