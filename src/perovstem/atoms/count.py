@@ -554,9 +554,10 @@ def gmm_sweep(
         enough apart to be separable, ``> 2 sigma``, would make it larger; Robertson &
         Fryer 1969), the rule's k is replaced by that of the lowest-BIC fit whose
         components are all resolved levels (means more than 2 rms errors apart, at least 5
-        columns each; more levels need a BIC lower by 6): 1 for one thickness, 2 for one thickness and a resolved minority
-        level (surface steps).  False: the rule alone.  Not used with ``rule="global"``.
-        See :mod:`perovstem.atoms._one_level` and docs/counting.md.
+        columns each; more levels need a BIC lower by 6): 1 for one thickness, 2 for one
+        thickness and a resolved minority level (surface steps).  False: the rule alone.
+        Not used with ``rule="global"``.  See :mod:`perovstem.atoms._one_level` and
+        docs/counting.md.
     scs_err : array_like, shape (N,), optional
         Standard errors of the cross-sections (e.g. ``scs_err`` of
         :func:`perovstem.atoms.fit_columns`, Cramér-Rao bounds), for that test.  Without
@@ -652,8 +653,9 @@ def _single_level(
     the columns' mean squared error), whatever the curve; when it passes, the levels are
     those of the lowest-BIC fit whose components are all resolved (more than 2 rms errors
     apart, at least 5 columns each; more levels need a BIC lower by 6;
-    :func:`._one_level.resolved_choice`), 1 when no other is.  Otherwise, when ``alpha`` is given, ``sel > 1`` and the criterion is lower at
-    ``k = 1`` than at ``sel``: the Shapiro-Wilk test.  Returns the test's dict (``levels``:
+    :func:`._one_level.resolved_choice`), 1 when no other is.  Otherwise, when ``alpha``
+    is given, ``sel > 1`` and the criterion is lower at ``k = 1`` than at ``sel``: the
+    Shapiro-Wilk test.  Returns the test's dict (``levels``:
     the k to take, or None when the rule's ``sel`` stands; ``rejected``: one level
     rejected; ``reason``) or None (no test).
     """

@@ -543,10 +543,11 @@ def frame_noise(scs: Any) -> float | None:
     The frames of a series see the same columns, so ``d = scs[t + 1] - scs[t]`` is the
     difference of two independent noise draws, ``N(0, 2 sigma^2)``, except where a column changed.  A loss
     makes ``d`` negative, a gain positive, so each half of ``d`` is half-normal with median
-    ``0.6745 sqrt(2) sigma`` where it holds no changes: ``sigma`` is taken from the smaller
-    of the two medians (a median, like the MAD of Rousseeuw & Croux, JASA 88 (1993) 1273,
-    ignores a minority of changes; the one-sided halves also ignore a majority of losses:
-    the plain MAD read 1.3-1.7 sigma on series with a loss in a quarter of the
+    ``0.6745 sqrt(2) sigma`` where it holds no changes: ``sigma`` is taken from the
+    smaller of the two medians, or from the median of ``|d|`` when the two agree within
+    their sampling spread (a median, like the MAD of Rousseeuw & Croux, JASA 88 (1993)
+    1273, ignores a minority of changes; the one-sided halves also ignore a majority of
+    losses: the plain MAD read 1.3-1.7 sigma on series with a loss in a quarter of the
     differences).  Persistent differences between columns (edge columns, a thickness
     gradient) are not noise and are not included.
 
@@ -570,8 +571,15 @@ def frame_noise(scs: Any) -> float | None:
     if up.size < 2 or down.size < 2:
         return None
     # each half of N(0, 2 sigma^2) is half-normal, median 0.6745 sqrt(2) sigma; losses
-    # (gains) contaminate only the lower (upper) half: take the cleaner one
-    sigma = min(float(np.median(up)), float(np.median(down))) / (0.6745 * np.sqrt(2.0))
+    # (gains) contaminate only the lower (upper) half.  Halves that agree within twice
+    # the spread of the log ratio of two sample medians (1.65 / sqrt(n)) are pooled (the
+    # smaller of two noisy medians is biased low on a few frames), else the smaller taken
+    m_up, m_down = float(np.median(up)), float(np.median(down))
+    if m_up <= 0 or m_down <= 0:
+        return None
+    agree = abs(np.log(m_up / m_down)) < 2 * 1.65 / np.sqrt(min(up.size, down.size))
+    m = float(np.median(np.abs(d))) if agree else min(m_up, m_down)
+    sigma = m / (0.6745 * np.sqrt(2.0))
     return sigma if sigma > 0 else None
 
 
