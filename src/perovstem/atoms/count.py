@@ -188,10 +188,12 @@ class GMMSweep:
         Human-readable statement of the rule that chose ``selected``.
     single_level_test : dict or None
         The one-level test of :func:`gmm_sweep` (``test`` "spread" or "shapiro-wilk", its
-        statistic, ``rejected``, ``reason``, ``interior_choice`` (the rule's k),
-        ``criterion_above_k1``), or None when it did not run (the rule chose k = 1,
-        ``rule="global"``, ``single_level=False``, or no ``scs_err`` and no
-        ``single_level_alpha``).  ``rejected`` False: ``selected`` is 1.
+        statistic, ``rejected`` (one level rejected), ``levels`` (the k it chose, None when
+        the rule's stands), ``reason``, ``interior_choice`` (the rule's k),
+        ``criterion_above_k1``; the spread test, when passed, also ``resolved`` (the k of
+        the fits with resolved levels), ``rms_error`` and ``min_gap_errors``), or None when
+        it did not run (``rule="global"``, ``single_level=False``, no ``scs_err`` and no
+        ``single_level_alpha``, or no ``scs_err`` and the rule chose k = 1).
     """
 
     fits: list[GMMFit]
@@ -547,11 +549,15 @@ def gmm_sweep(
         One count level or several?  The rules skip ``k = 1`` (ICL's entropy term makes it
         the global minimum of most curves with overlapping levels: StatSTEM's Pb example
         has ICL(1) 128 below its k = 11), so on a crystal of one thickness they split one
-        Gaussian into 2-17 components.  When the rule picks ``k > 1`` and ``scs_err`` is
-        given, ``k = 1`` is taken if the variance of the SCS is at most twice the mean
-        squared ``scs_err``: levels far enough apart to be separable (``> 2 sigma``) would
-        make it larger (Robertson & Fryer 1969).  False: the rule alone.  Not used with
-        ``rule="global"``.  See :mod:`perovstem.atoms._one_level` and docs/counting.md.
+        Gaussian into 2-17 components.  When ``scs_err`` is given and the variance of the
+        SCS is at most twice the mean squared ``scs_err`` (an equal mixture of levels far
+        enough apart to be separable, ``> 2 sigma``, would make it larger; Robertson &
+        Fryer 1969), the rule's k is replaced by that of the lowest-BIC fit whose
+        components are all resolved levels (means more than 2 rms errors apart, at least 5
+        columns each; more levels need a BIC lower by 6): 1 for one thickness, 2 for one
+        thickness and a resolved minority level (surface steps).  False: the rule alone.
+        Not used with ``rule="global"``.  See :mod:`perovstem.atoms._one_level` and
+        docs/counting.md.
     scs_err : array_like, shape (N,), optional
         Standard errors of the cross-sections (e.g. ``scs_err`` of
         :func:`perovstem.atoms.fit_columns`, Cramér-Rao bounds), for that test.  Without
@@ -622,11 +628,11 @@ def gmm_sweep(
     curve = table[criterion].to_numpy()
     sel, mins, prom, text = select_components(curve, table["n_components"].to_numpy(), rule=rule)
     test = None
-    if single_level and rule != "global" and kmin == 1 and sel > 1:
-        test = _single_level(x, scs_err, curve, sel, single_level_alpha, fits[sel - kmin])
-        if test is not None and not test["rejected"]:
-            text = f"k = 1 instead of k = {sel} ({text}): {test['reason']}"
-            sel = 1
+    if single_level and rule != "global" and kmin == 1 and (sel > 1 or scs_err is not None):
+        test = _single_level(x, scs_err, curve, sel, single_level_alpha, fits)
+        if test is not None and test["levels"] is not None and test["levels"] != sel:
+            text = f"k = {test['levels']} instead of k = {sel} ({text}): {test['reason']}"
+            sel = test["levels"]
     table.attrs.update(
         {"criterion": criterion, "selected": sel, "local_minima": mins, "rule": text}
     )
@@ -639,35 +645,46 @@ def _single_level(
     curve: np.ndarray,
     sel: int,
     alpha: float | None,
-    chosen: GMMFit | None = None,
+    fits: list[GMMFit],
 ) -> dict[str, Any] | None:
-    """May ``x`` be one count level although the rule chose ``sel > 1`` components?
+    """How many count levels may ``x`` hold, whatever the rule's ``sel``?
 
     With usable ``scs_err``: the spread test of :mod:`._one_level` (variance at most twice
-    the columns' mean squared error), whatever the curve.  Otherwise, when ``alpha`` is
-    given and the criterion is lower at ``k = 1`` than at ``sel``: the Shapiro-Wilk test.
-    Returns the test's dict (``rejected`` False means one level, with ``reason``) or None
-    (no test).
+    the columns' mean squared error), whatever the curve; when it passes, the levels are
+    those of the lowest-BIC fit whose components are all resolved (more than 2 rms errors
+    apart, at least 5 columns each; more levels need a BIC lower by 6;
+    :func:`._one_level.resolved_choice`), 1 when no other is.  Otherwise, when ``alpha``
+    is given, ``sel > 1`` and the criterion is lower at ``k = 1`` than at ``sel``: the
+    Shapiro-Wilk test.  Returns the test's dict (``levels``:
+    the k to take, or None when the rule's ``sel`` stands; ``rejected``: one level
+    rejected; ``reason``) or None (no test).
     """
-    from perovstem.atoms._one_level import minority_gap, one_gaussian_test, spread_test
+    from perovstem.atoms._one_level import one_gaussian_test, resolved_choice, spread_test
 
     test = None if scs_err is None else spread_test(x, scs_err)
     if test is not None:
+        test["levels"] = None
         test["reason"] = (
             f"the SCS variance is {test['variance_ratio']:.3g}x the columns' mean squared "
             f"error (<= {test['limit']:g}: no two separable levels)"
         )
-        if not test["rejected"] and chosen is not None:
+        if not test["rejected"]:
             # the spread bound is an equal-mixture argument: a minority level (a few %
             # of the columns, e.g. surface steps) well apart from the main one adds little
-            # variance.  The rule's own fit keeps it when two of its groups, each of at
-            # least MIN_GROUP columns, are more than 2 errors apart (the same bound).
-            gap = minority_gap(chosen.means, chosen.proportions, x.size, scs_err)
-            if gap is not None:
-                test["rejected"] = True
-                test["minority_gap_errors"] = gap
-    elif alpha is not None and curve[0] < curve[sel - 1]:
+            # variance.  Levels no narrower than the errors decide (resolved_choice).
+            res = resolved_choice(fits, scs_err)
+            test.update(res)
+            test["rejected"] = res["levels"] > 1
+            if res["levels"] > 1:
+                test["reason"] = (
+                    f"the SCS variance is {test['variance_ratio']:.3g}x the columns' mean "
+                    f"squared error (<= {test['limit']:g}), and the fit of resolved levels "
+                    f"(> 2 rms errors apart, >= 5 columns each) of lowest BIC (by > 6 over "
+                    f"fewer levels) has {res['levels']}"
+                )
+    elif alpha is not None and sel > 1 and curve[0] < curve[sel - 1]:
         test = one_gaussian_test(x, alpha=alpha)
+        test["levels"] = None if test["rejected"] else 1
         test["reason"] = (
             f"the criterion is {curve[sel - 1] - curve[0]:.3g} lower at k = 1 and one "
             f"Gaussian is not rejected (Shapiro-Wilk p = {test['p_value']:.3g} >= {alpha:g})"

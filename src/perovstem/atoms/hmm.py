@@ -537,6 +537,52 @@ def _start_scale(
     return best if _identifiable(cands, best) else 1.0
 
 
+def frame_noise(scs: Any) -> float | None:
+    """Noise of one cross-section from the differences between consecutive frames.
+
+    The frames of a series see the same columns, so ``d = scs[t + 1] - scs[t]`` is the
+    difference of two independent noise draws, ``N(0, 2 sigma^2)``, except where a column changed.  A loss
+    makes ``d`` negative, a gain positive, so each half of ``d`` is half-normal with median
+    ``0.6745 sqrt(2) sigma`` where it holds no changes: ``sigma`` is taken from the
+    smaller of the two medians, or from the median of ``|d|`` when the two agree within
+    their sampling spread (a median, like the MAD of Rousseeuw & Croux, JASA 88 (1993)
+    1273, ignores a minority of changes; the one-sided halves also ignore a majority of
+    losses: the plain MAD read 1.3-1.7 sigma on series with a loss in a quarter of the
+    differences).  Persistent differences between columns (edge columns, a thickness
+    gradient) are not noise and are not included.
+
+    Parameters
+    ----------
+    scs : array_like, shape (T, N)
+        Cross-sections, frame by column.
+
+    Returns
+    -------
+    float or None
+        The standard deviation (same unit as ``scs``); None for fewer than two frames or
+        no spread in the differences.
+    """
+    obs = np.asarray(scs, dtype=float)
+    if obs.ndim != 2 or obs.shape[0] < 2:
+        return None
+    d = np.diff(obs, axis=0).ravel()
+    d = d[np.isfinite(d)]
+    up, down = d[d > 0], -d[d < 0]
+    if up.size < 2 or down.size < 2:
+        return None
+    # each half of N(0, 2 sigma^2) is half-normal, median 0.6745 sqrt(2) sigma; losses
+    # (gains) contaminate only the lower (upper) half.  Halves that agree within twice
+    # the spread of the log ratio of two sample medians (1.65 / sqrt(n)) are pooled (the
+    # smaller of two noisy medians is biased low on a few frames), else the smaller taken
+    m_up, m_down = float(np.median(up)), float(np.median(down))
+    if m_up <= 0 or m_down <= 0:
+        return None
+    agree = abs(np.log(m_up / m_down)) < 2 * 1.65 / np.sqrt(min(up.size, down.size))
+    m = float(np.median(np.abs(d))) if agree else min(m_up, m_down)
+    sigma = m / (0.6745 * np.sqrt(2.0))
+    return sigma if sigma > 0 else None
+
+
 def fit_hmm(
     scs: Any,
     library: Any,
@@ -563,7 +609,10 @@ def fit_hmm(
         SCS of 1, 2, ... atoms (simulated or GMM locations).  If its first value is 0 (or
         ``include_zero``), an empty-column state is included.  ``"gmm"``: the states are the
         component locations of an equal-width GMM of all frames (k by ICL; relative counts
-        1, 2, ... unless anchored to a library later), with the scale fixed.
+        1, 2, ... unless anchored to a library later), with the scale fixed.  The GMM's
+        one-level test (:func:`~perovstem.atoms.count.gmm_sweep`, ``scs_err``) uses the
+        noise of the frame-to-frame differences (:func:`frame_noise`), so a series of one
+        thickness is refused (DataError) rather than split into states of noise.
     model : {"free", "loss", "dose"}
         Transition model (see module docstring).
     dose_e_per_A2 : float or array_like, shape (T,), optional
@@ -631,11 +680,19 @@ def fit_hmm(
         # (k by ICL), counted 1, 2, ... from the lowest; the scale is then fixed
         from perovstem.atoms.count import gmm_sweep
 
+        # the frames see the same columns: their differences give the SCS noise, so the
+        # sweep's one-level test can tell one thickness from several (gmm_sweep, scs_err)
         kmax = max(1, min(30, obs.size // 2))
-        sw = gmm_sweep(obs.ravel(), max_components=kmax)
+        noise = frame_noise(obs)
+        err = None if noise is None else np.full(obs.size, noise)
+        sw = gmm_sweep(obs.ravel(), max_components=kmax, scs_err=err)
         means = sw.fit(sw.selected).means
         if means.size < 2:
-            raise DataError("the GMM of the SCS has a single component: nothing to track")
+            why = "" if sw.single_level_test is None else f" ({sw.single_level_test['reason']})"
+            raise DataError(
+                f"the GMM of the SCS of all frames has a single component{why}: one count "
+                "level, nothing to track"
+            )
         library = np.column_stack([np.arange(1, means.size + 1), means])
         fit_scale = False
         gmm_states = True
