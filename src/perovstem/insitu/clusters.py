@@ -538,7 +538,7 @@ def _cell_average(stack: np.ndarray, a_px: float, angle_deg: float) -> np.ndarra
     """
     from scipy import fft as sfft
 
-    from perovstem.insitu._cluster_kernels import centred_pad32, crop_restore
+    from perovstem.insitu._cluster_kernels import centred_pad32, crop_restore, irfft2_rows
     from perovstem.insitu.lattice import _cell_filter32, _cell_padding
 
     (py, _), (px, _) = pads = _cell_padding(stack.shape[-2:], a_px)
@@ -553,8 +553,10 @@ def _cell_average(stack: np.ndarray, a_px: float, angle_deg: float) -> np.ndarra
     filt = _cell_filter32(st.shape[-2:], float(a_px), float(angle_deg), 0.0)
     spec = sfft.rfft2(st, workers=2)
     spec *= filt
-    out = sfft.irfft2(spec, s=st.shape[-2:], workers=2)
-    return crop_restore(out, py, px, mm, nn, mean + pm)
+    # the inverse of the kept rows only, its 1/(M N) fused with the crop (bit for bit
+    # irfft2's; irfft2_rows)
+    rows, fct = irfft2_rows(spec, st.shape[-2:], py, py + mm, scale=False, overwrite=True)
+    return crop_restore(rows, 0, px, mm, nn, mean + pm, scale=fct)
 
 
 def _interstitial_mean(
@@ -864,6 +866,7 @@ def _cluster_site_ratio(
     from scipy import fft as sfft
 
     from perovstem.insitu import lattice as _lattice
+    from perovstem.insitu._cluster_kernels import irfft2_rows
 
     mm, nn = raw.shape
     t = np.radians(angle_deg)
@@ -881,7 +884,10 @@ def _cluster_site_ratio(
     ]
     rp = np.pad(raw, ((0, ext[0]), (0, ext[1])), mode="reflect") if any(ext) else raw
     filt = _shift_mean_filter(rp.shape, e1, e2)
-    host = sfft.irfft2(sfft.rfft2(rp, workers=2) * filt, s=rp.shape, workers=2)[:mm, :nn]
+    # (the inverse of the first mm rows only: irfft2's bit for bit, _cluster_kernels.irfft2_rows)
+    spec = sfft.rfft2(rp, workers=2)
+    spec *= filt
+    host = irfft2_rows(spec, rp.shape, 0, mm, overwrite=True)[:, :nn]
     hm_ = _cell_average(host[None], a_px, angle_deg)[0]
     # everything below is needed on the segments of the candidates only
     k = len(which)
@@ -985,11 +991,12 @@ class _DomeGrid:
 
     def _crop(self, spec: np.ndarray) -> np.ndarray:
         """Inverse FFT of a stack of spectra, cut to the window."""
-        from scipy import fft as sfft
+        from perovstem.insitu._cluster_kernels import irfft2_rows
 
-        out = sfft.irfft2(spec, s=self.full, axes=(-2, -1))
+        # the window's rows only (irfft2's values bit for bit); ``spec`` is a temporary
         p = self.pad
-        return out[:, p : p + self.shape[0], p : p + self.shape[1]]
+        out = irfft2_rows(spec, self.full, p, p + self.shape[0], overwrite=True, workers=1)
+        return out[:, :, p : p + self.shape[1]]
 
     def model(
         self,
