@@ -607,7 +607,10 @@ def _interstitial_mean(
     )
     # cell averages of the mask and of the masked image in one batched Fourier pass (the
     # same sinc filter as :func:`unit_cell_average`)
-    sm = _cell_average(np.stack([img * w, w]), a_px, angle_deg)
+    st = np.empty((2, mm, nn))  # (the stack built in place: no product temporary)
+    np.multiply(img, w, out=st[0])
+    st[1] = w
+    sm = _cell_average(st, a_px, angle_deg)
     q = sm[0] / np.maximum(sm[1], 1e-3)
     return q, w, sm[1]
 
@@ -932,11 +935,15 @@ def _cluster_site_ratio(
         fr += 2.0 * np.real(np.r_[0, z_][lab] / c)
     pat[idx] = gw * fr
     pat = pat.reshape(mm, nn)
+    st = np.empty((2 if mask_mean is not None else 3, mm, nn))  # (built in place)
+    np.multiply(pat, mask, out=st[0])
+    st[1] = pat
     if mask_mean is None:
-        sm = _cell_average(np.stack([pat * mask, pat, mask]), a_px, angle_deg)
+        st[2] = mask
+        sm = _cell_average(st, a_px, angle_deg)
         mask_mean = sm[2]
     else:
-        sm = _cell_average(np.stack([pat * mask, pat]), a_px, angle_deg)
+        sm = _cell_average(st, a_px, angle_deg)
     q = sm[0].ravel()[idx] / np.maximum(mask_mean.ravel()[idx], 1e-3)
     sq = np.bincount(lab, weights=q, minlength=k + 1)[1:]
     sp = np.bincount(lab, weights=sm[1].ravel()[idx], minlength=k + 1)[1:]
