@@ -165,3 +165,83 @@ def test_empty_site_mask_equals_vectorised_formula():
     want = (np.hypot(du, dv) * a_px < r).astype(float)
     got = _empty_site_mask(ph1, ph2, b, e1x, e1y, e2x, e2y, a_px, r, mm, nn)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "shape, ap, angle, smooth",
+    [
+        ((1152, 1104), 29.35, 0.0085, 0.0),  # a detector window of a 1024² frame
+        ((300, 257), 14.7, 0.0, 0.0),  # axis-aligned: the k_y parts vanish in k₁
+        ((61, 90), 19.6, -37.0, 0.0),
+        ((96, 131), 7.3, 90.0, 2.5),  # smoothed, rotated by a quarter turn
+    ],
+)
+def test_cell_filter32_equals_sinc_maps_to_float32_rounding(shape, ap, angle, smooth):
+    """The compiled single-precision cell filter (1-D sines and cosines, sin(a + b) by
+    the sum formula) equals the float64 ``np.sinc`` maps of ``_cell_filter`` rounded to
+    float32, to one unit in the last place (1e-15 absolute at the sincs' zeros)."""
+    from perovstem.insitu.lattice import _cell_filter, _cell_filter32
+
+    want = _cell_filter.__wrapped__(shape, ap, angle, smooth)
+    got = _cell_filter32.__wrapped__(shape, ap, angle, smooth)
+    assert got.dtype == np.float32 and got.shape == (shape[0], shape[1] // 2 + 1)
+    w32 = want.astype(np.float32)
+    tol = np.spacing(np.abs(w32)).astype(float) + 1e-15
+    assert np.all(np.abs(got.astype(float) - w32.astype(float)) <= tol)
+    assert np.abs(got - want).max() < 1e-7
+    # most entries are the same float32
+    assert np.mean(got == w32) > 0.9
+
+
+@pytest.mark.parametrize(
+    "shape, rows, dtype",
+    [
+        ((1, 1152, 1152), (59, 1083), np.float32),  # a 1024² frame's padded map
+        ((2, 270, 225), (30, 240), np.float32),  # a stack, 5-smooth sides
+        ((2, 331, 397), (0, 331), np.float32),  # prime sides (Bluestein transforms)
+        ((97, 130), (5, 90), np.float64),  # 2-D, double precision
+        ((3, 64, 63), (10, 11), np.float64),  # odd last side, one row
+    ],
+)
+def test_irfft2_rows_equals_irfft2(shape, rows, dtype):
+    """The two 1-D inverse passes on the kept rows, with irfft2's 1/(M N) factor applied
+    after them (or returned for the fused crop), equal irfft2 bit for bit."""
+    from scipy import fft as sfft
+
+    from perovstem.insitu._cluster_kernels import crop_restore, irfft2_rows
+
+    rng = np.random.default_rng(shape[-1])
+    x = rng.standard_normal(shape).astype(dtype)
+    spec = sfft.rfft2(x)
+    want = sfft.irfft2(spec, s=shape[-2:])[..., rows[0] : rows[1], :]
+    got = irfft2_rows(spec.copy(), shape[-2:], *rows, overwrite=True)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+    # unscaled rows and the factor, fused with crop_restore's crop and level
+    raw, fct = irfft2_rows(spec, shape[-2:], *rows, scale=False)
+    lead = x.shape[:-2]
+    level = rng.uniform(10.0, 20.0, (*lead, 1, 1))
+    nr, nc = rows[1] - rows[0], shape[-1] - 3
+    np.testing.assert_array_equal(
+        crop_restore(raw, 0, 2, nr, nc, level, scale=fct),
+        want[..., :, 2 : 2 + nc].astype(float) + level,
+    )
+
+
+def test_unit_cell_average_equals_irfft2_formula():
+    """unit_cell_average (the crystal segmentation's map) keeps its values bit for bit
+    with the inverse of the kept rows only."""
+    from scipy import fft as sfft
+
+    from perovstem.insitu.lattice import _cell_filter, _cell_padding, unit_cell_average
+
+    rng = np.random.default_rng(3)
+    a = rng.gamma(2.0, 40.0, (300, 257))
+    a_px, ang, sm = 14.7, 3.0, 7.0
+    (py, _), (px, _) = pads = _cell_padding(a.shape, a_px)
+    b = np.pad(a, pads, mode="reflect")
+    filt = _cell_filter(b.shape, a_px, ang, sm)
+    mean = b.mean()
+    want = sfft.irfft2(sfft.rfft2(b - mean) * filt, s=b.shape, workers=2) + mean
+    want = want[py : py + a.shape[0], px : px + a.shape[1]]
+    np.testing.assert_array_equal(unit_cell_average(a, a_px, angle_deg=ang, smooth_px=sm), want)

@@ -538,7 +538,7 @@ def _cell_average(stack: np.ndarray, a_px: float, angle_deg: float) -> np.ndarra
     """
     from scipy import fft as sfft
 
-    from perovstem.insitu._cluster_kernels import centred_pad32, crop_restore
+    from perovstem.insitu._cluster_kernels import centred_pad32, crop_restore, irfft2_rows
     from perovstem.insitu.lattice import _cell_filter32, _cell_padding
 
     (py, _), (px, _) = pads = _cell_padding(stack.shape[-2:], a_px)
@@ -553,8 +553,10 @@ def _cell_average(stack: np.ndarray, a_px: float, angle_deg: float) -> np.ndarra
     filt = _cell_filter32(st.shape[-2:], float(a_px), float(angle_deg), 0.0)
     spec = sfft.rfft2(st, workers=2)
     spec *= filt
-    out = sfft.irfft2(spec, s=st.shape[-2:], workers=2)
-    return crop_restore(out, py, px, mm, nn, mean + pm)
+    # the inverse of the kept rows only, its 1/(M N) fused with the crop (bit for bit
+    # irfft2's; irfft2_rows)
+    rows, fct = irfft2_rows(spec, st.shape[-2:], py, py + mm, scale=False, overwrite=True)
+    return crop_restore(rows, 0, px, mm, nn, mean + pm, scale=fct)
 
 
 def _interstitial_mean(
@@ -605,7 +607,10 @@ def _interstitial_mean(
     )
     # cell averages of the mask and of the masked image in one batched Fourier pass (the
     # same sinc filter as :func:`unit_cell_average`)
-    sm = _cell_average(np.stack([img * w, w]), a_px, angle_deg)
+    st = np.empty((2, mm, nn))  # (the stack built in place: no product temporary)
+    np.multiply(img, w, out=st[0])
+    st[1] = w
+    sm = _cell_average(st, a_px, angle_deg)
     q = sm[0] / np.maximum(sm[1], 1e-3)
     return q, w, sm[1]
 
@@ -864,6 +869,7 @@ def _cluster_site_ratio(
     from scipy import fft as sfft
 
     from perovstem.insitu import lattice as _lattice
+    from perovstem.insitu._cluster_kernels import irfft2_rows
 
     mm, nn = raw.shape
     t = np.radians(angle_deg)
@@ -881,7 +887,10 @@ def _cluster_site_ratio(
     ]
     rp = np.pad(raw, ((0, ext[0]), (0, ext[1])), mode="reflect") if any(ext) else raw
     filt = _shift_mean_filter(rp.shape, e1, e2)
-    host = sfft.irfft2(sfft.rfft2(rp, workers=2) * filt, s=rp.shape, workers=2)[:mm, :nn]
+    # (the inverse of the first mm rows only: irfft2's bit for bit, _cluster_kernels.irfft2_rows)
+    spec = sfft.rfft2(rp, workers=2)
+    spec *= filt
+    host = irfft2_rows(spec, rp.shape, 0, mm, overwrite=True)[:, :nn]
     hm_ = _cell_average(host[None], a_px, angle_deg)[0]
     # everything below is needed on the segments of the candidates only
     k = len(which)
@@ -926,11 +935,15 @@ def _cluster_site_ratio(
         fr += 2.0 * np.real(np.r_[0, z_][lab] / c)
     pat[idx] = gw * fr
     pat = pat.reshape(mm, nn)
+    st = np.empty((2 if mask_mean is not None else 3, mm, nn))  # (built in place)
+    np.multiply(pat, mask, out=st[0])
+    st[1] = pat
     if mask_mean is None:
-        sm = _cell_average(np.stack([pat * mask, pat, mask]), a_px, angle_deg)
+        st[2] = mask
+        sm = _cell_average(st, a_px, angle_deg)
         mask_mean = sm[2]
     else:
-        sm = _cell_average(np.stack([pat * mask, pat]), a_px, angle_deg)
+        sm = _cell_average(st, a_px, angle_deg)
     q = sm[0].ravel()[idx] / np.maximum(mask_mean.ravel()[idx], 1e-3)
     sq = np.bincount(lab, weights=q, minlength=k + 1)[1:]
     sp = np.bincount(lab, weights=sm[1].ravel()[idx], minlength=k + 1)[1:]
@@ -985,11 +998,12 @@ class _DomeGrid:
 
     def _crop(self, spec: np.ndarray) -> np.ndarray:
         """Inverse FFT of a stack of spectra, cut to the window."""
-        from scipy import fft as sfft
+        from perovstem.insitu._cluster_kernels import irfft2_rows
 
-        out = sfft.irfft2(spec, s=self.full, axes=(-2, -1))
+        # the window's rows only (irfft2's values bit for bit); ``spec`` is a temporary
         p = self.pad
-        return out[:, p : p + self.shape[0], p : p + self.shape[1]]
+        out = irfft2_rows(spec, self.full, p, p + self.shape[0], overwrite=True, workers=1)
+        return out[:, :, p : p + self.shape[1]]
 
     def model(
         self,
