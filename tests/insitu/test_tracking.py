@@ -589,7 +589,7 @@ def test_merge_window_bad_input():
 
 def test_lookahead_zero_is_the_frame_pair_decision():
     # the default decides each frame pair alone; lookahead=0 is that decision exactly
-    det, _truth, _merges = coalescing_clusters(n_frames=20, rng=3)
+    det, _truth, _merges = coalescing_clusters(n_frames=12, rng=3)
     det["n_atoms_err"] = 0.07 * det["n_atoms"]
     t0, l0 = track_clusters(det)
     t1, l1 = track_clusters(det, lookahead=0)
@@ -598,10 +598,10 @@ def test_lookahead_zero_is_the_frame_pair_decision():
 
 
 def test_lookahead_keeps_clear_merges():
-    """Weighing each frame pair's near-best hypothesis sets on the next pair (or two) finds
-    the coalescences of well-separated 2-D clusters the frame-pair decision finds (3 seeds
-    pooled): the states explored ahead are copies, the committed decision is the pair's."""
-    for la in (1, 2):
+    """Weighing each frame pair's near-best hypothesis sets on the next pair finds the
+    coalescences of 2-D clusters that the frame-pair decision finds (3 seeds pooled): the
+    states explored ahead are copies, only the decision taken is committed."""
+    for la in (1,):
         ms0, ms1 = [], []
         for seed in range(3):
             det, truth, merges = coalescing_clusters(n_frames=20, rng=seed)

@@ -187,6 +187,19 @@ def track_clusters(
         alone.  3 was measured (``docs/insitu.md``, session 16) and is not the default: on
         the tuning series (KMC truth and images) it found no more merges, on held-out
         image series 0-2 more per 12 series at about the same precision.
+    lookahead : int
+        ``"global"`` only: frame pairs ahead on which each frame pair's decision is
+        weighed (multiple-hypothesis tracking with N-scan-back pruning: Reid, IEEE Trans.
+        Autom. Control 24, 843 (1979); Cox & Hingorani, IEEE PAMI 18, 138 (1996)).  The
+        pair's near-best hypothesis sets (each merge hypothesis forced in, the hypotheses
+        it displaces replaced by ends and births, or each chosen merge forbidden; within
+        1 nat of the best) are each committed to a copy of the tracks, the next
+        ``lookahead`` pairs are solved given it, and the set with the least summed cost
+        is committed; new tracks then take the tracked population's mobility as prior.
+        0 (default): the frame pair alone; 1 or 2 were measured (``docs/insitu.md``,
+        session 17) and are not the default: under this frame-pair model the next pair
+        adds little evidence (counts and hops are judged against the last detection) and
+        the decisions it changes were as often wrong as right.
 
     Returns
     -------
