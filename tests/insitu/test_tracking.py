@@ -585,3 +585,40 @@ def test_merge_window_bad_input():
     for bad in (0, 1.5, -2):
         with pytest.raises(ParameterError, match="merge_window"):
             track_clusters(one, merge_window=bad)
+
+
+def test_lookahead_zero_is_the_frame_pair_decision():
+    # the default decides each frame pair alone; lookahead=0 is that decision exactly
+    det, _truth, _merges = coalescing_clusters(n_frames=12, rng=3)
+    det["n_atoms_err"] = 0.07 * det["n_atoms"]
+    t0, l0 = track_clusters(det)
+    t1, l1 = track_clusters(det, lookahead=0)
+    pd.testing.assert_frame_equal(t0, t1)
+    pd.testing.assert_frame_equal(l0, l1)
+
+
+def test_lookahead_keeps_clear_merges():
+    """Weighing each frame pair's near-best hypothesis sets on the next pair finds the
+    coalescences of 2-D clusters that the frame-pair decision finds (3 seeds pooled): the
+    states explored ahead are copies, only the decision taken is committed."""
+    for la in (1,):
+        ms0, ms1 = [], []
+        for seed in range(3):
+            det, truth, merges = coalescing_clusters(n_frames=20, rng=seed)
+            det["n_atoms_err"] = 0.07 * det["n_atoms"]
+            for la_, ms in ((0, ms0), (la, ms1)):
+                tracks, lin = track_clusters(det, lookahead=la_)
+                ms.append(merge_matches(tracks, lin, truth, _events(merges)))
+        s0 = merge_scores(pd.concat(ms0, ignore_index=True))
+        s1 = merge_scores(pd.concat(ms1, ignore_index=True))
+        assert s0["identifiable"] >= 15, s0
+        assert s1["found"] >= s0["found"] - 1, (la, s0, s1)
+        assert s1["precision"] >= s0["precision"] - 0.05, (la, s0, s1)
+        assert s1["recall"] >= 0.9, (la, s1)
+
+
+def test_lookahead_bad_input():
+    one = pd.DataFrame({"frame": [0], "x_A": [1.0], "y_A": [0.0], "n_atoms": [5]})
+    for bad in (-1, 1.5, 3, "1"):
+        with pytest.raises(ParameterError, match="lookahead"):
+            track_clusters(one, lookahead=bad)
