@@ -744,3 +744,22 @@ def test_axis_sigma_covers_the_criterion_bias_on_noise_free_cubes():
     assert (new[:, 0] / new[:, 1]).max() <= 2.0  # 1.4
     assert new[:, 0].mean() < 0.5  # 0.39 (30 iterations: 0.54)
     assert new[:, 0].max() < 1.0  # 0.72 (1.27)
+
+
+@pytest.mark.slow
+def test_axis_sigma_covers_the_shift_axis_coupling():
+    """Shifted 48 px tune cubes with a 7° axis (2 px random shifts, Poisson noise; default
+    ``align``).  The single converged final search was searched with shifts estimated at
+    the refined axis; seed 202 stayed at −1.26° ± 0.39° (3.2σ; mean |error| of the four
+    0.59°).  With the shifts re-estimated at the converged axis and the axis searched again
+    (mean of three, σ with their spread) every seed is within 2σ (measured |error|/σ max
+    0.74, mean |error| 0.29°, the same in native and AVX2 mode)."""
+    res = []
+    for seed in range(200, 204):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            al = align(_clean_cube(seed, axis=7.0, shift=2.0))
+        res.append((al.tilt_axis_deg - 7.0, al.tilt_axis_err_deg))
+    err, sig = np.array(res).T
+    assert np.all(np.abs(err) <= 2.0 * sig), res  # old code: seed 202 at 3.2σ
+    assert np.abs(err).mean() < 0.45, res  # 0.29 (old code 0.59)

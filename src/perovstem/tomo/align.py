@@ -47,6 +47,8 @@ _POLISH_HALF_DEG, _POLISH_STEP_DEG = 2.0, 1.0
 # further shift re-estimation / converged axis search rounds after the final search
 # (_coupled_polish)
 _COUPLED_ROUNDS = 2
+# projection matching inside the axis refinement bins the images to about this size (px)
+_COARSE_MATCH_PX = 64
 
 __all__ = [
     "Alignment",
@@ -1189,10 +1191,10 @@ def _coupled_polish(
     are alternated further, as in block-coordinate descent (Tseng, J. Optim. Theory Appl.
     109, 475 (2001)): ``rounds`` times the shifts are re-centred in the current axis frame
     and refined by projection matching (3 iterations) at that axis, and the axis is searched
-    again with the converged criterion.  The alternation does not settle on these data: on
-    8 tune series its estimates moved by 0.3–0.9° from round to round (session 17,
-    docs/tomography.md), the scatter of an estimator over its nuisance parameters (the
-    shifts).  So the returned axis is the mean of the ``rounds + 1`` converged estimates,
+    again with the converged criterion.  The alternation does not settle on compact cubes:
+    on 8 tune series its estimates moved by 0.3–0.9° from round to round, and a round that
+    moved < 0.1° could be followed by one of 0.45° (session 17, docs/tomography.md): the
+    scatter of an estimator over its nuisance parameters (the shifts), not a fixed point.  So the returned axis is the mean of the ``rounds + 1`` converged estimates,
     and σ adds their sample standard deviation (not divided by √n: successive rounds
     share the data and are correlated) in quadrature to the first final search's σ
     (``phi_err``: its batch and split terms and the 30 → 90 iteration change).
@@ -1388,6 +1390,10 @@ def align(
         if not np.isfinite(phi):
             raise ParameterError(f"`tilt_axis` must be a finite angle, got {tilt_axis}")
     move_floor = float("nan")
+    # projection matching inside the axis refinement works on images of about
+    # _COARSE_MATCH_PX px (the axis criterion itself sees ~32 px): the 256² ETSpy needle's
+    # rounds reconstructed 128³ volumes at bin_factor 2.  The final matching keeps bin_factor
+    coarse_bin = max(int(bin_factor), min(d.shape[1:]) // _COARSE_MATCH_PX)
     if "tilt_axis_reprojection" in steps and matching_iter > 0:
         # shifts and axis are coupled: shift errors bias the axis criterion and an axis error
         # leaves shift errors; alternate (re-centre in the axis frame, match, search again)
@@ -1403,7 +1409,7 @@ def align(
         for _ in range(int(axis_refine)):
             sh_prev, phi_prev, err_prev = sh, phi, phi_err
             sh = _axis_frame_shifts(d, sh, phi, max(2, d.shape[2] // 8))
-            sh, _, _ = projection_matching(d, ang, sh, phi, n_iter=3, bin_factor=bin_factor)
+            sh, _, _ = projection_matching(d, ang, sh, phi, n_iter=3, bin_factor=coarse_bin)
             phi, _, phi_err = _reprojection_search(
                 d, ang, sh, centre_deg=phi, half_range_deg=4.0, step_deg=1.0
             )
@@ -1444,7 +1450,7 @@ def align(
         steps.append(polish_step)
         if matching_iter > 0 and "left the search window" not in polish_step:
             sh, phi, phi_err, coupled_step = _coupled_polish(
-                d, ang, sh, phi, phi_err, window, bin_factor
+                d, ang, sh, phi, phi_err, window, coarse_bin
             )
             steps.append(coupled_step)
         if np.isfinite(move_floor):
