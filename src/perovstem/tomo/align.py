@@ -1290,8 +1290,10 @@ def align(
         projection matching (3 iterations) and a narrow search per round.  0: one axis
         search (the behaviour before the refinement).  After the refinement (or the one
         search) a final search with a converged criterion (90 SIRT iterations, ±2° about
-        the axis, :func:`_polish_axis`) gives the returned axis; it costs about as much as
-        one refinement round's search, three times over.
+        the axis, :func:`_polish_axis`) gives the axis; then twice the shifts are
+        re-estimated at that axis and the final search repeated, and the mean of the three
+        converged minima is returned (:func:`_coupled_polish`; only with ``matching_iter``
+        > 0).
 
     Returns
     -------
@@ -1303,7 +1305,9 @@ def align(
         disagreement of the criterion's minima on halves of the data (:func:`_axis_split_sigma`)
         and from the change of the minimum when the criterion's reconstruction is converged
         (90 instead of 30 SIRT iterations: the final search, :func:`_polish_axis`, whose
-        minimum is the returned axis), all added in quadrature; if the refinement did not
+        minimum is the first of the three averaged), and the standard deviation of the
+        three converged minima with shifts re-estimated between them
+        (:func:`_coupled_polish`), all added in quadrature; if the refinement did not
         converge, at least the last move (half the swing if it oscillated).
     """
     refuse_text_numbers(locals())
