@@ -485,10 +485,12 @@ def test_axis_sigma_is_the_standard_error_of_the_minimum():
     assert np.isnan(_axis_sigma(phis[:2], terms[:2], best))
 
 
-def _align_on_scripted_axis(monkeypatch, path, **align_kw):
+def _align_on_scripted_axis(monkeypatch, path, *, polish=None, matching=None, **align_kw):
     """``align`` on a small cube with the axis searches replaced by the scripted sequence
     of minima ``path`` (each returned with σ 0.1°); returns the alignment and the centres
-    the searches were called with (the real searches take minutes on a loaded machine)."""
+    the searches were called with (the real searches take minutes on a loaded machine).
+    ``polish`` / ``matching``: replacements for the converged final search (default: keep
+    the axis and its σ) and for projection matching (default: keep the shifts)."""
     mod = sys.modules["perovstem.tomo.align"]  # `perovstem.tomo.align` is the function
     minima = iter(path)
     calls = []
@@ -499,9 +501,15 @@ def _align_on_scripted_axis(monkeypatch, path, **align_kw):
 
     monkeypatch.setattr(mod, "_reprojection_search", fake_search)
     monkeypatch.setattr(mod, "_axis_frame_shifts", lambda d, sh, phi, margin: sh)
-    monkeypatch.setattr(mod, "projection_matching", lambda d, ang, sh, phi, **kw: (sh, 0.01, []))
+    monkeypatch.setattr(
+        mod,
+        "projection_matching",
+        matching or (lambda d, ang, sh, phi, **kw: (sh, 0.01, [])),
+    )
     # the final converged-criterion search keeps the scripted axis and its σ
-    monkeypatch.setattr(mod, "_polish_axis", lambda d, ang, sh, phi, err, window: (phi, err, "-"))
+    monkeypatch.setattr(
+        mod, "_polish_axis", polish or (lambda d, ang, sh, phi, err, window: (phi, err, "-"))
+    )
     ang = np.arange(-60.0, 60.1, 10.0)
     ph = nanocrystal_phantom(40.0, r110=3.0, r111=3.0, n_inclusions=0, rng=0)
     ts, _ = tilt_series(ph, ang, shape=(32, 32), pixel_size_A=2.0, noise=False)
@@ -676,6 +684,35 @@ def test_axis_polish_adds_the_criterion_change_to_sigma(monkeypatch):
     assert (phi, err) == (1.0, 0.1) and "left the search window" in step
 
 
+def test_axis_shifts_re_estimated_at_the_converged_axis(monkeypatch):
+    """The final (converged) search moves the axis, but the shifts it used were estimated
+    at the refined axis: shift errors that turn with the axis bias it unseen (tune cube 202
+    at 7°: −1.26° ± 0.39°, 3.2σ).  The shifts are now re-estimated at the converged axis
+    and the axis searched again, twice; the axis is the mean of the three converged
+    estimates and σ adds their spread (sample standard deviation) to the first search's σ.
+    The old code returned the first final search (1.0 ± 0.3 here)."""
+    finals = iter([(1.0, 0.3), (0.2, 0.05), (0.6, 0.05)])
+    matched_at = []
+
+    def polish(d, ang, sh, phi, err, window):
+        best, sigma = next(finals)
+        return best, sigma, "tilt_axis_polish (scripted)"
+
+    def matching(d, ang, sh, phi, **kw):
+        matched_at.append(round(float(phi), 6))
+        return sh, 0.01, []
+
+    # coarse search 2.0, one refinement round to 2.1 (moves < 0.25°: converged)
+    al, _ = _align_on_scripted_axis(monkeypatch, [2.0, 2.1], polish=polish, matching=matching)
+    est = np.array([1.0, 0.2, 0.6])
+    assert al.tilt_axis_deg == pytest.approx(est.mean())
+    assert al.tilt_axis_err_deg == pytest.approx(np.hypot(0.3, est.std(ddof=1)))  # 0.5
+    # refinement at 2.0, the two further rounds at the converged axes 1.0 and 0.2, and the
+    # final projection matching at the mean
+    assert matched_at == [2.0, 1.0, 0.2, 0.6]
+    assert any(s.startswith("tilt_axis_coupled x2") for s in al.steps)
+
+
 def _noise_free_cube(seed: int) -> TiltSeries:
     ang = np.arange(-65.0, 65.1, 2.5)
     ph = nanocrystal_phantom(70.0, r110=3.0, r111=3.0, n_inclusions=1, rng=seed)
@@ -707,3 +744,22 @@ def test_axis_sigma_covers_the_criterion_bias_on_noise_free_cubes():
     assert (new[:, 0] / new[:, 1]).max() <= 2.0  # 1.4
     assert new[:, 0].mean() < 0.5  # 0.39 (30 iterations: 0.54)
     assert new[:, 0].max() < 1.0  # 0.72 (1.27)
+
+
+@pytest.mark.slow
+def test_axis_sigma_covers_the_shift_axis_coupling():
+    """Shifted 48 px tune cubes with a 7° axis (2 px random shifts, Poisson noise; default
+    ``align``).  The single converged final search was searched with shifts estimated at
+    the refined axis; seed 202 stayed at −1.26° ± 0.39° (3.2σ; mean |error| of the four
+    0.59°).  With the shifts re-estimated at the converged axis and the axis searched again
+    (mean of three, σ with their spread) every seed is within 2σ (measured |error|/σ max
+    0.74, mean |error| 0.29°, the same in native and AVX2 mode)."""
+    res = []
+    for seed in range(200, 204):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            al = align(_clean_cube(seed, axis=7.0, shift=2.0))
+        res.append((al.tilt_axis_deg - 7.0, al.tilt_axis_err_deg))
+    err, sig = np.array(res).T
+    assert np.all(np.abs(err) <= 2.0 * sig), res  # old code: seed 202 at 3.2σ
+    assert np.abs(err).mean() < 0.45, res  # 0.29 (old code 0.59)
