@@ -22,6 +22,7 @@ on 2 busy cores).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from _insitu_kmc import noise_free_parts  # noqa: E402
 
 import bench_clusters as bc  # noqa: E402
 from perovstem._data import Image  # noqa: E402
+from perovstem.insitu import _jointhost as jh  # noqa: E402
 from perovstem.insitu import (  # noqa: E402
     clusters,
     detect_clusters,
@@ -46,6 +48,87 @@ from perovstem.insitu import (  # noqa: E402
 BINS = ((10, 20), (20, 40), (40, 80), (80, 10**9))
 
 
+def _column_scs():
+    from perovstem.simulate.scs import scs_library
+
+    lib = scs_library("Pb", 40)
+    return lib["n_atoms"].to_numpy(float), lib["scs_A2"].to_numpy(float)
+
+
+COLUMN_SCS = _column_scs()
+# fcc templates: columns weighted by the Pb-column SCS of their length ("joint", the
+# model adopted) or by the ball's thickness ("fcct"; BENCH_JOINT_ALL=1)
+VARIANTS = [("fccl", COLUMN_SCS)] + ([("fcc", None)] if os.environ.get("BENCH_JOINT_ALL") else [])
+
+
+def _joint(
+    raw,
+    cx,
+    cy,
+    tot,
+    which,
+    kw,
+    a_px,
+    ang,
+    profile,
+    reference=None,
+    template="ball",
+    offsets=None,
+    column_scs=None,
+):
+    """Joint host-column + cluster fit (:mod:`perovstem.insitu._jointhost`) at every
+    aperture: the cluster's total in the map's units (counts), NaN where not fitted."""
+    px, g, dose, lib = kw["px"], kw["g"], kw["dose"], kw["library"]
+    out = np.full(len(tot), np.nan)
+    if dose is None or lib is None:
+        return out
+    n0 = clusters.atoms_from_scs(np.clip(tot, 0, None) / (g * dose), lib)
+    r_px = clusters._fcc_radius_A(n0) / px
+    idx = np.flatnonzero(which)
+    for i in idx:
+        half = int(np.ceil(r_px[i] + (kw["aperture_A"] + 6.0) / px))
+        oth = [
+            j
+            for j in idx
+            if j != i and max(abs(cx[j] - cx[i]), abs(cy[j] - cy[i])) < half + r_px[j]
+        ]
+        f = jh.fit_window(
+            raw / g, cy[i], cx[i], half_px=half, radius_px=r_px[i],
+            others=np.array([[cy[j], cx[j]] for j in oth]).reshape(-1, 2),
+            others_r=r_px[oth], a_px=a_px, angle_deg=ang, px=px, profile=profile,
+            reference=None if reference is None else reference / g, template=template,
+            offsets=None if offsets is None else offsets.get(i), column_scs=column_scs,
+        )  # fmt: skip
+        out[i] = f["cluster"] * g
+        if template == "fcc" and offsets is None:
+            _joint.offsets[i] = f["offsets"]
+    return out
+
+
+def series_profile(frame, dets, on_host, *, px, a_px, ang, gain, offset, n_win=4):
+    """Column profile of a series fitted on ``n_win`` crystal windows of its first frame
+    away from its detections (:func:`perovstem.insitu._jointhost.fit_profile`)."""
+    half = int(round(6.0 / px))
+    mm, nn = frame.shape
+    dxy = dets[["y_px", "x_px"]].to_numpy() if len(dets) else np.zeros((0, 2))
+    cand = []
+    for y in range(half + 5, mm - half - 5, 2 * half):
+        for x in range(half + 5, nn - half - 5, 2 * half):
+            if not on_host(x * px, y * px) or not on_host((x - half) * px, (y - half) * px):
+                continue
+            if not on_host((x + half) * px, (y + half) * px):
+                continue
+            if len(dxy) and np.min(np.hypot(dxy[:, 0] - y, dxy[:, 1] - x)) < 2.5 * half:
+                continue
+            cand.append((y, x))
+    rng = np.random.default_rng(0)
+    cand = np.array(cand, float)
+    if len(cand) > n_win:
+        cand = cand[rng.choice(len(cand), n_win, replace=False)]
+    return jh.fit_profile((frame - offset) / gain, cand, half_px=half, a_px=a_px,
+                          angle_deg=ang, px=px)  # fmt: skip
+
+
 def run_set(cases):
     """Per matched on-crystal object: truth n, detector n, and the two ceilings' n."""
     state: dict = {}
@@ -53,6 +136,8 @@ def run_set(cases):
 
     def wrap(e, regions, box, cx, cy, tot, npx, which, raw, **kw):
         out = orig(e, regions, box, cx, cy, tot, npx, which, raw, **kw)
+        if state.get("skip"):
+            return out
         kw0 = dict(kw, alt=None, e_alt=None, crystal=None)
         kw0.pop("ring_own", None)
         kw0.pop("prev_out", None)
@@ -61,6 +146,20 @@ def run_set(cases):
         for name, img in (("host_removed", raw - state["host"]), ("cluster_alone", state["cl"])):
             mm = clusters._cell_average(img[None], a_px, ang)[0]
             res[name] = orig(mm, regions, box, cx, cy, tot, npx, which, raw, **kw0)[0]
+        # the joint fits only where the bench scores (on the crystal)
+        oh = state["on_host"]
+        which = which & np.array(
+            [oh(x * kw["px"], y * kw["px"]) for x, y in zip(cx, cy, strict=True)]
+        )
+        res["joint_ball"] = _joint(raw, cx, cy, tot, which, kw, a_px, ang, state["profile"])
+        for tag, cs in VARIANTS:
+            _joint.offsets = {}
+            res[f"joint_{tag}"] = _joint(raw, cx, cy, tot, which, kw, a_px, ang, state["profile"],
+                                         template="fcc", column_scs=cs)  # fmt: skip
+            offs = dict(_joint.offsets)
+            for name, part in ((f"{tag}_cl", state["cl"]), (f"{tag}_host", state["host"])):
+                res[name] = _joint(part, cx, cy, tot, which, kw, a_px, ang, state["profile"],
+                                   raw, template="fcc", offsets=offs, column_scs=cs)  # fmt: skip
         for i in np.flatnonzero(which):
             state["caps"].append((float(cx[i]), float(cy[i]), {k: v[i] for k, v in res.items()}))
         return out
@@ -82,10 +181,19 @@ def run_set(cases):
             kw = {"gain": s.metadata.get("gain", 1.0), "offset": s.metadata.get("offset", 0.0),
                   "lattice_A": la, "lattice_angle_deg": ang}  # fmt: skip
             field = (data.shape[1] - 1) * px
+            img0 = Image(data[0], px, dose_e_per_A2=float(np.asarray(s.dose_e_per_A2)[0]))
+            state["skip"] = True
+            state["profile"] = series_profile(
+                data[0], detect_clusters(img0, split=True, **kw), bc._host_mask(data[0], px, la, ang),
+                px=px, a_px=a_px, ang=ang, gain=kw["gain"], offset=kw["offset"],
+            )  # fmt: skip
+            state["skip"] = False
+            print(seed, state["profile"], flush=True)
             refs, prev = [], False
             for k in range(len(data)):
                 host, cl = render(k)
-                state.update(host=host, cl=cl, a_px=a_px, ang=ang, caps=[])
+                on_host = bc._host_mask(data[k], px, la, ang)
+                state.update(host=host, cl=cl, a_px=a_px, ang=ang, caps=[], on_host=on_host)
                 dose = float(np.asarray(s.dose_e_per_A2)[k])
                 img = Image(data[k], px, dose_e_per_A2=dose)
                 det = detect_clusters(img, split=True, **kw)
@@ -96,7 +204,6 @@ def run_set(cases):
                 elif det.attrs["host_model"] == "lattice":
                     refs.append(det.attrs["host_empty_site_ratio"])
                 prev = det.attrs["host_model"] == "lattice"
-                on_host = bc._host_mask(data[k], px, la, ang)
                 tc = projected_objects(truth["clusters"][truth["clusters"]["frame"] == k])
                 sc = score_detections(det, tc)
                 caps = state["caps"]
@@ -107,7 +214,7 @@ def run_set(cases):
                         continue
                     if not on_host(x, y) or not len(cxy):
                         continue
-                    sums = {"host_removed": 0.0, "cluster_alone": 0.0}
+                    sums = dict.fromkeys(caps[0][2], 0.0)
                     ok = True
                     for jj in [j, *sc["extra"].get(i, [])]:
                         dx, dy = det["x_px"].iloc[jj], det["y_px"].iloc[jj]
@@ -121,7 +228,15 @@ def run_set(cases):
                         continue
                     row = {"n": float(n), "current": float(nd)}
                     for name, v in sums.items():
-                        row[name] = float(clusters.atoms_from_scs(max(v, 0.0) / dose, lib))
+                        if not np.isfinite(v):  # a detection centre off the crystal mask:
+                            # not fitted, the detector's count stays
+                            row[name] = np.nan if name.endswith("_host") else float(nd)
+                            continue
+                        # the host alone's share signed, in atoms of the cluster's scale
+                        sg = np.sign(v) if name.endswith("_host") else 1.0
+                        row[name] = float(
+                            sg * clusters.atoms_from_scs(max(sg * v, 0.0) / dose, lib)
+                        )
                     rows.append(row)
     finally:
         clusters._aperture_counts = orig
@@ -131,7 +246,18 @@ def run_set(cases):
 def summary(rows):
     out = {}
     n = np.array([r["n"] for r in rows])
-    for name in ("current", "host_removed", "cluster_alone"):
+    for name in (
+        "current",
+        "host_removed",
+        "cluster_alone",
+        "joint_ball",
+        "joint_fcc",
+        "fcc_cl",
+        "joint_fccl",
+        "fccl_cl",
+    ):
+        if name not in rows[0]:
+            continue
         e = np.array([r[name] for r in rows]) / np.maximum(n, 1) - 1
         part = {"all": (n >= 10)}
         part.update({f"{lo}-{hi if hi < 10**9 else ''}": (n >= lo) & (n < hi) for lo, hi in BINS})
