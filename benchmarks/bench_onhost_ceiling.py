@@ -14,9 +14,22 @@ and converted to atoms like the detector's counts.  Reported per set and size bi
 share within 15 % of the truth count and the median relative error, for the detector's
 count (``current``) and for the two ceilings.
 
+Session 17 (issue #7, the joint-fit oracle): at every aperture on the crystal mask the
+frame is also fitted by :mod:`perovstem.insitu._jointhost` (host columns with their own
+amplitudes + the cluster + a constant, the column profile fitted once per series on
+crystal windows of its first frame away from its detections, the detector's centre and
+radius): ``joint_ball`` (a smooth ball), ``joint_fccl`` (the cube-on-cube fcc column
+template, columns weighted by the Pb-column SCS, registry scanned; ``fccl_cl`` /
+``fccl_host`` the same fit with the frame's registry and weights applied to the
+noise-free clusters alone / host alone: the cluster model's own error and the host's
+leak, signed, per truth atom).  ``BENCH_JOINT_ALL=1`` adds the thickness-weighted
+template (``joint_fcc``), ``BENCH_JOINT_R=1`` one with its radius scanned (0.8/1/1.2,
+``joint_fccr``), ``BENCH_JOINT_NOBALL=1`` drops the ball.  An aperture whose centre is off
+the crystal mask is not fitted and keeps the detector's count.
+
 Run:  python benchmarks/bench_onhost_ceiling.py [SET[,SET...]]  (default tune,tune280;
-writes benchmarks/results/bench_onhost_ceiling.json for the default sets; ~1 min per set
-on 2 busy cores).
+writes benchmarks/results/bench_onhost_ceiling.json for the default sets; ~4 min per
+series with the joint fits on 2 busy cores).
 """
 
 from __future__ import annotations
@@ -58,7 +71,11 @@ def _column_scs():
 COLUMN_SCS = _column_scs()
 # fcc templates: columns weighted by the Pb-column SCS of their length ("joint", the
 # model adopted) or by the ball's thickness ("fcct"; BENCH_JOINT_ALL=1)
-VARIANTS = [("fccl", COLUMN_SCS)] + ([("fcc", None)] if os.environ.get("BENCH_JOINT_ALL") else [])
+VARIANTS = [("fccl", COLUMN_SCS, (1.0,))]
+if os.environ.get("BENCH_JOINT_ALL"):
+    VARIANTS.append(("fcc", None, (1.0,)))
+if os.environ.get("BENCH_JOINT_R"):
+    VARIANTS.append(("fccr", COLUMN_SCS, (0.8, 1.0, 1.2)))
 
 
 def _joint(
@@ -75,6 +92,7 @@ def _joint(
     template="ball",
     offsets=None,
     column_scs=None,
+    radius_scales=(1.0,),
 ):
     """Joint host-column + cluster fit (:mod:`perovstem.insitu._jointhost`) at every
     aperture: the cluster's total in the map's units (counts), NaN where not fitted."""
@@ -98,6 +116,7 @@ def _joint(
             others_r=r_px[oth], a_px=a_px, angle_deg=ang, px=px, profile=profile,
             reference=None if reference is None else reference / g, template=template,
             offsets=None if offsets is None else offsets.get(i), column_scs=column_scs,
+            radius_scales=radius_scales,
         )  # fmt: skip
         out[i] = f["cluster"] * g
         if template == "fcc" and offsets is None:
@@ -148,17 +167,18 @@ def run_set(cases):
             res[name] = orig(mm, regions, box, cx, cy, tot, npx, which, raw, **kw0)[0]
         # the joint fits only where the bench scores (on the crystal)
         oh = state["on_host"]
-        which = which & np.array(
+        fit = which & np.array(
             [oh(x * kw["px"], y * kw["px"]) for x, y in zip(cx, cy, strict=True)]
         )
-        res["joint_ball"] = _joint(raw, cx, cy, tot, which, kw, a_px, ang, state["profile"])
-        for tag, cs in VARIANTS:
+        if not os.environ.get("BENCH_JOINT_NOBALL"):
+            res["joint_ball"] = _joint(raw, cx, cy, tot, fit, kw, a_px, ang, state["profile"])
+        for tag, cs, rs in VARIANTS:
             _joint.offsets = {}
-            res[f"joint_{tag}"] = _joint(raw, cx, cy, tot, which, kw, a_px, ang, state["profile"],
-                                         template="fcc", column_scs=cs)  # fmt: skip
+            res[f"joint_{tag}"] = _joint(raw, cx, cy, tot, fit, kw, a_px, ang, state["profile"],
+                                         template="fcc", column_scs=cs, radius_scales=rs)  # fmt: skip
             offs = dict(_joint.offsets)
             for name, part in ((f"{tag}_cl", state["cl"]), (f"{tag}_host", state["host"])):
-                res[name] = _joint(part, cx, cy, tot, which, kw, a_px, ang, state["profile"],
+                res[name] = _joint(part, cx, cy, tot, fit, kw, a_px, ang, state["profile"],
                                    raw, template="fcc", offsets=offs, column_scs=cs)  # fmt: skip
         for i in np.flatnonzero(which):
             state["caps"].append((float(cx[i]), float(cy[i]), {k: v[i] for k, v in res.items()}))
@@ -255,6 +275,8 @@ def summary(rows):
         "fcc_cl",
         "joint_fccl",
         "fccl_cl",
+        "joint_fccr",
+        "fccr_cl",
     ):
         if name not in rows[0]:
             continue

@@ -1,23 +1,33 @@
-"""Joint fit of the host columns and a cluster under an aperture (private; issue #7 oracle).
+"""Joint fit of the host columns and a cluster under an aperture (private; issue #7,
+session 17 oracle, not used by :func:`~perovstem.insitu.detect_clusters`).
 
 A cluster on the crystal is counted on maps (``E``, ``D``) that assume one host model for
 the whole frame; the host under the aperture is 2.6–11 times the cluster's mass and its
 cell-to-cell variation is the limit of those counts.  Here the host under and around the
 cluster is modelled column by column instead: one peak per host column on the [001]
 CsPbBr3 grid (spacing a/2, positions from the frame's lattice and the window's own
-fringe phase, Hÿtch et al., Ultramicroscopy 74, 131 (1998)), each with its own amplitude,
-plus the cluster (a projected ball of radius R blurred by the same profile) and a constant,
-fitted by weighted linear least squares on the counts (the column-amplitude model of
-statistical parameter estimation, van Aert et al., Ultramicroscopy 104, 107 (2005), with
-the cluster as one more component).
+(2 0)/(0 2) fringe phase, Hÿtch et al., Ultramicroscopy 74, 131 (1998)), each with its
+own amplitude, plus the cluster and a constant, fitted by weighted linear least squares
+on the counts (the column-amplitude model of statistical parameter estimation, van Aert
+et al., Ultramicroscopy 104, 107 (2005), with the cluster as one more component; the
+error is the Cramér–Rao bound of the weighted fit, inflated by the reduced χ²).
 
 The peak profile is *not* the simulator's (Gaussian core plus Moffat tail): it is a
 Gaussian core plus a broad Gaussian, with its three shape parameters fitted on crystal
-windows away from the clusters of the same frame (:func:`fit_profile`).  The cluster's
-own columns (fcc Pb, 2.475 Å in projection, cube-on-cube with the 2.93 Å host grid) are
-not on the host grid: the part of the cluster that falls on the host columns is taken by
-their amplitudes, the rest (between the columns, on the empty sites) fixes the ball's
-amplitude, which is why the ball and the columns can be separated at all.
+windows away from the clusters (:func:`fit_profile`).
+
+The simulator renders a cluster as the fcc Pb sites (a = 4.95 Å, cube-on-cube with the
+host) around its own centroid: in projection a 2.475 Å column grid parallel to the
+host's 2.93 Å grid (moiré period ≈ 16 Å), at an arbitrary registry, its atoms never
+moved onto the host columns.  A smooth ball for the cluster (``template="ball"``) is
+separated from the columns only by its share between them, which depends on that
+registry (the r_c of the D counts).  ``template="fcc"`` models the cluster's own columns:
+the grid of 2.475 Å columns inside the ball, each weighted by its thickness (or by the
+Pb-column SCS of its length, ``column_scs``), one amplitude for all of them; its
+registry is scanned over one cell (``n_offsets``²) with the host eliminated (Schur
+complement) and the best χ² kept.  The cluster's columns that fall on host sites are
+degenerate with those amplitudes one by one, not as a whole: the template ties them to
+the columns between the sites.
 """
 
 from __future__ import annotations
@@ -188,6 +198,7 @@ def fit_window(
     offsets: tuple[float, float] | None = None,
     pb_a_A: float = 4.95,
     column_scs: tuple[np.ndarray, np.ndarray] | None = None,
+    radius_scales: tuple[float, ...] = (1.0,),
 ) -> dict:
     """Joint fit in the window of half-width ``half_px`` around (cy, cx) (frame pixels).
 
@@ -269,19 +280,22 @@ def fit_window(
         rh = b - hh @ ch
         step = pb_a_A / 2 / px
         grid = (np.arange(n_offsets) / n_offsets) * step
-        cands = [offsets] if offsets is not None else [(u, v) for u in grid for v in grid]
+        if offsets is not None:
+            cands = [offsets]
+        else:
+            cands = [(u, v, f) for u in grid for v in grid for f in radius_scales]
         e1, e2 = _axes(angle_deg)
         best = None
-        for u, v in cands:
+        for u, v, f in cands:
             oy, ox = u * e1[1] + v * e2[1], u * e1[0] + v * e2[0]
-            t = _fcc_template(sh, lc[0], lc[1], radius_px, oy, ox, angle_deg=angle_deg,
+            t = _fcc_template(sh, lc[0], lc[1], radius_px * f, oy, ox, angle_deg=angle_deg,
                               px=px, profile=profile, pb_a_A=pb_a_A,
                               column_scs=column_scs).ravel()  # fmt: skip
             q = hh.T @ (t * w)
             sc = float(t @ (t * w) - q @ mi @ q)
             num = float(t @ (w * rh))
             if sc > 0 and (best is None or num * num / sc > best[0]):
-                best = (num * num / sc, num / sc, np.sqrt(1.0 / sc), (u, v))
+                best = (num * num / sc, num / sc, np.sqrt(1.0 / sc), (u, v, f))
         out["cluster"] = best[1]
         out["cluster_err"] = float(best[2] * np.sqrt(max(chi2, 1.0)))
         out["offsets"] = best[3]
