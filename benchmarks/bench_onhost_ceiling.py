@@ -74,6 +74,8 @@ COLUMN_SCS = _column_scs()
 VARIANTS = [("fccl", COLUMN_SCS, (1.0,))]
 if os.environ.get("BENCH_JOINT_ALL"):
     VARIANTS.append(("fcc", None, (1.0,)))
+if os.environ.get("BENCH_JOINT_ITER"):
+    VARIANTS.append(("fcci", COLUMN_SCS, (1.0,)))
 if os.environ.get("BENCH_JOINT_R"):
     VARIANTS.append(("fccr", COLUMN_SCS, (0.8, 1.0, 1.2)))
 
@@ -93,9 +95,11 @@ def _joint(
     offsets=None,
     column_scs=None,
     radius_scales=(1.0,),
+    iterate=0,
 ):
     """Joint host-column + cluster fit (:mod:`perovstem.insitu._jointhost`) at every
-    aperture: the cluster's total in the map's units (counts), NaN where not fitted."""
+    aperture: the cluster's total in the map's units (counts), NaN where not fitted;
+    ``iterate`` refits with the template's radius from the fit's own count."""
     px, g, dose, lib = kw["px"], kw["g"], kw["dose"], kw["library"]
     out = np.full(len(tot), np.nan)
     if dose is None or lib is None:
@@ -118,6 +122,15 @@ def _joint(
             offsets=None if offsets is None else offsets.get(i), column_scs=column_scs,
             radius_scales=radius_scales,
         )  # fmt: skip
+        for _ in range(iterate):
+            n_f = clusters.atoms_from_scs(max(f["cluster"], 0.0) / dose, lib)
+            r_f = max(float(clusters._fcc_radius_A(np.array([n_f]))[0]) / px, 1.0)
+            f = jh.fit_window(
+                raw / g, cy[i], cx[i], half_px=half, radius_px=r_f,
+                others=np.array([[cy[j], cx[j]] for j in oth]).reshape(-1, 2),
+                others_r=r_px[oth], a_px=a_px, angle_deg=ang, px=px, profile=profile,
+                template=template, column_scs=column_scs,
+            )  # fmt: skip
         out[i] = f["cluster"] * g
         if template == "fcc" and offsets is None:
             _joint.offsets[i] = f["offsets"]
@@ -175,7 +188,10 @@ def run_set(cases):
         for tag, cs, rs in VARIANTS:
             _joint.offsets = {}
             res[f"joint_{tag}"] = _joint(raw, cx, cy, tot, fit, kw, a_px, ang, state["profile"],
-                                         template="fcc", column_scs=cs, radius_scales=rs)  # fmt: skip
+                                         template="fcc", column_scs=cs, radius_scales=rs,
+                                         iterate=2 if tag == "fcci" else 0)  # fmt: skip
+            if tag == "fcci":  # the radius is the fit's own: no decomposition
+                continue
             offs = dict(_joint.offsets)
             for name, part in ((f"{tag}_cl", state["cl"]), (f"{tag}_host", state["host"])):
                 res[name] = _joint(part, cx, cy, tot, fit, kw, a_px, ang, state["profile"],
@@ -277,6 +293,7 @@ def summary(rows):
         "fccl_cl",
         "joint_fccr",
         "fccr_cl",
+        "joint_fcci",
     ):
         if name not in rows[0]:
             continue
