@@ -114,6 +114,8 @@ def _joint(
             for j in idx
             if j != i and max(abs(cx[j] - cx[i]), abs(cy[j] - cy[i])) < half + r_px[j]
         ]
+        if os.environ.get("BENCH_JOINT_NOOTHERS"):  # diagnostic: no balls for neighbours
+            oth = []
         f = jh.fit_window(
             raw / g, cy[i], cx[i], half_px=half, radius_px=r_px[i],
             others=np.array([[cy[j], cx[j]] for j in oth]).reshape(-1, 2),
