@@ -116,8 +116,17 @@ def _joint(
         ]
         if os.environ.get("BENCH_JOINT_NOOTHERS"):  # diagnostic: no balls for neighbours
             oth = []
+        ci, cj, ri = cy[i], cx[i], r_px[i]
+        tr = getattr(_joint, "truth", None)
+        if os.environ.get("BENCH_JOINT_TRUTH") and tr is not None and len(tr):
+            # diagnostic: the nearest truth cluster's centre and radius (within 3 Å)
+            d = np.hypot(tr[:, 0] - cy[i], tr[:, 1] - cx[i])
+            if d.min() * px <= 3.0:
+                k = int(np.argmin(d))
+                ci, cj = tr[k, 0], tr[k, 1]
+                ri = float(clusters._fcc_radius_A(np.array([tr[k, 2]]))[0]) / px
         f = jh.fit_window(
-            raw / g, cy[i], cx[i], half_px=half, radius_px=r_px[i],
+            raw / g, ci, cj, half_px=half, radius_px=ri,
             others=np.array([[cy[j], cx[j]] for j in oth]).reshape(-1, 2),
             others_r=r_px[oth], a_px=a_px, angle_deg=ang, px=px, profile=profile,
             reference=None if reference is None else reference / g, template=template,
@@ -233,6 +242,10 @@ def run_set(cases):
                 on_host = bc._host_mask(data[k], px, la, ang)
                 state.update(host=host, cl=cl, a_px=a_px, ang=ang, caps=[], on_host=on_host)
                 dose = float(np.asarray(s.dose_e_per_A2)[k])
+                tk = projected_objects(truth["clusters"][truth["clusters"]["frame"] == k])
+                _joint.truth = np.column_stack(
+                    [tk["y_A"] / px, tk["x_A"] / px, tk["n_atoms"]]
+                ).astype(float)
                 img = Image(data[k], px, dose_e_per_A2=dose)
                 det = detect_clusters(img, split=True, **kw)
                 if det.attrs["host_model"] == "no_reference" and prev:
