@@ -24,7 +24,10 @@ template, columns weighted by the Pb-column SCS, registry scanned; ``fccl_cl`` /
 noise-free clusters alone / host alone: the cluster model's own error and the host's
 leak, signed, per truth atom).  ``BENCH_JOINT_ALL=1`` adds the thickness-weighted
 template (``joint_fcc``), ``BENCH_JOINT_R=1`` one with its radius scanned (0.8/1/1.2,
-``joint_fccr``), ``BENCH_JOINT_NOBALL=1`` drops the ball.  An aperture whose centre is off
+``joint_fccr``), ``BENCH_JOINT_ITER=1`` one with the radius from its own count
+(``joint_fcci``), ``BENCH_JOINT_NOBALL=1`` drops the ball; diagnostics:
+``BENCH_JOINT_NOOTHERS=1`` (no balls for neighbouring detections),
+``BENCH_JOINT_TRUTH=1`` (the template at the nearest truth cluster's centre and size).  An aperture whose centre is off
 the crystal mask is not fitted and keeps the detector's count.
 
 Run:  python benchmarks/bench_onhost_ceiling.py [SET[,SET...]]  (default tune,tune280;
