@@ -1957,15 +1957,7 @@ def detect_clusters(
     var_m = g * np.clip(m, 0, None) / a_px**2
     e = _plateau_excess(m, side, tilt, var_m, var_per_level=g / a_px**2)
     es_sub = e[::4, ::4]
-    # noise floor of the background (vacuum/support) excess; the frame-wide MAD measures it
-    # only while the vacuum is the majority of the frame: in a frame the crystal fills or
-    # crosses it measured the crystal's excess texture (3-7x its shot noise, already in
-    # var_m), and the thresholds and errors went up until no cluster was found (issue #7)
-    vac = m[::4, ::4] < 0.25 * float(np.percentile(m, 99.5))
-    if vac.mean() >= 0.5:
-        sig_floor = robust_sd(es_sub)
-    else:  # the vacuum pixels alone (none: the shot noise of var_m is the noise)
-        sig_floor = robust_sd(es_sub[vac]) if vac.sum() >= 16 else 0.0
+    sig_floor = robust_sd(es_sub)
     sig_floor = max(sig_floor, 1e-6 * float(np.abs(m).max() + 1e-30))
     sigma_map = np.sqrt(var_m + sig_floor**2)
     z = e / sigma_map
