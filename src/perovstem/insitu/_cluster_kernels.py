@@ -609,19 +609,6 @@ def _centred_pad32(x, mean, top, bottom, left, right):  # pragma: no cover - com
     return out
 
 
-@njit(cache=True, nogil=True)
-def _crop_add(a, py, px, mm, nn, c):  # pragma: no cover - compiled
-    """``a[:, py:py + mm, px:px + nn].astype(float) + c[:, None, None]`` in one pass."""
-    nb = a.shape[0]
-    out = np.empty((nb, mm, nn))
-    for b in range(nb):
-        cb = c[b]
-        for i in range(mm):
-            for j in range(nn):
-                out[b, i, j] = np.float64(a[b, py + i, px + j]) + cb
-    return out
-
-
 def centred_pad32(x: np.ndarray, mean: np.ndarray, pads: tuple) -> np.ndarray:
     """``np.pad((x - mean).astype(np.float32), pads, mode="reflect")`` on the last two axes
     of a float64 image or stack (``mean``: one value per image, keepdims), in one compiled
@@ -669,16 +656,13 @@ def crop_restore(
     scale: float | None = None,
 ) -> np.ndarray:
     """``out[..., py:py + mm, px:px + nn].astype(float) + level`` (``level``: one float64
-    value per image, keepdims) in one compiled pass (:func:`_crop_add`), bit for bit.
+    value per image, keepdims) in one compiled pass (:func:`_crop_scale_add`), bit for bit.
     ``scale``: the crop is first multiplied by it in ``out``'s precision (the 1/(M N) of
-    an unscaled inverse transform, :func:`irfft2_rows`)."""
+    an unscaled inverse transform, :func:`irfft2_rows`); None is 1 (x·1 is exact)."""
     a = np.ascontiguousarray(out.reshape(-1, *out.shape[-2:]))
     lv = np.ascontiguousarray(level, dtype=float).reshape(-1)
-    if scale is None:
-        res = _crop_add(a, int(py), int(px), int(mm), int(nn), lv)
-    else:
-        fct = a.dtype.type(scale)
-        res = _crop_scale_add(a, int(py), int(px), int(mm), int(nn), lv, fct)
+    fct = a.dtype.type(1.0 if scale is None else scale)
+    res = _crop_scale_add(a, int(py), int(px), int(mm), int(nn), lv, fct)
     return res.reshape(*out.shape[:-2], mm, nn)
 
 
