@@ -329,12 +329,12 @@ def _sequence_files(paths: list[Path]) -> list[Path]:
     (supported suffixes, natural name order: t2 before t10); a quoted glob is expanded the
     same way."""
     import glob
-    import re
 
     from perovstem.io import SUPPORTED_SUFFIXES
+    from perovstem.io.read import _natural_key
 
     def natural(p: Path) -> list:
-        return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
+        return _natural_key(p.name)
 
     out: list[Path] = []
     for p in paths:
