@@ -147,21 +147,31 @@ def test_pb0_atoms_on_degrading_crystal(sim_series):
 
 def test_analyze_series_carries_the_host_reference(kmc_imaged):
     """Frames whose clusters cover the crystal cannot measure the host's empty-site ratio
-    alone ("no_reference": every segment Pb-like, host Pb counted as clusters); the
-    series carries the median ratio of the earlier frames into them (3 nm KMC crystal,
-    seed 73, whose late frames are "no_reference" alone; before, nothing was carried)."""
+    alone ("no_reference": every segment Pb-like, host Pb counted as clusters); a frame
+    right after one that measured it is detected again with the median ratio of the
+    earlier frames, and only such a frame (two frames on, the host is often gone).  3 nm
+    KMC crystals at 300 K; which late frames are "no_reference" depends on the KMC
+    realisation (seed 73 on one AVX-512 machine, 74-76 on another), so four seeds are
+    run and at least one carried frame is required; before, nothing was carried."""
     from perovstem.insitu import analyze_series, detect_clusters
 
-    _, s, truth = kmc_imaged(
-        30.0, rate=3e3, temperature_K=300.0, seed=73, n_frames=10, rng=73, **_IMAGING
-    )
-    f = analyze_series(s, summary=False, phase_check=False, crystal=False).frames
-    used = f["host_reference_used"].to_numpy(bool)
-    assert used.any()
-    assert (f.loc[used, "host_model"] == "lattice").all()
-    # once a frame has measured the ratio, no later frame goes without a host model
-    first = int(np.flatnonzero((f["host_model"] == "lattice").to_numpy() & ~used)[0])
-    assert not (f["host_model"].iloc[first:] == "no_reference").any()
+    n_carried = 0
+    for seed in (73, 74, 75, 76):
+        _, s, truth = kmc_imaged(
+            30.0, rate=3e3, temperature_K=300.0, seed=seed, n_frames=10, rng=seed, **_IMAGING
+        )
+        f = analyze_series(s, summary=False, phase_check=False, crystal=False).frames
+        used = f["host_reference_used"].to_numpy(bool)
+        model = f["host_model"].to_numpy(str)
+        assert (model[used] == "lattice").all(), seed
+        measured = (model == "lattice") & ~used
+        after = np.r_[False, measured[:-1]]
+        # right after a measured frame no frame stays without a host model ...
+        assert not (after & (model == "no_reference")).any(), (seed, model, used)
+        # ... and only there is the ratio carried
+        assert not (used & ~after).any(), (seed, model, used)
+        n_carried += int(used.sum())
+    assert n_carried >= 1
     with pytest.raises(ParameterError, match="host_reference.*0.7"):
         detect_clusters(np.ones((64, 64)), pixel_size_A=0.5, host_reference=0.7)
 

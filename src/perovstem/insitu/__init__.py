@@ -6,7 +6,13 @@ per-frame detection → :func:`track_clusters` → lineage → :mod:`perovstem.q
 """
 
 from perovstem.insitu._frames import frame_quality, iter_frames
-from perovstem.insitu.analysis import InsituResult, analyze_series, pb0_falls_later, shift_frame
+from perovstem.insitu.analysis import (
+    InsituResult,
+    analyze_series,
+    pb0_dips,
+    pb0_falls_later,
+    shift_frame,
+)
 from perovstem.insitu.clusters import (
     CLUSTER_COLUMNS,
     atoms_from_scs,
@@ -47,6 +53,7 @@ __all__ = [
     "interpolate_conditions",
     "InsituResult",
     "analyze_series",
+    "pb0_dips",
     "pb0_falls_later",
     "shift_frame",
     "CLUSTER_COLUMNS",
