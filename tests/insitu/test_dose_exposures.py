@@ -246,3 +246,45 @@ def test_cli_insitu_unequal_exposures(unequal_mrc, tmp_path, current):
     summ = json.loads((out / "summary.json").read_text())
     assert summ["dose_rate_rule"] == "dose / exposure"
     assert not any("splits the series" in n for n in summ["notes"]), summ["notes"]
+
+
+def test_dm_style_stack_rate_is_the_scan_flux(tmp_path):
+    """A stack whose metadata carry DM's probe current and dwell time (RosettaSciIO's
+    ``TEM.beam_current`` nA, ``TEM.dwell_time`` s), frames 2 s apart: the file's dose
+    I·t_dwell/(e·Δx²) over the scan's beam-on time (dwell × pixels) is the flux I/(e·A);
+    the interval rule gave dose / 2 s."""
+    from rsciio.hspy import file_writer
+
+    axes = [
+        {"name": "time", "size": 3, "scale": 2.0, "offset": 0, "units": "s", "navigate": True},
+        {"name": "y", "size": 30, "scale": 0.02, "offset": 0, "units": "nm", "navigate": False},
+        {"name": "x", "size": 40, "scale": 0.02, "offset": 0, "units": "nm", "navigate": False},
+    ]
+    md = {
+        "General": {"title": "HAADF"},
+        "Signal": {"signal_type": ""},
+        "Acquisition_instrument": {"TEM": {"beam_current": 0.05, "dwell_time": 4e-6}},
+    }
+    p = tmp_path / "dm.hspy"
+    data = np.random.default_rng(2).random((3, 30, 40)).astype(np.float32)
+    file_writer(
+        str(p),
+        {
+            "data": data,
+            "axes": axes,
+            "metadata": md,
+            "original_metadata": {},
+            "tmp_parameters": {},
+            "attributes": {"_lazy": False},
+            "package_info": {"name": "hyperspy", "version": "2.0"},
+            "learning_results": {},
+            "models": {},
+        },
+    )
+    s = ps.load(p)
+    assert isinstance(s, Series)
+    np.testing.assert_allclose(s.dose_e_per_A2, 0.05e-9 * 4e-6 / (E_CHARGE_C * 0.04))
+    flux = _flux(50.0, (30, 40), 0.2)
+    np.testing.assert_allclose(s.dose_rate_e_per_A2_s, flux, rtol=1e-9)
+    assert s.dose_rate_rule == "dose / exposure"
+    np.testing.assert_allclose(dose_table(assign_dose(s))["dose_rate_e_per_A2_s"], flux)
