@@ -453,7 +453,9 @@ def estimated_cpu_s(
     (snapshots, tables) and the KMC steps, between ``0.5`` and ``80`` times the low event
     estimate ``n_events`` (:func:`estimated_events`) at 0.06-0.55 µs each — the extremes
     measured (:data:`_STEPS_PER_ESTIMATED_EVENT`, :data:`_COST_S_PER_STEP`; the highest
-    doubles the setup and frame terms).  Every one of the 63 runs the constants were
+    doubles the setup and frame terms); a small low-dose run can take far fewer steps (20 Å,
+    350 K, 300 e⁻/Å²/s, 5 frames: none, against 3.8·10⁴ estimated), its time then being the
+    setup and frames.  Every one of the 63 runs the constants were
     measured on lies in the range (1.05-137 × the lowest value), and so do 12 held-out runs
     (22-70 Å, 320-600 K, 100-3000 e⁻/Å²/s, 8-1000 frames of 1-10 s: 3.1-19 × the lowest,
     1/464-1/12 of the highest).  No single value is closer than that before the run: the
