@@ -300,9 +300,71 @@ class Series:
         return self.initial_dose_e_per_A2 + np.cumsum(self.dose_e_per_A2)
 
     @property
+    def exposure_s(self) -> np.ndarray | None:
+        """Beam-on time of each frame, s, when the metadata record it; else None.
+
+        In order: ``metadata["dose"]["exposure_s"]`` (set by
+        :func:`perovstem.insitu.assign_dose`; ``None`` there means "not known"), the
+        reader's ``metadata["exposure_time_s"]`` (one value, or one per frame) and
+        ``metadata["dwell_time_s"]`` × the pixels of a frame (STEM).  Values that are not
+        finite and positive, or not one per frame, count as unknown.
+        """
+        md = self.metadata if isinstance(self.metadata, dict) else {}
+        dose_md = md.get("dose")
+        if isinstance(dose_md, dict) and "exposure_s" in dose_md:
+            e = dose_md["exposure_s"]
+        elif md.get("exposure_time_s") is not None:
+            e = md["exposure_time_s"]
+        elif md.get("dwell_time_s") is not None:
+            try:
+                e = np.asarray(md["dwell_time_s"], dtype=float) * (
+                    self.data.shape[1] * self.data.shape[2]
+                )
+            except (TypeError, ValueError):
+                return None
+        else:
+            return None
+        if e is None:
+            return None
+        try:
+            e = np.asarray(e, dtype=float).ravel()
+        except (TypeError, ValueError):
+            return None
+        n = self.n_frames
+        if e.size == 1:
+            e = np.full(n, float(e[0]))
+        if e.shape != (n,) or not np.all(np.isfinite(e) & (e > 0)):
+            return None
+        return e
+
+    @property
+    def dose_rate_rule(self) -> str | None:
+        """How :attr:`dose_rate_e_per_A2_s` is computed: ``"dose / exposure"`` (the beam-on
+        time of each frame is known, :attr:`exposure_s`), ``"dose / frame interval"`` (the
+        last frame: the previous interval) or None (no dose rate)."""
+        if self.dose_e_per_A2 is None:
+            return None
+        if self.exposure_s is not None:
+            return "dose / exposure"
+        if self.time_s is None or self.n_frames < 2:
+            return None
+        return "dose / frame interval"
+
+    @property
     def dose_rate_e_per_A2_s(self) -> np.ndarray | None:
-        """Dose rate per frame, e⁻/Å²/s (dose over frame interval)."""
-        if self.dose_e_per_A2 is None or self.time_s is None or self.n_frames < 2:
+        """Dose rate per frame, e⁻/Å²/s (:attr:`dose_rate_rule`).
+
+        The dose of a frame over its exposure (beam-on time, :attr:`exposure_s`) when that
+        is known: unequal exposures at one beam current give one dose rate.  Otherwise the
+        dose over the interval to the next frame's start, the last frame taking the
+        previous interval.
+        """
+        if self.dose_e_per_A2 is None:
+            return None
+        exp = self.exposure_s
+        if exp is not None:
+            return np.asarray(self.dose_e_per_A2, dtype=float) / exp
+        if self.time_s is None or self.n_frames < 2:
             return None
         dt = np.diff(self.time_s)
         dt = np.append(dt, dt[-1])
@@ -325,7 +387,11 @@ class Series:
         )
 
     def frames_table(self) -> Any:
-        """Per-frame bookkeeping as a DataFrame (frame, time_s, dose, cumulative dose, conditions)."""
+        """Per-frame bookkeeping as a DataFrame (frame, time_s, dose, cumulative dose, conditions).
+
+        ``attrs["dose_rate_rule"]`` says how the dose rate was computed
+        (:attr:`dose_rate_rule`).
+        """
         import pandas as pd
 
         n = self.n_frames
@@ -340,7 +406,9 @@ class Series:
         ):
             cols[name] = val if val is not None else np.full(n, np.nan)
         cols["gas"] = [self.gas] * n
-        return pd.DataFrame(cols)
+        df = pd.DataFrame(cols)
+        df.attrs["dose_rate_rule"] = self.dose_rate_rule
+        return df
 
     def replace(self, **changes: Any) -> Series:
         """Return a copy with some fields replaced."""

@@ -34,9 +34,16 @@ def test_assign_dose_cumulative_and_rate():
     np.testing.assert_allclose(out.dose_e_per_A2, d)
     t = dose_table(out)
     np.testing.assert_allclose(t["cumulative_dose_e_per_A2"], 100.0 + d * np.arange(1, 5))
-    np.testing.assert_allclose(t["dose_rate_e_per_A2_s"], d / 1.5)
+    # the beam-on time is known (5 µs × 64 px): the dose rate is the flux I/(e·A) of the
+    # scan, not the dose spread over the 1.5 s from one frame to the next
+    np.testing.assert_allclose(t["dose_rate_e_per_A2_s"], 20e-12 / (E_CHARGE_C * 64 * 0.04))
+    assert t.attrs["dose_rate_rule"] == "dose / exposure"
     assert t.attrs["dose"]["source"] == "current"
     assert s.dose_e_per_A2 is None  # input untouched
+    # a given dose, exposure unknown: dose over the frame interval (last: the previous one)
+    t2 = dose_table(assign_dose(s, dose_e_per_A2=d))
+    np.testing.assert_allclose(t2["dose_rate_e_per_A2_s"], d / 1.5)
+    assert t2.attrs["dose_rate_rule"] == "dose / frame interval"
 
 
 def test_assign_dose_given_and_frame_time():
@@ -92,4 +99,7 @@ def test_real_serialem_dose_bookkeeping(tomo_data):
     np.testing.assert_allclose(t["cumulative_dose_e_per_A2"], [expected, 2 * expected])
     # time stamps from the mdoc DateTime entries (2 s apart)
     assert t["time_s"].iloc[1] - t["time_s"].iloc[0] == pytest.approx(2.0)
-    assert t["dose_rate_e_per_A2_s"].iloc[0] == pytest.approx(expected / 2.0)
+    # the exposure (0.524 s) is recorded: the rate is the dose over it, not over the 2 s
+    # between the frames (the interval rule gave expected / 2)
+    np.testing.assert_allclose(t["dose_rate_e_per_A2_s"], expected / 0.524, rtol=1e-9)
+    assert t.attrs["dose_rate_rule"] == "dose / exposure"

@@ -286,7 +286,7 @@ def insitu(
             if s.time_s is None and frame_time_s is not None:
                 s = s.replace(time_s=np.arange(s.n_frames) * float(frame_time_s))
         else:
-            if s.time_s is None and frame_time_s is None:
+            if s.time_s is None and frame_time_s is None and s.exposure_s is None:
                 raise ParameterError(
                     f"{str(series)!r} has no frame time stamps: give --frame-time-s (frame "
                     "interval, s) with --dose-e-per-A2/--current-pA"
@@ -360,6 +360,8 @@ def insitu(
         "n_frames": s.n_frames,
         "pixel_size_A": s.pixel_size_A,
         "skipped_frames": res.skipped,
+        # how frames.dose_rate_e_per_A2_s was computed (the dose rate sets the conditions)
+        "dose_rate_rule": s.dose_rate_rule,
         "drift_residual_rms_px": res.drift.attrs.get("residual_rms_px"),
         "notes": notes,
         "mechanisms": [t for t in res.summary.get("text", []) if isinstance(t, str)],

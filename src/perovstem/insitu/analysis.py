@@ -805,10 +805,16 @@ def analyze_series(
                 f"the kinetic summary splits the series into {len(conds)} conditions "
                 f"({'; '.join(_condition_text(d) for d in conds[:6])}"
                 f"{'; ...' if len(conds) > 6 else ''}): temperatures > "
-                f"{CONDITION_TOLERANCE['temperature_K'][1]:g} K or dose rates (dose per frame / "
-                f"frame interval) > {100 * CONDITION_TOLERANCE['dose_rate_e_per_A2_s'][1]:g} % "
-                "apart; a condition with < 5 frames "
-                "gets no fit (non-uniform frame intervals change the dose rate)"
+                f"{CONDITION_TOLERANCE['temperature_K'][1]:g} K or dose rates ("
+                f"{series.dose_rate_rule or 'dose per frame / frame interval'}) > "
+                f"{100 * CONDITION_TOLERANCE['dose_rate_e_per_A2_s'][1]:g} % apart; a "
+                "condition with < 5 frames gets no fit"
+                + (
+                    " (non-uniform frame intervals change the dose rate when the exposures "
+                    "are not recorded)"
+                    if series.dose_rate_rule != "dose / exposure"
+                    else ""
+                )
             )
     else:
         summ = pd.DataFrame()
@@ -1457,6 +1463,7 @@ def _frames_table(
     if series.dose_e_per_A2 is None:
         base["cumulative_dose_e_per_A2"] = np.nan
     out = base.merge(per_frame, on="frame", how="left")
+    out.attrs["dose_rate_rule"] = base.attrs.get("dose_rate_rule")
     if "host_reference_used" in out:  # skipped frames: no detection, nothing carried
         out["host_reference_used"] = out["host_reference_used"].astype("boolean").fillna(False)
         out["host_reference_used"] = out["host_reference_used"].astype(bool)

@@ -5,7 +5,9 @@ STEM dose per frame (notes/physics_simulation.md §5)::
     D_frame = I · t_dwell / (e · Δx²)                        [e⁻/Å²]
             = I · t_frame · (1 − f_flyback) / (e · A_FOV)
 
-dose rate φ = D_frame / Δt (frame interval) in e⁻/Å²/s and cumulative dose
+dose rate φ = D_frame / t_exposure (the frame's beam-on time: dwell × pixels, or the recorded
+exposure) in e⁻/Å²/s, = I/(e·A_FOV) for a scanned frame; D_frame / Δt (frame interval) only
+when the exposure is not known.  Cumulative dose
 D(k) = D_0 + Σ_{j ≤ k} D_frame(j) (dose received by the end of frame k).  Every degradation
 curve is plotted against the cumulative dose, not the frame index.
 """
@@ -75,7 +77,9 @@ def frame_dose(
     return i_A * tf * (1.0 - fb) / (E_CHARGE_C * area)
 
 
-def _times(series: Series, time_s: Any, frame_time_s: float | None) -> tuple[np.ndarray, str]:
+def _times(
+    series: Series, time_s: Any, frame_time_s: float | None, exposure_s: np.ndarray | None = None
+) -> tuple[np.ndarray, str]:
     n = series.n_frames
     if time_s is not None:
         t = np.asarray(time_s, dtype=float).ravel()
@@ -83,6 +87,10 @@ def _times(series: Series, time_s: Any, frame_time_s: float | None) -> tuple[np.
     elif series.time_s is not None:
         t = np.asarray(series.time_s, dtype=float)
         src = "series"
+    elif exposure_s is not None and np.ptp(exposure_s) > 0:
+        # unequal recorded exposures, no time stamps: frames taken back to back
+        t = np.concatenate([[0.0], np.cumsum(exposure_s[:-1])])
+        src = "exposure_time_s"
     elif frame_time_s is not None:
         t = np.arange(n) * check_positive("frame_time_s", frame_time_s)
         src = "frame_time_s"
@@ -106,6 +114,28 @@ def _times(series: Series, time_s: Any, frame_time_s: float | None) -> tuple[np.
     return t, src
 
 
+def _recorded_exposures(series: Series) -> np.ndarray | None:
+    """``metadata["exposure_time_s"]`` as one value per frame, s (None when not usable)."""
+    raw = series.metadata["exposure_time_s"]
+    try:
+        et = np.atleast_1d(np.asarray(raw, dtype=float)).ravel()
+    except (TypeError, ValueError):
+        raise DataError(
+            f"metadata['exposure_time_s'] must be numbers (s), got {raw!r:.80}"
+        ) from None
+    if et.size == 0 or not (np.all(np.isfinite(et)) and np.all(et > 0)):
+        return None  # not recorded (0 or NaN): the frame time must be given
+    n = series.n_frames
+    if et.size == 1:
+        return np.full(n, float(et[0]))
+    if et.size != n:
+        raise DataError(
+            f"metadata['exposure_time_s'] has {et.size} values for {n} frames: which "
+            "exposure belongs to which frame is unknown; give `frame_time_s` or `dwell_us`"
+        )
+    return et
+
+
 def assign_dose(
     series: Series,
     *,
@@ -123,6 +153,16 @@ def assign_dose(
     Dose comes, in order of preference, from ``dose_e_per_A2`` (scalar or per frame), from the
     probe current (``current_pA`` with ``dwell_us``, or with the frame time from
     ``frame_time_s`` or the ``exposure_time_s`` metadata) or from the series itself.
+    Recorded exposures (``metadata["exposure_time_s"]``, one per frame, as the FEI and
+    SerialEM readers give them) set each frame's own dose, D_k = I·t_k(1 − f)/(e·A): with
+    unequal exposures the frames differ in dose, not in dose rate.  Without time stamps,
+    frames of unequal recorded exposures are taken as back to back.
+
+    The beam-on time of each frame (the dwell time over the frame's pixels, the frame time
+    less flyback, or the recorded exposures) goes to ``metadata["dose"]["exposure_s"]``,
+    and the dose rate of a frame is its dose over that exposure
+    (``metadata["dose"]["dose_rate_rule"] = "dose / exposure"``); when none is known it is
+    the dose over the frame interval (``"dose / frame interval"``).
 
     Parameters
     ----------
@@ -156,16 +196,21 @@ def assign_dose(
     if not isinstance(series, Series):
         raise ParameterError(f"`series` must be a perovstem Series, got {type(series).__name__}")
     n = series.n_frames
-    if frame_time_s is None and "exposure_time_s" in series.metadata and dwell_us is None:
-        et = np.atleast_1d(np.asarray(series.metadata["exposure_time_s"], dtype=float))
-        if et.size and np.all(np.isfinite(et)) and np.all(et > 0):
+    # the recorded exposure of each frame (s): FEI/SerialEM headers (see perovstem.io)
+    et = None
+    if frame_time_s is None and dwell_us is None and "exposure_time_s" in series.metadata:
+        et = _recorded_exposures(series)
+        if et is not None:
             frame_time_s = float(np.median(et))
+    fb = check_range("flyback_fraction", flyback_fraction, 0.0, 0.9)
     info: dict[str, Any] = {}
     if dose_e_per_A2 is not None:
         d = np.asarray(dose_e_per_A2, dtype=float)
         d = np.full(n, float(d)) if d.ndim == 0 else d.ravel()
         info["source"] = "given"
     elif current_pA is not None:
+        # D ∝ each frame's own exposure: I·t_k(1 − f)/(e·A) (the same for every frame only
+        # when the exposures are)
         d1 = frame_dose(
             current_pA,
             series.pixel_size_A,
@@ -174,7 +219,7 @@ def assign_dose(
             shape=series.shape[1:],
             flyback_fraction=flyback_fraction,
         )
-        d = np.full(n, d1)
+        d = np.full(n, d1) if et is None else d1 * (et / frame_time_s)
         info.update(
             source="current",
             current_pA=float(current_pA),
@@ -182,6 +227,8 @@ def assign_dose(
             frame_time_s=None if frame_time_s is None else float(frame_time_s),
             flyback_fraction=float(flyback_fraction),
         )
+        if et is not None:
+            info["exposure_time_s"] = et.tolist()
     elif series.dose_e_per_A2 is not None:
         d = np.asarray(series.dose_e_per_A2, dtype=float)
         info["source"] = "series"
@@ -209,8 +256,24 @@ def assign_dose(
         )
     if np.all(d == 0):
         raise DataError("dose is zero for every frame: nothing to plot against dose")
+    # beam-on time of each frame, for the dose rate (Series.dose_rate_e_per_A2_s): the
+    # dwell time over the frame's pixels, the frame time less flyback, or the recorded
+    # exposures; None (not known: dose over the frame interval) otherwise
+    m, nn = series.shape[1:]
+    if info["source"] == "series" and dwell_us is None and frame_time_s is None:
+        exposure = series.exposure_s  # the reader's record (exposures, dwell time)
+    elif dwell_us is not None:
+        exposure = np.full(n, check_positive("dwell_us", dwell_us) * 1e-6 * m * nn)
+    elif et is not None:
+        exposure = et * (1.0 - fb)
+    elif frame_time_s is not None:
+        exposure = np.full(n, check_positive("frame_time_s", frame_time_s) * (1.0 - fb))
+    else:
+        exposure = None
+    info["exposure_s"] = None if exposure is None else exposure.tolist()
     # time stamps after the dose: a wrong dose is the first thing to report
-    t, info["time_source"] = _times(series, time_s, frame_time_s)
+    t, info["time_source"] = _times(series, time_s, frame_time_s, et)
+    info["dose_rate_rule"] = "dose / exposure" if exposure is not None else "dose / frame interval"
     d0 = series.initial_dose_e_per_A2 if initial_dose_e_per_A2 is None else initial_dose_e_per_A2
     d0 = check_positive("initial_dose_e_per_A2", d0, allow_zero=True)
     md = dict(series.metadata)
@@ -225,7 +288,10 @@ def dose_table(series: Series) -> pd.DataFrame:
     -------
     DataFrame
         ``frame, time_s, dose_e_per_A2, cumulative_dose_e_per_A2, dose_rate_e_per_A2_s,
-        temperature_K, pressure_Pa, gas``; ``attrs`` holds ``pixel_size_A`` and the dose source.
+        temperature_K, pressure_Pa, gas``; ``attrs`` holds ``pixel_size_A``, the dose source
+        and ``dose_rate_rule``: the dose rate is a frame's dose over its exposure (beam-on
+        time) when known, else over the frame interval (the last frame: the previous
+        interval); see :attr:`perovstem.Series.dose_rate_e_per_A2_s`.
 
     Raises
     ------
@@ -239,9 +305,7 @@ def dose_table(series: Series) -> pd.DataFrame:
         raise DataError("the series has no dose: call perovstem.insitu.assign_dose first")
     if series.time_s is None:
         raise DataError("the series has no time stamps: call perovstem.insitu.assign_dose first")
-    df = series.frames_table()
-    if series.n_frames == 1:
-        df["dose_rate_e_per_A2_s"] = np.nan
+    df = series.frames_table()  # its attrs["dose_rate_rule"] says how the rate was computed
     df.attrs["pixel_size_A"] = series.pixel_size_A
     df.attrs["dose"] = dict(series.metadata.get("dose", {}))
     return df

@@ -93,6 +93,7 @@ def fei1_extended_header(
     angles_deg: Any = None,
     tilt_axis_deg: float | None = None,
     high_tension_V: float | None = None,
+    exposure_time_s: Any = None,
     app_version: str = "",
 ) -> np.ndarray:
     """One FEI1 extended-header record per image with the conditions perovstem knows.
@@ -100,7 +101,8 @@ def fei1_extended_header(
     Written: pixel size (m), per-image dose (e⁻/m², from e⁻/Å² × 10²⁰), timestamp (days;
     ``time_s / 86400`` on a clock starting at day 0, see :func:`read_fei1_extended_header`),
     alpha tilt and tilt-axis angle (degrees; the axis in perovstem's convention, counter-
-    clockwise from the image x axis), HT (V) and the application name ``perovstem``. Only the
+    clockwise from the image x axis), HT (V), the exposure (beam-on) time of each image
+    (s, as "Integration time") and the application name ``perovstem``. Only the
     bits of the fields written are set, so other readers ignore the rest.
     """
     from mrcfile.dtypes import get_ext_header_dtype
@@ -131,6 +133,8 @@ def fei1_extended_header(
         put("Tilt axis angle", float(tilt_axis_deg))
     if high_tension_V is not None:
         put("HT", float(high_tension_V))
+    if exposure_time_s is not None:  # the beam-on time of each image, s
+        put("Integration time", np.broadcast_to(np.asarray(exposure_time_s, float), (n_images,)))
     for mask, value in masks.items():
         rec[mask] = value
     return rec
@@ -330,6 +334,7 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
         else:
             _note_flat_angles(md, f"{str(path)!r} (FEI extended header)", fei["a_tilt_deg"])
         md["fei"] = {k: v.tolist() for k, v in fei.items()}
+        _put_exposures(md, fei["exposure_time_s"], is_stack=arr.ndim == 3)
         md["high_tension_kV"] = float(np.median(fei["high_tension_V"]) / 1e3)
         md["magnification"] = float(np.median(fei["magnification"]))
     if fei1:
@@ -493,12 +498,22 @@ def _note_flat_angles(md: dict[str, Any], where: str, angles: np.ndarray) -> Non
     )
 
 
+def _put_exposures(md: dict[str, Any], exposure_s: Any, *, is_stack: bool) -> None:
+    """``md["exposure_time_s"]`` (s, one per image of a stack) from a header's exposure
+    times, when every one is finite and positive (0 is "not recorded")."""
+    e = np.asarray(exposure_s, dtype=float).ravel()
+    if e.size and np.all(np.isfinite(e)) and np.all(e > 0):
+        md["exposure_time_s"] = e.tolist() if is_stack else float(e[0])
+
+
 def _apply_fei1(
     fei1: dict[str, Any], out: dict[str, Any], md: dict[str, Any], *, is_stack: bool
 ) -> None:
     """Put what an FEI1/FEI2 header holds into a load record (units already converted)."""
     ours = fei1.get("application") == _FEI_APPLICATION.decode()
     md["fei"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in fei1.items()}
+    if "integration_time_s" in fei1:  # the exposure time of each image (FEI1 format)
+        _put_exposures(md, fei1["integration_time_s"], is_stack=is_stack)
     if "pixel_size_A" in fei1:
         out["pixel_size_A"] = float(np.median(fei1["pixel_size_A"]))
     if "angles_deg" in fei1 and np.ptp(fei1["angles_deg"]) > _MIN_TILT_SPAN_DEG:

@@ -181,6 +181,8 @@ def _fei_fields(obj: Image | Series | TiltSeries) -> dict[str, Any]:
         out.update(angles_deg=obj.angles_deg, tilt_axis_deg=obj.tilt_axis_deg)
     else:
         out.update(dose_e_per_A2=obj.dose_e_per_A2, time_s=obj.time_s)
+        if isinstance(obj, Series) and obj.exposure_s is not None:
+            out["exposure_time_s"] = obj.exposure_s  # keeps the dose rate rule of the frames
     return out
 
 

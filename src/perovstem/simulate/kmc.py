@@ -277,7 +277,10 @@ def _estimated_events(
     hot long 50-60 Å runs), on runs of ≥ 1000 steps with ≥ 5 Pb⁰: 0.06-0.95 times the steps
     taken (before, the one-cluster hops plus every Br and Cs once: 0.0095-1.3, the hops
     alone down to 0.0002); a lone adatom hopping for the whole run is counted by its chance
-    (its realisation: 0 or all the hops), so a low-dose run can take fewer steps.  A refusal (above
+    (its realisation: 0 or all the hops), so a low-dose run can take fewer steps.  Session 18
+    (:func:`estimated_cpu_s`): 0.013-2.0 of the steps on 58 other runs; the lowest on hot
+    runs with long frames (50 Å, 400 K, 100 e⁻/Å²/s, 30 frames of 5 s, five seeds:
+    0.015-0.041), whose steps are hops of the few adatoms jammed in the emptied crystal.  A refusal (above
     :data:`~perovstem._limits.MAX_KMC_EVENTS`) means at least a quarter of an hour of work,
     mostly far more.
     """
@@ -427,6 +430,65 @@ def estimated_events(
         n_pb=crystal["n_pb"],
         n_pb0=crystal["n_pb0"],
     )
+
+
+#: Measured (session 18, 2 shared cores, CPU time of :func:`degradation_kmc`, the crystal
+#: already built), (lowest, highest) seen: setup per host atom (20-200 Å cubes), s; per
+#: frame (snapshots, tables; 60-200 Å, 100-1000 frames of few steps), s; per KMC step on
+#: runs of >= 10⁶ steps (null hops of jammed adatoms are the cheap ones), s; the realised
+#: steps over :func:`estimated_events` (58 runs: 20-200 Å cubes, 300-450 K,
+#: 100-1000 e⁻/Å²/s, 2-60 frames of 0.5-5 s, three of them on 5 seeds).
+_COST_S_PER_HOST = (2.8e-6, 3.8e-6)
+_COST_S_PER_FRAME = (2.0e-4, 7.4e-4)
+_COST_S_PER_STEP = (0.06e-6, 0.55e-6)
+_STEPS_PER_ESTIMATED_EVENT = (0.5, 80.0)
+
+
+def estimated_cpu_s(
+    crystal: dict[str, int], n_events: float, *, n_frames: int
+) -> tuple[float, float]:
+    """The lowest and highest CPU time a KMC run may take, s, before running it.
+
+    ``setup + frames + steps``: ``c_h·N_host`` to set the run up, ``c_f`` per frame
+    (snapshots, tables) and the KMC steps, between ``0.5`` and ``80`` times the low event
+    estimate ``n_events`` (:func:`estimated_events`) at 0.06-0.55 µs each — the extremes
+    measured (:data:`_STEPS_PER_ESTIMATED_EVENT`, :data:`_COST_S_PER_STEP`; the highest
+    doubles the setup and frame terms); a small low-dose run can take far fewer steps (20 Å,
+    350 K, 300 e⁻/Å²/s, 5 frames: none, against 3.8·10⁴ estimated), its time then being the
+    setup and frames.  Every one of the 63 runs the constants were
+    measured on lies in the range (1.05-137 × the lowest value), and so do 12 held-out runs
+    (22-70 Å, 320-600 K, 100-3000 e⁻/Å²/s, 8-1000 frames of 1-10 s: 3.1-19 × the lowest,
+    1/464-1/12 of the highest).  No single value is closer than that before the run: the
+    median CPU per estimated event of those runs (1.3 µs) put the held-out runs at
+    0.07-2.0 × their time (a 600 K run, 50 frames of 10 s on 40 Å: 3.6 s against 49 s),
+    five seeds of one hot run (50 Å, 400 K, 100 e⁻/Å²/s, 30 frames of 5 s) took
+    1.6-4.2·10⁷ steps and 1.0-3.5 s, and the steps of adatoms jammed in the emptied crystal
+    cost a tenth of the others.  The times are those of the machine they were measured on
+    (a 2026 x86-64 CPU, numba kernels).
+
+    Parameters
+    ----------
+    crystal : dict
+        :func:`crystal_counts` of the crystal (``n_host`` is used).
+    n_events : float
+        :func:`estimated_events` of the run.
+    n_frames : int
+        Frames of the run.
+
+    Returns
+    -------
+    (float, float)
+        Lowest and highest CPU time, s.
+    """
+    n_host = float(crystal["n_host"])
+    lo, hi = (
+        n_host * _COST_S_PER_HOST[i]
+        + n_frames * _COST_S_PER_FRAME[i]
+        + _STEPS_PER_ESTIMATED_EVENT[i] * n_events * _COST_S_PER_STEP[i]
+        for i in (0, 1)
+    )
+    fixed_hi = n_host * _COST_S_PER_HOST[1] + n_frames * _COST_S_PER_FRAME[1]
+    return float(lo), float(hi + fixed_hi)
 
 
 def _initial_clusters(atoms_sym, pos, label, cluster_id, lat: HostLattice, node_free):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -51,8 +52,39 @@ def _atoms_plot3d(
 
 
 #: largest crystal (edge, Å) that `perovstem run --check` builds to estimate a KMC run's
-#: cost (0.2 s at 100 Å); a larger one is checked when the step runs
+#: cost (0.2 s at 100 Å); a larger one is counted from two built ones (:func:`_crystal_counts`)
 _CHECK_BUILD_MAX_EDGE_A = 120.0
+
+
+def _crystal_counts(p: dict[str, Any]) -> tuple[dict[str, int], str]:
+    """:func:`perovstem.simulate.kmc.crystal_counts` of the crystal of ``simulate.nanocrystal``
+    with parameters ``p``, and ``"about "`` when extrapolated.
+
+    Up to :data:`_CHECK_BUILD_MAX_EDGE_A` the crystal is built and counted; a larger one
+    (building a 400 Å cube takes seconds) from crystals of the same kind built at 3/4 of
+    and at that edge, each count extrapolated as a power of the edge, ``c(L) = c(L₁)·
+    (L/L₁)^k`` with ``k`` from the two (≈ 3 for the host atoms of a cube, ≈ 2 for its
+    surface Br; a platelet's fixed thickness gives lower powers).  Measured against built
+    crystals of 160 and 200 Å (cube, cuboid, platelet): within 10 %.
+    """
+    from perovstem.simulate import kmc
+
+    edge = float(p["edge_A"])
+    if edge <= _CHECK_BUILD_MAX_EDGE_A:
+        return kmc.crystal_counts(_build_nanocrystal(p, rng=0)), ""
+    l1 = _CHECK_BUILD_MAX_EDGE_A
+    l0 = 0.75 * l1
+    c0 = kmc.crystal_counts(_build_nanocrystal({**p, "edge_A": l0}, rng=0))
+    c1 = kmc.crystal_counts(_build_nanocrystal({**p, "edge_A": l1}, rng=0))
+    out = {}
+    for key, v1 in c1.items():
+        v0 = c0[key]
+        if v0 > 0 and v1 > 0:
+            k = np.log(v1 / v0) / np.log(l1 / l0)
+            out[key] = int(round(v1 * (edge / l1) ** k))
+        else:
+            out[key] = int(v1)
+    return out, "about "
 
 
 def _kmc_run_check(
@@ -61,20 +93,19 @@ def _kmc_run_check(
     """The frame dose and the event estimate of the KMC runs of a step (one per temperature).
 
     The crystal is known when ``atoms`` comes from ``simulate.nanocrystal``: it is built
-    (up to :data:`_CHECK_BUILD_MAX_EDGE_A`) and counted as
-    :func:`perovstem.simulate.degradation_kmc` counts it, so the same runs are refused;
-    a crystal read from a file is checked when the step runs.
+    and counted as :func:`perovstem.simulate.degradation_kmc` counts it (above
+    :data:`_CHECK_BUILD_MAX_EDGE_A` extrapolated from two built ones, :func:`_crystal_counts`),
+    so the same runs are refused; a crystal read from a file is checked when the step runs.
     """
     from perovstem.simulate import kmc
 
     kmc.check_frame_dose(params["dose_rate_e_per_A2_s"], params["frame_time_s"])
     up = upstream.get("atoms")
     nc = up.find("simulate.nanocrystal") if isinstance(up, Upstream) else None
-    if nc is None or nc.params["edge_A"] > _CHECK_BUILD_MAX_EDGE_A:
+    if nc is None:
         return
     p = nc.params
-    atoms = _build_nanocrystal(p, rng=0)  # the crystal the step will build
-    crystal = kmc.crystal_counts(atoms)
+    crystal, about = _crystal_counts(p)
     for t in temperatures:
         n_events = kmc.estimated_events(
             crystal,
@@ -83,14 +114,37 @@ def _kmc_run_check(
             dose_rate_e_per_A2_s=params["dose_rate_e_per_A2_s"],
             temperature_K=t,
         )
-        kmc.refuse_costly_run(
-            n_events,
+        request = (
             f"`n_frames` = {params['n_frames']} frames of `frame_time_s` = "
             f"{params['frame_time_s']:g} s at `dose_rate_e_per_A2_s` = "
             f"{params['dose_rate_e_per_A2_s']:g} e⁻/Å²/s and `temperature_K` = {t:g} K on the "
             f"crystal of `simulate.nanocrystal` (`edge_A` = {p['edge_A']:g} Å, {p['shape']}: "
-            f"{crystal['n_host']} host atoms)",
+            f"{about}{crystal['n_host']} host atoms)"
         )
+        kmc.refuse_costly_run(n_events, request)
+        lo, hi = kmc.estimated_cpu_s(crystal, n_events, n_frames=params["n_frames"])
+        if hi > _WARN_KMC_CPU_S:
+            warnings.warn(
+                f"the kinetic Monte Carlo run of {request} may take up to {_duration(hi)} of "
+                f"CPU time (at least {_duration(lo)}; measured runs took 1-140 times the "
+                "lower value): lower `n_frames`, `frame_time_s` or `temperature_K` for a "
+                "shorter run",
+                UserWarning,
+                stacklevel=2,
+            )
+
+
+#: `perovstem run --check` warns when a KMC run may take more CPU time than this, s
+#: (the highest value of :func:`perovstem.simulate.kmc.estimated_cpu_s`)
+_WARN_KMC_CPU_S = 3600.0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.2g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3600:.3g} h"
 
 
 def _check_kmc(params: dict[str, Any], upstream: dict[str, UpstreamOf]) -> None:
