@@ -395,6 +395,18 @@ FIELD_SIGNIFICANCE = 3.0
 # several crystals in one field: a further lattice needs this many indexed reference peaks
 MIN_GRAIN_PEAKS = 12
 MAX_GRAINS = 8
+# the cell does not explain the image (wrong zone axis or cell, :func:`_cell_match`) when more
+# than this share of the peaks among the found columns lies off every site of the fitted
+# lattice (measured: 0.00 on matched cells, 0.32–0.82 for CsPbBr3 [011] ↔ [001]) ...
+CELL_OFF_SITE_SHARE = 0.2
+# ... (a peak this close to a site is on it whatever the cell's shortest distance: two
+# columns 0.8 Å apart, γ-CsPbI3 [1-10], give one peak between them)
+CELL_SITE_TOL_A = 0.5
+# ... or when the fitted lattice's b/a differs from the cell's by more than this factor, or
+# its angle by more than CELL_ANGLE_DEG (matched cells: ≤ 1.1 %, ≤ 2°, real scan distortion
+# included; a CsPbBr3 [001] image fitted with the [011] cell: b/a 1.41 × the cell's)
+CELL_SHAPE_TOL = 0.1
+CELL_ANGLE_DEG = 6.0
 # the fitted origin is put on another sublattice of the reference's shape when the summed
 # mean contrast of all types grows by more than this fraction (:func:`_place_grain`)
 ALIAS_MARGIN = 0.1
@@ -786,6 +798,7 @@ def find_columns(
     min_snr: float = 5.0,
     presence_fraction: float = 0.08,
     pixel_size_A: float | None = None,
+    check_cell: bool = True,
 ) -> pd.DataFrame:
     """Find atom columns, sublattice-aware when a projected unit cell is given.
 
@@ -810,6 +823,15 @@ def find_columns(
         Peak-finding threshold in noise units.
     presence_fraction : float
         Fraction of a type's typical contrast a site needs to count as a column.
+    check_cell : bool
+        With a cell: warn when the cell does not explain the image (:func:`_cell_match`:
+        more than ``CELL_OFF_SITE_SHARE`` of the peaks among the found columns off every
+        site, or a fitted lattice of another shape — e.g. a CsPbBr3 crystal seen along
+        [011] fitted with the [001] cell) and, for a CsPbBr3 cell, try the other built-in
+        zone axis ([001] ↔ [011]) and name it when it explains the image.  The columns are
+        those of the given cell either way (never relabelled).  The measures are in
+        ``attrs["cell_check"]`` also when False (which only skips the warning and the
+        second search).
 
     Returns
     -------
@@ -822,6 +844,11 @@ def find_columns(
         translates of the reference one (:func:`_alias_types`, the [011] cell) the
         origin is decided by the geometry (the cell's empty position), not by which
         column is the brightest (Cd-alloyed [011]: Cs–Br outshines Pb).
+        ``attrs["cell_check"]``: does the cell explain the image (``check_cell``): the
+        cell's name, ``matches`` (bool), ``off_site_share`` and ``n_peaks``, the fitted
+        lattice's ``shape_ratio`` (b/a over the cell's) and ``angle_diff_deg``, and when
+        another built-in zone axis was tried, ``alternative`` (its name, CLI value and the
+        same measures) and ``suggested`` (its CLI value when it matches, else None).
 
     Raises
     ------
@@ -983,9 +1010,13 @@ def find_columns(
     own_xy = np.vstack([xyb[g["own"]] for g in grains])
     reach_own = max(grains[0]["cell"].a_A, grains[0]["cell"].b_A)
 
+    fine_cache: list[np.ndarray] = []
+
     def fine_peaks() -> np.ndarray:
-        p = find_peaks(img, separation_A=0.75 * dmin, min_snr=min_snr)
-        return p[["x_A", "y_A"]].to_numpy()
+        if not fine_cache:
+            p = find_peaks(img, separation_A=0.75 * dmin, min_snr=min_snr)
+            fine_cache.append(p[["x_A", "y_A"]].to_numpy())
+        return fine_cache[0]
 
     out, n_free = _unindexed_crystals(
         out,
@@ -1004,6 +1035,22 @@ def find_columns(
     )
     org, vec, _ = placed[0]
     lattice_scale = _warn_lattice_scale(vec, cell, ref, dx)
+    fp = (
+        fine_cache[0]
+        if fine_cache
+        else _peaks_near(img, out[["x_A", "y_A"]].to_numpy(), reach_own, 0.75 * dmin, pk, min_snr)
+    )
+    fp_px = (fp - np.asarray(img.origin_A)) / dx
+    match = _cell_match(
+        fp,
+        np.clip(ndimage.map_coordinates(sm, [fp_px[:, 1], fp_px[:, 0]], order=1) - bg, 0, None),
+        np.vstack(sites_all),
+        out.loc[out["grain"] >= 0, ["x_A", "y_A"]].to_numpy(),
+        reach_own,
+        dmin,
+        vec,
+        cell,
+    )
     out.attrs.update(
         pixel_size_A=dx,
         lattice_vectors_A=vec.tolist(),
@@ -1022,8 +1069,180 @@ def find_columns(
             }
             for i, (o, v, n) in enumerate(placed)
         ],
+        cell_check=match,
     )
+    if check_cell and not match["matches"]:
+        _warn_cell_mismatch(
+            img,
+            cell,
+            match,
+            reference_type=reference_type,
+            min_snr=min_snr,
+            presence_fraction=presence_fraction,
+        )
     return out
+
+
+def _peaks_near(
+    img: Image, centres: np.ndarray, reach: float, sep_A: float, pk: pd.DataFrame, min_snr: float
+) -> np.ndarray:
+    """Peaks at ``sep_A`` within ``reach`` (plus the smoothing) of ``centres``, searched on
+    that part of the image only, with the pixel noise of the whole image's search ``pk``
+    (so the threshold is the one a search of the whole image would use; a crystal in a
+    mostly empty 1024² frame: 0.2 s for the whole image).  Positions in Å."""
+    dx = img.pixel_size_A
+    sig_px = pk.attrs["sigma_A"] / dx
+    thr = pk.attrs["threshold"]
+    if len(centres) == 0 or not (min_snr > 0 and thr > 0):
+        p = find_peaks(img, separation_A=sep_A, min_snr=min_snr)
+        return p[["x_A", "y_A"]].to_numpy()
+    # pixel noise of the whole image from the search's threshold (min_snr σ of the image
+    # smoothed by sig_px, find_peaks); the margin keeps the crop's edges (the smoothing
+    # and the excluded border pixels) farther than `reach` from every centre
+    noise = thr / min_snr * 2.0 * np.sqrt(np.pi) * sig_px
+    margin = reach / dx + 4.0 * max(0.5, sep_A / dx / 6.0) + 2.0
+    ij = (centres - np.asarray(img.origin_A)) / dx
+    ny, nx = img.data.shape
+    c0, r0 = np.maximum(np.floor(ij.min(axis=0) - margin).astype(int), 0)
+    c1 = min(int(np.ceil(ij[:, 0].max() + margin)) + 1, nx)
+    r1 = min(int(np.ceil(ij[:, 1].max() + margin)) + 1, ny)
+    sub = Image(
+        np.asarray(img.data)[r0:r1, c0:c1],
+        dx,
+        origin_A=(img.origin_A[0] + c0 * dx, img.origin_A[1] + r0 * dx),
+    )
+    p = find_peaks(sub, separation_A=sep_A, min_snr=min_snr, pixel_noise=noise)
+    return p[["x_A", "y_A"]].to_numpy()
+
+
+def _cell_match(
+    peaks: np.ndarray,
+    contrast: np.ndarray,
+    sites: np.ndarray,
+    columns: np.ndarray,
+    reach: float,
+    dmin: float,
+    vec: np.ndarray,
+    cell: ProjectedCell,
+) -> dict[str, Any]:
+    """Does the projected cell explain the image?  Two measures of the fitted lattice.
+
+    * ``off_site_share``: of the ``peaks`` (the fine search at 0.75 × ``dmin``, the fitted
+      cell's shortest column distance) within ``reach`` (one cell) of a found column of a
+      grain, the share farther than 0.3 × ``dmin`` from every placed ``site`` of the
+      lattice (those of all grains, present or not); judged from ``MIN_GRAIN_PEAKS``
+      peaks on.  A matched cell has a site at every
+      column of the crystal (0.00 on simulated CsPbBr3 [001] and [011] crystals, 10²–2·10⁴
+      e⁻/Å², 0.1–0.4 Å/px, Cd-alloyed, and on StatSTEM's real [001] image); a cell of another
+      zone axis leaves a share of the columns between its sites (CsPbBr3 [011] seen with the
+      [001] cell: 0.32–0.54; [001] with the [011] cell: 0.48–0.82), the rule of
+      :func:`_unindexed_crystals` (a peak farther than 0.3 × ``dmin`` from every site is
+      not a column of the lattice).
+    * ``shape_ratio`` (b/a of the fitted lattice over the cell's) and ``angle_diff_deg``:
+      the lattice is fitted on the image's peaks with free vectors, so a cell whose
+      sublattice fits the image only after a change of shape (the [011] cell's
+      a × a/√2 on the square [001] lattice: b/a 1.41 × the cell's, every peak on a site)
+      is a different lattice; scan distortion changes b/a by a few % and the angle by
+      ~2° (StatSTEM's real CsPbBr3 image: 1.006, 1.97°).
+    """
+    a_fit, b_fit = np.linalg.norm(vec, axis=1)
+    cos = abs(float(np.dot(vec[0], vec[1]))) / (a_fit * b_fit)
+    angle = float(np.degrees(np.arccos(min(cos, 1.0))))
+    cell_angle = min(cell.angle_deg, 180.0 - cell.angle_deg)
+    shape = float((b_fit / a_fit) / (cell.b_A / cell.a_A))
+    share, n = float("nan"), 0
+    if len(peaks) and len(columns) and len(sites):
+        inside = cKDTree(columns).query(peaks)[0] <= reach
+        n = int(inside.sum())
+        if n:
+            off = cKDTree(sites).query(peaks[inside])[0] > max(0.3 * dmin, CELL_SITE_TOL_A)
+            w = contrast[inside]
+            share = float(np.sum(w[off]) / np.sum(w)) if np.sum(w) > 0 else float(np.mean(off))
+    # a share of a few peaks says nothing (1 of 4 on a 25 Å crystal at 10² e⁻/Å²)
+    off_sites = n >= MIN_GRAIN_PEAKS and share > CELL_OFF_SITE_SHARE
+    off_shape = abs(np.log(shape)) > np.log1p(CELL_SHAPE_TOL)
+    off_angle = abs(angle - cell_angle) > CELL_ANGLE_DEG
+    return {
+        "cell": cell.name,
+        "matches": not (off_sites or off_shape or off_angle),
+        "off_site_share": share,
+        "n_peaks": n,
+        "shape_ratio": shape,
+        "angle_diff_deg": angle - cell_angle,
+    }
+
+
+# the built-in CsPbBr3 zone axes, their CLI names and the other one to try on a mismatch
+_ZONES = {"[001]": ("cspbbr3", "[011]"), "[011]": ("cspbbr3_011", "[001]")}
+
+
+def _zone_of(cell: ProjectedCell) -> str | None:
+    """``"[001]"`` / ``"[011]"`` for a CsPbBr3 cell (built-in, or a database cell named
+    CsPbBr3_100 / _001 / _011 / _110 / ...), else None."""
+    name = cell.name.lower().replace(" ", "")
+    if "cspbbr3" not in name:
+        return None
+    if "[011]" in name or "011" in name.rsplit("cspbbr3", 1)[-1] or "110" in name:
+        return "[011]"
+    return "[001]"
+
+
+def _describe(m: dict[str, Any]) -> str:
+    share = m["off_site_share"]
+    txt = (
+        f"{share:.0%} of the {m['n_peaks']} peaks among its columns off its sites"
+        if np.isfinite(share)
+        else "no peaks to compare"
+    )
+    return (
+        f"{txt}, fitted lattice b/a {m['shape_ratio']:.2f} × the cell's, angle "
+        f"{abs(m['angle_diff_deg']):.1f}° off"
+    )
+
+
+def _warn_cell_mismatch(
+    img: Image, cell: ProjectedCell, match: dict[str, Any], **options: Any
+) -> None:
+    """Warn that ``cell`` does not explain the image; for a CsPbBr3 cell try the other
+    built-in zone axis and name it (``match["alternative"]``, ``match["suggested"]``) when
+    it does."""
+    from perovstem.atoms.cell import cspbbr3_001_cell, cspbbr3_011_cell
+
+    zone = _zone_of(cell)
+    hint = ""
+    match["suggested"] = None
+    if zone is not None:
+        other = _ZONES[zone][1]
+        a0 = cell.a_A  # the pseudo-cubic a₀ of both built-in cells (and of a database cell)
+        alt_cell = cspbbr3_011_cell(a0) if other == "[011]" else cspbbr3_001_cell(a0)
+        opts = dict(options)
+        opts["reference_type"] = None  # the given cell's type names are not the other's
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                alt = find_columns(img, cell=alt_cell, check_cell=False, **opts)
+            am = dict(alt.attrs["cell_check"])
+        except (DataError, ParameterError) as err:
+            am = {"cell": alt_cell.name, "matches": False, "error": str(err)}
+        am["cli"] = _ZONES[other][0]
+        match["alternative"] = am
+        if am["matches"]:
+            match["suggested"] = am["cli"]
+            make = "cspbbr3_011_cell()" if other == "[011]" else "cspbbr3_001_cell()"
+            hint = (
+                f"; the CsPbBr3 {other} cell explains it ({_describe(am)}): the crystal "
+                f"looks to be seen along {other}: use {make} (CLI --cell {am['cli']})"
+            )
+        else:
+            why = am.get("error") or _describe(am)
+            hint = f"; the CsPbBr3 {other} cell does not either ({why})"
+    warnings.warn(
+        f"the cell {cell.name!r} does not explain the image ({_describe(match)}): another "
+        f"zone axis, phase or cell, or a failed lattice fit{hint}.  The columns returned are "
+        "those of the given cell (types not relabelled)",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _unindexed_crystals(
@@ -1283,10 +1502,17 @@ def _find_grains(
         if second is not None and max(f[0] for f in second[1]) > n_first:
             first = second
     if first is None:
+        zone = _zone_of(cell)
+        other = (
+            f" (the zone axis: for CsPbBr3 seen along {_ZONES[zone][1]} use "
+            f"--cell {_ZONES[_ZONES[zone][1]][0]})"
+            if zone is not None
+            else ""
+        )
         raise DataError(
             f"could not fit the cell lattice: no peak pairs match the {ref!r} sublattice of the "
             f"cell (a = {cell.a_A:.3f} Å, b = {cell.b_A:.3f} Å; found {len(xyb)} reference "
-            "peaks); check the pixel size and the cell"
+            f"peaks); check the pixel size and the cell{other}"
         )
     grains: list[dict] = []
     free = np.ones(len(xyb), bool)

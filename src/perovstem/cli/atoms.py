@@ -155,6 +155,7 @@ def fit(
         start = read_table(positions)
     else:
         start = find_columns(obj, cell=_cell_arg(cell), separation_A=separation, n_types=n_types)
+        _refuse_other_zone(image, cell, start.attrs.get("cell_check"))
     if scs == "voronoi":
         from perovstem.atoms import voronoi_intensities
 
@@ -174,11 +175,18 @@ def fit(
         )
         seconds = time.perf_counter() - t0
     df.attrs["source"] = str(image)
+    if "cell_check" in start.attrs:  # does the cell explain the image (find_columns)
+        df.attrs["cell_check"] = start.attrs["cell_check"]
     save_table(df, out)
     from perovstem.plot.atoms import plot_columns
 
     ax = plot_columns(obj, df, title=f"{image.name}: {len(df)} columns")
     save_figure(ax.figure, overlay)
+    if "cell_check" in df.attrs:
+        from perovstem.atoms.find import _describe
+
+        chk = df.attrs["cell_check"]
+        console.print(f"cell {chk['cell']!r}: {_describe(chk)}")
     if scs == "voronoi":
         unit = "Å²" if df.attrs["normalized"] else "image units·Å² (not normalised)"
         console.print(
@@ -195,6 +203,28 @@ def fit(
         f"{len(df)} columns{where} ({df.converged.mean():.1%} converged, {df.attrs['n_iter']} sweeps, "
         f"{seconds:.2f} s); ρ: {rho_txt}; median position error "
         f"{df.x_err_A.median():.4f} Å → {out}, {overlay}"
+    )
+
+
+def _refuse_other_zone(image: Path, cell: str | None, check: dict | None) -> None:
+    """Stop when the image is unambiguously the other built-in CsPbBr3 zone axis.
+
+    ``find_columns`` warned and tried the other cell (``check["suggested"]``): the given
+    cell leaves many peaks off its sites (or needs another lattice shape) and the other
+    explains them, so the table would hold wrong columns and types (a [011] crystal with
+    the [001] cell: 61 % of the columns right, all of them typed PbBr / Br / Cs).
+    """
+    from perovstem.atoms.find import _describe
+    from perovstem.errors import DataError
+
+    if not check or not check.get("suggested"):
+        return
+    alt = check["alternative"]
+    raise DataError(
+        f"{str(image)!r}: the cell {check['cell']!r} (--cell {cell}) does not explain the "
+        f"image ({_describe(check)}), the cell {alt['cell']!r} does ({_describe(alt)}): "
+        f"the crystal looks to be seen along another zone axis; rerun with --cell "
+        f"{check['suggested']}"
     )
 
 

@@ -409,6 +409,21 @@ def _quiet_tifffile() -> Any:
         log.setLevel(level)
 
 
+def _finite_box(finite: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """Rows and columns ``(r0, r1), (c0, c1)`` (end exclusive) of a 2-D image whose
+    non-finite pixels fill whole rows and columns at its border only (a registered or
+    drift-corrected export pads shifted frames with NaN), else None (NaN inside, a
+    non-rectangular border, or nothing finite)."""
+    rows = np.flatnonzero(finite.any(axis=1))
+    cols = np.flatnonzero(finite.any(axis=0))
+    if len(rows) == 0 or len(cols) == 0:
+        return None
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    if not finite[r0:r1, c0:c1].all():
+        return None
+    return (r0, r1), (c0, c1)
+
+
 def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: str | None) -> Any:
     data = rec["data"]
     md = dict(rec.get("metadata", {}))
@@ -457,11 +472,44 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
         raise DataError(
             f"{str(path)!r}: expected a 2-D image or a 3-D stack, got shape {data.shape}"
         )
+    origin = (0.0, 0.0)
     if not hasattr(data, "dask"):
         a = np.asarray(data)
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-            n_bad = int((~np.isfinite(a)).sum())
-            raise DataError(f"{str(path)!r}: image contains {n_bad} NaN/inf value(s)")
+            fin = np.isfinite(a)
+            n_bad = int((~fin).sum())
+            box = _finite_box(fin) if a.ndim == 2 and kind in (None, "image") else None
+            if box is None:
+                raise DataError(
+                    f"{str(path)!r}: image contains {n_bad} NaN/inf value(s)"
+                    + (
+                        " (not only in whole border rows/columns, which are cropped): crop "
+                        "the image to its finite part"
+                        if a.ndim == 2
+                        else ""
+                    )
+                )
+            (r0, r1), (c0, c1) = box
+            data = a[r0:r1, c0:c1]
+            origin = (c0 * px, r0 * px)
+            md = {
+                **md,
+                "cropped_nonfinite_border": {
+                    "file_shape": [int(v) for v in a.shape],
+                    "rows": [r0, r1],
+                    "cols": [c0, c1],
+                    "n_nonfinite": n_bad,
+                },
+            }
+            warnings.warn(
+                f"{str(path)!r}: {n_bad} NaN/inf value(s) fill whole border rows/columns (a "
+                f"drift-corrected or registered export?): the image is cropped to its finite "
+                f"part, rows {r0}–{r1 - 1} and columns {c0}–{c1 - 1} of {a.shape[0]}×"
+                f"{a.shape[1]} px; positions stay in the file's frame (origin "
+                f"{origin[0]:.4g}, {origin[1]:.4g} Å)",
+                UserWarning,
+                stacklevel=3,
+            )
         if a.dtype.kind not in "biuf":
             raise DataError(f"{str(path)!r}: unsupported data type {a.dtype}")
     if data.ndim == 2 or kind == "image":
@@ -470,7 +518,12 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
                 f"{str(path)!r}: kind='image' but the file holds {data.shape[0]} frames"
             )
         return Image(
-            data, px, dose_e_per_A2=rec.get("dose_e_per_A2"), time_s=_one_time(rec), metadata=md
+            data,
+            px,
+            dose_e_per_A2=rec.get("dose_e_per_A2"),
+            time_s=_one_time(rec),
+            origin_A=origin,
+            metadata=md,
         )
     angles = rec.get("angles_deg")
     if kind == "tilt" or (kind is None and angles is not None):

@@ -135,6 +135,8 @@ def atoms_fit(ctx: Any, image: Any, positions: Any = None) -> dict[str, Any]:
     columns = api(FIT)(
         img, positions[cols], width=p["width"], background=p["background"], noise=p["noise"]
     )
+    if "cell_check" in positions.attrs:  # does the cell explain the image (find_columns)
+        columns.attrs["cell_check"] = positions.attrs["cell_check"]
     from perovstem.plot.overview import plot_image
 
     ax = plot_image(
