@@ -1241,7 +1241,11 @@ def _coupled_polish(
     scatter of an estimator over its nuisance parameters (the shifts), not a fixed point.  So the returned axis is the mean of the ``rounds + 1`` converged estimates,
     and σ adds their sample standard deviation (not divided by √n: successive rounds
     share the data and are correlated) in quadrature to the first final search's σ
-    (``phi_err``: its batch and split terms and the 30 → 90 iteration change).
+    (``phi_err``: its batch and split terms and the 30 → 90 iteration change).  The
+    repeated searches walk their 1° grid downhill from the previous minimum
+    (``_COUPLED_DESCEND``; the same minima where the criterion is unimodal on that grid:
+    bit-identical on 24 tune/held-out cubes and the ETSpy needle, 4 fewer converged
+    reconstructions per ``align``).
 
     Returns
     -------
