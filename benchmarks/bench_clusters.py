@@ -186,7 +186,40 @@ SETS = {
         )
         for s in range(81, 85)
     ],  # fmt: skip
+    # new sets for the temporal pass (urecall), looked at once: the held-out recipe and
+    # the 280 K recipe of tune280 on unused seeds
+    "new181": [(s, _cond(s)) for s in range(181, 189)],
+    "new280": [
+        (
+            s,
+            {
+                "edge": (55.0, 40.0)[s % 2],
+                "rate": (3e3, 6e3)[(s // 2) % 2],
+                "temp": 280.0,
+                "px": 0.5,
+            },
+        )
+        for s in range(191, 197)
+    ],  # fmt: skip
+    # the same two recipes again, for the pass's second version (looked at once)
+    "new231": [(s, _cond(s)) for s in range(231, 239)],
+    "new241": [
+        (
+            s,
+            {
+                "edge": (55.0, 40.0)[s % 2],
+                "rate": (3e3, 6e3)[(s // 2) % 2],
+                "temp": 280.0,
+                "px": 0.5,
+            },
+        )
+        for s in range(241, 247)
+    ],  # fmt: skip
 }
+
+
+#: the sets of a full run (new181 / new280 on request)
+DEFAULT_SETS = ["tune", "tune280", "holdout", "fresh", "big280", "px04"]
 
 
 def run_set(cases, splits=(False, True), carry=True, series=True):
@@ -433,7 +466,7 @@ def main():
     import numba
     import scipy
 
-    sets = sys.argv[1].split(",") if len(sys.argv) > 1 else list(SETS)
+    sets = sys.argv[1].split(",") if len(sys.argv) > 1 else DEFAULT_SETS
     unknown = [s for s in sets if s not in SETS]
     if unknown:
         sys.exit(

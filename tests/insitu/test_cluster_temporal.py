@@ -127,12 +127,17 @@ def test_low_significance_and_first_last_frames(seed):
         _cand(5, *pos[5], 2.0),  # last frame: only frame 4 holds a detection (1 of 2)
     ]
     d, c = _tables(dets, cands)
-    out = temporal_clusters(d, c, drift=dr)
-    new = out[out["temporal"]]
-    assert new["frame"].tolist() == [0]
-    # the significance floor is what drops frame 3's candidate
+    # default: support on both sides of the frame (frame 3: frames 2 and 4), so the
+    # first and last frames are never filled; frame 3's candidate is below hi/2
+    assert not temporal_clusters(d, c, drift=dr)["temporal"].any()
     out0 = temporal_clusters(d, c, drift=dr, min_significance=0.0)
-    assert sorted(out0.loc[out0["temporal"], "frame"]) == [0, 3]
+    assert out0.loc[out0["temporal"], "frame"].tolist() == [3]
+    # one-sided support allowed: the first frame is filled from frames 1 and 2 (2 of 2),
+    # the last is not (only frame 4: 1 of 2)
+    out1 = temporal_clusters(d, c, drift=dr, both_sides=False)
+    assert out1.loc[out1["temporal"], "frame"].tolist() == [0]
+    out2 = temporal_clusters(d, c, drift=dr, both_sides=False, min_significance=0.0)
+    assert sorted(out2.loc[out2["temporal"], "frame"]) == [0, 3]
     # a reason outside `reasons` is not kept
     c2 = c.copy()
     c2["reason"] = "peak"

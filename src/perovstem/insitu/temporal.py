@@ -37,6 +37,8 @@ from perovstem.errors import DataError, ParameterError
 
 __all__ = ["temporal_clusters"]
 
+PB_FCC_A = 4.95  # Å, fcc Pb lattice parameter (equal-volume cluster radius)
+
 #: drop reasons of :data:`~perovstem.insitu.clusters.CANDIDATE_COLUMNS` that the pass
 #: may keep (segments that were significant peaks of a cluster size or just below the
 #: integrated threshold; not "peak", "texture", "compact")
@@ -79,6 +81,7 @@ def temporal_clusters(
     drift: pd.DataFrame | None = None,
     window: int = 2,
     min_support: int = 2,
+    both_sides: bool = True,
     reach_A: float = 5.0,
     min_significance: float = 3.0,
     reasons: tuple[str, ...] = TEMPORAL_REASONS,
@@ -107,6 +110,11 @@ def temporal_clusters(
         ``reach_A`` of the candidate's position (≥ 1).  The first and last frames have
         a one-sided window (w frames), so they need the same number of supporting frames
         out of fewer.
+    both_sides : bool
+        The supporting frames must lie on both sides of frame k (an interpolation inside
+        a track: a cluster seen before and after frame k was there in frame k).  One-sided
+        support extrapolates before a cluster's birth or after it merged or vanished, and
+        the first and last frames of the series are then never filled.
     reach_A : float
         Largest distance (Å) between the candidate and a supporting detection, after the
         drift (the scoring's match distance for a 10–40-atom cluster).
@@ -172,6 +180,10 @@ def temporal_clusters(
         return df[["x_A", "y_A"]].to_numpy(float) - s
 
     det_f = clusters["frame"].to_numpy(int)
+    # a candidate within a kept detection's own reach in its frame is part of that
+    # cluster: max(reach_A, R + 2 Å), R the equal-volume fcc radius of its count
+    n_det = np.clip(np.nan_to_num(clusters["n_atoms"].to_numpy(float)), 0, None)
+    own_reach = np.maximum(reach_A, (3 * n_det * PB_FCC_A**3 / (16 * np.pi)) ** (1 / 3) + 2.0)
     det_xy = sample_xy(clusters)
     by_frame = {int(f): np.flatnonzero(det_f == f) for f in np.unique(det_f)}
     c_xy = sample_xy(cand)
@@ -183,9 +195,10 @@ def temporal_clusters(
         if k in bad:
             continue
         own = by_frame.get(k, np.zeros(0, int))
-        if len(own) and np.hypot(*(det_xy[own] - c_xy[j]).T).min() < reach_A:
+        if len(own) and np.any(np.hypot(*(det_xy[own] - c_xy[j]).T) < own_reach[own]):
             continue
         linked = []
+        sides = set()
         for kk in range(k - window, k + window + 1):
             if kk == k or kk in bad or kk not in by_frame:
                 continue
@@ -193,7 +206,8 @@ def temporal_clusters(
             d = np.hypot(*(det_xy[idx] - c_xy[j]).T)
             if d.min() < reach_A:
                 linked.append(int(idx[np.argmin(d)]))
-        if len(linked) >= min_support:
+                sides.add(kk > k)
+        if len(linked) >= min_support and (len(sides) == 2 or not both_sides):
             picks.append((j, len(linked), linked))
     if not picks:
         return out.sort_values("frame", kind="stable").reset_index(drop=True)
