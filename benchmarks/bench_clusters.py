@@ -65,9 +65,7 @@ from perovstem.insitu import (  # noqa: E402
     detect_clusters,
     estimate_lattice,
     projected_objects,
-    register_drift,
     score_detections,
-    temporal_clusters,
 )
 from perovstem.insitu.clusters import _cell_average, _lattice_opening  # noqa: E402
 
@@ -186,53 +184,16 @@ SETS = {
         )
         for s in range(81, 85)
     ],  # fmt: skip
-    # new sets for the temporal pass (urecall), looked at once: the held-out recipe and
-    # the 280 K recipe of tune280 on unused seeds
-    "new181": [(s, _cond(s)) for s in range(181, 189)],
-    "new280": [
-        (
-            s,
-            {
-                "edge": (55.0, 40.0)[s % 2],
-                "rate": (3e3, 6e3)[(s // 2) % 2],
-                "temp": 280.0,
-                "px": 0.5,
-            },
-        )
-        for s in range(191, 197)
-    ],  # fmt: skip
-    # the same two recipes again, for the pass's second version (looked at once)
-    "new231": [(s, _cond(s)) for s in range(231, 239)],
-    "new241": [
-        (
-            s,
-            {
-                "edge": (55.0, 40.0)[s % 2],
-                "rate": (3e3, 6e3)[(s // 2) % 2],
-                "temp": 280.0,
-                "px": 0.5,
-            },
-        )
-        for s in range(241, 247)
-    ],  # fmt: skip
 }
 
 
-#: the sets of a full run (new181 / new280 on request)
-DEFAULT_SETS = ["tune", "tune280", "holdout", "fresh", "big280", "px04"]
-
-
-def run_set(cases, splits=(False, True), carry=True, series=True):
+def run_set(cases, splits=(False, True), carry=True):
     """Score ``detect_clusters`` on the series of ``cases``; ``carry``: a frame whose
     clusters cover the crystal right after a frame that measured the host's empty-site
     ratio gets the median ratio of the earlier frames as ``host_reference`` (as
-    ``analyze_series`` does).  ``series``: the split mode's detections of each series
-    also go through :func:`temporal_clusters` (drift from :func:`register_drift` on the
-    series, as the pipeline registers), scored per frame as ``split_series``."""
+    ``analyze_series`` does)."""
     out = {sp: {"tp": 0, "fp": 0, "fn": 0, "counts": [], "misses": [], "t": 0.0, "nf": 0}
-           for sp in (*splits, "series")}  # fmt: skip
-    added = {"rows": 0, "first_last_frame": 0, "tp": 0, "fp": 0, "neutral": 0,
-             "counts_within_15pct": [], "within_2sigma": [], "t_register": 0.0}  # fmt: skip
+           for sp in splits}  # fmt: skip
     for seed, c in cases:
         px = c["px"]
         _, s, truth = kmc_imaged(
@@ -246,32 +207,22 @@ def run_set(cases, splits=(False, True), carry=True, series=True):
         field = (data.shape[1] - 1) * px
         refs = {sp: [] for sp in splits}
         prev = dict.fromkeys(splits, False)
-        ser_dets, ser_cands, hosts = [], [], []
         for k in range(len(data)):
             img = Image(data[k], px, dose_e_per_A2=float(np.asarray(s.dose_e_per_A2)[k]))
             tk = truth["clusters"][truth["clusters"]["frame"] == k]
             host = _host_mask(data[k], px, la, ang)
-            hosts.append(host)
             for sp in splits:
-                cand_kw = {"return_candidates": True, "frame": k} if (sp and series) else {}
                 t0 = time.perf_counter()
-                det = detect_clusters(img, split=sp, **kw, **cand_kw)
-                if cand_kw:
-                    det, cand = det
+                det = detect_clusters(img, split=sp, **kw)
                 st = det.attrs["host_model"]
                 if carry and st == "no_reference" and prev[sp]:
                     ref = float(np.median(refs[sp]))
-                    det = detect_clusters(img, split=sp, host_reference=ref, **kw, **cand_kw)
-                    if cand_kw:
-                        det, cand = det
+                    det = detect_clusters(img, split=sp, host_reference=ref, **kw)
                 elif st == "lattice":
                     refs[sp].append(det.attrs["host_empty_site_ratio"])
                 prev[sp] = st == "lattice"
                 o = out[sp]
                 o["t"] += time.perf_counter() - t0
-                if cand_kw:
-                    ser_dets.append(det)
-                    ser_cands.append(cand)
                 o["nf"] += 1
                 a, b, cc, cnt, mis = score_frame(det, tk, field, host)
                 o["tp"] += a
@@ -279,67 +230,7 @@ def run_set(cases, splits=(False, True), carry=True, series=True):
                 o["fn"] += cc
                 o["counts"] += cnt
                 o["misses"] += mis
-        if ser_dets:
-            t0 = time.perf_counter()
-            drift = register_drift(s, pixel_size_A=px)
-            t1 = time.perf_counter()
-            res = temporal_clusters(
-                pd.concat(ser_dets, ignore_index=True),
-                pd.concat(ser_cands, ignore_index=True),
-                drift=drift,
-            )
-            o = out["series"]
-            o["t"] += time.perf_counter() - t1
-            o["nf"] += len(data)
-            added["t_register"] += t1 - t0
-            added["rows"] += int(res["temporal"].sum())
-            added["first_last_frame"] += int(
-                (res["temporal"] & res["frame"].isin([0, len(data) - 1])).sum()
-            )
-            for k in range(len(data)):
-                tk = truth["clusters"][truth["clusters"]["frame"] == k]
-                dk = res[res["frame"] == k].reset_index(drop=True)
-                a, b, cc, cnt, mis = score_frame(dk, tk, field, hosts[k])
-                o["tp"] += a
-                o["fp"] += b
-                o["fn"] += cc
-                o["counts"] += cnt
-                o["misses"] += mis
-                # the added rows alone: hit / false / neutral, and their counts
-                new = dk[dk["temporal"]].index
-                if len(new):
-                    sc = score_detections(dk, truth_objects(tk))
-                    hit = dict((j, i) for i, j in sc["pairs"])
-                    for j in new:
-                        if j in hit:
-                            added["tp"] += 1
-                            n = float(sc["objects"].loc[hit[j], "n_atoms"])
-                            nd = float(dk.loc[j, "n_atoms"])
-                            added["counts_within_15pct"].append(abs(nd / n - 1) < 0.15)
-                            added["within_2sigma"].append(
-                                abs(nd - n) <= 2 * float(dk.loc[j, "n_atoms_err"])
-                            )
-                    # false detections this pass added (fp of the frame after minus before)
-                    before = score_detections(dk[~dk["temporal"]].reset_index(drop=True),
-                                              truth_objects(tk))["fp"]  # fmt: skip
-                    added["fp"] += sc["fp"] - before
-    added_n = len(added["counts_within_15pct"])
-    summ = {
-        ("split" if sp else "watershed"): _summary(o) for sp, o in out.items() if sp != "series"
-    }
-    if series and True in splits:
-        summ["split_series"] = _summary(out["series"])
-        summ["split_series"]["s_per_frame"] = round(
-            out["series"]["t"] / max(out["series"]["nf"], 1), 5
-        )
-        summ["split_series"]["temporal_rows"] = {
-            "added": added["rows"], "in_first_or_last_frame": added["first_last_frame"],
-            "hits": added["tp"], "false": added["fp"],
-            "counts_within_15pct": round(float(np.mean(added["counts_within_15pct"])), 3) if added_n else None,
-            "within_2sigma": round(float(np.mean(added["within_2sigma"])), 3) if added_n else None,
-            "register_s_per_frame": round(added["t_register"] / max(out["series"]["nf"], 1), 4),
-        }  # fmt: skip
-    return summ
+    return {("split" if sp else "watershed"): _summary(o) for sp, o in out.items()}
 
 
 def _summary(o):
@@ -466,7 +357,7 @@ def main():
     import numba
     import scipy
 
-    sets = sys.argv[1].split(",") if len(sys.argv) > 1 else DEFAULT_SETS
+    sets = sys.argv[1].split(",") if len(sys.argv) > 1 else list(SETS)
     unknown = [s for s in sets if s not in SETS]
     if unknown:
         sys.exit(

@@ -8,7 +8,6 @@ per-frame detection → :func:`track_clusters` → lineage → :mod:`perovstem.q
 from perovstem.insitu._frames import frame_quality, iter_frames
 from perovstem.insitu.analysis import InsituResult, analyze_series, pb0_falls_later, shift_frame
 from perovstem.insitu.clusters import (
-    CANDIDATE_COLUMNS,
     CLUSTER_COLUMNS,
     atoms_from_scs,
     cluster_scs_library,
@@ -41,7 +40,6 @@ from perovstem.insitu.register import (
     phase_correlate,
     register_drift,
 )
-from perovstem.insitu.temporal import temporal_clusters
 from perovstem.insitu.tracking import lineage_events, track_clusters
 
 __all__ = [
@@ -51,13 +49,11 @@ __all__ = [
     "analyze_series",
     "pb0_falls_later",
     "shift_frame",
-    "CANDIDATE_COLUMNS",
     "CLUSTER_COLUMNS",
     "atoms_from_scs",
     "cluster_scs_library",
     "detect_clusters",
     "persistent_clusters",
-    "temporal_clusters",
     "estimate_lattice",
     "fourfold_ratio",
     "unit_cell_average",

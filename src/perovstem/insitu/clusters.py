@@ -287,7 +287,6 @@ __all__ = [
     "persistent_clusters",
     "cluster_scs_library",
     "atoms_from_scs",
-    "CANDIDATE_COLUMNS",
     "CLUSTER_COLUMNS",
 ]
 
@@ -308,26 +307,6 @@ CLUSTER_COLUMNS = [
     "n_atoms_err_stat",
     "host_fraction",
     "host_ok",
-]
-
-#: Columns of the second table of ``detect_clusters(..., return_candidates=True)``: the segments
-#: dropped in one frame.  ``n_atoms`` / ``n_atoms_err``: the count that decided (the
-#: aperture count where one was made, else the segment's sum) and its 1σ error;
-#: ``n_atoms_segment``: the segment's sum on the map it was counted on (E, or the
-#: host-free map D; NaN where not measured); ``significance``: integrated excess over
-#: its error (the detection test, ``threshold_sigma``); ``reason``: ``"peak"`` (no pixel
-#: above ``threshold_sigma``), ``"significance"``, ``"texture"`` (peak below the host
-#: texture), ``"min_atoms"``, ``"compact"``, ``"host_patch"`` (steps 4c/4d).
-CANDIDATE_COLUMNS = [
-    "frame",
-    "x_A",
-    "y_A",
-    "n_atoms",
-    "n_atoms_err",
-    "n_atoms_segment",
-    "significance",
-    "host_fraction",
-    "reason",
 ]
 
 PB_FCC_A = _mk.PB_FCC_A  # Å, fcc Pb lattice parameter (one definition, in _markers)
@@ -1831,65 +1810,6 @@ def _plateau_patch(
     return out
 
 
-def _candidate_table(
-    dropped: list[tuple],
-    late: pd.DataFrame | None,
-    late_why: np.ndarray | None,
-    *,
-    frame: int,
-    px: float,
-    g: float,
-    dose: float | None,
-    library: pd.DataFrame,
-) -> pd.DataFrame:
-    """The dropped segments of one frame as :data:`CANDIDATE_COLUMNS` (counts → atoms)."""
-    if dose is None:
-        return pd.DataFrame({c: pd.Series(dtype=float) for c in CANDIDATE_COLUMNS})
-    parts = []
-    if dropped:
-        arr = np.array([d[:7] for d in dropped], float)
-        scs = np.clip(arr[:, 2], 0, None) / (g * dose)
-        n = atoms_from_scs(scs, library)
-        dn = atoms_from_scs(scs + arr[:, 3] / (g * dose), library) - n
-        rel2 = SEGMENT_REL_ERR**2 + COUNT_MODEL_REL_ERR**2
-        parts.append(
-            pd.DataFrame(
-                {
-                    "x_A": arr[:, 0] * px,
-                    "y_A": arr[:, 1] * px,
-                    "n_atoms": n,
-                    "n_atoms_err": np.sqrt(dn**2 + rel2 * n**2),
-                    "n_atoms_segment": atoms_from_scs(
-                        np.clip(arr[:, 4], 0, None) / (g * dose), library
-                    ),
-                    "significance": arr[:, 5],
-                    "host_fraction": arr[:, 6],
-                    "reason": [d[7] for d in dropped],
-                }
-            )
-        )
-    if late is not None and len(late):
-        parts.append(
-            pd.DataFrame(
-                {
-                    "x_A": late["x_A"].to_numpy(float),
-                    "y_A": late["y_A"].to_numpy(float),
-                    "n_atoms": late["n_atoms"].to_numpy(float),
-                    "n_atoms_err": late["n_atoms_err"].to_numpy(float),
-                    "n_atoms_segment": np.nan,
-                    "significance": np.nan,
-                    "host_fraction": late["host_fraction"].to_numpy(float),
-                    "reason": list(late_why),
-                }
-            )
-        )
-    if not parts:
-        return pd.DataFrame({c: pd.Series(dtype=float) for c in CANDIDATE_COLUMNS})
-    out = pd.concat(parts, ignore_index=True)
-    out.insert(0, "frame", int(frame))
-    return out[CANDIDATE_COLUMNS]
-
-
 def detect_clusters(
     image: Any,
     *,
@@ -1911,8 +1831,7 @@ def detect_clusters(
     split: bool = True,
     frame: int = 0,
     host_reference: float | None = None,
-    return_candidates: bool = False,
-) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+) -> pd.DataFrame:
     """Detect bright Pb clusters in one HAADF frame and count their atoms.
 
     Parameters
@@ -1966,11 +1885,6 @@ def detect_clusters(
         frame cannot measure its own because clusters cover the crystal (else
         ``"no_reference"``: every segment reads Pb-like and host Pb is counted as clusters);
         ``attrs["host_reference_used"]`` says when it was.  None or NaN: no reference.
-    return_candidates : bool
-        Also return the segments that were dropped (:data:`CANDIDATE_COLUMNS`; only with
-        a dose, else empty), for a temporal pass over a series
-        (:func:`~perovstem.insitu.temporal_clusters`).  The detections are the same
-        either way.
 
     Returns
     -------
@@ -1996,8 +1910,6 @@ def detect_clusters(
         measure kappa_h: crystal gone or covered by clusters, and no ``host_reference``),
         ``"no_segments"`` or ``"off"`` (``host_test=False``), and ``host_reference_used``
         (kappa_h is ``host_reference``, not measured on this frame).
-    DataFrame
-        Only with ``return_candidates``: the dropped segments (:data:`CANDIDATE_COLUMNS`).
     """
     refuse_text_numbers(locals())
     data, px, dose, g, off = _calibration(image, pixel_size_A, dose_e_per_A2, gain, offset)
@@ -2059,9 +1971,6 @@ def detect_clusters(
     mask = apply_hysteresis_threshold(z, lo, hi)
     rows = []
     host_free_rows: list[tuple] = []
-    # segments dropped on the way (return_candidates): (x_px, y_px, count, err, segment
-    # count, significance, host_fraction, reason), counts in detector counts
-    dropped: list[tuple] = []
     kappa_h = np.nan
     host_status = "no_segments" if host_test else "off"
     host_carried = False
@@ -2267,24 +2176,11 @@ def detect_clusters(
         if tot_keep is None:
             tot_keep, err_keep = tot, err
         keep = (npx > 0) & (zpk >= hi) & (tot_keep >= threshold_sigma * err_keep)
-        signif = tot_keep / np.where(err_keep > 0, err_keep, np.inf)
-        if return_candidates:
-            for i in np.flatnonzero((npx > 0) & ~keep):
-                why = "peak" if zpk[i] < hi else "significance"
-                dropped.append((cx[i], cy[i], tot[i], err[i], tot[i], signif[i],
-                                host_frac[i], why))  # fmt: skip
         if host_test and keep.any():
             # host texture (step 4d): on the crystal plateau the peak must also stand out
             # of the frame's host texture
-            keep_t = keep & (
-                _textured_peak(e, m, sigma_map, level, mask_b, box, lab_px, sel, k,
-                               a_px=a_px) >= hi
-            )  # fmt: skip
-            if return_candidates:
-                for i in np.flatnonzero(keep & ~keep_t):
-                    dropped.append((cx[i], cy[i], tot[i], err[i], tot[i], signif[i],
-                                    host_frac[i], "texture"))  # fmt: skip
-            keep = keep_t
+            keep &= _textured_peak(e, m, sigma_map, level, mask_b, box, lab_px, sel, k,
+                                   a_px=a_px) >= hi  # fmt: skip
         # centroids near the marker, not over a segment that follows a crystal plateau
         # (kept segments only: the others are not reported)
         mpos = np.argwhere(markers > 0)
@@ -2326,14 +2222,8 @@ def detect_clusters(
                 prev_out=tot_prev,
             )  # fmt: skip
             if dose is not None:
-                below = keep & on_d_below(tot_prev * d_count, _counts_to_atoms(lib, g * dose),
+                keep = keep & ~on_d_below(tot_prev * d_count, _counts_to_atoms(lib, g * dose),
                                           min_atoms)  # fmt: skip
-                if return_candidates:
-                    for i in np.flatnonzero(below):
-                        e_i = np.hypot(err_ap[i] * d_err_scale, bg_ap[i])
-                        dropped.append((cx[i], cy[i], tot_ap[i] * d_count[i], e_i, tot[i],
-                                        signif[i], host_frac[i], "min_atoms"))  # fmt: skip
-                keep = keep & ~below
             good = keep & np.isfinite(tot_ap)
             # D reads the cluster's own mass times (r_c - kappa_h)/(1 - kappa_h) (its
             # columns' registry with the empty sites, step 4b): the count on D is divided
@@ -2483,7 +2373,6 @@ def detect_clusters(
         rel2 = rel2 + np.where(df["host_ok"].to_numpy(bool), 0.0, UNSUPPORTED_REL_ERR**2)
         df["n_atoms_err"] = np.sqrt(dn**2 + rel2 * n**2)
         keep = df["n_atoms"] >= min_atoms
-        why = np.where(keep, "", "min_atoms").astype(object)
         if compact_test:
             # A Pb cluster is compact (fcc): its segment is not much larger than the
             # blurred disc of a compact cluster holding its atoms, and its excess peaks
@@ -2498,7 +2387,6 @@ def detect_clusters(
             # excess around it: only its D profile (peak) is tested
             big_area &= df["host_fraction"].to_numpy(float) == 0
             keep &= ~(big_area | (peak_ratio < 1.5))
-            why = np.where((why == "") & ~keep.to_numpy(bool), "compact", why)
         if host_test and len(df):
             # host-lattice contrast veto (step 4c): a detection counted on E whose disc
             # shows the host's full fringe contrast is a host patch
@@ -2508,10 +2396,6 @@ def detect_clusters(
             # host patches on the crystal plateau by their fringe contrast (step 4d)
             keep &= ~_plateau_patch(df, keep.to_numpy(bool), a - off, (m - e) > 0.25 * level,
                                     px=px, a_px=a_px, angle_deg=float(lattice_angle_deg))  # fmt: skip
-            why = np.where((why == "") & ~keep.to_numpy(bool), "host_patch", why)
-        if return_candidates:
-            late = df[~keep.to_numpy(bool)]
-            late_why = why[~keep.to_numpy(bool)]
         df = df[keep]
     else:
         df["scs_A2"] = np.nan
@@ -2520,10 +2404,6 @@ def detect_clusters(
         df["n_atoms_err"] = np.nan
         df["n_atoms_err_stat"] = np.nan
     df = df[CLUSTER_COLUMNS].reset_index(drop=True)
-    if return_candidates:
-        cand = _candidate_table(dropped, late if dose is not None else None,
-                                late_why if dose is not None else None, frame=frame, px=px,
-                                g=g, dose=dose, library=lib)  # fmt: skip
     df.attrs.update(
         {
             "noise_sigma": sigma,
@@ -2536,8 +2416,6 @@ def detect_clusters(
             "host_reference_used": host_carried,
         }
     )
-    if return_candidates:
-        return df, cand
     return df
 
 
