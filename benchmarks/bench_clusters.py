@@ -140,6 +140,7 @@ def _host_mask(frame, px, la, ang):
         return bool(host[_rc(x, y)])
 
     on_host.edge_A = lambda x, y: float(dist[_rc(x, y)])
+    on_host.mask = host
     return on_host
 
 

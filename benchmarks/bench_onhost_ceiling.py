@@ -30,6 +30,18 @@ template (``joint_fcc``), ``BENCH_JOINT_R=1`` one with its radius scanned (0.8/1
 ``BENCH_JOINT_TRUTH=1`` (the template at the nearest truth cluster's centre and size).  An aperture whose centre is off
 the crystal mask is not fitted and keeps the detector's count.
 
+Session 18 (ucount8, the masked host fit): ``masked`` — at every aperture on the crystal
+mask the host columns are fitted with the clusters' footprints masked out (disc of the
+detector's radius + ``BENCH_MASK_MARGIN`` Å, default 2; a membrane prior per sublattice,
+``BENCH_MASK_SMOOTH``, default 0.01, tied only within the crystal side of a facet unless
+``BENCH_MASK_NOCRYSTAL=1``; :func:`perovstem.insitu._jointhost.masked_host`), the model
+subtracted in the window, and the detector's aperture and annulus measured on the cell
+average of the residual; ``mask_cl`` / ``mask_host`` the same fit applied to the
+noise-free clusters alone / host alone (``mask_host`` reported as quantiles of its signed
+atoms per truth atom).  ``BENCH_JOINT_SKIP=1`` runs it without the joint fits;
+``BENCH_OUT=path`` writes the summaries and the per-object rows (results of the session:
+``results/bench_onhost_ceiling_masked.json``).
+
 Run:  python benchmarks/bench_onhost_ceiling.py [SET[,SET...]]  (default tune,tune280;
 writes benchmarks/results/bench_onhost_ceiling.json for the default sets; ~4 min per
 series with the joint fits on 2 busy cores).
@@ -151,6 +163,67 @@ def _joint(
     return out
 
 
+# session 18 (ucount8): the masked host fit + aperture.  Margin of the mask around the
+# detection's radius (and around each other detection's), Å; smoothness of the column prior
+MASK_MARGIN_A = float(os.environ.get("BENCH_MASK_MARGIN", 2.0))
+MASK_SMOOTH = float(os.environ.get("BENCH_MASK_SMOOTH", 0.01))
+
+
+def _masked(raw, parts, orig, args, fit, kw, a_px, ang, profile, crystal=None):
+    """Masked host fit + aperture at every aperture in ``fit``: the host columns fitted
+    with the clusters' footprints masked out (:func:`perovstem.insitu._jointhost.masked_host`),
+    their model subtracted from the frame in the window (zero outside), and the detector's
+    own aperture and annulus measured on the cell average of that residual.  Returns one
+    array of aperture counts for the frame and one for each image of ``parts`` (the same
+    fit, sites, weights and mask, applied to a part of the frame); NaN where not fitted."""
+    regions, box, cx, cy, tot, npx, which = args
+    px, g, dose, lib = kw["px"], kw["g"], kw["dose"], kw["library"]
+    outs = [np.full(len(tot), np.nan) for _ in range(1 + len(parts))]
+    if dose is None or lib is None:
+        return outs
+    n0 = clusters.atoms_from_scs(np.clip(tot, 0, None) / (g * dose), lib)
+    r_px = clusters._fcc_radius_A(n0) / px
+    _masked.r_A = r_px * px
+    marg = MASK_MARGIN_A / px
+    idx = np.flatnonzero(which)
+    kw0 = dict(kw, alt=None, e_alt=None, crystal=None)
+    kw0.pop("ring_own", None)
+    kw0.pop("prev_out", None)
+    for i in np.flatnonzero(fit):
+        # the window holds the aperture, its ring, a cell for the cell average and 6 Å
+        half = int(np.ceil(r_px[i] + (kw["aperture_A"] + 3.0 + a_px * px + 6.0) / px))
+        oth = [
+            j
+            for j in idx
+            if j != i and max(abs(cx[j] - cx[i]), abs(cy[j] - cy[i])) < half + r_px[j] + marg
+        ]
+        models = None
+        for grow in (1.0, 1.5):  # a window crowded by clusters: once larger, else none
+            try:
+                (i0, j0), models = jh.masked_host(
+                    raw / g, cy[i], cx[i], half_px=int(grow * half), mask_px=r_px[i] + marg,
+                    others=np.array([[cy[j], cx[j]] for j in oth]).reshape(-1, 2),
+                    others_r=r_px[oth] + marg, a_px=a_px, angle_deg=ang, px=px,
+                    profile=profile, smooth=MASK_SMOOTH, parts=tuple(p / g for p in parts),
+                    crystal=crystal,
+                )  # fmt: skip
+                break
+            except ValueError:
+                continue
+        if models is None:  # not fitted: the detector's count stays (counted apart)
+            _masked.n_unfitted = getattr(_masked, "n_unfitted", 0) + 1
+            continue
+        one = np.zeros(len(tot), bool)
+        one[i] = True
+        for k, (img, mod) in enumerate(zip([raw, *parts], models, strict=True)):
+            res = np.zeros(raw.shape)
+            h, w = mod.shape
+            res[i0 : i0 + h, j0 : j0 + w] = img[i0 : i0 + h, j0 : j0 + w] - g * mod
+            mm = clusters._cell_average(res[None], a_px, ang)[0]
+            outs[k][i] = orig(mm, regions, box, cx, cy, tot, npx, one, raw, **kw0)[0][i]
+    return outs
+
+
 def series_profile(frame, dets, on_host, *, px, a_px, ang, gain, offset, n_win=4):
     """Column profile of a series fitted on ``n_win`` crystal windows of its first frame
     away from its detections (:func:`perovstem.insitu._jointhost.fit_profile`)."""
@@ -197,9 +270,18 @@ def run_set(cases):
         fit = which & np.array(
             [oh(x * kw["px"], y * kw["px"]) for x, y in zip(cx, cy, strict=True)]
         )
-        if not os.environ.get("BENCH_JOINT_NOBALL"):
+        m_fr, m_host, m_cl = _masked(
+            raw, (state["host"], state["cl"]), orig, (regions, box, cx, cy, tot, npx, which),
+            fit, kw, a_px, ang, state["profile"],
+            crystal=None if os.environ.get("BENCH_MASK_NOCRYSTAL") else oh.mask,
+        )  # fmt: skip
+        res.update(masked=m_fr, mask_host=m_host, mask_cl=m_cl)
+        res["r_A"] = np.where(fit, _masked.r_A, np.nan)
+        if os.environ.get("BENCH_JOINT_SKIP"):  # the masked fit only
+            pass
+        elif not os.environ.get("BENCH_JOINT_NOBALL"):
             res["joint_ball"] = _joint(raw, cx, cy, tot, fit, kw, a_px, ang, state["profile"])
-        for tag, cs, rs in VARIANTS:
+        for tag, cs, rs in [] if os.environ.get("BENCH_JOINT_SKIP") else VARIANTS:
             _joint.offsets = {}
             res[f"joint_{tag}"] = _joint(raw, cx, cy, tot, fit, kw, a_px, ang, state["profile"],
                                          template="fcc", column_scs=cs, radius_scales=rs,
@@ -282,6 +364,9 @@ def run_set(cases):
                         continue
                     row = {"n": float(n), "current": float(nd)}
                     for name, v in sums.items():
+                        if name == "r_A":  # the aperture's cluster radius, Å
+                            row[name] = float(v)
+                            continue
                         if not np.isfinite(v):  # a detection centre off the crystal mask:
                             # not fitted, the detector's count stays
                             row[name] = np.nan if name.endswith("_host") else float(nd)
@@ -312,8 +397,18 @@ def summary(rows):
         "joint_fccr",
         "fccr_cl",
         "joint_fcci",
+        "masked",
+        "mask_cl",
+        "mask_host",
     ):
         if name not in rows[0]:
+            continue
+        if name.endswith("_host"):  # the host alone's leak, signed, per truth atom
+            v = np.array([r[name] for r in rows]) / np.maximum(n, 1)
+            v = v[(n >= 10) & np.isfinite(v)]
+            out[name] = {"n": int(v.size), "q10_25_50_75_90": [
+                round(float(q), 3) for q in np.percentile(v, [10, 25, 50, 75, 90])
+            ]} if v.size else {"n": 0}  # fmt: skip
             continue
         e = np.array([r[name] for r in rows]) / np.maximum(n, 1) - 1
         part = {"all": (n >= 10)}
@@ -331,10 +426,15 @@ def main():
     unknown = [s for s in sets if s not in bc.SETS]
     if unknown:
         sys.exit(f"usage: bench_onhost_ceiling.py [SET[,SET...]]; unknown set(s) {unknown}")
-    res = {}
+    res, rows = {}, {}
     for name in sets:
-        res[name] = summary(run_set(bc.SETS[name]))
+        _masked.n_unfitted = 0
+        rows[name] = run_set(bc.SETS[name])
+        res[name] = summary(rows[name])
+        res[name]["masked_unfitted_apertures"] = _masked.n_unfitted
         print(name, json.dumps(res[name]), flush=True)
+    if os.environ.get("BENCH_OUT"):  # summaries and the per-object rows
+        Path(os.environ["BENCH_OUT"]).write_text(json.dumps({"summary": res, "rows": rows}))
     if len(sys.argv) <= 1:
         (HERE / "results" / "bench_onhost_ceiling.json").write_text(json.dumps(res, indent=1))
 

@@ -76,11 +76,14 @@ def column_sites(
     angle_deg: float,
     use: np.ndarray,
     margin_px: float,
-) -> np.ndarray:
+    return_index: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Host column positions (row, col; pixels of ``img``) on the a/2 grid whose phase is
     the window's own (2 0)/(0 2) fringe phase over the pixels ``use`` (the cluster left
     out); ``(y0, x0)`` is the window origin in frame pixels (returned positions are window
-    pixels), sites up to ``margin_px`` outside the window are kept."""
+    pixels), sites up to ``margin_px`` outside the window are kept.  ``return_index``: also
+    the sites' integer grid indices (k, 2) along the two lattice axes (same sublattice:
+    both indices of equal parity)."""
     mm, nn = img.shape
     yy, xx = np.mgrid[0:mm, 0:nn].astype(float)
     e1, e2 = _axes(angle_deg)
@@ -109,7 +112,11 @@ def column_sites(
         & (fy >= -margin_px)
         & (fy <= mm - 1 + margin_px)
     )
-    return np.column_stack([fy[keep], fx[keep]])
+    pos = np.column_stack([fy[keep], fx[keep]])
+    if return_index:
+        ku, kv = np.meshgrid(np.arange(len(iu)), np.arange(len(iv)), indexing="ij")
+        return pos, np.column_stack([ku[keep], kv[keep]])
+    return pos
 
 
 def _ball_image(shape, cy: float, cx: float, r_px: float, sub: int = 4) -> np.ndarray:
@@ -343,3 +350,101 @@ def fit_profile(
         options={"maxiter": 12, "eps": 1e-3},
     )
     return Profile(float(res.x[0]), float(res.x[1]), float(res.x[2]))
+
+
+def masked_host(
+    electrons: np.ndarray,
+    cy: float,
+    cx: float,
+    *,
+    half_px: int,
+    mask_px: float,
+    others: np.ndarray,
+    others_r: np.ndarray,
+    a_px: float,
+    angle_deg: float,
+    px: float,
+    profile: Profile,
+    smooth: float = 0.01,
+    crystal: np.ndarray | None = None,
+    parts: tuple[np.ndarray, ...] = (),
+) -> tuple[tuple[int, int], list[np.ndarray]]:
+    """Host model in the window of half-width ``half_px`` around (cy, cx) (frame pixels),
+    fitted with the cluster's footprint masked out.
+
+    The host columns of :func:`fit_window` (one amplitude per a/2 site, the fitted
+    ``profile``) plus a constant are fitted by Poisson-weighted linear least squares on
+    the pixels farther than ``mask_px`` from (cy, cx) and outside the discs of the other
+    detections in the window (``others`` (k, 2) row, col; mask radii ``others_r``, px).
+    The columns under the mask have no data: a smoothness prior ties every
+    column to its four same-sublattice neighbours (sites one lattice vector a apart;
+    penalty ``smooth`` × the median data information of a column × Σ (c_i − c_j)²:
+    Tikhonov regularisation, Tikhonov & Arsenin 1977), so the masked columns take the
+    membrane (harmonic) interpolation of the fitted ones around them, per sublattice.
+    ``crystal`` (boolean map of the frame, the crystal plateau): columns are tied only to
+    neighbours on the same side of the crystal edge, and those off the crystal are also
+    pulled to zero (a masked cluster at a facet takes the crystal's columns, not the
+    vacuum's).
+
+    Returns the window origin (i0, j0) and the model (host columns + constant, electrons)
+    on the whole window for ``electrons`` and, with the same sites, weights and mask (the
+    fit is linear), for each image of ``parts`` (a decomposition of the frame).
+    """
+    mm, nn = electrons.shape
+    i0, i1 = max(0, int(cy) - half_px), min(mm, int(cy) + half_px + 1)
+    j0, j1 = max(0, int(cx) - half_px), min(nn, int(cx) + half_px + 1)
+    img = electrons[i0:i1, j0:j1]
+    sh = img.shape
+    yy, xx = np.mgrid[0 : sh[0], 0 : sh[1]].astype(float)
+    use = np.hypot(yy - (cy - i0), xx - (cx - j0)) > mask_px
+    for (oy, ox), orad in zip(others, others_r, strict=True):
+        use &= np.hypot(yy - (oy - i0), xx - (ox - j0)) > orad
+    if use.sum() < 0.2 * use.size:
+        raise ValueError(f"masked_host: {int(use.sum())} unmasked pixels of {use.size}")
+    sites, idx = column_sites(
+        img, i0, j0, a_px=a_px, angle_deg=angle_deg, use=use,
+        margin_px=3 * profile.tail_A / px, return_index=True,
+    )  # fmt: skip
+    hc = _design(sh, sites, profile, px, 4 * profile.tail_A / px)
+    inside = hc.sum(axis=0) > 0.05
+    sites, idx, hc = sites[inside], idx[inside], hc[:, inside]
+    ns = len(sites)
+    a = np.hstack([hc, np.ones((img.size, 1))])
+    # same-sublattice neighbour pairs (grid index steps of 2 along either axis)
+    if crystal is None:
+        on = np.ones(ns, bool)
+    else:
+        ri = np.clip(np.rint(sites[:, 0] + i0).astype(int), 0, mm - 1)
+        rj = np.clip(np.rint(sites[:, 1] + j0).astype(int), 0, nn - 1)
+        on = np.asarray(crystal, bool)[ri, rj]
+    key = {(int(u), int(v)): n for n, (u, v) in enumerate(idx)}
+    pairs = [
+        (n, key[(u + du, v + dv)])
+        for n, (u, v) in enumerate(idx)
+        for du, dv in ((2, 0), (0, 2))
+        if (u + du, v + dv) in key and on[n] == on[key[(u + du, v + dv)]]
+    ]
+    lap = np.zeros((a.shape[1], a.shape[1]))
+    for p, q in pairs:
+        lap[p, p] += 1.0
+        lap[q, q] += 1.0
+        lap[p, q] -= 1.0
+        lap[q, p] -= 1.0
+    lap[np.flatnonzero(~on), np.flatnonzero(~on)] += 1.0
+    m = use.ravel()
+    b = img.ravel()
+    var = np.clip(b, 1.0, None)
+    for _ in range(2):
+        w = np.where(m, 1.0 / var, 0.0)
+        ata = a.T @ (a * w[:, None])
+        info = np.diag(ata)[:ns]
+        lam = smooth * float(np.median(info[info > 0.5 * info.max()]))
+        mat = ata + lam * lap
+        mat[np.diag_indices_from(mat)] += 1e-9 * np.mean(np.diag(ata))
+        coef = np.linalg.solve(mat, a.T @ (b * w))
+        var = np.clip(a @ coef, 1.0, None)
+    models = [(a @ coef).reshape(sh)]
+    for part in parts:
+        bp = part[i0:i1, j0:j1].ravel()
+        models.append((a @ np.linalg.solve(mat, a.T @ (bp * w))).reshape(sh))
+    return (i0, j0), models
