@@ -46,7 +46,12 @@ def test_host_under_clusters_counted_on_d_is_not_read_negative(monkeypatch):
     AVX2), before → after: lower quartile −0.37 → −0.12 native, −0.33 → −0.12 AVX2;
     median −0.06 → +0.03, −0.08 → +0.01; share within ±0.15 of the cluster's mass
     0.41 → 0.49, 0.41 → 0.51 (four more series, 209-212, native: lower quartile −0.28 →
-    −0.18, share 0.40 → 0.50)."""
+    −0.18, share 0.40 → 0.50).  Session 18, an AMD Zen 5 (other KMC realisations of the
+    same seeds): after, 111 clusters, quartiles −0.13 / +0.01 / +0.22, share 0.43 (201-212:
+    162, −0.16 / +0.00 / +0.17, 0.44).  The share of the new code varies between
+    realisations (0.43-0.51) as much as it differs from the old code's (0.40-0.41; a
+    binomial 1σ of ±0.05 at ~100 clusters), so it is no test of the change; the lower
+    quartile is (−0.37…−0.28 before, −0.18…−0.12 after) and stays asserted."""
     state: dict = {}
     rec: dict = {}
     orig_hm, orig_ap = host_mod.host_model, clusters._aperture_counts
@@ -98,7 +103,6 @@ def test_host_under_clusters_counted_on_d_is_not_read_negative(monkeypatch):
     assert len(hc) >= 50, len(hc)
     q25 = np.percentile(hc, 25)
     assert q25 > -0.2, np.percentile(hc, [25, 50, 75])
-    assert np.mean(np.abs(hc) < 0.15) >= 0.45, np.percentile(hc, [25, 50, 75])
 
 
 def test_annulus_on_d_keeps_the_clusters_own_segment():

@@ -78,34 +78,42 @@ def test_analyze_series_says_line_jitter_and_corrects_it_per_line():
     # line: the Pb⁰ totals read 1.4-5.8x the truth (median 1.9; 0.7-1.5x without
     # jitter) and nothing said so.  The jitter is now measured and said; the scan
     # correction runs per line (the default bands of 8 smoothed lines removed nothing) and
-    # brings the totals closer (median |log ratio| of frames 1-7: 0.63 -> 0.19; with only 6
-    # frames the mean of the others is a poorer reference: 0.53 -> 0.47).  Held-out seed
-    # (tuned on 1-2).  The KMC realisation depends on the CPU's numeric kernels: seed 3
-    # gives 0.61 -> 0.26 (x0.42) on AVX-512, 0.67 -> 0.43 (x0.65) with AVX2 kernels, seed
-    # 4 0.66 -> 0.50 (x0.76) on AVX-512: the per-line correction is partial, so the test
-    # asks for a median improvement by at least a fifth.
-    seed = 3
-    _, s, truth = kmc_imaged(
-        40.0,
-        rate=3e3,
-        seed=seed,
-        n_frames=8,
-        pixel_size_A=0.5,
-        drift_A_per_s=(0.8, -0.5),
-        jitter_A=0.3,
-        scan_noise_px=1.0,
-        rng=seed,
+    # brings the totals closer.  Held-out seeds (tuned on 1-2).  The correction is partial
+    # and one seed's 7 frames are a small sample whose KMC realisation depends on the CPU
+    # (median |log ratio| of frames 1-7, plain -> corrected: seed 3 0.61 -> 0.26 on one
+    # AVX-512 machine, 0.67 -> 0.43 with AVX2 kernels, 0.38 -> 0.33 on an AMD Zen 5; seed
+    # 4 0.66 -> 0.50, 0.52 -> 0.17 on the Zen 5; seed 6 there 0.28 -> 0.30), so the test
+    # pools the frames of seeds 3-5 (Zen 5: 0.55 -> 0.27) and asks for a median
+    # improvement by at least a fifth; the jitter read (1 px true) is pooled the same way.
+    err_plain, err_fixed, jitter_px = [], [], []
+    for seed in (3, 4, 5):
+        _, s, truth = kmc_imaged(
+            40.0,
+            rate=3e3,
+            seed=seed,
+            n_frames=8,
+            pixel_size_A=0.5,
+            drift_A_per_s=(0.8, -0.5),
+            jitter_A=0.3,
+            scan_noise_px=1.0,
+            rng=seed,
+        )
+        tcl = truth["clusters"]
+        true_pb0 = tcl[tcl.in_view].groupby("frame")["n_atoms"].sum().reindex(range(8)).to_numpy()
+        plain = analyze_series(s, summary=False, phase_check=False)
+        assert any("line jitter" in n and "unreliable" in n for n in plain.notes), plain.notes
+        jitter_px.extend(plain.frames["line_jitter_px"])
+        fixed = analyze_series(s, summary=False, phase_check=False, scan_correction=True)
+        assert any("per scan line" in n for n in fixed.notes)
+        for res, out in ((plain, err_plain), (fixed, err_fixed)):
+            out.extend(np.abs(np.log(res.frames["n_Pb0_detected"].to_numpy()[1:] / true_pb0[1:])))
+    # the measured jitter, pooled (per seed on the Zen 5: 0.91 / 1.19 / 1.00 px, seed 4
+    # with AVX2 kernels 1.30 px: the crystal's own line-to-line content adds to it)
+    assert np.nanmedian(jitter_px) == pytest.approx(1.0, abs=0.25)
+    assert np.median(err_fixed) < 0.8 * np.median(err_plain), (
+        np.median(err_fixed),
+        np.median(err_plain),
     )
-    tcl = truth["clusters"]
-    true_pb0 = tcl[tcl.in_view].groupby("frame")["n_atoms"].sum().reindex(range(8)).to_numpy()
-    plain = analyze_series(s, summary=False, phase_check=False)
-    assert any("line jitter" in n and "unreliable" in n for n in plain.notes), plain.notes
-    assert np.nanmedian(plain.frames["line_jitter_px"]) == pytest.approx(1.0, abs=0.25)
-    fixed = analyze_series(s, summary=False, phase_check=False, scan_correction=True)
-    assert any("per scan line" in n for n in fixed.notes)
-    err_plain = np.abs(np.log(plain.frames["n_Pb0_detected"].to_numpy()[1:] / true_pb0[1:]))
-    err_fixed = np.abs(np.log(fixed.frames["n_Pb0_detected"].to_numpy()[1:] / true_pb0[1:]))
-    assert np.median(err_fixed) < 0.8 * np.median(err_plain)
 
 
 def test_no_line_jitter_note_without_jitter():
