@@ -60,6 +60,8 @@ sys.path.insert(0, str(HERE.parent / "tests" / "insitu"))
 
 from _insitu_kmc import fcc_cluster, kmc_imaged  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+from _machine import cpu_model  # noqa: E402
 from perovstem._data import Image  # noqa: E402
 from perovstem.insitu import (  # noqa: E402
     detect_clusters,
@@ -70,24 +72,6 @@ from perovstem.insitu import (  # noqa: E402
 from perovstem.insitu.clusters import _cell_average, _lattice_opening  # noqa: E402
 
 PB_A = 4.95
-
-
-def _cpu_model() -> str:
-    """CPU model and its AVX-512 / AVX2 support: the seeded KMC realisations (and with
-    them these figures) differ between CPU kinds (session 18: AMD Zen 5 vs the earlier
-    machine, same code and seeds)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    name = next(
-        (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), ""
-    )
-    flags = next(
-        (ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []
-    )
-    simd = "avx512f" if "avx512f" in flags else ("avx2" if "avx2" in flags else "")
-    return f"{name} ({simd})" if simd else name
 
 
 def _radius(n):
@@ -387,7 +371,7 @@ def main():
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
-            "cpu_model": _cpu_model(),
+            "cpu_model": cpu_model(),
             "load_before": os.getloadavg(),
         },  # fmt: skip
         "versions": {

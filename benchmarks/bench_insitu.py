@@ -54,27 +54,12 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _machine import cpu_model  # noqa: E402
+
 EDGE_A = 80.0  # crystal edge, Å
 DOSE_PER_FRAME = 350.0  # e⁻/Å² per frame, whatever the length (14 e⁻ per 0.2 Å pixel)
 D_BR_PER_100_FRAMES = 3e4  # D_Br scales with the length (3·10⁴–3·10⁵, notes' range 10⁴–10⁶)
-
-
-def _cpu_model() -> str:
-    """CPU model and its AVX-512 / AVX2 support: the seeded KMC realisations (and with
-    them these figures) differ between CPU kinds (session 18: AMD Zen 5 vs the earlier
-    machine, same code and seeds)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    name = next(
-        (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), ""
-    )
-    flags = next(
-        (ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []
-    )
-    simd = "avx512f" if "avx512f" in flags else ("avx2" if "avx2" in flags else "")
-    return f"{name} ({simd})" if simd else name
 
 
 def _rss_mb() -> float:
@@ -326,7 +311,7 @@ def main() -> None:
             "platform": platform.platform(),
             "python": platform.python_version(),
             "cpu_count": os.cpu_count(),
-            "cpu_model": _cpu_model(),
+            "cpu_model": cpu_model(),
             "processor": platform.processor(),
         },
         "versions": {"perovstem": perovstem.__version__, "numpy": np.__version__},
