@@ -751,38 +751,35 @@ def _reprojection_search(
     seen: dict[float, float] = {}
     terms: dict[float, np.ndarray] = {}
 
+    def at(p: float) -> float:
+        if p not in seen:
+            seen[p], terms[p] = _reprojection_residual(d, ang, sh, p, bf, margin, n_sirt, field)
+        return seen[p]
+
     def grid(c: float, h: float, st: float) -> None:
         for p in np.round(c + np.arange(-h, h + 1e-9, st), 6):
-            if float(p) not in seen:
-                seen[float(p)], terms[float(p)] = _reprojection_residual(
-                    d, ang, sh, float(p), bf, margin, n_sirt, field
-                )
+            at(float(p))
 
-    fine = step_deg / 4.0
     if descend:
         # walk the coarse lattice downhill from the centre instead of evaluating all of it
         kmax = int(np.floor(half_range_deg / step_deg + 1e-9))
 
         def value(k: int) -> float:
-            p = float(np.round(centre_deg + k * step_deg, 6))
-            if p not in seen:
-                seen[p], terms[p] = _reprojection_residual(d, ang, sh, p, bf, margin, n_sirt, field)
-            return seen[p]
+            return at(float(np.round(centre_deg + k * step_deg, 6)))
 
         k = 0
         way = -1 if value(-1) < value(0) else (1 if value(1) < value(0) else 0)
         while way and abs(k + way) <= kmax and value(k + way) < value(k):
             k += way
-        # then the grid's fine stage about the coarse minimum
-        grid(float(np.round(centre_deg + k * step_deg, 6)), step_deg, fine)
-        best = min(seen, key=seen.get)
-        y0, y1, y2 = (seen.get(round(best + k * fine, 6)) for k in (-1, 0, 1))
+        coarse = float(np.round(centre_deg + k * step_deg, 6))
     else:
         grid(centre_deg, half_range_deg, step_deg)
-        best = min(seen, key=seen.get)
-        grid(best, step_deg, fine)
-        best = min(seen, key=seen.get)
-        y0, y1, y2 = (seen.get(round(best + k * fine, 6)) for k in (-1, 0, 1))
+        coarse = min(seen, key=seen.get)
+    # the fine stage about the coarse minimum
+    fine = step_deg / 4.0
+    grid(coarse, step_deg, fine)
+    best = min(seen, key=seen.get)
+    y0, y1, y2 = (seen.get(round(best + k * fine, 6)) for k in (-1, 0, 1))
     if y0 is not None and y2 is not None and (den := y0 - 2 * y1 + y2) > 0:
         best += float(np.clip(0.5 * (y0 - y2) / den, -0.5, 0.5)) * fine
     table = np.array(sorted(seen.items()))
@@ -1192,6 +1189,7 @@ def _polish_axis(
     """
     centre = phi
     best, sigma = phi, float("nan")
+    # (the keyword only when set: scripted searches in the tests take the grid's keywords)
     extra = {"descend": True} if descend else {}
     for _ in range(3):
         best, _, sigma = _reprojection_search(
