@@ -1337,6 +1337,15 @@ def _frame_quadrature(tracks: pd.DataFrame, column: str, frames: pd.Series) -> n
     return np.sqrt(var.reindex(frames, fill_value=0.0).to_numpy())
 
 
+def _pb0_arrays(n_pb0: Any, err_stat: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Pb⁰ totals and their 1σ per frame as float arrays of one length."""
+    n = np.asarray(n_pb0, float)
+    e = np.asarray(err_stat, float)
+    if n.shape != e.shape or n.ndim != 1:
+        raise DataError(f"`n_pb0` and `err_stat` must be 1-D of one length: {n.shape}, {e.shape}")
+    return n, e
+
+
 def pb0_falls_later(n_pb0: Any, err_stat: Any, *, n_sigma: float = PB0_FALL_SIGMA) -> np.ndarray:
     """Frames whose Pb⁰ total exceeds a later frame's by more than its errors allow.
 
@@ -1386,10 +1395,7 @@ def pb0_falls_later(n_pb0: Any, err_stat: Any, *, n_sigma: float = PB0_FALL_SIGM
     from scipy import stats
     from scipy.optimize import isotonic_regression
 
-    n = np.asarray(n_pb0, float)
-    e = np.asarray(err_stat, float)
-    if n.shape != e.shape or n.ndim != 1:
-        raise DataError(f"`n_pb0` and `err_stat` must be 1-D of one length: {n.shape}, {e.shape}")
+    n, e = _pb0_arrays(n_pb0, err_stat)
     ok = np.isfinite(n) & np.isfinite(e)
     # an isolated dip is an under-count of its own frame: not a reference for the others
     ok &= ~pb0_dips(n, e, n_sigma=n_sigma)
@@ -1439,10 +1445,7 @@ def pb0_dips(n_pb0: Any, err_stat: Any, *, n_sigma: float = PB0_FALL_SIGMA) -> n
     (n_frames,) bool array
     """
     refuse_text_numbers(locals())
-    n = np.asarray(n_pb0, float)
-    e = np.asarray(err_stat, float)
-    if n.shape != e.shape or n.ndim != 1:
-        raise DataError(f"`n_pb0` and `err_stat` must be 1-D of one length: {n.shape}, {e.shape}")
+    n, e = _pb0_arrays(n_pb0, err_stat)
     idx = np.flatnonzero(np.isfinite(n) & np.isfinite(e))
     dip = np.zeros(n.size, bool)
     for p, j, q in zip(idx[:-2], idx[1:-1], idx[2:], strict=True):
