@@ -99,6 +99,10 @@ def test_huge_means_use_the_normal_limit():
     np.testing.assert_allclose(rel.std(axis=0), 1 / np.sqrt(lam[1:]), rtol=0.1)
     with pytest.raises(ParameterError, match="not finite"):
         shot_noise(np.array([np.inf]), np.random.default_rng(0))
+    # a negative mean is an error (numpy's message was "lam < 0"); a −1e-17 residue is 0
+    with pytest.raises(ParameterError, match=">= 0, got a minimum of -0.5"):
+        shot_noise(np.array([1.0, -0.5]), np.random.default_rng(0))
+    assert shot_noise(np.array([-1e-17, 0.0]), np.random.default_rng(0)).tolist() == [0, 0]
 
 
 def test_haadf_image_at_a_huge_dose_runs_and_an_absurd_one_is_refused():

@@ -20,13 +20,14 @@ _NORMAL_LIMIT = 1e12
 _MEAN_BITS = 20
 # Means below this (electrons per pixel) are set to 0: vacuum pixels far from every atom hold
 # 1e-20…1e-16 of rounding residue whose value (and whether it is exactly 0) depends on the
-# CPU, and numpy draws no random number for a mean of exactly 0 but one for any other.
+# CPU (and may be −1e-17 after an FFT), and numpy draws no random number for a mean of
+# exactly 0 but one for any other.
 _ZERO_BELOW = 2.0**-30
 
 
 def _on_grid(lam: np.ndarray) -> np.ndarray:
     """``lam`` rounded to :data:`_MEAN_BITS` significant bits (exact, CPU-independent)."""
-    mant, expo = np.frexp(np.where(lam < _ZERO_BELOW, 0.0, lam))
+    mant, expo = np.frexp(np.where(np.abs(lam) < _ZERO_BELOW, 0.0, lam))
     return np.ldexp(np.round(mant * 2.0**_MEAN_BITS) / 2.0**_MEAN_BITS, expo)
 
 
@@ -37,15 +38,19 @@ def shot_noise(lam: np.ndarray, gen: np.random.Generator) -> np.ndarray:
     high doses still simulate (nearly noise-free) instead of failing in numpy.
 
     The same ``gen`` state gives the same counts on every CPU: the means are rounded to
-    20 significant bits (a relative change ≤ 5e-7) and means below 2⁻³⁰ ≈ 1e-9 electrons
-    set to 0 before sampling, and the counts come
-    from a child generator seeded by one draw of ``gen``, so ``gen`` advances by exactly
-    one draw whatever the means (a rare difference cannot shift later images).
+    20 significant bits (a relative change ≤ 5e-7), means within ±2⁻³⁰ ≈ 1e-9 electrons
+    of 0 are set to 0 (more negative ones are an error), and the counts come from a child
+    generator seeded by one draw of ``gen``, so ``gen`` advances by exactly one draw
+    whatever the means (a rare difference cannot shift later images).
     """
     lam = np.asarray(lam, dtype=float)
     if not np.all(np.isfinite(lam)):
         raise ParameterError(
             "expected electrons per pixel are not finite (dose × pixel area too large?)"
+        )
+    if np.any(lam <= -_ZERO_BELOW):
+        raise ParameterError(
+            f"expected electrons per pixel must be >= 0, got a minimum of {float(lam.min())!r}"
         )
     child = np.random.default_rng(int(gen.integers(0, 2**63)))
     lam = _on_grid(lam)
