@@ -437,6 +437,42 @@ def test_series_gain_from_aligned_frame_differences(seed):
     assert nm.gain == pytest.approx(5.0, rel=0.12)
 
 
+@pytest.mark.parametrize("base", [50, 60, 70, 80])
+def test_aligned_gain_with_a_noise_free_vacuum(base):
+    """Three frames of an unchanging 30 Å cube (0.3 Å/px, 2·10⁴ e⁻/Å², gain 2.5, offset 40,
+    no read noise): the vacuum is exactly the offset, and the sub-pixel phase ramp of the
+    alignment leaves it a variance of ~1e-8 with an error of ~1e-8 next to crystal bins of
+    error ~1.  Old code solved the photon-transfer line through a pseudo-inverse of the
+    normal equations, whose weights span 10¹⁶, dropped the slope as rank-deficient and
+    returned gain 3e-10 ± 2e-10 on frames 50-52 (2.43-2.60 on 60-62…110-112)."""
+    import perovstem.simulate as sim
+
+    nc = sim.nanocrystal(30.0, rng=1)
+    frames = [
+        sim.haadf_image(
+            nc, pixel_size_A=0.3, dose_e_per_A2=2e4, gain=2.5, offset=40.0, rng=base + k
+        )[0].data
+        for k in range(3)
+    ]
+    nm = estimate_noise_model(np.array(frames), frames="aligned")
+    assert nm.identified, nm.reasons
+    assert nm.gain == pytest.approx(2.5, rel=0.1)
+
+
+def test_photon_transfer_line_through_bins_of_very_different_precision():
+    """The line's slope survives a bin 10⁸× more precise than the others (a noise-free
+    vacuum); old code (pseudo-inverse of the normal equations) returned slope ~1e-9."""
+    from perovstem.atoms.noise import _wls_line
+
+    x = np.array([40.0, 40.0, 45.0, 50.0, 60.0, 80.0, 120.0])
+    e = np.array([1e-8, 1e-8, 0.5, 1.0, 2.0, 4.0, 8.0])
+    y = 2.5 * (x - 40.0) + np.array([0.0, 0.0, 0.3, -0.5, 1.0, -2.0, 3.0]) * e / e.max()
+    p, cov, _ = _wls_line(x, y, e)
+    assert p[0] == pytest.approx(2.5, rel=0.01)
+    assert p[0] * 40.0 + p[1] == pytest.approx(0.0, abs=1e-6)  # through the precise bins
+    assert 0 < cov[0, 0] < 0.1
+
+
 def test_frames_that_changed_are_not_taken_for_shot_noise():
     """At 10⁴ e⁻/Å² per frame the KMC crystal loses ~15 % of its atoms per frame: the frame
     differences hold that change, not only shot noise; old code reported gain 65–80 (true
