@@ -44,7 +44,7 @@ def test_merged_levels_on_simulated_images_are_reported(seed, n_cols, max_atoms,
     # the old behaviour (check_ladder=False): ICL keeps too few components, the counts are
     # far too low, and nothing tells the user.  How much ICL merges depends on the image
     # realisation (300 columns of 1-30 atoms, seeds 10-29: it keeps 3-25 components of 30,
-    # fewer than 24 on 18 of 19 images, 20 of 20 with the noise before commit db53202;
+    # fewer than 24 on 19 of 20 images, 20 of 20 with the noise before commit db53202;
     # seed 12 keeps 25): the first of six seeds from ``seed`` whose fit merges is used
     for used in range(seed, seed + 6):
         x, n = _pb_columns(used, n_cols, max_atoms, dose)
