@@ -480,26 +480,36 @@ def test_series_gain_from_aligned_frame_differences(seed):
     assert nm.gain == pytest.approx(5.0, rel=0.12)
 
 
-@pytest.mark.parametrize("base", [50, 60, 70, 80])
-def test_aligned_gain_with_a_noise_free_vacuum(base):
-    """Three frames of an unchanging 30 Å cube (0.3 Å/px, 2·10⁴ e⁻/Å², gain 2.5, offset 40,
-    no read noise): the vacuum is exactly the offset, and the sub-pixel phase ramp of the
-    alignment leaves it a variance of ~1e-8 with an error of ~1e-8 next to crystal bins of
-    error ~1.  Old code solved the photon-transfer line through a pseudo-inverse of the
-    normal equations, whose weights span 10¹⁶, dropped the slope as rank-deficient and
-    returned gain 3e-10 ± 2e-10 on frames 50-52 (2.43-2.60 on 60-62…110-112)."""
+@pytest.mark.parametrize(
+    ("nc_seed", "px", "dose", "gain", "offset", "base"),
+    [
+        (1, 0.3, 2e4, 2.5, 40.0, 50),
+        (1, 0.3, 2e4, 2.5, 40.0, 60),
+        (1, 0.3, 2e4, 2.5, 40.0, 70),
+        (0, 0.15, 1e3, 5.0, 100.0, 100),
+        (1, 0.5, 1e3, 5.0, 100.0, 103),
+    ],
+)
+def test_aligned_gain_with_a_noise_free_vacuum(nc_seed, px, dose, gain, offset, base):
+    """Three frames of an unchanging 30 Å cube without read noise: the vacuum is exactly the
+    offset, and the sub-pixel phase ramp of the alignment leaves it a variance of ~1e-8 with
+    an error of ~1e-8 next to crystal bins of error ~1.  Old code solved the
+    photon-transfer line through a pseudo-inverse of the normal equations, whose weights
+    span 10¹⁶, dropped the slope as rank-deficient and returned gain 3e-10 ± 2e-10 (frames
+    50-52 at 0.3 Å/px; 60-62…110-112 gave 2.43-2.60), 2e-7 (0.15 Å/px) and 6e-10 (0.5 Å/px):
+    17 of 24 such series (0.15-0.5 Å/px, 10²-10⁵ e⁻/Å²) collapsed."""
     import perovstem.simulate as sim
 
-    nc = sim.nanocrystal(30.0, rng=1)
+    nc = sim.nanocrystal(30.0, rng=nc_seed)
     frames = [
         sim.haadf_image(
-            nc, pixel_size_A=0.3, dose_e_per_A2=2e4, gain=2.5, offset=40.0, rng=base + k
+            nc, pixel_size_A=px, dose_e_per_A2=dose, gain=gain, offset=offset, rng=base + k
         )[0].data
         for k in range(3)
     ]
     nm = estimate_noise_model(np.array(frames), frames="aligned")
     assert nm.identified, nm.reasons
-    assert nm.gain == pytest.approx(2.5, rel=0.1)
+    assert nm.gain == pytest.approx(gain, rel=0.1)
 
 
 def test_photon_transfer_line_through_bins_of_very_different_precision():
