@@ -41,16 +41,23 @@ def _count(x, **kw):
     [(11, 100, 20, 1e4), (12, 300, 30, 1e4), (13, 40, 10, 1e4)],
 )
 def test_merged_levels_on_simulated_images_are_reported(seed, n_cols, max_atoms, dose):
-    x, n = _pb_columns(seed, n_cols, max_atoms, dose)
     # the old behaviour (check_ladder=False): ICL keeps too few components, the counts are
-    # far too low, and nothing tells the user
-    old, told = _count(x, check_ladder=False)
-    assert old.attrs["counting"]["all"]["n_components"] < 0.8 * len(np.unique(n))
+    # far too low, and nothing tells the user.  How much ICL merges depends on the image
+    # realisation (300 columns of 1-30 atoms, seeds 10-29: it keeps 3-25 components of 30,
+    # fewer than 24 on 19 of 20 images, 20 of 20 with the noise before commit db53202;
+    # seed 12 keeps 25): the first of six seeds from ``seed`` whose fit merges is used
+    for used in range(seed, seed + 6):
+        x, n = _pb_columns(used, n_cols, max_atoms, dose)
+        old, told = _count(x, check_ladder=False)
+        if old.attrs["counting"]["all"]["n_components"] < 0.8 * len(np.unique(n)):
+            break
+    else:
+        pytest.fail(f"no merged ICL fit among seeds {seed}-{seed + 5}")
     assert old["n_atoms"].sum() < 0.8 * n.sum()
     assert not told and old.attrs["counting"]["all"]["ladder_check"] is None
     # default: one warning, the check in attrs, and totals no further from the truth
     res, told = _count(x)
-    if not told and seed == 13:
+    if not told and used == 13:
         # the check flags most merged fits, not all (held-out 85 of 91): with AVX2 kernels
         # this image is another realisation, ICL keeps 7 components (total < 0.8 of the
         # truth) and the ladder looks regular; on AVX-512 and earlier machines it keeps 2
@@ -65,7 +72,8 @@ def test_merged_levels_on_simulated_images_are_reported(seed, n_cols, max_atoms,
 
 def test_failed_check_reselects_k():
     # 40 columns of 1-10 atoms: ICL picks 2 components (total 0.25 of the truth); the
-    # lowest-ICL larger k that passes the ladder check, resolved, is 8 (total 0.75).  Which
+    # lowest-ICL larger k that passes the ladder check, resolved, is 8 (total 0.75; on the
+    # seed-13 image of the noise since commit db53202: 3 components, 0.34 -> 7, 0.65).  Which
     # image realisation merges depends on the CPU's numeric kernels (seed 13 merges to 2 on
     # AVX-512 and earlier machines, keeps 7 with AVX2 kernels): the first of seeds 13-18
     # whose ICL choice merges to <= 3 components is used
@@ -83,7 +91,9 @@ def test_failed_check_reselects_k():
     assert info["ladder_check"]["ok"] and info["ladder_check"]["reselected_because"]
     assert "ladder check" in info["rule"] and "ladder check" in str(told[0].message)
     assert info["n_components"] > 4
-    assert old["n_atoms"].sum() < 0.3 * n.sum() and res["n_atoms"].sum() > 0.6 * n.sum()
+    # merged to <= 3 of 10 levels, ICL's counts are a quarter to a third of the truth (seeds
+    # 10-29: 0.26-0.35, and 0.25-0.37 with the noise before commit db53202)
+    assert old["n_atoms"].sum() < 0.4 * n.sum() and res["n_atoms"].sum() > 0.6 * n.sum()
     # a fixed k is never changed (it is checked and warned about)
     fixed, told = _count(x, n_components=k_old)
     assert fixed.attrs["counting"]["all"]["n_components"] == k_old and len(told) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -101,28 +103,40 @@ def test_fitted_library_for_removes_the_low_dose_bias():
     ~1.  Measured, median over images of median(scs / L[n_true]), 30 A cube, 0.3 A px,
     seeds 1-12 (native): Cs 0.95 -> 1.01, Pb-Br 0.99 -> 1.03 (per image +-4 %: the width
     of one noisy image); 53 A cubes/wedges/rough, 0.25 A px, 48 images, both CPU modes:
-    Cs 0.93 -> 0.98, Pb-Br 0.975 -> 0.99.  Old code: no fitted_library_for."""
+    Cs 0.93 -> 0.98, Pb-Br 0.975 -> 0.99.  Old code: no fitted_library_for.
+
+    Both the images and the library are noise realisations: one image's Cs ratio spreads
+    ± 6 %, one library's shifts every image by up to ± 4 % (24 images, library seeds 0-3:
+    Cs 0.99-1.04), so the median of 4 images with one library ranged 0.95-1.04 over seeds
+    1-40 and failed the 3 % bound on 2 (new noise) or 3 (old noise) of 10 groups of 4.
+    Pooled here over images 1-24 and library seeds 0-3: Cs 0.92 -> 1.018, Pb-Br 0.974 ->
+    0.988 (with the noise of before commit db53202: Cs 0.93 -> 0.983, Pb-Br 0.989 -> 0.999)."""
     from perovstem.atoms import fit_columns, fitted_scs_library, normalize_image
     from perovstem.simulate import haadf_image, nanocrystal
 
     ratios: dict[str, list] = {"new": [], "old": []}
-    for seed in (1, 2, 3, 4):
+    for seed in range(1, 25):
         img, truth = haadf_image(
             nanocrystal(30.0, rng=seed), dose_e_per_A2=1e3, pixel_size_A=0.3, rng=seed
         )
-        fit = fit_columns(normalize_image(img), truth[["x_A", "y_A", "type"]])
-        assert fit.attrs["dose_e_per_A2"] == 1e3 and fit.attrs["fit_positions"]
-        libs = {
-            "new": fitted_library_for(fit, 8, types=["PbBr", "Cs"]),
-            "old": fitted_scs_library(8, pixel_size_A=0.3, shape=tuple(fit.attrs["image_shape"])),
-        }
-        for k, lib in libs.items():
-            r = []
-            for t in ("PbBr", "Cs"):
-                m = (fit["type"] == t).to_numpy()
-                n = truth["n_atoms"].to_numpy()[m]
-                r.append(np.median(fit["scs"].to_numpy()[m] / lib[t]["scs_A2"].to_numpy()[n]))
-            ratios[k].append(r)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # few electrons per column: expected at 10^3
+            fit = fit_columns(normalize_image(img), truth[["x_A", "y_A", "type"]])
+            assert fit.attrs["dose_e_per_A2"] == 1e3 and fit.attrs["fit_positions"]
+            libs = {
+                "new": [fitted_library_for(fit, 8, types=["PbBr", "Cs"], rng=r) for r in range(4)],
+                "old": [
+                    fitted_scs_library(8, pixel_size_A=0.3, shape=tuple(fit.attrs["image_shape"]))
+                ],
+            }
+        for k, lib_list in libs.items():
+            for lib in lib_list:
+                r = []
+                for t in ("PbBr", "Cs"):
+                    m = (fit["type"] == t).to_numpy()
+                    n = truth["n_atoms"].to_numpy()[m]
+                    r.append(np.median(fit["scs"].to_numpy()[m] / lib[t]["scs_A2"].to_numpy()[n]))
+                ratios[k].append(r)
     new, old = (np.median(np.array(ratios[k]), axis=0) for k in ("new", "old"))
     assert abs(new[1] - 1) <= 0.03 and old[1] <= 0.97, (new, old)  # Cs
     assert abs(new[0] - 1) <= 0.06, (new, old)  # Pb-Br
