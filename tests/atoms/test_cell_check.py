@@ -192,8 +192,23 @@ def test_cli_refusal_message(tmp_path, capsys):
 
 
 def test_no_lattice_error_names_the_other_zone():
-    # a Cd-alloyed (x = 0.5) [011] crystal: no peak pairs match the [001] cell's PbBr
-    # sublattice at all; the error now says which cell to try
-    img = _crystal("011", 6, 40.0, 3e3, 0.3, -15.0, 0.5, None)
-    with pytest.raises(DataError, match="--cell cspbbr3_011"):
-        find_columns(img, cell=cspbbr3_001_cell())
+    # Cd-alloyed (x = 0.5) [011] crystals with the [001] cell: on some noise realisations
+    # no peak pairs match the [001] cell's PbBr sublattice at all (DataError), on others a
+    # lattice is fitted and the mismatch warns; either way the other cell is named (the
+    # error once did not say which cell to try).  Which path a seed takes depends on the
+    # noise: seeds 1–12 gave the error on 3 (3, 4, 9) with the CPU-independent shot noise,
+    # on 4 of 1–10 (2, 3, 5, 6) with the earlier one, so the seeds are pooled
+    n_err = 0
+    for seed in range(1, 13):
+        img = _crystal("011", seed, 40.0, 3e3, 0.3, -15.0, 0.5, None)
+        try:
+            cols, zw = _find(img, cspbbr3_001_cell())
+        except DataError as err:
+            assert "could not fit the cell lattice" in str(err), (seed, str(err))
+            assert "--cell cspbbr3_011)" in str(err), (seed, str(err))
+            n_err += 1
+            continue
+        chk = cols.attrs["cell_check"]
+        assert not chk["matches"] and chk["suggested"] == "cspbbr3_011", (seed, chk)
+        assert len(zw) == 1 and "--cell cspbbr3_011)" in zw[0], (seed, zw)
+    assert n_err >= 2  # the error path is exercised

@@ -31,9 +31,9 @@ def _zone011(seed, edge_A, dose, px, rot_deg):
     return sim.haadf_image(at, pixel_size_A=px, dose_e_per_A2=dose, rng=seed + 5)
 
 
-def _scores(cols, truth, t):
+def _scores(cols, truth, t, thick_atoms=6):
     xt = truth.loc[truth.type.isin(TRUTH[t]), ["x_A", "y_A"]].to_numpy()
-    thick = truth.loc[truth.type.isin(TRUTH[t]), "n_atoms"].to_numpy() >= 6
+    thick = truth.loc[truth.type.isin(TRUTH[t]), "n_atoms"].to_numpy() >= thick_atoms
     xf = cols.loc[cols.type == t, ["x_A", "y_A"]].to_numpy()
     found = cKDTree(xf).query(xt)[0] < 0.6
     prec = float(np.mean(cKDTree(xt).query(xf)[0] < 0.6))
@@ -98,9 +98,13 @@ normalize = false
     t = read_table(tmp_path / "run" / "tables" / "fit.columns.parquet")
     assert len(t) == len(cli) and set(t["type"]) == set(TRUTH)
     assert (t["grain"] == 0).all()
+    # the columns missed are lone surface atoms: over seeds 0–11 of this crystal 30 of 115
+    # one-atom Cs columns and 3 of 169 one-/two-atom Br columns (32/115 and 2/169 with the
+    # earlier shot noise), none of >= 3 atoms; CsBr_011 recall 0.956–0.991 (0.947–0.991):
+    # every column of >= 3 atoms is required, and the overall recall of the finder's test
     for ty in TRUTH:
-        rec, _, prec = _scores(t, truth, ty)
-        assert rec > 0.97 and prec == 1.0, (ty, rec, prec)
+        rec, rec3, prec = _scores(t, truth, ty, thick_atoms=3)
+        assert rec3 == 1.0 and rec > 0.94 and prec == 1.0, (ty, rec, rec3, prec)
 
 
 def _type_accuracy(cols, truth):
