@@ -105,8 +105,8 @@ def _full_power(half: np.ndarray, n: int) -> np.ndarray:
 #: step down of :func:`estimate_lattice`) only with at least this share of the strongest
 #: reflection's power.  The primitive steps that happen (the 100 under the 110 or the 200):
 #: >= 0.04 on degrading KMC frames (0.5 Å px), >= 0.17 on simulated [001] crystals
-#: (25–60 Å, 0.2–0.8 Å px, 3e2–3e4 e/Å², cubic and orthorhombic); the ½½0 superstructure
-#: reflection (8.3 Å) on the multislice slabs: 0.001–0.002.
+#: (25–60 Å, 0.2–0.8 Å px, 3e2–3e4 e/Å², cubic and orthorhombic); the weak peak at the
+#: ½½0 position (8.3 Å) that the multislice slab frames stepped on to: 0.001–0.002.
 _STEP_MIN_POWER = 0.01
 
 
@@ -148,8 +148,9 @@ def _lattice_from_power(
     # primitive one when a significant reflection sits at k/√2 (±45°) or k/2 — significant
     # over the annulus (10 × its median) and against the strongest reflection
     # (_STEP_MIN_POWER of its power): on a noise-poor frame filled by the crystal the median
-    # is tiny, and the weak ½½0 superstructure reflection of a perovskite (a√2 = 8.3 Å at
-    # 45°, 1–2e-3 of the 110's power on the multislice slab) stepped the 5.87 Å cell to it
+    # is tiny, and any weak sharp peak at the ½½0 position (a√2 = 8.3 Å at 45°; on the
+    # multislice test field, a 3 × 3 tiling of a 5-cell frozen-phonon slab, the 29 Å
+    # supercell's peaks, 1–2e-3 of the 110's power) took the 5.87 Å cell there
     p_min = max(10 * med, _STEP_MIN_POWER * float(p.flat[i]))
     for _ in range(3):
         cands = []
