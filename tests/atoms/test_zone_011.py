@@ -139,3 +139,49 @@ def test_cd_alloyed_011_origin_from_the_empty_site(seed, x, dose, rot):
     for t in TRUTH:
         rec, rec_thick, _ = _scores(cols, truth, t)
         assert rec_thick > 0.95, (t, rec, rec_thick)
+
+
+# (seed, edge Å, dose e⁻/Å², pixel Å, rotation °, Cd fraction, frame filled by the crystal)
+_LOW_DOSE = [
+    (600, 40.0, 2e2, 0.3, 10.0, 0.0, False),
+    (601, 55.0, 3e2, 0.15, -30.0, 0.2, False),
+    (602, 35.0, 2e2, 0.2, 25.0, 0.5, False),
+    (603, 50.0, 3e2, 0.4, -5.0, 0.0, True),
+    (604, 45.0, 2e2, 0.1, 40.0, 0.2, True),
+    (605, 60.0, 3e2, 0.3, -40.0, 0.5, False),
+]
+
+
+@pytest.mark.parametrize("case", _LOW_DOSE, ids=lambda c: f"seed{c[0]}")
+def test_011_lattice_at_low_dose(case):
+    """At 10²–3·10² e⁻/Å² the [011] lattice came out 1.16–1.23 × the cell (26 of 48
+    held-out images, seeds 500–547) with a third to half of the columns: few peaks sample
+    the Pb + Cs–Br union (a/2 × b), whose √1.5 × larger rectangle of the cell's shape
+    (turned 55°) then won the scale search (a count of matched pair lengths, growing with
+    the longer pairs a larger scale takes in; the share of pairs explained was asked only
+    when two counts disagreed, and with missing peaks it too can favour the larger one).
+    Now the share decides, and the lattice √1.5 × nearer the cell is taken when it
+    explains 0.75 of the best share: 0 of 48 off by > 10 %.  Seeds chosen before running
+    them; the old code fails 600 and 605."""
+    import perovstem.simulate as sim
+
+    seed, edge, dose, px, rot, cd, fill = case
+    at = sim.nanocrystal(edge, zone_axis="011", cd_fraction=cd, rng=seed)
+    at.positions = Rotation.from_euler("z", rot, degrees=True).apply(
+        at.positions - at.positions.mean(axis=0)
+    )
+    kw = {"shape": (int(0.8 * edge / px),) * 2} if fill else {}
+    img, truth = sim.haadf_image(at, pixel_size_A=px, dose_e_per_A2=dose, rng=seed + 5, **kw)
+    cell = cspbbr3_011_cell()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cols = find_columns(img, cell=cell)
+    vec = np.asarray(cols.attrs["lattice_vectors_A"])
+    scale = np.sqrt(abs(np.linalg.det(vec)) / (cell.a_A * cell.b_A))
+    assert 0.93 < scale < 1.07, scale
+    xt = truth[["x_A", "y_A"]].to_numpy()
+    xf = cols[["x_A", "y_A"]].to_numpy()
+    assert np.mean(cKDTree(xt).query(xf)[0] < 0.6) >= 0.8  # precision (0.83–0.93 before)
+    # recall: 0.47–0.49 before on 600 and 605; now 0.76–0.99, but 0.38 for seed 602 (Cd 0.5, 35 Å) in the
+    # AVX2 realisation: the dim Cd-rich columns at 2·10² e⁻/Å², not the lattice
+    assert np.mean(cKDTree(xf).query(xt)[0] < 0.6) >= 0.3

@@ -407,6 +407,10 @@ CELL_SITE_TOL_A = 0.5
 # included; a CsPbBr3 [001] image fitted with the [011] cell: b/a 1.41 × the cell's)
 CELL_SHAPE_TOL = 0.1
 CELL_ANGLE_DEG = 6.0
+# the lattice √1.5 × nearer the cell's scale is taken when it explains this share of the peak
+# pairs the best scale explains (:func:`_explained_scale`; [011] below 10³ e⁻/Å²: the best
+# was the 1.22 × larger rectangle of the Pb + Cs–Br union in 6 of 48 held-out images)
+ALIAS_SCALE_TIE = 0.75
 # the fitted origin is put on another sublattice of the reference's shape when the summed
 # mean contrast of all types grows by more than this fraction (:func:`_place_grain`)
 ALIAS_MARGIN = 0.1
@@ -594,7 +598,10 @@ def _explained_scale(
     Unlike the count of :func:`_lattice_scale`, a share does not grow with the range of
     pair lengths a larger s takes in, nor does a superlattice that explains only some of the
     short pairs (a ref-only lattice under ref + alias peaks) score well.  Near-ties (within 2
-    % of the best share) go to the scale nearest 1.
+    % of the best share) go to the scale nearest 1, and so does the scale √1.5 × nearer 1
+    when it explains ``ALIAS_SCALE_TIE`` of the best share: a rectangle of b/a = 1/√2
+    (the [011] cell) turned 55° and √1.5 × larger lies on the lattice of its
+    reference + alias union, and with few peaks (10²–3·10² e⁻/Å²) it can explain more.
     """
     reach = 1.3 * max(cell.a_A, cell.b_A)
     ex = _sublattice_vectors(uv, reach, cell) @ cell.vectors()
@@ -618,6 +625,17 @@ def _explained_scale(
         return 1.0
     near = grid[sc >= 0.98 * sc.max()]
     s0 = float(near[np.argmin(np.abs(np.log(near)))])
+    if ALIAS_SCALE_TIE > 0:
+        # the √1.5 × larger lattice of the same shape nearly ties when few peaks sample the
+        # union (below ~10³ e⁻/Å²; for the [011] cell: the a × a/√2 rectangle turned 55°
+        # on the Pb + Cs–Br union); nearer 1 wins when it explains ALIAS_SCALE_TIE of it
+        for r in (np.sqrt(1.5), 1 / np.sqrt(1.5)):
+            alt = grid[np.abs(np.log(grid / (s0 / r))) <= rel_tol]
+            if alt.size and abs(np.log(s0 / r)) < abs(np.log(s0)):
+                sa = np.array([share(s) for s in alt])
+                if sa.max() >= ALIAS_SCALE_TIE * share(s0):
+                    s0 = float(alt[np.argmax(sa)])
+                    break
     fine = s0 * np.exp(np.arange(-0.006, 0.00601, 0.001))
     scf = np.array([share(s) for s in fine])
     return float(np.mean(fine[scf == scf.max()]))
@@ -1380,25 +1398,28 @@ def _lattice_fits(
     # parameter of another phase, thermal expansion): measure its scale first, then match
     # rotations and fit with the cell at that scale
     cell0 = cell
-    cell, scale = _scaled_cell(cell0, ref_uv, xyb)
-    if own_uv is not None and len(own_uv) < len(ref_uv):
+    if own_uv is None or len(own_uv) >= len(ref_uv):
+        cell, scale = _scaled_cell(cell0, ref_uv, xyb)
+    else:
         # peaks of the reference and alias sublattices together (Pb and Cs–Br in [011]):
         # counted on the pair lengths of the union, a lattice 1.36 × larger and turned 90°
         # matches better when only one sublattice gives peaks (Cs–Br at x = 0.5); on the
-        # reference's alone, the 1.22 × larger centred lattice when both do.  When the two
-        # disagree, the scale is the one whose union explains the largest share of the
-        # peak pairs within its reach (:func:`_explained_scale`)
-        _, scale_o = _scaled_cell(cell0, own_uv, xyb)
-        if abs(np.log(scale_o / scale)) > 0.01:
-            scale = _explained_scale(xyb, ref_uv, cell0)
-            cell = ProjectedCell(
-                cell0.a_A * scale,
-                cell0.b_A * scale,
-                cell0.angle_deg,
-                cell0.sites,
-                cell0.c_A,
-                cell0.name,
-            )
+        # reference's alone, the 1.22 × larger centred lattice when both do.  The scale is
+        # the one whose union explains the largest share of the peak pairs within its
+        # reach (:func:`_explained_scale`).  It was taken only when the two counts
+        # disagreed; below ~10³ e⁻/Å² both counts chose the √1.5 = 1.22 × larger
+        # rectangle of the union (the [011] cell's shape turned 55°: its 5.08, 7.19 and
+        # 8.8 Å pair lengths are union lengths, and a count grows with the longer pairs a
+        # larger scale takes in), indexing a third of the columns
+        scale = _explained_scale(xyb, ref_uv, cell0)
+        cell = ProjectedCell(
+            cell0.a_A * scale,
+            cell0.b_A * scale,
+            cell0.angle_deg,
+            cell0.sites,
+            cell0.c_A,
+            cell0.name,
+        )
     reach = 1.3 * max(cell.a_A, cell.b_A)
     expected = _sublattice_vectors(ref_uv, reach, cell)
     pairs = cKDTree(xyb).query_pairs(reach, output_type="ndarray")

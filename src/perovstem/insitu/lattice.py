@@ -101,6 +101,15 @@ def _full_power(half: np.ndarray, n: int) -> np.ndarray:
     return p
 
 
+#: a reflection at k/√2 or k/2 of the strongest one is taken as the primitive one (the
+#: step down of :func:`estimate_lattice`) only with at least this share of the strongest
+#: reflection's power.  The primitive steps that happen (the 100 under the 110 or the 200):
+#: >= 0.04 on degrading KMC frames (0.5 Å px), >= 0.17 on simulated [001] crystals
+#: (25–60 Å, 0.2–0.8 Å px, 3e2–3e4 e/Å², cubic and orthorhombic); the weak peak at the
+#: ½½0 position (8.3 Å) that the multislice slab frames stepped on to: 0.001–0.002.
+_STEP_MIN_POWER = 0.01
+
+
 def _lattice_from_power(
     p: np.ndarray, dx: float, d_min_A: float, d_max_A: float
 ) -> tuple[float, float, float]:
@@ -136,7 +145,13 @@ def _lattice_from_power(
     kyc, kxc = refine(*divmod(i, n))
     strength = float(p.flat[i] / med)
     # the strongest reflection may be (110) or (200) of a square lattice: step down to the
-    # primitive one when a significant reflection sits at k/√2 (±45°) or k/2
+    # primitive one when a significant reflection sits at k/√2 (±45°) or k/2 — significant
+    # over the annulus (10 × its median) and against the strongest reflection
+    # (_STEP_MIN_POWER of its power): on a noise-poor frame filled by the crystal the median
+    # is tiny, and any weak sharp peak at the ½½0 position (a√2 = 8.3 Å at 45°; on the
+    # multislice test field, a 3 × 3 tiling of a 5-cell frozen-phonon slab, the 29 Å
+    # supercell's peaks, 1–2e-3 of the 110's power) took the 5.87 Å cell there
+    p_min = max(10 * med, _STEP_MIN_POWER * float(p.flat[i]))
     for _ in range(3):
         cands = []
         c, s_ = np.cos(np.pi / 4), np.sin(np.pi / 4)
@@ -146,7 +161,7 @@ def _lattice_from_power(
             cands.append((ky2, kx2))
         cands.append((kyc / 2, kxc / 2))
         best = max(cands, key=lambda q: power_at(*q))
-        if np.hypot(*best) < 1 / d_max_A or power_at(*best) < 10 * med:
+        if np.hypot(*best) < 1 / d_max_A or power_at(*best) < p_min:
             break
         iy = int(round(best[0] * m * dx)) % m
         ix = int(round(best[1] * n * dx)) % n
