@@ -1,11 +1,12 @@
 """Clusters in a frame the crystal crosses or fills (issue #7): the background noise floor
-of :func:`perovstem.insitu.detect_clusters` must not be measured on the crystal."""
+of :func:`perovstem.insitu.detect_clusters` must not be measured on the crystal's texture
+(on the vacuum where there is some, by Poisson thinning where the crystal fills the
+frame)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from perovstem.insitu import detect_clusters
 
@@ -82,14 +83,57 @@ def test_clusters_found_when_the_crystal_crosses_the_frame(tmp_path):
     assert precision >= 0.7, (crop, full)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limitation (issue #7): a crystal that fills the frame leaves no vacuum "
-    "to measure the noise floor on; the frame-wide value (the crystal's texture) is kept",
-)
 def test_clusters_found_when_the_crystal_fills_the_frame(tmp_path):
-    """A 64 Å crop of the 60 Å crystal (vacuum only in slivers within a cell of it):
-    measured 2/33 found against 20/33 by the full frame on the same windows (AVX2 mode
-    0/33 against 18/33)."""
+    """A 64 Å crop of the 60 Å crystal (vacuum only in slivers within a cell of it; seeds
+    1, 2; frames 2, 3): no vacuum measures the noise floor, so it is measured by Poisson
+    thinning (the excess of two binomial halves of the counts, whose difference holds no
+    texture), with a floor on the half cell at the frame border.  Measured: crops 26/33 =
+    0.79 recall, precision 0.86 (full frame on the same windows 20/33 = 0.61, 0.75); AVX2
+    mode 22/33, 0.81 (18/33, 0.84); the frame-wide floor (the crystal's texture) found
+    2/33 (AVX2 mode 0/33)."""
     crop, full = _score(tmp_path, _FILLS)
-    assert crop[0] / crop[1] >= 0.5 * full[0] / full[1], (crop, full)
+    recall, recall_full = crop[0] / crop[1], full[0] / full[1]
+    precision = 1.0 - crop[3] / max(crop[2], 1)
+    assert crop[1] >= 25, crop
+    assert recall >= 0.6, (crop, full)
+    assert recall >= 0.9 * recall_full, (crop, full)
+    assert precision >= 0.7, (crop, full)
+
+
+def test_filled_floor_is_the_noise_not_the_texture():
+    """On a crystal that fills the field the thinned floor is the noise of the excess: a
+    periodic host with a smooth ±5 % damage texture (no clusters), 200–310 counts per
+    pixel: the
+    frame-wide spread of the excess is the texture (measured 5.3–5.4 counts), the thinned
+    floor stays within a factor 2 of the shot noise of the cell-averaged map (measured
+    1.48–1.61 against 1.26), for three noise seeds."""
+    from perovstem.insitu import clusters as cl
+
+    px, a_A = 0.5, 5.87
+    a_px = a_A / px
+    yy, xx = np.mgrid[0:160, 0:160] * px
+    host = 0.6 + 0.4 * (np.cos(np.pi * xx / a_A) ** 2) * (np.cos(np.pi * yy / a_A) ** 2)
+    texture = 1.0 + 0.05 * np.sin(2 * np.pi * xx / 23.0) * np.cos(2 * np.pi * yy / 31.0)
+    lam = 5e3 * px * px * host * texture / 4.0
+    side = max(3, int(np.ceil(2 * 30.0 / px)) | 1)
+    for seed in range(3):
+        img = np.random.default_rng(seed).poisson(lam).astype(float)
+        m = cl._cell_average(img, a_px, 0.0)
+        var = np.clip(m, 0, None) / a_px**2
+        e = cl._plateau_excess(m, side, 0.0, var, var_per_level=1.0 / a_px**2)
+
+        def halves(img=img):
+            n = img.astype(np.int64)
+            n1 = np.random.default_rng(0).binomial(n, 0.5)
+            out = []
+            for k in (n1, n - n1):
+                mk = cl._cell_average(k.astype(float), a_px, 0.0)
+                vk = np.clip(mk, 0, None) / a_px**2
+                out.append(cl._plateau_excess(mk, side, 0.0, vk, var_per_level=1.0 / a_px**2))
+            return out[0], out[1]
+
+        shot = float(np.sqrt(np.median(var)))
+        fw = cl._noise_floor(m, e, a_px=a_px)[0]
+        floor = cl._noise_floor(m, e, a_px=a_px, image=img, halves=halves)[0]
+        assert fw > 2.0 * shot, (seed, fw, shot)
+        assert 0.5 * shot < floor < 2.0 * shot, (seed, floor, shot, fw)
