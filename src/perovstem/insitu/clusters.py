@@ -1136,7 +1136,9 @@ def _fit_ellipse(
     def resids(pp):
         # residuals of a stack of parameter sets, one inverse FFT for all
         y, x, la, eta, th, tail, lev = pp.T
-        amp = np.exp(la)
+        # a trial step of the solver may try log-amplitudes of several hundred: exp would
+        # overflow (a RuntimeWarning, inf residuals); e^60 is already no cluster
+        amp = np.exp(np.minimum(la, 60.0))
         mod = _ellipse_model(grid, y, x, amp, radius_of(amp), eta, th, tail)
         return (target - mod[:, use] - lev[:, None]) * w
 
