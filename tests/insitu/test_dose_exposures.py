@@ -288,3 +288,41 @@ def test_dm_style_stack_rate_is_the_scan_flux(tmp_path):
     np.testing.assert_allclose(s.dose_rate_e_per_A2_s, flux, rtol=1e-9)
     assert s.dose_rate_rule == "dose / exposure"
     np.testing.assert_allclose(dose_table(assign_dose(s))["dose_rate_e_per_A2_s"], flux)
+
+
+@pytest.mark.parametrize(
+    ("raw", "n", "want", "error"),
+    [
+        ([1.0, 2.0, 4.0], 3, [1.0, 2.0, 4.0], None),
+        (2.5, 4, [2.5] * 4, None),
+        ([0.0, 0.0], 2, None, None),  # not recorded
+        ([1.0, np.nan, 2.0], 3, None, None),
+        (None, 3, None, None),
+        ([1.0, 2.0], 3, None, r"exposure_time_s'\] has 2 values for 3 frames"),
+        ([1.0, 2.0, 3.0, 4.0], 5, None, r"has 4 values for 5 frames"),
+        ("fast", 2, None, r"exposure_time_s'\] must be numbers \(s\), got 'fast'"),
+    ],
+)
+def test_one_exposure_parser_strict_for_dose_lenient_for_series(raw, n, want, error):
+    # assign_dose (strict) and Series.exposure_s (lenient) read exposure_time_s with one
+    # parser: the same result where the record is usable; where it is not one per frame or
+    # not numbers, the dose bookkeeping names the field and the value, the property says None
+    from perovstem._data import per_frame_exposures
+
+    lenient = per_frame_exposures(raw, n, strict=False)
+    s = Series(np.zeros((n, 8, 8)), 0.5, metadata={"exposure_time_s": raw})
+    if want is None:
+        assert lenient is None and s.exposure_s is None
+    else:
+        np.testing.assert_array_equal(lenient, want)
+        np.testing.assert_array_equal(s.exposure_s, want)
+    if error is None:
+        strict = per_frame_exposures(raw, n, strict=True)
+        assert (strict is None) == (want is None)
+        if want is not None:
+            np.testing.assert_array_equal(strict, want)
+    else:
+        with pytest.raises(DataError, match=error):
+            per_frame_exposures(raw, n, strict=True)
+        with pytest.raises(DataError, match=error):
+            assign_dose(s, current_pA=20.0)
