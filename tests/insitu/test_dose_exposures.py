@@ -326,3 +326,54 @@ def test_one_exposure_parser_strict_for_dose_lenient_for_series(raw, n, want, er
             per_frame_exposures(raw, n, strict=True)
         with pytest.raises(DataError, match=error):
             assign_dose(s, current_pA=20.0)
+
+
+def _fei1_stem_mrc(path, n, dwell_s, frame_s, *, shape=(16, 20), byte_order="<"):
+    """A vendor FEI1 STEM stack with "Dwell time" and "Frame time" (s; Bitmask 3 bits 15
+    and 16, field layout of mrcfile.dtypes) and no Integration time."""
+    import mrcfile
+    from mrcfile.dtypes import get_ext_header_dtype
+
+    dt = get_ext_header_dtype(b"FEI1", byte_order)
+    rec = np.zeros(n, dtype=dt)
+    rec["Metadata size"] = dt.itemsize
+    rec["Application"] = b"Velox"
+    rec["Pixel size X"] = rec["Pixel size Y"] = 1.5e-10
+    rec["Dwell time"] = dwell_s
+    rec["Frame time"] = frame_s
+    rec["Bitmask 1"] = (1 << 3) | (1 << 14) | (1 << 15)
+    rec["Bitmask 3"] = (1 << 15) | (1 << 16)
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(np.random.default_rng(n).poisson(30, (n, *shape)).astype(np.float32))
+        m.set_extended_header(rec)
+        m.header.exttyp = b"FEI1"
+
+
+@pytest.mark.parametrize(
+    ("n", "dwell_s", "frame_s"), [(3, 2e-6, 0.8), (5, 5e-7, 0.25), (2, 1e-5, 4.0)]
+)
+def test_fei1_stem_dwell_and_frame_time_are_read_and_kept(tmp_path, n, dwell_s, frame_s):
+    # FEI1 "Dwell time"/"Frame time" reach the series metadata (s, where the Velox/DM readers
+    # put the dwell time) so the beam-on time of each frame is dwell × pixels; the .mrc
+    # writer keeps them (it used to drop them with a warning)
+    p = tmp_path / "stem.mrc"
+    _fei1_stem_mrc(p, n, dwell_s, frame_s)
+    s = ps.load(p)
+    assert s.metadata["dwell_time_s"] == pytest.approx(dwell_s, rel=1e-6)
+    assert s.metadata["frame_time_s"] == pytest.approx(frame_s, rel=1e-6)
+    np.testing.assert_allclose(s.exposure_s, np.full(n, dwell_s * 16 * 20), rtol=1e-6)
+    q = tmp_path / "back.mrc"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing dropped: no warning
+        ps.io.save_image(s, q)
+    back = ps.load(q)
+    assert back.metadata["dwell_time_s"] == pytest.approx(dwell_s, rel=1e-6)
+    assert back.metadata["frame_time_s"] == pytest.approx(frame_s, rel=1e-6)
+
+
+def test_fei1_absurd_dwell_time_is_named(tmp_path):
+    p = tmp_path / "bad.mrc"
+    _fei1_stem_mrc(p, 3, 5.0, 0.8)
+    with pytest.warns(UserWarning, match=r"bad\.mrc.*Dwell time of image 0 \(5\.0 s"):
+        s = ps.load(p)
+    assert "dwell_time_s" not in s.metadata and s.metadata["frame_time_s"] == pytest.approx(0.8)
