@@ -30,11 +30,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "insitu"))
 
-from _insitu_kmc import noise_free_parts  # noqa: E402
-
 import bench_clusters as bc  # noqa: E402
+from _kmc_series import kmc_series  # noqa: E402
 from perovstem.insitu import _jointhost as jh  # noqa: E402
-from perovstem.insitu import clusters, estimate_lattice, projected_objects  # noqa: E402
+from perovstem.insitu import clusters, projected_objects  # noqa: E402
 
 MARGIN_A = 2.0
 PROFILE = jh.Profile(0.40, 0.11, 1.5)
@@ -46,14 +45,7 @@ def run(setname: str) -> dict:
     lib = clusters._default_library()
     for seed, c in bc.SETS[setname]:
         px = c["px"]
-        tr, s, truth = bc.kmc_imaged(
-            c["edge"], rate=c["rate"], temperature_K=c["temp"], seed=seed, n_frames=12,
-            pixel_size_A=px, drift_A_per_s=(0.8, -0.5), jitter_A=0.3, rng=seed,
-        )  # fmt: skip
-        render = noise_free_parts(tr, s, pixel_size_A=px, seed=seed)
-        data = np.asarray(s.data, float)
-        la, ang, _ = estimate_lattice(data[0], px)
-        a_px = la / px
+        tr, s, truth, render, data, la, ang, a_px = kmc_series(seed, c)
         g = s.metadata.get("gain", 1.0)
         dose = np.asarray(s.dose_e_per_A2, float)
         for k in (4, 8, 11):

@@ -60,15 +60,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "insitu"))
 
-from _insitu_kmc import noise_free_parts  # noqa: E402
-
 import bench_clusters as bc  # noqa: E402
+from _kmc_series import kmc_series  # noqa: E402
 from perovstem._data import Image  # noqa: E402
 from perovstem.insitu import _jointhost as jh  # noqa: E402
 from perovstem.insitu import (  # noqa: E402
     clusters,
     detect_clusters,
-    estimate_lattice,
     projected_objects,
     score_detections,
 )
@@ -302,14 +300,7 @@ def run_set(cases):
     try:
         for seed, c in cases:
             px = c["px"]
-            tr, s, truth = bc.kmc_imaged(
-                c["edge"], rate=c["rate"], temperature_K=c["temp"], seed=seed, n_frames=12,
-                pixel_size_A=px, drift_A_per_s=(0.8, -0.5), jitter_A=0.3, rng=seed,
-            )  # fmt: skip
-            render = noise_free_parts(tr, s, pixel_size_A=px, seed=seed)
-            data = np.asarray(s.data, float)
-            la, ang, _ = estimate_lattice(data[0], px)
-            a_px = la / px
+            tr, s, truth, render, data, la, ang, a_px = kmc_series(seed, c)
             kw = {"gain": s.metadata.get("gain", 1.0), "offset": s.metadata.get("offset", 0.0),
                   "lattice_A": la, "lattice_angle_deg": ang}  # fmt: skip
             field = (data.shape[1] - 1) * px

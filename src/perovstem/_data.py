@@ -324,18 +324,7 @@ class Series:
                 return None
         else:
             return None
-        if e is None:
-            return None
-        try:
-            e = np.asarray(e, dtype=float).ravel()
-        except (TypeError, ValueError):
-            return None
-        n = self.n_frames
-        if e.size == 1:
-            e = np.full(n, float(e[0]))
-        if e.shape != (n,) or not np.all(np.isfinite(e) & (e > 0)):
-            return None
-        return e
+        return per_frame_exposures(e, self.n_frames, strict=False)
 
     @property
     def dose_rate_rule(self) -> str | None:
@@ -588,3 +577,35 @@ def from_hyperspy(signal: Any) -> Image | Series | TiltSeries:
             metadata=md,
         )
     raise DataError(f"cannot map a signal of shape {data.shape} to Image/Series/TiltSeries")
+
+
+def per_frame_exposures(
+    raw: Any, n_frames: int, *, strict: bool, name: str = "metadata['exposure_time_s']"
+) -> np.ndarray | None:
+    """Recorded exposures as one value per frame, s; None when not recorded.
+
+    ``raw`` is one value (every frame) or one per frame.  Values that are not all finite
+    and positive (0 or NaN: not recorded) give None.  Values that are not numbers, or not
+    one per frame, give None too unless ``strict``, which raises :class:`DataError` naming
+    ``name`` and the value instead (which exposure belongs to which frame is unknown).
+    """
+    if raw is None:
+        return None
+    try:
+        et = np.atleast_1d(np.asarray(raw, dtype=float)).ravel()
+    except (TypeError, ValueError):
+        if strict:
+            raise DataError(f"{name} must be numbers (s), got {raw!r:.80}") from None
+        return None
+    if et.size == 0 or not (np.all(np.isfinite(et)) and np.all(et > 0)):
+        return None  # not recorded (0 or NaN): the frame time must be given
+    if et.size == 1:
+        return np.full(n_frames, float(et[0]))
+    if et.size != n_frames:
+        if strict:
+            raise DataError(
+                f"{name} has {et.size} values for {n_frames} frames: which "
+                "exposure belongs to which frame is unknown; give `frame_time_s` or `dwell_us`"
+            )
+        return None
+    return et

@@ -723,3 +723,25 @@ def test_pb0_over_count_on_a_small_degrading_crystal_is_flagged():
         assert not covered.any() or any("host_reference_used" in n for n in res.notes)
         n_flag += int(flag.sum())
     assert n_flag >= 2, n_flag
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_frames_table_pb0_flags_find_the_dips_once(monkeypatch, seed):
+    # the frames table's Pb0_falls_later and Pb0_dip columns come from one pb0_dips call
+    # (pb0_falls_later ran it a second time) and equal the public functions' results
+    from perovstem.insitu import analysis
+
+    rng = np.random.default_rng(seed)
+    n = np.cumsum(rng.uniform(0, 6, 40)) + rng.normal(0, 4, 40)
+    n[rng.choice(40, 3, replace=False)] -= 30.0  # isolated dips
+    n[5] = np.nan
+    e = rng.uniform(1.0, 3.0, 40)
+    want = (analysis.pb0_falls_later(n, e), analysis.pb0_dips(n, e))
+    calls = []
+    real = analysis.pb0_dips
+    monkeypatch.setattr(analysis, "pb0_dips", lambda *a, **k: calls.append(1) or real(*a, **k))
+    falls, dip = analysis._pb0_flags(n, e)
+    assert len(calls) == 1
+    assert dip.any() and falls.dtype == bool
+    np.testing.assert_array_equal(falls, want[0])
+    np.testing.assert_array_equal(dip, want[1])

@@ -288,3 +288,92 @@ def test_dm_style_stack_rate_is_the_scan_flux(tmp_path):
     np.testing.assert_allclose(s.dose_rate_e_per_A2_s, flux, rtol=1e-9)
     assert s.dose_rate_rule == "dose / exposure"
     np.testing.assert_allclose(dose_table(assign_dose(s))["dose_rate_e_per_A2_s"], flux)
+
+
+@pytest.mark.parametrize(
+    ("raw", "n", "want", "error"),
+    [
+        ([1.0, 2.0, 4.0], 3, [1.0, 2.0, 4.0], None),
+        (2.5, 4, [2.5] * 4, None),
+        ([0.0, 0.0], 2, None, None),  # not recorded
+        ([1.0, np.nan, 2.0], 3, None, None),
+        (None, 3, None, None),
+        ([1.0, 2.0], 3, None, r"exposure_time_s'\] has 2 values for 3 frames"),
+        ([1.0, 2.0, 3.0, 4.0], 5, None, r"has 4 values for 5 frames"),
+        ("fast", 2, None, r"exposure_time_s'\] must be numbers \(s\), got 'fast'"),
+    ],
+)
+def test_one_exposure_parser_strict_for_dose_lenient_for_series(raw, n, want, error):
+    # assign_dose (strict) and Series.exposure_s (lenient) read exposure_time_s with one
+    # parser: the same result where the record is usable; where it is not one per frame or
+    # not numbers, the dose bookkeeping names the field and the value, the property says None
+    from perovstem._data import per_frame_exposures
+
+    lenient = per_frame_exposures(raw, n, strict=False)
+    s = Series(np.zeros((n, 8, 8)), 0.5, metadata={"exposure_time_s": raw})
+    if want is None:
+        assert lenient is None and s.exposure_s is None
+    else:
+        np.testing.assert_array_equal(lenient, want)
+        np.testing.assert_array_equal(s.exposure_s, want)
+    if error is None:
+        strict = per_frame_exposures(raw, n, strict=True)
+        assert (strict is None) == (want is None)
+        if want is not None:
+            np.testing.assert_array_equal(strict, want)
+    else:
+        with pytest.raises(DataError, match=error):
+            per_frame_exposures(raw, n, strict=True)
+        with pytest.raises(DataError, match=error):
+            assign_dose(s, current_pA=20.0)
+
+
+def _fei1_stem_mrc(path, n, dwell_s, frame_s, *, shape=(16, 20), byte_order="<"):
+    """A vendor FEI1 STEM stack with "Dwell time" and "Frame time" (s; Bitmask 3 bits 15
+    and 16, field layout of mrcfile.dtypes) and no Integration time."""
+    import mrcfile
+    from mrcfile.dtypes import get_ext_header_dtype
+
+    dt = get_ext_header_dtype(b"FEI1", byte_order)
+    rec = np.zeros(n, dtype=dt)
+    rec["Metadata size"] = dt.itemsize
+    rec["Application"] = b"Velox"
+    rec["Pixel size X"] = rec["Pixel size Y"] = 1.5e-10
+    rec["Dwell time"] = dwell_s
+    rec["Frame time"] = frame_s
+    rec["Bitmask 1"] = (1 << 3) | (1 << 14) | (1 << 15)
+    rec["Bitmask 3"] = (1 << 15) | (1 << 16)
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(np.random.default_rng(n).poisson(30, (n, *shape)).astype(np.float32))
+        m.set_extended_header(rec)
+        m.header.exttyp = b"FEI1"
+
+
+@pytest.mark.parametrize(
+    ("n", "dwell_s", "frame_s"), [(3, 2e-6, 0.8), (5, 5e-7, 0.25), (2, 1e-5, 4.0)]
+)
+def test_fei1_stem_dwell_and_frame_time_are_read_and_kept(tmp_path, n, dwell_s, frame_s):
+    # FEI1 "Dwell time"/"Frame time" reach the series metadata (s, where the Velox/DM readers
+    # put the dwell time) so the beam-on time of each frame is dwell × pixels; the .mrc
+    # writer keeps them (it used to drop them with a warning)
+    p = tmp_path / "stem.mrc"
+    _fei1_stem_mrc(p, n, dwell_s, frame_s)
+    s = ps.load(p)
+    assert s.metadata["dwell_time_s"] == pytest.approx(dwell_s, rel=1e-6)
+    assert s.metadata["frame_time_s"] == pytest.approx(frame_s, rel=1e-6)
+    np.testing.assert_allclose(s.exposure_s, np.full(n, dwell_s * 16 * 20), rtol=1e-6)
+    q = tmp_path / "back.mrc"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing dropped: no warning
+        ps.io.save_image(s, q)
+    back = ps.load(q)
+    assert back.metadata["dwell_time_s"] == pytest.approx(dwell_s, rel=1e-6)
+    assert back.metadata["frame_time_s"] == pytest.approx(frame_s, rel=1e-6)
+
+
+def test_fei1_absurd_dwell_time_is_named(tmp_path):
+    p = tmp_path / "bad.mrc"
+    _fei1_stem_mrc(p, 3, 5.0, 0.8)
+    with pytest.warns(UserWarning, match=r"bad\.mrc.*Dwell time of image 0 \(5\.0 s"):
+        s = ps.load(p)
+    assert "dwell_time_s" not in s.metadata and s.metadata["frame_time_s"] == pytest.approx(0.8)

@@ -235,3 +235,20 @@ def test_tilt_series_bounds_the_whole_stack():
         tilt_series(ph, np.linspace(-70, 70, 1401), shape=(8192, 8192), rng=0)
     ts, _ = tilt_series(ph, np.linspace(-60, 60, 5), shape=(32, 32), rng=0)
     assert ts.data.shape == (5, 32, 32)
+
+
+@pytest.mark.parametrize("n_events", [1.5e10, 3e12])
+def test_costly_run_message_quotes_the_measured_step_cost(n_events):
+    # the refusal quotes the step term of estimated_cpu_s (0.5-80 steps of 0.06-0.55 µs per
+    # estimated event), not the outdated "1-3 s per 1e6 events"
+    from perovstem.simulate import kmc
+
+    crystal = {"n_host": 0}
+    lo, hi = kmc.estimated_cpu_s(crystal, n_events, n_frames=0)
+    with pytest.raises(ParameterError) as err:
+        kmc.refuse_costly_run(n_events, "a test run")
+    msg = str(err.value)
+    assert "1-3 s per 1e6" not in msg
+    assert "a test run" in msg and f"{n_events:.2g}" in msg
+    assert f"{kmc._duration(lo)} to {kmc._duration(hi)}" in msg
+    assert "0.03-44 µs per estimated event" in msg

@@ -1392,13 +1392,25 @@ def pb0_falls_later(n_pb0: Any, err_stat: Any, *, n_sigma: float = PB0_FALL_SIGM
         is above the level of a run that cannot be non-decreasing.
     """
     refuse_text_numbers(locals())
+    n, e = _pb0_arrays(n_pb0, err_stat)
+    return _pb0_falls(n, e, pb0_dips(n, e, n_sigma=n_sigma), n_sigma=n_sigma)
+
+
+def _pb0_flags(n_pb0: Any, err_stat: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(:func:`pb0_falls_later`, :func:`pb0_dips`) of one frames table, the dips found once."""
+    n, e = _pb0_arrays(n_pb0, err_stat)
+    dip = pb0_dips(n, e)
+    return _pb0_falls(n, e, dip, n_sigma=PB0_FALL_SIGMA), dip
+
+
+def _pb0_falls(n: np.ndarray, e: np.ndarray, dip: np.ndarray, *, n_sigma: float) -> np.ndarray:
+    """:func:`pb0_falls_later` of checked arrays, given their :func:`pb0_dips` ``dip``."""
     from scipy import stats
     from scipy.optimize import isotonic_regression
 
-    n, e = _pb0_arrays(n_pb0, err_stat)
     ok = np.isfinite(n) & np.isfinite(e)
     # an isolated dip is an under-count of its own frame: not a reference for the others
-    ok &= ~pb0_dips(n, e, n_sigma=n_sigma)
+    ok &= ~dip
     flag = np.zeros(n.size, bool)
     for k in np.flatnonzero(ok):
         later = ok.copy()
@@ -1503,8 +1515,7 @@ def _frames_table(
     if "n_atoms_err_stat" in tracks:
         out["n_Pb0_err_stat"] = _frame_quadrature(tracks, "n_atoms_err_stat", idx)
         kept = out["n_Pb0_detected"].where(~out["skipped"].fillna(False).astype(bool))
-        out["Pb0_falls_later"] = pb0_falls_later(kept, out["n_Pb0_err_stat"])
-        out["Pb0_dip"] = pb0_dips(kept, out["n_Pb0_err_stat"])
+        out["Pb0_falls_later"], out["Pb0_dip"] = _pb0_flags(kept, out["n_Pb0_err_stat"])
     out["mean_cluster_atoms"] = g["n_atoms"].mean().reindex(idx).to_numpy()
     out["mean_radius_A"] = (
         g["radius_A"].mean().reindex(idx).to_numpy() if "radius_A" in tracks else np.nan

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from perovstem._data import Series
+from perovstem._data import Series, per_frame_exposures
 from perovstem._limits import check_current_pA
 from perovstem._validation import check_positive, check_range, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
@@ -116,24 +116,9 @@ def _times(
 
 def _recorded_exposures(series: Series) -> np.ndarray | None:
     """``metadata["exposure_time_s"]`` as one value per frame, s (None when not usable)."""
-    raw = series.metadata["exposure_time_s"]
-    try:
-        et = np.atleast_1d(np.asarray(raw, dtype=float)).ravel()
-    except (TypeError, ValueError):
-        raise DataError(
-            f"metadata['exposure_time_s'] must be numbers (s), got {raw!r:.80}"
-        ) from None
-    if et.size == 0 or not (np.all(np.isfinite(et)) and np.all(et > 0)):
-        return None  # not recorded (0 or NaN): the frame time must be given
-    n = series.n_frames
-    if et.size == 1:
-        return np.full(n, float(et[0]))
-    if et.size != n:
-        raise DataError(
-            f"metadata['exposure_time_s'] has {et.size} values for {n} frames: which "
-            "exposure belongs to which frame is unknown; give `frame_time_s` or `dwell_us`"
-        )
-    return et
+    return per_frame_exposures(
+        series.metadata["exposure_time_s"], series.n_frames, strict=True
+    )
 
 
 def assign_dose(

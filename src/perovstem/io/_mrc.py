@@ -94,6 +94,8 @@ def fei1_extended_header(
     tilt_axis_deg: float | None = None,
     high_tension_V: float | None = None,
     exposure_time_s: Any = None,
+    dwell_time_s: float | None = None,
+    frame_time_s: float | None = None,
     app_version: str = "",
 ) -> np.ndarray:
     """One FEI1 extended-header record per image with the conditions perovstem knows.
@@ -102,7 +104,8 @@ def fei1_extended_header(
     ``time_s / 86400`` on a clock starting at day 0, see :func:`read_fei1_extended_header`),
     alpha tilt and tilt-axis angle (degrees; the axis in perovstem's convention, counter-
     clockwise from the image x axis), HT (V), the exposure (beam-on) time of each image
-    (s, as "Integration time") and the application name ``perovstem``. Only the
+    (s, as "Integration time"), the STEM dwell and frame times (s, one value) and the
+    application name ``perovstem``. Only the
     bits of the fields written are set, so other readers ignore the rest.
     """
     from mrcfile.dtypes import get_ext_header_dtype
@@ -135,6 +138,10 @@ def fei1_extended_header(
         put("HT", float(high_tension_V))
     if exposure_time_s is not None:  # the beam-on time of each image, s
         put("Integration time", np.broadcast_to(np.asarray(exposure_time_s, float), (n_images,)))
+    if dwell_time_s is not None:  # STEM pixel dwell time, s
+        put("Dwell time", float(dwell_time_s))
+    if frame_time_s is not None:  # STEM frame time, s
+        put("Frame time", float(frame_time_s))
     for mask, value in masks.items():
         rec[mask] = value
     return rec
@@ -514,6 +521,22 @@ def _apply_fei1(
     md["fei"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in fei1.items()}
     if "integration_time_s" in fei1:  # the exposure time of each image (FEI1 format)
         _put_exposures(md, fei1["integration_time_s"], is_stack=is_stack)
+    # STEM pixel dwell and frame times (s), put where the Velox/DM readers put the dwell
+    # time, for the dose bookkeeping; absurd values are ignored with a warning
+    for key, top in (("dwell_time_s", 1.0), ("frame_time_s", 1e4)):
+        if key in fei1:
+            v = np.asarray(fei1[key], float)
+            if np.all(np.isfinite(v) & (v > 0) & (v <= top)):
+                md[key] = float(np.median(v))
+            elif np.any(v != 0):  # 0: not recorded
+                k = int(np.flatnonzero(~(np.isfinite(v) & (v > 0) & (v <= top)))[0])
+                warnings.warn(
+                    f"{md.get('source', 'MRC file')!r}: ignoring the FEI extended header's "
+                    f"{key.replace('_s', '').replace('_', ' ').capitalize()} of image {k} "
+                    f"({float(v[k])!r} s; expected above 0 and at most {top:g} s)",
+                    UserWarning,
+                    stacklevel=3,
+                )
     if "pixel_size_A" in fei1:
         out["pixel_size_A"] = float(np.median(fei1["pixel_size_A"]))
     if "angles_deg" in fei1 and np.ptp(fei1["angles_deg"]) > _MIN_TILT_SPAN_DEG:

@@ -133,7 +133,7 @@ def save_image(
 
 
 # metadata an analysis reads back and an FEI1 header cannot hold: said when dropped
-_MRC_LOST_KEYS = ("gain", "offset", "beam_current_A", "dwell_time_s", "frame_time_s")
+_MRC_LOST_KEYS = ("gain", "offset", "beam_current_A")
 
 
 def _warn_mrc_losses(obj: Image | Series | TiltSeries, path: Path) -> None:
@@ -177,6 +177,13 @@ def _fei_fields(obj: Image | Series | TiltSeries) -> dict[str, Any]:
             ht_V = v
             break
     out: dict[str, Any] = {"high_tension_V": ht_V, "app_version": str(__version__)}
+    for key in ("dwell_time_s", "frame_time_s"):  # STEM scan times, s: FEI1 fields
+        try:
+            v = float(md[key])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if np.isfinite(v) and v > 0:
+            out[key] = v
     if isinstance(obj, TiltSeries):
         out.update(angles_deg=obj.angles_deg, tilt_axis_deg=obj.tilt_axis_deg)
     else:

@@ -351,6 +351,14 @@ def check_frame_dose(phi: Any, frame_time_s: float, *, per_frame: bool = False) 
     )
 
 
+def _duration(seconds: float) -> str:
+    """``seconds`` as a short readable duration (s, min, h or days)."""
+    for unit, size in (("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.2g} {unit}"
+    return f"{seconds:.2g} s"
+
+
 def refuse_costly_run(n_events: float, request: str) -> None:
     """Refuse a run whose low event estimate exceeds :data:`~perovstem._limits.MAX_KMC_EVENTS`.
 
@@ -358,9 +366,17 @@ def refuse_costly_run(n_events: float, request: str) -> None:
     the message.
     """
     if n_events > MAX_KMC_EVENTS:
+        # the step term of estimated_cpu_s: 0.5-80 steps per estimated event at the
+        # measured 0.06-0.55 µs per step
+        lo, hi = (
+            _STEPS_PER_ESTIMATED_EVENT[i] * _COST_S_PER_STEP[i] for i in (0, 1)
+        )
         raise ParameterError(
             f"this run would need at least about {n_events:.2g} kinetic Monte Carlo events "
-            f"(more than {MAX_KMC_EVENTS:.0e}, an hour or more at 1-3 s per 1e6 events): "
+            f"(more than {MAX_KMC_EVENTS:.0e}; its steps alone would take "
+            f"{_duration(n_events * lo)} to {_duration(n_events * hi)} of CPU time at the "
+            f"measured {lo * 1e6:.2g}-{hi * 1e6:.2g} µs per estimated event, see "
+            f"`estimated_cpu_s`): "
             f"{request}; lower `n_frames`, `frame_time_s`, `dose_rate_e_per_A2_s` or "
             "`temperature_K`, or use a smaller crystal"
         )
