@@ -70,6 +70,7 @@ from perovstem.insitu import (  # noqa: E402
     score_detections,
 )
 from perovstem.insitu.clusters import _cell_average, _lattice_opening  # noqa: E402
+from perovstem.insitu.evaluation import ratio_interval  # noqa: E402
 
 PB_A = 4.95
 
@@ -83,12 +84,35 @@ def truth_objects(t: pd.DataFrame) -> pd.DataFrame:
     return projected_objects(t)
 
 
+def _track_ids(tk, big):
+    """The truth ``cluster_id`` of each object's largest member cluster (the object's
+    truth track; members are the centres of mass of :func:`projected_objects`)."""
+    t = tk[tk["cluster_id"] >= 0]
+    ids, xyn = [], []
+    for cid, g in t.groupby("cluster_id"):
+        w = g["n_atoms"].to_numpy(float)
+        ids.append(int(cid))
+        xyn.append((np.average(g["x_A"], weights=w), np.average(g["y_A"], weights=w), w.sum()))
+    xyn = np.array(xyn, float).reshape(-1, 3)
+    out = []
+    for mem in big["members"]:
+        m = np.asarray(mem, float).reshape(-1, 3)
+        x, y, n = m[int(np.argmax(m[:, 2]))]
+        out.append(
+            ids[int(np.argmin(np.hypot(xyn[:, 0] - x, xyn[:, 1] - y) + np.abs(xyn[:, 2] - n)))]
+        )
+    return out
+
+
 def score_frame(det, tk, field_A, on_host):
-    """(tp, fp, fn, counts, misses) of one frame; ``on_host(x, y)`` tells crystal pixels."""
+    """(tp, fp, fn, counts, misses, tracks) of one frame; ``on_host(x, y)`` tells crystal
+    pixels; ``tracks``: (truth track id, hit, counted, within 15 %) per scored object."""
     tc = truth_objects(tk)
     sc = score_detections(det, tc)
     big, ok, fp = sc["objects"], sc["pairs"], sc["fp"]
     matched = {i for i, _ in ok}
+    tid = _track_ids(tk, big)
+    tracks = {i: [tid[i], i in matched, False, False] for i in range(len(big))}
     counts = []
     for (i, j), nd in zip(ok, sc["n_atoms"], strict=True):
         x, y, n = big.loc[i, ["x_A", "y_A", "n_atoms"]]
@@ -102,6 +126,7 @@ def score_frame(det, tk, field_A, on_host):
             counts.append(
                 (nd / n - 1, n, bool(nb.any()), bool(on_host(x, y)), on_host.edge_A(x, y), cov)
             )
+            tracks[i][2:] = [True, bool(abs(nd / n - 1) < 0.15)]
     misses = []
     dxy = det[["x_A", "y_A"]].to_numpy(float) if len(det) else np.zeros((0, 2))
     rdet = _radius(det["n_atoms"].to_numpy(float)) if len(det) else np.zeros(0)
@@ -121,7 +146,7 @@ def score_frame(det, tk, field_A, on_host):
                 "_small" if n < 20 else ""
             )
         misses.append(cause)
-    return len(ok), fp, len(big) - len(ok), counts, misses
+    return len(ok), fp, len(big) - len(ok), counts, misses, list(tracks.values())
 
 
 def _host_mask(frame, px, la, ang):
@@ -197,7 +222,11 @@ def run_set(cases, splits=(False, True), carry=True):
     ``analyze_series`` does)."""
     out = {sp: {"tp": 0, "fp": 0, "fn": 0, "counts": [], "misses": [], "t": 0.0, "nf": 0}
            for sp in splits}  # fmt: skip
+    units = {sp: {"series": [], "tracks": []} for sp in splits}
     for seed, c in cases:
+        start = {sp: (out[sp]["tp"], out[sp]["fp"], out[sp]["fn"], len(out[sp]["counts"]))
+                 for sp in splits}  # fmt: skip
+        trk = {sp: {} for sp in splits}
         px = c["px"]
         _, s, truth = kmc_imaged(
             c["edge"], rate=c["rate"], temperature_K=c["temp"], seed=seed, n_frames=12,
@@ -227,13 +256,89 @@ def run_set(cases, splits=(False, True), carry=True):
                 o = out[sp]
                 o["t"] += time.perf_counter() - t0
                 o["nf"] += 1
-                a, b, cc, cnt, mis = score_frame(det, tk, field, host)
+                a, b, cc, cnt, mis, tr = score_frame(det, tk, field, host)
+                for key, hit, counted, within in tr:
+                    t = trk[sp].setdefault(key, [0, 0, 0, 0])
+                    t[0] += hit
+                    t[1] += 1
+                    t[2] += within
+                    t[3] += counted
                 o["tp"] += a
                 o["fp"] += b
                 o["fn"] += cc
                 o["counts"] += cnt
                 o["misses"] += mis
-    return {("split" if sp else "watershed"): _summary(o) for sp, o in out.items()}
+        for sp in splits:
+            o, (tp0, fp0, fn0, c0) = out[sp], start[sp]
+            e = np.array([c[0] for c in o["counts"][c0:]], float)
+            units[sp]["series"].append(
+                {"seed": seed, "tp": o["tp"] - tp0, "fp": o["fp"] - fp0, "fn": o["fn"] - fn0,
+                 "within_15pct": int(np.sum(np.abs(e) < 0.15)), "counted": len(e)}
+            )  # fmt: skip
+            units[sp]["tracks"] += [(seed, *v) for v in trk[sp].values()]
+    name = {sp: ("split" if sp else "watershed") for sp in splits}
+    return (
+        {name[sp]: _summary(o) for sp, o in out.items()},
+        {name[sp]: u for sp, u in units.items()},
+    )
+
+
+# criteria of issue #7 (figure >= target) and the bootstrap of the intervals
+TARGETS = {"precision": 0.95, "recall": 0.95, "within_15pct": 0.95}
+BOOT = {"level": 0.95, "n_boot": 2000, "rng": 7}
+
+
+def _ratios(series):
+    """(numerator, denominator) per series of each criterion."""
+    s = pd.DataFrame(series)
+    return {
+        "precision": (s["tp"], s["tp"] + s["fp"]),
+        "recall": (s["tp"], s["tp"] + s["fn"]),
+        "within_15pct": (s["within_15pct"], s["counted"]),
+    }
+
+
+def _interval_row(series, tracks, set_of_series=None):
+    """Intervals of the three criteria: resampling whole series (the verdict; stratified
+    by set for the pooled row) and, for recall and counts, truth tracks within series."""
+    out = {}
+    r = _ratios(series)
+    tr = pd.DataFrame(tracks, columns=["seed", "hits", "frames", "within", "counted"])
+    by_track = {"recall": (tr["hits"], tr["frames"]), "within_15pct": (tr["within"], tr["counted"])}
+    for k, (num, den) in r.items():
+        if den.sum() == 0:
+            out[k] = None
+            continue
+        ci = ratio_interval(num, den, strata=set_of_series, target=TARGETS[k], **BOOT)
+        row = {"value": round(ci["value"], 3), "low": round(ci["low"], 3),
+               "high": round(ci["high"], 3), "se": round(ci["se"], 4),
+               "target": TARGETS[k], "verdict": ci["verdict"],
+               "series": ci["n_units"], "series_needed": ci["units_needed"]}  # fmt: skip
+        if k in by_track and by_track[k][1].sum() > 0:
+            n2, d2 = by_track[k]
+            keep = d2.to_numpy() > 0
+            ct = ratio_interval(n2[keep], d2[keep], strata=tr["seed"][keep], **BOOT)
+            row["tracks"] = {"low": round(ct["low"], 3), "high": round(ct["high"], 3),
+                             "se": round(ct["se"], 4), "n": int(keep.sum())}  # fmt: skip
+        out[k] = row
+    return out
+
+
+def intervals(units):
+    """Per set and pooled over the sets: value, 95 % interval and verdict of each
+    criterion, for each detector mode (``units``: set -> mode -> series/track tallies)."""
+    res = {}
+    modes = next(iter(units.values())).keys()
+    for mode in modes:
+        res[mode] = {name: _interval_row(u[mode]["series"], u[mode]["tracks"])
+                     for name, u in units.items()}  # fmt: skip
+        series, tracks, lab = [], [], []
+        for name, u in units.items():
+            series += u[mode]["series"]
+            tracks += u[mode]["tracks"]
+            lab += [name] * len(u[mode]["series"])
+        res[mode]["pooled"] = _interval_row(series, tracks, np.array(lab))
+    return res
 
 
 def _summary(o):
@@ -390,9 +495,24 @@ def main():
         pass
     t0 = time.time()
     info["sets"] = {}
+    units = {}
     for name in sets:
-        info["sets"][name] = run_set(SETS[name])
+        info["sets"][name], units[name] = run_set(SETS[name])
         print(name, json.dumps(info["sets"][name]), flush=True)
+    info["intervals"] = {
+        "method": "cluster bootstrap over whole series (Davison & Hinkley 1997 §3.8; Field & "
+        "Welsh 2007), n-1 of n per set (Rao & Wu 1988), percentile interval; pooled: "
+        "stratified by set; 'tracks': truth tracks resampled within series (ignores the "
+        "between-series spread; not used for the verdict)",
+        **BOOT,
+        **intervals(units),
+    }
+    for mode in ("watershed", "split"):
+        for name, row in info["intervals"].get(mode, {}).items():
+            print(mode, name, "  ".join(
+                f"{k} {v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}] {v['verdict']}"
+                + (f" (~{v['series_needed']} series)" if v["series_needed"] else "")
+                for k, v in row.items() if v), flush=True)  # fmt: skip
     if len(sys.argv) <= 1:
         info["isolated"] = run_isolated()
         print("isolated", json.dumps(info["isolated"]), flush=True)
