@@ -484,8 +484,8 @@ def ratio_interval(
         proportions) at which the interval's half-width, ``z · se`` scaled as
         1 / √units, would be ``|value − target|`` (None where the verdict is already
         decided, inf where ``value == target`` or ``se == 0``).  Resamples whose denominator
-        total is 0 are left out of the interval; ``low``, ``high`` and ``se`` are rounded
-        to 1e-12.
+        total is 0 are left out of the interval; bounds within 1e-12 of ``value`` (float
+        rounding of the resampled totals) are ``value``, an ``se`` below 1e-12 is 0.
     """
     refuse_text_numbers(locals())
     num = np.asarray(numerator, float)
@@ -531,10 +531,14 @@ def ratio_interval(
     ratio = num_b[ok] / den_b[ok]
     value = float(num.sum() / den.sum())
     a = (1.0 - lev) / 2.0
-    # rounded to 1e-12: resampled totals of identical units differ from the value only
-    # by float rounding (an interval of zero width must not read as just below a target)
-    low, high = (round(float(q), 12) for q in np.quantile(ratio, [a, 1.0 - a]))
-    se = round(float(ratio.std()), 12)
+    # resampled totals of identical units differ from the value by float rounding only:
+    # such bounds are the value (an interval of zero width must not read as just below
+    # a target)
+    low, high = (
+        value if abs(q - value) <= 1e-12 else float(q) for q in np.quantile(ratio, [a, 1.0 - a])
+    )
+    se = float(ratio.std())
+    se = 0.0 if se <= 1e-12 else se
     out = {"value": value, "low": low, "high": high, "se": se, "n_units": len(num)}
     if target is not None:
         t = float(target)
