@@ -246,3 +246,111 @@ def test_chain_object_is_matched_on_any_member():
     assert (sc["tp"], sc["fp"], sc["fn"]) == (0, 1, 2)
     np.testing.assert_allclose(obj["members"].iloc[0][:, 0], xs)
     np.testing.assert_allclose(obj["members"].iloc[1], [[80.0, 0.0, 30.0]])
+
+
+# --- intervals of pooled ratios (ratio_interval, interval_verdict) ---------------------
+
+
+def test_ratio_interval_identical_units_zero_width():
+    """Resampling identical series cannot move the figure: the interval has zero width,
+    with and without strata, whatever the seed."""
+    from perovstem.insitu import ratio_interval
+
+    for rng in (0, 1, 7):
+        r = ratio_interval([19, 19, 19, 19], [20, 20, 20, 20], rng=rng, target=0.95)
+        assert r["low"] == r["high"] == r["value"] == 0.95
+        assert r["se"] == 0.0 and r["n_units"] == 4
+        assert r["verdict"] == "met"  # the value itself is the bound: not "just below"
+        s = ratio_interval(
+            [9] * 3 + [40] * 5, [10] * 3 + [50] * 5, strata=[0] * 3 + [1] * 5, rng=rng
+        )
+        assert s["low"] == s["high"] == s["value"] == 227 / 280
+        assert s["se"] == 0.0
+
+
+def test_ratio_interval_value_is_ratio_of_totals():
+    """The pooled figure is sum(numerator) / sum(denominator), not the mean of the units'
+    ratios (a large series weighs more), and the interval contains it."""
+    from perovstem.insitu import ratio_interval
+
+    num, den = [1, 90, 45, 8], [2, 100, 50, 10]
+    r = ratio_interval(num, den, strata=["a", "b", "a", "b"], rng=3)
+    assert r["value"] == sum(num) / sum(den) == 144 / 162
+    assert r["value"] != pytest.approx(np.mean(np.divide(num, den)))
+    assert r["low"] <= r["value"] <= r["high"] and r["high"] > r["low"]
+
+
+@pytest.mark.parametrize("n", [4, 8, 30])
+def test_ratio_interval_rescaled_variance(n):
+    """Equal denominators make the figure the mean of the units' shares; the bootstrap of
+    n - 1 of n units (Rao & Wu 1988) gives its unbiased variance s² / n (ddof 1), where the
+    plain n-of-n bootstrap gives (n - 1) / n of it."""
+    from perovstem.insitu import ratio_interval
+
+    for seed in (0, 1):
+        p = np.random.default_rng(seed).uniform(0.6, 1.0, n)
+        r = ratio_interval(p * 100, np.full(n, 100.0), n_boot=40000, rng=seed)
+        assert r["se"] ** 2 == pytest.approx(np.var(p, ddof=1) / n, rel=0.05)
+
+
+def test_ratio_interval_seeded_and_strata_kept():
+    """A fixed seed gives the same interval; units are resampled within their stratum (a
+    stratum of identical units adds no spread; a single-unit stratum is kept as it is)."""
+    from perovstem.insitu import ratio_interval
+
+    num, den = [5, 9, 7, 10, 50, 50], [10, 10, 10, 10, 50, 50]
+    a = ratio_interval(num, den, strata=[0, 0, 0, 0, 1, 1], rng=11)
+    b = ratio_interval(num, den, strata=[0, 0, 0, 0, 1, 1], rng=11)
+    assert a == b
+    # stratum 1 identical: the spread is stratum 0's, diluted by its share of the total
+    only0 = ratio_interval(num[:4], den[:4], rng=11)
+    assert a["se"] == pytest.approx(only0["se"] * 40 / 140, rel=1e-9)
+    one = ratio_interval([5, 9, 7, 10, 30], [10, 10, 10, 10, 40], strata=[0, 0, 0, 0, 1], rng=11)
+    assert one["se"] == pytest.approx(only0["se"] * 40 / 80, rel=1e-9)
+
+
+def test_interval_verdict_logic():
+    from perovstem.insitu import interval_verdict
+
+    assert interval_verdict(0.95, 0.99, 0.95) == "met"  # lower bound at the target
+    assert interval_verdict(0.96, 0.99, 0.95) == "met"
+    assert interval_verdict(0.90, 0.9499, 0.95) == "not met"
+    assert interval_verdict(0.90, 0.95, 0.95) == "undecided"  # upper bound at the target
+    assert interval_verdict(0.93, 0.97, 0.95) == "undecided"
+    with pytest.raises(ParameterError, match="low <= high"):
+        interval_verdict(0.97, 0.93, 0.95)
+    with pytest.raises(ParameterError, match="target"):
+        interval_verdict(0.9, 0.95, float("nan"))
+
+
+def test_ratio_interval_units_needed():
+    """An undecided figure: the estimated number of units at which the interval would
+    clear the target; with that many units of the same spread the verdict is decided."""
+    from perovstem.insitu import ratio_interval
+
+    num, den = np.array([88, 97, 85, 99]), np.full(4, 100)
+    r = ratio_interval(num, den, target=0.95, rng=0)
+    assert r["verdict"] == "undecided"
+    m = r["units_needed"]
+    assert 4 < m < 1000
+    k = int(np.ceil(1.3 * m / 4))
+    big = ratio_interval(np.tile(num, k), np.tile(den, k), target=0.95, rng=0)
+    assert big["verdict"] == "not met"
+    assert ratio_interval(num, den, target=0.5, rng=0)["units_needed"] is None
+
+
+def test_ratio_interval_bad_input():
+    from perovstem.insitu import ratio_interval
+
+    with pytest.raises(DataError, match="one length"):
+        ratio_interval([1, 2], [3])
+    with pytest.raises(DataError, match="sum to > 0"):
+        ratio_interval([0, 0], [0, 0])
+    with pytest.raises(DataError, match="counts"):
+        ratio_interval([1, -1], [2, 2])
+    with pytest.raises(DataError, match="strata"):
+        ratio_interval([1, 1], [2, 2], strata=[0])
+    with pytest.raises(ParameterError, match="level"):
+        ratio_interval([1, 1], [2, 2], level=95)
+    with pytest.raises(ParameterError, match="n_boot"):
+        ratio_interval([1, 1], [2, 2], n_boot=10)

@@ -23,11 +23,13 @@ from perovstem.insitu.clusters import (
 from perovstem.insitu.conditions import attach_conditions, interpolate_conditions
 from perovstem.insitu.dose import E_CHARGE_C, assign_dose, dose_table, frame_dose
 from perovstem.insitu.evaluation import (
+    interval_verdict,
     match_clusters,
     match_objects,
     merge_matches,
     merge_scores,
     projected_objects,
+    ratio_interval,
     score_detections,
 )
 from perovstem.insitu.lattice import estimate_lattice, fourfold_ratio, unit_cell_average
@@ -70,6 +72,8 @@ __all__ = [
     "merge_matches",
     "merge_scores",
     "projected_objects",
+    "ratio_interval",
+    "interval_verdict",
     "score_detections",
     "PHASE_SPACINGS_A",
     "area_change",
