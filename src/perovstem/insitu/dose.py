@@ -116,9 +116,7 @@ def _times(
 
 def _recorded_exposures(series: Series) -> np.ndarray | None:
     """``metadata["exposure_time_s"]`` as one value per frame, s (None when not usable)."""
-    return per_frame_exposures(
-        series.metadata["exposure_time_s"], series.n_frames, strict=True
-    )
+    return per_frame_exposures(series.metadata["exposure_time_s"], series.n_frames, strict=True)
 
 
 def assign_dose(

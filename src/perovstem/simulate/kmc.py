@@ -368,9 +368,7 @@ def refuse_costly_run(n_events: float, request: str) -> None:
     if n_events > MAX_KMC_EVENTS:
         # the step term of estimated_cpu_s: 0.5-80 steps per estimated event at the
         # measured 0.06-0.55 µs per step
-        lo, hi = (
-            _STEPS_PER_ESTIMATED_EVENT[i] * _COST_S_PER_STEP[i] for i in (0, 1)
-        )
+        lo, hi = (_STEPS_PER_ESTIMATED_EVENT[i] * _COST_S_PER_STEP[i] for i in (0, 1))
         raise ParameterError(
             f"this run would need at least about {n_events:.2g} kinetic Monte Carlo events "
             f"(more than {MAX_KMC_EVENTS:.0e}; its steps alone would take "
