@@ -313,19 +313,21 @@ def estimate_noise_model(
             f"{grow:.1f}× the pixels (≈ {_side_needed(data, grow)} px, or more frames) are "
             "needed, or pass the measured gain"
         )
-    elif not (gain > min_gain_snr * gain_err) and _small_field(data):
-        # on a field this small a shot-noise slope can fall within 2σ of 0: say so rather
-        # than blame the data (20×20 crops of a 34 Å crystal at 10⁴ e⁻/Å², gain 5: 10 of
-        # 160 realisations, e.g. slope 4.92 ± 2.5)
-        reasons.append(
-            f"the variance does not rise measurably with the level (slope {gain:.3g} ± "
-            f"{gain_err:.2g}) {_too_few_text(data, lev.size)}"
-        )
     elif not (gain > min_gain_snr * gain_err):
-        reasons.append(
-            f"the variance does not rise with the level (slope {gain:.3g} ± {gain_err:.2g}): "
-            "no shot noise is measurable (noise-free, denoised or read-noise-dominated data)"
-        )
+        if _small_field(data):
+            # on a field this small a shot-noise slope can fall within 2σ of 0: say so
+            # rather than blame the data (20×20 crops of a 34 Å crystal at 10⁴ e⁻/Å², gain
+            # 5: 10 of 160 realisations, e.g. slope 4.92 ± 2.5)
+            reasons.append(
+                f"the variance does not rise measurably with the level (slope {gain:.3g} ± "
+                f"{gain_err:.2g}) {_too_few_text(data, lev.size)}"
+            )
+        else:
+            reasons.append(
+                f"the variance does not rise with the level (slope {gain:.3g} ± "
+                f"{gain_err:.2g}): no shot noise is measurable (noise-free, denoised or "
+                "read-noise-dominated data)"
+            )
     q = _quantum(data)
     if q is None and not meta.get("normalized") and float(np.max(np.abs(data))) <= 1.5:
         # detector counts are integers times an ADC step; continuous values of at most

@@ -526,10 +526,11 @@ def _apply_fei1(
     for key, top in (("dwell_time_s", 1.0), ("frame_time_s", 1e4)):
         if key in fei1:
             v = np.asarray(fei1[key], float)
-            if np.all(np.isfinite(v) & (v > 0) & (v <= top)):
+            good = np.isfinite(v) & (v > 0) & (v <= top)
+            if np.all(good):
                 md[key] = float(np.median(v))
             elif np.any(v != 0):  # 0: not recorded
-                k = int(np.flatnonzero(~(np.isfinite(v) & (v > 0) & (v <= top)))[0])
+                k = int(np.flatnonzero(~good)[0])
                 warnings.warn(
                     f"{md.get('source', 'MRC file')!r}: ignoring the FEI extended header's "
                     f"{key.replace('_s', '').replace('_', ' ').capitalize()} of image {k} "
