@@ -1087,7 +1087,16 @@ def register_drift(
     max(1 px, 4 ``reliable_tol_px``), with the running-reference drift (which passed every
     test, the series mean may blend two column contrasts) when by more, a lattice site.
     Every frame the group-wise registration flags reports an error per axis of at least
-    the distance between the two estimates.  Frames whose content failed a test (non-rigid motion,
+    the distance between the two estimates.  A frame that the running reference measured
+    but could not vouch for (inconsistent, imprecise, rigidity tested against the series
+    mean only) and whose track the smoother cannot check (a neighbouring frame without a
+    group-wise measurement) is reliable only when its group-wise estimate agrees with its
+    running-reference measurement as a reliable frame's must (max(``reliable_tol_px``/2,
+    the 1 % point of the two errors)), after taking out the difference the frames within
+    8 frames share (the running reference's own slow drift); otherwise it is flagged, with
+    an error reaching the chained estimate's error bound (crystals destroyed part-way:
+    cluster-only frames had been rescued 5-24 px off with ~0.1 px posterior errors).
+    Frames whose content failed a test (non-rigid motion,
     lattice-period ambiguity, rigidity not verifiable, pair/reference disagreement; the
     rigidity of frames never tested is tested against the series mean) keep their chained
     drift and its growing uncertainty.  Measured on the 1000-frame benchmark series
@@ -1654,6 +1663,13 @@ def register_drift(
         ):
             from perovstem.insitu._groupwise import refine_drift
 
+            # each frame's measurement against the running reference in the gauge of d
+            # (the group-wise registration checks the frames it rescues against it)
+            ref_abs = np.full((n, 2), np.nan)
+            if ref_meas:
+                rf = np.asarray(ref_frame, int)
+                est = ref_m + d[rf] - ref_e @ d
+                ref_abs[rf[ref_ok]] = est[ref_ok]
             with single_blas_thread():
                 gw = refine_drift(
                     st,
@@ -1673,6 +1689,8 @@ def register_drift(
                     min_snr=min_snr,
                     reliable_tol_px=float(reliable_tol_px),
                     first=first,
+                    ref_est=ref_abs,
+                    ref_sigma=sig_ref,
                 )
             gw_result = gw
             d, err, nonrigid = gw["d"], gw["err"], gw["nonrigid"]
