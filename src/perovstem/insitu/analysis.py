@@ -205,7 +205,7 @@ class InsituResult:
         2-D standard error ``hypot(dy_err_px, dx_err_px)`` of :func:`register_drift`, px;
         crystal area/shrinkage/voids/phase, cluster number/atoms/mean size, births,
         merges (``n_merges``: confident coalescences only; ``n_merges_uncertain``: merges
-        with a brief noise-level parent, :func:`track_clusters`); ``host_model``, the cluster host-model state of the frame (``host_reference_used``: its empty-site ratio carried from the earlier frames that measured one, where clusters cover the crystal, right after such a frame or where the host lattice is still seen; ``host_lattice_power``: the frame's host-lattice power per dose² relative to the first frame's; ``host_flag``: why its clusters were flagged ``host_ok`` False where the lattice is seen but no ratio could be carried), and ``n_clusters_host_flagged``/``n_Pb0_host_flagged``, the clusters
+        with a brief noise-level parent, :func:`track_clusters`); ``host_model``, the cluster host-model state of the frame (``host_reference_used``: its empty-site ratio carried from the earlier frames that measured one, where clusters cover the crystal, right after such a frame or where the host lattice is still seen; ``host_lattice_power``: the frame's host-lattice power per dose² relative to the first frame's, where the frame alone was ``"no_reference"``; ``host_flag``: why its clusters were flagged ``host_ok`` False where the lattice is seen but no ratio could be carried), and ``n_clusters_host_flagged``/``n_Pb0_host_flagged``, the clusters
         and atoms among them whose host background could not be modelled, ``host_ok``
         False in ``clusters``); ``n_Pb0_err`` (1σ of the Pb⁰ total: the clusters'
         ``n_atoms_err`` in quadrature), ``n_Pb0_err_stat`` (frame-to-frame 1σ of the Pb⁰
@@ -571,11 +571,13 @@ def analyze_series(
             if d is not None:
                 raw = np.asarray(fr, float) - float(offset or 0.0)
                 scale = None if dose is None else float(gain or 1.0) * float(dose[k])
+                covered = row["host_model"] == "no_reference"
                 kappa = host.reference(d, raw, scale=scale)
                 if kappa is not None:
                     d, row = process(k, fr, kappa)
                 d = host.update(d, raw, scale=scale)
-                row["host_lattice_power"] = host.lattice_power(raw, scale)
+                # (measured where the frame alone was "no_reference" only: one FFT each)
+                row["host_lattice_power"] = host.lattice_power(raw, scale) if covered else np.nan
                 row["host_flag"] = str(d.attrs.get("host_flag", ""))
             if d is None:
                 skipped.append(row["frame"])
