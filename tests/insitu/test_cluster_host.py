@@ -431,7 +431,7 @@ def test_series_starting_on_a_covered_crystal_is_flagged():
         assert det.attrs["host_model"] == "no_reference" and len(det), seed
         out = HostReference(pixel_size_A=0.5).update(det, raw, scale=kw["gain"] * img.dose_e_per_A2)
         a = det.attrs
-        p, noise = host_lattice_power(
+        p, noise, _ = host_lattice_power(
             raw, pixel_size_A=0.5, lattice_A=a["lattice_A"], angle_deg=a["lattice_angle_deg"]
         )
         if host_left:

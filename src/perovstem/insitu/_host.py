@@ -270,7 +270,7 @@ HOST_LATTICE_SNR = 50.0
 
 def host_lattice_power(
     frame: np.ndarray, *, pixel_size_A: float, lattice_A: float, angle_deg: float
-) -> tuple[float, float]:
+) -> tuple[float, float, int]:
     """Power of the host lattice in a frame: the excess power at its eight first-order
     reflections (100 and 110 of the cell ``lattice_A`` at ``angle_deg``).
 
@@ -294,7 +294,10 @@ def host_lattice_power(
     power : float
         Summed excess power, counts² (≥ 0).
     noise : float
-        The noise power expected in the same bins, counts².
+        The noise power expected in the same bins, counts² (its standard deviation is
+        ``noise / sqrt(n)`` for ``n`` bins: exponential power per bin).
+    n : int
+        Number of bins summed.
     """
     from scipy import fft as sfft
 
@@ -306,6 +309,7 @@ def host_lattice_power(
     kx = sfft.fftfreq(f.shape[1], pixel_size_A)[None, :]
     kr = np.hypot(kx, ky)
     total = expected = 0.0
+    n_bins = 0
     for d, turn in ((lattice_A, 0.0), (lattice_A / np.sqrt(2.0), 45.0)):
         g = 1.0 / d
         noise = float(np.median(p[np.abs(kr - g) < 0.1 * g])) / np.log(2.0)
@@ -314,7 +318,8 @@ def host_lattice_power(
             near = np.hypot(kx - g * np.cos(t), ky - g * np.sin(t)) < 0.04 * g
             total += float((p[near] - noise).sum())
             expected += noise * float(near.sum())
-    return max(total, 0.0), expected
+            n_bins += int(near.sum())
+    return max(total, 0.0), expected, n_bins
 
 
 class HostReference:
@@ -358,32 +363,48 @@ class HostReference:
         self.after_measured = False
         self.lattice: tuple[float, float] | None = None
         self.power0: float | None = None
-        # (frame, scale, relative power) of the latest frame measured (reference + update)
-        self._last: tuple[np.ndarray, float | None, float] | None = None
+        # (frame, scale, relative power, its sd) of the latest frame measured
+        self._last: tuple[np.ndarray, float | None, float, float] | None = None
 
     def _power(
         self, frame: np.ndarray, scale: float | None, lattice: tuple[float, float]
-    ) -> tuple[float, float]:
-        """Host-lattice power of ``frame`` per ``scale``², and its excess over the noise."""
+    ) -> tuple[float, float, float]:
+        """Host-lattice power of ``frame`` per ``scale``², its noise standard deviation
+        (same units) and its ratio to the noise expected."""
         la, ang = lattice
-        p, noise = host_lattice_power(
+        p, noise, n = host_lattice_power(
             frame, pixel_size_A=self.pixel_size_A, lattice_A=la, angle_deg=ang
         )
         s = 1.0 if scale is None or not np.isfinite(scale) or scale <= 0 else float(scale)
-        return p / s**2, p / noise if noise > 0 else float("inf")
+        sd = noise / np.sqrt(max(n, 1))
+        return p / s**2, sd / s**2, p / noise if noise > 0 else float("inf")
 
     def lattice_power(self, frame: np.ndarray, scale: float | None = None) -> float:
         """Host-lattice power of ``frame`` (offset removed, counts) per ``scale``² (gain ·
         dose; None: constant dose) relative to that of the series' first frame whose host
         lattice stands clear of the noise (:data:`HOST_LATTICE_SNR`); NaN before it."""
+        return self._relative(frame, scale)[0]
+
+    def _relative(self, frame: np.ndarray, scale: float | None) -> tuple[float, float]:
+        """(relative power, its noise standard deviation) of ``frame``, NaN before the
+        reference frame; the latest frame's is kept (reference, update, table)."""
         if self.lattice is None or not self.power0:
-            return float("nan")
+            return float("nan"), float("nan")
         last = self._last
         if last is not None and last[0] is frame and last[1] == scale:
-            return last[2]
-        lp = self._power(frame, scale, self.lattice)[0] / self.power0
-        self._last = (frame, scale, lp)
-        return lp
+            return last[2], last[3]
+        p, sd, _ = self._power(frame, scale, self.lattice)
+        self._last = (frame, scale, p / self.power0, sd / self.power0)
+        return p / self.power0, sd / self.power0
+
+    def lattice_seen(self, frame: np.ndarray, scale: float | None = None) -> bool:
+        """The host lattice is still seen in ``frame``: its relative power is at least
+        :data:`HOST_LATTICE_MIN` by more than twice its noise standard deviation (KMC
+        series at 1.5e3-6e3 e⁻/Å² per frame: 0.0001-0.0034 of the first frame's power,
+        median 0.0005, 480 frames; at low dose the noise alone could reach the
+        threshold)."""
+        lp, sd = self._relative(frame, scale)
+        return bool(lp - 2.0 * sd >= HOST_LATTICE_MIN)
 
     def reference(
         self, detections: Any, frame: np.ndarray, *, scale: float | None = None
@@ -394,7 +415,7 @@ class HostReference:
         minus offset (counts); ``scale``: gain · dose of the frame (None: constant)."""
         if detections.attrs.get("host_model") != "no_reference" or not self.ratios:
             return None
-        if self.after_measured or self.lattice_power(frame, scale) >= HOST_LATTICE_MIN:
+        if self.after_measured or self.lattice_seen(frame, scale):
             return float(np.median(self.ratios))
         return None
 
@@ -406,7 +427,7 @@ class HostReference:
         model = attrs.get("host_model", "")
         if self.lattice is None and np.isfinite(attrs.get("lattice_A", np.nan)):
             lattice = (float(attrs["lattice_A"]), float(attrs.get("lattice_angle_deg", 0.0)))
-            power, snr = self._power(frame, scale, lattice)
+            power, _, snr = self._power(frame, scale, lattice)
             if snr >= HOST_LATTICE_SNR:  # the first frame whose host lattice is clear
                 self.lattice, self.power0 = lattice, power
         measured = model == "lattice" and not attrs.get("host_reference_used", False)
@@ -414,9 +435,9 @@ class HostReference:
             self.ratios.append(float(attrs["host_empty_site_ratio"]))
         self.after_measured = measured
         if model == "no_reference" and len(detections):
-            lp = self.lattice_power(frame, scale)
             ok = detections["host_ok"].to_numpy(bool)
-            if lp >= HOST_LATTICE_MIN and ok.any():
+            if ok.any() and self.lattice_seen(frame, scale):
+                lp = self.lattice_power(frame, scale)
                 from perovstem.insitu.clusters import UNSUPPORTED_REL_ERR
 
                 detections = detections.copy()
