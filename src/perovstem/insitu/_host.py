@@ -406,6 +406,11 @@ class HostReference:
         lp, sd = self._relative(frame, scale)
         return bool(lp - 2.0 * sd >= HOST_LATTICE_MIN)
 
+    def needs_frame(self, detections: Any) -> bool:
+        """Whether :meth:`reference` and :meth:`update` need the frame's pixels for these
+        detections (no lattice reference yet, or a ``"no_reference"`` frame)."""
+        return self.lattice is None or detections.attrs.get("host_model") == "no_reference"
+
     def reference(
         self, detections: Any, frame: np.ndarray, *, scale: float | None = None
     ) -> float | None:
@@ -419,13 +424,20 @@ class HostReference:
             return float(np.median(self.ratios))
         return None
 
-    def update(self, detections: Any, frame: np.ndarray, *, scale: float | None = None) -> Any:
+    def update(
+        self, detections: Any, frame: np.ndarray | None, *, scale: float | None = None
+    ) -> Any:
         """Record the frame's final detections; returns them, with ``host_ok`` False and
         ``attrs["host_flag"]`` (the reason) on a ``"no_reference"`` frame whose host
-        lattice is seen although no ratio could be carried into it."""
+        lattice is seen although no ratio could be carried into it.  ``frame`` may be
+        None where :meth:`needs_frame` is False."""
         attrs = detections.attrs
         model = attrs.get("host_model", "")
-        if self.lattice is None and np.isfinite(attrs.get("lattice_A", np.nan)):
+        if (
+            self.lattice is None
+            and frame is not None
+            and np.isfinite(attrs.get("lattice_A", np.nan))
+        ):
             lattice = (float(attrs["lattice_A"]), float(attrs.get("lattice_angle_deg", 0.0)))
             power, _, snr = self._power(frame, scale, lattice)
             if snr >= HOST_LATTICE_SNR:  # the first frame whose host lattice is clear
@@ -434,7 +446,7 @@ class HostReference:
         if measured:
             self.ratios.append(float(attrs["host_empty_site_ratio"]))
         self.after_measured = measured
-        if model == "no_reference" and len(detections):
+        if model == "no_reference" and frame is not None and len(detections):
             ok = detections["host_ok"].to_numpy(bool)
             if ok.any() and self.lattice_seen(frame, scale):
                 lp = self.lattice_power(frame, scale)

@@ -72,6 +72,9 @@ def _carry_host_reference(series: Any, per_frame: list[Any], params: dict[str, A
     host = HostReference(pixel_size_A=series.pixel_size_A)
     out = []
     for k, det in enumerate(per_frame):
+        if not host.needs_frame(det):  # (a lazy series' frames are not read again)
+            out.append(host.update(det, None))
+            continue
         image = series.frame(k)
         raw = np.asarray(image.data, float) - offset
         dose = image.dose_e_per_A2
