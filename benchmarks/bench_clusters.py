@@ -83,6 +83,7 @@ from perovstem.insitu import (  # noqa: E402
     projected_objects,
     score_detections,
 )
+from perovstem.insitu._host import HostReference  # noqa: E402
 from perovstem.insitu.clusters import _cell_average, _lattice_opening  # noqa: E402
 from perovstem.insitu.evaluation import interval_verdict, ratio_interval  # noqa: E402
 
@@ -231,9 +232,9 @@ SETS = {
 
 def run_set(cases, splits=(False, True), carry=True):
     """Score ``detect_clusters`` on the series of ``cases``; ``carry``: a frame whose
-    clusters cover the crystal right after a frame that measured the host's empty-site
-    ratio gets the median ratio of the earlier frames as ``host_reference`` (as
-    ``analyze_series`` does)."""
+    clusters cover the crystal gets the host's empty-site ratio of the earlier frames as
+    ``host_reference`` by the rule of ``analyze_series`` (``_host.HostReference``: right
+    after a frame that measured it, or where the host lattice is still seen)."""
     out = {sp: {"tp": 0, "fp": 0, "fn": 0, "counts": [], "misses": [], "t": 0.0, "nf": 0}
            for sp in splits}  # fmt: skip
     units = {sp: {"series": [], "tracks": []} for sp in splits}
@@ -251,22 +252,21 @@ def run_set(cases, splits=(False, True), carry=True):
         kw = {"gain": s.metadata.get("gain", 1.0), "offset": s.metadata.get("offset", 0.0),
               "lattice_A": la, "lattice_angle_deg": ang}  # fmt: skip
         field = (data.shape[1] - 1) * px
-        refs = {sp: [] for sp in splits}
-        prev = dict.fromkeys(splits, False)
+        carried = {sp: HostReference(pixel_size_A=px) for sp in splits}
         for k in range(len(data)):
             img = Image(data[k], px, dose_e_per_A2=float(np.asarray(s.dose_e_per_A2)[k]))
             tk = truth["clusters"][truth["clusters"]["frame"] == k]
             host = _host_mask(data[k], px, la, ang)
+            raw = data[k] - kw["offset"]
+            scale = kw["gain"] * img.dose_e_per_A2
             for sp in splits:
                 t0 = time.perf_counter()
                 det = detect_clusters(img, split=sp, **kw)
-                st = det.attrs["host_model"]
-                if carry and st == "no_reference" and prev[sp]:
-                    ref = float(np.median(refs[sp]))
-                    det = detect_clusters(img, split=sp, host_reference=ref, **kw)
-                elif st == "lattice":
-                    refs[sp].append(det.attrs["host_empty_site_ratio"])
-                prev[sp] = st == "lattice"
+                if carry:
+                    ref = carried[sp].reference(det, raw, scale=scale)
+                    if ref is not None:
+                        det = detect_clusters(img, split=sp, host_reference=ref, **kw)
+                    det = carried[sp].update(det, raw, scale=scale)
                 o = out[sp]
                 o["t"] += time.perf_counter() - t0
                 o["nf"] += 1

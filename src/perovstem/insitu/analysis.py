@@ -23,6 +23,7 @@ from perovstem.insitu._frames import (
     single_blas_thread,
     trailing_constant_rows,
 )
+from perovstem.insitu._host import HostReference
 from perovstem.insitu.clusters import CLUSTER_COLUMNS, detect_clusters
 from perovstem.insitu.lattice import FOURFOLD_MIN, estimate_lattice, fourfold_ratio, host_cell
 from perovstem.insitu.nanocrystal import _segment_objects, area_noise, fft_phase_check
@@ -204,7 +205,7 @@ class InsituResult:
         2-D standard error ``hypot(dy_err_px, dx_err_px)`` of :func:`register_drift`, px;
         crystal area/shrinkage/voids/phase, cluster number/atoms/mean size, births,
         merges (``n_merges``: confident coalescences only; ``n_merges_uncertain``: merges
-        with a brief noise-level parent, :func:`track_clusters`); ``host_model``, the cluster host-model state of the frame (``host_reference_used``: its empty-site ratio carried from the latest earlier frame that measured one, where clusters cover the crystal), and ``n_clusters_host_flagged``/``n_Pb0_host_flagged``, the clusters
+        with a brief noise-level parent, :func:`track_clusters`); ``host_model``, the cluster host-model state of the frame (``host_reference_used``: its empty-site ratio carried from the earlier frames that measured one, where clusters cover the crystal, right after such a frame or where the host lattice is still seen; ``host_lattice_power``: the frame's host-lattice power per dose² relative to the first frame's, where the frame alone was ``"no_reference"``; ``host_flag``: why its clusters were flagged ``host_ok`` False where the lattice is seen but no ratio could be carried), and ``n_clusters_host_flagged``/``n_Pb0_host_flagged``, the clusters
         and atoms among them whose host background could not be modelled, ``host_ok``
         False in ``clusters``); ``n_Pb0_err`` (1σ of the Pb⁰ total: the clusters'
         ``n_atoms_err`` in quadrature), ``n_Pb0_err_stat`` (frame-to-frame 1σ of the Pb⁰
@@ -559,27 +560,25 @@ def analyze_series(
     from concurrent.futures import ThreadPoolExecutor
 
     block: list[tuple[int, np.ndarray]] = []
-    # the host's empty-site ratios of the earlier frames that measured one: a frame whose
-    # clusters cover the crystal ("no_reference") right after a frame that measured it is
-    # detected again with their median (late frames read 0.4-0.56 where clusters crowd
-    # the crystal, early ones 0.30-0.35).  Only right after one: two frames on, the host
-    # is often gone and the carried ratio reads the registry of pure Pb clusters as host
-    # excess (KMC held-out 61-68, carried into every later frame: counts within 15 %
-    # 0.635 -> 0.585; host Pb left in the first such frame 22-76, 0-4 from the third on)
-    host_ref: list[float] = []
-    prev_measured = [False]
+    # the host's empty-site ratio carried into frames whose clusters cover the crystal
+    # ("no_reference"): right after a frame that measured it, or where the host lattice
+    # is still seen (the rule and its figures: _host.HostReference)
+    host = HostReference(pixel_size_A=px)
 
     def flush(pool: Any) -> None:
         done = list(pool.map(lambda kf: process(*kf), block))
         for (k, fr), (d, row) in zip(block, done, strict=True):
-            if d is None:
-                pass
-            elif row["host_model"] == "no_reference" and host_ref and prev_measured[0]:
-                d, row = process(k, fr, float(np.median(host_ref)))
-            elif row["host_model"] == "lattice":
-                host_ref.append(float(d.attrs["host_empty_site_ratio"]))
             if d is not None:
-                prev_measured[0] = row["host_model"] == "lattice" and not row["host_reference_used"]
+                raw = np.asarray(fr, float) - float(offset or 0.0)
+                scale = None if dose is None else float(gain or 1.0) * float(dose[k])
+                covered = row["host_model"] == "no_reference"
+                kappa = host.reference(d, raw, scale=scale)
+                if kappa is not None:
+                    d, row = process(k, fr, kappa)
+                d = host.update(d, raw, scale=scale)
+                # (measured where the frame alone was "no_reference" only: one FFT each)
+                row["host_lattice_power"] = host.lattice_power(raw, scale) if covered else np.nan
+                row["host_flag"] = str(d.attrs.get("host_flag", ""))
             if d is None:
                 skipped.append(row["frame"])
             else:
@@ -747,9 +746,18 @@ def analyze_series(
             f"in {hr.size} of {n} frames (first {int(hr.iloc[0])}; columns host_model, "
             "host_reference_used) clusters cover the crystal, so the host's empty-site "
             "ratio could not be measured there (carried from the earlier frames into a "
-            "frame right after one that measured it: host_reference_used); host remnants "
+            "frame right after one that measured it or whose host lattice is still seen, "
+            "column host_lattice_power: host_reference_used); host remnants "
             "that lost their lattice are counted as Pb⁰ in those frames (KMC 3 nm crystals "
             "with 11-41 host Pb left: 1.1-2.1x the true Pb⁰; about 1 once the host is gone)"
+        )
+    if "host_flag" in fr_tab and fr_tab["host_flag"].fillna("").astype(bool).any():
+        hf = fr_tab.loc[fr_tab["host_flag"].fillna("").astype(bool), "frame"]
+        notes.append(
+            f"in {hf.size} of {n} frames (first {int(hf.iloc[0])}; column host_flag) clusters "
+            "cover the crystal while its host lattice is still seen (host_lattice_power), "
+            "and no earlier frame measured the host's empty-site ratio to carry: their "
+            "clusters are flagged host_ok False (host Pb may be counted as Pb⁰)"
         )
     if register and n_unrel:
         bad = drift.loc[~drift["drift_reliable"], "frame"].to_numpy()
@@ -1482,6 +1490,8 @@ def _frames_table(
     if "host_reference_used" in out:  # skipped frames: no detection, nothing carried
         out["host_reference_used"] = out["host_reference_used"].astype("boolean").fillna(False)
         out["host_reference_used"] = out["host_reference_used"].astype(bool)
+    if "host_flag" in out:
+        out["host_flag"] = out["host_flag"].fillna("").astype(str)
     out["dy_px"] = drift["dy_px"].to_numpy()
     out["dx_px"] = drift["dx_px"].to_numpy()
     if "drift_reliable" in drift:

@@ -59,6 +59,33 @@ def _detect_frame(k: int, series: Any, *, params: dict[str, Any]) -> Any:
     return api(DETECT)(image, dose_e_per_A2=image.dose_e_per_A2, frame=k, **calib, **params)
 
 
+def _carry_host_reference(series: Any, per_frame: list[Any], params: dict[str, Any]) -> list[Any]:
+    """The host reference rule of ``analyze_series`` over the mapped detections, in frame
+    order: a frame whose clusters cover the crystal (``"no_reference"``) is detected again
+    with the host's empty-site ratio of the earlier frames where
+    :class:`~perovstem.insitu._host.HostReference` says so, and flagged where it says so."""
+    from perovstem.insitu._host import HostReference
+
+    md = series.metadata or {}
+    gain = float(md.get("gain") or 1.0)
+    offset = float(md.get("offset") or 0.0)
+    host = HostReference(pixel_size_A=series.pixel_size_A)
+    out = []
+    for k, det in enumerate(per_frame):
+        if not host.needs_frame(det):  # (a lazy series' frames are not read again)
+            out.append(host.update(det, None))
+            continue
+        image = series.frame(k)
+        raw = np.asarray(image.data, float) - offset
+        dose = image.dose_e_per_A2
+        scale = None if dose is None else gain * float(dose)
+        kappa = host.reference(det, raw, scale=scale)
+        if kappa is not None:
+            det = _detect_frame(k, series, params={**params, "host_reference": kappa})
+        out.append(host.update(det, raw, scale=scale))
+    return out
+
+
 @register_step(
     "insitu.clusters",
     input_kinds={"series": Kind("series")},
@@ -91,6 +118,9 @@ def insitu_clusters(ctx: Any, series: Any, truth: Any = None) -> dict[str, Any]:
         shared=series,
         description="cluster detection",
     )
+    # the frames are detected independently (mapped); the host reference of the earlier
+    # frames is carried in frame order afterwards (few frames are detected again)
+    per_frame = _carry_host_reference(series, list(per_frame), det_params)
     detections = pd.concat(per_frame, ignore_index=True)
     if "frame" not in detections.columns:
         detections["frame"] = np.repeat(np.arange(len(per_frame)), [len(d) for d in per_frame])
