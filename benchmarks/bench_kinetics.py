@@ -23,13 +23,14 @@ confinement on the crystal), and the RMS registration error (registered minus tr
 For D_Br also the same hazard fit on the simulator's exact Br counts over the frames used
 (the realisation's own value).
 
-The Ea of the pipeline step (hop estimator ``"truncated"``, its default) is ``ea``; with
-``--compare moment`` (default) the step's Ea is recomputed with the moment estimator on the
-same tracks and the same bootstrap stream (``ea_moment``: the value of the step before the
-truncated estimator, to the last digit).
+The Ea of the pipeline step (its default hop estimator, ``"moment"``) is ``ea``; with
+``--compare truncated`` (default) the step's Ea is recomputed with
+``cluster_hop_rate(estimator="truncated")`` on the same tracks with the same bootstrap
+stream (``ea_truncated``: what the step gives with ``hop_estimator = "truncated"``, to the
+last digit).
 
 Run: ``python benchmarks/bench_kinetics.py [--seeds 12] [--first-seed 0] [--fast]
-[--compare moment]``; writes ``benchmarks/results/bench_kinetics.json`` (``--out`` to change;
+[--compare truncated]``; writes ``benchmarks/results/bench_kinetics.json`` (``--out`` to change;
 ``bench_kinetics_seeds100.json`` is ``--first-seed 100``).  Default: full demo sizes (48 Å
 crystal, 40 frames per dose rate, 4 × 20 mobility frames), 12 seeds: 380–560 s on 2 cores
 shared at load 1–5.6 (≈ 20 s per seed when idle, after the first's numba compilation).
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--fast", action="store_true", help="the demo's fast sizes")
     ap.add_argument(
         "--compare",
-        default="moment",
+        default="truncated",
         help="also recompute Ea with this hop estimator on the same tracks ('' for none)",
     )
     ap.add_argument(

@@ -107,6 +107,11 @@ def _truncated_fit(d2: np.ndarray, c: np.ndarray, sigma2: float, r2: float) -> f
 
     lg0 = np.log(g0)
     res = optimize.minimize_scalar(nll, bounds=(lg0 - 8.0, lg0 + 8.0), method="bounded")
+    if res.x > lg0 + 7.9:
+        # the likelihood still rises at the bound: the kept steps fill the link radius
+        # (mean |Δr|² near R²/2, the limit of a truncated exponential), so no finite
+        # maximum exists — the data only bound Γ₁ from below (few steps, or R too small)
+        return float("inf")
     return float(np.exp(res.x))
 
 
@@ -159,8 +164,9 @@ def cluster_hop_rate(
       there.  It assumes Gaussian steps (several hops per frame, or the same hops per frame
       at every temperature, so that its bias is one factor that cancels in Ea); on the
       demo's imaged mobility series it halved the RMS error of Ea (0.094 → 0.051 eV over
-      24 seeds, ``benchmarks/bench_kinetics.py``; no gain on synthetic lattice walks at
-      ~1 hop per frame, see ``docs/insitu.md``).
+      24 seeds, ``benchmarks/bench_kinetics.py``), but not on synthetic lattice walks at
+      ~1 hop per frame, and with the fast demo's few steps (3 × 12 frames) it failed
+      (RMS 0.42 against 0.21 eV): opt-in, see ``docs/insitu.md``.
 
     Parameters
     ----------
@@ -184,7 +190,9 @@ def cluster_hop_rate(
         ``"moment"``: Σ(|Δr|² − 4σ²)/Σc over all lag-1 steps (exact in the mean for the
         lattice walk at any hops per frame, sensitive to mis-links); ``"truncated"``:
         maximum likelihood on the steps up to ``max_step_A`` (needs ``max_step_A`` and a
-        given ``localization_error_A``), robust to mis-links.
+        given ``localization_error_A``), robust to mis-links; ``rate_per_s`` is ``inf``
+        where the kept steps fill the link radius (no finite maximum: few steps, or a
+        radius too small for the hops per frame).
     level, n_boot, rng
         Bootstrap over tracks (percentile interval).
 
@@ -264,7 +272,9 @@ def cluster_hop_rate(
         boots.append(fit(pick))
     q = (1 - level) / 2
     b = np.asarray(boots) if boots else np.array([np.nan])
-    lo, hi = float(np.quantile(b, q)), float(np.quantile(b, 1 - q))
+    # the truncated fit may be unbounded (inf) in some replicates: order statistics
+    how = "linear" if r2 is None else "inverted_cdf"
+    lo, hi = float(np.quantile(b, q, method=how)), float(np.quantile(b, 1 - q, method=how))
     if uniq.size < _MIN_BOOT_TRACKS:
         # a bootstrap over one track resamples that track only: a zero-width interval
         # (Γ₁ = 2.81e3 [2.81e3, 2.81e3] from one step).  With few tracks the interval is at

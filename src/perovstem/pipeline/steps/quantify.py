@@ -541,10 +541,11 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
         ),
         "hop_estimator": Param(
             str,
-            "truncated",
-            "cluster hop-rate estimator: 'truncated' (maximum likelihood on the steps up to "
-            "max_step_A, robust to links between two clusters) or 'moment' (all steps)",
-            choices=("truncated", "moment"),
+            "moment",
+            "cluster hop-rate estimator: 'moment' (all steps) or 'truncated' (maximum "
+            "likelihood on the steps up to max_step_A, robust to links between two clusters; "
+            "unstable with few steps per temperature)",
+            choices=("moment", "truncated"),
         ),
         "level": Param(float, 0.95, "confidence level", min=0.5, max=0.999),
         "sources": Param(
