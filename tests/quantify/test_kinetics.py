@@ -162,6 +162,64 @@ def test_bootstrap_agrees_with_profile():
     )
 
 
+def test_poisson_bootstrap_is_cpu_independent_with_residues_and_last_bits():
+    """A seeded Poisson bootstrap interval must not depend on the last bits of the fitted
+    means (numpy's exp/power kernels differ between AVX-512, AVX2 and scalar) nor on
+    whether a mean is exactly 0 or a 1e-17 rounding residue: numpy's Poisson sampler
+    draws no random number for a mean of 0 and one for any other, so the old
+    ``rng.poisson(f)`` shifted every later replicate and gave another interval (as the
+    image noise did before ``shot_noise``).  The means are now rounded and drawn from a
+    child generator per replicate (:func:`perovstem._poisson.poisson_counts`)."""
+    from perovstem.quantify.kinetics import KineticModel, _bootstrap_ci, _Problem
+
+    exposure = np.tile([0.0, 1.0, 0.0, 2.5, 0.0, 4.0, 0.0, 1.5], 5)  # frames without beam
+    x = np.arange(exposure.size, dtype=float)
+    variants = {
+        "exact": exposure,
+        # the same exposure computed another way: 1e-17 residues where it is 0, the
+        # others 1 ulp up or 2 ulp down
+        "residue": np.where(
+            exposure == 0.0,
+            1e-17,
+            np.where(
+                np.arange(x.size) % 3 == 0,
+                np.nextafter(np.nextafter(exposure, 0.0), 0.0),
+                np.nextafter(exposure, np.inf),
+            ),
+        ),
+    }
+
+    def model(w):
+        return KineticModel(
+            "events_per_exposure",
+            lambda xx, a: a * w[np.asarray(xx, int)],
+            ("a",),
+            lambda xx, yy: [max(float(yy.sum()) / float(w.sum()), 1e-3)],
+            ([0.0], [np.inf]),
+            "test",
+            "events proportional to a known exposure",
+        )
+
+    for seed in (3, 4):
+        y = np.random.default_rng(seed).poisson(6.0 * exposure).astype(float)
+        fits = {
+            k: fit_model(x, y, model(w), likelihood="poisson", ci="bootstrap", n_boot=60, rng=9)
+            for k, w in variants.items()
+        }
+        a, b = fits["exact"], fits["residue"]
+        assert a.params["a"] == pytest.approx(b.params["a"], rel=1e-6)
+        assert (a.ci_low["a"], a.ci_high["a"]) == pytest.approx(
+            (b.ci_low["a"], b.ci_high["a"]), rel=1e-6
+        )
+        assert a.ci_low["a"] < 6.0 * 1.3 and a.ci_high["a"] > 6.0 / 1.3
+        # the caller's generator advances by one draw per replicate, whatever the means
+        gens = {k: np.random.default_rng(seed) for k in variants}
+        for k, w in variants.items():
+            prob = _Problem(model(w), x, y, None, "poisson")
+            _bootstrap_ci(prob, np.array([a.params["a"]]), 0.95, 30, gens[k])
+        assert gens["exact"].integers(2**62) == gens["residue"].integers(2**62)
+
+
 def test_bad_input_raises():
     x = np.linspace(0, 1, 10)
     with pytest.raises(DataError, match="same length"):

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special, stats
 
+from perovstem._poisson import poisson_counts
 from perovstem._validation import as_rng, check_choice, check_range, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
@@ -736,7 +737,12 @@ def _profile_ci(
 def _bootstrap_ci(
     prob: _Problem, p_hat: np.ndarray, level: float, n_boot: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile intervals: parametric (Poisson) or residual bootstrap (Gaussian)."""
+    """Percentile intervals: parametric (Poisson) or residual bootstrap (Gaussian).
+
+    The Poisson replicates come from :func:`perovstem._poisson.poisson_counts` (means
+    rounded to 20 significant bits, |mean| < 2⁻³⁰ set to 0, a child generator per
+    replicate), so a seeded interval does not depend on the CPU's SIMD level.
+    """
     if n_boot < 20:
         raise ParameterError(f"`n_boot` must be >= 20, got {n_boot}")
     f = prob.expected(p_hat)
@@ -744,7 +750,11 @@ def _bootstrap_ci(
     out = []
     for _ in range(n_boot):
         if prob.lik == "poisson":
-            yb = rng.poisson(np.clip(f, 0, None)).astype(float)
+            # rounded means, residues → 0, one draw of rng per replicate: the same
+            # interval on every CPU (the fitted means differ in the last bits between
+            # numpy's SIMD kernels, and a mean of 1e-17 instead of 0 used to shift every
+            # later Poisson draw)
+            yb = poisson_counts(np.clip(f, 0, None), rng, what="bootstrap means")
         elif prob.sigma is not None:
             yb = f + rng.normal(0, prob.sigma)
         else:

@@ -533,7 +533,19 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
     params={
         "x": Param(str, "cumulative_dose_e_per_A2", "independent variable column"),
         "max_step_A": Param(
-            float, 8.0, "largest step the cluster tracker links, Å (mobility diagnostics)", min=0.1
+            float,
+            8.0,
+            "largest step the cluster tracker links, Å (mobility diagnostics; truncation "
+            "radius of the 'truncated' hop estimator)",
+            min=0.1,
+        ),
+        "hop_estimator": Param(
+            str,
+            "moment",
+            "cluster hop-rate estimator: 'moment' (all steps) or 'truncated' (maximum "
+            "likelihood on the steps up to max_step_A, robust to links between two clusters; "
+            "unstable with few steps per temperature)",
+            choices=("moment", "truncated"),
         ),
         "level": Param(float, 0.95, "confidence level", min=0.5, max=0.999),
         "sources": Param(
@@ -590,7 +602,11 @@ def quantify_mechanism(
     if tr:
         kw = {
             "tracks": pd.concat(tr, ignore_index=True),
-            "mobility": {"max_step_A": ctx.params["max_step_A"], "rng": ctx.rng()},
+            "mobility": {
+                "max_step_A": ctx.params["max_step_A"],
+                "estimator": ctx.params["hop_estimator"],
+                "rng": ctx.rng(),
+            },
         }
     summary = api(MECHANISM)(frames, x=ctx.params["x"], level=ctx.params["level"], **kw)
     if sources:
