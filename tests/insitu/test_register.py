@@ -783,6 +783,40 @@ def test_degrading_crystal_gone_leaves_no_gross_silent_frame(rng):
     assert np.all(err[~rel] <= rep[~rel]), (np.round(err, 2), np.round(rep, 2))
 
 
+@pytest.mark.parametrize(("seed", "rng"), [(47, 50), (47, 72), (47, 78), (49, 48)])
+def test_degrading_crystal_rescued_late_frames_use_their_reference_measurement(seed, rng):
+    """Late frames of the degrading 45 Å crystals (12-30 % of the Pb left) that the running
+    reference could not vouch for (the chained estimate crosses an untestable step) are
+    rescued by the group-wise registration; its estimate rests on a series mean of the
+    crystal's earlier content and was 0.29-0.34 px off on these draws (reported reliable
+    with 0.11-0.17 px), while the running-reference measurement of such frames was the
+    better one (55 rescued frames of the development series: 0.19 px RMS group-wise, 0.12
+    px running reference).  The two are now combined by their errors.  On the 16
+    development series (seed 47 rng 48-70 even, seeds 41/45 rng 48/50) silent frames 8 ->
+    2; held out (rng 72-80 even, seed 43 rng 52, seed 49 rng 48) 5 -> 1; rng 50 is a
+    development draw, 72, 78 and seed 49 held-out ones (all four fail on the old code)."""
+    from perovstem.simulate import KineticParameters
+
+    tr, s, truth = kmc_imaged(
+        45.0,
+        rate=600.0,
+        temperature_K=305.0,
+        seed=seed,
+        n_frames=30,
+        params=KineticParameters(D_Br_e_per_A2=15 * 600.0),
+        pixel_size_A=0.2,
+        shape=(384, 384),
+        drift_A_per_s=(0.0, 0.25),
+        jitter_A=0.06,
+        rng=rng,
+    )
+    df, t, err, rel = _registered(s, truth)
+    assert rel.sum() >= 15
+    assert not (rel & (err > 0.25)).any(), (np.flatnonzero(rel & (err > 0.25)), np.round(err, 2))
+    rep = np.hypot(df["dy_err_px"], df["dx_err_px"]).to_numpy()
+    assert np.all(err[~rel] <= rep[~rel]), (np.round(err, 2), np.round(rep, 2))
+
+
 @pytest.mark.parametrize("shape", [(64, 96), (50, 70), (63, 64)])
 def test_checkerboard_half_spectrum_without_a_second_fft(shape):
     # the half spectrum of the even checkerboard pixels is read from the frame's own
