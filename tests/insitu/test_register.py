@@ -699,7 +699,10 @@ def test_degrading_outline_does_not_fake_a_lattice_period_jump():
             "0.33 px on the CPU-independent noise; rng 50 of it had one 14 px off, now "
             "flagged, see test_degrading_crystal_gone_leaves_no_gross_silent_frame): "
             "rescued by the group-wise registration, whose posterior error (0.13-0.15 px) "
-            "does not see the degrading crystal's content differing from the series mean"
+            "does not see the degrading crystal's content differing from the series mean; "
+            "since session 21 combined with its running-reference measurement, frame 19 is "
+            "still 0.31 px off: both measurements are off alike (the frame's content is "
+            "displaced; cf. test_degrading_crystal_rescued_late_frames_use_their_...)"
         )
 
 
