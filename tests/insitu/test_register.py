@@ -725,7 +725,8 @@ def test_outline_check_follows_a_crystal_vanishing_within_the_reference(seed, rn
     112 of rng 56-70; a planted one-period jump missed on 9 and 15 of them).  The outline is
     now registered to the last 4 reference frames (largest distance from the true shift
     3.9 / 4.3 px on those two sets, 0 false jumps, 0 missed).  rng 48-54 of seed 47 were
-    the development draws; rng 60, 66 and KMC seeds 41, 45 were held out."""
+    the development draws; rng 56-70 were looked at once the method was chosen, before the
+    number of frames (any of 2-6 passes both sets); KMC seeds 41, 45 were held out."""
     from perovstem.insitu.register import _outline_jump, _outline_shift, _spectrum
     from perovstem.simulate import KineticParameters
 
