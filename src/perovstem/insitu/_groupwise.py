@@ -653,12 +653,17 @@ def refine_drift(
         # averages): the difference its neighbours share is its drift, not the frame's
         own = usable & ~content & np.all(np.isfinite(diff), axis=1)
         bias = np.zeros((n, 2))
+        # (and how well that shared drift describes the neighbours: the robust variance per
+        # axis of their differences about it, px²; inf with fewer than 3 neighbours)
+        spread = np.full(n, np.inf)
         for k in np.flatnonzero(own):
             j = np.flatnonzero(own[max(0, k - BIAS_FRAMES) : k + BIAS_FRAMES + 1])
             j = j + max(0, k - BIAS_FRAMES)
             j = j[j != k]
             if len(j) >= 3:
                 bias[k] = np.median(diff[j], axis=0)
+                mad = np.median(np.abs(diff[j] - bias[k]), axis=0)
+                spread[k] = float(np.mean((1.4826 * mad) ** 2))
         dev_r = np.hypot(*(diff - bias).T)
         s2r = np.sum(err**2, axis=1) + 2.0 * r_sig**2
         gate_r = np.maximum(0.5 * reliable_tol_px, np.sqrt(9.2 * s2r / 2.0))
@@ -719,6 +724,25 @@ def refine_drift(
             # other measurement of the same frame (CsCd0.3 seed 8, AVX-512: frame 4 reported
             # 0.36 px, 0.41 px off, with the chained estimate 0.01 px off, 0.39 px away)
             err[k] = np.maximum(err[k], dev[k])
+    if ref_est is not None:
+        # a frame rescued by the group-wise registration (reliable here, not for the running
+        # reference) has two measurements: the group-wise estimate and its running-reference
+        # measurement (the reference's shared drift taken out); they are combined by their
+        # errors (inverse variance; the latter's split-half error plus the spread of its
+        # neighbours about the shared drift, which holds the reference's own error).  The
+        # series mean behind the former blends a degrading crystal's earlier content (55
+        # rescued late frames of 16 series of 45 A crystals: 0.19 px RMS vs 0.12 px for the
+        # running reference); the reported error stays the group-wise one, the larger: the
+        # two share the frame's own content change
+        rescued = (
+            ~np.asarray(reliable0, bool) & usable & ~content & own & (r_sig > 0) & (spread < np.inf)
+        )
+        rescued &= ~np.isin(np.arange(n), list(flags))
+        rescued[first] = False
+        for k in np.flatnonzero(rescued):
+            wg = 1.0 / np.maximum(err[k], 1e-6) ** 2
+            wr = 1.0 / (r_sig[k] ** 2 + spread[k])
+            d[k] = (wg * d[k] + wr * (np.asarray(ref_est[k], float) - bias[k])) / (wg + wr)
     return {
         "d": d,
         "err": err,

@@ -409,7 +409,12 @@ def _correlate_spectra(
 
 
 def _outline_shift(
-    fa: np.ndarray, fb: np.ndarray, shape: tuple[int, int], max_shift_px: float | None
+    fa: np.ndarray,
+    fb: np.ndarray,
+    shape: tuple[int, int],
+    max_shift_px: float | None,
+    *,
+    recent: np.ndarray | None = None,
 ) -> tuple[float, float, float]:
     """Integer shift of b relative to a from the low-frequency (crystal outline) content only.
 
@@ -422,15 +427,20 @@ def _outline_shift(
     is a ramp as wide as the crystal, whose apex the window and any change of the outline
     (a degrading surface) move by more than half a lattice period when the crystal fills
     most of the field; the gradient correlation peaks as narrowly as the low-pass, located
-    by the edges themselves.  Returns the shift ``(dy, dx)`` and the lattice period
-    ``1/|k_L|``, px.
+    by the edges themselves.  ``recent``: a spectrum of the same reference frame whose
+    outline is correlated with b instead of a's (the lattice period still comes from
+    ``fa``): the mean of the last few reference frames, whose outline is b's when a
+    crystal changes faster than the running reference follows.  Returns the shift
+    ``(dy, dx)`` and the lattice period ``1/|k_L|``, px.
     """
     k2 = _k2(shape)
     p = power(fa) * k2
     p[k2 < (2.0 / min(shape)) ** 2] = 0.0
     period = 1.0 / float(np.sqrt(k2.flat[int(np.argmax(p))]))
     c = sfft.irfft2(
-        cross_weighted(fa, _outline_lowpass(shape, period), fb), s=shape, workers=_workers()
+        cross_weighted(fa if recent is None else recent, _outline_lowpass(shape, period), fb),
+        s=shape,
+        workers=_workers(),
     )
     oy, ox, _, _ = _int_peak(c, max_shift_px)
     return float(oy), float(ox), period
@@ -477,13 +487,29 @@ def _outline_jump(
     shape: tuple[int, int],
     shift: tuple[float, float],
     max_shift_px: float | None,
+    *,
+    recent: np.ndarray | None = None,
 ) -> float:
     """Distance (px) of ``shift`` from the outline registration when it exceeds half a
-    lattice period and 2 px (a neighbouring lattice period was picked), else 0."""
-    oy, ox, period = _outline_shift(fa, fb, shape, max_shift_px)
+    lattice period and 2 px (a neighbouring lattice period was picked), else 0.
+
+    ``recent``: the mean spectrum of the last :data:`_OUTLINE_RECENT` frames of the
+    running reference ``fa`` (aligned as in it); b's outline is registered to it
+    (:func:`_outline_shift`), the lattice period taken from ``fa``.  A crystal that loses
+    most of its volume within the reference window leaves the full reference's outline
+    that of the old crystal: against it the outline of frame 20 of the degrading 45 Å
+    crystal (``test_degrading_outline…``) peaked 8-13 px from its true shift."""
+    oy, ox, period = _outline_shift(fa, fb, shape, max_shift_px, recent=recent)
     dist = float(np.hypot(shift[0] - oy, shift[1] - ox))
     return dist if dist > max(0.5 * period, 2.0) else 0.0
 
+
+#: the reference frames (the most recent ones) whose outline the outline check registers
+#: a frame to (:func:`_outline_jump`); only where they lie among the frame's last
+#: 2 x _OUTLINE_RECENT frames (else the whole running reference's outline: after a run of
+#: flagged frames, e.g. a crystal gone and clusters hopping, the last reference frames
+#: show a content no more like the frame's than the whole reference's is)
+_OUTLINE_RECENT = 4
 
 #: the drift-track check (:func:`_track_alias`): reliable frames the linear track is fitted
 #: to (the last ones), the deviation from it that makes a frame suspect (px, and in units
@@ -1198,17 +1224,20 @@ def register_drift(
         shift: tuple[float, float] | None = None,
         anchor: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
         ref: np.ndarray | None = None,
+        ref_recent: list[np.ndarray] | None = None,
     ) -> tuple[list[_Corr], np.ndarray, float, float]:
         """The frame's correlations with the ``max_lag`` previous frames (latest first), its
         Wiener weight and, with ``shift`` (its shift against the running reference ``ref``),
         its distance from the shift against the anchor (NaN without) and from the
-        crystal-outline registration (:func:`_outline_jump`; NaN without): independent of
+        crystal-outline registration (:func:`_outline_jump`, the outline of the mean of
+        ``ref_recent``, the last few reference frames, where given; NaN without): independent of
         the rigidity test against the running reference, they run in the helper thread
         meanwhile (one FFT thread there)."""
         _TLS.workers = 1
         dis = oj = float("nan")
         if shift is not None and ref is not None:
-            oj = _outline_jump(ref, spec, shape, shift, max_shift_px)
+            rec = None if ref_recent is None else sum(ref_recent) / len(ref_recent)
+            oj = _outline_jump(ref, spec, shape, shift, max_shift_px, recent=rec)
         if shift is not None and anchor is not None:
             dis = _anchor_disagreement(anchor, spec, shape, shift, corr_kw, spec_white)
         out = [
@@ -1263,6 +1292,11 @@ def register_drift(
                     (dy, dx) if snr >= min_snr else None,
                     anchor,
                     ref,
+                    # (the outline of the last reference frames, where they are recent)
+                    [e[1] for e in list(ref_buf)[-_OUTLINE_RECENT:]]
+                    if len(ref_buf) > _OUTLINE_RECENT
+                    and ref_buf[-_OUTLINE_RECENT][0] >= k - 2 * _OUTLINE_RECENT
+                    else None,
                 )
                 if snr >= min_snr and np.isfinite(c.sigma_px):
                     sig_hist.append(c.sigma_px**2)
