@@ -670,7 +670,7 @@ def test_degrading_outline_does_not_fake_a_lattice_period_jump():
     # planted jumps: the frame against the mean of its 16 predecessors aligned on their true
     # drift (the running reference; its outline: the last 4 of them), at its true shift (no
     # flag) and one lattice period off (flagged).  Frame 20, where most of the crystal has
-    # just gone, was left out before session 21: against the 16-frame reference's outline
+    # just gone, was left out before session 20 (ujump): against the 16-frame reference's outline
     # the check read a jump of 8-13 px at its true shift on rng 48/50/52 and missed a planted
     # jump; see test_outline_check_follows_a_crystal_vanishing_within_the_reference
     data = np.asarray(s.data, float)
@@ -700,7 +700,7 @@ def test_degrading_outline_does_not_fake_a_lattice_period_jump():
             "flagged, see test_degrading_crystal_gone_leaves_no_gross_silent_frame): "
             "rescued by the group-wise registration, whose posterior error (0.13-0.15 px) "
             "does not see the degrading crystal's content differing from the series mean; "
-            "since session 21 combined with its running-reference measurement, frame 19 is "
+            "since session 20 combined with its running-reference measurement, frame 19 is "
             "still 0.31 px off: both measurements are off alike (the frame's content is "
             "displaced; cf. test_degrading_crystal_rescued_late_frames_use_their_...)"
         )
