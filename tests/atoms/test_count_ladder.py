@@ -115,6 +115,45 @@ def test_correct_fits_on_simulated_images_stay_silent(seed, n_cols, max_atoms, d
     assert max(chk["gap_ratios"]) < 1.5
 
 
+@pytest.mark.parametrize("seed", [31, 32, 33])
+def test_ladder_missing_its_thinnest_columns_is_reported(seed):
+    # a particle without its one-atom columns (Pb columns of 2-10 atoms): ICL resolves the
+    # nine levels (width / step ~ 0.1), so without a library every column is counted one
+    # atom low.  The lowest component is 1.28-1.37 steps (seeds 31-36; two Pb atoms in the
+    # abTEM table: 1.34), which the old first-level limit of 1.6 let pass in silence
+    rng = np.random.default_rng(seed)
+    x, n = pb_column_scs(rng.integers(2, 11, 300), 5e4, rng)
+    res, told = _count(x)
+    chk = res.attrs["counting"]["all"]["ladder_check"]
+    assert res.attrs["counting"]["all"]["n_components"] == 9
+    assert np.all(res["n_atoms"].to_numpy() == n - 1)  # the offset the warning is about
+    assert len(told) == 1 and "lowest component" in str(told[0].message)
+    assert chk["ok"] is False and 1.2 < chk["first_ratio"] < 1.5
+    # told the lowest level is two atoms, the counts are right and the check passes
+    res2, told2 = _count(x, first_count=2)
+    assert np.mean(res2["n_atoms"].to_numpy() == n) >= 0.99 and not told2
+
+
+def test_first_level_rule_on_the_scs_table():
+    # noise-free ladders of the abTEM table: one atom is 0.56-0.89 of the median step
+    # (a linear ladder through zero: 1); a ladder starting at two atoms, read as starting
+    # at one, is 1.14 (Br, 30 cells) to 1.41 (Cs) steps and must fail
+    from perovstem.simulate.scs import scs_table
+
+    for typ in ("Pb", "PbBr", "Cs", "Br"):
+        for top in (5, 10, 20, 30):
+            mu = scs_table(typ, np.arange(1, top + 1))
+            w = 0.1 * np.median(np.diff(mu))
+            assert ladder_check(_fit(mu, w))["ok"], (typ, top)
+            two = scs_table(typ, np.arange(2, top + 1))
+            assert ladder_check(_fit(two, w), first_count=2)["ok"], (typ, top)
+            if typ != "Br" or top < 20:
+                chk = ladder_check(_fit(two, w))
+                assert not chk["ok"] and chk["first_ratio"] > 1.2, (typ, top)
+    lin = np.arange(1.0, 11.0)
+    assert ladder_check(_fit(lin, 0.1))["ok"] and not ladder_check(_fit(lin[1:], 0.1))["ok"]
+
+
 def _fit(means, width, first=None):
     means = np.asarray(means, float)
     k = means.size
