@@ -231,3 +231,15 @@ def test_ladder_degree_option():
             fit_gmm(x, 3, ladder_degree=bad)
     with pytest.raises(ParameterError, match="equal_spacing"):
         fit_gmm(x, 3, equal_spacing=True, ladder_degree=2)
+
+
+def test_ladder_check_with_coinciding_components_warns_nothing_numeric():
+    # two components with the same mean (a degenerate fit): the gap ratios divided by a
+    # zero median and numpy warned "divide by zero"; the increment beside them is a gap
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        chk = ladder_check(_fit(np.array([1.0, 2.0, 2.0, 2.0, 5.0]), 0.05))
+    assert chk["ok"] is False
+    assert [3, 4] in chk["suspect"]

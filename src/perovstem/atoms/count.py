@@ -856,7 +856,10 @@ def ladder_check(
         ratios = []
         for j in range(k - 1):
             nb = np.concatenate([d[max(0, j - 2) : j], d[j + 1 : j + 3]])
-            ratios.append(float(d[j] / np.median(nb)))
+            m = float(np.median(nb))
+            # neighbours that coincide (two components with one mean): no step to compare
+            # with, an increment there is a gap (inf), none is not (NaN)
+            ratios.append(float(d[j] / m) if m > 0 else (np.inf if d[j] > 0 else np.nan))
         out["gap_ratios"] = ratios
         sus = [(j, j + 1) for j, g in enumerate(ratios) if g > max_gap]
         out["suspect"] = [list(p) for p in sus]
