@@ -631,6 +631,27 @@ def test_reported_drift_errors_cover_the_truth():
     assert np.mean(z <= 2) >= 0.9, np.mean(z <= 2)
 
 
+def _degrading_45(*, seed: int, rng: int):
+    """KMC series of a 45 Å crystal filling most of a 384² field (0.2 Å px) that degrades
+    within 30 frames (600 e⁻/Å²/s, 305 K, D_Br 15 × the dose rate): (trajectory, series,
+    truth) of :func:`kmc_imaged`."""
+    from perovstem.simulate import KineticParameters
+
+    return kmc_imaged(
+        45.0,
+        rate=600.0,
+        temperature_K=305.0,
+        seed=seed,
+        n_frames=30,
+        params=KineticParameters(D_Br_e_per_A2=15 * 600.0),
+        pixel_size_A=0.2,
+        shape=(384, 384),
+        drift_A_per_s=(0.0, 0.25),
+        jitter_A=0.06,
+        rng=rng,
+    )
+
+
 def test_degrading_outline_does_not_fake_a_lattice_period_jump():
     """A 45 Å crystal filling most of a 384² field (0.2 Å px) degrades: its outline changes
     by about an atomic layer between the running reference and the frame.  The plain
@@ -641,21 +662,8 @@ def test_degrading_outline_does_not_fake_a_lattice_period_jump():
     lattice period off must still be flagged on the late frames (the old check passed some
     of them and flagged the true shift of frames 17-24)."""
     from perovstem.insitu.register import _outline_jump, _outline_shift, _spectrum
-    from perovstem.simulate import KineticParameters
 
-    tr, s, truth = kmc_imaged(
-        45.0,
-        rate=600.0,
-        temperature_K=305.0,
-        seed=47,
-        n_frames=30,
-        params=KineticParameters(D_Br_e_per_A2=15 * 600.0),
-        pixel_size_A=0.2,
-        shape=(384, 384),
-        drift_A_per_s=(0.0, 0.25),
-        jitter_A=0.06,
-        rng=48,
-    )
+    tr, s, truth = _degrading_45(seed=47, rng=48)
     df, t, err, rel = _registered(s, truth)
     # no frame before 20 is flagged for a lattice-period ambiguity (frames 17-18 were,
     # 13 of 30 flagged, before session 7; from frame 20 the crystal is mostly gone and the
@@ -728,21 +736,8 @@ def test_outline_check_follows_a_crystal_vanishing_within_the_reference(seed, rn
     the development draws; rng 56-70 were looked at once the method was chosen, before the
     number of frames (any of 2-6 passes both sets); KMC seeds 41, 45 were held out."""
     from perovstem.insitu.register import _outline_jump, _outline_shift, _spectrum
-    from perovstem.simulate import KineticParameters
 
-    tr, s, truth = kmc_imaged(
-        45.0,
-        rate=600.0,
-        temperature_K=305.0,
-        seed=seed,
-        n_frames=30,
-        params=KineticParameters(D_Br_e_per_A2=15 * 600.0),
-        pixel_size_A=0.2,
-        shape=(384, 384),
-        drift_A_per_s=(0.0, 0.25),
-        jitter_A=0.06,
-        rng=rng,
-    )
+    tr, s, truth = _degrading_45(seed=seed, rng=rng)
     t = truth["drift"][["dy_px", "dx_px"]].to_numpy()
     t = t - t[0]
     data = np.asarray(s.data, float)
@@ -765,21 +760,7 @@ def test_degrading_crystal_gone_leaves_no_gross_silent_frame(rng):
     disagreed by 29 px.  Its running-reference measurement, the reference's shared drift
     taken out, must now confirm it.  (Late frames 0.25-0.33 px off, cf. the xfail above,
     remain; ``rng=58`` was not looked at before the check was written.)"""
-    from perovstem.simulate import KineticParameters
-
-    tr, s, truth = kmc_imaged(
-        45.0,
-        rate=600.0,
-        temperature_K=305.0,
-        seed=47,
-        n_frames=30,
-        params=KineticParameters(D_Br_e_per_A2=15 * 600.0),
-        pixel_size_A=0.2,
-        shape=(384, 384),
-        drift_A_per_s=(0.0, 0.25),
-        jitter_A=0.06,
-        rng=rng,
-    )
+    tr, s, truth = _degrading_45(seed=47, rng=rng)
     df, t, err, rel = _registered(s, truth)
     assert rel.sum() >= 15
     assert err[rel].max() < 1.0, (np.flatnonzero(rel & (err > 1.0)), np.round(err, 2))
@@ -799,21 +780,7 @@ def test_degrading_crystal_rescued_late_frames_use_their_reference_measurement(s
     development series (seed 47 rng 48-70 even, seeds 41/45 rng 48/50) silent frames 8 ->
     2; held out (rng 72-80 even, seed 43 rng 52, seed 49 rng 48) 5 -> 1; rng 50 is a
     development draw, 72, 78 and seed 49 held-out ones (all four fail on the old code)."""
-    from perovstem.simulate import KineticParameters
-
-    tr, s, truth = kmc_imaged(
-        45.0,
-        rate=600.0,
-        temperature_K=305.0,
-        seed=seed,
-        n_frames=30,
-        params=KineticParameters(D_Br_e_per_A2=15 * 600.0),
-        pixel_size_A=0.2,
-        shape=(384, 384),
-        drift_A_per_s=(0.0, 0.25),
-        jitter_A=0.06,
-        rng=rng,
-    )
+    tr, s, truth = _degrading_45(seed=seed, rng=rng)
     df, t, err, rel = _registered(s, truth)
     assert rel.sum() >= 15
     assert not (rel & (err > 0.25)).any(), (np.flatnonzero(rel & (err > 0.25)), np.round(err, 2))
