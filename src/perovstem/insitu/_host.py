@@ -412,12 +412,13 @@ class HostReference:
         return self.lattice is None or detections.attrs.get("host_model") == "no_reference"
 
     def reference(
-        self, detections: Any, frame: np.ndarray, *, scale: float | None = None
+        self, detections: Any, frame: np.ndarray | None, *, scale: float | None = None
     ) -> float | None:
         """kappa_h to detect this frame again with (``host_reference``), or None.
 
         ``detections``: the frame's detections without a reference; ``frame``: the frame
-        minus offset (counts); ``scale``: gain · dose of the frame (None: constant)."""
+        minus offset (counts; may be None where :meth:`needs_frame` is False); ``scale``:
+        gain · dose of the frame (None: constant)."""
         if detections.attrs.get("host_model") != "no_reference" or not self.ratios:
             return None
         if self.after_measured or self.lattice_seen(frame, scale):

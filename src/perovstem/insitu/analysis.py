@@ -569,7 +569,8 @@ def analyze_series(
         done = list(pool.map(lambda kf: process(*kf), block))
         for (k, fr), (d, row) in zip(block, done, strict=True):
             if d is not None:
-                raw = np.asarray(fr, float) - float(offset or 0.0)
+                # (the frame's pixels only where the rule reads them: one copy fewer per frame)
+                raw = np.asarray(fr, float) - float(offset or 0.0) if host.needs_frame(d) else None
                 scale = None if dose is None else float(gain or 1.0) * float(dose[k])
                 covered = row["host_model"] == "no_reference"
                 kappa = host.reference(d, raw, scale=scale)
