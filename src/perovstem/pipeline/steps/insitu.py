@@ -51,11 +51,16 @@ def insitu_register(ctx: Any, series: Any) -> dict[str, Any]:
     return {"drift": drift, "series": corrected}
 
 
+def _calibration(series: Any) -> dict[str, float]:
+    """The series' detector calibration from its metadata: ``gain``/``offset`` where given."""
+    md = series.metadata or {}
+    return {key: float(md[key]) for key in ("gain", "offset") if md.get(key) is not None}
+
+
 def _detect_frame(k: int, series: Any, *, params: dict[str, Any]) -> Any:
     """Detect clusters in frame ``k`` with the series' calibration (gain/offset metadata)."""
     image = series.frame(k)
-    md = series.metadata or {}
-    calib = {key: float(md[key]) for key in ("gain", "offset") if md.get(key) is not None}
+    calib = _calibration(series)
     return api(DETECT)(image, dose_e_per_A2=image.dose_e_per_A2, frame=k, **calib, **params)
 
 
@@ -66,9 +71,8 @@ def _carry_host_reference(series: Any, per_frame: list[Any], params: dict[str, A
     :class:`~perovstem.insitu._host.HostReference` says so, and flagged where it says so."""
     from perovstem.insitu._host import HostReference
 
-    md = series.metadata or {}
-    gain = float(md.get("gain") or 1.0)
-    offset = float(md.get("offset") or 0.0)
+    calib = _calibration(series)
+    gain, offset = calib.get("gain", 1.0), calib.get("offset", 0.0)
     host = HostReference(pixel_size_A=series.pixel_size_A)
     out = []
     for k, det in enumerate(per_frame):
