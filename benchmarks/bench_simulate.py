@@ -237,7 +237,8 @@ def section_tilt() -> dict:
 
     ph = nanocrystal_phantom(120.0, orientation_deg=(25, 35, 15), rng=1)
     ang = np.linspace(-70.0, 70.0, 71)
-    tilt_series(ph, ang[:2], shape=(16, 16), rng=0)  # numba compile / cache load
+    # numba compile / cache load (a small field of coarse pixels that still holds the crystal)
+    tilt_series(ph, ang[:2], shape=(16, 16), pixel_size_A=16.0, rng=0)
     t = []
     for r in range(3):
         t0 = time.perf_counter()
