@@ -397,12 +397,48 @@ def test_pipeline_step_carries_the_host_reference():
         )  # fmt: skip
         per_frame = [_detect_frame(k, s, params=params) for k in range(s.n_frames)]
         prev_measured = False
-        for k, det in enumerate(_carry_host_reference(s, per_frame, params)):
+        carried = _carry_host_reference(s, per_frame, params)
+        _assert_same_as_frame_by_frame(s, per_frame, params, carried)
+        for k, det in enumerate(carried):
             _assert_not_silent(series, k, det, truth)
             used = det.attrs["host_reference_used"]
             if truth["frames"]["n_Pb_host"].iloc[k] == 0:
                 assert prev_measured or not used, (series, k)
             prev_measured = det.attrs["host_model"] == "lattice" and not used
+
+
+def _assert_same_as_frame_by_frame(series, per_frame, params, carried):
+    """The step's carry (rule in frame order, the frames it detects again mapped after)
+    equals the rule applied frame by frame with each re-detection at once, and hands
+    exactly the re-detected frames to its ``map_frames``."""
+    import pandas as pd
+
+    from perovstem.pipeline.steps.insitu import _carry_host_reference, _detect_frame
+
+    host, expected, redone = HostReference(pixel_size_A=series.pixel_size_A), [], []
+    off = float(series.metadata.get("offset", 0.0))
+    for k, det in enumerate(per_frame):
+        image = series.frame(k)
+        raw = np.asarray(image.data, float) - off
+        scale = float(series.metadata.get("gain", 1.0)) * float(image.dose_e_per_A2)
+        kappa = host.reference(det, raw, scale=scale)
+        if kappa is not None:
+            det = _detect_frame(k, series, params={**params, "host_reference": kappa})
+            redone.append(k)
+        expected.append(host.update(det, raw, scale=scale))
+    assert redone, "no frame detected again: the comparison tests nothing"
+    mapped = []
+
+    def map_frames(func, items):
+        mapped.extend(k for k, _ in items)
+        return [func(item, series) for item in reversed(items)][::-1]
+
+    got = _carry_host_reference(series, per_frame, params, map_frames=map_frames)
+    assert mapped == redone
+    for k, (a, b, c) in enumerate(zip(expected, carried, got, strict=True)):
+        pd.testing.assert_frame_equal(b, a, obj=f"frame {k}")
+        pd.testing.assert_frame_equal(c, a, obj=f"frame {k}")
+        assert b.attrs == a.attrs == c.attrs, k
 
 
 def test_series_starting_on_a_covered_crystal_is_flagged():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -64,17 +65,39 @@ def _detect_frame(k: int, series: Any, *, params: dict[str, Any]) -> Any:
     return api(DETECT)(image, dose_e_per_A2=image.dose_e_per_A2, frame=k, **calib, **params)
 
 
-def _carry_host_reference(series: Any, per_frame: list[Any], params: dict[str, Any]) -> list[Any]:
+def _redetect_frame(item: tuple[int, float], series: Any, *, params: dict[str, Any]) -> Any:
+    """Detect frame ``item[0]`` again with the carried host ratio ``item[1]``."""
+    k, kappa = item
+    return _detect_frame(k, series, params={**params, "host_reference": kappa})
+
+
+def _carry_host_reference(
+    series: Any,
+    per_frame: list[Any],
+    params: dict[str, Any],
+    *,
+    map_frames: Callable[[Callable[..., Any], list[Any]], list[Any]] | None = None,
+) -> list[Any]:
     """The host reference rule of ``analyze_series`` over the mapped detections, in frame
     order: a frame whose clusters cover the crystal (``"no_reference"``) is detected again
     with the host's empty-site ratio of the earlier frames where
-    :class:`~perovstem.insitu._host.HostReference` says so, and flagged where it says so."""
+    :class:`~perovstem.insitu._host.HostReference` says so, and flagged where it says so.
+
+    The rule runs in frame order; the frames it detects again (a third of a small
+    crystal's series) are then mapped like the first pass (serial or dask).  This gives
+    the sequential result: a frame detected again with a valid ratio is a ``"lattice"``
+    frame with ``host_reference_used``, which leaves the rule's state (lattice reference,
+    measured ratios, "after a measured frame") as its first, ``"no_reference"`` detection
+    does; the lattice is estimated before the host model, so both carry the same one.
+    ``map_frames(func, items)``: ``[func(item, series) for item in items]`` (the default)
+    or the step's ``ctx.map``."""
     from perovstem.insitu._host import HostReference
 
     calib = _calibration(series)
     gain, offset = calib.get("gain", 1.0), calib.get("offset", 0.0)
     host = HostReference(pixel_size_A=series.pixel_size_A)
-    out = []
+    out: list[Any] = []
+    again: list[tuple[int, float]] = []
     for k, det in enumerate(per_frame):
         if not host.needs_frame(det):  # (a lazy series' frames are not read again)
             out.append(host.update(det, None))
@@ -84,9 +107,22 @@ def _carry_host_reference(series: Any, per_frame: list[Any], params: dict[str, A
         dose = image.dose_e_per_A2
         scale = None if dose is None else gain * float(dose)
         kappa = host.reference(det, raw, scale=scale)
-        if kappa is not None:
-            det = _detect_frame(k, series, params={**params, "host_reference": kappa})
-        out.append(host.update(det, raw, scale=scale))
+        updated = host.update(det, raw, scale=scale)
+        if kappa is None:
+            out.append(updated)
+        else:  # the state as after the frame detected again (docstring); result below
+            again.append((k, kappa))
+            out.append(None)
+    if again:
+        func = functools.partial(_redetect_frame, params=params)
+        if map_frames is None:
+            redone = [func(item, series) for item in again]
+        else:
+            redone = map_frames(func, again)
+        for (k, _), det in zip(again, redone, strict=True):
+            if det.attrs.get("host_model") == "no_reference":  # cannot happen (docstring)
+                raise RuntimeError(f"frame {k}: detected again without its host ratio")
+            out[k] = det
     return out
 
 
@@ -123,8 +159,15 @@ def insitu_clusters(ctx: Any, series: Any, truth: Any = None) -> dict[str, Any]:
         description="cluster detection",
     )
     # the frames are detected independently (mapped); the host reference of the earlier
-    # frames is carried in frame order afterwards (few frames are detected again)
-    per_frame = _carry_host_reference(series, list(per_frame), det_params)
+    # frames is carried in frame order afterwards (the frames it detects again are mapped too)
+    per_frame = _carry_host_reference(
+        series,
+        list(per_frame),
+        det_params,
+        map_frames=lambda func, items: ctx.map(
+            func, items, shared=series, description="cluster detection, carried host ratio"
+        ),
+    )
     detections = pd.concat(per_frame, ignore_index=True)
     if "frame" not in detections.columns:
         detections["frame"] = np.repeat(np.arange(len(per_frame)), [len(d) for d in per_frame])
