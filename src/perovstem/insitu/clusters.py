@@ -111,7 +111,7 @@ Method
    plateau (the segment's E-weighted centroid where the background map is below a quarter
    of the plateau level), where no host lies under the segment: there a segment the veto
    clears is detected on E, as it is counted (issue #7, urecall3: 10–30-atom clusters
-   beside the crystal at 11–21σ on E read low on the uncorrected D through their own
+   beside the crystal at 17–21σ on E read low on the uncorrected D through their own
    registry and failed the integrated test; bench_clusters split, tp / fp / fn over the
    six sets 1971 / 55 / 127 → 1979 / 57 / 119, pooled recall 0.939 → 0.943, precision
    0.973 → 0.972; on the plateau the same rule added 11–16 false detections on tune,
@@ -2309,7 +2309,7 @@ def detect_clusters(
                     # excess E could carry: where the cluster's own registry explains
                     # E - D (the veto) it is detected, as it is counted, on E (issue #7:
                     # 10-30-atom clusters beside the crystal read low on the uncorrected
-                    # D and failed the integrated test at 11-21 sigma on E)
+                    # D and failed the integrated test at 17-21 sigma on E)
                     if veto.any():
                         iy = np.clip(np.rint(cy).astype(int), 0, m.shape[0] - 1)
                         ix = np.clip(np.rint(cx).astype(int), 0, m.shape[1] - 1)
