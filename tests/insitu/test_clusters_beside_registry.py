@@ -4,7 +4,7 @@ only through their own registry (step 4b of :mod:`perovstem.insitu.clusters`).
 The detection test of a segment whose plateau excess E exceeds its host-free excess D
 reads D (a host patch is no cluster).  Beside the crystal there is no host under the
 segment: where the registry veto explains E − D by the cluster's own columns (the count
-then stays on E), the detection now reads E too.  Before, such 10–25-atom clusters with
+then stays on E), the detection now reads E too.  Before, such 10–30-atom clusters with
 17–21σ on E failed the integrated test on D (issue #7, ``bench_cluster_misses``: 2 of the
 80 misses of tune280/big280; bench_clusters split, 1971 / 55 / 127 → 1979 / 57 / 119
 tp / fp / fn over the six sets).
