@@ -23,14 +23,18 @@ confinement on the crystal), and the RMS registration error (registered minus tr
 For D_Br also the same hazard fit on the simulator's exact Br counts over the frames used
 (the realisation's own value).
 
-The Ea of the pipeline step (its default hop estimator, ``"moment"``) is ``ea``; with
-``--compare truncated`` (default) the step's Ea is recomputed with
-``cluster_hop_rate(estimator="truncated")`` on the same tracks with the same bootstrap
-stream (``ea_truncated``: what the step gives with ``hop_estimator = "truncated"``, to the
-last digit).
+The Ea of the pipeline step (its default hop estimator, ``"moment"``, on its default strict
+mobility tracks: the detections tracked again with ends and births of
+``MOBILITY_LINK_COST`` nats) is ``ea``; with ``--compare truncated`` (default) the step's Ea
+is recomputed with ``cluster_hop_rate(estimator="truncated")`` on the same tracks with the
+same bootstrap stream (``ea_truncated``: what the step gives with ``hop_estimator =
+"truncated"``, to the last digit).  ``--link-costs lineage,3,4`` (default ``lineage``) also
+recomputes both estimators' Ea on the same draws with the ``insitu.clusters`` lineage tracks
+(``ea_lineage``, ``ea_lineage_truncated``: the step before the strict mobility tracks) and
+with strict tracks of other costs (``ea_cost3``, ``ea_cost3_truncated``, ...).
 
 Run: ``python benchmarks/bench_kinetics.py [--seeds 12] [--first-seed 0] [--fast]
-[--compare truncated]``; writes ``benchmarks/results/bench_kinetics.json`` (``--out`` to change;
+[--compare truncated] [--link-costs lineage]``; writes ``benchmarks/results/bench_kinetics.json`` (``--out`` to change;
 ``bench_kinetics_seeds100.json`` is ``--first-seed 100``).  Default: full demo sizes (48 Å
 crystal, 40 frames per dose rate, 4 × 20 mobility frames), 12 seeds: 380–560 s on 2 cores
 shared at load 1–5.6 (≈ 20 s per seed when idle, after the first's numba compilation).
