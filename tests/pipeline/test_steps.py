@@ -668,3 +668,39 @@ def test_mechanism_diffusion_ea_from_strict_tracks_not_the_lineage_mislinks(tmp_
                 assert ea["ci_low"] <= ea_true <= ea["ci_high"], (seed, ea)
     rms = {m: float(np.sqrt(np.mean(np.square(e)))) for m, e in err.items()}
     assert rms["strict"] < 0.035 and rms["strict"] < rms["lineage"], (rms, err)
+
+
+def test_mechanism_strict_tracks_bad_detections_name_the_input(tmp_path):
+    """Detections the strict re-tracking cannot link (a NaN position) are refused naming
+    the input and the way out (mobility_tracks = 'lineage')."""
+    import pandas as pd
+
+    if not get_step("quantify.mechanism").available:
+        pytest.skip("quantify not available in this version")
+    n = 6
+    pd.DataFrame(
+        {"frame": np.arange(n), "time_s": np.arange(n) * 1.0, "cumulative_dose_e_per_A2": 1.0}
+    ).to_csv(tmp_path / "frames.csv", index=False)
+    det = pd.DataFrame(
+        {
+            "frame": np.repeat(np.arange(n), 2),
+            "x_A": np.tile([10.0, 40.0], n),
+            "y_A": 20.0,
+            "n_atoms": 20.0,
+            "track_id": np.tile([0, 1], n),
+        }
+    )
+    det.loc[3, "x_A"] = np.nan
+    det.to_parquet(tmp_path / "tracks.parquet")
+    cfg = tmp_path / "m.toml"
+    cfg.write_text(
+        '[run]\nreport = false\n[inputs]\nframes = "frames.csv"\ntracks = "tracks.parquet"\n'
+        '[[step]]\nrun = "quantify.mechanism"\nid = "m"\n'
+        'inputs = { frames_a = "frames", tracks_a = "tracks" }\n'
+    )
+    from perovstem import DataError
+
+    with pytest.raises(DataError) as info:
+        run_pipeline(cfg, out=tmp_path / "run", scheduler="serial", quiet=True)
+    msg = str(info.value)
+    assert "tracks_a" in msg and "non-finite" in msg and "mobility_tracks = 'lineage'" in msg, msg

@@ -635,15 +635,21 @@ def quantify_mechanism(
             raise DataError(f"tracks_{'abcd'[i]} given without frames_{'abcd'[i]}")
     strict = ctx.params["mobility_tracks"] == "strict"
     cost = float(ctx.params["mobility_link_cost"])
-    tr = [
-        (
-            _mobility_tracks(all_tracks[i], max_step_A=ctx.params["max_step_A"], cost=cost)
-            if strict
-            else all_tracks[i]
-        ).assign(series=k)
-        for k, (i, _) in enumerate(given)
-        if all_tracks[i] is not None
-    ]
+    tr = []
+    for k, (i, _) in enumerate(given):
+        t = all_tracks[i]
+        if t is None:
+            continue
+        if strict:
+            try:
+                t = _mobility_tracks(t, max_step_A=ctx.params["max_step_A"], cost=cost)
+            except DataError as exc:
+                raise DataError(
+                    f"tracks_{'abcd'[i]}: cannot track the detections again for the hop rate "
+                    f"(mobility_tracks = 'strict'): {exc}; mobility_tracks = 'lineage' uses "
+                    "their track_id as it is"
+                ) from None
+        tr.append(t.assign(series=k))
     kw: dict[str, Any] = {}
     if tr:
         kw = {
