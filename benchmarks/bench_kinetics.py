@@ -23,14 +23,18 @@ confinement on the crystal), and the RMS registration error (registered minus tr
 For D_Br also the same hazard fit on the simulator's exact Br counts over the frames used
 (the realisation's own value).
 
-The Ea of the pipeline step (its default hop estimator, ``"moment"``) is ``ea``; with
-``--compare truncated`` (default) the step's Ea is recomputed with
-``cluster_hop_rate(estimator="truncated")`` on the same tracks with the same bootstrap
-stream (``ea_truncated``: what the step gives with ``hop_estimator = "truncated"``, to the
-last digit).
+The Ea of the pipeline step (its default hop estimator, ``"moment"``, on its default strict
+mobility tracks: the detections tracked again with ends and births of
+``MOBILITY_LINK_COST`` nats) is ``ea``; with ``--compare truncated`` (default) the step's Ea
+is recomputed with ``cluster_hop_rate(estimator="truncated")`` on the same tracks with the
+same bootstrap stream (``ea_truncated``: what the step gives with ``hop_estimator =
+"truncated"``, to the last digit).  ``--link-costs lineage,3,4`` (default ``lineage``) also
+recomputes both estimators' Ea on the same draws with the ``insitu.clusters`` lineage tracks
+(``ea_lineage``, ``ea_lineage_truncated``: the step before the strict mobility tracks) and
+with strict tracks of other costs (``ea_cost3``, ``ea_cost3_truncated``, ...).
 
 Run: ``python benchmarks/bench_kinetics.py [--seeds 12] [--first-seed 0] [--fast]
-[--compare truncated]``; writes ``benchmarks/results/bench_kinetics.json`` (``--out`` to change;
+[--compare truncated] [--link-costs lineage]``; writes ``benchmarks/results/bench_kinetics.json`` (``--out`` to change;
 ``bench_kinetics_seeds100.json`` is ``--first-seed 100``).  Default: full demo sizes (48 Å
 crystal, 40 frames per dose rate, 4 × 20 mobility frames), 12 seeds: 380–560 s on 2 cores
 shared at load 1–5.6 (≈ 20 s per seed when idle, after the first's numba compilation).
@@ -115,23 +119,34 @@ def _registration_rms_A(run: Path, tag: str) -> float:
     return float(np.sqrt(np.mean(np.sum(e**2, axis=0))))
 
 
-def _ea_with(run: Path, seed: int, estimator: str, *, fast: bool) -> dict:
-    """The mobility step's Ea recomputed with another hop estimator on the same tracks
-    (same inputs, options and bootstrap stream as the step: before/after on one draw)."""
+def _ea_with(
+    run: Path, seed: int, estimator: str, *, fast: bool, tracks: str = "strict",
+    cost: float | None = None,
+) -> dict:  # fmt: skip
+    """The mobility step's Ea recomputed with another hop estimator and/or other tracks on
+    the same detections (same inputs, options and bootstrap stream as the step: before/after
+    on one draw).  ``tracks``: ``"strict"`` (the detections tracked again with ends and
+    births of ``cost`` nats, default the step's) or ``"lineage"`` (the ``insitu.clusters``
+    step's tracks, what the step used before the strict mobility tracks)."""
     from perovstem.pipeline.runner import _step_seed
+    from perovstem.pipeline.steps.quantify import MOBILITY_LINK_COST, _mobility_tracks
 
+    cost = MOBILITY_LINK_COST if cost is None else float(cost)
     step = next(s for s in kinetic_config(seed, fast=fast)["step"] if s["id"] == "mobility")
-    frames, tracks = [], []
+    frames, trs = [], []
     for k, key in enumerate(sorted(i for i in step["inputs"] if i.startswith("frames_"))):
         tag = step["inputs"][key].split(".")[0]
         frames.append(_table(run, f"{tag}.counts").assign(series=k))
-        tracks.append(_table(run, f"{tag}.detections").assign(series=k))
+        det = _table(run, f"{tag}.detections")
+        if tracks == "strict":
+            det = _mobility_tracks(det, max_step_A=8.0, cost=cost)
+        trs.append(det.assign(series=k))
     rng = np.random.default_rng([_step_seed(seed, "mobility"), 0])
     s = mechanism_summary(
         pd.concat(frames, ignore_index=True),
         x="cumulative_dose_e_per_A2",
         level=0.95,
-        tracks=pd.concat(tracks, ignore_index=True),
+        tracks=pd.concat(trs, ignore_index=True),
         mobility={"max_step_A": 8.0, "estimator": estimator, "rng": rng},
     )
     e = s[(s["process"] == "temperature") & (s["observable"] == "Gamma1_per_s")]
@@ -140,7 +155,7 @@ def _ea_with(run: Path, seed: int, estimator: str, *, fast: bool) -> dict:
     return {k: float(e.iloc[0][k]) for k in ("value", "ci_low", "ci_high")}
 
 
-def one_seed(seed: int, *, fast: bool, compare: str | None = None) -> dict:
+def one_seed(seed: int, *, fast: bool, compare: str | None = None, link_costs: tuple = ()) -> dict:
     cfg = parse_config(kinetic_config(seed, fast=fast), source="<bench_kinetics>")
     tmp = Path(tempfile.mkdtemp(prefix="bench_kinetics_"))
     run = tmp / "run"
@@ -200,6 +215,14 @@ def one_seed(seed: int, *, fast: bool, compare: str | None = None) -> dict:
             out["ea"] = {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
         if compare:
             out[f"ea_{compare}"] = _ea_with(run, seed, compare, fast=fast)
+        # the same draws on other mobility tracks: the lineage tracks (before the strict
+        # mobility tracks) and strict tracks of other link costs, both estimators
+        for c in link_costs:
+            name = "lineage" if c == "lineage" else f"cost{float(c):g}"
+            kw = {"tracks": "lineage"} if c == "lineage" else {"cost": float(c)}
+            for est in ("moment", "truncated"):
+                key = f"ea_{name}" + ("" if est == "moment" else f"_{est}")
+                out[key] = _ea_with(run, seed, est, fast=fast, **kw)
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -293,6 +316,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="also recompute Ea with this hop estimator on the same tracks ('' for none)",
     )
     ap.add_argument(
+        "--link-costs",
+        default="lineage",
+        help="also recompute Ea (both estimators) on these mobility tracks, comma-separated: "
+        "'lineage' (the insitu.clusters tracks) and/or strict link costs in nats ('' for none)",
+    )
+    ap.add_argument(
         "--out",
         default=str(Path(__file__).resolve().parent / "results" / "bench_kinetics.json"),
     )
@@ -320,7 +349,8 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     rows = []
     for s in seeds:
-        r = one_seed(s, fast=a.fast, compare=a.compare or None)
+        costs = tuple(c.strip() for c in a.link_costs.split(",") if c.strip())
+        r = one_seed(s, fast=a.fast, compare=a.compare or None, link_costs=costs)
         rows.append(r)
         lo, hi = r["d_br"]["low"], r["d_br"]["high"]
         print(

@@ -622,3 +622,24 @@ def test_lookahead_bad_input():
     for bad in (-1, 1.5, 3, "1"):
         with pytest.raises(ParameterError, match="lookahead"):
             track_clusters(one, lookahead=bad)
+
+
+def test_end_and_birth_costs_default_is_the_lineage_tracker():
+    # the lineage tracker's costs (6 nats) are the defaults: given explicitly, the same
+    # tracks and lineage; cheaper ends and births refuse links, never add them
+    det, _truth, _merges = coalescing_clusters(n_frames=12, rng=3)
+    det["n_atoms_err"] = 0.07 * det["n_atoms"]
+    t0, l0 = track_clusters(det)
+    t1, l1 = track_clusters(det, end_cost=6.0, birth_cost=6.0)
+    pd.testing.assert_frame_equal(t0, t1)
+    pd.testing.assert_frame_equal(l0, l1)
+    t2, _ = track_clusters(det, end_cost=2.0, birth_cost=2.0)
+    assert t2["track_id"].nunique() > t0["track_id"].nunique()
+
+
+@pytest.mark.parametrize("name", ["end_cost", "birth_cost"])
+def test_end_and_birth_costs_bad_input(name):
+    one = pd.DataFrame({"frame": [0], "x_A": [1.0], "y_A": [0.0], "n_atoms": [5]})
+    for bad in (0, -2.0, np.nan, np.inf, "2"):
+        with pytest.raises(ParameterError, match=name):
+            track_clusters(one, **{name: bad})

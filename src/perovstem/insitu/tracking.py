@@ -109,6 +109,8 @@ def track_clusters(
     min_parent_significance: float = 5.0,
     merge_window: int = 1,
     lookahead: int = 0,
+    end_cost: float = 6.0,
+    birth_cost: float = 6.0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Link per-frame cluster detections into tracks and a lineage with merges.
 
@@ -200,6 +202,15 @@ def track_clusters(
         session 17) and are not the default: under this frame-pair model the next pair
         adds little evidence (counts and hops are judged against the last detection) and
         the decisions it changes were as often wrong as right.
+    end_cost, birth_cost : float
+        ``"global"`` only: prior cost, nats (negative log-probability), of a track that
+        ends and of a detection that starts a new track (each plus the size penalty of
+        the module docstring); a continuation is kept only when it costs less than an end
+        plus a birth.  The default 6 suits the lineage (merges need the links).  Smaller
+        costs refuse the unlikely links, e.g. a track whose cluster was not detected
+        linked to a neighbour detected for the first time 4-10 Å away: 2-4 nats give
+        tracks for the mobility estimate (:func:`perovstem.quantify.mobility.cluster_hop_rate`)
+        with fewer such mis-links but lose merges (``docs/insitu.md``, kinetics).
 
     Returns
     -------
@@ -248,6 +259,8 @@ def track_clusters(
         raise ParameterError(f"`merge_window` must be an integer >= 1, got {merge_window!r}")
     if int(lookahead) != lookahead or not 0 <= lookahead <= 2:
         raise ParameterError(f"`lookahead` must be an integer 0, 1 or 2, got {lookahead!r}")
+    end_cost = check_positive("end_cost", end_cost)
+    birth_cost = check_positive("birth_cost", birth_cost)
     df = clusters.reset_index(drop=True).copy()
     if (df["frame"] != np.round(df["frame"])).any() or (df["frame"] < 0).any():
         raise DataError("`clusters.frame` must hold non-negative integer frame indices")
@@ -271,7 +284,11 @@ def track_clusters(
         )
         if method == "global":
             tracks, lineage, llr = _track_global(
-                *args, window=int(merge_window), lookahead=int(lookahead)
+                *args,
+                window=int(merge_window),
+                lookahead=int(lookahead),
+                end_cost=end_cost,
+                birth_cost=birth_cost,
             )
         else:
             tracks, lineage = _track_mass(*args, bool(long_hops))
@@ -1043,6 +1060,8 @@ def _track_global(
     window: int = 1,
     lookahead: int = 0,
     lookahead_margin: float | None = None,
+    end_cost: float = _END_COST,
+    birth_cost: float = _BIRTH_COST,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, float]]:
 
     df, size, serr, xy, fr, rad = _track_inputs(df, size_col)
@@ -1103,11 +1122,11 @@ def _track_global(
         hyp_tgt: list[tuple[int, ...]] = []
         split_info: dict[int, tuple[int, int, int, int]] = {}
         for k in range(len(srcs)):
-            hyp_cost.append(_END_COST + size_pen[srcs[k]] if k < n_a else 0.0)
+            hyp_cost.append(end_cost + size_pen[srcs[k]] if k < n_a else 0.0)
             hyp_src.append((k,))
             hyp_tgt.append(())
         for t in range(len(b)):
-            hyp_cost.append(_BIRTH_COST + size_pen[b[t]])
+            hyp_cost.append(birth_cost + size_pen[b[t]])
             hyp_src.append(())
             hyp_tgt.append((t,))
         if srcs and b:
@@ -1131,12 +1150,12 @@ def _track_global(
             cont = (
                 c_d + c_s + np.where(np.arange(len(S))[:, None] < n_a, 0.0, _GAP_COST * (ddt - 1))
             )
-            cap = _END_COST + _BIRTH_COST + size_pen[S][:, None] + size_pen[B][None, :]
+            cap = end_cost + birth_cost + size_pen[S][:, None] + size_pen[B][None, :]
             # a gap source already paid its end cost: linking it refunds that cost, so a
             # gap closure competes with a birth as a continuation competes with end+birth
             # (not a merged-away parent: re-finding it undoes a merge, see below)
             ended = np.array([False] * n_a + [c < 0 for _, _, c in gsrc])
-            refund = np.where(ended, _END_COST + size_pen[S], 0.0)[:, None]
+            refund = np.where(ended, end_cost + size_pen[S], 0.0)[:, None]
             for k, t in zip(*np.nonzero(cont < cap), strict=True):
                 hyp_cost.append(float(cont[k, t] - refund[k, 0]))
                 hyp_src.append((int(k),))
@@ -1180,7 +1199,7 @@ def _track_global(
             if n_a >= 2:
                 sa = np.array([s2_of(st, int(seg[r])) for r in a])
                 for t, j in enumerate(b):
-                    cand = np.flatnonzero(c_d[:n_a, t] < cap[:n_a, t] + _END_COST)
+                    cand = np.flatnonzero(c_d[:n_a, t] < cap[:n_a, t] + end_cost)
                     if len(cand) < 2:
                         continue
                     cand = cand[np.argsort(c_d[cand, t])][:8]
@@ -1228,8 +1247,8 @@ def _track_global(
                                 + 1e-300
                             )
                         cm += _MERGE_COST
-                        if cm < _BIRTH_COST + size_pen[j] + sum(
-                            _END_COST + size_pen[a[g]] for g in gidx
+                        if cm < birth_cost + size_pen[j] + sum(
+                            end_cost + size_pen[a[g]] for g in gidx
                         ):
                             hyp_cost.append(cm)
                             hyp_src.append(tuple(int(g) for g in gidx))
@@ -1462,7 +1481,7 @@ def _track_global(
             size=size, rel=rel, xy=xy, fr=fr, rad=rad, size_pen=size_pen,
             s2_of=lambda s: s2_of(st, s) if s in mob else sig0**2, L2=L2, pos2=pos2,
             merge_margin=merge_margin, min_merge=min_merge, min_frames=min_frames,
-            window=window,
+            window=window, end_cost=end_cost, birth_cost=birth_cost,
         )  # fmt: skip
     # a merge left with one parent (the others were seen again) is a continuation
     # (_build_lineage relabels a single-parent child as its parent's track)
@@ -1497,6 +1516,8 @@ def _window_relink(
     min_merge: float,
     min_frames: int,
     window: int,
+    end_cost: float = _END_COST,
+    birth_cost: float = _BIRTH_COST,
 ) -> int:
     """Re-link "a continuation plus a hop" into "a merge plus a new detection" when the
     counts pooled over a window of frames favour it (segments edited in place).
@@ -1585,7 +1606,7 @@ def _window_relink(
                         _disp_nll(np.sum((xy[a_next] - xy[ra]) ** 2), sa + 2 * pos2, L2)
                     )
                 else:
-                    c_cont += _END_COST + size_pen[ra]
+                    c_cont += end_cost + size_pen[ra]
                 # A and B merge into B's detection at f; A's detection at f is new
                 tot = na0 + nb0
                 e2 = ((ea0 * na0) ** 2 + (eb0 * nb0) ** 2) / tot**2 + eb1**2
@@ -1596,7 +1617,7 @@ def _window_relink(
                     _disp_nll(np.sum((xy[b_next] - com) ** 2), w @ [sa, sb] + 2 * pos2, L2)
                 )
                 if a_next >= 0:
-                    c_merge += _BIRTH_COST + size_pen[a_next]
+                    c_merge += birth_cost + size_pen[a_next]
                 gain = c_cont - c_merge
                 if gain > _WIN_MARGIN:
                     cands.append((gain, a, b))

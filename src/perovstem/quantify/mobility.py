@@ -166,7 +166,12 @@ def cluster_hop_rate(
       demo's imaged mobility series it halved the RMS error of Ea (0.094 → 0.051 eV over
       24 seeds, ``benchmarks/bench_kinetics.py``), but not on synthetic lattice walks at
       ~1 hop per frame, and with the fast demo's few steps (3 × 12 frames) it failed
-      (RMS 0.42 against 0.21 eV): opt-in, see ``docs/insitu.md``.
+      (RMS 0.42 against 0.21 eV): opt-in, see ``docs/insitu.md``;
+    * fewer mis-links to begin with: track the detections for the mobility with cheap ends
+      and births (``track_clusters(..., end_cost=2, birth_cost=2)``, what the
+      ``quantify.mechanism`` step does by default) rather than with the lineage tracker's
+      6 nats; on the demo's series the moment estimator's Ea RMS error went from 0.094 to
+      0.046 eV over 24 seeds (``docs/insitu.md``, kinetics).
 
     Parameters
     ----------

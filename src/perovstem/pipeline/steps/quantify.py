@@ -13,6 +13,7 @@ _Q = "perovstem.quantify:{0}|perovstem.quantify.kinetics:{0}"
 MECHANISM = "perovstem.quantify:mechanism_summary|perovstem.quantify.mechanism:mechanism_summary"
 MODEL3D = "perovstem.quantify:model_from_counts|perovstem.quantify.model3d:model_from_counts"
 AGREEMENT = "perovstem.quantify:site_agreement|perovstem.quantify.model3d:site_agreement"
+TRACK = "perovstem.insitu:track_clusters|perovstem.insitu.tracking:track_clusters"
 BR_IMAGES = "perovstem.quantify.br_loss:br_loss_from_images"
 BR_FIT = "perovstem.quantify.br_loss:fit_br_desorption"
 COMPARE, FIT, ARRHENIUS, DOSE_RATE = (
@@ -496,6 +497,28 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
     return {"ranking": ranking}
 
 
+#: end and birth cost (nats) of the strict mobility tracks of ``quantify.mechanism``:
+#: chosen from {2, 3, 4} on the demo's mobility series, seeds 0-11 of
+#: ``benchmarks/bench_kinetics.py`` (checked on 100-111; docs/insitu.md, kinetics)
+MOBILITY_LINK_COST = 2.0
+
+
+def _mobility_tracks(tracks: Any, *, max_step_A: float, cost: float) -> Any:
+    """One series' detections tracked again for the hop rate: ends and births cost ``cost``
+    nats (the lineage tracker: 6), so a track whose cluster went undetected ends instead of
+    taking a neighbour detected for the first time.  ``track_id`` is replaced."""
+    size = None
+    if "n_atoms" in tracks.columns and tracks["n_atoms"].notna().any():
+        size = "n_atoms"
+    elif "area_A2" in tracks.columns:
+        size = "area_A2"
+    det = tracks.drop(columns=["track_id"])
+    out, _ = api(TRACK)(
+        det, max_step_A=max_step_A, size_column=size, end_cost=cost, birth_cost=cost
+    )
+    return out
+
+
 @register_step(
     "quantify.mechanism",
     inputs=(),
@@ -547,6 +570,22 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
             "unstable with few steps per temperature)",
             choices=("moment", "truncated"),
         ),
+        "mobility_tracks": Param(
+            str,
+            "strict",
+            "tracks of the hop rate: 'strict' (each series' detections tracked again with "
+            "ends and births of mobility_link_cost nats, refusing the unlikely links that "
+            "the lineage needs for merges) or 'lineage' (the input track_id as it is)",
+            choices=("strict", "lineage"),
+        ),
+        "mobility_link_cost": Param(
+            float,
+            MOBILITY_LINK_COST,
+            "'strict' mobility tracks: cost of a track end and of a birth, nats (the "
+            "lineage tracker's 6 keeps unlikely links)",
+            min=0.01,
+            max=50.0,
+        ),
         "level": Param(float, 0.95, "confidence level", min=0.5, max=0.999),
         "sources": Param(
             list,
@@ -561,7 +600,8 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
     doc="Mechanism table: best kinetic model and key parameter of every process per condition "
     "(temperature, dose rate, gas) and the dose-rate / temperature dependence across them; "
     "with cluster tracks (tracks_a ... for frames_a ...) also the Pb⁰ cluster hop rate per "
-    "condition and the activation energy of Pb⁰ diffusion.",
+    "condition (from the detections tracked again with strict links, mobility_tracks) and the "
+    "activation energy of Pb⁰ diffusion.",
 )
 def quantify_mechanism(
     ctx: Any,
@@ -593,11 +633,23 @@ def quantify_mechanism(
     for i, tt in enumerate(all_tracks):
         if tt is not None and (frames_a, frames_b, frames_c, frames_d)[i] is None:
             raise DataError(f"tracks_{'abcd'[i]} given without frames_{'abcd'[i]}")
-    tr = [
-        all_tracks[i].assign(series=k)
-        for k, (i, _) in enumerate(given)
-        if all_tracks[i] is not None
-    ]
+    strict = ctx.params["mobility_tracks"] == "strict"
+    cost = float(ctx.params["mobility_link_cost"])
+    tr = []
+    for k, (i, _) in enumerate(given):
+        t = all_tracks[i]
+        if t is None:
+            continue
+        if strict:
+            try:
+                t = _mobility_tracks(t, max_step_A=ctx.params["max_step_A"], cost=cost)
+            except DataError as exc:
+                raise DataError(
+                    f"tracks_{'abcd'[i]}: cannot track the detections again for the hop rate "
+                    f"(mobility_tracks = 'strict'): {exc}; mobility_tracks = 'lineage' uses "
+                    "their track_id as it is"
+                ) from None
+        tr.append(t.assign(series=k))
     kw: dict[str, Any] = {}
     if tr:
         kw = {
@@ -609,6 +661,14 @@ def quantify_mechanism(
             },
         }
     summary = api(MECHANISM)(frames, x=ctx.params["x"], level=ctx.params["level"], **kw)
+    if tr:
+        # which tracks the hop rate used
+        summary.attrs["mobility_tracks"] = (
+            {"tracks": "strict", "end_cost_nats": cost, "birth_cost_nats": cost,
+             "max_step_A": float(ctx.params["max_step_A"])}
+            if strict
+            else {"tracks": "lineage"}
+        )  # fmt: skip
     if sources:
         # which table each condition came from (the summary records each condition's keys)
         keys = summary.attrs.get("conditions", [])
@@ -664,7 +724,17 @@ def quantify_mechanism(
         summary[cols],
         title="Mechanism per condition",
         max_rows=30,
-        caption=f"{100 * ctx.params['level']:g} % confidence intervals.",
+        caption=f"{100 * ctx.params['level']:g} % confidence intervals."
+        + (
+            (
+                f" Hop rates from the detections tracked again with ends and births of "
+                f"{cost:g} nats (strict mobility tracks)."
+                if strict
+                else " Hop rates from the lineage tracks."
+            )
+            if tr
+            else ""
+        ),
     )
     return {"summary": summary}
 
