@@ -53,13 +53,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "insitu"))
 
-from _insitu_kmc import kmc_imaged, noise_free_parts  # noqa: E402
-
 import bench_clusters as bc  # noqa: E402
+from _kmc_series import kmc_series  # noqa: E402
 from perovstem._data import Image  # noqa: E402
 from perovstem.insitu import _markers as mk  # noqa: E402
 from perovstem.insitu import clusters as cl  # noqa: E402
-from perovstem.insitu import detect_clusters, estimate_lattice, score_detections  # noqa: E402
+from perovstem.insitu import detect_clusters, score_detections  # noqa: E402
 from perovstem.insitu._host import HostReference  # noqa: E402
 from perovstem.insitu.evaluation import _reach  # noqa: E402
 
@@ -143,13 +142,7 @@ def _fate(cap, x, y, n, px):
 
 def series_rows(name, seed, c):
     px = c["px"]
-    tr, s, truth = kmc_imaged(
-        c["edge"], rate=c["rate"], temperature_K=c["temp"], seed=seed, n_frames=12,
-        pixel_size_A=px, drift_A_per_s=(0.8, -0.5), jitter_A=0.3, rng=seed,
-    )  # fmt: skip
-    render = noise_free_parts(tr, s, pixel_size_A=px, seed=seed)
-    data = np.asarray(s.data, float)
-    la, ang, _ = estimate_lattice(data[0], px)
+    tr, s, truth, render, data, la, ang, _ = kmc_series(seed, c)
     kw = {"gain": s.metadata.get("gain", 1.0), "offset": s.metadata.get("offset", 0.0),
           "lattice_A": la, "lattice_angle_deg": ang}  # fmt: skip
     g = kw["gain"]
