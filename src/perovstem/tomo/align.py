@@ -508,12 +508,14 @@ def _kernel_threads(shape: tuple[int, ...], n_angles: int) -> int | None:
 def _criterion_projector(ang: np.ndarray, shape: tuple[int, int, int]) -> tuple[Any, np.ndarray]:
     """The projector of :func:`_weighted_sirt` for a binned stack of ``shape`` (A, M, N) and
     its inverse row sums: the same for every candidate axis of a search, so built once."""
+    from perovstem._threads import numba_threads
     from perovstem.tomo.projector import Projector
     from perovstem.tomo.reconstruct import _inv
 
-    _, m, n = shape
-    op = Projector(ang, (m, m, n), n_det=m)
-    return op, _inv(op.row_sums())
+    a, m, n = shape
+    with numba_threads(_kernel_threads((m, m, n), a)):
+        op = Projector(ang, (m, m, n), n_det=m)
+        return op, _inv(op.row_sums())
 
 
 def _weighted_sirt(
@@ -949,6 +951,16 @@ class _Rotated:
     slack: float  # output shifts up to this (px) read only padding that holds no wrapped data
 
 
+def _phase_ramp(ky: np.ndarray, kx: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """``exp(−2πi (ky·dy + kx·dx))`` (complex64) for per-projection shifts ``dy``, ``dx``
+    ((A, 1, 1)) on the frequency grids ``ky`` ((1, S, 1)) and ``kx`` ((1, 1, K)).
+
+    The product of the two 1-D ramps (complex128, then rounded): A·(S + K) exponentials
+    instead of A·S·K, which were ~10 % of ``align``; it equals the exponential of the sum to
+    ~1e-16 before the rounding to complex64."""
+    return (np.exp(-2j * np.pi * (ky * dy)) * np.exp(-2j * np.pi * (kx * dx))).astype(np.complex64)
+
+
 def _sinc_rotated(data: np.ndarray, shifts_px: np.ndarray, tilt_axis_deg: float) -> _Rotated:
     """The padded, shifted and rotated stack of :func:`_sinc_transform_stack`, in Fourier
     space, so that further shifts in the output frame cost one phase ramp
@@ -981,7 +993,7 @@ def _sinc_rotated(data: np.ndarray, shifts_px: np.ndarray, tilt_axis_deg: float)
     c0 = (side - 1) / 2.0
     dy = sh[:, 0, None, None] + (c0 - cy)
     dx = sh[:, 1, None, None] + (c0 - cx)
-    spec *= np.exp(-2j * np.pi * (ky * dy + kx * dx)).astype(np.complex64)
+    spec *= _phase_ramp(ky, kx, dy, dx)
     if quarter % 4 or phi != 0.0:
         f = sfft.irfft2(spec, s=(side, side), workers=-1)
         if quarter % 4:
@@ -1026,7 +1038,7 @@ def _sinc_crop(rot: _Rotated, post_px: np.ndarray | None = None) -> np.ndarray:
         dy = dy + post[:, 0, None, None]
         dx = dx + post[:, 1, None, None]
     if np.any(dy) or np.any(dx):
-        spec = rot.spec * np.exp(-2j * np.pi * (ky * dy + kx * dx)).astype(np.complex64)
+        spec = rot.spec * _phase_ramp(ky, kx, dy, dx)
     else:
         spec = rot.spec
     f = sfft.irfft2(spec, s=(side, side), workers=-1)
@@ -1148,9 +1160,9 @@ def projection_matching(
     for it in range(check_int("n_iter", n_iter, 0)):
         al = _transform_stack(d, sh, tilt_axis_deg)
         binned = al[:, : mb * bf, : nb * bf].reshape(a, mb, bf, nb, bf).mean(axis=(2, 4))
-        if op is None:
-            op = Projector(ang, (mb, mb, nb), n_det=mb)
-        with numba_threads(_kernel_threads(op.volume_shape, a)):
+        with numba_threads(_kernel_threads((mb, mb, nb), a)):
+            if op is None:
+                op = Projector(ang, (mb, mb, nb), n_det=mb)
             rec = sirt(binned, ang, n_iter=n_sirt, nonneg=True, _projector_obj=op)
             rep = op.forward(rec.volume)
         residual = float(np.linalg.norm(binned - rep) / (np.linalg.norm(binned) or 1.0))
