@@ -313,17 +313,22 @@ def _binned(al: np.ndarray, bf: int) -> np.ndarray:
     return al[:, : mb * bf, : nb * bf].reshape(a, mb, bf, nb, bf).mean(axis=(2, 4))
 
 
-def _shift_1d(p: np.ndarray, ref: np.ndarray) -> float:
-    """Sub-pixel shift that moves profile ``p`` onto ``ref`` (FFT cross-correlation peak)."""
-    n = p.size
-    f = np.fft.rfft(ref - ref.mean(), 2 * n) * np.conj(np.fft.rfft(p - p.mean(), 2 * n))
-    cc = np.fft.irfft(f, 2 * n)
-    k = int(np.argmax(cc))
-    y0, y1, y2 = cc[k - 1], cc[k], cc[(k + 1) % (2 * n)]
+def _shift_rows(p: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Sub-pixel shifts that move each row of ``p`` (K, n) onto ``ref`` (n,): FFT
+    cross-correlation peak, refined by a parabola.  All rows in one batched FFT (a Python
+    loop over the rows was ~7 % of ``align``; the same values)."""
+    k, n = p.shape
+    fr = np.fft.rfft(ref - ref.mean(), 2 * n)
+    f = fr[None, :] * np.conj(np.fft.rfft(p - p.mean(axis=1, keepdims=True), 2 * n, axis=1))
+    cc = np.fft.irfft(f, 2 * n, axis=1)
+    kk = np.argmax(cc, axis=1)
+    rows = np.arange(k)
+    y0, y1, y2 = cc[rows, kk - 1], cc[rows, kk], cc[rows, (kk + 1) % (2 * n)]
     den = y0 - 2 * y1 + y2
-    frac = 0.5 * (y0 - y2) / den if den < 0 else 0.0
-    sh = k + frac
-    return float(sh - 2 * n if sh > n else sh)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(den < 0, 0.5 * (y0 - y2) / den, 0.0)
+    sh = kk + frac
+    return np.where(sh > n, sh - 2 * n, sh)
 
 
 def _profile_metric(d: np.ndarray, sh: np.ndarray, phi: float, margin: int) -> float:
@@ -332,9 +337,8 @@ def _profile_metric(d: np.ndarray, sh: np.ndarray, phi: float, margin: int) -> f
     p = r[:, :, margin : r.shape[2] - margin].sum(axis=1).astype(np.float64)
     x = np.arange(p.shape[1], dtype=float)
     for _ in range(2):
-        ref = p.mean(axis=0)
-        for k in range(p.shape[0]):
-            s = _shift_1d(p[k], ref)
+        shifts = _shift_rows(p, p.mean(axis=0))
+        for k, s in enumerate(shifts):
             p[k] = np.interp(x - s, x, p[k], left=0.0, right=0.0)
     return float(((p - p.mean(axis=0)) ** 2).sum() / ((p**2).sum() or 1.0))
 
@@ -392,9 +396,8 @@ def _register_profiles(p: np.ndarray) -> np.ndarray:
     x = np.arange(p.shape[1], dtype=float)
     dx = np.zeros(p.shape[0])
     for _ in range(2):
-        ref = p.mean(axis=0)
-        for k in range(p.shape[0]):
-            s = _shift_1d(p[k], ref)
+        shifts = _shift_rows(p, p.mean(axis=0))
+        for k, s in enumerate(shifts):
             dx[k] += s
             p[k] = np.interp(x - s, x, p[k], left=0.0, right=0.0)
     return dx
