@@ -508,26 +508,36 @@ def _kernel_threads(shape: tuple[int, ...], n_angles: int) -> int | None:
     return None if work >= _SERIAL_WORK and spare_core() else 1
 
 
-def _criterion_projector(ang: np.ndarray, shape: tuple[int, int, int]) -> tuple[Any, np.ndarray]:
+# the last few criterion projectors, keyed by tilt angles and binned shape
+_PROJECTORS: dict[tuple[bytes, tuple[int, ...]], tuple[Any, np.ndarray]] = {}
+
+
+def _criterion_projector(ang: np.ndarray, shape: tuple[int, ...]) -> tuple[Any, np.ndarray]:
     """The projector of :func:`_weighted_sirt` for a binned stack of ``shape`` (A, M, N) and
-    its inverse row sums: the same for every candidate axis of a search, so built once."""
+    its inverse row sums.  They depend only on the tilts and the shape, the same for every
+    candidate axis of every search of an ``align``: kept for reuse (rebuilt per candidate
+    they were ~3 % of ``align``; the last 4 are kept, a few MB)."""
     from perovstem._threads import numba_threads
     from perovstem.tomo.projector import Projector
     from perovstem.tomo.reconstruct import _inv
 
-    a, m, n = shape
+    ang = np.ascontiguousarray(ang, dtype=float)
+    key = (ang.tobytes(), tuple(int(v) for v in shape))
+    hit = _PROJECTORS.get(key)
+    if hit is not None:
+        return hit
+    a, m, n = key[1]
     with numba_threads(_kernel_threads((m, m, n), a)):
         op = Projector(ang, (m, m, n), n_det=m)
-        return op, _inv(op.row_sums())
+        hit = (op, _inv(op.row_sums()))
+    while len(_PROJECTORS) >= 4:
+        _PROJECTORS.pop(next(iter(_PROJECTORS)))
+    _PROJECTORS[key] = hit
+    return hit
 
 
 def _weighted_sirt(
-    b: np.ndarray,
-    ang: np.ndarray,
-    w: np.ndarray,
-    n_iter: int,
-    *,
-    projector: tuple[Any, np.ndarray] | None = None,
+    b: np.ndarray, ang: np.ndarray, w: np.ndarray, n_iter: int
 ) -> tuple[float, np.ndarray]:
     """Non-negative SIRT that fits only the pixels with weight 1 (``w`` = 0: no data).
 
@@ -542,15 +552,12 @@ def _weighted_sirt(
     terms : (A, N) ndarray
         ``‖W(b_a − A_a x)‖²`` per projection ``a`` and column (slice along the axis) ``N``
         for the final volume, relative to ``‖Wb‖²``.
-
-    ``projector``: :func:`_criterion_projector` of this shape and these angles, when the
-    caller reuses it (a search builds it once for all its candidates).
     """
     from perovstem._threads import numba_threads
     from perovstem.tomo.reconstruct import _inv
 
     a, m, n = b.shape
-    op, rs = projector if projector is not None else _criterion_projector(ang, b.shape)
+    op, rs = _criterion_projector(ang, b.shape)
     with numba_threads(_kernel_threads((m, m, n), a)):
         w = w.astype(np.float32)
         cs = _inv(op.backward(w))
@@ -576,7 +583,6 @@ def _reprojection_residual(
     margin: int,
     n_sirt: int,
     field: np.ndarray | None = None,
-    projector: tuple[Any, np.ndarray] | None = None,
 ) -> tuple[float, np.ndarray]:
     """Relative SIRT residual ``‖W(b − Ax)‖/‖Wb‖`` of the stack aligned with axis ``phi``.
 
@@ -615,7 +621,7 @@ def _reprojection_residual(
         full = _sinc_transform_stack(d, sh, phi)
     b = _binned(full, bf)
     w = _binned(ok.astype(np.float32), bf) > 0.999
-    return _weighted_sirt(np.ascontiguousarray(b * w), ang, w, n_sirt, projector=projector)
+    return _weighted_sirt(np.ascontiguousarray(b * w), ang, w, n_sirt)
 
 
 def _axis_sigma(phis: np.ndarray, per_tilt: np.ndarray, best: float, *, batch: int = 1) -> float:
@@ -790,15 +796,10 @@ def _reprojection_search(
     field = _in_field(d.shape[1:], sh, np.linspace(lo, hi, int(np.ceil((hi - lo) / 0.25)) + 1))
     seen: dict[float, float] = {}
     terms: dict[float, np.ndarray] = {}
-    # the projector (strip table and row sums) depends only on the tilts and the binned
-    # shape: one for all candidates (it was rebuilt per candidate, ~3 % of `align`)
-    op = _criterion_projector(ang, (d.shape[0], d.shape[1] // bf, nb))
 
     def at(p: float) -> float:
         if p not in seen:
-            seen[p], terms[p] = _reprojection_residual(
-                d, ang, sh, p, bf, margin, n_sirt, field, projector=op
-            )
+            seen[p], terms[p] = _reprojection_residual(d, ang, sh, p, bf, margin, n_sirt, field)
         return seen[p]
 
     def grid(c: float, h: float, st: float) -> None:
