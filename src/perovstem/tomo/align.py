@@ -1364,8 +1364,10 @@ def align(
     tilt_axis : bool, float or {"recon", "com", "search"}
         True or "recon" (default): start from the centre-of-mass estimate and choose the
         angle whose coarse SIRT reconstruction best re-projects onto the data
-        (:func:`tilt_axis_reprojection`; grid over image x ± 20° and the guess ± 20°;
-        ~1 s for a 64² series of 71 tilts on 2 idle cores, more under load); "com": the
+        (:func:`tilt_axis_reprojection`; grid over image x ± 20° and the guess ± 20°; the
+        whole default ``align``, with its refinement, final searches and projection
+        matching, takes ~9 s (CPU and wall) for a 64² series of 71 tilts and ~5 s for a 48²
+        series of 53, on 2 cores shared at load ~4; docs/tomography.md); "com": the
         centre-of-mass sinusoids of every column only (:func:`tilt_axis_from_com`;
         accurate for objects extended along the axis such as needles and rods, ~10° off
         on compact crystals); "search": refine the centre-of-mass guess by
