@@ -14,6 +14,12 @@ data are not made with either projector), 100 SIRT iterations with non-negativit
 * error: relative L2 to the 256³ partial-volume truth on the ASTRA slices (both) and on the
   whole volume (ours); TV (Chambolle–Pock) error for the TV ≤ 0.6 × SIRT criterion.
 * 512³: peak memory (RSS, separate process) and time per iteration of ours.
+* align: wall and CPU seconds of ``perovstem.tomo.align`` with its defaults on shifted 48 px
+  compact cubes (53 tilts over ±65°, 2 px random shifts, tilt axis 7°; the cubes of
+  tests/tomo/test_align.py) and on ETSpy's FIB needle (256², 77 tilts, ``matching_iter=2``,
+  as the test; skipped when ../shared/data/tomo, or ``$PEROVSTEM_SHARED_DATA``/tomo, is
+  absent), with the axis and its σ.  No
+  peer figure: ASTRA has no alignment, and ETSpy's/TomoPy's are not timed here.
 
 The machine is shared by other jobs: the load average is recorded, and CPU seconds
 (``time.process_time``) are reported next to wall seconds as the contention-robust figure.
@@ -21,6 +27,7 @@ The machine is shared by other jobs: the load average is recorded, and CPU secon
 Usage::
 
     python benchmarks/bench_tomo.py [--size 256] [--iters 100] [--astra-slices 4] [--no-512]
+                                    [--no-align | --only-align]
 
 ``--astra-slices 0`` skips ASTRA (no ASTRA ratios in ``ratio``).
 """
@@ -212,6 +219,72 @@ print(json.dumps({{"iterations": {iters}, "wall_s": w, "cpu_s": c,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _align_cube(seed: int):
+    """The shifted compact cube of tests/tomo/test_align.py (``_clean_cube(seed, axis=7.0,
+    shift=2.0)``)."""
+    from perovstem.simulate.tilt import nanocrystal_phantom, tilt_series
+
+    ang = np.arange(-65.0, 65.1, 2.5)
+    ph = nanocrystal_phantom(70.0, r110=3.0, r111=3.0, n_inclusions=1, rng=seed)
+    sh = np.random.default_rng(seed + 1000).normal(0.0, 2.0, (ang.size, 2))
+    ts, _ = tilt_series(
+        ph,
+        ang,
+        shape=(48, 48),
+        pixel_size_A=2.0,
+        counts_per_A=10.0,
+        background=3.0,
+        shifts_px=sh,
+        tilt_axis_deg=7.0,
+        rng=seed + 1,
+    )
+    return ts
+
+
+def run_align(seeds: tuple[int, ...] = (200, 201, 202, 203)) -> dict:
+    """Time ``align`` (defaults) on the test cubes and on the ETSpy needle."""
+    import warnings
+
+    from perovstem.tomo.align import align
+
+    cases = [(f"cube48_seed{s}", lambda s=s: _align_cube(s), {}, 7.0) for s in seeds]
+    shared = os.environ.get("PEROVSTEM_SHARED_DATA") or HERE.parent.parent / "shared" / "data"
+    needle = Path(shared) / "tomo" / "etspy_needle"
+    if (needle / "HAADF.mrc").is_file():
+        from perovstem.io import load
+
+        def _needle():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return load(needle / "HAADF.mrc")
+
+        cases.append(("etspy_needle_256", _needle, {"matching_iter": 2}, -2.79))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        align(_align_cube(1), tilt_axis=0.0, matching_iter=1)  # numba compilation (cached)
+    out = {"load_start": list(os.getloadavg()), "cases": {}}
+    for name, make, kw, ref in cases:
+        ts = make()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            w0, c0 = time.perf_counter(), time.process_time()
+            al = align(ts, **kw)
+            w, c = time.perf_counter() - w0, time.process_time() - c0
+        out["cases"][name] = {
+            "shape": list(ts.shape),
+            "wall_s": w,
+            "cpu_s": c,
+            "tilt_axis_deg": al.tilt_axis_deg,
+            "tilt_axis_err_deg": al.tilt_axis_err_deg,
+            "reference_axis_deg": ref,  # true axis (cubes) or ETSpy's stored one (needle)
+            "loadavg": os.getloadavg()[0],
+        }
+        print(name, json.dumps(out["cases"][name]), flush=True)
+    out["load_end"] = list(os.getloadavg())
+    out["date"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=256)
@@ -224,8 +297,18 @@ def main() -> None:
     p.add_argument(
         "--only-512", action="store_true", help="re-run only the 512³ case, keep the rest"
     )
+    p.add_argument("--no-align", action="store_true", help="skip the alignment timing")
+    p.add_argument(
+        "--only-align", action="store_true", help="re-run only the alignment timing, keep the rest"
+    )
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args()
+    if a.only_align:
+        res = json.loads(a.out.read_text()) if a.out.exists() else {}
+        res["align"] = run_align()
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(res, indent=2))
+        return
     if a.only_512 and a.out.exists():
         res = json.loads(a.out.read_text())
         res["size_512"] = run_512(a.iters_512)
@@ -238,6 +321,8 @@ def main() -> None:
     res["main"] = run_main(a.size, a.iters, a.astra_slices)
     if not a.no_512:
         res["size_512"] = run_512(a.iters_512)
+    if not a.no_align:
+        res["align"] = run_align()
     res["machine"]["loadavg_end"] = list(os.getloadavg())
     res["machine"]["peak_rss_GB_main"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     a.out.parent.mkdir(parents=True, exist_ok=True)

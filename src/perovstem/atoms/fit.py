@@ -36,6 +36,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from perovstem._data import Image
+from perovstem._threads import spare_core
 from perovstem._validation import (
     check_choice,
     check_positive,
@@ -204,37 +205,8 @@ def _resolve_rho(rho_A: Any, tnames: list[str], width: str, start_px: float, dx:
     return {t: v for t in tnames}
 
 
-def _spare_core() -> bool:
-    """True when a second core is idle: 1-min load average ≤ cores − ½ and, where
-    ``/proc/loadavg`` exists, at most cores − 1 runnable tasks right now (median of three
-    samples 2 ms apart; this process is one of them).
-
-    Numba's OpenMP workers spin-wait; on a busy machine the threaded sweep is 2–3× slower
-    than the serial one, on an idle 2-core machine ~1.4× faster.  The choice changes only the
-    speed, never the result.
-    """
-    import os
-    import time as _time
-
-    ncpu = os.cpu_count() or 1
-    if ncpu < 2:
-        return False
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # pragma: no cover - not on POSIX
-        return True
-    if load > ncpu - 0.5:
-        return False
-    running = []
-    for t in range(3):
-        try:
-            with open("/proc/loadavg") as fh:
-                running.append(int(fh.read().split()[3].split("/")[0]))
-        except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
-            return True
-        if t < 2:
-            _time.sleep(0.002)
-    return sorted(running)[1] <= ncpu - 1
+# the one rule for when numba's workers pay off (shared with the tomography kernels)
+_spare_core = spare_core
 
 
 def _keep_numba_threads(func):
