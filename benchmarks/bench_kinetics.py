@@ -128,8 +128,8 @@ def _ea_with(
     on one draw).  ``tracks``: ``"strict"`` (the detections tracked again with ends and
     births of ``cost`` nats, default the step's) or ``"lineage"`` (the ``insitu.clusters``
     step's tracks, what the step used before the strict mobility tracks)."""
+    from perovstem.insitu.tracking import MOBILITY_LINK_COST, mobility_tracks
     from perovstem.pipeline.runner import _step_seed
-    from perovstem.pipeline.steps.quantify import MOBILITY_LINK_COST, _mobility_tracks
 
     cost = MOBILITY_LINK_COST if cost is None else float(cost)
     step = next(s for s in kinetic_config(seed, fast=fast)["step"] if s["id"] == "mobility")
@@ -139,7 +139,7 @@ def _ea_with(
         frames.append(_table(run, f"{tag}.counts").assign(series=k))
         det = _table(run, f"{tag}.detections")
         if tracks == "strict":
-            det = _mobility_tracks(det, max_step_A=8.0, cost=cost)
+            det = mobility_tracks(det, max_step_A=8.0, link_cost=cost)
         trs.append(det.assign(series=k))
     rng = np.random.default_rng([_step_seed(seed, "mobility"), 0])
     s = mechanism_summary(

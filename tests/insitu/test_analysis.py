@@ -786,3 +786,34 @@ def test_incomplete_scans_against_neighbours_and_series():
     tails = dict(enumerate([73, 73, 61, 133, 47, 37, 24, 27]))
     dy = np.array([0.0, 6.6, 12.4, -34.2, 24.4, 30.0, 36.2, 41.7])
     assert incomplete_scans(tails, dy, 266) == {3: 133}
+
+
+def test_hop_rate_from_strict_mobility_tracks(sim_series, analysed0):
+    """The summary's cluster hop rate comes from the detections tracked again with strict
+    links (:func:`mobility_tracks`, as the ``quantify.mechanism`` step does), not from the
+    lineage's tracks, whose unlikely links (a track whose cluster went undetected taken on
+    by a neighbour) carried most of Σ|Δr|² on the demo's mobility series; the summary says
+    which tracks it used.  Before, ``analyze_series`` used the lineage's tracks."""
+    from perovstem.insitu import analyze_series
+    from perovstem.insitu.tracking import MOBILITY_LINK_COST, mobility_tracks
+    from perovstem.quantify.mobility import cluster_hop_rate
+
+    res = analysed0
+    assert res.summary.attrs["mobility_tracks"] == {
+        "tracks": "strict",
+        "end_cost_nats": MOBILITY_LINK_COST,
+        "birth_cost_nats": MOBILITY_LINK_COST,
+        "max_step_A": 8.0,
+    }
+    row = res.summary[res.summary["process"] == "mobility"]
+    assert len(row) == 1
+    usable = res.frames.loc[~res.frames["skipped"], "frame"]
+    bad = res.frames.loc[~res.frames["drift_reliable"], "frame"]
+    t = mobility_tracks(res.clusters)
+    t = t[t["frame"].isin(usable) & ~t["frame"].isin(bad)]
+    dt = float(np.median(np.diff(res.frames["time_s"].to_numpy(float))))
+    r = cluster_hop_rate(t, frame_time_s=dt, level=0.95, max_step_A=8.0, rng=0)
+    assert row["value"].iloc[0] == pytest.approx(r["rate_per_s"], rel=1e-9)
+    assert row["n_points"].iloc[0] == r["n_steps"]
+    with pytest.raises(ParameterError, match="hop_tracks"):
+        analyze_series(sim_series[0][0], hop_tracks="loose")

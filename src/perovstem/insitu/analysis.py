@@ -28,7 +28,12 @@ from perovstem.insitu.clusters import CLUSTER_COLUMNS, detect_clusters
 from perovstem.insitu.lattice import FOURFOLD_MIN, estimate_lattice, fourfold_ratio, host_cell
 from perovstem.insitu.nanocrystal import _segment_objects, area_noise, fft_phase_check
 from perovstem.insitu.register import phase_correlate, register_drift
-from perovstem.insitu.tracking import lineage_events, track_clusters
+from perovstem.insitu.tracking import (
+    MOBILITY_LINK_COST,
+    lineage_events,
+    mobility_tracks,
+    track_clusters,
+)
 
 __all__ = ["InsituResult", "analyze_series", "pb0_falls_later", "shift_frame"]
 
@@ -283,6 +288,7 @@ def analyze_series(
     br_loss_options: dict[str, Any] | None = None,
     scan_correction: bool = False,
     scan_options: dict[str, Any] | None = None,
+    hop_tracks: str = "strict",
 ) -> InsituResult:
     """Analyse an in-situ series end to end.
 
@@ -303,6 +309,11 @@ def analyze_series(
         Frames each frame is registered to.
     detect, track : dict, optional
         Options of :func:`detect_clusters` and :func:`track_clusters`.
+    hop_tracks : {"strict", "lineage"}
+        Tracks of the cluster hop rate (Pb⁰ mobility) in the summary: ``"strict"`` (the
+        detections tracked again by :func:`mobility_tracks`, as the ``quantify.mechanism``
+        pipeline step does) or ``"lineage"`` (the tracks of the lineage, which keep
+        unlikely links for merges); ``summary.attrs["mobility_tracks"]`` says which.
     crystal : bool
         Crystal outline, area, shrinkage and voids per frame.
     phase_check : bool
@@ -409,6 +420,7 @@ def analyze_series(
     # checked before any frame is read: a bad `ci` only failed inside every kinetic fit
     # (rows "not fitted: `ci` must be one of ...") after the whole series was analysed
     check_choice("ci", ci, ("profile", "bootstrap", "wald"))
+    check_choice("hop_tracks", hop_tracks, ("strict", "lineage"))
     detect = dict(detect or {})
     track = dict(track or {})
     px = series.pixel_size_A
@@ -794,10 +806,15 @@ def analyze_series(
             else "frame"
         )
         usable = fr_tab[~fr_tab["skipped"]]
-        mob = {"max_step_A": float(track.get("max_step_A", 8.0)), "rng": 0}
+        max_step = float(track.get("max_step_A", 8.0))
+        mob = {"max_step_A": max_step, "rng": 0}
         mob_tracks = tracks
+        if hop_tracks == "strict" and len(tracks) and not no_counts:
+            # tracked again on every frame, then cut where the drift is unreliable
+            placed = tracks[np.isfinite(tracks[["x_A", "y_A"]].to_numpy(float)).all(axis=1)]
+            mob_tracks = mobility_tracks(placed, max_step_A=max_step)
         if register and n_unrel:  # hops measured through an unreliable drift are not hops
-            mob_tracks = tracks[~tracks["frame"].isin(bad)]
+            mob_tracks = mob_tracks[~mob_tracks["frame"].isin(bad)]
             mob_tracks = mob_tracks if len(mob_tracks) else None
         if no_counts:  # Γ₁ = Γ_c·n^(4/3) needs cluster sizes in atoms
             mob_tracks = None
@@ -808,6 +825,13 @@ def analyze_series(
                 fr_tab[["frame", *cond]], on="frame", how="left"
             )
         summ = mechanism_summary(usable, x=x, ci=ci, tracks=mob_tracks, mobility=mob)
+        if mob_tracks is not None:
+            summ.attrs["mobility_tracks"] = (
+                {"tracks": "strict", "end_cost_nats": MOBILITY_LINK_COST,
+                 "birth_cost_nats": MOBILITY_LINK_COST, "max_step_A": max_step}
+                if hop_tracks == "strict"
+                else {"tracks": "lineage"}
+            )  # fmt: skip
         conds = summ.attrs.get("conditions", [])
         if len(conds) > 1:  # one series split into several conditions: say how and why
             notes.append(

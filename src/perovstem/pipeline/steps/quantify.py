@@ -14,6 +14,10 @@ MECHANISM = "perovstem.quantify:mechanism_summary|perovstem.quantify.mechanism:m
 MODEL3D = "perovstem.quantify:model_from_counts|perovstem.quantify.model3d:model_from_counts"
 AGREEMENT = "perovstem.quantify:site_agreement|perovstem.quantify.model3d:site_agreement"
 TRACK = "perovstem.insitu:track_clusters|perovstem.insitu.tracking:track_clusters"
+MOBILITY_TRACKS = "perovstem.insitu.tracking:mobility_tracks"
+#: the default of ``mobility_link_cost``: :data:`perovstem.insitu.tracking.MOBILITY_LINK_COST`
+#: (steps import no library module at import time; a test keeps the two equal)
+MOBILITY_LINK_COST = 2.0
 BR_IMAGES = "perovstem.quantify.br_loss:br_loss_from_images"
 BR_FIT = "perovstem.quantify.br_loss:fit_br_desorption"
 COMPARE, FIT, ARRHENIUS, DOSE_RATE = (
@@ -497,26 +501,10 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
     return {"ranking": ranking}
 
 
-#: end and birth cost (nats) of the strict mobility tracks of ``quantify.mechanism``:
-#: chosen from {2, 3, 4} on the demo's mobility series, seeds 0-11 of
-#: ``benchmarks/bench_kinetics.py`` (checked on 100-111; docs/insitu.md, kinetics)
-MOBILITY_LINK_COST = 2.0
-
-
 def _mobility_tracks(tracks: Any, *, max_step_A: float, cost: float) -> Any:
-    """One series' detections tracked again for the hop rate: ends and births cost ``cost``
-    nats (the lineage tracker: 6), so a track whose cluster went undetected ends instead of
-    taking a neighbour detected for the first time.  ``track_id`` is replaced."""
-    size = None
-    if "n_atoms" in tracks.columns and tracks["n_atoms"].notna().any():
-        size = "n_atoms"
-    elif "area_A2" in tracks.columns:
-        size = "area_A2"
-    det = tracks.drop(columns=["track_id"])
-    out, _ = api(TRACK)(
-        det, max_step_A=max_step_A, size_column=size, end_cost=cost, birth_cost=cost
-    )
-    return out
+    """One series' detections tracked again for the hop rate with ends and births of
+    ``cost`` nats (:func:`perovstem.insitu.tracking.mobility_tracks`)."""
+    return api(MOBILITY_TRACKS)(tracks, max_step_A=max_step_A, link_cost=cost)
 
 
 @register_step(
