@@ -704,3 +704,14 @@ def test_mechanism_strict_tracks_bad_detections_name_the_input(tmp_path):
         run_pipeline(cfg, out=tmp_path / "run", scheduler="serial", quiet=True)
     msg = str(info.value)
     assert "tracks_a" in msg and "non-finite" in msg and "mobility_tracks = 'lineage'" in msg, msg
+
+
+def test_mechanism_step_link_cost_default_is_the_library_one():
+    """The step's ``mobility_link_cost`` default (steps import no library module at import
+    time, so it is a copy) is :data:`perovstem.insitu.tracking.MOBILITY_LINK_COST`."""
+    from perovstem.insitu.tracking import MOBILITY_LINK_COST
+    from perovstem.pipeline.registry import get_step
+
+    assert get_step("quantify.mechanism").params["mobility_link_cost"].default == (
+        MOBILITY_LINK_COST
+    )
