@@ -48,7 +48,7 @@ from perovstem.insitu.register import (
     phase_correlate,
     register_drift,
 )
-from perovstem.insitu.tracking import lineage_events, track_clusters
+from perovstem.insitu.tracking import lineage_events, mobility_tracks, track_clusters
 
 __all__ = [
     "attach_conditions",
@@ -67,6 +67,7 @@ __all__ = [
     "fourfold_ratio",
     "unit_cell_average",
     "lineage_events",
+    "mobility_tracks",
     "match_clusters",
     "match_objects",
     "merge_matches",

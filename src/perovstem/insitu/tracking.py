@@ -900,6 +900,9 @@ def mobility_tracks(
     DataFrame
         The detections with the strict ``track_id``.
     """
+    refuse_text_numbers(locals())
+    if not isinstance(tracks, pd.DataFrame):
+        raise DataError(f"`tracks` must be a DataFrame, got {type(tracks).__name__}")
     size = None
     if "n_atoms" in tracks.columns and tracks["n_atoms"].notna().any():
         size = "n_atoms"
