@@ -811,8 +811,7 @@ def analyze_series(
         mob_tracks = tracks
         if hop_tracks == "strict" and len(tracks) and not no_counts:
             # tracked again on every frame, then cut where the drift is unreliable
-            placed = tracks[np.isfinite(tracks[["x_A", "y_A"]].to_numpy(float)).all(axis=1)]
-            mob_tracks = mobility_tracks(placed, max_step_A=max_step)
+            mob_tracks = mobility_tracks(tracks, max_step_A=max_step)
         if register and n_unrel:  # hops measured through an unreliable drift are not hops
             mob_tracks = mob_tracks[~mob_tracks["frame"].isin(bad)]
             mob_tracks = mob_tracks if len(mob_tracks) else None

@@ -13,7 +13,6 @@ _Q = "perovstem.quantify:{0}|perovstem.quantify.kinetics:{0}"
 MECHANISM = "perovstem.quantify:mechanism_summary|perovstem.quantify.mechanism:mechanism_summary"
 MODEL3D = "perovstem.quantify:model_from_counts|perovstem.quantify.model3d:model_from_counts"
 AGREEMENT = "perovstem.quantify:site_agreement|perovstem.quantify.model3d:site_agreement"
-TRACK = "perovstem.insitu:track_clusters|perovstem.insitu.tracking:track_clusters"
 MOBILITY_TRACKS = "perovstem.insitu.tracking:mobility_tracks"
 #: the default of ``mobility_link_cost``: :data:`perovstem.insitu.tracking.MOBILITY_LINK_COST`
 #: (steps import no library module at import time; a test keeps the two equal)
@@ -501,12 +500,6 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
     return {"ranking": ranking}
 
 
-def _mobility_tracks(tracks: Any, *, max_step_A: float, cost: float) -> Any:
-    """One series' detections tracked again for the hop rate with ends and births of
-    ``cost`` nats (:func:`perovstem.insitu.tracking.mobility_tracks`)."""
-    return api(MOBILITY_TRACKS)(tracks, max_step_A=max_step_A, link_cost=cost)
-
-
 @register_step(
     "quantify.mechanism",
     inputs=(),
@@ -630,7 +623,7 @@ def quantify_mechanism(
             continue
         if strict:
             try:
-                t = _mobility_tracks(t, max_step_A=ctx.params["max_step_A"], cost=cost)
+                t = api(MOBILITY_TRACKS)(t, max_step_A=ctx.params["max_step_A"], link_cost=cost)
             except DataError as exc:
                 raise DataError(
                     f"tracks_{'abcd'[i]}: cannot track the detections again for the hop rate "
