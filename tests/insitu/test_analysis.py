@@ -810,6 +810,11 @@ def test_hop_rate_from_strict_mobility_tracks(sim_series, analysed0):
     usable = res.frames.loc[~res.frames["skipped"], "frame"]
     bad = res.frames.loc[~res.frames["drift_reliable"], "frame"]
     t = mobility_tracks(res.clusters)
+    assert t.attrs["mobility_tracks"] == res.summary.attrs["mobility_tracks"]
+    other = mobility_tracks(res.clusters, max_step_A=6, link_cost=3)
+    assert other.attrs["mobility_tracks"] == {
+        "tracks": "strict", "end_cost_nats": 3.0, "birth_cost_nats": 3.0, "max_step_A": 6.0
+    }  # fmt: skip
     t = t[t["frame"].isin(usable) & ~t["frame"].isin(bad)]
     dt = float(np.median(np.diff(res.frames["time_s"].to_numpy(float))))
     r = cluster_hop_rate(t, frame_time_s=dt, level=0.95, max_step_A=8.0, rng=0)

@@ -29,7 +29,6 @@ from perovstem.insitu.lattice import FOURFOLD_MIN, estimate_lattice, fourfold_ra
 from perovstem.insitu.nanocrystal import _segment_objects, area_noise, fft_phase_check
 from perovstem.insitu.register import phase_correlate, register_drift
 from perovstem.insitu.tracking import (
-    MOBILITY_LINK_COST,
     lineage_events,
     mobility_tracks,
     track_clusters,
@@ -809,9 +808,11 @@ def analyze_series(
         max_step = float(track.get("max_step_A", 8.0))
         mob = {"max_step_A": max_step, "rng": 0}
         mob_tracks = tracks
+        linked: dict[str, Any] = {"tracks": "lineage"}  # how the hop rate's tracks were linked
         if hop_tracks == "strict" and len(tracks) and not no_counts:
             # tracked again on every frame, then cut where the drift is unreliable
             mob_tracks = mobility_tracks(tracks, max_step_A=max_step)
+            linked = dict(mob_tracks.attrs["mobility_tracks"])
         if register and n_unrel:  # hops measured through an unreliable drift are not hops
             mob_tracks = mob_tracks[~mob_tracks["frame"].isin(bad)]
             mob_tracks = mob_tracks if len(mob_tracks) else None
@@ -825,12 +826,7 @@ def analyze_series(
             )
         summ = mechanism_summary(usable, x=x, ci=ci, tracks=mob_tracks, mobility=mob)
         if mob_tracks is not None:
-            summ.attrs["mobility_tracks"] = (
-                {"tracks": "strict", "end_cost_nats": MOBILITY_LINK_COST,
-                 "birth_cost_nats": MOBILITY_LINK_COST, "max_step_A": max_step}
-                if hop_tracks == "strict"
-                else {"tracks": "lineage"}
-            )  # fmt: skip
+            summ.attrs["mobility_tracks"] = linked
         conds = summ.attrs.get("conditions", [])
         if len(conds) > 1:  # one series split into several conditions: say how and why
             notes.append(

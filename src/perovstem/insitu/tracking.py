@@ -898,7 +898,9 @@ def mobility_tracks(
     Returns
     -------
     DataFrame
-        The detections with the strict ``track_id``.
+        The detections with the strict ``track_id``; ``attrs["mobility_tracks"]`` records
+        how they were linked (``tracks = "strict"``, end and birth costs in nats,
+        ``max_step_A``), for the summary that uses them.
     """
     refuse_text_numbers(locals())
     if not isinstance(tracks, pd.DataFrame):
@@ -912,6 +914,12 @@ def mobility_tracks(
     out, _ = track_clusters(
         det, max_step_A=max_step_A, size_column=size, end_cost=link_cost, birth_cost=link_cost
     )
+    out.attrs["mobility_tracks"] = {
+        "tracks": "strict",
+        "end_cost_nats": float(link_cost),
+        "birth_cost_nats": float(link_cost),
+        "max_step_A": float(max_step_A),
+    }
     return out
 
 

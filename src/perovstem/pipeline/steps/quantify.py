@@ -617,6 +617,7 @@ def quantify_mechanism(
     strict = ctx.params["mobility_tracks"] == "strict"
     cost = float(ctx.params["mobility_link_cost"])
     tr = []
+    linked: dict[str, Any] = {"tracks": "lineage"}  # how the hop rate's tracks were linked
     for k, (i, _) in enumerate(given):
         t = all_tracks[i]
         if t is None:
@@ -630,6 +631,7 @@ def quantify_mechanism(
                     f"(mobility_tracks = 'strict'): {exc}; mobility_tracks = 'lineage' uses "
                     "their track_id as it is"
                 ) from None
+            linked = dict(t.attrs["mobility_tracks"])
         tr.append(t.assign(series=k))
     kw: dict[str, Any] = {}
     if tr:
@@ -643,13 +645,7 @@ def quantify_mechanism(
         }
     summary = api(MECHANISM)(frames, x=ctx.params["x"], level=ctx.params["level"], **kw)
     if tr:
-        # which tracks the hop rate used
-        summary.attrs["mobility_tracks"] = (
-            {"tracks": "strict", "end_cost_nats": cost, "birth_cost_nats": cost,
-             "max_step_A": float(ctx.params["max_step_A"])}
-            if strict
-            else {"tracks": "lineage"}
-        )  # fmt: skip
+        summary.attrs["mobility_tracks"] = linked
     if sources:
         # which table each condition came from (the summary records each condition's keys)
         keys = summary.attrs.get("conditions", [])
