@@ -48,6 +48,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests" / "tomo"))
+from _cubes import clean_cube  # noqa: E402  (the alignment tests' cube)
+
 OUT = HERE / "results" / "bench_tomo.json"
 
 
@@ -219,35 +222,15 @@ print(json.dumps({{"iterations": {iters}, "wall_s": w, "cpu_s": c,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _align_cube(seed: int):
-    """The shifted compact cube of tests/tomo/test_align.py (``_clean_cube(seed, axis=7.0,
-    shift=2.0)``)."""
-    from perovstem.simulate.tilt import nanocrystal_phantom, tilt_series
-
-    ang = np.arange(-65.0, 65.1, 2.5)
-    ph = nanocrystal_phantom(70.0, r110=3.0, r111=3.0, n_inclusions=1, rng=seed)
-    sh = np.random.default_rng(seed + 1000).normal(0.0, 2.0, (ang.size, 2))
-    ts, _ = tilt_series(
-        ph,
-        ang,
-        shape=(48, 48),
-        pixel_size_A=2.0,
-        counts_per_A=10.0,
-        background=3.0,
-        shifts_px=sh,
-        tilt_axis_deg=7.0,
-        rng=seed + 1,
-    )
-    return ts
-
-
 def run_align(seeds: tuple[int, ...] = (200, 201, 202, 203)) -> dict:
     """Time ``align`` (defaults) on the test cubes and on the ETSpy needle."""
     import warnings
 
     from perovstem.tomo.align import align
 
-    cases = [(f"cube48_seed{s}", lambda s=s: _align_cube(s), {}, 7.0) for s in seeds]
+    cases = [
+        (f"cube48_seed{s}", lambda s=s: clean_cube(s, axis=7.0, shift=2.0), {}, 7.0) for s in seeds
+    ]
     shared = os.environ.get("PEROVSTEM_SHARED_DATA") or HERE.parent.parent / "shared" / "data"
     needle = Path(shared) / "tomo" / "etspy_needle"
     if (needle / "HAADF.mrc").is_file():
@@ -261,7 +244,9 @@ def run_align(seeds: tuple[int, ...] = (200, 201, 202, 203)) -> dict:
         cases.append(("etspy_needle_256", _needle, {"matching_iter": 2}, -2.79))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        align(_align_cube(1), tilt_axis=0.0, matching_iter=1)  # numba compilation (cached)
+        align(
+            clean_cube(1, axis=7.0, shift=2.0), tilt_axis=0.0, matching_iter=1
+        )  # numba compilation (cached)
     out = {"load_start": list(os.getloadavg()), "cases": {}}
     for name, make, kw, ref in cases:
         ts = make()

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from _cubes import clean_cube  # tests/tomo is on sys.path (no __init__.py)
 
 from perovstem import TiltSeries
 from perovstem.errors import DataError, ParameterError
@@ -325,7 +326,7 @@ def test_reprojection_axis_unbiased_on_clean_compact_cube():
     docs/tomography.md)."""
     from perovstem.tomo import com_shifts, tilt_axis_reprojection, xcorr_shifts
 
-    ts = _clean_cube(1)
+    ts = clean_cube(1)
     d = preprocess(ts.data)
     sh = xcorr_shifts(d, ts.angles_deg)
     sh[:, 0] = com_shifts(d)
@@ -351,7 +352,7 @@ def test_default_align_clean_cube_axis_and_no_warning():
     # on this clean 48 px cube (true axis 0°) two refinement rounds used to end at −23.6°,
     # outside the ±20° coarse search, then (round undone) at −19.1° with a warning; the
     # criterion is now unbiased, the refinement stays near 0° and the two estimates agree
-    ts = _clean_cube(2)
+    ts = clean_cube(2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         al = align(ts)
@@ -373,7 +374,7 @@ def test_axis_frame_recentring_keeps_true_shifts_of_a_compact_cube():
     random shifts)."""
     from perovstem.tomo.align import _axis_frame_shifts
 
-    ts = _clean_cube(3, shift=2.0)
+    ts = clean_cube(3, shift=2.0)
     true = np.random.default_rng(3 + 1000).normal(0.0, 2.0, (ts.n_angles, 2))
     d = preprocess(ts.data)
     for phi, margin in ((0.0, 12), (-12.0, 12)):
@@ -401,24 +402,6 @@ def test_axis_criteria_resample_without_angle_dependent_smoothing():
     for phi in (0.0, 4.0, -12.0, 30.0):
         ref = _transform_stack(blob.astype(np.float32), sh, phi, order=3)
         np.testing.assert_allclose(_sinc_transform_stack(blob, sh, phi), ref, atol=2e-3)
-
-
-def _clean_cube(seed: int, *, n: int = 48, axis: float = 0.0, shift: float = 0.0):
-    ang = np.arange(-65.0, 65.1, 2.5)
-    ph = nanocrystal_phantom(70.0, r110=3.0, r111=3.0, n_inclusions=1, rng=seed)
-    sh = np.random.default_rng(seed + 1000).normal(0.0, shift, (ang.size, 2)) if shift else None
-    ts, _ = tilt_series(
-        ph,
-        ang,
-        shape=(n, n),
-        pixel_size_A=2.0,
-        counts_per_A=10.0,
-        background=3.0,
-        shifts_px=sh,
-        tilt_axis_deg=axis,
-        rng=seed + 1,
-    )
-    return ts
 
 
 @pytest.mark.parametrize(
@@ -789,7 +772,7 @@ def test_repeated_converged_searches_walk_to_the_grid_minimum(monkeypatch, seed,
     from perovstem.tomo.align import com_shifts, xcorr_shifts
 
     mod = sys.modules["perovstem.tomo.align"]
-    ts = _clean_cube(seed, shift=shift)
+    ts = clean_cube(seed, shift=shift)
     d = preprocess(ts.data)
     sh = xcorr_shifts(d, ts.angles_deg)
     sh[:, 0] = com_shifts(d)
@@ -858,7 +841,7 @@ def test_axis_sigma_covers_the_shift_axis_coupling():
     for seed in range(200, 204):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            al = align(_clean_cube(seed, axis=7.0, shift=2.0))
+            al = align(clean_cube(seed, axis=7.0, shift=2.0))
         res.append((al.tilt_axis_deg - 7.0, al.tilt_axis_err_deg))
     err, sig = np.array(res).T
     assert np.all(np.abs(err) <= 2.0 * sig), res  # old code: seed 202 at 3.2σ
