@@ -618,7 +618,7 @@ def test_axis_search_builds_the_criterion_projector_once(monkeypatch):
 
     mod = sys.modules["perovstem.tomo.align"]
     b, ang = _consistent_stack()
-    getattr(mod, "_PROJECTORS", {}).clear()  # the cache of the last ones
+    mod._projector_for.cache_clear()  # the cache of the last ones
     built = []
     real_init = proj_mod.Projector.__post_init__
 

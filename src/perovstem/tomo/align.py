@@ -21,6 +21,7 @@ whose coarse reconstruction best re-projects onto the data) → projection match
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -508,32 +509,26 @@ def _kernel_threads(shape: tuple[int, ...], n_angles: int) -> int | None:
     return None if work >= _SERIAL_WORK and spare_core() else 1
 
 
-# the last few criterion projectors, keyed by tilt angles and binned shape
-_PROJECTORS: dict[tuple[bytes, tuple[int, ...]], tuple[Any, np.ndarray]] = {}
-
-
 def _criterion_projector(ang: np.ndarray, shape: tuple[int, ...]) -> tuple[Any, np.ndarray]:
     """The projector of :func:`_weighted_sirt` for a binned stack of ``shape`` (A, M, N) and
     its inverse row sums.  They depend only on the tilts and the shape, the same for every
     candidate axis of every search of an ``align``: kept for reuse (rebuilt per candidate
     they were ~3 % of ``align``; the last 4 are kept, a few MB)."""
+    ang = np.ascontiguousarray(ang, dtype=float)
+    return _projector_for(ang.tobytes(), tuple(int(v) for v in shape))
+
+
+@functools.lru_cache(maxsize=4)  # thread-safe, bounded; keyed by the tilts' bytes and shape
+def _projector_for(ang_bytes: bytes, shape: tuple[int, ...]) -> tuple[Any, np.ndarray]:
     from perovstem._threads import numba_threads
     from perovstem.tomo.projector import Projector
     from perovstem.tomo.reconstruct import _inv
 
-    ang = np.ascontiguousarray(ang, dtype=float)
-    key = (ang.tobytes(), tuple(int(v) for v in shape))
-    hit = _PROJECTORS.get(key)
-    if hit is not None:
-        return hit
-    a, m, n = key[1]
+    ang = np.frombuffer(ang_bytes, dtype=float).copy()
+    a, m, n = shape
     with numba_threads(_kernel_threads((m, m, n), a)):
         op = Projector(ang, (m, m, n), n_det=m)
-        hit = (op, _inv(op.row_sums()))
-    while len(_PROJECTORS) >= 4:
-        _PROJECTORS.pop(next(iter(_PROJECTORS)))
-    _PROJECTORS[key] = hit
-    return hit
+        return op, _inv(op.row_sums())
 
 
 def _weighted_sirt(
