@@ -96,10 +96,47 @@ def _fit_core(
     return win, mod, c[0]
 
 
-def residual_look(
+def _models(
     fmap: np.ndarray,
     sig: np.ndarray,
+    det_y_px: np.ndarray,
+    det_x_px: np.ndarray,
+    r_det_A: np.ndarray,
+    *,
+    px: float,
+    aperture_A: float,
+    grid_of: Any,
+    radius_of: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of the detections' fitted profiles on ``fmap`` and the variance of their
+    profile error beyond the 10 % of the model (2 % of each profile's peak where it is
+    above 1 % of that peak)."""
+    from perovstem.insitu.clusters import SPLIT_PROFILE_FLOOR
+
+    model = np.zeros(fmap.shape)
+    var_prof = np.zeros(fmap.shape)
+    for j in range(det_y_px.size):
+        fit = _fit_core(
+            fmap, sig, det_y_px[j], det_x_px[j], r_det_A[j] / px,
+            (r_det_A[j] + aperture_A) / px, MODEL_MARGIN_A / px, grid_of=grid_of,
+            radius_of=radius_of,
+        )  # fmt: skip
+        if fit is None:
+            continue
+        win, mod, _ = fit
+        model[win] += mod
+        top = float(mod.max())
+        var_prof[win] += (SPLIT_PROFILE_FLOOR * top) ** 2 * (mod > 0.01 * top)
+    return model, var_prof
+
+
+def residual_look(
+    e: np.ndarray,
+    sig_e: np.ndarray,
+    d: np.ndarray | None,
+    sig_d: np.ndarray | None,
     on_d: np.ndarray,
+    texture: np.ndarray,
     raw: np.ndarray,
     mask: np.ndarray,
     ring_ok: np.ndarray,
@@ -119,18 +156,21 @@ def residual_look(
     smooth_A: float,
     aperture_A: float,
     registry: float,
+    plateau_only: bool = True,
 ) -> list[tuple]:
     """Clusters found on the residual of the detections' models (module notes).
 
     Parameters
     ----------
-    fmap, sig : (M, N) ndarray
-        Map the detector counts on (counts per pixel: the host-free excess where ``on_d``,
-        the plateau excess elsewhere) and its noise per pixel (shot noise, floor, host
-        texture), counts.
+    e, sig_e : (M, N) ndarray
+        Plateau excess ``E`` and its noise per pixel (shot noise, floor), counts.
+    d, sig_d : (M, N) ndarray or None
+        Host-free excess (valid where ``on_d``) and its noise, counts.
     on_d : (M, N) ndarray of bool
-        Pixels where ``fmap`` is the host-free map (its shot noise ``noise_scale`` × that
-        of the frame; counts there carry the ``registry`` share).
+        Crystal-plateau pixels with a host-free map (there the host switch of step 4
+        decides the map a candidate is counted on).
+    texture : (M, N) ndarray
+        Host texture of ``E`` per pixel (0 off the plateau), for the peak test (step 4d).
     raw : (M, N) ndarray
         Frame minus offset (shot noise of the counts).
     mask : (M, N) ndarray of bool
@@ -147,10 +187,14 @@ def residual_look(
         Counts → atoms (with ``radius_px(counts, px)``).
     floor : float
         Noise floor per pixel of the counts, counts.
+    noise_scale : float
+        Shot noise of a count on ``d`` relative to one on ``e``.
     threshold_sigma, min_separation_A, smooth_A, aperture_A : float
         As in :func:`perovstem.insitu.detect_clusters`.
     registry : float
         Relative registry error of a count on the host-free map.
+    plateau_only : bool
+        Look only on the crystal plateau with a host-free map.
 
     Returns
     -------
@@ -158,16 +202,18 @@ def residual_look(
         Rows ``(x_px, y_px, npx, peak_excess, integrated_counts, err_counts,
         err_stat_counts, host_fraction, host_ok)`` as the detector's.
     """
+    import os
+
     from skimage.feature import peak_local_max
 
     from perovstem.insitu.clusters import (
         SPLIT_PROBE_A,
         SPLIT_PROFILE_ERR,
-        SPLIT_PROFILE_FLOOR,
         SPLIT_TAIL_A,
         _DomeGrid,
     )
 
+    dbg = os.environ.get("RL_DEBUG")
     det_y_px = np.asarray(det_y_px, float)
     det_x_px = np.asarray(det_x_px, float)
     if det_y_px.size == 0:
@@ -187,23 +233,16 @@ def residual_look(
     def radius_of(amp):
         return n_of.radius_px(amp, px)
 
-    model = np.zeros(fmap.shape)
-    var_prof = np.zeros(fmap.shape)
-    for j in range(det_y_px.size):
-        fit = _fit_core(
-            fmap, sig, det_y_px[j], det_x_px[j], r_det[j] / px, (r_det[j] + aperture_A) / px,
-            MODEL_MARGIN_A / px, grid_of=grid_of, radius_of=radius_of,
-        )  # fmt: skip
-        if fit is None:
-            continue
-        win, mod, _ = fit
-        model[win] += mod
-        top = float(mod.max())
-        var_prof[win] += (SPLIT_PROFILE_FLOOR * top) ** 2 * (mod > 0.01 * top)
-    resid = fmap - model
-    sig_r = np.sqrt(sig * sig + (SPLIT_PROFILE_ERR * model) ** 2 + var_prof)
+    kw = {"px": px, "aperture_A": aperture_A, "grid_of": grid_of, "radius_of": radius_of}
+    model_e, var_e = _models(e, sig_e, det_y_px, det_x_px, r_det, **kw)
+    resid_e = e - model_e
+    sig_re = np.sqrt(sig_e * sig_e + (SPLIT_PROFILE_ERR * model_e) ** 2 + var_e)
+    model_d = resid_d = None
+    if d is not None and on_d.any():
+        model_d, var_d = _models(d, sig_d, det_y_px, det_x_px, r_det, **kw)
+        resid_d = d - model_d
     # the neighbourhood of the detections (their edge + the reach), beyond their apertures
-    mm, nn = fmap.shape
+    mm, nn = e.shape
     reach = float(np.max(r_det)) + RESIDUAL_REACH_A
     h = int(np.ceil(reach / px)) + 2
     i0 = max(0, int(det_y_px.min()) - h)
@@ -211,74 +250,78 @@ def residual_look(
     j0 = max(0, int(det_x_px.min()) - h)
     j1 = min(nn, int(det_x_px.max()) + h + 2)
     box = (slice(i0, i1), slice(j0, j1))
+    # candidates as the first pass's markers: maxima of the smoothed significance of E
     zr = ndimage.gaussian_filter(
-        (resid[box] / sig_r[box]).astype(np.float32), max(1.0, smooth_A / px), truncate=3.0
+        (resid_e[box] / sig_re[box]).astype(np.float32), max(1.0, smooth_A / px), truncate=3.0
     )
     md = max(1, int(round(min_separation_A / px)))
-    import os
     pk = peak_local_max(zr, min_distance=md, threshold_abs=threshold_sigma, exclude_border=False)
-    if os.environ.get("RL_DEBUG"):
-        for xa, ya in [tuple(map(float, q.split(":"))) for q in os.environ["RL_DEBUG"].split(",") if ":" in q]:
-            yi, xi = int(round(ya / px)), int(round(xa / px))
-            print("at", xa, ya, "zr", round(float(zr[yi - i0, xi - j0]), 2), "f", round(float(fmap[yi, xi]), 1),
-                  "mod", round(float(model[yi, xi]), 1), "sig", round(float(sig[yi, xi]), 1),
-                  "sigr", round(float(sig_r[yi, xi]), 1), "ond", bool(on_d[yi, xi]), "mask", bool(mask[yi, xi]))
-        print("dets", np.c_[det_x_px * px, det_y_px * px, det_n].round(1).tolist())
     if not len(pk):
         return []
     pk = pk[np.argsort(-zr[tuple(pk.T)])]
-    import os
-    if os.environ.get("RL_DEBUG"):
-        print("peaks", [(round((p[1] + j0) * px, 1), round((p[0] + i0) * px, 1), round(float(zr[tuple(p)]), 1), bool(mask[p[0] + i0, p[1] + j0])) for p in pk])
     cy, cx = pk[:, 0] + i0, pk[:, 1] + j0
-    pk = pk[mask[cy, cx]]
-    cy, cx = pk[:, 0] + i0, pk[:, 1] + j0
+    ok = mask[cy, cx]
+    if plateau_only:
+        ok &= on_d[cy, cx]
+    cy, cx = cy[ok], cx[ok]
+    zt = resid_e / np.sqrt(sig_re * sig_re + texture * texture)
     rows: list[tuple] = []
-    taken_y: list[float] = []
-    taken_x: list[float] = []
-    taken_r: list[float] = []
+    taken: list[tuple[float, float, float]] = []
+    r10 = float(_fcc_radius_A(np.array([10.0]))[0])  # Å: a 10-atom cluster first
     for y, x in zip(cy, cx, strict=True):
         d_A = np.hypot(det_y_px - y, det_x_px - x) * px
-        near = d_A - r_det
-        if not np.any(near <= RESIDUAL_REACH_A):
+        if not np.any(d_A - r_det <= RESIDUAL_REACH_A):
             continue
         if np.any(d_A <= np.maximum(min_separation_A, r_det + aperture_A)):
             continue
-        if taken_y and np.any(
-            np.hypot(np.array(taken_y) - y, np.array(taken_x) - x) * px
-            <= np.maximum(min_separation_A, np.array(taken_r) + aperture_A)
+        if any(
+            np.hypot(ty - y, tx - x) * px <= max(min_separation_A, tr + aperture_A)
+            for ty, tx, tr in taken
         ):
             continue
-        on = bool(on_d[y, x])
-        scale = noise_scale if on else 1.0
-        # aperture photometry on the residual: radius from a first count in R0 + margin
-        r_c = float(_fcc_radius_A(np.array([10.0]))[0])  # Å: a 10-atom cluster first
-        res = None
-        for _ in range(2):
-            res = _photometry(resid, raw, model, ring_ok, y, x, r_c + aperture_A, px=px,
-                              g=g, floor=floor, a_px=a_px)  # fmt: skip
-            if res is None:
-                break
-            cnt = res[0]
-            r_c = float(_fcc_radius_A(n_of(np.array([max(cnt, 0.0)])))[0])
-        if res is None:
+        on = bool(on_d[y, x]) and resid_d is not None
+
+        def measure(res_map, mod_map, scale):
+            r_c, out = r10, None
+            for _ in range(2):
+                out = _photometry(res_map, raw, mod_map, ring_ok, y, x, r_c + aperture_A,
+                                  px=px, g=g, floor=floor, a_px=a_px)  # fmt: skip
+                if out is None:
+                    return None, r_c
+                r_c = float(_fcc_radius_A(n_of(np.array([max(out[0], 0.0)])))[0])
+            cnt, err_shot, n_ap, peak, m_sum, yc, xc = out
+            err = float(np.hypot(err_shot * scale, SPLIT_PROFILE_ERR * m_sum))
+            return (cnt, err, err_shot * scale, n_ap, peak, yc, xc), r_c
+
+        me, r_c = measure(resid_e, model_e, 1.0)
+        if me is None:
             continue
-        cnt, err_shot, n_ap, peak, m_sum, yc, xc = res
-        err_stat = err_shot * scale
-        err_model = SPLIT_PROFILE_ERR * m_sum
-        err_test = float(np.hypot(err_stat, err_model))
-        import os
-        if os.environ.get("RL_DEBUG"):
+        # peak test (steps 3 and 4d): the residual's significance with the host texture
+        yy, xx = np.ogrid[:mm, :nn]
+        rp = max(2.0, r_c) / px
+        ii0, ii1 = max(0, int(y - rp) - 1), min(mm, int(y + rp) + 2)
+        jj0, jj1 = max(0, int(x - rp) - 1), min(nn, int(x + rp) + 2)
+        disc = np.hypot(yy[ii0:ii1] - y, xx[:, jj0:jj1] - x) <= rp
+        zpk = float(zt[ii0:ii1, jj0:jj1][disc].max())
+        use = me
+        hf = 0.0
+        if on:
+            md_, r_d = measure(resid_d, model_d, noise_scale)
+            # the host switch of step 4: E above D by more than 1σ of the difference
+            if md_ is not None and me[0] - md_[0] > np.hypot(me[1], md_[1]):
+                use = md_
+                hf = 1.0 - md_[0] / me[0] if me[0] > 0 else 1.0
+                r_c = r_d
+        cnt, err_test, err_stat, n_ap, peak, yc, xc = use
+        if dbg:
             print("cand", round(x * px, 1), round(y * px, 1), "z", round(float(zr[y - i0, x - j0]), 1),
-                  "cnt", round(cnt), "err", round(err_stat), round(err_model), "on_d", on, "n",
-                  round(float(n_of(np.array([max(cnt, 0.0)]))[0]), 1))
-        if not cnt >= threshold_sigma * err_test:
+                  "zpk", round(zpk, 1), "E", round(me[0]), round(me[1]), "use", round(cnt), round(err_test),
+                  "hf", round(hf, 2), "n", round(float(n_of(np.array([max(cnt, 0.0)]))[0]), 1))
+        if zpk < threshold_sigma or not cnt >= threshold_sigma * err_test:
             continue
-        err = float(np.hypot(err_test, registry * cnt if on else 0.0))
-        rows.append((xc, yc, n_ap, peak, cnt, err, err_stat, 1.0 if on else 0.0, True))
-        taken_y.append(float(y))
-        taken_x.append(float(x))
-        taken_r.append(r_c)
+        err = float(np.hypot(err_test, registry * cnt if hf > 0 else 0.0))
+        rows.append((xc, yc, n_ap, peak, cnt, err, err_stat, hf, True))
+        taken.append((float(y), float(x), r_c))
     return rows
 
 

@@ -2620,31 +2620,33 @@ def detect_clusters(
         # step 3d: a second look on the residual of the detections' models
         from perovstem.insitu._residual import residual_look
 
-        fmap, fsig = e, sigma_map
-        on_dmap = np.zeros(m.shape, bool)
-        import os
-        if fit_host is not None and not os.environ.get("RL_E"):
-            fw, ed_w, d_scale = fit_host
-            on_dmap[fw] = plateau[fw]
-            fmap = np.where(on_dmap, 0.0, e)
-            fmap[fw] = np.where(on_dmap[fw], ed_w, e[fw])
-            fsig = np.where(on_dmap, sigma_map * d_scale, sigma_map)
         from perovstem.insitu import _cluster_checks as cc
 
+        d_map = d_sig = None
+        on_dmap = np.zeros(m.shape, bool)
+        if fit_host is not None:
+            # the split's map: the host-free excess in the host window
+            fw, ed_w, d_scale = fit_host
+            d_map, d_sig = e.copy(), sigma_map.copy()
+            d_map[fw] = ed_w
+            d_sig[fw] *= d_scale
+            on_dmap[fw] = plateau[fw]
+        # the host texture of E on the plateau (step 4d's peak test)
         st = max(1, int(a_px // 4))
         sub = (slice(None, None, st), slice(None, None, st))
-        tex = cc.host_texture_sigma(fmap[sub], fsig[sub], plateau[sub], mask[sub],
+        tex = cc.host_texture_sigma(e[sub], sigma_map[sub], plateau[sub], mask[sub],
                                     n_min=int(np.ceil(100 / st**2)))  # fmt: skip
-        if tex > 0:
-            fsig = np.sqrt(fsig * fsig + np.where(plateau, tex * tex, 0.0))
+        import os
+
         new_rows = residual_look(
-            fmap, fsig, on_dmap, frame_f, mask, ~mask,
-            df["y_px"].to_numpy(float), df["x_px"].to_numpy(float),
+            e, sigma_map, d_map, d_sig, on_dmap, np.where(plateau, tex, 0.0), frame_f,
+            mask, ~mask, df["y_px"].to_numpy(float), df["x_px"].to_numpy(float),
             df["n_atoms"].to_numpy(float), px=px, a_px=a_px,
             angle_deg=float(lattice_angle_deg), g=g, n_of=_counts_to_atoms(lib, g * dose),
             floor=sig_floor * a_px, noise_scale=d_err_scale if fit_host is not None else 1.0,
             threshold_sigma=threshold_sigma, min_separation_A=min_separation_A,
             smooth_A=smooth_A, aperture_A=float(aperture_A), registry=HOST_REGISTRY,
+            plateau_only=not os.environ.get("RL_ALL"),
         )  # fmt: skip
         if new_rows:
             dn = _rows_table(new_rows, frame, px, g, dose, lib)
