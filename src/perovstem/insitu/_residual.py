@@ -130,6 +130,78 @@ def _models(
     return model, var_prof
 
 
+def _pair_stat(
+    fmap: np.ndarray,
+    sig: np.ndarray,
+    nb: tuple[float, float, float, float],
+    cand: tuple[float, float, float, float],
+    *,
+    px: float,
+    a_px: float,
+    angle_deg: float,
+    aperture_A: float,
+    radius_of: Any,
+) -> float:
+    """Likelihood-ratio statistic of two clusters (the neighbour and the candidate)
+    against one (a sphere or an ellipsoid of free aspect ratio and orientation) on the
+    union of their apertures: the split's test of step 3b (χ² per cell, the same
+    weights: shot noise plus the profile error).  ``nb``, ``cand``: ``(y, x, radius,
+    amplitude)`` in frame pixels and counts."""
+    from perovstem.insitu.clusters import (
+        SPLIT_PROBE_A,
+        SPLIT_PROFILE_ERR,
+        SPLIT_PROFILE_FLOOR,
+        SPLIT_TAIL_A,
+        _DomeGrid,
+        _fit_domes,
+        _fit_ellipse,
+    )
+
+    st = max(1, int(a_px // 4))
+    pad = int(np.ceil(a_px / st)) + 2
+    per_cell = (a_px / st) ** 2
+    aa = 0.8 * st if st > 1 else 0.0
+    blur = float(np.hypot(SPLIT_PROBE_A / px, aa))
+    ap = aperture_A / px
+    mm, nn = fmap.shape
+    ys = np.array([nb[0], cand[0]])
+    xs = np.array([nb[1], cand[1]])
+    rs = np.array([nb[2], cand[2]]) + ap
+    y0 = max(0, int(np.floor((ys - rs).min())) - st)
+    y1 = min(mm, int(np.ceil((ys + rs).max())) + st + 1)
+    x0 = max(0, int(np.floor((xs - rs).min())) - st)
+    x1 = min(nn, int(np.ceil((xs + rs).max())) + st + 1)
+    ew = fmap[y0:y1, x0:x1]
+    if aa > 0:
+        ew = ndimage.gaussian_filter1d(ew, aa, axis=0, mode="nearest")[::st]
+        ew = ndimage.gaussian_filter1d(ew, aa, axis=1, mode="nearest")[:, ::st]
+    else:
+        ew = ew.copy()
+    sw = sig[y0:y1, x0:x1][::st, ::st]
+    gy, gx = np.mgrid[0 : y1 - y0 : st, 0 : x1 - x0 : st]
+    use = np.zeros(ew.shape, bool)
+    for k in range(2):
+        use |= np.hypot(gy - (ys[k] - y0), gx - (xs[k] - x0)) <= rs[k]
+    if use.sum() < 12:
+        return 0.0
+    top = float(np.max(np.abs(ew[use])))
+    sw = np.sqrt(sw**2 + (SPLIT_PROFILE_ERR * ew) ** 2 + (SPLIT_PROFILE_FLOOR * top) ** 2)
+    grid = _DomeGrid(ew.shape, st, pad, a_px, angle_deg, blur, SPLIT_TAIL_A / px)
+    one = np.array([[nb[0] - y0, nb[1] - x0, nb[3] + cand[3]]])
+    chi1, c1 = _fit_domes(ew, sw, use, one, radius_of, grid)
+    two = np.array([[nb[0] - y0, nb[1] - x0, nb[3]], [cand[0] - y0, cand[1] - x0, cand[3]]])
+    box = np.array([[0.0, y1 - y0 - 1.0], [0.0, x1 - x0 - 1.0]])
+    chi2, c2 = _fit_domes(ew, sw, use, two, radius_of, grid, box=box)
+    if np.any(c2[:, 2] <= 0):
+        return 0.0
+    # the candidate's sphere stays at the candidate (not a second model of the neighbour)
+    if np.hypot(c2[1, 0] - (cand[0] - y0), c2[1, 1] - (cand[1] - x0)) > max(cand[2], 2.0 / px):
+        return 0.0
+    th = float(np.arctan2(cand[0] - nb[0], cand[1] - nb[1]))
+    chi_e = _fit_ellipse(ew, sw, use, np.r_[c1[0], th], radius_of, grid)
+    return float((min(chi1, chi_e) - chi2) / per_cell)
+
+
 def residual_look(
     e: np.ndarray,
     sig_e: np.ndarray,
@@ -157,6 +229,7 @@ def residual_look(
     aperture_A: float,
     registry: float,
     plateau_only: bool = True,
+    pair_penalty: float | None = None,
 ) -> list[tuple]:
     """Clusters found on the residual of the detections' models (module notes).
 
@@ -319,6 +392,32 @@ def residual_look(
                   "hf", round(hf, 2), "n", round(float(n_of(np.array([max(cnt, 0.0)]))[0]), 1))
         if zpk < threshold_sigma or not cnt >= threshold_sigma * err_test:
             continue
+        # two clusters, not one elongated one: the split's test against the nearest
+        # detection, on the map the candidate is counted on with the other detections'
+        # models removed
+        j = int(np.argmin(d_A))
+        if hf > 0:
+            fm, sg, mo = resid_d + model_d, sig_d, model_d
+        else:
+            fm, sg, mo = resid_e + model_e, sig_e, model_e
+        if pair_penalty is not None:
+            mj = _fit_core(
+                fm, sg, det_y_px[j], det_x_px[j], r_det[j] / px, (r_det[j] + aperture_A) / px,
+                MODEL_MARGIN_A / px, grid_of=grid_of, radius_of=radius_of,
+            )  # fmt: skip
+            if mj is None:
+                continue
+            others = mo.copy()
+            others[mj[0]] -= mj[1]
+            stat = _pair_stat(
+                fm - others, sg, (det_y_px[j], det_x_px[j], r_det[j] / px, mj[2][2]),
+                (yc, xc, r_c / px, max(cnt, 1.0)), px=px, a_px=a_px, angle_deg=angle_deg,
+                aperture_A=aperture_A, radius_of=radius_of,
+            )  # fmt: skip
+            if dbg:
+                print("   pair stat", round(stat, 1))
+            if not stat > pair_penalty:
+                continue
         err = float(np.hypot(err_test, registry * cnt if hf > 0 else 0.0))
         rows.append((xc, yc, n_ap, peak, cnt, err, err_stat, hf, True))
         taken.append((float(y), float(x), r_c))

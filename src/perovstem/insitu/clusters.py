@@ -2647,6 +2647,7 @@ def detect_clusters(
             threshold_sigma=threshold_sigma, min_separation_A=min_separation_A,
             smooth_A=smooth_A, aperture_A=float(aperture_A), registry=HOST_REGISTRY,
             plateau_only=not os.environ.get("RL_ALL"),
+            pair_penalty=SPLIT_PENALTY if not os.environ.get("RL_NOPAIR") else None,
         )  # fmt: skip
         if new_rows:
             dn = _rows_table(new_rows, frame, px, g, dose, lib)
