@@ -1952,98 +1952,6 @@ def _noise_floor(
     return robust_sd(es[far]), _edge_floor(e, crys, border, a_px)
 
 
-def _rows_table(
-    rows: list[tuple], frame: int, px: float, g: float, dose: float | None, lib: pd.DataFrame
-) -> pd.DataFrame:
-    """The detector's rows as a table: positions in Å, SCS, atoms and their errors."""
-    df = pd.DataFrame(
-        rows,
-        columns=[
-            "x_px",
-            "y_px",
-            "npx",
-            "peak_excess",
-            "integrated_counts",
-            "err_counts",
-            "err_stat_counts",
-            "host_fraction",
-            "host_ok",
-        ],
-    )
-    # typed even without rows: an empty frame must not turn a concatenated table to object
-    df = df.astype(float).astype({"npx": np.int64}) if not len(df) else df
-    df.insert(0, "frame", int(frame))
-    df["host_ok"] = df["host_ok"].astype(bool)
-    df["x_A"] = df["x_px"] * px
-    df["y_A"] = df["y_px"] * px
-    df["area_A2"] = df["npx"] * px * px
-    df["radius_A"] = np.sqrt(df["area_A2"] / np.pi)
-    err_counts = df["err_counts"].to_numpy(float)
-    if dose is not None:
-        df["scs_A2"] = df["integrated_counts"] / (g * dose)
-        df["scs_err_A2"] = err_counts / (g * dose)
-        n = atoms_from_scs(df["scs_A2"].to_numpy(), lib)
-        dn = atoms_from_scs(df["scs_A2"].to_numpy() + df["scs_err_A2"].to_numpy(), lib) - n
-        df["n_atoms"] = n
-        stat = df["err_stat_counts"].to_numpy(float) / (g * dose)
-        dn_stat = atoms_from_scs(df["scs_A2"].to_numpy() + stat, lib) - n
-        # segmentation term (frame to frame) and counting-model term (library against the
-        # real shape, environment; persists)
-        df["n_atoms_err_stat"] = np.hypot(dn_stat, SEGMENT_REL_ERR * n)
-        rel2 = SEGMENT_REL_ERR**2 + COUNT_MODEL_REL_ERR**2
-        rel2 = rel2 + np.where(df["host_ok"].to_numpy(bool), 0.0, UNSUPPORTED_REL_ERR**2)
-        df["n_atoms_err"] = np.sqrt(dn**2 + rel2 * n**2)
-    else:
-        df["scs_A2"] = np.nan
-        df["scs_err_A2"] = np.nan
-        df["n_atoms"] = np.nan
-        df["n_atoms_err"] = np.nan
-        df["n_atoms_err_stat"] = np.nan
-    return df
-
-
-def _row_tests(
-    df: pd.DataFrame,
-    test: np.ndarray,
-    frame: np.ndarray,
-    plateau: np.ndarray,
-    *,
-    px: float,
-    a_px: float,
-    angle_deg: float,
-    min_atoms: float,
-    compact_test: bool,
-    host_test: bool,
-) -> np.ndarray:
-    """Rows among ``test`` of a table with atoms (:func:`_rows_table`) that pass the size
-    (``min_atoms``), compactness and host-patch tests (steps 4c, 4d)."""
-    keep = test & (df["n_atoms"].to_numpy(float) >= min_atoms)
-    if compact_test:
-        # A Pb cluster is compact (fcc): its segment is not much larger than the
-        # blurred disc of a compact cluster holding its atoms, and its excess peaks
-        # (dome profile: peak >= ~2x the mean over that disc).  A flat, extended
-        # residual of the background (a facet, a thickness step) fails both.
-        n = df["n_atoms"].to_numpy(float)
-        r = _fcc_radius_A(n)
-        disc = np.pi * (r + 2.0) ** 2
-        mean_d = df["integrated_counts"].to_numpy(float) / (disc / (px * px))
-        peak_ratio = df["peak_excess"].to_numpy(float) / np.maximum(mean_d, 1e-30)
-        big_area = df["area_A2"].to_numpy(float) > 2.5 * np.pi * (r + 4.0) ** 2
-        # the segment of a cluster counted on the host-free map also holds the host
-        # excess around it: only its D profile (peak) is tested
-        big_area &= df["host_fraction"].to_numpy(float) == 0
-        keep &= ~(big_area | (peak_ratio < 1.5))
-    if host_test and len(df):
-        # host-lattice contrast veto (step 4c): a detection counted on E whose disc
-        # shows the host's full fringe contrast is a host patch
-        # (the crystal plateau of the background map: as for the stratified ring)
-        keep &= ~_host_patch(df, keep, frame, plateau, px=px, a_px=a_px, angle_deg=angle_deg)
-        # host patches on the crystal plateau by their fringe contrast (step 4d)
-        keep &= ~_plateau_patch(df, keep, frame, plateau, px=px, a_px=a_px,
-                                angle_deg=angle_deg)  # fmt: skip
-    return keep
-
-
 def detect_clusters(
     image: Any,
     *,
@@ -2065,7 +1973,6 @@ def detect_clusters(
     split: bool = True,
     frame: int = 0,
     host_reference: float | None = None,
-    residual: bool = True,
 ) -> pd.DataFrame:
     """Detect bright Pb clusters in one HAADF frame and count their atoms.
 
@@ -2120,11 +2027,6 @@ def detect_clusters(
         frame cannot measure its own because clusters cover the crystal (else
         ``"no_reference"``: every segment reads Pb-like and host Pb is counted as clusters);
         ``attrs["host_reference_used"]`` says when it was.  None or NaN: no reference.
-    residual : bool
-        Second look on the residual of the detections' fitted profiles (step 3d of the
-        module notes, crowded-field photometry): clusters next to a detected neighbour
-        whose pixels the neighbour's segment took or whose own segment, cut short by it,
-        failed the tests.  Only with a dose, the host test and an aperture.
 
     Returns
     -------
@@ -2604,56 +2506,74 @@ def detect_clusters(
                     )
                 )
     rows.extend(host_free_rows)
-    plateau = (m - e) > 0.25 * level if mask.any() else np.zeros(m.shape, bool)
-    frame_f = a - off
-
-    def tested(df: pd.DataFrame, test: np.ndarray) -> np.ndarray:
-        # the size, compactness and host-patch tests of the rows ``test``
-        return _row_tests(df, test, frame_f, plateau, px=px, a_px=a_px,
-                          angle_deg=float(lattice_angle_deg), min_atoms=min_atoms,
-                          compact_test=compact_test, host_test=host_test)  # fmt: skip
-
-    df = _rows_table(rows, frame, px, g, dose, lib)
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            "x_px",
+            "y_px",
+            "npx",
+            "peak_excess",
+            "integrated_counts",
+            "err_counts",
+            "err_stat_counts",
+            "host_fraction",
+            "host_ok",
+        ],
+    )
+    # typed even without rows: an empty frame must not turn a concatenated table to object
+    df = df.astype(float).astype({"npx": np.int64}) if not len(df) else df
+    df.insert(0, "frame", int(frame))
+    df["host_ok"] = df["host_ok"].astype(bool)
+    df["x_A"] = df["x_px"] * px
+    df["y_A"] = df["y_px"] * px
+    df["area_A2"] = df["npx"] * px * px
+    df["radius_A"] = np.sqrt(df["area_A2"] / np.pi)
+    err_counts = df["err_counts"].to_numpy(float)
     if dose is not None:
-        df = df[tested(df, np.ones(len(df), bool))]
-    if residual and dose is not None and host_test and aperture_A is not None and len(df):
-        # step 3d: a second look on the residual of the detections' models
-        from perovstem.insitu._residual import residual_look
-
-        from perovstem.insitu import _cluster_checks as cc
-
-        d_map = d_sig = None
-        on_dmap = np.zeros(m.shape, bool)
-        if fit_host is not None:
-            # the split's map: the host-free excess in the host window
-            fw, ed_w, d_scale = fit_host
-            d_map, d_sig = e.copy(), sigma_map.copy()
-            d_map[fw] = ed_w
-            d_sig[fw] *= d_scale
-            on_dmap[fw] = plateau[fw]
-        # the host texture of E on the plateau (step 4d's peak test)
-        st = max(1, int(a_px // 4))
-        sub = (slice(None, None, st), slice(None, None, st))
-        tex = cc.host_texture_sigma(e[sub], sigma_map[sub], plateau[sub], mask[sub],
-                                    n_min=int(np.ceil(100 / st**2)))  # fmt: skip
-        import os
-
-        new_rows = residual_look(
-            e, sigma_map, d_map, d_sig, on_dmap, np.where(plateau, tex, 0.0), frame_f,
-            mask, ~mask, df["y_px"].to_numpy(float), df["x_px"].to_numpy(float),
-            df["n_atoms"].to_numpy(float), px=px, a_px=a_px,
-            angle_deg=float(lattice_angle_deg), g=g, n_of=_counts_to_atoms(lib, g * dose),
-            floor=sig_floor * a_px, noise_scale=d_err_scale if fit_host is not None else 1.0,
-            threshold_sigma=threshold_sigma, min_separation_A=min_separation_A,
-            smooth_A=smooth_A, aperture_A=float(aperture_A), registry=HOST_REGISTRY,
-            plateau_only=not os.environ.get("RL_ALL"),
-            pair_penalty=SPLIT_PENALTY if not os.environ.get("RL_NOPAIR") else None,
-        )  # fmt: skip
-        if new_rows:
-            dn = _rows_table(new_rows, frame, px, g, dose, lib)
-            both = pd.concat([df, dn], ignore_index=True)
-            test = np.r_[np.zeros(len(df), bool), np.ones(len(dn), bool)]
-            df = both[~test | tested(both, test)]
+        df["scs_A2"] = df["integrated_counts"] / (g * dose)
+        df["scs_err_A2"] = err_counts / (g * dose)
+        n = atoms_from_scs(df["scs_A2"].to_numpy(), lib)
+        dn = atoms_from_scs(df["scs_A2"].to_numpy() + df["scs_err_A2"].to_numpy(), lib) - n
+        df["n_atoms"] = n
+        stat = df["err_stat_counts"].to_numpy(float) / (g * dose)
+        dn_stat = atoms_from_scs(df["scs_A2"].to_numpy() + stat, lib) - n
+        # segmentation term (frame to frame) and counting-model term (library against the
+        # real shape, environment; persists)
+        df["n_atoms_err_stat"] = np.hypot(dn_stat, SEGMENT_REL_ERR * n)
+        rel2 = SEGMENT_REL_ERR**2 + COUNT_MODEL_REL_ERR**2
+        rel2 = rel2 + np.where(df["host_ok"].to_numpy(bool), 0.0, UNSUPPORTED_REL_ERR**2)
+        df["n_atoms_err"] = np.sqrt(dn**2 + rel2 * n**2)
+        keep = df["n_atoms"] >= min_atoms
+        if compact_test:
+            # A Pb cluster is compact (fcc): its segment is not much larger than the
+            # blurred disc of a compact cluster holding its atoms, and its excess peaks
+            # (dome profile: peak >= ~2x the mean over that disc).  A flat, extended
+            # residual of the background (a facet, a thickness step) fails both.
+            r = _fcc_radius_A(n)
+            disc = np.pi * (r + 2.0) ** 2
+            mean_d = df["integrated_counts"].to_numpy(float) / (disc / (px * px))
+            peak_ratio = df["peak_excess"].to_numpy(float) / np.maximum(mean_d, 1e-30)
+            big_area = df["area_A2"].to_numpy(float) > 2.5 * np.pi * (r + 4.0) ** 2
+            # the segment of a cluster counted on the host-free map also holds the host
+            # excess around it: only its D profile (peak) is tested
+            big_area &= df["host_fraction"].to_numpy(float) == 0
+            keep &= ~(big_area | (peak_ratio < 1.5))
+        if host_test and len(df):
+            # host-lattice contrast veto (step 4c): a detection counted on E whose disc
+            # shows the host's full fringe contrast is a host patch
+            # (the crystal plateau of the background map: as for the stratified ring)
+            keep &= ~_host_patch(df, keep.to_numpy(bool), a - off, (m - e) > 0.25 * level,
+                                 px=px, a_px=a_px, angle_deg=float(lattice_angle_deg))  # fmt: skip
+            # host patches on the crystal plateau by their fringe contrast (step 4d)
+            keep &= ~_plateau_patch(df, keep.to_numpy(bool), a - off, (m - e) > 0.25 * level,
+                                    px=px, a_px=a_px, angle_deg=float(lattice_angle_deg))  # fmt: skip
+        df = df[keep]
+    else:
+        df["scs_A2"] = np.nan
+        df["scs_err_A2"] = np.nan
+        df["n_atoms"] = np.nan
+        df["n_atoms_err"] = np.nan
+        df["n_atoms_err_stat"] = np.nan
     df = df[CLUSTER_COLUMNS].reset_index(drop=True)
     df.attrs.update(
         {
