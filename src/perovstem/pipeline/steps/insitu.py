@@ -198,7 +198,8 @@ def insitu_clusters(ctx: Any, series: Any, truth: Any = None) -> dict[str, Any]:
 
     p = ctx.params
     det_params = {k: p[k] for k in ("threshold_sigma", "min_atoms", "max_diameter_A")}
-    if ctx.maps_serially(series.n_frames):
+    serial = getattr(ctx, "maps_serially", None)  # (a bare context maps only)
+    if serial is not None and serial(series.n_frames):
         # in frame order, each frame once with the host ratio the rule carries into it
         n = series.n_frames
         frames = ctx.track(range(n), total=n, description="cluster detection")
