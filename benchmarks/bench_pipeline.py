@@ -9,7 +9,10 @@ worker processes; a second, heavier workload fits every atom column of every fra
 the whole run (including cluster start-up) are written to
 ``benchmarks/results/bench_pipeline.json``: *cold* = the pipeline starts its own LocalCluster
 (worker start-up, imports and JIT compilation in every worker are timed), *warm* = a
-long-lived cluster handed to the pipeline (second run timed).  The load average is recorded:
+long-lived cluster handed to the pipeline (second run timed; started as the pipeline starts
+its own, ``perovstem.pipeline.executor.local_cluster``: without dask's
+``MALLOC_TRIM_THRESHOLD_``).  CPU seconds of each run (this process and the workers) are
+recorded with the wall times.  The load average is recorded:
 on a shared machine the figures are only comparable within one run of this script.
 
 Run it as a script (``if __name__ == "__main__"``): worker processes re-import the main module.
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -66,9 +70,34 @@ def _step_time(result, step_id: str = "analysis") -> float:
     return next(s.wall_s for s in result.steps if s.id == step_id)
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process and of its finished child processes (the workers of
+    a LocalCluster the pipeline started and closed)."""
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + ch.ru_utime + ch.ru_stime
+
+
+def _warm_cluster(n_workers: int):
+    """The long-lived cluster of the warm runs, started as the pipeline starts its own
+    (``perovstem.pipeline.executor.local_cluster``, where this version has it)."""
+    try:
+        from perovstem.pipeline.executor import local_cluster
+    except ImportError:
+        from distributed import LocalCluster
+
+        return LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=40,
+        )
+    return local_cluster(n_workers)
+
+
 def _bench(analysis: str, n_frames: int, n_workers: int, tmp: Path) -> dict:
     """Time one per-frame step serially, on a fresh LocalCluster (cold) and a warm one."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from perovstem.pipeline import parse_config, run_pipeline
 
@@ -83,33 +112,27 @@ def _bench(analysis: str, n_frames: int, n_workers: int, tmp: Path) -> dict:
         shutil.rmtree(base / rid / ".cache" / "analysis", ignore_errors=True)
 
     fresh("serial")
-    t0 = time.perf_counter()
+    c0, t0 = _cpu_s(), time.perf_counter()
     serial = run_pipeline(cfg, out=base / "serial", scheduler="serial", quiet=True)
-    t_serial = time.perf_counter() - t0
+    t_serial, c_serial = time.perf_counter() - t0, _cpu_s() - c0
     # cold: the pipeline starts its own LocalCluster (start-up, imports, JIT in workers)
     fresh("dask")
-    t0 = time.perf_counter()
+    c0, t0 = _cpu_s(), time.perf_counter()
     dist = run_pipeline(
         cfg, out=base / "dask", scheduler=f"local:{n_workers}", processes=True, quiet=True
     )
-    t_dask = time.perf_counter() - t0
+    t_dask, c_dask = time.perf_counter() - t0, _cpu_s() - c0
     # warm: a long-lived cluster (as on an HPC allocation) handed to the pipeline; the first
     # run warms the workers, the second is timed
-    with (
-        LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=40,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with _warm_cluster(n_workers) as cluster, Client(cluster) as client:
         for _ in range(2):
             fresh("warm")
+            w0, c0 = client.run(time.process_time), time.process_time()
             t0 = time.perf_counter()
             warm = run_pipeline(cfg, out=base / "warm", scheduler=client, quiet=True)
             t_warm = time.perf_counter() - t0
+            w1 = client.run(time.process_time)
+            c_warm = time.process_time() - c0 + sum(w1[w] - w0[w] for w in w0)
     identical = True
     n_rows = 0
     for p in sorted((base / "serial" / "tables").glob("analysis.*.parquet")):
@@ -119,7 +142,11 @@ def _bench(analysis: str, n_frames: int, n_workers: int, tmp: Path) -> dict:
     s_step, d_step, w_step = _step_time(serial), _step_time(dist), _step_time(warm)
     return {
         "workload": {"frames": n_frames, "step": analysis, "rows_out": n_rows},
-        "ours": {"serial_step_s": round(s_step, 3), "serial_run_s": round(t_serial, 3)},
+        "ours": {
+            "serial_step_s": round(s_step, 3),
+            "serial_run_s": round(t_serial, 3),
+            "serial_run_cpu_s": round(c_serial, 3),
+        },
         "peer": {
             "name": f"same pipeline on a dask.distributed LocalCluster ({n_workers} worker "
             "processes, 1 thread each)",
@@ -127,6 +154,9 @@ def _bench(analysis: str, n_frames: int, n_workers: int, tmp: Path) -> dict:
             "cold_run_s": round(t_dask, 3),
             "warm_step_s": round(w_step, 3),
             "warm_run_s": round(t_warm, 3),
+            # CPU of this process + the workers (cold: the closed cluster's processes)
+            "cold_run_cpu_s": round(c_dask, 3),
+            "warm_run_cpu_s": round(c_warm, 3),
         },
         "ratio": {
             "cold_step_speedup_dask_over_serial": round(s_step / d_step, 3),

@@ -419,7 +419,19 @@ class HostReference:
         ``detections``: the frame's detections without a reference; ``frame``: the frame
         minus offset (counts; may be None where :meth:`needs_frame` is False); ``scale``:
         gain · dose of the frame (None: constant)."""
-        if detections.attrs.get("host_model") != "no_reference" or not self.ratios:
+        if detections.attrs.get("host_model") != "no_reference":
+            return None
+        return self.ratio_to_carry(frame, scale=scale)
+
+    def ratio_to_carry(
+        self, frame: np.ndarray | None, *, scale: float | None = None
+    ) -> float | None:
+        """kappa_h that :meth:`reference` gives this frame should it be ``"no_reference"``,
+        or None: known before the frame is detected, so a serial pass detects every frame
+        once with it (``host_reference`` is used only where the frame cannot measure its
+        own ratio).  ``frame`` (minus offset, counts) is read only where no frame right
+        before measured kappa_h (may be None otherwise)."""
+        if not self.ratios:
             return None
         if self.after_measured or self.lattice_seen(frame, scale):
             return float(np.median(self.ratios))

@@ -125,6 +125,16 @@ class StepContext:
             if task is not None:
                 self._progress.remove_task(task)
 
+    def maps_serially(self, n_items: int) -> bool:
+        """Whether :meth:`map` over ``n_items`` items runs in this process, in item order
+        (serial scheduler, or ``"auto"`` below its cluster size): a step may then carry
+        state from item to item instead of mapping a second pass."""
+        executor = self._executor
+        if executor is None:
+            return True
+        want = getattr(executor, "_want_cluster", None)
+        return want is not None and not want(int(n_items))
+
     def track(
         self, iterable: Iterable[Any], *, total: int | None = None, description: str = ""
     ) -> Iterable[Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -58,9 +58,10 @@ def _calibration(series: Any) -> dict[str, float]:
     return {key: float(md[key]) for key in ("gain", "offset") if md.get(key) is not None}
 
 
-def _detect_frame(k: int, series: Any, *, params: dict[str, Any]) -> Any:
-    """Detect clusters in frame ``k`` with the series' calibration (gain/offset metadata)."""
-    image = series.frame(k)
+def _detect_frame(k: int, series: Any, *, params: dict[str, Any], image: Any = None) -> Any:
+    """Detect clusters in frame ``k`` with the series' calibration (gain/offset metadata);
+    ``image``: the frame already read (``series.frame(k)``)."""
+    image = series.frame(k) if image is None else image
     calib = _calibration(series)
     return api(DETECT)(image, dose_e_per_A2=image.dose_e_per_A2, frame=k, **calib, **params)
 
@@ -126,6 +127,51 @@ def _carry_host_reference(
     return out
 
 
+def _detect_in_order(
+    series: Any, params: dict[str, Any], *, frames: Iterable[int] | None = None
+) -> list[Any]:
+    """Serial path of :func:`_carry_host_reference`: the frames in order, each detected
+    once, with the ratio the rule would carry into it (:meth:`HostReference.ratio_to_carry`)
+    passed as ``host_reference``.  ``detect_clusters`` uses it only where the frame cannot
+    measure its own ratio ("no_reference" alone), exactly where the rule detects the frame
+    again with that ratio; elsewhere the detection is the one without it.  The rule's state
+    after a frame detected with the carried ratio is the one after its "no_reference"
+    detection (neither measures kappa_h; same lattice), so the detections are the two-pass
+    ones (test_cluster_host), without detecting a third of a small crystal's frames twice.
+    ``frames``: ``range(series.n_frames)``, or it wrapped in a progress bar."""
+    from perovstem.insitu._host import KAPPA_MAX, HostReference
+
+    calib = _calibration(series)
+    gain, offset = calib.get("gain", 1.0), calib.get("offset", 0.0)
+    host = HostReference(pixel_size_A=series.pixel_size_A)
+    out: list[Any] = []
+    for k in range(series.n_frames) if frames is None else frames:
+        image = series.frame(k)
+        dose = image.dose_e_per_A2
+        scale = None if dose is None else gain * float(dose)
+        raw = None
+        if host.lattice is None or (host.ratios and not host.after_measured):
+            raw = np.asarray(image.data, float) - offset
+        kappa = host.ratio_to_carry(raw, scale=scale)
+        if kappa is not None and not 0.0 <= kappa < KAPPA_MAX:
+            kappa = None  # (refused by detect_clusters: the two-pass path below raises)
+        opts = params if kappa is None else {**params, "host_reference": kappa}
+        det = _detect_frame(k, series, params=opts, image=image)
+        if det.attrs.get("host_reference_used", False):
+            out.append(host.update(det, raw, scale=scale))
+            continue
+        if raw is None and host.needs_frame(det):
+            raw = np.asarray(image.data, float) - offset
+        again = host.reference(det, raw, scale=scale)
+        updated = host.update(det, raw, scale=scale)
+        if again is not None:
+            updated = _redetect_frame((k, again), series, params=params)
+            if updated.attrs.get("host_model") == "no_reference":  # cannot happen
+                raise RuntimeError(f"frame {k}: detected again without its host ratio")
+        out.append(updated)
+    return out
+
+
 @register_step(
     "insitu.clusters",
     input_kinds={"series": Kind("series")},
@@ -152,22 +198,30 @@ def insitu_clusters(ctx: Any, series: Any, truth: Any = None) -> dict[str, Any]:
 
     p = ctx.params
     det_params = {k: p[k] for k in ("threshold_sigma", "min_atoms", "max_diameter_A")}
-    per_frame = ctx.map(
-        functools.partial(_detect_frame, params=det_params),
-        range(series.n_frames),
-        shared=series,
-        description="cluster detection",
-    )
-    # the frames are detected independently (mapped); the host reference of the earlier
-    # frames is carried in frame order afterwards (the frames it detects again are mapped too)
-    per_frame = _carry_host_reference(
-        series,
-        list(per_frame),
-        det_params,
-        map_frames=lambda func, items: ctx.map(
-            func, items, shared=series, description="cluster detection, carried host ratio"
-        ),
-    )
+    serial = getattr(ctx, "maps_serially", None)  # (a bare context maps only)
+    if serial is not None and serial(series.n_frames):
+        # in frame order, each frame once with the host ratio the rule carries into it
+        n = series.n_frames
+        frames = ctx.track(range(n), total=n, description="cluster detection")
+        per_frame = _detect_in_order(series, det_params, frames=frames)
+    else:
+        per_frame = ctx.map(
+            functools.partial(_detect_frame, params=det_params),
+            range(series.n_frames),
+            shared=series,
+            description="cluster detection",
+        )
+        # the frames are detected independently (mapped); the host reference of the earlier
+        # frames is carried in frame order afterwards (the frames it detects again are
+        # mapped too)
+        per_frame = _carry_host_reference(
+            series,
+            list(per_frame),
+            det_params,
+            map_frames=lambda func, items: ctx.map(
+                func, items, shared=series, description="cluster detection, carried host ratio"
+            ),
+        )
     detections = pd.concat(per_frame, ignore_index=True)
     if "frame" not in detections.columns:
         detections["frame"] = np.repeat(np.arange(len(per_frame)), [len(d) for d in per_frame])
