@@ -33,8 +33,19 @@ recomputes both estimators' Ea on the same draws with the ``insitu.clusters`` li
 (``ea_lineage``, ``ea_lineage_truncated``: the step before the strict mobility tracks) and
 with strict tracks of other costs (``ea_cost3``, ``ea_cost3_truncated``, ...).
 
+Scaling of the Ea (how much data 0.05 eV needs): ``--mobility-only`` runs the crystal and
+the mobility chain only (no D_Br, no dose-rate mechanism; the same step ids, hence the same
+draws as the full bench); ``--mobility-frames N`` sets the frames per mobility series (demo
+20), ``--mobility-frame-dose D`` the dose per frame in e⁻/Å² (demo 2000, the frame times
+stay the demo's) and ``--mobility-series R`` images R crystals per temperature (the same
+chain under step ids ``..._r1``, ``..._r2``: own KMC and image draws); ``ea_pooled<m>``
+(m = 2, 4, … and R) is the Ea of the first m series' tracks pooled per temperature, with the
+step's estimator, options and bootstrap stream (the step itself reads the first series).
+With none of these flags the configuration is the demo's, step for step.
+
 Run: ``python benchmarks/bench_kinetics.py [--seeds 12] [--first-seed 0] [--fast]
-[--compare truncated] [--link-costs lineage]``; writes ``benchmarks/results/bench_kinetics.json`` (``--out`` to change;
+[--compare truncated] [--link-costs lineage] [--mobility-only] [--mobility-frames N]
+[--mobility-frame-dose D] [--mobility-series R]``; writes ``benchmarks/results/bench_kinetics.json`` (``--out`` to change;
 ``bench_kinetics_seeds100.json`` is ``--first-seed 100``).  Default: full demo sizes (48 Å
 crystal, 40 frames per dose rate, 4 × 20 mobility frames), 12 seeds: 380–560 s on 2 cores
 shared at load 1–5.6 (≈ 20 s per seed when idle, after the first's numba compilation).
@@ -74,15 +85,56 @@ RATES = {"low": 1000.0, "high": 4000.0}
 NEEDED = ("nc", "kmc_", "series_", "register_", "clusters_", "brloss_", "dose_rate", "mobility")
 
 
-def kinetic_config(seed: int, *, fast: bool) -> dict:
-    """The demo configuration with only the steps of the D_Br and Pb⁰-diffusion chains."""
+#: the steps of one imaged mobility series (the demo's, per temperature)
+MOB_CHAIN = ("kmc_mob", "series_mob", "register_mob", "clusters_mob")
+
+
+def kinetic_config(
+    seed: int,
+    *,
+    fast: bool,
+    mobility_only: bool = False,
+    mobility_frames: int | None = None,
+    mobility_series: int = 1,
+    mobility_frame_dose: float | None = None,
+) -> dict:
+    """The demo configuration with only the steps of the D_Br and Pb⁰-diffusion chains.
+
+    ``mobility_only``: only the crystal and the Pb⁰-diffusion chain (no D_Br);
+    ``mobility_frames``: frames per mobility series (the demo's 20, or 12 with ``fast``);
+    ``mobility_frame_dose``: dose per mobility frame, e⁻/Å² (the demo's 2000; the frame
+    time stays the demo's, ~1 hop of a 20-atom cluster per frame, so the dose rate changes);
+    ``mobility_series``: imaged series per temperature (the demo's 1; series ``r`` ≥ 1 are
+    the same chain with step ids suffixed ``_r{r}``, hence their own KMC and image draws —
+    another crystal of the same kind imaged at that temperature).  With the defaults the
+    configuration is the demo's, step for step.
+    """
     cfg = demo_config(fast=fast, seed=seed)
-    cfg["step"] = [
+    need = (*MOB_CHAIN, "mobility") if mobility_only else NEEDED[1:]
+    steps = [
         s
         for s in cfg["step"]
-        if (s["id"] == "nc" or s["id"].startswith(NEEDED[1:]))
-        and not s["id"].startswith("clusters_fit")
+        if (s["id"] == "nc" or s["id"].startswith(need)) and not s["id"].startswith("clusters_fit")
     ]
+    if mobility_frames is not None:
+        for s in steps:
+            if s["id"].startswith("kmc_mob"):
+                s["n_frames"] = int(mobility_frames)
+    if mobility_frame_dose is not None:
+        for s in steps:
+            if s["id"].startswith("kmc_mob"):
+                s["dose_rate_e_per_A2_s"] = float(mobility_frame_dose) / s["frame_time_s"]
+    extra = []
+    for r in range(1, int(mobility_series)):
+        for s in steps:
+            if s["id"].startswith(MOB_CHAIN):
+                t = {**s, "id": f"{s['id']}_r{r}"}
+                t["inputs"] = {
+                    k: v if v.startswith("nc.") else v.replace(".", f"_r{r}.", 1)
+                    for k, v in s["inputs"].items()
+                }
+                extra.append(t)
+    cfg["step"] = steps + extra
     cfg["run"] = {**cfg["run"], "on_error": "stop", "name": "bench-kinetics"}
     return cfg
 
@@ -121,13 +173,16 @@ def _registration_rms_A(run: Path, tag: str) -> float:
 
 def _ea_with(
     run: Path, seed: int, estimator: str, *, fast: bool, tracks: str = "strict",
-    cost: float | None = None,
+    cost: float | None = None, n_series: int = 1,
 ) -> dict:  # fmt: skip
     """The mobility step's Ea recomputed with another hop estimator and/or other tracks on
     the same detections (same inputs, options and bootstrap stream as the step: before/after
     on one draw).  ``tracks``: ``"strict"`` (the detections tracked again with ends and
     births of ``cost`` nats, default the step's) or ``"lineage"`` (the ``insitu.clusters``
-    step's tracks, what the step used before the strict mobility tracks)."""
+    step's tracks, what the step used before the strict mobility tracks).  ``n_series`` > 1:
+    the tracks of the ``n_series`` series per temperature (``--mobility-series``) pooled
+    into one hop rate per temperature (track ids kept apart; frame times and the frame
+    table of the first series), otherwise as the step."""
     from perovstem.insitu.tracking import MOBILITY_LINK_COST, mobility_tracks
     from perovstem.pipeline.runner import _step_seed
 
@@ -137,10 +192,14 @@ def _ea_with(
     for k, key in enumerate(sorted(i for i in step["inputs"] if i.startswith("frames_"))):
         tag = step["inputs"][key].split(".")[0]
         frames.append(_table(run, f"{tag}.counts").assign(series=k))
-        det = _table(run, f"{tag}.detections")
-        if tracks == "strict":
-            det = mobility_tracks(det, max_step_A=8.0, link_cost=cost)
-        trs.append(det.assign(series=k))
+        offset = 0
+        for r in range(int(n_series)):
+            det = _table(run, f"{tag}_r{r}.detections" if r else f"{tag}.detections")
+            if tracks == "strict":
+                det = mobility_tracks(det, max_step_A=8.0, link_cost=cost)
+            det = det.assign(series=k, track_id=det["track_id"] + offset)
+            offset = int(det["track_id"].max()) + 1
+            trs.append(det)
     rng = np.random.default_rng([_step_seed(seed, "mobility"), 0])
     s = mechanism_summary(
         pd.concat(frames, ignore_index=True),
@@ -150,13 +209,30 @@ def _ea_with(
         mobility={"max_step_A": 8.0, "estimator": estimator, "rng": rng},
     )
     e = s[(s["process"] == "temperature") & (s["observable"] == "Gamma1_per_s")]
+    g = s[s["process"] == "mobility"].sort_values("temperature_K")
+    # the hop rate per temperature (s⁻¹) and its lag-1 steps, as the Ea used them
+    per_t = {"gamma1_per_s": g["value"].tolist(), "n_steps": g["n_points"].tolist()}
     if not len(e):
-        return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
-    return {k: float(e.iloc[0][k]) for k in ("value", "ci_low", "ci_high")}
+        return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), **per_t}
+    return {**{k: float(e.iloc[0][k]) for k in ("value", "ci_low", "ci_high")}, **per_t}
 
 
-def one_seed(seed: int, *, fast: bool, compare: str | None = None, link_costs: tuple = ()) -> dict:
-    cfg = parse_config(kinetic_config(seed, fast=fast), source="<bench_kinetics>")
+def one_seed(
+    seed: int, *, fast: bool, compare: str | None = None, link_costs: tuple = (),
+    mobility_only: bool = False, mobility_frames: int | None = None, mobility_series: int = 1,
+    mobility_frame_dose: float | None = None,
+) -> dict:  # fmt: skip
+    cfg = parse_config(
+        kinetic_config(
+            seed,
+            fast=fast,
+            mobility_only=mobility_only,
+            mobility_frames=mobility_frames,
+            mobility_series=mobility_series,
+            mobility_frame_dose=mobility_frame_dose,
+        ),
+        source="<bench_kinetics>",
+    )
     tmp = Path(tempfile.mkdtemp(prefix="bench_kinetics_"))
     run = tmp / "run"
     t0 = time.perf_counter()
@@ -164,7 +240,7 @@ def one_seed(seed: int, *, fast: bool, compare: str | None = None, link_costs: t
         run_pipeline(cfg, out=run, scheduler="serial", quiet=True, report=False)
         wall = time.perf_counter() - t0
         out: dict = {"seed": seed, "wall_s": round(wall, 1), "d_br": {}}
-        for tag, phi in RATES.items():
+        for tag, phi in ({} if mobility_only else RATES).items():
             p = _table(run, f"brloss_{tag}.params").iloc[0]
             out["d_br"][tag] = {
                 "dose_rate_e_per_A2_s": phi,
@@ -173,8 +249,9 @@ def one_seed(seed: int, *, fast: bool, compare: str | None = None, link_costs: t
                 "ci_high": float(p["ci_high"]),
                 "exact_counts": _exact_d_br(run, tag),
             }
-        rk = _table(run, "dose_rate.ranking")
-        out["dose_rate_model"] = str(rk.loc[rk["selected"], "model"].iloc[0])
+        if not mobility_only:
+            rk = _table(run, "dose_rate.ranking")
+            out["dose_rate_model"] = str(rk.loc[rk["selected"], "model"].iloc[0])
         summ = _table(run, "mobility.summary")
         ea = summ[(summ["process"] == "temperature") & (summ["observable"] == "Gamma1_per_s")]
         per_t = []
@@ -215,6 +292,13 @@ def one_seed(seed: int, *, fast: bool, compare: str | None = None, link_costs: t
             out["ea"] = {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
         if compare:
             out[f"ea_{compare}"] = _ea_with(run, seed, compare, fast=fast)
+        # the first m = 2, 4, ... series of each temperature pooled (and all of them): what
+        # more crystals per temperature give, on the same draws
+        pools = sorted({*(2**i for i in range(1, 8) if 2**i < mobility_series), mobility_series})
+        for m in (p for p in pools if p > 1):
+            for est in ("moment", *([compare] if compare else [])):
+                key = f"ea_pooled{m}" + ("" if est == "moment" else f"_{est}")
+                out[key] = _ea_with(run, seed, est, fast=fast, n_series=m)
         # the same draws on other mobility tracks: the lineage tracks (before the strict
         # mobility tracks) and strict tracks of other link costs, both estimators
         for c in link_costs:
@@ -264,7 +348,7 @@ def _summary(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, truth: float, t
 
 def summarise(rows: list[dict]) -> dict:
     s: dict = {}
-    for tag in RATES:
+    for tag in RATES if rows[0]["d_br"] else ():
         v = np.array([r["d_br"][tag]["value"] for r in rows])
         lo = np.array([r["d_br"][tag]["ci_low"] for r in rows])
         hi = np.array([r["d_br"][tag]["ci_high"] for r in rows])
@@ -279,13 +363,14 @@ def summarise(rows: list[dict]) -> dict:
     for key in sorted({k for r in rows for k in r if k.startswith("ea_")}):
         v, lo, hi = (np.array([r[key][q] for r in rows]) for q in ("value", "ci_low", "ci_high"))
         s[key] = _summary(v, lo, hi, TRUE_EA, 0.05, False)
-    right = sum(r["dose_rate_model"] == "dose_controlled" for r in rows)
-    s["dose_rate_mechanism"] = {
-        "right": "dose_controlled",
-        "n_right": int(right),
-        "share_right": right / len(rows),
-        "share_right_ci": _clopper_pearson(right, len(rows)),
-    }
+    if "dose_rate_model" in rows[0]:
+        right = sum(r["dose_rate_model"] == "dose_controlled" for r in rows)
+        s["dose_rate_mechanism"] = {
+            "right": "dose_controlled",
+            "n_right": int(right),
+            "share_right": right / len(rows),
+            "share_right_ci": _clopper_pearson(right, len(rows)),
+        }
     # per temperature: Γ̂₁/Γ₁ from images and from the exact tracks (geometric means)
     temps = sorted({m["temperature_K"] for r in rows for m in r["mobility"]})
     per_t = {}
@@ -322,6 +407,31 @@ def main(argv: list[str] | None = None) -> dict:
         "'lineage' (the insitu.clusters tracks) and/or strict link costs in nats ('' for none)",
     )
     ap.add_argument(
+        "--mobility-only",
+        action="store_true",
+        help="only the Pb⁰-diffusion chain (no D_Br, no dose-rate mechanism)",
+    )
+    ap.add_argument(
+        "--mobility-frames",
+        type=int,
+        default=None,
+        help="frames per mobility series (default: the demo's, 20; 12 with --fast)",
+    )
+    ap.add_argument(
+        "--mobility-series",
+        type=int,
+        default=1,
+        help="imaged mobility series per temperature (default 1, the demo's); with more, "
+        "ea_pooled<m> is the Ea of the first m series' tracks pooled per temperature "
+        "(m = 2, 4, ... and all)",
+    )
+    ap.add_argument(
+        "--mobility-frame-dose",
+        type=float,
+        default=None,
+        help="dose per mobility frame, e⁻/Å² (default: the demo's 2000; same frame times)",
+    )
+    ap.add_argument(
         "--out",
         default=str(Path(__file__).resolve().parent / "results" / "bench_kinetics.json"),
     )
@@ -333,7 +443,15 @@ def main(argv: list[str] | None = None) -> dict:
     import perovstem
 
     res: dict = {
-        "config": f"demo_config(fast={a.fast}) restricted to the kinetic chains",
+        "config": f"demo_config(fast={a.fast}) restricted to the kinetic chains"
+        + (" (mobility chain only)" if a.mobility_only else "")
+        + (f", {a.mobility_frames} frames per mobility series" if a.mobility_frames else "")
+        + (f", {a.mobility_frame_dose:g} e⁻/Å² per mobility frame" if a.mobility_frame_dose else "")
+        + (
+            f", {a.mobility_series} mobility series per temperature"
+            if a.mobility_series > 1
+            else ""
+        ),  # fmt: skip
         "seeds": seeds,
         "truth": {"D_Br_e_per_A2": TRUE_D_BR, "Ea_eV": TRUE_EA},
         "machine": {
@@ -350,13 +468,27 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for s in seeds:
         costs = tuple(c.strip() for c in a.link_costs.split(",") if c.strip())
-        r = one_seed(s, fast=a.fast, compare=a.compare or None, link_costs=costs)
+        r = one_seed(
+            s,
+            fast=a.fast,
+            compare=a.compare or None,
+            link_costs=costs,
+            mobility_only=a.mobility_only,
+            mobility_frames=a.mobility_frames,
+            mobility_series=a.mobility_series,
+            mobility_frame_dose=a.mobility_frame_dose,
+        )
         rows.append(r)
-        lo, hi = r["d_br"]["low"], r["d_br"]["high"]
+        d_br = ""
+        if r["d_br"]:
+            lo, hi = r["d_br"]["low"], r["d_br"]["high"]
+            d_br = (
+                f"D_Br {lo['value']:.3g} [{lo['ci_low']:.3g}, {lo['ci_high']:.3g}] / "
+                f"{hi['value']:.3g} [{hi['ci_low']:.3g}, {hi['ci_high']:.3g}] "
+                f"({r['dose_rate_model']}); "
+            )
         print(
-            f"seed {s}: D_Br {lo['value']:.3g} [{lo['ci_low']:.3g}, {lo['ci_high']:.3g}] / "
-            f"{hi['value']:.3g} [{hi['ci_low']:.3g}, {hi['ci_high']:.3g}] "
-            f"({r['dose_rate_model']}); Ea {r['ea']['value']:.3f} "
+            f"seed {s}: {d_br}Ea {r['ea']['value']:.3f} "
             f"[{r['ea']['ci_low']:.3f}, {r['ea']['ci_high']:.3f}]"
             + "".join(
                 f"; {k} {v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"

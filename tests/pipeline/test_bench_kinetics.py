@@ -1,0 +1,139 @@
+"""benchmarks/bench_kinetics.py: the mobility-only, frames and series options (issue #7 scaling).
+
+The defaults must stay the demo's kinetic chains step for step (D_Br unchanged); the
+mobility-only configuration is the demo's mobility chain and nothing else; extra series per
+temperature are the same chain with their own step ids (own draws); and pooling series per
+temperature pools their tracks, nothing else.
+"""
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perovstem.pipeline.demo import demo_config
+from perovstem.pipeline.runner import _step_seed
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_kinetics.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_kinetics", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+MOB = ("kmc_mob", "series_mob", "register_mob", "clusters_mob")
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+@pytest.mark.parametrize("fast", [False, True])
+def test_default_config_is_the_demo_kinetic_chains(seed, fast):
+    # the bench's figures (D_Br above all) must not move when the new options are off
+    bk = _bench()
+    want = [
+        s
+        for s in demo_config(fast=fast, seed=seed)["step"]
+        if (s["id"] == "nc" or s["id"].startswith(bk.NEEDED[1:]))
+        and not s["id"].startswith("clusters_fit")
+    ]
+    assert bk.kinetic_config(seed, fast=fast)["step"] == want
+    assert (
+        bk.kinetic_config(seed, fast=fast, mobility_frames=None, mobility_series=1)["step"] == want
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+@pytest.mark.parametrize("fast", [False, True])
+def test_mobility_only_is_the_demo_mobility_chain(seed, fast):
+    bk = _bench()
+    full = bk.kinetic_config(seed, fast=fast)["step"]
+    mob = bk.kinetic_config(seed, fast=fast, mobility_only=True)["step"]
+    # the same steps, same parameters, same ids (hence the same step seeds and draws)
+    assert mob == [s for s in full if s["id"] in ("nc", "mobility") or s["id"].startswith(MOB)]
+    ids = {s["id"] for s in mob}
+    assert not any(i.startswith(("kmc_low", "brloss", "dose_rate")) for i in ids)
+    assert sum(i.startswith("clusters_mob") for i in ids) == (3 if fast else 4)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_extra_series_are_own_chains_with_own_draws(seed):
+    bk = _bench()
+    cfg = bk.kinetic_config(
+        seed, fast=False, mobility_only=True, mobility_series=3, mobility_frames=40,
+        mobility_frame_dose=1000.0,
+    )  # fmt: skip
+    steps = {s["id"]: s for s in cfg["step"]}
+    for temp in (250, 265, 280, 297):
+        chain = [f"{p}{temp}" for p in MOB]
+        for r in (1, 2):
+            for a in chain:
+                s, s0 = steps[f"{a}_r{r}"], steps[a]
+                # every input comes from the series' own chain (or the shared crystal)
+                for v in s["inputs"].values():
+                    assert v.startswith("nc.") or v.split(".")[0].endswith(f"_r{r}")
+                assert {k: v for k, v in s.items() if k not in ("id", "inputs")} == {
+                    k: v for k, v in s0.items() if k not in ("id", "inputs")
+                }
+        kmc = steps[f"kmc_mob{temp}"]
+        assert kmc["n_frames"] == 40
+        np.testing.assert_allclose(kmc["dose_rate_e_per_A2_s"] * kmc["frame_time_s"], 1000.0)
+        seeds = {_step_seed(seed, f"kmc_mob{temp}" + (f"_r{r}" if r else "")) for r in range(3)}
+        assert len(seeds) == 3
+    # the mobility step itself still reads the first series only
+    assert all("_r" not in v for v in steps["mobility"]["inputs"].values())
+
+
+@pytest.fixture(scope="module")
+def fast_runs(tmp_path_factory):
+    """The fast demo's mobility chain, two series per temperature, seeds 0 and 1."""
+    from perovstem.pipeline.config import parse_config
+    from perovstem.pipeline.runner import run_pipeline
+
+    bk = _bench()
+    runs = {}
+    for seed in (0, 1):
+        cfg = bk.kinetic_config(seed, fast=True, mobility_only=True, mobility_series=2)
+        out = tmp_path_factory.mktemp(f"bk{seed}") / "run"
+        run_pipeline(
+            parse_config(cfg, source="<test>"), out=out, scheduler="serial", quiet=True,
+            report=False,
+        )  # fmt: skip
+        runs[seed] = out
+    return bk, runs
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pooled_series_pool_tracks_only(fast_runs, seed, tmp_path):
+    bk, runs = fast_runs
+    run = runs[seed]
+    step = bk._table(run, "mobility.summary")
+    ea = step[(step["process"] == "temperature") & (step["observable"] == "Gamma1_per_s")]
+    one = bk._ea_with(run, seed, "moment", fast=True)
+    # n_series=1 is the step, to the last digit
+    assert one["value"] == pytest.approx(float(ea["value"].iloc[0]), rel=1e-12)
+    two = bk._ea_with(run, seed, "moment", fast=True, n_series=2)
+    assert np.isfinite(two["value"]) and two["value"] != one["value"]
+    # the second series is another draw ...
+    a = bk._table(run, "clusters_mob258.detections")
+    b = bk._table(run, "clusters_mob258_r1.detections")
+    assert len(a) != len(b) or not np.allclose(a["x_A"], b["x_A"])
+    # ... and pooling a copy of the first series changes no hop rate (the moment Γ₁ is a
+    # ratio of sums) and doubles the steps; the Ea interval narrows (twice the tracks in
+    # the bootstrap).  Tracks of the two series sharing an id would join across series.
+    cp = tmp_path / "run"
+    shutil.copytree(run, cp)
+    for temp in (258, 277, 297):
+        for kind in ("counts", "detections"):
+            shutil.copy(
+                cp / "tables" / f"clusters_mob{temp}.{kind}.parquet",
+                cp / "tables" / f"clusters_mob{temp}_r1.{kind}.parquet",
+            )
+    dup = bk._ea_with(cp, seed, "moment", fast=True, n_series=2)
+    np.testing.assert_allclose(dup["gamma1_per_s"], one["gamma1_per_s"], rtol=1e-12)
+    assert dup["n_steps"] == [2 * n for n in one["n_steps"]]
+    assert two["n_steps"] != dup["n_steps"]
+    assert dup["ci_high"] - dup["ci_low"] < one["ci_high"] - one["ci_low"]
