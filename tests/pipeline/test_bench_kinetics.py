@@ -137,3 +137,35 @@ def test_pooled_series_pool_tracks_only(fast_runs, seed, tmp_path):
     assert dup["n_steps"] == [2 * n for n in one["n_steps"]]
     assert two["n_steps"] != dup["n_steps"]
     assert dup["ci_high"] - dup["ci_low"] < one["ci_high"] - one["ci_low"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mechanism_step_pools_a_second_field_as_the_bench_does(fast_runs, seed, tmp_path):
+    """``quantify.mechanism``'s ``tracks_<k>2`` inputs pool a second field's tracks with a
+    condition's own for the hop rate: the step's Ea is the bench's ``ea_pooled2`` (the
+    pooling that met 0.05 eV on 24 of 24 seeds with 2 fields per temperature) to the last
+    digit, and it differs from the one-field Ea.  Before, the step had no such input."""
+    from perovstem.pipeline.config import parse_config
+    from perovstem.pipeline.runner import run_pipeline
+
+    bk, runs = fast_runs
+    cp = tmp_path / "run"
+    shutil.copytree(runs[seed], cp)
+    cfg = bk.kinetic_config(seed, fast=True, mobility_only=True, mobility_series=2)
+    mob = next(s for s in cfg["step"] if s["id"] == "mobility")
+    for key, src in list(mob["inputs"].items()):
+        if key.startswith("tracks_"):
+            mob["inputs"][f"{key}2"] = src.replace(".", "_r1.", 1)
+    cfg["step"] = [s for s in cfg["step"] if s is not mob] + [mob]  # after the _r1 chains
+    run_pipeline(
+        parse_config(cfg, source="<test>"), out=cp, scheduler="serial", quiet=True, report=False
+    )
+    step = bk._table(cp, "mobility.summary")
+    ea = step[(step["process"] == "temperature") & (step["observable"] == "Gamma1_per_s")]
+    two = bk._ea_with(runs[seed], seed, "moment", fast=True, n_series=2)
+    for k in ("value", "ci_low", "ci_high"):
+        assert float(ea[k].iloc[0]) == pytest.approx(two[k], rel=1e-12), k
+    rows = step[step["process"] == "mobility"].sort_values("temperature_K")
+    assert rows["n_points"].tolist() == two["n_steps"]
+    one = bk._ea_with(runs[seed], seed, "moment", fast=True)
+    assert float(ea["value"].iloc[0]) != one["value"]

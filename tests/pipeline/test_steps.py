@@ -706,6 +706,59 @@ def test_mechanism_strict_tracks_bad_detections_name_the_input(tmp_path):
     assert "tracks_a" in msg and "non-finite" in msg and "mobility_tracks = 'lineage'" in msg, msg
 
 
+@pytest.mark.parametrize(
+    ("wiring", "params", "word"),
+    [
+        ('frames_a = "frames", tracks_a2 = "tracks"', "", "tracks_a2 given without tracks_a"),
+        (
+            'frames_a = "frames", tracks_a = "tracks", tracks_a2 = "text_ids"',
+            'mobility_tracks = "lineage"\n',
+            "tracks_a2: track_id must be numbers",
+        ),
+        (
+            'frames_a = "frames", tracks_a = "tracks", tracks_a2 = "nan_pos"',
+            "",
+            "tracks_a2: cannot track the detections again",
+        ),
+    ],
+)
+def test_mechanism_second_field_bad_input_names_it(tmp_path, wiring, params, word):
+    """A second field's tracks without the first's, with text track ids (pooled by id) or
+    with positions the strict re-tracking refuses are refused naming ``tracks_a2``."""
+    import pandas as pd
+
+    if not get_step("quantify.mechanism").available:
+        pytest.skip("quantify not available in this version")
+    n = 6
+    pd.DataFrame(
+        {"frame": np.arange(n), "time_s": np.arange(n) * 1.0, "cumulative_dose_e_per_A2": 1.0}
+    ).to_csv(tmp_path / "frames.csv", index=False)
+    det = pd.DataFrame(
+        {
+            "frame": np.repeat(np.arange(n), 2),
+            "x_A": np.tile([10.0, 40.0], n),
+            "y_A": 20.0,
+            "n_atoms": 20.0,
+            "track_id": np.tile([0, 1], n),
+        }
+    )
+    det.to_parquet(tmp_path / "tracks.parquet")
+    det.assign(track_id=np.tile(["p", "q"], n)).to_parquet(tmp_path / "text_ids.parquet")
+    bad = det.copy()
+    bad.loc[3, "x_A"] = np.nan
+    bad.to_parquet(tmp_path / "nan_pos.parquet")
+    cfg = tmp_path / "m.toml"
+    cfg.write_text(
+        '[run]\nreport = false\n[inputs]\nframes = "frames.csv"\ntracks = "tracks.parquet"\n'
+        'text_ids = "text_ids.parquet"\nnan_pos = "nan_pos.parquet"\n'
+        '[[step]]\nrun = "quantify.mechanism"\nid = "m"\n' + params + f"inputs = {{ {wiring} }}\n"
+    )
+    from perovstem import DataError
+
+    with pytest.raises(DataError, match=word):
+        run_pipeline(cfg, out=tmp_path / "run", scheduler="serial", quiet=True)
+
+
 def test_mechanism_step_link_cost_default_is_the_library_one():
     """The step's ``mobility_link_cost`` default (steps import no library module at import
     time, so it is a copy) is :data:`perovstem.insitu.tracking.MOBILITY_LINK_COST`."""

@@ -512,6 +512,10 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
         "tracks_b",
         "tracks_c",
         "tracks_d",
+        "tracks_a2",
+        "tracks_b2",
+        "tracks_c2",
+        "tracks_d2",
     ),
     input_kinds={
         **{
@@ -528,6 +532,16 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
                 "table",
                 ("frame", "x_A", "y_A", "track_id"),
                 "the `detections` output of insitu.clusters (tracked clusters)",
+            )
+            for k in "abcd"
+        },
+        **{
+            f"tracks_{k}2": Kind(
+                "table",
+                ("frame", "x_A", "y_A", "track_id"),
+                f"the `detections` of a second field (another crystal) imaged under the "
+                f"condition of frames_{k}: its tracks are pooled with tracks_{k} for the hop "
+                "rate (ids kept apart); the per-frame fits use frames_" + k + " only",
             )
             for k in "abcd"
         },
@@ -582,7 +596,9 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
     "(temperature, dose rate, gas) and the dose-rate / temperature dependence across them; "
     "with cluster tracks (tracks_a ... for frames_a ...) also the Pb⁰ cluster hop rate per "
     "condition (from the detections tracked again with strict links, mobility_tracks) and the "
-    "activation energy of Pb⁰ diffusion.",
+    "activation energy of Pb⁰ diffusion; tracks_a2 ... add a second field's tracks to a "
+    "condition's hop rate (Ea within 0.05 eV needs about 200 hops per temperature: two "
+    "fields of the demo's kind, docs/insitu.md).",
 )
 def quantify_mechanism(
     ctx: Any,
@@ -594,6 +610,10 @@ def quantify_mechanism(
     tracks_b: Any = None,
     tracks_c: Any = None,
     tracks_d: Any = None,
+    tracks_a2: Any = None,
+    tracks_b2: Any = None,
+    tracks_c2: Any = None,
+    tracks_d2: Any = None,
 ) -> dict[str, Any]:
     import pandas as pd
 
@@ -611,28 +631,44 @@ def quantify_mechanism(
         )
     frames = pd.concat([t.assign(series=k) for k, (_, t) in enumerate(given)], ignore_index=True)
     all_tracks = (tracks_a, tracks_b, tracks_c, tracks_d)
+    second = (tracks_a2, tracks_b2, tracks_c2, tracks_d2)
     for i, tt in enumerate(all_tracks):
         if tt is not None and (frames_a, frames_b, frames_c, frames_d)[i] is None:
             raise DataError(f"tracks_{'abcd'[i]} given without frames_{'abcd'[i]}")
+        if second[i] is not None and tt is None:
+            raise DataError(f"tracks_{'abcd'[i]}2 given without tracks_{'abcd'[i]}")
     strict = ctx.params["mobility_tracks"] == "strict"
     cost = float(ctx.params["mobility_link_cost"])
     tr = []
     linked: dict[str, Any] = {"tracks": "lineage"}  # how the hop rate's tracks were linked
     for k, (i, _) in enumerate(given):
-        t = all_tracks[i]
-        if t is None:
+        if all_tracks[i] is None:
             continue
-        if strict:
-            try:
-                t = api(MOBILITY_TRACKS)(t, max_step_A=ctx.params["max_step_A"], link_cost=cost)
-            except DataError as exc:
-                raise DataError(
-                    f"tracks_{'abcd'[i]}: cannot track the detections again for the hop rate "
-                    f"(mobility_tracks = 'strict'): {exc}; mobility_tracks = 'lineage' uses "
-                    "their track_id as it is"
-                ) from None
-            linked = dict(t.attrs["mobility_tracks"])
-        tr.append(t.assign(series=k))
+        offset = 0  # a second field's track ids follow the first's: no hop across fields
+        for name, t in (
+            (f"tracks_{'abcd'[i]}", all_tracks[i]),
+            (f"tracks_{'abcd'[i]}2", second[i]),
+        ):
+            if t is None:
+                continue
+            if strict:
+                try:
+                    t = api(MOBILITY_TRACKS)(t, max_step_A=ctx.params["max_step_A"], link_cost=cost)
+                except DataError as exc:
+                    raise DataError(
+                        f"{name}: cannot track the detections again for the hop rate "
+                        f"(mobility_tracks = 'strict'): {exc}; mobility_tracks = 'lineage' "
+                        "uses their track_id as it is"
+                    ) from None
+                linked = dict(t.attrs["mobility_tracks"])
+            ids = pd.to_numeric(t["track_id"], errors="coerce")
+            if name.endswith("2"):  # (the first field's tracks go in as they are)
+                if ids.isna().any():
+                    raise DataError(f"{name}: track_id must be numbers for pooling fields")
+                t = t.assign(track_id=ids + offset)
+            elif ids.notna().any():
+                offset = int(ids.max()) + 1
+            tr.append(t.assign(series=k))
     kw: dict[str, Any] = {}
     if tr:
         kw = {
