@@ -670,18 +670,15 @@ def test_mechanism_diffusion_ea_from_strict_tracks_not_the_lineage_mislinks(tmp_
     assert rms["strict"] < 0.035 and rms["strict"] < rms["lineage"], (rms, err)
 
 
-def test_mechanism_strict_tracks_bad_detections_name_the_input(tmp_path):
-    """Detections the strict re-tracking cannot link (a NaN position) are refused naming
-    the input and the way out (mobility_tracks = 'lineage')."""
+def _two_still_clusters(tmp_path, n: int = 6):
+    """Writes a per-frame table ``frames.csv`` (n frames of 1 s) to ``tmp_path`` and returns
+    the detections of two still 20-atom clusters 30 Å apart in each frame."""
     import pandas as pd
 
-    if not get_step("quantify.mechanism").available:
-        pytest.skip("quantify not available in this version")
-    n = 6
     pd.DataFrame(
         {"frame": np.arange(n), "time_s": np.arange(n) * 1.0, "cumulative_dose_e_per_A2": 1.0}
     ).to_csv(tmp_path / "frames.csv", index=False)
-    det = pd.DataFrame(
+    return pd.DataFrame(
         {
             "frame": np.repeat(np.arange(n), 2),
             "x_A": np.tile([10.0, 40.0], n),
@@ -690,6 +687,15 @@ def test_mechanism_strict_tracks_bad_detections_name_the_input(tmp_path):
             "track_id": np.tile([0, 1], n),
         }
     )
+
+
+def test_mechanism_strict_tracks_bad_detections_name_the_input(tmp_path):
+    """Detections the strict re-tracking cannot link (a NaN position) are refused naming
+    the input and the way out (mobility_tracks = 'lineage')."""
+
+    if not get_step("quantify.mechanism").available:
+        pytest.skip("quantify not available in this version")
+    det = _two_still_clusters(tmp_path)
     det.loc[3, "x_A"] = np.nan
     det.to_parquet(tmp_path / "tracks.parquet")
     cfg = tmp_path / "m.toml"
@@ -725,25 +731,14 @@ def test_mechanism_strict_tracks_bad_detections_name_the_input(tmp_path):
 def test_mechanism_second_field_bad_input_names_it(tmp_path, wiring, params, word):
     """A second field's tracks without the first's, with text track ids (pooled by id) or
     with positions the strict re-tracking refuses are refused naming ``tracks_a2``."""
-    import pandas as pd
 
     if not get_step("quantify.mechanism").available:
         pytest.skip("quantify not available in this version")
-    n = 6
-    pd.DataFrame(
-        {"frame": np.arange(n), "time_s": np.arange(n) * 1.0, "cumulative_dose_e_per_A2": 1.0}
-    ).to_csv(tmp_path / "frames.csv", index=False)
-    det = pd.DataFrame(
-        {
-            "frame": np.repeat(np.arange(n), 2),
-            "x_A": np.tile([10.0, 40.0], n),
-            "y_A": 20.0,
-            "n_atoms": 20.0,
-            "track_id": np.tile([0, 1], n),
-        }
-    )
+    det = _two_still_clusters(tmp_path)
     det.to_parquet(tmp_path / "tracks.parquet")
-    det.assign(track_id=np.tile(["p", "q"], n)).to_parquet(tmp_path / "text_ids.parquet")
+    det.assign(track_id=np.tile(["p", "q"], len(det) // 2)).to_parquet(
+        tmp_path / "text_ids.parquet"
+    )
     bad = det.copy()
     bad.loc[3, "x_A"] = np.nan
     bad.to_parquet(tmp_path / "nan_pos.parquet")
