@@ -539,9 +539,9 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
             f"tracks_{k}2": Kind(
                 "table",
                 ("frame", "x_A", "y_A", "track_id"),
-                f"the `detections` of a second field (another crystal) imaged under the "
+                "the `detections` of a second field (another crystal) imaged under the "
                 f"condition of frames_{k}: its tracks are pooled with tracks_{k} for the hop "
-                "rate (ids kept apart); the per-frame fits use frames_" + k + " only",
+                f"rate (ids kept apart); the per-frame fits use frames_{k} only",
             )
             for k in "abcd"
         },
