@@ -8,9 +8,10 @@ are run as pipeline steps, exactly as in the demo (same step ids and parameters,
   ``simulate.kmc`` → ``simulate.insitu_series`` → ``insitu.register`` → ``insitu.clusters``
   → ``quantify.br_loss``; then ``quantify.dose_rate`` (dose- or time-controlled: the
   simulator's Br desorption is per dose, so ``dose_controlled`` is the right mechanism);
-* Pb⁰ diffusion Ea from the imaged mobility series (4 temperatures, 3 with ``--fast``):
-  ``simulate.kmc`` → … → ``insitu.clusters`` per temperature → ``quantify.mechanism``
-  ("mobility"): hop rate Γ₁ per temperature from the tracked clusters, Arrhenius Ea.
+* Pb⁰ diffusion Ea from the imaged mobility series (4 temperatures, 3 with ``--fast``, two
+  fields each): ``simulate.kmc`` → … → ``insitu.clusters`` per temperature and field →
+  ``quantify.mechanism`` ("mobility"): hop rate Γ₁ per temperature from the tracked clusters
+  of both fields, Arrhenius Ea.
 
 Truth: D_Br = :attr:`KineticParameters.D_Br_e_per_A2` (3·10⁴ e⁻/Å²), Ea =
 ``hop_activation_eV`` (0.62 eV), Γ₁(T) = ``hop_rate_per_s(T, φ)``.  Per seed the estimate and
@@ -37,10 +38,14 @@ Scaling of the Ea (how much data 0.05 eV needs): ``--mobility-only`` runs the cr
 the mobility chain only (no D_Br, no dose-rate mechanism; the same step ids, hence the same
 draws as the full bench); ``--mobility-frames N`` sets the frames per mobility series (demo
 20), ``--mobility-frame-dose D`` the dose per frame in e⁻/Å² (demo 2000, the frame times
-stay the demo's) and ``--mobility-series R`` images R crystals per temperature (the same
-chain under step ids ``..._r1``, ``..._r2``: own KMC and image draws); ``ea_pooled<m>``
-(m = 2, 4, … and R) is the Ea of the first m series' tracks pooled per temperature, with the
-step's estimator, options and bootstrap stream (the step itself reads the first series).
+stay the demo's) and ``--mobility-series R`` images R crystals (fields) per temperature (the
+demo's 2: the same chain under step ids ``..._r1``, ``..._r2``: own KMC and image draws; the
+step pools the first two, ``tracks_<k>2``; with 1 it reads the first field only, the demo
+before session 23); ``ea_pooled<m>`` (m = 1, 2, 4, … and R, but the step's own) is the Ea of
+the first m fields' tracks pooled per temperature, with the step's estimator, options and
+bootstrap stream (the default run's ``ea_pooled1`` is the one-field demo's Ea on the same
+draws).  Results written before session 23 (``bench_kinetics_mobility_*.json``): there ``ea``
+is the first field's Ea and ``ea_pooled2`` the two fields'.
 With none of these flags the configuration is the demo's, step for step.
 
 Run: ``python benchmarks/bench_kinetics.py [--seeds 12] [--first-seed 0] [--fast]
@@ -85,8 +90,11 @@ RATES = {"low": 1000.0, "high": 4000.0}
 NEEDED = ("nc", "kmc_", "series_", "register_", "clusters_", "brloss_", "dose_rate", "mobility")
 
 
-#: the steps of one imaged mobility series (the demo's, per temperature)
+#: the steps of one imaged mobility series (the demo's, per temperature and field)
 MOB_CHAIN = ("kmc_mob", "series_mob", "register_mob", "clusters_mob")
+
+#: imaged fields per mobility temperature in the demo (its ``tracks_<k>2`` inputs)
+DEMO_FIELDS = 2
 
 
 def kinetic_config(
@@ -95,7 +103,7 @@ def kinetic_config(
     fast: bool,
     mobility_only: bool = False,
     mobility_frames: int | None = None,
-    mobility_series: int = 1,
+    mobility_series: int | None = None,
     mobility_frame_dose: float | None = None,
 ) -> dict:
     """The demo configuration with only the steps of the D_Br and Pb⁰-diffusion chains.
@@ -104,10 +112,12 @@ def kinetic_config(
     ``mobility_frames``: frames per mobility series (the demo's 20, or 12 with ``fast``);
     ``mobility_frame_dose``: dose per mobility frame, e⁻/Å² (the demo's 2000; the frame
     time stays the demo's, ~1 hop of a 20-atom cluster per frame, so the dose rate changes);
-    ``mobility_series``: imaged series per temperature (the demo's 1; series ``r`` ≥ 1 are
-    the same chain with step ids suffixed ``_r{r}``, hence their own KMC and image draws —
-    another crystal of the same kind imaged at that temperature).  With the defaults the
-    configuration is the demo's, step for step.
+    ``mobility_series``: imaged fields per temperature (None: the demo's 2).  Field ``r`` ≥ 1
+    is the first field's chain with step ids suffixed ``_r{r}`` (the demo's second field is
+    ``_r1``), hence its own KMC and image draws — another crystal of the same kind imaged at
+    that temperature.  The mobility step pools the first two fields (``tracks_<k>2``, as the
+    demo); with 1 it reads the first field only (the demo before session 23).  With the
+    defaults the configuration is the demo's, step for step.
     """
     cfg = demo_config(fast=fast, seed=seed)
     need = (*MOB_CHAIN, "mobility") if mobility_only else NEEDED[1:]
@@ -124,19 +134,41 @@ def kinetic_config(
         for s in steps:
             if s["id"].startswith("kmc_mob"):
                 s["dose_rate_e_per_A2_s"] = float(mobility_frame_dose) / s["frame_time_s"]
-    extra = []
-    for r in range(1, int(mobility_series)):
-        for s in steps:
-            if s["id"].startswith(MOB_CHAIN):
-                t = {**s, "id": f"{s['id']}_r{r}"}
-                t["inputs"] = {
-                    k: v if v.startswith("nc.") else v.replace(".", f"_r{r}.", 1)
-                    for k, v in s["inputs"].items()
-                }
-                extra.append(t)
-    cfg["step"] = steps + extra
+    n_fields = DEMO_FIELDS if mobility_series is None else int(mobility_series)
+    if n_fields < 1:
+        raise ValueError(f"mobility_series must be >= 1, got {mobility_series!r}")
+    if n_fields != DEMO_FIELDS:
+        # the demo's chains of field 0 only, then fields 1 ... n_fields - 1 from them
+        steps = [s for s in steps if not (s["id"].startswith(MOB_CHAIN) and "_r" in s["id"])]
+        mob = next(s for s in steps if s["id"] == "mobility")
+        mob["inputs"] = {k: v for k, v in mob["inputs"].items() if not k.endswith("2")}
+        extra = []
+        for r in range(1, n_fields):
+            for s in steps:
+                if s["id"].startswith(MOB_CHAIN):
+                    t = {**s, "id": f"{s['id']}_r{r}"}
+                    t["inputs"] = {
+                        k: v if v.startswith("nc.") else v.replace(".", f"_r{r}.", 1)
+                        for k, v in s["inputs"].items()
+                    }
+                    extra.append(t)
+        if n_fields >= 2:  # the step pools the first two fields, as the demo
+            for k, v in list(mob["inputs"].items()):
+                if k.startswith("tracks_"):
+                    mob["inputs"][f"{k}2"] = v.replace(".", "_r1.", 1)
+        i = steps.index(mob)  # (the extra chains before the step that reads them)
+        steps = steps[:i] + extra + steps[i:]
+    cfg["step"] = steps
     cfg["run"] = {**cfg["run"], "on_error": "stop", "name": "bench-kinetics"}
     return cfg
+
+
+def _fields_in(run: Path, tag: str) -> int:
+    """Imaged fields of the mobility series ``tag`` in the run (``clusters_<tag>_r<k>``)."""
+    n = 1
+    while (run / "tables" / f"{tag}_r{n}.detections.parquet").exists():
+        n += 1
+    return n
 
 
 def _table(run: Path, name: str) -> pd.DataFrame:
@@ -173,16 +205,17 @@ def _registration_rms_A(run: Path, tag: str) -> float:
 
 def _ea_with(
     run: Path, seed: int, estimator: str, *, fast: bool, tracks: str = "strict",
-    cost: float | None = None, n_series: int = 1,
+    cost: float | None = None, n_series: int | None = None,
 ) -> dict:  # fmt: skip
     """The mobility step's Ea recomputed with another hop estimator and/or other tracks on
     the same detections (same inputs, options and bootstrap stream as the step: before/after
     on one draw).  ``tracks``: ``"strict"`` (the detections tracked again with ends and
     births of ``cost`` nats, default the step's) or ``"lineage"`` (the ``insitu.clusters``
-    step's tracks, what the step used before the strict mobility tracks).  ``n_series`` > 1:
-    the tracks of the ``n_series`` series per temperature (``--mobility-series``) pooled
-    into one hop rate per temperature (track ids kept apart; frame times and the frame
-    table of the first series), otherwise as the step."""
+    step's tracks, what the step used before the strict mobility tracks).  ``n_series``:
+    the tracks of the first ``n_series`` fields per temperature (``--mobility-series``)
+    pooled into one hop rate per temperature (track ids kept apart; frame times and the
+    frame table of the first field); None: as the step (the first two fields where the run
+    has them, as the demo, else one)."""
     from perovstem.insitu.tracking import MOBILITY_LINK_COST, mobility_tracks
     from perovstem.pipeline.runner import _step_seed
 
@@ -193,7 +226,8 @@ def _ea_with(
         tag = step["inputs"][key].split(".")[0]
         frames.append(_table(run, f"{tag}.counts").assign(series=k))
         offset = 0
-        for r in range(int(n_series)):
+        n = min(_fields_in(run, tag), DEMO_FIELDS) if n_series is None else int(n_series)
+        for r in range(n):
             det = _table(run, f"{tag}_r{r}.detections" if r else f"{tag}.detections")
             if tracks == "strict":
                 det = mobility_tracks(det, max_step_A=8.0, link_cost=cost)
@@ -219,9 +253,11 @@ def _ea_with(
 
 def one_seed(
     seed: int, *, fast: bool, compare: str | None = None, link_costs: tuple = (),
-    mobility_only: bool = False, mobility_frames: int | None = None, mobility_series: int = 1,
-    mobility_frame_dose: float | None = None,
+    mobility_only: bool = False, mobility_frames: int | None = None,
+    mobility_series: int | None = None, mobility_frame_dose: float | None = None,
 ) -> dict:  # fmt: skip
+    n_fields = DEMO_FIELDS if mobility_series is None else int(mobility_series)
+    n_step = min(n_fields, DEMO_FIELDS)  # the fields the mobility step pools
     cfg = parse_config(
         kinetic_config(
             seed,
@@ -262,10 +298,16 @@ def one_seed(
             dt = float(np.median(np.diff(frames["time_s"].to_numpy(float))))
             phi = float(frames["dose_rate_e_per_A2_s"].iloc[0])
             g_true = KP.hop_rate_per_s(temp, phi)
-            truth_tracks = _table(run, f"kmc_{tag}.clusters").rename(
-                columns={"cluster_id": "track_id"}
+            fields = [tag, *(f"{tag}_r{r}" for r in range(1, n_step))]  # the step's
+            # the exact cluster tracks of the fields the step pools (ids kept apart)
+            exact, offset = [], 0
+            for f in fields:
+                t = _table(run, f"kmc_{f}.clusters")
+                exact.append(t.assign(track_id=t["cluster_id"] + offset))
+                offset = int(exact[-1]["track_id"].max()) + 1 if len(t) else offset
+            oracle = cluster_hop_rate(
+                pd.concat(exact, ignore_index=True), frame_time_s=dt, n_boot=20, rng=0
             )
-            oracle = cluster_hop_rate(truth_tracks, frame_time_s=dt, n_boot=20, rng=0)
             per_t.append(
                 {
                     "temperature_K": temp,
@@ -277,7 +319,9 @@ def one_seed(
                     "ratio_images": float(r["value"]) / g_true,
                     "ratio_exact_tracks": oracle["rate_per_s"] / g_true,
                     "n_steps": int(r["n_points"]),
-                    "registration_rms_A": _registration_rms_A(run, tag),
+                    "registration_rms_A": float(
+                        np.sqrt(np.mean([_registration_rms_A(run, f) ** 2 for f in fields]))
+                    ),
                 }
             )
         out["mobility"] = per_t
@@ -292,10 +336,10 @@ def one_seed(
             out["ea"] = {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
         if compare:
             out[f"ea_{compare}"] = _ea_with(run, seed, compare, fast=fast)
-        # the first m = 2, 4, ... series of each temperature pooled (and all of them): what
-        # more crystals per temperature give, on the same draws
-        pools = sorted({*(2**i for i in range(1, 8) if 2**i < mobility_series), mobility_series})
-        for m in (p for p in pools if p > 1):
+        # the first m = 1, 2, 4, ... fields of each temperature pooled (and all of them; not
+        # the step's own): what fewer or more crystals per temperature give, same draws
+        pools = sorted({*(2**i for i in range(8) if 2**i < n_fields), n_fields} - {n_step})
+        for m in pools:
             for est in ("moment", *([compare] if compare else [])):
                 key = f"ea_pooled{m}" + ("" if est == "moment" else f"_{est}")
                 out[key] = _ea_with(run, seed, est, fast=fast, n_series=m)
@@ -420,10 +464,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--mobility-series",
         type=int,
-        default=1,
-        help="imaged mobility series per temperature (default 1, the demo's); with more, "
-        "ea_pooled<m> is the Ea of the first m series' tracks pooled per temperature "
-        "(m = 2, 4, ... and all)",
+        default=None,
+        help=f"imaged fields per mobility temperature (default {DEMO_FIELDS}, the demo's; the "
+        "step pools the first two); ea_pooled<m> is the Ea of the first m fields' tracks "
+        "pooled per temperature (m = 1, 2, 4, ... and all, but the step's own)",
     )
     ap.add_argument(
         "--mobility-frame-dose",
@@ -448,8 +492,8 @@ def main(argv: list[str] | None = None) -> dict:
         + (f", {a.mobility_frames} frames per mobility series" if a.mobility_frames else "")
         + (f", {a.mobility_frame_dose:g} e⁻/Å² per mobility frame" if a.mobility_frame_dose else "")
         + (
-            f", {a.mobility_series} mobility series per temperature"
-            if a.mobility_series > 1
+            f", {a.mobility_series} mobility fields per temperature"
+            if a.mobility_series is not None
             else ""
         ),  # fmt: skip
         "seeds": seeds,

@@ -1,9 +1,10 @@
-"""benchmarks/bench_kinetics.py: the mobility-only, frames and series options (issue #7 scaling).
+"""benchmarks/bench_kinetics.py: the mobility-only, frames and fields options (issue #7 scaling).
 
-The defaults must stay the demo's kinetic chains step for step (D_Br unchanged); the
-mobility-only configuration is the demo's mobility chain and nothing else; extra series per
-temperature are the same chain with their own step ids (own draws); and pooling series per
-temperature pools their tracks, nothing else.
+The defaults must stay the demo's kinetic chains step for step (D_Br unchanged; two imaged
+fields per mobility temperature since session 23); the mobility-only configuration is the
+demo's mobility chain and nothing else; other numbers of fields per temperature are the same
+chain with their own step ids (own draws); and pooling fields per temperature pools their
+tracks, nothing else.
 """
 
 import importlib.util
@@ -42,8 +43,19 @@ def test_default_config_is_the_demo_kinetic_chains(seed, fast):
     ]
     assert bk.kinetic_config(seed, fast=fast)["step"] == want
     assert (
-        bk.kinetic_config(seed, fast=fast, mobility_frames=None, mobility_series=1)["step"] == want
+        bk.kinetic_config(seed, fast=fast, mobility_frames=None, mobility_series=2)["step"] == want
     )
+    # one field per temperature (the demo before): the first fields' chains, the step reads
+    # them alone, every other step unchanged
+    one = bk.kinetic_config(seed, fast=fast, mobility_series=1)["step"]
+    assert one == [
+        {**s, "inputs": {k: v for k, v in s["inputs"].items() if not k.endswith("2")}}
+        if s["id"] == "mobility"
+        else s
+        for s in want
+        if not (s["id"].startswith(MOB) and s["id"].endswith("_r1"))
+    ]
+    assert len(one) == len(want) - 4 * (3 if fast else 4)
 
 
 @pytest.mark.parametrize("seed", [0, 7])
@@ -56,7 +68,7 @@ def test_mobility_only_is_the_demo_mobility_chain(seed, fast):
     assert mob == [s for s in full if s["id"] in ("nc", "mobility") or s["id"].startswith(MOB)]
     ids = {s["id"] for s in mob}
     assert not any(i.startswith(("kmc_low", "brloss", "dose_rate")) for i in ids)
-    assert sum(i.startswith("clusters_mob") for i in ids) == (3 if fast else 4)
+    assert sum(i.startswith("clusters_mob") for i in ids) == 2 * (3 if fast else 4)  # 2 fields
 
 
 @pytest.mark.parametrize("seed", [0, 7])
@@ -83,20 +95,24 @@ def test_extra_series_are_own_chains_with_own_draws(seed):
         np.testing.assert_allclose(kmc["dose_rate_e_per_A2_s"] * kmc["frame_time_s"], 1000.0)
         seeds = {_step_seed(seed, f"kmc_mob{temp}" + (f"_r{r}" if r else "")) for r in range(3)}
         assert len(seeds) == 3
-    # the mobility step itself still reads the first series only
-    assert all("_r" not in v for v in steps["mobility"]["inputs"].values())
+    # the mobility step pools the first two fields, as the demo
+    inputs = steps["mobility"]["inputs"]
+    for slot, temp in zip("abcd", (250, 265, 280, 297), strict=True):
+        assert inputs[f"tracks_{slot}"] == f"clusters_mob{temp}.detections"
+        assert inputs[f"tracks_{slot}2"] == f"clusters_mob{temp}_r1.detections"
+    assert not any("_r2" in v for v in inputs.values())
 
 
 @pytest.fixture(scope="module")
 def fast_runs(tmp_path_factory):
-    """The fast demo's mobility chain, two series per temperature, seeds 0 and 1."""
+    """The fast demo's mobility chain (two fields per temperature), seeds 0 and 1."""
     from perovstem.pipeline.config import parse_config
     from perovstem.pipeline.runner import run_pipeline
 
     bk = _bench()
     runs = {}
     for seed in (0, 1):
-        cfg = bk.kinetic_config(seed, fast=True, mobility_only=True, mobility_series=2)
+        cfg = bk.kinetic_config(seed, fast=True, mobility_only=True)
         out = tmp_path_factory.mktemp(f"bk{seed}") / "run"
         run_pipeline(
             parse_config(cfg, source="<test>"), out=out, scheduler="serial", quiet=True,
@@ -110,20 +126,16 @@ def fast_runs(tmp_path_factory):
 def test_pooled_series_pool_tracks_only(fast_runs, seed, tmp_path):
     bk, runs = fast_runs
     run = runs[seed]
-    step = bk._table(run, "mobility.summary")
-    ea = step[(step["process"] == "temperature") & (step["observable"] == "Gamma1_per_s")]
-    one = bk._ea_with(run, seed, "moment", fast=True)
-    # n_series=1 is the step, to the last digit
-    assert one["value"] == pytest.approx(float(ea["value"].iloc[0]), rel=1e-12)
+    one = bk._ea_with(run, seed, "moment", fast=True, n_series=1)
     two = bk._ea_with(run, seed, "moment", fast=True, n_series=2)
     assert np.isfinite(two["value"]) and two["value"] != one["value"]
-    # the second series is another draw ...
+    # the second field is another draw ...
     a = bk._table(run, "clusters_mob258.detections")
     b = bk._table(run, "clusters_mob258_r1.detections")
     assert len(a) != len(b) or not np.allclose(a["x_A"], b["x_A"])
-    # ... and pooling a copy of the first series changes no hop rate (the moment Γ₁ is a
+    # ... and pooling a copy of the first field changes no hop rate (the moment Γ₁ is a
     # ratio of sums) and doubles the steps; the Ea interval narrows (twice the tracks in
-    # the bootstrap).  Tracks of the two series sharing an id would join across series.
+    # the bootstrap).  Tracks of the two fields sharing an id would join across fields.
     cp = tmp_path / "run"
     shutil.copytree(run, cp)
     for temp in (258, 277, 297):
@@ -141,31 +153,37 @@ def test_pooled_series_pool_tracks_only(fast_runs, seed, tmp_path):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_mechanism_step_pools_a_second_field_as_the_bench_does(fast_runs, seed, tmp_path):
-    """``quantify.mechanism``'s ``tracks_<k>2`` inputs pool a second field's tracks with a
-    condition's own for the hop rate: the step's Ea is the bench's ``ea_pooled2`` (the
-    pooling that met 0.05 eV on 24 of 24 seeds with 2 fields per temperature) to the last
-    digit, and it differs from the one-field Ea.  Before, the step had no such input."""
+    """The demo's mobility step pools its two fields per temperature (``tracks_<k>2``)
+    for the hop rate: its Ea is the bench's two-field pooling (the design that met
+    0.05 eV on 24 of 24 seeds) to the last digit, and it differs from the one-field Ea;
+    the bench's ``ea`` (default: as the step) is it.  The one-field configuration's step
+    (``mobility_series=1``, the demo before session 23) is the one-field pooling."""
     from perovstem.pipeline.config import parse_config
     from perovstem.pipeline.runner import run_pipeline
 
     bk, runs = fast_runs
+
+    def step_ea(run):
+        t = bk._table(run, "mobility.summary")
+        return t[(t["process"] == "temperature") & (t["observable"] == "Gamma1_per_s")], t
+
+    ea, step = step_ea(runs[seed])
+    two = bk._ea_with(runs[seed], seed, "moment", fast=True, n_series=2)
+    default = bk._ea_with(runs[seed], seed, "moment", fast=True)
+    for k in ("value", "ci_low", "ci_high"):
+        assert float(ea[k].iloc[0]) == pytest.approx(two[k], rel=1e-12), k
+        assert default[k] == two[k]
+    rows = step[step["process"] == "mobility"].sort_values("temperature_K")
+    assert rows["n_points"].tolist() == two["n_steps"]
+    one = bk._ea_with(runs[seed], seed, "moment", fast=True, n_series=1)
+    assert float(ea["value"].iloc[0]) != one["value"]
+    # the one-field design: same first-field draws (same step ids), the step reads them alone
     cp = tmp_path / "run"
     shutil.copytree(runs[seed], cp)
-    cfg = bk.kinetic_config(seed, fast=True, mobility_only=True, mobility_series=2)
-    mob = next(s for s in cfg["step"] if s["id"] == "mobility")
-    for key, src in list(mob["inputs"].items()):
-        if key.startswith("tracks_"):
-            mob["inputs"][f"{key}2"] = src.replace(".", "_r1.", 1)
-    cfg["step"] = [s for s in cfg["step"] if s is not mob] + [mob]  # after the _r1 chains
+    cfg = bk.kinetic_config(seed, fast=True, mobility_only=True, mobility_series=1)
     run_pipeline(
         parse_config(cfg, source="<test>"), out=cp, scheduler="serial", quiet=True, report=False
     )
-    step = bk._table(cp, "mobility.summary")
-    ea = step[(step["process"] == "temperature") & (step["observable"] == "Gamma1_per_s")]
-    two = bk._ea_with(runs[seed], seed, "moment", fast=True, n_series=2)
+    ea1, _ = step_ea(cp)
     for k in ("value", "ci_low", "ci_high"):
-        assert float(ea[k].iloc[0]) == pytest.approx(two[k], rel=1e-12), k
-    rows = step[step["process"] == "mobility"].sort_values("temperature_K")
-    assert rows["n_points"].tolist() == two["n_steps"]
-    one = bk._ea_with(runs[seed], seed, "moment", fast=True)
-    assert float(ea["value"].iloc[0]) != one["value"]
+        assert float(ea1[k].iloc[0]) == pytest.approx(one[k], rel=1e-12), k

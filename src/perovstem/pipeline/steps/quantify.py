@@ -745,6 +745,11 @@ def quantify_mechanism(
                 if strict
                 else " Hop rates from the lineage tracks."
             )
+            + (
+                " Two fields pooled per condition (tracks_<k> and tracks_<k>2)."
+                if any(t is not None for t in second)
+                else ""
+            )
             if tr
             else ""
         ),
