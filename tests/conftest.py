@@ -39,3 +39,23 @@ def tomo_data(shared_data: Path) -> Path:
     if not p.is_dir():
         pytest.skip(f"{p} is absent")
     return p
+
+
+@pytest.fixture(scope="session")
+def bench_module():
+    """``bench_module("bench_kinetics")``: the module ``benchmarks/<name>.py`` (the
+    benchmarks are scripts, not a package), loaded once per session."""
+    import importlib.util
+
+    loaded: dict[str, object] = {}
+
+    def load(name: str):
+        if name not in loaded:
+            path = _REPO / "benchmarks" / f"{name}.py"
+            spec = importlib.util.spec_from_file_location(name, path)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            loaded[name] = mod
+        return loaded[name]
+
+    return load

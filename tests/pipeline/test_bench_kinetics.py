@@ -7,9 +7,7 @@ chain with their own step ids (own draws); and pooling fields per temperature po
 tracks, nothing else.
 """
 
-import importlib.util
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,14 +15,10 @@ import pytest
 from perovstem.pipeline.demo import demo_config
 from perovstem.pipeline.runner import _step_seed
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_kinetics.py"
 
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_kinetics", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture(scope="module")
+def bk(bench_module):
+    return bench_module("bench_kinetics")
 
 
 MOB = ("kmc_mob", "series_mob", "register_mob", "clusters_mob")
@@ -32,9 +26,8 @@ MOB = ("kmc_mob", "series_mob", "register_mob", "clusters_mob")
 
 @pytest.mark.parametrize("seed", [0, 7])
 @pytest.mark.parametrize("fast", [False, True])
-def test_default_config_is_the_demo_kinetic_chains(seed, fast):
+def test_default_config_is_the_demo_kinetic_chains(bk, seed, fast):
     # the bench's figures (D_Br above all) must not move when the new options are off
-    bk = _bench()
     want = [
         s
         for s in demo_config(fast=fast, seed=seed)["step"]
@@ -60,8 +53,7 @@ def test_default_config_is_the_demo_kinetic_chains(seed, fast):
 
 @pytest.mark.parametrize("seed", [0, 7])
 @pytest.mark.parametrize("fast", [False, True])
-def test_mobility_only_is_the_demo_mobility_chain(seed, fast):
-    bk = _bench()
+def test_mobility_only_is_the_demo_mobility_chain(bk, seed, fast):
     full = bk.kinetic_config(seed, fast=fast)["step"]
     mob = bk.kinetic_config(seed, fast=fast, mobility_only=True)["step"]
     # the same steps, same parameters, same ids (hence the same step seeds and draws)
@@ -72,8 +64,7 @@ def test_mobility_only_is_the_demo_mobility_chain(seed, fast):
 
 
 @pytest.mark.parametrize("seed", [0, 7])
-def test_extra_series_are_own_chains_with_own_draws(seed):
-    bk = _bench()
+def test_extra_series_are_own_chains_with_own_draws(bk, seed):
     cfg = bk.kinetic_config(
         seed, fast=False, mobility_only=True, mobility_series=3, mobility_frames=40,
         mobility_frame_dose=1000.0,
@@ -104,12 +95,11 @@ def test_extra_series_are_own_chains_with_own_draws(seed):
 
 
 @pytest.fixture(scope="module")
-def fast_runs(tmp_path_factory):
+def fast_runs(bk, tmp_path_factory):
     """The fast demo's mobility chain (two fields per temperature), seeds 0 and 1."""
     from perovstem.pipeline.config import parse_config
     from perovstem.pipeline.runner import run_pipeline
 
-    bk = _bench()
     runs = {}
     for seed in (0, 1):
         cfg = bk.kinetic_config(seed, fast=True, mobility_only=True)
