@@ -52,8 +52,9 @@ Run: ``python benchmarks/bench_kinetics.py [--seeds 12] [--first-seed 0] [--fast
 [--compare truncated] [--link-costs lineage] [--mobility-only] [--mobility-frames N]
 [--mobility-frame-dose D] [--mobility-series R]``; writes ``benchmarks/results/bench_kinetics.json`` (``--out`` to change;
 ``bench_kinetics_seeds100.json`` is ``--first-seed 100``).  Default: full demo sizes (48 Å
-crystal, 40 frames per dose rate, 4 × 20 mobility frames), 12 seeds: 380–560 s on 2 cores
-shared at load 1–5.6 (≈ 20 s per seed when idle, after the first's numba compilation).
+crystal, 40 frames per dose rate, 4 temperatures × 2 fields × 20 mobility frames), 12 seeds:
+599 s on 2 cores beside a demo run, load 0.3–1.3 (31–46 s per seed; one field per
+temperature: ≈ 20 s per seed when idle, after the first's numba compilation).
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def test_joint_fit_reads_the_damaged_host_alone_as_no_cluster(crystal):
     """The host alone under a 20-atom aperture reads |n| < 2 atoms in every case (measured
     0.74, 1.18, -0.66 native; 0.74, 1.18, 1.02 AVX2 mode): each column's own amplitude
     takes its own damage.  A host model with one mass-to-empty-site ratio leaves ±20 % of
-    such a cluster (docs/insitu.md, session 14)."""
+    such a cluster (docs/insitu_validation.md, session 14)."""
     got = [_count(crystal, s, 0)[0] for s in range(1, 4)]
     assert max(abs(g) for g in got) < 2.0, got
 

@@ -191,9 +191,9 @@ def track_clusters(
         (median; error of the median the detections' ``<size_column>_err`` over
         sqrt(frames)), with the frame-pair model's own costs (Jaqaman et al. 2008 decide
         merges on track segments, not on one frame pair).  1 (default): the frame pair
-        alone.  3 was measured (``docs/insitu.md``, session 16) and is not the default: on
-        the tuning series (KMC truth and images) it found no more merges, on held-out
-        image series 0-2 more per 12 series at about the same precision.
+        alone.  3 was measured (``docs/insitu_validation.md``, session 16) and is not the
+        default: on the tuning series (KMC truth and images) it found no more merges, on
+        held-out image series 0-2 more per 12 series at about the same precision.
     lookahead : int
         ``"global"`` only: frame pairs ahead on which each frame pair's decision is
         weighed (multiple-hypothesis tracking with N-scan-back pruning: Reid, IEEE Trans.
@@ -203,7 +203,7 @@ def track_clusters(
         1 nat of the best) are each committed to a copy of the tracks, the next
         ``lookahead`` pairs are solved given it, and the set with the least summed cost
         is committed; new tracks then take the tracked population's mobility as prior.
-        0 (default): the frame pair alone; 1 or 2 were measured (``docs/insitu.md``,
+        0 (default): the frame pair alone; 1 or 2 were measured (``docs/insitu_validation.md``,
         session 17) and are not the default: under this frame-pair model the next pair
         adds little evidence (counts and hops are judged against the last detection) and
         the decisions it changes were as often wrong as right.
