@@ -203,10 +203,11 @@ def track_clusters(
         1 nat of the best) are each committed to a copy of the tracks, the next
         ``lookahead`` pairs are solved given it, and the set with the least summed cost
         is committed; new tracks then take the tracked population's mobility as prior.
-        0 (default): the frame pair alone; 1 or 2 were measured (``docs/insitu_validation.md``,
-        session 17) and are not the default: under this frame-pair model the next pair
-        adds little evidence (counts and hops are judged against the last detection) and
-        the decisions it changes were as often wrong as right.
+        0 (default): the frame pair alone; 1 or 2 were measured
+        (``docs/insitu_validation.md``, session 17) and are not the default: under this
+        frame-pair model the next pair adds little evidence (counts and hops are judged
+        against the last detection) and the decisions it changes were as often wrong as
+        right.
     end_cost, birth_cost : float
         ``"global"`` only: prior cost, nats (negative log-probability), of a track that
         ends and of a detection that starts a new track (each plus the size penalty of

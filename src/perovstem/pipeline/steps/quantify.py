@@ -746,7 +746,7 @@ def quantify_mechanism(
                 else " Hop rates from the lineage tracks."
             )
             + (
-                " Two fields pooled per condition (tracks_<k> and tracks_<k>2)."
+                " Where a condition has tracks_<k>2, its two fields' tracks are pooled."
                 if any(t is not None for t in second)
                 else ""
             )
