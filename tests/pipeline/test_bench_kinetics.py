@@ -177,3 +177,82 @@ def test_mechanism_step_pools_a_second_field_as_the_bench_does(fast_runs, seed, 
     ea1, _ = step_ea(cp)
     for k in ("value", "ci_low", "ci_high"):
         assert float(ea1[k].iloc[0]) == pytest.approx(one[k], rel=1e-12), k
+
+
+def _rerun_mobility(bk, run, seed, tmp_path, inputs, **params):
+    """The fast run's mobility step again, in a copy of the run, with other inputs."""
+    from perovstem.pipeline.config import parse_config
+    from perovstem.pipeline.runner import run_pipeline
+
+    cp = tmp_path / "run"
+    shutil.copytree(run, cp)
+    cfg = bk.kinetic_config(seed, fast=True, mobility_only=True)
+    mob = next(s for s in cfg["step"] if s["id"] == "mobility")
+    mob["inputs"] = inputs
+    mob.update(params)
+    run_pipeline(
+        parse_config(cfg, source="<test>"), out=cp, scheduler="serial", quiet=True, report=False
+    )
+    return bk._table(cp, "mobility.summary")
+
+
+TEMPS = (258, 277, 297)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mechanism_list_inputs_pool_any_number_of_fields(fast_runs, seed, tmp_path):
+    """``condition_frames`` / ``condition_tracks`` / ``tracks_of`` (any number of
+    conditions and fields) give the demo's named-input table exactly when they name the
+    same tables, and pool a third field per condition as the bench pools fields."""
+    bk, runs = fast_runs
+    step = bk._table(runs[seed], "mobility.summary")
+    frames = [f"clusters_mob{t}.counts" for t in TEMPS]
+    two = [f"clusters_mob{t}{r}.detections" for t in TEMPS for r in ("", "_r1")]
+    as_lists = _rerun_mobility(
+        bk, runs[seed], seed, tmp_path / "lists",
+        {"condition_frames": frames, "condition_tracks": two},
+        tracks_of=[0, 0, 1, 1, 2, 2],
+    )  # fmt: skip
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(as_lists, step, check_exact=True)
+    # a third field per condition (the first again: its own steps once more)
+    three = [f"clusters_mob{t}{r}.detections" for t in TEMPS for r in ("", "_r1", "")]
+    pooled3 = _rerun_mobility(
+        bk, runs[seed], seed, tmp_path / "three",
+        {"condition_frames": frames, "condition_tracks": three},
+        tracks_of=[0, 0, 0, 1, 1, 1, 2, 2, 2],
+    )  # fmt: skip
+    one = bk._ea_with(runs[seed], seed, "moment", fast=True, n_series=1)
+    two_f = bk._ea_with(runs[seed], seed, "moment", fast=True, n_series=2)
+    rows = pooled3[pooled3["process"] == "mobility"].sort_values("temperature_K")
+    want = [a + b for a, b in zip(one["n_steps"], two_f["n_steps"], strict=True)]
+    assert rows["n_points"].tolist() == want
+    is_ea = (pooled3["process"] == "temperature") & (pooled3["observable"] == "Gamma1_per_s")
+    ea3 = pooled3[is_ea]
+    assert np.isfinite(float(ea3["value"].iloc[0]))
+    assert float(ea3["value"].iloc[0]) != two_f["value"]
+
+
+def test_mechanism_list_inputs_take_more_than_four_conditions(fast_runs, tmp_path):
+    """Six conditions (each field of the fast run its own), beyond frames_a ... frames_d:
+    one mobility row per condition, each with its own field's steps."""
+    bk, runs = fast_runs
+    seed = 0
+    names = [f"clusters_mob{t}{r}" for t in TEMPS for r in ("", "_r1")]
+    six = _rerun_mobility(
+        bk, runs[seed], seed, tmp_path,
+        {
+            "condition_frames": [f"{n}.counts" for n in names],
+            "condition_tracks": [f"{n}.detections" for n in names],
+        },
+        sources=[f"field {r}" for r in range(6)],
+    )  # fmt: skip
+    rows = six[six["process"] == "mobility"].sort_values(["temperature_K", "source"])
+    assert len(rows) == 6
+    assert rows["source"].tolist() == [f"field {r}" for r in range(6)]
+    one = bk._ea_with(runs[seed], seed, "moment", fast=True, n_series=1)
+    two = bk._ea_with(runs[seed], seed, "moment", fast=True, n_series=2)
+    second = [b - a for a, b in zip(one["n_steps"], two["n_steps"], strict=True)]
+    want = [n for pair in zip(one["n_steps"], second, strict=True) for n in pair]
+    assert rows["n_points"].tolist() == want

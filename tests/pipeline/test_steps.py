@@ -726,11 +726,39 @@ def test_mechanism_strict_tracks_bad_detections_name_the_input(tmp_path):
             "",
             "tracks_a2: cannot track the detections again",
         ),
+        # the list inputs: more tables than conditions, a wrong count or condition index
+        (
+            'condition_frames = ["frames"], condition_tracks = ["tracks", "tracks"]',
+            "",
+            "condition_tracks has 2 tables for 1 condition_frames; give `tracks_of`",
+        ),
+        (
+            'condition_frames = ["frames"], condition_tracks = ["tracks", "tracks"]',
+            "tracks_of = [0]\n",
+            r"`tracks_of` = \[0\] has 1 entries for 2 condition_tracks",
+        ),
+        (
+            'frames_a = "frames", condition_frames = ["frames"], condition_tracks = ["tracks"]',
+            "tracks_of = [2]\n",
+            r"`tracks_of` = \[2\]: entry 0 names condition 2, but there are 2 conditions",
+        ),
+        (
+            'condition_frames = ["frames"], condition_tracks = ["tracks", "nan_pos"]',
+            "tracks_of = [0, 0]\n",
+            r"condition_tracks\[1\]: cannot track the detections again",
+        ),
+        (
+            'condition_frames = ["frames"], condition_tracks = ["tracks", "text_ids"]',
+            'tracks_of = [0, 0]\nmobility_tracks = "lineage"\n',
+            r"condition_tracks\[1\]: track_id must be numbers",
+        ),
     ],
 )
 def test_mechanism_second_field_bad_input_names_it(tmp_path, wiring, params, word):
     """A second field's tracks without the first's, with text track ids (pooled by id) or
-    with positions the strict re-tracking refuses are refused naming ``tracks_a2``."""
+    with positions the strict re-tracking refuses are refused naming ``tracks_a2``; the
+    list inputs (``condition_frames``, ``condition_tracks``, ``tracks_of``) likewise name
+    the table or parameter and its value."""
 
     if not get_step("quantify.mechanism").available:
         pytest.skip("quantify not available in this version")

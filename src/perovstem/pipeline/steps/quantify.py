@@ -516,7 +516,10 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
         "tracks_b2",
         "tracks_c2",
         "tracks_d2",
+        "condition_frames",
+        "condition_tracks",
     ),
+    list_inputs=("condition_frames", "condition_tracks"),
     input_kinds={
         **{
             f"frames_{k}": Kind(
@@ -545,6 +548,18 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
             )
             for k in "abcd"
         },
+        "condition_frames": Kind(
+            "table",
+            param_columns=("x",),
+            source="per-frame tables, one per further condition (after frames_a ... d): "
+            "`counts` of insitu.clusters, `frames` of simulate.kmc or quantify.br_loss",
+        ),
+        "condition_tracks": Kind(
+            "table",
+            ("frame", "x_A", "y_A", "track_id"),
+            "`detections` of insitu.clusters, one per field; `tracks_of` says the condition "
+            "of each (default: the i-th belongs to the i-th of condition_frames)",
+        ),
     },
     outputs=("summary",),
     output_kinds={"summary": Kind("table")},
@@ -586,8 +601,18 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
             list,
             [],
             "where each input table comes from (e.g. 'images', 'simulator truth'), one per "
-            "input in order frames_a, frames_b, ...; shown with every row",
+            "condition in order frames_a, frames_b, ..., then condition_frames; shown with "
+            "every row",
             item_type=str,
+        ),
+        "tracks_of": Param(
+            list,
+            [],
+            "the condition of each condition_tracks table: its 0-based position among the "
+            "conditions (frames_a ... frames_d given, then condition_frames, in that order); "
+            "several tables of one condition are fields pooled for its hop rate (default: "
+            "the i-th condition_tracks table belongs to the i-th condition_frames table)",
+            item_type=int,
         ),
     },
     requires=(MECHANISM,),
@@ -598,7 +623,8 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
     "condition (from the detections tracked again with strict links, mobility_tracks) and the "
     "activation energy of Pb⁰ diffusion; tracks_a2 ... add a second field's tracks to a "
     "condition's hop rate (Ea within 0.05 eV needs about 200 hops per temperature: two "
-    "fields of the demo's kind, docs/insitu.md).",
+    "fields of the demo's kind, docs/insitu.md); any number of further conditions and "
+    "fields as the lists condition_frames and condition_tracks (with tracks_of).",
 )
 def quantify_mechanism(
     ctx: Any,
@@ -614,43 +640,80 @@ def quantify_mechanism(
     tracks_b2: Any = None,
     tracks_c2: Any = None,
     tracks_d2: Any = None,
+    condition_frames: list[Any] | None = None,
+    condition_tracks: list[Any] | None = None,
 ) -> dict[str, Any]:
     import pandas as pd
 
     from perovstem.errors import DataError
 
-    given = [
-        (i, t) for i, t in enumerate((frames_a, frames_b, frames_c, frames_d)) if t is not None
-    ]
-    if not given:
-        raise DataError("quantify.mechanism needs at least one per-frame table (frames_a ...)")
-    sources = [str(v) for v in ctx.params["sources"]]
-    if sources and len(sources) != len(given):
-        raise DataError(
-            f"`sources` has {len(sources)} labels for {len(given)} input tables; give one per table"
-        )
-    frames = pd.concat([t.assign(series=k) for k, (_, t) in enumerate(given)], ignore_index=True)
+    fixed = (frames_a, frames_b, frames_c, frames_d)
     all_tracks = (tracks_a, tracks_b, tracks_c, tracks_d)
     second = (tracks_a2, tracks_b2, tracks_c2, tracks_d2)
     for i, tt in enumerate(all_tracks):
-        if tt is not None and (frames_a, frames_b, frames_c, frames_d)[i] is None:
+        if tt is not None and fixed[i] is None:
             raise DataError(f"tracks_{'abcd'[i]} given without frames_{'abcd'[i]}")
         if second[i] is not None and tt is None:
             raise DataError(f"tracks_{'abcd'[i]}2 given without tracks_{'abcd'[i]}")
+    # the conditions: frames_a ... frames_d given, then condition_frames; each with its
+    # fields' tracks (name, table), pooled for its hop rate
+    conditions: list[Any] = []
+    fields: list[list[tuple[str, Any]]] = []
+    for i, t in enumerate(fixed):
+        if t is not None:
+            conditions.append(t)
+            fields.append(
+                [(f"tracks_{'abcd'[i]}{n}", x) for n, x in (("", all_tracks[i]), ("2", second[i]))]
+            )
+    n_fixed = len(conditions)
+    for t in condition_frames or []:
+        conditions.append(t)
+        fields.append([])
+    if not conditions:
+        raise DataError(
+            "quantify.mechanism needs at least one per-frame table (frames_a ... or "
+            "condition_frames)"
+        )
+    listed = list(condition_tracks or [])
+    tracks_of = [int(v) for v in ctx.params["tracks_of"]]
+    if not tracks_of:
+        n_list = len(conditions) - n_fixed
+        if len(listed) > n_list:
+            raise DataError(
+                f"condition_tracks has {len(listed)} tables for {n_list} condition_frames; "
+                "give `tracks_of` (the condition of each) to pool several fields per condition"
+            )
+        tracks_of = [n_fixed + j for j in range(len(listed))]
+    elif len(tracks_of) != len(listed):
+        raise DataError(
+            f"`tracks_of` = {tracks_of!r} has {len(tracks_of)} entries for {len(listed)} "
+            "condition_tracks tables; give one condition per table"
+        )
+    for j, (c, t) in enumerate(zip(tracks_of, listed, strict=True)):
+        if not 0 <= c < len(conditions):
+            raise DataError(
+                f"`tracks_of` = {tracks_of!r}: entry {j} names condition {c}, but there are "
+                f"{len(conditions)} conditions (0 ... {len(conditions) - 1}: frames_a ... "
+                "given, then condition_frames)"
+            )
+        fields[c].append((f"condition_tracks[{j}]", t))
+    sources = [str(v) for v in ctx.params["sources"]]
+    if sources and len(sources) != len(conditions):
+        raise DataError(
+            f"`sources` has {len(sources)} labels for {len(conditions)} input tables; give "
+            "one per table"
+        )
+    frames = pd.concat([t.assign(series=k) for k, t in enumerate(conditions)], ignore_index=True)
     strict = ctx.params["mobility_tracks"] == "strict"
     cost = float(ctx.params["mobility_link_cost"])
     tr = []
     linked: dict[str, Any] = {"tracks": "lineage"}  # how the hop rate's tracks were linked
-    for k, (i, _) in enumerate(given):
-        if all_tracks[i] is None:
-            continue
-        offset = 0  # a second field's track ids follow the first's: no hop across fields
-        for name, t in (
-            (f"tracks_{'abcd'[i]}", all_tracks[i]),
-            (f"tracks_{'abcd'[i]}2", second[i]),
-        ):
-            if t is None:
-                continue
+    n_pooled = 0  # conditions whose hop rate pools several fields
+    for k, field_tracks in enumerate(fields):
+        field_tracks = [(name, t) for name, t in field_tracks if t is not None]
+        n_pooled += len(field_tracks) > 1
+        offset = 0  # a further field's track ids follow the earlier's: no hop across fields
+        for f, (name, t) in enumerate(field_tracks):
             if strict:
                 try:
                     t = api(MOBILITY_TRACKS)(t, max_step_A=ctx.params["max_step_A"], link_cost=cost)
@@ -662,11 +725,12 @@ def quantify_mechanism(
                     ) from None
                 linked = dict(t.attrs["mobility_tracks"])
             ids = pd.to_numeric(t["track_id"], errors="coerce")
-            if name.endswith("2"):  # (the first field's tracks go in as they are)
+            if f:  # (the first field's tracks go in as they are)
                 if ids.isna().any():
                     raise DataError(f"{name}: track_id must be numbers for pooling fields")
-                t = t.assign(track_id=ids + offset)
-            elif ids.notna().any():
+                ids = ids + offset
+                t = t.assign(track_id=ids)
+            if ids.notna().any():
                 offset = int(ids.max()) + 1
             tr.append(t.assign(series=k))
     kw: dict[str, Any] = {}
@@ -745,11 +809,7 @@ def quantify_mechanism(
                 if strict
                 else " Hop rates from the lineage tracks."
             )
-            + (
-                " Where a condition has tracks_<k>2, its two fields' tracks are pooled."
-                if any(t is not None for t in second)
-                else ""
-            )
+            + (f" {n_pooled} condition(s) pool the tracks of several fields." if n_pooled else "")
             if tr
             else ""
         ),
