@@ -84,17 +84,15 @@ def demo_config(*, fast: bool = False, seed: int = 2026) -> dict[str, Any]:
             n_sweeps=40 if fast else 100,
         ),
     ]
-    for tag, rate in (("low", 1000.0), ("high", 4000.0)):
-        label = f"{rate:g} e⁻/Å²/s"
-        steps += [
-            step(
-                "simulate.kmc",
-                f"kmc_{tag}",
-                {"atoms": "nc.atoms"},
-                n_frames=n_frames,
-                frame_time_s=1.0,
-                dose_rate_e_per_A2_s=rate,
-            ),
+
+    def imaged_series(tag: str, *, truth: bool, **kmc: Any) -> list[dict[str, Any]]:
+        """KMC run -> imaged in-situ series (drifting) -> registration -> Pb clusters
+        (``truth``: matched to the simulator's clusters)."""
+        clusters_in = {"series": f"register_{tag}.series"}
+        if truth:
+            clusters_in["truth"] = f"series_{tag}.truth"
+        return [
+            step("simulate.kmc", f"kmc_{tag}", {"atoms": "nc.atoms"}, **kmc),
             step(
                 "simulate.insitu_series",
                 f"series_{tag}",
@@ -103,11 +101,15 @@ def demo_config(*, fast: bool = False, seed: int = 2026) -> dict[str, Any]:
                 drift_A_per_s=[0.05, -0.03],
             ),
             step("insitu.register", f"register_{tag}", {"series": f"series_{tag}.series"}),
-            step(
-                "insitu.clusters",
-                f"clusters_{tag}",
-                {"series": f"register_{tag}.series", "truth": f"series_{tag}.truth"},
-            ),
+            step("insitu.clusters", f"clusters_{tag}", clusters_in),
+        ]
+
+    for tag, rate in (("low", 1000.0), ("high", 4000.0)):
+        label = f"{rate:g} e⁻/Å²/s"
+        steps += imaged_series(
+            tag, truth=True, n_frames=n_frames, frame_time_s=1.0, dose_rate_e_per_A2_s=rate
+        )
+        steps += [
             step("insitu.nanocrystal", f"shape_{tag}", {"series": f"register_{tag}.series"}),
             step(
                 "atoms.series",
@@ -186,27 +188,14 @@ def demo_config(*, fast: bool = False, seed: int = 2026) -> dict[str, Any]:
     for slot, temp in zip("abcd", mob_temps, strict=False):
         dt = _frame_time_for_one_hop(temp)
         for field in ("", "_r1"):
-            tag = f"mob{int(temp)}{field}"
-            steps += [
-                step(
-                    "simulate.kmc",
-                    f"kmc_{tag}",
-                    {"atoms": "nc.atoms"},
-                    n_frames=n_mob,
-                    frame_time_s=dt,
-                    dose_rate_e_per_A2_s=2000.0 / dt,
-                    temperature_K=temp,
-                ),
-                step(
-                    "simulate.insitu_series",
-                    f"series_{tag}",
-                    {"trajectory": f"kmc_{tag}.trajectory"},
-                    pixel_size_A=0.5,
-                    drift_A_per_s=[0.05, -0.03],
-                ),
-                step("insitu.register", f"register_{tag}", {"series": f"series_{tag}.series"}),
-                step("insitu.clusters", f"clusters_{tag}", {"series": f"register_{tag}.series"}),
-            ]
+            steps += imaged_series(
+                f"mob{int(temp)}{field}",
+                truth=False,
+                n_frames=n_mob,
+                frame_time_s=dt,
+                dose_rate_e_per_A2_s=2000.0 / dt,
+                temperature_K=temp,
+            )
         tag = f"mob{int(temp)}"
         mob["frames"][f"frames_{slot}"] = f"clusters_{tag}.counts"
         mob["tracks"][f"tracks_{slot}"] = f"clusters_{tag}.detections"
