@@ -138,27 +138,26 @@ def kinetic_config(
     n_fields = DEMO_FIELDS if mobility_series is None else int(mobility_series)
     if n_fields < 1:
         raise ValueError(f"mobility_series must be >= 1, got {mobility_series!r}")
-    if n_fields != DEMO_FIELDS:
-        # the demo's chains of field 0 only, then fields 1 ... n_fields - 1 from them
-        steps = [s for s in steps if not (s["id"].startswith(MOB_CHAIN) and "_r" in s["id"])]
-        mob = next(s for s in steps if s["id"] == "mobility")
+    mob = next(s for s in steps if s["id"] == "mobility")
+    if n_fields < DEMO_FIELDS:  # the first field alone, read by the step alone
+        steps = [s for s in steps if not (s["id"].startswith(MOB_CHAIN) and "_r1" in s["id"])]
         mob["inputs"] = {k: v for k, v in mob["inputs"].items() if not k.endswith("2")}
-        extra = []
-        for r in range(1, n_fields):
-            for s in steps:
-                if s["id"].startswith(MOB_CHAIN):
-                    t = {**s, "id": f"{s['id']}_r{r}"}
-                    t["inputs"] = {
-                        k: v if v.startswith("nc.") else v.replace(".", f"_r{r}.", 1)
-                        for k, v in s["inputs"].items()
-                    }
-                    extra.append(t)
-        if n_fields >= 2:  # the step pools the first two fields, as the demo
-            for k, v in list(mob["inputs"].items()):
-                if k.startswith("tracks_"):
-                    mob["inputs"][f"{k}2"] = v.replace(".", "_r1.", 1)
-        i = steps.index(mob)  # (the extra chains before the step that reads them)
-        steps = steps[:i] + extra + steps[i:]
+    # fields beyond the demo's: the first field's chain again under its own step ids
+    first = [s for s in steps if s["id"].startswith(MOB_CHAIN) and "_r1" not in s["id"]]
+    extra = [
+        {
+            **s,
+            "id": f"{s['id']}_r{r}",
+            "inputs": {
+                k: v if v.startswith("nc.") else v.replace(".", f"_r{r}.", 1)
+                for k, v in s["inputs"].items()
+            },
+        }
+        for r in range(DEMO_FIELDS, n_fields)
+        for s in first
+    ]
+    i = steps.index(mob)  # (the extra chains before the step that reads them)
+    steps = steps[:i] + extra + steps[i:]
     cfg["step"] = steps
     cfg["run"] = {**cfg["run"], "on_error": "stop", "name": "bench-kinetics"}
     return cfg
