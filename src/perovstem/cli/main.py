@@ -48,6 +48,7 @@ _TOPICS = [
     "simulate_series",  # simulate series (degradation KMC → in-situ series)
     "tomo",  # tomo align/reconstruct/facets, simulate tilt
     "insitu",  # insitu SERIES [--conditions LOG]
+    "kinetics",  # kinetics RUN_DIR... (several insitu runs -> one mechanism table)
 ]
 
 

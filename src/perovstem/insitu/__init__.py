@@ -48,6 +48,7 @@ from perovstem.insitu.register import (
     phase_correlate,
     register_drift,
 )
+from perovstem.insitu.study import combine_series, hop_tracks
 from perovstem.insitu.tracking import lineage_events, mobility_tracks, track_clusters
 
 __all__ = [
@@ -55,6 +56,8 @@ __all__ = [
     "interpolate_conditions",
     "InsituResult",
     "analyze_series",
+    "combine_series",
+    "hop_tracks",
     "pb0_dips",
     "pb0_falls_later",
     "shift_frame",

@@ -28,9 +28,9 @@ from perovstem.insitu.clusters import CLUSTER_COLUMNS, detect_clusters
 from perovstem.insitu.lattice import FOURFOLD_MIN, estimate_lattice, fourfold_ratio, host_cell
 from perovstem.insitu.nanocrystal import _segment_objects, area_noise, fft_phase_check
 from perovstem.insitu.register import phase_correlate, register_drift
+from perovstem.insitu.study import hop_tracks as _hop_tracks
 from perovstem.insitu.tracking import (
     lineage_events,
-    mobility_tracks,
     track_clusters,
 )
 
@@ -807,23 +807,9 @@ def analyze_series(
         usable = fr_tab[~fr_tab["skipped"]]
         max_step = float(track.get("max_step_A", 8.0))
         mob = {"max_step_A": max_step, "rng": 0}
-        mob_tracks = tracks
-        linked: dict[str, Any] = {"tracks": "lineage"}  # how the hop rate's tracks were linked
-        if hop_tracks == "strict" and len(tracks) and not no_counts:
-            # tracked again on every frame, then cut where the drift is unreliable
-            mob_tracks = mobility_tracks(tracks, max_step_A=max_step)
-            linked = dict(mob_tracks.attrs["mobility_tracks"])
-        if register and n_unrel:  # hops measured through an unreliable drift are not hops
-            mob_tracks = mob_tracks[~mob_tracks["frame"].isin(bad)]
-            mob_tracks = mob_tracks if len(mob_tracks) else None
-        if no_counts:  # Γ₁ = Γ_c·n^(4/3) needs cluster sizes in atoms
-            mob_tracks = None
-            notes.append("no atom counts (no dose): cluster mobility not measured")
-        elif mob_tracks is not None:  # each hop belongs to its frame's condition (T, rate)
-            cond = [c for c in ("temperature_K", "dose_rate_e_per_A2_s", "gas") if c in usable]
-            mob_tracks = mob_tracks.drop(columns=[c for c in cond if c in mob_tracks]).merge(
-                fr_tab[["frame", *cond]], on="frame", how="left"
-            )
+        mob_tracks, linked, note = _hop_tracks(tracks, fr_tab, how=hop_tracks, max_step_A=max_step)
+        if note:
+            notes.append(note)
         summ = mechanism_summary(usable, x=x, ci=ci, tracks=mob_tracks, mobility=mob)
         if mob_tracks is not None:
             summ.attrs["mobility_tracks"] = linked

@@ -1,5 +1,6 @@
 """Figures of in-situ degradation: clusters and sizes vs dose, size distributions, lineage,
-crystal area, drift, kinetic fits, per-column atoms-lost map.
+crystal area, drift, kinetic fits, per-column atoms-lost map, cluster hop rates against
+temperature (Arrhenius).
 
 Every function takes ``ax=None`` (a new :class:`matplotlib.figure.Figure` is made, no pyplot
 state) or an existing Axes, draws on it and returns it.  matplotlib is imported lazily.
@@ -22,6 +23,7 @@ __all__ = [
     "plot_drift",
     "plot_kinetic_fit",
     "plot_atoms_lost_map",
+    "plot_hop_rates",
 ]
 
 _DOSE = "cumulative_dose_e_per_A2"
@@ -207,4 +209,63 @@ def plot_atoms_lost_map(
     ax.set_ylabel("y (Å)")
     ax.set_aspect("equal")
     ax.invert_yaxis()
+    return ax
+
+
+def plot_hop_rates(summary: pd.DataFrame, *, ax: Any = None) -> Any:
+    """Pb⁰ cluster hop rate Γ₁ of each condition against 1/T (Arrhenius plot).
+
+    ``summary`` is a mechanism table (:func:`perovstem.quantify.mechanism.mechanism_summary`,
+    :func:`perovstem.insitu.combine_series`): its ``mobility`` rows (Γ₁ with interval, s⁻¹)
+    as points with error bars and their temperature, coloured by dose rate where a dose
+    rate repeats across temperatures (a dose-rate series); the activation energy
+    of its ``Ea_eV`` row (from the same rates) in the title.
+    """
+    from perovstem.quantify.kinetics import K_B_EV_PER_K
+
+    _need(summary, ["process", "temperature_K", "value", "ci_low", "ci_high"], "summary")
+    mob = summary[(summary["process"] == "mobility") & summary["value"].notna()]
+    mob = mob[np.isfinite(mob["temperature_K"].to_numpy(float))]
+    if mob.empty:
+        raise DataError("`summary` has no mobility row with a temperature (no hop rates)")
+    ax = _ax(ax)
+    x = 1.0 / (K_B_EV_PER_K * mob["temperature_K"].to_numpy(float))
+    v = mob["value"].to_numpy(float)
+    err = np.vstack([v - mob["ci_low"].to_numpy(float), mob["ci_high"].to_numpy(float) - v])
+    rates = mob["dose_rate_e_per_A2_s"] if "dose_rate_e_per_A2_s" in mob else None
+    groups = [("", np.ones(len(mob), bool))]
+    # colours only for a dose-rate series (a rate repeated across temperatures); a rate
+    # that changes with each temperature (fixed dose per frame) is no grouping
+    if rates is not None and 1 < rates.nunique() < len(mob):
+        groups = [(f"{r:g} e⁻/Å²/s", (rates == r).to_numpy()) for r in sorted(rates.unique())]
+    for label, m in groups:
+        ax.errorbar(
+            x[m],
+            v[m],
+            yerr=np.clip(err[:, m], 0, None),
+            fmt="o",
+            ms=4,
+            capsize=2,
+            label=label or None,
+        )
+    for xi, vi, t in zip(x, v, mob["temperature_K"].to_numpy(float), strict=True):
+        ax.annotate(f"{t:g} K", (xi, vi), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xlabel("1 / k_B T (eV⁻¹)")
+    ax.set_ylabel("hop rate Γ₁ (s⁻¹)")
+    ea = summary.iloc[:0]
+    if {"param", "observable"} <= set(summary.columns):
+        ea = summary[
+            (summary["param"] == "Ea_eV")
+            & (summary["process"] == "temperature")
+            & (summary["observable"] == "Gamma1_per_s")
+        ]
+    if len(ea):
+        r = ea.iloc[0]
+        ax.set_title(
+            f"Pb⁰ diffusion: Ea = {r['value']:.3f} eV [{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
+            fontsize="small",
+        )
+    if len(groups) > 1:
+        ax.legend(fontsize="small")
     return ax

@@ -16,7 +16,11 @@ from perovstem.quantify.kinetics import (  # noqa: F401
     fit_dose_rate_dependence,
     fit_model,
 )
-from perovstem.quantify.mobility import cluster_hop_rate, fit_desorption_hazard  # noqa: F401
+from perovstem.quantify.mobility import (  # noqa: F401
+    cluster_hop_rate,
+    fit_desorption_hazard,
+    pool_field_tracks,
+)
 from perovstem.quantify.model3d import AtomicModel, model_from_counts, site_agreement  # noqa: F401,E402
 from perovstem.quantify.nucleation import (  # noqa: F401
     NucleationProfile,

@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from perovstem._validation import check_choice
-from perovstem.errors import DataError, PerovstemError
+from perovstem.errors import DataError, ParameterError, PerovstemError
 from perovstem.quantify.kinetics import (
     compare_models,
     fit_arrhenius,
@@ -292,27 +292,47 @@ def _nucleation_template_row(g: pd.DataFrame, level: float) -> dict[str, Any] | 
     }
 
 
-def _mobility_row(
-    g: pd.DataFrame, tracks: pd.DataFrame, level: float, opts: dict[str, Any]
-) -> dict[str, Any] | None:
-    """Γ₁ of one condition from its tracks (frame time from the frames' time stamps)."""
-    from perovstem.quantify.mobility import cluster_hop_rate
+# frame times of fields pooled into one hop rate may differ by this fraction (time stamps
+# jitter); beyond it the pooled steps would mix different Δt in one Γ₁
+FIELD_FRAME_TIME_TOLERANCE = 0.02
 
-    if "time_s" not in g or g["time_s"].notna().sum() < 2:
+
+def _mobility_row(
+    parts: list[tuple[str, pd.DataFrame, pd.DataFrame]], level: float, opts: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Γ₁ of one condition from its tracks: ``parts`` holds (name, frames, tracks) of each
+    field (frame time from each field's time stamps; fields pooled, track ids kept apart)."""
+    from perovstem.quantify.mobility import cluster_hop_rate, pool_field_tracks
+
+    names, kept, dts = [], [], []
+    for name, g, tracks in parts:
+        if "time_s" not in g or g["time_s"].notna().sum() < 2:
+            continue
+        frames = set(g["frame"].to_numpy().tolist()) if "frame" in g else None
+        t = tracks if frames is None else tracks[tracks["frame"].isin(frames)]
+        dt = float(np.median(np.diff(np.sort(g["time_s"].dropna().to_numpy(float)))))
+        if len(t) and dt > 0:
+            names.append(name)
+            kept.append(t)
+            dts.append(dt)
+    if sum(len(t) for t in kept) < 4:
         return None
-    frames = set(g["frame"].to_numpy().tolist()) if "frame" in g else None
-    t = tracks if frames is None else tracks[tracks["frame"].isin(frames)]
-    if len(t) < 4:
-        return None
-    dt = float(np.median(np.diff(np.sort(g["time_s"].dropna().to_numpy(float)))))
-    if not dt > 0:
-        return None
+    if max(dts) > (1 + FIELD_FRAME_TIME_TOLERANCE) * min(dts):
+        times = ", ".join(f"{n} {d:.4g} s" for n, d in zip(names, dts, strict=True))
+        return {
+            "process": "mobility",
+            "observable": "cluster tracks",
+            "text": f"not fitted: the fields of this condition have different frame times "
+            f"({times}); one hop rate pools steps of one frame time",
+        }
     try:
-        r = cluster_hop_rate(t, frame_time_s=dt, level=level, **opts)
+        t = kept[0] if len(kept) == 1 else pool_field_tracks(kept, names=names)
+        r = cluster_hop_rate(t, frame_time_s=float(np.median(dts)), level=level, **opts)
     except PerovstemError as exc:
         return {"process": "mobility", "observable": "cluster tracks", "text": f"not fitted: {exc}"}
     if not (np.isfinite(r["rate_per_s"]) and r["rate_per_s"] > 0):
         return None
+    pooled = f", {len(kept)} fields" if len(kept) > 1 else ""
     return {
         "process": "mobility",
         "observable": "cluster tracks",
@@ -325,7 +345,7 @@ def _mobility_row(
         "n_points": r["n_steps"],
         "text": f"mobility: Pb⁰ cluster hop rate Γ₁ = {_fmt(r['rate_per_s'])} "
         f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] s⁻¹ ({r['n_steps']} steps, "
-        f"{r['n_tracks']} tracks)",
+        f"{r['n_tracks']} tracks{pooled})",
     }
 
 
@@ -338,6 +358,7 @@ def mechanism_summary(
     ci: str = "profile",
     tracks: pd.DataFrame | None = None,
     mobility: dict[str, Any] | None = None,
+    field: str | None = None,
 ) -> pd.DataFrame:
     """Per-condition mechanism table from a per-frame table.
 
@@ -378,6 +399,14 @@ def mechanism_summary(
     mobility : dict, optional
         Options of :func:`perovstem.quantify.mobility.cluster_hop_rate`
         (e.g. ``max_step_A``, ``localization_error_A``, ``rng``).
+    field : str, optional
+        Column of ``frames`` (and ``tracks``) naming the field a row comes from: several
+        series (crystals, files) under one condition.  The per-frame processes are fitted per
+        field (each crystal its own time course), the hop rate of a condition pools the
+        tracks of all its fields (:func:`~perovstem.quantify.mobility.pool_field_tracks`;
+        their frame times must agree within 2 %), so an activation energy rests on every
+        field (about 200 hops per temperature for 0.05 eV, ``docs/insitu.md``).  Not a
+        condition column (``by``); default ``by`` then leaves ``series`` out.
 
     Returns
     -------
@@ -386,13 +415,33 @@ def mechanism_summary(
         the dose-rate and temperature dependence of the nucleation rate and the Arrhenius
         energy of the cluster mobility when several conditions are present
         (``condition = -1``); ``attrs['conditions'][i]`` holds the key values of condition i.
+        With ``field``, a column ``field`` (text): the field of a per-frame row, the
+        fields pooled in a mobility row (joined by ``+``), empty in ``across`` rows; and
+        ``attrs['conditions'][i]['fields']`` lists the fields of condition i.
     """
     if not isinstance(frames, pd.DataFrame) or x not in frames:
         raise DataError(f"`frames` must be a DataFrame with column {x!r}")
     check_choice("ci", ci, ("profile", "bootstrap", "wald"))
+    if field is not None:
+        if field not in frames:
+            raise DataError(f"`field` = {field!r} is not a column of `frames`")
+        if frames[field].isna().any():
+            raise DataError(
+                f"`frames` column {field!r} (`field`) has {int(frames[field].isna().sum())} "
+                "missing value(s): name the field of every frame"
+            )
+        if tracks is not None and isinstance(tracks, pd.DataFrame) and field not in tracks:
+            raise DataError(f"`field` = {field!r} is not a column of `tracks`")
+        if by is not None and field in by:
+            raise ParameterError(
+                f"`field` = {field!r} is also in `by` = {tuple(by)!r}: a field is not a "
+                "condition (its hop rate is pooled with the other fields of its condition)"
+            )
     if by is None:
         by = tuple(
-            c for c in ("series", "temperature_K", "dose_rate_e_per_A2_s", "gas") if c in frames
+            c
+            for c in ("series", "temperature_K", "dose_rate_e_per_A2_s", "gas")
+            if c in frames and c != field
         )
     f = frames.copy()
     keys = []
@@ -419,9 +468,7 @@ def mechanism_summary(
     conditions = []
     for i, (_key, g) in enumerate(groups):
         kv = _key if isinstance(_key, tuple) else (_key,)
-        conditions.append(
-            {c: (v.item() if hasattr(v, "item") else v) for c, v in zip(keys, kv, strict=False)}
-        )
+        conditions.append({c: _plain(v) for c, v in zip(keys, kv, strict=False)})
         g = g.sort_values(x)
         cond = {
             "condition": i,
@@ -431,8 +478,15 @@ def mechanism_summary(
             else np.nan,
             "gas": str(g["gas"].iloc[0]) if "gas" in g else "",
         }
-        for r in _process_rows(g, x, level, ci):
-            rows.append({**cond, **r})
+        # the condition's fields (one crystal each): per-frame fits per field
+        per_field = [("", g)] if field is None else list(g.groupby(field, sort=True))
+        if field is not None:
+            conditions[-1]["fields"] = [_plain(v) for v, _ in per_field]
+        for fv, gf in per_field:
+            gf = gf.sort_values(x)
+            fcol = {} if field is None else {"field": str(fv)}
+            for r in _process_rows(gf, x, level, ci):
+                rows.append({**cond, **r, **fcol})
         if tracks is not None:
             t = tracks
             key = _key if isinstance(_key, tuple) else (_key,)
@@ -443,15 +497,30 @@ def mechanism_summary(
                     else:
                         vv = t[c].round(6) if t[c].dtype.kind == "f" else t[c]
                     t = t[vv == v]
-            r = _mobility_row(g, t, level, dict(mobility or {}))
+            if field is None:
+                parts = [("", g, t)]
+            else:
+                parts = [(f"{field} {fv}", gf, t[t[field] == fv]) for fv, gf in per_field]
+            r = _mobility_row(parts, level, dict(mobility or {}))
             if r is not None:
-                rows.append({**cond, **r})
-    out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+                fcol = {}
+                if field is not None:
+                    fcol = {"field": "+".join(str(fv) for fv, _ in per_field)}
+                rows.append({**cond, **r, **fcol})
+    columns = SUMMARY_COLUMNS if field is None else [*SUMMARY_COLUMNS, "field"]
+    out = pd.DataFrame(rows, columns=columns)
     out = pd.concat([out, _across(out, level)], ignore_index=True)
+    if field is not None:
+        out["field"] = out["field"].fillna("").astype(str)
     out.attrs["x"] = x
     out.attrs["level"] = level
     out.attrs["conditions"] = conditions  # key values of condition i
     return out
+
+
+def _plain(v: Any) -> Any:
+    """A numpy scalar as the Python value (for ``attrs`` that go to JSON)."""
+    return v.item() if hasattr(v, "item") else v
 
 
 def _dose_rate_row(

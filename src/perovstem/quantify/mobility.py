@@ -5,7 +5,8 @@
   hop length ``a``, total hop rate ``Γ_c``, two of three axes seen in projection, σ_loc the
   localisation error per axis), with ``Γ_c = Γ₁·n^(−α)`` for an n-atom cluster (periphery
   diffusion α = 4/3; Khare & Einstein, PRB 54, 11752 (1996)).  Γ₁ per condition, with a
-  bootstrap over tracks, then :func:`fit_arrhenius` gives the activation energy.
+  bootstrap over tracks, then :func:`fit_arrhenius` gives the activation energy;
+  :func:`pool_field_tracks` pools the tracks of several fields of one condition.
 * :func:`fit_desorption_hazard`: with ``N`` atoms at risk at the start of a frame of dose
   ``ΔD``, the number lost is Binomial(N, 1 − exp(−ΔD/D)); the maximum-likelihood D with a
   profile-likelihood interval (first-order electron-stimulated desorption; Egerton,
@@ -14,6 +15,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +32,7 @@ from perovstem._validation import (
 from perovstem.errors import DataError, ParameterError
 from perovstem.quantify.nucleation import _garwood
 
-__all__ = ["cluster_hop_rate", "fit_desorption_hazard"]
+__all__ = ["cluster_hop_rate", "fit_desorption_hazard", "pool_field_tracks"]
 
 
 def _track_steps(
@@ -383,3 +385,55 @@ def fit_desorption_hazard(
         "sigma_A2": 1.0 / dh,
         "n_events": int(k.sum()),
     }
+
+
+def pool_field_tracks(
+    tables: Sequence[pd.DataFrame],
+    *,
+    names: Sequence[str] | None = None,
+    track_column: str = "track_id",
+) -> pd.DataFrame:
+    """The tracks of several fields (crystals, series) of one condition as one table.
+
+    A hop rate is measured on the steps within each track, so the fields' steps pool only if
+    their track ids stay apart: a later field's ids are shifted past the largest id of the
+    fields before it (the first field's ids are kept as they are).  Used to pool the fields
+    of one temperature for :func:`cluster_hop_rate` (an activation energy within 0.05 eV
+    needs about 200 hops per temperature, ``docs/insitu.md``).
+
+    Parameters
+    ----------
+    tables : sequence of DataFrame
+        Each field's tracks (``track_column`` numeric where more than one field is given).
+    names : sequence of str, optional
+        The fields' names for error messages (default ``field 0``, ``field 1``, ...).
+    track_column : str
+        Track id column.
+
+    Returns
+    -------
+    DataFrame
+        The tables concatenated in order, ``track_column`` shifted per field.
+    """
+    refuse_text_numbers(locals())
+    tables = list(tables)
+    if not tables:
+        raise DataError("no tracks to pool: give at least one field's table")
+    names = [f"field {i}" for i in range(len(tables))] if names is None else list(names)
+    if len(names) != len(tables):
+        raise ParameterError(f"`names` has {len(names)} entries for {len(tables)} tables")
+    out = []
+    offset = 0  # a further field's track ids follow the earlier's: no step across fields
+    for f, (name, t) in enumerate(zip(names, tables, strict=True)):
+        if not isinstance(t, pd.DataFrame) or track_column not in t:
+            raise DataError(f"{name}: a tracks table with column {track_column!r} is needed")
+        ids = pd.to_numeric(t[track_column], errors="coerce")
+        if f:  # (the first field's tracks go in as they are)
+            if ids.isna().any():
+                raise DataError(f"{name}: {track_column} must be numbers for pooling fields")
+            ids = ids + offset
+            t = t.assign(**{track_column: ids})
+        if ids.notna().any():
+            offset = int(ids.max()) + 1
+        out.append(t)
+    return pd.concat(out, ignore_index=True)

@@ -11,6 +11,7 @@ from perovstem.pipeline.registry import Kind, Param, api, register_step
 
 _Q = "perovstem.quantify:{0}|perovstem.quantify.kinetics:{0}"
 MECHANISM = "perovstem.quantify:mechanism_summary|perovstem.quantify.mechanism:mechanism_summary"
+POOL_FIELDS = "perovstem.quantify.mobility:pool_field_tracks"
 MODEL3D = "perovstem.quantify:model_from_counts|perovstem.quantify.model3d:model_from_counts"
 AGREEMENT = "perovstem.quantify:site_agreement|perovstem.quantify.model3d:site_agreement"
 MOBILITY_TRACKS = "perovstem.insitu.tracking:mobility_tracks"
@@ -712,8 +713,8 @@ def quantify_mechanism(
     for k, field_tracks in enumerate(fields):
         field_tracks = [(name, t) for name, t in field_tracks if t is not None]
         n_pooled += len(field_tracks) > 1
-        offset = 0  # a further field's track ids follow the earlier's: no hop across fields
-        for f, (name, t) in enumerate(field_tracks):
+        relinked = []
+        for name, t in field_tracks:
             if strict:
                 try:
                     t = api(MOBILITY_TRACKS)(t, max_step_A=ctx.params["max_step_A"], link_cost=cost)
@@ -724,15 +725,10 @@ def quantify_mechanism(
                         "uses their track_id as it is"
                     ) from None
                 linked = dict(t.attrs["mobility_tracks"])
-            ids = pd.to_numeric(t["track_id"], errors="coerce")
-            if f:  # (the first field's tracks go in as they are)
-                if ids.isna().any():
-                    raise DataError(f"{name}: track_id must be numbers for pooling fields")
-                ids = ids + offset
-                t = t.assign(track_id=ids)
-            if ids.notna().any():
-                offset = int(ids.max()) + 1
-            tr.append(t.assign(series=k))
+            relinked.append(t)
+        if relinked:  # the fields' track ids kept apart: no hop across fields
+            names = [name for name, _ in field_tracks]
+            tr.append(api(POOL_FIELDS)(relinked, names=names).assign(series=k))
     kw: dict[str, Any] = {}
     if tr:
         kw = {

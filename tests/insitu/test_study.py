@@ -1,0 +1,296 @@
+"""Several analysed series as one study: `combine_series`, `mechanism_summary(field=)`,
+`pool_field_tracks` and the `perovstem kinetics` command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from perovstem.errors import DataError, ParameterError
+
+TEMPERATURES_K = (250.0, 272.0, 297.0)
+N_FRAMES = 16
+
+
+def _field(t, seed, params, n_frames=N_FRAMES):
+    """A 4 nm crystal with 12 Pb clusters diffusing at ``t`` (KMC, diffusion only), imaged
+    with drift at 2000 e⁻/Å² per frame; frame time ~1 hop of a 20-atom cluster (the design
+    of tests/quantify/test_mobility.py).  Each seed is another crystal (field)."""
+    from perovstem.quantify.kinetics import K_B_EV_PER_K
+    from perovstem.simulate import add_pb_cluster, degradation_kmc, insitu_series, nanocrystal
+
+    rng = np.random.default_rng(seed)
+    at = nanocrystal(edge_A=40.0, rng=seed)
+    for i in range(12):
+        site = ("corner", "edge", "face")[i % 3]
+        at = add_pb_cluster(at, int(rng.integers(12, 30)), site=site, rng=rng)
+    g1 = params.hop_prefactor_per_s * np.exp(-params.hop_activation_eV / (K_B_EV_PER_K * t))
+    dt = 1.0 / (g1 * 20 ** (-4 / 3))
+    tr = degradation_kmc(
+        at,
+        n_frames=n_frames,
+        frame_time_s=dt,
+        dose_rate_e_per_A2_s=2000.0 / dt,
+        temperature_K=t,
+        params=params,
+        rng=seed + 100 * int(t),
+    )
+    s, _ = insitu_series(
+        tr, pixel_size_A=0.5, drift_A_per_s=(0.3 / dt, -0.2 / dt), jitter_A=0.2, rng=seed + int(t)
+    )
+    return s
+
+
+@pytest.fixture(scope="module")
+def study():
+    """Two fields (crystals, seeds 1 and 2) at each of three temperatures, analysed."""
+    from perovstem.insitu import analyze_series
+    from perovstem.simulate.kmc_params import KineticParameters
+
+    p = KineticParameters(
+        enable_desorption=False, enable_thermal_desorption=False, enable_detachment=False
+    )
+    series, results = {}, {}
+    for t in TEMPERATURES_K:
+        for seed in (1, 2):
+            name = f"f{seed}_{t:g}K"
+            series[name] = _field(t, seed, p)
+            results[name] = analyze_series(series[name], crystal=False, phase_check=False)
+    return p, series, results
+
+
+def _mob(summary):
+    return summary[(summary["process"] == "mobility") & summary["value"].notna()].sort_values(
+        "temperature_K"
+    )
+
+
+def _ea(summary):
+    r = summary[(summary["param"] == "Ea_eV") & (summary["observable"] == "Gamma1_per_s")]
+    assert len(r) == 1, summary[["process", "param", "value"]]
+    return r.iloc[0]
+
+
+def test_one_series_gives_the_summary_of_its_analysis(study):
+    """``combine_series`` of one analysed series reproduces ``analyze_series``'s own
+    mechanism table (per-frame fits and hop rate: same tracks, options and bootstrap)."""
+    from perovstem.insitu import combine_series
+
+    _, _, results = study
+    res = results["f1_272K"]
+    c = combine_series([res], names=["f1_272K"])
+    cols = ["process", "param", "value", "ci_low", "ci_high", "n_points", "text"]
+    own = res.summary[res.summary["condition"] >= 0][cols].reset_index(drop=True)
+    mine = c[c["condition"] >= 0][cols].reset_index(drop=True)
+    pd.testing.assert_frame_equal(mine, own, check_exact=True)
+    assert "mobility" in set(mine["process"])
+    assert set(c.loc[c["process"] != "mobility", "field"]) == {"f1_272K"}
+
+
+def test_fields_of_a_condition_pool_into_one_hop_rate(study):
+    """Two fields per temperature: one hop rate per temperature on both fields' steps (the
+    same as pooling their hop tracks by hand), per-frame fits per field, and an activation
+    energy whose interval is narrower than either single field's."""
+    from perovstem.insitu import combine_series, hop_tracks
+    from perovstem.quantify import cluster_hop_rate, pool_field_tracks
+
+    p, series, results = study
+    names = list(results)
+    c = combine_series(list(results.values()), names=names)
+    mob = _mob(c)
+    assert list(mob["temperature_K"]) == list(TEMPERATURES_K)
+    for (_, row), t in zip(mob.iterrows(), TEMPERATURES_K, strict=True):
+        a, b = f"f1_{t:g}K", f"f2_{t:g}K"
+        assert row["field"] == f"{a}+{b}"
+        alone = [_mob(combine_series([results[n]], names=[n])) for n in (a, b)]
+        assert row["n_points"] == sum(int(m["n_points"].iloc[0]) for m in alone)
+        tracks = [
+            hop_tracks(results[n].clusters, results[n].frames, max_step_A=8.0)[0] for n in (a, b)
+        ]
+        dt = float(np.median(np.diff(series[a].time_s)))
+        ref = cluster_hop_rate(pool_field_tracks(tracks), frame_time_s=dt, max_step_A=8.0, rng=0)
+        assert row["value"] == pytest.approx(ref["rate_per_s"], rel=1e-12)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(
+            (ref["ci_low"], ref["ci_high"]), rel=1e-12
+        )
+    per_frame = c[(c["condition"] >= 0) & (c["process"] != "mobility")]
+    assert set(per_frame["field"]) == set(names)  # every field's own per-frame fits
+    ea2 = _ea(c)
+    widths = []
+    for seed in (1, 2):
+        one = [n for n in names if n.startswith(f"f{seed}_")]
+        e1 = _ea(combine_series([results[n] for n in one], names=one))
+        widths.append(e1["ci_high"] - e1["ci_low"])
+    assert ea2["ci_high"] - ea2["ci_low"] < min(widths)
+    # measured: Ea = 0.603 [0.510, 0.695] eV from the two fields, 0.607 [0.472, 0.741] and
+    # 0.621 [0.491, 0.751] from each alone (truth 0.62)
+    assert ea2["ci_low"] <= p.hop_activation_eV <= ea2["ci_high"]
+    assert abs(ea2["value"] - p.hop_activation_eV) < 0.08
+
+
+def test_pooled_hop_rates_equal_the_pipeline_mechanism_step(study, tmp_path):
+    """The library's pooling gives the hop rates of the ``quantify.mechanism`` step
+    (validated by ``bench_kinetics``) given the same fields as ``tracks_<k>``/``tracks_<k>2``
+    (the step relinks the detections strictly, as ``hop_tracks``)."""
+    from perovstem.insitu import combine_series
+    from perovstem.pipeline import run_pipeline
+
+    _, _, results = study
+    wiring, tables = [], {}
+    for k, t in zip("abc", TEMPERATURES_K, strict=True):
+        a, b = results[f"f1_{t:g}K"], results[f"f2_{t:g}K"]
+        assert a.frames["drift_reliable"].all() and b.frames["drift_reliable"].all()
+        tables[f"frames_{k}"] = a.frames[~a.frames["skipped"]]
+        tables[f"tracks_{k}"] = a.clusters
+        tables[f"tracks_{k}2"] = b.clusters
+    for n, df in tables.items():
+        df.to_parquet(tmp_path / f"{n}.parquet")
+        wiring.append(f'{n} = "{n}"')
+    cfg = tmp_path / "m.toml"
+    cfg.write_text(
+        "[run]\nreport = false\n[inputs]\n"
+        + "".join(f'{n} = "{n}.parquet"\n' for n in tables)
+        + '[[step]]\nrun = "quantify.mechanism"\nid = "m"\n'
+        + f"inputs = {{ {', '.join(wiring)} }}\n"
+    )
+    run_pipeline(cfg, out=tmp_path / "run", scheduler="serial", quiet=True)
+    step = pd.read_parquet(tmp_path / "run" / "tables" / "m.summary.parquet")
+    names = [f"f{s}_{t:g}K" for t in TEMPERATURES_K for s in (1, 2)]
+    mine = combine_series([results[n] for n in names], names=names)
+    np.testing.assert_allclose(_mob(mine)["value"], _mob(step)["value"], rtol=1e-12)
+    assert list(_mob(mine)["n_points"]) == list(_mob(step)["n_points"])
+
+
+def test_field_option_and_pooling_refuse_what_they_cannot_do():
+    from perovstem.quantify import pool_field_tracks
+    from perovstem.quantify.mechanism import mechanism_summary
+
+    rng = np.random.default_rng(0)
+    frames, tracks = [], []
+    for f, dt in (("a", 1.0), ("b", 1.5)):  # one condition, different frame times
+        frames.append(
+            pd.DataFrame(
+                {
+                    "frame": np.arange(10),
+                    "time_s": np.arange(10) * dt,
+                    "cumulative_dose_e_per_A2": np.arange(1, 11) * 100.0,
+                    "temperature_K": 300.0,
+                    "f": f,
+                }
+            )
+        )
+        for tid in range(3):
+            xy = np.cumsum(rng.normal(0, 3, (10, 2)), axis=0)
+            tracks.append(
+                pd.DataFrame(
+                    {
+                        "frame": np.arange(10),
+                        "x_A": xy[:, 0],
+                        "y_A": xy[:, 1],
+                        "track_id": tid,
+                        "n_atoms": 20.0,
+                        "temperature_K": 300.0,
+                        "f": f,
+                    }
+                )
+            )
+    frames, tracks = pd.concat(frames), pd.concat(tracks)
+    s = mechanism_summary(frames, tracks=tracks, field="f", ci="wald")
+    mob = s[s["process"] == "mobility"]
+    assert len(mob) == 1 and np.isnan(mob["value"].iloc[0])
+    assert "different frame times (f a 1 s, f b 1.5 s)" in mob["text"].iloc[0]
+    with pytest.raises(ParameterError, match="also in `by`"):
+        mechanism_summary(frames, by=("temperature_K", "f"), field="f")
+    with pytest.raises(DataError, match=r"'f' \(`field`\) has 1 missing value"):
+        mechanism_summary(
+            frames.assign(f=frames["f"].where(np.arange(len(frames)) != 3)), field="f"
+        )
+    with pytest.raises(DataError, match="'g' is not a column of `frames`"):
+        mechanism_summary(frames, field="g")
+    with pytest.raises(DataError, match="'f' is not a column of `tracks`"):
+        mechanism_summary(frames, tracks=tracks.drop(columns="f"), field="f")
+    text_ids = tracks.assign(track_id="p")
+    with pytest.raises(DataError, match="second: track_id must be numbers"):
+        pool_field_tracks([tracks, text_ids], names=["first", "second"])
+    pooled = pool_field_tracks([tracks, tracks])
+    assert pooled["track_id"].nunique() == 2 * tracks["track_id"].nunique()
+
+
+def test_combine_series_bad_input_names_the_series(study):
+    from perovstem.insitu import combine_series
+
+    _, _, results = study
+    a, b = results["f1_250K"], results["f1_297K"]
+    with pytest.raises(ParameterError, match=r"unique: \['x'\]"):
+        combine_series([a, b], names=["x", "x"])
+    with pytest.raises(ParameterError, match="2 entries for 1 series"):
+        combine_series([a], names=["x", "y"])
+    with pytest.raises(DataError, match="y: no clusters table"):
+        combine_series([a, {"frames": b.frames}], names=["x", "y"])
+    no_t = {"frames": b.frames.drop(columns="temperature_K"), "clusters": b.clusters}
+    with pytest.raises(DataError, match="y: no temperature_K"):
+        combine_series([a, no_t], names=["x", "y"])
+    with pytest.raises(DataError, match="no series to combine"):
+        combine_series([])
+
+
+def test_kinetics_command_combines_insitu_runs(study, tmp_path, capsys):
+    """`perovstem insitu` on three series files (one per temperature), then `perovstem
+    kinetics` on the three output folders: the mechanism table, summary.json and the hop-rate
+    figure; the table equals combine_series on the folders' tables; bad input is named."""
+    from perovstem.cli.main import main
+    from perovstem.insitu import combine_series
+    from perovstem.io import read_table, save_image
+
+    _, series, _ = study
+    runs = []
+    for t in TEMPERATURES_K:
+        f = tmp_path / f"s{t:g}.npz"
+        save_image(series[f"f1_{t:g}K"], f)
+        assert main(["insitu", str(f), "--no-plots"]) == 0
+        runs.append(tmp_path / f"s{t:g}_insitu")
+    out = tmp_path / "study"
+    assert main(["kinetics", *map(str, runs), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Pb⁰ diffusion: Ea =" in printed
+    table = read_table(out / "mechanism.parquet")
+    tables = [{n: read_table(r / f"{n}.parquet") for n in ("frames", "clusters")} for r in runs]
+    ref = combine_series(tables, names=[r.name for r in runs])
+    pd.testing.assert_frame_equal(table, ref, check_exact=True, check_dtype=False)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pb0_diffusion_Ea_eV"]["value"] == _ea(ref)["value"]
+    assert summary["series"] == [r.name for r in runs]
+    assert (out / "hop_rates.png").stat().st_size > 1000
+    # a rerun does not overwrite without --overwrite; bad RUN folders are named
+    assert main(["kinetics", *map(str, runs), "-o", str(out)]) != 0
+    assert "exists (use --overwrite)" in capsys.readouterr().err
+    for args, word in (
+        ([str(runs[0]), str(tmp_path / "s250.npz")], "is not a folder"),
+        ([str(runs[0]), str(tmp_path)], "has no frames.parquet or frames.csv"),
+        ([str(runs[0]), str(runs[0])], "given twice"),
+        ([str(runs[0]), str(runs[1]), "--name", "a"], "`--name` given 1 times for 2"),
+        ([str(runs[0]), str(runs[1]), "-o", str(runs[1])], "is one of the RUN folders"),
+        ([str(runs[0]), "--ci", "exact"], "`--ci` must be"),
+    ):
+        assert main(["kinetics", *args]) != 0, args
+        assert word in capsys.readouterr().err.replace("\n", " "), word
+    assert (out / "mechanism.parquet").is_file()  # nothing lost
+
+
+def test_hop_rate_figure(study):
+    """The Arrhenius figure: a point per temperature with its interval, Ea in the title; a
+    table without hop rates is refused."""
+    from perovstem.insitu import combine_series
+    from perovstem.plot.insitu import plot_hop_rates
+
+    _, _, results = study
+    c = combine_series(list(results.values()), names=list(results))
+    ax = plot_hop_rates(c)
+    (line,) = [ln for ln in ax.get_lines() if ln.get_marker() == "o"]
+    np.testing.assert_allclose(np.sort(line.get_ydata()), np.sort(_mob(c)["value"]))
+    assert f"Ea = {_ea(c)['value']:.3f} eV" in ax.get_title()
+    with pytest.raises(DataError, match="no mobility row"):
+        plot_hop_rates(c[c["process"] != "mobility"])
