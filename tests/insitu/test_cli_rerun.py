@@ -157,3 +157,50 @@ def test_every_output_name_is_known_before_the_analysis(tmp_path, monkeypatch):
     for n in [f"{t}.csv" for t in InsituResult.TABLE_NAMES] + ["drift.png", "summary.json"]:
         (tmp_path / n).write_text("x")
     assert len(cli._earlier_outputs(tmp_path)) == len(InsituResult.TABLE_NAMES) + 2
+
+
+def test_temperature_on_the_command_line(tmp_path, capsys):
+    """--temperature-K sets the series' temperature (a TIFF stack has none; `perovstem
+    kinetics` needs it to tell conditions apart), replaces a file's own with a note, and is
+    refused together with --conditions (both would give it) or beyond a holder's range."""
+    import pandas as pd
+
+    from perovstem._data import Series
+    from perovstem.io import load, save_image
+
+    p = _small_series(tmp_path / "s.npz")
+    assert load(p).temperature_K is None
+    out = tmp_path / "o"
+    args = ["insitu", str(p), "--no-register", "--no-plots", "--ci", "wald"]
+    assert main([*args, "--out", str(out), "--temperature-K", "265"]) == 0
+    np.testing.assert_allclose(pd.read_parquet(out / "frames.parquet")["temperature_K"], 265.0)
+    s = load(p)
+    hot = tmp_path / "hot.npz"
+    save_image(
+        Series(
+            s.data,
+            0.5,
+            time_s=s.time_s,
+            dose_e_per_A2=s.dose_e_per_A2,
+            temperature_K=np.full(4, 300.0),
+        ),
+        hot,
+    )
+    out2 = tmp_path / "o2"
+    a2 = ["insitu", str(hot), "--no-register", "--no-plots", "--ci", "wald"]
+    assert main([*a2, "--out", str(out2), "--temperature-K", "280"]) == 0
+    notes = json.loads((out2 / "summary.json").read_text())["notes"]
+    assert any("temperature (300–300 K) is replaced by --temperature-K 280" in n for n in notes)
+    np.testing.assert_allclose(pd.read_parquet(out2 / "frames.parquet")["temperature_K"], 280.0)
+    log = tmp_path / "T.csv"
+    log.write_text("time_s,temperature_K\n0,300\n10,300\n")
+    for extra, word in (
+        (["--conditions", str(log)], "both give the temperature"),
+        (["--temperature-K", "5000"], "--temperature-K"),
+    ):
+        argv = [*args, "--out", str(tmp_path / "o3"), *extra]
+        if "--conditions" in extra:
+            argv += ["--temperature-K", "265"]
+        assert main(argv) != 0
+        assert word in capsys.readouterr().err
+        assert not (tmp_path / "o3").exists()

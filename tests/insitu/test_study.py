@@ -235,6 +235,14 @@ def test_combine_series_bad_input_names_the_series(study):
         combine_series([a, no_t], names=["x", "y"])
     with pytest.raises(DataError, match="no series to combine"):
         combine_series([])
+    # no temperature anywhere: said, the two series are one condition (one pooled hop rate)
+    bare = [
+        {"frames": r.frames.drop(columns="temperature_K"), "clusters": r.clusters}
+        for r in (results["f1_272K"], results["f2_272K"])
+    ]
+    c = combine_series(bare, names=["x", "y"], ci="wald")
+    assert any("no series records a temperature" in n for n in c.attrs["notes"])
+    assert list(_mob(c)["field"]) == ["x+y"]
 
 
 def test_kinetics_command_combines_insitu_runs(study, tmp_path, capsys):

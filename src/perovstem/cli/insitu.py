@@ -16,7 +16,7 @@ import typer
 
 from perovstem._limits import check_current_pA
 from perovstem._validation import check_positive, check_range
-from perovstem.cli._common import MAX_DOSE_E_PER_A2, check_at_most, examples
+from perovstem.cli._common import MAX_DOSE_E_PER_A2, MAX_TEMPERATURE_K, check_at_most, examples
 from perovstem.cli.main import app
 from perovstem.errors import FileFormatError, OutputExistsError, ParameterError
 
@@ -84,6 +84,7 @@ def _earlier_outputs(out: Path) -> list[Path]:
         "perovstem insitu series.emd -o series_insitu",
         "perovstem insitu series.emd --current-pA 20 --dwell-us 5 --conditions T.csv",
         "perovstem insitu stack.tif --dose-e-per-A2 500 --frame-time-s 2 --gain auto",
+        "perovstem insitu field.tif --temperature-K 265 -o T265_a",
     ),
 )
 def insitu(
@@ -118,6 +119,13 @@ def insitu(
     ),
     time_offset_s: float = typer.Option(
         0.0, "--time-offset-s", help="Log time of the first frame, s."
+    ),
+    temperature_K: float = typer.Option(
+        None,
+        "--temperature-K",
+        help="Specimen temperature of the whole series, K (replaces the file's; a ramp or "
+        "steps come from --conditions). Sets the series' condition for the kinetics and "
+        "for `perovstem kinetics`.",
     ),
     no_register: bool = typer.Option(False, "--no-register", help="Skip drift correction."),
     max_lag: int = typer.Option(3, "--max-lag", help="Frames each frame is registered to."),
@@ -235,6 +243,15 @@ def insitu(
         raise ParameterError(f"`--offset` must be finite, got {offset}")
     if not np.isfinite(time_offset_s):
         raise ParameterError(f"`--time-offset-s` must be finite, got {time_offset_s}")
+    if temperature_K is not None:
+        check_positive("--temperature-K", temperature_K)
+        why_t = "beyond any heating holder; CsPbBr3 melts at ~840 K"
+        check_at_most("--temperature-K", temperature_K, MAX_TEMPERATURE_K, "K", why_t)
+        if conditions is not None:
+            raise ParameterError(
+                f"`--temperature-K` {temperature_K:g} and `--conditions` {str(conditions)!r} "
+                "both give the temperature: give one"
+            )
     if not series.exists():
         raise FileFormatError(f"series {str(series)!r} does not exist")
     out = out or series.with_name(series.stem + "_insitu")
@@ -321,6 +338,14 @@ def insitu(
                 f"--conditions {str(conditions)!r}: "
                 + str(exc).replace("`time_offset_s`", "`--time-offset-s`")
             ) from None
+    if temperature_K is not None:
+        if s.temperature_K is not None:
+            t_file = np.asarray(s.temperature_K, float)
+            notes.append(
+                f"the file's temperature ({np.nanmin(t_file):.4g}–{np.nanmax(t_file):.4g} K) "
+                f"is replaced by --temperature-K {temperature_K:g}"
+            )
+        s = s.replace(temperature_K=np.full(s.n_frames, float(temperature_K)))
     with about_file(series):  # "every frame of the series is unusable": which series
         res = analyze_series(
             s,

@@ -200,6 +200,12 @@ def combine_series(
                 f"{', '.join(lack)}: no {c} (the other series have one): give each series "
                 "its conditions (the file's metadata or a holder log), or leave the series out"
             )
+    if "temperature_K" not in frames or frames["temperature_K"].isna().all():
+        notes.append(
+            "no series records a temperature: series of one dose rate are one condition "
+            "(their hop rates pooled); give each series its temperature (perovstem insitu "
+            "--temperature-K or --conditions) to tell temperatures apart"
+        )
     kw: dict[str, Any] = {}
     if tracks_all:
         kw = {
