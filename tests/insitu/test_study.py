@@ -158,6 +158,8 @@ def test_pooled_hop_rates_equal_the_pipeline_mechanism_step(study, tmp_path):
     )
     run_pipeline(cfg, out=tmp_path / "run", scheduler="serial", quiet=True)
     step = pd.read_parquet(tmp_path / "run" / "tables" / "m.summary.parquet")
+    # the step's report shows the hop rates against temperature
+    assert (tmp_path / "run" / "plots" / "m.hop_rates.png").stat().st_size > 1000
     names = [f"f{s}_{t:g}K" for t in TEMPERATURES_K for s in (1, 2)]
     mine = combine_series([results[n] for n in names], names=names)
     np.testing.assert_allclose(_mob(mine)["value"], _mob(step)["value"], rtol=1e-12)

@@ -810,6 +810,19 @@ def quantify_mechanism(
             else ""
         ),
     )
+    mob = summary[(summary["process"] == "mobility") & summary["value"].notna()]
+    if mob["temperature_K"].nunique() >= 2:  # hop rates at several temperatures: Arrhenius
+        from perovstem.plot.insitu import plot_hop_rates
+
+        ctx.figure(
+            "hop_rates",
+            plot_hop_rates(summary).figure,
+            title=f"Pb⁰ cluster hop rate against temperature ({ctx.step_id})",
+            caption="Hop rate Γ₁ of each condition (bootstrap interval over tracks) against "
+            "1/k_BT; the activation energy in the title is the weighted Arrhenius fit of "
+            "these rates (needs three or more temperatures).",
+            section="mechanism",
+        )
     return {"summary": summary}
 
 
