@@ -79,7 +79,7 @@ from perovstem.pipeline.demo import demo_config  # noqa: E402
 from perovstem.pipeline.runner import run_pipeline  # noqa: E402
 from perovstem.quantify.br_loss import fit_br_desorption  # noqa: E402
 from perovstem.quantify.mechanism import mechanism_summary  # noqa: E402
-from perovstem.quantify.mobility import cluster_hop_rate  # noqa: E402
+from perovstem.quantify.mobility import cluster_hop_rate, pool_field_tracks  # noqa: E402
 from perovstem.simulate.kmc_params import KineticParameters  # noqa: E402
 
 KP = KineticParameters()
@@ -225,15 +225,14 @@ def _ea_with(
     for k, key in enumerate(sorted(i for i in step["inputs"] if i.startswith("frames_"))):
         tag = step["inputs"][key].split(".")[0]
         frames.append(_table(run, f"{tag}.counts").assign(series=k))
-        offset = 0
         n = min(_fields_in(run, tag), DEMO_FIELDS) if n_series is None else int(n_series)
+        fields = []
         for r in range(n):
             det = _table(run, f"{tag}_r{r}.detections" if r else f"{tag}.detections")
             if tracks == "strict":
                 det = mobility_tracks(det, max_step_A=8.0, link_cost=cost)
-            det = det.assign(series=k, track_id=det["track_id"] + offset)
-            offset = int(det["track_id"].max()) + 1
-            trs.append(det)
+            fields.append(det)
+        trs.append(pool_field_tracks(fields).assign(series=k))  # track ids kept apart
     rng = np.random.default_rng([_step_seed(seed, "mobility"), 0])
     s = mechanism_summary(
         pd.concat(frames, ignore_index=True),
@@ -300,14 +299,9 @@ def one_seed(
             g_true = KP.hop_rate_per_s(temp, phi)
             fields = [tag, *(f"{tag}_r{r}" for r in range(1, n_step))]  # the step's
             # the exact cluster tracks of the fields the step pools (ids kept apart)
-            exact, offset = [], 0
-            for f in fields:
-                t = _table(run, f"kmc_{f}.clusters")
-                exact.append(t.assign(track_id=t["cluster_id"] + offset))
-                offset = int(exact[-1]["track_id"].max()) + 1 if len(t) else offset
-            oracle = cluster_hop_rate(
-                pd.concat(exact, ignore_index=True), frame_time_s=dt, n_boot=20, rng=0
-            )
+            exact = [_table(run, f"kmc_{f}.clusters") for f in fields]
+            exact = pool_field_tracks([t.assign(track_id=t["cluster_id"]) for t in exact])
+            oracle = cluster_hop_rate(exact, frame_time_s=dt, n_boot=20, rng=0)
             per_t.append(
                 {
                     "temperature_K": temp,
