@@ -200,10 +200,17 @@ def test_field_option_and_pooling_refuse_what_they_cannot_do():
                 )
             )
     frames, tracks = pd.concat(frames), pd.concat(tracks)
+    # fields of one condition with different frame times: each step with its own Δt
+    # (moment estimator Σ|Δr|² / Σ (2/3)a²n^(-4/3)Δt; localisation error 0)
     s = mechanism_summary(frames, tracks=tracks, field="f", ci="wald")
     mob = s[s["process"] == "mobility"]
-    assert len(mob) == 1 and np.isnan(mob["value"].iloc[0])
-    assert "different frame times (f a 1 s, f b 1.5 s)" in mob["text"].iloc[0]
+    assert len(mob) == 1 and mob["field"].iloc[0] == "a+b"
+    d2, c = 0.0, 0.0
+    for (_f, _tid), g in tracks.groupby(["f", "track_id"]):
+        dt = 1.0 if _f == "a" else 1.5
+        d2 += float(np.sum(np.diff(g["x_A"]) ** 2 + np.diff(g["y_A"]) ** 2))
+        c += (len(g) - 1) * (2 / 3) * 5.87**2 * 20.0 ** (-4 / 3) * dt
+    assert mob["value"].iloc[0] == pytest.approx(d2 / c, rel=1e-12)
     with pytest.raises(ParameterError, match="also in `by`"):
         mechanism_summary(frames, by=("temperature_K", "f"), field="f")
     with pytest.raises(DataError, match=r"'f' \(`field`\) has 1 missing value"):

@@ -393,3 +393,39 @@ def test_few_tracks_give_an_honest_interval():
     still = pd.DataFrame({"track_id": 0, "frame": [0, 1, 2], "x_A": 0.0, "y_A": 0.0, "n_atoms": 20})
     r = cluster_hop_rate(still, frame_time_s=1.0, localization_error_A=0.0, rng=0)
     assert r["rate_per_s"] == 0 and r["ci_low"] == 0 and r["ci_high"] > 0
+
+
+def test_fields_of_different_frame_times_pool_with_their_own_interval():
+    """Two fields of one hop rate imaged at 1 s and 3 s per frame: with each detection's
+    frame interval (``frame_time_column``) the pooled Γ₁ is recovered; taken as one frame
+    time it would be off by the ratio of the intervals (the 3 s field's steps are 3× as
+    long); with equal intervals the column gives the scalar estimate."""
+    from perovstem.quantify import pool_field_tracks
+
+    rng = np.random.default_rng(3)
+    a = _walks(rng, 40.0, dt=1.0, n_tracks=30).assign(ft=1.0)
+    b = _walks(rng, 40.0, dt=3.0, n_tracks=30).assign(ft=3.0)
+    both = pool_field_tracks([a, b])
+    kw = {"localization_error_A": 0.3, "rng": 1}
+    r = cluster_hop_rate(both, frame_time_column="ft", **kw)
+    assert r["rate_per_s"] == pytest.approx(40.0, rel=0.15)
+    assert r["ci_low"] <= 40.0 <= r["ci_high"]
+    assert r["n_steps"] == 2 * 30 * 24
+    wrong = cluster_hop_rate(both, frame_time_s=1.0, **kw)["rate_per_s"]
+    assert wrong > 1.5 * r["rate_per_s"]  # the 3 s steps read as 1 s steps
+    same = cluster_hop_rate(a, frame_time_column="ft", **kw)
+    assert same["rate_per_s"] == pytest.approx(
+        cluster_hop_rate(a, frame_time_s=1.0, **kw)["rate_per_s"], rel=1e-12
+    )
+    for kwargs, word in (
+        ({}, "not neither"),
+        ({"frame_time_s": 1.0, "frame_time_column": "ft"}, "not both"),
+        ({"frame_time_column": "dt"}, "no column 'dt'"),
+    ):
+        with pytest.raises((ParameterError, DataError), match=word):
+            cluster_hop_rate(both, **kwargs)
+    with pytest.raises(DataError, match="positive frame intervals"):
+        cluster_hop_rate(both.assign(ft=0.0), frame_time_column="ft")
+    mixed = both.assign(ft=np.where(both["frame"] > 10, 2.0, both["ft"]))
+    with pytest.raises(DataError, match="a track has several frame intervals"):
+        cluster_hop_rate(mixed, frame_time_column="ft")

@@ -292,11 +292,6 @@ def _nucleation_template_row(g: pd.DataFrame, level: float) -> dict[str, Any] | 
     }
 
 
-# frame times of fields pooled into one hop rate may differ by this fraction (time stamps
-# jitter); beyond it the pooled steps would mix different Δt in one Γ₁
-FIELD_FRAME_TIME_TOLERANCE = 0.02
-
-
 def _mobility_row(
     parts: list[tuple[str, pd.DataFrame, pd.DataFrame]], level: float, opts: dict[str, Any]
 ) -> dict[str, Any] | None:
@@ -317,17 +312,13 @@ def _mobility_row(
             dts.append(dt)
     if sum(len(t) for t in kept) < 4:
         return None
-    if max(dts) > (1 + FIELD_FRAME_TIME_TOLERANCE) * min(dts):
-        times = ", ".join(f"{n} {d:.4g} s" for n, d in zip(names, dts, strict=True))
-        return {
-            "process": "mobility",
-            "observable": "cluster tracks",
-            "text": f"not fitted: the fields of this condition have different frame times "
-            f"({times}); one hop rate pools steps of one frame time",
-        }
     try:
-        t = kept[0] if len(kept) == 1 else pool_field_tracks(kept, names=names)
-        r = cluster_hop_rate(t, frame_time_s=float(np.median(dts)), level=level, **opts)
+        if len(kept) == 1:
+            r = cluster_hop_rate(kept[0], frame_time_s=dts[0], level=level, **opts)
+        else:  # each field's steps with its own frame time
+            kept = [t.assign(_frame_time_s=d) for t, d in zip(kept, dts, strict=True)]
+            t = pool_field_tracks(kept, names=names)
+            r = cluster_hop_rate(t, frame_time_column="_frame_time_s", level=level, **opts)
     except PerovstemError as exc:
         return {"process": "mobility", "observable": "cluster tracks", "text": f"not fitted: {exc}"}
     if not (np.isfinite(r["rate_per_s"]) and r["rate_per_s"] > 0):
@@ -404,7 +395,7 @@ def mechanism_summary(
         series (crystals, files) under one condition.  The per-frame processes are fitted per
         field (each crystal its own time course), the hop rate of a condition pools the
         tracks of all its fields (:func:`~perovstem.quantify.mobility.pool_field_tracks`;
-        their frame times must agree within 2 %), so an activation energy rests on every
+        each field's steps with its own frame time), so an activation energy rests on every
         field (about 200 hops per temperature for 0.05 eV, ``docs/insitu.md``).  Not a
         condition column (``by``); default ``by`` then leaves ``series`` out.
 

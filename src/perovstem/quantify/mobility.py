@@ -36,18 +36,24 @@ __all__ = ["cluster_hop_rate", "fit_desorption_hazard", "pool_field_tracks"]
 
 
 def _track_steps(
-    tracks: pd.DataFrame, track_column: str, size_column: str | None, max_lag: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    tracks: pd.DataFrame,
+    track_column: str,
+    size_column: str | None,
+    max_lag: int,
+    time_column: str | None = None,
+) -> tuple[np.ndarray, ...]:
     """Squared displacements of every track over lags 1..max_lag (frames).
 
-    Returns ``d2`` (Å²), ``lag`` (frames), ``n`` (mean size over the step, or 1) and the
-    track id of each displacement.
+    Returns ``d2`` (Å²), ``lag`` (frames), ``n`` (mean size over the step, or 1), the
+    track id of each displacement and its frame time (``time_column`` of the later
+    detection, s; 1 without a column).
     """
     t = tracks.sort_values([track_column, "frame"])
     tid = t[track_column].to_numpy()
     fr = t["frame"].to_numpy(int)
     x, y = t["x_A"].to_numpy(float), t["y_A"].to_numpy(float)
     size = t[size_column].to_numpy(float) if size_column else np.ones(len(t))
+    ft = t[time_column].to_numpy(float) if time_column else np.ones(len(t))
     out = []
     for k in range(1, max_lag + 1):
         if len(t) <= k:
@@ -57,10 +63,10 @@ def _track_steps(
         ok &= (fr[k:] - fr[:-k]) == k
         d2 = (x[k:] - x[:-k]) ** 2 + (y[k:] - y[:-k]) ** 2
         n = 0.5 * (size[k:] + size[:-k])
-        out.append((d2[ok], np.full(int(ok.sum()), k), n[ok], tid[k:][ok]))
+        out.append((d2[ok], np.full(int(ok.sum()), k), n[ok], tid[k:][ok], ft[k:][ok]))
     if not out or sum(o[0].size for o in out) == 0:
         raise DataError("no track has two consecutive frames: cannot measure mobility")
-    return tuple(np.concatenate([o[i] for o in out]) for i in range(4))  # type: ignore[return-value]
+    return tuple(np.concatenate([o[i] for o in out]) for i in range(5))
 
 
 def _moment_fit(
@@ -124,7 +130,7 @@ _MIN_BOOT_TRACKS = 5
 def cluster_hop_rate(
     tracks: pd.DataFrame,
     *,
-    frame_time_s: float,
+    frame_time_s: float | None = None,
     hop_length_A: float = 5.87,
     size_exponent: float = 4.0 / 3.0,
     localization_error_A: float | None = 0.0,
@@ -136,6 +142,7 @@ def cluster_hop_rate(
     level: float = 0.95,
     n_boot: int = 300,
     rng: Any = None,
+    frame_time_column: str | None = None,
 ) -> dict[str, float]:
     """Monomer-equivalent hop rate Γ₁ (s⁻¹) from cluster tracks.
 
@@ -180,8 +187,8 @@ def cluster_hop_rate(
     tracks : DataFrame
         ``frame, x_A, y_A, track_id`` and ``size_column`` (e.g. from
         :func:`perovstem.insitu.track_clusters`).
-    frame_time_s : float
-        Time between frames, s.
+    frame_time_s : float, optional
+        Time between frames, s (or give ``frame_time_column``).
     hop_length_A : float
         Hop length (lattice vector), Å.
     size_exponent : float
@@ -202,6 +209,11 @@ def cluster_hop_rate(
         radius too small for the hops per frame).
     level, n_boot, rng
         Bootstrap over tracks (percentile interval).
+    frame_time_column : str, optional
+        Column of ``tracks`` with each detection's frame interval, s, one value per track:
+        tracks of fields imaged with different frame times pooled into one Γ₁ (each step
+        weighted by its own Δt, the moment estimator stays exact in the mean).  Instead of
+        ``frame_time_s``.
 
     Returns
     -------
@@ -212,7 +224,13 @@ def cluster_hop_rate(
         ``frac_long_steps``.
     """
     refuse_text_numbers(locals())
-    dt = check_positive("frame_time_s", frame_time_s)
+    if (frame_time_s is None) == (frame_time_column is None):
+        raise ParameterError(
+            "give `frame_time_s` (the frame interval, s) or `frame_time_column` (a column of "
+            "per-detection frame intervals, for pooled fields), not "
+            + ("both" if frame_time_s is not None else "neither")
+        )
+    dt = 1.0 if frame_time_s is None else check_positive("frame_time_s", frame_time_s)
     a = check_positive("hop_length_A", hop_length_A)
     check_choice("estimator", estimator, ("moment", "truncated"))
     if estimator == "truncated":
@@ -249,12 +267,28 @@ def cluster_hop_rate(
                 f"`tracks` column {c!r} has {int(np.sum(~np.isfinite(v)))} NaN/inf or "
                 "non-numeric value(s)"
             )
+    if frame_time_column is not None:
+        if frame_time_column not in tracks:
+            raise DataError(f"`tracks` has no column {frame_time_column!r} (`frame_time_column`)")
+        ft = pd.to_numeric(tracks[frame_time_column], errors="coerce").to_numpy(float)
+        if not np.all(np.isfinite(ft) & (ft > 0)):
+            raise DataError(
+                f"`tracks` column {frame_time_column!r} must hold positive frame intervals, s "
+                f"({int(np.sum(~(np.isfinite(ft) & (ft > 0))))} value(s) are not)"
+            )
+        if (tracks.groupby(track_column)[frame_time_column].nunique() > 1).any():
+            raise DataError(
+                f"`tracks` column {frame_time_column!r}: a track has several frame intervals "
+                "(one value per track: each field its own)"
+            )
     lag_max = int(max_lag) if s2_fixed is None else 1
-    d2, lag, n, tid = _track_steps(
-        tracks, track_column, size_column if size_exponent else None, lag_max
+    d2, lag, n, tid, step_dt = _track_steps(
+        tracks, track_column, size_column if size_exponent else None, lag_max, frame_time_column
     )
     w = np.clip(n, 1e-9, None) ** (-size_exponent) if size_exponent else np.ones(d2.size)
     c = (2.0 / 3.0) * a * a * dt * w * lag
+    if frame_time_column is not None:  # each step its own field's Δt
+        c = c * step_dt
     if s2_fixed is None and np.unique(lag).size < 2:
         raise DataError("no track spans two lags: cannot estimate the localisation error")
     g, s2 = _moment_fit(d2, c, lag, s2_fixed)
