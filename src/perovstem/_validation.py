@@ -88,6 +88,18 @@ def check_choice(name: str, value: Any, choices: Any) -> Any:
     return value
 
 
+def item_names(names: Any, n: int, *, default: str, what: str, unique: bool = False) -> list[str]:
+    """``names`` of ``n`` items (``default`` + index where None): one per item, and unique
+    where they label rows (a repeated name would merge two items)."""
+    out = [f"{default} {i}" for i in range(n)] if names is None else [str(v) for v in names]
+    if len(out) != n:
+        raise ParameterError(f"`names` has {len(out)} entries for {n} {what}")
+    dup = sorted({v for v in out if out.count(v) > 1}) if unique else []
+    if dup:
+        raise ParameterError(f"`names` must be unique: {dup} given more than once")
+    return out
+
+
 def check_finite(name: str, array: np.ndarray) -> np.ndarray:
     """Raise :class:`DataError` if ``array`` holds NaN or inf (counts them in the message)."""
     a = np.asarray(array)

@@ -15,49 +15,18 @@ TEMPERATURES_K = (250.0, 272.0, 297.0)
 N_FRAMES = 16
 
 
-def _field(t, seed, params, n_frames=N_FRAMES):
-    """A 4 nm crystal with 12 Pb clusters diffusing at ``t`` (KMC, diffusion only), imaged
-    with drift at 2000 e⁻/Å² per frame; frame time ~1 hop of a 20-atom cluster (the design
-    of tests/quantify/test_mobility.py).  Each seed is another crystal (field)."""
-    from perovstem.quantify.kinetics import K_B_EV_PER_K
-    from perovstem.simulate import add_pb_cluster, degradation_kmc, insitu_series, nanocrystal
-
-    rng = np.random.default_rng(seed)
-    at = nanocrystal(edge_A=40.0, rng=seed)
-    for i in range(12):
-        site = ("corner", "edge", "face")[i % 3]
-        at = add_pb_cluster(at, int(rng.integers(12, 30)), site=site, rng=rng)
-    g1 = params.hop_prefactor_per_s * np.exp(-params.hop_activation_eV / (K_B_EV_PER_K * t))
-    dt = 1.0 / (g1 * 20 ** (-4 / 3))
-    tr = degradation_kmc(
-        at,
-        n_frames=n_frames,
-        frame_time_s=dt,
-        dose_rate_e_per_A2_s=2000.0 / dt,
-        temperature_K=t,
-        params=params,
-        rng=seed + 100 * int(t),
-    )
-    s, _ = insitu_series(
-        tr, pixel_size_A=0.5, drift_A_per_s=(0.3 / dt, -0.2 / dt), jitter_A=0.2, rng=seed + int(t)
-    )
-    return s
-
-
 @pytest.fixture(scope="module")
-def study():
-    """Two fields (crystals, seeds 1 and 2) at each of three temperatures, analysed."""
+def study(diffusion_field):
+    """Two fields (crystals, seeds 1 and 2) at each of three temperatures, 16 frames each
+    (``diffusion_field``: Pb clusters diffusing on a 4 nm crystal, ~1 hop per frame),
+    analysed."""
     from perovstem.insitu import analyze_series
-    from perovstem.simulate.kmc_params import KineticParameters
 
-    p = KineticParameters(
-        enable_desorption=False, enable_thermal_desorption=False, enable_detachment=False
-    )
     series, results = {}, {}
     for t in TEMPERATURES_K:
         for seed in (1, 2):
             name = f"f{seed}_{t:g}K"
-            series[name] = _field(t, seed, p)
+            p, series[name], _ = diffusion_field(t, seed, N_FRAMES)
             results[name] = analyze_series(series[name], crystal=False, phase_check=False)
     return p, series, results
 

@@ -194,44 +194,14 @@ def test_bad_input():
 
 
 @pytest.fixture(scope="module")
-def mobility_series():
-    """Pb clusters on a 4 nm crystal imaged at five temperatures (KMC + fast HAADF).
-
-    Only cluster diffusion runs (beam and thermal Br loss, Pb⁰ detachment switched off), so
-    the mobility is the KMC's ``ν₀·exp(−E_a/k_B T)·n^(−4/3)`` hop rate.  The frame time is
-    chosen per temperature so that a 20-atom cluster makes ~1 hop per frame (what an
-    experimenter does to keep clusters trackable), at a fixed 2000 e⁻/Å² per frame.
-    """
+def mobility_series(diffusion_field):
+    """Pb clusters on a 4 nm crystal imaged at five temperatures (``diffusion_field``,
+    crystal seed 0, 24 frames): ``(params, [(T, frame time, detections), ...])``."""
     from perovstem.insitu import analyze_series
-    from perovstem.simulate import add_pb_cluster, degradation_kmc, insitu_series, nanocrystal
-    from perovstem.simulate.kmc_params import KineticParameters
 
-    p = KineticParameters(
-        enable_desorption=False, enable_thermal_desorption=False, enable_detachment=False
-    )
-    seed = 0
-    rng = np.random.default_rng(seed)
-    at = nanocrystal(edge_A=40.0, rng=0)
-    for i in range(12):
-        at = add_pb_cluster(
-            at, int(rng.integers(12, 30)), site=("corner", "edge", "face")[i % 3], rng=rng
-        )
     out = []
     for t in (240.0, 258.0, 277.0, 297.0, 320.0):
-        g1 = p.hop_prefactor_per_s * np.exp(-p.hop_activation_eV / (K_B_EV_PER_K * t))
-        dt = 1.0 / (g1 * 20 ** (-4 / 3))
-        tr = degradation_kmc(
-            at,
-            n_frames=24,
-            frame_time_s=dt,
-            dose_rate_e_per_A2_s=2000.0 / dt,
-            temperature_K=t,
-            params=p,
-            rng=seed + 100 * int(t),
-        )
-        s, _ = insitu_series(
-            tr, pixel_size_A=0.5, drift_A_per_s=(0.3 / dt, -0.2 / dt), jitter_A=0.2, rng=int(t)
-        )
+        p, s, dt = diffusion_field(t, 0)
         res = analyze_series(s, crystal=False, phase_check=False, summary=False)
         out.append((t, dt, res.clusters))
     return p, out

@@ -18,8 +18,14 @@ from typing import Any
 
 import pandas as pd
 
-from perovstem._validation import check_choice, check_positive, check_range, refuse_text_numbers
-from perovstem.errors import DataError, ParameterError
+from perovstem._validation import (
+    check_choice,
+    check_positive,
+    check_range,
+    item_names,
+    refuse_text_numbers,
+)
+from perovstem.errors import DataError
 from perovstem.insitu.tracking import mobility_tracks
 
 __all__ = ["combine_series", "hop_tracks"]
@@ -166,12 +172,7 @@ def combine_series(
     results = list(results)
     if not results:
         raise DataError("no series to combine: give at least one analysed series")
-    names = [f"series {i}" for i in range(len(results))] if names is None else list(names)
-    if len(names) != len(results):
-        raise ParameterError(f"`names` has {len(names)} entries for {len(results)} series")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ParameterError(f"`names` must be unique: {dup} given more than once")
+    names = item_names(names, len(results), default="series", what="series", unique=True)
     check_choice("hop_tracks_how", hop_tracks_how, ("strict", "lineage"))
     frames_all, tracks_all, notes = [], [], []
     x = "cumulative_dose_e_per_A2"

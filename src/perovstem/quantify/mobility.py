@@ -27,6 +27,7 @@ from perovstem._validation import (
     check_choice,
     check_positive,
     check_range,
+    item_names,
     refuse_text_numbers,
 )
 from perovstem.errors import DataError, ParameterError
@@ -453,9 +454,7 @@ def pool_field_tracks(
     tables = list(tables)
     if not tables:
         raise DataError("no tracks to pool: give at least one field's table")
-    names = [f"field {i}" for i in range(len(tables))] if names is None else list(names)
-    if len(names) != len(tables):
-        raise ParameterError(f"`names` has {len(names)} entries for {len(tables)} tables")
+    names = item_names(names, len(tables), default="field", what="tables")
     out = []
     offset = 0  # a further field's track ids follow the earlier's: no step across fields
     for f, (name, t) in enumerate(zip(names, tables, strict=True)):
