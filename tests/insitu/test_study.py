@@ -278,5 +278,8 @@ def test_hop_rate_figure(study):
     (line,) = [ln for ln in ax.get_lines() if ln.get_marker() == "o"]
     np.testing.assert_allclose(np.sort(line.get_ydata()), np.sort(_mob(c)["value"]))
     assert f"Ea = {_ea(c)['value']:.3f} eV" in ax.get_title()
+    (fit,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]
+    fx, fy = fit.get_xdata(), np.log(fit.get_ydata())
+    assert (fy[-1] - fy[0]) / (fx[-1] - fx[0]) == pytest.approx(-_ea(c)["value"], rel=1e-9)
     with pytest.raises(DataError, match="no mobility row"):
         plot_hop_rates(c[c["process"] != "mobility"])

@@ -219,7 +219,8 @@ def plot_hop_rates(summary: pd.DataFrame, *, ax: Any = None) -> Any:
     :func:`perovstem.insitu.combine_series`): its ``mobility`` rows (Γ₁ with interval, s⁻¹)
     as points with error bars and their temperature, coloured by dose rate where a dose
     rate repeats across temperatures (a dose-rate series); the activation energy
-    of its ``Ea_eV`` row (from the same rates) in the title.
+    of its ``Ea_eV`` row (from the same rates) in the title, and its Arrhenius line (the
+    same weighted fit) from three temperatures on.
     """
     from perovstem.quantify.kinetics import K_B_EV_PER_K
 
@@ -248,11 +249,6 @@ def plot_hop_rates(summary: pd.DataFrame, *, ax: Any = None) -> Any:
             capsize=2,
             label=label or None,
         )
-    for xi, vi, t in zip(x, v, mob["temperature_K"].to_numpy(float), strict=True):
-        ax.annotate(f"{t:g} K", (xi, vi), xytext=(4, 4), textcoords="offset points", fontsize=7)
-    ax.set_yscale("log")
-    ax.set_xlabel("1 / k_B T (eV⁻¹)")
-    ax.set_ylabel("hop rate Γ₁ (s⁻¹)")
     ea = summary.iloc[:0]
     if {"param", "observable"} <= set(summary.columns):
         ea = summary[
@@ -260,6 +256,22 @@ def plot_hop_rates(summary: pd.DataFrame, *, ax: Any = None) -> Any:
             & (summary["process"] == "temperature")
             & (summary["observable"] == "Gamma1_per_s")
         ]
+    if len(ea) and np.unique(x).size >= 3:  # the Arrhenius line of the Ea row's fit
+        from perovstem.errors import PerovstemError
+        from perovstem.quantify.kinetics import fit_arrhenius
+
+        e = (mob["ci_high"] - mob["ci_low"]).to_numpy(float) / 3.92  # as the Ea row's fit
+        try:
+            fit = fit_arrhenius(mob["temperature_K"], v, rate_err=e if np.all(e > 0) else None)
+            xx = np.linspace(x.min(), x.max(), 50)
+            ax.plot(xx, np.exp(fit.params["ln_A"] - fit.params["Ea_eV"] * xx), "-", lw=1)
+        except PerovstemError:
+            pass
+    for xi, vi, t in zip(x, v, mob["temperature_K"].to_numpy(float), strict=True):
+        ax.annotate(f"{t:g} K", (xi, vi), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xlabel("1 / k_B T (eV⁻¹)")
+    ax.set_ylabel("hop rate Γ₁ (s⁻¹)")
     if len(ea):
         r = ea.iloc[0]
         ax.set_title(
