@@ -625,7 +625,9 @@ def quantify_dose_rate(ctx: Any, params_low: Any, params_high: Any) -> dict[str,
     "activation energy of Pb⁰ diffusion; tracks_a2 ... add a second field's tracks to a "
     "condition's hop rate (Ea within 0.05 eV needs about 200 hops per temperature: two "
     "fields of the demo's kind, docs/insitu.md); any number of further conditions and "
-    "fields as the lists condition_frames and condition_tracks (with tracks_of).",
+    "fields as the lists condition_frames and condition_tracks (with tracks_of); a figure of "
+    "the hop rates against 1/kT with the Arrhenius line where they span two or more "
+    "temperatures.",
 )
 def quantify_mechanism(
     ctx: Any,
