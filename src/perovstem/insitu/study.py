@@ -194,12 +194,18 @@ def combine_series(
     frames = pd.concat(frames_all, ignore_index=True)
     if x == "frame":
         notes.append("a series has no dose: the per-frame fits use the frame index")
-    for c in CONDITION_COLUMNS[:2]:
+    how_to = {
+        "temperature_K": "its temperature (the file's, perovstem insitu --temperature-K or "
+        "--conditions)",
+        "dose_rate_e_per_A2_s": "its dose (the file's, or perovstem insitu "
+        "--dose-e-per-A2/--current-pA with frame times)",
+    }
+    for c, fix in how_to.items():
         if c in frames and frames[c].isna().any() and frames[c].notna().any():
             lack = sorted(frames.loc[frames[c].isna(), "series"].unique())
             raise DataError(
                 f"{', '.join(lack)}: no {c} (the other series have one): give each series "
-                "its conditions (the file's metadata or a holder log), or leave the series out"
+                f"{fix}, or leave the series out"
             )
     if "temperature_K" not in frames or frames["temperature_K"].isna().all():
         notes.append(
