@@ -133,8 +133,9 @@ def combine_series(
     dose rate, gas: from the file's metadata or a holder log, see
     :func:`perovstem.insitu.attach_conditions`).  Series whose conditions agree (within
     :data:`perovstem.quantify.mechanism.CONDITION_TOLERANCE`) are one condition: their
-    per-frame processes (Br loss, nucleation, growth, ...) are fitted per series, their
-    cluster tracks (:func:`hop_tracks`) are pooled for the condition's hop rate Γ₁; across
+    per-frame processes (Br loss, nucleation, growth, ...) are fitted per series (plus one
+    D_Br row pooling the series' image-derived Br losses, ``analyze_series(br_loss=True)``),
+    their cluster tracks (:func:`hop_tracks`) are pooled for the condition's hop rate Γ₁; across
     conditions come the Arrhenius energy of Pb⁰ diffusion and the dose-rate dependence
     (:func:`perovstem.quantify.mechanism.mechanism_summary` with ``field="series"``).
     One series gives the mobility and per-frame rows of ``analyze_series(...).summary``.

@@ -5,6 +5,7 @@ from perovstem.quantify.br_loss import (  # noqa: F401
     br_loss_from_images,
     br_structure_template,
     fit_br_desorption,
+    pool_br_desorption,
 )
 from perovstem.quantify.facets import facet_fractions, surface_facets  # noqa: F401,E402
 from perovstem.quantify.kinetics import (  # noqa: F401

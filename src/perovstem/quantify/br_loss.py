@@ -50,6 +50,7 @@ crystal and all Pb⁰ inside the field of view.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,7 @@ from perovstem.errors import DataError, ParameterError
 __all__ = [
     "BrLossResult",
     "fit_br_desorption",
+    "pool_br_desorption",
     "br_structure_template",
     "br_loss_from_images",
 ]
@@ -161,6 +163,51 @@ def _arr(name: str, v: Any, n: int | None = None) -> np.ndarray:
     return a
 
 
+def _dispersion(dn: np.ndarray, mu: np.ndarray) -> float:
+    """Quasi-Poisson dispersion φ = max(1, Σ(ΔN − μ)²/μ / (K − 1)) of per-frame losses."""
+    use = mu > 0
+    dof = max(int(use.sum()) - 1, 1)
+    phi = float(np.sum((dn[use] - mu[use]) ** 2 / mu[use]) / dof) if use.sum() > 1 else 1.0
+    return max(phi, 1.0)
+
+
+def _d_br_interval(
+    E: float, tot: float, phi: float, level: float, sd2: float | None, extra_rel_var: float
+) -> tuple[float, float]:
+    """Interval of D̂ = E/ΣΔN (E the exposure Σ ΔD·R̄): the quasi-Poisson profile of the total (``sd2`` None) or the
+    Wald interval of log D̂ with variance ΣΔN + ``sd2`` (level errors), widened by
+    ``extra_rel_var`` on the log scale."""
+    z = stats.norm.ppf(0.5 + level / 2)
+    D = E / tot
+    if sd2 is not None:
+        s_log = np.sqrt(tot + sd2) / tot
+        lo, hi = D * np.exp(-z * s_log), D * np.exp(z * s_log)
+    else:
+        # profile interval of the Poisson total N ~ Poisson(E/D) with dispersion φ:
+        # deviance 2φ⁻¹[N log(N/m) − (N − m)] = χ²₁(level), m = E/D
+        q = stats.chi2.ppf(level, 1)
+
+        def dev(m: float) -> float:
+            return 2.0 / phi * (tot * np.log(tot / m) - (tot - m)) - q
+
+        # widen the brackets until the deviance crosses: with a large dispersion (image
+        # losses that are negative in some frames) the fixed ones held no root (brentq's
+        # ValueError); no crossing above m → 0 leaves D_Br unbounded above (hi = inf)
+        a, b = tot * 1e-6, tot * 10 + 100
+        while dev(a) < 0 and a > 1e-280:
+            a *= 1e-6
+        while dev(b) < 0 and b < 1e280:
+            b *= 10.0
+        m_lo = optimize.brentq(dev, a, tot) if dev(a) > 0 else 0.0
+        m_hi = optimize.brentq(dev, tot, b)
+        lo, hi = E / m_hi, (E / m_lo if m_lo > 0 else np.inf)
+    if extra_rel_var > 0:
+        s_stat = (np.log(hi) - np.log(lo)) / (2 * z)
+        s = np.hypot(s_stat, np.sqrt(extra_rel_var))
+        lo, hi = D * np.exp(-z * s), D * np.exp(z * s)
+    return float(lo), float(hi)
+
+
 def fit_br_desorption(
     dose_e_per_A2: Any,
     n_lost: Any,
@@ -238,38 +285,11 @@ def fit_br_desorption(
         raise DataError(f"no Br lost (Σ n_lost = {tot:.3g}) or nothing at risk: D_Br is unbounded")
     D = E / tot
     mu = expo / D
-    use = mu > 0
-    dof = max(int(use.sum()) - 1, 1)
-    phi = float(np.sum((dn[use] - mu[use]) ** 2 / mu[use]) / dof) if use.sum() > 1 else 1.0
-    phi = max(phi, 1.0)
-    # profile interval of the Poisson total N ~ Poisson(E/D) with dispersion φ:
-    # deviance 2φ⁻¹[N log(N/m) − (N − m)] = χ²₁(level), m = E/D
-    q = stats.chi2.ppf(level, 1)
-
-    def dev(m: float) -> float:
-        return 2.0 / phi * (tot * np.log(tot / m) - (tot - m)) - q
-
-    z = stats.norm.ppf(0.5 + level / 2)
+    phi = _dispersion(dn, mu)
+    sd2 = None
     if level_sd is not None:
-        sd = check_positive("level_sd", level_sd, allow_zero=True)
-        s_log = np.sqrt(tot + 2.0 * sd**2) / tot
-        lo, hi = D * np.exp(-z * s_log), D * np.exp(z * s_log)
-    else:
-        # widen the brackets until the deviance crosses: with a large dispersion (image
-        # losses that are negative in some frames) the fixed ones held no root (brentq's
-        # ValueError); no crossing above m → 0 leaves D_Br unbounded above (hi = inf)
-        a, b = tot * 1e-6, tot * 10 + 100
-        while dev(a) < 0 and a > 1e-280:
-            a *= 1e-6
-        while dev(b) < 0 and b < 1e280:
-            b *= 10.0
-        m_lo = optimize.brentq(dev, a, tot) if dev(a) > 0 else 0.0
-        m_hi = optimize.brentq(dev, tot, b)
-        lo, hi = E / m_hi, (E / m_lo if m_lo > 0 else np.inf)
-    if extra_rel_var > 0:
-        s_stat = (np.log(hi) - np.log(lo)) / (2 * z)
-        s = np.hypot(s_stat, np.sqrt(extra_rel_var))
-        lo, hi = D * np.exp(-z * s), D * np.exp(z * s)
+        sd2 = 2.0 * check_positive("level_sd", level_sd, allow_zero=True) ** 2
+    lo, hi = _d_br_interval(E, tot, phi, level, sd2, extra_rel_var)
     frames = pd.DataFrame(
         {
             "dose_e_per_A2": d,
@@ -290,6 +310,85 @@ def fit_br_desorption(
         dispersion=phi,
         f_bulk=float(f_bulk),
         frames=frames,
+    )
+
+
+def pool_br_desorption(
+    fits: Sequence[BrLossResult],
+    *,
+    level: float = 0.95,
+    level_sd: Sequence[float | None] | None = None,
+    extra_rel_var: float = 0.0,
+) -> BrLossResult:
+    """One D_Br from several crystals (fields) of one condition.
+
+    Each field's frames are Poisson-independent given its own Br at risk, so the joint
+    maximum-likelihood estimate of the shared D_Br is D̂ = Σ_fields E / Σ_fields ΣΔN (the
+    exposures and losses of :func:`fit_br_desorption`, one fit per field); the interval is
+    that function's, on the pooled totals: the quasi-Poisson profile with the dispersion of
+    all frames around the pooled fit, or, with measured level errors (``level_sd``, one per
+    field), the Wald interval of log D̂ with variance ΣΔN + 2·Σ sd².  ``extra_rel_var`` (a
+    systematic relative variance such as the structural templates' spread) is not divided
+    among the fields: give the fields' common value (the templates are the same).
+
+    Parameters
+    ----------
+    fits : sequence of BrLossResult
+        :func:`fit_br_desorption` of each field, all with the same ``f_bulk``.
+    level : float
+        Confidence level.
+    level_sd : sequence of float or None, optional
+        Each field's measurement sd of its cumulative Br lost (None or NaN: not measured;
+        then all must be, and the profile interval is used).
+    extra_rel_var : float
+        Additional relative variance of D̂, added in quadrature on the log scale.
+
+    Returns
+    -------
+    BrLossResult
+        Pooled; ``frames`` holds every field's frames (column ``field``, 0-based) with the
+        expected losses under the pooled D̂; ``info['fields']`` the number of fields.
+    """
+    refuse_text_numbers(locals())
+    fits = list(fits)
+    if not fits or not all(isinstance(f, BrLossResult) for f in fits):
+        raise DataError("`fits` must be one or more BrLossResult (fit_br_desorption per field)")
+    if not 0.0 < float(level) < 1.0:
+        raise ParameterError(f"`level` must be in (0, 1), got {level!r}")
+    check_positive("extra_rel_var", extra_rel_var, allow_zero=True)
+    f_bulk = {f.f_bulk for f in fits}
+    if len(f_bulk) > 1:
+        raise DataError(f"the fields' fits have different f_bulk {sorted(f_bulk)}: pool alike")
+    sds = [None] * len(fits) if level_sd is None else list(level_sd)
+    if len(sds) != len(fits):
+        raise ParameterError(f"`level_sd` has {len(sds)} entries for {len(fits)} fits")
+    given = [v is not None and np.isfinite(float(v)) for v in sds]
+    if any(given) and not all(given):
+        raise DataError("`level_sd`: give every field's level error or none")
+    tot = float(sum(f.n_lost for f in fits))
+    E = float(sum(f.exposure_e_per_A2 for f in fits))
+    if tot <= 0 or E <= 0:
+        raise DataError(f"no Br lost (Σ n_lost = {tot:.3g}) or nothing at risk: D_Br is unbounded")
+    D = E / tot
+    frames = pd.concat([f.frames.assign(field=i) for i, f in enumerate(fits)], ignore_index=True)
+    # each field's expected losses under its own D, rescaled to the pooled D
+    per_field_d = np.repeat([f.D_Br_e_per_A2 for f in fits], [len(f.frames) for f in fits])
+    mu = frames["expected_lost"].to_numpy(float) * per_field_d / D
+    frames["expected_lost"] = mu
+    phi = _dispersion(frames["n_lost"].to_numpy(float), mu)
+    sd2 = 2.0 * float(sum(float(v) ** 2 for v in sds)) if all(given) else None
+    lo, hi = _d_br_interval(E, tot, phi, level, sd2, extra_rel_var)
+    return BrLossResult(
+        D_Br_e_per_A2=D,
+        ci_low=lo,
+        ci_high=hi,
+        level=level,
+        n_lost=tot,
+        exposure_e_per_A2=E,
+        dispersion=phi,
+        f_bulk=fits[0].f_bulk,
+        frames=frames,
+        info={"fields": len(fits)},
     )
 
 

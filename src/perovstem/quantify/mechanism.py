@@ -191,8 +191,10 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
 _BR_IMAGE = ("n_Br_lost_image", "n_Br_exposed_image", "n_Br_bulk_image")
 
 
-def _br_image_row(g: pd.DataFrame, level: float) -> dict[str, Any] | None:
-    """Br-loss row from image-derived Br lost and Br at risk (:mod:`.br_loss`), if present.
+def _br_image_fit(g: pd.DataFrame, level: float) -> tuple[Any, float, float, int] | None:
+    """:func:`~.br_loss.fit_br_desorption` of one series' image-derived Br columns, with its
+    level error and template spread: ``(fit, level_sd, template_rel_sd, n_frames)``; None
+    without the columns (raises PerovstemError when they cannot be fitted).
 
     Uses the cumulative Br lost and the exposed / bulk Br at the end of each frame
     (``BrLossResult.frame_columns()``); frame 0 only provides the starting state.
@@ -204,25 +206,26 @@ def _br_image_row(g: pd.DataFrame, level: float) -> dict[str, Any] | None:
         return None
     from perovstem.quantify.br_loss import fit_br_desorption
 
-    sd = g["n_Br_lost_image_sd"].median() if "n_Br_lost_image_sd" in g else None
+    sd = g["n_Br_lost_image_sd"].median() if "n_Br_lost_image_sd" in g else np.nan
     # the structural templates' spread (br_loss_from_images puts it into its interval;
     # without it this row's interval was 4x narrower than the br_loss step's)
     rel = g["D_Br_template_rel_sd"].median() if "D_Br_template_rel_sd" in g else np.nan
     f_bulk = float(g["f_bulk"].median()) if "f_bulk" in g else 0.1
     cum = sub["n_Br_lost_image"].to_numpy(float)
-    try:
-        f = fit_br_desorption(
-            sub["dose_e_per_A2"].to_numpy(float)[1:],
-            np.diff(cum),
-            sub["n_Br_exposed_image"].to_numpy(float),
-            sub["n_Br_bulk_image"].to_numpy(float),
-            f_bulk=f_bulk,
-            level=level,
-            level_sd=None if sd is None or not np.isfinite(sd) else float(sd),
-            extra_rel_var=float(rel) ** 2 if np.isfinite(rel) else 0.0,
-        )
-    except PerovstemError as exc:
-        return {"process": "br_loss", "observable": "n_Br_lost_image", "text": f"not fitted: {exc}"}
+    fit = fit_br_desorption(
+        sub["dose_e_per_A2"].to_numpy(float)[1:],
+        np.diff(cum),
+        sub["n_Br_exposed_image"].to_numpy(float),
+        sub["n_Br_bulk_image"].to_numpy(float),
+        f_bulk=f_bulk,
+        level=level,
+        level_sd=float(sd) if np.isfinite(sd) else None,
+        extra_rel_var=float(rel) ** 2 if np.isfinite(rel) else 0.0,
+    )
+    return fit, float(sd), float(rel), len(sub) - 1
+
+
+def _br_row(fit: Any, level: float, n_points: int, pooled: str = "") -> dict[str, Any]:
     key = "D_Br_e_per_A2"
     return {
         "process": "br_loss",
@@ -232,15 +235,60 @@ def _br_image_row(g: pd.DataFrame, level: float) -> dict[str, Any] | None:
         "weight": np.nan,
         "delta_next": np.nan,
         "param": key,
-        "value": f.D_Br_e_per_A2,
-        "ci_low": f.ci_low,
-        "ci_high": f.ci_high,
-        "n_points": len(sub) - 1,
+        "value": fit.D_Br_e_per_A2,
+        "ci_low": fit.ci_low,
+        "ci_high": fit.ci_high,
+        "n_points": n_points,
         "text": (
-            f"br_loss: exposed-Br hazard from images; {key} = {_fmt(f.D_Br_e_per_A2)} "
-            f"[{_fmt(f.ci_low)}, {_fmt(f.ci_high)}] ({int(level * 100)} % CI)"
+            f"br_loss: exposed-Br hazard from images{pooled}; {key} = "
+            f"{_fmt(fit.D_Br_e_per_A2)} [{_fmt(fit.ci_low)}, {_fmt(fit.ci_high)}] "
+            f"({int(level * 100)} % CI)"
         ),
     }
+
+
+def _br_image_row(g: pd.DataFrame, level: float) -> dict[str, Any] | None:
+    """Br-loss row from image-derived Br lost and Br at risk (:mod:`.br_loss`), if present."""
+    try:
+        r = _br_image_fit(g, level)
+    except PerovstemError as exc:
+        return {"process": "br_loss", "observable": "n_Br_lost_image", "text": f"not fitted: {exc}"}
+    return None if r is None else _br_row(r[0], level, r[3])
+
+
+def _br_image_pooled_row(
+    per_field: list[tuple[Any, pd.DataFrame]], level: float
+) -> dict[str, Any] | None:
+    """One D_Br from the image-derived Br losses of every field of a condition
+    (:func:`~.br_loss.pool_br_desorption`), where two or more fields have them."""
+    from perovstem.quantify.br_loss import pool_br_desorption
+
+    fits, sds, rels, n = [], [], [], 0
+    for _, g in per_field:
+        try:
+            r = _br_image_fit(g, level)
+        except PerovstemError:
+            continue  # (its own row says why)
+        if r is not None:
+            fits.append(r[0])
+            sds.append(r[1])
+            rels.append(r[2])
+            n += r[3]
+    if len(fits) < 2:
+        return None
+    given = [np.isfinite(v) for v in sds]
+    rel2 = [v * v for v in rels if np.isfinite(v)]
+    try:
+        pooled = pool_br_desorption(
+            fits,
+            level=level,
+            level_sd=sds if all(given) else None,
+            # the templates are the same for every field: their spread is not averaged down
+            extra_rel_var=float(np.mean(rel2)) if rel2 else 0.0,
+        )
+    except PerovstemError as exc:
+        return {"process": "br_loss", "observable": "n_Br_lost_image", "text": f"not fitted: {exc}"}
+    return _br_row(pooled, level, n, f", {len(fits)} fields pooled")
 
 
 def _nucleation_template_row(g: pd.DataFrame, level: float) -> dict[str, Any] | None:
@@ -393,8 +441,10 @@ def mechanism_summary(
     field : str, optional
         Column of ``frames`` (and ``tracks``) naming the field a row comes from: several
         series (crystals, files) under one condition.  The per-frame processes are fitted per
-        field (each crystal its own time course), the hop rate of a condition pools the
-        tracks of all its fields (:func:`~perovstem.quantify.mobility.pool_field_tracks`;
+        field (each crystal its own time course) and, where two or more fields carry the
+        image-derived Br loss, pooled into one more D_Br row of the condition
+        (:func:`~perovstem.quantify.br_loss.pool_br_desorption`); the hop rate of a
+        condition pools the tracks of all its fields (:func:`~perovstem.quantify.mobility.pool_field_tracks`;
         each field's steps with its own frame time), so an activation energy rests on every
         field (about 200 hops per temperature for 0.05 eV, ``docs/insitu.md``).  Not a
         condition column (``by``); default ``by`` then leaves ``series`` out.
@@ -478,6 +528,10 @@ def mechanism_summary(
             fcol = {} if field is None else {"field": str(fv)}
             for r in _process_rows(gf, x, level, ci):
                 rows.append({**cond, **r, **fcol})
+        if len(per_field) > 1:  # D_Br is the material's: one value from all fields too
+            r = _br_image_pooled_row([(fv, gf.sort_values(x)) for fv, gf in per_field], level)
+            if r is not None:
+                rows.append({**cond, **r, "field": "+".join(str(fv) for fv, _ in per_field)})
         if tracks is not None:
             t = tracks
             key = _key if isinstance(_key, tuple) else (_key,)
