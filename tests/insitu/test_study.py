@@ -211,6 +211,14 @@ def test_combine_series_bad_input_names_the_series(study):
     no_t = {"frames": b.frames.drop(columns="temperature_K"), "clusters": b.clusters}
     with pytest.raises(DataError, match="y: no temperature_K"):
         combine_series([a, no_t], names=["x", "y"])
+    gap = {
+        "frames": b.frames.assign(
+            temperature_K=b.frames["temperature_K"].where(b.frames["frame"] != 3)
+        ),
+        "clusters": b.clusters,
+    }
+    with pytest.raises(DataError, match="y: no temperature_K in 1 of its 16 frames"):
+        combine_series([a, gap], names=["x", "y"])
     with pytest.raises(DataError, match="no series to combine"):
         combine_series([])
     # no temperature anywhere: said, the two series are one condition (one pooled hop rate)

@@ -202,12 +202,18 @@ def combine_series(
         "--dose-e-per-A2/--current-pA with frame times)",
     }
     for c, fix in how_to.items():
-        if c in frames and frames[c].isna().any() and frames[c].notna().any():
-            lack = sorted(frames.loc[frames[c].isna(), "series"].unique())
-            raise DataError(
-                f"{', '.join(lack)}: no {c} (the other series have one): give each series "
-                f"{fix}, or leave the series out"
-            )
+        if c not in frames or not frames[c].isna().any() or frames[c].isna().all():
+            continue
+        missing = frames[c].isna().groupby(frames["series"], sort=False)
+        part = [(n, int(m.sum()), len(m)) for n, m in missing if 0 < m.sum() < len(m)]
+        if part:  # a frame without its condition would be a condition of its own
+            n, k, m = part[0]
+            raise DataError(f"{n}: no {c} in {k} of its {m} frames: give every frame {fix}")
+        lack = [n for n, m in missing if m.all()]
+        raise DataError(
+            f"{', '.join(lack)}: no {c} (the other series have one): give each series "
+            f"{fix}, or leave the series out"
+        )
     if "temperature_K" not in frames or frames["temperature_K"].isna().all():
         notes.append(
             "no series records a temperature: series of one dose rate are one condition "
