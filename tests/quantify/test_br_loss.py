@@ -159,13 +159,13 @@ def test_fit_exact_on_synthetic_hazard():
     assert hits >= 34  # 95 % nominal: ≥ 34/40 (binomial 1 % tail ≈ 34)
 
 
-def _hazard_field(rng, n_s, n_b, d=1e3, n_frames=20):
+def _hazard_field(rng, n_s, n_b, d=1e3, n_frames=20, d_br=D_TRUE):
     """Binomial Br losses of one crystal (exposed ``n_s``, bulk ``n_b``) over ``n_frames``
     frames of dose ``d``: the inputs of :func:`fit_br_desorption`."""
     ne, nb, lost = [n_s], [n_b], []
     for _k in range(n_frames):
-        ls = rng.binomial(int(n_s), -np.expm1(-d / D_TRUE))
-        lb = rng.binomial(int(n_b), -np.expm1(-F_BULK * d / D_TRUE))
+        ls = rng.binomial(int(n_s), -np.expm1(-d / d_br))
+        lb = rng.binomial(int(n_b), -np.expm1(-F_BULK * d / d_br))
         n_s, n_b = n_s - ls + 0.3 * lb, n_b - lb - 0.3 * lb  # bulk Br becoming exposed
         lost.append(ls + lb)
         ne.append(n_s)
@@ -235,6 +235,61 @@ def test_mechanism_summary_pools_the_fields_of_a_dose_rate():
     assert br.loc["a+b", "ci_low"] <= D_TRUE <= br.loc["a+b", "ci_high"]
     assert "2 fields pooled" in br.loc["a+b", "text"]
     assert br.loc["a+b", "n_points"] == br.loc["a", "n_points"] + br.loc["b", "n_points"]
+
+
+def _dose_rate_row(summary):
+    r = summary[(summary["process"] == "dose_rate") & (summary["observable"] == "k_Br_per_s")]
+    assert len(r) == 1, summary[["process", "observable"]]
+    return r.iloc[0]
+
+
+def test_mechanism_summary_tells_dose_controlled_br_loss_from_images():
+    """The KMC's D_Br is a dose (σ = 1/D_Br per e⁻/Å²) at every dose rate: from the images
+    of the 40 Å crystal at 1.5·10³ and 5·10³ e⁻/Å²/s, k = φ/D_Br grows with φ (α ≈ 1,
+    dose-controlled); with the 50 Å crystals as second fields the pooled D_Br rows are
+    used, one per dose rate."""
+    frames = []
+    for name, c in (("a", CASES[0]), ("a", CASES[1]), ("b", CASES[2]), ("b", CASES[3])):
+        _, ft, img = _image_case(*c)
+        f = ft[["frame", "dose_e_per_A2", "cumulative_dose_e_per_A2", "n_Br", "time_s"]]
+        f = f.merge(img.frame_columns(), on="frame").assign(
+            field=f"{name}{c[1]:g}", dose_rate_e_per_A2_s=c[1], temperature_K=300.0
+        )
+        frames.append(f)
+    one = mechanism_summary(pd.concat(frames[:2], ignore_index=True), ci="wald")
+    both = mechanism_summary(pd.concat(frames, ignore_index=True), field="field", ci="wald")
+    for s in (one, both):
+        r = _dose_rate_row(s)
+        assert r["selected_model"] == "dose_controlled", r["text"]
+        assert r["ci_low"] <= 1.0 <= r["ci_high"], r["text"]
+    assert _dose_rate_row(both)["n_points"] == 2  # the pooled rows, not the four fields
+
+
+def test_thermal_br_loss_reads_time_controlled():
+    """Synthetic losses whose rate per second is the same at both dose rates (D_Br ∝ φ, a
+    thermal process): α ≈ 0, time-controlled."""
+    rng = np.random.default_rng(5)
+    frames = []
+    for i, phi in enumerate((1e3, 4e3)):
+        d, lost, ne, nb = _hazard_field(rng, 3000.0, 9000.0, d=phi, d_br=D_TRUE * phi / 1e3)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "frame": np.arange(21),
+                    "dose_e_per_A2": np.r_[phi, d],
+                    "cumulative_dose_e_per_A2": phi * np.arange(1, 22),
+                    "n_Br_lost_image": np.r_[0.0, np.cumsum(lost)],
+                    "n_Br_exposed_image": ne,
+                    "n_Br_bulk_image": nb,
+                    "dose_rate_e_per_A2_s": phi,
+                    "temperature_K": 300.0,
+                    "series": i,
+                }
+            )
+        )
+    r = _dose_rate_row(mechanism_summary(pd.concat(frames, ignore_index=True), ci="wald"))
+    assert r["selected_model"] == "time_controlled", r["text"]
+    assert r["ci_low"] <= 0.0 <= r["ci_high"], r["text"]
 
 
 def test_bad_input():

@@ -453,8 +453,11 @@ def mechanism_summary(
     -------
     DataFrame
         :data:`SUMMARY_COLUMNS`, one row per condition and process, plus ``across`` rows for
-        the dose-rate and temperature dependence of the nucleation rate and the Arrhenius
-        energy of the cluster mobility when several conditions are present
+        the dose-rate and temperature dependence of the nucleation rate, the dose-rate
+        dependence of the image-derived Br loss (``k_Br_per_s`` = φ/D_Br: α ≈ 1
+        dose-controlled, α ≈ 0 thermal; a condition's pooled D_Br row stands for its
+        fields) and the Arrhenius energy of the cluster mobility when several conditions
+        are present
         (``condition = -1``); ``attrs['conditions'][i]`` holds the key values of condition i.
         With ``field``, a column ``field`` (text): the field of a per-frame row, the
         fields pooled in a mobility row (joined by ``+``), empty in ``across`` rows; and
@@ -663,6 +666,24 @@ def _across(summary: pd.DataFrame, level: float) -> pd.DataFrame:
         j = same_t["value"].to_numpy(float) * phi
         err = (same_t["ci_high"] - same_t["ci_low"]).to_numpy(float) / 3.92 * phi
         r = _dose_rate_row(same_t, j, err, "J_per_s", "nucleation")
+        if r is not None:
+            rows.append(r)
+    # exposed-Br desorption per atom and second, k = φ/D_Br: dose-controlled (D_Br the same
+    # at every dose rate, α = 1) or thermal (k the same, α = 0)
+    br = summary[
+        (summary["process"] == "br_loss")
+        & (summary["param"] == "D_Br_e_per_A2")
+        & summary["value"].notna()
+    ]
+    if "field" in br:  # a condition's pooled D_Br stands for its fields
+        pooled = br["field"].astype(str).str.contains("+", regex=False)
+        br = br[pooled | ~br["condition"].isin(set(br.loc[pooled, "condition"]))]
+    same_t = _same_t_several_rates(br)
+    if len(same_t) >= 2:
+        phi = same_t["dose_rate_e_per_A2_s"].to_numpy(float)
+        k = phi / same_t["value"].to_numpy(float)
+        rel = np.log(same_t["ci_high"] / same_t["ci_low"]).to_numpy(float) / 3.92
+        r = _dose_rate_row(same_t, k, k * rel, "k_Br_per_s", "exposed-Br loss")
         if r is not None:
             rows.append(r)
     mob_rate = summary[(summary["process"] == "mobility") & summary["value"].notna()]

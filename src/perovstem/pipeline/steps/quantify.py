@@ -757,6 +757,7 @@ def quantify_mechanism(
         # an across-condition row comes from the per-condition rows of its process
         of_process = {"J_per_s": "nucleation", "J_per_e_per_A2": "nucleation"}
         of_process["Gamma1_per_s"] = "mobility"
+        of_process["k_Br_per_s"] = "br_loss"
         for i in np.flatnonzero(summary["condition"].to_numpy() == -1):
             proc = of_process.get(str(summary["observable"].iloc[i]), "")
             used = summary.loc[(summary["process"] == proc) & (summary["condition"] >= 0), "source"]
