@@ -272,6 +272,13 @@ def test_kinetics_command_combines_insitu_runs(study, tmp_path, capsys):
         assert main(["kinetics", *args]) != 0, args
         assert word in capsys.readouterr().err.replace("\n", " "), word
     assert (out / "mechanism.parquet").is_file()  # nothing lost
+    # --overwrite replaces the run whole: a CSV run keeps its attrs sidecar, drops the parquet
+    argv = ["kinetics", *map(str, runs), "-o", str(out), "--table-format", "csv", "--overwrite"]
+    assert main(argv) == 0 and main(argv) == 0  # the second run replaces the first's sidecar
+    assert (out / "mechanism.csv").is_file() and (out / "mechanism.csv.json").is_file()
+    assert not (out / "mechanism.parquet").exists()
+    again = read_table(out / "mechanism.csv")
+    assert again.attrs["series"] == [r.name for r in runs]
 
 
 def test_hop_rate_figure(study):

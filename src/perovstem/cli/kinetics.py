@@ -127,6 +127,8 @@ def kinetics(
     summ = combine_series(tables, names=names, ci=ci)
     out.mkdir(parents=True, exist_ok=True)
     written = [save_table(summ, table)]
+    if table.with_suffix(".csv.json").is_file() and table_format == "csv":
+        written.append(table.with_suffix(".csv.json"))  # the CSV's attrs, this run's
     if plots:
         from perovstem.plot.insitu import plot_hop_rates
 
