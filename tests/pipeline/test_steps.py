@@ -791,3 +791,60 @@ def test_mechanism_step_link_cost_default_is_the_library_one():
     assert get_step("quantify.mechanism").params["mobility_link_cost"].default == (
         MOBILITY_LINK_COST
     )
+
+
+def test_mechanism_across_row_names_only_the_tables_it_used(tmp_path):
+    """The Br-loss dose-rate row (k = φ/D_Br) uses the image-derived D_Br rows of the two
+    beam series; a third table at the same temperature with only a first-order Br-loss fit
+    (the demo's heating series, simulator truth) is not among its sources (the demo's row
+    read "from images+simulator truth (heating series not imaged)")."""
+    import pandas as pd
+
+    if not get_step("quantify.mechanism").available:
+        pytest.skip("quantify not available in this version")
+    rng = np.random.default_rng(2)
+    d_br = 3e4
+    for k, phi in enumerate((1e3, 4e3)):  # dose-controlled Br loss: D_Br the same
+        n_s, n_b, ne, nb, lost = 3000.0, 9000.0, [3000.0], [9000.0], [0.0]
+        for _ in range(12):
+            ls = rng.binomial(int(n_s), -np.expm1(-phi / d_br))
+            lb = rng.binomial(int(n_b), -np.expm1(-0.1 * phi / d_br))
+            n_s, n_b = n_s - ls + 0.3 * lb, n_b - lb - 0.3 * lb
+            lost.append(lost[-1] + ls + lb)
+            ne.append(n_s)
+            nb.append(n_b)
+        pd.DataFrame(
+            {
+                "frame": np.arange(13),
+                "dose_e_per_A2": phi,
+                "cumulative_dose_e_per_A2": phi * np.arange(1, 14),
+                "n_Br_lost_image": lost,
+                "n_Br_exposed_image": ne,
+                "n_Br_bulk_image": nb,
+                "dose_rate_e_per_A2_s": phi,
+                "temperature_K": 300.0,
+            }
+        ).to_parquet(tmp_path / f"beam{k}.parquet")
+    x = np.arange(1, 13) * 500.0
+    pd.DataFrame(
+        {
+            "frame": np.arange(12),
+            "cumulative_dose_e_per_A2": x,
+            "n_Br": 3000 * np.exp(-x / d_br) + rng.normal(0, 5, 12),
+            "dose_rate_e_per_A2_s": 500.0,
+            "temperature_K": 300.0,
+        }
+    ).to_parquet(tmp_path / "heat.parquet")
+    cfg = tmp_path / "m.toml"
+    cfg.write_text(
+        '[run]\nreport = false\n[inputs]\nbeam0 = "beam0.parquet"\nbeam1 = "beam1.parquet"\n'
+        'heat = "heat.parquet"\n[[step]]\nrun = "quantify.mechanism"\nid = "m"\n'
+        'sources = ["images", "images", "simulator truth"]\n'
+        'inputs = { frames_a = "beam0", frames_b = "beam1", frames_c = "heat" }\n'
+    )
+    run_pipeline(cfg, out=tmp_path / "run", scheduler="serial", quiet=True)
+    summ = read_table(tmp_path / "run" / "tables" / "m.summary.parquet")
+    row = summ[summ["observable"] == "k_Br_per_s"].iloc[0]
+    assert row["selected_model"] == "dose_controlled", row["text"]
+    assert row["source"] == "images"
+    assert set(summ.loc[summ["process"] == "br_loss", "source"]) == {"images", "simulator truth"}

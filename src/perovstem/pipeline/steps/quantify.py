@@ -754,13 +754,19 @@ def quantify_mechanism(
             for c in summary["condition"]
         ]
         summary["source"] = src
-        # an across-condition row comes from the per-condition rows of its process
-        of_process = {"J_per_s": "nucleation", "J_per_e_per_A2": "nucleation"}
-        of_process["Gamma1_per_s"] = "mobility"
-        of_process["k_Br_per_s"] = "br_loss"
+        # an across-condition row comes from the per-condition rows of its process and
+        # parameter (the Br-loss dose-rate row from the D_Br rows only, not the first-order
+        # Br-loss fits of other series)
+        of_process = {
+            "J_per_s": ("nucleation", "J_per_e_per_A2"),
+            "J_per_e_per_A2": ("nucleation", "J_per_e_per_A2"),
+            "Gamma1_per_s": ("mobility", "Gamma1_per_s"),
+            "k_Br_per_s": ("br_loss", "D_Br_e_per_A2"),
+        }
         for i in np.flatnonzero(summary["condition"].to_numpy() == -1):
-            proc = of_process.get(str(summary["observable"].iloc[i]), "")
-            used = summary.loc[(summary["process"] == proc) & (summary["condition"] >= 0), "source"]
+            proc, param = of_process.get(str(summary["observable"].iloc[i]), ("", ""))
+            of = (summary["process"] == proc) & (summary["param"] == param)
+            used = summary.loc[of & (summary["condition"] >= 0), "source"]
             summary.iloc[i, summary.columns.get_loc("source")] = "+".join(
                 dict.fromkeys(used)
             ) or "+".join(dict.fromkeys(sources))
