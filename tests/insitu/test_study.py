@@ -229,6 +229,13 @@ def test_combine_series_bad_input_names_the_series(study):
     c = combine_series(bare, names=["x", "y"], ci="wald")
     assert any("no series records a temperature" in n for n in c.attrs["notes"])
     assert list(_mob(c)["field"]) == ["x+y"]
+    # a field without detections (or without atom counts) adds no steps: the mobility row
+    # names only the fields it pooled
+    empty = {"frames": bare[1]["frames"], "clusters": bare[1]["clusters"].iloc[:0]}
+    c = combine_series([bare[0], empty], names=["x", "y"], ci="wald")
+    alone = combine_series([bare[0]], names=["x"], ci="wald")
+    assert list(_mob(c)["field"]) == ["x"]
+    assert _mob(c)["value"].tolist() == _mob(alone)["value"].tolist()
 
 
 def test_kinetics_command_combines_insitu_runs(study, tmp_path, capsys):

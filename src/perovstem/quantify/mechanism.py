@@ -344,7 +344,8 @@ def _mobility_row(
     parts: list[tuple[str, pd.DataFrame, pd.DataFrame]], level: float, opts: dict[str, Any]
 ) -> dict[str, Any] | None:
     """Γ₁ of one condition from its tracks: ``parts`` holds (name, frames, tracks) of each
-    field (frame time from each field's time stamps; fields pooled, track ids kept apart)."""
+    field (frame time from each field's time stamps; fields pooled, track ids kept apart);
+    the row's ``_fields`` names the fields whose tracks it used."""
     from perovstem.quantify.mobility import cluster_hop_rate, pool_field_tracks
 
     names, kept, dts = [], [], []
@@ -368,11 +369,17 @@ def _mobility_row(
             t = pool_field_tracks(kept, names=names)
             r = cluster_hop_rate(t, frame_time_column="_frame_time_s", level=level, **opts)
     except PerovstemError as exc:
-        return {"process": "mobility", "observable": "cluster tracks", "text": f"not fitted: {exc}"}
+        return {
+            "_fields": names,
+            "process": "mobility",
+            "observable": "cluster tracks",
+            "text": f"not fitted: {exc}",
+        }
     if not (np.isfinite(r["rate_per_s"]) and r["rate_per_s"] > 0):
         return None
     pooled = f", {len(kept)} fields" if len(kept) > 1 else ""
     return {
+        "_fields": names,  # the parts whose tracks were used (popped by the caller)
         "process": "mobility",
         "observable": "cluster tracks",
         "selected_model": "lattice_random_walk",
@@ -548,12 +555,11 @@ def mechanism_summary(
             if field is None:
                 parts = [("", g, t)]
             else:
-                parts = [(f"{field} {fv}", gf, t[t[field] == fv]) for fv, gf in per_field]
+                parts = [(str(fv), gf, t[t[field] == fv]) for fv, gf in per_field]
             r = _mobility_row(parts, level, dict(mobility or {}))
             if r is not None:
-                fcol = {}
-                if field is not None:
-                    fcol = {"field": "+".join(str(fv) for fv, _ in per_field)}
+                used = r.pop("_fields", [])
+                fcol = {} if field is None else {"field": "+".join(used)}
                 rows.append({**cond, **r, **fcol})
     columns = SUMMARY_COLUMNS if field is None else [*SUMMARY_COLUMNS, "field"]
     out = pd.DataFrame(rows, columns=columns)
