@@ -226,6 +226,12 @@ def test_mechanism_summary_pools_the_fields_of_a_dose_rate():
     assert br.loc["a+b", "ci_low"] <= D_TRUE <= br.loc["a+b", "ci_high"]
     assert "2 fields pooled" in br.loc["a+b", "text"]
     assert br.loc["a+b", "n_points"] == br.loc["a", "n_points"] + br.loc["b", "n_points"]
+    # a third field without image Br losses: not in the pooled row, which is unchanged
+    bare = frames[0].drop(columns=["n_Br_lost_image"]).assign(field="c")
+    s3 = mechanism_summary(pd.concat([*frames, bare], ignore_index=True), field="field", ci="wald")
+    pooled = s3[(s3["process"] == "br_loss") & s3["field"].str.contains("+", regex=False)]
+    assert pooled["field"].tolist() == ["a+b"]
+    assert pooled["value"].iloc[0] == v
 
 
 def _dose_rate_row(summary):

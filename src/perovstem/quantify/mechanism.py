@@ -263,8 +263,8 @@ def _br_image_pooled_row(
     (:func:`~.br_loss.pool_br_desorption`), where two or more fields have them."""
     from perovstem.quantify.br_loss import pool_br_desorption
 
-    fits, sds, rels, n = [], [], [], 0
-    for _, g in per_field:
+    fits, sds, rels, n, used = [], [], [], 0, []
+    for fv, g in per_field:
         try:
             r = _br_image_fit(g, level)
         except PerovstemError:
@@ -274,6 +274,7 @@ def _br_image_pooled_row(
             sds.append(r[1])
             rels.append(r[2])
             n += r[3]
+            used.append(str(fv))
     if len(fits) < 2:
         return None
     given = [np.isfinite(v) for v in sds]
@@ -287,8 +288,13 @@ def _br_image_pooled_row(
             extra_rel_var=float(np.mean(rel2)) if rel2 else 0.0,
         )
     except PerovstemError as exc:
-        return {"process": "br_loss", "observable": "n_Br_lost_image", "text": f"not fitted: {exc}"}
-    return _br_row(pooled, level, n, f", {len(fits)} fields pooled")
+        return {
+            "_fields": used,
+            "process": "br_loss",
+            "observable": "n_Br_lost_image",
+            "text": f"not fitted: {exc}",
+        }
+    return {"_fields": used, **_br_row(pooled, level, n, f", {len(fits)} fields pooled")}
 
 
 def _nucleation_template_row(g: pd.DataFrame, level: float) -> dict[str, Any] | None:
@@ -540,8 +546,9 @@ def mechanism_summary(
                 rows.append({**cond, **r, **fcol})
         if len(per_field) > 1:  # D_Br is the material's: one value from all fields too
             r = _br_image_pooled_row([(fv, gf.sort_values(x)) for fv, gf in per_field], level)
-            if r is not None:
-                rows.append({**cond, **r, "field": "+".join(str(fv) for fv, _ in per_field)})
+            if r is not None:  # named by the fields it pooled
+                used = r.pop("_fields")
+                rows.append({**cond, **r, "field": "+".join(used)})
         if tracks is not None:
             t = tracks
             key = _key if isinstance(_key, tuple) else (_key,)
