@@ -259,10 +259,14 @@ def plot_hop_rates(summary: pd.DataFrame, *, ax: Any = None) -> Any:
     if len(ea) and np.unique(x).size >= 3:  # the Arrhenius line of the Ea row's fit
         from perovstem.errors import PerovstemError
         from perovstem.quantify.kinetics import fit_arrhenius
+        from perovstem.quantify.mechanism import arrhenius_hop_rates
 
-        e = (mob["ci_high"] - mob["ci_low"]).to_numpy(float) / 3.92  # as the Ea row's fit
+        used, _ = arrhenius_hop_rates(summary)  # the rows the Ea row's fit used
+        e = (used["ci_high"] - used["ci_low"]).to_numpy(float) / 3.92
         try:
-            fit = fit_arrhenius(mob["temperature_K"], v, rate_err=e if np.all(e > 0) else None)
+            fit = fit_arrhenius(
+                used["temperature_K"], used["value"], rate_err=e if np.all(e > 0) else None
+            )
             xx = np.linspace(x.min(), x.max(), 50)
             ax.plot(xx, np.exp(fit.params["ln_A"] - fit.params["Ea_eV"] * xx), "-", lw=1)
         except PerovstemError:

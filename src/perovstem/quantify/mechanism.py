@@ -27,7 +27,7 @@ from perovstem.quantify.kinetics import (
     fit_dose_rate_dependence,
 )
 
-__all__ = ["mechanism_summary", "SUMMARY_COLUMNS"]
+__all__ = ["mechanism_summary", "arrhenius_hop_rates", "SUMMARY_COLUMNS"]
 
 SUMMARY_COLUMNS = [
     "condition",
@@ -669,6 +669,29 @@ def _one_dose_rate(nuc: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     )
 
 
+def arrhenius_hop_rates(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The mobility rows of a mechanism table that its Pb⁰-diffusion Arrhenius fit uses.
+
+    Every hop-rate row, except where a temperature was imaged at several dose rates (a
+    dose-rate series): the beam adds to the thermal hop rate (``k_beam·φ``), so that
+    temperature enters with its lowest dose rate only.  Returns the rows and a note for the
+    Ea text (empty when nothing was left out).
+    """
+    mob = summary[(summary["process"] == "mobility") & summary["value"].notna()]
+    if "dose_rate_e_per_A2_s" not in mob or not len(mob):
+        return mob, ""
+    phi = mob["dose_rate_e_per_A2_s"]
+    by_t = phi.groupby(mob["temperature_K"])
+    if by_t.nunique().max() <= 1:
+        return mob, ""
+    lowest = by_t.transform("min")
+    kept = mob[phi.isna() | (phi == lowest)]
+    return kept, (
+        f"; {len(mob) - len(kept)} row(s) at higher dose rates of a temperature left out "
+        "(the beam adds to the thermal hop rate)"
+    )
+
+
 def _across(summary: pd.DataFrame, level: float) -> pd.DataFrame:
     nuc = summary[(summary["process"] == "nucleation") & summary["value"].notna()]
     nuc = nuc[nuc["param"] == "J_per_e_per_A2"]
@@ -737,7 +760,7 @@ def _across(summary: pd.DataFrame, level: float) -> pd.DataFrame:
             )
         except PerovstemError:
             pass
-    mob = summary[(summary["process"] == "mobility") & summary["value"].notna()]
+    mob, rate_note = arrhenius_hop_rates(summary)
     if len(mob) >= 2 and mob["temperature_K"].nunique() >= 2:
         err = (mob["ci_high"] - mob["ci_low"]).to_numpy(float) / 3.92
         try:
@@ -762,7 +785,8 @@ def _across(summary: pd.DataFrame, level: float) -> pd.DataFrame:
                     "n_points": r.n_obs,
                     "text": f"Pb⁰ diffusion: Ea = {r.params['Ea_eV']:.3f} ± {se:.3f} eV "
                     f"[{_fmt(r.ci_low['Ea_eV'])}, {_fmt(r.ci_high['Ea_eV'])}] "
-                    f"({int(level * 100)} % CI, cluster hop rates at {r.n_obs} temperatures)",
+                    f"({int(level * 100)} % CI, cluster hop rates at {r.n_obs} temperatures"
+                    f"{rate_note})",
                 }
             )
         except PerovstemError:
