@@ -186,11 +186,13 @@ def combine_series(
         frames_all.append(usable.assign(series=name))
         if x not in frames or not frames[x].notna().all():
             x = "frame"  # (as analyze_series: the dose axis only where every frame has one)
-        t, how, note = hop_tracks(clusters, frames, how=hop_tracks_how, max_step_A=max_step_A)
+        t, how_linked, note = hop_tracks(
+            clusters, frames, how=hop_tracks_how, max_step_A=max_step_A
+        )
         if note:
             notes.append(f"{name}: {note}")
         if t is not None:
-            linked = how
+            linked = how_linked
             tracks_all.append(t.assign(series=name))
     frames = pd.concat(frames_all, ignore_index=True)
     if x == "frame":

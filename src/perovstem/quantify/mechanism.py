@@ -145,7 +145,7 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
         try:
             table, fits = compare_models(xv, yv, family, level=level, ci=ci, **kw)
         except PerovstemError as exc:
-            rows.append({"process": process, "observable": col, "text": f"not fitted: {exc}"})
+            rows.append(_not_fitted(process, col, exc))
             continue
         best = table.loc[0, "model"]
         f = fits[best]
@@ -189,6 +189,11 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
 
 
 _BR_IMAGE = ("n_Br_lost_image", "n_Br_exposed_image", "n_Br_bulk_image")
+
+
+def _not_fitted(process: str, observable: str, exc: Exception) -> dict[str, Any]:
+    """A row saying why a process could not be fitted."""
+    return {"process": process, "observable": observable, "text": f"not fitted: {exc}"}
 
 
 def _br_image_fit(g: pd.DataFrame, level: float) -> tuple[Any, float, float, int] | None:
@@ -252,15 +257,16 @@ def _br_image_row(g: pd.DataFrame, level: float) -> dict[str, Any] | None:
     try:
         r = _br_image_fit(g, level)
     except PerovstemError as exc:
-        return {"process": "br_loss", "observable": "n_Br_lost_image", "text": f"not fitted: {exc}"}
+        return _not_fitted("br_loss", "n_Br_lost_image", exc)
     return None if r is None else _br_row(r[0], level, r[3])
 
 
 def _br_image_pooled_row(
     per_field: list[tuple[Any, pd.DataFrame]], level: float
-) -> dict[str, Any] | None:
+) -> tuple[dict[str, Any] | None, list[str]]:
     """One D_Br from the image-derived Br losses of every field of a condition
-    (:func:`~.br_loss.pool_br_desorption`), where two or more fields have them."""
+    (:func:`~.br_loss.pool_br_desorption`), where two or more fields have them; and the
+    fields it pooled."""
     from perovstem.quantify.br_loss import pool_br_desorption
 
     fits, sds, rels, n, used = [], [], [], 0, []
@@ -276,7 +282,7 @@ def _br_image_pooled_row(
             n += r[3]
             used.append(str(fv))
     if len(fits) < 2:
-        return None
+        return None, used
     given = [np.isfinite(v) for v in sds]
     rel2 = [v * v for v in rels if np.isfinite(v)]
     try:
@@ -288,13 +294,8 @@ def _br_image_pooled_row(
             extra_rel_var=float(np.mean(rel2)) if rel2 else 0.0,
         )
     except PerovstemError as exc:
-        return {
-            "_fields": used,
-            "process": "br_loss",
-            "observable": "n_Br_lost_image",
-            "text": f"not fitted: {exc}",
-        }
-    return {"_fields": used, **_br_row(pooled, level, n, f", {len(fits)} fields pooled")}
+        return _not_fitted("br_loss", "n_Br_lost_image", exc), used
+    return _br_row(pooled, level, n, f", {len(fits)} fields pooled"), used
 
 
 def _nucleation_template_row(g: pd.DataFrame, level: float) -> dict[str, Any] | None:
@@ -348,10 +349,10 @@ def _nucleation_template_row(g: pd.DataFrame, level: float) -> dict[str, Any] | 
 
 def _mobility_row(
     parts: list[tuple[str, pd.DataFrame, pd.DataFrame]], level: float, opts: dict[str, Any]
-) -> dict[str, Any] | None:
+) -> tuple[dict[str, Any] | None, list[str]]:
     """Γ₁ of one condition from its tracks: ``parts`` holds (name, frames, tracks) of each
     field (frame time from each field's time stamps; fields pooled, track ids kept apart);
-    the row's ``_fields`` names the fields whose tracks it used."""
+    and the names of the fields whose tracks it used."""
     from perovstem.quantify.mobility import cluster_hop_rate, pool_field_tracks
 
     names, kept, dts = [], [], []
@@ -366,7 +367,7 @@ def _mobility_row(
             kept.append(t)
             dts.append(dt)
     if sum(len(t) for t in kept) < 4:
-        return None
+        return None, names
     try:
         if len(kept) == 1:
             r = cluster_hop_rate(kept[0], frame_time_s=dts[0], level=level, **opts)
@@ -375,17 +376,11 @@ def _mobility_row(
             t = pool_field_tracks(kept, names=names)
             r = cluster_hop_rate(t, frame_time_column="_frame_time_s", level=level, **opts)
     except PerovstemError as exc:
-        return {
-            "_fields": names,
-            "process": "mobility",
-            "observable": "cluster tracks",
-            "text": f"not fitted: {exc}",
-        }
+        return _not_fitted("mobility", "cluster tracks", exc), names
     if not (np.isfinite(r["rate_per_s"]) and r["rate_per_s"] > 0):
-        return None
+        return None, names
     pooled = f", {len(kept)} fields" if len(kept) > 1 else ""
-    return {
-        "_fields": names,  # the parts whose tracks were used (popped by the caller)
+    row = {
         "process": "mobility",
         "observable": "cluster tracks",
         "selected_model": "lattice_random_walk",
@@ -399,6 +394,7 @@ def _mobility_row(
         f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] s⁻¹ ({r['n_steps']} steps, "
         f"{r['n_tracks']} tracks{pooled})",
     }
+    return row, names
 
 
 def mechanism_summary(
@@ -545,9 +541,8 @@ def mechanism_summary(
             for r in _process_rows(gf, x, level, ci):
                 rows.append({**cond, **r, **fcol})
         if len(per_field) > 1:  # D_Br is the material's: one value from all fields too
-            r = _br_image_pooled_row([(fv, gf.sort_values(x)) for fv, gf in per_field], level)
+            r, used = _br_image_pooled_row([(fv, gf.sort_values(x)) for fv, gf in per_field], level)
             if r is not None:  # named by the fields it pooled
-                used = r.pop("_fields")
                 rows.append({**cond, **r, "field": "+".join(used)})
         if tracks is not None:
             t = tracks
@@ -563,9 +558,8 @@ def mechanism_summary(
                 parts = [("", g, t)]
             else:
                 parts = [(str(fv), gf, t[t[field] == fv]) for fv, gf in per_field]
-            r = _mobility_row(parts, level, dict(mobility or {}))
+            r, used = _mobility_row(parts, level, dict(mobility or {}))
             if r is not None:
-                used = r.pop("_fields", [])
                 fcol = {} if field is None else {"field": "+".join(used)}
                 rows.append({**cond, **r, **fcol})
     columns = SUMMARY_COLUMNS if field is None else [*SUMMARY_COLUMNS, "field"]
