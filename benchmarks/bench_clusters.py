@@ -51,8 +51,14 @@ interval widened to the track one where that is wider (``verdict_interval``; see
 ``_interval_row``); ``series_needed``: the series (at the present proportions) an
 undecided figure would need for its interval to clear 0.95, if the figure stayed.
 
+``decide`` (seeds 1101-1260, the held-out recipe) and ``decide280`` (1301-1340, the 280 K
+recipe) are not in the default run: 200 series run once (session 25) to decide the pooled
+recall, which 34 series left undecided.
+
 Run:  python benchmarks/bench_clusters.py  (writes benchmarks/results/bench_clusters.json;
-about 10 min on 2 busy cores).  The machine load before/after is stored: the seconds are
+about 10 min on 2 busy cores); ``python benchmarks/bench_clusters.py SET[,SET...]
+[--split-only]`` runs those sets (``--split-only``: ``detect_clusters``' default mode only)
+and writes ``bench_clusters_<SET>_<SET>.json``.  The machine load before/after is stored: the seconds are
 indicative only.
 """
 
@@ -232,7 +238,23 @@ SETS = {
         )
         for s in range(81, 85)
     ],  # fmt: skip
+    # run on their own (not in the default run) to decide the pooled recall: new seeds of
+    # the held-out design, and of the 280 K designs (tune280, big280) where most misses are
+    "decide": [(s, _cond(s)) for s in range(1101, 1261)],
+    "decide280": [
+        (
+            s,
+            {
+                "edge": (55.0, 40.0)[s % 2],
+                "rate": (3e3, 6e3)[(s // 2) % 2],
+                "temp": 280.0,
+                "px": 0.5,
+            },
+        )
+        for s in range(1301, 1341)
+    ],  # fmt: skip
 }
+_DEFAULT_SETS = ("tune", "tune280", "holdout", "fresh", "big280", "px04")
 
 
 def run_set(cases, splits=(False, True), carry=True):
@@ -500,11 +522,17 @@ def main():
     import numba
     import scipy
 
-    sets = sys.argv[1].split(",") if len(sys.argv) > 1 else list(SETS)
+    args = sys.argv[1:]
+    full = not args
+    modes = (False, True)
+    if "--split-only" in args:  # detect_clusters' default (split=True) only: half the time
+        args.remove("--split-only")
+        modes = (True,)
+    sets = args[0].split(",") if args else list(_DEFAULT_SETS)
     unknown = [s for s in sets if s not in SETS]
     if unknown:
         sys.exit(
-            f"usage: bench_clusters.py [SET[,SET...]]; unknown set(s) {unknown}, sets: {list(SETS)}"
+            f"usage: bench_clusters.py [SET[,SET...]] [--split-only]; unknown set(s) {unknown}, sets: {list(SETS)}"
         )
     info = {
         "benchmark": "detect_clusters per frame vs projected KMC truth objects",
@@ -532,7 +560,7 @@ def main():
     info["sets"] = {}
     units = {}
     for name in sets:
-        info["sets"][name], units[name] = run_set(SETS[name])
+        info["sets"][name], units[name] = run_set(SETS[name], splits=modes)
         print(name, json.dumps(info["sets"][name]), flush=True)
     info["intervals"] = {
         "method": "cluster bootstrap over whole series (Davison & Hinkley 1997 §3.8; Field & "
@@ -552,15 +580,15 @@ def main():
                 + f" {v['verdict']}"
                 + (f" (~{v['series_needed']} series)" if v["series_needed"] else "")
                 for k, v in row.items() if v), flush=True)  # fmt: skip
-    if len(sys.argv) <= 1:
+    if full:
         info["isolated"] = run_isolated()
         print("isolated", json.dumps(info["isolated"]), flush=True)
         info["timing_1024_0.2A"] = timing_1024()
         print("timing", info["timing_1024_0.2A"], flush=True)
     info["machine"]["load_after"] = os.getloadavg()
     info["wall_s"] = round(time.time() - t0, 1)
-    if len(sys.argv) <= 1:  # the full run only
-        (HERE / "results" / "bench_clusters.json").write_text(json.dumps(info, indent=1))
+    name = "bench_clusters" if full else "bench_clusters_" + "_".join(sets)
+    (HERE / "results" / f"{name}.json").write_text(json.dumps(info, indent=1))
 
 
 if __name__ == "__main__":
