@@ -204,6 +204,7 @@ def test_score_detections_neutral_extra_and_false():
     assert (sc["tp"], sc["fp"], sc["fn"]) == (2, 1, 1)
     assert sorted(sc["pairs"]) == [(0, 0), (1, 2)]
     assert sc["extra"] == {0: [1]}
+    assert sc["false"] == [4]  # the far one, by position in the detections
     got = dict(zip([i for i, _ in sc["pairs"]], sc["n_atoms"], strict=True))
     assert got == {0: 57.0, 1: 31.0}
 

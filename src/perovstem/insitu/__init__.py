@@ -32,7 +32,12 @@ from perovstem.insitu.evaluation import (
     ratio_interval,
     score_detections,
 )
-from perovstem.insitu.lattice import estimate_lattice, fourfold_ratio, unit_cell_average
+from perovstem.insitu.lattice import (
+    column_width,
+    estimate_lattice,
+    fourfold_ratio,
+    unit_cell_average,
+)
 from perovstem.insitu.nanocrystal import (
     PHASE_SPACINGS_A,
     area_change,
@@ -66,6 +71,7 @@ __all__ = [
     "cluster_scs_library",
     "detect_clusters",
     "persistent_clusters",
+    "column_width",
     "estimate_lattice",
     "fourfold_ratio",
     "unit_cell_average",

@@ -368,7 +368,8 @@ def score_detections(
     dict
         ``objects`` (the scored objects, index reset), ``pairs`` [(object, detection)],
         ``extra`` {object: [detections on it]}, ``n_atoms`` (detected atoms of each
-        pair: the matched detection plus its extra ones), ``tp``, ``fp``, ``fn``.
+        pair: the matched detection plus its extra ones), ``tp``, ``fp``, ``fn`` and
+        ``false`` (the positions of the false-positive detections).
     """
     refuse_text_numbers(locals())
     _need(detections, "detections", ["x_A", "y_A", "n_atoms"])
@@ -377,7 +378,7 @@ def score_detections(
     pairs = match_objects(big, detections)
     hit = {j for _, j in pairs}
     extra: dict[int, list[int]] = {}
-    fp = 0
+    false: list[int] = []
     if len(big) and len(detections):
         d_big, ok_big = _reach(big, detections)
         multi = big["n_clusters"].to_numpy() > 1
@@ -395,7 +396,7 @@ def score_detections(
             if on.any():
                 extra.setdefault(int(np.argmin(np.where(on, d_big[:, j], np.inf))), []).append(j)
                 continue
-        fp += 1
+        false.append(j)
     n_det = [float(detections["n_atoms"].iloc[[j, *extra.get(i, [])]].sum()) for i, j in pairs]
     return {
         "objects": big,
@@ -403,8 +404,9 @@ def score_detections(
         "extra": extra,
         "n_atoms": n_det,
         "tp": len(pairs),
-        "fp": fp,
+        "fp": len(false),
         "fn": len(big) - len(pairs),
+        "false": false,
     }
 
 
