@@ -925,6 +925,21 @@ def imaging_note(
     )
 
 
+def imaging_check(frame: np.ndarray, pixel_size_A: float) -> tuple[float, str]:
+    """Host column width of one frame (Å; NaN without a clear host lattice) and the
+    :func:`imaging_note` on it (pixel size included)."""
+    f = np.asarray(frame, float)
+    try:
+        la, ang, strength = estimate_lattice(f, pixel_size_A)
+    except DataError:
+        return float("nan"), ""
+    if strength < 20:
+        return float("nan"), ""
+    cell_A, angle = host_cell(la, ang)
+    sigma = column_width(f, pixel_size_A, cell_A, angle)
+    return sigma, imaging_note(sigma, pixel_size_A)
+
+
 def _calibration_notes(series: Series, gain: Any, offset: Any) -> list[str]:
     """What was assumed for a detector gain or offset the series does not carry."""
     if gain is not None and offset is not None:

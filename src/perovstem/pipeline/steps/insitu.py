@@ -250,6 +250,13 @@ def insitu_clusters(ctx: Any, series: Any, truth: Any = None) -> dict[str, Any]:
         )
     except ImportError:
         pass
+    from perovstem.insitu.analysis import imaging_check
+
+    # imaging outside the range on-crystal detection was validated for: said in the report
+    sigma, note = imaging_check(series.frame(0).data, series.pixel_size_A)
+    counts.attrs["column_sigma_A"] = sigma
+    if note:
+        ctx.text(note, section="kinetics", title=f"Imaging ({ctx.step_id})")
     if isinstance(truth, dict) and "clusters" in truth:
         tc = truth["clusters"]
         if "in_view" in tc.columns:
