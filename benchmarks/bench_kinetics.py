@@ -106,6 +106,7 @@ def kinetic_config(
     mobility_frames: int | None = None,
     mobility_series: int | None = None,
     mobility_frame_dose: float | None = None,
+    probe_sigma_A: float | None = None,
 ) -> dict:
     """The demo configuration with only the steps of the D_Br and Pb⁰-diffusion chains.
 
@@ -113,6 +114,7 @@ def kinetic_config(
     ``mobility_frames``: frames per mobility series (the demo's 20, or 12 with ``fast``);
     ``mobility_frame_dose``: dose per mobility frame, e⁻/Å² (the demo's 2000; the frame
     time stays the demo's, ~1 hop of a 20-atom cluster per frame, so the dose rate changes);
+    ``probe_sigma_A``: every series imaged with this probe σ, Å (None: the simulator's);
     ``mobility_series``: imaged fields per temperature (None: the demo's 2).  Field ``r`` ≥ 1
     is the first field's chain with step ids suffixed ``_r{r}`` (the demo's second field is
     ``_r1``), hence its own KMC and image draws — another crystal of the same kind imaged at
@@ -135,6 +137,10 @@ def kinetic_config(
         for s in steps:
             if s["id"].startswith("kmc_mob"):
                 s["dose_rate_e_per_A2_s"] = float(mobility_frame_dose) / s["frame_time_s"]
+    if probe_sigma_A is not None:
+        for s in steps:
+            if s.get("run") == "simulate.insitu_series":
+                s["probe_sigma_A"] = float(probe_sigma_A)
     n_fields = DEMO_FIELDS if mobility_series is None else int(mobility_series)
     if n_fields < 1:
         raise ValueError(f"mobility_series must be >= 1, got {mobility_series!r}")
@@ -254,6 +260,7 @@ def one_seed(
     seed: int, *, fast: bool, compare: str | None = None, link_costs: tuple = (),
     mobility_only: bool = False, mobility_frames: int | None = None,
     mobility_series: int | None = None, mobility_frame_dose: float | None = None,
+    probe_sigma_A: float | None = None,
 ) -> dict:  # fmt: skip
     n_fields = DEMO_FIELDS if mobility_series is None else int(mobility_series)
     n_step = min(n_fields, DEMO_FIELDS)  # the fields the mobility step pools
@@ -265,6 +272,7 @@ def one_seed(
             mobility_frames=mobility_frames,
             mobility_series=mobility_series,
             mobility_frame_dose=mobility_frame_dose,
+            probe_sigma_A=probe_sigma_A,
         ),
         source="<bench_kinetics>",
     )
@@ -470,6 +478,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="dose per mobility frame, e⁻/Å² (default: the demo's 2000; same frame times)",
     )
     ap.add_argument(
+        "--probe-sigma-A",
+        type=float,
+        default=None,
+        help="image every series with this probe σ, Å (default: the simulator's 0.33 Å)",
+    )
+    ap.add_argument(
         "--out",
         default=str(Path(__file__).resolve().parent / "results" / "bench_kinetics.json"),
     )
@@ -489,7 +503,8 @@ def main(argv: list[str] | None = None) -> dict:
             f", {a.mobility_series} mobility fields per temperature"
             if a.mobility_series is not None
             else ""
-        ),  # fmt: skip
+        )
+        + (f", probe σ {a.probe_sigma_A:g} Å" if a.probe_sigma_A is not None else ""),  # fmt: skip
         "seeds": seeds,
         "truth": {"D_Br_e_per_A2": TRUE_D_BR, "Ea_eV": TRUE_EA},
         "machine": {
@@ -515,6 +530,7 @@ def main(argv: list[str] | None = None) -> dict:
             mobility_frames=a.mobility_frames,
             mobility_series=a.mobility_series,
             mobility_frame_dose=a.mobility_frame_dose,
+            probe_sigma_A=a.probe_sigma_A,
         )
         rows.append(r)
         d_br = ""

@@ -117,3 +117,31 @@ def test_pipeline_cluster_step_reports_imaging_outside_the_validated_range(probe
     assert (sig > 0.45) if said else (0.35 < sig < 0.43)
     assert len(texts) == int(said)
     assert all("validated for columns of σ ≈ 0.38 Å" in t for t in texts)
+
+
+def test_pipeline_series_step_images_with_the_given_probe():
+    # `simulate.insitu_series` takes `probe_sigma_A` (ground truth for another microscope):
+    # the measured column width follows it (0.38 Å under the default 0.33 Å probe)
+    from perovstem.pipeline.steps import simulate as steps
+    from perovstem.simulate import degradation_kmc, nanocrystal
+
+    tr = degradation_kmc(
+        nanocrystal(40.0, rng=1), n_frames=2, frame_time_s=1.0,
+        dose_rate_e_per_A2_s=3e3, rng=1,
+    )  # fmt: skip
+    step = getattr(steps.simulate_insitu_series, "__wrapped__", steps.simulate_insitu_series)
+    width = {}
+    for probe in (None, 0.6):
+
+        class Ctx:
+            params = {"pixel_size_A": 0.5, "drift_A_per_s": [0.0, 0.0], "probe_sigma_A": probe}
+
+            def rng(self, offset=0):
+                return np.random.default_rng(offset)
+
+        s = step(Ctx(), tr)["series"]
+        d = np.asarray(s.data[0], float)
+        la, ang, _ = estimate_lattice(d, 0.5)
+        width[probe] = column_width(d, 0.5, la, ang)
+    assert 0.35 < width[None] < 0.43
+    assert 0.57 < width[0.6] < 0.68

@@ -419,6 +419,7 @@ def simulate_kmc(ctx: Any, atoms: Any) -> dict[str, Any]:
             item_type=float,
             length=2,
         ),
+        "probe_sigma_A": Param(float, None, "probe σ, Å (default: simulator default)", min=0.0),
     },
     check_together=_check_insitu_series,
     requires=(SERIES,),
@@ -428,11 +429,13 @@ def simulate_kmc(ctx: Any, atoms: Any) -> dict[str, Any]:
 def simulate_insitu_series(ctx: Any, trajectory: Any) -> dict[str, Any]:
     insitu_series = api(SERIES)
     p = ctx.params
+    kw = {} if p["probe_sigma_A"] is None else {"probe_sigma_A": p["probe_sigma_A"]}
     series, truth = insitu_series(
         trajectory,
         pixel_size_A=p["pixel_size_A"],
         drift_A_per_s=tuple(p["drift_A_per_s"]),
         rng=ctx.rng(),
+        **kw,
     )
     return {"series": series, "truth": {k: v for k, v in truth.items() if hasattr(v, "columns")}}
 
