@@ -145,3 +145,17 @@ def test_pipeline_series_step_images_with_the_given_probe():
         width[probe] = column_width(d, 0.5, la, ang)
     assert 0.35 < width[None] < 0.43
     assert 0.57 < width[0.6] < 0.68
+
+
+def test_imaging_note_cases():
+    from perovstem.insitu.analysis import imaging_note
+
+    assert imaging_note(0.38, 0.5) == ""  # validated
+    assert "columns of σ = 0.49 Å" in imaging_note(0.49, 0.5)
+    both = imaging_note(0.49, 0.9)
+    assert "0.49 Å" in both and "undersampled" in both
+    # the pixel is left to the coarse-pixel note of analyze_series
+    assert "undersampled" not in imaging_note(0.49, 0.9, sampling=False)
+    assert imaging_note(0.38, 1.0, sampling=False) == ""
+    assert "could not be measured on frame 3" in imaging_note(float("nan"), 1.5, frame=3)
+    assert imaging_note(float("nan"), 1.5, sampling=False) == ""

@@ -902,14 +902,14 @@ def imaging_note(
         if not sampling:
             return ""
         return (
-            f"the host columns' width could not be measured on frame {frame} (no 200/220 "
-            f"reflections below the Nyquist frequency at {pixel_size_A:.3g} Å/px): clusters "
-            "on the crystal were validated for columns of σ ≈ 0.38 Å sampled at 0.4–0.5 "
-            "Å/px only"
+            f"the host columns' width could not be measured on frame {frame} from its 200 "
+            f"and 220 reflections (beyond the Nyquist frequency at {pixel_size_A:.3g} Å/px, "
+            "or too weak): clusters on the crystal were validated for columns of σ ≈ 0.38 Å "
+            "sampled at 0.4–0.5 Å/px only"
         )
     why = []
     if sigma_A > COLUMN_SIGMA_MAX_A:
-        why.append(f"columns of σ = {sigma_A:.2f} Å (a wider probe than 0.33 Å)")
+        why.append(f"columns of σ = {sigma_A:.2f} Å (a wider probe or more blur than 0.33 Å)")
     if sampling and sigma_A / pixel_size_A < COLUMN_SIGMA_MIN_PX:
         why.append(
             f"{pixel_size_A:.3g} Å pixels ({sigma_A / pixel_size_A:.2f} px per column σ: "
