@@ -1,4 +1,5 @@
-"""One KMC + rendering recipe shared by the in-situ tests (not collected: no test_ prefix)."""
+"""Helpers shared by the in-situ tests (not collected: no test_ prefix): the KMC + rendering
+recipe, degrading frames, fcc clusters and a bare context for the `insitu.clusters` step."""
 
 from __future__ import annotations
 
@@ -127,3 +128,27 @@ def noise_free_parts(tr, series, *, pixel_size_A, seed, drift_A_per_s=(0.8, -0.5
         return out[1], out[0] - out[1]
 
     return render
+
+
+class ClusterStepContext:
+    """A bare pipeline context for the ``insitu.clusters`` step (frames mapped serially;
+    figures and metrics dropped, report texts kept in ``texts``)."""
+
+    step_id = "clusters"
+
+    def __init__(self) -> None:
+        self.params = {"threshold_sigma": 6.0, "min_atoms": 5.0, "max_diameter_A": 16.0}
+        self.params |= {"max_step_A": 8.0}
+        self.texts: list[str] = []
+
+    def map(self, f, items, shared=None, description=""):
+        return [f(k, shared) for k in items]
+
+    def metric(self, *args, **kwargs):
+        pass
+
+    def figure(self, *args, **kwargs):
+        pass
+
+    def text(self, text, **kwargs):
+        self.texts.append(text)

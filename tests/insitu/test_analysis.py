@@ -528,25 +528,13 @@ def test_pipeline_cluster_step_without_dose_tracks_by_area(sim_series):
     """The ``insitu.clusters`` pipeline step on a series without dose: it stopped with
     "`clusters` has non-finite value(s) in n_atoms"; it must track by area and report the
     Pb⁰ atoms as unknown (NaN), not 0."""
+    from _insitu_kmc import ClusterStepContext
+
     from perovstem.pipeline.steps import insitu as steps
-
-    class Ctx:
-        step_id = "clusters"
-        params = {"threshold_sigma": 6.0, "min_atoms": 5.0, "max_diameter_A": 16.0}
-        params |= {"max_step_A": 8.0}
-
-        def map(self, f, items, shared=None, description=""):
-            return [f(k, shared) for k in items]
-
-        def metric(self, *args, **kwargs):
-            pass
-
-        def figure(self, *args, **kwargs):
-            pass
 
     s, _ = sim_series[0]
     step = getattr(steps.insitu_clusters, "__wrapped__", steps.insitu_clusters)
-    counts = step(Ctx(), s.replace(dose_e_per_A2=None))["counts"]
+    counts = step(ClusterStepContext(), s.replace(dose_e_per_A2=None))["counts"]
     assert (counts["n_clusters"] > 0).any()
     assert counts.loc[counts["n_clusters"] > 0, "n_Pb0_detected"].isna().all()
     assert "cumulative_births" in counts

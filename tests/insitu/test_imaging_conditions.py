@@ -90,29 +90,14 @@ def test_analysis_says_when_imaging_is_outside_the_validated_range(px, probe, sa
 @pytest.mark.parametrize(("probe", "said"), [(None, False), (0.45, True)])
 def test_pipeline_cluster_step_reports_imaging_outside_the_validated_range(probe, said):
     # the `insitu.clusters` step says it in the report (a text item) and keeps the width
+    from _insitu_kmc import ClusterStepContext
+
     from perovstem.pipeline.steps import insitu as steps
 
-    texts = []
-
-    class Ctx:
-        step_id = "clusters"
-        params = {"threshold_sigma": 6.0, "min_atoms": 5.0, "max_diameter_A": 16.0}
-        params |= {"max_step_A": 8.0}
-
-        def map(self, f, items, shared=None, description=""):
-            return [f(k, shared) for k in items]
-
-        def metric(self, *args, **kwargs):
-            pass
-
-        def figure(self, *args, **kwargs):
-            pass
-
-        def text(self, text, **kwargs):
-            texts.append(text)
-
+    ctx = ClusterStepContext()
     step = getattr(steps.insitu_clusters, "__wrapped__", steps.insitu_clusters)
-    counts = step(Ctx(), _series(0.5, probe))["counts"]
+    counts = step(ctx, _series(0.5, probe))["counts"]
+    texts = ctx.texts
     sig = counts.attrs["column_sigma_A"]
     assert (sig > 0.45) if said else (0.35 < sig < 0.43)
     assert len(texts) == int(said)
