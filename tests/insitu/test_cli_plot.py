@@ -61,6 +61,9 @@ def test_cli_insitu_writes_tables_plots_summary(series_file, tmp_path):
     np.testing.assert_array_equal(cols["atoms_lost"], cols["n_atoms_first"] - cols["n_atoms_last"])
     summ = json.loads((out / "summary.json").read_text())
     assert summ["n_frames"] == 8
+    # the simulator's probe (0.33 Å): columns of 0.38 Å, the validated imaging (no note)
+    assert 0.35 < summ["column_sigma_A"] < 0.43
+    assert not any("validated for columns" in n for n in summ["notes"])
     assert (
         summ["atoms_lost"]["PbBr"]["atoms_lost"]
         == cols.loc[cols["type"] == "PbBr", "atoms_lost"].sum()

@@ -388,6 +388,9 @@ def insitu(
         # how frames.dose_rate_e_per_A2_s was computed (the dose rate sets the conditions)
         "dose_rate_rule": s.dose_rate_rule,
         "drift_residual_rms_px": res.drift.attrs.get("residual_rms_px"),
+        # host column σ (probe and column, Å) of the first usable frame: the imaging
+        # on-crystal cluster detection was validated for is 0.38 Å at 0.4-0.5 Å/px
+        "column_sigma_A": res.frames.attrs.get("column_sigma_A"),
         "notes": notes,
         "mechanisms": [t for t in res.summary.get("text", []) if isinstance(t, str)],
     }
