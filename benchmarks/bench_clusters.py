@@ -214,20 +214,19 @@ def _cond(seed):
     }
 
 
+def _cond280(seed):
+    """The 280 K recipe (tune280, decide280): 5.5 / 4 nm crystals at 3e3 / 6e3 e/Å²/s."""
+    return {
+        "edge": (55.0, 40.0)[seed % 2],
+        "rate": (3e3, 6e3)[(seed // 2) % 2],
+        "temp": 280.0,
+        "px": 0.5,
+    }
+
+
 SETS = {
     "tune": [(s, _cond(s)) for s in range(51, 55)],
-    "tune280": [
-        (
-            s,
-            {
-                "edge": (55.0, 40.0)[s % 2],
-                "rate": (3e3, 6e3)[(s // 2) % 2],
-                "temp": 280.0,
-                "px": 0.5,
-            },
-        )
-        for s in range(41, 47)
-    ],  # fmt: skip
+    "tune280": [(s, _cond280(s)) for s in range(41, 47)],
     "holdout": [(s, _cond(s)) for s in range(61, 69)],
     "fresh": [(s, _cond(s)) for s in range(91, 99)],
     "big280": [
@@ -249,18 +248,7 @@ SETS = {
     # run on their own (not in the default run) to decide the pooled recall: new seeds of
     # the held-out design, and of the 280 K designs (tune280, big280) where most misses are
     "decide": [(s, _cond(s)) for s in range(1101, 1261)],
-    "decide280": [
-        (
-            s,
-            {
-                "edge": (55.0, 40.0)[s % 2],
-                "rate": (3e3, 6e3)[(s // 2) % 2],
-                "temp": 280.0,
-                "px": 0.5,
-            },
-        )
-        for s in range(1301, 1341)
-    ],  # fmt: skip
+    "decide280": [(s, _cond280(s)) for s in range(1301, 1341)],
 }
 _IMAGING = range(2001, 2017)  # the held-out recipe at other pixel sizes and probes
 SETS.update({
@@ -278,7 +266,8 @@ def run_set(cases, splits=(False, True), carry=True):
     clusters cover the crystal gets the host's empty-site ratio of the earlier frames as
     ``host_reference`` by the rule of ``analyze_series`` (``_host.HostReference``: right
     after a frame that measured it, or where the host lattice is still seen)."""
-    out = {sp: {"tp": 0, "fp": 0, "fn": 0, "counts": [], "misses": [], "t": 0.0, "nf": 0}
+    out = {sp: {"tp": 0, "fp": 0, "fn": 0, "counts": [], "misses": [], "t": 0.0, "nf": 0,
+                "host_tp": 0, "host_fp": 0}
            for sp in splits}  # fmt: skip
     units = {sp: {"series": [], "tracks": []} for sp in splits}
     for seed, c in cases:
@@ -315,8 +304,8 @@ def run_set(cases, splits=(False, True), carry=True):
                 o["t"] += time.perf_counter() - t0
                 o["nf"] += 1
                 a, b, cc, cnt, mis, tr, (htp, hfp) = score_frame(det, tk, field, host)
-                o["host_tp"] = o.get("host_tp", 0) + htp
-                o["host_fp"] = o.get("host_fp", 0) + hfp
+                o["host_tp"] += htp
+                o["host_fp"] += hfp
                 for key, hit, counted, within in tr:
                     t = trk[sp].setdefault(key, [0, 0, 0, 0])
                     t[0] += hit
@@ -450,8 +439,8 @@ def _summary(o):
         },
         "misses": {str(k): int(v) for k, v in miss.items()},
         # detections centred on the crystal (the bench's host mask): hits, false ones
-        "on_host_detections": {"tp": int(o.get("host_tp", 0)), "fp": int(o.get("host_fp", 0)),
-                               "precision": round(o.get("host_tp", 0) / max(o.get("host_tp", 0) + o.get("host_fp", 0), 1), 3)},
+        "on_host_detections": {"tp": int(o["host_tp"]), "fp": int(o["host_fp"]),
+                               "precision": round(o["host_tp"] / max(o["host_tp"] + o["host_fp"], 1), 3)},
         "s_per_frame": round(o["t"] / max(o["nf"], 1), 4),
     }  # fmt: skip
 
