@@ -704,6 +704,22 @@ def test_zero_dose_frame_is_skipped_not_fatal():
     assert f.loc[[0, 1, 3], "n_Pb0_detected"].notna().all()
 
 
+def test_single_frame_says_there_is_no_kinetic_summary():
+    # one frame gave an empty summary and no word why
+    from perovstem.insitu import analyze_series
+    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
+
+    at = nanocrystal(edge_A=40, rng=1)
+    for n in (1, 2):
+        tr = degradation_kmc(at, n_frames=n, frame_time_s=1.0, dose_rate_e_per_A2_s=5e3, rng=1)
+        s, _ = insitu_series(tr, **_IMAGING, rng=1)
+        res = analyze_series(s)
+        said = any("1 usable frame: no kinetic summary" in t for t in res.notes)
+        assert said == (n == 1), res.notes
+        assert len(res.frames) == n and res.frames["n_Pb0_detected"].notna().all()
+        assert res.summary.empty == (n == 1)
+
+
 def test_second_crystal_in_the_field_is_said():
     # two crystals (3.5 and 5 nm) in one field: the crystal columns followed the larger
     # only (area 3042 of ~4080 Å²) while the clusters of both were counted, with no note

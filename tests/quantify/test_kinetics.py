@@ -277,6 +277,18 @@ def test_compare_models_reports_a_numerically_failing_model():
         compare_models(x, y, ["br_first_order", bad], likelihood="laplace")
 
 
+def test_no_model_fitted_names_each_model_and_its_reason():
+    # two frames of a series: every nucleation model lacks points; the message goes into a
+    # report row, so it reads as text (it was the repr of a dict of "DataError: ..." strings)
+    with pytest.raises(DataError) as err:
+        compare_models([1e3, 2e3], [0.0, 1.0], "nucleation", likelihood="poisson", cumulative=True)
+    msg = str(err.value)
+    assert msg.startswith("no model could be fitted (")
+    for name in ("nucleation_constant", "nucleation_saturating", "nucleation_accelerating"):
+        assert msg.count(f"'{name}'") == 1
+    assert "{" not in msg and "DataError" not in msg and "got 1" in msg
+
+
 def test_arrhenius_warns_on_temperatures_that_look_like_celsius():
     """A heating run written in °C (25–100) would give Ea several times too small."""
     temps_c = np.array([25.0, 50.0, 75.0, 100.0])

@@ -181,8 +181,17 @@ def _to_frame0(dets: list[pd.DataFrame], shifts: np.ndarray, px: float) -> None:
 
 
 def _jitter_notes(jitter: dict[str, Any] | None, scan_correction: bool) -> list[str]:
-    """The note on measured fast-scan line jitter (none below LINE_JITTER_NOTE_PX)."""
+    """The notes on fast-scan line jitter: frames where it could not be measured (most of
+    them), and the jitter measured (none below LINE_JITTER_NOTE_PX)."""
     notes: list[str] = []
+    if jitter is not None and jitter["unlocked"] >= 3 and 2 * jitter["unlocked"] > jitter["tried"]:
+        notes.append(
+            f"fast-scan line jitter could not be measured on {jitter['unlocked']} of "
+            f"{jitter['tried']} frames (column line_jitter_px NaN): the line offsets of the "
+            "left and right parts of the frame disagree by more than 1 px rms, so they are "
+            "not locked on the structure (e.g. a lattice aliased by coarse pixels, or a "
+            "crystal that changes faster than the frames); jitter there, if any, is not said"
+        )
     if jitter is not None and jitter["median_px"] > LINE_JITTER_NOTE_PX:
         notes.append(
             f"fast-scan line jitter {jitter['median_px']:.2g} px rms (median of "
@@ -410,7 +419,8 @@ def analyze_series(
         says so).  Independently of this option, a registered series has its line jitter
         measured on up to 16 frames (:func:`~perovstem.insitu.measure_line_jitter`,
         ``frames["line_jitter_px"]``); above ``LINE_JITTER_NOTE_PX`` a note says that the
-        Pb⁰ counts are unreliable.
+        Pb⁰ counts are unreliable, and a note says when most frames could not be measured
+        (line offsets not locked on the structure).
     scan_options : dict, optional
         ``band_rows``, ``smooth_rows``, ``max_shift_px`` of
         :func:`~perovstem.insitu.correct_scan_distortion`.
@@ -828,6 +838,11 @@ def analyze_series(
         if note:
             notes.append(note)
         summ = mechanism_summary(usable, x=x, ci=ci, tracks=mob_tracks, mobility=mob)
+        if len(usable) < 2:
+            notes.append(
+                f"{len(usable)} usable frame{'' if len(usable) == 1 else 's'}: no kinetic summary (rates, tracks and drift "
+                "need two frames or more); the frame's crystal and clusters are in the tables"
+            )
         if mob_tracks is not None:
             summ.attrs["mobility_tracks"] = linked
         conds = summ.attrs.get("conditions", [])
@@ -990,22 +1005,29 @@ def _scan_corrected(
 
 def _line_jitter(series: Series, drift: pd.DataFrame) -> dict[str, Any] | None:
     """Measured fast-scan line jitter (:func:`measure_line_jitter`): per-frame values (NaN
-    where not measured), their median, and whether it is line-to-line (white) jitter."""
-    from perovstem.insitu.register import measure_line_jitter
+    where not measured), their median (NaN with < 3 measured), how many frames could not be
+    measured because the line offsets were not locked on the structure, and whether it is
+    line-to-line (white) jitter."""
+    from perovstem.insitu.register import LINE_PART_SCATTER_MAX_PX, measure_line_jitter
 
     tab = measure_line_jitter(series, drift)
-    tab = tab[np.isfinite(tab["line_jitter_px"].to_numpy(float))]
-    if len(tab) < 3:
+    if tab.empty:
         return None
+    jit = tab["line_jitter_px"].to_numpy(float)
+    ok = np.isfinite(jit)
     per = np.full(series.n_frames, np.nan)
-    per[tab["frame"].to_numpy(int)] = tab["line_jitter_px"].to_numpy(float)
-    med = float(np.median(tab["line_jitter_px"]))
-    noise = float(np.median(tab["line_noise_px"]))
-    rho = float(np.nanmedian(tab["line_lag1_corr"]))
+    per[tab["frame"].to_numpy(int)] = jit
+    med = float(np.median(jit[ok])) if ok.sum() >= 3 else float("nan")
+    # the errors of a full line's offset: about those of a part (half the line) / sqrt 2
+    scatter = tab["line_part_scatter_px"].to_numpy(float)
+    noise = float(np.median(scatter[ok])) / np.sqrt(2.0) if ok.any() else float("nan")
+    rho = float(np.nanmedian(tab["line_lag1_corr"])) if ok.any() else float("nan")
     return {
         "per_frame": per,
         "median_px": med,
-        "n": len(tab),
+        "n": int(ok.sum()),
+        "tried": len(tab),
+        "unlocked": int(np.sum(scatter > LINE_PART_SCATTER_MAX_PX)),
         # white jitter: neighbouring lines correlate at 0.2-0.6 (1 px, KMC series), a
         # smooth distortion (period of 10+ lines) at > 0.9
         "per_line": bool(med > 2.0 * noise and rho < LINE_JITTER_SMOOTH_CORR),

@@ -834,7 +834,12 @@ def compare_models(
             # overflow ...) is reported as failed; the comparison goes on with the others
             failed[m.name] = f"{type(exc).__name__}: {exc}"
     if not fits:
-        raise DataError(f"no model could be fitted: {failed}")
+        # one reason per model, readable in a report row (a DataError names the model)
+        why = "; ".join(
+            v.removeprefix("DataError: ") if f"'{k}'" in v else f"{k}: {v}"
+            for k, v in failed.items()
+        )
+        raise DataError(f"no model could be fitted ({why})")
     rows = [
         {
             "model": r.model,
