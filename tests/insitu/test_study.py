@@ -264,6 +264,9 @@ def test_kinetics_command_combines_insitu_runs(study, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["pb0_diffusion_Ea_eV"]["value"] == _ea(ref)["value"]
     assert summary["series"] == [r.name for r in runs]
+    # each condition's hop rate says its temperature (the texts alone were alike)
+    mob = [ln for ln in summary["mechanisms"] if "] mobility:" in ln]
+    assert [ln.split(" K")[0] for ln in mob] == [f"[{t:g}" for t in TEMPERATURES_K], mob
     assert (out / "hop_rates.png").stat().st_size > 1000
     # a rerun does not overwrite without --overwrite; bad RUN folders are named
     assert main(["kinetics", *map(str, runs), "-o", str(out)]) != 0

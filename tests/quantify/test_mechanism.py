@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from perovstem.quantify.mechanism import SUMMARY_COLUMNS, mechanism_summary
+from perovstem.quantify.mechanism import SUMMARY_COLUMNS, mechanism_summary, summary_lines
 
 
 def _frames(rng, phi, temp, j, d_br, n=40, dose=2e3):
@@ -65,6 +65,37 @@ def test_summary_records_condition_keys():
     conds = s.attrs["conditions"]
     assert [c["series"] for c in conds] == [0, 1]
     assert set(s["condition"]) <= {-1, 0, 1}
+
+
+def test_summary_lines_name_the_condition_of_each_row():
+    # `perovstem insitu` / `kinetics` printed the texts alone: three "br_loss: ..." lines
+    # of a series held at 260, 300 and 330 K could not be told apart
+    rng = np.random.default_rng(3)
+    frames = [_frames(rng, 1e3, t, 5e-3, 3e4) for t in (260.0, 300.0, 330.0)]
+    s = mechanism_summary(pd.concat(frames, ignore_index=True))
+    lines = summary_lines(s)
+    br = [ln for ln in lines if "] br_loss:" in ln]
+    assert [ln.split("]")[0] for ln in br] == ["[260 K", "[300 K", "[330 K"]
+    across = s[s["condition"] < 0]
+    assert len(across) and all(any(ln == t for ln in lines) for t in across["text"])
+    # one condition: no labels
+    one = summary_lines(mechanism_summary(frames[0]))
+    assert one and not any(ln.startswith("[") for ln in one)
+    # the same text under many conditions (a ramp: one frame each) is one line
+    ramp = pd.concat(
+        [
+            f.iloc[:1].assign(temperature_K=t)
+            for f, t in zip(frames * 3, range(300, 390, 10), strict=True)
+        ],
+        ignore_index=True,
+    )
+    rs = mechanism_summary(ramp)
+    rl = summary_lines(rs)
+    assert len(rl) < len(rs)
+    assert any(
+        ln.startswith("[300 K; 310 K; 320 K; ... (9 conditions)] not fitted") for ln in rl
+    ), rl
+    assert summary_lines(pd.DataFrame()) == []
 
 
 def test_pipeline_mechanism_labels_each_row_with_its_source(tmp_path):

@@ -199,6 +199,7 @@ def insitu(
     from perovstem.insitu import analyze_series, assign_dose, attach_conditions
     from perovstem.io import load, save_figure, save_json, save_table
     from perovstem.io.holder_logs import read_holder_log
+    from perovstem.quantify.mechanism import summary_lines
 
     if hmm_model not in ("loss", "free", "dose"):
         raise ParameterError(f"`--hmm-model` must be loss, free or dose, got {hmm_model!r}")
@@ -392,7 +393,8 @@ def insitu(
         # on-crystal cluster detection was validated for is 0.38 Å at 0.4-0.5 Å/px
         "column_sigma_A": res.frames.attrs.get("column_sigma_A"),
         "notes": notes,
-        "mechanisms": [t for t in res.summary.get("text", []) if isinstance(t, str)],
+        # each line with its condition where the series spans several (e.g. a holder log)
+        "mechanisms": summary_lines(res.summary),
     }
     if res.br_loss is not None:
         b = res.br_loss

@@ -95,6 +95,7 @@ def kinetics(
     from perovstem.insitu import combine_series
     from perovstem.io import save_figure, save_json, save_table
     from perovstem.io._write import check_writable_place
+    from perovstem.quantify.mechanism import summary_lines
 
     if table_format not in ("parquet", "csv"):
         raise ParameterError(f"`--table-format` must be parquet or csv, got {table_format!r}")
@@ -145,11 +146,7 @@ def kinetics(
         "pb0_diffusion_Ea_eV": None
         if ea.empty
         else {k: float(ea.iloc[0][k]) for k in ("value", "ci_low", "ci_high")},
-        "mechanisms": [
-            (f"[{r.field}] " if r.field else "") + str(r.text)
-            for r in summ.itertuples()
-            if isinstance(r.text, str) and r.text
-        ],
+        "mechanisms": summary_lines(summ),
         "notes": list(summ.attrs.get("notes", [])),
     }
     written.append(save_json(summary, out / "summary.json"))

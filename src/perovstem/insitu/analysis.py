@@ -924,7 +924,9 @@ def imaging_note(
         )
     why = []
     if sigma_A > COLUMN_SIGMA_MAX_A:
-        why.append(f"columns of σ = {sigma_A:.2f} Å (a wider probe or more blur than 0.33 Å)")
+        why.append(
+            f"columns of σ = {sigma_A:.2f} Å (a wider probe or more blur than 0.33 Å, or a disordered lattice)"
+        )
     if sampling and sigma_A / pixel_size_A < COLUMN_SIGMA_MIN_PX:
         why.append(
             f"{pixel_size_A:.3g} Å pixels ({sigma_A / pixel_size_A:.2f} px per column σ: "

@@ -27,7 +27,7 @@ from perovstem.quantify.kinetics import (
     fit_dose_rate_dependence,
 )
 
-__all__ = ["mechanism_summary", "arrhenius_hop_rates", "SUMMARY_COLUMNS"]
+__all__ = ["mechanism_summary", "arrhenius_hop_rates", "summary_lines", "SUMMARY_COLUMNS"]
 
 SUMMARY_COLUMNS = [
     "condition",
@@ -570,6 +570,71 @@ def mechanism_summary(
     out.attrs["x"] = x
     out.attrs["level"] = level
     out.attrs["conditions"] = conditions  # key values of condition i
+    return out
+
+
+def summary_lines(summary: pd.DataFrame, *, max_labels: int = 3) -> list[str]:
+    """The ``text`` of a :func:`mechanism_summary` table as lines a reader can place.
+
+    With several conditions each line starts with its condition, given by the condition
+    columns whose values differ between the conditions (``[300 K]``, ``[300 K, 1e+03
+    e⁻/Å²/s]``, ``[condition 2]`` when none does); a ``field`` column adds ``[field]``.  A
+    text repeated under several conditions (e.g. the "not fitted" rows of a temperature
+    ramp, one condition per frame) is given once, with its conditions (the first
+    ``max_labels`` and how many).  ``across`` rows (``condition = -1``) name their
+    conditions in their text.
+
+    Parameters
+    ----------
+    summary : DataFrame
+        From :func:`mechanism_summary` (or a table read back with its columns).
+    max_labels : int
+        Conditions named on a line that several share.
+
+    Returns
+    -------
+    list of str
+    """
+    if not isinstance(summary, pd.DataFrame) or "text" not in summary or summary.empty:
+        return []
+    ok = summary["text"].map(lambda t: isinstance(t, str) and bool(t.strip()))
+    rows = summary[ok]
+    cond = rows["condition"] if "condition" in rows else pd.Series(0, index=rows.index)
+    per = rows[cond >= 0].drop_duplicates("condition") if "condition" in rows else rows
+    vary = [
+        c
+        for c in ("temperature_K", "dose_rate_e_per_A2_s", "gas")
+        if c in per and per[c].nunique(dropna=True) > 1
+    ]
+
+    def label(r: pd.Series) -> str:
+        if len(per) < 2 or r.get("condition", 0) < 0:
+            return ""
+        parts = []
+        for c in vary:
+            v = r[c]
+            if isinstance(v, str) or pd.isna(v):
+                parts.append(str(v) if isinstance(v, str) else "")
+            else:
+                parts.append(f"{v:.4g} K" if c == "temperature_K" else f"{v:.3g} e⁻/Å²/s")
+        text = ", ".join(p for p in parts if p)
+        return text or f"condition {int(r['condition'])}"
+
+    groups: dict[tuple[str, str], list[str]] = {}
+    for _, r in rows.iterrows():
+        fld = str(r["field"]) if "field" in r and isinstance(r["field"], str) else ""
+        labels = groups.setdefault((fld, str(r["text"]).strip()), [])
+        lab = label(r)
+        if lab not in labels:
+            labels.append(lab)
+    out = []
+    for (fld, text), labels in groups.items():
+        labels = [lab for lab in labels if lab]
+        if len(labels) > max_labels:
+            head = "; ".join(labels[:max_labels]) + f"; ... ({len(labels)} conditions)"
+        else:
+            head = "; ".join(labels)
+        out.append((f"[{head}] " if head else "") + (f"[{fld}] " if fld else "") + text)
     return out
 
 
