@@ -442,3 +442,29 @@ def test_track_prints_the_offset_ambiguity_of_a_flat_series(tmp_path, capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "PbBr: WARNING counts may all be offset by whole atoms: P(0) = 0." in text, text
     assert read_table(out).attrs["hmm"]["offset_ambiguous"]
+
+
+def test_cli_count_one_level_says_the_counts_mean_nothing(tmp_path, capsys):
+    # columns of one thickness (a cube along [001]): one component, every column "1 atom"
+    # (the first count) and "N columns, N atoms" was all the command said
+    rng = np.random.default_rng(4)
+    df = pd.DataFrame(
+        {
+            "x_A": rng.uniform(0, 100, 200),
+            "y_A": rng.uniform(0, 100, 200),
+            "type": "PbBr",
+            "scs": 0.0146 * 10 + rng.normal(0, 0.0015, 200),
+            "scs_err": 0.0015,  # the fit's error bars: the spread is the noise
+        }
+    )
+    src = tmp_path / "cols.parquet"
+    save_table(df, src)
+    assert main(["atoms", "count", str(src), "-o", str(tmp_path / "c.parquet")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "k = 1" in out and "WARNING one count level only" in out
+    assert "--library fitted" in out
+    # several levels: no such warning
+    _, df2 = _scs_table()
+    save_table(df2, src, overwrite=True)
+    assert main(["atoms", "count", str(src), "-o", str(tmp_path / "d.parquet")]) == 0
+    assert "one count level" not in capsys.readouterr().out

@@ -372,8 +372,8 @@ def fitted_library_for(
     if not units.startswith("fraction"):
         raise DataError(
             f"the cross-sections are in {units!r}, not in Å² of the incident beam: normalise "
-            "the image (perovstem.atoms.normalize_image) before fitting, as the library's "
-            "slabs are"
+            "the image before fitting, as the library's slabs are (`perovstem atoms fit "
+            "--normalize`; perovstem.atoms.normalize_image)"
         )
     bad = []
     if a["width"] != "type":

@@ -374,6 +374,15 @@ def count(
             f"{t}: {len(sub)} columns, {int(sub['n_atoms'].sum())} atoms, "
             f"counts {int(sub['n_atoms'].min())}–{int(sub['n_atoms'].max())}{extra}"
         )
+        if method == "gmm" and lib is None and ti.get("n_components") == 1:
+            # one level: every column gets the first count, which then says nothing
+            console.print(
+                f"{t}: WARNING one count level only: every column is counted as the first "
+                f"count ({first_count if first_count is not None else 1}, --first-count); "
+                "columns of one thickness look alike in their cross-sections, which then "
+                "cannot say how many atoms they hold. Count with --library fitted (the "
+                "library of the table's own fit; fit with --normalize) or --library simulate."
+            )
         anchor = ti.get("library_anchor") or ti  # count_atoms' anchor, count_hybrid's fields
         if anchor.get("offset_ambiguous"):
             console.print(
