@@ -173,6 +173,19 @@ def test_tomo_facets_checks_options_before_reconstructing(
     assert not out.exists()
 
 
+def test_tomo_facets_of_a_volume_without_volume_option_says_so(tilt_file, tmp_path, capsys):
+    # a volume given as SOURCE was refused as "not a tilt series" only
+    vol = tmp_path / "v.mrc"
+    assert main(["tomo", "reconstruct", str(tilt_file), "-o", str(vol), "-m", "fbp"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "f.csv"
+    assert main(["tomo", "facets", str(vol), "-o", str(out)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "is not a tilt series" in err and "give --volume" in err
+    assert not out.exists()
+    assert main(["tomo", "facets", str(vol), "-o", str(out), "--volume"]) == 0
+
+
 def test_tomo_sequence_checks_sigma_before_reconstructing(tilt_file, tmp_path, capsys, monkeypatch):
     import perovstem.tomo
 

@@ -39,14 +39,18 @@ app.add_typer(tomo_app, name="tomo")
 _PIXEL_SIZE_HELP = "Pixel size in Å (override; needed when the file has none)."
 
 
-def _load_tilt(path: Path, pixel_size_A: float | None = None):
+def _load_tilt(path: Path, pixel_size_A: float | None = None, volume_option: str = ""):
     from perovstem._data import TiltSeries
     from perovstem.io import load
 
     obj = load(path, pixel_size=pixel_size_A)
     if not isinstance(obj, TiltSeries):
+        hint = ""
+        if volume_option and getattr(obj, "data", None) is not None and obj.data.ndim == 3:
+            hint = f"; a reconstructed volume? give {volume_option}"
         raise ParameterError(
-            f"{str(path)!r} is not a tilt series (no tilt angles found; add a .rawtlt side file)"
+            f"{str(path)!r} is not a tilt series (no tilt angles found; add a .rawtlt side "
+            f"file{hint})"
         )
     import numpy as np
 
@@ -287,7 +291,7 @@ def facets_cmd(
         if tilt_range_deg is not None:  # checked above: NaN or 1e30 made a huge arange
             angles = np.arange(-tilt_range_deg, tilt_range_deg + 1e-9, 2.0)
     else:
-        ts = _load_tilt(source, pixel_size_A)
+        ts = _load_tilt(source, pixel_size_A, volume_option="--volume")
         rec = reconstruct(ts, method=method)
         vol, voxel = rec.volume, rec.voxel_size_A
         angles = ts.angles_deg

@@ -256,7 +256,14 @@ def plot_hop_rates(summary: pd.DataFrame, *, ax: Any = None) -> Any:
             & (summary["process"] == "temperature")
             & (summary["observable"] == "Gamma1_per_s")
         ]
-    if len(ea) and np.unique(x).size >= 3:  # the Arrhenius line of the Ea row's fit
+    ramp = (
+        len(ea) > 0
+        and "selected_model" in ea
+        and str(ea["selected_model"].iloc[0]) == "arrhenius_ramp"
+    )
+    # the Arrhenius line of the Ea row's fit (a ramp's Ea is fitted to the steps of whole
+    # tracks, not to these per-temperature rates: no line)
+    if len(ea) and not ramp and np.unique(x).size >= 3:
         from perovstem.errors import PerovstemError
         from perovstem.quantify.kinetics import fit_arrhenius
         from perovstem.quantify.mechanism import arrhenius_hop_rates
@@ -279,7 +286,8 @@ def plot_hop_rates(summary: pd.DataFrame, *, ax: Any = None) -> Any:
     if len(ea):
         r = ea.iloc[0]
         ax.set_title(
-            f"Pb⁰ diffusion: Ea = {r['value']:.3f} eV [{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
+            f"Pb⁰ diffusion{' over the ramp' if ramp else ''}: Ea = {r['value']:.3f} eV "
+            f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
             fontsize="small",
         )
     if len(groups) > 1:

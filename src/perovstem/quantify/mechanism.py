@@ -564,13 +564,92 @@ def mechanism_summary(
                 rows.append({**cond, **r, **fcol})
     columns = SUMMARY_COLUMNS if field is None else [*SUMMARY_COLUMNS, "field"]
     out = pd.DataFrame(rows, columns=columns)
-    out = pd.concat([out, _across(out, level)], ignore_index=True)
+    across = _across(out, level)
+    ramp = _ramp_row(f, tracks, field, level, dict(mobility or {})) if tracks is not None else None
+    if ramp is not None:
+        # a ramp's hop rates per temperature rest on tracks cut every few frames: the
+        # Arrhenius fit over the whole tracks replaces the one across them
+        mob_ea = (across["process"] == "temperature") & (across["observable"] == "Gamma1_per_s")
+        across = pd.concat([across[~mob_ea], pd.DataFrame([ramp])], ignore_index=True)
+    out = pd.concat([out, across], ignore_index=True)
     if field is not None:
         out["field"] = out["field"].fillna("").astype(str)
     out.attrs["x"] = x
     out.attrs["level"] = level
     out.attrs["conditions"] = conditions  # key values of condition i
     return out
+
+
+# a series is a temperature ramp (for the Pb⁰-diffusion Arrhenius fit) when it has at least
+# this many temperature levels and its levels hold fewer frames than this (median): per
+# level too few frames for a hop rate, tracks cut at every level
+RAMP_MIN_LEVELS = 3
+RAMP_MAX_FRAMES_PER_LEVEL = 5
+
+
+def _ramp_row(
+    frames: pd.DataFrame,
+    tracks: pd.DataFrame,
+    field: str | None,
+    level: float,
+    opts: dict[str, Any],
+) -> dict[str, Any] | None:
+    """The Pb⁰-diffusion Ea of a temperature ramp from the whole tracks, every step at its own
+    temperature (:func:`~perovstem.quantify.mobility.hop_rate_arrhenius`), or None when the
+    frames are not a ramp (``frames`` with temperature levels, see RAMP_*), hold several dose
+    rates (the beam adds to the thermal hop rate) or the fit fails."""
+    from perovstem.quantify.mobility import hop_rate_arrhenius, pool_field_tracks
+
+    if "temperature_K" not in frames or "temperature_K" not in tracks or "time_s" not in frames:
+        return None
+    if "dose_rate_e_per_A2_s" in frames and frames["dose_rate_e_per_A2_s"].nunique() > 1:
+        return None
+    per = [frames] if field is None else [g for _, g in frames.groupby(field, sort=True)]
+    sizes = [n for g in per for n in g.groupby("temperature_K").size().tolist()]
+    if frames["temperature_K"].nunique() < RAMP_MIN_LEVELS or not sizes:
+        return None
+    if float(np.median(sizes)) >= RAMP_MAX_FRAMES_PER_LEVEL:
+        return None
+    kw = {k: opts[k] for k in ("hop_length_A", "size_exponent", "rng") if k in opts}
+    if opts.get("localization_error_A") is not None:
+        kw["localization_error_A"] = opts["localization_error_A"]
+    parts, names = [], []
+    for i, g in enumerate(per):
+        ts = np.sort(g["time_s"].dropna().to_numpy(float))
+        dt = float(np.median(np.diff(ts))) if ts.size >= 2 else 0.0
+        name = str(g[field].iloc[0]) if field is not None else str(i)
+        t = tracks if field is None else tracks[tracks[field] == g[field].iloc[0]]
+        t = t[t["frame"].isin(set(g["frame"].tolist()))]
+        if dt > 0 and len(t):
+            parts.append(t.assign(_frame_time_s=dt))
+            names.append(name)
+    if not parts:
+        return None
+    t = parts[0] if len(parts) == 1 else pool_field_tracks(parts, names=names)
+    try:
+        r = hop_rate_arrhenius(t, frame_time_column="_frame_time_s", level=level, **kw)
+    except PerovstemError:
+        return None
+    if not np.isfinite(r["Ea_eV"]):
+        return None
+    return {
+        "condition": -1,
+        "process": "temperature",
+        "observable": "Gamma1_per_s",
+        "selected_model": "arrhenius_ramp",
+        "mechanism": "thermally activated Pb⁰ diffusion",
+        "param": "Ea_eV",
+        "value": r["Ea_eV"],
+        "ci_low": r["ci_low"],
+        "ci_high": r["ci_high"],
+        "n_points": r["n_steps"],
+        "text": f"Pb⁰ diffusion over the temperature ramp {r['T_min_K']:.4g}–{r['T_max_K']:.4g} "
+        f"K: Ea = {r['Ea_eV']:.3f} ± {r['stderr']:.3f} eV [{_fmt(r['ci_low'])}, "
+        f"{_fmt(r['ci_high'])}] ({int(level * 100)} % CI, {r['n_steps']} steps of "
+        f"{r['n_tracks']} tracks, each at its own temperature; Γ₁ = "
+        f"{_fmt(r['rate_ref_per_s'])} s⁻¹ at {r['T_ref_K']:.4g} K)",
+        **({} if field is None else {"field": "+".join(names)}),
+    }
 
 
 def summary_lines(summary: pd.DataFrame, *, max_labels: int = 3) -> list[str]:

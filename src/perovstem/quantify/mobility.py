@@ -33,7 +33,7 @@ from perovstem._validation import (
 from perovstem.errors import DataError, ParameterError
 from perovstem.quantify.nucleation import _garwood
 
-__all__ = ["cluster_hop_rate", "fit_desorption_hazard", "pool_field_tracks"]
+__all__ = ["cluster_hop_rate", "fit_desorption_hazard", "hop_rate_arrhenius", "pool_field_tracks"]
 
 
 def _track_steps(
@@ -344,6 +344,187 @@ def cluster_hop_rate(
         "n_steps_dropped": int(np.sum(d2[one] > r2)) if r2 is not None else 0,
         "n_tracks": int(uniq.size),
         "frac_long_steps": long,
+    }
+
+
+def _ramp_steps(
+    tracks: pd.DataFrame,
+    track_column: str,
+    size_column: str | None,
+    temperature_column: str,
+    time_column: str | None,
+) -> tuple[np.ndarray, ...]:
+    """Lag-1 steps of every track with the temperature they were made at.
+
+    Returns ``d2`` (Å²), ``n`` (mean size, or 1), the inverse temperature of the step (mean
+    of 1/T at its two detections, K⁻¹), the track id and the frame time (of the later
+    detection, s; 1 without a column).
+    """
+    t = tracks.sort_values([track_column, "frame"])
+    tid = t[track_column].to_numpy()
+    fr = t["frame"].to_numpy(int)
+    x, y = t["x_A"].to_numpy(float), t["y_A"].to_numpy(float)
+    size = t[size_column].to_numpy(float) if size_column else np.ones(len(t))
+    inv_t = 1.0 / t[temperature_column].to_numpy(float)
+    ft = t[time_column].to_numpy(float) if time_column else np.ones(len(t))
+    ok = (tid[1:] == tid[:-1]) & (fr[1:] - fr[:-1] == 1)
+    if not ok.any():
+        raise DataError("no track has two consecutive frames: cannot measure mobility")
+    d2 = (x[1:] - x[:-1]) ** 2 + (y[1:] - y[:-1]) ** 2
+    return (
+        d2[ok],
+        (0.5 * (size[1:] + size[:-1]))[ok],
+        (0.5 * (inv_t[1:] + inv_t[:-1]))[ok],
+        tid[1:][ok],
+        ft[1:][ok],
+    )
+
+
+def _ramp_fit(
+    d2: np.ndarray, c: np.ndarray, beta: np.ndarray, sigma2: float
+) -> tuple[float, float]:
+    """(ln Γ₁ at β = 0, Ea in eV) of ``E d² = 4σ² + c·Γ₁·exp(−Ea·β)``, β the step's
+    1/k_BT less the mean; Poisson quasi-likelihood (variance ∝ mean: a step of few lattice
+    hops, |Δr|² ≈ a² × a Poisson number), whose score needs only the mean to be right
+    (McCullagh & Nelder, *Generalized Linear Models*, 2nd ed., 1989, ch. 9); at one
+    temperature it is the moment estimator of :func:`cluster_hop_rate`."""
+
+    def nll(p: np.ndarray) -> float:
+        mu = 4.0 * sigma2 + c * np.exp(p[0] - p[1] * beta)
+        return float(np.sum(mu - d2 * np.log(mu)))
+
+    g0 = max(float(np.sum(d2 - 4.0 * sigma2) / np.sum(c)), 1e-300)
+    res = optimize.minimize(
+        nll,
+        np.array([np.log(g0), 0.0]),
+        method="Nelder-Mead",
+        options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 4000},
+    )
+    return float(res.x[0]), float(res.x[1])
+
+
+def hop_rate_arrhenius(
+    tracks: pd.DataFrame,
+    *,
+    frame_time_s: float | None = None,
+    temperature_column: str = "temperature_K",
+    hop_length_A: float = 5.87,
+    size_exponent: float = 4.0 / 3.0,
+    localization_error_A: float = 0.0,
+    size_column: str = "n_atoms",
+    track_column: str = "track_id",
+    level: float = 0.95,
+    n_boot: int = 300,
+    rng: Any = None,
+    frame_time_column: str | None = None,
+) -> dict[str, float]:
+    """Activation energy of cluster hopping from tracks made while the temperature changed.
+
+    A temperature ramp (or any series whose temperature changes from frame to frame) leaves
+    too few frames at each temperature for a hop rate per temperature
+    (:func:`cluster_hop_rate`, then :func:`~perovstem.quantify.kinetics.fit_arrhenius`),
+    and cutting tracks where the temperature steps loses the steps across the cuts.  Here
+    every lag-1 step of the whole tracks keeps its own temperature (mean 1/T of its two
+    frames) and the mean model of :func:`cluster_hop_rate`,
+    ``E|Δr|² = 4σ² + (2/3)a²·n^(−α)·Δt·Γ₁(T)`` with
+    ``Γ₁(T) = Γ₁(T_ref)·exp(−Ea/k_B·(1/T − 1/T_ref))`` (Arrhenius), is fitted to all steps
+    at once by a Poisson quasi-likelihood (|Δr|² of a few lattice hops: variance ∝ mean;
+    at one temperature the moment estimator of :func:`cluster_hop_rate`), consistent
+    whenever the mean model holds (McCullagh & Nelder, *Generalized Linear Models*, 2nd
+    ed., 1989, ch. 9).  ``T_ref`` is the temperature of the mean 1/T of the
+    steps, where Γ₁ and Ea are least correlated.  The interval is a bootstrap over tracks
+    (percentile).
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        ``frame, x_A, y_A, track_id``, ``size_column`` and ``temperature_column`` (K, per
+        detection: its frame's temperature, e.g. :func:`perovstem.insitu.hop_tracks`).
+    frame_time_s : float, optional
+        Time between frames, s (or give ``frame_time_column``).
+    temperature_column : str
+        Column of temperatures, K.
+    hop_length_A, size_exponent, localization_error_A, size_column, track_column
+        As :func:`cluster_hop_rate` (the localisation error is given, not estimated: the
+        intercept of the MSD against the lag mixes temperatures on a ramp).
+    level, n_boot, rng
+        Bootstrap over tracks.
+    frame_time_column : str, optional
+        Per-detection frame intervals, s, instead of ``frame_time_s``.
+
+    Returns
+    -------
+    dict
+        ``Ea_eV``, ``ci_low``, ``ci_high``, ``stderr`` (of Ea, bootstrap), ``rate_ref_per_s``
+        (Γ₁ at ``T_ref_K``), ``T_ref_K``, ``T_min_K``, ``T_max_K`` (of the steps),
+        ``n_steps``, ``n_tracks``.
+    """
+    refuse_text_numbers(locals())
+    if (frame_time_s is None) == (frame_time_column is None):
+        raise ParameterError(
+            "give `frame_time_s` (the frame interval, s) or `frame_time_column` (a column of "
+            "per-detection frame intervals), not "
+            + ("both" if frame_time_s is not None else "neither")
+        )
+    dt = 1.0 if frame_time_s is None else check_positive("frame_time_s", frame_time_s)
+    a = check_positive("hop_length_A", hop_length_A)
+    s2 = check_positive("localization_error_A", localization_error_A, allow_zero=True) ** 2
+    check_range("level", level, 0.5, 0.9999)
+    from perovstem.quantify.kinetics import K_B_EV_PER_K
+
+    need = {"frame", "x_A", "y_A", track_column, temperature_column}
+    need |= {size_column} if size_exponent else set()
+    need |= {frame_time_column} if frame_time_column else set()
+    if not need <= set(tracks.columns):
+        raise DataError(f"`tracks` lacks columns {sorted(need - set(tracks.columns))}")
+    for col in sorted(need - {track_column}):
+        v = pd.to_numeric(tracks[col], errors="coerce").to_numpy(dtype=float)
+        if not np.all(np.isfinite(v)):
+            raise DataError(
+                f"`tracks` column {col!r} has {int(np.sum(~np.isfinite(v)))} NaN/inf or "
+                "non-numeric value(s)"
+            )
+    temps = tracks[temperature_column].to_numpy(float)
+    if np.any(temps <= 0):
+        raise DataError(f"`tracks` column {temperature_column!r} must be in K (> 0)")
+    d2, n, inv_t, tid, step_dt = _ramp_steps(
+        tracks,
+        track_column,
+        size_column if size_exponent else None,
+        temperature_column,
+        frame_time_column,
+    )
+    if np.ptp(1.0 / inv_t) <= 0:
+        raise DataError(
+            "every step was made at one temperature: no activation energy from one "
+            "temperature (cluster_hop_rate gives its hop rate)"
+        )
+    w = np.clip(n, 1e-9, None) ** (-size_exponent) if size_exponent else np.ones(d2.size)
+    c = (2.0 / 3.0) * a * a * dt * w * (step_dt if frame_time_column else 1.0)
+    inv_ref = float(np.mean(inv_t))
+    beta = (inv_t - inv_ref) / K_B_EV_PER_K
+    lg, ea = _ramp_fit(d2, c, beta, s2)
+    gen = as_rng(rng)
+    uniq = np.unique(tid)
+    idx = {u: np.flatnonzero(tid == u) for u in uniq}
+    boots = []
+    for _ in range(int(n_boot)):
+        pick = np.concatenate([idx[u] for u in gen.choice(uniq, uniq.size, replace=True)])
+        if np.ptp(beta[pick]) > 0:
+            boots.append(_ramp_fit(d2[pick], c[pick], beta[pick], s2)[1])
+    q = (1 - level) / 2
+    b = np.asarray(boots) if boots else np.array([np.nan])
+    return {
+        "Ea_eV": ea,
+        "ci_low": float(np.quantile(b, q)),
+        "ci_high": float(np.quantile(b, 1 - q)),
+        "stderr": float(np.std(b, ddof=1)) if b.size > 1 else float("nan"),
+        "rate_ref_per_s": float(np.exp(lg)),
+        "T_ref_K": 1.0 / inv_ref,
+        "T_min_K": float(np.min(1.0 / inv_t)),
+        "T_max_K": float(np.max(1.0 / inv_t)),
+        "n_steps": int(d2.size),
+        "n_tracks": int(uniq.size),
     }
 
 
