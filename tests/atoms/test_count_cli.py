@@ -468,3 +468,56 @@ def test_cli_count_one_level_says_the_counts_mean_nothing(tmp_path, capsys):
     save_table(df2, src, overwrite=True)
     assert main(["atoms", "count", str(src), "-o", str(tmp_path / "d.parquet")]) == 0
     assert "one count level" not in capsys.readouterr().out
+
+
+def test_cli_count_library_at_the_images_voltage(tmp_path, capsys):
+    # a 200 kV image counted with a 300 kV library: every count ~2x the truth, silently
+    # (the library was always simulated at 300 kV).  `atoms fit` now records the image's
+    # voltage and the libraries use it; measured on a 60 A cube: simulated library 13
+    # (truth 14) at 200 kV against 27-28 at 300 kV, fitted library 14 against 25
+    from scipy.spatial import cKDTree
+
+    img = tmp_path / "nc.tif"
+    argv = ["simulate", "image", "-o", str(img), "--edge-A", "30", "--voltage-kV", "200"]
+    assert main([*argv, "--seed", "3"]) == 0
+    cols = tmp_path / "cols.parquet"
+    assert (
+        main(["atoms", "fit", str(img), "--cell", "cspbbr3", "--normalize", "-o", str(cols)]) == 0
+    )
+    assert read_table(cols).attrs["voltage_kV"] == 200.0
+    truth = read_table(tmp_path / "nc_truth.parquet")
+    pbbr = truth[truth["type"] == "PbBr"]
+    median = {}
+    for extra in ([], ["--voltage-kV", "300"]):
+        out = tmp_path / f"c{len(extra)}.parquet"
+        capsys.readouterr()
+        argv = ["atoms", "count", str(cols), "-o", str(out), "--library", "simulate"]
+        assert main([*argv, "--termination", "CsBr", "--type", "PbBr", *extra]) == 0
+        said = " ".join(capsys.readouterr().out.split())
+        assert ("200 kV (the image's)" if not extra else "300 kV (--voltage-kV)") in said
+        c = read_table(out)
+        _, i = cKDTree(pbbr[["x_A", "y_A"]].to_numpy()).query(c[["x_A", "y_A"]].to_numpy())
+        t = pbbr["n_atoms"].to_numpy()[i]
+        median[len(extra)] = (
+            float(np.median(c["n_atoms"] - t)),
+            float(np.median(c["n_atoms"] / t)),
+        )
+    # 30 A cube, truth 5 atoms per Pb-Br column: 200 kV library 5, 300 kV library 8
+    assert abs(median[0][0]) <= 1 and median[2][1] > 1.4, median
+    assert (
+        main(
+            [
+                "atoms",
+                "count",
+                str(cols),
+                "-o",
+                str(tmp_path / "x.parquet"),
+                "--voltage-kV",
+                "120",
+                "--library",
+                "simulate",
+            ]
+        )
+        == 2
+    )
+    assert "200 or 300" in capsys.readouterr().err

@@ -177,3 +177,17 @@ def test_conditions_without_time_stamps_names_the_option(tmp_path, capsys):
     rc, out, err = _run(capsys, p, "-o", tmp_path / "o", "--conditions", log)
     assert rc == 2
     assert "give --frame-time-s" in " ".join(err.split()) and "assign_dose" not in err
+
+
+def test_beam_energy_missing_is_said_and_given_by_the_option(tmp_path, capsys):
+    # Pb⁰ atoms of a series without its beam energy were counted at 300 kV in silence
+    f = _series(tmp_path / "s.npz", dose_e_per_A2=np.full(5, 500.0))
+    rc, out, _ = _run(capsys, f, "-o", str(tmp_path / "a"))
+    assert rc == 0 and "no beam energy" in out
+    assert "no beam energy" in " ".join(
+        json.loads((tmp_path / "a" / "summary.json").read_text())["notes"]
+    )
+    rc, out, _ = _run(capsys, f, "--voltage-kV", "200", "-o", str(tmp_path / "b"))
+    assert rc == 0 and "no beam energy" not in out
+    rc, _, err = _run(capsys, f, "--voltage-kV", "120")
+    assert rc == 2 and "`--voltage-kV` must be 200 or 300" in err

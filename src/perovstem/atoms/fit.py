@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from perovstem._data import Image
+from perovstem._data import Image, voltage_kV_of
 from perovstem._threads import spare_core
 from perovstem._validation import (
     check_choice,
@@ -1327,6 +1327,9 @@ def fit_columns(
         fit_positions=bool(fit_positions),
         # the dose of the fitted image (a fitted SCS library needs it: the fit's noise bias)
         dose_e_per_A2=None if img.dose_e_per_A2 is None else float(img.dose_e_per_A2),
+        # the beam energy of the image where its file says (a library must be simulated at
+        # it: 200 kV columns scatter more than 300 kV ones, counts off by whole atoms)
+        voltage_kV=voltage_kV_of(img.metadata),
         rho_A_by_type={t: float(np.median(rho_A_arr[tid == i])) for i, t in enumerate(tnames)},
         noise=noise,
         estimator=estimator,

@@ -298,7 +298,7 @@ def fitted_library_for(
     *,
     types: Any = None,
     dose_e_per_A2: float | None = None,
-    voltage_kV: float = 300.0,
+    voltage_kV: float | None = None,
     termination: str = "CsBr",
     lattice_A: float = 5.87,
     cd_fraction: float = 0.0,
@@ -329,8 +329,9 @@ def fitted_library_for(
         has, :data:`LIBRARY_TYPES`).
     dose_e_per_A2 : float, optional
         Dose of the fitted image, e⁻/Å² (default ``attrs["dose_e_per_A2"]``).
-    voltage_kV : float
-        Beam energy.
+    voltage_kV : float, optional
+        Beam energy, kV (default ``attrs["voltage_kV"]``, the image's where its file said;
+        300 without it).
     termination : {"CsBr", "PbBr2"}
         Faces of the slabs (see :func:`slab_atoms`).
     lattice_A : float
@@ -413,6 +414,8 @@ def fitted_library_for(
         )
     n_b = int((columns["type"].astype(str) == "PbBr").sum()) if present else 0
     n_cells = int(np.clip(np.rint(np.sqrt(n_b)), 3, 12)) if n_b else 8
+    if voltage_kV is None:
+        voltage_kV = float(a.get("voltage_kV") or 300.0)
     tabs = fitted_scs_library(
         max_atoms,
         pixel_size_A=float(a["pixel_size_A"]),

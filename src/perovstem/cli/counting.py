@@ -43,6 +43,7 @@ def _library_arg(
     cd_fraction: float = 0.0,
     table: Any = None,
     max_atoms: int = 30,
+    voltage_kV: float = 300.0,
 ):
     """``simulate`` → simulator libraries per type; ``fitted`` → the fitted-SCS library of
     the table's own fit (:func:`perovstem.atoms.fitted_library_for`); a file → one library
@@ -65,7 +66,12 @@ def _library_arg(
         if types == ["all"]:
             raise ParameterError("--library fitted needs a table with a 'type' column")
         return fitted_library_for(
-            table, max_atoms, types=types, termination=termination, cd_fraction=cd_fraction
+            table,
+            max_atoms,
+            types=types,
+            termination=termination,
+            cd_fraction=cd_fraction,
+            voltage_kV=voltage_kV,
         )
     if spec == "simulate":
         from perovstem.simulate import scs_library
@@ -77,11 +83,47 @@ def _library_arg(
                 f"--library simulate needs column types in {sorted(known)}, got {bad}"
             )
         kw = {"integration": integration, "termination": termination, "cd_fraction": cd_fraction}
-        return {t: scs_library(t, 60, **kw) for t in types}
+        return {t: scs_library(t, 60, voltage_kV=voltage_kV, **kw) for t in types}
     from perovstem.io import read_table
 
     lib = read_table(spec)
     return {t: lib for t in types} if types != ["all"] else lib
+
+
+def _voltage_arg(given: float | None, attrs: dict, library: str | None) -> tuple[float, str]:
+    """The beam energy a simulated library is made at, kV, and where it came from: the
+    option, the table's ``attrs['voltage_kV']`` (the image's, recorded by ``atoms fit``),
+    or 300 (assumed).  Refused without a library to apply it to."""
+    from perovstem.simulate.scs import _check_voltage
+
+    if given is not None:
+        if library not in ("simulate", "fitted"):
+            raise ParameterError(
+                f"--voltage-kV {given:g} only applies to --library simulate or fitted, got "
+                f"--library {library!r}"
+            )
+        try:
+            return _check_voltage(given), "--voltage-kV"
+        except ParameterError:
+            raise ParameterError(
+                f"--voltage-kV must be 200 or 300 (the calibrated energies), got {given:g}"
+            ) from None
+    try:
+        kv = float(attrs.get("voltage_kV"))
+    except (TypeError, ValueError):
+        return 300.0, "assumed: the table does not say, give --voltage-kV"
+    if not (np.isfinite(kv) and kv > 0):
+        return 300.0, "assumed: the table does not say, give --voltage-kV"
+    if library in ("simulate", "fitted"):
+        try:
+            kv = _check_voltage(kv)
+        except ParameterError:
+            raise ParameterError(
+                f"the table's image was recorded at {kv:g} kV (attrs['voltage_kV']), but the "
+                "simulated libraries are calibrated at 200 and 300 kV only: count without "
+                "--library, or give --voltage-kV to use one of them knowingly"
+            ) from None
+    return kv, "the image's"
 
 
 def _scale_prior_arg(spec: str | None) -> tuple[float, float] | None:
@@ -205,6 +247,14 @@ def count(
         "the Pb-Br cross-sections, so a Cd-alloyed crystal counted with x = 0 reads too few "
         "Pb-Br atoms (perovstem.atoms.fit_composition estimates x).",
     ),
+    voltage_kV: float = typer.Option(
+        None,
+        "--voltage-kV",
+        help="Beam energy '--library simulate' (or fitted) is simulated at, kV (300 or 200): "
+        "default the image's, as 'atoms fit' recorded it, else 300 (said).  Columns scatter "
+        "more at 200 kV: a 200 kV image counted with a 300 kV library reads far too many "
+        "atoms.",
+    ),
     scale_prior: str = typer.Option(
         None,
         "--scale-prior",
@@ -302,6 +352,7 @@ def count(
             f"--integration {integration} only applies to --library simulate, got --library "
             f"{library!r}"
         )
+    kv, kv_from = _voltage_arg(voltage_kV, df.attrs, library)
     lib = _library_arg(
         library,
         types,
@@ -310,6 +361,7 @@ def count(
         cd_fraction=cd_fraction,
         table=df,
         max_atoms=components or max_components or 30,
+        voltage_kV=kv,
     )
     if method in ("library", "hybrid") and lib is None:
         raise ParameterError(
@@ -387,9 +439,14 @@ def count(
         if anchor.get("offset_ambiguous"):
             console.print(
                 f"{t}: WARNING counts may all be offset by whole atoms: "
-                f"{offset_summary(anchor)}; n_atoms_std includes it). Count with "
-                "--library fitted (the library of the table's own fit) or give --scale-prior "
-                "CENTER,LOG_SD from a known calibration."
+                f"{offset_summary(anchor)}; n_atoms_std includes it). "
+                + (
+                    "Give --scale-prior CENTER,LOG_SD from a known calibration (the fitted "
+                    "library's default prior is 1,0.03)."
+                    if library == "fitted"
+                    else "Count with --library fitted (the library of the table's own fit) "
+                    "or give --scale-prior CENTER,LOG_SD from a known calibration."
+                )
             )
         chk = ti.get("ladder_check")
         if chk and not chk.get("ok", True):
@@ -411,14 +468,15 @@ def count(
             save_table(pd.concat(rows, ignore_index=True), criteria_out, overwrite=overwrite)
     if library == "simulate":
         console.print(
-            f"library: simulated, {integ} SCS, {termination} termination, x(Cd) = {cd_fraction:g}"
+            f"library: simulated, {integ} SCS, {termination} termination, x(Cd) = "
+            f"{cd_fraction:g}, {kv:g} kV ({kv_from})"
         )
     elif library == "fitted":
         a = next(iter(lib.values())).attrs
         console.print(
             f"library: fitted (the table's fit repeated on simulated slabs at "
             f"{a['dose_e_per_A2']:g} e/A^2, {a['pixel_size_A']:g} A px), {termination} "
-            f"termination, x(Cd) = {cd_fraction:g}"
+            f"termination, x(Cd) = {cd_fraction:g}, {kv:g} kV ({kv_from})"
         )
     console.print(f"wrote {out}")
 
@@ -521,9 +579,11 @@ def track(
         if library == "simulate":
             from perovstem.simulate import scs_library
 
-            # the SCS the tables hold: Voronoi sums or total cross-sections
+            # the SCS the tables hold: Voronoi sums or total cross-sections; at the beam
+            # energy of the fitted images where `atoms fit` recorded it
             integ = _integration("auto", frames[0].attrs)
-            lib = scs_library(column_type, 60, integration=integ)
+            kv = _voltage_arg(None, frames[0].attrs, "simulate")[0]
+            lib = scs_library(column_type, 60, integration=integ, voltage_kV=kv)
         else:
             lib = read_table(library)
         n_lib, v_lib = as_library(lib)
@@ -540,7 +600,7 @@ def track(
 
         c0 = start_scale_from_types(
             frames[0],
-            {t: scs_library(t, 60, integration=integ) for t in (column_type, "Cs")},
+            {t: scs_library(t, 60, integration=integ, voltage_kV=kv) for t in (column_type, "Cs")},
             column_type,
         )
         init = None if c0 is None else {"scale": c0}

@@ -127,6 +127,13 @@ def insitu(
         "steps come from --conditions). Sets the series' condition for the kinetics and "
         "for `perovstem kinetics`.",
     ),
+    voltage_kV: float = typer.Option(
+        None,
+        "--voltage-kV",
+        help="Beam energy, kV (200 or 300; replaces the file's high tension): the "
+        "cross-section libraries of the Pb⁰ atom counts, the Br loss and --columns are made "
+        "at it (a 200 kV series counted at 300 kV reads about twice the Pb⁰).",
+    ),
     no_register: bool = typer.Option(False, "--no-register", help="Skip drift correction."),
     max_lag: int = typer.Option(3, "--max-lag", help="Frames each frame is registered to."),
     threshold_sigma: float = typer.Option(
@@ -253,6 +260,11 @@ def insitu(
                 f"`--temperature-K` {temperature_K:g} and `--conditions` {str(conditions)!r} "
                 "both give the temperature: give one"
             )
+    if voltage_kV is not None and voltage_kV not in (200.0, 300.0):
+        raise ParameterError(
+            f"`--voltage-kV` must be 200 or 300 (the calibrated cross-section libraries), got "
+            f"{voltage_kV:g}"
+        )
     if not series.exists():
         raise FileFormatError(f"series {str(series)!r} does not exist")
     out = out or series.with_name(series.stem + "_insitu")
@@ -347,6 +359,17 @@ def insitu(
                 f"is replaced by --temperature-K {temperature_K:g}"
             )
         s = s.replace(temperature_K=np.full(s.n_frames, float(temperature_K)))
+    if voltage_kV is not None:
+        from perovstem._data import voltage_kV_of
+
+        kv_file = voltage_kV_of(s.metadata)
+        if kv_file is not None and abs(kv_file - voltage_kV) > 1e-6:
+            notes.append(
+                f"the file's beam energy ({kv_file:g} kV) is replaced by --voltage-kV "
+                f"{voltage_kV:g}"
+            )
+        md = {k: v for k, v in s.metadata.items() if k != "high_tension_kV"}
+        s = s.replace(metadata={**md, "voltage_kV": float(voltage_kV)})
     with about_file(series):  # "every frame of the series is unusable": which series
         res = analyze_series(
             s,

@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from perovstem._data import voltage_kV_of
 from perovstem._robust import robust_sd
 from perovstem._validation import as_rng, check_positive, check_range, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
@@ -561,7 +562,8 @@ def br_loss_from_images(
         Independent structural templates (different random sequences); their spread enters
         the interval.
     voltage_kV : float, optional
-        Beam energy (default ``metadata['voltage_kV']`` or 300).
+        Beam energy (default the series' ``metadata['voltage_kV']`` or
+        ``['high_tension_kV']``, else 300).
     temperature_K : float, optional
         Template temperature (default: the series' median or 300 K).
     border_px : int
@@ -617,7 +619,7 @@ def br_loss_from_images(
     md = series.metadata
     gain = float(md.get("gain") or 1.0)
     offset = float(md.get("offset") or 0.0)
-    kv = float(voltage_kV if voltage_kV is not None else md.get("voltage_kV", 300.0))
+    kv = float(voltage_kV if voltage_kV is not None else (voltage_kV_of(md) or 300.0))
     if temperature_K is None:
         t = getattr(series, "temperature_K", None)
         temperature_K = float(np.nanmedian(t)) if t is not None else 300.0
