@@ -545,6 +545,19 @@ def test_mechanism_summary_takes_a_ramps_ea_from_whole_tracks():
         row = held[(held["param"] == "Ea_eV") & (held["observable"] == "Gamma1_per_s")]
         assert row["selected_model"].tolist() == ["arrhenius"]
     assert np.sqrt(np.mean(np.square(errs["ramp"]))) < 0.1
+    # two series in one table (no field): each keeps its frames and track ids apart
+    two = [(_ramp_frames(), _ramp_walks(np.random.default_rng(s), n_walks=32)) for s in (7, 8)]
+    fr = pd.concat([f.assign(series=k) for k, (f, _) in enumerate(two)], ignore_index=True)
+    tr = pd.concat([t.assign(series=k) for k, (_, t) in enumerate(two)], ignore_index=True)
+    s = mech.mechanism_summary(fr, tracks=tr, mobility={"localization_error_A": 0.2, "rng": 0})
+    assert list(s.columns) == mech.SUMMARY_COLUMNS
+    ramp = s[s["selected_model"] == "arrhenius_ramp"]
+    one = [
+        mech.mechanism_summary(f, tracks=t, mobility={"localization_error_A": 0.2, "rng": 0})
+        for f, t in two
+    ]
+    n_one = [int(o.loc[o["selected_model"] == "arrhenius_ramp", "n_points"].iloc[0]) for o in one]
+    assert len(ramp) == 1 and int(ramp["n_points"].iloc[0]) == sum(n_one)
 
 
 def test_ramp_arrhenius_bad_input():

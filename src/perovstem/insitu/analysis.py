@@ -184,7 +184,8 @@ def _jitter_notes(jitter: dict[str, Any] | None, scan_correction: bool) -> list[
     """The notes on fast-scan line jitter: frames where it could not be measured (most of
     them), and the jitter measured (none below LINE_JITTER_NOTE_PX)."""
     notes: list[str] = []
-    if jitter is not None and jitter["unlocked"] >= 3 and 2 * jitter["unlocked"] > jitter["tried"]:
+    unlocked = 0 if jitter is None else jitter["unlocked"]
+    if unlocked >= 3 and 2 * unlocked > jitter["tried"]:
         notes.append(
             f"fast-scan line jitter could not be measured on {jitter['unlocked']} of "
             f"{jitter['tried']} frames (column line_jitter_px NaN): the line offsets of the "
@@ -850,8 +851,9 @@ def analyze_series(
         summ = mechanism_summary(usable, x=x, ci=ci, tracks=mob_tracks, mobility=mob)
         if len(usable) < 2:
             notes.append(
-                f"{len(usable)} usable frame{'' if len(usable) == 1 else 's'}: no kinetic summary (rates, tracks and drift "
-                "need two frames or more); the frame's crystal and clusters are in the tables"
+                f"{len(usable)} usable frame{'' if len(usable) == 1 else 's'}: no kinetic "
+                "summary (rates, tracks and drift need two frames or more); the frame's "
+                "crystal and clusters are in the tables"
             )
         if mob_tracks is not None:
             summ.attrs["mobility_tracks"] = linked
@@ -935,7 +937,8 @@ def imaging_note(
     why = []
     if sigma_A > COLUMN_SIGMA_MAX_A:
         why.append(
-            f"columns of σ = {sigma_A:.2f} Å (a wider probe or more blur than 0.33 Å, or a disordered lattice)"
+            f"columns of σ = {sigma_A:.2f} Å (a wider probe or more blur than 0.33 Å, or a "
+            "disordered lattice)"
         )
     if sampling and sigma_A / pixel_size_A < COLUMN_SIGMA_MIN_PX:
         why.append(
@@ -1178,8 +1181,9 @@ def _column_library(
     Default ``"fitted"``: :func:`perovstem.atoms.fitted_library.fitted_scs_library` — the
     per-frame column fit (same width and position treatment) applied to simulated slabs at
     the series' pixel size, frame size, lattice parameter, beam energy
-    (``metadata['voltage_kV']`` or ``['high_tension_kV']``, else 300 kV) and median dose per analysed frame, about as
-    many cells per edge as the found crystal, default probe (not read from the data); with
+    (``metadata['voltage_kV']`` or ``['high_tension_kV']``, else 300 kV) and median dose per
+    analysed frame, about as many cells per edge as the found crystal, default probe (not
+    read from the data); with
     a Cd fraction the Pb–B library is scaled by the tabulated Cd/Pb ratio.
     ``"table"``: the total cross-sections of :func:`perovstem.simulate.scs_library`.
     """

@@ -604,7 +604,12 @@ def _ramp_row(
         return None
     if "dose_rate_e_per_A2_s" in frames and frames["dose_rate_e_per_A2_s"].nunique() > 1:
         return None
-    per = [frames] if field is None else [g for _, g in frames.groupby(field, sort=True)]
+    group = field
+    if group is None and "series" in frames and frames["series"].nunique() > 1:
+        if "series" not in tracks:  # several series' frame numbers and track ids would mix
+            return None
+        group = "series"
+    per = [frames] if group is None else [g for _, g in frames.groupby(group, sort=True)]
     sizes = [n for g in per for n in g.groupby("temperature_K").size().tolist()]
     if frames["temperature_K"].nunique() < RAMP_MIN_LEVELS or not sizes:
         return None
@@ -617,8 +622,8 @@ def _ramp_row(
     for i, g in enumerate(per):
         ts = np.sort(g["time_s"].dropna().to_numpy(float))
         dt = float(np.median(np.diff(ts))) if ts.size >= 2 else 0.0
-        name = str(g[field].iloc[0]) if field is not None else str(i)
-        t = tracks if field is None else tracks[tracks[field] == g[field].iloc[0]]
+        name = str(g[group].iloc[0]) if group is not None else str(i)
+        t = tracks if group is None else tracks[tracks[group] == g[group].iloc[0]]
         t = t[t["frame"].isin(set(g["frame"].tolist()))]
         if dt > 0 and len(t):
             parts.append(t.assign(_frame_time_s=dt))
@@ -643,8 +648,8 @@ def _ramp_row(
         "ci_low": r["ci_low"],
         "ci_high": r["ci_high"],
         "n_points": r["n_steps"],
-        "text": f"Pb⁰ diffusion over the temperature ramp {r['T_min_K']:.4g}–{r['T_max_K']:.4g} "
-        f"K: Ea = {r['Ea_eV']:.3f} ± {r['stderr']:.3f} eV [{_fmt(r['ci_low'])}, "
+        "text": "Pb⁰ diffusion over the temperature ramp "
+        f"{r['T_min_K']:.4g}–{r['T_max_K']:.4g} K: Ea = {r['Ea_eV']:.3f} ± {r['stderr']:.3f} eV [{_fmt(r['ci_low'])}, "
         f"{_fmt(r['ci_high'])}] ({int(level * 100)} % CI, {r['n_steps']} steps of "
         f"{r['n_tracks']} tracks, each at its own temperature; Γ₁ = "
         f"{_fmt(r['rate_ref_per_s'])} s⁻¹ at {r['T_ref_K']:.4g} K)",

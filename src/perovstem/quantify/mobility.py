@@ -36,6 +36,49 @@ from perovstem.quantify.nucleation import _garwood
 __all__ = ["cluster_hop_rate", "fit_desorption_hazard", "hop_rate_arrhenius", "pool_field_tracks"]
 
 
+def _frame_time(frame_time_s: float | None, frame_time_column: str | None) -> float:
+    """The frame interval (s; 1 where ``frame_time_column`` gives each step its own)."""
+    if (frame_time_s is None) == (frame_time_column is None):
+        raise ParameterError(
+            "give `frame_time_s` (the frame interval, s) or `frame_time_column` (a column of "
+            "per-detection frame intervals, for pooled fields), not "
+            + ("both" if frame_time_s is not None else "neither")
+        )
+    return 1.0 if frame_time_s is None else check_positive("frame_time_s", frame_time_s)
+
+
+def _check_tracks(
+    tracks: pd.DataFrame, need: set[str], track_column: str, frame_time_column: str | None
+) -> None:
+    """Refuse missing or non-finite columns of ``tracks`` (one NaN position turned a whole
+    rate and its interval into NaN, without an error) and frame intervals that are not
+    positive or differ within a track."""
+    if not need <= set(tracks.columns):
+        raise DataError(f"`tracks` lacks columns {sorted(need - set(tracks.columns))}")
+    for c in sorted(need - {track_column}):
+        v = pd.to_numeric(tracks[c], errors="coerce").to_numpy(dtype=float)
+        if not np.all(np.isfinite(v)):
+            raise DataError(
+                f"`tracks` column {c!r} has {int(np.sum(~np.isfinite(v)))} NaN/inf or "
+                "non-numeric value(s)"
+            )
+    if frame_time_column is None:
+        return
+    if frame_time_column not in tracks:
+        raise DataError(f"`tracks` has no column {frame_time_column!r} (`frame_time_column`)")
+    ft = pd.to_numeric(tracks[frame_time_column], errors="coerce").to_numpy(float)
+    if not np.all(np.isfinite(ft) & (ft > 0)):
+        raise DataError(
+            f"`tracks` column {frame_time_column!r} must hold positive frame intervals, s "
+            f"({int(np.sum(~(np.isfinite(ft) & (ft > 0))))} value(s) are not)"
+        )
+    if (tracks.groupby(track_column)[frame_time_column].nunique() > 1).any():
+        raise DataError(
+            f"`tracks` column {frame_time_column!r}: a track has several frame intervals "
+            "(one value per track: each field its own)"
+        )
+
+
 def _track_steps(
     tracks: pd.DataFrame,
     track_column: str,
@@ -225,13 +268,7 @@ def cluster_hop_rate(
         ``frac_long_steps``.
     """
     refuse_text_numbers(locals())
-    if (frame_time_s is None) == (frame_time_column is None):
-        raise ParameterError(
-            "give `frame_time_s` (the frame interval, s) or `frame_time_column` (a column of "
-            "per-detection frame intervals, for pooled fields), not "
-            + ("both" if frame_time_s is not None else "neither")
-        )
-    dt = 1.0 if frame_time_s is None else check_positive("frame_time_s", frame_time_s)
+    dt = _frame_time(frame_time_s, frame_time_column)
     a = check_positive("hop_length_A", hop_length_A)
     check_choice("estimator", estimator, ("moment", "truncated"))
     if estimator == "truncated":
@@ -258,30 +295,7 @@ def cluster_hop_rate(
             "`localization_error_A`)"
         )
     need = {"frame", "x_A", "y_A", track_column} | ({size_column} if size_exponent else set())
-    if not need <= set(tracks.columns):
-        raise DataError(f"`tracks` lacks columns {sorted(need - set(tracks.columns))}")
-    for c in sorted(need - {track_column}):
-        v = pd.to_numeric(tracks[c], errors="coerce").to_numpy(dtype=float)
-        if not np.all(np.isfinite(v)):
-            # one NaN position turned the whole rate and its interval into NaN (no error)
-            raise DataError(
-                f"`tracks` column {c!r} has {int(np.sum(~np.isfinite(v)))} NaN/inf or "
-                "non-numeric value(s)"
-            )
-    if frame_time_column is not None:
-        if frame_time_column not in tracks:
-            raise DataError(f"`tracks` has no column {frame_time_column!r} (`frame_time_column`)")
-        ft = pd.to_numeric(tracks[frame_time_column], errors="coerce").to_numpy(float)
-        if not np.all(np.isfinite(ft) & (ft > 0)):
-            raise DataError(
-                f"`tracks` column {frame_time_column!r} must hold positive frame intervals, s "
-                f"({int(np.sum(~(np.isfinite(ft) & (ft > 0))))} value(s) are not)"
-            )
-        if (tracks.groupby(track_column)[frame_time_column].nunique() > 1).any():
-            raise DataError(
-                f"`tracks` column {frame_time_column!r}: a track has several frame intervals "
-                "(one value per track: each field its own)"
-            )
+    _check_tracks(tracks, need, track_column, frame_time_column)
     lag_max = int(max_lag) if s2_fixed is None else 1
     d2, lag, n, tid, step_dt = _track_steps(
         tracks, track_column, size_column if size_exponent else None, lag_max, frame_time_column
@@ -460,13 +474,7 @@ def hop_rate_arrhenius(
         ``n_steps``, ``n_tracks``.
     """
     refuse_text_numbers(locals())
-    if (frame_time_s is None) == (frame_time_column is None):
-        raise ParameterError(
-            "give `frame_time_s` (the frame interval, s) or `frame_time_column` (a column of "
-            "per-detection frame intervals), not "
-            + ("both" if frame_time_s is not None else "neither")
-        )
-    dt = 1.0 if frame_time_s is None else check_positive("frame_time_s", frame_time_s)
+    dt = _frame_time(frame_time_s, frame_time_column)
     a = check_positive("hop_length_A", hop_length_A)
     s2 = check_positive("localization_error_A", localization_error_A, allow_zero=True) ** 2
     check_range("level", level, 0.5, 0.9999)
@@ -474,16 +482,7 @@ def hop_rate_arrhenius(
 
     need = {"frame", "x_A", "y_A", track_column, temperature_column}
     need |= {size_column} if size_exponent else set()
-    need |= {frame_time_column} if frame_time_column else set()
-    if not need <= set(tracks.columns):
-        raise DataError(f"`tracks` lacks columns {sorted(need - set(tracks.columns))}")
-    for col in sorted(need - {track_column}):
-        v = pd.to_numeric(tracks[col], errors="coerce").to_numpy(dtype=float)
-        if not np.all(np.isfinite(v)):
-            raise DataError(
-                f"`tracks` column {col!r} has {int(np.sum(~np.isfinite(v)))} NaN/inf or "
-                "non-numeric value(s)"
-            )
+    _check_tracks(tracks, need, track_column, frame_time_column)
     temps = tracks[temperature_column].to_numpy(float)
     if np.any(temps <= 0):
         raise DataError(f"`tracks` column {temperature_column!r} must be in K (> 0)")
