@@ -28,6 +28,7 @@ from perovstem.tomo.facets import (
     nearest_equivalent,
     polyhedron_facets,
     refine_orientation,
+    volume_noise,
 )
 from perovstem.tomo.fourd import check_sequence, reconstruct_sequence
 from perovstem.tomo.metrics import dice, layer_flatness, relative_l2
@@ -63,6 +64,7 @@ __all__ = [
     "FAMILIES",
     "FacetCalibration",
     "calibrate_facets",
+    "volume_noise",
     "estimate_orientation",
     "refine_orientation",
     "nearest_equivalent",

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
@@ -55,6 +56,7 @@ __all__ = [
     "missing_wedge_mask",
     "FacetCalibration",
     "calibrate_facets",
+    "volume_noise",
 ]
 
 FAMILIES = ("100", "110", "111")
@@ -534,6 +536,33 @@ class FacetCalibration:
     settings: dict = field(default_factory=dict)
 
 
+def volume_noise(volume: Any) -> float:
+    """Relative noise of a reconstructed crystal: the standard deviation of the voxels'
+    departure from their 3×3×3 median inside the crystal (the smoothed volume above Otsu's
+    threshold, eroded three times), over the median density there.  NaN without a crystal.
+
+    The bias of mesh-normal facet fractions grows with this noise, so a
+    :func:`calibrate_facets` made on phantoms less noisy than the data does not apply to
+    it (``settings["volume_noise"]`` holds the phantoms' median): a simulated tilt series
+    at 0.05 counts/Å (noise 0.63; the phantoms' at 20 counts/Å 0.067, the same series at
+    20 counts/Å 0.050) kept 54–56 % "other" after the correction (truth 0 %) with a 1 %
+    error bar."""
+    from skimage.filters import threshold_otsu
+
+    v = np.asarray(volume, float)
+    if v.ndim != 3 or not np.all(np.isfinite(v)) or np.ptp(v) <= 0:
+        return float("nan")
+    # the crystal from the smoothed volume (a noisy one thresholds into speckle)
+    sm = ndimage.gaussian_filter(v, 1.0)
+    inside = ndimage.binary_erosion(sm > threshold_otsu(sm), iterations=3)
+    if inside.sum() < 27:
+        return float("nan")
+    level = float(np.median(v[inside]))
+    if level <= 0:
+        return float("nan")
+    return float(np.std((v - ndimage.median_filter(v, 3))[inside])) / level
+
+
 def calibrate_facets(
     angles_deg: Any,
     *,
@@ -573,6 +602,7 @@ def calibrate_facets(
         raise ParameterError(f"`n_phantoms` must be >= 2, got {n_phantoms}")
     ang = np.asarray(angles_deg, float)
     rows = []
+    noise: list[float] = []
     for p in range(int(n_phantoms)):
         rot = None if orientation is None else np.asarray(orientation, float)
         ph = nanocrystal_phantom(
@@ -589,6 +619,7 @@ def calibrate_facets(
             ph, ang, shape=shape, pixel_size_A=pixel_size_A, counts_per_A=counts_per_A, rng=gen
         )
         rec = reconstruct(ts, method=method, **(reconstruct_kwargs or {}))
+        noise.append(volume_noise(rec.volume))
         mesh = surface_mesh(rec.volume, voxel_size_A=pixel_size_A, sigma_px=sigma_px)
         meas = facet_fractions(mesh, orientation=ph.rotation, tolerance_deg=tolerance_deg)
         tf = truth["facets"].set_index("family")["fraction"]
@@ -612,7 +643,11 @@ def calibrate_facets(
             "reconstruct_kwargs": dict(reconstruct_kwargs or {}),
             "tilt_range_deg": float(np.max(np.abs(ang))),
             "n_angles": int(ang.size),
+            "n_phantoms": int(n_phantoms),
             "tolerance_deg": tolerance_deg,
             "sigma_px": sigma_px,
+            "counts_per_A": float(counts_per_A),
+            # the phantoms' reconstruction noise: the calibration holds for data this noisy
+            "volume_noise": float(np.nanmedian(noise)) if np.isfinite(noise).any() else np.nan,
         },
     )
