@@ -284,6 +284,7 @@ def test_cell_lattice_found_when_the_pixel_size_is_off(declared_A):
     scale = declared_A / 0.3
     assert cols.attrs["lattice_scale"] == pytest.approx(scale, rel=0.01)
     assert f"{scale:.3f}" in str(rec[0].message)
+    assert "--cd-fraction" in str(rec[0].message)  # a Cd alloy's smaller lattice, named too
     for t in ("PbBr", "Cs"):
         xy = truth.loc[truth.type == t, ["x_A", "y_A"]].to_numpy() * declared_A / 0.3
         assert _recall(cols, xy, t) == 1.0

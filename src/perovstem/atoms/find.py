@@ -546,7 +546,10 @@ def _warn_lattice_scale(vec: np.ndarray, cell: ProjectedCell, ref: str, dx: floa
             f"{a_fit:.3f}, {b_fit:.3f} Å in the image vs {cell.a_A:.3f}, {cell.b_A:.3f} Å): "
             f"the pixel size{f' ({dx:.5g} Å)' if np.isfinite(dx) else ''} or the cell "
             "parameter is off by "
-            f"{100 * (scale - 1):+.1f} %; columns are placed on the lattice of the image",
+            f"{100 * (scale - 1):+.1f} %, or the crystal is not the cell's (Cd on the Pb "
+            "sites shrinks a CsPbBr3 lattice, 4 % at x = 0.5 in the simulator: count such a "
+            "crystal with its Cd fraction, `atoms count --cd-fraction`); columns are placed "
+            "on the lattice of the image",
             UserWarning,
             stacklevel=3,
         )
