@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from perovstem._validation import check_choice
+from perovstem._validation import check_choice, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError, PerovstemError
 from perovstem.quantify.kinetics import (
     compare_models,
@@ -679,6 +679,7 @@ def summary_lines(summary: pd.DataFrame, *, max_labels: int = 3) -> list[str]:
     -------
     list of str
     """
+    refuse_text_numbers(locals())
     if not isinstance(summary, pd.DataFrame) or "text" not in summary or summary.empty:
         return []
     ok = summary["text"].map(lambda t: isinstance(t, str) and bool(t.strip()))
