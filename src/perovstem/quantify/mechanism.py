@@ -347,14 +347,12 @@ def _nucleation_template_row(g: pd.DataFrame, level: float) -> dict[str, Any] | 
     }
 
 
-def _mobility_row(
-    parts: list[tuple[str, pd.DataFrame, pd.DataFrame]], level: float, opts: dict[str, Any]
-) -> tuple[dict[str, Any] | None, list[str]]:
-    """Γ₁ of one condition from its tracks: ``parts`` holds (name, frames, tracks) of each
-    field (frame time from each field's time stamps; fields pooled, track ids kept apart);
-    and the names of the fields whose tracks it used."""
-    from perovstem.quantify.mobility import cluster_hop_rate, pool_field_tracks
-
+def _timed_field_tracks(
+    parts: list[tuple[str, pd.DataFrame, pd.DataFrame]],
+) -> tuple[list[str], list[pd.DataFrame], list[float]]:
+    """Of each field's (name, frames, tracks): the tracks within its frames and its frame
+    interval, s (median step of its time stamps); fields without two time stamps, a
+    positive interval or tracks are left out.  Returns names, tracks, intervals."""
     names, kept, dts = [], [], []
     for name, g, tracks in parts:
         if "time_s" not in g or g["time_s"].notna().sum() < 2:
@@ -366,6 +364,18 @@ def _mobility_row(
             names.append(name)
             kept.append(t)
             dts.append(dt)
+    return names, kept, dts
+
+
+def _mobility_row(
+    parts: list[tuple[str, pd.DataFrame, pd.DataFrame]], level: float, opts: dict[str, Any]
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """Γ₁ of one condition from its tracks: ``parts`` holds (name, frames, tracks) of each
+    field (frame time from each field's time stamps; fields pooled, track ids kept apart);
+    and the names of the fields whose tracks it used."""
+    from perovstem.quantify.mobility import cluster_hop_rate, pool_field_tracks
+
+    names, kept, dts = _timed_field_tracks(parts)
     if sum(len(t) for t in kept) < 4:
         return None, names
     try:
@@ -618,19 +628,18 @@ def _ramp_row(
     kw = {k: opts[k] for k in ("hop_length_A", "size_exponent", "rng") if k in opts}
     if opts.get("localization_error_A") is not None:
         kw["localization_error_A"] = opts["localization_error_A"]
-    parts, names = [], []
-    for i, g in enumerate(per):
-        ts = np.sort(g["time_s"].dropna().to_numpy(float))
-        dt = float(np.median(np.diff(ts))) if ts.size >= 2 else 0.0
-        name = str(g[group].iloc[0]) if group is not None else str(i)
-        t = tracks if group is None else tracks[tracks[group] == g[group].iloc[0]]
-        t = t[t["frame"].isin(set(g["frame"].tolist()))]
-        if dt > 0 and len(t):
-            parts.append(t.assign(_frame_time_s=dt))
-            names.append(name)
-    if not parts:
+    names, kept, dts = _timed_field_tracks(
+        [
+            (str(i), g, tracks)
+            if group is None
+            else (str(g[group].iloc[0]), g, tracks[tracks[group] == g[group].iloc[0]])
+            for i, g in enumerate(per)
+        ]
+    )
+    if not kept:
         return None
-    t = parts[0] if len(parts) == 1 else pool_field_tracks(parts, names=names)
+    kept = [t.assign(_frame_time_s=d) for t, d in zip(kept, dts, strict=True)]
+    t = kept[0] if len(kept) == 1 else pool_field_tracks(kept, names=names)
     try:
         r = hop_rate_arrhenius(t, frame_time_column="_frame_time_s", level=level, **kw)
     except PerovstemError:

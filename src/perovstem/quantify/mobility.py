@@ -85,12 +85,14 @@ def _track_steps(
     size_column: str | None,
     max_lag: int,
     time_column: str | None = None,
+    mean_columns: tuple[str, ...] = (),
 ) -> tuple[np.ndarray, ...]:
     """Squared displacements of every track over lags 1..max_lag (frames).
 
     Returns ``d2`` (Å²), ``lag`` (frames), ``n`` (mean size over the step, or 1), the
-    track id of each displacement and its frame time (``time_column`` of the later
-    detection, s; 1 without a column).
+    track id of each displacement, its frame time (``time_column`` of the later
+    detection, s; 1 without a column) and, per name in ``mean_columns``, the mean of that
+    column over the step's two detections.
     """
     t = tracks.sort_values([track_column, "frame"])
     tid = t[track_column].to_numpy()
@@ -98,19 +100,21 @@ def _track_steps(
     x, y = t["x_A"].to_numpy(float), t["y_A"].to_numpy(float)
     size = t[size_column].to_numpy(float) if size_column else np.ones(len(t))
     ft = t[time_column].to_numpy(float) if time_column else np.ones(len(t))
+    extra = [t[c].to_numpy(float) for c in mean_columns]
     out = []
     for k in range(1, max_lag + 1):
         if len(t) <= k:
             break
-        ok = (tid[k:] == tid[:-k]) & (fr[k:] - fr[:-k] == k)
         # a lag-k displacement only counts if the track has all frames in between
-        ok &= (fr[k:] - fr[:-k]) == k
+        ok = (tid[k:] == tid[:-k]) & (fr[k:] - fr[:-k] == k)
         d2 = (x[k:] - x[:-k]) ** 2 + (y[k:] - y[:-k]) ** 2
-        n = 0.5 * (size[k:] + size[:-k])
-        out.append((d2[ok], np.full(int(ok.sum()), k), n[ok], tid[k:][ok], ft[k:][ok]))
+        means = [(0.5 * (v[k:] + v[:-k]))[ok] for v in (size, *extra)]
+        out.append(
+            (d2[ok], np.full(int(ok.sum()), k), means[0], tid[k:][ok], ft[k:][ok], *means[1:])
+        )
     if not out or sum(o[0].size for o in out) == 0:
         raise DataError("no track has two consecutive frames: cannot measure mobility")
-    return tuple(np.concatenate([o[i] for o in out]) for i in range(5))
+    return tuple(np.concatenate([o[i] for o in out]) for i in range(5 + len(mean_columns)))
 
 
 def _moment_fit(
@@ -361,39 +365,6 @@ def cluster_hop_rate(
     }
 
 
-def _ramp_steps(
-    tracks: pd.DataFrame,
-    track_column: str,
-    size_column: str | None,
-    temperature_column: str,
-    time_column: str | None,
-) -> tuple[np.ndarray, ...]:
-    """Lag-1 steps of every track with the temperature they were made at.
-
-    Returns ``d2`` (Å²), ``n`` (mean size, or 1), the inverse temperature of the step (mean
-    of 1/T at its two detections, K⁻¹), the track id and the frame time (of the later
-    detection, s; 1 without a column).
-    """
-    t = tracks.sort_values([track_column, "frame"])
-    tid = t[track_column].to_numpy()
-    fr = t["frame"].to_numpy(int)
-    x, y = t["x_A"].to_numpy(float), t["y_A"].to_numpy(float)
-    size = t[size_column].to_numpy(float) if size_column else np.ones(len(t))
-    inv_t = 1.0 / t[temperature_column].to_numpy(float)
-    ft = t[time_column].to_numpy(float) if time_column else np.ones(len(t))
-    ok = (tid[1:] == tid[:-1]) & (fr[1:] - fr[:-1] == 1)
-    if not ok.any():
-        raise DataError("no track has two consecutive frames: cannot measure mobility")
-    d2 = (x[1:] - x[:-1]) ** 2 + (y[1:] - y[:-1]) ** 2
-    return (
-        d2[ok],
-        (0.5 * (size[1:] + size[:-1]))[ok],
-        (0.5 * (inv_t[1:] + inv_t[:-1]))[ok],
-        tid[1:][ok],
-        ft[1:][ok],
-    )
-
-
 def _ramp_fit(
     d2: np.ndarray, c: np.ndarray, beta: np.ndarray, sigma2: float
 ) -> tuple[float, float]:
@@ -486,12 +457,14 @@ def hop_rate_arrhenius(
     temps = tracks[temperature_column].to_numpy(float)
     if np.any(temps <= 0):
         raise DataError(f"`tracks` column {temperature_column!r} must be in K (> 0)")
-    d2, n, inv_t, tid, step_dt = _ramp_steps(
-        tracks,
+    # lag-1 steps of the whole tracks, each with the mean 1/T of its two detections
+    d2, _, n, tid, step_dt, inv_t = _track_steps(
+        tracks.assign(_inv_T=1.0 / temps),
         track_column,
         size_column if size_exponent else None,
-        temperature_column,
+        1,
         frame_time_column,
+        mean_columns=("_inv_T",),
     )
     if np.ptp(1.0 / inv_t) <= 0:
         raise DataError(
