@@ -40,6 +40,7 @@ def test_cli_sequence_recovers_the_truth_trend(sequence_files, tmp_path, capsys)
     # the rounding moves area from {100} to {110} (+0.38 in the truth)
     assert df.frac_110.iloc[-1] - df.frac_110.iloc[0] > 0.25
     assert np.all(df.convexity > 0.85) and np.all(df.rotation_deg < 3.0)
+    assert df.attrs["sigma_px"] == 1.0 and np.all((df.volume_noise > 0) & (df.volume_noise < 0.4))
     assert [s.rsplit("/", 1)[-1] for s in df.source] == ["t0.npz", "t1.npz", "t2.npz"]
     png = out.with_suffix(".png")
     assert png.read_bytes()[:4] == b"\x89PNG"

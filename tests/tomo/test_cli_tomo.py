@@ -178,6 +178,34 @@ def test_calibration_on_less_noisy_phantoms_is_said(tmp_path, capsys):
     assert np.isnan(volume_noise(np.zeros((8, 8, 8))))
 
 
+def test_uncalibrated_noisy_volume_is_meshed_smoother_and_said(tmp_path, capsys):
+    # a 0.05 counts/Å series was meshed at σ = 1 like a clean one (polyhedron off by up to
+    # 0.38, normals 'other' ~70 %) and nothing said the fractions were rough
+    from perovstem.io import read_table
+
+    said = {}
+    for counts in ("20", "0.05"):
+        ts = tmp_path / f"t{counts}.npz"
+        argv = ["simulate", "tilt", "--out", str(ts), "--size-px", "40", "--pixel-size-A", "2.5"]
+        assert main([*argv, "--edge-A", "60", "--counts-per-A", counts, "--seed", "5"]) == 0
+        for extra in ([], ["--sigma-px", "1"]):
+            out = tmp_path / f"f{counts}{len(extra)}.parquet"
+            capsys.readouterr()
+            argv = ["tomo", "facets", str(ts), "-o", str(out), "--facet-method", "polyhedron"]
+            assert main([*argv, *extra]) == 0
+            said[counts, bool(extra)] = " ".join(capsys.readouterr().out.split())
+            a = read_table(out).attrs
+            assert a["sigma_px_from_noise"] is (not extra)
+            assert (a["sigma_px"] == 1.0) is (bool(extra) or counts == "20"), a
+    assert "σ = 1.00 voxels (from the volume's relative noise" in said["20", False]
+    assert "WARNING" not in said["20", False]
+    assert "σ = 1.00 voxels" in said["20", True] and "(from" not in said["20", True]
+    for given in (False, True):
+        assert "WARNING: a noisy volume (relative noise" in said["0.05", given]
+        assert "polyhedron fractions were off by up to" in said["0.05", given]
+    assert "σ = 1.00 voxels" not in said["0.05", False]
+
+
 def test_existing_outputs_are_kept_without_overwrite(simulated, tmp_path, capsys):
     # align/reconstruct/facets/simulate tilt silently replaced existing files (a facet
     # table once overwrote a column table); now they refuse before computing anything

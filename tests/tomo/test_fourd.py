@@ -93,3 +93,30 @@ def test_check_sequence_refuses_no_time_point(series, needle):
     with pytest.raises(ParameterError) as info:
         check_sequence(series)
     assert needle in str(info.value)
+
+
+def test_sequence_smoothing_from_the_first_volume_kept_for_all():
+    """A low-dose sequence is meshed with the smoothing its first volume's noise asks for,
+    the same at every time point (a change of smoothing would read as a change of facets)."""
+    from perovstem.simulate.tilt import degradation_tilt_series, nanocrystal_phantom
+    from perovstem.tomo import mesh_sigma_px
+
+    ph = nanocrystal_phantom(60.0, rng=7, r110=1.3, r111=1.5, inclusion_radius_A=(5.0, 7.0))
+    series, _ = degradation_tilt_series(
+        ph,
+        2,
+        np.arange(-70.0, 71.0, 5.0),
+        dose_per_step_e_per_A2=7.5e3,
+        trajectory={"nucleation_per_dose": 0.0, "growth_A3_per_dose": 0.1},
+        shape=(40, 40),
+        pixel_size_A=2.5,
+        counts_per_A=0.05,
+        rng=7,
+    )
+    df, _ = reconstruct_sequence(series, n_iter=60, facet_method="polyhedron")
+    assert np.all(df.volume_noise > 0.5)
+    assert df.attrs["sigma_px"] == pytest.approx(mesh_sigma_px(noise=df.volume_noise.iloc[0]))
+    assert df.attrs["sigma_px"] > 1.2
+    fixed, _ = reconstruct_sequence(series, n_iter=60, facet_method="polyhedron", sigma_px=1.0)
+    assert fixed.attrs["sigma_px"] == 1.0
+    np.testing.assert_allclose(fixed.volume_noise, df.volume_noise)

@@ -74,6 +74,8 @@ def test_facets_method_through_the_pipeline(tmp_path):
     normals, poly = table("normals_before.facets"), table("poly_before.facets")
     assert normals.attrs["method"] == "normals" and poly.attrs["method"] == "polyhedron"
     assert len(poly.attrs["convexity"]) >= 1
+    # a clean reconstruction: measured noise recorded, the default σ = 1 kept
+    assert 0 < poly.attrs["volume_noise"] < 0.4 and poly.attrs["sigma_px"] == 1.0
     fam = ["100", "110", "111"]
     true_frac = truth.loc[0, [f"frac_{f}" for f in fam]].to_numpy(float)
 

@@ -138,7 +138,7 @@ def reconstruct_sequence(
     tolerance_deg: float = 10.0,
     orientation: Any = None,
     calibration: Any = None,
-    sigma_px: float = 1.0,
+    sigma_px: float | None = None,
     track_orientation: bool = True,
     facet_method: str = "normals",
     return_volumes: bool = False,
@@ -170,6 +170,10 @@ def reconstruct_sequence(
         ``dose_e_per_A2`` and ``cumulative_dose_e_per_A2``.
     orientation : (3, 3) array_like, optional
         Crystal → lab rotation at the first time point (e.g. from HRSTEM); estimated when None.
+    sigma_px : float, optional
+        Gaussian smoothing before meshing, voxels.  Default: from the first time point's
+        noise (:func:`~perovstem.tomo.mesh_sigma_px`), kept for all time points so that a
+        change of the facet fractions is not a change of smoothing.
     track_orientation : bool
         Re-estimate the orientation at every time point (see above); False keeps the first
         one for all time points.
@@ -186,13 +190,14 @@ def reconstruct_sequence(
         own, i.e. the top multi-Otsu class is most of the object), surface_A2, n_particles (mesh parts with ≥ 5 % of the area; with
         several, and no ``orientation`` given, every particle is classified with its own
         orientation and the largest one's is tracked), rotation_deg (misorientation from the
-        first time point, degrees), frac_100, frac_110, frac_111, frac_other (calibrated when
+        first time point, degrees), volume_noise (:func:`~perovstem.tomo.volume_noise`),
+        frac_100, frac_110, frac_111, frac_other (calibrated when
         ``calibration`` is given, with the calibration scatter as err_100 … err_other),
         wedge_100, wedge_110, wedge_111 (area fraction of that family's normals in the
         missing wedge: under-counted), and with ``facet_method="polyhedron"`` convexity (mesh
         volume over polyhedron volume of the largest particle; well below 1: the polyhedron
         does not describe it).  ``attrs["orientations"]``: the orientation used at every
-        time point.
+        time point; ``attrs["sigma_px"]``: the smoothing used.
     volumes : list of ndarray
         Reconstructions (empty unless ``return_volumes``).
     """
@@ -201,9 +206,11 @@ def reconstruct_sequence(
         _face_components,
         estimate_orientation,
         facet_fractions,
+        mesh_sigma_px,
         misorientation_deg,
         nearest_equivalent,
         refine_orientation,
+        volume_noise,
     )
     from perovstem.tomo.reconstruct import reconstruct
     from perovstem.tomo.segment import multi_otsu_thresholds, otsu_threshold
@@ -258,6 +265,9 @@ def reconstruct_sequence(
             and np.count_nonzero(v > th[-1]) <= 0.5 * n_obj
         )
         v3 = px**3
+        noise = volume_noise(v)
+        if sigma_px is None:  # one smoothing for the whole sequence, from its first volume
+            sigma_px = mesh_sigma_px(noise=noise)
         mesh = surface_mesh(v, voxel_size_A=px, level=level, sigma_px=sigma_px)
         nm = _normal_summary(mesh)  # normals only, for the orientation search (fast)
         if rot is None:
@@ -320,6 +330,7 @@ def reconstruct_sequence(
                 "surface_A2": mesh.area_A2,
                 "n_particles": n_part,
                 "rotation_deg": misorientation_deg(rot, rot0),
+                "volume_noise": noise,
                 "frac_100": fr["100"],
                 "frac_110": fr["110"],
                 "frac_111": fr["111"],
@@ -338,6 +349,7 @@ def reconstruct_sequence(
         orientation=None if rot0 is None else rot0.tolist(),
         orientations=[r.tolist() for r in rots],
         facet_method=facet_method,
+        sigma_px=None if sigma_px is None else float(sigma_px),
         units={"volume_A3": "A^3", "surface_A2": "A^2", "cumulative_dose_e_per_A2": "e-/A^2"},
     )
     return df, vols
