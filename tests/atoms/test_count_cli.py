@@ -521,3 +521,18 @@ def test_cli_count_library_at_the_images_voltage(tmp_path, capsys):
         == 2
     )
     assert "200 or 300" in capsys.readouterr().err
+
+
+def test_cli_simulated_library_on_a_count_fit_names_the_option(tmp_path, capsys):
+    # the refusal named only the Python function (perovstem.atoms.normalize_image)
+    img = tmp_path / "nc.tif"
+    assert main(["simulate", "image", "-o", str(img), "--edge-A", "30", "--seed", "4"]) == 0
+    cols = tmp_path / "cols.parquet"
+    assert main(["atoms", "fit", str(img), "--cell", "cspbbr3", "-o", str(cols)]) == 0
+    out = tmp_path / "c.parquet"
+    capsys.readouterr()
+    argv = ["atoms", "count", str(cols), "-o", str(out), "--library", "simulate"]
+    assert main(argv) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "cols.parquet" in err and "'counts·Å²'" in err
+    assert "perovstem atoms fit --normalize" in err and not out.exists()

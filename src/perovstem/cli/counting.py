@@ -352,6 +352,14 @@ def count(
             f"--integration {integration} only applies to --library simulate, got --library "
             f"{library!r}"
         )
+    units = str(df.attrs.get("scs_units", "fraction"))
+    if library == "simulate" and not units.startswith("fraction"):
+        # said here: the counting's own units check names the Python function only
+        raise DataError(
+            f"{str(table)!r}: the cross-sections are in {units!r}, not in Å² of the incident "
+            "beam as the simulated library is: refit with `perovstem atoms fit --normalize` "
+            "(it needs the dose; add --gain auto when the file has no detector gain)"
+        )
     kv, kv_from = _voltage_arg(voltage_kV, df.attrs, library)
     lib = _library_arg(
         library,
