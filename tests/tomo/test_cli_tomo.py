@@ -301,3 +301,37 @@ def test_align_reports_the_tilt_axis_error(simulated, tmp_path, capsys):
     assert 0.0 < err < 5.0
     assert f"± {err:.2f}°" in printed
     assert load(out).metadata["alignment"]["tilt_axis_err_deg"] == err
+
+
+def test_series_with_its_axis_off_x_names_tomo_align(tmp_path, capsys):
+    # a file whose metadata put the tilt axis off x (ETSpy's aligned needle: -2.79°) was
+    # refused with "run perovstem.tomo.apply_alignment first", a Python function
+    from perovstem.io import save_image
+    from perovstem.simulate.tilt import nanocrystal_phantom, tilt_series
+
+    ph = nanocrystal_phantom(40.0, n_inclusions=0)
+    ts, _ = tilt_series(
+        ph,
+        np.arange(-60.0, 61.0, 6.0),
+        shape=(32, 32),
+        pixel_size_A=2.5,
+        tilt_axis_deg=4.0,
+        rng=1,
+    )
+    ts = ts.replace(tilt_axis_deg=4.0)  # as a file that records its axis
+    files = [save_image(ts, tmp_path / f"t{k}.npz") for k in range(2)]
+    for argv in (
+        ["tomo", "reconstruct", str(files[0]), "-o", str(tmp_path / "v.mrc")],
+        ["tomo", "facets", str(files[0]), "-o", str(tmp_path / "f.parquet")],
+        ["tomo", "sequence", *map(str, files), "-o", str(tmp_path / "s.parquet")],
+    ):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = " ".join(capsys.readouterr().err.split())
+        assert "t0.npz" in err and "tilt axis is at 4°" in err, err
+        assert "`perovstem tomo align`" in err and "--tilt-axis 4" in err
+    assert not any((tmp_path / n).exists() for n in ("v.mrc", "f.parquet", "s.parquet"))
+    al = tmp_path / "al.npz"
+    argv = ["tomo", "align", str(files[0]), "-o", str(al), "--tilt-axis", "4"]
+    assert main([*argv, "--matching-iter", "0"]) == 0
+    assert main(["tomo", "reconstruct", str(al), "-o", str(tmp_path / "v.mrc")]) == 0

@@ -95,3 +95,24 @@ def test_facets_method_through_the_pipeline(tmp_path):
     # mixing methods is refused with an error that names both
     assert status["mixed"] == "failed"
     assert "'normals'" in msgs["mixed"] and "'polyhedron'" in msgs["mixed"]
+
+
+def test_reconstruct_step_on_a_series_with_its_axis_off_x_names_tomo_align(tmp_path):
+    from perovstem.io import save_image
+    from perovstem.simulate.tilt import nanocrystal_phantom, tilt_series
+
+    ph = nanocrystal_phantom(40.0, n_inclusions=0)
+    ts, _ = tilt_series(ph, np.arange(-60.0, 61.0, 6.0), shape=(32, 32), pixel_size_A=2.5, rng=1)
+    f = save_image(ts.replace(tilt_axis_deg=-2.5), tmp_path / "t.npz")
+    cfg = tmp_path / "axis.toml"
+    cfg.write_text(
+        f'[run]\nname = "axis"\non_error = "continue"\n[inputs]\ntilt = "{f}"\n'
+        '[[step]]\nrun = "tomo.reconstruct"\nn_iter = 5\nview3d = false\n'
+        '[[step]]\nrun = "tomo.sequence"\ninputs = { series = ["tilt", "tilt"] }\n'
+    )
+    r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial", report=False)
+    rec, seq = r.steps
+    assert rec.status == "failed" and seq.status == "failed"
+    assert "-2.5°" in rec.message and "put a tomo.align step before" in rec.message
+    assert "`series[0]`" in seq.message and "-2.5°" in seq.message
+    assert "`align = true`" in seq.message

@@ -43,7 +43,15 @@ _SIGMA_HELP = (
 )
 
 
-def _load_tilt(path: Path, pixel_size_A: float | None = None, volume_option: str = ""):
+def _load_tilt(
+    path: Path,
+    pixel_size_A: float | None = None,
+    volume_option: str = "",
+    *,
+    axis_along_x: bool = False,
+):
+    """The tilt series of ``path``; ``axis_along_x``: refused (naming `tomo align`) when its
+    tilt axis is not along the image x, as the reconstruction needs."""
     from perovstem._data import TiltSeries
     from perovstem.io import load
 
@@ -68,6 +76,14 @@ def _load_tilt(path: Path, pixel_size_A: float | None = None, volume_option: str
             f"{str(path)!r}: every pixel of every projection is {lo:g}: a constant tilt "
             "series holds no object (a blank or saturated acquisition?); the volume and "
             "anything measured on it are featureless"
+        )
+    axis = float(obj.tilt_axis_deg)
+    if axis_along_x and abs(axis) > 1e-6:
+        # the reconstruction's own refusal named a Python function
+        raise ParameterError(
+            f"{str(path)!r}: its tilt axis is at {axis:.4g}° (from the file), the "
+            "reconstruction needs it along the image x: run `perovstem tomo align` on it "
+            f"first (it rotates the series; `--tilt-axis {axis:.4g}` keeps this axis)"
         )
     return obj
 
@@ -201,7 +217,7 @@ def reconstruct_cmd(
             )
         check_positive("--tv-weight", tv_weight, allow_zero=True)
     check_outputs(out, overwrite=overwrite)
-    ts = bin_tilt_series(_load_tilt(tiltseries, pixel_size_A), bin_factor)
+    ts = bin_tilt_series(_load_tilt(tiltseries, pixel_size_A, axis_along_x=True), bin_factor)
     kw: dict = {"thickness_px": thickness_px}
     if n_iter is not None and method not in ("fbp", "wbp"):
         kw["n_iter"] = n_iter
@@ -299,7 +315,7 @@ def facets_cmd(
         if tilt_range_deg is not None:  # checked above: NaN or 1e30 made a huge arange
             angles = np.arange(-tilt_range_deg, tilt_range_deg + 1e-9, 2.0)
     else:
-        ts = _load_tilt(source, pixel_size_A, volume_option="--volume")
+        ts = _load_tilt(source, pixel_size_A, volume_option="--volume", axis_along_x=True)
         rec = reconstruct(ts, method=method)
         vol, voxel = rec.volume, rec.voxel_size_A
         angles = ts.angles_deg
@@ -527,7 +543,7 @@ def sequence_cmd(
     )
     check_outputs(out, plot_path, *vol_paths, overwrite=overwrite)
     # read and check every file before the (slow) reconstructions
-    items = [_load_tilt(f, pixel_size_A) for f in files]
+    items = [_load_tilt(f, pixel_size_A, axis_along_x=not align) for f in files]
     check_sequence(items, names=[repr(str(f)) for f in files])
     for k, ts in enumerate(items):
         md = dict(ts.metadata or {})

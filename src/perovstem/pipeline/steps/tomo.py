@@ -76,7 +76,15 @@ def tomo_align(ctx: Any, tilt: Any) -> dict[str, Any]:
     doc="Tomographic reconstruction of an aligned tilt series.",
 )
 def tomo_reconstruct(ctx: Any, tilt: Any) -> dict[str, Any]:
+    from perovstem.errors import ParameterError
+
     p = ctx.params
+    axis = float(getattr(tilt, "tilt_axis_deg", 0.0) or 0.0)
+    if abs(axis) > 1e-6:  # the API's refusal names a Python function
+        raise ParameterError(
+            f"the tilt series' axis is at {axis:.4g}° (from its file); the reconstruction "
+            "needs it along the image x: put a tomo.align step before this one"
+        )
     kw = {} if p["method"] in ("fbp", "wbp") else {"n_iter": p["n_iter"]}
     rec = api(RECONSTRUCT)(tilt, method=p["method"], **kw)
     vol = np.asarray(rec.volume, dtype=np.float32)
@@ -379,6 +387,13 @@ def tomo_sequence(ctx: Any, series: Any) -> dict[str, Any]:
     # read, if any), so errors name the position in the wired list
     names = [f"`series[{k}]` (entry {k + 1} of the wired list)" for k in range(len(items))]
     api(CHECK_SEQUENCE)(items, names=names)
+    for name, ts in zip(names, items, strict=True):
+        axis = float(getattr(ts, "tilt_axis_deg", 0.0) or 0.0)
+        if not p["align"] and abs(axis) > 1e-6:  # the API's refusal names a Python function
+            raise ParameterError(
+                f"{name}: its tilt axis is at {axis:.4g}° (from its file); the reconstruction "
+                "needs it along the image x: set `align = true` or align it first (tomo.align)"
+            )
     for key in ("times_s", "doses_e_per_A2"):
         v = p[key]
         if v is not None and (
