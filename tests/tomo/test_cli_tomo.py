@@ -309,7 +309,7 @@ def test_series_with_its_axis_off_x_names_tomo_align(tmp_path, capsys):
     from perovstem.io import save_image
     from perovstem.simulate.tilt import nanocrystal_phantom, tilt_series
 
-    ph = nanocrystal_phantom(40.0, n_inclusions=0)
+    ph = nanocrystal_phantom(40.0, n_inclusions=0, rng=0)
     ts, _ = tilt_series(
         ph,
         np.arange(-60.0, 61.0, 6.0),

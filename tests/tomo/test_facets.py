@@ -334,12 +334,14 @@ def test_surface_mesh_of_text_is_a_data_error():
 def test_polyhedron_skips_noise_specks():
     # a noisy SIRT volume leaves specks of a few voxels beside the crystal; one with no flat
     # face made polyhedron_facets fail (an integer bincount scaled in place)
-    ph = nanocrystal_phantom(50.0, r110=1.6, r111=1.9, n_inclusions=0)
+    ph = nanocrystal_phantom(50.0, r110=1.6, r111=1.9, n_inclusions=0, rng=0)
     vol = ph.voxelize((40, 40, 40), 2.0).astype(np.float32)
-    clean = facet_fractions(
-        surface_mesh(vol, voxel_size_A=2.0), orientation=ph.rotation, method="polyhedron"
-    )
     level = 0.5 * float(vol.max())
+    clean = facet_fractions(
+        surface_mesh(vol, voxel_size_A=2.0, level=level),
+        orientation=ph.rotation,
+        method="polyhedron",
+    )
     for z, y, x in [(3, 3, 3), (36, 4, 30), (5, 35, 20)]:
         vol[z, y, x] = 40 * level  # one bright voxel: a speck after the σ = 1 smoothing
     mesh = surface_mesh(vol, voxel_size_A=2.0, level=level)

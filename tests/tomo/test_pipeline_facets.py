@@ -101,7 +101,7 @@ def test_reconstruct_step_on_a_series_with_its_axis_off_x_names_tomo_align(tmp_p
     from perovstem.io import save_image
     from perovstem.simulate.tilt import nanocrystal_phantom, tilt_series
 
-    ph = nanocrystal_phantom(40.0, n_inclusions=0)
+    ph = nanocrystal_phantom(40.0, n_inclusions=0, rng=0)
     ts, _ = tilt_series(ph, np.arange(-60.0, 61.0, 6.0), shape=(32, 32), pixel_size_A=2.5, rng=1)
     f = save_image(ts.replace(tilt_axis_deg=-2.5), tmp_path / "t.npz")
     cfg = tmp_path / "axis.toml"
