@@ -85,7 +85,12 @@ def test_pixel_size_flag_and_its_old_spelling(tmp_path, capsys, flag):
     p = tmp_path / "raw.npz"
     np.savez(p, frame=np.ones((8, 8), np.float32))  # no calibration in the file
     assert main(["info", str(p)]) == 2
-    assert "--pixel-size-A" in capsys.readouterr().err  # the error names the documented flag
+    said = capsys.readouterr()
+    assert "--pixel-size-A" in said.err  # the error names the documented flag
+    # what the file holds is still shown (info refused to show anything without a calibration)
+    out = " ".join(said.out.split())
+    assert "8 × 8" in out and "float32" in out and "none usable in the file" in out
+    assert "field of view" not in out
     assert main(["info", str(p), flag, "0.42"]) == 0
     assert "0.42 Å" in capsys.readouterr().out
     dst = tmp_path / "out.npz"

@@ -109,14 +109,29 @@ def info(
     from rich.table import Table
 
     from perovstem.cli._common import console
+    from perovstem.errors import CalibrationError
     from perovstem.io import load
 
-    obj = load(file, pixel_size=pixel_size, lazy=True, signal=signal)
+    try:
+        obj = load(file, pixel_size=pixel_size, lazy=True, signal=signal)
+        missing = None
+    except CalibrationError as e:
+        if pixel_size is not None:
+            raise
+        # what the file holds is still worth showing (that is what info is for); the error
+        # follows, and the exit status stays that of the error
+        obj, missing = load(file, pixel_size=1.0, lazy=True, signal=signal), e
     console.print(str(file))
     table = Table(show_header=False)
     for k, v in describe(obj):
-        table.add_row(k, v)
+        if missing is not None and k == "field of view":
+            continue
+        table.add_row(
+            k, "none usable in the file" if missing is not None and k == "pixel size" else v
+        )
     console.print(table)
+    if missing is not None:
+        raise missing
 
 
 @app.command(
