@@ -199,3 +199,54 @@ def test_mean_shear_of_the_fitted_lattice_is_reported(rot):
     assert abs(st.attrs["angle_deg"] - 90.0) == pytest.approx(np.degrees(np.arctan(gam)), abs=0.1)
     t = unit_cell_table(uc, lattice=st)
     assert t.attrs["lattice_shear_xy"] == shear and (t["lattice_shear_xy_err"] == err).all()
+
+
+def test_cli_strain_indexes_to_the_cell_of_the_fit(tmp_path, capsys):
+    # a [011] fit read "need at least 3 columns of type 'PbBr', got 0": atoms strain always
+    # took the [001] cell unless --cell was given again
+    from perovstem.cli.main import main
+    from perovstem.io import read_table
+
+    img = tmp_path / "nc.tif"
+    argv = ["simulate", "image", "-o", str(img), "--edge-A", "40", "--zone-axis", "011"]
+    assert main([*argv, "--seed", "2"]) == 0
+    cols = tmp_path / "cols.parquet"
+    assert main(["atoms", "fit", str(img), "--cell", "cspbbr3_011", "-o", str(cols)]) == 0
+    assert read_table(cols).attrs["cell_spec"] == "cspbbr3_011"
+    capsys.readouterr()
+    out = tmp_path / "st.parquet"
+    assert main(["atoms", "strain", str(cols), "-o", str(out)]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "cell: cspbbr3_011 (the cell of the fit)" in said
+    cell = pd.read_csv(tmp_path / "st_cell.csv")
+    # the [011] projected cell: a along [100], b = a/√2 along [011]
+    assert cell["a_A"].iloc[0] == pytest.approx(5.87, rel=0.01)
+    assert cell["b_A"].iloc[0] == pytest.approx(5.87 / np.sqrt(2), rel=0.01)
+    # the [001] cell given against that table: its types are named
+    argv = ["atoms", "strain", str(cols), "-o", str(out), "--overwrite", "--cell", "cspbbr3"]
+    assert main(argv) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "none of the cell's ['PbBr', 'Br', 'Cs']" in err and "Pb_011" in err
+    # a table of an older fit (no cell_spec) still names its cell in cell_check
+    old = read_table(cols)
+    old.attrs.pop("cell_spec")
+    from perovstem.io import save_table
+
+    save_table(old, tmp_path / "old.parquet")
+    argv = ["atoms", "strain", str(tmp_path / "old.parquet"), "-o", str(tmp_path / "o.parquet")]
+    assert main(argv) == 0
+    assert "cell: cspbbr3_011 (the fit's cell was 'CsPbBr3 [011]" in " ".join(
+        capsys.readouterr().out.split()
+    )
+    # the pipeline step too: its default cell is the one whose types the table has
+    from perovstem.pipeline import run_pipeline
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(
+        f'[run]\nname = "s"\n[inputs]\ncolumns = "{cols.as_posix()}"\n'
+        '[[step]]\nrun = "atoms.strain"\nid = "strain"\n'
+    )
+    r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial", report=False)
+    assert [s.status for s in r.steps] == ["ran"], [s.message for s in r.steps]
+    uc = read_table(tmp_path / "run" / "tables" / "strain.unit_cell.parquet")
+    assert set(uc["type"]) == {"Pb_011", "Br_011", "CsBr_011"}

@@ -86,6 +86,13 @@ def fit_lattice(
         raise ParameterError(f"`reference_type` {ref!r} is not a type of the cell {cell.types}")
     m = (columns["type"].astype(str) == ref).to_numpy()
     if m.sum() < 3:
+        present = sorted(set(columns["type"].astype(str)))
+        if not set(present) & set(cell.types):
+            raise DataError(
+                f"the columns' types {present} are none of the cell's {list(cell.types)} "
+                f"({cell.name}): the columns were found with another cell; give that cell "
+                "(command line: --cell)"
+            )
         raise DataError(
             f"need at least 3 columns of type {ref!r} to fit the lattice, got {m.sum()}"
         )

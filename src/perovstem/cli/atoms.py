@@ -175,6 +175,8 @@ def fit(
         )
         seconds = time.perf_counter() - t0
     df.attrs["source"] = str(image)
+    if cell is not None:  # atoms strain indexes the table to the same cell by default
+        df.attrs["cell_spec"] = str(cell)
     if "cell_check" in start.attrs:  # does the cell explain the image (find_columns)
         df.attrs["cell_check"] = start.attrs["cell_check"]
     save_table(df, out)

@@ -10,6 +10,19 @@ from perovstem.cli._common import examples
 from perovstem.cli.atoms import _cell_arg, atoms_app
 
 
+def _table_cell(attrs: dict) -> tuple[str, str]:
+    """The ``--cell`` a column table was fitted with and where that came from: ``atoms fit``
+    records it (``cell_spec``); older tables name the cell in ``cell_check``; else the [001]
+    cell, said by an empty source."""
+    spec = attrs.get("cell_spec")
+    if spec:
+        return str(spec), "the cell of the fit"
+    name = str((attrs.get("cell_check") or {}).get("cell", ""))
+    if name.startswith("CsPbBr3 [011]"):
+        return "cspbbr3_011", f"the fit's cell was {name!r}"
+    return "cspbbr3", ""
+
+
 @atoms_app.command(
     "strain",
     epilog=examples("perovstem atoms strain nc_columns.parquet -o nc_strain.parquet"),
@@ -19,10 +32,10 @@ def strain(
         ..., help="Fitted columns (x_A, y_A, type[, x_err_A, y_err_A]), e.g. 'atoms fit' output."
     ),
     cell: str = typer.Option(
-        "cspbbr3",
+        None,
         "--cell",
         help="'cspbbr3[:a_A]' ([001] zone), 'cspbbr3_011[:a_A]' ([011] zone) or a StatSTEM "
-        "unit-cell .txt.",
+        "unit-cell .txt (default: the cell the table was fitted with, else cspbbr3).",
     ),
     reference_type: str = typer.Option(
         None,
@@ -72,6 +85,10 @@ def strain(
     table = read_table(columns)
     nonempty_table(table, columns)
     finite_columns(table, columns, ("x_A", "y_A"))
+    if cell is None:
+        cell, cell_from = _table_cell(table.attrs)
+        if cell_from:
+            console.print(f"cell: {cell} ({cell_from})")
     with about_file(columns):
         st, uc = strain_analysis(
             table, _cell_arg(cell), reference_type=reference_type, radius_A=radius

@@ -21,8 +21,9 @@ STRAIN = "perovstem.atoms:strain_analysis|perovstem.atoms.lattice:strain_analysi
     params={
         "cell": Param(
             str,
-            "cspbbr3_001",
-            "projected cell the columns are indexed to (the zone of atoms.fit)",
+            None,
+            "projected cell the columns are indexed to (default: the built-in cell whose "
+            "column types the table has, i.e. the zone of atoms.fit)",
             choices=tuple(CELLS),
         ),
         "lattice_A": Param(float, 5.87, "pseudo-cubic lattice constant of the cell, Å", min=1.0),
@@ -50,7 +51,14 @@ def atoms_strain(ctx: Any, columns: Any) -> dict[str, Any]:
     from perovstem.plot.atoms import plot_strain_maps
 
     p = ctx.params
-    cell = api(CELLS[p["cell"]])(p["lattice_A"])
+    name = p["cell"]
+    if name is None:  # the zone of the fit: [011] columns are typed Pb_011, Br_011, CsBr_011
+        types = set(columns["type"].astype(str)) if "type" in columns.columns else set()
+        name = next(
+            (n for n in CELLS if types & set(api(CELLS[n])(p["lattice_A"]).types)),
+            "cspbbr3_001",
+        )
+    cell = api(CELLS[name])(p["lattice_A"])
     strain, uc = api(STRAIN)(
         columns,
         cell,
