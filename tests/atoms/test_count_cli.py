@@ -536,3 +536,19 @@ def test_cli_simulated_library_on_a_count_fit_names_the_option(tmp_path, capsys)
     err = " ".join(capsys.readouterr().err.split())
     assert "cols.parquet" in err and "'counts·Å²'" in err
     assert "perovstem atoms fit --normalize" in err and not out.exists()
+
+
+def test_cli_library_counting_of_a_011_fit_says_what_counts_it(tmp_path, capsys):
+    img = tmp_path / "nc.tif"
+    argv = ["simulate", "image", "-o", str(img), "--edge-A", "30", "--zone-axis", "011"]
+    assert main([*argv, "--seed", "4"]) == 0
+    cols = tmp_path / "cols.parquet"
+    argv = ["atoms", "fit", str(img), "--cell", "cspbbr3_011", "--normalize", "-o", str(cols)]
+    assert main(argv) == 0
+    for lib in (["simulate"], ["fitted", "--termination", "CsBr"]):
+        capsys.readouterr()
+        argv = ["atoms", "count", str(cols), "-o", str(tmp_path / "c.parquet"), "--library"]
+        assert main([*argv, *lib]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "Pb_011" in err and "a [011] fit is counted by the Gaussian mixture alone" in err
+    assert main(["atoms", "count", str(cols), "-o", str(tmp_path / "c.parquet")]) == 0

@@ -411,6 +411,11 @@ def fitted_library_for(
         raise ParameterError(
             f"no fitted library for the column types {unknown or present} (a CsPbBr3 [001] "
             f"slab has {list(LIBRARY_TYPES)})"
+            + (
+                "; a [011] fit is counted by the Gaussian mixture alone, without a library"
+                if any(str(t).endswith("_011") for t in (unknown or present))
+                else ""
+            )
         )
     n_b = int((columns["type"].astype(str) == "PbBr").sum()) if present else 0
     n_cells = int(np.clip(np.rint(np.sqrt(n_b)), 3, 12)) if n_b else 8

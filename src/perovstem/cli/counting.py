@@ -81,6 +81,12 @@ def _library_arg(
         if bad:
             raise ParameterError(
                 f"--library simulate needs column types in {sorted(known)}, got {bad}"
+                + (
+                    " (the libraries are of [001] columns: a [011] fit is counted by the "
+                    "Gaussian mixture alone, without --library)"
+                    if any(t.endswith("_011") for t in bad)
+                    else ""
+                )
             )
         kw = {"integration": integration, "termination": termination, "cd_fraction": cd_fraction}
         return {t: scs_library(t, 60, voltage_kV=voltage_kV, **kw) for t in types}
