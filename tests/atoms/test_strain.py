@@ -250,3 +250,21 @@ def test_cli_strain_indexes_to_the_cell_of_the_fit(tmp_path, capsys):
     assert [s.status for s in r.steps] == ["ran"], [s.message for s in r.steps]
     uc = read_table(tmp_path / "run" / "tables" / "strain.unit_cell.parquet")
     assert set(uc["type"]) == {"Pb_011", "Br_011", "CsBr_011"}
+
+
+def test_cli_strain_of_a_111_fit(tmp_path, capsys):
+    from perovstem.cli.main import main
+
+    img = tmp_path / "nc.tif"
+    argv = ["simulate", "image", "-o", str(img), "--edge-A", "40", "--zone-axis", "111"]
+    assert main([*argv, "--seed", "5"]) == 0
+    cols = tmp_path / "cols.parquet"
+    assert main(["atoms", "fit", str(img), "--cell", "cspbbr3", "-o", str(cols)]) == 2
+    assert "rerun with --cell cspbbr3_111" in " ".join(capsys.readouterr().err.split())
+    assert main(["atoms", "fit", str(img), "--cell", "cspbbr3_111", "-o", str(cols)]) == 0
+    capsys.readouterr()
+    assert main(["atoms", "strain", str(cols), "-o", str(tmp_path / "st.parquet")]) == 0
+    assert "cell: cspbbr3_111 (the cell of the fit)" in " ".join(capsys.readouterr().out.split())
+    cell = pd.read_csv(tmp_path / "st_cell.csv")
+    assert cell["a_A"].iloc[0] == pytest.approx(5.87 * np.sqrt(2 / 3), rel=0.01)
+    assert cell["angle_deg"].iloc[0] == pytest.approx(120.0, abs=1.0)

@@ -10,8 +10,8 @@ Public API (see ``docs/CONTRACTS.md``):
 * :func:`fit_lattice`, :func:`lattice_strain`, :func:`projected_unit_cell`,
   :func:`strain_analysis` — displacement and
   strain maps, the measured projected unit cell;
-* :class:`ProjectedCell`, :func:`cspbbr3_001_cell`, :func:`cspbbr3_011_cell` — projected
-  unit cells;
+* :class:`ProjectedCell`, :func:`cspbbr3_001_cell`, :func:`cspbbr3_011_cell`,
+  :func:`cspbbr3_111_cell` — projected unit cells;
 * :func:`fitted_scs_library` — SCS library measured by this package's own column fit on
   simulated slabs (the counting library of in-situ series); :func:`fitted_library_for` —
   the one that matches a table of :func:`fit_columns` (its image size, dose and fit).
@@ -20,7 +20,12 @@ Public API (see ``docs/CONTRACTS.md``):
 from __future__ import annotations
 
 from perovstem.atoms._counting import *  # noqa: F403  (counting, HMM, composition; issue 6)
-from perovstem.atoms.cell import ProjectedCell, cspbbr3_001_cell, cspbbr3_011_cell
+from perovstem.atoms.cell import (
+    ProjectedCell,
+    cspbbr3_001_cell,
+    cspbbr3_011_cell,
+    cspbbr3_111_cell,
+)
 from perovstem.atoms.crlb import crlb
 from perovstem.atoms.find import estimate_lattice, find_columns, find_peaks, fit_lattice_vectors
 from perovstem.atoms.fit import FIT_COLUMNS, fit_columns, model_image
@@ -46,6 +51,7 @@ __all__ = [
     "crlb",
     "cspbbr3_001_cell",
     "cspbbr3_011_cell",
+    "cspbbr3_111_cell",
     "estimate_lattice",
     "estimate_noise_model",
     "find_columns",

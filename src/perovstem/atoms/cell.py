@@ -1,5 +1,5 @@
-"""Projected unit cells (StatSTEM ``Database/*.txt`` model) and the built-in CsPbBr3 [001] and
-[011] cells."""
+"""Projected unit cells (StatSTEM ``Database/*.txt`` model) and the built-in CsPbBr3 [001],
+[011] and [111] cells."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 from perovstem._validation import check_positive, check_range, refuse_text_numbers
 from perovstem.errors import DataError
 
-__all__ = ["ProjectedCell", "cspbbr3_001_cell", "cspbbr3_011_cell"]
+__all__ = ["ProjectedCell", "cspbbr3_001_cell", "cspbbr3_011_cell", "cspbbr3_111_cell"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -191,4 +191,34 @@ def cspbbr3_011_cell(a_A: float = 5.87) -> ProjectedCell:
         sites,
         c_A=a_A * np.sqrt(2.0),
         name="CsPbBr3 [011] (pseudo-cubic)",
+    )
+
+
+def cspbbr3_111_cell(a_A: float = 5.87) -> ProjectedCell:
+    """Pseudo-cubic CsPbBr3 viewed along [111]: a hexagonal cell, a = b = a₀√(2/3) (4.79 Å at
+    a₀ = 5.87 Å), 120° apart (the projections of [100] and [010]); mixed Cs–Pb column at
+    (0, 0), Br columns at (½, 0), (0, ½) and (½, ½).  Column types ``"CsPb_111"``,
+    ``"Br_111"``.
+
+    Cs (0, 0, 0) and Pb (½, ½, ½) differ by a vector along [111], so they share a column
+    (alternating, a₀√3/2 apart); each of the three Br sites projects to the midpoint of a
+    projected lattice vector (a kagome net, 2.40 Å from the Cs–Pb columns).  Along the beam
+    the columns repeat every a₀√3 (10.17 Å, ``c_A``): one Cs + one Pb, or one Br, per repeat.
+    As for [011], the zone-specific type names keep [001] cross-section libraries off these
+    columns: count them with the Gaussian mixture.  The simulator's truth tables
+    (``nanocrystal(zone_axis="111")``) call them ``CsPb`` and ``Br`` (and ``Cs`` for corner
+    columns holding one Cs only).
+    """
+    refuse_text_numbers(locals())
+    sites = pd.DataFrame(
+        {
+            "type": ["CsPb_111", "Br_111", "Br_111", "Br_111"],
+            "u": [0.0, 0.5, 0.0, 0.5],
+            "v": [0.0, 0.0, 0.5, 0.5],
+            "z": [0.0, 1.0 / 6.0, 1.0 / 6.0, 1.0 / 6.0],
+        }
+    )
+    side = a_A * np.sqrt(2.0 / 3.0)
+    return ProjectedCell(
+        side, side, 120.0, sites, c_A=a_A * np.sqrt(3.0), name="CsPbBr3 [111] (pseudo-cubic)"
     )

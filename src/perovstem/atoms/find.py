@@ -1193,17 +1193,32 @@ def _cell_match(
     }
 
 
-# the built-in CsPbBr3 zone axes, their CLI names and the other one to try on a mismatch
-_ZONES = {"[001]": ("cspbbr3", "[011]"), "[011]": ("cspbbr3_011", "[001]")}
+# the built-in CsPbBr3 zone axes: their CLI names, cell functions and the others to try on a
+# mismatch, most common first (cubes lie on {100} faces: [001], then [011], then [111])
+_ZONES = {
+    "[001]": ("cspbbr3", "cspbbr3_001_cell", ("[011]", "[111]")),
+    "[011]": ("cspbbr3_011", "cspbbr3_011_cell", ("[001]", "[111]")),
+    "[111]": ("cspbbr3_111", "cspbbr3_111_cell", ("[001]", "[011]")),
+}
+
+
+def _zone_cell(zone: str, a0: float) -> ProjectedCell:
+    """The built-in CsPbBr3 cell of ``zone`` at pseudo-cubic lattice constant ``a0``, Å."""
+    from perovstem.atoms import cell as cells
+
+    return getattr(cells, _ZONES[zone][1])(a0)
 
 
 def _zone_of(cell: ProjectedCell) -> str | None:
-    """``"[001]"`` / ``"[011]"`` for a CsPbBr3 cell (built-in, or a database cell named
-    CsPbBr3_100 / _001 / _011 / _110 / ...), else None."""
+    """``"[001]"`` / ``"[011]"`` / ``"[111]"`` for a CsPbBr3 cell (built-in, or a database
+    cell named CsPbBr3_100 / _001 / _011 / _110 / _111 ...), else None."""
     name = cell.name.lower().replace(" ", "")
     if "cspbbr3" not in name:
         return None
-    if "[011]" in name or "011" in name.rsplit("cspbbr3", 1)[-1] or "110" in name:
+    tail = name.rsplit("cspbbr3", 1)[-1]
+    if "[111]" in name or "111" in tail:
+        return "[111]"
+    if "[011]" in name or "011" in tail or "110" in name:
         return "[011]"
     return "[001]"
 
@@ -1227,36 +1242,37 @@ def _warn_cell_mismatch(
     """Warn that ``cell`` does not explain the image; for a CsPbBr3 cell try the other
     built-in zone axis and name it (``match["alternative"]``, ``match["suggested"]``) when
     it does."""
-    from perovstem.atoms.cell import cspbbr3_001_cell, cspbbr3_011_cell
-
     zone = _zone_of(cell)
     hint = ""
     match["suggested"] = None
     if zone is not None:
-        other = _ZONES[zone][1]
-        a0 = cell.a_A  # the pseudo-cubic a₀ of both built-in cells (and of a database cell)
-        alt_cell = cspbbr3_011_cell(a0) if other == "[011]" else cspbbr3_001_cell(a0)
+        # the pseudo-cubic a₀ of the cell: a of [001] and [011], a₀√(2/3) for [111]
+        a0 = cell.a_A / np.sqrt(2.0 / 3.0) if zone == "[111]" else cell.a_A
         opts = dict(options)
         opts["reference_type"] = None  # the given cell's type names are not the other's
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                alt = find_columns(img, cell=alt_cell, check_cell=False, **opts)
-            am = dict(alt.attrs["cell_check"])
-        except (DataError, ParameterError) as err:
-            am = {"cell": alt_cell.name, "matches": False, "error": str(err)}
-        am["cli"] = _ZONES[other][0]
-        match["alternative"] = am
-        if am["matches"]:
-            match["suggested"] = am["cli"]
-            make = "cspbbr3_011_cell()" if other == "[011]" else "cspbbr3_001_cell()"
-            hint = (
-                f"; the CsPbBr3 {other} cell explains it ({_describe(am)}): the crystal "
-                f"looks to be seen along {other}: use {make} (CLI --cell {am['cli']})"
-            )
+        tried = []
+        for other in _ZONES[zone][2]:
+            alt_cell = _zone_cell(other, a0)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    alt = find_columns(img, cell=alt_cell, check_cell=False, **opts)
+                am = dict(alt.attrs["cell_check"])
+            except (DataError, ParameterError) as err:
+                am = {"cell": alt_cell.name, "matches": False, "error": str(err)}
+            am["cli"] = _ZONES[other][0]
+            match["alternative"] = am
+            if am["matches"]:
+                match["suggested"] = am["cli"]
+                hint = (
+                    f"; the CsPbBr3 {other} cell explains it ({_describe(am)}): the crystal "
+                    f"looks to be seen along {other}: use {_ZONES[other][1]}() (CLI --cell "
+                    f"{am['cli']})"
+                )
+                break
+            tried.append(f"{other}: {am.get('error') or _describe(am)}")
         else:
-            why = am.get("error") or _describe(am)
-            hint = f"; the CsPbBr3 {other} cell does not either ({why})"
+            hint = f"; the other CsPbBr3 zone axes do not either ({'; '.join(tried)})"
     warnings.warn(
         f"the cell {cell.name!r} does not explain the image ({_describe(match)}): another "
         f"zone axis, phase or cell, or a failed lattice fit{hint}.  The columns returned are "
@@ -1528,8 +1544,9 @@ def _find_grains(
     if first is None:
         zone = _zone_of(cell)
         other = (
-            f" (the zone axis: for CsPbBr3 seen along {_ZONES[zone][1]} use "
-            f"--cell {_ZONES[_ZONES[zone][1]][0]})"
+            " (the zone axis: for CsPbBr3 seen along "
+            + " or ".join(f"{z} use --cell {_ZONES[z][0]}" for z in _ZONES[zone][2])
+            + ")"
             if zone is not None
             else ""
         )

@@ -25,7 +25,8 @@ app.add_typer(atoms_app, name="atoms")
 
 def _cell_arg(spec: str | None):
     """``cspbbr3`` / ``cspbbr3_001`` (built-in [001] cell, optional ``cspbbr3:5.85`` lattice
-    constant), ``cspbbr3_011`` (the [011] zone) or a StatSTEM database ``.txt`` file."""
+    constant), ``cspbbr3_011`` / ``cspbbr3_111`` (the [011] / [111] zone) or a StatSTEM
+    database ``.txt`` file."""
     from pathlib import Path as _P
 
     from perovstem.errors import ParameterError
@@ -33,10 +34,12 @@ def _cell_arg(spec: str | None):
     if spec is None:
         return None
     name, _, a = spec.partition(":")
-    if name.lower() in ("cspbbr3", "cspbbr3_001", "cspbbr3_011"):
-        from perovstem.atoms import cspbbr3_001_cell, cspbbr3_011_cell
+    if name.lower() in ("cspbbr3", "cspbbr3_001", "cspbbr3_011", "cspbbr3_111"):
+        from perovstem.atoms import cspbbr3_001_cell, cspbbr3_011_cell, cspbbr3_111_cell
 
-        make = cspbbr3_011_cell if name.lower().endswith("011") else cspbbr3_001_cell
+        make = {"011": cspbbr3_011_cell, "111": cspbbr3_111_cell}.get(
+            name.lower()[-3:], cspbbr3_001_cell
+        )
         try:
             return make(float(a)) if a else make()
         except ValueError:
@@ -46,8 +49,8 @@ def _cell_arg(spec: str | None):
 
         return read_statstem_cell(spec)
     raise ParameterError(
-        "--cell must be 'cspbbr3[:a_A]' ([001]), 'cspbbr3_011[:a_A]' or a StatSTEM unit-cell "
-        f".txt file, got {spec!r}"
+        "--cell must be 'cspbbr3[:a_A]' ([001]), 'cspbbr3_011[:a_A]', 'cspbbr3_111[:a_A]' "
+        f"or a StatSTEM unit-cell .txt file, got {spec!r}"
     )
 
 
@@ -63,8 +66,8 @@ def fit(
     cell: str = typer.Option(
         None,
         "--cell",
-        help="'cspbbr3[:a_A]' ([001] zone), 'cspbbr3_011[:a_A]' ([011] zone) or a StatSTEM "
-        "unit-cell .txt (sublattice-aware).",
+        help="'cspbbr3[:a_A]' ([001] zone), 'cspbbr3_011[:a_A]' ([011]), 'cspbbr3_111[:a_A]' "
+        "([111]) or a StatSTEM unit-cell .txt (sublattice-aware).",
     ),
     positions: Path = typer.Option(
         None,

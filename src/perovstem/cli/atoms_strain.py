@@ -18,8 +18,9 @@ def _table_cell(attrs: dict) -> tuple[str, str]:
     if spec:
         return str(spec), "the cell of the fit"
     name = str((attrs.get("cell_check") or {}).get("cell", ""))
-    if name.startswith("CsPbBr3 [011]"):
-        return "cspbbr3_011", f"the fit's cell was {name!r}"
+    for zone in ("011", "111"):
+        if name.startswith(f"CsPbBr3 [{zone}]"):
+            return f"cspbbr3_{zone}", f"the fit's cell was {name!r}"
     return "cspbbr3", ""
 
 
@@ -34,8 +35,9 @@ def strain(
     cell: str = typer.Option(
         None,
         "--cell",
-        help="'cspbbr3[:a_A]' ([001] zone), 'cspbbr3_011[:a_A]' ([011] zone) or a StatSTEM "
-        "unit-cell .txt (default: the cell the table was fitted with, else cspbbr3).",
+        help="'cspbbr3[:a_A]' ([001] zone), 'cspbbr3_011[:a_A]' ([011]), 'cspbbr3_111[:a_A]' "
+        "([111]) or a StatSTEM unit-cell .txt (default: the cell the table was fitted with, "
+        "else cspbbr3).",
     ),
     reference_type: str = typer.Option(
         None,

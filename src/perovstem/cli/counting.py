@@ -82,9 +82,9 @@ def _library_arg(
             raise ParameterError(
                 f"--library simulate needs column types in {sorted(known)}, got {bad}"
                 + (
-                    " (the libraries are of [001] columns: a [011] fit is counted by the "
-                    "Gaussian mixture alone, without --library)"
-                    if any(t.endswith("_011") for t in bad)
+                    " (the libraries are of [001] columns: a [011] or [111] fit is counted by "
+                    "the Gaussian mixture alone, without --library)"
+                    if any(t.endswith(("_011", "_111")) for t in bad)
                     else ""
                 )
             )

@@ -44,6 +44,7 @@ CELL = "perovstem.atoms:cspbbr3_001_cell|perovstem.atoms.cell:cspbbr3_001_cell"
 CELLS = {
     "cspbbr3_001": CELL,
     "cspbbr3_011": "perovstem.atoms:cspbbr3_011_cell|perovstem.atoms.cell:cspbbr3_011_cell",
+    "cspbbr3_111": "perovstem.atoms:cspbbr3_111_cell|perovstem.atoms.cell:cspbbr3_111_cell",
 }
 HMM = "perovstem.atoms:fit_hmm|perovstem.atoms.hmm:fit_hmm"
 COUNT = "perovstem.atoms:count_atoms|perovstem.atoms.count:count_atoms"
@@ -101,7 +102,8 @@ def _gain_option(value: float | str | None) -> dict[str, Any]:
             str,
             "cspbbr3_001",
             "projected cell for the column finder when no positions are given "
-            "(cspbbr3_011: the [011] zone, types Pb_011, Br_011, CsBr_011)",
+            "(cspbbr3_011: the [011] zone, types Pb_011, Br_011, CsBr_011; cspbbr3_111: the "
+            "[111] zone, types CsPb_111, Br_111)",
             choices=(*CELLS, "none"),
         ),
     },
