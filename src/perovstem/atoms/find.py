@@ -1055,7 +1055,8 @@ def find_columns(
         ref,
     )
     org, vec, _ = placed[0]
-    lattice_scale = _warn_lattice_scale(vec, cell, ref, dx)
+    # the scale of the lattice against the cell; warned about below, after the cell check
+    lattice_scale = float(np.sqrt(abs(np.linalg.det(vec)) / abs(np.linalg.det(cell.vectors()))))
     fp = (
         fine_cache[0]
         if fine_cache
@@ -1101,6 +1102,10 @@ def find_columns(
             min_snr=min_snr,
             presence_fraction=presence_fraction,
         )
+    if not match.get("suggested"):
+        # a crystal seen along another zone axis (named above) explains a lattice of another
+        # scale; "the pixel size is off by -16.6 %" misled there
+        _warn_lattice_scale(vec, cell, ref, dx)
     return out
 
 
