@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -120,3 +122,32 @@ def test_sequence_smoothing_from_the_first_volume_kept_for_all():
     fixed, _ = reconstruct_sequence(series, n_iter=60, facet_method="polyhedron", sigma_px=1.0)
     assert fixed.attrs["sigma_px"] == 1.0
     np.testing.assert_allclose(fixed.volume_noise, df.volume_noise)
+
+
+def test_sequence_noisier_than_its_calibration_is_said():
+    # as `tomo facets --calibrate` (session 26): a calibration on 20 counts/Å phantoms does
+    # not correct volumes at 0.05 counts/Å; reconstruct_sequence applied it silently
+    from perovstem.simulate.tilt import degradation_tilt_series, nanocrystal_phantom
+    from perovstem.tomo import calibrate_facets
+
+    ang = np.arange(-70.0, 71.0, 5.0)
+    ph = nanocrystal_phantom(60.0, rng=7, r110=1.3, r111=1.5, inclusion_radius_A=(5.0, 7.0))
+    cal = calibrate_facets(ang, n_phantoms=2, shape=(40, 40), pixel_size_A=2.5, rng=1)
+    for counts, noisy in ((20.0, False), (0.05, True)):
+        series, _ = degradation_tilt_series(
+            ph,
+            2,
+            ang,
+            dose_per_step_e_per_A2=7.5e3,
+            trajectory={"nucleation_per_dose": 0.0, "growth_A3_per_dose": 0.1},
+            shape=(40, 40),
+            pixel_size_A=2.5,
+            counts_per_A=counts,
+            rng=7,
+        )
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            df, _ = reconstruct_sequence(series, n_iter=60, calibration=cal)
+        said = [str(w.message) for w in rec if "noisier than the calibration" in str(w.message)]
+        assert bool(said) is noisy, said
+        assert np.isfinite(df["err_other"]).all()

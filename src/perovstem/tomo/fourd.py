@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -343,6 +344,18 @@ def reconstruct_sequence(
         if return_volumes:
             vols.append(v)
     df = pd.DataFrame(rows)
+    cal_noise = float((getattr(calibration, "settings", None) or {}).get("volume_noise", np.nan))
+    if np.isfinite(cal_noise) and df["volume_noise"].max() > 1.5 * cal_noise:
+        # as `tomo facets --calibrate`: the phantoms' bias holds for volumes as noisy as theirs
+        worst = int(df["volume_noise"].idxmax())
+        warnings.warn(
+            f"time point {worst} is noisier than the calibration phantoms (relative noise "
+            f"{df['volume_noise'].iloc[worst]:.3g} against {cal_noise:.3g}, "
+            "perovstem.tomo.volume_noise): its calibrated fractions are still biased "
+            "(towards 'other') and their errors too small",
+            UserWarning,
+            stacklevel=2,
+        )
     df.attrs.update(
         method=method,
         warm_start=warm_start,
