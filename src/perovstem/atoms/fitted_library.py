@@ -412,8 +412,7 @@ def fitted_library_for(
             f"no fitted library for the column types {unknown or present} (a CsPbBr3 [001] "
             f"slab has {list(LIBRARY_TYPES)})"
             + (
-                "; a [011] or [111] fit is counted by the Gaussian mixture alone, without a "
-                "library"
+                "; a [011] or [111] fit is counted by the Gaussian mixture alone, without a library"
                 if any(str(t).endswith(("_011", "_111")) for t in (unknown or present))
                 else ""
             )
