@@ -281,3 +281,26 @@ def test_111_columns_positions_and_types_against_the_truth(seed):
     st, uc = strain_analysis(cols, cspbbr3_111_cell())
     assert uc.a_A == pytest.approx(5.87 * np.sqrt(2 / 3), rel=0.005)
     assert uc.angle_deg == pytest.approx(120.0, abs=0.5)
+
+
+def test_pipeline_fits_and_indexes_a_111_crystal(tmp_path):
+    from perovstem.io import read_table
+    from perovstem.pipeline import run_pipeline
+
+    cfg = tmp_path / "z.toml"
+    cfg.write_text(
+        '[run]\nname = "z111"\nseed = 3\n'
+        '[[step]]\nrun = "simulate.nanocrystal"\nid = "nc"\nedge_A = 40\nzone_axis = "111"\n'
+        "view3d = false\n"
+        '[[step]]\nrun = "simulate.haadf"\nid = "img"\ninputs = { atoms = "nc.atoms" }\n'
+        '[[step]]\nrun = "atoms.fit"\nid = "fit"\ninputs = { image = "img.image" }\n'
+        'cell = "cspbbr3_111"\n'
+        '[[step]]\nrun = "atoms.strain"\nid = "strain"\ninputs = { columns = "fit.columns" }\n'
+    )
+    r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial", report=False)
+    assert [s.status for s in r.steps] == ["ran"] * 4, [s.message for s in r.steps]
+    cols = read_table(tmp_path / "run" / "tables" / "fit.columns.parquet")
+    assert set(cols["type"]) == {"CsPb_111", "Br_111"}
+    assert cols.attrs["cell_check"]["matches"]
+    uc = read_table(tmp_path / "run" / "tables" / "strain.unit_cell.parquet")
+    assert uc["angle_deg"].iloc[0] == pytest.approx(120.0, abs=1.0)
