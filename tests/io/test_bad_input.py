@@ -332,3 +332,36 @@ def test_unreadable_file_says_permission_denied_for_real(tmp_path):
     p.chmod(0)
     with pytest.raises(FileFormatError, match="permission denied"):
         ps.load(p)
+
+
+def test_mrc_volume_of_another_program_needs_cubic_voxels_of_a_known_size(tmp_path, capsys):
+    # an MRC volume with voxel 0 / 1 Å ("not set") was read at 1 Å, and one with 2 × 2 × 4 Å
+    # voxels as 2 Å cubes, silently (volumes, areas and facet normals off)
+    import mrcfile
+
+    from perovstem.cli.main import main
+    from perovstem.errors import CalibrationError
+    from perovstem.io import read_volume, save_volume
+
+    v = np.zeros((24, 24, 24), np.float32)
+    v[6:18, 6:18, 6:18] = 1.0
+    for name, size in (("unset.mrc", 0.0), ("one.mrc", 1.0), ("aniso.mrc", (2.0, 2.0, 4.0))):
+        with mrcfile.new(tmp_path / name) as m:
+            m.set_data(v)
+            m.voxel_size = size
+    for name, what in (("unset.mrc", "no usable voxel size"), ("one.mrc", "no usable voxel")):
+        with pytest.raises(CalibrationError, match=rf"{name}.*{what}.*--pixel-size-A"):
+            read_volume(tmp_path / name)
+    with pytest.raises(CalibrationError, match=r"aniso.mrc.*2 × 2 × 4 Å.*not cubes"):
+        read_volume(tmp_path / "aniso.mrc")
+    assert read_volume(tmp_path / "aniso.mrc", voxel_size_A=3.0)[1] == 3.0  # given: used
+    # perovstem's own 1 Å volume is trusted (it marks the voxel size as set)
+    assert read_volume(save_volume(v, tmp_path / "ours.mrc", voxel_size_A=1.0))[1] == 1.0
+    out = tmp_path / "f.parquet"
+    argv = ["tomo", "facets", str(tmp_path / "unset.mrc"), "--volume", "-o", str(out)]
+    assert main(argv) == 2
+    assert "unset.mrc" in capsys.readouterr().err and not out.exists()
+    assert main([*argv, "--pixel-size-A", "2.5"]) == 0
+    from perovstem.io import read_table
+
+    assert read_table(out).attrs["volume_A3"] == pytest.approx(12**3 * 2.5**3, rel=0.15)

@@ -308,7 +308,7 @@ def facets_cmd(
     if facet_method == "polyhedron" and calibrate:
         raise ParameterError("`--calibrate` corrects the normals method; drop it with polyhedron")
     if volume:
-        vol, voxel = read_volume(source)
+        vol, voxel = read_volume(source, voxel_size_A=pixel_size_A)
         angles = None
         if calibrate and tilt_range_deg is None:
             raise ParameterError("`--calibrate` with `--volume` needs `--tilt-range-deg`")

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from perovstem._data import Image, Series, TiltSeries
-from perovstem.errors import DataError, FileFormatError, ParameterError
+from perovstem.errors import CalibrationError, DataError, FileFormatError, ParameterError
 from perovstem.io._write import atomic_path, atomic_write
 
 __all__ = [
@@ -193,6 +193,9 @@ def _fei_fields(obj: Image | Series | TiltSeries) -> dict[str, Any]:
     return out
 
 
+_MRC_LABEL = "perovstem: voxel size set"
+
+
 def _save_mrc(
     data: np.ndarray,
     path: Path,
@@ -215,6 +218,9 @@ def _save_mrc(
         with mrcfile.new(tmp, overwrite=True) as m:
             m.set_data(data)
             m.voxel_size = voxel_A
+            # marks the voxel size as set: most writers leave 0 or 1 Å for "unknown", so a
+            # reader cannot otherwise trust a true 1 Å voxel (read_volume)
+            m.add_label(_MRC_LABEL)
             if fei is not None:
                 n = data.shape[0] if data.ndim == 3 else 1
                 # same byte order as the data: mrcfile reads the extended header with it
@@ -508,17 +514,36 @@ def _read_vti(path: Path) -> tuple[np.ndarray, float]:
     return arr.reshape(shape).astype(types[da.get("type")]), spacing
 
 
-def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, float]:
-    """Read a volume written by :func:`save_volume`; returns ``(volume, voxel_size_A)``."""
+def read_volume(
+    path: str | os.PathLike, *, voxel_size_A: float | None = None
+) -> tuple[np.ndarray, float]:
+    """Read a volume written by :func:`save_volume` (or an MRC volume of another program);
+    returns ``(volume, voxel_size_A)``.
+
+    Parameters
+    ----------
+    path : path-like
+    voxel_size_A : float, optional
+        Voxel edge, Å: overrides the file's and is required for an MRC volume without one
+        (a header voxel of 0 or 1 Å, "not set" for most writers, unless perovstem wrote it).
+
+    Raises
+    ------
+    CalibrationError
+        An MRC volume without a voxel size, or with voxels that are not cubes (x, y, z
+        sizes differ: facets and volumes assume cubes; resample it), and no ``voxel_size_A``.
+    """
     path = Path(path)
+    if voxel_size_A is not None and not (np.isfinite(voxel_size_A) and voxel_size_A > 0):
+        raise ParameterError(f"`voxel_size_A` must be > 0, got {voxel_size_A!r}")
     if not path.exists():
         raise FileFormatError(f"no such volume file: {str(path)!r}")
     suffix = path.suffix.lower()
     if suffix not in (".vti", ".mrc", ".tif", ".tiff", ".zarr", ".npz"):
         raise FileFormatError(f"{str(path)!r}: unsupported volume format {suffix!r}")
     try:
-        vol, voxel = _read_volume(path, suffix)
-    except FileFormatError:
+        vol, voxel = _read_volume(path, suffix, given=voxel_size_A is not None)
+    except (FileFormatError, CalibrationError):
         raise
     except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile) as exc:
         # a text file renamed .npz, an image saved by save_image, a cut file ...
@@ -530,17 +555,46 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, float]:
         raise FileFormatError(
             f"{str(path)!r}: a volume must be 3-D, got shape {tuple(np.shape(vol))}"
         )
+    if voxel_size_A is not None:
+        return vol, float(voxel_size_A)
+    if voxel is None:
+        raise CalibrationError(
+            f"{str(path)!r}: no usable voxel size in the file (0 or 1 Å in the MRC header, "
+            "which most writers leave for 'not set'); give it in Å (Python: voxel_size_A=; "
+            "command line: --pixel-size-A)"
+        )
     return vol, voxel
 
 
-def _read_volume(path: Path, suffix: str) -> tuple[np.ndarray, float]:
+def _read_volume(path: Path, suffix: str, *, given: bool = False) -> tuple[np.ndarray, Any]:
+    """``(volume, voxel size Å or None)``; ``given``: a voxel size was given (no checks)."""
     if suffix == ".vti":
         return _read_vti(path)
     if suffix == ".mrc":
+        import mrcfile
+
         from perovstem.io._mrc import read_mrc
 
         rec = read_mrc(path)
-        return np.asarray(rec["data"]), float(rec["pixel_size_A"] or 1.0)
+        with mrcfile.open(path, mode="r", header_only=True, permissive=True) as m:
+            sizes = [float(m.voxel_size.x), float(m.voxel_size.y), float(m.voxel_size.z)]
+        ours = _MRC_LABEL in rec["metadata"].get("mrc_labels", [])
+        voxel = sizes[0] if ours else rec["pixel_size_A"]
+        other = [z for z in sizes[1:] if z > 0]  # 0: not set (taken to be cubes)
+        data = rec["data"]
+        if (
+            not given
+            and voxel is not None
+            and np.ndim(data) == 3
+            and any(abs(z - sizes[0]) > 1e-3 * sizes[0] for z in other)
+        ):
+            raise CalibrationError(
+                f"{str(path)!r}: voxels of {sizes[0]:.4g} × {sizes[1]:.4g} × {sizes[2]:.4g} Å "
+                "(x, y, z) are not cubes, which the surfaces, facets and volumes assume; "
+                "resample the volume to cubic voxels, or give one voxel size (Python: "
+                "voxel_size_A=; command line: --pixel-size-A) to read them as cubes"
+            )
+        return np.asarray(data), voxel
     if suffix in (".tif", ".tiff"):
         import tifffile
 
