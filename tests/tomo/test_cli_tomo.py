@@ -202,7 +202,7 @@ def test_uncalibrated_noisy_volume_is_meshed_smoother_and_said(tmp_path, capsys)
     assert "σ = 1.00 voxels" in said["20", True] and "(from" not in said["20", True]
     for given in (False, True):
         assert "WARNING: a noisy volume (relative noise" in said["0.05", given]
-        assert "polyhedron fractions were off by up to" in said["0.05", given]
+        assert "fractions were off by up to 0.25 with the polyhedron method" in said["0.05", given]
     assert "σ = 1.00 voxels" not in said["0.05", False]
 
 

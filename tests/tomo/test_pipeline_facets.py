@@ -116,3 +116,39 @@ def test_reconstruct_step_on_a_series_with_its_axis_off_x_names_tomo_align(tmp_p
     assert "-2.5°" in rec.message and "put a tomo.align step before" in rec.message
     assert "`series[0]`" in seq.message and "-2.5°" in seq.message
     assert "`align = true`" in seq.message
+
+
+class _FacetsContext:
+    """A bare context for the ``tomo.facets`` step (report texts kept)."""
+
+    step_id = "facets"
+
+    def __init__(self, **params):
+        self.params = {"voxel_size_A": None, "tolerance_deg": 10.0, "sigma_px": None}
+        self.params |= {"method": "polyhedron", "label": "", "view3d": False, **params}
+        self.texts: list[str] = []
+
+    def table(self, *args, **kwargs):
+        pass
+
+    def text(self, text, **kwargs):
+        self.texts.append(text)
+
+
+def test_facets_step_smooths_a_noisy_volume_and_says_it_is_rough():
+    from perovstem.pipeline.steps.tomo import tomo_facets
+    from perovstem.simulate.tilt import nanocrystal_phantom, tilt_series
+    from perovstem.tomo import reconstruct
+
+    ph = nanocrystal_phantom(60.0, n_inclusions=0, rng=2)
+    ang = np.arange(-70.0, 71.0, 3.0)
+    for counts, noisy in ((20.0, False), (0.05, True)):
+        ts, _ = tilt_series(ph, ang, shape=(40, 40), pixel_size_A=2.5, counts_per_A=counts, rng=2)
+        vol = reconstruct(ts, n_iter=60).volume
+        ctx = _FacetsContext()
+        f = tomo_facets(ctx, vol, voxel_size_A=2.5)["facets"]
+        assert (f.attrs["volume_noise"] > 0.7) is noisy
+        assert (f.attrs["sigma_px"] > 1.2) is noisy
+        assert bool(ctx.texts) is noisy and all("read them as rough" in t for t in ctx.texts)
+        fixed = tomo_facets(_FacetsContext(sigma_px=1.0), vol, voxel_size_A=2.5)["facets"]
+        assert fixed.attrs["sigma_px"] == 1.0

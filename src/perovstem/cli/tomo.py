@@ -360,9 +360,10 @@ def facets_cmd(
     if cal is None and data_noise > ROUGH_FACETS_NOISE:
         warn_noise = (
             f"WARNING: a noisy volume (relative noise {data_noise:.3g}, "
-            "perovstem.tomo.volume_noise): on simulated crystals this noisy the "
-            f"{facet_method} fractions were off by up to 0.25 (polyhedron) and 'other' "
-            "took about half of the surface (normals); read them as rough"
+            "perovstem.tomo.volume_noise): on simulated crystals this noisy the facet "
+            "fractions were off by up to 0.25 with the polyhedron method and 'other' took "
+            f"about half of the surface with the normals method (this run: {facet_method}); "
+            "read them as rough"
         )
     if cal is not None:
         # the phantoms' bias holds for data as noisy as they are; noisier data are more biased

@@ -205,8 +205,9 @@ def tomo_facets(ctx: Any, volume: Any, voxel_size_A: Any = None, tilt: Any = Non
     if noise > ROUGH_FACETS_NOISE:
         ctx.text(
             f"Facets ({label}): a noisy volume (relative noise {noise:.3g}); on simulated "
-            "crystals this noisy the fractions were off by up to 0.25 (polyhedron) and "
-            "'other' took about half of the surface (normals): read them as rough.",
+            "crystals this noisy the fractions were off by up to 0.25 with the polyhedron "
+            "method and 'other' took about half of the surface with the normals method: "
+            "read them as rough.",
             section="facets",
         )
     if p["method"] == "polyhedron":
