@@ -849,10 +849,10 @@ def find_columns(
         more than ``CELL_OFF_SITE_SHARE`` of the peaks among the found columns off every
         site, or a fitted lattice of another shape — e.g. a CsPbBr3 crystal seen along
         [011] fitted with the [001] cell) and, for a CsPbBr3 cell, try the other built-in
-        zone axis ([001] ↔ [011]) and name it when it explains the image.  The columns are
-        those of the given cell either way (never relabelled).  The measures are in
-        ``attrs["cell_check"]`` also when False (which only skips the warning and the
-        second search).
+        zone axes ([001], [011], [111], in that order) and name the first that explains the
+        image (no lattice-scale warning then).  The columns are those of the given cell
+        either way (never relabelled).  The measures are in ``attrs["cell_check"]`` also
+        when False (which only skips the warning and the other searches).
 
     Returns
     -------
@@ -1245,8 +1245,8 @@ def _warn_cell_mismatch(
     img: Image, cell: ProjectedCell, match: dict[str, Any], **options: Any
 ) -> None:
     """Warn that ``cell`` does not explain the image; for a CsPbBr3 cell try the other
-    built-in zone axis and name it (``match["alternative"]``, ``match["suggested"]``) when
-    it does."""
+    built-in zone axes in turn and name the first that does (``match["alternative"]``: the
+    last one tried, ``match["suggested"]``: its CLI name)."""
     zone = _zone_of(cell)
     hint = ""
     match["suggested"] = None
