@@ -365,3 +365,32 @@ def test_mrc_volume_of_another_program_needs_cubic_voxels_of_a_known_size(tmp_pa
     from perovstem.io import read_table
 
     assert read_table(out).attrs["volume_A3"] == pytest.approx(12**3 * 2.5**3, rel=0.15)
+
+
+def test_tif_volume_of_another_program(tmp_path):
+    # a tif stack from ImageJ/Fiji (or without any calibration) was "not a volume written
+    # by perovstem (KeyError ...)": now read with its ImageJ calibration, or refused naming
+    # the option when it has none or its voxels are not cubes
+    import tifffile
+
+    from perovstem.errors import CalibrationError
+    from perovstem.io import read_volume
+
+    v = np.zeros((20, 24, 24), np.float32)
+    v[5:15, 6:18, 6:18] = 1.0
+    ij = {"unit": "nm", "axes": "ZYX"}
+    tifffile.imwrite(tmp_path / "plain.tif", v)
+    res = (1 / 0.25, 1 / 0.25)
+    tifffile.imwrite(
+        tmp_path / "ij.tif", v, imagej=True, resolution=res, metadata=ij | {"spacing": 0.25}
+    )
+    tifffile.imwrite(
+        tmp_path / "z.tif", v, imagej=True, resolution=res, metadata=ij | {"spacing": 0.5}
+    )
+    vol, voxel = read_volume(tmp_path / "ij.tif")
+    assert voxel == pytest.approx(2.5) and vol.shape == v.shape and vol.sum() == v.sum()
+    with pytest.raises(CalibrationError, match=r"plain.tif.*no usable voxel size.*--pixel-size-A"):
+        read_volume(tmp_path / "plain.tif")
+    with pytest.raises(CalibrationError, match=r"z.tif.*2.5 × 2.5 × 5 Å.*not cubes"):
+        read_volume(tmp_path / "z.tif")
+    assert read_volume(tmp_path / "plain.tif", voxel_size_A=2.0)[1] == 2.0

@@ -517,8 +517,8 @@ def _read_vti(path: Path) -> tuple[np.ndarray, float]:
 def read_volume(
     path: str | os.PathLike, *, voxel_size_A: float | None = None
 ) -> tuple[np.ndarray, float]:
-    """Read a volume written by :func:`save_volume` (or an MRC volume of another program);
-    returns ``(volume, voxel_size_A)``.
+    """Read a volume written by :func:`save_volume` (or an MRC volume or ImageJ/OME tif stack
+    of another program); returns ``(volume, voxel_size_A)``.
 
     Parameters
     ----------
@@ -530,8 +530,9 @@ def read_volume(
     Raises
     ------
     CalibrationError
-        An MRC volume without a voxel size, or with voxels that are not cubes (x, y, z
-        sizes differ: facets and volumes assume cubes; resample it), and no ``voxel_size_A``.
+        An MRC volume or tif stack without a voxel size, or with voxels that are not cubes
+        (x, y, z sizes differ: facets and volumes assume cubes; resample it), and no
+        ``voxel_size_A``.
     """
     path = Path(path)
     if voxel_size_A is not None and not (np.isfinite(voxel_size_A) and voxel_size_A > 0):
@@ -559,9 +560,9 @@ def read_volume(
         return vol, float(voxel_size_A)
     if voxel is None:
         raise CalibrationError(
-            f"{str(path)!r}: no usable voxel size in the file (0 or 1 Å in the MRC header, "
-            "which most writers leave for 'not set'); give it in Å (Python: voxel_size_A=; "
-            "command line: --pixel-size-A)"
+            f"{str(path)!r}: no usable voxel size in the file (a tif without a calibration, "
+            "or 0 or 1 Å in an MRC header, which most writers leave for 'not set'); give it "
+            "in Å (Python: voxel_size_A=; command line: --pixel-size-A)"
         )
     return vol, voxel
 
@@ -599,8 +600,12 @@ def _read_volume(path: Path, suffix: str, *, given: bool = False) -> tuple[np.nd
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
-            meta = json.loads(tif.shaped_metadata[0]["perovstem"])
-            return tif.asarray(), float(meta["voxel_size_A"])
+            shaped = tif.shaped_metadata
+            if shaped and "perovstem" in shaped[0]:
+                meta = json.loads(shaped[0]["perovstem"])
+                return tif.asarray(), float(meta["voxel_size_A"])
+            arr = tif.asarray()
+        return arr, _plain_tif_voxel_A(path, given=given)
     if suffix == ".zarr":
         import zarr
 
@@ -610,6 +615,33 @@ def _read_volume(path: Path, suffix: str, *, given: bool = False) -> tuple[np.nd
         with np.load(path) as z:
             return z["data"], float(json.loads(str(z["perovstem_meta"]))["voxel_size_A"])
     raise AssertionError(suffix)  # pragma: no cover - suffixes checked by read_volume
+
+
+def _plain_tif_voxel_A(path: Path, *, given: bool) -> float | None:
+    """Voxel edge (Å) of a tif stack of another program (ImageJ/Fiji, OME): x and y from its
+    calibration, z from ImageJ's ``spacing`` (taken equal to x when absent); None without a
+    calibration.  Non-cubic voxels are refused (unless a voxel size is ``given``)."""
+    from perovstem.io.read import _tiff_calibration_A, _tiff_header
+
+    tif = _tiff_header(path)
+    px, py = _tiff_calibration_A(path, tif) if tif is not None else (None, None)
+    if px is None or given:
+        return px
+    sizes = [px, py if py is not None else px]
+    ij = (tif or {}).get("imagej") or {}
+    if ij.get("spacing") and px is not None:
+        # ImageJ's z spacing is in the unit of x and y: the ratio carries over
+        xres = tif["xres"]
+        sizes.append(float(ij["spacing"]) * px * xres[0] / xres[1])
+    if any(abs(z - px) > 1e-3 * px for z in sizes[1:]):
+        dims = " × ".join(f"{z:.4g}" for z in sizes)
+        raise CalibrationError(
+            f"{str(path)!r}: voxels of {dims} Å (x, y{', z' if len(sizes) > 2 else ''}) are "
+            "not cubes, which the surfaces, facets and volumes assume; resample the volume "
+            "to cubic voxels, or give one voxel size (Python: voxel_size_A=; command line: "
+            "--pixel-size-A) to read them as cubes"
+        )
+    return px
 
 
 def save_mesh(
