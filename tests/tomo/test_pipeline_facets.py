@@ -152,3 +152,26 @@ def test_facets_step_smooths_a_noisy_volume_and_says_it_is_rough():
         assert bool(ctx.texts) is noisy and all("read them as rough" in t for t in ctx.texts)
         fixed = tomo_facets(_FacetsContext(sigma_px=1.0), vol, voxel_size_A=2.5)["facets"]
         assert fixed.attrs["sigma_px"] == 1.0
+
+
+def test_facet_change_of_volumes_meshed_with_different_smoothing_is_said():
+    import pandas as pd
+
+    from perovstem.pipeline.steps.tomo import tomo_facet_change
+
+    def facets(sigma):
+        df = pd.DataFrame(
+            {"family": ["100", "110", "111", "other"], "fraction": [0.6, 0.2, 0.1, 0.1]}
+        )
+        df.attrs.update(method="polyhedron", sigma_px=sigma)
+        return df
+
+    class Ctx(_FacetsContext):
+        def figure(self, *args, **kwargs):
+            pass
+
+    for sa, said in ((1.0, False), (1.05, False), (1.7, True)):
+        ctx = Ctx()
+        tomo_facet_change(ctx, facets(1.0), facets(sa))
+        assert bool(ctx.texts) is said, ctx.texts
+        assert all("different smoothing (σ = 1.00 before, 1.70 after" in t for t in ctx.texts)
