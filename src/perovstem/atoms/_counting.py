@@ -5,6 +5,8 @@ Re-exported by :mod:`perovstem.atoms` so users write ``from perovstem.atoms impo
 
 from perovstem.atoms.composition import (
     CompositionResult,
+    CountsComposition,
+    composition_from_counts,
     estimate_composition,
     thickness_from_neighbours,
 )
@@ -37,6 +39,8 @@ __all__ = [
     "HMMResult",
     "fit_hmm",
     "CompositionResult",
+    "CountsComposition",
+    "composition_from_counts",
     "estimate_composition",
     "thickness_from_neighbours",
 ]

@@ -30,7 +30,7 @@ without the substituent (a step we have not found published in this form).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,13 @@ from perovstem._validation import refuse_text_numbers
 from perovstem.atoms.count import _as_scs
 from perovstem.errors import DataError, ParameterError
 
-__all__ = ["CompositionResult", "estimate_composition", "thickness_from_neighbours"]
+__all__ = [
+    "CompositionResult",
+    "CountsComposition",
+    "composition_from_counts",
+    "estimate_composition",
+    "thickness_from_neighbours",
+]
 
 
 @dataclass(frozen=True)
@@ -445,3 +451,155 @@ def estimate_composition(
     )
     cols.attrs["composition"] = res.summary()
     return res
+
+
+@dataclass(frozen=True)
+class CountsComposition:
+    """Result of :func:`composition_from_counts`.
+
+    Attributes
+    ----------
+    result : CompositionResult
+        x, its interval and the per-column Cd table (``result.columns``, with x_A, y_A).
+    thickness_source : str
+        Where the cells per Pb-Br column came from: "given", "Cs neighbours" or "counted".
+    n_columns : int
+        Pb-Br columns used.
+    n_dropped : int
+        Pb-Br columns left out (edges and steps, where the Cs neighbours disagree).
+    scale : float
+        Calibration factor c of the cross-sections used.
+    scale_source : str
+        Where c came from ("Cs library counting", "library counting", or "" for 1).
+    """
+
+    result: CompositionResult
+    thickness_source: str
+    n_columns: int
+    n_dropped: int
+    scale: float
+    scale_source: str
+
+
+def composition_from_counts(
+    counts: pd.DataFrame,
+    *,
+    thickness: pd.DataFrame | None = None,
+    thickness_from: str = "Cs",
+    termination: str = "CsBr",
+    scale_from: str = "Cs",
+    voltage_kV: float = 300.0,
+    confidence: float = 0.95,
+) -> CountsComposition:
+    """Cd fraction x of a counted [001] column table (``atoms count`` / :func:`count_atoms`).
+
+    The cells per Pb-Br column come from ``thickness`` (a table ``x_A, y_A, n_atoms`` of
+    another measurement), else from the four neighbouring Cs columns' counts
+    (:func:`thickness_from_neighbours`; Cs carries no Cd), else (``thickness_from =
+    "counted"``) from the Pb-Br counts themselves, which Cd biases.  The calibration ``c`` of
+    the cross-sections is the library scale fitted on the ``scale_from`` columns (Cd-free
+    Cs) when the counting recorded one.  Then :func:`estimate_composition`.
+
+    Parameters
+    ----------
+    counts : DataFrame
+        x_A, y_A, type, scs (Å²), n_atoms (and scs_err); ``attrs["counting"]``.
+    thickness : DataFrame, optional
+    thickness_from : {"Cs", "counted"}
+    termination : {"CsBr", "PbBr2", "mixed"}
+        Entrance/exit faces: a Pb–Br column is one cell shorter than its Cs neighbours
+        (CsBr), one longer (PbBr2) or as long (mixed).
+    scale_from : str
+        Column type whose library scale calibrates the cross-sections ("" : c = 1).
+    voltage_kV, confidence : float
+
+    Returns
+    -------
+    CountsComposition
+    """
+    refuse_text_numbers(locals())
+    if thickness_from not in ("Cs", "counted"):
+        raise ParameterError(f"`thickness_from` must be 'Cs' or 'counted', got {thickness_from!r}")
+    if termination not in ("CsBr", "PbBr2", "mixed"):
+        raise ParameterError(
+            f"`termination` must be 'CsBr', 'PbBr2' or 'mixed', got {termination!r}"
+        )
+    for col in ("x_A", "y_A", "scs"):
+        if col not in counts.columns:
+            raise DataError(f"`counts` needs column {col!r}, got {list(counts.columns)}")
+    sel = counts[counts["type"].astype(str) == "PbBr"] if "type" in counts.columns else counts
+    source = "counted"
+    if thickness is not None:
+        from scipy.spatial import cKDTree
+
+        d, k = cKDTree(thickness[["x_A", "y_A"]].to_numpy()).query(sel[["x_A", "y_A"]].to_numpy())
+        sel = sel[d < 0.5].assign(n_atoms=thickness["n_atoms"].to_numpy()[k[d < 0.5]])
+        source = "given"
+    prior: dict[str, Any] = {}
+    n_dropped = 0
+    if (
+        thickness is None
+        and thickness_from == "Cs"
+        and "type" in counts.columns
+        and "n_atoms" in counts.columns
+    ):
+        cs = counts[(counts["type"].astype(str) == "Cs") & counts["n_atoms"].notna()]
+        if len(cs) and len(sel):
+            off = {"CsBr": -1, "PbBr2": 1, "mixed": 0}[termination]
+            th = thickness_from_neighbours(
+                sel[["x_A", "y_A"]].to_numpy(float),
+                cs[["x_A", "y_A"]].to_numpy(float),
+                cs["n_atoms"].to_numpy(float),
+                offset=off,
+            )
+            ok = th["usable"].to_numpy()
+            n_dropped = int((~ok).sum())
+            sel = sel[ok].assign(n_atoms=th["n_cells"].to_numpy()[ok])
+            if ok.any():
+                cand = np.stack(th["n_cells_candidates"].to_numpy()[ok])
+                prior = {
+                    "n_cells": cand,
+                    "n_cells_prior": np.stack(th["n_cells_prior"].to_numpy()[ok]),
+                    # the Br of a Pb-Br column sit in the CsBr layers: as many as Cs
+                    "n_br": cand - off,
+                }
+            source = "Cs neighbours"
+    if len(sel) == 0 or "n_atoms" not in sel.columns:
+        raise DataError(
+            "no counted Pb-Br columns (`type` == 'PbBr' with `n_atoms`, or with counted Cs "
+            "neighbours) in the input"
+        )
+    kw: dict[str, Any] = {}
+    if "scs_err" in sel.columns:  # fit errors miss the column-to-column spread: add it
+        kw = {"scs_err": sel["scs_err"].to_numpy(float), "excess_width": True}
+    counting = counts.attrs.get("counting", {}) or {}
+    info = counting.get(scale_from, {}) if scale_from else {}
+    scale_source = f"{scale_from} library counting" if scale_from else ""
+    if counting.get("method") == "library":  # nearest library value: scale fixed for all types
+        info, scale_source = {"scale": counting.get("scale", 1.0)}, "library counting"
+    calibrated = isinstance(info, dict) and "scale" in info
+    scale = float(info["scale"]) if calibrated else 1.0
+    if not calibrated:
+        scale_source = ""
+    kw.update(prior if prior else {"n_cells": sel["n_atoms"].to_numpy(int)})
+    res = estimate_composition(
+        sel["scs"].to_numpy(float),
+        voltage_kV=voltage_kV,
+        confidence=confidence,
+        scale=scale,
+        **kw,
+    )
+    cols = res.columns.copy()
+    for c in ("x_A", "y_A"):
+        if c not in cols.columns and len(cols) == len(sel):
+            cols[c] = sel[c].to_numpy()
+    cols.attrs.update(
+        thickness_source=source,
+        x=float(res.x),
+        x_err=float(res.x_err),
+        x_ci=[float(v) for v in res.x_ci],
+        scale=scale,
+        scale_source=scale_source,
+    )
+    res = replace(res, columns=cols)
+    return CountsComposition(res, source, int(len(sel)), n_dropped, scale, scale_source)

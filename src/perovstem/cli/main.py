@@ -43,6 +43,7 @@ _TOPICS = [
     "counting",  # atoms count/track (on the atoms sub-app)
     "atoms_map",  # atoms map (on the atoms sub-app)
     "atoms_strain",  # atoms strain (on the atoms sub-app)
+    "atoms_composition",  # atoms composition (on the atoms sub-app)
     "model3d",  # model3d TABLE
     "simulate",  # simulate image/series/tilt
     "simulate_series",  # simulate series (degradation KMC → in-situ series)

@@ -48,8 +48,8 @@ CELLS = {
 }
 HMM = "perovstem.atoms:fit_hmm|perovstem.atoms.hmm:fit_hmm"
 COUNT = "perovstem.atoms:count_atoms|perovstem.atoms.count:count_atoms"
-COMPOSITION = (
-    "perovstem.atoms:estimate_composition|perovstem.atoms.composition:estimate_composition"
+COMPOSITION_FROM_COUNTS = (
+    "perovstem.atoms:composition_from_counts|perovstem.atoms.composition:composition_from_counts"
 )
 
 
@@ -552,79 +552,23 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
             choices=("CsBr", "PbBr2", "mixed"),
         ),
     },
-    requires=(COMPOSITION,),
+    requires=(COMPOSITION_FROM_COUNTS,),
     section="counting",
     doc="Cd per Pb-Br column and the overall Cd fraction x from the cross-sections "
     "(binomial-Gaussian mixture, profile-likelihood interval).",
 )
 def atoms_composition(ctx: Any, counts: Any, thickness: Any = None) -> dict[str, Any]:
-    from perovstem.errors import DataError
-
     p = ctx.params
-    sel = counts[counts["type"] == "PbBr"] if "type" in counts.columns else counts
-    source = "counted"
-    if thickness is not None:  # unit cells per column from another measurement (x_A, y_A, n_atoms)
-        from scipy.spatial import cKDTree
-
-        d, k = cKDTree(thickness[["x_A", "y_A"]].to_numpy()).query(sel[["x_A", "y_A"]].to_numpy())
-        sel = sel[d < 0.5].assign(n_atoms=thickness["n_atoms"].to_numpy()[k[d < 0.5]])
-        source = "given"
-    prior: dict[str, Any] = {}
-    n_dropped = 0
-    if (
-        thickness is None
-        and p["thickness_from"] == "Cs"
-        and "type" in counts.columns
-        and "n_atoms" in counts.columns
-    ):
-        cs = counts[(counts["type"] == "Cs") & counts["n_atoms"].notna()]
-        if len(cs) and len(sel):
-            from perovstem.atoms.composition import thickness_from_neighbours
-
-            off = {"CsBr": -1, "PbBr2": 1, "mixed": 0}[p["termination"]]
-            th = thickness_from_neighbours(
-                sel[["x_A", "y_A"]].to_numpy(float),
-                cs[["x_A", "y_A"]].to_numpy(float),
-                cs["n_atoms"].to_numpy(float),
-                offset=off,
-            )
-            ok = th["usable"].to_numpy()
-            n_dropped = int((~ok).sum())
-            sel = sel[ok].assign(n_atoms=th["n_cells"].to_numpy()[ok])
-            cand = np.stack(th["n_cells_candidates"].to_numpy()[ok]) if ok.any() else None
-            if cand is not None:
-                prior = {
-                    "n_cells": cand,
-                    "n_cells_prior": np.stack(th["n_cells_prior"].to_numpy()[ok]),
-                    # the Br of a Pb-Br column sit in the CsBr layers: as many as Cs
-                    "n_br": cand - off,
-                }
-            source = "Cs neighbours"
-    if len(sel) == 0 or "n_atoms" not in sel.columns:
-        raise DataError(
-            "no counted Pb-Br columns (`type` == 'PbBr' with `n_atoms`, or with counted Cs "
-            "neighbours) in the input"
-        )
-    kw: dict[str, Any] = {}
-    if "scs_err" in sel.columns:  # fit errors miss the column-to-column spread: add it
-        kw = {"scs_err": sel["scs_err"].to_numpy(float), "excess_width": True}
-    counting = counts.attrs.get("counting", {})
-    info = counting.get(p["scale_from"], {}) if p["scale_from"] else {}
-    if counting.get("method") == "library":  # nearest library value: scale fixed for all types
-        info = {"scale": counting.get("scale", 1.0)}
-    calibrated = isinstance(info, dict) and "scale" in info
-    scale = float(info["scale"]) if calibrated else 1.0
-    if prior:
-        kw.update(prior)
-    else:
-        kw["n_cells"] = sel["n_atoms"].to_numpy(int)
-    res = api(COMPOSITION)(
-        sel["scs"].to_numpy(float),
+    out = api(COMPOSITION_FROM_COUNTS)(
+        counts,
+        thickness=thickness,
+        thickness_from=p["thickness_from"],
+        termination=p["termination"],
+        scale_from=p["scale_from"],
         voltage_kV=p["voltage_kV"],
         confidence=p["confidence"],
-        scale=scale,
-        **kw,
     )
+    res, source, n_dropped = out.result, out.thickness_source, out.n_dropped
     lo, hi = res.x_ci
     truth = "" if p["truth_cd_fraction"] is None else f"; simulated x = {p['truth_cd_fraction']:g}"
     ctx.metric(
@@ -633,28 +577,20 @@ def atoms_composition(ctx: Any, counts: Any, thickness: Any = None) -> dict[str,
         err=res.x_err,
         section="mechanism",
         caption=f"{100 * res.confidence:g} % CI [{lo:.3f}, {hi:.3f}] from "
-        f"{len(sel)} Pb-Br columns ({source} thickness"
+        f"{out.n_columns} Pb-Br columns ({source} thickness"
         f"{f'; {n_dropped} edge/step columns left out' if n_dropped else ''}"
-        f"), scale c = {scale:.3f}"
-        f"{'' if calibrated or not p['scale_from'] else ' (uncalibrated)'}{truth}"
+        f"), scale c = {out.scale:.3f}"
+        f"{'' if out.scale_source or not p['scale_from'] else ' (uncalibrated)'}{truth}"
         + (
             ". The thickness was counted from the same Pb-Br cross-sections, which Cd also "
             "lowers: on an alloy the two are degenerate and x can be off by more than its "
             "interval (simulated 55 Å cubes: 0.25 for 0.12); give `thickness` from another "
             "measurement"
-            if source == "counted" and res.x > 0.02
+            if source == "counted"  # x can also read 0 (a 60 Å cube of x = 0.3: 0.000)
             else ""
         ),
     )
-    cols = res.columns.copy()
-    cols.attrs["thickness_source"] = source
-    for c in ("x_A", "y_A"):
-        if c in sel.columns and c not in cols.columns and len(cols) == len(sel):
-            cols[c] = sel[c].to_numpy()
-    cols.attrs["x"] = float(res.x)
-    cols.attrs["x_err"] = float(res.x_err)
-    cols.attrs["x_ci"] = [float(lo), float(hi)]
-    return {"columns": cols}
+    return {"columns": res.columns}
 
 
 def _start_scale_from_cs(scs0: np.ndarray, pos: Any, p: dict) -> dict | None:

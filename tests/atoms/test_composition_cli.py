@@ -1,0 +1,64 @@
+"""``perovstem atoms composition``: the Cd fraction of a counted column table.
+
+Before: the composition estimate existed in Python and as a pipeline step only; a user of
+the command line had no way to it.  Checked on images of the fast simulator, whose column
+cross-sections come from the same abTEM-calibrated column model the estimate uses (not an
+independent check; the pipeline step's tests and docs/counting.md hold the rest).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from perovstem.cli.main import main
+from perovstem.io import read_table
+
+
+def _counted(tmp_path, x, seed, edge=40, dose=1e4):
+    img = tmp_path / f"nc{x}.tif"
+    argv = ["simulate", "image", "-o", str(img), "--edge-A", str(edge), "--cd-fraction", str(x)]
+    assert main([*argv, "--dose-e-per-A2", str(dose), "--seed", str(seed)]) == 0
+    cols = tmp_path / f"f{x}.parquet"
+    assert (
+        main(["atoms", "fit", str(img), "--cell", "cspbbr3", "--normalize", "-o", str(cols)]) == 0
+    )
+    counts = tmp_path / f"c{x}.parquet"
+    argv = ["atoms", "count", str(cols), "--library", "simulate", "--method", "hybrid"]
+    assert main([*argv, "--termination", "CsBr", "-o", str(counts)]) == 0
+    return cols, counts
+
+
+@pytest.mark.parametrize("x,seed", [(0.0, 21), (0.3, 22)])
+def test_cli_composition_recovers_x(tmp_path, capsys, x, seed):
+    # measured (session 27, seeds 11, 32 images: x 0-0.5, 40/80 Å, 10⁴/5·10⁴ e⁻/Å², CsBr and
+    # PbBr2 faces): 31 of 32 intervals cover, |x̂ − x| ≤ 0.028
+    _, counts = _counted(tmp_path, x, seed)
+    out = tmp_path / "cd.parquet"
+    capsys.readouterr()
+    assert main(["atoms", "composition", str(counts), "-o", str(out)]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert said.startswith("x(Cd) = ") and "thickness: Cs neighbours" in said
+    assert "from the Cs library counting" in said
+    cd = read_table(out)
+    lo, hi = cd.attrs["x_ci"]
+    # the interval covers; a 40 Å cube at 10⁴ e⁻/Å² has ~60 usable Pb-Br columns: σ ≈ 0.04
+    assert lo <= x <= hi and cd.attrs["x_err"] < 0.05, cd.attrs
+    assert {"x_A", "y_A"} <= set(cd.columns) and len(cd) > 20
+    if x == 0.0:
+        assert hi < 0.02
+
+
+def test_cli_composition_refusals_and_the_counted_thickness(tmp_path, capsys):
+    cols, counts = _counted(tmp_path, 0.3, 23)
+    out = tmp_path / "cd.parquet"
+    assert main(["atoms", "composition", str(cols), "-o", str(out)]) == 2  # not counted
+    assert "has no 'n_atoms': count it first" in capsys.readouterr().err and not out.exists()
+    assert main(["atoms", "composition", str(counts), "-o", str(out), "--confidence", "1.5"]) == 2
+    assert "--confidence" in capsys.readouterr().err
+    argv = ["atoms", "composition", str(counts), "-o", str(out), "--thickness-from", "counted"]
+    assert main(argv) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    # Cd lowers the Pb-Br cross-sections that then count fewer cells: x reads low, said
+    assert "thickness: counted" in said and "WARNING: the thickness was counted" in said
+    assert main(["atoms", "composition", str(counts), "-o", str(out)]) == 2  # exists
+    assert "--overwrite" in capsys.readouterr().err
