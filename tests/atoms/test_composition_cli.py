@@ -63,7 +63,7 @@ def test_cli_composition_refusals_and_the_counted_thickness(tmp_path, capsys):
     assert main(["atoms", "composition", str(counts), "-o", str(out)]) == 2  # exists
     assert "--overwrite" in capsys.readouterr().err
     # the thickness of another measurement (here the simulation's truth: cells per column)
-    truth = tmp_path / "nc0_truth.parquet"  # (the stem is cut at the first dot)
+    truth = tmp_path / "nc0.3_truth.parquet"
     argv = ["atoms", "composition", str(counts), "-o", str(out), "--overwrite"]
     assert main([*argv, "--thickness", str(truth)]) == 0
     assert "thickness: given" in " ".join(capsys.readouterr().out.split())

@@ -131,3 +131,16 @@ def test_flag_wording_leaves_names_the_user_did_not_give():
     assert flag_wording("`n_iter` bad", ["tomo", "reconstruct", "t.npz", "--n-iter", "0"]) == (
         "`--n-iter` bad"
     )
+
+
+def test_derived_output_names_keep_dots_in_the_stem(tmp_path):
+    # "nc0.1.tif" and "nc0.3.tif" both named their truth "nc0_truth.parquet" (the name was
+    # cut at its first dot), so the second simulation was refused or overwrote the first
+    from perovstem.cli._common import data_stem
+
+    for x in ("0.1", "0.3"):
+        img = tmp_path / f"nc{x}.tif"
+        assert main(["simulate", "image", "-o", str(img), "--edge-A", "20", "--seed", "1"]) == 0
+        assert (tmp_path / f"nc{x}_truth.parquet").exists()
+    assert data_stem("a.ome.tif") == "a" and data_stem("run.v2.zarr") == "run.v2"
+    assert data_stem("noext") == "noext" and data_stem(".hidden") == ".hidden"

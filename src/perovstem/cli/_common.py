@@ -76,6 +76,16 @@ def quiet_flag() -> bool:
     return "--quiet" in sys.argv
 
 
+def data_stem(path: Path | str) -> str:
+    """A file's name without its data suffix, for the names of derived outputs: the last
+    suffix only (``nc0.3.tif`` → ``nc0.3``: cutting at the first dot made ``nc0_truth``
+    for it, the same as for ``nc0.1.tif``), with ``.ome`` of ``.ome.tif``."""
+    stem, dot, _ = Path(path).name.rpartition(".")
+    if not dot or not stem:
+        return Path(path).name
+    return stem[:-4] if stem.lower().endswith(".ome") else stem
+
+
 def check_outputs(*paths: Path | None, overwrite: bool) -> None:
     """Refuse existing outputs before any work, so that a refused later output does not leave
     the earlier ones of the same command half written."""

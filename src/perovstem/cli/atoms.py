@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from perovstem.cli._common import examples
+from perovstem.cli._common import data_stem, examples
 from perovstem.cli.main import app
 
 atoms_app = typer.Typer(
@@ -148,7 +148,7 @@ def fit(
     obj = _apply_detector(load_image_arg(image, pixel_size, frame), gain, offset)
     if normalize:
         obj = normalize_image(obj)
-    out = out if out is not None else Path(f"{image.name.split('.')[0]}_columns.parquet")
+    out = out if out is not None else Path(f"{data_stem(image)}_columns.parquet")
     overlay = overlay if overlay is not None else out.with_suffix(".png")
     for p in (out, overlay):
         if p.exists() and not overwrite:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from perovstem.cli._common import examples
+from perovstem.cli._common import data_stem, examples
 from perovstem.cli.atoms import atoms_app
 
 
@@ -69,7 +69,7 @@ def composition(
 
     if not 0.5 <= confidence < 1.0:  # NaN fails too
         raise ParameterError(f"`--confidence` must be in [0.5, 1), got {confidence}")
-    out = out if out is not None else Path(f"{counts.name.split('.')[0]}_cd.parquet")
+    out = out if out is not None else Path(f"{data_stem(counts)}_cd.parquet")
     check_outputs(out, overwrite=overwrite)
     table = read_table(counts)
     nonempty_table(table, counts)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from perovstem.cli._common import examples
+from perovstem.cli._common import data_stem, examples
 from perovstem.cli.atoms import atoms_app, load_image_arg
 
 
@@ -52,11 +52,11 @@ def map_(
     from perovstem.cli._common import check_outputs, console
     from perovstem.io import read_table, save_figure, save_table
 
-    out = out if out is not None else Path(f"{image.name.split('.')[0]}_map.parquet")
+    out = out if out is not None else Path(f"{data_stem(image)}_map.parquet")
     models_out = (
         models_out
         if models_out is not None
-        else out.with_name(out.name.split(".")[0] + "_models" + out.suffix)
+        else out.with_name(data_stem(out) + "_models" + out.suffix)
     )
     overlay = overlay if overlay is not None else out.with_suffix(".png")
     check_outputs(out, models_out, overlay, overwrite=overwrite)

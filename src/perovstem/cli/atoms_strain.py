@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from perovstem.cli._common import examples
+from perovstem.cli._common import data_stem, examples
 from perovstem.cli.atoms import _cell_arg, atoms_app
 
 
@@ -77,11 +77,9 @@ def strain(
     from perovstem.io import read_table, save_figure, save_table
     from perovstem.plot.atoms import plot_strain_maps
 
-    stem = columns.name.split(".")[0]
+    stem = data_stem(columns)
     out = out if out is not None else Path(f"{stem}_strain.parquet")
-    cell_out = (
-        cell_out if cell_out is not None else out.with_name(out.name.split(".")[0] + "_cell.csv")
-    )
+    cell_out = cell_out if cell_out is not None else out.with_name(data_stem(out) + "_cell.csv")
     plot = plot if plot is not None else out.with_suffix(".png")
     check_outputs(out, cell_out, plot, overwrite=overwrite)
     table = read_table(columns)

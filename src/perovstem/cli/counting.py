@@ -10,7 +10,7 @@ import numpy as np
 import typer
 
 from perovstem.atoms._inputs import insignificant_columns, offset_summary, scs_column
-from perovstem.cli._common import examples
+from perovstem.cli._common import data_stem, examples
 from perovstem.cli.atoms import atoms_app
 from perovstem.errors import DataError, ParameterError
 
@@ -20,7 +20,7 @@ _REPORTED_BELOW = ("may merge count levels", "may all be offset by one atom")
 
 
 def _default_out(table: Path, tag: str) -> Path:
-    stem = table.name.split(".")[0]
+    stem = data_stem(table)
     return table.with_name(f"{stem}_{tag}.parquet")
 
 

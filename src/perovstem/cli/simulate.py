@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from perovstem.cli._common import MAX_DOSE_E_PER_A2, check_at_most, examples
+from perovstem.cli._common import MAX_DOSE_E_PER_A2, check_at_most, data_stem, examples
 from perovstem.cli.main import app
 
 simulate_app = typer.Typer(
@@ -26,7 +26,7 @@ app.add_typer(simulate_app, name="simulate")
 def _truth_path(out: Path, truth: Path | None) -> Path:
     if truth is not None:
         return truth
-    return out.with_name(out.name.split(".")[0] + "_truth.parquet")
+    return out.with_name(data_stem(out) + "_truth.parquet")
 
 
 @simulate_app.command(

@@ -17,6 +17,7 @@ from perovstem.cli._common import (
     MAX_DOSE_E_PER_A2,
     MAX_TEMPERATURE_K,
     check_at_most,
+    data_stem,
     examples,
 )
 from perovstem.cli.simulate import simulate_app
@@ -129,7 +130,7 @@ def series(
     from perovstem.simulate.structures import nanocrystal
 
     check_choice("--table-format", table_format, ("parquet", "csv"))
-    prefix = truth_prefix if truth_prefix is not None else out.with_name(out.name.split(".")[0])
+    prefix = truth_prefix if truth_prefix is not None else out.with_name(data_stem(out))
     for p in (out, *(Path(f"{prefix}_{n}.{table_format}") for n in _TRUTH_TABLES)):
         if p.exists() and not overwrite:  # the truth tables are outputs too
             raise OutputExistsError(f"{str(p)!r} exists (use --overwrite to replace it)")

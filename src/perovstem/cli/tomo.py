@@ -20,6 +20,7 @@ from perovstem.cli._common import (
     check_image_px,
     check_outputs,
     check_stack_px,
+    data_stem,
     examples,
     print_warnings,
 )
@@ -146,7 +147,7 @@ def align_cmd(
     from perovstem.io import save_image, save_table
     from perovstem.tomo import align, apply_alignment, preprocess
 
-    shifts = shifts or out.with_name(out.name.split(".")[0] + "_shifts.csv")
+    shifts = shifts or out.with_name(data_stem(out) + "_shifts.csv")
     check_outputs(out, shifts, overwrite=overwrite)
     ts = _load_tilt(tiltseries, pixel_size_A)
     al = align(
@@ -538,7 +539,7 @@ def sequence_cmd(
         )
     plot_path = None if no_plot else (plot or out.with_suffix(".png"))
     vol_paths = (
-        [volumes / f"{k:02d}_{f.name.split('.')[0]}.mrc" for k, f in enumerate(files)]
+        [volumes / f"{k:02d}_{data_stem(f)}.mrc" for k, f in enumerate(files)]
         if volumes is not None
         else []
     )
@@ -696,7 +697,7 @@ def _register_simulate_tilt() -> None:
             "a pixel counts at most the electrons that hit it",
         )
         check_image_px((size, size), name="--size-px", why="the largest simulated projection")
-        tpath = truth or out.with_name(out.name.split(".")[0] + "_truth.json")
+        tpath = truth or out.with_name(data_stem(out) + "_truth.json")
         check_outputs(out, tpath, overwrite=overwrite)
         rng = np.random.default_rng(seed)
         with warnings.catch_warnings(record=True) as caught:
