@@ -149,6 +149,15 @@ def kinetics(
         "mechanisms": summary_lines(summ),
         "notes": list(summ.attrs.get("notes", [])),
     }
+    not_001 = [
+        str(r) for r, t in zip(runs, tables, strict=True) if t["frames"].attrs.get("host_not_001")
+    ]
+    if not_001:  # (perovstem insitu marked their cluster rows; the combined rows are not)
+        summary["notes"].append(
+            f"{', '.join(not_001)}: the host is not a [001] projection (see its insitu notes): "
+            "its clusters include host columns, so the nucleation, growth, coalescence and "
+            "mobility rows it enters are not reliable"
+        )
     written.append(save_json(summary, out / "summary.json"))
     kept = {Path(w).resolve() for w in written}
     for p in earlier:  # an earlier figure this run did not draw would mix two runs

@@ -92,6 +92,9 @@ def shift_frame(frame: np.ndarray, shift_px: Any) -> np.ndarray:
 #: frames, positions moved to frame-0 coordinates); False: register first, detect on the
 #: shifted frames
 REGISTER_BESIDE = True
+# mechanism-summary observables that do not rest on the Pb-cluster detection (the host's Br
+# and intensity): on a host that is not a [001] projection the other rows are unreliable
+HOST_OBSERVABLES = ("n_Br", "n_Br_lost_image", "integrated_counts", "k_Br_per_s")
 
 
 def _register(series: Series, max_lag: int) -> pd.DataFrame:
@@ -730,6 +733,7 @@ def analyze_series(
                 "are detected and counted over the whole field"
             )
     if fourfold is not None and fourfold[2] < FOURFOLD_MIN:
+        fr_tab.attrs["host_not_001"] = {"frame": int(fourfold[0]), "ratio": float(fourfold[2])}
         # the host model (cell average, empty lattice sites) is the square [001] cell:
         # on another projection the host columns survive it and are counted as Pb0
         notes.append(
@@ -849,6 +853,15 @@ def analyze_series(
         if note:
             notes.append(note)
         summ = mechanism_summary(usable, x=x, ci=ci, tracks=mob_tracks, mobility=mob)
+        if fourfold is not None and fourfold[2] < FOURFOLD_MIN and not summ.empty:
+            # host columns counted as Pb0 (the note above): every row built on the clusters
+            # says so itself, so that a line read without the notes is not taken as a result
+            on_clusters = ~summ["observable"].isin(HOST_OBSERVABLES)
+            summ["text"] = summ["text"].where(
+                ~on_clusters | summ["text"].isna(),
+                "UNRELIABLE (host not a [001] projection, see the notes): " + summ["text"],
+            )
+            summ["host_not_001"] = on_clusters
         if len(usable) < 2:
             notes.append(
                 f"{len(usable)} usable frame{'' if len(usable) == 1 else 's'}: no kinetic "
