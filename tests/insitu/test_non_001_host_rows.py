@@ -29,3 +29,22 @@ def test_cluster_rows_of_a_111_series_are_marked(tmp_path, capsys):
     assert main(["kinetics", str(out), "-o", str(tmp_path / "kin")]) == 0
     notes = json.loads((tmp_path / "kin" / "summary.json").read_text())["notes"]
     assert any("the host is not a [001] projection" in n for n in notes), notes
+
+
+def test_pipeline_cluster_step_says_a_non_001_host():
+    # the `insitu.clusters` step counted the host columns of a [111] crystal as Pb0 with no
+    # word (analyze_series had the note since session 9, the pipeline step did not)
+    from _insitu_kmc import ClusterStepContext
+
+    from perovstem.pipeline.steps import insitu as steps
+    from perovstem.simulate import degradation_kmc, insitu_series, nanocrystal
+
+    step = getattr(steps.insitu_clusters, "__wrapped__", steps.insitu_clusters)
+    for zone, said in (("111", True), ("001", False)):
+        at = nanocrystal(edge_A=40, zone_axis=zone, rng=1)
+        tr = degradation_kmc(at, n_frames=3, frame_time_s=1.0, dose_rate_e_per_A2_s=5e3, rng=1)
+        s, _ = insitu_series(tr, pixel_size_A=0.5, rng=1)
+        ctx = ClusterStepContext()
+        counts = step(ctx, s)["counts"]
+        texts = [t for t in ctx.texts if "not a square projection" in t]
+        assert bool(texts) is said and ("host_not_001" in counts.attrs) is said, ctx.texts

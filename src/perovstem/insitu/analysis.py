@@ -734,23 +734,7 @@ def analyze_series(
             )
     if fourfold is not None and fourfold[2] < FOURFOLD_MIN:
         fr_tab.attrs["host_not_001"] = {"frame": int(fourfold[0]), "ratio": float(fourfold[2])}
-        # the host model (cell average, empty lattice sites) is the square [001] cell:
-        # on another projection the host columns survive it and are counted as Pb0
-        notes.append(
-            f"the host lattice of frame {fourfold[0]} is not a square projection (its "
-            f"{fourfold[1]:.3g} Å reflection turned by 90° has {fourfold[2]:.2g} of its "
-            "power or less, a [001] perovskite about 1): e.g. a [011] or [111] zone axis. "
-            "Pb-cluster detection removes the host with the square [001] cell, so host "
-            "columns are counted as Pb⁰ clusters: n_clusters, n_Pb0_detected, the cluster "
-            "tables and the nucleation/growth/mobility rows are not reliable (drift, crystal "
-            "area and intensity are not affected)"
-            + (
-                "; the image-derived Br loss maps the cross-section onto a [001] template "
-                "(D_Br came out 23 % high on [011] and [111] KMC crystals)"
-                if br_loss
-                else ""
-            )
-        )
+        notes.append(_non_square_note(*fourfold, br_loss=bool(br_loss)))
     if columns_seen is not None:
         fr_tab.attrs["column_sigma_A"] = columns_seen[1]
         # (pixels coarser than COARSE_PIXEL_A have their note already)
@@ -966,6 +950,48 @@ def imaging_note(
         f"{IMAGING_NOTE_FIGURES} Clusters in the vacuum beside the crystal are not affected. "
         "Read n_clusters, n_Pb0_detected and the cluster rows with that caveat"
     )
+
+
+def _non_square_note(frame: int, spacing_A: float, ratio: float, *, br_loss: bool) -> str:
+    """The note on a host lattice that is not a square [001] projection."""
+    # the host model (cell average, empty lattice sites) is the square [001] cell: on
+    # another projection the host columns survive it and are counted as Pb0
+    return (
+        f"the host lattice of frame {frame} is not a square projection (its "
+        f"{spacing_A:.3g} Å reflection turned by 90° has {ratio:.2g} of its "
+        "power or less, a [001] perovskite about 1): e.g. a [011] or [111] zone axis. "
+        "Pb-cluster detection removes the host with the square [001] cell, so host "
+        "columns are counted as Pb⁰ clusters: n_clusters, n_Pb0_detected, the cluster "
+        "tables and the nucleation/growth/mobility rows are not reliable (drift, crystal "
+        "area and intensity are not affected)"
+        + (
+            "; the image-derived Br loss maps the cross-section onto a [001] template "
+            "(D_Br came out 23 % high on [011] and [111] KMC crystals)"
+            if br_loss
+            else ""
+        )
+    )
+
+
+def host_projection_check(
+    frame: np.ndarray, pixel_size_A: float, *, frame_index: int = 0
+) -> tuple[float, str]:
+    """Is the host lattice of ``frame`` a square [001] projection?  Returns the fourfold
+    ratio (:func:`fourfold_ratio`, folded to ≤ 1; NaN without a clear host lattice) and,
+    below ``FOURFOLD_MIN``, the note :func:`analyze_series` gives (else "")."""
+    f = np.asarray(frame, float)
+    try:
+        la, ang, strength = estimate_lattice(f, pixel_size_A)
+    except DataError:
+        return float("nan"), ""
+    if strength < 20:
+        return float("nan"), ""
+    r = fourfold_ratio(f, pixel_size_A, la, ang)
+    if not np.isfinite(r):
+        return float("nan"), ""
+    r = min(r, 1.0 / r) if r > 0 else 0.0
+    note = _non_square_note(frame_index, la, r, br_loss=False) if r < FOURFOLD_MIN else ""
+    return float(r), note
 
 
 def imaging_check(frame: np.ndarray, pixel_size_A: float) -> tuple[float, str]:
