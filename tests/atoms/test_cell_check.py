@@ -304,3 +304,36 @@ def test_pipeline_fits_and_indexes_a_111_crystal(tmp_path):
     assert cols.attrs["cell_check"]["matches"]
     uc = read_table(tmp_path / "run" / "tables" / "strain.unit_cell.parquet")
     assert uc["angle_deg"].iloc[0] == pytest.approx(120.0, abs=1.0)
+
+
+def test_pipeline_refuses_the_wrong_zone_and_names_the_types(tmp_path):
+    # the pipeline's atoms.fit fitted a [011] crystal with the default [001] cell, with only
+    # a warning in the report (the command line refuses); atoms.count then counted the
+    # wrong columns, or ("`scs` table is empty") nothing with the right cell
+    from perovstem.pipeline import run_pipeline
+
+    def run(fit_extra: str, count_extra: str):
+        cfg = tmp_path / "z.toml"
+        cfg.write_text(
+            '[run]\nname = "z011"\nseed = 3\non_error = "continue"\n'
+            '[[step]]\nrun = "simulate.nanocrystal"\nid = "nc"\nedge_A = 40\n'
+            'zone_axis = "011"\nview3d = false\n'
+            '[[step]]\nrun = "simulate.haadf"\nid = "img"\ninputs = { atoms = "nc.atoms" }\n'
+            '[[step]]\nrun = "atoms.fit"\nid = "fit"\ninputs = { image = "img.image" }\n'
+            + fit_extra
+            + '[[step]]\nrun = "atoms.count"\nid = "count"\ninputs = { columns = "fit.columns" }\n'
+            + count_extra
+        )
+        out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        r = run_pipeline(cfg, out=out, quiet=True, scheduler="serial", report=False)
+        return {s.id: s for s in r.steps}
+
+    steps = run("", "")
+    assert steps["fit"].status == "failed" and "set cell = 'cspbbr3_011'" in steps["fit"].message
+    steps = run('cell = "cspbbr3_011"\n', "")
+    assert steps["fit"].status == "ran" and steps["count"].status == "failed"
+    msg = steps["count"].message
+    assert "matches none of the columns' types" in msg and "Pb_011" in msg
+    assert "library = false" in msg
+    steps = run('cell = "cspbbr3_011"\n', 'types = ["Pb_011", "CsBr_011"]\nlibrary = false\n')
+    assert steps["count"].status == "ran", steps["count"].message

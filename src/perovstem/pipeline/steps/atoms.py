@@ -132,6 +132,21 @@ def atoms_fit(ctx: Any, image: Any, positions: Any = None) -> dict[str, Any]:
     if positions is None:  # find the columns, sublattice-aware for a CsPbBr3 cell
         cell = CELLS.get(p["cell"])
         positions = api(FIND)(img, cell=api(cell)() if cell else None)
+        check = positions.attrs.get("cell_check") or {}
+        if check.get("suggested"):
+            # as `atoms fit` refuses: the other zone axis explains the image, so this cell's
+            # columns and types would be wrong (a [011] crystal with the [001] cell: 61 % of
+            # the columns right, all typed PbBr / Br / Cs), with only a warning in the report
+            from perovstem.atoms.find import _describe
+            from perovstem.errors import DataError
+
+            alt = check["alternative"]
+            name = {"cspbbr3": "cspbbr3_001"}.get(check["suggested"], check["suggested"])
+            raise DataError(
+                f"the cell {check['cell']!r} (cell = {p['cell']!r}) does not explain the image "
+                f"({_describe(check)}), the cell {alt['cell']!r} does ({_describe(alt)}): the "
+                f"crystal looks to be seen along another zone axis; set cell = {name!r}"
+            )
     # the crystal (grain) of each column travels to the table: strain per crystal
     cols = ["x_A", "y_A"] + [c for c in ("type", "grain") if c in positions.columns]
     columns = api(FIT)(
@@ -380,6 +395,19 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
         if "type" in out.columns
         else np.ones(len(out), bool)
     )
+    if len(out) and not sel.any() and p["library"] != "fitted":  # (that one names the types)
+        # ("`scs` table is empty" said nothing of why: a [011] fit's types are Pb_011, ...)
+        present = sorted(set(out["type"].astype(str)))
+        raise ParameterError(
+            f"`types` = {p['types']!r} matches none of the columns' types {present}: set "
+            "`types` to those to count"
+            + (
+                " (the libraries are of [001] columns: count [011] or [111] columns with "
+                "library = false, the Gaussian mixture alone)"
+                if any(t.endswith(("_011", "_111")) for t in present)
+                else ""
+            )
+        )
     if "scs" in out.columns:
         from perovstem.atoms._inputs import insignificant_columns
 
