@@ -337,3 +337,26 @@ def test_pipeline_refuses_the_wrong_zone_and_names_the_types(tmp_path):
     assert "library = false" in msg
     steps = run('cell = "cspbbr3_011"\n', 'types = ["Pb_011", "CsBr_011"]\nlibrary = false\n')
     assert steps["count"].status == "ran", steps["count"].message
+
+
+def test_pipeline_series_step_refuses_the_wrong_zone(tmp_path):
+    # atoms.series found the columns of a [011] series with the [001] cell and tracked them
+    # through the frames with the [001] library, with only a warning in the report
+    from perovstem.pipeline import run_pipeline
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(
+        '[run]\nname = "s011"\nseed = 2\non_error = "continue"\n'
+        '[[step]]\nrun = "simulate.nanocrystal"\nid = "nc"\nedge_A = 40\nzone_axis = "011"\n'
+        "view3d = false\n"
+        '[[step]]\nrun = "simulate.kmc"\nid = "kmc"\ninputs = { atoms = "nc.atoms" }\n'
+        "n_frames = 3\n"
+        '[[step]]\nrun = "simulate.insitu_series"\nid = "series"\n'
+        'inputs = { trajectory = "kmc.trajectory" }\npixel_size_A = 0.4\n'
+        '[[step]]\nrun = "atoms.series"\nid = "columns"\ninputs = { series = "series.series" }\n'
+    )
+    r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial", report=False)
+    steps = {s.id: s for s in r.steps}
+    assert steps["series"].status == "ran", steps["series"].message
+    assert steps["columns"].status == "failed"
+    assert "[011]" in steps["columns"].message and "set cell = 'none'" in steps["columns"].message

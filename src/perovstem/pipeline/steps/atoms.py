@@ -132,21 +132,7 @@ def atoms_fit(ctx: Any, image: Any, positions: Any = None) -> dict[str, Any]:
     if positions is None:  # find the columns, sublattice-aware for a CsPbBr3 cell
         cell = CELLS.get(p["cell"])
         positions = api(FIND)(img, cell=api(cell)() if cell else None)
-        check = positions.attrs.get("cell_check") or {}
-        if check.get("suggested"):
-            # as `atoms fit` refuses: the other zone axis explains the image, so this cell's
-            # columns and types would be wrong (a [011] crystal with the [001] cell: 61 % of
-            # the columns right, all typed PbBr / Br / Cs), with only a warning in the report
-            from perovstem.atoms.find import _describe
-            from perovstem.errors import DataError
-
-            alt = check["alternative"]
-            name = {"cspbbr3": "cspbbr3_001"}.get(check["suggested"], check["suggested"])
-            raise DataError(
-                f"the cell {check['cell']!r} (cell = {p['cell']!r}) does not explain the image "
-                f"({_describe(check)}), the cell {alt['cell']!r} does ({_describe(alt)}): the "
-                f"crystal looks to be seen along another zone axis; set cell = {name!r}"
-            )
+        _refuse_other_zone(positions, p["cell"])
     # the crystal (grain) of each column travels to the table: strain per crystal
     cols = ["x_A", "y_A"] + [c for c in ("type", "grain") if c in positions.columns]
     columns = api(FIT)(
@@ -706,6 +692,26 @@ def _check_hmm_type(pos: Any, p: dict, *, given: bool) -> None:
     )
 
 
+def _refuse_other_zone(positions: Any, cell: str, fix: str | None = None) -> None:
+    """Fail as `atoms fit` does when another built-in zone axis explains the image and
+    ``cell`` does not: the columns and types would be wrong (a [011] crystal with the [001]
+    cell: 61 % of the columns right, all typed PbBr / Br / Cs), with only a warning in the
+    report.  ``fix``: what to do instead (default: set the suggested cell)."""
+    check = positions.attrs.get("cell_check") or {}
+    if not check.get("suggested"):
+        return
+    from perovstem.atoms.find import _describe
+    from perovstem.errors import DataError
+
+    alt = check["alternative"]
+    name = {"cspbbr3": "cspbbr3_001"}.get(check["suggested"], check["suggested"])
+    raise DataError(
+        f"the cell {check['cell']!r} (cell = {cell!r}) does not explain the image "
+        f"({_describe(check)}), the cell {alt['cell']!r} does ({_describe(alt)}): the "
+        f"crystal looks to be seen along another zone axis; {fix or f'set cell = {name!r}'}"
+    )
+
+
 @register_step(
     "atoms.series",
     input_kinds={
@@ -771,6 +777,12 @@ def atoms_series(ctx: Any, series: Any, positions: Any = None) -> dict[str, Any]
         first = _frame(series, frames[0], detector)
         if p["cell"] == "cspbbr3_001":
             positions = api(FIND)(api(NORMALIZE)(first), cell=api(CELL)())
+            _refuse_other_zone(
+                positions,
+                p["cell"],
+                "this step's libraries are of [001] columns: set cell = 'none' to track "
+                "intensity classes, or give `positions`",
+            )
         else:  # no cell: one intensity class ("type0"), not a chemical type
             positions = api(FIND)(api(NORMALIZE)(first), cell=None).drop(columns="type")
     pos = positions[["x_A", "y_A"] + (["type"] if "type" in positions.columns else [])]
