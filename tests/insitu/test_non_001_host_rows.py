@@ -18,14 +18,17 @@ def test_cluster_rows_of_a_111_series_are_marked(tmp_path, capsys):
     assert main([*argv, "--zone-axis", "111", "--seed", "3"]) == 0
     out = tmp_path / "run"
     capsys.readouterr()
-    assert main(["insitu", str(series), "-o", str(out), "--no-plots"]) == 0
+    assert main(["insitu", str(series), "-o", str(out), "--no-plots", "--columns"]) == 0
     lines = json.loads((out / "summary.json").read_text())["mechanisms"]
     marked = [ln for ln in lines if ln.startswith("UNRELIABLE (host not a [001] projection")]
     plain = [ln for ln in lines if ln not in marked]
     assert any("nucleation:" in ln for ln in marked), lines
     # the crystal's own intensity loss does not rest on the clusters
     assert plain and all(ln.startswith("mass_loss:") for ln in plain), plain
-    assert "UNRELIABLE" in capsys.readouterr().out
+    said = " ".join(capsys.readouterr().out.split())
+    assert "UNRELIABLE" in said and "the per-column atom counts (columns, atoms lost)" in said
+    # the column width is measured on a [001] host's reflections: not said on this one
+    assert "shows columns of σ" not in said
     assert main(["kinetics", str(out), "-o", str(tmp_path / "kin")]) == 0
     notes = json.loads((tmp_path / "kin" / "summary.json").read_text())["notes"]
     assert any("the host is not a [001] projection" in n for n in notes), notes
@@ -48,3 +51,5 @@ def test_pipeline_cluster_step_says_a_non_001_host():
         counts = step(ctx, s)["counts"]
         texts = [t for t in ctx.texts if "not a square projection" in t]
         assert bool(texts) is said and ("host_not_001" in counts.attrs) is said, ctx.texts
+        # no column width (and its note) from a [001] measurement on another projection
+        assert ("column_sigma_A" in counts.attrs) is not said

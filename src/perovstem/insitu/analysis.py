@@ -734,8 +734,10 @@ def analyze_series(
             )
     if fourfold is not None and fourfold[2] < FOURFOLD_MIN:
         fr_tab.attrs["host_not_001"] = {"frame": int(fourfold[0]), "ratio": float(fourfold[2])}
-        notes.append(_non_square_note(*fourfold, br_loss=bool(br_loss)))
-    if columns_seen is not None:
+        notes.append(_non_square_note(*fourfold, br_loss=bool(br_loss), columns=bool(columns)))
+    non_square = fourfold is not None and fourfold[2] < FOURFOLD_MIN
+    if columns_seen is not None and not non_square:
+        # (the width is measured from the 200 and 220 of a [001] cell: not on another zone)
         fr_tab.attrs["column_sigma_A"] = columns_seen[1]
         # (pixels coarser than COARSE_PIXEL_A have their note already)
         note = imaging_note(
@@ -952,7 +954,9 @@ def imaging_note(
     )
 
 
-def _non_square_note(frame: int, spacing_A: float, ratio: float, *, br_loss: bool) -> str:
+def _non_square_note(
+    frame: int, spacing_A: float, ratio: float, *, br_loss: bool, columns: bool = False
+) -> str:
     """The note on a host lattice that is not a square [001] projection."""
     # the host model (cell average, empty lattice sites) is the square [001] cell: on
     # another projection the host columns survive it and are counted as Pb0
@@ -968,6 +972,12 @@ def _non_square_note(frame: int, spacing_A: float, ratio: float, *, br_loss: boo
             "; the image-derived Br loss maps the cross-section onto a [001] template "
             "(D_Br came out 23 % high on [011] and [111] KMC crystals)"
             if br_loss
+            else ""
+        )
+        + (
+            "; the per-column atom counts (columns, atoms lost) were fitted with the [001] "
+            "cell and its libraries, and are not reliable either"
+            if columns
             else ""
         )
     )
