@@ -983,6 +983,16 @@ def _non_square_note(
     )
 
 
+def _clear_host_lattice(frame: np.ndarray, pixel_size_A: float) -> tuple[float, float] | None:
+    """``(spacing Å, angle °)`` of the host lattice of one frame, None without a clear one
+    (the strength threshold :func:`analyze_series` uses)."""
+    try:
+        la, ang, strength = estimate_lattice(frame, pixel_size_A)
+    except DataError:
+        return None
+    return (la, ang) if strength >= 20 else None
+
+
 def host_projection_check(
     frame: np.ndarray, pixel_size_A: float, *, frame_index: int = 0
 ) -> tuple[float, str]:
@@ -990,12 +1000,10 @@ def host_projection_check(
     ratio (:func:`fourfold_ratio`, folded to ≤ 1; NaN without a clear host lattice) and,
     below ``FOURFOLD_MIN``, the note :func:`analyze_series` gives (else "")."""
     f = np.asarray(frame, float)
-    try:
-        la, ang, strength = estimate_lattice(f, pixel_size_A)
-    except DataError:
+    host = _clear_host_lattice(f, pixel_size_A)
+    if host is None:
         return float("nan"), ""
-    if strength < 20:
-        return float("nan"), ""
+    la, ang = host
     r = fourfold_ratio(f, pixel_size_A, la, ang)
     if not np.isfinite(r):
         return float("nan"), ""
@@ -1008,13 +1016,10 @@ def imaging_check(frame: np.ndarray, pixel_size_A: float) -> tuple[float, str]:
     """Host column width of one frame (Å; NaN without a clear host lattice) and the
     :func:`imaging_note` on it (pixel size included)."""
     f = np.asarray(frame, float)
-    try:
-        la, ang, strength = estimate_lattice(f, pixel_size_A)
-    except DataError:
+    host = _clear_host_lattice(f, pixel_size_A)
+    if host is None:
         return float("nan"), ""
-    if strength < 20:
-        return float("nan"), ""
-    cell_A, angle = host_cell(la, ang)
+    cell_A, angle = host_cell(*host)
     sigma = column_width(f, pixel_size_A, cell_A, angle)
     return sigma, imaging_note(sigma, pixel_size_A)
 
