@@ -732,10 +732,10 @@ def analyze_series(
                 "mass-loss/Br-loss rows describe the largest object only, while clusters "
                 "are detected and counted over the whole field"
             )
-    if fourfold is not None and fourfold[2] < FOURFOLD_MIN:
+    non_square = fourfold is not None and fourfold[2] < FOURFOLD_MIN
+    if non_square:
         fr_tab.attrs["host_not_001"] = {"frame": int(fourfold[0]), "ratio": float(fourfold[2])}
         notes.append(_non_square_note(*fourfold, br_loss=bool(br_loss), columns=bool(columns)))
-    non_square = fourfold is not None and fourfold[2] < FOURFOLD_MIN
     if columns_seen is not None and not non_square:
         # (the width is measured from the 200 and 220 of a [001] cell: not on another zone)
         fr_tab.attrs["column_sigma_A"] = columns_seen[1]
@@ -839,7 +839,7 @@ def analyze_series(
         if note:
             notes.append(note)
         summ = mechanism_summary(usable, x=x, ci=ci, tracks=mob_tracks, mobility=mob)
-        if fourfold is not None and fourfold[2] < FOURFOLD_MIN and not summ.empty:
+        if non_square and not summ.empty:
             # host columns counted as Pb0 (the note above): every row built on the clusters
             # says so itself, so that a line read without the notes is not taken as a result
             on_clusters = ~summ["observable"].isin(HOST_OBSERVABLES)
@@ -983,45 +983,27 @@ def _non_square_note(
     )
 
 
-def _clear_host_lattice(frame: np.ndarray, pixel_size_A: float) -> tuple[float, float] | None:
-    """``(spacing Å, angle °)`` of the host lattice of one frame, None without a clear one
-    (the strength threshold :func:`analyze_series` uses)."""
+def imaging_check(frame: np.ndarray, pixel_size_A: float) -> tuple[float, float, str]:
+    """The host lattice of one frame, as :func:`analyze_series` checks it, from one lattice
+    estimate: its fourfold ratio (:func:`fourfold_ratio`, folded to ≤ 1), the host column
+    width (Å) and a note.  Below ``FOURFOLD_MIN`` (not a [001] projection) the note is the
+    one on such a host and the width NaN (it is measured on a [001] host's 200 and 220);
+    else the :func:`imaging_note` on the width (pixel size included).  NaN, NaN, "" without
+    a clear host lattice."""
+    f = np.asarray(frame, float)
     try:
-        la, ang, strength = estimate_lattice(frame, pixel_size_A)
+        la, ang, strength = estimate_lattice(f, pixel_size_A)
     except DataError:
-        return None
-    return (la, ang) if strength >= 20 else None
-
-
-def host_projection_check(
-    frame: np.ndarray, pixel_size_A: float, *, frame_index: int = 0
-) -> tuple[float, str]:
-    """Is the host lattice of ``frame`` a square [001] projection?  Returns the fourfold
-    ratio (:func:`fourfold_ratio`, folded to ≤ 1; NaN without a clear host lattice) and,
-    below ``FOURFOLD_MIN``, the note :func:`analyze_series` gives (else "")."""
-    f = np.asarray(frame, float)
-    host = _clear_host_lattice(f, pixel_size_A)
-    if host is None:
-        return float("nan"), ""
-    la, ang = host
+        return float("nan"), float("nan"), ""
+    if strength < 20:
+        return float("nan"), float("nan"), ""
     r = fourfold_ratio(f, pixel_size_A, la, ang)
-    if not np.isfinite(r):
-        return float("nan"), ""
-    r = min(r, 1.0 / r) if r > 0 else 0.0
-    note = _non_square_note(frame_index, la, r, br_loss=False) if r < FOURFOLD_MIN else ""
-    return float(r), note
-
-
-def imaging_check(frame: np.ndarray, pixel_size_A: float) -> tuple[float, str]:
-    """Host column width of one frame (Å; NaN without a clear host lattice) and the
-    :func:`imaging_note` on it (pixel size included)."""
-    f = np.asarray(frame, float)
-    host = _clear_host_lattice(f, pixel_size_A)
-    if host is None:
-        return float("nan"), ""
-    cell_A, angle = host_cell(*host)
+    r = (min(r, 1.0 / r) if r > 0 else 0.0) if np.isfinite(r) else float("nan")
+    if r < FOURFOLD_MIN:
+        return float(r), float("nan"), _non_square_note(0, la, r, br_loss=False)
+    cell_A, angle = host_cell(la, ang)
     sigma = column_width(f, pixel_size_A, cell_A, angle)
-    return sigma, imaging_note(sigma, pixel_size_A)
+    return float(r), sigma, imaging_note(sigma, pixel_size_A)
 
 
 def _calibration_notes(series: Series, gain: Any, offset: Any) -> list[str]:

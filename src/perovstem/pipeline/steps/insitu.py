@@ -250,17 +250,16 @@ def insitu_clusters(ctx: Any, series: Any, truth: Any = None) -> dict[str, Any]:
         )
     except ImportError:
         pass
-    from perovstem.insitu.analysis import host_projection_check, imaging_check
+    from perovstem.insitu.analysis import imaging_check
     from perovstem.insitu.lattice import FOURFOLD_MIN
 
-    # a host that is not a [001] projection (the step counted its columns as Pb0, silently)
-    ratio, note = host_projection_check(series.frame(0).data, series.pixel_size_A)
+    # a host that is not a [001] projection (the step counted its columns as Pb0, silently),
+    # else imaging outside the range on-crystal detection was validated for: in the report
+    ratio, sigma, note = imaging_check(series.frame(0).data, series.pixel_size_A)
     if ratio < FOURFOLD_MIN:
         counts.attrs["host_not_001"] = {"frame": 0, "ratio": ratio}
         ctx.text(note, section="kinetics", title=f"Host lattice ({ctx.step_id})")
-    else:  # (the column width is measured on the 200 and 220 of a [001] host)
-        # imaging outside the range on-crystal detection was validated for: in the report
-        sigma, note = imaging_check(series.frame(0).data, series.pixel_size_A)
+    else:
         counts.attrs["column_sigma_A"] = sigma
         if note:
             ctx.text(note, section="kinetics", title=f"Imaging ({ctx.step_id})")
