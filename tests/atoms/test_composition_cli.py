@@ -53,6 +53,15 @@ def test_cli_composition_refusals_and_the_counted_thickness(tmp_path, capsys):
     out = tmp_path / "cd.parquet"
     assert main(["atoms", "composition", str(cols), "-o", str(out)]) == 2  # not counted
     assert "has no 'n_atoms': count it first" in capsys.readouterr().err and not out.exists()
+    # a table fitted in detector counts (no --normalize) is not in the model's Å²
+    raw = read_table(counts)
+    raw.attrs["scs_units"] = "counts·Å²"
+    from perovstem.io import save_table
+
+    save_table(raw, tmp_path / "raw.parquet")
+    assert main(["atoms", "composition", str(tmp_path / "raw.parquet"), "-o", str(out)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "raw.parquet" in err and "perovstem atoms fit --normalize" in err and not out.exists()
     assert main(["atoms", "composition", str(counts), "-o", str(out), "--confidence", "1.5"]) == 2
     assert "--confidence" in capsys.readouterr().err
     argv = ["atoms", "composition", str(counts), "-o", str(out), "--thickness-from", "counted"]

@@ -63,6 +63,7 @@ def composition(
     """
     from perovstem.atoms import composition_from_counts
     from perovstem.cli._common import about_file, check_outputs, console, nonempty_table
+    from perovstem.cli.counting import need_normalised
     from perovstem.errors import DataError, ParameterError
     from perovstem.io import read_table, save_table
     from perovstem.simulate.scs import _check_voltage
@@ -78,12 +79,7 @@ def composition(
             f"{str(counts)!r} has no 'n_atoms': count it first (`perovstem atoms count "
             "--library simulate --method hybrid`)"
         )
-    units = str(table.attrs.get("scs_units", "fraction"))
-    if not units.startswith("fraction"):
-        raise DataError(
-            f"{str(counts)!r}: the cross-sections are in {units!r}, not in Å² of the incident "
-            "beam as the composition model is: refit with `perovstem atoms fit --normalize`"
-        )
+    need_normalised(counts, table.attrs, "the composition model")
     kv = float(voltage_kV if voltage_kV is not None else table.attrs.get("voltage_kV") or 300.0)
     _check_voltage(kv)
     th = read_table(thickness) if thickness is not None else None

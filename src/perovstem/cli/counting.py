@@ -34,6 +34,18 @@ def _integration(choice: str, attrs: dict) -> str:
     return "voronoi" if attrs.get("scs_estimator") == "voronoi" else "total"
 
 
+def need_normalised(path: Path, attrs: dict, model: str) -> None:
+    """Refuse a column table fitted in detector counts (``attrs["scs_units"]``) for a
+    ``model`` in Å² of the incident beam, naming the file and ``atoms fit --normalize``."""
+    units = str(attrs.get("scs_units", "fraction"))
+    if not units.startswith("fraction"):
+        raise DataError(
+            f"{str(path)!r}: the cross-sections are in {units!r}, not in Å² of the incident "
+            f"beam as {model} is: refit with `perovstem atoms fit --normalize` (it needs the "
+            "dose; add --gain auto when the file has no detector gain)"
+        )
+
+
 def _library_arg(
     spec: str | None,
     types: list[str],
@@ -358,14 +370,8 @@ def count(
             f"--integration {integration} only applies to --library simulate, got --library "
             f"{library!r}"
         )
-    units = str(df.attrs.get("scs_units", "fraction"))
-    if library == "simulate" and not units.startswith("fraction"):
-        # said here: the counting's own units check names the Python function only
-        raise DataError(
-            f"{str(table)!r}: the cross-sections are in {units!r}, not in Å² of the incident "
-            "beam as the simulated library is: refit with `perovstem atoms fit --normalize` "
-            "(it needs the dose; add --gain auto when the file has no detector gain)"
-        )
+    if library == "simulate":  # (the counting's own units check names a Python function)
+        need_normalised(table, df.attrs, "the simulated library")
     kv, kv_from = _voltage_arg(voltage_kV, df.attrs, library)
     lib = _library_arg(
         library,
