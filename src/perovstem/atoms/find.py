@@ -1241,6 +1241,21 @@ def _describe(m: dict[str, Any]) -> str:
     )
 
 
+def _other_zone_error(check: dict | None, given: str, fix: str, where: str = "") -> Any:
+    """The error for a column search whose cell another built-in zone axis beats
+    (``check["suggested"]``, :func:`_warn_cell_mismatch`), or None: its columns and types
+    would be wrong (a [011] crystal with the [001] cell: 61 % of the columns right, all
+    typed PbBr / Br / Cs).  ``given``: how the cell was given; ``fix``: what to do."""
+    if not check or not check.get("suggested"):
+        return None
+    alt = check["alternative"]
+    return DataError(
+        f"{where}the cell {check['cell']!r} ({given}) does not explain the image "
+        f"({_describe(check)}), the cell {alt['cell']!r} does ({_describe(alt)}): the "
+        f"crystal looks to be seen along another zone axis; {fix}"
+    )
+
+
 def _warn_cell_mismatch(
     img: Image, cell: ProjectedCell, match: dict[str, Any], **options: Any
 ) -> None:

@@ -212,25 +212,18 @@ def fit(
 
 
 def _refuse_other_zone(image: Path, cell: str | None, check: dict | None) -> None:
-    """Stop when the image is unambiguously the other built-in CsPbBr3 zone axis.
+    """Stop when another built-in CsPbBr3 zone axis explains the image and the given cell
+    does not (``find_columns`` warned and named it)."""
+    from perovstem.atoms.find import _other_zone_error
 
-    ``find_columns`` warned and tried the other cell (``check["suggested"]``): the given
-    cell leaves many peaks off its sites (or needs another lattice shape) and the other
-    explains them, so the table would hold wrong columns and types (a [011] crystal with
-    the [001] cell: 61 % of the columns right, all of them typed PbBr / Br / Cs).
-    """
-    from perovstem.atoms.find import _describe
-    from perovstem.errors import DataError
-
-    if not check or not check.get("suggested"):
-        return
-    alt = check["alternative"]
-    raise DataError(
-        f"{str(image)!r}: the cell {check['cell']!r} (--cell {cell}) does not explain the "
-        f"image ({_describe(check)}), the cell {alt['cell']!r} does ({_describe(alt)}): "
-        f"the crystal looks to be seen along another zone axis; rerun with --cell "
-        f"{check['suggested']}"
+    err = _other_zone_error(
+        check,
+        f"--cell {cell}",
+        f"rerun with --cell {(check or {}).get('suggested')}",
+        where=f"{str(image)!r}: ",
     )
+    if err is not None:
+        raise err
 
 
 def load_image_arg(image: Path, pixel_size: float | None, frame: int):

@@ -694,22 +694,15 @@ def _check_hmm_type(pos: Any, p: dict, *, given: bool) -> None:
 
 def _refuse_other_zone(positions: Any, cell: str, fix: str | None = None) -> None:
     """Fail as `atoms fit` does when another built-in zone axis explains the image and
-    ``cell`` does not: the columns and types would be wrong (a [011] crystal with the [001]
-    cell: 61 % of the columns right, all typed PbBr / Br / Cs), with only a warning in the
-    report.  ``fix``: what to do instead (default: set the suggested cell)."""
-    check = positions.attrs.get("cell_check") or {}
-    if not check.get("suggested"):
-        return
-    from perovstem.atoms.find import _describe
-    from perovstem.errors import DataError
+    ``cell`` does not (with only a warning in the report, the columns and types would be
+    wrong).  ``fix``: what to do instead (default: set the suggested cell)."""
+    from perovstem.atoms.find import _other_zone_error
 
-    alt = check["alternative"]
-    name = {"cspbbr3": "cspbbr3_001"}.get(check["suggested"], check["suggested"])
-    raise DataError(
-        f"the cell {check['cell']!r} (cell = {cell!r}) does not explain the image "
-        f"({_describe(check)}), the cell {alt['cell']!r} does ({_describe(alt)}): the "
-        f"crystal looks to be seen along another zone axis; {fix or f'set cell = {name!r}'}"
-    )
+    check = positions.attrs.get("cell_check") or {}
+    name = {"cspbbr3": "cspbbr3_001"}.get(check.get("suggested"), check.get("suggested"))
+    err = _other_zone_error(check, f"cell = {cell!r}", fix or f"set cell = {name!r}")
+    if err is not None:
+        raise err
 
 
 @register_step(
