@@ -17,10 +17,12 @@ def _table_cell(attrs: dict) -> tuple[str, str]:
     spec = attrs.get("cell_spec")
     if spec:
         return str(spec), "the cell of the fit"
+    from perovstem.atoms.find import _ZONES
+
     name = str((attrs.get("cell_check") or {}).get("cell", ""))
-    for zone in ("011", "111"):
-        if name.startswith(f"CsPbBr3 [{zone}]"):
-            return f"cspbbr3_{zone}", f"the fit's cell was {name!r}"
+    for zone, (cli, *_) in _ZONES.items():
+        if zone != "[001]" and name.startswith(f"CsPbBr3 {zone}"):
+            return cli, f"the fit's cell was {name!r}"
     return "cspbbr3", ""
 
 

@@ -589,12 +589,7 @@ def _read_volume(path: Path, suffix: str, *, given: bool = False) -> tuple[np.nd
             and np.ndim(data) == 3
             and any(abs(z - sizes[0]) > 1e-3 * sizes[0] for z in other)
         ):
-            raise CalibrationError(
-                f"{str(path)!r}: voxels of {sizes[0]:.4g} × {sizes[1]:.4g} × {sizes[2]:.4g} Å "
-                "(x, y, z) are not cubes, which the surfaces, facets and volumes assume; "
-                "resample the volume to cubic voxels, or give one voxel size (Python: "
-                "voxel_size_A=; command line: --pixel-size-A) to read them as cubes"
-            )
+            raise _non_cubic(path, sizes)
         return np.asarray(data), voxel
     if suffix in (".tif", ".tiff"):
         import tifffile
@@ -634,14 +629,19 @@ def _plain_tif_voxel_A(path: Path, *, given: bool) -> float | None:
         xres = tif["xres"]
         sizes.append(float(ij["spacing"]) * px * xres[0] / xres[1])
     if any(abs(z - px) > 1e-3 * px for z in sizes[1:]):
-        dims = " × ".join(f"{z:.4g}" for z in sizes)
-        raise CalibrationError(
-            f"{str(path)!r}: voxels of {dims} Å (x, y{', z' if len(sizes) > 2 else ''}) are "
-            "not cubes, which the surfaces, facets and volumes assume; resample the volume "
-            "to cubic voxels, or give one voxel size (Python: voxel_size_A=; command line: "
-            "--pixel-size-A) to read them as cubes"
-        )
+        raise _non_cubic(path, sizes)
     return px
+
+
+def _non_cubic(path: Path, sizes: list[float]) -> CalibrationError:
+    """The error for a volume file whose voxel sizes (x, y[, z], Å) differ."""
+    dims = " × ".join(f"{z:.4g}" for z in sizes)
+    return CalibrationError(
+        f"{str(path)!r}: voxels of {dims} Å (x, y{', z' if len(sizes) > 2 else ''}) are not "
+        "cubes, which the surfaces, facets and volumes assume; resample the volume to cubic "
+        "voxels, or give one voxel size (Python: voxel_size_A=; command line: "
+        "--pixel-size-A) to read them as cubes"
+    )
 
 
 def save_mesh(
