@@ -63,6 +63,11 @@ def test_readme_first_look(tmp_path, monkeypatch, small_image, capsys):
     (tmp_path / "insitu_frames").mkdir()  # one file per frame
     for k in range(3):
         ps.io.save_image(s.frame(k), tmp_path / "insitu_frames" / f"frame_{k}.tif")
+    for k in range(8):  # a Gatan In-Situ dataset, 2 frames per second
+        sec = tmp_path / "Insitu_001" / "Hour_00" / "Minute_00" / f"Second_{k // 2:02d}"
+        sec.mkdir(parents=True, exist_ok=True)
+        frame = ps.Image(np.full((16, 16), k, np.float32), 0.5)
+        ps.io.save_image(frame, sec / f"Hour_00_Minute_00_Second_{k // 2:02d}_Frame_{k % 2}.tif")
     monkeypatch.chdir(tmp_path)
     code = _substitute(
         _block("README.md", "import perovstem as ps"),
@@ -75,6 +80,8 @@ def test_readme_first_look(tmp_path, monkeypatch, small_image, capsys):
     ns = _run(code, "README.md: A first look")
     assert ns["img"].pixel_size_A == pytest.approx(0.25)
     assert ns["frames"].data.shape == (3, 16, 16) and ns["frames"].pixel_size_A == 0.5
+    np.testing.assert_array_equal(np.asarray(ns["gms"].data[:, 0, 0]), np.arange(8))
+    np.testing.assert_allclose(ns["gms"].time_s, 0.5 * np.arange(8))
     out = capsys.readouterr().out
     assert "cumulative_dose_e_per_A2" in out or "dose_e_per_A2" in out
     back = ps.load(tmp_path / "tilt_series.zarr")

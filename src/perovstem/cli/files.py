@@ -33,8 +33,15 @@ def describe(obj) -> list[tuple[str, str]]:
         if obj.dose_e_per_A2 is not None:
             rows.append(("dose", f"{obj.dose_e_per_A2:.4g} e⁻/Å²"))
     if isinstance(obj, Series):
+        md = obj.metadata
+        if "frame_files" in md:  # a folder of frame files
+            rows.append(("files", f"{len(md['frame_files'])}, {md.get('format', 'folder')}"))
         if obj.time_s is not None:
             rows.append(("time", f"{obj.time_s[0]:.4g} … {obj.time_s[-1]:.4g} s"))
+            if md.get("time_source"):
+                rows.append(("time from", str(md["time_source"])))
+        elif md.get("time_note"):
+            rows.append(("time", str(md["time_note"])))
         if obj.dose_e_per_A2 is not None:
             rows.append(("cumulative dose", f"{obj.cumulative_dose_e_per_A2[-1]:.4g} e⁻/Å²"))
         if obj.temperature_K is not None:

@@ -89,7 +89,9 @@ def _earlier_outputs(out: Path) -> list[Path]:
 )
 def insitu(
     series: Path = typer.Argument(
-        ..., help="In-situ series file (any format perovstem.io.load reads)."
+        ...,
+        help="In-situ series file (any format perovstem.io.load reads), or a folder of "
+        "one file per frame (e.g. a Gatan In-Situ dataset, Hour_*/Minute_*/Second_*).",
     ),
     conditions: Path = typer.Option(
         None, "--conditions", help="Holder log (DENSsolutions, Protochips or CSV) for T/pressure."

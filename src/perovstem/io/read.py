@@ -213,7 +213,9 @@ def load(
                 f"got {pixel_size!r}"
             )
     if path.is_dir() and path.suffix.lower() != ".zarr":
-        return _load_folder(path, pixel_size=pixel_size, kind=kind, signal=signal)
+        from perovstem.io._folder import load_folder
+
+        return load_folder(path, pixel_size=pixel_size, kind=kind, signal=signal, lazy=lazy)
     _check_path(path)
     suffix = path.suffix.lower()
     try:
@@ -241,135 +243,6 @@ def load(
 def _natural_key(name: str) -> list[Any]:
     """Sort key that puts frame_2 before frame_10."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
-
-
-def _frame_stamp_s(img: Image) -> float | None:
-    """A frame's acquisition time (s since the epoch, or since its own day's start for a
-    naive local time) from its file: ``time_s``, else ``acquisition_start_utc``, else
-    ``acquisition_start`` (ISO 8601)."""
-    from datetime import UTC, datetime
-
-    if img.time_s is not None:
-        return float(img.time_s)
-    for key in ("acquisition_start_utc", "acquisition_start"):
-        v = img.metadata.get(key)
-        if not v:
-            continue
-        try:
-            t = datetime.fromisoformat(str(v))
-        except ValueError:
-            continue
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=UTC)  # naive local times: differences are still right
-        return t.timestamp()
-    return None
-
-
-def _load_folder(
-    path: Path, *, pixel_size: float | None, kind: str | None, signal: str | None
-) -> Series:
-    """A folder of single-frame image files (one file per frame, as in-situ acquisition
-    software exports them) as one :class:`Series`, frames in natural name order.
-
-    Frame times come from each file's time stamp (relative to the first frame) when every
-    file has one and they increase; the dose per frame when every file gives one.
-    """
-    if kind in ("image", "tilt"):
-        raise FileFormatError(
-            f"{str(path)!r} is a folder: read as a series of frames (one image file per "
-            f"frame), not kind={kind!r}"
-            + (
-                "; a tilt series needs its angles: write it as one stack (.mrc + .rawtlt, .hspy)"
-                if kind == "tilt"
-                else ""
-            )
-        )
-    if not os.access(path, os.R_OK | os.X_OK):
-        raise FileFormatError(f"{str(path)!r}: permission denied (cannot list the folder)")
-    sides = {".rawtlt", ".tlt", ".mdoc"}
-    files = [
-        f
-        for f in path.iterdir()
-        if f.is_file()
-        and not f.name.startswith(".")
-        and f.suffix.lower() in SUPPORTED_SUFFIXES
-        and f.suffix.lower() not in sides
-    ]
-    if not files:
-        raise FileFormatError(
-            f"{str(path)!r} is a directory holding no image files (a series given as a "
-            f"folder needs one image file per frame: {', '.join(SUPPORTED_SUFFIXES)})"
-        )
-    kinds = sorted({f.suffix.lower() for f in files})
-    if len(kinds) > 1:
-        raise FileFormatError(
-            f"{str(path)!r}: a folder read as a series must hold one kind of image file, "
-            f"it holds {', '.join(kinds)} files; move the others out"
-        )
-    files.sort(key=lambda f: _natural_key(f.name))
-    frames: list[Image] = []
-    for f in files:
-        img = load(f, pixel_size=pixel_size, signal=signal)
-        if not isinstance(img, Image):
-            raise DataError(
-                f"{str(path)!r}: a folder read as a series needs one image per file; "
-                f"{f.name!r} holds {img.data.shape[0]} frames ({type(img).__name__})"
-            )
-        if frames:
-            first = frames[0]
-            if img.data.shape != first.data.shape:
-                raise DataError(
-                    f"{str(path)!r}: frames of different shapes ({files[0].name!r} "
-                    f"{first.data.shape[0]}×{first.data.shape[1]} px, {f.name!r} "
-                    f"{img.data.shape[0]}×{img.data.shape[1]} px): not one series"
-                )
-            if abs(img.pixel_size_A - first.pixel_size_A) > 1e-3 * first.pixel_size_A:
-                raise CalibrationError(
-                    f"{str(path)!r}: frames of different pixel sizes ({files[0].name!r} "
-                    f"{first.pixel_size_A:.6g} Å, {f.name!r} {img.pixel_size_A:.6g} Å): not "
-                    "one series (or pass --pixel-size-A / pixel_size= to use one size)"
-                )
-        frames.append(img)
-    md: dict[str, Any] = {
-        "source": str(path),
-        "format": f"folder of {kinds[0]} files",
-        "frame_files": [f.name for f in files],
-    }
-    if pixel_size is not None:
-        md["pixel_size_source"] = "user"
-    for key in ("acquisition_start_utc", "acquisition_start", "acquisition_time_zone"):
-        if frames[0].metadata.get(key) is not None:
-            md[key] = frames[0].metadata[key]
-    stamps = [_frame_stamp_s(im) for im in frames]
-    time_s = None
-    if len(frames) > 1 and all(t is not None for t in stamps):
-        t = np.asarray(stamps, dtype=float) - float(stamps[0])
-        if np.all(np.diff(t) > 0):
-            time_s = t
-            md["time_source"] = "the frame files' time stamps"
-        else:
-            i = int(np.argmax(np.diff(t) <= 0))
-            warnings.warn(
-                f"{str(path)!r}: the frame files' time stamps do not increase in name order "
-                f"({files[i].name!r} {t[i]:.6g} s, {files[i + 1].name!r} {t[i + 1]:.6g} s "
-                "after the first; e.g. stamps to the second only): the series has no frame "
-                "times (give the frame time with --frame-time-s, or time_s=)",
-                UserWarning,
-                stacklevel=3,
-            )
-    elif len(frames) > 1 and any(t is not None for t in stamps):
-        missing = [f.name for f, t in zip(files, stamps, strict=True) if t is None]
-        md["time_note"] = (
-            f"no frame times: {len(missing)} of {len(files)} files have no time stamp "
-            f"(e.g. {missing[0]!r})"
-        )
-    doses = [im.dose_e_per_A2 for im in frames]
-    dose = np.asarray(doses, dtype=float) if all(d is not None for d in doses) else None
-    data = np.stack([np.asarray(im.data) for im in frames])
-    try:
-        return Series(data, frames[0].pixel_size_A, time_s=time_s, dose_e_per_A2=dose, metadata=md)
-    except (ParameterError, DataError) as exc:
-        raise DataError(f"{str(path)!r}: {exc}") from None
 
 
 def _read_record(path: Path, suffix: str, *, lazy: bool, signal: str | None) -> dict[str, Any]:
