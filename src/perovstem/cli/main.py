@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import logging
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -75,7 +77,33 @@ def _register() -> None:
         importlib.import_module(f"perovstem.cli.{topic}")
 
 
+def _flowing(text: str) -> str:
+    """``text`` with the line breaks inside its plain paragraphs made spaces.
+
+    Typer's rich help keeps a docstring's line breaks after its first paragraph, so text
+    wrapped at 100 columns in the source broke mid-sentence in an 80-column terminal.
+    Paragraphs with an indented, listed or quoted line keep their breaks (laid out on
+    purpose, e.g. a command on its own line)."""
+
+    def plain(par: str) -> bool:
+        return not any(re.match(r"\s|[-*`$]|\d+\.\s", line) for line in par.splitlines())
+
+    pars = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(p.splitlines()) if plain(p) else p for p in pars)
+
+
+def _flow_help(typer_app: typer.Typer) -> None:
+    for info in typer_app.registered_commands:
+        text = info.help or inspect.getdoc(info.callback)
+        if text:
+            info.help = _flowing(text)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _flow_help(group.typer_instance)
+
+
 _register()
+_flow_help(app)
 
 
 def main(argv: list[str] | None = None) -> int:
