@@ -241,6 +241,28 @@ def voltage_kV_of(metadata: dict | None) -> float | None:
     return None
 
 
+def imaging_angles_of(metadata: dict | None) -> dict[str, Any]:
+    """Probe semi-angle (``semiangle_mrad``) and annular detector (``detector_mrad``,
+    [inner, outer]) of an image from its metadata, where recorded (the readers take them
+    from the file, the simulators write their own).  Cross-section libraries are made for
+    one set of them."""
+    md = metadata or {}
+    out: dict[str, Any] = {}
+    try:
+        a = float(md["semiangle_mrad"])
+        if np.isfinite(a) and a > 0:
+            out["semiangle_mrad"] = a
+    except (KeyError, TypeError, ValueError):
+        pass
+    try:
+        inner, outer = (float(v) for v in md["detector_mrad"])
+        if np.isfinite(outer) and 0 <= inner < outer:
+            out["detector_mrad"] = [inner, outer]
+    except (KeyError, TypeError, ValueError):
+        pass
+    return out
+
+
 @dataclass(frozen=True, eq=False, repr=False)
 class Series:
     """An in-situ time series of calibrated frames.

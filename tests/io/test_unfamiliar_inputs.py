@@ -15,7 +15,7 @@ from perovstem.errors import DataError
 A = (np.random.default_rng(2).poisson(200.0, (24, 32))).astype(np.uint16)
 
 
-def _velox(path, images, *, spectrum_image=False, frame_time=None):
+def _velox(path, images, *, spectrum_image=False, frame_time=None, angles=None):
     """A Velox (v11 layout) emd: one /Data/Image/<uuid> group per detector with its JSON
     metadata (pixel size in m, detector name, screen current, dwell time), the display
     labels, and optionally an EDS /Data/SpectrumImage stream group."""
@@ -28,6 +28,9 @@ def _velox(path, images, *, spectrum_image=False, frame_time=None):
         return a
 
     dets = {f"Detector-{i}": {"DetectorName": name} for i, (name, _, _) in enumerate(images)}
+    if angles is not None:  # (semi-angle, inner, outer) in rad, as Velox writes them
+        for d in dets.values():
+            d["CollectionAngleRange"] = {"begin": str(angles[1]), "end": str(angles[2])}
     with h5py.File(path, "w") as f:
         f["Version"] = np.array([json.dumps({"format": "Velox", "version": "11"}).encode()])
         for i, (name, data, px_m) in enumerate(images):
@@ -46,7 +49,8 @@ def _velox(path, images, *, spectrum_image=False, frame_time=None):
                     "DetectorIndex": str(i),
                 },
                 "Detectors": dets,
-                "Optics": {"LastMeasuredScreenCurrent": "5e-11"},
+                "Optics": {"LastMeasuredScreenCurrent": "5e-11"}
+                | ({"BeamConvergence": str(angles[0])} if angles is not None else {}),
                 "Scan": scan,
                 "Acquisition": {"AcquisitionStartDatetime": {"DateTime": "1764290000"}},
                 "CustomProperties": {},
@@ -213,3 +217,14 @@ def test_velox_stack_without_frame_time_names_the_missing_entry_not_truncation(t
     p2 = tmp_path / "stack_ft.emd"  # with the scan's frame time, as Velox writes STEM stacks
     _velox(p2, [("HAADF", np.stack([A, A, A]), 2e-11)], frame_time=2.0)
     np.testing.assert_allclose(ps.load(p2).time_s, [0.0, 2.0, 4.0])
+
+
+def test_velox_probe_and_detector_angles_are_read(tmp_path):
+    # old code: not read; a cross-section library must be made at them
+    p = tmp_path / "haadf.emd"
+    _velox(p, [("HAADF", np.ones((16, 16), np.uint16), 2e-11)], angles=(0.0245, 0.05, 0.18))
+    img = ps.load(p)
+    assert img.metadata["semiangle_mrad"] == pytest.approx(24.5)
+    np.testing.assert_allclose(img.metadata["detector_mrad"], [50.0, 180.0])
+    _velox(p := tmp_path / "bare.emd", [("HAADF", np.ones((16, 16), np.uint16), 2e-11)])
+    assert "detector_mrad" not in ps.load(p).metadata

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from perovstem._data import Image, voltage_kV_of
+from perovstem._data import Image, imaging_angles_of, voltage_kV_of
 from perovstem._threads import spare_core
 from perovstem._validation import (
     check_choice,
@@ -1330,6 +1330,8 @@ def fit_columns(
         # the beam energy of the image where its file says (a library must be simulated at
         # it: 200 kV columns scatter more than 300 kV ones, counts off by whole atoms)
         voltage_kV=voltage_kV_of(img.metadata),
+        # probe semi-angle and detector range, mrad (the library's must match them too)
+        **imaging_angles_of(img.metadata),
         rho_A_by_type={t: float(np.median(rho_A_arr[tid == i])) for i, t in enumerate(tnames)},
         noise=noise,
         estimator=estimator,

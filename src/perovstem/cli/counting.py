@@ -144,6 +144,23 @@ def _voltage_arg(given: float | None, attrs: dict, library: str | None) -> tuple
     return kv, "the image's"
 
 
+def _detector_arg(spec: str | None) -> tuple[float, float] | None:
+    """``--detector-mrad INNER,OUTER`` → ``(inner, outer)``."""
+    if spec is None:
+        return None
+    try:
+        inner, outer = (float(v) for v in spec.split(","))
+        ok = np.isfinite(outer) and 0 <= inner < outer
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ParameterError(
+            f"--detector-mrad must be INNER,OUTER with 0 <= INNER < OUTER (e.g. 50,180), "
+            f"got {spec!r}"
+        )
+    return inner, outer
+
+
 def _scale_prior_arg(spec: str | None) -> tuple[float, float] | None:
     """``--scale-prior CENTER,LOG_SD`` → ``(center, log_sd)`` (None: count_atoms' default)."""
     if spec is None:
@@ -273,6 +290,19 @@ def count(
         "more at 200 kV: a 200 kV image counted with a 300 kV library reads far too many "
         "atoms.",
     ),
+    semiangle_mrad: float = typer.Option(
+        None,
+        "--semiangle-mrad",
+        help="Probe semi-angle of the image, mrad (default: as 'atoms fit' recorded it from "
+        "the file). The simulated library is for 20 mrad; another is warned about.",
+    ),
+    detector_mrad: str = typer.Option(
+        None,
+        "--detector-mrad",
+        help="INNER,OUTER: annular detector of the image, mrad (default: as 'atoms fit' "
+        "recorded it from the file). The simulated library is for 65,200; another is warned "
+        "about (counts may all be off by whole atoms).",
+    ),
     scale_prior: str = typer.Option(
         None,
         "--scale-prior",
@@ -300,6 +330,7 @@ def count(
     import pandas as pd
 
     from perovstem.atoms import count_atoms, count_hybrid, count_library
+    from perovstem.atoms._conditions import library_conditions
     from perovstem.cli._common import about_file, check_outputs, console, nonempty_table
     from perovstem.io import read_table, save_table
 
@@ -311,6 +342,17 @@ def count(
             "library or hybrid"
         )
     prior = _scale_prior_arg(scale_prior)
+    detector = _detector_arg(detector_mrad)
+    if (semiangle_mrad is not None or detector is not None) and library not in (
+        "simulate",
+        "fitted",
+    ):
+        raise ParameterError(
+            "--semiangle-mrad and --detector-mrad are checked against the simulated library: "
+            f"they need --library simulate or fitted, got --library {library!r}"
+        )
+    if semiangle_mrad is not None and not (np.isfinite(semiangle_mrad) and semiangle_mrad > 0):
+        raise ParameterError(f"--semiangle-mrad must be > 0, got {semiangle_mrad!r}")
     if prior is not None and (method != "gmm" or library is None):
         raise ParameterError(
             f"--scale-prior {scale_prior} is the prior of the library anchor: it needs "
@@ -423,6 +465,12 @@ def count(
         res.attrs.setdefault("counting", {}).update(
             library_integration=integ, termination=termination, cd_fraction=float(cd_fraction)
         )
+    angles_note = None
+    if library in ("simulate", "fitted"):  # both are made from the shipped abTEM table
+        angles, angles_note = library_conditions(
+            df.attrs, semiangle_mrad=semiangle_mrad, detector_mrad=detector
+        )
+        res.attrs.setdefault("counting", {})["library_angles"] = angles
     if weak.any():  # every input row in the output, the uncounted ones marked
         whole = full.copy()
         for c in res.columns:
@@ -433,6 +481,8 @@ def count(
         whole.attrs = dict(res.attrs)
         res = whole
     save_table(res, out, overwrite=overwrite)
+    if angles_note:
+        console.print(f"WARNING {angles_note}")
     info = res.attrs.get("counting", {})
     counted = res[res["counted"]] if "counted" in res.columns else res
     for t in types:

@@ -673,6 +673,7 @@ def _read_rsciio(
     )
     out["metadata"].update(beam)
     out["metadata"].update({f"{k}_source": v for k, v in sources.items()})
+    out["metadata"].update(imaging_angles(md, s.get("original_metadata", {})))
     if beam.get("beam_current_A") and beam.get("dwell_time_s") and out.get("pixel_size_A"):
         dose = dose_per_frame(beam["beam_current_A"], beam["dwell_time_s"], out["pixel_size_A"])
         if dose > MAX_FRAME_DOSE_E_PER_A2:
@@ -1005,6 +1006,44 @@ def beam_conditions(
             continue
         if np.isfinite(v) and v > 0:
             out[name] = v
+    return out
+
+
+def imaging_angles(md: dict, om: dict) -> dict[str, Any]:
+    """Probe semi-angle and annular-detector range (mrad) of a STEM image from its metadata.
+
+    Velox: ``Optics.BeamConvergence`` and the image's detector
+    (``BinaryResult.DetectorIndex``) ``Detectors.Detector-N.CollectionAngleRange`` begin/end,
+    all in rad; HyperSpy-style metadata: ``Acquisition_instrument.TEM.convergence_angle``
+    (mrad).  Values outside 1–200 mrad (semi-angle) or 0 ≤ inner < outer ≤ 1000 mrad
+    (detector) are not taken.  Column cross-sections scale with both: a library must be
+    simulated at the image's.
+
+    Returns
+    -------
+    dict
+        ``semiangle_mrad`` (float) and ``detector_mrad`` ([inner, outer]) where found.
+    """
+    out: dict[str, Any] = {}
+    conv = _get(om, "Optics", "BeamConvergence")
+    scale = 1e3
+    if conv is None:
+        conv, scale = _get(md, "Acquisition_instrument", "TEM", "convergence_angle"), 1.0
+    try:
+        a = float(conv) * scale
+        if 1.0 <= a <= 200.0:
+            out["semiangle_mrad"] = a
+    except (TypeError, ValueError):
+        pass
+    index = _get(om, "BinaryResult", "DetectorIndex")
+    rng = _get(om, "Detectors", f"Detector-{index}", "CollectionAngleRange")
+    if isinstance(rng, dict):
+        try:
+            inner, outer = float(rng.get("begin")) * 1e3, float(rng.get("end")) * 1e3
+            if 0.0 <= inner < outer <= 1000.0:
+                out["detector_mrad"] = [inner, outer]
+        except (TypeError, ValueError):
+            pass
     return out
 
 
