@@ -1,8 +1,9 @@
-"""A library made for another probe or detector than the image's is said, not silent.
+"""Libraries for the image's detector; another probe or detector is said, not silent.
 
-Old code: `atoms count --library simulate` on an image of a 131 mrad outer angle (column
-cross-sections × 0.83–0.86 in abTEM) read every column of a crystal one atom thin with no
-warning; the probe and detector angles of a file were not read at all.
+Old code: the probe and detector angles of a file were not read, and `atoms count --library
+simulate` counted every image with the 65–200 mrad library: an image of a 65–131 mrad
+detector (the outer angle of a 0.05 Å multislice at 300 kV; column cross-sections × 0.83–0.86
+in abTEM) read every column one atom thin, with no warning.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from perovstem.cli.main import main
 
 
 @pytest.fixture(scope="module")
-def stepped_fit(tmp_path_factory):
-    """A 60 Å cube with three terraces (0, 1, 2 cells off its top), fitted normalised."""
+def stepped(tmp_path_factory):
+    """A 60 Å cube with three terraces (0, 1, 2 cells off its top), imaged on the 65–200
+    and the 65–131 mrad detector (same noise seed) and fitted normalised."""
     from perovstem.simulate import haadf_image, nanocrystal
 
     d = tmp_path_factory.mktemp("stepped")
@@ -27,20 +29,24 @@ def stepped_fit(tmp_path_factory):
     third = (x.max() - x.min()) / 3
     steps = (x > x.min() + third).astype(int) + (x > x.min() + 2 * third)
     at = at[z < z.max() + 0.1 - steps * 5.87]
-    img, truth = haadf_image(at, pixel_size_A=0.25, dose_e_per_A2=2e4, rng=np.random.default_rng(3))
-    ps.io.save_image(img, d / "img.npz")
-    assert main(["atoms", "fit", str(d / "img.npz"), "-o", str(d / "fit.parquet"),
-                 "--normalize", "--cell", "cspbbr3"]) == 0  # fmt: skip
-    return d, pd.read_parquet(d / "fit.parquet"), truth
+    fits = {}
+    for det in ((65.0, 200.0), (65.0, 131.0)):
+        img, truth = haadf_image(
+            at, dose_e_per_A2=2e4, detector_mrad=det, rng=np.random.default_rng(3)
+        )
+        name = f"img{det[1]:g}"
+        ps.io.save_image(img, d / f"{name}.npz")
+        fit = d / f"{name}_fit.parquet"
+        args = ["atoms", "fit", str(d / f"{name}.npz"), "-o", str(fit), "--normalize"]
+        assert main([*args, "--cell", "cspbbr3"]) == 0
+        fits[det[1]] = pd.read_parquet(fit)
+    return d, fits, truth
 
 
-def _count(d, fit, factor, capsys, *extra):
-    """Count the fit with its cross-sections × ``factor`` (another detector's image)."""
+def _count(d, fit, capsys, *extra, attrs=None):
     t = fit.copy()
-    t["scs"] *= factor
-    t["scs_err"] *= factor
-    t.attrs = dict(fit.attrs)
-    src, out = d / f"s{factor}.parquet", d / f"c{factor}.parquet"
+    t.attrs = dict(fit.attrs) if attrs is None else attrs
+    src, out = d / "table.parquet", d / "counts.parquet"
     t.to_parquet(src)
     capsys.readouterr()
     args = ["atoms", "count", str(src), "-o", str(out), "--library", "simulate"]
@@ -54,29 +60,36 @@ def _mean_error(counts, truth):
     return float(np.mean(counts["n_atoms"].to_numpy()[ok] - truth["n_atoms"].to_numpy()[i[ok]]))
 
 
-def test_simulated_image_matches_the_library_and_counts_right(stepped_fit, capsys):
-    d, fit, truth = stepped_fit
-    assert fit.attrs["semiangle_mrad"] == 20.0 and fit.attrs["detector_mrad"] == [65.0, 200.0]
-    counts, out = _count(d, fit, 1.0, capsys)
-    assert abs(_mean_error(counts, truth)) < 0.1
-    assert "library's absolute scale" not in out
+def test_each_detector_is_counted_with_its_own_library(stepped, capsys):
+    d, fits, truth = stepped
+    assert fits[200].attrs["detector_mrad"] == [65.0, 200.0]
+    assert fits[131].attrs["detector_mrad"] == [65.0, 131.0]  # recorded by atoms fit
+    counts, out = _count(d, fits[200], capsys)
+    assert abs(_mean_error(counts, truth)) < 0.1 and "WARNING the image" not in out
     assert counts.attrs["counting"]["library_angles"]["matches"] is True
+    counts, out = _count(d, fits[131], capsys)
+    assert abs(_mean_error(counts, truth)) < 0.1
+    assert "kV (the image's), 65–131 mrad (the image's)" in out
+    assert counts.attrs["counting"]["library_angles"]["library"]["detector_mrad"] == [65, 131]
 
 
-def test_another_detector_is_warned_about_where_counts_go_wrong(stepped_fit, capsys):
-    d, fit, truth = stepped_fit
-    # the cross-sections of a 65-131 mrad detector (abTEM: x 0.83-0.86): every column
-    # one atom thin; the counting itself does not notice
-    counts, out = _count(d, fit, 0.834, capsys)
-    assert _mean_error(counts, truth) < -0.7
-    assert "library's absolute scale" not in out  # nothing says the detector differs
-    counts, out = _count(d, fit, 0.834, capsys, "--detector-mrad", "65,131")
-    assert "65–131 mrad detector (library 65–200)" in out and "whole number of atoms" in out
+def test_unrecorded_detector_reads_whole_atoms_off_unless_given(stepped, capsys):
+    d, fits, truth = stepped
+    bare = {k: v for k, v in fits[131].attrs.items() if k != "detector_mrad"}
+    counts, out = _count(d, fits[131], capsys, attrs=bare)  # a file that does not say
+    assert _mean_error(counts, truth) < -0.7  # every column about one atom thin, unwarned
+    assert "WARNING the image" not in out and "65–200 mrad (assumed)" in out
+    counts, _ = _count(d, fits[131], capsys, "--detector-mrad", "65,131", attrs=bare)
+    assert abs(_mean_error(counts, truth)) < 0.1
+
+
+def test_uncalibrated_probe_or_detector_is_warned_about(stepped, capsys):
+    d, fits, _ = stepped
+    counts, out = _count(d, fits[200], capsys, "--detector-mrad", "50,180")
+    assert "a 50–180 mrad detector (libraries 65–200 or 65–131)" in out
+    assert "whole number of atoms" in out
     assert counts.attrs["counting"]["library_angles"]["matches"] is False
-    # recorded by atoms fit from the file: warned without the option
-    fit2 = fit.copy()
-    fit2.attrs = {**fit.attrs, "semiangle_mrad": 30.0}
-    _, out = _count(d, fit2, 1.0, capsys)
+    _, out = _count(d, fits[200], capsys, attrs={**fits[200].attrs, "semiangle_mrad": 30.0})
     assert "a 30 mrad probe (library 20)" in out
 
 
@@ -89,3 +102,16 @@ def test_angle_options_need_the_simulated_library(tmp_path, capsys):
     assert main([*base, "--library", "simulate", "--detector-mrad", "131,65"]) == 2
     assert "0 <= INNER < OUTER" in capsys.readouterr().err
     assert not (tmp_path / "c.parquet").exists()
+
+
+def test_the_65_131_table_is_the_same_runs_on_the_narrower_detector():
+    from perovstem.simulate import scs_table
+
+    n = np.arange(1, 15)
+    for t, lo, hi in (("PbBr", 0.83, 0.84), ("Cs", 0.84, 0.85), ("Br", 0.85, 0.865)):
+        r = scs_table(t, n, detector_mrad=(65, 131)) / scs_table(t, n)
+        assert lo < r.min() and r.max() < hi, (t, r)
+    r200 = scs_table("PbBr", n, voltage_kV=200, detector_mrad=(65, 131))
+    assert np.all(r200 / scs_table("PbBr", n, voltage_kV=200) < 0.83)
+    with pytest.raises(ps.PerovstemError, match=r"calibrated detectors.*\[65\.0, 131\.0\]"):
+        scs_table("PbBr", n, detector_mrad=(50, 180))

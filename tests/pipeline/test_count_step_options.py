@@ -210,3 +210,46 @@ def test_count_step_fitted_library_needs_the_fit_conditions(tmp_path):
         pytest.skip("atoms.count not available in this version")
     with pytest.raises(DataError, match=r"`library` = 'fitted'.*no attrs \['pixel_size_A'"):
         _table_run(tmp_path, 'library = "fitted"\nlibrary_termination = "CsBr"')
+
+
+def test_count_step_uses_the_library_of_the_images_detector(tmp_path):
+    """An image of the 65–131 mrad detector (simulate.haadf outer_mrad = 131, recorded by
+    atoms.fit) is counted with the 65–131 mrad library.  Old code: with the 65–200 mrad
+    library, whose cross-sections are 1.17–1.20× larger, every column read thin."""
+    text = """
+[run]
+name = "t"
+seed = 3
+report = false
+[[step]]
+run = "simulate.nanocrystal"
+id = "nc"
+edge_A = 40.0
+view3d = false
+[[step]]
+run = "simulate.haadf"
+id = "haadf"
+inputs = { atoms = "nc.atoms" }
+pixel_size_A = 0.3
+dose_e_per_A2 = 20000.0
+outer_mrad = 131.0
+[[step]]
+run = "atoms.fit"
+inputs = { image = "haadf.image", positions = "haadf.truth" }
+normalize = true
+[[step]]
+run = "atoms.count"
+inputs = { columns = "fit.columns", truth = "haadf.truth" }
+library = true
+library_termination = "CsBr"
+scale_prior = [1.0, 0.03]
+"""
+    if not all(get_step(n).available for n in NEEDED):
+        pytest.skip("simulate/atoms steps not available in this version")
+    cfg = parse_config(tomllib.loads(text), source="t.toml", text=text)
+    run_pipeline(cfg, out=tmp_path, quiet=True, scheduler="serial", report=False)
+    counts = read_table(tmp_path / "tables" / "count.counts.parquet")
+    assert counts.attrs["library"]["detector_mrad"] == [65.0, 131.0]
+    pb = counts[counts["type"] == "PbBr"]
+    d = pb["n_atoms"].to_numpy(float) - pb["n_atoms_truth"].to_numpy(float)
+    assert np.mean(d == 0) >= 0.9, (np.mean(d == 0), d.mean())

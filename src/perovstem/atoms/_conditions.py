@@ -1,8 +1,8 @@
 """Do an image's probe and detector match those of the simulated cross-section library?
 
 The shipped library (:mod:`perovstem.simulate.scs`) is abTEM multislice for one probe
-semi-angle and one annular detector.  Column cross-sections scale with both: in the same
-abTEM runs, an outer angle of 131 instead of 200 mrad multiplied every CsPbBr₃ column's
+semi-angle (20 mrad) and two annular detectors (65–200 and 65–131 mrad).  Column
+cross-sections scale with both: in the same abTEM runs, an outer angle of 131 instead of 200 mrad multiplied every CsPbBr₃ column's
 cross-section by 0.83–0.86 at 300 kV, nearly independent of thickness (Pb–Br 0.833–0.834,
 Cs 0.845, Br 0.856).  Counting scales the library by a fitted factor, but on crystals of a
 few thicknesses the data cannot tell that factor from a whole-atom offset of every count
@@ -23,24 +23,13 @@ from perovstem._data import imaging_angles_of
 TOLERANCE = 0.1
 
 
-def library_angles() -> dict[str, Any]:
-    """Probe semi-angle and detector range (mrad) of the shipped cross-section library."""
-    from perovstem.simulate.scs import load_table
-
-    t = load_table()
-    return {
-        "semiangle_mrad": float(t["semiangle_mrad"].iloc[0]),
-        "detector_mrad": [float(t["inner_mrad"].iloc[0]), float(t["outer_mrad"].iloc[0])],
-    }
-
-
 def library_conditions(
     attrs: dict,
     *,
     semiangle_mrad: float | None = None,
     detector_mrad: tuple[float, float] | None = None,
 ) -> tuple[dict[str, Any], str | None]:
-    """The image's angles against the library's, and a warning text when they differ.
+    """The library that matches an image's probe and detector, and a warning when none does.
 
     Parameters
     ----------
@@ -53,26 +42,47 @@ def library_conditions(
     Returns
     -------
     (dict, str or None)
-        ``{"image": ..., "library": ..., "matches": bool or None}`` (None: the image's
-        angles are not known) and the warning (None when they match or are not known).
+        ``{"image": ..., "library": {"semiangle_mrad", "detector_mrad"}, "matches": bool or
+        None}``: the library's detector is the calibrated one (of
+        :data:`perovstem.simulate.scs.DETECTORS_MRAD`) within 10 % of the image's, else the
+        first; ``matches`` None when the image's angles are not known.  The warning is None
+        when they match or are not known.
     """
+    from perovstem.simulate.scs import DETECTORS_MRAD, load_table
+
     image = imaging_angles_of(attrs)
     if semiangle_mrad is not None:
         image["semiangle_mrad"] = float(semiangle_mrad)
     if detector_mrad is not None:
         image["detector_mrad"] = [float(v) for v in detector_mrad]
-    lib = library_angles()
+    lib_semi = float(load_table()["semiangle_mrad"].iloc[0])
+    chosen = DETECTORS_MRAD[0]
     off = []
+    near: list[tuple[float, float]] = []
     if "semiangle_mrad" in image:
-        a, b = image["semiangle_mrad"], lib["semiangle_mrad"]
-        if abs(a - b) > TOLERANCE * b:
-            off.append(f"a {a:.3g} mrad probe (library {b:.3g})")
+        a = image["semiangle_mrad"]
+        if abs(a - lib_semi) > TOLERANCE * lib_semi:
+            off.append(f"a {a:.3g} mrad probe (library {lib_semi:.3g})")
     if "detector_mrad" in image:
-        (i, o), (li, lo) = image["detector_mrad"], lib["detector_mrad"]
-        if abs(i - li) > TOLERANCE * li or abs(o - lo) > TOLERANCE * lo:
-            off.append(f"a {i:.3g}–{o:.3g} mrad detector (library {li:.3g}–{lo:.3g})")
+        i, o = image["detector_mrad"]
+        near = [
+            d
+            for d in DETECTORS_MRAD
+            if abs(i - d[0]) <= TOLERANCE * d[0] and abs(o - d[1]) <= TOLERANCE * d[1]
+        ]
+        if near:
+            chosen = near[0]
+        else:
+            libs = " or ".join(f"{d[0]:.3g}–{d[1]:.3g}" for d in DETECTORS_MRAD)
+            off.append(f"a {i:.3g}–{o:.3g} mrad detector (libraries {libs})")
     known = bool(image)
-    info = {"image": image, "library": lib, "matches": (not off) if known else None}
+    info = {
+        "image": image,
+        "library": {"semiangle_mrad": lib_semi, "detector_mrad": list(chosen)},
+        "matches": (not off) if known else None,
+        # the library's detector is the image's (None: the image's is not known)
+        "detector_matches": bool(near) if "detector_mrad" in image else None,
+    }
     if not off:
         return info, None
     return info, (

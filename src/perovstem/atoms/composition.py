@@ -102,7 +102,11 @@ class CompositionResult:
 
 
 def _model_table(
-    n_cells: np.ndarray, n_br: np.ndarray, model: Any, voltage_kV: float
+    n_cells: np.ndarray,
+    n_br: np.ndarray,
+    model: Any,
+    voltage_kV: float,
+    detector_mrad: tuple[float, float] = (65.0, 200.0),
 ) -> np.ndarray:
     """S(n_i, m) for m = 0..max n, shape (N, M+1); NaN where m > n_i."""
     mmax = int(n_cells.max())
@@ -115,7 +119,9 @@ def _model_table(
         mb = np.broadcast_to(m, nb.shape).astype(float)
         mb = np.minimum(mb, nb)
         brb = np.broadcast_to(n_br[:, None].astype(float), nb.shape)
-        S = column_scs(nb - mb, mb, brb, np.zeros_like(nb), voltage_kV=voltage_kV)
+        S = column_scs(
+            nb - mb, mb, brb, np.zeros_like(nb), voltage_kV=voltage_kV, detector_mrad=detector_mrad
+        )
     else:
         S = np.asarray(model(n, m.astype(float)), dtype=float)
         S = np.broadcast_to(S, (n.shape[0], m.shape[1])).copy()
@@ -244,6 +250,7 @@ def estimate_composition(
     scale: float = 1.0,
     model: Any = None,
     voltage_kV: float = 300.0,
+    detector_mrad: tuple[float, float] = (65.0, 200.0),
     confidence: float = 0.95,
     excess_width: bool = False,
     max_iter: int = 500,
@@ -272,7 +279,8 @@ def estimate_composition(
         Calibration ``c``: measured SCS = ``c`` × true SCS (see module note).
     model : callable, optional
         ``model(n, m) -> SCS`` (Å², broadcasting); default the simulator's abTEM-calibrated
-        :func:`perovstem.simulate.column_scs` at ``voltage_kV``.
+        :func:`perovstem.simulate.column_scs` at ``voltage_kV`` and ``detector_mrad`` (an
+        annular detector of :data:`perovstem.simulate.scs.DETECTORS_MRAD`).
     confidence : float
         Level of the profile-likelihood interval.
     excess_width : bool
@@ -338,7 +346,9 @@ def estimate_composition(
     col = np.repeat(np.arange(N), K)
     lw = np.log(np.where(w > 0, w, 1.0)).ravel()
     lw = np.where(used.ravel(), lw, -np.inf)
-    S = scale * _model_table(n, np.asarray(nbr, dtype=float).ravel(), model, voltage_kV)
+    S = scale * _model_table(
+        n, np.asarray(nbr, dtype=float).ravel(), model, voltage_kV, detector_mrad
+    )
     M = S.shape[1]
     m = np.arange(M)[None, :].astype(float)
     valid = np.isfinite(S) & used.ravel()[:, None]
@@ -489,6 +499,7 @@ def composition_from_counts(
     termination: str = "CsBr",
     scale_from: str = "Cs",
     voltage_kV: float = 300.0,
+    detector_mrad: tuple[float, float] | None = None,
     confidence: float = 0.95,
 ) -> CountsComposition:
     """Cd fraction x of a counted [001] column table (``atoms count`` / :func:`count_atoms`).
@@ -512,6 +523,9 @@ def composition_from_counts(
     scale_from : str
         Column type whose library scale calibrates the cross-sections ("" : c = 1).
     voltage_kV, confidence : float
+    detector_mrad : (inner, outer), optional
+        Annular detector of the column model; default that of the counting's library
+        (``attrs["counting"]["library_angles"]``, 65–131 or 65–200 mrad), else 65–200.
 
     Returns
     -------
@@ -582,9 +596,13 @@ def composition_from_counts(
     if not calibrated:
         scale_source = ""
     kw.update(prior if prior else {"n_cells": sel["n_atoms"].to_numpy(int)})
+    if detector_mrad is None:  # the detector the counts (and their scale c) were made for
+        angles = counting.get("library_angles") or {}
+        detector_mrad = tuple((angles.get("library") or {}).get("detector_mrad", (65.0, 200.0)))
     res = estimate_composition(
         sel["scs"].to_numpy(float),
         voltage_kV=voltage_kV,
+        detector_mrad=detector_mrad,
         confidence=confidence,
         scale=scale,
         **kw,
@@ -600,6 +618,7 @@ def composition_from_counts(
         x_ci=[float(v) for v in res.x_ci],
         scale=scale,
         scale_source=scale_source,
+        detector_mrad=[float(v) for v in detector_mrad],
     )
     res = replace(res, columns=cols)
     return CountsComposition(res, source, int(len(sel)), n_dropped, scale, scale_source)

@@ -42,6 +42,7 @@ import pandas as pd
 
 from perovstem._validation import check_choice, check_positive, refuse_text_numbers
 from perovstem.errors import ParameterError
+from perovstem.simulate.scs import _check_detector
 
 __all__ = [
     "LIBRARY_TYPES",
@@ -123,6 +124,7 @@ def fitted_scs_library(
     voltage_kV: float = 300.0,
     probe_sigma_A: float | None = None,
     tail_fraction: float | None = None,
+    detector_mrad: tuple[float, float] = (65.0, 200.0),
     termination: str = "CsBr",
     lattice_A: float = 5.87,
     n_cells: int = 8,
@@ -161,6 +163,9 @@ def fitted_scs_library(
         at this dose and carries the noise bias of the fit.  None: noise-free images.
     voltage_kV : float
         Beam energy (a calibrated one, 300 or 200 kV).
+    detector_mrad : (inner, outer)
+        Annular detector of the image, one of
+        :data:`perovstem.simulate.scs.DETECTORS_MRAD`.
     probe_sigma_A, tail_fraction : float, optional
         Probe core σ (Å) and tail fraction; default the package's default probe at
         ``voltage_kV`` (:func:`perovstem.simulate.probe.default_probe`).
@@ -249,6 +254,7 @@ def fitted_scs_library(
         float(voltage_kV),
         None if probe_sigma_A is None else float(probe_sigma_A),
         None if tail_fraction is None else float(tail_fraction),
+        _check_detector(detector_mrad),
         termination,
         float(lattice_A),
         int(n_cells),
@@ -269,7 +275,12 @@ def fitted_scs_library(
 
 
 def with_cd_fraction(
-    table: pd.DataFrame, column_type: str, cd_fraction: float, *, voltage_kV: float = 300.0
+    table: pd.DataFrame,
+    column_type: str,
+    cd_fraction: float,
+    *,
+    voltage_kV: float = 300.0,
+    detector_mrad: tuple[float, float] = (65.0, 200.0),
 ) -> pd.DataFrame:
     """A fitted library of a Cd-alloyed crystal: the Pb–B values times the tabulated ratio.
 
@@ -284,8 +295,9 @@ def with_cd_fraction(
     from perovstem.simulate import scs_library
 
     m = int(out["n_atoms"].max())
-    pure = scs_library("PbBr", m, voltage_kV=voltage_kV)["scs_A2"].to_numpy()
-    alloy = scs_library("PbBr", m, voltage_kV=voltage_kV, cd_fraction=cd_fraction)
+    kw = {"voltage_kV": voltage_kV, "detector_mrad": detector_mrad}
+    pure = scs_library("PbBr", m, **kw)["scs_A2"].to_numpy()
+    alloy = scs_library("PbBr", m, cd_fraction=cd_fraction, **kw)
     ratio = np.divide(alloy["scs_A2"].to_numpy(), pure, out=np.ones_like(pure), where=pure > 0)
     out["scs_A2"] = out["scs_A2"].to_numpy() * ratio[out["n_atoms"].to_numpy()]
     out.attrs["cd_fraction"] = float(cd_fraction)
@@ -299,6 +311,7 @@ def fitted_library_for(
     types: Any = None,
     dose_e_per_A2: float | None = None,
     voltage_kV: float | None = None,
+    detector_mrad: tuple[float, float] = (65.0, 200.0),
     termination: str = "CsBr",
     lattice_A: float = 5.87,
     cd_fraction: float = 0.0,
@@ -332,6 +345,9 @@ def fitted_library_for(
     voltage_kV : float, optional
         Beam energy, kV (default ``attrs["voltage_kV"]``, the image's where its file said;
         300 without it).
+    detector_mrad : (inner, outer)
+        Annular detector of the image, one of
+        :data:`perovstem.simulate.scs.DETECTORS_MRAD`.
     termination : {"CsBr", "PbBr2"}
         Faces of the slabs (see :func:`slab_atoms`).
     lattice_A : float
@@ -426,6 +442,7 @@ def fitted_library_for(
         pixel_size_A=float(a["pixel_size_A"]),
         dose_e_per_A2=float(dose),
         voltage_kV=voltage_kV,
+        detector_mrad=detector_mrad,
         termination=termination,
         lattice_A=lattice_A,
         n_cells=n_cells,
@@ -435,7 +452,8 @@ def fitted_library_for(
         fit_positions=bool(a.get("fit_positions", True)),
         rng=rng,
     )
-    return {t: with_cd_fraction(tabs[t], t, cd_fraction, voltage_kV=voltage_kV) for t in want}
+    kw = {"voltage_kV": voltage_kV, "detector_mrad": detector_mrad}
+    return {t: with_cd_fraction(tabs[t], t, cd_fraction, **kw) for t in want}
 
 
 # counts of each column type in a slab of t cells: t + offset (see slab_atoms)
@@ -450,6 +468,7 @@ def _cached_library(
     voltage_kV: float,
     probe_sigma_A: float | None,
     tail_fraction: float | None,
+    detector_mrad: tuple[float, float],
     termination: str,
     lattice_A: float,
     n_cells: int,
@@ -473,6 +492,7 @@ def _cached_library(
         "probe_sigma_A": probe_sigma_A,
         "tail_fraction": tail_fraction,
         "shape": shape,
+        "detector_mrad": detector_mrad,
     }
     field_only = not vacuum
 

@@ -186,3 +186,22 @@ def nonempty_table(table: object, path: Path | str) -> None:
     if len(table) == 0:  # type: ignore[arg-type]
         cols = list(getattr(table, "columns", []))
         raise DataError(f"{str(path)!r}: the table has no rows (columns {cols})")
+
+
+def detector_pair(spec: str) -> tuple[float, float]:
+    """``--detector-mrad INNER,OUTER`` → ``(inner, outer)`` in mrad."""
+    import numpy as np
+
+    from perovstem.errors import ParameterError
+
+    try:
+        inner, outer = (float(v) for v in str(spec).split(","))
+        ok = bool(np.isfinite(outer)) and 0 <= inner < outer
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ParameterError(
+            f"--detector-mrad must be INNER,OUTER with 0 <= INNER < OUTER (e.g. 65,131), "
+            f"got {spec!r}"
+        )
+    return inner, outer

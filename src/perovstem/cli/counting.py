@@ -10,7 +10,7 @@ import numpy as np
 import typer
 
 from perovstem.atoms._inputs import insignificant_columns, offset_summary, scs_column
-from perovstem.cli._common import data_stem, examples
+from perovstem.cli._common import data_stem, detector_pair, examples
 from perovstem.cli.atoms import atoms_app
 from perovstem.errors import DataError, ParameterError
 
@@ -56,6 +56,7 @@ def _library_arg(
     table: Any = None,
     max_atoms: int = 30,
     voltage_kV: float = 300.0,
+    detector_mrad: tuple[float, float] = (65.0, 200.0),
 ):
     """``simulate`` → simulator libraries per type; ``fitted`` → the fitted-SCS library of
     the table's own fit (:func:`perovstem.atoms.fitted_library_for`); a file → one library
@@ -84,6 +85,7 @@ def _library_arg(
             termination=termination,
             cd_fraction=cd_fraction,
             voltage_kV=voltage_kV,
+            detector_mrad=detector_mrad,
         )
     if spec == "simulate":
         from perovstem.simulate import scs_library
@@ -101,7 +103,8 @@ def _library_arg(
                 )
             )
         kw = {"integration": integration, "termination": termination, "cd_fraction": cd_fraction}
-        return {t: scs_library(t, 60, voltage_kV=voltage_kV, **kw) for t in types}
+        kw |= {"voltage_kV": voltage_kV, "detector_mrad": detector_mrad}
+        return {t: scs_library(t, 60, **kw) for t in types}
     from perovstem.io import read_table
 
     lib = read_table(spec)
@@ -142,23 +145,6 @@ def _voltage_arg(given: float | None, attrs: dict, library: str | None) -> tuple
                 "--library, or give --voltage-kV to use one of them knowingly"
             ) from None
     return kv, "the image's"
-
-
-def _detector_arg(spec: str | None) -> tuple[float, float] | None:
-    """``--detector-mrad INNER,OUTER`` → ``(inner, outer)``."""
-    if spec is None:
-        return None
-    try:
-        inner, outer = (float(v) for v in spec.split(","))
-        ok = np.isfinite(outer) and 0 <= inner < outer
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ParameterError(
-            f"--detector-mrad must be INNER,OUTER with 0 <= INNER < OUTER (e.g. 50,180), "
-            f"got {spec!r}"
-        )
-    return inner, outer
 
 
 def _scale_prior_arg(spec: str | None) -> tuple[float, float] | None:
@@ -342,7 +328,7 @@ def count(
             "library or hybrid"
         )
     prior = _scale_prior_arg(scale_prior)
-    detector = _detector_arg(detector_mrad)
+    detector = None if detector_mrad is None else detector_pair(detector_mrad)
     if (semiangle_mrad is not None or detector is not None) and library not in (
         "simulate",
         "fitted",
@@ -415,6 +401,11 @@ def count(
     if library == "simulate":  # (the counting's own units check names a Python function)
         need_normalised(table, df.attrs, "the simulated library")
     kv, kv_from = _voltage_arg(voltage_kV, df.attrs, library)
+    # the calibrated detector nearest the image's (65-200 or 65-131 mrad), else 65-200 said
+    angles, angles_note = library_conditions(
+        df.attrs, semiangle_mrad=semiangle_mrad, detector_mrad=detector
+    )
+    lib_detector = tuple(angles["library"]["detector_mrad"])
     lib = _library_arg(
         library,
         types,
@@ -424,6 +415,7 @@ def count(
         table=df,
         max_atoms=components or max_components or 30,
         voltage_kV=kv,
+        detector_mrad=lib_detector,
     )
     if method in ("library", "hybrid") and lib is None:
         raise ParameterError(
@@ -465,12 +457,10 @@ def count(
         res.attrs.setdefault("counting", {}).update(
             library_integration=integ, termination=termination, cd_fraction=float(cd_fraction)
         )
-    angles_note = None
-    if library in ("simulate", "fitted"):  # both are made from the shipped abTEM table
-        angles, angles_note = library_conditions(
-            df.attrs, semiangle_mrad=semiangle_mrad, detector_mrad=detector
-        )
+    if library in ("simulate", "fitted"):  # both are made from the shipped abTEM tables
         res.attrs.setdefault("counting", {})["library_angles"] = angles
+    else:
+        angles_note = None
     if weak.any():  # every input row in the output, the uncounted ones marked
         whole = full.copy()
         for c in res.columns:
@@ -536,17 +526,26 @@ def count(
                 rows.append(d)
         if rows:
             save_table(pd.concat(rows, ignore_index=True), criteria_out, overwrite=overwrite)
+    # the detector's source: the image's (recorded or given) when it matched one
+    det = (
+        f"{lib_detector[0]:g}–{lib_detector[1]:g} mrad"
+        + {
+            None: " (assumed)",
+            True: " (the image's)",
+            False: "",
+        }[angles["detector_matches"]]
+    )
     if library == "simulate":
         console.print(
             f"library: simulated, {integ} SCS, {termination} termination, x(Cd) = "
-            f"{cd_fraction:g}, {kv:g} kV ({kv_from})"
+            f"{cd_fraction:g}, {kv:g} kV ({kv_from}), {det}"
         )
     elif library == "fitted":
         a = next(iter(lib.values())).attrs
         console.print(
             f"library: fitted (the table's fit repeated on simulated slabs at "
             f"{a['dose_e_per_A2']:g} e/A^2, {a['pixel_size_A']:g} A px), {termination} "
-            f"termination, x(Cd) = {cd_fraction:g}, {kv:g} kV ({kv_from})"
+            f"termination, x(Cd) = {cd_fraction:g}, {kv:g} kV ({kv_from}), {det}"
         )
     console.print(f"wrote {out}")
 

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import typer
 
-from perovstem.cli._common import MAX_DOSE_E_PER_A2, check_at_most, data_stem, examples
+from perovstem.cli._common import (
+    MAX_DOSE_E_PER_A2,
+    check_at_most,
+    data_stem,
+    detector_pair,
+    examples,
+)
 from perovstem.cli.main import app
 
 simulate_app = typer.Typer(
@@ -66,6 +72,9 @@ def image(
     ),
     dose: float = typer.Option(1e4, "--dose-e-per-A2", help="Electron dose, e⁻/Å²."),
     voltage_kV: float = typer.Option(300.0, "--voltage-kV", help="300 or 200 kV."),
+    detector_mrad: str = typer.Option(
+        "65,200", "--detector-mrad", help="INNER,OUTER annular detector, mrad: 65,200 or 65,131."
+    ),
     gain: float = typer.Option(1.0, "--gain", help="Detector counts per electron."),
     offset: float = typer.Option(0.0, "--offset", help="Detector offset, counts."),
     scan_noise_px: float = typer.Option(0.0, "--scan-noise-px", help="Line jitter rms, px."),
@@ -126,6 +135,7 @@ def image(
         shape=None if size is None else (size, size),
         dose_e_per_A2=dose,
         voltage_kV=voltage_kV,
+        detector_mrad=detector_pair(detector_mrad),
         gain=gain,
         offset=offset,
         scan_noise_px=scan_noise_px,

@@ -44,7 +44,7 @@ from perovstem.simulate.probe import (
     electron_wavelength_A,
     moffat_kernel,
 )
-from perovstem.simulate.scs import atom_scs, column_scs
+from perovstem.simulate.scs import _check_detector, atom_scs, column_scs
 
 __all__ = ["haadf_image", "haadf_image_multislice", "render_intensity", "electron_wavelength_A"]
 
@@ -238,6 +238,7 @@ def haadf_image(
     read_noise: float = 0.0,
     tail_fraction: float | None = None,
     time_s: float | None = None,
+    detector_mrad: tuple[float, float] = (65.0, 200.0),
 ):
     """Simulate a quantitative HAADF-STEM image of ``atoms`` and its ground truth.
 
@@ -277,6 +278,9 @@ def haadf_image(
         Fraction of the PSF in the broad tail (default 0.16; 0 gives Gaussian columns).
     time_s : float, optional
         Frame acquisition time stored on the Image.
+    detector_mrad : (inner, outer)
+        Annular detector, one of the calibrated ones
+        (:data:`perovstem.simulate.scs.DETECTORS_MRAD`: 65–200 or 65–131 mrad).
 
     Returns
     -------
@@ -301,6 +305,7 @@ def haadf_image(
     check_positive("background", background, allow_zero=True)
     check_positive("read_noise", read_noise, allow_zero=True)
     drift = _as_pair("drift_A", drift_A)
+    detector = _check_detector(detector_mrad)
     gen = as_rng(rng)
     probe = default_probe(
         voltage_kV,
@@ -319,6 +324,7 @@ def haadf_image(
         cols["n_Pb0"],
         voltage_kV=voltage_kV,
         mistilt_deg=mistilt,
+        detector_mrad=detector,
     )
     cols["scs_A2"] = scs
 
@@ -353,7 +359,7 @@ def haadf_image(
         at = np.flatnonzero(split[atom_col])
         z = np.asarray(atoms.numbers)[at]
         label = np.asarray(atoms.arrays.get("label", np.zeros(len(atoms), dtype=int)))[at]
-        sig = atom_scs(voltage_kV)
+        sig = atom_scs(voltage_kV, detector)
         s_z = np.zeros(83)
         t_z = np.zeros(83)
         for el, zz in (("Pb", 82), ("Cd", 48), ("Cs", 55), ("Br", 35)):
@@ -413,7 +419,7 @@ def haadf_image(
         "drift_A": drift,
         "lab_origin_A": (float(ox), float(oy)),
         "mistilt_deg": mistilt,
-        "detector_mrad": (65.0, 200.0),
+        "detector_mrad": detector,
         "semiangle_mrad": 20.0,
         "noise": bool(noise),
     }

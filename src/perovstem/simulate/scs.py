@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 from importlib import resources
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,6 +46,7 @@ __all__ = [
     "scs_library",
     "fast_model_voronoi",
     "MISTILT_THETA_C_DEG",
+    "DETECTORS_MRAD",
 ]
 
 COLUMN_TYPES = ("PbBr", "Cs", "Br", "Pb")
@@ -62,9 +64,31 @@ _REPEAT = {  # atoms per repeat of each reference column type
 }
 
 
-@functools.lru_cache(maxsize=1)
-def load_table() -> pd.DataFrame:
-    """The raw abTEM calibration table.
+#: annular detectors (inner, outer mrad) of the shipped calibration, each its own table
+#: of the same abTEM runs (every configuration was scanned onto both)
+DETECTORS_MRAD = ((65.0, 200.0), (65.0, 131.0))
+_TABLE_FILES = {(65.0, 200.0): "data/scs_abtem.csv", (65.0, 131.0): "data/scs_abtem_65-131.csv"}
+
+
+def _check_detector(detector_mrad: Any) -> tuple[float, float]:
+    """``detector_mrad`` as one of :data:`DETECTORS_MRAD` (a hashable tuple)."""
+    try:
+        inner, outer = (float(v) for v in detector_mrad)
+    except (TypeError, ValueError):
+        inner = outer = float("nan")
+    for det in DETECTORS_MRAD:
+        if abs(inner - det[0]) < 1e-6 and abs(outer - det[1]) < 1e-6:
+            return det
+    raise ParameterError(
+        f"`detector_mrad` must be one of the calibrated detectors "
+        f"{[list(d) for d in DETECTORS_MRAD]} (inner, outer mrad), got {detector_mrad!r}"
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def load_table(detector_mrad: tuple[float, float] = (65.0, 200.0)) -> pd.DataFrame:
+    """The raw abTEM calibration table (of the 65–200 mrad detector unless another of
+    :data:`DETECTORS_MRAD` is asked for).
 
     Columns: voltage_kV, semiangle_mrad, inner_mrad, outer_mrad, column_type, n, repeat_A,
     scs_voronoi_A2 (Å²), se_A2 (standard error over frozen-phonon configurations, Å²),
@@ -72,12 +96,13 @@ def load_table() -> pd.DataFrame:
     a total).  Conditions and the run are documented in the CSV header, ``data/README.md``
     and ``benchmarks/results/calibrate_scs_abtem.json``.
     """
+    name = _TABLE_FILES[_check_detector(detector_mrad)]
     try:
-        ref = resources.files("perovstem.simulate").joinpath("data/scs_abtem.csv")
+        ref = resources.files("perovstem.simulate").joinpath(name)
         with ref.open("r") as fh:
             df = pd.read_csv(fh, comment="#")
     except (OSError, pd.errors.ParserError) as exc:  # pragma: no cover - packaging error
-        raise FileFormatError(f"cannot read the shipped SCS table scs_abtem.csv: {exc}") from None
+        raise FileFormatError(f"cannot read the shipped SCS table {name}: {exc}") from None
     return df
 
 
@@ -98,10 +123,13 @@ def _check_voltage(voltage_kV: float) -> float:
 
 
 @functools.lru_cache(maxsize=8)
-def atom_scs(voltage_kV: float = 300.0) -> dict[str, float]:
-    """Isolated-atom SCS (Å²) of Pb, Cd, Cs, Br at ``voltage_kV`` (65–200 mrad HAADF)."""
+def atom_scs(
+    voltage_kV: float = 300.0, detector_mrad: tuple[float, float] = (65.0, 200.0)
+) -> dict[str, float]:
+    """Isolated-atom SCS (Å²) of Pb, Cd, Cs, Br at ``voltage_kV`` on the detector
+    ``detector_mrad`` (one of :data:`DETECTORS_MRAD`; default 65–200 mrad HAADF)."""
     v = _check_voltage(voltage_kV)
-    t = load_table()
+    t = load_table(_check_detector(detector_mrad))
     t = t[(t["voltage_kV"] == v) & t["column_type"].str.startswith("atom_")]
     out = {r.column_type[5:]: float(r.scs_voronoi_A2) for r in t.itertuples()}
     out["Pb0"] = out["Pb"]
@@ -147,10 +175,12 @@ def _voronoi_matrix(voltage_kV: float, n_div: int = 20) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _deconvolved(voltage_kV: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _deconvolved(
+    voltage_kV: float, detector_mrad: tuple[float, float] = (65.0, 200.0)
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per reference type: (n, SCS(n)) after removing the fast-model cross-talk."""
     v = _check_voltage(voltage_kV)
-    t = load_table()
+    t = load_table(detector_mrad)
     t = t[t["voltage_kV"] == v]
     raw = {
         ct: t[t["column_type"] == ct].sort_values("n")[["n", "scs_voronoi_A2"]].to_numpy()
@@ -179,17 +209,22 @@ def _deconvolved(voltage_kV: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def _enhancement(ref: str, n_eq: np.ndarray, voltage_kV: float) -> np.ndarray:
+def _enhancement(
+    ref: str,
+    n_eq: np.ndarray,
+    voltage_kV: float,
+    detector_mrad: tuple[float, float] = (65.0, 200.0),
+) -> np.ndarray:
     """Channelling enhancement E_T(N) = SCS_T(N) / (N σ_repeat) at (fractional) N."""
-    sig = atom_scs(voltage_kV)
+    sig = atom_scs(voltage_kV, detector_mrad)
     rep = sum(sig[el] * k for el, k in _REPEAT[ref].items())
-    tab = _deconvolved(voltage_kV)
+    tab = _deconvolved(voltage_kV, detector_mrad)
     if ref not in tab:
         ref_fallback = {"CdBr": "PbBr", "Pb": "PbBr"}.get(ref)
         if ref_fallback is None or ref_fallback not in tab:
             return np.ones_like(n_eq)
         # no calibration for this type: use the enhancement of the Pb–Br column
-        return _enhancement(ref_fallback, n_eq, voltage_kV)
+        return _enhancement(ref_fallback, n_eq, voltage_kV, detector_mrad)
     n, s = tab[ref]
     e = s / (n * rep)
     x = np.asarray(n_eq, dtype=float)
@@ -211,6 +246,7 @@ def column_scs(
     *,
     voltage_kV: float = 300.0,
     mistilt_deg: float = 0.0,
+    detector_mrad: tuple[float, float] = (65.0, 200.0),
 ) -> np.ndarray:
     """SCS (Å²) of columns of given composition (arrays broadcast together).
 
@@ -224,15 +260,19 @@ def column_scs(
         A calibrated beam energy (see :func:`voltages`).
     mistilt_deg : float
         Crystal tilt away from the zone axis; reduces the channelling enhancement.
+    detector_mrad : (inner, outer)
+        Annular detector, one of :data:`DETECTORS_MRAD` (65–200 mrad, or 65–131 mrad: the
+        same abTEM runs integrated to 131 mrad, ×0.82–0.86 per column).
 
     Returns
     -------
     ndarray
-        SCS in Å² (fraction of the incident beam on the 65–200 mrad detector × Å²).
+        SCS in Å² (fraction of the incident beam on the detector × Å²).
     """
     refuse_text_numbers(locals())
     v = _check_voltage(voltage_kV)
-    sig = atom_scs(v)
+    det = _check_detector(detector_mrad)
+    sig = atom_scs(v, det)
     pb, cd, br, cs = (np.asarray(a, dtype=float) for a in (n_Pb, n_Cd, n_Br, n_Cs))
     pb0 = np.zeros_like(pb) if n_Pb0 is None else np.asarray(n_Pb0, dtype=float)
     pb, cd, br, cs, pb0 = np.broadcast_arrays(pb, cd, br, cs, pb0)
@@ -242,7 +282,7 @@ def column_scs(
     damp = np.exp(-((float(mistilt_deg) / MISTILT_THETA_C_DEG) ** 2))
 
     def enh(ref, n_eq):
-        e = _enhancement(ref, n_eq, v)
+        e = _enhancement(ref, n_eq, v, det)
         return 1.0 + (e - 1.0) * damp
 
     host = pb * sig["Pb"] + cd * sig["Cd"] + br * sig["Br"] + cs * sig["Cs"]
@@ -273,6 +313,7 @@ def scs_table(
     *,
     voltage_kV: float = 300.0,
     cd_fraction: float = 0.0,
+    detector_mrad: tuple[float, float] = (65.0, 200.0),
 ) -> np.ndarray:
     """True SCS (Å²) of ideal [001] columns from the abTEM-calibrated table.
 
@@ -288,6 +329,8 @@ def scs_table(
         Calibrated beam energy (300 or 200 kV).
     cd_fraction : float
         Cd fraction x on the B sites (only for "PbBr").
+    detector_mrad : (inner, outer)
+        Annular detector, one of :data:`DETECTORS_MRAD`.
 
     Returns
     -------
@@ -301,13 +344,14 @@ def scs_table(
     if np.any(n < 0) or not np.all(np.isfinite(n)):
         raise ParameterError(f"`n_atoms` must be finite and >= 0, got {n_atoms!r}")
     z = np.zeros_like(n)
+    kw = {"voltage_kV": voltage_kV, "detector_mrad": detector_mrad}
     if column_type == "PbBr":
-        return column_scs(n * (1 - x), n * x, n, z, voltage_kV=voltage_kV)
+        return column_scs(n * (1 - x), n * x, n, z, **kw)
     if column_type == "Cs":
-        return column_scs(z, z, z, n, voltage_kV=voltage_kV)
+        return column_scs(z, z, z, n, **kw)
     if column_type == "Br":
-        return column_scs(z, z, n, z, voltage_kV=voltage_kV)
-    return column_scs(z, z, z, z, n, voltage_kV=voltage_kV)
+        return column_scs(z, z, n, z, **kw)
+    return column_scs(z, z, z, z, n, **kw)
 
 
 def scs_library(
@@ -318,6 +362,7 @@ def scs_library(
     cd_fraction: float = 0.0,
     integration: str = "total",
     termination: str = "mixed",
+    detector_mrad: tuple[float, float] = (65.0, 200.0),
 ) -> pd.DataFrame:
     """Library of SCS against counts, 0 … ``max_atoms`` (StatSTEM-style library counting).
 
@@ -354,6 +399,10 @@ def scs_library(
         termination changes the total SCS of "PbBr" columns (their Br) and, with
         ``integration="voronoi"``, every type (the neighbours' counts).  ``n = 0`` is an
         empty column (SCS 0) for every termination.
+    detector_mrad : (inner, outer)
+        Annular detector of the image, one of :data:`DETECTORS_MRAD` (65–200 or 65–131
+        mrad): cross-sections scale with it, and a library of another detector reads
+        whole atoms off.
 
     Returns
     -------
@@ -375,9 +424,10 @@ def scs_library(
         t = n.astype(float) - lay[own]
         pb, br_ap, br_edge, cs = (np.clip(t + d, 0.0, None) for d in lay)
         z = np.zeros_like(t)
-        s_b = column_scs(pb * (1 - x), pb * x, br_ap, z, voltage_kV=voltage_kV)
-        s_br = column_scs(z, z, br_edge, z, voltage_kV=voltage_kV)
-        s_cs = column_scs(z, z, z, cs, voltage_kV=voltage_kV)
+        kw = {"voltage_kV": voltage_kV, "detector_mrad": detector_mrad}
+        s_b = column_scs(pb * (1 - x), pb * x, br_ap, z, **kw)
+        s_br = column_scs(z, z, br_edge, z, **kw)
+        s_cs = column_scs(z, z, z, cs, **kw)
         if integration == "voronoi":
             v = _voronoi_matrix(_check_voltage(voltage_kV), 20) @ np.vstack([s_b, s_br, s_br, s_cs])
             scs = {"PbBr": v[0], "Br": 0.5 * (v[1] + v[2]), "Cs": v[3]}[column_type]
@@ -385,18 +435,26 @@ def scs_library(
             scs = {"PbBr": s_b, "Br": s_br, "Cs": s_cs}[column_type]
         scs = np.where(n == 0, 0.0, scs)
     else:
-        scs = scs_table(column_type, n, voltage_kV=voltage_kV, cd_fraction=cd_fraction)
+        scs = scs_table(
+            column_type,
+            n,
+            voltage_kV=voltage_kV,
+            cd_fraction=cd_fraction,
+            detector_mrad=detector_mrad,
+        )
     df = pd.DataFrame({"n_atoms": n, "scs_A2": scs})
     df.attrs.update(
         {
             "column_type": column_type,
             "voltage_kV": float(voltage_kV),
             "semiangle_mrad": 20.0,
-            "detector_mrad": (65.0, 200.0),
+            "detector_mrad": _check_detector(detector_mrad),
             "cd_fraction": float(cd_fraction),
             "integration": integration,
             "termination": termination,
-            "source": "abTEM frozen-phonon calibration (perovstem/simulate/data/scs_abtem.csv)",
+            "source": "abTEM frozen-phonon calibration (perovstem/simulate/"
+            + _TABLE_FILES[_check_detector(detector_mrad)]
+            + ")",
         }
     )
     return df

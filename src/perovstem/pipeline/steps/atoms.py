@@ -230,7 +230,9 @@ FITTED_LIBRARY = (
 )
 
 
-def _fitted_library(columns: Any, p: dict[str, Any]) -> dict[str, Any]:
+def _fitted_library(
+    columns: Any, p: dict[str, Any], detector_mrad: tuple[float, float] = (65.0, 200.0)
+) -> dict[str, Any]:
     """``library = "fitted"``: the fitted-SCS library of the counted columns' own fit
     (:func:`perovstem.atoms.fitted_library_for`), refusing what it cannot reproduce."""
     from perovstem.errors import ParameterError
@@ -263,6 +265,7 @@ def _fitted_library(columns: Any, p: dict[str, Any]) -> dict[str, Any]:
             p["max_components"],
             types=p["types"],
             voltage_kV=p["voltage_kV"],
+            detector_mrad=detector_mrad,
             termination=p["library_termination"],
             cd_fraction=p["library_cd_fraction"],
         )
@@ -360,6 +363,9 @@ def _fitted_library(columns: Any, p: dict[str, Any]) -> dict[str, Any]:
     "or scale_prior).",
 )
 def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
+    import warnings
+
+    from perovstem.atoms._conditions import library_conditions
     from perovstem.errors import ParameterError
 
     p = ctx.params
@@ -414,8 +420,13 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
                 section="counting",
             )
     kw: dict[str, Any] = {}
+    # the library of the image's detector (65-200 or 65-131 mrad; atoms.fit records it)
+    angles, angles_note = library_conditions(out.attrs)
+    detector = tuple(angles["library"]["detector_mrad"])
+    if p["library"] and p["method"] != "ladder" and angles_note:
+        warnings.warn(f"atoms.count: {angles_note}", UserWarning, stacklevel=2)
     if p["library"] == "fitted":
-        kw["library"] = _fitted_library(out[sel], p)
+        kw["library"] = _fitted_library(out[sel], p, detector)
     elif p["library"] and p["method"] != "ladder" and "type" in out.columns:
         try:
             lib = api(SCS_LIBRARY)
@@ -425,6 +436,7 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
                     p["max_components"],
                     voltage_kV=p["voltage_kV"],
                     termination=p["library_termination"],
+                    detector_mrad=detector,
                     **({"cd_fraction": p["library_cd_fraction"]} if t == "PbBr" else {}),
                 )
                 for t in p["types"]
@@ -484,7 +496,10 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
             "source": "fitted" if p["library"] == "fitted" else "simulated",
             "termination": p["library_termination"],
             "cd_fraction": p["library_cd_fraction"],
+            "detector_mrad": list(detector),
         }
+        # as `atoms count` records it (atoms.composition models the same detector)
+        out.attrs.setdefault("counting", {})["library_angles"] = angles
     if "n_atoms" in out.columns:
         out["n_atoms"] = out["n_atoms"].astype("Float64")
     if truth is not None and {"x_A", "y_A", "n_atoms"} <= set(truth.columns):

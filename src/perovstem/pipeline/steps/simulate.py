@@ -292,6 +292,12 @@ def simulate_nanocrystal(ctx: Any) -> dict[str, Any]:
         "dose_e_per_A2": Param(float, 1e4, "electron dose, e⁻/Å²", min=1.0, max=MAX_DOSE_E_PER_A2),
         "voltage_kV": Param(float, 300.0, "accelerating voltage, kV", choices=(200.0, 300.0)),
         "probe_sigma_A": Param(float, None, "probe σ, Å (default: simulator default)", min=0.0),
+        "outer_mrad": Param(
+            float,
+            200.0,
+            "outer angle of the 65 mrad annular detector, mrad (the calibrated 200 or 131)",
+            choices=(200.0, 131.0),
+        ),
     },
     check_together=_check_haadf,
     requires=(HAADF,),
@@ -307,6 +313,7 @@ def simulate_haadf(ctx: Any, atoms: Any) -> dict[str, Any]:
         pixel_size_A=p["pixel_size_A"],
         dose_e_per_A2=p["dose_e_per_A2"],
         voltage_kV=p["voltage_kV"],
+        detector_mrad=(65.0, p["outer_mrad"]),
         rng=ctx.rng(),
         **kw,
     )
