@@ -409,10 +409,12 @@ class Series:
             self.pixel_size_A,
             dose_e_per_A2=None if self.dose_e_per_A2 is None else float(self.dose_e_per_A2[k]),
             time_s=None if self.time_s is None else float(self.time_s[k]),
-            # the beam energy goes with the frame (cross-section libraries depend on it)
+            # the beam energy, probe and detector go with the frame (cross-section
+            # libraries depend on them)
             metadata={
                 "frame": int(k) % self.n_frames,
                 **({} if (kv := voltage_kV_of(self.metadata)) is None else {"voltage_kV": kv}),
+                **imaging_angles_of(self.metadata),
             },
         )
 

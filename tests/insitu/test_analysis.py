@@ -755,6 +755,32 @@ def test_pb0_counts_use_the_series_beam_energy(kmc_imaged):
     assert 1.5 < a["n_atoms"].sum() / b["n_atoms"].sum() < 2.2
 
 
+def test_pb0_counts_use_the_library_of_the_images_detector(kmc_imaged):
+    # a frame of a 65-131 mrad detector (Pb columns x 0.83 in abTEM) was counted with the
+    # 65-200 mrad cluster library: Pb atoms read ~17 % low.  detect_clusters now takes
+    # the library of the frame's recorded detector.
+    import dataclasses
+
+    from perovstem.insitu import detect_clusters
+
+    _, s, _ = kmc_imaged(40.0, rate=5e3, seed=1, n_frames=8, pixel_size_A=0.5, rng=1)
+    img = s.frame(6)
+    assert list(img.metadata["detector_mrad"]) == [65.0, 200.0]  # the simulator's own
+    a = detect_clusters(img)
+    narrow = {**img.metadata, "detector_mrad": [65.0, 131.0]}
+    b = detect_clusters(dataclasses.replace(img, metadata=narrow))
+    assert len(a) > 3 and len(b) > 3
+    assert 1.1 < b["n_atoms"].sum() / a["n_atoms"].sum() < 1.3  # 1 / 0.83
+    # analyze_series hands the series' detector to every frame
+    from perovstem.insitu import analyze_series
+
+    sub = dataclasses.replace(s, metadata={**s.metadata, "detector_mrad": [65.0, 131.0]})
+    wide = analyze_series(s, summary=False, phase_check=False, register=False)
+    narrow = analyze_series(sub, summary=False, phase_check=False, register=False)
+    r = narrow.frames["n_Pb0_detected"].sum() / wide.frames["n_Pb0_detected"].sum()
+    assert 1.1 < r < 1.3, r
+
+
 def test_second_crystal_in_the_field_is_said():
     # two crystals (3.5 and 5 nm) in one field: the crystal columns followed the larger
     # only (area 3042 of ~4080 Å²) while the clusters of both were counted, with no note

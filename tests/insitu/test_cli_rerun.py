@@ -204,3 +204,16 @@ def test_temperature_on_the_command_line(tmp_path, capsys):
         assert main(argv) != 0
         assert word in capsys.readouterr().err
         assert not (tmp_path / "o3").exists()
+
+
+def test_uncalibrated_detector_is_noted(tmp_path, capsys):
+    """--detector-mrad (or the file's) that no shipped library has is said in the notes."""
+    series = _small_series(tmp_path / "s.npz")
+    out = tmp_path / "out"
+    args = ["insitu", str(series), "--out", str(out), "--ci", "wald", "--no-register"]
+    assert main([*args, "--no-plots", "--detector-mrad", "50,180"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a 50–180 mrad detector (libraries 65–200 or 65–131)" in text
+    assert "Pb⁰ atom counts" in text
+    assert main([*args, "--no-plots", "--overwrite", "--detector-mrad", "65,131"]) == 0
+    assert "mrad detector (libraries" not in " ".join(capsys.readouterr().out.split())

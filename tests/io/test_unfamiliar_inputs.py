@@ -219,12 +219,17 @@ def test_velox_stack_without_frame_time_names_the_missing_entry_not_truncation(t
     np.testing.assert_allclose(ps.load(p2).time_s, [0.0, 2.0, 4.0])
 
 
-def test_velox_probe_and_detector_angles_are_read(tmp_path):
+def test_velox_probe_and_detector_angles_are_read(tmp_path, capsys):
     # old code: not read; a cross-section library must be made at them
     p = tmp_path / "haadf.emd"
     _velox(p, [("HAADF", np.ones((16, 16), np.uint16), 2e-11)], angles=(0.0245, 0.05, 0.18))
     img = ps.load(p)
     assert img.metadata["semiangle_mrad"] == pytest.approx(24.5)
     np.testing.assert_allclose(img.metadata["detector_mrad"], [50.0, 180.0])
+    from perovstem.cli.main import main
+
+    assert main(["info", str(p)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "probe semi-angle │ 24.5 mrad" in out and "detector │ 50–180 mrad" in out
     _velox(p := tmp_path / "bare.emd", [("HAADF", np.ones((16, 16), np.uint16), 2e-11)])
     assert "detector_mrad" not in ps.load(p).metadata

@@ -23,6 +23,12 @@ from perovstem._data import imaging_angles_of
 TOLERANCE = 0.1
 
 
+def library_detector(metadata: dict | None) -> tuple[float, float]:
+    """The calibrated detector (inner, outer mrad) for an image's or series' metadata: the
+    one within 10 % of its ``detector_mrad``, else 65–200 mrad (also when not recorded)."""
+    return tuple(library_conditions(metadata or {})[0]["library"]["detector_mrad"])
+
+
 def library_conditions(
     attrs: dict,
     *,
@@ -86,12 +92,18 @@ def library_conditions(
     if not off:
         return info, None
     return info, (
-        f"the image was recorded with {' and '.join(off)}: the simulated library's absolute "
-        "scale is not the image's, and on crystals of a few thicknesses the counts may all "
-        "be off by the same whole number of atoms without any other warning (abTEM: an "
-        "outer angle of 131 instead of 200 mrad scales every column by 0.83-0.86, which "
-        "read a 60 Å crystal one atom thin). For absolute counts give a library simulated "
-        "at these angles (--library TABLE of n_atoms, scs_A2, e.g. from "
-        "perovstem.simulate.haadf_image_multislice or StatSTEM); the Gaussian mixture "
-        "without --library gives the counts' differences only."
+        f"the image was recorded with {' and '.join(off)}: the cross-sections of the "
+        "simulated libraries are not the image's (abTEM: an outer angle of 131 instead of "
+        "200 mrad scales every column by 0.83-0.86), so counts made with them are off by "
+        "that scale"
     )
+
+
+#: what `atoms count` adds to the note of :func:`library_conditions`
+COUNT_REMEDY = (
+    "; on crystals of a few thicknesses all by the same whole number of atoms, with no "
+    "other warning (×0.83 read a 60 Å crystal one atom thin). For absolute counts give a "
+    "library simulated at these angles (--library TABLE of n_atoms, scs_A2, e.g. from "
+    "perovstem.simulate.haadf_image_multislice or StatSTEM); the Gaussian mixture without "
+    "--library gives the counts' differences only."
+)

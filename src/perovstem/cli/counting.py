@@ -316,7 +316,7 @@ def count(
     import pandas as pd
 
     from perovstem.atoms import count_atoms, count_hybrid, count_library
-    from perovstem.atoms._conditions import library_conditions
+    from perovstem.atoms._conditions import COUNT_REMEDY, library_conditions
     from perovstem.cli._common import about_file, check_outputs, console, nonempty_table
     from perovstem.io import read_table, save_table
 
@@ -472,7 +472,7 @@ def count(
         res = whole
     save_table(res, out, overwrite=overwrite)
     if angles_note:
-        console.print(f"WARNING {angles_note}")
+        console.print(f"WARNING {angles_note}{COUNT_REMEDY}")
     info = res.attrs.get("counting", {})
     counted = res[res["counted"]] if "counted" in res.columns else res
     for t in types:

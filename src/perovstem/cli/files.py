@@ -89,6 +89,11 @@ def describe(obj) -> list[tuple[str, str]]:
         if key in md:
             src = md.get(f"{key}_source")
             rows.append((label, f"{md[key]:.4g} {unit}" + (f" ({src})" if src else "")))
+    if md.get("semiangle_mrad") is not None:
+        rows.append(("probe semi-angle", f"{float(md['semiangle_mrad']):.4g} mrad"))
+    if md.get("detector_mrad") is not None:
+        inner, outer = (float(v) for v in md["detector_mrad"])
+        rows.append(("detector", f"{inner:.4g}–{outer:.4g} mrad"))
     for key, label in (("high_tension_kV", "high tension"), ("magnification", "magnification")):
         if key in md:
             rows.append((label, f"{md[key]:.6g}" + (" kV" if key == "high_tension_kV" else "")))

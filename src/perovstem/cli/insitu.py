@@ -16,7 +16,13 @@ import typer
 
 from perovstem._limits import check_current_pA
 from perovstem._validation import check_positive, check_range
-from perovstem.cli._common import MAX_DOSE_E_PER_A2, MAX_TEMPERATURE_K, check_at_most, examples
+from perovstem.cli._common import (
+    MAX_DOSE_E_PER_A2,
+    MAX_TEMPERATURE_K,
+    check_at_most,
+    detector_pair,
+    examples,
+)
 from perovstem.cli.main import app
 from perovstem.errors import FileFormatError, OutputExistsError, ParameterError
 
@@ -135,6 +141,13 @@ def insitu(
         help="Beam energy, kV (200 or 300; replaces the file's high tension): the "
         "cross-section libraries of the Pb⁰ atom counts, the Br loss and --columns are made "
         "at it (a 200 kV series counted at 300 kV reads about twice the Pb⁰).",
+    ),
+    detector_mrad: str = typer.Option(
+        None,
+        "--detector-mrad",
+        help="INNER,OUTER annular detector, mrad (replaces the file's): the cross-section "
+        "libraries are those of 65,200 or 65,131 (another is noted: Pb⁰ counts off by its "
+        "scale).",
     ),
     no_register: bool = typer.Option(False, "--no-register", help="Skip drift correction."),
     max_lag: int = typer.Option(3, "--max-lag", help="Frames each frame is registered to."),
@@ -372,6 +385,13 @@ def insitu(
             )
         md = {k: v for k, v in s.metadata.items() if k != "high_tension_kV"}
         s = s.replace(metadata={**md, "voltage_kV": float(voltage_kV)})
+    if detector_mrad is not None:
+        s = s.replace(metadata={**s.metadata, "detector_mrad": list(detector_pair(detector_mrad))})
+    from perovstem.atoms._conditions import library_conditions
+
+    angles_note = library_conditions(s.metadata)[1]
+    if angles_note:
+        notes.append(f"{angles_note} (the Pb⁰ atom counts, --columns)")
     with about_file(series):  # "every frame of the series is unusable": which series
         res = analyze_series(
             s,

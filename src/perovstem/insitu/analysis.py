@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from perovstem._data import Image, Series, voltage_kV_of
+from perovstem._data import Image, Series, imaging_angles_of, voltage_kV_of
 from perovstem._validation import check_choice, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 from perovstem.insitu._frames import (
@@ -443,9 +443,10 @@ def analyze_series(
     detect = dict(detect or {})
     track = dict(track or {})
     px = series.pixel_size_A
-    # the frames' beam energy for the cross-section libraries of detect_clusters
+    # the frames' beam energy, probe and detector for the libraries of detect_clusters
     kv = voltage_kV_of(series.metadata)
     beam = {} if kv is None else {"voltage_kV": kv}
+    beam.update(imaging_angles_of(series.metadata))
     n = series.n_frames
     # The drift registration runs beside the detection pass (both stream the frames and
     # are CPU-bound; the registration's single-threaded stretches leave a core to the
@@ -1238,6 +1239,9 @@ def _column_library(
     m = int(opts["max_states"])
     kw = {"cd_fraction": opts["cd_fraction"]} if typ == "PbBr" else {}
     kv = voltage_kV_of(series.metadata) or 300.0  # the file's (high tension) or the simulator's
+    from perovstem.atoms._conditions import library_detector
+
+    kw["detector_mrad"] = library_detector(series.metadata)
     if lib == "table":
         return scs_library(typ, m, voltage_kV=kv, **kw)
     if typ not in LIBRARY_TYPES:
@@ -1255,11 +1259,18 @@ def _column_library(
     lo.setdefault("width_dose_e_per_A2", pos.attrs.get("width_dose_e_per_A2"))
     lo["fit_positions"] = opts["refine"] == "frame"
     lo.setdefault("voltage_kV", kv)
+    lo.setdefault("detector_mrad", kw["detector_mrad"])
     lo.setdefault("dose_e_per_A2", float(np.median(np.asarray(series.dose_e_per_A2)[frames])))
     tab = fitted_scs_library(m, pixel_size_A=series.pixel_size_A, max_iter=opts["max_iter"], **lo)[
         typ
     ]
-    return with_cd_fraction(tab, typ, kw.get("cd_fraction", 0.0), voltage_kV=lo["voltage_kV"])
+    return with_cd_fraction(
+        tab,
+        typ,
+        kw.get("cd_fraction", 0.0),
+        voltage_kV=lo["voltage_kV"],
+        detector_mrad=lo["detector_mrad"],
+    )
 
 
 def _normalized(img: Image, gain: Any, offset: Any) -> Image:

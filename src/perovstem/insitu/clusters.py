@@ -395,6 +395,7 @@ def cluster_scs_library(
     column_library: pd.DataFrame | None = None,
     voltage_kV: float = 300.0,
     lattice_A: float = PB_FCC_A,
+    detector_mrad: tuple[float, float] = (65.0, 200.0),
 ) -> pd.DataFrame:
     """SCS of compact fcc Pb clusters of 0 … ``max_atoms`` atoms viewed along [001].
 
@@ -412,6 +413,9 @@ def cluster_scs_library(
         Beam energy for the default library.
     lattice_A : float
         fcc Pb lattice constant, Å.
+    detector_mrad : (inner, outer)
+        Annular detector for the default library, one of
+        :data:`perovstem.simulate.scs.DETECTORS_MRAD`.
 
     Returns
     -------
@@ -424,7 +428,7 @@ def cluster_scs_library(
     if column_library is None:
         from perovstem.simulate.scs import scs_library
 
-        column_library = scs_library("Pb", 40, voltage_kV=voltage_kV)
+        column_library = scs_library("Pb", 40, voltage_kV=voltage_kV, detector_mrad=detector_mrad)
     if not {"n_atoms", "scs_A2"} <= set(column_library.columns):
         raise DataError("`column_library` needs columns n_atoms, scs_A2")
     lib = column_library.sort_values("n_atoms")["scs_A2"].to_numpy(float)
@@ -433,7 +437,13 @@ def cluster_scs_library(
     curve = _cluster_curve(int(max_atoms), tuple(np.round(lib, 12)), float(lattice_A))
     curve = np.maximum.accumulate(curve)
     df = pd.DataFrame({"n_atoms": np.arange(max_atoms + 1), "scs_A2": curve})
-    df.attrs.update({"voltage_kV": float(voltage_kV), "lattice_A": float(lattice_A)})
+    df.attrs.update(
+        {
+            "voltage_kV": float(voltage_kV),
+            "lattice_A": float(lattice_A),
+            "detector_mrad": [float(v) for v in detector_mrad],
+        }
+    )
     return df
 
 
@@ -1429,9 +1439,11 @@ def _finite_median(v: np.ndarray) -> float:
     return float(np.median(f)) if f.size else 0.0
 
 
-@lru_cache(maxsize=2)
-def _default_library(voltage_kV: float = 300.0) -> pd.DataFrame:
-    return cluster_scs_library(voltage_kV=voltage_kV)
+@lru_cache(maxsize=4)
+def _default_library(
+    voltage_kV: float = 300.0, detector_mrad: tuple[float, float] = (65.0, 200.0)
+) -> pd.DataFrame:
+    return cluster_scs_library(voltage_kV=voltage_kV, detector_mrad=detector_mrad)
 
 
 def atoms_from_scs(scs_A2: Any, library: pd.DataFrame) -> np.ndarray:
@@ -2083,7 +2095,12 @@ def detect_clusters(
             )
     # at the image's beam energy (Pb scatters ≈ 1.8x more at 200 kV than at 300 kV)
     md = image.metadata if isinstance(image, Image) else None
-    lib = _default_library(voltage_kV_of(md) or 300.0) if library is None else library
+    if library is None:  # and on the image's detector (65-131 mrad: Pb columns x 0.83)
+        from perovstem.atoms._conditions import library_detector
+
+        lib = _default_library(voltage_kV_of(md) or 300.0, library_detector(md))
+    else:
+        lib = library
     if lattice_A is None or lattice_angle_deg is None:
         # pixels ≥ 1.5 Å cannot show the 3 Å end of the search (Nyquist 2·px): search what
         # they resolve, nothing above 9 Å (then the default, as for no clear lattice)

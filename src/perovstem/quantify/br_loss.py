@@ -393,7 +393,9 @@ def pool_br_desorption(
     )
 
 
-def _total_scs(atoms: Any, voltage_kV: float) -> float:
+def _total_scs(
+    atoms: Any, voltage_kV: float, detector_mrad: tuple[float, float] = (65.0, 200.0)
+) -> float:
     from perovstem.simulate.columns import project_columns
     from perovstem.simulate.scs import column_scs
 
@@ -406,6 +408,7 @@ def _total_scs(atoms: Any, voltage_kV: float) -> float:
             cols["n_Cs"],
             cols["n_Pb0"],
             voltage_kV=voltage_kV,
+            detector_mrad=detector_mrad,
         ).sum()
     )
 
@@ -423,6 +426,7 @@ def br_structure_template(
     cd_fraction: float = 0.0,
     termination: str = "CsBr",
     rng: Any = None,
+    detector_mrad: tuple[float, float] = (65.0, 200.0),
 ) -> pd.DataFrame:
     """Exposed/bulk Br and total cross-section against the number of Br lost.
 
@@ -457,6 +461,9 @@ def br_structure_template(
     termination : {"CsBr", "PbBr2"}
         Outer layer of every {100} facet of the template crystal.
     rng : None, int or Generator
+    detector_mrad : (inner, outer)
+        Annular detector of the SCS library (one of
+        :data:`perovstem.simulate.scs.DETECTORS_MRAD`).
 
     Returns
     -------
@@ -501,8 +508,8 @@ def br_structure_template(
     ini = ft.attrs["initial"]
     n_br = np.r_[ini["n_Br"], ft["n_Br"].to_numpy()]
     n_s = np.r_[ini["n_Br_surface"], ft["n_Br_surface"].to_numpy()]
-    scs = [_total_scs(tr.initial_atoms(), voltage_kV)]
-    scs += [_total_scs(tr.atoms(k), voltage_kV) for k in range(len(ft))]
+    scs = [_total_scs(tr.initial_atoms(), voltage_kV, detector_mrad)]
+    scs += [_total_scs(tr.atoms(k), voltage_kV, detector_mrad) for k in range(len(ft))]
     return pd.DataFrame(
         {
             "n_lost": n_br[0] - n_br,
@@ -620,6 +627,8 @@ def br_loss_from_images(
     gain = float(md.get("gain") or 1.0)
     offset = float(md.get("offset") or 0.0)
     kv = float(voltage_kV if voltage_kV is not None else (voltage_kV_of(md) or 300.0))
+    from perovstem.atoms._conditions import library_detector
+
     if temperature_K is None:
         t = getattr(series, "temperature_K", None)
         temperature_K = float(np.nanmedian(t)) if t is not None else 300.0
@@ -726,6 +735,7 @@ def br_loss_from_images(
                 cd_fraction=cd_fraction,
                 termination=termination,
                 rng=sd,
+                detector_mrad=library_detector(md),
                 **kw,
             )
             out.append(map_template(tpl, s_ref0))

@@ -228,10 +228,19 @@ def _truth(plan: _Plan) -> dict[str, pd.DataFrame]:
 
 
 def _image_kw(
-    voltage_kV, gain, offset, probe_sigma_A, scan_noise_px, noise, background, read_noise
+    voltage_kV,
+    gain,
+    offset,
+    probe_sigma_A,
+    scan_noise_px,
+    noise,
+    background,
+    read_noise,
+    detector_mrad=(65.0, 200.0),
 ) -> dict:
     return {
         "voltage_kV": voltage_kV,
+        "detector_mrad": tuple(float(v) for v in detector_mrad),
         "gain": gain,
         "offset": offset,
         "probe_sigma_A": probe_sigma_A,
@@ -260,6 +269,7 @@ def insitu_series(
     noise: bool = True,
     background: float = 0.0,
     read_noise: float = 0.0,
+    detector_mrad: tuple[float, float] = (65.0, 200.0),
     lazy: bool = False,
     rng: Any = None,
 ) -> tuple[Series, dict[str, pd.DataFrame]]:
@@ -294,6 +304,8 @@ def insitu_series(
         Vacuum margin when ``shape`` is None, Å.
     voltage_kV, gain, offset, probe_sigma_A, scan_noise_px, noise, background, read_noise
         Passed to :func:`haadf_image` for every frame.
+    detector_mrad : (inner, outer)
+        Annular detector (65–200 or 65–131 mrad), passed to :func:`haadf_image`.
     lazy : bool
         Return the frames as a dask array (one delayed task per frame, rendered on demand,
         reproducibly in any order) instead of a numpy stack.
@@ -318,7 +330,15 @@ def insitu_series(
     """
     refuse_text_numbers(locals())
     kw = _image_kw(
-        voltage_kV, gain, offset, probe_sigma_A, scan_noise_px, noise, background, read_noise
+        voltage_kV,
+        gain,
+        offset,
+        probe_sigma_A,
+        scan_noise_px,
+        noise,
+        background,
+        read_noise,
+        detector_mrad,
     )
     plan = _plan(
         trajectory,

@@ -424,7 +424,12 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
     angles, angles_note = library_conditions(out.attrs)
     detector = tuple(angles["library"]["detector_mrad"])
     if p["library"] and p["method"] != "ladder" and angles_note:
-        warnings.warn(f"atoms.count: {angles_note}", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"atoms.count: {angles_note}; on crystals of a few thicknesses all by the same "
+            "whole number of atoms (library = false: the Gaussian mixture's differences only)",
+            UserWarning,
+            stacklevel=2,
+        )
     if p["library"] == "fitted":
         kw["library"] = _fitted_library(out[sel], p, detector)
     elif p["library"] and p["method"] != "ladder" and "type" in out.columns:
