@@ -106,7 +106,9 @@ def noise_free_parts(tr, series, *, pixel_size_A, seed, drift_A_per_s=(0.8, -0.5
     plan = _plan(
         tr, pixel_size_A=pixel_size_A, shape=None, drift_A_per_s=drift_A_per_s,
         jitter_A=jitter_A, scan_drift=False, center_A=None, margin_A=10.0, rng=seed,
-        image_kw=_image_kw(300.0, 1.0, 0.0, None, 0.0, True, 0.0, 0.0),
+        image_kw=_image_kw(
+            {"voltage_kV": 300.0, "gain": 1.0, "offset": 0.0, "noise": True, "background": 0.0}
+        ),
     )  # fmt: skip
     if plan.shape != series.data.shape[1:]:
         raise RuntimeError(f"seed {seed}: the re-rendering plan differs from the series")

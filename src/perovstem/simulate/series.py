@@ -227,28 +227,25 @@ def _truth(plan: _Plan) -> dict[str, pd.DataFrame]:
     }
 
 
-def _image_kw(
-    voltage_kV,
-    gain,
-    offset,
-    probe_sigma_A,
-    scan_noise_px,
-    noise,
-    background,
-    read_noise,
-    detector_mrad=(65.0, 200.0),
-) -> dict:
-    return {
-        "voltage_kV": voltage_kV,
-        "detector_mrad": tuple(float(v) for v in detector_mrad),
-        "gain": gain,
-        "offset": offset,
-        "probe_sigma_A": probe_sigma_A,
-        "scan_noise_px": scan_noise_px,
-        "noise": noise,
-        "background": background,
-        "read_noise": read_noise,
-    }
+#: the arguments of insitu_series / iter_insitu_frames that go to haadf_image
+_IMAGE_KEYS = (
+    "voltage_kV",
+    "gain",
+    "offset",
+    "probe_sigma_A",
+    "scan_noise_px",
+    "noise",
+    "background",
+    "read_noise",
+    "detector_mrad",
+)
+
+
+def _image_kw(args: dict) -> dict:
+    """The :func:`haadf_image` keywords among ``args`` (a caller's ``locals()``)."""
+    kw = {k: args[k] for k in _IMAGE_KEYS if k in args}
+    kw["detector_mrad"] = tuple(float(v) for v in kw.get("detector_mrad", (65.0, 200.0)))
+    return kw
 
 
 def insitu_series(
@@ -329,17 +326,7 @@ def insitu_series(
         merges with parents.
     """
     refuse_text_numbers(locals())
-    kw = _image_kw(
-        voltage_kV,
-        gain,
-        offset,
-        probe_sigma_A,
-        scan_noise_px,
-        noise,
-        background,
-        read_noise,
-        detector_mrad,
-    )
+    kw = _image_kw(locals())
     plan = _plan(
         trajectory,
         pixel_size_A=pixel_size_A,
@@ -420,6 +407,7 @@ def iter_insitu_frames(
     noise: bool = True,
     background: float = 0.0,
     read_noise: float = 0.0,
+    detector_mrad: tuple[float, float] = (65.0, 200.0),
     rng: Any = None,
 ) -> Iterator[tuple[int, Image, pd.DataFrame]]:
     """Yield ``(k, Image, column_truth)`` frame by frame (same frames as :func:`insitu_series`).
@@ -429,9 +417,7 @@ def iter_insitu_frames(
     (image coordinates, drift included).  Only one frame is in memory at a time.
     """
     refuse_text_numbers(locals())
-    kw = _image_kw(
-        voltage_kV, gain, offset, probe_sigma_A, scan_noise_px, noise, background, read_noise
-    )
+    kw = _image_kw(locals())
     plan = _plan(
         trajectory,
         pixel_size_A=pixel_size_A,
