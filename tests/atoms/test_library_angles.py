@@ -115,3 +115,15 @@ def test_the_65_131_table_is_the_same_runs_on_the_narrower_detector():
     assert np.all(r200 / scs_table("PbBr", n, voltage_kV=200) < 0.83)
     with pytest.raises(ps.PerovstemError, match=r"calibrated detectors.*\[65\.0, 131\.0\]"):
         scs_table("PbBr", n, detector_mrad=(50, 180))
+
+
+def test_simulators_on_the_command_line_take_a_calibrated_detector(tmp_path, capsys):
+    img = tmp_path / "i.npz"
+    base = ["simulate", "image", "-o", str(img), "--edge-A", "20", "--seed", "1"]
+    assert main([*base, "--detector-mrad", "65,131"]) == 0
+    assert list(ps.load(img).metadata["detector_mrad"]) == [65.0, 131.0]
+    for cmd in (base, ["simulate", "series", "-o", str(tmp_path / "s.npz"), "--frames", "3"]):
+        capsys.readouterr()
+        assert main([*cmd, "--detector-mrad", "50,180", "--overwrite"]) == 2
+        assert "calibrated detectors [[65.0, 200.0], [65.0, 131.0]]" in capsys.readouterr().err
+    assert not (tmp_path / "s.npz").exists()

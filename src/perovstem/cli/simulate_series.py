@@ -18,6 +18,7 @@ from perovstem.cli._common import (
     MAX_TEMPERATURE_K,
     check_at_most,
     data_stem,
+    detector_pair,
     examples,
 )
 from perovstem.cli.simulate import simulate_app
@@ -109,6 +110,9 @@ def series(
     jitter_A: float = typer.Option(0.1, "--jitter-A", help="rms random shift per frame, Å."),
     scan_drift: bool = typer.Option(False, "--scan-drift", help="Drift within each frame too."),
     voltage_kV: float = typer.Option(300.0, "--voltage-kV", help="300 or 200 kV."),
+    detector_mrad: str = typer.Option(
+        "65,200", "--detector-mrad", help="INNER,OUTER annular detector, mrad: 65,200 or 65,131."
+    ),
     gain: float = typer.Option(1.0, "--gain", help="Detector counts per electron."),
     offset: float = typer.Option(0.0, "--offset", help="Detector offset, counts."),
     no_noise: bool = typer.Option(False, "--no-noise", help="Noise-free expectation frames."),
@@ -142,6 +146,9 @@ def series(
     if temperature_end_K is not None:  # np.linspace(300, inf) made the ramp NaN
         check_positive("--temperature-end-K", temperature_end_K)
     why_t = "beyond any heating holder; CsPbBr3 melts at ~840 K"
+    from perovstem.simulate.scs import _check_detector
+
+    detector = _check_detector(detector_pair(detector_mrad))  # before the KMC runs
     check_at_most("--temperature-K", temperature_K, MAX_TEMPERATURE_K, "K", why_t)
     check_at_most("--temperature-end-K", temperature_end_K, MAX_TEMPERATURE_K, "K", why_t)
     if np.isfinite(dose_rate) and np.isfinite(frame_time_s) and frame_time_s > 0:
@@ -196,6 +203,7 @@ def series(
         jitter_A=jitter_A,
         scan_drift=scan_drift,
         voltage_kV=voltage_kV,
+        detector_mrad=detector,
         gain=gain,
         offset=offset,
         noise=not no_noise,
