@@ -127,3 +127,30 @@ def test_simulators_on_the_command_line_take_a_calibrated_detector(tmp_path, cap
         assert main([*cmd, "--detector-mrad", "50,180", "--overwrite"]) == 2
         assert "calibrated detectors [[65.0, 200.0], [65.0, 131.0]]" in capsys.readouterr().err
     assert not (tmp_path / "s.npz").exists()
+
+
+def test_a_library_table_per_column_type(stepped, capsys):
+    # the way to count another detector's image: its own library per type (here the
+    # 65-131 mrad one written as a user's file); old code took one table for every type
+    from perovstem.simulate import scs_library
+
+    d, fits, truth = stepped
+    lib = pd.concat(
+        [
+            scs_library(t, 30, detector_mrad=(65, 131), termination="CsBr").assign(type=t)
+            for t in ("PbBr", "Cs", "Br")
+        ]
+    )
+    lib.to_csv(d / "lib.csv", index=False)
+    bare = {k: v for k, v in fits[131].attrs.items() if k != "detector_mrad"}
+    t = fits[131].copy()
+    t.attrs = bare
+    t.to_parquet(d / "bare.parquet")
+    out = d / "c_lib.parquet"
+    args = ["atoms", "count", str(d / "bare.parquet"), "-o", str(out), "--overwrite"]
+    assert main([*args, "--library", str(d / "lib.csv"), "--method", "hybrid"]) == 0
+    assert abs(_mean_error(pd.read_parquet(out), truth)) < 0.1
+    lib[lib["type"] != "Br"].to_csv(d / "lib2.csv", index=False)
+    capsys.readouterr()
+    assert main([*args, "--library", str(d / "lib2.csv"), "--method", "hybrid"]) == 2
+    assert "types ['Cs', 'PbBr'], not of ['Br']" in capsys.readouterr().err

@@ -108,7 +108,25 @@ def _library_arg(
     from perovstem.io import read_table
 
     lib = read_table(spec)
-    return {t: lib for t in types} if types != ["all"] else lib
+    for col in ("n_atoms", "scs_A2"):
+        if col not in lib.columns:
+            raise DataError(
+                f"--library {spec!r}: a library table needs columns n_atoms and scs_A2 "
+                f"(and optionally type), got {list(lib.columns)}"
+            )
+    if "type" not in lib.columns:  # one library for every type
+        return {t: lib for t in types} if types != ["all"] else lib
+    have = sorted(lib["type"].astype(str).unique())
+    missing = [t for t in types if t not in have]
+    if missing:
+        raise DataError(
+            f"--library {spec!r} has libraries of the types {have}, not of {missing}: add "
+            "them, or count only those with --type"
+        )
+    return {
+        t: lib[lib["type"].astype(str) == t].drop(columns="type").reset_index(drop=True)
+        for t in types
+    }
 
 
 def _voltage_arg(given: float | None, attrs: dict, library: str | None) -> tuple[float, str]:
@@ -244,7 +262,8 @@ def count(
         help="'simulate', 'fitted' (the library of the table's own fit, "
         "perovstem.atoms.fitted_library_for: slabs imaged at its pixel size, field and dose "
         "and fitted like it; needs the Parquet table of 'atoms fit' and --termination CsBr "
-        "or PbBr2) or a table (n_atoms, scs_A2) file.",
+        "or PbBr2) or a table (n_atoms, scs_A2) file (with a 'type' column: one library "
+        "per column type, e.g. from a multislice of the image's conditions).",
     ),
     integration: str = typer.Option(
         "auto",
