@@ -103,7 +103,7 @@ def library_conditions(
 COUNT_REMEDY = (
     "; on crystals of a few thicknesses all by the same whole number of atoms, with no "
     "other warning (×0.83 read a 60 Å crystal one atom thin). For absolute counts give a "
-    "library simulated at these angles (--library TABLE of n_atoms, scs_A2, e.g. from "
+    "library simulated at these angles (--library TABLE of type, n_atoms, scs_A2, e.g. from "
     "perovstem.simulate.haadf_image_multislice or StatSTEM); the Gaussian mixture without "
     "--library gives the counts' differences only."
 )
