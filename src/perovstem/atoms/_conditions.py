@@ -2,9 +2,9 @@
 
 The shipped library (:mod:`perovstem.simulate.scs`) is abTEM multislice for one probe
 semi-angle (20 mrad) and two annular detectors (65–200 and 65–131 mrad).  Column
-cross-sections scale with both: in the same abTEM runs, an outer angle of 131 instead of 200 mrad multiplied every CsPbBr₃ column's
-cross-section by 0.83–0.86 at 300 kV, nearly independent of thickness (Pb–Br 0.833–0.834,
-Cs 0.845, Br 0.856).  Counting scales the library by a fitted factor, but on crystals of a
+cross-sections scale with both: in the same abTEM runs, an outer angle of 131 instead of
+200 mrad multiplied every CsPbBr₃ column's cross-section by 0.83–0.86 at 300 kV, nearly
+independent of thickness (Pb–Br 0.833–0.834, Cs 0.845, Br 0.856).  Counting scales the library by a fitted factor, but on crystals of a
 few thicknesses the data cannot tell that factor from a whole-atom offset of every count
 (c·L_n ≈ c'·L_(n±1)); its prior then decides, and a mismatch reads every column wrong by
 the same whole number of atoms (measured: the cross-sections of a 60 Å crystal with three

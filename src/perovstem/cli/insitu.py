@@ -275,6 +275,7 @@ def insitu(
                 f"`--temperature-K` {temperature_K:g} and `--conditions` {str(conditions)!r} "
                 "both give the temperature: give one"
             )
+    detector = None if detector_mrad is None else detector_pair(detector_mrad)
     if voltage_kV is not None and voltage_kV not in (200.0, 300.0):
         raise ParameterError(
             f"`--voltage-kV` must be 200 or 300 (the calibrated cross-section libraries), got "
@@ -385,8 +386,8 @@ def insitu(
             )
         md = {k: v for k, v in s.metadata.items() if k != "high_tension_kV"}
         s = s.replace(metadata={**md, "voltage_kV": float(voltage_kV)})
-    if detector_mrad is not None:
-        s = s.replace(metadata={**s.metadata, "detector_mrad": list(detector_pair(detector_mrad))})
+    if detector is not None:
+        s = s.replace(metadata={**s.metadata, "detector_mrad": list(detector)})
     from perovstem.atoms._conditions import library_conditions
 
     angles_note = library_conditions(s.metadata)[1]

@@ -283,8 +283,9 @@ def _times(
         )
     elif gms:
         md["time_note"] = (
-            "no frame times: the recording has no full second (Second_SS folder between "
-            "its first and last) to find the frame rate from"
+            "no frame times from the Hour/Minute/Second folders: no full second (a "
+            "Second_SS folder between the first and the last) to find the frame rate "
+            "from, or frames outside Second_SS folders (give --frame-time-s)"
         )
     elif any(t is not None for t in stamps):
         missing = [nm for nm, t in zip(names, stamps, strict=True) if t is None]
