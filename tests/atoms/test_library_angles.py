@@ -154,3 +154,15 @@ def test_a_library_table_per_column_type(stepped, capsys):
     capsys.readouterr()
     assert main([*args, "--library", str(d / "lib2.csv"), "--method", "hybrid"]) == 2
     assert "types ['Cs', 'PbBr'], not of ['Br']" in capsys.readouterr().err
+
+
+def test_python_api_simulated_library_follows_the_table(stepped):
+    # count_hybrid(table, "simulate") took 300 kV and 65-200 mrad whatever the table said
+    from perovstem.atoms import count_hybrid
+
+    d, fits, truth = stepped
+    good = count_hybrid(fits[131], "simulate", termination="CsBr")
+    assert abs(_mean_error(good, truth)) < 0.1
+    bare = fits[131].copy()
+    bare.attrs = {k: v for k, v in fits[131].attrs.items() if k != "detector_mrad"}
+    assert _mean_error(count_hybrid(bare, "simulate", termination="CsBr"), truth) < -0.7

@@ -1434,7 +1434,7 @@ def count_atoms(
     prior_c, prior_sd, prior_from = _check_scale_prior(scale_prior, library)
     libs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if library is not None:
-        from perovstem.atoms.library import _simulate_integration, as_library
+        from perovstem.atoms.library import _simulate_conditions, _simulate_integration, as_library
 
         # each type's library once (a sweep compares every k with it); "simulate" takes the
         # integration the table's SCS estimator measures (Voronoi sums or total SCS)
@@ -1447,6 +1447,7 @@ def count_atoms(
                 integration=integ,
                 termination=termination,
                 cd_fraction=cd_fraction,
+                **_simulate_conditions(df),
             )
     out = df.copy()
     n_atoms = np.zeros(x.size, dtype=np.int64)

@@ -50,6 +50,7 @@ def as_library(
     integration: str = "total",
     termination: str = "mixed",
     cd_fraction: float = 0.0,
+    detector_mrad: tuple[float, float] = (65.0, 200.0),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalise a SCS library to ``(n_atoms, scs)`` arrays sorted by ``n_atoms``.
 
@@ -76,6 +77,9 @@ def as_library(
     cd_fraction : float
         Cd fraction x on the B sites that ``"simulate"`` assumes (0 … 1; it lowers the Pb–Br
         cross-sections and, with Voronoi integration, the cross-talk into the other types).
+    detector_mrad : (inner, outer)
+        Annular detector when simulating (one of
+        :data:`perovstem.simulate.scs.DETECTORS_MRAD`).
 
     Returns
     -------
@@ -103,6 +107,7 @@ def as_library(
             integration=integration,
             termination=termination,
             cd_fraction=cd_fraction,
+            detector_mrad=detector_mrad,
         )
     elif termination != "mixed" or cd_fraction != 0:
         # a user library fixes its own composition; silently ignoring these would count
@@ -137,6 +142,18 @@ def as_library(
     n = np.asarray(np.round(n), dtype=np.int64)
     o = np.argsort(n)
     return n[o], v[o]
+
+
+def _simulate_conditions(df: pd.DataFrame) -> dict[str, Any]:
+    """The beam energy and detector ``library="simulate"`` takes for a table: those of its
+    image where ``atoms fit`` recorded them (attrs ``voltage_kV``, ``detector_mrad``; the
+    calibrated detector nearest the image's), else 300 kV and 65–200 mrad.  Before, the
+    API's "simulate" took 300 kV and 65–200 mrad whatever the image (the CLI did not)."""
+    from perovstem._data import voltage_kV_of
+    from perovstem.atoms._conditions import library_detector
+
+    kv = voltage_kV_of(df.attrs)
+    return {"voltage_kV": 300.0 if kv is None else kv, "detector_mrad": library_detector(df.attrs)}
 
 
 def _simulate_integration(df: pd.DataFrame) -> str:
@@ -221,6 +238,7 @@ def count_library(
             integration=integ,
             termination=termination,
             cd_fraction=cd_fraction,
+            **_simulate_conditions(df),
         )
         n, v = _with_zero(n, v, include_zero)
         v = v * scale
@@ -516,6 +534,7 @@ def count_hybrid(
             integration=integ,
             termination=termination,
             cd_fraction=cd_fraction,
+            **_simulate_conditions(df),
         )
         libs[typ] = _with_zero(n, v, include_zero)
         if fit_scale:

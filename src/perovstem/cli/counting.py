@@ -671,7 +671,10 @@ def track(
             # energy of the fitted images where `atoms fit` recorded it
             integ = _integration("auto", frames[0].attrs)
             kv = _voltage_arg(None, frames[0].attrs, "simulate")[0]
-            lib = scs_library(column_type, 60, integration=integ, voltage_kV=kv)
+            from perovstem.atoms._conditions import library_detector
+
+            det = library_detector(frames[0].attrs)  # the fitted images' detector
+            lib = scs_library(column_type, 60, integration=integ, voltage_kV=kv, detector_mrad=det)
         else:
             lib = read_table(library)
         n_lib, v_lib = as_library(lib)
@@ -688,7 +691,10 @@ def track(
 
         c0 = start_scale_from_types(
             frames[0],
-            {t: scs_library(t, 60, integration=integ, voltage_kV=kv) for t in (column_type, "Cs")},
+            {
+                t: scs_library(t, 60, integration=integ, voltage_kV=kv, detector_mrad=det)
+                for t in (column_type, "Cs")
+            },
             column_type,
         )
         init = None if c0 is None else {"scale": c0}
