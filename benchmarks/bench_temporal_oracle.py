@@ -252,7 +252,9 @@ def run_set(cases):
             plan = _plan(
                 tr, pixel_size_A=px, shape=None, drift_A_per_s=DRIFT, jitter_A=JITTER,
                 scan_drift=False, center_A=None, margin_A=10.0, rng=seed,
-                image_kw=_image_kw(300.0, 1.0, 0.0, None, 0.0, True, 0.0, 0.0),
+                image_kw=_image_kw(
+                    {"voltage_kV": 300.0, "gain": 1.0, "offset": 0.0, "noise": True}
+                ),
             )  # fmt: skip
             data = np.asarray(s.data, float)
             off, g = s.metadata.get("offset", 0.0), s.metadata.get("gain", 1.0)
