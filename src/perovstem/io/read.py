@@ -166,9 +166,12 @@ def load(
         The file; or a folder of single-frame image files of one format (one file per
         frame, as in-situ software exports them), read as a :class:`Series` in natural name
         order, with frame times from the files' time stamps when every file has one and
-        they increase, and the dose per frame when every file gives one.
+        they increase, and the dose per frame when every file gives one.  A Gatan In-Situ
+        dataset (``Hour_HH/Minute_MM/Second_SS/*.dm4``, given at any level) is one such
+        series; its frame times come from the folders when the stamps are to the second.
     lazy : bool
-        Return frames as a dask array where the format allows it.
+        Return frames as a dask array where the format allows it (a folder: one chunk per
+        file, read when computed).
     pixel_size : float, optional
         Pixel size in Å; overrides the file's calibration and is required when the file has none.
     kind : {"image", "series", "tilt"}, optional
