@@ -66,6 +66,7 @@ def test_each_detector_is_counted_with_its_own_library(stepped, capsys):
     assert fits[131].attrs["detector_mrad"] == [65.0, 131.0]  # recorded by atoms fit
     counts, out = _count(d, fits[200], capsys)
     assert abs(_mean_error(counts, truth)) < 0.1 and "WARNING the image" not in out
+    assert "detector is not recorded" not in out
     assert counts.attrs["counting"]["library_angles"]["matches"] is True
     counts, out = _count(d, fits[131], capsys)
     assert abs(_mean_error(counts, truth)) < 0.1
@@ -79,6 +80,7 @@ def test_unrecorded_detector_reads_whole_atoms_off_unless_given(stepped, capsys)
     counts, out = _count(d, fits[131], capsys, attrs=bare)  # a file that does not say
     assert _mean_error(counts, truth) < -0.7  # every column about one atom thin, unwarned
     assert "WARNING the image" not in out and "65–200 mrad (assumed)" in out
+    assert "detector is not recorded" in out and "--detector-mrad" in out
     counts, _ = _count(d, fits[131], capsys, "--detector-mrad", "65,131", attrs=bare)
     assert abs(_mean_error(counts, truth)) < 0.1
 

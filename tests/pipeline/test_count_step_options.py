@@ -253,3 +253,46 @@ scale_prior = [1.0, 0.03]
     pb = counts[counts["type"] == "PbBr"]
     d = pb["n_atoms"].to_numpy(float) - pb["n_atoms_truth"].to_numpy(float)
     assert np.mean(d == 0) >= 0.9, (np.mean(d == 0), d.mean())
+
+
+def test_count_step_says_an_unrecorded_detector_and_takes_the_given_one(tmp_path):
+    """A columns table whose image did not record its detector (a dm4 or tif file): the
+    step says what the library assumes; `detector_mrad` gives it."""
+    if not all(get_step(n).available for n in NEEDED):
+        pytest.skip("simulate/atoms steps not available in this version")
+    from perovstem.simulate import haadf_image, nanocrystal
+
+    img, truth = haadf_image(
+        nanocrystal(30.0, rng=1), dose_e_per_A2=2e4, detector_mrad=(65, 131), rng=2
+    )
+    cols = truth[["x_A", "y_A", "type"]]
+    from perovstem.atoms import fit_columns, normalize_image
+
+    fit = fit_columns(normalize_image(img), cols)
+    fit.attrs = {k: v for k, v in fit.attrs.items() if k != "detector_mrad"}
+    save_table(fit, tmp_path / "cols.parquet")
+    for extra, said in (("", True), ("detector_mrad = [65.0, 131.0]", False)):
+        text = f"""
+[run]
+name = "t"
+report = false
+[inputs]
+cols = "{tmp_path / "cols.parquet"}"
+[[step]]
+run = "atoms.count"
+inputs = {{ columns = "cols" }}
+{extra}
+"""
+        out = tmp_path / ("a" if said else "b")
+        cfg = parse_config(tomllib.loads(text), source="t.toml", text=text)
+        run_pipeline(cfg, out=out, quiet=True, scheduler="serial", report=False)
+        texts = " ".join(_texts(out))
+        assert ("detector is not recorded" in texts) == said, texts
+        counts = read_table(out / "tables" / "count.counts.parquet")
+        assert counts.attrs["library"]["detector_mrad"] == (
+            [65.0, 200.0] if said else [65.0, 131.0]
+        )
+    with pytest.raises(ParameterError, match=r"detector_mrad.*0 <= inner < outer"):
+        text = text.replace("[65.0, 131.0]", "[131.0, 65.0]")
+        cfg = parse_config(tomllib.loads(text), source="t.toml", text=text)
+        run_pipeline(cfg, out=tmp_path / "c", quiet=True, scheduler="serial", report=False)

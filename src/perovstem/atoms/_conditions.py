@@ -107,3 +107,11 @@ COUNT_REMEDY = (
     "perovstem.simulate.haadf_image_multislice or StatSTEM); the Gaussian mixture without "
     "--library gives the counts' differences only."
 )
+
+
+#: said where the image's detector is not known (most dm3/dm4 and tif files)
+UNKNOWN_DETECTOR_NOTE = (
+    "the image's detector is not recorded: the library assumes a 65-200 mrad HAADF "
+    "detector; if yours differs, counts may all be off by whole atoms (a 65-131 mrad image "
+    "read 0.87 atoms thin per column); give --detector-mrad INNER,OUTER"
+)

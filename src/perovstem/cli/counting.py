@@ -335,7 +335,11 @@ def count(
     import pandas as pd
 
     from perovstem.atoms import count_atoms, count_hybrid, count_library
-    from perovstem.atoms._conditions import COUNT_REMEDY, library_conditions
+    from perovstem.atoms._conditions import (
+        COUNT_REMEDY,
+        UNKNOWN_DETECTOR_NOTE,
+        library_conditions,
+    )
     from perovstem.cli._common import about_file, check_outputs, console, nonempty_table
     from perovstem.io import read_table, save_table
 
@@ -492,6 +496,8 @@ def count(
     save_table(res, out, overwrite=overwrite)
     if angles_note:
         console.print(f"WARNING {angles_note}{COUNT_REMEDY}")
+    elif library in ("simulate", "fitted") and angles["detector_matches"] is None:
+        console.print(f"note: {UNKNOWN_DETECTOR_NOTE}")
     info = res.attrs.get("counting", {})
     counted = res[res["counted"]] if "counted" in res.columns else res
     for t in types:

@@ -330,6 +330,13 @@ def _fitted_library(
             choices=(True, False, "fitted"),
         ),
         "voltage_kV": Param(float, 300.0, "accelerating voltage of the library, kV"),
+        "detector_mrad": Param(
+            list,
+            None,
+            "[inner, outer] annular detector of the image, mrad (default: as atoms.fit "
+            "recorded it from the file; the library is that of 65-200 or 65-131 mrad)",
+            item_type=float,
+        ),
         "library_cd_fraction": Param(
             float,
             0.0,
@@ -365,7 +372,7 @@ def _fitted_library(
 def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
     import warnings
 
-    from perovstem.atoms._conditions import library_conditions
+    from perovstem.atoms._conditions import UNKNOWN_DETECTOR_NOTE, library_conditions
     from perovstem.errors import ParameterError
 
     p = ctx.params
@@ -421,9 +428,22 @@ def atoms_count(ctx: Any, columns: Any, truth: Any = None) -> dict[str, Any]:
             )
     kw: dict[str, Any] = {}
     # the library of the image's detector (65-200 or 65-131 mrad; atoms.fit records it)
-    angles, angles_note = library_conditions(out.attrs)
+    given = p["detector_mrad"]
+    if given is not None and not (len(given) == 2 and 0 <= given[0] < given[1]):
+        raise ParameterError(
+            f"`detector_mrad` must be [inner, outer] with 0 <= inner < outer, got {given!r}"
+        )
+    angles, angles_note = library_conditions(out.attrs, detector_mrad=given)
     detector = tuple(angles["library"]["detector_mrad"])
-    if p["library"] and p["method"] != "ladder" and angles_note:
+    uses_library = bool(p["library"]) and p["method"] != "ladder"
+    if uses_library and angles["detector_matches"] is None:
+        ctx.text(
+            UNKNOWN_DETECTOR_NOTE.replace(
+                "--detector-mrad INNER,OUTER", "detector_mrad = [inner, outer]"
+            ),
+            section="counting",
+        )
+    if uses_library and angles_note:
         warnings.warn(
             f"atoms.count: {angles_note}; on crystals of a few thicknesses all by the same "
             "whole number of atoms (library = false: the Gaussian mixture's differences only)",
