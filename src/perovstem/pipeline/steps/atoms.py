@@ -647,7 +647,9 @@ def atoms_composition(ctx: Any, counts: Any, thickness: Any = None) -> dict[str,
     return {"columns": res.columns}
 
 
-def _start_scale_from_cs(scs0: np.ndarray, pos: Any, p: dict) -> dict | None:
+def _start_scale_from_cs(
+    scs0: np.ndarray, pos: Any, p: dict, beam: dict | None = None
+) -> dict | None:
     """HMM start: the tracked type's scale in the first frame, tied to the Cs columns
     (a pristine cube's single Pb-Br thickness does not fix it: EM from c = 1 counted every
     Pb-Br column of a simulated 60 Å cube 9 instead of 10 in every frame)."""
@@ -657,7 +659,10 @@ def _start_scale_from_cs(scs0: np.ndarray, pos: Any, p: dict) -> dict | None:
     lib = api(SCS_LIBRARY)
     libs = {
         c: lib(
-            c, p["max_states"], **({"cd_fraction": p["library_cd_fraction"]} if c == "PbBr" else {})
+            c,
+            p["max_states"],
+            **(beam or {}),
+            **({"cd_fraction": p["library_cd_fraction"]} if c == "PbBr" else {}),
         )
         for c in (t, "Cs")
     }
@@ -834,9 +839,18 @@ def atoms_series(ctx: Any, series: Any, positions: Any = None) -> dict[str, Any]
         if "type" in pos.columns
         else np.ones(len(pos), bool)
     )
+    # the library at the series' beam energy and detector (before: always 300 kV, 65-200)
+    from perovstem._data import voltage_kV_of
+    from perovstem.atoms._conditions import library_detector
+
+    beam = {
+        "voltage_kV": voltage_kV_of(series.metadata) or 300.0,
+        "detector_mrad": library_detector(series.metadata),
+    }
     lib = api(SCS_LIBRARY)(
         p["hmm_type"],
         p["max_states"],
+        **beam,
         **({"cd_fraction": p["library_cd_fraction"]} if p["hmm_type"] == "PbBr" else {}),
     )
     dose = None
@@ -845,7 +859,7 @@ def atoms_series(ctx: Any, series: Any, positions: Any = None) -> dict[str, Any]
         dose = np.diff(np.r_[series.initial_dose_e_per_A2, cum])
     obs = scs[:, sel]
     n_neg = int(np.sum(obs < 0))  # emptied columns: SCS ≈ 0 measured with noise
-    init = _start_scale_from_cs(scs[0], pos, p)
+    init = _start_scale_from_cs(scs[0], pos, p, beam)
     res = api(HMM)(
         np.clip(obs, 0.0, None),
         lib,
