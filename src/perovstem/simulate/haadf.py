@@ -532,6 +532,9 @@ def haadf_image_multislice(
         dose, data = None, inten
     sx = float(scan.sampling[0])
     cols, _ = project_columns(at)
+    from perovstem.atoms._conditions import library_detector
+
+    truth_detector = library_detector({"detector_mrad": (inner, outer)})
     cols["scs_A2"] = column_scs(
         cols["n_Pb"] - cols["n_Pb0"],
         cols["n_Cd"],
@@ -540,9 +543,12 @@ def haadf_image_multislice(
         cols["n_Pb0"],
         voltage_kV=voltage_kV,
         mistilt_deg=float(atoms.info.get("mistilt_deg", 0.0)),
+        # the truth table's cross-sections: the calibrated detector nearest this one
+        detector_mrad=truth_detector,
     )
     meta = {
         "source": "abTEM multislice",
+        "truth_scs_detector_mrad": list(truth_detector),
         "abtem_version": abtem.__version__,
         "voltage_kV": float(voltage_kV),
         "semiangle_mrad": float(semiangle_mrad),
