@@ -16,7 +16,7 @@ from perovstem.pipeline import get_step, parse_config, run_pipeline
 NEEDED = ("simulate.nanocrystal", "simulate.haadf", "atoms.fit", "atoms.count")
 
 
-def _image_run(tmp_path, seed, count, *, zone="001", dose=20000.0):
+def _image_run(tmp_path, seed, count, *, zone="001", dose=20000.0, edge=30.0, haadf="", fit=""):
     if not all(get_step(n).available for n in NEEDED):
         pytest.skip("simulate/atoms steps not available in this version")
     text = f"""
@@ -27,7 +27,7 @@ report = false
 [[step]]
 run = "simulate.nanocrystal"
 id = "nc"
-edge_A = 30.0
+edge_A = {edge}
 zone_axis = "{zone}"
 view3d = false
 [[step]]
@@ -36,9 +36,11 @@ id = "haadf"
 inputs = {{ atoms = "nc.atoms" }}
 pixel_size_A = 0.3
 dose_e_per_A2 = {dose}
+{haadf}
 [[step]]
 run = "atoms.fit"
 inputs = {{ image = "haadf.image", positions = "haadf.truth" }}
+{fit}
 [[step]]
 run = "atoms.count"
 inputs = {{ columns = "fit.columns", truth = "haadf.truth" }}
@@ -216,39 +218,10 @@ def test_count_step_uses_the_library_of_the_images_detector(tmp_path):
     """An image of the 65–131 mrad detector (simulate.haadf outer_mrad = 131, recorded by
     atoms.fit) is counted with the 65–131 mrad library.  Old code: with the 65–200 mrad
     library, whose cross-sections are 1.17–1.20× larger, every column read thin."""
-    text = """
-[run]
-name = "t"
-seed = 3
-report = false
-[[step]]
-run = "simulate.nanocrystal"
-id = "nc"
-edge_A = 40.0
-view3d = false
-[[step]]
-run = "simulate.haadf"
-id = "haadf"
-inputs = { atoms = "nc.atoms" }
-pixel_size_A = 0.3
-dose_e_per_A2 = 20000.0
-outer_mrad = 131.0
-[[step]]
-run = "atoms.fit"
-inputs = { image = "haadf.image", positions = "haadf.truth" }
-normalize = true
-[[step]]
-run = "atoms.count"
-inputs = { columns = "fit.columns", truth = "haadf.truth" }
-library = true
-library_termination = "CsBr"
-scale_prior = [1.0, 0.03]
-"""
-    if not all(get_step(n).available for n in NEEDED):
-        pytest.skip("simulate/atoms steps not available in this version")
-    cfg = parse_config(tomllib.loads(text), source="t.toml", text=text)
-    run_pipeline(cfg, out=tmp_path, quiet=True, scheduler="serial", report=False)
-    counts = read_table(tmp_path / "tables" / "count.counts.parquet")
+    count = 'library = true\nlibrary_termination = "CsBr"\nscale_prior = [1.0, 0.03]'
+    counts, _ = _image_run(
+        tmp_path, 3, count, edge=40.0, haadf="outer_mrad = 131.0", fit="normalize = true"
+    )
     assert counts.attrs["library"]["detector_mrad"] == [65.0, 131.0]
     pb = counts[counts["type"] == "PbBr"]
     d = pb["n_atoms"].to_numpy(float) - pb["n_atoms_truth"].to_numpy(float)

@@ -54,7 +54,7 @@ def library_conditions(
         first; ``matches`` None when the image's angles are not known.  The warning is None
         when they match or are not known.
     """
-    from perovstem.simulate.scs import DETECTORS_MRAD, load_table
+    from perovstem.simulate.scs import DETECTORS_MRAD, load_table, nearest_detector
 
     image = imaging_angles_of(attrs)
     if semiangle_mrad is not None:
@@ -64,20 +64,16 @@ def library_conditions(
     lib_semi = float(load_table()["semiangle_mrad"].iloc[0])
     chosen = DETECTORS_MRAD[0]
     off = []
-    near: list[tuple[float, float]] = []
+    near = None
     if "semiangle_mrad" in image:
         a = image["semiangle_mrad"]
         if abs(a - lib_semi) > TOLERANCE * lib_semi:
             off.append(f"a {a:.3g} mrad probe (library {lib_semi:.3g})")
     if "detector_mrad" in image:
         i, o = image["detector_mrad"]
-        near = [
-            d
-            for d in DETECTORS_MRAD
-            if abs(i - d[0]) <= TOLERANCE * d[0] and abs(o - d[1]) <= TOLERANCE * d[1]
-        ]
-        if near:
-            chosen = near[0]
+        near = nearest_detector((i, o), TOLERANCE)
+        if near is not None:
+            chosen = near
         else:
             libs = " or ".join(f"{d[0]:.3g}–{d[1]:.3g}" for d in DETECTORS_MRAD)
             off.append(f"a {i:.3g}–{o:.3g} mrad detector (libraries {libs})")
@@ -87,7 +83,7 @@ def library_conditions(
         "library": {"semiangle_mrad": lib_semi, "detector_mrad": list(chosen)},
         "matches": (not off) if known else None,
         # the library's detector is the image's (None: the image's is not known)
-        "detector_matches": bool(near) if "detector_mrad" in image else None,
+        "detector_matches": near is not None if "detector_mrad" in image else None,
     }
     if not off:
         return info, None

@@ -388,11 +388,6 @@ def insitu(
         s = s.replace(metadata={**md, "voltage_kV": float(voltage_kV)})
     if detector is not None:
         s = s.replace(metadata={**s.metadata, "detector_mrad": list(detector)})
-    from perovstem.atoms._conditions import library_conditions
-
-    angles_note = library_conditions(s.metadata)[1]
-    if angles_note:
-        notes.append(f"{angles_note} (the Pb⁰ atom counts, --columns)")
     with about_file(series):  # "every frame of the series is unusable": which series
         res = analyze_series(
             s,

@@ -510,6 +510,11 @@ def analyze_series(
             "counts) are those of 300 kV; at 200 kV the columns scatter about 1.8x more, so "
             "Pb⁰ counts of a 200 kV series read about twice the truth"
         )
+    from perovstem.atoms._conditions import library_conditions
+
+    angles_note = library_conditions(series.metadata)[1]  # a probe or detector not calibrated
+    if angles_note:
+        notes.append(f"{angles_note} (the Pb⁰ atom counts, --columns)")
     n_cal = len(notes)  # (the line-jitter notes of a registration run beside go here)
     notes += _jitter_notes(jitter, scan_correction) + jitter_notes
     if px > COARSE_PIXEL_A:

@@ -44,7 +44,13 @@ from perovstem.simulate.probe import (
     electron_wavelength_A,
     moffat_kernel,
 )
-from perovstem.simulate.scs import _check_detector, atom_scs, column_scs
+from perovstem.simulate.scs import (
+    DETECTORS_MRAD,
+    _check_detector,
+    atom_scs,
+    column_scs,
+    nearest_detector,
+)
 
 __all__ = ["haadf_image", "haadf_image_multislice", "render_intensity", "electron_wavelength_A"]
 
@@ -532,9 +538,7 @@ def haadf_image_multislice(
         dose, data = None, inten
     sx = float(scan.sampling[0])
     cols, _ = project_columns(at)
-    from perovstem.atoms._conditions import library_detector
-
-    truth_detector = library_detector({"detector_mrad": (inner, outer)})
+    truth_detector = nearest_detector((inner, outer)) or DETECTORS_MRAD[0]
     cols["scs_A2"] = column_scs(
         cols["n_Pb"] - cols["n_Pb0"],
         cols["n_Cd"],

@@ -64,10 +64,21 @@ _REPEAT = {  # atoms per repeat of each reference column type
 }
 
 
-#: annular detectors (inner, outer mrad) of the shipped calibration, each its own table
-#: of the same abTEM runs (every configuration was scanned onto both)
-DETECTORS_MRAD = ((65.0, 200.0), (65.0, 131.0))
+# one table per annular detector (inner, outer mrad), all of the same abTEM runs (every
+# configuration was scanned onto both)
 _TABLE_FILES = {(65.0, 200.0): "data/scs_abtem.csv", (65.0, 131.0): "data/scs_abtem_65-131.csv"}
+#: annular detectors (inner, outer mrad) of the shipped calibration; the first is the default
+DETECTORS_MRAD = tuple(_TABLE_FILES)
+
+
+def nearest_detector(detector_mrad: Any, tolerance: float = 0.1) -> tuple[float, float] | None:
+    """The calibrated detector whose inner and outer angles are both within ``tolerance``
+    (relative) of ``detector_mrad``'s, else None."""
+    inner, outer = (float(v) for v in detector_mrad)
+    for d in DETECTORS_MRAD:
+        if abs(inner - d[0]) <= tolerance * d[0] and abs(outer - d[1]) <= tolerance * d[1]:
+            return d
+    return None
 
 
 def _check_detector(detector_mrad: Any) -> tuple[float, float]:
