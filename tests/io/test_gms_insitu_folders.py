@@ -7,6 +7,7 @@ folders down), and a folder of frames was read whole into memory even with ``laz
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +163,104 @@ def test_info_says_what_the_folder_is_and_where_its_times_come_from(tmp_path, ca
     out = " ".join(capsys.readouterr().out.split())
     assert "14, Gatan In-Situ dataset" in out and "3.25 s" in out
     assert "Hour/Minute/Second folders" in out and "4 frames/s" in out
+
+
+# DigitalMicrograph frames: GMS keeps each frame's acquisition time as a Windows FILETIME
+# (DataBar.Acquisition Time (OS), 100 ns ticks since 1601, UTC); RosettaSciIO leaves it in
+# the original metadata only, so it was never read and DM frames had no time stamps at all.
+_DM3 = Path(__file__).parent.parent / "data" / "formats" / "haadf_calibrated.dm3"
+_FT_OF_DM3 = 1.3116801150052632e17  # that file's own stamp, 2016-08-27 19:52:30.05 UTC
+
+
+def _filetime(t: dt.datetime) -> float:
+    """Windows FILETIME (100 ns ticks since 1601-01-01 UTC) of a naive UTC time."""
+    return (t - dt.datetime(1601, 1, 1)).total_seconds() * 1e7
+
+
+def _dm3_with_stamp(path, filetime):
+    raw = _DM3.read_bytes()
+    old = np.array([_FT_OF_DM3], "<f8").tobytes()
+    assert raw.count(old) == 1  # the tag's value, stored once, little-endian
+    path.write_bytes(raw.replace(old, np.array([filetime], "<f8").tobytes()))
+
+
+def _gms_dm3(root, n, *, fps, same_stamp=False):
+    truth = np.arange(n) / fps
+    for k in range(n):
+        t = T0 + dt.timedelta(seconds=float(truth[k]))
+        folder = root / f"Hour_{t.hour:02d}" / f"Minute_{t.minute:02d}" / f"Second_{t.second:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        j = sum(1 for _ in folder.iterdir())
+        stamp = _filetime(T0 if same_stamp else t)
+        _dm3_with_stamp(folder / f"Frame_{j:04d}.dm3", stamp)
+    return root, truth
+
+
+def test_dm_acquisition_time_is_read_to_the_microsecond_with_the_pcs_zone():
+    im = ps.load(_DM3)
+    md = im.metadata
+    # 1.3116801150052632e17 ticks = 2016-08-27 19:52:30.0526 UTC; the DataBar's local
+    # "20:52:30" says the acquisition PC ran on UTC+1 (BST)
+    t = dt.datetime.fromisoformat(md["acquisition_start_utc"])
+    assert t.utcoffset() == dt.timedelta(0)
+    assert abs(t.replace(tzinfo=None) - dt.datetime(2016, 8, 27, 19, 52, 30, 52632)) < (
+        dt.timedelta(microseconds=2)
+    )
+    assert md["acquisition_time_zone"] == "UTC+01:00"
+    assert md["acquisition_start"].startswith("2016-08-27T20:52:30.05")
+    # a holder log written on the same PC (local clock) aligns from it
+    import pandas as pd
+
+    from perovstem.io.holder_logs import log_time_offset_s
+
+    log = pd.DataFrame({"time_s": [0.0, 60.0], "temperature_K": [300.0, 300.0]})
+    log.attrs["t0_time"] = "2016-08-27T20:52:00"
+    assert log_time_offset_s(log, md["acquisition_start_utc"], log_utc_offset_h=1) == pytest.approx(
+        30.0526, abs=1e-3
+    )
+
+
+def test_gms_dm_frames_take_their_own_subsecond_times(tmp_path, capsys):
+    # 7.5 frames/s across a change of hour: the frames' FILETIMEs give the times exactly
+    # (the folders alone: to about one frame period)
+    root, truth = _gms_dm3(tmp_path / "dm", 27, fps=7.5)
+    s = ps.load(root)
+    assert s.metadata["time_source"] == "the frame files' time stamps"
+    np.testing.assert_allclose(s.time_s, truth, atol=1e-5)
+    assert s.metadata["acquisition_start_utc"].startswith("2026-11-28T01:59:58.4")
+    from perovstem.cli.main import main
+
+    assert main(["info", str(root)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2026-11-28 01:59:58.4" in out and "time stamps" in out
+
+
+def test_gms_dm_frames_sharing_one_stamp_take_times_from_their_folders(tmp_path):
+    # a recorder that writes the recording's start into every frame: no order in the
+    # stamps, so the Second folders and the frame order give the times
+    root, truth = _gms_dm3(tmp_path / "dm", 27, fps=7.5, same_stamp=True)
+    s = ps.load(root)
+    assert "Hour/Minute/Second folders" in s.metadata["time_source"]
+    assert np.max(np.abs(s.time_s - truth)) <= 1 / 7.5
+
+
+def test_dm_acquisition_time_from_the_other_tags_and_unset_values():
+    from perovstem.io.read import _dm_acquisition_time
+
+    def om(**tags):
+        return {"ImageList": {"TagGroup0": {"ImageTags": tags}}}
+
+    # K2/K3 sequences: the start in ms since 1970
+    seq = {"Frame": {"Sequence": {"Acquisition Start Time (epoch)": 1.6655e12 + 250.0}}}
+    got = _dm_acquisition_time(om(Acquisition=seq))
+    assert got == {"acquisition_start_utc": "2022-10-11T14:53:20.250000+00:00"}
+    # a 12-hour locale's clock string; US Eastern daylight time (UTC-4)
+    bar = {"Acquisition Time (OS)": _filetime(dt.datetime(2022, 10, 11, 19, 53, 20)),
+           "Acquisition Time": "3:53:20 PM"}  # fmt: skip
+    got = _dm_acquisition_time(om(DataBar=bar))
+    assert got["acquisition_time_zone"] == "UTC-04:00"
+    assert got["acquisition_start"] == "2022-10-11T15:53:20-04:00"
+    # an unset stamp (0 ticks = 1601) or a clock string of another instant: not used
+    assert _dm_acquisition_time(om(DataBar={"Acquisition Time (OS)": 0.0})) == {}
+    bar["Acquisition Time"] = "3:50:20 PM"
+    assert "acquisition_time_zone" not in _dm_acquisition_time(om(DataBar=bar))

@@ -81,6 +81,13 @@ def describe(obj) -> list[tuple[str, str]]:
     title = (md.get("original") or {}).get("General", {}).get("title")
     if title:
         rows.append(("signal", str(title)))
+    if md.get("acquisition_start_utc"):  # to align a holder log (perovstem insitu)
+        start = str(md["acquisition_start_utc"]).replace("T", " ").replace("+00:00", " UTC")
+        zone = str(md.get("acquisition_time_zone") or "")
+        if zone.startswith("UTC") and md.get("acquisition_start"):  # the acquisition PC's
+            local = str(md["acquisition_start"]).partition("T")[2][:8]
+            start += f" ({local} local, {md['acquisition_time_zone']})"
+        rows.append(("acquired", start))
     # where the dose comes from: I·t_dwell/e/px², each factor from a named metadata field
     for key, label, unit in (
         ("beam_current_A", "beam current", "A"),

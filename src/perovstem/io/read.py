@@ -752,12 +752,76 @@ def _acquisition_start(md: dict, om: dict) -> dict[str, str]:
             out["acquisition_start_utc"] = datetime.fromtimestamp(t, tz=UTC).isoformat()
     except (TypeError, ValueError, OverflowError, OSError):
         pass
+    if not out:
+        out.update(_dm_acquisition_time(om))
+        if out:
+            return out  # RosettaSciIO's General.date of a DM file is a locale's string
     gen = _get(md, "General") or {}
     if gen.get("date"):
         out["acquisition_start"] = str(gen["date"]) + (f"T{gen['time']}" if gen.get("time") else "")
         if gen.get("time_zone"):
             out["acquisition_time_zone"] = str(gen["time_zone"])
     return out
+
+
+_FILETIME_UNIX_S = 11_644_473_600.0  # 1601-01-01 (Windows FILETIME epoch) to 1970-01-01, s
+
+
+def _dm_acquisition_time(om: dict) -> dict[str, str]:
+    """When a DigitalMicrograph image was acquired, to the microsecond.
+
+    GMS keeps ``ImageTags.DataBar.Acquisition Time (OS)``, a Windows FILETIME (100 ns
+    ticks since 1601, UTC), beside ``Acquisition Date`` / ``Acquisition Time`` strings in
+    the acquisition PC's locale and zone (27/08/2016 or 08/27/2016: not parsed, and
+    RosettaSciIO leaves them out of ``General``).  K2/K3 frame sequences also keep
+    ``Acquisition.Frame.Sequence.Acquisition Start Time (epoch)`` in ms.  The local clock
+    time, when its string reads as a time of day, gives the PC's UTC offset
+    (``acquisition_time_zone``), which a holder log written on the same PC shares.
+    """
+    from datetime import UTC, datetime, timedelta, timezone
+
+    tags = [
+        g.get("ImageTags")
+        for g in (_get(om, "ImageList") or {}).values()
+        if isinstance(g, dict) and isinstance(g.get("ImageTags"), dict)
+    ]
+    for it in tags:
+        unix, local = None, None
+        try:
+            ft = float(_get(it, "DataBar", "Acquisition Time (OS)"))
+            unix = ft / 1e7 - _FILETIME_UNIX_S
+            local = _get(it, "DataBar", "Acquisition Time")
+        except (TypeError, ValueError):
+            try:
+                unix = (
+                    float(
+                        _get(
+                            it, "Acquisition", "Frame", "Sequence", "Acquisition Start Time (epoch)"
+                        )
+                    )
+                    / 1e3
+                )
+            except (TypeError, ValueError):
+                continue
+        # 1990-2100: anything else is an unset or foreign field
+        if not (np.isfinite(unix) and 631_152_000 < unix < 4_102_444_800):
+            continue
+        t = datetime.fromtimestamp(unix, tz=UTC)
+        out = {"acquisition_start_utc": t.isoformat()}
+        m = re.fullmatch(r"\s*(\d{1,2}):(\d{2}):(\d{2})\s*([AaPp][Mm])?\s*", str(local or ""))
+        if m:
+            h, mi, s = (int(v) for v in m.groups()[:3])
+            if m.group(4):
+                h = h % 12 + (12 if m.group(4).lower() == "pm" else 0)
+            utc_s = t.hour * 3600 + t.minute * 60 + t.second
+            diff = (h * 3600 + mi * 60 + s - utc_s + 12 * 3600) % 86400 - 12 * 3600
+            zone = round(diff / 900) * 900  # zones are whole quarter hours
+            if abs(diff - zone) <= 2:  # the string is the same instant, to the second
+                lt = t.astimezone(timezone(timedelta(seconds=zone))).isoformat()
+                out["acquisition_start"] = lt
+                out["acquisition_time_zone"] = "UTC" + lt[-6:]
+        return out
+    return {}
 
 
 def _nav_unit(units: Any) -> tuple[str | None, float]:
