@@ -191,3 +191,61 @@ def test_beam_energy_missing_is_said_and_given_by_the_option(tmp_path, capsys):
     assert rc == 0 and "no beam energy" not in out
     rc, _, err = _run(capsys, f, "--voltage-kV", "120")
     assert rc == 2 and "`--voltage-kV` must be 200 or 300" in err
+
+
+def _digiheater(path, n=40):
+    """A DigiHeater log on the holder PC's local clock: first sample 12:00:00, a 20 K/s
+    ramp from 100 °C sampled every 0.5 s."""
+    lines = [
+        "01/03/'24 11:58\tDigiheater 3.1",
+        "R0=100.0\ta=0.0039\tb=-5.8e-7\tc=0.0",
+        "delta_t=0.5",
+        "sample\ttime\tTset[C]\tTmeas[C]\tRheat[ohm]\tVheat[V]\tIheat[mA]\tPheat [mW]\tc",
+    ]
+    for i in range(n):
+        tm = 100.0 + 10.0 * i
+        lines.append(f"{i}\t12:00:{0.5 * i:06.3f}\t{tm}\t{tm:.3f}\t1\t1\t1\t1\t0")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("zone", ["UTC+01:00", None, "given"])
+def test_conditions_are_aligned_by_the_two_clocks(tmp_path, capsys, zone):
+    # the first frame acquired 11:00:02 UTC = 12:00:02 on the holder PC (UTC+1): 2 s into
+    # the log. Old code put it at the log's first sample (40 K too cold on this ramp)
+    md = {"acquisition_start_utc": "2024-03-01T11:00:02+00:00"}
+    if zone not in (None, "given"):
+        md["acquisition_time_zone"] = zone  # a DM file's DataBar clock gives it
+    p = _series(tmp_path / "s.npz", metadata=md)
+    log = _digiheater(tmp_path / "heating.log")
+    extra = ["--log-utc-offset-h", "1"] if zone == "given" else []
+    rc, out, err = _run(capsys, p, "-o", tmp_path / "o", "--conditions", log, *extra)
+    assert rc == 0, err
+    text = " ".join((out + err).split())
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    temp = pd.read_parquet(tmp_path / "o" / "frames.parquet")["temperature_K"].to_numpy()
+    ramp = 373.15 + 20.0 * np.arange(5.0)  # the log's values at the frames' starts
+    if zone is None:  # no zone for the holder PC's clock: said, the log's start taken
+        assert summary["conditions_time_offset_s"] == 0.0
+        assert "first frame is placed at the log's time 0" in text
+        assert "holder PC's time zone is not known" in text and "--log-utc-offset-h" in text
+        np.testing.assert_allclose(temp, ramp, atol=0.05)
+    else:
+        assert summary["conditions_time_offset_s"] == pytest.approx(2.0, abs=1e-3)
+        assert "the first frame lies at 2.0 s of the log, from the two clocks" in text
+        np.testing.assert_allclose(temp, ramp + 40.0, atol=0.05)
+
+
+def test_log_zone_option_needs_a_log_and_excludes_a_given_offset(tmp_path, capsys):
+    p = _series(tmp_path / "s.npz")
+    rc, _, err = _run(capsys, p, "-o", tmp_path / "o", "--log-utc-offset-h", "1")
+    assert rc == 2 and "give --conditions LOG with it" in " ".join(err.split())
+    log = _digiheater(tmp_path / "heating.log")
+    args = ["--conditions", log, "--log-utc-offset-h", "1", "--time-offset-s", "3"]
+    rc, _, err = _run(capsys, p, "-o", tmp_path / "o", *args)
+    assert rc == 2 and "both place the log: give one" in " ".join(err.split())
+    rc, _, err = _run(
+        capsys, p, "-o", tmp_path / "o", "--conditions", log, "--log-utc-offset-h", "30"
+    )
+    assert rc == 2 and "within -14…14 h, got 30" in " ".join(err.split())
+    assert not (tmp_path / "o").exists()

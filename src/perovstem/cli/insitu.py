@@ -126,7 +126,16 @@ def insitu(
         None, "--dose-e-per-A2", help="Dose per frame, e⁻/Å² (overrides --current-pA)."
     ),
     time_offset_s: float = typer.Option(
-        0.0, "--time-offset-s", help="Log time of the first frame, s."
+        None,
+        "--time-offset-s",
+        help="Log time of the first frame, s (default: from the file's acquisition time and "
+        "the log's start time where both are recorded, else 0).",
+    ),
+    log_utc_offset_h: float = typer.Option(
+        None,
+        "--log-utc-offset-h",
+        help="UTC offset of the holder PC's clock, h (e.g. 1 for CET): aligns --conditions "
+        "by the two clocks (default: the acquisition PC's zone, which DM files record).",
     ),
     temperature_K: float = typer.Option(
         None,
@@ -218,7 +227,12 @@ def insitu(
     """
     from perovstem.atoms.noise import parse_gain
     from perovstem.cli._common import about_file, check_outputs, console
-    from perovstem.insitu import analyze_series, assign_dose, attach_conditions
+    from perovstem.insitu import (
+        analyze_series,
+        assign_dose,
+        attach_conditions,
+        time_offset_from_clocks,
+    )
     from perovstem.io import load, save_figure, save_json, save_table
     from perovstem.io.holder_logs import read_holder_log
     from perovstem.quantify.mechanism import summary_lines
@@ -264,8 +278,23 @@ def insitu(
             )
     if offset is not None and not np.isfinite(offset):
         raise ParameterError(f"`--offset` must be finite, got {offset}")
-    if not np.isfinite(time_offset_s):
+    if time_offset_s is not None and not np.isfinite(time_offset_s):
         raise ParameterError(f"`--time-offset-s` must be finite, got {time_offset_s}")
+    if log_utc_offset_h is not None:
+        if not (np.isfinite(log_utc_offset_h) and -14 <= log_utc_offset_h <= 14):
+            raise ParameterError(
+                f"`--log-utc-offset-h` must be within -14…14 h, got {log_utc_offset_h}"
+            )
+        if conditions is None:
+            raise ParameterError(
+                f"`--log-utc-offset-h` {log_utc_offset_h:g} aligns a holder log: give "
+                "--conditions LOG with it (it was ignored)"
+            )
+        if time_offset_s is not None:
+            raise ParameterError(
+                f"`--log-utc-offset-h` {log_utc_offset_h:g} and `--time-offset-s` "
+                f"{time_offset_s:g} both place the log: give one"
+            )
     if temperature_K is not None:
         check_positive("--temperature-K", temperature_K)
         why_t = "beyond any heating holder; CsPbBr3 melts at ~840 K"
@@ -360,6 +389,20 @@ def insitu(
                 f"{str(series)!r} has none: give --frame-time-s (frame interval, s)"
             )
         log = read_holder_log(conditions)
+        if time_offset_s is None:
+            time_offset_s, how = time_offset_from_clocks(s, log, log_utc_offset_h=log_utc_offset_h)
+            if time_offset_s is None:
+                time_offset_s = 0.0
+                notes.append(
+                    f"--conditions: the first frame is placed at the log's time 0 ({how}); "
+                    "give --time-offset-s"
+                    + (" or --log-utc-offset-h" if "time zone" in how else "")
+                )
+            else:
+                notes.append(
+                    f"--conditions: the first frame lies at {time_offset_s:.1f} s of the log, "
+                    f"from the two clocks ({how}); --time-offset-s overrides"
+                )
         try:
             s = attach_conditions(s, log, time_offset_s=time_offset_s)
         except DataError as exc:  # name the file and the option, not the Python parameter
@@ -433,6 +476,8 @@ def insitu(
         # host column σ (probe and column, Å) of the first usable frame: the imaging
         # on-crystal cluster detection was validated for is 0.38 Å at 0.4-0.5 Å/px
         "column_sigma_A": res.frames.attrs.get("column_sigma_A"),
+        # the holder log's time of the series' t = 0 (given, from the clocks, or 0)
+        "conditions_time_offset_s": None if conditions is None else time_offset_s,
         "notes": notes,
         # each line with its condition where the series spans several (e.g. a holder log)
         "mechanisms": summary_lines(res.summary),

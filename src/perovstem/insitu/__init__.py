@@ -20,7 +20,11 @@ from perovstem.insitu.clusters import (
     detect_clusters,
     persistent_clusters,
 )
-from perovstem.insitu.conditions import attach_conditions, interpolate_conditions
+from perovstem.insitu.conditions import (
+    attach_conditions,
+    interpolate_conditions,
+    time_offset_from_clocks,
+)
 from perovstem.insitu.dose import E_CHARGE_C, assign_dose, dose_table, frame_dose
 from perovstem.insitu.evaluation import (
     interval_verdict,
@@ -59,6 +63,7 @@ from perovstem.insitu.tracking import lineage_events, mobility_tracks, track_clu
 __all__ = [
     "attach_conditions",
     "interpolate_conditions",
+    "time_offset_from_clocks",
     "InsituResult",
     "analyze_series",
     "combine_series",

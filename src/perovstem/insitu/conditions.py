@@ -11,7 +11,7 @@ from perovstem._data import Series
 from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
-__all__ = ["interpolate_conditions", "attach_conditions"]
+__all__ = ["interpolate_conditions", "attach_conditions", "time_offset_from_clocks"]
 
 
 def interpolate_conditions(
@@ -168,3 +168,71 @@ def attach_conditions(series: Series, log: pd.DataFrame, **kw: Any) -> Series:
     }
     md["conditions_source"] = log.attrs.get("source")
     return series.replace(metadata=md, **changes)
+
+
+def _zone_hours(zone: Any) -> float | None:
+    """Hours east of UTC of a zone written ``UTC+01:00`` / ``UTC-04:30`` (else None)."""
+    import re
+
+    m = re.fullmatch(r"UTC([+-])(\d{2}):(\d{2})", str(zone or ""))
+    if not m:
+        return None
+    return (1 if m.group(1) == "+" else -1) * (int(m.group(2)) + int(m.group(3)) / 60)
+
+
+def time_offset_from_clocks(
+    series: Series, log: pd.DataFrame, *, log_utc_offset_h: float | None = None
+) -> tuple[float | None, str]:
+    """``time_offset_s`` of :func:`attach_conditions` from the two clocks, where known.
+
+    The series' file records when its first frame was acquired
+    (``metadata['acquisition_start_utc']``: Velox, DigitalMicrograph) and the holder log
+    the local clock time of its ``time_s = 0`` (``attrs['t0_time']``,
+    :func:`perovstem.io.holder_logs.read_holder_log`).  No holder log records its time
+    zone: it is ``log_utc_offset_h`` when given, else the acquisition PC's zone where the
+    file records it (``metadata['acquisition_time_zone']``, DM files: the holder PC sits
+    in the same laboratory).  The two PCs' clocks may still differ by their own error.
+
+    Parameters
+    ----------
+    series : Series
+        With ``time_s``; its ``time_s[0]`` is the first frame's acquisition start.
+    log : DataFrame
+        From :func:`perovstem.io.holder_logs.read_holder_log`.
+    log_utc_offset_h : float, optional
+        UTC offset of the holder PC's clock, hours.
+
+    Returns
+    -------
+    offset : float or None
+        Log time of the series' ``t = 0``, s; None when a clock or the zone is not known.
+    text : str
+        How the offset was found, or what is missing.
+    """
+    from perovstem.io.holder_logs import log_time_offset_s
+
+    refuse_text_numbers(locals())
+    md = series.metadata if isinstance(series, Series) else {}
+    start = md.get("acquisition_start_utc")
+    t0 = log.attrs.get("t0_time") if isinstance(log, pd.DataFrame) else None
+    if not start or not t0:
+        missing = " and ".join(
+            w
+            for w, ok in (("the series' acquisition time", start), ("the log's start time", t0))
+            if not ok
+        )
+        return None, f"{missing} not recorded"
+    zone = md.get("acquisition_time_zone")
+    hours = log_utc_offset_h if log_utc_offset_h is not None else _zone_hours(zone)
+    if hours is None:
+        return None, (
+            f"the holder PC's time zone is not known (the series was acquired at {start} "
+            f"UTC, the log's time 0 is {t0} on the holder PC's local clock)"
+        )
+    first = 0.0 if series.time_s is None else float(np.asarray(series.time_s, float)[0])
+    off = log_time_offset_s(log, str(start), log_utc_offset_h=float(hours)) - first
+    whose = "given" if log_utc_offset_h is not None else "the acquisition PC's"
+    return off, (
+        f"first frame acquired {start} UTC, log time 0 at {t0} on a clock at UTC"
+        f"{float(hours):+g} h ({whose})"
+    )
