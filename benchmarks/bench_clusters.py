@@ -26,7 +26,9 @@ equal-volume discs overlap in projection are one object, atoms summed; the conve
   the centre's signed distance d to the crystal edge of the frame's background map (R the
   object's equal-volume radius): ``vacuum_far`` d ≥ R + 8 Å, ``vacuum_near_edge`` 0 < d <
   R + 8 Å, ``on_host_edge`` −R ≤ d ≤ 0 (mostly clusters on side faces, seen at the edge),
-  ``on_host_deep`` d < −R (top and bottom faces).
+  ``on_host_deep`` d < −R (top and bottom faces); and by the truth host atoms in the
+  detection's aperture (radius + 3 Å), weighted (Z/82)^1.7, per cluster atom
+  (``counts_by_host_in_aperture``: < 0.3, 0.3–1, 1–3, ≥ 3).
 
 Series (``tests/insitu/_insitu_kmc.py`` recipe: 12 frames of 1 s, drift 0.8/-0.5 Å/s,
 0.3 Å jitter): ``tune`` seeds 51-54 and ``tune280`` 41-46 (5.5/4 nm at 280 K, used to set
@@ -130,10 +132,12 @@ def _track_ids(tk, big):
     return out
 
 
-def score_frame(det, tk, field_A, on_host):
+def score_frame(det, tk, field_A, on_host, host_in=None):
     """(tp, fp, fn, counts, misses, tracks, on_host) of one frame; ``on_host(x, y)`` tells
     crystal pixels; ``tracks``: (truth track id, hit, counted, within 15 %) per scored
-    object; ``on_host``: (hits, false detections) centred on the crystal."""
+    object; ``on_host``: (hits, false detections) centred on the crystal.  ``host_in(x,
+    y, r)``: the truth host atoms within r of (x, y) in Pb-atom units ((Z/82)^1.7), for
+    each count's host share in its detection's aperture (radius + 3 Å; NaN without)."""
     tc = truth_objects(tk)
     sc = score_detections(det, tc)
     big, ok, fp = sc["objects"], sc["pairs"], sc["fp"]
@@ -150,9 +154,14 @@ def score_frame(det, tk, field_A, on_host):
             js = [j, *sc["extra"].get(i, [])]
             sig = float(np.sqrt(np.sum(det["n_atoms_err"].to_numpy(float)[js] ** 2)))
             cov = bool(abs(nd - n) <= 2.0 * sig)
+            hs = np.nan
+            if host_in is not None:
+                d = det.iloc[j]
+                hs = host_in(d["x_A"], d["y_A"], d["radius_A"] + 3.0) / n
             counts.append(
-                (nd / n - 1, n, bool(nb.any()), bool(on_host(x, y)), on_host.edge_A(x, y), cov)
-            )
+                (nd / n - 1, n, bool(nb.any()), bool(on_host(x, y)), on_host.edge_A(x, y), cov,
+                 hs)
+            )  # fmt: skip
             tracks[i][2:] = [True, bool(abs(nd / n - 1) < 0.15)]
     misses = []
     on_other = {j for _, j in ok} | {j for js in sc["extra"].values() for j in js}
@@ -203,6 +212,27 @@ def _host_mask(frame, px, la, ang):
     on_host.edge_A = lambda x, y: float(dist[_rc(x, y)])
     on_host.mask = host
     return on_host
+
+
+def _host_atoms(traj, k, tk):
+    """``host_in(x, y, r)`` of frame ``k``: the KMC host atoms (label 0: not adatoms nor
+    cluster atoms) within r Å of (x, y) (frame coordinates), each weighted (Z/82)^1.7, the
+    HAADF scattering of an atom in Pb atoms (Rutherford-like Z dependence; a measure of
+    what an aperture holds, not the simulator's cross-sections)."""
+    at = traj.atoms(k)
+    keep = at.arrays["label"] == 0
+    if len(tk):  # sample -> frame coordinates, from the clusters' two positions
+        ox = float(np.median(tk["x_A"] - tk["x_sample_A"]))
+        oy = float(np.median(tk["y_A"] - tk["y_sample_A"]))
+    else:
+        ox = oy = np.nan
+    xy = at.positions[keep, :2] + [ox, oy]
+    w = (at.numbers[keep] / 82.0) ** 1.7
+
+    def host_in(x, y, r):
+        return float(w[np.hypot(xy[:, 0] - x, xy[:, 1] - y) < r].sum())
+
+    return host_in
 
 
 def _cond(seed):
@@ -276,7 +306,7 @@ def run_set(cases, splits=(False, True), carry=True):
         trk = {sp: {} for sp in splits}
         px = c["px"]
         probe = {} if c.get("probe") is None else {"probe_sigma_A": c["probe"]}
-        _, s, truth = kmc_imaged(
+        traj, s, truth = kmc_imaged(
             c["edge"], rate=c["rate"], temperature_K=c["temp"], seed=seed, n_frames=12,
             pixel_size_A=px, drift_A_per_s=(0.8, -0.5), jitter_A=0.3, rng=seed, **probe,
         )  # fmt: skip
@@ -290,6 +320,7 @@ def run_set(cases, splits=(False, True), carry=True):
             img = Image(data[k], px, dose_e_per_A2=float(np.asarray(s.dose_e_per_A2)[k]))
             tk = truth["clusters"][truth["clusters"]["frame"] == k]
             host = _host_mask(data[k], px, la, ang)
+            host_in = _host_atoms(traj, k, tk)
             raw = data[k] - kw["offset"]
             scale = kw["gain"] * img.dose_e_per_A2
             for sp in splits:
@@ -303,7 +334,7 @@ def run_set(cases, splits=(False, True), carry=True):
                 o = out[sp]
                 o["t"] += time.perf_counter() - t0
                 o["nf"] += 1
-                a, b, cc, cnt, mis, tr, (htp, hfp) = score_frame(det, tk, field, host)
+                a, b, cc, cnt, mis, tr, (htp, hfp) = score_frame(det, tk, field, host, host_in)
                 o["host_tp"] += htp
                 o["host_fp"] += hfp
                 for key, hit, counted, within in tr:
@@ -414,6 +445,7 @@ def _summary(o):
     # centre's signed distance to the crystal edge minus the object's radius R (Å)
     s = np.array([c[4] for c in o["counts"]], float) - _radius(n)
     cov = np.array([c[5] for c in o["counts"]], bool)
+    hs = np.array([c[6] for c in o["counts"]], float)
 
     def part(sel):
         if not sel.any():
@@ -436,6 +468,11 @@ def _summary(o):
             "with_touching_neighbour": part(nb), "no_touching_neighbour": part(~nb),
             "vacuum_far": part(s >= 8.0), "vacuum_near_edge": part(~oh & (s < 8.0)),
             "on_host_edge": part(oh & (s >= -2.0 * _radius(n))), "on_host_deep": part(oh & (s < -2.0 * _radius(n))),
+        },
+        # by the truth host in the detection's aperture, per cluster atom (Pb units)
+        "counts_by_host_in_aperture": {
+            "<0.3": part(hs < 0.3), "0.3-1": part((hs >= 0.3) & (hs < 1)),
+            "1-3": part((hs >= 1) & (hs < 3)), ">=3": part(hs >= 3),
         },
         "misses": {str(k): int(v) for k, v in miss.items()},
         # detections centred on the crystal (the bench's host mask): hits, false ones
