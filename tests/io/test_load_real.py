@@ -139,6 +139,32 @@ def test_dm3_stack_is_series():
     s = ps.load(FORMATS / "stack.dm3")
     assert isinstance(s, ps.Series)
     assert s.n_frames == 3
+    # a GMS stack-builder time series: its stack axis has no unit (no times before); each
+    # plane's "added @ tick" (951112745, 951114882, 951117020 ms) gives the frame times,
+    # checked against the planes' clock strings (5:00:27, 5:00:29, 5:00:32 PM)
+    np.testing.assert_allclose(s.time_s, [0.0, 2.137, 4.275])
+    assert "added @ tick" in s.metadata["time_source"]
+
+
+def test_dm_plane_ticks_of_another_unit_are_not_taken_for_ms():
+    from perovstem.io.read import _dm_plane_times_s
+
+    def om(ticks, clocks):
+        planes = {
+            f"TagGroup{k}": {"added @ tick": t, "added @ time": c}
+            for k, (t, c) in enumerate(zip(ticks, clocks, strict=True))
+        }
+        return {"ImageList": {"TagGroup0": {"ImageTags": {"plane info": planes}}}}
+
+    ok = om([5000, 7000, 9000], ["11:59:59 PM", "12:00:01 AM", "12:00:03 AM"])
+    t, _ = _dm_plane_times_s(ok, 3)  # across midnight
+    np.testing.assert_allclose(t, [0, 2, 4])
+    # ticks of 100 µs (2 s = 20000) read as ms would be 20 s per frame; the clocks say 2 s
+    slow = om([500, 20500, 40500], ["1:00:00", "1:00:02", "1:00:04"])
+    assert _dm_plane_times_s(slow, 3) is None
+    # a plane without its stamp, or ticks that do not increase
+    assert _dm_plane_times_s(om([5000, 7000], ["1:00:00", "1:00:02"]), 3) is None
+    assert _dm_plane_times_s(om([5000, 5000, 9000], ["1:00:00"] * 2 + ["1:00:04"]), 3) is None
 
 
 @pytest.mark.parametrize("name", ["uncalibrated.dm3", "uncalibrated.dm4"])

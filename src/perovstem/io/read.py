@@ -638,6 +638,10 @@ def _read_rsciio(
             dt = _imagej_frame_interval_s(tif)
             if dt is not None:
                 out["time_s"] = dt * np.arange(n)
+    if plugin == "digitalmicrograph" and nav_axes and not {"time_s", "angles_deg"} & set(out):
+        found = _dm_plane_times_s(s.get("original_metadata", {}), data.shape[0])
+        if found is not None:
+            out["time_s"], out["metadata"]["time_source"] = found
     tomo = _get(md, "Tomography")
     if isinstance(tomo, dict):
         # HyperSpy/ETSpy keep tilts and shifts either as arrays or as nested signals.
@@ -808,13 +812,10 @@ def _dm_acquisition_time(om: dict) -> dict[str, str]:
             continue
         t = datetime.fromtimestamp(unix, tz=UTC)
         out = {"acquisition_start_utc": t.isoformat()}
-        m = re.fullmatch(r"\s*(\d{1,2}):(\d{2}):(\d{2})\s*([AaPp][Mm])?\s*", str(local or ""))
-        if m:
-            h, mi, s = (int(v) for v in m.groups()[:3])
-            if m.group(4):
-                h = h % 12 + (12 if m.group(4).lower() == "pm" else 0)
+        local_s = _clock_s(local)
+        if local_s is not None:
             utc_s = t.hour * 3600 + t.minute * 60 + t.second
-            diff = (h * 3600 + mi * 60 + s - utc_s + 12 * 3600) % 86400 - 12 * 3600
+            diff = (local_s - utc_s + 12 * 3600) % 86400 - 12 * 3600
             zone = round(diff / 900) * 900  # zones are whole quarter hours
             if abs(diff - zone) <= 2:  # the string is the same instant, to the second
                 lt = t.astimezone(timezone(timedelta(seconds=zone))).isoformat()
@@ -822,6 +823,53 @@ def _dm_acquisition_time(om: dict) -> dict[str, str]:
                 out["acquisition_time_zone"] = "UTC" + lt[-6:]
         return out
     return {}
+
+
+def _clock_s(text: Any) -> float | None:
+    """Seconds of the day of a clock string ``17:00:27`` or ``5:00:27 PM`` (else None)."""
+    m = re.fullmatch(r"\s*(\d{1,2}):(\d{2}):(\d{2})\s*([AaPp][Mm])?\s*", str(text or ""))
+    if not m:
+        return None
+    h, mi, s = (int(v) for v in m.groups()[:3])
+    if m.group(4):
+        h = h % 12 + (12 if m.group(4).lower() == "pm" else 0)
+    return float(h * 3600 + mi * 60 + s)
+
+
+def _dm_plane_times_s(om: dict, n: int) -> tuple[np.ndarray, str] | None:
+    """Frame times of a DM stack built by GMS's stack builder (DigiScan time series).
+
+    Such a stack keeps, per plane, ``ImageTags.plane info.TagGroupK.added @ tick`` (the
+    PC's millisecond tick count when the frame was added) and ``added @ time`` (its clock
+    time to the second); its stack axis has no unit.  The ticks give the frame times
+    when they increase and agree with the clock strings (within 1.5 s: the tick unit is
+    checked, not assumed).
+    """
+    for g in (_get(om, "ImageList") or {}).values():
+        planes = _get(g, "ImageTags", "plane info") if isinstance(g, dict) else None
+        if not isinstance(planes, dict):
+            continue
+        rows = [planes.get(f"TagGroup{k}") for k in range(n)]
+        if not all(isinstance(r, dict) for r in rows):
+            return None
+        try:
+            ticks = np.array([float(r["added @ tick"]) for r in rows])
+        except (KeyError, TypeError, ValueError):
+            return None
+        t = (ticks - ticks[0]) / 1e3
+        if n < 2 or not np.all(np.isfinite(t)) or not np.all(np.diff(t) > 0):
+            return None
+        clock = [_clock_s(r.get("added @ time")) for r in rows]
+        if any(c is None for c in clock):
+            return None
+        dc = (np.array(clock, float) - clock[0]) % 86400  # across midnight
+        if np.max(np.abs(dc - t)) > 1.5:
+            return None
+        return t, (
+            "the stack's plane stamps ('added @ tick', ms, when each frame was added to "
+            f"the stack; {float(np.median(np.diff(t))):.4g} s apart)"
+        )
+    return None
 
 
 def _nav_unit(units: Any) -> tuple[str | None, float]:
