@@ -214,3 +214,22 @@ def test_statstem_class_based_mat_gets_a_clear_message(statstem_data):
 
     with pytest.raises(FileFormatError, match="MATLAB class objects"):
         ps.load(statstem_data / "mat" / "Example_PtIr.mat")
+
+
+def test_dm_and_stack_instrument_entries_are_read():
+    # RosettaSciIO's file_reader leaves its `mapping` unapplied: the beam energy, dwell
+    # time and magnification of DM files stayed in the original metadata (no energy: a
+    # 200 kV series was counted with the 300 kV cross-section libraries)
+    from perovstem._data import voltage_kV_of
+
+    img = ps.load(FORMATS / "haadf_calibrated.dm3")  # Microscope Info.Voltage 200000 V
+    md = img.metadata
+    assert md["high_tension_kV"] == 200.0 and voltage_kV_of(md) == 200.0
+    assert md["dwell_time_s"] == pytest.approx(1.4e-6)  # DigiScan Sample Time, µs
+    assert md["magnification"] == 1.3e6
+    assert "beam_current_A" not in md  # its Probe Current (nA) is 0: not recorded
+    # a stack keeps them under its source's "Tags at creation"
+    s = ps.load(FORMATS / "stack.dm3")
+    assert s.metadata["high_tension_kV"] == 200.0
+    # the date strings of the locale are not taken (the FILETIME gives the time)
+    assert "date" not in md["original"].get("General", {})

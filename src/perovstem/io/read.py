@@ -593,7 +593,7 @@ def _read_rsciio(
     axes = sorted(s["axes"], key=lambda a: a.get("index_in_array", 0))
     sig_axes = [a for a in axes if not a.get("navigate", False)]
     nav_axes = [a for a in axes if a.get("navigate", False)]
-    md = s.get("metadata", {})
+    md = _with_mapping(s.get("metadata", {}), s.get("original_metadata", {}), s.get("mapping"))
     out: dict[str, Any] = {"data": data, "metadata": {"format": plugin, "original": _jsonable(md)}}
     ax = sig_axes[-1]
     if any(is_reciprocal_length(a.get("units")) for a in sig_axes):
@@ -695,6 +695,49 @@ def _read_rsciio(
             out["dose_e_per_A2"] = dose
             # dose = I·t_dwell/e/px², from the fields named in *_source and the x calibration
             out["metadata"]["dose_source"] = "beam_current_A × dwell_time_s / e / pixel_size_A²"
+    return out
+
+
+def _with_mapping(md: dict, om: dict, mapping: Any) -> dict:
+    """``md`` with the instrument entries RosettaSciIO's ``mapping`` names filled in.
+
+    RosettaSciIO returns, beside the metadata, a ``mapping`` (original-metadata path →
+    (metadata path, conversion)) that HyperSpy applies on loading and ``file_reader``
+    does not: the beam energy, probe current, dwell time and magnification of DM and TIA
+    (ser) files were left in the original metadata, so a 200 kV DM series was counted with
+    the 300 kV libraries.  Only ``Acquisition_instrument`` entries are taken (the DM date
+    strings are in the acquisition PC's locale: :func:`_dm_acquisition_time` reads the
+    time instead); entries the metadata already has are kept.
+    """
+    if not isinstance(mapping, dict) or not mapping:
+        return md
+    import copy
+
+    out = copy.deepcopy(md) if isinstance(md, dict) else {}
+    for src, spec in mapping.items():
+        try:
+            target, convert = spec
+        except (TypeError, ValueError):
+            continue
+        if not str(target).startswith("Acquisition_instrument."):
+            continue
+        v = _get(om, *str(src).split("."))
+        if v is None or isinstance(v, dict) and not str(target).endswith("microscope"):
+            continue
+        try:
+            v = convert(v) if convert is not None else v
+        except Exception:  # noqa: BLE001 - a reader's conversion of a malformed tag
+            continue
+        if v is None:
+            continue
+        *parents, leaf = str(target).split(".")
+        node = out
+        for k in parents:
+            nxt = node.get(k)
+            if not isinstance(nxt, dict):
+                nxt = node[k] = {}
+            node = nxt
+        node.setdefault(leaf, v)
     return out
 
 
