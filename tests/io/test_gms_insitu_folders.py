@@ -228,6 +228,11 @@ def test_gms_dm_frames_take_their_own_subsecond_times(tmp_path, capsys):
     assert s.metadata["time_source"] == "the frame files' time stamps"
     np.testing.assert_allclose(s.time_s, truth, atol=1e-5)
     assert s.metadata["acquisition_start_utc"].startswith("2026-11-28T01:59:58.4")
+    # the frames' beam energy and dwell time are the series' (the libraries need the
+    # energy; the folder used to keep only the time stamps)
+    assert s.metadata["high_tension_kV"] == 200.0
+    assert s.metadata["dwell_time_s"] == pytest.approx(1.4e-6)
+    assert "frames_differ" not in s.metadata
     from perovstem.cli.main import main
 
     assert main(["info", str(root)]) == 0
@@ -264,3 +269,17 @@ def test_dm_acquisition_time_from_the_other_tags_and_unset_values():
     assert _dm_acquisition_time(om(DataBar={"Acquisition Time (OS)": 0.0})) == {}
     bar["Acquisition Time"] = "3:50:20 PM"
     assert "acquisition_time_zone" not in _dm_acquisition_time(om(DataBar=bar))
+
+
+def test_instrument_entries_that_differ_between_frames_are_not_carried():
+    from perovstem.io._folder import _same_in_every_frame
+
+    rows = [
+        {"high_tension_kV": 300.0, "magnification": 1e6, "detector_mrad": [65.0, 200.0]},
+        {"high_tension_kV": 300.0, "magnification": 2e6, "detector_mrad": [65.0, 200.0]},
+        {"high_tension_kV": None, "magnification": 2e6, "detector_mrad": [65.0, 200.0]},
+    ]
+    md = {}
+    got = _same_in_every_frame(rows, md)
+    assert got == {"detector_mrad": [65.0, 200.0]}
+    assert md["frames_differ"] == ["high_tension_kV", "magnification"]

@@ -42,6 +42,8 @@ def describe(obj) -> list[tuple[str, str]]:
                 rows.append(("time from", str(md["time_source"])))
         elif md.get("time_note"):
             rows.append(("time", str(md["time_note"])))
+        if md.get("frames_differ"):  # not kept for the series: the files disagree
+            rows.append(("differs by frame", ", ".join(map(str, md["frames_differ"]))))
         if obj.dose_e_per_A2 is not None:
             rows.append(("cumulative dose", f"{obj.cumulative_dose_e_per_A2[-1]:.4g} e⁻/Å²"))
         if obj.temperature_K is not None:

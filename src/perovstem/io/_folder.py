@@ -188,6 +188,7 @@ def load_folder(
     first: Image | None = None
     stamps: list[float | None] = []
     doses: list[float | None] = []
+    instrument: list[dict[str, Any]] = []
     dtypes = []
     eager = None
     for k, f in enumerate(files):
@@ -214,6 +215,7 @@ def load_folder(
                 )
         stamps.append(_frame_stamp_s(img))
         doses.append(img.dose_e_per_A2)
+        instrument.append({key: img.metadata.get(key) for key in _CARRIED})
         dtypes.append(np.dtype(img.data.dtype))
         if not lazy:
             if eager is None:  # filled in place: no second copy of the whole series
@@ -232,6 +234,7 @@ def load_folder(
     for key in ("acquisition_start_utc", "acquisition_start", "acquisition_time_zone"):
         if first.metadata.get(key) is not None:
             md[key] = first.metadata[key]
+    md.update(_same_in_every_frame(instrument, md))
     time_s = _times(path, files, names, stamps, md, gms=layout != "folder")
     dose = np.asarray(doses, dtype=float) if all(d is not None for d in doses) else None
     if lazy:
@@ -242,6 +245,47 @@ def load_folder(
         return Series(data, first.pixel_size_A, time_s=time_s, dose_e_per_A2=dose, metadata=md)
     except (ParameterError, DataError) as exc:
         raise DataError(f"{str(path)!r}: {exc}") from None
+
+
+# instrument entries of the frame files that the series keeps when every frame has the
+# same: the beam energy and the probe / detector angles choose the cross-section libraries
+_CARRIED = (
+    "high_tension_kV",
+    "magnification",
+    "semiangle_mrad",
+    "detector_mrad",
+    "beam_current_A",
+    "beam_current_A_source",
+    "dwell_time_s",
+    "dwell_time_s_source",
+)
+
+
+def _same_in_every_frame(rows: list[dict[str, Any]], md: dict[str, Any]) -> dict[str, Any]:
+    """The entries of :data:`_CARRIED` that every frame file records alike (numbers to
+    1e-6); those recorded differently are named in ``md['frames_differ']``."""
+    out: dict[str, Any] = {}
+    differ = []
+    for key in _CARRIED:
+        vals = [r.get(key) for r in rows]
+        if all(v is None for v in vals):
+            continue
+        v0 = vals[0]
+        try:
+            same = all(
+                v is not None and np.allclose(np.asarray(v, float), np.asarray(v0, float),
+                                              rtol=1e-6, atol=0)
+                for v in vals
+            )  # fmt: skip
+        except (TypeError, ValueError):
+            same = all(v == v0 for v in vals)
+        if same:
+            out[key] = v0
+        elif not key.endswith("_source"):
+            differ.append(key)
+    if differ:
+        md["frames_differ"] = differ
+    return out
 
 
 def _times(
