@@ -267,6 +267,9 @@ def test_dm_acquisition_time_from_the_other_tags_and_unset_values():
     assert got["acquisition_start"] == "2022-10-11T15:53:20-04:00"
     # an unset stamp (0 ticks = 1601) or a clock string of another instant: not used
     assert _dm_acquisition_time(om(DataBar={"Acquisition Time (OS)": 0.0})) == {}
+    # an unset FILETIME beside a sequence start: the sequence start
+    got = _dm_acquisition_time(om(DataBar={"Acquisition Time (OS)": 0.0}, Acquisition=seq))
+    assert got == {"acquisition_start_utc": "2022-10-11T14:53:20.250000+00:00"}
     bar["Acquisition Time"] = "3:50:20 PM"
     assert "acquisition_time_zone" not in _dm_acquisition_time(om(DataBar=bar))
 

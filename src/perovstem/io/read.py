@@ -722,7 +722,7 @@ def _with_mapping(md: dict, om: dict, mapping: Any) -> dict:
         if not str(target).startswith("Acquisition_instrument."):
             continue
         v = _get(om, *str(src).split("."))
-        if v is None or isinstance(v, dict) and not str(target).endswith("microscope"):
+        if v is None or (isinstance(v, dict) and not str(target).endswith("microscope")):
             continue
         try:
             v = convert(v) if convert is not None else v
@@ -832,26 +832,23 @@ def _dm_acquisition_time(om: dict) -> dict[str, str]:
         for g in (_get(om, "ImageList") or {}).values()
         if isinstance(g, dict) and isinstance(g.get("ImageTags"), dict)
     ]
-    for it in tags:
-        unix, local = None, None
+
+    def seconds(v: Any, per_s: float, epoch_s: float) -> float | None:
         try:
-            ft = float(_get(it, "DataBar", "Acquisition Time (OS)"))
-            unix = ft / 1e7 - _FILETIME_UNIX_S
-            local = _get(it, "DataBar", "Acquisition Time")
+            t = float(v) / per_s - epoch_s
         except (TypeError, ValueError):
-            try:
-                unix = (
-                    float(
-                        _get(
-                            it, "Acquisition", "Frame", "Sequence", "Acquisition Start Time (epoch)"
-                        )
-                    )
-                    / 1e3
-                )
-            except (TypeError, ValueError):
-                continue
-        # 1990-2100: anything else is an unset or foreign field
-        if not (np.isfinite(unix) and 631_152_000 < unix < 4_102_444_800):
+            return None
+        # 1990-2100: anything else is an unset (0) or foreign field
+        return t if np.isfinite(t) and 631_152_000 < t < 4_102_444_800 else None
+
+    for it in tags:
+        local = _get(it, "DataBar", "Acquisition Time")
+        unix = seconds(_get(it, "DataBar", "Acquisition Time (OS)"), 1e7, _FILETIME_UNIX_S)
+        if unix is None:
+            local = None
+            seq = _get(it, "Acquisition", "Frame", "Sequence", "Acquisition Start Time (epoch)")
+            unix = seconds(seq, 1e3, 0.0)
+        if unix is None:
             continue
         t = datetime.fromtimestamp(unix, tz=UTC)
         out = {"acquisition_start_utc": t.isoformat()}
