@@ -75,6 +75,21 @@ def _skipped_note(res: Any) -> str:
     return f"{n} of {len(f)} frames skipped ({'; '.join(parts)}); frames table: skipped, reason"
 
 
+# the options of insitu.prepare_series as this command spells them (in its messages)
+_FLAGS = {
+    "dose_e_per_A2": "--dose-e-per-A2",
+    "current_pA": "--current-pA",
+    "dwell_us": "--dwell-us",
+    "frame_time_s": "--frame-time-s",
+    "conditions": "--conditions",
+    "time_offset_s": "--time-offset-s",
+    "log_utc_offset_h": "--log-utc-offset-h",
+    "temperature_K": "--temperature-K",
+    "voltage_kV": "--voltage-kV",
+    "detector_mrad": "--detector-mrad",
+}
+
+
 def _earlier_outputs(out: Path) -> list[Path]:
     """The files of an earlier ``perovstem insitu`` run in ``out`` (only names it writes)."""
     from perovstem.insitu.analysis import InsituResult
@@ -227,14 +242,9 @@ def insitu(
     """
     from perovstem.atoms.noise import parse_gain
     from perovstem.cli._common import about_file, check_outputs, console
-    from perovstem.insitu import (
-        analyze_series,
-        assign_dose,
-        attach_conditions,
-        time_offset_from_clocks,
-    )
+    from perovstem.insitu import analyze_series
+    from perovstem.insitu.prepare import prepare_series
     from perovstem.io import load, save_figure, save_json, save_table
-    from perovstem.io.holder_logs import read_holder_log
     from perovstem.quantify.mechanism import summary_lines
 
     if hmm_model not in ("loss", "free", "dose"):
@@ -339,98 +349,25 @@ def insitu(
         notes.append(
             f"detector measured from the frames' shot noise (--gain auto): {nm.describe()}"
         )
-    det = {k: v for k, v in (("gain", gain), ("offset", offset)) if v is not None}
-    if det:
-        s = s.replace(metadata={**s.metadata, **{k: float(v) for k, v in det.items()}})
-    # (a gain or offset still missing here is said by analyze_series, with the estimate)
-    # options that a file's own records override or are overridden by: said, not silent
-    if s.dose_e_per_A2 is not None and (dose is not None or current_pA is not None):
-        d = np.asarray(s.dose_e_per_A2, float)
-        notes.append(
-            f"the file's dose per frame ({d.min():.4g}–{d.max():.4g} e⁻/Å²) is replaced by "
-            f"{'--dose-e-per-A2' if dose is not None else '--current-pA'}"
-        )
-    if s.time_s is not None and frame_time_s is not None and s.n_frames > 1:
-        notes.append(
-            "--frame-time-s does not replace the file's time stamps (median interval "
-            f"{float(np.median(np.diff(np.asarray(s.time_s, float)))):.4g} s)"
-        )
-    if dose is not None or current_pA is not None or s.dose_e_per_A2 is None:
-        if dose is None and current_pA is None:
-            notes.append("no dose information: kinetics use the frame index, no atom counts")
-            if s.time_s is None and frame_time_s is not None:
-                s = s.replace(time_s=np.arange(s.n_frames) * float(frame_time_s))
-        else:
-            if s.time_s is None and frame_time_s is None and s.exposure_s is None:
-                raise ParameterError(
-                    f"{str(series)!r} has no frame time stamps: give --frame-time-s (frame "
-                    "interval, s) with --dose-e-per-A2/--current-pA"
-                )
-            s = assign_dose(
-                s,
-                dose_e_per_A2=dose,
-                current_pA=current_pA,
-                dwell_us=dwell_us,
-                frame_time_s=frame_time_s,
-            )
-    elif s.time_s is None and frame_time_s is not None:
-        s = assign_dose(s, frame_time_s=frame_time_s)
-    if s.time_s is None:
-        notes.append(
-            "no frame time stamps (none in the file, no --frame-time-s): results per second "
-            "(the cluster hop rate, the frames' time_s) are not measured; give --frame-time-s"
-        )
-    if conditions is not None:
-        from perovstem.errors import DataError
-
-        if s.time_s is None:  # was "call assign_dose(time_s=...) first" (the Python API)
-            raise ParameterError(
-                f"--conditions {str(conditions)!r} needs the frames' time stamps and "
-                f"{str(series)!r} has none: give --frame-time-s (frame interval, s)"
-            )
-        log = read_holder_log(conditions)
-        if time_offset_s is None:
-            time_offset_s, how = time_offset_from_clocks(s, log, log_utc_offset_h=log_utc_offset_h)
-            if time_offset_s is None:
-                time_offset_s = 0.0
-                notes.append(
-                    f"--conditions: the first frame is placed at the log's time 0 ({how}); "
-                    "give --time-offset-s"
-                    + (" or --log-utc-offset-h" if "time zone" in how else "")
-                )
-            else:
-                notes.append(
-                    f"--conditions: the first frame lies at {time_offset_s:.1f} s of the log, "
-                    f"from the two clocks ({how}); --time-offset-s overrides"
-                )
-        try:
-            s = attach_conditions(s, log, time_offset_s=time_offset_s)
-        except DataError as exc:  # name the file and the option, not the Python parameter
-            raise DataError(
-                f"--conditions {str(conditions)!r}: "
-                + str(exc).replace("`time_offset_s`", "`--time-offset-s`")
-            ) from None
-    if temperature_K is not None:
-        if s.temperature_K is not None:
-            t_file = np.asarray(s.temperature_K, float)
-            notes.append(
-                f"the file's temperature ({np.nanmin(t_file):.4g}–{np.nanmax(t_file):.4g} K) "
-                f"is replaced by --temperature-K {temperature_K:g}"
-            )
-        s = s.replace(temperature_K=np.full(s.n_frames, float(temperature_K)))
-    if voltage_kV is not None:
-        from perovstem._data import voltage_kV_of
-
-        kv_file = voltage_kV_of(s.metadata)
-        if kv_file is not None and abs(kv_file - voltage_kV) > 1e-6:
-            notes.append(
-                f"the file's beam energy ({kv_file:g} kV) is replaced by --voltage-kV "
-                f"{voltage_kV:g}"
-            )
-        md = {k: v for k, v in s.metadata.items() if k != "high_tension_kV"}
-        s = s.replace(metadata={**md, "voltage_kV": float(voltage_kV)})
-    if detector is not None:
-        s = s.replace(metadata={**s.metadata, "detector_mrad": list(detector)})
+    # (a gain or offset still missing is said by analyze_series, with the estimate)
+    s, said = prepare_series(
+        s,
+        dose_e_per_A2=dose,
+        current_pA=current_pA,
+        dwell_us=dwell_us,
+        frame_time_s=frame_time_s,
+        conditions=conditions,
+        time_offset_s=time_offset_s,
+        log_utc_offset_h=log_utc_offset_h,
+        temperature_K=temperature_K,
+        voltage_kV=voltage_kV,
+        detector_mrad=detector,
+        gain=gain,
+        offset=offset,
+        what=repr(str(series)),
+        names=_FLAGS,
+    )
+    notes += said
     with about_file(series):  # "every frame of the series is unusable": which series
         res = analyze_series(
             s,
@@ -477,7 +414,7 @@ def insitu(
         # on-crystal cluster detection was validated for is 0.38 Å at 0.4-0.5 Å/px
         "column_sigma_A": res.frames.attrs.get("column_sigma_A"),
         # the holder log's time of the series' t = 0 (given, from the clocks, or 0)
-        "conditions_time_offset_s": None if conditions is None else time_offset_s,
+        "conditions_time_offset_s": s.metadata.get("conditions_time_offset_s"),
         "notes": notes,
         # each line with its condition where the series spans several (e.g. a holder log)
         "mechanisms": summary_lines(res.summary),
