@@ -31,6 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from perovstem._limits import MAX_TEMPERATURE_K
 from perovstem.errors import FileFormatError, ParameterError
 from perovstem.pipeline.registry import Step, Upstream, get_step
 
@@ -48,6 +51,7 @@ class InputSpec:
     path: Path
     options: dict[str, Any] = field(default_factory=dict)
     line: int | None = None
+    conditions_path: Path | None = None  # the `conditions` log, resolved
 
 
 @dataclass(frozen=True)
@@ -267,6 +271,7 @@ def parse_config(
             p = base_dir / p
         if check_files and not p.exists():
             raise FileFormatError(f"{w}input file {str(p)!r} does not exist")
+        log = _check_series_options(w, options, base_dir, check_files)
         if check_files:
             # a folder, an empty or an unreadable file passed `--check` and failed only when
             # the first step using it ran
@@ -277,7 +282,7 @@ def parse_config(
             except FileFormatError as exc:
                 msg = str(exc).replace(", not an image file", ", not a file")
                 raise FileFormatError(f"{w}input file {msg}") from None
-        inputs[name] = InputSpec(name=name, path=p, options=options, line=line)
+        inputs[name] = InputSpec(name=name, path=p, options=options, line=line, conditions_path=log)
 
     # ---- steps
     raw_steps = data.get("step", [])
@@ -523,6 +528,8 @@ def _input_file_kinds(spec: InputSpec) -> frozenset[str]:
 
     if spec.path.suffix.lower() in TABLE_SUFFIXES and not spec.options:
         return frozenset({"table"})
+    if any(k in SERIES_OPTIONS for k in spec.options):
+        return frozenset({"series"})
     return _FILE_KINDS.get(spec.options.get("kind"), _FILE_KINDS[None])
 
 
@@ -647,6 +654,82 @@ _INPUT_OPTIONS: dict[str, tuple[Any, str]] = {
     ),
     "signal": (lambda v: isinstance(v, str) and v != "", "the title of the image to read"),
 }
+LOAD_OPTIONS = frozenset(_INPUT_OPTIONS)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def _positive(v: Any) -> bool:
+    return _number(v) and v > 0
+
+
+def _detector(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v) and 0 <= v[0] < v[1]
+
+
+# settings of an in-situ series (perovstem.insitu.prepare_series; the options of
+# `perovstem insitu`): a series file rarely records all of them
+SERIES_OPTIONS: dict[str, tuple[Any, str]] = {
+    "dose_e_per_A2": (_positive, "a positive number, e⁻/Å² per frame"),
+    "current_pA": (_positive, "a positive number, pA (probe current)"),
+    "dwell_us": (_positive, "a positive number, µs (pixel dwell time)"),
+    "frame_time_s": (_positive, "a positive number, s (frame interval)"),
+    "temperature_K": (
+        lambda v: _positive(v) and v <= MAX_TEMPERATURE_K,
+        f"a temperature in K, above 0 and at most {MAX_TEMPERATURE_K:g}",
+    ),
+    "voltage_kV": (
+        lambda v: _number(v) and v in (200, 300),
+        "200 or 300 (the calibrated cross-section libraries)",
+    ),
+    "detector_mrad": (_detector, "[inner, outer] in mrad, 0 ≤ inner < outer"),
+    "gain": (_positive, "a positive number, detector counts per electron"),
+    "offset": (_number, "a finite number, detector counts of no signal"),
+    "conditions": (
+        lambda v: isinstance(v, str) and v != "",
+        "the path of a holder log (DENSsolutions, Protochips or CSV)",
+    ),
+    "time_offset_s": (_number, "a finite number, s (log time of the first frame)"),
+    "log_utc_offset_h": (
+        lambda v: _number(v) and -14 <= v <= 14,
+        "the holder PC's UTC offset, -14…14 h",
+    ),
+}
+_INPUT_OPTIONS.update(SERIES_OPTIONS)
+
+
+def _check_series_options(
+    where: str, options: dict[str, Any], base_dir: Path, check_files: bool
+) -> Path | None:
+    """Checks across an input's series settings; the `conditions` log resolved."""
+    given = [k for k in options if k in SERIES_OPTIONS]
+    if not given:
+        return None
+    if options.get("kind") in ("image", "tilt"):
+        raise ParameterError(
+            f"{where}{', '.join(given)} set an in-situ series; kind = "
+            f"{options['kind']!r} reads it as another kind"
+        )
+    pairs = (
+        ("temperature_K", "conditions", "both give the temperature: give one"),
+        ("time_offset_s", "log_utc_offset_h", "both place the holder log: give one"),
+    )
+    for a, b, why in pairs:
+        if a in options and b in options:
+            raise ParameterError(f"{where}`{a}` and `{b}` {why}")
+    for k in ("time_offset_s", "log_utc_offset_h"):
+        if k in options and "conditions" not in options:
+            raise ParameterError(f"{where}`{k}` places a holder log: give `conditions` with it")
+    if "conditions" not in options:
+        return None
+    log = Path(options["conditions"])
+    if not log.is_absolute():
+        log = base_dir / log
+    if check_files and not log.is_file():
+        raise FileFormatError(f"{where}`conditions` log {str(log)!r} does not exist")
+    return log
 
 
 def _check_input_option(where: str, key: str, value: Any) -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from perovstem.errors import OutputExistsError, PerovstemError
-from perovstem.pipeline.config import Config, StepSpec, load_config
+from perovstem.pipeline.config import LOAD_OPTIONS, SERIES_OPTIONS, Config, StepSpec, load_config
 from perovstem.pipeline.context import StepContext
 from perovstem.pipeline.executor import Executor
 
@@ -201,7 +201,9 @@ class _Artefacts:
 
                     value = read_table(spec.path)
                 else:
-                    value = load(spec.path, **spec.options)
+                    opts = {k: v for k, v in spec.options.items() if k in LOAD_OPTIONS}
+                    value = load(spec.path, **opts)
+                    value = _series_settings(value, spec, where)
             except CalibrationError as exc:
                 if "pixel_size" in spec.options:
                     raise
@@ -220,6 +222,33 @@ class _Artefacts:
         for w in rec:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return value
+
+
+def _series_settings(value: Any, spec: Any, where: str) -> Any:
+    """The [inputs] series settings (dose, frame time, holder log, temperature, ...)
+    given to the series by :func:`perovstem.insitu.prepare_series`; its notes become
+    warnings of the input (kept with its provenance)."""
+    from perovstem._data import Series
+    from perovstem.errors import DataError
+
+    given = {k: v for k, v in spec.options.items() if k in SERIES_OPTIONS}
+    if not given:
+        return value
+    if not isinstance(value, Series):
+        raise DataError(
+            f"{where}: {', '.join(given)} set an in-situ series; {str(spec.path)!r} holds "
+            f"one {type(value).__name__.lower()}"
+        )
+    from perovstem.insitu.prepare import prepare_series
+
+    if "conditions" in given:
+        given["conditions"] = spec.conditions_path
+    value, notes = prepare_series(
+        value, **given, what=repr(str(spec.path)), names={k: f"`{k}`" for k in SERIES_OPTIONS}
+    )
+    for note in notes:
+        warnings.warn(f"{where}: {note}", UserWarning, stacklevel=2)
+    return value
 
 
 def _check_pixel_size_override(path: Path, given_A: float, where: str, **load_kw: Any) -> None:
@@ -439,7 +468,10 @@ def _run_locked(
     inputs_prov = {}
     for name, spec in config.inputs.items():
         digest = sha256_file(spec.path)
-        arte.keys[name] = _hash({"sha256": digest, "options": spec.options})
+        key = {"sha256": digest, "options": spec.options}
+        if spec.conditions_path is not None:  # the holder log's content, not its name only
+            key["conditions_sha256"] = sha256_file(spec.conditions_path)
+        arte.keys[name] = _hash(key)
         inputs_prov[name] = {
             "path": str(spec.path),
             "sha256": digest,

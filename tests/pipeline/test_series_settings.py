@@ -1,0 +1,138 @@
+"""An in-situ series' settings given in [inputs]: dose, frame time, holder log, temperature.
+
+Before: the pipeline took a series only as its file recorded it (no dose, frame time or
+holder log could be given: a DM recording without a probe current had no dose, so no atom
+counts, and no temperature from its heating log); `perovstem insitu` had these options.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from perovstem import Series
+from perovstem.errors import FileFormatError, ParameterError, PerovstemError
+from perovstem.io import read_table, save_image
+from perovstem.pipeline import load_config, run_pipeline
+
+
+def _digiheater(path, start=100.0):
+    """A DigiHeater log on the holder PC's clock: 12:00:00 local, +20 K/s from ``start`` °C."""
+    lines = [
+        "01/03/'24 11:58\tDigiheater 3.1",
+        "R0=100.0\ta=0.0039\tb=-5.8e-7\tc=0.0",
+        "delta_t=0.5",
+        "sample\ttime\tTset[C]\tTmeas[C]\tRheat[ohm]\tVheat[V]\tIheat[mA]\tPheat [mW]\tc",
+    ]
+    for i in range(40):
+        tm = start + 10.0 * i
+        lines.append(f"{i}\t12:00:{0.5 * i:06.3f}\t{tm}\t{tm:.3f}\t1\t1\t1\t1\t0")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _series(path, **metadata):
+    # no dose, no time stamps (a DM recording without probe current, a tif stack)
+    data = np.random.default_rng(0).poisson(50.0, size=(5, 16, 16)).astype(np.float32)
+    save_image(Series(data, 0.5, metadata=metadata), path)
+    return path
+
+
+def _config(tmp_path, series_options):
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(
+        "[run]\nreport = false\n[inputs]\n"
+        f'series = {{ path = "s.npz", {series_options} }}\n'
+        '[[step]]\nrun = "series.frames"\nid = "frames"\n'
+    )
+    return cfg
+
+
+def _frames(tmp_path, options, out="run"):
+    res = run_pipeline(_config(tmp_path, options), out=tmp_path / out, quiet=True)
+    return res, read_table(tmp_path / out / "tables" / "frames.frames.parquet")
+
+
+def test_dose_frame_time_and_log_given_to_a_series(tmp_path):
+    _series(tmp_path / "s.npz")
+    _digiheater(tmp_path / "heating.log")
+    opts = 'dose_e_per_A2 = 500.0, frame_time_s = 1.0, conditions = "heating.log", '
+    res, frames = _frames(tmp_path, opts + "time_offset_s = 2.0")
+    assert res.status("frames") == "ran"
+    np.testing.assert_allclose(frames["dose_e_per_A2"], 500.0)
+    np.testing.assert_allclose(frames["cumulative_dose_e_per_A2"], 500.0 * np.arange(1, 6))
+    np.testing.assert_allclose(frames["time_s"], np.arange(5.0))
+    # each frame's temperature at its start (a frame interval is no exposure time): 2 s
+    # into a +20 K/s ramp from 373 K
+    np.testing.assert_allclose(
+        frames["temperature_K"], 373.15 + 20 * (2.0 + np.arange(5)), atol=0.1
+    )
+    # the same again: cached; a changed log (same name): the series is read again
+    res = run_pipeline(
+        _config(tmp_path, opts + "time_offset_s = 2.0"), out=tmp_path / "run", quiet=True
+    )
+    assert res.status("frames") == "cached"
+    _digiheater(tmp_path / "heating.log", start=50.0)
+    res = run_pipeline(
+        _config(tmp_path, opts + "time_offset_s = 2.0"), out=tmp_path / "run", quiet=True
+    )
+    assert res.status("frames") == "ran"
+    frames = read_table(tmp_path / "run" / "tables" / "frames.frames.parquet")
+    np.testing.assert_allclose(
+        frames["temperature_K"], 323.15 + 20 * (2.0 + np.arange(5)), atol=0.1
+    )
+
+
+@pytest.mark.parametrize("zone", ["UTC+01:00", None])
+def test_log_placed_by_the_clocks_or_said(tmp_path, zone):
+    # first frame acquired 11:00:02 UTC = 12:00:02 on the holder PC: 2 s into the log
+    md = {"acquisition_start_utc": "2024-03-01T11:00:02+00:00"}
+    if zone:
+        md["acquisition_time_zone"] = zone
+    _series(tmp_path / "s.npz", **md)
+    _digiheater(tmp_path / "heating.log")
+    opts = 'dose_e_per_A2 = 500.0, frame_time_s = 1.0, conditions = "heating.log"'
+    with pytest.warns(UserWarning) as rec:
+        _, frames = _frames(tmp_path, opts)
+    said = " ".join(str(w.message) for w in rec)
+    shift = 2.0 if zone else 0.0
+    want = 373.15 + 20 * (shift + np.arange(5))
+    np.testing.assert_allclose(frames["temperature_K"], want, atol=0.1)
+    if zone:
+        assert "[inputs] series" in said and "2.0 s of the log, from the two clocks" in said
+    else:
+        assert "placed at the log's time 0" in said and "`log_utc_offset_h`" in said
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "expect"),
+    [
+        ('temperature_K = 300.0, conditions = "heating.log"', ParameterError,
+         "`temperature_K` and `conditions` both give the temperature"),
+        ("log_utc_offset_h = 1.0", ParameterError, "places a holder log: give `conditions`"),
+        ('conditions = "heating.log", time_offset_s = 1.0, log_utc_offset_h = 1.0',
+         ParameterError, "both place the holder log"),
+        ('conditions = "missing.log"', FileFormatError, "`conditions` log"),
+        ("dose_e_per_A2 = -5.0", ParameterError, "option `dose_e_per_A2` must be a positive"),
+        ("voltage_kV = 120.0", ParameterError, "must be 200 or 300"),
+        ("detector_mrad = [200.0, 65.0]", ParameterError, "0 ≤ inner < outer"),
+        ('kind = "image", dose_e_per_A2 = 5.0', ParameterError, "set an in-situ series"),
+    ],
+)  # fmt: skip
+def test_bad_series_settings_are_refused_before_anything_runs(tmp_path, options, error, expect):
+    _series(tmp_path / "s.npz")
+    _digiheater(tmp_path / "heating.log")
+    with pytest.raises(error, match=None) as info:
+        load_config(_config(tmp_path, options))
+    assert expect in str(info.value), str(info.value)
+    assert "[inputs] series" in str(info.value)
+
+
+def test_series_settings_on_an_image_file_are_refused_naming_it(tmp_path):
+    from perovstem import Image
+
+    save_image(Image(np.ones((16, 16)), 0.5), tmp_path / "s.npz")
+    with pytest.raises(PerovstemError) as info:
+        _frames(tmp_path, "dose_e_per_A2 = 5.0")
+    msg = str(info.value)
+    assert "dose_e_per_A2 set an in-situ series" in msg and "holds one image" in msg, msg
