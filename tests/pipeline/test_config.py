@@ -283,13 +283,14 @@ def test_list_parameter_of_integers_is_read_as_numbers(tmp_path):
 @pytest.mark.parametrize(
     ("make", "expect"),
     [
-        (lambda p: p.mkdir(), "is a directory, not a file"),
+        # (a folder of frame files is a series: tests/pipeline/test_series_settings.py)
+        (lambda p: p.mkdir(), "is a directory holding no image files"),
         (lambda p: p.write_bytes(b""), "is empty (0 bytes)"),
     ],
 )
 def test_an_unusable_input_file_is_refused_by_check(tmp_path, make, expect):
-    """A folder or an empty file in [inputs] passed `perovstem run --check` (only existence
-    was checked) and failed when the first step using it ran."""
+    """A folder without frame files or an empty file in [inputs] passed `perovstem run
+    --check` (only existence was checked) and failed when the first step using it ran."""
     make(tmp_path / "frame.dm3")
     cfg = tmp_path / "a.toml"
     cfg.write_text(

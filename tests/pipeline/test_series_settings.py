@@ -136,3 +136,25 @@ def test_series_settings_on_an_image_file_are_refused_naming_it(tmp_path):
         _frames(tmp_path, "dose_e_per_A2 = 5.0")
     msg = str(info.value)
     assert "dose_e_per_A2 set an in-situ series" in msg and "holds one image" in msg, msg
+
+
+def test_a_gatan_in_situ_folder_is_a_series_input(tmp_path):
+    # GMS In-Situ frames (DM3, own sub-second stamps, 7.5 frames/s): a folder input was
+    # refused ("is a directory, not a file") though perovstem.io.load reads it
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "io"))
+    from test_gms_insitu_folders import _gms_dm3
+
+    _, truth = _gms_dm3(tmp_path / "Insitu_001", 12, fps=7.5)
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(
+        "[run]\nreport = false\n[inputs]\n"
+        'series = { path = "Insitu_001", dose_e_per_A2 = 50.0 }\n'
+        '[[step]]\nrun = "series.frames"\nid = "frames"\n'
+    )
+    run_pipeline(cfg, out=tmp_path / "run", quiet=True)
+    frames = read_table(tmp_path / "run" / "tables" / "frames.frames.parquet")
+    np.testing.assert_allclose(frames["time_s"], truth, atol=1e-5)
+    np.testing.assert_allclose(frames["dose_rate_e_per_A2_s"], 50.0 * 7.5, rtol=1e-3)

@@ -275,10 +275,14 @@ def parse_config(
         if check_files:
             # a folder, an empty or an unreadable file passed `--check` and failed only when
             # the first step using it ran
+            from perovstem.io._folder import _frame_files
             from perovstem.io.read import _check_path
 
             try:
-                _check_path(p)
+                if p.is_dir() and p.suffix != ".zarr":
+                    _frame_files(p)  # a folder of frame files (a Gatan In-Situ dataset) is a series
+                else:
+                    _check_path(p)
             except FileFormatError as exc:
                 msg = str(exc).replace(", not an image file", ", not a file")
                 raise FileFormatError(f"{w}input file {msg}") from None
