@@ -62,10 +62,10 @@ def test_dose_frame_time_and_log_given_to_a_series(tmp_path):
     np.testing.assert_allclose(frames["dose_e_per_A2"], 500.0)
     np.testing.assert_allclose(frames["cumulative_dose_e_per_A2"], 500.0 * np.arange(1, 6))
     np.testing.assert_allclose(frames["time_s"], np.arange(5.0))
-    # each frame's temperature at its start (a frame interval is no exposure time): 2 s
-    # into a +20 K/s ramp from 373 K
+    # each frame's temperature averaged over its 1 s (before: sampled at its start, 10 K
+    # low on this ramp): 2.5 s into a +20 K/s ramp from 373 K
     np.testing.assert_allclose(
-        frames["temperature_K"], 373.15 + 20 * (2.0 + np.arange(5)), atol=0.1
+        frames["temperature_K"], 373.15 + 20 * (2.5 + np.arange(5)), atol=0.1
     )
     # the same again: cached; a changed log (same name): the series is read again
     res = run_pipeline(
@@ -79,7 +79,7 @@ def test_dose_frame_time_and_log_given_to_a_series(tmp_path):
     assert res.status("frames") == "ran"
     frames = read_table(tmp_path / "run" / "tables" / "frames.frames.parquet")
     np.testing.assert_allclose(
-        frames["temperature_K"], 323.15 + 20 * (2.0 + np.arange(5)), atol=0.1
+        frames["temperature_K"], 323.15 + 20 * (2.5 + np.arange(5)), atol=0.1
     )
 
 
@@ -96,7 +96,7 @@ def test_log_placed_by_the_clocks_or_said(tmp_path, zone):
         _, frames = _frames(tmp_path, opts)
     said = " ".join(str(w.message) for w in rec)
     shift = 2.0 if zone else 0.0
-    want = 373.15 + 20 * (shift + np.arange(5))
+    want = 373.15 + 20 * (shift + 0.5 + np.arange(5))
     np.testing.assert_allclose(frames["temperature_K"], want, atol=0.1)
     if zone:
         assert "[inputs] series" in said and "2.0 s of the log, from the two clocks" in said

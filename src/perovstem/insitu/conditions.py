@@ -139,9 +139,9 @@ def attach_conditions(series: Series, log: pd.DataFrame, **kw: Any) -> Series:
     """Copy of ``series`` with ``temperature_K`` / ``pressure_Pa`` from a holder log.
 
     Other channels go to ``metadata['conditions']``.  See :func:`interpolate_conditions`;
-    its ``frame_time_s`` defaults to the frame time recorded by :func:`assign_dose` or,
-    failing that, ``metadata['frame_time_s']`` (each channel averaged over the frame), else
-    the channels are sampled at the frame start.
+    its ``frame_time_s`` defaults to the frame time recorded by :func:`assign_dose` (or
+    the median beam-on time it found), failing that ``metadata['frame_time_s']`` (each
+    channel averaged over the frame), else the channels are sampled at the frame start.
     """
     refuse_text_numbers(locals())
     if not isinstance(series, Series):
@@ -152,7 +152,12 @@ def attach_conditions(series: Series, log: pd.DataFrame, **kw: Any) -> Series:
     # assign_dose, else a file's own frame time, e.g. the simulator's or an MRC FEI
     # header's): sampled at the frame start, a ramp's temperature lagged by half a frame
     # (5 K at 10 K/s and 1 s frames)
-    fr = series.metadata.get("dose", {}).get("frame_time_s")
+    dose = series.metadata.get("dose", {})
+    fr = dose.get("frame_time_s")
+    if fr is None and dose.get("exposure_s"):
+        # the beam-on time assign_dose found (the frame time less flyback, the dwell time
+        # over the frame's pixels, or the recorded exposures)
+        fr = float(np.median(np.asarray(dose["exposure_s"], float)))
     if fr is None:
         fr = series.metadata.get("frame_time_s")
     fr = float(fr) if fr is not None and np.isfinite(float(fr)) and float(fr) > 0 else None
