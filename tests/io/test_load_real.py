@@ -233,3 +233,31 @@ def test_dm_and_stack_instrument_entries_are_read():
     assert s.metadata["high_tension_kV"] == 200.0
     # the date strings of the locale are not taken (the FILETIME gives the time)
     assert "date" not in md["original"].get("General", {})
+
+
+@pytest.mark.parametrize("integrate", [0, 1])
+def test_dm_dose_from_probe_current_and_dwell_unless_digiscan_summed_frames(monkeypatch, integrate):
+    # a DM image whose microscope reports 50 pA: dose = I·t_dwell/(e·px²) from the
+    # DigiScan Sample Time (1.4 µs); with Integrate Frames on, DigiScan summed 5 passes
+    # into the image, so one pass's dwell time is not its dose: none, said
+    import rsciio.digitalmicrograph as dm
+
+    real = dm.file_reader
+
+    def reader(*a, **kw):
+        sigs = real(*a, **kw)  # a fresh read each time: changed in place
+        tags = sigs[0]["original_metadata"]["ImageList"]["TagGroup0"]["ImageTags"]
+        tags["Microscope Info"]["Probe Current (nA)"] = 0.05
+        tags["DigiScan"]["Integrate Frames"] = integrate
+        return sigs
+
+    monkeypatch.setattr(dm, "file_reader", reader)
+    if integrate:
+        with pytest.warns(UserWarning, match="DigiScan summed 5 frames"):
+            img = ps.load(FORMATS / "haadf_calibrated.dm3")
+        assert img.dose_e_per_A2 is None
+    else:
+        img = ps.load(FORMATS / "haadf_calibrated.dm3")
+        assert img.metadata["beam_current_A"] == pytest.approx(5e-11)
+        want = 5e-11 * 1.4e-6 / 1.602176634e-19 / img.pixel_size_A**2
+        assert img.dose_e_per_A2 == pytest.approx(want, rel=1e-6)

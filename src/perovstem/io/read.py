@@ -681,7 +681,17 @@ def _read_rsciio(
     out["metadata"].update(beam)
     out["metadata"].update({f"{k}_source": v for k, v in sources.items()})
     out["metadata"].update(imaging_angles(md, s.get("original_metadata", {})))
-    if beam.get("beam_current_A") and beam.get("dwell_time_s") and out.get("pixel_size_A"):
+    summed = _digiscan_summed_frames(s.get("original_metadata", {}))
+    if summed and beam.get("beam_current_A") and beam.get("dwell_time_s"):
+        # each pixel was scanned `summed` times: one pass's dwell time is not the dose
+        _ignore_value(
+            repr(str(path)),
+            "the dwell time",
+            beam["dwell_time_s"],
+            f"DigiScan summed {summed} frames into this image (Integrate Frames on); give the "
+            "dose per image",
+        )
+    elif beam.get("beam_current_A") and beam.get("dwell_time_s") and out.get("pixel_size_A"):
         dose = dose_per_frame(beam["beam_current_A"], beam["dwell_time_s"], out["pixel_size_A"])
         if dose > MAX_FRAME_DOSE_E_PER_A2:
             _ignore_value(
@@ -696,6 +706,23 @@ def _read_rsciio(
             # dose = I·t_dwell/e/px², from the fields named in *_source and the x calibration
             out["metadata"]["dose_source"] = "beam_current_A × dwell_time_s / e / pixel_size_A²"
     return out
+
+
+def _digiscan_summed_frames(om: dict) -> int | None:
+    """Frames DigiScan summed into a DM image (``DigiScan.Integrate Frames`` on, ``Number
+    Summing Frames`` > 1), else None."""
+    for g in (_get(om, "ImageList") or {}).values():
+        ds = _get(g, "ImageTags", "DigiScan") if isinstance(g, dict) else None
+        if not isinstance(ds, dict):
+            continue
+        try:
+            on = bool(float(ds.get("Integrate Frames", 0)))
+            n = int(round(float(ds.get("Number Summing Frames", 1))))
+        except (TypeError, ValueError):
+            continue
+        if on and n > 1:
+            return n
+    return None
 
 
 def _with_mapping(md: dict, om: dict, mapping: Any) -> dict:
