@@ -144,3 +144,26 @@ def test_derived_output_names_keep_dots_in_the_stem(tmp_path):
         assert (tmp_path / f"nc{x}_truth.parquet").exists()
     assert data_stem("a.ome.tif") == "a" and data_stem("run.v2.zarr") == "run.v2"
     assert data_stem("noext") == "noext" and data_stem(".hidden") == ".hidden"
+
+
+def test_info_shows_a_holder_log_and_a_table(tmp_path, capsys):
+    # was "unsupported file type '.log' ... its content is text, not a .log file"
+    import pandas as pd
+
+    lines = [
+        "01/03/'24 11:58\tDigiheater 3.1",
+        "R0=100.0\ta=0.0039\tb=-5.8e-7\tc=0.0",
+        "delta_t=0.5",
+        "sample\ttime\tTset[C]\tTmeas[C]\tRheat[ohm]\tVheat[V]\tIheat[mA]\tPheat [mW]\tc",
+    ]
+    lines += [f"{i}\t12:00:{0.5 * i:06.3f}\t50\t{50 + i:.3f}\t1\t1\t1\t1\t0" for i in range(6)]
+    (tmp_path / "heating.log").write_text("\n".join(lines) + "\n")
+    assert main(["info", str(tmp_path / "heating.log")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "holder log (rsciio.dens)" in out and "6, 0 … 2.5 s" in out
+    assert "2024-03-01T12:00:00 (holder PC's clock)" in out  # to align it with a series
+    assert "temperature_K │ 323.15 … 328.15" in out
+    pd.DataFrame({"x_A": [1.0, 2.0], "n_atoms": [3, 4]}).to_parquet(tmp_path / "t.parquet")
+    assert main(["info", str(tmp_path / "t.parquet")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "table" in out and "rows │ 2" in out and "x_A, n_atoms" in out

@@ -116,7 +116,9 @@ def describe(obj) -> list[tuple[str, str]]:
     ),
 )
 def info(
-    file: Path = typer.Argument(..., help="Image, series or tilt-series file."),
+    file: Path = typer.Argument(
+        ..., help="Image, series or tilt-series file (or a holder log or table)."
+    ),
     pixel_size: float = typer.Option(
         None, "--pixel-size-A", help="Pixel size in Å (if the file has none)."
     ),
@@ -126,13 +128,24 @@ def info(
         help="Title of the image to read from a file with several detectors (e.g. DF4-A).",
     ),
 ) -> None:
-    """Show shape, dtype, calibration, dose, conditions and tilt angles of FILE (writes nothing)."""
+    """Show shape, dtype, calibration, dose, conditions and tilt angles of FILE (writes nothing).
+
+    A holder log (.log, .dat, .csv, .txt) shows its time span, its start on the holder
+    PC's clock and its channels; another table (.csv, .parquet) its columns.
+    """
     from rich.table import Table
 
     from perovstem.cli._common import console
     from perovstem.errors import CalibrationError
     from perovstem.io import load
 
+    if Path(file).suffix.lower() in _TEXT_SUFFIXES and Path(file).is_file():
+        console.print(str(file))
+        table = Table(show_header=False)
+        for k, v in _describe_text_file(Path(file)):
+            table.add_row(k, v)
+        console.print(table)
+        return
     try:
         obj = load(file, pixel_size=pixel_size, lazy=True, signal=signal)
         missing = None
@@ -153,6 +166,46 @@ def info(
     console.print(table)
     if missing is not None:
         raise missing
+
+
+_TEXT_SUFFIXES = (".log", ".dat", ".csv", ".txt", ".parquet")
+
+
+def _describe_text_file(path: Path) -> list[tuple[str, str]]:
+    """Rows of ``perovstem info`` for a holder log or, failing that, a table."""
+    import numpy as np
+
+    from perovstem.errors import FileFormatError
+    from perovstem.io import read_table
+    from perovstem.io.holder_logs import read_holder_log
+
+    why = None
+    if path.suffix.lower() != ".parquet":
+        try:
+            log = read_holder_log(path)
+        except FileFormatError as exc:
+            why = str(exc)
+        else:
+            t = log["time_s"].to_numpy(float)
+            rows = [
+                ("type", f"holder log ({log.attrs.get('reader', '?')})"),
+                ("samples", f"{len(log)}, {t[0]:.4g} … {t[-1]:.4g} s"),
+            ]
+            if log.attrs.get("t0_time"):  # to align it with a series (perovstem insitu)
+                import pandas as pd
+
+                t0 = pd.Timestamp(log.attrs["t0_time"]).round("ms").isoformat()
+                rows.append(("time 0 at", f"{t0} (holder PC's clock)"))
+            for c in log.columns:
+                if c != "time_s" and np.issubdtype(log[c].dtype, np.number):
+                    v = log[c].to_numpy(float)
+                    rows.append((c, f"{np.nanmin(v):.6g} … {np.nanmax(v):.6g}"))
+            return rows
+    if path.suffix.lower() not in (".csv", ".parquet"):
+        raise FileFormatError(why or f"{str(path)!r}: not a holder log")
+    df = read_table(path)
+    rows = [("type", "table"), ("rows", str(len(df))), ("columns", ", ".join(map(str, df.columns)))]
+    return rows
 
 
 @app.command(
