@@ -261,3 +261,17 @@ def test_dm_dose_from_probe_current_and_dwell_unless_digiscan_summed_frames(monk
         assert img.metadata["beam_current_A"] == pytest.approx(5e-11)
         want = 5e-11 * 1.4e-6 / 1.602176634e-19 / img.pixel_size_A**2
         assert img.dose_e_per_A2 == pytest.approx(want, rel=1e-6)
+
+
+def test_tia_acquisition_and_frame_times_from_the_element_times():
+    # each TIA element keeps its acquisition Time (Unix s, to the second); unread before
+    s = ps.load(FORMATS / "64x64x5_TEM_preview_1.ser")
+    assert s.metadata["acquisition_start_utc"] == "2016-02-21T16:49:05+00:00"
+    assert s.time_s is None  # its 5 frames share one second: no frame times
+    from perovstem.io.read import _tia_times
+
+    out = {"metadata": {}}
+    om = {"ser_header_parameters": {"Time": np.array([1456073345, 1456073347, 1456073349])}}
+    _tia_times(om, 3, out)
+    np.testing.assert_allclose(out["time_s"], [0, 2, 4])
+    assert "TIA" in out["metadata"]["time_source"]

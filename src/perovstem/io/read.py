@@ -638,6 +638,8 @@ def _read_rsciio(
             dt = _imagej_frame_interval_s(tif)
             if dt is not None:
                 out["time_s"] = dt * np.arange(n)
+    if plugin == "tia":
+        _tia_times(s.get("original_metadata", {}), data.shape[0] if nav_axes else 1, out)
     if plugin == "digitalmicrograph" and nav_axes and not {"time_s", "angles_deg"} & set(out):
         found = _dm_plane_times_s(s.get("original_metadata", {}), data.shape[0])
         if found is not None:
@@ -723,6 +725,25 @@ def _digiscan_summed_frames(om: dict) -> int | None:
         if on and n > 1:
             return n
     return None
+
+
+def _tia_times(om: dict, n: int, out: dict[str, Any]) -> None:
+    """Acquisition time (and frame times) of a TIA ser file from its per-element ``Time``
+    (Unix seconds, to the second): ``acquisition_start_utc`` from the first; frame times
+    when the file has n > 1 and they increase (ties: frames faster than 1 s, none)."""
+    from datetime import UTC, datetime
+
+    t = _get(om, "ser_header_parameters", "Time")
+    try:
+        t = np.asarray(t, dtype=float).ravel()
+    except (TypeError, ValueError):
+        return
+    if t.size < 1 or not np.isfinite(t[0]) or not 631_152_000 < t[0] < 4_102_444_800:
+        return
+    out["metadata"]["acquisition_start_utc"] = datetime.fromtimestamp(t[0], tz=UTC).isoformat()
+    if n > 1 and t.size == n and "time_s" not in out and np.all(np.diff(t) > 0):
+        out["time_s"] = t - t[0]
+        out["metadata"]["time_source"] = "the elements' Time (TIA, to the second)"
 
 
 def _with_mapping(md: dict, om: dict, mapping: Any) -> dict:
