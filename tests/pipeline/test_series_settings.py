@@ -158,3 +158,26 @@ def test_a_gatan_in_situ_folder_is_a_series_input(tmp_path):
     frames = read_table(tmp_path / "run" / "tables" / "frames.frames.parquet")
     np.testing.assert_allclose(frames["time_s"], truth, atol=1e-5)
     np.testing.assert_allclose(frames["dose_rate_e_per_A2_s"], 50.0 * 7.5, rtol=1e-3)
+
+
+def test_gain_auto_measures_the_detector_of_a_series_input(tmp_path):
+    # a raw series (5 counts per electron over an offset of 100): `gain = "auto"` measures
+    # both from the frames' shot noise, as `perovstem insitu --gain auto`
+    # (a blob with a 12 px lattice in a near-empty vacuum: the levels span 0.02-225 e⁻/px)
+    rng = np.random.default_rng(4)
+    y, x = np.mgrid[:96, :96]
+    lam = 150.0 * np.exp(-((x - 48.0) ** 2 + (y - 48.0) ** 2) / (2 * 18.0**2))
+    lam = 0.02 + lam * (
+        1 + 0.5 * (np.cos(2 * np.pi * x / 12.0) * np.cos(2 * np.pi * y / 12.0)) ** 2
+    )
+    data = 5.0 * rng.poisson(np.broadcast_to(lam, (4, 96, 96))).astype(float) + 100.0
+    save_image(Series(data, 0.5, time_s=np.arange(4.0)), tmp_path / "s.npz")
+    with pytest.warns(UserWarning, match=r"shot noise \(`gain` auto\)") as rec:
+        _frames(tmp_path, 'dose_e_per_A2 = 500.0, gain = "auto"')
+    said = next(str(w.message) for w in rec if "auto" in str(w.message))
+    import re
+
+    g = float(re.search(r"gain ([0-9.]+)", said).group(1))
+    assert abs(g - 5.0) < 0.5, said
+    with pytest.raises(ParameterError, match=r'or "auto"'):
+        load_config(_config(tmp_path, 'gain = "x"'))

@@ -87,6 +87,7 @@ _FLAGS = {
     "temperature_K": "--temperature-K",
     "voltage_kV": "--voltage-kV",
     "detector_mrad": "--detector-mrad",
+    "gain": "--gain",
 }
 
 
@@ -272,7 +273,6 @@ def insitu(
                 f"leave `{flag}` out"
             )
     gain = parse_gain(gain, name="--gain")
-    gain_auto = gain == "auto"
     # a dose (or current) of 0 was refused only after the series was read, naming the
     # Python API's allow_zero_dose=, which the command line does not have
     for name, value in (("--frame-time-s", frame_time_s), ("--dwell-us", dwell_us)):
@@ -339,16 +339,6 @@ def insitu(
             f"{str(series)!r} holds one {type(s).__name__.lower()}, not an in-situ series (T, M, N)"
         )
     notes = []
-    if gain_auto:
-        from perovstem.atoms.noise import measure_series_detector
-
-        nm = measure_series_detector(s, "--gain auto")
-        gain = nm.gain
-        if offset is None:
-            offset = nm.offset
-        notes.append(
-            f"detector measured from the frames' shot noise (--gain auto): {nm.describe()}"
-        )
     # (a gain or offset still missing is said by analyze_series, with the estimate)
     s, said = prepare_series(
         s,

@@ -30,6 +30,7 @@ _OPTION = (
     "temperature_K",
     "voltage_kV",
     "detector_mrad",
+    "gain",
 )
 
 
@@ -46,7 +47,7 @@ def prepare_series(
     temperature_K: float | None = None,
     voltage_kV: float | None = None,
     detector_mrad: Any = None,
-    gain: float | None = None,
+    gain: float | str | None = None,
     offset: float | None = None,
     what: str = "the series",
     names: dict[str, str] | None = None,
@@ -82,7 +83,9 @@ def prepare_series(
     detector_mrad : (inner, outer), optional
         Annular detector, mrad (replaces the file's).
     gain, offset : float, optional
-        Detector counts per electron and counts of no signal (replace the file's).
+        Detector counts per electron and counts of no signal (replace the file's);
+        ``gain="auto"`` measures both from the first frames' shot noise
+        (:func:`perovstem.atoms.noise.measure_series_detector`; a given offset is kept).
     what : str
         The series in messages (its file).
     names : dict, optional
@@ -98,6 +101,16 @@ def prepare_series(
     n = {k: k for k in _OPTION} | (names or {})
     notes: list[str] = []
     s = series
+    if isinstance(gain, str):  # "auto" (the callers parse the option)
+        from perovstem.atoms.noise import measure_series_detector
+
+        nm = measure_series_detector(s, f"{n['gain']} auto")
+        gain = nm.gain
+        if offset is None:
+            offset = nm.offset
+        notes.append(
+            f"detector measured from the frames' shot noise ({n['gain']} auto): {nm.describe()}"
+        )
     det = {k: float(v) for k, v in (("gain", gain), ("offset", offset)) if v is not None}
     if det:
         s = s.replace(metadata={**s.metadata, **det})

@@ -689,7 +689,10 @@ SERIES_OPTIONS: dict[str, tuple[Any, str]] = {
         "200 or 300 (the calibrated cross-section libraries)",
     ),
     "detector_mrad": (_detector, "[inner, outer] in mrad, 0 ≤ inner < outer"),
-    "gain": (_positive, "a positive number, detector counts per electron"),
+    "gain": (
+        lambda v: _positive(v) or v == "auto",
+        'a positive number (detector counts per electron) or "auto" (from the shot noise)',
+    ),
     "offset": (_number, "a finite number, detector counts of no signal"),
     "conditions": (
         lambda v: isinstance(v, str) and v != "",
