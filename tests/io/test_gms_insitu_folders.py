@@ -282,7 +282,6 @@ def test_instrument_entries_that_differ_between_frames_are_not_carried():
         {"high_tension_kV": 300.0, "magnification": 2e6, "detector_mrad": [65.0, 200.0]},
         {"high_tension_kV": None, "magnification": 2e6, "detector_mrad": [65.0, 200.0]},
     ]
-    md = {}
-    got = _same_in_every_frame(rows, md)
+    got = _same_in_every_frame(rows)
+    assert got.pop("frames_differ") == ["high_tension_kV", "magnification"]
     assert got == {"detector_mrad": [65.0, 200.0]}
-    assert md["frames_differ"] == ["high_tension_kV", "magnification"]

@@ -227,6 +227,7 @@ def time_offset_from_clocks(
             if not ok
         )
         return None, f"{missing} not recorded"
+    t0 = pd.Timestamp(t0).round("ms").isoformat()  # shown: the float clock's last digits
     zone = md.get("acquisition_time_zone")
     hours = log_utc_offset_h if log_utc_offset_h is not None else _zone_hours(zone)
     if hours is None:
@@ -234,7 +235,6 @@ def time_offset_from_clocks(
             f"the holder PC's time zone is not known (the series was acquired at {start} "
             f"UTC, the log's time 0 is {t0} on the holder PC's local clock)"
         )
-    t0 = pd.Timestamp(t0).round("ms").isoformat()  # shown: the float clock's last digits
     first = 0.0 if series.time_s is None else float(np.asarray(series.time_s, float)[0])
     off = log_time_offset_s(log, str(start), log_utc_offset_h=float(hours)) - first
     whose = "given" if log_utc_offset_h is not None else "the acquisition PC's"

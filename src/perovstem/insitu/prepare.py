@@ -19,19 +19,12 @@ from perovstem.errors import DataError, ParameterError
 
 __all__ = ["prepare_series"]
 
-_OPTION = (
-    "dose_e_per_A2",
-    "current_pA",
-    "dwell_us",
-    "frame_time_s",
-    "conditions",
-    "time_offset_s",
-    "log_utc_offset_h",
-    "temperature_K",
-    "voltage_kV",
-    "detector_mrad",
-    "gain",
-)
+
+class _Names(dict):
+    """Option name → its spelling in the caller's messages; a name not given is itself."""
+
+    def __missing__(self, key: str) -> str:
+        return key
 
 
 def prepare_series(
@@ -98,7 +91,7 @@ def prepare_series(
     """
     from perovstem.insitu.dose import assign_dose
 
-    n = {k: k for k in _OPTION} | (names or {})
+    n = _Names(names or {})
     notes: list[str] = []
     s = series
     if isinstance(gain, str):  # "auto" (the callers parse the option)

@@ -234,7 +234,7 @@ def load_folder(
     for key in ("acquisition_start_utc", "acquisition_start", "acquisition_time_zone"):
         if first.metadata.get(key) is not None:
             md[key] = first.metadata[key]
-    md.update(_same_in_every_frame(instrument, md))
+    md.update(_same_in_every_frame(instrument))
     time_s = _times(path, files, names, stamps, md, gms=layout != "folder")
     dose = np.asarray(doses, dtype=float) if all(d is not None for d in doses) else None
     if lazy:
@@ -261,9 +261,9 @@ _CARRIED = (
 )
 
 
-def _same_in_every_frame(rows: list[dict[str, Any]], md: dict[str, Any]) -> dict[str, Any]:
+def _same_in_every_frame(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The entries of :data:`_CARRIED` that every frame file records alike (numbers to
-    1e-6); those recorded differently are named in ``md['frames_differ']``."""
+    1e-6), and ``frames_differ``: those recorded differently (when any)."""
     out: dict[str, Any] = {}
     differ = []
     for key in _CARRIED:
@@ -284,7 +284,7 @@ def _same_in_every_frame(rows: list[dict[str, Any]], md: dict[str, Any]) -> dict
         elif not key.endswith("_source"):
             differ.append(key)
     if differ:
-        md["frames_differ"] = differ
+        out["frames_differ"] = differ
     return out
 
 

@@ -593,7 +593,8 @@ def _read_rsciio(
     axes = sorted(s["axes"], key=lambda a: a.get("index_in_array", 0))
     sig_axes = [a for a in axes if not a.get("navigate", False)]
     nav_axes = [a for a in axes if a.get("navigate", False)]
-    md = _with_mapping(s.get("metadata", {}), s.get("original_metadata", {}), s.get("mapping"))
+    om = s.get("original_metadata", {})
+    md = _with_mapping(s.get("metadata", {}), om, s.get("mapping"))
     out: dict[str, Any] = {"data": data, "metadata": {"format": plugin, "original": _jsonable(md)}}
     ax = sig_axes[-1]
     if any(is_reciprocal_length(a.get("units")) for a in sig_axes):
@@ -639,9 +640,9 @@ def _read_rsciio(
             if dt is not None:
                 out["time_s"] = dt * np.arange(n)
     if plugin == "tia":
-        _tia_times(s.get("original_metadata", {}), data.shape[0] if nav_axes else 1, out)
+        _tia_times(om, data.shape[0] if nav_axes else 1, out)
     if plugin == "digitalmicrograph" and nav_axes and not {"time_s", "angles_deg"} & set(out):
-        found = _dm_plane_times_s(s.get("original_metadata", {}), data.shape[0])
+        found = _dm_plane_times_s(om, data.shape[0])
         if found is not None:
             out["time_s"], out["metadata"]["time_source"] = found
     tomo = _get(md, "Tomography")
@@ -675,15 +676,13 @@ def _read_rsciio(
             ) from None
         rec["metadata"] = {**rec["metadata"], "format": plugin}
         return rec
-    out["metadata"].update(_acquisition_start(md, s.get("original_metadata", {})))
+    out["metadata"].update(_acquisition_start(md, om))
     sources: dict[str, str] = {}
-    beam = beam_conditions(
-        md, s.get("original_metadata", {}), what=repr(str(path)), sources=sources
-    )
+    beam = beam_conditions(md, om, what=repr(str(path)), sources=sources)
     out["metadata"].update(beam)
     out["metadata"].update({f"{k}_source": v for k, v in sources.items()})
-    out["metadata"].update(imaging_angles(md, s.get("original_metadata", {})))
-    summed = _digiscan_summed_frames(s.get("original_metadata", {}))
+    out["metadata"].update(imaging_angles(md, om))
+    summed = _digiscan_summed_frames(om)
     if summed and beam.get("beam_current_A") and beam.get("dwell_time_s"):
         # each pixel was scanned `summed` times: one pass's dwell time is not the dose
         _ignore_value(
@@ -710,11 +709,22 @@ def _read_rsciio(
     return out
 
 
+def _dm_image_tags(om: dict) -> list[dict]:
+    """The ``ImageTags`` of each image of a DM file's original metadata."""
+    groups = (_get(om, "ImageList") or {}).values()
+    return [g["ImageTags"] for g in groups if isinstance(_get(g, "ImageTags"), dict)]
+
+
+# a Unix time (s) outside 1990-2100 is an unset (0) or foreign field, not an acquisition
+def _plausible_unix_s(t: float) -> bool:
+    return bool(np.isfinite(t)) and 631_152_000 < t < 4_102_444_800
+
+
 def _digiscan_summed_frames(om: dict) -> int | None:
     """Frames DigiScan summed into a DM image (``DigiScan.Integrate Frames`` on, ``Number
     Summing Frames`` > 1), else None."""
-    for g in (_get(om, "ImageList") or {}).values():
-        ds = _get(g, "ImageTags", "DigiScan") if isinstance(g, dict) else None
+    for it in _dm_image_tags(om):
+        ds = it.get("DigiScan")
         if not isinstance(ds, dict):
             continue
         try:
@@ -738,7 +748,7 @@ def _tia_times(om: dict, n: int, out: dict[str, Any]) -> None:
         t = np.asarray(t, dtype=float).ravel()
     except (TypeError, ValueError):
         return
-    if t.size < 1 or not np.isfinite(t[0]) or not 631_152_000 < t[0] < 4_102_444_800:
+    if t.size < 1 or not _plausible_unix_s(t[0]):
         return
     out["metadata"]["acquisition_start_utc"] = datetime.fromtimestamp(t[0], tz=UTC).isoformat()
     if n > 1 and t.size == n and "time_s" not in out and np.all(np.diff(t) > 0):
@@ -875,21 +885,14 @@ def _dm_acquisition_time(om: dict) -> dict[str, str]:
     """
     from datetime import UTC, datetime, timedelta, timezone
 
-    tags = [
-        g.get("ImageTags")
-        for g in (_get(om, "ImageList") or {}).values()
-        if isinstance(g, dict) and isinstance(g.get("ImageTags"), dict)
-    ]
-
     def seconds(v: Any, per_s: float, epoch_s: float) -> float | None:
         try:
             t = float(v) / per_s - epoch_s
         except (TypeError, ValueError):
             return None
-        # 1990-2100: anything else is an unset (0) or foreign field
-        return t if np.isfinite(t) and 631_152_000 < t < 4_102_444_800 else None
+        return t if _plausible_unix_s(t) else None
 
-    for it in tags:
+    for it in _dm_image_tags(om):
         local = _get(it, "DataBar", "Acquisition Time")
         unix = seconds(_get(it, "DataBar", "Acquisition Time (OS)"), 1e7, _FILETIME_UNIX_S)
         if unix is None:
@@ -933,8 +936,8 @@ def _dm_plane_times_s(om: dict, n: int) -> tuple[np.ndarray, str] | None:
     when they increase and agree with the clock strings (within 1.5 s: the tick unit is
     checked, not assumed).
     """
-    for g in (_get(om, "ImageList") or {}).values():
-        planes = _get(g, "ImageTags", "plane info") if isinstance(g, dict) else None
+    for it in _dm_image_tags(om):
+        planes = it.get("plane info")
         if not isinstance(planes, dict):
             continue
         rows = [planes.get(f"TagGroup{k}") for k in range(n)]

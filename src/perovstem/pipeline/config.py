@@ -645,8 +645,16 @@ def _later_producer(raw_steps: list[Any], i: int, name: str) -> tuple[int, str] 
     return None
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def _positive(v: Any) -> bool:
+    return _number(v) and v > 0
+
+
 # options of perovstem.io.load an [inputs] entry may give (name -> check, what it takes)
-_INPUT_OPTIONS: dict[str, tuple[Any, str]] = {
+_LOAD_INPUT_OPTIONS: dict[str, tuple[Any, str]] = {
     "pixel_size": (
         lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0,
         "a positive number, Å",
@@ -658,15 +666,7 @@ _INPUT_OPTIONS: dict[str, tuple[Any, str]] = {
     ),
     "signal": (lambda v: isinstance(v, str) and v != "", "the title of the image to read"),
 }
-LOAD_OPTIONS = frozenset(_INPUT_OPTIONS)
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and bool(np.isfinite(v))
-
-
-def _positive(v: Any) -> bool:
-    return _number(v) and v > 0
+LOAD_OPTIONS = frozenset(_LOAD_INPUT_OPTIONS)
 
 
 def _detector(v: Any) -> bool:
@@ -704,7 +704,7 @@ SERIES_OPTIONS: dict[str, tuple[Any, str]] = {
         "the holder PC's UTC offset, -14…14 h",
     ),
 }
-_INPUT_OPTIONS.update(SERIES_OPTIONS)
+_INPUT_OPTIONS = {**_LOAD_INPUT_OPTIONS, **SERIES_OPTIONS}
 
 
 def _check_series_options(
