@@ -301,3 +301,19 @@ def test_an_unusable_input_file_is_refused_by_check(tmp_path, make, expect):
     msg = str(info.value)
     assert msg.startswith(f"{cfg} line 4: [inputs] image: input file "), msg
     assert "frame.dm3" in msg and expect in msg, msg
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-0.5"])
+def test_input_pixel_size_must_be_a_finite_positive_number(tmp_path, value):
+    # `pixel_size = inf` passed the configuration check (only `> 0` was tested)
+    from perovstem import Image
+    from perovstem.io import save_image
+
+    save_image(Image(np.ones((8, 8)), 0.5), tmp_path / "i.npz")
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(
+        f'[inputs]\nimage = {{ path = "i.npz", pixel_size = {value} }}\n'
+        '[[step]]\nrun = "atoms.fit"\n'
+    )
+    with pytest.raises(ParameterError, match=r"option `pixel_size` must be a positive number, Å"):
+        load_config(cfg)

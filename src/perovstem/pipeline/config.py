@@ -655,10 +655,7 @@ def _positive(v: Any) -> bool:
 
 # options of perovstem.io.load an [inputs] entry may give (name -> check, what it takes)
 _LOAD_INPUT_OPTIONS: dict[str, tuple[Any, str]] = {
-    "pixel_size": (
-        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0,
-        "a positive number, Å",
-    ),
+    "pixel_size": (_positive, "a positive number, Å"),  # TOML inf passed the check
     "lazy": (lambda v: isinstance(v, bool), "true or false"),
     "kind": (
         lambda v: v in ("image", "series", "tilt"),
