@@ -28,7 +28,9 @@ equal-volume discs overlap in projection are one object, atoms summed; the conve
   R + 8 Å, ``on_host_edge`` −R ≤ d ≤ 0 (mostly clusters on side faces, seen at the edge),
   ``on_host_deep`` d < −R (top and bottom faces); and by the truth host atoms in the
   detection's aperture (radius + 3 Å), weighted (Z/82)^1.7, per cluster atom
-  (``counts_by_host_in_aperture``: < 0.3, 0.3–1, 1–3, ≥ 3).
+  (``counts_by_host_in_aperture``: < 0.3, 0.3–1, 1–3, ≥ 3), and by the detection's own
+  ``host_ratio`` (``counts_by_host_ratio``: ≤ 0.1, 0.1–0.3, 0.3–1, > 1), the measured
+  counterpart a user can select on.
 
 Series (``tests/insitu/_insitu_kmc.py`` recipe: 12 frames of 1 s, drift 0.8/-0.5 Å/s,
 0.3 Å jitter): ``tune`` seeds 51-54 and ``tune280`` 41-46 (5.5/4 nm at 280 K, used to set
@@ -155,12 +157,12 @@ def score_frame(det, tk, field_A, on_host, host_in=None):
             sig = float(np.sqrt(np.sum(det["n_atoms_err"].to_numpy(float)[js] ** 2)))
             cov = bool(abs(nd - n) <= 2.0 * sig)
             hs = np.nan
+            d = det.iloc[j]
             if host_in is not None:
-                d = det.iloc[j]
                 hs = host_in(d["x_A"], d["y_A"], d["radius_A"] + 3.0) / n
             counts.append(
                 (nd / n - 1, n, bool(nb.any()), bool(on_host(x, y)), on_host.edge_A(x, y), cov,
-                 hs)
+                 hs, float(d["host_ratio"]))
             )  # fmt: skip
             tracks[i][2:] = [True, bool(abs(nd / n - 1) < 0.15)]
     misses = []
@@ -446,6 +448,7 @@ def _summary(o):
     s = np.array([c[4] for c in o["counts"]], float) - _radius(n)
     cov = np.array([c[5] for c in o["counts"]], bool)
     hs = np.array([c[6] for c in o["counts"]], float)
+    hr = np.array([c[7] for c in o["counts"]], float)
 
     def part(sel):
         if not sel.any():
@@ -473,6 +476,12 @@ def _summary(o):
         "counts_by_host_in_aperture": {
             "<0.3": part(hs < 0.3), "0.3-1": part((hs >= 0.3) & (hs < 1)),
             "1-3": part((hs >= 1) & (hs < 3)), ">=3": part(hs >= 3),
+        },
+        # by the detection's own host_ratio (host counts under its aperture per cluster
+        # count, measured on the image: what a user can select on)
+        "counts_by_host_ratio": {
+            "<=0.1": part(hr <= 0.1), "0.1-0.3": part((hr > 0.1) & (hr <= 0.3)),
+            "0.3-1": part((hr > 0.3) & (hr <= 1)), ">1": part(hr > 1),
         },
         "misses": {str(k): int(v) for k, v in miss.items()},
         # detections centred on the crystal (the bench's host mask): hits, false ones
