@@ -176,3 +176,21 @@ def test_blank_log_is_refused_not_a_hang(tmp_path, content):
     assert not t.is_alive(), "read_holder_log hangs on a blank file"
     assert isinstance(caught[0], FileFormatError) and "log.csv" in str(caught[0])
     assert "empty" in str(caught[0])
+
+
+@pytest.mark.parametrize(
+    ("times", "row", "what"),
+    [
+        ([0, 1, 2, 3, 0, 1, 2, 3], 4, "goes back"),  # a clock reset: two runs in one file
+        ([0, 1, 3, 2, 4], 3, "goes back"),  # rows out of order
+        ([0, 1, 1, 2], 2, "repeats"),
+    ],
+)
+def test_log_whose_time_is_not_increasing_is_refused(tmp_path, times, row, what):
+    # old code sorted the rows: a reset log's two runs interleaved into frame temperatures
+    # that never happened (300 K then 400 K read 375, 350, 350, ... K)
+    p = tmp_path / "reset.csv"
+    temps = [300.0 if i < len(times) // 2 else 400.0 for i in range(len(times))]
+    p.write_text("time_s,temperature_K\n" + "".join(f"{t},{k}\n" for t, k in zip(times, temps)))
+    with pytest.raises(FileFormatError, match=rf"reset\.csv.*time {what} at data row {row}\b"):
+        read_holder_log(p)

@@ -321,6 +321,18 @@ def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
             f"holder log {str(p)!r}: not a vendor log ({'; '.join(errors)}) and, as CSV, "
             f"non-numeric time stamps in data row(s) {bad}"
         )
+    # a logger's clock reset (two runs in one file) or rows out of order: sorting them
+    # would interleave two experiments into temperatures that never happened
+    step = np.diff(out["time_s"].to_numpy(float))
+    if (step <= 0).any():
+        i = int(np.flatnonzero(step <= 0)[0]) + 1
+        t_prev, t_i = out["time_s"].iloc[i - 1], out["time_s"].iloc[i]
+        raise FileFormatError(
+            f"holder log {str(p)!r}: time {'repeats' if t_i == t_prev else 'goes back'} at "
+            f"data row {i} (rows count from 0): {t_prev:g} s then {t_i:g} s in column "
+            f"{str(tcol)!r}; the log must hold one run with increasing times (split a log "
+            "whose clock was reset, and give the part of this series)"
+        )
     for c in raw.columns:
         if c == tcol:
             continue
