@@ -257,6 +257,11 @@ def test_kinetics_command_combines_insitu_runs(study, tmp_path, capsys):
     assert main(["kinetics", *map(str, runs), "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "Pb⁰ diffusion: Ea =" in printed
+    # the printed lines keep the series names in brackets as summary.json does (console
+    # markup swallowed lowercase ones: "[s272_insitu]" vanished from the terminal)
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(ln in printed for ln in summary["mechanisms"]), printed
+    assert all(f"[{r.name}]" in printed for r in runs), printed
     table = read_table(out / "mechanism.parquet")
     tables = [{n: read_table(r / f"{n}.parquet") for n in ("frames", "clusters")} for r in runs]
     ref = combine_series(tables, names=[r.name for r in runs])

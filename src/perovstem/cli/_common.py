@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 # upper ends of what an experiment can mean, shared with the API and the pipeline
 from perovstem._limits import (  # noqa: F401  (re-exported for the commands)
@@ -24,7 +25,9 @@ from perovstem._limits import (  # noqa: F401  (re-exported for the commands)
     check_stack_px,
 )
 
-console = Console(stderr=False, highlight=False)
+# plain text: results name series, files and conditions that may hold brackets ("[base]",
+# "s[1]"), which console markup would swallow
+console = Console(stderr=False, highlight=False, markup=False)
 err_console = Console(stderr=True, highlight=False)
 
 EXIT_USAGE = 2
@@ -63,7 +66,7 @@ def examples(*lines: str) -> str:
 
 def fail(message: str) -> None:
     """Print one error line (no traceback) and exit with status 2."""
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(EXIT_USAGE)
 
 
@@ -107,7 +110,6 @@ def warning_line(text: str, category: type[Warning] | str = UserWarning) -> None
     spaces); a message already printed by this command (same text and category) is not
     printed again.
     """
-    from rich.markup import escape
 
     name = category if isinstance(category, str) else category.__name__
     text = " ".join(str(text).split())
