@@ -300,3 +300,19 @@ def test_indistinguishable_models_are_said_to_be():
     f["mean_radius_A"] += rng.normal(0, 0.01, len(f))
     g = mechanism_summary(f, ci="wald").query("process == 'growth'").iloc[0]
     assert g["delta_next"] >= 2 and "not distinguished" not in g["text"]
+
+
+def test_too_few_points_to_compare_models_is_said_not_selected():
+    """With four frames every nucleation model's AICc is infinite: the first model in the
+    table is only the first fitted.  The row said "constant nucleation rate ... (weight
+    nan)" as if selected; it now says the models were not compared, and an unrecorded gas
+    stays empty (it was written as "None")."""
+    f = _frames(np.random.default_rng(3), 1e3, 300.0, 5e-3, 3e4, n=4).iloc[:, :-2]
+    f["cumulative_births"] = [1, 3, 6, 8]
+    f["gas"] = None
+    row = mechanism_summary(f, ci="wald").query("process == 'nucleation'").iloc[0]
+    assert not np.isfinite(row["weight"])
+    assert "weight nan" not in row["text"]
+    assert "not selected: 3 points are too few to compare the models" in row["text"], row["text"]
+    assert row["mechanism"].startswith("not selected")
+    assert row["gas"] == ""

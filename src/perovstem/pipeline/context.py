@@ -210,7 +210,11 @@ class StepContext:
         for rec in head.itertuples(index=False):
             row = []
             for v in rec:
-                if isinstance(v, float | np.floating):
+                if v is None or (isinstance(v, float | np.floating) and np.isnan(v)):
+                    row.append("—")  # not fitted / not known: the row's text says why
+                elif isinstance(v, float | np.floating) and np.isinf(v):
+                    row.append("∞" if v > 0 else "−∞")
+                elif isinstance(v, float | np.floating):
                     row.append(f"{float(v):.{digits}g}")
                 else:
                     row.append(str(v))

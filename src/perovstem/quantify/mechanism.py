@@ -157,8 +157,16 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
         mech = table.loc[0, "mechanism"]
         if process == "mass_loss":  # Br-loss model forms fitted to an intensity, not to Br
             mech = f"loss of the crystal's integrated intensity ({best} form; not a Br count)"
+        weight = float(table.loc[0, "weight"])
+        if np.isfinite(weight):
+            chosen = f"{mech} ({best}, weight {weight:.2f})"
+        else:
+            # every model's criterion is infinite (AICc with too few points): the first
+            # model is only the first fitted, not a selection
+            mech = f"not selected: {f.n_obs} points are too few to compare the models"
+            chosen = f"{mech} ({best} fitted, not selected)"
         text = (
-            f"{process}: {mech} ({best}, weight {table.loc[0, 'weight']:.2f}); "
+            f"{process}: {chosen}; "
             f"{label} = {_fmt(f.params[key])} [{_fmt(f.ci_low[key])}, "
             f"{_fmt(f.ci_high[key])}] ({int(level * 100)} % CI)"
         )
@@ -175,7 +183,7 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
                 "observable": col,
                 "selected_model": best,
                 "mechanism": mech,
-                "weight": float(table.loc[0, "weight"]),
+                "weight": weight,
                 "delta_next": delta,
                 "param": label,
                 "value": f.params[key],
@@ -539,7 +547,8 @@ def mechanism_summary(
             "dose_rate_e_per_A2_s": float(g["dose_rate_e_per_A2_s"].median())
             if "dose_rate_e_per_A2_s" in g
             else np.nan,
-            "gas": str(g["gas"].iloc[0]) if "gas" in g else "",
+            # an unrecorded gas stays empty (str(None) wrote "None" into the tables)
+            "gas": "" if "gas" not in g or pd.isna(g["gas"].iloc[0]) else str(g["gas"].iloc[0]),
         }
         # the condition's fields (one crystal each): per-frame fits per field
         per_field = [("", g)] if field is None else list(g.groupby(field, sort=True))
