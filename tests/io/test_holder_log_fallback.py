@@ -191,6 +191,8 @@ def test_log_whose_time_is_not_increasing_is_refused(tmp_path, times, row, what)
     # that never happened (300 K then 400 K read 375, 350, 350, ... K)
     p = tmp_path / "reset.csv"
     temps = [300.0 if i < len(times) // 2 else 400.0 for i in range(len(times))]
-    p.write_text("time_s,temperature_K\n" + "".join(f"{t},{k}\n" for t, k in zip(times, temps)))
+    p.write_text(
+        "time_s,temperature_K\n" + "".join(f"{t},{k}\n" for t, k in zip(times, temps, strict=True))
+    )
     with pytest.raises(FileFormatError, match=rf"reset\.csv.*time {what} at data row {row}\b"):
         read_holder_log(p)
