@@ -158,6 +158,39 @@ def test_model3d_bad_input():
     nan_xy = pd.DataFrame({"x_A": [0.0, np.nan], "y_A": [0.0, 5.87], "type": ["Cs"] * 2})
     with pytest.raises(DataError, match=r"x_A.*finite.*1 NaN"):
         model_from_counts(nan_xy.assign(n_atoms=[3, 3]))
+    # a count table whose uncounted columns are NaN: said as such
+    blank = pd.DataFrame({"x_A": [0.0, 5.87], "y_A": [0.0] * 2, "type": ["Cs"] * 2})
+    with pytest.raises(DataError, match=r"1 of 2 columns have none \(NaN: .*did not count"):
+        model_from_counts(blank.assign(n_atoms=[3, np.nan]))
+
+
+def test_cli_model3d_leaves_uncounted_columns_out_with_a_note(tmp_path, capsys):
+    """`atoms count` leaves the columns it could not count as NaN (``counted`` False);
+    model3d refused the whole table ("n_atoms must be integers >= 0").  Now it builds the
+    model from the counted columns and says how many it left out."""
+    from perovstem.cli.main import main
+    from perovstem.io import save_table
+    from perovstem.io.structures import read_structure
+
+    truth = _truncated(5, 2.0, seed=4)
+    cols = _columns(truth)[["x_A", "y_A", "type", "n_atoms"]].astype({"n_atoms": float})
+    cols.loc[[0, 3], "n_atoms"] = np.nan
+    src = tmp_path / "counts.parquet"
+    save_table(cols.assign(counted=cols["n_atoms"].notna()), src)
+    out = tmp_path / "model.xyz"
+    args = ["model3d", str(src), "-o", str(out), "--chains", "2", "--sweeps", "20"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"2 of {len(cols)} columns" in printed and "left out" in printed, printed
+    # the model holds the counted columns' atoms: the full model less the left-out ones
+    full = tmp_path / "full.xyz"
+    save_table(_columns(truth)[["x_A", "y_A", "type", "n_atoms"]], tmp_path / "all.parquet")
+    assert main(["model3d", str(tmp_path / "all.parquet"), "-o", str(full), "--chains", "2",
+                 "--sweeps", "20"]) == 0  # fmt: skip
+    per_count = {"PbBr": 2, "Cs": 1, "Br": 1}
+    gone = sum(per_count[t] * n for t, n in _columns(truth).loc[[0, 3], ["type", "n_atoms"]]
+               .itertuples(index=False))  # fmt: skip
+    assert len(read_structure(out)) == len(read_structure(full)) - gone
 
 
 def test_cli_model3d(tmp_path):

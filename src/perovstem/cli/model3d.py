@@ -59,6 +59,14 @@ def model3d(
 
     check_outputs(out, sites_out, summary_out, overwrite=overwrite)
     df = read_table(table)
+    left_out = 0
+    if "n_atoms" in df:
+        # `atoms count` leaves the columns it could not count (``counted`` False) without a
+        # count: they are not in the model, and the note says how many
+        blank = df["n_atoms"].isna().to_numpy()
+        if blank.any() and not blank.all():
+            left_out = int(blank.sum())
+            df = df[~blank].reset_index(drop=True)
     with about_file(table, param="columns"):
         model = model_from_counts(
             df,
@@ -93,4 +101,10 @@ def model3d(
         f"{facets['110']:.0%}, {{111}} {facets['111']:.0%}, other {facets['other']:.0%} "
         f"of {facets['n_surface']} surface cations; {unsure} sites with 0.05 < p < 0.95"
     )
+    if left_out:
+        console.print(
+            f"note: {left_out} of {left_out + len(df)} columns of {str(table)!r} have no count "
+            "(not counted by `atoms count`) and are left out of the model: its surface there "
+            "is missing columns"
+        )
     console.print(f"wrote {out}")

@@ -122,7 +122,13 @@ def _check_table(columns: Any) -> pd.DataFrame:
     if bad:
         raise DataError(f"unknown column type(s) {sorted(bad)}; known {sorted(_TYPES)}")
     n = columns["n_atoms"].to_numpy()
-    if not np.all(np.isfinite(n.astype(float))) or np.any(n < 0) or np.any(n != np.round(n)):
+    nf = n.astype(float)
+    if not np.all(np.isfinite(nf)):
+        raise DataError(
+            f"`n_atoms` must be integers >= 0: {int(np.sum(~np.isfinite(nf)))} of {len(nf)} "
+            "columns have none (NaN: columns `atoms count` did not count; leave them out)"
+        )
+    if np.any(n < 0) or np.any(n != np.round(n)):
         raise DataError("`n_atoms` must be integers >= 0")
     if np.any(n > _MAX_COUNT):
         # the site grid is (columns × max count): 1e9 asked numpy for hundreds of GiB
