@@ -268,3 +268,31 @@ def test_cli_strain_of_a_111_fit(tmp_path, capsys):
     cell = pd.read_csv(tmp_path / "st_cell.csv")
     assert cell["a_A"].iloc[0] == pytest.approx(5.87 * np.sqrt(2 / 3), rel=0.01)
     assert cell["angle_deg"].iloc[0] == pytest.approx(120.0, abs=1.0)
+
+
+def test_unconverged_columns_are_left_out_of_the_strain(two_crystal_columns):
+    """Columns whose fit did not converge carry no position estimate (a 500 e⁻/Å² fit:
+    x_err_A up to 1.7e11 Å): the strain used them, and their errors spread into the
+    neighbours' (eps_yy_err 2.7e6 beside 6e-6).  They are now left out with a warning:
+    the result equals the strain of the converged columns alone."""
+    from perovstem.atoms import strain_analysis
+    from perovstem.errors import DataError
+
+    _, cols = two_crystal_columns
+    cell = cspbbr3_001_cell()
+    cols = cols.copy()
+    bad = np.zeros(len(cols), bool)
+    bad[::9] = True
+    cols["converged"] = ~bad
+    cols.loc[bad, ["x_err_A", "y_err_A"]] = 1.7e11
+    with pytest.warns(UserWarning, match=rf"{bad.sum()} of {len(cols)} columns did not converge"):
+        st, _ = strain_analysis(cols, cell)
+    assert st.attrs["n_columns_unconverged"] == bad.sum()
+    errs = st[[f"{e}_err" for e in E]].to_numpy()
+    assert np.nanmax(errs) < 0.1, np.nanmax(errs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref, _ = strain_analysis(cols[~bad].reset_index(drop=True), cell)
+    pd.testing.assert_frame_equal(st, ref, check_like=True)
+    with pytest.raises(DataError, match="no column of the .* converged"):
+        strain_analysis(cols.assign(converged=False), cell)

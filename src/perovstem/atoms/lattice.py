@@ -567,13 +567,35 @@ def strain_analysis(
         relative to the cell's angle: ε_xy is relative to the fitted lattice, which absorbs
         a uniform shear of the image; ε_xy + ``lattice_shear_xy`` compares with a strain
         map referred to the cell (StatSTEM's square reference cell).  Per crystal in
-        ``attrs["grains"]``.
+        ``attrs["grains"]``.  Columns whose fit did not converge (``converged`` False) are
+        left out with a warning (``attrs["n_columns_unconverged"]``).
     unit_cell : ProjectedCell
         :func:`projected_unit_cell` of the indexed columns.
     """
     refuse_text_numbers(locals())
+    n_left = 0
+    if isinstance(columns, pd.DataFrame) and "converged" in columns:
+        # a column whose fit did not converge has no position estimate, and its error
+        # (up to 1e11 Å on a 500 e/Å² fit) spread into its neighbours' strain errors
+        bad = ~columns["converged"].fillna(False).astype(bool).to_numpy()
+        if bad.all():
+            raise DataError(
+                f"no column of the {len(columns)} converged in the fit (`converged` False): "
+                "no positions to measure strain from; fit again (more dose, fewer columns)"
+            )
+        if bad.any():
+            n_left = int(bad.sum())
+            warnings.warn(
+                f"strain_analysis: {n_left} of {len(columns)} columns did not converge in the "
+                "fit (`converged` False) and are left out: their positions and errors are "
+                "not estimates",
+                UserWarning,
+                stacklevel=2,
+            )
+            columns = columns[~bad].reset_index(drop=True)
     indexed = fit_lattice(columns, cell, reference_type=reference_type)
     strain = lattice_strain(indexed, radius_A=radius_A, frame=frame)
+    strain.attrs["n_columns_unconverged"] = n_left
     return strain, projected_unit_cell(indexed, cell)
 
 
