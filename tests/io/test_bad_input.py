@@ -394,3 +394,23 @@ def test_tif_volume_of_another_program(tmp_path):
     with pytest.raises(CalibrationError, match=r"z.tif.*2.5 × 2.5 × 5 Å.*not cubes"):
         read_volume(tmp_path / "z.tif")
     assert read_volume(tmp_path / "plain.tif", voxel_size_A=2.0)[1] == 2.0
+
+
+def test_frame_in_another_format_is_warned_not_dropped_silently(tmp_path):
+    """A folder of frame_000-002.tif and frame_003.npy read as 3 frames without a word;
+    the .npy (named as the frames) is now named in a warning.  Companions that are not
+    frames (notes.txt) and the frames themselves raise nothing."""
+    import warnings
+
+    import tifffile
+
+    for i in range(3):
+        tifffile.imwrite(tmp_path / f"frame_{i:03d}.tif", np.full((16, 16), i, np.float32))
+    (tmp_path / "notes.txt").write_text("session notes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ps.load(tmp_path, pixel_size=0.5).data.shape == (3, 16, 16)
+    np.save(tmp_path / "frame_003.npy", np.zeros((16, 16)))
+    with pytest.warns(UserWarning, match=r"1 file\(s\) named as the frames .*'frame_003\.npy'"):
+        s = ps.load(tmp_path, pixel_size=0.5)
+    assert s.data.shape == (3, 16, 16)

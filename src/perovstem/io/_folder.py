@@ -75,7 +75,45 @@ def _frame_files(path: Path) -> tuple[list[Path], str]:
             f"folder needs one image file per frame: {', '.join(SUPPORTED_SUFFIXES)}){hint}"
         )
     files.sort(key=lambda f: [_natural_key(p) for p in f.relative_to(path).parts])
+    if not gms:
+        _warn_unread_frames(path, files)
     return files, layout
+
+
+# companions a frame folder may hold beside its images (not frames in another format)
+_TEXT_SUFFIXES = {".txt", ".json", ".xml", ".log", ".csv", ".md", ".ini", ".yaml", ".yml"}
+
+
+def _stem_pattern(name: str) -> str:
+    return re.sub(r"\d+", "#", Path(name).stem.lower())
+
+
+def _warn_unread_frames(path: Path, files: list[Path]) -> None:
+    """Warn about files named as the frames but in a format that is not read as one
+    (``frame_003.npy`` among ``frame_000.tif`` …): they were left out without a word, and
+    the series has a gap there."""
+    patterns = {_stem_pattern(f.name) for f in files}
+    odd = sorted(
+        (
+            f
+            for f in path.iterdir()
+            if f.is_file()
+            and not f.name.startswith(".")
+            and f not in files
+            and f.suffix.lower() not in _SIDE_FILES | _TEXT_SUFFIXES
+            and _stem_pattern(f.name) in patterns
+        ),
+        key=lambda f: _natural_key(f.name),
+    )
+    if odd:
+        names = ", ".join(repr(f.name) for f in odd[:3]) + (" …" if len(odd) > 3 else "")
+        warnings.warn(
+            f"{str(path)!r}: {len(odd)} file(s) named as the frames are not in a format read "
+            f"as a frame ({names}) and are left out: the series has a gap there (convert "
+            f"them to {files[0].suffix} or move them out)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _frame_stamp_s(img: Image) -> float | None:
