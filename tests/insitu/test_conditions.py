@@ -77,3 +77,29 @@ def test_attach_conditions_averages_over_the_recorded_frame_time():
     # without a recorded frame time the frame start is sampled, as before
     s0 = s.replace(metadata={})
     np.testing.assert_allclose(attach_conditions(s0, log).temperature_K, 300.0 + 10 * np.arange(4))
+
+
+def test_log_replacing_the_files_temperature_is_said(tmp_path):
+    """A series whose file records 280 K given a holder log at 301-315 K: the log's
+    temperatures are taken (the holder's record of the run), and a note now says the
+    file's were replaced (it did silently).  A log giving one quantity twice
+    (temperature_C and temperature_K) uses the first column and says so (the last one
+    silently won)."""
+    from perovstem.insitu.prepare import prepare_series
+
+    p = tmp_path / "log.csv"
+    p.write_text("time_s,temperature_K\n0,301\n10,315\n")
+    s = Series(np.ones((3, 8, 8)), 0.5, time_s=[0.0, 1.0, 2.0], temperature_K=280.0)
+    out, notes = prepare_series(s, conditions=p, time_offset_s=0.0)
+    np.testing.assert_allclose(out.temperature_K, [301.0, 302.4, 303.8])
+    said = [x for x in notes if "the file's temperature_K (280–280 K) is replaced" in x]
+    assert len(said) == 1 and "301–303.8 K" in said[0], notes
+    # no note where the file recorded no temperature
+    _, notes = prepare_series(s.replace(temperature_K=None), conditions=p, time_offset_s=0.0)
+    assert not any("is replaced by the log's" in x for x in notes), notes
+    both = tmp_path / "both.csv"
+    both.write_text("time_s,temperature_C,temperature_K\n0,25,400\n10,25,400\n")
+    with pytest.warns(UserWarning, match=r"'temperature_C' and 'temperature_K' both give"):
+        log = read_holder_log(both)
+    np.testing.assert_allclose(log["temperature_K"], 298.15)
+    np.testing.assert_allclose(log["temperature_K_2"], 400.0)

@@ -208,12 +208,22 @@ def _with_log(
                 f"{n['conditions']}: the first frame lies at {time_offset_s:.1f} s of the log, "
                 f"from the two clocks ({how}); {n['time_offset_s']} overrides"
             )
+    before = {c: getattr(s, c) for c in ("temperature_K", "pressure_Pa")}
     try:
         s = attach_conditions(s, log, time_offset_s=time_offset_s)
     except DataError as exc:  # name the file and the option, not the Python parameter
         raise DataError(
             f"{opt}: " + str(exc).replace("`time_offset_s`", f"`{n['time_offset_s']}`")
         ) from None
+    for c, unit in (("temperature_K", "K"), ("pressure_Pa", "Pa")):
+        old, new = before[c], getattr(s, c)
+        if old is not None and new is not None and c in log:
+            # the log is the holder's record of the run: it wins, and the change is said
+            o, v = np.asarray(old, float), np.asarray(new, float)
+            notes.append(
+                f"{n['conditions']}: the file's {c} ({np.nanmin(o):.4g}–{np.nanmax(o):.4g} "
+                f"{unit}) is replaced by the log's ({np.nanmin(v):.4g}–{np.nanmax(v):.4g} {unit})"
+            )
     md = dict(s.metadata)
     md["conditions_time_offset_s"] = float(time_offset_s)
     return s.replace(metadata=md)

@@ -333,6 +333,7 @@ def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
             f"{str(tcol)!r}; the log must hold one run with increasing times (split a log "
             "whose clock was reset, and give the part of this series)"
         )
+    used: dict[str, str] = {}
     for c in raw.columns:
         if c == tcol:
             continue
@@ -359,6 +360,19 @@ def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
             )
         if s.notna().sum() == 0:
             continue
+        if name in out:
+            # two columns of one quantity (temperature_C and temperature_K): the first
+            # keeps the standard name, as for the vendor logs, and the choice is said
+            first = next(c0 for c0, n0 in used.items() if n0 == name)
+            other = f"{re.sub(r'[^0-9a-zA-Z]+', '_', cname).strip('_')}_{len(used) + 1}"
+            warnings.warn(
+                f"holder log {str(p)!r}: columns {first!r} and {cname!r} both give {name}; "
+                f"{first!r} is used (the other is kept as {other!r})",
+                UserWarning,
+                stacklevel=2,
+            )
+            name = other
+        used[cname] = name
         out[name] = s * scale + off
     if str(tcol).strip().lower() == "experiment time":
         # an Impulse export without its metadata log: count from the first sample, as the
