@@ -103,3 +103,15 @@ def test_log_replacing_the_files_temperature_is_said(tmp_path):
         log = read_holder_log(both)
     np.testing.assert_allclose(log["temperature_K"], 298.15)
     np.testing.assert_allclose(log["temperature_K_2"], 400.0)
+
+
+def test_impossible_log_reading_names_the_log(tmp_path):
+    """A log reading the series refuses (−5 K) was reported without the log's name."""
+    from perovstem import ParameterError
+    from perovstem.insitu.prepare import prepare_series
+
+    p = tmp_path / "cold.csv"
+    p.write_text("time_s,temperature_K\n0,-5\n10,-5\n")
+    s = Series(np.ones((2, 8, 8)), 0.5, time_s=[0.0, 1.0])
+    with pytest.raises(ParameterError, match=r"conditions '.*cold\.csv'.*got -5\.0"):
+        prepare_series(s, conditions=p, time_offset_s=0.0)

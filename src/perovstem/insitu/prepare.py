@@ -211,8 +211,9 @@ def _with_log(
     before = {c: getattr(s, c) for c in ("temperature_K", "pressure_Pa")}
     try:
         s = attach_conditions(s, log, time_offset_s=time_offset_s)
-    except DataError as exc:  # name the file and the option, not the Python parameter
-        raise DataError(
+    except (DataError, ParameterError) as exc:  # name the file and the option
+        # (a reading the series refuses, e.g. -5 K, is the log's: it was said without it)
+        raise type(exc)(
             f"{opt}: " + str(exc).replace("`time_offset_s`", f"`{n['time_offset_s']}`")
         ) from None
     for c, unit in (("temperature_K", "K"), ("pressure_Pa", "Pa")):
