@@ -1280,7 +1280,9 @@ def _read_npz(path: Path) -> dict[str, Any]:
         meta = json.loads(str(files["perovstem_meta"]))
         rec = {
             "data": files["data"],
-            "pixel_size_A": meta["pixel_size_A"],
+            "pixel_size_A": meta["pixel_size_A"]
+            if "pixel_size_A" in meta
+            else meta["voxel_size_A"],
             "metadata": meta.get("metadata", {}),
         }
         for k in (
@@ -1373,7 +1375,9 @@ def _read_zarr(path: Path, *, lazy: bool) -> dict[str, Any]:
 
 def _record_from_meta(data: Any, meta: dict[str, Any]) -> dict[str, Any]:
     """A load record from the JSON metadata that perovstem writes into zarr/tif files."""
-    rec = {"data": data, "pixel_size_A": meta["pixel_size_A"], "metadata": meta.get("metadata", {})}
+    # a volume (save_volume) records its voxel edge: read as a stack of that pixel size
+    px = meta["pixel_size_A"] if "pixel_size_A" in meta else meta["voxel_size_A"]
+    rec = {"data": data, "pixel_size_A": px, "metadata": meta.get("metadata", {})}
     for k in (
         "angles_deg",
         "time_s",

@@ -598,18 +598,36 @@ def _read_volume(path: Path, suffix: str, *, given: bool = False) -> tuple[np.nd
             shaped = tif.shaped_metadata
             if shaped and "perovstem" in shaped[0]:
                 meta = json.loads(shaped[0]["perovstem"])
-                return tif.asarray(), float(meta["voxel_size_A"])
+                return tif.asarray(), _meta_voxel_A(path, meta)
             arr = tif.asarray()
         return arr, _plain_tif_voxel_A(path, given=given)
     if suffix == ".zarr":
         import zarr
 
         g = zarr.open_group(str(path), mode="r")
-        return g["data"][...], float(g.attrs["perovstem"]["voxel_size_A"])
+        return g["data"][...], _meta_voxel_A(path, dict(g.attrs["perovstem"]))
     if suffix == ".npz":
         with np.load(path) as z:
-            return z["data"], float(json.loads(str(z["perovstem_meta"]))["voxel_size_A"])
+            meta = json.loads(str(z["perovstem_meta"]))
+            if "angles_deg" in z.files:
+                meta["angles_deg"] = z["angles_deg"].tolist()
+            return z["data"], _meta_voxel_A(path, meta)
     raise AssertionError(suffix)  # pragma: no cover - suffixes checked by read_volume
+
+
+def _meta_voxel_A(path: Path, meta: dict[str, Any]) -> float:
+    """Voxel edge (Å) from perovstem's metadata: a volume's ``voxel_size_A``, or the
+    ``pixel_size_A`` of a 3-D stack that ``perovstem convert`` wrote from a volume (e.g. an
+    MRC reconstruction: cubic voxels, as the MRC reader takes them).  A tilt series (tilt
+    angles recorded) is not a volume."""
+    if "voxel_size_A" in meta:
+        return float(meta["voxel_size_A"])
+    if meta.get("angles_deg") is not None:
+        raise FileFormatError(
+            f"{str(path)!r}: holds a tilt series (tilt angles recorded), not a volume: "
+            "reconstruct it first (perovstem tomo reconstruct)"
+        )
+    return float(meta["pixel_size_A"])
 
 
 def _plain_tif_voxel_A(path: Path, *, given: bool) -> float | None:
