@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from perovstem.errors import DataError, ParameterError
@@ -80,7 +84,19 @@ def test_facet_fractions_flag_wedge_and_calibrate():
         edge_A=70.0,
         rng=3,
     )
-    ff = facet_fractions(m, orientation=est, tilt_range_deg=70.0, calibration=cal)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a calibration that fits: its fractions sum to ~1
+        ff = facet_fractions(m, orientation=est, tilt_range_deg=70.0, calibration=cal)
+    assert abs(ff.attrs["fraction_corrected_sum"] - 1.0) < 0.05
+    # a calibration of another pipeline (biases of a narrower wedge: {100}/{110} read 15
+    # points lower there) summed to 1.3: said, as a ±70° volume calibrated as ±30° (1.34)
+    other = dataclasses.replace(
+        cal,
+        bias=cal.bias
+        - pd.Series({"100": 0.15, "110": 0.15}).reindex(cal.bias.index, fill_value=0.0),
+    )
+    with pytest.warns(UserWarning, match=r"calibrated facet fractions sum to 1\.[23]"):
+        facet_fractions(m, orientation=est, tilt_range_deg=70.0, calibration=other)
     truth = tr["facets"].set_index("family")["fraction"]
     got = ff.set_index("family")
     raw_err = np.abs(got["fraction"] - truth).max()

@@ -33,6 +33,7 @@ mesh volume over the polyhedron volume, falls well below 1 there).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -509,6 +510,20 @@ def facet_fractions(
         e = calibration.std.reindex(df.family).to_numpy()
         df["fraction_corrected"] = np.clip(df["fraction"].to_numpy() - b, 0, 1)
         df["fraction_err"] = e
+        # the fractions and the true ones both sum to 1, so a calibration that applies has
+        # biases summing to ~0: a sum off by more than its errors means the phantoms do not
+        # match this volume (a ±70° volume calibrated as ±30° summed to 1.34)
+        tot = float(np.nansum(df["fraction_corrected"]))
+        tol = 2.0 * float(np.sqrt(np.nansum(np.square(e)))) + 0.02
+        df.attrs["fraction_corrected_sum"] = tot
+        if abs(tot - 1.0) > tol:
+            warnings.warn(
+                f"the calibrated facet fractions sum to {tot:.3f}, not 1 (beyond their errors, "
+                f"±{tol:.3f}): the calibration phantoms do not match this volume; check the "
+                "tilt range (--tilt-range-deg) and the reconstruction settings it was made with",
+                UserWarning,
+                stacklevel=2,
+            )
     df.attrs.update(
         orientation=rot.tolist(),
         orientations=rots.tolist(),
