@@ -518,7 +518,12 @@ class TiltSeries:
                 f"`angles_deg` must have one angle per projection ({n}), got {ang.size}"
             )
         if not np.all(np.isfinite(ang)) or np.any(np.abs(ang) > 180):
-            raise ParameterError(f"`angles_deg` must be finite degrees in [-180, 180], got {ang}")
+            bad = np.flatnonzero(~(np.isfinite(ang) & (np.abs(ang) <= 180.0)))
+            shown = ", ".join(f"[{i}] {ang[i]:g}" for i in bad[:5]) + (" …" * (bad.size > 5))
+            raise ParameterError(
+                f"`angles_deg` must be finite degrees in [-180, 180]: {bad.size} of {ang.size} "
+                f"are not ({shown}; angles count from 0)"
+            )
         uniq, counts = np.unique(np.round(ang, 6), return_counts=True)
         if np.any(counts > 1):
             raise ParameterError(f"`angles_deg` has duplicate angles: {uniq[counts > 1].tolist()}")

@@ -414,3 +414,23 @@ def test_frame_in_another_format_is_warned_not_dropped_silently(tmp_path):
     with pytest.warns(UserWarning, match=r"1 file\(s\) named as the frames .*'frame_003\.npy'"):
         s = ps.load(tmp_path, pixel_size=0.5)
     assert s.data.shape == (3, 16, 16)
+
+
+def test_bad_tilt_angle_and_nan_frame_are_located(tmp_path):
+    """A NaN among 71 tilt angles printed all 71; a NaN frame of a stack said only how many
+    values: both now name the index."""
+    ang = np.arange(-70.0, 71.0, 2.0)
+    ang[5] = np.nan
+    with pytest.raises(ps.ParameterError, match=r"1 of 71 are not \(\[5\] nan"):
+        ps.TiltSeries(np.ones((71, 8, 8), np.float32), ang, 2.0)
+    stack = np.ones((6, 8, 8), np.float32)
+    stack[3, 2, 2] = np.nan
+    p = tmp_path / "stack.npz"
+    from perovstem.io import save_image
+
+    save_image(ps.Series(np.ones((6, 8, 8), np.float32), 1.0), p, overwrite=True)
+    z = dict(np.load(p))
+    z["data"] = stack
+    np.savez(p, **z)
+    with pytest.raises(DataError, match=r"in 1 of 6 frames \(frame\(s\) 3;"):
+        ps.load(p)

@@ -65,6 +65,9 @@ def test_fbp_scale_full_range():
     rec = reconstruct(ts, method="fbp")
     assert rec.volume.mean() == pytest.approx(float(tr["volume"].mean()) * 2.0, rel=0.05)
     assert relative_l2(rec.volume, tr["volume"] * 2.0) < 0.2
+    # "wbp" is this weighted back-projection: the same volume, named as asked (it said fbp)
+    w = reconstruct(ts, method="wbp")
+    assert w.method == "wbp" and np.array_equal(w.volume, rec.volume)
 
 
 def test_warm_start_and_discrepancy_stop(case_a):

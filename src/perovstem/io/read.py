@@ -356,15 +356,20 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
             n_bad = int((~fin).sum())
             box = _finite_box(fin) if a.ndim == 2 and kind in (None, "image") else None
             if box is None:
-                raise DataError(
-                    f"{str(path)!r}: image contains {n_bad} NaN/inf value(s)"
-                    + (
+                if a.ndim == 3:  # say which frames: a stack is fixed frame by frame
+                    frames = np.flatnonzero(~fin.reshape(a.shape[0], -1).all(axis=1))
+                    where = (
+                        f" in {frames.size} of {a.shape[0]} frames (frame(s) "
+                        + ", ".join(map(str, frames[:5]))
+                        + (" …" if frames.size > 5 else "")
+                        + "; frames count from 0)"
+                    )
+                else:
+                    where = (
                         " (not only in whole border rows/columns, which are cropped): crop "
                         "the image to its finite part"
-                        if a.ndim == 2
-                        else ""
                     )
-                )
+                raise DataError(f"{str(path)!r}: image contains {n_bad} NaN/inf value(s){where}")
             (r0, r1), (c0, c1) = box
             data = a[r0:r1, c0:c1]
             origin = (c0 * px, r0 * px)

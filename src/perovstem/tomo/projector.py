@@ -44,7 +44,12 @@ def check_angles(angles_deg: object, n_projections: int | None = None) -> np.nda
     if ang.size == 0:
         raise ParameterError("`angles_deg` is empty")
     if not np.all(np.isfinite(ang)) or np.any(np.abs(ang) > 180):
-        raise ParameterError(f"`angles_deg` must be finite degrees in [-180, 180], got {ang}")
+        bad = np.flatnonzero(~(np.isfinite(ang) & (np.abs(ang) <= 180.0)))
+        shown = ", ".join(f"[{i}] {ang[i]:g}" for i in bad[:5]) + (" …" if bad.size > 5 else "")
+        raise ParameterError(
+            f"`angles_deg` must be finite degrees in [-180, 180]: {bad.size} of {ang.size} "
+            f"are not ({shown})"
+        )
     if n_projections is not None and ang.size != n_projections:
         raise ParameterError(
             f"`angles_deg` has {ang.size} angles but there are {n_projections} projections"

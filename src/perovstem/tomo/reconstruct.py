@@ -17,6 +17,7 @@ explicitly and are run for a fixed number of iterations.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -753,4 +754,7 @@ def reconstruct(
         "tv": tv_reconstruct,
         "dart": dart,
     }[method]
-    return fn(tilt_series, angles_deg, **kwargs)
+    rec = fn(tilt_series, angles_deg, **kwargs)
+    if method == "wbp":  # weighted back-projection is this FBP: named as asked
+        rec = dataclasses.replace(rec, method="wbp", params={**rec.params, "as": "fbp"})
+    return rec
