@@ -434,3 +434,23 @@ def test_bad_tilt_angle_and_nan_frame_are_located(tmp_path):
     np.savez(p, **z)
     with pytest.raises(DataError, match=r"in 1 of 6 frames \(frame\(s\) 3;"):
         ps.load(p)
+
+
+def test_pixel_size_replacing_the_files_is_warned(tmp_path):
+    """`convert --pixel-size-A 0.5` of a 0.25 Å file wrote a 0.5 Å file without a word
+    (help: "if the input has none").  Replacing a calibration is now warned about; the same
+    value, or a file without one, is not."""
+    import warnings
+
+    from perovstem.io import save_image
+
+    p = tmp_path / "img.tif"
+    save_image(ps.Image(np.ones((16, 16), np.float32), 0.25), p)
+    with pytest.warns(
+        UserWarning, match=r"pixel size given \(0\.5 Å\) replaces the file's \(0\.25"
+    ):
+        img = ps.load(p, pixel_size=0.5)
+    assert img.pixel_size_A == 0.5 and img.metadata["pixel_size_file_A"] == 0.25
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ps.load(p, pixel_size=0.25).pixel_size_A == 0.25

@@ -120,7 +120,9 @@ def info(
         ..., help="Image, series or tilt-series file (or a holder log or table)."
     ),
     pixel_size: float = typer.Option(
-        None, "--pixel-size-A", help="Pixel size in Å (if the file has none)."
+        None,
+        "--pixel-size-A",
+        help="Pixel size in Å (for a file without one; replaces the file's with a warning).",
     ),
     signal: str = typer.Option(
         None,
@@ -218,7 +220,9 @@ def convert(
     src: Path = typer.Argument(..., help="Input file."),
     dst: Path = typer.Argument(..., help="Output file (.npz, .zarr, .tif, .mrc, .hspy)."),
     pixel_size: float = typer.Option(
-        None, "--pixel-size-A", help="Pixel size in Å (if the input has none)."
+        None,
+        "--pixel-size-A",
+        help="Pixel size in Å (for an input without one; replaces the input's with a warning).",
     ),
     signal: str = typer.Option(
         None,

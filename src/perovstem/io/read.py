@@ -312,6 +312,23 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
     if pixel_size is not None:
         px = float(pixel_size)
         md["pixel_size_source"] = "user"
+        try:
+            px_file = float(rec.get("pixel_size_A"))
+        except (TypeError, ValueError):
+            px_file = float("nan")
+        if (
+            np.isfinite(px_file)
+            and _FILE_PIXEL_A[0] <= px_file <= _FILE_PIXEL_A[1]
+            and abs(px - px_file) > 1e-3 * px_file
+        ):
+            # meant for a file without a calibration: replacing one is said (it was not)
+            warnings.warn(
+                f"{str(path)!r}: the pixel size given ({px:.6g} Å) replaces the file's "
+                f"({px_file:.6g} Å)",
+                UserWarning,
+                stacklevel=3,
+            )
+            md["pixel_size_file_A"] = px_file
     elif rec.get("pixel_size_A") is not None:
         try:
             px = float(rec["pixel_size_A"])
