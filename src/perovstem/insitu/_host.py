@@ -312,7 +312,10 @@ def host_lattice_power(
     n_bins = 0
     for d, turn in ((lattice_A, 0.0), (lattice_A / np.sqrt(2.0), 45.0)):
         g = 1.0 / d
-        noise = float(np.median(p[np.abs(kr - g) < 0.1 * g])) / np.log(2.0)
+        ring = np.abs(kr - g) < 0.1 * g
+        if not ring.any():  # beyond Nyquist (pixels coarser than half the spacing)
+            continue
+        noise = float(np.median(p[ring])) / np.log(2.0)
         for q in range(4):
             t = np.radians(angle_deg + turn + 90.0 * q)
             near = np.hypot(kx - g * np.cos(t), ky - g * np.sin(t)) < 0.04 * g

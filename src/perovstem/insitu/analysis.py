@@ -1059,6 +1059,15 @@ def _calibration_notes(series: Series, gain: Any, offset: Any) -> list[str]:
             "no detector gain (series metadata 'gain', CLI --gain): counts are taken as "
             "detected electrons (gain 1); Pb⁰ atom counts scale with 1/gain"
         )
+        cpe = series.metadata.get("counts_per_electron_in_file")
+        if cpe is not None:
+            # a camera property in SerialEM's .mdoc: not taken for a STEM detector's gain
+            what.append(
+                f"the SerialEM .mdoc records {series.metadata.get('counts_per_electron'):g} "
+                f"counts per electron ({cpe:g} in this file's counts): a camera's; if these "
+                f"frames are that camera's, give --gain {cpe:g} (a STEM detector's counts are "
+                "not electrons: measure its gain with --gain auto)"
+            )
     if offset is None:
         # the shot-noise variance is gain·(counts - offset): a zero level left in the
         # counts (integer detector frames) inflates it, and clusters are missed (a uint16

@@ -1245,8 +1245,10 @@ def _fit_domes(
         c = p[: 3 * kk].reshape(kk, 3).copy()
         if box is not None:
             c[:, :2] = mid + half * np.tanh(c[:, :2])
-        # a trial step far out (coarse pixels) must not overflow: exp(700) is already absurd
-        c[:, 2] = np.exp(np.minimum(c[:, 2], 700.0))
+        # a trial step far out (coarse pixels) must not overflow: an amplitude e^20 (5e8)
+        # times the start is already absurd, and its squared residuals stay finite (a cap
+        # of exp(700) overflowed MINPACK's dot product on 7.9 Å pixels)
+        c[:, 2] = np.exp(np.minimum(c[:, 2], log_cap))
         return c, p[-2], p[-1]
 
     def resid(p):
@@ -1270,7 +1272,9 @@ def _fit_domes(
     pos = np.asarray(init[:, :2], float)
     if box is not None:
         pos = np.arctanh(np.clip((pos - mid) / half, -0.99, 0.99))
-    p0 = np.r_[np.c_[pos, np.log(np.maximum(init[:, 2], 1e-9))].ravel(), 0.1, 0.0]
+    log_amp = np.log(np.maximum(init[:, 2], 1e-9))
+    log_cap = float(np.max(log_amp)) + 20.0
+    p0 = np.r_[np.c_[pos, log_amp].ravel(), 0.1, 0.0]
     # Levenberg-Marquardt (MINPACK), analytic Jacobian
     try:
         r = least_squares(
@@ -1408,6 +1412,8 @@ def _split_segments(
         )  # fmt: skip
         if chi1 / per_cell < SPLIT_PRESCREEN * n_eff + penalty:
             # one cluster fits within the noise: two cannot do better by the penalty
+            continue
+        if yy.size < 3:  # a segment of one or two pixels (7.9 Å pixels) is no pair
             continue
         cov = np.cov(np.c_[yy, xx].T, aweights=wv + 1e-12)
         lam, vec = np.linalg.eigh(cov)

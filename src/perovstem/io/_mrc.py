@@ -399,6 +399,11 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
                 _mdoc_dose(secs, mdoc_path, out, md, is_stack=arr.ndim == 3)
                 if "CountsPerElectron" in secs[0]:
                     md["counts_per_electron"] = float(secs[0]["CountsPerElectron"])
+                    # SerialEM halves the counts to fit 16 bits and says so (DividedBy2)
+                    half = str(secs[0].get("DividedBy2", "0")).strip() == "1"
+                    md["counts_per_electron_in_file"] = md["counts_per_electron"] / (
+                        2.0 if half else 1.0
+                    )
             break
     return out
 
