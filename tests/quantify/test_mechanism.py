@@ -316,3 +316,22 @@ def test_too_few_points_to_compare_models_is_said_not_selected():
     assert "not selected: 3 points are too few to compare the models" in row["text"], row["text"]
     assert row["mechanism"].startswith("not selected")
     assert row["gas"] == ""
+
+
+def test_mobility_not_fitted_says_frames_left_out_for_drift():
+    """At high dose the drift of 4 of 5 frames was unreliable and those frames are left out
+    of the mobility fit: the row said only "no track has two consecutive frames" although
+    16-22 clusters were tracked per frame."""
+    from perovstem.quantify.mechanism import _mobility_row
+
+    frames = pd.DataFrame(
+        {"frame": range(5), "time_s": np.arange(5.0), "drift_reliable": [1, 0, 0, 0, 0]}
+    ).astype({"drift_reliable": bool})
+    # what reaches the fit: the tracks within the reliable frames (frame 0 only)
+    tracks = pd.DataFrame(
+        {"track_id": range(6), "frame": 0, "x_A": np.arange(6) * 20.0, "y_A": 0.0,
+         "n_atoms": 30.0}
+    )  # fmt: skip
+    row, _ = _mobility_row([("a", frames, tracks)], 0.95, {})
+    assert row["text"].startswith("not fitted: no track has two consecutive frames")
+    assert "(4 of 5 frames are left out for an unreliable drift)" in row["text"], row["text"]

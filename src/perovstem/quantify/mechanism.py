@@ -394,6 +394,18 @@ def _mobility_row(
             t = pool_field_tracks(kept, names=names)
             r = cluster_hop_rate(t, frame_time_column="_frame_time_s", level=level, **opts)
     except PerovstemError as exc:
+        # the tracks reach this far without the frames whose drift is unreliable (a hop
+        # through them is the drift's error): say so where those frames are the reason
+        n_all = sum(len(g) for _, g, _ in parts)
+        n_bad = sum(
+            int((~g["drift_reliable"].astype(bool)).sum())
+            for _, g, _ in parts
+            if "drift_reliable" in g
+        )
+        if n_bad:
+            exc = type(exc)(
+                f"{exc} ({n_bad} of {n_all} frames are left out for an unreliable drift)"
+            )
         return _not_fitted("mobility", "cluster tracks", exc), names
     if not (np.isfinite(r["rate_per_s"]) and r["rate_per_s"] > 0):
         return None, names
