@@ -67,7 +67,10 @@ def test_nan_inside_is_still_refused(tmp_path):
     stack = np.ones((3, 30, 30))  # a series: its frames are not cropped
     stack[:, :2] = np.nan
     np.savez(path, obs=stack, dx_angstrom=PX)
-    with pytest.raises(DataError, match=r"180 NaN/inf value\(s\)$"):
+    # (and the frames holding them are named)
+    with pytest.raises(
+        DataError, match=r"180 NaN/inf value\(s\) in 3 of 3 frames \(frame\(s\) 0, 1, 2;"
+    ):
         load(path)
 
 
