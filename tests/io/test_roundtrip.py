@@ -278,3 +278,19 @@ def test_volumes_written_by_perovstem_are_read_by_info_and_convert(tmp_path, ext
     save_image(tilt, ts)
     with pytest.raises(ps.FileFormatError, match="tilt series .* not a volume"):
         read_volume(ts)
+
+
+def test_mrc_warning_names_the_detector_and_probe_angles_it_drops(tmp_path):
+    """Writing .mrc dropped the detector and probe angles with a warning that named only
+    gain and offset: a 65-131 mrad image converted to .mrc was counted with the 65-200
+    mrad library (every Br and Pb-Br column one atom low)."""
+    from perovstem.io import save_image
+
+    img = ps.Image(
+        np.ones((16, 16), np.float32), 0.25,
+        metadata={"detector_mrad": [65.0, 131.0], "semiangle_mrad": 21.4},
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match=r"but not detector_mrad, semiangle_mrad;.*angles"):
+        save_image(img, tmp_path / "img.mrc")
+    back = ps.load(tmp_path / "img.mrc")
+    assert "detector_mrad" not in back.metadata  # what the warning is about

@@ -133,7 +133,13 @@ def save_image(
 
 
 # metadata an analysis reads back and an FEI1 header cannot hold: said when dropped
-_MRC_LOST_KEYS = ("gain", "offset", "beam_current_A")
+_MRC_LOST_KEYS = (
+    "gain",
+    "offset",
+    "beam_current_A",
+    "detector_mrad",  # the counting libraries are the detector's (65-131 vs 65-200 mrad)
+    "semiangle_mrad",
+)
 
 
 def _warn_mrc_losses(obj: Image | Series | TiltSeries, path: Path) -> None:
@@ -151,8 +157,8 @@ def _warn_mrc_losses(obj: Image | Series | TiltSeries, path: Path) -> None:
         warnings.warn(
             f"{str(path)!r}: MRC (FEI1 header) keeps pixel size, dose, time and tilts but not "
             f"{', '.join(lost)}; a later analysis of this file will not know them (the "
-            "detector gain and offset set the Pb-cluster counts): write .hspy, .zarr, .tif or "
-            ".npz to keep them",
+            "detector gain and offset set the Pb-cluster counts, the detector and probe angles "
+            "the atom-counting library): write .hspy, .zarr, .tif or .npz to keep them",
             UserWarning,
             stacklevel=3,
         )
