@@ -135,3 +135,27 @@ def test_cli_fit_two_crystals_says_so(tmp_path, capsys):
     df = read_table(out)
     assert len(df) == len(truth)
     assert sorted(df["grain"].value_counts().tolist()) == [225, 225]
+
+
+def test_cli_fit_normalize_takes_the_dose_of_an_image_without_one(sim_image, tmp_path, capsys):
+    """A raw image without a recorded dose could not be normalised from the command line
+    (the error named the Python parameter, and atoms fit had no dose option).  Now
+    --dose-e-per-A2 gives it: the same cross-sections as the file that records it; without
+    it the error names the file and the option."""
+    from perovstem.io import read_table, save_image
+
+    path, img, _ = sim_image
+    bare = tmp_path / "bare.npz"
+    save_image(img.replace(dose_e_per_A2=None), bare)
+    base = ["atoms", "fit", "--cell", "cspbbr3", "--normalize"]
+    assert main([*base[:2], str(bare), *base[2:], "-o", str(tmp_path / "x.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "bare.npz" in err and "--dose-e-per-A2" in err, err
+    ok = tmp_path / "given.parquet"
+    assert main([*base[:2], str(bare), *base[2:], "--dose-e-per-A2", "2e4", "-o", str(ok)]) == 0
+    ref = tmp_path / "ref.parquet"
+    assert main([*base[:2], str(path), *base[2:], "-o", str(ref)]) == 0
+    np.testing.assert_allclose(read_table(ok)["scs"], read_table(ref)["scs"], rtol=1e-9)
+    assert main([*base[:2], str(bare), "--cell", "cspbbr3", "--dose-e-per-A2", "2e4", "-o",
+                 str(tmp_path / "y.parquet")]) == 2  # fmt: skip
+    assert "add --normalize" in capsys.readouterr().err

@@ -95,6 +95,12 @@ def fit(
     normalize: bool = typer.Option(
         False, "--normalize", help="Counts → fraction of the beam (needs the dose): SCS in Å²."
     ),
+    dose: float = typer.Option(
+        None,
+        "--dose-e-per-A2",
+        help="Electron dose of the image, e⁻/Å² (--normalize; overrides the file's, needed "
+        "where the file has none).",
+    ),
     gain: str = typer.Option(
         None,
         "--gain",
@@ -123,7 +129,7 @@ def fit(
     from perovstem._validation import check_int, check_positive
     from perovstem.atoms import find_columns, fit_columns, normalize_image
     from perovstem.cli._common import check_outputs, console
-    from perovstem.errors import OutputExistsError, ParameterError
+    from perovstem.errors import CalibrationError, OutputExistsError, ParameterError
     from perovstem.io import read_table, save_figure, save_table
 
     if scs not in ("gauss", "voronoi"):
@@ -145,9 +151,21 @@ def fit(
                 f"{'are read from it' if by == '--positions' else 'and their types come from it'}"
                 f"): leave one of them out"
             )
+    if dose is not None:
+        check_positive("--dose-e-per-A2", dose)
+        if not normalize:
+            raise ParameterError(
+                "`--dose-e-per-A2` is used by --normalize (counts → fraction of the beam): "
+                "add --normalize or leave it out"
+            )
     obj = _apply_detector(load_image_arg(image, pixel_size, frame), gain, offset)
     if normalize:
-        obj = normalize_image(obj)
+        if dose is None and obj.dose_e_per_A2 is None:
+            raise CalibrationError(
+                f"{str(image)!r} records no electron dose, which --normalize needs (counts → "
+                "fraction of the beam): give it with --dose-e-per-A2"
+            )
+        obj = normalize_image(obj, dose_e_per_A2=dose)
     out = out if out is not None else Path(f"{data_stem(image)}_columns.parquet")
     overlay = overlay if overlay is not None else out.with_suffix(".png")
     for p in (out, overlay):
