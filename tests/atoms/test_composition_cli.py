@@ -78,3 +78,27 @@ def test_cli_composition_refusals_and_the_counted_thickness(tmp_path, capsys):
     assert "thickness: given" in " ".join(capsys.readouterr().out.split())
     lo, hi = read_table(out).attrs["x_ci"]
     assert lo <= 0.3 <= hi
+
+
+def test_cli_composition_of_a_tiny_crystal_says_why_and_how_little(tmp_path, capsys):
+    """A 12 Å crystal: every counted Pb-Br column was left out because its Cs neighbours
+    disagree, and the refusal said "no counted Pb-Br columns" (it had four).  It now says
+    why and how to give the thickness; the counted-thickness estimate that follows rests on
+    a handful of columns, which a warning says, and its line keeps the interval without a
+    ± that contradicts it."""
+    _, counts = _counted(tmp_path, 0.0, 8, edge=12)
+    out = tmp_path / "cd.parquet"
+    table = read_table(counts)
+    n_pb = int(((table["type"] == "PbBr") & table["n_atoms"].notna()).sum())
+    assert main(["atoms", "composition", str(counts), "-o", str(out)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"all {n_pb} counted Pb-Br columns were left out" in err, err
+    assert "--thickness-from counted" in err and "--thickness" in err
+    assert main(["atoms", "composition", str(counts), "-o", str(out), "--thickness-from",
+                 "counted"]) == 0  # fmt: skip
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"WARNING: x rests on {n_pb} Pb-Br column(s)" in said, said
+    attrs = read_table(out).attrs
+    x, (lo, hi) = attrs["x"], attrs["x_ci"]
+    symmetric = abs((hi - x) - (x - lo)) <= 0.5 * (hi - lo)
+    assert (" ± " in said.split("[")[0]) == symmetric, said

@@ -476,7 +476,8 @@ class CountsComposition:
     n_columns : int
         Pb-Br columns used.
     n_dropped : int
-        Pb-Br columns left out (edges and steps, where the Cs neighbours disagree).
+        Pb-Br columns left out because their Cs neighbours' counts disagree (steps and
+        edges, or Cs counts too noisy).
     scale : float
         Calibration factor c of the cross-sections used.
     scale_source : str
@@ -578,6 +579,13 @@ def composition_from_counts(
                     "n_br": cand - off,
                 }
             source = "Cs neighbours"
+    if len(sel) == 0 and n_dropped:
+        raise DataError(
+            f"all {n_dropped} counted Pb-Br columns were left out: the counts of their Cs "
+            "neighbours disagree (a step or edge, or Cs counts too noisy at this dose), so "
+            "they give no thickness; give it another way: a thickness table (thickness=) "
+            "or the Pb-Br counts themselves (thickness_from='counted')"
+        )
     if len(sel) == 0 or "n_atoms" not in sel.columns:
         raise DataError(
             "no counted Pb-Br columns (`type` == 'PbBr' with `n_atoms`, or with counted Cs "

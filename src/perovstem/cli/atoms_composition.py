@@ -9,6 +9,9 @@ import typer
 from perovstem.cli._common import data_stem, examples
 from perovstem.cli.atoms import atoms_app
 
+# fewer Pb-Br columns than this behind x are said
+COMPOSITION_MIN_COLUMNS = 5
+
 
 @atoms_app.command(
     "composition",
@@ -98,17 +101,31 @@ def composition(
     save_table(cols, out)
     r = res.result
     lo, hi = r.x_ci
-    left = f", {res.n_dropped} edge/step columns left out" if res.n_dropped else ""
+    left = (
+        f", {res.n_dropped} left out: their Cs neighbours disagree (steps, edges or noisy counts)"
+        if res.n_dropped
+        else ""
+    )
     scale = (
         f"scale c = {res.scale:.3f} from the {res.scale_source}"
         if res.scale_source
         else "scale c = 1 (uncalibrated)"
     )
+    # a ± beside an interval it contradicts (x at 0 with [0, 0.89]) is left out: the
+    # interval is the statement
+    sym = abs((hi - r.x) - (r.x - lo)) <= 0.5 * (hi - lo)
+    pm = f" ± {r.x_err:.3f}" if sym else ""
     console.print(
-        f"x(Cd) = {r.x:.3f} ± {r.x_err:.3f} [{lo:.3f}, {hi:.3f}] ({100 * confidence:g} %), "
+        f"x(Cd) = {r.x:.3f}{pm} [{lo:.3f}, {hi:.3f}] ({100 * confidence:g} %), "
         f"{res.n_columns} Pb-Br columns (thickness: {res.thickness_source}{left}); {scale}; "
         f"{kv:g} kV → {out}"
     )
+    if res.n_columns < COMPOSITION_MIN_COLUMNS:
+        console.print(
+            f"WARNING: x rests on {res.n_columns} Pb-Br column(s): a column's Cd count is "
+            "an integer with its own noise, so x is as coarse as its interval says (count a "
+            "larger field, or at a higher dose)"
+        )
     if res.thickness_source == "counted":
         console.print(
             "WARNING: the thickness was counted from the same Pb-Br cross-sections, which Cd "

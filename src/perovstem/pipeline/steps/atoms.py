@@ -632,7 +632,7 @@ def atoms_composition(ctx: Any, counts: Any, thickness: Any = None) -> dict[str,
         section="mechanism",
         caption=f"{100 * res.confidence:g} % CI [{lo:.3f}, {hi:.3f}] from "
         f"{out.n_columns} Pb-Br columns ({source} thickness"
-        f"{f'; {n_dropped} edge/step columns left out' if n_dropped else ''}"
+        f"{f'; {n_dropped} left out (their Cs neighbours disagree)' if n_dropped else ''}"
         f"), scale c = {out.scale:.3f}"
         f"{'' if out.scale_source or not p['scale_from'] else ' (uncalibrated)'}{truth}"
         + (
