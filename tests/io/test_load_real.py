@@ -65,7 +65,14 @@ def test_etspy_aligned_hspy(tomo_data):
     assert isinstance(ts, ps.TiltSeries)
     assert ts.shape == (77, 256, 256)
     assert ts.pixel_size_A == pytest.approx(33.6, rel=1e-6)  # stored in nm, converted to Å
-    assert ts.tilt_axis_deg == pytest.approx(-2.79, abs=0.01)
+    # ETSpy rotated the data by its axis (-2.79°) and kept the rotation as `tiltaxis`: the
+    # data's axis is along x now, the rotation is history (re-aligning it finds -0.14°)
+    assert ts.tilt_axis_deg == 0.0
+    assert ts.metadata["tilt_axis_applied_deg"] == pytest.approx(-2.79, abs=0.01)
+    from perovstem.cli.files import describe
+
+    row = dict(describe(ts))["tilt axis"]
+    assert row.startswith("0°") and "turned the data by -2.793°" in row
     assert ts.shifts_px.shape == (77, 2)
     assert np.abs(ts.shifts_px).max() > 10  # ETSpy's shifts reach ~39 px
     np.testing.assert_allclose(ts.angles_deg, np.arange(-76, 77, 2))

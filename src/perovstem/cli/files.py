@@ -76,7 +76,19 @@ def describe(obj) -> list[tuple[str, str]]:
         else:
             steps = f"step {step:.3g}°"
         rows.append(("tilt angles", f"{a.min():.4g} … {a.max():.4g}° ({a.size}, {steps})"))
-        rows.append(("tilt axis", f"{obj.tilt_axis_deg:.4g}°"))
+        applied = obj.metadata.get("tilt_axis_applied_deg")
+        rows.append(
+            (
+                "tilt axis",
+                f"{obj.tilt_axis_deg:.4g}°"
+                + (
+                    f" (the aligning program turned the data by {float(applied):.4g}° to put "
+                    "it there)"
+                    if applied is not None and float(applied) != 0.0
+                    else ""
+                ),
+            )
+        )
         if obj.shifts_px is not None:
             rows.append(("shifts", f"stored, max |shift| {np.abs(obj.shifts_px).max():.3g} px"))
     md = obj.metadata

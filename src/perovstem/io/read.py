@@ -680,7 +680,13 @@ def _read_rsciio(
         if tilts is not None and tilts.size == data.shape[0]:
             out["angles_deg"] = tilts.ravel()
         if "tiltaxis" in tomo:
-            out["tilt_axis_deg"] = float(tomo.get("tiltaxis") or 0.0)
+            # ETSpy's tiltaxis is the rotation its alignment applied to the data (trans_stack
+            # adds each rotation to it), not the axis of the data, which that rotation put
+            # along image x: kept as history.  Read as the data's axis, the aligned needle
+            # was turned a second time on the advice of `tomo reconstruct` (+2.70° after).
+            applied = float(tomo.get("tiltaxis") or 0.0)
+            out["tilt_axis_deg"] = 0.0
+            out["metadata"]["tilt_axis_applied_deg"] = applied
         sh = _arr("shifts")
         if sh is not None and sh.shape == (data.shape[0], 2):
             out["shifts_px"] = sh
