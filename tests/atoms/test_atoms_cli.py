@@ -159,3 +159,27 @@ def test_cli_fit_normalize_takes_the_dose_of_an_image_without_one(sim_image, tmp
     assert main([*base[:2], str(bare), "--cell", "cspbbr3", "--dose-e-per-A2", "2e4", "-o",
                  str(tmp_path / "y.parquet")]) == 2  # fmt: skip
     assert "add --normalize" in capsys.readouterr().err
+
+
+def test_cli_messages_that_name_what_the_user_gave(sim_image, tmp_path, capsys):
+    """Three messages that named the wrong thing: a pixel size too coarse for the cell
+    said "`separation_A` must be at least one pixel" (a parameter the user never gave); an
+    inverted image was fitted, "70 % of pixels saturated"; an existing output did not name
+    --overwrite."""
+    from perovstem.io import save_image
+
+    path, img, _ = sim_image
+    out = tmp_path / "c.parquet"
+    argv = ["atoms", "fit", str(path), "--cell", "cspbbr3", "-o", str(out)]
+    assert main([*argv, "--pixel-size-A", "2.5"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "pixel size (2.5 Å) does not resolve the columns" in err and "separation_A" not in err
+    neg = tmp_path / "neg.npz"
+    save_image(img.replace(data=-img.data), neg)
+    assert main(["atoms", "fit", str(neg), "--cell", "cspbbr3", "--normalize", "-o",
+                 str(out)]) == 2  # fmt: skip
+    assert "no counts above the offset" in capsys.readouterr().err
+    assert main(argv) == 0
+    assert main(["convert", str(path), str(out.with_suffix(".tif"))]) == 0
+    assert main(["convert", str(path), str(out.with_suffix(".tif"))]) == 2
+    assert "--overwrite" in capsys.readouterr().err

@@ -933,6 +933,15 @@ def find_columns(
             f"projected unit cell of `cell` ({cell.a_A:.3g}×{cell.b_A:.3g} Å): the column "
             "search with a cell needs an image of several cells (is `pixel_size_A` in Å?)"
         )
+    d_all = cell.min_distance_A()
+    if 0.75 * d_all < dx:
+        # the column search then failed in find_peaks, naming its `separation_A`, which the
+        # user never gave (the cell sets it)
+        raise DataError(
+            f"the pixel size ({dx:.4g} Å) does not resolve the columns of `cell` (the "
+            f"nearest ones are {d_all:.3g} Å apart: pixels below {0.75 * d_all:.3g} Å are "
+            "needed; is `pixel_size_A` in Å?)"
+        )
     pk = find_peaks(img, separation_A=sep_A, min_snr=min_snr)
     if len(pk) < 3:
         raise DataError(f"no atom columns found: only {len(pk)} peak(s) above the threshold")

@@ -9,7 +9,7 @@ import numpy as np
 
 from perovstem._data import Image
 from perovstem._validation import refuse_text_numbers
-from perovstem.errors import CalibrationError, ParameterError
+from perovstem.errors import CalibrationError, DataError, ParameterError
 
 __all__ = ["normalize_image", "poisson_variance_model"]
 
@@ -82,6 +82,14 @@ def normalize_image(
     o = float(offset if offset is not None else image.metadata.get("offset", 0.0))
     if not np.isfinite(g) or g <= 0:
         raise ParameterError(f"`gain` must be > 0 counts per electron, got {g!r}")
+    top = float(np.nanmax(np.asarray(image.data, dtype=float))) - o
+    if not top > 0:
+        # an inverted image (negated counts, or a bright-field one) was fitted with its
+        # darkest columns taken for the brightest and "70 % of pixels saturated"
+        raise DataError(
+            f"the image holds no counts above the offset ({o:.4g}): its largest value is "
+            f"{top + o:.4g}; an inverted (negated or bright-field) image, or a wrong offset"
+        )
     _warn_offset_above_vacuum(image, o, "normalize_image")
     scale = g * dose * image.pixel_size_A**2
     data = (np.asarray(image.data, dtype=float) - o) / scale

@@ -30,7 +30,8 @@ def _check_target(path: Path, overwrite: bool) -> None:
         raise OutputExistsError(f"refusing to overwrite input file {str(path)!r}")
     if path.exists() and not overwrite:
         raise OutputExistsError(
-            f"output {str(path)!r} already exists (choose another name or allow overwriting)"
+            f"output {str(path)!r} already exists (choose another name, or allow overwriting:"
+            " --overwrite, Python overwrite=True)"
         )
     parent = path.parent
     if not parent.exists():
