@@ -79,6 +79,21 @@ def _load_tilt(
             "anything measured on it are featureless"
         )
     axis = float(obj.tilt_axis_deg)
+    aligned = (
+        obj.shifts_px is not None
+        or "alignment" in obj.metadata
+        or obj.metadata.get("tilt_axis_applied_deg") is not None
+    )
+    if axis_along_x and not aligned and abs(axis) <= 1e-6:
+        from perovstem._validation import warn
+
+        # a raw series went through reconstruct and facets without a word (drift 3 px:
+        # surface 2.5x the truth, {100} 31 % for 69 %)
+        warn(
+            f"{str(path)!r} records no alignment (no shifts, no applied axis): if it was not "
+            "aligned (perovstem tomo align, or another program), drift between its "
+            "projections and a tilted axis blur the volume and bias its facets"
+        )
     if axis_along_x and abs(axis) > 1e-6:
         # the reconstruction's own refusal named a Python function
         raise ParameterError(
