@@ -351,3 +351,22 @@ def test_reconstructing_a_series_without_an_alignment_is_said(simulated, tmp_pat
     assert main(["tomo", "reconstruct", str(al), "-o", str(tmp_path / "al.mrc"), "--n-iter",
                  "5"]) == 0  # fmt: skip
     assert "records no alignment" not in capsys.readouterr().err
+
+
+def test_align_refuses_too_few_directions_and_radians_are_said(tmp_path, capsys):
+    """A one-frame series was "aligned" (axis 0.14°, exit 0); angles in radians (±1.22)
+    were aligned and reconstructed as degrees without a word."""
+    from perovstem import TiltSeries
+    from perovstem.io import save_image
+
+    rng = np.random.default_rng(0)
+    one = tmp_path / "one.npz"
+    save_image(TiltSeries(rng.random((1, 32, 32), dtype=np.float32), [0.0], 2.0), one)
+    assert main(["tomo", "align", str(one), "-o", str(tmp_path / "a.npz")]) == 2
+    assert "1 distinct projection direction" in capsys.readouterr().err
+    rad = tmp_path / "rad.npz"
+    ang = np.deg2rad(np.arange(-70.0, 71.0, 10.0))
+    save_image(TiltSeries(rng.random((ang.size, 32, 32), dtype=np.float32), ang, 2.0), rad)
+    argv = ["tomo", "align", str(rad), "-o", str(tmp_path / "b.npz"), "--matching-iter", "0"]
+    assert main([*argv, "--tilt-axis", "0"]) == 0
+    assert "radians? perovstem reads tilt angles in degrees" in capsys.readouterr().err

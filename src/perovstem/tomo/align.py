@@ -1519,6 +1519,10 @@ def align(
     """
     refuse_text_numbers(locals())
     ts = _check_series(tilt_series)
+    from perovstem.tomo.reconstruct import _check_directions
+
+    # a one-frame series was "aligned" to an axis of 0.14° (exit 0): nothing to align
+    _check_directions(np.asarray(ts.angles_deg, float))
     return _align(
         ts,
         xcorr=xcorr,
