@@ -50,9 +50,12 @@ def _load_tilt(
     volume_option: str = "",
     *,
     axis_along_x: bool = False,
+    later: list[str] | None = None,
 ):
     """The tilt series of ``path``; ``axis_along_x``: refused (naming `tomo align`) when its
-    tilt axis is not along the image x, as the reconstruction needs."""
+    tilt axis is not along the image x, as the reconstruction needs.  ``later`` receives the
+    warning on a series without an alignment record, for the command to give once its
+    other checks have passed (an error is then the only line)."""
     from perovstem._data import TiltSeries
     from perovstem.io import load
 
@@ -80,11 +83,10 @@ def _load_tilt(
         )
     ang = np.asarray(obj.angles_deg, float)
     span = float(np.ptp(ang))
+    notes = []
     if directions > 2 and np.abs(ang).max() <= np.pi + 1e-6 and span >= 1.0:
-        from perovstem._validation import warn
-
         # ±1.22 was taken as degrees: the series was aligned and reconstructed silently
-        warn(
+        notes.append(
             f"{str(path)!r}: its tilt angles run from {ang.min():.4g} to {ang.max():.4g}, a "
             f"span of {span:.3g}°: radians? perovstem reads tilt angles in degrees (a "
             f"tilt series in radians: multiply by {180 / np.pi:.5g})"
@@ -96,11 +98,9 @@ def _load_tilt(
         or obj.metadata.get("tilt_axis_applied_deg") is not None
     )
     if axis_along_x and not aligned and abs(axis) <= 1e-6:
-        from perovstem._validation import warn
-
         # a raw series went through reconstruct and facets without a word (drift 3 px:
         # surface 2.5x the truth, {100} 31 % for 69 %)
-        warn(
+        notes.append(
             f"{str(path)!r} records no alignment (no shifts, no applied axis): if it was not "
             "aligned (perovstem tomo align, or another program), drift between its "
             "projections and a tilted axis blur the volume and bias its facets"
@@ -112,7 +112,19 @@ def _load_tilt(
             "reconstruction needs it along the image x: run `perovstem tomo align` on it "
             f"first (it rotates the series; `--tilt-axis {axis:.4g}` keeps this axis)"
         )
+    if later is None:
+        _warn_later(notes)
+    else:
+        later.extend(notes)
     return obj
+
+
+def _warn_later(texts: list[str]) -> None:
+    """Give the warnings :func:`_load_tilt` kept for after the command's checks."""
+    from perovstem._validation import warn
+
+    for text in texts:
+        warn(text)
 
 
 def _parse_axis(value: str) -> bool | float | str:
@@ -175,7 +187,8 @@ def align_cmd(
 
     shifts = shifts or out.with_name(data_stem(out) + "_shifts.csv")
     check_outputs(out, shifts, overwrite=overwrite)
-    ts = _load_tilt(tiltseries, pixel_size_A)
+    later: list[str] = []
+    ts = _load_tilt(tiltseries, pixel_size_A, later=later)
     al = align(
         ts,
         xcorr=not no_xcorr,
@@ -184,6 +197,7 @@ def align_cmd(
         matching_iter=matching_iter,
         axis_refine=axis_refine,
     )
+    _warn_later(later)
     aligned = apply_alignment(ts.replace(data=preprocess(ts.data)), al)
     save_image(aligned, out, overwrite=overwrite)
     table = al.to_frame(ts.angles_deg)
@@ -244,7 +258,11 @@ def reconstruct_cmd(
             )
         check_positive("--tv-weight", tv_weight, allow_zero=True)
     check_outputs(out, overwrite=overwrite)
-    ts = bin_tilt_series(_load_tilt(tiltseries, pixel_size_A, axis_along_x=True), bin_factor)
+    later: list[str] = []
+    ts = bin_tilt_series(
+        _load_tilt(tiltseries, pixel_size_A, axis_along_x=True, later=later), bin_factor
+    )
+    _warn_later(later)
     kw: dict = {"thickness_px": thickness_px}
     if n_iter is not None and method not in ("fbp", "wbp"):
         kw["n_iter"] = n_iter
@@ -342,8 +360,12 @@ def facets_cmd(
         if tilt_range_deg is not None:  # checked above: NaN or 1e30 made a huge arange
             angles = np.arange(-tilt_range_deg, tilt_range_deg + 1e-9, 2.0)
     else:
-        ts = _load_tilt(source, pixel_size_A, volume_option="--volume", axis_along_x=True)
+        later: list[str] = []
+        ts = _load_tilt(
+            source, pixel_size_A, volume_option="--volume", axis_along_x=True, later=later
+        )
         rec = reconstruct(ts, method=method)
+        _warn_later(later)
         vol, voxel = rec.volume, rec.voxel_size_A
         angles = ts.angles_deg
         tilt_range_deg = float(np.max(np.abs(angles)))
@@ -571,7 +593,9 @@ def sequence_cmd(
     )
     check_outputs(out, plot_path, *vol_paths, overwrite=overwrite)
     # read and check every file before the (slow) reconstructions
-    items = [_load_tilt(f, pixel_size_A, axis_along_x=not align) for f in files]
+    later: list[str] = []
+    items = [_load_tilt(f, pixel_size_A, axis_along_x=not align, later=later) for f in files]
+    _warn_later(later)
     check_sequence(items, names=[repr(str(f)) for f in files])
     for k, ts in enumerate(items):
         md = dict(ts.metadata or {})
