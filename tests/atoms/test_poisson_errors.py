@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perovstem import Image
+from perovstem import DataError, Image
 
 
 def _draws(gain, offset, read, meta, n_draws=8):
@@ -167,9 +167,9 @@ def test_too_few_electrons_per_column_for_linearised_errors_is_warned():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_offset_above_the_vacuum_is_warned_and_the_right_one_is_not(seed):
     """Gain 20, read noise 3 counts over a vacuum at 100 counts: the detector's offset (100)
-    passes silently on two noise realisations, one 12 counts (4 σ) above it or one far
-    above (the audit's --offset 50 over a vacuum at 0 reported position errors 26× too
-    small) is warned about by both normalize_image and the Poisson variance model."""
+    passes silently on two noise realisations, one 12 counts (4 σ) above it or 300 above
+    (the audit's --offset 50 over a vacuum at 0 reported position errors 26× too small) is
+    warned about by both normalize_image and the Poisson variance model."""
     import perovstem.simulate as sim
     from perovstem.atoms import normalize_image
     from perovstem.atoms.normalize import poisson_variance_model
@@ -178,7 +178,7 @@ def test_offset_above_the_vacuum_is_warned_and_the_right_one_is_not(seed):
     ideal, _ = sim.haadf_image(nc, pixel_size_A=0.3, dose_e_per_A2=1e4, noise=False)
     rng = np.random.default_rng(seed)
     cnt = 20.0 * rng.poisson(ideal.data) + 100.0 + 3.0 * rng.standard_normal(ideal.data.shape)
-    for offset, warned in ((100.0, False), (97.0, False), (112.0, True), (1e9, True)):
+    for offset, warned in ((100.0, False), (97.0, False), (112.0, True), (400.0, True)):
         img = Image(cnt, 0.3, dose_e_per_A2=1e4, metadata={"gain": 20.0, "offset": offset})
         with warnings.catch_warnings(record=True) as rec:
             warnings.simplefilter("always")
@@ -188,3 +188,7 @@ def test_offset_above_the_vacuum_is_warned_and_the_right_one_is_not(seed):
         assert len(said) == (2 if warned else 0), (offset, said)
         if warned:
             assert f"offset ({offset:.4g} counts)" in said[0]
+    # an offset above every pixel leaves no counts at all: refused, not only warned about
+    img = Image(cnt, 0.3, dose_e_per_A2=1e4, metadata={"gain": 20.0, "offset": 1e9})
+    with pytest.raises(DataError, match="no counts above the offset"):
+        normalize_image(img)
