@@ -607,3 +607,22 @@ def test_warnings_raised_in_worker_processes_reach_the_step(tmp_path):
         4,
         9,
     ]
+
+
+def test_report_tables_show_missing_and_infinite_values_in_words(tmp_path):
+    """A mechanism table's rows that were not fitted showed "nan nan nan nan" in the
+    report, and a model ranking with too few points "4 inf inf 0"; missing values now show
+    as a dash and infinite ones as ∞ (the row's text says why), numbers as before."""
+    import numpy as np
+    import pandas as pd
+
+    from perovstem.pipeline.context import StepContext
+
+    ctx = StepContext("s", {}, 0, run_dir=tmp_path, section="mechanism", executor=None)
+    df = pd.DataFrame(
+        {"model": ["a", "b"], "aicc": [np.inf, 12.345678], "weight": [np.nan, 1.0],
+         "gas": [None, "O2"], "neg": [-np.inf, 0.5]}
+    )  # fmt: skip
+    ctx.table("t", df)
+    rows = ctx.report_items[-1]["rows"]
+    assert rows == [["a", "∞", "—", "—", "−∞"], ["b", "12.35", "1", "O2", "0.5"]]
