@@ -363,7 +363,7 @@ def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
         if name in out:
             # two columns of one quantity (temperature_C and temperature_K): the first
             # keeps the standard name, as for the vendor logs, and the choice is said
-            first = next(c0 for c0, n0 in used.items() if n0 == name)
+            first = next((c0 for c0, n0 in used.items() if n0 == name), str(tcol))
             other = f"{re.sub(r'[^0-9a-zA-Z]+', '_', cname).strip('_')}_{len(used) + 1}"
             warnings.warn(
                 f"holder log {str(p)!r}: columns {first!r} and {cname!r} both give {name}; "
