@@ -103,6 +103,12 @@ def test_log_replacing_the_files_temperature_is_said(tmp_path):
         log = read_holder_log(both)
     np.testing.assert_allclose(log["temperature_K"], 298.15)
     np.testing.assert_allclose(log["temperature_K_2"], 400.0)
+    # a second time column (read as the time too) is kept apart, named after the first
+    two = tmp_path / "two_times.csv"
+    two.write_text("time_s,Time (s),temperature_K\n0,0,300\n1,1,301\n")
+    with pytest.warns(UserWarning, match=r"'time_s' and 'Time \(s\)' both give time_s"):
+        log = read_holder_log(two)
+    np.testing.assert_allclose(log["temperature_K"], [300.0, 301.0])
 
 
 def test_impossible_log_reading_names_the_log(tmp_path):
