@@ -454,3 +454,14 @@ def test_pixel_size_replacing_the_files_is_warned(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ps.load(p, pixel_size=0.25).pixel_size_A == 0.25
+    # a folder of frames says it once, not once per frame (nor again when a lazy frame is
+    # read)
+    folder = tmp_path / "frames"
+    for i in range(4):
+        save_image(ps.Image(np.full((16, 16), i, np.float32), 0.25), folder / f"f_{i:02d}.tif")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        s = ps.load(folder, pixel_size=0.5, lazy=True)
+        np.asarray(s.data)
+    said = [str(w.message) for w in rec if "replaces" in str(w.message)]
+    assert len(said) == 1 and "replaces the frames' (0.25 Å)" in said[0], said

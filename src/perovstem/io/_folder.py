@@ -229,8 +229,20 @@ def load_folder(
     instrument: list[dict[str, Any]] = []
     dtypes = []
     eager = None
+    replaced: set[float] = set()
     for k, f in enumerate(files):
-        img = load(f, pixel_size=pixel_size, signal=signal, lazy=lazy)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            img = load(f, pixel_size=pixel_size, signal=signal, lazy=lazy)
+        for w in caught:
+            # a given pixel size replacing each frame's calibration: said once for the
+            # folder below, not once per frame (a thousand lines)
+            if img.metadata.get("pixel_size_file_A") is not None and "replaces the file's" in str(
+                w.message
+            ):
+                replaced.add(float(img.metadata["pixel_size_file_A"]))
+                continue
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if not isinstance(img, Image):
             raise DataError(
                 f"{str(path)!r}: a folder read as a series needs one image per file; "
@@ -269,6 +281,15 @@ def load_folder(
     }
     if pixel_size is not None:
         md["pixel_size_source"] = "user"
+    if replaced:
+        shown = ", ".join(f"{v:.6g}" for v in sorted(replaced))
+        warnings.warn(
+            f"{str(path)!r}: the pixel size given ({float(pixel_size):.6g} Å) replaces the "
+            f"frames' ({shown} Å)",
+            UserWarning,
+            stacklevel=3,
+        )
+        md["pixel_size_file_A"] = sorted(replaced)[0]
     for key in ("acquisition_start_utc", "acquisition_start", "acquisition_time_zone"):
         if first.metadata.get(key) is not None:
             md[key] = first.metadata[key]
@@ -380,7 +401,10 @@ def _times(
 def _read_frame(f: Path, dtype: np.dtype, pixel_size: float | None, signal: str | None) -> Any:
     from perovstem.io.read import load
 
-    return np.asarray(load(f, pixel_size=pixel_size, signal=signal).data, dtype=dtype)
+    with warnings.catch_warnings():
+        # the folder said once that the given pixel size replaces the frames' own
+        warnings.filterwarnings("ignore", message=".*pixel size given.*replaces the file's")
+        return np.asarray(load(f, pixel_size=pixel_size, signal=signal).data, dtype=dtype)
 
 
 def _lazy_stack(
