@@ -772,9 +772,10 @@ def _host_ratio(
     positive).
 
     A measure of how much host the count had to be separated from: on KMC image series
-    its log correlates at 0.94 with the truth host atoms in the aperture per cluster atom
-    (``benchmarks/bench_clusters.py``, ``counts_by_host_ratio``), and the counts of clusters
-    with little host under them are the ones within 15 % (issue #7).
+    its log correlates at 0.90–0.92 with that of the truth host atoms in the aperture per
+    cluster atom (seeds 1101–1160, 1301–1316), and the counts of clusters with little host
+    under them are the ones within 15 % (``benchmarks/bench_clusters.py``,
+    ``counts_by_host_ratio``; issue #7).
     """
     n = df["n_atoms"].to_numpy(float) if "n_atoms" in df else np.full(len(df), np.nan)
     r_cl = np.where(np.isfinite(n), _fcc_radius_A(np.clip(np.nan_to_num(n), 0, None)),
@@ -2097,7 +2098,7 @@ def detect_clusters(
         used; 1 for a cluster found on the host-free map alone, module notes step 3c),
         ``host_ratio`` the host counts under the count's aperture per count of the cluster
         (the background map summed over the aperture; :func:`_host_ratio`: on degrading
-        KMC crystals 0.93 of the counts at ≤ 0.1 lie within 15 %, 0.4–0.6 above 0.3; an
+        KMC crystals 0.92–0.93 of the counts at ≤ 0.1 lie within 15 %, 0.37–0.59 above 0.3; an
         intact crystal under a cluster reads 2–4 and its count holds), ``host_ok`` False where the host model cannot support the count (a crystal
         smaller than the background element next to the cluster, or host lattice in the
         segment without a host reference in the frame; such counts are often too high).
