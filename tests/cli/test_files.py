@@ -167,3 +167,22 @@ def test_info_shows_a_holder_log_and_a_table(tmp_path, capsys):
     assert main(["info", str(tmp_path / "t.parquet")]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "table" in out and "rows │ 2" in out and "x_A, n_atoms" in out
+
+
+def test_info_shows_the_detector_gain_or_that_it_is_not_recorded(tmp_path, capsys):
+    """`info` showed neither gain nor offset, though --normalize and every Pb⁰ count use
+    them (assumed 1 and 0 when absent)."""
+    import numpy as np
+
+    import perovstem as ps
+    from perovstem.cli.main import main
+    from perovstem.io import save_image
+
+    with_gain = tmp_path / "g.npz"
+    save_image(ps.Image(np.ones((8, 8)), 0.5, metadata={"gain": 4.0, "offset": 100.0}), with_gain)
+    bare = tmp_path / "b.npz"
+    save_image(ps.Image(np.ones((8, 8)), 0.5), bare)
+    assert main(["info", str(with_gain)]) == 0
+    assert "gain 4 counts/e⁻, offset 100 counts" in capsys.readouterr().out
+    assert main(["info", str(bare)]) == 0
+    assert "not recorded (assumed 1, offset 0)" in capsys.readouterr().out

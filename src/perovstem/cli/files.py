@@ -118,6 +118,16 @@ def describe(obj) -> list[tuple[str, str]]:
     for key, label in (("high_tension_kV", "high tension"), ("magnification", "magnification")):
         if key in md:
             rows.append((label, f"{md[key]:.6g}" + (" kV" if key == "high_tension_kV" else "")))
+    # the detector's gain and offset set every normalised cross-section and Pb⁰ count; a
+    # file without them is said, as the commands assume 1 and 0
+    det = [
+        f"{name} {float(md[name]):.4g}" + (" counts/e⁻" if name == "gain" else " counts")
+        for name in ("gain", "offset")
+        if md.get(name) is not None
+    ]
+    if md.get("counts_per_electron") is not None:
+        det.append(f"SerialEM CountsPerElectron {float(md['counts_per_electron']):.4g}")
+    rows.append(("detector gain", ", ".join(det) if det else "not recorded (assumed 1, offset 0)"))
     return rows
 
 
