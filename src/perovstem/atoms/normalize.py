@@ -82,7 +82,8 @@ def normalize_image(
     o = float(offset if offset is not None else image.metadata.get("offset", 0.0))
     if not np.isfinite(g) or g <= 0:
         raise ParameterError(f"`gain` must be > 0 counts per electron, got {g!r}")
-    top = float(np.nanmax(np.asarray(image.data, dtype=float))) - o
+    counts = np.asarray(image.data, dtype=float)
+    top = float(np.nanmax(counts)) - o
     if not top > 0:
         # an inverted image (negated counts, or a bright-field one) was fitted with its
         # darkest columns taken for the brightest and "70 % of pixels saturated"
@@ -90,9 +91,9 @@ def normalize_image(
             f"the image holds no counts above the offset ({o:.4g}): its largest value is "
             f"{top + o:.4g}; an inverted (negated or bright-field) image, or a wrong offset"
         )
-    _warn_offset_above_vacuum(image, o, "normalize_image")
+    _warn_offset_above_vacuum(counts, o, "normalize_image")
     scale = g * dose * image.pixel_size_A**2
-    data = (np.asarray(image.data, dtype=float) - o) / scale
+    data = (counts - o) / scale
     meta = dict(image.metadata)
     meta.update(
         normalized=True,
@@ -119,7 +120,9 @@ def poisson_variance_model(image: Image) -> tuple[float, float, str]:
     _warn_assumed_detector(
         image, None, None, "the Poisson variance model", "the weights and error bars are"
     )
-    _warn_offset_above_vacuum(image, float(meta.get("offset", 0.0)), "the Poisson variance model")
+    _warn_offset_above_vacuum(
+        image.data, float(meta.get("offset", 0.0)), "the Poisson variance model"
+    )
     return float(meta.get("gain", 1.0)), float(meta.get("offset", 0.0)), "counts"
 
 
@@ -129,7 +132,7 @@ _DARK_SHARE = 0.10
 _DARK_MARGIN = 3.0
 
 
-def _warn_offset_above_vacuum(image: Image, offset: float, what: str) -> None:
+def _warn_offset_above_vacuum(counts: Any, offset: float, what: str) -> None:
     """Warn when ``offset`` lies above the image's darkest region by more than its noise.
 
     Counts below the offset are negative electron numbers: with the offset 50 counts above
@@ -141,7 +144,7 @@ def _warn_offset_above_vacuum(image: Image, offset: float, what: str) -> None:
     """
     from scipy import ndimage
 
-    a = np.asarray(image.data, dtype=float)
+    a = np.asarray(counts, dtype=float)
     if a.ndim != 2 or min(a.shape) < 8 or not np.isfinite(offset) or not np.isfinite(a).all():
         return
     smooth = ndimage.uniform_filter(a, 5, mode="nearest")

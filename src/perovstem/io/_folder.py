@@ -81,7 +81,7 @@ def _frame_files(path: Path) -> tuple[list[Path], str]:
 
 
 # companions a frame folder may hold beside its images (not frames in another format)
-_TEXT_SUFFIXES = {".txt", ".json", ".xml", ".log", ".csv", ".md", ".ini", ".yaml", ".yml"}
+_COMPANION_SUFFIXES = {".txt", ".json", ".xml", ".log", ".csv", ".md", ".ini", ".yaml", ".yml"}
 
 
 def _stem_pattern(name: str) -> str:
@@ -100,7 +100,7 @@ def _warn_unread_frames(path: Path, files: list[Path]) -> None:
             if f.is_file()
             and not f.name.startswith(".")
             and f not in files
-            and f.suffix.lower() not in _SIDE_FILES | _TEXT_SUFFIXES
+            and f.suffix.lower() not in _SIDE_FILES | _COMPANION_SUFFIXES
             and _stem_pattern(f.name) in patterns
         ),
         key=lambda f: _natural_key(f.name),

@@ -1308,9 +1308,7 @@ def _read_npz(path: Path) -> dict[str, Any]:
         meta = json.loads(str(files["perovstem_meta"]))
         rec = {
             "data": files["data"],
-            "pixel_size_A": meta["pixel_size_A"]
-            if "pixel_size_A" in meta
-            else meta["voxel_size_A"],
+            "pixel_size_A": _meta_pixel_A(meta),
             "metadata": meta.get("metadata", {}),
         }
         for k in (
@@ -1401,11 +1399,15 @@ def _read_zarr(path: Path, *, lazy: bool) -> dict[str, Any]:
     return _record_from_meta(data, meta)
 
 
+def _meta_pixel_A(meta: dict[str, Any]) -> Any:
+    """The pixel size of perovstem's JSON metadata; a volume (``save_volume``) records its
+    voxel edge instead and is read as a stack of that pixel size."""
+    return meta["pixel_size_A"] if "pixel_size_A" in meta else meta["voxel_size_A"]
+
+
 def _record_from_meta(data: Any, meta: dict[str, Any]) -> dict[str, Any]:
     """A load record from the JSON metadata that perovstem writes into zarr/tif files."""
-    # a volume (save_volume) records its voxel edge: read as a stack of that pixel size
-    px = meta["pixel_size_A"] if "pixel_size_A" in meta else meta["voxel_size_A"]
-    rec = {"data": data, "pixel_size_A": px, "metadata": meta.get("metadata", {})}
+    rec = {"data": data, "pixel_size_A": _meta_pixel_A(meta), "metadata": meta.get("metadata", {})}
     for k in (
         "angles_deg",
         "time_s",

@@ -442,15 +442,14 @@ def _hop_rate_caveat(r: dict[str, float], opts: dict[str, Any]) -> str:
     bound.  (The localisation error estimated from the MSD's intercept is no referee for
     the opposite bound: on the demo's 280 K series it claimed 1.7 Å and a rate
     consistent with 0, a series whose rate enters the demo's validated Ea.)"""
-    out = []
     long = float(r.get("frac_long_steps", np.nan))
-    if np.isfinite(long) and long >= HOP_CENSORED_FRACTION and opts.get("max_step_A"):
-        out.append(
-            f"{HOP_LOWER_BOUND}: {long:.0%} of the steps go beyond half the tracking link "
-            f"({float(opts['max_step_A']) / 2:g} Å), so faster hops are not linked (shorter "
-            "frames needed)"
-        )
-    return "; ".join(out)
+    if not (np.isfinite(long) and long >= HOP_CENSORED_FRACTION and opts.get("max_step_A")):
+        return ""
+    return (
+        f"{HOP_LOWER_BOUND}: {long:.0%} of the steps go beyond half the tracking link "
+        f"({float(opts['max_step_A']) / 2:g} Å), so faster hops are not linked (shorter "
+        "frames needed)"
+    )
 
 
 def mechanism_summary(
