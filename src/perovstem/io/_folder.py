@@ -9,9 +9,11 @@ file is read when its frame is computed, so a long recording needs the memory of
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import numpy as np
 
 from perovstem._data import Image, Series
 from perovstem.errors import CalibrationError, DataError, FileFormatError, ParameterError
-from perovstem.io.read import SUPPORTED_SUFFIXES, _natural_key
+from perovstem.io.read import SUPPORTED_SUFFIXES, _natural_key, quiet_pixel_replacement
 
 # one level of a Gatan In-Situ dataset (GMS 3): Hour_00/Minute_01/Second_02
 _GMS_LEVEL = re.compile(r"^(hour|minute|second)_(\d+)$", re.IGNORECASE)
@@ -231,18 +233,12 @@ def load_folder(
     eager = None
     replaced: set[float] = set()
     for k, f in enumerate(files):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        # a given pixel size replacing each frame's calibration is said once for the folder
+        # below, not once per frame (a thousand lines)
+        with _quiet_replacement():
             img = load(f, pixel_size=pixel_size, signal=signal, lazy=lazy)
-        for w in caught:
-            # a given pixel size replacing each frame's calibration: said once for the
-            # folder below, not once per frame (a thousand lines)
-            if img.metadata.get("pixel_size_file_A") is not None and "replaces the file's" in str(
-                w.message
-            ):
-                replaced.add(float(img.metadata["pixel_size_file_A"]))
-                continue
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if img.metadata.get("pixel_size_file_A") is not None:
+            replaced.add(float(img.metadata["pixel_size_file_A"]))
         if not isinstance(img, Image):
             raise DataError(
                 f"{str(path)!r}: a folder read as a series needs one image per file; "
@@ -401,10 +397,19 @@ def _times(
 def _read_frame(f: Path, dtype: np.dtype, pixel_size: float | None, signal: str | None) -> Any:
     from perovstem.io.read import load
 
-    with warnings.catch_warnings():
-        # the folder said once that the given pixel size replaces the frames' own
-        warnings.filterwarnings("ignore", message=".*pixel size given.*replaces the file's")
+    # the folder said once that the given pixel size replaces the frames' own
+    with _quiet_replacement():
         return np.asarray(load(f, pixel_size=pixel_size, signal=signal).data, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _quiet_replacement() -> Iterator[None]:
+    """Within: `load` records a replaced pixel size without warning (this thread only)."""
+    token = quiet_pixel_replacement.set(True)
+    try:
+        yield
+    finally:
+        quiet_pixel_replacement.reset(token)
 
 
 def _lazy_stack(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import json
 import os
@@ -46,6 +47,13 @@ E_CHARGE = 1.602176634e-19  # C
 # Pixel sizes a file may claim: 1 pm (below any STEM sampling) to 1 mm (survey images, as
 # for the pixel_size= parameter); outside is a unit mistake in the file.
 _FILE_PIXEL_A = (1e-2, 1e7)
+# set by a folder read, which says once for the whole folder that the given pixel size
+# replaces the frames' own; a context variable, not a warnings filter, because dask reads
+# lazy frames in threads and warnings filters are process-wide (a thread restoring them let
+# another thread's frame warning through)
+quiet_pixel_replacement: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "quiet_pixel_replacement", default=False
+)
 
 
 # what a file's first bytes say it is: (family, suffixes of that family)
@@ -322,12 +330,13 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
             and abs(px - px_file) > 1e-3 * px_file
         ):
             # meant for a file without a calibration: replacing one is said (it was not)
-            warnings.warn(
-                f"{str(path)!r}: the pixel size given ({px:.6g} Å) replaces the file's "
-                f"({px_file:.6g} Å)",
-                UserWarning,
-                stacklevel=3,
-            )
+            if not quiet_pixel_replacement.get():
+                warnings.warn(
+                    f"{str(path)!r}: the pixel size given ({px:.6g} Å) replaces the file's "
+                    f"({px_file:.6g} Å)",
+                    UserWarning,
+                    stacklevel=3,
+                )
             md["pixel_size_file_A"] = px_file
     elif rec.get("pixel_size_A") is not None:
         try:
