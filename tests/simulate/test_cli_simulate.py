@@ -108,3 +108,19 @@ def test_simulate_tilt_small_crystal_places_its_inclusions(tmp_path, capsys):
     assert out.exists()
     truth = json.loads((tmp_path / "t_truth.json").read_text())
     assert truth["inclusion_volume_A3"] > 4 / 3 * np.pi * 6.0**3  # two of radius >= 6 Å
+
+
+def test_simulate_image_field_smaller_than_the_crystal_is_said(tmp_path, capsys):
+    """`--size-px 100` of an 80 Å crystal at 0.25 Å/px wrote a 25 Å field of it without a
+    word; the note gives the columns shown of the crystal's, and the table holds those."""
+    from perovstem.io import read_table
+
+    args = ["simulate", "image", "--edge-A", "30", "--seed", "1", "--no-noise"]
+    assert main([*args, "--out", str(tmp_path / "full.tif")]) == 0
+    assert "note:" not in capsys.readouterr().out
+    n_full = len(read_table(tmp_path / "full_truth.parquet"))
+    assert main([*args, "--out", str(tmp_path / "part.tif"), "--size-px", "60"]) == 0
+    out = capsys.readouterr().out
+    n_part = len(read_table(tmp_path / "part_truth.parquet"))
+    assert 0 < n_part < n_full
+    assert f"shows {n_part} of {n_full} columns of the 30 Å crystal" in out

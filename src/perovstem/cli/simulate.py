@@ -161,4 +161,12 @@ def image(
     save_image(img, out, overwrite=overwrite)
     save_table(table, truth_path)
     typer.echo(f"image: {out} ({img.shape[0]}x{img.shape[1]} px, {len(table)} columns)")
+    if table.attrs.get("n_columns_outside_field", 0):
+        field = img.shape[1] * pixel_size_A
+        typer.echo(
+            f"note: the {field:.1f} Å field shows {len(table)} of "
+            f"{len(table) + table.attrs['n_columns_outside_field']} columns of the "
+            f"{edge_A:g} Å crystal (the truth table holds those in the field; leave out "
+            "--size-px to fit the crystal)"
+        )
     typer.echo(f"truth: {truth_path}")

@@ -440,6 +440,8 @@ def haadf_image(
             "units": {"x_A": "Å", "y_A": "Å", "scs_A2": "Å²"},
             "n_atoms": "cations (Pb+Cd+Cs) per column, Br atoms for Br-only columns; "
             "unit cells for [001] Pb–Br columns",
+            # a field smaller than the structure: the table holds the columns in the field
+            "n_columns_outside_field": int((~inside).sum()),
         }
     )
     return image, truth
