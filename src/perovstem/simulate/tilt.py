@@ -23,6 +23,7 @@ of a truth volume sits at ``z = (k − (nz−1)/2)·dx``, ``y = (i − (ny−1)/
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -793,7 +794,8 @@ def tilt_series(
         ``acquisition_order`` and ``missing_wedge_deg``.
     truth : dict
         ``shifts_px`` (A, 2), ``tilt_axis_deg``, ``axis_offset_px``, ``acquisition_order``,
-        ``integral`` (∫ density dV), optionally ``volume``; for an analytic phantom also
+        ``integral`` (∫ density dV), ``fraction_outside_field`` (A,: the projected mass
+        outside the field, warned about above 1 %), optionally ``volume``; for an analytic phantom also
         ``facets`` DataFrame, ``volume_A3`` (occupied), ``host_volume_A3``, ``surface_A2``,
         ``inclusion_volume_A3``.
     """
@@ -904,6 +906,25 @@ def tilt_series(
         line = _project_volume(vox_obj, vsize, xs, us, th)
         tr = {"integral": float(vox_obj.sum() * vsize**3)}
     line = line.reshape(na, m, supersample, nn, supersample).mean(axis=(2, 4))
+    # an object partly outside the field (a large crystal, an axis offset, drift) is cut in
+    # some projections: its projected mass there falls short of ∫ density dV
+    outside = np.zeros(na)
+    if tr["integral"] > 0:
+        outside = np.clip(
+            1.0 - line.sum(axis=(1, 2)) * float(pixel_size_A) ** 2 / tr["integral"], 0.0, 1.0
+        )
+    cut = outside > 0.01
+    if cut.any():
+        worst = int(np.argmax(outside))
+        warnings.warn(
+            f"tilt_series: the object leaves the field of view in {int(cut.sum())} of {na} "
+            f"projections (up to {100 * outside[worst]:.0f} % of its projected mass outside, "
+            f"at {ang[worst]:g}°; field {m}×{nn} px of {float(pixel_size_A):g} Å, axis offset "
+            f"{float(axis_offset_px):g} px, shifts up to {float(np.abs(sh).max(initial=0.0)):.3g} "
+            "px): those projections are truncated; enlarge `shape` or `pixel_size_A`",
+            UserWarning,
+            stacklevel=2,
+        )
     lam = counts_per_A * line + background
     data = shot_noise(lam, gen).astype(np.float32) if noise else lam.astype(np.float32)
     truth: dict[str, Any] = {
@@ -913,6 +934,7 @@ def tilt_series(
         "counts_per_A": float(counts_per_A),
         "background": float(background),
         "acquisition_order": order.copy(),
+        "fraction_outside_field": outside,
         **tr,
     }
     if truth_volume:
