@@ -233,3 +233,37 @@ def test_velox_probe_and_detector_angles_are_read(tmp_path, capsys):
     assert "probe semi-angle │ 24.5 mrad" in out and "detector │ 50–180 mrad" in out
     _velox(p := tmp_path / "bare.emd", [("HAADF", np.ones((16, 16), np.uint16), 2e-11)])
     assert "detector_mrad" not in ps.load(p).metadata
+
+
+def test_side_file_angles_replacing_the_headers_are_said(tmp_path):
+    """A .rawtlt beside an FEI-header stack replaced the header's angles silently, also in
+    radians or from another series; a side file that agrees with the header is not warned
+    about, and the angles' source is the file that gave them (the .mdoc overrode a .rawtlt
+    while `angles_source` still named the .rawtlt)."""
+    import warnings
+
+    import perovstem as ps
+    from perovstem.io import load, save_image
+
+    ang = np.array([-40.0, -20.0, 0.0, 20.0, 40.0])
+    p = tmp_path / "a.mrc"
+    save_image(ps.TiltSeries(np.ones((5, 16, 16), np.float32), ang, 2.0), p)
+    side = tmp_path / "a.rawtlt"
+    side.write_text("\n".join(f"{a:.2f}" for a in ang))  # the same, rounded
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.allclose(load(p).angles_deg, ang)
+    side.write_text("\n".join(f"{a:g}" for a in np.deg2rad(ang)))
+    with pytest.warns(UserWarning, match=r"a\.rawtlt'?: its tilt angles replace those of the "):
+        t = load(p)
+    assert np.allclose(t.angles_deg, np.deg2rad(ang)) and t.metadata["angles_source"] == str(side)
+    # a SerialEM .mdoc beside it overrides the .rawtlt, and says so where they differ
+    side.write_text("\n".join(f"{a:g}" for a in ang))
+    mdoc = tmp_path / "a.mrc.mdoc"
+    mdoc.write_text(
+        "PixelSpacing = 2\n\n"
+        + "".join(f"[ZValue = {k}]\nTiltAngle = {a + 5:g}\n\n" for k, a in enumerate(ang))
+    )
+    with pytest.warns(UserWarning, match=r"mdoc'?: its tilt angles replace those of .*a\.rawtlt"):
+        t = load(p)
+    assert np.allclose(t.angles_deg, ang + 5) and t.metadata["angles_source"] == str(mdoc)

@@ -42,6 +42,9 @@ _RELATIVE_CLOCK_MAX_DAYS = 3653.0
 _FEI_APPLICATION = b"perovstem"
 # Angles spanning less than this are a stage tilt held still: a frame series, not a tilt series.
 _MIN_TILT_SPAN_DEG = 0.5
+# a side file whose angles differ more from the header's is said (files write 0.01°; IMOD's
+# refined .tlt differs by tenths)
+_ANGLES_AGREE_DEG = 0.1
 
 
 def read_fei_extended_header(ext: np.ndarray, n_images: int) -> dict[str, np.ndarray] | None:
@@ -356,8 +359,7 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
                 raise FileFormatError(
                     f"{str(side)!r}: {ang.size} tilt angles for {arr.shape[0]} images in {str(path)!r}"
                 )
-            out["angles_deg"] = ang
-            md["angles_source"] = str(side)
+            _take_angles(out, md, ang, str(side))
             break
     for mdoc_path in (Path(str(path) + ".mdoc"), path.with_suffix(".mdoc")):
         if mdoc_path.is_file():
@@ -381,7 +383,7 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
             if secs and all("TiltAngle" in s for s in secs):
                 ang = np.array([float(s["TiltAngle"]) for s in secs])
                 if np.ptp(ang) > _MIN_TILT_SPAN_DEG:
-                    out["angles_deg"] = ang
+                    _take_angles(out, md, ang, str(mdoc_path))
                 elif out.get("angles_deg") is None:
                     _note_flat_angles(md, repr(str(mdoc_path)), ang)
             if secs:
@@ -406,6 +408,29 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
                     )
             break
     return out
+
+
+def _take_angles(out: dict[str, Any], md: dict[str, Any], ang: np.ndarray, source: str) -> None:
+    """Angles of a side file replace those read so far; a disagreement is said.
+
+    A .rawtlt beside an FEI stack replaced the header's angles without a word, also when
+    the two differed by degrees (another series' file) or by units (radians)."""
+    before = out.get("angles_deg")
+    if before is not None:
+        diff = np.abs(np.asarray(ang, float) - np.asarray(before, float))
+        k = int(np.argmax(diff))
+        if diff[k] > _ANGLES_AGREE_DEG:
+            was = md.get("angles_source", "the file's header")
+            warnings.warn(
+                f"{source!r}: its tilt angles replace those of {was} ({before[k]:g}° → "
+                f"{ang[k]:g}° at image {k}, {int(np.sum(diff > _ANGLES_AGREE_DEG))} of "
+                f"{diff.size} differ by more than {_ANGLES_AGREE_DEG:g}°); move it away to use "
+                "the others",
+                UserWarning,
+                stacklevel=4,
+            )
+    out["angles_deg"] = ang
+    md["angles_source"] = source
 
 
 def _de_info_file(path: Path) -> Path | None:
