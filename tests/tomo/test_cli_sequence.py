@@ -201,3 +201,21 @@ def test_cli_sequence_align_undoes_drift_with_one_tilt_axis(
     err_al = np.abs(al.frac_100.to_numpy() - truth.frac_100.to_numpy())
     assert np.all(err_al < err_raw)
     assert al.rotation_deg.iloc[-1] < raw.rotation_deg.iloc[-1]
+
+
+def test_frame_series_at_one_tilt_is_named_not_angle_less(tmp_path, capsys):
+    """A SerialEM stack whose .mdoc holds angles all ≈ 0 (frames at one stage tilt) was
+    refused with "no tilt angles found"; the refusal now says what was found."""
+    import mrcfile
+
+    p = tmp_path / "flat.mrc"
+    with mrcfile.new(p) as m:
+        m.set_data(np.ones((4, 16, 16), np.float32))
+        m.voxel_size = 2.0
+    (tmp_path / "flat.mrc.mdoc").write_text(
+        "PixelSpacing = 2\n\n"
+        + "".join(f"[ZValue = {k}]\nTiltAngle = {0.01 * k:g}\n\n" for k in range(4))
+    )
+    assert main(["tomo", "reconstruct", str(p), "-o", str(tmp_path / "v.mrc")]) == 2
+    err = capsys.readouterr().err
+    assert "holds 4 tilt angle(s), all within 0.5°" in err and "no tilt angles found" not in err

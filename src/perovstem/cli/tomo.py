@@ -64,9 +64,12 @@ def _load_tilt(
         hint = ""
         if volume_option and getattr(obj, "data", None) is not None and obj.data.ndim == 3:
             hint = f"; a reconstructed volume? give {volume_option}"
+        found = "no tilt angles found"
+        dropped = (getattr(obj, "metadata", None) or {}).get("dropped_tilt_angles")
+        if dropped:  # e.g. a SerialEM frame series at one stage tilt (angles ≈ 0)
+            found = dropped
         raise ParameterError(
-            f"{str(path)!r} is not a tilt series (no tilt angles found; add a .rawtlt side "
-            f"file{hint})"
+            f"{str(path)!r} is not a tilt series ({found}; add a .rawtlt side file{hint})"
         )
     import numpy as np
 
