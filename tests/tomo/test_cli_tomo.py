@@ -370,3 +370,18 @@ def test_align_refuses_too_few_directions_and_radians_are_said(tmp_path, capsys)
     argv = ["tomo", "align", str(rad), "-o", str(tmp_path / "b.npz"), "--matching-iter", "0"]
     assert main([*argv, "--tilt-axis", "0"]) == 0
     assert "radians? perovstem reads tilt angles in degrees" in capsys.readouterr().err
+
+
+def test_facets_of_a_crystal_too_small_for_its_noise_say_so(tmp_path, capsys):
+    """A crystal 7 voxels across has no interior 3 voxels from its surface: its noise is not
+    measurable, and the line said "from the volume's relative noise nan"."""
+    from perovstem.io import save_volume
+
+    v = np.zeros((32, 32, 32), np.float32)
+    v[12:19, 12:19, 12:19] = 1.0
+    vol = tmp_path / "small.mrc"
+    save_volume(v, vol, voxel_size_A=2.0)
+    out = tmp_path / "f.csv"
+    assert main(["tomo", "facets", str(vol), "--volume", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "noise could not be measured" in said and "nan" not in said

@@ -440,10 +440,15 @@ def facets_cmd(
     else:
         parts = ", ".join(f"{r.family}: {100 * r.fraction:.1f}%" for r in df.itertuples())
     typer.echo(f"{parts}; volume {m.volume_A3:.4g} Å³, surface {m.area_A2:.4g} Å² → {out}")
-    typer.echo(
-        f"mesh smoothing σ = {sigma_px:.2f} voxels"
-        + (f" (from the volume's relative noise {data_noise:.3g})" if sigma_auto else "")
-    )
+    how = ""
+    if sigma_auto and np.isfinite(data_noise):
+        how = f" (from the volume's relative noise {data_noise:.3g})"
+    elif sigma_auto:  # "relative noise nan" for a crystal a few voxels across
+        how = (
+            " (the volume's noise could not be measured: no crystal interior 3 voxels from its "
+            "surface; give --sigma-px to choose the smoothing)"
+        )
+    typer.echo(f"mesh smoothing σ = {sigma_px:.2f} voxels{how}")
     if warn_noise:
         typer.echo(warn_noise)
 
