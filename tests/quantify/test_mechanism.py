@@ -93,7 +93,8 @@ def test_summary_lines_name_the_condition_of_each_row():
     rl = summary_lines(rs)
     assert len(rl) < len(rs)
     assert any(
-        ln.startswith("[300 K; 310 K; 320 K; ... (9 conditions)] not fitted") for ln in rl
+        ln.startswith("[300 K; 310 K; 320 K; ... (9 conditions)] nucleation: not fitted")
+        for ln in rl
     ), rl
     assert summary_lines(pd.DataFrame()) == []
 
@@ -333,5 +334,51 @@ def test_mobility_not_fitted_says_frames_left_out_for_drift():
          "n_atoms": 30.0}
     )  # fmt: skip
     row, _ = _mobility_row([("a", frames, tracks)], 0.95, {})
-    assert row["text"].startswith("not fitted: no track has two consecutive frames")
+    assert row["text"].startswith("mobility: not fitted: no track has two consecutive frames")
     assert "(4 of 5 frames are left out for an unreliable drift)" in row["text"], row["text"]
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_series_too_short_for_a_process_says_so(n):
+    """A 2-frame series' summary held a bare "not fitted: ..." nucleation line (which
+    process?) and no mass-loss or growth row at all: each process now says it was not
+    fitted and why; a series long enough fits them."""
+    d = np.arange(1, n + 1) * 1e3
+    g = pd.DataFrame(
+        {
+            "frame": np.arange(n),
+            "cumulative_dose_e_per_A2": d,
+            "dose_rate_e_per_A2_s": 1e3,
+            "temperature_K": 300.0,
+            "integrated_counts": 1e6 * np.exp(-d / 3e4),
+            "mean_radius_A": 3.0 + 0.1 * np.arange(n),
+            "cumulative_births": np.minimum(np.arange(n), 2),
+        }
+    )
+    s = mechanism_summary(g)
+    text = dict(zip(s["process"], s["text"], strict=True))
+    assert text["mass_loss"] == (
+        f"mass_loss: not fitted: {n} frames with the crystal's integrated counts; its "
+        "models need at least 5"
+    )
+    assert text["growth"].startswith(f"growth: not fitted: {n} frames with a mean cluster")
+    assert text["nucleation"].startswith(
+        f"nucleation: not fitted: {min(n - 1, 2)} cluster birth(s)"
+    )
+    assert s["value"].isna().all()
+    longer = mechanism_summary(
+        pd.DataFrame(
+            {
+                "frame": np.arange(8),
+                "cumulative_dose_e_per_A2": np.arange(1, 9) * 1e3,
+                "dose_rate_e_per_A2_s": 1e3,
+                "temperature_K": 300.0,
+                "integrated_counts": 1e6 * np.exp(-np.arange(1, 9) * 1e3 / 3e4),
+                "mean_radius_A": 3.0 + 0.1 * np.arange(8),
+            }
+        )
+    )
+    fitted = longer.set_index("process")
+    assert np.isfinite(fitted.loc["mass_loss", "value"]) and np.isfinite(
+        fitted.loc["growth", "value"]
+    )

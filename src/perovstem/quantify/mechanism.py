@@ -108,10 +108,12 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
     br_img = _br_image_row(g, level)
     if br_img is not None:
         rows.append(br_img)
-    elif "n_Br" in g and g["n_Br"].notna().sum() >= 5:
+    elif "n_Br" in g and g["n_Br"].notna().sum() >= _MIN_KINETIC_FRAMES:
         specs.append(("br_loss", "n_Br", "br_loss", dict(likelihood="poisson", cumulative=True)))
-    elif "integrated_counts" in g and g["integrated_counts"].notna().sum() >= 5:
+    elif "integrated_counts" in g and g["integrated_counts"].notna().sum() >= _MIN_KINETIC_FRAMES:
         specs.append(("mass_loss", "integrated_counts", "br_loss", {}))
+    else:
+        rows += _too_short("mass_loss", "integrated_counts", g, "the crystal's integrated counts")
     nuc_tpl = _nucleation_template_row(g, level)
     if nuc_tpl is not None:
         rows.append(nuc_tpl)
@@ -124,8 +126,19 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
                 dict(likelihood="poisson", cumulative=True),
             )
         )
-    if "mean_radius_A" in g and g["mean_radius_A"].notna().sum() >= 5:
+    elif "cumulative_births" in g and g["cumulative_births"].notna().sum() >= 2:
+        n_b = int(g["cumulative_births"].max())
+        rows.append(
+            _not_fitted(
+                "nucleation",
+                "cumulative_births",
+                PerovstemError(f"{n_b} cluster birth(s) tracked; its models need at least 3"),
+            )
+        )
+    if "mean_radius_A" in g and g["mean_radius_A"].notna().sum() >= _MIN_KINETIC_FRAMES:
         specs.append(("growth", "mean_radius_A", "growth", {}))
+    else:
+        rows += _too_short("growth", "mean_radius_A", g, "a mean cluster radius")
     if "n_clusters" in g and g["n_clusters"].max() >= 3:
         k0 = int(np.argmax(g["n_clusters"].to_numpy()))
         if len(g) - k0 >= 5:
@@ -199,9 +212,28 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
 _BR_IMAGE = ("n_Br_lost_image", "n_Br_exposed_image", "n_Br_bulk_image")
 
 
+#: frames a dose course needs before its kinetic models are fitted (mass loss, growth,
+#: coalescence from the cluster-number maximum)
+_MIN_KINETIC_FRAMES = 5
+
+
+def _too_short(process: str, col: str, g: pd.DataFrame, what: str) -> list[dict[str, Any]]:
+    """A "not fitted" row for a series too short for ``process`` (2 to 4 frames with
+    ``col``): a 2-frame series left out mass loss and growth without a word.  Fewer than 2
+    (e.g. one condition per frame of a temperature ramp, fitted across conditions) say
+    nothing: their grouping is the reason."""
+    n = int(g[col].notna().sum()) if col in g else 0
+    if not 2 <= n < _MIN_KINETIC_FRAMES:
+        return []
+    exc = PerovstemError(f"{n} frames with {what}; its models need at least {_MIN_KINETIC_FRAMES}")
+    return [_not_fitted(process, col, exc)]
+
+
 def _not_fitted(process: str, observable: str, exc: Exception) -> dict[str, Any]:
     """A row saying why a process could not be fitted."""
-    return {"process": process, "observable": observable, "text": f"not fitted: {exc}"}
+    # named like the fitted rows ("growth: ..."): a bare "not fitted: ..." line did not say
+    # which process
+    return {"process": process, "observable": observable, "text": f"{process}: not fitted: {exc}"}
 
 
 def _br_image_fit(g: pd.DataFrame, level: float) -> tuple[Any, float, float, int] | None:
