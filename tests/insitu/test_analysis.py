@@ -887,3 +887,19 @@ def test_hop_rate_from_strict_mobility_tracks(sim_series, analysed0):
     assert row["n_points"].iloc[0] == r["n_steps"]
     with pytest.raises(ParameterError, match="hop_tracks"):
         analyze_series(sim_series[0][0], hop_tracks="loose")
+
+
+def test_pb0_counted_mostly_over_host_is_noted():
+    """A 2-frame KMC series read 149 ± 25 Pb⁰ atoms for 82, every count over 2-9× more host
+    than cluster (host_ratio), without a word; a series whose counts are mostly clear of
+    the host (the demo's: 6-53 % of the atoms over host_ratio > 1) gets no note."""
+    import pandas as pd
+
+    from perovstem.insitu.analysis import HOST_HEAVY_SHARE, _host_heavy_note
+
+    det = pd.DataFrame({"n_atoms": [30.0, 20.0, 10.0, np.nan], "host_ratio": [4.0, 2.0, 0.05, 9.0]})
+    note = _host_heavy_note(det)  # 50 of 60 atoms: 83 %
+    assert note is not None and note.startswith("83% of the counted Pb⁰ atoms (2 of 3 counts)")
+    det.loc[0, "host_ratio"] = 0.5  # 20 of 60: 33 %
+    assert 20 / 60 < HOST_HEAVY_SHARE and _host_heavy_note(det) is None
+    assert _host_heavy_note(det.drop(columns="host_ratio")) is None
