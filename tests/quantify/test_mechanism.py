@@ -281,8 +281,25 @@ def test_parameters_per_frame_are_not_labelled_per_dose():
     assert not fitted["param"].str.contains("e_per_A2").any()
     assert not fitted["text"].str.contains("e_per_A2").any()
     mass = s[s.process == "mass_loss"].iloc[0]
-    assert mass["param"] == "rate_per_frame"
-    assert mass["ci_low"] < 40.0 < mass["ci_high"]  # counts lost per frame
+    assert mass["param"] == "fraction_lost_per_frame"
+    assert mass["ci_low"] < 40.0 / 1e5 < mass["ci_high"]  # of the counts, lost per frame
+
+
+def test_linear_mass_loss_rate_does_not_depend_on_the_gain():
+    """The zero-order mass-loss rate was given in detector counts per e⁻/Å² (a gain of 7
+    read 7x the rate); it is a fraction of the crystal's starting intensity per e⁻/Å²."""
+    rng = np.random.default_rng(5)
+    f = _frames(rng, 1e3, 300.0, 5e-3, 3e4).drop(columns="n_Br")
+    f["integrated_counts"] = 1e5 - 0.5 * f["cumulative_dose_e_per_A2"] + rng.normal(0, 30, len(f))
+    rows = []
+    for gain in (1.0, 7.0):
+        g = f.assign(integrated_counts=gain * f["integrated_counts"])
+        m = mechanism_summary(g, ci="wald").query("process == 'mass_loss'").iloc[0]
+        assert m["selected_model"] == "br_linear" and m["param"] == "fraction_lost_per_e_per_A2"
+        rows.append(m)
+    assert rows[1]["value"] == pytest.approx(rows[0]["value"], rel=1e-6)
+    assert rows[0]["ci_low"] < 0.5 / 1e5 < rows[0]["ci_high"]
+    assert "fraction_lost_per_e_per_A2 = 5" in rows[0]["text"]
 
 
 def test_indistinguishable_models_are_said_to_be():

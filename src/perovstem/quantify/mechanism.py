@@ -166,6 +166,14 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
         label = key  # the parameter is per unit of x: per frame when no dose is known
         if x != "cumulative_dose_e_per_A2":
             label = key.replace("e2_per_A4", f"{x}2").replace("e_per_A2", x)
+        value, lo, hi = f.params[key], f.ci_low[key], f.ci_high[key]
+        if process == "mass_loss" and best == "br_linear":
+            # counts per e⁻/Å² scale with the detector gain: given as a fraction of the
+            # crystal's starting intensity N0 (its error is negligible beside the rate's)
+            n0 = float(f.params["N0"])
+            if np.isfinite(n0) and n0 > 0:
+                value, lo, hi = value / n0, lo / n0, hi / n0
+                label = label.replace("rate_per", "fraction_lost_per")
         delta = float(table.loc[1, "delta"]) if len(table) > 1 else np.inf
         mech = table.loc[0, "mechanism"]
         if process == "mass_loss":  # Br-loss model forms fitted to an intensity, not to Br
@@ -180,8 +188,7 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
             chosen = f"{mech} ({best} fitted, not selected)"
         text = (
             f"{process}: {chosen}; "
-            f"{label} = {_fmt(f.params[key])} [{_fmt(f.ci_low[key])}, "
-            f"{_fmt(f.ci_high[key])}] ({int(level * 100)} % CI)"
+            f"{label} = {_fmt(value)} [{_fmt(lo)}, {_fmt(hi)}] ({int(level * 100)} % CI)"
         )
         if delta < 2.0:  # Burnham & Anderson (2002): ΔAICc < 2 is no support for either
             text += f"; not distinguished from {table.loc[1, 'model']} (ΔAICc {delta:.2g} < 2)"
@@ -199,9 +206,9 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
                 "weight": weight,
                 "delta_next": delta,
                 "param": label,
-                "value": f.params[key],
-                "ci_low": f.ci_low[key],
-                "ci_high": f.ci_high[key],
+                "value": value,
+                "ci_low": lo,
+                "ci_high": hi,
                 "n_points": f.n_obs,
                 "text": text,
             }
@@ -521,7 +528,7 @@ def mechanism_summary(
     x : str
         Independent variable (cumulative dose by default).  With another ``x`` (e.g.
         ``"frame"`` when the dose is unknown) the dose units in ``param`` and ``text`` name
-        ``x`` instead (``rate_per_frame``, not ``rate_per_e_per_A2``).
+        ``x`` instead (``fraction_lost_per_frame``, not ``fraction_lost_per_e_per_A2``).
     level : float
         Confidence level.
     ci : {"profile", "bootstrap", "wald"}
