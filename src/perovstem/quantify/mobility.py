@@ -324,6 +324,14 @@ def cluster_hop_rate(
     one = lag == 1
     uniq = np.unique(tid[one])
     idx = {u: np.flatnonzero(tid == u) for u in uniq}
+    # resampled in an order of the tracks' steps, not of their ids: pooled fields' ids
+    # depend on the order the fields come in (renaming a series in `perovstem kinetics`
+    # moved its interval)
+    uniq = np.array(
+        sorted(
+            uniq, key=lambda u: (float(np.sum(d2[idx[u]])), idx[u].size, float(np.sum(c[idx[u]])))
+        )
+    )
     boots = []
     for _ in range(int(n_boot)):
         pick = np.concatenate([idx[u] for u in gen.choice(uniq, uniq.size, replace=True)])
