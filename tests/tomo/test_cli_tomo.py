@@ -385,3 +385,19 @@ def test_facets_of_a_crystal_too_small_for_its_noise_say_so(tmp_path, capsys):
     assert main(["tomo", "facets", str(vol), "--volume", "--out", str(out)]) == 0
     said = capsys.readouterr().out
     assert "noise could not be measured" in said and "nan" not in said
+
+
+def test_uncalibrated_normals_fractions_carry_their_bias_note(tmp_path, capsys):
+    """The normals method's bias was in the help and the docs only; the run that prints
+    the fractions says it (not with the polyhedron method, which needs no calibration)."""
+    from perovstem.io import save_volume
+
+    v = np.zeros((40, 40, 40), np.float32)
+    v[10:30, 10:30, 10:30] = 1.0
+    vol = tmp_path / "cube.mrc"
+    save_volume(v, vol, voxel_size_A=2.0)
+    assert main(["tomo", "facets", str(vol), "--volume", "--out", str(tmp_path / "n.csv")]) == 0
+    assert "note: uncalibrated normals fractions" in capsys.readouterr().out
+    poly = ["--facet-method", "polyhedron", "--out", str(tmp_path / "p.csv")]
+    assert main(["tomo", "facets", str(vol), "--volume", *poly]) == 0
+    assert "uncalibrated normals" not in capsys.readouterr().out
