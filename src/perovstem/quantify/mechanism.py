@@ -141,7 +141,7 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
         rows += _too_short("growth", "mean_radius_A", g, "a mean cluster radius")
     if "n_clusters" in g and g["n_clusters"].max() >= 3:
         k0 = int(np.argmax(g["n_clusters"].to_numpy()))
-        if len(g) - k0 >= 5:
+        if len(g) - k0 >= _MIN_KINETIC_FRAMES:
             specs.append(
                 ("coalescence", "n_clusters", "coalescence", dict(likelihood="poisson", _from=k0))
             )
