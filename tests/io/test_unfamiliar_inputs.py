@@ -267,3 +267,54 @@ def test_side_file_angles_replacing_the_headers_are_said(tmp_path):
     with pytest.warns(UserWarning, match=r"mdoc'?: its tilt angles replace those of .*a\.rawtlt"):
         t = load(p)
     assert np.allclose(t.angles_deg, ang + 5) and t.metadata["angles_source"] == str(mdoc)
+
+
+def test_hyperspy_data_axes_are_read_by_their_values(tmp_path):
+    """HyperSpy non-uniform (data) axes carry their values, no scale: read with scale 1 and
+    offset 0, a 0.02 nm image axis gave 10 Å pixels, tilts of -70…66° read 0…4°, and a
+    non-uniform time axis 0, 1, 2 … s.  A uniform data axis is a scale; a non-uniform image
+    axis and a functional axis are refused."""
+    hs = pytest.importorskip("hyperspy.api")
+    from perovstem.errors import CalibrationError, FileFormatError
+    from perovstem.io import load
+
+    st = np.random.default_rng(0).random((5, 16, 20)).astype("f4")
+
+    def ax(name, **kw):
+        return {"name": name, "units": "nm", "navigate": False, **kw}
+
+    img = hs.signals.Signal2D(
+        st[0], axes=[ax("y", axis=np.arange(16) * 0.02), ax("x", axis=np.arange(20) * 0.02)]
+    )
+    img.save(tmp_path / "xy.hspy")
+    assert load(tmp_path / "xy.hspy").pixel_size_A == pytest.approx(0.2)
+    tilts = np.array([-70.0, -40, -10, 25, 66])
+    nav = {"name": "tilt", "units": "deg", "navigate": True, "axis": tilts}
+    hs.signals.Signal2D(
+        st, axes=[nav, ax("y", size=16, scale=0.02), ax("x", size=20, scale=0.02)]
+    ).save(tmp_path / "tilt.hspy")
+    assert np.allclose(load(tmp_path / "tilt.hspy").angles_deg, tilts)
+    times = np.array([0.0, 0.7, 3.1, 10, 42.5])
+    nav = {"name": "time", "units": "s", "navigate": True, "axis": times}
+    hs.signals.Signal2D(
+        st, axes=[nav, ax("y", size=16, scale=0.02), ax("x", size=20, scale=0.02)]
+    ).save(tmp_path / "time.hspy")
+    assert np.allclose(load(tmp_path / "time.hspy").time_s, times)
+    bad = hs.signals.Signal2D(
+        st[0], axes=[ax("y", axis=np.arange(16) ** 1.5 * 0.02), ax("x", axis=np.arange(20) * 0.02)]
+    )
+    bad.save(tmp_path / "bad.hspy")
+    with pytest.raises(CalibrationError, match="image axis 'y' is not uniform"):
+        load(tmp_path / "bad.hspy")
+    fun = hs.signals.Signal2D(
+        st,
+        axes=[
+            {"name": "time", "units": "s", "navigate": True, "size": 5},
+            ax("y", size=16, scale=0.02),
+            ax("x", size=20, scale=0.02),
+        ],
+    )
+    fun.axes_manager[0].convert_to_functional_data_axis(expression="a*x**2", a=2.0)
+    fun.save(tmp_path / "fun.hspy")
+    with pytest.raises(FileFormatError, match="functional axis"):
+        load(tmp_path / "fun.hspy")

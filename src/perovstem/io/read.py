@@ -563,6 +563,39 @@ def _get(d: dict, *keys: str) -> Any:
     return d
 
 
+def _uniform_axis(path: Path, axis: dict[str, Any]) -> dict[str, Any]:
+    """A RosettaSciIO axis with ``scale`` and ``offset``: a HyperSpy data axis (values in
+    ``axis``, no scale) that is uniform gets them; a non-uniform one keeps its ``values``
+    (a stack axis: times or tilt angles as recorded) or is refused (an image axis); a
+    functional axis is refused.  Read with the defaults 1 and 0, a 0.02 nm data axis gave
+    10 Å pixels and tilts of -70…66° read 0…4°."""
+    name = axis.get("name")
+    if "expression" in axis and "scale" not in axis:
+        raise FileFormatError(
+            f"{str(path)!r}: axis {name!r} is a HyperSpy functional axis "
+            f"({axis['expression']!r}), which perovstem does not evaluate; convert it in "
+            "HyperSpy (axis.convert_to_non_uniform_axis()) and save again"
+        )
+    if "axis" not in axis or "scale" in axis:
+        return axis
+    v = np.asarray(axis["axis"], dtype=float).ravel()
+    out = {k: val for k, val in axis.items() if k != "axis"}
+    if v.size == 0 or not np.all(np.isfinite(v)):
+        raise FileFormatError(f"{str(path)!r}: axis {name!r} holds non-finite or no values")
+    if v.size == 1:
+        return {**out, "offset": float(v[0]), "scale": 1.0}
+    step = np.diff(v)
+    mean = float(np.mean(step))
+    if mean != 0 and np.max(np.abs(step - mean)) <= 1e-4 * abs(mean):
+        return {**out, "offset": float(v[0]), "scale": mean}
+    if not axis.get("navigate", False):
+        raise CalibrationError(
+            f"{str(path)!r}: image axis {name!r} is not uniform (steps {step.min():.4g} to "
+            f"{step.max():.4g} {axis.get('units')}): pixels of one size are needed"
+        )
+    return {**out, "offset": float(v[0]), "scale": mean, "values": v}
+
+
 def _read_rsciio(
     path: Path, plugin: str, *, lazy: bool, signal: str | None = None
 ) -> dict[str, Any]:
@@ -622,6 +655,7 @@ def _read_rsciio(
     if lazy:
         _probe_lazy(path, data)
     axes = sorted(s["axes"], key=lambda a: a.get("index_in_array", 0))
+    axes = [_uniform_axis(path, a) for a in axes]
     sig_axes = [a for a in axes if not a.get("navigate", False)]
     nav_axes = [a for a in axes if a.get("navigate", False)]
     om = s.get("original_metadata", {})
@@ -649,6 +683,8 @@ def _read_rsciio(
         nav = nav_axes[0]
         n = data.shape[0]
         ticks = nav.get("offset", 0.0) + nav.get("scale", 1.0) * np.arange(n)
+        if nav.get("values") is not None and len(nav["values"]) == n:
+            ticks = np.asarray(nav["values"], float)  # a non-uniform (data) axis
         kind_, factor = _nav_unit(nav.get("units"))
         if kind_ == "angle" and n > 1 and np.ptp(ticks * factor) < _MIN_TILT_SPAN_DEG:
             kind_ = "other"  # e.g. a detector's scattering-angle bins in mrad, not tilts
