@@ -318,3 +318,25 @@ def test_hyperspy_data_axes_are_read_by_their_values(tmp_path):
     fun.save(tmp_path / "fun.hspy")
     with pytest.raises(FileFormatError, match="functional axis"):
         load(tmp_path / "fun.hspy")
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+@pytest.mark.parametrize("kept", [0.5, 0.99])
+def test_cut_imagej_stack_is_refused_not_read_as_one_image(tmp_path, lazy, kept):
+    """A 6-frame ImageJ stack cut short (an interrupted copy) was read as one 128×128 image
+    with exit 0: tifffile reads what is left and only logs the damage."""
+    import tifffile
+
+    from perovstem.errors import FileFormatError
+    from perovstem.io import load
+
+    p = tmp_path / "stack.tif"
+    frames = np.random.default_rng(1).random((6, 64, 64)).astype("f4")
+    meta = {"unit": "nm", "axes": "TYX", "finterval": 0.5}
+    tifffile.imwrite(p, frames, imagej=True, resolution=(50, 50), metadata=meta)
+    assert load(p, lazy=lazy).data.shape == (6, 64, 64)
+    b = p.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(b[: int(len(b) * kept)])
+    with pytest.raises(FileFormatError, match="announces 6 images, the file holds 1"):
+        load(cut, lazy=lazy)

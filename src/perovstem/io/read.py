@@ -650,6 +650,8 @@ def _read_rsciio(
     data = s["data"]
     # what rsciio drops from tif files, read once from the header (None for other formats)
     tif = _tiff_header(path) if plugin == "tiff" else None
+    if tif is not None:
+        _refuse_cut_imagej_stack(path, tif, data)
     if tif is not None and getattr(data, "ndim", 0) == 3:
         _refuse_channel_stack(path, tif)
     if lazy:
@@ -1061,6 +1063,24 @@ def _nav_unit(units: Any) -> tuple[str | None, float]:
     if re.search(r"radian|degree|arc", str(q.units)):
         return "angle", float(q.to("degree").magnitude)
     return ("other" if q.dimensionality else None), 1.0
+
+
+def _refuse_cut_imagej_stack(path: Path, tif: dict[str, Any], data: Any) -> None:
+    """An ImageJ stack whose header announces more images than the file holds was cut
+    short (a copy interrupted): tifffile reads what is left, down to its first page as one
+    image, and only logs it (a 6-frame series cut in half read as one 128×128 image)."""
+    ij = tif.get("imagej") or {}
+    try:
+        announced = int(ij.get("images", 1))
+    except (TypeError, ValueError):
+        return
+    shape = getattr(data, "shape", ())
+    held = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    if announced > held:
+        raise FileFormatError(
+            f"{str(path)!r}: truncated or damaged: its ImageJ header announces {announced} "
+            f"images, the file holds {held}"
+        )
 
 
 def _tiff_header(path: Path) -> dict[str, Any] | None:
