@@ -340,3 +340,26 @@ def test_cut_imagej_stack_is_refused_not_read_as_one_image(tmp_path, lazy, kept)
     cut.write_bytes(b[: int(len(b) * kept)])
     with pytest.raises(FileFormatError, match="announces 6 images, the file holds 1"):
         load(cut, lazy=lazy)
+
+
+def test_mrc_tilt_series_outputs_are_checked_before_writing(tmp_path):
+    """`convert X.ali Y.mrc` beside an old Y.rawtlt wrote Y.mrc, then refused the .rawtlt:
+    the new stack was left with the old angles, which replaced its header's on reading.  And
+    `convert X.ali X.mrc --overwrite` rewrote the input's own X.rawtlt."""
+    import perovstem as ps
+    from perovstem.cli.main import main
+    from perovstem.io import save_image
+
+    ang = np.array([-40.0, -20, 0, 20, 40])
+    save_image(ps.TiltSeries(np.ones((5, 16, 16), np.float32), ang, 2.0), tmp_path / "ok.mrc")
+    src = tmp_path / "X.ali"
+    src.write_bytes((tmp_path / "ok.mrc").read_bytes())
+    (tmp_path / "X.rawtlt").write_text("\n".join(f"{a:g}" for a in ang))
+    old = tmp_path / "Y.rawtlt"
+    old.write_text("1\n2\n3\n4\n5\n")
+    assert main(["convert", str(src), str(tmp_path / "Y.mrc")]) == 2
+    assert not (tmp_path / "Y.mrc").exists() and old.read_text() == "1\n2\n3\n4\n5\n"
+    assert main(["convert", str(src), str(tmp_path / "X.mrc"), "--overwrite"]) == 2
+    assert not (tmp_path / "X.mrc").exists()
+    assert main(["convert", str(src), str(tmp_path / "Z.mrc")]) == 0
+    assert np.allclose(ps.load(tmp_path / "Z.mrc").angles_deg, ang)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from perovstem.errors import DataError, FileFormatError
+from perovstem.io._write import protect
 
 _FEI_RECORD_FLOATS = 32  # old-style FEI extended header: 1024 records × 128 bytes
 
@@ -360,6 +361,7 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
                     f"{str(side)!r}: {ang.size} tilt angles for {arr.shape[0]} images in {str(path)!r}"
                 )
             _take_angles(out, md, ang, str(side))
+            protect(side)  # an input: `convert X.ali X.mrc --overwrite` rewrote it
             break
     for mdoc_path in (Path(str(path) + ".mdoc"), path.with_suffix(".mdoc")):
         if mdoc_path.is_file():

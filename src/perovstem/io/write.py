@@ -13,7 +13,7 @@ import numpy as np
 
 from perovstem._data import Image, Series, TiltSeries
 from perovstem.errors import CalibrationError, DataError, FileFormatError, ParameterError
-from perovstem.io._write import atomic_path, atomic_write
+from perovstem.io._write import _check_target, atomic_path, atomic_write
 
 __all__ = [
     "save_image",
@@ -113,6 +113,11 @@ def save_image(
                 resolutionunit="CENTIMETER",
             )
     elif suffix == ".mrc":
+        if isinstance(obj, TiltSeries):
+            # both files checked before either is written: a refused .rawtlt left the new
+            # .mrc beside the old angles, which then replaced the header's on reading
+            _check_target(path.with_suffix(".rawtlt"), overwrite)
+            _check_target(path, overwrite)
         _warn_mrc_losses(obj, path)
         _save_mrc(data, path, voxel_A=obj.pixel_size_A, overwrite=overwrite, fei=_fei_fields(obj))
         if isinstance(obj, TiltSeries):
