@@ -102,7 +102,7 @@ def test_log_replacing_the_files_temperature_is_said(tmp_path):
     with pytest.warns(UserWarning, match=r"'temperature_C' and 'temperature_K' both give"):
         log = read_holder_log(both)
     np.testing.assert_allclose(log["temperature_K"], 298.15)
-    np.testing.assert_allclose(log["temperature_K_2"], 400.0)
+    np.testing.assert_allclose(log["temperature_2_K"], 400.0)  # named by its unit in the table
     # a second time column (read as the time too) is kept apart, named after the first
     two = tmp_path / "two_times.csv"
     two.write_text("time_s,Time (s),temperature_K\n0,0,300\n1,1,301\n")
@@ -121,3 +121,43 @@ def test_impossible_log_reading_names_the_log(tmp_path):
     s = Series(np.ones((2, 8, 8)), 0.5, time_s=[0.0, 1.0])
     with pytest.raises(ParameterError, match=r"conditions '.*cold\.csv'.*got -5\.0"):
         prepare_series(s, conditions=p, time_offset_s=0.0)
+
+
+@pytest.mark.parametrize(
+    ("header", "row", "temperature_K", "pressure_Pa"),
+    [
+        ("time_s,temperature_F,pressure_atm", "0,212,1", 373.15, 101325.0),
+        ("time_s,Temperature (°F),Pressure (mTorr)", "0,212,750", 373.15, 99.99),
+        ("time_s,temperature_degC,pressure_psi", "0,100,14.6959", 373.15, 101325.0),
+        ("time_s,Temperature (Degrees C),Pressure (mmHg)", "0,100,760", 373.15, 101325.0),
+    ],
+)
+def test_holder_log_units_are_converted(tmp_path, header, row, temperature_K, pressure_Pa):
+    """°F was read as °C (212 °F → 485 K) and atm, psi, mTorr as Pa (1 atm → 1 Pa)."""
+    p = tmp_path / "log.csv"
+    p.write_text(f"{header}\n{row}\n" + row.replace("0,", "10,", 1) + "\n")
+    log = read_holder_log(p)
+    np.testing.assert_allclose(log["temperature_K"], temperature_K, atol=1e-6)
+    np.testing.assert_allclose(log["pressure_Pa"], pressure_Pa, rtol=1e-3)
+
+
+def test_holder_log_unknown_or_missing_units_are_said(tmp_path):
+    """An unknown unit is refused naming the column; a column without one is taken as °C
+    (temperature) or Pa (pressure) with a warning (a bare 300 became 573 K silently)."""
+    from perovstem.errors import FileFormatError
+
+    p = tmp_path / "log.csv"
+    p.write_text("time_s,Pressure (inHg),temperature_K\n0,29.9,300\n10,29.9,300\n")
+    with pytest.raises(FileFormatError, match=r"column 'Pressure \(inHg\)': pressure unit 'inHg'"):
+        read_holder_log(p)
+    p.write_text("time_s,temperature,pressure\n0,300,760\n10,300,760\n")
+    with pytest.warns(UserWarning) as rec:
+        log = read_holder_log(p)
+    said = " ".join(str(w.message) for w in rec)
+    assert "column 'temperature' names no unit: taken as °C" in said
+    assert "column 'pressure' names no unit: taken as Pa" in said
+    np.testing.assert_allclose(log["temperature_K"], 573.15)
+    # a last word that is no unit is part of the name, as before
+    p.write_text("time_s,Temperature Measured\n0,100\n10,100\n")
+    with pytest.warns(UserWarning, match="names no unit"):
+        assert np.allclose(read_holder_log(p)["temperature_K"], 373.15)

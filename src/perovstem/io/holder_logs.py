@@ -34,9 +34,27 @@ _PRESSURE_TO_PA = {
     "mbar": 100.0,
     "bar": 1e5,
     "torr": 133.322368,
+    "mtorr": 0.133322368,
+    "mmhg": 133.322387,
     "kpa": 1e3,
     "hpa": 100.0,
+    "atm": 101325.0,
+    "psi": 6894.757293,
 }
+# (scale, offset) to K; units lower-cased, spaces dropped, a leading °/deg/degree(s)
+# dropped ("Degrees C", "°C", "degC", "C")
+_TEMPERATURE_TO_K = {
+    "k": (1.0, 0.0),
+    "kelvin": (1.0, 0.0),
+    "c": (1.0, 273.15),
+    "celsius": (1.0, 273.15),
+    "f": (5.0 / 9.0, 273.15 - 32.0 * 5.0 / 9.0),
+    "fahrenheit": (5.0 / 9.0, 273.15 - 32.0 * 5.0 / 9.0),
+}
+
+
+class _UnitError(ValueError):
+    """A temperature or pressure channel in a unit perovstem does not convert."""
 
 
 _PRIMARY_WORDS = {"holder", "sample", "chip", "cell", "measured", "meas", "actual", "heater"}
@@ -52,22 +70,31 @@ def _channel_name(title: str, units: str) -> tuple[str, float, float]:
     reading is never taken for the pressure at the sample.
     """
     t = title.lower()
-    u = (units or "").strip().lower().replace("°", "deg").replace("º", "deg")
+    u = re.sub(r"\s+", "", (units or "").lower().replace("°", "deg").replace("º", "deg"))
     words = set(re.findall(r"[a-z0-9]+", t))
     slug = re.sub(r"[^0-9a-zA-Z]+", "_", title).strip("_").lower() or "channel"
     if "temp" in t:
         primary = not (words - _PRIMARY_WORDS - {"temperature", "temp", "tmeas"})
         name = "temperature_K" if primary else re.sub(r"_?temp(erature)?$", "", slug) + "_T_K"
-        if u in ("k", "kelvin"):
-            return name, 1.0, 0.0
-        return name, 1.0, 273.15  # °C by default in holder logs
+        if not u:
+            return name, 1.0, 273.15  # °C by default in holder logs
+        base = re.sub(r"^(degrees|degree|deg)_?", "", u)
+        if base not in _TEMPERATURE_TO_K:
+            # (°F read as °C: 212 °F became 485 K)
+            raise _UnitError(f"temperature unit {units!r} is not K, °C or °F")
+        return name, *_TEMPERATURE_TO_K[base]
     if "press" in t:
         primary = not (words - _PRIMARY_WORDS - {"pressure", "press"})
         name = "pressure_Pa" if primary else f"{slug}_Pa"
-        for k, f in _PRESSURE_TO_PA.items():
-            if u == k:
-                return name, f, 0.0
-        return name, 1.0, 0.0
+        if not u:
+            return name, 1.0, 0.0
+        if u not in _PRESSURE_TO_PA:
+            # (1 atm read as 1 Pa)
+            raise _UnitError(
+                f"pressure unit {units!r} is none of Pa, kPa, hPa, mbar, bar, Torr, mTorr, "
+                "mmHg, atm, psi"
+            )
+        return name, _PRESSURE_TO_PA[u], 0.0
     return slug + (f"_{re.sub(r'[^0-9a-zA-Z]+', '', u)}" if u else ""), 1.0, 0.0
 
 
@@ -109,7 +136,10 @@ def conditions_from_signals(signals: list[dict[str, Any]]) -> pd.DataFrame:
         )
         m = re.match(r"\s*(.*?)\s*\((.*)\)\s*$", str(title))
         label, units = (m.group(1), m.group(2)) if m else (str(title), "")
-        name, scale, off = _channel_name(label, units)
+        try:
+            name, scale, off = _channel_name(label, units)
+        except _UnitError as exc:
+            raise FileFormatError(f"channel {title!r}: {exc}") from None
         if t.size != data.size:
             raise FileFormatError(f"channel {title!r}: {t.size} times but {data.size} values")
         if name in cols:  # keep the first channel under the standard name
@@ -339,9 +369,36 @@ def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
             continue
         s = pd.to_numeric(raw[c], errors="coerce")
         cname = str(c).strip()
-        m = re.match(r"(.*?)[_ ]\(?([A-Za-z°]+)\)?$", cname)
+        # "Temperature (Degrees C)", "pressure (mTorr)", "temperature_C", "Pressure Pa"
+        m = re.match(r"(.*?)\s*\(([^)]*)\)\s*$", cname) or re.match(
+            r"(.*?)[_ ]([A-Za-z°]+)$", cname
+        )
         label, units = (m.group(1), m.group(2)) if m else (cname, "")
-        name, scale, off = _channel_name(label, units)
+        try:
+            try:
+                name, scale, off = _channel_name(label, units)
+            except _UnitError:
+                if "(" in cname:
+                    raise
+                # a last word that is no unit ("Temperature Measured"): part of the name
+                label, units = cname, ""
+                name, scale, off = _channel_name(label, units)
+        except _UnitError as exc:
+            raise FileFormatError(
+                f"holder log {str(p)!r}: column {cname!r}: {exc}; convert the column or name "
+                "its unit (temperature_K, temperature_C, temperature_F, pressure_Pa, "
+                "pressure_mbar, pressure_Torr, ...)"
+            ) from None
+        if not units and name in ("temperature_K", "pressure_Pa"):
+            # (a bare "temperature" of 300 read as 573 K, a bare "pressure" as Pa, silently)
+            assumed = "°C" if name == "temperature_K" else "Pa"
+            warnings.warn(
+                f"holder log {str(p)!r}: column {cname!r} names no unit: taken as {assumed}; "
+                "name the unit in the column (e.g. temperature_K, temperature_C, "
+                "pressure_Pa, pressure_mbar)",
+                UserWarning,
+                stacklevel=2,
+            )
         # text in a channel of numbers ("300 K", "ERR", a decimal comma) became NaN and
         # the sample was dropped, or (every cell text) the whole channel: the series got
         # no temperature without a word.  A missing reading is an empty cell or NaN/NA.
@@ -364,7 +421,9 @@ def read_holder_log(path: str | os.PathLike) -> pd.DataFrame:
             # two columns of one quantity (temperature_C and temperature_K): the first
             # keeps the standard name, as for the vendor logs, and the choice is said
             first = next((c0 for c0, n0 in used.items() if n0 == name), str(tcol))
-            other = f"{re.sub(r'[^0-9a-zA-Z]+', '_', cname).strip('_')}_{len(used) + 1}"
+            # named by its quantity and converted unit: 'temperature_C_2' held kelvins
+            base, unit = name.rsplit("_", 1)
+            other = f"{base}_{len(used) + 1}_{unit}"
             warnings.warn(
                 f"holder log {str(p)!r}: columns {first!r} and {cname!r} both give {name}; "
                 f"{first!r} is used (the other is kept as {other!r})",
