@@ -305,3 +305,26 @@ def test_insitu_out_that_is_a_file_is_refused_before_the_analysis(tmp_path, caps
     err = capsys.readouterr().err
     assert err.startswith("error: `--out`") and "notes.txt" in err and "is a file" in err
     assert target.read_text() == "keep me"
+
+
+def test_ctrl_c_exits_130_and_says_interrupted(monkeypatch, tmp_path, capsys):
+    """Typer turns Ctrl-C into Exit(130) and, outside standalone mode, returns the code:
+    `main` ignored it and an interrupted `perovstem run` exited 0 without a word (a batch
+    script's `&& next` went on)."""
+    import numpy as np
+
+    import perovstem
+    import perovstem.io.read
+    from perovstem.cli.main import main
+    from perovstem.io import save_image
+
+    p = tmp_path / "a.tif"
+    save_image(perovstem.Image(np.ones((16, 16), np.float32), 0.5), p)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for mod in (perovstem, perovstem.io, perovstem.io.read):
+        monkeypatch.setattr(mod, "load", interrupted)
+    assert main(["info", str(p)]) == 130
+    assert "error: interrupted" in capsys.readouterr().err

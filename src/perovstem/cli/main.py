@@ -118,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         args = given
     try:
         with warnings_as_lines(given, debug=debug):
-            app(args=args, standalone_mode=False)
+            rv = app(args=args, standalone_mode=False)
+        if isinstance(rv, int) and rv == 130:
+            # Typer turns Ctrl-C into Exit(130) and, outside standalone mode, returns the
+            # code: ignored, an interrupted run exited 0 without a word
+            raise KeyboardInterrupt
     except PerovstemError as exc:
         from rich.markup import escape
 
@@ -143,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return EXIT_USAGE
         if isinstance(exc, abort):
+            if isinstance(exc.__context__, KeyboardInterrupt):  # click's Ctrl-C
+                err_console.print("[bold red]error:[/] interrupted")
+                return 130
             return 1
         return _internal_error(exc, debug=debug)
     return 0
