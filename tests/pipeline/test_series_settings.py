@@ -181,3 +181,36 @@ def test_gain_auto_measures_the_detector_of_a_series_input(tmp_path):
     assert abs(g - 5.0) < 0.5, said
     with pytest.raises(ParameterError, match=r'or "auto"'):
         load_config(_config(tmp_path, 'gain = "x"'))
+
+
+def test_edited_side_file_reruns_and_a_run_folder_inside_its_input_caches(tmp_path):
+    """An edited .rawtlt (angles corrected) left the step cached on the old angles: the
+    input's key hashed the .mrc only.  And a run folder inside its input folder of frames
+    changed that folder's digest at every run, so nothing ever came from the cache."""
+    from perovstem import Image, TiltSeries
+    from perovstem.io import save_image
+
+    ang = np.array([-40.0, -20, 0, 20, 40])
+    save_image(TiltSeries(np.ones((5, 16, 16), np.float32), ang, 2.0), tmp_path / "t.mrc")
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(
+        '[run]\nreport = false\n[inputs]\ntilt = "t.mrc"\n'
+        '[[step]]\nrun = "tomo.bin"\nid = "b"\nfactor = 2\n'
+    )
+    assert run_pipeline(cfg, out=tmp_path / "run", quiet=True).status("b") == "ran"
+    assert run_pipeline(cfg, out=tmp_path / "run", quiet=True).status("b") == "cached"
+    (tmp_path / "t.rawtlt").write_text("\n".join(f"{a / 2:g}" for a in ang))
+    with pytest.warns(UserWarning, match="its tilt angles replace"):
+        res = run_pipeline(cfg, out=tmp_path / "run", quiet=True)
+    assert res.status("b") == "ran"
+    frames = tmp_path / "frames"
+    for i in range(3):
+        save_image(Image(np.full((16, 16), i + 1.0, np.float32), 0.5), frames / f"f_{i}.tif")
+    cfg2 = tmp_path / "s.toml"
+    cfg2.write_text(
+        '[run]\nreport = false\n[inputs]\nseries = { path = "frames", dose_e_per_A2 = 100.0, frame_time_s = 1.0 }\n'
+        '[[step]]\nrun = "series.frames"\nid = "frames"\n'
+    )
+    inside = frames / "analysis"
+    assert run_pipeline(cfg2, out=inside, quiet=True).status("frames") == "ran"
+    assert run_pipeline(cfg2, out=inside, quiet=True).status("frames") == "cached"

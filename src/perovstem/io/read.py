@@ -563,6 +563,28 @@ def _get(d: dict, *keys: str) -> Any:
     return d
 
 
+def side_files(path: str | os.PathLike) -> list[Path]:
+    """The files beside ``path`` that :func:`load` reads with it: tilt angles (.rawtlt,
+    .tlt), a SerialEM .mdoc, a Direct Electron info file, a table's .json attrs."""
+    from perovstem.io._mrc import _de_info_file
+
+    p = Path(path)
+    if p.is_dir():
+        return []
+    found = [
+        p.with_suffix(".rawtlt"),
+        p.with_suffix(".tlt"),
+        Path(str(p) + ".mdoc"),
+        p.with_suffix(".mdoc"),
+        Path(str(p) + ".json"),
+    ]
+    if p.suffix.lower() == ".mrc":
+        de = _de_info_file(p)
+        if de is not None:
+            found.append(de)
+    return [f for f in dict.fromkeys(found) if f != p and f.is_file()]
+
+
 def _uniform_axis(path: Path, axis: dict[str, Any]) -> dict[str, Any]:
     """A RosettaSciIO axis with ``scale`` and ``offset``: a HyperSpy data axis (values in
     ``axis``, no scale) that is uniform gets them; a non-uniform one keeps its ``values``

@@ -50,12 +50,20 @@ __all__ = [
 _SUFFIXES = (".parquet", ".npy", ".tables", ".json", ".pkl")
 
 
-def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file (or of all files below a folder, in sorted order)."""
+def sha256_file(
+    path: str | os.PathLike, *, chunk: int = 1 << 20, exclude: str | os.PathLike | None = None
+) -> str:
+    """SHA-256 hex digest of a file (or of all files below a folder, in sorted order;
+    those below ``exclude`` left out: a run folder inside its input folder changed the
+    input's digest at every run, which then never came from the cache)."""
     p = Path(path)
     h = hashlib.sha256()
     if p.is_dir():
-        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+        skip = Path(exclude).resolve() if exclude is not None else None
+        files = (q for q in p.rglob("*") if q.is_file())
+        if skip is not None:
+            files = (q for q in files if not q.resolve().is_relative_to(skip))
+        for f in sorted(files):
             h.update(str(f.relative_to(p)).encode())
             h.update(sha256_file(f).encode())
         return h.hexdigest()

@@ -466,17 +466,25 @@ def _run_locked(
     started = _now()
     arte = _Artefacts(config, run_dir)
     inputs_prov = {}
+    from perovstem.io.read import side_files
+
     for name, spec in config.inputs.items():
-        digest = sha256_file(spec.path)
+        digest = sha256_file(spec.path, exclude=run_dir)
         key = {"sha256": digest, "options": spec.options}
         if spec.conditions_path is not None:  # the holder log's content, not its name only
             key["conditions_sha256"] = sha256_file(spec.conditions_path)
+        # the side files the reader takes (tilt angles, SerialEM .mdoc, a table's attrs): an
+        # edited .rawtlt left the old tomogram cached
+        sides = {str(f): sha256_file(f) for f in side_files(spec.path)}
+        if sides:
+            key["side_files_sha256"] = sides
         arte.keys[name] = _hash(key)
         inputs_prov[name] = {
             "path": str(spec.path),
             "sha256": digest,
             "size_bytes": spec.path.stat().st_size if spec.path.is_file() else None,
             "options": spec.options,
+            **({"side_files_sha256": sides} if sides else {}),
         }
 
     progress = None
