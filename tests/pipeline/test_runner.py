@@ -626,3 +626,41 @@ def test_report_tables_show_missing_and_infinite_values_in_words(tmp_path):
     ctx.table("t", df)
     rows = ctx.report_items[-1]["rows"]
     assert rows == [["a", "∞", "—", "—", "−∞"], ["b", "12.35", "1", "O2", "0.5"]]
+
+
+def test_report_of_an_interrupted_rerun_says_the_folder_is_mixed(tmp_path, capsys):
+    """A rerun with new parameters killed after some steps left their new tables beside the
+    earlier run's, and `perovstem report` then showed the earlier run's step log and
+    parameters without a word.  The run marker records a run in progress until
+    provenance.json is written; a report made meanwhile says so (warning and banner)."""
+    import _thread
+    import threading
+
+    from perovstem.report import write_report
+
+    out = tmp_path / "run"
+    run_pipeline(_config(tmp_path, n_frames=30), out=out, quiet=True, scheduler="serial")
+    marker = json.loads((out / "perovstem-run.json").read_text())
+    assert "in_progress_since_utc" not in marker
+    timer = threading.Timer(1.0, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(
+            _config(tmp_path, seed=2, n_frames=30, delay=0.2),
+            out=out,
+            quiet=True,
+            scheduler="serial",
+        )
+    timer.cancel()
+    assert "in_progress_since_utc" in json.loads((out / "perovstem-run.json").read_text())
+    with pytest.warns(UserWarning, match="did not finish"):
+        html = write_report(out).read_text()
+    assert 'id="incomplete"' in html
+    run_pipeline(_config(tmp_path, seed=2, n_frames=30), out=out, quiet=True, scheduler="serial")
+    assert 'id="incomplete"' not in (out / "report.html").read_text()
+    assert "in_progress_since_utc" not in json.loads((out / "perovstem-run.json").read_text())
+    # a rerun without a report says that the report left is the earlier run's
+    capsys.readouterr()
+    cfg = _config(tmp_path, seed=3, n_frames=30)
+    run_pipeline(cfg, out=out, quiet=False, scheduler="serial", report=False)
+    assert "report.html is from an earlier run of this folder" in capsys.readouterr().err

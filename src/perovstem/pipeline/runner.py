@@ -462,8 +462,11 @@ def _run_locked(
         write_text,
     )
 
-    write_text(run_dir / "config.toml", config.text or "# configuration given from Python\n")
     started = _now()
+    # until provenance.json is written again, the folder mixes this run's outputs with the
+    # earlier run's: a report made meanwhile (a killed run) says so
+    _mark_in_progress(run_dir, started)
+    write_text(run_dir / "config.toml", config.text or "# configuration given from Python\n")
     arte = _Artefacts(config, run_dir)
     inputs_prov = {}
     from perovstem.io.read import side_files
@@ -550,6 +553,13 @@ def _run_locked(
         executor.close()
         if progress is not None:
             progress.stop()
+        if config.report if report is None else report:
+            # the report of the failed run (its failed step and the tables still held):
+            # the earlier run's report was left beside the new tables
+            from perovstem.report import write_report
+
+            with contextlib.suppress(Exception):  # the step's error is the one to give
+                write_report(run_dir, title=config.title)
         err = exc.result.error
         if isinstance(err, PerovstemError):
             raise type(err)(f"step `{exc.result.id}` ({exc.result.step}): {err}") from err
@@ -576,6 +586,15 @@ def _run_locked(
         from perovstem.report import write_report
 
         report_path = write_report(run_dir, title=config.title)
+    elif (run_dir / "report.html").is_file() and not quiet:
+        # (left as it was, it showed the earlier run's numbers beside the new tables)
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            "note: report.html is from an earlier run of this folder; `perovstem report "
+            f"{_escape_markup(str(run_dir))}` writes this run's",
+            highlight=False,
+        )
     return RunResult(
         run_dir=run_dir,
         steps=results,
@@ -903,6 +922,19 @@ def _warning_texts(caught: list[warnings.WarningMessage], limit: int = 20) -> li
     return out
 
 
+def _mark_in_progress(run_dir: Path, started: str | None) -> None:
+    """Record in the run marker that a run started at ``started`` (None: it finished)."""
+    from perovstem.io.runstore import read_json, write_json
+
+    marker = run_dir / RUN_MARKER
+    info = read_json(marker) if marker.is_file() else {}
+    if started is None:
+        info.pop("in_progress_since_utc", None)
+    else:
+        info["in_progress_since_utc"] = started
+    write_json(marker, info)
+
+
 def _write_provenance(
     run_dir: Path,
     config: Config,
@@ -962,3 +994,4 @@ def _write_provenance(
             "steps": steps,
         },
     )
+    _mark_in_progress(run_dir, None)  # the step log now describes the folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,7 @@ def render_report(
     assets: dict[str, bytes],
     title: str | None = None,
     run_dir_name: str = "",
+    incomplete: str = "",
 ) -> str:
     """Render the report HTML from a provenance record and the referenced files.
 
@@ -111,6 +113,10 @@ def render_report(
         JSON figures.
     title : str, optional
         Report title (default: the run title).
+    run_dir_name : str
+        The run folder's name, shown with the files.
+    incomplete : str
+        A warning shown under the title (a later run of the folder did not finish).
 
     Returns
     -------
@@ -170,6 +176,28 @@ def render_report(
         plotly_js=_plotly_js() if n3d else "",
         run_dir_name=run_dir_name,
         safe_json=_safe_json,
+        incomplete=incomplete,
+    )
+
+
+def _unfinished_run(run_dir: Path, prov: dict[str, Any]) -> str:
+    """What to say when a run of ``run_dir`` started after ``provenance.json`` was written
+    did not finish (killed): its steps rewrote some tables, the others and the step log are
+    the earlier run's ("" otherwise)."""
+    from perovstem.io.runstore import read_json
+    from perovstem.pipeline.runner import RUN_MARKER
+
+    try:
+        started = read_json(run_dir / RUN_MARKER).get("in_progress_since_utc")
+    except Exception:  # noqa: BLE001 - no marker or an unreadable one: nothing to say
+        return ""
+    if not started:
+        return ""
+    return (
+        f"a run of this folder started {started} did not finish (interrupted): tables and "
+        f"figures it rewrote sit beside those of the run that finished "
+        f"{prov.get('finished_utc', '?')}, whose steps and parameters this report lists; "
+        "run `perovstem run` again to complete it"
     )
 
 
@@ -221,13 +249,18 @@ def write_report(
         if out.exists() and not overwrite and out.resolve() != own:
             raise OutputExistsError(f"{str(out)!r} exists (use --overwrite)")
     prov = read_json(prov_path)
+    incomplete = _unfinished_run(run_dir, prov)
+    if incomplete:
+        warnings.warn(f"{str(run_dir)!r}: {incomplete}", UserWarning, stacklevel=2)
     assets: dict[str, bytes] = {}
     for step in prov.get("steps", []):
         for item in step.get("report_items", []):
             p = item.get("path")
             if p and (run_dir / p).is_file():
                 assets[p] = read_bytes(run_dir / p)
-    html = render_report(prov, assets=assets, title=title, run_dir_name=run_dir.name)
+    html = render_report(
+        prov, assets=assets, title=title, run_dir_name=run_dir.name, incomplete=incomplete
+    )
     target = Path(out) if out is not None else run_dir / "report.html"
     write_text(target, html)
     return target
