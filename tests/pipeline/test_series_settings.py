@@ -116,7 +116,7 @@ def test_log_placed_by_the_clocks_or_said(tmp_path, zone):
         ("dose_e_per_A2 = -5.0", ParameterError, "option `dose_e_per_A2` must be a positive"),
         ("voltage_kV = 120.0", ParameterError, "must be 200 or 300"),
         ("detector_mrad = [200.0, 65.0]", ParameterError, "0 ≤ inner < outer"),
-        ('kind = "image", dose_e_per_A2 = 5.0', ParameterError, "set an in-situ series"),
+        ('kind = "image", temperature_K = 300.0', ParameterError, "set an in-situ series"),
     ],
 )  # fmt: skip
 def test_bad_series_settings_are_refused_before_anything_runs(tmp_path, options, error, expect):
@@ -133,9 +133,14 @@ def test_series_settings_on_an_image_file_are_refused_naming_it(tmp_path):
 
     save_image(Image(np.ones((16, 16)), 0.5), tmp_path / "s.npz")
     with pytest.raises(PerovstemError) as info:
-        _frames(tmp_path, "dose_e_per_A2 = 5.0")
+        _frames(tmp_path, "dose_e_per_A2 = 5.0, temperature_K = 300.0")
     msg = str(info.value)
-    assert "dose_e_per_A2 set an in-situ series" in msg and "holds one image" in msg, msg
+    assert "temperature_K set an in-situ series" in msg and "holds one image" in msg, msg
+    # a dose alone is an image's setting (atoms.fit normalises with it): the wiring says
+    # that the image is not the series the step needs
+    with pytest.raises(PerovstemError) as info:
+        _frames(tmp_path, "dose_e_per_A2 = 5.0")
+    assert "an Image (16×16)" in str(info.value) and "must be a perovstem Series" in str(info.value)
 
 
 def test_a_gatan_in_situ_folder_is_a_series_input(tmp_path):
@@ -214,3 +219,40 @@ def test_edited_side_file_reruns_and_a_run_folder_inside_its_input_caches(tmp_pa
     inside = frames / "analysis"
     assert run_pipeline(cfg2, out=inside, quiet=True).status("frames") == "ran"
     assert run_pipeline(cfg2, out=inside, quiet=True).status("frames") == "cached"
+
+
+def test_an_image_input_takes_its_dose_and_detector(tmp_path):
+    """A single image without a dose (a tif, StatSTEM .mat, a dose-less dm4) could not be
+    normalised in a pipeline: `dose_e_per_A2` made the input a series ("a file read as a
+    Series") and atoms.fit has no dose.  An image takes the dose (or current × dwell),
+    gain, offset, beam energy and detector; settings of a series only are refused."""
+    from perovstem.io import save_image
+    from perovstem.simulate import nanocrystal
+    from perovstem.simulate.haadf import haadf_image
+
+    img, _ = haadf_image(nanocrystal(20.0, rng=1), pixel_size_A=0.25, dose_e_per_A2=5e3, rng=1)
+    save_image(img.replace(dose_e_per_A2=None), tmp_path / "a.tif")
+    fits = {}
+    for tag, opts in (
+        ("dose", "dose_e_per_A2 = 5000.0, gain = 1.0, offset = 0.0"),
+        ("probe", "current_pA = 50.0, dwell_us = 1.0, gain = 1.0, offset = 0.0"),
+    ):
+        cfg = tmp_path / f"{tag}.toml"
+        cfg.write_text(
+            f'[run]\nreport = false\n[inputs]\nimage = {{ path = "a.tif", {opts} }}\n'
+            '[[step]]\nrun = "atoms.fit"\nid = "fit"\ncell = "cspbbr3_001"\n'
+        )
+        res = run_pipeline(cfg, out=tmp_path / tag, quiet=True)
+        assert res.status("fit") == "ran"
+        fits[tag] = read_table(tmp_path / tag / "tables" / "fit.columns.parquet")
+        assert fits[tag].attrs["scs_units"].startswith("fraction")
+    # 50 pA × 1 µs / e / (0.25 Å)² = 4993.2 e⁻/Å²: the cross-sections scale with 1/dose
+    dose = 50e-12 * 1e-6 / 1.602176634e-19 / 0.25**2
+    np.testing.assert_allclose(fits["probe"]["scs"] * dose, fits["dose"]["scs"] * 5000.0, rtol=1e-4)
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(
+        '[run]\nreport = false\n[inputs]\nimage = { path = "a.tif", dose_e_per_A2 = 5000.0, '
+        'temperature_K = 300.0 }\n[[step]]\nrun = "atoms.fit"\nid = "fit"\ncell = "cspbbr3_001"\n'
+    )
+    with pytest.raises(PerovstemError, match="temperature_K"):
+        run_pipeline(cfg, out=tmp_path / "bad", quiet=True)

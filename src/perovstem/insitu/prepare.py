@@ -171,6 +171,80 @@ def prepare_series(
     return s, notes
 
 
+def prepare_image(
+    image: Any,
+    *,
+    dose_e_per_A2: float | None = None,
+    current_pA: float | None = None,
+    dwell_us: float | None = None,
+    gain: float | str | None = None,
+    offset: float | None = None,
+    voltage_kV: float | None = None,
+    detector_mrad: Any = None,
+    what: str = "the image",
+    names: dict[str, str] | None = None,
+) -> tuple[Any, list[str]]:
+    """One image with the settings its file lacks (as :func:`prepare_series` for a series).
+
+    The dose is ``dose_e_per_A2`` or the probe's ``current_pA`` × ``dwell_us`` per pixel
+    area; ``gain`` (counts per electron, or ``"auto"``: measured from the image's shot
+    noise, :func:`perovstem.atoms.noise.auto_detector`), ``offset`` (counts of no signal),
+    ``voltage_kV`` and ``detector_mrad`` go into its metadata.
+
+    Returns
+    -------
+    image : Image
+    notes : list of str
+        What replaced the file's own values, and a measured detector.
+    """
+    from perovstem._data import voltage_kV_of
+    from perovstem.io.read import E_CHARGE
+
+    n = {k: f"`{k}`" for k in ("dose_e_per_A2", "current_pA", "dwell_us", "gain", "voltage_kV")}
+    n.update(names or {})
+    notes: list[str] = []
+    img = image
+    md = dict(img.metadata)
+    if gain == "auto":
+        from perovstem.atoms.noise import auto_detector
+
+        nm = auto_detector(img, what=f"{n['gain']} auto")
+        md.update(gain=nm.gain, noise_model=nm.as_dict())
+        if offset is None:
+            md["offset"] = nm.offset
+        notes.append(f"detector measured from the image's shot noise: {nm.describe()}")
+    elif gain is not None:
+        md["gain"] = float(gain)
+    if offset is not None:
+        md["offset"] = float(offset)
+    if voltage_kV is not None:
+        kv_file = voltage_kV_of(md)
+        if kv_file is not None and abs(kv_file - voltage_kV) > 1e-6:
+            notes.append(
+                f"the file's beam energy ({kv_file:g} kV) is replaced by {n['voltage_kV']} "
+                f"{voltage_kV:g}"
+            )
+        md.pop("high_tension_kV", None)
+        md["voltage_kV"] = float(voltage_kV)
+    if detector_mrad is not None:
+        md["detector_mrad"] = [float(v) for v in detector_mrad]
+    dose = dose_e_per_A2
+    if dose is None and (current_pA is not None or dwell_us is not None):
+        if current_pA is None or dwell_us is None:
+            raise ParameterError(
+                f"{what}: the dose of one image from the probe needs both {n['current_pA']} "
+                f"and {n['dwell_us']}"
+            )
+        dose = current_pA * 1e-12 * dwell_us * 1e-6 / E_CHARGE / img.pixel_size_A**2
+    if dose is not None:
+        if img.dose_e_per_A2 is not None and abs(img.dose_e_per_A2 - dose) > 1e-6 * dose:
+            notes.append(
+                f"the file's dose ({img.dose_e_per_A2:.4g} e⁻/Å²) is replaced by {dose:.4g} e⁻/Å²"
+            )
+        img = img.replace(dose_e_per_A2=float(dose))
+    return img.replace(metadata=md), notes
+
+
 def _with_log(
     s: Series,
     conditions: Any,

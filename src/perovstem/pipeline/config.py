@@ -532,7 +532,10 @@ def _input_file_kinds(spec: InputSpec) -> frozenset[str]:
 
     if spec.path.suffix.lower() in TABLE_SUFFIXES and not spec.options:
         return frozenset({"table"})
-    if any(k in SERIES_OPTIONS for k in spec.options):
+    given = {k for k in spec.options if k in SERIES_OPTIONS}
+    if given and given <= IMAGE_SETTINGS and spec.options.get("kind") != "series":
+        return frozenset({"image", "series"})  # a 2-D file is an image with its settings
+    if given:
         return frozenset({"series"})
     return _FILE_KINDS.get(spec.options.get("kind"), _FILE_KINDS[None])
 
@@ -600,6 +603,11 @@ def _wiring_kind_problem(
                     + (", ".join(kinds[:-1]) + " or " if len(kinds) > 1 else "")
                     + kinds[-1]
                 )
+                series_only = sorted(
+                    k for k in inputs[r].options if k in SERIES_OPTIONS and k not in IMAGE_SETTINGS
+                )
+                if names == ["series"] and series_only:  # say why it is read as a series
+                    what += f" (its {', '.join(series_only)} set an in-situ series)"
                 origin = f"[inputs] {r} ({inputs[r].path.name}), {what}"
             else:
                 sid, _, out = r.partition(".")
@@ -702,6 +710,11 @@ SERIES_OPTIONS: dict[str, tuple[Any, str]] = {
     ),
 }
 _INPUT_OPTIONS = {**_LOAD_INPUT_OPTIONS, **SERIES_OPTIONS}
+# the settings that also apply to one image (perovstem.insitu.prepare_image; `perovstem
+# atoms fit --dose-e-per-A2 --gain --offset`): a dose-less image could not be normalised
+IMAGE_SETTINGS = frozenset(
+    {"dose_e_per_A2", "current_pA", "dwell_us", "gain", "offset", "voltage_kV", "detector_mrad"}
+)
 
 
 def _check_series_options(
@@ -711,7 +724,8 @@ def _check_series_options(
     given = [k for k in options if k in SERIES_OPTIONS]
     if not given:
         return None
-    if options.get("kind") in ("image", "tilt"):
+    image_ok = set(given) <= IMAGE_SETTINGS and options.get("kind") == "image"
+    if options.get("kind") in ("image", "tilt") and not image_ok:
         raise ParameterError(
             f"{where}{', '.join(given)} set an in-situ series; kind = "
             f"{options['kind']!r} reads it as another kind"

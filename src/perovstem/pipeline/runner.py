@@ -228,15 +228,26 @@ def _series_settings(value: Any, spec: Any, where: str) -> Any:
     """The [inputs] series settings (dose, frame time, holder log, temperature, ...)
     given to the series by :func:`perovstem.insitu.prepare_series`; its notes become
     warnings of the input (kept with its provenance)."""
-    from perovstem._data import Series
+    from perovstem._data import Image, Series
     from perovstem.errors import DataError
+    from perovstem.pipeline.config import IMAGE_SETTINGS
 
     given = {k: v for k, v in spec.options.items() if k in SERIES_OPTIONS}
     if not given:
         return value
+    if isinstance(value, Image) and set(given) <= IMAGE_SETTINGS:
+        from perovstem.insitu.prepare import prepare_image
+
+        value, notes = prepare_image(
+            value, **given, what=repr(str(spec.path)), names={k: f"`{k}`" for k in given}
+        )
+        for note in notes:
+            warnings.warn(f"{where}: {note}", UserWarning, stacklevel=2)
+        return value
     if not isinstance(value, Series):
+        extra = sorted(set(given) - IMAGE_SETTINGS) if isinstance(value, Image) else list(given)
         raise DataError(
-            f"{where}: {', '.join(given)} set an in-situ series; {str(spec.path)!r} holds "
+            f"{where}: {', '.join(extra)} set an in-situ series; {str(spec.path)!r} holds "
             f"one {type(value).__name__.lower()}"
         )
     from perovstem.insitu.prepare import prepare_series
