@@ -664,3 +664,16 @@ def test_report_of_an_interrupted_rerun_says_the_folder_is_mixed(tmp_path, capsy
     cfg = _config(tmp_path, seed=3, n_frames=30)
     run_pipeline(cfg, out=out, quiet=False, scheduler="serial", report=False)
     assert "report.html is from an earlier run of this folder" in capsys.readouterr().err
+
+
+def test_unreachable_scheduler_is_refused_before_any_step(tmp_path, monkeypatch):
+    """`-s tcp://127.0.0.1:1` ran the serial steps, then waited 30 s at the first mapped
+    one and ended in "unexpected OSError" (exit 1); it is now a bad-input error before
+    anything runs or any folder is made."""
+    import perovstem.pipeline.executor as ex
+
+    monkeypatch.setattr(ex, "_CONNECT_TIMEOUT_S", 1)
+    out = tmp_path / "run"
+    with pytest.raises(PerovstemError, match="cannot reach the dask scheduler 'tcp://127.0.0.1:1'"):
+        run_pipeline(_config(tmp_path), out=out, quiet=True, scheduler="tcp://127.0.0.1:1")
+    assert not out.exists()

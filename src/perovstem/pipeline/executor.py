@@ -27,6 +27,9 @@ from typing import Any
 
 from perovstem.errors import ParameterError
 
+#: seconds to wait for a dask scheduler given by its address (dask's default is 30)
+_CONNECT_TIMEOUT_S = 10
+
 __all__ = ["Executor", "local_cluster", "parse_scheduler"]
 
 
@@ -171,7 +174,15 @@ class Executor:
 
         distributed = import_optional("distributed", extra="dask")
         if self.kind == "address":
-            self._client = distributed.Client(self._address, set_as_default=False)
+            try:
+                self._client = distributed.Client(
+                    self._address, set_as_default=False, timeout=_CONNECT_TIMEOUT_S
+                )
+            except OSError as exc:  # (an "unexpected OSError", exit 1, after earlier steps)
+                raise ParameterError(
+                    f"cannot reach the dask scheduler {self._address!r} ({exc}); start it, or "
+                    "give another --scheduler (serial, local, local:N)"
+                ) from None
         else:
             n = self.n_workers or max(1, min(os.cpu_count() or 1, 8))
             self._cluster = local_cluster(n, processes=self.processes)

@@ -444,7 +444,13 @@ def run_pipeline(
     run_dir = Path(out)
     sched = scheduler if scheduler is not None else config.scheduler
     executor = Executor(sched, n_workers=n_workers or config.workers, processes=processes)
-    _prepare_run_dir(run_dir, config)
+    if executor.kind == "address":
+        executor.client()  # a scheduler that cannot be reached is said before any step runs
+    try:
+        _prepare_run_dir(run_dir, config)
+    except BaseException:
+        executor.close()
+        raise
     from perovstem.io.runstore import acquire_lock, release_lock
 
     lock = acquire_lock(run_dir)
