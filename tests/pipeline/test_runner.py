@@ -677,3 +677,19 @@ def test_unreachable_scheduler_is_refused_before_any_step(tmp_path, monkeypatch)
     with pytest.raises(PerovstemError, match="cannot reach the dask scheduler 'tcp://127.0.0.1:1'"):
         run_pipeline(_config(tmp_path), out=out, quiet=True, scheduler="tcp://127.0.0.1:1")
     assert not out.exists()
+
+
+def test_deleted_cached_value_reruns_its_step(tmp_path):
+    """A cached value deleted by hand (or a disk clean-up) failed every later run with
+    "artefact ... is missing"; the step that made it now runs again."""
+    import shutil
+
+    cfg = _config(tmp_path)
+    out = tmp_path / "run"
+    run_pipeline(cfg, out=out, quiet=True, scheduler="serial")
+    gone = [p for p in (out / ".cache" / "gen").iterdir() if p.name.startswith("series")]
+    assert gone
+    for p in gone:
+        p.unlink() if p.is_file() else shutil.rmtree(p)
+    res = run_pipeline(cfg, out=out, quiet=True, scheduler="serial")
+    assert res.status("gen") == "ran" and res.status("frames") == "cached"

@@ -269,7 +269,10 @@ def read_artefact(folder: str | os.PathLike, name: str) -> Any:
     try:
         return pickle.loads(read_bytes(p))
     except Exception as exc:  # stale cache from another version
-        raise FileFormatError(f"cannot read cached artefact {str(p)!r}: {exc}") from None
+        raise FileFormatError(
+            f"cannot read cached artefact {str(p)!r}: {exc}; delete the folder "
+            f"{str(Path(folder))!r} and run again (the step that made it then runs again)"
+        ) from None
 
 
 def dir_is_empty(path: str | os.PathLike) -> bool:

@@ -699,6 +699,10 @@ def _run_one(
             info = {}
         # a public file pruned by a run without this step (or deleted by hand): run again
         intact = all((run_dir / f).is_file() for f in info.get("outputs", []))
+        # so must the cached values be (a deleted one failed every later run: "missing")
+        from perovstem.io.runstore import artefact_files
+
+        intact = intact and all(artefact_files(cache, o) for o in step.outputs)
         if info.get("key") == key and intact:
             for o in step.outputs:
                 ref = f"{spec.id}.{o}"
