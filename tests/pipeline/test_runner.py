@@ -396,6 +396,11 @@ def test_input_metadata_reported_and_escaped(tmp_path):
     assert loaded["metadata"].get("operator") == evil
     html = r.report.read_text()
     assert evil not in html and "&lt;script&gt;alert(&#34;md&#34;)&lt;/script&gt;" in html
+    # a rerun from the cache (the input not read again) keeps the record of how it was read
+    r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial")
+    assert {st.status for st in r.steps} == {"cached"}
+    prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert prov["inputs"]["series"]["loaded"] == loaded
 
 
 def test_step_warnings_reach_provenance_report_and_resume(tmp_path):

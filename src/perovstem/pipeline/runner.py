@@ -967,8 +967,23 @@ def _write_provenance(
     t_start: float,
     sched_desc: str | None = None,
 ) -> None:
-    from perovstem.io.runstore import write_json
+    from perovstem.io.runstore import read_json, write_json
 
+    # an input not read in this run (every step using it cached) keeps the record of how it
+    # was read from the run that read it, where the file and its options are the same
+    # (a fully cached rerun dropped the report's "Input … as read" table)
+    input_info = dict(input_info)
+    old_path = run_dir / "provenance.json"
+    if old_path.is_file() and set(inputs_prov) - set(input_info):
+        try:
+            old = read_json(old_path).get("inputs", {})
+        except PerovstemError:
+            old = {}
+        for k in set(inputs_prov) - set(input_info):
+            o = old.get(k) or {}
+            same = all(o.get(f) == inputs_prov[k].get(f) for f in ("sha256", "options"))
+            if same and o.get("loaded") is not None:
+                input_info[k] = o["loaded"]
     steps = []
     for r in results:
         d = {
