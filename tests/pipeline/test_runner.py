@@ -698,3 +698,52 @@ def test_deleted_cached_value_reruns_its_step(tmp_path):
         p.unlink() if p.is_file() else shutil.rmtree(p)
     res = run_pipeline(cfg, out=out, quiet=True, scheduler="serial")
     assert res.status("gen") == "ran" and res.status("frames") == "cached"
+
+
+PLUGIN_BESIDE = """
+from perovstem.pipeline import Param, register_step
+
+
+@register_step("beside.percentile", inputs=("series",), outputs=("table",),
+               params={{"percentile": Param(float, 99.0, "clip level, %", min=0, max=100)}})
+def percentile(ctx, series):
+    import numpy as np
+    import pandas as pd
+
+    {body}
+    rows = ctx.map(f, range(series.n_frames), description="frames")
+    return {{"table": pd.DataFrame(rows)}}
+"""
+
+
+@pytest.mark.parametrize("holds_ctx", [False, True])
+def test_plugin_beside_the_config_and_a_mapped_function_holding_ctx(tmp_path, holds_ctx):
+    """The README's plugin example (mylab_steps.py beside the TOML) failed with "No module
+    named 'mylab_steps'" without PYTHONPATH; and its lambda, which read ctx.params, could
+    not be sent to dask workers ("unexpected TypeError: Could not serialize ...").  The
+    plugin is found beside the file (also by the workers), and such a function is refused
+    saying what to do."""
+    name = f"beside_steps_{int(holds_ctx)}"
+    body = (
+        'f = lambda k: {"p": float(np.percentile(series.data[k], ctx.params["percentile"]))}'
+        if holds_ctx
+        else 'q = ctx.params["percentile"]\n'
+        '    f = lambda k: {"p": float(np.percentile(series.data[k], q))}'
+    )
+    (tmp_path / f"{name}.py").write_text(
+        PLUGIN_BESIDE.format(body=body).replace("beside.percentile", f"{name}.p")
+    )
+    from perovstem import Series
+
+    save_image(Series(np.ones((4, 8, 8)), 0.5), tmp_path / "s.npz")
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(
+        f'[run]\nreport = false\nplugins = ["{name}"]\n[inputs]\nseries = "s.npz"\n'
+        f'[[step]]\nrun = "{name}.p"\nid = "p"\n'
+    )
+    run = {"out": tmp_path / "run", "quiet": True, "scheduler": "local:1"}
+    if holds_ctx:
+        with pytest.raises(PerovstemError, match="must not hold `ctx`"):
+            run_pipeline(cfg, **run)
+    else:
+        assert run_pipeline(cfg, **run).status("p") == "ran"

@@ -129,6 +129,30 @@ class _Lines:
         return self.map.get((table, index, key)) or self.map.get((table, index, None))
 
 
+def _import_plugin(mod: str, base_dir: Path) -> None:
+    """Import a plugin module; one beside the configuration file (``mylab_steps.py`` next to
+    the TOML, as the README's example has it) is found without PYTHONPATH (it was "No
+    module named 'mylab_steps'").  Its folder then stays on the module path, also of dask
+    workers started later (through PYTHONPATH), which import the plugin's functions."""
+    import importlib
+    import os
+    import sys
+
+    try:
+        importlib.import_module(mod)
+        return
+    except ModuleNotFoundError as exc:
+        top = mod.split(".")[0]
+        here = Path(base_dir).resolve()
+        beside = (here / f"{top}.py").is_file() or (here / top / "__init__.py").is_file()
+        if exc.name != top or not beside:
+            raise
+    sys.path.insert(0, str(here))
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(here), *paths])
+    importlib.import_module(mod)
+
+
 def _where(source: str, line: int | None, what: str) -> str:
     loc = f"{source}" + (f" line {line}" if line else "")
     return f"{loc}: {what}: "
@@ -228,10 +252,8 @@ def parse_config(
         _check_run_value(key, value, w)
     plugins = tuple(run.get("plugins", ()))
     for mod in plugins:
-        import importlib
-
         try:
-            importlib.import_module(mod)
+            _import_plugin(mod, base_dir)
         except ImportError as exc:
             raise ParameterError(
                 f"{_where(source, lines.get('run', 'plugins'), '[run]')}cannot import plugin "

@@ -121,6 +121,19 @@ class StepContext:
 
         try:
             return self._executor.map(func, items, shared=shared, progress=tick)
+        except TypeError as exc:
+            if "serializ" not in str(exc):
+                raise
+            # a function holding `ctx` (e.g. a lambda reading ctx.params) cannot be sent to
+            # dask workers; it ended in "unexpected TypeError: Could not serialize LLGExpr"
+            from perovstem.errors import ParameterError
+
+            raise ParameterError(
+                "the function given to ctx.map cannot be sent to the "
+                f"dask workers ({str(exc)[:120]}): it must not hold `ctx` or another object "
+                "that cannot be pickled; read what it needs first (q = ctx.params[...]) and "
+                "use q in it"
+            ) from None
         finally:
             if task is not None:
                 self._progress.remove_task(task)
