@@ -363,3 +363,128 @@ def test_mrc_tilt_series_outputs_are_checked_before_writing(tmp_path):
     assert not (tmp_path / "X.mrc").exists()
     assert main(["convert", str(src), str(tmp_path / "Z.mrc")]) == 0
     assert np.allclose(ps.load(tmp_path / "Z.mrc").angles_deg, ang)
+
+
+def _fei1_stack(path, fields, voxel=None):
+    import mrcfile
+    from mrcfile.dtypes import get_ext_header_dtype
+
+    from perovstem.io._mrc import _FEI_BITS
+
+    data = np.random.default_rng(1).random((5, 16, 20)).astype(np.float32)
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(data)
+        if voxel is not None:
+            m.voxel_size = voxel
+        dt = get_ext_header_dtype(b"FEI1", m.header.mode.dtype.byteorder)
+        rec = np.zeros(5, dtype=dt)
+        rec["Metadata size"] = dt.itemsize
+        masks = dict.fromkeys(("Bitmask 1", "Bitmask 2", "Bitmask 3", "Bitmask 4"), 0)
+        for f, v in fields.items():
+            rec[f] = v
+            mk, b = _FEI_BITS[f]
+            masks[mk] |= 1 << b
+        for k, v in masks.items():
+            rec[k] = v
+        m.set_extended_header(rec)
+        m.header.exttyp = b"FEI1"
+
+
+def test_fei1_pixel_sizes_varying_or_non_square_are_refused(tmp_path):
+    """Per-image FEI1 pixel sizes of 0.2 then 0.4 Å (a magnification changed) read as
+    0.4 Å for all; a Y size of 0.4 Å beside X 0.2 Å read as square 0.2 Å (Y was not
+    read); an FEI1 size replacing a disagreeing header voxel size is said."""
+    import warnings
+
+    from perovstem.errors import CalibrationError
+    from perovstem.io import load
+
+    t = 45000.5 + np.arange(5) * 2 / 86400
+    _fei1_stack(
+        tmp_path / "vary.mrc", {"Pixel size X": [2e-11, 2e-11, 4e-11, 4e-11, 4e-11], "Timestamp": t}
+    )
+    with pytest.raises(CalibrationError, match="pixel size changes between images"):
+        load(tmp_path / "vary.mrc")
+    _fei1_stack(
+        tmp_path / "nonsq.mrc", {"Pixel size X": 2e-11, "Pixel size Y": 4e-11, "Timestamp": t}
+    )
+    with pytest.raises(CalibrationError, match=r"non-square pixels \(0.2 Å in x, 0.4 Å in y\)"):
+        load(tmp_path / "nonsq.mrc")
+    _fei1_stack(
+        tmp_path / "ok.mrc",
+        {"Pixel size X": 2e-11, "Pixel size Y": 2e-11, "Timestamp": t},
+        voxel=0.2,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load(tmp_path / "ok.mrc").pixel_size_A == pytest.approx(0.2)
+    _fei1_stack(
+        tmp_path / "hdr.mrc",
+        {"Pixel size X": 2e-11, "Pixel size Y": 2e-11, "Timestamp": t},
+        voxel=0.4,
+    )
+    with pytest.warns(UserWarning, match=r"its pixel size \(0.2 Å\) replaces the MRC header's"):
+        assert load(tmp_path / "hdr.mrc").pixel_size_A == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("PixelSpacing = 0.788 nm", "PixelSpacing"),
+        ("PixelSpacing = abc", "PixelSpacing"),
+        ("Voltage = abc", "Voltage"),
+    ],
+)
+def test_mdoc_values_that_are_no_numbers_are_refused_naming_them(tmp_path, line, key):
+    """A SerialEM .mdoc value that is not a number ended in a bare "could not convert
+    string to float" (CLI: unexpected ValueError); a NaN tilt angle made the tilt series
+    a frame series."""
+    import mrcfile
+
+    from perovstem.errors import FileFormatError
+    from perovstem.io import load
+
+    p = tmp_path / "s.mrc"
+    with mrcfile.new(p) as m:
+        m.set_data(np.ones((3, 8, 8), np.float32))
+    body = "".join(f"[ZValue = {k}]\nTiltAngle = {a}\n\n" for k, a in enumerate((-30, 0, 30)))
+    (tmp_path / "s.mrc.mdoc").write_text(f"{line}\n\n{body}")
+    with pytest.raises(FileFormatError, match=rf"line 1: {key} = .* is not a finite number"):
+        load(p)
+    (tmp_path / "s.mrc.mdoc").write_text("PixelSpacing = 3.94\n\n" + body.replace("= 30", "= nan"))
+    with pytest.raises(FileFormatError, match="TiltAngle = 'nan' is not a finite number"):
+        load(p)
+
+
+def test_mdoc_pixel_spacing_replaces_both_header_sizes(tmp_path):
+    """The .mdoc's PixelSpacing replaced the header's x size only, so a header of 3.94 Å and
+    an .mdoc of 7.88 Å was refused as "non-square pixels (7.88 Å in x, 3.94 Å in y)"."""
+    import mrcfile
+
+    from perovstem.io import load
+
+    p = tmp_path / "s.mrc"
+    with mrcfile.new(p) as m:
+        m.set_data(np.ones((3, 8, 8), np.float32))
+        m.voxel_size = 3.94
+    body = "".join(f"[ZValue = {k}]\nTiltAngle = {a}\n\n" for k, a in enumerate((-30, 0, 30)))
+    (tmp_path / "s.mrc.mdoc").write_text("PixelSpacing = 7.88\n\n" + body)
+    with pytest.warns(UserWarning, match=r"pixel size \(7.88 Å\) replaces the MRC header's voxel"):
+        assert load(p).pixel_size_A == pytest.approx(7.88)
+
+
+def test_temperature_stack_axis_is_refused_not_a_crash(tmp_path):
+    """A .hspy whose stack axis is in °C (a heating ramp) ended in "unexpected
+    DimensionalityError": "degree" in degree_Celsius was taken for an angle."""
+    hs = pytest.importorskip("hyperspy.api")
+    from perovstem.errors import DataError
+    from perovstem.io import load
+
+    s = hs.signals.Signal2D(np.ones((3, 8, 8), np.float32))
+    s.axes_manager[0].units = "degC"
+    s.axes_manager[0].scale = 50.0
+    s.axes_manager[1].units = s.axes_manager[2].units = "nm"
+    s.axes_manager[1].scale = s.axes_manager[2].scale = 0.02
+    s.save(tmp_path / "ramp.hspy")
+    with pytest.raises(DataError, match="neither time"):
+        load(tmp_path / "ramp.hspy")

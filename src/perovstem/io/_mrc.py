@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from perovstem.errors import DataError, FileFormatError
+from perovstem.errors import CalibrationError, DataError, FileFormatError
 from perovstem.io._write import protect
 
 _FEI_RECORD_FLOATS = 32  # old-style FEI extended header: 1024 records × 128 bytes
@@ -177,6 +177,10 @@ def read_fei1_extended_header(rec: np.ndarray, *, what: str = "MRC file") -> dic
         px = col("Pixel size X")
         if np.all(np.isfinite(px)) and np.all((px > 1e-13) & (px < 1e-3)):
             out["pixel_size_A"] = px * 1e10
+            if has("Pixel size Y"):
+                py = col("Pixel size Y")
+                if np.all(np.isfinite(py)) and np.all((py > 1e-13) & (py < 1e-3)):
+                    out["pixel_size_y_A"] = py * 1e10
     if has("Dose"):
         from perovstem.io.read import MAX_FRAME_DOSE_E_PER_A2
 
@@ -235,7 +239,7 @@ def read_mdoc(path: Path) -> dict[str, Any]:
     glob: dict[str, str] = {}
     sections: list[dict[str, str]] = []
     cur = glob
-    for line in path.read_text(errors="replace").splitlines():
+    for i, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         line = line.strip()
         if not line:
             continue
@@ -251,8 +255,27 @@ def read_mdoc(path: Path) -> dict[str, Any]:
         if line.startswith("[") or "=" not in line:
             continue
         k, v = (s.strip() for s in line.split("=", 1))
+        if k in _MDOC_NUMBERS:
+            # ("PixelSpacing = 0.788 nm", "TiltAngle = nan": a bare ValueError, or nan
+            # angles that made a tilt series a frame series)
+            try:
+                ok = np.isfinite(float(v))
+            except ValueError:
+                ok = False
+            if not ok:
+                raise FileFormatError(
+                    f"{str(path)!r} line {i}: {k} = {v!r} is not a finite number (SerialEM "
+                    "writes one number in its unit: Å, °, s, kV)"
+                )
         cur[k] = v
     return {"global": glob, "sections": sections}
+
+
+# the single-number .mdoc keys read (a value that is no number is refused)
+_MDOC_NUMBERS = frozenset(
+    {"PixelSpacing", "TiltAngle", "ExposureTime", "Voltage", "CountsPerElectron",
+     "TiltAxisAngle", "ExposureDose"}
+)  # fmt: skip
 
 
 def _mdoc_times(sections: list[dict[str, str]]) -> np.ndarray | None:
@@ -339,7 +362,7 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
         if voxel_y > 0:  # non-square pixels are refused by load() unless pixel_size= is given
             out["pixel_size_y_A"] = voxel_y
     if fei is not None:
-        out["pixel_size_A"] = float(np.median(fei["pixel_size_m"]) * 1e10)
+        _take_header_pixel_size(out, np.asarray(fei["pixel_size_m"]) * 1e10, None, md)
         if np.ptp(fei["a_tilt_deg"]) > _MIN_TILT_SPAN_DEG:
             out["angles_deg"] = fei["a_tilt_deg"]
         else:
@@ -381,7 +404,7 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
                 secs[0].get("PixelSpacing") if secs else None
             )
             if ps is not None:
-                out["pixel_size_A"] = float(ps)  # SerialEM writes Å
+                _take_pixel_size(out, float(ps), repr(str(mdoc_path)))  # SerialEM writes Å
             if secs and all("TiltAngle" in s for s in secs):
                 ang = np.array([float(s["TiltAngle"]) for s in secs])
                 if np.ptp(ang) > _MIN_TILT_SPAN_DEG:
@@ -410,6 +433,45 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
                     )
             break
     return out
+
+
+def _take_header_pixel_size(
+    out: dict[str, Any], px_A: np.ndarray, py_A: np.ndarray | None, md: dict[str, Any]
+) -> None:
+    """The FEI extended header's per-image pixel sizes: one size for the stack, or refused
+    (0.2 then 0.4 Å, a magnification changed mid-series, read as 0.4 Å for every image);
+    a Y size other than X is kept for load's non-square refusal (Y was not read)."""
+    where = f"{md.get('source', 'MRC file')!r} (FEI extended header)"
+    px = np.asarray(px_A, float).ravel()
+    med = float(np.median(px))
+    if np.ptp(px) > 1e-3 * med:
+        k = int(np.flatnonzero(np.abs(px - px[0]) > 1e-3 * med)[0])
+        raise CalibrationError(
+            f"{where}: the pixel size changes between images ({px[0]:.6g} Å for image 0, "
+            f"{px[k]:.6g} Å for image {k}; a magnification changed): not one series; split "
+            "it, or pass `--pixel-size-A` (Python: pixel_size=) to use one size"
+        )
+    _take_pixel_size(out, med, where)
+    if py_A is not None:
+        py = float(np.median(np.asarray(py_A, float)))
+        if abs(py - med) > 1e-3 * med:
+            out["pixel_size_y_A"] = py
+
+
+def _take_pixel_size(out: dict[str, Any], px_A: float, source: str) -> None:
+    """A square pixel size from ``source`` (a SerialEM .mdoc, an FEI extended header)
+    replaces the MRC header's voxel size in x and y; a header that disagrees is said.  (It
+    replaced x only, and the header's y made a "non-square pixels" refusal.)"""
+    before = out.get("pixel_size_A")
+    if before is not None and abs(before - px_A) > 1e-3 * px_A:
+        warnings.warn(
+            f"{source}: its pixel size ({px_A:.6g} Å) replaces the MRC header's voxel size "
+            f"({before:.6g} Å)",
+            UserWarning,
+            stacklevel=4,
+        )
+    out["pixel_size_A"] = px_A
+    out.pop("pixel_size_y_A", None)
 
 
 def _take_angles(out: dict[str, Any], md: dict[str, Any], ang: np.ndarray, source: str) -> None:
@@ -571,7 +633,7 @@ def _apply_fei1(
                     stacklevel=3,
                 )
     if "pixel_size_A" in fei1:
-        out["pixel_size_A"] = float(np.median(fei1["pixel_size_A"]))
+        _take_header_pixel_size(out, fei1["pixel_size_A"], fei1.get("pixel_size_y_A"), md)
     if "angles_deg" in fei1 and np.ptp(fei1["angles_deg"]) > _MIN_TILT_SPAN_DEG:
         out["angles_deg"] = fei1["angles_deg"]
     elif "angles_deg" in fei1:

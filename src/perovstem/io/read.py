@@ -1082,7 +1082,9 @@ def _nav_unit(units: Any) -> tuple[str | None, float]:
     except Exception:
         pass
     # angles are dimensionless in pint, as are "counts" or "percent": ask for an angle unit
-    if re.search(r"radian|degree|arc", str(q.units)):
+    if re.search(r"radian|degree|arc", str(q.units)) and not q.dimensionality:
+        # (not degree_Celsius / degree_Fahrenheit: a temperature ramp's stack axis failed
+        # the conversion to degrees with an "unexpected DimensionalityError")
         return "angle", float(q.to("degree").magnitude)
     return ("other" if q.dimensionality else None), 1.0
 
