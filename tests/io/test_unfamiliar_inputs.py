@@ -488,3 +488,35 @@ def test_temperature_stack_axis_is_refused_not_a_crash(tmp_path):
     s.save(tmp_path / "ramp.hspy")
     with pytest.raises(DataError, match="neither time"):
         load(tmp_path / "ramp.hspy")
+
+
+def test_damaged_perovstem_and_statstem_files_are_named_not_crashes(tmp_path):
+    """Hand-edited or damaged .npz/.zarr/.mat files (metadata without a pixel size, bad
+    JSON, no data array, a StatSTEM dx as an array) ended in "unexpected KeyError /
+    JSONDecodeError / TypeError"; a pixel size below 1 pm (metres typed for Å) was taken."""
+    import json
+
+    import perovstem as ps
+    from perovstem.errors import FileFormatError, ParameterError
+    from perovstem.io import load, save_image
+
+    good = tmp_path / "good.npz"
+    save_image(ps.Image(np.ones((8, 8), np.float32), 0.5), good)
+    with np.load(good) as z:
+        arrays = dict(z)
+    key = next(k for k, v in arrays.items() if v.dtype.kind in "US" and k != "data")
+    meta = json.loads(str(arrays[key]))
+    broken = {
+        "nopx": {
+            **arrays,
+            key: np.array(json.dumps({k: v for k, v in meta.items() if "size" not in k})),
+        },
+        "badjson": {**arrays, key: np.array("{not json")},
+        "nodata": {k: v for k, v in arrays.items() if k != "data"},
+    }
+    for name, content in broken.items():
+        np.savez(tmp_path / f"{name}.npz", **content)
+        with pytest.raises(FileFormatError, match=rf"{name}.npz'?: damaged, or not the layout"):
+            load(tmp_path / f"{name}.npz")
+    with pytest.raises(ParameterError, match=r"from 0.01 \(1 pm\)"):
+        load(good, pixel_size=2e-11)

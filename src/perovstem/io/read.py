@@ -21,6 +21,7 @@ from perovstem.errors import (
     FileFormatError,
     OptionalDependencyError,
     ParameterError,
+    PerovstemError,
 )
 from perovstem.io._mrc import _MIN_TILT_SPAN_DEG  # a stack axis spanning less is no tilt series
 from perovstem.io._units import is_reciprocal_length, length_to_A
@@ -214,14 +215,15 @@ def load(
         raise ParameterError(f"`kind` must be 'image', 'series' or 'tilt', got {kind!r}")
     if pixel_size is not None:
         try:
-            # up to 1 mm: survey images are µm per pixel; more is a unit mistake
-            ok = 0 < float(pixel_size) <= 1e7
+            # 1 pm to 1 mm, as a file may claim: survey images are µm per pixel; beyond is a
+            # unit mistake (2e-11, metres typed for Å, was taken as 2e-11 Å)
+            ok = _FILE_PIXEL_A[0] <= float(pixel_size) <= _FILE_PIXEL_A[1]
         except (TypeError, ValueError):
             ok = False
         if not ok:
             raise ParameterError(
-                f"`pixel_size` must be a positive number of Å (at most 1e7 Å = 1 mm), "
-                f"got {pixel_size!r}"
+                f"`pixel_size` must be a number of Å from {_FILE_PIXEL_A[0]:g} (1 pm) to "
+                f"{_FILE_PIXEL_A[1]:g} (1 mm), got {pixel_size!r}"
             )
     if path.is_dir() and path.suffix.lower() != ".zarr":
         from perovstem.io._folder import load_folder
@@ -262,14 +264,25 @@ def _read_record(path: Path, suffix: str, *, lazy: bool, signal: str | None) -> 
         from perovstem.io._mrc import read_mrc
 
         return read_mrc(path, lazy=lazy)
-    if suffix == ".npz":
-        return _read_npz(path)
-    if suffix == ".mat":
-        return _read_statstem_mat(path)
-    if suffix == ".zarr":
-        return _read_zarr(path, lazy=lazy)
+    own = {
+        ".npz": lambda: _read_npz(path),
+        ".mat": lambda: _read_statstem_mat(path),
+        ".zarr": lambda: _read_zarr(path, lazy=lazy),
+    }
     if suffix in (".tif", ".tiff") and _is_perovstem_tiff(path):
-        return _read_perovstem_tiff(path)
+        own[suffix] = lambda: _read_perovstem_tiff(path)
+    if suffix in own:
+        try:
+            return own[suffix]()
+        except PerovstemError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            # a damaged or hand-edited file (metadata without a pixel size, bad JSON, a
+            # StatSTEM dx that is an array or text) ended in "unexpected KeyError"
+            raise FileFormatError(
+                f"{str(path)!r}: damaged, or not the layout perovstem writes or reads for "
+                f"{suffix} ({type(exc).__name__}: {str(exc)[:160]})"
+            ) from None
     if suffix in _RSCIIO:
         return _read_rsciio(path, _RSCIIO[suffix], lazy=lazy, signal=signal)
     raise FileFormatError(
