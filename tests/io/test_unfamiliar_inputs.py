@@ -520,3 +520,34 @@ def test_damaged_perovstem_and_statstem_files_are_named_not_crashes(tmp_path):
             load(tmp_path / f"{name}.npz")
     with pytest.raises(ParameterError, match=r"from 0.01 \(1 pm\)"):
         load(good, pixel_size=2e-11)
+
+
+def test_angle_sources_that_are_dropped_or_overridden_are_said(tmp_path):
+    """An FEI1 Alpha tilt beyond ±90° dropped every angle (a tilt series read as a frame
+    series) silently; HyperSpy/ETSpy Tomography.tilts of the wrong length were ignored, and
+    tilts disagreeing with the stack axis won, both without a word."""
+    from perovstem.io import load
+
+    t = 45000.5 + np.arange(5) * 2 / 86400
+    alpha = np.array([-60.0, -30, 0, 30, 95])
+    _fei1_stack(
+        tmp_path / "a.mrc",
+        {"Pixel size X": 2e-11, "Pixel size Y": 2e-11, "Timestamp": t, "Alpha tilt": alpha},
+    )
+    with pytest.warns(UserWarning, match=r"Alpha tilt of image 4 is 95.0° \(beyond ±90°\)"):
+        load(tmp_path / "a.mrc")
+    hs = pytest.importorskip("hyperspy.api")
+    for name, tilts, said in (
+        ("short", np.linspace(-20, 20, 4), "hold 4 angles for 5 images: not used"),
+        ("other", np.linspace(-20, 20, 5), r"replace the stack axis's angles \(-10…10°\)"),
+    ):
+        s = hs.signals.Signal2D(np.ones((5, 8, 8), np.float32))
+        ax = s.axes_manager[0]
+        ax.units, ax.scale, ax.offset = "deg", 5.0, -10.0
+        for a in s.axes_manager.signal_axes:
+            a.units, a.scale = "nm", 0.2
+        s.metadata.set_item("Tomography.tilts", tilts)
+        s.save(tmp_path / f"{name}.hspy")
+        with pytest.warns(UserWarning, match=said):
+            got = load(tmp_path / f"{name}.hspy").angles_deg
+        assert np.allclose(got, np.linspace(-10, 10, 5) if name == "short" else tilts)

@@ -211,6 +211,15 @@ def read_fei1_extended_header(rec: np.ndarray, *, what: str = "MRC file") -> dic
         a = col("Alpha tilt")
         if np.all(np.abs(a) <= 90.0):
             out["angles_deg"] = a
+        else:  # (dropped without a word: the tilt series became a frame series)
+            k = int(np.flatnonzero(~(np.abs(a) <= 90.0))[0])
+            warnings.warn(
+                f"{what}: the FEI extended header's Alpha tilt of image {k} is {float(a[k])!r}° "
+                "(beyond ±90°): its tilt angles are not used (give them in a .rawtlt side "
+                "file)",
+                UserWarning,
+                stacklevel=3,
+            )
     if has("Tilt axis angle"):
         out["tilt_axis_deg"] = col("Tilt axis angle")
     for field, key in (

@@ -759,8 +759,25 @@ def _read_rsciio(
             return None if v is None else np.asarray(v, dtype=float)
 
         tilts = _arr("tilts")
-        if tilts is not None and tilts.size == data.shape[0]:
+        n_img = data.shape[0] if data.ndim == 3 else 1
+        if tilts is not None and tilts.size == n_img:
+            axis = out.get("angles_deg")
+            if axis is not None and np.max(np.abs(np.asarray(axis) - tilts.ravel())) > 0.1:
+                # (HyperSpy's stack axis and ETSpy's tilts disagreeing: the tilts won silently)
+                warnings.warn(
+                    f"{str(path)!r}: its Tomography.tilts ({tilts.min():g}…{tilts.max():g}°) "
+                    f"replace the stack axis's angles ({np.min(axis):g}…{np.max(axis):g}°)",
+                    UserWarning,
+                    stacklevel=3,
+                )
             out["angles_deg"] = tilts.ravel()
+        elif tilts is not None:
+            warnings.warn(
+                f"{str(path)!r}: its Tomography.tilts hold {tilts.size} angles for {n_img} "
+                "images: not used",
+                UserWarning,
+                stacklevel=3,
+            )
         if "tiltaxis" in tomo:
             # ETSpy's tiltaxis is the rotation its alignment applied to the data (trans_stack
             # adds each rotation to it), not the axis of the data, which that rotation put
