@@ -551,3 +551,25 @@ def test_angle_sources_that_are_dropped_or_overridden_are_said(tmp_path):
         with pytest.warns(UserWarning, match=said):
             got = load(tmp_path / f"{name}.hspy").angles_deg
         assert np.allclose(got, np.linspace(-10, 10, 5) if name == "short" else tilts)
+
+
+def test_imod_aligned_stack_takes_its_refined_tlt(tmp_path):
+    """Beside an IMOD aligned .ali, the .tlt holds the angles tiltalign refined for it; the
+    .rawtlt was always taken, silently.  Now the .ali takes its .tlt, and a .rawtlt that
+    differs is said; a raw stack (.mrc/.st) keeps taking its .rawtlt."""
+    import mrcfile
+
+    from perovstem.io import load
+
+    raw = np.array([-40.0, -20, 0, 20, 40])
+    refined = raw + np.array([0.3, -0.2, 0.1, 0.4, -0.3])
+    for name in ("a.ali", "a.mrc"):
+        with mrcfile.new(tmp_path / name) as m:
+            m.set_data(np.ones((5, 8, 8), np.float32))
+            m.voxel_size = 2.0
+    (tmp_path / "a.rawtlt").write_text("\n".join(f"{a:g}" for a in raw))
+    (tmp_path / "a.tlt").write_text("\n".join(f"{a:g}" for a in refined))
+    with pytest.warns(UserWarning, match=r"a\.tlt' gives the tilt angles; .*a\.rawtlt' beside"):
+        assert np.allclose(load(tmp_path / "a.ali").angles_deg, refined)
+    with pytest.warns(UserWarning, match=r"a\.rawtlt' gives the tilt angles"):
+        assert np.allclose(load(tmp_path / "a.mrc").angles_deg, raw)

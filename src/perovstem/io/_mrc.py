@@ -384,17 +384,29 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
         _apply_fei1(fei1, out, md, is_stack=arr.ndim == 3)
     _apply_de_info(path, out, md, n_frames=arr.shape[0] if arr.ndim == 3 else 0)
     # Side files beside the stack override or complete the header.
-    for suffix in (".rawtlt", ".tlt"):
-        side = path.with_suffix(suffix)
-        if side.is_file():
-            ang = read_angle_file(side)
-            if arr.ndim == 3 and ang.size != arr.shape[0]:
-                raise FileFormatError(
-                    f"{str(side)!r}: {ang.size} tilt angles for {arr.shape[0]} images in {str(path)!r}"
+    # IMOD: the .tlt beside an aligned .ali holds the angles tiltalign refined for it, the
+    # .rawtlt those of the raw stack; other stacks take the .rawtlt first
+    order = (".tlt", ".rawtlt") if path.suffix.lower() == ".ali" else (".rawtlt", ".tlt")
+    sides = [path.with_suffix(sfx) for sfx in order if path.with_suffix(sfx).is_file()]
+    for side in sides[:1]:
+        ang = read_angle_file(side)
+        if arr.ndim == 3 and ang.size != arr.shape[0]:
+            raise FileFormatError(
+                f"{str(side)!r}: {ang.size} tilt angles for {arr.shape[0]} images in {str(path)!r}"
+            )
+        _take_angles(out, md, ang, str(side))
+        protect(side)  # an input: `convert X.ali X.mrc --overwrite` rewrote it
+        if len(sides) > 1:
+            other = read_angle_file(sides[1])
+            if other.size != ang.size or np.max(np.abs(other - ang)) > _ANGLES_AGREE_DEG:
+                # (the .rawtlt was taken beside an .ali's refined .tlt without a word)
+                warnings.warn(
+                    f"{str(side)!r} gives the tilt angles; {str(sides[1])!r} beside it holds "
+                    "others (IMOD: the .tlt holds the angles refined for the aligned .ali "
+                    "stack, the .rawtlt those of the raw stack)",
+                    UserWarning,
+                    stacklevel=3,
                 )
-            _take_angles(out, md, ang, str(side))
-            protect(side)  # an input: `convert X.ali X.mrc --overwrite` rewrote it
-            break
     for mdoc_path in (Path(str(path) + ".mdoc"), path.with_suffix(".mdoc")):
         if mdoc_path.is_file():
             mdoc = read_mdoc(mdoc_path)
