@@ -98,6 +98,11 @@ def test_bad_run_keys(tmp_path):
         load_config(_write(tmp_path, '[run]\nplugins = ["no_such_mod"]\n'))
     with pytest.raises(ParameterError, match="no \\[\\[step\\]\\]"):
         load_config(_write(tmp_path, '[run]\nname = "x"\n'))
+    # the name makes the default run folder "<name>-run": "study/2024 batch" made nested
+    # folders, "../x" one outside the configuration's folder
+    for name in ("study/2024 batch", "../x"):
+        with pytest.raises(ParameterError, match="a name without '/'"):
+            load_config(_write(tmp_path, f'[run]\nname = "{name}"\n'))
 
 
 def test_missing_input_file_and_bad_toml(tmp_path):

@@ -165,6 +165,12 @@ def _check_run_value(key: str, value: Any, where: str) -> Any:
     if key in ("name", "title"):
         if not isinstance(value, str) or not value.strip():
             raise bad("a non-empty string")
+        if key == "name" and (
+            any(c in value for c in "/\\\0") or value.strip() in (".", "..")
+        ):
+            # the default run folder is "<name>-run": a "/" or ".." made nested folders or
+            # one outside the configuration's folder
+            raise bad("a name without '/', '\\' or '..' (it names the run folder)")
     elif key == "seed":
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise bad("an integer >= 0")
