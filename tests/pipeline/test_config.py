@@ -322,3 +322,29 @@ def test_input_pixel_size_must_be_a_finite_positive_number(tmp_path, value):
     )
     with pytest.raises(ParameterError, match=r"option `pixel_size` must be a positive number, Å"):
         load_config(cfg)
+
+
+def test_check_messages_name_the_typo_and_the_table_options(tmp_path):
+    """`runn = ...` said only "missing key `run`"; a table input with an option was read
+    as an image and refused as one ("read as an Image, a Series or a TiltSeries")."""
+    with pytest.raises(ParameterError, match="missing key `run`.*`runn` given: a typo"):
+        load_config(_write(tmp_path, '[[step]]\nrunn = "series.frames"\n'))
+    (tmp_path / "truth.csv").write_text("x_A,y_A\n1,2\n")
+    body = '[inputs]\npositions = { path = "truth.csv", lazy = false }\n[[step]]\nrun = "series.frames"\n'
+    with pytest.raises(
+        ParameterError, match=r"a table file \(.csv\) .* takes no options, got lazy"
+    ):
+        load_config(_write(tmp_path, body))
+
+
+def test_report_of_a_killed_first_run_says_so(tmp_path):
+    """A first run killed before provenance.json was written: `perovstem report` said "not a
+    run folder" although the folder holds the run's marker."""
+    from perovstem.errors import FileFormatError
+    from perovstem.report import write_report
+
+    (tmp_path / "perovstem-run.json").write_text('{"name": "r", "format": 1}')
+    with pytest.raises(FileFormatError, match="holds a run that never finished"):
+        write_report(tmp_path)
+    with pytest.raises(FileFormatError, match="is not a run folder"):
+        write_report(tmp_path / "nothing")

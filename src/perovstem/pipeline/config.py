@@ -165,9 +165,7 @@ def _check_run_value(key: str, value: Any, where: str) -> Any:
     if key in ("name", "title"):
         if not isinstance(value, str) or not value.strip():
             raise bad("a non-empty string")
-        if key == "name" and (
-            any(c in value for c in "/\\\0") or value.strip() in (".", "..")
-        ):
+        if key == "name" and (any(c in value for c in "/\\\0") or value.strip() in (".", "..")):
             # the default run folder is "<name>-run": a "/" or ".." made nested folders or
             # one outside the configuration's folder
             raise bad("a name without '/', '\\' or '..' (it names the run folder)")
@@ -297,6 +295,14 @@ def parse_config(
         p = Path(path)
         if not p.is_absolute():
             p = base_dir / p
+        from perovstem.pipeline.runner import TABLE_SUFFIXES
+
+        if p.suffix.lower() in TABLE_SUFFIXES and options:
+            # (with any option a table was read as an image, and refused as one)
+            raise ParameterError(
+                f"{w}a table file ({p.suffix}) is read as it is and takes no options, got "
+                f"{', '.join(sorted(options))}"
+            )
         if check_files and not p.exists():
             raise FileFormatError(f"{w}input file {str(p)!r} does not exist")
         log = _check_series_options(w, options, base_dir, check_files)
@@ -330,8 +336,14 @@ def parse_config(
     for i, raw in enumerate(raw_steps):
         hline = lines.get("step", None, i)
         if not isinstance(raw, dict) or "run" not in raw:
+            import difflib
+
+            keys = list(raw) if isinstance(raw, dict) else []
+            near = difflib.get_close_matches("run", keys, n=1, cutoff=0.6)
+            hint = f"; `{near[0]}` given: a typo?" if near else ""  # ("runn" said only "missing")
             raise ParameterError(
-                f"{_where(source, hline, f'[[step]] #{i + 1}')}missing key `run` (the step name)"
+                f"{_where(source, hline, f'[[step]] #{i + 1}')}missing key `run` (the step "
+                f"name){hint}"
             )
         if not isinstance(raw["run"], str):
             raise ParameterError(

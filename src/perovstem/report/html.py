@@ -239,6 +239,13 @@ def write_report(
     run_dir = Path(run_dir)
     prov_path = run_dir / "provenance.json"
     if not prov_path.is_file():
+        from perovstem.pipeline.runner import RUN_MARKER
+
+        if (run_dir / RUN_MARKER).is_file():  # a first run killed before it finished
+            raise FileFormatError(
+                f"{str(run_dir)!r} holds a run that never finished (no provenance.json): run "
+                "`perovstem run` again to complete it, then the report"
+            )
         raise FileFormatError(f"{str(run_dir)!r} is not a run folder (no provenance.json)")
     if out is not None:
         # an explicit -o once replaced the run's input data file with HTML
