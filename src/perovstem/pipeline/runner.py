@@ -446,14 +446,14 @@ def run_pipeline(
     executor = Executor(sched, n_workers=n_workers or config.workers, processes=processes)
     if executor.kind == "address":
         executor.client()  # a scheduler that cannot be reached is said before any step runs
-    try:
-        _prepare_run_dir(run_dir, config)
-    except BaseException:
-        executor.close()
-        raise
     from perovstem.io.runstore import acquire_lock, release_lock
 
-    lock = acquire_lock(run_dir)
+    try:
+        _prepare_run_dir(run_dir, config)
+        lock = acquire_lock(run_dir)
+    except BaseException:
+        executor.close()  # (the client connected above)
+        raise
     try:
         return _run_locked(config, run_dir, executor, quiet, report, t_start)
     finally:
