@@ -633,30 +633,28 @@ def test_report_tables_show_missing_and_infinite_values_in_words(tmp_path):
     assert rows == [["a", "∞", "—", "—", "−∞"], ["b", "12.35", "1", "O2", "0.5"]]
 
 
-def test_report_of_an_interrupted_rerun_says_the_folder_is_mixed(tmp_path, capsys):
+def test_report_of_an_interrupted_rerun_says_the_folder_is_mixed(tmp_path, capsys, monkeypatch):
     """A rerun with new parameters killed after some steps left their new tables beside the
     earlier run's, and `perovstem report` then showed the earlier run's step log and
     parameters without a word.  The run marker records a run in progress until
     provenance.json is written; a report made meanwhile says so (warning and banner)."""
-    import _thread
-    import threading
-
+    import perovstem.pipeline.runner as runner
     from perovstem.report import write_report
 
     out = tmp_path / "run"
     run_pipeline(_config(tmp_path, n_frames=30), out=out, quiet=True, scheduler="serial")
     marker = json.loads((out / "perovstem-run.json").read_text())
     assert "in_progress_since_utc" not in marker
-    timer = threading.Timer(1.0, _thread.interrupt_main)
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        run_pipeline(
-            _config(tmp_path, seed=2, n_frames=30, delay=0.2),
-            out=out,
-            quiet=True,
-            scheduler="serial",
-        )
-    timer.cancel()
+
+    def killed(*args, **kwargs):  # Ctrl-C (or a kill) after the steps, before provenance
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(runner, "_write_provenance", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(
+                _config(tmp_path, seed=2, n_frames=30), out=out, quiet=True, scheduler="serial"
+            )
     assert "in_progress_since_utc" in json.loads((out / "perovstem-run.json").read_text())
     with pytest.warns(UserWarning, match="did not finish"):
         html = write_report(out).read_text()
