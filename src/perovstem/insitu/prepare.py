@@ -198,7 +198,7 @@ def prepare_image(
         What replaced the file's own values, and a measured detector.
     """
     from perovstem._data import voltage_kV_of
-    from perovstem.io.read import E_CHARGE
+    from perovstem.io.read import dose_per_frame
 
     n = {k: f"`{k}`" for k in ("dose_e_per_A2", "current_pA", "dwell_us", "gain", "voltage_kV")}
     n.update(names or {})
@@ -235,7 +235,7 @@ def prepare_image(
                 f"{what}: the dose of one image from the probe needs both {n['current_pA']} "
                 f"and {n['dwell_us']}"
             )
-        dose = current_pA * 1e-12 * dwell_us * 1e-6 / E_CHARGE / img.pixel_size_A**2
+        dose = dose_per_frame(current_pA * 1e-12, dwell_us * 1e-6, img.pixel_size_A)
     if dose is not None:
         if img.dose_e_per_A2 is not None and abs(img.dose_e_per_A2 - dose) > 1e-6 * dose:
             notes.append(
