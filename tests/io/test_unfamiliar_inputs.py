@@ -573,3 +573,20 @@ def test_imod_aligned_stack_takes_its_refined_tlt(tmp_path):
         assert np.allclose(load(tmp_path / "a.ali").angles_deg, refined)
     with pytest.warns(UserWarning, match=r"a\.rawtlt' gives the tilt angles"):
         assert np.allclose(load(tmp_path / "a.mrc").angles_deg, raw)
+
+
+def test_frame_times_all_equal_are_not_used(tmp_path):
+    """FEI1 stamps all equal (a writer that did not update them) gave every frame time 0,
+    and per-second results came from no interval, silently."""
+    from perovstem.io import load
+
+    stamps = np.full(5, 45000.5)
+    _fei1_stack(
+        tmp_path / "eq.mrc", {"Pixel size X": 2e-11, "Pixel size Y": 2e-11, "Timestamp": stamps}
+    )
+    with pytest.warns(UserWarning, match="every frame has the same time stamp"):
+        s = load(tmp_path / "eq.mrc")
+    assert s.time_s is None
+    t = 45000.5 + np.arange(5) * 2 / 86400
+    _fei1_stack(tmp_path / "ok.mrc", {"Pixel size X": 2e-11, "Pixel size Y": 2e-11, "Timestamp": t})
+    assert np.allclose(load(tmp_path / "ok.mrc").time_s, 2.0 * np.arange(5), atol=1e-3)

@@ -467,7 +467,7 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
     return Series(
         data,
         px,
-        time_s=rec.get("time_s"),
+        time_s=_frame_times(path, rec.get("time_s"), data.shape[0]),
         dose_e_per_A2=rec.get("dose_e_per_A2"),
         temperature_K=rec.get("temperature_K"),
         pressure_Pa=rec.get("pressure_Pa"),
@@ -475,6 +475,27 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
         initial_dose_e_per_A2=rec.get("initial_dose_e_per_A2"),
         metadata=md,
     )
+
+
+def _frame_times(path: Path, t: Any, n: int) -> Any:
+    """A stack's frame times, or None (with a warning) where every frame has the same one:
+    a writer that did not update them (FEI stamps all equal, a HyperSpy time axis of scale
+    0) gave time 0 to every frame, and the per-second results came from no interval."""
+    if t is None or n < 2:
+        return t
+    try:
+        a = np.ravel(np.asarray(t, dtype=float))
+    except (TypeError, ValueError):  # the data model names the problem
+        return t
+    if a.size == n and np.all(np.isfinite(a)) and np.ptp(a) == 0:
+        warnings.warn(
+            f"{str(path)!r}: every frame has the same time stamp ({a[0]:g} s): the frame "
+            "times are not used (give the frame interval: --frame-time-s, frame_time_s)",
+            UserWarning,
+            stacklevel=4,
+        )
+        return None
+    return t
 
 
 def _one_time(rec: dict[str, Any]) -> float | None:
