@@ -590,3 +590,28 @@ def test_frame_times_all_equal_are_not_used(tmp_path):
     t = 45000.5 + np.arange(5) * 2 / 86400
     _fei1_stack(tmp_path / "ok.mrc", {"Pixel size X": 2e-11, "Pixel size Y": 2e-11, "Timestamp": t})
     assert np.allclose(load(tmp_path / "ok.mrc").time_s, 2.0 * np.arange(5), atol=1e-3)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_mrc_axis_order_is_followed_or_refused(tmp_path, lazy):
+    """An MRC written with columns along y (mapc, mapr = 2, 1) was read untransposed; an
+    order whose sections are not the images is refused."""
+    import mrcfile
+
+    from perovstem.errors import FileFormatError
+    from perovstem.io import load
+
+    img = np.arange(3 * 6 * 4, dtype=np.float32).reshape(3, 6, 4)
+    with mrcfile.new(tmp_path / "n.mrc") as m:
+        m.set_data(img)
+        m.voxel_size = 2.0
+    with mrcfile.new(tmp_path / "s.mrc") as m:
+        m.set_data(np.ascontiguousarray(np.swapaxes(img, 1, 2)))
+        m.voxel_size = 2.0
+        m.header.mapc, m.header.mapr = 2, 1
+    ref = np.asarray(load(tmp_path / "n.mrc", lazy=lazy).data)
+    assert np.array_equal(np.asarray(load(tmp_path / "s.mrc", lazy=lazy).data), ref)
+    with mrcfile.open(tmp_path / "s.mrc", mode="r+") as m:
+        m.header.mapc, m.header.mapr, m.header.maps = 3, 1, 2
+    with pytest.raises(FileFormatError, match=r"axis order mapc, mapr, maps = \(3, 1, 2\)"):
+        load(tmp_path / "s.mrc", lazy=lazy)

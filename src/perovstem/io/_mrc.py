@@ -328,8 +328,19 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
         expected = int(hdr.nx) * int(hdr.ny) * int(hdr.nz)
         if data.size != expected:
             raise FileFormatError(f"{str(path)!r}: truncated MRC, {data.size} of {expected} values")
+        axes = (int(hdr.mapc), int(hdr.mapr), int(hdr.maps))
+        if axes not in ((1, 2, 3), (2, 1, 3), (0, 0, 0)):
+            # (the order was ignored: the stack was read with its axes mixed)
+            raise FileFormatError(
+                f"{str(path)!r}: MRC axis order mapc, mapr, maps = {axes}: the sections are "
+                "not the images (only 1, 2, 3 or 2, 1, 3 are read); reorder it, e.g. with "
+                "IMOD's trimvol -yz"
+            )
+        swapped = axes == (2, 1, 3)  # columns along y: each image is transposed
         voxel = float(mrc.voxel_size.x)
         voxel_y = float(mrc.voxel_size.y)
+        if swapped:
+            voxel, voxel_y = voxel_y, voxel
         nz = int(hdr.nz)
         exttyp = bytes(hdr.exttyp).decode("ascii", "replace").strip("\x00 ")
         labels = [
@@ -345,6 +356,8 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
         if fei1 is None and int(hdr.nsymbt) >= 128 * nz and exttyp in ("", "FEI1", "FEI2"):
             fei = read_fei_extended_header(mrc.extended_header, nz)
         arr = data if lazy else np.array(data)
+        if swapped and not lazy:
+            arr = np.ascontiguousarray(np.swapaxes(arr, -1, -2))
     finally:
         if not lazy:
             mrc.close()
@@ -352,6 +365,8 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
         import dask.array as da
 
         arr = da.from_array(data, chunks=(1, *data.shape[1:]) if data.ndim == 3 else data.shape)
+        if swapped:
+            arr = da.swapaxes(arr, -1, -2)
     md: dict[str, Any] = {
         "source": str(path),
         "format": "mrc",
