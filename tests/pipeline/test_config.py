@@ -348,3 +348,32 @@ def test_report_of_a_killed_first_run_says_so(tmp_path):
         write_report(tmp_path)
     with pytest.raises(FileFormatError, match="is not a run folder"):
         write_report(tmp_path / "nothing")
+
+
+def test_unused_input_is_said(tmp_path):
+    """A misspelt [inputs] name left its file out without a word: an optional input
+    (`positons` for atoms.fit's `positions`) was simply not used, a required one was
+    reported missing without naming the look-alike."""
+    import warnings
+
+    from perovstem.io import save_image
+
+    save_image(Series(np.ones((3, 8, 8)), 0.5), tmp_path / "s.npz")
+    save_image(ps_image(), tmp_path / "a.npz")
+    (tmp_path / "p.csv").write_text("x_A,y_A\n1,2\n")
+    fit = '[[step]]\nrun = "atoms.fit"\ncell = "none"\n'
+    body = '[inputs]\nimage = "a.npz"\n{name} = "p.csv"\n' + fit
+    with pytest.warns(UserWarning, match=r"\[inputs\] positons: no step uses it"):
+        load_config(_write(tmp_path, body.format(name="positons")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(_write(tmp_path, body.format(name="positions")))
+    stats = '[inputs]\nseires = "s.npz"\n[[step]]\nrun = "series.frame_stats"\nplot = false\n'
+    with pytest.raises(ParameterError, match="needs input `series`.*`seires`: a typo"):
+        load_config(_write(tmp_path, stats))
+
+
+def ps_image():
+    from perovstem import Image
+
+    return Image(np.ones((16, 16), np.float32), 0.5)

@@ -465,6 +465,11 @@ def parse_config(
                     if later
                     else ""
                 )
+                import difflib
+
+                near = difflib.get_close_matches(name, list(inputs), n=1, cutoff=0.6)
+                if near and not order:
+                    order = f"; [inputs] has `{near[0]}`: a typo?"
                 raise ParameterError(
                     f"{_where(source, hline, label)}needs input `{name}`, produced by no earlier "
                     f"step and not in [inputs]{order}; add it to [inputs] or wire it with "
@@ -500,6 +505,22 @@ def parse_config(
         for o in step.outputs:
             produced[o] = f"{sid}.{o}"
             all_refs.add(f"{sid}.{o}")
+    used = set()
+    for st in steps:
+        for r in st.wiring.values():
+            used.update(r if isinstance(r, list) else [r])
+    for name_ in sorted(set(inputs) - used):
+        # (a misspelt name, e.g. `imgae = "a.tif"`, left the file out without a word: the
+        # step read another input or failed for a missing one)
+        import warnings
+
+        warnings.warn(
+            f"{_where(source, inputs[name_].line, f'[inputs] {name_}')}no step uses it (a step "
+            f"takes the input of its own name, or one wired with `inputs = {{ <name> = "
+            f'"{name_}" }}`)',
+            UserWarning,
+            stacklevel=2,
+        )
     name = run.get("name") or (Path(source).stem if source != "<config>" else "analysis")
     workers = run.get("workers")
     return Config(
