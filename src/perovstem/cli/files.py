@@ -178,14 +178,11 @@ def info(
             raise
         # what the file holds is still worth showing (that is what info is for); the error
         # follows, and the exit status stays that of the error
-        from perovstem.io.read import quiet_pixel_replacement
+        from perovstem.io.read import quietly_replacing_pixel_size
 
         # (its stand-in 1 Å is no size the user gave: not "the pixel size given replaces")
-        token = quiet_pixel_replacement.set(True)
-        try:
+        with quietly_replacing_pixel_size():
             obj, missing = load(file, pixel_size=1.0, lazy=True, signal=signal), e
-        finally:
-            quiet_pixel_replacement.reset(token)
     console.print(str(file))
     table = Table(show_header=False)
     for k, v in describe(obj):

@@ -9,11 +9,9 @@ file is read when its frame is computed, so a long recording needs the memory of
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import warnings
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ import numpy as np
 
 from perovstem._data import Image, Series
 from perovstem.errors import CalibrationError, DataError, FileFormatError, ParameterError
-from perovstem.io.read import SUPPORTED_SUFFIXES, _natural_key, quiet_pixel_replacement
+from perovstem.io.read import SUPPORTED_SUFFIXES, _natural_key, quietly_replacing_pixel_size
 
 # one level of a Gatan In-Situ dataset (GMS 3): Hour_00/Minute_01/Second_02
 _GMS_LEVEL = re.compile(r"^(hour|minute|second)_(\d+)$", re.IGNORECASE)
@@ -235,7 +233,7 @@ def load_folder(
     for k, f in enumerate(files):
         # a given pixel size replacing each frame's calibration is said once for the folder
         # below, not once per frame (a thousand lines)
-        with _quiet_replacement():
+        with quietly_replacing_pixel_size():
             img = load(f, pixel_size=pixel_size, signal=signal, lazy=lazy)
         if img.metadata.get("pixel_size_file_A") is not None:
             replaced.add(float(img.metadata["pixel_size_file_A"]))
@@ -398,18 +396,8 @@ def _read_frame(f: Path, dtype: np.dtype, pixel_size: float | None, signal: str 
     from perovstem.io.read import load
 
     # the folder said once that the given pixel size replaces the frames' own
-    with _quiet_replacement():
+    with quietly_replacing_pixel_size():
         return np.asarray(load(f, pixel_size=pixel_size, signal=signal).data, dtype=dtype)
-
-
-@contextlib.contextmanager
-def _quiet_replacement() -> Iterator[None]:
-    """Within: `load` records a replaced pixel size without warning (this thread only)."""
-    token = quiet_pixel_replacement.set(True)
-    try:
-        yield
-    finally:
-        quiet_pixel_replacement.reset(token)
 
 
 def _lazy_stack(

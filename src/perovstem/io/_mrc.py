@@ -399,10 +399,7 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
         _apply_fei1(fei1, out, md, is_stack=arr.ndim == 3)
     _apply_de_info(path, out, md, n_frames=arr.shape[0] if arr.ndim == 3 else 0)
     # Side files beside the stack override or complete the header.
-    # IMOD: the .tlt beside an aligned .ali holds the angles tiltalign refined for it, the
-    # .rawtlt those of the raw stack; other stacks take the .rawtlt first
-    order = (".tlt", ".rawtlt") if path.suffix.lower() == ".ali" else (".rawtlt", ".tlt")
-    sides = [path.with_suffix(sfx) for sfx in order if path.with_suffix(sfx).is_file()]
+    sides = [f for f in angle_file_candidates(path) if f.is_file()]
     for side in sides[:1]:
         ang = read_angle_file(side)
         if arr.ndim == 3 and ang.size != arr.shape[0]:
@@ -422,7 +419,7 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
                     UserWarning,
                     stacklevel=3,
                 )
-    for mdoc_path in (Path(str(path) + ".mdoc"), path.with_suffix(".mdoc")):
+    for mdoc_path in mdoc_candidates(path):
         if mdoc_path.is_file():
             mdoc = read_mdoc(mdoc_path)
             md["mdoc"] = mdoc
@@ -469,6 +466,20 @@ def read_mrc(path: Path, *, lazy: bool = False) -> dict[str, Any]:
                     )
             break
     return out
+
+
+def angle_file_candidates(path: Path) -> list[Path]:
+    """The tilt-angle side files read beside ``path``, in the order they are taken.
+
+    IMOD: the .tlt beside an aligned .ali holds the angles tiltalign refined for it, the
+    .rawtlt those of the raw stack; other stacks take the .rawtlt first."""
+    order = (".tlt", ".rawtlt") if path.suffix.lower() == ".ali" else (".rawtlt", ".tlt")
+    return [path.with_suffix(sfx) for sfx in order]
+
+
+def mdoc_candidates(path: Path) -> list[Path]:
+    """The SerialEM .mdoc files read beside ``path`` (``x.mrc.mdoc``, then ``x.mdoc``)."""
+    return [Path(str(path) + ".mdoc"), path.with_suffix(".mdoc")]
 
 
 def _take_header_pixel_size(

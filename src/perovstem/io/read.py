@@ -23,7 +23,12 @@ from perovstem.errors import (
     ParameterError,
     PerovstemError,
 )
-from perovstem.io._mrc import _MIN_TILT_SPAN_DEG  # a stack axis spanning less is no tilt series
+from perovstem.io._mrc import (  # a stack axis spanning less than the first is no tilt series
+    _ANGLES_AGREE_DEG,
+    _MIN_TILT_SPAN_DEG,
+    angle_file_candidates,
+    mdoc_candidates,
+)
 from perovstem.io._units import is_reciprocal_length, length_to_A
 from perovstem.io._write import protect
 
@@ -55,6 +60,17 @@ _FILE_PIXEL_A = (1e-2, 1e7)
 quiet_pixel_replacement: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "quiet_pixel_replacement", default=False
 )
+
+
+@contextlib.contextmanager
+def quietly_replacing_pixel_size() -> Any:
+    """Within: :func:`load` records a replaced pixel size without warning (this thread
+    only): a folder says it once for all its frames, `perovstem info` gives a stand-in."""
+    token = quiet_pixel_replacement.set(True)
+    try:
+        yield
+    finally:
+        quiet_pixel_replacement.reset(token)
 
 
 # what a file's first bytes say it is: (family, suffixes of that family)
@@ -605,13 +621,7 @@ def side_files(path: str | os.PathLike) -> list[Path]:
     p = Path(path)
     if p.is_dir():
         return []
-    found = [
-        p.with_suffix(".rawtlt"),
-        p.with_suffix(".tlt"),
-        Path(str(p) + ".mdoc"),
-        p.with_suffix(".mdoc"),
-        Path(str(p) + ".json"),
-    ]
+    found = [*angle_file_candidates(p), *mdoc_candidates(p), Path(str(p) + ".json")]
     if p.suffix.lower() == ".mrc":
         de = _de_info_file(p)
         if de is not None:
@@ -783,7 +793,8 @@ def _read_rsciio(
         n_img = data.shape[0] if data.ndim == 3 else 1
         if tilts is not None and tilts.size == n_img:
             axis = out.get("angles_deg")
-            if axis is not None and np.max(np.abs(np.asarray(axis) - tilts.ravel())) > 0.1:
+            diff = np.abs(np.asarray(axis) - tilts.ravel()) if axis is not None else None
+            if diff is not None and np.max(diff) > _ANGLES_AGREE_DEG:
                 # (HyperSpy's stack axis and ETSpy's tilts disagreeing: the tilts won silently)
                 warnings.warn(
                     f"{str(path)!r}: its Tomography.tilts ({tilts.min():g}…{tilts.max():g}°) "

@@ -25,8 +25,10 @@ Everything is validated before any work starts; errors name the file, the line a
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -336,8 +338,6 @@ def parse_config(
     for i, raw in enumerate(raw_steps):
         hline = lines.get("step", None, i)
         if not isinstance(raw, dict) or "run" not in raw:
-            import difflib
-
             keys = list(raw) if isinstance(raw, dict) else []
             near = difflib.get_close_matches("run", keys, n=1, cutoff=0.6)
             hint = f"; `{near[0]}` given: a typo?" if near else ""  # ("runn" said only "missing")
@@ -465,8 +465,6 @@ def parse_config(
                     if later
                     else ""
                 )
-                import difflib
-
                 near = difflib.get_close_matches(name, list(inputs), n=1, cutoff=0.6)
                 if near and not order:
                     order = f"; [inputs] has `{near[0]}`: a typo?"
@@ -512,8 +510,6 @@ def parse_config(
     for name_ in sorted(set(inputs) - used):
         # (a misspelt name, e.g. `imgae = "a.tif"`, left the file out without a word: the
         # step read another input or failed for a missing one)
-        import warnings
-
         warnings.warn(
             f"{_where(source, inputs[name_].line, f'[inputs] {name_}')}no step uses it (a step "
             f"takes the input of its own name, or one wired with `inputs = {{ <name> = "
