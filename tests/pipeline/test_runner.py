@@ -745,3 +745,41 @@ def test_plugin_beside_the_config_and_a_mapped_function_holding_ctx(tmp_path, ho
             run_pipeline(cfg, **run)
     else:
         assert run_pipeline(cfg, **run).status("p") == "ran"
+
+
+PLUGIN_SCALE = """
+import pandas as pd
+from perovstem.pipeline import register_step
+
+
+@register_step("{name}.scale", inputs=("series",), outputs=("table",))
+def scale(ctx, series):
+    return {{"table": pd.DataFrame({{"v": [float(series.data.mean()) * {factor}]}})}}
+"""
+
+
+def test_edited_plugin_runs_again(tmp_path, monkeypatch):
+    """A plugin step's result stayed cached after its code was edited (its key held only the
+    step's name, version and parameters), and in one session the old module kept running.
+    The key holds the plugin module's source digest, and an edited module is re-imported."""
+    from perovstem import Series
+
+    # with bytecode written, an edit of the same size within one second reads the stale .pyc
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    name = "edited_plugin_steps"
+    plugin = tmp_path / f"{name}.py"
+    plugin.write_text(PLUGIN_SCALE.format(name=name, factor=2.0))
+    save_image(Series(np.ones((2, 8, 8)), 0.5), tmp_path / "s.npz")
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(
+        f'[run]\nreport = false\nplugins = ["{name}"]\n[inputs]\nseries = "s.npz"\n'
+        f'[[step]]\nrun = "{name}.scale"\nid = "p"\n'
+    )
+    out = tmp_path / "run"
+    table = out / "tables" / "p.table.parquet"
+    assert run_pipeline(cfg, out=out, quiet=True, scheduler="serial").status("p") == "ran"
+    assert pd.read_parquet(table)["v"].iloc[0] == pytest.approx(2.0)
+    assert run_pipeline(cfg, out=out, quiet=True, scheduler="serial").status("p") == "cached"
+    plugin.write_text(PLUGIN_SCALE.format(name=name, factor=3.0))
+    assert run_pipeline(cfg, out=out, quiet=True, scheduler="serial").status("p") == "ran"
+    assert pd.read_parquet(table)["v"].iloc[0] == pytest.approx(3.0)

@@ -26,7 +26,12 @@ Everything is validated before any work starts; errors name the file, the line a
 from __future__ import annotations
 
 import difflib
+import hashlib
+import importlib
+import importlib.util
+import os
 import re
+import sys
 import tomllib
 import warnings
 from dataclasses import dataclass, field
@@ -136,12 +141,8 @@ def _import_plugin(mod: str, base_dir: Path) -> None:
     the TOML, as the README's example has it) is found without PYTHONPATH (it was "No
     module named 'mylab_steps'").  Its folder then stays on the module path, also of dask
     workers started later (through PYTHONPATH), which import the plugin's functions."""
-    import importlib
-    import os
-    import sys
-
     try:
-        importlib.import_module(mod)
+        _import_current(mod)
         return
     except ModuleNotFoundError as exc:
         top = mod.split(".")[0]
@@ -152,7 +153,32 @@ def _import_plugin(mod: str, base_dir: Path) -> None:
     sys.path.insert(0, str(here))
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join([str(here), *paths])
-    importlib.import_module(mod)
+    _import_current(mod)
+
+
+# source digest of each plugin module when it was (re)imported
+_PLUGIN_SOURCES: dict[str, str] = {}
+
+
+def _import_current(mod: str) -> None:
+    """Import ``mod``, or re-import it where its source file changed since it was imported
+    in this process (a plugin edited between two runs of one session: its old functions
+    ran under the cache key of the new code)."""
+
+    def digest(m: Any) -> str | None:
+        f = getattr(m, "__file__", None)
+        return hashlib.sha256(Path(f).read_bytes()).hexdigest() if f and Path(f).is_file() else None
+
+    old = sys.modules.get(mod)
+    if old is not None and mod in _PLUGIN_SOURCES and digest(old) != _PLUGIN_SOURCES[mod]:
+        # its bytecode cache goes first: it is validated by the source's whole-second mtime
+        # and size, so an edit within the second of the last import would be read stale
+        Path(importlib.util.cache_from_source(old.__file__)).unlink(missing_ok=True)
+        module = importlib.reload(old)
+    else:
+        module = importlib.import_module(mod)
+    if (d := digest(module)) is not None:
+        _PLUGIN_SOURCES[mod] = d
 
 
 def _where(source: str, line: int | None, what: str) -> str:

@@ -10,11 +10,14 @@ never crashes a run.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
 import math
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from perovstem.errors import ParameterError
@@ -512,6 +515,21 @@ class Step:
     @property
     def available(self) -> bool:
         return not self.missing_requirements()
+
+    def code_digest(self) -> str | None:
+        """SHA-256 of the source file of a plugin step's function (None for perovstem's own
+        steps, whose ``version`` and the perovstem version key their code): an edited plugin
+        must not leave the results of its old code cached."""
+        module = getattr(self.func, "__module__", "") or ""
+        if module == "perovstem" or module.startswith("perovstem."):
+            return None
+        try:
+            src = inspect.getsourcefile(self.func)
+        except TypeError:  # a built-in or C function: no file to read
+            return None
+        if not src or not Path(src).is_file():
+            return None
+        return hashlib.sha256(Path(src).read_bytes()).hexdigest()
 
     def resolve_params(self, given: dict[str, Any], *, where: str = "") -> dict[str, Any]:
         """Validate ``given`` against the schema and fill in defaults.

@@ -688,6 +688,8 @@ def _run_one(
                 for k, v in wiring.items()
             },
             "perovstem": _versions()["perovstem"],
+            # a plugin's code (its module file): editing it re-runs the step
+            **({"code_sha256": code} if (code := step.code_digest()) else {}),
         }
     )
     cache = run_dir / ".cache" / spec.id
