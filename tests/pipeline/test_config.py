@@ -373,6 +373,31 @@ def test_unused_input_is_said(tmp_path):
         load_config(_write(tmp_path, stats))
 
 
+def test_input_taken_by_an_earlier_output_of_its_name_is_said(tmp_path):
+    """An [inputs] image named like an earlier step's output (`image` of simulate.haadf) was
+    left out without a word: the fit read the simulated image.  The warning names the step
+    and the output it took, and how to wire the file; wired so, no warning."""
+    import warnings
+
+    from perovstem.io import save_image
+
+    save_image(ps_image(), tmp_path / "a.npz")
+    body = (
+        '[inputs]\nimage = "a.npz"\n' + NC + '[[step]]\nrun = "simulate.haadf"\nid = "sim"\n'
+        '[[step]]\nrun = "atoms.fit"\nid = "fit"\ncell = "none"\n{wire}'
+    )
+    with pytest.warns(
+        UserWarning,
+        match=r"\[inputs\] image: no step uses it: step `fit` "
+        r"takes `sim.image`.*inputs = \{ image = \"image\" \}",
+    ):
+        load_config(_write(tmp_path, body.format(wire="")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = load_config(_write(tmp_path, body.format(wire='inputs = { image = "image" }\n')))
+    assert cfg.steps[-1].wiring["image"] == "image"
+
+
 def ps_image():
     from perovstem import Image
 

@@ -358,6 +358,7 @@ def parse_config(
         raise ParameterError(f"{source}: no [[step]] given; nothing to run")
     steps: list[StepSpec] = []
     produced: dict[str, str] = {}  # plain output name -> latest artefact reference
+    shadowed: dict[str, tuple[str, str]] = {}  # [inputs] name -> (step id, output it took)
     all_refs: set[str] = set()
     ids: set[str] = set()
     upstreams: dict[str, dict[str, Any]] = {}  # step id -> its inputs' producers
@@ -483,6 +484,8 @@ def parse_config(
                     )
             else:
                 ref = produced.get(name) or (name if name in inputs else None)
+                if name in produced and name in inputs:
+                    shadowed.setdefault(name, (sid, produced[name]))
             if ref is None and name not in step.optional_inputs:
                 later = _later_producer(raw_steps, i, name)
                 order = (
@@ -536,10 +539,20 @@ def parse_config(
     for name_ in sorted(set(inputs) - used):
         # (a misspelt name, e.g. `imgae = "a.tif"`, left the file out without a word: the
         # step read another input or failed for a missing one)
+        why = (
+            f"no step uses it (a step takes the input of its own name, or one wired with "
+            f'`inputs = {{ <name> = "{name_}" }}`)'
+        )
+        if name_ in shadowed:
+            # an earlier step's output of the same name wins over the file: said, not silent
+            sid_, ref_ = shadowed[name_]
+            why = (
+                f"no step uses it: step `{sid_}` takes `{ref_}`, the earlier step output of "
+                f"that name, which comes before an [inputs] entry; wire the file with "
+                f'`inputs = {{ {name_} = "{name_}" }}` in that step'
+            )
         warnings.warn(
-            f"{_where(source, inputs[name_].line, f'[inputs] {name_}')}no step uses it (a step "
-            f"takes the input of its own name, or one wired with `inputs = {{ <name> = "
-            f'"{name_}" }}`)',
+            f"{_where(source, inputs[name_].line, f'[inputs] {name_}')}{why}",
             UserWarning,
             stacklevel=2,
         )
