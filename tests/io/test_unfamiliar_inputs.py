@@ -615,3 +615,48 @@ def test_mrc_axis_order_is_followed_or_refused(tmp_path, lazy):
         m.header.mapc, m.header.mapr, m.header.maps = 3, 1, 2
     with pytest.raises(FileFormatError, match=r"axis order mapc, mapr, maps = \(3, 1, 2\)"):
         load(tmp_path / "s.mrc", lazy=lazy)
+
+
+def _berkeley_emd(path, first_axis, rng):
+    from rsciio.emd import file_writer
+
+    image_axis = {"size": 32, "scale": 0.05, "offset": 0.0, "units": "nm", "navigate": False}
+    file_writer(
+        str(path),
+        {
+            "data": rng.random((4, 32, 32)).astype("f4"),
+            "axes": [
+                {"size": 4, "navigate": False, **first_axis},
+                {"name": "y", **image_axis},
+                {"name": "x", **image_axis},
+            ],
+            "metadata": {"General": {"title": "stack"}, "Signal": {"signal_type": ""}},
+            "original_metadata": {},
+        },
+    )
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_berkeley_emd_stack_is_a_series_or_tilt_series(tmp_path, lazy):
+    """The Berkeley EMD reader marks no axis as a navigation axis: a frame series or tilt
+    series in that format was refused as holding "no 2-D image signal".  Its first axis is
+    the stack's when it is in time or angle units; three length axes are named a volume."""
+    rng = np.random.default_rng(0)
+    _berkeley_emd(
+        tmp_path / "s.emd", {"name": "time", "scale": 2.0, "offset": 0.0, "units": "s"}, rng
+    )
+    s = ps.io.load(tmp_path / "s.emd", lazy=lazy)
+    assert isinstance(s, ps.Series) and s.n_frames == 4
+    assert s.pixel_size_A == pytest.approx(0.5)
+    np.testing.assert_allclose(s.time_s, [0, 2, 4, 6])
+    _berkeley_emd(
+        tmp_path / "t.emd", {"name": "tilt", "scale": 10.0, "offset": -20.0, "units": "deg"}, rng
+    )
+    t = ps.io.load(tmp_path / "t.emd", lazy=lazy)
+    assert isinstance(t, ps.TiltSeries)
+    np.testing.assert_allclose(t.angles_deg, [-20, -10, 0, 10])
+    _berkeley_emd(
+        tmp_path / "v.emd", {"name": "z", "scale": 0.05, "offset": 0.0, "units": "nm"}, rng
+    )
+    with pytest.raises(DataError, match="a 3-D volume \\(three length axes\\)"):
+        ps.io.load(tmp_path / "v.emd", lazy=lazy)

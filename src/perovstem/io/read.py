@@ -547,10 +547,20 @@ def _pick_signal(path: Path, sigs: list[dict], signal: str | None = None) -> dic
     """
     from perovstem.io._units import is_reciprocal_length
 
+    sigs = [_stack_of_flat_signal(s) for s in sigs]
     images = [s for s in sigs if sum(not a.get("navigate", False) for a in s["axes"]) == 2]
     if not images:
         shapes = [tuple(np.shape(s["data"])) for s in sigs]
-        raise DataError(f"{str(path)!r}: no 2-D image signal in the file (signals: {shapes})")
+        volume = any(
+            len(s["axes"]) == 3 and all(_is_length_unit(a.get("units")) for a in s["axes"])
+            for s in sigs
+        )
+        what = (
+            "a 3-D volume (three length axes), not an image or a stack of frames"
+            if volume
+            else "no 2-D image signal in the file"
+        )
+        raise DataError(f"{str(path)!r}: {what} (signals: {shapes})")
 
     def label(s: dict) -> str:
         return _title(s) or str(_get(s.get("metadata", {}), "General", "original_filename"))
@@ -603,6 +613,33 @@ def _pick_signal(path: Path, sigs: list[dict], signal: str | None = None) -> dic
         f"({[label(s) for s in images]}); choose one with signal= (one of these; command "
         "line: --signal of perovstem info / convert)"
     )
+
+
+def _is_length_unit(units: Any) -> bool:
+    from perovstem.io._units import length_to_A
+
+    try:
+        length_to_A(1.0, units, what="axis")
+    except CalibrationError:
+        return False
+    return True
+
+
+def _stack_of_flat_signal(s: dict) -> dict:
+    """A 3-D signal whose axes are all signal axes (the Berkeley EMD reader marks none as
+    navigation) read as a stack: its first axis navigates when it is in time or angle units
+    or has none, and the image axes are not.  Such a series or tilt series was refused as
+    holding "no 2-D image signal"."""
+    axes = s.get("axes", [])
+    if len(axes) != 3 or any(a.get("navigate", False) for a in axes):
+        return s
+    axes = sorted(axes, key=lambda a: a.get("index_in_array", 0))
+    kind, _ = _nav_unit(axes[0].get("units"))
+    if kind not in (None, "time", "angle") or _is_length_unit(axes[0].get("units")):
+        return s
+    if any(_nav_unit(a.get("units"))[0] in ("time", "angle") for a in axes[1:]):
+        return s
+    return {**s, "axes": [{**axes[0], "navigate": True}, *axes[1:]]}
 
 
 def _get(d: dict, *keys: str) -> Any:
