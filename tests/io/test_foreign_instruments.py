@@ -304,6 +304,28 @@ def test_serialem_exposure_dose_is_read_and_named(tmp_path):
     assert "ExposureDose" in s.metadata["dose_source"]
 
 
+def test_tilt_series_keeps_its_exposure_dose(tmp_path, capsys):
+    """A TiltSeries has no dose field: the .mdoc's ExposureDose was dropped while
+    `dose_source` still named it.  It is kept per projection in the metadata, shown by
+    `perovstem info` and written again into an FEI-header .mrc."""
+    from perovstem.cli.main import main
+    from perovstem.io.write import projection_dose_e_per_A2
+
+    secs = [
+        {"TiltAngle": -40 + 20 * i, "DateTime": f"21-Oct-24  10:00:0{i}", "ExposureDose": 2 + i}
+        for i in range(5)
+    ]
+    t = ps.load(_serialem(tmp_path, 5, secs))
+    assert isinstance(t, ps.TiltSeries)
+    np.testing.assert_allclose(projection_dose_e_per_A2(t), [2, 3, 4, 5, 6])
+    assert main(["info", str(tmp_path / "series.mrc")]) == 0
+    assert "20 e⁻/Å² in all (2 … 6 per projection)" in capsys.readouterr().out
+    ps.io.save_image(t, tmp_path / "copy.mrc")
+    np.testing.assert_allclose(
+        projection_dose_e_per_A2(ps.load(tmp_path / "copy.mrc")), [2, 3, 4, 5, 6]
+    )
+
+
 def test_serialem_uncalibrated_or_absurd_dose_gives_none(tmp_path):
     zero = [{"ExposureDose": 0} for _ in range(3)]
     assert ps.load(_serialem(tmp_path, 3, zero)).dose_e_per_A2 is None

@@ -15,6 +15,7 @@ def describe(obj) -> list[tuple[str, str]]:
     import numpy as np
 
     from perovstem._data import Image, Series, TiltSeries
+    from perovstem.io.write import projection_dose_e_per_A2
 
     rows = [
         ("type", type(obj).__name__),
@@ -91,6 +92,15 @@ def describe(obj) -> list[tuple[str, str]]:
         )
         if obj.shifts_px is not None:
             rows.append(("shifts", f"stored, max |shift| {np.abs(obj.shifts_px).max():.3g} px"))
+        dose = projection_dose_e_per_A2(obj)
+        if dose is not None:
+            rows.append(
+                (
+                    "dose",
+                    f"{dose.sum():.4g} e⁻/Å² in all ({dose.min():.4g} … {dose.max():.4g} per "
+                    "projection)",
+                )
+            )
     md = obj.metadata
     title = (md.get("original") or {}).get("General", {}).get("title")
     if title:

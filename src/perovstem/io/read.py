@@ -472,6 +472,12 @@ def _build(path: Path, rec: dict[str, Any], *, pixel_size: float | None, kind: s
             raise FileFormatError(
                 f"{str(path)!r}: no tilt angles in the file or a .rawtlt/.tlt/.mdoc side file"
             )
+        dose = rec.get("dose_e_per_A2")
+        if dose is not None:
+            # a TiltSeries has no dose field: kept in its metadata (the .mdoc's or FEI
+            # header's dose was dropped while `dose_source` still named it)
+            per = np.broadcast_to(np.asarray(dose, dtype=float), (data.shape[0],))
+            md = {**md, "dose_per_projection_e_per_A2": per.tolist()}
         return TiltSeries(
             data,
             angles,

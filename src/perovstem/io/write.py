@@ -47,6 +47,22 @@ def _meta_of(obj: Image | Series | TiltSeries) -> dict[str, Any]:
     return meta
 
 
+def projection_dose_e_per_A2(obj: TiltSeries) -> np.ndarray | None:
+    """The dose of each projection of a tilt series, e⁻/Å² (kept in its metadata as read
+    from an .mdoc or FEI header), or None when unknown or not one finite value ≥ 0 per
+    projection."""
+    v = obj.metadata.get("dose_per_projection_e_per_A2")
+    if v is None:
+        return None
+    try:
+        d = np.asarray(v, dtype=float).ravel()
+    except (TypeError, ValueError):
+        return None
+    if d.shape != (obj.n_angles,) or not np.all(np.isfinite(d) & (d >= 0)):
+        return None
+    return d
+
+
 def _json_safe(d: Any) -> Any:
     from perovstem.io.read import _jsonable
 
@@ -197,6 +213,9 @@ def _fei_fields(obj: Image | Series | TiltSeries) -> dict[str, Any]:
             out[key] = v
     if isinstance(obj, TiltSeries):
         out.update(angles_deg=obj.angles_deg, tilt_axis_deg=obj.tilt_axis_deg)
+        dose = projection_dose_e_per_A2(obj)
+        if dose is not None:
+            out["dose_e_per_A2"] = dose
     else:
         out.update(dose_e_per_A2=obj.dose_e_per_A2, time_s=obj.time_s)
         if isinstance(obj, Series) and obj.exposure_s is not None:
