@@ -660,3 +660,28 @@ def test_berkeley_emd_stack_is_a_series_or_tilt_series(tmp_path, lazy):
     )
     with pytest.raises(DataError, match="a 3-D volume \\(three length axes\\)"):
         ps.io.load(tmp_path / "v.emd", lazy=lazy)
+
+
+def test_hyperspy_image_axis_without_unit_takes_the_other_axis_unit(tmp_path):
+    """A HyperSpy image with a unit on x only (0.05 nm) and a y scale of 0.1 without unit read
+    as square 0.5 Å pixels, silently.  The unitless axis takes the other's unit (non-square:
+    refused), an equal scale is square, and a never-calibrated scale of 1 is said."""
+    hs = pytest.importorskip("hyperspy.api")
+    from perovstem.errors import CalibrationError
+
+    def save(name, y_scale, y_units, x_units="nm"):
+        hs.signals.Signal2D(
+            np.ones((16, 16), "f4"),
+            axes=[
+                {"name": "y", "size": 16, "scale": y_scale, "units": y_units},
+                {"name": "x", "size": 16, "scale": 0.05, "units": x_units},
+            ],
+        ).save(tmp_path / name)
+        return tmp_path / name
+
+    with pytest.raises(CalibrationError, match="non-square pixels \\(0.5 Å in x, 1 Å in y\\)"):
+        ps.io.load(save("a.hspy", 0.1, "<undefined>"))
+    assert ps.io.load(save("b.hspy", 0.05, "")).pixel_size_A == pytest.approx(0.5)
+    assert ps.io.load(save("c.hspy", 0.05, "nm", "<undefined>")).pixel_size_A == pytest.approx(0.5)
+    with pytest.warns(UserWarning, match="axis 'y' has no calibration.*that of axis 'x', 0.5 Å"):
+        assert ps.io.load(save("d.hspy", 1.0, "px")).pixel_size_A == pytest.approx(0.5)

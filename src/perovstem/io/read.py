@@ -621,6 +621,46 @@ def _pick_signal(path: Path, sigs: list[dict], signal: str | None = None) -> dic
     )
 
 
+def _image_axes_A(path: Path, sig_axes: list[dict]) -> tuple[float | None, float | None]:
+    """Pixel sizes (x, y), Å, of a RosettaSciIO signal's image axes (x the last).
+
+    An axis without a unit beside one in a length unit takes that unit for its scale: a
+    HyperSpy image with units set on x only (0.05 nm in x, 0.1 "<undefined>" in y) read as
+    square 0.5 Å pixels; now its y scale is 1 Å and the non-square pixels are refused.  A
+    unitless scale of 1 (never calibrated) is taken to equal the other, with a warning.
+    """
+    from perovstem.io._units import _UNDEFINED, length_to_A
+
+    def size(a: dict) -> float | None:
+        try:
+            return length_to_A(a.get("scale", 1.0), a.get("units"), what=str(path))
+        except CalibrationError:
+            return None
+
+    px = size(sig_axes[-1])
+    if len(sig_axes) != 2:
+        return px, None
+    py = size(sig_axes[0])
+    if (px is None) == (py is None):
+        return px, py
+    known, other = (sig_axes[-1], sig_axes[0]) if px is not None else (sig_axes[0], sig_axes[-1])
+    if str(other.get("units") or "").strip().lower() not in _UNDEFINED:
+        return px, py  # a physical unit that is no length: the other axis' size is used
+    scale = float(other.get("scale", 1.0))
+    got = px if px is not None else py
+    if scale == 1.0 and float(known.get("scale", 1.0)) != 1.0:
+        warnings.warn(
+            f"{str(path)!r}: the image axis {other.get('name')!r} has no calibration (scale 1, "
+            f"no unit): its pixel size is taken equal to that of axis {known.get('name')!r}, "
+            f"{got:.4g} Å",
+            UserWarning,
+            stacklevel=4,
+        )
+        return got, got
+    both = length_to_A(scale, known.get("units"), what=str(path))
+    return (got, both) if px is not None else (both, got)
+
+
 def _is_length_unit(units: Any) -> bool:
     from perovstem.io._units import length_to_A
 
@@ -776,17 +816,9 @@ def _read_rsciio(
     if any(is_reciprocal_length(a.get("units")) for a in sig_axes):
         # a diffraction pattern or FFT: refused even with pixel_size=, which cannot fix it
         length_to_A(ax.get("scale", 1.0), ax.get("units"), what=repr(str(path)))
-    try:
-        out["pixel_size_A"] = length_to_A(ax.get("scale", 1.0), ax.get("units"), what=str(path))
-    except CalibrationError:
-        out["pixel_size_A"] = None
-    if out["pixel_size_A"] is not None and len(sig_axes) == 2:
-        try:
-            out["pixel_size_y_A"] = length_to_A(
-                sig_axes[0].get("scale", 1.0), sig_axes[0].get("units"), what=str(path)
-            )
-        except CalibrationError:
-            pass
+    out["pixel_size_A"], py = _image_axes_A(path, sig_axes)
+    if py is not None:
+        out["pixel_size_y_A"] = py
     if out["pixel_size_A"] is None and tif is not None:
         # rsciio drops the unit of ImageJ tifs in nm/Å/escaped µm and ignores OME PhysicalSize
         out["pixel_size_A"], out["pixel_size_y_A"] = _tiff_calibration_A(path, tif)
