@@ -402,3 +402,26 @@ def ps_image():
     from perovstem import Image
 
     return Image(np.ones((16, 16), np.float32), 0.5)
+
+
+def test_tilt_series_in_radians_is_said_by_info_and_the_pipeline(tmp_path, capsys):
+    """Angles in radians (±1.22) were said only by the tomo commands: `perovstem info` showed
+    them as degrees and a pipeline's tomo steps aligned and reconstructed them silently."""
+    from perovstem import TiltSeries
+    from perovstem.cli.main import main
+    from perovstem.io import save_image
+    from perovstem.pipeline import run_pipeline
+
+    ang = np.deg2rad(np.arange(-70.0, 71.0, 10.0))
+    data = np.random.default_rng(0).random((ang.size, 16, 16)).astype("f4")
+    save_image(TiltSeries(data, ang, 2.0), tmp_path / "rad.npz")
+    assert main(["info", str(tmp_path / "rad.npz")]) == 0
+    shown = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "-1.222 … 1.222° (15, step 0.175°) — radians? read as degrees" in shown
+    cfg = _write(
+        tmp_path,
+        '[run]\nreport = false\n[inputs]\ntilt = "rad.npz"\n'
+        '[[step]]\nrun = "tomo.bin"\nfactor = 2\n',
+    )
+    with pytest.warns(UserWarning, match=r"\[inputs\] tilt.*radians\? perovstem reads tilt"):
+        run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial")

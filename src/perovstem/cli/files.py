@@ -15,6 +15,7 @@ def describe(obj) -> list[tuple[str, str]]:
     import numpy as np
 
     from perovstem._data import Image, Series, TiltSeries
+    from perovstem.io.read import radian_angles_note
     from perovstem.io.write import projection_dose_e_per_A2
 
     rows = [
@@ -76,7 +77,14 @@ def describe(obj) -> list[tuple[str, str]]:
             )
         else:
             steps = f"step {step:.3g}°"
-        rows.append(("tilt angles", f"{a.min():.4g} … {a.max():.4g}° ({a.size}, {steps})"))
+        radians = radian_angles_note(a, "")
+        rows.append(
+            (
+                "tilt angles",
+                f"{a.min():.4g} … {a.max():.4g}° ({a.size}, {steps})"
+                + (" — radians? read as degrees" if radians else ""),
+            )
+        )
         applied = obj.metadata.get("tilt_axis_applied_deg")
         rows.append(
             (

@@ -84,16 +84,10 @@ def _load_tilt(
             "series holds no object (a blank or saturated acquisition?); the volume and "
             "anything measured on it are featureless"
         )
-    ang = np.asarray(obj.angles_deg, float)
-    span = float(np.ptp(ang))
-    notes = []
-    if directions > 2 and np.abs(ang).max() <= np.pi + 1e-6 and span >= 1.0:
-        # ±1.22 was taken as degrees: the series was aligned and reconstructed silently
-        notes.append(
-            f"{str(path)!r}: its tilt angles run from {ang.min():.4g} to {ang.max():.4g}, a "
-            f"span of {span:.3g}°: radians? perovstem reads tilt angles in degrees (a "
-            f"tilt series in radians: multiply by {180 / np.pi:.5g})"
-        )
+    from perovstem.io.read import radian_angles_note
+
+    radians = radian_angles_note(obj.angles_deg, repr(str(path)))
+    notes = [radians] if radians else []
     axis = float(obj.tilt_axis_deg)
     aligned = (
         obj.shifts_px is not None

@@ -661,6 +661,24 @@ def _image_axes_A(path: Path, sig_axes: list[dict]) -> tuple[float | None, float
     return (got, both) if px is not None else (both, got)
 
 
+def radian_angles_note(angles_deg: Any, what: str) -> str | None:
+    """A note when tilt angles look like radians (every |θ| ≤ π over a span of ≥ 1 and
+    more than two directions: ±1.22 was aligned and reconstructed as degrees without a
+    word), else None.  ``what`` names the file."""
+    ang = np.asarray(angles_deg, float).ravel()
+    if ang.size == 0 or not np.all(np.isfinite(ang)):
+        return None
+    span = float(np.ptp(ang))
+    directions = np.unique(np.round(ang, 6)).size
+    if directions > 2 and np.abs(ang).max() <= np.pi + 1e-6 and span >= 1.0:
+        return (
+            f"{what}: its tilt angles run from {ang.min():.4g} to {ang.max():.4g}, a span of "
+            f"{span:.3g}°: radians? perovstem reads tilt angles in degrees (a tilt series "
+            f"in radians: multiply by {180 / np.pi:.5g})"
+        )
+    return None
+
+
 def _is_length_unit(units: Any) -> bool:
     from perovstem.io._units import length_to_A
 

@@ -187,8 +187,10 @@ class _Artefacts:
     def _load_input(self, ref: str) -> Any:
         """Read an [inputs] file; its warnings are re-raised (the step that first uses it
         records them) and kept with the input's provenance."""
+        from perovstem._data import TiltSeries
         from perovstem.errors import CalibrationError
         from perovstem.io import load
+        from perovstem.io.read import radian_angles_note
 
         spec = self.config.inputs[ref]
         where = f"[inputs] {ref}" + (f" (line {spec.line})" if spec.line else "")
@@ -204,6 +206,10 @@ class _Artefacts:
                     opts = {k: v for k, v in spec.options.items() if k in LOAD_OPTIONS}
                     value = load(spec.path, **opts)
                     value = _series_settings(value, spec, where)
+                    if isinstance(value, TiltSeries):  # (said by the tomo commands too)
+                        note = radian_angles_note(value.angles_deg, where)
+                        if note:
+                            warnings.warn(note, UserWarning, stacklevel=2)
             except CalibrationError as exc:
                 if "pixel_size" in spec.options:
                     raise
