@@ -399,3 +399,23 @@ def test_series_too_short_for_a_process_says_so(n):
     assert np.isfinite(fitted.loc["mass_loss", "value"]) and np.isfinite(
         fitted.loc["growth", "value"]
     )
+
+
+def test_condition_levels_do_not_depend_on_the_other_series():
+    """Levels counted from the lowest value grouped 271.9 K with 270.0 K and split it from
+    272.1 K (0.2 K away) because a third series existed; values are now split at their
+    largest gaps until every level is within the tolerance."""
+    from perovstem.quantify.mechanism import _condition_levels
+
+    _, med = _condition_levels(np.array([270.0, 271.9, 272.1]), "abs", 2.0)
+    np.testing.assert_allclose(med, [270.0, 272.0])
+    _, med = _condition_levels(np.array([271.9, 272.1]), "abs", 2.0)
+    np.testing.assert_allclose(med, [272.0])
+    # dose rates on a log scale: 109 and 111 (1.8 % apart) together, not 100 and 109
+    _, med = _condition_levels(np.array([100.0, 109.0, 111.0, 300.0]), "rel", 0.1)
+    np.testing.assert_allclose(med, [100.0, 110.0, 300.0])
+    # no chaining along a ramp: every level at most 2 K wide
+    starts, med = _condition_levels(np.arange(250.0, 262.0, 0.5), "abs", 2.0)
+    v = np.arange(250.0, 262.0, 0.5)
+    i = np.searchsorted(starts, v, side="right") - 1
+    assert all(np.ptp(v[i == k]) <= 2.0 for k in range(starts.size))

@@ -56,18 +56,31 @@ CONDITION_TOLERANCE = {"temperature_K": ("abs", 2.0), "dose_rate_e_per_A2_s": ("
 
 
 def _condition_levels(values: np.ndarray, kind: str, tol: float) -> tuple[np.ndarray, np.ndarray]:
-    """Group sorted finite ``values`` into levels no wider than ``tol`` from their lowest
-    value (no chaining along a ramp): ``(level starts, level medians)``."""
+    """Group the finite ``values`` into levels no wider than ``tol`` (no chaining along a
+    ramp): the sorted values are split at their largest gap until every level fits
+    (``"rel"``: on a log scale, ``max <= min·(1 + tol)``).  Returns ``(level starts, level
+    medians)``.  Levels counted from the lowest value made grouping depend on the other
+    series: 271.9 K went with 270.0 K, not with 272.1 K."""
     v = np.unique(values[np.isfinite(values)])
-    starts: list[float] = []
-    members: list[list[float]] = []
-    for x in v:
-        if starts and (x - starts[-1] <= tol if kind == "abs" else x <= starts[-1] * (1 + tol)):
-            members[-1].append(x)
-        else:
-            starts.append(x)
-            members.append([x])
-    return np.asarray(starts, float), np.asarray([np.median(m) for m in members], float)
+    if kind == "rel":
+        pos = v > 0  # (zero and negative values: each its own level)
+        w = np.where(pos, np.log(np.where(pos, v, 1.0)), np.nan)
+        width = float(np.log1p(tol))
+    else:
+        pos = np.ones(v.size, bool)
+        w, width = v, float(tol)
+    bounds: list[tuple[int, int]] = [(i, i + 1) for i in np.flatnonzero(~pos)]
+    todo = [(int(np.argmax(pos)), v.size)] if pos.any() else []
+    while todo:
+        lo, hi = todo.pop()
+        if w[hi - 1] - w[lo] <= width * (1 + 1e-12):
+            bounds.append((lo, hi))
+            continue
+        k = lo + 1 + int(np.argmax(np.diff(w[lo:hi])))
+        todo += [(lo, k), (k, hi)]
+    bounds.sort()
+    starts = np.asarray([v[lo] for lo, _ in bounds], float)
+    return starts, np.asarray([np.median(v[lo:hi]) for lo, hi in bounds], float)
 
 
 def _to_level(values: Any, starts: np.ndarray, medians: np.ndarray) -> np.ndarray:
