@@ -297,6 +297,52 @@ def test_kinetics_command_combines_insitu_runs(study, tmp_path, capsys):
     assert again.attrs["series"] == [r.name for r in runs]
 
 
+def test_kinetics_refuses_copies_unfinished_runs_and_an_insitu_out(study, tmp_path, capsys):
+    """Audit: a copied run folder was counted twice (twice the steps, a narrower interval);
+    a killed insitu run (no summary.json) was combined without a word; `-o` another insitu
+    run with --overwrite replaced its summary.json; `--name ''` was taken.  Runs recorded at
+    different beam energies are said (summary.json now records the energy)."""
+    import shutil
+
+    from perovstem.cli.main import main
+    from perovstem.io import save_image
+
+    _, series, _ = study
+    runs = []
+    for t in TEMPERATURES_K[:2]:
+        f = tmp_path / f"s{t:g}.npz"
+        save_image(series[f"f1_{t:g}K"], f)
+        assert main(["insitu", str(f), "--no-plots"]) == 0
+        runs.append(tmp_path / f"s{t:g}_insitu")
+    assert json.loads((runs[0] / "summary.json").read_text())["voltage_kV"] is not None
+    copy = tmp_path / "copy"
+    shutil.copytree(runs[0], copy)
+    killed = tmp_path / "killed"
+    shutil.copytree(runs[1], killed)
+    (killed / "summary.json").unlink()
+    victim = tmp_path / "victim"
+    shutil.copytree(runs[1], victim)
+    before = (victim / "summary.json").read_bytes()
+    capsys.readouterr()
+    for args, word in (
+        ([runs[0], copy, runs[1]], "hold identical frames and clusters tables"),
+        ([runs[0], killed], "no summary.json: `perovstem insitu` did not finish"),
+        ([*runs, "-o", victim, "--overwrite"], "holds a `perovstem insitu` run"),
+        ([*runs, "--name", "a", "--name", " "], "`--name` 2 is empty"),
+    ):
+        assert main(["kinetics", *map(str, args)]) == 2, args
+        assert word in " ".join(capsys.readouterr().err.split()), word
+    assert (victim / "summary.json").read_bytes() == before
+    # one run at 200 kV (its summary's energy edited as a 200 kV run records it)
+    s200 = json.loads((copy / "summary.json").read_text())
+    s200["voltage_kV"] = 200.0
+    (copy / "summary.json").write_text(json.dumps(s200))
+    out = tmp_path / "k"
+    assert main(["kinetics", str(copy), str(runs[1]), "-o", str(out), "--no-plots"]) == 0
+    notes = json.loads((out / "summary.json").read_text())["notes"]
+    assert any("differ in beam energy (copy: 200 kV, s272_insitu: 300 kV)" in n for n in notes)
+
+
 def test_hop_rate_figure(study):
     """The Arrhenius figure: a point per temperature with its interval, Ea in the title; a
     table without hop rates is refused."""
@@ -314,3 +360,21 @@ def test_hop_rate_figure(study):
     assert (fy[-1] - fy[0]) / (fx[-1] - fx[0]) == pytest.approx(-_ea(c)["value"], rel=1e-9)
     with pytest.raises(DataError, match="no mobility row"):
         plot_hop_rates(c[c["process"] != "mobility"])
+
+
+def test_fields_at_different_gas_pressures_are_said(study):
+    """Audit: H2O at 1 and 1000 Pa (420 against 3 CsBr units stripped in the truth) were
+    one condition without a word: the pressure is not a condition column, so it is said."""
+    from perovstem.insitu import combine_series
+
+    _, _, results = study
+    tables = []
+    for name, p_Pa in (("f1_272K", 1.0), ("f2_272K", 1000.0)):
+        r = results[name]
+        tables.append({"frames": r.frames.assign(pressure_Pa=p_Pa), "clusters": r.clusters})
+    notes = combine_series(tables, names=["lo", "hi"]).attrs["notes"]
+    assert any("differ in gas pressure (lo: 1 Pa, hi: 1e+03 Pa)" in n for n in notes), notes
+    same = [
+        {"frames": t["frames"].assign(pressure_Pa=1.0), "clusters": t["clusters"]} for t in tables
+    ]
+    assert not any("pressure" in n for n in combine_series(same, names=["a", "b"]).attrs["notes"])

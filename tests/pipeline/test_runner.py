@@ -783,3 +783,27 @@ def test_edited_plugin_runs_again(tmp_path, monkeypatch):
     plugin.write_text(PLUGIN_SCALE.format(name=name, factor=3.0))
     assert run_pipeline(cfg, out=out, quiet=True, scheduler="serial").status("p") == "ran"
     assert pd.read_parquet(table)["v"].iloc[0] == pytest.approx(3.0)
+
+
+def test_input_as_read_shows_the_conditions_first():
+    """Audit: the report's "Input … as read" table was cut after 24 metadata entries, mostly
+    a simulator's nested kmc_params.*, so beam energy, temperature and gas never showed.
+    The conditions come first, and a level's scalars before its nested tables."""
+    from perovstem import Series
+    from perovstem.pipeline.runner import _describe
+
+    md = {"kmc_params": {f"p{i}": i for i in range(40)}, "voltage_kV": 200.0, "title": "x"}
+    s = Series(
+        np.ones((3, 8, 8)),
+        0.5,
+        time_s=[0.0, 1.0, 2.0],
+        dose_e_per_A2=[10.0, 10.0, 10.0],
+        temperature_K=[272.0, 272.0, 272.0],
+        gas="H2O",
+        metadata=md,
+    )
+    info = _describe(s)
+    assert info["beam energy"] == "200 kV" and info["temperature"] == "272 K"
+    assert info["gas"] == "H2O" and info["cumulative dose"] == "30 e⁻/Å²"
+    assert info["time"] == "0 … 2 s"
+    assert info["metadata"]["voltage_kV"] == "200.0" and info["metadata"]["title"] == "x"

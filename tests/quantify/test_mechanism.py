@@ -139,6 +139,48 @@ sources = ["truth A", "truth B"]
     assert list(br["source"]) == ["truth B", "truth A"]
 
 
+
+def test_pipeline_mechanism_names_the_gas_where_conditions_differ_by_it(tmp_path):
+    """Audit: conditions told apart by their gas only were all labelled "[272 K, 1197.6
+    e⁻/Å²/s]" in the report, with no gas column: which row is which?"""
+    import tomllib
+
+    from perovstem.pipeline import parse_config, run_pipeline
+
+    text = """
+[run]
+name = "gas"
+seed = 3
+report = false
+[[step]]
+run = "simulate.nanocrystal"
+edge_A = 30.0
+view3d = false
+[[step]]
+run = "simulate.kmc"
+id = "a"
+n_frames = 8
+[[step]]
+run = "simulate.kmc"
+id = "b"
+n_frames = 8
+atmosphere = "O2"
+inputs = { atoms = "nanocrystal.atoms" }
+[[step]]
+run = "quantify.mechanism"
+id = "m"
+inputs = { frames_a = "a.frames", frames_b = "b.frames" }
+"""
+    cfg = parse_config(tomllib.loads(text), source="g.toml", text=text)
+    r = run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial")
+    step = next(s for s in r.steps if s.id == "m")
+    assert step.status == "ran", step.message
+    texts = [i.get("text", "") for i in step.report_items if i.get("kind") == "text"]
+    assert any(", O2] " in t for t in texts) and any(", vacuum] " in t for t in texts), texts
+    table = next(i for i in step.report_items if i.get("kind") == "table")
+    assert "gas" in str(table)
+
+
 def test_temperature_row_uses_one_dose_rate_or_says_rates_differ():
     """Nucleation vs temperature: restricted to one dose rate when it has ≥ 3 temperatures;
     with a different dose rate at every temperature the row says they are confounded."""
@@ -419,3 +461,30 @@ def test_condition_levels_do_not_depend_on_the_other_series():
     v = np.arange(250.0, 262.0, 0.5)
     i = np.searchsorted(starts, v, side="right") - 1
     assert all(np.ptp(v[i == k]) <= 2.0 for k in range(starts.size))
+
+
+def test_activation_energy_that_cannot_be_fitted_says_why():
+    """Audit: hop rates at 0, 23 and 48 K (edited tables) gave no Ea row and no note: the
+    Arrhenius fit's refusal was swallowed.  It is a 'not fitted' row naming the reason."""
+    from perovstem.quantify.mechanism import _across
+
+    mob = pd.DataFrame(
+        {
+            "condition": [0, 1, 2],
+            "temperature_K": [0.0, 23.0, 48.0],
+            "dose_rate_e_per_A2_s": [100.0] * 3,
+            "gas": [""] * 3,
+            "process": ["mobility"] * 3,
+            "observable": ["cluster tracks"] * 3,
+            "param": ["Gamma1_per_s"] * 3,
+            "value": [1.0, 2.0, 4.0],
+            "ci_low": [0.5, 1.0, 2.0],
+            "ci_high": [2.0, 4.0, 8.0],
+            "text": ["mobility: Γ₁"] * 3,
+        }
+    )
+    rows = _across(mob, 0.95)
+    bad = rows[(rows["process"] == "temperature") & (rows["observable"] == "Gamma1_per_s")]
+    assert len(bad) == 1 and np.isnan(bad["value"].iloc[0])
+    assert "temperature: not fitted" in bad["text"].iloc[0]
+    assert "> 0 K" in bad["text"].iloc[0]

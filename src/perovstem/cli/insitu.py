@@ -332,7 +332,7 @@ def insitu(
     earlier = _earlier_outputs(out)
     check_outputs(*earlier, overwrite=overwrite)  # before any work: a rerun must not mix runs
     s = load(series, lazy=True, pixel_size=pixel_size_A)
-    from perovstem._data import Series
+    from perovstem._data import Series, voltage_kV_of
 
     if not isinstance(s, Series):
         raise FileFormatError(
@@ -381,6 +381,9 @@ def insitu(
     if skipped:
         notes.append(skipped)
     out.mkdir(parents=True, exist_ok=True)
+    # summary.json is written last and marks a finished run: an earlier run's goes first,
+    # so that a rerun killed while writing leaves no summary beside its new tables
+    (out / "summary.json").unlink(missing_ok=True)
     written = []
     for name, df in res.tables().items():
         df = df.copy()
@@ -396,6 +399,8 @@ def insitu(
         "series": str(series),
         "n_frames": s.n_frames,
         "pixel_size_A": s.pixel_size_A,
+        # the beam energy of the cross-section libraries (None: not recorded, 300 kV used)
+        "voltage_kV": voltage_kV_of(s.metadata),
         "skipped_frames": res.skipped,
         # how frames.dose_rate_e_per_A2_s was computed (the dose rate sets the conditions)
         "dose_rate_rule": s.dose_rate_rule,

@@ -26,16 +26,14 @@ OUTPUT_NAMES = (
 )
 
 
-def _run_tables(run: Path) -> dict[str, object]:
-    """The ``frames`` and ``clusters`` tables of a ``perovstem insitu`` output folder."""
-    from perovstem.io import read_table
-
+def _table_files(run: Path) -> dict[str, Path]:
+    """The ``frames`` and ``clusters`` table files of a ``perovstem insitu`` output folder."""
     if not run.is_dir():
         raise FileFormatError(
             f"{str(run)!r} is not a folder: give the output folders of `perovstem insitu` "
             "(one per series)"
         )
-    tables = {}
+    files = {}
     for name in ("frames", "clusters"):
         found = [
             run / f"{name}.{ext}" for ext in ("parquet", "csv") if (run / f"{name}.{ext}").is_file()
@@ -45,8 +43,62 @@ def _run_tables(run: Path) -> dict[str, object]:
                 f"{str(run)!r} has no {name}.parquet or {name}.csv: is it an output folder "
                 "of `perovstem insitu`?"
             )
-        tables[name] = read_table(found[0])
+        files[name] = found[0]
+    if not (run / "summary.json").is_file():
+        # `perovstem insitu` writes summary.json last: its tables may be of a killed run
+        raise FileFormatError(
+            f"{str(run)!r} has its tables but no summary.json: `perovstem insitu` did not "
+            "finish there (interrupted?); run it again"
+        )
+    return files
+
+
+def _run_tables(run: Path) -> dict[str, object]:
+    """The ``frames`` and ``clusters`` tables and the ``summary`` of a ``perovstem insitu``
+    output folder."""
+    import json
+
+    from perovstem.io import read_table
+
+    tables: dict[str, object] = {k: read_table(f) for k, f in _table_files(run).items()}
+    try:
+        tables["summary"] = json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise FileFormatError(f"{str(run / 'summary.json')!r}: not readable ({exc})") from None
     return tables
+
+
+def _same_runs(runs: list[Path]) -> list[tuple[Path, Path]]:
+    """Pairs of RUN folders whose frames and clusters tables are byte-identical: a copied
+    run counted twice (it doubled a condition's steps and narrowed its interval)."""
+    from perovstem.io.runstore import sha256_file
+
+    seen: dict[tuple[str, ...], Path] = {}
+    pairs = []
+    for r in runs:
+        key = tuple(sha256_file(f) for f in _table_files(r).values())
+        if key in seen:
+            pairs.append((seen[key], r))
+        else:
+            seen[key] = r
+    return pairs
+
+
+def _beam_energy_note(runs: list[Path], tables: list[dict[str, object]]) -> str | None:
+    """A note when the runs were recorded at different beam energies (or some without one):
+    the conditions are told apart by temperature, dose rate and gas, not by the energy."""
+    kv = {}
+    for r, t in zip(runs, tables, strict=True):
+        v = (t.get("summary") or {}).get("voltage_kV")
+        kv[str(r.name)] = None if v is None else float(v)
+    if len({v for v in kv.values()}) <= 1:
+        return None
+    parts = ", ".join(f"{n}: {'not recorded' if v is None else f'{v:g} kV'}" for n, v in kv.items())
+    return (
+        f"the runs differ in beam energy ({parts}): the beam's effects (Br loss, nucleation, "
+        "hops) depend on it, but series of one temperature, dose rate and gas are pooled as "
+        "one condition whatever their energy; combine runs of one energy"
+    )
 
 
 @app.command(
@@ -102,6 +154,9 @@ def kinetics(
     if ci not in ("profile", "bootstrap", "wald"):
         raise ParameterError(f"`--ci` must be profile, bootstrap or wald, got {ci!r}")
     names = list(name) if name else [r.name for r in runs]
+    blank = [i + 1 for i, n in enumerate(names) if not str(n).strip()]
+    if blank:
+        raise ParameterError(f"`--name` {blank[0]} is empty: give each series a name")
     if len(names) != len(runs):
         raise ParameterError(
             f"`--name` given {len(names)} times for {len(runs)} RUN folders: give one per RUN "
@@ -120,12 +175,36 @@ def kinetics(
         raise OutputExistsError(f"`--out` {str(out)!r} is a file; give a folder")
     if out.resolve() in {r.resolve() for r in runs}:
         raise ParameterError(f"`--out` {str(out)!r} is one of the RUN folders: give another")
+    held = [
+        f"{n}.{e}"
+        for n in ("frames", "clusters")
+        for e in ("parquet", "csv")
+        if (out / f"{n}.{e}").is_file()
+    ]
+    if held:
+        # (--overwrite replaced that run's summary.json with this command's)
+        raise OutputExistsError(
+            f"`--out` {str(out)!r} holds a `perovstem insitu` run ({held[0]}); its "
+            "summary.json would be replaced even with --overwrite: give another folder"
+        )
     check_writable_place(out, what="--out", folder=True)
     table = out / f"mechanism.{table_format}"
     earlier = [out / n for n in OUTPUT_NAMES if (out / n).is_file()]
     check_outputs(*earlier, overwrite=overwrite)
+    twice = _same_runs(runs)
+    if twice:
+        a, b = twice[0]
+        raise ParameterError(
+            f"RUN folders {str(a)!r} and {str(b)!r} hold identical frames and clusters tables "
+            "(a copy of one run?): each series counts once"
+        )
     tables = [_run_tables(r) for r in runs]
-    summ = combine_series(tables, names=names, ci=ci)
+    summ = combine_series(
+        [{k: t[k] for k in ("frames", "clusters")} for t in tables], names=names, ci=ci
+    )
+    energy = _beam_energy_note(runs, tables)
+    if energy:
+        summ.attrs.setdefault("notes", []).append(energy)
     out.mkdir(parents=True, exist_ok=True)
     written = [save_table(summ, table)]
     if table.with_suffix(".csv.json").is_file() and table_format == "csv":

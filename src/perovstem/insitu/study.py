@@ -118,6 +118,34 @@ def _tables(result: Any, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     return frames, clusters
 
 
+# fields of one condition whose gas pressures differ more than this factor are said: the
+# pressure is not a condition column (1 and 1000 Pa of H2O were pooled without a word)
+PRESSURE_FACTOR = 2.0
+
+
+def _pressure_notes(frames: pd.DataFrame, conditions: list[dict[str, Any]]) -> list[str]:
+    """Notes for the conditions whose fields were imaged at gas pressures more than
+    :data:`PRESSURE_FACTOR` apart (median ``pressure_Pa`` of each series)."""
+    if "pressure_Pa" not in frames or not frames["pressure_Pa"].notna().any():
+        return []
+    p = frames.groupby("series", sort=False)["pressure_Pa"].median()
+    out = []
+    for c in conditions:
+        fields = [f for f in c.get("fields", []) if f in p.index and pd.notna(p[f])]
+        vals = p[fields].sort_values()
+        if len(vals) < 2:
+            continue
+        lo, hi = float(vals.min()), float(vals.max())
+        if hi > PRESSURE_FACTOR * max(lo, 0.0) and hi > 0:
+            each = ", ".join(f"{f}: {float(v):.3g} Pa" for f, v in vals.items())
+            out.append(
+                f"the fields of one condition differ in gas pressure ({each}): they are pooled "
+                "as one condition (the pressure is not a condition column); combine series "
+                "of one pressure, or analyse the pressures apart"
+            )
+    return out
+
+
 def combine_series(
     results: Sequence[Any],
     *,
@@ -238,6 +266,7 @@ def combine_series(
             f"hop rates at {n_t} temperature(s): the activation energy of Pb⁰ diffusion "
             "needs three or more (two parameters, and a check of the Arrhenius line)"
         )
+    notes += _pressure_notes(frames, out.attrs.get("conditions", []))
     out.attrs["notes"] = notes
     out.attrs["series"] = list(names)
     out.attrs["n_frames"] = {n: int((frames["series"] == n).sum()) for n in names}

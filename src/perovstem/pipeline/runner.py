@@ -310,23 +310,66 @@ def _describe(obj: Any, max_items: int = 24) -> dict[str, Any]:
             info[attr] = a.tolist() if a.size <= 8 else f"{a.size} values"
         except Exception:  # pragma: no cover - exotic attribute
             info[attr] = repr(v)[:80]
+    info.update(_acquisition(obj))
     md = getattr(obj, "metadata", None)
     if isinstance(md, dict):
         flat: dict[str, str] = {}
 
         def walk(d: dict, prefix: str) -> None:
+            # the scalars of a level before its nested tables: a simulator's 20 kmc_params.*
+            # entries crowded out everything after them
             for k, v in d.items():
-                if len(flat) >= max_items:
-                    return
-                key = f"{prefix}{k}"
-                if isinstance(v, dict):
-                    walk(v, key + ".")
-                elif isinstance(v, str | int | float | bool) or v is None:
-                    flat[key] = str(v)[:200]
+                if len(flat) < max_items and (isinstance(v, str | int | float | bool) or v is None):
+                    flat[f"{prefix}{k}"] = str(v)[:200]
+            for k, v in d.items():
+                if len(flat) < max_items and isinstance(v, dict):
+                    walk(v, f"{prefix}{k}.")
 
         walk(md, "")
         info["metadata"] = flat
     return info
+
+
+def _acquisition(obj: Any) -> dict[str, str]:
+    """The conditions of a loaded input a reader of the report looks for first (beam
+    energy, temperature, gas, pressure, frame times, dose, tilt range), as text."""
+    import numpy as np
+
+    from perovstem._data import Image, Series, TiltSeries, voltage_kV_of
+
+    out: dict[str, str] = {}
+    if not isinstance(obj, Image | Series | TiltSeries):  # (a table has such columns)
+        return out
+    kv = voltage_kV_of(getattr(obj, "metadata", None))
+    if kv is not None:
+        out["beam energy"] = f"{kv:g} kV"
+
+    def span(v: Any, unit: str) -> str | None:
+        try:
+            a = np.asarray(v, float).ravel()
+        except (TypeError, ValueError):
+            return None
+        a = a[np.isfinite(a)]
+        if not a.size:
+            return None
+        lo, hi = float(a.min()), float(a.max())
+        return f"{lo:.4g} {unit}" if np.isclose(lo, hi) else f"{lo:.4g} … {hi:.4g} {unit}"
+
+    for attr, label, unit in (
+        ("temperature_K", "temperature", "K"),
+        ("pressure_Pa", "pressure", "Pa"),
+        ("time_s", "time", "s"),
+        ("angles_deg", "tilt angles", "°"),
+    ):
+        v = getattr(obj, attr, None)
+        text = None if v is None or callable(v) else span(v, unit)
+        if text:
+            out[label] = text
+    if getattr(obj, "gas", None):
+        out["gas"] = str(obj.gas)
+    if hasattr(obj, "cumulative_dose_e_per_A2") and getattr(obj, "dose_e_per_A2", None) is not None:
+        out["cumulative dose"] = f"{float(obj.cumulative_dose_e_per_A2[-1]):.4g} e⁻/Å²"
+    return out
 
 
 def _publish(value: Any, run_dir: Path, ref: str, attrs: dict[str, Any]) -> list[str]:

@@ -1009,8 +1009,8 @@ def _across(summary: pd.DataFrame, level: float) -> pd.DataFrame:
                     f"[{_fmt(r.ci_low['Ea_eV'])}, {_fmt(r.ci_high['Ea_eV'])}]",
                 }
             )
-        except PerovstemError:
-            pass
+        except PerovstemError as exc:  # (it disappeared without a word)
+            rows.append({**_not_fitted("temperature", "J_per_e_per_A2", exc), "condition": -1})
     mob, rate_note = arrhenius_hop_rates(summary)
     if len(mob) >= 2 and mob["temperature_K"].nunique() >= 2:
         err = (mob["ci_high"] - mob["ci_low"]).to_numpy(float) / 3.92
@@ -1049,6 +1049,6 @@ def _across(summary: pd.DataFrame, level: float) -> pd.DataFrame:
                     f"{rate_note}){warn}",
                 }
             )
-        except PerovstemError:
-            pass
+        except PerovstemError as exc:  # (e.g. temperatures of 0 K: Ea vanished silently)
+            rows.append({**_not_fitted("temperature", "Gamma1_per_s", exc), "condition": -1})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)

@@ -18,7 +18,8 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     (
         "mechanism",
         "Mechanism summary",
-        "Key numbers of the degradation mechanism with 1-σ uncertainties, and the data analysed.",
+        "Key numbers of the degradation mechanism with their confidence intervals, and the data "
+        "analysed.",
     ),
     (
         "counting",

@@ -639,6 +639,12 @@ def degradation_kmc(
     check_choice("atmosphere", atmosphere, ATMOSPHERES)
     if pressure_Pa is not None:
         pressure_Pa = check_positive("pressure_Pa", pressure_Pa)
+        if atmosphere == "vacuum" and pressure_Pa > 0:
+            # (the truth recorded gas "vacuum" at 100 Pa)
+            raise ParameterError(
+                f"`pressure_Pa` = {pressure_Pa:g} with `atmosphere` = 'vacuum': give the gas "
+                "(N2, Ar, O2, H2O, air), or no pressure"
+            )
     initial_dose = check_positive("initial_dose_e_per_A2", initial_dose_e_per_A2, allow_zero=True)
     check_at_most(
         "initial_dose_e_per_A2",
@@ -897,6 +903,15 @@ def degradation_kmc(
         core.SITE_FACE: "face",
         core.SITE_SUPPORT: "support",
     }
+    # the pressure the gas channel uses: a reactive gas without one is at the parameters'
+    # reference pressure (the truth recorded NaN while 100 Pa set its strip rate)
+    pressure_used = (
+        float(pressure_Pa)
+        if pressure_Pa is not None
+        else float(params.reference_pressure_Pa)
+        if atmosphere in ("O2", "H2O", "air")
+        else np.nan
+    )
     for k in range(n_frames):
         t0 = k * frame_time_s
         t1 = (k + 1) * frame_time_s
@@ -976,7 +991,8 @@ def degradation_kmc(
             "cumulative_dose_e_per_A2": cum_end[k],
             "dose_rate_e_per_A2_s": phi[k],
             "temperature_K": temp[k],
-            "pressure_Pa": np.nan if pressure_Pa is None else pressure_Pa,
+            "pressure_Pa": pressure_used,
+            "gas": atmosphere,  # (as a Series' frames carry it: conditions told apart by gas)
         }
         row.update(_counts(counters, core))
         row["mean_cluster_size"] = float(n_live.mean()) if len(n_live) else np.nan
@@ -1022,7 +1038,7 @@ def degradation_kmc(
     conditions = {
         "frame_time_s": frame_time_s,
         "atmosphere": atmosphere,
-        "pressure_Pa": pressure_Pa,
+        "pressure_Pa": None if np.isnan(pressure_used) else pressure_used,
         "initial_dose_e_per_A2": initial_dose,
         "seed": seed,
         "lattice_A": lat.lattice_A.tolist(),

@@ -770,6 +770,11 @@ def quantify_mechanism(
             summary.iloc[i, summary.columns.get_loc("source")] = "+".join(
                 dict.fromkeys(used)
             ) or "+".join(dict.fromkeys(sources))
+    # conditions told apart by their gas only read alike ("[272 K, 1197.6 e⁻/Å²/s]" four
+    # times): the gas joins the labels and the table where the conditions' gases differ
+    per_cond = summary[summary["condition"] >= 0] if "condition" in summary else summary
+    gases = per_cond["gas"].fillna("").astype(str) if "gas" in per_cond else pd.Series([""])
+    several_gases = gases.nunique() > 1
     for _, row in summary.iterrows():
         text = str(row.get("text", "") or "").strip()
         if not text or text == "nan":
@@ -782,6 +787,8 @@ def quantify_mechanism(
             cond.append(f"{float(t):g} K")
         if phi is not None and np.isfinite(float(phi)):
             cond.append(f"{float(phi):g} e⁻/Å²/s")
+        if several_gases and str(row.get("gas") or "") not in ("", "nan"):
+            cond.append(str(row["gas"]))  # (conditions of two gases read alike)
         prefix = f"[{', '.join(cond)}] " if cond else ""
         ctx.text(prefix + text, section="mechanism")
     cols = [
@@ -790,7 +797,9 @@ def quantify_mechanism(
             "condition",
             "temperature_K",
             "dose_rate_e_per_A2_s",
+            *(["gas"] if several_gases else []),
             "process",
+            "observable",
             "selected_model",
             "weight",
             "param",
