@@ -230,6 +230,20 @@ def test_hop_rate_is_arrhenius_plus_beam_and_cold_suppresses_clusters():
     assert warm > 0.8 and cold < 0.5 * warm
 
 
+def test_gas_and_its_pressure_are_recorded_as_used():
+    """Audit: O2 without a pressure was stripped at the 100 Pa reference while the truth said
+    NaN; vacuum at 100 Pa was accepted and recorded; the frames had no gas column, so
+    conditions that differ by their gas read alike."""
+    kw = dict(n_frames=2, frame_time_s=1.0, dose_rate_e_per_A2_s=100.0, rng=0)
+    o2 = degradation_kmc(_cube(4), atmosphere="O2", **kw).frame_table
+    ref = KineticParameters().reference_pressure_Pa
+    assert np.all(o2["pressure_Pa"] == ref) and np.all(o2["gas"] == "O2")
+    vac = degradation_kmc(_cube(4), **kw).frame_table
+    assert vac["pressure_Pa"].isna().all() and np.all(vac["gas"] == "vacuum")
+    with pytest.raises(ParameterError, match="`pressure_Pa` = 100 with `atmosphere` = 'vacuum'"):
+        degradation_kmc(_cube(4), atmosphere="vacuum", pressure_Pa=100.0, **kw)
+
+
 def test_gas_channel_strips_csbr_to_cspb2br5_limit():
     p = KineticParameters(strip_rate_H2O_per_s=0.5)
     tr = degradation_kmc(
