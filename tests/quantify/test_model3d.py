@@ -247,3 +247,32 @@ def test_cli_model3d_existing_side_output_leaves_nothing_half_written(tmp_path, 
     assert main(["model3d", str(src), "-o", str(out), "--sites-out", str(sites)]) == 2
     assert "sites.csv" in capsys.readouterr().err
     assert not out.exists() and sites.read_text() == "keep\n"
+
+
+def test_model3d_columns_counted_zero_duplicates_and_spacing(tmp_path):
+    """Audit: a Pb-Br column counted 0 got one Br (its end cap); a duplicated row added atoms;
+    positions in nm (columns 0.29 'Å' apart) or a lattice 10x off built a model; count moves
+    without n_atoms_std failed with a bare KeyError."""
+    from perovstem.simulate import nanocrystal
+
+    cols = _columns(nanocrystal(4 * A, rng=0))
+    ref = model_from_counts(cols, n_chains=2, n_sweeps=20, rng=0)
+    zero = pd.concat(
+        [cols, pd.DataFrame({"x_A": [40.0], "y_A": [40.0], "type": ["PbBr"], "n_atoms": [0]})],
+        ignore_index=True,
+    )
+    with_zero = model_from_counts(zero, n_chains=2, n_sweeps=20, rng=0)
+    assert len(with_zero.atoms) == len(ref.atoms)
+    with pytest.raises(DataError, match="every column is counted 0"):
+        model_from_counts(cols.assign(n_atoms=0), n_chains=2, n_sweeps=20, rng=0)
+    with pytest.raises(DataError, match="share a position"):
+        model_from_counts(pd.concat([cols, cols.iloc[:1]]), n_chains=2, n_sweeps=20, rng=0)
+    nm = cols.assign(x_A=cols["x_A"] / 10, y_A=cols["y_A"] / 10)
+    with pytest.raises(DataError, match="positions in another unit"):
+        model_from_counts(nm, n_chains=2, n_sweeps=20, rng=0)
+    with pytest.raises(DataError, match="positions in another unit"):
+        model_from_counts(cols, lattice_A=58.7, n_chains=2, n_sweeps=20, rng=0)
+    with pytest.raises(DataError, match="needs the count posterior's `n_atoms_std`"):
+        model_from_counts(cols, count_moves=True, n_chains=2, n_sweeps=20, rng=0)
+    with pytest.raises(DataError, match="`n_atoms_std` must be finite and >= 0"):
+        model_from_counts(cols.assign(n_atoms_std=-1.0), count_moves=True, n_chains=2, rng=0)

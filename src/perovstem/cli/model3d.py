@@ -38,7 +38,11 @@ def model3d(
     sweeps: int = typer.Option(200, "--sweeps", help="Sweeps per chain."),
     lattice_A: float = typer.Option(5.87, "--lattice-A", help="Pseudo-cubic lattice, Å."),
     count_moves: bool = typer.Option(
-        False, "--count-moves", help="Allow ±1 count changes weighted by the count posterior."
+        False,
+        "--count-moves",
+        help="Allow ±1 count changes weighted by the count posterior (needs n_atoms_std). "
+        "Experimental: counts drift upward (~18 % more atoms on a test crystal); keep it off "
+        "for quantitative models.",
     ),
     sites_out: Path = typer.Option(
         None, "--sites-out", help="Site-occupation probabilities (.parquet/.csv)."

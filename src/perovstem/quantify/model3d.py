@@ -149,6 +149,54 @@ def _check_table(columns: Any) -> pd.DataFrame:
 _MAX_COUNT = 1000  # atoms per column: ~0.6 µm of CsPbBr3, far beyond any nanocrystal
 
 
+def _model_columns(tab: pd.DataFrame, lattice_A: float, count_moves: bool) -> pd.DataFrame:
+    """The columns a model is built from: those counted 0 are vacuum and left out (a Pb-Br
+    column of 0 atoms got one Br, its end cap); two rows at one position, a spacing that
+    does not fit ``lattice_A`` (positions in nm, a lattice 10× off) and count moves
+    without ``n_atoms_std`` are refused."""
+    from scipy.spatial import cKDTree
+
+    xy = tab[["x_A", "y_A"]].to_numpy(float)
+    if len(xy) > 1:
+        d, _ = cKDTree(xy).query(xy, k=2)
+        dup = int(np.sum(d[:, 1] < 0.1))
+        if dup:
+            raise DataError(
+                f"`columns`: {dup} rows share a position with another (within 0.1 Å): one row "
+                "per column (a table concatenated twice?)"
+            )
+    types = tab["type"].astype(str).to_numpy()
+    for t in ("PbBr", "Cs", "Br"):
+        pts = xy[types == t]
+        if len(pts) < 4:
+            continue
+        # the nearest column of a sublattice in [001] is a (Cs, Pb-Br) or a/√2 (Br) away
+        nn = float(np.median(cKDTree(pts).query(pts, k=2)[0][:, 1]))
+        if not 0.55 * lattice_A <= nn <= 1.45 * lattice_A:
+            raise DataError(
+                f"`columns`: the {t} columns are {nn:.3g} Å from their nearest {t} column "
+                f"(median), where `lattice_A` = {lattice_A:g} Å puts them {lattice_A:.3g} Å "
+                f"apart{' (a/√2 for Br)' if t == 'Br' else ''}: positions in another unit "
+                "(nm?) or a wrong lattice constant"
+            )
+    if count_moves:
+        if "n_atoms_std" not in tab:
+            raise DataError(
+                "`count_moves` needs the count posterior's `n_atoms_std` column (from "
+                "`atoms count`); the table has none"
+            )
+        sd = pd.to_numeric(tab["n_atoms_std"], errors="coerce").to_numpy(float)
+        if not np.all(np.isfinite(sd) & (sd >= 0)):
+            raise DataError(
+                f"`n_atoms_std` must be finite and >= 0: {int(np.sum(~(np.isfinite(sd) & (sd >= 0))))}"
+                " value(s) are not"
+            )
+    empty = tab["n_atoms"].to_numpy() == 0
+    if empty.all():
+        raise DataError("every column is counted 0 atoms: no atoms to build a model from")
+    return tab[~empty].reset_index(drop=True) if empty.any() else tab
+
+
 def model_from_counts(
     columns: pd.DataFrame,
     *,
@@ -215,6 +263,7 @@ def model_from_counts(
 
     tab = _check_table(columns)
     a = check_positive("lattice_A", lattice_A)
+    tab = _model_columns(tab, a, count_moves)
     a_pb = check_positive("pb_lattice_A", pb_lattice_A)
     if start not in ("center", "bottom", "random"):
         raise ParameterError(f"`start` must be 'center', 'bottom' or 'random', got {start!r}")
