@@ -276,3 +276,26 @@ def test_model3d_columns_counted_zero_duplicates_and_spacing(tmp_path):
         model_from_counts(cols, count_moves=True, n_chains=2, n_sweeps=20, rng=0)
     with pytest.raises(DataError, match="`n_atoms_std` must be finite and >= 0"):
         model_from_counts(cols.assign(n_atoms_std=-1.0), count_moves=True, n_chains=2, rng=0)
+
+
+def test_cli_outputs_checked_for_suffix_and_clash_before_any_is_written(tmp_path, capsys):
+    """Audit: `simulate image -o i.npz --truth t.txt` wrote i.npz, then refused .txt (a rerun
+    was then refused for i.npz); `simulate tilt --truth x.npz` equal to -o wrote one, then
+    refused the other; `model3d --summary-out k.csv` wrote JSON under a .csv name."""
+    from perovstem.cli.main import main
+    from perovstem.io import save_table
+
+    src = tmp_path / "counts.csv"
+    save_table(pd.DataFrame({"x_A": [0.0], "y_A": [0.0], "type": ["Cs"], "n_atoms": [3]}), src)
+    for argv, word in (
+        (["simulate", "image", "-o", "i.npz", "--truth", "t.txt"], "`--truth`"),
+        (["simulate", "tilt", "-o", "x.npz", "--truth", "y.parquet"], "written as .json"),
+        (["simulate", "tilt", "-o", "x.npz", "--truth", "x.npz"], "two outputs"),
+        (["model3d", str(src), "-o", "m.xyz", "--summary-out", "k.csv"], "`--summary-out`"),
+        (["model3d", str(src), "-o", "m.xyz", "--sites-out", "s.txt"], "`--sites-out`"),
+    ):
+        argv = [a if a.startswith(("-", "/")) or a in ("simulate", "image", "tilt", "model3d")
+                else str(tmp_path / a) for a in argv]  # fmt: skip
+        assert main(argv) == 2, argv
+        assert word in " ".join(capsys.readouterr().err.split()), (argv, word)
+    assert [p.name for p in tmp_path.iterdir()] == ["counts.csv"]

@@ -89,12 +89,31 @@ def data_stem(path: Path | str) -> str:
     return stem[:-4] if stem.lower().endswith(".ome") else stem
 
 
-def check_outputs(*paths: Path | None, overwrite: bool) -> None:
+def check_outputs(
+    *paths: Path | None,
+    overwrite: bool,
+    suffixes: dict[str, tuple[tuple[str, ...], Path | None]] | None = None,
+) -> None:
     """Refuse existing outputs before any work, so that a refused later output does not leave
-    the earlier ones of the same command half written."""
-    from perovstem.errors import OutputExistsError
+    the earlier ones of the same command half written; also two outputs at one path and,
+    per option in ``suffixes`` (``{"--truth": ((".json",), path)}``), a suffix the output is
+    not written as (a JSON truth named .parquet, a table named .txt after the image was
+    written)."""
+    from perovstem.errors import OutputExistsError, ParameterError
     from perovstem.io._write import check_writable_place
 
+    given = [Path(p) for p in paths if p is not None]
+    for i, p in enumerate(given):
+        if any(p.resolve() == q.resolve() for q in given[:i]):
+            raise ParameterError(f"two outputs of this command are {str(p)!r}: give each its own")
+    for option, (allowed, p) in (suffixes or {}).items():
+        if p is None:
+            continue
+        name = Path(p).name.lower()
+        if not any(name.endswith(a) for a in allowed):
+            raise ParameterError(
+                f"`{option}` {str(p)!r}: written as {' or '.join(allowed)}; give that suffix"
+            )
     for p in paths:
         if p is not None and Path(p).exists() and not overwrite:
             raise OutputExistsError(f"{str(p)!r} exists (use --overwrite)")

@@ -58,10 +58,21 @@ def model3d(
 
     from perovstem.cli._common import about_file, check_outputs, console
     from perovstem.io import read_table, save_json, save_table
-    from perovstem.io.structures import save_structure
+    from perovstem.io.structures import STRUCTURE_SUFFIXES, save_structure
+    from perovstem.io.write import TABLE_SUFFIXES
     from perovstem.quantify import model_from_counts
 
-    check_outputs(out, sites_out, summary_out, overwrite=overwrite)
+    check_outputs(
+        out,
+        sites_out,
+        summary_out,
+        overwrite=overwrite,
+        suffixes={
+            "--out": (tuple(STRUCTURE_SUFFIXES), out),
+            "--sites-out": (TABLE_SUFFIXES, sites_out),
+            "--summary-out": ((".json",), summary_out),
+        },
+    )
     df = read_table(table)
     left_out = 0
     if "n_atoms" in df:

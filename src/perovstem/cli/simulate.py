@@ -86,8 +86,10 @@ def image(
     """Simulate a HAADF-STEM image of a CsPbBr3 nanocrystal; writes it and its truth table."""
     import numpy as np
 
+    from perovstem.cli._common import check_outputs
     from perovstem.errors import OutputExistsError
     from perovstem.io import save_image, save_table
+    from perovstem.io.write import IMAGE_SUFFIXES, TABLE_SUFFIXES
     from perovstem.simulate import add_pb_cluster, haadf_image, nanocrystal
     from perovstem.simulate.haadf import check_frame_shape
 
@@ -95,6 +97,12 @@ def image(
     for p in (out, truth_path):  # both before any work: the truth table is an output too
         if p.exists() and not overwrite:
             raise OutputExistsError(f"{str(p)!r} exists (use --overwrite to replace it)")
+    check_outputs(
+        out,
+        truth_path,
+        overwrite=overwrite,
+        suffixes={"--out": (IMAGE_SUFFIXES, out), "--truth": (TABLE_SUFFIXES, truth_path)},
+    )
     if thickness_A is not None and shape != "platelet":
         from perovstem.errors import ParameterError
 

@@ -758,7 +758,14 @@ def _register_simulate_tilt() -> None:
         )
         check_image_px((size, size), name="--size-px", why="the largest simulated projection")
         tpath = truth or out.with_name(data_stem(out) + "_truth.json")
-        check_outputs(out, tpath, overwrite=overwrite)
+        from perovstem.io.write import IMAGE_SUFFIXES
+
+        check_outputs(
+            out,
+            tpath,
+            overwrite=overwrite,
+            suffixes={"--out": (IMAGE_SUFFIXES, out), "--truth": ((".json",), tpath)},
+        )
         rng = np.random.default_rng(seed)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -26,6 +26,11 @@ __all__ = [
     "save_figure",
 ]
 
+#: suffixes :func:`save_image` writes
+IMAGE_SUFFIXES = (".npz", ".zarr", ".tif", ".tiff", ".mrc", ".hspy")
+#: suffixes :func:`save_table` writes
+TABLE_SUFFIXES = (".parquet", ".csv")
+
 _PER_FRAME = ("time_s", "dose_e_per_A2", "temperature_K", "pressure_Pa", "angles_deg", "shifts_px")
 
 
