@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -425,3 +426,23 @@ def test_tilt_series_in_radians_is_said_by_info_and_the_pipeline(tmp_path, capsy
     )
     with pytest.warns(UserWarning, match=r"\[inputs\] tilt.*radians\? perovstem reads tilt"):
         run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial")
+
+
+def test_configuration_warnings_reach_provenance_and_report(tmp_path):
+    """Audit: an unused [inputs] entry was warned about on the console only: the report and
+    provenance.json, the run's record, did not say it."""
+    from perovstem.io import save_image
+    from perovstem.pipeline import run_pipeline
+
+    save_image(Series(np.ones((3, 8, 8)), 0.5), tmp_path / "s.npz")
+    cfg = _write(
+        tmp_path,
+        '[inputs]\nseries = "s.npz"\nunused_extra = "s.npz"\n'
+        '[[step]]\nrun = "series.frame_stats"\nplot = false\n',
+    )
+    with pytest.warns(UserWarning, match="unused_extra: no step uses it"):
+        run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial")
+    prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert any("unused_extra: no step uses it" in w for w in prov["config_warnings"])
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "Configuration: " in html and "unused_extra: no step uses it" in html

@@ -99,6 +99,9 @@ class Config:
     plugins: tuple[str, ...] = ()
     source: Path | None = None
     text: str = ""
+    #: warnings about the configuration itself (an unused [inputs] entry), as texts: printed
+    #: when it is read, and kept in provenance.json and the report
+    warnings: tuple[str, ...] = ()
 
     def step(self, step_id: str) -> StepSpec:
         for s in self.steps:
@@ -536,6 +539,7 @@ def parse_config(
     for st in steps:
         for r in st.wiring.values():
             used.update(r if isinstance(r, list) else [r])
+    said: list[str] = []  # the configuration's warnings, kept for provenance and report
     for name_ in sorted(set(inputs) - used):
         # (a misspelt name, e.g. `imgae = "a.tif"`, left the file out without a word: the
         # step read another input or failed for a missing one)
@@ -551,11 +555,8 @@ def parse_config(
                 f"that name, which comes before an [inputs] entry; wire the file with "
                 f'`inputs = {{ {name_} = "{name_}" }}` in that step'
             )
-        warnings.warn(
-            f"{_where(source, inputs[name_].line, f'[inputs] {name_}')}{why}",
-            UserWarning,
-            stacklevel=2,
-        )
+        said.append(f"{_where(source, inputs[name_].line, f'[inputs] {name_}')}{why}")
+        warnings.warn(said[-1], UserWarning, stacklevel=2)
     name = run.get("name") or (Path(source).stem if source != "<config>" else "analysis")
     workers = run.get("workers")
     return Config(
@@ -571,6 +572,7 @@ def parse_config(
         plugins=plugins,
         source=Path(source) if source != "<config>" else None,
         text=text,
+        warnings=tuple(said),
     )
 
 

@@ -1063,6 +1063,7 @@ def _write_provenance(
             "title": config.title,
             "config_file": str(config.source) if config.source else None,
             "config_sha256": hashlib.sha256(config.text.encode()).hexdigest(),
+            "config_warnings": list(config.warnings),
             "seed": config.seed,
             "scheduler": sched_desc or executor.describe(),
             "started_utc": started,
