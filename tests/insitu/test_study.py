@@ -378,3 +378,21 @@ def test_fields_at_different_gas_pressures_are_said(study):
         {"frames": t["frames"].assign(pressure_Pa=1.0), "clusters": t["clusters"]} for t in tables
     ]
     assert not any("pressure" in n for n in combine_series(same, names=["a", "b"]).attrs["notes"])
+
+
+def test_condition_without_clusters_says_mobility_not_measured(study):
+    """Audit: a 225 K series (no Pb⁰ moves, no clusters form) had no mobility row at all,
+    neither a rate nor why; it now says it was not measured and why."""
+    from perovstem.insitu import combine_series
+
+    _, _, results = study
+    cold = results["f1_250K"]
+    tables = [
+        {"frames": cold.frames, "clusters": cold.clusters.iloc[0:0]},
+        {"frames": results["f1_297K"].frames, "clusters": results["f1_297K"].clusters},
+    ]
+    out = combine_series(tables, names=["cold", "warm"])
+    mob = out[out["process"] == "mobility"].sort_values("temperature_K")
+    assert len(mob) == 2
+    assert np.isnan(mob["value"].iloc[0]) and np.isfinite(mob["value"].iloc[1])
+    assert "mobility: not measured: 0 cluster detection(s)" in mob["text"].iloc[0]

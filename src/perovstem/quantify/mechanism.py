@@ -436,8 +436,24 @@ def _mobility_row(
     from perovstem.quantify.mobility import cluster_hop_rate, pool_field_tracks
 
     names, kept, dts = _timed_field_tracks(parts)
-    if sum(len(t) for t in kept) < 4:
-        return None, names
+    n_det = sum(len(t) for t in kept)
+    if n_det < 4:
+        timed = [g for _, g, _ in parts if "time_s" in g and g["time_s"].notna().sum() >= 2]
+        if not timed:
+            return None, names
+        # (a condition without clusters, e.g. 225 K where Pb⁰ does not move, had no row at
+        # all: neither a rate nor why there is none)
+        n_fr = sum(len(g) for g in timed)
+        row = _not_fitted(
+            "mobility",
+            "cluster tracks",
+            DataError(
+                f"{n_det} cluster detection(s) in {n_fr} frames: no clusters to track (none "
+                "formed, or all below the detection limit)"
+            ),
+        )
+        row["text"] = row["text"].replace("not fitted", "not measured", 1)
+        return row, names
     try:
         if len(kept) == 1:
             r = cluster_hop_rate(kept[0], frame_time_s=dts[0], level=level, **opts)
