@@ -174,7 +174,12 @@ def image(
         typer.echo(
             f"note: the {field:.1f} Å field shows {len(table)} of "
             f"{len(table) + table.attrs['n_columns_outside_field']} columns of the "
-            f"{edge_A:g} Å crystal (the truth table holds those in the field; leave out "
-            "--size-px to fit the crystal)"
+            f"{edge_A:g} Å crystal (the truth table holds those in the field; "
+            + (
+                f"the drift of {np.hypot(*drift_A):.3g} Å over the frame moves the crystal out "
+                "of it)"
+                if np.hypot(*drift_A) > 0
+                else "leave out --size-px to fit the crystal)"
+            )
         )
     typer.echo(f"truth: {truth_path}")

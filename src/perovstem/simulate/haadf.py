@@ -404,11 +404,19 @@ def haadf_image(
     truth = cols.copy()
     truth["x_A"] = truth["x_A"] - ox
     truth["y_A"] = truth["y_A"] - oy
+    # in the field where the scan meets the column: drifted by the time its row is scanned
+    # (with --drift-A 100 0 the image held 11 % of the signal while every column counted in)
+    # (row of a column: y' = y + dy·y'/H, H the scanned height)
+    height = max((m - 1) * dx, 1e-12)
+    seen_y = truth["y_A"].to_numpy() / max(1.0 - drift[1] / height, 1e-12)
+    t_col = np.clip(seen_y / height, 0.0, 1.0)
+    seen_x = truth["x_A"].to_numpy() + drift[0] * t_col
+    seen_y = truth["y_A"].to_numpy() + drift[1] * t_col
     inside = (
-        (truth["x_A"] >= -0.5 * dx)
-        & (truth["x_A"] <= (n - 0.5) * dx)
-        & (truth["y_A"] >= -0.5 * dx)
-        & (truth["y_A"] <= (m - 0.5) * dx)
+        (seen_x >= -0.5 * dx)
+        & (seen_x <= (n - 0.5) * dx)
+        & (seen_y >= -0.5 * dx)
+        & (seen_y <= (m - 0.5) * dx)
     )
     extra = ["n_Pb0", "cluster_id", "thermal_sigma_A", "z_min_A", "z_max_A"]
     truth = truth.loc[inside, TRUTH_COLUMNS + extra].reset_index(drop=True)
