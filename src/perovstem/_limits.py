@@ -97,19 +97,24 @@ def check_at_most(name: str, value: float | None, limit: float, unit: str, why: 
 
 
 def check_stack_px(
-    n_images: int, shape: tuple[int, int], *, names: tuple[str, str] = ("angles_deg", "shape")
+    n_images: int,
+    shape: tuple[int, int],
+    *,
+    names: tuple[str, str] = ("angles_deg", "shape"),
+    what: str = "projections",
+    fix: str = "use fewer angles or a coarser pixel",
 ) -> None:
     """Refuse a simulated stack of ``n_images`` images of ``shape`` above
     :data:`MAX_STACK_PX` pixels in all (``names``: the parameters or options that set the
-    count and the image size)."""
+    count and the image size; ``what`` the images, ``fix`` what to do)."""
     from perovstem.errors import ParameterError
 
     total = int(n_images) * int(shape[0]) * int(shape[1])
     if total > MAX_STACK_PX:
         raise ParameterError(
-            f"`{names[0]}` and `{names[1]}`: {int(n_images)} projections of {int(shape[0])} × "
+            f"`{names[0]}` and `{names[1]}`: {int(n_images)} {what} of {int(shape[0])} × "
             f"{int(shape[1])} px = {total:.3g} px is above {MAX_STACK_PX:.3g} px "
-            f"({MAX_STACK_PX * 8 / 1e9:.0f} GB as float64): use fewer angles or a coarser pixel"
+            f"({MAX_STACK_PX * 8 / 1e9:.0f} GB as float64): {fix}"
         )
 
 

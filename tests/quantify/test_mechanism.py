@@ -139,7 +139,6 @@ sources = ["truth A", "truth B"]
     assert list(br["source"]) == ["truth B", "truth A"]
 
 
-
 def test_pipeline_mechanism_names_the_gas_where_conditions_differ_by_it(tmp_path):
     """Audit: conditions told apart by their gas only were all labelled "[272 K, 1197.6
     e⁻/Å²/s]" in the report, with no gas column: which row is which?"""

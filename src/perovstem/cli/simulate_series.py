@@ -166,6 +166,19 @@ def series(
         from perovstem.simulate.haadf import check_frame_shape
 
         check_frame_shape((size, size), pixel_size_A, name="--size-px")
+        if out.suffix.lower() != ".zarr":  # held in memory whole (a .zarr is streamed)
+            from perovstem._limits import check_stack_px
+
+            # (100000 frames of 512² ran the kinetic Monte Carlo for half a minute, then
+            # failed for 195 GiB, naming a --bin this command does not have)
+            check_stack_px(
+                frames,
+                (size, size),
+                names=("--frames", "--size-px"),
+                what="frames",
+                fix="write a .zarr (frames streamed to disk one at a time), or use fewer or "
+                "smaller frames",
+            )
     params = _parse_params(param)
     rng = np.random.default_rng(seed)
     atoms = nanocrystal(
