@@ -150,13 +150,33 @@ def print_warnings(records: list, flags: dict[str, str]) -> None:
     the command line they printed as a raw ``UserWarning`` with a source line.  ``flags``
     maps a parameter to the option of the running command that sets it.
     """
+    for w in records:
+        warning_line(_reword_flags(str(w.message), flags), w.category)
+
+
+def _reword_flags(text: str, flags: dict[str, str]) -> str:
     import re
 
     def reword(m: re.Match) -> str:
         return f"`{flags[m.group(1)]}`" if m.group(1) in flags else m.group(0)
 
-    for w in records:
-        warning_line(re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)`", reword, str(w.message)), w.category)
+    return re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)`", reword, text)
+
+
+@contextlib.contextmanager
+def flag_names(flags: dict[str, str]) -> Iterator[None]:
+    """Name the command's options in a :class:`~perovstem.errors.ParameterError` raised
+    inside the block, where the library named its Python parameters (`` `site` `` for
+    ``--cluster-site``, `` `shape` `` for ``--size-px``)."""
+    from perovstem.errors import ParameterError
+
+    try:
+        yield
+    except ParameterError as exc:
+        text = _reword_flags(str(exc), flags)
+        if text == str(exc):
+            raise
+        raise type(exc)(text) from None
 
 
 @contextlib.contextmanager

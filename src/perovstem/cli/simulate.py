@@ -29,6 +29,24 @@ simulate_app = typer.Typer(
 app.add_typer(simulate_app, name="simulate")
 
 
+#: Python parameters of the image simulation -> the options of `simulate image`
+IMAGE_FLAGS = {
+    "site": "--cluster-site",
+    "shape": "--size-px",
+    "pixel_size_A": "--pixel-size-A",
+    "edge_A": "--edge-A",
+    "drift_A": "--drift-A",
+    "dose_e_per_A2": "--dose-e-per-A2",
+    "voltage_kV": "--voltage-kV",
+    "detector_mrad": "--detector-mrad",
+    "scan_noise_px": "--scan-noise-px",
+    "thickness_A": "--thickness-A",
+    "cd_fraction": "--cd-fraction",
+    "mistilt_deg": "--mistilt-deg",
+    "n_atoms": "--pb-cluster",
+}
+
+
 def _truth_path(out: Path, truth: Path | None) -> Path:
     if truth is not None:
         return truth
@@ -86,7 +104,7 @@ def image(
     """Simulate a HAADF-STEM image of a CsPbBr3 nanocrystal; writes it and its truth table."""
     import numpy as np
 
-    from perovstem.cli._common import check_outputs
+    from perovstem.cli._common import check_outputs, flag_names
     from perovstem.errors import OutputExistsError
     from perovstem.io import save_image, save_table
     from perovstem.io.write import IMAGE_SUFFIXES, TABLE_SUFFIXES
@@ -121,36 +139,37 @@ def image(
         "--dose-e-per-A2", dose, MAX_DOSE_E_PER_A2, "e⁻/Å²", "beyond any HAADF-STEM image"
     )
     rng = np.random.default_rng(seed)
-    atoms = nanocrystal(
-        edge_A,
-        shape=shape,
-        phase=phase,
-        termination=termination,
-        cd_fraction=cd_fraction,
-        br_vacancy_fraction=br_vacancy_fraction,
-        cs_vacancy_fraction=cs_vacancy_fraction,
-        pb_vacancy_fraction=pb_vacancy_fraction,
-        zone_axis=zone_axis,
-        mistilt_deg=mistilt_deg,
-        thickness_A=thickness_A,
-        rng=rng,
-    )
-    for n in pb_cluster:
-        atoms = add_pb_cluster(atoms, n, site=cluster_site, rng=rng)
-    img, table = haadf_image(
-        atoms,
-        pixel_size_A=pixel_size_A,
-        shape=None if size is None else (size, size),
-        dose_e_per_A2=dose,
-        voltage_kV=voltage_kV,
-        detector_mrad=detector_pair(detector_mrad),
-        gain=gain,
-        offset=offset,
-        scan_noise_px=scan_noise_px,
-        drift_A=drift_A,
-        noise=not no_noise,
-        rng=rng,
-    )
+    with flag_names(IMAGE_FLAGS):  # (`site` named the Python parameter of --cluster-site)
+        atoms = nanocrystal(
+            edge_A,
+            shape=shape,
+            phase=phase,
+            termination=termination,
+            cd_fraction=cd_fraction,
+            br_vacancy_fraction=br_vacancy_fraction,
+            cs_vacancy_fraction=cs_vacancy_fraction,
+            pb_vacancy_fraction=pb_vacancy_fraction,
+            zone_axis=zone_axis,
+            mistilt_deg=mistilt_deg,
+            thickness_A=thickness_A,
+            rng=rng,
+        )
+        for n in pb_cluster:
+            atoms = add_pb_cluster(atoms, n, site=cluster_site, rng=rng)
+        img, table = haadf_image(
+            atoms,
+            pixel_size_A=pixel_size_A,
+            shape=None if size is None else (size, size),
+            dose_e_per_A2=dose,
+            voltage_kV=voltage_kV,
+            detector_mrad=detector_pair(detector_mrad),
+            gain=gain,
+            offset=offset,
+            scan_noise_px=scan_noise_px,
+            drift_A=drift_A,
+            noise=not no_noise,
+            rng=rng,
+        )
     table.attrs["structure"] = {
         "edge_A": edge_A,
         "shape": shape,

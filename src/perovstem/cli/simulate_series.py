@@ -20,6 +20,7 @@ from perovstem.cli._common import (
     data_stem,
     detector_pair,
     examples,
+    flag_names,
 )
 from perovstem.cli.simulate import simulate_app
 from perovstem.errors import ParameterError
@@ -207,21 +208,37 @@ def series(
         rng=rng,
     )
     stream = out.suffix.lower() == ".zarr"  # frames rendered and written one at a time
-    ser, truth = insitu_series(
-        traj,
-        lazy=stream,
-        pixel_size_A=pixel_size_A,
-        shape=None if size is None else (size, size),
-        drift_A_per_s=drift,
-        jitter_A=jitter_A,
-        scan_drift=scan_drift,
-        voltage_kV=voltage_kV,
-        detector_mrad=detector,
-        gain=gain,
-        offset=offset,
-        noise=not no_noise,
-        rng=rng,
-    )
+    flags = {
+        "pixel_size_A": "--pixel-size-A",
+        "shape": "--size-px",
+        "drift_A_per_s": "--drift-A-per-s",
+    }
+    try:
+        with flag_names(flags):
+            ser, truth = insitu_series(
+                traj,
+                lazy=stream,
+                pixel_size_A=pixel_size_A,
+                shape=None if size is None else (size, size),
+                drift_A_per_s=drift,
+                jitter_A=jitter_A,
+                scan_drift=scan_drift,
+                voltage_kV=voltage_kV,
+                detector_mrad=detector,
+                gain=gain,
+                offset=offset,
+                noise=not no_noise,
+                rng=rng,
+            )
+    except ParameterError as exc:
+        carried = float(np.hypot(*drift)) * frame_time_s * frames
+        if carried > 0 and "px" in str(exc):
+            # (1e6 Å/s blamed --pixel-size-A and the shape, never the drift)
+            raise ParameterError(
+                f"{exc} (the drift `--drift-A-per-s` carries the crystal {carried:.3g} Å over "
+                "the series)"
+            ) from None
+        raise
     ser.metadata["structure"] = {
         "edge_A": edge_A,
         "shape": shape,

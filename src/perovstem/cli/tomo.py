@@ -22,6 +22,7 @@ from perovstem.cli._common import (
     check_stack_px,
     data_stem,
     examples,
+    flag_names,
     print_warnings,
 )
 from perovstem.cli.main import app
@@ -767,7 +768,24 @@ def _register_simulate_tilt() -> None:
             suffixes={"--out": (IMAGE_SUFFIXES, out), "--truth": ((".json",), tpath)},
         )
         rng = np.random.default_rng(seed)
-        with warnings.catch_warnings(record=True) as caught:
+        flags = {
+            "edge_A": "--edge-A",
+            "inclusion_radius_A": "--inclusion-radius-A",
+            "n_inclusions": "--inclusions",
+            "pixel_size_A": "--pixel-size-A",
+            "shape": "--size-px",
+            "step_deg": "--step-deg",
+            "max_tilt_deg": "--tilt-range-deg",
+        }
+        # a tilt step far below the range was built into millions of angles before the
+        # stack size refused it (29 s)
+        if step_deg > 0 and np.isfinite(tilt_range_deg) and np.isfinite(step_deg):
+            check_stack_px(
+                int(min(2 * abs(tilt_range_deg) / step_deg + 1, 1e15)),
+                (size, size),
+                names=("--step-deg", "--size-px"),
+            )
+        with warnings.catch_warnings(record=True) as caught, flag_names(flags):
             warnings.simplefilter("always")
             ph = nanocrystal_phantom(
                 edge_A,
@@ -791,16 +809,7 @@ def _register_simulate_tilt() -> None:
                 rng=rng,
             )
         # a raw "UserWarning: ... (give `inclusion_radius_A` ...)" named the Python API
-        print_warnings(
-            caught,
-            {
-                "edge_A": "--edge-A",
-                "inclusion_radius_A": "--inclusion-radius-A",
-                "n_inclusions": "--inclusions",
-                "pixel_size_A": "--pixel-size-A",
-                "shape": "--size-px",
-            },
-        )
+        print_warnings(caught, flags)
         save_image(ts, out, overwrite=overwrite)
         tj = {
             "shifts_px": tr["shifts_px"].tolist(),

@@ -203,6 +203,10 @@ class NanocrystalPhantom:
         )
 
 
+#: most Pb inclusions a phantom may hold (hundreds already crowd a 20 nm crystal)
+MAX_INCLUSIONS = 1000
+
+
 def nanocrystal_phantom(
     edge_A: float = 80.0,
     *,
@@ -244,6 +248,12 @@ def nanocrystal_phantom(
         raise ParameterError(f"`edge_A` must be > 0 Å, got {edge_A}")
     if int(n_inclusions) != n_inclusions or n_inclusions < 0:
         raise ParameterError(f"`n_inclusions` must be an integer >= 0, got {n_inclusions!r}")
+    if n_inclusions > MAX_INCLUSIONS:
+        # (100000 were tried for 47 s before "could not place" was said)
+        raise ParameterError(
+            f"`n_inclusions` must be <= {MAX_INCLUSIONS} (Pb inclusions of a nanocrystal), got "
+            f"{int(n_inclusions)}"
+        )
     for name, v in (("density", density), ("inclusion_density", inclusion_density)):
         check_positive(name, v, allow_zero=True)
     if r110 <= 1.0 or r111 <= 1.0:
