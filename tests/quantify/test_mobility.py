@@ -466,6 +466,15 @@ def test_arrhenius_takes_each_temperatures_lowest_dose_rate():
     assert row["value"] == pytest.approx(ref.params["Ea_eV"], rel=1e-12)
     assert abs(row["value"] - ea) < 0.05
     assert "1 row(s) at higher dose rates" in row["text"] and "1 row(s)" in note
+    assert "dose rates differ across the temperatures" not in note  # all kept at 100
+    # a dose rate rising with temperature (the demo's design) is said: it confounds Ea
+    rising = s.assign(
+        dose_rate_e_per_A2_s=np.where(s["temperature_K"] == 300.0, 500.0, s["dose_rate_e_per_A2_s"])
+    )
+    assert (
+        "dose rates differ across the temperatures (100–500 e⁻/Å²/s)"
+        in (arrhenius_hop_rates(rising)[1])
+    )
     ax = plot_hop_rates(s)
     (line,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]
     fx, fy = line.get_xdata(), np.log(line.get_ydata())
