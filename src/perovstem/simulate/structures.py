@@ -444,7 +444,8 @@ def composition(atoms) -> dict[str, Any]:
     -------
     dict
         ``n_Cs``, ``n_Pb`` (host Pb²⁺), ``n_Cd``, ``n_Br``, ``n_Pb0`` (adatoms + clusters),
-        ``charge_e`` (int), ``formula`` (e.g. "Cs1000Pb729Br2430").
+        ``charge_e`` (int), ``cd_fraction`` (Cd / (Cd + host Pb), the realised x; NaN
+        without B cations), ``formula`` (e.g. "Cs1000Pb729Br2430").
     """
     refuse_text_numbers(locals())
     sym = np.asarray(atoms.get_chemical_symbols())
@@ -461,6 +462,9 @@ def composition(atoms) -> dict[str, Any]:
     if unknown:
         raise DataError(f"`atoms` holds host species without a known charge: {sorted(unknown)}")
     out["charge_e"] = int(out["n_Cs"] + 2 * out["n_Pb"] + 2 * out["n_Cd"] - out["n_Br"])
+    # the realised x of CsCd_xPb_{1-x}Br3 (Cd is drawn at random on the B sites)
+    b = out["n_Pb"] + out["n_Cd"]
+    out["cd_fraction"] = out["n_Cd"] / b if b else float("nan")
     out["formula"] = "".join(
         f"{el}{out['n_' + el]}" for el in ("Cs", "Pb", "Cd", "Br") if out["n_" + el]
     ) + (f"+Pb0_{out['n_Pb0']}" if out["n_Pb0"] else "")
