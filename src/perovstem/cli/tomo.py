@@ -720,7 +720,12 @@ def _register_simulate_tilt() -> None:
         ),
         counts_per_A: float = typer.Option(20.0, "--counts-per-A", help="Counts per Å path."),
         shift_sigma_px: float = typer.Option(0.0, "--shift-sigma-px", help="Drift step σ, px."),
-        tilt_axis_deg: float = typer.Option(0.0, "--tilt-axis-deg", help="In-plane axis, °."),
+        tilt_axis_deg: float = typer.Option(
+            0.0,
+            "--tilt-axis-deg",
+            help="In-plane axis, °. Recorded in the truth JSON only: the series reads as a raw "
+            "acquisition that records no axis (its file says 0°); find it with `tomo align`.",
+        ),
         min_tilt_deg: float = typer.Option(
             None, "--min-tilt-deg", help="Most negative tilt, ° (asymmetric missing wedge)."
         ),
@@ -728,7 +733,9 @@ def _register_simulate_tilt() -> None:
             "sequential", "--scheme", help="sequential | bidirectional | dose-symmetric."
         ),
         axis_offset_px: float = typer.Option(
-            0.0, "--axis-offset-px", help="Tilt-axis offset from the centre, px."
+            0.0,
+            "--axis-offset-px",
+            help="Tilt-axis offset from the centre, px (in the truth JSON only, as the axis).",
         ),
         no_noise: bool = typer.Option(False, "--no-noise", help="Noise-free projections."),
         seed: int = typer.Option(None, "--seed", min=0, help="Random seed."),
