@@ -295,3 +295,26 @@ def test_same_metric_of_two_steps_names_the_step():
         assert f"median position precision ({sid})" in html
         assert f"Fitted atom columns ({sid})" in html
     assert "D_Br (a)" not in html  # a title only one step uses is left alone
+
+
+def test_report_of_a_folder_missing_its_outputs_says_so(tmp_path):
+    """Audit: the report is drawn from provenance.json, so a table deleted from the run
+    folder still showed in a rewritten report, with no message."""
+    from perovstem import Series
+    from perovstem.io import save_image
+    from perovstem.pipeline import run_pipeline
+
+    save_image(Series(np.ones((3, 8, 8)), 0.5), tmp_path / "s.npz")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[inputs]\nseries = "s.npz"\n[[step]]\nrun = "series.frame_stats"\nplot = false\n'
+    )
+    run = tmp_path / "run"
+    run_pipeline(cfg, out=run, quiet=True, scheduler="serial")
+    tables = sorted((run / "tables").glob("*.parquet"))
+    assert tables
+    tables[0].unlink()
+    with pytest.warns(UserWarning, match="1 output file\\(s\\) the run wrote are no longer"):
+        write_report(run)
+    html = (run / "report.html").read_text()
+    assert 'id="incomplete"' in html and tables[0].name in html

@@ -202,6 +202,16 @@ def _unfinished_run(run_dir: Path, prov: dict[str, Any]) -> str:
     )
 
 
+def _missing_outputs(run_dir: Path, prov: dict[str, Any]) -> list[str]:
+    """The public files provenance.json lists as a step's outputs that are not in the folder."""
+    out = []
+    for step in prov.get("steps", []):
+        for rel in step.get("outputs", []) or []:
+            if isinstance(rel, str) and not (run_dir / rel).is_file():
+                out.append(rel)
+    return out
+
+
 def write_report(
     run_dir: str | os.PathLike,
     *,
@@ -258,6 +268,14 @@ def write_report(
             raise OutputExistsError(f"{str(out)!r} exists (use --overwrite)")
     prov = read_json(prov_path)
     incomplete = _unfinished_run(run_dir, prov)
+    gone = _missing_outputs(run_dir, prov)
+    if gone:
+        # (the report is drawn from provenance: a deleted table still showed, without a word)
+        shown = ", ".join(gone[:5]) + (f" and {len(gone) - 5} more" if len(gone) > 5 else "")
+        incomplete = (incomplete + "; " if incomplete else "") + (
+            f"{len(gone)} output file(s) the run wrote are no longer in the folder ({shown}): "
+            "the report shows the run as it finished, not what the folder holds now"
+        )
     if incomplete:
         warnings.warn(f"{str(run_dir)!r}: {incomplete}", UserWarning, stacklevel=2)
     assets: dict[str, bytes] = {}
