@@ -157,6 +157,9 @@ def kinetics(
     blank = [i + 1 for i, n in enumerate(names) if not str(n).strip()]
     if blank:
         raise ParameterError(f"`--name` {blank[0]} is empty: give each series a name")
+    plus = [n for n in names if "+" in str(n)]
+    if plus:  # pooled rows name their fields joined by '+': "a+b" read as two fields
+        raise ParameterError(f"series name {plus[0]!r} holds '+', which joins pooled fields")
     if len(names) != len(runs):
         raise ParameterError(
             f"`--name` given {len(names)} times for {len(runs)} RUN folders: give one per RUN "

@@ -866,6 +866,11 @@ def analyze_series(
             )
         if mob_tracks is not None:
             summ.attrs["mobility_tracks"] = linked
+            measured = (summ["process"] == "mobility") & summ["value"].notna()
+            if linked.get("tracks") != "lineage" and measured.any():
+                from perovstem.insitu.tracking import STRICT_HOP_RATE_NOTE
+
+                notes.append(STRICT_HOP_RATE_NOTE)
         conds = summ.attrs.get("conditions", [])
         if len(conds) > 1:  # one series split into several conditions: say how and why
             notes.append(

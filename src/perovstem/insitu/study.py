@@ -260,6 +260,10 @@ def combine_series(
     if tracks_all:
         out.attrs["mobility_tracks"] = linked
     mob = out[(out["process"] == "mobility") & out["value"].notna()]
+    if tracks_all and linked.get("tracks") != "lineage" and len(mob):
+        from perovstem.insitu.tracking import STRICT_HOP_RATE_NOTE
+
+        notes.append(STRICT_HOP_RATE_NOTE)
     n_t = mob["temperature_K"].nunique()
     if n_t < 3:
         notes.append(

@@ -871,6 +871,16 @@ def _significance(g: pd.DataFrame, size_col: str) -> float:
     return float("inf")
 
 
+#: said with hop rates measured on :func:`mobility_tracks` (the strict tracks): their
+#: absolute value is biased low, their ratios (the activation energy) are not
+STRICT_HOP_RATE_NOTE = (
+    "the hop rates Γ₁ come from the strict mobility tracks, which read 0.6–0.8 × the "
+    "simulator's rate on test series (tracks cut where a cluster flickers at the detection "
+    "limit; docs/insitu.md): their intervals may miss the true rate; the factor is common to "
+    "all temperatures and leaves the activation energy unchanged"
+)
+
+
 def mobility_tracks(
     tracks: pd.DataFrame,
     *,
