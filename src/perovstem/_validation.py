@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import re
 import sys
@@ -315,9 +317,30 @@ def warning_transparent(wrapper: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+# set by :func:`internal_fits`: the fits of simulated references (a library's slabs) say
+# nothing about the user's data; a context variable, as warnings filters are process-wide
+# and not thread-safe (a folder read by dask threads let another thread's warning through)
+_INTERNAL = contextvars.ContextVar("perovstem_internal_fits", default=False)
+
+
+@contextlib.contextmanager
+def internal_fits() -> Iterator[None]:
+    """Within the block, :func:`warn` says nothing (in this thread or task only): for the
+    fits of simulated reference images made inside a function, whose conditions are not
+    the user's (a library slab at high dose misfitting the Gaussian columns)."""
+    token = _INTERNAL.set(True)
+    try:
+        yield
+    finally:
+        _INTERNAL.reset(token)
+
+
 def warn(message: str, category: type[Warning] = UserWarning, *, stacklevel: int = 2) -> None:
     """:func:`warnings.warn` whose ``stacklevel`` does not count the frames of wrappers
-    marked with :func:`warning_transparent` (nor stops on one)."""
+    marked with :func:`warning_transparent` (nor stops on one); silent within
+    :func:`internal_fits`."""
+    if _INTERNAL.get():
+        return
     frame = sys._getframe(1)
     level = 2  # warnings.warn(stacklevel=2) is the frame calling this function
     todo = stacklevel - 1

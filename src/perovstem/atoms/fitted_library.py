@@ -137,6 +137,7 @@ def fitted_scs_library(
     max_iter: int = 30,
     rng: int = 0,
     vacuum: bool = True,
+    noise: str = "gaussian",
 ) -> dict[str, pd.DataFrame]:
     """SCS library of the Gaussian column fit, one table per CsPbBr₃ [001] column type.
 
@@ -211,6 +212,11 @@ def fitted_scs_library(
         thin film, the inside of a large crystal), where the fitted constant background
         takes a much larger share of the intensity (probe tails and the diffuse
         scattering between columns) than beside a crystal on vacuum.
+    noise : {"gaussian", "poisson"}
+        The fit's noise model (:func:`~perovstem.atoms.fit_columns`' ``noise``): least
+        squares, or Poisson maximum likelihood, whose Gaussian-column cross-sections are
+        biased differently per type (the data's fit must be repeated as it was made).
+        ``"poisson"`` needs ``dose_e_per_A2``.
 
     Returns
     -------
@@ -242,6 +248,9 @@ def fitted_scs_library(
         raise ParameterError(f"`rng` must be an int seed (the library is cached), got {rng!r}")
     if not isinstance(vacuum, (bool, np.bool_)):
         raise ParameterError(f"`vacuum` must be True or False, got {vacuum!r}")
+    check_choice("noise", noise, ("gaussian", "poisson"))
+    if noise == "poisson" and dose is None:
+        raise ParameterError("`noise='poisson'` needs `dose_e_per_A2` (the electrons per pixel)")
     if not vacuum:
         if shape is None:
             raise ParameterError("`vacuum=False` needs `shape` (the field the crystal fills)")
@@ -269,6 +278,7 @@ def fitted_scs_library(
         int(max_iter),
         int(rng),
         bool(vacuum),
+        str(noise),
     )
     tables = _cached_library(*key)
     return {t: df.copy() for t, df in tables.items()}
@@ -400,8 +410,9 @@ def fitted_library_for(
         bad.append(f"background = {bg.get('model')!r} (the library's is constant)")
     if a.get("psf_tail") is not None:
         bad.append("a psf_tail model (the library fits Gaussian columns only)")
-    if a.get("noise", "gaussian") != "gaussian":
-        bad.append(f"noise = {a.get('noise')!r} (the library fits by least squares)")
+    noise = str(a.get("noise", "gaussian"))
+    if noise not in ("gaussian", "poisson"):
+        bad.append(f"noise = {noise!r} (the library fits by least squares or Poisson likelihood)")
     if bad:
         raise DataError(
             "the `columns` table was fitted with " + "; ".join(bad) + ": a fitted library "
@@ -451,6 +462,7 @@ def fitted_library_for(
         width="frame",
         fit_positions=bool(a.get("fit_positions", True)),
         rng=rng,
+        noise=noise,  # (a Poisson fit was refused: its per-type bias is repeated now)
     )
     kw = {"voltage_kV": voltage_kV, "detector_mrad": detector_mrad}
     return {t: with_cd_fraction(tabs[t], t, cd_fraction, **kw) for t in want}
@@ -481,6 +493,7 @@ def _cached_library(
     max_iter: int,
     seed: int,
     vacuum: bool = True,
+    noise: str = "gaussian",
 ) -> dict[str, pd.DataFrame]:
     gen = np.random.default_rng(seed)
     off = _COUNT_OFFSET[termination]
@@ -506,6 +519,8 @@ def _cached_library(
         return pd.concat(runs, ignore_index=True)
 
     fit_kw: dict[str, Any] = {"fit_positions": fit_positions, "max_iter": max_iter}
+    if noise != "gaussian":
+        fit_kw["noise"] = noise
     rho: dict[str, float] = {}
     if width == "series":  # ρ per type as the analysis takes it from its first frames
         atoms = slab_atoms(
@@ -521,7 +536,7 @@ def _cached_library(
         fit_kw.update(width="fixed", rho_A=rho)
     # with widths and positions held the fit is linear in the heights: least squares is
     # unbiased and the noise-free image gives the expected fitted SCS exactly
-    linear = width == "series" and not fit_positions
+    linear = width == "series" and not fit_positions and noise == "gaussian"
     for t in range(max_atoms + 1):
         want = {typ: t + o for typ, o in off.items() if 1 <= t + o <= max_atoms}
         if not want:
@@ -533,7 +548,9 @@ def _cached_library(
             sds[typ][n] = v.std(ddof=1) if v.size > 1 else 0.0
     attrs = {
         "source": "fitted",
-        "estimator": "fit_columns (Gaussian columns, width per type, constant background)",
+        "estimator": "fit_columns (Gaussian columns, width per type, constant background"
+        + (", Poisson likelihood)" if noise == "poisson" else ")"),
+        "noise": noise,
         "dose_e_per_A2": dose,
         "termination": termination,
         "lattice_A": lattice_A,
@@ -634,11 +651,13 @@ def _fit_slab(
     field_only: bool = False,
 ) -> pd.DataFrame:
     """Image a slab and fit it as the analysis fits a frame: ``type, scs``."""
+    from perovstem._validation import internal_fits
     from perovstem.atoms.fit import fit_columns
 
     img, sites = _slab_image(atoms, lattice_A, dose, imaging, gen, field_only)
     typ = sites["type"].to_numpy()
     if "rho_A" in fit_kw:  # fixed widths of the types present (a CsBr layer has no Br edge)
         fit_kw = {**fit_kw, "rho_A": {t: r for t, r in fit_kw["rho_A"].items() if t in typ}}
-    fit = fit_columns(img, sites, joint=False, parallel=False, **fit_kw)
+    with internal_fits():  # (a slab's misfit at high dose is not the user's)
+        fit = fit_columns(img, sites, joint=False, parallel=False, **fit_kw)
     return pd.DataFrame({"type": typ, "scs": fit["scs"].to_numpy(float)})
