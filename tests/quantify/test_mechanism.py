@@ -207,6 +207,11 @@ def test_mass_loss_row_is_labelled_as_intensity_loss():
     row = mechanism_summary(f, ci="wald").query("process == 'mass_loss'").iloc[0]
     assert "integrated intensity" in row["mechanism"] and "Br" not in row["mechanism"].split("(")[0]
     assert "integrated intensity" in row["text"]
+    # its dose constant is the intensity's, not a Br desorption constant (audit: a mass-loss
+    # "D_Br_e_per_A2" of 4.0e4 beside a true D_Br of 3e4 invited the comparison)
+    assert not str(row["param"]).startswith("D_Br")
+    if row["selected_model"] == "br_first_order":
+        assert row["param"] == "D_intensity_e_per_A2" and "D_intensity_e_per_A2" in row["text"]
 
 
 def test_survival_corrected_nucleation_rows():

@@ -191,6 +191,8 @@ def _process_rows(g: pd.DataFrame, x: str, level: float, ci: str) -> list[dict[s
         mech = table.loc[0, "mechanism"]
         if process == "mass_loss":  # Br-loss model forms fitted to an intensity, not to Br
             mech = f"loss of the crystal's integrated intensity ({best} form; not a Br count)"
+            # (a "D_Br" of the intensity, 4.0e4 for a true 3e4, invited the comparison)
+            label = label.replace("D_Br_", "D_intensity_")
         weight = float(table.loc[0, "weight"])
         if np.isfinite(weight):
             chosen = f"{mech} ({best}, weight {weight:.2f})"
