@@ -175,3 +175,15 @@ def test_truth_records_the_realised_cd_fraction(tmp_path):
     n_cd, n_pb = int(truth["n_Cd"].sum()), int((truth["n_Pb"] - truth["n_Pb0"]).sum())
     assert st["cd_fraction"] == 0.1 and n_cd / (n_cd + n_pb) < 0.08  # (this draw: 19 of 343)
     assert st["cd_fraction_realised"] == pytest.approx(n_cd / (n_cd + n_pb), rel=1e-12)
+
+
+def test_crystal_shape_and_field_size_errors_name_their_own_options(tmp_path, capsys):
+    """Both the crystal's and the image's Python parameter are called `shape`: a bad
+    --shape must not be reported as --size-px (review of the option naming)."""
+    from perovstem.cli.main import main
+
+    out = str(tmp_path / "x.npz")
+    assert main(["simulate", "image", "-o", out, "--shape", "sphere"]) == 2
+    assert "`--shape` must be one of" in capsys.readouterr().err
+    assert main(["simulate", "image", "-o", out, "--size-px", "8", "--edge-A", "60"]) == 2
+    assert "`--size-px` (8, 8) px is too small" in " ".join(capsys.readouterr().err.split())

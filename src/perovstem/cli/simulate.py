@@ -29,21 +29,25 @@ simulate_app = typer.Typer(
 app.add_typer(simulate_app, name="simulate")
 
 
-#: Python parameters of the image simulation -> the options of `simulate image`
-IMAGE_FLAGS = {
+#: Python parameters of the crystal and its Pb clusters -> the options of `simulate image`
+CRYSTAL_FLAGS = {
+    "shape": "--shape",
+    "edge_A": "--edge-A",
+    "thickness_A": "--thickness-A",
+    "cd_fraction": "--cd-fraction",
+    "mistilt_deg": "--mistilt-deg",
     "site": "--cluster-site",
+    "n_atoms": "--pb-cluster",
+}
+#: ... and of the image (its `shape` is the field in pixels)
+IMAGE_FLAGS = {
     "shape": "--size-px",
     "pixel_size_A": "--pixel-size-A",
-    "edge_A": "--edge-A",
     "drift_A": "--drift-A",
     "dose_e_per_A2": "--dose-e-per-A2",
     "voltage_kV": "--voltage-kV",
     "detector_mrad": "--detector-mrad",
     "scan_noise_px": "--scan-noise-px",
-    "thickness_A": "--thickness-A",
-    "cd_fraction": "--cd-fraction",
-    "mistilt_deg": "--mistilt-deg",
-    "n_atoms": "--pb-cluster",
 }
 
 
@@ -140,7 +144,7 @@ def image(
         "--dose-e-per-A2", dose, MAX_DOSE_E_PER_A2, "e⁻/Å²", "beyond any HAADF-STEM image"
     )
     rng = np.random.default_rng(seed)
-    with flag_names(IMAGE_FLAGS):  # (`site` named the Python parameter of --cluster-site)
+    with flag_names(CRYSTAL_FLAGS):  # (`site` named the Python parameter of --cluster-site)
         atoms = nanocrystal(
             edge_A,
             shape=shape,
@@ -157,6 +161,7 @@ def image(
         )
         for n in pb_cluster:
             atoms = add_pb_cluster(atoms, n, site=cluster_site, rng=rng)
+    with flag_names(IMAGE_FLAGS):
         img, table = haadf_image(
             atoms,
             pixel_size_A=pixel_size_A,
