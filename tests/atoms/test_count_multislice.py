@@ -197,3 +197,33 @@ def test_free_scale_on_thin_multislice_columns(rough):
         r = count_hybrid(tab, {"PbBr": low})
     assert np.mean(r["n_atoms"].to_numpy() == n) > 0.9
     assert r.attrs["counting"]["PbBr"]["count_shift_vs_calibrated"] < -0.5
+
+
+def test_least_squares_misfit_beyond_the_shot_noise_is_said():
+    """Audit (abTEM cuboids): the least-squares variance fitted to the residuals grew 21-23×
+    faster with the signal than the dose's shot noise, and the electrons per column were
+    counted from it (Cs 19.7 for ~400), with a false "fewer than 50 detected electrons"
+    warning.  Electrons now come from the dose; a residual variance beyond the shot noise is
+    said (misfit, noise the dose does not make, or a wrong dose), and the error bars keep it.
+    Here the Gaussian misfit of multislice peaks at 2·10⁵ e⁻/Å²."""
+    from perovstem.atoms import fit_columns
+
+    d = np.load(DATA)
+    box = float(d["rough__box_A"])
+    n = int(round(box / 0.25))
+    img = resample(resample(d["rough__mean"].astype(float), n, axis=0), n, axis=1)
+    img = np.tile(img.T, (2, 2))
+    dx, dose = box / n, 2e5
+    counts = np.random.default_rng(0).poisson(np.clip(img, 0, None) * dose * dx * dx)
+    im = Image(counts.astype(float), dx, dose_e_per_A2=dose, metadata={"gain": 1.0, "offset": 0.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cols = find_columns(im, cell=cspbbr3_001_cell())
+    with pytest.warns(UserWarning, match="faster with the signal than the shot noise"):
+        fit = fit_columns(normalize_image(im), cols)
+    vm = fit.attrs["variance_model"]
+    assert vm["dispersion"] > 2 and vm["slope_shot_noise"] == pytest.approx(1 / (dose * dx * dx))
+    for t, e in fit.attrs["electrons_per_column"].items():
+        # a Gaussian column's electrons: its cross-section (Å²) × the dose (e⁻/Å²)
+        scs = float(np.median(fit.loc[fit["type"] == t, "scs"]))
+        assert e == pytest.approx(scs * dose, rel=0.1), (t, e, scs * dose)

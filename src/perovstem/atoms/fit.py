@@ -1213,10 +1213,33 @@ def fit_columns(
         # takes the variance of the pixels that inform it (sandwich estimator with a
         # variance model v(μ) = a + b·μ fitted to the residuals; diagonal approximation)
         ls_coefs: dict = {}
-        cov *= _effective_variance(
+        shot = _shot_noise_slope(img)
+        factor = _effective_variance(
             data.shape, data - res, res, x, y, eta, rho, cut_h, free_rho_col, coefs=ls_coefs
         )
         slope = ls_coefs.get("b", 0.0)
+        ls_dispersion = slope / shot if shot is not None and shot > 0 else None
+        if ls_dispersion is not None and ls_dispersion > _DISPERSION_TOLERATED:
+            # the residuals grow faster with the signal than the dose's shot noise: a misfit
+            # of the peak shape (multislice peaks, probe tails at high dose), noise the dose
+            # does not make (scan noise; an audit's one frozen-phonon configuration per
+            # pixel: 21-23×), or a wrong dose.  Which one the residuals cannot tell: the
+            # errors keep the residuals' variance (what repeated acquisitions would show
+            # when it is noise; too wide when it is a misfit, a bias) and it is said
+            warn(
+                f"fit_columns: the residuals grow {ls_dispersion:.3g}× faster with the signal "
+                "than the shot noise of the image's dose: the Gaussian columns misfit the "
+                "peaks (a non-Gaussian probe or multislice peak shape, probe tails at high "
+                "dose), the image holds noise the dose does not make (scan noise), or the "
+                "dose is wrong.  The error bars include that variance (too wide where it is "
+                "a misfit, which biases the cross-sections instead: Voronoi sums, "
+                "scs='voronoi', do not depend on the peak shape) (attrs['variance_model'])",
+                UserWarning,
+                stacklevel=2,
+            )
+        cov *= factor
+        if shot is not None and shot > 0:
+            slope = shot  # electrons per column from the dose, not from a misfit
     else:
         cov *= sigma2
         slope = float(vstate["s"]) * (sigma2 if vstate["kind"] == "detector" else 1.0)
@@ -1347,6 +1370,15 @@ def fit_columns(
         electrons_per_column=e_by_type,
         method="joint Gaussian model, block Gauss–Seidel LM (perovstem)",
     )
+    if noise == "gaussian" and ls_coefs:
+        df.attrs["variance_model"] = {
+            "kind": ls_coefs.get("kind", "fitted to the residuals"),
+            "formula": "v = const + slope·μ",
+            "slope_fitted": float(ls_coefs.get("b", 0.0)),
+            "const_fitted": float(ls_coefs.get("a", 0.0)),
+            "slope_shot_noise": None if shot is None else float(shot),
+            "dispersion": None if ls_dispersion is None else float(ls_dispersion),
+        }
     if noise == "poisson":
         df.attrs["variance_model"] = {
             "kind": vstate["kind"],
@@ -1568,6 +1600,21 @@ def _leverage_and_blocks(shape, x, y, eta, rho, cut, free_rho):
     minv[ok] = np.linalg.inv(f1[ok])
     lev = np.clip(K.column_leverage(shp, x, y, eta, rho, float(cut), free_rho, minv), 0.0, 0.9)
     return lev, f1, args, shp
+
+
+def _shot_noise_slope(img: Image) -> float | None:
+    """Variance per unit of signal of the image's shot noise, where the image says it: a
+    normalised image with its dose (1/(dose·dx²)); None otherwise (counts of an assumed
+    gain are no evidence)."""
+    meta = img.metadata
+    if not meta.get("normalized"):
+        return None
+    dose = meta.get("normalization", {}).get("dose_e_per_A2", img.dose_e_per_A2)
+    try:
+        d = float(dose)
+    except (TypeError, ValueError):
+        return None
+    return 1.0 / (d * img.pixel_size_A**2) if np.isfinite(d) and d > 0 else None
 
 
 def _poisson_variance(img: Image, data: np.ndarray) -> dict:

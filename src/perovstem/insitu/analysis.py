@@ -866,7 +866,11 @@ def analyze_series(
             )
         if mob_tracks is not None:
             summ.attrs["mobility_tracks"] = linked
-            measured = (summ["process"] == "mobility") & summ["value"].notna()
+            measured = (
+                (summ["process"] == "mobility") & summ["value"].notna()
+                if {"process", "value"} <= set(summ.columns)
+                else pd.Series(dtype=bool)
+            )
             if linked.get("tracks") != "lineage" and measured.any():
                 from perovstem.insitu.tracking import STRICT_HOP_RATE_NOTE
 
