@@ -1538,7 +1538,12 @@ def count_atoms(
         )
         from perovstem.atoms.library import _warn_unidentified
 
-        _warn_unidentified(ident, c_source, "count_atoms")
+        _warn_unidentified(
+            ident,
+            c_source,
+            "count_atoms",
+            gaussian=df.attrs.get("scs_estimator") not in ("voronoi",) and "rho_A" in df,
+        )
     for typ, (sel, xs, fit, sweep, kfix, chosen_by) in list(fits.items()):
         if library is not None and kfix is None and library_tol > 0:
             # StatSTEM's tutorial compares GMM locations with simulations to pick the ICL
