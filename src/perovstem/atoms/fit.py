@@ -46,7 +46,7 @@ from perovstem._validation import (
 )
 from perovstem.atoms._inputs import as_image, as_positions, px_to_A, saturation_note
 from perovstem.atoms.normalize import poisson_variance_model
-from perovstem.errors import DataError, ParameterError
+from perovstem.errors import CalibrationError, DataError, ParameterError
 
 __all__ = ["fit_columns", "model_image", "background_basis", "FIT_COLUMNS"]
 
@@ -1606,15 +1606,13 @@ def _shot_noise_slope(img: Image) -> float | None:
     """Variance per unit of signal of the image's shot noise, where the image says it: a
     normalised image with its dose (1/(dose·dx²)); None otherwise (counts of an assumed
     gain are no evidence)."""
-    meta = img.metadata
-    if not meta.get("normalized"):
+    if not img.metadata.get("normalized"):
         return None
-    dose = meta.get("normalization", {}).get("dose_e_per_A2", img.dose_e_per_A2)
     try:
-        d = float(dose)
-    except (TypeError, ValueError):
+        s, _, _ = poisson_variance_model(img)
+    except (CalibrationError, TypeError, ValueError):
         return None
-    return 1.0 / (d * img.pixel_size_A**2) if np.isfinite(d) and d > 0 else None
+    return s if np.isfinite(s) and s > 0 else None
 
 
 def _poisson_variance(img: Image, data: np.ndarray) -> dict:

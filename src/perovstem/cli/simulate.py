@@ -109,7 +109,6 @@ def image(
     import numpy as np
 
     from perovstem.cli._common import check_outputs, flag_names
-    from perovstem.errors import OutputExistsError
     from perovstem.io import save_image, save_table
     from perovstem.io.write import IMAGE_SUFFIXES, TABLE_SUFFIXES
     from perovstem.simulate import add_pb_cluster, haadf_image, nanocrystal
@@ -117,9 +116,7 @@ def image(
     from perovstem.simulate.structures import composition
 
     truth_path = _truth_path(out, truth)
-    for p in (out, truth_path):  # both before any work: the truth table is an output too
-        if p.exists() and not overwrite:
-            raise OutputExistsError(f"{str(p)!r} exists (use --overwrite to replace it)")
+    # both before any work: the truth table is an output too
     check_outputs(
         out,
         truth_path,

@@ -409,6 +409,11 @@ def _nucleation_template_row(g: pd.DataFrame, level: float) -> dict[str, Any] | 
     }
 
 
+def _timed(g: pd.DataFrame) -> bool:
+    """Whether a field's frames have two time stamps (a frame interval for its hops)."""
+    return "time_s" in g and g["time_s"].notna().sum() >= 2
+
+
 def _timed_field_tracks(
     parts: list[tuple[str, pd.DataFrame, pd.DataFrame]],
 ) -> tuple[list[str], list[pd.DataFrame], list[float]]:
@@ -417,7 +422,7 @@ def _timed_field_tracks(
     positive interval or tracks are left out.  Returns names, tracks, intervals."""
     names, kept, dts = [], [], []
     for name, g, tracks in parts:
-        if "time_s" not in g or g["time_s"].notna().sum() < 2:
+        if not _timed(g):
             continue
         frames = set(g["frame"].to_numpy().tolist()) if "frame" in g else None
         t = tracks if frames is None else tracks[tracks["frame"].isin(frames)]
@@ -440,7 +445,7 @@ def _mobility_row(
     names, kept, dts = _timed_field_tracks(parts)
     n_det = sum(len(t) for t in kept)
     if n_det < 4:
-        timed = [g for _, g, _ in parts if "time_s" in g and g["time_s"].notna().sum() >= 2]
+        timed = [g for _, g, _ in parts if _timed(g)]
         if not timed:
             return None, names
         # (a condition without clusters, e.g. 225 K where Pb⁰ does not move, had no row at
