@@ -20,6 +20,9 @@ __all__ = [
     "MAX_STACK_PX",
     "MAX_COUNTS_PER_A",
     "MAX_KMC_EVENTS",
+    "MAX_GAIN_COUNTS_PER_E",
+    "MAX_OFFSET_COUNTS",
+    "MAX_SCAN_NOISE_PX",
     "check_at_most",
     "check_current_pA",
     "check_image_px",
@@ -58,6 +61,20 @@ MAX_COUNTS_PER_A = 1e10
 """Largest expected detector count per pixel per Å of path (tilt-series simulation): a pixel
 counts at most the electrons that hit it, ≤ :data:`MAX_DOSE_E_PER_A2` per Å² (and numpy's
 Poisson draw refuses means above ~1e19)."""
+
+MAX_GAIN_COUNTS_PER_E = 1e6
+"""Largest detector gain of a simulated image, counts per electron: counting detectors give
+~1, analogue HAADF read-outs 1-1000 (1e30 made an image whose electrons no reader can
+recover from float rounding)."""
+
+MAX_OFFSET_COUNTS = 2.0**32
+"""Largest detector offset of a simulated image (absolute), counts: the range of a 32-bit
+read-out.  An offset of 1e30 counts (accepted before) buries the signal below the float
+rounding of the written image: at 1e30 one float64 step is ~1e14 counts."""
+
+MAX_SCAN_NOISE_PX = 100.0
+"""Largest rms line jitter of a simulated image, px; a scanning microscope's is below a few
+px (1e6 px was accepted, and shifted every line out of the frame)."""
 
 MAX_KMC_EVENTS = 1e10
 """Largest number of kinetic Monte Carlo events one call may need (estimated before it

@@ -75,6 +75,42 @@ def _check(capsys, argv, d, o, *fragments, absent=()):
                 "above 2.15e+09",
             ],
         ),
+        # detector models no microscope has: accepted before (session 33), the offset of
+        # -1e30 counts buried the image's electrons below its float rounding
+        (
+            ["simulate", "image", "-o", "{o}/i.npz", "--edge-A", "20", "--offset", "-1e30"],
+            ["`--offset` = -1e+30 counts", "beyond ±4.29497e+09 counts"],
+        ),
+        (
+            ["simulate", "image", "-o", "{o}/i.npz", "--edge-A", "20", "--gain", "1e30"],
+            ["`--gain` = 1e+30 counts/e⁻", "above 1e+06"],
+        ),
+        (
+            ["simulate", "image", "-o", "{o}/i.npz", "--edge-A", "20"] + ["--scan-noise-px", "1e6"],
+            ["`--scan-noise-px` = 1e+06 px", "above 100 px"],
+        ),
+        # ... refused before the kinetic Monte Carlo runs (it took the whole run before)
+        (
+            ["simulate", "series", "-o", "{o}/s.zarr", "--edge-A", "20", "--frames", "2"]
+            + ["--gain", "1e9"],
+            ["`--gain` = 1e+09 counts/e⁻"],
+        ),
+        # a series of empty frames (cumulative dose 0) was written without a word
+        (
+            ["simulate", "series", "-o", "{o}/s.zarr", "--edge-A", "20", "--frames", "2"]
+            + ["--dose-rate-e-per-A2-s", "0"],
+            ["`--dose-rate-e-per-A2-s` must be > 0, got 0", "hold no electrons"],
+        ),
+        (
+            ["simulate", "series", "-o", "{o}/s.zarr", "--edge-A", "20", "--frames", "2"]
+            + ["--thickness-A", "12"],
+            ["`--thickness-A` applies to --shape platelet only"],
+        ),
+        # tifffile's bare "max_denominator should be at least 1" (exit 1, no file named)
+        (
+            ["simulate", "image", "-o", "{o}/i.tif", "--edge-A", "20"] + ["--pixel-size-A", "0.01"],
+            ["i.tif", "cannot record a pixel of 0.01 Å", ".npz"],
+        ),
         (
             ["tomo", "sequence", "{d}/ts.npz", "{d}/ts.npz", "-o", "{o}/q.csv"]
             + ["--doses-e-per-A2", "0,1e30"],

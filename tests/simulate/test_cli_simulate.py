@@ -187,3 +187,25 @@ def test_crystal_shape_and_field_size_errors_name_their_own_options(tmp_path, ca
     assert "`--shape` must be one of" in capsys.readouterr().err
     assert main(["simulate", "image", "-o", out, "--size-px", "8", "--edge-A", "60"]) == 2
     assert "`--size-px` (8, 8) px is too small" in " ".join(capsys.readouterr().err.split())
+
+
+def test_series_platelet_takes_its_thickness(tmp_path, capsys):
+    """Audit: `simulate series --shape platelet` had no --thickness-A (every platelet series
+    was 30 Å thick), and a bad crystal shape there named the Python parameter."""
+    from perovstem.cli.main import main
+    from perovstem.io import load, read_table
+
+    base = ["simulate", "series", "--edge-A", "40", "--frames", "1", "--seed", "0"]
+    base += ["--shape", "platelet", "--no-noise"]
+    n_br = {}
+    for t in (12.0, 30.0):
+        out = tmp_path / f"p{t:g}.npz"
+        assert main([*base, "--thickness-A", str(t), "-o", str(out)]) == 0
+        assert load(out).metadata["structure"]["thickness_A"] == t
+        n_br[t] = int(read_table(tmp_path / f"p{t:g}_frames.parquet")["n_Br"].iloc[0])
+    # Br atoms scale with the thickness: 12 Å is 2-3 cells, 30 Å 5 cells (+ terminations)
+    assert n_br[12.0] < 0.75 * n_br[30.0], n_br
+    capsys.readouterr()
+    assert main([*base[:-3], "--shape", "sphere", "-o", str(tmp_path / "x.npz")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--shape" in err and "--size-px" not in err, err

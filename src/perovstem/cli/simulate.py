@@ -75,7 +75,9 @@ def image(
     ),
     edge_A: float = typer.Option(80.0, "--edge-A", help="NC edge length, Å."),
     shape: str = typer.Option("cube", "--shape", help="cube | cuboid | platelet."),
-    thickness_A: float = typer.Option(None, "--thickness-A", help="Platelet thickness, Å."),
+    thickness_A: float = typer.Option(
+        None, "--thickness-A", help="Platelet thickness, Å (default 30)."
+    ),
     phase: str = typer.Option("cubic", "--phase", help="cubic | orthorhombic."),
     termination: str = typer.Option("CsBr", "--termination", help="CsBr | PbBr2."),
     cd_fraction: float = typer.Option(0.0, "--cd-fraction", help="Cd fraction x on Pb sites."),

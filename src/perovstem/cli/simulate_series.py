@@ -79,6 +79,9 @@ def series(
     table_format: str = typer.Option("parquet", "--table-format", help="parquet | csv."),
     edge_A: float = typer.Option(60.0, "--edge-A", help="NC edge length, Å."),
     shape: str = typer.Option("cube", "--shape", help="cube | cuboid | platelet."),
+    thickness_A: float = typer.Option(
+        None, "--thickness-A", help="Platelet thickness, Å (default 30)."
+    ),
     phase: str = typer.Option("cubic", "--phase", help="cubic | orthorhombic."),
     termination: str = typer.Option("CsBr", "--termination", help="CsBr | PbBr2."),
     cd_fraction: float = typer.Option(0.0, "--cd-fraction", help="Cd fraction x on Pb sites."),
@@ -152,6 +155,22 @@ def series(
     detector = _check_detector(detector_pair(detector_mrad))  # before the KMC runs
     check_at_most("--temperature-K", temperature_K, MAX_TEMPERATURE_K, "K", why_t)
     check_at_most("--temperature-end-K", temperature_end_K, MAX_TEMPERATURE_K, "K", why_t)
+    if thickness_A is not None and shape != "platelet":
+        raise ParameterError(
+            f"`--thickness-A` applies to --shape platelet only, got --thickness-A "
+            f"{thickness_A:g} with --shape {shape}"
+        )
+    if dose_rate == 0:
+        # (0 wrote a series of empty frames, cumulative dose 0, without a word)
+        raise ParameterError(
+            "`--dose-rate-e-per-A2-s` must be > 0, got 0: the frames are images made by the "
+            "beam, and at 0 e⁻/Å²/s they hold no electrons (for a heating run without the beam, "
+            "the Python function perovstem.simulate.degradation_kmc takes a zero dose rate)"
+        )
+    from perovstem.simulate.haadf import check_detector_response
+
+    with flag_names({"gain": "--gain", "offset": "--offset"}):  # before the KMC, the slow part
+        check_detector_response(gain=gain, offset=offset)
     if np.isfinite(dose_rate) and np.isfinite(frame_time_s) and frame_time_s > 0:
         # (a dose rate of 1e17 e⁻/Å²/s ran the kinetic Monte Carlo for ever)
         check_at_most(
@@ -182,15 +201,19 @@ def series(
             )
     params = _parse_params(param)
     rng = np.random.default_rng(seed)
-    atoms = nanocrystal(
-        edge_A,
-        shape=shape,
-        phase=phase,
-        termination=termination,
-        cd_fraction=cd_fraction,
-        zone_axis=zone_axis,
-        rng=rng,
-    )
+    from perovstem.cli.simulate import CRYSTAL_FLAGS
+
+    with flag_names(CRYSTAL_FLAGS):
+        atoms = nanocrystal(
+            edge_A,
+            shape=shape,
+            phase=phase,
+            termination=termination,
+            cd_fraction=cd_fraction,
+            zone_axis=zone_axis,
+            thickness_A=thickness_A,
+            rng=rng,
+        )
     temps = (
         temperature_K
         if temperature_end_K is None
@@ -242,6 +265,7 @@ def series(
     ser.metadata["structure"] = {
         "edge_A": edge_A,
         "shape": shape,
+        "thickness_A": thickness_A,
         "phase": phase,
         "termination": termination,
         "cd_fraction": cd_fraction,

@@ -32,6 +32,21 @@ IMAGE_SUFFIXES = (".npz", ".zarr", ".tif", ".tiff", ".mrc", ".hspy")
 TABLE_SUFFIXES = (".parquet", ".csv")
 
 _PER_FRAME = ("time_s", "dose_e_per_A2", "temperature_K", "pressure_Pa", "angles_deg", "shifts_px")
+# largest numerator of a TIFF RATIONAL (unsigned 32-bit): the resolution tag's pixels per cm
+_TIFF_MAX_RATIONAL = 2**32 - 1
+
+
+def _tiff_pixels_per_cm(path: Path, pixel_A: float) -> float:
+    """The TIFF resolution of a ``pixel_A`` (Å) pixel, pixels per cm; refused (naming
+    ``path``) where the tag cannot hold it (tifffile raised a bare ValueError)."""
+    per_cm = 1e8 / float(pixel_A)
+    if per_cm > _TIFF_MAX_RATIONAL:
+        raise FileFormatError(
+            f"{str(path)!r}: a TIFF cannot record a pixel of {float(pixel_A):g} Å (its "
+            f"resolution tag holds at most {_TIFF_MAX_RATIONAL} pixels per cm, i.e. pixels "
+            f">= {1e8 / _TIFF_MAX_RATIONAL:.3g} Å): write .npz, .zarr, .mrc or .hspy"
+        )
+    return per_cm
 
 
 def _meta_of(obj: Image | Series | TiltSeries) -> dict[str, Any]:
@@ -124,13 +139,13 @@ def save_image(
     elif suffix in (".tif", ".tiff"):
         import tifffile
 
-        px_cm = obj.pixel_size_A * 1e-8
+        per_cm = _tiff_pixels_per_cm(path, obj.pixel_size_A)
         with atomic_path(path, overwrite=overwrite) as tmp:
             tifffile.imwrite(
                 tmp,
                 data,
                 metadata={"perovstem": json.dumps(full)},
-                resolution=(1.0 / px_cm, 1.0 / px_cm),
+                resolution=(per_cm, per_cm),
                 resolutionunit="CENTIMETER",
             )
     elif suffix == ".mrc":
@@ -459,13 +474,13 @@ def save_volume(
     elif suffix in (".tif", ".tiff"):
         import tifffile
 
-        px_cm = voxel_size_A * 1e-8
+        per_cm = _tiff_pixels_per_cm(path, voxel_size_A)
         with atomic_path(path, overwrite=overwrite) as tmp:
             tifffile.imwrite(
                 tmp,
                 vol,
                 metadata={"perovstem": json.dumps(meta)},
-                resolution=(1.0 / px_cm, 1.0 / px_cm),
+                resolution=(per_cm, per_cm),
                 resolutionunit="CENTIMETER",
             )
     elif suffix == ".zarr":

@@ -32,7 +32,15 @@ from typing import Any
 import numpy as np
 
 from perovstem._data import Image
-from perovstem._limits import MAX_DOSE_E_PER_A2, MAX_IMAGE_PX, check_at_most, check_image_px
+from perovstem._limits import (
+    MAX_DOSE_E_PER_A2,
+    MAX_GAIN_COUNTS_PER_E,
+    MAX_IMAGE_PX,
+    MAX_OFFSET_COUNTS,
+    MAX_SCAN_NOISE_PX,
+    check_at_most,
+    check_image_px,
+)
 from perovstem._validation import as_rng, check_positive, refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 from perovstem.simulate._noise import shot_noise
@@ -107,6 +115,49 @@ def check_auto_shape(shape: tuple[int, int], pixel_size_A: float, extent_A: Any)
             f"image of the {ext} Å specimen (with its margin), above {MAX_IMAGE_PX} px a side "
             "(the largest simulated image): give a larger `pixel_size_A` or a `shape`"
         )
+
+
+def check_detector_response(
+    *,
+    gain: float = 1.0,
+    offset: float = 0.0,
+    scan_noise_px: float = 0.0,
+    background: float = 0.0,
+    read_noise: float = 0.0,
+) -> None:
+    """Refuse a detector model no microscope has (a typo or a unit mistake), before any
+    simulation: ``gain`` in (0, :data:`~perovstem._limits.MAX_GAIN_COUNTS_PER_E`] counts per
+    electron, ``|offset|`` ≤ :data:`~perovstem._limits.MAX_OFFSET_COUNTS` counts,
+    ``scan_noise_px`` in [0, :data:`~perovstem._limits.MAX_SCAN_NOISE_PX`] px, and
+    ``background`` and ``read_noise`` finite and ≥ 0.  Shared by :func:`haadf_image` and the
+    series simulators, so that a long kinetic Monte Carlo is not run before a bad ``gain``
+    is refused."""
+    check_positive("gain", gain)
+    check_at_most(
+        "gain", float(gain), MAX_GAIN_COUNTS_PER_E, "counts/e⁻", "beyond any detector read-out"
+    )
+    try:
+        off = float(offset)
+    except (TypeError, ValueError):
+        raise ParameterError(f"`offset` must be a number, got {offset!r}") from None
+    if not np.isfinite(off):
+        raise ParameterError(f"`offset` must be finite, got {offset!r}")
+    if abs(off) > MAX_OFFSET_COUNTS:
+        raise ParameterError(
+            f"`offset` = {off:g} counts is beyond ±{MAX_OFFSET_COUNTS:g} counts (the range of "
+            "a 32-bit read-out; larger offsets bury the signal under the float rounding of the "
+            "image): a unit mistake?"
+        )
+    check_positive("scan_noise_px", scan_noise_px, allow_zero=True)
+    check_at_most(
+        "scan_noise_px",
+        float(scan_noise_px),
+        MAX_SCAN_NOISE_PX,
+        "px",
+        "a scanning microscope's line jitter is below a few px",
+    )
+    check_positive("background", background, allow_zero=True)
+    check_positive("read_noise", read_noise, allow_zero=True)
 
 
 @functools.lru_cache(maxsize=16)
@@ -303,13 +354,14 @@ def haadf_image(
     dx = check_positive("pixel_size_A", pixel_size_A)
     dose = check_positive("dose_e_per_A2", dose_e_per_A2)
     check_at_most("dose_e_per_A2", dose, MAX_DOSE_E_PER_A2, "e⁻/Å²", "the dose of one image")
-    check_positive("gain", gain)
-    if not np.isfinite(offset):
-        raise ParameterError(f"`offset` must be finite, got {offset!r}")
-    check_positive("scan_noise_px", scan_noise_px, allow_zero=True)
+    check_detector_response(
+        gain=gain,
+        offset=offset,
+        scan_noise_px=scan_noise_px,
+        background=background,
+        read_noise=read_noise,
+    )
     check_positive("margin_A", margin_A, allow_zero=True)
-    check_positive("background", background, allow_zero=True)
-    check_positive("read_noise", read_noise, allow_zero=True)
     drift = _as_pair("drift_A", drift_A)
     detector = _check_detector(detector_mrad)
     gen = as_rng(rng)

@@ -244,6 +244,16 @@ _IMAGE_KEYS = (
 def _image_kw(args: dict) -> dict:
     """The :func:`haadf_image` keywords among ``args`` (a caller's ``locals()``)."""
     kw = {k: args[k] for k in _IMAGE_KEYS if k in args}
+    from perovstem.simulate.haadf import check_detector_response
+
+    # before the frames are planned: a bad gain was refused by the first frame's haadf_image
+    check_detector_response(
+        **{
+            k: kw[k]
+            for k in ("gain", "offset", "scan_noise_px", "background", "read_noise")
+            if k in kw
+        }
+    )
     kw["detector_mrad"] = tuple(float(v) for v in kw.get("detector_mrad", (65.0, 200.0)))
     return kw
 
