@@ -299,7 +299,9 @@ def nanocrystal(
     ----------
     edge_A : float or (3,) floats
         Edge length(s), Å (along crystal x, y, z).  Rounded to whole pseudo-cubic cells;
-        must be ≥ one cell.  A scalar with ``shape="cuboid"`` gives edges (e, 1.5e, e);
+        must be ≥ one cell.  It is the distance between the outermost cation planes (Cs for
+        CsBr, Pb for PbBr2 termination); the few apical Br that neutralise a PbBr2-terminated
+        crystal sit a/2 beyond them (``edge_A=40``: Pb planes 41.1 Å apart, atoms 47.0 Å).  A scalar with ``shape="cuboid"`` gives edges (e, 1.5e, e);
         with ``shape="platelet"`` a square plate of lateral size e and ``thickness_A``.
     shape : {"cube", "cuboid", "platelet"}
     phase : {"cubic", "orthorhombic"}
