@@ -316,3 +316,91 @@ def test_pb_cluster_atoms_do_not_overlap_the_host():
     assert int((lab > 0).sum()) == 40
     d, _ = cKDTree(model.atoms.positions[lab == 0]).query(model.atoms.positions[lab > 0])
     assert d.min() >= 2.8
+
+
+def _alloy(seed):
+    """A CsCd_xPb_(1-x)Br3 cube (x = 0.3) and its projected columns with n_Cd."""
+    from perovstem.simulate import nanocrystal
+
+    atoms = nanocrystal(5 * A, cd_fraction=0.3, rng=seed)
+    return atoms, _columns(atoms)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_cd_per_column_placed_in_the_model(seed):
+    """Audit: model3d dropped Cd (the counts carry none); a composition table now puts each
+    Pb-Br column's Cd count in the model, at random depths (one projection cannot tell)."""
+    truth, cols = _alloy(seed)
+    comp = cols.loc[cols["type"] == "PbBr", ["x_A", "y_A", "n_Cd"]].rename(columns={"n_Cd": "n_cd"})
+    counts = cols[["x_A", "y_A", "type", "n_atoms", "n_Br"]]
+    model = model_from_counts(counts, n_chains=2, n_sweeps=30, composition=comp, rng=seed)
+    sym = np.array(model.atoms.get_chemical_symbols())
+    n_cd_truth = int(np.sum(np.array(truth.get_chemical_symbols()) == "Cd"))
+    assert n_cd_truth > 10 and int(np.sum(sym == "Cd")) == n_cd_truth
+    # per column: the model's Cd atoms sit in the column of the composition row
+    col = model.atoms.arrays["column"]
+    got = np.bincount(col[sym == "Cd"], minlength=len(model.columns))
+    np.testing.assert_array_equal(got, model.columns["n_Cd"].to_numpy())
+    pb = (model.columns["type"] == "PbBr").to_numpy()
+    want = comp.set_index(["x_A", "y_A"])["n_cd"]
+    key = list(zip(model.columns["x_A"][pb], model.columns["y_A"][pb], strict=True))
+    np.testing.assert_array_equal(got[pb], want.loc[key].to_numpy())
+    # Cd replaces Pb: the B-site total and the site agreement are those of a Cd-free model
+    plain = model_from_counts(counts, n_chains=2, n_sweeps=30, rng=seed)
+    assert len(model.atoms) == len(plain.atoms)
+    assert np.sum(np.isin(sym, ["Pb", "Cd"])) == np.sum(
+        np.array(plain.atoms.get_chemical_symbols()) == "Pb"
+    )
+    # sites: Cd only on occupied B sites of the returned model
+    cd_sites = model.sites[model.sites["element"] == "Cd"]
+    assert len(cd_sites) == n_cd_truth and cd_sites["occupied"].all()
+    p = model.params
+    assert p["cd_atoms"] == n_cd_truth and p["cd_columns_unmatched"] == 0
+
+
+def test_cd_composition_unmatched_clipped_and_bad():
+    truth, cols = _alloy(1)
+    counts = cols[["x_A", "y_A", "type", "n_atoms", "n_Br"]]
+    pb = cols[cols["type"] == "PbBr"]
+    comp = pd.DataFrame(
+        {
+            "x_A": pb["x_A"].to_numpy()[1:],  # the first Pb-Br column has no row
+            "y_A": pb["y_A"].to_numpy()[1:],
+            "n_cd": np.r_[pb["n_atoms"].to_numpy()[1] + 3, np.zeros(len(pb) - 2, int)],
+        }
+    )
+    m = model_from_counts(counts, n_chains=1, n_sweeps=5, composition=comp, rng=0)
+    p = m.params
+    assert p["cd_columns_unmatched"] == 1 and p["cd_clipped"] == 3
+    assert p["cd_atoms"] == int(pb["n_atoms"].to_numpy()[1])  # the whole column is Cd
+    for bad, word in [
+        (comp.drop(columns="n_cd"), "n_cd"),
+        (comp.assign(n_cd=0.5), "whole numbers"),
+        (comp.assign(n_cd=-1), "whole numbers"),
+        (comp.assign(x_A=np.inf), "finite"),
+    ]:
+        with pytest.raises(DataError, match=word):
+            model_from_counts(counts, n_chains=1, n_sweeps=5, composition=bad, rng=0)
+
+
+def test_cli_model3d_composition(tmp_path, capsys):
+    from perovstem.cli.main import main
+    from perovstem.io import save_table
+    from perovstem.io.structures import read_structure
+
+    truth, cols = _alloy(2)
+    save_table(cols[["x_A", "y_A", "type", "n_atoms", "n_Br"]], tmp_path / "c.parquet")
+    comp = cols.loc[cols["type"] == "PbBr", ["x_A", "y_A", "n_Cd"]]
+    save_table(comp.rename(columns={"n_Cd": "n_cd"}), tmp_path / "cd.csv")
+    argv = ["model3d", str(tmp_path / "c.parquet"), "--chains", "2", "--sweeps", "20"]
+    rc = main([*argv, "-o", str(tmp_path / "m.xyz"), "--composition", str(tmp_path / "cd.csv")])
+    assert rc == 0
+    out = " ".join(capsys.readouterr().out.split())
+    n_cd = int(comp["n_Cd"].sum())
+    assert f"Cd: {n_cd} atoms" in out
+    assert read_structure(tmp_path / "m.xyz").get_chemical_symbols().count("Cd") == n_cd
+    save_table(comp.assign(n_Cd=0.5).rename(columns={"n_Cd": "n_cd"}), tmp_path / "bad.csv")
+    rc = main([*argv, "-o", str(tmp_path / "b.xyz"), "--composition", str(tmp_path / "bad.csv")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == 2 and "bad.csv" in err and "whole numbers" in err, err
+    assert not (tmp_path / "b.xyz").exists()

@@ -44,6 +44,12 @@ def model3d(
         "Experimental: counts drift upward (~18 % more atoms on a test crystal); keep it off "
         "for quantitative models.",
     ),
+    composition: Path = typer.Option(
+        None,
+        "--composition",
+        help="Cd per Pb-Br column (x_A, y_A, n_cd: the table of 'atoms composition'); Cd "
+        "replaces that many Pb of each column, at random depths.",
+    ),
     sites_out: Path = typer.Option(
         None, "--sites-out", help="Site-occupation probabilities (.parquet/.csv)."
     ),
@@ -57,6 +63,7 @@ def model3d(
     import numpy as np
 
     from perovstem.cli._common import about_file, check_outputs, console
+    from perovstem.errors import DataError
     from perovstem.io import read_table, save_json, save_table
     from perovstem.io.structures import STRUCTURE_SUFFIXES, save_structure
     from perovstem.io.write import TABLE_SUFFIXES
@@ -82,6 +89,21 @@ def model3d(
         if blank.any() and not blank.all():
             left_out = int(blank.sum())
             df = df[~blank].reset_index(drop=True)
+    comp = None
+    if composition is not None:
+        from perovstem.cli._common import nonempty_table
+
+        comp = read_table(composition)
+        nonempty_table(comp, composition)
+        if "n_cd" not in comp.columns:
+            raise DataError(
+                f"{str(composition)!r} has no 'n_cd' column (Cd atoms per Pb-Br column): give "
+                "the table of `perovstem atoms composition`"
+            )
+        from perovstem.quantify.model3d import _check_composition
+
+        with about_file(composition, param="composition"):
+            _check_composition(comp)
     with about_file(table, param="columns"):
         model = model_from_counts(
             df,
@@ -91,6 +113,7 @@ def model3d(
             n_sweeps=sweeps,
             support_energy=support_energy,
             count_moves=count_moves,
+            composition=comp,
             rng=seed,
         )
     save_structure(model.atoms, out, overwrite=overwrite)
@@ -116,6 +139,25 @@ def model3d(
         f"{facets['110']:.0%}, {{111}} {facets['111']:.0%}, other {facets['other']:.0%} "
         f"of {facets['n_surface']} surface cations; {unsure} sites with 0.05 < p < 0.95"
     )
+    if comp is not None:
+        pr = model.params
+        n_pbbr = pr["cd_columns_matched"] + pr["cd_columns_unmatched"]
+        console.print(
+            f"Cd: {pr['cd_atoms']} atoms in {pr['cd_columns_matched']} of {n_pbbr} Pb-Br "
+            f"columns of {str(composition)!r}, at random depths (one projection does not "
+            "tell where along the beam)"
+        )
+        if pr["cd_columns_unmatched"]:
+            console.print(
+                f"note: {pr['cd_columns_unmatched']} Pb-Br columns have no row in "
+                f"{str(composition)!r} within 0.5 Å and hold no Cd"
+            )
+        if pr["cd_clipped"]:
+            console.print(
+                f"note: {pr['cd_clipped']} Cd atoms of {str(composition)!r} exceed their "
+                "columns' Pb count (the composition took its thickness elsewhere) and are "
+                "left out"
+            )
     if left_out:
         console.print(
             f"note: {left_out} of {left_out + len(df)} columns of {str(table)!r} have no count "

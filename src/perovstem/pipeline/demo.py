@@ -79,7 +79,12 @@ def demo_config(*, fast: bool = False, seed: int = 2026) -> dict[str, Any]:
         step(
             "quantify.model3d",
             "model3d",
-            {"counts": "count.counts", "truth_atoms": "nc.atoms", "image": "haadf.image"},
+            {
+                "counts": "count.counts",
+                "truth_atoms": "nc.atoms",
+                "image": "haadf.image",
+                "composition": "composition.columns",
+            },
             n_chains=4 if fast else 8,
             n_sweeps=40 if fast else 100,
         ),

@@ -216,6 +216,7 @@ def model_from_counts(
     count_moves: bool = False,
     max_count_change: int = 1,
     charge_weight: float = 0.0,
+    composition: pd.DataFrame | None = None,
     rng: Any = None,
 ) -> AtomicModel:
     """Build a 3D atomic model from per-column atom counts by lattice-gas Monte Carlo.
@@ -254,6 +255,13 @@ def model_from_counts(
         Largest deviation from the input count allowed.
     charge_weight : float
         λ of the charge-neutrality penalty ``λ Q²`` (e², relevant with count moves).
+    composition : DataFrame, optional
+        Cd atoms per Pb-Br column of CsCd_xPb_(1-x)Br3: ``x_A, y_A, n_cd`` (the table of
+        ``perovstem atoms composition`` / :func:`perovstem.atoms.composition_from_counts`),
+        matched to the Pb-Br columns within 0.5 Å.  The Monte Carlo treats Cd as Pb (same
+        bonds and charge); afterwards each column's Cd replace that many of its Pb in the
+        returned model, at depths drawn at random: one projection's cross-section tells how
+        many Cd a column holds, not where along the beam.  Without it the model holds no Cd.
     rng : None, int or Generator
 
     Returns
@@ -266,6 +274,8 @@ def model_from_counts(
     from perovstem.quantify._model3d_numba import run_chains
 
     tab = _check_table(columns)
+    if composition is not None:  # before the Monte Carlo
+        _check_composition(composition)
     a = check_positive("lattice_A", lattice_A)
     tab = _model_columns(tab, a, count_moves)
     a_pb = check_positive("pb_lattice_A", pb_lattice_A)
@@ -441,6 +451,9 @@ def model_from_counts(
     cols["z_bottom_A"] = z_lo
     cols["z_top_A"] = z_hi
     cols["z_center_std_A"] = centres.std(0)
+    cd_info: dict[str, Any] = {}
+    if composition is not None:
+        cd_info = _place_cd(sites, cols, composition, gen)
     atoms = _to_atoms(sites[sites["occupied"]])
     params = {
         "lattice_A": a,
@@ -454,9 +467,77 @@ def model_from_counts(
         "count_moves": bool(count_moves),
         "charge_weight": charge_weight,
         "bonds": [list(b) for b in bonds],
+        **cd_info,
     }
     cols.attrs["model3d"] = params
     return AtomicModel(atoms, sites, cols, E, Q, params)
+
+
+_CD_MATCH_A = 0.5  # a composition row and a Pb-Br column farther apart are not the same
+
+
+def _check_composition(composition: Any) -> pd.DataFrame:
+    """The rows of a Cd-per-column table (``x_A, y_A, n_cd``) that carry a Cd count."""
+    if not isinstance(composition, pd.DataFrame):
+        raise DataError(
+            f"`composition` must be a DataFrame (x_A, y_A, n_cd), got {type(composition).__name__}"
+        )
+    missing = {"x_A", "y_A", "n_cd"} - set(composition.columns)
+    if missing:
+        raise DataError(
+            f"`composition` lacks column(s) {sorted(missing)} (the table of `perovstem atoms "
+            f"composition`); has {list(composition.columns)}"
+        )
+    n_cd = pd.to_numeric(composition["n_cd"], errors="coerce")
+    comp = composition[n_cd.notna()]
+    v = n_cd[n_cd.notna()].to_numpy(float)
+    xy = comp[["x_A", "y_A"]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+    if np.any(~np.isfinite(v)) or np.any(v < 0) or np.any(v != np.round(v)):
+        raise DataError("`composition`: `n_cd` must be whole numbers of Cd atoms >= 0")
+    if not np.all(np.isfinite(xy)):
+        raise DataError("`composition`: `x_A`, `y_A` must be finite numbers")
+    return comp
+
+
+def _place_cd(
+    sites: pd.DataFrame, cols: pd.DataFrame, composition: Any, gen: np.random.Generator
+) -> dict[str, Any]:
+    """Turn ``n_cd`` of each matched Pb-Br column's occupied Pb sites (chosen at random)
+    into Cd, in ``sites`` and ``cols["n_Cd"]``; returns the record for ``params``."""
+    from scipy.spatial import cKDTree
+
+    comp = _check_composition(composition)
+    n_cd = comp["n_cd"].to_numpy(float)
+    cols["n_Cd"] = 0
+    pbbr = np.flatnonzero(cols["type"].astype(str).to_numpy() == "PbBr")
+    matched = clipped = 0
+    if len(comp) and len(pbbr):
+        d, k = cKDTree(comp[["x_A", "y_A"]].to_numpy(float)).query(
+            cols[["x_A", "y_A"]].to_numpy(float)[pbbr]
+        )
+        occ = sites["occupied"].to_numpy()
+        is_pb = (sites["element"] == "Pb").to_numpy()
+        site_col = sites["column"].to_numpy()
+        element = sites["element"].to_numpy(dtype=object).copy()
+        for c, dist, j in zip(pbbr, d, k, strict=True):
+            if dist > _CD_MATCH_A:
+                continue
+            matched += 1
+            want = int(n_cd[j])
+            pb_sites = np.flatnonzero(occ & is_pb & (site_col == c))
+            take = min(want, len(pb_sites))
+            clipped += want - take
+            if take:
+                element[gen.choice(pb_sites, size=take, replace=False)] = "Cd"
+            cols.iloc[c, cols.columns.get_loc("n_Cd")] = take
+        sites["element"] = element.astype(str)
+    return {
+        "cd_placement": "random depth along each Pb-Br column (not given by one projection)",
+        "cd_columns_matched": int(matched),
+        "cd_columns_unmatched": int(len(pbbr) - matched),
+        "cd_atoms": int(cols["n_Cd"].sum()),
+        "cd_clipped": int(clipped),
+    }
 
 
 def _to_atoms(occ_sites: pd.DataFrame):

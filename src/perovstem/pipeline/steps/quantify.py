@@ -850,9 +850,12 @@ def quantify_mechanism(
         "counts": Kind("table", ("x_A", "y_A", "n_atoms"), "the `counts` output of atoms.count"),
         "truth_atoms": Kind("atoms"),
         "image": Kind("image"),
+        "composition": Kind(
+            "table", ("x_A", "y_A", "n_cd"), "the `columns` output of atoms.composition"
+        ),
     },
     inputs=("counts",),
-    optional_inputs=("truth_atoms", "image"),
+    optional_inputs=("truth_atoms", "image", "composition"),
     outputs=("model", "sites"),
     output_kinds={"model": Kind("atoms"), "sites": Kind("table")},
     params={
@@ -863,10 +866,11 @@ def quantify_mechanism(
     requires=(MODEL3D,),
     section="facets",
     doc="3-D atomic model from the atom counts of one projection (lattice-gas Monte Carlo), "
-    "with site-occupation probabilities.",
+    "with site-occupation probabilities; with `composition`, each Pb-Br column's Cd count "
+    "replaces that many of its Pb at random depths.",
 )
 def quantify_model3d(
-    ctx: Any, counts: Any, truth_atoms: Any = None, image: Any = None
+    ctx: Any, counts: Any, truth_atoms: Any = None, image: Any = None, composition: Any = None
 ) -> dict[str, Any]:
     p = ctx.params
     counts = counts[counts["n_atoms"].notna()].astype({"n_atoms": int})
@@ -875,6 +879,7 @@ def quantify_model3d(
         lattice_A=p["lattice_A"],
         n_chains=p["n_chains"],
         n_sweeps=p["n_sweeps"],
+        composition=composition,
         rng=ctx.rng(),
     )
     atoms = model.atoms
@@ -887,7 +892,14 @@ def quantify_model3d(
         "model",
         atoms_figure(atoms.positions, sym, groups=groups, title="3-D model from atom counts"),
         title="3-D atomic model from counts",
-        caption=f"Lowest-energy model of {p['n_chains']} Monte Carlo chains ({len(atoms)} atoms).",
+        caption=f"Lowest-energy model of {p['n_chains']} Monte Carlo chains ({len(atoms)} atoms)"
+        + (
+            ""
+            if composition is None
+            else f"; {model.params['cd_atoms']} Cd from the composition, at random depths "
+            "(one projection does not tell where along the beam)"
+        )
+        + ".",
     )
     if truth_atoms is not None:
         truth = truth_atoms.copy()
@@ -902,4 +914,12 @@ def quantify_model3d(
             section="facets",
             caption=f"precision {100 * agree['precision']:.1f} %",
         )
+        if composition is not None:
+            n_true = int(np.sum(np.asarray(truth.get_chemical_symbols()) == "Cd"))
+            ctx.metric(
+                "3-D model: Cd atoms",
+                float(model.params["cd_atoms"]),
+                section="facets",
+                caption=f"truth {n_true}; from the composition's Cd per Pb-Br column",
+            )
     return {"model": atoms, "sites": model.sites}
