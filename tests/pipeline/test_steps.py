@@ -853,3 +853,31 @@ def test_mechanism_across_row_names_only_the_tables_it_used(tmp_path):
     assert row["selected_model"] == "dose_controlled", row["text"]
     assert row["source"] == "images"
     assert set(summ.loc[summ["process"] == "br_loss", "source"]) == {"images", "simulator truth"}
+
+
+@pytest.mark.parametrize("orphan", [False, True])
+def test_kmc_step_orphaned_br_option(tmp_path, orphan):
+    """`simulate.kmc` passes `orphaned_br_leave` to the simulator: off, a cation-free Br
+    lattice is left once the crystal's cations are gone; on, no Br outlives them."""
+    text = f"""
+[run]
+name = "orphan"
+seed = 2
+[[step]]
+run = "simulate.nanocrystal"
+edge_A = 30.0
+view3d = false
+[[step]]
+run = "simulate.kmc"
+n_frames = 16
+dose_rate_e_per_A2_s = 5000.0
+orphaned_br_leave = {str(orphan).lower()}
+"""
+    cfg = parse_config(tomllib.loads(text), source="orphan.toml")
+    run_pipeline(cfg, out=tmp_path / "run", quiet=True, scheduler="serial", report=False)
+    f = read_table(tmp_path / "run" / "tables" / "kmc.frames.parquet")
+    ghost = (f["n_Br"] > 0) & (f["n_Pb_host"] + f["n_Cd"] + f["n_Cs"] == 0)
+    if orphan:
+        assert f["n_Br_orphaned"].sum() > 0 and not ghost.any()
+    else:
+        assert (f["n_Br_orphaned"] == 0).all() and ghost.any()

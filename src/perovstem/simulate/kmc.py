@@ -68,11 +68,15 @@ class KMCTrajectory:
         (atoms; NaN without clusters), and the events of the frame: ``n_Br_desorbed`` (all
         Br lost by desorption: beam-driven surface + bulk + thermal),
         ``n_Br_desorbed_surface`` and ``n_Br_desorbed_bulk`` (beam-driven),
-        ``n_Br_desorbed_thermal``, ``n_Pb_reduced``, ``n_births``, ``n_merges``,
+        ``n_Br_desorbed_thermal``, ``n_Br_orphaned`` (Br that left with their last cation
+        neighbour; 0 unless ``params.orphaned_br_leave``; not desorbed, so they reduce no
+        Pb), ``n_Pb_reduced``, ``n_births``, ``n_merges``,
         ``n_deaths`` (clusters dissolved), ``n_detachments`` (Pb⁰ atoms detached from
         clusters, a death counting as one), ``n_attachments``, ``n_hops``,
         ``n_hops_blocked``, ``n_cluster_hops``, ``n_Cs_lost``, ``n_Cd_lost``,
-        ``n_CsBr_stripped``, ``n_nucleation_rejected``, ``n_steps``; the exact exposures
+        ``n_CsBr_stripped``, ``n_nucleation_rejected``, ``n_steps`` (``n_Cs_lost`` counts
+        every Cs that left, by shrinkage and by CsBr strips; the strips' Br are counted in
+        ``n_CsBr_stripped`` only, not in ``n_Br_desorbed``); the exact exposures
         ``exposure_Br_surface_e_per_A2`` and ``exposure_Br_bulk_e_per_A2`` (∫ n_Br,surface dD
         and ∫ n_Br,bulk dD over the frame, atoms·e⁻/Å², so that
         ``n_Br_desorbed_surface / exposure_Br_surface_e_per_A2`` is the maximum-likelihood
@@ -821,6 +825,7 @@ def degradation_kmc(
     ip[core.I_SHRINK] = int(params.enable_shrinkage)
     ip[core.I_NUCLEATE] = int(params.enable_nucleation)
     ip[core.I_CLMIG] = int(params.enable_cluster_migration and params.enable_diffusion)
+    ip[core.I_ORPHAN] = int(params.orphaned_br_leave)
     fs = np.zeros(core.N_FSTATE)
 
     Ht = (present, kind, lat.nb_ptr, lat.nb_idx, lat.node_of, cnt_br, cnt_b, cnt_cs, lat.pos_A)
@@ -1004,6 +1009,7 @@ def degradation_kmc(
                 "n_Br_desorbed_surface": int(counters[core.C_DES_SURF]),
                 "n_Br_desorbed_bulk": int(counters[core.C_DES_BULK]),
                 "n_Br_desorbed_thermal": int(counters[core.C_DES_TH]),
+                "n_Br_orphaned": int(counters[core.C_BR_ORPHANED]),
                 "n_Pb_reduced": int(counters[core.C_REDUCED]),
                 "n_births": int(counters[core.C_BIRTHS]),
                 "n_merges": int(counters[core.C_MERGES]),

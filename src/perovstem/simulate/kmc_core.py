@@ -58,9 +58,10 @@ C_ATTACH, C_CS_LOST, C_CD_LOST, C_STRIPS, C_CL_HOPS, C_STEPS, C_NUC_REJ = (
 )
 C_NCLATOMS = 27
 C_DES_TH, C_DETACH, C_DEATHS = 28, 29, 30
-N_COUNTERS = 31
+C_BR_ORPHANED = 31  # host Br that left with their last cation neighbour (I_ORPHAN)
+N_COUNTERS = 32
 FRAME_COUNTERS = slice(13, 27)
-FRAME_COUNTERS_2 = slice(28, 31)
+FRAME_COUNTERS_2 = slice(28, 32)
 
 # float params
 P_KSURF, P_KBULK, P_GAMMA, P_CLMOB, P_CLALPHA, P_KSTRIP, P_MINCS = 0, 1, 2, 3, 4, 5, 6
@@ -68,8 +69,8 @@ P_RCOEF, P_CAPTURE, P_GAP, P_HALFA, P_PCORNER, P_PEDGE, P_PFACE = 7, 8, 9, 10, 1
 P_KTHREF = 14  # thermal desorption rate of a face Br (q = 26), s⁻¹ (exposure reference)
 N_FPARAMS = 15
 # int params
-I_NCRIT, I_BRPERPB, I_SHRINK, I_NUCLEATE, I_CLMIG = 0, 1, 2, 3, 4
-N_IPARAMS = 5
+I_NCRIT, I_BRPERPB, I_SHRINK, I_NUCLEATE, I_CLMIG, I_ORPHAN = 0, 1, 2, 3, 4, 5
+N_IPARAMS = 6
 # float state
 S_WSUM, S_TIME, S_EXPO_SURF, S_EXPO_BULK = 0, 1, 2, 3  # exposures: ∫ n_Br dt (s)
 S_COMP_TH, S_DSUM = 4, 5  # ∫ r_thermal dt (expected thermal desorptions); Σ detachment rates
@@ -152,6 +153,7 @@ def _remove_host(h0, H, L, N, A, counters, ip):
     node_host, host_nb = N[0], N[1]
     off26 = N[7]
     shrink = ip[I_SHRINK] != 0
+    orphan = shrink and ip[I_ORPHAN] != 0
     stack[0] = h0
     top = 1
     while top > 0:
@@ -204,7 +206,13 @@ def _remove_host(h0, H, L, N, A, counters, ip):
                 cnt_b[m] -= 1
             km = kind[m]
             if km == KIND_BR:
-                if bulk_where[m] >= 0:
+                if orphan and cnt_b[m] == 0 and cnt_cs[m] == 0:
+                    # its last cation has gone: a Br⁻ with no cation neighbour leaves too
+                    # (once: the counts only fall, and reach 0 + 0 once)
+                    counters[C_BR_ORPHANED] += 1
+                    stack[top] = m
+                    top += 1
+                elif bulk_where[m] >= 0:
                     _list_remove(bulk_list, bulk_where, counters, C_NBULK, m)
                     _list_add(surf_list, surf_where, counters, C_NSURF, m)
                     if L[8][m] >= 0 and L[9][m] >= 2:

@@ -166,6 +166,16 @@ class KineticParameters:
         Switch each mechanism on or off (all on by default; the gas channel only acts in
         a reactive atmosphere).  ``enable_desorption`` is the beam-driven Br desorption,
         ``enable_thermal_desorption`` the thermal one.
+    orphaned_br_leave : bool
+        With shrinkage on, a host Br whose last cation neighbour (B site or Cs) has gone
+        leaves with it (counted in the frame table's ``n_Br_orphaned``); default False.  A
+        Br⁻ with no cation cannot stay bound, so True is the physical choice, but the image
+        analyses were validated without it: with False such Br stay and desorb later at
+        the beam rate (default 60 Å cube at 5·10³ e⁻/Å²/s: 7 % of the Br at frame 5, and from
+        frame 8 a cation-free lattice of 1245 Br that the images still show), each feeding
+        Pb reduction.  The per-ion constant ``D_Br_e_per_A2`` is recovered by
+        Σ desorbed / Σ exposure either way; a first-order fit of n_Br(D) with True measures
+        the crystal's faster effective loss (0.32-0.36 × D_Br on equal-rate cubes).
     """
 
     D_Br_e_per_A2: float = 3.0e4
@@ -206,6 +216,7 @@ class KineticParameters:
     enable_thermal_desorption: bool = True
     enable_detachment: bool = True
     enable_low_temperature_regime: bool = True
+    orphaned_br_leave: bool = False
 
     def __post_init__(self) -> None:
         positive = ("D_Br_e_per_A2", "hop_prefactor_per_s", "pb_lattice_A", "reference_pressure_Pa")

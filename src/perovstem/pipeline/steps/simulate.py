@@ -16,7 +16,7 @@ from perovstem._limits import (
 )
 from perovstem.errors import ParameterError
 from perovstem.pipeline.registry import Kind, Param, Upstream, UpstreamOf, api, register_step
-from perovstem.simulate.kmc_params import ATMOSPHERES
+from perovstem.simulate.kmc_params import ATMOSPHERES, KineticParameters
 
 NANOCRYSTAL = "perovstem.simulate:nanocrystal"
 COMPOSITION = "perovstem.simulate:composition"
@@ -354,6 +354,12 @@ def simulate_haadf(ctx: Any, atoms: Any) -> dict[str, Any]:
             "gas around the crystal: O2, H2O and air (both) strip Br at a rate ∝ pressure; N2 and Ar are inert like vacuum",
             choices=ATMOSPHERES,
         ),
+        "orphaned_br_leave": Param(
+            bool,
+            False,
+            "a Br whose last cation neighbour has gone leaves with it (physical; off: such Br "
+            "stay and are imaged, as the analyses were validated)",
+        ),
     },
     check_together=_check_kmc,
     requires=(KMC,),
@@ -370,6 +376,7 @@ def simulate_kmc(ctx: Any, atoms: Any) -> dict[str, Any]:
         dose_rate_e_per_A2_s=p["dose_rate_e_per_A2_s"],
         temperature_K=p["temperature_K"],
         atmosphere=p["atmosphere"],
+        **({"params": KineticParameters(orphaned_br_leave=True)} if p["orphaned_br_leave"] else {}),
         rng=ctx.rng(),
     )
     frames = traj.frame_table.copy()
