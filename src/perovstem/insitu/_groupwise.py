@@ -676,8 +676,31 @@ def refine_drift(
         nb[0] = nb[-1] = True
         second = ~np.asarray(reliable0, bool) & usable & ~content & nb & (dev_r > gate_r)
         second[first] = False
+    # a frame between two frames whose content failed the rigidity tests (moving clusters
+    # after the crystal has gone) has nothing left to check its registrations against: its
+    # group-wise and running-reference measurements both rest on the same moving content
+    # and can agree on a wrong shift (a clusters-only frame of a crystal destroyed for real
+    # reported reliable 19 px off, both estimates within 0.19 px of each other)
+    failed = content | ~usable
+    isolated = np.zeros(n, bool)
+    isolated[1:-1] = failed[:-2] & failed[2:]
+    isolated &= usable & ~content
+    isolated[first] = False
+    keep &= ~isolated
     for k in np.flatnonzero(usable & ~content & ~keep):
         if k == first:
+            continue
+        if isolated[k]:
+            flags[k] = (
+                "both neighbouring frames failed the rigidity tests (moving content): the "
+                "frame's registrations cannot be checked; drift reported, its error reaches "
+                "the chained estimate's error bound"
+            )
+            # (at least the tolerance: nothing vouches for it within that)
+            err[k] = np.maximum(
+                err[k],
+                np.maximum(np.nan_to_num(dev[k], nan=np.inf) + drift_err[k], reliable_tol_px),
+            )
             continue
         if not g["snr"][k] >= min_snr:
             flags[k] = (

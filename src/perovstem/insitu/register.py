@@ -1122,6 +1122,10 @@ def register_drift(
     8 frames share (the running reference's own slow drift); otherwise it is flagged, with
     an error reaching the chained estimate's error bound (crystals destroyed part-way:
     cluster-only frames had been rescued 5-24 px off with ~0.1 px posterior errors).
+    A frame between two frames whose content failed a test is flagged too, with an error
+    of at least ``reliable_tol_px``: both its registrations rest on the content that its
+    neighbours show moving (a crystal truly destroyed, only hopping clusters left: one
+    such frame was reported reliable 19 px off, the two estimates 0.19 px apart).
     Frames whose content failed a test (non-rigid motion,
     lattice-period ambiguity, rigidity not verifiable, pair/reference disagreement; the
     rigidity of frames never tested is tested against the series mean) keep their chained
