@@ -492,3 +492,37 @@ def test_activation_energy_that_cannot_be_fitted_says_why():
     assert len(bad) == 1 and np.isnan(bad["value"].iloc[0])
     assert "temperature: not fitted" in bad["text"].iloc[0]
     assert "> 0 K" in bad["text"].iloc[0]
+
+
+def test_nucleation_arrhenius_says_when_temperatures_selected_different_models():
+    """Audit: the nucleation Ea row pooled the J of the constant-rate and the
+    site-exhaustion models (the demo: 250/280 K one, 265/297 K the other) without a word."""
+    from perovstem.quantify.mechanism import _across
+
+    t = np.array([250.0, 265.0, 280.0, 297.0])
+    j = 1e-3 * np.exp(-0.3 / (8.617e-5 * t)) / np.exp(-0.3 / (8.617e-5 * 297.0))
+    rows = pd.DataFrame(
+        {
+            "condition": range(4),
+            "process": "nucleation",
+            "param": "J_per_e_per_A2",
+            "temperature_K": t,
+            "dose_rate_e_per_A2_s": 100.0,
+            "value": j,
+            "ci_low": 0.8 * j,
+            "ci_high": 1.2 * j,
+            "selected_model": [
+                "nucleation_constant",
+                "nucleation_saturating",
+                "nucleation_constant",
+                "nucleation_saturating",
+            ],
+        }
+    )
+    out = _across(rows, 0.95)
+    row = out[out["observable"] == "J_per_e_per_A2"].iloc[0]
+    assert row["value"] == pytest.approx(0.3, abs=0.05)
+    for text in (row["mechanism"], row["text"]):
+        assert "constant at 250, 280 K" in text and "site exhaustion at 265, 297 K" in text
+    one = _across(rows.assign(selected_model="nucleation_constant"), 0.95)
+    assert "selected" not in one[one["observable"] == "J_per_e_per_A2"].iloc[0]["text"]

@@ -926,6 +926,24 @@ def _same_t_several_rates(d: pd.DataFrame) -> pd.DataFrame:
     return d.groupby("temperature_K").filter(lambda g: g["dose_rate_e_per_A2_s"].nunique() >= 2)
 
 
+_NUC_SHORT = {"nucleation_constant": "constant", "nucleation_saturating": "site exhaustion"}
+
+
+def _mixed_models_note(nuc: pd.DataFrame) -> str:
+    """Said where the temperatures of a nucleation Arrhenius fit selected different models:
+    J is then each model's initial rate per dose (the constant rate, or the slope at onset
+    of site exhaustion), comparable but not the same parameter (audit)."""
+    if "selected_model" not in nuc or nuc["selected_model"].nunique() <= 1:
+        return ""
+    parts = []
+    for model, g in nuc.groupby("selected_model", sort=False):
+        temps = ", ".join(f"{t:g}" for t in sorted(g["temperature_K"].astype(float)))
+        parts.append(f"{_NUC_SHORT.get(str(model), str(model))} at {temps} K")
+    return "; J is the initial rate per dose of the model each temperature selected (" + (
+        "; ".join(parts) + ")"
+    )
+
+
 def _one_dose_rate(nuc: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """Nucleation rows for the temperature dependence: one dose rate when it has ≥ 3
     temperatures, else all rows with a note that temperature and dose rate are confounded."""
@@ -1016,6 +1034,7 @@ def _across(summary: pd.DataFrame, level: float) -> pd.DataFrame:
         if r is not None:
             rows.append(r)
     nuc, rate_note = _one_dose_rate(nuc)
+    rate_note += _mixed_models_note(nuc)
     if len(nuc) >= 2 and nuc["temperature_K"].nunique() >= 2:
         err = (nuc["ci_high"] - nuc["ci_low"]).to_numpy(float) / 3.92
         try:
