@@ -415,6 +415,13 @@ class Series:
                 "frame": int(k) % self.n_frames,
                 **({} if (kv := voltage_kV_of(self.metadata)) is None else {"voltage_kV": kv}),
                 **imaging_angles_of(self.metadata),
+                # ... and so does the detector's calibration: `atoms fit --frame` of a series
+                # with gain 4 normalised as if uncalibrated, cross-sections 4× (audit)
+                **{
+                    key: self.metadata[key]
+                    for key in ("gain", "offset")
+                    if self.metadata.get(key) is not None
+                },
             },
         )
 

@@ -555,3 +555,68 @@ def test_cli_library_counting_of_a_011_fit_says_what_counts_it(tmp_path, capsys)
             and "a [011] or [111] fit is counted by the Gaussian mixture alone" in err
         )
     assert main(["atoms", "count", str(cols), "-o", str(tmp_path / "c.parquet")]) == 0
+
+
+def _frames_of_a_losing_lattice(tmp_path, seed=3, T=5, side=8):
+    """Per-frame tables of PbBr columns on a 5.87 Å lattice losing atoms, each frame drifted
+    by a few Å with position noise (independently fitted frames): paths and true counts."""
+    rng = np.random.default_rng(seed)
+    g = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2) * 5.87
+    nn = np.arange(1, 41)
+    lib = pd.DataFrame({"n_atoms": nn, "scs_A2": 0.015 * nn - 0.00006 * nn**2})
+    h = np.empty((T, len(g)), int)
+    h[0] = rng.integers(8, 14, len(g))
+    for t in range(1, T):
+        h[t] = np.maximum(h[t - 1] - rng.poisson(0.4, len(g)), 1)
+    libp = tmp_path / "lib.parquet"
+    save_table(lib, libp)
+    paths = []
+    for t in range(T):
+        xy = g + np.array([1.3 * t, -0.8 * t]) + rng.normal(0, 0.15, g.shape)
+        scs = lib["scs_A2"].to_numpy()[h[t] - 1] + rng.normal(0, 0.002, len(g))
+        f = pd.DataFrame({"x_A": xy[:, 0], "y_A": xy[:, 1], "type": "PbBr", "scs": scs})
+        f = f.iloc[rng.permutation(len(f))]  # each fit lists its columns in its own order
+        f.attrs.update(dose_e_per_A2=5e4, frame=t, time_s=2.0 * t)
+        paths.append(tmp_path / f"f{t}.parquet")
+        save_table(f, paths[-1])
+    return paths, h, g, libp
+
+
+def test_track_matches_columns_by_position(tmp_path, capsys):
+    """Audit: `atoms track` paired the columns of the frames by row order, never by x_A/y_A:
+    independently fitted frames (rows up to 35 Å apart) were tracked as one column without
+    a word.  Columns are now matched to the first frame's by position, after the frames'
+    median shift (drift), within half their spacing, and refused otherwise."""
+    paths, h, g, libp = _frames_of_a_losing_lattice(tmp_path)
+    out = tmp_path / "t.parquet"
+    argv = ["atoms", "track", *map(str, paths), "--library", str(libp), "--fixed-scale"]
+    assert main([*argv, "--model", "loss", "-o", str(out)]) == 0
+    res = read_table(out)
+    first = read_table(paths[0])
+    order = np.argsort(  # truth index of each first-table row
+        np.hypot(*(first[["x_A", "y_A"]].to_numpy()[:, None] - g[None]).transpose(2, 0, 1)),
+        axis=1,
+    )[:, 0]
+    got = res.pivot(index="frame", columns="column", values="n_atoms").to_numpy()
+    assert np.mean(got == h[:, order]) > 0.95
+    # frames whose columns are not the same set are refused, naming the table
+    bad = read_table(paths[2])
+    bad.iloc[0, bad.columns.get_loc("x_A")] += 20.0
+    save_table(bad, tmp_path / "bad.parquet")
+    capsys.readouterr()
+    alt = [str(paths[0]), str(paths[1]), str(tmp_path / "bad.parquet")]
+    rc = main(["atoms", "track", *alt, "--library", str(libp), "-o", str(tmp_path / "b.pq.csv")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == 2 and "bad.parquet" in err and "of 64 PbBr columns have no column" in err, err
+
+
+def test_track_refuses_tables_out_of_time_order(tmp_path, capsys):
+    """Audit: fit tables recorded no frame or time, so a glob sorting f10 before f2 (or the
+    files given in reverse) scrambled time silently; `atoms fit --frame` now records both
+    and `atoms track` refuses tables out of order."""
+    paths, _, _, libp = _frames_of_a_losing_lattice(tmp_path, T=3)
+    rev = [str(p) for p in paths[::-1]]
+    rc = main(["atoms", "track", *rev, "--library", str(libp), "-o", str(tmp_path / "r.csv")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == 2 and "not in acquisition order" in err and "4, 2, 0" in err, err
+    assert not (tmp_path / "r.csv").exists()

@@ -196,6 +196,11 @@ def fit(
         )
         seconds = time.perf_counter() - t0
     df.attrs["source"] = str(image)
+    md = getattr(obj, "metadata", None) or {}
+    if md.get("frame") is not None:  # a series' frame: `atoms track` checks the time order
+        df.attrs["frame"] = int(md["frame"])
+    if getattr(obj, "time_s", None) is not None:
+        df.attrs["time_s"] = float(obj.time_s)
     if cell is not None:  # atoms strain indexes the table to the same cell by default
         df.attrs["cell_spec"] = str(cell)
     if "cell_check" in start.attrs:  # does the cell explain the image (find_columns)

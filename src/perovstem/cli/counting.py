@@ -575,6 +575,60 @@ def count(
     console.print(f"wrote {out}")
 
 
+def _check_time_order(frames: list, names: list) -> None:
+    """Refuse tables given out of acquisition order where they record it (``atoms fit
+    --frame`` writes the frame index and time; a glob sorts f10 before f2)."""
+    import numpy as np
+
+    for key in ("time_s", "frame"):
+        vals = [f.attrs.get(key) for f in frames]
+        if all(v is not None for v in vals):
+            v = np.asarray(vals, float)
+            if np.any(np.diff(v) <= 0):
+                order = ", ".join(f"{x:g}" for x in v)
+                raise DataError(
+                    f"the tables are not in acquisition order: their {key} read {order} "
+                    f"(give them in time order; {names[0]} … {names[-1]})"
+                )
+            return
+
+
+def _match_by_position(sel: list, names: list, column_type: str) -> list:
+    """Each frame's columns in the first frame's order, matched by position (after the
+    median shift between the frames: drift), within half the columns' spacing.  Before,
+    rows were paired by their order: independently fitted frames paired columns up to 35 Å
+    apart, and the counts went with the wrong columns (audit)."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial import cKDTree
+
+    ref = sel[0][["x_A", "y_A"]].to_numpy(float)
+    if len(ref) < 2:
+        return sel
+    spacing = float(np.median(cKDTree(ref).query(ref, k=2)[0][:, 1]))
+    tol = 0.5 * spacing
+    out = [sel[0]]
+    for k in range(1, len(sel)):
+        xy = sel[k][["x_A", "y_A"]].to_numpy(float)
+        shift = np.zeros(2)
+        for _ in range(3):  # the drift between the frames, then the pairs
+            d = np.linalg.norm(ref[:, None, :] + shift - xy[None, :, :], axis=2)
+            i, j = linear_sum_assignment(d)
+            shift = shift + np.median(xy[j] - (ref[i] + shift), axis=0)
+        d = np.linalg.norm(ref[:, None, :] + shift - xy[None, :, :], axis=2)
+        i, j = linear_sum_assignment(d)
+        far = d[i, j] > tol
+        if far.any():
+            raise DataError(
+                f"{names[k]}: {int(far.sum())} of {len(i)} {column_type} columns have no column "
+                f"of {names[0]} within {tol:.2g} Å (half their spacing), after a shift of "
+                f"({shift[0]:.2g}, {shift[1]:.2g}) Å: not the same columns (fit every frame "
+                "from one set of positions, `atoms fit --positions`, or give a 'column' id)"
+            )
+        out.append(sel[k].iloc[j[np.argsort(i)]])
+    return out
+
+
 @atoms_app.command(
     "track",
     epilog=examples(
@@ -584,8 +638,9 @@ def count(
 def track(
     tables: list[Path] = typer.Argument(
         ...,
-        help="One column table per frame (same columns, same order), or one table with "
-        "a 'frame' column.",
+        help="One column table per frame, in acquisition order (the same columns: paired by a "
+        "'column' id, else by x_A/y_A position after the frames' shift), or one table with a "
+        "'frame' column.",
     ),
     out: Path = typer.Option(
         ...,
@@ -654,8 +709,17 @@ def track(
     sizes = {len(f) for f in sel}
     if len(sizes) != 1:
         raise DataError(f"frames have different numbers of {column_type} columns: {sorted(sizes)}")
+    names = (
+        tables
+        if len(tables) == len(frames)
+        else [f"{tables[0]} frame {k}" for k in range(len(sel))]
+    )
+    if len(tables) == len(frames):
+        _check_time_order(frames, names)
     if "column" in sel[0].columns:
         sel = [f.sort_values("column") for f in sel]
+    elif all({"x_A", "y_A"} <= set(f.columns) for f in sel):
+        sel = _match_by_position(sel, names, column_type)
     obs = np.stack([f[col].to_numpy(dtype=float) for f in sel])
     if dose is None:
         doses = [f.attrs.get("dose_e_per_A2") for f in frames]
