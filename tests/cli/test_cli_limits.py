@@ -106,6 +106,26 @@ def _check(capsys, argv, d, o, *fragments, absent=()):
             + ["--thickness-A", "12"],
             ["`--thickness-A` applies to --shape platelet only"],
         ),
+        # a later output's suffix refused only after the work, beside the written first one
+        # (audit: tomo align --shifts .xlsx after the 18 s alignment, tomo facets --mesh
+        # .xyz beside the facet table, atoms track --columns-out .xlsx, reconstruct -o .xyz)
+        (
+            ["tomo", "align", "{d}/ts.npz", "-o", "{o}/a.npz", "--shifts", "{o}/s.xlsx"],
+            ["`--shifts`", "s.xlsx", ".parquet or .csv"],
+        ),
+        (
+            ["tomo", "reconstruct", "{d}/ts.npz", "-o", "{o}/v.xyz"],
+            ["`--out`", "v.xyz", ".mrc"],
+        ),
+        (
+            ["tomo", "facets", "{d}/ts.npz", "-o", "{o}/f.csv", "--mesh", "{o}/m.xyz"],
+            ["`--mesh`", "m.xyz", ".ply"],
+        ),
+        (
+            ["atoms", "track", "{d}/nan10.csv", "{d}/nan10.csv", "-o", "{o}/t.parquet"]
+            + ["--columns-out", "{o}/c.xlsx"],
+            ["`--columns-out`", "c.xlsx", ".parquet or .csv"],
+        ),
         # tifffile's bare "max_denominator should be at least 1" (exit 1, no file named)
         (
             ["simulate", "image", "-o", "{o}/i.tif", "--edge-A", "20"] + ["--pixel-size-A", "0.01"],

@@ -682,7 +682,15 @@ def track(
     from perovstem.cli._common import check_outputs, console
     from perovstem.io import read_table, save_table
 
-    check_outputs(out, columns_out, overwrite=overwrite)
+    from perovstem.io.write import TABLE_SUFFIXES
+
+    # (a --columns-out .xlsx was refused after the track table was written)
+    check_outputs(
+        out,
+        columns_out,
+        overwrite=overwrite,
+        suffixes={"--out": (TABLE_SUFFIXES, out), "--columns-out": (TABLE_SUFFIXES, columns_out)},
+    )
     frames = [read_table(p) for p in tables]
     if len(frames) == 1 and "frame" in frames[0].columns:
         big = frames[0]

@@ -26,6 +26,7 @@ from perovstem.cli._common import (
     print_warnings,
 )
 from perovstem.cli.main import app
+from perovstem.io.write import IMAGE_SUFFIXES, MESH_SUFFIXES, TABLE_SUFFIXES, VOLUME_SUFFIXES
 from perovstem.errors import ParameterError
 
 tomo_app = typer.Typer(
@@ -184,7 +185,13 @@ def align_cmd(
     from perovstem.tomo import align, apply_alignment, preprocess
 
     shifts = shifts or out.with_name(data_stem(out) + "_shifts.csv")
-    check_outputs(out, shifts, overwrite=overwrite)
+    check_outputs(
+        out,
+        shifts,
+        overwrite=overwrite,
+        # (a --shifts .xlsx was refused after the whole alignment, beside the written series)
+        suffixes={"--out": (IMAGE_SUFFIXES, out), "--shifts": (TABLE_SUFFIXES, shifts)},
+    )
     later: list[str] = []
     ts = _load_tilt(tiltseries, pixel_size_A, later=later)
     al = align(
@@ -255,7 +262,8 @@ def reconstruct_cmd(
                 f"`--tv-weight` {tv_weight} applies to --method tv only, got --method {method}"
             )
         check_positive("--tv-weight", tv_weight, allow_zero=True)
-    check_outputs(out, overwrite=overwrite)
+    # (-o vol.xyz was refused after the whole reconstruction)
+    check_outputs(out, overwrite=overwrite, suffixes={"--out": (VOLUME_SUFFIXES, out)})
     later: list[str] = []
     ts = bin_tilt_series(
         _load_tilt(tiltseries, pixel_size_A, axis_along_x=True, later=later), bin_factor
@@ -328,7 +336,13 @@ def facets_cmd(
     )
     from perovstem.tomo.facets import ROUGH_FACETS_NOISE
 
-    check_outputs(out, mesh, overwrite=overwrite)
+    # (--mesh ff.xyz was refused after the facet table and its .json were written)
+    check_outputs(
+        out,
+        mesh,
+        overwrite=overwrite,
+        suffixes={"--out": (TABLE_SUFFIXES, out), "--mesh": (MESH_SUFFIXES, mesh)},
+    )
     if facet_method not in ("normals", "polyhedron"):
         raise ParameterError(
             f"`--facet-method` must be 'normals' or 'polyhedron', got {facet_method!r}"

@@ -30,6 +30,10 @@ __all__ = [
 IMAGE_SUFFIXES = (".npz", ".zarr", ".tif", ".tiff", ".mrc", ".hspy")
 #: suffixes :func:`save_table` writes
 TABLE_SUFFIXES = (".parquet", ".csv")
+#: suffixes :func:`save_volume` writes
+VOLUME_SUFFIXES = (".mrc", ".tif", ".tiff", ".zarr", ".npz", ".vti")
+#: suffixes :func:`save_mesh` writes
+MESH_SUFFIXES = (".ply", ".stl", ".obj")
 
 _PER_FRAME = ("time_s", "dose_e_per_A2", "temperature_K", "pressure_Pa", "angles_deg", "shifts_px")
 # largest numerator of a TIFF RATIONAL (unsigned 32-bit): the resolution tag's pixels per cm
