@@ -681,7 +681,6 @@ def track(
     from perovstem.atoms.library import as_library
     from perovstem.cli._common import check_outputs, console
     from perovstem.io import read_table, save_table
-
     from perovstem.io.write import TABLE_SUFFIXES
 
     # (a --columns-out .xlsx was refused after the track table was written)

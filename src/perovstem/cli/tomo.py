@@ -26,8 +26,8 @@ from perovstem.cli._common import (
     print_warnings,
 )
 from perovstem.cli.main import app
-from perovstem.io.write import IMAGE_SUFFIXES, MESH_SUFFIXES, TABLE_SUFFIXES, VOLUME_SUFFIXES
 from perovstem.errors import ParameterError
+from perovstem.io.write import IMAGE_SUFFIXES, MESH_SUFFIXES, TABLE_SUFFIXES, VOLUME_SUFFIXES
 
 tomo_app = typer.Typer(
     name="tomo",
