@@ -437,6 +437,12 @@ def facets_cmd(
                 "calibrated fractions are still biased (towards 'other') and their errors too "
                 "small; at 0.05 counts/Å a simulated crystal kept 54-56 % 'other' for 0 %"
             )
+    from perovstem.tomo.surface import surface_on_box_faces
+
+    # an object cut by the box is closed by the box faces (surface_mesh pads the volume)
+    cut = {ax: f for ax, f in surface_on_box_faces(m, vol.shape, voxel).items() if f > 0.01}
+    if cut:
+        df.attrs["surface_on_box_faces"] = cut
     save_table(df, out, overwrite=overwrite)
     if mesh is not None:
         save_mesh(m.vertices_A, m.faces, mesh, overwrite=overwrite)
@@ -458,6 +464,13 @@ def facets_cmd(
             "surface; give --sigma-px to choose the smoothing)"
         )
     typer.echo(f"mesh smoothing σ = {sigma_px:.2f} voxels{how}")
+    if cut:
+        where = ", ".join(f"{100 * f:.0f} % on the {ax} faces" for ax, f in cut.items())
+        typer.echo(
+            f"WARNING: the object is cut by the volume's box ({where} of its surface): its "
+            "volume and facet fractions are those of the cut piece; reconstruct a thicker "
+            "volume (--thickness-px) or a field that holds the whole crystal"
+        )
     if warn_noise:
         typer.echo(warn_noise)
     elif cal is None and facet_method == "normals":

@@ -14,7 +14,7 @@ import numpy as np
 from perovstem._validation import refuse_text_numbers
 from perovstem.errors import DataError, ParameterError
 
-__all__ = ["SurfaceMesh", "surface_mesh"]
+__all__ = ["SurfaceMesh", "surface_mesh", "surface_on_box_faces"]
 
 
 @dataclass
@@ -142,3 +142,26 @@ def surface_mesh(
     else:
         vol = float(np.count_nonzero(v > level)) * float(voxel_size_A) ** 3
     return SurfaceMesh(xyz, faces, normals, areas, vol, float(level))
+
+
+def surface_on_box_faces(
+    mesh: SurfaceMesh, shape: tuple[int, int, int], voxel_size_A: float
+) -> dict[str, float]:
+    """Share of ``mesh``'s surface area that lies on the faces of the volume box.
+
+    :func:`surface_mesh` closes an object cut by the box with the box faces (the volume is
+    padded); that part of the surface is the cut, not the crystal.  Returns the share per
+    axis (``"x"``, ``"y"``, ``"z"``) of the faces whose vertices all lie beyond the outermost
+    voxel centres along that axis (audit: a crystal filling z 0-39 of a 40-voxel volume gave
+    {100} 60 % for 69 %, without a word).
+    """
+    v = np.asarray(mesh.vertices_A, float) / float(voxel_size_A)
+    nz, ny, nx = (int(n) for n in shape)
+    half = {"x": (nx - 1) / 2.0, "y": (ny - 1) / 2.0, "z": (nz - 1) / 2.0}
+    tri = v[np.asarray(mesh.faces)]  # (F, 3 vertices, 3 coords)
+    total = float(np.sum(mesh.areas_A2)) or 1.0
+    out = {}
+    for k, ax in enumerate(("x", "y", "z")):
+        on = np.all(np.abs(tri[:, :, k]) > half[ax] + 1e-6, axis=1)
+        out[ax] = float(np.sum(np.asarray(mesh.areas_A2)[on]) / total)
+    return out
