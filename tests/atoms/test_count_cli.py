@@ -620,3 +620,28 @@ def test_track_refuses_tables_out_of_time_order(tmp_path, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert rc == 2 and "not in acquisition order" in err and "4, 2, 0" in err, err
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_track_warns_when_the_columns_gain_atoms(tmp_path, capsys):
+    """Audit: `--model free` reported "lost -17 (posterior -15.5 ± 3.2)", a 5σ gain of atoms
+    under beam damage, without a word.  Here the frames' cross-section scale rises 6 % per
+    frame on columns that keep their atoms."""
+    rng = np.random.default_rng(5)
+    nn = np.arange(1, 41)
+    lib = pd.DataFrame({"n_atoms": nn, "scs_A2": 0.015 * nn - 0.00006 * nn**2})
+    save_table(lib, tmp_path / "lib.parquet")
+    h = rng.integers(6, 10, 60)
+    paths = []
+    for t in range(5):
+        scs = 1.06**t * lib["scs_A2"].to_numpy()[h - 1] + rng.normal(0, 0.002, h.size)
+        f = pd.DataFrame({"column": np.arange(h.size), "type": "PbBr", "scs": scs})
+        paths.append(tmp_path / f"f{t}.parquet")
+        save_table(f, paths[-1])
+    base = ["atoms", "track", *map(str, paths), "--library", str(tmp_path / "lib.parquet")]
+    assert main([*base, "--fixed-scale", "-o", str(tmp_path / "t.csv")]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "WARNING the columns gain" in text, text
+    # steady columns: no warning
+    paths = paths[:1] * 3
+    assert main([*base[:2], *map(str, paths), *base[-2:], "-o", str(tmp_path / "s.csv")]) == 0
+    assert "WARNING the columns gain" not in " ".join(capsys.readouterr().out.split())

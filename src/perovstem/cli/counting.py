@@ -817,4 +817,14 @@ def track(
             f"per e⁻/Å² ({r / tl['n_columns']:.3g} per column)"
         )
     console.print(msg)
+    gain, gain_err = -tl["atoms_lost_mean"], tl["atoms_lost_err"]
+    if gain > 0 and gain > 3.0 * gain_err:
+        # (audit: --model free read "lost -17 (posterior -15.5 ± 3.2)" at 200 e⁻/Å²/s, the
+        # frames' median cross-section wandering ±8 %, without a word)
+        console.print(
+            f"{column_type}: WARNING the columns gain {gain:.1f} ± {gain_err:.1f} atoms over "
+            "the series: beam damage removes atoms; unless atoms are deposited, a rising "
+            "reading is a cross-section scale that changes between the frames (dose or "
+            "gain per frame, normalisation); check them, or use --model loss / dose"
+        )
     console.print(f"wrote {out}")
