@@ -246,6 +246,7 @@ _SUFFIX = {
     "atoms fit": ".csv",
     "tomo facets": ".csv",
     "model3d": ".xyz",
+    "atoms track": ".csv",  # (a table: an .npz output is refused for its suffix first)
 }
 
 
