@@ -594,12 +594,11 @@ def _check_time_order(frames: list, names: list) -> None:
 
 
 def _match_by_position(sel: list, names: list, column_type: str) -> list:
-    """Each frame's columns in the first frame's order, matched by position (after the
-    median shift between the frames: drift), within half the columns' spacing.  Before,
-    rows were paired by their order: independently fitted frames paired columns up to 35 Å
-    apart, and the counts went with the wrong columns (audit)."""
+    """Each frame's columns in the first frame's order, matched by position (nearest column
+    after the median shift between the frames: drift), one to one and within half the
+    columns' spacing.  Before, rows were paired by their order: independently fitted frames
+    paired columns up to 35 Å apart, and the counts went with the wrong columns (audit)."""
     import numpy as np
-    from scipy.optimize import linear_sum_assignment
     from scipy.spatial import cKDTree
 
     ref = sel[0][["x_A", "y_A"]].to_numpy(float)
@@ -610,22 +609,25 @@ def _match_by_position(sel: list, names: list, column_type: str) -> list:
     out = [sel[0]]
     for k in range(1, len(sel)):
         xy = sel[k][["x_A", "y_A"]].to_numpy(float)
-        shift = np.zeros(2)
-        for _ in range(3):  # the drift between the frames, then the pairs
-            d = np.linalg.norm(ref[:, None, :] + shift - xy[None, :, :], axis=2)
-            i, j = linear_sum_assignment(d)
-            shift = shift + np.median(xy[j] - (ref[i] + shift), axis=0)
-        d = np.linalg.norm(ref[:, None, :] + shift - xy[None, :, :], axis=2)
-        i, j = linear_sum_assignment(d)
-        far = d[i, j] > tol
-        if far.any():
+        tree = cKDTree(xy)
+        # the drift between the frames: the centroids' shift (the same columns in both), then
+        # the median of the nearest pairs'
+        shift = xy.mean(axis=0) - ref.mean(axis=0)
+        for _ in range(3):
+            _, j = tree.query(ref + shift)
+            shift = shift + np.median(xy[j] - (ref + shift), axis=0)
+        dist, j = tree.query(ref + shift)
+        bad = dist > tol
+        taken = np.bincount(j, minlength=len(xy))
+        bad |= taken[j] > 1  # one column of the frame for two of the first
+        if bad.any():
             raise DataError(
-                f"{names[k]}: {int(far.sum())} of {len(i)} {column_type} columns have no column "
-                f"of {names[0]} within {tol:.2g} Å (half their spacing), after a shift of "
-                f"({shift[0]:.2g}, {shift[1]:.2g}) Å: not the same columns (fit every frame "
-                "from one set of positions, `atoms fit --positions`, or give a 'column' id)"
+                f"{names[k]}: {int(bad.sum())} of {len(ref)} {column_type} columns have no column "
+                f"of {names[0]} of their own within {tol:.2g} Å (half their spacing), after a "
+                f"shift of ({shift[0]:.2g}, {shift[1]:.2g}) Å: not the same columns (fit every "
+                "frame from one set of positions, `atoms fit --positions`, or give a 'column' id)"
             )
-        out.append(sel[k].iloc[j[np.argsort(i)]])
+        out.append(sel[k].iloc[j])
     return out
 
 
