@@ -141,6 +141,17 @@ def _check(capsys, argv, d, o, *fragments, absent=()):
             + ["--doses-e-per-A2", "0,nan"],
             ["`--doses-e-per-A2`", "nan"],
         ),
+        # decreasing times and cumulative doses were accepted (audit)
+        (
+            ["tomo", "sequence", "{d}/ts.npz", "{d}/ts.npz", "-o", "{o}/q.csv"]
+            + ["--times-s", "10,5"],
+            ["`--times-s` must be finite and increasing", "'10,5'"],
+        ),
+        (
+            ["tomo", "sequence", "{d}/ts.npz", "{d}/ts.npz", "-o", "{o}/q.csv"]
+            + ["--doses-e-per-A2", "100,50"],
+            ["`--doses-e-per-A2` (cumulative) must not decrease", "'100,50'"],
+        ),
     ],
 )
 def test_absurd_simulation_and_dose_values(files, tmp_path, capsys, argv, fragments):

@@ -587,6 +587,8 @@ def sequence_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """4-D tomography: facet fractions, volume and orientation of one crystal over time."""
+    import numpy as np
+
     from perovstem.io import save_figure, save_table, save_volume
     from perovstem.tomo import METHODS, check_sequence, reconstruct_sequence
 
@@ -612,6 +614,13 @@ def sequence_cmd(
             f"({', '.join(map(str, files))}); use `tomo facets` for one"
         )
     t_list = _float_list(times_s, "--times-s", len(files))
+    if t_list is not None and not (
+        all(math.isfinite(t) for t in t_list) and all(np.diff(t_list) > 0)
+    ):
+        # (10,5 was accepted: the series are given in time order, so their times increase)
+        raise ParameterError(
+            f"`--times-s` must be finite and increasing (the series in time order), got {times_s!r}"
+        )
     d_list = _float_list(doses, "--doses-e-per-A2", len(files))
     for d in d_list or ():
         if not math.isfinite(d) or d < 0:
@@ -622,6 +631,10 @@ def sequence_cmd(
             MAX_CUMULATIVE_DOSE_E_PER_A2,
             "e⁻/Å²",
             "the largest cumulative dose",
+        )
+    if d_list is not None and any(np.diff(d_list) < 0):
+        raise ParameterError(  # cumulative: it cannot fall between time points
+            f"`--doses-e-per-A2` (cumulative) must not decrease along the series, got {doses!r}"
         )
     plot_path = None if no_plot else (plot or out.with_suffix(".png"))
     vol_paths = (
