@@ -206,9 +206,10 @@ def _remove_host(h0, H, L, N, A, counters, ip):
                 cnt_b[m] -= 1
             km = kind[m]
             if km == KIND_BR:
-                if orphan and cnt_b[m] == 0 and cnt_cs[m] == 0:
+                if orphan and k != KIND_BR and cnt_b[m] == 0 and cnt_cs[m] == 0:
                     # its last cation has gone: a Br⁻ with no cation neighbour leaves too
-                    # (once: the counts only fall, and reach 0 + 0 once)
+                    # (once: pushed at the removal of its last cation only, so a Br neighbour
+                    # leaving later in the same cascade cannot push it again)
                     counters[C_BR_ORPHANED] += 1
                     stack[top] = m
                     top += 1
