@@ -63,7 +63,6 @@ def model3d(
     import numpy as np
 
     from perovstem.cli._common import about_file, check_outputs, console
-    from perovstem.errors import DataError
     from perovstem.io import read_table, save_json, save_table
     from perovstem.io.structures import STRUCTURE_SUFFIXES, save_structure
     from perovstem.io.write import TABLE_SUFFIXES
@@ -95,13 +94,9 @@ def model3d(
 
         comp = read_table(composition)
         nonempty_table(comp, composition)
-        if "n_cd" not in comp.columns:
-            raise DataError(
-                f"{str(composition)!r} has no 'n_cd' column (Cd atoms per Pb-Br column): give "
-                "the table of `perovstem atoms composition`"
-            )
         from perovstem.quantify.model3d import _check_composition
 
+        # (checked here to name its own file; errors inside the model name the counts table)
         with about_file(composition, param="composition"):
             _check_composition(comp)
     with about_file(table, param="columns"):

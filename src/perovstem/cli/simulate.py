@@ -51,6 +51,18 @@ IMAGE_FLAGS = {
 }
 
 
+def check_thickness_flag(thickness_A: float | None, shape: str) -> None:
+    """Refuse `--thickness-A` without `--shape platelet` in the options' own terms (the
+    library's message names `shape='platelet'`); shared by `simulate image` and `series`."""
+    if thickness_A is not None and shape != "platelet":
+        from perovstem.errors import ParameterError
+
+        raise ParameterError(
+            f"`--thickness-A` applies to --shape platelet only, got --thickness-A "
+            f"{thickness_A:g} with --shape {shape}"
+        )
+
+
 def _truth_path(out: Path, truth: Path | None) -> Path:
     if truth is not None:
         return truth
@@ -125,13 +137,7 @@ def image(
         overwrite=overwrite,
         suffixes={"--out": (IMAGE_SUFFIXES, out), "--truth": (TABLE_SUFFIXES, truth_path)},
     )
-    if thickness_A is not None and shape != "platelet":
-        from perovstem.errors import ParameterError
-
-        raise ParameterError(
-            f"`--thickness-A` applies to --shape platelet only, got --thickness-A "
-            f"{thickness_A:g} with --shape {shape}"
-        )
+    check_thickness_flag(thickness_A, shape)
     if size is not None:  # before building the crystal
         check_frame_shape((size, size), pixel_size_A, name="--size-px")
     for n in pb_cluster:  # named by its flag, before building the crystal

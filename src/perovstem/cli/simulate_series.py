@@ -22,7 +22,7 @@ from perovstem.cli._common import (
     examples,
     flag_names,
 )
-from perovstem.cli.simulate import simulate_app
+from perovstem.cli.simulate import CRYSTAL_FLAGS, check_thickness_flag, simulate_app
 from perovstem.errors import ParameterError
 
 # truth tables written next to the series (keys of simulate.series.insitu_series' truth)
@@ -155,11 +155,7 @@ def series(
     detector = _check_detector(detector_pair(detector_mrad))  # before the KMC runs
     check_at_most("--temperature-K", temperature_K, MAX_TEMPERATURE_K, "K", why_t)
     check_at_most("--temperature-end-K", temperature_end_K, MAX_TEMPERATURE_K, "K", why_t)
-    if thickness_A is not None and shape != "platelet":
-        raise ParameterError(
-            f"`--thickness-A` applies to --shape platelet only, got --thickness-A "
-            f"{thickness_A:g} with --shape {shape}"
-        )
+    check_thickness_flag(thickness_A, shape)
     if dose_rate == 0:
         # (0 wrote a series of empty frames, cumulative dose 0, without a word)
         raise ParameterError(
@@ -201,8 +197,6 @@ def series(
             )
     params = _parse_params(param)
     rng = np.random.default_rng(seed)
-    from perovstem.cli.simulate import CRYSTAL_FLAGS
-
     with flag_names(CRYSTAL_FLAGS):
         atoms = nanocrystal(
             edge_A,

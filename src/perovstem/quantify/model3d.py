@@ -274,8 +274,7 @@ def model_from_counts(
     from perovstem.quantify._model3d_numba import run_chains
 
     tab = _check_table(columns)
-    if composition is not None:  # before the Monte Carlo
-        _check_composition(composition)
+    comp = None if composition is None else _check_composition(composition)  # before the MC
     a = check_positive("lattice_A", lattice_A)
     tab = _model_columns(tab, a, count_moves)
     a_pb = check_positive("pb_lattice_A", pb_lattice_A)
@@ -464,8 +463,8 @@ def model_from_counts(
     cols["z_top_A"] = z_hi
     cols["z_center_std_A"] = centres.std(0)
     cd_info: dict[str, Any] = {}
-    if composition is not None:
-        cd_info = _place_cd(sites, cols, composition, gen)
+    if comp is not None:
+        cd_info = _place_cd(sites, cols, comp, gen)
     atoms = _to_atoms(sites[sites["occupied"]])
     params = {
         "lattice_A": a,
@@ -540,13 +539,13 @@ def _check_composition(composition: Any) -> pd.DataFrame:
 
 
 def _place_cd(
-    sites: pd.DataFrame, cols: pd.DataFrame, composition: Any, gen: np.random.Generator
+    sites: pd.DataFrame, cols: pd.DataFrame, comp: pd.DataFrame, gen: np.random.Generator
 ) -> dict[str, Any]:
     """Turn ``n_cd`` of each matched Pb-Br column's occupied Pb sites (chosen at random)
-    into Cd, in ``sites`` and ``cols["n_Cd"]``; returns the record for ``params``."""
+    into Cd, in ``sites`` and ``cols["n_Cd"]``; ``comp`` as checked by
+    :func:`_check_composition`.  Returns the record for ``params``."""
     from scipy.spatial import cKDTree
 
-    comp = _check_composition(composition)
     n_cd = comp["n_cd"].to_numpy(float)
     cols["n_Cd"] = 0
     pbbr = np.flatnonzero(cols["type"].astype(str).to_numpy() == "PbBr")
@@ -555,16 +554,18 @@ def _place_cd(
         d, k = cKDTree(comp[["x_A", "y_A"]].to_numpy(float)).query(
             cols[["x_A", "y_A"]].to_numpy(float)[pbbr]
         )
-        occ = sites["occupied"].to_numpy()
-        is_pb = (sites["element"] == "Pb").to_numpy()
-        site_col = sites["column"].to_numpy()
+        # the returned model's Pb sites, and their columns (one pass, not a mask per column)
+        pb_occ = np.flatnonzero(
+            sites["occupied"].to_numpy() & (sites["element"] == "Pb").to_numpy()
+        )
+        pb_col = sites["column"].to_numpy()[pb_occ]
         element = sites["element"].to_numpy(dtype=object).copy()
         for c, dist, j in zip(pbbr, d, k, strict=True):
             if dist > _CD_MATCH_A:
                 continue
             matched += 1
             want = int(n_cd[j])
-            pb_sites = np.flatnonzero(occ & is_pb & (site_col == c))
+            pb_sites = pb_occ[pb_col == c]
             take = min(want, len(pb_sites))
             clipped += want - take
             if take:
